@@ -1,0 +1,499 @@
+#!/usr/bin/env python3
+"""Benchmark hetccl, Open MPI and gloo in one invocation on this machine and compare them.
+
+    python bench/run_all.py                      # 2 and 4 ranks, allreduce+allgather, 5 rounds
+    python bench/run_all.py --quick              # smoke run: 4 sizes, 1 round
+    python bench/run_all.py --nranks 2 --rounds 5 --sizes 8,64K,1M,64M --out /tmp/r.md
+
+Every library runs the same sweep through hetccl's benchmark runner (hetccl/benchmark/runner.py:
+warm-up, calibrated iteration count, median over repetitions of the max over ranks). Machine
+noise here is time-varying (the host moves the vCPUs between near and far placements every few
+seconds), so the libraries are interleaved: each round runs every library once for every rank
+count, the order of libraries rotating from round to round, and the tables show the median over
+rounds of each library's per-round median. Results go to stdout and to a markdown file (--out).
+The headline checks of the foundation issue are printed as PASS/FAIL lines.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.metadata
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(HERE, "peers"))
+from _common import load_benchmark  # noqa: E402
+
+fmt, runner, _cli = load_benchmark()
+
+LIBS = ("hetccl", "ompi", "gloo")
+LABEL = {"hetccl": "hetccl", "ompi": "Open MPI", "gloo": "gloo"}
+PEERS = ("ompi", "gloo")
+QUICK_SIZES = "8,64K,1M,64M"
+HEADLINE_SIZES = (8, 64 << 20)
+
+# (nranks, collective, size, metric, peer, factor, description); metric "busbw": hetccl >= factor*peer,
+# "time": hetccl <= factor*peer
+HEADLINE = (
+    (2, "allreduce", 64 << 20, "busbw", "ompi", 1.5, "allreduce busbw at 64 MiB >= 1.5x Open MPI"),
+    (2, "allreduce", 64 << 20, "busbw", "gloo", 2.0, "allreduce busbw at 64 MiB >= 2x gloo"),
+    (2, "allreduce", 8, "time", "ompi", 2.0, "allreduce latency at 8 B <= 2x Open MPI"),
+    (2, "allgather", 64 << 20, "busbw", "ompi", 1.0, "allgather busbw at 64 MiB >= 1.0x Open MPI"),
+    (4, "allreduce", 8, "time", "ompi", 2.0, "allreduce latency at 8 B <= 2x Open MPI"),
+    (4, "allreduce", 8, "time", "gloo", 0.1, "allreduce latency at 8 B <= 0.1x gloo"),
+)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _hetccl_prefix() -> list[str]:
+    exe = shutil.which("hetccl")
+    return [exe] if exe else [sys.executable, "-m", "hetccl"]
+
+
+def build_command(lib: str, n: int, sweep: list[str], json_path: str, args) -> list[str]:
+    py = sys.executable
+    if lib == "hetccl":
+        if args.hetccl_launch:
+            pre = shlex.split(args.hetccl_launch.format(n=n, python=py))
+        else:
+            pre = [*_hetccl_prefix(), "run", "-n", str(n), "--"]
+        extra = ["--no-describe"] if args.no_describe else []
+        return [*pre, py, "-m", "hetccl.benchmark.cli", *extra, *sweep, "--json", json_path]
+    if lib == "ompi":
+        cmd = [shutil.which("mpirun") or "mpirun", "-np", str(n)]
+        if n > (os.cpu_count() or 1):
+            cmd.append("--oversubscribe")
+        cmd += ["-x", "OPENBLAS_NUM_THREADS", "-x", "OMP_NUM_THREADS"]
+        cmd += shlex.split(args.mpirun_args or "")
+        return [*cmd, py, os.path.join(HERE, "peers", "mpi_bench.py"), *sweep, "--json", json_path]
+    if lib == "gloo":
+        return [py, os.path.join(HERE, "peers", "gloo_bench.py"), "-n", str(n), *sweep,
+                "--json", json_path]
+    raise ValueError(lib)
+
+
+def run_env() -> dict:
+    env = dict(os.environ)
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    pp = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = REPO + (os.pathsep + pp if pp else "")
+    return env
+
+
+def _busy_seconds() -> float | None:
+    try:
+        total, idle = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_one(cmd, log_path, timeout) -> tuple[int, float, float | None]:
+    """Run *cmd* in its own process group, output to *log_path*; kill the group on timeout.
+
+    Returns (exit code, seconds, share of the machine other processes used meanwhile): the CPU
+    time all processes used (/proc/stat) minus what the run's own process tree used (rusage of
+    reaped children), over wall time x CPUs.
+    """
+    t0 = time.monotonic()
+    busy0, own0 = _busy_seconds(), _children_cpu()
+    with open(log_path, "w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env(),
+                             cwd=REPO, start_new_session=True)
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    p.wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            log.write(f"\n[run_all] timed out after {timeout} s; process group killed\n")
+            rc = 124
+        except BaseException:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise
+    wall = time.monotonic() - t0
+    busy1, own1 = _busy_seconds(), _children_cpu()
+    others = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        others = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1)))
+    return rc, wall, others
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals), idle
+
+
+def cpu_busy(interval=0.5) -> float | None:
+    """Fraction of all CPUs busy over *interval* seconds (None where /proc/stat is missing)."""
+    try:
+        t0, i0 = _cpu_times()
+        time.sleep(interval)
+        t1, i1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def wait_for_quiet(max_busy: float, max_wait: float) -> float | None:
+    """Sample other processes' CPU use before a run; wait (up to *max_wait* s) while it is high."""
+    deadline = time.monotonic() + max_wait
+    busy = cpu_busy()
+    while busy is not None and busy > max_busy and time.monotonic() < deadline:
+        time.sleep(1.0)
+        busy = cpu_busy()
+    return busy
+
+
+def _tail(path, n=6) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().rstrip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+def aggregate(results):
+    """{(lib, n, coll, size): row with median time over rounds} from per-round JSON rows."""
+    groups = collections.defaultdict(list)
+    for (lib, n, _rnd), rows in results.items():
+        for r in rows:
+            groups[(lib, n, r["collective"], r["size"])].append(r)
+    out = {}
+    for key, rows in groups.items():
+        lib, n, coll, size = key
+        t = statistics.median(r["time_us"] for r in rows)
+        algbw, busbw = fmt.bandwidths(coll, size, t * 1e-6, n)
+        wrongs = [r.get("wrong") for r in rows if r.get("wrong") is not None]
+        algos = collections.Counter(r.get("algo") for r in rows if r.get("algo"))
+        out[key] = {"time_us": t, "algbw": algbw, "busbw": busbw, "rounds": len(rows),
+                    "best_time_us": min(r["time_us"] for r in rows),
+                    "wrong": max(wrongs) if wrongs else None, "count": rows[0]["count"],
+                    "algo": algos.most_common(1)[0][0] if algos else None,
+                    "round_times_us": [r["time_us"] for r in rows]}
+    return out
+
+
+def _cell_time(row):
+    return "–" if row is None else fmt.format_time(row["time_us"])
+
+
+def _cell_bw(row):
+    return "–" if row is None else f"{row['busbw']:.2f}"
+
+
+def comparison_table(agg, n, coll, sizes, libs) -> list[str]:
+    head = ["size"]
+    for lib in libs:
+        head += [f"{LABEL[lib]} time (us)", f"{LABEL[lib]} busbw (GB/s)"]
+        if lib == "hetccl":
+            head.append("algo")
+    ratios = "hetccl" in libs and any(p in libs for p in PEERS)
+    if ratios:
+        head += ["hetccl / best peer", "same, best rounds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for size in sizes:
+        cells = [fmt.format_size(size)]
+        for lib in libs:
+            row = agg.get((lib, n, coll, size))
+            wrong = "" if row is None or not row["wrong"] else f" ({row['wrong']} wrong!)"
+            cells += [_cell_time(row) + wrong, _cell_bw(row)]
+            if lib == "hetccl":
+                cells.append((row or {}).get("algo") or "–")
+        h = agg.get(("hetccl", n, coll, size))
+        peers = [agg.get((p, n, coll, size)) for p in libs if p in PEERS]
+        peers = [p for p in peers if p is not None]
+        if ratios and h is not None and peers:
+            best = min(p["time_us"] for p in peers)
+            best_min = min(p["best_time_us"] for p in peers)
+            cells += [f"{best / h['time_us']:.2f}x", f"{best_min / h['best_time_us']:.2f}x"]
+        elif ratios:
+            cells += ["–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def headline_checks(agg) -> list[str]:
+    lines = []
+    for n, coll, size, metric, peer, factor, desc in HEADLINE:
+        h = agg.get(("hetccl", n, coll, size))
+        p = agg.get((peer, n, coll, size))
+        label = f"{n} ranks: {desc}"
+        if not any(k[1] == n for k in agg):
+            lines.append(f"N/A   {label} ({n} ranks not run)")
+            continue
+        if h is None or p is None:
+            missing = " and ".join(LABEL[x] for x, r in (("hetccl", h), (peer, p)) if r is None)
+            lines.append(f"N/A   {label} (no data for {missing})")
+            continue
+        best_ratio = p["best_time_us"] / h["best_time_us"]  # > 1: hetccl faster
+        if metric == "busbw":
+            ok = h["busbw"] >= factor * p["busbw"]
+            detail = (f"hetccl {h['busbw']:.2f} GB/s vs {LABEL[peer]} {p['busbw']:.2f} GB/s "
+                      f"(ratio {h['busbw'] / p['busbw'] if p['busbw'] else float('inf'):.2f}x, "
+                      f"need >= {factor:g}x; best rounds {best_ratio:.2f}x)")
+        else:
+            ok = h["time_us"] <= factor * p["time_us"]
+            detail = (f"hetccl {h['time_us']:.2f} us vs {LABEL[peer]} {p['time_us']:.2f} us "
+                      f"(ratio {h['time_us'] / p['time_us']:.3f}x, need <= {factor:g}x; "
+                      f"best rounds {1 / best_ratio:.3f}x)")
+        lines.append(f"{'PASS' if ok else 'FAIL'}  {label}: {detail}")
+    return lines
+
+
+# ------------------------------------------------------------------ environment report
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    info = runner.host_info()
+    try:
+        out = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=30)
+        info["mpirun"] = out.stdout.strip().splitlines()[0] if out.stdout else None
+    except (OSError, subprocess.SubprocessError):
+        info["mpirun"] = None
+    for d in ("mpi4py", "torch", "hetccl"):
+        info[d] = _version(d)
+    try:
+        rev = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+        info["git"] = rev.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git"] = None
+    return info
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nranks", default="2,4", help="comma-separated rank counts (default %(default)s)")
+    p.add_argument("--collectives", "-c", default="allreduce,allgather",
+                   help="comma-separated collectives (default %(default)s)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated sizes (default: 8 B .. 256 MiB, x2; see -f). 8 B and "
+                        "64 MiB are always added for the headline checks")
+    p.add_argument("-f", "--stepfactor", type=int, default=2, help="size step without --sizes")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default %(default)s)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions per size per run")
+    p.add_argument("--min-time", type=float, default=0.03, help="seconds per repetition")
+    p.add_argument("--libs", default=",".join(LIBS), help="subset of hetccl,ompi,gloo")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: sizes {QUICK_SIZES}, 1 round, 3 reps, 20 ms")
+    p.add_argument("--out", default=os.path.join("bench", "RESULTS-latest.md"),
+                   help="markdown output, relative to the repo root unless absolute (default %(default)s)")
+    p.add_argument("--raw-dir", default=None,
+                   help="where to keep per-run JSON and logs (default: a new temporary directory)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per run (default %(default)s)")
+    p.add_argument("--hetccl-launch", default=None,
+                   help="launcher prefix for hetccl, {n} and {python} substituted "
+                        "(default: 'hetccl run -n {n} --')")
+    p.add_argument("--no-describe", action="store_true", help="pass --no-describe to hetccl bench")
+    p.add_argument("--mpirun-args", default="", help="extra mpirun arguments, e.g. '--bind-to none'")
+    p.add_argument("--max-busy", type=float, default=0.25,
+                   help="before each run, wait while other processes keep more than this fraction "
+                        "of the CPUs busy (default %(default)s)")
+    p.add_argument("--wait-quiet", type=float, default=30,
+                   help="longest wait for a quiet machine before each run, seconds (default %(default)s)")
+    p.add_argument("--strict", action="store_true", help="exit 1 unless every headline check passes")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes = args.sizes or QUICK_SIZES
+        args.rounds = 1
+        args.reps = min(args.reps, 3)
+        args.min_time = min(args.min_time, 0.02)
+    return args
+
+
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)  # unwinds through run_one, which kills the run's process group
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    nranks = [int(x) for x in args.nranks.split(",") if x.strip()]
+    colls = [fmt.canonical(c) for c in args.collectives.split(",") if c.strip()]
+    libs = [x.strip() for x in args.libs.split(",") if x.strip()]
+    for lib in libs:
+        if lib not in LIBS:
+            raise SystemExit(f"unknown library {lib!r}; use {','.join(LIBS)}")
+    sizes = fmt.parse_sizes(args.sizes) if args.sizes else fmt.size_sweep(8, "256M", args.stepfactor)
+    sizes = sorted(set(sizes) | set(HEADLINE_SIZES))
+    sweep = ["-c", ",".join(colls), "--sizes", ",".join(str(s) for s in sizes),
+             "--reps", str(args.reps), "--min-time", str(args.min_time)]
+    raw = args.raw_dir or tempfile.mkdtemp(prefix="hetccl-run_all-")
+    os.makedirs(raw, exist_ok=True)
+    env_info = environment()
+
+    results = {}       # (lib, n, round) -> rows
+    runs = []          # (round, lib, n, rc, seconds, cmd, log)
+    commands = {}      # (lib, n) -> command template
+    t_start = time.monotonic()
+    for rnd in range(args.rounds):
+        order = libs[rnd % len(libs):] + libs[:rnd % len(libs)]
+        for n in nranks:
+            for lib in order:
+                tag = f"{lib}-n{n}-r{rnd}"
+                jpath = os.path.join(raw, tag + ".json")
+                log = os.path.join(raw, tag + ".log")
+                cmd = build_command(lib, n, sweep, jpath, args)
+                commands[(lib, n)] = shlex.join(cmd).replace(jpath, "OUT.json")
+                busy = wait_for_quiet(args.max_busy, args.wait_quiet)
+                print(f"[run_all] round {rnd + 1}/{args.rounds}  {LABEL[lib]}  {n} ranks "
+                      f"(CPU busy before: {'?' if busy is None else f'{busy:.0%}'}) ...",
+                      end="", flush=True)
+                rc, secs, others = run_one(cmd, log, args.timeout)
+                rows = None
+                if rc == 0 and os.path.exists(jpath):
+                    with open(jpath) as f:
+                        rows = json.load(f)["rows"]
+                    results[(lib, n, rnd)] = rows
+                print(f" {'ok' if rows is not None else f'FAILED (exit {rc})'} in {secs:.1f} s"
+                      f"{'' if others is None else f', others used {others:.0%} of the CPUs meanwhile'}",
+                      flush=True)
+                runs.append((rnd, lib, n, rc, secs, cmd, log, busy, others))
+    elapsed = time.monotonic() - t_start
+
+    agg = aggregate(results)
+    checks = headline_checks(agg)
+    md = render(args, env_info, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed)
+    out = args.out if os.path.isabs(args.out) else os.path.join(REPO, args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(md)
+    with open(os.path.join(raw, "aggregate.json"), "w") as f:
+        json.dump({"env": env_info, "rows": [dict(zip(("library", "nranks", "collective", "size"), k), **v)
+                                             for k, v in sorted(agg.items())]}, f, indent=1)
+    print()
+    print(md)
+    print(f"[run_all] wrote {out}; raw JSON and logs in {raw}")
+    if args.strict and not all(c.startswith("PASS") for c in checks):
+        return 1
+    return 0
+
+
+def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed) -> str:
+    L = ["# hetccl vs Open MPI vs gloo (bench/run_all.py)", ""]
+    L.append(f"- date (UTC): {env['date']}; total wall time {elapsed / 60:.1f} min")
+    L.append(f"- host: {env['hostname']}, nproc {env['nproc']}, CPU {env['cpu_model']}, {env['platform']}")
+    L.append(f"- software: Python {env['python']}, numpy {env['numpy']}, mpi4py {env.get('mpi4py')}, "
+             f"{env.get('mpirun') or 'mpirun ?'}, torch {env.get('torch')}, hetccl {env.get('hetccl') or '?'}"
+             f" (git {env.get('git') or '?'})")
+    L.append(f"- method: {args.rounds} interleaved round(s) (library order rotates each round); per run "
+             f"and size the median over {args.reps} repetitions of ~{args.min_time * 1e3:g} ms, each "
+             f"timed as max over ranks; the tables show the median over rounds. nccl-tests sizes "
+             f"(allgather: total output bytes) and busbw factors; float32, sum; 1 GB/s = 1e9 B/s.")
+    L.append("- `hetccl / best peer` = best peer time / hetccl time (= busbw ratio): above 1 means "
+             "hetccl is faster. `same, best rounds` compares each library's fastest round instead "
+             "of its median round: the host's near/far placement changes speed up to ~3x for "
+             "seconds at a time, and the fastest rounds are the most comparable.")
+    noisy = [r for r in runs if max(r[7] or 0, r[8] or 0) > args.max_busy]
+    if noisy:
+        L.append(f"- **warning: in {len(noisy)} of {len(runs)} runs other processes used more than "
+                 f"{args.max_busy:.0%} of the CPUs** before or during the run (see Runs); treat "
+                 f"those numbers with suspicion.")
+    L.append(f"- invocation: `{shlex.join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else 'bench/run_all.py', *sys.argv[1:]])}`")
+    L.append("")
+    L.append("## Headline checks (foundation issue)")
+    L.append("")
+    L.append("```")
+    L.extend(checks)
+    L.append("```")
+    for n in nranks:
+        for coll in colls:
+            L.append("")
+            L.append(f"## {coll}, {n} ranks")
+            L.append("")
+            L.extend(comparison_table(agg, n, coll, sizes, libs))
+    L.append("")
+    L.append("## Commands")
+    L.append("")
+    L.append("Run from the repo root with OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 (and "
+             "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 as root); OUT.json is the "
+             "per-run result file:")
+    L.append("")
+    L.append("```")
+    for (lib, n), cmd in sorted(commands.items(), key=lambda kv: (kv[0][1], libs.index(kv[0][0]))):
+        L.append(cmd)
+    L.append("```")
+    L.append("")
+    L.append("## Runs")
+    L.append("")
+    L.append(f"Raw JSON and logs: `{raw}`")
+    L.append("")
+    L.append("Other load: share of all CPUs used by other processes in the 0.5 s before the run "
+             "started / during the run (all CPU time minus the run's own).")
+    L.append("")
+    L.append("| round | library | ranks | status | seconds | other load before | other load during |")
+    L.append("|---|---|---|---|---|---|---|")
+    pct = (lambda x: "?" if x is None else f"{x:.0%}")
+    for rnd, lib, n, rc, secs, _cmd, _log, busy, others in runs:
+        L.append(f"| {rnd + 1} | {LABEL[lib]} | {n} | {'ok' if rc == 0 else f'exit {rc}'} | "
+                 f"{secs:.1f} | {pct(busy)} | {pct(others)} |")
+    failures = [(r[0], r[1], r[2], r[6]) for r in runs if r[3] != 0]
+    if failures:
+        L.append("")
+        L.append("Failures (last lines of the log):")
+        seen = set()
+        for rnd, lib, n, log in failures:
+            if (lib, n) in seen:
+                continue
+            seen.add((lib, n))
+            L.append("")
+            L.append(f"{LABEL[lib]}, {n} ranks, round {rnd + 1}:")
+            L.append("```")
+            L.append(_tail(log))
+            L.append("```")
+    L.append("")
+    return "\n".join(L)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

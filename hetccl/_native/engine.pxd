@@ -1,0 +1,92 @@
+# The nogil collective engine: per-peer Links, byte Streams over them, the spin-yield-block waiting
+# policy, and the collective schedules that drive Streams. Algorithm modules cimport this to build
+# further schedules on the same primitives.
+from libc.stdint cimport uint64_t, uint32_t, uint8_t
+from hetccl._native.link cimport Link
+from hetccl._native.reduce cimport reduce_fn
+
+cdef struct Seg:
+    char* buf            # send: source; recv: destination
+    const char* loc      # recv: local operand of the reduction (NULL: plain copy)
+    size_t len
+    long divide          # recv: divide each reduced piece by this (AVG finishing step); 0 = no
+    bint fwd             # send: filled by the receive stream; recv: also forward into it (shm->shm)
+    int dep              # send: index of the receive segment this one forwards (-1: none)
+
+cdef struct Stream
+
+cdef struct Stream:
+    Link* link
+    Seg* segs
+    int nseg
+    int cur
+    size_t off           # bytes done in segs[cur]
+    size_t pos           # payload bytes done
+    size_t total         # payload bytes in all segs
+    uint8_t hdr[32]      # send: header to send first; recv: header received
+    uint8_t want[32]     # recv: header expected
+    int hdr_done
+    int pad              # shm: bytes of padding after the payload (keeps FIFO offsets 8-aligned)
+    int pad_done
+    reduce_fn fn
+    int dtype
+    size_t esize
+    bint streaming
+    bint done
+    bint waiting         # last progress call stopped for want of data/room on a link (not a dependency)
+    Stream* fwd          # recv: the send stream that forwarded segments feed (shm to shm only)
+    Stream* dep          # send: the receive stream that segments' dep indices refer to
+    size_t limit         # payload bytes this stream may move for now ((size_t)-1: no limit)
+
+cdef struct LocalCopy:   # a copy done in the engine's idle time instead of spinning
+    char* dst
+    const char* src
+    size_t len
+    size_t done
+    bint streaming
+
+cdef struct Idle:
+    double since         # when the current idle period began (0: not idle)
+    int iters
+
+cdef class Engine:
+    cdef readonly int rank
+    cdef readonly int size
+    cdef Link* links
+    cdef uint32_t seq
+    cdef public double spin_s
+    cdef public double yield_s
+    cdef public size_t nt_threshold
+    cdef public size_t chunk
+    cdef bint broken
+    cdef int err_peer
+    cdef uint8_t err_got[32]
+    cdef uint8_t err_want[32]
+    cdef object pending_exc
+    cdef list segments
+
+    cdef void stream_init(self, Stream* s, int peer, Seg* segs, int nseg, int coll, int dtype,
+                          int op, int phase, uint64_t count, size_t esize, bint is_send) noexcept nogil
+    cdef void skip_empty(self, Stream* s) noexcept nogil
+    cdef long send_progress(self, Stream* s) noexcept nogil
+    cdef long recv_progress(self, Stream* s) noexcept nogil
+    cdef int idle(self, Stream** ss, int n, Idle* st, double deadline) noexcept nogil
+    cdef int block(self, Stream** ss, int n, double deadline) noexcept nogil
+    cdef int run2(self, Stream* snd, Stream* rcv, LocalCopy* lc, double deadline) noexcept nogil
+    cdef int run_inplace(self, Stream* snd, Stream* rcv, double deadline) noexcept nogil
+    cdef size_t slice_bytes(self, int prev, int nxt, size_t es) noexcept nogil
+    cdef int check_signals(self) noexcept nogil
+    cdef int fail(self, Stream* s, int rc) noexcept nogil
+    cdef void note_waiting(self, Stream* snd, Stream* rcv) noexcept nogil
+    cdef raise_error(self, int rc, str what, double timeout)
+    cdef check_usable(self)
+    cdef int exchange(self, int peer, char* src, char* dst, const char* loc, size_t nbytes,
+                      size_t count, int dtype, int op, int phase, bint do_send, bint do_recv,
+                      long divide, double deadline) noexcept nogil
+    cdef int allreduce_ring(self, char* sbuf, char* rbuf, size_t count, int dtype, int op,
+                            double deadline) noexcept nogil
+    cdef int allreduce_rd(self, char* sbuf, char* rbuf, size_t count, int dtype, int op,
+                          double deadline) noexcept nogil
+    cdef int allgather_ring(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil
+    cdef int allgather_rd(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil
+    cdef size_t forward_piece(self, Stream* s, Seg* g, size_t n) noexcept nogil

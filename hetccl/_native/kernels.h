@@ -1,0 +1,541 @@
+/* Reduction, conversion and copy kernels behind hetccl/_native/reduce.pyx.
+ *
+ * Every kernel exists twice: a baseline build (plain x86-64 = SSE2, or whatever the target is) and,
+ * on x86-64, a copy compiled with __attribute__((target("avx2,f16c"))). hk_select() checks the CPU
+ * once and picks one table, so a single binary runs on any x86-64 and uses AVX2/F16C where present.
+ * (Explicit target + __builtin_cpu_supports rather than target_clones: no ifunc needed, so it also
+ * builds against musl and with compilers without ifunc support.)
+ *
+ * Semantics (checked bit for bit against numpy / ml_dtypes by tests/test_reduce.py):
+ *  - integers wrap (two's complement); SUM/PROD run on the unsigned type of the same width.
+ *  - float MIN/MAX are numpy's np.minimum/np.maximum: a NaN operand wins (the first one if both
+ *    are NaN), and for equal operands (-0.0 vs +0.0) the second operand is returned.
+ *  - float16/bfloat16/fp8 SUM/PROD widen to float32, combine, and round back to nearest-even
+ *    exactly like numpy / ml_dtypes astype() (NaN/Inf/overflow/subnormals included).
+ *    MIN/MAX on them compare sign-magnitude keys and never convert (same bits as the reference).
+ *  - streaming: results are computed into an L1-resident tile and written out with non-temporal
+ *    stores (64-byte aligned part of dst; head/tail use plain stores).
+ */
+#ifndef HETCCL_KERNELS_H
+#define HETCCL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HK_X86 1
+#include <immintrin.h>
+#else
+#define HK_X86 0
+#endif
+
+#if defined(__clang__)
+#define HK_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define HK_IVDEP _Pragma("GCC ivdep")
+#else
+#define HK_IVDEP
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define HK_INLINE static inline __attribute__((always_inline))
+#define HK_UNUSED __attribute__((unused))
+#else
+#define HK_INLINE static inline
+#define HK_UNUSED
+#endif
+
+#define HK_AVX2 __attribute__((target("avx2,f16c")))
+
+typedef void (*hk_reduce_fn)(void* dst, const void* a, const void* b, size_t count, int streaming);
+typedef void (*hk_cmp_fn)(void* dst, const void* a, const void* b, size_t count);
+typedef void (*hk_stream_fn)(void* dst, const void* src, size_t nbytes);
+
+enum { HK_NDT = 15, HK_NOP = 8 };
+enum { HK_INT8, HK_UINT8, HK_INT16, HK_UINT16, HK_INT32, HK_UINT32, HK_INT64, HK_UINT64,
+       HK_FLOAT16, HK_BFLOAT16, HK_FLOAT32, HK_FLOAT64, HK_FP8_E4M3, HK_FP8_E5M2, HK_BOOL };
+enum { HK_SUM, HK_PROD, HK_MIN, HK_MAX, HK_AVG, HK_BAND, HK_BOR, HK_BXOR };
+
+#define HK_TILE 4096           /* bytes computed into L1 before being streamed out */
+#define HK_STREAM_MIN 4096     /* below this, streaming requests use ordinary stores */
+
+/* ------------------------------------------------------------------------------------------------
+ * Scalar conversions (inlined into both the baseline and the AVX2 loops; written branch-free so the
+ * loops vectorise).
+ * ---------------------------------------------------------------------------------------------- */
+typedef union { uint32_t u; float f; } hk_f32;
+
+HK_INLINE float hk_bits_f(uint32_t u) { hk_f32 x; x.u = u; return x.f; }
+HK_INLINE uint32_t hk_f_bits(float f) { hk_f32 x; x.f = f; return x.u; }
+
+/* Branch-free select on 32-bit patterns: all arms are computed, then masked (keeps gcc from
+ * turning the arms into branches, which would stop vectorisation of loops with float arms). */
+HK_INLINE uint32_t hk_sel(int c, uint32_t a, uint32_t b) {
+    uint32_t m = 0u - (uint32_t)(c != 0);
+    return (a & m) | (b & ~m);
+}
+
+/* float16 -> float32 (exact; NaN payloads kept, signalling NaNs stay signalling, like numpy). */
+HK_INLINE float hk_h2f(uint32_t h) {
+    uint32_t sign = (h & 0x8000u) << 16;
+    uint32_t mag = h & 0x7fffu;
+    uint32_t normal = (mag << 13) + ((127u - 15u) << 23);
+    uint32_t special = (mag << 13) | 0x7f800000u;                      /* Inf / NaN */
+    uint32_t sub = hk_f_bits((float)(int32_t)mag * 5.9604644775390625e-08f);  /* mag * 2^-24 */
+    uint32_t r = hk_sel(mag >= 0x7c00u, special, hk_sel(mag < 0x0400u, sub, normal));
+    return hk_bits_f(r | sign);
+}
+
+/* float32 -> float16, round to nearest even; NaN -> 0x7c00 | payload>>13 (never 0), like numpy. */
+HK_INLINE uint16_t hk_f2h(float f) {
+    uint32_t u = hk_f_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    uint32_t pay = (a & 0x007fffffu) >> 13;
+    uint32_t nan = 0x7c00u | pay | (uint32_t)(pay == 0u);
+    /* subnormal / zero results (|f| < 2^-14): the FPU rounds at the right place after adding 0.5 */
+    uint32_t sub = hk_f_bits(hk_bits_f(a & 0x3fffffffu) + 0.5f) - 0x3f000000u;
+    uint32_t normal = (a - ((127u - 15u) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    uint32_t r = hk_sel(a > 0x7f800000u, nan,
+                 hk_sel(a >= 0x47800000u, 0x7c00u,                     /* >= 65536: Inf */
+                 hk_sel(a < 0x38800000u, sub, normal)));
+    return (uint16_t)(r | sign);
+}
+
+HK_INLINE float hk_b2f(uint32_t h) { return hk_bits_f(h << 16); }
+
+/* float32 -> bfloat16, round to nearest even; NaN -> sign | 0x7fc0 (ml_dtypes). */
+HK_INLINE uint16_t hk_f2b(float f) {
+    uint32_t u = hk_f_bits(f);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    return (uint16_t)hk_sel((u & 0x7fffffffu) > 0x7f800000u, nan, r);
+}
+
+/* float8_e4m3fn -> float32 (bias 7, no Inf, NaN = S.1111.111 -> sign | 0x7fc00000, as ml_dtypes). */
+HK_INLINE float hk_e4m3_2f(uint32_t x) {
+    uint32_t sign = (x & 0x80u) << 24;
+    uint32_t mag = x & 0x7fu;
+    uint32_t normal = (mag << 20) + ((127u - 7u) << 23);
+    uint32_t sub = hk_f_bits((float)(int32_t)mag * 0.001953125f);      /* mag * 2^-9 */
+    uint32_t r = hk_sel(mag == 0x7fu, 0x7fc00000u, hk_sel(mag < 0x08u, sub, normal));
+    return hk_bits_f(r | sign);
+}
+
+/* float8_e5m2 -> float32: the top byte of a float16 (NaN payloads differ from ml_dtypes' canonical
+ * NaN, which is invisible: every NaN rounds back to sign | 0x7e). */
+HK_INLINE float hk_e5m2_2f(uint32_t x) { return hk_h2f(x << 8); }
+
+/* float32 -> float8_e4m3fn: RNE; |x| > 464 (and Inf/NaN) -> NaN with the sign kept (ml_dtypes). */
+HK_INLINE uint8_t hk_f2e4m3(float f) {
+    uint32_t u = hk_f_bits(f);
+    uint32_t sign = (u >> 24) & 0x80u;
+    uint32_t a = u & 0x7fffffffu;
+    /* |f| < 2^-6: subnormal step 2^-9 = ulp of 2^14 */
+    uint32_t sub = hk_f_bits(hk_bits_f(a & 0x3fffffffu) + 16384.0f) - 0x46800000u;
+    uint32_t normal = (a - ((127u - 7u) << 23) + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+    uint32_t r = hk_sel(a > 0x43e80000u, 0x7fu, hk_sel(a < 0x3c800000u, sub, normal));
+    return (uint8_t)(r | sign);
+}
+
+/* float32 -> float8_e5m2 (bias 15, IEEE-like): RNE; >= 61440 -> Inf; NaN -> sign | 0x7e. */
+HK_INLINE uint8_t hk_f2e5m2(float f) {
+    uint32_t u = hk_f_bits(f);
+    uint32_t sign = (u >> 24) & 0x80u;
+    uint32_t a = u & 0x7fffffffu;
+    /* |f| < 2^-14: subnormal step 2^-16 = ulp of 2^7 */
+    uint32_t sub = hk_f_bits(hk_bits_f(a & 0x3fffffffu) + 128.0f) - 0x43000000u;
+    uint32_t normal = (a - ((127u - 15u) << 23) + 0xfffffu + ((a >> 21) & 1u)) >> 21;
+    uint32_t r = hk_sel(a > 0x7f800000u, 0x7eu,
+                 hk_sel(a >= 0x47700000u, 0x7cu, hk_sel(a < 0x38800000u, sub, normal)));
+    return (uint8_t)(r | sign);
+}
+
+/* Sign-magnitude ordering keys: key(-0) == key(+0), monotonic in the value (NaN handled apart). */
+HK_INLINE int32_t hk_key16(uint16_t h) {
+    int32_t m = (int32_t)(h & 0x7fffu);
+    return (h & 0x8000u) ? -m : m;
+}
+HK_INLINE int32_t hk_key8(uint8_t h) {
+    int32_t m = (int32_t)(h & 0x7fu);
+    return (h & 0x80u) ? -m : m;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Element-wise loop generators. Each expands to a baseline and (x86-64) an AVX2+F16C variant of
+ *     static void NAME_cmp_{base,avx2}(void* d, const void* a, const void* b, size_t n)
+ * computing d[i] = EXPR(x = a[i], y = b[i]). d may equal a or b (element i is read before it is
+ * written), hence ivdep rather than restrict.
+ * ---------------------------------------------------------------------------------------------- */
+#define HK_LOOP_BODY(T, EXPR)                                                                     \
+    T* d = (T*)d_; const T* a = (const T*)a_; const T* b = (const T*)b_;                          \
+    HK_IVDEP for (size_t i = 0; i < n; i++) { T x = a[i], y = b[i]; d[i] = (T)(EXPR); }
+
+#if HK_X86
+#define HK_LOOP(NAME, T, EXPR)                                                                    \
+    static HK_UNUSED void NAME##_cmp_base(void* d_, const void* a_, const void* b_, size_t n) {   \
+        HK_LOOP_BODY(T, EXPR) }                                                                   \
+    static HK_UNUSED HK_AVX2 void NAME##_cmp_avx2(void* d_, const void* a_, const void* b_,       \
+                                                  size_t n) { HK_LOOP_BODY(T, EXPR) }
+#else
+#define HK_LOOP(NAME, T, EXPR)                                                                    \
+    static HK_UNUSED void NAME##_cmp_base(void* d_, const void* a_, const void* b_, size_t n) {   \
+        HK_LOOP_BODY(T, EXPR) }
+#endif
+
+/* float MIN/MAX with numpy's NaN rule */
+#define HK_FMIN(x, y) (((x) < (y) || (x) != (x)) ? (x) : (y))
+#define HK_FMAX(x, y) (((x) > (y) || (x) != (x)) ? (x) : (y))
+
+/* integers: SUM/PROD on the unsigned type (wraps; same bits for signed), MIN/MAX per signedness,
+ * bitwise ops per width. W = the unsigned type used for the multiply (avoids int promotion UB). */
+#define HK_INT_FAMILY(P, U, W)                                                                    \
+    HK_LOOP(P##_sum, U, x + y)                                                                    \
+    HK_LOOP(P##_prod, U, (W)x * (W)y)                                                             \
+    HK_LOOP(P##_band, U, x & y)                                                                   \
+    HK_LOOP(P##_bor, U, x | y)                                                                    \
+    HK_LOOP(P##_bxor, U, x ^ y)
+#define HK_MINMAX(P, T)                                                                           \
+    HK_LOOP(P##_min, T, x < y ? x : y)                                                            \
+    HK_LOOP(P##_max, T, x > y ? x : y)
+
+HK_INT_FAMILY(hk_u8, uint8_t, uint32_t)
+HK_INT_FAMILY(hk_u16, uint16_t, uint32_t)
+HK_INT_FAMILY(hk_u32, uint32_t, uint32_t)
+HK_INT_FAMILY(hk_u64, uint64_t, uint64_t)
+HK_MINMAX(hk_i8, int8_t)
+HK_MINMAX(hk_u8, uint8_t)
+HK_MINMAX(hk_i16, int16_t)
+HK_MINMAX(hk_u16, uint16_t)
+HK_MINMAX(hk_i32, int32_t)
+HK_MINMAX(hk_u32, uint32_t)
+HK_MINMAX(hk_i64, int64_t)
+HK_MINMAX(hk_u64, uint64_t)
+
+/* float SUM/PROD with x86's NaN rule made explicit: a NaN first operand wins (quietened: x + x),
+ * else a NaN second operand does (the hardware does that whatever the order). The compiler may
+ * swap the operands of a commutative op, and numpy returns the first operand's NaN. */
+/* (branch-free: both results are computed and selected on the bits, or gcc would turn the
+ * possibly-trapping float arms into branches and not vectorise) */
+typedef union { uint64_t u; double f; } hk_f64u;
+HK_INLINE float hk_fadd(float x, float y) {
+    hk_f32 t, q; t.f = x + y; q.f = x + x;
+    return hk_bits_f(hk_sel(x != x, q.u, t.u));
+}
+HK_INLINE float hk_fmul(float x, float y) {
+    hk_f32 t, q; t.f = x * y; q.f = x + x;
+    return hk_bits_f(hk_sel(x != x, q.u, t.u));
+}
+HK_INLINE double hk_dsel(int c, double a, double b) {
+    hk_f64u ua, ub; ua.f = a; ub.f = b;
+    uint64_t m = 0u - (uint64_t)(c != 0);
+    ua.u = (ua.u & m) | (ub.u & ~m);
+    return ua.f;
+}
+HK_INLINE double hk_dadd(double x, double y) { return hk_dsel(x != x, x + x, x + y); }
+HK_INLINE double hk_dmul(double x, double y) { return hk_dsel(x != x, x + x, x * y); }
+
+#define HK_FLOAT_FAMILY(P, T, ADD, MUL)                                                           \
+    HK_LOOP(P##_sum, T, ADD(x, y))                                                                \
+    HK_LOOP(P##_prod, T, MUL(x, y))                                                               \
+    HK_LOOP(P##_min, T, HK_FMIN(x, y))                                                            \
+    HK_LOOP(P##_max, T, HK_FMAX(x, y))
+
+HK_FLOAT_FAMILY(hk_f32, float, hk_fadd, hk_fmul)
+HK_FLOAT_FAMILY(hk_f64, double, hk_dadd, hk_dmul)
+
+/* narrow floats: widen, combine in float32, round back */
+#define HK_NARROW_FAMILY(P, T, WIDEN, NARROW)                                                     \
+    HK_LOOP(P##_sum, T, NARROW(hk_fadd(WIDEN(x), WIDEN(y))))                                      \
+    HK_LOOP(P##_prod, T, NARROW(hk_fmul(WIDEN(x), WIDEN(y))))
+
+/* float16 SUM/PROD have hand-written F16C variants below; only the baseline comes from here. */
+#define HK_LOOP_BASE_ONLY(NAME, T, EXPR)                                                          \
+    static HK_UNUSED void NAME##_cmp_base(void* d_, const void* a_, const void* b_, size_t n) {   \
+        HK_LOOP_BODY(T, EXPR) }
+HK_LOOP_BASE_ONLY(hk_f16_sum, uint16_t, hk_f2h(hk_fadd(hk_h2f(x), hk_h2f(y))))
+HK_LOOP_BASE_ONLY(hk_f16_prod, uint16_t, hk_f2h(hk_fmul(hk_h2f(x), hk_h2f(y))))
+HK_NARROW_FAMILY(hk_bf16, uint16_t, hk_b2f, hk_f2b)
+HK_NARROW_FAMILY(hk_e4m3, uint8_t, hk_e4m3_2f, hk_f2e4m3)
+HK_NARROW_FAMILY(hk_e5m2, uint8_t, hk_e5m2_2f, hk_f2e5m2)
+
+/* narrow-float MIN/MAX on ordering keys; a NaN result is what the widen/round-back reference
+ * gives: float16 and e4m3fn keep the bits, bfloat16 and e5m2 canonicalise (sign kept). */
+#define HK_NMIN(x, y, NANP, CANON, KEY)                                                           \
+    (NANP(x) ? CANON(x) : (NANP(y) ? CANON(y) : (KEY(x) < KEY(y) ? (x) : (y))))
+#define HK_NMAX(x, y, NANP, CANON, KEY)                                                           \
+    (NANP(x) ? CANON(x) : (NANP(y) ? CANON(y) : (KEY(x) > KEY(y) ? (x) : (y))))
+#define HK_F16_NAN(v) (((v) & 0x7fffu) > 0x7c00u)
+#define HK_BF16_NAN(v) (((v) & 0x7fffu) > 0x7f80u)
+#define HK_E4M3_NAN(v) (((v) & 0x7fu) == 0x7fu)
+#define HK_E5M2_NAN(v) (((v) & 0x7fu) > 0x7cu)
+#define HK_KEEP(v) (v)
+#define HK_BF16_CANON(v) (((v) & 0x8000u) | 0x7fc0u)
+#define HK_E5M2_CANON(v) (((v) & 0x80u) | 0x7eu)
+HK_LOOP(hk_f16_min, uint16_t, HK_NMIN(x, y, HK_F16_NAN, HK_KEEP, hk_key16))
+HK_LOOP(hk_f16_max, uint16_t, HK_NMAX(x, y, HK_F16_NAN, HK_KEEP, hk_key16))
+HK_LOOP(hk_bf16_min, uint16_t, HK_NMIN(x, y, HK_BF16_NAN, HK_BF16_CANON, hk_key16))
+HK_LOOP(hk_bf16_max, uint16_t, HK_NMAX(x, y, HK_BF16_NAN, HK_BF16_CANON, hk_key16))
+HK_LOOP(hk_e4m3_min, uint8_t, HK_NMIN(x, y, HK_E4M3_NAN, HK_KEEP, hk_key8))
+HK_LOOP(hk_e4m3_max, uint8_t, HK_NMAX(x, y, HK_E4M3_NAN, HK_KEEP, hk_key8))
+HK_LOOP(hk_e5m2_min, uint8_t, HK_NMIN(x, y, HK_E5M2_NAN, HK_E5M2_CANON, hk_key8))
+HK_LOOP(hk_e5m2_max, uint8_t, HK_NMAX(x, y, HK_E5M2_NAN, HK_E5M2_CANON, hk_key8))
+
+#if HK_X86
+/* float16 SUM/PROD with F16C: 16 lanes per iteration, software conversion for the tail (same
+ * results: arithmetic NaNs are quiet, and F16C rounds to nearest even like the software path). */
+#define HK_F16C_ARITH(VOP, x, y)                                                                  \
+    _mm256_blendv_ps(VOP(x, y), _mm256_add_ps(x, x), _mm256_cmp_ps(x, x, _CMP_UNORD_Q))
+#define HK_F16C_LOOP(NAME, VOP, SFN)                                                              \
+    static HK_AVX2 void NAME##_cmp_avx2(void* d_, const void* a_, const void* b_, size_t n) {     \
+        uint16_t* d = (uint16_t*)d_; const uint16_t* a = (const uint16_t*)a_;                     \
+        const uint16_t* b = (const uint16_t*)b_; size_t i = 0, nv = n & ~(size_t)15;              \
+        for (; i < nv; i += 16) {                                                                 \
+            __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(a + i)));                \
+            __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(a + i + 8)));            \
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(b + i)));                \
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(b + i + 8)));            \
+            __m128i r0 = _mm256_cvtps_ph(HK_F16C_ARITH(VOP, x0, y0),                              \
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);          \
+            __m128i r1 = _mm256_cvtps_ph(HK_F16C_ARITH(VOP, x1, y1),                              \
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);          \
+            _mm_storeu_si128((__m128i*)(d + i), r0);                                              \
+            _mm_storeu_si128((__m128i*)(d + i + 8), r1);                                          \
+        }                                                                                         \
+        for (; i < n; i++) d[i] = hk_f2h(SFN(hk_h2f(a[i]), hk_h2f(b[i])));                        \
+    }
+HK_F16C_LOOP(hk_f16_sum, _mm256_add_ps, hk_fadd)
+HK_F16C_LOOP(hk_f16_prod, _mm256_mul_ps, hk_fmul)
+#endif
+
+/* ------------------------------------------------------------------------------------------------
+ * Non-temporal stores. hk_stream_*: dst 64-byte aligned, n a multiple of 64; src any alignment.
+ * ---------------------------------------------------------------------------------------------- */
+#if HK_X86
+static void hk_stream_sse2(void* dst, const void* src, size_t n) {
+    char* d = (char*)dst; const char* s = (const char*)src;
+    for (size_t i = 0; i < n; i += 64) {
+        __m128i v0 = _mm_loadu_si128((const __m128i*)(s + i));
+        __m128i v1 = _mm_loadu_si128((const __m128i*)(s + i + 16));
+        __m128i v2 = _mm_loadu_si128((const __m128i*)(s + i + 32));
+        __m128i v3 = _mm_loadu_si128((const __m128i*)(s + i + 48));
+        _mm_stream_si128((__m128i*)(d + i), v0);
+        _mm_stream_si128((__m128i*)(d + i + 16), v1);
+        _mm_stream_si128((__m128i*)(d + i + 32), v2);
+        _mm_stream_si128((__m128i*)(d + i + 48), v3);
+    }
+}
+static HK_AVX2 void hk_stream_avx2(void* dst, const void* src, size_t n) {
+    char* d = (char*)dst; const char* s = (const char*)src;
+    for (size_t i = 0; i < n; i += 64) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i*)(s + i));
+        __m256i v1 = _mm256_loadu_si256((const __m256i*)(s + i + 32));
+        _mm256_stream_si256((__m256i*)(d + i), v0);
+        _mm256_stream_si256((__m256i*)(d + i + 32), v1);
+    }
+}
+#define HK_STREAM_BASE hk_stream_sse2
+#define HK_STREAM_AVX2 hk_stream_avx2
+#else
+static void hk_stream_plain(void* dst, const void* src, size_t n) { memcpy(dst, src, n); }
+#define HK_STREAM_BASE hk_stream_plain
+#endif
+
+/* The reduce_fn entry points: ordinary stores, or (streaming) tile in L1 + non-temporal copy-out. */
+HK_INLINE void hk_drive(char* dst, const char* a, const char* b, size_t n, int streaming,
+                        size_t es, hk_cmp_fn cmp, hk_stream_fn stream) {
+    uintptr_t mis = (uintptr_t)dst & 63u;
+    if (!streaming || n * es < HK_STREAM_MIN || mis % es) {
+        cmp(dst, a, b, n);
+        return;
+    }
+    if (mis) {                                    /* head: reach a 64-byte boundary of dst */
+        size_t h = (64u - mis) / es;
+        cmp(dst, a, b, h);
+        dst += h * es; a += h * es; b += h * es; n -= h;
+    }
+    {
+        char tile[HK_TILE] __attribute__((aligned(64)));
+        size_t te = HK_TILE / es;
+        while (n >= te) {
+            cmp(tile, a, b, te);
+            stream(dst, tile, HK_TILE);
+            dst += HK_TILE; a += HK_TILE; b += HK_TILE; n -= te;
+        }
+        size_t body = (n * es) & ~(size_t)63;    /* whole cache lines of the remainder */
+        if (body) {
+            cmp(tile, a, b, body / es);
+            stream(dst, tile, body);
+            dst += body; a += body; b += body; n -= body / es;
+        }
+    }
+    if (n) cmp(dst, a, b, n);
+}
+
+#if HK_X86
+#define HK_KERNEL(NAME, T)                                                                        \
+    static void NAME##_base(void* d, const void* a, const void* b, size_t n, int s) {             \
+        hk_drive((char*)d, (const char*)a, (const char*)b, n, s, sizeof(T), NAME##_cmp_base,      \
+                 HK_STREAM_BASE); }                                                               \
+    static void NAME##_avx2(void* d, const void* a, const void* b, size_t n, int s) {             \
+        hk_drive((char*)d, (const char*)a, (const char*)b, n, s, sizeof(T), NAME##_cmp_avx2,      \
+                 HK_STREAM_AVX2); }
+#else
+#define HK_KERNEL(NAME, T)                                                                        \
+    static void NAME##_base(void* d, const void* a, const void* b, size_t n, int s) {             \
+        hk_drive((char*)d, (const char*)a, (const char*)b, n, s, sizeof(T), NAME##_cmp_base,      \
+                 HK_STREAM_BASE); }
+#endif
+
+#define HK_KERNELS_INT(P, U)                                                                      \
+    HK_KERNEL(P##_sum, U) HK_KERNEL(P##_prod, U) HK_KERNEL(P##_band, U)                           \
+    HK_KERNEL(P##_bor, U) HK_KERNEL(P##_bxor, U)
+#define HK_KERNELS_MM(P, T) HK_KERNEL(P##_min, T) HK_KERNEL(P##_max, T)
+#define HK_KERNELS_FLT(P, T) HK_KERNEL(P##_sum, T) HK_KERNEL(P##_prod, T) HK_KERNELS_MM(P, T)
+
+HK_KERNELS_INT(hk_u8, uint8_t)
+HK_KERNELS_INT(hk_u16, uint16_t)
+HK_KERNELS_INT(hk_u32, uint32_t)
+HK_KERNELS_INT(hk_u64, uint64_t)
+HK_KERNELS_MM(hk_i8, int8_t)
+HK_KERNELS_MM(hk_u8, uint8_t)
+HK_KERNELS_MM(hk_i16, int16_t)
+HK_KERNELS_MM(hk_u16, uint16_t)
+HK_KERNELS_MM(hk_i32, int32_t)
+HK_KERNELS_MM(hk_u32, uint32_t)
+HK_KERNELS_MM(hk_i64, int64_t)
+HK_KERNELS_MM(hk_u64, uint64_t)
+HK_KERNELS_FLT(hk_f32, float)
+HK_KERNELS_FLT(hk_f64, double)
+HK_KERNELS_FLT(hk_f16, uint16_t)
+HK_KERNELS_FLT(hk_bf16, uint16_t)
+HK_KERNELS_FLT(hk_e4m3, uint8_t)
+HK_KERNELS_FLT(hk_e5m2, uint8_t)
+
+/* Kernel tables [dtype][op]; NULL = not implemented (AVG is resolved to SUM by the caller; the
+ * float/bitwise and bool/arith exclusions are also enforced there). */
+#define HK_ROW_INT(S, M, V) { S##_sum_##V, S##_prod_##V, M##_min_##V, M##_max_##V, 0,             \
+                              S##_band_##V, S##_bor_##V, S##_bxor_##V }
+#define HK_ROW_FLT(P, V)    { P##_sum_##V, P##_prod_##V, P##_min_##V, P##_max_##V, 0, 0, 0, 0 }
+#define HK_ROW_BOOL(V)      { 0, 0, hk_u8_min_##V, hk_u8_max_##V, 0,                              \
+                              hk_u8_band_##V, hk_u8_bor_##V, hk_u8_bxor_##V }
+#define HK_TABLE(V)                                                                               \
+    {   HK_ROW_INT(hk_u8, hk_i8, V), HK_ROW_INT(hk_u8, hk_u8, V),                                \
+        HK_ROW_INT(hk_u16, hk_i16, V), HK_ROW_INT(hk_u16, hk_u16, V),                            \
+        HK_ROW_INT(hk_u32, hk_i32, V), HK_ROW_INT(hk_u32, hk_u32, V),                            \
+        HK_ROW_INT(hk_u64, hk_i64, V), HK_ROW_INT(hk_u64, hk_u64, V),                            \
+        HK_ROW_FLT(hk_f16, V), HK_ROW_FLT(hk_bf16, V), HK_ROW_FLT(hk_f32, V),                    \
+        HK_ROW_FLT(hk_f64, V), HK_ROW_FLT(hk_e4m3, V), HK_ROW_FLT(hk_e5m2, V), HK_ROW_BOOL(V) }
+
+static const hk_reduce_fn hk_table_base[HK_NDT][HK_NOP] = HK_TABLE(base);
+#if HK_X86
+static const hk_reduce_fn hk_table_avx2[HK_NDT][HK_NOP] = HK_TABLE(avx2);
+#endif
+
+/* ------------------------------------------------------------------------------------------------
+ * AVG finishing step: buf[i] /= n.
+ * ---------------------------------------------------------------------------------------------- */
+#define HK_UNARY_BODY(T, EXPR)                                                                    \
+    T* p = (T*)p_;                                                                                \
+    HK_IVDEP for (size_t i = 0; i < cnt; i++) { T x = p[i]; p[i] = (T)(EXPR); }
+#if HK_X86
+#define HK_UNARY(NAME, T, EXPR)                                                                   \
+    static HK_UNUSED void NAME##_base(void* p_, size_t cnt, long n) { HK_UNARY_BODY(T, EXPR) }    \
+    static HK_UNUSED HK_AVX2 void NAME##_avx2(void* p_, size_t cnt, long n) {                     \
+        HK_UNARY_BODY(T, EXPR) }
+#else
+#define HK_UNARY(NAME, T, EXPR)                                                                   \
+    static HK_UNUSED void NAME##_base(void* p_, size_t cnt, long n) { HK_UNARY_BODY(T, EXPR) }
+#endif
+/* Integers up to 32 bits: (double)x / n is correctly rounded and can never cross an integer
+ * (|x| < 2^32, so the rounding error is below 1/n), so truncating it gives C's x / n exactly. */
+HK_UNARY(hk_div_i8, int8_t, (int32_t)((double)x / (double)n))
+HK_UNARY(hk_div_u8, uint8_t, (int32_t)((double)x / (double)n))
+HK_UNARY(hk_div_i16, int16_t, (int32_t)((double)x / (double)n))
+HK_UNARY(hk_div_u16, uint16_t, (int32_t)((double)x / (double)n))
+HK_UNARY(hk_div_i32, int32_t, (int32_t)((double)x / (double)n))
+HK_UNARY(hk_div_u32, uint32_t, (int32_t)((double)x / (double)n))    /* n >= 2: x/n < 2^31 */
+HK_UNARY(hk_div_i64, int64_t, x / (int64_t)n)
+HK_UNARY(hk_div_u64, uint64_t, x / (uint64_t)n)
+HK_UNARY(hk_div_f32, float, x / (float)n)
+HK_UNARY(hk_div_f64, double, x / (double)n)
+HK_UNARY(hk_div_f16, uint16_t, hk_f2h(hk_h2f(x) / (float)n))
+HK_UNARY(hk_div_bf16, uint16_t, hk_f2b(hk_b2f(x) / (float)n))
+HK_UNARY(hk_div_e4m3, uint8_t, hk_f2e4m3(hk_e4m3_2f(x) / (float)n))
+HK_UNARY(hk_div_e5m2, uint8_t, hk_f2e5m2(hk_e5m2_2f(x) / (float)n))
+
+typedef void (*hk_div_fn)(void* buf, size_t count, long n);
+#define HK_DIVS(V) { hk_div_i8_##V, hk_div_u8_##V, hk_div_i16_##V, hk_div_u16_##V, hk_div_i32_##V,    \
+                     hk_div_u32_##V, hk_div_i64_##V, hk_div_u64_##V, hk_div_f16_##V,               \
+                     hk_div_bf16_##V, hk_div_f32_##V, hk_div_f64_##V, hk_div_e4m3_##V,             \
+                     hk_div_e5m2_##V, 0 }
+static const hk_div_fn hk_divs_base[HK_NDT] = HK_DIVS(base);
+#if HK_X86
+static const hk_div_fn hk_divs_avx2[HK_NDT] = HK_DIVS(avx2);
+#endif
+
+/* ------------------------------------------------------------------------------------------------
+ * Run-time selection and public helpers.
+ * ---------------------------------------------------------------------------------------------- */
+static const hk_reduce_fn (*hk_table)[HK_NOP] = hk_table_base;
+static const hk_div_fn* hk_divs = hk_divs_base;
+static hk_stream_fn hk_stream = HK_STREAM_BASE;
+static int hk_isa_avx2 = 0;
+
+static int hk_cpu_has_avx2(void) {
+#if HK_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+/* isa: 1 = AVX2+F16C kernels (ignored when the CPU lacks them), 0 = baseline. Returns what is in use. */
+static int hk_select(int isa) {
+#if HK_X86
+    if (isa && hk_cpu_has_avx2()) {
+        hk_table = hk_table_avx2; hk_divs = hk_divs_avx2; hk_stream = HK_STREAM_AVX2;
+        hk_isa_avx2 = 1;
+        return 1;
+    }
+#endif
+    (void)isa;
+    hk_table = hk_table_base; hk_divs = hk_divs_base; hk_stream = HK_STREAM_BASE;
+    hk_isa_avx2 = 0;
+    return 0;
+}
+
+static void hk_init(void) { hk_select(1); }
+
+static hk_reduce_fn hk_lookup(int dtype, int op) {
+    if (dtype < 0 || dtype >= HK_NDT || op < 0 || op >= HK_NOP) return 0;
+    return hk_table[dtype][op];
+}
+
+static void hk_divide(void* buf, size_t count, int dtype, long n) {
+    if (n <= 1 || dtype < 0 || dtype >= HK_NDT || !hk_divs[dtype]) return;
+    hk_divs[dtype](buf, count, n);
+}
+
+static void hk_copy(void* dst, const void* src, size_t n, int streaming) {
+    if (!n) return;
+    if (!streaming || n < HK_STREAM_MIN) { memcpy(dst, src, n); return; }
+    char* d = (char*)dst; const char* s = (const char*)src;
+    size_t head = (64u - ((uintptr_t)d & 63u)) & 63u;
+    if (head) { memcpy(d, s, head); d += head; s += head; n -= head; }
+    size_t body = n & ~(size_t)63;
+    hk_stream(d, s, body);
+    if (n - body) memcpy(d + body, s + body, n - body);
+}
+
+static void hk_fence(void) {
+#if HK_X86
+    _mm_sfence();
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+#endif /* HETCCL_KERNELS_H */

@@ -1,0 +1,21 @@
+# C-level interface of the reduction / copy kernels (implemented in reduce.pyx).
+# All functions are nogil and never raise: callers validate (dtype, op) before calling.
+
+ctypedef void (*reduce_fn)(void* dst, const void* a, const void* b, size_t count,
+                           bint streaming) noexcept nogil
+
+# dst[i] = a[i] OP b[i] for i < count (elements, not bytes). dst may alias a or b.
+# Returns NULL when op is not defined for dtype. AVG returns the SUM kernel (divide afterwards).
+# fp16/bf16/fp8 are widened to float32, combined, and rounded back (round-to-nearest-even).
+# streaming=True uses non-temporal stores for dst (for outputs >= 16 MiB that are not re-read soon);
+# the caller issues store_fence() before publishing such data to another process.
+cdef reduce_fn get_reduce(int dtype, int op) noexcept nogil
+
+# memcpy with optional non-temporal stores (glibc never streams on this class of machine).
+cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil
+
+# AVG finishing step: buf[i] = buf[i] / n (integers: truncating division, like NCCL's ncclAvg).
+cdef void divide_by(void* buf, size_t count, int dtype, long n) noexcept nogil
+
+# sfence (x86) / full barrier elsewhere: orders earlier streaming stores before later stores.
+cdef void store_fence() noexcept nogil

@@ -1,0 +1,136 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Reduction and copy kernels (C-level interface in reduce.pxd; the loops are in kernels.h).
+
+Each kernel is compiled twice, for plain x86-64 and for AVX2+F16C; the set is chosen once at import
+from the CPU (``kernel_isa()`` says which). The Python functions at the bottom are test and
+benchmark hooks; the collectives use the cdef functions.
+"""
+from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_GetBuffer)
+
+from hetccl._native.codes cimport (DT_BOOL, DT_COUNT, DT_FLOAT16, DT_FP8_E5M2, OP_AVG, OP_BAND,
+                                   OP_BXOR, OP_COUNT, OP_PROD, OP_SUM)
+
+cdef extern from "kernels.h" nogil:
+    ctypedef void (*hk_reduce_fn)(void* dst, const void* a, const void* b, size_t count,
+                                  int streaming) noexcept nogil
+    int hk_select(int isa) noexcept
+    hk_reduce_fn hk_lookup(int dtype, int op) noexcept
+    void hk_divide(void* buf, size_t count, int dtype, long n) noexcept
+    void hk_copy(void* dst, const void* src, size_t n, int streaming) noexcept
+    void hk_fence() noexcept
+
+cdef int _current_isa = hk_select(1)     # AVX2+F16C kernels when the CPU has them
+
+cdef int[15] ITEMSIZE = [1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1, 1]
+
+
+cdef reduce_fn get_reduce(int dtype, int op) noexcept nogil:
+    if dtype < 0 or dtype >= DT_COUNT or op < 0 or op >= OP_COUNT:
+        return NULL
+    if op == OP_AVG:
+        op = OP_SUM                                   # the caller divides afterwards
+    if OP_BAND <= op <= OP_BXOR and DT_FLOAT16 <= dtype <= DT_FP8_E5M2:
+        return NULL                                   # bitwise ops: integers and bool only
+    if dtype == DT_BOOL and (op == OP_SUM or op == OP_PROD):
+        return NULL                                   # ambiguous on bool: use BOR/BAND/MIN/MAX
+    return <reduce_fn>hk_lookup(dtype, op)
+
+
+cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil:
+    hk_copy(dst, src, n, streaming)
+
+
+cdef void divide_by(void* buf, size_t count, int dtype, long n) noexcept nogil:
+    # n <= 1 and bool are no-ops; floats divide in float (narrow floats via float32, rounded back)
+    hk_divide(buf, count, dtype, n)
+
+
+cdef void store_fence() noexcept nogil:
+    hk_fence()
+
+
+# ---- Python-level hooks (tests, benchmarks) ---------------------------------------------------
+
+def kernel_isa():
+    """Which kernel set is in use: "avx2" (AVX2+F16C) or "baseline"."""
+    return "avx2" if _current_isa else "baseline"
+
+
+def select_kernel_isa(str name):
+    """Testing hook: switch kernel set ("avx2" or "baseline"); returns the one now in use.
+    Not thread-safe against running collectives; "avx2" falls back to baseline on CPUs without it."""
+    global _current_isa
+    if name not in ("avx2", "baseline"):
+        raise ValueError(f"unknown kernel set {name!r}; use 'avx2' or 'baseline'")
+    _current_isa = hk_select(1 if name == "avx2" else 0)
+    return "avx2" if _current_isa else "baseline"
+
+
+def itemsize(int dtype):
+    if dtype < 0 or dtype >= DT_COUNT:
+        raise ValueError(f"unknown dtype code {dtype}")
+    return ITEMSIZE[dtype]
+
+
+def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False):
+    """dst[i] = a[i] OP b[i] over buffer-protocol objects (contiguous). The element count comes
+    from dst's byte length; a and b must be at least as long. ValueError if OP is not defined for
+    the dtype (same rule as get_reduce). AVG only sums (see divide_array)."""
+    cdef reduce_fn fn = get_reduce(dtype, op)
+    if fn == NULL:
+        raise ValueError(f"reduction op {op} is not defined for dtype {dtype}")
+    cdef Py_buffer dv, av, bv
+    PyObject_GetBuffer(dst, &dv, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+    try:
+        PyObject_GetBuffer(a, &av, PyBUF_ANY_CONTIGUOUS)
+        try:
+            PyObject_GetBuffer(b, &bv, PyBUF_ANY_CONTIGUOUS)
+            try:
+                if av.len < dv.len or bv.len < dv.len:
+                    raise ValueError(f"inputs have {av.len} and {bv.len} bytes, output {dv.len}")
+                if dv.len % ITEMSIZE[dtype]:
+                    raise ValueError(f"output size {dv.len} is not a multiple of the item size "
+                                     f"{ITEMSIZE[dtype]}")
+                with nogil:
+                    fn(dv.buf, av.buf, bv.buf, <size_t>dv.len // ITEMSIZE[dtype], streaming)
+                    if streaming:
+                        hk_fence()
+            finally:
+                PyBuffer_Release(&bv)
+        finally:
+            PyBuffer_Release(&av)
+    finally:
+        PyBuffer_Release(&dv)
+
+
+def copy_array(dst, src, bint streaming=False):
+    """Copy src's bytes into the start of dst (copy_bytes); dst must be at least as long."""
+    cdef Py_buffer dv, sv
+    PyObject_GetBuffer(dst, &dv, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+    try:
+        PyObject_GetBuffer(src, &sv, PyBUF_ANY_CONTIGUOUS)
+        try:
+            if dv.len < sv.len:
+                raise ValueError(f"destination has {dv.len} bytes, source {sv.len}")
+            with nogil:
+                copy_bytes(dv.buf, sv.buf, <size_t>sv.len, streaming)
+                if streaming:
+                    hk_fence()
+        finally:
+            PyBuffer_Release(&sv)
+    finally:
+        PyBuffer_Release(&dv)
+
+
+def divide_array(buf, int dtype, long n):
+    """buf[i] /= n in place (divide_by; element count from the byte length)."""
+    if dtype < 0 or dtype >= DT_COUNT:
+        raise ValueError(f"unknown dtype code {dtype}")
+    cdef Py_buffer bv
+    PyObject_GetBuffer(buf, &bv, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+    try:
+        with nogil:
+            divide_by(bv.buf, <size_t>bv.len // ITEMSIZE[dtype], dtype, n)
+    finally:
+        PyBuffer_Release(&bv)

@@ -1,0 +1,493 @@
+"""One timing method for every library: :func:`run_sweep` drives a collective through an adapter.
+
+The adapter
+-----------
+An adapter wraps one library's communicator. It is duck-typed; :class:`Adapter` documents the
+interface and provides the optional parts. Required:
+
+``rank``, ``size``, ``name``
+    this process's rank, the number of ranks, and the library's display name.
+``alloc(collective, nbytes, dtype) -> buffers``
+    buffers for one row of the sweep, *nbytes* being the nccl-tests size
+    (:func:`~.format.layout` gives the counts). Use :meth:`NumpyBuffers.create` unless the library
+    needs its own memory; it fills inputs so the expected result is known and touches every page.
+``run(collective, buffers, op)``
+    one call of the collective, blocking until this rank's part is complete.
+``sync()``
+    a barrier.
+``max_over_ranks(x: float) -> float``
+    the maximum of *x* over all ranks, computed by the library itself; only called outside timed
+    regions.
+``check(collective, buffers, op) -> int``
+    the number of wrong elements on this rank. :class:`Adapter` implements it as: refill the
+    inputs, one :meth:`run`, compare (so in-place libraries are checked on fresh inputs too).
+
+Optional: ``bind(collective, buffers, op) -> callable`` returns a zero-argument function doing one
+call (e.g. a ``functools.partial`` of the library function) so that the timed loop does not pay
+for the adapter's dispatch on the collective name; ``sum_over_ranks(x)`` (the ``#wrong`` column is
+the sum over ranks like nccl-tests when present, else the max); ``supports(collective, dtype, op)
+-> bool | str`` (False or a reason string skips the collective); ``extras(collective, buffers, op)
+-> dict`` called after the timed repetitions, whose entries become extra columns (e.g. ``algo``);
+``extra_columns`` (names of those columns, so the header can show them before the first row).
+
+The method
+----------
+Identical for every library. Per size: allocate and fill buffers (first touch happens here);
+``warmup`` calls; calibrate: time 1, then more calls (barrier; t0; k calls; t1, max over ranks)
+until one batch lasts >= min_time/4, so rank 0 can pick ``iters`` such that one repetition lasts
+about ``min_time``, agreed on through ``max_over_ranks`` so every rank runs the same count; then
+``reps`` repetitions of (barrier; t0; ``iters`` calls; t1) with the Python garbage collector off.
+A repetition's time per call is the maximum over ranks of (t1 - t0) / iters; the row reports the
+median over repetitions. By default the repetitions of neighbouring sizes are interleaved (rep 1
+of every size in a group, then rep 2, ...; groups bounded by ``group_bytes`` of buffers per rank)
+so that each size's median spans several seconds of the run rather than one short window: the
+speed of the hosts we run on changes every few seconds. Correctness is checked after the timing
+(:meth:`Adapter.check`); nothing outside the (t0, t1) windows is timed.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from . import format as fmt
+
+# ------------------------------------------------------------------ dtypes and ops
+
+_OP_NAMES = ("sum", "prod", "min", "max", "avg", "band", "bor", "bxor")
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """numpy dtype from a name or dtype; bfloat16 and float8 through ml_dtypes."""
+    if isinstance(dtype, np.dtype):
+        return dtype
+    name = str(getattr(dtype, "name", dtype)).lower()
+    name = {"float": "float32", "half": "float16", "double": "float64", "bf16": "bfloat16",
+            "fp16": "float16", "fp32": "float32", "fp64": "float64"}.get(name, name)
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
+def op_name(op) -> str:
+    """'sum', 'max', ... from a name, an enum member or anything with a ``name``."""
+    name = (getattr(op, "name", None) or str(op)).lower()
+    if name not in _OP_NAMES:
+        raise ValueError(f"unknown reduction op {op!r}; use one of {', '.join(_OP_NAMES)}")
+    return name
+
+
+def _eps(dt: np.dtype) -> float:
+    try:
+        return float(np.finfo(dt).eps)
+    except ValueError:  # ml_dtypes types have their own finfo
+        import ml_dtypes
+        return float(ml_dtypes.finfo(dt).eps)
+
+
+def _is_float(dt: np.dtype) -> bool:
+    return dt.kind == "f" or dt.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+# ------------------------------------------------------------------ input patterns
+# Reducing collectives: rank r, element k holds 1 + (r + k) % 3 (small integers: sums, products
+# of a few ranks, min and max are exact even in float16/bfloat16). Data-movement collectives:
+# 1 + (31 r + k) % 251, so a block from the wrong rank or at the wrong offset is detected.
+_RED_PERIOD = 3
+_MOV_PERIOD = 251
+_CHUNK = 1 << 20
+
+
+def _reduction_base(op: str, nranks: int, dt: np.dtype) -> np.ndarray:
+    """Expected reduced values for k = 0 .. period-1 (float64 or int64, cast by the caller)."""
+    k = np.arange(_RED_PERIOD)
+    vals = [1 + (r + k) % _RED_PERIOD for r in range(nranks)]
+    fl = _is_float(dt)
+    acc = np.array(vals[0], dtype=np.float64 if fl else np.int64)
+    for v in vals[1:]:
+        if op in ("sum", "avg"):
+            acc = acc + v
+        elif op == "prod":
+            acc = acc * v
+        elif op == "min":
+            acc = np.minimum(acc, v)
+        elif op == "max":
+            acc = np.maximum(acc, v)
+        elif op == "band":
+            acc = acc & v
+        elif op == "bor":
+            acc = acc | v
+        elif op == "bxor":
+            acc = acc ^ v
+    if op == "avg":
+        acc = acc / nranks if fl else acc // nranks
+    return acc
+
+
+def _input_base(collective: str, rank: int) -> np.ndarray:
+    if collective in fmt.REDUCING:
+        return 1 + (rank + np.arange(_RED_PERIOD)) % _RED_PERIOD
+    return 1 + (31 * rank + np.arange(_MOV_PERIOD)) % _MOV_PERIOD
+
+
+def _tiled(base: np.ndarray, phase: int, dt: np.dtype) -> np.ndarray:
+    period = len(base)
+    rolled = np.roll(np.asarray(base), -(phase % period))
+    reps = max(1, _CHUNK // period)
+    return np.tile(rolled, reps).astype(dt)
+
+
+def _fill_periodic(view: np.ndarray, base: np.ndarray, phase: int) -> None:
+    if view.size == 0:
+        return
+    t = _tiled(base, phase, view.dtype)
+    step = len(t)
+    for a in range(0, view.size, step):
+        seg = view[a:a + step]
+        seg[...] = t[:seg.size]
+
+
+def _wrong_periodic(view: np.ndarray, base: np.ndarray, phase: int, rtol: float) -> int:
+    if view.size == 0:
+        return 0
+    t = _tiled(base, phase, view.dtype)
+    step = len(t)
+    bad = 0
+    for a in range(0, view.size, step):
+        seg = view[a:a + step]
+        exp = t[:seg.size]
+        if rtol:
+            ok = np.isclose(seg.astype(np.float64), exp.astype(np.float64), rtol=rtol, atol=rtol)
+            bad += int(seg.size - np.count_nonzero(ok))
+        else:
+            bad += int(np.count_nonzero(seg != exp))
+    return bad
+
+
+class NumpyBuffers:
+    """Send/receive numpy arrays for one row, filled with a known pattern.
+
+    ``send`` and ``recv`` are the same array when *in_place* (allowed when both counts are equal,
+    and always the case for broadcast, whose root sends from the buffer the others receive into).
+    """
+
+    def __init__(self, collective, lay: fmt.Layout, dtype, rank: int, in_place=False, root=0,
+                 allocator=None):
+        self.collective = fmt.canonical(collective)
+        self.layout = lay
+        self.dtype = resolve_dtype(dtype)
+        self.rank = int(rank)
+        self.nranks = lay.nranks
+        self.root = int(root)
+        if self.collective == "broadcast":
+            in_place = True
+        if in_place and lay.send_count != lay.recv_count:
+            raise ValueError(f"{self.collective} cannot run in place: send and receive counts differ")
+        self.in_place = bool(in_place)
+        alloc = allocator or (lambda n, dt: np.empty(n, dtype=dt))
+        self.send = alloc(lay.send_count, self.dtype)
+        self.recv = self.send if self.in_place else alloc(lay.recv_count, self.dtype)
+        self.fill()
+
+    @classmethod
+    def create(cls, collective, nbytes, dtype, rank, nranks, in_place=False, root=0, allocator=None):
+        dt = resolve_dtype(dtype)
+        lay = fmt.layout(collective, nbytes, dt.itemsize, nranks)
+        return cls(collective, lay, dt, rank, in_place=in_place, root=root, allocator=allocator)
+
+    @property
+    def nbytes(self) -> int:
+        return self.layout.size
+
+    def fill(self) -> None:
+        """(Re)write the inputs, and zero the output; touches every page of both."""
+        c = self.collective
+        if not self.in_place:
+            self.recv.fill(0)
+        if c == "broadcast" and self.rank != self.root:
+            self.send.fill(0)
+            return
+        _fill_periodic(self.send, _input_base(c, self.rank), 0)
+
+    def count_wrong(self, op="sum") -> int:
+        """Elements of this rank's output that differ from the expected result."""
+        c, n, lay, dt = self.collective, self.nranks, self.layout, self.dtype
+        per = lay.count
+        if c in fmt.REDUCING:
+            name = op_name(op)
+            base = _reduction_base(name, n, dt)
+            rtol = 0.0
+            if name == "avg":
+                rtol = 4 * _eps(dt) if _is_float(dt) else 0.0
+            if c == "allreduce":
+                return _wrong_periodic(self.recv, base, 0, rtol)
+            if c == "reduce":
+                return _wrong_periodic(self.recv, base, 0, rtol) if self.rank == self.root else 0
+            return _wrong_periodic(self.recv, base, self.rank * per, rtol)  # reduce_scatter
+        if c == "broadcast":
+            return _wrong_periodic(self.recv, _input_base(c, self.root), 0, 0.0)
+        bad = 0
+        for s in range(n):
+            block = self.recv[s * per:(s + 1) * per]
+            phase = 0 if c == "allgather" else self.rank * per  # alltoall: peer s's block for me
+            bad += _wrong_periodic(block, _input_base(c, s), phase, 0.0)
+        return bad
+
+
+# ------------------------------------------------------------------ adapter base
+
+
+class Adapter:
+    """Base class for adapters (optional: duck typing works too). See the module docstring."""
+    name = "?"
+    rank = 0
+    size = 1
+    extra_columns: tuple = ()
+    #: collectives the library runs in place (one buffer), e.g. torch.distributed's all_reduce
+    in_place: frozenset = frozenset({"broadcast"})
+
+    def alloc(self, collective, nbytes, dtype):
+        c = fmt.canonical(collective)
+        return NumpyBuffers.create(c, nbytes, dtype, self.rank, self.size,
+                                   in_place=c in self.in_place)
+
+    def run(self, collective, buffers, op):
+        self.bind(collective, buffers, op)()
+
+    def bind(self, collective, buffers, op):
+        raise NotImplementedError
+
+    def sync(self):
+        raise NotImplementedError
+
+    def max_over_ranks(self, x: float) -> float:
+        raise NotImplementedError
+
+    def check(self, collective, buffers, op) -> int:
+        buffers.fill()
+        self.sync()
+        self.run(collective, buffers, op)
+        self.sync()
+        return buffers.count_wrong(op)
+
+    def supports(self, collective, dtype, op):
+        return True
+
+    def extras(self, collective, buffers, op) -> dict:
+        return {}
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _timed(fn, iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return time.perf_counter() - t0
+
+
+def _calibrate(adapter, fn, min_time: float, max_iters: int) -> int:
+    n = 1
+    while True:
+        adapter.sync()
+        t = adapter.max_over_ranks(_timed(fn, n))
+        if t >= min_time / 4 or n >= max_iters:
+            break
+        if t <= 0:
+            n = min(max_iters, n * 10)
+        else:
+            n = min(max_iters, max(2 * n, int(n * (min_time / 2) / t)))
+    per_call = t / n
+    mine = 0.0
+    if adapter.rank == 0:
+        mine = float(max(1, min(max_iters, round(min_time / per_call) if per_call > 0 else max_iters)))
+    return max(1, int(adapter.max_over_ranks(mine)))
+
+
+def _default_warmup(nbytes: int) -> int:
+    return 5 if nbytes <= (16 << 20) else 2
+
+
+def _emit(out, text):
+    if out is None:
+        print(text, flush=True)
+    else:
+        out(text)
+
+
+def _footprint(lay: fmt.Layout, in_place: bool) -> int:
+    per = lay.itemsize
+    return per * (max(lay.send_count, lay.recv_count) if in_place else lay.send_count + lay.recv_count)
+
+
+def _groups(layouts, budget, in_place):
+    """Consecutive sizes whose buffers together stay within *budget* bytes (at least one each)."""
+    groups, cur, used = [], [], 0
+    for lay in layouts:
+        need = _footprint(lay, in_place)
+        if cur and used + need > budget:
+            groups.append(cur)
+            cur, used = [], 0
+        cur.append(lay)
+        used += need
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min_time=0.03,
+              warmup=None, max_iters=1_000_000, check=True, out=None, print_header=True,
+              extra_columns=None, interleave=True, group_bytes=512 << 20):
+    """Time *collective* at every size of *sizes* (nccl-tests sizes in bytes); return the rows.
+
+    Rank 0 prints the nccl-tests table through *out* (a callable taking one string; default print).
+    Every rank returns the same list of JSON-able dicts: collective, size, count, type, redop,
+    nranks, library, time_us (median over reps of the max over ranks), algbw, busbw (GB/s), wrong,
+    iters, reps, times_us (every repetition) and the adapter's extras.
+
+    With *interleave* (the default) the repetitions of different sizes are interleaved: sizes are
+    taken in groups whose buffers fit in *group_bytes* per rank; each size of a group is warmed up
+    and calibrated, then repetition 1 of every size runs, then repetition 2, and so on. Each
+    size's median then spans the whole group's duration instead of one short window, which matters
+    on hosts whose speed changes every few seconds. Rows are printed when their group completes.
+    """
+    coll = fmt.canonical(collective)
+    dt = resolve_dtype(dtype)
+    opn = op_name(op) if coll in fmt.REDUCING else op_name(op or "sum")
+    n = int(adapter.size)
+    is_root = adapter.rank == 0
+    extra_cols = list(extra_columns if extra_columns is not None
+                      else getattr(adapter, "extra_columns", ()))
+    say = (lambda s: _emit(out, s)) if is_root else (lambda s: None)
+
+    supports = getattr(adapter, "supports", None)
+    ok = supports(coll, dt, opn) if supports else True
+    if ok is not True:
+        reason = ok if isinstance(ok, str) else "not supported by this adapter"
+        say(f"# {adapter.name}: {coll} {dt.name} {opn}: skipped ({reason})")
+        return []
+
+    bind = getattr(adapter, "bind", None)
+    summed = getattr(adapter, "sum_over_ranks", None)
+    in_place = coll in getattr(adapter, "in_place", ())
+    layouts, seen = [], set()
+    for nbytes in sizes:
+        lay = fmt.layout(coll, int(nbytes), dt.itemsize, n)
+        if not lay.empty and lay.size not in seen:
+            seen.add(lay.size)
+            layouts.append(lay)
+    layouts.sort(key=lambda lay: lay.size)
+    groups = _groups(layouts, group_bytes, in_place) if interleave else [[x] for x in layouts]
+
+    if print_header:
+        say(f"# {adapter.name} {coll}  nranks {n}  type {dt.name}  redop "
+            f"{opn if coll in fmt.REDUCING else 'none'}  reps {reps}  min_time {min_time * 1e3:g} ms")
+        say(fmt.header(extra_cols))
+    rows = []
+    for group in groups:
+        states = []
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for lay in group:
+                bufs = adapter.alloc(coll, lay.size, dt)
+                adapter.sync()
+                fn = None
+                if bind is not None:
+                    try:
+                        fn = bind(coll, bufs, opn)
+                    except NotImplementedError:
+                        fn = None
+                if fn is None:
+                    fn = (lambda a=adapter, c=coll, b=bufs, o=opn: a.run(c, b, o))
+                for _ in range(_default_warmup(lay.size) if warmup is None else warmup):
+                    fn()
+                iters = _calibrate(adapter, fn, min_time, max_iters)
+                states.append((lay, bufs, fn, iters, []))
+            for _ in range(reps):
+                for lay, bufs, fn, iters, local in states:
+                    adapter.sync()
+                    local.append(_timed(fn, iters) / iters)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        for lay, bufs, fn, iters, local in states:
+            times = [adapter.max_over_ranks(t) for t in local]
+            extra = dict(adapter.extras(coll, bufs, opn) or {}) if hasattr(adapter, "extras") else {}
+            wrong = None
+            if check:
+                w = float(adapter.check(coll, bufs, opn))
+                wrong = int(round(summed(w) if summed else adapter.max_over_ranks(w)))
+            t = statistics.median(times)
+            algbw, busbw = fmt.bandwidths(coll, lay.size, t, n)
+            row = {"collective": coll, "size": lay.size, "count": lay.count,
+                   "type": fmt.type_name(dt), "redop": opn if coll in fmt.REDUCING else "none",
+                   "nranks": n, "library": adapter.name, "time_us": t * 1e6,
+                   "algbw": algbw, "busbw": busbw, "wrong": wrong, "iters": iters,
+                   "reps": len(times), "times_us": [x * 1e6 for x in times]}
+            for k, v in extra.items():  # extras not named in extra_columns go to the JSON only
+                row.setdefault(k, v)
+            rows.append(row)
+            say(fmt.format_row(row, extra_cols))
+        del states
+    return rows
+
+
+# ------------------------------------------------------------------ reporting helpers
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict:
+    """Where and when: hostname, nproc, CPU model, OS, Python and numpy versions, UTC date."""
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hostname": socket.gethostname(), "nproc": os.cpu_count(),
+            "cpu_model": cpu_model(), "platform": platform.platform(),
+            "python": sys.version.split()[0], "numpy": np.__version__}
+
+
+def result_document(adapter, rows, argv=None, describe=None, **meta) -> dict:
+    """The JSON document benchmarks write: library, nranks, host, command line, rows."""
+    doc = {"library": adapter.name, "nranks": adapter.size, "host": host_info(),
+           "argv": list(sys.argv if argv is None else argv), "rows": rows}
+    if describe:
+        doc["describe"] = describe
+    doc.update(meta)
+    return doc
+
+
+def write_json(path, doc) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        v = float(o)
+        return v if math.isfinite(v) else None
+    return str(o)

@@ -1,0 +1,225 @@
+"""Get every rank of a job connected to one store, whatever launched the job.
+
+Why: the store is the only thing that has to be found without help; everything else (data links,
+topology, communicator ids) is exchanged through it. ``connect_store`` picks the first workable way:
+
+1. one rank: an in-process store on 127.0.0.1 (no configuration needed);
+2. torchrun with its agent store on MASTER_PORT (the default): rank 0 serves our store on a free
+   port and publishes ``host:port`` (and a fresh secret if HETCCL_SECRET is unset) through torch's
+   TCPStore — so that secret is only as private as torch's own, unauthenticated store;
+3. a known address (HETCCL_STORE, or MASTER_ADDR/MASTER_PORT): rank 0 binds it, everyone connects;
+4. no address under mpirun (Open MPI or MPICH) with mpi4py: rank 0 serves on a free port and
+   broadcasts ``host:port`` plus a fresh random secret (unless HETCCL_SECRET is set) with an MPI
+   byte broadcast (nothing is pickled). This initialises MPI through mpi4py;
+5. otherwise: InvalidUsage telling the user what to set.
+
+The job id (names shared-memory segments) comes from the launcher, or rank 0 makes 8 hex digits;
+rank 0 always publishes it under the store key "job_id".
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets as _secrets
+import socket
+from typing import NamedTuple
+
+from ..errors import InvalidUsage
+from .env import LaunchInfo, parse_host_port, parse_secret
+from .store import StoreClient, StoreServer
+
+log = logging.getLogger("hetccl.bootstrap")
+
+__all__ = ["StoreConnection", "connect_store", "primary_address"]
+
+_calls = 0  # connect_store calls in this process: keys exchanged via a foreign store stay distinct
+
+
+class StoreConnection(NamedTuple):
+    """What ``connect_store`` returns; unpacks as (client, server, job_id, info)."""
+
+    client: StoreClient
+    server: StoreServer | None        # only on the rank that serves the store (rank 0)
+    job_id: str                       # agreed by every rank
+    info: LaunchInfo                  # with the store address, secret and job id actually used
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the client; on rank 0 then wait up to ``timeout`` s until every other rank has
+        closed its client or exited before the server stops (so no rank loses the answer to its
+        last request)."""
+        self.client.close()
+        if self.server is not None:
+            self.server.close(wait_for_clients=timeout)
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def primary_address() -> str:
+    """This host's address on its default route (no packet is sent), else its hostname's."""
+    for target in ("10.255.255.255", "192.0.2.1"):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((target, 1))
+                ip = s.getsockname()[0]
+            if not ipaddress.ip_address(ip).is_loopback:
+                return ip
+        except OSError:
+            pass
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _bind_host(host: str, single_host: bool) -> str:
+    """Where rank 0 binds to serve ``host``: that address if it is one of ours, else a wildcard.
+
+    A name that resolves to loopback here (e.g. Debian's 127.0.1.1 for the hostname) is bound as
+    is only if all ranks are on this host; other hosts reach us through another address."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        log.warning("cannot resolve store host %r on rank 0; serving on all interfaces", host)
+        return "0.0.0.0"
+    v6 = False
+    for fam, _, _, _, sa in infos:
+        ip = sa[0]
+        v6 |= fam == socket.AF_INET6
+        try:
+            with socket.socket(fam, socket.SOCK_STREAM) as s:
+                s.bind((ip, 0))
+        except OSError:
+            continue  # not an address of this host
+        if ipaddress.ip_address(ip.split("%")[0]).is_loopback and not single_host:
+            break
+        return ip
+    return "::" if v6 and all(f == socket.AF_INET6 for f, *_ in infos) else "0.0.0.0"
+
+
+def _payload(addr: str, secret_hex: str, job_id: str) -> bytes:
+    return f"{addr}\n{secret_hex}\n{job_id}".encode()
+
+
+def _unpayload(data: bytes, info: LaunchInfo, source: str):
+    text = data.decode("utf-8", "replace")
+    if text.startswith("ERR\n"):
+        raise InvalidUsage(f"rank 0 could not start the hetccl store: {text[4:]}")
+    addr, secret_hex, job_id = (text.split("\n") + ["", ""])[:3]
+    host, port = parse_host_port(addr, f"the store address from {source}")
+    secret = info.secret if info.secret is not None else parse_secret(secret_hex)
+    return (host, port), secret, (info.job_id or job_id)
+
+
+def _serve_on_free_port(info: LaunchInfo, publish_host: str | None):
+    """Rank 0: a server on a free port. Returns (server, payload to publish, secret, job_id)."""
+    single = info.local_size >= info.size
+    host = publish_host or ("127.0.0.1" if single else primary_address())
+    secret = info.secret if info.secret is not None else _secrets.token_bytes(32)
+    job_id = info.job_id or _secrets.token_hex(4)
+    bind = "127.0.0.1" if (single and host == "127.0.0.1") else ("::" if ":" in host else "0.0.0.0")
+    server = StoreServer(bind, 0, secret)
+    shared = "" if info.secret is not None else secret.hex()
+    return server, _payload(_fmt(host, server.port), shared, job_id), secret, job_id
+
+
+def _via_mpi(info: LaunchInfo):
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() != info.size or comm.Get_rank() != info.rank:
+        raise InvalidUsage(
+            f"MPI says rank {comm.Get_rank()} of {comm.Get_size()}, the launcher environment says "
+            f"rank {info.rank} of {info.size}; set HETCCL_STORE=host:port (or MASTER_ADDR and "
+            f"MASTER_PORT) so hetccl does not need MPI to find its store")
+    buf = bytearray(1024)
+    server = None
+    if info.rank == 0:
+        try:
+            server, data, _, _ = _serve_on_free_port(info, None)
+        except Exception as e:  # the others must not hang in the broadcast
+            data = f"ERR\n{e}".encode()
+        buf[:len(data)] = data[:1024]
+    comm.Bcast([buf, MPI.BYTE], root=0)
+    data = bytes(buf).rstrip(b"\0")
+    addr, secret, job_id = _unpayload(data, info, "MPI")
+    return addr, secret, job_id, server
+
+
+def _via_torch_store(info: LaunchInfo, timeout: float, call: int):
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    host, port = info.store_addr
+    tstore = TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout))
+    key = f"hetccl/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{call}/store"
+    server = None
+    if info.rank == 0:
+        try:
+            server, data, _, _ = _serve_on_free_port(
+                info, host if info.local_size < info.size else "127.0.0.1")
+        except Exception as e:
+            tstore.set(key, f"ERR\n{e}".encode())
+            raise
+        tstore.set(key, data)
+    else:
+        data = bytes(tstore.get(key))
+    addr, secret, job_id = _unpayload(data, info, "torchrun's store")
+    return addr, secret, job_id, server
+
+
+def connect_store(info: LaunchInfo, timeout: float = 300.0) -> StoreConnection:
+    """Connect this rank to the job's store (rank 0 also starts it); see the module docstring.
+
+    Every rank must call this (it is collective). ``timeout`` bounds how long ranks wait for each
+    other here and is the default timeout of the returned client.
+    """
+    global _calls
+    _calls += 1
+    server: StoreServer | None = None
+    secret, job_id = info.secret, info.job_id
+    try:
+        if info.size == 1:
+            secret = secret if secret is not None else _secrets.token_bytes(32)
+            server = StoreServer("127.0.0.1", 0, secret)
+            addr = server.address
+            job_id = job_id or _secrets.token_hex(4)
+        elif info.store_is_torch and info.store_addr is not None:
+            addr, secret, job_id, server = _via_torch_store(info, timeout, _calls)
+        elif info.store_addr is not None:
+            addr = info.store_addr
+            if info.rank == 0:
+                server = StoreServer(_bind_host(addr[0], info.local_size >= info.size), addr[1],
+                                     secret)
+        elif info.launcher in ("openmpi", "mpich") and (got := _via_mpi(info)) is not None:
+            addr, secret, job_id, server = got
+        else:
+            raise InvalidUsage(
+                f"rank {info.rank} of {info.size} (launcher: {info.launcher}) does not know where "
+                f"the hetccl store is. Set MASTER_ADDR and MASTER_PORT (rank 0's host and a free "
+                f"port), or HETCCL_STORE=host:port, on every rank; or launch with "
+                f"`hetccl run -n N ...`; or under mpirun install mpi4py")
+        client = StoreClient(addr, secret, info.rank, timeout)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    try:
+        if info.rank == 0:
+            job_id = job_id or _secrets.token_hex(4)
+            client.set("job_id", job_id.encode())
+        elif not job_id:
+            job_id = client.get("job_id", timeout).decode("ascii", "replace")
+    except BaseException:
+        client.close()
+        if server is not None:
+            server.close()
+        raise
+    log.debug("rank %d connected to the store at %s (job %s)", info.rank, _fmt(*addr), job_id)
+    final = info.replace(store_addr=tuple(addr), secret=secret, job_id=job_id)
+    return StoreConnection(client, server, job_id, final)

@@ -1,0 +1,35 @@
+"""Reduction operations. The integer values are shared with the Cython core (_native/codes.pxd)."""
+import enum
+
+
+class ReduceOp(enum.IntEnum):
+    SUM = 0
+    PROD = 1
+    MIN = 2
+    MAX = 3
+    AVG = 4
+    BAND = 5
+    BOR = 6
+    BXOR = 7
+
+
+SUM, PROD, MIN, MAX, AVG, BAND, BOR, BXOR = (ReduceOp(i) for i in range(8))
+
+_BY_NAME = {op.name.lower(): op for op in ReduceOp}
+
+
+def as_op(op) -> ReduceOp:
+    """Accept a ReduceOp, its integer value or its name ("sum", "max", ...)."""
+    from .errors import InvalidUsage
+    if isinstance(op, ReduceOp):
+        return op
+    if isinstance(op, str):
+        try:
+            return _BY_NAME[op.lower()]
+        except KeyError:
+            raise InvalidUsage(f"unknown reduction op {op!r}; use one of "
+                               f"{', '.join(o.name for o in ReduceOp)}") from None
+    try:
+        return ReduceOp(int(op))
+    except (TypeError, ValueError):
+        raise InvalidUsage(f"unknown reduction op {op!r}; use hetccl.ReduceOp") from None

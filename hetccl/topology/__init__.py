@@ -1,0 +1,1 @@
+"""Topology: who is where (host identity), and which transport links each pair of ranks."""

@@ -1,0 +1,121 @@
+"""Connect every pair of ranks of a communicator and hand each pair to its transport.
+
+1. Every rank listens on one TCP port and publishes a *rank card* (host id, pid, address, port)
+   through the Store as JSON (nothing is unpickled).
+2. Each rank connects to every lower rank and accepts every higher one; both ends prove the job
+   secret (bootstrap/auth.py). Connections from anything else are refused, logged and ignored.
+3. topology/select.py picks a transport per pair from the cards; set-up then runs in three phases
+   (prepare on low ranks, attach on both, finish on low ranks) so no pair can wait on another.
+The pair's socket stays open for the communicator's lifetime: it is the data path for ``tcp`` and the
+doorbell and liveness channel for ``shm``.
+"""
+import json
+import logging
+import os
+import socket
+import time
+
+from .. import transports as _transports
+from ..bootstrap.auth import client_handshake, server_handshake
+from ..errors import AuthenticationError, HetcclTimeout, TransportError
+from ..topology.host import host_id
+from ..topology.select import transport_matrix
+from .base import LinkContext
+from .netif import choose_address
+
+log = logging.getLogger("hetccl.transport")
+
+
+def _listener(spec_ifname):
+    ifname, addr = choose_address(spec_ifname)
+    bind = addr if spec_ifname else "0.0.0.0"
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((bind, 0))
+    s.listen(128)
+    return s, ifname, addr
+
+
+def _tune(sock):
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _connect(card, same_host, deadline):
+    addr = "127.0.0.1" if same_host and card["bind_any"] else card["addr"]
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            s = socket.create_connection((addr, card["port"]), timeout=max(0.1, deadline - time.monotonic()))
+            _tune(s)
+            return s
+        except OSError as e:          # the peer may not be listening yet
+            last = e
+            time.sleep(0.05)
+    raise HetcclTimeout(f"cannot connect to rank {card['rank']} at {addr}:{card['port']}: {last}; "
+                        f"check firewalls, or pick another interface with HETCCL_SOCKET_IFNAME")
+
+
+def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, transports_spec=None):
+    """Connect all pairs; returns (cards, transport matrix, {peer: socket})."""
+    spec_ifname = os.environ.get("HETCCL_SOCKET_IFNAME")
+    deadline = time.monotonic() + timeout
+    listener, ifname, addr = _listener(spec_ifname)
+    socks = {}
+    try:
+        card = {"rank": rank, "host": host_id(), "pid": os.getpid(), "ifname": ifname, "addr": addr,
+                "port": listener.getsockname()[1], "bind_any": not spec_ifname}
+        raw = store.allgather(f"{comm_id}/card", json.dumps(card).encode(), size)
+        cards = [json.loads(bytes(b)) for b in raw]
+        cid = comm_id.encode()
+        for peer in range(rank):
+            s = _connect(cards[peer], cards[peer]["host"] == card["host"], deadline)
+            socks[peer] = s
+            client_handshake(s, secret, rank, peer, cid, max(0.1, deadline - time.monotonic()))
+        while len(socks) < size - 1:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(range(rank + 1, size)) - set(socks))
+                raise HetcclTimeout(f"rank {rank} waited {timeout:g} s for ranks {missing} to connect; "
+                                    f"are they running, and can they reach {addr}?")
+            listener.settimeout(remaining)
+            try:
+                s, _ = listener.accept()
+            except socket.timeout:
+                continue
+            _tune(s)
+            try:
+                peer = server_handshake(s, secret, rank, cid, min(remaining, 30.0))
+            except (AuthenticationError, OSError, TransportError) as e:
+                log.warning("rank %d: ignoring a connection that failed authentication: %s", rank, e)
+                s.close()
+                continue
+            if peer <= rank or peer >= size or peer in socks:
+                log.warning("rank %d: ignoring a duplicate or unexpected connection from rank %d", rank, peer)
+                s.close()
+                continue
+            socks[peer] = s
+        matrix = transport_matrix(cards, _transports.ALL, transports_spec)
+        local_size = sum(c["host"] == card["host"] for c in cards)
+        ctx = LinkContext(engine, rank, job_id, comm_id, local_size, max(1.0, deadline - time.monotonic()))
+        tr = {p: _transports.by_name(matrix[rank][p]) for p in socks}
+        try:
+            for p in sorted(socks):
+                if p > rank:
+                    tr[p].prepare(ctx, p, socks[p])
+            for p in sorted(socks):
+                tr[p].attach(ctx, p, socks[p], p > rank)
+            for p in sorted(socks):
+                if p > rank:
+                    tr[p].finish(ctx, p, socks[p])
+        except BaseException:
+            for t in set(tr.values()):
+                if hasattr(t, "abandon"):
+                    t.abandon(comm_id)
+            raise
+        return cards, matrix, socks
+    except BaseException:
+        for s in socks.values():
+            s.close()
+        raise
+    finally:
+        listener.close()

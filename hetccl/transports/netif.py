@@ -1,0 +1,59 @@
+"""Which local address a rank listens on for TCP.
+
+Like NCCL and Gloo: ``HETCCL_SOCKET_IFNAME`` picks interfaces by name (``eth0``, a prefix such as
+``ib``, ``=eth0`` for an exact name, ``^docker,lo`` to exclude); by default the first interface that is
+up and not loopback, docker, or another virtual bridge, falling back to loopback.
+"""
+import fcntl
+import os
+import socket
+import struct
+
+from ..errors import InvalidUsage
+
+_VIRTUAL_PREFIXES = ("lo", "docker", "virbr", "veth", "br-", "cni", "flannel", "vmnet", "vboxnet",
+                     "tun", "tap", "kube", "cali", "weave")
+_SIOCGIFADDR = 0x8915
+
+
+def ipv4_of(ifname: str) -> str | None:
+    """The IPv4 address of an interface, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            res = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", ifname[:15].encode()))
+        except OSError:
+            return None
+    return socket.inet_ntoa(res[20:24])
+
+
+def interfaces() -> list[tuple[str, str]]:
+    """(name, IPv4 address) of every interface with an IPv4 address, in kernel order."""
+    out = []
+    for _, name in socket.if_nameindex():
+        addr = ipv4_of(name)
+        if addr:
+            out.append((name, addr))
+    return out
+
+
+def _match(name: str, spec: str) -> bool:
+    exact = spec.startswith("=")
+    pats = [p for p in spec.lstrip("^=").split(",") if p]
+    hit = any(name == p if exact else name.startswith(p) for p in pats)
+    return not hit if spec.startswith("^") else hit
+
+
+def choose_address(spec: str | None = None) -> tuple[str, str]:
+    """(interface, address) to listen on; spec defaults to HETCCL_SOCKET_IFNAME."""
+    spec = spec if spec is not None else os.environ.get("HETCCL_SOCKET_IFNAME")
+    ifs = interfaces()
+    if spec:
+        chosen = [(n, a) for n, a in ifs if _match(n, spec)]
+        if not chosen:
+            raise InvalidUsage(f"HETCCL_SOCKET_IFNAME={spec!r} matches no interface with an IPv4 "
+                               f"address; available: {', '.join(n for n, _ in ifs) or 'none'}")
+        return chosen[0]
+    for n, a in ifs:
+        if not n.startswith(_VIRTUAL_PREFIXES):
+            return n, a
+    return "lo", "127.0.0.1"
