@@ -8,14 +8,17 @@ in MPI and NCCL). Each message carries a header with the call's sequence number,
 dtype and op, so a violation raises InvalidUsage on the ranks that see it, and the communicator is
 then aborted so that every other rank raises too instead of hanging.
 """
+import collections
 import logging
 import os
+import threading
 
 import numpy as np
 
 from . import config, dtypes
 from .collectives.tuner import Tuner
-from .errors import CommAborted, HetcclError, InvalidUsage, PeerLostError
+from ._native import collectives as _coll
+from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
 from .topology.select import format_matrix
 
@@ -40,10 +43,57 @@ def _dtype_code(buf) -> int:
     return dtypes.from_format(fmt)
 
 
-class Communicator:
-    """A group of ranks connected by per-pair transports. Create with ``hetccl.init()``."""
+class Work:
+    """Handle of a non-blocking operation (``async_op=True``).
 
-    def __init__(self, *, engine, store, server, info, cards, matrix, socks, comm_id, timeout):
+    ``wait()`` returns the operation's result (its output buffer) or re-raises its error;
+    ``test()``/``is_completed()`` poll. Operations run in issue order on the communicator's progress
+    thread, which drives them without the GIL while the caller computes."""
+
+    __slots__ = ("_event", "_result", "_exc", "_fn", "_args", "_what", "_out")
+
+    def __init__(self, what, fn, args, out):
+        self._event = threading.Event()
+        self._result = None
+        self._exc = None
+        self._fn, self._args, self._what, self._out = fn, args, what, out
+
+    def wait(self, timeout=None):
+        if not self._event.wait(None if timeout is None else config.timeout(timeout)):
+            raise HetcclTimeout(f"{self._what} did not complete within {timeout} s")
+        if self._exc is not None:
+            raise self._exc
+        return self._out
+
+    def test(self) -> bool:
+        return self._event.is_set()
+
+    is_completed = test
+
+    def exception(self):
+        return self._exc if self._event.is_set() else None
+
+    def __repr__(self):
+        return f"<hetccl.Work {self._what} {'done' if self.test() else 'pending'}>"
+
+
+def _nbytes(buf) -> int:
+    return buf.nbytes if type(buf) is _ndarray else memoryview(buf).nbytes
+
+
+def _new_like(buf, count, what):
+    if not isinstance(buf, np.ndarray):
+        raise InvalidUsage(f"{what} of a non-numpy buffer needs out= (an output buffer)")
+    return np.empty((count,), dtype=buf.dtype)
+
+
+class Communicator:
+    """A group of ranks connected by per-pair transports. Create with ``hetccl.init()``.
+
+    Not thread-safe: issue calls from one thread (use ``async_op=True`` for overlap)."""
+
+    def __init__(self, *, engine, store, server, info, cards, matrix, socks, comm_id, timeout,
+                 parent=None):
         self._engine = engine
         self._store = store
         self._server = server
@@ -53,6 +103,7 @@ class Communicator:
         self._socks = socks
         self._comm_id = comm_id
         self._timeout = timeout
+        self._parent = parent
         self.rank = info.rank
         self.size = info.size
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
@@ -61,13 +112,68 @@ class Communicator:
         self._tuner = Tuner(self.size, links)
         self.last_algorithm = None
         self._closed = False
+        self._pending = 0
+        self._queue = collections.deque()
+        self._cv = threading.Condition()
+        self._worker = None
+        self._children = 0
+
+    # ------------------------------------------------------------------ running calls
+
+    def _t(self, timeout):
+        return self._timeout if timeout is None else config.timeout(timeout)
+
+    def _run(self, what, fn, args, out, async_op):
+        """Run one operation now, or queue it behind pending non-blocking ones (issue order)."""
+        if async_op or self._pending:
+            w = Work(what, fn, args, out)
+            with self._cv:
+                self._pending += 1
+                self._queue.append(w)
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._progress, name="hetccl-progress",
+                                                    daemon=True)
+                    self._worker.start()
+                self._cv.notify()
+            return w if async_op else w.wait()
+        try:
+            fn(*args)
+        except HetcclError as e:
+            raise self._failed(e, what)
+        return out
+
+    def _progress(self):
+        """The progress thread: runs queued operations in order (the engine releases the GIL)."""
+        while True:
+            with self._cv:
+                while not self._queue:
+                    self._cv.wait()
+                w = self._queue.popleft()
+            if w is None:
+                return
+            try:
+                w._fn(*w._args)
+            except HetcclError as e:
+                w._exc = self._failed(e, w._what)
+            except BaseException as e:           # noqa: BLE001 - handed to the waiter
+                w._exc = e
+            w._fn = w._args = None
+            with self._cv:
+                self._pending -= 1
+            w._event.set()
+
+    def _algo(self, collective, nbytes, algorithm):
+        a = self._tuner.select(collective, nbytes, algorithm)
+        self.last_algorithm = a.name
+        return a.code
 
     # ------------------------------------------------------------------ collectives
 
-    def allreduce(self, buf, op=ReduceOp.SUM, out=None, *, timeout=None, algorithm=None):
+    def allreduce(self, buf, op=ReduceOp.SUM, out=None, *, timeout=None, algorithm=None, async_op=False):
         """Reduce ``buf`` over all ranks with ``op``; the result goes to ``out`` (default: in place).
 
-        Returns the output buffer. All ranks must pass the same count, dtype and op."""
+        Returns the output buffer (a Work with async_op=True). All ranks pass the same count,
+        dtype and op."""
         code = _dtype_code(buf)
         if type(op) is not ReduceOp:
             op = as_op(op)
@@ -75,39 +181,119 @@ class Communicator:
             dtypes.check_op(code, op)
         if out is None:
             out = buf
-        algo = self._tuner.select("allreduce", buf.nbytes if type(buf) is _ndarray else memoryview(buf).nbytes, algorithm)
-        self.last_algorithm = algo.name
-        try:
-            self._engine.allreduce(buf, out, code, op, algo.code,
-                                   self._timeout if timeout is None else config.timeout(timeout))
+        algo = self._algo("allreduce", _nbytes(buf), algorithm)
+        t = self._timeout if timeout is None else config.timeout(timeout)
+        if async_op or self._pending:
+            return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
+        try:                                   # the latency-critical path: no queue, no tuple
+            self._engine.allreduce(buf, out, code, op, algo, t)
         except HetcclError as e:
-            self._after_error(e, "allreduce")
+            raise self._failed(e, "allreduce")
         return out
 
-    def allgather(self, buf, out=None, *, timeout=None, algorithm=None):
+    def allgather(self, buf, out=None, *, timeout=None, algorithm=None, async_op=False):
         """Concatenate every rank's ``buf`` (in rank order) into ``out``; returns ``out``.
 
         ``out`` defaults to a new numpy array of size x len(buf) elements (numpy input only). Passing
         ``out`` as ``buf`` means in place: each rank's contribution already sits in its block of out."""
         code = _dtype_code(buf)
         if out is None:
-            if not isinstance(buf, np.ndarray):
-                raise InvalidUsage("allgather of a non-numpy buffer needs out= (size x the input)")
-            out = np.empty((self.size * buf.size,), dtype=buf.dtype)
-        nbytes = out.nbytes if type(out) is _ndarray else memoryview(out).nbytes
-        algo = self._tuner.select("allgather", nbytes, algorithm)
-        self.last_algorithm = algo.name
-        try:
-            self._engine.allgather(buf, out, code, algo.code,
-                                   self._timeout if timeout is None else config.timeout(timeout))
-        except HetcclError as e:
-            self._after_error(e, "allgather")
-        return out
+            out = _new_like(buf, self.size * buf.size if isinstance(buf, np.ndarray) else 0, "allgather")
+        algo = self._algo("allgather", _nbytes(out), algorithm)
+        return self._run("allgather", self._engine.allgather,
+                         (buf, out, code, algo, self._t(timeout)), out, async_op)
 
-    def barrier(self, *, timeout=None):
-        """Return once every rank has entered the barrier."""
-        self.allreduce(np.zeros(1, dtype=np.uint8), ReduceOp.MAX, timeout=timeout,
-                       algorithm="recursive_doubling")
+    def allgatherv(self, buf, counts, out=None, *, timeout=None, async_op=False):
+        """Like allgather with ``counts[r]`` elements from rank r."""
+        code = _dtype_code(buf)
+        counts = [int(c) for c in counts]
+        if out is None:
+            out = _new_like(buf, sum(counts), "allgatherv")
+        self.last_algorithm = "ring"
+        return self._run("allgatherv", _coll.allgatherv,
+                         (self._engine, buf, out, counts, code, self._t(timeout)), out, async_op)
+
+    def reduce_scatter(self, buf, out=None, op=ReduceOp.SUM, *, counts=None, timeout=None,
+                       algorithm=None, async_op=False):
+        """Reduce ``buf`` over ranks and leave block ``rank`` of the result in ``out``.
+
+        Blocks are equal (len(buf) / size) unless ``counts`` gives each rank's (reduce_scatterv)."""
+        code = _dtype_code(buf)
+        op = as_op(op)
+        dtypes.check_op(code, op)
+        if out is None:
+            n = counts[self.rank] if counts is not None else (buf.size // self.size if isinstance(buf, np.ndarray) else 0)
+            out = _new_like(buf, n, "reduce_scatter")
+        algo = self._algo("reduce_scatter", _nbytes(buf), algorithm)
+        return self._run("reduce_scatter", _coll.reduce_scatter,
+                         (self._engine, buf, out, None if counts is None else [int(c) for c in counts],
+                          code, op, algo, self._t(timeout)), out, async_op)
+
+    def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
+        """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``."""
+        code = _dtype_code(buf)
+        algo = self._algo("broadcast", _nbytes(buf), algorithm)
+        return self._run("broadcast", _coll.broadcast,
+                         (self._engine, buf, int(root), code, algo, self._t(timeout)), buf, async_op)
+
+    def reduce(self, buf, root=0, op=ReduceOp.SUM, out=None, *, timeout=None, algorithm=None,
+               async_op=False):
+        """Reduce ``buf`` over ranks into ``out`` on ``root`` (default: a new array there; other
+        ranks return None)."""
+        code = _dtype_code(buf)
+        op = as_op(op)
+        dtypes.check_op(code, op)
+        if self.rank == root and out is None:
+            out = _new_like(buf, buf.size if isinstance(buf, np.ndarray) else 0, "reduce")
+        algo = self._algo("reduce", _nbytes(buf), algorithm)
+        return self._run("reduce", _coll.reduce,
+                         (self._engine, buf, out if self.rank == root else None, int(root), code, op,
+                          algo, self._t(timeout)), out if self.rank == root else None, async_op)
+
+    def gather(self, buf, root=0, out=None, *, counts=None, timeout=None, async_op=False):
+        """Concatenate every rank's ``buf`` into ``out`` on ``root`` (gatherv with ``counts``)."""
+        code = _dtype_code(buf)
+        if self.rank == root and out is None:
+            n = sum(counts) if counts is not None else self.size * (buf.size if isinstance(buf, np.ndarray) else 0)
+            out = _new_like(buf, n, "gather")
+        self.last_algorithm = "linear"
+        return self._run("gather", _coll.gather,
+                         (self._engine, buf, out if self.rank == root else None,
+                          None if counts is None else [int(c) for c in counts], int(root), code,
+                          self._t(timeout)), out if self.rank == root else None, async_op)
+
+    def scatter(self, buf, out, root=0, *, counts=None, timeout=None, async_op=False):
+        """Give every rank its block of root's ``buf`` in ``out`` (scatterv with ``counts``);
+        ``buf`` is ignored (may be None) on other ranks."""
+        code = _dtype_code(out)
+        if self.rank == root:
+            if _dtype_code(buf) != code:
+                raise InvalidUsage("scatter input and output must have the same dtype")
+        self.last_algorithm = "linear"
+        return self._run("scatter", _coll.scatter,
+                         (self._engine, buf if self.rank == root else None, out,
+                          None if counts is None else [int(c) for c in counts], int(root), code,
+                          self._t(timeout)), out, async_op)
+
+    def alltoall(self, buf, out=None, *, send_counts=None, recv_counts=None, timeout=None,
+                 async_op=False):
+        """Send block r of ``buf`` to rank r and receive rank r's block for us into block r of
+        ``out``. Uneven blocks (alltoallv): give ``send_counts`` and ``recv_counts``."""
+        code = _dtype_code(buf)
+        if (send_counts is None) != (recv_counts is None):
+            raise InvalidUsage("alltoallv needs both send_counts and recv_counts")
+        if out is None:
+            n = sum(recv_counts) if recv_counts is not None else (buf.size if isinstance(buf, np.ndarray) else 0)
+            out = _new_like(buf, n, "alltoall")
+        self.last_algorithm = "pairwise"
+        sc = None if send_counts is None else [int(c) for c in send_counts]
+        rc = None if recv_counts is None else [int(c) for c in recv_counts]
+        return self._run("alltoall", _coll.alltoall,
+                         (self._engine, buf, out, sc, rc, code, self._t(timeout)), out, async_op)
+
+    def barrier(self, *, timeout=None, async_op=False):
+        """Return once every rank has entered the barrier (dissemination algorithm)."""
+        return self._run("barrier", _coll.barrier, (self._engine, self._t(timeout)), None, async_op)
 
     # ------------------------------------------------------------------ introspection
 
@@ -132,13 +318,12 @@ class Communicator:
 
     # ------------------------------------------------------------------ failure and shutdown
 
-    def _after_error(self, e, what):
-        """An error during communication: abort so every other rank raises too, then re-raise.
-
-        The first rank to fail posts its reason in the store; ranks that then see only a closed
-        connection report that reason (and its error class) instead of a bare 'peer lost'."""
+    def _failed(self, e, what):
+        """An error during communication: abort so every other rank raises too; returns the
+        exception to raise. The first rank to fail posts its reason in the store; ranks that then
+        see only a closed connection report that reason (and its error class) instead."""
         if not self._engine.is_broken:
-            raise e
+            return e
         key = f"{self._comm_id}/abort"
         if isinstance(e, PeerLostError):
             try:
@@ -149,14 +334,16 @@ class Communicator:
                 cls_name, _, msg = reason.partition("|")
                 cls = {"InvalidUsage": InvalidUsage}.get(cls_name, PeerLostError)
                 self.abort()
-                raise cls(f"{what} failed because another rank failed first: {msg}") from e
+                err = cls(f"{what} failed because another rank failed first: {msg}")
+                err.__cause__ = e
+                return err
         else:
             try:
                 self._store.set(key, f"{type(e).__name__}|rank {self.rank}: {e}".encode())
             except Exception:
                 pass
         self.abort()
-        raise e
+        return e
 
     def abort(self):
         """Close every link at once: peers blocked on this rank raise PeerLostError."""
@@ -173,6 +360,11 @@ class Communicator:
         if self._closed:
             return
         self._closed = True
+        if self._worker is not None:
+            with self._cv:
+                self._queue.append(None)
+                self._cv.notify()
+            self._worker.join(timeout)
         try:
             if not self._engine.is_broken:
                 self._store.barrier(f"{self._comm_id}/close", self.size, timeout=timeout)

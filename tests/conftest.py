@@ -19,6 +19,7 @@ DEFAULT_TIMEOUT = 300.0
 _leaked: list[str] = []
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     # pyproject.toml sets `timeout = 300`; keep a default even if it is run from elsewhere.
     if hasattr(config.option, "timeout") and not config.option.timeout \

@@ -466,3 +466,25 @@ def test_link_handshake_survives_garbage(caplog):
         auth.server_handshake(a, SECRET, 0, b"c", timeout=0.3)
     assert time.monotonic() - t0 < 2
     a.close(), b.close()
+
+
+def test_authenticate_socket_over_loopback_tcp():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    out = {}
+
+    def accept():
+        s, _ = listener.accept()
+        with s:
+            out["peer"] = auth.authenticate_socket(s, SECRET, 1, b"cid", timeout=5)
+            s.sendall(b"data after auth")
+
+    t = threading.Thread(target=accept)
+    t.start()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        assert auth.authenticate_socket(c, SECRET, 4, b"cid", timeout=5, peer_rank=1) == 1
+        assert c.gettimeout() == 5  # restored
+        assert c.recv(100) == b"data after auth"
+    t.join(5)
+    listener.close()
+    assert out["peer"] == 4

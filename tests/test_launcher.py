@@ -99,11 +99,13 @@ def test_run_reports_a_rank_killed_by_a_signal():
     assert "rank 1 exited with status 137 (killed by SIGKILL)" in p.stderr
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_run_stops_all_ranks_on_ctrl_c_or_sigterm(sig, status):
-    # rank 1 ignores SIGINT/SIGTERM (e.g. stuck in native code): it must still die (SIGKILL)
+@pytest.mark.parametrize("sig, status, stubborn", [(signal.SIGINT, 130, True),
+                                                   (signal.SIGTERM, 143, False)])
+def test_run_stops_all_ranks_on_ctrl_c_or_sigterm(sig, status, stubborn):
+    # a stubborn rank 1 ignores SIGINT/SIGTERM (as if stuck in native code): SIGKILL must follow
     code = ("import os, signal, time; r = int(os.environ['HETCCL_RANK']); "
-            "r == 1 and [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)];"
+            f"r == 1 and {stubborn} and "
+            "[signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]; "
             "print('pid=%d ready' % os.getpid(), flush=True); time.sleep(60)")
     p = start_command(HETCCL_RUN + ["-n", "2", "python", "-c", code])
     try:

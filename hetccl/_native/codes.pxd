@@ -45,3 +45,21 @@ cdef enum Coll:
 cdef enum Algo:
     ALGO_RING = 0
     ALGO_RD = 1
+    ALGO_BINOMIAL = 2
+    ALGO_CHAIN = 3
+    ALGO_SCATTER_ALLGATHER = 4
+    ALGO_PAIRWISE = 5
+    ALGO_LINEAR = 6
+    ALGO_RS_GATHER = 7
+
+
+cdef inline size_t dtype_size(int dtype) noexcept nogil:
+    if dtype < 0:
+        return 1
+    if dtype <= DT_UINT8 or dtype >= DT_FP8_E4M3:
+        return 1
+    if dtype <= DT_UINT16 or dtype == DT_FLOAT16 or dtype == DT_BFLOAT16:
+        return 2
+    if dtype <= DT_UINT32 or dtype == DT_FLOAT32:
+        return 4
+    return 8

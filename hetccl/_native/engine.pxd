@@ -4,6 +4,7 @@
 from libc.stdint cimport uint64_t, uint32_t, uint8_t
 from hetccl._native.link cimport Link
 from hetccl._native.reduce cimport reduce_fn
+from hetccl._native.codes cimport dtype_size
 
 cdef struct Seg:
     char* buf            # send: source; recv: destination
@@ -12,6 +13,7 @@ cdef struct Seg:
     long divide          # recv: divide each reduced piece by this (AVG finishing step); 0 = no
     bint fwd             # send: filled by the receive stream; recv: also forward into it (shm->shm)
     int dep              # send: index of the receive segment this one forwards (-1: none)
+    char* copy           # send: also copy the sent bytes here (allgather's own block), or NULL
 
 cdef struct Stream
 
@@ -64,6 +66,9 @@ cdef class Engine:
     cdef uint8_t err_want[32]
     cdef object pending_exc
     cdef list segments
+    cdef char* scratch_buf
+    cdef size_t scratch_len
+    cdef public bint stream_out     # set per call: outputs big enough for streaming stores
 
     cdef void stream_init(self, Stream* s, int peer, Seg* segs, int nseg, int coll, int dtype,
                           int op, int phase, uint64_t count, size_t esize, bint is_send) noexcept nogil
@@ -90,3 +95,7 @@ cdef class Engine:
     cdef int allgather_ring(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil
     cdef int allgather_rd(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil
     cdef size_t forward_piece(self, Stream* s, Seg* g, size_t n) noexcept nogil
+    cdef char* scratch(self, size_t n) noexcept nogil
+    cdef bint can_fuse(self, int to, int frm) noexcept nogil
+    cdef int xfer(self, int to, Seg* ssegs, int ns, int frm, Seg* rsegs, int nr, int coll, int dtype,
+                  int op, int phase, uint64_t count, bint fused, double deadline) noexcept nogil

@@ -18,13 +18,14 @@ its death (EOF) wakes. Deadlines are checked throughout; Ctrl-C is honoured whil
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint64_t, uint32_t, uint8_t, uintptr_t
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport malloc, calloc, free, realloc
 from libc.string cimport memcpy, memcmp, memset
 
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_store32_sc, hc_load32_sc
 from hetccl._native.codes cimport *
 from hetccl._native.link cimport *
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
+from hetccl._native.buffers cimport get_buffer, check_overlap
 
 import os as _os
 
@@ -197,8 +198,12 @@ cdef class Engine:
         self.broken = False
         self.err_peer = -1
         self.segments = []
+        self.scratch_buf = NULL
+        self.scratch_len = 0
 
     def __dealloc__(self):
+        if self.scratch_buf != NULL:
+            free(self.scratch_buf)
         if self.links != NULL:
             for i in range(self.size):
                 if self.links[i].stage != NULL:
@@ -362,6 +367,8 @@ cdef class Engine:
             if w == 0:
                 s.waiting = True
                 break
+            if g.copy != NULL:               # copy-send: the bytes are hot in cache right now
+                copy_bytes(g.copy + s.off, g.buf + s.off, w, s.streaming)
             s.off += w
             s.pos += w
             moved += w
@@ -683,6 +690,52 @@ cdef class Engine:
                 store_fence()
         return 0
 
+    cdef char* scratch(self, size_t n) noexcept nogil:
+        """A persistent, pre-faulted work buffer of at least n bytes (grown, never per call)."""
+        cdef char* p
+        if n > self.scratch_len:
+            p = <char*>realloc(self.scratch_buf, n)
+            if p == NULL:
+                return NULL
+            memset(p + self.scratch_len, 0, n - self.scratch_len)
+            self.scratch_buf = p
+            self.scratch_len = n
+        return self.scratch_buf if self.scratch_buf != NULL else <char*>&self.err_got[0]
+
+    cdef bint can_fuse(self, int to, int frm) noexcept nogil:
+        """Both neighbours are shared memory: a relay can forward FIFO to FIFO."""
+        return to >= 0 and frm >= 0 and self.links[to].kind == LK_SHM and self.links[frm].kind == LK_SHM
+
+    cdef int xfer(self, int to, Seg* ssegs, int ns, int frm, Seg* rsegs, int nr, int coll, int dtype,
+                  int op, int phase, uint64_t count, bint fused, double deadline) noexcept nogil:
+        """Send ssegs to `to` while receiving rsegs from `frm` (a peer < 0: that side is absent).
+
+        A send segment with dep >= 0 carries what receive segment `dep` brought (a relay); with
+        fused, that happens FIFO to FIFO (receive, reduce, forward in one pass), otherwise the send
+        waits until the receive has landed in memory (the caller gives both the same buffer).
+        Callers set buf/loc/len/divide/dep/copy of every segment; fwd is set here."""
+        cdef Stream snd, rcv
+        cdef size_t es = dtype_size(dtype)
+        cdef int i
+        for i in range(nr):
+            rsegs[i].fwd = False
+        for i in range(ns):
+            ssegs[i].fwd = fused and ssegs[i].dep >= 0
+            if ssegs[i].fwd:
+                rsegs[ssegs[i].dep].fwd = True
+        if to >= 0:
+            self.stream_init(&snd, to, ssegs, ns, coll, dtype, op, phase, count, es, True)
+        if frm >= 0:
+            self.stream_init(&rcv, frm, rsegs, nr, coll, dtype, op, phase, count, es, False)
+            rcv.streaming = self.stream_out
+            if to >= 0:
+                snd.dep = &rcv
+                if fused:
+                    rcv.fwd = &snd
+        if to >= 0:
+            snd.streaming = self.stream_out
+        return self.run2(&snd if to >= 0 else NULL, &rcv if frm >= 0 else NULL, NULL, deadline)
+
     cdef int fail(self, Stream* s, int rc) noexcept nogil:
         if self.err_peer < 0:
             self.err_peer = s.link.peer
@@ -735,12 +788,12 @@ cdef class Engine:
         cdef int rc
         cdef double deadline
         self.check_usable()
-        _get_buffer(recvobj, &rv, True)
+        get_buffer(recvobj, &rv, True)
         if inplace:
             sv = rv
         else:
             try:
-                _get_buffer(sendobj, &sv, False)
+                get_buffer(sendobj, &sv, False)
             except BaseException:
                 PyBuffer_Release(&rv)
                 raise
@@ -748,7 +801,7 @@ cdef class Engine:
             if sv.len != rv.len:
                 raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
                                    f"pass an output of the same size and dtype")
-            _check_overlap(&sv, &rv, inplace)
+            check_overlap(&sv, &rv, inplace)
             if rv.len % ESIZE[dtype]:
                 raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of {_DT_NAMES[dtype]}")
             if get_reduce(dtype, op) == NULL:
@@ -776,14 +829,14 @@ cdef class Engine:
         cdef double deadline
         cdef bint same = sendobj is recvobj
         self.check_usable()
-        _get_buffer(recvobj, &rv, True)
+        get_buffer(recvobj, &rv, True)
         if same:
             sv = rv
             sv.len = rv.len // self.size
             sv.buf = <char*>rv.buf + sv.len * self.rank
         else:
             try:
-                _get_buffer(sendobj, &sv, False)
+                get_buffer(sendobj, &sv, False)
             except BaseException:
                 PyBuffer_Release(&rv)
                 raise
@@ -794,7 +847,7 @@ cdef class Engine:
             if sv.len % ESIZE[dtype]:
                 raise InvalidUsage(f"buffer of {sv.len} bytes is not a whole number of {_DT_NAMES[dtype]}")
             if not same and <char*>sv.buf != <char*>rv.buf + sv.len * self.rank:
-                _check_overlap(&sv, &rv, False)
+                check_overlap(&sv, &rv, False)
             deadline = hc_now() + timeout
             self.seq += 1
             with nogil:
@@ -871,6 +924,8 @@ cdef class Engine:
                 ssegs[idx].divide = 0
                 ssegs[idx].dep = idx - 1 if t > 0 else -1
                 ssegs[idx].fwd = fused and t > 0
+                ssegs[idx].copy = NULL
+                rsegs[idx].copy = NULL
                 rsegs[idx].buf = rbuf + bstart[rb] + o
                 rsegs[idx].len = _clamp(blen[rb], o, sl)
                 rsegs[idx].loc = sbuf + bstart[rb] + o if t <= N - 2 else NULL
@@ -903,6 +958,8 @@ cdef class Engine:
         sseg.divide = 0
         sseg.fwd = False
         sseg.dep = -1
+        sseg.copy = NULL
+        rseg.copy = NULL
         rseg.buf = dst
         rseg.loc = loc
         rseg.len = nbytes
@@ -991,7 +1048,7 @@ cdef class Engine:
 
     cdef int allgather_ring(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil:
         """Ring allgather, sliced like the ring allreduce; shared-memory neighbours forward FIFO to
-        FIFO. The local block is copied into the output in idle time."""
+        FIFO. The own block is copied into the output as it is sent (while hot in cache)."""
         cdef int N = self.size, r = self.rank, k, rc, nsl, j, idx, T = N - 1
         cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
         cdef bint fused
@@ -1026,6 +1083,8 @@ cdef class Engine:
                 ssegs[idx].divide = 0
                 ssegs[idx].dep = idx - 1 if k > 0 else -1
                 ssegs[idx].fwd = fused and k > 0
+                ssegs[idx].copy = lc.dst + o if (k == 0 and lc.len) else NULL
+                rsegs[idx].copy = NULL
                 rsegs[idx].buf = rbuf + nb * ((r - k - 1 + N) % N) + o
                 rsegs[idx].len = ssegs[idx].len
                 rsegs[idx].loc = NULL
@@ -1035,10 +1094,13 @@ cdef class Engine:
         self.stream_init(&snd, nxt, ssegs, T * nsl, COLL_ALLGATHER, dtype, 0, 0, count, es, True)
         self.stream_init(&rcv, prev, rsegs, T * nsl, COLL_ALLGATHER, dtype, 0, 0, count, es, False)
         snd.dep = &rcv
+        snd.streaming = stream_out           # for the copy of the own block into the output
         if fused:
             rcv.fwd = &snd
         rcv.streaming = stream_out
-        rc = self.run2(&snd, &rcv, &lc, deadline)
+        rc = self.run2(&snd, &rcv, NULL, deadline)
+        if rc == 0 and stream_out:
+            store_fence()
         free(ssegs)
         return rc
 
@@ -1065,6 +1127,8 @@ cdef class Engine:
             sseg.fwd = False
             rseg.dep = -1
             sseg.dep = -1
+            rseg.copy = NULL
+            sseg.copy = NULL
             self.stream_init(&snd, peer, &sseg, 1, COLL_ALLGATHER, dtype, 0, phase, count, ESIZE[dtype], True)
             self.stream_init(&rcv, peer, &rseg, 1, COLL_ALLGATHER, dtype, 0, phase, count, ESIZE[dtype], False)
             rc = self.run2(&snd, &rcv, NULL, deadline)
@@ -1084,37 +1148,3 @@ cdef inline size_t _clamp(size_t blen, size_t off, size_t sl) noexcept nogil:
 
 cdef int _check_signals() except -1:
     return PyErr_CheckSignals()
-
-
-cdef int _get_buffer(object obj, Py_buffer* view, bint writable) except -1:
-    """Acquire a C-contiguous (optionally writable) buffer, with errors that say what to do."""
-    cdef int flags = PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0)
-    try:
-        PyObject_GetBuffer(obj, view, flags)
-    except BufferError as e:
-        what = "output" if writable else "input"
-        msg = str(e)
-        if writable and ("writable" in msg or "read-only" in msg or "readonly" in msg):
-            raise InvalidUsage(f"the {what} buffer is read-only; pass a writable array "
-                               f"(e.g. numpy.array(x) or x.copy())") from None
-        if "contiguous" in msg:
-            raise InvalidUsage(f"the {what} buffer is not C-contiguous; pass numpy.ascontiguousarray(x) "
-                               f"(hetccl moves contiguous memory only)") from None
-        raise InvalidUsage(f"cannot use the {what} ({type(obj).__name__}) as a buffer: {msg}") from None
-    except TypeError:
-        raise InvalidUsage(f"{type(obj).__name__} is not a buffer; pass a numpy array, a torch CPU "
-                           f"tensor or another buffer-protocol object") from None
-    return 0
-
-
-cdef int _check_overlap(Py_buffer* a, Py_buffer* b, bint same) except -1:
-    cdef uintptr_t a0 = <uintptr_t>a.buf, a1 = a0 + <uintptr_t>a.len
-    cdef uintptr_t b0 = <uintptr_t>b.buf, b1 = b0 + <uintptr_t>b.len
-    if same or a.len == 0 or b.len == 0:
-        return 0
-    if a0 == b0 and a1 == b1:
-        return 0
-    if a0 < b1 and b0 < a1:
-        raise InvalidUsage("input and output buffers partially overlap; pass the same buffer for an "
-                           "in-place operation or disjoint buffers")
-    return 0

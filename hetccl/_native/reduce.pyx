@@ -5,7 +5,7 @@ Each kernel is compiled twice, for plain x86-64 and for AVX2+F16C; the set is ch
 from the CPU (``kernel_isa()`` says which). The Python functions at the bottom are test and
 benchmark hooks; the collectives use the cdef functions.
 """
-from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE,
+from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 
 from hetccl._native.codes cimport (DT_BOOL, DT_COUNT, DT_FLOAT16, DT_FP8_E5M2, OP_AVG, OP_BAND,
@@ -14,13 +14,14 @@ from hetccl._native.codes cimport (DT_BOOL, DT_COUNT, DT_FLOAT16, DT_FP8_E5M2, O
 cdef extern from "kernels.h" nogil:
     ctypedef void (*hk_reduce_fn)(void* dst, const void* a, const void* b, size_t count,
                                   int streaming) noexcept nogil
+    int hk_init() noexcept
     int hk_select(int isa) noexcept
     hk_reduce_fn hk_lookup(int dtype, int op) noexcept
     void hk_divide(void* buf, size_t count, int dtype, long n) noexcept
     void hk_copy(void* dst, const void* src, size_t n, int streaming) noexcept
     void hk_fence() noexcept
 
-cdef int _current_isa = hk_select(1)     # AVX2+F16C kernels when the CPU has them
+cdef int _current_isa = hk_init()     # fp8 tables; AVX2+F16C kernels when the CPU has them
 
 cdef int[15] ITEMSIZE = [1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1, 1]
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["LaunchInfo", "detect", "StoreClient", "StoreServer", "StoreConnection",
-           "connect_store", "client_handshake", "server_handshake", "run_main"]
+           "connect_store", "client_handshake", "server_handshake", "authenticate_socket",
+           "hmac_key", "run_main"]
 
 _WHERE = {
     "LaunchInfo": "env", "detect": "env",
     "StoreClient": "store", "StoreServer": "store",
     "StoreConnection": "rendezvous", "connect_store": "rendezvous",
-    "client_handshake": "auth", "server_handshake": "auth",
+    "client_handshake": "auth", "server_handshake": "auth", "authenticate_socket": "auth",
+    "hmac_key": "auth",
     "run_main": "launcher",
 }
 

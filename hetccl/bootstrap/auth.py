@@ -238,3 +238,13 @@ def server_handshake(sock: socket.socket, secret: bytes | None, my_rank: int, co
             sock.settimeout(old_timeout)
         except OSError:
             pass
+
+
+def authenticate_socket(sock: socket.socket, secret: bytes | None, my_rank: int, comm_id: bytes,
+                        timeout: float, peer_rank: int | None = None) -> int:
+    """One call for both ends: with ``peer_rank`` we connected (client side) to that rank,
+    without it we accepted (server side). Returns the authenticated peer rank."""
+    if peer_rank is None:
+        return server_handshake(sock, secret, my_rank, comm_id, timeout)
+    client_handshake(sock, secret, my_rank, peer_rank, comm_id, timeout)
+    return peer_rank

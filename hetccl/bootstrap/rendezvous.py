@@ -84,6 +84,8 @@ def _bind_host(host: str, single_host: bool) -> str:
     except socket.gaierror:
         log.warning("cannot resolve store host %r on rank 0; serving on all interfaces", host)
         return "0.0.0.0"
+    # IPv4 first: clients given a name may resolve it to IPv4 only
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)
     v6 = False
     for fam, _, _, _, sa in infos:
         ip = sa[0]

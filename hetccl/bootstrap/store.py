@@ -123,7 +123,7 @@ class StoreServer:
         self._waiting: dict[str, list[_Waiter]] = {}
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
         self._closed = False
         # Live TCP connections, from the socket monitor: a rank that exits (or dies) drops its
         # connection, so rank 0 can wait for the others before it stops serving.
@@ -237,8 +237,8 @@ class StoreServer:
                     self._idle.set()
 
     def _refuse(self, peer: str, why: str = _AUTH_HINT) -> None:
-        if peer not in self._warned and len(self._warned) < 1000:
-            self._warned.add(peer)
+        if (peer, why) not in self._warned and len(self._warned) < 1000:  # once per peer
+            self._warned.add((peer, why))
             log.warning("refused store message from %s: %s", peer, why)
 
     def _handle(self, zframes) -> None:
@@ -425,8 +425,7 @@ class StoreClient:
         self._sock.setsockopt(zmq.LINGER, 0)
         # A fixed identity lets the server recognise us (and keep our session) after a reconnect.
         self._sock.setsockopt(zmq.ROUTING_ID, b"\x01" + os.urandom(15))
-        if ":" in self._addr[0]:
-            self._sock.setsockopt(zmq.IPV6, 1)
+        self._sock.setsockopt(zmq.IPV6, 1)  # dual stack: names may resolve to either family
         self._sock.connect(_endpoint(*self._addr))
         try:
             self._session = self._handshake(self.timeout)

@@ -1,0 +1,542 @@
+# cython: language_level=3
+"""Schedules of the collectives beyond allreduce/allgather, on the engine's stream primitives.
+
+Each public function validates and pins the user's buffers, then runs a whole schedule without the
+GIL through ``Engine.xfer`` (one send stream and one receive stream at a time, relays fused FIFO to
+FIFO between shared-memory neighbours). Relative ranks (``vr = (rank - root) mod size``) make every
+rooted tree the same as the one rooted at 0.
+"""
+from cpython.buffer cimport PyBuffer_Release
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+from hetccl._native.atomics cimport hc_now
+from hetccl._native.buffers cimport get_buffer
+from hetccl._native.codes cimport *
+from hetccl._native.engine cimport Engine, Seg
+from hetccl._native.link cimport E_OS
+from hetccl._native.reduce cimport copy_bytes, get_reduce, divide_by, store_fence, reduce_fn
+
+from hetccl.errors import InvalidUsage
+
+
+cdef inline void seg(Seg* g, char* buf, const char* loc, size_t n, int dep) noexcept nogil:
+    g.buf = buf
+    g.loc = loc
+    g.len = n
+    g.divide = 0
+    g.fwd = False
+    g.dep = dep
+    g.copy = NULL
+
+
+cdef inline int lowbit_mask(int vr, int N) noexcept nogil:
+    """Binomial trees: the span of vr's subtree (the root's spans the next power of two >= N)."""
+    cdef int m = 1
+    if vr == 0:
+        while m < N:
+            m <<= 1
+        return m
+    while not (vr & m):
+        m <<= 1
+    return m
+
+
+cdef class _Bufs:
+    """Pins up to two user buffers for the duration of a call."""
+    cdef Py_buffer a, b
+    cdef bint has_a, has_b
+
+    cdef int pin(self, object x, object y, bint y_writable, bint x_writable=False) except -1:
+        if x is not None:
+            get_buffer(x, &self.a, x_writable)
+            self.has_a = True
+        if y is not None:
+            if y is x:
+                self.b = self.a
+            else:
+                get_buffer(y, &self.b, y_writable)
+                self.has_b = True
+        return 0
+
+    def __dealloc__(self):
+        if self.has_a:
+            PyBuffer_Release(&self.a)
+        if self.has_b:
+            PyBuffer_Release(&self.b)
+
+
+cdef int _begin(Engine e, size_t out_bytes) except -1:
+    e.check_usable()
+    e.seq += 1
+    e.stream_out = out_bytes >= e.nt_threshold
+    return 0
+
+
+cdef _finish(Engine e, int rc, str what, double timeout):
+    if rc < 0:
+        e.raise_error(rc, what, timeout)
+
+
+# ------------------------------------------------------------------ broadcast
+
+cdef int bcast_binomial(Engine e, char* buf, size_t nb, int root, int dtype, uint64_t count,
+                        double dl) noexcept nogil:
+    cdef int N = e.size, vr = (e.rank - root + N) % N, mask, rc
+    cdef Seg g
+    seg(&g, buf, NULL, nb, -1)
+    mask = lowbit_mask(vr, N)
+    if vr:
+        rc = e.xfer(-1, NULL, 0, (vr - mask + root) % N, &g, 1, COLL_BROADCAST, dtype, 0, 0, count, False, dl)
+        if rc < 0:
+            return rc
+    mask >>= 1
+    while mask > 0:
+        if vr + mask < N:
+            rc = e.xfer((vr + mask + root) % N, &g, 1, -1, NULL, 0, COLL_BROADCAST, dtype, 0, 0, count, False, dl)
+            if rc < 0:
+                return rc
+        mask >>= 1
+    return 0
+
+
+cdef int bcast_chain(Engine e, char* buf, size_t nb, int root, int dtype, uint64_t count,
+                     double dl) noexcept nogil:
+    """Pipelined chain root -> root+1 -> ...: each rank relays slice by slice as it arrives."""
+    cdef int N = e.size, vr = (e.rank - root + N) % N, i, ns, rc
+    cdef int to = (e.rank + 1) % N if vr < N - 1 else -1
+    cdef int frm = (e.rank - 1 + N) % N if vr > 0 else -1
+    cdef size_t sl = e.slice_bytes(frm if frm >= 0 else e.rank, to if to >= 0 else e.rank, dtype_size(dtype))
+    cdef Seg* ss
+    ns = <int>((nb + sl - 1) // sl) if nb else 1
+    ss = <Seg*>malloc(sizeof(Seg) * 2 * ns)
+    if ss == NULL:
+        return E_OS
+    for i in range(ns):
+        seg(&ss[i], buf + <size_t>i * sl, NULL, sl if nb - <size_t>i * sl > sl else nb - <size_t>i * sl, i if frm >= 0 else -1)
+        seg(&ss[ns + i], buf + <size_t>i * sl, NULL, ss[i].len, -1)
+    if nb == 0:
+        ss[0].len = 0
+        ss[ns].len = 0
+    rc = e.xfer(to, ss, ns if to >= 0 else 0, frm, ss + ns, ns if frm >= 0 else 0, COLL_BROADCAST, dtype,
+                0, 0, count, e.can_fuse(to, frm), dl)
+    free(ss)
+    return rc
+
+
+cdef int ring_allgatherv(Engine e, char* rbuf, size_t* boff, size_t* blen, int dtype, uint64_t count,
+                         int coll, int phase, double dl) noexcept nogil:
+    """Ring allgather of blocks of any sizes (rank b's block at rbuf+boff[b]), sliced, relayed."""
+    cdef int N = e.size, r = e.rank, T = N - 1, j, k, nsl, idx, b, rc
+    cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
+    cdef size_t sl = e.slice_bytes(prev, nxt, dtype_size(dtype)), mx = 0, o, ln
+    cdef bint fused = e.can_fuse(nxt, prev)
+    cdef Seg* ss
+    cdef Seg* rs
+    if N == 1:
+        return 0
+    for b in range(N):
+        if blen[b] > mx:
+            mx = blen[b]
+    nsl = <int>((mx + sl - 1) // sl) if mx else 1
+    ss = <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
+    if ss == NULL:
+        return E_OS
+    rs = ss + T * nsl
+    for j in range(nsl):
+        o = <size_t>j * sl
+        for k in range(T):
+            idx = j * T + k
+            b = (r - k + N) % N
+            ln = 0 if o >= blen[b] else (sl if blen[b] - o > sl else blen[b] - o)
+            seg(&ss[idx], rbuf + boff[b] + o, NULL, ln, idx - 1 if k > 0 else -1)
+            b = (r - k - 1 + N) % N
+            ln = 0 if o >= blen[b] else (sl if blen[b] - o > sl else blen[b] - o)
+            seg(&rs[idx], rbuf + boff[b] + o, NULL, ln, -1)
+    rc = e.xfer(nxt, ss, T * nsl, prev, rs, T * nsl, coll, dtype, 0, phase, count, fused, dl)
+    free(ss)
+    return rc
+
+
+cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, int dtype,
+                                 double dl) noexcept nogil:
+    """van de Geijn: binomial scatter of N blocks from the root, then a ring allgather."""
+    cdef int N = e.size, r = e.rank, vr = (r - root + N) % N, mask, m, i, n, rc = 0, b
+    cdef size_t es = dtype_size(dtype), base = count // N, rem = count % N
+    cdef size_t* boff = <size_t*>malloc(sizeof(size_t) * 2 * N)
+    cdef size_t* blen
+    cdef Seg* gs
+    if boff == NULL:
+        return E_OS
+    blen = boff + N
+    gs = <Seg*>malloc(sizeof(Seg) * N)
+    if gs == NULL:
+        free(boff)
+        return E_OS
+    for b in range(N):
+        boff[b] = (b * base + (b if <size_t>b < rem else rem)) * es
+        blen[b] = (base + (1 if <size_t>b < rem else 0)) * es
+    mask = lowbit_mask(vr, N)
+    if vr:                                   # receive my subtree's blocks (relative vr .. vr+mask)
+        n = 0
+        for i in range(vr, min(vr + mask, N)):
+            b = (i + root) % N
+            seg(&gs[n], buf + boff[b], NULL, blen[b], -1)
+            n += 1
+        rc = e.xfer(-1, NULL, 0, (vr - mask + root) % N, gs, n, COLL_BROADCAST, dtype, 0, 1, count, False, dl)
+    m = mask >> 1
+    while rc >= 0 and m > 0:
+        if vr + m < N:
+            n = 0
+            for i in range(vr + m, min(vr + 2 * m, N)):
+                b = (i + root) % N
+                seg(&gs[n], buf + boff[b], NULL, blen[b], -1)
+                n += 1
+            rc = e.xfer((vr + m + root) % N, gs, n, -1, NULL, 0, COLL_BROADCAST, dtype, 0, 1, count, False, dl)
+        m >>= 1
+    if rc >= 0:
+        rc = ring_allgatherv(e, buf, boff, blen, dtype, count, COLL_BROADCAST, 2, dl)
+    free(gs)
+    free(boff)
+    return rc
+
+
+def broadcast(Engine e, obj, int root, int dtype, int algo, double timeout):
+    """obj (in place) = root's obj on every rank."""
+    cdef _Bufs p = _Bufs()
+    cdef int rc
+    cdef double dl
+    cdef size_t nb, count
+    if not 0 <= root < e.size:
+        raise InvalidUsage(f"broadcast root {root} is not a rank of this communicator (0..{e.size - 1})")
+    p.pin(obj, None, False, True)
+    nb = p.a.len
+    count = nb // dtype_size(dtype)
+    _begin(e, nb)
+    dl = hc_now() + timeout
+    with nogil:
+        if e.size == 1:
+            rc = 0
+        elif algo == ALGO_CHAIN:
+            rc = bcast_chain(e, <char*>p.a.buf, nb, root, dtype, count, dl)
+        elif algo == ALGO_SCATTER_ALLGATHER:
+            rc = bcast_scatter_allgather(e, <char*>p.a.buf, count, root, dtype, dl)
+        else:
+            rc = bcast_binomial(e, <char*>p.a.buf, nb, root, dtype, count, dl)
+    _finish(e, rc, "broadcast", timeout)
+
+
+# ------------------------------------------------------------------ reduce_scatter and reduce
+
+cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, int dtype, int op,
+                 uint64_t count, double dl) noexcept nogil:
+    """Ring reduce-scatter (rank b ends with block b), sliced. Partial sums travel FIFO to FIFO
+    between shared-memory neighbours; otherwise they stage in the engine's scratch buffer."""
+    cdef int N = e.size, r = e.rank, T = N - 1, j, t, nsl, idx, sb, rb, rc
+    cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
+    cdef size_t sl = e.slice_bytes(prev, nxt, dtype_size(dtype)), mx = 0, o, ln, tot = 0
+    cdef bint fused = e.can_fuse(nxt, prev)
+    cdef char* scr = NULL
+    cdef Seg* ss
+    cdef Seg* rs
+    for t in range(N):
+        if blen[t] > mx:
+            mx = blen[t]
+        tot += blen[t]
+    if not fused and N > 2:
+        scr = e.scratch(tot)
+        if scr == NULL:
+            return E_OS
+    nsl = <int>((mx + sl - 1) // sl) if mx else 1
+    ss = <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
+    if ss == NULL:
+        return E_OS
+    rs = ss + T * nsl
+    for j in range(nsl):
+        o = <size_t>j * sl
+        for t in range(T):
+            idx = j * T + t
+            sb = (r - 1 - t + 2 * N) % N
+            rb = (r - 2 - t + 2 * N) % N
+            ln = 0 if o >= blen[sb] else (sl if blen[sb] - o > sl else blen[sb] - o)
+            seg(&ss[idx], (sbuf if t == 0 else scr) + boff[sb] + o, NULL, ln, idx - 1 if t > 0 else -1)
+            ln = 0 if o >= blen[rb] else (sl if blen[rb] - o > sl else blen[rb] - o)
+            if t == T - 1:                     # the last step lands my own block in the output
+                seg(&rs[idx], out + o, sbuf + boff[rb] + o, ln, -1)
+                rs[idx].divide = N if op == OP_AVG else 0
+            else:
+                seg(&rs[idx], (scr + boff[rb] + o) if scr != NULL else NULL, sbuf + boff[rb] + o, ln, -1)
+    rc = e.xfer(nxt, ss, T * nsl, prev, rs, T * nsl, COLL_REDUCE_SCATTER, dtype, op, 0, count, fused, dl)
+    free(ss)
+    return rc
+
+
+def reduce_scatter(Engine e, sendobj, recvobj, counts, int dtype, int op, int algo, double timeout):
+    """recvobj = this rank's block of the reduction of every rank's sendobj (blocks by counts)."""
+    cdef _Bufs p = _Bufs()
+    cdef int rc, N = e.size, b
+    cdef double dl
+    cdef size_t es = dtype_size(dtype), total = 0
+    cdef size_t* boff
+    cdef size_t* blen
+    if get_reduce(dtype, op) == NULL:
+        raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
+    p.pin(sendobj, recvobj, True)
+    if counts is None:
+        if p.a.len % (es * N):
+            raise InvalidUsage(f"reduce_scatter input of {p.a.len // es} elements does not split into "
+                               f"{N} equal blocks; pass counts= (reduce_scatterv) or pad the input")
+        counts = [p.a.len // es // N] * N
+    if len(counts) != N:
+        raise InvalidUsage(f"counts has {len(counts)} entries; it needs one per rank ({N})")
+    boff = <size_t*>malloc(sizeof(size_t) * 2 * N)
+    blen = boff + N
+    for b in range(N):
+        blen[b] = <size_t>counts[b] * es
+        boff[b] = total
+        total += blen[b]
+    try:
+        if total != <size_t>p.a.len:
+            raise InvalidUsage(f"reduce_scatter input has {p.a.len // es} elements but counts add up "
+                               f"to {total // es}")
+        if <size_t>p.b.len != blen[e.rank]:
+            raise InvalidUsage(f"reduce_scatter output of rank {e.rank} has {p.b.len // es} elements; "
+                               f"it needs {blen[e.rank] // es}")
+        _begin(e, p.b.len)
+        dl = hc_now() + timeout
+        with nogil:
+            if N == 1:
+                copy_bytes(p.b.buf, p.a.buf, blen[0], 0)
+                if op == OP_AVG:
+                    rc = 0
+                rc = 0
+            else:
+                rc = rs_ring(e, <char*>p.a.buf, <char*>p.b.buf, boff, blen, dtype, op, total // es, dl)
+        _finish(e, rc, "reduce_scatter", timeout)
+    finally:
+        free(boff)
+
+
+cdef int reduce_binomial(Engine e, char* sbuf, char* rbuf, size_t nb, int root, int dtype, int op,
+                         uint64_t count, double dl) noexcept nogil:
+    """Binomial tree: children's partial sums are reduced into mine, then sent up to my parent."""
+    cdef int N = e.size, vr = (e.rank - root + N) % N, mask, m, rc
+    cdef char* acc = rbuf if vr == 0 else e.scratch(nb)
+    cdef const char* cur = sbuf
+    cdef Seg g
+    if acc == NULL:
+        return E_OS
+    mask = lowbit_mask(vr, N)
+    m = 1
+    while m < mask:                            # children vr+1, vr+2, vr+4, ... below my span
+        if vr + m < N:
+            seg(&g, acc, cur, nb, -1)
+            rc = e.xfer(-1, NULL, 0, (vr + m + root) % N, &g, 1, COLL_REDUCE, dtype, op, 0, count, False, dl)
+            if rc < 0:
+                return rc
+            cur = acc
+        m <<= 1
+    if vr:
+        seg(&g, <char*>cur, NULL, nb, -1)
+        return e.xfer((vr - mask + root) % N, &g, 1, -1, NULL, 0, COLL_REDUCE, dtype, op, 0, count, False, dl)
+    if cur != acc:
+        copy_bytes(acc, cur, nb, 0)
+    if op == OP_AVG:
+        divide_by(acc, nb // dtype_size(dtype), dtype, N)
+    return 0
+
+
+def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, double timeout):
+    """On root, recvobj = reduction of every rank's sendobj (recvobj may be None elsewhere)."""
+    cdef _Bufs p = _Bufs()
+    cdef int rc
+    cdef double dl
+    cdef size_t nb
+    if not 0 <= root < e.size:
+        raise InvalidUsage(f"reduce root {root} is not a rank of this communicator (0..{e.size - 1})")
+    if get_reduce(dtype, op) == NULL:
+        raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
+    if e.rank == root:
+        if recvobj is None:
+            raise InvalidUsage("reduce needs an output buffer on the root rank")
+        p.pin(sendobj, recvobj, True)
+        if p.a.len != p.b.len:
+            raise InvalidUsage(f"reduce output has {p.b.len} bytes but the input has {p.a.len}")
+    else:
+        p.pin(sendobj, None, False)
+    nb = p.a.len
+    _begin(e, nb)
+    dl = hc_now() + timeout
+    with nogil:
+        rc = reduce_binomial(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL, nb, root,
+                             dtype, op, nb // dtype_size(dtype), dl)
+    _finish(e, rc, "reduce", timeout)
+
+
+# ------------------------------------------------------------------ gather, scatter, alltoall, barrier
+
+def _offsets(counts, int N, size_t es, what):
+    if len(counts) != N:
+        raise InvalidUsage(f"{what} needs one count per rank ({N}), got {len(counts)}")
+    offs, total = [], 0
+    for c in counts:
+        if c < 0:
+            raise InvalidUsage(f"{what} counts must be >= 0, got {c}")
+        offs.append(total)
+        total += c * es
+    return offs, total
+
+
+def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeout):
+    """Root's recvobj = concatenation of every rank's sendobj (rank-ordered; counts for gatherv)."""
+    cdef _Bufs p = _Bufs()
+    cdef int rc = 0, N = e.size, i
+    cdef double dl
+    cdef size_t es = dtype_size(dtype), total
+    cdef Seg g
+    if not 0 <= root < N:
+        raise InvalidUsage(f"gather root {root} is not a rank (0..{N - 1})")
+    p.pin(sendobj, recvobj if e.rank == root else None, True)
+    if counts is None:
+        counts = [p.a.len // es] * N
+    offs, total = _offsets(counts, N, es, "gather")
+    if <size_t>p.a.len != <size_t>counts[e.rank] * es:
+        raise InvalidUsage(f"gather input of rank {e.rank} has {p.a.len // es} elements; counts say {counts[e.rank]}")
+    if e.rank == root and <size_t>p.b.len != total:
+        raise InvalidUsage(f"gather output has {p.b.len // es} elements; it needs {total // es}")
+    _begin(e, total)
+    dl = hc_now() + timeout
+    if e.rank != root:
+        seg(&g, <char*>p.a.buf, NULL, p.a.len, -1)
+        with nogil:
+            rc = e.xfer(root, &g, 1, -1, NULL, 0, COLL_GATHER, dtype, 0, 0, 0, False, dl)
+    else:
+        copy_bytes(<char*>p.b.buf + <size_t>offs[root], p.a.buf, p.a.len, 0)
+        for i in range(1, N):
+            src = (root + i) % N
+            seg(&g, <char*>p.b.buf + <size_t>offs[src], NULL, <size_t>counts[src] * es, -1)
+            with nogil:
+                rc = e.xfer(-1, NULL, 0, src, &g, 1, COLL_GATHER, dtype, 0, 0, 0, False, dl)
+            if rc < 0:
+                break
+    _finish(e, rc, "gather", timeout)
+
+
+def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeout):
+    """Every rank's recvobj = its block of root's sendobj (counts for scatterv)."""
+    cdef _Bufs p = _Bufs()
+    cdef int rc = 0, N = e.size, i
+    cdef double dl
+    cdef size_t es = dtype_size(dtype), total
+    cdef Seg g
+    if not 0 <= root < N:
+        raise InvalidUsage(f"scatter root {root} is not a rank (0..{N - 1})")
+    p.pin(sendobj if e.rank == root else None, recvobj, True)
+    if counts is None:
+        counts = [p.b.len // es] * N
+    offs, total = _offsets(counts, N, es, "scatter")
+    if <size_t>p.b.len != <size_t>counts[e.rank] * es:
+        raise InvalidUsage(f"scatter output of rank {e.rank} has {p.b.len // es} elements; counts say {counts[e.rank]}")
+    if e.rank == root and <size_t>p.a.len != total:
+        raise InvalidUsage(f"scatter input has {p.a.len // es} elements; it needs {total // es}")
+    _begin(e, p.b.len)
+    dl = hc_now() + timeout
+    if e.rank != root:
+        seg(&g, <char*>p.b.buf, NULL, p.b.len, -1)
+        with nogil:
+            rc = e.xfer(-1, NULL, 0, root, &g, 1, COLL_SCATTER, dtype, 0, 0, 0, False, dl)
+    else:
+        copy_bytes(p.b.buf, <char*>p.a.buf + <size_t>offs[root], p.b.len, 0)
+        for i in range(1, N):
+            dst = (root + i) % N
+            seg(&g, <char*>p.a.buf + <size_t>offs[dst], NULL, <size_t>counts[dst] * es, -1)
+            with nogil:
+                rc = e.xfer(dst, &g, 1, -1, NULL, 0, COLL_SCATTER, dtype, 0, 0, 0, False, dl)
+            if rc < 0:
+                break
+    _finish(e, rc, "scatter", timeout)
+
+
+def alltoall(Engine e, sendobj, recvobj, scounts, rcounts, int dtype, double timeout):
+    """Pairwise exchange: at step k, send my block for rank+k and receive rank-k's block for me."""
+    cdef _Bufs p = _Bufs()
+    cdef int rc = 0, N = e.size, r = e.rank, k, to, frm
+    cdef double dl
+    cdef size_t es = dtype_size(dtype), stot, rtot
+    cdef Seg gs, gr
+    p.pin(sendobj, recvobj, True)
+    if p.a.buf == p.b.buf and p.a.len:
+        raise InvalidUsage("alltoall cannot run in place; pass a separate output buffer")
+    if scounts is None:
+        if p.a.len % (es * N) or p.a.len != p.b.len:
+            raise InvalidUsage(f"alltoall needs input and output of size x block elements (here "
+                               f"{p.a.len // es} and {p.b.len // es} for {N} ranks); use alltoallv for uneven blocks")
+        scounts = rcounts = [p.a.len // es // N] * N
+    soffs, stot = _offsets(scounts, N, es, "alltoall send")
+    roffs, rtot = _offsets(rcounts, N, es, "alltoall receive")
+    if stot != <size_t>p.a.len or rtot != <size_t>p.b.len:
+        raise InvalidUsage(f"alltoall counts add up to {stot // es} sent / {rtot // es} received elements, "
+                           f"but the buffers hold {p.a.len // es} / {p.b.len // es}")
+    _begin(e, rtot)
+    dl = hc_now() + timeout
+    copy_bytes(<char*>p.b.buf + <size_t>roffs[r], <char*>p.a.buf + <size_t>soffs[r], <size_t>scounts[r] * es, 0)
+    for k in range(1, N):
+        to = (r + k) % N
+        frm = (r - k + N) % N
+        seg(&gs, <char*>p.a.buf + <size_t>soffs[to], NULL, <size_t>scounts[to] * es, -1)
+        seg(&gr, <char*>p.b.buf + <size_t>roffs[frm], NULL, <size_t>rcounts[frm] * es, -1)
+        with nogil:
+            rc = e.xfer(to, &gs, 1, frm, &gr, 1, COLL_ALLTOALL, dtype, 0, k, 0, False, dl)
+        if rc < 0:
+            break
+    _finish(e, rc, "alltoall", timeout)
+
+
+def barrier(Engine e, double timeout):
+    """Dissemination barrier: ceil(log2 N) rounds of empty messages to rank+2^k from rank-2^k."""
+    cdef int rc = 0, N = e.size, r = e.rank, k = 1, phase = 0
+    cdef double dl
+    cdef Seg gs, gr
+    _begin(e, 0)
+    dl = hc_now() + timeout
+    seg(&gs, NULL, NULL, 0, -1)
+    seg(&gr, NULL, NULL, 0, -1)
+    with nogil:
+        while k < N and rc >= 0:
+            rc = e.xfer((r + k) % N, &gs, 1, (r - k + N) % N, &gr, 1, COLL_BARRIER, -1, 0, phase, 0, False, dl)
+            k <<= 1
+            phase += 1
+    _finish(e, rc, "barrier", timeout)
+
+
+def allgatherv(Engine e, sendobj, recvobj, counts, int dtype, double timeout):
+    """recvobj = every rank's sendobj concatenated in rank order; counts[b] elements from rank b."""
+    cdef _Bufs p = _Bufs()
+    cdef int rc, N = e.size, b
+    cdef double dl
+    cdef size_t es = dtype_size(dtype), total = 0
+    cdef size_t* boff
+    cdef size_t* blen
+    p.pin(sendobj, recvobj, True)
+    if len(counts) != N:
+        raise InvalidUsage(f"allgatherv needs one count per rank ({N}), got {len(counts)}")
+    boff = <size_t*>malloc(sizeof(size_t) * 2 * N)
+    blen = boff + N
+    for b in range(N):
+        boff[b] = total
+        blen[b] = <size_t>counts[b] * es
+        total += blen[b]
+    try:
+        if <size_t>p.a.len != blen[e.rank] or <size_t>p.b.len != total:
+            raise InvalidUsage(f"allgatherv: rank {e.rank} passes {p.a.len // es} elements (counts say "
+                               f"{counts[e.rank]}) into an output of {p.b.len // es} (counts add up to {total // es})")
+        _begin(e, total)
+        dl = hc_now() + timeout
+        if <char*>p.a.buf != <char*>p.b.buf + boff[e.rank]:
+            copy_bytes(<char*>p.b.buf + boff[e.rank], p.a.buf, p.a.len, 0)
+        with nogil:
+            rc = ring_allgatherv(e, <char*>p.b.buf, boff, blen, dtype, total // es, COLL_ALLGATHER, 9, dl)
+        _finish(e, rc, "allgatherv", timeout)
+    finally:
+        free(boff)
