@@ -20,6 +20,7 @@ from .collectives.tuner import Tuner
 from ._native import collectives as _coll
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
+from .p2p import ANY_SOURCE, P2PChannel
 from .topology.select import format_matrix
 
 log = logging.getLogger("hetccl")
@@ -77,6 +78,20 @@ class Work:
         return f"<hetccl.Work {self._what} {'done' if self.test() else 'pending'}>"
 
 
+def _byte_view(buf, writable) -> memoryview:
+    """A flat byte view of a C-contiguous buffer (numpy views cover ml_dtypes types too)."""
+    if isinstance(buf, np.ndarray):
+        if not buf.flags.c_contiguous:
+            raise InvalidUsage("the buffer is not C-contiguous; pass numpy.ascontiguousarray(x)")
+        if writable and not buf.flags.writeable:
+            raise InvalidUsage("the receive buffer is read-only; pass a writable array")
+        return memoryview(buf.reshape(-1).view(np.uint8))
+    mv = memoryview(buf)
+    if writable and mv.readonly:
+        raise InvalidUsage("the receive buffer is read-only; pass a writable buffer")
+    return mv.cast("B")
+
+
 def _nbytes(buf) -> int:
     return buf.nbytes if type(buf) is _ndarray else memoryview(buf).nbytes
 
@@ -93,8 +108,14 @@ class Communicator:
     Not thread-safe: issue calls from one thread (use ``async_op=True`` for overlap)."""
 
     def __init__(self, *, engine, store, server, info, cards, matrix, socks, comm_id, timeout,
-                 parent=None):
+                 p2p, job_id, transports, parent=None):
+        self._job_id = job_id
+        self._transports = transports
         self._engine = engine
+        self._p2p = p2p
+        for c in cards:
+            same = c["host"] == cards[info.rank]["host"] and c["bind_any"]
+            p2p.peers[c["rank"]] = ("127.0.0.1" if same else c["addr"], c["p2p_port"])
         self._store = store
         self._server = server
         self._info = info
@@ -291,9 +312,66 @@ class Communicator:
         return self._run("alltoall", _coll.alltoall,
                          (self._engine, buf, out, sc, rc, code, self._t(timeout)), out, async_op)
 
+    # ------------------------------------------------------------------ point to point
+
+    def send(self, buf, dst, tag=0, *, timeout=None):
+        """Send ``buf`` to rank ``dst``; returns once the bytes are handed to the network (it never
+        waits for the matching recv). Messages between a pair with the same tag arrive in order."""
+        self._p2p.send(_byte_view(buf, False), int(dst), int(tag))
+
+    def recv(self, buf, src=ANY_SOURCE, tag=0, *, timeout=None):
+        """Receive the next message with ``tag`` from ``src`` (default: any rank) into ``buf``;
+        returns the source rank. Sizes must match the send."""
+        return self._p2p.recv(_byte_view(buf, True), int(src), int(tag), self._t(timeout))
+
+    def isend(self, buf, dst, tag=0, *, timeout=None) -> "Work":
+        """Non-blocking send (completes as soon as the bytes are handed over)."""
+        self.send(buf, dst, tag, timeout=timeout)
+        w = Work("isend", None, None, buf)
+        w._event.set()
+        return w
+
+    def irecv(self, buf, src=ANY_SOURCE, tag=0, *, timeout=None) -> "Work":
+        """Non-blocking receive: the Work's wait() delivers the message into ``buf``."""
+        w = Work("irecv", None, None, buf)
+        p2p, t = self._p2p, self._t(timeout)
+        view = _byte_view(buf, True)
+
+        def deliver():
+            try:
+                p2p.recv(view, int(src), int(tag), t)
+            except BaseException as e:        # noqa: BLE001 - handed to the waiter
+                w._exc = e
+            w._event.set()
+        threading.Thread(target=deliver, name="hetccl-irecv", daemon=True).start()
+        return w
+
     def barrier(self, *, timeout=None, async_op=False):
         """Return once every rank has entered the barrier (dissemination algorithm)."""
         return self._run("barrier", _coll.barrier, (self._engine, self._t(timeout)), None, async_op)
+
+    # ------------------------------------------------------------------ sub-communicators
+
+    def split(self, color, key=None, *, timeout=None):
+        """A new communicator of the ranks that pass the same ``color`` (ordered by ``key``, then
+        rank); ``color=None`` (or negative) joins none and returns None. Collective over this
+        communicator. The child has its own links, so parent and child may be used concurrently."""
+        t = self._t(timeout)
+        c = -1 if color is None else int(color)
+        mine = np.array([c, self.rank if key is None else int(key)], dtype=np.int64)
+        both = self.allgather(mine, timeout=t).reshape(self.size, 2)
+        self._children += 1
+        if c < 0:
+            return None
+        group = sorted((int(both[r, 1]), r) for r in range(self.size) if both[r, 0] == c)
+        members = [r for _, r in group]
+        return _connect(self._info.replace(rank=members.index(self.rank), size=len(members)),
+                        self._store, None, self._job_id, f"{self._comm_id}.{self._children}c{c}", t,
+                        self._transports, parent=self)
+
+    def dup(self, *, timeout=None):
+        """A new communicator with the same ranks and its own links (collective)."""
+        return self.split(0, self.rank, timeout=timeout)
 
     # ------------------------------------------------------------------ introspection
 
@@ -348,6 +426,7 @@ class Communicator:
     def abort(self):
         """Close every link at once: peers blocked on this rank raise PeerLostError."""
         self._engine.close()
+        self._p2p.close()
         for s in self._socks.values():
             try:
                 s.close()
@@ -371,6 +450,8 @@ class Communicator:
         except Exception as e:
             log.info("close: not every rank reached close (%s); closing anyway", e)
         self.abort()
+        if self._parent is not None:
+            return                             # the store belongs to the root communicator
         try:
             self._store.close()
         finally:
@@ -398,30 +479,40 @@ def init(rank=None, size=None, *, timeout=None, transports=None) -> Communicator
     timeout: seconds any wait may take (default HETCCL_TIMEOUT, else 600).
     transports: like HETCCL_TRANSPORTS ('tcp', 'shm,tcp', '^shm'), to force or exclude transports.
     """
-    from ._native.engine import Engine
     from .bootstrap.env import detect
     from .bootstrap.rendezvous import connect_store
-    from .transports.mesh import connect_mesh
 
     t = config.timeout(timeout)
     info = detect(rank, size)
     config.setup_logging(info.rank)
     conn = connect_store(info, timeout=t)
-    info = conn.info
-    engine = Engine(info.rank, info.size)
+    spec = transports if transports is not None else os.environ.get("HETCCL_TRANSPORTS")
     try:
-        cards, matrix, socks = connect_mesh(engine, conn.client, info.rank, info.size, info.secret,
-                                            conn.job_id, "w", t,
-                                            transports if transports is not None
-                                            else os.environ.get("HETCCL_TRANSPORTS"))
+        comm = _connect(conn.info, conn.client, conn.server, conn.job_id, "w", t, spec)
+    except BaseException:
+        conn.close()
+        raise
+    log.info("rank %d/%d up:\n%s", info.rank, info.size, comm.describe())
+    return comm
+
+
+def _connect(info, store, server, job_id, comm_id, t, spec, parent=None) -> Communicator:
+    """Build the links of one communicator (the world, or a split of it) and wrap them."""
+    from ._native.engine import Engine
+    from .transports.mesh import connect_mesh
+
+    engine = Engine(info.rank, info.size)
+    p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t)
+    try:
+        cards, matrix, socks = connect_mesh(engine, store, info.rank, info.size, info.secret, job_id,
+                                            comm_id, t, spec, extra={"p2p_port": p2p.port})
     except BaseException:
         engine.close()
-        conn.close()
+        p2p.close()
         raise
     local = sum(c["host"] == cards[info.rank]["host"] for c in cards)
     if local > (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()):
         engine.spin_s = 0.0       # oversubscribed: hand the core over at once instead of spinning
-    comm = Communicator(engine=engine, store=conn.client, server=conn.server, info=info, cards=cards,
-                        matrix=matrix, socks=socks, comm_id="w", timeout=t)
-    log.info("rank %d/%d up:\n%s", info.rank, info.size, comm.describe())
-    return comm
+    return Communicator(engine=engine, store=store, server=server, info=info, cards=cards,
+                        matrix=matrix, socks=socks, comm_id=comm_id, timeout=t, p2p=p2p,
+                        job_id=job_id, transports=spec, parent=parent)

@@ -32,7 +32,7 @@ class MpiAdapter(runner.Adapter):
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        lib = MPI.Get_library_version().strip().splitlines()[0]
+        lib = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
         self.name = "Open MPI" if "Open MPI" in lib else lib.split(",")[0]
         self.library_version = lib
         self._ops = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX,

@@ -55,16 +55,21 @@ def _connect(card, same_host, deadline):
                         f"check firewalls, or pick another interface with HETCCL_SOCKET_IFNAME")
 
 
-def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, transports_spec=None):
-    """Connect all pairs; returns (cards, transport matrix, {peer: socket})."""
+def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, transports_spec=None,
+                 extra=None, group=None):
+    """Connect all pairs; returns (cards, transport matrix, {peer: socket}).
+
+    extra: more fields for this rank's card. group: for sub-communicators, the parent ranks of the
+    members (card keys then use group ranks under the new comm_id)."""
     spec_ifname = os.environ.get("HETCCL_SOCKET_IFNAME")
     deadline = time.monotonic() + timeout
     listener, ifname, addr = _listener(spec_ifname)
     socks = {}
     try:
         card = {"rank": rank, "host": host_id(), "pid": os.getpid(), "ifname": ifname, "addr": addr,
-                "port": listener.getsockname()[1], "bind_any": not spec_ifname}
-        raw = store.allgather(f"{comm_id}/card", json.dumps(card).encode(), size)
+                "port": listener.getsockname()[1], "bind_any": not spec_ifname, **(extra or {})}
+        store.set(f"{comm_id}/card/{rank}", json.dumps(card).encode())
+        raw = store.multi_get([f"{comm_id}/card/{r}" for r in range(size)], timeout=timeout)
         cards = [json.loads(bytes(b)) for b in raw]
         cid = comm_id.encode()
         for peer in range(rank):
