@@ -4,6 +4,16 @@
     python bench/run_all.py                      # 2 and 4 ranks, allreduce+allgather, 5 rounds
     python bench/run_all.py --quick              # smoke run: 4 sizes, 1 round
     python bench/run_all.py --nranks 2 --rounds 5 --sizes 8,64K,1M,64M --out /tmp/r.md
+    python bench/run_all.py -c reduce_scatter,broadcast,alltoall,reduce,gather,scatter
+    python bench/run_all.py --issue3             # the "full collective API" comparison (below)
+
+Every collective of the benchmark runner can be compared (allreduce, allgather, reduce_scatter,
+alltoall, broadcast, reduce, gather, scatter; root 0), through each library's own call: see
+bench/peers/mpi_bench.py and bench/peers/gloo_bench.py.
+
+``--issue3`` runs allreduce, allgather, reduce_scatter, broadcast and alltoall at 2 and 4 ranks over
+8 B .. 256 MiB in x4 steps, and prints for each (ranks, collective) whether hetccl is at least as
+fast as the faster of Open MPI and gloo at every size, listing the sizes where it is not.
 
 Every library runs the same sweep through hetccl's benchmark runner (hetccl/benchmark/runner.py:
 warm-up, calibrated iteration count, median over repetitions of the max over ranks). Machine
@@ -41,6 +51,9 @@ LABEL = {"hetccl": "hetccl", "ompi": "Open MPI", "gloo": "gloo"}
 PEERS = ("ompi", "gloo")
 QUICK_SIZES = "8,64K,1M,64M"
 HEADLINE_SIZES = (8, 64 << 20)
+ISSUE3_COLLECTIVES = "allreduce,allgather,reduce_scatter,broadcast,alltoall"
+ISSUE3_NRANKS = "2,4"
+ISSUE3_SIZES = ",".join(str(x) for x in fmt.size_sweep(8, "256M", 4) + [256 << 20])
 
 # (nranks, collective, size, metric, peer, factor, description); metric "busbw": hetccl >= factor*peer,
 # "time": hetccl <= factor*peer
@@ -221,6 +234,13 @@ def _cell_bw(row):
     return "–" if row is None else f"{row['busbw']:.2f}"
 
 
+def sizes_measured(agg, n, coll, sizes) -> list[int]:
+    """The sizes any library has a row for at (n, coll): the requested sizes as the layout rounded
+    them (e.g. 65532 for 64K of alltoall on 3 ranks), without those too small to split."""
+    got = sorted({k[3] for k in agg if k[1] == n and k[2] == coll})
+    return got or list(sizes)
+
+
 def comparison_table(agg, n, coll, sizes, libs) -> list[str]:
     head = ["size"]
     for lib in libs:
@@ -231,7 +251,7 @@ def comparison_table(agg, n, coll, sizes, libs) -> list[str]:
     if ratios:
         head += ["hetccl / best peer", "same, best rounds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for size in sizes:
+    for size in sizes_measured(agg, n, coll, sizes):
         cells = [fmt.format_size(size)]
         for lib in libs:
             row = agg.get((lib, n, coll, size))
@@ -277,6 +297,46 @@ def headline_checks(agg) -> list[str]:
                       f"(ratio {h['time_us'] / p['time_us']:.3f}x, need <= {factor:g}x; "
                       f"best rounds {1 / best_ratio:.3f}x)")
         lines.append(f"{'PASS' if ok else 'FAIL'}  {label}: {detail}")
+    return lines
+
+
+def issue3_checks(agg, nranks, colls, sizes, libs) -> list[str]:
+    """Per (ranks, collective): is hetccl at least as fast as the faster peer at every size?
+
+    Compares medians over rounds (time per call); lists each size where hetccl is slower, with
+    hetccl time / faster peer time and which peer that was (and the same ratio over each library's
+    fastest round, which is less sensitive to the host's slow phases)."""
+    peers = [p for p in libs if p in PEERS]
+    lines = []
+    for n in nranks:
+        for coll in colls:
+            label = f"{n} ranks {coll}"
+            slower, judged, missing = [], 0, []
+            for size in sizes_measured(agg, n, coll, sizes):
+                h = agg.get(("hetccl", n, coll, size))
+                ps = [(p, agg.get((p, n, coll, size))) for p in peers]
+                ps = [(p, r) for p, r in ps if r is not None]
+                if h is None or not ps:
+                    missing.append(size)
+                    continue
+                judged += 1
+                best_peer, best = min(ps, key=lambda pr: pr[1]["time_us"])
+                if h["time_us"] > best["time_us"]:
+                    best_min = min(r["best_time_us"] for _, r in ps)
+                    slower.append(f"{fmt.format_size(size)} ({h['time_us'] / best['time_us']:.2f}x "
+                                  f"{LABEL[best_peer]}; best rounds "
+                                  f"{h['best_time_us'] / best_min:.2f}x)")
+            if not judged:
+                lines.append(f"N/A   {label}: no data for hetccl and a peer at any size")
+                continue
+            gap = f" ({len(missing)} size(s) without data: " \
+                  f"{', '.join(fmt.format_size(x) for x in missing)})" if missing else ""
+            if slower:
+                lines.append(f"FAIL  {label}: hetccl slower than the faster peer at {len(slower)}/"
+                             f"{judged} sizes: {', '.join(slower)}{gap}")
+            else:
+                lines.append(f"PASS  {label}: hetccl at least as fast as the faster peer at all "
+                             f"{judged} sizes{gap}")
     return lines
 
 
@@ -326,8 +386,9 @@ def parse_args(argv):
     p.add_argument("--libs", default=",".join(LIBS), help="subset of hetccl,ompi,gloo")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: sizes {QUICK_SIZES}, 1 round, 3 reps, 20 ms")
-    p.add_argument("--out", default=os.path.join("bench", "RESULTS-latest.md"),
-                   help="markdown output, relative to the repo root unless absolute (default %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="markdown output, relative to the repo root unless absolute (default "
+                        "bench/RESULTS-latest.md)")
     p.add_argument("--raw-dir", default=None,
                    help="where to keep per-run JSON and logs (default: a new temporary directory)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run (default %(default)s)")
@@ -344,8 +405,24 @@ def parse_args(argv):
     p.add_argument("--retry-noisy", type=int, default=2,
                    help="rerun a run (up to this many times) when other processes used more than "
                         "--max-busy of the CPUs during it; the last attempt is kept (default %(default)s)")
-    p.add_argument("--strict", action="store_true", help="exit 1 unless every headline check passes")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 unless every headline check (with --issue3: every issue-3 check) passes")
+    p.add_argument("--issue3", action="store_true",
+                   help=f"preset: -c {ISSUE3_COLLECTIVES} --nranks {ISSUE3_NRANKS}, sizes 8 B .. "
+                        f"256 MiB in x4 steps; prints whether hetccl is at least as fast as the "
+                        f"faster peer at every size (default --out bench/RESULTS-issue3-latest.md)")
     args = p.parse_args(argv)
+    if args.issue3:
+        given = set(argv)
+        if not given & {"--collectives", "-c"} and not any(a.startswith(("--collectives=", "-c="))
+                                                           for a in argv):
+            args.collectives = ISSUE3_COLLECTIVES
+        if "--nranks" not in given and not any(a.startswith("--nranks=") for a in argv):
+            args.nranks = ISSUE3_NRANKS
+        args.sizes = args.sizes or ISSUE3_SIZES
+    if args.out is None:
+        args.out = os.path.join("bench", "RESULTS-issue3-latest.md" if args.issue3
+                                else "RESULTS-latest.md")
     if args.quick:
         args.sizes = args.sizes or QUICK_SIZES
         args.rounds = 1
@@ -368,7 +445,9 @@ def main(argv=None) -> int:
         if lib not in LIBS:
             raise SystemExit(f"unknown library {lib!r}; use {','.join(LIBS)}")
     sizes = fmt.parse_sizes(args.sizes) if args.sizes else fmt.size_sweep(8, "256M", args.stepfactor)
-    sizes = sorted(set(sizes) | set(HEADLINE_SIZES))
+    if not args.issue3:   # the foundation issue's headline checks need these
+        sizes = sorted(set(sizes) | set(HEADLINE_SIZES))
+    sizes = sorted(set(sizes))
     sweep = ["-c", ",".join(colls), "--sizes", ",".join(str(s) for s in sizes),
              "--reps", str(args.reps), "--min-time", str(args.min_time)]
     raw = args.raw_dir or tempfile.mkdtemp(prefix="hetccl-run_all-")
@@ -412,7 +491,7 @@ def main(argv=None) -> int:
     elapsed = time.monotonic() - t_start
 
     agg = aggregate(results)
-    checks = headline_checks(agg)
+    checks = issue3_checks(agg, nranks, colls, sizes, libs) if args.issue3 else headline_checks(agg)
     md = render(args, env_info, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed)
     out = args.out if os.path.isabs(args.out) else os.path.join(REPO, args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -454,7 +533,8 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
                  f"{args.retry_noisy} times); treat those numbers with suspicion.")
     L.append(f"- invocation: `{shlex.join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else 'bench/run_all.py', *sys.argv[1:]])}`")
     L.append("")
-    L.append("## Headline checks (foundation issue)")
+    L.append("## Issue 3: hetccl at least as fast as the faster peer at every size" if args.issue3
+             else "## Headline checks (foundation issue)")
     L.append("")
     L.append("```")
     L.extend(checks)

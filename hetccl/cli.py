@@ -6,7 +6,8 @@ USAGE = """usage: hetccl <command> [args]
 
 commands:
   run -n N [--] cmd ...   launch N local ranks of cmd (sets rank/size/store/secret for hetccl.init())
-  bench [options]         nccl-tests style allreduce/allgather table (run it under `hetccl run`)
+  bench [options]         nccl-tests style tables of any collective; --algos all compares every
+                          algorithm with the tuner's choice (run it under `hetccl run`)
   doctor                  what hetccl finds on this machine: native core, transports, interfaces
   topo                    this host's identity and the address hetccl would listen on
 """

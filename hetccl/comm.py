@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -113,6 +114,7 @@ class Communicator:
         self._transports = transports
         self._engine = engine
         self._p2p = p2p
+        self._store_ok = True
         for c in cards:
             same = c["host"] == cards[info.rank]["host"] and c["bind_any"]
             p2p.peers[c["rank"]] = ("127.0.0.1" if same else c["addr"], c["p2p_port"])
@@ -400,28 +402,49 @@ class Communicator:
         """An error during communication: abort so every other rank raises too; returns the
         exception to raise. The first rank to fail posts its reason in the store; ranks that then
         see only a closed connection report that reason (and its error class) instead."""
-        if not self._engine.is_broken:
+        if not self._engine.is_broken or isinstance(e, CommAborted):   # nothing new to post
             return e
+        try:
+            return self._explain_failure(e, what)
+        finally:
+            self._linger()
+
+    def _linger(self):
+        """Count this rank as failed; the rank serving the store waits (<= 3 s) until every rank
+        has looked up the first failure's reason, so exiting at once does not hide it from them.
+        Skipped once the store has stopped answering (its rank is probably the one that died)."""
+        if not self._store_ok:
+            return
+        try:
+            seen = self._store.add(f"{self._comm_id}/failed", 1, timeout=1.0)
+            if self._server is not None:
+                deadline = time.monotonic() + 3.0
+                while seen < self.size and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    seen = self._store.add(f"{self._comm_id}/failed", 0, timeout=1.0)
+        except Exception:
+            self._store_ok = False
+
+    def _explain_failure(self, e, what):
         key = f"{self._comm_id}/abort"
-        if isinstance(e, PeerLostError):
+        if not isinstance(e, PeerLostError):   # the first failure: post why, then close the links
             try:
-                reason = bytes(self._store.get(key, timeout=1.0)).decode()
+                self._store.set(key, f"{type(e).__name__}|rank {self.rank}: {e}".encode(), timeout=1.0)
             except Exception:
-                reason = None
-            if reason:
-                cls_name, _, msg = reason.partition("|")
-                cls = {"InvalidUsage": InvalidUsage}.get(cls_name, PeerLostError)
-                self.abort()
-                err = cls(f"{what} failed because another rank failed first: {msg}")
-                err.__cause__ = e
-                return err
-        else:
-            try:
-                self._store.set(key, f"{type(e).__name__}|rank {self.rank}: {e}".encode())
-            except Exception:
-                pass
-        self.abort()
-        return e
+                self._store_ok = False
+            self.abort()
+            return e
+        self.abort()                           # a peer went away: pass it on at once, then ask why
+        try:
+            reason = bytes(self._store.get(key, timeout=1.0)).decode()
+        except Exception:
+            self._store_ok = False
+            return e
+        cls_name, _, msg = reason.partition("|")
+        cls = {"InvalidUsage": InvalidUsage}.get(cls_name, PeerLostError)
+        err = cls(f"{what} failed because another rank failed first: {msg}")
+        err.__cause__ = e
+        return err
 
     def abort(self):
         """Close every link at once: peers blocked on this rank raise PeerLostError."""
@@ -455,8 +478,8 @@ class Communicator:
         try:
             self._store.close()
         finally:
-            if self._server is not None:
-                self._server.close()
+            if self._server is not None:       # rank 0 serves the store: let the others leave first
+                self._server.close(wait_for_clients=timeout)
 
     def __enter__(self):
         return self

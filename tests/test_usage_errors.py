@@ -252,7 +252,7 @@ def test_closed_and_aborted_communicators(clean_env):
     ("allreduce=ring", r"is not 'collective:algorithm'"),
     ("allreduce:bogus", r"allreduce has no algorithm 'bogus'; choose from ring, recursive_doubling"),
     ("allreduce:ring;allgather:tree", r"allgather has no algorithm 'tree'"),
-    ("alltoall:ring", r"'alltoall:ring'"),
+    ("allscatter:ring", r"'allscatter:ring' is not 'collective:algorithm'"),
 ], ids=["no-colon", "equals", "unknown-algo", "second-entry", "unknown-collective"])
 def test_hetccl_algo_parse_errors(clean_env, spec, phrase):
     clean_env.setenv("HETCCL_ALGO", spec)
@@ -298,3 +298,14 @@ def test_init_argument_errors(clean_env):
     clean_env.setenv("HETCCL_SIZE", "two")
     with pytest.raises(InvalidUsage, match="HETCCL_SIZE='two' is not an integer"):
         hetccl.init()
+
+
+def test_introspection_argument_errors(comm):
+    with pytest.raises(InvalidUsage, match="0..0"):
+        comm.transport(3)                                    # not IndexError
+    with pytest.raises(InvalidUsage, match="0..0"):
+        comm.transport(-1)                                   # not python's wrap-around
+    with pytest.raises(InvalidUsage, match="allscatter"):
+        comm.explain("allscatter", 10)                       # not "min() arg is an empty sequence"
+    with pytest.raises(InvalidUsage, match="timeout"):
+        comm.allreduce(np.ones(3), timeout="soon")           # not float()'s message

@@ -13,7 +13,9 @@ allreduce, so we time the pure in-place call, without the copy a user wanting to
 would add (this favours gloo slightly against out-of-place libraries); allgather
 ``dist.all_gather_into_tensor(out, t)``; reduce_scatter ``dist.reduce_scatter_tensor(out, t, op)``;
 alltoall ``dist.all_to_all_single(out, t)``; broadcast ``dist.broadcast(t, src=0)``; reduce
-``dist.reduce(t, dst=0, op)`` (in place). The correctness check refills the inputs first, so the
+``dist.reduce(t, dst=0, op)`` (in place); gather ``dist.gather(t, gather_list, dst=0)`` and
+scatter ``dist.scatter(out, scatter_list, src=0)``, the lists being views of the runner's output /
+input buffer (one block per rank; no copies). The correctness check refills the inputs first, so the
 repeated in-place sums during timing (values grow, eventually to inf) do not matter.
 """
 import argparse
@@ -81,6 +83,12 @@ class GlooAdapter(runner.Adapter):
         if collective == "reduce":
             o = self._ops[op]
             return lambda: d.reduce(s, dst=0, op=o)
+        if collective == "gather":  # gather_list: views of the output, one block per rank
+            blocks = list(r.chunk(self.size)) if self.rank == 0 else None
+            return lambda: d.gather(s, gather_list=blocks, dst=0)
+        if collective == "scatter":
+            blocks = list(s.chunk(self.size)) if self.rank == 0 else None
+            return lambda: d.scatter(r, scatter_list=blocks, src=0)
         raise ValueError(collective)
 
     def sync(self):

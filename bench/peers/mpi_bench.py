@@ -7,7 +7,8 @@
 Calls, out-of-place, with numpy buffers, exactly as a user would write them:
 allreduce ``Allreduce(send, recv, op)``, allgather ``Allgather(send, recv)``, reduce_scatter
 ``Reduce_scatter_block(send, recv, op)``, alltoall ``Alltoall(send, recv)``, broadcast
-``Bcast(buf, root=0)``, reduce ``Reduce(send, recv, op, root=0)``. Open MPI's default settings
+``Bcast(buf, root=0)``, reduce ``Reduce(send, recv, op, root=0)``, gather ``Gather(send, recv,
+root=0)``, scatter ``Scatter(send, recv, root=0)``. Open MPI's default settings
 (it picks its shared-memory transport and algorithms itself).
 """
 import argparse
@@ -62,6 +63,10 @@ class MpiAdapter(runner.Adapter):
             return functools.partial(c.Bcast, b.send, 0)
         if collective == "reduce":
             return functools.partial(c.Reduce, b.send, b.recv, self._ops[op], 0)
+        if collective == "gather":
+            return functools.partial(c.Gather, b.send, b.recv, 0)
+        if collective == "scatter":
+            return functools.partial(c.Scatter, b.send, b.recv, 0)
         raise ValueError(collective)
 
     def sync(self):

@@ -50,6 +50,8 @@ cdef struct LocalCopy:   # a copy done in the engine's idle time instead of spin
 cdef struct Idle:
     double since         # when the current idle period began (0: not idle)
     int iters
+    double reaped        # idle time at the last look for dead peers
+    Stream* all[2]       # every stream of the step (waiting or not)
 
 cdef class Engine:
     cdef readonly int rank
@@ -77,6 +79,7 @@ cdef class Engine:
     cdef long recv_progress(self, Stream* s) noexcept nogil
     cdef int idle(self, Stream** ss, int n, Idle* st, double deadline) noexcept nogil
     cdef int block(self, Stream** ss, int n, double deadline) noexcept nogil
+    cdef int reap(self, Stream** all, int n) noexcept nogil
     cdef int run2(self, Stream* snd, Stream* rcv, LocalCopy* lc, double deadline) noexcept nogil
     cdef int run_inplace(self, Stream* snd, Stream* rcv, double deadline) noexcept nogil
     cdef size_t slice_bytes(self, int prev, int nxt, size_t es) noexcept nogil

@@ -42,6 +42,7 @@ cdef extern from "<poll.h>" nogil:
     short POLLHUP
     short POLLERR
     short POLLNVAL
+    short POLLRDHUP
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -625,6 +626,10 @@ cdef class Engine:
                 return E_TIMEOUT
             waited = now - st.since
             if waited > self.spin_s + self.yield_s:
+                if waited - st.reaped > 0.05:
+                    st.reaped = waited
+                    if self.reap(st.all, 2) < 0:  # every 50 ms: is any peer of this step gone?
+                        return E_PEER_LOST
                 for i in range(n):        # a closed link that cannot move is a lost peer
                     if ss[i] != NULL and not ss[i].done and ss[i].link.closed:
                         self.err_peer = ss[i].link.peer
@@ -637,6 +642,45 @@ cdef class Engine:
             hc_relax()
         else:
             sched_yield()
+        return 0
+
+    cdef int reap(self, Stream** all, int n) noexcept nogil:
+        """Look (without waiting) for closed sockets of every link a stalled step involves, the
+        ones it is not sleeping on included; a dead peer there means the step can never finish."""
+        cdef pollfd fds[6]
+        cdef Link* ls[6]
+        cdef int nf = 0, i
+        cdef char junk[256]
+        cdef ssize_t got
+        for i in range(n):
+            if all[i] == NULL or all[i].done:
+                continue
+            ls[nf] = all[i].link
+            nf += 1
+            if all[i].fwd != NULL:
+                ls[nf] = all[i].fwd.link
+                nf += 1
+        for i in range(nf):
+            fds[i].fd = ls[i].fd
+            fds[i].events = POLLIN | POLLRDHUP
+            fds[i].revents = 0
+        if nf == 0 or poll(fds, nf, 0) <= 0:
+            return 0
+        for i in range(nf):
+            if fds[i].revents & (POLLHUP | POLLERR | POLLNVAL | POLLRDHUP):
+                ls[i].closed = 1
+            elif ls[i].kind == LK_SHM and fds[i].revents & POLLIN:
+                while True:
+                    got = c_recv(ls[i].fd, junk, 256, MSG_DONTWAIT)
+                    if got == 0:
+                        ls[i].closed = 1
+                    if got <= 0:
+                        break
+            if ls[i].closed and self.err_peer < 0:
+                self.err_peer = ls[i].peer
+        for i in range(nf):
+            if ls[i].closed:
+                return E_PEER_LOST
         return 0
 
     cdef int run2(self, Stream* snd, Stream* rcv, LocalCopy* lc, double deadline) noexcept nogil:
@@ -652,6 +696,9 @@ cdef class Engine:
         cdef Stream* pair[2]
         st.since = 0
         st.iters = 0
+        st.reaped = 0
+        st.all[0] = snd
+        st.all[1] = rcv
         while True:
             a = 0
             b = 0
@@ -668,6 +715,7 @@ cdef class Engine:
             if a or b:
                 st.since = 0
                 st.iters = 0
+                st.reaped = 0
                 continue
             if lc != NULL and lc.done < lc.len:
                 n = lc.len - lc.done
@@ -984,6 +1032,9 @@ cdef class Engine:
         cdef Stream* pair[2]
         st.since = 0
         st.iters = 0
+        st.reaped = 0
+        st.all[0] = snd
+        st.all[1] = rcv
         while not (snd.done and rcv.done):
             a = self.send_progress(snd) if not snd.done else 0
             if a < 0:
@@ -995,6 +1046,7 @@ cdef class Engine:
             if a or b:
                 st.since = 0
                 st.iters = 0
+                st.reaped = 0
                 continue
             pair[0] = snd if snd.waiting else NULL
             pair[1] = rcv if rcv.waiting else NULL

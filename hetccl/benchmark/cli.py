@@ -4,6 +4,13 @@ Run under the launcher, one process per rank::
 
     hetccl run -n 2 -- hetccl bench -c allreduce,allgather -b 8 -e 256M -f 2 --json out.json
     hetccl run -n 2 -- python -m hetccl.benchmark.cli -c allreduce -b 8 -e 64M
+    hetccl run -n 4 -- hetccl bench -c broadcast,reduce_scatter,alltoall,reduce,gather,scatter
+    hetccl run -n 4 -- hetccl bench -c allgather --algo ring          # force one algorithm
+    hetccl run -n 4 -- hetccl bench --algos all -c allreduce,allgather --json algos-n4.json
+
+``--algos all`` times every algorithm of each collective (forced) and the tuner's choice in one
+interleaved sweep and prints, per collective, whether the tuner is within 15% of the fastest
+(:mod:`.compare`); ``bench/crossover.py`` plots the JSON.
 
 The peer benchmarks (``bench/peers/mpi_bench.py``, ``bench/peers/gloo_bench.py``) use
 :func:`add_sweep_arguments` and :func:`run_from_args` with their own adapters, so every library
@@ -17,6 +24,7 @@ import functools
 import os
 import sys
 
+from . import compare
 from . import format as fmt
 from .runner import Adapter, resolve_dtype, result_document, run_sweep, write_json
 
@@ -52,6 +60,60 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def add_algorithm_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--algo`` / ``--algos`` (libraries whose adapter can force an algorithm per call)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--algo", default=None, metavar="NAME",
+                   help="force this algorithm for the whole sweep (per call, algorithm=NAME), e.g. "
+                        "ring; or per collective: 'allreduce:ring;allgather:recursive_doubling'. "
+                        "Collectives without that algorithm are skipped")
+    g.add_argument("--algos", default=None, metavar="all|LIST",
+                   help="run every size once per algorithm, forced, plus once with the tuner's "
+                        "choice (auto), interleaved so all see the same machine; prints a table per "
+                        "collective with auto's choice and a within15%% check. 'all' = every "
+                        "algorithm the collective supports at this world size; or a comma-separated "
+                        "list (may include auto)")
+    p.add_argument("--tolerance", type=float, default=1.15,
+                   help="with --algos: auto passes at a size when its time <= this x the fastest "
+                        "forced algorithm's (default %(default)s)")
+    return p
+
+
+def parse_algo_spec(text):
+    """``"ring"`` → {None: "ring"}; ``"allreduce:ring;allgather:rd"`` → {collective: name}."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    if ":" not in text:
+        return {None: text}
+    spec = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        coll, sep, name = part.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--algo entry {part!r} is not 'collective:algorithm'")
+        spec[fmt.canonical(coll)] = name.strip()
+    return spec
+
+
+def variants_from_args(adapter, args, collective, sizes):
+    """The variant labels one collective's sweep runs with (None: a plain sweep)."""
+    algo = getattr(args, "algo", None)
+    algos = getattr(args, "algos", None)
+    canon = getattr(adapter, "canonical_algorithm", None) or (lambda name: name)
+    if algo:
+        spec = parse_algo_spec(algo)
+        name = spec.get(collective, spec.get(None))
+        return None if name is None else [canon(name)]
+    if algos:
+        if algos.strip().lower() == "all":
+            algorithms = getattr(adapter, "algorithms", None)
+            return [*(algorithms(collective, sizes) if algorithms else []), "auto"]
+        return list(dict.fromkeys(canon(a.strip()) for a in algos.split(",") if a.strip()))
+    return None
+
+
 def sizes_from_args(args) -> list[int]:
     if args.sizes:
         return fmt.parse_sizes(args.sizes)
@@ -70,20 +132,49 @@ def run_from_args(adapter, args, describe: str | None = None, argv=None, out=Non
     """
     sizes = sizes_from_args(args)
     dtype = resolve_dtype(args.dtype)
-    all_rows = []
+    say = out or functools.partial(print, flush=True)
+    tolerance = getattr(args, "tolerance", compare.TOLERANCE)
+    all_rows, summaries = [], []
+    skip_note = getattr(adapter, "variant_note", None)
     for i, coll in enumerate(collectives_from_args(args)):
         if adapter.rank == 0 and i:
-            (out or functools.partial(print, flush=True))("")
-        all_rows += run_sweep(adapter, coll, sizes, dtype=dtype, op=args.op, reps=args.reps,
-                              min_time=args.min_time, warmup=args.warmup,
-                              check=not args.no_check, out=out,
-                              interleave=not args.no_interleave,
-                              group_bytes=fmt.parse_size(args.group_bytes))
+            say("")
+        variants = variants_from_args(adapter, args, coll, sizes)
+        if variants == ["auto"]:   # --algos all on a library that cannot force algorithms
+            variants = None
+        if adapter.rank == 0 and variants and skip_note:
+            note = skip_note(coll, variants)
+            if note:
+                say(note)
+        rows = run_sweep(adapter, coll, sizes, dtype=dtype, op=args.op, reps=args.reps,
+                         min_time=args.min_time, warmup=args.warmup,
+                         check=not args.no_check, out=out,
+                         interleave=not args.no_interleave,
+                         group_bytes=fmt.parse_size(args.group_bytes), variants=variants)
+        all_rows += rows
+        if variants and "auto" in variants and len(variants) > 1 and rows:
+            summary = compare.summarize(rows, tolerance)
+            summaries += summary
+            if adapter.rank == 0:
+                say("")
+                for line in compare.format_summary(summary, compare.algorithms_of(rows, coll), coll,
+                                                   adapter.size, tolerance, adapter.name):
+                    say(line)
+    if adapter.rank == 0 and summaries and len({e["collective"] for e in summaries}) > 1:
+        say("")
+        say(f"# {adapter.name} {adapter.size} ranks, auto vs the fastest forced algorithm:")
+        for coll in dict.fromkeys(e["collective"] for e in summaries):
+            say(compare.verdict([e for e in summaries if e["collective"] == coll], coll,
+                                adapter.size, tolerance))
     if adapter.rank == 0 and args.json:
+        if summaries:
+            meta = dict(meta, algos_summary=summaries, tolerance=tolerance)
         doc = result_document(adapter, all_rows, argv=argv, describe=describe,
                               options={"sizes": sizes, "dtype": dtype.name, "op": args.op,
                                        "reps": args.reps, "min_time": args.min_time,
-                                       "interleave": not args.no_interleave},
+                                       "interleave": not args.no_interleave,
+                                       "algo": getattr(args, "algo", None),
+                                       "algos": getattr(args, "algos", None)},
                               **meta)
         write_json(args.json, doc)
     bad = any(r.get("wrong") for r in all_rows)
@@ -96,15 +187,26 @@ def run_from_args(adapter, args, describe: str | None = None, argv=None, out=Non
 class HetcclAdapter(Adapter):
     """hetccl's communicator behind the runner's adapter interface (numpy buffers, out-of-place).
 
-    Uses: ``hetccl.init()``, ``comm.rank/size``, ``comm.allreduce(send, op=, out=)``,
-    ``comm.allgather(send, out=)``, ``comm.barrier()``, ``comm.last_algorithm``,
-    ``comm.describe()``, ``comm.explain(collective, nbytes)``, ``comm.close()``. reduce_scatter,
-    broadcast, alltoall and reduce are used when the communicator has them, with the same
-    ``(send, [op=], out=)`` / ``(buf, root=)`` conventions.
+    Calls, as a user writes them (root 0 where there is one): ``allreduce(send, op=, out=)``,
+    ``allgather(send, out=)``, ``reduce_scatter(send, out=, op=)``, ``alltoall(send, out=)``,
+    ``broadcast(buf, root=0)`` (in place), ``reduce(send, root=0, op=, out=)``,
+    ``gather(send, root=0, out=)``, ``scatter(send, out, root=0)``; plus ``barrier()``,
+    ``last_algorithm``, ``describe()``, ``explain()``, ``close()``. A collective the communicator
+    lacks is skipped.
+
+    Variants (``--algo``/``--algos``) are algorithm names passed as ``algorithm=`` on every call,
+    or ``"auto"`` (no ``algorithm=``: the tuner decides, unless HETCCL_ALGO forces it). The list of
+    algorithms and what the tuner predicts come from ``comm._tuner.table(collective, nbytes)``.
+    A collective whose method takes no ``algorithm=`` (alltoall, gather, scatter have a single
+    algorithm each) runs its one algorithm when forced to it.
     """
     name = "hetccl"
     extra_columns = ("algo",)
     in_place = frozenset({"broadcast"})
+    _METHODS = {"allreduce": "allreduce", "allgather": "allgather",
+                "reduce_scatter": "reduce_scatter", "alltoall": "alltoall",
+                "broadcast": "broadcast", "reduce": "reduce", "gather": "gather",
+                "scatter": "scatter"}
 
     def __init__(self, comm=None, module=None):
         """*comm* defaults to ``hetccl.init()``; *module* (where ReduceOp lives) to ``hetccl``."""
@@ -118,6 +220,7 @@ class HetcclAdapter(Adapter):
         self.size = self.comm.size
         self._one = np.zeros(1, dtype=np.float64)
         self._one_out = np.zeros(1, dtype=np.float64)
+        self._takes_algorithm = {}
 
     def _op(self, op):
         h = self._hetccl
@@ -131,28 +234,97 @@ class HetcclAdapter(Adapter):
         return getattr(h, name)
 
     def supports(self, collective, dtype, op):
-        method = {"allreduce": "allreduce", "allgather": "allgather",
-                  "reduce_scatter": "reduce_scatter", "alltoall": "alltoall",
-                  "broadcast": "broadcast", "reduce": "reduce"}[collective]
+        method = self._METHODS[collective]
         if not hasattr(self.comm, method):
             return f"hetccl's communicator has no {method}() yet"
         return True
 
-    def bind(self, collective, bufs, op):
+    # ---------------------------------------------------------------- algorithms
+    def _table(self, collective, nbytes):
+        """[(name, predicted seconds or None if unsupported)] from the tuner (empty without one)."""
+        tuner = getattr(self.comm, "_tuner", None)
+        if tuner is None:
+            return []
+        return [(a.name, c) for a, c in tuner.table(collective, int(nbytes))]
+
+    def algorithms(self, collective, sizes=None) -> list[str]:
+        """The algorithms of *collective* supported at this world size for at least one size."""
+        sizes = list(sizes or [1 << 20])
+        names = []
+        for nbytes in sizes:
+            for name, cost in self._table(collective, nbytes):
+                if cost is not None and name not in names:
+                    names.append(name)
+        return names
+
+    def canonical_algorithm(self, name: str) -> str:
+        """The registry's name for an alias (``rd`` → ``recursive_doubling``)."""
+        try:
+            from hetccl.collectives.registry import ALIASES
+        except ImportError:
+            return name
+        return ALIASES.get(name, name)
+
+    def supports_variant(self, collective, nbytes, variant):
+        if variant == "auto":
+            return True
+        table = self._table(collective, nbytes)
+        if not table:
+            return True           # no tuner to ask: let the call decide
+        for name, cost in table:
+            if name == variant:
+                return True if cost is not None else f"{variant} does not support {self.size} ranks"
+        return f"{collective} has no algorithm {variant!r} (choose from " \
+               f"{', '.join(n for n, _ in table)})"
+
+    def variant_note(self, collective, variants):
+        """A line to print before a sweep with variants, or None."""
+        tuner = getattr(self.comm, "_tuner", None)
+        forced = getattr(tuner, "forced", {}) or {}
+        if "auto" in variants and collective in forced:
+            return (f"# note: HETCCL_ALGO forces {collective}:{forced[collective]}, so 'auto' is "
+                    f"that algorithm, not the tuner's choice")
+        return None
+
+    def _algorithm_kw(self, method_name, variant):
+        if variant in (None, "auto"):
+            return {}
+        takes = self._takes_algorithm.get(method_name)
+        if takes is None:
+            import inspect
+            try:
+                params = inspect.signature(getattr(self.comm, method_name)).parameters
+                takes = "algorithm" in params or any(
+                    p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            except (TypeError, ValueError):
+                takes = True
+            self._takes_algorithm[method_name] = takes
+        if takes:
+            return {"algorithm": variant}
+        return {}                 # a single-algorithm collective: supports_variant checked the name
+
+    # ---------------------------------------------------------------- calls
+    def bind(self, collective, bufs, op, variant=None):
         c = self.comm
         s, r = bufs.send, bufs.recv
+        kw = self._algorithm_kw(self._METHODS[collective], variant)
+        P = functools.partial
         if collective == "allreduce":
-            return functools.partial(c.allreduce, s, op=self._op(op), out=r)
+            return P(c.allreduce, s, op=self._op(op), out=r, **kw)
         if collective == "allgather":
-            return functools.partial(c.allgather, s, out=r)
+            return P(c.allgather, s, out=r, **kw)
         if collective == "reduce_scatter":
-            return functools.partial(c.reduce_scatter, s, op=self._op(op), out=r)
+            return P(c.reduce_scatter, s, op=self._op(op), out=r, **kw)
         if collective == "alltoall":
-            return functools.partial(c.alltoall, s, out=r)
+            return P(c.alltoall, s, out=r, **kw)
         if collective == "broadcast":
-            return functools.partial(c.broadcast, s, root=0)
+            return P(c.broadcast, s, root=0, **kw)
         if collective == "reduce":
-            return functools.partial(c.reduce, s, op=self._op(op), out=r, root=0)
+            return P(c.reduce, s, op=self._op(op), out=r, root=0, **kw)
+        if collective == "gather":
+            return P(c.gather, s, root=0, out=r, **kw)
+        if collective == "scatter":
+            return P(c.scatter, s, r, root=0, **kw)
         raise ValueError(collective)
 
     def sync(self):
@@ -169,11 +341,22 @@ class HetcclAdapter(Adapter):
     def sum_over_ranks(self, x):
         return self._reduce_scalar(x, "SUM")
 
-    def extras(self, collective, bufs, op):
+    def extras(self, collective, bufs, op, variant=None):
         # last_algorithm belongs to the last call, and the runner's max_over_ranks came after the
         # timed ones: make one more call of this row (every rank does, so it stays collective)
-        self.bind(collective, bufs, op)()
-        return {"algo": getattr(self.comm, "last_algorithm", None) or "?"}
+        self.bind(collective, bufs, op, variant=variant)()
+        extra = {"algo": getattr(self.comm, "last_algorithm", None) or "?"}
+        if variant is not None:
+            nbytes = bufs.layout.size
+            table = dict(self._table(collective, nbytes))
+            if variant == "auto":
+                tuner = getattr(self.comm, "_tuner", None)
+                if tuner is not None:
+                    extra["predicted_choice"] = tuner.select(collective, nbytes).name
+                extra["predicted_us"] = {k: (None if v is None else v * 1e6) for k, v in table.items()}
+            elif table.get(variant) is not None:
+                extra["predicted_us"] = table[variant] * 1e6
+        return extra
 
     def describe(self) -> str | None:
         d = getattr(self.comm, "describe", None)
@@ -196,6 +379,7 @@ def build_parser(prog="hetccl bench") -> argparse.ArgumentParser:
                     "e.g. `hetccl run -n 2 -- hetccl bench -c allreduce -b 8 -e 64M`.",
     )
     add_sweep_arguments(p)
+    add_algorithm_arguments(p)
     p.add_argument("--explain", action="store_true",
                    help="print comm.explain(collective, size) for each collective and size (rank 0)")
     p.add_argument("--no-describe", action="store_true",

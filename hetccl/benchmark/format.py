@@ -15,7 +15,13 @@ reduce_scatter  (c/n)·n          c/n              c/n (per rank)   (c/n)·n·it
 alltoall        (c/n)·n          (c/n)·n          c/n (per peer)   (c/n)·n·itemsize / t      (n-1)/n
 broadcast       c                c                c                c·itemsize / t            1
 reduce          c                c                c                c·itemsize / t            1
+gather          c/n              (c/n)·n          c/n (per rank)   (c/n)·n·itemsize / t      (n-1)/n
+scatter         (c/n)·n          c/n              c/n (per rank)   (c/n)·n·itemsize / t      (n-1)/n
 =============== ================ ================ ================ ======================== ===========
+
+gather and scatter are nccl-tests' ``gather_perf`` / ``scatter_perf`` (src/gather.cu, src/scatter.cu):
+every rank holds the full-size buffer on both sides (only the root's is used), and the busbw factor
+is (n-1)/n, the share of the root's data that crosses a link.
 
 So for **allgather the size is the total output bytes** (every rank's contribution together), and
 ``count`` is what one rank contributes; likewise reduce_scatter's size is its total *input*. In
@@ -34,7 +40,11 @@ import math
 import re
 from dataclasses import dataclass
 
-COLLECTIVES = ("allreduce", "allgather", "reduce_scatter", "alltoall", "broadcast", "reduce")
+COLLECTIVES = ("allreduce", "allgather", "reduce_scatter", "alltoall", "broadcast", "reduce", "gather",
+               "scatter")
+
+#: collectives with a root (rank 0 in every sweep)
+ROOTED = frozenset({"broadcast", "reduce", "gather", "scatter"})
 
 _ALIASES = {
     "all_reduce": "allreduce", "ar": "allreduce",
@@ -71,7 +81,7 @@ def busbw_factor(collective: str, nranks: int) -> float:
         raise ValueError("nranks must be >= 1")
     if c == "allreduce":
         return 2.0 * (n - 1) / n
-    if c in ("allgather", "reduce_scatter", "alltoall"):
+    if c in ("allgather", "reduce_scatter", "alltoall", "gather", "scatter"):
         return (n - 1) / n
     return 1.0  # broadcast, reduce
 
@@ -104,9 +114,9 @@ def layout(collective: str, nbytes: int, itemsize: int, nranks: int) -> Layout:
     if col in ("allreduce", "broadcast", "reduce"):
         return Layout(col, n, itemsize, c, c, c)
     per = c // n
-    if col == "allgather":
+    if col in ("allgather", "gather"):
         return Layout(col, n, itemsize, per, per, per * n)
-    if col == "reduce_scatter":
+    if col in ("reduce_scatter", "scatter"):
         return Layout(col, n, itemsize, per, per * n, per)
     return Layout(col, n, itemsize, per, per * n, per * n)  # alltoall
 

@@ -30,6 +30,10 @@ the sum over ranks like nccl-tests when present, else the max); ``supports(colle
 -> dict`` called after the timed repetitions, whose entries become extra columns (e.g. ``algo``);
 ``extra_columns`` (names of those columns, so the header can show them before the first row).
 
+Variants (``run_sweep(..., variants=[...])``, e.g. one per algorithm of the library): ``bind``,
+``run``, ``check`` and ``extras`` then also receive ``variant=<label>``, and the optional
+``supports_variant(collective, nbytes, variant) -> bool | str`` leaves out what cannot run.
+
 The method
 ----------
 Identical for every library. Per size: allocate and fill buffers (first touch happens here);
@@ -236,10 +240,14 @@ class NumpyBuffers:
             return _wrong_periodic(self.recv, base, self.rank * per, rtol)  # reduce_scatter
         if c == "broadcast":
             return _wrong_periodic(self.recv, _input_base(c, self.root), 0, 0.0)
+        if c == "scatter":  # my block of the root's buffer
+            return _wrong_periodic(self.recv, _input_base(c, self.root), self.rank * per, 0.0)
+        if c == "gather" and self.rank != self.root:
+            return 0
         bad = 0
         for s in range(n):
             block = self.recv[s * per:(s + 1) * per]
-            phase = 0 if c == "allgather" else self.rank * per  # alltoall: peer s's block for me
+            phase = self.rank * per if c == "alltoall" else 0  # alltoall: peer s's block for me
             bad += _wrong_periodic(block, _input_base(c, s), phase, 0.0)
         return bad
 
@@ -261,10 +269,10 @@ class Adapter:
         return NumpyBuffers.create(c, nbytes, dtype, self.rank, self.size,
                                    in_place=c in self.in_place)
 
-    def run(self, collective, buffers, op):
-        self.bind(collective, buffers, op)()
+    def run(self, collective, buffers, op, **variant):
+        self.bind(collective, buffers, op, **variant)()
 
-    def bind(self, collective, buffers, op):
+    def bind(self, collective, buffers, op, **variant):
         raise NotImplementedError
 
     def sync(self):
@@ -273,17 +281,17 @@ class Adapter:
     def max_over_ranks(self, x: float) -> float:
         raise NotImplementedError
 
-    def check(self, collective, buffers, op) -> int:
+    def check(self, collective, buffers, op, **variant) -> int:
         buffers.fill()
         self.sync()
-        self.run(collective, buffers, op)
+        self.run(collective, buffers, op, **variant)
         self.sync()
         return buffers.count_wrong(op)
 
     def supports(self, collective, dtype, op):
         return True
 
-    def extras(self, collective, buffers, op) -> dict:
+    def extras(self, collective, buffers, op, **variant) -> dict:
         return {}
 
 
@@ -348,7 +356,7 @@ def _groups(layouts, budget, in_place):
 
 def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min_time=0.03,
               warmup=None, max_iters=1_000_000, check=True, out=None, print_header=True,
-              extra_columns=None, interleave=True, group_bytes=512 << 20):
+              extra_columns=None, interleave=True, group_bytes=512 << 20, variants=None):
     """Time *collective* at every size of *sizes* (nccl-tests sizes in bytes); return the rows.
 
     Rank 0 prints the nccl-tests table through *out* (a callable taking one string; default print).
@@ -361,6 +369,14 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
     and calibrated, then repetition 1 of every size runs, then repetition 2, and so on. Each
     size's median then spans the whole group's duration instead of one short window, which matters
     on hosts whose speed changes every few seconds. Rows are printed when their group completes.
+
+    *variants* (a list of labels, e.g. algorithm names) times several ways of running the same
+    collective in one sweep: every size is run once per variant, on the same buffers, and the
+    repetitions of all variants are interleaved too (repetition k runs every variant of every size
+    of the group, the variants' order rotating with k), so the variants of a size are measured
+    under the same machine conditions. The adapter then gets ``variant=`` in ``bind``, ``check``
+    and ``extras``, and may define ``supports_variant(collective, nbytes, variant) -> bool | str``
+    to leave out combinations it cannot run. Each row has a ``variant`` key (and column).
     """
     coll = fmt.canonical(collective)
     dt = resolve_dtype(dtype)
@@ -369,6 +385,12 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
     is_root = adapter.rank == 0
     extra_cols = list(extra_columns if extra_columns is not None
                       else getattr(adapter, "extra_columns", ()))
+    if variants is not None:
+        variants = list(variants)
+        if not variants:
+            return []
+        if "variant" not in extra_cols:
+            extra_cols.insert(0, "variant")
     say = (lambda s: _emit(out, s)) if is_root else (lambda s: None)
 
     supports = getattr(adapter, "supports", None)
@@ -380,6 +402,7 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
 
     bind = getattr(adapter, "bind", None)
     summed = getattr(adapter, "sum_over_ranks", None)
+    supports_variant = getattr(adapter, "supports_variant", None)
     in_place = coll in getattr(adapter, "in_place", ())
     layouts, seen = [], set()
     for nbytes in sizes:
@@ -389,45 +412,68 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
             layouts.append(lay)
     layouts.sort(key=lambda lay: lay.size)
     groups = _groups(layouts, group_bytes, in_place) if interleave else [[x] for x in layouts]
+    var_kw = (lambda v: {}) if variants is None else (lambda v: {"variant": v})
+
+    def bound(bufs, v):
+        fn = None
+        if bind is not None:
+            try:
+                fn = bind(coll, bufs, opn, **var_kw(v))
+            except NotImplementedError:
+                fn = None
+        if fn is None:
+            fn = (lambda a=adapter, c=coll, b=bufs, o=opn, kw=var_kw(v): a.run(c, b, o, **kw))
+        return fn
 
     if print_header:
+        shown = f"  variants {','.join(variants)}" if variants is not None else ""
         say(f"# {adapter.name} {coll}  nranks {n}  type {dt.name}  redop "
-            f"{opn if coll in fmt.REDUCING else 'none'}  reps {reps}  min_time {min_time * 1e3:g} ms")
+            f"{opn if coll in fmt.REDUCING else 'none'}  reps {reps}  min_time {min_time * 1e3:g} ms"
+            f"{shown}")
         say(fmt.header(extra_cols))
-    rows = []
+    rows, skipped = [], set()
     for group in groups:
-        states = []
+        states = []   # (layout, variant, buffers, fn, iters, local times)
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             for lay in group:
                 bufs = adapter.alloc(coll, lay.size, dt)
                 adapter.sync()
-                fn = None
-                if bind is not None:
-                    try:
-                        fn = bind(coll, bufs, opn)
-                    except NotImplementedError:
-                        fn = None
-                if fn is None:
-                    fn = (lambda a=adapter, c=coll, b=bufs, o=opn: a.run(c, b, o))
-                for _ in range(_default_warmup(lay.size) if warmup is None else warmup):
-                    fn()
-                iters = _calibrate(adapter, fn, min_time, max_iters)
-                states.append((lay, bufs, fn, iters, []))
-            for _ in range(reps):
-                for lay, bufs, fn, iters, local in states:
+                for v in (variants if variants is not None else [None]):
+                    if v is not None and supports_variant is not None:
+                        why = supports_variant(coll, lay.size, v)
+                        if why is not True:
+                            why = why if isinstance(why, str) else "not supported"
+                            if (v, why) not in skipped:
+                                skipped.add((v, why))
+                                say(f"# {coll} {v}: skipped ({why})")
+                            continue
+                    fn = bound(bufs, v)
+                    for _ in range(_default_warmup(lay.size) if warmup is None else warmup):
+                        fn()
+                    iters = _calibrate(adapter, fn, min_time, max_iters)
+                    states.append((lay, v, bufs, fn, iters, []))
+            nvar = len(variants) if variants is not None else 1
+            for k in range(reps):
+                order = states
+                if nvar > 1:  # rotate the variants of each size, so none always runs first
+                    order = sorted(states, key=lambda s: (
+                        s[0].size, (variants.index(s[1]) - k) % nvar))
+                for lay, v, bufs, fn, iters, local in order:
                     adapter.sync()
                     local.append(_timed(fn, iters) / iters)
         finally:
             if gc_was_enabled:
                 gc.enable()
-        for lay, bufs, fn, iters, local in states:
+        for lay, v, bufs, fn, iters, local in states:
             times = [adapter.max_over_ranks(t) for t in local]
-            extra = dict(adapter.extras(coll, bufs, opn) or {}) if hasattr(adapter, "extras") else {}
+            extra = {}
+            if hasattr(adapter, "extras"):
+                extra = dict(adapter.extras(coll, bufs, opn, **var_kw(v)) or {})
             wrong = None
             if check:
-                w = float(adapter.check(coll, bufs, opn))
+                w = float(adapter.check(coll, bufs, opn, **var_kw(v)))
                 wrong = int(round(summed(w) if summed else adapter.max_over_ranks(w)))
             t = statistics.median(times)
             algbw, busbw = fmt.bandwidths(coll, lay.size, t, n)
@@ -436,8 +482,10 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
                    "nranks": n, "library": adapter.name, "time_us": t * 1e6,
                    "algbw": algbw, "busbw": busbw, "wrong": wrong, "iters": iters,
                    "reps": len(times), "times_us": [x * 1e6 for x in times]}
-            for k, v in extra.items():  # extras not named in extra_columns go to the JSON only
-                row.setdefault(k, v)
+            if v is not None:
+                row["variant"] = v
+            for k, val in extra.items():  # extras not named in extra_columns go to the JSON only
+                row.setdefault(k, val)
             rows.append(row)
             say(fmt.format_row(row, extra_cols))
         del states

@@ -471,8 +471,10 @@ class StoreClient:
         """A new, independent connection (for a thread that blocks on the store)."""
         return StoreClient(self._addr, self._secret, self.rank, self.timeout)
 
-    def _request(self, op: bytes, args: Sequence[bytes], wait: float | None = None):
-        """Send one request; returns (status, payload). ``wait`` = server-side deadline (s)."""
+    def _request(self, op: bytes, args: Sequence[bytes], wait: float | None = None,
+                 limit: float | None = None):
+        """Send one request; returns (status, payload). ``wait`` = server-side deadline (s);
+        ``limit`` = how long to wait for the answer (default: wait + grace, else the timeout)."""
         with self._lock:
             if self._closed:
                 raise InvalidUsage("this StoreClient is closed")
@@ -480,7 +482,8 @@ class StoreClient:
             ctr = self._ctr
             body = [_U64.pack(ctr), op, *args]
             self._sock.send_multipart([_REQ, *body, mac(self._session, b"C", *body)])
-            limit = (wait + self.GRACE) if wait is not None else self.timeout
+            if limit is None:
+                limit = (wait + self.GRACE) if wait is not None else self.timeout
             deadline = time.monotonic() + limit
             while True:
                 left = deadline - time.monotonic()
@@ -513,14 +516,15 @@ class StoreClient:
         return self.timeout if timeout is None else float(timeout)
 
     # -- public API -----------------------------------------------------------------------------
-    def set(self, key: str, value: bytes) -> None:
+    def set(self, key: str, value: bytes, timeout: float | None = None) -> None:
         """Store ``value`` under ``key`` (overwrites) and wake every rank waiting for it."""
-        self._request(b"SET", [key.encode(), bytes(value)])
+        self._request(b"SET", [key.encode(), bytes(value)], limit=timeout)
 
     def get(self, key: str, timeout: float | None = None) -> bytes:
         """The value of ``key``, waiting until some rank sets it (the server answers then)."""
         t = self._t(timeout)
-        status, payload = self._request(b"GET", [_ms(t), key.encode()], wait=t)
+        status, payload = self._request(b"GET", [_ms(t), key.encode()], wait=t,
+                                        limit=t + min(self.GRACE, 1.0) if timeout is not None else None)
         if status != OK:
             raise HetcclTimeout(f"rank {self.rank}: store key {key!r} was not set within {t:g}s; "
                                 f"{_who_sets(key)}")
@@ -541,9 +545,9 @@ class StoreClient:
         _, payload = self._request(b"CHECK", [k.encode() for k in keys])
         return all(p == b"1" for p in payload)
 
-    def add(self, key: str, amount: int = 1) -> int:
+    def add(self, key: str, amount: int = 1, timeout: float | None = None) -> int:
         """Atomically add ``amount`` to the integer counter ``key`` (missing = 0); new value."""
-        _, payload = self._request(b"ADD", [key.encode(), _I64.pack(int(amount))])
+        _, payload = self._request(b"ADD", [key.encode(), _I64.pack(int(amount))], limit=timeout)
         return int(payload[0])
 
     def wait(self, keys: Sequence[str] | str, timeout: float | None = None) -> None:

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Where hetccl's algorithms cross over, and whether the tuner follows: one PNG per collective.
+
+From JSON written by ``hetccl bench --algos all --json FILE`` (one file per world size)::
+
+    hetccl run -n 2 -- hetccl bench --algos all -c allreduce,allgather -b 8 -e 64M --json ar2.json
+    hetccl run -n 3 -- hetccl bench --algos all -c allreduce,allgather -b 8 -e 64M --json ar3.json
+    hetccl run -n 4 -- hetccl bench --algos all -c allreduce,allgather -b 8 -e 64M --json ar4.json
+    python bench/crossover.py ar2.json ar3.json ar4.json
+
+or let it run those sweeps itself (``hetccl run -n N`` for each N, one after the other)::
+
+    python bench/crossover.py --run --nranks 2,3,4 -c allreduce,allgather -b 8 -e 64M
+
+Each PNG (``bench/crossover_<collective>.png``) has one panel per world size: time per call (log)
+against size (log), one line per forced algorithm, the tuner's measured time (``auto``, black
+dashed) with a ring around the algorithm it chose at each size, the cost model's prediction for
+each algorithm (thin dotted, same colour; ``--no-model`` hides it), and a red cross under the
+sizes where auto is slower than 1.15 x the fastest forced algorithm. The within-15% verdicts are
+printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(HERE, "peers"))
+from _common import load_benchmark  # noqa: E402
+
+fmt, runner, _cli = load_benchmark()
+compare = importlib.import_module(fmt.__name__.rsplit(".", 1)[0] + ".compare")
+
+DEFAULT_COLLECTIVES = "allreduce,allgather"
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+
+
+def load_rows(paths) -> list[dict]:
+    """Rows with a ``variant`` from every JSON file (later files win for the same world size)."""
+    by_n = {}
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        rows = [r for r in doc.get("rows", []) if r.get("variant") is not None]
+        if not rows:
+            print(f"crossover: {path} has no per-algorithm rows (was it run with --algos all?)",
+                  file=sys.stderr)
+            continue
+        n = doc.get("nranks") or rows[0].get("nranks")
+        by_n.setdefault(n, {})
+        for r in rows:
+            by_n[n][(r["collective"], r["size"], r["variant"])] = r
+    return [r for n in sorted(by_n) for r in by_n[n].values()]
+
+
+def _size_label(x, _pos=None):
+    x = int(round(x))
+    for unit, mult in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if x >= mult:
+            return f"{x / mult:g}{unit}"
+    return f"{x}B"
+
+
+def _ticks(lo, hi, most=10):
+    """Powers of two from <= lo to >= hi, every 2^k-th one so there are at most *most*."""
+    a, b = max(0, int(lo).bit_length() - 1), max(1, int(hi - 1).bit_length())
+    step = 1
+    while (b - a) // step + 1 > most:
+        step += 1
+    return [1 << e for e in range(a, b + step, step) if lo <= (1 << e) <= hi] or [lo, hi]
+
+
+def plot_collective(rows, collective, path, tolerance=compare.TOLERANCE, model=True) -> list[str]:
+    """Draw one PNG for *collective* (a panel per world size); return the verdict lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    mine = [r for r in rows if r["collective"] == collective]
+    worlds = sorted({r["nranks"] for r in mine})
+    if not worlds:
+        return []
+    algos = compare.algorithms_of(mine, collective)
+    colour = {a: COLOURS[i % len(COLOURS)] for i, a in enumerate(algos)}
+    fig, axes = plt.subplots(1, len(worlds), figsize=(5.2 * len(worlds) + 0.6, 4.6), squeeze=False,
+                             sharex=True, sharey=True)
+    ticks = _ticks(min(r["size"] for r in mine), max(r["size"] for r in mine))
+    verdicts = []
+    for ax, n in zip(axes[0], worlds):
+        rs = [r for r in mine if r["nranks"] == n]
+        summary = compare.summarize(rs, tolerance)
+        verdicts.append(compare.verdict(summary, collective, n, tolerance).lstrip("# "))
+        for a in algos:
+            pts = sorted((r["size"], r["time_us"]) for r in rs if r["variant"] == a)
+            if pts:
+                ax.plot(*zip(*pts), "-o", color=colour[a], ms=3.5, lw=1.6, label=a)
+            if model:
+                pred = sorted((e["size"], e["predicted_us"][a]) for e in summary
+                              if e["predicted_us"].get(a) is not None)
+                if pred:
+                    ax.plot(*zip(*pred), ":", color=colour[a], lw=1.1, alpha=0.8,
+                            label=f"{a} (model)")
+        auto = sorted((e["size"], e["auto_us"], e["auto_choice"]) for e in summary
+                      if e["auto_us"] is not None)
+        if auto:
+            ax.plot([p[0] for p in auto], [p[1] for p in auto], "--x", color="black", ms=5, lw=1.0,
+                    label="auto (tuner)")
+            # ring the chosen algorithm's own point at each size
+            for size, _us, choice in auto:
+                t = next((e["times_us"].get(choice) for e in summary if e["size"] == size), None)
+                if t is not None and choice in colour:
+                    ax.plot([size], [t], "o", ms=10, mfc="none", mec=colour[choice], mew=1.6)
+        fails = [e for e in summary if e["ok"] is False]
+        if fails:
+            ymin = min(r["time_us"] for r in rs)
+            ax.plot([e["size"] for e in fails], [ymin / 1.6] * len(fails), "x", color="red", ms=8,
+                    mew=2, label=f"auto > {tolerance:g}x best")
+        judged = [e for e in summary if e["ok"] is not None]
+        ax.set_title(f"{collective}, {n} ranks  (auto within {round((tolerance - 1) * 100)}%: "
+                     f"{sum(e['ok'] for e in judged)}/{len(judged)})", fontsize=10)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(_size_label))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.set_xlabel("size (bytes, nccl-tests convention)")
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", axis="y", alpha=0.12)
+    axes[0][0].set_ylabel("time per call (us)")
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    from matplotlib.lines import Line2D
+    handles.append(Line2D([], [], marker="o", ms=10, mfc="none", mec="grey", ls="none"))
+    labels.append("tuner's choice")
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"hetccl {collective}: forced algorithms vs the tuner (median of max over ranks)",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.1 if len(labels) <= 6 else 0.15, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return verdicts
+
+
+def run_sweeps(args) -> list[str]:
+    """Run ``hetccl bench --algos all`` under ``hetccl run -n N`` for each N; return JSON paths."""
+    sys.path.insert(0, HERE)
+    import run_all
+    raw = args.raw_dir or tempfile.mkdtemp(prefix="hetccl-crossover-")
+    os.makedirs(raw, exist_ok=True)
+    sweep = ["--algos", "all", "-c", args.collectives, "--reps", str(args.reps),
+             "--min-time", str(args.min_time), "--no-describe"]
+    sweep += ["--sizes", args.sizes] if args.sizes else \
+        ["-b", args.minbytes, "-e", args.maxbytes, "-f", str(args.stepfactor)]
+    paths = []
+    for n in [int(x) for x in args.nranks.split(",") if x.strip()]:
+        jpath = os.path.join(raw, f"algos-n{n}.json")
+        log = os.path.join(raw, f"algos-n{n}.log")
+        cmd = [*run_all._hetccl_prefix(), "run", "-n", str(n), "--", sys.executable, "-m",
+               "hetccl.benchmark.cli", *sweep, "--json", jpath]
+        print(f"[crossover] {shlex.join(cmd)}", flush=True)
+        rc, secs, _others = run_all.run_one(cmd, log, args.timeout)
+        print(f"[crossover] {n} ranks: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {secs:.1f} s "
+              f"(log {log})", flush=True)
+        if os.path.exists(jpath):
+            paths.append(jpath)
+        elif rc != 0:
+            print(run_all._tail(log, 15), file=sys.stderr)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("json", nargs="*", help="JSON files from `hetccl bench --algos all --json`")
+    p.add_argument("--run", action="store_true", help="run the sweeps (hetccl run -n N) first")
+    p.add_argument("--nranks", default="2,3,4", help="with --run: world sizes (default %(default)s)")
+    p.add_argument("-c", "--collectives", default=None,
+                   help=f"collectives to plot (and run) (default with --run: {DEFAULT_COLLECTIVES}; "
+                        f"else every one in the JSON)")
+    p.add_argument("--sizes", default=None, help="with --run: explicit sizes, e.g. 8,1K,64K,1M,64M")
+    p.add_argument("-b", "--minbytes", default="8", help="with --run (default %(default)s)")
+    p.add_argument("-e", "--maxbytes", default="64M", help="with --run (default %(default)s)")
+    p.add_argument("-f", "--stepfactor", type=int, default=2, help="with --run (default %(default)s)")
+    p.add_argument("--reps", type=int, default=5, help="with --run (default %(default)s)")
+    p.add_argument("--min-time", type=float, default=0.03, help="with --run (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=3600, help="with --run: seconds per world size")
+    p.add_argument("--raw-dir", default=None, help="with --run: where the JSON and logs go")
+    p.add_argument("--out-dir", default=HERE, help="where the PNGs go (default: bench/)")
+    p.add_argument("--prefix", default="crossover_", help="PNG name prefix (default %(default)s)")
+    p.add_argument("--tolerance", type=float, default=compare.TOLERANCE,
+                   help="auto passes within this factor of the fastest (default %(default)s)")
+    p.add_argument("--no-model", action="store_true", help="don't draw the cost model's predictions")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    paths = list(args.json)
+    if args.run:
+        args.collectives = args.collectives or DEFAULT_COLLECTIVES
+        paths += run_sweeps(args)
+    if not paths:
+        p.error("give JSON files or --run")
+    rows = load_rows(paths)
+    if not rows:
+        print("crossover: nothing to plot", file=sys.stderr)
+        return 1
+    present = list(dict.fromkeys(r["collective"] for r in rows))
+    wanted = [fmt.canonical(c) for c in args.collectives.split(",")] if args.collectives else present
+    os.makedirs(args.out_dir, exist_ok=True)
+    rc = 0
+    for coll in wanted:
+        if coll not in present:
+            print(f"crossover: no {coll} rows in the input", file=sys.stderr)
+            rc = 1
+            continue
+        path = os.path.join(args.out_dir, f"{args.prefix}{coll}.png")
+        for line in plot_collective(rows, coll, path, args.tolerance, model=not args.no_model):
+            print(line)
+        print(f"[crossover] wrote {os.path.relpath(path, REPO) if path.startswith(REPO) else path}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
