@@ -226,13 +226,13 @@ class Communicator:
         return self._run("allgather", self._engine.allgather,
                          (buf, out, code, algo, self._t(timeout)), out, async_op)
 
-    def allgatherv(self, buf, counts, out=None, *, timeout=None, async_op=False):
-        """Like allgather with ``counts[r]`` elements from rank r."""
+    def allgatherv(self, buf, counts, out=None, *, timeout=None, algorithm=None, async_op=False):
+        """Like allgather with ``counts[r]`` elements from rank r (ring)."""
         code = _dtype_code(buf)
         counts = [int(c) for c in counts]
         if out is None:
             out = _new_like(buf, sum(counts), "allgatherv")
-        self.last_algorithm = "ring"
+        self._algo("allgatherv", _nbytes(out), algorithm)
         return self._run("allgatherv", _coll.allgatherv,
                          (self._engine, buf, out, counts, code, self._t(timeout)), out, async_op)
 
@@ -242,8 +242,10 @@ class Communicator:
 
         Blocks are equal (len(buf) / size) unless ``counts`` gives each rank's (reduce_scatterv)."""
         code = _dtype_code(buf)
-        op = as_op(op)
-        dtypes.check_op(code, op)
+        if type(op) is not ReduceOp:
+            op = as_op(op)
+        if op >= 5 or code == dtypes.BOOL:
+            dtypes.check_op(code, op)
         if out is None:
             n = counts[self.rank] if counts is not None else (buf.size // self.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "reduce_scatter")
@@ -264,8 +266,10 @@ class Communicator:
         """Reduce ``buf`` over ranks into ``out`` on ``root`` (default: a new array there; other
         ranks return None)."""
         code = _dtype_code(buf)
-        op = as_op(op)
-        dtypes.check_op(code, op)
+        if type(op) is not ReduceOp:
+            op = as_op(op)
+        if op >= 5 or code == dtypes.BOOL:
+            dtypes.check_op(code, op)
         if self.rank == root and out is None:
             out = _new_like(buf, buf.size if isinstance(buf, np.ndarray) else 0, "reduce")
         algo = self._algo("reduce", _nbytes(buf), algorithm)
@@ -273,33 +277,33 @@ class Communicator:
                          (self._engine, buf, out if self.rank == root else None, int(root), code, op,
                           algo, self._t(timeout)), out if self.rank == root else None, async_op)
 
-    def gather(self, buf, root=0, out=None, *, counts=None, timeout=None, async_op=False):
+    def gather(self, buf, root=0, out=None, *, counts=None, timeout=None, algorithm=None, async_op=False):
         """Concatenate every rank's ``buf`` into ``out`` on ``root`` (gatherv with ``counts``)."""
         code = _dtype_code(buf)
         if self.rank == root and out is None:
             n = sum(counts) if counts is not None else self.size * (buf.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "gather")
-        self.last_algorithm = "linear"
+        self._algo("gather", _nbytes(buf) * self.size, algorithm)
         return self._run("gather", _coll.gather,
                          (self._engine, buf, out if self.rank == root else None,
                           None if counts is None else [int(c) for c in counts], int(root), code,
                           self._t(timeout)), out if self.rank == root else None, async_op)
 
-    def scatter(self, buf, out, root=0, *, counts=None, timeout=None, async_op=False):
+    def scatter(self, buf, out, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
         """Give every rank its block of root's ``buf`` in ``out`` (scatterv with ``counts``);
         ``buf`` is ignored (may be None) on other ranks."""
         code = _dtype_code(out)
         if self.rank == root:
             if _dtype_code(buf) != code:
                 raise InvalidUsage("scatter input and output must have the same dtype")
-        self.last_algorithm = "linear"
+        self._algo("scatter", _nbytes(out) * self.size, algorithm)
         return self._run("scatter", _coll.scatter,
                          (self._engine, buf if self.rank == root else None, out,
                           None if counts is None else [int(c) for c in counts], int(root), code,
                           self._t(timeout)), out, async_op)
 
     def alltoall(self, buf, out=None, *, send_counts=None, recv_counts=None, timeout=None,
-                 async_op=False):
+                 algorithm=None, async_op=False):
         """Send block r of ``buf`` to rank r and receive rank r's block for us into block r of
         ``out``. Uneven blocks (alltoallv): give ``send_counts`` and ``recv_counts``."""
         code = _dtype_code(buf)
@@ -308,7 +312,7 @@ class Communicator:
         if out is None:
             n = sum(recv_counts) if recv_counts is not None else (buf.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "alltoall")
-        self.last_algorithm = "pairwise"
+        self._algo("alltoall", _nbytes(buf), algorithm)
         sc = None if send_counts is None else [int(c) for c in send_counts]
         rc = None if recv_counts is None else [int(c) for c in recv_counts]
         return self._run("alltoall", _coll.alltoall,
@@ -348,8 +352,9 @@ class Communicator:
         threading.Thread(target=deliver, name="hetccl-irecv", daemon=True).start()
         return w
 
-    def barrier(self, *, timeout=None, async_op=False):
+    def barrier(self, *, timeout=None, algorithm=None, async_op=False):
         """Return once every rank has entered the barrier (dissemination algorithm)."""
+        self._algo("barrier", 0, algorithm)
         return self._run("barrier", _coll.barrier, (self._engine, self._t(timeout)), None, async_op)
 
     # ------------------------------------------------------------------ sub-communicators

@@ -1,6 +1,8 @@
 """Reduction operations. The integer values are shared with the Cython core (_native/codes.pxd)."""
 import enum
 
+from .errors import InvalidUsage
+
 
 class ReduceOp(enum.IntEnum):
     SUM = 0
@@ -20,7 +22,6 @@ _BY_NAME = {op.name.lower(): op for op in ReduceOp}
 
 def as_op(op) -> ReduceOp:
     """Accept a ReduceOp, its integer value or its name ("sum", "max", ...)."""
-    from .errors import InvalidUsage
     if isinstance(op, ReduceOp):
         return op
     if isinstance(op, str):

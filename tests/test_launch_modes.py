@@ -30,9 +30,11 @@ SCRIPT = textwrap.dedent("""
     g = comm.allgather(np.array([comm.rank * 10], dtype=np.int64))
     ok = bool((x == x[0]).all())
     peers = ",".join(comm.transport(p) for p in range(comm.size))
-    print(f"RESULT rank={comm.rank} size={comm.size} sum={x[0]:g} ok={ok} "
-          f"gather={','.join(str(v) for v in g)} launcher={launcher} transports={peers}",
-          flush=True)
+    # one write() of one whole line: ranks may share the pipe (torchrun, mpirun)
+    sys.stdout.write(f"RESULT rank={comm.rank} size={comm.size} sum={x[0]:g} ok={ok} "
+                     f"gather={','.join(str(v) for v in g)} launcher={launcher} "
+                     f"transports={peers}\\n")
+    sys.stdout.flush()
     if os.environ.get("FAIL_RANK") == str(comm.rank):
         sys.exit(3)
     comm.close()

@@ -99,6 +99,7 @@ ALGORITHMS = [
     Algorithm("linear", "gather", ALGO_LINEAR, _linear_rooted),
     Algorithm("linear", "scatter", ALGO_LINEAR, _linear_rooted),
     Algorithm("dissemination", "barrier", ALGO_LINEAR, _dissemination),
+    Algorithm("ring", "allgatherv", ALGO_RING, _ring_allgather),
 ]
 
 ALIASES = {"rd": "recursive_doubling"}
