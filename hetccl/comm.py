@@ -204,6 +204,9 @@ class Communicator:
             dtypes.check_op(code, op)
         if out is None:
             out = buf
+        elif out is not buf and _dtype_code(out) != code:
+            raise InvalidUsage(f"allreduce output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
+                               f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
         algo = self._algo("allreduce", _nbytes(buf), algorithm)
         t = self._timeout if timeout is None else config.timeout(timeout)
         if async_op or self._pending:
@@ -222,6 +225,9 @@ class Communicator:
         code = _dtype_code(buf)
         if out is None:
             out = _new_like(buf, self.size * buf.size if isinstance(buf, np.ndarray) else 0, "allgather")
+        elif out is not buf and _dtype_code(out) != code:
+            raise InvalidUsage(f"allgather output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
+                               f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
         algo = self._algo("allgather", _nbytes(out), algorithm)
         return self._run("allgather", self._engine.allgather,
                          (buf, out, code, algo, self._t(timeout)), out, async_op)
@@ -395,10 +401,17 @@ class Communicator:
         return "\n".join(lines)
 
     def transport(self, peer: int) -> str:
+        """The transport linking this rank and ``peer`` ('self', 'shm', 'tcp')."""
+        if not isinstance(peer, int) or not 0 <= peer < self.size:
+            raise InvalidUsage(f"peer {peer!r} is not a rank of this communicator (0..{self.size - 1})")
         return self._matrix[self.rank][peer]
 
     def explain(self, collective: str, nbytes: int) -> str:
         """The cost table and choice of the tuner for one call shape."""
+        from .collectives import registry
+        if not registry.for_collective(collective):
+            known = sorted({a.collective for a in registry.ALGORITHMS})
+            raise InvalidUsage(f"unknown collective {collective!r}; known: {', '.join(known)}")
         return self._tuner.explain(collective, int(nbytes))
 
     # ------------------------------------------------------------------ failure and shutdown
@@ -484,7 +497,7 @@ class Communicator:
             self._store.close()
         finally:
             if self._server is not None:       # rank 0 serves the store: let the others leave first
-                self._server.close(wait_for_clients=timeout)
+                self._server.close(wait_for_clients=2.0 if self._engine.is_broken else timeout)
 
     def __enter__(self):
         return self

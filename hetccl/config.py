@@ -19,7 +19,10 @@ def timeout(value=None) -> float:
             raise InvalidUsage(f"HETCCL_TIMEOUT={env!r} is not a number of seconds") from None
     if hasattr(value, "total_seconds"):
         value = value.total_seconds()
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidUsage(f"timeout must be a number of seconds (or a timedelta), got {value!r}") from None
     if value <= 0:
         raise InvalidUsage(f"timeout must be positive seconds, got {value}")
     return value

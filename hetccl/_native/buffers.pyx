@@ -11,7 +11,7 @@ cdef int get_buffer(object obj, Py_buffer* view, bint writable) except -1:
     cdef int flags = PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0)
     try:
         PyObject_GetBuffer(obj, view, flags)
-    except BufferError as e:
+    except (BufferError, ValueError) as e:   # numpy says ValueError for read-only / strided
         what = "output" if writable else "input"
         msg = str(e)
         if writable and ("writable" in msg or "read-only" in msg or "readonly" in msg):

@@ -39,6 +39,7 @@ cdef struct Stream:
     Stream* fwd          # recv: the send stream that forwarded segments feed (shm to shm only)
     Stream* dep          # send: the receive stream that segments' dep indices refer to
     size_t limit         # payload bytes this stream may move for now ((size_t)-1: no limit)
+    bint swap            # recv: the peer's operand goes first (it has the lower rank)
 
 cdef struct LocalCopy:   # a copy done in the engine's idle time instead of spinning
     char* dst

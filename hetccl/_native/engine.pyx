@@ -300,6 +300,7 @@ cdef class Engine:
         s.fwd = NULL
         s.dep = NULL
         s.limit = <size_t>-1
+        s.swap = peer < self.rank
         if is_send:
             put_header(s.hdr, coll, dtype, op, phase, self.seq, count, self.rank)
         else:
@@ -436,9 +437,11 @@ cdef class Engine:
                     r = tcp_read(L, g.buf + s.off, n)
             else:
                 if L.kind == LK_SHM:
-                    r = ring_read_reduce(L, g.buf + s.off, g.loc + s.off, n, s.fn, s.esize, s.streaming)
+                    r = ring_read_reduce(L, g.buf + s.off, g.loc + s.off, n, s.fn, s.esize, s.swap,
+                                         s.streaming)
                 else:
-                    r = tcp_read_reduce(L, g.buf + s.off, g.loc + s.off, n, s.fn, s.esize, s.streaming)
+                    r = tcp_read_reduce(L, g.buf + s.off, g.loc + s.off, n, s.fn, s.esize, s.swap,
+                                        s.streaming)
                 if r > 0 and g.divide:
                     divide_by(g.buf + s.off, <size_t>r // s.esize, s.dtype, g.divide)
             if r < 0:
@@ -504,7 +507,7 @@ cdef class Engine:
         src = L.rx_data + rx_off
         dst = T.tx_data + tx_off
         if g.loc != NULL:
-            s.fn(dst, g.loc + s.off, src, n // s.esize, 0)
+            reduce2(s.fn, dst, g.loc + s.off, src, n // s.esize, s.swap, 0)
             if g.divide:
                 divide_by(dst, n // s.esize, s.dtype, g.divide)
         else:
@@ -805,6 +808,10 @@ cdef class Engine:
         if rc == E_MISMATCH:
             got = _describe_header(bytes(self.err_got[:HDR_BYTES]))
             want = _describe_header(bytes(self.err_want[:HDR_BYTES]))
+            if got == want:            # same call, different schedule: the algorithms differ
+                got += f" (algorithm step {self.err_got[7]})"
+                want += f" (algorithm step {self.err_want[7]}); the ranks chose different algorithms: " \
+                        f"pass the same algorithm= / HETCCL_ALGO on every rank"
             raise InvalidUsage(f"mismatched collective: rank {peer} called {got}, but rank {self.rank} "
                                f"called {want}; every rank must call the same collectives in the same "
                                f"order with the same count, dtype and op")

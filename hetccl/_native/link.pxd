@@ -156,8 +156,17 @@ cdef inline size_t ring_read(Link* L, char* dst, size_t n, bint streaming) noexc
         ring_release(L)
     return r
 
+cdef inline void reduce2(reduce_fn fn, char* dst, const char* loc, const char* inc, size_t count,
+                         bint swap, bint streaming) noexcept nogil:
+    """dst = loc OP incoming, or incoming OP loc with swap (so both ranks of an exchange combine
+    the lower rank's operand first: MIN/MAX of -0.0 and +0.0 then agree bit for bit)."""
+    if swap:
+        fn(dst, inc, loc, count, streaming)
+    else:
+        fn(dst, loc, inc, count, streaming)
+
 cdef inline size_t ring_read_reduce(Link* L, char* dst, const char* loc, size_t n, reduce_fn fn,
-                                    size_t esize, bint streaming) noexcept nogil:
+                                    size_t esize, bint swap, bint streaming) noexcept nogil:
     """dst = loc OP fifo for up to n bytes (whole elements; FIFO offsets stay element-aligned)."""
     cdef size_t r = ring_avail(L, n)
     cdef size_t off, first
@@ -169,10 +178,10 @@ cdef inline size_t ring_read_reduce(Link* L, char* dst, const char* loc, size_t 
     off = L.rx_tail & L.mask
     first = L.cap - off
     if first >= r:
-        fn(dst, loc, L.rx_data + off, r // esize, streaming)
+        reduce2(fn, dst, loc, L.rx_data + off, r // esize, swap, streaming)
     else:
-        fn(dst, loc, L.rx_data + off, first // esize, streaming)
-        fn(dst + first, loc + first, L.rx_data, (r - first) // esize, streaming)
+        reduce2(fn, dst, loc, L.rx_data + off, first // esize, swap, streaming)
+        reduce2(fn, dst + first, loc + first, L.rx_data, (r - first) // esize, swap, streaming)
     L.rx_tail += r
     if r >= 65536:
         ring_release(L)
@@ -205,7 +214,7 @@ cdef inline ssize_t tcp_read(Link* L, char* dst, size_t n) noexcept nogil:
     return E_PEER_LOST
 
 cdef inline ssize_t tcp_read_reduce(Link* L, char* dst, const char* loc, size_t n, reduce_fn fn,
-                                    size_t esize, bint streaming) noexcept nogil:
+                                    size_t esize, bint swap, bint streaming) noexcept nogil:
     """Receive into the staging buffer (never past this segment), reduce whole elements into dst."""
     cdef size_t room = L.stage_cap - L.stage_len
     cdef size_t want = n - L.stage_len if n > L.stage_len else 0
@@ -221,7 +230,7 @@ cdef inline ssize_t tcp_read_reduce(Link* L, char* dst, const char* loc, size_t 
     whole = L.stage_len - L.stage_len % esize
     if whole == 0:
         return 0
-    fn(dst, loc, L.stage, whole // esize, streaming)
+    reduce2(fn, dst, loc, L.stage, whole // esize, swap, streaming)
     L.stage_len -= whole
     if L.stage_len:
         memmove(L.stage, L.stage + whole, L.stage_len)
