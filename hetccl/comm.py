@@ -132,7 +132,7 @@ class Communicator:
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
         links = {matrix[self.rank][p] for p in range(self.size) if p != self.rank}
-        self._tuner = Tuner(self.size, links)
+        self._tuner = Tuner(self.size, links, oversubscribed=engine.spin_s == 0)
         self.last_algorithm = None
         self._closed = False
         self._pending = 0

@@ -33,9 +33,9 @@ def parse_forced(spec: str | None) -> dict[str, str]:
 
 
 class Tuner:
-    def __init__(self, size: int, link_classes, forced_spec: str | None = None):
+    def __init__(self, size: int, link_classes, forced_spec: str | None = None, oversubscribed=False):
         self.size = size
-        self.cost = group_cost(link_classes)
+        self.cost = group_cost(link_classes, oversubscribed)
         self.forced = parse_forced(forced_spec if forced_spec is not None else os.environ.get("HETCCL_ALGO"))
         self._cache = {}
         self._debug = "tuning" in os.environ.get("HETCCL_DEBUG", "").lower()
