@@ -14,7 +14,7 @@ from libc.string cimport memset
 from hetccl._native.atomics cimport hc_now
 from hetccl._native.buffers cimport get_buffer
 from hetccl._native.codes cimport *
-from hetccl._native.engine cimport Engine, Seg
+from hetccl._native.engine cimport Engine, Seg, even_blocks, slice_len
 from hetccl._native.link cimport E_OS
 from hetccl._native.reduce cimport copy_bytes, get_reduce, divide_by, store_fence, reduce_fn
 
@@ -125,45 +125,11 @@ cdef int bcast_chain(Engine e, char* buf, size_t nb, int root, int dtype, uint64
     return rc
 
 
-cdef int ring_allgatherv(Engine e, char* rbuf, size_t* boff, size_t* blen, int dtype, uint64_t count,
-                         int coll, int phase, double dl) noexcept nogil:
-    """Ring allgather of blocks of any sizes (rank b's block at rbuf+boff[b]), sliced, relayed."""
-    cdef int N = e.size, r = e.rank, T = N - 1, j, k, nsl, idx, b, rc
-    cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
-    cdef size_t sl = e.slice_bytes(prev, nxt, dtype_size(dtype)), mx = 0, o, ln
-    cdef bint fused = e.can_fuse(nxt, prev)
-    cdef Seg* ss
-    cdef Seg* rs
-    if N == 1:
-        return 0
-    for b in range(N):
-        if blen[b] > mx:
-            mx = blen[b]
-    nsl = <int>((mx + sl - 1) // sl) if mx else 1
-    ss = <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
-    if ss == NULL:
-        return E_OS
-    rs = ss + T * nsl
-    for j in range(nsl):
-        o = <size_t>j * sl
-        for k in range(T):
-            idx = j * T + k
-            b = (r - k + N) % N
-            ln = 0 if o >= blen[b] else (sl if blen[b] - o > sl else blen[b] - o)
-            seg(&ss[idx], rbuf + boff[b] + o, NULL, ln, idx - 1 if k > 0 else -1)
-            b = (r - k - 1 + N) % N
-            ln = 0 if o >= blen[b] else (sl if blen[b] - o > sl else blen[b] - o)
-            seg(&rs[idx], rbuf + boff[b] + o, NULL, ln, -1)
-    rc = e.xfer(nxt, ss, T * nsl, prev, rs, T * nsl, coll, dtype, 0, phase, count, fused, dl)
-    free(ss)
-    return rc
-
-
 cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, int dtype,
                                  double dl) noexcept nogil:
     """van de Geijn: binomial scatter of N blocks from the root, then a ring allgather."""
     cdef int N = e.size, r = e.rank, vr = (r - root + N) % N, mask, m, i, n, rc = 0, b
-    cdef size_t es = dtype_size(dtype), base = count // N, rem = count % N
+    cdef size_t es = dtype_size(dtype)
     cdef size_t* boff = <size_t*>malloc(sizeof(size_t) * 2 * N)
     cdef size_t* blen
     cdef Seg* gs
@@ -174,9 +140,7 @@ cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, in
     if gs == NULL:
         free(boff)
         return E_OS
-    for b in range(N):
-        boff[b] = (b * base + (b if <size_t>b < rem else rem)) * es
-        blen[b] = (base + (1 if <size_t>b < rem else 0)) * es
+    even_blocks(count, N, es, boff, blen)
     mask = lowbit_mask(vr, N)
     if vr:                                   # receive my subtree's blocks (relative vr .. vr+mask)
         n = 0
@@ -196,7 +160,7 @@ cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, in
             rc = e.xfer((vr + m + root) % N, gs, n, -1, NULL, 0, COLL_BROADCAST, dtype, 0, 1, count, False, dl)
         m >>= 1
     if rc >= 0:
-        rc = ring_allgatherv(e, buf, boff, blen, dtype, count, COLL_BROADCAST, 2, dl)
+        rc = e.ring_allgatherv(buf, boff, blen, NULL, dtype, count, COLL_BROADCAST, 2, dl)
     free(gs)
     free(boff)
     return rc
@@ -259,9 +223,9 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
             idx = j * T + t
             sb = (r - 1 - t + 2 * N) % N
             rb = (r - 2 - t + 2 * N) % N
-            ln = 0 if o >= blen[sb] else (sl if blen[sb] - o > sl else blen[sb] - o)
+            ln = slice_len(blen[sb], o, sl)
             seg(&ss[idx], (sbuf if t == 0 else scr) + boff[sb] + o, NULL, ln, idx - 1 if t > 0 else -1)
-            ln = 0 if o >= blen[rb] else (sl if blen[rb] - o > sl else blen[rb] - o)
+            ln = slice_len(blen[rb], o, sl)
             if t == T - 1:                     # the last step lands my own block in the output
                 seg(&rs[idx], out + o, sbuf + boff[rb] + o, ln, -1)
                 rs[idx].divide = N if op == OP_AVG else 0
@@ -533,10 +497,9 @@ def allgatherv(Engine e, sendobj, recvobj, counts, int dtype, double timeout):
                                f"{counts[e.rank]}) into an output of {p.b.len // es} (counts add up to {total // es})")
         _begin(e, total)
         dl = hc_now() + timeout
-        if <char*>p.a.buf != <char*>p.b.buf + boff[e.rank]:
-            copy_bytes(<char*>p.b.buf + boff[e.rank], p.a.buf, p.a.len, 0)
         with nogil:
-            rc = ring_allgatherv(e, <char*>p.b.buf, boff, blen, dtype, total // es, COLL_ALLGATHER, 9, dl)
+            rc = e.ring_allgatherv(<char*>p.b.buf, boff, blen, <char*>p.a.buf, dtype, total // es,
+                                   COLL_ALLGATHER, 9, dl)
         _finish(e, rc, "allgatherv", timeout)
     finally:
         free(boff)

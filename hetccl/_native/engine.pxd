@@ -41,18 +41,28 @@ cdef struct Stream:
     size_t limit         # payload bytes this stream may move for now ((size_t)-1: no limit)
     bint swap            # recv: the peer's operand goes first (it has the lower rank)
 
-cdef struct LocalCopy:   # a copy done in the engine's idle time instead of spinning
-    char* dst
-    const char* src
-    size_t len
-    size_t done
-    bint streaming
-
 cdef struct Idle:
     double since         # when the current idle period began (0: not idle)
     int iters
     double reaped        # idle time at the last look for dead peers
     Stream* all[2]       # every stream of the step (waiting or not)
+
+cdef inline size_t slice_len(size_t blen, size_t off, size_t sl) noexcept nogil:
+    """Length of the slice starting at off of a block of blen bytes (0 past its end)."""
+    if off >= blen:
+        return 0
+    return sl if blen - off > sl else blen - off
+
+
+cdef inline void even_blocks(size_t count, int n, size_t es, size_t* boff, size_t* blen) noexcept nogil:
+    """Split count elements into n blocks as evenly as possible (the first count % n get one more);
+    offsets and lengths in bytes."""
+    cdef size_t base = count // n, rem = count % n
+    cdef int b
+    for b in range(n):
+        boff[b] = (b * base + (b if <size_t>b < rem else rem)) * es
+        blen[b] = (base + (1 if <size_t>b < rem else 0)) * es
+
 
 cdef class Engine:
     cdef readonly int rank
@@ -81,7 +91,7 @@ cdef class Engine:
     cdef int idle(self, Stream** ss, int n, Idle* st, double deadline) noexcept nogil
     cdef int block(self, Stream** ss, int n, double deadline) noexcept nogil
     cdef int reap(self, Stream** all, int n) noexcept nogil
-    cdef int run2(self, Stream* snd, Stream* rcv, LocalCopy* lc, double deadline) noexcept nogil
+    cdef int run2(self, Stream* snd, Stream* rcv, double deadline) noexcept nogil
     cdef int run_inplace(self, Stream* snd, Stream* rcv, double deadline) noexcept nogil
     cdef size_t slice_bytes(self, int prev, int nxt, size_t es) noexcept nogil
     cdef int check_signals(self) noexcept nogil
@@ -97,6 +107,8 @@ cdef class Engine:
     cdef int allreduce_rd(self, char* sbuf, char* rbuf, size_t count, int dtype, int op,
                           double deadline) noexcept nogil
     cdef int allgather_ring(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil
+    cdef int ring_allgatherv(self, char* rbuf, size_t* boff, size_t* blen, const char* own, int dtype,
+                             uint64_t count, int coll, int phase, double dl) noexcept nogil
     cdef int allgather_rd(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil
     cdef size_t forward_piece(self, Stream* s, Seg* g, size_t n) noexcept nogil
     cdef char* scratch(self, size_t n) noexcept nogil

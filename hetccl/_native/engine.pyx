@@ -686,12 +686,12 @@ cdef class Engine:
                 return E_PEER_LOST
         return 0
 
-    cdef int run2(self, Stream* snd, Stream* rcv, LocalCopy* lc, double deadline) noexcept nogil:
+    cdef int run2(self, Stream* snd, Stream* rcv, double deadline) noexcept nogil:
         """Progress a send and a receive stream together until both are done.
 
         Ordering between them is carried by the streams themselves: send segments may depend on
         receive segments (snd.dep), receive segments may forward into the send stream (rcv.fwd), and
-        either may carry a byte limit. lc: a local copy done in idle time and finished at the end."""
+        either may carry a byte limit."""
         cdef Idle st
         cdef long a, b
         cdef size_t n
@@ -720,13 +720,6 @@ cdef class Engine:
                 st.iters = 0
                 st.reaped = 0
                 continue
-            if lc != NULL and lc.done < lc.len:
-                n = lc.len - lc.done
-                if n > self.chunk:
-                    n = self.chunk
-                copy_bytes(lc.dst + lc.done, lc.src + lc.done, n, lc.streaming)
-                lc.done += n
-                continue
             pair[0] = snd if (snd != NULL and snd.waiting) else NULL
             pair[1] = rcv if (rcv != NULL and rcv.waiting) else NULL
             rc = self.idle(pair, 2, &st, deadline)
@@ -734,11 +727,6 @@ cdef class Engine:
                 if rc == E_PEER_LOST or rc == E_TIMEOUT:
                     self.note_waiting(snd, rcv)
                 return rc
-        if lc != NULL and lc.done < lc.len:
-            copy_bytes(lc.dst + lc.done, lc.src + lc.done, lc.len - lc.done, lc.streaming)
-            lc.done = lc.len
-            if lc.streaming:
-                store_fence()
         return 0
 
     cdef char* scratch(self, size_t n) noexcept nogil:
@@ -785,7 +773,10 @@ cdef class Engine:
                     rcv.fwd = &snd
         if to >= 0:
             snd.streaming = self.stream_out
-        return self.run2(&snd if to >= 0 else NULL, &rcv if frm >= 0 else NULL, NULL, deadline)
+        i = self.run2(&snd if to >= 0 else NULL, &rcv if frm >= 0 else NULL, deadline)
+        if self.stream_out:
+            store_fence()
+        return i
 
     cdef int fail(self, Stream* s, int rc) noexcept nogil:
         if self.err_peer < 0:
@@ -905,6 +896,7 @@ cdef class Engine:
                 check_overlap(&sv, &rv, False)
             deadline = hc_now() + timeout
             self.seq += 1
+            self.stream_out = <size_t>rv.len >= self.nt_threshold
             with nogil:
                 if algo == ALGO_RD:
                     rc = self.allgather_rd(<char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, deadline)
@@ -938,7 +930,7 @@ cdef class Engine:
         cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
         cdef bint fused
         cdef size_t es = ESIZE[dtype]
-        cdef size_t base, rem, total = count * es, sl, o
+        cdef size_t total = count * es, sl, o
         cdef Seg* ssegs
         cdef Seg* rsegs
         cdef size_t bstart[1024]
@@ -951,11 +943,7 @@ cdef class Engine:
             return 0
         if N > 1024:
             return E_OS
-        base = count // N
-        rem = count % N
-        for b in range(N):
-            bstart[b] = (b * base + (b if <size_t>b < rem else rem)) * es
-            blen[b] = (base + (1 if <size_t>b < rem else 0)) * es
+        even_blocks(count, N, es, bstart, blen)
         sl = self.slice_bytes(prev, nxt, es)
         nsl = <int>((blen[0] + sl - 1) // sl) if blen[0] else 1
         fused = self.links[nxt].kind == LK_SHM and self.links[prev].kind == LK_SHM
@@ -974,7 +962,7 @@ cdef class Engine:
                     sb = (r + 1 - (t - N + 1) + 2 * N) % N
                     rb = (r - (t - N + 1) + 2 * N) % N
                 ssegs[idx].buf = (sbuf if t == 0 else rbuf) + bstart[sb] + o
-                ssegs[idx].len = _clamp(blen[sb], o, sl)
+                ssegs[idx].len = slice_len(blen[sb], o, sl)
                 ssegs[idx].loc = NULL
                 ssegs[idx].divide = 0
                 ssegs[idx].dep = idx - 1 if t > 0 else -1
@@ -982,7 +970,7 @@ cdef class Engine:
                 ssegs[idx].copy = NULL
                 rsegs[idx].copy = NULL
                 rsegs[idx].buf = rbuf + bstart[rb] + o
-                rsegs[idx].len = _clamp(blen[rb], o, sl)
+                rsegs[idx].len = slice_len(blen[rb], o, sl)
                 rsegs[idx].loc = sbuf + bstart[rb] + o if t <= N - 2 else NULL
                 rsegs[idx].divide = N if (op == OP_AVG and t == N - 2) else 0
                 rsegs[idx].dep = -1
@@ -995,7 +983,7 @@ cdef class Engine:
         if fused:
             rcv.fwd = &snd
         rcv.streaming = total >= self.nt_threshold
-        rc = self.run2(&snd, &rcv, NULL, deadline)
+        rc = self.run2(&snd, &rcv, deadline)
         free(ssegs)
         return rc
 
@@ -1029,7 +1017,7 @@ cdef class Engine:
             rcv.limit = 0          # in place: never reduce over bytes not yet sent (raised below)
             snd.dep = NULL
             return self.run_inplace(&snd, &rcv, deadline)
-        return self.run2(&snd if do_send else NULL, &rcv if do_recv else NULL, NULL, deadline)
+        return self.run2(&snd if do_send else NULL, &rcv if do_recv else NULL, deadline)
 
     cdef int run_inplace(self, Stream* snd, Stream* rcv, double deadline) noexcept nogil:
         """run2 for an exchange that overwrites what it sends: the receive trails the send."""
@@ -1106,61 +1094,57 @@ cdef class Engine:
     # ---- allgather: ring (bandwidth) and recursive doubling (latency, powers of two)
 
     cdef int allgather_ring(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil:
-        """Ring allgather, sliced like the ring allreduce; shared-memory neighbours forward FIFO to
-        FIFO. The own block is copied into the output as it is sent (while hot in cache)."""
-        cdef int N = self.size, r = self.rank, k, rc, nsl, j, idx, T = N - 1
-        cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
-        cdef bint fused
-        cdef Seg* ssegs
-        cdef Seg* rsegs
-        cdef Stream snd, rcv
-        cdef LocalCopy lc
-        cdef size_t es = ESIZE[dtype]
-        cdef size_t count = nb // es, sl, o
-        cdef bint stream_out = nb * N >= self.nt_threshold
-        lc.dst = rbuf + nb * r
-        lc.src = sbuf
-        lc.len = nb if sbuf != lc.dst else 0
-        lc.done = 0
-        lc.streaming = stream_out
-        if N == 1:
-            return self.run2(NULL, NULL, &lc, deadline)
-        sl = self.slice_bytes(prev, nxt, es)
-        nsl = <int>((nb + sl - 1) // sl) if nb else 1
-        fused = self.links[nxt].kind == LK_SHM and self.links[prev].kind == LK_SHM
-        ssegs = <Seg*>malloc(sizeof(Seg) * T * nsl * 2)
-        if ssegs == NULL:
+        """Ring allgather of equal blocks (see ring_allgatherv)."""
+        cdef int N = self.size, b, rc
+        cdef size_t* boff = <size_t*>malloc(sizeof(size_t) * 2 * N)
+        if boff == NULL:
             return E_OS
-        rsegs = ssegs + T * nsl
+        for b in range(N):
+            boff[N + b] = nb
+            boff[b] = nb * b
+        rc = self.ring_allgatherv(rbuf, boff, boff + N, sbuf, dtype, nb // ESIZE[dtype], COLL_ALLGATHER,
+                                  0, deadline)
+        free(boff)
+        return rc
+
+    cdef int ring_allgatherv(self, char* rbuf, size_t* boff, size_t* blen, const char* own, int dtype,
+                             uint64_t count, int coll, int phase, double dl) noexcept nogil:
+        """Ring allgather of blocks of any sizes (rank b's at rbuf+boff[b]), sliced; relays fused
+        FIFO to FIFO between shared-memory neighbours. own: where this rank's block comes from;
+        when it is not already in place it is copied into the output as it is sent (hot in cache)."""
+        cdef int N = self.size, r = self.rank, T = N - 1, j, k, nsl, idx, b, rc
+        cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
+        cdef size_t sl = self.slice_bytes(prev, nxt, dtype_size(dtype)), mx = 0, o
+        cdef char* mine = rbuf + boff[r]
+        cdef bint copy_own = own != NULL and own != mine
+        cdef Seg* ss
+        cdef Seg* rs
+        if N == 1:
+            if copy_own:
+                copy_bytes(mine, own, blen[r], 0)
+            return 0
+        for b in range(N):
+            if blen[b] > mx:
+                mx = blen[b]
+        nsl = <int>((mx + sl - 1) // sl) if mx else 1
+        ss = <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
+        if ss == NULL:
+            return E_OS
+        rs = ss + T * nsl
         for j in range(nsl):
             o = <size_t>j * sl
             for k in range(T):
                 idx = j * T + k
-                ssegs[idx].buf = (sbuf if k == 0 else rbuf + nb * ((r - k + N) % N)) + o
-                ssegs[idx].len = _clamp(nb, o, sl)
-                ssegs[idx].loc = NULL
-                ssegs[idx].divide = 0
-                ssegs[idx].dep = idx - 1 if k > 0 else -1
-                ssegs[idx].fwd = fused and k > 0
-                ssegs[idx].copy = lc.dst + o if (k == 0 and lc.len) else NULL
-                rsegs[idx].copy = NULL
-                rsegs[idx].buf = rbuf + nb * ((r - k - 1 + N) % N) + o
-                rsegs[idx].len = ssegs[idx].len
-                rsegs[idx].loc = NULL
-                rsegs[idx].divide = 0
-                rsegs[idx].dep = -1
-                rsegs[idx].fwd = fused and k < T - 1
-        self.stream_init(&snd, nxt, ssegs, T * nsl, COLL_ALLGATHER, dtype, 0, 0, count, es, True)
-        self.stream_init(&rcv, prev, rsegs, T * nsl, COLL_ALLGATHER, dtype, 0, 0, count, es, False)
-        snd.dep = &rcv
-        snd.streaming = stream_out           # for the copy of the own block into the output
-        if fused:
-            rcv.fwd = &snd
-        rcv.streaming = stream_out
-        rc = self.run2(&snd, &rcv, NULL, deadline)
-        if rc == 0 and stream_out:
-            store_fence()
-        free(ssegs)
+                b = (r - k + N) % N
+                _seg(&ss[idx], (<char*>own if (k == 0 and copy_own) else rbuf + boff[b]) + o, NULL,
+                     slice_len(blen[b], o, sl), idx - 1 if k > 0 else -1)
+                if k == 0 and copy_own:
+                    ss[idx].copy = mine + o
+                b = (r - k - 1 + N) % N
+                _seg(&rs[idx], rbuf + boff[b] + o, NULL, slice_len(blen[b], o, sl), -1)
+        rc = self.xfer(nxt, ss, T * nsl, prev, rs, T * nsl, coll, dtype, 0, phase, count,
+                       self.can_fuse(nxt, prev), dl)
+        free(ss)
         return rc
 
     cdef int allgather_rd(self, char* sbuf, char* rbuf, size_t nb, int dtype, double deadline) noexcept nogil:
@@ -1190,7 +1174,7 @@ cdef class Engine:
             sseg.copy = NULL
             self.stream_init(&snd, peer, &sseg, 1, COLL_ALLGATHER, dtype, 0, phase, count, ESIZE[dtype], True)
             self.stream_init(&rcv, peer, &rseg, 1, COLL_ALLGATHER, dtype, 0, phase, count, ESIZE[dtype], False)
-            rc = self.run2(&snd, &rcv, NULL, deadline)
+            rc = self.run2(&snd, &rcv, deadline)
             if rc < 0:
                 return rc
             mask <<= 1
@@ -1198,11 +1182,14 @@ cdef class Engine:
         return 0
 
 
-cdef inline size_t _clamp(size_t blen, size_t off, size_t sl) noexcept nogil:
-    """Length of the slice starting at off of a block of blen bytes."""
-    if off >= blen:
-        return 0
-    return sl if blen - off > sl else blen - off
+cdef inline void _seg(Seg* g, char* buf, const char* loc, size_t n, int dep) noexcept nogil:
+    g.buf = buf
+    g.loc = loc
+    g.len = n
+    g.divide = 0
+    g.fwd = False
+    g.dep = dep
+    g.copy = NULL
 
 
 cdef int _check_signals() except -1:
