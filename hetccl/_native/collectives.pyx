@@ -14,21 +14,11 @@ from libc.string cimport memset
 from hetccl._native.atomics cimport hc_now
 from hetccl._native.buffers cimport get_buffer
 from hetccl._native.codes cimport *
-from hetccl._native.engine cimport Engine, Seg, even_blocks, slice_len
+from hetccl._native.engine cimport Engine, Seg, even_blocks, seg, slice_len
 from hetccl._native.link cimport E_OS
 from hetccl._native.reduce cimport copy_bytes, get_reduce, divide_by, store_fence, reduce_fn
 
 from hetccl.errors import InvalidUsage
-
-
-cdef inline void seg(Seg* g, char* buf, const char* loc, size_t n, int dep) noexcept nogil:
-    g.buf = buf
-    g.loc = loc
-    g.len = n
-    g.divide = 0
-    g.fwd = False
-    g.dep = dep
-    g.copy = NULL
 
 
 cdef inline int lowbit_mask(int vr, int N) noexcept nogil:

@@ -47,6 +47,17 @@ cdef struct Idle:
     double reaped        # idle time at the last look for dead peers
     Stream* all[2]       # every stream of the step (waiting or not)
 
+cdef inline void seg(Seg* g, char* buf, const char* loc, size_t n, int dep) noexcept nogil:
+    """Fill a segment: buf/loc/len, the receive segment it depends on (dep, -1: none), no extras."""
+    g.buf = buf
+    g.loc = loc
+    g.len = n
+    g.divide = 0
+    g.fwd = False
+    g.dep = dep
+    g.copy = NULL
+
+
 cdef inline size_t slice_len(size_t blen, size_t off, size_t sl) noexcept nogil:
     """Length of the slice starting at off of a block of blen bytes (0 past its end)."""
     if off >= blen:

@@ -1136,12 +1136,12 @@ cdef class Engine:
             for k in range(T):
                 idx = j * T + k
                 b = (r - k + N) % N
-                _seg(&ss[idx], (<char*>own if (k == 0 and copy_own) else rbuf + boff[b]) + o, NULL,
+                seg(&ss[idx], (<char*>own if (k == 0 and copy_own) else rbuf + boff[b]) + o, NULL,
                      slice_len(blen[b], o, sl), idx - 1 if k > 0 else -1)
                 if k == 0 and copy_own:
                     ss[idx].copy = mine + o
                 b = (r - k - 1 + N) % N
-                _seg(&rs[idx], rbuf + boff[b] + o, NULL, slice_len(blen[b], o, sl), -1)
+                seg(&rs[idx], rbuf + boff[b] + o, NULL, slice_len(blen[b], o, sl), -1)
         rc = self.xfer(nxt, ss, T * nsl, prev, rs, T * nsl, coll, dtype, 0, phase, count,
                        self.can_fuse(nxt, prev), dl)
         free(ss)
@@ -1180,16 +1180,6 @@ cdef class Engine:
             mask <<= 1
             phase += 1
         return 0
-
-
-cdef inline void _seg(Seg* g, char* buf, const char* loc, size_t n, int dep) noexcept nogil:
-    g.buf = buf
-    g.loc = loc
-    g.len = n
-    g.divide = 0
-    g.fwd = False
-    g.dep = dep
-    g.copy = NULL
 
 
 cdef int _check_signals() except -1:
