@@ -1,23 +1,29 @@
 #!/usr/bin/env python3
-"""Where hetccl's algorithms cross over, and whether the tuner follows: one PNG per collective.
+"""Where hetccl's algorithms cross over, and whether the tuner follows: the within-15% check of every
+collective with more than one algorithm, and a PNG per collective for allreduce and allgather.
 
-From JSON written by ``hetccl bench --algos all --json FILE`` (one file per world size)::
+Let it run the sweeps (``hetccl run -n N`` for each N, one after the other; before each, ``hetccl
+tune -n N`` re-measures the cost model so it belongs to the same quiet window)::
 
-    hetccl run -n 2 -- hetccl bench --algos all -c allreduce,allgather -b 8 -e 64M --json ar2.json
-    hetccl run -n 3 -- hetccl bench --algos all -c allreduce,allgather -b 8 -e 64M --json ar3.json
-    hetccl run -n 4 -- hetccl bench --algos all -c allreduce,allgather -b 8 -e 64M --json ar4.json
+    python bench/crossover.py --run --nranks 2,3,4 -b 8 -e 256M -f 4
+
+``--run`` sweeps, per world size, every collective that has more than one algorithm there (the
+registry decides; ``-c`` to choose), or plot JSON written by ``hetccl bench --algos all --json FILE``
+(one file per world size)::
+
+    hetccl run -n 2 -- hetccl bench --algos all -c allreduce,allgather -b 8 -e 256M --json ar2.json
     python bench/crossover.py ar2.json ar3.json ar4.json
 
-or let it run those sweeps itself (``hetccl run -n N`` for each N, one after the other)::
+For every collective and world size it prints the table of ``hetccl bench --algos all`` (time of
+each forced algorithm, the tuner's choice, auto/best, within15%) and a verdict, then one summary
+line per (collective, ranks) and an overall PASS/FAIL (exit status 1 with ``--strict`` on FAIL).
 
-    python bench/crossover.py --run --nranks 2,3,4 -c allreduce,allgather -b 8 -e 64M
-
-Each PNG (``bench/crossover_<collective>.png``) has one panel per world size: time per call (log)
-against size (log), one line per forced algorithm, the tuner's measured time (``auto``, black
-dashed) with a ring around the algorithm it chose at each size, the cost model's prediction for
-each algorithm (thin dotted, same colour; ``--no-model`` hides it), and a red cross under the
-sizes where auto is slower than 1.15 x the fastest forced algorithm. The within-15% verdicts are
-printed too.
+Each PNG (``bench/crossover_<collective>.png``, for ``--plot``, default allreduce,allgather) has
+one panel per world size: time per call (log) against size (log), one line per forced algorithm,
+the tuner's measured time (``auto``, black dashed) with a ring around the algorithm it chose at
+each size, the cost model's prediction for each algorithm (thin dotted, same colour;
+``--no-model`` hides it), and a red cross under the sizes where auto is slower than 1.15 x the
+fastest forced algorithm.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ from _common import load_benchmark  # noqa: E402
 fmt, runner, _cli = load_benchmark()
 compare = importlib.import_module(fmt.__name__.rsplit(".", 1)[0] + ".compare")
 
-DEFAULT_COLLECTIVES = "allreduce,allgather"
+PLOTTED = "allreduce,allgather"
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 
 
@@ -154,31 +160,75 @@ def plot_collective(rows, collective, path, tolerance=compare.TOLERANCE, model=T
     return verdicts
 
 
+def multi_algorithm_collectives(n: int) -> list[str]:
+    """Benchmarkable collectives with more than one algorithm the flat tuner can run at n ranks."""
+    from hetccl.collectives.tuner import Tuner
+    t = Tuner.with_defaults(n, forced_spec="")
+    out = []
+    for coll in fmt.COLLECTIVES:
+        runnable = {a.name for size in (64, 1 << 20, 64 << 20) for a, c in t.table(coll, size)
+                    if c is not None and c != float("inf")}
+        if len(runnable) > 1:
+            out.append(coll)
+    return out
+
+
 def run_sweeps(args) -> list[str]:
     """Run ``hetccl bench --algos all`` under ``hetccl run -n N`` for each N; return JSON paths."""
     sys.path.insert(0, HERE)
     import run_all
     raw = args.raw_dir or tempfile.mkdtemp(prefix="hetccl-crossover-")
     os.makedirs(raw, exist_ok=True)
-    sweep = ["--algos", "all", "-c", args.collectives, "--reps", str(args.reps),
-             "--min-time", str(args.min_time), "--no-describe"]
+    sweep = ["--algos", "all", "--reps", str(args.reps), "--min-time", str(args.min_time),
+             "--no-describe"]
     sweep += ["--sizes", args.sizes] if args.sizes else \
         ["-b", args.minbytes, "-e", args.maxbytes, "-f", str(args.stepfactor)]
     paths = []
     for n in [int(x) for x in args.nranks.split(",") if x.strip()]:
+        colls = args.collectives or ",".join(multi_algorithm_collectives(n))
+        if not colls:
+            print(f"[crossover] {n} ranks: no collective has more than one algorithm", flush=True)
+            continue
+        if not args.no_retune:
+            tune = [*run_all._hetccl_prefix(), "tune", "-n", str(n)]
+            rc, secs, _ = run_all.run_one(tune, os.path.join(raw, f"tune-n{n}.log"), 300)
+            print(f"[crossover] {shlex.join(tune)}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} "
+                  f"in {secs:.1f} s", flush=True)
+            print(run_all._tail(os.path.join(raw, f"tune-n{n}.log"), 12), flush=True)
         jpath = os.path.join(raw, f"algos-n{n}.json")
         log = os.path.join(raw, f"algos-n{n}.log")
         cmd = [*run_all._hetccl_prefix(), "run", "-n", str(n), "--", sys.executable, "-m",
-               "hetccl.benchmark.cli", *sweep, "--json", jpath]
+               "hetccl.benchmark.cli", "-c", colls, *sweep, "--json", jpath]
         print(f"[crossover] {shlex.join(cmd)}", flush=True)
-        rc, secs, _others = run_all.run_one(cmd, log, args.timeout)
+        rc, secs, others = run_all.run_one(cmd, log, args.timeout)
+        load = "" if others is None else f", other load during: {others:.0%}"
         print(f"[crossover] {n} ranks: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {secs:.1f} s "
-              f"(log {log})", flush=True)
+              f"(log {log}{load})", flush=True)
         if os.path.exists(jpath):
             paths.append(jpath)
         elif rc != 0:
             print(run_all._tail(log, 15), file=sys.stderr)
     return paths
+
+
+def check_all(rows, tolerance) -> tuple[list[str], bool]:
+    """The within-tolerance table and verdict of every (collective, world size) in *rows*, then a
+    summary; and whether every judged size passed."""
+    lines, ok = [], True
+    verdicts = []
+    for coll in [c for c in fmt.COLLECTIVES if any(r["collective"] == c for r in rows)]:
+        for n in sorted({r["nranks"] for r in rows if r["collective"] == coll}):
+            rs = [r for r in rows if r["collective"] == coll and r["nranks"] == n]
+            summary = compare.summarize(rs, tolerance)
+            algos = compare.algorithms_of(rs, coll)
+            lines += [""] + compare.format_summary(summary, algos, coll, n, tolerance)
+            judged = [e for e in summary if e["ok"] is not None]
+            ok = ok and all(e["ok"] for e in judged)
+            verdicts.append(compare.verdict(summary, coll, n, tolerance))
+    lines += ["", "# tuner check (auto within tolerance of the fastest forced algorithm, every size):"]
+    lines += verdicts
+    lines.append(f"# overall: {'PASS' if ok else 'FAIL'}")
+    return lines, ok
 
 
 def main(argv=None) -> int:
@@ -187,25 +237,30 @@ def main(argv=None) -> int:
     p.add_argument("--run", action="store_true", help="run the sweeps (hetccl run -n N) first")
     p.add_argument("--nranks", default="2,3,4", help="with --run: world sizes (default %(default)s)")
     p.add_argument("-c", "--collectives", default=None,
-                   help=f"collectives to plot (and run) (default with --run: {DEFAULT_COLLECTIVES}; "
-                        f"else every one in the JSON)")
+                   help="collectives to run and check (default: with --run, every one with more "
+                        "than one algorithm at that world size; else every one in the JSON)")
+    p.add_argument("--plot", default=None,
+                   help=f"collectives to draw a PNG for (default: those of {PLOTTED} in the input; "
+                        f"'none' for none)")
     p.add_argument("--sizes", default=None, help="with --run: explicit sizes, e.g. 8,1K,64K,1M,64M")
     p.add_argument("-b", "--minbytes", default="8", help="with --run (default %(default)s)")
-    p.add_argument("-e", "--maxbytes", default="64M", help="with --run (default %(default)s)")
+    p.add_argument("-e", "--maxbytes", default="256M", help="with --run (default %(default)s)")
     p.add_argument("-f", "--stepfactor", type=int, default=2, help="with --run (default %(default)s)")
     p.add_argument("--reps", type=int, default=5, help="with --run (default %(default)s)")
     p.add_argument("--min-time", type=float, default=0.03, help="with --run (default %(default)s)")
     p.add_argument("--timeout", type=float, default=3600, help="with --run: seconds per world size")
     p.add_argument("--raw-dir", default=None, help="with --run: where the JSON and logs go")
+    p.add_argument("--no-retune", action="store_true",
+                   help="with --run: keep the cached cost model instead of `hetccl tune -n N` first")
     p.add_argument("--out-dir", default=HERE, help="where the PNGs go (default: bench/)")
     p.add_argument("--prefix", default="crossover_", help="PNG name prefix (default %(default)s)")
     p.add_argument("--tolerance", type=float, default=compare.TOLERANCE,
                    help="auto passes within this factor of the fastest (default %(default)s)")
     p.add_argument("--no-model", action="store_true", help="don't draw the cost model's predictions")
+    p.add_argument("--strict", action="store_true", help="exit 1 unless every check passes")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     paths = list(args.json)
     if args.run:
-        args.collectives = args.collectives or DEFAULT_COLLECTIVES
         paths += run_sweeps(args)
     if not paths:
         p.error("give JSON files or --run")
@@ -213,19 +268,31 @@ def main(argv=None) -> int:
     if not rows:
         print("crossover: nothing to plot", file=sys.stderr)
         return 1
+    if args.collectives and not args.run:
+        wanted = {fmt.canonical(c) for c in args.collectives.split(",") if c.strip()}
+        rows = [r for r in rows if r["collective"] in wanted]
+    lines, ok = check_all(rows, args.tolerance)
+    for line in lines:
+        print(line)
     present = list(dict.fromkeys(r["collective"] for r in rows))
-    wanted = [fmt.canonical(c) for c in args.collectives.split(",")] if args.collectives else present
+    if args.plot is None:
+        plots = [c for c in PLOTTED.split(",") if c in present]
+    elif args.plot.strip().lower() == "none":
+        plots = []
+    else:
+        plots = [fmt.canonical(c) for c in args.plot.split(",") if c.strip()]
     os.makedirs(args.out_dir, exist_ok=True)
     rc = 0
-    for coll in wanted:
+    for coll in plots:
         if coll not in present:
             print(f"crossover: no {coll} rows in the input", file=sys.stderr)
             rc = 1
             continue
         path = os.path.join(args.out_dir, f"{args.prefix}{coll}.png")
-        for line in plot_collective(rows, coll, path, args.tolerance, model=not args.no_model):
-            print(line)
+        plot_collective(rows, coll, path, args.tolerance, model=not args.no_model)
         print(f"[crossover] wrote {os.path.relpath(path, REPO) if path.startswith(REPO) else path}")
+    if args.strict and not ok:
+        rc = 1
     return rc
 
 

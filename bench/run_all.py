@@ -22,6 +22,10 @@ seconds), so the libraries are interleaved: each round runs every library once f
 count, the order of libraries rotating from round to round, and the tables show the median over
 rounds of each library's per-round median. Results go to stdout and to a markdown file (--out).
 The headline checks of the foundation issue are printed as PASS/FAIL lines.
+
+Before the runs, hetccl's cost model is re-measured (``hetccl tune -n N`` per rank count), so the
+tuner's choices come from this window rather than from whatever moment first filled the per-host
+cache; ``--no-retune`` keeps the cache. The model used is recorded in the markdown.
 """
 from __future__ import annotations
 
@@ -368,6 +372,22 @@ def environment() -> dict:
     return info
 
 
+def retune(nranks, raw) -> list[str]:
+    """Re-measure hetccl's cost model for each rank count (``hetccl tune -n N``) so the tuner's
+    choices come from this quiet window, not from a busy moment the cache remembers; returns the
+    model lines it printed."""
+    lines = []
+    for n in nranks:
+        log = os.path.join(raw, f"tune-n{n}.log")
+        wait_for_quiet(0.25, 30)
+        rc, secs, _ = run_one([*_hetccl_prefix(), "tune", "-n", str(n)], log, 300)
+        got = [x.split(": ", 1)[-1] for x in _tail(log, 40).splitlines() if "measured (probe" in x]
+        print(f"[run_all] hetccl tune -n {n}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in "
+              f"{secs:.1f} s: {got[0] if got else '(no model printed; see ' + log + ')'}", flush=True)
+        lines += got[:1]
+    return lines
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -405,6 +425,9 @@ def parse_args(argv):
     p.add_argument("--retry-noisy", type=int, default=2,
                    help="rerun a run (up to this many times) when other processes used more than "
                         "--max-busy of the CPUs during it; the last attempt is kept (default %(default)s)")
+    p.add_argument("--no-retune", action="store_true",
+                   help="keep hetccl's cached cost model instead of re-measuring it first "
+                        "(`hetccl tune -n N` for each rank count, in the same quiet window)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 unless every headline check (with --issue3: every issue-3 check) passes")
     p.add_argument("--issue3", action="store_true",
@@ -454,6 +477,8 @@ def main(argv=None) -> int:
     os.makedirs(raw, exist_ok=True)
     env_info = environment()
 
+    tuned = retune(nranks, raw) if "hetccl" in libs and not args.no_retune else []
+    env_info["cost_models"] = tuned
     results = {}       # (lib, n, round) -> rows
     runs = []          # (round, lib, n, rc, seconds, cmd, log)
     commands = {}      # (lib, n) -> command template
@@ -523,6 +548,8 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
              "hetccl is faster. `same, best rounds` compares each library's fastest round instead "
              "of its median round: the host's near/far placement changes speed up to ~3x for "
              "seconds at a time, and the fastest rounds are the most comparable.")
+    for model in env.get("cost_models") or []:
+        L.append(f"- hetccl cost model (re-measured by `hetccl tune` before the runs): {model}")
     kept = {}
     for r in runs:  # the attempt kept for each (round, library, ranks) is the last one
         kept[(r[0], r[1], r[2])] = r

@@ -9,7 +9,13 @@ commands:
   bench [options]         nccl-tests style tables of any collective; --algos all compares every
                           algorithm with the tuner's choice (run it under `hetccl run`)
   doctor                  what hetccl finds on this machine: native core, transports, interfaces
-  topo                    this host's identity and the address hetccl would listen on
+  topo [--dump FILE] [--measure] [--json]
+                          the topology hetccl sees: hosts, NUMA, PCI switches, accelerators, NICs,
+                          coherent links, transport per pair; --dump writes the HETCCL_TOPO_FILE
+                          format; --measure times the links (under `hetccl run -n N`)
+  tune [-n N,M] [--show | --clear]
+                          re-measure the cost model cached for this host (alpha, beta, gamma);
+                          --show prints the cache, --clear deletes it
 """
 
 
@@ -29,6 +35,12 @@ def doctor_main(argv) -> int:
         print(f"native core: MISSING ({e}); reinstall with `pip install .`")
         return 1
     print(f"host id: {host_id()}")
+    try:
+        from .topology.cards import card_entry, model_of
+        card = {"rank": 0, "host": host_id(), "ifname": choose_address()[0], "topo": card_entry("w", 0)}
+        print(f"topology: {model_of([card]).summary()}")
+    except Exception as e:                 # doctor reports, it does not fail on a topology problem
+        print(f"topology: unavailable ({e})")
     print(f"cpus available: {len(os.sched_getaffinity(0))}")
     print("transports:")
     for t in ALL:
@@ -46,11 +58,87 @@ def doctor_main(argv) -> int:
 
 
 def topo_main(argv) -> int:
+    from .topology.topofile import dump, to_dict
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(prog="hetccl topo", description="the topology hetccl sees")
+    ap.add_argument("--dump", metavar="FILE", help="write the model as a topology file (HETCCL_TOPO_FILE format)")
+    ap.add_argument("--measure", action="store_true", help="measure link bandwidths and latencies "
+                    "(needs ranks on the links: run under `hetccl run -n N` or another launcher)")
+    ap.add_argument("--json", action="store_true", help="print the model as JSON")
+    args = ap.parse_args(argv)
+    from .errors import InvalidUsage
+    try:
+        topo, comm = _topology(args.measure)
+    except InvalidUsage as e:
+        print(f"hetccl topo: {e}", file=sys.stderr)
+        return 2
+    if comm is None or comm.rank == 0:
+        if args.json:
+            print(json.dumps(to_dict(topo), indent=1))
+        else:
+            print(format_topology(topo, comm))
+        if args.dump:
+            dump(topo, args.dump)
+            print(f"wrote {args.dump}")
+    if comm is not None:
+        comm.close()
+    return 0
+
+
+def _topology(measure):
+    """(model, communicator or None): of the job when launched with ranks, else of this host (or
+    of HETCCL_TOPO_FILE when set)."""
+    import os
+    from .bootstrap.env import detect
+    from .errors import InvalidUsage
+    from .topology.cards import card_entry, model_of
     from .topology.host import host_id
     from .transports.netif import choose_address
-    n, a = choose_address()
-    print(f"host: {host_id()}\nlisten: {n} {a}")
-    return 0
+    info = detect()
+    if info.size > 1:
+        from . import init
+        comm = init()
+        topo = model_of(comm._cards)
+        if measure:
+            from .topology.measure import measure as run_measure
+            topo = run_measure(comm, topo)
+        return topo, comm
+    if measure:
+        raise InvalidUsage("--measure times links between ranks: run it as `hetccl run -n 2 -- hetccl topo "
+                           "--measure` (or under mpirun/torchrun/srun across the hosts to measure)")
+    if os.environ.get("HETCCL_TOPO_FILE"):        # show the whole file, not just rank 0 of it
+        from .topology.topofile import load
+        return load(os.environ["HETCCL_TOPO_FILE"]), None
+    ifname, addr = choose_address()
+    card = {"rank": 0, "host": host_id(), "ifname": ifname, "addr": addr, "topo": card_entry("w", 0)}
+    return model_of([card]), None
+
+
+def format_topology(topo, comm=None) -> str:
+    """The model as text: a summary line, then per host its ranks, islands, devices and links."""
+    lines = [f"topology: {topo.summary()}"]
+    for h in topo.hosts():
+        ranks = topo.ranks_on(h)
+        isl = topo.islands(h)
+        lines.append(f"host {h}: ranks {ranks}" + (f", islands {isl}" if len(isl) > 1 else ""))
+        for n in topo.nodes.values():
+            if n.host == h and n.kind in ("numa", "switch", "device", "nic"):
+                attrs = ", ".join(f"{k}={v}" for k, v in n.attrs.items())
+                short = n.id.split(":", 1)[1][len(h) + 1:]
+                lines.append(f"  {n.kind:<7} {short:<14} {attrs}")
+        for ln in topo.links:
+            if topo.nodes.get(ln.a) is not None and topo.nodes[ln.a].host == h and (ln.bandwidth or ln.measured):
+                bw = f"{ln.bandwidth / 1e9:.3g} GB/s" if ln.bandwidth else "?"
+                lat = f", {ln.latency * 1e6:.1f} us" if ln.latency else ""
+                lines.append(f"  link    {ln.a} - {ln.b} {ln.cls} {bw}{lat}{' (measured)' if ln.measured else ''}")
+    if comm is not None:
+        lines.append(comm.describe())
+    else:
+        from .transports.netif import choose_address
+        n, a = choose_address()
+        lines.append(f"listen: {n} {a}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -69,6 +157,9 @@ def main(argv=None) -> int:
         return doctor_main(rest)
     if cmd == "topo":
         return topo_main(rest)
+    if cmd == "tune":
+        from .collectives.probe_cli import tune_main
+        return tune_main(rest)
     print(f"hetccl: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2
 

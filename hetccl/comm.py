@@ -17,6 +17,8 @@ import time
 import numpy as np
 
 from . import config, dtypes
+from .collectives import hierarchical
+from .collectives import probe
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
@@ -131,8 +133,15 @@ class Communicator:
         self.size = info.size
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
-        links = {matrix[self.rank][p] for p in range(self.size) if p != self.rank}
-        self._tuner = Tuner(self.size, links, oversubscribed=engine.spin_s == 0)
+        try:                                  # measured (or cached) cost model, same on every rank
+            self._tuner = Tuner(self.size, probe.negotiate(
+                engine, self.rank, self.size, {k for row in matrix for k in row}, self.local_size,
+                cards[self.rank]["host"], timeout, oversubscribed=engine.spin_s == 0))
+        except BaseException:
+            self._plan = None
+            self.abort()
+            raise
+        self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self.last_algorithm = None
         self._closed = False
         self._pending = 0
@@ -187,6 +196,10 @@ class Communicator:
 
     def _algo(self, collective, nbytes, algorithm):
         a = self._tuner.select(collective, nbytes, algorithm)
+        if self._plan is not None:           # topology-aware: may pick a composed algorithm (code < 0)
+            a = self._plan.choose(collective, nbytes, a, algorithm or collective in getattr(self._tuner, "forced", ()))
+        elif a.code < 0:                     # composed forced where it cannot help (e.g. one host)
+            a = hierarchical.flat_fallback(self._tuner, collective, nbytes)
         self.last_algorithm = a.name
         return a.code
 
@@ -209,6 +222,8 @@ class Communicator:
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
         algo = self._algo("allreduce", _nbytes(buf), algorithm)
         t = self._timeout if timeout is None else config.timeout(timeout)
+        if algo < 0:
+            return self._run("allreduce", self._plan.allreduce, (buf, out, code, op, t, algo), out, async_op)
         if async_op or self._pending:
             return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
         try:                                   # the latency-critical path: no queue, no tuple
@@ -229,6 +244,9 @@ class Communicator:
             raise InvalidUsage(f"allgather output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
         algo = self._algo("allgather", _nbytes(out), algorithm)
+        if algo < 0:
+            return self._run("allgather", self._plan.allgather, (buf, out, code, algo, self._t(timeout)),
+                             out, async_op)
         return self._run("allgather", self._engine.allgather,
                          (buf, out, code, algo, self._t(timeout)), out, async_op)
 
@@ -264,6 +282,9 @@ class Communicator:
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``."""
         code = _dtype_code(buf)
         algo = self._algo("broadcast", _nbytes(buf), algorithm)
+        if algo < 0:
+            return self._run("broadcast", self._plan.broadcast, (buf, int(root), code, algo, self._t(timeout)),
+                             buf, async_op)
         return self._run("broadcast", _coll.broadcast,
                          (self._engine, buf, int(root), code, algo, self._t(timeout)), buf, async_op)
 
@@ -412,7 +433,10 @@ class Communicator:
         if not registry.for_collective(collective):
             known = sorted({a.collective for a in registry.ALGORITHMS})
             raise InvalidUsage(f"unknown collective {collective!r}; known: {', '.join(known)}")
-        return self._tuner.explain(collective, int(nbytes))
+        text = self._tuner.explain(collective, int(nbytes))
+        if self._plan is not None:
+            text += "\n" + self._plan.explain(collective, int(nbytes))
+        return text
 
     # ------------------------------------------------------------------ failure and shutdown
 
@@ -466,6 +490,8 @@ class Communicator:
 
     def abort(self):
         """Close every link at once: peers blocked on this rank raise PeerLostError."""
+        if self._plan is not None:
+            self._plan.abort()
         self._engine.close()
         self._p2p.close()
         for s in self._socks.values():
@@ -485,6 +511,8 @@ class Communicator:
                 self._queue.append(None)
                 self._cv.notify()
             self._worker.join(timeout)
+        if self._plan is not None and not self._engine.is_broken:
+            self._plan.close()                 # sub-communicators of composed algorithms (collective)
         try:
             if not self._engine.is_broken:
                 self._store.barrier(f"{self._comm_id}/close", self.size, timeout=timeout)

@@ -398,7 +398,7 @@ def test_runner_variants_skip_unsupported_algorithms():
         _adapter(w, r), "allgather", [96, 3072], reps=1, min_time=0.001, max_iters=10,
         out=lines.append, variants=["ring", "recursive_doubling", "auto"]))
     assert [r["variant"] for r in results[0]] == ["ring", "auto", "ring", "auto"]
-    assert sum("recursive_doubling: skipped (recursive_doubling does not support 3 ranks)" in x
+    assert sum("recursive_doubling: skipped (recursive_doubling does not run on these 3 ranks)" in x
                for x in lines) == 1
 
 
@@ -510,16 +510,35 @@ def test_crossover_plots_from_json(tmp_path, capsys):
                 rows.append(r)
             ring_us = (1.0 if fast == "ring" else 2.0) * (1 + size / 1e3)
             rows.append(_vrow("allreduce", size, "auto", ring_us, "ring", n=n))  # wrong below 4K
+            for v, us in (("binomial", 3.0), ("chain", 5.0), ("scatter_allgather", 4.0)):
+                rows.append(_vrow("broadcast", size, v, us, n=n))
+            rows.append(_vrow("broadcast", size, "auto", 3.1, "binomial", n=n))
         p = tmp_path / f"n{n}.json"
         p.write_text(json.dumps({"library": "hetccl", "nranks": n, "rows": rows}))
         paths.append(str(p))
     assert xo.main([*paths, "--out-dir", str(tmp_path)]) == 0
     png = tmp_path / "crossover_allreduce.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "crossover_broadcast.png").exists()     # checked, not drawn
     out = capsys.readouterr().out
     assert "allreduce, 2 ranks: within15% PASS at 1/3 sizes; FAIL at 8B (2.00x, chose ring" in out
     assert "allreduce, 4 ranks" in out
+    assert "# broadcast, 4 ranks: within15% PASS at 3/3 sizes" in out      # every collective
+    assert "# hetccl broadcast, 2 ranks: time per call" in out and "# overall: FAIL" in out
+    assert xo.main([*paths, "--out-dir", str(tmp_path), "--strict", "--plot", "none"]) == 1
+    assert xo.main([*paths, "--out-dir", str(tmp_path), "-c", "broadcast", "--strict",
+                    "--plot", "none"]) == 0
+    assert "# overall: PASS" in capsys.readouterr().out
+    assert xo.main([*paths, "--out-dir", str(tmp_path), "--plot", "allgather"]) == 1  # none given
     assert xo._ticks(8, 256 << 20) == [8 << (3 * k) for k in range(9)]
+
+
+def test_crossover_sweeps_every_collective_with_a_choice():
+    xo = _load_bench_script("crossover")
+    two, three = xo.multi_algorithm_collectives(2), xo.multi_algorithm_collectives(3)
+    assert {"allreduce", "allgather", "broadcast"} <= set(two)
+    assert "allgather" not in three or "bruck" in str(three)   # recursive doubling needs 2^k ranks
+    assert not {"gather", "scatter"} & set(two)                 # a single (linear) algorithm
 
 
 # ------------------------------------------------------------------ peers, real processes
@@ -616,6 +635,25 @@ def test_run_all_aggregates_and_checks():
     table = ra.comparison_table(agg, 2, "allreduce", [8, M64], list(ra.LIBS))
     assert table[0].startswith("| size | hetccl time (us)") and len(table) == 4
     assert table[3].split("|")[-3].strip() == f"{41470 / 22000:.2f}x"
+
+
+def test_run_all_retunes_hetccl_first(tmp_path, monkeypatch):
+    ra = _load_run_all()
+    calls = []
+
+    def fake_run_one(cmd, log, timeout):
+        calls.append(cmd)
+        with open(log, "w") as f:
+            f.write("[0]: hetccl 0.1.0, 2 ranks: alpha=0.3 us, beta=5 GB/s, gamma=40 GB/s over shm; "
+                    "measured (probe of X, 40 ms)\n[0]:   allreduce  ring from 8B\n")
+        return 0, 0.5, None
+
+    monkeypatch.setattr(ra, "run_one", fake_run_one)
+    monkeypatch.setattr(ra, "wait_for_quiet", lambda *a: 0.0)
+    got = ra.retune([2, 4], str(tmp_path))
+    assert [c[-3:] for c in calls] == [["tune", "-n", "2"], ["tune", "-n", "4"]]
+    assert got[0].startswith("hetccl 0.1.0, 2 ranks: alpha=0.3 us") and len(got) == 2
+    assert ra.parse_args(["--no-retune"]).no_retune
 
 
 def test_run_all_issue3_preset_and_checks():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 
@@ -241,11 +242,14 @@ class HetcclAdapter(Adapter):
 
     # ---------------------------------------------------------------- algorithms
     def _table(self, collective, nbytes):
-        """[(name, predicted seconds or None if unsupported)] from the tuner (empty without one)."""
+        """[(name, predicted seconds or None if it cannot run here)] from the tuner (empty without
+        one). An infinite price counts as cannot run: composed (topology) algorithms are priced so
+        on a communicator they cannot help, where forcing them falls back to a flat one."""
         tuner = getattr(self.comm, "_tuner", None)
         if tuner is None:
             return []
-        return [(a.name, c) for a, c in tuner.table(collective, int(nbytes))]
+        return [(a.name, c if c is None or math.isfinite(c) else None)
+                for a, c in tuner.table(collective, int(nbytes))]
 
     def algorithms(self, collective, sizes=None) -> list[str]:
         """The algorithms of *collective* supported at this world size for at least one size."""
@@ -273,7 +277,7 @@ class HetcclAdapter(Adapter):
             return True           # no tuner to ask: let the call decide
         for name, cost in table:
             if name == variant:
-                return True if cost is not None else f"{variant} does not support {self.size} ranks"
+                return True if cost is not None else f"{variant} does not run on these {self.size} ranks"
         return f"{collective} has no algorithm {variant!r} (choose from " \
                f"{', '.join(n for n, _ in table)})"
 

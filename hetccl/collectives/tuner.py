@@ -1,44 +1,74 @@
 """Pick the algorithm for each call: the lowest predicted cost wins, unless the user forces one.
 
+Prices come from the communicator's :class:`~.model.CostModel` (measured by :mod:`.probe` when the
+communicator was created, or read from the per-host cache; identical on every rank), put into each
+algorithm's ``cost`` formula (:mod:`.registry`).
+
 Forcing: ``HETCCL_ALGO="allreduce:ring;allgather:recursive_doubling"`` for the whole job, or
-``algorithm=`` on a call. The decision per (collective, size) is cached, so choosing costs one dict
-lookup on the hot path. ``explain()`` prints the cost table behind a choice; ``HETCCL_DEBUG=tuning``
-logs it the first time each size is seen.
+``algorithm=`` on a call (which wins). The decision per (collective, size) is cached, so choosing
+costs one dict lookup on the hot path. ``explain()`` prints the cost table behind a choice and
+where the model's numbers came from; ``HETCCL_DEBUG=tuning`` logs the model at creation and the
+table the first time each size is seen.
 """
 import logging
+import math
 import os
 
 from ..errors import InvalidUsage
 from . import registry
-from .model import group_cost
+from .model import CostModel
 
 log = logging.getLogger("hetccl.tuning")
 
+EXAMPLE = "e.g. 'allreduce:ring;allgather:recursive_doubling'"
 
-def parse_forced(spec: str | None) -> dict[str, str]:
+
+def _collectives():
+    return sorted({a.collective for a in registry.ALGORITHMS})
+
+
+def _names(collective):
+    return [a.name for a in registry.for_collective(collective)]
+
+
+def parse_forced(spec: str | None, source: str = "HETCCL_ALGO") -> dict[str, str]:
+    """``"allreduce:ring; allgather:rd"`` → {"allreduce": "ring", "allgather": "recursive_doubling"};
+    InvalidUsage naming the bad entry and the valid choices otherwise."""
     forced = {}
     for part in (spec or "").split(";"):
         if not part.strip():
             continue
-        coll, sep, name = part.partition(":")
-        coll, name = coll.strip(), registry.ALIASES.get(name.strip(), name.strip())
-        if not sep or not registry.for_collective(coll):
-            raise InvalidUsage(f"HETCCL_ALGO entry {part!r} is not 'collective:algorithm' "
-                               f"(e.g. 'allreduce:ring;allgather:recursive_doubling')")
-        if name not in [a.name for a in registry.for_collective(coll)]:
-            raise InvalidUsage(f"HETCCL_ALGO: {coll} has no algorithm {name!r}; choose from "
-                               f"{', '.join(a.name for a in registry.for_collective(coll))}")
+        coll, sep, name = (x.strip() for x in part.partition(":"))
+        if not sep or not coll or not name:
+            raise InvalidUsage(f"{source} entry {part.strip()!r} is not 'collective:algorithm' ({EXAMPLE})")
+        if not registry.for_collective(coll):
+            raise InvalidUsage(f"{source} entry {part.strip()!r} is not 'collective:algorithm': "
+                               f"unknown collective {coll!r}; known: {', '.join(_collectives())}")
+        name = registry.ALIASES.get(name, name)
+        if name not in _names(coll):
+            raise InvalidUsage(f"{source}: {coll} has no algorithm {name!r}; choose from "
+                               f"{', '.join(_names(coll))}")
+        if forced.get(coll, name) != name:
+            raise InvalidUsage(f"{source} forces {coll} twice ({forced[coll]} and {name}); keep one")
         forced[coll] = name
     return forced
 
 
 class Tuner:
-    def __init__(self, size: int, link_classes, forced_spec: str | None = None, oversubscribed=False):
+    def __init__(self, size: int, model: CostModel, forced_spec: str | None = None):
         self.size = size
-        self.cost = group_cost(link_classes, oversubscribed)
+        self.model = model
+        self.cost = model.cost
         self.forced = parse_forced(forced_spec if forced_spec is not None else os.environ.get("HETCCL_ALGO"))
         self._cache = {}
         self._debug = "tuning" in os.environ.get("HETCCL_DEBUG", "").lower()
+        if self._debug:
+            log.info("cost model of %d ranks: %s", size, model.describe())
+
+    @classmethod
+    def with_defaults(cls, size, link_classes=("shm",), oversubscribed=False, forced_spec=None):
+        """A tuner on the built-in fallback parameters (no communicator needed: tools, tests)."""
+        return cls(size, CostModel.default(link_classes, oversubscribed, "built-in values"), forced_spec)
 
     def table(self, collective: str, nbytes: int):
         """[(algorithm, predicted seconds or None if unsupported)] for this call shape."""
@@ -54,11 +84,13 @@ class Tuner:
         name = registry.ALIASES.get(algorithm, algorithm) if algorithm else self.forced.get(collective)
         rows = self.table(collective, nbytes)
         if name:
+            how = "" if algorithm else " (forced by HETCCL_ALGO)"
             for a, c in rows:
                 if a.name == name:
                     if c is None:
-                        raise InvalidUsage(f"{collective} algorithm {name!r} does not support {self.size} "
-                                           f"ranks; choose from {', '.join(x.name for x, y in rows if y is not None)}")
+                        raise InvalidUsage(f"{collective} algorithm {name!r}{how} does not support "
+                                           f"{self.size} ranks; choose from "
+                                           f"{', '.join(x.name for x, y in rows if y is not None)}")
                     choice = a
                     break
             else:
@@ -75,12 +107,30 @@ class Tuner:
         rows = self.table(collective, nbytes)
         choice = self.select(collective, nbytes) if nbytes >= 0 else None
         forced = self.forced.get(collective)
-        lines = [f"{collective} of {nbytes} bytes on {self.size} ranks "
-                 f"(alpha={self.cost.alpha * 1e6:.2f} us, beta={1 / self.cost.beta / 1e9:.2f} GB/s, "
-                 f"gamma={1 / self.cost.gamma / 1e9:.2f} GB/s):"]
+        lines = [f"{collective} of {nbytes} bytes on {self.size} ranks",
+                 f"  cost model: {self.model.describe()}"]
         for a, c in rows:
             mark = "->" if a is choice else "  "
-            lines.append(f"  {mark} {a.name:<20} " + (f"{c * 1e6:12.2f} us" if c is not None else "   unsupported"))
+            if c is None:
+                price = "   unsupported"
+            elif math.isinf(c):
+                price = "  not priced here"        # composed algorithms: the topology planner's
+            else:
+                price = f"{c * 1e6:12.2f} us"
+            lines.append(f"  {mark} {a.name:<20} {price}")
         if forced:
             lines.append(f"  (forced by HETCCL_ALGO: {forced})")
         return "\n".join(lines)
+
+    def choices(self, collective: str, sizes) -> list[tuple[int, str]]:
+        """[(first size, algorithm)] where the unforced choice changes over ascending *sizes*:
+        the crossover points of the model."""
+        out = []
+        for n in sorted(sizes):
+            rows = [r for r in self.table(collective, n) if r[1] is not None]
+            if not rows:
+                continue
+            name = min(rows, key=lambda r: r[1])[0].name
+            if not out or out[-1][1] != name:
+                out.append((n, name))
+        return out

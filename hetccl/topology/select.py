@@ -3,6 +3,11 @@
 Each transport scores a pair (0 = cannot connect it); the highest score wins. ``HETCCL_TRANSPORTS``
 restricts the candidates: ``tcp`` or ``shm,tcp`` (a list: only these), ``^shm`` (all but these).
 Every rank computes the same matrix from the same gathered rank cards, so no agreement step is needed.
+
+The topology model (topology/model.py) caps each pair: a transport may not be of a faster link class
+than the model gives the pair (self > c2c > shm > rdma > tcp). So ranks that a topology file puts on
+different hosts use tcp even when they share a machine, while shared memory still needs a real shared
+host (its score is 0 otherwise).
 """
 from ..errors import InvalidUsage
 
@@ -23,7 +28,10 @@ def parse_filter(spec: str | None, known: list[str]) -> list[str]:
     return names
 
 
-def transport_matrix(cards, transports, spec: str | None) -> list[list[str]]:
+CLASS_RANK = {"self": 0, "c2c": 1, "shm": 2, "rdma": 3, "tcp": 4}
+
+
+def transport_matrix(cards, transports, spec: str | None, model=None) -> list[list[str]]:
     """matrix[i][j] = name of the transport linking ranks i and j ('self' on the diagonal)."""
     allowed = parse_filter(spec, [t.name for t in transports])
     usable = [t for t in transports if t.name in allowed and t.available()]
@@ -32,7 +40,10 @@ def transport_matrix(cards, transports, spec: str | None) -> list[list[str]]:
     for i in range(n):
         for j in range(i + 1, n):
             best, best_score = None, 0
+            cap = CLASS_RANK.get(model.pair_class(i, j), 0) if model is not None else 0
             for t in usable:
+                if CLASS_RANK.get(t.name, 0) < cap:
+                    continue                       # faster than the model allows this pair
                 s = t.score(cards[i], cards[j])
                 if s > best_score:
                     best, best_score = t, s
@@ -51,3 +62,69 @@ def format_matrix(matrix) -> str:
     head = "rank " + " ".join(f"{j:>{w}}" for j in range(n))
     rows = [f"{i:>4} " + " ".join(f"{matrix[i][j]:>{w}}" for j in range(n)) for i in range(n)]
     return "\n".join([head] + rows)
+
+
+def ring_order(topo) -> list[int]:
+    """Ranks in an order whose ring keeps neighbours on the fastest links: grouped by host (hosts
+    in order of their first rank), inside a host by island, then by rank. The ring then crosses the
+    network once per host, the fewest a ring through every host can."""
+    order = []
+    for h in topo.hosts():
+        ranks = topo.ranks_on(h)
+        for isl in topo.islands(h):
+            order += [r for r in ranks if topo.island_of(r) == isl]
+    return order
+
+
+def ring_uplink_load(topo, order) -> int:
+    """How many ring edges leave the busiest host: a ring in ``order`` runs every edge at once, so a
+    host's network link is shared by that many streams (1 for a topology-ordered ring)."""
+    out = {}
+    for k, r in enumerate(order):
+        nxt = order[(k + 1) % len(order)]
+        if topo.ranks[r].host != topo.ranks[nxt].host:
+            out[topo.ranks[r].host] = out.get(topo.ranks[r].host, 0) + 1
+    return max(out.values(), default=0)
+
+
+def rd_uplink_load(topo) -> int:
+    """The same for recursive doubling in rank order: the most ranks of one host that exchange with
+    another host in the same step."""
+    p, worst, d = len(topo.ranks), 0, 1
+    while d < p:
+        load = {}
+        for r in range(p):
+            q = r ^ d
+            if q < p and topo.ranks[r].host != topo.ranks[q].host:
+                load[topo.ranks[r].host] = load.get(topo.ranks[r].host, 0) + 1
+        worst = max([worst, *load.values()])
+        d <<= 1
+    return worst
+
+
+def hierarchy(topo):
+    """Coordinates (host, island, index in island) of every rank, or None when the shape is not
+    regular (hosts with different rank counts, or islands of different sizes: then only a flat or
+    2-level form applies). Islands are dropped (one island per host) unless every host has the same
+    number of equal islands."""
+    hosts = topo.hosts()
+    per_host = [topo.ranks_on(h) for h in hosts]
+    if len({len(x) for x in per_host}) != 1:
+        return None
+    coords = [None] * len(topo.ranks)
+    shapes = set()
+    for h, ranks in enumerate(per_host):
+        isl = topo.islands(hosts[h])
+        groups = [[r for r in ranks if topo.island_of(r) == i] for i in isl]
+        shapes.add(tuple(len(g) for g in groups))
+    three = len(shapes) == 1 and len(next(iter(shapes))) > 1 and len(set(next(iter(shapes)))) == 1
+    for h, ranks in enumerate(per_host):
+        if three:
+            isl = topo.islands(hosts[h])
+            for i, name in enumerate(isl):
+                for j, r in enumerate(r for r in ranks if topo.island_of(r) == name):
+                    coords[r] = (h, i, j)
+        else:
+            for j, r in enumerate(ranks):
+                coords[r] = (h, 0, j)
+    return coords

@@ -4,7 +4,8 @@
    through the Store as JSON (nothing is unpickled).
 2. Each rank connects to every lower rank and accepts every higher one; both ends prove the job
    secret (bootstrap/auth.py). Connections from anything else are refused, logged and ignored.
-3. topology/select.py picks a transport per pair from the cards; set-up then runs in three phases
+3. topology/select.py picks a transport per pair from the cards and the topology model built from
+   them (each card carries the rank's discovered or file-given place, topology/cards.py); set-up then runs in three phases
    (prepare on low ranks, attach on both, finish on low ranks) so no pair can wait on another.
 The pair's socket stays open for the communicator's lifetime: it is the data path for ``tcp`` and the
 doorbell and liveness channel for ``shm``.
@@ -18,6 +19,7 @@ import time
 from .. import transports as _transports
 from ..bootstrap.auth import client_handshake, server_handshake
 from ..errors import AuthenticationError, HetcclTimeout, TransportError
+from ..topology.cards import card_entry, model_of
 from ..topology.host import host_id
 from ..topology.select import transport_matrix
 from .base import LinkContext
@@ -67,7 +69,8 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
     socks = {}
     try:
         card = {"rank": rank, "host": host_id(), "pid": os.getpid(), "ifname": ifname, "addr": addr,
-                "port": listener.getsockname()[1], "bind_any": not spec_ifname, **(extra or {})}
+                "port": listener.getsockname()[1], "bind_any": not spec_ifname,
+                "topo": card_entry(comm_id, rank, size), **(extra or {})}
         store.set(f"{comm_id}/card/{rank}", json.dumps(card).encode())
         raw = store.multi_get([f"{comm_id}/card/{r}" for r in range(size)], timeout=timeout)
         cards = [json.loads(bytes(b)) for b in raw]
@@ -99,7 +102,7 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                 s.close()
                 continue
             socks[peer] = s
-        matrix = transport_matrix(cards, _transports.ALL, transports_spec)
+        matrix = transport_matrix(cards, _transports.ALL, transports_spec, model_of(cards))
         local_size = sum(c["host"] == card["host"] for c in cards)
         ctx = LinkContext(engine, rank, job_id, comm_id, local_size, max(1.0, deadline - time.monotonic()))
         tr = {p: _transports.by_name(matrix[rank][p]) for p in socks}

@@ -1,0 +1,380 @@
+"""The quick probe: measure alpha, beta and gamma on a new communicator, cached per host.
+
+Why measure: every algorithm choice follows from what one message, one byte moved and one byte
+reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
+many ranks share them), not on constants. The probe runs inside communicator creation the first
+time a host sees a communicator *shape*, takes a few tens of milliseconds, and is cached, so every
+later communicator costs one small file read on rank 0 and one 48-byte broadcast.
+
+What it times (all ranks at once; per quantity the minimum over ``REPS`` interleaved repetitions
+of ~``REP_S`` each, a repetition's time being the slowest rank's):
+
+- alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
+  step's latency including the engine's per-step overhead (not the Python call around it, which
+  every algorithm of a call pays alike);
+- beta = (in-place ring allgather of ``PROBE_BYTES`` - (p-1) alpha) / ((p-1)/p ``PROBE_BYTES``):
+  the bytes crossing links, as the ring formulas count them;
+- gamma = (reduce kernel - copy kernel) / ``KERNEL_BYTES``, every rank at once: the extra cost of
+  reducing a received byte into the output instead of copying it (the engine reduces straight out
+  of the transport, so that difference is what a reduction adds to a step).
+
+``PROBE_BYTES`` (1 MiB) is in the range where algorithms cross over (latency-bound below,
+bandwidth-bound above); the same ranks run the probe as the job, so more ranks than cores shows
+up in alpha (the oversubscribed hand-over) without a special case.
+
+A busy machine makes a slow probe, and the cache would keep that moment: so rank 0 also measures
+how much of the host's CPU time other processes took during the probe (/proc/stat minus the ranks'
+own CPU time). Above ``NOISY`` (25%) the entry is marked noisy and the next communicators of that
+shape probe again (up to ``MAX_PROBES`` in all), keeping per parameter the lowest value seen.
+
+Agreement (ranks that priced algorithms differently would pick different ones and mismatch): rank 0
+alone reads the cache and decides; it broadcasts ``[hit, alpha, beta, gamma, when, seconds]``; on a
+miss every rank runs the probe (timings are maxima over ranks) and rank 0 broadcasts what it
+derived. Every rank ends with rank 0's numbers, bit for bit.
+
+The cache: ``$XDG_CACHE_HOME/hetccl/cost-model.json`` (default ``~/.cache/hetccl/cost-model.json``),
+one entry per host id, link classes, ranks of the communicator on this host, CPUs this process may
+use, and hetccl version + native build. A missing, unreadable or corrupt file, or an entry of
+another build, is a miss (entries of other builds are dropped on the next write, and only the
+``MAX_ENTRIES`` most recent are kept); a cache that cannot be written is logged and skipped.
+``hetccl tune --clear`` deletes the file, ``hetccl tune`` re-measures (:mod:`.probe_cli`). Only a
+single rank, which has no link to time, uses the defaults.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .. import dtypes
+from .._native import collectives as _coll
+from .._native import reduce as _kernels
+from ..ops import ReduceOp
+from .model import CACHED, MEASURED, CostModel, LinkCost
+from .registry import ALGO_BINOMIAL, ALGO_RD, ALGO_RING
+
+log = logging.getLogger("hetccl.tuning")
+
+FORMAT = 1                 # of the cache file
+PROBE_BYTES = 1 << 20      # the allgather that prices beta
+KERNEL_BYTES = 1 << 20     # the copy and reduce that price gamma
+REPS = 9                   # repetitions of every quantity (interleaved)
+REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
+CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
+MAX_ITERS = 100_000
+NOISY = 0.25               # other processes' share of the CPUs above which a probe is re-done
+MAX_PROBES = 3             # probes of one shape at most, while they keep being noisy
+MAX_ENTRIES = 64           # the cache keeps the most recently measured shapes
+_FILE = "cost-model.json"
+
+
+# ------------------------------------------------------------------ the cache file
+
+
+def cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hetccl")
+
+
+def cache_path() -> str:
+    return os.path.join(cache_dir(), _FILE)
+
+
+def build_id() -> str:
+    """hetccl's version plus a fingerprint of the native modules: a rebuilt engine may cost
+    differently, so its measurements must not be reused."""
+    from .. import __version__, _native
+    h = hashlib.blake2b(digest_size=6)
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(_native.__file__), "*.so"))):
+        st = os.stat(path)
+        h.update(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return f"{__version__}+{h.hexdigest()}"
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def shape(host: str, link_classes, local_size: int, cpus: int | None = None,
+          version: str | None = None) -> dict:
+    """What a measurement is valid for: the fields of a cache key."""
+    return {"host": host, "links": "+".join(sorted(link_classes)), "local": int(local_size),
+            "cpus": usable_cpus() if cpus is None else int(cpus),
+            "version": build_id() if version is None else version}
+
+
+def cache_key(s: dict) -> str:
+    return f"{s['host']}|{s['links']}|local={s['local']}|cpus={s['cpus']}|{s['version']}"
+
+
+def _valid(entry) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    try:
+        return all(math.isfinite(float(entry[k])) and float(entry[k]) > 0
+                   for k in ("alpha", "beta", "gamma"))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def read_entries(path: str | None = None) -> dict:
+    """{key: entry} of the cache file; empty if it is missing, unreadable, corrupt or of another
+    format (never raises: a bad cache only costs a probe)."""
+    path = path or cache_path()
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.info("ignoring the cost-model cache %s (%s); it will be rewritten", path, e)
+        return {}
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict):
+        log.info("ignoring the cost-model cache %s (not format %d); it will be rewritten", path, FORMAT)
+        return {}
+    return {k: v for k, v in doc["entries"].items() if _valid(v)}
+
+
+def lookup(s: dict, path: str | None = None) -> dict | None:
+    entry = read_entries(path).get(cache_key(s))
+    return entry if entry is not None and entry.get("version") == s["version"] else None
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """Serialise read-modify-write of the cache between processes (several jobs may start at once)."""
+    import fcntl
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write(path, entries):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"format": FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def store(s: dict, entry: dict, path: str | None = None) -> bool:
+    """Add one entry (dropping entries of other hetccl builds); False if the cache is unwritable."""
+    path = path or cache_path()
+    try:
+        with _locked(path):
+            entries = {k: v for k, v in read_entries(path).items() if v.get("version") == s["version"]}
+            entries[cache_key(s)] = dict(entry, **s)
+            if len(entries) > MAX_ENTRIES:      # e.g. jobs with made-up HETCCL_HOST_IDs: oldest go
+                newest = sorted(entries, key=lambda k: float(entries[k].get("measured_at") or 0))
+                entries = {k: entries[k] for k in newest[-MAX_ENTRIES:]}
+            _write(path, entries)
+        return True
+    except Exception as e:                      # noqa: BLE001 - never fail the communicator
+        log.warning("could not write the cost-model cache %s (%s): the probe will run again next "
+                    "time; set XDG_CACHE_HOME to a writable directory", path, e)
+        return False
+
+
+def clear(path: str | None = None, host: str | None = None, local: int | None = None,
+          links: str | None = None) -> int:
+    """Remove cached entries (all of them, and the file, when no filter is given); returns how many."""
+    path = path or cache_path()
+    if host is None and local is None and links is None:
+        n = len(read_entries(path))
+        for p in (path, path + ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        return n
+    with _locked(path):
+        entries = read_entries(path)
+        keep = {k: v for k, v in entries.items()
+                if not ((host is None or v.get("host") == host)
+                        and (local is None or v.get("local") == local)
+                        and (links is None or v.get("links") == links))}
+        if len(keep) != len(entries):
+            _write(path, keep)
+        return len(entries) - len(keep)
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _max_over_ranks(engine, values: np.ndarray, timeout: float) -> np.ndarray:
+    engine.allreduce(values, values, dtypes.FLOAT64, int(ReduceOp.MAX), ALGO_RD, timeout)
+    return values
+
+
+def _batch(fn, iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return time.perf_counter() - t0
+
+
+def _calls_per_rep(engine, fn, timeout: float) -> int:
+    """Calls of fn lasting about REP_S on the slowest rank (the same count on every rank)."""
+    fn()
+    fn()
+    k = 1
+    while True:
+        _coll.barrier(engine, timeout)
+        t = float(_max_over_ranks(engine, np.array([_batch(fn, k)]), timeout)[0])
+        if t >= CALIBRATE_S or k >= MAX_ITERS:
+            return max(1, min(MAX_ITERS, int(REP_S / (t / k))))
+        k = min(MAX_ITERS, max(2 * k, int(k * 1.5 * CALIBRATE_S / t) if t > 0 else 10 * k))
+
+
+def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
+    """{name: seconds per call} of each fn (a collective every rank calls alike, or a local kernel
+    all ranks run at once): the minimum over repetitions of the slowest rank's time. Repetitions
+    interleave the fns, so all see the same machine; the minimum drops repetitions in which another
+    process took the core (the cache would otherwise keep a busy moment's numbers)."""
+    iters = {name: _calls_per_rep(engine, fn, timeout) for name, fn in fns.items()}
+    times = np.empty((reps, len(fns)))
+    for i in range(reps):
+        for j, (name, fn) in enumerate(fns.items()):
+            _coll.barrier(engine, timeout)
+            times[i, j] = _batch(fn, iters[name]) / iters[name]
+    best = _max_over_ranks(engine, times.reshape(-1), timeout).reshape(reps, len(fns)).min(axis=0)
+    return {name: float(best[j]) for j, name in enumerate(fns)}
+
+
+def measure(engine, size: int, timeout: float) -> dict:
+    """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes."""
+    count = max(size, (PROBE_BYTES // 4) // size * size)
+    ag = np.ones(count, dtype=np.float32)                 # allocated and touched before timing
+    a = np.ones(KERNEL_BYTES // 4, dtype=np.float32)
+    b = np.ones_like(a)
+    d = np.zeros_like(a)
+    f32, add = dtypes.FLOAT32, int(ReduceOp.SUM)
+    raw = time_per_call(engine, {
+        "barrier_s": lambda: _coll.barrier(engine, timeout),
+        "allgather_s": lambda: engine.allgather(ag, ag, f32, ALGO_RING, timeout),
+        "copy_s": lambda: _kernels.copy_array(d, a),
+        "reduce_s": lambda: _kernels.reduce_arrays(d, a, b, f32, add),
+    }, timeout)
+    raw.update(allgather_bytes=ag.nbytes, kernel_bytes=a.nbytes)
+    return raw
+
+
+def fit(raw: dict, size: int) -> LinkCost:
+    """alpha, beta, gamma from the probe's timings (see the module docstring). The floors keep a
+    noisy run from producing zero or negative costs: a step never costs less than 10% of the
+    measured allgather in bandwidth, a reduction never less than 5% of a copy."""
+    p = size
+    alpha = raw["barrier_s"] / max(1, math.ceil(math.log2(p)))
+    moved = (p - 1) / p * raw["allgather_bytes"]
+    beta = max(raw["allgather_s"] - (p - 1) * alpha, 0.1 * raw["allgather_s"]) / moved
+    gamma = max(raw["reduce_s"] - raw["copy_s"], 0.05 * raw["copy_s"]) / raw["kernel_bytes"]
+    return LinkCost(alpha, beta, gamma)
+
+
+# ------------------------------------------------------------------ at communicator creation
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _host_busy_seconds() -> float | None:
+    """CPU seconds every process of this host has used since boot (/proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        return (sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _probe(engine, rank: int, size: int, timeout: float):
+    """measure() plus the share of the host's CPUs that other processes used meanwhile (None if
+    unknown): the host's CPU time (/proc/stat, on rank 0) minus what the ranks used (summed)."""
+    busy0, own0, t0 = _host_busy_seconds(), time.process_time(), time.perf_counter()
+    raw = measure(engine, size, timeout)
+    own = np.array([time.process_time() - own0])
+    engine.allreduce(own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
+    wall, busy1 = time.perf_counter() - t0, _host_busy_seconds()
+    other = None
+    if rank == 0 and busy0 is not None and busy1 is not None and wall > 0:
+        other = max(0.0, (busy1 - busy0 - float(own[0])) / (wall * (os.cpu_count() or 1)))
+    return raw, wall, other
+
+
+def _detail(when, secs, other) -> str:
+    load = "" if other is None or other < 0 else f", other load {other:.0%}"
+    return f"probe of {_iso(when)}, {secs * 1e3:.0f} ms{load}"
+
+
+def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host: str,
+              timeout: float, oversubscribed: bool = False, force: bool = False) -> CostModel:
+    """The cost model of a new communicator, identical on every rank (collective: all call it).
+
+    *link_classes*: every class linking two ranks of the communicator (the same set on all
+    ranks); *local_size*, *host*: rank 0's, which key the cache.
+
+    A probe during which other processes kept more than ``NOISY`` of the host's CPUs busy is
+    cached as noisy: the next ``MAX_PROBES - 1`` communicators of that shape probe again and keep,
+    per parameter, the lowest value seen (what the machine does when it is not disturbed); after
+    that the entry is used as it is. *force* (``hetccl tune``; the same on every rank) probes
+    whatever the cache holds and replaces its entry."""
+    classes = tuple(sorted(set(link_classes) - {"self"}))
+    if size == 1 or not classes:
+        return CostModel.default(classes, oversubscribed, "a single rank: no link to measure")
+    # hit, alpha, beta, gamma, when measured, probe seconds, other load (-1: unknown)
+    msg = np.zeros(7, dtype=np.float64)
+    s = prev = None
+    if rank == 0:       # nothing may raise here: the other ranks already wait in the broadcast
+        try:
+            s = shape(host, classes, local_size)
+            entry = None if force else lookup(s)
+        except Exception as e:                  # noqa: BLE001 - a broken cache costs a probe
+            log.warning("cost-model cache lookup failed (%s); measuring instead", e)
+            entry = None
+        if entry is not None and entry.get("noisy") and int(entry.get("probes", 1)) < MAX_PROBES:
+            prev, entry = entry, None
+        if entry is not None:
+            other = entry.get("other_load")
+            msg[:] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
+                      float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
+                      -1.0 if other is None else float(other))
+    _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
+    if msg[0] == 1.0:
+        return CostModel(LinkCost(*map(float, msg[1:4])), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
+    raw, secs, other = _probe(engine, rank, size, timeout)
+    cost = fit(raw, size)
+    if prev is not None:                        # keep the quietest value of each parameter
+        cost = LinkCost(*(min(getattr(cost, k), float(prev[k])) for k in ("alpha", "beta", "gamma")))
+    msg[:] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
+              -1.0 if other is None else other)
+    _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
+    raw_us = {(k[:-2] + "_us" if k.endswith("_s") else k): (v * 1e6 if k.endswith("_s") else v)
+              for k, v in raw.items()}
+    if rank == 0 and s is not None:
+        noisy = other is not None and other > NOISY
+        store(s, {"alpha": msg[1], "beta": msg[2], "gamma": msg[3], "measured_at": msg[4],
+                  "probe_s": secs, "nranks": size, "raw": raw_us, "other_load": other,
+                  "noisy": bool(noisy), "probes": 1 + (int(prev.get("probes", 1)) if prev else 0),
+                  "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None})
+    model = CostModel(LinkCost(*map(float, msg[1:4])), MEASURED, _detail(msg[4], msg[5], msg[6]), classes, raw_us)
+    log.info("measured the cost model of %d ranks: %s", size, model.describe())
+    return model
+
+
+def remeasure(comm) -> CostModel:
+    """Probe *comm* again whatever the cache holds, replace its entry, and return the new model
+    (collective over comm; the tuner of comm keeps its model)."""
+    matrix = comm._matrix
+    return negotiate(comm._engine, comm.rank, comm.size, {k for row in matrix for k in row},
+                     comm.local_size, comm._cards[comm.rank]["host"], comm._timeout, force=True)

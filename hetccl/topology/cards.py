@@ -1,0 +1,99 @@
+"""What a rank publishes about its place (the ``topo`` entry of its rank card), and the model of a
+communicator built from the gathered cards.
+
+The place is resolved once per process, at the world communicator (comm id ``w``): from
+``HETCCL_TOPO_FILE`` if set (entry ``world rank`` of the file), else by discovery. Sub-communicators
+reuse it, so a split keeps every rank's host, island and device, and carry the world rank so the
+file's entry can be found again.
+"""
+import os
+
+from .discover import discover
+from .model import RankPlace, Topology, from_cards
+from .topofile import load
+
+_mine = {}          # this process's card entry, set at the world communicator
+
+
+def _local_rank() -> int:
+    for var in ("HETCCL_LOCAL_RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"):
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return 0
+
+
+def card_entry(comm_id: str, rank: int, size: int | None = None) -> dict:
+    """The ``topo`` field of this rank's card. At the world communicator a topology file must
+    describe exactly ``size`` ranks (every rank checks, so every rank raises the same error)."""
+    if comm_id == "w" or not _mine:
+        path = os.environ.get("HETCCL_TOPO_FILE")
+        if path:
+            topo = load(path)
+            n = size if size is not None else rank + 1
+            if len(topo.ranks) != n if size is not None else rank >= len(topo.ranks):
+                from ..errors import InvalidUsage
+                raise InvalidUsage(f"HETCCL_TOPO_FILE={path} describes {len(topo.ranks)} rank(s) but the job "
+                                   f"has {n}; describe every rank of the job once (or unset it)")
+            p = topo.ranks[rank]
+            entry = {"file": os.path.abspath(path), "host": p.host,
+                     "place": {"numa": p.numa, "device": p.device, "island": p.island, "nic": p.nic}}
+        else:
+            d = discover(_local_rank())
+            entry = {"file": None, "host": d["host"], "place": d["place"], "hw": d["hw"]}
+        entry["world_rank"] = rank
+        entry["kernel"] = _kernel_id()
+        entry["ncpus"] = _ncpus()
+        _mine.clear()
+        _mine.update(entry)
+    return dict(_mine)
+
+
+def _kernel_id() -> str:
+    """The running kernel's boot id: equal for every process sharing this machine's CPUs (containers
+    and network namespaces included), whatever hostname or HETCCL_HOST_ID they have."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _ncpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def oversubscription(cards) -> float:
+    """Ranks per CPU on the most crowded machine (kernel) of these cards; above 1 the machine is
+    oversubscribed. Computed from the cards, so every rank reaches the same answer (choices drawn
+    from it must agree)."""
+    count, cpus = {}, {}
+    for c in cards:
+        t = c.get("topo") or {}
+        k = t.get("kernel") or c["host"]
+        count[k] = count.get(k, 0) + 1
+        cpus[k] = max(cpus.get(k, 0), int(t.get("ncpus") or 1))
+    return max((count[k] / cpus[k] for k in count), default=0.0)
+
+
+_file_cache = {}
+
+
+def model_of(cards) -> Topology:
+    """The topology of the ranks of these cards (card['topo'] from card_entry)."""
+    first = (cards[0].get("topo") or {}) if cards else {}
+    path = first.get("file")
+    if not path:
+        return from_cards(cards)
+    if path not in _file_cache:
+        _file_cache[path] = load(path)
+    base = _file_cache[path]
+    ranks = []
+    for c in cards:
+        w = (c.get("topo") or {}).get("world_rank", c["rank"])
+        p = base.ranks[w] if w < len(base.ranks) else RankPlace(c["rank"], c["host"])
+        ranks.append(RankPlace(c["rank"], p.host, p.numa, p.device, p.island, p.nic or c.get("ifname")))
+    return Topology(base.nodes.values(), base.links, ranks, source=base.source)

@@ -1,0 +1,94 @@
+"""The topology file: a versioned JSON form of the model that `hetccl topo --dump FILE` writes and
+``HETCCL_TOPO_FILE`` loads.
+
+A loaded file replaces discovery for every rank: it may describe a cluster unlike the machine the
+job runs on (4 hosts x 2 ranks on one box, say). That is how users correct a wrong detection and
+how tests simulate clusters. Ranks a file puts on different hosts use the network transports even
+if they share a machine; ranks it puts on one host use shared memory only if they really share one.
+
+Format (version 1)::
+
+    {"format": "hetccl-topology", "version": 1,
+     "ranks": [{"rank": 0, "host": "a", "numa": 0, "device": null, "island": null, "nic": "eth0"}, ...],
+     "nodes": [{"id": "host:a", "kind": "host", "host": "a", "attrs": {}}, ...],
+     "links": [{"a": "nic:a/eth0", "b": "net", "class": "tcp", "bandwidth": 1.25e8,
+                "latency": 5e-05, "measured": true}, ...]}
+
+Only ``ranks`` is required (one entry per rank of the world, ``rank`` 0..N-1, ``host`` any name).
+``island`` splits a host into islands (a 3-level hierarchy); ``bandwidth`` is bytes/s and
+``latency`` seconds (null = take the cost model's default for the link class). Node kinds: host,
+numa, switch, device, nic, network; link classes: c2c, pcie, shm, rdma, tcp.
+"""
+import json
+
+from ..errors import InvalidUsage
+from .model import LINK_CLASSES, NODE_KINDS, Link, Node, RankPlace, Topology
+
+FORMAT = "hetccl-topology"
+VERSION = 1
+
+
+def to_dict(topo: Topology) -> dict:
+    return {"format": FORMAT, "version": VERSION,
+            "ranks": [{"rank": r.rank, "host": r.host, "numa": r.numa, "device": r.device,
+                       "island": r.island, "nic": r.nic} for r in topo.ranks],
+            "nodes": [{"id": n.id, "kind": n.kind, "host": n.host, "attrs": n.attrs} for n in topo.nodes.values()],
+            "links": [{"a": ln.a, "b": ln.b, "class": ln.cls, "bandwidth": ln.bandwidth, "latency": ln.latency,
+                       "measured": ln.measured} for ln in topo.links]}
+
+
+def _bad(where, what):
+    raise InvalidUsage(f"topology file {where}: {what} (see `hetccl topo --dump FILE` for a valid example)")
+
+
+def from_dict(d: dict, where="") -> Topology:
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        _bad(where, f"'format' must be {FORMAT!r}")
+    if d.get("version") != VERSION:
+        _bad(where, f"version {d.get('version')!r} is not supported; this hetccl reads version {VERSION}")
+    ranks = d.get("ranks")
+    if not isinstance(ranks, list) or not ranks:
+        _bad(where, "'ranks' must be a non-empty list of {\"rank\": r, \"host\": name}")
+    places = []
+    for i, r in enumerate(sorted(ranks, key=lambda r: r.get("rank", -1) if isinstance(r, dict) else -1)):
+        if not isinstance(r, dict) or r.get("rank") != i or not isinstance(r.get("host"), str) or not r["host"]:
+            _bad(where, f"ranks must be numbered 0..{len(ranks) - 1} once each, each with a 'host' name "
+                        f"(entry {i}: {r!r})")
+        places.append(RankPlace(i, r["host"], r.get("numa"), r.get("device"), r.get("island"), r.get("nic")))
+    nodes = []
+    for n in d.get("nodes", []):
+        if n.get("kind") not in NODE_KINDS or not n.get("id"):
+            _bad(where, f"node {n!r}: needs an 'id' and a 'kind' among {', '.join(NODE_KINDS)}")
+        nodes.append(Node(n["id"], n["kind"], n.get("host"), dict(n.get("attrs") or {})))
+    if not any(n.kind == "network" for n in nodes):
+        nodes.append(Node("net", "network"))
+    for h in {p.host for p in places} - {n.host for n in nodes if n.kind == "host"}:
+        nodes.append(Node(f"host:{h}", "host", h))
+    links = []
+    for ln in d.get("links", []):
+        if ln.get("class") not in LINK_CLASSES or not ln.get("a") or not ln.get("b"):
+            _bad(where, f"link {ln!r}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
+        for k in ("bandwidth", "latency"):
+            if ln.get(k) is not None and not (isinstance(ln[k], (int, float)) and ln[k] > 0):
+                _bad(where, f"link {ln['a']}-{ln['b']}: {k} must be a positive number or null")
+        links.append(Link(ln["a"], ln["b"], ln["class"], ln.get("bandwidth"), ln.get("latency"),
+                          bool(ln.get("measured"))))
+    return Topology(nodes, links, places, source=f"file {where}" if where else "file")
+
+
+def dump(topo: Topology, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(to_dict(topo), f, indent=1)
+        f.write("\n")
+
+
+def load(path: str) -> Topology:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except OSError as e:
+        raise InvalidUsage(f"HETCCL_TOPO_FILE={path!r} cannot be read ({e.strerror}); give a file "
+                           f"written by `hetccl topo --dump FILE`, or unset it to detect the topology") from None
+    except json.JSONDecodeError as e:
+        raise InvalidUsage(f"topology file {path}: not JSON ({e})") from None
+    return from_dict(d, path)

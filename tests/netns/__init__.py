@@ -1,0 +1,1 @@
+"""Multi-host tests on one machine: network namespaces as hosts (see cluster.py)."""

@@ -1,0 +1,414 @@
+"""The tuner and its measured cost model: HETCCL_ALGO parsing and errors, forced choices, the probe's
+fit, the per-host cache (missing, corrupt, foreign-build, unwritable), and that every rank of a
+communicator ends with rank 0's parameters whatever the caches of the other ranks say.
+
+Multi-rank cases run through tests/launcher.py with XDG_CACHE_HOME in a temporary directory, so the
+user's real cache is never read or written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+
+import numpy as np
+import pytest
+
+import hetccl
+from hetccl import InvalidUsage
+from hetccl.collectives import probe
+from hetccl.collectives.model import CACHED, DEFAULT, MEASURED, CostModel, LinkCost
+from hetccl.collectives.tuner import Tuner, parse_forced
+from tests.launcher import run_ranks
+
+
+# ------------------------------------------------------------------------------------------------
+# HETCCL_ALGO and forced choices (no processes)
+# ------------------------------------------------------------------------------------------------
+def test_parse_forced_accepts_aliases_and_spaces():
+    assert parse_forced(" allreduce : ring ;allgather:rd;; ") == {
+        "allreduce": "ring", "allgather": "recursive_doubling"}
+    assert parse_forced("") == {} and parse_forced(None) == {}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ring", r"entry 'ring' is not 'collective:algorithm' \(e\.g\. 'allreduce:ring;"),
+    ("allreduce:", r"entry 'allreduce:' is not 'collective:algorithm'"),
+    ("allreduse:ring", r"unknown collective 'allreduse'; known: .*allgather.*allreduce"),
+    ("allreduce:bogus", r"allreduce has no algorithm 'bogus'; choose from ring, recursive_doubling"),
+    ("allreduce:ring;allreduce:rd", r"forces allreduce twice \(ring and recursive_doubling\)"),
+])
+def test_parse_forced_errors_say_what_is_wrong(spec, message):
+    with pytest.raises(InvalidUsage, match=message):
+        parse_forced(spec)
+
+
+def test_forced_choices_beat_the_model():
+    free = Tuner.with_defaults(4, forced_spec="")
+    assert free.select("allreduce", 8).name == "recursive_doubling"        # latency-bound
+    assert free.select("allreduce", 256 << 20).name == "ring"              # bandwidth-bound
+    forced = Tuner.with_defaults(4, forced_spec="allreduce:ring")
+    assert forced.select("allreduce", 8).name == "ring"
+    assert forced.select("allreduce", 8, algorithm="rd").name == "recursive_doubling"   # call wins
+    assert "(forced by HETCCL_ALGO: ring)" in forced.explain("allreduce", 8)
+    with pytest.raises(InvalidUsage, match="allreduce has no algorithm 'tree'; choose from ring"):
+        forced.select("allreduce", 8, algorithm="tree")
+
+
+def test_forced_algorithm_that_cannot_run_names_its_source():
+    t = Tuner.with_defaults(3, forced_spec="allgather:recursive_doubling")
+    with pytest.raises(InvalidUsage, match=r"'recursive_doubling' \(forced by HETCCL_ALGO\) does not "
+                                           r"support 3 ranks; choose from ring"):
+        t.select("allgather", 1024)
+    with pytest.raises(InvalidUsage, match=r"'recursive_doubling' does not support 3 ranks"):
+        Tuner.with_defaults(3, forced_spec="").select("allgather", 1024, algorithm="rd")
+
+
+def test_explain_shows_the_model_and_its_origin():
+    text = Tuner.with_defaults(2, forced_spec="").explain("allreduce", 1 << 20)
+    assert "cost model: alpha=" in text and "GB/s over shm; default (built-in values)" in text
+    assert sum(line.lstrip().startswith("->") for line in text.splitlines()) == 1
+
+
+def test_choices_lists_the_crossovers():
+    t = Tuner.with_defaults(2, forced_spec="")
+    steps = t.choices("allreduce", [8 << (2 * i) for i in range(13)])
+    assert [name for _, name in steps] == ["recursive_doubling", "ring"]
+    assert steps[0][0] == 8 and 8 < steps[1][0] <= 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------
+# The fit (no processes)
+# ------------------------------------------------------------------------------------------------
+def test_fit_recovers_alpha_beta_gamma():
+    p, n = 4, 1 << 20
+    alpha, beta, gamma = 2e-6, 1 / 5e9, 1 / 20e9
+    raw = {"barrier_s": 2 * alpha,                                  # ceil(log2 4) = 2 rounds
+           "allgather_s": (p - 1) * alpha + (p - 1) / p * n * beta,
+           "copy_s": n / 10e9, "reduce_s": n / 10e9 + n * gamma,
+           "allgather_bytes": n, "kernel_bytes": n}
+    c = probe.fit(raw, p)
+    assert math.isclose(c.alpha, alpha) and math.isclose(c.beta, beta) and math.isclose(c.gamma, gamma)
+
+
+def test_fit_never_returns_free_bytes():
+    """Noise can make the differences negative; the floors keep every cost positive."""
+    raw = {"barrier_s": 1e-3, "allgather_s": 1e-4, "copy_s": 1e-4, "reduce_s": 0.5e-4,
+           "allgather_bytes": 1 << 20, "kernel_bytes": 1 << 20}
+    c = probe.fit(raw, 2)
+    assert c.alpha == 1e-3 and c.beta > 0 and c.gamma > 0
+    assert math.isclose(c.beta, 0.1 * 1e-4 / (1 << 19)) and math.isclose(c.gamma, 0.05 * 1e-4 / (1 << 20))
+
+
+# ------------------------------------------------------------------------------------------------
+# The cache file (no processes)
+# ------------------------------------------------------------------------------------------------
+def _shape(**kw):
+    s = {"host": "h1", "links": "shm", "local": 2, "cpus": 2, "version": "9.9+abc"}
+    s.update(kw)
+    return s
+
+
+def _entry(alpha=1e-6):
+    return {"alpha": alpha, "beta": 1e-10, "gamma": 2e-11, "measured_at": 1.0, "probe_s": 0.05}
+
+
+def test_cache_round_trip_and_location(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert probe.cache_path() == str(tmp_path / "hetccl" / "cost-model.json")
+    assert probe.lookup(_shape()) is None                                   # missing file
+    assert probe.store(_shape(), _entry())
+    got = probe.lookup(_shape())
+    assert got["alpha"] == 1e-6 and got["links"] == "shm" and got["version"] == "9.9+abc"
+    assert probe.lookup(_shape(local=4)) is None and probe.lookup(_shape(links="tcp")) is None
+    doc = json.loads((tmp_path / "hetccl" / "cost-model.json").read_text())
+    assert doc["format"] == probe.FORMAT and list(doc["entries"]) == [probe.cache_key(_shape())]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert probe.cache_path() == os.path.join(os.path.expanduser("~"), ".cache", "hetccl",
+                                              "cost-model.json")
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"format": 99, "entries": {}}',
+                                     '{"format": 1, "entries": []}', "\x00\x01binary"])
+def test_corrupt_cache_is_a_miss_and_is_rewritten(tmp_path, content):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    assert probe.read_entries(str(path)) == {}
+    assert probe.lookup(_shape(), str(path)) is None
+    assert probe.store(_shape(), _entry(), str(path))
+    assert probe.lookup(_shape(), str(path))["alpha"] == 1e-6
+
+
+def test_invalid_entries_are_ignored(tmp_path):
+    path = tmp_path / "c.json"
+    bad = {"a": {"alpha": -1, "beta": 1, "gamma": 1}, "b": {"alpha": "x", "beta": 1, "gamma": 1},
+           "c": {"alpha": float("nan"), "beta": 1, "gamma": 1}, "d": {"beta": 1}, "e": 5}
+    path.write_text(json.dumps({"format": probe.FORMAT, "entries": bad}))
+    assert probe.read_entries(str(path)) == {}
+
+
+def test_entries_of_other_builds_miss_and_are_dropped(tmp_path):
+    path = str(tmp_path / "c.json")
+    old = _shape(version="0.0.1+old")
+    probe.store(old, _entry(5e-6), path)
+    assert probe.lookup(_shape(), path) is None                    # same host/links/local, other build
+    # a hand-edited entry under the current key but claiming another build is not trusted either
+    entries = probe.read_entries(path)
+    entries[probe.cache_key(_shape())] = dict(_entry(7e-6), **old)
+    with open(path, "w") as f:
+        json.dump({"format": probe.FORMAT, "entries": entries}, f)
+    assert probe.lookup(_shape(), path) is None
+    probe.store(_shape(), _entry(), path)
+    left = probe.read_entries(path)
+    assert list(left) == [probe.cache_key(_shape())] and left[probe.cache_key(_shape())]["alpha"] == 1e-6
+
+
+def test_cache_keeps_the_most_recent_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "MAX_ENTRIES", 3)
+    path = str(tmp_path / "c.json")
+    for i in range(5):
+        probe.store(_shape(host=f"h{i}"), dict(_entry(), measured_at=float(i)), path)
+    assert sorted(e["host"] for e in probe.read_entries(path).values()) == ["h2", "h3", "h4"]
+
+
+def test_unwritable_cache_is_skipped(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")                                       # a file where the directory should be
+    path = str(blocker / "hetccl" / "cost-model.json")
+    with caplog.at_level("WARNING", logger="hetccl.tuning"):
+        assert probe.store(_shape(), _entry(), path) is False
+    assert "could not write the cost-model cache" in caplog.text and "XDG_CACHE_HOME" in caplog.text
+    assert probe.lookup(_shape(), path) is None
+
+
+def test_clear_all_or_by_host_and_rank_count(tmp_path):
+    path = str(tmp_path / "c.json")
+    for s in (_shape(), _shape(local=4), _shape(host="h2")):
+        probe.store(s, _entry(), path)
+    assert probe.clear(path, host="h1", local=4) == 1
+    assert sorted(e["local"] for e in probe.read_entries(path).values()) == [2, 2]
+    assert probe.clear(path) == 2
+    assert not os.path.exists(path) and probe.clear(path) == 0
+
+
+def test_build_id_names_version_and_native_build():
+    bid = probe.build_id()
+    assert bid.startswith(hetccl.__version__ + "+") and len(bid.split("+")[1]) == 12
+    assert probe.build_id() == bid
+
+
+# ------------------------------------------------------------------------------------------------
+# A single rank: nothing to measure
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def one_rank_env(monkeypatch, tmp_path):
+    for var in ("HETCCL_RANK", "HETCCL_SIZE", "HETCCL_LOCAL_RANK", "HETCCL_LOCAL_SIZE", "HETCCL_STORE",
+                "HETCCL_SECRET", "HETCCL_TRANSPORTS", "HETCCL_ALGO", "HETCCL_DEBUG", "RANK",
+                "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HETCCL_JOB_ID", "t" + secrets.token_hex(4))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return monkeypatch
+
+
+def test_single_rank_uses_the_defaults_and_writes_no_cache(one_rank_env, tmp_path):
+    comm = hetccl.init(0, 1, timeout=10)
+    try:
+        m = comm._tuner.model
+        assert m.origin == DEFAULT and "single rank" in m.detail
+        assert "default (a single rank: no link to measure)" in comm.explain("allreduce", 64)
+    finally:
+        comm.close()
+    assert not (tmp_path / "hetccl").exists()
+
+
+def test_bad_hetccl_algo_fails_init_with_the_reason(one_rank_env):
+    one_rank_env.setenv("HETCCL_ALGO", "allreduce:bogus")
+    with pytest.raises(InvalidUsage, match="HETCCL_ALGO: allreduce has no algorithm 'bogus'"):
+        hetccl.init(0, 1, timeout=10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Several ranks: probe, cache, agreement
+# ------------------------------------------------------------------------------------------------
+def _model(comm):
+    m = comm._tuner.model
+    c = m.cost
+    return {"origin": m.origin, "cost": (c.alpha, c.beta, c.gamma), "detail": m.detail,
+            "links": m.link_classes, "raw": dict(m.raw), "explain": comm.explain("allreduce", 4096)}
+
+
+def _probe_then_cache_case(rank, size, root):
+    import time
+    os.environ["XDG_CACHE_HOME"] = root
+    t0 = time.monotonic()
+    comm = hetccl.init(timeout=60)
+    out = {"init_s": time.monotonic() - t0, "first": _model(comm)}
+    out["entries"] = probe.read_entries() if rank == 0 else None
+    child = comm.dup()                                # same shape: rank 0 finds the new entry
+    out["dup"] = _model(child)
+    x = np.full(1000, rank + 1.0, dtype=np.float32)
+    child.allreduce(x)                                # the tuner works on the cached model
+    out["sum"] = float(x[0])
+    child.close()
+    comm.close()
+    return out
+
+
+def test_probe_measures_once_then_the_cache_serves(tmp_path):
+    res = run_ranks(_probe_then_cache_case, 2, str(tmp_path), timeout=120)
+    (first,) = res[0]["entries"].values()
+    # on a busy machine (other processes took > 25% of the CPUs during the probe) the dup probes
+    # again and keeps the lower value of each parameter; on a quiet one it is served from the cache
+    again = first["noisy"]
+    for r in res:
+        assert r["first"]["origin"] == MEASURED, r["first"]
+        assert r["dup"]["origin"] == (MEASURED if again else CACHED), (first, r["dup"])
+        assert r["sum"] == 3.0
+        assert "; measured (probe of" in r["first"]["explain"]
+        assert ("; measured (probe of" if again else "; cached (probe of") in r["dup"]["explain"]
+    assert res[0]["first"]["cost"] == res[1]["first"]["cost"]
+    assert res[0]["dup"]["cost"] == res[1]["dup"]["cost"]
+    if again:
+        assert all(d <= f for d, f in zip(res[0]["dup"]["cost"], res[0]["first"]["cost"]))
+    else:
+        assert res[0]["dup"]["cost"] == res[0]["first"]["cost"]
+    assert res[0]["first"]["links"] == ("shm",)
+    assert 0.0 <= first["other_load"] and first["probes"] == 1
+    alpha, beta, gamma = res[0]["first"]["cost"]
+    assert 1e-8 < alpha < 1e-2 and 1 / 1e12 < beta < 1 / 1e7 and 1 / 1e13 < gamma < 1 / 1e7
+    raw = res[0]["first"]["raw"]
+    assert {"barrier_us", "allgather_us", "copy_us", "reduce_us"} <= set(raw)
+    entries = probe.read_entries(str(tmp_path / "hetccl" / "cost-model.json"))
+    assert len(entries) == 1
+    (e,) = entries.values()
+    assert (e["links"], e["local"], e["nranks"]) == ("shm", 2, 2)
+    assert e["probe_s"] < 1.0, f"the probe took {e['probe_s']:.2f} s"
+    assert (e["alpha"], e["beta"], e["gamma"]) == res[0]["dup"]["cost"]
+    assert e["probes"] == (2 if again else 1)
+
+
+def _plant(root, alpha, **extra):
+    from hetccl.topology.host import host_id
+    s = probe.shape(host_id(), ["shm"], 2)
+    assert probe.store(s, {"alpha": alpha, "beta": 2e-10, "gamma": 3e-11, "measured_at": 0.0,
+                           "probe_s": 0.01, **extra}, os.path.join(root, "hetccl", "cost-model.json"))
+
+
+def _agreement_case(rank, size, root):
+    phases = {}
+    mine = os.path.join(root, f"rank{rank}")
+    _plant(mine, (rank + 1) * 1e-6)                  # every rank's own cache disagrees
+    os.environ["XDG_CACHE_HOME"] = mine
+    comm = hetccl.init(timeout=60)
+    phases["planted"] = _model(comm)
+    forced = probe.remeasure(comm)                   # hetccl tune's path: probe whatever is cached
+    phases["forced"] = (forced.origin, (forced.cost.alpha, forced.cost.beta, forced.cost.gamma),
+                        [e["alpha"] for e in probe.read_entries().values()])
+    for name, content in (("corrupt", "{not json"),
+                          ("foreign", json.dumps({"format": probe.FORMAT, "entries": {
+                              "x": {"alpha": 1e-3, "beta": 1, "gamma": 1, "host": "h",
+                                    "version": "0.0.0+old"}}}))):
+        d = os.path.join(root, f"{name}{rank}")
+        os.makedirs(os.path.join(d, "hetccl"))
+        with open(os.path.join(d, "hetccl", "cost-model.json"), "w") as f:
+            f.write(content)
+        os.environ["XDG_CACHE_HOME"] = d
+        child = comm.dup()
+        phases[name] = _model(child)
+        phases[name + "_entries"] = probe.read_entries()
+        with open(os.path.join(d, "hetccl", "cost-model.json")) as f:
+            phases[name + "_unchanged"] = f.read() == content
+        child.close()
+    # a noisy entry is probed again (keeping the lowest value of each parameter) until MAX_PROBES
+    for name, probes in (("noisy_retry", 1), ("noisy_final", probe.MAX_PROBES)):
+        d = os.path.join(root, f"{name}{rank}")
+        _plant(d, 1.0, noisy=True, probes=probes, other_load=0.9)     # alpha of one second
+        os.environ["XDG_CACHE_HOME"] = d
+        child = comm.dup()
+        phases[name] = _model(child)
+        phases[name + "_entries"] = probe.read_entries()
+        child.close()
+    blocked = os.path.join(root, f"blocked{rank}")
+    with open(blocked, "w"):
+        pass
+    os.environ["XDG_CACHE_HOME"] = blocked            # $XDG_CACHE_HOME/hetccl cannot be created
+    child = comm.dup()
+    phases["unwritable"] = _model(child)
+    child.close()
+    comm.close()
+    return phases
+
+
+def test_every_rank_uses_rank_0s_parameters(tmp_path):
+    res = run_ranks(_agreement_case, 2, str(tmp_path), timeout=120)
+    r0, r1 = res
+    # rank 1's cache said alpha=2 us; rank 0's (1 us) wins everywhere
+    assert r0["planted"]["origin"] == r1["planted"]["origin"] == CACHED
+    assert r0["planted"]["cost"] == r1["planted"]["cost"] == (1e-6, 2e-10, 3e-11)
+    assert r0["forced"][0] == r1["forced"][0] == MEASURED and r0["forced"][1] == r1["forced"][1]
+    assert r0["forced"][2] == [r0["forced"][1][0]]          # rank 0's entry replaced, not merged
+    assert r1["forced"][2] == [2e-6]                         # rank 1's cache untouched
+    for phase in ("corrupt", "foreign", "unwritable"):
+        assert r0[phase]["origin"] == r1[phase]["origin"] == MEASURED, phase
+        assert r0[phase]["cost"] == r1[phase]["cost"], phase
+    # rank 0 rewrote its corrupt file and dropped the foreign build's entry; rank 1 never wrote
+    # noisy: re-probed, alpha the new (far lower) measurement, beta/gamma no worse than planted
+    retry = r0["noisy_retry"]
+    assert retry["origin"] == MEASURED and retry["cost"] == r1["noisy_retry"]["cost"]
+    assert retry["cost"][0] < 1.0 and retry["cost"][1] <= 2e-10 and retry["cost"][2] <= 3e-11
+    (e,) = r0["noisy_retry_entries"].values()
+    assert e["probes"] == 2 and e["alpha"] == retry["cost"][0] and "other_load" in e
+    assert "probe of" in retry["detail"]
+    final = r0["noisy_final"]
+    assert final["origin"] == CACHED and final["cost"] == (1.0, 2e-10, 3e-11)
+    assert "other load 90%" in final["detail"] and r1["noisy_final"]["cost"] == final["cost"]
+    for phase in ("corrupt", "foreign"):
+        (e,) = r0[phase + "_entries"].values()
+        assert e["version"] == probe.build_id() and e["alpha"] == r0[phase]["cost"][0]
+        assert not r0[phase + "_unchanged"] and r1[phase + "_unchanged"]
+
+
+def test_cost_model_describe_names_origin():
+    m = CostModel(LinkCost(1e-6, 1e-10, 1e-11), CACHED, "probe of X", ("shm", "tcp"))
+    assert m.describe() == ("alpha=1 us, beta=10 GB/s, gamma=100 GB/s over shm+tcp; cached "
+                            "(probe of X)")
+
+
+# ------------------------------------------------------------------------------------------------
+# hetccl tune
+# ------------------------------------------------------------------------------------------------
+def test_tune_show_and_clear(tmp_path, monkeypatch, capsys):
+    from hetccl.cli import main
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    probe.store(_shape(version=probe.build_id()), _entry())
+    assert main(["tune", "--show"]) == 0
+    out = capsys.readouterr().out
+    assert f"cost-model cache: {probe.cache_path()} (1 entry; this build is {probe.build_id()})" in out
+    assert "shm local=2 cpus=2 host=h1" in out and "alpha=1 us, beta=10 GB/s, gamma=50 GB/s" in out
+    assert main(["tune", "--clear"]) == 0
+    assert "removed" in capsys.readouterr().out and not os.path.exists(probe.cache_path())
+    assert main(["tune", "-n", "1"]) == 2
+
+
+@pytest.mark.timeout(120)
+def test_tune_replaces_this_hosts_entry_with_a_measurement(tmp_path):
+    """`hetccl tune -n 2` replaces the entry (here a planted, implausible one) with a measurement."""
+    import subprocess
+    import sys
+    from hetccl.topology.host import host_id
+    from tests.launcher import REPO_ROOT
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=REPO_ROOT)
+    for var in ("HETCCL_TRANSPORTS", "HETCCL_ALGO", "HETCCL_HOST_ID"):
+        env.pop(var, None)
+    s = probe.shape(host_id(), ["shm"], 2)
+    path = str(tmp_path / "hetccl" / "cost-model.json")
+    probe.store(s, _entry(alpha=1.0), path)
+    done = subprocess.run([sys.executable, "-m", "hetccl", "tune", "-n", "2"], env=env,
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 ranks: alpha=" in done.stdout and "measured (probe of" in done.stdout
+    assert "allreduce" in done.stdout and " from 8B" in done.stdout
+    (e,) = probe.read_entries(path).values()
+    assert e["alpha"] < 1.0 and e["probes"] == 1
