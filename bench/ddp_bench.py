@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""DDP step time with the "hetccl" torch backend against gloo, and the backend's own overhead.
+
+    python bench/ddp_bench.py                     # 2 ranks, ~25M-parameter MLP, 64 MiB allreduce
+    python bench/ddp_bench.py --quick             # smoke run (fewer steps and repetitions)
+    python bench/ddp_bench.py --json out.json     # also write every figure as JSON
+
+The script spawns its ranks itself (one process per rank, each limited to one compute thread) and
+measures, in the same run and interleaved round by round so both backends see the same machine:
+
+1. **DDP step time**: the same MLP (default 1024-4096-4096-1024, 25.2M parameters, so 101 MB of
+   float32 gradients in DDP's default 25 MB buckets), the same synthetic batch and SGD, wrapped in
+   DistributedDataParallel once over the hetccl process group and once over a gloo group of the
+   same ranks. Step = zero_grad + forward + backward (gradient allreduce overlapped by DDP) +
+   optimizer step. Per step the max over ranks; reported: the median over all timed steps.
+   Target: hetccl step time <= 0.8x gloo's.
+2. **Backend overhead**: ``torch.distributed.all_reduce`` of a 64 MiB float32 tensor through the
+   hetccl backend against ``Communicator.allreduce`` on the same buffer (the communicator under
+   the process group). Method as nccl-tests: per repetition barrier, then ``--iters`` calls; time
+   per call = max over ranks; median over repetitions; busbw = 2(n-1)/n x bytes / time.
+   Target: the backend's busbw within 10% of hetccl's own. gloo's busbw is shown for context.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+DDP_TARGET = 0.8          # hetccl step time / gloo step time must be <= this
+OVERHEAD_TARGET = 0.9     # backend busbw / hetccl busbw must be >= this
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().rstrip("B")
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+# ------------------------------------------------------------------------------------------------
+# inside a rank
+# ------------------------------------------------------------------------------------------------
+def _max_over_ranks(values, group):
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t.tolist()
+
+
+def _model(width: int, hidden: int):
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, width))
+
+
+def _ddp_steps(ddp, opt, x, y, steps):
+    import torch.nn as nn
+
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        nn.functional.mse_loss(ddp(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _bench_ddp(args, rank, groups, gloo):
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(args.batch, args.width, generator=g)
+    y = torch.randn(args.batch, args.width, generator=g)
+    runs = {}
+    for name, group in groups.items():
+        torch.manual_seed(0)
+        ddp = DDP(_model(args.width, args.hidden), process_group=group)
+        opt = torch.optim.SGD(ddp.parameters(), lr=1e-4)
+        _ddp_steps(ddp, opt, x, y, args.warmup)
+        runs[name] = (ddp, opt)
+    params = sum(p.numel() for p in runs["hetccl"][0].parameters())
+    times = {name: [] for name in runs}
+    order = list(runs)
+    for rnd in range(args.rounds):
+        for name in order[rnd % 2:] + order[:rnd % 2]:        # alternate who goes first
+            ddp, opt = runs[name]
+            times[name] += _max_over_ranks(_ddp_steps(ddp, opt, x, y, args.steps), gloo)
+    return params, {name: statistics.median(t) for name, t in times.items()}
+
+
+def _timed(call, barrier, iters, reps, gloo):
+    for _ in range(2):
+        call()
+    per_rep = []
+    for _ in range(reps):
+        barrier()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            call()
+        per_rep.append((time.perf_counter() - t0) / iters)
+    return _max_over_ranks(per_rep, gloo)
+
+
+def _bench_allreduce(args, rank, size, hetccl_pg, gloo):
+    import torch
+    import torch.distributed as dist
+
+    comm = hetccl_pg.communicator
+    t = torch.ones(args.size // 4, dtype=torch.float32)
+    arr = t.numpy()
+    calls = {
+        "torch.distributed.all_reduce (hetccl backend)": (
+            lambda: dist.all_reduce(t, group=hetccl_pg), lambda: dist.barrier(group=hetccl_pg)),
+        "hetccl Communicator.allreduce": (lambda: comm.allreduce(arr), comm.barrier),
+        "torch.distributed.all_reduce (gloo)": (
+            lambda: dist.all_reduce(t, group=gloo), lambda: dist.barrier(group=gloo)),
+    }
+    reps = {name: [] for name in calls}
+    for rnd in range(args.rounds):
+        names = list(calls)
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            call, barrier = calls[name]
+            reps[name] += _timed(call, barrier, args.iters, args.reps, gloo)
+    factor = 2 * (size - 1) / size
+    return {name: {"time_us": statistics.median(r) * 1e6,
+                   "busbw_GBps": factor * args.size / statistics.median(r) / 1e9}
+            for name, r in reps.items()}
+
+
+def _rank_main(rank, size, port, args, queue):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        import torch
+        import torch.distributed as dist
+        from datetime import timedelta
+
+        import hetccl.torch  # noqa: F401  (registers "hetccl" if the entry point is not installed)
+
+        torch.set_num_threads(1)
+        dist.init_process_group("hetccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=size, timeout=timedelta(seconds=args.timeout))
+        hetccl_pg = dist.group.WORLD
+        gloo = dist.new_group(backend="gloo")
+        result = {}
+        if not args.skip_ddp:
+            params, step = _bench_ddp(args, rank, {"hetccl": hetccl_pg, "gloo": gloo}, gloo)
+            result["ddp"] = {"params": params, "step_s": step}
+        if not args.skip_allreduce:
+            result["allreduce"] = _bench_allreduce(args, rank, size, hetccl_pg, gloo)
+        dist.destroy_process_group()
+        if rank == 0:
+            queue.put(("ok", result))
+    except BaseException:
+        queue.put(("err", f"rank {rank}:\n{traceback.format_exc()}"))
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# the driver
+# ------------------------------------------------------------------------------------------------
+def _run(args):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, args.nranks, port, args, queue), daemon=True)
+             for r in range(args.nranks)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + args.timeout
+    try:
+        while True:
+            try:
+                state, value = queue.get(timeout=1.0)
+                break
+            except Exception:                       # queue.Empty
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"ddp_bench: no result within {args.timeout:g} s")
+                if all(not p.is_alive() for p in procs):
+                    raise SystemExit("ddp_bench: every rank exited without a result")
+        if state != "ok":
+            raise SystemExit(f"ddp_bench: a rank failed:\n{value}")
+        return value
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _report(args, res) -> tuple[str, dict]:
+    lines = [f"## DDP and backend overhead, {args.nranks} ranks (bench/ddp_bench.py)", ""]
+    summary = {"nranks": args.nranks, "config": vars(args).copy(), **res}
+    summary["config"].pop("json", None)
+    if "ddp" in res:
+        d = res["ddp"]
+        h, g = d["step_s"]["hetccl"], d["step_s"]["gloo"]
+        ratio = h / g
+        summary["ddp"]["ratio"] = ratio
+        summary["ddp"]["pass"] = ratio <= DDP_TARGET
+        lines += [f"DDP: MLP {args.width}-{args.hidden}-{args.hidden}-{args.width} "
+                  f"({d['params'] / 1e6:.1f}M parameters), batch {args.batch}, default buckets; "
+                  f"median of {args.rounds * args.steps} steps per backend (max over ranks).", "",
+                  "| backend | step time (ms) | steps/s |", "|---|---|---|",
+                  f"| hetccl | {h * 1e3:.1f} | {1 / h:.2f} |",
+                  f"| gloo | {g * 1e3:.1f} | {1 / g:.2f} |", "",
+                  f"hetccl / gloo step time = **{ratio:.2f}x** (target <= {DDP_TARGET}x): "
+                  f"**{_verdict(ratio <= DDP_TARGET)}**", ""]
+    if "allreduce" in res:
+        a = res["allreduce"]
+        be = a["torch.distributed.all_reduce (hetccl backend)"]["busbw_GBps"]
+        own = a["hetccl Communicator.allreduce"]["busbw_GBps"]
+        ratio = be / own
+        summary["allreduce_ratio"] = ratio
+        summary["allreduce_pass"] = ratio >= OVERHEAD_TARGET
+        lines += [f"allreduce of {args.size >> 20} MiB float32 (median of {args.rounds * args.reps} "
+                  f"repetitions of {args.iters} calls, max over ranks):", "",
+                  "| call | time (us) | busbw (GB/s) |", "|---|---|---|"]
+        lines += [f"| {name} | {v['time_us']:.0f} | {v['busbw_GBps']:.2f} |" for name, v in a.items()]
+        lines += ["", f"backend busbw / hetccl busbw = **{ratio:.2f}** (target >= "
+                      f"{OVERHEAD_TARGET}): **{_verdict(ratio >= OVERHEAD_TARGET)}**", ""]
+    return "\n".join(lines), summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--nranks", type=int, default=2)
+    ap.add_argument("--width", type=int, default=1024, help="MLP input/output width")
+    ap.add_argument("--hidden", type=int, default=4096, help="MLP hidden width")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed DDP steps per backend")
+    ap.add_argument("--steps", type=int, default=10, help="timed DDP steps per backend per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--size", type=_parse_size, default=64 << 20, help="allreduce bytes (64M)")
+    ap.add_argument("--iters", type=int, default=5, help="allreduce calls per repetition")
+    ap.add_argument("--reps", type=int, default=5, help="allreduce repetitions per round")
+    ap.add_argument("--skip-ddp", action="store_true")
+    ap.add_argument("--skip-allreduce", action="store_true")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 round, 3 steps, 2 repetitions")
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps, args.warmup, args.reps, args.iters = 1, 3, 1, 2, 3
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    text, summary = _report(args, _run(args))
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
