@@ -195,3 +195,20 @@ cdef struct EpState:
 
 
 cdef UcpApi* ucp_api() noexcept nogil
+
+
+cdef struct UcxLink:
+    # One engine link carried by a UCP stream endpoint (see ucx_link.pxd). Owned by ucx.LinkHandle.
+    UcpApi* api
+    ucp_handle worker
+    ucp_handle ep
+    EpState* state
+    int efd
+    void* tx_req              # the one stream send in flight; its bytes are reported once complete
+    const char* tx_src
+    size_t tx_len
+    char* rx_data             # the received chunk being consumed (UCX-owned until released)
+    size_t rx_len
+    size_t rx_off
+    char carry[16]            # receive-and-reduce: an element split across two chunks
+    size_t carry_len

@@ -732,3 +732,47 @@ def describe():
                 seen.append(tl)
     out["resources"] = seen
     return out
+
+
+# ---------------------------------------------------------------------------------------- engine links
+
+cdef class LinkHandle:
+    """The UcxLink state of one engine link (ucx_link.pxd) and the UCX objects it uses; the engine
+    keeps it in its resource list and closes it with the communicator."""
+    cdef UcxLink* st
+    cdef readonly Endpoint ep
+    cdef readonly Worker worker
+
+    def __cinit__(self, Worker worker, Endpoint ep):
+        self.st = <UcxLink*>malloc(sizeof(UcxLink))
+        if self.st == NULL:
+            raise MemoryError()
+        memset(self.st, 0, sizeof(UcxLink))
+        self.worker = worker
+        self.ep = ep
+        self.st.api = &_api
+        self.st.worker = worker.h
+        self.st.ep = ep.h
+        self.st.state = ep.state
+        self.st.efd = worker.efd
+
+    def state_address(self):
+        return <uintptr_t>self.st
+
+    def close(self):
+        if self.st == NULL:
+            return
+        if self.st.rx_data != NULL and self.ep.h != NULL:
+            _api.stream_data_release(self.ep.h, self.st.rx_data)
+        self.ep.close(2.0)
+        if self.st.tx_req != NULL:
+            _api.request_free(self.st.tx_req)
+        free(self.st)
+        self.st = NULL
+
+    def __dealloc__(self):
+        if self.st != NULL:
+            try:
+                self.close()
+            except BaseException:
+                pass

@@ -196,7 +196,7 @@ class RdmaTransport(Transport):
         addr = exchange_address(sock, worker.address, peer, ctx.timeout)
         ep = mod.Endpoint(worker, addr, peer, sock.fileno(), ctx.timeout)
         sock.setblocking(False)
-        ctx.engine.add_ucx_link(peer, sock.fileno(), worker, ep)
+        ctx.engine.add_ucx_link(peer, sock.fileno(), mod.LinkHandle(worker, ep))
 
 
 def describe() -> list[str]:
