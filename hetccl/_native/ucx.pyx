@@ -627,16 +627,22 @@ cdef class Endpoint:
             r.status = UCS_ERR_MESSAGE_TRUNCATED
         return r
 
+    cdef Request _start_rma(self, obj, RemoteKey rk, size_t offset, size_t nbytes, bint is_get):
+        """A put/get request over nbytes of obj, checked against both ends' bounds."""
+        cdef Request r = self._start(obj, is_get, 3 if is_get else 2)
+        if nbytes > <size_t>r.view.len or offset + nbytes > rk.nbytes:
+            r._release()
+            raise InvalidUsage(f"{'get' if is_get else 'put'} of {nbytes} bytes at offset {offset} "
+                               f"exceeds the local buffer ({r.view.len} B) or the remote region "
+                               f"({rk.nbytes} B)")
+        r.nbytes = nbytes
+        return r
+
     def put(self, obj, RemoteKey rk, size_t offset, size_t nbytes):
         """Write nbytes of obj at offset of the remote region; completes once flushed (visible)."""
         cdef ucp_request_param_t prm
-        cdef Request r = self._start(obj, False, 2)
+        cdef Request r = self._start_rma(obj, rk, offset, nbytes, False)
         cdef ucs_status_ptr_t p, f
-        if nbytes > <size_t>r.view.len or offset + nbytes > rk.nbytes:
-            r._release()
-            raise InvalidUsage(f"put of {nbytes} bytes at offset {offset} exceeds the local buffer "
-                               f"({r.view.len} B) or the remote region ({rk.nbytes} B)")
-        r.nbytes = nbytes
         memset(&prm, 0, sizeof(prm))
         with nogil:
             p = _api.put_nbx(self.h, r.view.buf, nbytes, rk.address + offset, rk.rkey, &prm)
@@ -652,13 +658,8 @@ cdef class Endpoint:
     def get(self, obj, RemoteKey rk, size_t offset, size_t nbytes):
         """Read nbytes at offset of the remote region into obj."""
         cdef ucp_request_param_t prm
-        cdef Request r = self._start(obj, True, 3)
+        cdef Request r = self._start_rma(obj, rk, offset, nbytes, True)
         cdef ucs_status_ptr_t p
-        if nbytes > <size_t>r.view.len or offset + nbytes > rk.nbytes:
-            r._release()
-            raise InvalidUsage(f"get of {nbytes} bytes at offset {offset} exceeds the local buffer "
-                               f"({r.view.len} B) or the remote region ({rk.nbytes} B)")
-        r.nbytes = nbytes
         memset(&prm, 0, sizeof(prm))
         with nogil:
             p = _api.get_nbx(self.h, r.view.buf, nbytes, rk.address + offset, rk.rkey, &prm)
