@@ -777,3 +777,39 @@ cdef class LinkHandle:
                 self.close()
             except BaseException:
                 pass
+
+
+# ---------------------------------------------------------------------------------------- ABI check
+
+def _layout():
+    """Offsets of every params field this module sets, as compiled from ucx.pxd's declarations
+    (tests/transports/test_ucx_abi.py compares them with UCX's own headers when those are around)."""
+    cdef ucp_params_t a
+    cdef ucp_worker_params_t b
+    cdef ucp_ep_params_t c
+    cdef ucp_request_param_t d
+    cdef ucp_mem_map_params_t e
+    cdef ucp_tag_recv_info_t f
+    cdef char* pa = <char*>&a
+    cdef char* pb = <char*>&b
+    cdef char* pc = <char*>&c
+    cdef char* pd = <char*>&d
+    cdef char* pe = <char*>&e
+    cdef char* pf = <char*>&f
+    return {
+        "ucp_params_t.features": <char*>&a.features - pa,
+        "ucp_params_t.mt_workers_shared": <char*>&a.mt_workers_shared - pa,
+        "ucp_params_t.name": <char*>&a.name - pa,
+        "ucp_worker_params_t.thread_mode": <char*>&b.thread_mode - pb,
+        "ucp_worker_params_t.events": <char*>&b.events - pb,
+        "ucp_ep_params_t.address": <char*>&c.address - pc,
+        "ucp_ep_params_t.err_mode": <char*>&c.err_mode - pc,
+        "ucp_ep_params_t.err_handler": <char*>&c.err_handler - pc,
+        "ucp_request_param_t.flags": <char*>&d.flags - pd,
+        "ucp_request_param_t.recv_info": <char*>&d.recv_info - pd,
+        "ucp_mem_map_params_t.address": <char*>&e.address - pe,
+        "ucp_mem_map_params_t.length": <char*>&e.length - pe,
+        "ucp_mem_map_params_t.prot": <char*>&e.prot - pe,
+        "ucp_tag_recv_info_t.length": <char*>&f.length - pf,
+        "sizeof(ucs_status_t)": sizeof(ucs_status_t),
+    }
