@@ -206,9 +206,9 @@ def main(argv=None):
                                    for _ in range(a.repeat))
             pl = statistics.median(perftest("tag_lat", n, a.lat_iters if n <= 1 << 20 else 100, 1)[1]
                                    for _ in range(a.repeat))
-            print(f"{fmt_size(n):>6} {bw:>10.0f} {pb:>14.0f} {bw / pb:>6.2f} {lat:>8.1f} {pl:>12.1f}")
+            print(f"{fmt_size(n):>6} {bw:>10.1f} {pb:>14.1f} {bw / pb:>6.2f} {lat:>8.1f} {pl:>12.1f}")
         else:
-            print(f"{fmt_size(n):>6} {bw:>10.0f} {'-':>14} {'-':>6} {lat:>8.1f} {'-':>12}")
+            print(f"{fmt_size(n):>6} {bw:>10.1f} {'-':>14} {'-':>6} {lat:>8.1f} {'-':>12}")
     return 0
 
 
