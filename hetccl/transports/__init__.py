@@ -1,7 +1,8 @@
 """Transports: one class per link class, each able to score and set up a link between two ranks.
 
 Link classes, fastest first: self · c2c · shm · rdma · tcp. The foundation ships ``shm`` (PCIe-class
-staged copies through shared-memory FIFOs) and ``tcp``; ``rdma`` runs over UCX when it loads; the per-pair choice is topology/select.py.
+staged copies through shared-memory FIFOs) and ``tcp``; ``rdma`` (UCX) is available when UCX loads.
+The per-pair choice is topology/select.py.
 """
 from .base import Transport
 from .rdma import RdmaTransport
