@@ -8,7 +8,8 @@ the receiver posts as many irecvs, then a 1-byte ack; MB/s = bytes / time) and o
 (ping-pong, half the round trip). ucx_perftest (shipped in the libucx-cu12 wheel, or on PATH) runs
 tag_bw (with -O window) and tag_lat on loopback in the same run, with endpoint error handling (-e)
 so that UCX picks the same transports for both: peer-failure handling, which hetccl always asks
-for, excludes UCX's sysv/posix shared memory and cma here, leaving tcp (UCX_PROTO_INFO=y shows it). Target (issue 4): rdma >= 0.9x ucx_perftest bandwidth at 4 MiB.
+for, excludes UCX's sysv/posix shared memory and cma here, leaving tcp (UCX_PROTO_INFO=y shows it).
+Target (issue 4): rdma >= 0.9x ucx_perftest bandwidth at 4 MiB.
 Medians over ``--repeat`` runs; the two vCPUs here move between near and far placements, so only
 figures from one run compare.
 """
