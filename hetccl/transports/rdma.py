@@ -168,9 +168,34 @@ class RdmaEndpoint(Endpoint):
                 pass
 
 
+RDMA_WIRES = ("rc", "ud", "dc", "srd", "gga")     # UCX transport names of RDMA hardware (verbs, EFA)
+
+
+def rdma_wires(resources) -> list[str]:
+    """The RDMA-hardware entries among UCX resources such as 'rc_mlx5/mlx5_0:1' or 'tcp/eth0'."""
+    return [r for r in resources if r.split("/")[0].split("_")[0] in RDMA_WIRES]
+
+
+_wires = None
+
+
+def local_rdma_wires() -> list[str]:
+    """RDMA-hardware transports of the UCX loaded here (cached; [] when UCX does not load)."""
+    global _wires
+    if _wires is None:
+        from .._native import ucx as raw
+        d = raw.describe()
+        _wires = rdma_wires(d["resources"]) if d["ok"] and not d["error"] else []
+    return _wires
+
+
 class RdmaTransport(Transport):
-    """Scores below shared memory (30) and above tcp (10): within a host shm/c2c win, across hosts
-    UCX's best wire (verbs where present) beats hetccl's own sockets."""
+    """With RDMA hardware in UCX (verbs rc/ud/dc, EFA srd) it scores 20: below shared memory (30),
+    above hetccl's own tcp (10). A UCX without such hardware only has its own tcp and shared memory,
+    which are slower than hetccl's (UCX's tcp protocols copy once more), so it scores 5: never the
+    default, but usable when forced (HETCCL_TRANSPORTS=rdma). Within a host UCX would only use
+    shared memory, so it scores 5 there without asking UCX: single-host jobs never create a UCP
+    context (and UCX's memory hooks) unless rdma is forced."""
     name = "rdma"
 
     @classmethod
@@ -178,7 +203,7 @@ class RdmaTransport(Transport):
         return ucx() is not None
 
     def score(self, a: dict, b: dict) -> int:
-        return 20
+        return 20 if a["host"] != b["host"] and local_rdma_wires() else 5
 
     @staticmethod
     def _worker(ctx: LinkContext):
@@ -210,7 +235,7 @@ def describe() -> list[str]:
         lines.append(f"  cannot create a UCP context: {d['error']}")
     else:
         lines.append("  transports/devices: " + (", ".join(d["resources"]) or "none"))
-        if not any(r.split("/")[0] in ("rc", "rc_verbs", "rc_mlx5", "ud", "ud_verbs", "ud_mlx5", "dc",
-                                        "dc_mlx5") for r in d["resources"]):
-            lines.append("  no verbs transport (rc/ud/dc): UCX runs over tcp and shared memory here")
+        if not rdma_wires(d["resources"]):
+            lines.append("  no RDMA hardware (rc/ud/dc/srd): rdma is used only when forced "
+                         "(HETCCL_TRANSPORTS=rdma); it runs over UCX's tcp and shared memory")
     return lines

@@ -172,3 +172,18 @@ def test_garbage_address_is_refused():
     msg, took = res[0]
     assert "malformed UCX address" in msg, msg
     assert took < 10, took
+
+
+def test_score_follows_rdma_hardware(monkeypatch):
+    """rdma outranks tcp only when UCX has RDMA hardware; without it, only when forced."""
+    from hetccl.topology.select import transport_matrix
+    from hetccl.transports import ALL
+    from hetccl.transports import rdma
+    cards = [{"host": "a"}, {"host": "b"}, {"host": "a"}]
+    assert rdma.rdma_wires(["tcp/eth0", "rc_mlx5/mlx5_0:1", "ud_verbs/mlx5_0:1", "sysv/memory"]) == \
+        ["rc_mlx5/mlx5_0:1", "ud_verbs/mlx5_0:1"]
+    monkeypatch.setattr(rdma, "_wires", ["rc_mlx5/mlx5_0:1"])
+    assert transport_matrix(cards, ALL, None)[0] == ["self", "rdma", "shm"]
+    monkeypatch.setattr(rdma, "_wires", [])
+    assert transport_matrix(cards, ALL, None)[0] == ["self", "tcp", "shm"]
+    assert transport_matrix(cards, ALL, "rdma")[0] == ["self", "rdma", "rdma"]
