@@ -45,6 +45,9 @@ def doctor_main(argv) -> int:
     print("transports:")
     for t in ALL:
         print(f"  {t.name:<5} {'available' if t.available() else 'unavailable'}")
+    from .transports.rdma import describe as ucx_describe
+    for line in ucx_describe():
+        print(line)
     print("interfaces (IPv4): " + ", ".join(f"{n}={a}" for n, a in interfaces()))
     n, a = choose_address()
     print(f"tcp listens on: {n} ({a})  [HETCCL_SOCKET_IFNAME={os.environ.get('HETCCL_SOCKET_IFNAME', '')}]")

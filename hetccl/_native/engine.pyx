@@ -24,6 +24,8 @@ from libc.string cimport memcpy, memcmp, memset
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_store32_sc, hc_load32_sc
 from hetccl._native.codes cimport *
 from hetccl._native.link cimport *
+from hetccl._native.ucx cimport UcxLink
+from hetccl._native.ucx_link cimport sock_write, sock_read, sock_read_reduce, ucx_prepare_sleep
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 from hetccl._native.buffers cimport get_buffer, check_overlap
 
@@ -251,9 +253,18 @@ cdef class Engine:
         L.rx_head_c = L.rx_ctl.head
         self.segments.append(seg)
 
+    def add_ucx_link(self, int peer, int fd, handle):
+        """Data to/from peer over a UCP stream (handle: ucx.LinkHandle, kept and closed with the
+        links); fd (the pair's socket) only reports the peer's death."""
+        cdef Link* L = &self.links[peer]
+        L.kind = LK_UCX
+        L.fd = fd
+        L.ucx = <void*><uintptr_t>handle.state_address()
+        self.segments.append(handle)
+
     def link_kind(self, int peer):
         k = self.links[peer].kind
-        return {LK_SHM: "shm", LK_TCP: "tcp"}.get(k, "self" if peer == self.rank else "none")
+        return {LK_SHM: "shm", LK_TCP: "tcp", LK_UCX: "rdma"}.get(k, "self" if peer == self.rank else "none")
 
     def close(self):
         """Forget every link (the caller closes sockets); unmap shared memory."""
@@ -328,7 +339,7 @@ cdef class Engine:
             if L.kind == LK_SHM:
                 w = ring_write(L, <char*>s.hdr + s.hdr_done, HDR_BYTES - s.hdr_done)
             else:
-                w = tcp_write(L, <char*>s.hdr + s.hdr_done, HDR_BYTES - s.hdr_done)
+                w = sock_write(L, <char*>s.hdr + s.hdr_done, HDR_BYTES - s.hdr_done)
                 if w < 0:
                     return w
             s.hdr_done += <int>w
@@ -363,7 +374,7 @@ cdef class Engine:
             if L.kind == LK_SHM:
                 w = ring_write(L, g.buf + s.off, n)
             else:
-                w = tcp_write(L, g.buf + s.off, n)
+                w = sock_write(L, g.buf + s.off, n)
                 if w < 0:
                     return w
             if w == 0:
@@ -403,7 +414,7 @@ cdef class Engine:
             if L.kind == LK_SHM:
                 r = ring_read(L, <char*>s.hdr + s.hdr_done, HDR_BYTES - s.hdr_done, 0)
             else:
-                r = tcp_read(L, <char*>s.hdr + s.hdr_done, HDR_BYTES - s.hdr_done)
+                r = sock_read(L, <char*>s.hdr + s.hdr_done, HDR_BYTES - s.hdr_done)
                 if r < 0:
                     return r
             s.hdr_done += <int>r
@@ -434,13 +445,13 @@ cdef class Engine:
                 if L.kind == LK_SHM:
                     r = ring_read(L, g.buf + s.off, n, s.streaming)
                 else:
-                    r = tcp_read(L, g.buf + s.off, n)
+                    r = sock_read(L, g.buf + s.off, n)
             else:
                 if L.kind == LK_SHM:
                     r = ring_read_reduce(L, g.buf + s.off, g.loc + s.off, n, s.fn, s.esize, s.swap,
                                          s.streaming)
                 else:
-                    r = tcp_read_reduce(L, g.buf + s.off, g.loc + s.off, n, s.fn, s.esize, s.swap,
+                    r = sock_read_reduce(L, g.buf + s.off, g.loc + s.off, n, s.fn, s.esize, s.swap,
                                         s.streaming)
                 if r > 0 and g.divide:
                     divide_by(g.buf + s.off, <size_t>r // s.esize, s.dtype, g.divide)
@@ -568,9 +579,12 @@ cdef class Engine:
                     if hc_load_acq(&L.rx_ctl.head) != L.rx_tail:
                         ready = True
                 fds[nf].events = POLLIN
+            elif L.kind == LK_UCX:
+                ready = ucx_prepare_sleep(L, i & 1) or ready
+                fds[nf].events = POLLIN
             else:
                 fds[nf].events = POLLOUT if (i & 1) == 0 else POLLIN
-            fds[nf].fd = L.fd
+            fds[nf].fd = (<UcxLink*>L.ucx).efd if L.kind == LK_UCX else L.fd
             fds[nf].revents = 0
             nf += 1
         if not ready and nf > 0:

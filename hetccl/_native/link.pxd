@@ -40,6 +40,7 @@ cdef enum LinkKind:
     LK_NONE = 0
     LK_SHM = 2
     LK_TCP = 3
+    LK_UCX = 6                # a UCP stream endpoint (ucx_link.pxd)
 
 cdef struct RingCtl:          # one direction's control block, every field on its own cache line
     uint64_t head
@@ -74,6 +75,7 @@ cdef struct Link:
     char* stage
     size_t stage_cap
     size_t stage_len
+    void* ucx                 # LK_UCX: its UcxLink state (ucx.pxd)
 
 
 cdef inline void doorbell(Link* L) noexcept nogil:

@@ -1,0 +1,217 @@
+"""Point-to-point bandwidth and latency over ``rdma`` (hetccl's UCX endpoint) beside ``ucx_perftest``.
+
+    python bench/transports_rdma.py                  # sizes 8 B .. 16 MiB, both tools, one run
+    python bench/transports_rdma.py --sizes 4M --iters 200 --repeat 5
+
+Two processes on this host. hetccl's side is OSU-style: osu_bw (a window of ``--window`` isends,
+the receiver posts as many irecvs, then a 1-byte ack; MB/s = bytes / time) and osu_latency
+(ping-pong, half the round trip). ucx_perftest (shipped in the libucx-cu12 wheel, or on PATH) runs
+tag_bw (with -O window) and tag_lat on loopback in the same run, with endpoint error handling (-e)
+so that UCX picks the same transports for both: peer-failure handling, which hetccl always asks
+for, excludes UCX's sysv/posix shared memory and cma here, leaving tcp (UCX_PROTO_INFO=y shows it).
+Target (issue 4): rdma >= 0.9x ucx_perftest bandwidth at 4 MiB.
+Medians over ``--repeat`` runs; the two vCPUs here move between near and far placements, so only
+figures from one run compare.
+"""
+import argparse
+import multiprocessing as mp
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def parse_size(text):
+    m = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (use e.g. 8, 64K, 4M)")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
+
+
+def fmt_size(n):
+    for unit, shift in (("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+# --------------------------------------------------------------------------------- hetccl side
+
+def _pair(rank, port):
+    if rank == 0:
+        srv = socket.create_server(("127.0.0.1", port))
+        s, _ = srv.accept()
+        srv.close()
+    else:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def _rank(rank, port, sizes, iters, window, lat_iters, q):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import numpy as np
+    from hetccl.transports.rdma import RdmaEndpoint
+    ep = RdmaEndpoint(_pair(rank, port), 1 - rank, timeout=120)
+    ack = np.zeros(1, np.uint8)
+    out = {}
+    try:
+        for n in sizes:
+            buf = np.ones(n, np.uint8)
+            bufs = [np.empty(n, np.uint8) for _ in range(window)] if rank == 1 else None
+            for phase in ("warm", "run"):
+                k = max(2, iters // 10) if phase == "warm" else iters
+                ep.isend(ack, 9).wait() if rank == 0 else ep.irecv(ack, 9).wait()   # start together
+                t = time.perf_counter()
+                for _ in range(k):
+                    if rank == 0:
+                        reqs = [ep.isend(buf, 1) for _ in range(window)]
+                        for r in reqs:
+                            r.wait()
+                        ep.irecv(ack, 2).wait()
+                    else:
+                        reqs = [ep.irecv(bufs[w], 1) for w in range(window)]
+                        for r in reqs:
+                            r.wait()
+                        ep.isend(ack, 2).wait()
+                dt = time.perf_counter() - t
+            bw = n * window * iters / dt / 1e6
+            pong = np.empty(n, np.uint8)
+            k = lat_iters if n <= (1 << 20) else max(10, lat_iters // 20)
+            for phase in ("warm", "run"):
+                m = max(2, k // 10) if phase == "warm" else k
+                t = time.perf_counter()
+                for _ in range(m):
+                    if rank == 0:
+                        ep.isend(buf, 3).wait()
+                        ep.irecv(pong, 4).wait()
+                    else:
+                        ep.irecv(pong, 3).wait()
+                        ep.isend(buf, 4).wait()
+                dt = time.perf_counter() - t
+            out[n] = (bw, dt / k / 2 * 1e6)
+    finally:
+        ep.close()
+    if rank == 0:
+        q.put(out)
+
+
+def hetccl_run(sizes, iters, window, lat_iters):
+    ctx = mp.get_context("spawn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, port, sizes, iters, window, lat_iters, q)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        res = q.get(timeout=600)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    return res
+
+
+# --------------------------------------------------------------------------------- ucx_perftest
+
+def perftest_binary():
+    try:
+        import libucx
+        d = os.path.dirname(libucx.__file__)
+        exe = os.path.join(d, "bin", "ucx_perftest")
+        if os.path.exists(exe):
+            return exe, os.path.join(d, "lib")
+    except ImportError:
+        pass
+    exe = shutil.which("ucx_perftest")
+    return (exe, None) if exe else (None, None)
+
+
+def perftest(test, n, iters, window, extra=("-e",)):
+    """One ucx_perftest client/server pair on loopback; (MB/s, usec) of its Final line."""
+    exe, libdir = perftest_binary()
+    env = dict(os.environ)
+    if libdir:
+        env["LD_LIBRARY_PATH"] = libdir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    args = ["-t", test, "-s", str(n), "-n", str(iters), "-w", str(max(2, iters // 10)), "-f", *extra]
+    if test.endswith("_bw"):
+        args += ["-O", str(window)]
+    srv = subprocess.Popen([exe, "-p", port, *args], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(100):
+            time.sleep(0.05)
+            cli = subprocess.run([exe, "127.0.0.1", "-p", port, *args], env=env, capture_output=True,
+                                 text=True, timeout=300)
+            if cli.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"ucx_perftest failed: {cli.stderr[-500:]}")
+    finally:
+        try:
+            srv.wait(10)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+    # Final: iters  lat50  lat_avg  lat_overall  bw_avg  bw_overall  rate_avg  rate_overall
+    line = [ln for ln in cli.stdout.splitlines() if ln.strip()][-1].replace("Final:", "").split()
+    return float(line[5]), float(line[2])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="8,4K,64K,1M,4M,16M")
+    ap.add_argument("--iters", type=int, default=50, help="bandwidth iterations (x window messages)")
+    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--lat-iters", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure; medians are printed")
+    a = ap.parse_args(argv)
+    sizes = [parse_size(x) for x in a.sizes.split(",")]
+    from hetccl._native import ucx
+    if not ucx.load():
+        print(f"rdma unavailable: {ucx.load_error()}")
+        return 1
+    exe, _ = perftest_binary()
+    print(f"# UCX {ucx.version()} from {ucx.library_path()}; ucx_perftest: {exe or 'not found'}")
+    print(f"# 2 processes on one host, window {a.window}, medians of {a.repeat} runs; "
+          f"UCX_TLS={os.environ.get('UCX_TLS', '(UCX default)')}")
+    runs = [hetccl_run(sizes, a.iters, a.window, a.lat_iters) for _ in range(a.repeat)]
+    print(f"{'size':>6} {'rdma MB/s':>10} {'perftest MB/s':>14} {'ratio':>6} {'rdma us':>8} {'perftest us':>12}")
+    for n in sizes:
+        bw = statistics.median(r[n][0] for r in runs)
+        lat = statistics.median(r[n][1] for r in runs)
+        if exe:
+            pb = statistics.median(perftest("tag_bw", n, a.iters * a.window, a.window)[0]
+                                   for _ in range(a.repeat))
+            pl = statistics.median(perftest("tag_lat", n, a.lat_iters if n <= 1 << 20 else 100, 1)[1]
+                                   for _ in range(a.repeat))
+            print(f"{fmt_size(n):>6} {bw:>10.1f} {pb:>14.1f} {bw / pb:>6.2f} {lat:>8.1f} {pl:>12.1f}")
+        else:
+            print(f"{fmt_size(n):>6} {bw:>10.1f} {'-':>14} {'-':>6} {lat:>8.1f} {'-':>12}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""``rdma``: RDMA-class links over UCX's UCP API (tagged messages, registered memory, put/get).
+
+Each pair exchanges UCP worker addresses over its authenticated TCP socket (transports/mesh.py), so a
+peer that cannot prove the job secret never learns where to connect. That socket then stays open as
+the liveness channel: every wait polls it beside the worker's event fd, so a dead peer fails requests
+at once even on UCX transports that only notice through keepalive.
+
+Which wires UCX uses is UCX's choice (``UCX_TLS`` and friends are honoured): on InfiniBand/RoCE hosts
+a system UCX (``HETCCL_UCX_LIB``) carries verbs (rc, ud, dc); the PyPI libucx-cu12 wheel has no verbs
+and runs over UCX's own tcp, sysv/posix shared memory and cma. The code path is the same.
+
+One-sided note: where the wires have no hardware RMA (tcp, and shared memory for some sizes), UCX
+emulates put/get with active messages, which the *target* worker must progress: a put completes once
+the peer is inside any wait (or ``progress()``) on its endpoint. With verbs it is truly one-sided.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from ..errors import InvalidUsage, TransportError
+from .base import LinkContext, Transport
+from .endpoint import Endpoint, Region, RemoteRegion
+
+_ADDR = struct.Struct("<4sI")
+_MAGIC = b"UCX1"
+MAX_ADDRESS = 1 << 16            # worker addresses are a few hundred bytes; refuse anything absurd
+_REGION = struct.Struct("<QQI")  # address, nbytes, rkey length; then the packed rkey
+MAX_TAG = (1 << 63) - 1
+
+
+def ucx():
+    """The binding module, or None when UCX cannot be loaded (reason: ucx.load_error())."""
+    from .._native import ucx as mod
+    return mod if mod.load() else None
+
+
+def _recv_exact(sock, n, deadline, peer):
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TransportError(f"rank {peer} did not send its UCX worker address in time")
+        sock.settimeout(left)
+        part = sock.recv(n - len(buf))
+        if not part:
+            raise TransportError(f"rank {peer} closed the connection while exchanging UCX addresses")
+        buf += part
+    return bytes(buf)
+
+
+def exchange_address(sock, mine: bytes, peer: int, timeout: float) -> bytes:
+    """Send our worker address and receive the peer's over the pair's authenticated socket."""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(timeout)
+    sock.sendall(_ADDR.pack(_MAGIC, len(mine)) + mine)
+    magic, n = _ADDR.unpack(_recv_exact(sock, _ADDR.size, deadline, peer))
+    if magic != _MAGIC or n > MAX_ADDRESS:
+        raise TransportError(f"rank {peer} sent a malformed UCX address (is it running the same hetccl?)")
+    return _recv_exact(sock, n, deadline, peer)
+
+
+class RdmaRegion(Region):
+    """Local memory mapped with ucp_mem_map; ``pack()`` = address, length and the packed rkey."""
+
+    def __init__(self, mem):
+        self._mem = mem
+        self.nbytes = mem.nbytes
+
+    def pack(self) -> bytes:
+        rkey = self._mem.rkey
+        return _REGION.pack(self._mem.address, self._mem.nbytes, len(rkey)) + rkey
+
+    def close(self) -> None:
+        self._mem.close()
+
+
+class RdmaRemoteRegion(RemoteRegion):
+    def __init__(self, key):
+        self.key = key
+        self.nbytes = key.nbytes
+
+    def close(self) -> None:
+        self.key.close()
+
+
+class RdmaEndpoint(Endpoint):
+    """This rank's UCP endpoint to one peer: its own worker (so tags match per pair), an endpoint
+    with peer-failure handling, and the pair's socket as liveness channel (owned: closed on close)."""
+    transport = "rdma"
+    one_sided = True
+
+    def __init__(self, sock, peer: int, timeout: float = 600.0):
+        mod = ucx()
+        if mod is None:
+            from .._native import ucx as raw
+            raise TransportError(raw.load_error())
+        self.peer = peer
+        self._sock = sock
+        self._worker = mod.Worker(mod.context(), True)
+        try:
+            addr = exchange_address(sock, self._worker.address, peer, timeout)
+            sock.setblocking(False)
+            self._ep = mod.Endpoint(self._worker, addr, peer, sock.fileno(), timeout)
+        except BaseException:
+            self._worker.close()
+            raise
+        self._mod = mod
+        self._regions = []
+
+    @staticmethod
+    def _tag(tag: int) -> int:
+        if not 0 <= tag <= MAX_TAG:
+            raise InvalidUsage(f"rdma tags must be integers in [0, 2**63); got {tag}")
+        return tag
+
+    def _open(self):
+        if self._ep is None:
+            raise InvalidUsage("this rdma endpoint is closed")
+        return self._ep
+
+    def isend(self, buf, tag: int = 0):
+        return self._open().tag_send(buf, self._tag(tag))
+
+    def irecv(self, buf, tag: int = 0):
+        return self._open().tag_recv(buf, self._tag(tag))
+
+    def progress(self) -> None:
+        if self._ep is not None:
+            self._ep.progress()
+
+    def register(self, buf) -> RdmaRegion:
+        self._open()
+        region = RdmaRegion(self._mod.MemRegion(self._mod.context(), buf))
+        self._regions.append(region)
+        return region
+
+    def remote_region(self, blob: bytes) -> RdmaRemoteRegion:
+        blob = bytes(blob)
+        if len(blob) < _REGION.size:
+            raise InvalidUsage("not an rdma region description (too short)")
+        addr, nbytes, klen = _REGION.unpack_from(blob)
+        if len(blob) != _REGION.size + klen:
+            raise InvalidUsage("not an rdma region description (length mismatch)")
+        return RdmaRemoteRegion(self._mod.RemoteKey(self._open(), blob[_REGION.size:], addr, nbytes))
+
+    def put(self, local, remote: RdmaRemoteRegion, offset: int, nbytes: int):
+        return self._open().put(local, remote.key, offset, nbytes)
+
+    def get(self, local, remote: RdmaRemoteRegion, offset: int, nbytes: int):
+        return self._open().get(local, remote.key, offset, nbytes)
+
+    def close(self) -> None:
+        ep, self._ep = getattr(self, "_ep", None), None
+        if ep is None:
+            return
+        try:
+            ep.close()
+        finally:
+            for r in self._regions:
+                r.close()
+            self._regions = []
+            self._worker.close()
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+
+
+RDMA_WIRES = ("rc", "ud", "dc", "srd", "gga")     # UCX transport names of RDMA hardware (verbs, EFA)
+
+
+def rdma_wires(resources) -> list[str]:
+    """The RDMA-hardware entries among UCX resources such as 'rc_mlx5/mlx5_0:1' or 'tcp/eth0'."""
+    return [r for r in resources if r.split("/")[0].split("_")[0] in RDMA_WIRES]
+
+
+_wires = None
+
+
+def local_rdma_wires() -> list[str]:
+    """RDMA-hardware transports of the UCX loaded here (cached; [] when UCX does not load)."""
+    global _wires
+    if _wires is None:
+        from .._native import ucx as raw
+        d = raw.describe()
+        _wires = rdma_wires(d["resources"]) if d["ok"] and not d["error"] else []
+    return _wires
+
+
+class RdmaTransport(Transport):
+    """With RDMA hardware in UCX (verbs rc/ud/dc, EFA srd) it scores 20: below shared memory (30),
+    above hetccl's own tcp (10). A UCX without such hardware only has its own tcp and shared memory,
+    which are slower than hetccl's (UCX's tcp protocols copy once more), so it scores 5: never the
+    default, but usable when forced (HETCCL_TRANSPORTS=rdma). Within a host UCX would only use
+    shared memory, so it scores 5 there without asking UCX: single-host jobs never create a UCP
+    context (and UCX's memory hooks) unless rdma is forced."""
+    name = "rdma"
+
+    @classmethod
+    def available(cls) -> bool:
+        return ucx() is not None
+
+    def score(self, a: dict, b: dict) -> int:
+        return 20 if a["host"] != b["host"] and local_rdma_wires() else 5
+
+    @staticmethod
+    def _worker(ctx: LinkContext):
+        """One SERIALIZED worker per communicator (its engine runs on one thread at a time), kept on
+        the set-up context while pairs attach and by the engine afterwards."""
+        w = getattr(ctx, "_ucx_worker", None)
+        if w is None:
+            mod = ucx()
+            w = ctx._ucx_worker = mod.Worker(mod.context(), False)
+        return w
+
+    def attach(self, ctx: LinkContext, peer: int, sock, low: bool) -> None:
+        mod = ucx()
+        worker = self._worker(ctx)
+        addr = exchange_address(sock, worker.address, peer, ctx.timeout)
+        ep = mod.Endpoint(worker, addr, peer, sock.fileno(), ctx.timeout)
+        sock.setblocking(False)
+        ctx.engine.add_ucx_link(peer, sock.fileno(), mod.LinkHandle(worker, ep))
+
+
+def describe() -> list[str]:
+    """Lines for `hetccl doctor`: which UCX was found and the transports/devices it offers."""
+    from .._native import ucx as raw
+    d = raw.describe()
+    if not d["ok"]:
+        return [f"ucx: not loaded: {d['error']}"]
+    lines = [f"ucx: {d['version']} from {d['path']}"]
+    if d["error"]:
+        lines.append(f"  cannot create a UCP context: {d['error']}")
+    else:
+        lines.append("  transports/devices: " + (", ".join(d["resources"]) or "none"))
+        if not rdma_wires(d["resources"]):
+            lines.append("  no RDMA hardware (rc/ud/dc/srd): rdma is used only when forced "
+                         "(HETCCL_TRANSPORTS=rdma); it runs over UCX's tcp and shared memory")
+    return lines
