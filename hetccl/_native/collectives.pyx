@@ -13,7 +13,7 @@ from libc.string cimport memset
 
 from hetccl._native.atomics cimport hc_now
 from hetccl._native.buffers cimport check_overlap, get_buffer
-from hetccl._native.binomial cimport lowbit_mask
+from hetccl._native.binomial cimport lowbit_mask, subtree_segs
 from hetccl._native.bruck cimport allgather_bruck, alltoall_bruck
 from hetccl._native.codes cimport *
 from hetccl._native.halving cimport allreduce_rabenseifner, reduce_rs_gather, rs_halving
@@ -127,20 +127,12 @@ cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, in
     even_blocks(count, N, es, boff, blen)
     mask = lowbit_mask(vr, N)
     if vr:                                   # receive my subtree's blocks (relative vr .. vr+mask)
-        n = 0
-        for i in range(vr, min(vr + mask, N)):
-            b = (i + root) % N
-            seg(&gs[n], buf + boff[b], NULL, blen[b], -1)
-            n += 1
+        n = subtree_segs(gs, buf, boff, blen, vr, min(vr + mask, N), root, N)
         rc = e.xfer(-1, NULL, 0, (vr - mask + root) % N, gs, n, COLL_BROADCAST, dtype, 0, 1, count, False, dl)
     m = mask >> 1
     while rc >= 0 and m > 0:
         if vr + m < N:
-            n = 0
-            for i in range(vr + m, min(vr + 2 * m, N)):
-                b = (i + root) % N
-                seg(&gs[n], buf + boff[b], NULL, blen[b], -1)
-                n += 1
+            n = subtree_segs(gs, buf, boff, blen, vr + m, min(vr + 2 * m, N), root, N)
             rc = e.xfer((vr + m + root) % N, gs, n, -1, NULL, 0, COLL_BROADCAST, dtype, 0, 1, count, False, dl)
         m >>= 1
     if rc >= 0:

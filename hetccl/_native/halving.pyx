@@ -14,7 +14,7 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
 
 from hetccl._native.codes cimport *
-from hetccl._native.binomial cimport lowbit_mask
+from hetccl._native.binomial cimport lowbit_mask, subtree_segs
 from hetccl._native.engine cimport Engine, Seg, even_blocks, seg
 from hetccl._native.link cimport E_OS
 from hetccl._native.reduce cimport copy_bytes, divide_by
@@ -182,7 +182,7 @@ cdef int reduce_rs_gather(Engine e, char* sbuf, char* rbuf, size_t count, int ro
     Every rank accumulates in a buffer of the whole size (the root's output, else the engine's
     scratch), where block b sits at its natural offset throughout; the gather moves blocks of a
     subtree (relative ranks vr .. vr+mask, wrapping past N-1) as one message of per-block segments."""
-    cdef int N = e.size, r = e.rank, vr = (r - root + N) % N, mask, m, i, n, rc, b
+    cdef int N = e.size, r = e.rank, vr = (r - root + N) % N, mask, m, n, rc
     cdef size_t es = dtype_size(dtype), total = count * es
     cdef size_t* boff
     cdef size_t* blen
@@ -209,20 +209,12 @@ cdef int reduce_rs_gather(Engine e, char* sbuf, char* rbuf, size_t count, int ro
     m = 1
     while rc >= 0 and m < mask:               # children's subtrees: relative ranks vr+m .. vr+2m
         if vr + m < N:
-            n = 0
-            for i in range(vr + m, min(vr + 2 * m, N)):
-                b = (i + root) % N
-                seg(&gs[n], acc + boff[b], NULL, blen[b], -1)
-                n += 1
+            n = subtree_segs(gs, acc, boff, blen, vr + m, min(vr + 2 * m, N), root, N)
             rc = e.xfer(-1, NULL, 0, (vr + m + root) % N, gs, n, COLL_REDUCE, dtype, op, 192, count,
                         False, dl)
         m <<= 1
     if rc >= 0 and vr:
-        n = 0
-        for i in range(vr, min(vr + mask, N)):
-            b = (i + root) % N
-            seg(&gs[n], acc + boff[b], NULL, blen[b], -1)
-            n += 1
+        n = subtree_segs(gs, acc, boff, blen, vr, min(vr + mask, N), root, N)
         rc = e.xfer((vr - mask + root) % N, gs, n, -1, NULL, 0, COLL_REDUCE, dtype, op, 192, count,
                     False, dl)
     free(boff)

@@ -112,7 +112,7 @@ cdef int allreduce_dbtree(Engine e, char* sbuf, char* rbuf, size_t count, int dt
             for c in range(2):
                 if kids[2 * t + c] < 0:
                     continue
-                seg(&g, acc, acc if have else mine, ln, -1)
+                seg(&g, acc, <const char*>acc if have else mine, ln, -1)
                 if par[t] < 0 and op == OP_AVG and (c == 1 or kids[2 * t + 1] < 0):
                     g.divide = N
                 rc = e.xfer(-1, NULL, 0, kids[2 * t + c], &g, 1, COLL_ALLREDUCE, dtype, op, 160 + t,

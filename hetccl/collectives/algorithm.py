@@ -15,6 +15,12 @@ from typing import Callable
 
 SLICE = 1 << 20     # pipelining unit of chains and rings (engine: a quarter of a 4 MiB FIFO)
 
+# An exchange step (send a piece while receiving another, each landing in memory) is not pipelined
+# and stages through the FIFO twice, unlike a fused ring relay (one pass receive-reduce-forward):
+# its bytes cost 1.5x beta (measured at 4 ranks: ring allgather 1.2x faster than recursive doubling
+# at 8 MiB, 1.6x at 64 MiB; ring allreduce 1.3x faster than Rabenseifner at 16 MiB).
+EXCHANGE = 1.5
+
 
 def _always(n, p):
     return True

@@ -2,7 +2,7 @@
 
 ``n`` is the bytes of the whole input.
 """
-from .algorithm import ALGO_RECURSIVE_HALVING, ALGO_RING, Algorithm, log2_ceil, pof2_below
+from .algorithm import ALGO_RECURSIVE_HALVING, ALGO_RING, EXCHANGE, Algorithm, log2_ceil, pof2_below
 
 
 def ring(n, p, c):
@@ -16,7 +16,7 @@ def recursive_halving(n, p, c):
         return 0.0
     q = pof2_below(p)
     f = (q - 1) / q
-    t = log2_ceil(q) * c.alpha + f * n * (c.beta + c.gamma)
+    t = log2_ceil(q) * c.alpha + f * n * (EXCHANGE * c.beta + c.gamma)
     if q != p:
         t += 2 * c.alpha + n * (c.beta + c.gamma) + n / p * c.beta
     return t
