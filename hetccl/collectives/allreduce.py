@@ -63,4 +63,4 @@ ALGORITHMS = [
     Algorithm("double_binary_tree", "allreduce", ALGO_DBTREE, double_binary_tree),
 ]
 
-ALIASES = {"rd": "recursive_doubling", "dbtree": "double_binary_tree", "tree": "double_binary_tree"}
+ALIASES = {"rd": "recursive_doubling", "dbtree": "double_binary_tree"}

@@ -2,7 +2,7 @@
 
 ``n`` is the bytes each rank sends in all.
 """
-from .algorithm import ALGO_BRUCK, ALGO_PAIRWISE, Algorithm, log2_ceil
+from .algorithm import ALGO_BRUCK, ALGO_PAIRWISE, EXCHANGE, Algorithm, log2_ceil
 
 
 def pairwise(n, p, c):
@@ -10,12 +10,12 @@ def pairwise(n, p, c):
 
 
 def bruck(n, p, c):
-    """ceil(log2 p) exchanges of about half the blocks each, every block hopping up to log2 p
-    times through scratch (a copy in and out per hop)."""
+    """ceil(log2 p) exchanges of about half the blocks each (a block hops once per set bit of its
+    distance, through scratch): k n / 2 bytes sent per rank, against (p-1)/p n for pairwise."""
     if p == 1:
         return 0.0
     k = log2_ceil(p)
-    return k * c.alpha + k * n / 2 * 2 * c.beta
+    return k * c.alpha + EXCHANGE * k * n / 2 * c.beta
 
 
 ALGORITHMS = [
