@@ -320,13 +320,13 @@ def _mismatch_rank(rank, size, mine, others, limit):
 
 
 MISMATCHES = [
-    (3, ("allreduce", "rabenseifner"), ("broadcast", "binomial")),
     (4, ("allreduce", "double_binary_tree"), ("allgather", "bruck")),
     (5, ("broadcast", "chain"), ("allreduce", "double_binary_tree")),
     (3, ("allreduce", "rabenseifner"), ("allgather", "bruck")),
     (4, ("reduce_scatter", "recursive_halving"), ("alltoall", "bruck")),
     (3, ("reduce", "reduce_scatter_gather"), ("allreduce", "double_binary_tree")),
     (3, ("allreduce", "rabenseifner"), ("allreduce", "double_binary_tree")),   # same call, other schedule
+    (4, ("alltoall", "bruck"), ("alltoall", "pairwise")),
 ]
 
 

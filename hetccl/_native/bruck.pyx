@@ -87,7 +87,7 @@ cdef int alltoall_bruck(Engine e, const char* sbuf, char* rbuf, size_t nb, int d
             cur[i] = nxt
             n += 1
         rc = e.xfer((r + d) % N, gs, n, (r - d + N) % N, gr, n, COLL_ALLTOALL, dtype, 0, 128 + k,
-                    nb // dtype_size(dtype), False, dl)
+                    0, False, dl)        # count 0 like pairwise: a mix of the two reads "algorithm"
         d <<= 1
         k += 1
     free(cur)
