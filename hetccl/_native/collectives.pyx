@@ -1,10 +1,14 @@
 # cython: language_level=3
-"""Schedules of the collectives beyond allreduce/allgather, on the engine's stream primitives.
+"""The Python entry points of every collective the engine does not run itself, and the schedules
+that have no family module of their own (broadcast, ring reduce_scatter, binomial reduce, linear
+gather/scatter, pairwise alltoall, dissemination barrier).
 
 Each public function validates and pins the user's buffers, then runs a whole schedule without the
 GIL through ``Engine.xfer`` (one send stream and one receive stream at a time, relays fused FIFO to
-FIFO between shared-memory neighbours). Relative ranks (``vr = (rank - root) mod size``) make every
-rooted tree the same as the one rooted at 0.
+FIFO between shared-memory neighbours), dispatching on the algorithm code to the family modules:
+halving.pyx (Rabenseifner, recursive-halving reduce_scatter, reduce_scatter + gather), trees.pyx
+(double binary tree), bruck.pyx (Bruck allgather and alltoall). Relative ranks
+(``vr = (rank - root) mod size``) make every rooted tree the same as the one rooted at 0.
 """
 from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint64_t

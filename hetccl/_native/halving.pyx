@@ -102,9 +102,9 @@ cdef int rs_halving(Engine e, const char* sbuf, char* acc, char* out, size_t* bo
             nrs = 2
         else:
             seg(&gr[0], out, cur + boff[r], blen[r], -1)
-        if mask == 1:
+        if mask == 1:                         # the final sums land: AVG divides them here
             gr[0].divide = div
-            gr[1].divide = div
+            gr[nrs - 1].divide = div
         rc = e.xfer(peer, &gs, 1, peer, gr, nrs, coll, dtype, op, phase0 + 2 + k, count, False, dl)
         if rc < 0:
             return rc
