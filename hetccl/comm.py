@@ -19,6 +19,7 @@ import numpy as np
 from . import config, dtypes
 from .collectives import hierarchical
 from .collectives import probe
+from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
@@ -31,6 +32,7 @@ log = logging.getLogger("hetccl")
 _ndarray = np.ndarray
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
+_ENGINE_ALLREDUCE = (ALGO_RING, ALGO_RD)     # the others run in collectives.pyx
 
 
 def _dtype_code(buf) -> int:
@@ -224,6 +226,9 @@ class Communicator:
         t = self._timeout if timeout is None else config.timeout(timeout)
         if algo < 0:
             return self._run("allreduce", self._plan.allreduce, (buf, out, code, op, t, algo), out, async_op)
+        if algo not in _ENGINE_ALLREDUCE:      # Rabenseifner, double binary tree
+            return self._run("allreduce", _coll.allreduce, (self._engine, buf, out, code, op, algo, t),
+                             out, async_op)
         if async_op or self._pending:
             return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
         try:                                   # the latency-critical path: no queue, no tuple
@@ -247,6 +252,9 @@ class Communicator:
         if algo < 0:
             return self._run("allgather", self._plan.allgather, (buf, out, code, algo, self._t(timeout)),
                              out, async_op)
+        if algo == ALGO_BRUCK:
+            return self._run("allgather", _coll.allgather,
+                             (self._engine, buf, out, code, algo, self._t(timeout)), out, async_op)
         return self._run("allgather", self._engine.allgather,
                          (buf, out, code, algo, self._t(timeout)), out, async_op)
 
@@ -339,11 +347,14 @@ class Communicator:
         if out is None:
             n = sum(recv_counts) if recv_counts is not None else (buf.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "alltoall")
-        self._algo("alltoall", _nbytes(buf), algorithm)
+        algo = self._algo("alltoall", _nbytes(buf), algorithm)
         sc = None if send_counts is None else [int(c) for c in send_counts]
         rc = None if recv_counts is None else [int(c) for c in recv_counts]
+        if sc is not None and algorithm is None and algo != ALGO_PAIRWISE:
+            algo = ALGO_PAIRWISE               # alltoallv: only pairwise takes uneven blocks
+            self.last_algorithm = "pairwise"
         return self._run("alltoall", _coll.alltoall,
-                         (self._engine, buf, out, sc, rc, code, self._t(timeout)), out, async_op)
+                         (self._engine, buf, out, sc, rc, code, algo, self._t(timeout)), out, async_op)
 
     # ------------------------------------------------------------------ point to point
 

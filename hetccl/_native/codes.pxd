@@ -51,6 +51,10 @@ cdef enum Algo:
     ALGO_PAIRWISE = 5
     ALGO_LINEAR = 6
     ALGO_RS_GATHER = 7
+    ALGO_RABENSEIFNER = 8
+    ALGO_DBTREE = 9
+    ALGO_BRUCK = 10
+    ALGO_RECURSIVE_HALVING = 11
 
 
 cdef inline size_t dtype_size(int dtype) noexcept nogil:

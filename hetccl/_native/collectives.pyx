@@ -1,10 +1,14 @@
 # cython: language_level=3
-"""Schedules of the collectives beyond allreduce/allgather, on the engine's stream primitives.
+"""The Python entry points of every collective the engine does not run itself, and the schedules
+that have no family module of their own (broadcast, ring reduce_scatter, binomial reduce, linear
+gather/scatter, pairwise alltoall, dissemination barrier).
 
 Each public function validates and pins the user's buffers, then runs a whole schedule without the
 GIL through ``Engine.xfer`` (one send stream and one receive stream at a time, relays fused FIFO to
-FIFO between shared-memory neighbours). Relative ranks (``vr = (rank - root) mod size``) make every
-rooted tree the same as the one rooted at 0.
+FIFO between shared-memory neighbours), dispatching on the algorithm code to the family modules:
+halving.pyx (Rabenseifner, recursive-halving reduce_scatter, reduce_scatter + gather), trees.pyx
+(double binary tree), bruck.pyx (Bruck allgather and alltoall). Relative ranks
+(``vr = (rank - root) mod size``) make every rooted tree the same as the one rooted at 0.
 """
 from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint64_t
@@ -12,8 +16,12 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from hetccl._native.atomics cimport hc_now
-from hetccl._native.buffers cimport get_buffer
+from hetccl._native.buffers cimport check_overlap, get_buffer
+from hetccl._native.binomial cimport lowbit_mask, subtree_segs
+from hetccl._native.bruck cimport allgather_bruck, alltoall_bruck
 from hetccl._native.codes cimport *
+from hetccl._native.halving cimport allreduce_rabenseifner, reduce_rs_gather, rs_halving
+from hetccl._native.trees cimport allreduce_dbtree
 from hetccl._native.engine cimport Engine, Seg, even_blocks, seg, slice_len
 from hetccl._native.link cimport E_OS
 from hetccl._native.reduce cimport copy_bytes, get_reduce, divide_by, store_fence, reduce_fn
@@ -21,19 +29,7 @@ from hetccl._native.reduce cimport copy_bytes, get_reduce, divide_by, store_fenc
 from hetccl.errors import InvalidUsage
 
 
-cdef inline int lowbit_mask(int vr, int N) noexcept nogil:
-    """Binomial trees: the span of vr's subtree (the root's spans the next power of two >= N)."""
-    cdef int m = 1
-    if vr == 0:
-        while m < N:
-            m <<= 1
-        return m
-    while not (vr & m):
-        m <<= 1
-    return m
-
-
-cdef class _Bufs:
+cdef class Bufs:
     """Pins up to two user buffers for the duration of a call."""
     cdef Py_buffer a, b
     cdef bint has_a, has_b
@@ -57,14 +53,16 @@ cdef class _Bufs:
             PyBuffer_Release(&self.b)
 
 
-cdef int _begin(Engine e, size_t out_bytes) except -1:
+cdef int begin_call(Engine e, size_t out_bytes) except -1:
+    """Start a collective: the engine is usable, a new sequence number, streaming stores for big outputs."""
     e.check_usable()
     e.seq += 1
     e.stream_out = out_bytes >= e.nt_threshold
     return 0
 
 
-cdef _finish(Engine e, int rc, str what, double timeout):
+cdef end_call(Engine e, int rc, str what, double timeout):
+    """Raise the error a schedule returned (rc < 0), with what it was."""
     if rc < 0:
         e.raise_error(rc, what, timeout)
 
@@ -133,20 +131,12 @@ cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, in
     even_blocks(count, N, es, boff, blen)
     mask = lowbit_mask(vr, N)
     if vr:                                   # receive my subtree's blocks (relative vr .. vr+mask)
-        n = 0
-        for i in range(vr, min(vr + mask, N)):
-            b = (i + root) % N
-            seg(&gs[n], buf + boff[b], NULL, blen[b], -1)
-            n += 1
+        n = subtree_segs(gs, buf, boff, blen, vr, min(vr + mask, N), root, N)
         rc = e.xfer(-1, NULL, 0, (vr - mask + root) % N, gs, n, COLL_BROADCAST, dtype, 0, 1, count, False, dl)
     m = mask >> 1
     while rc >= 0 and m > 0:
         if vr + m < N:
-            n = 0
-            for i in range(vr + m, min(vr + 2 * m, N)):
-                b = (i + root) % N
-                seg(&gs[n], buf + boff[b], NULL, blen[b], -1)
-                n += 1
+            n = subtree_segs(gs, buf, boff, blen, vr + m, min(vr + 2 * m, N), root, N)
             rc = e.xfer((vr + m + root) % N, gs, n, -1, NULL, 0, COLL_BROADCAST, dtype, 0, 1, count, False, dl)
         m >>= 1
     if rc >= 0:
@@ -158,7 +148,7 @@ cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, in
 
 def broadcast(Engine e, obj, int root, int dtype, int algo, double timeout):
     """obj (in place) = root's obj on every rank."""
-    cdef _Bufs p = _Bufs()
+    cdef Bufs p = Bufs()
     cdef int rc
     cdef double dl
     cdef size_t nb, count
@@ -167,7 +157,7 @@ def broadcast(Engine e, obj, int root, int dtype, int algo, double timeout):
     p.pin(obj, None, False, True)
     nb = p.a.len
     count = nb // dtype_size(dtype)
-    _begin(e, nb)
+    begin_call(e, nb)
     dl = hc_now() + timeout
     with nogil:
         if e.size == 1:
@@ -178,7 +168,7 @@ def broadcast(Engine e, obj, int root, int dtype, int algo, double timeout):
             rc = bcast_scatter_allgather(e, <char*>p.a.buf, count, root, dtype, dl)
         else:
             rc = bcast_binomial(e, <char*>p.a.buf, nb, root, dtype, count, dl)
-    _finish(e, rc, "broadcast", timeout)
+    end_call(e, rc, "broadcast", timeout)
 
 
 # ------------------------------------------------------------------ reduce_scatter and reduce
@@ -226,9 +216,23 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
     return rc
 
 
+cdef int rs_recursive_halving(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, int dtype,
+                              int op, uint64_t count, double dl) noexcept nogil:
+    """Recursive halving (halving.pyx), partial sums in the engine's scratch, my block into out."""
+    cdef char* acc = e.scratch(boff[e.size - 1] + blen[e.size - 1])
+    cdef bint streaming = e.stream_out
+    cdef int rc
+    if acc == NULL:
+        return E_OS
+    e.stream_out = False                      # partial sums are re-read at once: keep them cached
+    rc = rs_halving(e, sbuf, acc, out, boff, blen, dtype, op, count, COLL_REDUCE_SCATTER, 128, dl)
+    e.stream_out = streaming
+    return rc
+
+
 def reduce_scatter(Engine e, sendobj, recvobj, counts, int dtype, int op, int algo, double timeout):
     """recvobj = this rank's block of the reduction of every rank's sendobj (blocks by counts)."""
-    cdef _Bufs p = _Bufs()
+    cdef Bufs p = Bufs()
     cdef int rc, N = e.size, b
     cdef double dl
     cdef size_t es = dtype_size(dtype), total = 0
@@ -257,17 +261,18 @@ def reduce_scatter(Engine e, sendobj, recvobj, counts, int dtype, int op, int al
         if <size_t>p.b.len != blen[e.rank]:
             raise InvalidUsage(f"reduce_scatter output of rank {e.rank} has {p.b.len // es} elements; "
                                f"it needs {blen[e.rank] // es}")
-        _begin(e, p.b.len)
+        begin_call(e, p.b.len)
         dl = hc_now() + timeout
         with nogil:
             if N == 1:
                 copy_bytes(p.b.buf, p.a.buf, blen[0], 0)
-                if op == OP_AVG:
-                    rc = 0
                 rc = 0
+            elif algo == ALGO_RECURSIVE_HALVING:
+                rc = rs_recursive_halving(e, <char*>p.a.buf, <char*>p.b.buf, boff, blen, dtype, op,
+                                          total // es, dl)
             else:
                 rc = rs_ring(e, <char*>p.a.buf, <char*>p.b.buf, boff, blen, dtype, op, total // es, dl)
-        _finish(e, rc, "reduce_scatter", timeout)
+        end_call(e, rc, "reduce_scatter", timeout)
     finally:
         free(boff)
 
@@ -303,7 +308,7 @@ cdef int reduce_binomial(Engine e, char* sbuf, char* rbuf, size_t nb, int root, 
 
 def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, double timeout):
     """On root, recvobj = reduction of every rank's sendobj (recvobj may be None elsewhere)."""
-    cdef _Bufs p = _Bufs()
+    cdef Bufs p = Bufs()
     cdef int rc
     cdef double dl
     cdef size_t nb
@@ -320,12 +325,16 @@ def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, do
     else:
         p.pin(sendobj, None, False)
     nb = p.a.len
-    _begin(e, nb)
+    begin_call(e, nb)
     dl = hc_now() + timeout
     with nogil:
-        rc = reduce_binomial(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL, nb, root,
-                             dtype, op, nb // dtype_size(dtype), dl)
-    _finish(e, rc, "reduce", timeout)
+        if algo == ALGO_RS_GATHER:
+            rc = reduce_rs_gather(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL,
+                                  nb // dtype_size(dtype), root, dtype, op, dl)
+        else:
+            rc = reduce_binomial(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL, nb,
+                                 root, dtype, op, nb // dtype_size(dtype), dl)
+    end_call(e, rc, "reduce", timeout)
 
 
 # ------------------------------------------------------------------ gather, scatter, alltoall, barrier
@@ -344,7 +353,7 @@ def _offsets(counts, int N, size_t es, what):
 
 def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeout):
     """Root's recvobj = concatenation of every rank's sendobj (rank-ordered; counts for gatherv)."""
-    cdef _Bufs p = _Bufs()
+    cdef Bufs p = Bufs()
     cdef int rc = 0, N = e.size, i
     cdef double dl
     cdef size_t es = dtype_size(dtype), total
@@ -359,7 +368,7 @@ def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeo
         raise InvalidUsage(f"gather input of rank {e.rank} has {p.a.len // es} elements; counts say {counts[e.rank]}")
     if e.rank == root and <size_t>p.b.len != total:
         raise InvalidUsage(f"gather output has {p.b.len // es} elements; it needs {total // es}")
-    _begin(e, total)
+    begin_call(e, total)
     dl = hc_now() + timeout
     if e.rank != root:
         seg(&g, <char*>p.a.buf, NULL, p.a.len, -1)
@@ -374,12 +383,12 @@ def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeo
                 rc = e.xfer(-1, NULL, 0, src, &g, 1, COLL_GATHER, dtype, 0, 0, 0, False, dl)
             if rc < 0:
                 break
-    _finish(e, rc, "gather", timeout)
+    end_call(e, rc, "gather", timeout)
 
 
 def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeout):
     """Every rank's recvobj = its block of root's sendobj (counts for scatterv)."""
-    cdef _Bufs p = _Bufs()
+    cdef Bufs p = Bufs()
     cdef int rc = 0, N = e.size, i
     cdef double dl
     cdef size_t es = dtype_size(dtype), total
@@ -394,7 +403,7 @@ def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, double time
         raise InvalidUsage(f"scatter output of rank {e.rank} has {p.b.len // es} elements; counts say {counts[e.rank]}")
     if e.rank == root and <size_t>p.a.len != total:
         raise InvalidUsage(f"scatter input has {p.a.len // es} elements; it needs {total // es}")
-    _begin(e, p.b.len)
+    begin_call(e, p.b.len)
     dl = hc_now() + timeout
     if e.rank != root:
         seg(&g, <char*>p.b.buf, NULL, p.b.len, -1)
@@ -409,12 +418,13 @@ def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, double time
                 rc = e.xfer(dst, &g, 1, -1, NULL, 0, COLL_SCATTER, dtype, 0, 0, 0, False, dl)
             if rc < 0:
                 break
-    _finish(e, rc, "scatter", timeout)
+    end_call(e, rc, "scatter", timeout)
 
 
-def alltoall(Engine e, sendobj, recvobj, scounts, rcounts, int dtype, double timeout):
-    """Pairwise exchange: at step k, send my block for rank+k and receive rank-k's block for me."""
-    cdef _Bufs p = _Bufs()
+def alltoall(Engine e, sendobj, recvobj, scounts, rcounts, int dtype, int algo, double timeout):
+    """Pairwise exchange (at step k, send my block for rank+k and receive rank-k's block for me),
+    or Bruck's log-step exchange (equal blocks only; bruck.pyx)."""
+    cdef Bufs p = Bufs()
     cdef int rc = 0, N = e.size, r = e.rank, k, to, frm
     cdef double dl
     cdef size_t es = dtype_size(dtype), stot, rtot
@@ -432,8 +442,16 @@ def alltoall(Engine e, sendobj, recvobj, scounts, rcounts, int dtype, double tim
     if stot != <size_t>p.a.len or rtot != <size_t>p.b.len:
         raise InvalidUsage(f"alltoall counts add up to {stot // es} sent / {rtot // es} received elements, "
                            f"but the buffers hold {p.a.len // es} / {p.b.len // es}")
-    _begin(e, rtot)
+    if algo == ALGO_BRUCK and (len(set(scounts)) > 1 or list(scounts) != list(rcounts)):
+        raise InvalidUsage("the bruck alltoall needs equal blocks; use algorithm='pairwise' for "
+                           "alltoallv with uneven counts")
+    begin_call(e, rtot)
     dl = hc_now() + timeout
+    if algo == ALGO_BRUCK and N > 1:
+        with nogil:
+            rc = alltoall_bruck(e, <char*>p.a.buf, <char*>p.b.buf, stot // N, dtype, dl)
+        end_call(e, rc, "alltoall", timeout)
+        return
     copy_bytes(<char*>p.b.buf + <size_t>roffs[r], <char*>p.a.buf + <size_t>soffs[r], <size_t>scounts[r] * es, 0)
     for k in range(1, N):
         to = (r + k) % N
@@ -444,7 +462,7 @@ def alltoall(Engine e, sendobj, recvobj, scounts, rcounts, int dtype, double tim
             rc = e.xfer(to, &gs, 1, frm, &gr, 1, COLL_ALLTOALL, dtype, 0, k, 0, False, dl)
         if rc < 0:
             break
-    _finish(e, rc, "alltoall", timeout)
+    end_call(e, rc, "alltoall", timeout)
 
 
 def barrier(Engine e, double timeout):
@@ -452,7 +470,7 @@ def barrier(Engine e, double timeout):
     cdef int rc = 0, N = e.size, r = e.rank, k = 1, phase = 0
     cdef double dl
     cdef Seg gs, gr
-    _begin(e, 0)
+    begin_call(e, 0)
     dl = hc_now() + timeout
     seg(&gs, NULL, NULL, 0, -1)
     seg(&gr, NULL, NULL, 0, -1)
@@ -461,12 +479,12 @@ def barrier(Engine e, double timeout):
             rc = e.xfer((r + k) % N, &gs, 1, (r - k + N) % N, &gr, 1, COLL_BARRIER, -1, 0, phase, 0, False, dl)
             k <<= 1
             phase += 1
-    _finish(e, rc, "barrier", timeout)
+    end_call(e, rc, "barrier", timeout)
 
 
 def allgatherv(Engine e, sendobj, recvobj, counts, int dtype, double timeout):
     """recvobj = every rank's sendobj concatenated in rank order; counts[b] elements from rank b."""
-    cdef _Bufs p = _Bufs()
+    cdef Bufs p = Bufs()
     cdef int rc, N = e.size, b
     cdef double dl
     cdef size_t es = dtype_size(dtype), total = 0
@@ -485,11 +503,68 @@ def allgatherv(Engine e, sendobj, recvobj, counts, int dtype, double timeout):
         if <size_t>p.a.len != blen[e.rank] or <size_t>p.b.len != total:
             raise InvalidUsage(f"allgatherv: rank {e.rank} passes {p.a.len // es} elements (counts say "
                                f"{counts[e.rank]}) into an output of {p.b.len // es} (counts add up to {total // es})")
-        _begin(e, total)
+        begin_call(e, total)
         dl = hc_now() + timeout
         with nogil:
             rc = e.ring_allgatherv(<char*>p.b.buf, boff, blen, <char*>p.a.buf, dtype, total // es,
                                    COLL_ALLGATHER, 9, dl)
-        _finish(e, rc, "allgatherv", timeout)
+        end_call(e, rc, "allgatherv", timeout)
     finally:
         free(boff)
+
+
+# ------------------------------------------------------------------ allreduce and allgather beyond the engine's own
+
+def allreduce(Engine e, sendobj, recvobj, int dtype, int op, int algo, double timeout):
+    """recv = reduction over ranks of send (send may be recv: in place) by Rabenseifner's algorithm
+    or the double binary tree; ring and recursive doubling are Engine.allreduce."""
+    cdef Bufs p = Bufs()
+    cdef int rc
+    cdef double dl
+    cdef size_t es = dtype_size(dtype)
+    if get_reduce(dtype, op) == NULL:
+        raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
+    p.pin(sendobj, recvobj, True, sendobj is recvobj)
+    if p.a.len != p.b.len:
+        raise InvalidUsage(f"allreduce output has {p.b.len} bytes but the input has {p.a.len}; "
+                           f"pass an output of the same size and dtype")
+    check_overlap(&p.a, &p.b, sendobj is recvobj)
+    if p.b.len % es:
+        raise InvalidUsage(f"buffer of {p.b.len} bytes is not a whole number of {es}-byte elements")
+    begin_call(e, p.b.len)
+    dl = hc_now() + timeout
+    with nogil:
+        if algo == ALGO_DBTREE:
+            rc = allreduce_dbtree(e, <char*>p.a.buf, <char*>p.b.buf, p.b.len // es, dtype, op, dl)
+        else:
+            rc = allreduce_rabenseifner(e, <char*>p.a.buf, <char*>p.b.buf, p.b.len // es, dtype, op, dl)
+    end_call(e, rc, "allreduce", timeout)
+
+
+def allgather(Engine e, sendobj, recvobj, int dtype, int algo, double timeout):
+    """recv = concatenation over ranks of send by Bruck's algorithm (send may be recv: in place,
+    each rank's block already in its place); ring and recursive doubling are Engine.allgather."""
+    cdef Bufs p = Bufs()
+    cdef int rc
+    cdef double dl
+    cdef size_t es = dtype_size(dtype), nb
+    cdef const char* src
+    p.pin(None if sendobj is recvobj else sendobj, recvobj, True)
+    nb = p.b.len // e.size
+    if sendobj is recvobj:
+        src = <char*>p.b.buf + nb * e.rank
+    else:
+        src = <char*>p.a.buf
+        if <size_t>p.a.len * e.size != <size_t>p.b.len:
+            raise InvalidUsage(f"allgather output has {p.b.len} bytes but needs size x input = "
+                               f"{e.size} x {p.a.len} bytes")
+        if src != <char*>p.b.buf + nb * e.rank:
+            check_overlap(&p.a, &p.b, False)
+    if nb % es or p.b.len % e.size:
+        raise InvalidUsage(f"allgather blocks of {p.b.len} / {e.size} bytes are not a whole number "
+                           f"of {es}-byte elements")
+    begin_call(e, p.b.len)
+    dl = hc_now() + timeout
+    with nogil:
+        rc = allgather_bruck(e, src, <char*>p.b.buf, nb, dtype, dl)
+    end_call(e, rc, "allgather", timeout)

@@ -50,14 +50,12 @@ def _unpriced(nbytes, p, c):
 
 def register():
     """Add the composed algorithms to the registry, so HETCCL_ALGO and algorithm= accept them."""
-    have = {(a.name, a.collective) for a in registry.ALGORITHMS}
     for coll, name, code in (("allreduce", "hierarchical", ALGO_HIERARCHICAL),
                              ("allgather", "hierarchical", ALGO_HIERARCHICAL),
                              ("broadcast", "hierarchical", ALGO_HIERARCHICAL),
                              ("allreduce", "topo_ring", ALGO_TOPO_RING),
                              ("allgather", "topo_ring", ALGO_TOPO_RING)):
-        if (name, coll) not in have:
-            registry.ALGORITHMS.append(registry.Algorithm(name, coll, code, _unpriced))
+        registry.register(registry.Algorithm(name, coll, code, _unpriced))
 
 
 register()

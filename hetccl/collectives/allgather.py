@@ -1,0 +1,30 @@
+"""allgather (and allgatherv): ring (bandwidth), recursive doubling (powers of two), Bruck (any N).
+
+``n`` is the bytes of the whole output, as nccl-tests count it.
+"""
+from .algorithm import ALGO_BRUCK, ALGO_RD, ALGO_RING, EXCHANGE, Algorithm, is_pof2, log2_ceil
+
+
+def ring(n, p, c):
+    return (p - 1) * c.alpha + (p - 1) / p * n * c.beta if p > 1 else 0.0
+
+
+def recursive_doubling(n, p, c):
+    return log2_ceil(p) * c.alpha + EXCHANGE * (p - 1) / p * n * c.beta if p > 1 else 0.0
+
+
+def bruck(n, p, c):
+    """ceil(log2 p) exchanges like recursive doubling, for any p (the last step of a non-power of
+    two sends only p - 2^k blocks), each a message of up to two segments per side."""
+    return log2_ceil(p) * c.alpha + EXCHANGE * (p - 1) / p * n * c.beta if p > 1 else 0.0
+
+
+ALGORITHMS = [
+    Algorithm("ring", "allgather", ALGO_RING, ring),
+    Algorithm("recursive_doubling", "allgather", ALGO_RD, recursive_doubling,
+              supports=lambda n, p: is_pof2(p)),
+    Algorithm("bruck", "allgather", ALGO_BRUCK, bruck),
+    Algorithm("ring", "allgatherv", ALGO_RING, ring),
+]
+
+ALIASES = {"rd": "recursive_doubling"}

@@ -1,0 +1,66 @@
+"""allreduce: ring (bandwidth), recursive doubling and Rabenseifner (latency), double binary tree.
+
+``n`` is the bytes of the buffer. Non-powers of two fold their extra ranks in and out (two more
+messages of the whole buffer) for recursive doubling and Rabenseifner.
+"""
+from .algorithm import (ALGO_DBTREE, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING, EXCHANGE, Algorithm,
+                        log2_ceil, pof2_below)
+
+
+def _fold(n, p, c):
+    return 0.0 if pof2_below(p) == p else 2 * (c.alpha + n * c.beta) + n * c.gamma
+
+
+def ring(n, p, c):
+    if p == 1:
+        return 0.0
+    return 2 * (p - 1) * c.alpha + 2 * (p - 1) / p * n * c.beta + (p - 1) / p * n * c.gamma
+
+
+def recursive_doubling(n, p, c):
+    if p == 1:
+        return 0.0
+    pof2 = pof2_below(p)
+    fold = 0 if pof2 == p else 2 * (c.alpha + n * c.beta)
+    return log2_ceil(pof2) * (c.alpha + n * (c.beta + c.gamma)) + fold
+
+
+def rabenseifner(n, p, c):
+    """Reduce-scatter by halving, allgather by doubling: 2 log2 q exchanges (q the power of two
+    that remains after the fold) moving 2 (q-1)/q n bytes, each step unpipelined."""
+    if p == 1:
+        return 0.0
+    q = pof2_below(p)
+    f = (q - 1) / q
+    return 2 * log2_ceil(q) * c.alpha + EXCHANGE * 2 * f * n * c.beta + f * n * c.gamma + _fold(n, p, c)
+
+
+def _tree_slice(n, p):
+    """The double tree's pipelining unit (trees.pyx tree_slice: an eighth of a half)."""
+    top = (1 << 20) if p <= 4 else (256 << 10)
+    return max(64 << 10, min(top, n // 16))
+
+
+def double_binary_tree(n, p, c):
+    """Two trees of depth ~log2 p, each reducing half the data up and broadcasting it down in
+    slices, one message per slice, tree and edge. The pipeline fills and drains over 2 x depth
+    slices. An inner node (two children) receives and reduces both halves' worth (n bytes) on the
+    way up and sends n on the way down, so a rank moves ~2n (n with 2 ranks: one child each)."""
+    if p == 1:
+        return 0.0
+    depth = log2_ceil(p)
+    sl = min(_tree_slice(n, p), n / 2)
+    slices = max(1, -(-(n // 2) // max(int(sl), 1)))
+    moved, reduced = (n, n / 2) if p == 2 else (2 * n, n)
+    return (2 * depth * (c.alpha + sl * c.beta) + 2 * slices * c.alpha * min(p - 1, 3)
+            + moved * c.beta + reduced * c.gamma)
+
+
+ALGORITHMS = [
+    Algorithm("ring", "allreduce", ALGO_RING, ring),
+    Algorithm("recursive_doubling", "allreduce", ALGO_RD, recursive_doubling),
+    Algorithm("rabenseifner", "allreduce", ALGO_RABENSEIFNER, rabenseifner),
+    Algorithm("double_binary_tree", "allreduce", ALGO_DBTREE, double_binary_tree),
+]
+
+ALIASES = {"rd": "recursive_doubling", "dbtree": "double_binary_tree"}
