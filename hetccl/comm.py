@@ -19,6 +19,7 @@ import numpy as np
 from . import config, dtypes
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
+from ._native import direct as _direct
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -27,6 +28,12 @@ from .topology.select import format_matrix
 log = logging.getLogger("hetccl")
 
 _ndarray = np.ndarray
+_RING = 0                    # registry.ALGO_RING: realised single-copy over all-c2c communicators
+
+
+def _c2c_direct_min() -> int:
+    from .transports.c2c import DIRECT_MIN_BYTES
+    return DIRECT_MIN_BYTES
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
 
@@ -132,7 +139,11 @@ class Communicator:
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
         links = {matrix[self.rank][p] for p in range(self.size) if p != self.rank}
-        self._tuner = Tuner(self.size, links, oversubscribed=engine.spin_s == 0)
+        # c2c pairs run the FIFO schedules over their shm FIFOs, so the tuner prices them as shm; the
+        # ring allreduce/allgather then run single-copy (below) when every pair is c2c
+        self._tuner = Tuner(self.size, {"shm" if x == "c2c" else x for x in links},
+                            oversubscribed=engine.spin_s == 0)
+        self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
         self.last_algorithm = None
         self._closed = False
         self._pending = 0
@@ -207,8 +218,12 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allreduce output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
-        algo = self._algo("allreduce", _nbytes(buf), algorithm)
+        nbytes = _nbytes(buf)
+        algo = self._algo("allreduce", nbytes, algorithm)
         t = self._timeout if timeout is None else config.timeout(timeout)
+        if algo == _RING and self._direct_min is not None and nbytes >= self._direct_min:
+            return self._run("allreduce", _direct.allreduce, (self._engine, buf, out, code, op, t), out,
+                             async_op)
         if async_op or self._pending:
             return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
         try:                                   # the latency-critical path: no queue, no tuple
@@ -228,7 +243,11 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allgather output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
-        algo = self._algo("allgather", _nbytes(out), algorithm)
+        nbytes = _nbytes(out)
+        algo = self._algo("allgather", nbytes, algorithm)
+        if algo == _RING and self._direct_min is not None and nbytes >= self._direct_min:
+            return self._run("allgather", _direct.allgather, (self._engine, buf, out, code, self._t(timeout)),
+                             out, async_op)
         return self._run("allgather", self._engine.allgather,
                          (buf, out, code, algo, self._t(timeout)), out, async_op)
 
@@ -398,6 +417,13 @@ class Communicator:
             lines.append(f"  host {h}: ranks {ranks}")
         lines.append("transport per pair:")
         lines.append(format_matrix(self._matrix))
+        modes = {(c["host"], c.get("c2c_mode"), c.get("c2c_why")) for c in self._cards if c.get("c2c_mode")}
+        if any(x == "c2c" for row in self._matrix for x in row):
+            for host, mode, why in sorted(modes):
+                lines.append(f"c2c on {host}: {mode} ({why})")
+            lines.append("single-copy ring allreduce/allgather: " + (
+                f"on from {self._direct_min} bytes" if self._direct_min is not None else
+                "off (needs every pair of the communicator on c2c)"))
         return "\n".join(lines)
 
     def transport(self, peer: int) -> str:

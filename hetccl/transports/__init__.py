@@ -1,13 +1,15 @@
 """Transports: one class per link class, each able to score and set up a link between two ranks.
 
-Link classes, fastest first: self · c2c · shm · rdma · tcp. The foundation ships ``shm`` (PCIe-class
-staged copies through shared-memory FIFOs) and ``tcp``; the per-pair choice is topology/select.py.
+Link classes, fastest first: self · c2c · shm · rdma · tcp. ``c2c`` (single-copy load/store into a peer's
+memory: cma or shared windows), ``shm`` (PCIe-class staged copies through shared-memory FIFOs) and
+``tcp``; the per-pair choice is topology/select.py.
 """
 from .base import Transport
+from .c2c import C2CTransport
 from .shm import ShmTransport
 from .tcp import TcpTransport
 
-ALL = [ShmTransport(), TcpTransport()]
+ALL = [C2CTransport(), ShmTransport(), TcpTransport()]
 
 
 def by_name(name: str) -> Transport:
