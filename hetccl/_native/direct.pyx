@@ -147,12 +147,12 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, double deadline) noexcept no
                 return E_TIMEOUT
             waited = now - start
             if waited > e.spin_s + e.yield_s:
-                if peer_gone(e, p) < 0:
-                    e.err_peer = p
-                    return E_PEER_LOST
                 if fifo_intrudes(e, p):
                     e.err_peer = p
                     return E_MISMATCH
+                if peer_gone(e, p) < 0:
+                    e.err_peer = p
+                    return E_PEER_LOST
                 ms = <int>((deadline - now) * 1000.0) + 1
                 if ms > 100:
                     ms = 100

@@ -151,6 +151,10 @@ cdef class ShmSegment:
             raise TransportError(f"cannot map shared memory {self.name.decode()} ({size} bytes)")
         self.base = <char*>p
 
+    def address(self):
+        """Where the segment is mapped in this process (for the per-pair endpoint layer)."""
+        return <uintptr_t>self.base
+
     def unlink(self):
         if self.linked:
             shm_unlink(self.name)

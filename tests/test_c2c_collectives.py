@@ -1,0 +1,86 @@
+"""The c2c transport's single-copy allreduce/allgather (cma and window modes) over the full
+dtype x op x size matrix of tests/test_collectives.py, plus the failure paths only c2c has."""
+import numpy as np
+import pytest
+
+from tests.launcher import run_ranks, run_ranks_expect_failure
+from tests.test_collectives import (_check_summaries, _large_rank, _matrix_rank, allgather_plan,
+                                    allreduce_plan)
+
+CASES = [(2, "cma"), (3, "cma"), (4, "window"), (2, "window")]
+
+
+@pytest.mark.parametrize("size,mode", CASES, ids=[f"{n}ranks-{m}" for n, m in CASES])
+def test_c2c_matrix(size, mode):
+    ar, ag = allreduce_plan(size, size > 3), allgather_plan(size, size > 3)
+    results = run_ranks(_matrix_rank, size, ar, ag, "c2c", timeout=240, transports="c2c",
+                        env={"HETCCL_C2C_MODE": mode})
+    s = _check_summaries(results, size)
+    assert s["cases"] >= len(ar) + len(ag)
+
+
+@pytest.mark.parametrize("mode", ["cma", "window"])
+def test_c2c_64mib_two_ranks(mode):
+    results = run_ranks(_large_rank, 2, "c2c", timeout=180, transports="c2c",
+                        env={"HETCCL_C2C_MODE": mode})
+    for r, s in enumerate(results):
+        assert not s["failures"], (r, s["failures"])
+    assert results[0]["digest"] == results[1]["digest"]
+
+
+def _describe_rank(rank, size):
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    try:
+        return comm.describe(), [comm.transport(p) for p in range(size)]
+    finally:
+        comm.close()
+
+
+def test_describe_reports_mode_and_matrix():
+    (d0, t0), _ = run_ranks(_describe_rank, 2, timeout=60)
+    assert t0 == ["self", "c2c"]                       # c2c outranks shm by default
+    assert "c2c on " in d0 and ": cma (" in d0 and "single-copy ring allreduce/allgather: on" in d0
+    (d1, t1), _ = run_ranks(_describe_rank, 2, timeout=60, env={"HETCCL_C2C_MODE": "window"})
+    assert t1 == ["self", "c2c"] and ": window (HETCCL_C2C_MODE=window)" in d1
+    (_, t2), _ = run_ranks(_describe_rank, 2, timeout=60, transports="^c2c")
+    assert t2 == ["self", "shm"]
+
+
+def _mismatch_rank(rank, size):
+    import hetccl
+    comm = hetccl.init(timeout=20)
+    x = np.ones(1 << 16, np.float32)
+    if rank == 0:
+        comm.allreduce(x)                              # single-copy schedule
+    else:
+        comm.broadcast(x, root=1)                      # a FIFO schedule: a different collective
+        comm.barrier()                                 # fails once rank 0 aborts
+    return "no error"
+
+
+def test_mismatched_collective_raises_instead_of_hanging():
+    res = run_ranks_expect_failure(_mismatch_rank, 2, timeout=60, transports="c2c")
+    texts = [t for ok, t in res]
+    assert not any(ok for ok, _ in res), res
+    assert "mismatched collective" in texts[0], texts[0]
+
+
+def _dies_rank(rank, size, mode):
+    import os
+    import hetccl
+    comm = hetccl.init(timeout=30)
+    x = np.ones(8 << 20, np.float32)
+    comm.allreduce(x)
+    if rank == 1:
+        os._exit(3)                                    # vanish without closing
+    comm.allreduce(x)
+    return "no error"
+
+
+@pytest.mark.parametrize("mode", ["cma", "window"])
+def test_peer_death_raises_peer_lost(mode):
+    res = run_ranks_expect_failure(_dies_rank, 2, mode, timeout=60, transports="c2c",
+                                   env={"HETCCL_C2C_MODE": mode})
+    ok0, text0 = res[0]
+    assert not ok0 and "PeerLostError" in text0, text0
