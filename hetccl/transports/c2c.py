@@ -153,7 +153,9 @@ class C2CTransport(ShmTransport):
 
     def segment_bytes(self, ctx: LinkContext, fb: int) -> int:
         from .._native.engine import shm_segment_bytes
-        win = window_bytes(ctx.local_size) if self._mode(ctx) == "window" else 0
+        # windows serve the single-copy collectives only: a lone endpoint pair (endpoints.py) skips them
+        win = window_bytes(ctx.local_size) if (self._mode(ctx) == "window" and
+                                               getattr(ctx.engine, "c2c_windows", True)) else 0
         return shm_segment_bytes(fb) + 4096 + 2 * win
 
     def add_link(self, ctx: LinkContext, peer: int, sock, seg, fb: int, low: bool) -> None:

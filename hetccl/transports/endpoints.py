@@ -446,6 +446,7 @@ class C2CRemoteRegion(RemoteRegion):
 
 class _Builder:
     """Stands in for the engine during a transport's set-up: collects the link for one pair."""
+    c2c_windows = False          # endpoints move messages through the FIFOs or by cma, never windows
 
     def __init__(self):
         from .._native.pair import PairLink
@@ -499,7 +500,8 @@ def _set_up(transport: str, sock, rank: int, peer: int, low: bool, job_id: str, 
             raise TransportError("HETCCL_C2C_MODE=cma but cross-memory attach between these processes fails")
         card["c2c_mode"] = other["c2c_mode"] = mode
     b = _Builder()
-    ctx = LinkContext(b, rank, job_id, comm_id, 2, timeout, cards)
+    # local_size 8: 1 MiB FIFOs (pre-faulted per connection; plenty to pipeline one pair's messages)
+    ctx = LinkContext(b, rank, job_id, comm_id, 8, timeout, cards)
     t = by_name(transport)
     sock.setblocking(True)
     try:
@@ -521,11 +523,11 @@ class Listener:
     """Accepts authenticated endpoint connections on a TCP port (listen side of a pair)."""
 
     def __init__(self, secret: bytes | None, rank: int, job_id: str = "ep", comm_id: str = "ep",
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", port: int = 0):
         self.secret, self.rank, self.job_id, self.comm_id = secret, rank, job_id, comm_id
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.listen(16)
         self.accepted = 0
 
