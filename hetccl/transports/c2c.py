@@ -20,6 +20,7 @@ import logging
 import os
 
 from ..errors import InvalidUsage, TransportError
+from ..topology.select import SCORES
 from .base import LinkContext
 from .shm import ShmTransport
 
@@ -146,7 +147,7 @@ class C2CTransport(ShmTransport):
         return os.path.isdir("/dev/shm") and hasattr(os, "fork")
 
     def score(self, a: dict, b: dict) -> int:
-        return 40 if a["host"] == b["host"] and a.get("c2c_mode") and b.get("c2c_mode") else 0
+        return SCORES["c2c"] if a["host"] == b["host"] and a.get("c2c_mode") and b.get("c2c_mode") else 0
 
     def _mode(self, ctx: LinkContext) -> str:
         return ctx.cards[ctx.rank].get("c2c_mode", "window")

@@ -9,6 +9,7 @@ as the doorbell a sleeping receiver waits on and to report the peer's death at o
 import os
 import struct
 
+from ..topology.select import SCORES
 from .base import LinkContext, Transport
 from ..errors import TransportError
 
@@ -50,7 +51,7 @@ class ShmTransport(Transport):
         return os.path.isdir("/dev/shm")
 
     def score(self, a: dict, b: dict) -> int:
-        return 30 if a["host"] == b["host"] else 0
+        return SCORES["shm"] if a["host"] == b["host"] else 0
 
     # subclasses (c2c) extend the pair segment and hand the engine a richer link
     suffix = ""
