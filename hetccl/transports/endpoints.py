@@ -110,6 +110,7 @@ class PairEndpoint(Endpoint):
         self.transport, self.peer, self.link, self.sock = transport, peer, link, sock
         self.timeout = config.timeout(timeout)
         self.peer_pid, self.mode = peer_pid, mode
+        self.one_sided = transport == "c2c"
         self.sends = collections.deque()          # in posting order; the head is on the wire
         self.posted = collections.defaultdict(collections.deque)      # tag -> receives
         self.unexpected = collections.defaultdict(collections.deque)  # tag -> _Incoming
@@ -153,7 +154,10 @@ class PairEndpoint(Endpoint):
         if inc is not None:
             inc.claimed = req
             if inc.done:
-                self._deliver(inc)
+                try:
+                    self._deliver(inc)
+                except PeerLostError as e:
+                    self._lost(e)
         else:
             self.posted[tag].append(req)
         self.progress()
@@ -309,7 +313,12 @@ class PairEndpoint(Endpoint):
             req._finish(InvalidUsage(f"rank {self.peer} sent {n} bytes but the receive buffer has "
                                      f"{req.nbytes}; sizes must match"))
         else:
-            self.link.cma_read(self.peer_pid, req.view, 0, addr, n)
+            try:
+                self.link.cma_read(self.peer_pid, req.view, 0, addr, n)
+            except PeerLostError as e:
+                req._finish(PeerLostError(f"rank {self.peer} died before its single-copy send of {n} "
+                                          f"bytes (tag {req.tag}) was read: {e}"))
+                raise
             req._finish()
         self._control(ACK, 0, 0, 0, number)
         self._progress_sends()
@@ -589,3 +598,69 @@ def connect(transport: str, address: tuple[str, int], secret: bytes | None, rank
     except BaseException:
         s.close()
         raise
+
+
+class EndpointFactory:
+    """Makes connected Endpoints of one transport between rank 0 (listens) and rank 1 (connects):
+    the conformance suite (tests/transports/registry.py) and bench/transports.py take these, so a
+    new transport joins both with one factory. ``unavailable()`` is None or why it cannot run here;
+    ``start(rank, port)`` once per process, ``open()`` on both ranks together for each endpoint."""
+
+    def __init__(self, transport, env=None, needs=None):
+        self.transport, self.env, self.needs = transport, dict(env or {}), needs
+        self.listener = None
+        self.rank = self.port = None
+        self.opened = 0
+
+    def unavailable(self):
+        from . import by_name
+        if not by_name(self.transport).available():
+            return f"transport {self.transport} is not available on this machine"
+        return self.needs() if self.needs else None
+
+    def start(self, rank, port):
+        os.environ.update(self.env)
+        self.rank, self.port = rank, port
+        if rank == 0:
+            self.listener = Listener(_env_secret(), 0, job_id=os.environ.get("HETCCL_JOB_ID", "ep"), port=port)
+
+    def open(self, timeout=30.0):
+        self.opened += 1
+        if self.rank == 0:
+            return self.listener.accept(self.transport, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return connect(self.transport, ("127.0.0.1", self.port), _env_secret(), 1, 0,
+                               job_id=os.environ.get("HETCCL_JOB_ID", "ep"), timeout=timeout,
+                               attempt=self.opened)
+            except ConnectionRefusedError:         # rank 0 is not listening yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self):
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+
+def _env_secret():
+    s = os.environ.get("HETCCL_SECRET")
+    return s.encode() if s else None
+
+
+def cma_permitted():
+    """None if c2c would run in cma mode between processes like this one, else why not."""
+    mode, why = _c2c.local_mode()
+    return None if mode == "cma" else f"cross-memory attach is not permitted here: {why}"
+
+
+def factories() -> dict:
+    """hetccl's own transports, by the names the conformance suite and bench/transports.py use."""
+    return {
+        "shm": EndpointFactory("shm"),
+        "tcp": EndpointFactory("tcp"),
+        "c2c": EndpointFactory("c2c", {"HETCCL_C2C_MODE": "cma"}, needs=cma_permitted),
+        "c2c-window": EndpointFactory("c2c", {"HETCCL_C2C_MODE": "window"}),
+    }
