@@ -84,3 +84,26 @@ def test_peer_death_raises_peer_lost(mode):
                                    env={"HETCCL_C2C_MODE": mode})
     ok0, text0 = res[0]
     assert not ok0 and "PeerLostError" in text0, text0
+
+
+def _oversubscribed_rank(rank, size, use_async):
+    import hetccl
+    comm = hetccl.init(timeout=200)
+    try:
+        x = np.full(1 << 18, rank + 1, np.float32)      # 1 MiB
+        want = size * (size + 1) / 2
+        if use_async:                                   # driven by the progress thread, GIL released
+            works = [comm.allreduce(x.copy(), async_op=True) for _ in range(100)]
+            outs = [w.wait(200) for w in works]
+        else:
+            outs = [comm.allreduce(x.copy()) for _ in range(100)]
+        assert all((o == want).all() for o in outs)
+        return comm.transport((rank + 1) % size)
+    finally:
+        comm.close()
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["blocking", "async"])
+def test_8_ranks_on_2_cores_complete_100_allreduces_of_1mib(use_async):
+    res = run_ranks(_oversubscribed_rank, 8, use_async, timeout=300)
+    assert set(res) == {"c2c"}
