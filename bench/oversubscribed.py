@@ -123,7 +123,8 @@ def main(argv=None):
         try:
             name, secs, wall, link = _launch(base, a.n, a.iters, a.bytes, lib.endswith("async"), a.timeout)
         except (RuntimeError, subprocess.TimeoutExpired, FileNotFoundError) as e:
-            print(f"| {lib} | failed: {str(e).splitlines()[0]} | | | |")
+            lines = [x for x in str(e).splitlines() if x.strip()]
+            print(f"| {lib} | failed: {lines[-1] if lines else type(e).__name__} | | | |")
             continue
         print(f"| {name} | {secs:.3f} | {secs / a.iters * 1e3:.2f} | {wall:.1f} | {link} |", flush=True)
     return 0
