@@ -34,3 +34,20 @@ def test_unknown_transport_is_refused_and_matrix_prints():
         transport_matrix(CARDS, transports.ALL, "nvlink")
     text = format_matrix(transport_matrix(CARDS, transports.ALL, None))
     assert text.splitlines()[0].split() == ["rank", "0", "1", "2", "3"] and "c2c" in text
+
+
+def test_doctor_reports_c2c_mode_and_matrix(capsys, monkeypatch):
+    from hetccl.cli import doctor_main
+    for var in ("HETCCL_SIZE", "HETCCL_STORE", "HETCCL_TRANSPORTS", "HETCCL_C2C_MODE", "HETCCL_LOCAL_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert doctor_main([]) == 0
+    out = capsys.readouterr().out
+    assert "c2c mode: cma (" in out or "c2c mode: window (" in out, out
+    assert "transport per pair for 2 ranks" in out and " c2c" in out
+    monkeypatch.setenv("HETCCL_C2C_MODE", "window")
+    monkeypatch.setenv("HETCCL_TRANSPORTS", "^c2c")
+    monkeypatch.setenv("HETCCL_LOCAL_SIZE", "3")
+    assert doctor_main([]) == 0
+    out = capsys.readouterr().out
+    assert "c2c mode: window (HETCCL_C2C_MODE=window)" in out
+    assert "transport per pair for 3 ranks" in out and " c2c" not in out.split("per pair")[1].split("interfaces")[0]
