@@ -107,3 +107,19 @@ def _oversubscribed_rank(rank, size, use_async):
 def test_8_ranks_on_2_cores_complete_100_allreduces_of_1mib(use_async):
     res = run_ranks(_oversubscribed_rank, 8, use_async, timeout=300)
     assert set(res) == {"c2c"}
+
+
+@pytest.mark.parametrize("size,mode", [(3, "cma"), (4, "window")])
+def test_every_other_collective_over_c2c_fifos(size, mode):
+    """broadcast, reduce, reduce_scatter, alltoall, gather, scatter... ride the c2c pairs' FIFOs."""
+    from tests.test_more_collectives import SIZES, _collectives
+    res = run_ranks(_collectives, size, SIZES, timeout=240, transports="c2c",
+                    env={"HETCCL_C2C_MODE": mode})
+    for checked, _ in res:
+        assert f"n={SIZES[-1]}" in checked
+
+
+def test_split_and_async_over_c2c():
+    from tests.test_more_collectives import _p2p_async_split
+    sizes = run_ranks(_p2p_async_split, 4, timeout=120, transports="c2c")
+    assert sizes == [2, 2, 2, 2]
