@@ -31,9 +31,9 @@ _ndarray = np.ndarray
 _RING = 0                    # registry.ALGO_RING: realised single-copy over all-c2c communicators
 
 
-def _c2c_direct_min() -> int:
+def _c2c_direct_min() -> dict:
     from .transports.c2c import DIRECT_MIN_BYTES
-    return DIRECT_MIN_BYTES
+    return {k: (v if v is not None else float("inf")) for k, v in DIRECT_MIN_BYTES.items()}
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
 
@@ -221,7 +221,7 @@ class Communicator:
         nbytes = _nbytes(buf)
         algo = self._algo("allreduce", nbytes, algorithm)
         t = self._timeout if timeout is None else config.timeout(timeout)
-        if algo == _RING and self._direct_min is not None and nbytes >= self._direct_min:
+        if algo == _RING and self._direct_min is not None and nbytes >= self._direct_min["allreduce"]:
             return self._run("allreduce", _direct.allreduce, (self._engine, buf, out, code, op, t), out,
                              async_op)
         if async_op or self._pending:
@@ -245,7 +245,7 @@ class Communicator:
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
         nbytes = _nbytes(out)
         algo = self._algo("allgather", nbytes, algorithm)
-        if algo == _RING and self._direct_min is not None and nbytes >= self._direct_min:
+        if algo == _RING and self._direct_min is not None and nbytes >= self._direct_min["allgather"]:
             return self._run("allgather", _direct.allgather, (self._engine, buf, out, code, self._t(timeout)),
                              out, async_op)
         return self._run("allgather", self._engine.allgather,
@@ -422,8 +422,9 @@ class Communicator:
             for host, mode, why in sorted(modes):
                 lines.append(f"c2c on {host}: {mode} ({why})")
             lines.append("single-copy ring allreduce/allgather: " + (
-                f"on from {self._direct_min} bytes" if self._direct_min is not None else
-                "off (needs every pair of the communicator on c2c)"))
+                ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
+                          for k, v in self._direct_min.items())
+                if self._direct_min is not None else "off (needs every pair of the communicator on c2c)"))
         return "\n".join(lines)
 
     def transport(self, peer: int) -> str:

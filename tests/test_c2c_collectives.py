@@ -40,7 +40,7 @@ def _describe_rank(rank, size):
 def test_describe_reports_mode_and_matrix():
     (d0, t0), _ = run_ranks(_describe_rank, 2, timeout=60)
     assert t0 == ["self", "c2c"]                       # c2c outranks shm by default
-    assert "c2c on " in d0 and ": cma (" in d0 and "single-copy ring allreduce/allgather: on" in d0
+    assert "c2c on " in d0 and ": cma (" in d0 and "single-copy ring allreduce/allgather: allreduce from 32768 bytes, allgather from 32768 bytes" in d0
     (d1, t1), _ = run_ranks(_describe_rank, 2, timeout=60, env={"HETCCL_C2C_MODE": "window"})
     assert t1 == ["self", "c2c"] and ": window (HETCCL_C2C_MODE=window)" in d1
     (_, t2), _ = run_ranks(_describe_rank, 2, timeout=60, transports="^c2c")

@@ -27,9 +27,10 @@ from .shm import ShmTransport
 log = logging.getLogger("hetccl.transport")
 
 MODES = ("auto", "cma", "window")
-# Below this size the FIFO schedules win: a single-copy call costs two or three all-rank syncs plus
-# the CMA system calls, while a small FIFO message rides in its header's cache lines.
-DIRECT_MIN_BYTES = 32 << 10
+# Smallest call (bytes) that runs single-copy, per collective; None: never (the FIFO schedules
+# then serve it). Below 32 KiB the FIFO schedules win: a single-copy call costs two all-rank syncs
+# plus the CMA system calls, while a small FIFO message rides in its header's cache lines.
+DIRECT_MIN_BYTES = {"allreduce": 32 << 10, "allgather": 32 << 10}
 _MODE_CODE = {"cma": 1, "window": 2}
 
 
