@@ -42,9 +42,11 @@ def doctor_main(argv) -> int:
     except Exception as e:                 # doctor reports, it does not fail on a topology problem
         print(f"topology: unavailable ({e})")
     print(f"cpus available: {len(os.sched_getaffinity(0))}")
-    print("transports:")
+    print("transports (preference: self > c2c > shm > rdma > tcp; HETCCL_TRANSPORTS="
+          f"{os.environ.get('HETCCL_TRANSPORTS', '')!r}):")
     for t in ALL:
         print(f"  {t.name:<5} {'available' if t.available() else 'unavailable'}")
+    _doctor_c2c_and_matrix()
     from .transports.rdma import describe as ucx_describe
     for line in ucx_describe():
         print(line)
@@ -58,6 +60,42 @@ def doctor_main(argv) -> int:
         except ImportError:
             print(f"{mod}: not installed")
     return 0
+
+
+def _doctor_c2c_and_matrix() -> None:
+    """c2c's mode here (and why), and the transport matrix local ranks would get."""
+    import os
+
+    from .errors import HetcclError
+    from .topology.host import host_id
+    from .topology.select import format_matrix, parse_filter, transport_matrix
+    from .transports import ALL
+    from .transports.c2c import C2CTransport, local_mode
+    mode = None
+    if C2CTransport.available():
+        try:
+            mode, why = local_mode()
+        except HetcclError as e:
+            mode, why = "error", str(e)
+        print(f"c2c mode: {mode} ({why})")
+    n = int(os.environ.get("HETCCL_LOCAL_SIZE", "2") or 2)
+    spec = os.environ.get("HETCCL_TRANSPORTS")
+    try:
+        allowed = parse_filter(spec, [t.name for t in ALL])
+        cards = [{"rank": r, "host": host_id(), "c2c_mode": "c2c" in allowed and mode} for r in range(n)]
+        print(f"transport per pair for {n} ranks on this host (`hetccl run -n N -- hetccl doctor` "
+              f"prints a running job's):")
+        print("  " + format_matrix(transport_matrix(cards, ALL, spec)).replace("\n", "\n  "))
+    except HetcclError as e:
+        print(f"transport matrix: {e}")
+    if os.environ.get("HETCCL_SIZE") and os.environ.get("HETCCL_STORE"):
+        from . import comm as _comm
+        c = _comm.init()
+        try:
+            if c.rank == 0:
+                print("this job:\n" + c.describe())
+        finally:
+            c.close()
 
 
 def topo_main(argv) -> int:

@@ -22,6 +22,7 @@ from .collectives import probe
 from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
+from ._native import direct as _direct
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -33,6 +34,12 @@ _ndarray = np.ndarray
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
 _ENGINE_ALLREDUCE = (ALGO_RING, ALGO_RD)     # the others run in collectives.pyx
+
+
+def _c2c_direct_min() -> dict:
+    """Smallest call (bytes) that runs single-copy when every pair is c2c (inf: never)."""
+    from .transports.c2c import DIRECT_MIN_BYTES
+    return {k: (v if v is not None else float("inf")) for k, v in DIRECT_MIN_BYTES.items()}
 
 
 def _dtype_code(buf) -> int:
@@ -144,6 +151,7 @@ class Communicator:
             self.abort()
             raise
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
+        self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
         self.last_algorithm = None
         self._closed = False
         self._pending = 0
@@ -222,8 +230,12 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allreduce output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
-        algo = self._algo("allreduce", _nbytes(buf), algorithm)
+        nbytes = _nbytes(buf)
+        algo = self._algo("allreduce", nbytes, algorithm)
         t = self._timeout if timeout is None else config.timeout(timeout)
+        if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allreduce"]:
+            return self._run("allreduce", _direct.allreduce, (self._engine, buf, out, code, op, t), out,
+                             async_op)
         if algo < 0:
             return self._run("allreduce", self._plan.allreduce, (buf, out, code, op, t, algo), out, async_op)
         if algo not in _ENGINE_ALLREDUCE:      # Rabenseifner, double binary tree
@@ -248,7 +260,11 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allgather output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
-        algo = self._algo("allgather", _nbytes(out), algorithm)
+        nbytes = _nbytes(out)
+        algo = self._algo("allgather", nbytes, algorithm)
+        if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allgather"]:
+            return self._run("allgather", _direct.allgather, (self._engine, buf, out, code, self._t(timeout)),
+                             out, async_op)
         if algo < 0:
             return self._run("allgather", self._plan.allgather, (buf, out, code, algo, self._t(timeout)),
                              out, async_op)
@@ -430,6 +446,14 @@ class Communicator:
             lines.append(f"  host {h}: ranks {ranks}")
         lines.append("transport per pair:")
         lines.append(format_matrix(self._matrix))
+        modes = {(c["host"], c.get("c2c_mode"), c.get("c2c_why")) for c in self._cards if c.get("c2c_mode")}
+        if any(x == "c2c" for row in self._matrix for x in row):
+            for host, mode, why in sorted(modes):
+                lines.append(f"c2c on {host}: {mode} ({why})")
+            lines.append("single-copy ring allreduce/allgather: " + (
+                ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
+                          for k, v in self._direct_min.items())
+                if self._direct_min is not None else "off (needs every pair of the communicator on c2c)"))
         return "\n".join(lines)
 
     def transport(self, peer: int) -> str:

@@ -143,7 +143,7 @@ def test_torch_style_environment(script, size):
         assert rc == 0, f"rank {r} exited {rc}\n{out}\n{err}"
     rows = _results("".join(o for _, o, _ in outs), size)
     assert {f["launcher"] for f in rows} == {"env"}
-    assert all(f["transports"].count("shm") == size - 1 for f in rows), rows
+    assert all(f["transports"].count("c2c") == size - 1 for f in rows), rows   # same host: c2c
 
 
 def test_real_torchrun(script):

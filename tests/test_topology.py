@@ -183,6 +183,7 @@ def test_islands_come_from_coherent_groups_then_numa():
     assert topo.pair_class(0, 1) == "c2c" and topo.pair_class(1, 2) == "shm"
     topo = from_cards([_card(r, "h", {}, {"numa": r // 2, "device": None}) for r in range(4)])
     assert [topo.island_of(r) for r in range(4)] == ["numa0", "numa0", "numa1", "numa1"]
+    assert topo.pair_class(0, 3) == "c2c"           # CPU ranks: one coherent host memory
     topo = from_cards([_card(r, "h", {}, {"numa": 0, "device": None}) for r in range(2)])
     assert topo.islands("h") == [""]
 

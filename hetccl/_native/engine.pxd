@@ -5,6 +5,7 @@ from libc.stdint cimport uint64_t, uint32_t, uint8_t
 from hetccl._native.link cimport Link
 from hetccl._native.reduce cimport reduce_fn
 from hetccl._native.codes cimport dtype_size
+from hetccl._native.c2c cimport C2CPeer
 
 cdef struct Seg:
     char* buf            # send: source; recv: destination
@@ -93,6 +94,9 @@ cdef class Engine:
     cdef char* scratch_buf
     cdef size_t scratch_len
     cdef public bint stream_out     # set per call: outputs big enough for streaming stores
+    cdef C2CPeer* c2c               # per peer: c2c control slots / windows (mode C2C_OFF: none)
+    cdef uint32_t c2c_epoch         # c2c syncs passed (the same on every rank of the communicator)
+    cdef uint32_t c2c_round         # window mode: rounds done (picks the window half to use)
 
     cdef void stream_init(self, Stream* s, int peer, Seg* segs, int nseg, int coll, int dtype,
                           int op, int phase, uint64_t count, size_t esize, bint is_send) noexcept nogil

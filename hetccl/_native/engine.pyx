@@ -28,6 +28,7 @@ from hetccl._native.ucx cimport UcxLink
 from hetccl._native.ucx_link cimport sock_write, sock_read, sock_read_reduce, ucx_prepare_sleep
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 from hetccl._native.buffers cimport get_buffer, check_overlap
+from hetccl._native.c2c cimport C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, C2C_SLOT_BYTES
 
 import os as _os
 
@@ -152,6 +153,10 @@ cdef class ShmSegment:
             raise TransportError(f"cannot map shared memory {self.name.decode()} ({size} bytes)")
         self.base = <char*>p
 
+    def address(self):
+        """Where the segment is mapped in this process (for the per-pair endpoint layer)."""
+        return <uintptr_t>self.base
+
     def unlink(self):
         if self.linked:
             shm_unlink(self.name)
@@ -203,10 +208,18 @@ cdef class Engine:
         self.segments = []
         self.scratch_buf = NULL
         self.scratch_len = 0
+        self.c2c = <C2CPeer*>calloc(size, sizeof(C2CPeer))
+        if self.c2c == NULL:
+            raise MemoryError()
+        self.c2c_epoch = 0
+        self.c2c_round = 0
 
     def __dealloc__(self):
         if self.scratch_buf != NULL:
             free(self.scratch_buf)
+        if self.c2c != NULL:
+            free(self.c2c)
+            self.c2c = NULL
         if self.links != NULL:
             for i in range(self.size):
                 if self.links[i].stage != NULL:
@@ -262,7 +275,43 @@ cdef class Engine:
         L.ucx = <void*><uintptr_t>handle.state_address()
         self.segments.append(handle)
 
+    def add_c2c_link(self, int peer, int fd, ShmSegment seg, size_t fifo_bytes, bint low, int mode,
+                     int pid, size_t window_bytes):
+        """A c2c pair: seg holds the shm FIFOs (for schedules without a single-copy form), then the
+        two sides' control slots, then (window mode) one window per direction."""
+        cdef C2CPeer* c
+        cdef char* ctl = seg.base + SHM_CTL + 2 * fifo_bytes
+        cdef char* w0 = ctl + 4096
+        if mode != C2C_CMA and mode != C2C_WINDOW:
+            raise ValueError("mode must be 1 (cma) or 2 (window)")
+        self.add_shm_link(peer, fd, seg, fifo_bytes, low)
+        c = &self.c2c[peer]
+        c.mode = mode
+        c.pid = pid
+        c.mine = <C2CSlot*>(ctl if low else ctl + C2C_SLOT_BYTES)
+        c.theirs = <C2CSlot*>(ctl + C2C_SLOT_BYTES if low else ctl)
+        c.win = window_bytes if mode == C2C_WINDOW else 0
+        c.win_tx = (w0 if low else w0 + window_bytes) if c.win else NULL
+        c.win_rx = (w0 + window_bytes if low else w0) if c.win else NULL
+        c.mine.magic = 0x4332434843324332
+        c.mine.epoch = self.c2c_epoch
+
+    def c2c_mode(self, int peer):
+        """'cma', 'window' or None (peer not linked by c2c)."""
+        return {C2C_CMA: "cma", C2C_WINDOW: "window"}.get(self.c2c[peer].mode)
+
+    def all_c2c(self):
+        """True when every peer is linked by c2c (the single-copy schedules then apply)."""
+        if self.size < 2:
+            return False
+        for i in range(self.size):
+            if i != self.rank and self.c2c[i].mode == C2C_OFF:
+                return False
+        return True
+
     def link_kind(self, int peer):
+        if self.c2c[peer].mode != C2C_OFF:
+            return "c2c"
         k = self.links[peer].kind
         return {LK_SHM: "shm", LK_TCP: "tcp", LK_UCX: "rdma"}.get(k, "self" if peer == self.rank else "none")
 
@@ -271,6 +320,7 @@ cdef class Engine:
         for i in range(self.size):
             self.links[i].kind = LK_NONE
             self.links[i].closed = 1
+            self.c2c[i].mode = C2C_OFF
         for seg in self.segments:
             seg.close()
         self.segments = []

@@ -92,9 +92,11 @@ class Topology:
             return "self"
         a, b = self.ranks[i], self.ranks[j]
         if a.host == b.host:
+            if a.device is None and b.device is None:
+                return "c2c"                   # CPU ranks: host memory is one coherent domain (CMA/window)
             if a.island is not None and a.island == b.island and a.island.startswith("c2c"):
                 return "c2c"
-            return "shm"
+            return "shm"                       # devices across PCIe: staged through host memory
         return "rdma" if self._rdma(a) and self._rdma(b) else "tcp"
 
     def _rdma(self, place) -> bool:

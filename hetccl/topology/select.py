@@ -1,6 +1,8 @@
 """Choose the transport for every pair of ranks.
 
-Each transport scores a pair (0 = cannot connect it); the highest score wins. ``HETCCL_TRANSPORTS``
+Each transport scores a pair (0 = cannot connect it); the highest score wins. The scores encode the
+link-class order self > c2c (40: same host, single copy) > shm (30: same host, staged) > rdma (20)
+> tcp (10: anything reachable); see SCORES. ``HETCCL_TRANSPORTS``
 restricts the candidates: ``tcp`` or ``shm,tcp`` (a list: only these), ``^shm`` (all but these).
 Every rank computes the same matrix from the same gathered rank cards, so no agreement step is needed.
 
@@ -10,6 +12,9 @@ different hosts use tcp even when they share a machine, while shared memory stil
 host (its score is 0 otherwise).
 """
 from ..errors import InvalidUsage
+
+# the score each transport gives a pair it can link (0 where it cannot); 'self' is the diagonal
+SCORES = {"c2c": 40, "shm": 30, "rdma": 20, "tcp": 10}
 
 
 def parse_filter(spec: str | None, known: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ shared memory needs exactly this (create, map, unlink); TCP needs only ``attach`
 ``score(a, b)`` rates a pair from the two rank cards (host id, pid, addresses): 0 means the transport
 cannot link them; higher is faster. Scores follow the link-class order self > c2c > shm > rdma > tcp.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -20,6 +20,7 @@ class LinkContext:
     comm_id: str
     local_size: int           # ranks on this host (FIFO sizing)
     timeout: float
+    cards: list = field(default_factory=list)   # every rank's card (c2c reads the peer's pid and mode)
 
 
 class Transport:

@@ -21,7 +21,8 @@ from ..bootstrap.auth import client_handshake, server_handshake
 from ..errors import AuthenticationError, HetcclTimeout, TransportError
 from ..topology.cards import card_entry, model_of
 from ..topology.host import host_id
-from ..topology.select import transport_matrix
+from ..topology.select import parse_filter, transport_matrix
+from . import c2c as _c2c
 from .base import LinkContext
 from .netif import choose_address
 
@@ -68,9 +69,12 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
     listener, ifname, addr = _listener(spec_ifname)
     socks = {}
     try:
+        use_c2c = "c2c" in parse_filter(transports_spec, [t.name for t in _transports.ALL]) and \
+            _c2c.C2CTransport.available()
         card = {"rank": rank, "host": host_id(), "pid": os.getpid(), "ifname": ifname, "addr": addr,
                 "port": listener.getsockname()[1], "bind_any": not spec_ifname,
-                "topo": card_entry(comm_id, rank, size), **(extra or {})}
+                "topo": card_entry(comm_id, rank, size),
+                **(_c2c.card_fields() if use_c2c else {}), **(extra or {})}
         store.set(f"{comm_id}/card/{rank}", json.dumps(card).encode())
         raw = store.multi_get([f"{comm_id}/card/{r}" for r in range(size)], timeout=timeout)
         cards = [json.loads(bytes(b)) for b in raw]
@@ -102,9 +106,12 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                 s.close()
                 continue
             socks[peer] = s
+        if use_c2c:        # every rank's verdict on cross-memory attach decides each host's c2c mode
+            _c2c.agree_mode(store, comm_id, rank, cards, max(1.0, deadline - time.monotonic()))
         matrix = transport_matrix(cards, _transports.ALL, transports_spec, model_of(cards))
         local_size = sum(c["host"] == card["host"] for c in cards)
-        ctx = LinkContext(engine, rank, job_id, comm_id, local_size, max(1.0, deadline - time.monotonic()))
+        ctx = LinkContext(engine, rank, job_id, comm_id, local_size, max(1.0, deadline - time.monotonic()),
+                          cards)
         tr = {p: _transports.by_name(matrix[rank][p]) for p in socks}
         try:
             for p in sorted(socks):

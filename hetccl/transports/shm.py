@@ -9,6 +9,7 @@ as the doorbell a sleeping receiver waits on and to report the peer's death at o
 import os
 import struct
 
+from ..topology.select import SCORES
 from .base import LinkContext, Transport
 from ..errors import TransportError
 
@@ -50,24 +51,34 @@ class ShmTransport(Transport):
         return os.path.isdir("/dev/shm")
 
     def score(self, a: dict, b: dict) -> int:
-        return 30 if a["host"] == b["host"] else 0
+        return SCORES["shm"] if a["host"] == b["host"] else 0
+
+    # subclasses (c2c) extend the pair segment and hand the engine a richer link
+    suffix = ""
+
+    def segment_bytes(self, ctx: LinkContext, fb: int) -> int:
+        from .._native.engine import shm_segment_bytes
+        return shm_segment_bytes(fb)
+
+    def add_link(self, ctx: LinkContext, peer: int, sock, seg, fb: int, low: bool) -> None:
+        ctx.engine.add_shm_link(peer, sock.fileno(), seg, fb, low)
 
     def prepare(self, ctx: LinkContext, peer: int, sock) -> None:
-        from .._native.engine import ShmSegment, shm_segment_bytes
+        from .._native.engine import ShmSegment
         fb = fifo_bytes(ctx.local_size)
-        seg = ShmSegment(segment_name(ctx, ctx.rank, peer), shm_segment_bytes(fb), True)
+        seg = ShmSegment(segment_name(ctx, ctx.rank, peer) + self.suffix, self.segment_bytes(ctx, fb), True)
         self._pending[(ctx.comm_id, peer)] = (seg, fb)
         sock.sendall(_READY + struct.pack("<Q", fb))
 
     def attach(self, ctx: LinkContext, peer: int, sock, low: bool) -> None:
-        from .._native.engine import ShmSegment, shm_segment_bytes
+        from .._native.engine import ShmSegment
         if low:
             seg, fb = self._pending[(ctx.comm_id, peer)]
         else:
             fb, = struct.unpack("<Q", _expect(sock, _READY, 9, peer, ctx.timeout))
-            seg = ShmSegment(segment_name(ctx, peer, ctx.rank), shm_segment_bytes(fb), False)
+            seg = ShmSegment(segment_name(ctx, peer, ctx.rank) + self.suffix, self.segment_bytes(ctx, fb), False)
             sock.sendall(_MAPPED)
-        ctx.engine.add_shm_link(peer, sock.fileno(), seg, fb, low)
+        self.add_link(ctx, peer, sock, seg, fb, low)
 
     def finish(self, ctx: LinkContext, peer: int, sock) -> None:
         seg, _ = self._pending.pop((ctx.comm_id, peer))

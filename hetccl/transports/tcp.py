@@ -5,6 +5,7 @@ Works between any two ranks, across hosts included. Receives land directly in th
 """
 import socket
 
+from ..topology.select import SCORES
 from .base import LinkContext, Transport
 
 SOCKET_BUFFER = 4 << 20
@@ -14,7 +15,7 @@ class TcpTransport(Transport):
     name = "tcp"
 
     def score(self, a: dict, b: dict) -> int:
-        return 10
+        return SCORES["tcp"]
 
     def attach(self, ctx: LinkContext, peer: int, sock, low: bool) -> None:
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):

@@ -1,0 +1,317 @@
+"""Point-to-point and single-copy benchmarks of hetccl's transports, with physical limits measured
+in the same run.
+
+    python bench/transports.py                      # everything below, default sizes
+    python bench/transports.py --quick              # smoke run (seconds)
+    python bench/transports.py --only p2p --transports c2c,shm --sizes 4K,1M,4M
+
+Sections (each prints a markdown table):
+
+* ``p2p`` — OSU-style, per transport, over its Endpoint (transports/endpoint.py): ``osu_bw``
+  (rank 0 keeps a window of WINDOW sends outstanding, rank 1 a window of receives; one ack per
+  window; MB/s = bytes / time) and ``osu_latency`` (ping-pong, half the round trip, us).
+* ``limits`` — memcpy bandwidth (glibc, and with streaming stores: the copy kernel hetccl uses) and
+  raw TCP loopback bandwidth between two processes (blocking sendall/recv_into of 4 MiB).
+* ``collectives`` — 2 ranks, one host: allreduce and allgather busbw at each size over ``c2c``
+  (single copy) and over ``shm`` (the same ring algorithm, staged), in the same processes and
+  interleaved round by round, beside the streaming memcpy bandwidth of that moment. Targets:
+  allreduce c2c >= 1.3x shm at 64 MiB, allgather >= 1.5x.
+
+Adding a transport (helper "rdma"): give ``p2p_rows`` an EndpointFactory (hetccl.transports.
+endpoints) under a new name in ``FACTORIES``, and put a reference line beside it through
+``REFERENCES`` (a callable returning rows, e.g. one running ``ucx_perftest``).
+"""
+import argparse
+import multiprocessing as mp
+import os
+import secrets
+import socket
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from hetccl.transports.endpoints import factories  # noqa: E402
+
+FACTORIES = factories()
+REFERENCES = {}          # name -> callable(sizes, quick) -> list of row dicts (e.g. ucx_perftest)
+WINDOW = 64
+
+
+def parse_size(s):
+    s = s.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1:], 1)
+    return int(float(s[:-1] if mult > 1 else s) * mult)
+
+
+def fmt_size(n):
+    for unit, k in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << k and n % (1 << k) == 0:
+            return f"{n >> k}{unit}"
+    return f"{n}B"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- running a pair of processes
+
+def _pair_child(rank, fn, args, env, q):
+    try:
+        os.environ.update(env)
+        q.put((rank, "ok", fn(rank, *args)))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        import traceback
+        q.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def run_pair(fn, *args, env=None, timeout=300):
+    """fn(rank, *args) in two spawned processes (same job secret and id); rank-ordered results."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    env = {"HETCCL_SECRET": secrets.token_hex(16), "HETCCL_JOB_ID": "b" + secrets.token_hex(4),
+           **(env or {})}
+    ps = [ctx.Process(target=_pair_child, args=(r, fn, args, env, q), daemon=True) for r in (0, 1)]
+    for p in ps:
+        p.start()
+    out = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < 2:
+            rank, state, val = q.get(timeout=max(1.0, deadline - time.monotonic()))
+            if state != "ok":
+                raise RuntimeError(f"rank {rank} failed: {val}")
+            out[rank] = val
+    finally:
+        for p in ps:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+    return [out[0], out[1]]
+
+
+# ---------------------------------------------------------------- p2p: osu_bw / osu_latency
+
+def _p2p_rank(rank, name, port, sizes, quick):
+    f = FACTORIES[name]
+    f.start(rank, port)
+    ep = f.open(timeout=60)
+    res = {}
+    ack = np.zeros(1, np.uint8)
+    try:
+        for n in sizes:
+            bufs = [np.ones(n, np.uint8) for _ in range(WINDOW if n <= (1 << 20) else 8)]
+            w = len(bufs)
+            iters = max(2, min(200, int((64 << 20) / max(1, n * w)))) // (4 if quick else 1) or 1
+            times = []
+            for it in range(iters + 1):                 # osu_bw: iteration 0 is the warm-up
+                t = time.perf_counter()
+                if rank == 0:
+                    reqs = [ep.isend(b, tag=1) for b in bufs]
+                    for r in reqs:
+                        r.wait(60)
+                    ep.irecv(ack, tag=2).wait(60)
+                else:
+                    reqs = [ep.irecv(b, tag=1) for b in bufs]
+                    for r in reqs:
+                        r.wait(60)
+                    ep.isend(ack, tag=2).wait(60)
+                if it:
+                    times.append(time.perf_counter() - t)
+            bw = n * w / statistics.median(times) / 1e6
+            lat_iters = max(10, min(1000, int((16 << 20) / max(1, n)))) // (4 if quick else 1)
+            b = bufs[0]
+            t = None
+            for it in range(lat_iters + 5):              # osu_latency: 5 warm-up round trips
+                if it == 5:
+                    t = time.perf_counter()
+                if rank == 0:
+                    ep.isend(b, tag=3).wait(60)
+                    ep.irecv(b, tag=3).wait(60)
+                else:
+                    ep.irecv(b, tag=3).wait(60)
+                    ep.isend(b, tag=3).wait(60)
+            lat = (time.perf_counter() - t) / lat_iters / 2 * 1e6
+            res[n] = (bw, lat)
+    finally:
+        ep.close()
+        f.stop()
+    return res
+
+
+def p2p_rows(name, factory, sizes, quick=False):
+    """OSU bw/latency rows of one transport (a hook: any EndpointFactory under FACTORIES[name])."""
+    FACTORIES[name] = factory
+    why = factory.unavailable()
+    if why:
+        return [{"transport": name, "size": "-", "note": f"skipped: {why}"}]
+    res = run_pair(_p2p_rank, name, _free_port(), sizes, quick, env=factory.env)[0]
+    return [{"transport": name, "size": fmt_size(n), "osu_bw MB/s": f"{bw:.0f}", "osu_latency us": f"{lat:.2f}"}
+            for n, (bw, lat) in res.items()]
+
+
+# ---------------------------------------------------------------- physical limits
+
+def memcpy_gbs(nbytes=64 << 20, reps=7, streaming=True):
+    """Copy bandwidth (bytes copied per second) of pre-faulted buffers, best of reps."""
+    from hetccl._native.reduce import copy_array
+    src = np.ones(nbytes, np.uint8)
+    dst = np.ones(nbytes, np.uint8)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        if streaming:
+            copy_array(dst, src, True)
+        else:
+            np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
+
+
+def _tcp_rank(rank, port, total):
+    chunk = 4 << 20
+    buf = bytearray(chunk)
+    if rank == 0:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", port))
+        ls.listen(1)
+        s, _ = ls.accept()
+        view = memoryview(buf)
+        got = 0
+        t = time.perf_counter()
+        while got < total:
+            k = s.recv_into(view)
+            if not k:
+                break
+            got += k
+        el = time.perf_counter() - t
+        s.sendall(b"x")
+        s.close()
+        ls.close()
+        return got / el / 1e9
+    for _ in range(100):
+        try:
+            s = socket.create_connection(("127.0.0.1", port))
+            break
+        except ConnectionRefusedError:
+            time.sleep(0.02)
+    for _ in range(total // chunk):
+        s.sendall(buf)
+    s.recv(1)
+    s.close()
+    return None
+
+
+def limit_rows(quick=False):
+    total = (256 if quick else 2048) << 20
+    tcp = run_pair(_tcp_rank, _free_port(), total)[0]
+    return [{"limit": "memcpy (glibc), 64 MiB", "GB/s": f"{memcpy_gbs(streaming=False):.2f}"},
+            {"limit": "memcpy with streaming stores, 64 MiB", "GB/s": f"{memcpy_gbs():.2f}"},
+            {"limit": f"raw TCP loopback, {fmt_size(total)} in 4 MiB sends", "GB/s": f"{tcp:.2f}"}]
+
+
+# ---------------------------------------------------------------- collectives: c2c vs shm
+
+def _coll_rank(rank, port, sizes, rounds, reps):
+    os.environ.update({"HETCCL_RANK": str(rank), "HETCCL_SIZE": "2", "HETCCL_LOCAL_RANK": str(rank),
+                       "HETCCL_LOCAL_SIZE": "2", "HETCCL_STORE": f"127.0.0.1:{port}"})
+    import hetccl
+    from hetccl import comm as _comm
+    c2c = hetccl.init(transports="c2c,tcp")
+    shm = _comm._connect(c2c._info, c2c._store, None, c2c._job_id, "w.shm", 120.0, "shm,tcp", parent=c2c)
+    assert c2c.transport(1 - rank) == "c2c" and shm.transport(1 - rank) == "shm"
+    res = {}
+    for n in sizes:
+        x = np.ones(n // 4, np.float32)
+        o = np.ones_like(x)
+        g = np.ones(n // 4, np.float32)
+        part = x[: n // 8]
+        for c in (c2c, shm):                       # warm up (and pre-fault) both paths
+            c.allreduce(x, out=o)
+            c.allgather(part, out=g)
+        for rnd in range(rounds):
+            for name, c in (("c2c", c2c), ("shm", shm)) if rnd % 2 == 0 else (("shm", shm), ("c2c", c2c)):
+                for coll in ("allreduce", "allgather"):
+                    ts = []
+                    for _ in range(reps):
+                        c.barrier()
+                        t = time.perf_counter()
+                        if coll == "allreduce":
+                            c.allreduce(x, out=o)
+                        else:
+                            c.allgather(part, out=g)
+                        ts.append(time.perf_counter() - t)
+                    t = max(c.allgather(np.array([statistics.median(ts)])))   # the slowest rank
+                    res.setdefault((n, coll, name), []).append(t)
+        res[(n, "memcpy", "nt")] = [memcpy_gbs(n, 3)]
+        del x, o, g, part
+    shm.close()
+    c2c.close()
+    return res
+
+
+def collective_rows(sizes, quick=False):
+    """busbw (nccl-tests factors: allreduce 2(n-1)/n = 1, allgather (n-1)/n = 1/2 at 2 ranks)."""
+    rounds, reps = (2, 3) if quick else (6, 7)
+    res = run_pair(_coll_rank, _free_port(), sizes, rounds, reps, timeout=900)[0]
+    rows = []
+    for n in sizes:
+        limit = res[(n, "memcpy", "nt")][0]
+        for coll, factor, target in (("allreduce", 1.0, 1.3), ("allgather", 0.5, 1.5)):
+            bw = {k: n * factor / statistics.median(res[(n, coll, k)]) / 1e9 for k in ("c2c", "shm")}
+            rows.append({"collective": coll, "size": fmt_size(n), "c2c busbw GB/s": f"{bw['c2c']:.2f}",
+                         "shm busbw GB/s": f"{bw['shm']:.2f}", "c2c / shm": f"{bw['c2c'] / bw['shm']:.2f}x",
+                         "target": f">= {target}x" if n == 64 << 20 else "",
+                         "memcpy NT GB/s": f"{limit:.2f}",
+                         "c2c / memcpy": f"{bw['c2c'] / limit:.2f}", "shm / memcpy": f"{bw['shm'] / limit:.2f}"})
+    return rows
+
+
+# ---------------------------------------------------------------- output
+
+def table(rows):
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="p2p,limits,collectives", help="sections to run (comma-separated)")
+    p.add_argument("--transports", default=",".join(FACTORIES), help="p2p transports (default all)")
+    p.add_argument("--sizes", default="8,4K,64K,1M,4M", help="p2p message sizes")
+    p.add_argument("--coll-sizes", default="1M,8M,64M", help="collective sizes (bytes per rank's buffer)")
+    p.add_argument("--quick", action="store_true", help="smoke run: fewer iterations and sizes")
+    a = p.parse_args(argv)
+    only = set(a.only.split(","))
+    sizes = [parse_size(s) for s in a.sizes.split(",")]
+    if "limits" in only:
+        print("## physical limits (this run)\n\n" + table(limit_rows(a.quick)) + "\n", flush=True)
+    if "p2p" in only:
+        rows = []
+        for name in a.transports.split(","):
+            rows += p2p_rows(name, FACTORIES[name], sizes, a.quick)
+            if name in REFERENCES:
+                rows += REFERENCES[name](sizes, a.quick)
+        print("## point to point, 2 ranks (OSU osu_bw window %d, osu_latency)\n\n" % WINDOW + table(rows) + "\n",
+              flush=True)
+    if "collectives" in only:
+        cs = [parse_size(s) for s in a.coll_sizes.split(",")]
+        print("## single copy (c2c) vs staged (shm), 2 ranks, float32 SUM, out of place, interleaved\n\n"
+              + table(collective_rows(cs, a.quick)) + "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

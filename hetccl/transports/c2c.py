@@ -1,0 +1,166 @@
+"""``c2c``: coherent single-copy links between ranks of one host (load/store into a peer's memory).
+
+On a CPU host the "chip-to-chip" fabric is the memory system itself; what a c2c link adds over
+``shm`` is that peers read, write and reduce *each other's* memory, so data moves once instead of
+being staged through a FIFO (copy in, copy out). Two modes, agreed per host at set-up:
+
+* ``cma`` — cross-memory attach: ``process_vm_readv/writev`` between the ranks' own (user) buffers.
+  It needs the kernel's permission to ptrace-read the peer (same uid, and
+  ``kernel.yama.ptrace_scope`` 0, or CAP_SYS_PTRACE; containers may forbid it with seccomp). Every
+  rank test-reads a word in every same-host peer at set-up; only if all succeed is cma used.
+* ``window`` — the fallback when any probe fails (or ``HETCCL_C2C_MODE=window``): each pair segment
+  also holds one pre-faulted window per direction that the peer loads from directly.
+
+Each c2c pair also carries an ordinary shm FIFO pair (same segment), used by every schedule that has
+no single-copy form yet (broadcast, reduce_scatter, alltoall, small-message recursive doubling, ...).
+The single-copy schedules are in _native/direct.pyx; the Communicator runs them for ring allreduce
+and allgather when every pair of the communicator is c2c.
+"""
+import logging
+import os
+
+from ..errors import InvalidUsage, TransportError
+from ..topology.select import SCORES
+from .base import LinkContext
+from .shm import ShmTransport
+
+log = logging.getLogger("hetccl.transport")
+
+MODES = ("auto", "cma", "window")
+# Smallest call (bytes) that runs single-copy, per collective; None: never (the FIFO schedules
+# then serve it). Below 32 KiB the FIFO schedules win: a single-copy call costs two all-rank syncs
+# plus the CMA system calls, while a small FIFO message rides in its header's cache lines.
+DIRECT_MIN_BYTES = {"allreduce": 32 << 10, "allgather": 32 << 10}
+_MODE_CODE = {"cma": 1, "window": 2}
+
+
+def requested_mode() -> str:
+    """HETCCL_C2C_MODE: auto (cma if every probe succeeds, else window), cma (fail otherwise), window."""
+    m = os.environ.get("HETCCL_C2C_MODE", "auto").strip().lower() or "auto"
+    if m not in MODES:
+        raise InvalidUsage(f"HETCCL_C2C_MODE={m!r}: choose auto, cma or window")
+    return m
+
+
+def window_bytes(local_size: int) -> int:
+    """Bytes of each direction's window (window mode): big rounds for few ranks, bounded memory
+    (and first-touch time) for many: 16 MiB for 2 ranks, 8 MiB up to 4, 2 MiB beyond."""
+    return 16 << 20 if local_size <= 2 else 8 << 20 if local_size <= 4 else 2 << 20
+
+
+def ptrace_policy() -> str:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return f"kernel.yama.ptrace_scope={f.read().strip()}"
+    except OSError:
+        return "no Yama ptrace policy"
+
+
+def explain_errno(err: int) -> str:
+    if err == -1:
+        return "a test read returned the wrong bytes"
+    name = os.strerror(err)
+    if err in (1, 13):                     # EPERM, EACCES
+        return (f"cross-memory attach refused ({name}): {ptrace_policy()}, differing uids, a missing "
+                f"CAP_SYS_PTRACE or a container's seccomp policy forbid process_vm_readv")
+    if err == 38:                          # ENOSYS
+        return "this kernel has no process_vm_readv (CONFIG_CROSS_MEMORY_ATTACH off)"
+    return f"process_vm_readv failed: {name}"
+
+
+def card_fields() -> dict:
+    """What peers need to probe cross-memory attach into this process."""
+    from .._native.direct import probe_address
+    pid, addr, value = probe_address()
+    return {"cma_probe": [pid, addr, value]}
+
+
+def probe(card: dict) -> int:
+    """0 if this process can read the peer's probe word (see card_fields), else an errno (-1: wrong)."""
+    from .._native.direct import cma_probe
+    pid, addr, value = card["cma_probe"]
+    return cma_probe(pid, addr, value)
+
+
+def agree_mode(store, comm_id: str, rank: int, cards: list, timeout: float) -> None:
+    """Probe every same-host peer, share the verdicts through the store, and record in every card
+    the host's c2c mode ('cma' or 'window') and why. All ranks derive the same answer."""
+    mine = cards[rank]
+    want = requested_mode()
+    fails = []
+    if want != "window":
+        for c in cards:
+            if c["rank"] != rank and c["host"] == mine["host"] and "cma_probe" in c:
+                err = probe(c)
+                if err:
+                    fails.append(f"rank {rank} -> rank {c['rank']}: {explain_errno(err)}")
+    store.set(f"{comm_id}/c2c/{rank}", ("\n".join(fails) or "ok").encode())
+    raw = store.multi_get([f"{comm_id}/c2c/{r}" for r in range(len(cards))], timeout=timeout)
+    verdict = {r: bytes(b).decode() for r, b in enumerate(raw)}
+    for host in {c["host"] for c in cards}:
+        ranks = [c["rank"] for c in cards if c["host"] == host]
+        bad = [verdict[r] for r in ranks if verdict[r] != "ok"]
+        if want == "window":
+            mode, why = "window", "HETCCL_C2C_MODE=window"
+        elif bad:
+            mode, why = "window", bad[0].splitlines()[0]
+        else:
+            mode, why = "cma", f"process_vm_readv between all {len(ranks)} local ranks works ({ptrace_policy()})"
+        if mode == "window" and want == "cma":
+            raise TransportError(f"HETCCL_C2C_MODE=cma but {why}; unset it to fall back to the "
+                                 f"shared window")
+        for c in cards:
+            if c["host"] == host:
+                c["c2c_mode"], c["c2c_why"] = mode, why
+
+
+def local_mode() -> tuple[str, str]:
+    """The mode c2c would use between two ranks started like this process (for `hetccl doctor`):
+    forks a child and test-reads it."""
+    want = requested_mode()
+    if want == "window":
+        return "window", "HETCCL_C2C_MODE=window"
+    card = card_fields()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                           # the child: wait until the parent has probed it
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    try:
+        err = probe({"cma_probe": [pid, card["cma_probe"][1], card["cma_probe"][2]]})
+    finally:
+        os.write(w, b"x")
+        os.close(w)
+        os.waitpid(pid, 0)
+    if err:
+        return "window", explain_errno(err)
+    return "cma", f"process_vm_readv into another process works ({ptrace_policy()})"
+
+
+class C2CTransport(ShmTransport):
+    name = "c2c"
+    suffix = "-c2c"
+
+    @classmethod
+    def available(cls) -> bool:
+        return os.path.isdir("/dev/shm") and hasattr(os, "fork")
+
+    def score(self, a: dict, b: dict) -> int:
+        return SCORES["c2c"] if a["host"] == b["host"] and a.get("c2c_mode") and b.get("c2c_mode") else 0
+
+    def _mode(self, ctx: LinkContext) -> str:
+        return ctx.cards[ctx.rank].get("c2c_mode", "window")
+
+    def segment_bytes(self, ctx: LinkContext, fb: int) -> int:
+        from .._native.engine import shm_segment_bytes
+        # windows serve the single-copy collectives only: a lone endpoint pair (endpoints.py) skips them
+        win = window_bytes(ctx.local_size) if (self._mode(ctx) == "window" and
+                                               getattr(ctx.engine, "c2c_windows", True)) else 0
+        return shm_segment_bytes(fb) + 4096 + 2 * win
+
+    def add_link(self, ctx: LinkContext, peer: int, sock, seg, fb: int, low: bool) -> None:
+        mode = self._mode(ctx)
+        ctx.engine.add_c2c_link(peer, sock.fileno(), seg, fb, low, _MODE_CODE[mode],
+                                int(ctx.cards[peer]["pid"]), window_bytes(ctx.local_size))
