@@ -372,7 +372,7 @@ def test_composed_algorithms_on_a_simulated_round_robin_cluster(tmp_path):
     res = run_ranks(_composed_case, 4, [0, 1, 5, 1001, 70_000], timeout=240, env={"HETCCL_TOPO_FILE": path})
     seen, transports, plan = res[0]
     assert plan and "hierarchical" in seen and "topo_ring" in seen
-    assert transports == ["self", "tcp", "shm", "tcp"]         # shared memory only inside a host
+    assert transports == ["self", "tcp", "c2c", "tcp"]         # shared memory only inside a host
 
 
 def test_three_level_hierarchy_on_a_simulated_cluster(tmp_path):

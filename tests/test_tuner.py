@@ -274,7 +274,7 @@ def test_probe_measures_once_then_the_cache_serves(tmp_path):
         assert all(d <= f for d, f in zip(res[0]["dup"]["cost"], res[0]["first"]["cost"]))
     else:
         assert res[0]["dup"]["cost"] == res[0]["first"]["cost"]
-    assert res[0]["first"]["links"] == ("shm",)
+    assert res[0]["first"]["links"] == ("c2c",)   # one host: every pair c2c
     assert 0.0 <= first["other_load"] and first["probes"] == 1
     alpha, beta, gamma = res[0]["first"]["cost"]
     assert 1e-8 < alpha < 1e-2 and 1 / 1e12 < beta < 1 / 1e7 and 1 / 1e13 < gamma < 1 / 1e7
@@ -283,7 +283,7 @@ def test_probe_measures_once_then_the_cache_serves(tmp_path):
     entries = probe.read_entries(str(tmp_path / "hetccl" / "cost-model.json"))
     assert len(entries) == 1
     (e,) = entries.values()
-    assert (e["links"], e["local"], e["nranks"]) == ("shm", 2, 2)
+    assert (e["links"], e["local"], e["nranks"]) == ("c2c", 2, 2)
     assert e["probe_s"] < 1.0, f"the probe took {e['probe_s']:.2f} s"
     assert (e["alpha"], e["beta"], e["gamma"]) == res[0]["dup"]["cost"]
     assert e["probes"] == (2 if again else 1)
@@ -291,7 +291,7 @@ def test_probe_measures_once_then_the_cache_serves(tmp_path):
 
 def _plant(root, alpha, **extra):
     from hetccl.topology.host import host_id
-    s = probe.shape(host_id(), ["shm"], 2)
+    s = probe.shape(host_id(), ["c2c"], 2)
     assert probe.store(s, {"alpha": alpha, "beta": 2e-10, "gamma": 3e-11, "measured_at": 0.0,
                            "probe_s": 0.01, **extra}, os.path.join(root, "hetccl", "cost-model.json"))
 
@@ -402,7 +402,7 @@ def test_tune_replaces_this_hosts_entry_with_a_measurement(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=REPO_ROOT)
     for var in ("HETCCL_TRANSPORTS", "HETCCL_ALGO", "HETCCL_HOST_ID"):
         env.pop(var, None)
-    s = probe.shape(host_id(), ["shm"], 2)
+    s = probe.shape(host_id(), ["c2c"], 2)
     path = str(tmp_path / "hetccl" / "cost-model.json")
     probe.store(s, _entry(alpha=1.0), path)
     done = subprocess.run([sys.executable, "-m", "hetccl", "tune", "-n", "2"], env=env,

@@ -271,7 +271,7 @@ def test_hetccl_algo_accepts_aliases_and_spaces(clean_env):
 
 
 @pytest.mark.parametrize("spec,phrase", [
-    ("infiniband", r"unknown transport\(s\) infiniband; known: c2c, shm, tcp"),
+    ("infiniband", r"unknown transport\(s\) infiniband; known: c2c, shm, rdma, tcp"),
     ("shm,carrier-pigeon", r"unknown transport\(s\) carrier-pigeon"),
     ("^nvlink", r"unknown transport\(s\) nvlink"),
 ])

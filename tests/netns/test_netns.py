@@ -24,7 +24,7 @@ def test_discovery_finds_two_hosts_without_a_topology_file(cluster, host_id):
     for r, out in enumerate(res):
         assert out["hosts"] == 2 and out["model_hosts"] == 2 and out["local_size"] == 2
         assert out["source"] == "discovered"
-        want = ["self" if p == r else "shm" if p % 2 == r % 2 else "tcp" for p in range(4)]
+        want = ["self" if p == r else "c2c" if p % 2 == r % 2 else "tcp" for p in range(4)]   # c2c: same host
         assert out["transports"] == want, (r, out)
         assert out["ring"] == [0, 2, 1, 3]
     assert res[0]["card_host"].startswith(cluster.hostnames[0] if host_id == "uts" else cluster.hostnames[0])
