@@ -36,10 +36,11 @@ _ERRORS_BY_NAME = {}
 _ENGINE_ALLREDUCE = (ALGO_RING, ALGO_RD)     # the others run in collectives.pyx
 
 
-def _c2c_direct_min() -> dict:
-    """Smallest call (bytes) that runs single-copy when every pair is c2c (inf: never)."""
-    from .transports.c2c import DIRECT_MIN_BYTES
-    return {k: (v if v is not None else float("inf")) for k, v in DIRECT_MIN_BYTES.items()}
+def _c2c_direct_min():
+    """Smallest call (bytes) that runs single-copy when every pair is c2c (inf: never; None: off)."""
+    from .transports.c2c import direct_thresholds
+    t = direct_thresholds()
+    return None if t is None else {k: (v if v is not None else float("inf")) for k, v in t.items()}
 
 
 def _dtype_code(buf) -> int:
@@ -453,7 +454,7 @@ class Communicator:
             lines.append("single-copy ring allreduce/allgather: " + (
                 ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
                           for k, v in self._direct_min.items())
-                if self._direct_min is not None else "off (needs every pair of the communicator on c2c)"))
+                if self._direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
         return "\n".join(lines)
 
     def transport(self, peer: int) -> str:

@@ -14,7 +14,7 @@ CASES = [(2, "cma"), (3, "cma"), (4, "window"), (2, "window")]
 def test_c2c_matrix(size, mode):
     ar, ag = allreduce_plan(size, size > 3), allgather_plan(size, size > 3)
     results = run_ranks(_matrix_rank, size, ar, ag, "c2c", timeout=240, transports="c2c",
-                        env={"HETCCL_C2C_MODE": mode})
+                        env={"HETCCL_C2C_MODE": mode, "HETCCL_C2C_DIRECT": "on"})
     s = _check_summaries(results, size)
     assert s["cases"] >= len(ar) + len(ag)
 
@@ -22,7 +22,7 @@ def test_c2c_matrix(size, mode):
 @pytest.mark.parametrize("mode", ["cma", "window"])
 def test_c2c_64mib_two_ranks(mode):
     results = run_ranks(_large_rank, 2, "c2c", timeout=180, transports="c2c",
-                        env={"HETCCL_C2C_MODE": mode})
+                        env={"HETCCL_C2C_MODE": mode, "HETCCL_C2C_DIRECT": "on"})
     for r, s in enumerate(results):
         assert not s["failures"], (r, s["failures"])
     assert results[0]["digest"] == results[1]["digest"]
@@ -38,11 +38,12 @@ def _describe_rank(rank, size):
 
 
 def test_describe_reports_mode_and_matrix():
-    (d0, t0), _ = run_ranks(_describe_rank, 2, timeout=60)
+    (d0, t0), _ = run_ranks(_describe_rank, 2, timeout=60, env={"HETCCL_C2C_DIRECT": "on"})
     assert t0 == ["self", "c2c"]                       # c2c outranks shm by default
     assert "c2c on " in d0 and ": cma (" in d0 and "single-copy ring allreduce/allgather: allreduce from 32768 bytes, allgather from 32768 bytes" in d0
     (d1, t1), _ = run_ranks(_describe_rank, 2, timeout=60, env={"HETCCL_C2C_MODE": "window"})
     assert t1 == ["self", "c2c"] and ": window (HETCCL_C2C_MODE=window)" in d1
+    assert "single-copy ring allreduce/allgather: off (HETCCL_C2C_DIRECT=on" in d1   # the default
     (_, t2), _ = run_ranks(_describe_rank, 2, timeout=60, transports="^c2c")
     assert t2 == ["self", "shm"]
 
@@ -81,7 +82,7 @@ def _dies_rank(rank, size, mode):
 @pytest.mark.parametrize("mode", ["cma", "window"])
 def test_peer_death_raises_peer_lost(mode):
     res = run_ranks_expect_failure(_dies_rank, 2, mode, timeout=60, transports="c2c",
-                                   env={"HETCCL_C2C_MODE": mode})
+                                   env={"HETCCL_C2C_MODE": mode, "HETCCL_C2C_DIRECT": "on"})
     ok0, text0 = res[0]
     assert not ok0 and "PeerLostError" in text0, text0
 
@@ -114,7 +115,7 @@ def test_every_other_collective_over_c2c_fifos(size, mode):
     """broadcast, reduce, reduce_scatter, alltoall, gather, scatter... ride the c2c pairs' FIFOs."""
     from tests.test_more_collectives import SIZES, _collectives
     res = run_ranks(_collectives, size, SIZES, timeout=240, transports="c2c",
-                    env={"HETCCL_C2C_MODE": mode})
+                    env={"HETCCL_C2C_MODE": mode, "HETCCL_C2C_DIRECT": "on"})
     for checked, _ in res:
         assert f"n={SIZES[-1]}" in checked
 

@@ -27,10 +27,30 @@ from .shm import ShmTransport
 log = logging.getLogger("hetccl.transport")
 
 MODES = ("auto", "cma", "window")
-# Smallest call (bytes) that runs single-copy, per collective; None: never (the FIFO schedules
-# then serve it). Below 32 KiB the FIFO schedules win: a single-copy call costs two all-rank syncs
-# plus the CMA system calls, while a small FIFO message rides in its header's cache lines.
+# Smallest call (bytes) that runs single-copy, per collective, once switched on; None: never (the
+# FIFO schedules then serve it). Below 32 KiB the FIFO schedules win: a single-copy call costs two
+# all-rank syncs plus the CMA system calls, while a small FIFO message rides in its header's cache
+# lines.
 DIRECT_MIN_BYTES = {"allreduce": 32 << 10, "allgather": 32 << 10}
+
+
+def direct_thresholds():
+    """The single-copy thresholds in force: HETCCL_C2C_DIRECT=on uses DIRECT_MIN_BYTES, a number
+    of bytes sets both, off (the default) leaves every call on the FIFO schedules.
+
+    Off by default because on the 2-vCPU VM this was built on, a CMA copy runs at 0.3-0.4x a
+    streaming memcpy and the single-copy schedules measured 0.77-0.89x the FIFO ring (bench/RESULTS.md);
+    on hosts where cross-memory copies run near memory speed they are the faster path."""
+    spec = os.environ.get("HETCCL_C2C_DIRECT", "off").strip().lower() or "off"
+    if spec in ("off", "0", "no"):
+        return None
+    if spec in ("on", "1", "yes"):
+        return dict(DIRECT_MIN_BYTES)
+    try:
+        n = int(spec)
+    except ValueError:
+        raise InvalidUsage(f"HETCCL_C2C_DIRECT={spec!r}: use off, on or a size in bytes") from None
+    return {k: n for k in DIRECT_MIN_BYTES}
 _MODE_CODE = {"cma": 1, "window": 2}
 
 
