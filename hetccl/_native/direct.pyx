@@ -28,6 +28,7 @@ from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint64_t, uint32_t, uint8_t, int32_t, uintptr_t
 from libc.string cimport memcpy, memcmp, memset
 
+from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_load32_sc, hc_store32_sc
 from hetccl._native.buffers cimport get_buffer, check_overlap
 from hetccl._native.c2c cimport (C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, hc_add32,
@@ -40,20 +41,6 @@ from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by,
 import os as _os
 
 from hetccl.errors import InvalidUsage
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd* fds, unsigned long nfds, int timeout)
-    short POLLHUP
-    short POLLERR
-    short POLLNVAL
-    short POLLRDHUP
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 
 cdef enum:
     HDR_BYTES = 32

@@ -21,6 +21,7 @@ from libc.stdint cimport uint64_t, uint32_t, uint8_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, free, realloc
 from libc.string cimport memcpy, memcmp, memset
 
+from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_store32_sc, hc_load32_sc
 from hetccl._native.codes cimport *
 from hetccl._native.link cimport *
@@ -33,22 +34,6 @@ from hetccl._native.c2c cimport C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, 
 import os as _os
 
 from hetccl.errors import (HetcclTimeout, PeerLostError, InvalidUsage, CommAborted, TransportError)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd* fds, unsigned long nfds, int timeout)
-    short POLLIN
-    short POLLOUT
-    short POLLHUP
-    short POLLERR
-    short POLLNVAL
-    short POLLRDHUP
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 
 cdef extern from "<sys/mman.h>" nogil:
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)

@@ -14,28 +14,13 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_store32_sc
 from hetccl._native.buffers cimport get_buffer
 from hetccl._native.c2c cimport hc_cma
 from hetccl._native.link cimport *
 
 from hetccl.errors import HetcclTimeout, PeerLostError, TransportError
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd* fds, unsigned long nfds, int timeout)
-    short POLLIN
-    short POLLOUT
-    short POLLHUP
-    short POLLERR
-    short POLLNVAL
-    short POLLRDHUP
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 
 
 cdef class PairLink:

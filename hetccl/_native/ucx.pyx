@@ -18,6 +18,7 @@ from libc.stdint cimport uint64_t, uintptr_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
+from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP
 from hetccl._native.atomics cimport hc_now, hc_relax
 
 import os as _os
@@ -35,17 +36,6 @@ cdef extern from "<stdio.h>" nogil:
     ctypedef struct FILE
     FILE* open_memstream(char** ptr, size_t* sizeloc)
     int fclose(FILE* f)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd* fds, unsigned long nfds, int timeout)
-    short POLLIN
-    short POLLHUP
-    short POLLERR
-    short POLLRDHUP
 
 cdef extern from "<sys/socket.h>" nogil:
     long c_recv "recv"(int fd, void* buf, size_t n, int flags)
