@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Acquiring user buffers for the nogil core, with errors that say what to do."""
-from cpython.buffer cimport PyObject_GetBuffer, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from libc.stdint cimport uintptr_t
 
 from hetccl.errors import InvalidUsage
@@ -38,3 +38,40 @@ cdef int check_overlap(Py_buffer* a, Py_buffer* b, bint same) except -1:
         raise InvalidUsage("input and output buffers partially overlap; pass the same buffer for an "
                            "in-place operation or disjoint buffers")
     return 0
+
+
+cdef int pin_allgather(object sendobj, object recvobj, int size, int rank, size_t esize,
+                       Py_buffer* sv, Py_buffer* rv) except -1:
+    """Pin and check an allgather's buffers: recv holds size blocks of len(send) bytes; send may be
+    recv itself (in place: this rank's block of it). On error nothing stays pinned; otherwise
+    release with release_allgather(sendobj is recvobj, sv, rv)."""
+    cdef bint same = sendobj is recvobj
+    get_buffer(recvobj, rv, True)
+    if same:
+        sv[0] = rv[0]
+        sv.len = rv.len // size
+        sv.buf = <char*>rv.buf + sv.len * rank
+    else:
+        try:
+            get_buffer(sendobj, sv, False)
+        except BaseException:
+            PyBuffer_Release(rv)
+            raise
+    try:
+        if sv.len * size != rv.len:
+            raise InvalidUsage(f"allgather output has {rv.len} bytes but needs size x input = "
+                               f"{size} x {sv.len} bytes")
+        if sv.len % esize:
+            raise InvalidUsage(f"buffer of {sv.len} bytes is not a whole number of {esize}-byte elements")
+        if not same and <char*>sv.buf != <char*>rv.buf + sv.len * rank:
+            check_overlap(sv, rv, False)
+    except BaseException:
+        release_allgather(same, sv, rv)
+        raise
+    return 0
+
+
+cdef void release_allgather(bint same, Py_buffer* sv, Py_buffer* rv) noexcept:
+    if not same:
+        PyBuffer_Release(sv)
+    PyBuffer_Release(rv)

@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memcmp, memset
 
 from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_load32_sc, hc_store32_sc
-from hetccl._native.buffers cimport get_buffer, check_overlap
+from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
 from hetccl._native.c2c cimport (C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, hc_add32,
                                  hc_futex_wait, hc_futex_wake, hc_cma)
 from hetccl._native.codes cimport *
@@ -444,25 +444,8 @@ def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
     cdef int rc, mode = _mode(e)
     cdef double dl
     cdef bint same = sendobj is recvobj
-    get_buffer(recvobj, &rv, True)
-    if same:
-        sv = rv
-        sv.len = rv.len // e.size
-        sv.buf = <char*>rv.buf + sv.len * e.rank
-    else:
-        try:
-            get_buffer(sendobj, &sv, False)
-        except BaseException:
-            PyBuffer_Release(&rv)
-            raise
+    pin_allgather(sendobj, recvobj, e.size, e.rank, dtype_size(dtype), &sv, &rv)
     try:
-        if sv.len * e.size != rv.len:
-            raise InvalidUsage(f"allgather output has {rv.len} bytes but needs size x input = "
-                               f"{e.size} x {sv.len} bytes")
-        if sv.len % dtype_size(dtype):
-            raise InvalidUsage(f"buffer of {sv.len} bytes is not a whole number of elements")
-        if not same and <char*>sv.buf != <char*>rv.buf + sv.len * e.rank:
-            check_overlap(&sv, &rv, False)
         dl = hc_now() + timeout
         e.seq += 1
         with nogil:
@@ -473,6 +456,4 @@ def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
         if rc < 0:
             e.raise_error(rc, "allgather", timeout)
     finally:
-        if not same:
-            PyBuffer_Release(&sv)
-        PyBuffer_Release(&rv)
+        release_allgather(same, &sv, &rv)

@@ -28,7 +28,7 @@ from hetccl._native.link cimport *
 from hetccl._native.ucx cimport UcxLink
 from hetccl._native.ucx_link cimport sock_write, sock_read, sock_read_reduce, ucx_prepare_sleep
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
-from hetccl._native.buffers cimport get_buffer, check_overlap
+from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
 from hetccl._native.c2c cimport C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, C2C_SLOT_BYTES
 
 import os as _os
@@ -924,25 +924,8 @@ cdef class Engine:
         cdef double deadline
         cdef bint same = sendobj is recvobj
         self.check_usable()
-        get_buffer(recvobj, &rv, True)
-        if same:
-            sv = rv
-            sv.len = rv.len // self.size
-            sv.buf = <char*>rv.buf + sv.len * self.rank
-        else:
-            try:
-                get_buffer(sendobj, &sv, False)
-            except BaseException:
-                PyBuffer_Release(&rv)
-                raise
+        pin_allgather(sendobj, recvobj, self.size, self.rank, ESIZE[dtype], &sv, &rv)
         try:
-            if sv.len * self.size != rv.len:
-                raise InvalidUsage(f"allgather output has {rv.len} bytes but needs size x input = "
-                                   f"{self.size} x {sv.len} bytes")
-            if sv.len % ESIZE[dtype]:
-                raise InvalidUsage(f"buffer of {sv.len} bytes is not a whole number of {_DT_NAMES[dtype]}")
-            if not same and <char*>sv.buf != <char*>rv.buf + sv.len * self.rank:
-                check_overlap(&sv, &rv, False)
             deadline = hc_now() + timeout
             self.seq += 1
             self.stream_out = <size_t>rv.len >= self.nt_threshold
@@ -954,9 +937,7 @@ cdef class Engine:
             if rc < 0:
                 self.raise_error(rc, "allgather", timeout)
         finally:
-            if not same:
-                PyBuffer_Release(&sv)
-            PyBuffer_Release(&rv)
+            release_allgather(same, &sv, &rv)
 
     # ---- ring allreduce: reduce-scatter then allgather around the ring, one pipelined stream each way
 
