@@ -1,0 +1,472 @@
+"""What the NCCL-family and HCCL bridges share: a vendor described as data, how its library and
+runtime are found and loaded, and the Bridge that drives a native communicator.
+
+Why data, not a class per vendor: NCCL, RCCL, MCCL, ... differ only in file names, symbol
+prefixes, which dtypes/ops they implement and which runtime owns their streams. A ``Vendor`` holds
+exactly that, and one ``NativeBridge`` runs them all through the one Cython binding
+(_native/ccl_api.pyx). The dtype/op tables are per vendor *and* version (ncclAvg and ncclBfloat16
+from NCCL 2.10, fp8 from 2.24), and anything a table lacks is reported by ``supports()`` so the
+caller runs hetccl's own algorithm instead: a bridge never approximates.
+
+Data movement without reduction (allgather, broadcast, send/recv) is done as bytes (the vendor's
+8-bit type, count x itemsize), so every hetccl dtype moves, including int16 and bool, which NCCL
+has no enum for.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import site
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import dtypes as _dt
+from ..errors import HetcclTimeout, InvalidUsage
+from ..ops import ReduceOp
+from .base import Bridge, BridgeError, BridgeUnavailable
+from .buffers import DeviceBuffer, as_device_buffer
+
+log = logging.getLogger("hetccl.bridges")
+
+REDUCING = ("allreduce", "reduce_scatter", "reduce")
+MOVING = ("allgather", "broadcast", "send", "recv")
+
+RUNTIME_ROLES_CUDA = {   # cudart-style runtimes: name = prefix + suffix
+    "get_device_count": "GetDeviceCount", "set_device": "SetDevice", "stream_create": "StreamCreate",
+    "stream_synchronize": "StreamSynchronize", "stream_query": "StreamQuery",
+    "stream_destroy": "StreamDestroy", "memcpy": "Memcpy", "get_error_string": "GetErrorString",
+}
+RUNTIME_ROLES_ACL = {    # Ascend ACL (acl.h / acl_rt.h): aclInit, aclrt*, aclGetRecentErrMsg
+    "init": "Init", "get_device_count": "rtGetDeviceCount", "set_device": "rtSetDevice",
+    "stream_create": "rtCreateStream", "stream_synchronize": "rtSynchronizeStream",
+    "stream_query": "rtStreamQuery", "stream_destroy": "rtDestroyStream", "memcpy": "rtMemcpy",
+    "get_error_string": "GetRecentErrMsg",
+}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A device runtime: where to find it and how its symbols are spelled."""
+    names: tuple            # sonames tried in order ("libcudart.so.12", ...)
+    prefix: str             # "cuda", "hip", "musa", "mc", "acl"
+    style: str = "cuda"     # "cuda" (cudart and clones) or "acl"
+    not_ready: int = 600    # the stream query's "not finished" code (cudaErrorNotReady, hipErrorNotReady)
+    wheel_dirs: tuple = ()  # site-packages sub-directories of a pip wheel that ships it
+
+    def symbols(self) -> dict:
+        roles = RUNTIME_ROLES_CUDA if self.style == "cuda" else RUNTIME_ROLES_ACL
+        return {role: self.prefix + suffix for role, suffix in roles.items()}
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """One native collective library of the NCCL family or HCCL, as data (see nccl.py, hccl.py)."""
+    kind: str               # bridge kind: "nccl", "rccl", "mccl", "hccl", ...
+    family: str             # "nccl" or "hccl": which call shapes the binding uses
+    names: tuple            # sonames tried in order
+    prefix: str             # symbol prefix ("nccl", "mccl", "Hccl")
+    roles: dict             # role -> symbol suffix (prefix + suffix = symbol)
+    required: tuple         # roles that must resolve
+    runtime: Runtime
+    tables: Callable        # version code -> (reduce map, byte dtype): see nccl.py / hccl.py
+    memory: str             # memory type of its buffers ("cuda", "rocm", "musa", "npu", ...)
+    device_word: str        # "CUDA", "ROCm", "MUSA", "Ascend NPU": in "no <word> device" messages
+    dlpack_devices: tuple   # DLPack device types its buffers may have; () = any non-CPU
+    search_dirs: tuple = ()     # install directories searched after the wheel and the loader path
+    wheel_dirs: tuple = ()      # site-packages sub-directories of a pip wheel that ships it
+    wheel: str = ""             # the pip distribution that ships it ("nvidia-nccl-cu12")
+    loader_search: bool = True  # also LD_LIBRARY_PATH and ldconfig (False when the soname is shared
+                                # by several vendors, e.g. libmccl.so: only its install dirs count)
+    source: str = ""            # where the names/prefix/enums were checked
+    extra: dict = field(default_factory=dict)
+
+    def symbols(self) -> dict:
+        return {role: self.prefix + suffix for role, suffix in self.roles.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding files
+# ------------------------------------------------------------------------------------------------
+def site_dirs() -> list[str]:
+    """Every site-packages directory of this interpreter (venv, user, system)."""
+    out = []
+    for d in list(getattr(site, "getsitepackages", lambda: [])()) + [site.getusersitepackages()] + sys.path:
+        if d and os.path.isdir(d) and d not in out and d.rstrip("/").endswith("-packages"):
+            out.append(d)
+    return out
+
+
+def _ld_library_path() -> list[str]:
+    return [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+
+
+_LDCONFIG: dict[str, str] | None = None
+
+
+def ldconfig_cache() -> dict[str, str]:
+    """soname -> path from the dynamic loader's cache (``ldconfig -p``), read once."""
+    global _LDCONFIG
+    if _LDCONFIG is None:
+        import subprocess
+        _LDCONFIG = {}
+        for exe in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
+            try:
+                out = subprocess.run([exe, "-p"], capture_output=True, text=True, timeout=10).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            for line in out.splitlines():
+                if "=>" in line:
+                    name = line.strip().split(" ", 1)[0]
+                    _LDCONFIG.setdefault(name, line.rsplit("=>", 1)[1].strip())
+            break
+    return _LDCONFIG
+
+
+def candidates(names, wheel_dirs=(), search_dirs=(), loader=True) -> list[tuple[str, str]]:
+    """(path, where) for every existing file named ``names`` in: pip wheels, LD_LIBRARY_PATH, the
+    ldconfig cache, then the vendor's install directories. First = the one that would be loaded."""
+    seen, out = set(), []
+
+    def add(path, where):
+        real = os.path.realpath(path)
+        if os.path.isfile(path) and real not in seen:
+            seen.add(real)
+            out.append((path, where))
+
+    for sp in site_dirs():
+        for wd in wheel_dirs:
+            for name in names:
+                for p in sorted(glob.glob(os.path.join(sp, wd, name))):
+                    add(p, "wheel")
+    if loader:
+        for d in _ld_library_path():
+            for name in names:
+                add(os.path.join(d, name), "LD_LIBRARY_PATH")
+        cache = ldconfig_cache()
+        for name in names:
+            if name in cache:
+                add(cache[name], "ldconfig")
+    for d in search_dirs:
+        for name in names:
+            for p in sorted(glob.glob(os.path.join(d, name))):
+                add(p, d)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading (one handle per file and process)
+# ------------------------------------------------------------------------------------------------
+_LOADED: dict = {}
+
+
+def load_library(vendor: Vendor, path: str | None = None):
+    """The CclLibrary for ``vendor`` (first candidate, or ``path``); BridgeUnavailable if none."""
+    from .._native.ccl_api import CclLibrary
+    paths = [path] if path else [p for p, _ in candidates(vendor.names, vendor.wheel_dirs, vendor.search_dirs,
+                                                          vendor.loader_search)]
+    if not paths:
+        hint = f"`pip install {vendor.wheel}` or " if vendor.wheel else ""
+        raise BridgeUnavailable(f"{vendor.kind}: none of {', '.join(vendor.names)} was found (looked in pip "
+                                f"wheels, LD_LIBRARY_PATH, the ldconfig cache and {', '.join(vendor.search_dirs) or 'nowhere else'}); "
+                                f"{hint}install it and put its directory on LD_LIBRARY_PATH")
+    errors = []
+    for p in paths:
+        key = ("ccl", vendor.kind, p)
+        if key in _LOADED:
+            return _LOADED[key]
+        try:
+            lib = CclLibrary(p, vendor.family, vendor.symbols(), vendor.required)
+        except OSError as e:
+            errors.append(str(e))
+            continue
+        _LOADED[key] = lib
+        return lib
+    raise BridgeUnavailable(f"{vendor.kind}: found but cannot load: {'; '.join(errors)}")
+
+
+def load_runtime(rt: Runtime, path: str | None = None, search_dirs=()):
+    from .._native.ccl_api import DeviceRuntime
+    paths = [path] if path else [p for p, _ in candidates(rt.names, rt.wheel_dirs, search_dirs)]
+    errors = []
+    for p in paths:
+        key = ("rt", rt.prefix, p)
+        if key in _LOADED:
+            return _LOADED[key]
+        try:
+            r = DeviceRuntime(p, rt.style, rt.symbols(), rt.not_ready)
+        except OSError as e:
+            errors.append(str(e))
+            continue
+        _LOADED[key] = r
+        return r
+    raise BridgeUnavailable(f"device runtime {rt.prefix}: "
+                            + ("; ".join(errors) if errors else f"none of {', '.join(rt.names)} was found"))
+
+
+def version_string(code: int) -> str:
+    """NCCL's version code as text: 2.8.4 -> 2804 (old scheme), 2.27.3 -> 22703."""
+    if code < 0:
+        return ""
+    if code < 10000:
+        return f"{code // 1000}.{code % 1000 // 100}.{code % 100}"
+    return f"{code // 10000}.{code % 10000 // 100}.{code % 100}"
+
+
+def device_status(vendor: Vendor, runtime) -> tuple[int, str]:
+    """(devices, reason): how many devices the runtime sees, and why none when 0."""
+    rc = runtime.init()
+    if rc not in (0, 100002):                  # ACL_ERROR_REPEAT_INITIALIZE is fine
+        return 0, f"no {vendor.device_word} device: {vendor.runtime.prefix} init returned {rc} ({runtime.error_string(rc)})"
+    rc, n = runtime.device_count()
+    if rc != 0:
+        return 0, (f"no {vendor.device_word} device: {vendor.runtime.prefix}GetDeviceCount returned "
+                   f"{rc} ({runtime.error_string(rc)})")
+    if n <= 0:
+        return 0, f"no {vendor.device_word} device: {vendor.runtime.prefix}GetDeviceCount found 0 devices"
+    return n, ""
+
+
+# ------------------------------------------------------------------------------------------------
+# The bridge
+# ------------------------------------------------------------------------------------------------
+class NativeBridge(Bridge):
+    """An island's communicator on a native library (NCCL family or HCCL).
+
+    Created collectively by the island's ``size`` ranks. ``store`` is hetccl's Store (``set``,
+    ``multi_get``); ``key`` a prefix unique to this island and communicator. Before anything that
+    could block, every rank publishes whether it can run (library, runtime, device) and all read
+    everyone's answer: a rank without a device makes *every* rank raise BridgeUnavailable naming
+    it, instead of leaving the others blocked in CommInitRank. Then rank 0 makes the unique id
+    (NCCL) or root info (HCCL), every rank reads it from the store and joins.
+
+    ``device`` defaults to HETCCL_LOCAL_RANK (else the island rank) modulo the devices seen.
+    ``timeout`` bounds every wait for a stream (default: HETCCL_TIMEOUT or 300 s); a timeout or an
+    asynchronous error aborts the communicator, which cannot be used afterwards.
+    """
+
+    def __init__(self, vendor: Vendor, store, key: str, rank: int, size: int, *, device=None,
+                 timeout: float | None = None, library_path=None, runtime_path=None):
+        super().__init__(rank, size)
+        self.vendor, self.kind, self.memory = vendor, vendor.kind, vendor.memory
+        self._comm = self._stream = 0
+        self._closed = True
+        self.timeout = float(timeout if timeout is not None else os.environ.get("HETCCL_TIMEOUT") or 300.0)
+        p = vendor.prefix
+        why, lib, rt, dev = "", None, None, 0
+        try:
+            lib = load_library(vendor, library_path)
+            rt = load_runtime(vendor.runtime, runtime_path, vendor.search_dirs)
+            n, why = device_status(vendor, rt)
+            if not why:
+                dev = int(device if device is not None else os.environ.get("HETCCL_LOCAL_RANK", rank)) % n
+        except BridgeUnavailable as e:
+            why = str(e)
+        t = self.timeout
+        store.set(f"{key}/can/{rank}", b"ok" if not why else why.encode(), timeout=t)
+        answers = store.multi_get([f"{key}/can/{r}" for r in range(size)], timeout=t)
+        bad = [(r, bytes(a).decode(errors="replace")) for r, a in enumerate(answers) if bytes(a) != b"ok"]
+        if bad:
+            raise BridgeUnavailable(f"{vendor.kind} island of {size} ranks cannot form: "
+                                    + "; ".join(f"island rank {r}: {w}" for r, w in bad))
+        self.lib, self.runtime, self.device = lib, rt, dev
+        self.version = lib.version()
+        self._reduce_map, self._byte_dtype = vendor.tables(self.version)
+        self._check(rt.set_device(dev), f"{vendor.runtime.prefix}SetDevice({dev})", runtime=True)
+        rc, self._stream = rt.stream_create()
+        self._check(rc, f"{vendor.runtime.prefix}StreamCreate", runtime=True)
+        try:
+            if rank == 0:
+                rc, uid = lib.unique_id()
+                self._check(rc, f"{p}{vendor.roles['get_unique_id']}")
+                store.set(f"{key}/uid", uid, timeout=t)
+            else:
+                uid = bytes(store.get(f"{key}/uid", timeout=t))
+            rc, comm = lib.comm_init(size, uid, rank)
+            self._check(rc, f"{p}{vendor.roles['comm_init']}")
+        except BaseException:
+            rt.stream_destroy(self._stream)
+            self._stream = 0
+            raise
+        self._comm, self._closed = comm, False
+        log.debug("%s bridge up: island rank %d/%d on device %d (%s %s)", vendor.kind, rank, size,
+                  dev, lib.path, version_string(self.version))
+
+    # ---- errors ------------------------------------------------------------------------------
+    def _check(self, rc: int, call: str, runtime: bool = False) -> None:
+        if rc:
+            self._raise(rc, call, runtime)
+
+    def _raise(self, rc: int, call: str, runtime: bool = False):
+        if runtime:
+            text, src = self.runtime.error_string(rc), self.runtime.path
+        else:
+            text, src = self.lib.error_string(rc), self.lib.path
+            last = self.lib.last_error(self._comm)
+            if last and last not in text:
+                text = f"{text}; {last}"
+        raise BridgeError(f"{self.kind}: {call} failed with error {rc}: {text} ({src})")
+
+    def _wait(self, call: str) -> None:
+        from .._native.ccl_api import WAIT_OK, WAIT_TIMEOUT, WAIT_ASYNC
+        code, detail = self.runtime.wait_stream(self._stream, self.lib, self._comm, self.timeout)
+        if code == WAIT_OK:
+            return
+        self.abort()
+        if code == WAIT_TIMEOUT:
+            raise HetcclTimeout(f"{self.kind}: {call} did not finish within {self.timeout:g} s (a peer "
+                                f"may have died); the {self.kind} communicator was aborted")
+        if code == WAIT_ASYNC:
+            raise BridgeError(f"{self.kind}: {call} failed asynchronously with error {detail}: "
+                              f"{self.lib.error_string(detail)}; the communicator was aborted")
+        raise BridgeError(f"{self.kind}: waiting for {call} failed: {self.runtime.error_string(detail)} "
+                          f"(error {detail} from {self.runtime.path})")
+
+    # ---- buffers -----------------------------------------------------------------------------
+    def _ptr(self, buf, nbytes: int, writable: bool) -> int:
+        if not isinstance(buf, DeviceBuffer):
+            buf = as_device_buffer(buf, writable=writable)
+        if buf.nbytes < nbytes:
+            raise InvalidUsage(f"{buf!r} has {buf.nbytes} bytes; the call needs {nbytes}")
+        if writable and buf.readonly:
+            raise InvalidUsage(f"{buf!r} is read-only and the call writes into it")
+        ok = self.vendor.dlpack_devices
+        if (buf.device_type not in ok) if ok else buf.device_type == 1:
+            raise InvalidUsage(f"{self.kind} bridge needs {self.memory} memory, got a buffer on {buf.device}")
+        if buf.stream is not None:           # __cuda_array_interface__ v3: the producer's work first
+            self._check(self.runtime.synchronize(buf.stream), "synchronising the producer's stream", True)
+            buf.stream = None
+        return buf.ptr
+
+    def _live(self):
+        if self._closed:
+            raise InvalidUsage(f"the {self.kind} bridge was closed or aborted; create a new one")
+
+    # ---- Bridge API --------------------------------------------------------------------------
+    def supports(self, collective: str, dtype: int, op: ReduceOp | None = None) -> bool:
+        if collective in MOVING:
+            return True
+        if collective in REDUCING:
+            return (collective, dtype, op) in self._reduce_map
+        return False
+
+    def _reduction(self, collective, dtype, op):
+        try:
+            return self._reduce_map[(collective, dtype, op)]
+        except KeyError:
+            raise InvalidUsage(f"{self.kind} {version_string(self.version)} has no exact {collective} of "
+                               f"{_dt.NAMES[dtype]} with {ReduceOp(op).name}; ask supports() first and "
+                               f"use hetccl's own algorithm for it") from None
+
+    def allreduce(self, send, recv, count: int, dtype: int, op: ReduceOp) -> None:
+        self._live()
+        ldt, lop = self._reduction("allreduce", dtype, op)
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.allreduce(self._ptr(send, nb, False), self._ptr(recv, nb, True), count, ldt, lop,
+                                self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["allreduce"])
+        self._wait("allreduce")
+
+    def reduce_scatter(self, send, recv, count: int, dtype: int, op: ReduceOp) -> None:
+        self._live()
+        ldt, lop = self._reduction("reduce_scatter", dtype, op)
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.reduce_scatter(self._ptr(send, nb * self.size, False), self._ptr(recv, nb, True),
+                                     count, ldt, lop, self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["reduce_scatter"])
+        self._wait("reduce_scatter")
+
+    def reduce(self, send, recv, count: int, dtype: int, op: ReduceOp, root: int) -> None:
+        self._live()
+        if not self.lib.has("reduce"):
+            return super().reduce(send, recv, count, dtype, op, root)
+        ldt, lop = self._reduction("reduce", dtype, op)
+        nb = count * _dt.ITEMSIZE[dtype]
+        rptr = self._ptr(recv, nb, True) if (self.rank == root or recv is not None) else 0
+        rc = self.lib.reduce(self._ptr(send, nb, False), rptr, count, ldt, lop, root, self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["reduce"])
+        self._wait("reduce")
+
+    def allgather(self, send, recv, count: int, dtype: int) -> None:
+        self._live()
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.allgather(self._ptr(send, nb, False), self._ptr(recv, nb * self.size, True), nb,
+                                self._byte_dtype, self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["allgather"])
+        self._wait("allgather")
+
+    def broadcast(self, buf, count: int, dtype: int, root: int) -> None:
+        self._live()
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.broadcast(self._ptr(buf, nb, self.rank != root), nb, self._byte_dtype, root,
+                                self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["broadcast"])
+        self._wait("broadcast")
+
+    def sendrecv(self, sends=(), recvs=()) -> None:
+        """Point-to-point in one group call: ``sends``/``recvs`` are (buf, count, dtype, peer).
+
+        Grouped so that a rank may send to and receive from the same peer without deadlock
+        (NCCL's rule for concurrent send/recv)."""
+        self._live()
+        if not (self.lib.has("send") and self.lib.has("recv")):
+            raise InvalidUsage(f"{self.kind} at {self.lib.path} has no send/recv")
+        p = self.vendor.prefix
+        self._check(self.lib.group_start(), f"{p}GroupStart")
+        rc, call = 0, ""
+        for buf, count, dtype, peer in sends:
+            nb = count * _dt.ITEMSIZE[dtype]
+            rc = self.lib.send(self._ptr(buf, nb, False), nb, self._byte_dtype, peer, self._comm, self._stream)
+            if rc:
+                call = f"{p}Send(peer {peer})"
+                break
+        for buf, count, dtype, peer in (recvs if not rc else ()):
+            nb = count * _dt.ITEMSIZE[dtype]
+            rc = self.lib.recv(self._ptr(buf, nb, True), nb, self._byte_dtype, peer, self._comm, self._stream)
+            if rc:
+                call = f"{p}Recv(peer {peer})"
+                break
+        end = self.lib.group_end()
+        if rc:
+            self._raise(rc, call)
+        self._check(end, f"{p}GroupEnd")
+        self._wait("send/recv")
+
+    def async_error(self) -> int:
+        """The communicator's asynchronous error code (0 = none)."""
+        return self.lib.async_error(self._comm) if not self._closed else 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        rc = self.lib.comm_destroy(self._comm)
+        self.runtime.stream_destroy(self._stream)
+        self._comm = self._stream = 0
+        if rc:
+            raise BridgeError(f"{self.kind}: destroying the communicator failed: {self.lib.error_string(rc)}")
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.lib.comm_abort(self._comm)      # errors ignored: aborting is already the error path
+        self.runtime.stream_destroy(self._stream)
+        self._comm = self._stream = 0
+
+    def describe(self) -> str:
+        return (f"{self.kind} {version_string(self.version)} bridge ({self.lib.path}), island rank "
+                f"{self.rank}/{self.size}, device {self.device}, memory {self.memory}")
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            try:
+                self.abort()
+            except Exception:
+                pass
