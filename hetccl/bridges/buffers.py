@@ -121,6 +121,16 @@ def as_device_buffer(obj, dtype: int | None = None, writable: bool = False) -> D
     return buf
 
 
+def from_numpy(a: np.ndarray) -> DeviceBuffer:
+    """A DeviceBuffer (device type CPU) over a C-contiguous numpy array of any hetccl dtype.
+
+    numpy's own DLPack export refuses ml_dtypes' bfloat16 and fp8, so host arrays come this way."""
+    if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+        raise InvalidUsage("from_numpy needs a C-contiguous numpy array; use np.ascontiguousarray")
+    return DeviceBuffer(a.ctypes.data, a.nbytes, _dt.from_numpy(a.dtype), DL_CPU, 0,
+                        not a.flags.writeable, None, a)
+
+
 # ---- CUDA Array Interface ---------------------------------------------------------------------
 def _contiguous(shape, strides, itemsize) -> bool:
     if strides is None:

@@ -135,6 +135,9 @@ def candidates(names, wheel_dirs=(), search_dirs=(), loader=True) -> list[tuple[
             seen.add(real)
             out.append((path, where))
 
+    for name in names:
+        if os.path.isabs(name):              # a vendor given by file (custom(), tests)
+            add(name, "given")
     for sp in site_dirs():
         for wd in wheel_dirs:
             for name in names:
@@ -216,15 +219,16 @@ def version_string(code: int) -> str:
 
 def device_status(vendor: Vendor, runtime) -> tuple[int, str]:
     """(devices, reason): how many devices the runtime sees, and why none when 0."""
+    sym = vendor.runtime.symbols()
     rc = runtime.init()
     if rc not in (0, 100002):                  # ACL_ERROR_REPEAT_INITIALIZE is fine
-        return 0, f"no {vendor.device_word} device: {vendor.runtime.prefix} init returned {rc} ({runtime.error_string(rc)})"
+        return 0, f"no {vendor.device_word} device: {sym['init']} returned {rc} ({runtime.error_string(rc)})"
     rc, n = runtime.device_count()
     if rc != 0:
-        return 0, (f"no {vendor.device_word} device: {vendor.runtime.prefix}GetDeviceCount returned "
+        return 0, (f"no {vendor.device_word} device: {sym['get_device_count']} returned "
                    f"{rc} ({runtime.error_string(rc)})")
     if n <= 0:
-        return 0, f"no {vendor.device_word} device: {vendor.runtime.prefix}GetDeviceCount found 0 devices"
+        return 0, f"no {vendor.device_word} device: {sym['get_device_count']} found 0 devices"
     return n, ""
 
 
@@ -273,9 +277,10 @@ class NativeBridge(Bridge):
         self.lib, self.runtime, self.device = lib, rt, dev
         self.version = lib.version()
         self._reduce_map, self._byte_dtype = vendor.tables(self.version)
-        self._check(rt.set_device(dev), f"{vendor.runtime.prefix}SetDevice({dev})", runtime=True)
+        rsym = vendor.runtime.symbols()
+        self._check(rt.set_device(dev), f"{rsym['set_device']}({dev})", runtime=True)
         rc, self._stream = rt.stream_create()
-        self._check(rc, f"{vendor.runtime.prefix}StreamCreate", runtime=True)
+        self._check(rc, rsym["stream_create"], runtime=True)
         try:
             if rank == 0:
                 rc, uid = lib.unique_id()
@@ -461,7 +466,8 @@ class NativeBridge(Bridge):
         self._comm = self._stream = 0
 
     def describe(self) -> str:
-        return (f"{self.kind} {version_string(self.version)} bridge ({self.lib.path}), island rank "
+        v = version_string(self.version)
+        return (f"{self.kind}{' ' + v if v else ''} bridge ({self.lib.path}), island rank "
                 f"{self.rank}/{self.size}, device {self.device}, memory {self.memory}")
 
     def __del__(self):

@@ -2,7 +2,9 @@
  * "fakert" (fakertStreamCreate, fakertMemcpy(dst, src, n, kind), ...) and Ascend-ACL-style under
  * "fakeacl" (fakeaclrtCreateStream, fakeaclrtMemcpy(dst, destMax, src, n, kind), ...). "Device"
  * memory is host memory; streams are checked handles. Not a vendor runtime.
- *   FAKERT_DEVICES=<n>   number of devices (default 1); 0 = no device (cudaErrorNoDevice, 100) */
+ *   FAKERT_DEVICES=<n>   number of devices (default 1); 0 = no device (cudaErrorNoDevice, 100)
+ *   FAKERT_BUSY=1        streams never finish (StreamQuery: cudaErrorNotReady 600 / ACL status 1),
+ *                        to exercise the bridge's deadline and async-error checks */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +34,8 @@ int fakertStreamCreate(void **s) {
     return cudaSuccess;
 }
 int fakertStreamSynchronize(void *s) { return good(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle, "invalid resource handle"); }
-int fakertStreamQuery(void *s) { return fakertStreamSynchronize(s); }
+static int busy(void) { const char *s = getenv("FAKERT_BUSY"); return s && *s == '1'; }
+int fakertStreamQuery(void *s) { int rc = fakertStreamSynchronize(s); return rc ? rc : busy() ? 600 : cudaSuccess; }
 int fakertStreamDestroy(void *s) {
     if (!good(s)) return fail(cudaErrorInvalidResourceHandle, "invalid resource handle");
     ((stream_t *)s)->magic = 0; free(s);
@@ -52,6 +55,7 @@ const char *fakertGetErrorString(int rc) {
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case 600: return "device not ready";
     default: return "unrecognized error code";
     }
 }
@@ -70,7 +74,7 @@ int fakeaclrtCreateStream(void **s) { return fakertStreamCreate(s) ? ACL_ERROR_I
 int fakeaclrtSynchronizeStream(void *s) { return good(s) ? ACL_ERROR_NONE : fail(ACL_ERROR_INVALID_PARAM, "invalid stream"); }
 int fakeaclrtStreamQuery(void *s, int *status) {
     if (!good(s) || !status) return fail(ACL_ERROR_INVALID_PARAM, "invalid stream");
-    *status = 0;  /* ACL_STREAM_STATUS_COMPLETE */
+    *status = busy() ? 1 : 0;  /* ACL_STREAM_STATUS_COMPLETE = 0, NOT_READY = 1 */
     return ACL_ERROR_NONE;
 }
 int fakeaclrtDestroyStream(void *s) { return fakertStreamDestroy(s) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE; }
