@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import dtypes as _dt
+from .._native.ccl_api import WAIT_ASYNC, WAIT_OK, WAIT_TIMEOUT, CclLibrary, DeviceRuntime
 from ..errors import HetcclTimeout, InvalidUsage
 from ..ops import ReduceOp
 from .base import Bridge, BridgeError, BridgeUnavailable
@@ -166,7 +167,6 @@ _LOADED: dict = {}
 
 def load_library(vendor: Vendor, path: str | None = None):
     """The CclLibrary for ``vendor`` (first candidate, or ``path``); BridgeUnavailable if none."""
-    from .._native.ccl_api import CclLibrary
     paths = [path] if path else [p for p, _ in candidates(vendor.names, vendor.wheel_dirs, vendor.search_dirs,
                                                           vendor.loader_search)]
     if not paths:
@@ -190,7 +190,6 @@ def load_library(vendor: Vendor, path: str | None = None):
 
 
 def load_runtime(rt: Runtime, path: str | None = None, search_dirs=()):
-    from .._native.ccl_api import DeviceRuntime
     paths = [path] if path else [p for p, _ in candidates(rt.names, rt.wheel_dirs, search_dirs)]
     errors = []
     for p in paths:
@@ -275,6 +274,8 @@ class NativeBridge(Bridge):
             raise BridgeUnavailable(f"{vendor.kind} island of {size} ranks cannot form: "
                                     + "; ".join(f"island rank {r}: {w}" for r, w in bad))
         self.lib, self.runtime, self.device = lib, rt, dev
+        # DLPack device types accepted: the vendor's, or any but CPU (1) when it has no DLPack code
+        self._devices = frozenset(vendor.dlpack_devices) or frozenset(range(2, 64))
         self.version = lib.version()
         self._reduce_map, self._byte_dtype = vendor.tables(self.version)
         rsym = vendor.runtime.symbols()
@@ -314,7 +315,6 @@ class NativeBridge(Bridge):
         raise BridgeError(f"{self.kind}: {call} failed with error {rc}: {text} ({src})")
 
     def _wait(self, call: str) -> None:
-        from .._native.ccl_api import WAIT_OK, WAIT_TIMEOUT, WAIT_ASYNC
         code, detail = self.runtime.wait_stream(self._stream, self.lib, self._comm, self.timeout)
         if code == WAIT_OK:
             return
@@ -330,19 +330,24 @@ class NativeBridge(Bridge):
 
     # ---- buffers -----------------------------------------------------------------------------
     def _ptr(self, buf, nbytes: int, writable: bool) -> int:
-        if not isinstance(buf, DeviceBuffer):
+        if type(buf) is not DeviceBuffer:
             buf = as_device_buffer(buf, writable=writable)
+        if buf.nbytes < nbytes or (writable and buf.readonly) or buf.device_type not in self._devices \
+                or buf.stream is not None:
+            self._check_buffer(buf, nbytes, writable)
+        return buf.ptr
+
+    def _check_buffer(self, buf: DeviceBuffer, nbytes: int, writable: bool) -> None:
+        """The slow path of _ptr: say what is wrong, or synchronise the producer's stream."""
         if buf.nbytes < nbytes:
             raise InvalidUsage(f"{buf!r} has {buf.nbytes} bytes; the call needs {nbytes}")
         if writable and buf.readonly:
             raise InvalidUsage(f"{buf!r} is read-only and the call writes into it")
-        ok = self.vendor.dlpack_devices
-        if (buf.device_type not in ok) if ok else buf.device_type == 1:
+        if buf.device_type not in self._devices:
             raise InvalidUsage(f"{self.kind} bridge needs {self.memory} memory, got a buffer on {buf.device}")
         if buf.stream is not None:           # __cuda_array_interface__ v3: the producer's work first
             self._check(self.runtime.synchronize(buf.stream), "synchronising the producer's stream", True)
             buf.stream = None
-        return buf.ptr
 
     def _live(self):
         if self._closed:
