@@ -39,20 +39,6 @@ from tests import fakeccl  # noqa: E402
 TARGET_US = 2.0
 
 
-class _Store:
-    def __init__(self):
-        self.d = {}
-
-    def set(self, k, v, timeout=None):
-        self.d[k] = bytes(v)
-
-    def get(self, k, timeout=None):
-        return self.d[k]
-
-    def multi_get(self, ks, timeout=None):
-        return [self.d[k] for k in ks]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=30)
@@ -60,7 +46,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hetccl-bench-") as d:
         libs = fakeccl.build(d)
-        bridge = nccl.NcclBridge(_Store(), "bench", 0, 1, vendor=fakeccl.nccl_vendor(libs))
+        bridge = nccl.NcclBridge(fakeccl.MemStore(), "bench", 0, 1, vendor=fakeccl.nccl_vendor(libs))
         try:
             return run(bridge, libs, args.reps, args.iters)
         finally:

@@ -149,10 +149,7 @@ def test_device_buffer_checks_and_views():
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    try:
-        libs = fakeccl.build(str(tmp_path_factory.mktemp("fakert")))
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    libs = fakeccl.build_or_skip(tmp_path_factory)
     return native.load_runtime(fakeccl.nccl_vendor(libs).runtime)
 
 

@@ -18,10 +18,7 @@ from tests.launcher import REPO_ROOT
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
-    try:
-        return fakeccl.build(str(tmp_path_factory.mktemp("fakelibs")))
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    return fakeccl.build_or_skip(tmp_path_factory)
 
 
 def _nccl_wheel():

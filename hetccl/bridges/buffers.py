@@ -17,6 +17,7 @@ the vendor runtime's blocking memcpy.
 from __future__ import annotations
 
 import ctypes
+import math
 
 import numpy as np
 
@@ -174,9 +175,7 @@ def from_cuda_array_interface(obj, dtype: int | None = None) -> DeviceBuffer:
     if not _contiguous(shape, strides, isz):
         raise InvalidUsage(f"buffer of shape {shape} with strides {tuple(strides)} is not C-contiguous; "
                            f"pass a contiguous one (torch: .contiguous(), cupy: cupy.ascontiguousarray)")
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     stream = cai.get("stream")
     if stream == 0:
         raise InvalidUsage("__cuda_array_interface__ stream 0 is disallowed by the protocol (v3); "
@@ -289,9 +288,7 @@ def from_dlpack(obj, dtype: int | None = None) -> DeviceBuffer:
     if not _contiguous(shape, strides, isz):
         raise InvalidUsage(f"DLPack tensor of shape {tuple(shape)} is not C-contiguous; pass a "
                            f"contiguous one (torch: .contiguous(), numpy: np.ascontiguousarray)")
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     ptr = (t.data or 0) + t.byte_offset
     return DeviceBuffer(ptr, n * isz, dtype, t.device.device_type, t.device.device_id, readonly,
                         None, owner)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from .. import dtypes as _dt
 from ..ops import ReduceOp
-from .native import NativeBridge, Runtime, Vendor
+from .native import NativeBridge, Runtime, Vendor, bool_reductions
 
 HCCL_INT8, HCCL_INT16, HCCL_INT32, HCCL_FP16, HCCL_FP32, HCCL_INT64 = 0, 1, 2, 3, 4, 5
 HCCL_UINT64, HCCL_UINT8, HCCL_UINT16, HCCL_UINT32, HCCL_FP64, HCCL_BFP16 = 6, 7, 8, 9, 10, 11
@@ -49,9 +49,7 @@ def hccl_tables(version: int):
         for dt in types:
             for op, hop in _OPS.items():
                 out[(coll, dt, op)] = (_TYPES[dt], hop)
-        for op, hop in ((ReduceOp.MIN, HCCL_MIN), (ReduceOp.BAND, HCCL_MIN),
-                        (ReduceOp.MAX, HCCL_MAX), (ReduceOp.BOR, HCCL_MAX)):
-            out[(coll, _dt.BOOL, op)] = (HCCL_INT8, hop)
+    out.update(bool_reductions(_PER_CALL, HCCL_INT8, HCCL_MIN, HCCL_MAX))
     return out, HCCL_INT8
 
 

@@ -87,6 +87,13 @@ class Vendor:
         return {role: self.prefix + suffix for role, suffix in self.roles.items()}
 
 
+def bool_reductions(collectives, byte_type: int, min_op: int, max_op: int) -> dict:
+    """bool (0/1 bytes) as the library's 8-bit type: MIN = all = BAND, MAX = any = BOR, exactly."""
+    return {(coll, _dt.BOOL, op): (byte_type, lop) for coll in collectives
+            for op, lop in ((ReduceOp.MIN, min_op), (ReduceOp.BAND, min_op),
+                            (ReduceOp.MAX, max_op), (ReduceOp.BOR, max_op))}
+
+
 # ------------------------------------------------------------------------------------------------
 # Finding files
 # ------------------------------------------------------------------------------------------------
@@ -174,37 +181,34 @@ def load_library(vendor: Vendor, path: str | None = None):
         raise BridgeUnavailable(f"{vendor.kind}: none of {', '.join(vendor.names)} was found (looked in pip "
                                 f"wheels, LD_LIBRARY_PATH, the ldconfig cache and {', '.join(vendor.search_dirs) or 'nowhere else'}); "
                                 f"{hint}install it and put its directory on LD_LIBRARY_PATH")
-    errors = []
-    for p in paths:
-        key = ("ccl", vendor.kind, p)
-        if key in _LOADED:
-            return _LOADED[key]
-        try:
-            lib = CclLibrary(p, vendor.family, vendor.symbols(), vendor.required)
-        except OSError as e:
-            errors.append(str(e))
-            continue
-        _LOADED[key] = lib
-        return lib
-    raise BridgeUnavailable(f"{vendor.kind}: found but cannot load: {'; '.join(errors)}")
+    return _first_loadable(paths, ("ccl", vendor.kind),
+                           lambda p: CclLibrary(p, vendor.family, vendor.symbols(), vendor.required),
+                           f"{vendor.kind}: found but cannot load")
 
 
 def load_runtime(rt: Runtime, path: str | None = None, search_dirs=()):
+    """The DeviceRuntime of ``rt`` (first candidate that loads, or ``path``)."""
     paths = [path] if path else [p for p, _ in candidates(rt.names, rt.wheel_dirs, search_dirs)]
+    if not paths:
+        raise BridgeUnavailable(f"device runtime {rt.prefix}: none of {', '.join(rt.names)} was found")
+    return _first_loadable(paths, ("rt", rt.prefix),
+                           lambda p: DeviceRuntime(p, rt.style, rt.symbols(), rt.not_ready),
+                           f"device runtime {rt.prefix}")
+
+
+def _first_loadable(paths, key, make, what):
+    """The first of ``paths`` that ``make`` loads (cached per process); else BridgeUnavailable."""
     errors = []
     for p in paths:
-        key = ("rt", rt.prefix, p)
-        if key in _LOADED:
-            return _LOADED[key]
-        try:
-            r = DeviceRuntime(p, rt.style, rt.symbols(), rt.not_ready)
-        except OSError as e:
-            errors.append(str(e))
-            continue
-        _LOADED[key] = r
-        return r
-    raise BridgeUnavailable(f"device runtime {rt.prefix}: "
-                            + ("; ".join(errors) if errors else f"none of {', '.join(rt.names)} was found"))
+        k = key + (p,)
+        if k not in _LOADED:
+            try:
+                _LOADED[k] = make(p)
+            except OSError as e:
+                errors.append(str(e))
+                continue
+        return _LOADED[k]
+    raise BridgeUnavailable(f"{what}: {'; '.join(errors)}")
 
 
 def version_string(code: int) -> str:

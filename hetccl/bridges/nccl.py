@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from .. import dtypes as _dt
 from ..ops import ReduceOp
-from .native import NativeBridge, Runtime, Vendor
+from .native import NativeBridge, Runtime, Vendor, bool_reductions
 
 # nccl.h ncclDataType_t and ncclRedOp_t
 ncclInt8, ncclUint8, ncclInt32, ncclUint32, ncclInt64, ncclUint64 = 0, 1, 2, 3, 4, 5
@@ -61,10 +61,7 @@ def reduce_table(types: dict, avg_types=(), ops=_OPS) -> dict:
                 out[(coll, dt, op)] = (ndt, nop)
             if dt in avg_types:
                 out[(coll, dt, ReduceOp.AVG)] = (ndt, ncclAvg)
-        # bool (0/1 bytes): MIN = all = BAND, MAX = any = BOR, exactly, on the 8-bit unsigned type
-        for op, nop in ((ReduceOp.MIN, ncclMin), (ReduceOp.BAND, ncclMin),
-                        (ReduceOp.MAX, ncclMax), (ReduceOp.BOR, ncclMax)):
-            out[(coll, _dt.BOOL, op)] = (ncclUint8, nop)
+    out.update(bool_reductions(_REDUCING, ncclUint8, ncclMin, ncclMax))
     return out
 
 

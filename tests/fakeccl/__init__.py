@@ -47,3 +47,28 @@ def hccl_vendor(libs: dict, memory_dl=(1,)):
                     runtime=Runtime((libs["fakert"],), "fakeacl", style="acl"), kind="fakehccl",
                     search_dirs=())
     return dataclasses.replace(v, dlpack_devices=memory_dl)
+
+
+def build_or_skip(tmp_path_factory) -> dict[str, str]:
+    """For a module-scoped pytest fixture: the built doubles, or skip without a C compiler."""
+    import pytest
+    try:
+        return build(str(tmp_path_factory.mktemp("fakeccl")))
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+class MemStore:
+    """The Store calls a bridge makes (set / get / multi_get), within one process."""
+
+    def __init__(self):
+        self.d = {}
+
+    def set(self, key, value, timeout=None):
+        self.d[key] = bytes(value)
+
+    def get(self, key, timeout=None):
+        return self.d[key]
+
+    def multi_get(self, keys, timeout=None):
+        return [self.d[k] for k in keys]
