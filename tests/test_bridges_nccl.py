@@ -410,3 +410,25 @@ def test_gpu_two_ranks_allreduce_through_nccl():
         for y, g in res[r]:
             np.testing.assert_array_equal(y, (base + 1) + (base + 2))
             np.testing.assert_array_equal(g, np.concatenate([base + 1, base + 2]))
+
+
+def _uid_fails_on_rank0(rank, size, libdict):
+    import hetccl
+    comm = hetccl.init()
+    try:
+        if rank == 0:
+            os.environ["FAKECCL_FAIL"] = "GetUniqueId"
+        try:
+            nccl.NcclBridge(comm._store, "island", rank, size, vendor=fakeccl.nccl_vendor(libdict), timeout=60)
+        except BridgeError as e:
+            return str(e)
+        return "formed"
+    finally:
+        comm.close()
+
+
+def test_fake_unique_id_failure_on_rank0_fails_every_rank_at_once(libs):
+    r0, r1 = run_ranks(_uid_fails_on_rank0, 2, libs, timeout=60)
+    assert "fakecclGetUniqueId failed with error 2" in r0 and "injected failure in GetUniqueId" in r0
+    assert r1.startswith("fakeccl: island rank 0 could not create the communicator's id: ") and \
+        "injected failure in GetUniqueId" in r1

@@ -19,7 +19,7 @@ import logging
 import os
 import site
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .. import dtypes as _dt
@@ -81,7 +81,6 @@ class Vendor:
     loader_search: bool = True  # also LD_LIBRARY_PATH and ldconfig (False when the soname is shared
                                 # by several vendors, e.g. libmccl.so: only its install dirs count)
     source: str = ""            # where the names/prefix/enums were checked
-    extra: dict = field(default_factory=dict)
 
     def symbols(self) -> dict:
         return {role: self.prefix + suffix for role, suffix in self.roles.items()}
@@ -287,12 +286,7 @@ class NativeBridge(Bridge):
         rc, self._stream = rt.stream_create()
         self._check(rc, rsym["stream_create"], runtime=True)
         try:
-            if rank == 0:
-                rc, uid = lib.unique_id()
-                self._check(rc, f"{p}{vendor.roles['get_unique_id']}")
-                store.set(f"{key}/uid", uid, timeout=t)
-            else:
-                uid = bytes(store.get(f"{key}/uid", timeout=t))
+            uid = self._exchange_id(store, f"{key}/uid", f"{p}{vendor.roles['get_unique_id']}")
             rc, comm = lib.comm_init(size, uid, rank)
             self._check(rc, f"{p}{vendor.roles['comm_init']}")
         except BaseException:
@@ -302,6 +296,25 @@ class NativeBridge(Bridge):
         self._comm, self._closed = comm, False
         log.debug("%s bridge up: island rank %d/%d on device %d (%s %s)", vendor.kind, rank, size,
                   dev, lib.path, version_string(self.version))
+
+    def _exchange_id(self, store, key: str, call: str) -> bytes:
+        """Rank 0's unique id (root info) for every rank. The value is tagged b"U" + id, or b"E" +
+        rank 0's error, so a failure on rank 0 fails every rank at once instead of after a timeout."""
+        if self.rank == 0:
+            rc, uid = self.lib.unique_id()
+            if rc:
+                try:
+                    self._raise(rc, call)
+                except BridgeError as e:
+                    store.set(key, b"E" + str(e).encode(), timeout=self.timeout)
+                    raise
+            store.set(key, b"U" + uid, timeout=self.timeout)
+            return uid
+        got = bytes(store.get(key, timeout=self.timeout))
+        if got[:1] != b"U":
+            raise BridgeError(f"{self.kind}: island rank 0 could not create the communicator's id: "
+                              f"{got[1:].decode(errors='replace')}")
+        return got[1:]
 
     # ---- errors ------------------------------------------------------------------------------
     def _check(self, rc: int, call: str, runtime: bool = False) -> None:
