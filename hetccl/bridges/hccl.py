@@ -86,3 +86,9 @@ class HcclBridge(NativeBridge):
 
     def __init__(self, store, key: str, rank: int, size: int, *, vendor: Vendor = HCCL, **kw):
         super().__init__(vendor, store, key, rank, size, **kw)
+
+
+def find() -> list:
+    """Every HCCL library on this machine, as ``Library`` rows (usable or not, and why)."""
+    from .libraries import find_vendor
+    return find_vendor(HCCL)

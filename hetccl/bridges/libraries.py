@@ -15,13 +15,10 @@ bridge's own ``hetccl.bridges.mpi.find()`` when that module is present.
 from __future__ import annotations
 
 import glob
-import logging
 import os
 
 from .base import HOST, Library
 from .native import Vendor, candidates, device_status, load_runtime, version_string
-
-log = logging.getLogger("hetccl.bridges")
 
 # accelerator vendor (topology/vendors.py name) -> bridge kind of its collective library, or None
 # with the reason no bridge exists

@@ -147,3 +147,9 @@ class NcclBridge(NativeBridge):
 
     def __init__(self, store, key: str, rank: int, size: int, *, vendor: Vendor = NCCL, **kw):
         super().__init__(vendor, store, key, rank, size, **kw)
+
+
+def find() -> list:
+    """Every NCCL-family library on this machine, as ``Library`` rows (usable or not, and why)."""
+    from .libraries import find_vendor
+    return [lib for v in FAMILY for lib in find_vendor(v)]
