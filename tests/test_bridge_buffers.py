@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import hetccl.dtypes as dt
-from hetccl.bridges import buffers, native
+from hetccl.bridges import buffers, loader
 from hetccl.bridges.base import BridgeError
 from hetccl.bridges.buffers import DeviceBuffer, as_device_buffer, from_cuda_array_interface
 from hetccl.errors import InvalidUsage
@@ -150,7 +150,7 @@ def test_device_buffer_checks_and_views():
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
     libs = fakeccl.build_or_skip(tmp_path_factory)
-    return native.load_runtime(fakeccl.nccl_vendor(libs).runtime)
+    return loader.load_runtime(fakeccl.nccl_vendor(libs).runtime)
 
 
 def test_host_staging_through_the_runtime(runtime):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import hetccl.dtypes as dt
-from hetccl.bridges import hccl, native, nccl
+from hetccl.bridges import hccl, loader, nccl, vendor
 from hetccl.bridges.base import BridgeError, BridgeUnavailable
 from hetccl.bridges.buffers import from_numpy
 from hetccl.errors import HetcclTimeout, InvalidUsage
@@ -55,9 +55,9 @@ def _wheel_version():
 
 def test_real_nccl_loads_from_the_wheel_and_reports_its_version():
     wheel = _wheel_version()
-    lib = native.load_library(nccl.NCCL)
+    lib = loader.load_library(nccl.NCCL)
     assert os.path.join("nvidia", "nccl", "lib") in lib.path
-    assert native.version_string(lib.version()) == wheel.split(".post")[0]
+    assert vendor.version_string(lib.version()) == wheel.split(".post")[0]
     assert {"comm_abort", "comm_get_async_error", "get_last_error", "send", "recv",
             "group_start", "group_end", "reduce"} <= lib.present
     assert "invalid argument" in lib.error_string(4)        # ncclInvalidArgument, NCCL's own text
@@ -65,9 +65,9 @@ def test_real_nccl_loads_from_the_wheel_and_reports_its_version():
 
 def test_real_nccl_calls_without_a_gpu_fail_with_its_own_message():
     _wheel_version()
-    lib = native.load_library(nccl.NCCL)
-    rt = native.load_runtime(nccl.CUDART)
-    if native.device_status(nccl.NCCL, rt)[0]:
+    lib = loader.load_library(nccl.NCCL)
+    rt = loader.load_runtime(nccl.CUDART)
+    if loader.device_status(nccl.NCCL, rt)[0]:
         pytest.skip("this machine has a CUDA device")
     rc, uid = lib.unique_id()                               # bootstrap only: works without a GPU
     assert rc == 0 and len(uid) == 128 and any(uid)
@@ -79,8 +79,8 @@ def test_real_nccl_calls_without_a_gpu_fail_with_its_own_message():
 
 def test_real_nccl_bridge_says_no_cuda_device():
     _wheel_version()
-    rt = native.load_runtime(nccl.CUDART)
-    if native.device_status(nccl.NCCL, rt)[0]:
+    rt = loader.load_runtime(nccl.CUDART)
+    if loader.device_status(nccl.NCCL, rt)[0]:
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(BridgeUnavailable, match="no CUDA device: cudaGetDeviceCount returned"):
         nccl.NcclBridge(MemStore(), "t", 0, 1)
@@ -237,10 +237,10 @@ def test_fake_stream_timeout_and_async_error_abort(libs, monkeypatch):
 def test_missing_symbols_make_the_library_unavailable(libs):
     v = nccl.custom("notccl", libs["fakert"], "fakeccl", fakeccl.nccl_vendor(libs).runtime)
     with pytest.raises(BridgeUnavailable, match="has no symbol fakecclGetUniqueId"):
-        native.load_library(v)
+        loader.load_library(v)
     v = nccl.custom("nothing", "/nonexistent/libnothing.so", "x", nccl.CUDART)
     with pytest.raises(BridgeUnavailable, match="none of /nonexistent/libnothing.so was found"):
-        native.load_library(v)
+        loader.load_library(v)
 
 
 def test_fake_hccl_single_rank(libs):
@@ -287,9 +287,9 @@ def _matrix_rank(rank, size, libdict, family):
     import hetccl
     comm = hetccl.init()
     try:
-        vendor = fakeccl.nccl_vendor(libdict) if family == "nccl" else fakeccl.hccl_vendor(libdict)
+        v = fakeccl.nccl_vendor(libdict) if family == "nccl" else fakeccl.hccl_vendor(libdict)
         cls = nccl.NcclBridge if family == "nccl" else hccl.HcclBridge
-        b = cls(comm._store, f"island-{family}", rank, size, vendor=vendor)
+        b = cls(comm._store, f"island-{family}", rank, size, vendor=v)
         wrong, checked = [], 0
         n = 7
         for code in range(len(dt.NAMES)):
@@ -343,24 +343,33 @@ def test_fake_two_ranks_every_dtype_and_op(libs, family):
         assert checked >= (100 if family == "nccl" else 50)
 
 
-def _no_device_on_rank1(rank, size, libdict):
+def _form_with_knob_on_one_rank(rank, size, libdict, bad_rank, knob, value):
+    """Create a fake-NCCL island with the double's failure ``knob`` set on ``bad_rank`` only."""
     import hetccl
     comm = hetccl.init()
     try:
-        if rank == 1:
-            os.environ["FAKERT_DEVICES"] = "0"
+        if rank == bad_rank:
+            os.environ[knob] = value
         try:
-            nccl.NcclBridge(comm._store, "island", rank, size, vendor=fakeccl.nccl_vendor(libdict))
-        except BridgeUnavailable as e:
-            return str(e)
+            nccl.NcclBridge(comm._store, "island", rank, size, vendor=fakeccl.nccl_vendor(libdict), timeout=60)
+        except (BridgeUnavailable, BridgeError) as e:
+            return f"{type(e).__name__}: {e}"
         return "formed"
     finally:
         comm.close()
 
 
 def test_fake_a_rank_without_device_fails_every_rank(libs):
-    for msg in run_ranks(_no_device_on_rank1, 2, libs, timeout=120):
+    for msg in run_ranks(_form_with_knob_on_one_rank, 2, libs, 1, "FAKERT_DEVICES", "0", timeout=120):
+        assert msg.startswith("BridgeUnavailable: fakeccl island of 2 ranks cannot form: ")
         assert "island rank 1: no CUDA device" in msg and "island rank 0" not in msg
+
+
+def test_fake_unique_id_failure_on_rank0_fails_every_rank_at_once(libs):
+    r0, r1 = run_ranks(_form_with_knob_on_one_rank, 2, libs, 0, "FAKECCL_FAIL", "GetUniqueId", timeout=60)
+    assert r0.startswith("BridgeError: fakeccl: fakecclGetUniqueId failed with error 2")
+    assert r1.startswith("BridgeError: fakeccl: island rank 0 could not create the communicator's id: ")
+    assert "injected failure in GetUniqueId" in r0 and "injected failure in GetUniqueId" in r1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,11 +377,11 @@ def test_fake_a_rank_without_device_fails_every_rank(libs):
 # ------------------------------------------------------------------------------------------------
 def _gpu_devices() -> int:
     try:
-        rt = native.load_runtime(nccl.CUDART)
-        native.load_library(nccl.NCCL)
+        rt = loader.load_runtime(nccl.CUDART)
+        loader.load_library(nccl.NCCL)
     except BridgeUnavailable:
         return 0
-    return native.device_status(nccl.NCCL, rt)[0]
+    return loader.device_status(nccl.NCCL, rt)[0]
 
 
 def _gpu_allreduce_rank(rank, size):
@@ -411,24 +420,3 @@ def test_gpu_two_ranks_allreduce_through_nccl():
             np.testing.assert_array_equal(y, (base + 1) + (base + 2))
             np.testing.assert_array_equal(g, np.concatenate([base + 1, base + 2]))
 
-
-def _uid_fails_on_rank0(rank, size, libdict):
-    import hetccl
-    comm = hetccl.init()
-    try:
-        if rank == 0:
-            os.environ["FAKECCL_FAIL"] = "GetUniqueId"
-        try:
-            nccl.NcclBridge(comm._store, "island", rank, size, vendor=fakeccl.nccl_vendor(libdict), timeout=60)
-        except BridgeError as e:
-            return str(e)
-        return "formed"
-    finally:
-        comm.close()
-
-
-def test_fake_unique_id_failure_on_rank0_fails_every_rank_at_once(libs):
-    r0, r1 = run_ranks(_uid_fails_on_rank0, 2, libs, timeout=60)
-    assert "fakecclGetUniqueId failed with error 2" in r0 and "injected failure in GetUniqueId" in r0
-    assert r1.startswith("fakeccl: island rank 0 could not create the communicator's id: ") and \
-        "injected failure in GetUniqueId" in r1

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from hetccl.bridges import libraries, native, nccl
+from hetccl.bridges import libraries, loader, nccl, vendor
 from hetccl.bridges.base import HOST, Library
 from tests import fakeccl
 from tests.launcher import REPO_ROOT
@@ -48,12 +48,12 @@ def test_candidates_order_and_sources(tmp_path, monkeypatch, libs):
     shutil.copy(libs["fakeccl"], d1 / "libzzccl.so.1")
     shutil.copy(libs["fakeccl"], d2 / "libzzccl.so.1")
     monkeypatch.setenv("LD_LIBRARY_PATH", f"/nonexistent:{d1}")
-    got = native.candidates(("libzzccl.so.1",), search_dirs=(str(d2),))
+    got = loader.candidates(("libzzccl.so.1",), search_dirs=(str(d2),))
     assert got == [(str(d1 / "libzzccl.so.1"), "LD_LIBRARY_PATH"), (str(d2 / "libzzccl.so.1"), str(d2))]
-    assert native.candidates(("libzzccl.so.1",), search_dirs=(str(d2),), loader=False) == \
+    assert loader.candidates(("libzzccl.so.1",), search_dirs=(str(d2),), loader=False) == \
         [(str(d2 / "libzzccl.so.1"), str(d2))]
     os.symlink(d2 / "libzzccl.so.1", d2 / "libzzccl.so")          # one file under two names: listed once
-    assert len(native.candidates(("libzzccl.so.1", "libzzccl.so"), search_dirs=(str(d2),), loader=False)) == 1
+    assert len(loader.candidates(("libzzccl.so.1", "libzzccl.so"), search_dirs=(str(d2),), loader=False)) == 1
 
 
 def test_probe_usable_and_not(libs, monkeypatch, tmp_path):
@@ -67,7 +67,7 @@ def test_probe_usable_and_not(libs, monkeypatch, tmp_path):
     junk.write_text("not an ELF file")
     lib = libraries.probe(v, str(junk))
     assert not lib.usable and lib.reason.startswith("cannot load:")
-    v2 = nccl.custom("fakeccl", libs["fakeccl"], "fakeccl", native.Runtime(("/nonexistent/librt.so",), "fakert"))
+    v2 = nccl.custom("fakeccl", libs["fakeccl"], "fakeccl", vendor.Runtime(("/nonexistent/librt.so",), "fakert"))
     lib = libraries.probe(v2, libs["fakeccl"])
     assert not lib.usable and "none of /nonexistent/librt.so was found" in lib.reason and lib.version == "2.27.3"
     h = libraries.probe(fakeccl.hccl_vendor(libs), libs["fakehccl"])

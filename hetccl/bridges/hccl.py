@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from .. import dtypes as _dt
 from ..ops import ReduceOp
-from .native import NativeBridge, Runtime, Vendor, bool_reductions
+from .native import NativeBridge
+from .vendor import Runtime, Vendor, bool_reductions
 
 HCCL_INT8, HCCL_INT16, HCCL_INT32, HCCL_FP16, HCCL_FP32, HCCL_INT64 = 0, 1, 2, 3, 4, 5
 HCCL_UINT64, HCCL_UINT8, HCCL_UINT16, HCCL_UINT32, HCCL_FP64, HCCL_BFP16 = 6, 7, 8, 9, 10, 11

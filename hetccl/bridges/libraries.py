@@ -18,7 +18,8 @@ import glob
 import os
 
 from .base import HOST, Library
-from .native import Vendor, candidates, device_status, load_runtime, version_string
+from .loader import candidates, device_status, load_runtime
+from .vendor import Vendor, version_string
 
 # accelerator vendor (topology/vendors.py name) -> bridge kind of its collective library, or None
 # with the reason no bridge exists

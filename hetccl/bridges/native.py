@@ -1,12 +1,9 @@
-"""What the NCCL-family and HCCL bridges share: a vendor described as data, how its library and
-runtime are found and loaded, and the Bridge that drives a native communicator.
+"""The Bridge that drives a native communicator of any vendor row (vendor.py): the NCCL family and
+HCCL share it, through the one Cython binding (_native/ccl_api.pyx).
 
-Why data, not a class per vendor: NCCL, RCCL, MCCL, ... differ only in file names, symbol
-prefixes, which dtypes/ops they implement and which runtime owns their streams. A ``Vendor`` holds
-exactly that, and one ``NativeBridge`` runs them all through the one Cython binding
-(_native/ccl_api.pyx). The dtype/op tables are per vendor *and* version (ncclAvg and ncclBfloat16
-from NCCL 2.10, fp8 from 2.24), and anything a table lacks is reported by ``supports()`` so the
-caller runs hetccl's own algorithm instead: a bridge never approximates.
+The dtype/op tables are per vendor *and* version (ncclAvg and ncclBfloat16 from NCCL 2.10, fp8
+from 2.24), and anything a table lacks is reported by ``supports()`` so the caller runs hetccl's
+own algorithm instead: a bridge never approximates.
 
 Data movement without reduction (allgather, broadcast, send/recv) is done as bytes (the vendor's
 8-bit type, count x itemsize), so every hetccl dtype moves, including int16 and bool, which NCCL
@@ -14,224 +11,22 @@ has no enum for.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import site
-import sys
-from dataclasses import dataclass
-from typing import Callable
 
 from .. import dtypes as _dt
-from .._native.ccl_api import WAIT_ASYNC, WAIT_OK, WAIT_TIMEOUT, CclLibrary, DeviceRuntime
+from .._native.ccl_api import WAIT_ASYNC, WAIT_OK, WAIT_TIMEOUT
 from ..errors import HetcclTimeout, InvalidUsage
 from ..ops import ReduceOp
 from .base import Bridge, BridgeError, BridgeUnavailable
 from .buffers import DeviceBuffer, as_device_buffer
+from .loader import device_status, load_library, load_runtime
+from .vendor import Vendor, version_string
 
 log = logging.getLogger("hetccl.bridges")
 
 REDUCING = ("allreduce", "reduce_scatter", "reduce")
 MOVING = ("allgather", "broadcast", "send", "recv")
-
-RUNTIME_ROLES_CUDA = {   # cudart-style runtimes: name = prefix + suffix
-    "get_device_count": "GetDeviceCount", "set_device": "SetDevice", "stream_create": "StreamCreate",
-    "stream_synchronize": "StreamSynchronize", "stream_query": "StreamQuery",
-    "stream_destroy": "StreamDestroy", "memcpy": "Memcpy", "get_error_string": "GetErrorString",
-}
-RUNTIME_ROLES_ACL = {    # Ascend ACL (acl.h / acl_rt.h): aclInit, aclrt*, aclGetRecentErrMsg
-    "init": "Init", "get_device_count": "rtGetDeviceCount", "set_device": "rtSetDevice",
-    "stream_create": "rtCreateStream", "stream_synchronize": "rtSynchronizeStream",
-    "stream_query": "rtStreamQuery", "stream_destroy": "rtDestroyStream", "memcpy": "rtMemcpy",
-    "get_error_string": "GetRecentErrMsg",
-}
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """A device runtime: where to find it and how its symbols are spelled."""
-    names: tuple            # sonames tried in order ("libcudart.so.12", ...)
-    prefix: str             # "cuda", "hip", "musa", "mc", "acl"
-    style: str = "cuda"     # "cuda" (cudart and clones) or "acl"
-    not_ready: int = 600    # the stream query's "not finished" code (cudaErrorNotReady, hipErrorNotReady)
-    wheel_dirs: tuple = ()  # site-packages sub-directories of a pip wheel that ships it
-
-    def symbols(self) -> dict:
-        roles = RUNTIME_ROLES_CUDA if self.style == "cuda" else RUNTIME_ROLES_ACL
-        return {role: self.prefix + suffix for role, suffix in roles.items()}
-
-
-@dataclass(frozen=True)
-class Vendor:
-    """One native collective library of the NCCL family or HCCL, as data (see nccl.py, hccl.py)."""
-    kind: str               # bridge kind: "nccl", "rccl", "mccl", "hccl", ...
-    family: str             # "nccl" or "hccl": which call shapes the binding uses
-    names: tuple            # sonames tried in order
-    prefix: str             # symbol prefix ("nccl", "mccl", "Hccl")
-    roles: dict             # role -> symbol suffix (prefix + suffix = symbol)
-    required: tuple         # roles that must resolve
-    runtime: Runtime
-    tables: Callable        # version code -> (reduce map, byte dtype): see nccl.py / hccl.py
-    memory: str             # memory type of its buffers ("cuda", "rocm", "musa", "npu", ...)
-    device_word: str        # "CUDA", "ROCm", "MUSA", "Ascend NPU": in "no <word> device" messages
-    dlpack_devices: tuple   # DLPack device types its buffers may have; () = any non-CPU
-    search_dirs: tuple = ()     # install directories searched after the wheel and the loader path
-    wheel_dirs: tuple = ()      # site-packages sub-directories of a pip wheel that ships it
-    wheel: str = ""             # the pip distribution that ships it ("nvidia-nccl-cu12")
-    loader_search: bool = True  # also LD_LIBRARY_PATH and ldconfig (False when the soname is shared
-                                # by several vendors, e.g. libmccl.so: only its install dirs count)
-    source: str = ""            # where the names/prefix/enums were checked
-
-    def symbols(self) -> dict:
-        return {role: self.prefix + suffix for role, suffix in self.roles.items()}
-
-
-def bool_reductions(collectives, byte_type: int, min_op: int, max_op: int) -> dict:
-    """bool (0/1 bytes) as the library's 8-bit type: MIN = all = BAND, MAX = any = BOR, exactly."""
-    return {(coll, _dt.BOOL, op): (byte_type, lop) for coll in collectives
-            for op, lop in ((ReduceOp.MIN, min_op), (ReduceOp.BAND, min_op),
-                            (ReduceOp.MAX, max_op), (ReduceOp.BOR, max_op))}
-
-
-# ------------------------------------------------------------------------------------------------
-# Finding files
-# ------------------------------------------------------------------------------------------------
-def site_dirs() -> list[str]:
-    """Every site-packages directory of this interpreter (venv, user, system)."""
-    out = []
-    for d in list(getattr(site, "getsitepackages", lambda: [])()) + [site.getusersitepackages()] + sys.path:
-        if d and os.path.isdir(d) and d not in out and d.rstrip("/").endswith("-packages"):
-            out.append(d)
-    return out
-
-
-def _ld_library_path() -> list[str]:
-    return [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
-
-
-_LDCONFIG: dict[str, str] | None = None
-
-
-def ldconfig_cache() -> dict[str, str]:
-    """soname -> path from the dynamic loader's cache (``ldconfig -p``), read once."""
-    global _LDCONFIG
-    if _LDCONFIG is None:
-        import subprocess
-        _LDCONFIG = {}
-        for exe in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
-            try:
-                out = subprocess.run([exe, "-p"], capture_output=True, text=True, timeout=10).stdout
-            except (OSError, subprocess.SubprocessError):
-                continue
-            for line in out.splitlines():
-                if "=>" in line:
-                    name = line.strip().split(" ", 1)[0]
-                    _LDCONFIG.setdefault(name, line.rsplit("=>", 1)[1].strip())
-            break
-    return _LDCONFIG
-
-
-def candidates(names, wheel_dirs=(), search_dirs=(), loader=True) -> list[tuple[str, str]]:
-    """(path, where) for every existing file named ``names`` in: pip wheels, LD_LIBRARY_PATH, the
-    ldconfig cache, then the vendor's install directories. First = the one that would be loaded."""
-    seen, out = set(), []
-
-    def add(path, where):
-        real = os.path.realpath(path)
-        if os.path.isfile(path) and real not in seen:
-            seen.add(real)
-            out.append((path, where))
-
-    for name in names:
-        if os.path.isabs(name):              # a vendor given by file (custom(), tests)
-            add(name, "given")
-    for sp in site_dirs():
-        for wd in wheel_dirs:
-            for name in names:
-                for p in sorted(glob.glob(os.path.join(sp, wd, name))):
-                    add(p, "wheel")
-    if loader:
-        for d in _ld_library_path():
-            for name in names:
-                add(os.path.join(d, name), "LD_LIBRARY_PATH")
-        cache = ldconfig_cache()
-        for name in names:
-            if name in cache:
-                add(cache[name], "ldconfig")
-    for d in search_dirs:
-        for name in names:
-            for p in sorted(glob.glob(os.path.join(d, name))):
-                add(p, d)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading (one handle per file and process)
-# ------------------------------------------------------------------------------------------------
-_LOADED: dict = {}
-
-
-def load_library(vendor: Vendor, path: str | None = None):
-    """The CclLibrary for ``vendor`` (first candidate, or ``path``); BridgeUnavailable if none."""
-    paths = [path] if path else [p for p, _ in candidates(vendor.names, vendor.wheel_dirs, vendor.search_dirs,
-                                                          vendor.loader_search)]
-    if not paths:
-        hint = f"`pip install {vendor.wheel}` or " if vendor.wheel else ""
-        raise BridgeUnavailable(f"{vendor.kind}: none of {', '.join(vendor.names)} was found (looked in pip "
-                                f"wheels, LD_LIBRARY_PATH, the ldconfig cache and {', '.join(vendor.search_dirs) or 'nowhere else'}); "
-                                f"{hint}install it and put its directory on LD_LIBRARY_PATH")
-    return _first_loadable(paths, ("ccl", vendor.kind),
-                           lambda p: CclLibrary(p, vendor.family, vendor.symbols(), vendor.required),
-                           f"{vendor.kind}: found but cannot load")
-
-
-def load_runtime(rt: Runtime, path: str | None = None, search_dirs=()):
-    """The DeviceRuntime of ``rt`` (first candidate that loads, or ``path``)."""
-    paths = [path] if path else [p for p, _ in candidates(rt.names, rt.wheel_dirs, search_dirs)]
-    if not paths:
-        raise BridgeUnavailable(f"device runtime {rt.prefix}: none of {', '.join(rt.names)} was found")
-    return _first_loadable(paths, ("rt", rt.prefix),
-                           lambda p: DeviceRuntime(p, rt.style, rt.symbols(), rt.not_ready),
-                           f"device runtime {rt.prefix}")
-
-
-def _first_loadable(paths, key, make, what):
-    """The first of ``paths`` that ``make`` loads (cached per process); else BridgeUnavailable."""
-    errors = []
-    for p in paths:
-        k = key + (p,)
-        if k not in _LOADED:
-            try:
-                _LOADED[k] = make(p)
-            except OSError as e:
-                errors.append(str(e))
-                continue
-        return _LOADED[k]
-    raise BridgeUnavailable(f"{what}: {'; '.join(errors)}")
-
-
-def version_string(code: int) -> str:
-    """NCCL's version code as text: 2.8.4 -> 2804 (old scheme), 2.27.3 -> 22703."""
-    if code < 0:
-        return ""
-    if code < 10000:
-        return f"{code // 1000}.{code % 1000 // 100}.{code % 100}"
-    return f"{code // 10000}.{code % 10000 // 100}.{code % 100}"
-
-
-def device_status(vendor: Vendor, runtime) -> tuple[int, str]:
-    """(devices, reason): how many devices the runtime sees, and why none when 0."""
-    sym = vendor.runtime.symbols()
-    rc = runtime.init()
-    if rc not in (0, 100002):                  # ACL_ERROR_REPEAT_INITIALIZE is fine
-        return 0, f"no {vendor.device_word} device: {sym['init']} returned {rc} ({runtime.error_string(rc)})"
-    rc, n = runtime.device_count()
-    if rc != 0:
-        return 0, (f"no {vendor.device_word} device: {sym['get_device_count']} returned "
-                   f"{rc} ({runtime.error_string(rc)})")
-    if n <= 0:
-        return 0, f"no {vendor.device_word} device: {sym['get_device_count']} found 0 devices"
-    return n, ""
 
 
 # ------------------------------------------------------------------------------------------------

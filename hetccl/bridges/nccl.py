@@ -36,7 +36,8 @@ from __future__ import annotations
 
 from .. import dtypes as _dt
 from ..ops import ReduceOp
-from .native import NativeBridge, Runtime, Vendor, bool_reductions
+from .native import NativeBridge
+from .vendor import Runtime, Vendor, bool_reductions
 
 # nccl.h ncclDataType_t and ncclRedOp_t
 ncclInt8, ncclUint8, ncclInt32, ncclUint32, ncclInt64, ncclUint64 = 0, 1, 2, 3, 4, 5

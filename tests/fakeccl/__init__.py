@@ -32,7 +32,7 @@ def build(outdir: str) -> dict[str, str]:
 def nccl_vendor(libs: dict, memory_dl=(1,)):
     """The fake NCCL-API library as an NCCL-family vendor (prefix fakeccl, runtime prefix fakert)."""
     from hetccl.bridges import nccl
-    from hetccl.bridges.native import Runtime
+    from hetccl.bridges.vendor import Runtime
     return nccl.custom("fakeccl", libs["fakeccl"], "fakeccl", Runtime((libs["fakert"],), "fakert"),
                        dlpack_devices=memory_dl)
 
@@ -42,7 +42,7 @@ def hccl_vendor(libs: dict, memory_dl=(1,)):
     import dataclasses
 
     from hetccl.bridges import hccl
-    from hetccl.bridges.native import Runtime
+    from hetccl.bridges.vendor import Runtime
     v = hccl.vendor(prefix="FakeHccl", library=libs["fakehccl"],
                     runtime=Runtime((libs["fakert"],), "fakeacl", style="acl"), kind="fakehccl",
                     search_dirs=())
