@@ -337,7 +337,7 @@ def _matrix_rank(rank, size, libdict, family):
 
 @pytest.mark.parametrize("family", ["nccl", "hccl"])
 def test_fake_two_ranks_every_dtype_and_op(libs, family):
-    results = run_ranks(_matrix_rank, 2, libs, family, timeout=180)
+    results = run_ranks(_matrix_rank, 2, libs, family, timeout=180, env=fakeccl.env(libs))
     for wrong, checked in results:
         assert wrong == []
         assert checked >= (100 if family == "nccl" else 50)
@@ -360,13 +360,15 @@ def _form_with_knob_on_one_rank(rank, size, libdict, bad_rank, knob, value):
 
 
 def test_fake_a_rank_without_device_fails_every_rank(libs):
-    for msg in run_ranks(_form_with_knob_on_one_rank, 2, libs, 1, "FAKERT_DEVICES", "0", timeout=120):
+    for msg in run_ranks(_form_with_knob_on_one_rank, 2, libs, 1, "FAKERT_DEVICES", "0", timeout=120,
+                         env=fakeccl.env(libs)):
         assert msg.startswith("BridgeUnavailable: fakeccl island of 2 ranks cannot form: ")
         assert "island rank 1: no CUDA device" in msg and "island rank 0" not in msg
 
 
 def test_fake_unique_id_failure_on_rank0_fails_every_rank_at_once(libs):
-    r0, r1 = run_ranks(_form_with_knob_on_one_rank, 2, libs, 0, "FAKECCL_FAIL", "GetUniqueId", timeout=60)
+    r0, r1 = run_ranks(_form_with_knob_on_one_rank, 2, libs, 0, "FAKECCL_FAIL", "GetUniqueId", timeout=60,
+                       env=fakeccl.env(libs))
     assert r0.startswith("BridgeError: fakeccl: fakecclGetUniqueId failed with error 2")
     assert r1.startswith("BridgeError: fakeccl: island rank 0 could not create the communicator's id: ")
     assert "injected failure in GetUniqueId" in r0 and "injected failure in GetUniqueId" in r1

@@ -29,6 +29,12 @@ def build(outdir: str) -> dict[str, str]:
     return out
 
 
+def env(libs: dict) -> dict[str, str]:
+    """Child environment for multi-rank runs: the doubles' shared files go next to the .so files
+    (a pytest tmp dir), so a crashed run cannot leave one in /tmp."""
+    return {"FAKECCL_DIR": os.path.dirname(libs["fakeccl"])}
+
+
 def nccl_vendor(libs: dict, memory_dl=(1,)):
     """The fake NCCL-API library as an NCCL-family vendor (prefix fakeccl, runtime prefix fakert)."""
     from hetccl.bridges import nccl
