@@ -17,22 +17,11 @@ Where the numbers come from (``CostModel.origin``):
 from dataclasses import dataclass, field
 
 
-STREAM_MIN = 16 << 20      # the engine's nt_threshold (Engine.nt_threshold), when no engine is at hand
-
-FIFO_CLASSES = frozenset({"self", "shm", "c2c"})    # links whose bytes cost CPU copy passes
-
-
 @dataclass(frozen=True)
 class LinkCost:
-    """alpha, beta, gamma (see the module docstring), plus two facts about how the engine moves
-    bytes that the formulas need: whether the links are shared-memory FIFOs (a byte costs a copy
-    pass per side, and ring relays fuse FIFO to FIFO) or a wire, and from how many bytes the ring
-    and chain schedules write their output with streaming stores (the engine's nt_threshold)."""
     alpha: float
     beta: float
     gamma: float
-    fifo: bool = True
-    stream_min: float = STREAM_MIN
 
 
 # Fallback only (see the module docstring): a 2-vCPU VM, bench/RESULTS.md of the foundation issue.
@@ -56,13 +45,7 @@ def group_cost(link_classes, oversubscribed=False) -> LinkCost:
     alpha = max(c.alpha for c in costs)
     if oversubscribed:
         alpha = max(alpha, OVERSUBSCRIBED_ALPHA)
-    return LinkCost(alpha, max(c.beta for c in costs), max(c.gamma for c in costs),
-                    fifo=all_fifo(link_classes))
-
-
-def all_fifo(link_classes) -> bool:
-    """True when every link class is a shared-memory FIFO (the pace of a mixed group is its wire's)."""
-    return all(c in FIFO_CLASSES for c in link_classes)
+    return LinkCost(alpha, max(c.beta for c in costs), max(c.gamma for c in costs))
 
 
 @dataclass(frozen=True)
