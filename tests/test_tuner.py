@@ -452,8 +452,8 @@ def test_one_way_transfers_cost_one_pass_per_side_over_fifos_and_the_wire_time_o
     assert _prices("reduce", n, 2)["binomial"] == pytest.approx(c.alpha + n * (c.beta / 2 + c.gamma))
 
 
-@pytest.mark.parametrize("n", [2 << 20, 8 << 20])
-def test_two_rank_ring_allreduce_is_rabenseifners_schedule_below_the_streaming_threshold(n):
+@pytest.mark.parametrize("n", [512 << 10, 2 << 20])
+def test_two_rank_ring_allreduce_is_rabenseifners_schedule_for_steps_that_fit_a_fifo(n):
     """With 2 ranks both are two exchanges of n/2: priced alike (the old formulas charged
     Rabenseifner 1.5x per byte and chose the ring where Rabenseifner measured 1.23x faster)."""
     t = _prices("allreduce", n, 2)
@@ -462,13 +462,16 @@ def test_two_rank_ring_allreduce_is_rabenseifners_schedule_below_the_streaming_t
     assert big["ring"] < big["rabenseifner"] / 1.2
 
 
-def test_exchange_penalty_starts_at_the_engines_streaming_threshold():
-    """Below stream_min, recursive doubling moves the ring's bytes in fewer steps (measured faster
-    at 2 MiB on 4 ranks); from it on, the ring streams and wins (1.4-1.8x at 32-128 MiB)."""
+def test_exchange_penalty_starts_at_the_engines_streaming_threshold_or_a_full_fifo():
+    """With steps that fit a FIFO, below stream_min, recursive doubling moves the ring's bytes in
+    fewer steps (measured faster at 2 MiB on 4 ranks); from stream_min on, the ring streams and
+    wins (1.4-1.8x at 32-128 MiB); the thresholds are the engine's, carried by the LinkCost."""
     assert _pick("allgather", 2 << 20, 4) in ("recursive_doubling", "bruck")
     assert _pick("allgather", 32 << 20, 4) == "ring"
-    later = LinkCost(3.1e-6, 1 / 2.03e9, 1 / 33.7e9, stream_min=64 << 20)   # an engine streaming later
+    assert _pick("allgather", 8 << 20, 4) == "ring"                  # a 4 MiB step fills the FIFO
+    later = LinkCost(3.1e-6, 1 / 2.03e9, 1 / 33.7e9, stream_min=64 << 20, fifo_bytes=32 << 20)
     assert _pick("allgather", 32 << 20, 4, later) in ("recursive_doubling", "bruck")
+    assert _pick("allgather", 8 << 20, 4, later) in ("recursive_doubling", "bruck")
 
 
 def test_fused_ring_reduce_scatter_counts_one_pass_per_input_byte():
@@ -487,8 +490,9 @@ def test_allreduce_crossovers_at_4_ranks_follow_the_passes():
     Rabenseifner's halving (1.5 passes at 4 ranks): ring for large messages (measured 1.3x faster
     at 8-32 MiB), recursive doubling for small ones."""
     assert _pick("allreduce", 8, 4) == "recursive_doubling"
+    assert _pick("allreduce", 2 << 20, 4) == "ring"
     assert _pick("allreduce", 8 << 20, 4) == "ring"
-    t = _prices("allreduce", 8 << 20, 4)
+    t = _prices("allreduce", 2 << 20, 4)                # 1.5 against 1.25 beta per byte
     assert t["rabenseifner"] / t["ring"] == pytest.approx(1.2, rel=0.05)
 
 

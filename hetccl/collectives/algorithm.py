@@ -17,7 +17,9 @@ is two copy passes per rank and byte (into the next rank's FIFO, out of the prev
   pass) saves the pass that would land the partial sum in memory: a ring reduce-scatter over FIFOs
   costs one pass per byte of its input (see ``ring_rs_bytes``);
 - above ``LinkCost.stream_min`` (the engine's ``nt_threshold``), the ring and chain schedules write
-  their output with streaming stores; exchange steps stage whole steps through memory: ``EXCHANGE``.
+  their output with streaming stores; exchange steps stage whole steps through memory; and an
+  exchange step larger than a FIFO (``LinkCost.fifo_bytes``) cannot be written ahead of the peer:
+  both cost ``EXCHANGE``.
 
 Every constant below assumes the current FIFO engine (see each comment for what was measured).
 """
@@ -40,11 +42,14 @@ ONE_WAY = 0.5
 # tree's 0.9-1.1 beta (two levels of one-way transfers).
 RELAY = 0.75
 
-# Exchange steps at or above LinkCost.stream_min bytes: the ring's receives stream their output
-# (non-temporal stores) and relay FIFO to FIFO, while recursive doubling/halving, Bruck and
+# Exchange steps of calls at or above LinkCost.stream_min bytes: the ring's receives stream their
+# output (non-temporal stores) and relay FIFO to FIFO, while recursive doubling/halving, Bruck and
 # Rabenseifner land every step in memory and re-read it. Measured at 32-128 MiB: ring allgather
 # 1.4-1.8x faster than recursive doubling, 1.1-1.5x than Bruck; ring allreduce 1.1-1.6x faster
-# than Rabenseifner (2-4 ranks). Below stream_min those same pairs are within noise of each other.
+# than Rabenseifner (2-4 ranks). The same factor for a step larger than a FIFO (the sender stalls
+# until the peer drains it; the ring's slices are a quarter of a FIFO): ring allreduce 1.3x faster
+# than Rabenseifner (4 MiB halving steps) at 8 MiB on 4 ranks, ring allgather 1.0-1.2x faster than
+# recursive doubling at 8 MiB. Smaller steps of smaller calls are within noise of the ring's.
 EXCHANGE = 1.5
 
 
@@ -81,9 +86,10 @@ def one_way(c) -> float:
     return ONE_WAY * c.beta if c.fifo else c.beta
 
 
-def exchange(n, c) -> float:
-    """Seconds per byte of an exchange step of a call of n bytes (see EXCHANGE)."""
-    return EXCHANGE * c.beta if c.fifo and n >= c.stream_min else c.beta
+def exchange(n, step, c) -> float:
+    """Seconds per byte of the exchange steps of a call of n bytes whose largest step moves *step*
+    bytes each way (see EXCHANGE)."""
+    return EXCHANGE * c.beta if c.fifo and (n >= c.stream_min or step >= c.fifo_bytes) else c.beta
 
 
 def ring_rs_bytes(n, p, c) -> float:

@@ -12,15 +12,15 @@ def ring(n, p, c):
 
 def recursive_doubling(n, p, c):
     """log2 p exchanges moving the same (p-1)/p n bytes as the ring, in fewer steps; each step
-    lands in memory (no streaming stores: EXCHANGE from stream_min on)."""
-    return log2_ceil(p) * c.alpha + (p - 1) / p * n * exchange(n, c) if p > 1 else 0.0
+    lands in memory (see EXCHANGE: from stream_min on, or when its last step of n/2 outgrows a FIFO)."""
+    return log2_ceil(p) * c.alpha + (p - 1) / p * n * exchange(n, n / 2, c) if p > 1 else 0.0
 
 
 def bruck(n, p, c):
     """ceil(log2 p) exchanges like recursive doubling, for any p (the last step of a non-power of
     two sends only p - 2^k blocks), each a message of up to two segments per side; the blocks stay
     in rotated positions, so no local rotation copies."""
-    return log2_ceil(p) * c.alpha + (p - 1) / p * n * exchange(n, c) if p > 1 else 0.0
+    return log2_ceil(p) * c.alpha + (p - 1) / p * n * exchange(n, n / 2, c) if p > 1 else 0.0
 
 
 ALGORITHMS = [

@@ -26,7 +26,7 @@ def recursive_doubling(n, p, c):
     """log2 q exchanges of the whole buffer, each reduced on arrival (q the power of two below p)."""
     if p == 1:
         return 0.0
-    return log2_ceil(pof2_below(p)) * (c.alpha + n * (exchange(n, c) + c.gamma)) + _fold(n, p, c)
+    return log2_ceil(pof2_below(p)) * (c.alpha + n * (exchange(n, n, c) + c.gamma)) + _fold(n, p, c)
 
 
 def rabenseifner(n, p, c):
@@ -37,7 +37,7 @@ def rabenseifner(n, p, c):
         return 0.0
     q = pof2_below(p)
     f = (q - 1) / q
-    return 2 * log2_ceil(q) * c.alpha + 2 * f * n * exchange(n, c) + f * n * c.gamma + _fold(n, p, c)
+    return 2 * log2_ceil(q) * c.alpha + 2 * f * n * exchange(n, n / 2, c) + f * n * c.gamma + _fold(n, p, c)
 
 
 def _tree_slice(n, p):

@@ -15,7 +15,7 @@ def bruck(n, p, c):
     if p == 1:
         return 0.0
     k = log2_ceil(p)
-    return k * c.alpha + k * n / 2 * exchange(n, c)
+    return k * c.alpha + k * n / 2 * exchange(n, n / 2, c)
 
 
 ALGORITHMS = [

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 
 STREAM_MIN = 16 << 20      # the engine's nt_threshold (Engine.nt_threshold), when no engine is at hand
+FIFO_BYTES = 4 << 20       # one direction's shm FIFO (transports/shm.fifo_bytes, up to 4 local ranks)
 
 FIFO_CLASSES = frozenset({"self", "shm", "c2c"})    # links whose bytes cost CPU copy passes
 
@@ -26,13 +27,15 @@ FIFO_CLASSES = frozenset({"self", "shm", "c2c"})    # links whose bytes cost CPU
 class LinkCost:
     """alpha, beta, gamma (see the module docstring), plus two facts about how the engine moves
     bytes that the formulas need: whether the links are shared-memory FIFOs (a byte costs a copy
-    pass per side, and ring relays fuse FIFO to FIFO) or a wire, and from how many bytes the ring
-    and chain schedules write their output with streaming stores (the engine's nt_threshold)."""
+    pass per side, and ring relays fuse FIFO to FIFO) or a wire, from how many bytes the ring and
+    chain schedules write their output with streaming stores (the engine's nt_threshold), and how
+    many bytes one FIFO holds (an exchange step larger than that cannot be written ahead)."""
     alpha: float
     beta: float
     gamma: float
     fifo: bool = True
     stream_min: float = STREAM_MIN
+    fifo_bytes: float = FIFO_BYTES
 
 
 # Fallback only (see the module docstring): a 2-vCPU VM, bench/RESULTS.md of the foundation issue.

@@ -337,13 +337,27 @@ def _detail(when, secs, other) -> str:
     return f"probe of {_iso(when)}, {secs * 1e3:.0f} ms{load}"
 
 
-def _link_cost(abg, classes, engine) -> LinkCost:
+def _fifo_bytes(local_size: int) -> float:
+    """Bytes of one direction's shared-memory FIFO on a host with local_size ranks (0: unknown)."""
+    try:
+        from ..transports.shm import fifo_bytes
+        return float(fifo_bytes(int(local_size)))
+    except Exception:                           # noqa: BLE001 - pricing falls back to the default
+        return 0.0
+
+
+def _link_cost(abg, classes, engine, fifo_bytes=0.0) -> LinkCost:
     """The measured alpha, beta, gamma plus what the formulas need to know of the engine: whether
-    every link is a shared-memory FIFO, and from how many bytes it writes with streaming stores
-    (read from the engine, so a rebuilt engine's threshold is priced as it is)."""
+    every link is a shared-memory FIFO, how big a FIFO is (rank 0's host, broadcast), and from how
+    many bytes the engine writes with streaming stores (read from it, so a rebuilt engine's
+    threshold is priced as it is)."""
+    extra = {}
     stream_min = getattr(engine, "nt_threshold", None)
-    return LinkCost(*map(float, abg), fifo=all_fifo(classes),
-                    **({"stream_min": float(stream_min)} if stream_min else {}))
+    if stream_min:
+        extra["stream_min"] = float(stream_min)
+    if fifo_bytes and fifo_bytes > 0:
+        extra["fifo_bytes"] = float(fifo_bytes)
+    return LinkCost(*map(float, abg), fifo=all_fifo(classes), **extra)
 
 
 def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host: str,
@@ -362,9 +376,11 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     if size == 1 or not classes:
         return CostModel.default(classes, oversubscribed, "a single rank: no link to measure")
     # hit, alpha, beta, gamma, when measured, probe seconds, other load (-1: unknown)
-    msg = np.zeros(7, dtype=np.float64)
+    # ..., [7] the FIFO bytes of rank 0's host (every rank must price with the same numbers)
+    msg = np.zeros(8, dtype=np.float64)
     s = prev = None
     if rank == 0:       # nothing may raise here: the other ranks already wait in the broadcast
+        msg[7] = _fifo_bytes(local_size)
         try:
             s = shape(host, classes, local_size)
             entry = None if force else lookup(s)
@@ -375,17 +391,17 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
             prev, entry = entry, None
         if entry is not None:
             other = entry.get("other_load")
-            msg[:] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
+            msg[:7] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
                       float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
                       -1.0 if other is None else float(other))
     _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
     if msg[0] == 1.0:
-        return CostModel(_link_cost(msg[1:4], classes, engine), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
+        return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
     raw, secs, other = _probe(engine, rank, size, timeout)
     cost = fit(raw, size)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = LinkCost(*(min(getattr(cost, k), float(prev[k])) for k in ("alpha", "beta", "gamma")))
-    msg[:] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
+    msg[:7] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
               -1.0 if other is None else other)
     _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
     raw_us = {(k[:-2] + "_us" if k.endswith("_s") else k): (v * 1e6 if k.endswith("_s") else v)
@@ -396,7 +412,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                   "probe_s": secs, "nranks": size, "raw": raw_us, "other_load": other,
                   "noisy": bool(noisy), "probes": 1 + (int(prev.get("probes", 1)) if prev else 0),
                   "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None})
-    model = CostModel(_link_cost(msg[1:4], classes, engine), MEASURED, _detail(msg[4], msg[5], msg[6]), classes,
+    model = CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), MEASURED, _detail(msg[4], msg[5], msg[6]), classes,
                       raw_us)
     log.info("measured the cost model of %d ranks: %s", size, model.describe())
     return model

@@ -19,7 +19,7 @@ def recursive_halving(n, p, c):
         return 0.0
     q = pof2_below(p)
     f = (q - 1) / q
-    t = log2_ceil(q) * c.alpha + f * n * (exchange(n, c) + c.gamma)
+    t = log2_ceil(q) * c.alpha + f * n * (exchange(n, n / 2, c) + c.gamma)
     if q != p:
         t += 2 * c.alpha + n * (one_way(c) + c.gamma) + n / p * one_way(c)
     return t
