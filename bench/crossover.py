@@ -17,6 +17,8 @@ registry decides; ``-c`` to choose), or plot JSON written by ``hetccl bench --al
 For every collective and world size it prints the table of ``hetccl bench --algos all`` (time of
 each forced algorithm, the tuner's choice, auto/best, within15%) and a verdict, then one summary
 line per (collective, ranks) and an overall PASS/FAIL (exit status 1 with ``--strict`` on FAIL).
+Beside it, the model check: for the algorithm the tuner chose at each size, the cost model's
+predicted time against its measured time (within 2x passes), with its own summary lines.
 
 Each PNG (``bench/crossover_<collective>.png``, for ``--plot``, default allreduce,allgather) has
 one panel per world size: time per call (log) against size (log), one line per forced algorithm,
@@ -211,11 +213,41 @@ def run_sweeps(args) -> list[str]:
     return paths
 
 
+MODEL_FACTOR = 2.0     # the model check: predicted time of the chosen algorithm within 2x of measured
+
+
+def model_check(summary, collective, nranks, factor=MODEL_FACTOR) -> tuple[list[str], str, bool]:
+    """Predicted against measured time of the algorithm the tuner chose, per size (the measured
+    time is that algorithm's own forced column, interleaved with the others): table lines, a
+    verdict line, and whether every size with a prediction is within *factor*."""
+    lines = [f"# model, {collective}, {nranks} ranks: predicted vs measured time (us) of the chosen "
+             f"algorithm (its forced column); within{factor:g}x = {1 / factor:g} <= predicted/measured "
+             f"<= {factor:g}",
+             f"#{'size':>9}  {'chosen':<22} {'predicted':>10} {'measured':>10} {'ratio':>6}  verdict"]
+    judged, outside = 0, []
+    for e in summary:
+        choice = e["auto_choice"]
+        pred, meas = e["predicted_us"].get(choice), e["times_us"].get(choice)
+        if pred is None or not meas:
+            continue
+        ratio = pred / meas
+        good = 1 / factor <= ratio <= factor
+        judged += 1
+        if not good:
+            outside.append(f"{fmt.format_size(e['size'])} ({ratio:.2f})")
+        lines.append(f"{fmt.format_size(e['size']):>10}  {choice:<22} {fmt.format_time(pred):>10} "
+                     f"{fmt.format_time(meas):>10} {ratio:>6.2f}  {'ok' if good else 'OUTSIDE'}")
+    verdict = (f"# model, {collective}, {nranks} ranks: within {factor:g}x at {judged - len(outside)}/"
+               f"{judged} sizes" + (f"; outside at {', '.join(outside)}" if outside else ""))
+    return lines + [verdict], verdict, not outside
+
+
 def check_all(rows, tolerance) -> tuple[list[str], bool]:
-    """The within-tolerance table and verdict of every (collective, world size) in *rows*, then a
-    summary; and whether every judged size passed."""
-    lines, ok = [], True
-    verdicts = []
+    """The within-tolerance table and verdict of every (collective, world size) in *rows*, the
+    model's predicted/measured table, then a summary; and whether every judged size passed the
+    tuner check (the model check is reported beside it)."""
+    lines, ok, model_ok = [], True, True
+    verdicts, model_verdicts = [], []
     for coll in [c for c in fmt.COLLECTIVES if any(r["collective"] == c for r in rows)]:
         for n in sorted({r["nranks"] for r in rows if r["collective"] == coll}):
             rs = [r for r in rows if r["collective"] == coll and r["nranks"] == n]
@@ -225,9 +257,17 @@ def check_all(rows, tolerance) -> tuple[list[str], bool]:
             judged = [e for e in summary if e["ok"] is not None]
             ok = ok and all(e["ok"] for e in judged)
             verdicts.append(compare.verdict(summary, coll, n, tolerance))
+            table, verdict, good = model_check(summary, coll, n)
+            lines += [""] + table
+            model_verdicts.append(verdict)
+            model_ok = model_ok and good
     lines += ["", "# tuner check (auto within tolerance of the fastest forced algorithm, every size):"]
     lines += verdicts
     lines.append(f"# overall: {'PASS' if ok else 'FAIL'}")
+    lines += ["", f"# model check (predicted time of the chosen algorithm within {MODEL_FACTOR:g}x of "
+                  f"its measured time, every size):"]
+    lines += model_verdicts
+    lines.append(f"# model overall: {'PASS' if model_ok else 'FAIL'}")
     return lines, ok
 
 

@@ -412,3 +412,133 @@ def test_tune_replaces_this_hosts_entry_with_a_measurement(tmp_path):
     assert "allreduce" in done.stdout and " from 8B" in done.stdout
     (e,) = probe.read_entries(path).values()
     assert e["alpha"] < 1.0 and e["probes"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The formulas' ordering at the shapes where the tuner missed (bench/results/crossover-2026-12-01:
+# these are the cost models the probe measured there; no processes, no timing)
+# ------------------------------------------------------------------------------------------------
+RUN_MODELS = {2: LinkCost(0.338e-6, 1 / 7.5e9, 1 / 51.4e9),      # 2 ranks over c2c FIFOs
+              3: LinkCost(2.72e-6, 1 / 2.54e9, 1 / 51.9e9),      # 3 ranks on 2 cores
+              4: LinkCost(3.1e-6, 1 / 2.03e9, 1 / 33.7e9)}       # 4 ranks on 2 cores
+
+
+def _prices(collective, n, p, c=None):
+    from hetccl.collectives import registry
+    c = c or RUN_MODELS[p]
+    return {a.name: a.cost(n, p, c) for a in registry.for_collective(collective)
+            if a.code >= 0 and a.supports(n, p)}
+
+
+def _pick(collective, n, p, c=None):
+    return Tuner(p, CostModel(c or RUN_MODELS[p], CACHED), forced_spec="").select(collective, n).name
+
+
+@pytest.mark.parametrize("p", [3, 4])
+@pytest.mark.parametrize("n", [32 << 10, 128 << 10, 512 << 10, 2 << 20, 32 << 20])
+def test_broadcast_picks_the_pipelined_chain_from_3_ranks(p, n):
+    """Measured: the chain is the fastest broadcast at 3-4 ranks from 32 KiB on (its relays forward
+    chunks as they arrive, ~0.75 beta per byte), where the old formulas chose scatter_allgather or
+    binomial (a binomial level is a one-way transfer: 0.5 beta per byte, log2 p of them)."""
+    assert _pick("broadcast", n, p) == "chain"
+
+
+def test_one_way_transfers_cost_one_pass_per_side_over_fifos_and_the_wire_time_over_tcp():
+    c, n = RUN_MODELS[2], 64 << 20
+    assert _prices("broadcast", n, 2)["binomial"] == pytest.approx(c.alpha + n * c.beta / 2)
+    wire = LinkCost(20e-6, 1 / 1.2e8, 1 / 8e9, fifo=False)
+    assert _prices("broadcast", n, 2, wire)["binomial"] == pytest.approx(wire.alpha + n * wire.beta)
+    # reduce: the parent's pass plus the reduction
+    assert _prices("reduce", n, 2)["binomial"] == pytest.approx(c.alpha + n * (c.beta / 2 + c.gamma))
+
+
+@pytest.mark.parametrize("n", [512 << 10, 2 << 20])
+def test_two_rank_ring_allreduce_is_rabenseifners_schedule_for_steps_that_fit_a_fifo(n):
+    """With 2 ranks both are two exchanges of n/2: priced alike (the old formulas charged
+    Rabenseifner 1.5x per byte and chose the ring where Rabenseifner measured 1.23x faster)."""
+    t = _prices("allreduce", n, 2)
+    assert t["rabenseifner"] == pytest.approx(t["ring"])
+    big = _prices("allreduce", 64 << 20, 2)          # from stream_min the ring streams its output
+    assert big["ring"] < big["rabenseifner"] / 1.2
+
+
+def test_exchange_penalty_starts_at_the_engines_streaming_threshold_or_a_full_fifo():
+    """With steps that fit a FIFO, below stream_min, recursive doubling moves the ring's bytes in
+    fewer steps (measured faster at 2 MiB on 4 ranks); from stream_min on, the ring streams and
+    wins (1.4-1.8x at 32-128 MiB); the thresholds are the engine's, carried by the LinkCost."""
+    assert _pick("allgather", 2 << 20, 4) in ("recursive_doubling", "bruck")
+    assert _pick("allgather", 32 << 20, 4) == "ring"
+    assert _pick("allgather", 8 << 20, 4) == "ring"                  # a 4 MiB step fills the FIFO
+    later = LinkCost(3.1e-6, 1 / 2.03e9, 1 / 33.7e9, stream_min=64 << 20, fifo_bytes=32 << 20)
+    assert _pick("allgather", 32 << 20, 4, later) in ("recursive_doubling", "bruck")
+    assert _pick("allgather", 8 << 20, 4, later) in ("recursive_doubling", "bruck")
+
+
+def test_fused_ring_reduce_scatter_counts_one_pass_per_input_byte():
+    n = 64 << 20
+    c = RUN_MODELS[4]
+    t = _prices("reduce_scatter", n, 4)
+    assert t["ring"] == pytest.approx(3 * c.alpha + n * c.beta / 2 + 0.75 * n * c.gamma)
+    assert _pick("reduce_scatter", n, 4) == "ring"
+    wire = LinkCost(20e-6, 1 / 1.2e8, 1 / 8e9, fifo=False)         # no fusion over a socket
+    assert _prices("reduce_scatter", n, 4, wire)["ring"] == pytest.approx(
+        3 * wire.alpha + 0.75 * n * (wire.beta + wire.gamma))
+
+
+def test_allreduce_crossovers_at_4_ranks_follow_the_passes():
+    """Over FIFOs the ring's fused reduce-scatter (1 pass per byte) makes it cheaper per byte than
+    Rabenseifner's halving (1.5 passes at 4 ranks): ring for large messages (measured 1.3x faster
+    at 8-32 MiB), recursive doubling for small ones."""
+    assert _pick("allreduce", 8, 4) == "recursive_doubling"
+    assert _pick("allreduce", 2 << 20, 4) == "ring"
+    assert _pick("allreduce", 8 << 20, 4) == "ring"
+    t = _prices("allreduce", 2 << 20, 4)                # 1.5 against 1.25 beta per byte
+    assert t["rabenseifner"] / t["ring"] == pytest.approx(1.2, rel=0.05)
+
+
+def test_probe_prices_the_network_link_not_one_stream_of_its_ring():
+    """The probe's ring in rank order put k of its streams on one host link (round-robin placement:
+    2); the cached beta is the link's, whatever the placement of the job that measured it."""
+    p, n = 4, 1 << 20
+    alpha, link_beta = 40e-6, 1 / 1.2e8
+    raw = {"barrier_s": 2 * alpha, "allgather_s": (p - 1) * alpha + (p - 1) / p * n * 2 * link_beta,
+           "copy_s": n / 10e9, "reduce_s": 2 * n / 10e9, "allgather_bytes": n, "kernel_bytes": n,
+           "link_share": 2.0}
+    assert probe.fit(raw, p).beta == pytest.approx(link_beta)
+    assert probe.fit(dict(raw, link_share=1.0), p).beta == pytest.approx(2 * link_beta)
+
+
+class _PlannerComm:
+    """What Planner reads of a communicator: its rank and the flat tuner with the measured model."""
+    rank = 0
+    last_algorithm = None
+
+    def __init__(self, cost):
+        self._tuner = Tuner(4, CostModel(cost, MEASURED, "", ("c2c", "tcp")), forced_spec="")
+
+
+def _netns_planner(round_robin):
+    from hetccl.collectives.hierarchical import Planner
+    from hetccl.topology import topofile
+    ranks = [{"rank": r, "host": f"h{r % 2 if round_robin else r // 2}"} for r in range(4)]
+    topo = topofile.from_dict({"format": "hetccl-topology", "version": 1, "ranks": ranks,
+                               "links": [{"a": f"host:h{h}", "b": "net", "class": "tcp"} for h in (0, 1)]})
+    # bench/netns_bench.py's model (2 hosts x 2 ranks, 1 Gbit/s tbf links), beta per link
+    comm = _PlannerComm(LinkCost(43.3e-6, 1 / 0.131e9, 1 / 49.2e9, fifo=False))
+    return Planner(comm, topo, 2.0), comm
+
+
+@pytest.mark.parametrize("round_robin", [True, False])
+def test_planner_weighs_every_flat_algorithm_against_the_composed_ones(round_robin):
+    """At 32 KiB the flat tuner's own pick (priced without the topology) is not the best flat
+    algorithm once the shared host links are counted; the planner re-prices all of them."""
+    from hetccl.collectives import registry
+    pl, comm = _netns_planner(round_robin)
+    n = 32 << 10
+    flat = comm._tuner.select("allreduce", n)
+    got = pl.choose("allreduce", n, flat, False)
+    flats = {a.name: pl._flat_cost(a, n) for a in registry.for_collective("allreduce") if a.code >= 0}
+    composed = pl.composed_cost("allreduce", -1, n)
+    best = min(list(flats.values()) + [composed])
+    assert (pl._flat_cost(got, n) if got.code >= 0 else composed) == best
+    assert pl.choose("allreduce", 16 << 20, flat, False).name == "hierarchical"

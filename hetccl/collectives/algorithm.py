@@ -4,6 +4,24 @@
 ``model.LinkCost``: alpha per message, beta per byte moved, gamma per byte reduced) for ``n`` bytes
 on ``p`` ranks; what ``n`` counts is the collective's own convention (see each family module).
 ``supports(n, p)`` rules out shapes an algorithm cannot run.
+
+How bytes are counted. The probe's beta is the time per byte *crossing a link* in a ring allgather
+(probe.py), where every rank both sends and receives each such byte. Over a shared-memory FIFO that
+is two copy passes per rank and byte (into the next rank's FIFO, out of the previous rank's), so:
+
+- a *one-way* transfer (a tree level: the sender only sends, the receiver only receives) costs each
+  side one pass, ``ONE_WAY`` = 0.5 beta per byte (over a full-duplex wire it costs a whole beta:
+  the wire, not the copies, is the limit; ``LinkCost.fifo`` says which);
+- an *exchange* step (send a piece while receiving another) costs a beta per byte, like a ring step;
+- a *fused ring relay* (engine.forward_piece: receive, reduce and write into the next FIFO in one
+  pass) saves the pass that would land the partial sum in memory: a ring reduce-scatter over FIFOs
+  costs one pass per byte of its input (see ``ring_rs_bytes``);
+- above ``LinkCost.stream_min`` (the engine's ``nt_threshold``), the ring and chain schedules write
+  their output with streaming stores; exchange steps stage whole steps through memory; and an
+  exchange step larger than a FIFO (``LinkCost.fifo_bytes``) cannot be written ahead of the peer:
+  both cost ``EXCHANGE``.
+
+Every constant below assumes the current FIFO engine (see each comment for what was measured).
 """
 import math
 from dataclasses import dataclass
@@ -13,12 +31,25 @@ from typing import Callable
 (ALGO_RING, ALGO_RD, ALGO_BINOMIAL, ALGO_CHAIN, ALGO_SCATTER_ALLGATHER, ALGO_PAIRWISE, ALGO_LINEAR,
  ALGO_RS_GATHER, ALGO_RABENSEIFNER, ALGO_DBTREE, ALGO_BRUCK, ALGO_RECURSIVE_HALVING) = range(12)
 
-SLICE = 1 << 20     # pipelining unit of chains and rings (engine: a quarter of a 4 MiB FIFO)
+# One side's copy pass of a one-way FIFO transfer, in units of beta (two passes, see above).
+# Measured (bench/results/crossover-2026-12-01.txt, 2 ranks): broadcast 32-128 MiB 0.55 beta per
+# byte, binomial reduce 128 MiB 0.74 beta (a pass plus the reduction).
+ONE_WAY = 0.5
 
-# An exchange step (send a piece while receiving another, each landing in memory) is not pipelined
-# and stages through the FIFO twice, unlike a fused ring relay (one pass receive-reduce-forward):
-# its bytes cost 1.5x beta (measured at 4 ranks: ring allgather 1.2x faster than recursive doubling
-# at 8 MiB, 1.6x at 64 MiB; ring allreduce 1.3x faster than Rabenseifner at 16 MiB).
+# A pipelined chain relay over FIFOs: the fused FIFO-to-FIFO pass plus the copy of the slot it just
+# wrote (cache-hot) into its output, ~1.5 passes = 0.75 beta per byte. Measured: chain broadcast at
+# 3-4 ranks, 0.59 beta (slope 32 KiB-512 KiB) to 0.62-0.88 beta (8-128 MiB), against a binomial
+# tree's 0.9-1.1 beta (two levels of one-way transfers).
+RELAY = 0.75
+
+# Exchange steps of calls at or above LinkCost.stream_min bytes: the ring's receives stream their
+# output (non-temporal stores) and relay FIFO to FIFO, while recursive doubling/halving, Bruck and
+# Rabenseifner land every step in memory and re-read it. Measured at 32-128 MiB: ring allgather
+# 1.4-1.8x faster than recursive doubling, 1.1-1.5x than Bruck; ring allreduce 1.1-1.6x faster
+# than Rabenseifner (2-4 ranks). The same factor for a step larger than a FIFO (the sender stalls
+# until the peer drains it; the ring's slices are a quarter of a FIFO): ring allreduce 1.3x faster
+# than Rabenseifner (4 MiB halving steps) at 8 MiB on 4 ranks, ring allgather 1.0-1.2x faster than
+# recursive doubling at 8 MiB. Smaller steps of smaller calls are within noise of the ring's.
 EXCHANGE = 1.5
 
 
@@ -47,3 +78,22 @@ def pof2_below(p: int) -> int:
 
 def is_pof2(p: int) -> bool:
     return p > 0 and p & (p - 1) == 0
+
+
+def one_way(c) -> float:
+    """Seconds per byte of a one-way transfer (a tree edge): one pass per side over a FIFO, the
+    whole wire time over a full-duplex network link."""
+    return ONE_WAY * c.beta if c.fifo else c.beta
+
+
+def exchange(n, step, c) -> float:
+    """Seconds per byte of the exchange steps of a call of n bytes whose largest step moves *step*
+    bytes each way (see EXCHANGE)."""
+    return EXCHANGE * c.beta if c.fifo and (n >= c.stream_min or step >= c.fifo_bytes) else c.beta
+
+
+def ring_rs_bytes(n, p, c) -> float:
+    """Seconds of a ring reduce-scatter's bytes (without gamma) for an input of n bytes: over FIFOs
+    every rank makes one pass per input byte (it sends its own block, fuses each relay, reduces
+    the last step into the output: p passes of n/p); elsewhere (p-1)/p n bytes cross its links."""
+    return ONE_WAY * n * c.beta if c.fifo else (p - 1) / p * n * c.beta

@@ -3,36 +3,41 @@
 ``n`` is the bytes of the buffer. Non-powers of two fold their extra ranks in and out (two more
 messages of the whole buffer) for recursive doubling and Rabenseifner.
 """
-from .algorithm import (ALGO_DBTREE, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING, EXCHANGE, Algorithm,
-                        log2_ceil, pof2_below)
+from .algorithm import (ALGO_DBTREE, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING, Algorithm, exchange,
+                        log2_ceil, one_way, pof2_below, ring_rs_bytes)
 
 
 def _fold(n, p, c):
-    return 0.0 if pof2_below(p) == p else 2 * (c.alpha + n * c.beta) + n * c.gamma
+    """Non-powers of two: the extra ranks hand their whole buffer in (reduced on arrival) and get
+    the result back: two one-way transfers of n bytes."""
+    return 0.0 if pof2_below(p) == p else 2 * (c.alpha + n * one_way(c)) + n * c.gamma
 
 
 def ring(n, p, c):
+    """A fused ring reduce-scatter (ring_rs_bytes) then a ring allgather ((p-1)/p n bytes crossing),
+    2(p-1) steps; its receives stream their output from stream_min on (priced by the others)."""
     if p == 1:
         return 0.0
-    return 2 * (p - 1) * c.alpha + 2 * (p - 1) / p * n * c.beta + (p - 1) / p * n * c.gamma
+    return (2 * (p - 1) * c.alpha + ring_rs_bytes(n, p, c) + (p - 1) / p * n * c.beta
+            + (p - 1) / p * n * c.gamma)
 
 
 def recursive_doubling(n, p, c):
+    """log2 q exchanges of the whole buffer, each reduced on arrival (q the power of two below p)."""
     if p == 1:
         return 0.0
-    pof2 = pof2_below(p)
-    fold = 0 if pof2 == p else 2 * (c.alpha + n * c.beta)
-    return log2_ceil(pof2) * (c.alpha + n * (c.beta + c.gamma)) + fold
+    return log2_ceil(pof2_below(p)) * (c.alpha + n * (exchange(n, n, c) + c.gamma)) + _fold(n, p, c)
 
 
 def rabenseifner(n, p, c):
     """Reduce-scatter by halving, allgather by doubling: 2 log2 q exchanges (q the power of two
-    that remains after the fold) moving 2 (q-1)/q n bytes, each step unpipelined."""
+    that remains after the fold) moving 2 (q-1)/q n bytes. With 2 ranks this is the ring's own
+    schedule (two exchanges of n/2); from 3 ranks on, the ring's fused relays make it cheaper."""
     if p == 1:
         return 0.0
     q = pof2_below(p)
     f = (q - 1) / q
-    return 2 * log2_ceil(q) * c.alpha + EXCHANGE * 2 * f * n * c.beta + f * n * c.gamma + _fold(n, p, c)
+    return 2 * log2_ceil(q) * c.alpha + 2 * f * n * exchange(n, n / 2, c) + f * n * c.gamma + _fold(n, p, c)
 
 
 def _tree_slice(n, p):

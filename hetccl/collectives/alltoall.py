@@ -2,7 +2,7 @@
 
 ``n`` is the bytes each rank sends in all.
 """
-from .algorithm import ALGO_BRUCK, ALGO_PAIRWISE, EXCHANGE, Algorithm, log2_ceil
+from .algorithm import ALGO_BRUCK, ALGO_PAIRWISE, Algorithm, exchange, log2_ceil
 
 
 def pairwise(n, p, c):
@@ -15,7 +15,7 @@ def bruck(n, p, c):
     if p == 1:
         return 0.0
     k = log2_ceil(p)
-    return k * c.alpha + EXCHANGE * k * n / 2 * c.beta
+    return k * c.alpha + k * n / 2 * exchange(n, n / 2, c)
 
 
 ALGORITHMS = [

@@ -23,6 +23,7 @@ Every form is priced by the alpha-beta-gamma model per link class (collectives/m
 network link of a host shared by the streams that cross it at once, so the tuner picks one only
 when it wins. ``algorithm="hierarchical"`` (or ``"topo_ring"``, or HETCCL_ALGO) forces one.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -40,6 +41,7 @@ SUB_CALL = 10e-6          # Python cost of one sub-collective (validation, tuner
 COPY_BETA = 1 / 5e9       # mapping allgather blocks back to rank order: one memory copy
 PIPELINE_MIN = 2 << 20    # 2-level allreduce of at least this many bytes overlaps its levels ...
 PIPELINE_SEGMENTS = 4     # ... in this many segments (a fixed few: no Python per chunk)
+_PAIRWISE_SCHEDULES = ("recursive_doubling", "rabenseifner", "bruck")
 
 
 def _unpriced(nbytes, p, c):
@@ -74,11 +76,14 @@ def _flat_by_name(collective, name):
 
 def _scaled(c: LinkCost, k: float) -> LinkCost:
     """A link shared by k streams at once: each sees 1/k of its bandwidth."""
-    return LinkCost(c.alpha, c.beta * max(1.0, k), c.gamma)
+    return dataclasses.replace(c, beta=c.beta * max(1.0, k))
 
 
 def _worst(*costs) -> LinkCost:
-    return LinkCost(max(c.alpha for c in costs), max(c.beta for c in costs), max(c.gamma for c in costs))
+    """The pace of a flat algorithm over several links: the slowest of each; a wire among them
+    sets how bytes are counted (LinkCost.fifo)."""
+    return LinkCost(max(c.alpha for c in costs), max(c.beta for c in costs), max(c.gamma for c in costs),
+                    fifo=all(c.fifo for c in costs), stream_min=min(c.stream_min for c in costs))
 
 
 class Planner:
@@ -104,7 +109,7 @@ class Planner:
 
     def _class_cost(self, cls, bandwidth=None, latency=None) -> LinkCost:
         c = group_cost([cls], self._over)
-        return LinkCost(latency or c.alpha, 1 / bandwidth if bandwidth else c.beta, c.gamma)
+        return dataclasses.replace(c, alpha=latency or c.alpha, beta=1 / bandwidth if bandwidth else c.beta)
 
     def _costs(self):
         topo = self.topo
@@ -119,7 +124,10 @@ class Planner:
         probed = getattr(getattr(self.comm, "_tuner", None), "model", None)
         if (not given and probed is not None and getattr(probed, "origin", "default") != "default"
                 and set(getattr(probed, "link_classes", ())) & {"tcp", "rdma"}):
-            self.net = probed.cost          # measured over this communicator's slowest (network) link
+            # measured over this communicator's slowest (network) link; the probe already divided
+            # out how many of its ring's streams shared that link (probe.fit), so this is the
+            # link's own cost, shared again per algorithm below (_scaled)
+            self.net = dataclasses.replace(probed.cost, fifo=False)
         intra = [topo.intra_link(h) for h in self.hosts]
         ibw = [ln.bandwidth for ln in intra if ln is not None and ln.bandwidth]
         self.shm = self._class_cost("shm", min(ibw) if ibw else None)
@@ -136,8 +144,10 @@ class Planner:
             return 0.0
         if algo.name == "recursive_doubling" and algo.collective == "allreduce" and self.p & (self.p - 1) == 0:
             return self._rd_allreduce_steps(nbytes)
+        # streams per host link: a ring's edges all run at once; the pairwise-exchange schedules
+        # (recursive doubling/halving, Rabenseifner, Bruck) pair ranks at distances 2^k
         k = (select.ring_uplink_load(self.topo, list(range(self.p))) if algo.name == "ring"
-             else select.rd_uplink_load(self.topo) if algo.name == "recursive_doubling" else 1)
+             else select.rd_uplink_load(self.topo) if algo.name in _PAIRWISE_SCHEDULES else 1)
         slow = self.net if len(self.hosts) > 1 else self.shm
         return algo.cost(nbytes, self.p, _worst(self.shm, _scaled(slow, k)))
 
@@ -216,7 +226,14 @@ class Planner:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        best, best_t = flat, self._flat_cost(flat, nbytes)
+        # every engine algorithm re-priced for this topology (the flat tuner's pick ignores how
+        # its streams share the network links), then the composed ones
+        best, best_t = flat, self._flat_cost(flat, nbytes) if flat.code >= 0 else math.inf
+        for a in registry.for_collective(collective):
+            if a.code >= 0 and a is not flat and a.supports(nbytes, self.p):
+                t = self._flat_cost(a, nbytes)
+                if t < best_t:
+                    best, best_t = a, t
         for code in COMPOSED:
             t = self.composed_cost(collective, code, nbytes)
             if t is not None and t < best_t:

@@ -17,11 +17,25 @@ Where the numbers come from (``CostModel.origin``):
 from dataclasses import dataclass, field
 
 
+STREAM_MIN = 16 << 20      # the engine's nt_threshold (Engine.nt_threshold), when no engine is at hand
+FIFO_BYTES = 4 << 20       # one direction's shm FIFO (transports/shm.fifo_bytes, up to 4 local ranks)
+
+FIFO_CLASSES = frozenset({"self", "shm", "c2c"})    # links whose bytes cost CPU copy passes
+
+
 @dataclass(frozen=True)
 class LinkCost:
+    """alpha, beta, gamma (see the module docstring), plus two facts about how the engine moves
+    bytes that the formulas need: whether the links are shared-memory FIFOs (a byte costs a copy
+    pass per side, and ring relays fuse FIFO to FIFO) or a wire, from how many bytes the ring and
+    chain schedules write their output with streaming stores (the engine's nt_threshold), and how
+    many bytes one FIFO holds (an exchange step larger than that cannot be written ahead)."""
     alpha: float
     beta: float
     gamma: float
+    fifo: bool = True
+    stream_min: float = STREAM_MIN
+    fifo_bytes: float = FIFO_BYTES
 
 
 # Fallback only (see the module docstring): a 2-vCPU VM, bench/RESULTS.md of the foundation issue.
@@ -36,6 +50,13 @@ DEFAULTS = {
 # A measured model has this in its alpha already (the probe runs with the job's own ranks).
 OVERSUBSCRIBED_ALPHA = 5e-6
 
+# The Python path of one collective call before and after the engine runs (comm.py: describe the
+# buffer, the tuner's cached lookup, pin and release): every algorithm pays it alike, so it never
+# changes a choice, but predictions of small calls are wrong by ~5x without it. Measured on the
+# 2-vCPU VM with this comm.py: 8 B allreduce at 2 ranks 2.0 us against the probe's alpha 0.34 us;
+# 2-rank broadcast of 8 B (one message) 1.8 us.
+CALL_S = 1.5e-6
+
 MEASURED, CACHED, DEFAULT = "measured", "cached", "default"
 
 
@@ -45,7 +66,13 @@ def group_cost(link_classes, oversubscribed=False) -> LinkCost:
     alpha = max(c.alpha for c in costs)
     if oversubscribed:
         alpha = max(alpha, OVERSUBSCRIBED_ALPHA)
-    return LinkCost(alpha, max(c.beta for c in costs), max(c.gamma for c in costs))
+    return LinkCost(alpha, max(c.beta for c in costs), max(c.gamma for c in costs),
+                    fifo=all_fifo(link_classes))
+
+
+def all_fifo(link_classes) -> bool:
+    """True when every link class is a shared-memory FIFO (the pace of a mixed group is its wire's)."""
+    return all(c in FIFO_CLASSES for c in link_classes)
 
 
 @dataclass(frozen=True)

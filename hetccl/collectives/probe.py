@@ -13,7 +13,11 @@ of ~``REP_S`` each, a repetition's time being the slowest rank's):
   step's latency including the engine's per-step overhead (not the Python call around it, which
   every algorithm of a call pays alike);
 - beta = (in-place ring allgather of ``PROBE_BYTES`` - (p-1) alpha) / ((p-1)/p ``PROBE_BYTES``):
-  the bytes crossing links, as the ring formulas count them;
+  the bytes crossing links, as the ring formulas count them. When the ring in rank order crosses a
+  network link, the slowest host link carried k of its streams at once (k = 2 for 2 ranks per host
+  placed round-robin, 1 for block placement): beta is divided by k, so the cache holds the link's
+  own cost whatever the placement of the job that measured it (the topology-aware pricing shares
+  the link again per algorithm);
 - gamma = (reduce kernel - copy kernel) / ``KERNEL_BYTES``, every rank at once: the extra cost of
   reducing a received byte into the output instead of copying it (the engine reduces straight out
   of the transport, so that difference is what a reduction adds to a step).
@@ -58,12 +62,14 @@ from .. import dtypes
 from .._native import collectives as _coll
 from .._native import reduce as _kernels
 from ..ops import ReduceOp
-from .model import CACHED, MEASURED, CostModel, LinkCost
+from .model import CACHED, MEASURED, CostModel, LinkCost, all_fifo
 from .registry import ALGO_BINOMIAL, ALGO_RD, ALGO_RING
+
+WIRE_KINDS = ("tcp", "rdma")     # Engine.link_kind of links whose bytes cross a network
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 1                 # of the cache file
+FORMAT = 2                 # of the cache file (2: beta per link, not per stream of the probe's ring)
 PROBE_BYTES = 1 << 20      # the allgather that prices beta
 KERNEL_BYTES = 1 << 20     # the copy and reduce that price gamma
 REPS = 9                   # repetitions of every quantity (interleaved)
@@ -265,8 +271,21 @@ def measure(engine, size: int, timeout: float) -> dict:
         "copy_s": lambda: _kernels.copy_array(d, a),
         "reduce_s": lambda: _kernels.reduce_arrays(d, a, b, f32, add),
     }, timeout)
-    raw.update(allgather_bytes=ag.nbytes, kernel_bytes=a.nbytes)
+    raw.update(allgather_bytes=ag.nbytes, kernel_bytes=a.nbytes,
+               link_share=_ring_link_share(engine, size, timeout))
     return raw
+
+
+def _ring_link_share(engine, size: int, timeout: float) -> float:
+    """How many edges of the rank-order ring leave the busiest host over a network link (1 when
+    none does): the streams that shared one link while the probe's allgather ran. A rank's host is
+    itself and the peers it reaches without a wire (engine.link_kind)."""
+    kinds = [engine.link_kind(q) for q in range(size)]
+    crossing = np.zeros(size)
+    crossing[engine.rank] = 1.0 if kinds[(engine.rank + 1) % size] in WIRE_KINDS else 0.0
+    engine.allreduce(crossing, crossing, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
+    mine = np.array([sum(crossing[q] for q in range(size) if q == engine.rank or kinds[q] not in WIRE_KINDS)])
+    return max(1.0, float(_max_over_ranks(engine, mine, timeout)[0]))
 
 
 def fit(raw: dict, size: int) -> LinkCost:
@@ -277,6 +296,7 @@ def fit(raw: dict, size: int) -> LinkCost:
     alpha = raw["barrier_s"] / max(1, math.ceil(math.log2(p)))
     moved = (p - 1) / p * raw["allgather_bytes"]
     beta = max(raw["allgather_s"] - (p - 1) * alpha, 0.1 * raw["allgather_s"]) / moved
+    beta /= max(1.0, float(raw.get("link_share", 1.0)))
     gamma = max(raw["reduce_s"] - raw["copy_s"], 0.05 * raw["copy_s"]) / raw["kernel_bytes"]
     return LinkCost(alpha, beta, gamma)
 
@@ -317,6 +337,29 @@ def _detail(when, secs, other) -> str:
     return f"probe of {_iso(when)}, {secs * 1e3:.0f} ms{load}"
 
 
+def _fifo_bytes(local_size: int) -> float:
+    """Bytes of one direction's shared-memory FIFO on a host with local_size ranks (0: unknown)."""
+    try:
+        from ..transports.shm import fifo_bytes
+        return float(fifo_bytes(int(local_size)))
+    except Exception:                           # noqa: BLE001 - pricing falls back to the default
+        return 0.0
+
+
+def _link_cost(abg, classes, engine, fifo_bytes=0.0) -> LinkCost:
+    """The measured alpha, beta, gamma plus what the formulas need to know of the engine: whether
+    every link is a shared-memory FIFO, how big a FIFO is (rank 0's host, broadcast), and from how
+    many bytes the engine writes with streaming stores (read from it, so a rebuilt engine's
+    threshold is priced as it is)."""
+    extra = {}
+    stream_min = getattr(engine, "nt_threshold", None)
+    if stream_min:
+        extra["stream_min"] = float(stream_min)
+    if fifo_bytes and fifo_bytes > 0:
+        extra["fifo_bytes"] = float(fifo_bytes)
+    return LinkCost(*map(float, abg), fifo=all_fifo(classes), **extra)
+
+
 def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host: str,
               timeout: float, oversubscribed: bool = False, force: bool = False) -> CostModel:
     """The cost model of a new communicator, identical on every rank (collective: all call it).
@@ -333,9 +376,11 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     if size == 1 or not classes:
         return CostModel.default(classes, oversubscribed, "a single rank: no link to measure")
     # hit, alpha, beta, gamma, when measured, probe seconds, other load (-1: unknown)
-    msg = np.zeros(7, dtype=np.float64)
+    # ..., [7] the FIFO bytes of rank 0's host (every rank must price with the same numbers)
+    msg = np.zeros(8, dtype=np.float64)
     s = prev = None
     if rank == 0:       # nothing may raise here: the other ranks already wait in the broadcast
+        msg[7] = _fifo_bytes(local_size)
         try:
             s = shape(host, classes, local_size)
             entry = None if force else lookup(s)
@@ -346,17 +391,17 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
             prev, entry = entry, None
         if entry is not None:
             other = entry.get("other_load")
-            msg[:] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
+            msg[:7] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
                       float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
                       -1.0 if other is None else float(other))
     _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
     if msg[0] == 1.0:
-        return CostModel(LinkCost(*map(float, msg[1:4])), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
+        return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
     raw, secs, other = _probe(engine, rank, size, timeout)
     cost = fit(raw, size)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = LinkCost(*(min(getattr(cost, k), float(prev[k])) for k in ("alpha", "beta", "gamma")))
-    msg[:] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
+    msg[:7] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
               -1.0 if other is None else other)
     _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
     raw_us = {(k[:-2] + "_us" if k.endswith("_s") else k): (v * 1e6 if k.endswith("_s") else v)
@@ -367,7 +412,8 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                   "probe_s": secs, "nranks": size, "raw": raw_us, "other_load": other,
                   "noisy": bool(noisy), "probes": 1 + (int(prev.get("probes", 1)) if prev else 0),
                   "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None})
-    model = CostModel(LinkCost(*map(float, msg[1:4])), MEASURED, _detail(msg[4], msg[5], msg[6]), classes, raw_us)
+    model = CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), MEASURED, _detail(msg[4], msg[5], msg[6]), classes,
+                      raw_us)
     log.info("measured the cost model of %d ranks: %s", size, model.describe())
     return model
 

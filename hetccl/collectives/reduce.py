@@ -2,23 +2,23 @@
 
 ``n`` is the bytes of the buffer.
 """
-from .algorithm import ALGO_BINOMIAL, ALGO_RS_GATHER, EXCHANGE, Algorithm, log2_ceil
+from .algorithm import ALGO_BINOMIAL, ALGO_RS_GATHER, Algorithm, log2_ceil, one_way
 from .reduce_scatter import recursive_halving
 
 
 def binomial(n, p, c):
     """log2 p one-way steps of the whole buffer: the child's copy into the FIFO and the parent's
-    reduction out of it run at once in two processes, so a step costs the slower of the two
-    (measured at 2 and 4 ranks: 2x faster than reduce_scatter + gather at 1-16 MiB)."""
-    return log2_ceil(p) * (c.alpha + n * max(c.beta, c.gamma))
+    reduction out of it run at once in two processes, so a step costs the parent's pass plus the
+    reduction (measured at 2 ranks, 128 MiB: 0.74 beta per byte)."""
+    return log2_ceil(p) * (c.alpha + n * (one_way(c) + c.gamma))
 
 
 def reduce_scatter_gather(n, p, c):
-    """Recursive-halving reduce_scatter, then a binomial gather of the (p-1)/p n reduced bytes
-    (unpipelined steps, as exchanges): wins at many ranks, where binomial moves n log2 p."""
+    """Recursive-halving reduce_scatter, then a binomial gather of the (p-1)/p n reduced bytes to
+    the root (one way): wins at many ranks, where binomial moves n log2 p."""
     if p == 1:
         return 0.0
-    return recursive_halving(n, p, c) + log2_ceil(p) * c.alpha + EXCHANGE * (p - 1) / p * n * c.beta
+    return recursive_halving(n, p, c) + log2_ceil(p) * c.alpha + (p - 1) / p * n * one_way(c)
 
 
 ALGORITHMS = [

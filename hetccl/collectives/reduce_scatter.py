@@ -2,23 +2,26 @@
 
 ``n`` is the bytes of the whole input.
 """
-from .algorithm import ALGO_RECURSIVE_HALVING, ALGO_RING, EXCHANGE, Algorithm, log2_ceil, pof2_below
+from .algorithm import (ALGO_RECURSIVE_HALVING, ALGO_RING, Algorithm, exchange, log2_ceil, one_way,
+                        pof2_below, ring_rs_bytes)
 
 
 def ring(n, p, c):
-    return (p - 1) * c.alpha + (p - 1) / p * n * (c.beta + c.gamma) if p > 1 else 0.0
+    """p-1 steps; over FIFOs the relays reduce straight into the next FIFO (ring_rs_bytes)."""
+    return (p - 1) * c.alpha + ring_rs_bytes(n, p, c) + (p - 1) / p * n * c.gamma if p > 1 else 0.0
 
 
 def recursive_halving(n, p, c):
-    """log2 q exchanges of halving windows (q the power of two below p); a non-power of two first
-    folds whole inputs in (n bytes moved and reduced) and sends the folded ranks their block."""
+    """log2 q exchanges of halving windows (q the power of two below p), each reduced into scratch;
+    a non-power of two first folds whole inputs in (one-way, n bytes reduced) and sends the folded
+    ranks their block at the end (one-way, n/p bytes)."""
     if p == 1:
         return 0.0
     q = pof2_below(p)
     f = (q - 1) / q
-    t = log2_ceil(q) * c.alpha + f * n * (EXCHANGE * c.beta + c.gamma)
+    t = log2_ceil(q) * c.alpha + f * n * (exchange(n, n / 2, c) + c.gamma)
     if q != p:
-        t += 2 * c.alpha + n * (c.beta + c.gamma) + n / p * c.beta
+        t += 2 * c.alpha + n * (one_way(c) + c.gamma) + n / p * one_way(c)
     return t
 
 

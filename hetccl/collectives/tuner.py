@@ -16,7 +16,7 @@ import os
 
 from ..errors import InvalidUsage
 from . import registry
-from .model import CostModel
+from .model import CALL_S, CostModel
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -71,9 +71,11 @@ class Tuner:
         return cls(size, CostModel.default(link_classes, oversubscribed, "built-in values"), forced_spec)
 
     def table(self, collective: str, nbytes: int):
-        """[(algorithm, predicted seconds or None if unsupported)] for this call shape."""
+        """[(algorithm, predicted seconds or None if unsupported)] for this call shape: the
+        algorithm's formula plus the per-call Python path (model.CALL_S) every algorithm pays."""
         p = self.size
-        return [(a, a.cost(nbytes, p, self.cost) if a.supports(nbytes, p) else None)
+        call = CALL_S if p > 1 else 0.0
+        return [(a, a.cost(nbytes, p, self.cost) + call if a.supports(nbytes, p) else None)
                 for a in registry.for_collective(collective)]
 
     def select(self, collective: str, nbytes: int, algorithm: str | None = None) -> registry.Algorithm:
