@@ -413,6 +413,12 @@ class Communicator:
         the array reads zeros afterwards and passing it to a call raises InvalidUsage."""
         self._sym.free(arr)
 
+    def peer_view(self, arr, peer):
+        """Rank ``peer``'s copy of the ``comm.alloc`` array ``arr`` (same offset, shape, dtype), mapped
+        here for one-sided loads and stores (like torch's ``symm_mem`` ``get_buffer``). Order accesses
+        with a collective (e.g. ``comm.barrier()``) or a flag in symmetric memory."""
+        return self._sym.peer_view(arr, peer)
+
     def is_symmetric(self, arr) -> bool:
         """True if ``arr`` lies in a live ``comm.alloc`` allocation that peers map (all-c2c)."""
         return self._sym.is_symmetric(arr)
@@ -499,6 +505,9 @@ class Communicator:
                 ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
                           for k, v in self._direct_min.items())
                 if self._direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
+            lines.append("comm.alloc buffers: " + (
+                "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
+                if self._sym.shared else "private memory (the symmetric schedules need every pair on c2c)"))
         return "\n".join(lines)
 
     def transport(self, peer: int) -> str:

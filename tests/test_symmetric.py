@@ -124,7 +124,7 @@ def _run_case(comm, hetccl, pools, case, ci):
         bad = compare(out, dt, expected, tol)
         if bad:
             return bad, None
-    return None, digest(out)
+    return None, digest(out) if coll in ("allreduce", "allgather", "broadcast") else None   # same everywhere
 
 
 def _matrix_rank(rank, size):
@@ -269,6 +269,21 @@ def _routing_rank(rank, size):
         except hetccl.InvalidUsage as e:
             got["forced_plain"] = str(e)
         got["explain"] = comm.explain("allreduce", 4 * n)
+        m = comm.alloc((4, 8), np.int32)                          # one-sided: put into the peer's copy
+        peer = comm.peer_view(m[1:3], 1 - rank)
+        comm.barrier()
+        peer[:] = 100 + rank
+        comm.barrier()
+        got["put"] = (m[1:3] == 101 - rank).all() and (m[0] == 0).all() and (m[3] == 0).all()
+        got["get"] = int(comm.peer_view(m, 1 - rank)[2, 5])       # reads the peer's copy of m
+        comm.barrier()
+        comm.free(m)
+        try:
+            peer[0, 0] = 1                                        # a view kept past free stays harmless
+            comm.peer_view(m, 1 - rank)
+            got["view_after_free"] = None
+        except hetccl.InvalidUsage as e:
+            got["view_after_free"] = str(e)
         comm.barrier()
         return got
     finally:
@@ -276,7 +291,7 @@ def _routing_rank(rank, size):
 
 
 def test_routing_and_fallback():
-    for got in run_ranks(_routing_rank, 2, timeout=120, transports="c2c"):
+    for r, got in enumerate(run_ranks(_routing_rank, 2, timeout=120, transports="c2c")):
         assert got["ar_mixed"][0] != "symmetric" and got["ar_mixed"][1] == 3.0
         assert got["ar_mixed2"][0] != "symmetric" and got["ar_mixed2"][1] == 3.0
         assert got["ar_sym"] == ("symmetric", 3.0)
@@ -284,6 +299,8 @@ def test_routing_and_fallback():
         assert got["ag_plain_in"] == ("symmetric", [0.0, 1.0])
         assert got["ag_plain_out"] != "symmetric"
         assert got["forced_plain"] and "comm.alloc" in got["forced_plain"]
+        assert got["put"] and got["get"] == 100 + r
+        assert got["view_after_free"] and "freed" in got["view_after_free"]
         assert "symmetric" in got["explain"] and " us when the input and output come from comm.alloc" in got["explain"]
 
 

@@ -143,20 +143,22 @@ cdef class Heap:
         return Buffer(self, i)
 
     def free(self, int i):
-        """Release allocation i here: unmap the peers' segments and swap my own for private
-        anonymous memory at the same address, so arrays still pointing there stay harmless (and
-        are recognised as freed) until they die."""
+        """Release allocation i here: swap every mapping of it (mine and my views of the peers')
+        for private anonymous memory at the same addresses, so the shared pages go (once every
+        rank freed them) while arrays still pointing there stay harmless and are recognised as
+        freed. The address ranges themselves are released when the arrays die (forget)."""
         cdef SymAlloc* a
         cdef int q
         if not 0 <= i < self.n or self.allocs[i].state != A_LIVE:
             raise InvalidUsage("this buffer was already freed (comm.free or comm.close)")
         a = &self.allocs[i]
         for q in range(self.size):
-            if q != self.rank and a.base[q] != NULL:
-                munmap(a.base[q], a.mapped)
-                a.base[q] = NULL
-        mmap(a.base[self.rank], a.mapped, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+            if a.base[q] != NULL:
+                if mmap(a.base[q], a.mapped, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED:
+                    if q != self.rank:            # cannot happen in practice; never leave it shared
+                        munmap(a.base[q], a.mapped)
+                        a.base[q] = NULL
         a.state = A_FREED
         self.live -= 1
 
@@ -199,7 +201,7 @@ cdef class Heap:
         return 0
 
     def index_of(self, obj):
-        """(allocation id, state) of the allocation holding obj's memory, or None."""
+        """(allocation id, state, byte offset) of the allocation holding obj's memory, or None."""
         cdef Py_buffer v
         cdef int i
         cdef const char* b
@@ -209,7 +211,7 @@ cdef class Heap:
                 b = self.allocs[i].base[self.rank]
                 if self.allocs[i].state != A_EMPTY and b <= <char*>v.buf and \
                         <char*>v.buf + v.len <= b + self.allocs[i].nbytes:
-                    return i, ("live" if self.allocs[i].state == A_LIVE else "freed")
+                    return i, ("live" if self.allocs[i].state == A_LIVE else "freed"), <char*>v.buf - b
             return None
         finally:
             PyBuffer_Release(&v)
@@ -246,18 +248,31 @@ cdef class Buffer:
     lives as long as any array on it; when it dies its address range is released."""
     cdef Heap heap
     cdef int index
+    cdef int owner                    # whose segment this exposes (my rank, or a peer's: PeerBuffer)
+    cdef object keep                  # a PeerBuffer keeps my Buffer, hence every mapping, alive
     cdef Py_ssize_t shape[1]
     cdef Py_ssize_t strides[1]
+    cdef object __weakref__
 
-    def __cinit__(self, Heap heap, int index):
+    def __cinit__(self, Heap heap, int index, int owner=-1, keep=None):
         self.heap = heap
         self.index = index
+        self.owner = heap.rank if owner < 0 else owner
+        self.keep = keep
+
+    def peer(self, int q):
+        """A Buffer over rank q's segment of this allocation, as mapped here (load/store into it)."""
+        if not 0 <= q < self.heap.size:
+            raise InvalidUsage(f"peer {q} is not a rank of this communicator (0..{self.heap.size - 1})")
+        if self.heap.allocs[self.index].state != A_LIVE:
+            raise InvalidUsage("this symmetric allocation was freed (comm.free or comm.close)")
+        return Buffer(self.heap, self.index, q, self)
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         cdef SymAlloc* a = &self.heap.allocs[self.index]
         self.shape[0] = <Py_ssize_t>a.nbytes
         self.strides[0] = 1
-        view.buf = a.base[self.heap.rank]
+        view.buf = a.base[self.owner]
         view.obj = self
         view.len = <Py_ssize_t>a.nbytes
         view.readonly = 0
@@ -273,7 +288,7 @@ cdef class Buffer:
         pass
 
     def __dealloc__(self):
-        if self.heap is not None:
+        if self.heap is not None and self.keep is None:
             self.heap.forget(self.index)
 
 
@@ -374,17 +389,23 @@ cdef int reduce_scatter_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbu
 
 cdef int allgather_sym(Engine e, Heap h, char* sbuf, char* rbuf, uint64_t rd, size_t nb, int dtype,
                        double dl) noexcept nogil:
+    """Push my block into every output, one cache-sized chunk at a time: the chunk is loaded from
+    memory once and stored N times (streaming stores for large outputs)."""
     cdef int N = e.size, r = e.rank, i, p, rc
     cdef char* R[MAX_RANKS]
+    cdef size_t o = 0, n
     cdef bint st = nb * N >= e.nt_threshold
     R[r] = rbuf
     rc = begin(e, h, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), 0, rd, 0, nb * N, NULL, R, dl)
     if rc < 0:
         return rc
-    for i in range(N):
-        p = (r + 1 + i) % N
-        if R[p] + nb * r != sbuf:             # in place: my block of my output is already there
-            copy_bytes(R[p] + nb * r, sbuf, nb, st)
+    while o < nb:
+        n = nb - o if nb - o < CHUNK else CHUNK
+        for i in range(N):
+            p = (r + 1 + i) % N
+            if R[p] + nb * r != sbuf:         # in place: my block of my output is already there
+                copy_bytes(R[p] + nb * r + o, sbuf + o, n, st)
+        o += n
     return finish(e, st, dl)
 
 
@@ -446,7 +467,13 @@ cdef fail(Engine e, Heap h, int rc, str what, double timeout):
     if rc == E_SYMMETRIC:
         e.broken = True                   # the peers are past the first sync: abort them too
         raise h.describe_error(what)
-    e.raise_error(rc, what, timeout)
+    try:
+        e.raise_error(rc, what, timeout)
+    except InvalidUsage as err:
+        if rc != E_MISMATCH:
+            raise
+        raise InvalidUsage(f"{err} (step {PHASE_SYMMETRIC} is the single-copy schedule over symmetric "
+                           f"buffers: every rank must pass comm.alloc buffers to this call, or none)") from None
 
 
 cdef int check_op(int dtype, int op) except -1:

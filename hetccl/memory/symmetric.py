@@ -20,6 +20,7 @@ releases this rank's mappings, and the memory goes once every rank freed it (or 
 import itertools
 import math
 import os
+import weakref
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class SymmetricMemory:
         self.shared = shared                          # every pair c2c: peers map each other's segments
         self.heap = _native.Heap(comm.rank, comm.size) if shared else _native.Heap(0, 1)
         self.active = False                           # any allocation made (then calls are checked)
+        self._buffers = {}                            # allocation id -> weakref of this rank's Buffer
 
     # ------------------------------------------------------------------ alloc / free
 
@@ -119,6 +121,7 @@ class SymmetricMemory:
             except FileNotFoundError:
                 pass
         self.active = True
+        self._buffers[index] = weakref.ref(buf, lambda _, i=index: self._buffers.pop(i, None))
         return np.frombuffer(buf, dtype=dt).reshape(shape)
 
     def _create(self, path, mapped):
@@ -176,7 +179,7 @@ class SymmetricMemory:
         where = self.heap.index_of(arr)
         if where is None:
             raise InvalidUsage("comm.free takes an array returned by comm.alloc of this communicator")
-        index, state = where
+        index, state, _ = where
         if state != "live":
             raise InvalidUsage("this symmetric allocation was already freed (comm.free or comm.close)")
         self.heap.free(index)
@@ -189,6 +192,25 @@ class SymmetricMemory:
                 self.heap.free(i)
             except InvalidUsage:
                 pass                                  # already freed or never mapped
+
+    def peer_view(self, arr, peer):
+        """A numpy array over rank `peer`'s copy of `arr` (same allocation, same offset, shape and
+        dtype), mapped in this process: one-sided put = assign into it, get = read from it. Order
+        against the peer with a collective (comm.barrier()) or a flag in symmetric memory."""
+        where = self.heap.index_of(arr)
+        if where is None:
+            raise InvalidUsage("peer_view takes an array returned by comm.alloc (or a contiguous view of one)")
+        index, state, offset = where
+        if state != "live":
+            raise InvalidUsage("this symmetric allocation was freed (comm.free or comm.close)")
+        peer = int(peer)
+        if not self.shared and peer != self._comm.rank:
+            raise InvalidUsage("peer_view of another rank needs a communicator whose every pair is c2c "
+                               "(one host); this one's comm.alloc returns private memory")
+        mine = self._buffers[index]()
+        pb = mine.peer(peer if self.shared else 0)
+        a = np.asarray(arr)
+        return np.frombuffer(pb, dtype=a.dtype, count=a.size, offset=offset).reshape(a.shape)
 
     def is_symmetric(self, arr) -> bool:
         where = self.heap.index_of(arr) if self.active and self.shared else None
