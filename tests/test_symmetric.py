@@ -65,9 +65,11 @@ def _plan(size):
 
 
 def _run_case(comm, hetccl, pools, case, ci):
-    """Run one case; returns (error text or None, digest)."""
+    """Run one case (forced onto the symmetric schedules, which small calls skip by default);
+    returns (error text or None, digest)."""
     coll, dt, op, n, mode = case
     N, r = comm.size, comm.rank
+    alg = "symmetric" if N > 1 else None
     d = np_dtype(dt)
     a, b = pools
     base = make_base(dt, op or "MAX", n * N, N, ci)
@@ -76,11 +78,11 @@ def _run_case(comm, hetccl, pools, case, ci):
         x, xr, x0, x1 = _view(a, n, dt, ci)
         x[:] = inputs[r][:n]
         if mode == "inplace":
-            comm.allreduce(x, getattr(hetccl, op))
+            comm.allreduce(x, getattr(hetccl, op), algorithm=alg)
             out, raw, lo, hi = x, xr, x0, x1
         else:
             out, raw, lo, hi = _view(b, n, dt, ci + 1)
-            comm.allreduce(x, getattr(hetccl, op), out=out)
+            comm.allreduce(x, getattr(hetccl, op), out=out, algorithm=alg)
             if x.tobytes() != inputs[r][:n].tobytes():
                 return "the input was modified", None
         expected, tol = reference([i[:n] for i in inputs], dt, op)
@@ -88,29 +90,29 @@ def _run_case(comm, hetccl, pools, case, ci):
         out, raw, lo, hi = _view(b, n * N, dt, ci)
         if mode == "inplace":
             out[r * n:(r + 1) * n] = inputs[r][:n]
-            comm.allgather(out, out=out)
+            comm.allgather(out, out=out, algorithm=alg)
         else:
             x, xr, _, _ = _view(a, n, dt, ci)
             x[:] = inputs[r][:n]
-            comm.allgather(x, out=out)
+            comm.allgather(x, out=out, algorithm=alg)
         expected, tol = np.concatenate([i[:n] for i in inputs]), None
     elif coll == "broadcast":
         root = int(mode)
         out, raw, lo, hi = _view(a, n, dt, ci)
         out[:] = inputs[r][:n]
-        comm.broadcast(out, root=root)
+        comm.broadcast(out, root=root, algorithm=alg)
         expected, tol = inputs[root][:n], None
     elif coll == "reduce_scatter":
         x, xr, _, _ = _view(a, n * N, dt, ci)
         x[:] = inputs[r]
         out, raw, lo, hi = _view(b, n, dt, ci + 1)
-        comm.reduce_scatter(x, out=out, op=getattr(hetccl, op))
+        comm.reduce_scatter(x, out=out, op=getattr(hetccl, op), algorithm=alg)
         expected, tol = reference([i[r * n:(r + 1) * n] for i in inputs], dt, op)
     else:                                                          # alltoall
         x, xr, _, _ = _view(a, n * N, dt, ci)
         x[:] = inputs[r]
         out, raw, lo, hi = _view(b, n * N, dt, ci + 1)
-        comm.alltoall(x, out=out)
+        comm.alltoall(x, out=out, algorithm=alg)
         expected, tol = np.concatenate([inputs[q][r * n:(r + 1) * n] for q in range(N)]), None
     want_algo = "symmetric" if N > 1 else None
     if want_algo and comm.last_algorithm != want_algo:
@@ -258,6 +260,11 @@ def _routing_rank(rank, size):
         got["ar_sym"] = (comm.last_algorithm, float(b[7]))
         comm.allreduce(a, out=b, algorithm="ring")                # forcing another algorithm wins
         got["ar_forced"] = comm.last_algorithm
+        small, small_out = comm.alloc(8, np.float32), comm.alloc(8, np.float32)
+        comm.allreduce(small, out=small_out)                      # below MIN_BYTES: the FIFO path
+        got["small_default"] = comm.last_algorithm
+        comm.allreduce(small, out=small_out, algorithm="symmetric")
+        got["small_forced"] = comm.last_algorithm
         g = comm.alloc(n * size, np.float32)
         comm.allgather(np.full(n, rank, np.float32), out=g)       # only the output must be symmetric
         got["ag_plain_in"] = (comm.last_algorithm, g[::n].tolist())
@@ -296,12 +303,14 @@ def test_routing_and_fallback():
         assert got["ar_mixed2"][0] != "symmetric" and got["ar_mixed2"][1] == 3.0
         assert got["ar_sym"] == ("symmetric", 3.0)
         assert got["ar_forced"] == "ring"
+        assert got["small_default"] != "symmetric" and got["small_forced"] == "symmetric"
         assert got["ag_plain_in"] == ("symmetric", [0.0, 1.0])
         assert got["ag_plain_out"] != "symmetric"
         assert got["forced_plain"] and "comm.alloc" in got["forced_plain"]
         assert got["put"] and got["get"] == 100 + r
         assert got["view_after_free"] and "freed" in got["view_after_free"]
-        assert "symmetric" in got["explain"] and " us when the input and output come from comm.alloc" in got["explain"]
+        assert "when its input and output are from comm.alloc" in got["explain"]
+        assert "=> symmetric" in got["explain"] and "; taken)" in got["explain"]
 
 
 def test_shm_communicator_gets_private_memory():
@@ -354,7 +363,7 @@ def test_mismatched_alloc_sizes(size):
 def _peer_freed_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=30)
-    a, b = comm.alloc(4096, np.float32), comm.alloc(4096, np.float32)
+    a, b = comm.alloc(1 << 14, np.float32), comm.alloc(1 << 14, np.float32)   # 64 KiB: symmetric by default
     if rank == 0:
         comm.free(a)
         comm.allreduce(b)                                         # rank 1 names a, freed here

@@ -400,32 +400,51 @@ cdef int _mode(Engine e) except -1:
     return e.c2c[(e.rank + 1) % e.size].mode
 
 
+cdef int pin_allreduce(object sendobj, object recvobj, int dtype, int op, Py_buffer* sv,
+                       Py_buffer* rv) except -1:
+    """Pin and check a single-copy allreduce's buffers: same size, whole elements, op defined for
+    the dtype; send may be recv (in place). Release with release_allreduce(sendobj is recvobj, ...)."""
+    cdef bint inplace = sendobj is recvobj
+    get_buffer(recvobj, rv, True)
+    if inplace:
+        sv[0] = rv[0]
+    else:
+        try:
+            get_buffer(sendobj, sv, False)
+        except BaseException:
+            PyBuffer_Release(rv)
+            raise
+    try:
+        if sv.len != rv.len:
+            raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
+                               f"pass an output of the same size and dtype")
+        check_overlap(sv, rv, inplace)
+        if rv.len % dtype_size(dtype):
+            raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of elements")
+        if get_reduce(dtype, op) == NULL:
+            raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
+    except BaseException:
+        release_allreduce(inplace, sv, rv)
+        raise
+    return 0
+
+
+cdef void release_allreduce(bint inplace, Py_buffer* sv, Py_buffer* rv) noexcept:
+    if not inplace:
+        PyBuffer_Release(sv)
+    PyBuffer_Release(rv)
+
+
 def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
     """Single-copy allreduce (recv = reduction over ranks of send; send may be recv: in place)."""
     cdef Py_buffer sv, rv
     cdef bint inplace = sendobj is recvobj
     cdef int rc, mode = _mode(e)
     cdef double dl
-    get_buffer(recvobj, &rv, True)
-    if inplace:
-        sv = rv
-    else:
-        try:
-            get_buffer(sendobj, &sv, False)
-        except BaseException:
-            PyBuffer_Release(&rv)
-            raise
+    if e.size > 1024:
+        raise InvalidUsage("the single-copy schedules support up to 1024 ranks")
+    pin_allreduce(sendobj, recvobj, dtype, op, &sv, &rv)
     try:
-        if sv.len != rv.len:
-            raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
-                               f"pass an output of the same size and dtype")
-        check_overlap(&sv, &rv, inplace)
-        if rv.len % dtype_size(dtype):
-            raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of elements")
-        if get_reduce(dtype, op) == NULL:
-            raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
-        if e.size > 1024:
-            raise InvalidUsage("the single-copy schedules support up to 1024 ranks")
         dl = hc_now() + timeout
         e.seq += 1
         with nogil:
@@ -438,9 +457,7 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
         if rc < 0:
             e.raise_error(rc, "allreduce", timeout)
     finally:
-        if not inplace:
-            PyBuffer_Release(&sv)
-        PyBuffer_Release(&rv)
+        release_allreduce(inplace, &sv, &rv)
 
 
 def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):

@@ -33,7 +33,8 @@ from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PR
 from hetccl._native.atomics cimport hc_now
 from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
 from hetccl._native.codes cimport *
-from hetccl._native.direct cimport sync, enter_as, PHASE_SYMMETRIC
+from hetccl._native.direct cimport (sync, enter_as, PHASE_SYMMETRIC, pin_allreduce,
+                                    release_allreduce)
 from hetccl._native.engine cimport Engine, even_blocks
 from hetccl._native.link cimport E_MISMATCH
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
@@ -491,23 +492,8 @@ def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double time
     cdef int rc
     cdef double dl
     ready(e, h)
-    check_op(dtype, op)
-    get_buffer(recvobj, &rv, True)
-    if inplace:
-        sv = rv
-    else:
-        try:
-            get_buffer(sendobj, &sv, False)
-        except BaseException:
-            PyBuffer_Release(&rv)
-            raise
+    pin_allreduce(sendobj, recvobj, dtype, op, &sv, &rv)
     try:
-        if sv.len != rv.len:
-            raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
-                               f"pass an output of the same size and dtype")
-        check_overlap(&sv, &rv, inplace)
-        if rv.len % es:
-            raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of elements")
         sd = descriptor(h, &sv, "input")
         rd = descriptor(h, &rv, "output")
         dl = hc_now() + timeout
@@ -518,9 +504,7 @@ def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double time
         if rc < 0:
             fail(e, h, rc, "allreduce", timeout)
     finally:
-        if not inplace:
-            PyBuffer_Release(&sv)
-        PyBuffer_Release(&rv)
+        release_allreduce(inplace, &sv, &rv)
 
 
 def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
@@ -594,45 +578,41 @@ cdef int pin_blocks(Engine e, sendobj, recvobj, size_t es, str what, bint out_is
     return 0
 
 
-def reduce_scatter(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout):
-    """recv = block `rank` of the reduction over ranks of send (send symmetric, equal blocks)."""
+cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout, bint scatter):
+    """reduce_scatter (scatter: recv = block `rank` of the reduction of send) or alltoall (block q
+    of recv = block `rank` of rank q's send); send symmetric, equal blocks."""
     cdef Py_buffer sv, rv
     cdef uint64_t sd
     cdef int rc
     cdef double dl
+    what = "reduce_scatter" if scatter else "alltoall"
     ready(e, h)
-    check_op(dtype, op)
-    pin_blocks(e, sendobj, recvobj, dtype_size(dtype), "reduce_scatter", True, &sv, &rv)
+    if scatter:
+        check_op(dtype, op)
+    pin_blocks(e, sendobj, recvobj, dtype_size(dtype), what, scatter, &sv, &rv)
     try:
         sd = descriptor(h, &sv, "input")
         dl = hc_now() + timeout
         e.seq += 1
         with nogil:
-            rc = reduce_scatter_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>rv.len, dtype, op, dl)
+            if scatter:
+                rc = reduce_scatter_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>rv.len, dtype,
+                                        op, dl)
+            else:
+                rc = alltoall_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>sv.len // e.size,
+                                  dtype, dl)
         if rc < 0:
-            fail(e, h, rc, "reduce_scatter", timeout)
+            fail(e, h, rc, what, timeout)
     finally:
         PyBuffer_Release(&sv)
         PyBuffer_Release(&rv)
+
+
+def reduce_scatter(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout):
+    """recv = block `rank` of the reduction over ranks of send (send symmetric, equal blocks)."""
+    blocks(e, h, sendobj, recvobj, dtype, op, timeout, True)
 
 
 def alltoall(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
     """Block q of recv = block `rank` of rank q's send (send symmetric, equal blocks)."""
-    cdef Py_buffer sv, rv
-    cdef uint64_t sd
-    cdef int rc
-    cdef double dl
-    ready(e, h)
-    pin_blocks(e, sendobj, recvobj, dtype_size(dtype), "alltoall", False, &sv, &rv)
-    try:
-        sd = descriptor(h, &sv, "input")
-        dl = hc_now() + timeout
-        e.seq += 1
-        with nogil:
-            rc = alltoall_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>sv.len // e.size,
-                              dtype, dl)
-        if rc < 0:
-            fail(e, h, rc, "alltoall", timeout)
-    finally:
-        PyBuffer_Release(&sv)
-        PyBuffer_Release(&rv)
+    blocks(e, h, sendobj, recvobj, dtype, 0, timeout, False)
