@@ -258,6 +258,9 @@ def _routing_rank(rank, size):
         a[:] = rank + 1
         comm.allreduce(a, out=b)
         got["ar_sym"] = (comm.last_algorithm, float(b[7]))
+        b[:] = 0
+        comm.allreduce(a, out=b, async_op=True).wait()            # on the progress thread
+        got["ar_async"] = (comm.last_algorithm, float(b[9]))
         comm.allreduce(a, out=b, algorithm="ring")                # forcing another algorithm wins
         got["ar_forced"] = comm.last_algorithm
         small, small_out = comm.alloc(8, np.float32), comm.alloc(8, np.float32)
@@ -302,7 +305,7 @@ def test_routing_and_fallback():
         assert got["ar_mixed"][0] != "symmetric" and got["ar_mixed"][1] == 3.0
         assert got["ar_mixed2"][0] != "symmetric" and got["ar_mixed2"][1] == 3.0
         assert got["ar_sym"] == ("symmetric", 3.0)
-        assert got["ar_forced"] == "ring"
+        assert got["ar_forced"] == "ring" and got["ar_async"] == ("symmetric", 3.0)
         assert got["small_default"] != "symmetric" and got["small_forced"] == "symmetric"
         assert got["ag_plain_in"] == ("symmetric", [0.0, 1.0])
         assert got["ag_plain_out"] != "symmetric"
