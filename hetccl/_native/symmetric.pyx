@@ -76,11 +76,13 @@ cdef class Heap:
     cdef readonly int live            # allocations not yet freed
     cdef int err_peer
     cdef uint64_t err_desc
+    cdef size_t chunk                 # bytes per reduction / copy unit (CHUNK; a knob for benchmarks)
 
     def __cinit__(self, int rank, int size):
         if not 0 < size <= MAX_RANKS or not 0 <= rank < size:
             raise InvalidUsage(f"symmetric memory supports 1..{MAX_RANKS} ranks (got rank {rank} of {size})")
         self.rank, self.size = rank, size
+        self.chunk = CHUNK
         self.allocs = NULL
         self.n = 0
 
@@ -92,6 +94,17 @@ cdef class Heap:
                     munmap(self.allocs[i].base[q], self.allocs[i].mapped)
             free(self.allocs[i].base)
         free(self.allocs)
+
+    @property
+    def chunk_bytes(self):
+        """Bytes per reduction / copy unit of the schedules (a multiple of 64, >= 4 KiB)."""
+        return self.chunk
+
+    @chunk_bytes.setter
+    def chunk_bytes(self, size_t n):
+        if n < 4096 or n % 64:
+            raise InvalidUsage(f"chunk_bytes={n}: use a multiple of 64 of at least 4096")
+        self.chunk = n
 
     @property
     def count(self):
@@ -342,7 +355,7 @@ cdef void reduce_rows(reduce_fn fn, int dtype, int op, int N, char** S, size_t a
 cdef int allreduce_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, uint64_t rd,
                        size_t count, int dtype, int op, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, i, p, rc
-    cdef size_t es = dtype_size(dtype), C = CHUNK - CHUNK % es, o, n, at
+    cdef size_t es = dtype_size(dtype), C = h.chunk - h.chunk % es, o, n, at
     cdef size_t boff[MAX_RANKS]
     cdef size_t blen[MAX_RANKS]
     cdef char* S[MAX_RANKS]
@@ -371,7 +384,7 @@ cdef int reduce_scatter_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbu
                             int dtype, int op, double dl) noexcept nogil:
     """Equal blocks of nb bytes: rank r reduces block r of every input into its output."""
     cdef int N = e.size, r = e.rank, rc
-    cdef size_t es = dtype_size(dtype), C = CHUNK - CHUNK % es, o = 0, n
+    cdef size_t es = dtype_size(dtype), C = h.chunk - h.chunk % es, o = 0, n
     cdef char* S[MAX_RANKS]
     cdef char* A = e.scratch(C)
     cdef reduce_fn fn = get_reduce(dtype, op)
@@ -401,7 +414,7 @@ cdef int allgather_sym(Engine e, Heap h, char* sbuf, char* rbuf, uint64_t rd, si
     if rc < 0:
         return rc
     while o < nb:
-        n = nb - o if nb - o < CHUNK else CHUNK
+        n = nb - o if nb - o < h.chunk else h.chunk
         for i in range(N):
             p = (r + 1 + i) % N
             if R[p] + nb * r != sbuf:         # in place: my block of my output is already there
