@@ -279,6 +279,7 @@ def _routing_rank(rank, size):
         except hetccl.InvalidUsage as e:
             got["forced_plain"] = str(e)
         got["explain"] = comm.explain("allreduce", 4 * n)
+        got["describe"] = comm.describe()
         m = comm.alloc((4, 8), np.int32)                          # one-sided: put into the peer's copy
         peer = comm.peer_view(m[1:3], 1 - rank)
         comm.barrier()
@@ -311,6 +312,7 @@ def test_routing_and_fallback():
         assert got["ag_plain_out"] != "symmetric"
         assert got["forced_plain"] and "comm.alloc" in got["forced_plain"]
         assert got["put"] and got["get"] == 100 + r
+        assert "comm.alloc buffers: symmetric (single-copy allreduce" in got["describe"]
         assert got["view_after_free"] and "freed" in got["view_after_free"]
         assert "when its input and output are from comm.alloc" in got["explain"]
         assert "=> symmetric" in got["explain"] and "; taken)" in got["explain"]
