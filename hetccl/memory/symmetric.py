@@ -93,6 +93,8 @@ class SymmetricMemory:
         dt = np.dtype(dtype)
         shape = _shape(shape)
         nbytes = math.prod(shape) * dt.itemsize
+        if nbytes >= 1 << 40:                         # descriptors carry 40-bit offsets
+            raise InvalidUsage(f"comm.alloc of {nbytes} bytes: symmetric allocations are limited to 1 TiB")
         mapped = max(PAGE, -(-nbytes // PAGE) * PAGE)
         comm = self._comm
         last = comm.last_algorithm                    # the agreement steps are not the user's calls
