@@ -93,14 +93,12 @@ class SymmetricMemory:
         dt = np.dtype(dtype)
         shape = _shape(shape)
         nbytes = math.prod(shape) * dt.itemsize
-        if nbytes >= 1 << 40:                         # descriptors carry 40-bit offsets
-            raise InvalidUsage(f"comm.alloc of {nbytes} bytes: symmetric allocations are limited to 1 TiB")
         mapped = max(PAGE, -(-nbytes // PAGE) * PAGE)
         comm = self._comm
         last = comm.last_algorithm                    # the agreement steps are not the user's calls
         serial = next(_serial)
         path = _segment_path(os.getpid(), serial)
-        fd, err = self._create(path, mapped)
+        fd, err = self._create(path, mapped) if nbytes < 1 << 40 else (-1, 0)
         try:
             mine = np.array([nbytes, err, os.getpid(), serial, dt.itemsize], dtype=np.int64)
             table = comm.allgather(mine, timeout=timeout).reshape(comm.size, 5)
@@ -109,6 +107,8 @@ class SymmetricMemory:
                 raise InvalidUsage(
                     "comm.alloc is collective and needs the same size on every rank; bytes asked per "
                     f"rank: {dict(enumerate(sizes))} (pass the same shape and dtype everywhere)")
+            if nbytes >= 1 << 40:                     # descriptors carry 40-bit offsets (every rank agrees)
+                raise InvalidUsage(f"comm.alloc of {nbytes} bytes: symmetric allocations are limited to 1 TiB")
             errs = {r: os.strerror(int(e)) for r, e in enumerate(table[:, 1]) if e}
             if errs:
                 raise InvalidUsage(f"comm.alloc of {nbytes} bytes failed on some ranks: {errs} "
