@@ -204,7 +204,7 @@ def _lifecycle_rank(rank, size):
         comm.free(empty)
         del empty
         gc.collect()
-        for _ in range(200):                                      # cycles: nothing accumulates
+        for _ in range(50):                                       # cycles: nothing accumulates
             y = comm.alloc(1000, np.float32)
             comm.free(y)
             del y
