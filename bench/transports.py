@@ -12,10 +12,12 @@ Sections (each prints a markdown table):
   window; MB/s = bytes / time) and ``osu_latency`` (ping-pong, half the round trip, us).
 * ``limits`` — memcpy bandwidth (glibc, and with streaming stores: the copy kernel hetccl uses) and
   raw TCP loopback bandwidth between two processes (blocking sendall/recv_into of 4 MiB).
-* ``collectives`` — 2 ranks, one host: allreduce and allgather busbw at each size over ``c2c``
-  (single copy) and over ``shm`` (the same ring algorithm, staged), in the same processes and
-  interleaved round by round, beside the streaming memcpy bandwidth of that moment. Targets:
-  allreduce c2c >= 1.3x shm at 64 MiB, allgather >= 1.5x.
+* ``collectives`` — 2 ranks, one host: allreduce and allgather busbw at each size over ``c2c`` with
+  buffers from ``comm.alloc`` (the single-copy load/store schedules, ``last_algorithm ==
+  "symmetric"``), over ``c2c`` with plain numpy buffers (cross-memory-attach single copy,
+  ``HETCCL_C2C_DIRECT=on``), and over ``shm`` with plain numpy buffers (the staged FIFO ring), in the
+  same processes, the order rotated round by round, beside the streaming memcpy bandwidth measured
+  between the rounds. Targets: allreduce c2c/shm >= 1.3x at 64 MiB, allgather >= 1.5x.
 
 Adding a transport (helper "rdma"): give ``p2p_rows`` an EndpointFactory (hetccl.transports.
 endpoints) under a new name in ``FACTORIES``, and put a reference line beside it through
@@ -220,55 +222,71 @@ def limit_rows(quick=False):
 
 # ---------------------------------------------------------------- collectives: c2c vs shm
 
+PATHS = ("c2c", "cma", "shm")    # symmetric buffers on c2c; plain buffers on c2c (CMA); shm FIFO ring
+
+
 def _coll_rank(rank, port, sizes, rounds, reps):
     os.environ.update({"HETCCL_RANK": str(rank), "HETCCL_SIZE": "2", "HETCCL_LOCAL_RANK": str(rank),
                        "HETCCL_LOCAL_SIZE": "2", "HETCCL_STORE": f"127.0.0.1:{port}"})
     import hetccl
     from hetccl import comm as _comm
-    os.environ["HETCCL_C2C_DIRECT"] = "on"       # the single-copy schedules (off by default)
+    os.environ["HETCCL_C2C_DIRECT"] = "on"       # plain buffers on c2c: the CMA single-copy schedules
     c2c = hetccl.init(transports="c2c,tcp")
     shm = _comm._connect(c2c._info, c2c._store, None, c2c._job_id, "w.shm", 120.0, "shm,tcp", parent=c2c)
     assert c2c.transport(1 - rank) == "c2c" and shm.transport(1 - rank) == "shm"
     res = {}
     for n in sizes:
-        x = np.ones(n // 4, np.float32)
-        o = np.ones_like(x)
-        g = np.ones(n // 4, np.float32)
-        part = x[: n // 8]
-        for c in (c2c, shm):                       # warm up (and pre-fault) both paths
-            c.allreduce(x, out=o)
-            c.allgather(part, out=g)
+        bufs = {}
+        for name, comm, alloc in (("c2c", c2c, c2c.alloc), ("cma", c2c, None), ("shm", shm, None)):
+            new = alloc or (lambda k, dt: np.empty(k, dt))
+            x, o, g = new(n // 4, np.float32), new(n // 4, np.float32), new(n // 4, np.float32)
+            x[:] = 1
+            # symmetric forced: below its 32 KiB default threshold the column still shows the schedule
+            bufs[name] = (comm, x, o, g, x[: n // 8], "symmetric" if alloc else None)
+        for name, (c, x, o, g, part, algo) in bufs.items():    # warm up (and pre-fault) every path
+            c.allreduce(x, out=o, algorithm=algo)
+            assert (c.last_algorithm == "symmetric") == (name == "c2c"), (name, c.last_algorithm)
+            c.allgather(part, out=g, algorithm=algo)
         for rnd in range(rounds):
-            for name, c in (("c2c", c2c), ("shm", shm)) if rnd % 2 == 0 else (("shm", shm), ("c2c", c2c)):
+            for name in PATHS[rnd % 3:] + PATHS[:rnd % 3]:   # rotate the order round by round
+                c, x, o, g, part, algo = bufs[name]
                 for coll in ("allreduce", "allgather"):
                     ts = []
                     for _ in range(reps):
                         c.barrier()
                         t = time.perf_counter()
                         if coll == "allreduce":
-                            c.allreduce(x, out=o)
+                            c.allreduce(x, out=o, algorithm=algo)
                         else:
-                            c.allgather(part, out=g)
+                            c.allgather(part, out=g, algorithm=algo)
                         ts.append(time.perf_counter() - t)
                     t = max(c.allgather(np.array([statistics.median(ts)])))   # the slowest rank
                     res.setdefault((n, coll, name), []).append(t)
-        res[(n, "memcpy", "nt")] = [memcpy_gbs(n, 3)]
-        del x, o, g, part
+            res.setdefault((n, "memcpy", "nt"), []).append(memcpy_gbs(n, 3))
+        for c, x, o, g, part, _ in bufs.values():
+            if c.is_symmetric(x):
+                for a in (x, o, g):
+                    c.free(a)
+        del bufs, x, o, g, part
     shm.close()
     c2c.close()
     return res
 
 
 def collective_rows(sizes, quick=False):
-    """busbw (nccl-tests factors: allreduce 2(n-1)/n = 1, allgather (n-1)/n = 1/2 at 2 ranks)."""
-    rounds, reps = (2, 3) if quick else (6, 7)
+    """busbw (nccl-tests factors: allreduce 2(n-1)/n = 1, allgather (n-1)/n = 1/2 at 2 ranks);
+    medians over rounds of the per-round medians; memcpy NT is the median of one measurement per
+    round, taken between the rounds."""
+    rounds, reps = (3, 3) if quick else (9, 7)
     res = run_pair(_coll_rank, _free_port(), sizes, rounds, reps, timeout=900)[0]
     rows = []
     for n in sizes:
-        limit = res[(n, "memcpy", "nt")][0]
+        limit = statistics.median(res[(n, "memcpy", "nt")])
         for coll, factor, target in (("allreduce", 1.0, 1.3), ("allgather", 0.5, 1.5)):
-            bw = {k: n * factor / statistics.median(res[(n, coll, k)]) / 1e9 for k in ("c2c", "shm")}
-            rows.append({"collective": coll, "size": fmt_size(n), "c2c busbw GB/s": f"{bw['c2c']:.2f}",
+            bw = {k: n * factor / statistics.median(res[(n, coll, k)]) / 1e9 for k in PATHS}
+            rows.append({"collective": coll, "size": fmt_size(n),
+                         "c2c symmetric busbw GB/s": f"{bw['c2c']:.2f}",
+                         "c2c cma (plain) GB/s": f"{bw['cma']:.2f}",
                          "shm busbw GB/s": f"{bw['shm']:.2f}", "c2c / shm": f"{bw['c2c'] / bw['shm']:.2f}x",
                          "target": f">= {target}x" if n == 64 << 20 else "",
                          "memcpy NT GB/s": f"{limit:.2f}",
@@ -309,7 +327,7 @@ def main(argv=None):
               flush=True)
     if "collectives" in only:
         cs = [parse_size(s) for s in a.coll_sizes.split(",")]
-        print("## single copy (c2c) vs staged (shm), 2 ranks, float32 SUM, out of place, interleaved\n\n"
+        print("## single copy (c2c, symmetric buffers) vs staged (shm), 2 ranks, float32 SUM, out of place, interleaved\n\n"
               + table(collective_rows(cs, a.quick)) + "\n", flush=True)
     return 0
 

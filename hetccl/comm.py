@@ -23,6 +23,8 @@ from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
 from ._native import direct as _direct
+from ._native import symmetric as _symm
+from .memory.symmetric import SymmetricMemory
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -153,6 +155,7 @@ class Communicator:
             raise
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
+        self._sym = SymmetricMemory(self, engine.all_c2c())
         self.last_algorithm = None
         self._closed = False
         self._pending = 0
@@ -231,6 +234,10 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allreduce output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
+        if (self._sym.active or algorithm == "symmetric") and self._sym.takes("allreduce", algorithm, buf, out):
+            self.last_algorithm = "symmetric"
+            return self._run("allreduce", _symm.allreduce, (self._engine, self._sym.heap, buf, out, code, op,
+                                                            self._t(timeout)), out, async_op)
         nbytes = _nbytes(buf)
         algo = self._algo("allreduce", nbytes, algorithm)
         t = self._timeout if timeout is None else config.timeout(timeout)
@@ -261,6 +268,10 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allgather output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
+        if (self._sym.active or algorithm == "symmetric") and self._sym.takes("allgather", algorithm, buf, out):
+            self.last_algorithm = "symmetric"
+            return self._run("allgather", _symm.allgather, (self._engine, self._sym.heap, buf, out, code,
+                                                            self._t(timeout)), out, async_op)
         nbytes = _nbytes(out)
         algo = self._algo("allgather", nbytes, algorithm)
         if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allgather"]:
@@ -298,6 +309,11 @@ class Communicator:
         if out is None:
             n = counts[self.rank] if counts is not None else (buf.size // self.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "reduce_scatter")
+        if (counts is None and (self._sym.active or algorithm == "symmetric")
+                and self._sym.takes("reduce_scatter", algorithm, buf, out)):
+            self.last_algorithm = "symmetric"
+            return self._run("reduce_scatter", _symm.reduce_scatter,
+                             (self._engine, self._sym.heap, buf, out, code, op, self._t(timeout)), out, async_op)
         algo = self._algo("reduce_scatter", _nbytes(buf), algorithm)
         return self._run("reduce_scatter", _coll.reduce_scatter,
                          (self._engine, buf, out, None if counts is None else [int(c) for c in counts],
@@ -306,6 +322,10 @@ class Communicator:
     def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``."""
         code = _dtype_code(buf)
+        if (self._sym.active or algorithm == "symmetric") and self._sym.takes("broadcast", algorithm, buf):
+            self.last_algorithm = "symmetric"
+            return self._run("broadcast", _symm.broadcast,
+                             (self._engine, self._sym.heap, buf, int(root), code, self._t(timeout)), buf, async_op)
         algo = self._algo("broadcast", _nbytes(buf), algorithm)
         if algo < 0:
             return self._run("broadcast", self._plan.broadcast, (buf, int(root), code, algo, self._t(timeout)),
@@ -364,6 +384,11 @@ class Communicator:
         if out is None:
             n = sum(recv_counts) if recv_counts is not None else (buf.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "alltoall")
+        if (send_counts is None and (self._sym.active or algorithm == "symmetric")
+                and self._sym.takes("alltoall", algorithm, buf, out)):
+            self.last_algorithm = "symmetric"
+            return self._run("alltoall", _symm.alltoall, (self._engine, self._sym.heap, buf, out, code,
+                                                          self._t(timeout)), out, async_op)
         algo = self._algo("alltoall", _nbytes(buf), algorithm)
         sc = None if send_counts is None else [int(c) for c in send_counts]
         rc = None if recv_counts is None else [int(c) for c in recv_counts]
@@ -372,6 +397,31 @@ class Communicator:
             self.last_algorithm = "pairwise"
         return self._run("alltoall", _coll.alltoall,
                          (self._engine, buf, out, sc, rc, code, algo, self._t(timeout)), out, async_op)
+
+    # ------------------------------------------------------------------ symmetric memory
+
+    def alloc(self, shape, dtype=np.float32, *, timeout=None):
+        """A numpy array in memory every local rank maps (like ``ncclMemAlloc`` / torch's
+        ``symm_mem.empty`` + ``rendezvous``). Collective: every rank, same order, same shape and
+        dtype (a size mismatch raises InvalidUsage on every rank). Collectives whose buffers come
+        from here run single-copy on all-c2c communicators (``last_algorithm == "symmetric"``).
+        Zero-filled; freed by ``free(arr)`` or ``close()``."""
+        return self._sym.alloc(shape, dtype, self._t(timeout))
+
+    def free(self, arr):
+        """Release a ``comm.alloc`` array (local, not collective). Its memory stops being shared;
+        the array reads zeros afterwards and passing it to a call raises InvalidUsage."""
+        self._sym.free(arr)
+
+    def peer_view(self, arr, peer):
+        """Rank ``peer``'s copy of the ``comm.alloc`` array ``arr`` (same offset, shape, dtype), mapped
+        here for one-sided loads and stores (like torch's ``symm_mem`` ``get_buffer``). Order accesses
+        with a collective (e.g. ``comm.barrier()``) or a flag in symmetric memory."""
+        return self._sym.peer_view(arr, peer)
+
+    def is_symmetric(self, arr) -> bool:
+        """True if ``arr`` lies in a live ``comm.alloc`` allocation that peers map (all-c2c)."""
+        return self._sym.is_symmetric(arr)
 
     # ------------------------------------------------------------------ point to point
 
@@ -455,6 +505,9 @@ class Communicator:
                 ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
                           for k, v in self._direct_min.items())
                 if self._direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
+            lines.append("comm.alloc buffers: " + (
+                "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
+                if self._sym.shared else "private memory (the symmetric schedules need every pair on c2c)"))
         return "\n".join(lines)
 
     def transport(self, peer: int) -> str:
@@ -472,7 +525,7 @@ class Communicator:
         text = self._tuner.explain(collective, int(nbytes))
         if self._plan is not None:
             text += "\n" + self._plan.explain(collective, int(nbytes))
-        return text
+        return text + "\n" + self._sym.explain(collective, int(nbytes))
 
     # ------------------------------------------------------------------ failure and shutdown
 
@@ -555,6 +608,7 @@ class Communicator:
         except Exception as e:
             log.info("close: not every rank reached close (%s); closing anyway", e)
         self.abort()
+        self._sym.close()
         if self._parent is not None:
             return                             # the store belongs to the root communicator
         try:

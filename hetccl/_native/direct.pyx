@@ -43,8 +43,6 @@ import os as _os
 from hetccl.errors import InvalidUsage
 
 cdef enum:
-    HDR_BYTES = 32
-    HDR_CHECKED = 24
     MAGIC = 0x314C4348          # the engine's stream header magic ("HCL1"): one error format
     CHUNK = 2 << 20
 
@@ -72,14 +70,14 @@ def cma_probe(int pid, uint64_t addr, uint64_t expect):
 
 # ------------------------------------------------------------------ synchronisation (nogil)
 
-cdef inline void fill_header(uint8_t* h, int coll, int dtype, int op, uint32_t seq, uint64_t count,
-                             int rank) noexcept nogil:
+cdef void fill_header(uint8_t* h, int coll, int dtype, int op, int phase, uint32_t seq,
+                      uint64_t count, int rank) noexcept nogil:
     memset(h, 0, HDR_BYTES)
     (<uint32_t*>h)[0] = MAGIC
     h[4] = <uint8_t>coll
     h[5] = <uint8_t>dtype
     h[6] = <uint8_t>op
-    h[7] = 100                  # "phase": marks the single-copy schedule in mismatch messages
+    h[7] = <uint8_t>phase       # marks the single-copy schedule (PHASE_*) in mismatch messages
     (<uint32_t*>(h + 8))[0] = seq
     (<uint64_t*>(h + 16))[0] = count
     (<uint32_t*>(h + 24))[0] = <uint32_t>rank
@@ -182,18 +180,19 @@ cdef int sync(Engine e, double deadline) noexcept nogil:
     return 0
 
 
-cdef int enter(Engine e, int coll, int dtype, int op, uint64_t count, char* sbuf, char* rbuf,
-               double deadline) noexcept nogil:
-    """Publish the call (and, for cma, the buffers), sync, and check every peer called the same."""
+cdef int enter_as(Engine e, int coll, int dtype, int op, int phase, uint64_t count, uint64_t sdesc,
+                  uint64_t rdesc, double deadline) noexcept nogil:
+    """Publish the call and two buffer descriptors (cma: addresses; symmetric.pyx: allocation and
+    offset) in every control slot, sync, and check every peer called the same (phase included)."""
     cdef int p, rc
     cdef C2CSlot* m
     for p in range(e.size):
         if p == e.rank:
             continue
         m = e.c2c[p].mine
-        fill_header(m.hdr, coll, dtype, op, e.seq, count, e.rank)
-        m.sbuf = <uintptr_t>sbuf
-        m.rbuf = <uintptr_t>rbuf
+        fill_header(m.hdr, coll, dtype, op, phase, e.seq, count, e.rank)
+        m.sbuf = sdesc
+        m.rbuf = rdesc
     rc = sync(e, deadline)
     if rc < 0:
         return rc
@@ -204,6 +203,12 @@ cdef int enter(Engine e, int coll, int dtype, int op, uint64_t count, char* sbuf
             memcpy(e.err_want, e.c2c[p].mine.hdr, HDR_BYTES)
             return E_MISMATCH
     return 0
+
+
+cdef inline int enter(Engine e, int coll, int dtype, int op, uint64_t count, char* sbuf, char* rbuf,
+                      double deadline) noexcept nogil:
+    """enter_as for the cma/window schedules: the descriptors are the buffers' own addresses."""
+    return enter_as(e, coll, dtype, op, PHASE_DIRECT, count, <uintptr_t>sbuf, <uintptr_t>rbuf, deadline)
 
 
 cdef inline int cma(Engine e, int p, void* local, uint64_t raddr, size_t n, int write) noexcept nogil:
@@ -395,32 +400,51 @@ cdef int _mode(Engine e) except -1:
     return e.c2c[(e.rank + 1) % e.size].mode
 
 
+cdef int pin_allreduce(object sendobj, object recvobj, int dtype, int op, Py_buffer* sv,
+                       Py_buffer* rv) except -1:
+    """Pin and check a single-copy allreduce's buffers: same size, whole elements, op defined for
+    the dtype; send may be recv (in place). Release with release_allreduce(sendobj is recvobj, ...)."""
+    cdef bint inplace = sendobj is recvobj
+    get_buffer(recvobj, rv, True)
+    if inplace:
+        sv[0] = rv[0]
+    else:
+        try:
+            get_buffer(sendobj, sv, False)
+        except BaseException:
+            PyBuffer_Release(rv)
+            raise
+    try:
+        if sv.len != rv.len:
+            raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
+                               f"pass an output of the same size and dtype")
+        check_overlap(sv, rv, inplace)
+        if rv.len % dtype_size(dtype):
+            raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of elements")
+        if get_reduce(dtype, op) == NULL:
+            raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
+    except BaseException:
+        release_allreduce(inplace, sv, rv)
+        raise
+    return 0
+
+
+cdef void release_allreduce(bint inplace, Py_buffer* sv, Py_buffer* rv) noexcept:
+    if not inplace:
+        PyBuffer_Release(sv)
+    PyBuffer_Release(rv)
+
+
 def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
     """Single-copy allreduce (recv = reduction over ranks of send; send may be recv: in place)."""
     cdef Py_buffer sv, rv
     cdef bint inplace = sendobj is recvobj
     cdef int rc, mode = _mode(e)
     cdef double dl
-    get_buffer(recvobj, &rv, True)
-    if inplace:
-        sv = rv
-    else:
-        try:
-            get_buffer(sendobj, &sv, False)
-        except BaseException:
-            PyBuffer_Release(&rv)
-            raise
+    if e.size > 1024:
+        raise InvalidUsage("the single-copy schedules support up to 1024 ranks")
+    pin_allreduce(sendobj, recvobj, dtype, op, &sv, &rv)
     try:
-        if sv.len != rv.len:
-            raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
-                               f"pass an output of the same size and dtype")
-        check_overlap(&sv, &rv, inplace)
-        if rv.len % dtype_size(dtype):
-            raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of elements")
-        if get_reduce(dtype, op) == NULL:
-            raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
-        if e.size > 1024:
-            raise InvalidUsage("the single-copy schedules support up to 1024 ranks")
         dl = hc_now() + timeout
         e.seq += 1
         with nogil:
@@ -433,9 +457,7 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
         if rc < 0:
             e.raise_error(rc, "allreduce", timeout)
     finally:
-        if not inplace:
-            PyBuffer_Release(&sv)
-        PyBuffer_Release(&rv)
+        release_allreduce(inplace, &sv, &rv)
 
 
 def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):

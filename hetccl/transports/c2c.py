@@ -14,7 +14,10 @@ being staged through a FIFO (copy in, copy out). Two modes, agreed per host at s
 Each c2c pair also carries an ordinary shm FIFO pair (same segment), used by every schedule that has
 no single-copy form yet (broadcast, reduce_scatter, alltoall, small-message recursive doubling, ...).
 The single-copy schedules are in _native/direct.pyx; the Communicator runs them for ring allreduce
-and allgather when every pair of the communicator is c2c.
+and allgather when every pair of the communicator is c2c and HETCCL_C2C_DIRECT is on. Buffers from
+``comm.alloc`` (hetccl/memory/symmetric.py) are mapped by every local rank, so collectives over them
+skip CMA altogether and use plain loads and stores (_native/symmetric.pyx), in either mode and by
+default; both reuse the control slots and the sync protocol of this transport (direct.pxd).
 """
 import logging
 import os

@@ -1,0 +1,631 @@
+# cython: language_level=3
+"""Symmetric allocations and the collectives that run on them with plain loads and stores.
+
+A symmetric allocation is one shared segment per local rank, the same size everywhere, that every
+rank of the communicator maps (hetccl/memory/symmetric.py creates them collectively). Once a
+collective's buffers live in such segments, a rank can read its peers' inputs and write their
+outputs directly: no FIFO staging (two copies) and no cross-memory-attach system call (which pins
+pages and ran at 0.3-0.4x a streaming memcpy on the VM this was built on).
+
+* allreduce ("dual-write"): rank r owns block r; for each cache-sized chunk it reduces the chunk
+  from every rank's input *in rank order* into a cache-resident scratch, then stores the result
+  into every rank's output (streaming stores for large calls). Every byte is read once and written
+  once per rank: the memory-traffic minimum. In place is safe: block r of any buffer is touched
+  only by rank r, which reads a chunk everywhere before it writes it anywhere.
+* allgather: rank r stores its block into block r of every rank's output (only outputs need be
+  symmetric). broadcast: every rank loads the root's buffer. reduce_scatter: rank r reduces block r
+  of every rank's input into its output (only inputs need be symmetric). alltoall: rank r loads
+  block r of every rank's input into its output.
+
+Each call: publish (allocation, offset) descriptors of this rank's buffers and the call header in
+the c2c control slots, sync (direct.pxd: epochs with release/acquire atomics, spin-then-futex),
+check the headers, translate every peer's descriptor into this process's mapping of that peer's
+segment, move the bytes, fence, sync again. Two syncs per call, no Python per chunk, no GIL.
+"""
+from cpython.buffer cimport PyBuffer_Release, PyBUF_WRITABLE
+from libc.stdint cimport uint64_t, uint32_t, uint8_t, uintptr_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.errno cimport errno
+from libc.string cimport memset
+from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_FIXED,
+                         MAP_FAILED, MAP_ANONYMOUS)
+
+from hetccl._native.atomics cimport hc_now
+from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
+from hetccl._native.codes cimport *
+from hetccl._native.direct cimport (sync, enter_as, PHASE_SYMMETRIC, pin_allreduce,
+                                    release_allreduce)
+from hetccl._native.engine cimport Engine, even_blocks
+from hetccl._native.link cimport E_MISMATCH
+from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
+
+import os as _os
+
+from hetccl.errors import InvalidUsage
+
+cdef extern from "<sys/mman.h>":
+    int MAP_POPULATE
+    int MAP_NORESERVE
+
+cdef enum:
+    E_SYMMETRIC = -20            # a peer's descriptor names no live allocation of this rank's heap
+    OFF_BITS = 40                # descriptor = (allocation id + 1) << 40 | byte offset
+    CHUNK = 256 << 10            # reduction unit: operand + result stay in a 1 MiB L2
+    MAX_RANKS = 1024
+
+cdef enum AllocState:
+    A_EMPTY = 0                  # slot unused (or its Buffer died after a free)
+    A_LIVE = 1
+    A_FREED = 2                  # freed: my range still reserved (anonymous memory) until its Buffer dies
+
+cdef struct SymAlloc:
+    char** base                  # [size] where rank q's segment is mapped in this process
+    size_t nbytes                # usable bytes (the same on every rank)
+    size_t mapped                # bytes of every mapping (whole pages, >= 1 page)
+    int state
+
+
+cdef class Heap:
+    """The symmetric allocations of one communicator as the nogil schedules see them: per
+    allocation id (the same on every rank: allocations are collective and numbered in order), where
+    each rank's segment is mapped here."""
+    cdef SymAlloc* allocs
+    cdef int n
+    cdef readonly int rank
+    cdef readonly int size
+    cdef readonly int live            # allocations not yet freed
+    cdef int err_peer
+    cdef uint64_t err_desc
+    cdef size_t chunk                 # bytes per reduction / copy unit (CHUNK; a knob for benchmarks)
+
+    def __cinit__(self, int rank, int size):
+        if not 0 < size <= MAX_RANKS or not 0 <= rank < size:
+            raise InvalidUsage(f"symmetric memory supports 1..{MAX_RANKS} ranks (got rank {rank} of {size})")
+        self.rank, self.size = rank, size
+        self.chunk = CHUNK
+        self.allocs = NULL
+        self.n = 0
+
+    def __dealloc__(self):
+        cdef int i, q
+        for i in range(self.n):
+            for q in range(self.size):
+                if self.allocs[i].base[q] != NULL:
+                    munmap(self.allocs[i].base[q], self.allocs[i].mapped)
+            free(self.allocs[i].base)
+        free(self.allocs)
+
+    @property
+    def chunk_bytes(self):
+        """Bytes per reduction / copy unit of the schedules (a multiple of 64, >= 4 KiB)."""
+        return self.chunk
+
+    @chunk_bytes.setter
+    def chunk_bytes(self, size_t n):
+        if n < 4096 or n % 64:
+            raise InvalidUsage(f"chunk_bytes={n}: use a multiple of 64 of at least 4096")
+        self.chunk = n
+
+    @property
+    def count(self):
+        """Allocation slots ever made (live, freed or forgotten): 0 means no buffer can be symmetric."""
+        return self.n
+
+    def reserve(self):
+        """Append an empty slot and return its id. Every rank reserves one per collective
+        allocation, even one that then fails, so ids stay the same on every rank."""
+        cdef int i = self.n
+        cdef SymAlloc* grown = <SymAlloc*>realloc(self.allocs, (i + 1) * sizeof(SymAlloc))
+        if grown == NULL:
+            raise MemoryError()
+        self.allocs = grown
+        memset(&self.allocs[i], 0, sizeof(SymAlloc))
+        self.allocs[i].base = <char**>calloc(self.size, sizeof(char*))
+        if self.allocs[i].base == NULL:
+            raise MemoryError()
+        self.n = i + 1
+        return i
+
+    def map_into(self, int i, list fds, size_t nbytes, size_t mapped):
+        """Map every rank's segment into reserved slot i (fds[q]: an open descriptor of rank q's
+        segment, sized to `mapped` bytes) and return the Buffer of mine. On error nothing stays
+        mapped and the slot stays empty."""
+        cdef int q
+        cdef void* p
+        cdef char** base = self.allocs[i].base
+        if self.allocs[i].state != A_EMPTY or len(fds) != self.size:
+            raise InvalidUsage("internal: symmetric slot reused or wrong rank count")
+        try:
+            for q in range(self.size):
+                # the owner backed the pages (posix_fallocate); populate the page tables now so
+                # the collectives never take a page fault
+                p = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fds[q], 0)
+                if p == MAP_FAILED:
+                    raise OSError(errno, f"cannot map rank {q}'s symmetric segment ({mapped} bytes): "
+                                         f"{_os.strerror(errno)}")
+                base[q] = <char*>p
+        except BaseException:
+            for q in range(self.size):
+                if base[q] != NULL:
+                    munmap(base[q], mapped)
+                    base[q] = NULL
+            raise
+        self.allocs[i].nbytes = nbytes
+        self.allocs[i].mapped = mapped
+        self.allocs[i].state = A_LIVE
+        self.live += 1
+        return Buffer(self, i)
+
+    def free(self, int i):
+        """Release allocation i here: swap every mapping of it (mine and my views of the peers')
+        for private anonymous memory at the same addresses, so the shared pages go (once every
+        rank freed them) while arrays still pointing there stay harmless and are recognised as
+        freed. The address ranges themselves are released when the arrays die (forget)."""
+        cdef SymAlloc* a
+        cdef int q
+        if not 0 <= i < self.n or self.allocs[i].state != A_LIVE:
+            raise InvalidUsage("this buffer was already freed (comm.free or comm.close)")
+        a = &self.allocs[i]
+        for q in range(self.size):
+            if a.base[q] != NULL:
+                if mmap(a.base[q], a.mapped, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED:
+                    if q != self.rank:            # cannot happen in practice; never leave it shared
+                        munmap(a.base[q], a.mapped)
+                        a.base[q] = NULL
+        a.state = A_FREED
+        self.live -= 1
+
+    cdef void forget(self, int i) noexcept:
+        """The Buffer of allocation i died: nothing points into my range any more."""
+        cdef SymAlloc* a = &self.allocs[i]
+        cdef int q
+        for q in range(self.size):
+            if a.base[q] != NULL:
+                munmap(a.base[q], a.mapped)
+                a.base[q] = NULL
+        if a.state == A_LIVE:
+            self.live -= 1
+        a.state = A_EMPTY
+
+    cdef int find(self, const char* p, size_t n, uint64_t* desc) noexcept nogil:
+        """1 (desc set) if [p, p+n) lies in one of my live allocations, -1 if in a freed one, else 0."""
+        cdef int i
+        cdef const char* b
+        for i in range(self.n):
+            if self.allocs[i].state == A_EMPTY:
+                continue
+            b = self.allocs[i].base[self.rank]
+            if b <= p and p + n <= b + self.allocs[i].nbytes:
+                if self.allocs[i].state == A_FREED:
+                    return -1
+                desc[0] = ((<uint64_t>i + 1) << OFF_BITS) | <uint64_t>(p - b)
+                return 1
+        return 0
+
+    cdef int resolve(self, int q, uint64_t d, size_t n, char** out) noexcept nogil:
+        """Where rank q's buffer (descriptor d, n bytes) is mapped here; E_SYMMETRIC if nowhere."""
+        cdef uint64_t i = (d >> OFF_BITS) - 1, off = d & ((<uint64_t>1 << OFF_BITS) - 1)
+        if d == 0 or i >= <uint64_t>self.n or self.allocs[i].state != A_LIVE or \
+                off > self.allocs[i].nbytes or n > self.allocs[i].nbytes - off:
+            self.err_peer = q
+            self.err_desc = d
+            return E_SYMMETRIC
+        out[0] = self.allocs[i].base[q] + off
+        return 0
+
+    def index_of(self, obj):
+        """(allocation id, state, byte offset) of the allocation holding obj's memory, or None."""
+        cdef Py_buffer v
+        cdef int i
+        cdef const char* b
+        get_buffer(obj, &v, False)
+        try:
+            for i in range(self.n):
+                b = self.allocs[i].base[self.rank]
+                if self.allocs[i].state != A_EMPTY and b <= <char*>v.buf and \
+                        <char*>v.buf + v.len <= b + self.allocs[i].nbytes:
+                    return i, ("live" if self.allocs[i].state == A_LIVE else "freed"), <char*>v.buf - b
+            return None
+        finally:
+            PyBuffer_Release(&v)
+
+    def kind(self, obj):
+        """True if obj lies in a live symmetric allocation, False if in none; InvalidUsage if it
+        lies in a freed one (its memory is no longer shared)."""
+        cdef Py_buffer v
+        cdef uint64_t d
+        cdef int k
+        try:
+            get_buffer(obj, &v, False)
+        except InvalidUsage:
+            return False                  # not a contiguous buffer: the ordinary path reports it
+        k = self.find(<char*>v.buf, <size_t>v.len, &d)
+        PyBuffer_Release(&v)
+        if k < 0:
+            raise InvalidUsage("this buffer belongs to a symmetric allocation that was freed "
+                               "(comm.free or comm.close); allocate a new one with comm.alloc")
+        return k == 1
+
+    cdef describe_error(self, str what):
+        cdef uint64_t d = self.err_desc
+        cdef long i = <long>(d >> OFF_BITS) - 1
+        cdef uint64_t off = d & ((<uint64_t>1 << OFF_BITS) - 1)
+        return InvalidUsage(
+            f"{what}: rank {self.err_peer} passed symmetric allocation #{i} (offset {off}), which rank "
+            f"{self.rank} does not hold live (freed here, never allocated, or too small); every rank "
+            f"must pass its own live comm.alloc buffers to the same call")
+
+
+cdef class Buffer:
+    """This rank's segment of one allocation, exported to numpy through the buffer protocol. It
+    lives as long as any array on it; when it dies its address range is released."""
+    cdef Heap heap
+    cdef int index
+    cdef int owner                    # whose segment this exposes (my rank, or a peer's: PeerBuffer)
+    cdef object keep                  # a PeerBuffer keeps my Buffer, hence every mapping, alive
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+    cdef object __weakref__
+
+    def __cinit__(self, Heap heap, int index, int owner=-1, keep=None):
+        self.heap = heap
+        self.index = index
+        self.owner = heap.rank if owner < 0 else owner
+        self.keep = keep
+
+    def peer(self, int q):
+        """A Buffer over rank q's segment of this allocation, as mapped here (load/store into it)."""
+        if not 0 <= q < self.heap.size:
+            raise InvalidUsage(f"peer {q} is not a rank of this communicator (0..{self.heap.size - 1})")
+        if self.heap.allocs[self.index].state != A_LIVE:
+            raise InvalidUsage("this symmetric allocation was freed (comm.free or comm.close)")
+        return Buffer(self.heap, self.index, q, self)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        cdef SymAlloc* a = &self.heap.allocs[self.index]
+        self.shape[0] = <Py_ssize_t>a.nbytes
+        self.strides[0] = 1
+        view.buf = a.base[self.owner]
+        view.obj = self
+        view.len = <Py_ssize_t>a.nbytes
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = "B"
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __dealloc__(self):
+        if self.heap is not None and self.keep is None:
+            self.heap.forget(self.index)
+
+
+# ------------------------------------------------------------------ schedules (nogil)
+
+cdef int begin(Engine e, Heap h, int coll, int dtype, int op, uint64_t count, uint64_t sd,
+               uint64_t rd, size_t slen, size_t rlen, char** S, char** R, double dl) noexcept nogil:
+    """Publish my descriptors, sync, check headers, and resolve every rank's input (S, if sd) and
+    output (R, if rd) into this process's mappings (slen/rlen bytes each)."""
+    cdef int q, rc
+    rc = enter_as(e, coll, dtype, op, PHASE_SYMMETRIC, count, sd, rd, dl)
+    if rc < 0:
+        return rc
+    for q in range(e.size):
+        if q == e.rank:
+            continue
+        if sd != 0:
+            rc = h.resolve(q, e.c2c[q].theirs.sbuf, slen, &S[q])
+            if rc < 0:
+                return rc
+        if rd != 0:
+            rc = h.resolve(q, e.c2c[q].theirs.rbuf, rlen, &R[q])
+            if rc < 0:
+                return rc
+    return 0
+
+
+cdef int finish(Engine e, bint st, double dl) noexcept nogil:
+    """Order my (streaming) stores, then wait until every rank is done with every buffer."""
+    if st:
+        store_fence()
+    return sync(e, dl)
+
+
+cdef void reduce_rows(reduce_fn fn, int dtype, int op, int N, char** S, size_t at, size_t n,
+                      char* A) noexcept nogil:
+    """A = S[0][at:at+n] OP S[1][...] OP ... (rank order; AVG divides at the end)."""
+    cdef size_t cnt = n // dtype_size(dtype)
+    cdef int q
+    if N == 1:
+        copy_bytes(A, S[0] + at, n, 0)
+    else:
+        fn(A, S[0] + at, S[1] + at, cnt, 0)
+        for q in range(2, N):
+            fn(A, A, S[q] + at, cnt, 0)
+    if op == OP_AVG:
+        divide_by(A, cnt, dtype, N)
+
+
+cdef int allreduce_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, uint64_t rd,
+                       size_t count, int dtype, int op, double dl) noexcept nogil:
+    cdef int N = e.size, r = e.rank, i, p, rc
+    cdef size_t es = dtype_size(dtype), C = h.chunk - h.chunk % es, o, n, at
+    cdef size_t boff[MAX_RANKS]
+    cdef size_t blen[MAX_RANKS]
+    cdef char* S[MAX_RANKS]
+    cdef char* R[MAX_RANKS]
+    cdef char* A = e.scratch(C)
+    cdef reduce_fn fn = get_reduce(dtype, op)
+    cdef bint st = count * es >= e.nt_threshold
+    S[r], R[r] = sbuf, rbuf
+    rc = begin(e, h, COLL_ALLREDUCE, dtype, op, count, sd, rd, count * es, count * es, S, R, dl)
+    if rc < 0:
+        return rc
+    even_blocks(count, N, es, boff, blen)
+    o = 0
+    while o < blen[r]:
+        n = blen[r] - o if blen[r] - o < C else C
+        at = boff[r] + o
+        reduce_rows(fn, dtype, op, N, S, at, n, A)
+        for i in range(N):                    # start with the next rank: spread the writers
+            p = (r + 1 + i) % N
+            copy_bytes(R[p] + at, A, n, st)
+        o += n
+    return finish(e, st, dl)
+
+
+cdef int reduce_scatter_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, size_t nb,
+                            int dtype, int op, double dl) noexcept nogil:
+    """Equal blocks of nb bytes: rank r reduces block r of every input into its output."""
+    cdef int N = e.size, r = e.rank, rc
+    cdef size_t es = dtype_size(dtype), C = h.chunk - h.chunk % es, o = 0, n
+    cdef char* S[MAX_RANKS]
+    cdef char* A = e.scratch(C)
+    cdef reduce_fn fn = get_reduce(dtype, op)
+    cdef bint st = nb >= e.nt_threshold
+    S[r] = sbuf
+    rc = begin(e, h, COLL_REDUCE_SCATTER, dtype, op, nb // es, sd, 0, nb * N, 0, S, NULL, dl)
+    if rc < 0:
+        return rc
+    while o < nb:
+        n = nb - o if nb - o < C else C
+        reduce_rows(fn, dtype, op, N, S, nb * r + o, n, A)
+        copy_bytes(rbuf + o, A, n, st)
+        o += n
+    return finish(e, st, dl)
+
+
+cdef int allgather_sym(Engine e, Heap h, char* sbuf, char* rbuf, uint64_t rd, size_t nb, int dtype,
+                       double dl) noexcept nogil:
+    """Push my block into every output, one cache-sized chunk at a time: the chunk is loaded from
+    memory once and stored N times (streaming stores for large outputs)."""
+    cdef int N = e.size, r = e.rank, i, p, rc
+    cdef char* R[MAX_RANKS]
+    cdef size_t o = 0, n
+    cdef bint st = nb * N >= e.nt_threshold
+    R[r] = rbuf
+    rc = begin(e, h, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), 0, rd, 0, nb * N, NULL, R, dl)
+    if rc < 0:
+        return rc
+    while o < nb:
+        n = nb - o if nb - o < h.chunk else h.chunk
+        for i in range(N):
+            p = (r + 1 + i) % N
+            if R[p] + nb * r != sbuf:         # in place: my block of my output is already there
+                copy_bytes(R[p] + nb * r + o, sbuf + o, n, st)
+        o += n
+    return finish(e, st, dl)
+
+
+cdef int broadcast_sym(Engine e, Heap h, char* buf, uint64_t d, size_t nb, int root, int dtype,
+                       double dl) noexcept nogil:
+    cdef char* S[MAX_RANKS]
+    cdef int rc
+    cdef bint st = nb >= e.nt_threshold
+    S[e.rank] = buf
+    # the root rides in the header's op byte: ranks naming different roots mismatch at the first sync
+    rc = begin(e, h, COLL_BROADCAST, dtype, root & 0xFF, nb // dtype_size(dtype), d, 0, nb, 0, S,
+               NULL, dl)
+    if rc < 0:
+        return rc
+    if e.rank != root:
+        copy_bytes(buf, S[root], nb, st)
+    return finish(e, st, dl)
+
+
+cdef int alltoall_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, size_t nb, int dtype,
+                      double dl) noexcept nogil:
+    """Equal blocks of nb bytes: rank r loads block r of every rank's input into block q of its output."""
+    cdef int N = e.size, r = e.rank, i, q, rc
+    cdef char* S[MAX_RANKS]
+    cdef bint st = nb * N >= e.nt_threshold
+    S[r] = sbuf
+    rc = begin(e, h, COLL_ALLTOALL, dtype, 0, nb // dtype_size(dtype), sd, 0, nb * N, 0, S, NULL, dl)
+    if rc < 0:
+        return rc
+    for i in range(N):
+        q = (r + 1 + i) % N
+        copy_bytes(rbuf + nb * q, S[q] + nb * r, nb, st)
+    return finish(e, st, dl)
+
+
+# ------------------------------------------------------------------ Python entry points
+
+cdef uint64_t descriptor(Heap h, Py_buffer* v, str role) except? 0:
+    cdef uint64_t d = 0
+    cdef int k = h.find(<char*>v.buf, <size_t>v.len, &d)
+    if k != 1:
+        raise InvalidUsage(f"the {role} buffer is {'a freed' if k < 0 else 'not a'} symmetric "
+                           f"allocation; pass buffers from comm.alloc (or let hetccl choose the "
+                           f"algorithm: ordinary buffers take the other schedules)")
+    return d
+
+
+cdef int ready(Engine e, Heap h) except -1:
+    e.check_usable()
+    if not e.all_c2c():
+        raise InvalidUsage("the symmetric schedules need every pair of this communicator linked by "
+                           "c2c (one host, HETCCL_TRANSPORTS allowing c2c)")
+    if h.size != e.size or h.rank != e.rank:
+        raise InvalidUsage("this symmetric heap belongs to another communicator")
+    return 0
+
+
+cdef fail(Engine e, Heap h, int rc, str what, double timeout):
+    if rc == E_SYMMETRIC:
+        e.broken = True                   # the peers are past the first sync: abort them too
+        raise h.describe_error(what)
+    try:
+        e.raise_error(rc, what, timeout)
+    except InvalidUsage as err:
+        if rc != E_MISMATCH:
+            raise
+        raise InvalidUsage(f"{err} (step {PHASE_SYMMETRIC} is the single-copy schedule over symmetric "
+                           f"buffers: every rank must pass comm.alloc buffers to this call, or none)") from None
+
+
+cdef int check_op(int dtype, int op) except -1:
+    if get_reduce(dtype, op) == NULL:
+        raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
+    return 0
+
+
+def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout):
+    """recv = reduction over ranks of send (both symmetric; send may be recv: in place)."""
+    cdef Py_buffer sv, rv
+    cdef bint inplace = sendobj is recvobj
+    cdef uint64_t sd, rd
+    cdef size_t es = dtype_size(dtype)
+    cdef int rc
+    cdef double dl
+    ready(e, h)
+    pin_allreduce(sendobj, recvobj, dtype, op, &sv, &rv)
+    try:
+        sd = descriptor(h, &sv, "input")
+        rd = descriptor(h, &rv, "output")
+        dl = hc_now() + timeout
+        e.seq += 1
+        with nogil:
+            rc = allreduce_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, rd, <size_t>rv.len // es,
+                               dtype, op, dl)
+        if rc < 0:
+            fail(e, h, rc, "allreduce", timeout)
+    finally:
+        release_allreduce(inplace, &sv, &rv)
+
+
+def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
+    """recv = concatenation over ranks of send (recv symmetric; send any buffer, or recv: in place)."""
+    cdef Py_buffer sv, rv
+    cdef bint same = sendobj is recvobj
+    cdef uint64_t rd
+    cdef int rc
+    cdef double dl
+    ready(e, h)
+    pin_allgather(sendobj, recvobj, e.size, e.rank, dtype_size(dtype), &sv, &rv)
+    try:
+        rd = descriptor(h, &rv, "output")
+        dl = hc_now() + timeout
+        e.seq += 1
+        with nogil:
+            rc = allgather_sym(e, h, <char*>sv.buf, <char*>rv.buf, rd, <size_t>sv.len, dtype, dl)
+        if rc < 0:
+            fail(e, h, rc, "allgather", timeout)
+    finally:
+        release_allgather(same, &sv, &rv)
+
+
+def broadcast(Engine e, Heap h, obj, int root, int dtype, double timeout):
+    """Copy root's buffer into every rank's (all symmetric, same size)."""
+    cdef Py_buffer v
+    cdef uint64_t d
+    cdef int rc
+    cdef double dl
+    ready(e, h)
+    if not 0 <= root < e.size:
+        raise InvalidUsage(f"root {root} is not a rank of this communicator (0..{e.size - 1})")
+    get_buffer(obj, &v, True)
+    try:
+        if v.len % dtype_size(dtype):
+            raise InvalidUsage(f"buffer of {v.len} bytes is not a whole number of elements")
+        d = descriptor(h, &v, "broadcast")
+        dl = hc_now() + timeout
+        e.seq += 1
+        with nogil:
+            rc = broadcast_sym(e, h, <char*>v.buf, d, <size_t>v.len, root, dtype, dl)
+        if rc < 0:
+            fail(e, h, rc, "broadcast", timeout)
+    finally:
+        PyBuffer_Release(&v)
+
+
+cdef int pin_blocks(Engine e, sendobj, recvobj, size_t es, str what, bint out_is_block,
+                    Py_buffer* sv, Py_buffer* rv) except -1:
+    """Pin send (symmetric, size blocks) and recv (one block for reduce_scatter, size blocks for
+    alltoall), disjoint, whole elements."""
+    get_buffer(sendobj, sv, False)
+    try:
+        get_buffer(recvobj, rv, True)
+    except BaseException:
+        PyBuffer_Release(sv)
+        raise
+    try:
+        want = sv.len // e.size if out_is_block else sv.len
+        if sv.len % (e.size * es) or rv.len != want:
+            raise InvalidUsage(f"{what} needs an input of size x n elements and an output of "
+                               f"{'n' if out_is_block else 'size x n'} elements (got {sv.len} and "
+                               f"{rv.len} bytes on {e.size} ranks)")
+        check_overlap(sv, rv, False)
+        if sv.buf == rv.buf and sv.len:
+            raise InvalidUsage(f"{what} over symmetric buffers needs distinct input and output")
+    except BaseException:
+        PyBuffer_Release(sv)
+        PyBuffer_Release(rv)
+        raise
+    return 0
+
+
+cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout, bint scatter):
+    """reduce_scatter (scatter: recv = block `rank` of the reduction of send) or alltoall (block q
+    of recv = block `rank` of rank q's send); send symmetric, equal blocks."""
+    cdef Py_buffer sv, rv
+    cdef uint64_t sd
+    cdef int rc
+    cdef double dl
+    what = "reduce_scatter" if scatter else "alltoall"
+    ready(e, h)
+    if scatter:
+        check_op(dtype, op)
+    pin_blocks(e, sendobj, recvobj, dtype_size(dtype), what, scatter, &sv, &rv)
+    try:
+        sd = descriptor(h, &sv, "input")
+        dl = hc_now() + timeout
+        e.seq += 1
+        with nogil:
+            if scatter:
+                rc = reduce_scatter_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>rv.len, dtype,
+                                        op, dl)
+            else:
+                rc = alltoall_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>sv.len // e.size,
+                                  dtype, dl)
+        if rc < 0:
+            fail(e, h, rc, what, timeout)
+    finally:
+        PyBuffer_Release(&sv)
+        PyBuffer_Release(&rv)
+
+
+def reduce_scatter(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout):
+    """recv = block `rank` of the reduction over ranks of send (send symmetric, equal blocks)."""
+    blocks(e, h, sendobj, recvobj, dtype, op, timeout, True)
+
+
+def alltoall(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
+    """Block q of recv = block `rank` of rank q's send (send symmetric, equal blocks)."""
+    blocks(e, h, sendobj, recvobj, dtype, 0, timeout, False)
