@@ -356,7 +356,7 @@ class IslandPlan:
         order, on every rank (None where trivial)."""
         if self._local is None:
             s = len(self.island.ranks)
-            self._local = self._split(self.mine, self.index) if s > 1 else False
+            self._local = self._split(self.mine if s > 1 else None, self.index) or False   # collective: all call
             lead = self.comm.rank == self.island.leader
             self._leaders = self._split(0 if lead else None, self.mine) or False
             self._rail = (self._split(self.index, self.mine) or False) if self.equal and s > 1 else False
