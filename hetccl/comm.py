@@ -244,6 +244,16 @@ class Communicator:
             raise InvalidUsage(f"allreduce output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
         nbytes = _nbytes(buf)
+        isl = self._islands
+        if isl is not None and isl.whole and not async_op and not self._pending:
+            direct = isl.direct_allreduce(nbytes, code, op, algorithm)    # one MPI/NCCL island: no detour
+            if direct is not None:
+                self.last_algorithm = "islands"
+                try:
+                    direct(buf, out)
+                except Exception as e:           # noqa: BLE001 - the native library's error
+                    raise self._failed(isl._failed(e), "allreduce") from None
+                return out
         algo = self._algo("allreduce", nbytes, algorithm, code, op)
         t = self._timeout if timeout is None else config.timeout(timeout)
         if algo == _islands.ALGO_ISLANDS:
@@ -435,10 +445,12 @@ class Communicator:
 
     # ------------------------------------------------------------------ sub-communicators
 
-    def split(self, color, key=None, *, timeout=None):
+    def split(self, color, key=None, *, timeout=None, bridges=None):
         """A new communicator of the ranks that pass the same ``color`` (ordered by ``key``, then
         rank); ``color=None`` (or negative) joins none and returns None. Collective over this
-        communicator. The child has its own links, so parent and child may be used concurrently."""
+        communicator. The child has its own links, so parent and child may be used concurrently.
+        ``bridges``: as for ``hetccl.init`` (a dict is keyed by this communicator's ranks); default:
+        this rank's own request."""
         t = self._t(timeout)
         c = -1 if color is None else int(color)
         mine = np.array([c, self.rank if key is None else int(key)], dtype=np.int64)
@@ -450,7 +462,8 @@ class Communicator:
         members = [r for _, r in group]
         return _connect(self._info.replace(rank=members.index(self.rank), size=len(members)),
                         self._store, None, self._job_id, f"{self._comm_id}.{self._children}c{c}", t,
-                        self._transports, parent=self, bridges=self._bridge_request)
+                        self._transports, parent=self,
+                        bridges=self._bridge_request if bridges is None else _formation.requested(bridges, self.rank))
 
     def dup(self, *, timeout=None):
         """A new communicator with the same ranks and its own links (collective)."""

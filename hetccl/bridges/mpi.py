@@ -159,6 +159,18 @@ class MPIBridge(Bridge):
         """(MPI datatype, MPI op) of a supported reduction: callers on the hot path keep it."""
         return self._ops[dtype, op]
 
+    def allreduce_fn(self, dtype, op):
+        """A callable f(send, recv) running this allreduce on whole buffers (recv is send: in place),
+        with everything but the buffers bound in advance: the whole-island hot path. mpi4py reads
+        the MPI datatype from the buffer's own format, which for every supported dtype is the
+        type of ``native`` (int64 'l' -> MPI_LONG, bool '?' -> MPI_C_BOOL, ...)."""
+        _, o = self._ops[dtype, op]
+        run, in_place = self.comm.Allreduce, self._in_place
+
+        def allreduce(send, recv):
+            run(in_place if send is recv else send, recv, o)
+        return allreduce
+
     # ------------------------------------------------------------------ collectives
 
     def allreduce(self, send, recv, count, dtype, op):

@@ -29,7 +29,7 @@ caller's buffers directly.
 
 Pricing: at creation every bridged island times its native collectives at two sizes (alpha = time
 at 8 bytes, beta = added time per byte at 1 MiB; per repetition the slowest island rank, minimum of
-``REPS``), cached per island for the job. Every rank gathers every island's figures and which
+``REPS``; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job. Every rank gathers every island's figures and which
 (collective, dtype, op) each bridge supports, so every rank prices alike; hetccl's own steps are
 priced by the communicator's measured model (collectives/model.py). The lowest predicted time among
 the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
@@ -50,6 +50,7 @@ from ..bridges.base import COLLECTIVES, HOST, BridgeError, BridgeUnavailable
 from ..errors import HetcclError, InvalidUsage
 from ..ops import ReduceOp
 from . import registry
+from ..topology.cards import oversubscription
 from .hierarchical import SUB_CALL, flat_fallback
 
 ALGO_ISLANDS = -3          # below the engine's codes (hierarchical.py has -1, -2)
@@ -58,6 +59,7 @@ COMPOSED_COLLECTIVES = ("allreduce", "allgather", "broadcast")
 BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer spec)
 PROBE_SIZES = (8, 1 << 20)  # bytes: alpha at the first, beta from the second
 REPS = 5
+SMALL_CALLS = 20            # calls per repetition at the small size (one call is below timer noise)
 _OPS = list(ReduceOp)
 _NFLAGS = len(COLLECTIVES) * len(dtypes.NAMES) * len(_OPS)
 _measured = {}             # (kind, key, ranks) -> [alpha, beta] x COLLECTIVES, for this job
@@ -134,10 +136,12 @@ class IslandPlan:
         self.whole = len(islands) == 1
         self.equal = len({len(i.ranks) for i in islands}) == 1
         self.order = [r for isl in islands for r in isl.ranks]     # island-major rank order
+        self._over = oversubscription(cards) > 1   # from the cards: every rank prices alike
         self.bridge = self.staging = None
         self._local = self._leaders = self._rail = None
         self._building = False
         self._cache = {}
+        self._direct = {}
         self._scratch = {}
         self._open(cards)
         try:
@@ -206,10 +210,12 @@ class IslandPlan:
                 for si, n in enumerate(PROBE_SIZES):
                     send, recv = bufs[n]
                     count = send.size - send.size % s
+                    k = SMALL_CALLS if si == 0 else 1
                     b.allreduce(sync, sync, 1, f32, ReduceOp.SUM)
                     t0 = time.perf_counter()
-                    one(coll, send, recv, count)
-                    best[ci, si] = min(best[ci, si], time.perf_counter() - t0)
+                    for _ in range(k):
+                        one(coll, send, recv, count)
+                    best[ci, si] = min(best[ci, si], (time.perf_counter() - t0) / k)
         best[np.isinf(best)] = 0.0
         worst = np.empty_like(best)
         b.allreduce(best.reshape(-1), worst.reshape(-1), best.size, dtypes.FLOAT64, ReduceOp.MAX)
@@ -265,7 +271,10 @@ class IslandPlan:
         return self._hetccl(coll, nbytes, s)
 
     def _steps(self, coll, nbytes, code, op):
-        return max(self._step(i, coll, nbytes, code, op) for i in range(len(self.islands)))
+        """The islands run their steps at once: the slowest sets the pace, unless the machine is
+        oversubscribed (more ranks than CPUs), where they take turns on the same cores."""
+        steps = [self._step(i, coll, nbytes, code, op) for i in range(len(self.islands))]
+        return sum(steps) if self._over else max(steps)
 
     def forms(self, collective, nbytes, code, op) -> dict:
         """{form name: predicted seconds} of the composed forms that apply to this call."""
@@ -421,6 +430,19 @@ class IslandPlan:
                              raw.size, dtypes.UINT8, root)
         else:
             self.subs()[0].broadcast(buf, root=root, timeout=t)
+
+    def direct_allreduce(self, nbytes, code, op, algorithm):
+        """The whole-island hot path: f(send, recv) when this call is delegated to the bridge
+        whole (cached per call shape; None otherwise: AVG, staging, or the tuner prefers hetccl)."""
+        key = (nbytes, code, op, algorithm)
+        f = self._direct.get(key)
+        if f is None and key not in self._direct:
+            a = self.comm._algo("allreduce", nbytes, algorithm, code, op)
+            native = self.whole and self.staging is not None and self.staging.host
+            ok = (a == ALGO_ISLANDS and native and op != ReduceOp.AVG and self._native(0, "allreduce", code, op)
+                  and callable(getattr(self.bridge, "allreduce_fn", None)))
+            f = self._direct[key] = self.bridge.allreduce_fn(code, op) if ok else None
+        return f
 
     # ------------------------------------------------------------------ composed runs
 
