@@ -36,6 +36,7 @@ _ndarray = np.ndarray
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
 _ENGINE_ALLREDUCE = (ALGO_RING, ALGO_RD)     # the others run in collectives.pyx
+_ALGO_ISLANDS = _islands.ALGO_ISLANDS        # composed across vendor islands (collectives/islands.py)
 
 
 def _c2c_direct_min():
@@ -217,11 +218,11 @@ class Communicator:
     def _algo(self, collective, nbytes, algorithm, code=None, op=None):
         a = self._tuner.select(collective, nbytes, algorithm)
         forced = algorithm or collective in getattr(self._tuner, "forced", ())
-        if self._plan is not None and a.code != _islands.ALGO_ISLANDS:
+        if self._plan is not None and a.code != _ALGO_ISLANDS:
             a = self._plan.choose(collective, nbytes, a, forced)   # topology-aware: may compose (code < 0)
         if self._islands is not None:        # vendor islands: may delegate or compose (ALGO_ISLANDS)
             a, self._form = self._islands.choose(collective, nbytes, a, forced, code, op)
-        elif a.code < 0 and (self._plan is None or a.code == _islands.ALGO_ISLANDS):
+        elif a.code < 0 and (self._plan is None or a.code == _ALGO_ISLANDS):
             a = hierarchical.flat_fallback(self._tuner, collective, nbytes)   # composed where it cannot help
         self.last_algorithm = a.name
         return a.code
@@ -256,7 +257,7 @@ class Communicator:
                 return out
         algo = self._algo("allreduce", nbytes, algorithm, code, op)
         t = self._timeout if timeout is None else config.timeout(timeout)
-        if algo == _islands.ALGO_ISLANDS:
+        if algo == _ALGO_ISLANDS:
             return self._run("allreduce", self._islands.allreduce, (buf, out, code, op, t, algo, self._form),
                              out, async_op)
         if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allreduce"]:
@@ -288,7 +289,7 @@ class Communicator:
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
         nbytes = _nbytes(out)
         algo = self._algo("allgather", nbytes, algorithm, code)
-        if algo == _islands.ALGO_ISLANDS:
+        if algo == _ALGO_ISLANDS:
             return self._run("allgather", self._islands.allgather, (buf, out, code, algo, self._t(timeout),
                                                                     self._form), out, async_op)
         if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allgather"]:
@@ -335,7 +336,7 @@ class Communicator:
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``."""
         code = _dtype_code(buf)
         algo = self._algo("broadcast", _nbytes(buf), algorithm, code)
-        if algo == _islands.ALGO_ISLANDS:
+        if algo == _ALGO_ISLANDS:
             return self._run("broadcast", self._islands.broadcast, (buf, int(root), code, algo, self._t(timeout),
                                                                     self._form), buf, async_op)
         if algo < 0:

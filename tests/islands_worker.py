@@ -155,6 +155,14 @@ def whole_extra(chk):
         native = name == "float32"         # AVG = MPI SUM + one division; MPI has no 16-bit floats
         if (c.last_algorithm == "islands") != native:
             raise AssertionError(f"{name} {op.name}: ran {c.last_algorithm}")
+    import array
+    a = array.array("q", [c.rank + 1] * 5)                 # buffer-protocol objects on the hot path
+    c.allreduce(a, algorithm="islands")
+    assert list(a) == [c.size * (c.size + 1) // 2] * 5 and c.last_algorithm == "islands", (list(a), c.last_algorithm)
+    b = bytearray([1 << c.rank] * 3)
+    c.allreduce(b, ReduceOp.BOR, algorithm="islands")
+    assert list(b) == [(1 << c.size) - 1] * 3, list(b)
+    chk.n += 2
     try:
         c.allreduce(np.ones(4, np.float32), ReduceOp.BAND)
     except hetccl.InvalidUsage as e:
@@ -174,6 +182,11 @@ def main(case):
     matrix(chk, forms=("rails", "leaders") if equal else ())
     if case == "whole":
         whole_extra(chk)
+    w = comm.allreduce(np.full(5, comm.rank, np.int32), ReduceOp.SUM, algorithm="islands", async_op=True)
+    assert list(w.wait()) == [sum(range(comm.size))] * 5                 # through the progress thread
+    g = comm.allgather(np.full(2, comm.rank, np.int16), algorithm="islands", async_op=True).wait()
+    assert list(g) == [r for r in range(comm.size) for _ in range(2)], g
+    chk.n += 2
     islands = ";".join(f"{i.kind}:{','.join(map(str, i.ranks))}" for i in comm._islands.islands)
     sub = comm.split(comm.rank % 2)                  # a user split of a bridged communicator works too
     y = sub.allreduce(np.full(3, comm.rank, np.int64), algorithm="islands")

@@ -22,6 +22,8 @@ import atexit
 import os
 import sys
 
+import numpy as np
+
 from .. import dtypes
 from ..ops import ReduceOp
 from .base import HOST, Bridge, BridgeError, BridgeUnavailable, Library
@@ -161,14 +163,18 @@ class MPIBridge(Bridge):
 
     def allreduce_fn(self, dtype, op):
         """A callable f(send, recv) running this allreduce on whole buffers (recv is send: in place),
-        with everything but the buffers bound in advance: the whole-island hot path. mpi4py reads
-        the MPI datatype from the buffer's own format, which for every supported dtype is the
-        type of ``native`` (int64 'l' -> MPI_LONG, bool '?' -> MPI_C_BOOL, ...)."""
-        _, o = self._ops[dtype, op]
-        run, in_place = self.comm.Allreduce, self._in_place
+        with everything but the buffers bound in advance: the whole-island hot path. For numpy
+        arrays mpi4py reads the MPI datatype from the array's format, which for every supported
+        dtype is an MPI type of the same width and kind (int64 'l' -> MPI_LONG, bool '?' ->
+        MPI_C_BOOL, ...); other buffers get the datatype explicitly."""
+        t, o = self._ops[dtype, op]
+        run, in_place, ndarray = self.comm.Allreduce, self._in_place, np.ndarray
 
         def allreduce(send, recv):
-            run(in_place if send is recv else send, recv, o)
+            if type(recv) is ndarray:             # numpy: its format names the MPI datatype
+                run(in_place if send is recv else send, recv, o)
+            else:                                 # other buffers ('c', 'q', ...): say it explicitly
+                run(in_place if send is recv else [send, t], [recv, t], o)
         return allreduce
 
     # ------------------------------------------------------------------ collectives
