@@ -177,6 +177,14 @@ def _leader(ranks, topo) -> int:
     return min(ranks, key=score)
 
 
+def may_bridge(cards) -> bool:
+    """Whether any rank could get a bridge (a request, a topology-file bridge, or a device): the
+    cheap test before building the model, since most communicators have none."""
+    return any((c.get("bridge") or {}).get("request") not in (None, NONE)
+               or ((c.get("topo") or {}).get("place") or {}).get("bridge") not in (None, NONE)
+               or _vendor(c) in VENDOR_LIBRARY for c in cards)
+
+
 def form(cards, topo) -> list[Island] | None:
     """The islands of a communicator (ordered by first rank), or None without a bridged island."""
     check_errors(cards)

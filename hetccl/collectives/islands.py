@@ -555,6 +555,8 @@ def plan_for(comm, cards):
     """The island plan of a communicator (collective: opens the bridges and measures them), or None
     when no rank of it has a bridge."""
     from ..topology.cards import model_of
+    if not formation.may_bridge(cards):
+        return None
     islands = formation.form(cards, model_of(cards))
     if islands is None:
         return None
