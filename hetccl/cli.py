@@ -8,7 +8,8 @@ commands:
   run -n N [--] cmd ...   launch N local ranks of cmd (sets rank/size/store/secret for hetccl.init())
   bench [options]         nccl-tests style tables of any collective; --algos all compares every
                           algorithm with the tuner's choice (run it under `hetccl run`)
-  doctor                  what hetccl finds on this machine: native core, transports, interfaces
+  doctor                  what hetccl finds on this machine: native core, transports, interfaces,
+                          vendor libraries (NCCL family, HCCL, MPI) and the islands they would form
   topo [--dump FILE] [--measure] [--json]
                           the topology hetccl sees: hosts, NUMA, PCI switches, accelerators, NICs,
                           coherent links, transport per pair; --dump writes the HETCCL_TOPO_FILE
@@ -59,7 +60,29 @@ def doctor_main(argv) -> int:
             print(f"{mod}: {getattr(m, '__version__', 'present')}")
         except ImportError:
             print(f"{mod}: not installed")
+    _doctor_bridges()
     return 0
+
+
+def _doctor_bridges() -> None:
+    """Every vendor library found (kind, version, path, memory, usable or why not), and the
+    islands this host's devices and CPU ranks would form."""
+    from .bootstrap.env import detect
+    from .bridges.libraries import find_all, format_report, host_islands
+    from .errors import HetcclError
+    from .topology.discover import discover_host
+    try:
+        accels = discover_host()["accelerators"]
+    except (OSError, HetcclError) as e:
+        accels = []
+        print(f"accelerators: unavailable ({e})")
+    try:
+        launcher = detect().launcher
+    except HetcclError:
+        launcher = "none"
+    libs = find_all()
+    for line in format_report(libs, host_islands(libs, accels, launcher)):
+        print(line)
 
 
 def _doctor_c2c_and_matrix() -> None:

@@ -1,0 +1,110 @@
+"""Dispatch overhead of the NCCL-family bridge: what hetccl adds per call on top of the library.
+
+No GPU is needed (nor possible here): the library is the fakeccl ABI test double (tests/fakeccl,
+host memory, 1 rank), loaded through the same run-time binding as libnccl. Three paths, each
+doing the same native work per call (xAllReduce of 8 bytes + one stream query):
+
+  direct   ctypes calls of fakecclAllReduce + fakertStreamQuery (the "native library called
+           directly" baseline a Python user would have)
+  binding  hetccl._native.ccl_api: CclLibrary.allreduce + DeviceRuntime.wait_stream
+  bridge   NcclBridge.allreduce(DeviceBuffer, DeviceBuffer, ...): the whole bridge (checks,
+           dtype/op table, error handling, stream wait with deadline and async-error check)
+
+Reps are interleaved (direct, binding, bridge, direct, ...) and the medians over reps are
+reported. Target (issue 7): bridge - direct <= 2 us per call at 8 B.
+
+    python bench/bridges_native.py                 # default: 30 reps x 2000 calls
+    python bench/bridges_native.py --reps 5 --iters 500   # smoke
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import hetccl.dtypes as dt  # noqa: E402
+from hetccl.bridges import nccl  # noqa: E402
+from hetccl.bridges.buffers import from_numpy  # noqa: E402
+from hetccl.ops import ReduceOp  # noqa: E402
+from tests import fakeccl  # noqa: E402
+
+TARGET_US = 2.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=2000)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="hetccl-bench-") as d:
+        libs = fakeccl.build(d)
+        bridge = nccl.NcclBridge(fakeccl.MemStore(), "bench", 0, 1, vendor=fakeccl.nccl_vendor(libs))
+        try:
+            return run(bridge, libs, args.reps, args.iters)
+        finally:
+            bridge.close()
+
+
+def run(bridge, libs, reps: int, iters: int) -> int:
+    x = np.ones(2, np.float32)                       # 8 bytes
+    y = np.zeros(2, np.float32)
+    bx, by = from_numpy(x), from_numpy(y)
+    comm, stream = bridge._comm, bridge._stream
+    c = ctypes.CDLL(libs["fakeccl"])
+    r = ctypes.CDLL(libs["fakert"])
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    c.fakecclAllReduce.argtypes = [vp, vp, sz, ctypes.c_int, ctypes.c_int, vp, vp]
+    c.fakecclAllReduce.restype = ctypes.c_int
+    r.fakertStreamQuery.argtypes = [vp]
+    r.fakertStreamQuery.restype = ctypes.c_int
+    xp, yp = x.ctypes.data, y.ctypes.data
+    allreduce, query = c.fakecclAllReduce, r.fakertStreamQuery
+    lib, rt = bridge.lib, bridge.runtime
+    f32, fsum = nccl.ncclFloat32, nccl.ncclSum
+
+    def direct():
+        for _ in range(iters):
+            if allreduce(xp, yp, 2, f32, fsum, comm, stream) or query(stream):
+                raise RuntimeError("fake call failed")
+
+    def binding():
+        for _ in range(iters):
+            if lib.allreduce(xp, yp, 2, f32, fsum, comm, stream):
+                raise RuntimeError("fake call failed")
+            rt.wait_stream(stream, lib, comm, 60.0)
+
+    def whole():
+        for _ in range(iters):
+            bridge.allreduce(bx, by, 2, dt.FLOAT32, ReduceOp.SUM)
+
+    paths = {"direct": direct, "binding": binding, "bridge": whole}
+    times = {k: [] for k in paths}
+    for f in paths.values():                         # warm-up
+        f()
+    for _ in range(reps):
+        for name, f in paths.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t0) / iters * 1e6)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"# NCCL-family bridge dispatch overhead, 8 B allreduce on the fakeccl ABI double, "
+          f"{reps} interleaved reps x {iters} calls (median us/call)")
+    print(f"{'path':>8} {'us/call':>9} {'added vs direct':>16} {'added vs binding':>17}")
+    for k in paths:
+        print(f"{k:>8} {med[k]:9.3f} {med[k] - med['direct']:16.3f} {med[k] - med['binding']:17.3f}")
+    added = med["bridge"] - med["direct"]
+    ok = added <= TARGET_US
+    print(f"# target: bridge adds <= {TARGET_US:g} us per call: {'met' if ok else 'NOT met'} ({added:.3f} us)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The Bridge that drives a native communicator of any vendor row (vendor.py): the NCCL family and
+HCCL share it, through the one Cython binding (_native/ccl_api.pyx).
+
+The dtype/op tables are per vendor *and* version (ncclAvg and ncclBfloat16 from NCCL 2.10, fp8
+from 2.24), and anything a table lacks is reported by ``supports()`` so the caller runs hetccl's
+own algorithm instead: a bridge never approximates.
+
+Data movement without reduction (allgather, broadcast, send/recv) is done as bytes (the vendor's
+8-bit type, count x itemsize), so every hetccl dtype moves, including int16 and bool, which NCCL
+has no enum for.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from .. import dtypes as _dt
+from .._native.ccl_api import WAIT_ASYNC, WAIT_OK, WAIT_TIMEOUT
+from ..errors import HetcclTimeout, InvalidUsage
+from ..ops import ReduceOp
+from .base import Bridge, BridgeError, BridgeUnavailable
+from .buffers import DeviceBuffer, as_device_buffer
+from .loader import device_status, load_library, load_runtime
+from .vendor import Vendor, version_string
+
+log = logging.getLogger("hetccl.bridges")
+
+REDUCING = ("allreduce", "reduce_scatter", "reduce")
+MOVING = ("allgather", "broadcast", "send", "recv")
+
+
+# ------------------------------------------------------------------------------------------------
+# The bridge
+# ------------------------------------------------------------------------------------------------
+class NativeBridge(Bridge):
+    """An island's communicator on a native library (NCCL family or HCCL).
+
+    Created collectively by the island's ``size`` ranks. ``store`` is hetccl's Store (``set``,
+    ``multi_get``); ``key`` a prefix unique to this island and communicator. Before anything that
+    could block, every rank publishes whether it can run (library, runtime, device) and all read
+    everyone's answer: a rank without a device makes *every* rank raise BridgeUnavailable naming
+    it, instead of leaving the others blocked in CommInitRank. Then rank 0 makes the unique id
+    (NCCL) or root info (HCCL), every rank reads it from the store and joins.
+
+    ``device`` defaults to HETCCL_LOCAL_RANK (else the island rank) modulo the devices seen.
+    ``timeout`` bounds every wait for a stream (default: HETCCL_TIMEOUT or 300 s); a timeout or an
+    asynchronous error aborts the communicator, which cannot be used afterwards.
+    """
+
+    def __init__(self, vendor: Vendor, store, key: str, rank: int, size: int, *, device=None,
+                 timeout: float | None = None, library_path=None, runtime_path=None):
+        super().__init__(rank, size)
+        self.vendor, self.kind, self.memory = vendor, vendor.kind, vendor.memory
+        self._comm = self._stream = 0
+        self._closed = True
+        self.timeout = float(timeout if timeout is not None else os.environ.get("HETCCL_TIMEOUT") or 300.0)
+        p = vendor.prefix
+        why, lib, rt, dev = "", None, None, 0
+        try:
+            lib = load_library(vendor, library_path)
+            rt = load_runtime(vendor.runtime, runtime_path, vendor.search_dirs)
+            n, why = device_status(vendor, rt)
+            if not why:
+                dev = int(device if device is not None else os.environ.get("HETCCL_LOCAL_RANK", rank)) % n
+        except BridgeUnavailable as e:
+            why = str(e)
+        t = self.timeout
+        store.set(f"{key}/can/{rank}", b"ok" if not why else why.encode(), timeout=t)
+        answers = store.multi_get([f"{key}/can/{r}" for r in range(size)], timeout=t)
+        bad = [(r, bytes(a).decode(errors="replace")) for r, a in enumerate(answers) if bytes(a) != b"ok"]
+        if bad:
+            raise BridgeUnavailable(f"{vendor.kind} island of {size} ranks cannot form: "
+                                    + "; ".join(f"island rank {r}: {w}" for r, w in bad))
+        self.lib, self.runtime, self.device = lib, rt, dev
+        # DLPack device types accepted: the vendor's, or any but CPU (1) when it has no DLPack code
+        self._devices = frozenset(vendor.dlpack_devices) or frozenset(range(2, 64))
+        self.version = lib.version()
+        self._reduce_map, self._byte_dtype = vendor.tables(self.version)
+        rsym = vendor.runtime.symbols()
+        self._check(rt.set_device(dev), f"{rsym['set_device']}({dev})", runtime=True)
+        rc, self._stream = rt.stream_create()
+        self._check(rc, rsym["stream_create"], runtime=True)
+        try:
+            uid = self._exchange_id(store, f"{key}/uid", f"{p}{vendor.roles['get_unique_id']}")
+            rc, comm = lib.comm_init(size, uid, rank)
+            self._check(rc, f"{p}{vendor.roles['comm_init']}")
+        except BaseException:
+            rt.stream_destroy(self._stream)
+            self._stream = 0
+            raise
+        self._comm, self._closed = comm, False
+        log.debug("%s bridge up: island rank %d/%d on device %d (%s %s)", vendor.kind, rank, size,
+                  dev, lib.path, version_string(self.version))
+
+    def _exchange_id(self, store, key: str, call: str) -> bytes:
+        """Rank 0's unique id (root info) for every rank. The value is tagged b"U" + id, or b"E" +
+        rank 0's error, so a failure on rank 0 fails every rank at once instead of after a timeout."""
+        if self.rank == 0:
+            rc, uid = self.lib.unique_id()
+            if rc:
+                try:
+                    self._raise(rc, call)
+                except BridgeError as e:
+                    store.set(key, b"E" + str(e).encode(), timeout=self.timeout)
+                    raise
+            store.set(key, b"U" + uid, timeout=self.timeout)
+            return uid
+        got = bytes(store.get(key, timeout=self.timeout))
+        if got[:1] != b"U":
+            raise BridgeError(f"{self.kind}: island rank 0 could not create the communicator's id: "
+                              f"{got[1:].decode(errors='replace')}")
+        return got[1:]
+
+    # ---- errors ------------------------------------------------------------------------------
+    def _check(self, rc: int, call: str, runtime: bool = False) -> None:
+        if rc:
+            self._raise(rc, call, runtime)
+
+    def _raise(self, rc: int, call: str, runtime: bool = False):
+        if runtime:
+            text, src = self.runtime.error_string(rc), self.runtime.path
+        else:
+            text, src = self.lib.error_string(rc), self.lib.path
+            last = self.lib.last_error(self._comm)
+            if last and last not in text:
+                text = f"{text}; {last}"
+        raise BridgeError(f"{self.kind}: {call} failed with error {rc}: {text} ({src})")
+
+    def _wait(self, call: str) -> None:
+        code, detail = self.runtime.wait_stream(self._stream, self.lib, self._comm, self.timeout)
+        if code == WAIT_OK:
+            return
+        self.abort()
+        if code == WAIT_TIMEOUT:
+            raise HetcclTimeout(f"{self.kind}: {call} did not finish within {self.timeout:g} s (a peer "
+                                f"may have died); the {self.kind} communicator was aborted")
+        if code == WAIT_ASYNC:
+            raise BridgeError(f"{self.kind}: {call} failed asynchronously with error {detail}: "
+                              f"{self.lib.error_string(detail)}; the communicator was aborted")
+        raise BridgeError(f"{self.kind}: waiting for {call} failed: {self.runtime.error_string(detail)} "
+                          f"(error {detail} from {self.runtime.path})")
+
+    # ---- buffers -----------------------------------------------------------------------------
+    def _ptr(self, buf, nbytes: int, writable: bool) -> int:
+        if type(buf) is not DeviceBuffer:
+            buf = as_device_buffer(buf, writable=writable)
+        if buf.nbytes < nbytes or (writable and buf.readonly) or buf.device_type not in self._devices \
+                or buf.stream is not None:
+            self._check_buffer(buf, nbytes, writable)
+        return buf.ptr
+
+    def _check_buffer(self, buf: DeviceBuffer, nbytes: int, writable: bool) -> None:
+        """The slow path of _ptr: say what is wrong, or synchronise the producer's stream."""
+        if buf.nbytes < nbytes:
+            raise InvalidUsage(f"{buf!r} has {buf.nbytes} bytes; the call needs {nbytes}")
+        if writable and buf.readonly:
+            raise InvalidUsage(f"{buf!r} is read-only and the call writes into it")
+        if buf.device_type not in self._devices:
+            raise InvalidUsage(f"{self.kind} bridge needs {self.memory} memory, got a buffer on {buf.device}")
+        if buf.stream is not None:           # __cuda_array_interface__ v3: the producer's work first
+            self._check(self.runtime.synchronize(buf.stream), "synchronising the producer's stream", True)
+            buf.stream = None
+
+    def _live(self):
+        if self._closed:
+            raise InvalidUsage(f"the {self.kind} bridge was closed or aborted; create a new one")
+
+    # ---- Bridge API --------------------------------------------------------------------------
+    def supports(self, collective: str, dtype: int, op: ReduceOp | None = None) -> bool:
+        if collective in MOVING:
+            return True
+        if collective in REDUCING:
+            return (collective, dtype, op) in self._reduce_map
+        return False
+
+    def _reduction(self, collective, dtype, op):
+        try:
+            return self._reduce_map[(collective, dtype, op)]
+        except KeyError:
+            raise InvalidUsage(f"{self.kind} {version_string(self.version)} has no exact {collective} of "
+                               f"{_dt.NAMES[dtype]} with {ReduceOp(op).name}; ask supports() first and "
+                               f"use hetccl's own algorithm for it") from None
+
+    def allreduce(self, send, recv, count: int, dtype: int, op: ReduceOp) -> None:
+        self._live()
+        ldt, lop = self._reduction("allreduce", dtype, op)
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.allreduce(self._ptr(send, nb, False), self._ptr(recv, nb, True), count, ldt, lop,
+                                self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["allreduce"])
+        self._wait("allreduce")
+
+    def reduce_scatter(self, send, recv, count: int, dtype: int, op: ReduceOp) -> None:
+        self._live()
+        ldt, lop = self._reduction("reduce_scatter", dtype, op)
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.reduce_scatter(self._ptr(send, nb * self.size, False), self._ptr(recv, nb, True),
+                                     count, ldt, lop, self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["reduce_scatter"])
+        self._wait("reduce_scatter")
+
+    def reduce(self, send, recv, count: int, dtype: int, op: ReduceOp, root: int) -> None:
+        self._live()
+        if not self.lib.has("reduce"):
+            return super().reduce(send, recv, count, dtype, op, root)
+        ldt, lop = self._reduction("reduce", dtype, op)
+        nb = count * _dt.ITEMSIZE[dtype]
+        rptr = self._ptr(recv, nb, True) if (self.rank == root or recv is not None) else 0
+        rc = self.lib.reduce(self._ptr(send, nb, False), rptr, count, ldt, lop, root, self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["reduce"])
+        self._wait("reduce")
+
+    def allgather(self, send, recv, count: int, dtype: int) -> None:
+        self._live()
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.allgather(self._ptr(send, nb, False), self._ptr(recv, nb * self.size, True), nb,
+                                self._byte_dtype, self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["allgather"])
+        self._wait("allgather")
+
+    def broadcast(self, buf, count: int, dtype: int, root: int) -> None:
+        self._live()
+        nb = count * _dt.ITEMSIZE[dtype]
+        rc = self.lib.broadcast(self._ptr(buf, nb, self.rank != root), nb, self._byte_dtype, root,
+                                self._comm, self._stream)
+        if rc:
+            self._raise(rc, self.vendor.prefix + self.vendor.roles["broadcast"])
+        self._wait("broadcast")
+
+    def sendrecv(self, sends=(), recvs=()) -> None:
+        """Point-to-point in one group call: ``sends``/``recvs`` are (buf, count, dtype, peer).
+
+        Grouped so that a rank may send to and receive from the same peer without deadlock
+        (NCCL's rule for concurrent send/recv)."""
+        self._live()
+        if not (self.lib.has("send") and self.lib.has("recv")):
+            raise InvalidUsage(f"{self.kind} at {self.lib.path} has no send/recv")
+        p = self.vendor.prefix
+        self._check(self.lib.group_start(), f"{p}GroupStart")
+        rc, call = 0, ""
+        for buf, count, dtype, peer in sends:
+            nb = count * _dt.ITEMSIZE[dtype]
+            rc = self.lib.send(self._ptr(buf, nb, False), nb, self._byte_dtype, peer, self._comm, self._stream)
+            if rc:
+                call = f"{p}Send(peer {peer})"
+                break
+        for buf, count, dtype, peer in (recvs if not rc else ()):
+            nb = count * _dt.ITEMSIZE[dtype]
+            rc = self.lib.recv(self._ptr(buf, nb, True), nb, self._byte_dtype, peer, self._comm, self._stream)
+            if rc:
+                call = f"{p}Recv(peer {peer})"
+                break
+        end = self.lib.group_end()
+        if rc:
+            self._raise(rc, call)
+        self._check(end, f"{p}GroupEnd")
+        self._wait("send/recv")
+
+    def async_error(self) -> int:
+        """The communicator's asynchronous error code (0 = none)."""
+        return self.lib.async_error(self._comm) if not self._closed else 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        rc = self.lib.comm_destroy(self._comm)
+        self.runtime.stream_destroy(self._stream)
+        self._comm = self._stream = 0
+        if rc:
+            raise BridgeError(f"{self.kind}: destroying the communicator failed: {self.lib.error_string(rc)}")
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.lib.comm_abort(self._comm)      # errors ignored: aborting is already the error path
+        self.runtime.stream_destroy(self._stream)
+        self._comm = self._stream = 0
+
+    def describe(self) -> str:
+        v = version_string(self.version)
+        return (f"{self.kind}{' ' + v if v else ''} bridge ({self.lib.path}), island rank "
+                f"{self.rank}/{self.size}, device {self.device}, memory {self.memory}")
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            try:
+                self.abort()
+            except Exception:
+                pass

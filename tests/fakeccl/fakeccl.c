@@ -1,0 +1,82 @@
+/* Test double of the NCCL API (nccl.h ABI) under the made-up prefix "fakeccl": hetccl loads it
+ * through the same NCCL-family binding as libnccl, by name + prefix. Not NVIDIA's library: host
+ * memory only, synchronous, see fakecore.h. Enum values and result codes are nccl.h's. */
+#include "fakecore.h"
+
+typedef struct { char internal[128]; } uid_t128;
+enum { ncclSuccess, ncclUnhandledCudaError, ncclSystemError, ncclInternalError, ncclInvalidArgument,
+       ncclInvalidUsage, ncclRemoteError, ncclInProgress, ncclTimeout };
+
+/* ncclDataType_t 0..11 -> core kinds (nccl.h: no 16-bit integers, no bool) */
+static const int dt_kind[] = {K_I8, K_U8, K_I32, K_U32, K_I64, K_U64, K_F16, K_F32, K_F64, K_BF16, K_E4M3, K_E5M2};
+static int kind(int dt) { return dt >= 0 && dt < 12 ? dt_kind[dt] : K_NONE; }
+static int op_of(int op) { return op >= 0 && op <= 4 ? op : O_NONE; }   /* sum prod max min avg */
+
+static int res(int core) {
+    switch (core) {
+    case C_OK: return ncclSuccess;
+    case C_BADARG: return ncclInvalidArgument;
+    case C_TOOBIG: return ncclInvalidUsage;
+    case C_TIMEOUT: return ncclTimeout;
+    default: return ncclSystemError;
+    }
+}
+
+static int version_code(void) { const char *s = getenv("FAKECCL_VERSION"); return s ? atoi(s) : 22703; }
+
+int fakecclGetVersion(int *v) { if (!v) return ncclInvalidArgument; *v = version_code(); return ncclSuccess; }
+int fakecclGetUniqueId(uid_t128 *id) {
+    if (!id) return ncclInvalidArgument;
+    if (injected(NULL, "GetUniqueId")) return ncclSystemError;
+    make_id(id->internal, sizeof id->internal);
+    return ncclSuccess;
+}
+int fakecclCommInitRank(fcomm **comm, int nranks, uid_t128 id, int rank) {
+    if (!comm) return ncclInvalidArgument;
+    if (injected(NULL, "CommInitRank")) return ncclSystemError;
+    return res(core_init(comm, nranks, id.internal, rank));
+}
+int fakecclCommDestroy(fcomm *c) { return res(core_leave(c)); }
+int fakecclCommAbort(fcomm *c) { return res(core_leave(c)); }
+int fakecclCommGetAsyncError(fcomm *c, int *err) {
+    if (!core_check(c) || !err) return ncclInvalidArgument;
+    *err = async_knob();
+    return ncclSuccess;
+}
+const char *fakecclGetErrorString(int r) {
+    static const char *s[] = {"no error", "unhandled cuda error (run with NCCL_DEBUG=INFO for details)",
+        "unhandled system error (run with NCCL_DEBUG=INFO for details)", "internal error - please report this issue to the NCCL developers",
+        "invalid argument (run with NCCL_DEBUG=WARN for details)", "invalid usage (run with NCCL_DEBUG=WARN for details)",
+        "remote process exited or there was a network error", "NCCL operation in progress", "operation timed out"};
+    return r >= 0 && r < 9 ? s[r] : "unknown result code";
+}
+const char *fakecclGetLastError(fcomm *c) { return core_check(c) ? c->last_error : g_last_error; }
+static _Atomic int group_depth;
+int fakecclGroupStart(void) { atomic_fetch_add(&group_depth, 1); return ncclSuccess; }
+int fakecclGroupEnd(void) {
+    if (atomic_load(&group_depth) <= 0) { set_err(NULL, "fakeccl: %s without GroupStart%.0zu%.0zu", "GroupEnd", 0, 0); return ncclInvalidUsage; }
+    atomic_fetch_sub(&group_depth, 1);
+    return ncclSuccess;
+}
+
+int fakecclAllReduce(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
+    (void)stream; return res(core_allreduce(c, s, r, n, kind(dt), op_of(op), 0, 0));
+}
+int fakecclReduce(const void *s, void *r, size_t n, int dt, int op, int root, fcomm *c, void *stream) {
+    (void)stream; return res(core_allreduce(c, s, r, n, kind(dt), op_of(op), root, 1));
+}
+int fakecclReduceScatter(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
+    (void)stream; return res(core_reduce_scatter(c, s, r, n, kind(dt), op_of(op)));
+}
+int fakecclAllGather(const void *s, void *r, size_t n, int dt, fcomm *c, void *stream) {
+    (void)stream; return res(core_allgather(c, s, r, n, kind(dt)));
+}
+int fakecclBroadcast(const void *s, void *r, size_t n, int dt, int root, fcomm *c, void *stream) {
+    (void)stream; return res(core_broadcast(c, s, r, n, kind(dt), root));
+}
+int fakecclSend(const void *s, size_t n, int dt, int peer, fcomm *c, void *stream) {
+    (void)stream; return res(core_p2p(c, (void *)s, n, kind(dt), peer, 1));
+}
+int fakecclRecv(void *r, size_t n, int dt, int peer, fcomm *c, void *stream) {
+    (void)stream; return res(core_p2p(c, r, n, kind(dt), peer, 0));
+}

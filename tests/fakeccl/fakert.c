@@ -1,0 +1,87 @@
+/* Test double of a device runtime, in both call styles hetccl binds: cudart-style under the prefix
+ * "fakert" (fakertStreamCreate, fakertMemcpy(dst, src, n, kind), ...) and Ascend-ACL-style under
+ * "fakeacl" (fakeaclrtCreateStream, fakeaclrtMemcpy(dst, destMax, src, n, kind), ...). "Device"
+ * memory is host memory; streams are checked handles. Not a vendor runtime.
+ *   FAKERT_DEVICES=<n>   number of devices (default 1); 0 = no device (cudaErrorNoDevice, 100)
+ *   FAKERT_BUSY=1        streams never finish (StreamQuery: cudaErrorNotReady 600 / ACL status 1),
+ *                        to exercise the bridge's deadline and async-error checks */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidMemcpyDirection = 21,
+       cudaErrorNoDevice = 100, cudaErrorInvalidDevice = 101, cudaErrorInvalidResourceHandle = 400 };
+#define STREAM_MAGIC 0x53545245u
+typedef struct { uint32_t magic; } stream_t;
+static char last_msg[128];
+
+static int ndev(void) { const char *s = getenv("FAKERT_DEVICES"); return s ? atoi(s) : 1; }
+static int fail(int code, const char *what) { snprintf(last_msg, sizeof last_msg, "fakert: %s", what); return code; }
+static int good(void *s) { return s && ((stream_t *)s)->magic == STREAM_MAGIC; }
+
+int fakertGetDeviceCount(int *n) {
+    if (!n) return cudaErrorInvalidValue;
+    *n = 0;
+    if (ndev() <= 0) return fail(cudaErrorNoDevice, "no CUDA-capable device is detected");
+    *n = ndev();
+    return cudaSuccess;
+}
+int fakertSetDevice(int d) { return d >= 0 && d < ndev() ? cudaSuccess : fail(cudaErrorInvalidDevice, "invalid device ordinal"); }
+int fakertStreamCreate(void **s) {
+    if (!s) return cudaErrorInvalidValue;
+    stream_t *t = malloc(sizeof *t); t->magic = STREAM_MAGIC; *s = t;
+    return cudaSuccess;
+}
+int fakertStreamSynchronize(void *s) { return good(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle, "invalid resource handle"); }
+static int busy(void) { const char *s = getenv("FAKERT_BUSY"); return s && *s == '1'; }
+int fakertStreamQuery(void *s) { int rc = fakertStreamSynchronize(s); return rc ? rc : busy() ? 600 : cudaSuccess; }
+int fakertStreamDestroy(void *s) {
+    if (!good(s)) return fail(cudaErrorInvalidResourceHandle, "invalid resource handle");
+    ((stream_t *)s)->magic = 0; free(s);
+    return cudaSuccess;
+}
+int fakertMemcpy(void *d, const void *s, size_t n, int kind) {
+    if (kind < 0 || kind > 4) return fail(cudaErrorInvalidMemcpyDirection, "invalid copy direction for memcpy");
+    if (n && (!d || !s)) return fail(cudaErrorInvalidValue, "invalid argument");
+    memmove(d, s, n);
+    return cudaSuccess;
+}
+const char *fakertGetErrorString(int rc) {
+    switch (rc) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case 600: return "device not ready";
+    default: return "unrecognized error code";
+    }
+}
+
+/* ---- ACL style (acl_rt.h): aclError = int, ACL_ERROR_NONE = 0 --------------------------------- */
+enum { ACL_ERROR_NONE = 0, ACL_ERROR_INVALID_PARAM = 100000, ACL_ERROR_RT_NO_DEVICE = 107002 };
+int fakeaclrtGetDeviceCount(uint32_t *n) {
+    if (!n) return ACL_ERROR_INVALID_PARAM;
+    *n = 0;
+    if (ndev() <= 0) return fail(ACL_ERROR_RT_NO_DEVICE, "no NPU device found");
+    *n = (uint32_t)ndev();
+    return ACL_ERROR_NONE;
+}
+int fakeaclrtSetDevice(int32_t d) { return d >= 0 && d < ndev() ? ACL_ERROR_NONE : fail(ACL_ERROR_INVALID_PARAM, "invalid device id"); }
+int fakeaclrtCreateStream(void **s) { return fakertStreamCreate(s) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE; }
+int fakeaclrtSynchronizeStream(void *s) { return good(s) ? ACL_ERROR_NONE : fail(ACL_ERROR_INVALID_PARAM, "invalid stream"); }
+int fakeaclrtStreamQuery(void *s, int *status) {
+    if (!good(s) || !status) return fail(ACL_ERROR_INVALID_PARAM, "invalid stream");
+    *status = busy() ? 1 : 0;  /* ACL_STREAM_STATUS_COMPLETE = 0, NOT_READY = 1 */
+    return ACL_ERROR_NONE;
+}
+int fakeaclrtDestroyStream(void *s) { return fakertStreamDestroy(s) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE; }
+int fakeaclrtMemcpy(void *d, size_t dmax, const void *s, size_t n, int kind) {
+    if (n > dmax) return fail(ACL_ERROR_INVALID_PARAM, "destination smaller than the copy");
+    return fakertMemcpy(d, s, n, kind) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE;
+}
+const char *fakeaclGetRecentErrMsg(void) { return last_msg[0] ? last_msg : NULL; }
+static int acl_inits;
+int fakeaclInit(const char *config) { (void)config; return acl_inits++ ? 100002 /* ACL_ERROR_REPEAT_INITIALIZE */ : ACL_ERROR_NONE; }

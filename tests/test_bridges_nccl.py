@@ -1,0 +1,424 @@
+"""The NCCL-family and HCCL bridges.
+
+* Against the real libnccl of the nvidia-nccl-cu12 wheel: it loads through the run-time binding,
+  reports the wheel's version, its own calls that need no GPU work (GetUniqueId, GetErrorString,
+  CommInitRank's failure + GetLastError), and a bridge fails with "no CUDA device" here.
+* Against ABI test doubles (tests/fakeccl: NOT vendor libraries; host-memory implementations of
+  the NCCL / HCCL / cudart / ACL call ABI), loaded through the same binding by name + prefix:
+  every collective x dtype x op of the tables on 2 ranks against numpy, send/recv, supports(),
+  version gating, and every error path (library error -> BridgeError with the library's string,
+  no device -> BridgeUnavailable on every island rank, stream timeout / async error -> abort).
+* On a GPU machine only (skipped here): 2 ranks x 1 GPU allreduce through the real NCCL bridge.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+import numpy as np
+import pytest
+
+import hetccl.dtypes as dt
+from hetccl.bridges import hccl, loader, nccl, vendor
+from hetccl.bridges.base import BridgeError, BridgeUnavailable
+from hetccl.bridges.buffers import from_numpy
+from hetccl.errors import HetcclTimeout, InvalidUsage
+from hetccl.ops import ReduceOp
+from tests import fakeccl
+from tests.launcher import run_ranks
+
+OPS = (ReduceOp.SUM, ReduceOp.PROD, ReduceOp.MIN, ReduceOp.MAX, ReduceOp.AVG, ReduceOp.BAND,
+       ReduceOp.BOR, ReduceOp.BXOR)
+
+
+MemStore = fakeccl.MemStore
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory):
+    return fakeccl.build_or_skip(tmp_path_factory)
+
+
+def _buf(a):
+    return from_numpy(a)      # host memory as the doubles' "device" memory (DLPack: test_bridge_buffers)
+
+
+# ------------------------------------------------------------------------------------------------
+# The real libnccl (nvidia-nccl-cu12 wheel)
+# ------------------------------------------------------------------------------------------------
+def _wheel_version():
+    try:
+        return importlib.metadata.version("nvidia-nccl-cu12")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("nvidia-nccl-cu12 is not installed (pip install -e '.[bridges]')")
+
+
+def test_real_nccl_loads_from_the_wheel_and_reports_its_version():
+    wheel = _wheel_version()
+    lib = loader.load_library(nccl.NCCL)
+    assert os.path.join("nvidia", "nccl", "lib") in lib.path
+    assert vendor.version_string(lib.version()) == wheel.split(".post")[0]
+    assert {"comm_abort", "comm_get_async_error", "get_last_error", "send", "recv",
+            "group_start", "group_end", "reduce"} <= lib.present
+    assert "invalid argument" in lib.error_string(4)        # ncclInvalidArgument, NCCL's own text
+
+
+def test_real_nccl_calls_without_a_gpu_fail_with_its_own_message():
+    _wheel_version()
+    lib = loader.load_library(nccl.NCCL)
+    rt = loader.load_runtime(nccl.CUDART)
+    if loader.device_status(nccl.NCCL, rt)[0]:
+        pytest.skip("this machine has a CUDA device")
+    rc, uid = lib.unique_id()                               # bootstrap only: works without a GPU
+    assert rc == 0 and len(uid) == 128 and any(uid)
+    rc, comm = lib.comm_init(1, uid, 0)
+    assert rc == 1 and comm == 0                            # ncclUnhandledCudaError
+    assert "unhandled cuda error" in lib.error_string(rc)
+    assert "Cuda failure" in lib.last_error(0)
+
+
+def test_real_nccl_bridge_says_no_cuda_device():
+    _wheel_version()
+    rt = loader.load_runtime(nccl.CUDART)
+    if loader.device_status(nccl.NCCL, rt)[0]:
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(BridgeUnavailable, match="no CUDA device: cudaGetDeviceCount returned"):
+        nccl.NcclBridge(MemStore(), "t", 0, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The ABI test doubles, one process
+# ------------------------------------------------------------------------------------------------
+def _fake(libs, monkeypatch=None, **env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return nccl.NcclBridge(MemStore(), "t", 0, 1, vendor=fakeccl.nccl_vendor(libs))
+
+
+def test_fake_single_rank_every_collective(libs):
+    b = nccl.NcclBridge(MemStore(), "t", 0, 1, vendor=fakeccl.nccl_vendor(libs))
+    try:
+        assert b.describe().startswith("fakeccl 2.27.3 bridge")
+        x = np.arange(-5, 6, dtype=np.float32)
+        y = np.zeros_like(x)
+        b.allreduce(_buf(x), _buf(y), x.size, dt.FLOAT32, ReduceOp.SUM)
+        np.testing.assert_array_equal(y, x)
+        b.allreduce(_buf(y), _buf(y), x.size, dt.FLOAT32, ReduceOp.AVG)      # in place
+        np.testing.assert_array_equal(y, x)
+        b.reduce_scatter(_buf(x), _buf(y), x.size, dt.FLOAT32, ReduceOp.MAX)
+        np.testing.assert_array_equal(y, x)
+        b.reduce(_buf(x), _buf(y), x.size, dt.FLOAT32, ReduceOp.MIN, 0)
+        np.testing.assert_array_equal(y, x)
+        z = np.zeros(3, np.int16)                   # no int16 enum: moved as bytes
+        b.allgather(_buf(np.array([7, -8, 9], np.int16)), _buf(z), 3, dt.INT16)
+        np.testing.assert_array_equal(z, [7, -8, 9])
+        b.broadcast(_buf(z), 3, dt.INT16, 0)
+        np.testing.assert_array_equal(z, [7, -8, 9])
+        r = np.zeros(3, np.int16)
+        b.sendrecv(sends=[(_buf(z), 3, dt.INT16, 0)], recvs=[(_buf(r), 3, dt.INT16, 0)])
+        np.testing.assert_array_equal(r, z)
+        assert b.async_error() == 0
+    finally:
+        b.close()
+    with pytest.raises(InvalidUsage, match="closed or aborted"):
+        b.allreduce(_buf(x), _buf(y), x.size, dt.FLOAT32, ReduceOp.SUM)
+
+
+def test_fake_supports_and_version_gating(libs, monkeypatch):
+    b = _fake(libs)
+    try:
+        for op in (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR):
+            assert not b.supports("allreduce", dt.INT32, op)    # NCCL has no bitwise ops
+        assert not b.supports("allreduce", dt.INT16, ReduceOp.SUM)  # nor 16-bit integers
+        assert not b.supports("allreduce", dt.INT32, ReduceOp.AVG)  # integer AVG: not hetccl's
+        assert b.supports("allreduce", dt.BOOL, ReduceOp.BOR) and not b.supports("allreduce", dt.BOOL, ReduceOp.BXOR)
+        assert b.supports("allreduce", dt.FP8_E4M3, ReduceOp.SUM)   # 2.27 >= 2.24
+        assert b.supports("allgather", dt.INT16) and b.supports("broadcast", dt.BOOL)
+        assert not b.supports("alltoall", dt.INT8)
+        with pytest.raises(InvalidUsage, match="no exact allreduce of int16 with SUM"):
+            b.allreduce(_buf(np.zeros(2, np.int16)), _buf(np.zeros(2, np.int16)), 2, dt.INT16, ReduceOp.SUM)
+    finally:
+        b.close()
+    monkeypatch.setenv("FAKECCL_VERSION", "22303")          # 2.23.3: no fp8
+    b = _fake(libs)
+    assert not b.supports("allreduce", dt.FP8_E5M2, ReduceOp.MAX) and b.supports("allreduce", dt.BFLOAT16, ReduceOp.AVG)
+    b.close()
+    monkeypatch.setenv("FAKECCL_VERSION", "2804")           # 2.8.4 (old version scheme): no bf16, no AVG
+    b = _fake(libs)
+    assert b.describe().startswith("fakeccl 2.8.4")
+    assert not b.supports("allreduce", dt.BFLOAT16, ReduceOp.SUM)
+    assert not b.supports("allreduce", dt.FLOAT32, ReduceOp.AVG) and b.supports("allreduce", dt.FLOAT32, ReduceOp.PROD)
+    b.close()
+
+
+def test_vendor_tables():
+    t, byte = nccl.rccl_tables(22703)
+    assert byte == nccl.ncclUint8 and ("allreduce", dt.FP8_E4M3, ReduceOp.SUM) not in t  # RCCL fp8 is FNUZ
+    assert t[("allreduce", dt.BFLOAT16, ReduceOp.AVG)] == (nccl.ncclBfloat16, nccl.ncclAvg)
+    t, _ = nccl.nccl_tables(22703)
+    assert t[("reduce_scatter", dt.FP8_E5M2, ReduceOp.MIN)] == (nccl.ncclFloat8e5m2, nccl.ncclMin)
+    assert t[("allreduce", dt.UINT32, ReduceOp.MAX)] == (nccl.ncclUint32, nccl.ncclMax)
+    assert t[("reduce", dt.BOOL, ReduceOp.BAND)] == (nccl.ncclUint8, nccl.ncclMin)
+    t, _ = nccl.base_tables(99999)
+    assert ("allreduce", dt.BFLOAT16, ReduceOp.SUM) not in t and ("allreduce", dt.FLOAT16, ReduceOp.AVG) not in t
+    t, byte = hccl.hccl_tables(0)
+    assert byte == hccl.HCCL_INT8
+    assert t[("allreduce", dt.INT16, ReduceOp.PROD)] == (hccl.HCCL_INT16, hccl.HCCL_PROD)
+    assert ("reduce_scatter", dt.INT16, ReduceOp.SUM) not in t     # hccl.h: ReduceScatter has no int16
+    assert ("allreduce", dt.FLOAT64, ReduceOp.SUM) not in t and ("allreduce", dt.FLOAT32, ReduceOp.AVG) not in t
+    assert t[("allreduce", dt.BFLOAT16, ReduceOp.MAX)] == (hccl.HCCL_BFP16, hccl.HCCL_MAX)
+    assert [v.kind for v in nccl.FAMILY] == ["nccl", "rccl", "mccl", "mccl_metax", "ixccl"]
+    assert {v.prefix for v in nccl.FAMILY} == {"nccl", "mccl"}
+
+
+def test_fake_library_errors_carry_its_own_strings(libs, monkeypatch):
+    b = _fake(libs)
+    x = np.ones(4, np.float32)
+    try:
+        monkeypatch.setenv("FAKECCL_FAIL", "AllReduce")
+        with pytest.raises(BridgeError, match=r"fakecclAllReduce failed with error 2: unhandled system "
+                                              r"error .*injected failure in AllReduce"):
+            b.allreduce(_buf(x), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)
+        monkeypatch.delenv("FAKECCL_FAIL")
+        big = np.zeros((1 << 20) // 4 + 1, np.float32)     # one element over the double's slot
+        with pytest.raises(BridgeError, match="error 5: invalid usage.*exceeds the test double's slot"):
+            b.allgather(_buf(big), _buf(big), big.size, dt.FLOAT32)
+        with pytest.raises(InvalidUsage, match="has 16 bytes; the call needs 32"):
+            b.allreduce(_buf(x), _buf(np.zeros(8, np.float32)), 8, dt.FLOAT32, ReduceOp.SUM)
+        ro = np.ones(4, np.float32)
+        ro.flags.writeable = False
+        with pytest.raises(InvalidUsage, match="read-only"):
+            b.allreduce(_buf(x), _buf(ro), 4, dt.FLOAT32, ReduceOp.SUM)
+        b.allreduce(_buf(ro), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)   # a read-only *source* is fine
+    finally:
+        b.close()
+    monkeypatch.setenv("FAKECCL_FAIL", "CommInitRank")
+    with pytest.raises(BridgeError, match="fakecclCommInitRank failed with error 2.*injected failure in CommInitRank"):
+        _fake(libs)
+
+
+def test_fake_wrong_memory_type_is_refused(libs):
+    v = fakeccl.nccl_vendor(libs, memory_dl=(2, 13))          # a bridge on CUDA memory
+    b = nccl.NcclBridge(MemStore(), "t", 0, 1, vendor=v)
+    try:
+        with pytest.raises(InvalidUsage, match="needs cuda memory, got a buffer on cpu:0"):
+            b.allreduce(_buf(np.ones(2, np.float32)), _buf(np.ones(2, np.float32)), 2, dt.FLOAT32, ReduceOp.SUM)
+    finally:
+        b.close()
+
+
+def test_fake_no_device(libs, monkeypatch):
+    monkeypatch.setenv("FAKERT_DEVICES", "0")
+    with pytest.raises(BridgeUnavailable, match=r"no CUDA device: fakertGetDeviceCount returned 100 "
+                                                r"\(no CUDA-capable device is detected\)"):
+        _fake(libs)
+    with pytest.raises(BridgeUnavailable, match="no Ascend NPU device: fakeaclrtGetDeviceCount returned 107002"):
+        hccl.HcclBridge(MemStore(), "t", 0, 1, vendor=fakeccl.hccl_vendor(libs))
+
+
+def test_fake_stream_timeout_and_async_error_abort(libs, monkeypatch):
+    b = _fake(libs)
+    x = np.ones(4, np.float32)
+    monkeypatch.setenv("FAKERT_BUSY", "1")                   # the stream never completes
+    b.timeout = 0.2
+    with pytest.raises(HetcclTimeout, match="did not finish within 0.2 s.*aborted"):
+        b.allreduce(_buf(x), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)
+    with pytest.raises(InvalidUsage, match="closed or aborted"):
+        b.allreduce(_buf(x), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)
+    monkeypatch.delenv("FAKERT_BUSY")
+    b = _fake(libs)
+    monkeypatch.setenv("FAKERT_BUSY", "1")
+    monkeypatch.setenv("FAKECCL_ASYNC_ERROR", "6")            # ncclRemoteError
+    with pytest.raises(BridgeError, match="failed asynchronously with error 6: remote process exited"):
+        b.allgather(_buf(x), _buf(x), 4, dt.FLOAT32)
+    assert b.async_error() == 0                                  # aborted: nothing left to ask
+
+
+def test_missing_symbols_make_the_library_unavailable(libs):
+    v = nccl.custom("notccl", libs["fakert"], "fakeccl", fakeccl.nccl_vendor(libs).runtime)
+    with pytest.raises(BridgeUnavailable, match="has no symbol fakecclGetUniqueId"):
+        loader.load_library(v)
+    v = nccl.custom("nothing", "/nonexistent/libnothing.so", "x", nccl.CUDART)
+    with pytest.raises(BridgeUnavailable, match="none of /nonexistent/libnothing.so was found"):
+        loader.load_library(v)
+
+
+def test_fake_hccl_single_rank(libs):
+    b = hccl.HcclBridge(MemStore(), "t", 0, 1, vendor=fakeccl.hccl_vendor(libs))
+    try:
+        x = np.array([1, -2, 3], np.int16)
+        y = np.zeros_like(x)
+        b.allreduce(_buf(x), _buf(y), 3, dt.INT16, ReduceOp.PROD)
+        np.testing.assert_array_equal(y, x)
+        assert not b.supports("reduce_scatter", dt.INT16, ReduceOp.SUM)
+        b.broadcast(_buf(y), 3, dt.INT16, 0)
+        np.testing.assert_array_equal(y, x)
+        with pytest.raises(BridgeError, match=r"FakeHcclBroadcast failed with error 1: parameter error"):
+            b.broadcast(_buf(y), 3, dt.INT16, 5)                # root out of range
+    finally:
+        b.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Two ranks through hetccl's Store: every collective x dtype x op of the tables against numpy
+# ------------------------------------------------------------------------------------------------
+def _values(code, rank, n):
+    """Small exact values for every dtype (negatives for signed types), different per rank."""
+    base = np.arange(n) % 5 + 1 + rank
+    if code in (dt.INT8, dt.INT16, dt.INT32, dt.INT64) or code in dt.FLOATING:
+        base = base * (1 - 2 * (np.arange(n) % 2))
+    if code == dt.BOOL:
+        base = (np.arange(n) + rank) % 3 == 0
+    return base.astype(dt.numpy_dtype(code))
+
+
+def _expected(code, op, arrays):
+    if code == dt.BOOL:
+        f = {ReduceOp.MIN: np.minimum, ReduceOp.BAND: np.minimum, ReduceOp.MAX: np.maximum,
+             ReduceOp.BOR: np.maximum}[op]
+        return f.reduce(arrays)
+    wide = np.array(arrays, dtype=np.float64)
+    r = {ReduceOp.SUM: wide.sum(0), ReduceOp.PROD: wide.prod(0), ReduceOp.MIN: wide.min(0),
+         ReduceOp.MAX: wide.max(0), ReduceOp.AVG: wide.sum(0) / len(arrays)}[op]
+    return r.astype(dt.numpy_dtype(code))
+
+
+def _matrix_rank(rank, size, libdict, family):
+    import hetccl
+    comm = hetccl.init()
+    try:
+        v = fakeccl.nccl_vendor(libdict) if family == "nccl" else fakeccl.hccl_vendor(libdict)
+        cls = nccl.NcclBridge if family == "nccl" else hccl.HcclBridge
+        b = cls(comm._store, f"island-{family}", rank, size, vendor=v)
+        wrong, checked = [], 0
+        n = 7
+        for code in range(len(dt.NAMES)):
+            mine = _values(code, rank, n)
+            every = [_values(code, r, n) for r in range(size)]
+            for op in OPS:
+                for coll in ("allreduce", "reduce", "reduce_scatter"):
+                    if not b.supports(coll, code, op):
+                        continue
+                    checked += 1
+                    if coll == "reduce_scatter":
+                        send = np.concatenate([_values(code, rank, n)] * size)
+                        out = np.zeros(n, mine.dtype)
+                        b.reduce_scatter(_buf(send), _buf(out), n, code, op)
+                    else:
+                        out = np.zeros(n, mine.dtype)
+                        if coll == "allreduce":
+                            b.allreduce(_buf(mine), _buf(out), n, code, op)
+                        else:
+                            b.reduce(_buf(mine), _buf(out), n, code, op, 1)
+                            if rank != 1:
+                                continue
+                    exp = _expected(code, op, every)
+                    if not np.array_equal(out.view(np.uint8), exp.view(np.uint8)):
+                        wrong.append((coll, dt.NAMES[code], op.name, out.tolist(), exp.tolist()))
+            out = np.zeros(n * size, mine.dtype)
+            b.allgather(_buf(mine), _buf(out), n, code)
+            if not np.array_equal(out.view(np.uint8), np.concatenate(every).view(np.uint8)):
+                wrong.append(("allgather", dt.NAMES[code]))
+            buf = mine.copy()
+            b.broadcast(_buf(buf), n, code, 1)
+            if not np.array_equal(buf.view(np.uint8), every[1].view(np.uint8)):
+                wrong.append(("broadcast", dt.NAMES[code]))
+        peer = 1 - rank
+        got = np.zeros(n, np.int16)
+        b.sendrecv(sends=[(_buf(_values(dt.INT16, rank, n)), n, dt.INT16, peer)],
+                   recvs=[(_buf(got), n, dt.INT16, peer)])
+        if not np.array_equal(got, _values(dt.INT16, peer, n)):
+            wrong.append(("sendrecv", got.tolist()))
+        b.close()
+        return wrong, checked
+    finally:
+        comm.close()
+
+
+@pytest.mark.parametrize("family", ["nccl", "hccl"])
+def test_fake_two_ranks_every_dtype_and_op(libs, family):
+    results = run_ranks(_matrix_rank, 2, libs, family, timeout=180, env=fakeccl.env(libs))
+    for wrong, checked in results:
+        assert wrong == []
+        assert checked >= (100 if family == "nccl" else 50)
+
+
+def _form_with_knob_on_one_rank(rank, size, libdict, bad_rank, knob, value):
+    """Create a fake-NCCL island with the double's failure ``knob`` set on ``bad_rank`` only."""
+    import hetccl
+    comm = hetccl.init()
+    try:
+        if rank == bad_rank:
+            os.environ[knob] = value
+        try:
+            nccl.NcclBridge(comm._store, "island", rank, size, vendor=fakeccl.nccl_vendor(libdict), timeout=60)
+        except (BridgeUnavailable, BridgeError) as e:
+            return f"{type(e).__name__}: {e}"
+        return "formed"
+    finally:
+        comm.close()
+
+
+def test_fake_a_rank_without_device_fails_every_rank(libs):
+    for msg in run_ranks(_form_with_knob_on_one_rank, 2, libs, 1, "FAKERT_DEVICES", "0", timeout=120,
+                         env=fakeccl.env(libs)):
+        assert msg.startswith("BridgeUnavailable: fakeccl island of 2 ranks cannot form: ")
+        assert "island rank 1: no CUDA device" in msg and "island rank 0" not in msg
+
+
+def test_fake_unique_id_failure_on_rank0_fails_every_rank_at_once(libs):
+    r0, r1 = run_ranks(_form_with_knob_on_one_rank, 2, libs, 0, "FAKECCL_FAIL", "GetUniqueId", timeout=60,
+                       env=fakeccl.env(libs))
+    assert r0.startswith("BridgeError: fakeccl: fakecclGetUniqueId failed with error 2")
+    assert r1.startswith("BridgeError: fakeccl: island rank 0 could not create the communicator's id: ")
+    assert "injected failure in GetUniqueId" in r0 and "injected failure in GetUniqueId" in r1
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU machines only: the real NCCL through the bridge (see the README's bridges section)
+# ------------------------------------------------------------------------------------------------
+def _gpu_devices() -> int:
+    try:
+        rt = loader.load_runtime(nccl.CUDART)
+        loader.load_library(nccl.NCCL)
+    except BridgeUnavailable:
+        return 0
+    return loader.device_status(nccl.NCCL, rt)[0]
+
+
+def _gpu_allreduce_rank(rank, size):
+    import torch
+
+    import hetccl
+    comm = hetccl.init()
+    try:
+        torch.cuda.set_device(rank)
+        b = nccl.NcclBridge(comm._store, "gpu-island", rank, size, device=rank)
+        out = []
+        for code, tdt in ((dt.FLOAT32, torch.float32), (dt.BFLOAT16, torch.bfloat16), (dt.INT64, torch.int64)):
+            n = (1 << 20) + 3
+            x = (torch.arange(n, device="cuda", dtype=torch.float64) % 7 + rank + 1).to(tdt)
+            y = torch.empty_like(x)
+            b.allreduce(x, y, n, code, ReduceOp.SUM)
+            g = torch.empty(n * size, dtype=tdt, device="cuda")
+            b.allgather(x, g, n, code)
+            out.append((y.cpu().to(torch.float64).numpy(), g.cpu().to(torch.float64).numpy()))
+        b.close()
+        return out
+    finally:
+        comm.close()
+
+
+@pytest.mark.skipif(_gpu_devices() < 2, reason="needs 2 CUDA devices (and torch with CUDA)")
+def test_gpu_two_ranks_allreduce_through_nccl():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    res = run_ranks(_gpu_allreduce_rank, 2, timeout=300)
+    n = (1 << 20) + 3
+    base = np.arange(n, dtype=np.float64) % 7
+    for r in range(2):
+        for y, g in res[r]:
+            np.testing.assert_array_equal(y, (base + 1) + (base + 2))
+            np.testing.assert_array_equal(g, np.concatenate([base + 1, base + 2]))
+
