@@ -651,14 +651,16 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
 def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges=None) -> Communicator:
     """Build the links of one communicator (the world, or a split of it) and wrap them."""
     from ._native.engine import Engine
+    from .topology.cards import card_entry
     from .transports.mesh import connect_mesh
 
     engine = Engine(info.rank, info.size)
     p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t)
     try:
+        bridge = _formation.card_field(bridges, card_entry(comm_id, info.rank, info.size))
         cards, matrix, socks = connect_mesh(engine, store, info.rank, info.size, info.secret, job_id,
                                             comm_id, t, spec, extra={"p2p_port": p2p.port,
-                                                                     "bridge": _formation.card_field(bridges)})
+                                                                     "bridge": bridge})
     except BaseException:
         engine.close()
         p2p.close()

