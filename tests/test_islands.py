@@ -177,3 +177,41 @@ def test_host_bridges_use_the_callers_buffers_and_incomplete_device_bridges_are_
         kind, memory = "nocopy", "cuda"
     with pytest.raises(BridgeError, match="has no device_buffer"):
         Staging(NoCopies())
+
+
+# ------------------------------------------------------------------ an NCCL-API island (ABI double)
+
+def _open_fake(ctx):
+    """Opener of the test's NCCL-API island: the ABI double of tests/fakeccl over host memory."""
+    import os
+
+    from hetccl.bridges import nccl
+    from hetccl.bridges.vendor import Runtime
+    d = os.environ["FAKECCL_DIR"]
+    vendor = nccl.custom("fakeccl", os.path.join(d, "libfakeccl.so"), "fakeccl",
+                         Runtime((os.path.join(d, "libfakert.so"),), "fakert"), memory=HOST, dlpack_devices=(1,))
+    return nccl.NcclBridge(ctx.store, ctx.key_prefix, ctx.index, len(ctx.island.ranks), vendor=vendor,
+                           timeout=ctx.timeout)
+
+
+def _nccl_island_rank(rank, size):
+    import hetccl
+    from tests.islands_worker import Checker, matrix
+    formation.register("fakeccl", "tests.test_islands:_open_fake")
+    comm = hetccl.init(timeout=120, bridges={0: "fakeccl", 1: "fakeccl"})
+    kinds = [(i.kind, i.ranks) for i in comm._islands.islands]
+    chk = Checker(comm)
+    matrix(chk, forms=("rails", "leaders"), large=False)     # the double holds 1 MiB per call
+    comm.close()
+    return kinds, chk.n
+
+
+def test_nccl_api_island_next_to_a_hetccl_island(tmp_path_factory):
+    """Island A on the NCCL-family bridge (the ABI double, host memory), island B on hetccl shm:
+    the same exact matrix as the MPI case, without mpirun."""
+    from tests import fakeccl
+    from tests.launcher import run_ranks
+    libs = fakeccl.build_or_skip(tmp_path_factory)
+    results = run_ranks(_nccl_island_rank, 4, timeout=600, env=fakeccl.env(libs))
+    for kinds, n in results:
+        assert kinds == [("fakeccl", (0, 1)), ("hetccl", (2, 3))] and n > 900

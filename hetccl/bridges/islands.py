@@ -51,6 +51,18 @@ OPENERS = {
 }
 
 
+_REGISTERED = {}            # kind -> usable() of bridges added with register()
+
+
+def register(kind: str, opener: str, usable=lambda: True) -> None:
+    """Add a bridge kind (an out-of-tree library, or a test double): ``opener`` is
+    "module:function" called as fn(IslandContext), ``usable()`` says whether it can run here.
+    Every rank must register it before creating the communicator."""
+    OPENERS[kind] = opener
+    _REGISTERED[kind] = usable
+    usable_here.cache_clear()
+
+
 def vendor_library(vendor: str | None) -> str | None:
     """The bridge kind of a device vendor's collective library (bridges/libraries.py's table:
     nvidia -> nccl, amd/hygon -> rccl, ascend -> hccl, mthreads -> mccl, ...), None without one."""
@@ -62,6 +74,8 @@ def vendor_library(vendor: str | None) -> str | None:
 def usable_here(kind: str) -> bool:
     """Whether this process finds a usable library of ``kind`` (loaded, runtime and device present);
     looked up once per process, only for ranks whose device vendor maps to ``kind``."""
+    if kind in _REGISTERED:
+        return bool(_REGISTERED[kind]())
     try:
         if kind == "hccl":
             from .hccl import find

@@ -82,6 +82,20 @@ def _flag(ci, dt, op):
     return (ci * len(dtypes.NAMES) + dt) * len(_OPS) + int(op)
 
 
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _raw(a):
+    """The array a bridge gets: bool, bfloat16 and float8 (which DLPack cannot describe) as unsigned
+    integers of their width; the bridge is told the real dtype by its code."""
+    return a.view(_UINT[a.itemsize]) if a.dtype.kind in "bV" else a
+
+
+def _raw_pair(src, dst):
+    r = _raw(src)
+    return r, (r if dst is src else _raw(dst))
+
+
 def _flat(buf, code):
     if isinstance(buf, np.ndarray):
         return buf.reshape(-1)
@@ -402,7 +416,7 @@ class IslandPlan:
 
     def _reduce_scatter(self, src, shard, code, op, t):
         if self._native(self.mine, "reduce_scatter", code, op):
-            self.staging.run(self.bridge.reduce_scatter, src, shard, shard.size, code, op)
+            self.staging.run(self.bridge.reduce_scatter, *_raw_pair(src, shard), shard.size, code, op)
         else:
             self.subs()[0].reduce_scatter(src, shard, op, timeout=t)
 
@@ -417,7 +431,7 @@ class IslandPlan:
 
     def _reduce(self, src, dst, code, op, root, t):
         if self._native(self.mine, "reduce", code, op):
-            self.staging.run(self.bridge.reduce, src, dst, src.size, code, op, root)
+            self.staging.run(self.bridge.reduce, *_raw_pair(src, dst), src.size, code, op, root)
         else:
             self.subs()[0].reduce(src, root=root, op=op, out=dst, timeout=t)
 
@@ -481,7 +495,7 @@ class IslandPlan:
         if src.size == 0:
             return
         if self.whole:                 # choose() sends only what the bridge runs here
-            self.staging.run(self.bridge.allreduce, src, dst, src.size, code, sop)
+            self.staging.run(self.bridge.allreduce, *_raw_pair(src, dst), src.size, code, sop)
         elif form == "rails":
             self._rails(src, dst, code, sop, timeout)
         else:
