@@ -95,6 +95,16 @@ def test_unusable_request_raises_the_same_error_everywhere():
         formation.form([_card(0, "mpi", mpi_rank=0), _card(1, "mpi", mpi_rank=0)], _topo(2))
 
 
+def test_automatic_choice_takes_only_bridges_that_can_take_host_buffers():
+    """The NCCL-family and HCCL bridges work on device memory; without the staging methods a GPU
+    rank is not put on them automatically (an explicit request still opens them)."""
+    from hetccl.bridges.nccl import NcclBridge
+    assert formation.stageable("mpi")
+    assert formation.stageable("nccl") == all(callable(getattr(NcclBridge, m, None)) for m in formation.STAGING)
+    gpu = {"place": {"device": 0}, "hw": {"accelerators": [{"accel": "nvidia"}]}}
+    assert formation.card_field(None, gpu)["have"] == []      # this machine: no usable, stageable NCCL
+
+
 def test_bridge_names_are_checked():
     with pytest.raises(InvalidUsage, match="is not a bridge; use one of"):
         formation.requested("mpich", 0)

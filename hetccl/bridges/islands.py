@@ -89,6 +89,25 @@ def usable_here(kind: str) -> bool:
     return any(lib.usable for lib in found)
 
 
+STAGING = ("device_buffer", "copy_in", "copy_out")    # what a device bridge needs for host buffers
+
+
+def stageable(kind: str) -> bool:
+    """Whether the bridge class of ``kind`` can take hetccl's host buffers (host memory, or the
+    staging methods of collectives/islands.Staging). Automatic choice takes only such bridges, so a
+    device island never forms where it would refuse every call."""
+    if kind in _REGISTERED or kind == "mpi":
+        return True
+    try:
+        if kind == "hccl":
+            from .hccl import HcclBridge as cls
+        else:
+            from .nccl import NcclBridge as cls
+    except Exception:                    # noqa: BLE001 - the binding cannot load: not usable anyway
+        return False
+    return all(callable(getattr(cls, m, None)) for m in STAGING)
+
+
 def open_nccl_family(ctx):
     """An island on NCCL or an NCCL-API clone (bridges/nccl.py); the unique id travels through the
     Store under the island's key."""
@@ -158,7 +177,7 @@ def card_field(request: str | None, topo_entry: dict | None = None) -> dict:
     from . import mpi
     field = {"request": request, "mpi": mpi.launched(), "have": [], "error": None}
     kind = vendor_library(_vendor({"topo": topo_entry or {}}))
-    if kind is not None and (request is None or request == kind) and usable_here(kind):
+    if kind is not None and (request is None or request == kind) and stageable(kind) and usable_here(kind):
         field["have"].append(kind)
     if request == "mpi":
         if importlib.util.find_spec("mpi4py") is None:

@@ -29,9 +29,11 @@ caller's buffers directly.
 
 Pricing: at creation every bridged island times its native collectives at two sizes (alpha = time
 at 8 bytes, beta = added time per byte at 1 MiB; per repetition the slowest island rank, minimum of
-``REPS``; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job. Every rank gathers every island's figures and which
-(collective, dtype, op) each bridge supports, so every rank prices alike; hetccl's own steps are
-priced by the communicator's measured model (collectives/model.py). The lowest predicted time among
+``REPS``; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job.
+Every rank gathers every island's figures and which (collective, dtype, op) each bridge supports,
+so every rank prices alike; hetccl's own steps are priced by the communicator's measured model
+(collectives/model.py); on an oversubscribed machine the islands' steps add up instead of
+overlapping. The lowest predicted time among
 the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
 ``comm.explain()`` prints the table.
 """
@@ -47,10 +49,10 @@ from .. import dtypes
 from .._native.reduce import divide_array
 from ..bridges import islands as formation
 from ..bridges.base import COLLECTIVES, HOST, BridgeError, BridgeUnavailable
-from ..errors import HetcclError, InvalidUsage
+from ..errors import HetcclError
 from ..ops import ReduceOp
-from . import registry
 from ..topology.cards import oversubscription
+from . import registry
 from .hierarchical import SUB_CALL, flat_fallback
 
 ALGO_ISLANDS = -3          # below the engine's codes (hierarchical.py has -1, -2)
@@ -302,7 +304,8 @@ class IslandPlan:
                    + self._steps("broadcast", nbytes, code, op)}
             s = len(self.island.ranks)
             if self.equal and s > 1:
-                out["rails"] = (self._steps("reduce_scatter", nbytes, code, op) + self._hetccl("allreduce", nbytes / s, nI)
+                out["rails"] = (self._steps("reduce_scatter", nbytes, code, op)
+                                + self._hetccl("allreduce", nbytes / s, nI)
                                 + self._steps("allgather", nbytes, code, op))
             return out
         if collective == "allgather":
@@ -355,7 +358,8 @@ class IslandPlan:
                 lines.append(f"  island {i} {isl.kind}: allreduce alpha={a * 1e6:.1f} us, beta={bw} (measured)")
         for a in registry.for_collective(collective):
             if a.code >= 0 and a.supports(nbytes, self.p):
-                lines.append(f"  {'->' if choice is a else '  '} {a.name:<20} {self._flat_cost(a, nbytes) * 1e6:12.2f} us")
+                t = self._flat_cost(a, nbytes) * 1e6
+                lines.append(f"  {'->' if choice is a else '  '} {a.name:<20} {t:12.2f} us")
         for name, t in sorted(self.forms(collective, nbytes, code, op).items()):
             mark = "->" if form == name else "  "
             lines.append(f"  {mark} {NAME + ':' + name:<20} {t * 1e6:12.2f} us")
@@ -582,4 +586,4 @@ def plan_for(comm, cards):
         raise BridgeError(f"forming the islands failed: {type(e).__name__}: {e}") from e
 
 
-__all__ = ["ALGO_ISLANDS", "IslandPlan", "InvalidUsage", "plan_for"]
+__all__ = ["ALGO_ISLANDS", "IslandPlan", "Staging", "plan_for"]
