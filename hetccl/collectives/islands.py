@@ -286,10 +286,13 @@ class IslandPlan:
             return alpha + beta * nbytes + BRIDGE_CALL
         return self._hetccl(coll, nbytes, s)
 
-    def _steps(self, coll, nbytes, code, op):
+    def _steps(self, coll, nbytes, code, op, per_rank=False):
         """The islands run their steps at once: the slowest sets the pace, unless the machine is
-        oversubscribed (more ranks than CPUs), where they take turns on the same cores."""
-        steps = [self._step(i, coll, nbytes, code, op) for i in range(len(self.islands))]
+        oversubscribed (more ranks than CPUs), where they take turns on the same cores.
+        ``per_rank``: nbytes is per rank (island i's step moves nbytes x its size). Every rank
+        prices every island alike (never from its own island), so every rank chooses alike."""
+        steps = [self._step(i, coll, nbytes * (len(isl.ranks) if per_rank else 1), code, op)
+                 for i, isl in enumerate(self.islands)]
         return sum(steps) if self._over else max(steps)
 
     def forms(self, collective, nbytes, code, op) -> dict:
@@ -309,7 +312,7 @@ class IslandPlan:
                                 + self._steps("allgather", nbytes, code, op))
             return out
         if collective == "allgather":
-            return {"leaders": self._steps("allgather", nbytes * len(self.island.ranks) / self.p, code, op)
+            return {"leaders": self._steps("allgather", nbytes / self.p, code, op, per_rank=True)
                     + self._hetccl("allgather", nbytes, nI) + self._steps("broadcast", nbytes, code, op)
                     + nbytes / 5e9}
         if collective == "broadcast":
