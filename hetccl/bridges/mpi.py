@@ -101,11 +101,13 @@ def find() -> Library | None:
         if "needs mpi4py" in str(e):
             return None
         return Library(KIND, "", "", HOST, usable=False, reason=str(e))
-    version = mod.Get_library_version().strip().splitlines()[0]
+    banner = mod.Get_library_version().replace("\x00", "").strip().splitlines()[0]
+    version = banner.split(",")[0]            # "Open MPI v5.0.11" (the rest: package, ident, repo)
     where = launched()
     return Library(KIND, _library_path(), version, HOST, usable=where is not None,
                    reason="" if where else "not launched by mpirun/mpiexec (no OMPI_COMM_WORLD_RANK/PMI_RANK)",
-                   extra={"mpi_version": "%d.%d" % mod.Get_version(), "mpi4py": sys.modules["mpi4py"].__version__})
+                   extra={"mpi_version": "%d.%d" % mod.Get_version(), "mpi4py": sys.modules["mpi4py"].__version__,
+                          "banner": banner})
 
 
 def _tables(MPI):
