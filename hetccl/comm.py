@@ -17,7 +17,9 @@ import time
 import numpy as np
 
 from . import config, dtypes
+from .bridges import islands as _formation
 from .collectives import hierarchical
+from .collectives import islands as _islands
 from .collectives import probe
 from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
@@ -36,6 +38,7 @@ _ndarray = np.ndarray
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
 _ENGINE_ALLREDUCE = (ALGO_RING, ALGO_RD)     # the others run in collectives.pyx
+_ALGO_ISLANDS = _islands.ALGO_ISLANDS        # composed across vendor islands (collectives/islands.py)
 
 
 def _c2c_direct_min():
@@ -123,7 +126,7 @@ class Communicator:
     Not thread-safe: issue calls from one thread (use ``async_op=True`` for overlap)."""
 
     def __init__(self, *, engine, store, server, info, cards, matrix, socks, comm_id, timeout,
-                 p2p, job_id, transports, parent=None):
+                 p2p, job_id, transports, parent=None, bridge_request=None):
         self._job_id = job_id
         self._transports = transports
         self._engine = engine
@@ -157,12 +160,19 @@ class Communicator:
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
         self._sym = SymmetricMemory(self, engine.all_c2c())
         self.last_algorithm = None
+        self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
+        self._islands = self._form = None
         self._closed = False
         self._pending = 0
         self._queue = collections.deque()
         self._cv = threading.Condition()
         self._worker = None
         self._children = 0
+        try:                                  # islands with vendor bridges (collective: opens them)
+            self._islands = _islands.plan_for(self, cards)
+        except BaseException:
+            self.abort()
+            raise
 
     # ------------------------------------------------------------------ running calls
 
@@ -208,12 +218,15 @@ class Communicator:
                 self._pending -= 1
             w._event.set()
 
-    def _algo(self, collective, nbytes, algorithm):
+    def _algo(self, collective, nbytes, algorithm, code=None, op=None):
         a = self._tuner.select(collective, nbytes, algorithm)
-        if self._plan is not None:           # topology-aware: may pick a composed algorithm (code < 0)
-            a = self._plan.choose(collective, nbytes, a, algorithm or collective in getattr(self._tuner, "forced", ()))
-        elif a.code < 0:                     # composed forced where it cannot help (e.g. one host)
-            a = hierarchical.flat_fallback(self._tuner, collective, nbytes)
+        forced = algorithm or collective in getattr(self._tuner, "forced", ())
+        if self._plan is not None and a.code != _ALGO_ISLANDS:
+            a = self._plan.choose(collective, nbytes, a, forced)   # topology-aware: may compose (code < 0)
+        if self._islands is not None:        # vendor islands: may delegate or compose (ALGO_ISLANDS)
+            a, self._form = self._islands.choose(collective, nbytes, a, forced, code, op)
+        elif a.code < 0 and (self._plan is None or a.code == _ALGO_ISLANDS):
+            a = hierarchical.flat_fallback(self._tuner, collective, nbytes)   # composed where it cannot help
         self.last_algorithm = a.name
         return a.code
 
@@ -239,8 +252,21 @@ class Communicator:
             return self._run("allreduce", _symm.allreduce, (self._engine, self._sym.heap, buf, out, code, op,
                                                             self._t(timeout)), out, async_op)
         nbytes = _nbytes(buf)
-        algo = self._algo("allreduce", nbytes, algorithm)
+        isl = self._islands
+        if isl is not None and isl.whole and not async_op and not self._pending:
+            direct = isl.direct_allreduce(nbytes, code, op, algorithm)    # one MPI/NCCL island: no detour
+            if direct is not None:
+                self.last_algorithm = "islands"
+                try:
+                    direct(buf, out)
+                except Exception as e:           # noqa: BLE001 - the native library's error
+                    raise self._failed(isl._failed(e), "allreduce") from None
+                return out
+        algo = self._algo("allreduce", nbytes, algorithm, code, op)
         t = self._timeout if timeout is None else config.timeout(timeout)
+        if algo == _ALGO_ISLANDS:
+            return self._run("allreduce", self._islands.allreduce, (buf, out, code, op, t, algo, self._form),
+                             out, async_op)
         if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allreduce"]:
             return self._run("allreduce", _direct.allreduce, (self._engine, buf, out, code, op, t), out,
                              async_op)
@@ -273,7 +299,10 @@ class Communicator:
             return self._run("allgather", _symm.allgather, (self._engine, self._sym.heap, buf, out, code,
                                                             self._t(timeout)), out, async_op)
         nbytes = _nbytes(out)
-        algo = self._algo("allgather", nbytes, algorithm)
+        algo = self._algo("allgather", nbytes, algorithm, code)
+        if algo == _ALGO_ISLANDS:
+            return self._run("allgather", self._islands.allgather, (buf, out, code, algo, self._t(timeout),
+                                                                    self._form), out, async_op)
         if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allgather"]:
             return self._run("allgather", _direct.allgather, (self._engine, buf, out, code, self._t(timeout)),
                              out, async_op)
@@ -326,7 +355,10 @@ class Communicator:
             self.last_algorithm = "symmetric"
             return self._run("broadcast", _symm.broadcast,
                              (self._engine, self._sym.heap, buf, int(root), code, self._t(timeout)), buf, async_op)
-        algo = self._algo("broadcast", _nbytes(buf), algorithm)
+        algo = self._algo("broadcast", _nbytes(buf), algorithm, code)
+        if algo == _ALGO_ISLANDS:
+            return self._run("broadcast", self._islands.broadcast, (buf, int(root), code, algo, self._t(timeout),
+                                                                    self._form), buf, async_op)
         if algo < 0:
             return self._run("broadcast", self._plan.broadcast, (buf, int(root), code, algo, self._t(timeout)),
                              buf, async_op)
@@ -464,10 +496,12 @@ class Communicator:
 
     # ------------------------------------------------------------------ sub-communicators
 
-    def split(self, color, key=None, *, timeout=None):
+    def split(self, color, key=None, *, timeout=None, bridges=None):
         """A new communicator of the ranks that pass the same ``color`` (ordered by ``key``, then
         rank); ``color=None`` (or negative) joins none and returns None. Collective over this
-        communicator. The child has its own links, so parent and child may be used concurrently."""
+        communicator. The child has its own links, so parent and child may be used concurrently.
+        ``bridges``: as for ``hetccl.init`` (a dict is keyed by this communicator's ranks); default:
+        this rank's own request."""
         t = self._t(timeout)
         c = -1 if color is None else int(color)
         mine = np.array([c, self.rank if key is None else int(key)], dtype=np.int64)
@@ -479,7 +513,8 @@ class Communicator:
         members = [r for _, r in group]
         return _connect(self._info.replace(rank=members.index(self.rank), size=len(members)),
                         self._store, None, self._job_id, f"{self._comm_id}.{self._children}c{c}", t,
-                        self._transports, parent=self)
+                        self._transports, parent=self,
+                        bridges=self._bridge_request if bridges is None else _formation.requested(bridges, self.rank))
 
     def dup(self, *, timeout=None):
         """A new communicator with the same ranks and its own links (collective)."""
@@ -495,6 +530,8 @@ class Communicator:
         lines = [f"hetccl communicator: {self.size} rank(s) on {len(hosts)} host(s)"]
         for h, ranks in hosts.items():
             lines.append(f"  host {h}: ranks {ranks}")
+        if self._islands is not None:
+            lines.append("islands: " + _formation.describe(self._islands.islands))
         lines.append("transport per pair:")
         lines.append(format_matrix(self._matrix))
         modes = {(c["host"], c.get("c2c_mode"), c.get("c2c_why")) for c in self._cards if c.get("c2c_mode")}
@@ -525,6 +562,8 @@ class Communicator:
         text = self._tuner.explain(collective, int(nbytes))
         if self._plan is not None:
             text += "\n" + self._plan.explain(collective, int(nbytes))
+        if self._islands is not None:
+            text += "\n" + self._islands.explain(collective, int(nbytes))
         return text + "\n" + self._sym.explain(collective, int(nbytes))
 
     # ------------------------------------------------------------------ failure and shutdown
@@ -581,6 +620,8 @@ class Communicator:
         """Close every link at once: peers blocked on this rank raise PeerLostError."""
         if self._plan is not None:
             self._plan.abort()
+        if getattr(self, "_islands", None) is not None:
+            self._islands.abort()
         self._engine.close()
         self._p2p.close()
         for s in self._socks.values():
@@ -602,6 +643,8 @@ class Communicator:
             self._worker.join(timeout)
         if self._plan is not None and not self._engine.is_broken:
             self._plan.close()                 # sub-communicators of composed algorithms (collective)
+        if self._islands is not None and not self._engine.is_broken:
+            self._islands.close()              # bridges and island sub-communicators (collective)
         try:
             if not self._engine.is_broken:
                 self._store.barrier(f"{self._comm_id}/close", self.size, timeout=timeout)
@@ -631,12 +674,15 @@ class Communicator:
         return f"<hetccl.Communicator rank {self.rank} of {self.size}>"
 
 
-def init(rank=None, size=None, *, timeout=None, transports=None) -> Communicator:
+def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -> Communicator:
     """Join the job: find rank/size from the launcher, rendezvous, and connect every pair.
 
     rank/size: explicit values (else from hetccl run, torchrun, Open MPI, MPICH or Slurm variables).
     timeout: seconds any wait may take (default HETCCL_TIMEOUT, else 600).
     transports: like HETCCL_TRANSPORTS ('tcp', 'shm,tcp', '^shm'), to force or exclude transports.
+    bridges: the native library running this rank's island ('mpi', 'nccl', ..., 'none', 'auto'), or
+      a dict {world rank: kind} every rank may pass alike (bridges/islands.py; default: the topology
+      file's 'bridge' field, else the device vendor's library).
     """
     from .bootstrap.env import detect
     from .bootstrap.rendezvous import connect_store
@@ -647,7 +693,8 @@ def init(rank=None, size=None, *, timeout=None, transports=None) -> Communicator
     conn = connect_store(info, timeout=t)
     spec = transports if transports is not None else os.environ.get("HETCCL_TRANSPORTS")
     try:
-        comm = _connect(conn.info, conn.client, conn.server, conn.job_id, "w", t, spec)
+        comm = _connect(conn.info, conn.client, conn.server, conn.job_id, "w", t, spec,
+                        bridges=_formation.requested(bridges, conn.info.rank))
     except BaseException:
         conn.close()
         raise
@@ -655,16 +702,19 @@ def init(rank=None, size=None, *, timeout=None, transports=None) -> Communicator
     return comm
 
 
-def _connect(info, store, server, job_id, comm_id, t, spec, parent=None) -> Communicator:
+def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges=None) -> Communicator:
     """Build the links of one communicator (the world, or a split of it) and wrap them."""
     from ._native.engine import Engine
+    from .topology.cards import card_entry
     from .transports.mesh import connect_mesh
 
     engine = Engine(info.rank, info.size)
     p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t)
     try:
+        bridge = _formation.card_field(bridges, card_entry(comm_id, info.rank, info.size))
         cards, matrix, socks = connect_mesh(engine, store, info.rank, info.size, info.secret, job_id,
-                                            comm_id, t, spec, extra={"p2p_port": p2p.port})
+                                            comm_id, t, spec, extra={"p2p_port": p2p.port,
+                                                                     "bridge": bridge})
     except BaseException:
         engine.close()
         p2p.close()
@@ -674,4 +724,4 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None) -> Comm
         engine.spin_s = 0.0       # oversubscribed: hand the core over at once instead of spinning
     return Communicator(engine=engine, store=store, server=server, info=info, cards=cards,
                         matrix=matrix, socks=socks, comm_id=comm_id, timeout=t, p2p=p2p,
-                        job_id=job_id, transports=spec, parent=parent)
+                        job_id=job_id, transports=spec, parent=parent, bridge_request=bridges)

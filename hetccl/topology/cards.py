@@ -37,7 +37,8 @@ def card_entry(comm_id: str, rank: int, size: int | None = None) -> dict:
                                    f"has {n}; describe every rank of the job once (or unset it)")
             p = topo.ranks[rank]
             entry = {"file": os.path.abspath(path), "host": p.host,
-                     "place": {"numa": p.numa, "device": p.device, "island": p.island, "nic": p.nic}}
+                     "place": {"numa": p.numa, "device": p.device, "island": p.island, "nic": p.nic,
+                               "bridge": p.bridge}}
         else:
             d = discover(_local_rank())
             entry = {"file": None, "host": d["host"], "place": d["place"], "hw": d["hw"]}
@@ -95,5 +96,5 @@ def model_of(cards) -> Topology:
     for c in cards:
         w = (c.get("topo") or {}).get("world_rank", c["rank"])
         p = base.ranks[w] if w < len(base.ranks) else RankPlace(c["rank"], c["host"])
-        ranks.append(RankPlace(c["rank"], p.host, p.numa, p.device, p.island, p.nic or c.get("ifname")))
+        ranks.append(RankPlace(c["rank"], p.host, p.numa, p.device, p.island, p.nic or c.get("ifname"), p.bridge))
     return Topology(base.nodes.values(), base.links, ranks, source=base.source)

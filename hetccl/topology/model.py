@@ -42,6 +42,7 @@ class RankPlace:
     device: int | None = None
     island: str | None = None          # ranks of one host in different islands talk across a slower link
     nic: str | None = None
+    bridge: str | None = None          # native library to run this rank's island with ("mpi", "nccl", ...)
 
 
 def pcie_bandwidth(gts, width):
@@ -214,7 +215,7 @@ def from_cards(cards) -> Topology:
             _host_graph(host, hw, nodes, links)
         place = topo.get("place") or {}
         ranks.append(RankPlace(c["rank"], host, place.get("numa"), place.get("device"),
-                               place.get("island"), place.get("nic") or c.get("ifname")))
+                               place.get("island"), place.get("nic") or c.get("ifname"), place.get("bridge")))
     by_host = {}
     for r in ranks:
         by_host.setdefault(r.host, []).append(r)

@@ -6,17 +6,21 @@ job runs on (4 hosts x 2 ranks on one box, say). That is how users correct a wro
 how tests simulate clusters. Ranks a file puts on different hosts use the network transports even
 if they share a machine; ranks it puts on one host use shared memory only if they really share one.
 
-Format (version 1)::
+Format (version 2; version 1 files, which have no ``bridge``, are still read)::
 
-    {"format": "hetccl-topology", "version": 1,
-     "ranks": [{"rank": 0, "host": "a", "numa": 0, "device": null, "island": null, "nic": "eth0"}, ...],
+    {"format": "hetccl-topology", "version": 2,
+     "ranks": [{"rank": 0, "host": "a", "numa": 0, "device": null, "island": null, "nic": "eth0",
+                "bridge": null}, ...],
      "nodes": [{"id": "host:a", "kind": "host", "host": "a", "attrs": {}}, ...],
      "links": [{"a": "nic:a/eth0", "b": "net", "class": "tcp", "bandwidth": 1.25e8,
                 "latency": 5e-05, "measured": true}, ...]}
 
 Only ``ranks`` is required (one entry per rank of the world, ``rank`` 0..N-1, ``host`` any name).
 ``island`` splits a host into islands (a 3-level hierarchy); ``bandwidth`` is bytes/s and
-``latency`` seconds (null = take the cost model's default for the link class). Node kinds: host,
+``latency`` seconds (null = take the cost model's default for the link class). ``bridge`` (version 2,
+optional) names the native library that runs this rank's island ("mpi", "nccl", "rccl", "hccl",
+"mccl", ...; "none" = hetccl's own transports; null = automatic, from the rank's device vendor):
+ranks with the same bridge form one island (bridges/islands.py). Node kinds: host,
 numa, switch, device, nic, network; link classes: c2c, pcie, shm, rdma, tcp.
 """
 import json
@@ -25,13 +29,14 @@ from ..errors import InvalidUsage
 from .model import LINK_CLASSES, NODE_KINDS, Link, Node, RankPlace, Topology
 
 FORMAT = "hetccl-topology"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)          # versions this hetccl reads
 
 
 def to_dict(topo: Topology) -> dict:
     return {"format": FORMAT, "version": VERSION,
             "ranks": [{"rank": r.rank, "host": r.host, "numa": r.numa, "device": r.device,
-                       "island": r.island, "nic": r.nic} for r in topo.ranks],
+                       "island": r.island, "nic": r.nic, "bridge": r.bridge} for r in topo.ranks],
             "nodes": [{"id": n.id, "kind": n.kind, "host": n.host, "attrs": n.attrs} for n in topo.nodes.values()],
             "links": [{"a": ln.a, "b": ln.b, "class": ln.cls, "bandwidth": ln.bandwidth, "latency": ln.latency,
                        "measured": ln.measured} for ln in topo.links]}
@@ -44,8 +49,9 @@ def _bad(where, what):
 def from_dict(d: dict, where="") -> Topology:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         _bad(where, f"'format' must be {FORMAT!r}")
-    if d.get("version") != VERSION:
-        _bad(where, f"version {d.get('version')!r} is not supported; this hetccl reads version {VERSION}")
+    if d.get("version") not in READS:
+        _bad(where, f"version {d.get('version')!r} is not supported; this hetccl reads versions "
+                    f"{', '.join(map(str, READS))}")
     ranks = d.get("ranks")
     if not isinstance(ranks, list) or not ranks:
         _bad(where, "'ranks' must be a non-empty list of {\"rank\": r, \"host\": name}")
@@ -54,7 +60,12 @@ def from_dict(d: dict, where="") -> Topology:
         if not isinstance(r, dict) or r.get("rank") != i or not isinstance(r.get("host"), str) or not r["host"]:
             _bad(where, f"ranks must be numbered 0..{len(ranks) - 1} once each, each with a 'host' name "
                         f"(entry {i}: {r!r})")
-        places.append(RankPlace(i, r["host"], r.get("numa"), r.get("device"), r.get("island"), r.get("nic")))
+        bridge = r.get("bridge")
+        if bridge is not None and (d["version"] < 2 or not isinstance(bridge, str) or not bridge):
+            _bad(where, f"rank {i}: 'bridge' must be a library name such as \"mpi\" or \"none\" (or null), "
+                        f"in a version 2 file; got {bridge!r} in version {d['version']}")
+        places.append(RankPlace(i, r["host"], r.get("numa"), r.get("device"), r.get("island"), r.get("nic"),
+                                bridge))
     nodes = []
     for n in d.get("nodes", []):
         if n.get("kind") not in NODE_KINDS or not n.get("id"):

@@ -1,0 +1,592 @@
+"""Collectives composed across islands: each island runs its step natively (its bridge: MPI, NCCL,
+...), hetccl's own transports join the islands.
+
+Why: a vendor library is fastest inside its island and cannot reach another vendor's. The forms
+here keep every byte inside an island on the island's library and send across islands only what
+must cross:
+
+* allreduce, ``rails`` form (every island the same size s): (i) island-native reduce_scatter, (ii)
+  allreduce of each shard across islands among the ranks of equal island rank (one "rail" per
+  island rank, all rails at once, over hetccl's transports), (iii) island-native allgather. A count
+  not divisible by s sends its last ``count % s`` elements the ``leaders`` way.
+* allreduce, ``leaders`` form (any island sizes): island-native reduce to the island's leader,
+  allreduce among the leaders, island-native broadcast from the leader. Leaders are chosen by NIC
+  distance (bridges/islands.py).
+* allgather: island-native allgather (island order), allgatherv of the islands' blocks among the
+  leaders, island-native broadcast of the whole, then blocks mapped back to rank order.
+* broadcast: inside the root's island, among the leaders, inside every other island.
+
+A communicator that is one island delegates the whole collective to its bridge.
+
+Ops: every ReduceOp. AVG runs as SUM at every level and divides once, at the end, by the size of
+the whole communicator (integers: truncating, as hetccl's own AVG); no level divides. A step the
+island's bridge does not run exactly (its ``supports`` says no: e.g. MPI on bfloat16, or AVG)
+runs on hetccl's own algorithms over a sub-communicator of that island, so every dtype works.
+
+Memory: a bridge whose ``memory`` is not host memory gets its buffers staged (``Staging``): copied
+into a buffer of its memory type before its step and back after; host bridges (MPI) use the
+caller's buffers directly.
+
+Pricing: at creation every bridged island times its native collectives at two sizes (alpha = time
+at 8 bytes, beta = added time per byte at 1 MiB; per repetition the slowest island rank, minimum of
+``REPS``; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job.
+Every rank gathers every island's figures and which (collective, dtype, op) each bridge supports,
+so every rank prices alike; hetccl's own steps are priced by the communicator's measured model
+(collectives/model.py); on an oversubscribed machine the islands' steps add up instead of
+overlapping. The lowest predicted time among
+the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
+``comm.explain()`` prints the table.
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+
+import numpy as np
+
+from .. import dtypes
+from .._native.reduce import divide_array
+from ..bridges import islands as formation
+from ..bridges.base import COLLECTIVES, HOST, BridgeError, BridgeUnavailable
+from ..errors import HetcclError
+from ..ops import ReduceOp
+from ..topology.cards import oversubscription
+from . import registry
+from .hierarchical import SUB_CALL, flat_fallback
+
+ALGO_ISLANDS = -3          # below the engine's codes (hierarchical.py has -1, -2)
+NAME = "islands"
+COMPOSED_COLLECTIVES = ("allreduce", "allgather", "broadcast")
+BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer spec)
+PROBE_SIZES = (8, 1 << 20)  # bytes: alpha at the first, beta from the second
+REPS = 5
+SMALL_CALLS = 20            # calls per repetition at the small size (one call is below timer noise)
+_OPS = list(ReduceOp)
+_NFLAGS = len(COLLECTIVES) * len(dtypes.NAMES) * len(_OPS)
+_measured = {}             # (kind, key, ranks) -> [alpha, beta] x COLLECTIVES, for this job
+
+
+def _unpriced(nbytes, p, c):
+    """Registry entry: the flat tuner cannot price a composed form (it needs the islands)."""
+    return math.inf
+
+
+def register():
+    for coll in COMPOSED_COLLECTIVES:
+        registry.register(registry.Algorithm(NAME, coll, ALGO_ISLANDS, _unpriced))
+
+
+register()
+
+
+def _flag(ci, dt, op):
+    return (ci * len(dtypes.NAMES) + dt) * len(_OPS) + int(op)
+
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _raw(a):
+    """The array a bridge gets: bool, bfloat16 and float8 (which DLPack cannot describe) as unsigned
+    integers of their width; the bridge is told the real dtype by its code."""
+    return a.view(_UINT[a.itemsize]) if a.dtype.kind in "bV" else a
+
+
+def _raw_pair(src, dst):
+    r = _raw(src)
+    return r, (r if dst is src else _raw(dst))
+
+
+def _flat(buf, code):
+    if isinstance(buf, np.ndarray):
+        return buf.reshape(-1)
+    return np.frombuffer(memoryview(buf).cast("B"), dtype=dtypes.numpy_dtype(code))
+
+
+class Staging:
+    """How an island step reaches its bridge's memory: host bridges use the caller's arrays;
+    others get a staging buffer of their memory type (``bridge.device_buffer(nbytes)``), filled by
+    ``bridge.copy_in(dev, host)`` and read back by ``bridge.copy_out(host, dev)``. Those three
+    methods are what a device bridge adds to the Bridge contract (bridges/base.py)."""
+
+    def __init__(self, bridge):
+        self.bridge = bridge
+        self.host = bridge.memory == HOST
+        self._bufs = {}
+        if not self.host:
+            for m in ("device_buffer", "copy_in", "copy_out"):
+                if not callable(getattr(bridge, m, None)):
+                    raise BridgeError(f"the {bridge.kind} bridge works on {bridge.memory} memory but has no "
+                                      f"{m}(): it cannot take host buffers across islands")
+
+    def _dev(self, name, nbytes):
+        d = self._bufs.get(name)
+        if d is None or d[1] < nbytes:
+            d = (self.bridge.device_buffer(nbytes), nbytes)
+            self._bufs[name] = d
+        return d[0]
+
+    def run(self, step, send, recv, *args):
+        """bridge.step(send, recv, *args) on host arrays send/recv (recv may be send, or None)."""
+        if self.host:
+            return step(send, recv, *args)
+        ds = self._dev("send", send.nbytes)
+        self.bridge.copy_in(ds, send)
+        dr = ds if recv is send or recv is None else self._dev("recv", recv.nbytes)
+        step(ds, None if recv is None else dr, *args)
+        if recv is not None:
+            self.bridge.copy_out(recv, dr)
+
+
+class IslandPlan:
+    """The islands of one communicator, this rank's bridge, prices and composed runs."""
+
+    def __init__(self, comm, islands, cards):
+        self.comm = comm
+        self.islands = islands
+        self.p = comm.size
+        self.mine = next(i for i, isl in enumerate(islands) if comm.rank in isl.ranks)
+        self.island = islands[self.mine]
+        self.index = self.island.ranks.index(comm.rank)
+        self.whole = len(islands) == 1
+        self.equal = len({len(i.ranks) for i in islands}) == 1
+        self.order = [r for isl in islands for r in isl.ranks]     # island-major rank order
+        self._over = oversubscription(cards) > 1   # from the cards: every rank prices alike
+        self.bridge = self.staging = None
+        self._local = self._leaders = self._rail = None
+        self._building = False
+        self._cache = {}
+        self._direct = {}
+        self._scratch = {}
+        self._open(cards)
+        try:
+            self._gather_prices()
+        except BaseException:
+            self.abort()
+            raise
+
+    # ------------------------------------------------------------------ creation (collective)
+
+    def _open(self, cards):
+        """Open this rank's bridge; every rank learns whether every island opened (else all raise)."""
+        c = self.comm
+        err = b""
+        if self.island.bridged:
+            tag = zlib.crc32(f"{c._job_id}/{c._comm_id}".encode()) & 0x7fff
+            ctx = formation.IslandContext(self.island, self.index, cards, c._store,
+                                          f"{c._comm_id}/bridge{self.mine}", tag, c._timeout)
+            try:
+                self.bridge = formation.open_bridge(ctx)
+                self.staging = Staging(self.bridge)
+            except Exception as e:                 # noqa: BLE001 - reported to every rank below
+                err = f"{type(e).__name__}: {e}".encode()
+                if self.bridge is not None:
+                    self.bridge.abort()
+                    self.bridge = None
+        if err:
+            c._store.set(f"{c._comm_id}/bridge_error/{c.rank}", err, timeout=c._timeout)
+        ok = c.allgather(np.array([0 if err else 1], np.int8), algorithm="ring")
+        bad = [r for r in range(self.p) if not ok[r]]
+        if bad:
+            why = bytes(c._store.get(f"{c._comm_id}/bridge_error/{bad[0]}", timeout=c._timeout)).decode()
+            self.abort()
+            raise BridgeUnavailable(f"the {self.islands[self._island_of(bad[0])].kind} bridge of rank "
+                                    f"{bad[0]} could not open its island: {why}")
+
+    def _island_of(self, rank):
+        return next(i for i, isl in enumerate(self.islands) if rank in isl.ranks)
+
+    def _probe(self):
+        """[alpha, beta] per collective of COLLECTIVES for this island's bridge (slowest island rank)."""
+        key = (self.island.kind, self.island.key, self.island.ranks, self.bridge.size)
+        hit = _measured.get(key)
+        if hit is not None:
+            return hit
+        b, f32, s = self.bridge, dtypes.FLOAT32, self.bridge.size
+        best = np.full((len(COLLECTIVES), len(PROBE_SIZES)), np.inf)
+        bufs = {n: (np.ones(max(s, n // 4), np.float32), np.empty(max(s, n // 4), np.float32)) for n in PROBE_SIZES}
+        sync = np.zeros(1, np.float32)
+
+        def one(coll, send, recv, count):
+            if coll == "allreduce":
+                b.allreduce(send, recv, count, f32, ReduceOp.SUM)
+            elif coll == "reduce_scatter":
+                b.reduce_scatter(send, recv, count // s, f32, ReduceOp.SUM)
+            elif coll == "allgather":
+                b.allgather(send, recv, count // s, f32)
+            elif coll == "broadcast":
+                b.broadcast(recv, count, f32, 0)
+            else:
+                b.reduce(send, recv, count, f32, ReduceOp.SUM, 0)
+        for _ in range(REPS):                    # interleaved: a noisy moment spoils one rep of each
+            for ci, coll in enumerate(COLLECTIVES):
+                if not b.supports(coll, f32, ReduceOp.SUM):
+                    continue
+                for si, n in enumerate(PROBE_SIZES):
+                    send, recv = bufs[n]
+                    count = send.size - send.size % s
+                    k = SMALL_CALLS if si == 0 else 1
+                    b.allreduce(sync, sync, 1, f32, ReduceOp.SUM)
+                    t0 = time.perf_counter()
+                    for _ in range(k):
+                        one(coll, send, recv, count)
+                    best[ci, si] = min(best[ci, si], (time.perf_counter() - t0) / k)
+        best[np.isinf(best)] = 0.0
+        worst = np.empty_like(best)
+        b.allreduce(best.reshape(-1), worst.reshape(-1), best.size, dtypes.FLOAT64, ReduceOp.MAX)
+        out = []
+        for ci in range(len(COLLECTIVES)):
+            alpha = float(worst[ci, 0])
+            beta = max(0.0, (worst[ci, 1] - alpha) / (PROBE_SIZES[1] - PROBE_SIZES[0]))
+            out += [alpha, beta]
+        _measured[key] = out
+        return out
+
+    def _gather_prices(self):
+        row = np.zeros(2 * len(COLLECTIVES) + _NFLAGS, np.float64)
+        if self.bridge is not None:
+            row[:2 * len(COLLECTIVES)] = self._probe()
+            flags = row[2 * len(COLLECTIVES):]
+            for ci, coll in enumerate(COLLECTIVES):
+                for dt in range(len(dtypes.NAMES)):
+                    for op in _OPS:
+                        flags[_flag(ci, dt, op)] = self.bridge.supports(coll, dt, op)
+        rows = self.comm.allgather(row, algorithm="ring").reshape(self.p, -1)
+        self.prices = [rows[isl.ranks[0]][:2 * len(COLLECTIVES)] for isl in self.islands]
+        self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):] > 0 for isl in self.islands]
+
+    # ------------------------------------------------------------------ pricing
+
+    def _native(self, i, coll, code, op) -> bool:
+        """Whether island i's bridge runs this step itself (False: hetccl's algorithms do)."""
+        if not self.islands[i].bridged:
+            return False
+        if coll in ("allgather", "broadcast"):
+            code, op = dtypes.UINT8, ReduceOp.SUM        # moved as bytes
+        elif op == ReduceOp.AVG:
+            op = ReduceOp.SUM                            # AVG runs as SUM, divided once at the end
+        return bool(self.flags[i][_flag(COLLECTIVES.index(coll), code, op)])
+
+    def _hetccl(self, coll, nbytes, p) -> float:
+        if p < 2:
+            return 0.0
+        c = self.comm._tuner.cost
+        costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
+        return min(costs) + SUB_CALL if costs else math.inf
+
+    def _step(self, i, coll, nbytes, code, op) -> float:
+        """Predicted seconds of island i's step."""
+        s = len(self.islands[i].ranks)
+        if s < 2:
+            return 0.0
+        if self._native(i, coll, code, op):
+            ci = COLLECTIVES.index(coll)
+            alpha, beta = self.prices[i][2 * ci], self.prices[i][2 * ci + 1]
+            return alpha + beta * nbytes + BRIDGE_CALL
+        return self._hetccl(coll, nbytes, s)
+
+    def _steps(self, coll, nbytes, code, op, per_rank=False):
+        """The islands run their steps at once: the slowest sets the pace, unless the machine is
+        oversubscribed (more ranks than CPUs), where they take turns on the same cores.
+        ``per_rank``: nbytes is per rank (island i's step moves nbytes x its size). Every rank
+        prices every island alike (never from its own island), so every rank chooses alike."""
+        steps = [self._step(i, coll, nbytes * (len(isl.ranks) if per_rank else 1), code, op)
+                 for i, isl in enumerate(self.islands)]
+        return sum(steps) if self._over else max(steps)
+
+    def forms(self, collective, nbytes, code, op) -> dict:
+        """{form name: predicted seconds} of the composed forms that apply to this call."""
+        nI = len(self.islands)
+        if self.whole:
+            if collective == "allreduce" and not self._native(0, "allreduce", code, op):
+                return {}                   # one island that cannot run it: the flat algorithms do
+            return {"bridge": self._step(0, collective, nbytes, code, op)}
+        if collective == "allreduce":
+            out = {"leaders": self._steps("reduce", nbytes, code, op) + self._hetccl("allreduce", nbytes, nI)
+                   + self._steps("broadcast", nbytes, code, op)}
+            s = len(self.island.ranks)
+            if self.equal and s > 1:
+                out["rails"] = (self._steps("reduce_scatter", nbytes, code, op)
+                                + self._hetccl("allreduce", nbytes / s, nI)
+                                + self._steps("allgather", nbytes, code, op))
+            return out
+        if collective == "allgather":
+            return {"leaders": self._steps("allgather", nbytes / self.p, code, op, per_rank=True)
+                    + self._hetccl("allgather", nbytes, nI) + self._steps("broadcast", nbytes, code, op)
+                    + nbytes / 5e9}
+        if collective == "broadcast":
+            return {"leaders": 2 * self._steps("broadcast", nbytes, code, op) + self._hetccl("broadcast", nbytes, nI)}
+        return {}
+
+    def _flat_cost(self, a, nbytes):
+        if a.code >= 0:
+            return a.cost(nbytes, self.p, self.comm._tuner.cost)
+        plan = self.comm._plan
+        t = plan.composed_cost(a.collective, a.code, nbytes) if plan is not None else None
+        return math.inf if t is None else t
+
+    def choose(self, collective, nbytes, flat, forced, code, op):
+        """(algorithm, form) for one call: the flat choice, or the composed form when it is cheaper
+        or forced (form None: run ``flat``)."""
+        if self._building:
+            return (flat if flat.code >= 0 else flat_fallback(self.comm._tuner, collective, nbytes)), None
+        key = (collective, nbytes, code, op, flat.code)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if collective not in COMPOSED_COLLECTIVES or (forced and flat.code != ALGO_ISLANDS):
+            hit = (flat, None)
+        else:
+            forms = self.forms(collective, nbytes, code, op)
+            if not forms:                            # nothing to compose: the cheapest flat algorithm
+                hit = (flat_fallback(self.comm._tuner, collective, nbytes) if flat.code < 0 else flat, None)
+            else:
+                name = min(forms, key=forms.get)
+                if flat.code == ALGO_ISLANDS or forms[name] < self._flat_cost(flat, nbytes):
+                    hit = (next(a for a in registry.for_collective(collective) if a.code == ALGO_ISLANDS), name)
+                else:
+                    hit = (flat, None)
+        self._cache[key] = hit
+        return hit
+
+    def explain(self, collective, nbytes, code=dtypes.FLOAT32, op=ReduceOp.SUM) -> str:
+        flat = self.comm._tuner.select(collective, nbytes)
+        choice, form = self.choose(collective, nbytes, flat, False, code, op)
+        lines = [f"islands ({formation.describe(self.islands)}); {dtypes.NAMES[code]} {op.name}:"]
+        for i, isl in enumerate(self.islands):
+            if isl.bridged:
+                a, b = self.prices[i][0], self.prices[i][1]
+                bw = f"{1 / b / 1e9:.3g} GB/s" if b > 0 else "inf"
+                lines.append(f"  island {i} {isl.kind}: allreduce alpha={a * 1e6:.1f} us, beta={bw} (measured)")
+        for a in registry.for_collective(collective):
+            if a.code >= 0 and a.supports(nbytes, self.p):
+                t = self._flat_cost(a, nbytes) * 1e6
+                lines.append(f"  {'->' if choice is a else '  '} {a.name:<20} {t:12.2f} us")
+        for name, t in sorted(self.forms(collective, nbytes, code, op).items()):
+            mark = "->" if form == name else "  "
+            lines.append(f"  {mark} {NAME + ':' + name:<20} {t * 1e6:12.2f} us")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ sub-communicators
+
+    def _split(self, color, key):
+        self._building = True
+        last = self.comm.last_algorithm
+        saved, self.comm._bridge_request = self.comm._bridge_request, formation.NONE
+        try:
+            return self.comm.split(color, key)
+        finally:
+            self._building = False
+            self.comm._bridge_request = saved
+            self.comm.last_algorithm = last
+
+    def subs(self):
+        """(island comm, leaders comm, rail comm) over hetccl's transports, made on first use, in this
+        order, on every rank (None where trivial)."""
+        if self._local is None:
+            s = len(self.island.ranks)
+            self._local = self._split(self.mine if s > 1 else None, self.index) or False   # collective: all call
+            lead = self.comm.rank == self.island.leader
+            self._leaders = self._split(0 if lead else None, self.mine) or False
+            self._rail = (self._split(self.index, self.mine) or False) if self.equal and s > 1 else False
+        return self._local or None, self._leaders or None, self._rail or None
+
+    def close(self):
+        for c in (self._local, self._leaders, self._rail):
+            if c:
+                c.close()
+        self._local = self._leaders = self._rail = None
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+
+    def abort(self):
+        for c in (self._local, self._leaders, self._rail):
+            if c:
+                c.abort()
+        if self.bridge is not None:
+            self.bridge.abort()
+
+    # ------------------------------------------------------------------ island steps
+
+    def _buf(self, name, n, dtype):
+        a = self._scratch.get(name)
+        if a is None or a.size < n or a.dtype != dtype:
+            a = np.empty(max(n, a.size if a is not None and a.dtype == dtype else 0), dtype)
+            self._scratch[name] = a
+        return a[:n]
+
+    def _leader_index(self, i=None):
+        isl = self.islands[self.mine if i is None else i]
+        return isl.ranks.index(isl.leader)
+
+    def _reduce_scatter(self, src, shard, code, op, t):
+        if self._native(self.mine, "reduce_scatter", code, op):
+            self.staging.run(self.bridge.reduce_scatter, *_raw_pair(src, shard), shard.size, code, op)
+        else:
+            self.subs()[0].reduce_scatter(src, shard, op, timeout=t)
+
+    def _allgather(self, shard, out, t):
+        if len(self.island.ranks) < 2:
+            out[...] = shard
+        elif self._native(self.mine, "allgather", 0, 0):
+            self.staging.run(self.bridge.allgather, shard.view(np.uint8), out.view(np.uint8), shard.nbytes,
+                             dtypes.UINT8)
+        else:
+            self.subs()[0].allgather(shard, out=out, timeout=t)
+
+    def _reduce(self, src, dst, code, op, root, t):
+        if self._native(self.mine, "reduce", code, op):
+            self.staging.run(self.bridge.reduce, *_raw_pair(src, dst), src.size, code, op, root)
+        else:
+            self.subs()[0].reduce(src, root=root, op=op, out=dst, timeout=t)
+
+    def _broadcast(self, buf, root, t):
+        if len(self.island.ranks) < 2:
+            return
+        if self._native(self.mine, "broadcast", 0, 0):
+            raw = buf.view(np.uint8)
+            self.staging.run(lambda b, _r, n, d, root: self.bridge.broadcast(b, n, d, root), raw, raw,
+                             raw.size, dtypes.UINT8, root)
+        else:
+            self.subs()[0].broadcast(buf, root=root, timeout=t)
+
+    def direct_allreduce(self, nbytes, code, op, algorithm):
+        """The whole-island hot path: f(send, recv) when this call is delegated to the bridge
+        whole (cached per call shape; None otherwise: AVG, staging, or the tuner prefers hetccl)."""
+        key = (nbytes, code, op, algorithm)
+        f = self._direct.get(key)
+        if f is None and key not in self._direct:
+            a = self.comm._algo("allreduce", nbytes, algorithm, code, op)
+            native = self.whole and self.staging is not None and self.staging.host
+            ok = (a == ALGO_ISLANDS and native and op != ReduceOp.AVG and self._native(0, "allreduce", code, op)
+                  and callable(getattr(self.bridge, "allreduce_fn", None)))
+            f = self._direct[key] = self.bridge.allreduce_fn(code, op) if ok else None
+        return f
+
+    # ------------------------------------------------------------------ composed runs
+
+    def _failed(self, e):
+        """A native library's error: abort the communicator (its peers raise too, instead of waiting
+        for a step this rank will not run), as a BridgeError naming the library."""
+        self.comm.abort()
+        if isinstance(e, HetcclError):
+            return e
+        err = BridgeError(f"the {self.island.kind} bridge failed: {type(e).__name__}: {e}")
+        err.__cause__ = e
+        return err
+
+    def allreduce(self, buf, out, code, op, timeout, algo, form=None):
+        try:
+            self._allreduce(buf, out, code, op, timeout, form)
+        except Exception as e:               # noqa: BLE001 - re-raised as a hetccl error
+            raise self._failed(e) from None
+
+    def allgather(self, buf, out, code, algo, timeout, form=None):
+        try:
+            self._allgather_all(buf, out, code, timeout)
+        except Exception as e:               # noqa: BLE001
+            raise self._failed(e) from None
+
+    def broadcast(self, buf, root, code, algo, timeout, form=None):
+        try:
+            self._broadcast_all(buf, root, code, timeout)
+        except Exception as e:               # noqa: BLE001
+            raise self._failed(e) from None
+
+    def _allreduce(self, buf, out, code, op, timeout, form):
+        src = _flat(buf, code)
+        dst = src if out is buf else _flat(out, code)      # one object: MPI's in-place form
+        sop = ReduceOp.SUM if op == ReduceOp.AVG else op
+        if src.size == 0:
+            return
+        if self.whole:                 # choose() sends only what the bridge runs here
+            self.staging.run(self.bridge.allreduce, *_raw_pair(src, dst), src.size, code, sop)
+        elif form == "rails":
+            self._rails(src, dst, code, sop, timeout)
+        else:
+            self._leaders_allreduce(src, dst, code, sop, timeout)
+        if op == ReduceOp.AVG:
+            divide_array(dst, code, self.p)
+
+    def _rails(self, src, dst, code, op, t):
+        s = len(self.island.ranks)
+        main = src.size - src.size % s
+        if main:
+            shard = self._buf("shard", main // s, src.dtype)
+            self._reduce_scatter(src[:main], shard, code, op, t)
+            self.subs()[2].allreduce(shard, op, timeout=t)
+            self._allgather(shard, dst[:main], t)
+        if main < src.size:
+            tail = dst[main:]
+            self._leaders_allreduce(tail if src is dst else src[main:], tail, code, op, t)
+
+    def _leaders_allreduce(self, src, dst, code, op, t):
+        local, leaders, _ = self.subs()
+        root = self._leader_index()
+        if len(self.island.ranks) > 1:
+            self._reduce(src, dst, code, op, root, t)
+        elif src is not dst:
+            dst[...] = src
+        if leaders is not None:
+            leaders.allreduce(dst, op, timeout=t)
+        self._broadcast(dst, root, t)
+
+    def _allgather_all(self, buf, out, code, timeout):
+        src, dst = _flat(buf, code), _flat(out, code)
+        blk = dst.size // self.p
+        if dst.size == 0:
+            return
+        if src is dst or np.shares_memory(src, dst):
+            src = dst[self.comm.rank * blk:(self.comm.rank + 1) * blk].copy()
+        if self.whole:
+            self._allgather(src, dst, timeout)
+            return
+        s = len(self.island.ranks)
+        every = self._buf("ag_all", dst.size, dst.dtype)          # island-major order
+        first = sum(len(isl.ranks) for isl in self.islands[:self.mine]) * blk
+        mine = every[first:first + s * blk]
+        self._allgather(src, mine, timeout)
+        _, leaders, _ = self.subs()
+        if leaders is not None:
+            leaders.allgatherv(mine.copy(), [len(isl.ranks) * blk for isl in self.islands], out=every,
+                               timeout=timeout)
+        self._broadcast(every, self._leader_index(), timeout)
+        dst.reshape(self.p, blk)[self.order] = every.reshape(self.p, blk)
+
+    def _broadcast_all(self, buf, root, code, timeout):
+        arr = _flat(buf, code)
+        if arr.size == 0:
+            return
+        ri = self._island_of(root)
+        if self.whole:
+            self._broadcast(arr, self.island.ranks.index(root), timeout)
+            return
+        if ri == self.mine:
+            self._broadcast(arr, self.island.ranks.index(root), timeout)
+        _, leaders, _ = self.subs()
+        if leaders is not None:
+            leaders.broadcast(arr, root=ri, timeout=timeout)
+        if ri != self.mine:
+            self._broadcast(arr, self._leader_index(), timeout)
+
+
+def plan_for(comm, cards):
+    """The island plan of a communicator (collective: opens the bridges and measures them), or None
+    when no rank of it has a bridge."""
+    from ..topology.cards import model_of
+    if not formation.may_bridge(cards):
+        return None
+    islands = formation.form(cards, model_of(cards))
+    if islands is None:
+        return None
+    try:
+        return IslandPlan(comm, islands, cards)
+    except HetcclError:
+        raise
+    except Exception as e:                  # noqa: BLE001 - a native library's own exception type
+        raise BridgeError(f"forming the islands failed: {type(e).__name__}: {e}") from e
+
+
+__all__ = ["ALGO_ISLANDS", "IslandPlan", "Staging", "plan_for"]

@@ -1,0 +1,203 @@
+"""One rank of an island test, run under mpirun by tests/test_islands.py and test_bridges_mpi.py.
+
+``python tests/islands_worker.py CASE``: CASE picks the islands (see ``BRIDGES``), then every
+collective of the matrix is checked exactly against numpy; a mismatch raises (non-zero exit, the
+test prints the output). The last line of a rank that passed: ``RESULT rank=R checks=N islands=...``.
+"""
+import os
+import sys
+
+import ml_dtypes
+import numpy as np
+
+import hetccl
+from hetccl import dtypes
+from hetccl.ops import ReduceOp
+
+BRIDGES = {
+    "mixed": {0: "mpi", 1: "mpi"},             # island A = MPI ranks 0,1; island B = hetccl ranks 2,3
+    "unequal": {0: "mpi", 1: "mpi", 2: "mpi"},  # 3 + 1
+    "whole": "mpi",                            # the whole communicator is one MPI island
+    "topofile": None,                          # the islands come from HETCCL_TOPO_FILE's bridge fields
+}
+INTS = ["int8", "uint8", "int32", "int64", "uint64"]
+FLOATS = ["float16", "bfloat16", "float32", "float64"]
+INT_OPS = list(ReduceOp)
+FLOAT_OPS = [ReduceOp.SUM, ReduceOp.PROD, ReduceOp.MIN, ReduceOp.MAX, ReduceOp.AVG]
+BOOL_OPS = [ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR, ReduceOp.MIN, ReduceOp.MAX]
+SIZES = [0, 1, 7, 1001]
+LARGE = (1 << 18) + 3
+
+
+def np_dtype(name):
+    return np.dtype(getattr(ml_dtypes, name)) if name == "bfloat16" else np.dtype(name)
+
+
+def data(name, op, n, rank):
+    """Small exact values: sums, products and quarter-averages are representable in every dtype."""
+    i = np.arange(n)
+    if name == "bool":
+        return ((i + rank) % 3 == 0)
+    v = ((i + rank) % 2 + 1) if op == ReduceOp.PROD else ((i * 7 + rank * 3) % 5 + 1)
+    return v.astype(np_dtype(name))
+
+
+def expected(name, op, n, size):
+    rows = np.stack([data(name, op, n, r) for r in range(size)]) if n else np.zeros((size, 0), np_dtype(name))
+    if name == "bool":
+        f = {ReduceOp.BAND: np.logical_and, ReduceOp.MIN: np.logical_and, ReduceOp.BOR: np.logical_or,
+             ReduceOp.MAX: np.logical_or, ReduceOp.BXOR: np.logical_xor}[op]
+        return f.reduce(rows, axis=0) if n else rows[0]
+    wide = rows.astype(np.float64 if name in FLOATS else np.int64)
+    if op == ReduceOp.SUM:
+        out = wide.sum(0)
+    elif op == ReduceOp.PROD:
+        out = wide.prod(0)
+    elif op == ReduceOp.MIN:
+        out = wide.min(0)
+    elif op == ReduceOp.MAX:
+        out = wide.max(0)
+    elif op == ReduceOp.AVG:
+        out = wide.sum(0) / size if name in FLOATS else wide.sum(0) // size   # values > 0: trunc == floor
+    else:
+        f = {ReduceOp.BAND: np.bitwise_and, ReduceOp.BOR: np.bitwise_or, ReduceOp.BXOR: np.bitwise_xor}[op]
+        out = f.reduce(rows, axis=0) if n else rows[0]
+    return np.asarray(out).astype(np_dtype(name))
+
+
+class Checker:
+    def __init__(self, comm):
+        self.comm, self.n = comm, 0
+
+    def same(self, got, want, what):
+        self.n += 1
+        if got.shape != want.shape or not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
+            bad = np.flatnonzero(got.view(np.uint8) != want.view(np.uint8))[:5] if got.shape == want.shape else []
+            raise AssertionError(f"rank {self.comm.rank}: {what}: got {got[:8]} want {want[:8]} "
+                                 f"(first differing bytes {list(bad)}, algorithm {self.comm.last_algorithm})")
+
+    def allreduce(self, name, op, n, algorithm=None, form=None, in_place=True):
+        c = self.comm
+        x = data(name, op, n, c.rank)
+        want = expected(name, op, n, c.size)
+        what = f"allreduce {name} {op.name} n={n} algorithm={algorithm} form={form} in_place={in_place}"
+        if form is not None:               # one composed form, bypassing the choice
+            out = x if in_place else np.empty_like(x)
+            c._islands.allreduce(x, out, dtypes.from_numpy(x.dtype), op, 60.0, None, form)
+        else:
+            out = c.allreduce(x, op, out=None if in_place else np.empty_like(x), algorithm=algorithm)
+        self.same(out, want, what)
+
+    def allgather(self, name, n, algorithm=None, in_place=False):
+        c = self.comm
+        blocks = [np.arange(n).astype(np_dtype(name)) + r if name != "bool" else (np.arange(n) + r) % 2 == 0
+                  for r in range(c.size)]
+        want = np.concatenate(blocks) if n else np.zeros(0, np_dtype(name))
+        if in_place:
+            out = np.zeros(c.size * n, np_dtype(name))
+            out[c.rank * n:(c.rank + 1) * n] = blocks[c.rank]
+            c.allgather(out, out=out, algorithm=algorithm)
+        else:
+            out = c.allgather(blocks[c.rank].copy(), algorithm=algorithm)
+        self.same(out, want, f"allgather {name} n={n} algorithm={algorithm} in_place={in_place}")
+
+    def broadcast(self, name, n, root, algorithm=None):
+        c = self.comm
+        want = (np.arange(n) % 7).astype(np_dtype(name))
+        x = want.copy() if c.rank == root else np.zeros(n, np_dtype(name))
+        c.broadcast(x, root=root, algorithm=algorithm)
+        self.same(x, want, f"broadcast {name} n={n} root={root} algorithm={algorithm}")
+
+
+def matrix(chk, forms=(), large=True):
+    """Every op on every dtype and size, forced through the islands and chosen by the tuner
+    (``large``: also 2^18+3 elements, more than the NCCL ABI double's 1 MiB slot)."""
+    for name in INTS + FLOATS + ["bool"]:
+        ops = BOOL_OPS if name == "bool" else INT_OPS if name in INTS else FLOAT_OPS
+        for op in ops:
+            for n in SIZES:
+                chk.allreduce(name, op, n, algorithm="islands")
+                if chk.comm.last_algorithm is None:
+                    raise AssertionError("no algorithm recorded")
+                for form in forms:
+                    chk.allreduce(name, op, n, form=form)
+            chk.allreduce(name, op, 1001, in_place=False, algorithm="islands")
+            chk.allreduce(name, op, 1001)              # the tuner's choice
+    for name, op in (("float32", ReduceOp.SUM), ("int32", ReduceOp.BXOR), ("bfloat16", ReduceOp.AVG),
+                     ("float64", ReduceOp.AVG), ("int64", ReduceOp.AVG)) if large else ():
+        chk.allreduce(name, op, LARGE, algorithm="islands")
+        for form in forms:
+            chk.allreduce(name, op, LARGE, form=form)
+    for name in ("int32", "bfloat16", "float64", "bool"):
+        for n in (0, 1, 5, 1001):
+            chk.allgather(name, n, algorithm="islands")
+            chk.allgather(name, n, algorithm="islands", in_place=True)
+        chk.allgather(name, 1001)
+    for root in range(chk.comm.size):
+        for n in (0, 1, 1001) + ((LARGE,) if large else ()):
+            chk.broadcast("float32", n, root, algorithm="islands")
+        chk.broadcast("bfloat16", 33, root)
+
+
+def whole_extra(chk):
+    """One MPI island: supported calls delegate to MPI (same bits as calling MPI directly); the
+    others run hetccl's own algorithms."""
+    from mpi4py import MPI
+    c = chk.comm
+    rng = np.random.default_rng(c.rank)
+    x = rng.standard_normal(4099).astype(np.float32)
+    direct = np.empty_like(x)
+    MPI.COMM_WORLD.Allreduce(x, direct, MPI.SUM)
+    got = c.allreduce(x.copy(), algorithm="islands")
+    assert c.last_algorithm == "islands", c.last_algorithm
+    chk.same(got, direct, "whole-island allreduce against mpi4py's own")
+    for name, op in (("bfloat16", ReduceOp.SUM), ("float16", ReduceOp.MAX), ("float32", ReduceOp.AVG)):
+        chk.allreduce(name, op, 1001, algorithm="islands")
+        native = name == "float32"         # AVG = MPI SUM + one division; MPI has no 16-bit floats
+        if (c.last_algorithm == "islands") != native:
+            raise AssertionError(f"{name} {op.name}: ran {c.last_algorithm}")
+    import array
+    a = array.array("q", [c.rank + 1] * 5)                 # buffer-protocol objects on the hot path
+    c.allreduce(a, algorithm="islands")
+    assert list(a) == [c.size * (c.size + 1) // 2] * 5 and c.last_algorithm == "islands", (list(a), c.last_algorithm)
+    b = bytearray([1 << c.rank] * 3)
+    c.allreduce(b, ReduceOp.BOR, algorithm="islands")
+    assert list(b) == [(1 << c.size) - 1] * 3, list(b)
+    chk.n += 2
+    try:
+        c.allreduce(np.ones(4, np.float32), ReduceOp.BAND)
+    except hetccl.InvalidUsage as e:
+        assert "bitwise" in str(e), e
+    else:
+        raise AssertionError("BAND on float32 did not raise InvalidUsage")
+
+
+def main(case):
+    comm = hetccl.init(timeout=120, bridges=BRIDGES[case])
+    chk = Checker(comm)
+    if comm._islands is None:
+        raise AssertionError(f"no islands formed for case {case}")
+    text = comm.explain("allreduce", 1 << 20)
+    assert "islands (" in text and "(measured)" in text, text
+    equal = comm._islands.equal and not comm._islands.whole
+    matrix(chk, forms=("rails", "leaders") if equal else ())
+    if case == "whole":
+        whole_extra(chk)
+    w = comm.allreduce(np.full(5, comm.rank, np.int32), ReduceOp.SUM, algorithm="islands", async_op=True)
+    assert list(w.wait()) == [sum(range(comm.size))] * 5                 # through the progress thread
+    g = comm.allgather(np.full(2, comm.rank, np.int16), algorithm="islands", async_op=True).wait()
+    assert list(g) == [r for r in range(comm.size) for _ in range(2)], g
+    chk.n += 2
+    islands = ";".join(f"{i.kind}:{','.join(map(str, i.ranks))}" for i in comm._islands.islands)
+    sub = comm.split(comm.rank % 2)                  # a user split of a bridged communicator works too
+    y = sub.allreduce(np.full(3, comm.rank, np.int64), algorithm="islands")
+    assert list(y) == [sum(r for r in range(comm.size) if r % 2 == comm.rank % 2)] * 3, y
+    sub.close()
+    comm.close()
+    sys.stdout.write(f"RESULT rank={comm.rank} checks={chk.n} islands={islands}\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    main(sys.argv[1])
