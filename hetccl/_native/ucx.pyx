@@ -619,6 +619,7 @@ cdef class Endpoint:
     cdef public double yield_s
     cdef public bint lost
     cdef bint sent            # a send or RMA was posted: close() flushes it out first
+    cdef readonly int dropped   # unreceived messages of this connection dropped at close
     cdef set _outstanding
 
     def __cinit__(self, Worker worker, bytes peer_address, int peer, int sock=-1, double timeout=600.0,
@@ -861,7 +862,7 @@ cdef class Endpoint:
             free(self.state)        # the ep is gone: its error handler can no longer run
         self.state = NULL           # else UCX may still call it: leave the few bytes allocated
         if self.rx_id != 0:
-            self.worker.discard_unexpected(self.rx_id << 32, _ALL << 32, 0.5)
+            self.dropped = self.worker.discard_unexpected(self.rx_id << 32, _ALL << 32, 0.5)
 
     def __dealloc__(self):
         if self.h != NULL:

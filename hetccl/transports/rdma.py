@@ -22,11 +22,13 @@ the peer is inside any wait (or ``progress()``) on its endpoint. With verbs it i
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 import threading
 import time
 
 from ..errors import InvalidUsage, TransportError
+from ..topology.select import SCORES
 from .base import LinkContext, Transport
 from .endpoint import Endpoint, Region, RemoteRegion
 
@@ -234,6 +236,30 @@ def local_rdma_wires() -> list[str]:
     return _wires
 
 
+def rdma_devices(root: str = "/") -> list[str]:
+    """RDMA devices the kernel has (/sys/class/infiniband: verbs HCAs, RoCE NICs, EFA)."""
+    try:
+        return sorted(os.listdir(os.path.join(root, "sys/class/infiniband")))
+    except OSError:
+        return []
+
+
+def card_wires() -> list[str]:
+    """The RDMA wires to publish on this rank's card. UCX is asked (which creates the UCP context)
+    only on a host with RDMA devices; elsewhere it cannot have any, and a job that never uses rdma
+    then never creates a UCP context."""
+    return local_rdma_wires() if rdma_devices() else []
+
+
+def _hw(card) -> bool:
+    """Whether the rank of this card has RDMA hardware in its UCX (from its card's ``transports``
+    entry; a card without one stands for this process)."""
+    t = card.get("transports")
+    if t is None:
+        return bool(local_rdma_wires())
+    return bool((t.get("available", {}).get("rdma") or {}).get("hw"))
+
+
 class RdmaTransport(Transport):
     """With RDMA hardware in UCX (verbs rc/ud/dc, EFA srd) it scores 20: below shared memory (30),
     above hetccl's own tcp (10). A UCX without such hardware only has its own tcp and shared memory,
@@ -247,8 +273,12 @@ class RdmaTransport(Transport):
     def available(cls) -> bool:
         return ucx() is not None
 
+    def card_info(self) -> dict:
+        return {"hw": card_wires()}
+
     def score(self, a: dict, b: dict) -> int:
-        return 20 if a["host"] != b["host"] and local_rdma_wires() else 5
+        """From both cards: 20 only if both ends' UCX has RDMA hardware (the same on every rank)."""
+        return SCORES["rdma"] if a["host"] != b["host"] and _hw(a) and _hw(b) else 5
 
     @staticmethod
     def _worker(ctx: LinkContext):
