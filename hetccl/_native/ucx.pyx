@@ -160,13 +160,17 @@ cdef _check(ucs_status_t st, str what):
 # buffers and as many progress rounds on the receiver. 64 KiB segments (the size of UCX's own receive
 # segments, UCX_TCP_RX_SEG_SIZE) cut that eightfold; on loopback they raised ucx_perftest's own
 # tag_bw at 1-4 MiB by 1.3-1.9x here (bench/transports_rdma.py prints perftest with and without it).
-# Verbs transports do not read it.
+# Verbs transports do not read it. A receive segment must hold a whole send segment, so a user's
+# UCX_TCP_RX_SEG_SIZE leaves the send size to UCX as well.
 TUNED = {"TCP_TX_SEG_SIZE": "64K"}
+_TUNED_UNLESS = {"TCP_TX_SEG_SIZE": ("TCP_RX_SEG_SIZE",)}    # set by the user: leave the setting alone
 
 
 def tuned_settings():
-    """The UCX settings hetccl's context applies: TUNED minus what the environment sets itself."""
-    return {k: v for k, v in TUNED.items() if ("UCX_" + k) not in _os.environ}
+    """The UCX settings hetccl's context applies: TUNED minus what the environment decides itself."""
+    env = _os.environ
+    return {k: v for k, v in TUNED.items()
+            if not any(("UCX_" + x) in env for x in (k, *_TUNED_UNLESS.get(k, ())))}
 
 
 cdef class Context:

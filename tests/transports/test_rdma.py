@@ -160,8 +160,13 @@ def test_tag_range_and_waitall():
 def test_tuned_ucx_settings_yield_to_the_environment(monkeypatch):
     from hetccl._native import ucx
     monkeypatch.delenv("UCX_TCP_TX_SEG_SIZE", raising=False)
+    monkeypatch.delenv("UCX_TCP_RX_SEG_SIZE", raising=False)
     assert ucx.tuned_settings() == {"TCP_TX_SEG_SIZE": "64K"}
+    assert ucx.context().settings == {"TCP_TX_SEG_SIZE": "64K"}      # UCX accepted it
     monkeypatch.setenv("UCX_TCP_TX_SEG_SIZE", "8K")
+    assert ucx.tuned_settings() == {}
+    monkeypatch.delenv("UCX_TCP_TX_SEG_SIZE")
+    monkeypatch.setenv("UCX_TCP_RX_SEG_SIZE", "16K")                 # a send segment must fit
     assert ucx.tuned_settings() == {}
 
 
