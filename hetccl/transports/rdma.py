@@ -310,6 +310,9 @@ def describe() -> list[str]:
         lines.append(f"  cannot create a UCP context: {d['error']}")
     else:
         lines.append("  transports/devices: " + (", ".join(d["resources"]) or "none"))
+        tuned = raw.context().settings
+        lines.append("  hetccl's UCX settings: " + (", ".join(f"UCX_{k}={v}" for k, v in tuned.items())
+                                                    or "none (the environment sets them)"))
         if not rdma_wires(d["resources"]):
             lines.append("  no RDMA hardware (rc/ud/dc/srd): rdma is used only when forced "
                          "(HETCCL_TRANSPORTS=rdma); it runs over UCX's tcp and shared memory")

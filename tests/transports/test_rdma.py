@@ -182,3 +182,12 @@ def test_score_follows_rdma_hardware(monkeypatch):
     monkeypatch.setattr(rdma, "_wires", [])
     assert transport_matrix(cards, ALL, None)[0] == ["self", "tcp", "shm"]
     assert transport_matrix(cards, ALL, "rdma")[0] == ["self", "rdma", "rdma"]
+
+
+def test_doctor_lines_name_the_library_its_wires_and_hetccls_settings():
+    from hetccl._native import ucx
+    from hetccl.transports import rdma
+    lines = rdma.describe()
+    assert lines[0] == f"ucx: {ucx.version()} from {ucx.library_path()}", lines
+    assert any(ln.startswith("  transports/devices: ") and "tcp/" in ln for ln in lines), lines
+    assert any(ln.startswith("  hetccl's UCX settings: ") for ln in lines), lines
