@@ -1,17 +1,24 @@
 """Point-to-point bandwidth and latency over ``rdma`` (hetccl's UCX endpoint) beside ``ucx_perftest``.
 
-    python bench/transports_rdma.py                  # sizes 8 B .. 16 MiB, both tools, one run
-    python bench/transports_rdma.py --sizes 4M --iters 200 --repeat 5
+    python bench/transports_rdma.py --sizes 8,4K,64K,1M,4M --repeat 5
+    python bench/transports_rdma.py --sizes 1M,4M --repeat 7 --iters 30
 
 Two processes on this host. hetccl's side is OSU-style: osu_bw (a window of ``--window`` isends,
-the receiver posts as many irecvs, then a 1-byte ack; MB/s = bytes / time) and osu_latency
-(ping-pong, half the round trip). ucx_perftest (shipped in the libucx-cu12 wheel, or on PATH) runs
-tag_bw (with -O window) and tag_lat on loopback in the same run, with endpoint error handling (-e)
-so that UCX picks the same transports for both: peer-failure handling, which hetccl always asks
-for, excludes UCX's sysv/posix shared memory and cma here, leaving tcp (UCX_PROTO_INFO=y shows it).
+the receiver posts as many irecvs, both wait for the whole window with ``Endpoint.waitall`` -- one
+nogil loop driving UCX, no Python per message -- then a 1-byte ack; MB/s = bytes / time) and
+osu_latency (ping-pong, half the round trip). ucx_perftest (shipped in the libucx-cu12 wheel, or on
+PATH) runs tag_bw (with -O window) and tag_lat on loopback, with endpoint error handling (-e) so
+that UCX picks the same transports for both: peer-failure handling, which hetccl always asks for,
+excludes UCX's sysv/posix shared memory and cma here, leaving tcp (UCX_PROTO_INFO=y shows it).
+
+ucx_perftest runs twice: with UCX's defaults, and with the UCX settings hetccl's context applies
+(``hetccl._native.ucx.TUNED``, e.g. UCX_TCP_TX_SEG_SIZE=64K), so the table shows both what hetccl
+reaches against stock UCX and how it drives UCX against perftest on equal settings.
 Target (issue 4): rdma >= 0.9x ucx_perftest bandwidth at 4 MiB.
-Medians over ``--repeat`` runs; the two vCPUs here move between near and far placements, so only
-figures from one run compare.
+
+The runs are interleaved: every repetition runs hetccl, perftest and perftest-with-hetccl's-settings
+over all sizes in turn, and medians over ``--repeat`` are printed, so machine load affects all
+columns alike; only figures from one run compare.
 """
 import argparse
 import multiprocessing as mp
@@ -81,14 +88,10 @@ def _rank(rank, port, sizes, iters, window, lat_iters, q):
                 t = time.perf_counter()
                 for _ in range(k):
                     if rank == 0:
-                        reqs = [ep.isend(buf, 1) for _ in range(window)]
-                        for r in reqs:
-                            r.wait()
+                        ep.waitall([ep.isend(buf, 1) for _ in range(window)])
                         ep.irecv(ack, 2).wait()
                     else:
-                        reqs = [ep.irecv(bufs[w], 1) for w in range(window)]
-                        for r in reqs:
-                            r.wait()
+                        ep.waitall([ep.irecv(bufs[w], 1) for w in range(window)])
                         ep.isend(ack, 2).wait()
                 dt = time.perf_counter() - t
             bw = n * window * iters / dt / 1e6
@@ -146,10 +149,12 @@ def perftest_binary():
     return (exe, None) if exe else (None, None)
 
 
-def perftest(test, n, iters, window, extra=("-e",)):
-    """One ucx_perftest client/server pair on loopback; (MB/s, usec) of its Final line."""
+def perftest(test, n, iters, window, extra=("-e",), settings=None):
+    """One ucx_perftest client/server pair on loopback; (MB/s, usec) of its Final line.
+    settings: UCX settings (names without the UCX_ prefix) for both processes."""
     exe, libdir = perftest_binary()
     env = dict(os.environ)
+    env.update({"UCX_" + k: v for k, v in (settings or {}).items()})
     if libdir:
         env["LD_LIBRARY_PATH"] = libdir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     with socket.socket() as s:
@@ -180,6 +185,15 @@ def perftest(test, n, iters, window, extra=("-e",)):
     return float(line[5]), float(line[2])
 
 
+def _perftest_sizes(sizes, iters, window, lat_iters, settings):
+    out = {}
+    for n in sizes:
+        bw = perftest("tag_bw", n, iters * window, window, settings=settings)[0]
+        lat = perftest("tag_lat", n, lat_iters if n <= 1 << 20 else 100, 1, settings=settings)[1]
+        out[n] = (bw, lat)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="8,4K,64K,1M,4M,16M")
@@ -194,22 +208,33 @@ def main(argv=None):
         print(f"rdma unavailable: {ucx.load_error()}")
         return 1
     exe, _ = perftest_binary()
+    tuned = ucx.tuned_settings()
     print(f"# UCX {ucx.version()} from {ucx.library_path()}; ucx_perftest: {exe or 'not found'}")
-    print(f"# 2 processes on one host, window {a.window}, medians of {a.repeat} runs; "
-          f"UCX_TLS={os.environ.get('UCX_TLS', '(UCX default)')}")
-    runs = [hetccl_run(sizes, a.iters, a.window, a.lat_iters) for _ in range(a.repeat)]
-    print(f"{'size':>6} {'rdma MB/s':>10} {'perftest MB/s':>14} {'ratio':>6} {'rdma us':>8} {'perftest us':>12}")
-    for n in sizes:
-        bw = statistics.median(r[n][0] for r in runs)
-        lat = statistics.median(r[n][1] for r in runs)
+    print(f"# 2 processes on one host, window {a.window}, medians of {a.repeat} interleaved runs; "
+          f"UCX_TLS={os.environ.get('UCX_TLS', '(UCX default)')}; hetccl's UCX settings: "
+          + (", ".join(f"UCX_{k}={v}" for k, v in tuned.items()) or "none (set in the environment)"))
+    cols = {"rdma": [], "pt": [], "pt+": []}
+    for _ in range(a.repeat):
+        cols["rdma"].append(hetccl_run(sizes, a.iters, a.window, a.lat_iters))
         if exe:
-            pb = statistics.median(perftest("tag_bw", n, a.iters * a.window, a.window)[0]
-                                   for _ in range(a.repeat))
-            pl = statistics.median(perftest("tag_lat", n, a.lat_iters if n <= 1 << 20 else 100, 1)[1]
-                                   for _ in range(a.repeat))
-            print(f"{fmt_size(n):>6} {bw:>10.1f} {pb:>14.1f} {bw / pb:>6.2f} {lat:>8.1f} {pl:>12.1f}")
-        else:
-            print(f"{fmt_size(n):>6} {bw:>10.1f} {'-':>14} {'-':>6} {lat:>8.1f} {'-':>12}")
+            cols["pt"].append(_perftest_sizes(sizes, a.iters, a.window, a.lat_iters, None))
+            if tuned:
+                cols["pt+"].append(_perftest_sizes(sizes, a.iters, a.window, a.lat_iters, tuned))
+
+    def med(col, n, k):
+        runs = cols[col]
+        return statistics.median(r[n][k] for r in runs) if runs else None
+
+    def f(x, spec):
+        return format(x, spec) if x is not None else "-"
+    print(f"{'size':>6} {'rdma MB/s':>10} {'perftest':>9} {'ratio':>6} {'perftest+':>10} {'ratio':>6}"
+          f" {'rdma us':>8} {'perftest us':>12} {'perftest+ us':>13}")
+    for n in sizes:
+        bw, pb, pb2 = med("rdma", n, 0), med("pt", n, 0), med("pt+", n, 0)
+        print(f"{fmt_size(n):>6} {bw:>10.1f} {f(pb, '9.1f')} {f(pb and bw / pb, '6.2f')} "
+              f"{f(pb2, '10.1f')} {f(pb2 and bw / pb2, '6.2f')} {med('rdma', n, 1):>8.1f} "
+              f"{f(med('pt', n, 1), '12.1f')} {f(med('pt+', n, 1), '13.1f')}")
+    print("# perftest: UCX defaults; perftest+: with hetccl's UCX settings; ratio = rdma / that column")
     return 0
 
 

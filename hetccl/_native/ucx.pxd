@@ -186,6 +186,9 @@ cdef struct UcpApi:
     ucs_status_ptr_t (*put_nbx)(ucp_handle, const void*, size_t, uint64_t, ucp_handle, const ucp_request_param_t*) noexcept nogil
     ucs_status_ptr_t (*get_nbx)(ucp_handle, void*, size_t, uint64_t, ucp_handle, const ucp_request_param_t*) noexcept nogil
     const char* (*status_string)(ucs_status_t) noexcept nogil
+    ucs_status_t (*config_modify)(void*, const char*, const char*) noexcept nogil
+    void* (*tag_probe_nb)(ucp_handle, uint64_t, uint64_t, int, ucp_tag_recv_info_t*) noexcept nogil
+    ucs_status_ptr_t (*tag_msg_recv_nbx)(ucp_handle, void*, size_t, void*, const ucp_request_param_t*) noexcept nogil
 
 
 cdef struct EpState:

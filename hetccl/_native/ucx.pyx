@@ -18,7 +18,7 @@ from libc.stdint cimport uint64_t, uintptr_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
-from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP
+from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.atomics cimport hc_now, hc_relax
 
 import os as _os
@@ -64,7 +64,8 @@ _SYMBOLS = (
     "ucp_tag_recv_nbx", "ucp_tag_recv_request_test", "ucp_stream_send_nbx", "ucp_stream_recv_data_nb",
     "ucp_stream_data_release", "ucp_request_check_status", "ucp_request_cancel", "ucp_request_free",
     "ucp_mem_map", "ucp_mem_unmap", "ucp_rkey_pack", "ucp_rkey_buffer_release", "ucp_ep_rkey_unpack",
-    "ucp_rkey_destroy", "ucp_put_nbx", "ucp_get_nbx", "ucs_status_string",
+    "ucp_rkey_destroy", "ucp_put_nbx", "ucp_get_nbx", "ucs_status_string", "ucp_config_modify",
+    "ucp_tag_probe_nb", "ucp_tag_msg_recv_nbx",
 )
 
 
@@ -153,9 +154,29 @@ cdef _check(ucs_status_t st, str what):
 
 # ---------------------------------------------------------------------------------------- context
 
+# hetccl's defaults for UCX settings the user has not set (UCX_<name> in the environment always wins).
+# TCP_TX_SEG_SIZE: UCX's tcp transport sends every eager and rendezvous fragment as one segment of
+# this size (default 8 KiB): a 4 MiB message is 512 send() calls plus as many copies into bounce
+# buffers and as many progress rounds on the receiver. 64 KiB segments (the size of UCX's own receive
+# segments, UCX_TCP_RX_SEG_SIZE) cut that eightfold; on loopback they raised ucx_perftest's own
+# tag_bw at 1-4 MiB by 1.3-1.9x here (bench/transports_rdma.py prints perftest with and without it).
+# Verbs transports do not read it. A receive segment must hold a whole send segment, so a user's
+# UCX_TCP_RX_SEG_SIZE leaves the send size to UCX as well.
+TUNED = {"TCP_TX_SEG_SIZE": "64K"}
+_TUNED_UNLESS = {"TCP_TX_SEG_SIZE": ("TCP_RX_SEG_SIZE",)}    # set by the user: leave the setting alone
+
+
+def tuned_settings():
+    """The UCX settings hetccl's context applies: TUNED minus what the environment decides itself."""
+    env = _os.environ
+    return {k: v for k, v in TUNED.items()
+            if not any(("UCX_" + x) in env for x in (k, *_TUNED_UNLESS.get(k, ())))}
+
+
 cdef class Context:
     """One UCP context per process: tag matching, RMA, streams and wakeup (event fd) features."""
     cdef ucp_handle h
+    cdef readonly dict settings
 
     def __cinit__(self):
         cdef ucp_params_t p
@@ -170,6 +191,11 @@ cdef class Context:
         p.mt_workers_shared = 1            # workers of different communicators run on different threads
         p.name = b"hetccl"
         _check(_api.config_read(NULL, NULL, &cfg), "config_read")
+        self.settings = tuned_settings()
+        for k, v in list(self.settings.items()):
+            st = _api.config_modify(cfg, k.encode(), v.encode())
+            if st != UCS_OK:                # an older UCX without this setting: keep its default
+                del self.settings[k]
         st = _api.init_version(1, 15, &p, cfg, &self.h)
         _api.config_release(cfg)
         _check(st, "init")
@@ -237,6 +263,43 @@ cdef class Worker:
     cdef uintptr_t handle(self):
         return <uintptr_t>self.h
 
+    def discard_unexpected(self, uint64_t tag, uint64_t mask, double timeout=1.0):
+        """Receive and drop every message that arrived for (tag, mask) and was never received (a
+        closed connection's leftovers on a shared worker), so they do not pile up in UCX's unexpected
+        queue. Rendezvous messages whose sender is gone are cancelled after ``timeout``. Returns how
+        many were dropped."""
+        cdef ucp_tag_recv_info_t info
+        cdef ucp_request_param_t prm
+        cdef void* msg
+        cdef void* buf
+        cdef ucs_status_ptr_t p
+        cdef double deadline = hc_now() + timeout
+        cdef int dropped = 0
+        if self.h == NULL:
+            return 0
+        memset(&prm, 0, sizeof(prm))
+        with nogil:
+            _api.worker_progress(self.h)
+            while True:
+                msg = _api.tag_probe_nb(self.h, tag, mask, 1, &info)
+                if msg == NULL:
+                    break
+                buf = malloc(info.length if info.length > 0 else 1)
+                p = _api.tag_msg_recv_nbx(self.h, buf, info.length, msg, &prm)
+                if ucs_ptr_is_ptr(p):
+                    if wait_request(self.h, self.efd, -1, NULL, p, deadline, 0.0, 0.0) != W_DONE:
+                        _api.request_cancel(self.h, p)
+                        while _api.request_check_status(p) == UCS_INPROGRESS and hc_now() < deadline + 1.0:
+                            _api.worker_progress(self.h)
+                    if _api.request_check_status(p) == UCS_INPROGRESS:
+                        _api.request_free(p)     # UCX still owns buf: leave it allocated
+                        dropped += 1
+                        continue
+                    _api.request_free(p)
+                free(buf)
+                dropped += 1
+        return dropped
+
     def close(self):
         if self.h != NULL:
             _api.worker_destroy(self.h)
@@ -300,39 +363,59 @@ cdef int sleep_on(ucp_handle worker, int efd, int sock, double deadline) noexcep
     return 0
 
 
-cdef int wait_request(ucp_handle worker, int efd, int sock, EpState* eps, void* req, double deadline,
-                      double spin_s) noexcept nogil:
-    """Drive the worker until req completes: spin spin_s, then sleep on the event fd. Returns W_DONE,
-    W_TIMEOUT, W_LOST (peer failed or its socket closed) or W_INTERRUPTED (a signal is pending)."""
-    cdef double since = hc_now(), last_sig = since, now
+cdef int wait_many(ucp_handle worker, int efd, int sock, EpState* eps, void** reqs, Py_ssize_t n,
+                   double deadline, double spin_s, double yield_s) noexcept nogil:
+    """Drive the worker until every one of reqs[0..n) completes, with the spin-then-block policy of
+    every hetccl wait: spin spin_s since the worker last made progress, then sched_yield until
+    spin_s + yield_s (an oversubscribed core goes to the peer), then sleep on the worker's event fd.
+    Requests are checked oldest first (they finish roughly in posting order), so a window of n
+    costs one status check per progress round. Returns W_DONE, W_TIMEOUT, W_LOST (peer failed or
+    its socket closed) or W_INTERRUPTED (a signal is pending)."""
+    cdef double now = hc_now(), idle_since = now, last_sig = now
+    cdef Py_ssize_t first = 0
     cdef int rc, tries
     while True:
-        if _api.request_check_status(req) != UCS_INPROGRESS:
+        while first < n and _api.request_check_status(reqs[first]) != UCS_INPROGRESS:
+            first += 1
+        if first == n:
             return W_DONE
         if _api.worker_progress(worker):
+            idle_since = 0.0
             continue
         if eps != NULL and eps.failed:
             return W_LOST
         now = hc_now()
+        if idle_since == 0.0:
+            idle_since = now
         if now > deadline:
             return W_TIMEOUT
-        if now - since < spin_s:
-            hc_relax()
-            continue
-        rc = sleep_on(worker, efd, sock, deadline)
-        if rc == W_LOST:
-            for tries in range(64):      # bytes already delivered still complete the request
-                _api.worker_progress(worker)
-                if _api.request_check_status(req) != UCS_INPROGRESS:
-                    return W_DONE
-            return W_LOST
-        now = hc_now()
         if now - last_sig > 0.1:
             last_sig = now
             with gil:
                 if PyErr_CheckSignals() != 0:
                     return W_INTERRUPTED
+        if now - idle_since < spin_s:
+            hc_relax()
+            continue
+        if now - idle_since < spin_s + yield_s:
+            sched_yield()
+            continue
+        rc = sleep_on(worker, efd, sock, deadline)
+        if rc == W_LOST:
+            for tries in range(64):      # bytes already delivered still complete the requests
+                _api.worker_progress(worker)
+                while first < n and _api.request_check_status(reqs[first]) != UCS_INPROGRESS:
+                    first += 1
+                if first == n:
+                    return W_DONE
+            return W_LOST
+        idle_since = 0.0                 # woken: spin again before the next sleep
     return W_DONE
+
+
+cdef inline int wait_request(ucp_handle worker, int efd, int sock, EpState* eps, void* req, double deadline,
+                             double spin_s, double yield_s) noexcept nogil:
+    return wait_many(worker, efd, sock, eps, &req, 1, deadline, spin_s, yield_s)
 
 
 # ---------------------------------------------------------------------------------------- endpoint
@@ -393,6 +476,10 @@ cdef class Request:
         self.finished = True
         return 1
 
+    cdef inline void* pending(self) noexcept nogil:
+        """The UCP handle this operation still waits for (NULL once settled)."""
+        return self.req if self.req != NULL else self.req2
+
     cdef _release(self):
         if self.has_view:
             PyBuffer_Release(&self.view)
@@ -405,7 +492,8 @@ cdef class Request:
             return self.nbytes
         if self.status == UCS_ERR_MESSAGE_TRUNCATED:
             raise InvalidUsage(f"a message from rank {self.ep.peer} does not match the receive buffer of "
-                               f"{self.nbytes} bytes: the buffer must be exactly the size of the send")
+                               f"{self.nbytes} bytes; sizes must match (a receive buffer must be exactly "
+                               f"the size of the send)")
         raise PeerLostError(f"rank {self.ep.peer} was lost during a UCX transfer ({_status(self.status)})")
 
     def test(self):
@@ -416,27 +504,8 @@ cdef class Request:
         return self.finished
 
     def wait(self, timeout=None):
-        """Block (spin, then sleep on the event fd) until done; returns the bytes moved."""
-        cdef double deadline = hc_now() + (self.ep.timeout if timeout is None else timeout)
-        cdef int rc = W_DONE
-        cdef Endpoint ep = self.ep
-        cdef void* r
-        while not self.settle():
-            r = self.req if self.req != NULL else self.req2
-            with nogil:
-                rc = wait_request(ep.worker.h, ep.worker.efd, ep.sock, ep.state, r, deadline, ep.spin_s)
-            if rc == W_INTERRUPTED:
-                PyErr_CheckSignals()
-            elif rc == W_TIMEOUT:
-                raise HetcclTimeout(f"UCX transfer of {self.nbytes} bytes with rank {ep.peer} did not "
-                                    f"complete within {timeout if timeout is not None else ep.timeout:g} s")
-            elif rc == W_LOST:
-                self.cancel()
-                ep.lost = True
-                self._release()
-                raise PeerLostError(f"rank {ep.peer} closed its connection or died during a UCX transfer "
-                                    f"of {self.nbytes} bytes")
-        return self._result()
+        """Block (spin, yield, then sleep on the event fd) until done; returns the bytes moved."""
+        return self.ep.wait_all((self,), timeout)
 
     cdef cancel(self):
         """Cancel what is pending and wait (briefly) for UCX to give the buffer back."""
@@ -529,29 +598,48 @@ cdef class RemoteKey:
         self.close()
 
 
+TAG_BITS = 32
+cdef uint64_t _TAG_MASK = (<uint64_t>1 << 32) - 1
+cdef uint64_t _ALL = <uint64_t>-1
+
+
 cdef class Endpoint:
     """A UCP endpoint to one peer's worker, with peer-failure handling (UCP_ERR_HANDLING_MODE_PEER).
 
-    sock: the pair's liveness socket (its fd is polled in every wait; -1: none)."""
+    sock: the pair's liveness socket (its fd is polled in every wait; -1: none).
+    rx_id, tx_id: the connection's id on this side and on the peer's. Endpoints of one process may
+    share a worker (so a thousand connections do not cost a thousand workers); tag matching is per
+    worker, so a UCX tag is ``connection id << 32 | user tag``: sends carry the peer's id, receives
+    match ours exactly, and user tags are 0 .. 2**32-1."""
     cdef ucp_handle h
     cdef readonly Worker worker
     cdef EpState* state
     cdef readonly int peer
     cdef readonly int sock
+    cdef readonly uint64_t rx_id
+    cdef readonly uint64_t tx_id
     cdef public double timeout
     cdef public double spin_s
+    cdef public double yield_s
     cdef public bint lost
+    cdef bint sent            # a send or RMA was posted: close() flushes it out first
+    cdef readonly int dropped   # unreceived messages of this connection dropped at close
     cdef set _outstanding
 
-    def __cinit__(self, Worker worker, bytes peer_address, int peer, int sock=-1, double timeout=600.0):
+    def __cinit__(self, Worker worker, bytes peer_address, int peer, int sock=-1, double timeout=600.0,
+                  uint64_t rx_id=0, uint64_t tx_id=0):
         cdef ucp_ep_params_t p
         self.h = NULL
         self.worker = worker
         self.peer = peer
         self.sock = sock
         self.timeout = timeout
-        self.spin_s = 50e-6
+        self.spin_s = 20e-6
+        self.yield_s = 500e-6
         self.lost = False
+        self.sent = False
+        self.rx_id = rx_id & _TAG_MASK
+        self.tx_id = tx_id & _TAG_MASK
         self._outstanding = set()
         self.state = <EpState*>malloc(sizeof(EpState))
         if self.state == NULL:
@@ -573,9 +661,19 @@ cdef class Endpoint:
         if self.lost or self.state.failed:
             raise PeerLostError(f"rank {self.peer} is lost; this endpoint cannot be used any more")
 
+    cdef uint64_t _tag(self, uint64_t prefix, uint64_t tag) except? 0:
+        if tag > _TAG_MASK:
+            raise InvalidUsage(f"rdma tags must be integers in [0, 2**32); got {tag}")
+        return (prefix << 32) | tag
+
     cdef Request _start(self, obj, bint writable, int kind):
         cdef Request r = Request()
-        self.check_open()
+        if kind == 1:
+            if self.h == NULL:
+                raise InvalidUsage("this UCX endpoint is closed")
+        else:
+            self.check_open()
+            self.sent = True
         r.ep = self
         r.kind = kind
         PyObject_GetBuffer(obj, &r.view, PyBUF_SIMPLE | (PyBUF_WRITABLE if writable else 0))
@@ -592,18 +690,21 @@ cdef class Endpoint:
 
     def tag_send(self, obj, uint64_t tag):
         cdef ucp_request_param_t prm
+        cdef uint64_t t = self._tag(self.tx_id, tag)
         cdef Request r = self._start(obj, False, 0)
         cdef ucs_status_ptr_t p
         memset(&prm, 0, sizeof(prm))
         with nogil:
-            p = _api.tag_send_nbx(self.h, r.view.buf, r.view.len, tag, &prm)
+            p = _api.tag_send_nbx(self.h, r.view.buf, r.view.len, t, &prm)
         self._post(r, p)
         return r
 
     def tag_recv(self, obj, uint64_t tag):
-        """Tagged receive on this endpoint's worker (one peer per worker: the tag alone matches)."""
+        """Tagged receive of this connection's messages (the worker may serve other connections).
+        Posted even once the peer has gone: what it sent before is still delivered."""
         cdef ucp_request_param_t prm
         cdef ucp_tag_recv_info_t info
+        cdef uint64_t t = self._tag(self.rx_id, tag)
         cdef Request r = self._start(obj, True, 1)
         cdef ucs_status_ptr_t p
         memset(&prm, 0, sizeof(prm))
@@ -611,11 +712,69 @@ cdef class Endpoint:
         prm.recv_info.tag_info = &info
         info.length = r.view.len
         with nogil:
-            p = _api.tag_recv_nbx(self.worker.h, r.view.buf, r.view.len, tag, <uint64_t>-1, &prm)
+            p = _api.tag_recv_nbx(self.worker.h, r.view.buf, r.view.len, t, _ALL, &prm)
         self._post(r, p)
         if p == NULL and info.length != r.nbytes:
             r.status = UCS_ERR_MESSAGE_TRUNCATED
         return r
+
+    def wait_all(self, reqs, timeout=None):
+        """Wait for every Request of ``reqs`` (of this endpoint) in one nogil loop: the worker is
+        driven without returning to Python per message (spin, yield, then sleep on the event fd).
+        Returns the bytes moved in total; raises the first failure once all are settled,
+        HetcclTimeout when the deadline passes, PeerLostError when the peer dies."""
+        cdef double t = self.timeout if timeout is None else timeout
+        cdef double deadline = hc_now() + t
+        cdef Py_ssize_t n = len(reqs), k
+        cdef void** handles
+        cdef Request r
+        cdef int rc
+        cdef size_t pending_bytes
+        if n == 0:
+            return 0
+        handles = <void**>malloc(n * sizeof(void*))
+        if handles == NULL:
+            raise MemoryError()
+        try:
+            while True:
+                k = 0
+                pending_bytes = 0
+                for r in reqs:
+                    if r.ep is not self:
+                        raise InvalidUsage("wait_all: every request must belong to this endpoint")
+                    if not r.settle():
+                        handles[k] = r.pending()
+                        pending_bytes += r.nbytes
+                        k += 1
+                if k == 0:
+                    break
+                with nogil:
+                    rc = wait_many(self.worker.h, self.worker.efd, self.sock, self.state, handles, k,
+                                   deadline, self.spin_s, self.yield_s)
+                if rc == W_INTERRUPTED:
+                    PyErr_CheckSignals()
+                elif rc == W_TIMEOUT:
+                    raise HetcclTimeout(f"UCX transfer of {pending_bytes} bytes ({k} operation(s)) with "
+                                        f"rank {self.peer} did not complete within {t:g} s")
+                elif rc == W_LOST:
+                    self.lost = True
+                    for r in reqs:
+                        if not r.finished:
+                            r.cancel()
+                            r._release()
+                    raise PeerLostError(f"rank {self.peer} closed its connection or died during a UCX "
+                                        f"transfer of {pending_bytes} bytes")
+        finally:
+            free(handles)
+        total, err = 0, None
+        for r in reqs:
+            try:
+                total += r._result()
+            except (InvalidUsage, PeerLostError) as e:
+                err = err or e
+        if err is not None:
+            raise err
+        return total
 
     cdef Request _start_rma(self, obj, RemoteKey rk, size_t offset, size_t nbytes, bint is_get):
         """A put/get request over nbytes of obj, checked against both ends' bounds."""
@@ -623,7 +782,7 @@ cdef class Endpoint:
         if nbytes > <size_t>r.view.len or offset + nbytes > rk.nbytes:
             r._release()
             raise InvalidUsage(f"{'get' if is_get else 'put'} of {nbytes} bytes at offset {offset} "
-                               f"exceeds the local buffer ({r.view.len} B) or the remote region "
+                               f"does not fit the local buffer ({r.view.len} B) and the remote region "
                                f"({rk.nbytes} B)")
         r.nbytes = nbytes
         return r
@@ -661,11 +820,19 @@ cdef class Endpoint:
             _api.worker_progress(self.worker.h)
 
     def close(self, double timeout=5.0):
-        """Cancel outstanding operations, then close the endpoint (flushing unless the peer failed)."""
+        """Cancel outstanding operations, flush what was sent (unless the peer failed), close the
+        endpoint, then drop this connection's messages that arrived but were never received (the
+        worker may be shared).
+
+        The close itself is UCX's *force* close: a graceful one waits for the peer's worker to
+        acknowledge, which a peer busy elsewhere (accepting its next connection, computing) does
+        only when it next makes progress, up to seconds. Everything sent has been flushed to the
+        wire by then, so the peer still receives it; it sees the endpoint fail afterwards, as it
+        sees the liveness socket close."""
         cdef ucp_request_param_t prm
         cdef ucs_status_ptr_t p
+        cdef void* flush = NULL
         cdef double deadline = hc_now() + timeout
-        cdef int rc
         cdef bint closed = True
         if self.h == NULL:
             return
@@ -673,22 +840,33 @@ cdef class Endpoint:
             (<Request>r).cancel()
             (<Request>r)._release()
         memset(&prm, 0, sizeof(prm))
-        prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS
-        prm.flags = UCP_EP_CLOSE_FLAG_FORCE if (self.lost or self.state.failed) else 0
         with nogil:
+            if self.sent and not (self.lost or self.state.failed):
+                # local for what was sent; it waits for the peer only while wire-up is unfinished,
+                # and a peer that has gone (liveness socket closed) ends the wait at once
+                p = _api.ep_flush_nbx(self.h, &prm)
+                if ucs_ptr_is_ptr(p):
+                    flush = p
+                    wait_request(self.worker.h, self.worker.efd, self.sock, self.state, flush, deadline,
+                                 0.0, 0.0)
+            prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS
+            prm.flags = UCP_EP_CLOSE_FLAG_FORCE        # completes a pending flush as canceled
             p = _api.ep_close_nbx(self.h, &prm)
             if ucs_ptr_is_ptr(p):
-                rc = wait_request(self.worker.h, self.worker.efd, -1, NULL, p, deadline, 0.0)
-                if rc != W_DONE:            # the peer vanished mid-flush: force it
-                    _api.request_cancel(self.worker.h, p)
-                    while _api.request_check_status(p) == UCS_INPROGRESS and hc_now() < deadline + 1.0:
-                        _api.worker_progress(self.worker.h)
-                    closed = _api.request_check_status(p) != UCS_INPROGRESS
+                while _api.request_check_status(p) == UCS_INPROGRESS and hc_now() < deadline + 1.0:
+                    _api.worker_progress(self.worker.h)
+                closed = _api.request_check_status(p) != UCS_INPROGRESS
                 _api.request_free(p)
+            if flush != NULL:
+                while _api.request_check_status(flush) == UCS_INPROGRESS and hc_now() < deadline + 1.0:
+                    _api.worker_progress(self.worker.h)
+                _api.request_free(flush)    # freed even if still pending: UCX releases it when done
         self.h = NULL
         if closed:
             free(self.state)        # the ep is gone: its error handler can no longer run
         self.state = NULL           # else UCX may still call it: leave the few bytes allocated
+        if self.rx_id != 0:
+            self.dropped = self.worker.discard_unexpected(self.rx_id << 32, _ALL << 32, 0.5)
 
     def __dealloc__(self):
         if self.h != NULL:

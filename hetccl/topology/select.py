@@ -4,7 +4,11 @@ Each transport scores a pair (0 = cannot connect it); the highest score wins. Th
 link-class order self > c2c (40: same host, single copy) > shm (30: same host, staged) > rdma (20)
 > tcp (10: anything reachable); see SCORES. ``HETCCL_TRANSPORTS``
 restricts the candidates: ``tcp`` or ``shm,tcp`` (a list: only these), ``^shm`` (all but these).
-Every rank computes the same matrix from the same gathered rank cards, so no agreement step is needed.
+Every rank computes the same matrix from the same gathered rank cards, so no agreement step is needed:
+what a rank can use is on its card (``transports``: its filter and the transports available to it,
+topology/cards.py), a pair is chosen only among transports both ends have, and scores read both
+cards, never the local process. A HETCCL_TRANSPORTS that differs between ranks is an error naming
+them (every rank raises the same one).
 
 The topology model (topology/model.py) caps each pair: a transport may not be of a faster link class
 than the model gives the pair (self > c2c > shm > rdma > tcp). So ranks that a topology file puts on
@@ -36,10 +40,38 @@ def parse_filter(spec: str | None, known: list[str]) -> list[str]:
 CLASS_RANK = {"self": 0, "c2c": 1, "shm": 2, "rdma": 3, "tcp": 4}
 
 
+def check_same_filter(cards) -> None:
+    """Every card that says which HETCCL_TRANSPORTS it runs with must say the same (the choice of a
+    pair would otherwise differ between its two ends); the error names the ranks that differ."""
+    seen = {}                              # allowed set -> (the filters that gave it, ranks)
+    for k, c in enumerate(cards):
+        t = c.get("transports")
+        if t is not None:
+            filters, ranks = seen.setdefault(tuple(t.get("allowed", ())), (set(), []))
+            filters.add(t.get("filter", ""))
+            ranks.append(c.get("rank", k))
+    if len(seen) > 1:
+        parts = "; ".join(f"rank(s) {', '.join(map(str, r))}: {' or '.join(map(repr, sorted(f)))}"
+                          for f, r in seen.values())
+        raise InvalidUsage(f"HETCCL_TRANSPORTS differs between ranks ({parts}); set the same value "
+                           f"(or the same init(transports=...)) on every rank")
+
+
+def available_on(card, transports) -> set[str]:
+    """The transports a rank can use, from its card; a card without the ``transports`` field (a
+    local preview such as `hetccl doctor`'s) stands for this process."""
+    t = card.get("transports")
+    if t is not None:
+        return set(t.get("available", {}))
+    return {x.name for x in transports if x.available()}
+
+
 def transport_matrix(cards, transports, spec: str | None, model=None) -> list[list[str]]:
     """matrix[i][j] = name of the transport linking ranks i and j ('self' on the diagonal)."""
     allowed = parse_filter(spec, [t.name for t in transports])
-    usable = [t for t in transports if t.name in allowed and t.available()]
+    check_same_filter(cards)
+    usable = [t for t in transports if t.name in allowed]
+    have = [available_on(c, usable) for c in cards]
     n = len(cards)
     m = [["self"] * n for _ in range(n)]
     for i in range(n):
@@ -47,15 +79,20 @@ def transport_matrix(cards, transports, spec: str | None, model=None) -> list[li
             best, best_score = None, 0
             cap = CLASS_RANK.get(model.pair_class(i, j), 0) if model is not None else 0
             for t in usable:
+                if t.name not in have[i] or t.name not in have[j]:
+                    continue                       # one end cannot use it
                 if CLASS_RANK.get(t.name, 0) < cap:
                     continue                       # faster than the model allows this pair
                 s = t.score(cards[i], cards[j])
                 if s > best_score:
                     best, best_score = t, s
             if best is None:
+                missing = [f"rank {k} has no {t.name}" for t in usable for k in (i, j) if t.name not in have[k]]
                 raise InvalidUsage(f"no allowed transport can link rank {i} ({cards[i]['host']}) and "
                                    f"rank {j} ({cards[j]['host']}); HETCCL_TRANSPORTS={spec!r} allows "
-                                   f"{', '.join(allowed) or 'nothing'} — allow 'tcp' to link any pair")
+                                   f"{', '.join(allowed) or 'nothing'}"
+                                   + (f" ({'; '.join(missing)})" if missing else "")
+                                   + " — allow 'tcp' to link any pair")
             m[i][j] = m[j][i] = best.name
     return m
 

@@ -33,6 +33,11 @@ class Transport:
     def score(self, a: dict, b: dict) -> int:
         raise NotImplementedError
 
+    def card_info(self) -> dict:
+        """What this rank tells its peers about the transport (on its card, under ``transports``)
+        beyond being able to use it: whatever ``score`` must know about both ends."""
+        return {}
+
     def prepare(self, ctx: LinkContext, peer: int, sock) -> None:
         """Phase 1, on the lower rank of the pair."""
 

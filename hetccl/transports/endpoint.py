@@ -17,6 +17,7 @@ Rules every implementation keeps:
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 
@@ -62,6 +63,15 @@ class Endpoint:
 
     def progress(self) -> None:
         """Advance every outstanding operation of this endpoint without blocking."""
+
+    def waitall(self, requests, timeout: Optional[float] = None) -> int:
+        """Wait for every request of this endpoint under one deadline; returns the bytes moved in
+        total. A transport may drive them all in one native loop (rdma does)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = 0
+        for r in requests:
+            total += r.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return total
 
     def close(self) -> None:
         """Release the link (idempotent). Outstanding requests fail with PeerLostError on the peer."""

@@ -1,4 +1,5 @@
-"""Endpoints (transports/endpoint.py) for ``shm``, ``tcp`` and ``c2c``, and how to connect a pair.
+"""Endpoints (transports/endpoint.py) for ``shm``, ``tcp`` and ``c2c``, and how to connect a pair
+(``rdma`` too: its Endpoint is transports/rdma.py's RdmaEndpoint over the same authenticated socket).
 
 A pair is connected like the communicator's mesh does it: one authenticated TCP connection
 (bootstrap/auth.py: a wrong or missing job secret is refused), then the transport's own set-up
@@ -494,8 +495,11 @@ def _recv_exact(sock, n):
 
 
 def _set_up(transport: str, sock, rank: int, peer: int, low: bool, job_id: str, comm_id: str,
-            timeout: float) -> PairEndpoint:
+            timeout: float) -> Endpoint:
     from . import by_name
+    if transport == "rdma":                # UCX endpoints: the socket carries the worker addresses
+        from .rdma import RdmaEndpoint
+        return RdmaEndpoint(sock, peer, timeout)
     card = {"rank": rank, "host": host_id(), "pid": os.getpid(), **_c2c.card_fields()}
     other = _exchange_cards(sock, card, timeout)
     if transport in ("shm", "c2c") and other.get("host") != card["host"]:
@@ -614,9 +618,10 @@ class EndpointFactory:
 
     def unavailable(self):
         from . import by_name
-        if not by_name(self.transport).available():
-            return f"transport {self.transport} is not available on this machine"
-        return self.needs() if self.needs else None
+        why = self.needs() if self.needs else None
+        if why is None and not by_name(self.transport).available():
+            why = f"transport {self.transport} is not available on this machine"
+        return why
 
     def start(self, rank, port):
         os.environ.update(self.env)
@@ -639,6 +644,13 @@ class EndpointFactory:
                     raise
                 time.sleep(0.02)
 
+    def settle(self):
+        """Let closed connections finish tearing down before resources are counted (rdma: UCX
+        closes a closed connection's socket on a later progress of the shared worker)."""
+        if self.transport == "rdma":
+            from .rdma import settle
+            settle()
+
     def stop(self):
         if self.listener is not None:
             self.listener.close()
@@ -656,6 +668,15 @@ def cma_permitted():
     return None if mode == "cma" else f"cross-memory attach is not permitted here: {why}"
 
 
+def ucx_missing():
+    """None if the rdma transport's UCX loads here, else why not (and how to get it)."""
+    try:
+        from .._native import ucx
+    except ImportError as e:
+        return f"hetccl._native.ucx is not built ({e})"
+    return None if ucx.load() else f"UCX cannot be loaded: {ucx.load_error()}"
+
+
 def factories() -> dict:
     """hetccl's own transports, by the names the conformance suite and bench/transports.py use."""
     return {
@@ -663,4 +684,5 @@ def factories() -> dict:
         "tcp": EndpointFactory("tcp"),
         "c2c": EndpointFactory("c2c", {"HETCCL_C2C_MODE": "cma"}, needs=cma_permitted),
         "c2c-window": EndpointFactory("c2c", {"HETCCL_C2C_MODE": "window"}),
+        "rdma": EndpointFactory("rdma", needs=ucx_missing),
     }

@@ -19,7 +19,7 @@ import time
 from .. import transports as _transports
 from ..bootstrap.auth import client_handshake, server_handshake
 from ..errors import AuthenticationError, HetcclTimeout, TransportError
-from ..topology.cards import card_entry, model_of
+from ..topology.cards import card_entry, model_of, transports_entry
 from ..topology.host import host_id
 from ..topology.select import parse_filter, transport_matrix
 from . import c2c as _c2c
@@ -74,6 +74,7 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
         card = {"rank": rank, "host": host_id(), "pid": os.getpid(), "ifname": ifname, "addr": addr,
                 "port": listener.getsockname()[1], "bind_any": not spec_ifname,
                 "topo": card_entry(comm_id, rank, size),
+                "transports": transports_entry(_transports.ALL, transports_spec),
                 **(_c2c.card_fields() if use_c2c else {}), **(extra or {})}
         store.set(f"{comm_id}/card/{rank}", json.dumps(card).encode())
         raw = store.multi_get([f"{comm_id}/card/{r}" for r in range(size)], timeout=timeout)

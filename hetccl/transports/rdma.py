@@ -9,25 +9,34 @@ Which wires UCX uses is UCX's choice (``UCX_TLS`` and friends are honoured): on 
 a system UCX (``HETCCL_UCX_LIB``) carries verbs (rc, ud, dc); the PyPI libucx-cu12 wheel has no verbs
 and runs over UCX's own tcp, sysv/posix shared memory and cma. The code path is the same.
 
+Endpoints of one process share one worker (``shared_worker()``): a UCP worker costs tens of
+milliseconds to create (it opens UCX's listening sockets and interfaces), while a connection must be
+cheap. Tag matching is per worker, so every connection gets a 32-bit id on each side, exchanged with
+the worker address; UCX tags are ``id << 32 | user tag`` (user tags 0 .. 2**32-1), and a closed
+connection's unreceived messages are dropped from the worker (ucx.Endpoint.close).
+
 One-sided note: where the wires have no hardware RMA (tcp, and shared memory for some sizes), UCX
 emulates put/get with active messages, which the *target* worker must progress: a put completes once
 the peer is inside any wait (or ``progress()``) on its endpoint. With verbs it is truly one-sided.
 """
 from __future__ import annotations
 
-import socket
+import itertools
+import os
 import struct
+import threading
 import time
 
 from ..errors import InvalidUsage, TransportError
+from ..topology.select import SCORES
 from .base import LinkContext, Transport
 from .endpoint import Endpoint, Region, RemoteRegion
 
-_ADDR = struct.Struct("<4sI")
-_MAGIC = b"UCX1"
+_ADDR = struct.Struct("<4sII")   # magic, connection id (0: none), address length; then the address
+_MAGIC = b"UCX2"
 MAX_ADDRESS = 1 << 16            # worker addresses are a few hundred bytes; refuse anything absurd
 _REGION = struct.Struct("<QQI")  # address, nbytes, rkey length; then the packed rkey
-MAX_TAG = (1 << 63) - 1
+MAX_TAG = (1 << 32) - 1
 
 
 def ucx():
@@ -50,15 +59,51 @@ def _recv_exact(sock, n, deadline, peer):
     return bytes(buf)
 
 
-def exchange_address(sock, mine: bytes, peer: int, timeout: float) -> bytes:
-    """Send our worker address and receive the peer's over the pair's authenticated socket."""
+def exchange_address(sock, mine: bytes, peer: int, timeout: float, conn_id: int = 0) -> tuple[bytes, int]:
+    """Send our worker address and connection id, and receive the peer's, over the pair's
+    authenticated socket; returns (peer's address, peer's connection id)."""
     deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
-    sock.sendall(_ADDR.pack(_MAGIC, len(mine)) + mine)
-    magic, n = _ADDR.unpack(_recv_exact(sock, _ADDR.size, deadline, peer))
-    if magic != _MAGIC or n > MAX_ADDRESS:
+    sock.sendall(_ADDR.pack(_MAGIC, conn_id, len(mine)) + mine)
+    magic, their_id, n = _ADDR.unpack(_recv_exact(sock, _ADDR.size, deadline, peer))
+    if magic != _MAGIC or n > MAX_ADDRESS or (their_id == 0) != (conn_id == 0):
         raise TransportError(f"rank {peer} sent a malformed UCX address (is it running the same hetccl?)")
-    return _recv_exact(sock, n, deadline, peer)
+    return _recv_exact(sock, n, deadline, peer), their_id
+
+
+_shared = None
+_shared_lock = threading.Lock()
+_conn_ids = itertools.count(1)      # never reused in a process: a late message cannot match a newer connection
+
+
+def shared_worker():
+    """The process's worker for Endpoints (thread-safe mode; created on first use, kept until exit,
+    like the UCP context itself)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            mod = ucx()
+            _shared = mod.Worker(mod.context(), True)
+        return _shared
+
+
+def settle(seconds: float = 0.1) -> None:
+    """Drive the shared worker for a moment: UCX tears a force-closed connection down (closes its
+    socket) on a later progress of the worker, so resource counts settle only after this."""
+    if _shared is None:
+        return
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not _shared.progress():
+            time.sleep(0.002)
+
+
+def _next_conn_id() -> int:
+    with _shared_lock:
+        cid = next(_conn_ids)
+    if cid > MAX_TAG:
+        raise TransportError("this process opened 2**32 rdma endpoints; connection ids are exhausted")
+    return cid
 
 
 class RdmaRegion(Region):
@@ -86,8 +131,9 @@ class RdmaRemoteRegion(RemoteRegion):
 
 
 class RdmaEndpoint(Endpoint):
-    """This rank's UCP endpoint to one peer: its own worker (so tags match per pair), an endpoint
-    with peer-failure handling, and the pair's socket as liveness channel (owned: closed on close)."""
+    """This rank's UCP endpoint to one peer: a UCP endpoint with peer-failure handling on the
+    process's shared worker (tags carry the connection's id, so they match per pair), and the
+    pair's authenticated socket as liveness channel (owned: closed on close)."""
     transport = "rdma"
     one_sided = True
 
@@ -98,21 +144,19 @@ class RdmaEndpoint(Endpoint):
             raise TransportError(raw.load_error())
         self.peer = peer
         self._sock = sock
-        self._worker = mod.Worker(mod.context(), True)
-        try:
-            addr = exchange_address(sock, self._worker.address, peer, timeout)
-            sock.setblocking(False)
-            self._ep = mod.Endpoint(self._worker, addr, peer, sock.fileno(), timeout)
-        except BaseException:
-            self._worker.close()
-            raise
+        self._ep = None
+        self._worker = shared_worker()
+        my_id = _next_conn_id()
+        addr, their_id = exchange_address(sock, self._worker.address, peer, timeout, my_id)
+        sock.setblocking(False)
+        self._ep = mod.Endpoint(self._worker, addr, peer, sock.fileno(), timeout, my_id, their_id)
         self._mod = mod
         self._regions = []
 
     @staticmethod
     def _tag(tag: int) -> int:
         if not 0 <= tag <= MAX_TAG:
-            raise InvalidUsage(f"rdma tags must be integers in [0, 2**63); got {tag}")
+            raise InvalidUsage(f"rdma tags must be integers in [0, 2**32); got {tag}")
         return tag
 
     def _open(self):
@@ -129,6 +173,10 @@ class RdmaEndpoint(Endpoint):
     def progress(self) -> None:
         if self._ep is not None:
             self._ep.progress()
+
+    def waitall(self, requests, timeout=None) -> int:
+        """All of ``requests`` in one nogil loop (ucx.Endpoint.wait_all): no Python per message."""
+        return self._open().wait_all(requests, timeout)
 
     def register(self, buf) -> RdmaRegion:
         self._open()
@@ -161,7 +209,6 @@ class RdmaEndpoint(Endpoint):
             for r in self._regions:
                 r.close()
             self._regions = []
-            self._worker.close()
             try:
                 self._sock.close()
             except OSError:
@@ -189,6 +236,30 @@ def local_rdma_wires() -> list[str]:
     return _wires
 
 
+def rdma_devices(root: str = "/") -> list[str]:
+    """RDMA devices the kernel has (/sys/class/infiniband: verbs HCAs, RoCE NICs, EFA)."""
+    try:
+        return sorted(os.listdir(os.path.join(root, "sys/class/infiniband")))
+    except OSError:
+        return []
+
+
+def card_wires() -> list[str]:
+    """The RDMA wires to publish on this rank's card. UCX is asked (which creates the UCP context)
+    only on a host with RDMA devices; elsewhere it cannot have any, and a job that never uses rdma
+    then never creates a UCP context."""
+    return local_rdma_wires() if rdma_devices() else []
+
+
+def _hw(card) -> bool:
+    """Whether the rank of this card has RDMA hardware in its UCX (from its card's ``transports``
+    entry; a card without one stands for this process)."""
+    t = card.get("transports")
+    if t is None:
+        return bool(local_rdma_wires())
+    return bool((t.get("available", {}).get("rdma") or {}).get("hw"))
+
+
 class RdmaTransport(Transport):
     """With RDMA hardware in UCX (verbs rc/ud/dc, EFA srd) it scores 20: below shared memory (30),
     above hetccl's own tcp (10). A UCX without such hardware only has its own tcp and shared memory,
@@ -202,8 +273,12 @@ class RdmaTransport(Transport):
     def available(cls) -> bool:
         return ucx() is not None
 
+    def card_info(self) -> dict:
+        return {"hw": card_wires()}
+
     def score(self, a: dict, b: dict) -> int:
-        return 20 if a["host"] != b["host"] and local_rdma_wires() else 5
+        """From both cards: 20 only if both ends' UCX has RDMA hardware (the same on every rank)."""
+        return SCORES["rdma"] if a["host"] != b["host"] and _hw(a) and _hw(b) else 5
 
     @staticmethod
     def _worker(ctx: LinkContext):
@@ -218,7 +293,7 @@ class RdmaTransport(Transport):
     def attach(self, ctx: LinkContext, peer: int, sock, low: bool) -> None:
         mod = ucx()
         worker = self._worker(ctx)
-        addr = exchange_address(sock, worker.address, peer, ctx.timeout)
+        addr, _ = exchange_address(sock, worker.address, peer, ctx.timeout)
         ep = mod.Endpoint(worker, addr, peer, sock.fileno(), ctx.timeout)
         sock.setblocking(False)
         ctx.engine.add_ucx_link(peer, sock.fileno(), mod.LinkHandle(worker, ep))
@@ -235,6 +310,9 @@ def describe() -> list[str]:
         lines.append(f"  cannot create a UCP context: {d['error']}")
     else:
         lines.append("  transports/devices: " + (", ".join(d["resources"]) or "none"))
+        tuned = raw.context().settings
+        lines.append("  hetccl's UCX settings: " + (", ".join(f"UCX_{k}={v}" for k, v in tuned.items())
+                                                    or "none (the environment sets them)"))
         if not rdma_wires(d["resources"]):
             lines.append("  no RDMA hardware (rc/ud/dc/srd): rdma is used only when forced "
                          "(HETCCL_TRANSPORTS=rdma); it runs over UCX's tcp and shared memory")

@@ -334,9 +334,11 @@ def _cycles(rank, size, name, port, n):
         ep.close()
     for _ in range(50):                             # warm up allocators and caches
         cycle()
+    f.settle()                                      # asynchronous teardown of closed links ends
     before = _resources(job)
     for _ in range(n):
         cycle()
+    f.settle()
     after = _resources(job)
     f.stop()
     return before, after

@@ -1,9 +1,11 @@
 """Per-pair transport choice: the link-class order and HETCCL_TRANSPORTS forcing/excluding."""
+import numpy as np
 import pytest
 
 from hetccl import transports
 from hetccl.errors import InvalidUsage
 from hetccl.topology.select import format_matrix, transport_matrix
+from tests.launcher import run_ranks
 
 CARDS = [{"rank": 0, "host": "a", "c2c_mode": "cma"}, {"rank": 1, "host": "a", "c2c_mode": "cma"},
          {"rank": 2, "host": "b", "c2c_mode": "window"}, {"rank": 3, "host": "b", "c2c_mode": "window"}]
@@ -51,3 +53,108 @@ def test_doctor_reports_c2c_mode_and_matrix(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "c2c mode: window (HETCCL_C2C_MODE=window)" in out
     assert "transport per pair for 3 ranks" in out and " c2c" not in out.split("per pair")[1].split("interfaces")[0]
+
+
+# ---------------------------------------------------------------- per-rank availability on the cards
+
+def _card(rank, host, available, spec=""):
+    from hetccl.topology.select import parse_filter
+    allowed = parse_filter(spec, [t.name for t in transports.ALL])
+    return {"rank": rank, "host": host, "c2c_mode": "cma" if "c2c" in available else None,
+            "transports": {"filter": spec, "allowed": sorted(allowed),
+                           "available": {k: v for k, v in available.items() if k in allowed}}}
+
+
+HW = {"hw": ["rc_mlx5/mlx5_0:1"]}
+FULL = {"c2c": {}, "shm": {}, "rdma": HW, "tcp": {}}
+NO_UCX = {"c2c": {}, "shm": {}, "tcp": {}}
+
+
+@pytest.mark.parametrize("local_ucx", [True, False])
+def test_pairs_are_chosen_from_what_both_ends_have(monkeypatch, local_ucx):
+    """A rank without UCX: pairs with it fall back to tcp, pairs of ranks that have RDMA hardware
+    use rdma, and the matrix does not depend on what the computing process has."""
+    from hetccl.transports import rdma
+    monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: local_ucx))
+    monkeypatch.setattr(rdma, "_wires", ["rc_mlx5/mlx5_0:1"] if local_ucx else [])
+    cards = [_card(0, "a", FULL), _card(1, "b", FULL), _card(2, "c", NO_UCX), _card(3, "a", FULL)]
+    m = transport_matrix(cards, transports.ALL, None)
+    assert m[0] == ["self", "rdma", "tcp", "c2c"]
+    assert m[1] == ["rdma", "self", "tcp", "rdma"]
+    assert m[2] == ["tcp", "tcp", "self", "tcp"]
+    assert m == [list(r) for r in zip(*m)]
+
+
+def test_rdma_hardware_counts_only_when_both_ends_have_it():
+    no_hw = dict(FULL, rdma={"hw": []})
+    m = transport_matrix([_card(0, "a", FULL), _card(1, "b", no_hw)], transports.ALL, None)
+    assert m[0][1] == "tcp"                          # 5 < 10: UCX's tcp is not preferred to ours
+    m = transport_matrix([_card(0, "a", FULL, "rdma"), _card(1, "b", no_hw, "rdma")], transports.ALL, "rdma")
+    assert m[0][1] == "rdma"                         # forced: still usable without hardware
+
+
+def test_forcing_a_transport_one_rank_lacks_names_that_rank():
+    cards = [_card(0, "a", FULL, "rdma"), _card(1, "a", NO_UCX, "rdma")]
+    with pytest.raises(InvalidUsage, match="rank 1 has no rdma"):
+        transport_matrix(cards, transports.ALL, "rdma")
+
+
+def test_a_filter_that_differs_between_ranks_is_an_error_naming_them():
+    cards = [_card(0, "a", FULL, "tcp"), _card(1, "a", FULL, "^c2c"), _card(2, "a", FULL, "tcp")]
+    with pytest.raises(InvalidUsage, match=r"differs between ranks \(rank\(s\) 0, 2: 'tcp'; rank\(s\) 1: '\^c2c'\)"):
+        transport_matrix(cards, transports.ALL, "tcp")
+    same = [_card(0, "a", FULL, "tcp,shm"), _card(1, "a", FULL, "shm,tcp")]   # the same set: fine
+    assert transport_matrix(same, transports.ALL, "tcp,shm")[0][1] == "shm"
+
+
+def test_card_entry_lists_what_this_process_may_and_can_use(monkeypatch):
+    from hetccl.topology.cards import transports_entry
+    from hetccl.transports import rdma
+    monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: False))
+    e = transports_entry(transports.ALL, "^c2c")
+    assert e["filter"] == "^c2c" and e["allowed"] == ["rdma", "shm", "tcp"]
+    assert "rdma" not in e["available"] and "c2c" not in e["available"] and "tcp" in e["available"]
+    monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: True))
+    monkeypatch.setattr(rdma, "rdma_devices", lambda root="/": [])
+    assert transports_entry(transports.ALL, None)["available"]["rdma"] == {"hw": []}   # no UCX context asked
+
+
+# ---------------------------------------------------------------- the same over real ranks
+
+def _init_with(rank, size, env_by_rank):
+    import os
+    os.environ.update(env_by_rank.get(rank, {}))       # before hetccl loads UCX in this process
+    import hetccl
+    try:
+        comm = hetccl.init(timeout=60)
+    except InvalidUsage as e:
+        return "InvalidUsage", str(e)
+    try:
+        return "ok", [comm.transport(p) for p in range(size)], comm.allreduce(np.ones(4, np.float32))[0]
+    finally:
+        comm.close()
+
+
+NO_UCX_ENV = {"HETCCL_UCX_LIB": "/nonexistent/libucp.so.0"}
+
+
+def test_a_rank_without_ucx_forced_to_rdma_fails_on_every_rank_naming_it():
+    from hetccl.transports.endpoints import ucx_missing
+    if ucx_missing():
+        pytest.skip(ucx_missing())
+    res = run_ranks(_init_with, 2, {1: NO_UCX_ENV}, timeout=90, transports="rdma")
+    for r, (what, msg) in enumerate(res):
+        assert what == "InvalidUsage" and "rank 1 has no rdma" in msg, (r, msg)
+
+
+def test_a_rank_without_ucx_joins_over_tcp_when_rdma_is_only_allowed():
+    res = run_ranks(_init_with, 3, {2: NO_UCX_ENV}, timeout=90, transports="rdma,tcp")
+    for r, (what, matrix, total) in enumerate(res):
+        assert what == "ok" and matrix == ["self" if p == r else "tcp" for p in range(3)], (r, matrix)
+        assert total == 3
+
+
+def test_ranks_with_different_hetccl_transports_all_fail_naming_them():
+    res = run_ranks(_init_with, 3, {1: {"HETCCL_TRANSPORTS": "^c2c"}}, timeout=90, transports="tcp")
+    for r, (what, msg) in enumerate(res):
+        assert what == "InvalidUsage" and "rank(s) 0, 2: 'tcp'; rank(s) 1: '^c2c'" in msg, (r, msg)
