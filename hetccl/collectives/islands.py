@@ -121,11 +121,28 @@ class Staging:
                                       f"{m}(): it cannot take host buffers across islands")
 
     def _dev(self, name, nbytes):
+        """The staging buffer ``name`` (kept across calls: one allocation per shape, not per call);
+        a larger call hands the old one back to the bridge's pool (``release_buffer``)."""
         d = self._bufs.get(name)
         if d is None or d[1] < nbytes:
-            d = (self.bridge.device_buffer(nbytes), nbytes)
+            if d is not None and callable(getattr(self.bridge, "release_buffer", None)):
+                self.bridge.release_buffer(d[0])
+            buf = self.bridge.device_buffer(nbytes)
+            d = (buf, max(nbytes, getattr(buf, "nbytes", nbytes)))
             self._bufs[name] = d
         return d[0]
+
+    def dev(self, name, nbytes):
+        """A device staging buffer of at least ``nbytes`` (collectives/staged.py uses it too)."""
+        return self._dev(name, nbytes)
+
+    def release(self):
+        """Hand every staging buffer back (the bridge frees them when it closes)."""
+        rel = getattr(self.bridge, "release_buffer", None)
+        for buf, _ in self._bufs.values():
+            if callable(rel):
+                rel(buf)
+        self._bufs.clear()
 
     def run(self, step, send, recv, *args):
         """bridge.step(send, recv, *args) on host arrays send/recv (recv may be send, or None)."""
@@ -156,6 +173,8 @@ class IslandPlan:
         self.bridge = self.staging = None
         self._local = self._leaders = self._rail = None
         self._building = False
+        self.device = False
+        self._staged = None        # collectives/staged.DevicePath, made on the first device buffer
         self._cache = {}
         self._direct = {}
         self._scratch = {}
@@ -244,8 +263,9 @@ class IslandPlan:
         return out
 
     def _gather_prices(self):
-        row = np.zeros(2 * len(COLLECTIVES) + _NFLAGS, np.float64)
+        row = np.zeros(2 * len(COLLECTIVES) + _NFLAGS + 1, np.float64)
         if self.bridge is not None:
+            row[-1] = self.bridge.memory != HOST     # a device island: see choose()
             row[:2 * len(COLLECTIVES)] = self._probe()
             flags = row[2 * len(COLLECTIVES):]
             for ci, coll in enumerate(COLLECTIVES):
@@ -254,7 +274,8 @@ class IslandPlan:
                         flags[_flag(ci, dt, op)] = self.bridge.supports(coll, dt, op)
         rows = self.comm.allgather(row, algorithm="ring").reshape(self.p, -1)
         self.prices = [rows[isl.ranks[0]][:2 * len(COLLECTIVES)] for isl in self.islands]
-        self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):] > 0 for isl in self.islands]
+        self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):-1] > 0 for isl in self.islands]
+        self.device = any(rows[isl.ranks[0]][-1] > 0 for isl in self.islands)
 
     # ------------------------------------------------------------------ pricing
 
@@ -343,7 +364,9 @@ class IslandPlan:
                 hit = (flat_fallback(self.comm._tuner, collective, nbytes) if flat.code < 0 else flat, None)
             else:
                 name = min(forms, key=forms.get)
-                if flat.code == ALGO_ISLANDS or forms[name] < self._flat_cost(flat, nbytes):
+                # a device island always composes: its ranks may hold device buffers, which only
+                # the composed form reaches (every rank decides alike, whatever its buffers)
+                if flat.code == ALGO_ISLANDS or self.device or forms[name] < self._flat_cost(flat, nbytes):
                     hit = (next(a for a in registry.for_collective(collective) if a.code == ALGO_ISLANDS), name)
                 else:
                     hit = (flat, None)
@@ -397,6 +420,8 @@ class IslandPlan:
             if c:
                 c.close()
         self._local = self._leaders = self._rail = None
+        if self.staging is not None:
+            self.staging.release()
         if self.bridge is not None:
             self.bridge.close()
             self.bridge = None
@@ -476,6 +501,13 @@ class IslandPlan:
         err = BridgeError(f"the {self.island.kind} bridge failed: {type(e).__name__}: {e}")
         err.__cause__ = e
         return err
+
+    def staged(self):
+        """The device-buffer runs of this plan (collectives/staged.py)."""
+        if self._staged is None:
+            from .staged import DevicePath
+            self._staged = DevicePath(self)
+        return self._staged
 
     def allreduce(self, buf, out, code, op, timeout, algo, form=None):
         try:
