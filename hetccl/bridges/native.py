@@ -258,6 +258,10 @@ class NativeBridge(Bridge):
             if rc:
                 log.warning("%s: freeing a staging buffer failed: %s", self.kind, self.runtime.error_string(rc))
 
+    def accepts(self, buf: DeviceBuffer) -> bool:
+        """Whether ``buf`` is in memory this bridge's library reads (its DLPack device types)."""
+        return buf.device_type in self._devices
+
     def live_allocations(self) -> int:
         """How many staging allocations this bridge holds (the pool's size; 0 after close)."""
         return len(self._owned)

@@ -420,6 +420,8 @@ class IslandPlan:
             if c:
                 c.close()
         self._local = self._leaders = self._rail = None
+        if self._staged is not None:
+            self._staged.release()
         if self.staging is not None:
             self.staging.release()
         if self.bridge is not None:
