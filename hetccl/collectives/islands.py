@@ -226,6 +226,11 @@ class IslandPlan:
         best = np.full((len(COLLECTIVES), len(PROBE_SIZES)), np.inf)
         bufs = {n: (np.ones(max(s, n // 4), np.float32), np.empty(max(s, n // 4), np.float32)) for n in PROBE_SIZES}
         sync = np.zeros(1, np.float32)
+        st = self.staging
+        if not st.host:                          # a device bridge is timed on its own memory
+            bufs = {n: (self._on_device(st, f"probe_s{n}", a), self._on_device(st, f"probe_r{n}", r))
+                    for n, (a, r) in bufs.items()}
+            sync = self._on_device(st, "probe_sync", sync)
 
         def one(coll, send, recv, count):
             if coll == "allreduce":
@@ -244,7 +249,8 @@ class IslandPlan:
                     continue
                 for si, n in enumerate(PROBE_SIZES):
                     send, recv = bufs[n]
-                    count = send.size - send.size % s
+                    size = send.count if not st.host else send.size
+                    count = size - size % s
                     k = SMALL_CALLS if si == 0 else 1
                     b.allreduce(sync, sync, 1, f32, ReduceOp.SUM)
                     t0 = time.perf_counter()
@@ -252,8 +258,13 @@ class IslandPlan:
                         one(coll, send, recv, count)
                     best[ci, si] = min(best[ci, si], (time.perf_counter() - t0) / k)
         best[np.isinf(best)] = 0.0
-        worst = np.empty_like(best)
-        b.allreduce(best.reshape(-1), worst.reshape(-1), best.size, dtypes.FLOAT64, ReduceOp.MAX)
+        # float32: every bridge reduces it with MAX (HCCL has no float64); ample for timings
+        b32 = best.astype(np.float32).reshape(-1)
+        w32 = np.empty_like(b32)
+        st.run(b.allreduce, b32, w32, b32.size, dtypes.FLOAT32, ReduceOp.MAX)
+        worst = w32.reshape(best.shape).astype(np.float64)
+        if not st.host:
+            st.release()                         # back to the bridge's pool for the real calls
         out = []
         for ci in range(len(COLLECTIVES)):
             alpha = float(worst[ci, 0])
@@ -261,6 +272,13 @@ class IslandPlan:
             out += [alpha, beta]
         _measured[key] = out
         return out
+
+    @staticmethod
+    def _on_device(st, name, a):
+        """A float32 view of a staging buffer holding a copy of host array ``a`` (for _probe)."""
+        d = st.dev(name, a.nbytes)
+        st.bridge.copy_in(d, a)
+        return d.__class__(d.ptr, a.nbytes, dtypes.FLOAT32, d.device_type, d.device_id, owner=d)
 
     def _gather_prices(self):
         row = np.zeros(2 * len(COLLECTIVES) + _NFLAGS + 1, np.float64)
