@@ -384,7 +384,7 @@ def _gpu_rank(rank, size):
 
     import hetccl
     torch.cuda.set_device(rank % 2)
-    comm = hetccl.init(timeout=300, bridges={0: "nccl", 1: "nccl"})
+    comm = hetccl.init(timeout=300, bridges={0: "nccl", 1: "nccl", 2: "none", 3: "none"})
     n = (1 << 20) + 3
     if rank < 2:
         x = torch.full((n,), float(rank + 1), device="cuda")
