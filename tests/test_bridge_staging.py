@@ -309,6 +309,22 @@ def _mixed_rank(rank, size, kind, device_ranks, forms, full):
         dchk = DeviceChecker(comm, rt, mine, dlpack=dl)
         _matrix(dchk, forms if not dl else (), DTYPES if full and not dl else ("float32", "int32"))
         n += dchk.n
+    # non-blocking calls queue the device path on the progress thread like host calls
+    from tests.islands_worker import data
+    x = data("float32", ReduceOp.SUM, 1001, comm.rank)
+    d = FakeDeviceArray(rt, x) if mine else None
+    w = comm.allreduce(d if mine else x, async_op=True)
+    w.wait()
+    want = sum(data("float32", ReduceOp.SUM, 1001, r) for r in range(comm.size))
+    assert np.array_equal(d.numpy() if mine else x, want)
+    if not mine:                               # a host-island rank is told where device buffers go
+        bad = FakeDeviceArray(rt, x)
+        with pytest.raises(InvalidUsage, match=rf"device buffer on rank {comm.rank}, whose island is 'hetccl'"):
+            comm.allreduce(bad)
+        bad.free()
+    else:
+        d.free()
+    n += 1
     bridge = comm._islands.bridge
     held = bridge.live_allocations() if bridge is not None else 0
     comm.close()

@@ -55,6 +55,13 @@ def _path(comm, dbuf):
     where = DEVICE_NAMES.get(dbuf.device_type, f"device type {dbuf.device_type}").upper()
     if bridge is None or bridge.memory == HOST or not callable(getattr(bridge, "copy_in", None)):
         kind = plan.island.kind if plan is not None else "hetccl"
+        if plan is not None and plan.device:
+            others = "; ".join(f"{i.kind} ranks {list(i.ranks)}" for i in plan.islands if i.bridged and
+                               i is not plan.island)
+            raise InvalidUsage(
+                f"device buffer on rank {comm.rank}, whose island is {kind!r} (host memory): {dbuf!r}. "
+                f"Only the ranks of a device island ({others}) take device buffers; pass a numpy "
+                f"array on this rank")
         raise InvalidUsage(
             f"device buffer on a communicator without a {where} island: {dbuf!r} was passed on rank "
             f"{comm.rank}, whose island is {kind!r} (host memory). hetccl's own transports move host "
