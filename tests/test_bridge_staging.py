@@ -290,7 +290,7 @@ def _matrix(chk, forms, dtypes_=DTYPES, sizes=SIZES):
             chk.broadcast("float32", n, root)
 
 
-def _mixed_rank(rank, size, kind, device_ranks, forms, full):
+def _mixed_rank(rank, size, kind, device_ranks, forms, full, dev_dtypes=("float32", "int32")):
     import hetccl
     from tests.islands_worker import Checker
     for k, opener in OPENERS.items():
@@ -307,7 +307,7 @@ def _mixed_rank(rank, size, kind, device_ranks, forms, full):
         n += hchk.n
     for dl in (False, True):                   # (b) device buffers: CUDA array interface, then DLPack
         dchk = DeviceChecker(comm, rt, mine, dlpack=dl)
-        _matrix(dchk, forms if not dl else (), DTYPES if full and not dl else ("float32", "int32"))
+        _matrix(dchk, forms if not dl else (), DTYPES if full and not dl else dev_dtypes)
         n += dchk.n
     # non-blocking calls queue the device path on the progress thread like host calls
     from tests.islands_worker import data
@@ -349,14 +349,16 @@ def test_fake_nccl_island_next_to_hetccl_host_and_device_buffers(libs):
 
 def test_fake_nccl_two_plus_one_device_buffers(libs):
     """Unequal islands (leaders form), device buffers only."""
-    res = run_ranks(_mixed_rank, 3, "fakeccl", (0, 1), (), False, timeout=600, env=fakeccl.env(libs))
+    res = run_ranks(_mixed_rank, 3, "fakeccl", (0, 1), (), False, ("float32", "int64", "float16"), timeout=600,
+                    env=fakeccl.env(libs))
     _check_mixed(res, "fakeccl", (0, 1), (2,))
 
 
 def test_fake_hccl_island_next_to_hetccl(libs):
     """The HCCL family once (ACL-style runtime, aclrtMalloc with its policy; int64/float64 have no
     HCCL reduction, so those steps go through the host path)."""
-    res = run_ranks(_mixed_rank, 3, "fakehccl", (0, 1), (), False, timeout=600, env=fakeccl.env(libs))
+    res = run_ranks(_mixed_rank, 3, "fakehccl", (0, 1), (), False, ("float32", "float64", "int8"), timeout=600,
+                    env=fakeccl.env(libs))
     _check_mixed(res, "fakehccl", (0, 1), (2,))
 
 
