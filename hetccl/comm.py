@@ -20,6 +20,7 @@ from . import config, dtypes
 from .bridges import islands as _formation
 from .collectives import hierarchical
 from .collectives import islands as _islands
+from .collectives import staged as _staged
 from .collectives import probe
 from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
@@ -236,7 +237,11 @@ class Communicator:
         """Reduce ``buf`` over all ranks with ``op``; the result goes to ``out`` (default: in place).
 
         Returns the output buffer (a Work with async_op=True). All ranks pass the same count,
-        dtype and op."""
+        dtype and op. Device buffers (DLPack, ``__cuda_array_interface__``) are taken on a rank
+        whose island runs on a bridge for that memory (collectives/staged.py)."""
+        if type(buf) is not _ndarray and _staged.is_device(buf):
+            return _staged.device_call(self, "allreduce", buf, out, op=op, timeout=timeout,
+                                       algorithm=algorithm, async_op=async_op)
         code = _dtype_code(buf)
         if type(op) is not ReduceOp:
             op = as_op(op)
@@ -287,7 +292,11 @@ class Communicator:
         """Concatenate every rank's ``buf`` (in rank order) into ``out``; returns ``out``.
 
         ``out`` defaults to a new numpy array of size x len(buf) elements (numpy input only). Passing
-        ``out`` as ``buf`` means in place: each rank's contribution already sits in its block of out."""
+        ``out`` as ``buf`` means in place: each rank's contribution already sits in its block of out.
+        Device buffers: as for allreduce (``out`` is then required)."""
+        if type(buf) is not _ndarray and _staged.is_device(buf):
+            return _staged.device_call(self, "allgather", buf, out, timeout=timeout, algorithm=algorithm,
+                                       async_op=async_op)
         code = _dtype_code(buf)
         if out is None:
             out = _new_like(buf, self.size * buf.size if isinstance(buf, np.ndarray) else 0, "allgather")
@@ -349,7 +358,11 @@ class Communicator:
                           code, op, algo, self._t(timeout)), out, async_op)
 
     def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
-        """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``."""
+        """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``. Device
+        buffers: as for allreduce."""
+        if type(buf) is not _ndarray and _staged.is_device(buf):
+            return _staged.device_call(self, "broadcast", buf, root=root, timeout=timeout,
+                                       algorithm=algorithm, async_op=async_op)
         code = _dtype_code(buf)
         if (self._sym.active or algorithm == "symmetric") and self._sym.takes("broadcast", algorithm, buf):
             self.last_algorithm = "symmetric"

@@ -96,8 +96,8 @@ def test_unusable_request_raises_the_same_error_everywhere():
 
 
 def test_automatic_choice_takes_only_bridges_that_can_take_host_buffers():
-    """The NCCL-family and HCCL bridges work on device memory; without the staging methods a GPU
-    rank is not put on them automatically (an explicit request still opens them)."""
+    """The NCCL-family and HCCL bridges work on device memory and stage host buffers; a GPU rank
+    is put on them automatically only where the library is usable (not on this machine)."""
     from hetccl.bridges.nccl import NcclBridge
     assert formation.stageable("mpi")
     assert formation.stageable("nccl") == all(callable(getattr(NcclBridge, m, None)) for m in formation.STAGING)

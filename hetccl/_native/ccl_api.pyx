@@ -77,6 +77,9 @@ ctypedef int (*f_memcpy)(void*, const void*, size_t, int) noexcept nogil        
 ctypedef int (*f_acl_memcpy)(void*, size_t, const void*, size_t, int) noexcept nogil  # aclrtMemcpy(dst, max, src, n, kind)
 ctypedef int (*f_acl_query)(void*, int*) noexcept nogil              # aclrtStreamQuery(stream, status*)
 ctypedef const char* (*f_acl_msg)() noexcept nogil                   # aclGetRecentErrMsg()
+ctypedef int (*f_malloc)(void**, size_t) noexcept nogil              # cudaMalloc(void** p, size_t n)
+ctypedef int (*f_acl_malloc)(void**, size_t, int) noexcept nogil     # aclrtMalloc(void** p, size_t n, policy)
+ctypedef int (*f_host_alloc)(void**, size_t, unsigned int) noexcept nogil   # cudaHostAlloc(void** p, n, flags)
 
 
 cdef void* _open(str path) except NULL:
@@ -303,11 +306,28 @@ cdef class CclLibrary:
 
 
 cdef class DeviceRuntime:
-    """A vendor's device runtime: device count/selection, streams, memcpy, error strings.
+    """A vendor's device runtime: device count/selection, streams, memcpy, device memory, errors.
 
     ``style`` "cuda" covers cudart and its clones (hip, musa, mc: same signatures and memcpy kinds
     0..3 = host->host, host->device, device->host, device->device); "acl" is Ascend's libascendcl
-    (aclrtMemcpy takes the destination capacity; aclrtStreamQuery reports through an out-param)."""
+    (aclrtMemcpy takes the destination capacity; aclrtStreamQuery reports through an out-param).
+
+    Device memory (the bridges' staging buffers; optional roles, ``has_allocator`` says whether
+    both resolved), signatures as published by each vendor:
+
+    * ``cudaError_t cudaMalloc(void **devPtr, size_t size)``, ``cudaFree(void *devPtr)``
+      (CUDA Runtime API, Memory Management); hip: ``hipMalloc(void **ptr, size_t size)`` /
+      ``hipFree(void *ptr)`` (HIP runtime API, same shapes); MUSA ``musaMalloc`` / ``musaFree`` and
+      MetaX ``mcMalloc`` / ``mcFree`` clone the cudart names under their prefix.
+    * ``aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)``,
+      ``aclrtFree(void *devPtr)`` (CANN acl_rt.h; hicann/runtime docs): policy 0 =
+      ACL_MEM_MALLOC_HUGE_FIRST (huge pages above 1 MiB, normal pages below), the one used here.
+
+    Pinned host memory (optional: staging through pageable memory works, only slower):
+    ``cudaHostAlloc(void **pHost, size_t size, unsigned int flags)`` / ``cudaFreeHost(void *)``
+    (hip: ``hipHostAlloc`` is the deprecated alias of ``hipHostMalloc(void **ptr, size_t size,
+    unsigned int flags)``, freed by ``hipHostFree``); ACL ``aclrtMallocHost(void **hostPtr, size_t
+    size)`` / ``aclrtFreeHost(void *hostPtr)``."""
 
     cdef void* _h
     cdef readonly str path, style
@@ -323,6 +343,11 @@ cdef class DeviceRuntime:
     cdef f_acl_memcpy _acl_memcpy
     cdef f_errstr _errstr
     cdef f_acl_msg _acl_msg
+    cdef f_malloc _malloc, _acl_host_malloc
+    cdef f_acl_malloc _acl_malloc
+    cdef f_host_alloc _host_alloc
+    cdef f_ptr _free, _free_host
+    cdef readonly bint has_allocator, has_pinned
 
     def __cinit__(self, str path, str style, dict symbols, int not_ready=600):
         if style not in ("cuda", "acl"):
@@ -344,6 +369,18 @@ cdef class DeviceRuntime:
             self._acl_query = <f_acl_query>_sym(self._h, symbols, "stream_query", False, path)
             self._acl_memcpy = <f_acl_memcpy>_sym(self._h, symbols, "memcpy", True, path)
             self._acl_msg = <f_acl_msg>_sym(self._h, symbols, "get_error_string", False, path)
+        cdef void* m = _sym(self._h, symbols, "malloc", False, path)
+        self._free = <f_ptr>_sym(self._h, symbols, "free", False, path)
+        cdef void* hm = _sym(self._h, symbols, "host_alloc", False, path)
+        self._free_host = <f_ptr>_sym(self._h, symbols, "free_host", False, path)
+        if self._acl:
+            self._acl_malloc = <f_acl_malloc>m
+            self._acl_host_malloc = <f_malloc>hm
+        else:
+            self._malloc = <f_malloc>m
+            self._host_alloc = <f_host_alloc>hm
+        self.has_allocator = m != NULL and self._free != NULL
+        self.has_pinned = hm != NULL and self._free_host != NULL
 
     def error_string(self, int rc) -> str:
         if self.style == "cuda":
@@ -397,6 +434,44 @@ cdef class DeviceRuntime:
                 rc = self._memcpy(<void*>dst, <const void*>src, nbytes, kind)
             else:
                 rc = self._acl_memcpy(<void*>dst, nbytes, <const void*>src, nbytes, kind)
+        return rc
+
+    def malloc(self, size_t nbytes):
+        """(rc, ptr): ``nbytes`` of device memory on the current device (set_device first)."""
+        cdef void* p = NULL
+        cdef int rc
+        if not self.has_allocator:
+            raise OSError(f"{self.path}: the runtime has no device allocator (malloc/free symbols)")
+        with nogil:
+            if self._acl:
+                rc = self._acl_malloc(&p, nbytes, 0)          # ACL_MEM_MALLOC_HUGE_FIRST
+            else:
+                rc = self._malloc(&p, nbytes)
+        return rc, <uintptr_t>p
+
+    def free(self, uintptr_t ptr) -> int:
+        cdef int rc
+        with nogil:
+            rc = self._free(<void*>ptr)
+        return rc
+
+    def host_alloc(self, size_t nbytes):
+        """(rc, ptr): ``nbytes`` of pinned (page-locked) host memory; raise without the role."""
+        cdef void* p = NULL
+        cdef int rc
+        if not self.has_pinned:
+            raise OSError(f"{self.path}: the runtime has no pinned host allocator")
+        with nogil:
+            if self._acl:
+                rc = self._acl_host_malloc(&p, nbytes)
+            else:
+                rc = self._host_alloc(&p, nbytes, 0)          # cudaHostAllocDefault
+        return rc, <uintptr_t>p
+
+    def free_host(self, uintptr_t ptr) -> int:
+        cdef int rc
+        with nogil:
+            rc = self._free_host(<void*>ptr)
         return rc
 
     cdef int _query_once(self, void* stream) noexcept nogil:

@@ -89,7 +89,8 @@ def usable_here(kind: str) -> bool:
     return any(lib.usable for lib in found)
 
 
-STAGING = ("device_buffer", "copy_in", "copy_out")    # what a device bridge needs for host buffers
+# what a device bridge needs for host buffers (NativeBridge has them: NCCL family and HCCL)
+STAGING = ("device_buffer", "copy_in", "copy_out")
 
 
 def stageable(kind: str) -> bool:

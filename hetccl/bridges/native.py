@@ -5,12 +5,19 @@ The dtype/op tables are per vendor *and* version (ncclAvg and ncclBfloat16 from 
 from 2.24), and anything a table lacks is reported by ``supports()`` so the caller runs hetccl's
 own algorithm instead: a bridge never approximates.
 
+Staging (``device_buffer`` / ``copy_in`` / ``copy_out``, what collectives/islands.Staging needs to
+hand host arrays to a device bridge, and ``host_buffer`` for the host side of a device buffer that
+crosses islands): buffers come from a per-bridge pool of power-of-two size classes, allocated with
+the runtime's own allocator the first time a class is needed, handed back with ``release_buffer``
+and reused, and freed on close/abort. A steady stream of calls of one shape allocates nothing.
+
 Data movement without reduction (allgather, broadcast, send/recv) is done as bytes (the vendor's
 8-bit type, count x itemsize), so every hetccl dtype moves, including int16 and bool, which NCCL
 has no enum for.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 
@@ -19,13 +26,20 @@ from .._native.ccl_api import WAIT_ASYNC, WAIT_OK, WAIT_TIMEOUT
 from ..errors import HetcclTimeout, InvalidUsage
 from ..ops import ReduceOp
 from .base import Bridge, BridgeError, BridgeUnavailable
-from .buffers import DeviceBuffer, as_device_buffer
+from .buffers import (DEVICE_TO_DEVICE, DEVICE_TO_HOST, DL_EXT_DEV, HOST_TO_DEVICE, DeviceBuffer,
+                      as_device_buffer)
 from .loader import device_status, load_library, load_runtime
 from .vendor import Vendor, version_string
 
 log = logging.getLogger("hetccl.bridges")
 
 REDUCING = ("allreduce", "reduce_scatter", "reduce")
+MIN_CLASS = 4096             # smallest staging allocation (bytes): tiny calls share one class
+
+
+def size_class(nbytes: int) -> int:
+    """The pool's allocation size for a request: the next power of two, at least MIN_CLASS."""
+    return max(MIN_CLASS, 1 << max(0, int(nbytes) - 1).bit_length())
 MOVING = ("allgather", "broadcast", "send", "recv")
 
 
@@ -53,6 +67,9 @@ class NativeBridge(Bridge):
         self.vendor, self.kind, self.memory = vendor, vendor.kind, vendor.memory
         self._comm = self._stream = 0
         self._closed = True
+        self._pool = {}          # size class -> free DeviceBuffers of that class
+        self._owned = {}         # ptr -> (size class, pinned host?) of every live allocation
+        self._host_pool = {}     # size class -> free pinned host numpy arrays (uint8)
         self.timeout = float(timeout if timeout is not None else os.environ.get("HETCCL_TIMEOUT") or 300.0)
         p = vendor.prefix
         why, lib, rt, dev = "", None, None, 0
@@ -74,6 +91,8 @@ class NativeBridge(Bridge):
         self.lib, self.runtime, self.device = lib, rt, dev
         # DLPack device types accepted: the vendor's, or any but CPU (1) when it has no DLPack code
         self._devices = frozenset(vendor.dlpack_devices) or frozenset(range(2, 64))
+        self._staging_device = vendor.dlpack_devices[0] if vendor.dlpack_devices else DL_EXT_DEV
+        self._pinned = rt.has_pinned
         self.version = lib.version()
         self._reduce_map, self._byte_dtype = vendor.tables(self.version)
         rsym = vendor.runtime.symbols()
@@ -160,6 +179,92 @@ class NativeBridge(Bridge):
         if buf.stream is not None:           # __cuda_array_interface__ v3: the producer's work first
             self._check(self.runtime.synchronize(buf.stream), "synchronising the producer's stream", True)
             buf.stream = None
+
+    # ---- staging (collectives/islands.Staging and collectives/staged.py) -----------------------
+    def device_buffer(self, nbytes: int) -> DeviceBuffer:
+        """A staging buffer of at least ``nbytes`` bytes in this bridge's memory, from the pool
+        (its ``nbytes`` is the whole size class). Give it back with ``release_buffer``; the
+        bridge frees every one it made when it closes."""
+        self._live()
+        cls = size_class(nbytes)
+        free = self._pool.get(cls)
+        if free:
+            return free.pop()
+        if not self.runtime.has_allocator:
+            raise BridgeError(f"{self.kind}: the runtime {self.runtime.path} has no device allocator "
+                              f"({self.vendor.runtime.prefix}Malloc/Free), so host buffers cannot be "
+                              f"staged; pass device buffers to this island")
+        rc, ptr = self.runtime.malloc(cls)
+        self._check(rc, f"{self.vendor.runtime.symbols()['malloc']}({cls})", runtime=True)
+        self._owned[ptr] = (cls, False)
+        return DeviceBuffer(ptr, cls, _dt.UINT8, self._staging_device, self.device)
+
+    def release_buffer(self, buf) -> None:
+        """Return a buffer of ``device_buffer`` (or ``host_buffer``) to the pool for reuse."""
+        if isinstance(buf, DeviceBuffer):
+            entry = self._owned.get(buf.ptr)
+            if entry is not None and not self._closed:
+                self._pool.setdefault(entry[0], []).append(buf)
+        else:
+            ptr = buf.ctypes.data
+            entry = self._owned.get(ptr)
+            if entry is not None and not self._closed:
+                self._host_pool.setdefault(entry[0], []).append(buf)
+
+    def host_buffer(self, nbytes: int):
+        """A host uint8 array of at least ``nbytes`` for the cross-island leg of a device buffer:
+        pinned (page-locked, the runtime's HostAlloc) when the runtime has it, so the device
+        copies run at full PCIe speed; a plain numpy array otherwise. Pooled like device_buffer."""
+        import numpy as np
+        cls = size_class(nbytes)
+        free = self._host_pool.get(cls)
+        if free:
+            return free.pop()
+        if self._pinned:
+            rc, ptr = self.runtime.host_alloc(cls)
+            if rc == 0:
+                self._owned[ptr] = (cls, True)
+                return np.ctypeslib.as_array((ctypes.c_uint8 * cls).from_address(ptr))
+            log.info("%s: pinned host allocation of %d bytes failed (%s); staging through pageable memory",
+                     self.kind, cls, self.runtime.error_string(rc))
+            self._pinned = False
+        return np.empty(cls, np.uint8)
+
+    def copy_in(self, dev, host) -> None:
+        """dev[:host.nbytes] = host (a C-contiguous numpy array): host -> device, blocking."""
+        self._copy(self._ptr(dev, host.nbytes, True), host.ctypes.data, host.nbytes, HOST_TO_DEVICE)
+
+    def copy_out(self, host, dev) -> None:
+        """host[...] = dev[:host.nbytes]: device -> host, blocking."""
+        if not host.flags.writeable:
+            raise InvalidUsage("the host array to copy a device buffer into is read-only")
+        self._copy(host.ctypes.data, self._ptr(dev, host.nbytes, False), host.nbytes, DEVICE_TO_HOST)
+
+    def copy_device(self, dst, src, nbytes: int) -> None:
+        """dst[:nbytes] = src[:nbytes], both in this bridge's memory."""
+        self._copy(self._ptr(dst, nbytes, True), self._ptr(src, nbytes, False), nbytes, DEVICE_TO_DEVICE)
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: int) -> None:
+        if nbytes:
+            self._check(self.runtime.memcpy(dst, src, nbytes, kind),
+                        f"{self.vendor.runtime.symbols()['memcpy']}({nbytes} bytes, kind {kind})", runtime=True)
+
+    def _free_all(self) -> None:
+        """Free every staging allocation (close/abort); errors are logged, not raised: the
+        communicator is going away and the runtime frees a process's memory at exit anyway."""
+        owned, self._owned, self._pool, self._host_pool = self._owned, {}, {}, {}
+        for ptr, (_cls, pinned) in owned.items():
+            rc = self.runtime.free_host(ptr) if pinned else self.runtime.free(ptr)
+            if rc:
+                log.warning("%s: freeing a staging buffer failed: %s", self.kind, self.runtime.error_string(rc))
+
+    def accepts(self, buf: DeviceBuffer) -> bool:
+        """Whether ``buf`` is in memory this bridge's library reads (its DLPack device types)."""
+        return buf.device_type in self._devices
+
+    def live_allocations(self) -> int:
+        """How many staging allocations this bridge holds (the pool's size; 0 after close)."""
+        return len(self._owned)
 
     def _live(self):
         if self._closed:
@@ -271,6 +376,7 @@ class NativeBridge(Bridge):
         rc = self.lib.comm_destroy(self._comm)
         self.runtime.stream_destroy(self._stream)
         self._comm = self._stream = 0
+        self._free_all()
         if rc:
             raise BridgeError(f"{self.kind}: destroying the communicator failed: {self.lib.error_string(rc)}")
 
@@ -281,6 +387,7 @@ class NativeBridge(Bridge):
         self.lib.comm_abort(self._comm)      # errors ignored: aborting is already the error path
         self.runtime.stream_destroy(self._stream)
         self._comm = self._stream = 0
+        self._free_all()
 
     def describe(self) -> str:
         v = version_string(self.version)

@@ -17,12 +17,14 @@ RUNTIME_ROLES_CUDA = {   # cudart-style runtimes: name = prefix + suffix
     "get_device_count": "GetDeviceCount", "set_device": "SetDevice", "stream_create": "StreamCreate",
     "stream_synchronize": "StreamSynchronize", "stream_query": "StreamQuery",
     "stream_destroy": "StreamDestroy", "memcpy": "Memcpy", "get_error_string": "GetErrorString",
+    "malloc": "Malloc", "free": "Free", "host_alloc": "HostAlloc", "free_host": "FreeHost",
 }
 RUNTIME_ROLES_ACL = {    # Ascend ACL (acl.h / acl_rt.h): aclInit, aclrt*, aclGetRecentErrMsg
     "init": "Init", "get_device_count": "rtGetDeviceCount", "set_device": "rtSetDevice",
     "stream_create": "rtCreateStream", "stream_synchronize": "rtSynchronizeStream",
     "stream_query": "rtStreamQuery", "stream_destroy": "rtDestroyStream", "memcpy": "rtMemcpy",
     "get_error_string": "GetRecentErrMsg",
+    "malloc": "rtMalloc", "free": "rtFree", "host_alloc": "rtMallocHost", "free_host": "rtFreeHost",
 }
 
 

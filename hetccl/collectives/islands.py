@@ -121,11 +121,28 @@ class Staging:
                                       f"{m}(): it cannot take host buffers across islands")
 
     def _dev(self, name, nbytes):
+        """The staging buffer ``name`` (kept across calls: one allocation per shape, not per call);
+        a larger call hands the old one back to the bridge's pool (``release_buffer``)."""
         d = self._bufs.get(name)
         if d is None or d[1] < nbytes:
-            d = (self.bridge.device_buffer(nbytes), nbytes)
+            if d is not None and callable(getattr(self.bridge, "release_buffer", None)):
+                self.bridge.release_buffer(d[0])
+            buf = self.bridge.device_buffer(nbytes)
+            d = (buf, max(nbytes, getattr(buf, "nbytes", nbytes)))
             self._bufs[name] = d
         return d[0]
+
+    def dev(self, name, nbytes):
+        """A device staging buffer of at least ``nbytes`` (collectives/staged.py uses it too)."""
+        return self._dev(name, nbytes)
+
+    def release(self):
+        """Hand every staging buffer back (the bridge frees them when it closes)."""
+        rel = getattr(self.bridge, "release_buffer", None)
+        for buf, _ in self._bufs.values():
+            if callable(rel):
+                rel(buf)
+        self._bufs.clear()
 
     def run(self, step, send, recv, *args):
         """bridge.step(send, recv, *args) on host arrays send/recv (recv may be send, or None)."""
@@ -156,6 +173,8 @@ class IslandPlan:
         self.bridge = self.staging = None
         self._local = self._leaders = self._rail = None
         self._building = False
+        self.device = False
+        self._staged = None        # collectives/staged.DevicePath, made on the first device buffer
         self._cache = {}
         self._direct = {}
         self._scratch = {}
@@ -207,6 +226,11 @@ class IslandPlan:
         best = np.full((len(COLLECTIVES), len(PROBE_SIZES)), np.inf)
         bufs = {n: (np.ones(max(s, n // 4), np.float32), np.empty(max(s, n // 4), np.float32)) for n in PROBE_SIZES}
         sync = np.zeros(1, np.float32)
+        st = self.staging
+        if not st.host:                          # a device bridge is timed on its own memory
+            bufs = {n: (self._on_device(st, f"probe_s{n}", a), self._on_device(st, f"probe_r{n}", r))
+                    for n, (a, r) in bufs.items()}
+            sync = self._on_device(st, "probe_sync", sync)
 
         def one(coll, send, recv, count):
             if coll == "allreduce":
@@ -225,7 +249,8 @@ class IslandPlan:
                     continue
                 for si, n in enumerate(PROBE_SIZES):
                     send, recv = bufs[n]
-                    count = send.size - send.size % s
+                    size = send.count if not st.host else send.size
+                    count = size - size % s
                     k = SMALL_CALLS if si == 0 else 1
                     b.allreduce(sync, sync, 1, f32, ReduceOp.SUM)
                     t0 = time.perf_counter()
@@ -233,8 +258,13 @@ class IslandPlan:
                         one(coll, send, recv, count)
                     best[ci, si] = min(best[ci, si], (time.perf_counter() - t0) / k)
         best[np.isinf(best)] = 0.0
-        worst = np.empty_like(best)
-        b.allreduce(best.reshape(-1), worst.reshape(-1), best.size, dtypes.FLOAT64, ReduceOp.MAX)
+        # float32: every bridge reduces it with MAX (HCCL has no float64); ample for timings
+        b32 = best.astype(np.float32).reshape(-1)
+        w32 = np.empty_like(b32)
+        st.run(b.allreduce, b32, w32, b32.size, dtypes.FLOAT32, ReduceOp.MAX)
+        worst = w32.reshape(best.shape).astype(np.float64)
+        if not st.host:
+            st.release()                         # back to the bridge's pool for the real calls
         out = []
         for ci in range(len(COLLECTIVES)):
             alpha = float(worst[ci, 0])
@@ -243,9 +273,17 @@ class IslandPlan:
         _measured[key] = out
         return out
 
+    @staticmethod
+    def _on_device(st, name, a):
+        """A float32 view of a staging buffer holding a copy of host array ``a`` (for _probe)."""
+        d = st.dev(name, a.nbytes)
+        st.bridge.copy_in(d, a)
+        return d.__class__(d.ptr, a.nbytes, dtypes.FLOAT32, d.device_type, d.device_id, owner=d)
+
     def _gather_prices(self):
-        row = np.zeros(2 * len(COLLECTIVES) + _NFLAGS, np.float64)
+        row = np.zeros(2 * len(COLLECTIVES) + _NFLAGS + 1, np.float64)
         if self.bridge is not None:
+            row[-1] = self.bridge.memory != HOST     # a device island: see choose()
             row[:2 * len(COLLECTIVES)] = self._probe()
             flags = row[2 * len(COLLECTIVES):]
             for ci, coll in enumerate(COLLECTIVES):
@@ -254,7 +292,8 @@ class IslandPlan:
                         flags[_flag(ci, dt, op)] = self.bridge.supports(coll, dt, op)
         rows = self.comm.allgather(row, algorithm="ring").reshape(self.p, -1)
         self.prices = [rows[isl.ranks[0]][:2 * len(COLLECTIVES)] for isl in self.islands]
-        self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):] > 0 for isl in self.islands]
+        self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):-1] > 0 for isl in self.islands]
+        self.device = any(rows[isl.ranks[0]][-1] > 0 for isl in self.islands)
 
     # ------------------------------------------------------------------ pricing
 
@@ -343,7 +382,9 @@ class IslandPlan:
                 hit = (flat_fallback(self.comm._tuner, collective, nbytes) if flat.code < 0 else flat, None)
             else:
                 name = min(forms, key=forms.get)
-                if flat.code == ALGO_ISLANDS or forms[name] < self._flat_cost(flat, nbytes):
+                # a device island always composes: its ranks may hold device buffers, which only
+                # the composed form reaches (every rank decides alike, whatever its buffers)
+                if flat.code == ALGO_ISLANDS or self.device or forms[name] < self._flat_cost(flat, nbytes):
                     hit = (next(a for a in registry.for_collective(collective) if a.code == ALGO_ISLANDS), name)
                 else:
                     hit = (flat, None)
@@ -397,6 +438,10 @@ class IslandPlan:
             if c:
                 c.close()
         self._local = self._leaders = self._rail = None
+        if self._staged is not None:
+            self._staged.release()
+        if self.staging is not None:
+            self.staging.release()
         if self.bridge is not None:
             self.bridge.close()
             self.bridge = None
@@ -476,6 +521,13 @@ class IslandPlan:
         err = BridgeError(f"the {self.island.kind} bridge failed: {type(e).__name__}: {e}")
         err.__cause__ = e
         return err
+
+    def staged(self):
+        """The device-buffer runs of this plan (collectives/staged.py)."""
+        if self._staged is None:
+            from .staged import DevicePath
+            self._staged = DevicePath(self)
+        return self._staged
 
     def allreduce(self, buf, out, code, op, timeout, algo, form=None):
         try:

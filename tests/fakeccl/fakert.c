@@ -4,11 +4,16 @@
  * memory is host memory; streams are checked handles. Not a vendor runtime.
  *   FAKERT_DEVICES=<n>   number of devices (default 1); 0 = no device (cudaErrorNoDevice, 100)
  *   FAKERT_BUSY=1        streams never finish (StreamQuery: cudaErrorNotReady 600 / ACL status 1),
- *                        to exercise the bridge's deadline and async-error checks */
+ *                        to exercise the bridge's deadline and async-error checks
+ *   FAKERT_NO_PINNED=1   no pinned host allocator (HostAlloc / aclrtMallocHost fail), to exercise
+ *                        staging through pageable memory
+ * Allocations (Malloc / HostAlloc, both styles) are malloc-backed and tracked: freeing an unknown
+ * pointer fails like cudaFree does, and fakertLiveAllocations() lets a test check for leaks. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 
 enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidMemcpyDirection = 21,
        cudaErrorNoDevice = 100, cudaErrorInvalidDevice = 101, cudaErrorInvalidResourceHandle = 400 };
@@ -47,6 +52,50 @@ int fakertMemcpy(void *d, const void *s, size_t n, int kind) {
     memmove(d, s, n);
     return cudaSuccess;
 }
+/* ---- tracked allocations ------------------------------------------------------------------- */
+typedef struct alloc { void *p; struct alloc *next; } alloc_t;
+static alloc_t *live;
+static long nlive;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int pinned_off(void) { const char *s = getenv("FAKERT_NO_PINNED"); return s && *s == '1'; }
+
+static int track(void **p, size_t n) {
+    if (!p) return cudaErrorInvalidValue;
+    *p = NULL;
+    if (ndev() <= 0) return fail(cudaErrorNoDevice, "no CUDA-capable device is detected");
+    alloc_t *a = malloc(sizeof *a);
+    void *m = malloc(n ? n : 1);
+    if (!a || !m) { free(a); free(m); return fail(2, "out of memory"); }
+    memset(m, 0xA5, n);                 /* poison: a test reading unstaged memory sees garbage */
+    pthread_mutex_lock(&lock);
+    a->p = m; a->next = live; live = a; nlive++;
+    pthread_mutex_unlock(&lock);
+    *p = m;
+    return cudaSuccess;
+}
+static int untrack(void *p) {
+    if (!p) return cudaSuccess;          /* cudaFree(NULL) is a no-op */
+    pthread_mutex_lock(&lock);
+    for (alloc_t **q = &live; *q; q = &(*q)->next) {
+        if ((*q)->p == p) {
+            alloc_t *a = *q; *q = a->next; nlive--;
+            pthread_mutex_unlock(&lock);
+            free(a->p); free(a);
+            return cudaSuccess;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return fail(cudaErrorInvalidValue, "invalid argument (free of a pointer not allocated here)");
+}
+long fakertLiveAllocations(void) { pthread_mutex_lock(&lock); long n = nlive; pthread_mutex_unlock(&lock); return n; }
+int fakertMalloc(void **p, size_t n) { return track(p, n); }
+int fakertFree(void *p) { return untrack(p); }
+int fakertHostAlloc(void **p, size_t n, unsigned int flags) {
+    (void)flags;
+    return pinned_off() ? fail(cudaErrorInvalidValue, "pinned memory disabled (FAKERT_NO_PINNED)") : track(p, n);
+}
+int fakertFreeHost(void *p) { return untrack(p); }
+
 const char *fakertGetErrorString(int rc) {
     switch (rc) {
     case cudaSuccess: return "no error";
@@ -85,3 +134,14 @@ int fakeaclrtMemcpy(void *d, size_t dmax, const void *s, size_t n, int kind) {
 const char *fakeaclGetRecentErrMsg(void) { return last_msg[0] ? last_msg : NULL; }
 static int acl_inits;
 int fakeaclInit(const char *config) { (void)config; return acl_inits++ ? 100002 /* ACL_ERROR_REPEAT_INITIALIZE */ : ACL_ERROR_NONE; }
+int fakeaclrtMalloc(void **p, size_t n, int policy) {
+    if (policy < 0 || policy > 5) return fail(ACL_ERROR_INVALID_PARAM, "invalid memory policy");
+    if (n == 0) return fail(ACL_ERROR_INVALID_PARAM, "size must not be 0");   /* as aclrtMalloc */
+    return track(p, n) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE;
+}
+int fakeaclrtFree(void *p) { return untrack(p) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE; }
+int fakeaclrtMallocHost(void **p, size_t n) {
+    if (pinned_off()) return fail(ACL_ERROR_INVALID_PARAM, "pinned memory disabled (FAKERT_NO_PINNED)");
+    return track(p, n) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE;
+}
+int fakeaclrtFreeHost(void *p) { return untrack(p) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE; }
