@@ -17,9 +17,12 @@ Two objects per bridge kind:
   ranks (unique ids travel through hetccl's Store), used like a tiny Communicator whose buffers
   live in ``memory``.
 
-Buffers given to a Bridge are already in the bridge's memory type: numpy arrays (or any buffer
-protocol object) for ``host``; a ``DeviceBuffer`` (bridges/buffers.py, built from DLPack or
-``__cuda_array_interface__``) for a device memory type. Counts are in elements of ``dtype``
+Buffers given to a Bridge's collectives are in the bridge's memory type: numpy arrays (or any
+buffer protocol object) for ``host``; a ``DeviceBuffer`` (bridges/buffers.py, built from DLPack or
+``__cuda_array_interface__``) for a device memory type. A non-host bridge also offers staging
+(``device_buffer(nbytes)``, ``copy_in(dev, host)``, ``copy_out(host, dev)``, pooled per bridge:
+bridges/native.py), which the cross-island composition (collectives/islands.py, staged.py) uses to
+bring host buffers into the island and device results across islands through host memory. Counts are in elements of ``dtype``
 (a hetccl dtype code, dtypes.py) and ops are ``ReduceOp`` values, as everywhere in hetccl.
 """
 from __future__ import annotations
