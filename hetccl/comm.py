@@ -138,6 +138,7 @@ class Communicator:
         self._socks = socks
         self._comm_id = comm_id
         self._timeout = timeout
+        self._hot = _coll.Hot(engine, timeout, _NUMPY)   # the latency path (learn() below)
         self._parent = parent
         self.rank = info.rank
         self.size = info.size
@@ -153,7 +154,6 @@ class Communicator:
             raise
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
-        self.last_algorithm = None
         self._closed = False
         self._pending = 0
         self._queue = collections.deque()
@@ -162,6 +162,15 @@ class Communicator:
         self._children = 0
 
     # ------------------------------------------------------------------ running calls
+
+    @property
+    def last_algorithm(self):
+        """Name of the algorithm the last collective ran (benchmarks print it)."""
+        return self._hot.last
+
+    @last_algorithm.setter
+    def last_algorithm(self, name):
+        self._hot.last = name
 
     def _t(self, timeout):
         return self._timeout if timeout is None else config.timeout(timeout)
@@ -214,6 +223,13 @@ class Communicator:
         self.last_algorithm = a.name
         return a.code
 
+    def _learn(self, collective, nbytes, algo, algorithm):
+        """Let the latency path (self._hot) take later calls of this shape, which this one just
+        routed to a plain native schedule: only for the tuner's own choice (no algorithm=) and
+        when that depends on the size alone (no topology planner)."""
+        if algorithm is None and self._plan is None:
+            self._hot.learn(collective, nbytes, algo, self.last_algorithm)
+
     # ------------------------------------------------------------------ collectives
 
     def allreduce(self, buf, op=ReduceOp.SUM, out=None, *, timeout=None, algorithm=None, async_op=False):
@@ -221,6 +237,12 @@ class Communicator:
 
         Returns the output buffer (a Work with async_op=True). All ranks pass the same count,
         dtype and op."""
+        if timeout is None and algorithm is None and not (async_op or self._pending):
+            try:                               # a shape seen before: straight to the schedule
+                if self._hot.allreduce(buf, out, op):
+                    return buf if out is None else out
+            except HetcclError as e:
+                raise self._failed(e, "allreduce")
         code = _dtype_code(buf)
         if type(op) is not ReduceOp:
             op = as_op(op)
@@ -239,22 +261,23 @@ class Communicator:
                              async_op)
         if algo < 0:
             return self._run("allreduce", self._plan.allreduce, (buf, out, code, op, t, algo), out, async_op)
+        self._learn("allreduce", nbytes, algo, algorithm)
         if algo not in _ENGINE_ALLREDUCE:      # Rabenseifner, double binary tree
             return self._run("allreduce", _coll.allreduce, (self._engine, buf, out, code, op, algo, t),
                              out, async_op)
-        if async_op or self._pending:
-            return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
-        try:                                   # the latency-critical path: no queue, no tuple
-            self._engine.allreduce(buf, out, code, op, algo, t)
-        except HetcclError as e:
-            raise self._failed(e, "allreduce")
-        return out
+        return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
 
     def allgather(self, buf, out=None, *, timeout=None, algorithm=None, async_op=False):
         """Concatenate every rank's ``buf`` (in rank order) into ``out``; returns ``out``.
 
         ``out`` defaults to a new numpy array of size x len(buf) elements (numpy input only). Passing
         ``out`` as ``buf`` means in place: each rank's contribution already sits in its block of out."""
+        if out is not None and timeout is None and algorithm is None and not (async_op or self._pending):
+            try:
+                if self._hot.allgather(buf, out):
+                    return out
+            except HetcclError as e:
+                raise self._failed(e, "allgather")
         code = _dtype_code(buf)
         if out is None:
             out = _new_like(buf, self.size * buf.size if isinstance(buf, np.ndarray) else 0, "allgather")
@@ -272,6 +295,7 @@ class Communicator:
         if algo == ALGO_BRUCK:
             return self._run("allgather", _coll.allgather,
                              (self._engine, buf, out, code, algo, self._t(timeout)), out, async_op)
+        self._learn("allgather", nbytes, algo, algorithm)
         return self._run("allgather", self._engine.allgather,
                          (buf, out, code, algo, self._t(timeout)), out, async_op)
 
@@ -305,11 +329,19 @@ class Communicator:
 
     def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``."""
+        if timeout is None and algorithm is None and not (async_op or self._pending):
+            try:
+                if self._hot.broadcast(buf, root):
+                    return buf
+            except HetcclError as e:
+                raise self._failed(e, "broadcast")
         code = _dtype_code(buf)
-        algo = self._algo("broadcast", _nbytes(buf), algorithm)
+        nbytes = _nbytes(buf)
+        algo = self._algo("broadcast", nbytes, algorithm)
         if algo < 0:
             return self._run("broadcast", self._plan.broadcast, (buf, int(root), code, algo, self._t(timeout)),
                              buf, async_op)
+        self._learn("broadcast", nbytes, algo, algorithm)
         return self._run("broadcast", _coll.broadcast,
                          (self._engine, buf, int(root), code, algo, self._t(timeout)), buf, async_op)
 
@@ -358,6 +390,13 @@ class Communicator:
                  algorithm=None, async_op=False):
         """Send block r of ``buf`` to rank r and receive rank r's block for us into block r of
         ``out``. Uneven blocks (alltoallv): give ``send_counts`` and ``recv_counts``."""
+        if out is not None and send_counts is None and recv_counts is None and timeout is None and \
+                algorithm is None and not (async_op or self._pending):
+            try:
+                if self._hot.alltoall(buf, out):
+                    return out
+            except HetcclError as e:
+                raise self._failed(e, "alltoall")
         code = _dtype_code(buf)
         if (send_counts is None) != (recv_counts is None):
             raise InvalidUsage("alltoallv needs both send_counts and recv_counts")
@@ -370,6 +409,8 @@ class Communicator:
         if sc is not None and algorithm is None and algo != ALGO_PAIRWISE:
             algo = ALGO_PAIRWISE               # alltoallv: only pairwise takes uneven blocks
             self.last_algorithm = "pairwise"
+        if sc is None:
+            self._learn("alltoall", _nbytes(buf), algo, algorithm)
         return self._run("alltoall", _coll.alltoall,
                          (self._engine, buf, out, sc, rc, code, algo, self._t(timeout)), out, async_op)
 
