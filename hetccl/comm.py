@@ -27,7 +27,7 @@ from .collectives.tuner import Tuner
 from ._native import collectives as _coll
 from ._native import direct as _direct
 from ._native import symmetric as _symm
-from .memory.symmetric import SymmetricMemory
+from .memory.symmetric import MIN_BYTES as _SYM_MIN_BYTES, SymmetricMemory
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -144,6 +144,7 @@ class Communicator:
         self._socks = socks
         self._comm_id = comm_id
         self._timeout = timeout
+        self._hot = _coll.Hot(engine, timeout, _NUMPY)   # the latency path (learn() below)
         self._parent = parent
         self.rank = info.rank
         self.size = info.size
@@ -160,7 +161,6 @@ class Communicator:
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
         self._sym = SymmetricMemory(self, engine.all_c2c())
-        self.last_algorithm = None
         self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
         self._islands = self._form = None
         self._closed = False
@@ -176,6 +176,15 @@ class Communicator:
             raise
 
     # ------------------------------------------------------------------ running calls
+
+    @property
+    def last_algorithm(self):
+        """Name of the algorithm the last collective ran (benchmarks print it)."""
+        return self._hot.last
+
+    @last_algorithm.setter
+    def last_algorithm(self, name):
+        self._hot.last = name
 
     def _t(self, timeout):
         return self._timeout if timeout is None else config.timeout(timeout)
@@ -231,6 +240,15 @@ class Communicator:
         self.last_algorithm = a.name
         return a.code
 
+    def _learn(self, collective, nbytes, algo, algorithm):
+        """Let the latency path (self._hot) take later calls of this shape, which this one just
+        routed to a plain native schedule: only for the tuner's own choice (no algorithm=) and
+        when that depends on the size alone (no topology planner, no islands, and no symmetric
+        allocation that a call of this size could use: those routes look at more than the size)."""
+        if (algorithm is None and self._plan is None and self._islands is None
+                and (not self._sym.active or nbytes < _SYM_MIN_BYTES)):
+            self._hot.learn(collective, nbytes, algo, self.last_algorithm)
+
     # ------------------------------------------------------------------ collectives
 
     def allreduce(self, buf, op=ReduceOp.SUM, out=None, *, timeout=None, algorithm=None, async_op=False):
@@ -239,6 +257,12 @@ class Communicator:
         Returns the output buffer (a Work with async_op=True). All ranks pass the same count,
         dtype and op. Device buffers (DLPack, ``__cuda_array_interface__``) are taken on a rank
         whose island runs on a bridge for that memory (collectives/staged.py)."""
+        if timeout is None and algorithm is None and not (async_op or self._pending):
+            try:                               # a shape seen before: straight to the schedule
+                if self._hot.allreduce(buf, out, op):
+                    return buf if out is None else out
+            except HetcclError as e:
+                raise self._failed(e, "allreduce")
         if type(buf) is not _ndarray and _staged.is_device(buf):
             return _staged.device_call(self, "allreduce", buf, out, op=op, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op)
@@ -277,16 +301,11 @@ class Communicator:
                              async_op)
         if algo < 0:
             return self._run("allreduce", self._plan.allreduce, (buf, out, code, op, t, algo), out, async_op)
+        self._learn("allreduce", nbytes, algo, algorithm)
         if algo not in _ENGINE_ALLREDUCE:      # Rabenseifner, double binary tree
             return self._run("allreduce", _coll.allreduce, (self._engine, buf, out, code, op, algo, t),
                              out, async_op)
-        if async_op or self._pending:
-            return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
-        try:                                   # the latency-critical path: no queue, no tuple
-            self._engine.allreduce(buf, out, code, op, algo, t)
-        except HetcclError as e:
-            raise self._failed(e, "allreduce")
-        return out
+        return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
 
     def allgather(self, buf, out=None, *, timeout=None, algorithm=None, async_op=False):
         """Concatenate every rank's ``buf`` (in rank order) into ``out``; returns ``out``.
@@ -294,6 +313,12 @@ class Communicator:
         ``out`` defaults to a new numpy array of size x len(buf) elements (numpy input only). Passing
         ``out`` as ``buf`` means in place: each rank's contribution already sits in its block of out.
         Device buffers: as for allreduce (``out`` is then required)."""
+        if out is not None and timeout is None and algorithm is None and not (async_op or self._pending):
+            try:
+                if self._hot.allgather(buf, out):
+                    return out
+            except HetcclError as e:
+                raise self._failed(e, "allgather")
         if type(buf) is not _ndarray and _staged.is_device(buf):
             return _staged.device_call(self, "allgather", buf, out, timeout=timeout, algorithm=algorithm,
                                        async_op=async_op)
@@ -321,6 +346,7 @@ class Communicator:
         if algo == ALGO_BRUCK:
             return self._run("allgather", _coll.allgather,
                              (self._engine, buf, out, code, algo, self._t(timeout)), out, async_op)
+        self._learn("allgather", nbytes, algo, algorithm)
         return self._run("allgather", self._engine.allgather,
                          (buf, out, code, algo, self._t(timeout)), out, async_op)
 
@@ -360,6 +386,12 @@ class Communicator:
     def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``. Device
         buffers: as for allreduce."""
+        if timeout is None and algorithm is None and not (async_op or self._pending):
+            try:
+                if self._hot.broadcast(buf, root):
+                    return buf
+            except HetcclError as e:
+                raise self._failed(e, "broadcast")
         if type(buf) is not _ndarray and _staged.is_device(buf):
             return _staged.device_call(self, "broadcast", buf, root=root, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op)
@@ -368,13 +400,15 @@ class Communicator:
             self.last_algorithm = "symmetric"
             return self._run("broadcast", _symm.broadcast,
                              (self._engine, self._sym.heap, buf, int(root), code, self._t(timeout)), buf, async_op)
-        algo = self._algo("broadcast", _nbytes(buf), algorithm, code)
+        nbytes = _nbytes(buf)
+        algo = self._algo("broadcast", nbytes, algorithm, code)
         if algo == _ALGO_ISLANDS:
             return self._run("broadcast", self._islands.broadcast, (buf, int(root), code, algo, self._t(timeout),
                                                                     self._form), buf, async_op)
         if algo < 0:
             return self._run("broadcast", self._plan.broadcast, (buf, int(root), code, algo, self._t(timeout)),
                              buf, async_op)
+        self._learn("broadcast", nbytes, algo, algorithm)
         return self._run("broadcast", _coll.broadcast,
                          (self._engine, buf, int(root), code, algo, self._t(timeout)), buf, async_op)
 
@@ -423,6 +457,13 @@ class Communicator:
                  algorithm=None, async_op=False):
         """Send block r of ``buf`` to rank r and receive rank r's block for us into block r of
         ``out``. Uneven blocks (alltoallv): give ``send_counts`` and ``recv_counts``."""
+        if out is not None and send_counts is None and recv_counts is None and timeout is None and \
+                algorithm is None and not (async_op or self._pending):
+            try:
+                if self._hot.alltoall(buf, out):
+                    return out
+            except HetcclError as e:
+                raise self._failed(e, "alltoall")
         code = _dtype_code(buf)
         if (send_counts is None) != (recv_counts is None):
             raise InvalidUsage("alltoallv needs both send_counts and recv_counts")
@@ -440,6 +481,8 @@ class Communicator:
         if sc is not None and algorithm is None and algo != ALGO_PAIRWISE:
             algo = ALGO_PAIRWISE               # alltoallv: only pairwise takes uneven blocks
             self.last_algorithm = "pairwise"
+        if sc is None:
+            self._learn("alltoall", _nbytes(buf), algo, algorithm)
         return self._run("alltoall", _coll.alltoall,
                          (self._engine, buf, out, sc, rc, code, algo, self._t(timeout)), out, async_op)
 
@@ -451,7 +494,9 @@ class Communicator:
         dtype (a size mismatch raises InvalidUsage on every rank). Collectives whose buffers come
         from here run single-copy on all-c2c communicators (``last_algorithm == "symmetric"``).
         Zero-filled; freed by ``free(arr)`` or ``close()``."""
-        return self._sym.alloc(shape, dtype, self._t(timeout))
+        arr = self._sym.alloc(shape, dtype, self._t(timeout))
+        self._hot.forget()          # calls of >= MIN_BYTES may now take the symmetric route
+        return arr
 
     def free(self, arr):
         """Release a ``comm.alloc`` array (local, not collective). Its memory stops being shared;

@@ -16,7 +16,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from hetccl._native.atomics cimport hc_now
-from hetccl._native.buffers cimport check_overlap, get_buffer
+from hetccl._native.buffers cimport check_overlap, get_buffer, pin_allgather, release_allgather
 from hetccl._native.binomial cimport lowbit_mask, subtree_segs
 from hetccl._native.bruck cimport allgather_bruck, alltoall_bruck
 from hetccl._native.codes cimport *
@@ -149,26 +149,30 @@ cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, in
 def broadcast(Engine e, obj, int root, int dtype, int algo, double timeout):
     """obj (in place) = root's obj on every rank."""
     cdef Bufs p = Bufs()
+    p.pin(obj, None, False, True)
+    run_broadcast(e, <char*>p.a.buf, p.a.len, root, dtype, algo, timeout)
+
+
+cdef int run_broadcast(Engine e, char* buf, size_t nb, int root, int dtype, int algo,
+                       double timeout) except -1:
     cdef int rc
     cdef double dl
-    cdef size_t nb, count
+    cdef size_t count = nb // dtype_size(dtype)
     if not 0 <= root < e.size:
         raise InvalidUsage(f"broadcast root {root} is not a rank of this communicator (0..{e.size - 1})")
-    p.pin(obj, None, False, True)
-    nb = p.a.len
-    count = nb // dtype_size(dtype)
     begin_call(e, nb)
     dl = hc_now() + timeout
     with nogil:
         if e.size == 1:
             rc = 0
         elif algo == ALGO_CHAIN:
-            rc = bcast_chain(e, <char*>p.a.buf, nb, root, dtype, count, dl)
+            rc = bcast_chain(e, buf, nb, root, dtype, count, dl)
         elif algo == ALGO_SCATTER_ALLGATHER:
-            rc = bcast_scatter_allgather(e, <char*>p.a.buf, count, root, dtype, dl)
+            rc = bcast_scatter_allgather(e, buf, count, root, dtype, dl)
         else:
-            rc = bcast_binomial(e, <char*>p.a.buf, nb, root, dtype, count, dl)
+            rc = bcast_binomial(e, buf, nb, root, dtype, count, dl)
     end_call(e, rc, "broadcast", timeout)
+    return 0
 
 
 # ------------------------------------------------------------------ reduce_scatter and reduce
@@ -425,44 +429,92 @@ def alltoall(Engine e, sendobj, recvobj, scounts, rcounts, int dtype, int algo, 
     """Pairwise exchange (at step k, send my block for rank+k and receive rank-k's block for me),
     or Bruck's log-step exchange (equal blocks only; bruck.pyx)."""
     cdef Bufs p = Bufs()
-    cdef int rc = 0, N = e.size, r = e.rank, k, to, frm
-    cdef double dl
+    cdef int N = e.size, i
     cdef size_t es = dtype_size(dtype), stot, rtot
-    cdef Seg gs, gr
+    cdef size_t* offs
     p.pin(sendobj, recvobj, True)
-    if p.a.buf == p.b.buf and p.a.len:
-        raise InvalidUsage("alltoall cannot run in place; pass a separate output buffer")
     if scounts is None:
-        if p.a.len % (es * N) or p.a.len != p.b.len:
-            raise InvalidUsage(f"alltoall needs input and output of size x block elements (here "
-                               f"{p.a.len // es} and {p.b.len // es} for {N} ranks); use alltoallv for uneven blocks")
-        scounts = rcounts = [p.a.len // es // N] * N
+        return run_alltoall(e, &p.a, &p.b, dtype, algo, timeout)
     soffs, stot = _offsets(scounts, N, es, "alltoall send")
     roffs, rtot = _offsets(rcounts, N, es, "alltoall receive")
+    if p.a.buf == p.b.buf and p.a.len:
+        raise InvalidUsage("alltoall cannot run in place; pass a separate output buffer")
     if stot != <size_t>p.a.len or rtot != <size_t>p.b.len:
         raise InvalidUsage(f"alltoall counts add up to {stot // es} sent / {rtot // es} received elements, "
                            f"but the buffers hold {p.a.len // es} / {p.b.len // es}")
     if algo == ALGO_BRUCK and (len(set(scounts)) > 1 or list(scounts) != list(rcounts)):
         raise InvalidUsage("the bruck alltoall needs equal blocks; use algorithm='pairwise' for "
                            "alltoallv with uneven counts")
-    begin_call(e, rtot)
+    offs = <size_t*>malloc(sizeof(size_t) * 4 * N)
+    if offs == NULL:
+        raise MemoryError()
+    try:
+        for i in range(N):
+            offs[i] = soffs[i]
+            offs[N + i] = <size_t>scounts[i] * es
+            offs[2 * N + i] = roffs[i]
+            offs[3 * N + i] = <size_t>rcounts[i] * es
+        alltoall_blocks(e, &p.a, &p.b, offs, dtype, algo, timeout)
+    finally:
+        free(offs)
+
+
+cdef int run_alltoall(Engine e, Py_buffer* a, Py_buffer* b, int dtype, int algo, double timeout) except -1:
+    """alltoall of equal blocks (len(a) = len(b) = size x block) on pinned buffers."""
+    cdef int N = e.size, i
+    cdef size_t es = dtype_size(dtype), blk
+    cdef size_t offs[4 * 64]
+    cdef size_t* o = offs
+    if a.len % (es * N) or a.len != b.len:
+        raise InvalidUsage(f"alltoall needs input and output of size x block elements (here "
+                           f"{a.len // es} and {b.len // es} for {N} ranks); use alltoallv for uneven blocks")
+    if a.buf == b.buf and a.len:
+        raise InvalidUsage("alltoall cannot run in place; pass a separate output buffer")
+    blk = <size_t>a.len // N
+    if N > 64:
+        o = <size_t*>malloc(sizeof(size_t) * 4 * N)
+        if o == NULL:
+            raise MemoryError()
+    try:
+        for i in range(N):
+            o[i] = o[2 * N + i] = blk * i
+            o[N + i] = o[3 * N + i] = blk
+        alltoall_blocks(e, a, b, o, dtype, algo, timeout)
+    finally:
+        if o != offs:
+            free(o)
+    return 0
+
+
+cdef int alltoall_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* offs, int dtype, int algo,
+                         double timeout) except -1:
+    """Run alltoall(v); offs holds N send offsets, N send lengths, N receive offsets, N receive
+    lengths (bytes). Bruck only for equal blocks (the callers check)."""
+    cdef int rc = 0, N = e.size, r = e.rank, k, to, frm
+    cdef double dl
+    cdef char* sb = <char*>a.buf
+    cdef char* rb = <char*>b.buf
+    cdef size_t* slen = offs + N
+    cdef size_t* roff = offs + 2 * N
+    cdef size_t* rlen = offs + 3 * N
+    cdef Seg gs, gr
+    begin_call(e, b.len)
     dl = hc_now() + timeout
-    if algo == ALGO_BRUCK and N > 1:
-        with nogil:
-            rc = alltoall_bruck(e, <char*>p.a.buf, <char*>p.b.buf, stot // N, dtype, dl)
-        end_call(e, rc, "alltoall", timeout)
-        return
-    copy_bytes(<char*>p.b.buf + <size_t>roffs[r], <char*>p.a.buf + <size_t>soffs[r], <size_t>scounts[r] * es, 0)
-    for k in range(1, N):
-        to = (r + k) % N
-        frm = (r - k + N) % N
-        seg(&gs, <char*>p.a.buf + <size_t>soffs[to], NULL, <size_t>scounts[to] * es, -1)
-        seg(&gr, <char*>p.b.buf + <size_t>roffs[frm], NULL, <size_t>rcounts[frm] * es, -1)
-        with nogil:
-            rc = e.xfer(to, &gs, 1, frm, &gr, 1, COLL_ALLTOALL, dtype, 0, k, 0, False, dl)
-        if rc < 0:
-            break
+    with nogil:
+        if algo == ALGO_BRUCK and N > 1:
+            rc = alltoall_bruck(e, sb, rb, <size_t>a.len // N, dtype, dl)
+        else:
+            copy_bytes(rb + roff[r], sb + offs[r], slen[r], 0)
+            for k in range(1, N):
+                to = (r + k) % N
+                frm = (r - k + N) % N
+                seg(&gs, sb + offs[to], NULL, slen[to], -1)
+                seg(&gr, rb + roff[frm], NULL, rlen[frm], -1)
+                rc = e.xfer(to, &gs, 1, frm, &gr, 1, COLL_ALLTOALL, dtype, 0, k, 0, False, dl)
+                if rc < 0:
+                    break
     end_call(e, rc, "alltoall", timeout)
+    return 0
 
 
 def barrier(Engine e, double timeout):
@@ -519,26 +571,32 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, int algo, double ti
     """recv = reduction over ranks of send (send may be recv: in place) by Rabenseifner's algorithm
     or the double binary tree; ring and recursive doubling are Engine.allreduce."""
     cdef Bufs p = Bufs()
+    p.pin(sendobj, recvobj, True, sendobj is recvobj)
+    run_allreduce(e, &p.a, &p.b, sendobj is recvobj, dtype, op, algo, timeout)
+
+
+cdef int run_allreduce(Engine e, Py_buffer* a, Py_buffer* b, bint inplace, int dtype, int op, int algo,
+                       double timeout) except -1:
     cdef int rc
     cdef double dl
     cdef size_t es = dtype_size(dtype)
     if get_reduce(dtype, op) == NULL:
         raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
-    p.pin(sendobj, recvobj, True, sendobj is recvobj)
-    if p.a.len != p.b.len:
-        raise InvalidUsage(f"allreduce output has {p.b.len} bytes but the input has {p.a.len}; "
+    if a.len != b.len:
+        raise InvalidUsage(f"allreduce output has {b.len} bytes but the input has {a.len}; "
                            f"pass an output of the same size and dtype")
-    check_overlap(&p.a, &p.b, sendobj is recvobj)
-    if p.b.len % es:
-        raise InvalidUsage(f"buffer of {p.b.len} bytes is not a whole number of {es}-byte elements")
-    begin_call(e, p.b.len)
+    check_overlap(a, b, inplace)
+    if b.len % es:
+        raise InvalidUsage(f"buffer of {b.len} bytes is not a whole number of {es}-byte elements")
+    begin_call(e, b.len)
     dl = hc_now() + timeout
     with nogil:
         if algo == ALGO_DBTREE:
-            rc = allreduce_dbtree(e, <char*>p.a.buf, <char*>p.b.buf, p.b.len // es, dtype, op, dl)
+            rc = allreduce_dbtree(e, <char*>a.buf, <char*>b.buf, b.len // es, dtype, op, dl)
         else:
-            rc = allreduce_rabenseifner(e, <char*>p.a.buf, <char*>p.b.buf, p.b.len // es, dtype, op, dl)
+            rc = allreduce_rabenseifner(e, <char*>a.buf, <char*>b.buf, b.len // es, dtype, op, dl)
     end_call(e, rc, "allreduce", timeout)
+    return 0
 
 
 def allgather(Engine e, sendobj, recvobj, int dtype, int algo, double timeout):
@@ -568,3 +626,145 @@ def allgather(Engine e, sendobj, recvobj, int dtype, int algo, double timeout):
     with nogil:
         rc = allgather_bruck(e, src, <char*>p.b.buf, nb, dtype, dl)
     end_call(e, rc, "allgather", timeout)
+
+
+# ------------------------------------------------------------------ the latency path of a communicator
+
+cdef enum:
+    HOT_BROADCAST = 0
+    HOT_ALLREDUCE = 1
+    HOT_ALLGATHER = 2
+    HOT_ALLTOALL = 3
+    HOT_KINDS = 4
+
+HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall")
+
+from hetccl.ops import ReduceOp as _ReduceOp
+
+cdef object _ndarray
+try:
+    import numpy as _np
+    _ndarray = _np.ndarray
+except ImportError:                 # numpy is a dependency; without it nothing is ever hot
+    _ndarray = None
+
+
+cdef class Hot:
+    """The per-call work of a communicator's common collectives, for calls it has seen before.
+
+    A blocking call with the default timeout and no forced algorithm costs, through the Python
+    layer, a dtype lookup, the tuner's cache, the route checks and two or three pins: about a
+    microsecond, as much as the whole 8-byte collective. The Communicator teaches this object each
+    (collective, bytes) -> algorithm it routed plainly to a native schedule (``learn``); later calls
+    of that shape on a numpy array of a known dtype come here first and go straight to the schedule
+    (``broadcast`` etc. return True), else return False without side effects and the Python path
+    runs as before. What it learns depends only on the size, like the tuner's choice."""
+    cdef Engine e
+    cdef double timeout
+    cdef dict codes                 # numpy dtype -> hetccl dtype code
+    cdef object dt_last             # the last dtype seen and its code (arrays share dtype objects)
+    cdef int code_last
+    cdef list algos                 # per HOT_* kind: {nbytes: (algorithm code, name)}
+    cdef public object last         # the name of the algorithm of the last call (last_algorithm)
+
+    def __cinit__(self, Engine e, double timeout, dict codes):
+        self.e = e
+        self.timeout = timeout
+        self.codes = codes
+        self.dt_last = None
+        self.code_last = -1
+        self.algos = [{} for _ in range(HOT_KINDS)]
+        self.last = None
+
+    def learn(self, str collective, Py_ssize_t nbytes, int algo, str name):
+        """Remember that `collective` of nbytes runs `algo` through the plain native route."""
+        (<dict>self.algos[HOT_NAMES.index(collective)])[nbytes] = (algo, name)
+
+    def forget(self):
+        """Drop everything learnt (the routes changed)."""
+        for d in self.algos:
+            (<dict>d).clear()
+
+    cdef int dtype_of(self, object buf):
+        """The dtype code of a numpy array, or -1 (not numpy, or a dtype only the Python path knows)."""
+        if type(buf) is not _ndarray:
+            return -1
+        dt = buf.dtype
+        if dt is not self.dt_last:
+            code = self.codes.get(dt)
+            if code is None:
+                return -1
+            self.dt_last = dt
+            self.code_last = code
+        return self.code_last
+
+    cdef object algo_of(self, int kind, Py_ssize_t nbytes):
+        return (<dict>self.algos[kind]).get(nbytes)
+
+    def broadcast(self, buf, int root):
+        cdef int dtype = self.dtype_of(buf)
+        cdef Bufs p
+        if dtype < 0:
+            return False
+        hit = self.algo_of(HOT_BROADCAST, buf.nbytes)
+        if hit is None:
+            return False
+        p = Bufs()
+        p.pin(buf, None, False, True)
+        self.last = hit[1]
+        run_broadcast(self.e, <char*>p.a.buf, p.a.len, root, dtype, <int>hit[0], self.timeout)
+        return True
+
+    def allreduce(self, buf, out, op):
+        cdef int dtype = self.dtype_of(buf)
+        cdef Bufs p
+        cdef int algo
+        if dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND:
+            return False
+        if out is None:
+            out = buf
+        elif out is not buf and self.dtype_of(out) != dtype:
+            return False
+        hit = self.algo_of(HOT_ALLREDUCE, buf.nbytes)
+        if hit is None:
+            return False
+        algo = hit[0]
+        p = Bufs()
+        p.pin(buf, out, True, buf is out)
+        self.last = hit[1]
+        if algo == ALGO_RING or algo == ALGO_RD:
+            self.e.run_allreduce(&p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
+        else:
+            run_allreduce(self.e, &p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
+        return True
+
+    def allgather(self, buf, out):
+        cdef int dtype = self.dtype_of(buf)
+        cdef Py_buffer sv, rv
+        cdef bint same = buf is out
+        if dtype < 0 or (not same and self.dtype_of(out) != dtype):
+            return False
+        hit = self.algo_of(HOT_ALLGATHER, out.nbytes)
+        if hit is None or (hit[0] != ALGO_RING and hit[0] != ALGO_RD):
+            return False
+        pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
+        try:
+            self.last = hit[1]
+            self.e.run_allgather(&sv, &rv, dtype, hit[0], self.timeout)
+        finally:
+            release_allgather(same, &sv, &rv)
+        return True
+
+    def alltoall(self, buf, out):
+        cdef int dtype = self.dtype_of(buf)
+        cdef Bufs p
+        if dtype < 0 or self.dtype_of(out) != dtype:
+            return False
+        hit = self.algo_of(HOT_ALLTOALL, buf.nbytes)
+        if hit is None:
+            return False
+        p = Bufs()
+        p.pin(buf, out, True)
+        self.last = hit[1]
+        run_alltoall(self.e, &p.a, &p.b, dtype, hit[0], self.timeout)
+        return True

@@ -114,6 +114,9 @@ cdef class Engine:
     cdef void note_waiting(self, Stream* snd, Stream* rcv) noexcept nogil
     cdef raise_error(self, int rc, str what, double timeout)
     cdef check_usable(self)
+    cdef int run_allreduce(self, Py_buffer* sv, Py_buffer* rv, bint inplace, int dtype, int op, int algo,
+                           double timeout) except -1
+    cdef int run_allgather(self, Py_buffer* sv, Py_buffer* rv, int dtype, int algo, double timeout) except -1
     cdef int exchange(self, int peer, char* src, char* dst, const char* loc, size_t nbytes,
                       size_t count, int dtype, int op, int phase, bint do_send, bint do_recv,
                       long divide, double deadline) noexcept nogil

@@ -29,7 +29,7 @@ from hetccl._native.ucx cimport UcxLink
 from hetccl._native.ucx_link cimport sock_write, sock_read, sock_read_reduce, ucx_prepare_sleep
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
-from hetccl._native.c2c cimport C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, C2C_SLOT_BYTES
+from hetccl._native.c2c cimport C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, C2C_SLOT_BYTES, hc_futex_wait
 
 import os as _os
 
@@ -581,17 +581,32 @@ cdef class Engine:
         return 0
 
     cdef int block(self, Stream** ss, int n, double deadline) noexcept nogil:
-        """Sleep in poll() until a peer rings, dies, or 100 ms pass (then look at signals).
+        """Sleep until a peer wakes us, dies, or 100 ms (futex: 50 ms) pass (then look at signals).
 
-        ss holds [send stream, receive stream], either NULL when it does not wait on its link."""
+        ss holds [send stream, receive stream], either NULL when it does not wait on its link. When
+        everything waited on is one shared-memory pair, sleep in a futex wait on its flag (a futex
+        wake leaves us on our own CPU, see waiting.pxd; reap() notices a dead peer within 50 ms);
+        otherwise in poll() on the peers' sockets, which a doorbell byte or a peer's death (EOF) wakes."""
         cdef pollfd fds[4]
         cdef int nf = 0, i, j, rc, ms
         cdef bint ready = False
         cdef Link* L
         cdef Link* T
+        cdef Link* only = NULL
         cdef Stream* s
         cdef char junk[256]
         cdef ssize_t got
+        cdef uint32_t how = SLEEP_FUTEX
+        cdef uint32_t* word = NULL
+        for i in range(n):                   # one shared-memory pair: futex; anything else: poll
+            s = ss[i]
+            if s == NULL or s.done:
+                continue
+            if s.link.kind != LK_SHM or (only != NULL and only != s.link) or \
+                    ((i & 1) and s.fwd != NULL and s.fwd.link != s.link):
+                how = SLEEP_POLL
+                break
+            only = s.link
         for i in range(n):
             s = ss[i]
             if s == NULL or s.done:
@@ -599,18 +614,21 @@ cdef class Engine:
             L = s.link
             if L.kind == LK_SHM:
                 if (i & 1) == 0:
-                    hc_store32_sc(&L.tx_ctl.prod_sleeping, 1)
+                    word = &L.tx_ctl.prod_sleeping
+                    hc_store32_sc(word, how)
                     if L.cap - (L.tx_head - hc_load_acq(&L.tx_ctl.tail)) > 0:
                         ready = True
                 elif s.fwd != NULL and s.cur < s.nseg and s.segs[s.cur].fwd and \
                         hc_load_acq(&L.rx_ctl.head) != L.rx_tail:
                     T = s.fwd.link           # data is here; forwarding waits for room downstream
-                    hc_store32_sc(&T.tx_ctl.prod_sleeping, 1)
+                    word = &T.tx_ctl.prod_sleeping
+                    hc_store32_sc(word, how)
                     if T.cap - (T.tx_head - hc_load_acq(&T.tx_ctl.tail)) >= s.esize:
                         ready = True
                     L = T
                 else:
-                    hc_store32_sc(&L.rx_ctl.cons_sleeping, 1)
+                    word = &L.rx_ctl.cons_sleeping
+                    hc_store32_sc(word, how)
                     if hc_load_acq(&L.rx_ctl.head) != L.rx_tail:
                         ready = True
                 fds[nf].events = POLLIN
@@ -622,7 +640,15 @@ cdef class Engine:
             fds[nf].fd = (<UcxLink*>L.ucx).efd if L.kind == LK_UCX else L.fd
             fds[nf].revents = 0
             nf += 1
-        if not ready and nf > 0:
+        if not ready and nf > 0 and how == SLEEP_FUTEX:
+            ms = <int>((deadline - hc_now()) * 1000.0) + 1
+            if ms > 50:
+                ms = 50
+            if ms > 0:
+                hc_futex_wait(word, SLEEP_FUTEX, ms)
+            if hc_load32_sc(word) == SLEEP_FUTEX and self.check_signals() != 0:
+                return E_INTERRUPTED         # not woken (timed out or a signal): honour Ctrl-C
+        elif not ready and nf > 0:
             ms = <int>((deadline - hc_now()) * 1000.0) + 1
             if ms > 100:
                 ms = 100
@@ -880,9 +906,6 @@ cdef class Engine:
         """recv = reduction over ranks of send (send may be recv: in place). Raises on failure."""
         cdef Py_buffer sv, rv
         cdef bint inplace = sendobj is recvobj
-        cdef int rc
-        cdef double deadline
-        self.check_usable()
         get_buffer(recvobj, &rv, True)
         if inplace:
             sv = rv
@@ -893,51 +916,67 @@ cdef class Engine:
                 PyBuffer_Release(&rv)
                 raise
         try:
-            if sv.len != rv.len:
-                raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
-                                   f"pass an output of the same size and dtype")
-            check_overlap(&sv, &rv, inplace)
-            if rv.len % ESIZE[dtype]:
-                raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of {_DT_NAMES[dtype]}")
-            if get_reduce(dtype, op) == NULL:
-                raise InvalidUsage(f"{_OP_NAMES[op]} is not defined for {_DT_NAMES[dtype]}")
-            deadline = hc_now() + timeout
-            self.seq += 1
-            with nogil:
-                if algo == ALGO_RD:
-                    rc = self.allreduce_rd(<char*>sv.buf, <char*>rv.buf, <size_t>rv.len // ESIZE[dtype],
-                                           dtype, op, deadline)
-                else:
-                    rc = self.allreduce_ring(<char*>sv.buf, <char*>rv.buf, <size_t>rv.len // ESIZE[dtype],
-                                             dtype, op, deadline)
-            if rc < 0:
-                self.raise_error(rc, "allreduce", timeout)
+            self.run_allreduce(&sv, &rv, inplace, dtype, op, algo, timeout)
         finally:
             if not inplace:
                 PyBuffer_Release(&sv)
             PyBuffer_Release(&rv)
 
+    cdef int run_allreduce(self, Py_buffer* sv, Py_buffer* rv, bint inplace, int dtype, int op, int algo,
+                           double timeout) except -1:
+        """Check and run a ring / recursive-doubling allreduce on pinned buffers (the def entry point
+        and the communicator's latency path, collectives.Hot, share it)."""
+        cdef int rc
+        cdef double deadline
+        self.check_usable()
+        if sv.len != rv.len:
+            raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
+                               f"pass an output of the same size and dtype")
+        check_overlap(sv, rv, inplace)
+        if rv.len % ESIZE[dtype]:
+            raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of {_DT_NAMES[dtype]}")
+        if get_reduce(dtype, op) == NULL:
+            raise InvalidUsage(f"{_OP_NAMES[op]} is not defined for {_DT_NAMES[dtype]}")
+        deadline = hc_now() + timeout
+        self.seq += 1
+        with nogil:
+            if algo == ALGO_RD:
+                rc = self.allreduce_rd(<char*>sv.buf, <char*>rv.buf, <size_t>rv.len // ESIZE[dtype],
+                                       dtype, op, deadline)
+            else:
+                rc = self.allreduce_ring(<char*>sv.buf, <char*>rv.buf, <size_t>rv.len // ESIZE[dtype],
+                                         dtype, op, deadline)
+        if rc < 0:
+            self.raise_error(rc, "allreduce", timeout)
+        return 0
+
     def allgather(self, sendobj, recvobj, int dtype, int algo, double timeout):
         """recv = concatenation over ranks of send (send may be recv's own block: in place)."""
         cdef Py_buffer sv, rv
-        cdef int rc
-        cdef double deadline
         cdef bint same = sendobj is recvobj
         self.check_usable()
         pin_allgather(sendobj, recvobj, self.size, self.rank, ESIZE[dtype], &sv, &rv)
         try:
-            deadline = hc_now() + timeout
-            self.seq += 1
-            self.stream_out = <size_t>rv.len >= self.nt_threshold
-            with nogil:
-                if algo == ALGO_RD:
-                    rc = self.allgather_rd(<char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, deadline)
-                else:
-                    rc = self.allgather_ring(<char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, deadline)
-            if rc < 0:
-                self.raise_error(rc, "allgather", timeout)
+            self.run_allgather(&sv, &rv, dtype, algo, timeout)
         finally:
             release_allgather(same, &sv, &rv)
+
+    cdef int run_allgather(self, Py_buffer* sv, Py_buffer* rv, int dtype, int algo, double timeout) except -1:
+        """Run a ring / recursive-doubling allgather on buffers pin_allgather checked."""
+        cdef int rc
+        cdef double deadline
+        self.check_usable()
+        deadline = hc_now() + timeout
+        self.seq += 1
+        self.stream_out = <size_t>rv.len >= self.nt_threshold
+        with nogil:
+            if algo == ALGO_RD:
+                rc = self.allgather_rd(<char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, deadline)
+            else:
+                rc = self.allgather_ring(<char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, deadline)
+        if rc < 0:
+            self.raise_error(rc, "allgather", timeout)
+        return 0
 
     # ---- ring allreduce: reduce-scatter then allgather around the ring, one pipelined stream each way
 

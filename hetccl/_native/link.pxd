@@ -7,13 +7,15 @@
 #   The producer copies into data[head % cap ...] and then publishes head (seq_cst); the consumer
 #   reads data[tail % cap ...] and then publishes tail. cons_sleeping/prod_sleeping implement the
 #   "spin, then block" handshake: a side about to sleep sets its flag (seq_cst) and re-checks; the other
-#   side checks the flag after every publish and, if set, clears it and writes one doorbell byte on the
-#   pair's TCP socket, which the sleeper is poll()ing. The same socket reports the peer's death (EOF).
+#   side checks the flag after every publish and, if set, wakes it (wake_peer): with a futex wake on the
+#   flag when the sleeper waits on this one pair (SLEEP_FUTEX), else with one doorbell byte on the pair's
+#   TCP socket, which the sleeper is poll()ing (SLEEP_POLL). The same socket reports the peer's death (EOF).
 from libc.stdint cimport uint64_t, uint32_t, int64_t
 from libc.string cimport memmove
 cdef extern from "<sys/types.h>" nogil:
     ctypedef long ssize_t
-from hetccl._native.atomics cimport (hc_load_acq, hc_store_sc, hc_load32_sc, hc_store32_sc)
+from hetccl._native.atomics cimport (hc_load_acq, hc_store_sc, hc_load32_sc, hc_store32_sc, hc_xchg32)
+from hetccl._native.c2c cimport hc_futex_wake
 from hetccl._native.reduce cimport reduce_fn, copy_bytes
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -83,6 +85,27 @@ cdef inline void doorbell(Link* L) noexcept nogil:
     c_send(L.fd, &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL)   # EAGAIN: plenty of doorbells already queued
 
 
+# values of RingCtl.cons_sleeping / prod_sleeping: how the side that set the flag sleeps
+cdef enum:
+    SLEEP_POLL = 1            # in poll() on the pairs' sockets (it waits on several links)
+    SLEEP_FUTEX = 2           # in a futex wait on that flag (it waits on this pair alone)
+
+# Why a futex next to the doorbell: a byte on a socket (or pipe) is a "sync" wake-up for the Linux
+# scheduler, which then moves the sleeper onto the waker's CPU whenever the waker is the only task there.
+# Two ranks that spin then share one core while the other idles, and each later wait is slower, sleeps
+# again and re-pairs them (measured: 128 KiB scatter_allgather broadcasts 75 -> 700 us per call after
+# one sleep). A futex wake is not "sync": the sleeper stays on its own, idle, CPU.
+cdef inline void wake_peer(Link* L) noexcept nogil:
+    """The peer sleeps on this pair (it set one of its two flags): clear both, then wake it the way it
+    sleeps. Clearing both lets a futex sleeper wait on either flag without missing the other's wake."""
+    cdef uint32_t how = hc_xchg32(&L.tx_ctl.cons_sleeping, 0) | hc_xchg32(&L.rx_ctl.prod_sleeping, 0)
+    if how & SLEEP_FUTEX:
+        hc_futex_wake(&L.tx_ctl.cons_sleeping)
+        hc_futex_wake(&L.rx_ctl.prod_sleeping)
+    if how & SLEEP_POLL:
+        doorbell(L)
+
+
 # ---------------------------------------------------------------- shared-memory FIFO
 
 cdef inline size_t ring_space(Link* L, size_t want) noexcept nogil:
@@ -124,8 +147,7 @@ cdef inline void ring_publish(Link* L) noexcept nogil:
     L.tx_pub = L.tx_head
     hc_store_sc(&L.tx_ctl.head, L.tx_head)
     if hc_load32_sc(&L.tx_ctl.cons_sleeping):
-        hc_store32_sc(&L.tx_ctl.cons_sleeping, 0)
-        doorbell(L)
+        wake_peer(L)
 
 cdef inline void ring_release(Link* L) noexcept nogil:
     if L.rx_tail == L.rx_rel:
@@ -133,8 +155,7 @@ cdef inline void ring_release(Link* L) noexcept nogil:
     L.rx_rel = L.rx_tail
     hc_store_sc(&L.rx_ctl.tail, L.rx_tail)
     if hc_load32_sc(&L.rx_ctl.prod_sleeping):
-        hc_store32_sc(&L.rx_ctl.prod_sleeping, 0)
-        doorbell(L)
+        wake_peer(L)
 
 cdef inline size_t ring_read(Link* L, char* dst, size_t n, bint streaming) noexcept nogil:
     """Copy up to n bytes out of the FIFO (released by ring_release, or here if >= 64 KiB).

@@ -15,9 +15,10 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
-from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_store32_sc
+from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_store32_sc, hc_load32_sc
+from libc.stdint cimport uint32_t
 from hetccl._native.buffers cimport get_buffer
-from hetccl._native.c2c cimport hc_cma
+from hetccl._native.c2c cimport hc_cma, hc_futex_wait
 from hetccl._native.link cimport *
 
 from hetccl.errors import HetcclTimeout, PeerLostError, TransportError
@@ -167,22 +168,28 @@ cdef class PairLink:
         return 0
 
     cdef int sleep(self, bint rx, bint tx, double deadline) noexcept nogil:
-        """Block in poll() (<= 100 ms) until the peer rings, the link is ready, or it hangs up."""
+        """Block until the peer wakes us, the link is ready, or it hangs up; 0 when the wait timed out
+        (<= 100 ms). Shared memory: a futex wait on our flag (a futex wake leaves us on our own CPU,
+        see link.pxd wake_peer; wait() asks gone() for the peer's death each time round); sockets:
+        poll()."""
         cdef pollfd f
         cdef int ms, rc
+        cdef uint32_t* word
         if self.L.kind == LK_SHM:
+            word = &self.L.rx_ctl.cons_sleeping if rx else &self.L.tx_ctl.prod_sleeping
             if rx:
-                hc_store32_sc(&self.L.rx_ctl.cons_sleeping, 1)
+                hc_store32_sc(&self.L.rx_ctl.cons_sleeping, SLEEP_FUTEX)
             if tx:
-                hc_store32_sc(&self.L.tx_ctl.prod_sleeping, 1)
+                hc_store32_sc(&self.L.tx_ctl.prod_sleeping, SLEEP_FUTEX)
             if self.ready(rx, tx):
                 rc = 1
             else:
-                f.fd = self.L.fd
-                f.events = POLLIN | POLLRDHUP
-                f.revents = 0
                 ms = <int>((deadline - hc_now()) * 1000.0) + 1
-                rc = poll(&f, 1, 100 if ms > 100 else (ms if ms > 0 else 0))
+                if ms > 50:
+                    ms = 50
+                if ms > 0:
+                    hc_futex_wait(word, SLEEP_FUTEX, ms)
+                rc = 0 if hc_load32_sc(word) == SLEEP_FUTEX else 1
             hc_store32_sc(&self.L.rx_ctl.cons_sleeping, 0)
             hc_store32_sc(&self.L.tx_ctl.prod_sleeping, 0)
             return rc

@@ -1,0 +1,106 @@
+"""The communicator's latency path (collectives.Hot): a call shape seen before goes straight to its
+native schedule. It must give the same results, the same algorithm and the same errors as the
+Python path it short-cuts, and never take a call it was not taught (forced algorithms, timeouts,
+async operations, dtypes only the Python path knows)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.launcher import run_ranks
+
+
+def _hot_case(rank, size):
+    import ml_dtypes
+
+    import hetccl
+    from hetccl import InvalidUsage
+    comm = hetccl.init(timeout=60)
+    fails = []
+
+    def check(what, cond):
+        if not cond:
+            fails.append(what)
+
+    try:
+        for n in (2, 1000, 300_000):          # 8 B (latency), 4 KB, 1.2 MB (ring)
+            for rep in range(3):              # rep 0 teaches the hot path, reps 1-2 take it
+                x = np.arange(n, dtype=np.float32) + rank + rep
+                out = np.empty_like(x)
+                got = comm.allreduce(x, out=out)
+                check(f"allreduce {n} returns out", got is out)
+                check(f"allreduce {n} rep {rep}", np.allclose(out, size * np.arange(n) + size * (size - 1) / 2 + size * rep))
+                check(f"allreduce {n} algorithm", comm.last_algorithm == comm._tuner.select("allreduce", x.nbytes).name)
+                y = x.copy()
+                comm.allreduce(y, hetccl.MAX)             # in place
+                check(f"allreduce max {n}", np.array_equal(y, np.arange(n, dtype=np.float32) + size - 1 + rep))
+
+                b = np.full(n, rank + rep, np.int32)
+                check(f"broadcast {n} returns buf", comm.broadcast(b, root=size - 1) is b)
+                check(f"broadcast {n} rep {rep}", np.all(b == size - 1 + rep))
+
+                a = np.arange(n * size, dtype=np.float64) + 1000 * rank + rep
+                ao = np.empty_like(a)
+                comm.alltoall(a, ao)
+                want = np.concatenate([np.arange(rank * n, (rank + 1) * n) + 1000 * s + rep for s in range(size)])
+                check(f"alltoall {n} rep {rep}", np.array_equal(ao, want))
+
+                g = np.full(n, rank * 10 + rep, np.int16)
+                go = np.empty(n * size, np.int16)
+                comm.allgather(g, go)
+                check(f"allgather {n} rep {rep}", np.array_equal(go, np.repeat(np.arange(size) * 10 + rep, n)))
+
+        b = np.full(2, rank, np.int32)           # the 8-byte broadcast above was learnt
+        check("latency path taken", comm._hot.broadcast(b, size - 1) is True and np.all(b == size - 1))
+
+        # a forced algorithm is not learnt: the next unforced call of that size uses the tuner's choice
+        b = np.zeros(64, np.float32)
+        comm.broadcast(b, algorithm="chain")
+        check("forced chain", comm.last_algorithm == "chain")
+        comm.broadcast(b)
+        check("unforced after forced", comm.last_algorithm == comm._tuner.select("broadcast", b.nbytes).name)
+        comm.broadcast(b, algorithm="chain")
+        check("forced chain again", comm.last_algorithm == "chain")
+
+        # errors are the Python path's, and the communicator stays usable
+        x = np.ones(2, np.float32)
+        comm.allreduce(x, out=np.empty(2, np.float32))
+        for what, call in [
+            ("allreduce out dtype", lambda: comm.allreduce(x, out=np.empty(2, np.float64))),
+            ("allreduce bxor float", lambda: comm.allreduce(x, hetccl.BXOR)),
+            ("allreduce out size", lambda: comm.allreduce(x, out=np.empty(3, np.float32))),
+            ("broadcast root", lambda: comm.broadcast(x, root=size)),
+            ("alltoall in place", lambda: comm.alltoall(x, x)),
+            ("alltoall uneven", lambda: comm.alltoall(np.ones(2 * size + 1, np.float32), np.empty(2 * size + 1, np.float32))),
+        ]:
+            try:
+                call()
+                fails.append(f"{what}: no error")
+            except InvalidUsage:
+                pass
+        comm.allreduce(x)
+        check("usable after errors", np.all(x == size))
+
+        # dtypes the latency path leaves to Python (bfloat16 through ml_dtypes) still work
+        h = np.ones(8, ml_dtypes.bfloat16)
+        for _ in range(2):
+            h[:] = 1
+            comm.allreduce(h)
+            check("bfloat16 allreduce", np.all(h.astype(np.float32) == size))
+
+        # a pending async operation sends every call through the queue (issue order kept)
+        w = comm.allreduce(np.ones(2, np.float32), async_op=True)
+        z = np.ones(2, np.float32)
+        comm.allreduce(z)
+        w.wait()
+        check("after async", np.all(z == size))
+    finally:
+        comm.close()
+    return fails
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_hot_path_matches_python_path(size):
+    results = run_ranks(_hot_case, size, timeout=180)
+    fails = [f"rank {r}: {f}" for r, fs in enumerate(results) for f in fs]
+    assert not fails, "\n".join(fails)
