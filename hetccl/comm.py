@@ -27,7 +27,7 @@ from .collectives.tuner import Tuner
 from ._native import collectives as _coll
 from ._native import direct as _direct
 from ._native import symmetric as _symm
-from .memory.symmetric import MIN_BYTES as _SYM_MIN_BYTES, SymmetricMemory
+from .memory.symmetric import SymmetricMemory
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -244,9 +244,9 @@ class Communicator:
         """Let the latency path (self._hot) take later calls of this shape, which this one just
         routed to a plain native schedule: only for the tuner's own choice (no algorithm=) and
         when that depends on the size alone (no topology planner, no islands, and no symmetric
-        allocation that a call of this size could use: those routes look at more than the size)."""
+        allocation: those routes look at the buffers, and a freed allocation must raise)."""
         if (algorithm is None and self._plan is None and self._islands is None
-                and (not self._sym.active or nbytes < _SYM_MIN_BYTES)):
+                and not self._sym.active):
             self._hot.learn(collective, nbytes, algo, self.last_algorithm)
 
     # ------------------------------------------------------------------ collectives
@@ -495,7 +495,7 @@ class Communicator:
         from here run single-copy on all-c2c communicators (``last_algorithm == "symmetric"``).
         Zero-filled; freed by ``free(arr)`` or ``close()``."""
         arr = self._sym.alloc(shape, dtype, self._t(timeout))
-        self._hot.forget()          # calls of >= MIN_BYTES may now take the symmetric route
+        self._hot.forget()          # calls now look at the buffers (symmetric or freed): see _learn
         return arr
 
     def free(self, arr):
