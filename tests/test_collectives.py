@@ -514,9 +514,9 @@ def test_allreduce_allgather_matrix(size, transport):
         for coll in ("allreduce", "allgather"):
             chosen = {v for (c, _), v in s["defaults"].items() if c == coll}
             assert chosen <= {a.name for a in registry.for_collective(coll)}, chosen
-        if size in (2, 4):   # the crossover lies inside the sizes tried: both get chosen
+        if size in (2, 4):   # a crossover lies inside the sizes tried: more than one algorithm runs
             chosen = {v for (c, _), v in s["defaults"].items() if c == "allreduce"}
-            assert chosen == {"ring", "recursive_doubling"}, s["defaults"]
+            assert len(chosen) >= 2 and "recursive_doubling" in chosen, s["defaults"]
 
 
 def _large_rank(rank, size, transport):
