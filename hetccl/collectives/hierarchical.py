@@ -177,6 +177,8 @@ class Planner:
 
     def composed_cost(self, collective, code, nbytes) -> float | None:
         """Predicted seconds of a composed algorithm, None if it does not apply here."""
+        if code not in COMPOSED:               # another module's composed form (islands): not ours to price
+            return None
         if len(self.hosts) < 2 or self.p < 3:
             return None
         if code == ALGO_TOPO_RING:
