@@ -7,8 +7,7 @@ size; :func:`format_summary` prints one table per collective:
 
     size | time of each forced algorithm | auto's choice | auto time | auto/best | within15%
 
-``within15%`` is PASS when the chosen algorithm's time (the median of all its samples in the run:
-the tuner's calls and the same algorithm forced) is at most 1.15 x the fastest forced algorithm's at
+``within15%`` is PASS when the tuner's time is at most 1.15 x the fastest forced algorithm's at
 that size (times are medians over repetitions, each the max over ranks; the repetitions of every
 variant of a size are interleaved, so they saw the same machine). ``paired`` (JSON only) is the
 median over repetitions of auto's time / the fastest forced time *of the same repetition*, which
@@ -57,9 +56,8 @@ def summarize(rows, tolerance: float = TOLERANCE) -> list[dict]:
             best = min(forced, key=lambda v: forced[v]["time_us"])
             entry["best"], entry["best_us"] = best, forced[best]["time_us"]
         if auto is not None and forced and entry["best_us"] > 0:
-            entry["chosen_us"] = _chosen_time(auto, forced.get(entry["auto_choice"]))
-            entry["ratio"] = entry["chosen_us"] / entry["best_us"]
-            entry["ok"] = entry["chosen_us"] <= tolerance * entry["best_us"]
+            entry["ratio"] = auto["time_us"] / entry["best_us"]
+            entry["ok"] = auto["time_us"] <= tolerance * entry["best_us"]
             reps = [r.get("times_us") or [] for r in forced.values()]
             a = auto.get("times_us") or []
             if a and all(len(x) == len(a) for x in reps):
@@ -68,17 +66,6 @@ def summarize(rows, tolerance: float = TOLERANCE) -> list[dict]:
                 entry["paired"] = statistics.median(paired) if paired else None
         out.append(entry)
     return out
-
-
-def _chosen_time(auto, forced_same):
-    """The measured time of the algorithm the tuner chose: the median over every sample of it in
-    this run, the tuner's own calls and the same algorithm forced (both ran interleaved with the
-    other variants). Judging the choice on one column alone let a slow phase of the host that hit
-    only that column count as a wrong choice when the tuner had picked the fastest algorithm."""
-    samples = list(auto.get("times_us") or [])
-    if forced_same is not None:
-        samples += list(forced_same.get("times_us") or [])
-    return statistics.median(samples) if samples else auto["time_us"]
 
 
 def algorithms_of(rows, collective: str) -> list[str]:
