@@ -561,7 +561,9 @@ def test_64mib_float32_two_ranks(transport):
     for r, s in enumerate(results):
         assert not s["failures"], f"rank {r}: {s['failures']}"
     assert results[0]["digest"] == results[1]["digest"]
-    assert results[0]["algo"] == "ring", results[0]   # bandwidth-bound: the model must pick ring
+    # bandwidth-bound: the model must pick a bandwidth-optimal schedule (at 2 ranks the ring and
+    # Rabenseifner are the same two exchanges of half the buffer, priced alike)
+    assert results[0]["algo"] in ("ring", "rabenseifner"), results[0]
 
 
 def _forced_by_env_rank(rank, size):

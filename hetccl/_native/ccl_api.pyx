@@ -25,12 +25,7 @@ from libc.string cimport memcpy, memset
 from hetccl._native.atomics cimport hc_now
 from hetccl._native.waiting cimport sched_yield
 
-cdef extern from "<dlfcn.h>" nogil:
-    void* dlopen(const char* filename, int flags)
-    void* dlsym(void* handle, const char* symbol)
-    char* dlerror()
-    int RTLD_NOW
-    int RTLD_LOCAL
+from hetccl._native.dl cimport dlopen, dlsym, dlerror, RTLD_NOW, RTLD_LOCAL
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t

@@ -25,12 +25,7 @@ import os as _os
 
 from hetccl.errors import HetcclTimeout, PeerLostError, TransportError, InvalidUsage
 
-cdef extern from "<dlfcn.h>" nogil:
-    void* dlopen(const char* filename, int flags)
-    void* dlsym(void* handle, const char* symbol)
-    char* dlerror()
-    int RTLD_NOW
-    int RTLD_LOCAL
+from hetccl._native.dl cimport dlopen, dlsym, dlerror, RTLD_NOW, RTLD_LOCAL
 
 cdef extern from "<stdio.h>" nogil:
     ctypedef struct FILE

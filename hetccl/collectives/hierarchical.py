@@ -33,6 +33,7 @@ from ..ops import ReduceOp
 from ..topology import select
 from ..topology.cards import model_of, oversubscription
 from . import registry
+from .scratch import scratch
 from .model import LinkCost, group_cost
 
 ALGO_HIERARCHICAL, ALGO_TOPO_RING = -1, -2     # below the engine's codes: run here, not in the engine
@@ -305,12 +306,8 @@ class Planner:
     # ------------------------------------------------------------------ runs
 
     def _buf(self, name, n, dtype):
-        """A scratch array reused across calls (allocating per call costs page faults here)."""
-        a = self._scratch.get(name)
-        if a is None or a.size < n or a.dtype != dtype:
-            a = np.empty(max(n, a.size if a is not None and a.dtype == dtype else 0), dtype)
-            self._scratch[name] = a
-        return a[:n]
+        """A scratch array reused across calls (collectives/scratch.py)."""
+        return scratch(self._scratch, name, n, dtype)
 
     @staticmethod
     def _flat(buf, code):

@@ -53,6 +53,7 @@ from ..errors import HetcclError
 from ..ops import ReduceOp
 from ..topology.cards import oversubscription
 from . import registry
+from .scratch import scratch
 from .hierarchical import SUB_CALL, flat_fallback
 
 ALGO_ISLANDS = -3          # below the engine's codes (hierarchical.py has -1, -2)
@@ -456,11 +457,8 @@ class IslandPlan:
     # ------------------------------------------------------------------ island steps
 
     def _buf(self, name, n, dtype):
-        a = self._scratch.get(name)
-        if a is None or a.size < n or a.dtype != dtype:
-            a = np.empty(max(n, a.size if a is not None and a.dtype == dtype else 0), dtype)
-            self._scratch[name] = a
-        return a[:n]
+        """A scratch array reused across calls (collectives/scratch.py)."""
+        return scratch(self._scratch, name, n, dtype)
 
     def _leader_index(self, i=None):
         isl = self.islands[self.mine if i is None else i]
