@@ -173,6 +173,12 @@ def test_reduce_matches_numpy(dt, op, isa):
                 b1 = b0.copy()[off:]
                 R.reduce_arrays(b1, a, b1, dt, op, streaming)
                 assert_same(dt, op, b1, want, what + " dst=b")
+                # dual kernel: the same result into two outputs, equally or differently aligned
+                for eoff in (off, 1 - off):
+                    d2, e2 = np.zeros(n + off, a.dtype)[off:], np.zeros(n + eoff, a.dtype)[eoff:]
+                    R.reduce_arrays(d2, a, b, dt, op, streaming, also=e2)
+                    assert_same(dt, op, d2, want, what + f" dual eoff={eoff} (first)")
+                    assert_same(dt, op, e2, want, what + f" dual eoff={eoff} (second)")
 
 
 @pytest.mark.parametrize("dt,op", INVALID, ids=[f"{numpy_dtype(d).name}-{OPS[o]}" for d, o in INVALID])
@@ -332,6 +338,22 @@ def test_streaming_large_float32(isa):
     raw = np.zeros(n * 4 + 2, np.uint8)
     R.reduce_arrays(raw[1:1 + n * 4], a, b, FLOAT32, SUM, True)
     assert np.array_equal(raw[1:1 + n * 4].view(np.float32), a + b)
+
+
+def test_dual_streaming_large(isa):
+    """The dual kernel over many 256-byte blocks with heads and tails on both outputs, as the
+    symmetric allreduce uses it; a second output of another length is refused."""
+    rng = np.random.default_rng(11)
+    n = 5 * 1024 * 33 + 7
+    a = rng.standard_normal(n + 3).astype(np.float32)[3:]
+    b = rng.standard_normal(n + 3).astype(np.float32)[3:]
+    for doff in (0, 5):
+        d = np.zeros(n + doff, np.float32)[doff:]
+        e = np.zeros(n + doff, np.float32)[doff:]
+        R.reduce_arrays(d, a, b, FLOAT32, SUM, True, also=e)
+        assert np.array_equal(d, a + b) and np.array_equal(e, a + b), doff
+    with pytest.raises(ValueError, match="second output"):
+        R.reduce_arrays(d, a, b, FLOAT32, SUM, True, also=e[:-1])
 
 
 def test_kernel_isa_reported():

@@ -161,6 +161,36 @@ def test_every_dtype_op_size(size):
         assert dg == results[0][1], f"rank {r}'s results differ from rank 0's"
 
 
+
+def _streaming_rank(rank, size):
+    """Out-of-place allreduce with the streaming threshold lowered to 64 KiB, so that the fused
+    schedule's dual-output streaming kernel (heads, 256-byte blocks, tails at odd offsets) runs at
+    sizes the matrix keeps below the default 16 MiB threshold."""
+    import hetccl
+    comm = hetccl.init(timeout=120)
+    try:
+        comm._engine.nt_threshold = 64 << 10
+        pools = (comm.alloc(8 << 20, np.uint8), comm.alloc(8 << 20, np.uint8))
+        fails = []
+        cases = [("allreduce", dt, op, n, "out") for dt, op in
+                 [("float32", "SUM"), ("bfloat16", "MAX"), ("int64", "BXOR"), ("float16", "PROD"),
+                  ("uint8", "MIN"), ("float8_e4m3fn", "SUM")] for n in (4099, (1 << 20) // 4 + 3)]
+        for ci, case in enumerate(cases):
+            err, _ = _run_case(comm, hetccl, pools, case, ci)
+            if err:
+                fails.append(f"{case}: {err}")
+        return fails
+    finally:
+        comm.close()
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_streaming_fused_allreduce(size):
+    results = run_ranks(_streaming_rank, size, timeout=240, transports="c2c")
+    for r, fails in enumerate(results):
+        assert not fails, f"rank {r}:\n" + "\n".join(fails)
+
+
 # ------------------------------------------------------------------ alloc, free, leaks
 
 def _maps_of(prefix):

@@ -57,6 +57,8 @@
 #define HK_AVX2 __attribute__((target("avx2,f16c")))
 
 typedef void (*hk_reduce_fn)(void* dst, const void* a, const void* b, size_t count, int streaming);
+typedef void (*hk_dual_fn)(void* d, void* e, const void* a, const void* b, size_t count,
+                           int streaming);
 typedef void (*hk_cmp_fn)(void* dst, const void* a, const void* b, size_t count);
 typedef void (*hk_stream_fn)(void* dst, const void* src, size_t nbytes);
 
@@ -244,6 +246,21 @@ HK_INLINE double hk_dmul(double x, double y) { return hk_dsel(HK_DNANMASK(x), x 
     static void NAME##_##V(void* d, const void* a, const void* b, size_t n, int s) {              \
         hk_drive((char*)d, (const char*)a, (const char*)b, n, s, sizeof(T), NAME##_cmp_##V,       \
                  NAME##_nt_##V);                                                                  \
+    }                                                                                             \
+    static ATTR void NAME##_nt2_##V(void* d_, void* e_, const void* a_, const void* b_,           \
+                                    size_t nblk) {                                                \
+        char* d = (char*)d_; char* e = (char*)e_;                                                 \
+        const char* a = (const char*)a_; const char* b = (const char*)b_;                         \
+        for (size_t k = 0; k < nblk; k++, d += HK_BLK, e += HK_BLK, a += HK_BLK, b += HK_BLK) {   \
+            T t[HK_BLK / sizeof(T)] __attribute__((aligned(64)));                                 \
+            BODY(t, (const T*)a, (const T*)b, HK_BLK / sizeof(T));                                \
+            NTSTORE(d, t);                                                                        \
+            NTSTORE(e, t);                                                                        \
+        }                                                                                         \
+    }                                                                                             \
+    static void NAME##_dual_##V(void* d, void* e, const void* a, const void* b, size_t n, int s) {\
+        hk_drive2((char*)d, (char*)e, (const char*)a, (const char*)b, n, s, sizeof(T),           \
+                  NAME##_##V, NAME##_nt2_##V);                                                    \
     }
 
 #if HK_X86
@@ -258,6 +275,7 @@ HK_INLINE double hk_dmul(double x, double y) { return hk_dsel(HK_DNANMASK(x), x 
 #define HK_KERNEL(NAME, T, EXPR) HK_BODY(NAME, T, EXPR) HK_GEN(NAME, T)
 
 typedef void (*hk_nt_fn)(void* dst, const void* a, const void* b, size_t nblk);
+typedef void (*hk_nt2_fn)(void* d, void* e, const void* a, const void* b, size_t nblk);
 
 /* plain, or: ordinary stores up to a 64-byte boundary of dst, non-temporal whole blocks, tail */
 HK_INLINE void hk_drive(char* dst, const char* a, const char* b, size_t n, int streaming,
@@ -276,6 +294,32 @@ HK_INLINE void hk_drive(char* dst, const char* a, const char* b, size_t n, int s
     nt(dst, a, b, nblk);
     size_t done = nblk * HK_BLK;
     if (n * es > done) cmp(dst + done, a + done, b + done, n - done / es);
+}
+
+/* Dual destination, d = e = a OP b, for outputs that both get the same result (the symmetric
+ * allreduce writes its block into two ranks' outputs): computed once per 256-byte block and
+ * streamed to both. d and e must not alias a or b. Falls back to two single-destination calls
+ * when not streaming or when d and e are not equally aligned. */
+HK_INLINE void hk_drive2(char* d, char* e, const char* a, const char* b, size_t n, int streaming,
+                         size_t es, hk_reduce_fn one, hk_nt2_fn nt2) {
+    uintptr_t mis = (uintptr_t)d & 63u;
+    if (!streaming || n * es < HK_STREAM_MIN || mis % es || mis != ((uintptr_t)e & 63u)) {
+        one(d, a, b, n, streaming);
+        one(e, a, b, n, streaming);
+        return;
+    }
+    if (mis) {
+        size_t h = (64u - mis) / es;
+        one(d, a, b, h, 0);
+        one(e, a, b, h, 0);
+        d += h * es; e += h * es; a += h * es; b += h * es; n -= h;
+    }
+    size_t nblk = n * es / HK_BLK, done = nblk * HK_BLK;
+    nt2(d, e, a, b, nblk);
+    if (n * es > done) {
+        one(d + done, a + done, b + done, n - done / es, 0);
+        one(e + done, a + done, b + done, n - done / es, 0);
+    }
 }
 
 /* ---- integers: SUM/PROD on the unsigned type (wraps; same bits for signed), MIN/MAX per
@@ -440,6 +484,10 @@ HK_FP8_LUT_BODY(hk_e5m2_prod, 3)
 #define HK_GEN_PLAIN_V(NAME, T, V)                                                                \
     static void NAME##_##V(void* d, const void* a, const void* b, size_t n, int s) {              \
         (void)s; NAME##_body((T*)d, (const T*)a, (const T*)b, n);                                 \
+    }                                                                                             \
+    static void NAME##_dual_##V(void* d, void* e, const void* a, const void* b, size_t n, int s) {\
+        (void)s; NAME##_body((T*)d, (const T*)a, (const T*)b, n);                                 \
+        NAME##_body((T*)e, (const T*)a, (const T*)b, n);                                          \
     }
 #if HK_X86
 #define HK_GEN_PLAIN(NAME, T) HK_GEN_PLAIN_V(NAME, T, base) HK_GEN_PLAIN_V(NAME, T, avx2)
@@ -479,8 +527,10 @@ static void hk_fill_fp8_tables(void) {
         HK_ROW_FLT(hk_f64, V), HK_ROW_FLT(hk_e4m3, V), HK_ROW_FLT(hk_e5m2, V), HK_ROW_BOOL(V) }
 
 static const hk_reduce_fn hk_table_base[HK_NDT][HK_NOP] = HK_TABLE(base);
+static const hk_dual_fn hk_dual_base[HK_NDT][HK_NOP] = HK_TABLE(dual_base);
 #if HK_X86
 static const hk_reduce_fn hk_table_avx2[HK_NDT][HK_NOP] = HK_TABLE(avx2);
+static const hk_dual_fn hk_dual_avx2[HK_NDT][HK_NOP] = HK_TABLE(dual_avx2);
 #endif
 
 /* ------------------------------------------------------------------------------------------------
@@ -594,6 +644,7 @@ static void hk_stream_plain(void* dst, const void* src, size_t n) { memcpy(dst, 
  * Run-time selection and public helpers.
  * ---------------------------------------------------------------------------------------------- */
 static const hk_reduce_fn (*hk_table)[HK_NOP] = hk_table_base;
+static const hk_dual_fn (*hk_dual)[HK_NOP] = hk_dual_base;
 static const hk_div_fn* hk_divs = hk_divs_base;
 static hk_stream_fn hk_stream = HK_STREAM_BASE;
 static int hk_isa_avx2 = 0;
@@ -611,13 +662,13 @@ static int hk_cpu_has_avx2(void) {
 static int hk_select(int isa) {
 #if HK_X86
     if (isa && hk_cpu_has_avx2()) {
-        hk_table = hk_table_avx2; hk_divs = hk_divs_avx2; hk_stream = HK_STREAM_AVX2;
+        hk_table = hk_table_avx2; hk_dual = hk_dual_avx2; hk_divs = hk_divs_avx2; hk_stream = HK_STREAM_AVX2;
         hk_isa_avx2 = 1;
         return 1;
     }
 #endif
     (void)isa;
-    hk_table = hk_table_base; hk_divs = hk_divs_base; hk_stream = HK_STREAM_BASE;
+    hk_table = hk_table_base; hk_dual = hk_dual_base; hk_divs = hk_divs_base; hk_stream = HK_STREAM_BASE;
     hk_isa_avx2 = 0;
     return 0;
 }
@@ -631,6 +682,11 @@ static int hk_init(void) {
 static hk_reduce_fn hk_lookup(int dtype, int op) {
     if (dtype < 0 || dtype >= HK_NDT || op < 0 || op >= HK_NOP) return 0;
     return hk_table[dtype][op];
+}
+
+static hk_dual_fn hk_lookup_dual(int dtype, int op) {
+    if (dtype < 0 || dtype >= HK_NDT || op < 0 || op >= HK_NOP) return 0;
+    return hk_dual[dtype][op];
 }
 
 static void hk_divide(void* buf, size_t count, int dtype, long n) {

@@ -11,6 +11,13 @@ ctypedef void (*reduce_fn)(void* dst, const void* a, const void* b, size_t count
 # the caller issues store_fence() before publishing such data to another process.
 cdef reduce_fn get_reduce(int dtype, int op) noexcept nogil
 
+ctypedef void (*dual_fn)(void* d, void* e, const void* a, const void* b, size_t count,
+                         bint streaming) noexcept nogil
+
+# d[i] = e[i] = a[i] OP b[i]: one combine, two outputs (streamed to both when streaming; d and e
+# must not alias a or b). Same dtype/op rules and NULL as get_reduce.
+cdef dual_fn get_reduce_dual(int dtype, int op) noexcept nogil
+
 # memcpy with optional non-temporal stores (glibc never streams on this class of machine).
 cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil
 

@@ -16,7 +16,10 @@ cdef extern from "kernels.h" nogil:
                                   int streaming) noexcept nogil
     int hk_init() noexcept
     int hk_select(int isa) noexcept
+    ctypedef void (*hk_dual_fn)(void* d, void* e, const void* a, const void* b, size_t count,
+                                int streaming) noexcept nogil
     hk_reduce_fn hk_lookup(int dtype, int op) noexcept
+    hk_dual_fn hk_lookup_dual(int dtype, int op) noexcept
     void hk_divide(void* buf, size_t count, int dtype, long n) noexcept
     void hk_copy(void* dst, const void* src, size_t n, int streaming) noexcept
     void hk_fence() noexcept
@@ -26,16 +29,27 @@ cdef int _current_isa = hk_init()     # fp8 tables; AVX2+F16C kernels when the C
 cdef int[15] ITEMSIZE = [1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1, 1]
 
 
-cdef reduce_fn get_reduce(int dtype, int op) noexcept nogil:
+cdef int kernel_op(int dtype, int op) noexcept nogil:
+    """The table column for (dtype, op), or -1 where the op is not defined for the dtype."""
     if dtype < 0 or dtype >= DT_COUNT or op < 0 or op >= OP_COUNT:
-        return NULL
+        return -1
     if op == OP_AVG:
         op = OP_SUM                                   # the caller divides afterwards
     if OP_BAND <= op <= OP_BXOR and DT_FLOAT16 <= dtype <= DT_FP8_E5M2:
-        return NULL                                   # bitwise ops: integers and bool only
+        return -1                                     # bitwise ops: integers and bool only
     if dtype == DT_BOOL and (op == OP_SUM or op == OP_PROD):
-        return NULL                                   # ambiguous on bool: use BOR/BAND/MIN/MAX
-    return <reduce_fn>hk_lookup(dtype, op)
+        return -1                                     # ambiguous on bool: use BOR/BAND/MIN/MAX
+    return op
+
+
+cdef reduce_fn get_reduce(int dtype, int op) noexcept nogil:
+    op = kernel_op(dtype, op)
+    return NULL if op < 0 else <reduce_fn>hk_lookup(dtype, op)
+
+
+cdef dual_fn get_reduce_dual(int dtype, int op) noexcept nogil:
+    op = kernel_op(dtype, op)
+    return NULL if op < 0 else <dual_fn>hk_lookup_dual(dtype, op)
 
 
 cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil:
@@ -74,14 +88,18 @@ def itemsize(int dtype):
     return ITEMSIZE[dtype]
 
 
-def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False):
+def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False, also=None):
     """dst[i] = a[i] OP b[i] over buffer-protocol objects (contiguous). The element count comes
     from dst's byte length; a and b must be at least as long. ValueError if OP is not defined for
-    the dtype (same rule as get_reduce). AVG only sums (see divide_array)."""
+    the dtype (same rule as get_reduce). AVG only sums (see divide_array). With ``also`` (as long
+    as dst, aliasing neither input), the result goes to both through the dual kernel
+    (get_reduce_dual)."""
     cdef reduce_fn fn = get_reduce(dtype, op)
+    cdef dual_fn fn2 = get_reduce_dual(dtype, op)
     if fn == NULL:
         raise ValueError(f"reduction op {op} is not defined for dtype {dtype}")
-    cdef Py_buffer dv, av, bv
+    cdef Py_buffer dv, av, bv, ev
+    cdef void* e = NULL
     PyObject_GetBuffer(dst, &dv, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
     try:
         PyObject_GetBuffer(a, &av, PyBUF_ANY_CONTIGUOUS)
@@ -93,10 +111,24 @@ def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False):
                 if dv.len % ITEMSIZE[dtype]:
                     raise ValueError(f"output size {dv.len} is not a multiple of the item size "
                                      f"{ITEMSIZE[dtype]}")
-                with nogil:
-                    fn(dv.buf, av.buf, bv.buf, <size_t>dv.len // ITEMSIZE[dtype], streaming)
-                    if streaming:
-                        hk_fence()
+                if also is not None:
+                    PyObject_GetBuffer(also, &ev, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+                    e = ev.buf
+                    if ev.len != dv.len:
+                        PyBuffer_Release(&ev)
+                        raise ValueError(f"second output has {ev.len} bytes, first {dv.len}")
+                try:
+                    with nogil:
+                        if e != NULL:
+                            fn2(dv.buf, e, av.buf, bv.buf, <size_t>dv.len // ITEMSIZE[dtype],
+                                streaming)
+                        else:
+                            fn(dv.buf, av.buf, bv.buf, <size_t>dv.len // ITEMSIZE[dtype], streaming)
+                        if streaming:
+                            hk_fence()
+                finally:
+                    if e != NULL:
+                        PyBuffer_Release(&ev)
             finally:
                 PyBuffer_Release(&bv)
         finally:
