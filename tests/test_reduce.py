@@ -323,6 +323,13 @@ def test_copy(streaming, isa):
                 R.copy_array(dst0[doff:doff + n], src0[soff:soff + n], streaming)
                 assert np.array_equal(dst0[doff:doff + n], src0[soff:soff + n]), (n, soff, doff)
                 assert not dst0[:doff].any() and not dst0[doff + n:].any(), (n, soff, doff)
+                for eoff in (doff, doff + 1):     # dual: equally / differently aligned
+                    d0, e0 = np.zeros(n + doff + 7, np.uint8), np.zeros(n + eoff + 7, np.uint8)
+                    R.copy_array(d0[doff:doff + n], src0[soff:soff + n], streaming,
+                                 also=e0[eoff:eoff + n])
+                    for z, off in ((d0, doff), (e0, eoff)):
+                        assert np.array_equal(z[off:off + n], src0[soff:soff + n]), (n, soff, off)
+                        assert not z[:off].any() and not z[off + n:].any(), (n, soff, off)
 
 
 def test_streaming_large_float32(isa):

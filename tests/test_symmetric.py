@@ -163,9 +163,9 @@ def test_every_dtype_op_size(size):
 
 
 def _streaming_rank(rank, size):
-    """Out-of-place allreduce with the streaming threshold lowered to 64 KiB, so that the fused
-    schedule's dual-output streaming kernel (heads, 256-byte blocks, tails at odd offsets) runs at
-    sizes the matrix keeps below the default 16 MiB threshold."""
+    """Out-of-place allreduce and allgather with the streaming threshold lowered to 64 KiB, so that
+    the dual-output streaming kernels (heads, 256-byte blocks, tails at odd offsets) run at sizes
+    the matrix keeps below the default 16 MiB threshold."""
     import hetccl
     comm = hetccl.init(timeout=120)
     try:
@@ -175,6 +175,8 @@ def _streaming_rank(rank, size):
         cases = [("allreduce", dt, op, n, "out") for dt, op in
                  [("float32", "SUM"), ("bfloat16", "MAX"), ("int64", "BXOR"), ("float16", "PROD"),
                   ("uint8", "MIN"), ("float8_e4m3fn", "SUM")] for n in (4099, (1 << 20) // 4 + 3)]
+        cases += [("allgather", dt, None, n, mode) for dt in ("float32", "int8")
+                  for n in (4099, (1 << 20) // 4 + 3) for mode in ("out", "inplace")]
         for ci, case in enumerate(cases):
             err, _ = _run_case(comm, hetccl, pools, case, ci)
             if err:
@@ -185,7 +187,7 @@ def _streaming_rank(rank, size):
 
 
 @pytest.mark.parametrize("size", [2, 3, 4])
-def test_streaming_fused_allreduce(size):
+def test_streaming_dual_output(size):
     results = run_ranks(_streaming_rank, size, timeout=240, transports="c2c")
     for r, fails in enumerate(results):
         assert not fails, f"rank {r}:\n" + "\n".join(fails)

@@ -61,6 +61,7 @@ typedef void (*hk_dual_fn)(void* d, void* e, const void* a, const void* b, size_
                            int streaming);
 typedef void (*hk_cmp_fn)(void* dst, const void* a, const void* b, size_t count);
 typedef void (*hk_stream_fn)(void* dst, const void* src, size_t nbytes);
+typedef void (*hk_stream2_fn)(void* dst, void* dst2, const void* src, size_t nbytes);
 
 enum { HK_NDT = 15, HK_NOP = 8 };
 enum { HK_INT8, HK_UINT8, HK_INT16, HK_UINT16, HK_INT32, HK_UINT32, HK_INT64, HK_UINT64,
@@ -633,11 +634,47 @@ static HK_AVX2 void hk_stream_avx2(void* dst, const void* src, size_t n) {
         _mm256_stream_si256((__m256i*)(d + i + 32), v1);
     }
 }
+/* the same into two destinations (equally aligned): src is loaded once */
+static void hk_stream2_sse2(void* dst, void* dst2, const void* src, size_t n) {
+    char* d = (char*)dst; char* e = (char*)dst2; const char* s = (const char*)src;
+    for (size_t i = 0; i < n; i += 64) {
+        __m128i v0 = _mm_loadu_si128((const __m128i*)(s + i));
+        __m128i v1 = _mm_loadu_si128((const __m128i*)(s + i + 16));
+        __m128i v2 = _mm_loadu_si128((const __m128i*)(s + i + 32));
+        __m128i v3 = _mm_loadu_si128((const __m128i*)(s + i + 48));
+        _mm_stream_si128((__m128i*)(d + i), v0);
+        _mm_stream_si128((__m128i*)(d + i + 16), v1);
+        _mm_stream_si128((__m128i*)(d + i + 32), v2);
+        _mm_stream_si128((__m128i*)(d + i + 48), v3);
+        _mm_stream_si128((__m128i*)(e + i), v0);
+        _mm_stream_si128((__m128i*)(e + i + 16), v1);
+        _mm_stream_si128((__m128i*)(e + i + 32), v2);
+        _mm_stream_si128((__m128i*)(e + i + 48), v3);
+    }
+}
+static HK_AVX2 void hk_stream2_avx2(void* dst, void* dst2, const void* src, size_t n) {
+    char* d = (char*)dst; char* e = (char*)dst2; const char* s = (const char*)src;
+    for (size_t i = 0; i < n; i += 64) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i*)(s + i));
+        __m256i v1 = _mm256_loadu_si256((const __m256i*)(s + i + 32));
+        _mm256_stream_si256((__m256i*)(d + i), v0);
+        _mm256_stream_si256((__m256i*)(d + i + 32), v1);
+        _mm256_stream_si256((__m256i*)(e + i), v0);
+        _mm256_stream_si256((__m256i*)(e + i + 32), v1);
+    }
+}
 #define HK_STREAM_BASE hk_stream_sse2
 #define HK_STREAM_AVX2 hk_stream_avx2
+#define HK_STREAM2_BASE hk_stream2_sse2
+#define HK_STREAM2_AVX2 hk_stream2_avx2
 #else
 static void hk_stream_plain(void* dst, const void* src, size_t n) { memcpy(dst, src, n); }
+static void hk_stream2_plain(void* dst, void* dst2, const void* src, size_t n) {
+    memcpy(dst, src, n);
+    memcpy(dst2, src, n);
+}
 #define HK_STREAM_BASE hk_stream_plain
+#define HK_STREAM2_BASE hk_stream2_plain
 #endif
 
 /* ------------------------------------------------------------------------------------------------
@@ -647,6 +684,7 @@ static const hk_reduce_fn (*hk_table)[HK_NOP] = hk_table_base;
 static const hk_dual_fn (*hk_dual)[HK_NOP] = hk_dual_base;
 static const hk_div_fn* hk_divs = hk_divs_base;
 static hk_stream_fn hk_stream = HK_STREAM_BASE;
+static hk_stream2_fn hk_stream2 = HK_STREAM2_BASE;
 static int hk_isa_avx2 = 0;
 
 static int hk_cpu_has_avx2(void) {
@@ -663,12 +701,14 @@ static int hk_select(int isa) {
 #if HK_X86
     if (isa && hk_cpu_has_avx2()) {
         hk_table = hk_table_avx2; hk_dual = hk_dual_avx2; hk_divs = hk_divs_avx2; hk_stream = HK_STREAM_AVX2;
+        hk_stream2 = HK_STREAM2_AVX2;
         hk_isa_avx2 = 1;
         return 1;
     }
 #endif
     (void)isa;
     hk_table = hk_table_base; hk_dual = hk_dual_base; hk_divs = hk_divs_base; hk_stream = HK_STREAM_BASE;
+    hk_stream2 = HK_STREAM2_BASE;
     hk_isa_avx2 = 0;
     return 0;
 }
@@ -711,6 +751,23 @@ static void hk_copy(void* dst, const void* src, size_t n, int streaming) {
     size_t body = n & ~(size_t)63;
     hk_stream(d, s, body);
     if (n - body) memcpy(d + body, s + body, n - body);
+}
+
+/* dst = dst2 = src: one load, two (streaming) stores; two plain copies when not streaming or
+ * when the destinations are not equally aligned */
+static void hk_copy2(void* dst, void* dst2, const void* src, size_t n, int streaming) {
+    if (!n) return;
+    char* d = (char*)dst; char* e = (char*)dst2; const char* s = (const char*)src;
+    if (!streaming || n < HK_STREAM_MIN || (((uintptr_t)d ^ (uintptr_t)e) & 63u)) {
+        hk_copy(d, s, n, streaming);
+        hk_copy(e, s, n, streaming);
+        return;
+    }
+    size_t head = (64u - ((uintptr_t)d & 63u)) & 63u;
+    if (head) { memcpy(d, s, head); memcpy(e, s, head); d += head; e += head; s += head; n -= head; }
+    size_t body = n & ~(size_t)63;
+    hk_stream2(d, e, s, body);
+    if (n - body) { memcpy(d + body, s + body, n - body); memcpy(e + body, s + body, n - body); }
 }
 
 static void hk_fence(void) {

@@ -21,6 +21,10 @@ cdef dual_fn get_reduce_dual(int dtype, int op) noexcept nogil
 # memcpy with optional non-temporal stores (glibc never streams on this class of machine).
 cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil
 
+# dst = dst2 = src: src is loaded once and stored twice (streamed when equally aligned).
+cdef void copy_bytes_dual(void* dst, void* dst2, const void* src, size_t n,
+                          bint streaming) noexcept nogil
+
 # AVG finishing step: buf[i] = buf[i] / n (integers: truncating division, like NCCL's ncclAvg).
 cdef void divide_by(void* buf, size_t count, int dtype, long n) noexcept nogil
 

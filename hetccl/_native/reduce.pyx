@@ -22,6 +22,7 @@ cdef extern from "kernels.h" nogil:
     hk_dual_fn hk_lookup_dual(int dtype, int op) noexcept
     void hk_divide(void* buf, size_t count, int dtype, long n) noexcept
     void hk_copy(void* dst, const void* src, size_t n, int streaming) noexcept
+    void hk_copy2(void* dst, void* dst2, const void* src, size_t n, int streaming) noexcept
     void hk_fence() noexcept
 
 cdef int _current_isa = hk_init()     # fp8 tables; AVX2+F16C kernels when the CPU has them
@@ -54,6 +55,11 @@ cdef dual_fn get_reduce_dual(int dtype, int op) noexcept nogil:
 
 cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil:
     hk_copy(dst, src, n, streaming)
+
+
+cdef void copy_bytes_dual(void* dst, void* dst2, const void* src, size_t n,
+                          bint streaming) noexcept nogil:
+    hk_copy2(dst, dst2, src, n, streaming)
 
 
 cdef void divide_by(void* buf, size_t count, int dtype, long n) noexcept nogil:
@@ -137,19 +143,34 @@ def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False, also=None)
         PyBuffer_Release(&dv)
 
 
-def copy_array(dst, src, bint streaming=False):
-    """Copy src's bytes into the start of dst (copy_bytes); dst must be at least as long."""
-    cdef Py_buffer dv, sv
+def copy_array(dst, src, bint streaming=False, also=None):
+    """Copy src's bytes into the start of dst (copy_bytes); dst must be at least as long. With
+    ``also`` (at least as long as dst), into both at once (copy_bytes_dual)."""
+    cdef Py_buffer dv, sv, ev
+    cdef void* e = NULL
     PyObject_GetBuffer(dst, &dv, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
     try:
         PyObject_GetBuffer(src, &sv, PyBUF_ANY_CONTIGUOUS)
         try:
             if dv.len < sv.len:
                 raise ValueError(f"destination has {dv.len} bytes, source {sv.len}")
-            with nogil:
-                copy_bytes(dv.buf, sv.buf, <size_t>sv.len, streaming)
-                if streaming:
-                    hk_fence()
+            if also is not None:
+                PyObject_GetBuffer(also, &ev, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+                e = ev.buf
+                if ev.len < sv.len:
+                    PyBuffer_Release(&ev)
+                    raise ValueError(f"second destination has {ev.len} bytes, source {sv.len}")
+            try:
+                with nogil:
+                    if e != NULL:
+                        copy_bytes_dual(dv.buf, e, sv.buf, <size_t>sv.len, streaming)
+                    else:
+                        copy_bytes(dv.buf, sv.buf, <size_t>sv.len, streaming)
+                    if streaming:
+                        hk_fence()
+            finally:
+                if e != NULL:
+                    PyBuffer_Release(&ev)
         finally:
             PyBuffer_Release(&sv)
     finally:

@@ -40,6 +40,7 @@ from hetccl._native.direct cimport (sync, enter_as, PHASE_SYMMETRIC, pin_allredu
 from hetccl._native.engine cimport Engine, even_blocks
 from hetccl._native.link cimport E_MISMATCH
 from hetccl._native.reduce cimport (reduce_fn, dual_fn, get_reduce, get_reduce_dual, copy_bytes,
+                                    copy_bytes_dual,
                                     divide_by, store_fence)
 
 import os as _os
@@ -445,21 +446,30 @@ cdef int reduce_scatter_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbu
 cdef int allgather_sym(Engine e, Heap h, char* sbuf, char* rbuf, uint64_t rd, size_t nb, int dtype,
                        double dl) noexcept nogil:
     """Push my block into every output, one cache-sized chunk at a time: the chunk is loaded from
-    memory once and stored N times (streaming stores for large outputs)."""
-    cdef int N = e.size, r = e.rank, i, p, rc
+    memory once and stored N times, two outputs per pass over it (streaming stores for large
+    outputs)."""
+    cdef int N = e.size, r = e.rank, i, p, rc, nd = 0
     cdef char* R[MAX_RANKS]
+    cdef char* D[MAX_RANKS]                   # my block in every output but one already in place
     cdef size_t o = 0, n
     cdef bint st = nb * N >= e.nt_threshold
     R[r] = rbuf
     rc = begin(e, h, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), 0, rd, 0, nb * N, NULL, R, dl)
     if rc < 0:
         return rc
+    for i in range(N):                        # start with the next rank: spread the writers
+        p = (r + 1 + i) % N
+        if R[p] + nb * r != sbuf:             # in place: my block of my output is already there
+            D[nd] = R[p] + nb * r
+            nd += 1
     while o < nb:
         n = nb - o if nb - o < h.chunk else h.chunk
-        for i in range(N):
-            p = (r + 1 + i) % N
-            if R[p] + nb * r != sbuf:         # in place: my block of my output is already there
-                copy_bytes(R[p] + nb * r + o, sbuf + o, n, st)
+        i = 0
+        while i + 1 < nd:                     # two outputs per load of the chunk
+            copy_bytes_dual(D[i] + o, D[i + 1] + o, sbuf + o, n, st)
+            i += 2
+        if i < nd:
+            copy_bytes(D[i] + o, sbuf + o, n, st)
         o += n
     return finish(e, st, dl)
 
