@@ -25,7 +25,8 @@ when it wins. A network link under a token-bucket shaper (tc tbf: discovered, or
 in a topology file) passes the first ``burst`` bytes of a call at its line rate: a price counts
 those bytes at ``peak`` and only the rest at the sustained rate (Planner._through_bucket). Without
 that, a flat exchange whose bytes fit the bucket is priced several times too dear against the
-composed forms, whose extra phases cost fixed time whatever the bucket. ``algorithm="hierarchical"`` (or ``"topo_ring"``, or HETCCL_ALGO) forces one.
+composed forms, whose extra phases cost fixed time whatever the bucket.
+``algorithm="hierarchical"`` (or ``"topo_ring"``, or HETCCL_ALGO) forces one.
 """
 import dataclasses
 import math
