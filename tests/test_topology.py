@@ -117,6 +117,33 @@ def test_discovery_of_a_missing_or_broken_tree_is_empty_not_an_error(tmp_path):
     assert discover.pci_tree(str(tmp_path)) == []
 
 
+TC_JSON = json.dumps([
+    {"kind": "tbf", "handle": "817e:", "dev": "eth0", "root": True, "options": {"rate": 125000000, "burst": 131000}},
+    {"kind": "tbf", "handle": "1:", "dev": "eth1", "root": True, "options": {"rate": 250000000, "burst": "64000b/1"}},
+    {"kind": "tbf", "handle": "2:", "dev": "eth2", "parent": "1:1", "options": {"rate": 1, "burst": 1}},   # not root
+    {"kind": "fq_codel", "handle": "0:", "dev": "eth3", "root": True, "options": {}},
+    {"kind": "tbf", "dev": "eth4", "root": True, "options": {"rate": 0, "burst": 9}},                     # no rate
+    "garbage"])
+
+
+def test_token_bucket_shapers_are_read_from_tc_json():
+    assert discover.parse_tc_qdiscs(TC_JSON) == {"eth0": {"kind": "tbf", "rate": 125000000, "burst": 131000},
+                                                 "eth1": {"kind": "tbf", "rate": 250000000, "burst": 64000}}
+    assert discover.parse_tc_qdiscs("not json") == {} and discover.parse_tc_qdiscs("") == {}
+    assert discover.parse_tc_qdiscs('{"kind": "tbf"}') == {}
+
+
+def test_a_shaped_nic_links_at_the_shaper_rate_with_its_burst_at_the_line_rate():
+    nic = {"name": "eth0", "speed_mbps": 10000, "shaper": {"kind": "tbf", "rate": 125e6, "burst": 131000}}
+    topo = from_cards([_card(0, "a", {"nics": [nic]}), _card(1, "b", {"nics": [dict(nic, shaper=None)]})])
+    up = topo.uplink("a")
+    assert (up.bandwidth, up.burst, up.peak) == (125e6, 131000, 10000 * 125_000)
+    plain = topo.uplink("b")
+    assert (plain.bandwidth, plain.burst, plain.peak) == (10000 * 125_000, None, None)
+    slow = from_cards([_card(0, "a", {"nics": [dict(nic, speed_mbps=100)]})]).uplink("a")
+    assert (slow.bandwidth, slow.burst) == (100 * 125_000, None)      # a shaper above the line rate shapes nothing
+
+
 def test_nvidia_topo_matrix_parsing():
     text = ("\tGPU0\tGPU1\tGPU2\tCPU Affinity\n"
             "GPU0\t X \tNV4\tSYS\t0-7\n"
@@ -211,6 +238,15 @@ def test_file_round_trip_keeps_everything(fake_sysfs, tmp_path):
     assert json.load(open(path))["version"] == topofile.VERSION
 
 
+def test_file_round_trip_keeps_a_token_bucket():
+    spec = _file_topo(2, 2)
+    spec["links"][0].update(burst=131000, peak=1.25e9)
+    back = topofile.from_dict(topofile.to_dict(topofile.from_dict(spec)))
+    up = next(ln for ln in back.links if ln.a == "host:h0")
+    assert (up.burst, up.peak) == (131000, 1.25e9)
+    assert next(ln for ln in back.links if ln.a == "host:h1").burst is None
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"format": "x"}, "'format' must be"),
     ({"format": "hetccl-topology", "version": 9, "ranks": [{"rank": 0, "host": "a"}]}, "version 9"),
@@ -220,6 +256,10 @@ def test_file_round_trip_keeps_everything(fake_sysfs, tmp_path):
       "links": [{"a": "x", "b": "y", "class": "warp"}]}, "'class' among"),
     ({"format": "hetccl-topology", "version": 1, "ranks": [{"rank": 0, "host": "a"}],
       "links": [{"a": "x", "b": "y", "class": "tcp", "bandwidth": -1}]}, "positive"),
+    ({"format": "hetccl-topology", "version": 2, "ranks": [{"rank": 0, "host": "a"}],
+      "links": [{"a": "x", "b": "y", "class": "tcp", "burst": 131000}]}, "go together"),
+    ({"format": "hetccl-topology", "version": 2, "ranks": [{"rank": 0, "host": "a"}],
+      "links": [{"a": "x", "b": "y", "class": "tcp", "burst": 0, "peak": 1e9}]}, "positive"),
 ])
 def test_bad_files_say_what_to_fix(bad, message):
     with pytest.raises(InvalidUsage, match=message):
@@ -310,6 +350,48 @@ def test_block_placement_and_small_messages():
     assert pl.composed_cost("allreduce", -2, 1 << 20) is None       # rank order is already the ring order
     assert pl.choose("allreduce", 16 << 20, _flat("ring"), False).name == "hierarchical"
     assert pl._flat_cost(_flat("ring"), 16 << 20) / pl.composed_cost("allreduce", -1, 16 << 20) > 1.3
+
+
+class _ProbedComm(_FakeComm):
+    """A communicator whose probe measured the quiet 2x2 netns setup (tbf 1 Gbit/s, 4 ranks on 2
+    cores): alpha 34 us, 0.129 GB/s per host link (bench/results/netns-choice-2026-12-01b.txt)."""
+    def __init__(self):
+        from types import SimpleNamespace
+        from hetccl.collectives.model import CostModel, LinkCost
+        model = CostModel(LinkCost(34.3e-6, 1 / 0.129e9, 1 / 53.4e9, fifo=False), "measured", "", ("c2c", "tcp"))
+        self._tuner = SimpleNamespace(model=model, select=lambda coll, nbytes: _flat("ring", coll))
+
+
+def _shaped_planner(round_robin, burst):
+    from hetccl.collectives.hierarchical import Planner
+    spec = _file_topo(2, 2, round_robin=round_robin)
+    spec["version"] = 2
+    for ln in spec["links"]:
+        ln.update({"burst": 131000, "peak": 1.25e9} if burst else {})
+    topo = topofile.from_dict(spec)
+    topo.source = "discovered"                 # as found by discovery: the probe's beta is the rate
+    return Planner(_ProbedComm(), topo, 2.0)
+
+
+@pytest.mark.parametrize("round_robin", [True, False])
+def test_a_token_bucket_makes_small_flat_exchanges_cheap_not_the_composed_phases(round_robin):
+    # measured on that setup: 32 KiB flat 297/231 us against hierarchical 442/330 us (round-robin/
+    # block), 128 KiB flat 2055/1251 against 1014/990: the 64 kB a flat exchange sends through a host
+    # link fit the 131 kB bucket, the hierarchical form's fixed phases do not shrink
+    pl, plain = _shaped_planner(round_robin, True), _shaped_planner(round_robin, False)
+    rd = _flat("recursive_doubling")
+    assert plain.choose("allreduce", 32 << 10, _flat("ring"), False).name == "hierarchical"   # the old miss
+    assert pl.choose("allreduce", 8 << 10, _flat("ring"), False).name == "recursive_doubling"
+    assert pl.choose("allreduce", 32 << 10, _flat("ring"), False).name == "recursive_doubling"
+    for n in (128 << 10, 512 << 10, 16 << 20, 64 << 20):
+        assert pl.choose("allreduce", n, _flat("ring"), False).name == "hierarchical", n
+    # bytes that fit the bucket cost the line rate; beyond it only the burst is saved
+    assert pl._flat_cost(rd, 32 << 10) == pytest.approx(pl._flat_over(rd, 32 << 10, pl.net_peak))
+    saved = plain._flat_cost(rd, 16 << 20) - pl._flat_cost(rd, 16 << 20)
+    assert saved == pytest.approx(131000 * (pl.net.beta - pl.net_peak.beta), rel=1e-6)
+    assert pl.composed_cost("allreduce", -1, 16 << 20) == pytest.approx(
+        plain.composed_cost("allreduce", -1, 16 << 20), rel=0.01)
+    assert "token bucket 131 kB at 1.25 GB/s" in pl.explain("allreduce", 32 << 10)
 
 
 def test_three_level_is_priced_and_one_rank_per_host_is_not_composed():

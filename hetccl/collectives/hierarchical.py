@@ -21,7 +21,12 @@ rank (creating one is collective, and every rank makes the same choices from the
 
 Every form is priced by the alpha-beta-gamma model per link class (collectives/model.py), with the
 network link of a host shared by the streams that cross it at once, so the tuner picks one only
-when it wins. ``algorithm="hierarchical"`` (or ``"topo_ring"``, or HETCCL_ALGO) forces one.
+when it wins. A network link under a token-bucket shaper (tc tbf: discovered, or ``burst``/``peak``
+in a topology file) passes the first ``burst`` bytes of a call at its line rate: a price counts
+those bytes at ``peak`` and only the rest at the sustained rate (Planner._through_bucket). Without
+that, a flat exchange whose bytes fit the bucket is priced several times too dear against the
+composed forms, whose extra phases cost fixed time whatever the bucket.
+``algorithm="hierarchical"`` (or ``"topo_ring"``, or HETCCL_ALGO) forces one.
 """
 import dataclasses
 import math
@@ -129,6 +134,7 @@ class Planner:
             # out how many of its ring's streams shared that link (probe.fit), so this is the
             # link's own cost, shared again per algorithm below (_scaled)
             self.net = dataclasses.replace(probed.cost, fifo=False)
+        self.burst, self.net_peak = self._bucket(ups)
         intra = [topo.intra_link(h) for h in self.hosts]
         ibw = [ln.bandwidth for ln in intra if ln is not None and ln.bandwidth]
         self.shm = self._class_cost("shm", min(ibw) if ibw else None)
@@ -139,20 +145,55 @@ class Planner:
         # alpha) times the run-queue length (ranks per CPU), not a shared-memory flag flip.
         self.phase = SUB_CALL + (self.net.alpha * self._load if self._over else self.shm.alpha)
 
+    def _bucket(self, ups):
+        """(burst bytes, the network cost at the line rate) when every host's network link is a
+        token bucket (topology/model.py Link.burst, .peak), else (None, None). The smallest bucket
+        and the slowest line rate set the pace of a transfer that crosses two host links. The
+        sustained rate stays the measured one (self.net): the probe's 1 MiB allgather outlasts any
+        bucket of this size, so it measures the rate, and the bucket only lowers prices."""
+        if len(self.hosts) < 2 or not ups or any(u is None or not u.burst or not u.peak for u in ups):
+            return None, None
+        peak = dataclasses.replace(self.net, beta=1 / min(u.peak for u in ups))
+        if peak.beta >= self.net.beta:
+            return None, None
+        return min(u.burst for u in ups), peak
+
+    def _through_bucket(self, price):
+        """price(net) -> seconds of a call with network link cost ``net``, counting the first burst
+        bytes through the busiest host link at the line rate and the rest at the sustained rate.
+
+        The call's bytes through that link need no per-algorithm bookkeeping: every formula is
+        linear in the network's beta, so the price difference between the sustained and the line
+        rate, divided by the difference of their betas, is those bytes (streams sharing a link
+        included: _scaled multiplies beta by them). The bucket is taken as full when a call starts
+        (it refills in burst/rate, ~1 ms at 1 Gbit/s and 128 kB); calls back to back that keep the
+        link busy are priced low by at most burst/rate each."""
+        t = price(self.net)
+        if self.burst is None:
+            return t
+        saved = t - price(self.net_peak)
+        if saved <= 0:
+            return t
+        wire = saved / (self.net.beta - self.net_peak.beta)
+        return t - saved * min(1.0, self.burst / wire)
+
     def _flat_cost(self, algo, nbytes):
         """A flat engine algorithm over this communicator in rank order, network shared as it runs."""
+        return self._through_bucket(lambda net: self._flat_over(algo, nbytes, net))
+
+    def _flat_over(self, algo, nbytes, net):
         if self.p < 2:
             return 0.0
         if algo.name == "recursive_doubling" and algo.collective == "allreduce" and self.p & (self.p - 1) == 0:
-            return self._rd_allreduce_steps(nbytes)
+            return self._rd_allreduce_steps(nbytes, net)
         # streams per host link: a ring's edges all run at once; the pairwise-exchange schedules
         # (recursive doubling/halving, Rabenseifner, Bruck) pair ranks at distances 2^k
         k = (select.ring_uplink_load(self.topo, list(range(self.p))) if algo.name == "ring"
              else select.rd_uplink_load(self.topo) if algo.name in _PAIRWISE_SCHEDULES else 1)
-        slow = self.net if len(self.hosts) > 1 else self.shm
+        slow = net if len(self.hosts) > 1 else self.shm
         return algo.cost(nbytes, self.p, _worst(self.shm, _scaled(slow, k)))
 
-    def _rd_allreduce_steps(self, nbytes):
+    def _rd_allreduce_steps(self, nbytes, net):
         """Recursive doubling step by step: a step whose pairs all stay inside hosts runs on shared
         memory; one that crosses shares each host's network link among its crossing pairs."""
         t, d, topo = 0.0, 1, self.topo
@@ -161,7 +202,7 @@ class Planner:
             for r in range(self.p):
                 if topo.ranks[r].host != topo.ranks[r ^ d].host:
                     load[topo.ranks[r].host] = load.get(topo.ranks[r].host, 0) + 1
-            c = _scaled(self.net, max(load.values())) if load else self.shm
+            c = _scaled(net, max(load.values())) if load else self.shm
             t += c.alpha + nbytes * (c.beta + c.gamma)
             d <<= 1
         return t
@@ -182,12 +223,18 @@ class Planner:
             return None
         if len(self.hosts) < 2 or self.p < 3:
             return None
+        if self._composed_over(collective, code, nbytes, self.net) is None:
+            return None
+        return self._through_bucket(lambda net: self._composed_over(collective, code, nbytes, net))
+
+    def _composed_over(self, collective, code, nbytes, net):
+        """composed_cost with network link cost ``net``."""
         if code == ALGO_TOPO_RING:
             if collective not in ("allreduce", "allgather") or self.order == list(range(self.p)):
                 return None
             ring = _flat_by_name(collective, "ring")
             k = select.ring_uplink_load(self.topo, self.order)
-            t = ring.cost(nbytes, self.p, _worst(self.shm, _scaled(self.net, k))) + self.phase
+            t = ring.cost(nbytes, self.p, _worst(self.shm, _scaled(net, k))) + self.phase
             return t + (nbytes * COPY_BETA if collective == "allgather" else 0.0)
         if self.coords is None:
             return None
@@ -195,7 +242,7 @@ class Planner:
         L = I * J                                  # ranks per host = rails sharing its network link
         if L == 1:
             return None
-        net = _scaled(self.net, L)
+        wire = _scaled(net, L)
         if collective == "allreduce":
             t, n = 0.0, nbytes
             for size, c in ((J, self.island), (I, self.shm)):
@@ -204,18 +251,18 @@ class Planner:
                     t += self._best("allgather", n, size, c, ("ring", "recursive_doubling"))
                     t += 2 * self.phase
                     n /= size
-            top = self._best("allreduce", n, H, net, ("ring", "recursive_doubling")) + self.phase
+            top = self._best("allreduce", n, H, wire, ("ring", "recursive_doubling")) + self.phase
             if I == 1 and nbytes >= PIPELINE_MIN:     # levels overlap: the slower one sets the pace
                 S = PIPELINE_SEGMENTS
                 return max(top, t) + t / S + (S - 1) * 3 * self.phase
             return t + top
         if collective == "allgather":
-            t = self._best("allgather", nbytes / L, H, net, ("ring", "recursive_doubling"))
+            t = self._best("allgather", nbytes / L, H, wire, ("ring", "recursive_doubling"))
             t += self._best("allgather", nbytes, L, _worst(self.shm, self.island), ("ring", "recursive_doubling"))
             return t + 2 * self.phase + nbytes * COPY_BETA
         if collective == "broadcast":
             names = ("binomial", "chain", "scatter_allgather")
-            return (self._best("broadcast", nbytes, H, self.net, names)
+            return (self._best("broadcast", nbytes, H, net, names)
                     + self._best("broadcast", nbytes, L, _worst(self.shm, self.island), names) + 2 * self.phase)
         return None
 
@@ -248,8 +295,10 @@ class Planner:
         """Lines for comm.explain(): flat algorithms re-priced for this topology, and composed ones."""
         flat = self.comm._tuner.select(collective, nbytes)
         choice = self.choose(collective, nbytes, flat, False) if flat.code >= 0 else flat
+        bucket = (f", token bucket {self.burst / 1e3:.0f} kB at {1 / self.net_peak.beta / 1e9:.3g} GB/s"
+                  if self.burst else "")
         lines = [f"topology-aware pricing, the final choice ({self.topo.summary()}; network alpha="
-                 f"{self.net.alpha * 1e6:.1f} us, {1 / self.net.beta / 1e9:.3g} GB/s per host link):"]
+                 f"{self.net.alpha * 1e6:.1f} us, {1 / self.net.beta / 1e9:.3g} GB/s per host link{bucket}):"]
         for a in registry.for_collective(collective):
             mark = "->" if a.name == choice.name else "  "
             if a.code >= 0 and a.supports(nbytes, self.p):

@@ -1,13 +1,15 @@
 """Discover what this rank runs on: host identity, NUMA, PCI tree, NICs, accelerators, coherent links.
 
 Runs at every init, so it reads a few hundred small sysfs files at most and runs no external tool
-unless a device that needs one was found (``nvidia-smi topo -m`` for NVLink, 3 s limit). It never
+unless a device that needs one was found (``nvidia-smi topo -m`` for NVLink, 3 s limit; ``tc -j qdisc
+show`` for the NICs' egress shapers, 1 s limit, when there are NICs and ``tc`` is installed). It never
 fails the job: anything unreadable is logged at debug level and left out. The result is a plain
 JSON-able dict (it travels in the rank card, and `hetccl topo --dump` writes it).
 
 ``root`` lets tests point discovery at a fake sysfs tree.
 """
 import functools
+import json
 import logging
 import os
 import re
@@ -161,7 +163,55 @@ def nics(root="/") -> list[dict]:
                     "numa": numa if numa is not None and numa >= 0 else None, "pci": pci,
                     "rdma": rdma[0] if rdma else None,
                     "operstate": _read(os.path.join(d, "operstate"), "unknown")})
+    shapers = egress_shapers() if out and root == "/" else {}
+    for nic in out:
+        if nic["name"] in shapers:
+            nic["shaper"] = shapers[nic["name"]]
     return out
+
+
+def egress_shapers() -> dict:
+    """{interface: {"kind": "tbf", "rate": bytes/s, "burst": bytes}} for the interfaces whose root
+    qdisc is a token bucket (``tc ... tbf``), from ``tc -j qdisc show``.
+
+    Why: a token bucket lets ``burst`` bytes through at the line rate and only then holds the link to
+    ``rate``. A collective whose bytes per link fit the burst crosses it several times faster than
+    the sustained rate the probe measures with 1 MiB, so the cost model has to know the bucket
+    (hierarchical.Planner prices the first ``burst`` bytes of a call at the line rate)."""
+    exe = shutil.which("tc")
+    if not exe:
+        return {}
+    try:
+        text = subprocess.run([exe, "-j", "qdisc", "show"], capture_output=True, text=True, timeout=1).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("topology: tc -j qdisc show failed: %s", e)
+        return {}
+    return parse_tc_qdiscs(text)
+
+
+def parse_tc_qdiscs(text) -> dict:
+    """The root tbf qdiscs of ``tc -j qdisc show`` output (see egress_shapers); {} if unparsable."""
+    try:
+        rows = json.loads(text or "[]")
+    except ValueError as e:
+        log.debug("topology: cannot parse tc output: %s", e)
+        return {}
+    out = {}
+    for q in rows if isinstance(rows, list) else []:
+        if not isinstance(q, dict) or q.get("kind") != "tbf" or not q.get("root") or not q.get("dev"):
+            continue
+        opts = q.get("options") or {}
+        rate, burst = _bytes(opts.get("rate")), _bytes(opts.get("burst"))
+        if rate and burst:
+            out[q["dev"]] = {"kind": "tbf", "rate": rate, "burst": burst}
+    return out
+
+
+def _bytes(v):
+    """A tc JSON number (or '131000b/1' as -d prints it) as a positive int, else None."""
+    if isinstance(v, str):
+        v = _int(re.match(r"\d*", v).group())
+    return v if isinstance(v, int) and v > 0 else None
 
 
 def nvlink_pairs(accels) -> list[dict]:

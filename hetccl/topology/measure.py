@@ -77,6 +77,8 @@ def measure(comm, topo, nbytes=16 << 20, reps=3):
         if old is not None and old.a != nid and old.b != nid:
             links.remove(old)
         cls = topo.pair_class(a, b)
-        override(links, Link(nid, "net", cls, float(bw), float(lat), True))
+        keep = old if old is not None and old.burst is not None else None      # the shaper's bucket stays
+        override(links, Link(nid, "net", cls, float(bw), float(lat), True,
+                             keep.burst if keep else None, keep.peak if keep else None))
     from .model import Topology
     return Topology(nodes.values(), links, topo.ranks, source=topo.source + ", measured")

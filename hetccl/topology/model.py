@@ -29,9 +29,11 @@ class Link:
     a: str
     b: str
     cls: str
-    bandwidth: float | None = None     # bytes per second
+    bandwidth: float | None = None     # bytes per second (sustained)
     latency: float | None = None       # seconds
     measured: bool = False
+    burst: float | None = None         # bytes a token bucket lets through at ``peak`` before ``bandwidth`` holds
+    peak: float | None = None          # bytes per second of those burst bytes (the line rate under the shaper)
 
 
 @dataclass
@@ -161,9 +163,7 @@ def _host_graph(host, hw, nodes, links):
         nodes.append(Node(nid, "nic", host, {k: nic[k] for k in ("speed_mbps", "rdma", "pci") if nic.get(k) is not None}))
         if nic.get("pci"):
             bdf_node[nic["pci"]] = nid
-        speed = nic.get("speed_mbps")
-        links.append(Link(nid, "net", "rdma" if nic.get("rdma") else "tcp",
-                          speed * 125_000 if speed else None))
+        links.append(_uplink(nid, nic))
     for p in hw.get("pci", []):
         child = bdf_node.get(p["bdf"])
         if child is None:
@@ -178,6 +178,21 @@ def _host_graph(host, hw, nodes, links):
         if c.get("a") is not None and c.get("b") is not None and max(c["a"], c["b"]) < len(accels):
             links.append(Link(f"dev:{host}/{accels[c['a']]['bdf']}", f"dev:{host}/{accels[c['b']]['bdf']}", "c2c",
                               attrs_bw(c)))
+
+
+def _uplink(nid, nic) -> Link:
+    """A NIC's link to the network: its nominal speed, or, under a token-bucket shaper (discover.
+    egress_shapers), the shaper's rate sustained and its burst at the nominal speed (the line rate)."""
+    speed = nic.get("speed_mbps")
+    line = speed * 125_000 if speed else None
+    cls = "rdma" if nic.get("rdma") else "tcp"
+    shaper = nic.get("shaper") or {}
+    rate, burst = shaper.get("rate"), shaper.get("burst")
+    if not (rate and burst):
+        return Link(nid, "net", cls, line)
+    sustained = min(rate, line) if line else rate
+    peak = line if line and line > sustained else None
+    return Link(nid, "net", cls, float(sustained), burst=float(burst) if peak else None, peak=peak)
 
 
 def attrs_bw(c):

@@ -17,7 +17,10 @@ Format (version 2; version 1 files, which have no ``bridge``, are still read)::
 
 Only ``ranks`` is required (one entry per rank of the world, ``rank`` 0..N-1, ``host`` any name).
 ``island`` splits a host into islands (a 3-level hierarchy); ``bandwidth`` is bytes/s and
-``latency`` seconds (null = take the cost model's default for the link class). ``bridge`` (version 2,
+``latency`` seconds (null = take the cost model's default for the link class); a link under a
+token-bucket shaper (tc tbf, found by discovery) also has ``burst`` (bytes) and ``peak`` (bytes/s):
+the first ``burst`` bytes of a collective cross it at ``peak``, the rest at ``bandwidth`` (both
+optional, together or not at all). ``bridge`` (version 2,
 optional) names the native library that runs this rank's island ("mpi", "nccl", "rccl", "hccl",
 "mccl", ...; "none" = hetccl's own transports; null = automatic, from the rank's device vendor):
 ranks with the same bridge form one island (bridges/islands.py). Node kinds: host,
@@ -38,8 +41,15 @@ def to_dict(topo: Topology) -> dict:
             "ranks": [{"rank": r.rank, "host": r.host, "numa": r.numa, "device": r.device,
                        "island": r.island, "nic": r.nic, "bridge": r.bridge} for r in topo.ranks],
             "nodes": [{"id": n.id, "kind": n.kind, "host": n.host, "attrs": n.attrs} for n in topo.nodes.values()],
-            "links": [{"a": ln.a, "b": ln.b, "class": ln.cls, "bandwidth": ln.bandwidth, "latency": ln.latency,
-                       "measured": ln.measured} for ln in topo.links]}
+            "links": [_link_dict(ln) for ln in topo.links]}
+
+
+def _link_dict(ln: Link) -> dict:
+    d = {"a": ln.a, "b": ln.b, "class": ln.cls, "bandwidth": ln.bandwidth, "latency": ln.latency,
+         "measured": ln.measured}
+    if ln.burst is not None:                 # a token-bucket link: optional keys, readers of 2 skip them
+        d.update(burst=ln.burst, peak=ln.peak)
+    return d
 
 
 def _bad(where, what):
@@ -79,11 +89,14 @@ def from_dict(d: dict, where="") -> Topology:
     for ln in d.get("links", []):
         if ln.get("class") not in LINK_CLASSES or not ln.get("a") or not ln.get("b"):
             _bad(where, f"link {ln!r}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
-        for k in ("bandwidth", "latency"):
+        for k in ("bandwidth", "latency", "burst", "peak"):
             if ln.get(k) is not None and not (isinstance(ln[k], (int, float)) and ln[k] > 0):
                 _bad(where, f"link {ln['a']}-{ln['b']}: {k} must be a positive number or null")
+        if (ln.get("burst") is None) != (ln.get("peak") is None):
+            _bad(where, f"link {ln['a']}-{ln['b']}: 'burst' and 'peak' go together (a token bucket: "
+                        f"burst bytes at peak bytes/s, then bandwidth); give both or neither")
         links.append(Link(ln["a"], ln["b"], ln["class"], ln.get("bandwidth"), ln.get("latency"),
-                          bool(ln.get("measured"))))
+                          bool(ln.get("measured")), ln.get("burst"), ln.get("peak")))
     return Topology(nodes, links, places, source=f"file {where}" if where else "file")
 
 

@@ -12,7 +12,9 @@ def discovery_case(rank, size):
            "transports": [comm.transport(p) for p in range(size)],
            "local_size": comm.local_size,
            "card_host": comm._cards[rank]["topo"]["host"],
-           "ring": comm._plan.order if comm._plan is not None else None}
+           "ring": comm._plan.order if comm._plan is not None else None,
+           "uplinks": [(u.bandwidth, u.burst, u.peak) for u in map(topo.uplink, topo.hosts())] if topo else [],
+           "priced_burst": comm._plan.burst if comm._plan is not None else None}
     comm.close()
     return out
 

@@ -27,6 +27,11 @@ def test_discovery_finds_two_hosts_without_a_topology_file(cluster, host_id):
         want = ["self" if p == r else "c2c" if p % 2 == r % 2 else "tcp" for p in range(4)]   # c2c: same host
         assert out["transports"] == want, (r, out)
         assert out["ring"] == [0, 2, 1, 3]
+        # each host's eth0 is shaped by tbf 2gbit, burst 128kb (tc stores 131000 bytes): discovery
+        # reads the bucket, the model keeps the veth's line rate for it, the planner prices with it
+        for rate, burst, peak in out["uplinks"]:
+            assert rate == 2e9 / 8 and 120_000 <= burst <= 140_000 and peak > rate, out["uplinks"]
+        assert out["priced_burst"] == out["uplinks"][0][1]
     assert res[0]["card_host"].startswith(cluster.hostnames[0] if host_id == "uts" else cluster.hostnames[0])
     assert res[0]["card_host"] != res[1]["card_host"]
 
