@@ -231,9 +231,25 @@ def run_sweeps(args) -> list[str]:
         jpath = os.path.join(raw, f"algos-n{n}.json")
         _launch(_sweep_command(n, colls, sweep, jpath), n, "", os.path.join(raw, f"algos-n{n}.log"),
                 args.timeout)
+        snapshot_cost_models(os.path.join(raw, f"cache-n{n}"))
         if os.path.exists(jpath):
             paths.append(jpath)
     return paths
+
+
+def snapshot_cost_models(where) -> str:
+    """Copy the per-host cost-model cache as the sweep just left it into *where* (an
+    XDG_CACHE_HOME), every entry marked quiet, so that the confirmation's communicators price with
+    the numbers the sweep priced with: an entry probed under load is otherwise probed again by
+    the next communicators (collectives/probe.py) and could change the tuner's choices."""
+    from hetccl.collectives import probe
+    entries = probe.read_entries(probe.cache_path())
+    dest = os.path.join(where, "hetccl", os.path.basename(probe.cache_path()))
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest, "w") as f:
+        json.dump({"format": probe.FORMAT, "entries": {k: dict(v, noisy=False)
+                                                       for k, v in entries.items()}}, f, indent=1)
+    return where
 
 
 # ------------------------------------------------------------------ the confirmation pass
@@ -245,8 +261,8 @@ def run_sweeps(args) -> list[str]:
 # once more, in a new sweep of its own: every algorithm forced plus auto, interleaved and rotated
 # as before, with more repetitions, and judged by the same rule (auto's own calls against the
 # fastest forced algorithm of that sweep, same tolerance). The cost model is not re-measured in
-# between (the cached one from the first pass decides), so auto is the same choice; a choice that
-# differs is reported. Both verdicts are printed; a point that failed fails overall unless its
+# between: the confirmation's communicators read a copy of the cache as the first pass left it
+# (snapshot_cost_models), so auto is the same choice; a choice that differs is reported. Both verdicts are printed; a point that failed fails overall unless its
 # confirmation passes. Points that passed are not re-measured.
 
 
@@ -270,8 +286,18 @@ def run_confirmation(args, points) -> list[str]:
             sweep = ["--algos", "all", "--reps", str(args.confirm_reps), "--min-time",
                      str(args.min_time), "--no-describe", "--sizes", ",".join(str(s) for s in sizes)]
             jpath = os.path.join(raw, f"confirm-n{n}-{coll}.json")
-            _launch(_sweep_command(n, coll, sweep, jpath), n, f" {coll} confirmation",
-                    os.path.join(raw, f"confirm-n{n}-{coll}.log"), args.timeout)
+            cache = os.path.join(raw, f"cache-n{n}")
+            saved = os.environ.get("XDG_CACHE_HOME")
+            if os.path.isdir(cache):             # the first pass's cost model (snapshot_cost_models)
+                os.environ["XDG_CACHE_HOME"] = cache
+            try:
+                _launch(_sweep_command(n, coll, sweep, jpath), n, f" {coll} confirmation",
+                        os.path.join(raw, f"confirm-n{n}-{coll}.log"), args.timeout)
+            finally:
+                if saved is None:
+                    os.environ.pop("XDG_CACHE_HOME", None)
+                else:
+                    os.environ["XDG_CACHE_HOME"] = saved
             if os.path.exists(jpath):
                 paths.append(jpath)
     return paths

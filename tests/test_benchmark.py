@@ -576,6 +576,20 @@ def test_crossover_confirmation_pass_judges_auto_again_by_the_same_rule(tmp_path
     assert "# overall after confirmation: PASS" in capsys.readouterr().out
 
 
+def test_crossover_confirmation_prices_with_the_first_passs_cost_model(tmp_path, monkeypatch):
+    """The snapshot the confirmation's communicators read holds the entries the sweep left, none
+    marked noisy (a noisy entry would be probed again and could change the tuner's choices)."""
+    from hetccl.collectives import probe
+    xo = _load_bench_script("crossover")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "live"))
+    s = {"host": "h", "links": "c2c", "local": 2, "cpus": 2, "version": "v"}
+    assert probe.store(s, {"alpha": 1e-6, "beta": 2e-10, "gamma": 3e-11, "noisy": True, "probes": 1})
+    where = xo.snapshot_cost_models(str(tmp_path / "snap"))
+    monkeypatch.setenv("XDG_CACHE_HOME", where)
+    entry = probe.lookup(s)
+    assert entry["noisy"] is False and entry["beta"] == 2e-10
+
+
 def test_crossover_sweeps_every_collective_with_a_choice():
     xo = _load_bench_script("crossover")
     two, three = xo.multi_algorithm_collectives(2), xo.multi_algorithm_collectives(3)
