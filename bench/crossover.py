@@ -5,7 +5,7 @@ collective with more than one algorithm, and a PNG per collective for allreduce 
 Let it run the sweeps (``hetccl run -n N`` for each N, one after the other; before each, ``hetccl
 tune -n N`` re-measures the cost model so it belongs to the same quiet window)::
 
-    python bench/crossover.py --run --nranks 2,3,4 -b 8 -e 256M -f 4
+    python bench/crossover.py --run --nranks 2,3,4 -b 8 -e 256M -f 4 --reps 15 --min-time 0.01
 
 ``--run`` sweeps, per world size, every collective that has more than one algorithm there (the
 registry decides; ``-c`` to choose), or plot JSON written by ``hetccl bench --algos all --json FILE``
@@ -426,8 +426,11 @@ def main(argv=None) -> int:
     p.add_argument("-b", "--minbytes", default="8", help="with --run (default %(default)s)")
     p.add_argument("-e", "--maxbytes", default="256M", help="with --run (default %(default)s)")
     p.add_argument("-f", "--stepfactor", type=int, default=2, help="with --run (default %(default)s)")
-    p.add_argument("--reps", type=int, default=5, help="with --run (default %(default)s)")
-    p.add_argument("--min-time", type=float, default=0.03, help="with --run (default %(default)s)")
+    p.add_argument("--reps", type=int, default=15,
+                   help="with --run: repetitions per size and algorithm (default %(default)s)")
+    p.add_argument("--min-time", type=float, default=0.01,
+                   help="with --run: seconds of one repetition (default %(default)s: short blocks, "
+                        "so the algorithms of a size run within tens of ms of each other)")
     p.add_argument("--confirm-reps", type=int, default=None,
                    help="with --run: repetitions of the confirmation pass, which measures every "
                         "failing size again (default 3 x --reps)")
