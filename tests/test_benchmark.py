@@ -392,6 +392,36 @@ def test_runner_variants_time_every_algorithm_and_auto():
     assert head[1].splitlines()[0].split()[-2:] == ["variant", "algo"]
 
 
+def test_runner_variants_warm_each_block_and_vary_which_variant_comes_before():
+    """Every timed block of a variant starts after one untimed call of that variant (the first
+    call after a switch of algorithm is slower), and the order of the variants changes so that
+    each one follows different others across repetitions (a plain rotation keeps the cycle)."""
+    log = []
+
+    class Recorder(runner.Adapter):
+        name, rank, size = "rec", 0, 1
+
+        def bind(self, collective, bufs, op, variant=None):
+            return lambda: log.append(variant)
+
+        def sync(self):
+            log.append("|")
+
+        def max_over_ranks(self, x):
+            return x
+
+    reps, variants = 6, ["a", "b", "c"]
+    runner.run_sweep(Recorder(), "allreduce", [64], reps=reps, min_time=1e-4, max_iters=2, warmup=0,
+                     check=False, out=lambda s: None, variants=variants)
+    bars = [i for i, x in enumerate(log) if x == "|"][-reps * len(variants):]   # the timed blocks
+    blocks = [log[i + 1] for i in bars]
+    assert all(log[i - 1] == log[i + 1] for i in bars)           # warmed by its own variant
+    assert sorted(blocks) == sorted(variants * reps)
+    n = len(variants)
+    before = {v: {blocks[i - 1] for i in range(len(blocks)) if blocks[i] == v and i % n} for v in variants}
+    assert all(len(b) == 2 and v not in b for v, b in before.items()), before   # within repetitions
+
+
 def test_runner_variants_skip_unsupported_algorithms():
     lines = []
     results = _in_threads(3, lambda w, r: runner.run_sweep(
