@@ -52,12 +52,12 @@ RELAY = 0.75
 # recursive doubling at 8 MiB. Smaller steps of smaller calls are within noise of the ring's.
 EXCHANGE = 1.5
 
-# The ring allgather at 2 ranks, below stream_min, once its one step spans more than one slice
-# (a quarter FIFO): it copies its own block into the output inside the send, slice by slice, and
+# The ring allgather at 2 ranks, below stream_min, once its one step fills a whole slice (a
+# quarter FIFO): it copies its own block into the output inside the send, slice by slice, and
 # measured slower per byte than the whole-block exchange of recursive doubling / Bruck (copy the
 # own half, then swap): ring/Bruck 1.0 at 512 KiB, 0.98-1.27 at 2 MiB, 1.2-1.53 at 8 MiB in four
-# interleaved 2-rank sweeps (bench/results/crossover-2026-12-01b.txt and three of 2026-12-02,
-# /work/frag/tune3-RESULTS.md). From stream_min on the ring streams its output and wins (1.5x).
+# interleaved 2-rank sweeps (bench/results/crossover-2026-12-01b.txt and the re-measurements of
+# 2026-12-02 in bench/RESULTS.md). From stream_min on the ring streams its output and wins (1.5x).
 RING_PAIR = 1.2
 
 

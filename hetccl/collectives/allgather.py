@@ -8,7 +8,7 @@ from .algorithm import (ALGO_BRUCK, ALGO_RD, ALGO_RING, RING_PAIR, Algorithm, ex
 
 def ring(n, p, c):
     """p-1 steps, (p-1)/p n bytes crossing each rank's links: what the probe's beta is measured on
-    (at 2 ranks, from more than one slice to stream_min, RING_PAIR per byte)."""
+    (at 2 ranks, from one whole slice to stream_min, RING_PAIR per byte)."""
     if p == 2 and c.fifo and n / 2 >= c.fifo_bytes / 4 and n < c.stream_min:
         return c.alpha + n / 2 * RING_PAIR * c.beta
     return (p - 1) * c.alpha + (p - 1) / p * n * c.beta if p > 1 else 0.0
