@@ -230,12 +230,15 @@ class Communicator:
 
     def _algo(self, collective, nbytes, algorithm, code=None, op=None):
         a = self._tuner.select(collective, nbytes, algorithm)
-        forced = algorithm or collective in getattr(self._tuner, "forced", ())
-        if self._plan is not None and a.code != _ALGO_ISLANDS:
-            a = self._plan.choose(collective, nbytes, a, forced)   # topology-aware: may compose (code < 0)
-        if self._islands is not None:        # vendor islands: may delegate or compose (ALGO_ISLANDS)
-            a, self._form = self._islands.choose(collective, nbytes, a, forced, code, op)
-        elif a.code < 0 and (self._plan is None or a.code == _ALGO_ISLANDS):
+        if self._plan is not None or self._islands is not None:
+            # whether the choice was forced only matters to the planners (a flat communicator's
+            # tuner calls must cost the same with and without algorithm=)
+            forced = algorithm or collective in getattr(self._tuner, "forced", ())
+            if self._plan is not None and a.code != _ALGO_ISLANDS:
+                a = self._plan.choose(collective, nbytes, a, forced)   # topology-aware: may compose (code < 0)
+            if self._islands is not None:    # vendor islands: may delegate or compose (ALGO_ISLANDS)
+                a, self._form = self._islands.choose(collective, nbytes, a, forced, code, op)
+        if a.code < 0 and self._islands is None and (self._plan is None or a.code == _ALGO_ISLANDS):
             a = hierarchical.flat_fallback(self._tuner, collective, nbytes)   # composed where it cannot help
         self.last_algorithm = a.name
         return a.code

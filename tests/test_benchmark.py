@@ -392,6 +392,36 @@ def test_runner_variants_time_every_algorithm_and_auto():
     assert head[1].splitlines()[0].split()[-2:] == ["variant", "algo"]
 
 
+def test_runner_variants_warm_each_block_and_vary_which_variant_comes_before():
+    """Every timed block of a variant starts after one untimed call of that variant (the first
+    call after a switch of algorithm is slower), and the order of the variants changes so that
+    each one follows different others across repetitions (a plain rotation keeps the cycle)."""
+    log = []
+
+    class Recorder(runner.Adapter):
+        name, rank, size = "rec", 0, 1
+
+        def bind(self, collective, bufs, op, variant=None):
+            return lambda: log.append(variant)
+
+        def sync(self):
+            log.append("|")
+
+        def max_over_ranks(self, x):
+            return x
+
+    reps, variants = 6, ["a", "b", "c"]
+    runner.run_sweep(Recorder(), "allreduce", [64], reps=reps, min_time=1e-4, max_iters=2, warmup=0,
+                     check=False, out=lambda s: None, variants=variants)
+    bars = [i for i, x in enumerate(log) if x == "|"][-reps * len(variants):]   # the timed blocks
+    blocks = [log[i + 1] for i in bars]
+    assert all(log[i - 1] == log[i + 1] for i in bars)           # warmed by its own variant
+    assert sorted(blocks) == sorted(variants * reps)
+    n = len(variants)
+    before = {v: {blocks[i - 1] for i in range(len(blocks)) if blocks[i] == v and i % n} for v in variants}
+    assert all(len(b) == 2 and v not in b for v, b in before.items()), before   # within repetitions
+
+
 def test_runner_variants_skip_unsupported_algorithms():
     lines = []
     results = _in_threads(3, lambda w, r: runner.run_sweep(
@@ -524,13 +554,70 @@ def test_crossover_plots_from_json(tmp_path, capsys):
     assert "allreduce, 2 ranks: within15% PASS at 1/3 sizes; FAIL at 8B (2.00x, chose ring" in out
     assert "allreduce, 4 ranks" in out
     assert "# broadcast, 4 ranks: within15% PASS at 3/3 sizes" in out      # every collective
-    assert "# hetccl broadcast, 2 ranks: time per call" in out and "# overall: FAIL" in out
+    assert "# hetccl broadcast, 2 ranks: time per call" in out and "# overall (first pass): FAIL" in out
     assert xo.main([*paths, "--out-dir", str(tmp_path), "--strict", "--plot", "none"]) == 1
     assert xo.main([*paths, "--out-dir", str(tmp_path), "-c", "broadcast", "--strict",
                     "--plot", "none"]) == 0
-    assert "# overall: PASS" in capsys.readouterr().out
+    assert "# overall (first pass): PASS" in capsys.readouterr().out
     assert xo.main([*paths, "--out-dir", str(tmp_path), "--plot", "allgather"]) == 1  # none given
     assert xo._ticks(8, 256 << 20) == [8 << (3 * k) for k in range(9)]
+
+
+def _confirm_rows(n, size, times, auto_algo):
+    """Rows of one size: {variant: us} forced, plus auto (auto_algo) at times["auto"]."""
+    return [_vrow("allgather", size, v, us, auto_algo if v == "auto" else None, n=n)
+            for v, us in times.items()]
+
+
+def test_crossover_confirmation_pass_judges_auto_again_by_the_same_rule(tmp_path, capsys):
+    """A size that failed is judged again on its confirmation sweep: auto's own time against the
+    fastest forced algorithm of that sweep, same tolerance. Noise that went away passes; a wrong
+    choice that stays fails; sizes that were never re-measured keep their FAIL; the first pass's
+    verdict is printed too."""
+    xo = _load_bench_script("crossover")
+    first = (_confirm_rows(2, 1024, {"ring": 10.0, "bruck": 12.0, "auto": 14.0}, "ring")     # noise
+             + _confirm_rows(2, 4096, {"ring": 30.0, "bruck": 20.0, "auto": 30.0}, "ring")   # wrong
+             + _confirm_rows(2, 8192, {"ring": 40.0, "bruck": 50.0, "auto": 41.0}, "ring")   # passes
+             + _confirm_rows(2, 16384, {"ring": 80.0, "bruck": 90.0, "auto": 99.0}, "ring"))  # noise
+    again = (_confirm_rows(2, 1024, {"ring": 10.0, "bruck": 12.0, "auto": 10.5}, "ring")
+             + _confirm_rows(2, 4096, {"ring": 31.0, "bruck": 20.5, "auto": 31.0}, "ring"))
+    assert xo.failing_points(first, 1.15) == {2: {"allgather": [1024, 4096, 16384]}}
+    paths = []
+    for name, rows in (("first", first), ("again", again)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"library": "hetccl", "nranks": 2, "rows": rows}))
+        paths.append(str(path))
+    assert xo.main([paths[0], "--confirmation", paths[1], "--plot", "none", "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "# allgather, 2 ranks: within15% PASS at 1/4 sizes; FAIL at 1K (1.40x" in out
+    assert "# overall (first pass): FAIL" in out
+    assert "# hetccl (confirmation) allgather, 2 ranks: time per call" in out
+    line = next(x for x in out.splitlines() if "after confirmation (re-measured" in x)
+    assert line.startswith("# allgather, 2 ranks: within15% PASS at 2/4 sizes after confirmation")
+    assert "1K 1.40x -> 1.05x, paired 1.05x PASS" in line
+    assert "4K 1.50x -> 1.51x, paired 1.51x FAIL, chose ring, fastest bruck" in line
+    assert "16K not re-measured: FAIL" in line
+    assert "# overall after confirmation: FAIL" in out
+    healed = _confirm_rows(2, 4096, {"ring": 31.0, "bruck": 30.0, "auto": 30.5}, "ring") + \
+        _confirm_rows(2, 16384, {"ring": 80.0, "bruck": 90.0, "auto": 82.0}, "ring")
+    (tmp_path / "healed.json").write_text(json.dumps({"library": "hetccl", "nranks": 2, "rows": healed}))
+    assert xo.main([paths[0], "--confirmation", paths[1], "--confirmation", str(tmp_path / "healed.json"),
+                    "--plot", "none", "--strict"]) == 0
+    assert "# overall after confirmation: PASS" in capsys.readouterr().out
+
+
+def test_crossover_confirmation_prices_with_the_first_passs_cost_model(tmp_path, monkeypatch):
+    """The snapshot the confirmation's communicators read holds the entries the sweep left, none
+    marked noisy (a noisy entry would be probed again and could change the tuner's choices)."""
+    from hetccl.collectives import probe
+    xo = _load_bench_script("crossover")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "live"))
+    s = {"host": "h", "links": "c2c", "local": 2, "cpus": 2, "version": "v"}
+    assert probe.store(s, {"alpha": 1e-6, "beta": 2e-10, "gamma": 3e-11, "noisy": True, "probes": 1})
+    where = xo.snapshot_cost_models(str(tmp_path / "snap"))
+    monkeypatch.setenv("XDG_CACHE_HOME", where)
+    entry = probe.lookup(s)
+    assert entry["noisy"] is False and entry["beta"] == 2e-10
 
 
 def test_crossover_sweeps_every_collective_with_a_choice():

@@ -542,3 +542,33 @@ def test_planner_weighs_every_flat_algorithm_against_the_composed_ones(round_rob
     best = min(list(flats.values()) + [composed])
     assert (pl._flat_cost(got, n) if got.code >= 0 else composed) == best
     assert pl.choose("allreduce", 16 << 20, flat, False).name == "hierarchical"
+
+
+def test_two_rank_allgather_takes_the_whole_block_exchange_below_the_streaming_threshold():
+    """At 2 ranks recursive doubling and Bruck copy their own half and swap the other in one
+    exchange; the ring copies its own block inside a sliced send. Measured in four interleaved
+    2-rank sweeps: equal at 512 KiB, the exchange 1.2-1.5x faster at 8 MiB (where the old
+    formulas charged it for a step of a whole FIFO and chose the ring), the ring 1.5x faster from
+    the engine's streaming threshold on."""
+    c = RUN_MODELS[2]
+    assert _pick("allgather", 512 << 10, 2) == "ring"                  # one slice: a tie, the ring
+    for n in (2 << 20, 8 << 20):
+        assert _pick("allgather", n, 2) == "recursive_doubling"
+        t = _prices("allgather", n, 2)
+        assert t["bruck"] == pytest.approx(t["recursive_doubling"])
+        assert t["ring"] == pytest.approx(c.alpha + n / 2 * 1.2 * c.beta)
+    assert _pick("allgather", 32 << 20, 2) == "ring"
+    assert _pick("allgather", 8 << 20, 4) == "ring"                    # 4 ranks: unchanged
+
+
+def test_two_rank_alltoall_schedules_are_one_and_priced_as_recursive_doublings_allgather():
+    """At 2 ranks Bruck's alltoall is pairwise (the one block lands in the output), and both are
+    recursive doubling's allgather schedule: one price for all three, so a measured difference
+    between them is the host, not the choice; from stream_min on the exchange lands in memory."""
+    c = RUN_MODELS[2]
+    for n in (64, 8 << 20, 128 << 20):
+        t = _prices("alltoall", n, 2)
+        assert t["bruck"] == t["pairwise"] == pytest.approx(_prices("allgather", n, 2)["recursive_doubling"])
+        assert _pick("alltoall", n, 2) == "pairwise"
+    assert _prices("alltoall", 128 << 20, 2)["pairwise"] == pytest.approx(c.alpha + (64 << 20) * 1.5 * c.beta)
+    assert _pick("alltoall", 64, 4) == "bruck" and _pick("alltoall", 1 << 20, 4) == "pairwise"

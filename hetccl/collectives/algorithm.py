@@ -52,6 +52,14 @@ RELAY = 0.75
 # recursive doubling at 8 MiB. Smaller steps of smaller calls are within noise of the ring's.
 EXCHANGE = 1.5
 
+# The ring allgather at 2 ranks, below stream_min, once its one step fills a whole slice (a
+# quarter FIFO): it copies its own block into the output inside the send, slice by slice, and
+# measured slower per byte than the whole-block exchange of recursive doubling / Bruck (copy the
+# own half, then swap): ring/Bruck 1.0 at 512 KiB, 0.98-1.27 at 2 MiB, 1.2-1.53 at 8 MiB in four
+# interleaved 2-rank sweeps (bench/results/crossover-2026-12-01b.txt and the re-measurements of
+# 2026-12-02 in bench/RESULTS.md). From stream_min on the ring streams its output and wins (1.5x).
+RING_PAIR = 1.2
+
 
 def _always(n, p):
     return True
@@ -90,6 +98,17 @@ def exchange(n, step, c) -> float:
     """Seconds per byte of the exchange steps of a call of n bytes whose largest step moves *step*
     bytes each way (see EXCHANGE)."""
     return EXCHANGE * c.beta if c.fifo and (n >= c.stream_min or step >= c.fifo_bytes) else c.beta
+
+
+def pair_exchange(n, c) -> float:
+    """Seconds per byte of the one exchange of a 2-rank call of n bytes whose schedule copies its
+    own half into the output, then swaps the other half with the peer in one step (recursive
+    doubling and Bruck allgather, pairwise and Bruck alltoall: at 2 ranks all four are this
+    schedule). From stream_min on it lands in memory like any exchange step (EXCHANGE); a step
+    larger than a FIFO costs nothing extra here, unlike at 3-4 ranks on 2 cores: the only peer
+    drains the FIFO while it fills ours (measured at 8 MiB: Bruck and recursive doubling 1.2-1.5x
+    faster than the ring in four interleaved 2-rank sweeps, see RING_PAIR)."""
+    return EXCHANGE * c.beta if c.fifo and n >= c.stream_min else c.beta
 
 
 def ring_rs_bytes(n, p, c) -> float:
