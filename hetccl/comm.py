@@ -365,6 +365,13 @@ class Communicator:
         """Reduce ``buf`` over ranks and leave block ``rank`` of the result in ``out``.
 
         Blocks are equal (len(buf) / size) unless ``counts`` gives each rank's (reduce_scatterv)."""
+        if out is not None and counts is None and timeout is None and algorithm is None and \
+                not (async_op or self._pending):
+            try:
+                if self._hot.reduce_scatter(buf, out, op):
+                    return out
+            except HetcclError as e:
+                raise self._failed(e, "reduce_scatter")
         code = _dtype_code(buf)
         if type(op) is not ReduceOp:
             op = as_op(op)
@@ -378,7 +385,10 @@ class Communicator:
             self.last_algorithm = "symmetric"
             return self._run("reduce_scatter", _symm.reduce_scatter,
                              (self._engine, self._sym.heap, buf, out, code, op, self._t(timeout)), out, async_op)
-        algo = self._algo("reduce_scatter", _nbytes(buf), algorithm)
+        nbytes = _nbytes(buf)
+        algo = self._algo("reduce_scatter", nbytes, algorithm)
+        if counts is None:
+            self._learn("reduce_scatter", nbytes, algo, algorithm)
         return self._run("reduce_scatter", _coll.reduce_scatter,
                          (self._engine, buf, out, None if counts is None else [int(c) for c in counts],
                           code, op, algo, self._t(timeout)), out, async_op)
