@@ -186,6 +186,7 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
     cdef size_t sl = e.slice_bytes(prev, nxt, dtype_size(dtype)), mx = 0, o, ln, tot = 0
     cdef bint fused = e.can_fuse(nxt, prev)
     cdef char* scr = NULL
+    cdef Seg few[8]                            # small calls: no allocation (the latency path)
     cdef Seg* ss
     cdef Seg* rs
     for t in range(N):
@@ -197,7 +198,7 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
         if scr == NULL:
             return E_OS
     nsl = <int>((mx + sl - 1) // sl) if mx else 1
-    ss = <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
+    ss = &few[0] if 2 * T * nsl <= 8 else <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
     if ss == NULL:
         return E_OS
     rs = ss + T * nsl
@@ -216,7 +217,8 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
             else:
                 seg(&rs[idx], (scr + boff[rb] + o) if scr != NULL else NULL, sbuf + boff[rb] + o, ln, -1)
     rc = e.xfer(nxt, ss, T * nsl, prev, rs, T * nsl, COLL_REDUCE_SCATTER, dtype, op, 0, count, fused, dl)
-    free(ss)
+    if ss != &few[0]:
+        free(ss)
     return rc
 
 
