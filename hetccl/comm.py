@@ -25,6 +25,7 @@ from .collectives import probe
 from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
+from ._native import alltoall_cma as _a2a_cma
 from ._native import direct as _direct
 from ._native import symmetric as _symm
 from .memory.symmetric import SymmetricMemory
@@ -160,6 +161,7 @@ class Communicator:
             raise
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
+        self._a2a_cma_min = _a2a_cma.min_bytes(engine, engine.spin_s == 0)
         self._sym = SymmetricMemory(self, engine.all_c2c())
         self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
         self._islands = self._form = None
@@ -485,14 +487,19 @@ class Communicator:
             self.last_algorithm = "symmetric"
             return self._run("alltoall", _symm.alltoall, (self._engine, self._sym.heap, buf, out, code,
                                                           self._t(timeout)), out, async_op)
-        algo = self._algo("alltoall", _nbytes(buf), algorithm)
+        nbytes = _nbytes(buf)
+        algo = self._algo("alltoall", nbytes, algorithm)
         sc = None if send_counts is None else [int(c) for c in send_counts]
         rc = None if recv_counts is None else [int(c) for c in recv_counts]
         if sc is not None and algorithm is None and algo != ALGO_PAIRWISE:
             algo = ALGO_PAIRWISE               # alltoallv: only pairwise takes uneven blocks
             self.last_algorithm = "pairwise"
         if sc is None:
-            self._learn("alltoall", _nbytes(buf), algo, algorithm)
+            cma_min = self._a2a_cma_min
+            if algo == ALGO_PAIRWISE and cma_min is not None and nbytes >= cma_min:
+                return self._run("alltoall", _a2a_cma.alltoall, (self._engine, buf, out, code, self._t(timeout)),
+                                 out, async_op)   # pairwise, single copy (_native/alltoall_cma.pyx)
+            self._learn("alltoall", nbytes, algo, algorithm)
         return self._run("alltoall", _coll.alltoall,
                          (self._engine, buf, out, sc, rc, code, algo, self._t(timeout)), out, async_op)
 

@@ -100,3 +100,31 @@ def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
     finally:
         PyBuffer_Release(&b)
         PyBuffer_Release(&a)
+
+
+# Where the single copy starts to win (bytes of one rank's input), measured on the 2-vCPU VM this
+# was built on (bench/RESULTS.md): with more ranks than cores the FIFO exchange also waits for both
+# ends of a pair to be on a CPU, and CMA was 1.4x at 2 MiB (4 ranks), even at 512 KiB; with a core
+# per rank the single copy pays its two syncs and page pinning, even at 2 MiB, 1.1x at 8 MiB.
+MIN_BYTES = 8 << 20
+MIN_BYTES_OVERSUBSCRIBED = 1 << 20
+
+
+def min_bytes(Engine e, bint oversubscribed):
+    """Smallest alltoall (bytes of one rank's input) routed to this schedule, or None (never).
+
+    On by default wherever it can run (every pair c2c in cma mode), unlike the single-copy
+    allreduce/allgather, which lose to the FIFO ring on this host. HETCCL_C2C_DIRECT, when set,
+    rules here too: off keeps alltoall on the FIFOs, a number of bytes sets the threshold."""
+    import os
+    from hetccl.transports.c2c import direct_thresholds
+    if not usable(e):
+        return None
+    spec = os.environ.get("HETCCL_C2C_DIRECT", "").strip().lower()
+    if spec:
+        t = direct_thresholds()               # validates the value
+        if t is None:
+            return None
+        if spec not in ("on", "1", "yes"):
+            return min(t.values())
+    return MIN_BYTES_OVERSUBSCRIBED if oversubscribed else MIN_BYTES
