@@ -103,11 +103,14 @@ def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
 
 
 # Where the single copy starts to win (bytes of one rank's input), measured on the 2-vCPU VM this
-# was built on (bench/RESULTS.md): with more ranks than cores the FIFO exchange also waits for both
-# ends of a pair to be on a CPU, and CMA was 1.4x at 2 MiB (4 ranks), even at 512 KiB; with a core
-# per rank the single copy pays its two syncs and page pinning, even at 2 MiB, 1.1x at 8 MiB.
-MIN_BYTES = 8 << 20
-MIN_BYTES_OVERSUBSCRIBED = 1 << 20
+# was built on against the FIFO pairwise exchange in the same processes (bench/RESULTS.md). With
+# more ranks than cores the FIFO exchange also waits for both ends of a pair to be on a CPU: 4 ranks,
+# single copy 1.35x at 512 KiB, 1.5x at 1-8 MiB, 2.6x at 32 MiB. With a core per rank it depends on
+# the host's vCPU placement: when the two vCPUs share a cache the FIFO's cache-to-cache copies are
+# cheap (single copy 0.73x at 512 KiB, 1.0x at 2 MiB, 1.1x at 8 MiB), when they do not it is
+# 2.8-3.4x from 512 KiB; from 2 MiB it never lost.
+MIN_BYTES = 2 << 20
+MIN_BYTES_OVERSUBSCRIBED = 512 << 10
 
 
 def min_bytes(Engine e, bint oversubscribed):
