@@ -617,6 +617,9 @@ class Communicator:
                 ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
                           for k, v in self._direct_min.items())
                 if self._direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
+            lines.append("single-copy alltoall (cma): " + (
+                f"from {self._a2a_cma_min} bytes" if self._a2a_cma_min is not None
+                else "off (needs every pair c2c in cma mode; HETCCL_C2C_DIRECT=off also keeps it off)"))
             lines.append("comm.alloc buffers: " + (
                 "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
                 if self._sym.shared else "private memory (the symmetric schedules need every pair on c2c)"))
