@@ -230,11 +230,15 @@ def _alltoall_single_copy(rank, size, expect_min):
         comm.close(timeout=5.0)
 
 
-@pytest.mark.parametrize("size,direct,expect_min", [(2, "64", 64), (3, "4096", 4096), (4, None, 512 << 10),
-                                                    (2, None, 2 << 20), (2, "off", None)])
-def test_alltoall_single_copy(size, direct, expect_min):
+@pytest.mark.parametrize("size,direct,expect", [(2, "64", 64), (3, "4096", 4096), (4, None, "oversubscribed"),
+                                                (2, None, "default"), (2, "off", None)])
+def test_alltoall_single_copy(size, direct, expect):
     import os
-    if direct is None and (size > len(os.sched_getaffinity(0))) != (expect_min == 512 << 10):
+
+    from hetccl._native import alltoall_cma
+    if direct is None and (size > len(os.sched_getaffinity(0))) != (expect == "oversubscribed"):
         pytest.skip("the default threshold depends on ranks vs cores; this case is for another machine shape")
+    expect_min = {"oversubscribed": alltoall_cma.MIN_BYTES_OVERSUBSCRIBED,
+                  "default": alltoall_cma.MIN_BYTES}.get(expect, expect)
     res = run_ranks(_alltoall_single_copy, size, expect_min, timeout=240, env={"HETCCL_C2C_DIRECT": direct})
     assert res[0] in ("mismatch", "off"), res
