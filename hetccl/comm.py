@@ -25,6 +25,7 @@ from .collectives import probe
 from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
+from ._native import alltoall_cma as _a2a_cma
 from ._native import direct as _direct
 from ._native import symmetric as _symm
 from .memory.symmetric import SymmetricMemory
@@ -160,6 +161,7 @@ class Communicator:
             raise
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
+        self._a2a_cma_min = _a2a_cma.min_bytes(engine, engine.spin_s == 0)
         self._sym = SymmetricMemory(self, engine.all_c2c())
         self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
         self._islands = self._form = None
@@ -368,6 +370,13 @@ class Communicator:
         """Reduce ``buf`` over ranks and leave block ``rank`` of the result in ``out``.
 
         Blocks are equal (len(buf) / size) unless ``counts`` gives each rank's (reduce_scatterv)."""
+        if out is not None and counts is None and timeout is None and algorithm is None and \
+                not (async_op or self._pending):
+            try:
+                if self._hot.reduce_scatter(buf, out, op):
+                    return out
+            except HetcclError as e:
+                raise self._failed(e, "reduce_scatter")
         code = _dtype_code(buf)
         if type(op) is not ReduceOp:
             op = as_op(op)
@@ -381,7 +390,10 @@ class Communicator:
             self.last_algorithm = "symmetric"
             return self._run("reduce_scatter", _symm.reduce_scatter,
                              (self._engine, self._sym.heap, buf, out, code, op, self._t(timeout)), out, async_op)
-        algo = self._algo("reduce_scatter", _nbytes(buf), algorithm)
+        nbytes = _nbytes(buf)
+        algo = self._algo("reduce_scatter", nbytes, algorithm)
+        if counts is None:
+            self._learn("reduce_scatter", nbytes, algo, algorithm)
         return self._run("reduce_scatter", _coll.reduce_scatter,
                          (self._engine, buf, out, None if counts is None else [int(c) for c in counts],
                           code, op, algo, self._t(timeout)), out, async_op)
@@ -478,14 +490,19 @@ class Communicator:
             self.last_algorithm = "symmetric"
             return self._run("alltoall", _symm.alltoall, (self._engine, self._sym.heap, buf, out, code,
                                                           self._t(timeout)), out, async_op)
-        algo = self._algo("alltoall", _nbytes(buf), algorithm)
+        nbytes = _nbytes(buf)
+        algo = self._algo("alltoall", nbytes, algorithm)
         sc = None if send_counts is None else [int(c) for c in send_counts]
         rc = None if recv_counts is None else [int(c) for c in recv_counts]
         if sc is not None and algorithm is None and algo != ALGO_PAIRWISE:
             algo = ALGO_PAIRWISE               # alltoallv: only pairwise takes uneven blocks
             self.last_algorithm = "pairwise"
         if sc is None:
-            self._learn("alltoall", _nbytes(buf), algo, algorithm)
+            cma_min = self._a2a_cma_min
+            if algo == ALGO_PAIRWISE and cma_min is not None and nbytes >= cma_min:
+                return self._run("alltoall", _a2a_cma.alltoall, (self._engine, buf, out, code, self._t(timeout)),
+                                 out, async_op)   # pairwise, single copy (_native/alltoall_cma.pyx)
+            self._learn("alltoall", nbytes, algo, algorithm)
         return self._run("alltoall", _coll.alltoall,
                          (self._engine, buf, out, sc, rc, code, algo, self._t(timeout)), out, async_op)
 
@@ -603,6 +620,9 @@ class Communicator:
                 ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
                           for k, v in self._direct_min.items())
                 if self._direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
+            lines.append("single-copy alltoall (cma): " + (
+                f"from {self._a2a_cma_min} bytes" if self._a2a_cma_min is not None
+                else "off (needs every pair c2c in cma mode; HETCCL_C2C_DIRECT=off also keeps it off)"))
             lines.append("comm.alloc buffers: " + (
                 "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
                 if self._sym.shared else "private memory (the symmetric schedules need every pair on c2c)"))

@@ -45,6 +45,18 @@ def _hot_case(rank, size):
                 want = np.concatenate([np.arange(rank * n, (rank + 1) * n) + 1000 * s + rep for s in range(size)])
                 check(f"alltoall {n} rep {rep}", np.array_equal(ao, want))
 
+                for dt, op, want_of in ((np.float32, hetccl.SUM, lambda v: v.sum(0)),
+                                        (np.int64, hetccl.MAX, lambda v: v.max(0)),
+                                        (np.float64, hetccl.AVG, lambda v: v.mean(0))):
+                    contrib = [np.arange(n * size, dtype=dt) * (s + 1) + rep for s in range(size)]
+                    ro = np.empty(n, dt)
+                    got = comm.reduce_scatter(contrib[rank], out=ro, op=op)
+                    want = want_of(np.stack(contrib))[rank * n:(rank + 1) * n]
+                    check(f"reduce_scatter {dt.__name__} {op.name} {n} returns out", got is ro)
+                    check(f"reduce_scatter {dt.__name__} {op.name} {n} rep {rep}", np.allclose(ro, want))
+                    check(f"reduce_scatter {n} algorithm",
+                          comm.last_algorithm == comm._tuner.select("reduce_scatter", contrib[rank].nbytes).name)
+
                 g = np.full(n, rank * 10 + rep, np.int16)
                 go = np.empty(n * size, np.int16)
                 comm.allgather(g, go)
@@ -52,6 +64,37 @@ def _hot_case(rank, size):
 
         b = np.full(2, rank, np.int32)           # the 8-byte broadcast above was learnt
         check("latency path taken", comm._hot.broadcast(b, size - 1) is True and np.all(b == size - 1))
+        r = np.ones(2 * size, np.float32)              # so was the 8-byte float32 reduce_scatter
+        ro = np.empty(2, np.float32)
+        check("reduce_scatter latency path taken",
+              comm._hot.reduce_scatter(r, ro, hetccl.SUM) is True and np.all(ro == size))
+
+        # what the latency path leaves to Python: changed arguments still give the right result
+        r = np.arange(2 * size, dtype=np.float32) + rank
+        ro = np.empty(2, np.float32)
+        want = size * np.arange(2 * rank, 2 * rank + 2) + size * (size - 1) / 2
+        check("rs: a plain int op is not hot", comm._hot.reduce_scatter(r, ro, 0) is False)
+        comm.reduce_scatter(r, out=ro, op=0)
+        check("rs int op", np.array_equal(ro, want))
+        comm.reduce_scatter(r, out=ro, counts=[2] * size)
+        check("rs counts (reduce_scatterv)", np.array_equal(ro, want))
+        mv = memoryview(ro)
+        comm.reduce_scatter(r, out=mv)
+        check("rs memoryview out", np.array_equal(ro, want))
+        ri = (np.arange(2 * size) + rank).astype(np.int32)       # same bytes, another dtype: not learnt
+        rio = np.empty(2, np.int32)
+        comm.reduce_scatter(ri, out=rio, op=hetccl.BXOR)
+        wx = np.bitwise_xor.reduce(np.stack([np.arange(2 * size) + s for s in range(size)]), 0)
+        check("rs int32 bxor", np.array_equal(rio, wx[2 * rank:2 * rank + 2]))
+        comm.reduce_scatter(r, out=ro, algorithm="ring")
+        check("rs forced ring", comm.last_algorithm == "ring" and np.array_equal(ro, want))
+        comm.reduce_scatter(r, out=ro)
+        check("rs unforced after forced",
+              comm.last_algorithm == comm._tuner.select("reduce_scatter", r.nbytes).name
+              and np.array_equal(ro, want))
+        rw = comm.reduce_scatter(r, out=ro, async_op=True)
+        rw.wait()
+        check("rs async", np.array_equal(ro, want))
 
         # a forced algorithm is not learnt: the next unforced call of that size uses the tuner's choice
         b = np.zeros(64, np.float32)
@@ -65,12 +108,22 @@ def _hot_case(rank, size):
         # errors are the Python path's, and the communicator stays usable
         x = np.ones(2, np.float32)
         comm.allreduce(x, out=np.empty(2, np.float32))
+        frozen = np.empty(2, np.float32)
+        frozen.setflags(write=False)
         for what, call in [
             ("allreduce out dtype", lambda: comm.allreduce(x, out=np.empty(2, np.float64))),
             ("allreduce bxor float", lambda: comm.allreduce(x, hetccl.BXOR)),
             ("allreduce out size", lambda: comm.allreduce(x, out=np.empty(3, np.float32))),
             ("broadcast root", lambda: comm.broadcast(x, root=size)),
             ("alltoall in place", lambda: comm.alltoall(x, x)),
+            ("reduce_scatter out size", lambda: comm.reduce_scatter(np.ones(2 * size, np.float32),
+                                                                    out=np.empty(3, np.float32))),
+            ("reduce_scatter bxor float", lambda: comm.reduce_scatter(np.ones(2 * size, np.float32),
+                                                                      out=np.empty(2, np.float32), op=hetccl.BXOR)),
+            ("reduce_scatter uneven", lambda: comm.reduce_scatter(np.ones(2 * size + 1, np.float32),
+                                                                  out=np.empty(2, np.float32))),
+            ("reduce_scatter read-only out", lambda: comm.reduce_scatter(np.ones(2 * size, np.float32),
+                                                                         out=frozen)),
             ("alltoall uneven", lambda: comm.alltoall(np.ones(2 * size + 1, np.float32), np.empty(2 * size + 1, np.float32))),
         ]:
             try:

@@ -149,3 +149,96 @@ def _p2p_async_split(rank, size):
 def test_p2p_async_split(size, transport):
     sizes = run_ranks(_p2p_async_split, size, timeout=120, transports=transport)
     assert sizes == [len(range(r % 2, size, 2)) for r in range(size)]
+
+
+def _alltoall_single_copy(rank, size, expect_min):
+    """The single-copy alltoall (_native/alltoall_cma.pyx): taken exactly where its threshold says,
+    the same results as the FIFO pairwise exchange for every block size and dtype class, the same
+    errors, and a mismatch with a FIFO collective on another rank is an error, not a hang."""
+    import ml_dtypes
+
+    import hetccl
+    from hetccl._native import alltoall_cma
+
+    taken = []
+    real = alltoall_cma.alltoall
+
+    def spy(*args):
+        taken.append(args[1].nbytes)
+        return real(*args)
+
+    comm = hetccl.init(timeout=60)
+    alltoall_cma.alltoall = spy           # comm.py looks the schedule up at every call
+    try:
+        N = size
+        assert comm._a2a_cma_min == expect_min, (comm._a2a_cma_min, expect_min)
+        if expect_min is None:
+            x = np.arange(N * 300_000, dtype=np.float64)
+            comm.alltoall(x, np.empty_like(x))
+            assert not taken
+            return "off"
+        for dt in (np.float64, np.int8, np.uint16, ml_dtypes.bfloat16):
+            for n in (0, 1, 7, 1000, 300_001):
+                sb = ((np.arange(N * n) + 100 * rank) % 97).astype(dt)
+                want = np.concatenate([((np.arange(rank * n, (rank + 1) * n) + 100 * s) % 97).astype(dt)
+                                       for s in range(N)])
+                del taken[:]
+                ob = np.full(N * n, 1, dt)
+                assert comm.alltoall(sb, ob) is ob
+                assert np.array_equal(ob.view(np.uint8), want.view(np.uint8)), (dt, n)
+                chosen = comm._tuner.select("alltoall", sb.nbytes).name
+                assert comm.last_algorithm == chosen, (comm.last_algorithm, chosen)
+                single = chosen == "pairwise" and sb.nbytes >= expect_min
+                assert taken == ([sb.nbytes] if single else []), (dt, n, chosen, taken)
+                ob2 = np.empty_like(ob)
+                comm.alltoall(sb, ob2, algorithm="bruck")        # another algorithm: the FIFOs
+                assert np.array_equal(ob2.view(np.uint8), want.view(np.uint8)), (dt, n)
+                assert comm.last_algorithm == "bruck" and len(taken) <= 1
+        big = np.arange(N * 300_001, dtype=np.float64) + rank
+        w = comm.alltoall(big, np.empty_like(big), async_op=True)     # from the progress thread
+        got = w.wait()
+        assert np.array_equal(got[:300_001], np.arange(rank * 300_001, (rank + 1) * 300_001, dtype=np.float64))
+        frozen = np.empty_like(big)
+        frozen.setflags(write=False)
+        for what, call in [("in place", lambda: comm.alltoall(big, big)),
+                           ("uneven", lambda: comm.alltoall(big[:-1], np.empty(big.size - 1))),
+                           ("output size", lambda: comm.alltoall(big, np.empty(big.size + N))),
+                           ("read-only output", lambda: comm.alltoall(big, frozen))]:
+            try:
+                call()
+                raise AssertionError(f"alltoall {what}: no error")
+            except hetccl.InvalidUsage:
+                pass
+        ob = np.empty_like(big)
+        comm.alltoall(big, ob)
+        assert np.array_equal(ob[:300_001], np.arange(rank * 300_001, (rank + 1) * 300_001, dtype=np.float64))
+        # a mismatch: rank 0 enters the single copy, rank 1 runs a FIFO broadcast into it. The entry
+        # sync sees bytes in the FIFO of the peer it waits for (direct.pyx); with more ranks it may
+        # be waiting for another one, and the timeout is the contract (as for the other schedules).
+        if N > 2:
+            return "mismatch"
+        try:
+            if rank == 0:
+                comm.alltoall(big, ob, timeout=20)
+            else:
+                comm.broadcast(np.zeros(1000), root=1, timeout=20)
+            return "no error"
+        except (hetccl.InvalidUsage, hetccl.PeerLostError) as e:
+            return "mismatch" if "mismatch" in str(e) or rank != 0 else f"unclear: {e}"
+    finally:
+        alltoall_cma.alltoall = real
+        comm.close(timeout=5.0)
+
+
+@pytest.mark.parametrize("size,direct,expect", [(2, "64", 64), (3, "4096", 4096), (4, None, "oversubscribed"),
+                                                (2, None, "default"), (2, "off", None)])
+def test_alltoall_single_copy(size, direct, expect):
+    import os
+
+    from hetccl._native import alltoall_cma
+    if direct is None and (size > len(os.sched_getaffinity(0))) != (expect == "oversubscribed"):
+        pytest.skip("the default threshold depends on ranks vs cores; this case is for another machine shape")
+    expect_min = {"oversubscribed": alltoall_cma.MIN_BYTES_OVERSUBSCRIBED,
+                  "default": alltoall_cma.MIN_BYTES}.get(expect, expect)
+    res = run_ranks(_alltoall_single_copy, size, expect_min, timeout=240, env={"HETCCL_C2C_DIRECT": direct})
+    assert res[0] in ("mismatch", "off"), res

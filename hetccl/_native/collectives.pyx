@@ -186,6 +186,7 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
     cdef size_t sl = e.slice_bytes(prev, nxt, dtype_size(dtype)), mx = 0, o, ln, tot = 0
     cdef bint fused = e.can_fuse(nxt, prev)
     cdef char* scr = NULL
+    cdef Seg few[8]                            # small calls: no allocation (the latency path)
     cdef Seg* ss
     cdef Seg* rs
     for t in range(N):
@@ -197,7 +198,7 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
         if scr == NULL:
             return E_OS
     nsl = <int>((mx + sl - 1) // sl) if mx else 1
-    ss = <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
+    ss = &few[0] if 2 * T * nsl <= 8 else <Seg*>malloc(sizeof(Seg) * 2 * T * nsl)
     if ss == NULL:
         return E_OS
     rs = ss + T * nsl
@@ -216,7 +217,8 @@ cdef int rs_ring(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, in
             else:
                 seg(&rs[idx], (scr + boff[rb] + o) if scr != NULL else NULL, sbuf + boff[rb] + o, ln, -1)
     rc = e.xfer(nxt, ss, T * nsl, prev, rs, T * nsl, COLL_REDUCE_SCATTER, dtype, op, 0, count, fused, dl)
-    free(ss)
+    if ss != &few[0]:
+        free(ss)
     return rc
 
 
@@ -237,48 +239,87 @@ cdef int rs_recursive_halving(Engine e, char* sbuf, char* out, size_t* boff, siz
 def reduce_scatter(Engine e, sendobj, recvobj, counts, int dtype, int op, int algo, double timeout):
     """recvobj = this rank's block of the reduction of every rank's sendobj (blocks by counts)."""
     cdef Bufs p = Bufs()
-    cdef int rc, N = e.size, b
-    cdef double dl
+    cdef int N = e.size, b
     cdef size_t es = dtype_size(dtype), total = 0
     cdef size_t* boff
-    cdef size_t* blen
     if get_reduce(dtype, op) == NULL:
         raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
     p.pin(sendobj, recvobj, True)
     if counts is None:
-        if p.a.len % (es * N):
-            raise InvalidUsage(f"reduce_scatter input of {p.a.len // es} elements does not split into "
-                               f"{N} equal blocks; pass counts= (reduce_scatterv) or pad the input")
-        counts = [p.a.len // es // N] * N
+        run_reduce_scatter(e, &p.a, &p.b, dtype, op, algo, timeout)
+        return
     if len(counts) != N:
         raise InvalidUsage(f"counts has {len(counts)} entries; it needs one per rank ({N})")
     boff = <size_t*>malloc(sizeof(size_t) * 2 * N)
-    blen = boff + N
-    for b in range(N):
-        blen[b] = <size_t>counts[b] * es
-        boff[b] = total
-        total += blen[b]
+    if boff == NULL:
+        raise MemoryError()
     try:
+        for b in range(N):
+            if counts[b] < 0:
+                raise InvalidUsage(f"reduce_scatterv counts must be >= 0, got {counts[b]}")
+            boff[N + b] = <size_t>counts[b] * es
+            boff[b] = total
+            total += boff[N + b]
         if total != <size_t>p.a.len:
             raise InvalidUsage(f"reduce_scatter input has {p.a.len // es} elements but counts add up "
                                f"to {total // es}")
-        if <size_t>p.b.len != blen[e.rank]:
-            raise InvalidUsage(f"reduce_scatter output of rank {e.rank} has {p.b.len // es} elements; "
-                               f"it needs {blen[e.rank] // es}")
-        begin_call(e, p.b.len)
-        dl = hc_now() + timeout
-        with nogil:
-            if N == 1:
-                copy_bytes(p.b.buf, p.a.buf, blen[0], 0)
-                rc = 0
-            elif algo == ALGO_RECURSIVE_HALVING:
-                rc = rs_recursive_halving(e, <char*>p.a.buf, <char*>p.b.buf, boff, blen, dtype, op,
-                                          total // es, dl)
-            else:
-                rc = rs_ring(e, <char*>p.a.buf, <char*>p.b.buf, boff, blen, dtype, op, total // es, dl)
-        end_call(e, rc, "reduce_scatter", timeout)
+        run_rs_blocks(e, &p.a, &p.b, boff, dtype, op, algo, timeout)
     finally:
         free(boff)
+
+
+cdef int run_reduce_scatter(Engine e, Py_buffer* a, Py_buffer* b, int dtype, int op, int algo,
+                            double timeout) except -1:
+    """reduce_scatter of equal blocks (len(a) = size x len(b)) on pinned buffers: the def entry
+    point and the latency path (Hot) share it. Block offsets live on the stack up to 64 ranks."""
+    cdef int N = e.size, i
+    cdef size_t es = dtype_size(dtype), blk
+    cdef size_t offs[2 * 64]
+    cdef size_t* o = offs
+    if get_reduce(dtype, op) == NULL:
+        raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
+    if a.len % (es * N):
+        raise InvalidUsage(f"reduce_scatter input of {a.len // es} elements does not split into "
+                           f"{N} equal blocks; pass counts= (reduce_scatterv) or pad the input")
+    blk = <size_t>a.len // N
+    if N > 64:
+        o = <size_t*>malloc(sizeof(size_t) * 2 * N)
+        if o == NULL:
+            raise MemoryError()
+    try:
+        for i in range(N):
+            o[i] = blk * i
+            o[N + i] = blk
+        run_rs_blocks(e, a, b, o, dtype, op, algo, timeout)
+    finally:
+        if o != offs:
+            free(o)
+    return 0
+
+
+cdef int run_rs_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* boff, int dtype, int op, int algo,
+                       double timeout) except -1:
+    """Run reduce_scatter(v) with blocks at boff[0..N) of lengths boff[N..2N) (bytes; they tile a)."""
+    cdef int rc, N = e.size
+    cdef double dl
+    cdef size_t es = dtype_size(dtype)
+    cdef size_t* blen = boff + N
+    if <size_t>b.len != blen[e.rank]:
+        raise InvalidUsage(f"reduce_scatter output of rank {e.rank} has {b.len // es} elements; "
+                           f"it needs {blen[e.rank] // es}")
+    begin_call(e, b.len)
+    dl = hc_now() + timeout
+    with nogil:
+        if N == 1:
+            copy_bytes(b.buf, a.buf, blen[0], 0)
+            rc = 0
+        elif algo == ALGO_RECURSIVE_HALVING:
+            rc = rs_recursive_halving(e, <char*>a.buf, <char*>b.buf, boff, blen, dtype, op,
+                                      <size_t>a.len // es, dl)
+        else:
+            rc = rs_ring(e, <char*>a.buf, <char*>b.buf, boff, blen, dtype, op, <size_t>a.len // es, dl)
+    end_call(e, rc, "reduce_scatter", timeout)
+    return 0
 
 
 cdef int reduce_binomial(Engine e, char* sbuf, char* rbuf, size_t nb, int root, int dtype, int op,
@@ -635,9 +676,10 @@ cdef enum:
     HOT_ALLREDUCE = 1
     HOT_ALLGATHER = 2
     HOT_ALLTOALL = 3
-    HOT_KINDS = 4
+    HOT_REDUCE_SCATTER = 4
+    HOT_KINDS = 5
 
-HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall")
+HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall", "reduce_scatter")
 
 from hetccl.ops import ReduceOp as _ReduceOp
 
@@ -767,4 +809,20 @@ cdef class Hot:
         p.pin(buf, out, True)
         self.last = hit[1]
         run_alltoall(self.e, &p.a, &p.b, dtype, hit[0], self.timeout)
+        return True
+
+    def reduce_scatter(self, buf, out, op):
+        """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce."""
+        cdef int dtype = self.dtype_of(buf)
+        cdef Bufs p
+        if (dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
+                or self.dtype_of(out) != dtype):
+            return False
+        hit = self.algo_of(HOT_REDUCE_SCATTER, buf.nbytes)
+        if hit is None:
+            return False
+        p = Bufs()
+        p.pin(buf, out, True)
+        self.last = hit[1]
+        run_reduce_scatter(self.e, &p.a, &p.b, dtype, op, <int>hit[0], self.timeout)
         return True
