@@ -148,7 +148,7 @@ def test_invalid_entries_are_ignored(tmp_path):
     assert probe.read_entries(str(path)) == {}
 
 
-def test_entries_of_other_builds_miss_and_are_dropped(tmp_path):
+def test_entries_of_other_builds_miss_and_are_kept(tmp_path):
     path = str(tmp_path / "c.json")
     old = _shape(version="0.0.1+old")
     probe.store(old, _entry(5e-6), path)
@@ -161,7 +161,10 @@ def test_entries_of_other_builds_miss_and_are_dropped(tmp_path):
     assert probe.lookup(_shape(), path) is None
     probe.store(_shape(), _entry(), path)
     left = probe.read_entries(path)
-    assert list(left) == [probe.cache_key(_shape())] and left[probe.cache_key(_shape())]["alpha"] == 1e-6
+    assert left[probe.cache_key(_shape())]["alpha"] == 1e-6          # the forged entry replaced
+    # the other build's own entry stays, and is still found by that build
+    assert sorted(left) == sorted([probe.cache_key(_shape()), probe.cache_key(old)])
+    assert probe.lookup(old, path)["alpha"] == 5e-6
 
 
 def test_cache_keeps_the_most_recent_entries(tmp_path, monkeypatch):
@@ -353,7 +356,7 @@ def test_every_rank_uses_rank_0s_parameters(tmp_path):
     for phase in ("corrupt", "foreign", "unwritable"):
         assert r0[phase]["origin"] == r1[phase]["origin"] == MEASURED, phase
         assert r0[phase]["cost"] == r1[phase]["cost"], phase
-    # rank 0 rewrote its corrupt file and dropped the foreign build's entry; rank 1 never wrote
+    # rank 0 rewrote its corrupt file and its foreign one (adding its entry); rank 1 never wrote
     # noisy: re-probed, alpha the new (far lower) measurement, beta/gamma no worse than planted
     retry = r0["noisy_retry"]
     assert retry["origin"] == MEASURED and retry["cost"] == r1["noisy_retry"]["cost"]
@@ -365,9 +368,11 @@ def test_every_rank_uses_rank_0s_parameters(tmp_path):
     assert final["origin"] == CACHED and final["cost"] == (1.0, 2e-10, 3e-11)
     assert "other load 90%" in final["detail"] and r1["noisy_final"]["cost"] == final["cost"]
     for phase in ("corrupt", "foreign"):
-        (e,) = r0[phase + "_entries"].values()
-        assert e["version"] == probe.build_id() and e["alpha"] == r0[phase]["cost"][0]
+        mine = [e for e in r0[phase + "_entries"].values() if e["version"] == probe.build_id()]
+        assert len(mine) == 1 and mine[0]["alpha"] == r0[phase]["cost"][0]
         assert not r0[phase + "_unchanged"] and r1[phase + "_unchanged"]
+    assert set(r0["corrupt_entries"]) < set(r0["foreign_entries"])
+    assert r0["foreign_entries"]["x"]["version"] == "0.0.0+old"       # the other build's entry kept
 
 
 def test_cost_model_describe_names_origin():

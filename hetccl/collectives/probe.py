@@ -39,8 +39,10 @@ derived. Every rank ends with rank 0's numbers, bit for bit.
 The cache: ``$XDG_CACHE_HOME/hetccl/cost-model.json`` (default ``~/.cache/hetccl/cost-model.json``),
 one entry per host id, link classes, ranks of the communicator on this host, CPUs this process may
 use, and hetccl version + native build. A missing, unreadable or corrupt file, or an entry of
-another build, is a miss (entries of other builds are dropped on the next write, and only the
-``MAX_ENTRIES`` most recent are kept); a cache that cannot be written is logged and skipped.
+another build, is a miss. Entries of other builds stay (two checkouts or builds used by turns,
+each with its own entries, must not make each other probe again at every start), and only the
+``MAX_ENTRIES`` most recently measured are kept; a cache that cannot be written is logged and
+skipped.
 ``hetccl tune --clear`` deletes the file, ``hetccl tune`` re-measures (:mod:`.probe_cli`). Only a
 single rank, which has no link to time, uses the defaults.
 """
@@ -176,13 +178,14 @@ def _write(path, entries):
 
 
 def store(s: dict, entry: dict, path: str | None = None) -> bool:
-    """Add one entry (dropping entries of other hetccl builds); False if the cache is unwritable."""
+    """Add one entry, keeping the others (other builds' too: the key names the build, and lookup
+    trusts an entry only for its own build) up to MAX_ENTRIES; False if the cache is unwritable."""
     path = path or cache_path()
     try:
         with _locked(path):
-            entries = {k: v for k, v in read_entries(path).items() if v.get("version") == s["version"]}
+            entries = read_entries(path)
             entries[cache_key(s)] = dict(entry, **s)
-            if len(entries) > MAX_ENTRIES:      # e.g. jobs with made-up HETCCL_HOST_IDs: oldest go
+            if len(entries) > MAX_ENTRIES:      # rebuilds, made-up HETCCL_HOST_IDs: the oldest go
                 newest = sorted(entries, key=lambda k: float(entries[k].get("measured_at") or 0))
                 entries = {k: entries[k] for k in newest[-MAX_ENTRIES:]}
             _write(path, entries)
