@@ -776,7 +776,8 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
     try:
         comm = _connect(conn.info, conn.client, conn.server, conn.job_id, "w", t, spec,
                         bridges=_formation.requested(bridges, conn.info.rank))
-    except BaseException:
+    except BaseException as e:
+        conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
         conn.close()
         raise
     log.info("rank %d/%d up:\n%s", info.rank, info.size, comm.describe())

@@ -17,7 +17,7 @@ from hetccl.bootstrap import auth
 from hetccl.bootstrap.env import LaunchInfo, detect, parse_host_port, parse_secret
 from hetccl.bootstrap.rendezvous import connect_store
 from hetccl.bootstrap.store import StoreClient, StoreServer
-from hetccl.errors import AuthenticationError, HetcclTimeout, InvalidUsage, TransportError
+from hetccl.errors import AuthenticationError, CommAborted, HetcclTimeout, InvalidUsage, TransportError
 from tests.launcher import run_command, run_ranks
 
 SECRET = b"correct horse battery staple"
@@ -199,6 +199,45 @@ def test_wrong_secret_is_refused_and_logged(server, caplog):
         assert any("refused store message from" in r.getMessage()
                    and "bad authentication" in r.getMessage() for r in caplog.records)
         assert good.get("before") == b"1"  # the server kept serving
+
+
+def test_abort_answers_parked_and_later_requests_at_once(server):
+    with StoreClient(server.address, SECRET, 0, timeout=30) as a, \
+            StoreClient(server.address, SECRET, 1, timeout=30) as b:
+        got = {}
+
+        def parked():
+            t = time.monotonic()
+            try:
+                b.get("never set", timeout=30)
+            except Exception as e:                # noqa: BLE001
+                got["err"], got["took"] = e, time.monotonic() - t
+
+        th = threading.Thread(target=parked)
+        th.start()
+        time.sleep(0.3)                           # b is parked on the server now
+        assert a.abort("HetcclTimeout", "rank 0 failed: the links did not come up")
+        th.join(10)
+        assert isinstance(got["err"], CommAborted) and got["took"] < 5
+        assert "rank 0 failed: the links did not come up" in str(got["err"])
+        assert "(HetcclTimeout)" in str(got["err"])
+        assert server.wait_told([0, 1], timeout=1)
+        assert not server.wait_told([0, 1, 2], timeout=0.2)
+        # a rank that connects later is told at its first request, a usage error keeps its class
+        with StoreClient(server.address, SECRET, 2, timeout=30) as c:
+            with pytest.raises(CommAborted, match="links did not come up"):
+                c.get("job_id", timeout=30)
+        assert server.wait_told([2], timeout=1)
+        assert not a.abort("InvalidUsage", "a second abort is not taken")
+
+
+def test_an_aborted_usage_error_stays_a_usage_error(server):
+    with StoreClient(server.address, SECRET, 0, timeout=30) as a, \
+            StoreClient(server.address, SECRET, 1, timeout=30) as b:
+        a.abort("InvalidUsage", "rank 0 failed: HETCCL_TOPO_FILE describes 1 rank(s)")
+        with pytest.raises(InvalidUsage, match=r"rank 1: the job stopped while starting because "
+                                               r"rank 0 failed: HETCCL_TOPO_FILE"):
+            b.set("k", b"v")
 
 
 def test_server_knows_when_every_client_is_gone(server):

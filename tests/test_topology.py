@@ -527,20 +527,32 @@ def test_HETCCL_ALGO_forces_composed_algorithms_and_their_subcommunicators_stay_
     assert res[0] == ["hierarchical"] * 4
 
 
-def _file_mismatch_case(rank, size):
+def _file_mismatch_case(rank, size, path, bad_ranks):
+    import time
+
     import hetccl
+    if rank in bad_ranks:
+        os.environ["HETCCL_TOPO_FILE"] = path
+    t = time.monotonic()
     try:
-        hetccl.init(timeout=20)
+        hetccl.init(timeout=120)          # generous: the refusal must come from the check, not the clock
     except InvalidUsage as e:
-        return str(e)
-    return "no error"
+        return str(e), time.monotonic() - t
+    return "no error", time.monotonic() - t
 
 
-def test_a_file_with_too_few_ranks_is_refused(tmp_path):
+@pytest.mark.parametrize("bad_ranks", [(0, 1), (0,), (1,)], ids=["every rank", "rank 0", "rank 1"])
+def test_a_file_with_too_few_ranks_is_refused_on_every_rank_at_once(tmp_path, bad_ranks):
+    """Every rank that reads the file refuses it; the others learn it from the store's abort
+    (bootstrap/store.py) at once instead of waiting out their timeout for a rank that left."""
     path = str(tmp_path / "one.json")
     json.dump(_file_topo(1, 1), open(path, "w"))
-    res = run_ranks(_file_mismatch_case, 2, timeout=60, env={"HETCCL_TOPO_FILE": path})
-    assert all("describes 1 rank(s) but the job has 2" in r for r in res)
+    res = run_ranks(_file_mismatch_case, 2, path, bad_ranks, timeout=200)
+    for rank, (msg, took) in enumerate(res):
+        assert "describes 1 rank(s) but the job has 2" in msg, (rank, msg)
+        if rank not in bad_ranks:
+            assert f"rank {bad_ranks[0]} failed" in msg and "stopped while starting" in msg, msg
+        assert took < 60, f"rank {rank} took {took:.0f} s to fail: the abort did not reach it"
 
 
 # ------------------------------------------------------------------ CLI

@@ -25,7 +25,7 @@ import secrets as _secrets
 import socket
 from typing import NamedTuple
 
-from ..errors import InvalidUsage
+from ..errors import HetcclTimeout, InvalidUsage
 from .env import LaunchInfo, parse_host_port, parse_secret
 from .store import StoreClient, StoreServer
 
@@ -43,6 +43,18 @@ class StoreConnection(NamedTuple):
     server: StoreServer | None        # only on the rank that serves the store (rank 0)
     job_id: str                       # agreed by every rank
     info: LaunchInfo                  # with the store address, secret and job id actually used
+
+    def abort(self, error: BaseException, grace: float = 30.0) -> None:
+        """This rank failed while joining: post why, so every other rank raises now rather than
+        at its timeout; rank 0 then serves up to ``grace`` s more, until every rank has been
+        told. Call close() afterwards. No grace after a timeout (the missing ranks had their
+        chance; the ranks already waiting are told at once) or Ctrl-C (the user wants out)."""
+        cls = "InvalidUsage" if isinstance(error, InvalidUsage) else type(error).__name__
+        self.client.abort(cls, f"rank {self.info.rank} failed: {error}")
+        if self.server is not None and not isinstance(error, (HetcclTimeout, KeyboardInterrupt)):
+            others = [r for r in range(self.info.size) if r != self.info.rank]
+            if not self.server.wait_told(others, grace):
+                log.info("closing the store before every rank learned that the job stopped")
 
     def close(self, timeout: float = 10.0) -> None:
         """Close the client; on rank 0 then wait up to ``timeout`` s until every other rank has

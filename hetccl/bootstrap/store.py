@@ -21,6 +21,13 @@ K = HMAC(secret; session, nonce_c, nonce_s) is fresh per connection; ``ctr``/``s
 increase, so a recorded message cannot be replayed on this or any other connection. A message
 with a bad MAC is dropped and logged (WARNING, ``hetccl.bootstrap``); a client that receives a bad
 reply raises AuthenticationError.
+
+Aborting the job's start (``StoreClient.abort``): a rank that fails while joining posts its reason
+with an ABORT request. From then on the server answers every parked request, and every later
+request of any rank, with status ABORT and that reason, so the other ranks raise at once instead
+of waiting out their timeouts for a rank that will never arrive. Rank 0 keeps serving until every
+rank has been told (``wait_told``) or a grace period passes: a rank that connects later still
+learns why.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ from typing import Iterable, Sequence
 
 import zmq
 
-from ..errors import AuthenticationError, HetcclTimeout, InvalidUsage
+from ..errors import AuthenticationError, CommAborted, HetcclTimeout, InvalidUsage
 from .auth import NONCE_BYTES, derive_key, hmac_key, mac, new_nonce
 
 log = logging.getLogger("hetccl.bootstrap")
@@ -49,7 +56,7 @@ _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 _HELLO, _DENY, _REQ, _REP = b"HI1", b"NO1", b"RQ1", b"RP1"
 _L_HELLO, _L_WELCOME, _L_SESSION = b"hetccl-store-hello", b"hetccl-store-welcome", b"hetccl-store-session"
-OK, TIMEOUT, ERR = b"OK", b"TIMEOUT", b"ERR"
+OK, TIMEOUT, ERR, ABORT = b"OK", b"TIMEOUT", b"ERR", b"ABORT"
 _AUTH_HINT = "bad authentication; is HETCCL_SECRET the same on every rank?"
 
 
@@ -125,6 +132,9 @@ class StoreServer:
         self._seq = itertools.count()
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
+        self._abort: bytes | None = None    # the first ABORT's reason ("<error class>|<message>")
+        self._told: set[str] = set()        # ranks that got the abort (or said goodbye since)
+        self._told_cv = threading.Condition()
         # Live TCP connections, from the socket monitor: a rank that exits (or dies) drops its
         # connection, so rank 0 can wait for the others before it stops serving.
         self._mon = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
@@ -156,6 +166,19 @@ class StoreServer:
         Why: rank 0 must not stop serving while another rank still waits for the answer to its
         last request (e.g. the final barrier), or that rank times out."""
         return self._idle.wait(timeout)
+
+    def wait_told(self, ranks: Iterable[int], timeout: float) -> bool:
+        """After an abort: wait until every rank in ``ranks`` was answered ABORT (or said goodbye);
+        False on timeout. Why: rank 0 must not stop serving before a rank that is still starting
+        has learned why the job stopped."""
+        want = {str(r) for r in ranks}
+        with self._told_cv:
+            return self._told_cv.wait_for(lambda: want <= self._told, timeout)
+
+    def _tell(self, rank: str) -> None:
+        with self._told_cv:
+            self._told.add(rank)
+            self._told_cv.notify_all()
 
     def close(self, wait_for_clients: float = 0.0) -> None:
         """Stop serving, after waiting up to ``wait_for_clients`` seconds for every client to
@@ -291,8 +314,15 @@ class StoreServer:
         self._sock.send_multipart([ident, _REP, *body, mac(sess.key, b"S", *body)])
 
     def _request(self, ident: bytes, sess: _Session, ctr: int, op: bytes, args: list[bytes]):
+        if self._abort is not None and op != b"BYE":
+            self._reply(ident, ctr, ABORT, [self._abort])
+            return self._tell(sess.rank)
         try:
-            if op == b"SET" and len(args) == 2:
+            if op == b"ABORT" and len(args) == 1:
+                self._start_abort(args[0] or b"CommAborted|(no reason given)")
+                self._reply(ident, ctr, OK)
+                self._tell(sess.rank)
+            elif op == b"SET" and len(args) == 2:
                 key = args[0].decode()
                 self._data[key] = args[1]
                 self._reply(ident, ctr, OK)
@@ -324,10 +354,25 @@ class StoreServer:
             elif op == b"BYE":
                 self._drop_waiters(ident)
                 self._sessions.pop(ident, None)
+                if self._abort is not None:
+                    self._tell(sess.rank)
             else:
                 self._reply(ident, ctr, ERR, [f"unknown store request {op!r}".encode()])
         except (UnicodeDecodeError, struct.error) as e:
             self._reply(ident, ctr, ERR, [f"malformed store request: {e}".encode()])
+
+    def _start_abort(self, reason: bytes) -> None:
+        """Answer every parked request with the abort (their ranks are told now)."""
+        self._abort = reason
+        log.info("store: the job's start was aborted: %s", reason.decode("utf-8", "replace"))
+        for lst in list(self._waiting.values()):
+            for w in list(lst):
+                if not w.done:
+                    self._finish(w)
+                    self._reply(w.ident, w.req_ctr, ABORT, [reason])
+                    sess = self._sessions.get(w.ident)
+                    if sess is not None:
+                        self._tell(sess.rank)
 
     # -- waiters --------------------------------------------------------------------------------
     def _ready(self, w: _Waiter) -> list[bytes] | None:
@@ -510,6 +555,8 @@ class StoreClient:
                 if status == ERR:
                     raise InvalidUsage(payload[0].decode("utf-8", "replace") if payload
                                        else "the store refused the request")
+                if status == ABORT:
+                    raise _aborted(self.rank, payload[0] if payload else b"")
                 return status, payload
 
     def _t(self, timeout: float | None) -> float:
@@ -595,6 +642,17 @@ class StoreClient:
                 f"rank {self.rank}: barrier {name!r} timed out after {t:g}s: {here} of {size} "
                 f"ranks arrived; the others are stuck, dead or not started")
 
+    def abort(self, error_class: str, message: str) -> bool:
+        """Abort the job's start: every rank's pending and later store requests raise (see the
+        module docstring). Best effort, never raises; False if the store did not take it (it was
+        aborted already, or it is gone)."""
+        reason = f"{error_class}|{message}".encode("utf-8", "replace")
+        try:
+            self._request(b"ABORT", [reason], limit=min(self.timeout, 5.0))
+            return True
+        except Exception:                   # noqa: BLE001 - aborted already, or no store to tell
+            return False
+
     def close(self) -> None:
         """Say goodbye (frees the server's state for us) and close the connection."""
         with self._lock:
@@ -615,6 +673,15 @@ class StoreClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _aborted(rank: int, reason: bytes) -> Exception:
+    """The error a rank raises when the job's start was aborted: the failed rank's own error class
+    for usage errors (every rank then reports the same mistake), CommAborted otherwise."""
+    cls_name, _, msg = reason.decode("utf-8", "replace").partition("|")
+    cls = InvalidUsage if cls_name == "InvalidUsage" else CommAborted
+    return cls(f"rank {rank}: the job stopped while starting because {msg or 'another rank failed'}"
+               + ("" if cls is InvalidUsage else f" ({cls_name})"))
 
 
 def _who_sets(*keys: str) -> str:
