@@ -90,6 +90,7 @@ def base_tables(version: int):
 # role -> symbol suffix (prefix + suffix), for every NCCL-family library
 NCCL_ROLES = {
     "get_version": "GetVersion", "get_unique_id": "GetUniqueId", "comm_init": "CommInitRank",
+    "comm_init_config": "CommInitRankConfig",     # optional: NCCL >= 2.14 (non-blocking creation)
     "comm_destroy": "CommDestroy", "comm_abort": "CommAbort", "comm_get_async_error": "CommGetAsyncError",
     "get_error_string": "GetErrorString", "get_last_error": "GetLastError",
     "group_start": "GroupStart", "group_end": "GroupEnd",
