@@ -20,6 +20,7 @@ import dataclasses
 import glob
 import importlib.metadata
 import os
+import threading
 import time
 
 import numpy as np
@@ -345,10 +346,24 @@ def test_fake_join_deadline_names_the_rank_that_never_started(libs, tmp_path, mo
     monkeypatch.setenv("FAKECCL_DIR", str(tmp_path))
     store = MemStore()
     store.set("t/can/1", b"ok")                                 # the peer's agreement, then nothing
+    ticks, stop = [0], threading.Event()
+
+    def other_python_thread():                                  # runs only if the join left the GIL
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=other_python_thread)
+    t.start()
     t0 = time.monotonic()
-    with pytest.raises(HetcclTimeout) as e:
-        nccl.NcclBridge(store, "t", 0, 2, vendor=fakeccl.nccl_vendor(libs), timeout=1.0)
+    try:
+        with pytest.raises(HetcclTimeout) as e:
+            nccl.NcclBridge(store, "t", 0, 2, vendor=fakeccl.nccl_vendor(libs), timeout=1.0)
+    finally:
+        stop.set()
+        t.join()
     assert 1.0 <= time.monotonic() - t0 < 6
+    assert ticks[0] > 100                                       # ~1000 without load
     msg = str(e.value)
     assert "fakecclCommInitRankConfig (island rank 0 of 2) did not finish within 1 s" in msg
     assert "island rank(s) [1] never started joining" in msg and "HETCCL_TIMEOUT" in msg

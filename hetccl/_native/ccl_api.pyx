@@ -297,8 +297,7 @@ cdef class CclLibrary:
                         sched_yield()
                     else:
                         nanosleep(&ts, NULL)
-                        if ts.tv_nsec < 1000000:
-                            ts.tv_nsec = ts.tv_nsec * 2
+                        ts.tv_nsec = ts.tv_nsec * 2 if ts.tv_nsec < 500000 else 1000000
         return code, (state if code != C_WAIT_OK else 0), <uintptr_t>comm
 
     def comm_destroy(self, uintptr_t comm) -> int:

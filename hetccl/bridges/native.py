@@ -70,11 +70,12 @@ class NativeBridge(Bridge):
     ``blocking = 0`` and is polled; past ``timeout`` it is aborted and every rank raises
     HetcclTimeout naming the island ranks that never started joining (they died or hung after
     the agreement) or, when all did, the library's own wire-up. Such a communicator stays
-    non-blocking: its calls may return ncclInProgress, which the waits handle. Older libraries,
-    the MCCL/Iluvatar versions without those symbols, and HCCL join with the blocking
-    CommInitRank (HcclCommInitRootInfo), which has **no deadline**: a peer that never arrives
-    blocks the others inside the library. NCCL_COMM_BLOCKING=1 in the environment also makes
-    NCCL's join blocking again.
+    non-blocking: its calls may return ncclInProgress, which the waits handle. Older libraries and
+    family members without those symbols join with the blocking CommInitRank, which has **no
+    deadline**: a peer that never arrives blocks the others inside the library (so does
+    NCCL_COMM_BLOCKING=1 in the environment, which overrides the config). HCCL joins with the
+    blocking HcclCommInitRootInfo, bounded only by HCCL's own link-setup timeout
+    (HCCL_CONNECT_TIMEOUT, 120 s by default), not by ``timeout``.
     """
 
     def __init__(self, vendor: Vendor, store, key: str, rank: int, size: int, *, device=None,
@@ -152,7 +153,7 @@ class NativeBridge(Bridge):
             return comm
         text = ""
         if code != WAIT_TIMEOUT:
-            text = f"{self.lib.error_string(detail)}"
+            text = self.lib.error_string(detail)
             last = self.lib.last_error(comm)
             if last and last not in text:
                 text = f"{text}; {last}"
@@ -179,9 +180,10 @@ class NativeBridge(Bridge):
         if missing:
             return (f"island rank(s) {missing} never started joining: check that they are alive "
                     f"(they may have died or hung after agreeing to form the island).")
+        env = self.vendor.prefix.upper()         # NCCL_* for NCCL, RCCL and Iluvatar; MCCL_* for MCCL
         return (f"every island rank started joining, so {self.kind}'s own wire-up did not finish: "
-                f"check the network between the island's hosts ({self.kind.upper()}_DEBUG=INFO "
-                f"shows where it stops; NCCL_SOCKET_IFNAME picks its interface).")
+                f"check the network between the island's hosts ({env}_DEBUG=INFO shows where it "
+                f"stops; {env}_SOCKET_IFNAME picks its interface).")
 
     def _exchange_id(self, store, key: str, call: str) -> bytes:
         """Rank 0's unique id (root info) for every rank. The value is tagged b"U" + id, or b"E" +
