@@ -8,18 +8,27 @@
   every collective x dtype x op of the tables on 2 ranks against numpy, send/recv, supports(),
   version gating, and every error path (library error -> BridgeError with the library's string,
   no device -> BridgeUnavailable on every island rank, stream timeout / async error -> abort).
+  Communicator creation: the non-blocking join (CommInitRankConfig + CommGetAsyncError polls) from
+  2.14 on, its deadline (a peer that never arrives -> HetcclTimeout on every rank, naming the
+  ranks that never started), the blocking CommInitRank below 2.14 or without the symbol, and
+  calls that return ncclInProgress on a non-blocking communicator.
 * On a GPU machine only (skipped here): 2 ranks x 1 GPU allreduce through the real NCCL bridge.
 """
 from __future__ import annotations
 
+import dataclasses
+import glob
 import importlib.metadata
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
 
 import hetccl.dtypes as dt
-from hetccl.bridges import hccl, loader, nccl, vendor
+from hetccl import config
+from hetccl.bridges import hccl, loader, native, nccl, vendor
 from hetccl.bridges.base import BridgeError, BridgeUnavailable
 from hetccl.bridges.buffers import from_numpy
 from hetccl.errors import HetcclTimeout, InvalidUsage
@@ -74,6 +83,23 @@ def test_real_nccl_calls_without_a_gpu_fail_with_its_own_message():
     rc, comm = lib.comm_init(1, uid, 0)
     assert rc == 1 and comm == 0                            # ncclUnhandledCudaError
     assert "unhandled cuda error" in lib.error_string(rc)
+    assert "Cuda failure" in lib.last_error(0)
+
+
+def test_real_nccl_nonblocking_join_without_a_gpu_fails_at_once_with_its_own_message():
+    from hetccl._native.ccl_api import WAIT_CALL
+    _wheel_version()
+    lib = loader.load_library(nccl.NCCL)
+    rt = loader.load_runtime(nccl.CUDART)
+    if loader.device_status(nccl.NCCL, rt)[0]:
+        pytest.skip("this machine has a CUDA device")
+    assert {"comm_init_config", "comm_get_async_error", "comm_abort"} <= lib.present
+    assert lib.version() >= native.NONBLOCKING_SINCE         # so a bridge would join non-blocking
+    rc, uid = lib.unique_id()
+    t0 = time.monotonic()
+    code, detail, comm = lib.comm_init_nonblocking(1, uid, 0, 30.0)
+    assert time.monotonic() - t0 < 5                         # refused in the call, not after the deadline
+    assert (code, detail, comm) == (WAIT_CALL, 1, 0)         # ncclUnhandledCudaError, no communicator
     assert "Cuda failure" in lib.last_error(0)
 
 
@@ -192,8 +218,13 @@ def test_fake_library_errors_carry_its_own_strings(libs, monkeypatch):
         b.allreduce(_buf(ro), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)   # a read-only *source* is fine
     finally:
         b.close()
+    monkeypatch.setenv("FAKECCL_FAIL", "CommInitRankConfig")          # 2.27: the non-blocking join
+    with pytest.raises(BridgeError, match=r"fakecclCommInitRankConfig failed with error 2: unhandled system "
+                                          r"error .*injected failure in CommInitRankConfig"):
+        _fake(libs)
     monkeypatch.setenv("FAKECCL_FAIL", "CommInitRank")
-    with pytest.raises(BridgeError, match="fakecclCommInitRank failed with error 2.*injected failure in CommInitRank"):
+    monkeypatch.setenv("FAKECCL_VERSION", "21300")                     # 2.13: the blocking join
+    with pytest.raises(BridgeError, match=r"fakecclCommInitRank failed with error 2.*injected failure in CommInitRank\b"):
         _fake(libs)
 
 
@@ -232,6 +263,112 @@ def test_fake_stream_timeout_and_async_error_abort(libs, monkeypatch):
     with pytest.raises(BridgeError, match="failed asynchronously with error 6: remote process exited"):
         b.allgather(_buf(x), _buf(x), 4, dt.FLOAT32)
     assert b.async_error() == 0                                  # aborted: nothing left to ask
+
+
+def _roundtrip(b):
+    """Every call once on a 1-rank bridge; the values it returns must be the inputs."""
+    x = np.arange(6, dtype=np.float32)
+    y = np.zeros_like(x)
+    b.allreduce(_buf(x), _buf(y), 6, dt.FLOAT32, ReduceOp.SUM)
+    b.reduce_scatter(_buf(x), _buf(y), 6, dt.FLOAT32, ReduceOp.MAX)
+    b.reduce(_buf(x), _buf(y), 6, dt.FLOAT32, ReduceOp.MIN, 0)
+    z = np.zeros(6, np.float32)
+    b.allgather(_buf(y), _buf(z), 6, dt.FLOAT32)
+    b.broadcast(_buf(z), 6, dt.FLOAT32, 0)
+    r = np.zeros(6, np.float32)
+    b.sendrecv(sends=[(_buf(z), 6, dt.FLOAT32, 0)], recvs=[(_buf(r), 6, dt.FLOAT32, 0)])
+    return r
+
+
+def test_fake_joins_nonblocking_from_2_14_and_its_calls_may_be_in_progress(libs, monkeypatch):
+    b = _fake(libs)
+    try:
+        assert b.nonblocking                                   # 2.27.3 with CommInitRankConfig
+        np.testing.assert_array_equal(_roundtrip(b), np.arange(6, dtype=np.float32))
+        # every call (and GroupEnd) returns ncclInProgress and the state stays "in progress" for
+        # 3 polls although the stream is already empty: the bridge accepts and waits it out
+        monkeypatch.setenv("FAKECCL_NONBLOCKING_CALLS", "3")
+        np.testing.assert_array_equal(_roundtrip(b), np.arange(6, dtype=np.float32))
+        assert b.async_error() == 0                            # "in progress" is not an error
+    finally:
+        b.close()
+    b = _fake(libs)
+    b.timeout = 0.3                                            # the state never leaves "in progress":
+    monkeypatch.setenv("FAKECCL_NONBLOCKING_CALLS", "1000000000")   # the empty stream must not count
+    x = np.ones(4, np.float32)
+    with pytest.raises(HetcclTimeout, match="allreduce did not finish within 0.3 s"):
+        b.allreduce(_buf(x), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)
+    b = _fake(libs)
+    monkeypatch.setenv("FAKECCL_NONBLOCKING_CALLS", "2")
+    monkeypatch.setenv("FAKECCL_ASYNC_ERROR", "6")             # the state leaves "in progress" as an error
+    with pytest.raises(BridgeError, match="allgather failed asynchronously with error 6: remote process"):
+        b.allgather(_buf(x), _buf(x), 4, dt.FLOAT32)
+
+
+def test_fake_joins_blocking_below_2_14_or_without_the_symbol(libs, monkeypatch):
+    monkeypatch.setenv("FAKECCL_FAIL", "CommInitRankConfig")  # proves the config call is not made
+    monkeypatch.setenv("FAKECCL_VERSION", "21300")
+    b = _fake(libs)
+    try:
+        assert not b.nonblocking
+        np.testing.assert_array_equal(_roundtrip(b), np.arange(6, dtype=np.float32))
+    finally:
+        b.close()
+    monkeypatch.setenv("FAKECCL_VERSION", "22703")
+    v = fakeccl.nccl_vendor(libs)
+    v = dataclasses.replace(v, kind="fakeccl-2.27-without-config",     # (libraries are cached per kind)
+                            roles={k: x for k, x in v.roles.items() if k != "comm_init_config"})
+    b = nccl.NcclBridge(MemStore(), "t", 0, 1, vendor=v)      # e.g. an MCCL without the symbol
+    assert not b.nonblocking and "comm_init_config" not in b.lib.present
+    b.close()
+    monkeypatch.setenv("FAKECCL_FAIL", "CommInitRank")         # and the non-blocking one does not use it
+    b = _fake(libs)
+    assert b.nonblocking
+    b.close()
+
+
+def test_bridge_timeout_defaults_to_the_communicators(libs, monkeypatch):
+    monkeypatch.delenv("HETCCL_TIMEOUT", raising=False)
+    b = _fake(libs)
+    assert b.timeout == config.DEFAULT_TIMEOUT == config.timeout() == 600
+    b.close()
+    monkeypatch.setenv("HETCCL_TIMEOUT", "42")
+    b = _fake(libs)
+    assert b.timeout == 42
+    b.close()
+    monkeypatch.setenv("HETCCL_TIMEOUT", "soon")
+    with pytest.raises(InvalidUsage, match="HETCCL_TIMEOUT='soon' is not a number of seconds"):
+        _fake(libs)
+
+
+def test_fake_join_deadline_names_the_rank_that_never_started(libs, tmp_path, monkeypatch):
+    """Island rank 0 of 2 whose peer agreed to form the island and then never joined."""
+    monkeypatch.setenv("FAKECCL_DIR", str(tmp_path))
+    store = MemStore()
+    store.set("t/can/1", b"ok")                                 # the peer's agreement, then nothing
+    ticks, stop = [0], threading.Event()
+
+    def other_python_thread():                                  # runs only if the join left the GIL
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=other_python_thread)
+    t.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(HetcclTimeout) as e:
+            nccl.NcclBridge(store, "t", 0, 2, vendor=fakeccl.nccl_vendor(libs), timeout=1.0)
+    finally:
+        stop.set()
+        t.join()
+    assert 1.0 <= time.monotonic() - t0 < 6
+    assert ticks[0] > 100                                       # ~1000 without load
+    msg = str(e.value)
+    assert "fakecclCommInitRankConfig (island rank 0 of 2) did not finish within 1 s" in msg
+    assert "island rank(s) [1] never started joining" in msg and "HETCCL_TIMEOUT" in msg
+    assert "communicator was aborted" in msg
+    assert os.listdir(tmp_path) == []                           # the aborted join left no file
 
 
 def test_missing_symbols_make_the_library_unavailable(libs):
@@ -329,18 +466,51 @@ def _matrix_rank(rank, size, libdict, family):
                    recvs=[(_buf(got), n, dt.INT16, peer)])
         if not np.array_equal(got, _values(dt.INT16, peer, n)):
             wrong.append(("sendrecv", got.tolist()))
+        nonblocking = b.nonblocking
         b.close()
-        return wrong, checked
+        return wrong, checked, nonblocking
     finally:
         comm.close()
 
 
 @pytest.mark.parametrize("family", ["nccl", "hccl"])
 def test_fake_two_ranks_every_dtype_and_op(libs, family):
-    results = run_ranks(_matrix_rank, 2, libs, family, timeout=180, env=fakeccl.env(libs))
-    for wrong, checked in results:
+    # NCCL family: joined non-blocking, and every call returns ncclInProgress first
+    env = dict(fakeccl.env(libs), FAKECCL_NONBLOCKING_CALLS="2")
+    results = run_ranks(_matrix_rank, 2, libs, family, timeout=180, env=env)
+    for wrong, checked, nonblocking in results:
         assert wrong == []
         assert checked >= (100 if family == "nccl" else 50)
+        assert nonblocking == (family == "nccl")             # HCCL has no non-blocking creation
+
+
+def _join_with_a_peer_that_never_arrives(rank, size, libdict, timeout):
+    """Island rank 1's join never happens (FAKECCL_INIT_HANG): every rank must time out."""
+    import hetccl
+    comm = hetccl.init()
+    try:
+        if rank == 1:
+            os.environ["FAKECCL_INIT_HANG"] = "1"
+        t0 = time.monotonic()
+        try:
+            nccl.NcclBridge(comm._store, "island", rank, size, vendor=fakeccl.nccl_vendor(libdict),
+                            timeout=timeout)
+        except HetcclTimeout as e:
+            return "HetcclTimeout", str(e), time.monotonic() - t0
+        return "formed", "", time.monotonic() - t0
+    finally:
+        comm.close()
+
+
+def test_fake_two_ranks_join_that_never_completes_times_out_on_every_rank(libs):
+    results = run_ranks(_join_with_a_peer_that_never_arrives, 2, libs, 3.0, timeout=90,
+                        env=fakeccl.env(libs))
+    for rank, (kind, msg, took) in enumerate(results):
+        assert kind == "HetcclTimeout", (rank, msg)
+        assert 3.0 <= took < 3.0 + 10                            # the deadline, plus load on this VM
+        assert f"(island rank {rank} of 2) did not finish within 3 s" in msg
+        assert "every island rank started joining" in msg and "communicator was aborted" in msg
+    assert glob.glob(os.path.join(os.path.dirname(libs["fakeccl"]), "fakeccl-*")) == []
 
 
 def _form_with_knob_on_one_rank(rank, size, libdict, bad_rank, knob, value):

@@ -14,10 +14,19 @@ for; the wait (``wait_stream``) spins on the stream's query function and the com
 asynchronous error with a deadline, so a peer that died makes the call fail instead of hanging
 (NCCL's documented way to detect it), and other Python threads keep running meanwhile.
 
+Why communicator creation can be non-blocking: ``ncclCommInitRank`` waits inside the library for
+every peer, with no deadline, so a peer that died after agreeing to join hangs every other rank.
+NCCL >= 2.14 has ``ncclCommInitRankConfig`` with ``config.blocking = 0``: it returns at once
+(``ncclInProgress``) and ``ncclCommGetAsyncError`` reports the state until the join is done, so
+``comm_init_nonblocking`` polls it without the GIL, up to a deadline. On such a communicator every
+later call may also return ``ncclInProgress`` before its work is on the stream; ``wait_stream``
+(``nonblocking=True``) therefore trusts the stream only once the state has left ``ncclInProgress``.
+
 Return codes: the collective calls return the library's own result (0 = success); ``wait_stream``
 returns 0, ``WAIT_TIMEOUT``, ``WAIT_ASYNC`` (the communicator reported an error: read it with
-``async_error``) or ``WAIT_RUNTIME`` (the stream query failed: ``runtime_error``). The Python
-bridges turn these into BridgeError with the library's own error string.
+``async_error``) or ``WAIT_RUNTIME`` (the stream query failed: ``runtime_error``);
+``comm_init_nonblocking`` returns WAIT_OK, WAIT_TIMEOUT, WAIT_ASYNC or ``WAIT_CALL`` (the init call
+itself failed). The Python bridges turn these into BridgeError with the library's own error string.
 """
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
@@ -36,6 +45,8 @@ cdef extern from "<time.h>" nogil:
 
 DEF UID_BYTES = 128          # NCCL_UNIQUE_ID_BYTES (nccl.h; RCCL and MCCL keep it)
 DEF ROOT_INFO_BYTES = 4108   # HCCL_ROOT_INFO_BYTES (hccl_types.h)
+DEF API_MAGIC = 0xcafebeef   # NCCL_API_MAGIC (nccl.h): ncclConfig_t.magic of NCCL_CONFIG_INITIALIZER
+DEF CONFIG_VERSION = 21400   # ncclConfig_t.version: the layout below is NCCL 2.14's
 
 NCCL_UNIQUE_ID_BYTES = UID_BYTES
 HCCL_ROOT_INFO_BYTES = ROOT_INFO_BYTES
@@ -44,16 +55,31 @@ cdef enum:
     C_WAIT_TIMEOUT = -1
     C_WAIT_ASYNC = -2
     C_WAIT_RUNTIME = -3
+    C_WAIT_CALL = -4
     C_IN_PROGRESS = 7        # ncclInProgress: a non-blocking communicator is still working
 WAIT_OK, WAIT_TIMEOUT, WAIT_ASYNC, WAIT_RUNTIME = C_WAIT_OK, C_WAIT_TIMEOUT, C_WAIT_ASYNC, C_WAIT_RUNTIME
+WAIT_CALL = C_WAIT_CALL
+NCCL_IN_PROGRESS = C_IN_PROGRESS
+NCCL_CONFIG_VERSION = CONFIG_VERSION
 
 ctypedef struct uid128:
     char internal[UID_BYTES]
+
+# nccl.h ncclConfig_t as NCCL 2.14 declared it (ncclConfig_v21400). Later versions append fields;
+# the library copies only ``size`` bytes and, for a ``version`` older than its own, keeps its
+# defaults for every field the caller's layout does not have (init.cc parseCommConfig), so this
+# short layout is valid for every NCCL (and RCCL) from 2.14 on.
+ctypedef struct nccl_config_v21400:
+    size_t size
+    unsigned int magic
+    unsigned int version
+    int blocking
 
 # ---- NCCL family (nccl.h) ---------------------------------------------------------------------
 ctypedef int (*f_ptr)(void*) noexcept nogil                          # GetVersion(int*), GetUniqueId(id*), CommDestroy/Abort(comm)
 ctypedef int (*f_void)() noexcept nogil                              # GroupStart / GroupEnd
 ctypedef int (*f_nccl_init)(void**, int, uid128, int) noexcept nogil  # CommInitRank(comm*, nranks, id (by value), rank)
+ctypedef int (*f_nccl_init_cfg)(void**, int, uid128, int, nccl_config_v21400*) noexcept nogil  # CommInitRankConfig(..., config*)
 ctypedef int (*f_async)(void*, int*) noexcept nogil                  # CommGetAsyncError(comm, result*)
 ctypedef const char* (*f_errstr)(int) noexcept nogil                 # GetErrorString(result)
 ctypedef const char* (*f_lasterr)(void*) noexcept nogil              # GetLastError(comm)
@@ -117,6 +143,7 @@ cdef class CclLibrary:
     cdef f_ptr _version, _uid, _destroy, _abort
     cdef f_void _group_start, _group_end
     cdef f_nccl_init _nccl_init
+    cdef f_nccl_init_cfg _nccl_init_cfg
     cdef f_hccl_init _hccl_init
     cdef f_async _async
     cdef f_errstr _errstr
@@ -155,6 +182,7 @@ cdef class CclLibrary:
         self._group_end = <f_void><uintptr_t>ptrs.get("group_end", 0)
         if family == "nccl":
             self._nccl_init = <f_nccl_init><uintptr_t>ptrs.get("comm_init", 0)
+            self._nccl_init_cfg = <f_nccl_init_cfg><uintptr_t>ptrs.get("comm_init_config", 0)
             self._nccl_bcast = <f_nccl_bcast><uintptr_t>ptrs.get("broadcast", 0)
         else:
             self._hccl_init = <f_hccl_init><uintptr_t>ptrs.get("comm_init", 0)
@@ -212,6 +240,65 @@ cdef class CclLibrary:
             with nogil:
                 rc = self._hccl_init(<uint32_t>nranks, up, <uint32_t>rank, &comm)
         return rc, <uintptr_t>comm
+
+    def comm_init_nonblocking(self, int nranks, bytes uid, int rank, double timeout):
+        """(code, detail, comm): join like ``comm_init``, but through ``CommInitRankConfig`` with
+        ``blocking = 0``, polling ``CommGetAsyncError`` until the state leaves ``ncclInProgress``
+        or ``timeout`` seconds have passed (first a few yields, then sleeps growing from 50 us to
+        1 ms, so a join of a few ms is seen at once and a long one costs no CPU). The GIL is
+        released throughout.
+
+        ``code``: WAIT_OK (``comm`` is ready); WAIT_CALL (the call itself returned ``detail``);
+        WAIT_ASYNC (the join failed with state ``detail``); WAIT_TIMEOUT. On anything but WAIT_OK
+        a non-zero ``comm`` is still the library's: the caller reads its error, then aborts it."""
+        if self.family != "nccl" or self._nccl_init_cfg == NULL or self._async == NULL:
+            raise OSError(f"{self.path} has no non-blocking communicator creation "
+                          f"(CommInitRankConfig and CommGetAsyncError)")
+        if len(uid) != UID_BYTES:
+            raise ValueError(f"unique id has {len(uid)} bytes, {self.family} needs {UID_BYTES}")
+        cdef void* comm = NULL
+        cdef uid128 u
+        cdef const char* up = uid
+        cdef nccl_config_v21400 cfg
+        cdef int rc, state = 0, code = C_WAIT_OK, spins = 0
+        cdef double deadline = hc_now() + timeout
+        cdef timespec ts
+        memcpy(u.internal, up, UID_BYTES)
+        memset(&cfg, 0, sizeof(cfg))
+        cfg.size = sizeof(cfg)
+        cfg.magic = API_MAGIC
+        cfg.version = CONFIG_VERSION
+        cfg.blocking = 0
+        ts.tv_sec = 0
+        ts.tv_nsec = 50000
+        with nogil:
+            rc = self._nccl_init_cfg(&comm, nranks, u, rank, &cfg)
+            if rc != 0 and rc != C_IN_PROGRESS:
+                code = C_WAIT_CALL
+                state = rc
+            elif comm == NULL:
+                code = C_WAIT_CALL            # "in progress" without a communicator to ask
+                state = rc
+            else:
+                while True:
+                    rc = self._async(comm, &state)
+                    if rc != 0:
+                        code = C_WAIT_ASYNC
+                        state = rc
+                        break
+                    if state != C_IN_PROGRESS:
+                        code = C_WAIT_OK if state == 0 else C_WAIT_ASYNC
+                        break
+                    if hc_now() > deadline:
+                        code = C_WAIT_TIMEOUT
+                        break
+                    spins += 1
+                    if spins < 64:
+                        sched_yield()
+                    else:
+                        nanosleep(&ts, NULL)
+                        ts.tv_nsec = ts.tv_nsec * 2 if ts.tv_nsec < 500000 else 1000000
+        return code, (state if code != C_WAIT_OK else 0), <uintptr_t>comm
 
     def comm_destroy(self, uintptr_t comm) -> int:
         cdef int rc
@@ -483,12 +570,16 @@ cdef class DeviceRuntime:
             return rc if rc != 1 else -1
         return 0 if st == 0 else 1       # ACL_STREAM_STATUS_COMPLETE = 0
 
-    def wait_stream(self, uintptr_t stream, CclLibrary lib, uintptr_t comm, double timeout):
+    def wait_stream(self, uintptr_t stream, CclLibrary lib, uintptr_t comm, double timeout,
+                    bint nonblocking=False):
         """Wait for ``stream``; every ~50 us check the communicator's async error and the deadline.
 
         Returns (code, detail): WAIT_OK; WAIT_TIMEOUT; WAIT_ASYNC with the library's error code;
         WAIT_RUNTIME with the runtime's error code. A runtime without a query function falls back
-        to a plain blocking synchronize (no deadline)."""
+        to a plain blocking synchronize (no deadline). ``nonblocking``: the communicator was made
+        with ``blocking = 0``, so its last call may still be putting work on the stream while the
+        state is ``ncclInProgress``: an empty stream counts as done only once the state has left
+        it."""
         cdef void* s = <void*>stream
         cdef void* c = <void*>comm
         cdef int rc = 0, err = 0, q, spins = 0
@@ -505,6 +596,13 @@ cdef class DeviceRuntime:
         with nogil:
             while True:
                 q = self._query_once(s)
+                if q == 0 and nonblocking and get_async != NULL and c != NULL:
+                    if get_async(c, &err) == 0 and err != 0:
+                        if err != C_IN_PROGRESS:
+                            rc = C_WAIT_ASYNC
+                            break
+                        q = 1                     # the call has not put its work on the stream yet
+                    err = 0
                 if q == 0:
                     rc = C_WAIT_OK
                     break

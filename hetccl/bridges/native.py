@@ -21,8 +21,9 @@ import ctypes
 import logging
 import os
 
+from .. import config
 from .. import dtypes as _dt
-from .._native.ccl_api import WAIT_ASYNC, WAIT_OK, WAIT_TIMEOUT
+from .._native.ccl_api import NCCL_IN_PROGRESS, WAIT_ASYNC, WAIT_CALL, WAIT_OK, WAIT_TIMEOUT
 from ..errors import HetcclTimeout, InvalidUsage
 from ..ops import ReduceOp
 from .base import Bridge, BridgeError, BridgeUnavailable
@@ -35,6 +36,8 @@ log = logging.getLogger("hetccl.bridges")
 
 REDUCING = ("allreduce", "reduce_scatter", "reduce")
 MIN_CLASS = 4096             # smallest staging allocation (bytes): tiny calls share one class
+NONBLOCKING_SINCE = 21400    # NCCL 2.14: ncclCommInitRankConfig with ncclConfig_t.blocking
+NONBLOCKING_ROLES = ("comm_init_config", "comm_get_async_error", "comm_abort")
 
 
 def size_class(nbytes: int) -> int:
@@ -57,8 +60,22 @@ class NativeBridge(Bridge):
     (NCCL) or root info (HCCL), every rank reads it from the store and joins.
 
     ``device`` defaults to HETCCL_LOCAL_RANK (else the island rank) modulo the devices seen.
-    ``timeout`` bounds every wait for a stream (default: HETCCL_TIMEOUT or 300 s); a timeout or an
+    ``timeout`` (default: the communicator's, ``hetccl.config.timeout()``: HETCCL_TIMEOUT, else
+    600 s) bounds each store exchange, the join, and every wait for a stream; a timeout or an
     asynchronous error aborts the communicator, which cannot be used afterwards.
+
+    The join has a deadline only where the library can create a communicator without blocking:
+    an NCCL-family library that exports CommInitRankConfig, CommGetAsyncError and CommAbort and
+    reports version 2.14 or later (NCCL, RCCL, and any clone by the same rule) joins with
+    ``blocking = 0`` and is polled; past ``timeout`` it is aborted and every rank raises
+    HetcclTimeout naming the island ranks that never started joining (they died or hung after
+    the agreement) or, when all did, the library's own wire-up. Such a communicator stays
+    non-blocking: its calls may return ncclInProgress, which the waits handle. Older libraries and
+    family members without those symbols join with the blocking CommInitRank, which has **no
+    deadline**: a peer that never arrives blocks the others inside the library (so does
+    NCCL_COMM_BLOCKING=1 in the environment, which overrides the config). HCCL joins with the
+    blocking HcclCommInitRootInfo, bounded only by HCCL's own link-setup timeout
+    (HCCL_CONNECT_TIMEOUT, 120 s by default), not by ``timeout``.
     """
 
     def __init__(self, vendor: Vendor, store, key: str, rank: int, size: int, *, device=None,
@@ -70,7 +87,9 @@ class NativeBridge(Bridge):
         self._pool = {}          # size class -> free DeviceBuffers of that class
         self._owned = {}         # ptr -> (size class, pinned host?) of every live allocation
         self._host_pool = {}     # size class -> free pinned host numpy arrays (uint8)
-        self.timeout = float(timeout if timeout is not None else os.environ.get("HETCCL_TIMEOUT") or 300.0)
+        self.timeout = config.timeout(timeout)
+        self.nonblocking = False
+        self._queued = 0         # a call's "accepted, still in progress" code (ncclInProgress when non-blocking)
         p = vendor.prefix
         why, lib, rt, dev = "", None, None, 0
         try:
@@ -101,15 +120,70 @@ class NativeBridge(Bridge):
         self._check(rc, rsym["stream_create"], runtime=True)
         try:
             uid = self._exchange_id(store, f"{key}/uid", f"{p}{vendor.roles['get_unique_id']}")
-            rc, comm = lib.comm_init(size, uid, rank)
-            self._check(rc, f"{p}{vendor.roles['comm_init']}")
+            if self._can_join_nonblocking():
+                comm = self._join_nonblocking(store, key, uid)
+            else:
+                rc, comm = lib.comm_init(size, uid, rank)      # blocking: no deadline (see above)
+                self._check(rc, f"{p}{vendor.roles['comm_init']}")
         except BaseException:
             rt.stream_destroy(self._stream)
             self._stream = 0
             raise
         self._comm, self._closed = comm, False
-        log.debug("%s bridge up: island rank %d/%d on device %d (%s %s)", vendor.kind, rank, size,
-                  dev, lib.path, version_string(self.version))
+        log.debug("%s bridge up: island rank %d/%d on device %d (%s %s, %s join)", vendor.kind, rank,
+                  size, dev, lib.path, version_string(self.version),
+                  "non-blocking" if self.nonblocking else "blocking")
+
+    def _can_join_nonblocking(self) -> bool:
+        """NCCL's own rule: CommInitRankConfig with ``blocking`` exists from 2.14 on (the symbol
+        alone is not enough: a clone could export it with another struct)."""
+        return (self.vendor.family == "nccl" and self.version >= NONBLOCKING_SINCE
+                and all(self.lib.has(r) for r in NONBLOCKING_ROLES))
+
+    def _join_nonblocking(self, store, key: str, uid: bytes) -> int:
+        """Join with ``blocking = 0`` and poll the state until ``self.timeout``; abort on failure.
+
+        Each rank first marks in the store that it reached its join, so that a rank which times
+        out can say which peers never did."""
+        call = f"{self.vendor.prefix}{self.vendor.roles.get('comm_init_config', 'CommInitRankConfig')}"
+        store.set(f"{key}/joining/{self.rank}", b"1", timeout=self.timeout)
+        code, detail, comm = self.lib.comm_init_nonblocking(self.size, uid, self.rank, self.timeout)
+        if code == WAIT_OK:
+            self.nonblocking, self._queued = True, NCCL_IN_PROGRESS
+            return comm
+        text = ""
+        if code != WAIT_TIMEOUT:
+            text = self.lib.error_string(detail)
+            last = self.lib.last_error(comm)
+            if last and last not in text:
+                text = f"{text}; {last}"
+        if comm:
+            self.lib.comm_abort(comm)         # errors ignored: aborting is already the error path
+        if code == WAIT_TIMEOUT:
+            raise HetcclTimeout(f"{self.kind}: {call} (island rank {self.rank} of {self.size}) did not "
+                                f"finish within {self.timeout:g} s; {self._missing_joiners(store, key)} "
+                                f"The {self.kind} communicator was aborted. A slow but healthy start "
+                                f"needs a larger timeout= / HETCCL_TIMEOUT.")
+        what = "failed with error" if code == WAIT_CALL else "failed asynchronously with error"
+        raise BridgeError(f"{self.kind}: {call} {what} {detail}: {text} ({self.lib.path})")
+
+    def _missing_joiners(self, store, key: str) -> str:
+        """The island ranks that never reached their join, as a sentence for the timeout error."""
+        check = getattr(store, "check", None)
+        if check is None:
+            return ("some island rank did not join: check that every island rank is alive and "
+                    "reached the bridge's creation.")
+        try:
+            missing = [r for r in range(self.size) if not check([f"{key}/joining/{r}"])]
+        except Exception as e:                     # noqa: BLE001 - the store itself may be gone
+            return f"the store could not say which island ranks joined ({type(e).__name__}: {e})."
+        if missing:
+            return (f"island rank(s) {missing} never started joining: check that they are alive "
+                    f"(they may have died or hung after agreeing to form the island).")
+        env = self.vendor.prefix.upper()         # NCCL_* for NCCL, RCCL and Iluvatar; MCCL_* for MCCL
+        return (f"every island rank started joining, so {self.kind}'s own wire-up did not finish: "
+                f"check the network between the island's hosts ({env}_DEBUG=INFO shows where it "
+                f"stops; {env}_SOCKET_IFNAME picks its interface).")
 
     def _exchange_id(self, store, key: str, call: str) -> bytes:
         """Rank 0's unique id (root info) for every rank. The value is tagged b"U" + id, or b"E" +
@@ -146,7 +220,8 @@ class NativeBridge(Bridge):
         raise BridgeError(f"{self.kind}: {call} failed with error {rc}: {text} ({src})")
 
     def _wait(self, call: str) -> None:
-        code, detail = self.runtime.wait_stream(self._stream, self.lib, self._comm, self.timeout)
+        code, detail = self.runtime.wait_stream(self._stream, self.lib, self._comm, self.timeout,
+                                                self.nonblocking)
         if code == WAIT_OK:
             return
         self.abort()
@@ -292,7 +367,7 @@ class NativeBridge(Bridge):
         nb = count * _dt.ITEMSIZE[dtype]
         rc = self.lib.allreduce(self._ptr(send, nb, False), self._ptr(recv, nb, True), count, ldt, lop,
                                 self._comm, self._stream)
-        if rc:
+        if rc and rc != self._queued:
             self._raise(rc, self.vendor.prefix + self.vendor.roles["allreduce"])
         self._wait("allreduce")
 
@@ -302,7 +377,7 @@ class NativeBridge(Bridge):
         nb = count * _dt.ITEMSIZE[dtype]
         rc = self.lib.reduce_scatter(self._ptr(send, nb * self.size, False), self._ptr(recv, nb, True),
                                      count, ldt, lop, self._comm, self._stream)
-        if rc:
+        if rc and rc != self._queued:
             self._raise(rc, self.vendor.prefix + self.vendor.roles["reduce_scatter"])
         self._wait("reduce_scatter")
 
@@ -314,7 +389,7 @@ class NativeBridge(Bridge):
         nb = count * _dt.ITEMSIZE[dtype]
         rptr = self._ptr(recv, nb, True) if (self.rank == root or recv is not None) else 0
         rc = self.lib.reduce(self._ptr(send, nb, False), rptr, count, ldt, lop, root, self._comm, self._stream)
-        if rc:
+        if rc and rc != self._queued:
             self._raise(rc, self.vendor.prefix + self.vendor.roles["reduce"])
         self._wait("reduce")
 
@@ -323,7 +398,7 @@ class NativeBridge(Bridge):
         nb = count * _dt.ITEMSIZE[dtype]
         rc = self.lib.allgather(self._ptr(send, nb, False), self._ptr(recv, nb * self.size, True), nb,
                                 self._byte_dtype, self._comm, self._stream)
-        if rc:
+        if rc and rc != self._queued:
             self._raise(rc, self.vendor.prefix + self.vendor.roles["allgather"])
         self._wait("allgather")
 
@@ -332,7 +407,7 @@ class NativeBridge(Bridge):
         nb = count * _dt.ITEMSIZE[dtype]
         rc = self.lib.broadcast(self._ptr(buf, nb, self.rank != root), nb, self._byte_dtype, root,
                                 self._comm, self._stream)
-        if rc:
+        if rc and rc != self._queued:
             self._raise(rc, self.vendor.prefix + self.vendor.roles["broadcast"])
         self._wait("broadcast")
 
@@ -346,28 +421,35 @@ class NativeBridge(Bridge):
             raise InvalidUsage(f"{self.kind} at {self.lib.path} has no send/recv")
         p = self.vendor.prefix
         self._check(self.lib.group_start(), f"{p}GroupStart")
-        rc, call = 0, ""
+        rc, call, queued = 0, "", self._queued
         for buf, count, dtype, peer in sends:
             nb = count * _dt.ITEMSIZE[dtype]
             rc = self.lib.send(self._ptr(buf, nb, False), nb, self._byte_dtype, peer, self._comm, self._stream)
-            if rc:
+            if rc and rc != queued:
                 call = f"{p}Send(peer {peer})"
                 break
+            rc = 0
         for buf, count, dtype, peer in (recvs if not rc else ()):
             nb = count * _dt.ITEMSIZE[dtype]
             rc = self.lib.recv(self._ptr(buf, nb, True), nb, self._byte_dtype, peer, self._comm, self._stream)
-            if rc:
+            if rc and rc != queued:
                 call = f"{p}Recv(peer {peer})"
                 break
+            rc = 0
         end = self.lib.group_end()
         if rc:
             self._raise(rc, call)
-        self._check(end, f"{p}GroupEnd")
+        if end and end != queued:
+            self._raise(end, f"{p}GroupEnd")
         self._wait("send/recv")
 
     def async_error(self) -> int:
-        """The communicator's asynchronous error code (0 = none)."""
-        return self.lib.async_error(self._comm) if not self._closed else 0
+        """The communicator's asynchronous error code (0 = none; a non-blocking communicator's
+        "still working", ncclInProgress, is not an error either)."""
+        if self._closed:
+            return 0
+        e = self.lib.async_error(self._comm)
+        return 0 if e == self._queued else e
 
     def close(self) -> None:
         if self._closed:
@@ -377,7 +459,7 @@ class NativeBridge(Bridge):
         self.runtime.stream_destroy(self._stream)
         self._comm = self._stream = 0
         self._free_all()
-        if rc:
+        if rc and rc != self._queued:
             raise BridgeError(f"{self.kind}: destroying the communicator failed: {self.lib.error_string(rc)}")
 
     def abort(self) -> None:

@@ -90,6 +90,11 @@ def base_tables(version: int):
 # role -> symbol suffix (prefix + suffix), for every NCCL-family library
 NCCL_ROLES = {
     "get_version": "GetVersion", "get_unique_id": "GetUniqueId", "comm_init": "CommInitRank",
+    # optional, NCCL >= 2.14: ncclCommInitRankConfig(comm*, nranks, id, rank, ncclConfig_t*); the
+    # binding passes NCCL 2.14's ncclConfig_t (size, magic 0xcafebeef, version, blocking), which
+    # the 2.32.3 header still begins with and NVIDIA/nccl src/init.cc parseCommConfig accepts by
+    # its size and version
+    "comm_init_config": "CommInitRankConfig",
     "comm_destroy": "CommDestroy", "comm_abort": "CommAbort", "comm_get_async_error": "CommGetAsyncError",
     "get_error_string": "GetErrorString", "get_last_error": "GetLastError",
     "group_start": "GroupStart", "group_end": "GroupEnd",

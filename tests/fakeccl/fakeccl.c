@@ -36,11 +36,80 @@ int fakecclCommInitRank(fcomm **comm, int nranks, uid_t128 id, int rank) {
     if (injected(NULL, "CommInitRank")) return ncclSystemError;
     return res(core_init(comm, nranks, id.internal, rank));
 }
-int fakecclCommDestroy(fcomm *c) { return res(core_leave(c)); }
-int fakecclCommAbort(fcomm *c) { return res(core_leave(c)); }
+
+/* ---- non-blocking creation (nccl.h >= 2.14: ncclCommInitRankConfig, ncclConfig_t.blocking) ----
+ * The config is read as nccl.h lays it out: size_t size, unsigned magic (0xcafebeef), unsigned
+ * version, then int blocking (only for version >= 2.14.0, as NCCL does). blocking = 0: the join
+ * runs in a thread, the call returns ncclInProgress at once with the communicator, and
+ * CommGetAsyncError reports ncclInProgress until the thread is done. CommAbort stops a join
+ * that is still waiting. FAKECCL_NONBLOCKING_CALLS=<n> makes every call on such a communicator
+ * (and GroupEnd) return ncclInProgress, as NCCL may while it is still enqueueing, and the next n
+ * CommGetAsyncError polls answer ncclInProgress although the work is done (the stream is empty). */
+typedef struct { size_t size; unsigned int magic; unsigned int version; int blocking; } config_v21400;
+
+static void *join_thread(void *arg) {
+    fcomm *c = arg;
+    int rc = core_join(c, c->join_nranks, c->join_id, c->join_rank, &c->join_abort);
+    atomic_store(&c->join_state, res(rc));
+    return NULL;
+}
+
+static int inprogress_calls(void) { const char *s = getenv("FAKECCL_NONBLOCKING_CALLS"); return s ? atoi(s) : 0; }
+static int pending(fcomm *c) { return c && c->joining && atomic_load(&c->join_state) == ncclInProgress; }
+static int done(fcomm *c, int r) {
+    int polls = inprogress_calls();
+    if (r != ncclSuccess || !c || !c->joining || polls <= 0) return r;
+    atomic_store(&c->busy_polls, polls);    /* "still enqueueing" for the next polls */
+    return ncclInProgress;
+}
+
+int fakecclCommInitRankConfig(fcomm **comm, int nranks, uid_t128 id, int rank, config_v21400 *config) {
+    if (!comm) return ncclInvalidArgument;
+    *comm = NULL;
+    if (injected(NULL, "CommInitRankConfig")) return ncclSystemError;
+    int blocking = 1;
+    if (config) {
+        if (config->magic != 0xcafebeef || config->size < sizeof(size_t) + 2 * sizeof(unsigned)) {
+            set_err(NULL, "fakeccl: %s: ncclConfig_t not initialised by NCCL_CONFIG_INITIALIZER (size %zu)%.0zu",
+                    "CommInitRankConfig", config->size, 0);
+            return ncclInvalidArgument;
+        }
+        if (config->version >= 21400 && config->size >= sizeof(config_v21400) && config->blocking == 0)
+            blocking = 0;
+    }
+    if (blocking) return res(core_init(comm, nranks, id.internal, rank));
+    fcomm *c = calloc(1, sizeof(fcomm));
+    c->joining = 1; c->join_nranks = nranks; c->join_rank = rank;
+    memcpy(c->join_id, id.internal, sizeof c->join_id);
+    atomic_store(&c->join_state, ncclInProgress);
+    if (pthread_create(&c->joiner, NULL, join_thread, c) != 0) { free(c); return ncclSystemError; }
+    *comm = c;
+    return ncclInProgress;
+}
+
+/* a communicator of CommInitRankConfig (done or not) or of CommInitRank */
+static int known(fcomm *c) { return c && (c->joining || c->magic == FAKE_MAGIC); }
+
+static int leave(fcomm *c) {
+    if (c && c->joining) {
+        atomic_store(&c->join_abort, 1);
+        pthread_join(c->joiner, NULL);
+        c->joining = 0;
+        if (c->magic != FAKE_MAGIC) { free(c); return ncclSuccess; }   /* the join never finished */
+    }
+    return res(core_leave(c));
+}
+
+int fakecclCommDestroy(fcomm *c) { return leave(c); }
+int fakecclCommAbort(fcomm *c) { return leave(c); }
 int fakecclCommGetAsyncError(fcomm *c, int *err) {
-    if (!core_check(c) || !err) return ncclInvalidArgument;
-    *err = async_knob();
+    if (!known(c) || !err) return ncclInvalidArgument;
+    int state = c->joining ? atomic_load(&c->join_state) : ncclSuccess;
+    if (state == ncclSuccess && atomic_load(&c->busy_polls) > 0) {
+        atomic_fetch_sub(&c->busy_polls, 1);
+        state = ncclInProgress;
+    }
+    *err = state != ncclSuccess ? state : async_knob();
     return ncclSuccess;
 }
 const char *fakecclGetErrorString(int r) {
@@ -50,33 +119,33 @@ const char *fakecclGetErrorString(int r) {
         "remote process exited or there was a network error", "NCCL operation in progress", "operation timed out"};
     return r >= 0 && r < 9 ? s[r] : "unknown result code";
 }
-const char *fakecclGetLastError(fcomm *c) { return core_check(c) ? c->last_error : g_last_error; }
+const char *fakecclGetLastError(fcomm *c) { return known(c) && c->last_error[0] ? c->last_error : g_last_error; }
 static _Atomic int group_depth;
 int fakecclGroupStart(void) { atomic_fetch_add(&group_depth, 1); return ncclSuccess; }
 int fakecclGroupEnd(void) {
     if (atomic_load(&group_depth) <= 0) { set_err(NULL, "fakeccl: %s without GroupStart%.0zu%.0zu", "GroupEnd", 0, 0); return ncclInvalidUsage; }
     atomic_fetch_sub(&group_depth, 1);
-    return ncclSuccess;
+    return inprogress_calls() > 0 ? ncclInProgress : ncclSuccess;
 }
 
 int fakecclAllReduce(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
-    (void)stream; return res(core_allreduce(c, s, r, n, kind(dt), op_of(op), 0, 0));
+    (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_allreduce(c, s, r, n, kind(dt), op_of(op), 0, 0)));
 }
 int fakecclReduce(const void *s, void *r, size_t n, int dt, int op, int root, fcomm *c, void *stream) {
-    (void)stream; return res(core_allreduce(c, s, r, n, kind(dt), op_of(op), root, 1));
+    (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_allreduce(c, s, r, n, kind(dt), op_of(op), root, 1)));
 }
 int fakecclReduceScatter(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
-    (void)stream; return res(core_reduce_scatter(c, s, r, n, kind(dt), op_of(op)));
+    (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_reduce_scatter(c, s, r, n, kind(dt), op_of(op))));
 }
 int fakecclAllGather(const void *s, void *r, size_t n, int dt, fcomm *c, void *stream) {
-    (void)stream; return res(core_allgather(c, s, r, n, kind(dt)));
+    (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_allgather(c, s, r, n, kind(dt))));
 }
 int fakecclBroadcast(const void *s, void *r, size_t n, int dt, int root, fcomm *c, void *stream) {
-    (void)stream; return res(core_broadcast(c, s, r, n, kind(dt), root));
+    (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_broadcast(c, s, r, n, kind(dt), root)));
 }
 int fakecclSend(const void *s, size_t n, int dt, int peer, fcomm *c, void *stream) {
-    (void)stream; return res(core_p2p(c, (void *)s, n, kind(dt), peer, 1));
+    (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_p2p(c, (void *)s, n, kind(dt), peer, 1)));
 }
 int fakecclRecv(void *r, size_t n, int dt, int peer, fcomm *c, void *stream) {
-    (void)stream; return res(core_p2p(c, r, n, kind(dt), peer, 0));
+    (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_p2p(c, r, n, kind(dt), peer, 0)));
 }

@@ -13,6 +13,13 @@
  *   FAKECCL_FAIL=<Call>       the named call (e.g. AllReduce) fails with a system error
  *   FAKECCL_ASYNC_ERROR=<n>   CommGetAsyncError reports n
  *   FAKECCL_SLOT_BYTES=<n>    per-rank slot size (default 1 MiB); larger messages fail cleanly
+ *   FAKECCL_INIT_HANG=1       this rank's join never happens (CommInitRank waits WAIT_SECONDS and
+ *                             times out; a non-blocking CommInitRankConfig stays in progress until
+ *                             aborted), so its peers wait for it: a peer that never arrives
+ *
+ * Joining (core_init) waits for the shared file, for rank 0's header and for every rank to have
+ * mapped it, each with a WAIT_SECONDS deadline and an abort flag (a non-blocking join runs in a
+ * thread that CommAbort stops): no wait in it is unbounded.
  */
 #ifndef FAKECORE_H
 #define FAKECORE_H
@@ -63,6 +70,15 @@ typedef struct {
     char *boxdata;
     char *scratch;
     char last_error[256];
+    /* a non-blocking join (fakeccl.c): its thread, abort flag and result; join_state is
+     * ncclInProgress (7) while it runs, then the core result mapped to the API's code */
+    pthread_t joiner;
+    int joining;
+    _Atomic int join_abort;
+    _Atomic int join_state;
+    int join_nranks, join_rank;
+    char join_id[128];
+    _Atomic int busy_polls;   /* CommGetAsyncError polls still answering ncclInProgress after a call */
 } fcomm;
 
 static char g_last_error[256];
@@ -106,8 +122,14 @@ static size_t map_size(int n, size_t slot) {
     return 4096 + (size_t)n * slot + (size_t)n * n * sizeof(mbox_t) + (size_t)n * n * slot;
 }
 
-static int core_init(fcomm **out, int nranks, const char *id, int rank) {
-    *out = NULL;
+static int hang_knob(void) { const char *s = getenv("FAKECCL_INIT_HANG"); return s && atoi(s) != 0; }
+
+/* wait until *flag (when given) is set or the deadline passes: 1 when stopped, 0 on time out */
+static int stopped(_Atomic int *abort_flag) { return abort_flag && atomic_load(abort_flag); }
+
+/* Join: the caller's zeroed ``c`` becomes rank ``rank`` of the communicator named by ``id``.
+ * ``abort_flag`` (may be NULL) stops every wait; the shared file is unlinked on a failed join. */
+static int core_join(fcomm *c, int nranks, const char *id, int rank, _Atomic int *abort_flag) {
     if (nranks < 1 || rank < 0 || rank >= nranks) {
         set_err(NULL, "fakeccl: %s: rank %zu of %zu ranks is out of range", "CommInitRank", rank, nranks);
         return C_BADARG;
@@ -116,10 +138,14 @@ static int core_init(fcomm **out, int nranks, const char *id, int rank) {
         set_err(NULL, "fakeccl: %s: not a unique id from GetUniqueId%.0zu%.0zu", "CommInitRank", 0, 0);
         return C_BADARG;
     }
-    fcomm *c = calloc(1, sizeof(fcomm));
-    c->magic = FAKE_MAGIC; c->rank = rank; c->nranks = nranks; c->slot = slot_bytes();
+    double deadline = now_s() + WAIT_SECONDS;
+    if (hang_knob()) {                      /* this rank never arrives */
+        while (!stopped(abort_flag) && now_s() < deadline) usleep(1000);
+        set_err(NULL, "fakeccl: %s: FAKECCL_INIT_HANG: this rank never joined%.0zu%.0zu", "CommInitRank", 0, 0);
+        return C_TIMEOUT;
+    }
+    c->rank = rank; c->nranks = nranks; c->slot = slot_bytes();
     c->map_bytes = map_size(nranks, c->slot);
-    c->scratch = malloc(c->slot ? c->slot : 1);
     char *base;
     if (nranks == 1) {
         base = calloc(1, c->map_bytes);
@@ -127,17 +153,16 @@ static int core_init(fcomm **out, int nranks, const char *id, int rank) {
     } else {
         const char *path = id + 8;
         int fd = open(path, O_RDWR | O_CREAT, 0600);
-        if (fd < 0) { set_err(c, "fakeccl: %s: cannot open the shared file (errno %zu)%.0zu", "CommInitRank", errno, 0); free(c); return C_SYS; }
-        if (rank == 0 && ftruncate(fd, (off_t)c->map_bytes) != 0) { close(fd); free(c); return C_SYS; }
-        double deadline = now_s() + WAIT_SECONDS;
+        if (fd < 0) { set_err(c, "fakeccl: %s: cannot open the shared file (errno %zu)%.0zu", "CommInitRank", errno, 0); return C_SYS; }
+        if (rank == 0 && ftruncate(fd, (off_t)c->map_bytes) != 0) { close(fd); unlink(path); return C_SYS; }
         struct stat st;
         while (fstat(fd, &st) == 0 && (size_t)st.st_size < c->map_bytes) {
-            if (now_s() > deadline) { close(fd); free(c); return C_TIMEOUT; }
+            if (now_s() > deadline || stopped(abort_flag)) { close(fd); unlink(path); return C_TIMEOUT; }
             usleep(1000);
         }
         base = mmap(NULL, c->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         close(fd);
-        if (base == MAP_FAILED) { free(c); return C_SYS; }
+        if (base == MAP_FAILED) { unlink(path); return C_SYS; }
         c->hdr = (hdr_t *)base;
         if (rank == 0) {
             pthread_barrierattr_t a;
@@ -148,16 +173,33 @@ static int core_init(fcomm **out, int nranks, const char *id, int rank) {
             atomic_store(&c->hdr->ready, FAKE_MAGIC);
         }
         while (atomic_load(&c->hdr->ready) != FAKE_MAGIC) {
-            if (now_s() > deadline) { munmap(base, c->map_bytes); free(c); return C_TIMEOUT; }
+            if (now_s() > deadline || stopped(abort_flag)) { munmap(base, c->map_bytes); unlink(path); return C_TIMEOUT; }
             usleep(1000);
         }
         if (atomic_fetch_add(&c->hdr->attached, 1) == nranks - 1)
             unlink(path);                   /* every rank has it mapped: nothing is left behind */
+        while (atomic_load(&c->hdr->attached) < nranks) {   /* every rank is in: the join is done */
+            if (now_s() > deadline || stopped(abort_flag)) {
+                set_err(c, "fakeccl: %s: %zu of %zu ranks joined before the wait ended", "CommInitRank",
+                        (size_t)atomic_load(&c->hdr->attached), nranks);
+                munmap(base, c->map_bytes); unlink(path); return C_TIMEOUT;
+            }
+            usleep(1000);
+        }
     }
+    c->scratch = malloc(c->slot ? c->slot : 1);
     c->slots = base + 4096;
     c->boxes = (mbox_t *)(c->slots + (size_t)nranks * c->slot);
     c->boxdata = (char *)(c->boxes + (size_t)nranks * nranks);
-    if (nranks > 1) pthread_barrier_wait(&c->hdr->bar);
+    c->magic = FAKE_MAGIC;
+    return C_OK;
+}
+
+static int core_init(fcomm **out, int nranks, const char *id, int rank) {
+    *out = NULL;
+    fcomm *c = calloc(1, sizeof(fcomm));
+    int rc = core_join(c, nranks, id, rank, NULL);
+    if (rc != C_OK) { free(c); return rc; }
     *out = c;
     return C_OK;
 }
