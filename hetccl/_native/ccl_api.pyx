@@ -43,6 +43,33 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int nanosleep(const timespec* req, timespec* rem)
 
+
+
+cdef struct Backoff:
+    int spins
+    long cap_ns               # the longest sleep; 0: keep the first (a stream wait stays responsive)
+    timespec ts
+
+
+cdef inline void backoff_init(Backoff* b, long cap_ns) noexcept nogil:
+    b.spins = 0
+    b.cap_ns = cap_ns
+    b.ts.tv_sec = 0
+    b.ts.tv_nsec = 50000
+
+
+cdef inline void backoff_wait(Backoff* b) noexcept nogil:
+    """One pause of a polling loop: 64 yields, then 50 us sleeps (doubling up to cap_ns): the CPU
+    is left to the library's own threads and to other ranks sharing the core."""
+    b.spins += 1
+    if b.spins < 64:
+        sched_yield()
+        return
+    nanosleep(&b.ts, NULL)
+    if b.cap_ns > b.ts.tv_nsec:
+        b.ts.tv_nsec = b.ts.tv_nsec * 2 if b.ts.tv_nsec * 2 < b.cap_ns else b.cap_ns
+
+
 DEF UID_BYTES = 128          # NCCL_UNIQUE_ID_BYTES (nccl.h; RCCL and MCCL keep it)
 DEF ROOT_INFO_BYTES = 4108   # HCCL_ROOT_INFO_BYTES (hccl_types.h)
 DEF API_MAGIC = 0xcafebeef   # NCCL_API_MAGIC (nccl.h): ncclConfig_t.magic of NCCL_CONFIG_INITIALIZER
@@ -260,17 +287,16 @@ cdef class CclLibrary:
         cdef uid128 u
         cdef const char* up = uid
         cdef nccl_config_v21400 cfg
-        cdef int rc, state = 0, code = C_WAIT_OK, spins = 0
+        cdef int rc, state = 0, code = C_WAIT_OK
         cdef double deadline = hc_now() + timeout
-        cdef timespec ts
+        cdef Backoff bo
         memcpy(u.internal, up, UID_BYTES)
         memset(&cfg, 0, sizeof(cfg))
         cfg.size = sizeof(cfg)
         cfg.magic = API_MAGIC
         cfg.version = CONFIG_VERSION
         cfg.blocking = 0
-        ts.tv_sec = 0
-        ts.tv_nsec = 50000
+        backoff_init(&bo, 1000000)
         with nogil:
             rc = self._nccl_init_cfg(&comm, nranks, u, rank, &cfg)
             if rc != 0 and rc != C_IN_PROGRESS:
@@ -292,12 +318,7 @@ cdef class CclLibrary:
                     if hc_now() > deadline:
                         code = C_WAIT_TIMEOUT
                         break
-                    spins += 1
-                    if spins < 64:
-                        sched_yield()
-                    else:
-                        nanosleep(&ts, NULL)
-                        ts.tv_nsec = ts.tv_nsec * 2 if ts.tv_nsec < 500000 else 1000000
+                    backoff_wait(&bo)
         return code, (state if code != C_WAIT_OK else 0), <uintptr_t>comm
 
     def comm_destroy(self, uintptr_t comm) -> int:
@@ -582,17 +603,16 @@ cdef class DeviceRuntime:
         it."""
         cdef void* s = <void*>stream
         cdef void* c = <void*>comm
-        cdef int rc = 0, err = 0, q, spins = 0
+        cdef int rc = 0, err = 0, q
         cdef double deadline = hc_now() + timeout
-        cdef timespec ts
+        cdef Backoff bo
         cdef bint has_query = (self._acl_query != NULL) if self._acl else (self._query != NULL)
         cdef f_async get_async = lib._async if lib is not None else NULL
         if not has_query:
             with nogil:
                 rc = self._sync(s)
             return (WAIT_OK, 0) if rc == 0 else (WAIT_RUNTIME, rc)
-        ts.tv_sec = 0
-        ts.tv_nsec = 50000
+        backoff_init(&bo, 0)
         with nogil:
             while True:
                 q = self._query_once(s)
@@ -618,9 +638,5 @@ cdef class DeviceRuntime:
                 if hc_now() > deadline:
                     rc = C_WAIT_TIMEOUT
                     break
-                spins += 1
-                if spins < 64:
-                    sched_yield()
-                else:
-                    nanosleep(&ts, NULL)
+                backoff_wait(&bo)
         return rc, err
