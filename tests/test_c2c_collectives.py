@@ -124,3 +124,99 @@ def test_split_and_async_over_c2c():
     from tests.test_more_collectives import _p2p_async_split
     sizes = run_ranks(_p2p_async_split, 4, timeout=120, transports="c2c")
     assert sizes == [2, 2, 2, 2]
+
+
+# ------------------------------------------------------------------ one rank out of three mismatches
+
+def _call(comm, hetccl, spec, symmetric):
+    """Run one call described by spec = (collective, count[, root]) on fresh buffers: comm.alloc
+    memory if symmetric (the symmetric schedules route by buffer), else numpy arrays (with
+    HETCCL_C2C_DIRECT=on, allreduce/allgather from 32 KiB take the cma schedules, ring forced so
+    the tuner cannot pick another algorithm)."""
+    coll, n = spec[0], spec[1]
+    new = (lambda k: comm.alloc(k, np.float32)) if symmetric else (lambda k: np.ones(k, np.float32))
+    x = new(n)
+    x[:] = 1
+    algo = None if symmetric else "ring"
+    if coll == "allreduce":
+        comm.allreduce(x, out=new(n), algorithm=algo)
+    elif coll == "allgather":
+        comm.allgather(x, out=new(n * comm.size), algorithm=algo)
+    elif coll == "broadcast":
+        comm.broadcast(x, root=spec[2])
+    else:
+        raise AssertionError(coll)
+
+
+def _odd_one_out_rank(rank, size, plan, symmetric):
+    """Rank r makes the call plan[r] (the others a different one) after a barrier, and reports
+    (exception class, message, seconds, (the next call's exception class, message)). The
+    communicator's timeout is 30 s, so an error that took that long is the timeout, not the
+    mismatch."""
+    import time
+    import hetccl
+    comm = hetccl.init(timeout=30)
+    try:
+        comm.barrier()
+        t = time.monotonic()
+        try:
+            _call(comm, hetccl, plan[rank], symmetric)
+            exc, msg = None, ""
+        except hetccl.HetcclError as e:
+            exc, msg = type(e).__name__, str(e)
+        took = time.monotonic() - t
+        try:
+            comm.allreduce(np.ones(4, np.float32))
+            after = None, ""
+        except hetccl.HetcclError as e:
+            after = type(e).__name__, str(e)
+        return exc, msg, took, after
+    finally:
+        comm.close(timeout=5)
+
+
+def check_every_rank_sees_the_mismatch(results, case, words, senders=()):
+    """Every rank raised (promptly, well before the 30 s timeout) an error that says "mismatched
+    collective"; a rank that saw it itself raised InvalidUsage naming both calls (words), the
+    others may have learnt it from the first failure (InvalidUsage "... because another rank
+    failed first: mismatched collective ..."); afterwards the communicator is aborted. A broadcast
+    root (senders) only sends, into FIFOs with room: its call may return, then its next call fails."""
+    for r, (exc, msg, took, after) in enumerate(results):
+        assert took < 15.0, f"rank {r} took {took:.1f} s to notice: {exc}: {msg}"
+        if exc is None and r in senders:
+            exc, msg, after = after[0], after[1], ("CommAborted", "")
+        assert exc == "InvalidUsage", f"rank {r} ({case}): {exc}: {msg}"
+        assert "mismatched collective" in msg, f"rank {r} did not say what went wrong: {msg}"
+        assert after[0] == "CommAborted", f"rank {r} next call: {after}"
+    direct = [m for _, m, _, _ in results if "another rank failed first" not in m]
+    assert direct, "no rank noticed the mismatch itself"
+    assert any(all(w in m for w in words) for m in direct), (words, direct)
+
+
+# {case: (plan, words the message of a rank that saw the mismatch names)}. Waiting ranks used to
+# look only at the peer they waited for; the cases where that peer is not the one that reveals the
+# mismatch ("sc-0-...", "headers-differ") ended at the timeout.
+def broadcast_roots(plan):
+    return {r for r, spec in enumerate(plan) if spec[0] == "broadcast" and spec[2] == r}
+
+
+SC, FIFO = ("allreduce", 1 << 16), ("allreduce", 1000)       # 256 KiB: single copy; 4 KB: FIFO ring
+CMA_ODD_ONE_OUT = {
+    # rank 0 in the single copy's entry sync waits for rank 1, but only rank 2 writes to it
+    "sc-0-vs-fifo": ([SC, FIFO, FIFO], ["1000 float32", "65536 float32"]),
+    "sc-0-vs-broadcast": ([SC, ("broadcast", 1 << 16, 2), ("broadcast", 1 << 16, 2)],
+                          ["broadcast", "allreduce"]),
+    # the odd one in a FIFO schedule, the two others in the single copy
+    "fifo-0": ([FIFO, SC, SC], ["1000 float32", "65536 float32"]),
+    "fifo-2": ([SC, SC, FIFO], ["1000 float32", "65536 float32"]),
+    # two single-copy calls that differ; rank 2 waits in a FIFO receive from rank 0, writes nobody
+    "headers-differ": ([SC, ("allgather", 1 << 14), ("broadcast", 1 << 16, 0)], ["allgather", "allreduce"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CMA_ODD_ONE_OUT))
+def test_three_ranks_one_mismatching_cma(case):
+    plan, words = CMA_ODD_ONE_OUT[case]
+    res = run_ranks(_odd_one_out_rank, 3, plan, False, timeout=120, transports="c2c",
+                    env={"HETCCL_C2C_MODE": "cma", "HETCCL_C2C_DIRECT": "on"})
+    check_every_rank_sees_the_mismatch(res, case, words, broadcast_roots(plan))
