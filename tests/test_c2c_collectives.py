@@ -128,28 +128,33 @@ def test_split_and_async_over_c2c():
 
 # ------------------------------------------------------------------ one rank out of three mismatches
 
-def _call(comm, hetccl, spec, symmetric):
-    """Run one call described by spec = (collective, count[, root]) on fresh buffers: comm.alloc
-    memory if symmetric (the symmetric schedules route by buffer), else numpy arrays (with
-    HETCCL_C2C_DIRECT=on, allreduce/allgather from 32 KiB take the cma schedules, ring forced so
-    the tuner cannot pick another algorithm)."""
-    coll, n = spec[0], spec[1]
-    new = (lambda k: comm.alloc(k, np.float32)) if symmetric else (lambda k: np.ones(k, np.float32))
-    x = new(n)
-    x[:] = 1
-    algo = None if symmetric else "ring"
+POOL = 1 << 16          # floats: the largest buffer of the plans below
+
+
+def _call(comm, spec, pools):
+    """Run one call described by spec = (collective, count[, a broadcast's root, else algorithm=]):
+    on views of the two comm.alloc pools if given (symmetric: the symmetric schedules route by
+    buffer, and alloc is collective, so the pools are allocated alike on every rank up front), else
+    on numpy arrays (with HETCCL_C2C_DIRECT=on allreduce/allgather from 32 KiB take the cma
+    schedules; ring by default, so that the tuner cannot pick another algorithm)."""
+    coll, n, extra = spec[0], spec[1], spec[2] if len(spec) > 2 else None
+    if pools is None:
+        x, y, algo = np.ones(n, np.float32), np.ones(n * comm.size, np.float32), extra or "ring"
+    else:
+        x, y, algo = pools[0][:n], pools[1][:n * comm.size], extra
+        x[:] = 1
     if coll == "allreduce":
-        comm.allreduce(x, out=new(n), algorithm=algo)
+        comm.allreduce(x, out=y[:n], algorithm=algo)
     elif coll == "allgather":
-        comm.allgather(x, out=new(n * comm.size), algorithm=algo)
+        comm.allgather(x, out=y, algorithm=algo)
     elif coll == "broadcast":
-        comm.broadcast(x, root=spec[2])
+        comm.broadcast(x, root=extra)
     else:
         raise AssertionError(coll)
 
 
 def _odd_one_out_rank(rank, size, plan, symmetric):
-    """Rank r makes the call plan[r] (the others a different one) after a barrier, and reports
+    """Rank r makes the call plan[r] (a list: those calls in order) after a barrier, and reports
     (exception class, message, seconds, (the next call's exception class, message)). The
     communicator's timeout is 30 s, so an error that took that long is the timeout, not the
     mismatch."""
@@ -157,10 +162,12 @@ def _odd_one_out_rank(rank, size, plan, symmetric):
     import hetccl
     comm = hetccl.init(timeout=30)
     try:
+        pools = (comm.alloc(POOL, np.float32), comm.alloc(POOL, np.float32)) if symmetric else None
         comm.barrier()
         t = time.monotonic()
         try:
-            _call(comm, hetccl, plan[rank], symmetric)
+            for spec in plan[rank] if isinstance(plan[rank], list) else [plan[rank]]:
+                _call(comm, spec, pools)
             exc, msg = None, ""
         except hetccl.HetcclError as e:
             exc, msg = type(e).__name__, str(e)
@@ -193,14 +200,15 @@ def check_every_rank_sees_the_mismatch(results, case, words, senders=()):
     assert any(all(w in m for w in words) for m in direct), (words, direct)
 
 
-# {case: (plan, words the message of a rank that saw the mismatch names)}. Waiting ranks used to
-# look only at the peer they waited for; the cases where that peer is not the one that reveals the
-# mismatch ("sc-0-...", "headers-differ") ended at the timeout.
 def broadcast_roots(plan):
-    return {r for r, spec in enumerate(plan) if spec[0] == "broadcast" and spec[2] == r}
+    return {r for r, spec in enumerate(plan) if isinstance(spec, tuple) and spec[0] == "broadcast"
+            and spec[2] == r}
 
 
 SC, FIFO = ("allreduce", 1 << 16), ("allreduce", 1000)       # 256 KiB: single copy; 4 KB: FIFO ring
+# {case: (plan, words the message of a rank that saw the mismatch names)}. Waiting ranks used to
+# look only at the peer they waited for; the cases where that peer is not the one that reveals the
+# mismatch ("sc-0-...", "headers-differ") ended at the timeout.
 CMA_ODD_ONE_OUT = {
     # rank 0 in the single copy's entry sync waits for rank 1, but only rank 2 writes to it
     "sc-0-vs-fifo": ([SC, FIFO, FIFO], ["1000 float32", "65536 float32"]),
@@ -211,6 +219,9 @@ CMA_ODD_ONE_OUT = {
     "fifo-2": ([SC, SC, FIFO], ["1000 float32", "65536 float32"]),
     # two single-copy calls that differ; rank 2 waits in a FIFO receive from rank 0, writes nobody
     "headers-differ": ([SC, ("allgather", 1 << 14), ("broadcast", 1 << 16, 0)], ["allgather", "allreduce"]),
+    # rank 2 makes an extra call first (a broadcast it roots returns once sent): its allreduce is
+    # a later call than the others' (seen as its FIFO bytes, or as its header's sequence number)
+    "later-call": ([SC, SC, [("broadcast", 1 << 10, 2), SC]], ["rank 2 called"]),
 }
 
 
