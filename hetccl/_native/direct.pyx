@@ -146,8 +146,9 @@ cdef int check_peers(Engine e, uint32_t want, bint entry, double now, double* la
       epoch store releases it) and cannot rewrite it: its next call needs this call's last sync,
       which needs an epoch we have not posted. So its header is complete and stable, and one that
       differs (another collective, count, dtype, op, root, schedule, or a later sequence number:
-      it skipped calls we made) is a mismatch now, not only once the last peer arrives. A peer
-      always posts its epoch right after its header, so a header is never looked at earlier;
+      it made calls we did not) is a mismatch now, not only once the last peer arrives. The header
+      of a peer that has not arrived may be its previous call's or half written, so it is not
+      read; nothing is lost, since a peer posts its epoch right after writing its header;
     * a closed socket of a peer that has not posted `want` means it will never post it; in the
       entry sync an arrived peer cannot leave either (it waits for the same peers), so its closed
       socket means it died or aborted (typically: it saw the mismatch first). In a later sync an
@@ -177,8 +178,8 @@ cdef int check_peers(Engine e, uint32_t want, bint entry, double now, double* la
 
 cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
                     double deadline) noexcept nogil:
-    """Spin, then yield, then futex-sleep until peer p's epoch reaches want; once sleeping, check
-    every peer (check_peers) before each sleep of at most 100 ms."""
+    """Spin, then yield, then futex-sleep until peer p's epoch reaches want; once sleeping, look at
+    every peer (check_peers, at most every 50 ms) between sleeps of at most 100 ms."""
     cdef C2CSlot* t = e.c2c[p].theirs
     cdef uint32_t v
     cdef double start = 0, now, waited
