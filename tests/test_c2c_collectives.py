@@ -231,3 +231,42 @@ def test_three_ranks_one_mismatching_cma(case):
     res = run_ranks(_odd_one_out_rank, 3, plan, False, timeout=120, transports="c2c",
                     env={"HETCCL_C2C_MODE": "cma", "HETCCL_C2C_DIRECT": "on"})
     check_every_rank_sees_the_mismatch(res, case, words, broadcast_roots(plan))
+
+
+def _mixed_rank(rank, size, symmetric, rounds):
+    """A correct program that keeps a FIFO call right behind every single-copy one: the ranks
+    that leave the single copy's last sync first send into the FIFOs of ranks still waiting there,
+    which the waiters' checks of every peer must not take for a mismatch. Returns the calls made."""
+    import hetccl
+    comm = hetccl.init(timeout=120)
+    try:
+        n = 1 << 14                                      # 64 KiB: single copy (symmetric or cma)
+        if symmetric:
+            x, y = comm.alloc(n, np.float32), comm.alloc(n, np.float32)
+        else:
+            x, y = np.empty(n, np.float32), np.empty(n, np.float32)
+        small = np.empty(256, np.float32)
+        want = size * (size + 1) / 2
+        for i in range(rounds):
+            x[:] = rank + 1
+            comm.allreduce(x, out=y, algorithm=None if symmetric else "ring")
+            assert comm.last_algorithm == ("symmetric" if symmetric else "ring"), comm.last_algorithm
+            assert y[0] == want and y[-1] == want, (i, y[0], y[-1])
+            small[:] = rank + i
+            comm.broadcast(small, root=i % size)             # FIFO: the root sends at once
+            assert small[0] == (i % size) + i, (i, small[0])
+            small[:] = 1
+            comm.allreduce(small, algorithm="ring")           # FIFO ring
+            assert small[0] == size, (i, small[0])
+        return rounds
+    finally:
+        comm.close()
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["cma", "symmetric"])
+def test_single_copy_then_fifo_calls_never_look_mismatched(symmetric):
+    """5 ranks on this machine's 2 cores: waits often reach the futex stage, where every peer is
+    looked at."""
+    res = run_ranks(_mixed_rank, 5, symmetric, 400, timeout=300, transports="c2c",
+                    env={"HETCCL_C2C_MODE": "cma", "HETCCL_C2C_DIRECT": "on"})
+    assert res == [400] * 5
