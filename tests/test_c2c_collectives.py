@@ -236,11 +236,16 @@ def test_three_ranks_one_mismatching_cma(case):
 def _mixed_rank(rank, size, symmetric, rounds):
     """A correct program that keeps a FIFO call right behind every single-copy one: the ranks
     that leave the single copy's last sync first send into the FIFOs of ranks still waiting there,
-    which the waiters' checks of every peer must not take for a mismatch. Returns the calls made."""
+    which the waiters' checks of every peer must not take for a mismatch. Ranks pause at random
+    (up to 3 ms) before the calls, so that the others wait long enough to check every peer (the
+    futex stage starts after 0.5 ms). Returns the calls made."""
+    import random
+    import time
     import hetccl
     comm = hetccl.init(timeout=120)
+    pause = random.Random(rank).random
     try:
-        n = 1 << 14                                      # 64 KiB: single copy (symmetric or cma)
+        n = 1 << 18                                      # 1 MiB: single copy (symmetric or cma)
         if symmetric:
             x, y = comm.alloc(n, np.float32), comm.alloc(n, np.float32)
         else:
@@ -249,6 +254,7 @@ def _mixed_rank(rank, size, symmetric, rounds):
         want = size * (size + 1) / 2
         for i in range(rounds):
             x[:] = rank + 1
+            time.sleep(0.003 * pause() if pause() < 0.3 else 0)
             comm.allreduce(x, out=y, algorithm=None if symmetric else "ring")
             assert comm.last_algorithm == ("symmetric" if symmetric else "ring"), comm.last_algorithm
             assert y[0] == want and y[-1] == want, (i, y[0], y[-1])
@@ -256,6 +262,7 @@ def _mixed_rank(rank, size, symmetric, rounds):
             comm.broadcast(small, root=i % size)             # FIFO: the root sends at once
             assert small[0] == (i % size) + i, (i, small[0])
             small[:] = 1
+            time.sleep(0.003 * pause() if pause() < 0.1 else 0)
             comm.allreduce(small, algorithm="ring")           # FIFO ring
             assert small[0] == size, (i, small[0])
         return rounds
@@ -263,10 +270,14 @@ def _mixed_rank(rank, size, symmetric, rounds):
         comm.close()
 
 
-@pytest.mark.parametrize("symmetric", [False, True], ids=["cma", "symmetric"])
-def test_single_copy_then_fifo_calls_never_look_mismatched(symmetric):
-    """5 ranks on this machine's 2 cores: waits often reach the futex stage, where every peer is
-    looked at."""
+MIXED = [("cma", False), ("cma", True), ("window", False)]
+
+
+@pytest.mark.parametrize("mode,symmetric", MIXED, ids=[f"{m}-{'symmetric' if s else 'plain'}" for m, s in MIXED])
+def test_single_copy_then_fifo_calls_never_look_mismatched(mode, symmetric):
+    """5 ranks on 2 cores, with the pauses of _mixed_rank: each rank looks at every peer ~200
+    times per run (counted once with a temporary counter), and must never see a mismatch.
+    Window mode adds the syncs between rounds of its allreduce."""
     res = run_ranks(_mixed_rank, 5, symmetric, 400, timeout=300, transports="c2c",
-                    env={"HETCCL_C2C_MODE": "cma", "HETCCL_C2C_DIRECT": "on"})
+                    env={"HETCCL_C2C_MODE": mode, "HETCCL_C2C_DIRECT": "on"})
     assert res == [400] * 5
