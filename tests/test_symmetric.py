@@ -427,3 +427,33 @@ def test_inconsistent_buffers_raise_on_every_rank(fn):
     for r, (ok, text) in enumerate(results):
         assert not ok, f"rank {r} finished: {text}"
         assert "InvalidUsage" in text and "did not finish" not in text, f"rank {r}: {text[-800:]}"
+
+
+# {case: (plan, words)}: at 3 ranks one rank's call differs from the two others' (see
+# tests/test_c2c_collectives.py: CMA_ODD_ONE_OUT, _odd_one_out_rank); every buffer is a view of a
+# comm.alloc pool, so calls from 32 KiB take the symmetric schedules and smaller ones the FIFOs.
+# The small allreduce is a ring: recursive doubling at 3 ranks starts with rank 0 sending to rank 1
+# and rank 2 exchanging with rank 1, so nobody writes to rank 0 and every rank waits (only the
+# timeout can end that; the FIFO schedules do not look at the c2c control slots).
+SYM_SC, SYM_FIFO = ("allreduce", 1 << 16), ("allreduce", 1000, "ring")
+SYM_ODD_ONE_OUT = {
+    # rank 0 waits in the symmetric entry sync for rank 1, but only rank 2 writes to it
+    "sc-0-vs-fifo": ([SYM_SC, SYM_FIFO, SYM_FIFO], ["1000 float32", "65536 float32"]),
+    "sc-0-vs-broadcast": ([SYM_SC, ("broadcast", 1000, 2), ("broadcast", 1000, 2)],
+                          ["broadcast", "allreduce"]),
+    # two symmetric calls that differ; rank 2 waits in a FIFO receive from rank 0
+    "headers-differ": ([SYM_SC, ("allgather", 1 << 14), ("broadcast", 1000, 0)], ["allgather", "allreduce"]),
+    # all three in the symmetric schedules, one with another root / count
+    "root-differs": ([("broadcast", 1 << 16, 0), ("broadcast", 1 << 16, 0), ("broadcast", 1 << 16, 1)],
+                     ["broadcast", "65536 float32"]),
+    "count-differs": ([SYM_SC, SYM_SC, ("allreduce", 1 << 15)], ["32768 float32", "65536 float32"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYM_ODD_ONE_OUT))
+def test_three_ranks_one_mismatching_symmetric(case):
+    from tests.test_c2c_collectives import (_odd_one_out_rank, broadcast_roots,
+                                            check_every_rank_sees_the_mismatch)
+    plan, words = SYM_ODD_ONE_OUT[case]
+    res = run_ranks(_odd_one_out_rank, 3, plan, True, timeout=120, transports="c2c")
+    check_every_rank_sees_the_mismatch(res, case, words, broadcast_roots(plan))

@@ -20,9 +20,11 @@ rank works on its peers' memory directly:
 
 Synchronisation is a per-rank epoch counter in each pair's control slot (release/acquire atomics);
 a waiter spins, yields, then sleeps on a shared futex, which the poster wakes only when the waiter
-said it sleeps. The pair's socket is checked for hang-ups while waiting (a dead peer raises
-``PeerLostError``) and bytes arriving in the pair's FIFO while a rank waits for a sync mean the peer
-called a different collective (``InvalidUsage``).
+said it sleeps. While a rank waits it looks at *every* peer, not only the one it waits for
+(``check_peers``): a peer's socket hanging up raises ``PeerLostError``, bytes in a FIFO from a peer
+that has not reached the sync, or (entry sync) a peer there with another call header, raise
+``InvalidUsage``. With 3+ ranks the odd one out is often not the peer being waited for, and it may
+never post its epoch at all (it is in a FIFO collective), so waiting on it alone ends at the timeout.
 """
 from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint64_t, uint32_t, uint8_t, int32_t, uintptr_t
@@ -99,7 +101,8 @@ cdef int peer_gone(Engine e, int p) noexcept nogil:
 
 
 cdef int fifo_intrudes(Engine e, int p) noexcept nogil:
-    """The peer wrote into our FIFO while we wait for its sync: it is in another collective."""
+    """The peer wrote into our FIFO while we wait for its sync: it is in another collective (the
+    caller makes sure it had not passed the sync when it wrote, see check_peers)."""
     cdef Link* L = &e.links[p]
     cdef size_t k
     if hc_load_acq(&L.rx_ctl.head) == L.rx_tail:
@@ -112,8 +115,71 @@ cdef int fifo_intrudes(Engine e, int p) noexcept nogil:
     return 1
 
 
-cdef int wait_epoch(Engine e, int p, uint32_t want, double deadline) noexcept nogil:
-    """Spin, then yield, then futex-sleep until peer p's epoch reaches want."""
+cdef inline bint arrived(Engine e, int p, uint32_t want) noexcept nogil:
+    """Peer p has posted epoch want (acquire: everything it stored before, its header included, is
+    visible here)."""
+    return <int32_t>(hc_load32_sc(&e.c2c[p].theirs.epoch) - want) >= 0
+
+
+cdef int header_mismatch(Engine e, int p) noexcept nogil:
+    """E_MISMATCH, with both headers for the error message, if peer p published another call."""
+    if memcmp(e.c2c[p].theirs.hdr, e.c2c[p].mine.hdr, HDR_CHECKED) == 0:
+        return 0
+    e.err_peer = p
+    memcpy(e.err_got, e.c2c[p].theirs.hdr, HDR_BYTES)
+    memcpy(e.err_want, e.c2c[p].mine.hdr, HDR_BYTES)
+    return E_MISMATCH
+
+
+cdef int check_peers(Engine e, uint32_t want, bint entry, double now, double* last) noexcept nogil:
+    """While waiting for sync `want`: is the call doomed because of *any* peer? At most every
+    50 ms per sync (*last: when it last looked), since it costs a poll per peer.
+
+    Why each test cannot fire for a correct program:
+
+    * a peer that has not posted `want` is still before this sync of this call, in which no
+      single-copy schedule writes a FIFO: bytes from it mean it is in a FIFO collective. The epoch
+      is loaded again *after* the FIFO head (acquire), so bytes it wrote after passing the sync
+      (possible in a call's last sync: it may have gone on to the next call) are never taken for
+      an intrusion;
+    * in the entry sync (enter_as), a peer that has posted `want` published its header before (the
+      epoch store releases it) and cannot rewrite it: its next call needs this call's last sync,
+      which needs an epoch we have not posted. So its header is complete and stable, and one that
+      differs (another collective, count, dtype, op, root, schedule, or a later sequence number:
+      it made calls we did not) is a mismatch now, not only once the last peer arrives. The header
+      of a peer that has not arrived may be its previous call's or half written, so it is not
+      read; nothing is lost, since a peer posts its epoch right after writing its header;
+    * a closed socket of a peer that has not posted `want` means it will never post it; in the
+      entry sync an arrived peer cannot leave either (it waits for the same peers), so its closed
+      socket means it died or aborted (typically: it saw the mismatch first). In a later sync an
+      arrived peer may have finished and left, so it is not looked at there.
+
+    Mismatches are looked for first: a peer that saw one aborts, and its name for the error is
+    better than "lost"."""
+    cdef int q
+    if now - last[0] < 0.05:
+        return 0
+    last[0] = now
+    for q in range(e.size):
+        if q == e.rank:
+            continue
+        if arrived(e, q, want):
+            if entry and header_mismatch(e, q) < 0:
+                return E_MISMATCH
+        elif fifo_intrudes(e, q) and not arrived(e, q, want):
+            e.err_peer = q
+            return E_MISMATCH
+    for q in range(e.size):
+        if q != e.rank and (entry or not arrived(e, q, want)) and peer_gone(e, q) < 0:
+            e.err_peer = q
+            return E_PEER_LOST
+    return 0
+
+
+cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
+                    double deadline) noexcept nogil:
+    """Spin, then yield, then futex-sleep until peer p's epoch reaches want; once sleeping, look at
+    every peer (check_peers, at most every 50 ms) between sleeps of at most 100 ms."""
     cdef C2CSlot* t = e.c2c[p].theirs
     cdef uint32_t v
     cdef double start = 0, now, waited
@@ -132,12 +198,9 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, double deadline) noexcept no
                 return E_TIMEOUT
             waited = now - start
             if waited > e.spin_s + e.yield_s:
-                if fifo_intrudes(e, p):
-                    e.err_peer = p
-                    return E_MISMATCH
-                if peer_gone(e, p) < 0:
-                    e.err_peer = p
-                    return E_PEER_LOST
+                rc = check_peers(e, want, entry, now, last)
+                if rc < 0:
+                    return rc
                 ms = <int>((deadline - now) * 1000.0) + 1
                 if ms > 100:
                     ms = 100
@@ -160,10 +223,12 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, double deadline) noexcept no
             sched_yield()
 
 
-cdef int sync(Engine e, double deadline) noexcept nogil:
-    """Every c2c peer has passed as many syncs as we have (all its earlier stores are visible)."""
+cdef int sync_as(Engine e, bint entry, double deadline) noexcept nogil:
+    """Every c2c peer has passed as many syncs as we have (all its earlier stores are visible).
+    entry: this is a call's first sync, after enter_as published the headers (see check_peers)."""
     cdef int p, rc
     cdef uint32_t ep
+    cdef double last = 0
     e.c2c_epoch += 1
     ep = e.c2c_epoch
     for p in range(e.size):
@@ -174,16 +239,23 @@ cdef int sync(Engine e, double deadline) noexcept nogil:
             hc_futex_wake(&e.c2c[p].mine.epoch)
     for p in range(e.size):
         if p != e.rank:
-            rc = wait_epoch(e, p, ep, deadline)
+            rc = wait_epoch(e, p, ep, entry, &last, deadline)
             if rc < 0:
                 return rc
     return 0
 
 
+cdef int sync(Engine e, double deadline) noexcept nogil:
+    """A sync inside or at the end of a call (no header checks: peers may be in the next call)."""
+    return sync_as(e, False, deadline)
+
+
 cdef int enter_as(Engine e, int coll, int dtype, int op, int phase, uint64_t count, uint64_t sdesc,
                   uint64_t rdesc, double deadline) noexcept nogil:
     """Publish the call and two buffer descriptors (cma: addresses; symmetric.pyx: allocation and
-    offset) in every control slot, sync, and check every peer called the same (phase included)."""
+    offset) in every control slot, sync, and check every peer called the same (phase included).
+    While the sync waits, peers that already arrived are checked at once (check_peers), so a
+    mismatch shows at any world size, not only when every peer has arrived."""
     cdef int p, rc
     cdef C2CSlot* m
     for p in range(e.size):
@@ -193,15 +265,14 @@ cdef int enter_as(Engine e, int coll, int dtype, int op, int phase, uint64_t cou
         fill_header(m.hdr, coll, dtype, op, phase, e.seq, count, e.rank)
         m.sbuf = sdesc
         m.rbuf = rdesc
-    rc = sync(e, deadline)
+    rc = sync_as(e, True, deadline)
     if rc < 0:
         return rc
     for p in range(e.size):
-        if p != e.rank and memcmp(e.c2c[p].theirs.hdr, e.c2c[p].mine.hdr, HDR_CHECKED) != 0:
-            e.err_peer = p
-            memcpy(e.err_got, e.c2c[p].theirs.hdr, HDR_BYTES)
-            memcpy(e.err_want, e.c2c[p].mine.hdr, HDR_BYTES)
-            return E_MISMATCH
+        if p != e.rank:
+            rc = header_mismatch(e, p)
+            if rc < 0:
+                return rc
     return 0
 
 
