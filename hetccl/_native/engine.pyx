@@ -94,8 +94,11 @@ def _describe_header(bytes h):
         return "garbage (not a hetccl header)"
     dtn = _DT_NAMES[dt] if dt < len(_DT_NAMES) else f"dtype#{dt}"
     opn = _OP_NAMES[op] if op < len(_OP_NAMES) else f"op#{op}"
+    # the symmetric broadcast carries its root in the op byte (symmetric.pyx): name it, so ranks
+    # naming different roots read as that, not as "different algorithms"
     return (f"{_COLL_NAMES.get(coll, f'collective#{coll}')} #{seq} of {count} {dtn}"
-            + (f" with {opn}" if coll in (1, 3, 5) else ""))
+            + (f" with {opn}" if coll in (1, 3, 5) else "")
+            + (f" from root {op}" if coll == 4 and op else ""))
 
 
 cdef class ShmSegment:
