@@ -72,12 +72,17 @@ def test_real_nccl_loads_from_the_wheel_and_reports_its_version():
     assert "invalid argument" in lib.error_string(4)        # ncclInvalidArgument, NCCL's own text
 
 
-def test_real_nccl_calls_without_a_gpu_fail_with_its_own_message():
+def _real_nccl_without_a_gpu():
+    """The wheel's libnccl, on a machine without a CUDA device (else the test is skipped)."""
     _wheel_version()
     lib = loader.load_library(nccl.NCCL)
-    rt = loader.load_runtime(nccl.CUDART)
-    if loader.device_status(nccl.NCCL, rt)[0]:
+    if loader.device_status(nccl.NCCL, loader.load_runtime(nccl.CUDART))[0]:
         pytest.skip("this machine has a CUDA device")
+    return lib
+
+
+def test_real_nccl_calls_without_a_gpu_fail_with_its_own_message():
+    lib = _real_nccl_without_a_gpu()
     rc, uid = lib.unique_id()                               # bootstrap only: works without a GPU
     assert rc == 0 and len(uid) == 128 and any(uid)
     rc, comm = lib.comm_init(1, uid, 0)
@@ -88,11 +93,7 @@ def test_real_nccl_calls_without_a_gpu_fail_with_its_own_message():
 
 def test_real_nccl_nonblocking_join_without_a_gpu_fails_at_once_with_its_own_message():
     from hetccl._native.ccl_api import WAIT_CALL
-    _wheel_version()
-    lib = loader.load_library(nccl.NCCL)
-    rt = loader.load_runtime(nccl.CUDART)
-    if loader.device_status(nccl.NCCL, rt)[0]:
-        pytest.skip("this machine has a CUDA device")
+    lib = _real_nccl_without_a_gpu()
     assert {"comm_init_config", "comm_get_async_error", "comm_abort"} <= lib.present
     assert lib.version() >= native.NONBLOCKING_SINCE         # so a bridge would join non-blocking
     rc, uid = lib.unique_id()
