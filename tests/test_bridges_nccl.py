@@ -194,8 +194,8 @@ def test_vendor_tables():
     assert ("reduce_scatter", dt.INT16, ReduceOp.SUM) not in t     # hccl.h: ReduceScatter has no int16
     assert ("allreduce", dt.FLOAT64, ReduceOp.SUM) not in t and ("allreduce", dt.FLOAT32, ReduceOp.AVG) not in t
     assert t[("allreduce", dt.BFLOAT16, ReduceOp.MAX)] == (hccl.HCCL_BFP16, hccl.HCCL_MAX)
-    assert [v.kind for v in nccl.FAMILY] == ["nccl", "rccl", "mccl", "mccl_metax", "ixccl"]
-    assert {v.prefix for v in nccl.FAMILY} == {"nccl", "mccl"}
+    assert [v.kind for v in nccl.FAMILY] == ["nccl", "rccl", "mccl", "mccl_metax", "ixccl", "eccl"]
+    assert {v.prefix for v in nccl.FAMILY} == {"nccl", "mccl", "eccl"}
 
 
 def test_fake_library_errors_carry_its_own_strings(libs, monkeypatch):

@@ -110,7 +110,7 @@ def test_host_islands():
     assert [(i["members"], i["kind"]) for i in isl] == [
         ("1 ascend device(s)", "hetccl"), ("1 cambricon device(s)", "hetccl"),
         ("2 nvidia device(s)", "nccl"), ("CPU ranks", "mpi")]
-    assert "no hccl library found" in isl[0]["note"] and "CNCL is not NCCL-compatible" in isl[1]["note"]
+    assert "no hccl library found" in isl[0]["note"] and "no cncl library found" in isl[1]["note"]
     isl = libraries.host_islands([nccl_bad, mpi], gpus, "hetccl")
     assert isl[0]["kind"] == "hetccl" and "nccl found but not usable: no CUDA device" in isl[0]["note"]
     assert isl[1] == {"members": "CPU ranks", "kind": "hetccl", "library": None,
@@ -118,6 +118,12 @@ def test_host_islands():
     lines = libraries.format_report([nccl_bad], isl)
     assert lines[1].split() == ["nccl", "2.32.3", "cuda", "not", "usable:", "no", "CUDA", "device:", "x"]
     assert lines[-2].startswith("  2 nvidia device(s): hetccl - nccl found but not usable")
+    i = lines.index("native libraries of FlagCX's list (name: hetccl kind, found here?):")
+    kinds = {ln.split()[0]: ln.split()[1:] for ln in lines[i + 1:i + 13]}
+    assert set(kinds) == {"NCCL", "IXCCL", "CNCL", "MCCL", "XCCL", "DUCCL", "HCCL", "MUSACCL", "RCCL",
+                          "TCCL", "ECCL", "PCCL"}
+    assert kinds["NCCL"][:4] == ["nccl", "found,", "not", "usable:"] and kinds["CNCL"] == ["cncl", "not", "found"]
+    assert kinds["XCCL"][0] == "bkcl" and kinds["DUCCL"][0] == "rccl" and kinds["TCCL"][:2] == ["-", "no"]
 
 
 def test_doctor_lists_libnccl_with_its_version():

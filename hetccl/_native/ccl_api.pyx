@@ -1,37 +1,46 @@
 # cython: language_level=3
 """Vendor collective libraries and their device runtimes, loaded at run time (``dlopen``).
 
-Why one module for every vendor: the NCCL API was cloned by RCCL, MCCL and others with the same
-signatures under another symbol prefix, and HCCL differs only in a few calls (root info instead of
-a unique id, broadcast in place). So a library is described by *data* -- its path, its family
-("nccl" or "hccl") and the symbol name of every role -- and this module holds function pointers
-filled by ``dlsym``. Nothing is linked at build time: hetccl builds and installs without any vendor
-SDK, and one install serves every vendor. The per-vendor tables (library names, prefixes, where
-each was checked) live in hetccl/bridges/nccl.py and hccl.py.
+Why one module for every vendor: the NCCL API was cloned by RCCL, MCCL, ECCL and others with the
+same signatures under another symbol prefix, and HCCL, CNCL and BKCL differ only in a few call
+shapes (how the id is made and joined, argument order, how the asynchronous error is read). So a
+library is described by *data* -- its path, its family ("nccl", "hccl", "cncl" or "bkcl") and the
+symbol name of every role -- and this module holds function pointers filled by ``dlsym`` on the
+library's own handle. Nothing is linked at build time: hetccl builds and installs without any
+vendor SDK, and one install serves every vendor. The per-vendor tables (library names, prefixes,
+enums, where each was checked) live in hetccl/bridges/nccl.py, hccl.py, cncl.py and bkcl.py.
+
+Why ``RTLD_LOCAL`` and ``dlsym`` on the handle: two vendors ship a ``libmccl.so`` exporting the
+same ``mccl*`` names (Moore Threads and MetaX). Loaded locally, neither library's symbols enter the
+global scope, so each handle resolves its own functions and neither library's internal calls bind
+to the other's (tests/test_bridges_nccl.py loads both test doubles in one process to show it).
 
 Why calls release the GIL: a collective on a real device is enqueued on a stream and then waited
-for; the wait (``wait_stream``) spins on the stream's query function and the communicator's
-asynchronous error with a deadline, so a peer that died makes the call fail instead of hanging
-(NCCL's documented way to detect it), and other Python threads keep running meanwhile.
+for; the wait (``wait_stream``) polls the stream and the communicator's asynchronous error with a
+deadline, so a peer that died makes the call fail instead of hanging, and other Python threads
+keep running meanwhile. A runtime without a stream query (Kunlunxin's XPU runtime has only the
+blocking ``xpu_wait``) is waited for in a helper thread that the caller polls against the same
+deadline.
 
-Why communicator creation can be non-blocking: ``ncclCommInitRank`` waits inside the library for
-every peer, with no deadline, so a peer that died after agreeing to join hangs every other rank.
-NCCL >= 2.14 has ``ncclCommInitRankConfig`` with ``config.blocking = 0``: it returns at once
-(``ncclInProgress``) and ``ncclCommGetAsyncError`` reports the state until the join is done, so
-``comm_init_nonblocking`` polls it without the GIL, up to a deadline. On such a communicator every
-later call may also return ``ncclInProgress`` before its work is on the stream; ``wait_stream``
-(``nonblocking=True``) therefore trusts the stream only once the state has left ``ncclInProgress``.
+Why communicator creation has a deadline for every family: a join waits inside the library for
+every peer, so a peer that died after agreeing to join would hang the others. NCCL >= 2.14 joins
+without blocking (``ncclCommInitRankConfig`` with ``config.blocking = 0``, then
+``ncclCommGetAsyncError`` is polled and ``ncclCommAbort`` cancels it). Every other join (NCCL <
+2.14 and the clones without that call, HCCL, CNCL, BKCL) runs in a helper thread
+(``comm_init_deadline``) that the caller polls: past the deadline the caller stops waiting, and
+the helper, still inside the library, frees the communicator itself if the join ever completes.
 
 Return codes: the collective calls return the library's own result (0 = success); ``wait_stream``
 returns 0, ``WAIT_TIMEOUT``, ``WAIT_ASYNC`` (the communicator reported an error: read it with
-``async_error``) or ``WAIT_RUNTIME`` (the stream query failed: ``runtime_error``);
-``comm_init_nonblocking`` returns WAIT_OK, WAIT_TIMEOUT, WAIT_ASYNC or ``WAIT_CALL`` (the init call
-itself failed). The Python bridges turn these into BridgeError with the library's own error string.
+``async_error``) or ``WAIT_RUNTIME`` (the stream query failed: ``runtime_error``); the joins return
+WAIT_OK, WAIT_TIMEOUT, WAIT_ASYNC or ``WAIT_CALL`` (the init call itself failed). The Python
+bridges turn these into BridgeError with the library's own error string.
 """
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 
-from hetccl._native.atomics cimport hc_now
+from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_xchg32
 from hetccl._native.waiting cimport sched_yield
 
 from hetccl._native.dl cimport dlopen, dlsym, dlerror, RTLD_NOW, RTLD_LOCAL
@@ -43,6 +52,10 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int nanosleep(const timespec* req, timespec* rem)
 
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t* t, const void* attr, void* (*fn)(void*) noexcept nogil, void* arg)
+    int pthread_detach(pthread_t t)
 
 
 cdef struct Backoff:
@@ -71,12 +84,21 @@ cdef inline void backoff_wait(Backoff* b) noexcept nogil:
 
 
 DEF UID_BYTES = 128          # NCCL_UNIQUE_ID_BYTES (nccl.h; RCCL and MCCL keep it)
+DEF BIG_UID_BYTES = 4120     # a clone whose id size is not published: FlagCX's flagcxInnerUniqueId
+                             # bound (its adaptors static_assert every vendor id fits in it)
 DEF ROOT_INFO_BYTES = 4108   # HCCL_ROOT_INFO_BYTES (hccl_types.h)
+DEF CLIQUE_ID_BYTES = 136    # sizeof(struct cnclCliqueId): char data[CNCL_CLIQUE_ID_BYTES_SIZE=128] + uint64_t hash (cncl.h)
+DEF BKCL_ID_BYTES = 4116     # BKCLUniqueId's size is not published; FlagCX xccl_adaptor.cc
+                             # static_asserts sizeof(int) + sizeof(BKCLUniqueId) <= 4120
 DEF API_MAGIC = 0xcafebeef   # NCCL_API_MAGIC (nccl.h): ncclConfig_t.magic of NCCL_CONFIG_INITIALIZER
 DEF CONFIG_VERSION = 21400   # ncclConfig_t.version: the layout below is NCCL 2.14's
+DEF CNCL_IN_PROGRESS = 6     # CNCL_RET_ASYNC_IN_PROGRESS (cncl.h): "not an error actually"
 
 NCCL_UNIQUE_ID_BYTES = UID_BYTES
 HCCL_ROOT_INFO_BYTES = ROOT_INFO_BYTES
+CNCL_CLIQUE_ID_BYTES = CLIQUE_ID_BYTES
+BKCL_UNIQUE_ID_BOUND = BKCL_ID_BYTES
+LARGE_UID_BYTES = BIG_UID_BYTES
 cdef enum:
     C_WAIT_OK = 0
     C_WAIT_TIMEOUT = -1
@@ -89,8 +111,19 @@ WAIT_CALL = C_WAIT_CALL
 NCCL_IN_PROGRESS = C_IN_PROGRESS
 NCCL_CONFIG_VERSION = CONFIG_VERSION
 
+cdef enum Family:
+    F_NCCL = 0
+    F_HCCL = 1
+    F_CNCL = 2
+    F_BKCL = 3
+FAMILIES = {"nccl": F_NCCL, "hccl": F_HCCL, "cncl": F_CNCL, "bkcl": F_BKCL}
+DEFAULT_ID_BYTES = {"nccl": UID_BYTES, "hccl": ROOT_INFO_BYTES, "cncl": CLIQUE_ID_BYTES, "bkcl": BKCL_ID_BYTES}
+
 ctypedef struct uid128:
     char internal[UID_BYTES]
+
+ctypedef struct uid_big:
+    char internal[BIG_UID_BYTES]
 
 # nccl.h ncclConfig_t as NCCL 2.14 declared it (ncclConfig_v21400). Later versions append fields;
 # the library copies only ``size`` bytes and, for a ``version`` older than its own, keeps its
@@ -102,13 +135,15 @@ ctypedef struct nccl_config_v21400:
     unsigned int version
     int blocking
 
-# ---- NCCL family (nccl.h) ---------------------------------------------------------------------
-ctypedef int (*f_ptr)(void*) noexcept nogil                          # GetVersion(int*), GetUniqueId(id*), CommDestroy/Abort(comm)
+# ---- shared by every family -------------------------------------------------------------------
+ctypedef int (*f_ptr)(void*) noexcept nogil                          # GetUniqueId(id*), CommDestroy/Abort(comm), ...
 ctypedef int (*f_void)() noexcept nogil                              # GroupStart / GroupEnd
+ctypedef const char* (*f_errstr)(int) noexcept nogil                 # GetErrorString(result)
+# ---- NCCL family (nccl.h); CNCL's collectives have the same shapes (cncl.h) --------------------
 ctypedef int (*f_nccl_init)(void**, int, uid128, int) noexcept nogil  # CommInitRank(comm*, nranks, id (by value), rank)
+ctypedef int (*f_nccl_init_big)(void**, int, uid_big, int) noexcept nogil   # the same, id of unpublished size
 ctypedef int (*f_nccl_init_cfg)(void**, int, uid128, int, nccl_config_v21400*) noexcept nogil  # CommInitRankConfig(..., config*)
 ctypedef int (*f_async)(void*, int*) noexcept nogil                  # CommGetAsyncError(comm, result*)
-ctypedef const char* (*f_errstr)(int) noexcept nogil                 # GetErrorString(result)
 ctypedef const char* (*f_lasterr)(void*) noexcept nogil              # GetLastError(comm)
 ctypedef int (*f_allreduce)(const void*, void*, size_t, int, int, void*, void*) noexcept nogil   # also ReduceScatter
 ctypedef int (*f_allgather)(const void*, void*, size_t, int, void*, void*) noexcept nogil
@@ -118,7 +153,20 @@ ctypedef int (*f_p2p)(void*, size_t, int, int, void*, void*) noexcept nogil     
 # ---- HCCL (hccl.h) ----------------------------------------------------------------------------
 ctypedef int (*f_hccl_init)(uint32_t, const void*, uint32_t, void**) noexcept nogil  # CommInitRootInfo
 ctypedef int (*f_hccl_bcast)(void*, uint64_t, int, uint32_t, void*, void*) noexcept nogil
-# ---- device runtimes (cudart / hip / musart / mcruntime; libascendcl) -------------------------
+# ---- CNCL (cncl.h, CNCL 1.25) -----------------------------------------------------------------
+# cnclInitComms(cnclComm_t* comms, int num_comm, const int* dev_list, const int* rank_list,
+#               int nrank, const cnclCliqueId_t clique_id); one communicator per process here
+ctypedef int (*f_cncl_init)(void**, int, const int*, const int*, int, const void*) noexcept nogil
+ctypedef int (*f_cncl_async)(void*) noexcept nogil                   # cnclGetCommAsyncError(comm) -> result
+ctypedef int (*f_cncl_version)(int*, int*, int*) noexcept nogil      # cnclGetLibVersion(major*, minor*, patch*)
+# ---- BKCL (Kunlunxin; argument orders of FlagCX xccl_adaptor.cc and Paddle ProcessGroupBKCL) ---
+ctypedef int (*f_bkcl_init)(void**, int, int, const void*) noexcept nogil   # bkcl_init_rank(ctx*, rank, nranks, id*)
+ctypedef int (*f_bkcl_allreduce)(void*, const void*, void*, size_t, int, int, void*) noexcept nogil  # ctx, send, recv, count, dtype, op, stream (also reduce_scatter)
+ctypedef int (*f_bkcl_allgather)(void*, const void*, size_t, void*, int, void*) noexcept nogil       # ctx, send, sendcount, recv, dtype, stream
+ctypedef int (*f_bkcl_bcast)(void*, const void*, void*, size_t, int, int, void*) noexcept nogil      # ctx, send, recv, count, dtype, root, stream
+ctypedef int (*f_bkcl_reduce)(void*, const void*, void*, size_t, int, int, int, void*) noexcept nogil  # ctx, send, recv, count, dtype, op, root, stream
+ctypedef int (*f_bkcl_p2p)(void*, const void*, size_t, int, int, void*) noexcept nogil              # ctx, buf, count, peer, dtype, stream
+# ---- device runtimes (cudart / hip / musart / mcruntime / topsrt / cnrt / xpurt; libascendcl) --
 ctypedef int (*f_intp)(int*) noexcept nogil                          # GetDeviceCount(int*)
 ctypedef int (*f_int)(int) noexcept nogil                            # SetDevice(int)
 ctypedef int (*f_memcpy)(void*, const void*, size_t, int) noexcept nogil        # cudaMemcpy(dst, src, n, kind)
@@ -126,8 +174,103 @@ ctypedef int (*f_acl_memcpy)(void*, size_t, const void*, size_t, int) noexcept n
 ctypedef int (*f_acl_query)(void*, int*) noexcept nogil              # aclrtStreamQuery(stream, status*)
 ctypedef const char* (*f_acl_msg)() noexcept nogil                   # aclGetRecentErrMsg()
 ctypedef int (*f_malloc)(void**, size_t) noexcept nogil              # cudaMalloc(void** p, size_t n)
-ctypedef int (*f_acl_malloc)(void**, size_t, int) noexcept nogil     # aclrtMalloc(void** p, size_t n, policy)
+ctypedef int (*f_malloc3)(void**, size_t, int) noexcept nogil        # aclrtMalloc(p, n, policy), xpu_malloc(p, n, kind)
 ctypedef int (*f_host_alloc)(void**, size_t, unsigned int) noexcept nogil   # cudaHostAlloc(void** p, n, flags)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helper-thread jobs: a blocking library call (a join, a stream sync) that the caller polls
+# against a deadline. The job belongs to whoever finishes last: the caller frees it when the call
+# is done; once the caller has given up (JOB_ABANDONED), the helper frees it, and destroys the
+# communicator a late join produced, so nothing leaks and nothing is used after the caller left.
+# ------------------------------------------------------------------------------------------------
+cdef enum:
+    JOB_RUNNING = 0
+    JOB_DONE = 1
+    JOB_ABANDONED = 2
+    JOB_JOIN = 0
+    JOB_SYNC = 1
+
+cdef struct Job:
+    int kind
+    int family
+    void* fn                 # the init (JOB_JOIN) or the stream sync (JOB_SYNC)
+    f_ptr destroy            # frees a communicator that a join abandoned by its caller produced
+    f_int set_device         # the runtime's SetDevice: device state is per thread in every runtime
+    int device
+    int nranks
+    int rank
+    int big_uid
+    char* uid
+    void* stream
+    void* comm
+    int rc
+    uint32_t state
+
+
+cdef int _run_join(Job* j) noexcept nogil:
+    cdef void* comm = NULL
+    cdef int rc
+    cdef uid128 u
+    cdef uid_big ub
+    cdef int dev = j.device
+    cdef int rank = j.rank
+    if j.family == F_NCCL:
+        if j.big_uid:
+            memcpy(ub.internal, j.uid, BIG_UID_BYTES)
+            rc = (<f_nccl_init_big>j.fn)(&comm, j.nranks, ub, j.rank)
+        else:
+            memcpy(u.internal, j.uid, UID_BYTES)
+            rc = (<f_nccl_init>j.fn)(&comm, j.nranks, u, j.rank)
+    elif j.family == F_HCCL:
+        rc = (<f_hccl_init>j.fn)(<uint32_t>j.nranks, j.uid, <uint32_t>j.rank, &comm)
+    elif j.family == F_CNCL:
+        rc = (<f_cncl_init>j.fn)(&comm, 1, &dev, &rank, j.nranks, j.uid)
+    else:
+        rc = (<f_bkcl_init>j.fn)(&comm, j.rank, j.nranks, j.uid)
+    j.comm = comm
+    return rc
+
+
+cdef void* _job_main(void* arg) noexcept nogil:
+    cdef Job* j = <Job*>arg
+    cdef int rc = 0
+    if j.set_device != NULL:
+        rc = j.set_device(j.device)
+    if rc == 0:
+        if j.kind == JOB_JOIN:
+            rc = _run_join(j)
+        else:
+            rc = (<f_ptr>j.fn)(j.stream)
+    j.rc = rc
+    if hc_xchg32(&j.state, JOB_DONE) == JOB_ABANDONED:     # the caller has left: clean up alone
+        if j.kind == JOB_JOIN and rc == 0 and j.comm != NULL and j.destroy != NULL:
+            j.destroy(j.comm)
+        free(j.uid)
+        free(j)
+    return NULL
+
+
+cdef Job* _job_start(Job* j) noexcept nogil:
+    """Run ``j`` in a detached helper thread; NULL (and ``j`` freed) if no thread could start."""
+    cdef pthread_t t
+    if pthread_create(&t, NULL, _job_main, j) != 0:
+        free(j.uid)
+        free(j)
+        return NULL
+    pthread_detach(t)
+    return j
+
+
+cdef void _job_finish(Job* j) noexcept nogil:
+    free(j.uid)
+    free(j)
+
+
+cdef bint _job_abandon(Job* j) noexcept nogil:
+    """Stop waiting for ``j``: True if the helper now owns it; False if it finished meanwhile
+    (then the caller still owns it and reads its result)."""
+    return hc_xchg32(&j.state, JOB_ABANDONED) != JOB_DONE
 
 
 cdef void* _open(str path) except NULL:
@@ -157,36 +300,56 @@ cdef str _text(const char* s):
 
 
 cdef class CclLibrary:
-    """One collective library: ``family`` "nccl" (NCCL, RCCL, MCCL, ...) or "hccl".
+    """One collective library of ``family`` "nccl" (NCCL, RCCL, MCCL, ECCL, ...), "hccl", "cncl"
+    or "bkcl".
 
     ``symbols`` maps each role (``get_version``, ``get_unique_id``, ``comm_init``, ``allreduce``,
-    ...) to the symbol to look up; ``required`` lists the roles that must resolve. Pointers are
-    plain integers (uintptr) on the Python side: communicators, streams and device buffers."""
+    ...) to the symbol to look up; ``required`` lists the roles that must resolve. ``uid_bytes``:
+    the size of the family's id (default: the family's published size; an NCCL-API clone whose
+    id size is not published passes LARGE_UID_BYTES and the id is passed by value in a buffer
+    at least as large, which both the x86-64 and the AArch64 C calling conventions hand over in
+    memory, so the callee reads only its own size). Pointers are plain integers (uintptr) on
+    the Python side: communicators, streams and device buffers."""
 
     cdef void* _h
     cdef readonly str path, family
     cdef readonly int uid_bytes
     cdef readonly frozenset present
-    cdef f_ptr _version, _uid, _destroy, _abort
+    cdef int _fam
+    cdef bint _big_uid
+    cdef f_ptr _uid, _destroy, _abort
+    cdef void* _version
+    cdef void* _init
     cdef f_void _group_start, _group_end
-    cdef f_nccl_init _nccl_init
     cdef f_nccl_init_cfg _nccl_init_cfg
-    cdef f_hccl_init _hccl_init
-    cdef f_async _async
+    cdef void* _async
     cdef f_errstr _errstr
     cdef f_lasterr _lasterr
+    # NCCL-shaped collectives (NCCL family and CNCL)
     cdef f_allreduce _allreduce, _reduce_scatter
     cdef f_allgather _allgather
     cdef f_nccl_bcast _nccl_bcast
-    cdef f_hccl_bcast _hccl_bcast
     cdef f_reduce _reduce
     cdef f_p2p _send, _recv
+    # HCCL
+    cdef f_hccl_bcast _hccl_bcast
+    # BKCL
+    cdef f_bkcl_allreduce _bk_allreduce, _bk_reduce_scatter
+    cdef f_bkcl_allgather _bk_allgather
+    cdef f_bkcl_bcast _bk_bcast
+    cdef f_bkcl_reduce _bk_reduce
+    cdef f_bkcl_p2p _bk_send, _bk_recv
 
-    def __cinit__(self, str path, str family, dict symbols, required):
-        if family not in ("nccl", "hccl"):
-            raise ValueError(f"unknown library family {family!r}")
+    def __cinit__(self, str path, str family, dict symbols, required, int uid_bytes=0):
+        if family not in FAMILIES:
+            raise ValueError(f"unknown library family {family!r} (one of {', '.join(FAMILIES)})")
         self.path, self.family = path, family
-        self.uid_bytes = UID_BYTES if family == "nccl" else ROOT_INFO_BYTES
+        self._fam = FAMILIES[family]
+        self.uid_bytes = uid_bytes or DEFAULT_ID_BYTES[family]
+        if self._fam == F_NCCL and self.uid_bytes not in (UID_BYTES, BIG_UID_BYTES):
+            raise ValueError(f"an NCCL-API id is {UID_BYTES} bytes, or LARGE_UID_BYTES ({BIG_UID_BYTES}) "
+                             f"when its size is not published; got {self.uid_bytes}")
+        self._big_uid = self._fam == F_NCCL and self.uid_bytes == BIG_UID_BYTES
         self._h = _open(path)
         req = set(required)
         found = set()
@@ -201,49 +364,66 @@ cdef class CclLibrary:
         if missing:
             raise OSError(f"{path}: no symbol for {sorted(missing)}")
         self.present = frozenset(found)
-        self._version = <f_ptr><uintptr_t>ptrs.get("get_version", 0)
+        self._version = <void*><uintptr_t>ptrs.get("get_version", 0)
         self._uid = <f_ptr><uintptr_t>ptrs.get("get_unique_id", 0)
+        self._init = <void*><uintptr_t>ptrs.get("comm_init", 0)
         self._destroy = <f_ptr><uintptr_t>ptrs.get("comm_destroy", 0)
         self._abort = <f_ptr><uintptr_t>ptrs.get("comm_abort", 0)
         self._group_start = <f_void><uintptr_t>ptrs.get("group_start", 0)
         self._group_end = <f_void><uintptr_t>ptrs.get("group_end", 0)
-        if family == "nccl":
-            self._nccl_init = <f_nccl_init><uintptr_t>ptrs.get("comm_init", 0)
-            self._nccl_init_cfg = <f_nccl_init_cfg><uintptr_t>ptrs.get("comm_init_config", 0)
-            self._nccl_bcast = <f_nccl_bcast><uintptr_t>ptrs.get("broadcast", 0)
-        else:
-            self._hccl_init = <f_hccl_init><uintptr_t>ptrs.get("comm_init", 0)
-            self._hccl_bcast = <f_hccl_bcast><uintptr_t>ptrs.get("broadcast", 0)
-        self._async = <f_async><uintptr_t>ptrs.get("comm_get_async_error", 0)
+        self._async = <void*><uintptr_t>ptrs.get("comm_get_async_error", 0)
         self._errstr = <f_errstr><uintptr_t>ptrs.get("get_error_string", 0)
         self._lasterr = <f_lasterr><uintptr_t>ptrs.get("get_last_error", 0)
-        self._allreduce = <f_allreduce><uintptr_t>ptrs.get("allreduce", 0)
-        self._reduce_scatter = <f_allreduce><uintptr_t>ptrs.get("reduce_scatter", 0)
-        self._allgather = <f_allgather><uintptr_t>ptrs.get("allgather", 0)
-        self._reduce = <f_reduce><uintptr_t>ptrs.get("reduce", 0)
-        self._send = <f_p2p><uintptr_t>ptrs.get("send", 0)
-        self._recv = <f_p2p><uintptr_t>ptrs.get("recv", 0)
+        if self._fam == F_NCCL:
+            self._nccl_init_cfg = <f_nccl_init_cfg><uintptr_t>ptrs.get("comm_init_config", 0)
+            if self._big_uid:
+                self._nccl_init_cfg = NULL          # its config call is bound to a 128-byte id
+        if self._fam == F_BKCL:
+            self._bk_allreduce = <f_bkcl_allreduce><uintptr_t>ptrs.get("allreduce", 0)
+            self._bk_reduce_scatter = <f_bkcl_allreduce><uintptr_t>ptrs.get("reduce_scatter", 0)
+            self._bk_allgather = <f_bkcl_allgather><uintptr_t>ptrs.get("allgather", 0)
+            self._bk_bcast = <f_bkcl_bcast><uintptr_t>ptrs.get("broadcast", 0)
+            self._bk_reduce = <f_bkcl_reduce><uintptr_t>ptrs.get("reduce", 0)
+            self._bk_send = <f_bkcl_p2p><uintptr_t>ptrs.get("send", 0)
+            self._bk_recv = <f_bkcl_p2p><uintptr_t>ptrs.get("recv", 0)
+        else:
+            self._allreduce = <f_allreduce><uintptr_t>ptrs.get("allreduce", 0)
+            self._reduce_scatter = <f_allreduce><uintptr_t>ptrs.get("reduce_scatter", 0)
+            self._allgather = <f_allgather><uintptr_t>ptrs.get("allgather", 0)
+            self._reduce = <f_reduce><uintptr_t>ptrs.get("reduce", 0)
+            self._send = <f_p2p><uintptr_t>ptrs.get("send", 0)
+            self._recv = <f_p2p><uintptr_t>ptrs.get("recv", 0)
+            if self._fam == F_HCCL:
+                self._hccl_bcast = <f_hccl_bcast><uintptr_t>ptrs.get("broadcast", 0)
+            else:
+                self._nccl_bcast = <f_nccl_bcast><uintptr_t>ptrs.get("broadcast", 0)
 
     def has(self, str role) -> bool:
         return role in self.present
 
     def version(self) -> int:
-        """The library's version code (NCCL: 22703 for 2.27.3), or -1 when it has no GetVersion."""
-        cdef int v = -1
+        """The library's version code (NCCL: 22703 for 2.27.3; CNCL: major*10000 + minor*100 +
+        patch from cnclGetLibVersion), or -1 when it has no version call."""
+        cdef int v = -1, major = 0, minor = 0, patch = 0
+        cdef int rc
         if self._version == NULL:
             return -1
-        rc = self._version(&v)
+        if self._fam == F_CNCL:
+            rc = (<f_cncl_version>self._version)(&major, &minor, &patch)
+            return major * 10000 + minor * 100 + patch if rc == 0 else -1
+        rc = (<f_ptr>self._version)(&v)
         return v if rc == 0 else -1
 
     def error_string(self, int rc) -> str:
-        return _text(self._errstr(rc)) if self._errstr != NULL else f"error {rc}"
+        return _text(self._errstr(rc)) if self._errstr != NULL else f"{self.family} error {rc}"
 
     def last_error(self, uintptr_t comm) -> str:
         """The library's message for the last failure (ncclGetLastError, NCCL >= 2.13), or ""."""
         return _text(self._lasterr(<void*>comm)) if self._lasterr != NULL else ""
 
     def unique_id(self):
-        """(rc, bytes): a new unique id (NCCL family) or root info (HCCL) for CommInitRank."""
+        """(rc, bytes): a new id for the join: unique id (NCCL family), root info (HCCL), clique
+        id (CNCL), BKCLUniqueId (BKCL)."""
         buf = bytearray(self.uid_bytes)
         cdef char* p = buf
         cdef int rc
@@ -251,22 +431,73 @@ cdef class CclLibrary:
             rc = self._uid(p)
         return rc, bytes(buf)
 
-    def comm_init(self, int nranks, bytes uid, int rank):
-        """(rc, comm): join the communicator named by ``uid`` (every island rank, collectively)."""
+    def _check_uid(self, bytes uid):
         if len(uid) != self.uid_bytes:
-            raise ValueError(f"unique id has {len(uid)} bytes, {self.family} needs {self.uid_bytes}")
-        cdef void* comm = NULL
-        cdef uid128 u
-        cdef const char* up = uid
+            raise ValueError(f"the id has {len(uid)} bytes, {self.family} needs {self.uid_bytes}")
+
+    def comm_init(self, int nranks, bytes uid, int rank, int device=0):
+        """(rc, comm): join the communicator named by ``uid`` in this thread (blocking, no
+        deadline: the bridges use ``comm_init_deadline``). ``device`` is the device ordinal for
+        the families that take it in the call (CNCL); the others use the thread's current one."""
+        self._check_uid(uid)
+        cdef Job j
+        memset(&j, 0, sizeof(j))
+        j.family, j.fn, j.nranks, j.rank, j.device = self._fam, self._init, nranks, rank, device
+        j.big_uid = self._big_uid
+        j.uid = uid
         cdef int rc
-        if self.family == "nccl":
-            memcpy(u.internal, up, UID_BYTES)
-            with nogil:
-                rc = self._nccl_init(&comm, nranks, u, rank)
-        else:
-            with nogil:
-                rc = self._hccl_init(<uint32_t>nranks, up, <uint32_t>rank, &comm)
-        return rc, <uintptr_t>comm
+        with nogil:
+            rc = _run_join(&j)
+        return rc, <uintptr_t>j.comm
+
+    def comm_init_deadline(self, int nranks, bytes uid, int rank, int device, double timeout,
+                           DeviceRuntime runtime=None):
+        """(code, detail, comm): join like ``comm_init``, in a helper thread polled until
+        ``timeout`` seconds have passed (first yields, then sleeps growing to 1 ms; the GIL is
+        released). The helper first selects ``device`` through ``runtime`` (device state is
+        per thread). ``code``: WAIT_OK (``comm`` is ready), WAIT_CALL (the call, or selecting
+        the device, returned ``detail``), WAIT_TIMEOUT (the helper keeps waiting inside the
+        library and destroys the communicator itself should the join ever complete)."""
+        self._check_uid(uid)
+        cdef Job* j = <Job*>calloc(1, sizeof(Job))
+        if j == NULL:
+            raise MemoryError()
+        cdef int n = BIG_UID_BYTES if self._big_uid else self.uid_bytes
+        j.uid = <char*>calloc(1, n)
+        if j.uid == NULL:
+            free(j)
+            raise MemoryError()
+        memcpy(j.uid, <const char*>uid, self.uid_bytes)
+        j.kind, j.family, j.fn, j.destroy = JOB_JOIN, self._fam, self._init, self._destroy
+        j.nranks, j.rank, j.device, j.big_uid = nranks, rank, device, self._big_uid
+        j.set_device = runtime._set if runtime is not None else NULL
+        cdef double deadline = hc_now() + timeout
+        cdef Backoff bo
+        cdef int code = C_WAIT_OK, rc = 0
+        cdef void* comm = NULL
+        backoff_init(&bo, 1000000)
+        with nogil:
+            j = _job_start(j)
+            if j == NULL:
+                code = C_WAIT_CALL
+                rc = -1
+            else:
+                while True:
+                    if hc_load32_sc(&j.state) == JOB_DONE:
+                        break
+                    if hc_now() > deadline:
+                        if _job_abandon(j):
+                            code = C_WAIT_TIMEOUT
+                        break
+                    backoff_wait(&bo)
+                if code == C_WAIT_OK:
+                    rc, comm = j.rc, j.comm
+                    _job_finish(j)
+                    if rc != 0:
+                        code = C_WAIT_CALL
+        if code == C_WAIT_CALL and j == NULL:
+            raise OSError("could not start a thread for the communicator's join")
+        return code, rc, <uintptr_t>comm
 
     def comm_init_nonblocking(self, int nranks, bytes uid, int rank, double timeout):
         """(code, detail, comm): join like ``comm_init``, but through ``CommInitRankConfig`` with
@@ -278,11 +509,10 @@ cdef class CclLibrary:
         ``code``: WAIT_OK (``comm`` is ready); WAIT_CALL (the call itself returned ``detail``);
         WAIT_ASYNC (the join failed with state ``detail``); WAIT_TIMEOUT. On anything but WAIT_OK
         a non-zero ``comm`` is still the library's: the caller reads its error, then aborts it."""
-        if self.family != "nccl" or self._nccl_init_cfg == NULL or self._async == NULL:
+        if self._fam != F_NCCL or self._nccl_init_cfg == NULL or self._async == NULL:
             raise OSError(f"{self.path} has no non-blocking communicator creation "
                           f"(CommInitRankConfig and CommGetAsyncError)")
-        if len(uid) != UID_BYTES:
-            raise ValueError(f"unique id has {len(uid)} bytes, {self.family} needs {UID_BYTES}")
+        self._check_uid(uid)
         cdef void* comm = NULL
         cdef uid128 u
         cdef const char* up = uid
@@ -290,6 +520,7 @@ cdef class CclLibrary:
         cdef int rc, state = 0, code = C_WAIT_OK
         cdef double deadline = hc_now() + timeout
         cdef Backoff bo
+        cdef f_async get_async = <f_async>self._async
         memcpy(u.internal, up, UID_BYTES)
         memset(&cfg, 0, sizeof(cfg))
         cfg.size = sizeof(cfg)
@@ -307,7 +538,7 @@ cdef class CclLibrary:
                 state = rc
             else:
                 while True:
-                    rc = self._async(comm, &state)
+                    rc = get_async(comm, &state)
                     if rc != 0:
                         code = C_WAIT_ASYNC
                         state = rc
@@ -328,19 +559,33 @@ cdef class CclLibrary:
         return rc
 
     def comm_abort(self, uintptr_t comm) -> int:
-        """Abort (ncclCommAbort); a library without it (HCCL) destroys instead."""
+        """Abort (ncclCommAbort, cnclAbortComm, bkcl_comm_abort); a library without it (HCCL)
+        destroys instead."""
         cdef f_ptr f = self._abort if self._abort != NULL else self._destroy
         cdef int rc
         with nogil:
             rc = f(<void*>comm)
         return rc
 
+    cdef int async_state(self, void* comm, int* err) noexcept nogil:
+        """The communicator's asynchronous state in NCCL's terms: 0 with ``err`` = 0 (none),
+        ncclInProgress (a non-blocking NCCL communicator still working) or the library's error
+        code; non-zero when asking failed. CNCL returns its state (CNCL_RET_ASYNC_IN_PROGRESS =
+        queued work, not an error); BKCL has no such call (never an error)."""
+        cdef int rc
+        err[0] = 0
+        if self._async == NULL or comm == NULL:
+            return 0
+        if self._fam == F_CNCL:
+            rc = (<f_cncl_async>self._async)(comm)
+            err[0] = 0 if rc == CNCL_IN_PROGRESS else rc
+            return 0
+        return (<f_async>self._async)(comm, err)
+
     def async_error(self, uintptr_t comm) -> int:
         """The communicator's asynchronous error (0 = none), or 0 when the library cannot say."""
         cdef int e = 0
-        if self._async == NULL:
-            return 0
-        rc = self._async(<void*>comm, &e)
+        cdef int rc = self.async_state(<void*>comm, &e)
         return e if rc == 0 else rc
 
     def group_start(self) -> int:
@@ -354,74 +599,113 @@ cdef class CclLibrary:
         return rc
 
     # The collectives: one nogil call each. Counts and pointers are already checked by the bridge.
+    # NCCL family, CNCL and HCCL share the NCCL argument order; BKCL puts the communicator first.
     def allreduce(self, uintptr_t send, uintptr_t recv, size_t count, int dtype, int op,
                   uintptr_t comm, uintptr_t stream) -> int:
         cdef int rc
         with nogil:
-            rc = self._allreduce(<const void*>send, <void*>recv, count, dtype, op, <void*>comm, <void*>stream)
+            if self._fam != F_BKCL:
+                rc = self._allreduce(<const void*>send, <void*>recv, count, dtype, op, <void*>comm, <void*>stream)
+            else:
+                rc = self._bk_allreduce(<void*>comm, <const void*>send, <void*>recv, count, dtype, op, <void*>stream)
         return rc
 
     def reduce_scatter(self, uintptr_t send, uintptr_t recv, size_t recvcount, int dtype, int op,
                        uintptr_t comm, uintptr_t stream) -> int:
         cdef int rc
         with nogil:
-            rc = self._reduce_scatter(<const void*>send, <void*>recv, recvcount, dtype, op, <void*>comm,
-                                      <void*>stream)
+            if self._fam != F_BKCL:
+                rc = self._reduce_scatter(<const void*>send, <void*>recv, recvcount, dtype, op, <void*>comm,
+                                          <void*>stream)
+            else:
+                rc = self._bk_reduce_scatter(<void*>comm, <const void*>send, <void*>recv, recvcount, dtype, op,
+                                             <void*>stream)
         return rc
 
     def allgather(self, uintptr_t send, uintptr_t recv, size_t sendcount, int dtype,
                   uintptr_t comm, uintptr_t stream) -> int:
         cdef int rc
         with nogil:
-            rc = self._allgather(<const void*>send, <void*>recv, sendcount, dtype, <void*>comm, <void*>stream)
+            if self._fam != F_BKCL:
+                rc = self._allgather(<const void*>send, <void*>recv, sendcount, dtype, <void*>comm, <void*>stream)
+            else:
+                rc = self._bk_allgather(<void*>comm, <const void*>send, sendcount, <void*>recv, dtype, <void*>stream)
         return rc
 
     def broadcast(self, uintptr_t buf, size_t count, int dtype, int root, uintptr_t comm,
                   uintptr_t stream) -> int:
-        """In place on every rank (NCCL: sendbuff == recvbuff; HCCL's broadcast is in place)."""
+        """In place on every rank (NCCL, CNCL, BKCL: sendbuff == recvbuff; HCCL's is in place)."""
         cdef int rc
-        if self.family == "nccl":
-            with nogil:
-                rc = self._nccl_bcast(<const void*>buf, <void*>buf, count, dtype, root, <void*>comm, <void*>stream)
-        else:
-            with nogil:
+        with nogil:
+            if self._fam == F_HCCL:
                 rc = self._hccl_bcast(<void*>buf, <uint64_t>count, dtype, <uint32_t>root, <void*>comm, <void*>stream)
+            elif self._fam == F_BKCL:
+                rc = self._bk_bcast(<void*>comm, <const void*>buf, <void*>buf, count, dtype, root, <void*>stream)
+            else:
+                rc = self._nccl_bcast(<const void*>buf, <void*>buf, count, dtype, root, <void*>comm, <void*>stream)
         return rc
 
     def reduce(self, uintptr_t send, uintptr_t recv, size_t count, int dtype, int op, int root,
                uintptr_t comm, uintptr_t stream) -> int:
         cdef int rc
         with nogil:
-            rc = self._reduce(<const void*>send, <void*>recv, count, dtype, op, root, <void*>comm, <void*>stream)
+            if self._fam != F_BKCL:
+                rc = self._reduce(<const void*>send, <void*>recv, count, dtype, op, root, <void*>comm, <void*>stream)
+            else:
+                rc = self._bk_reduce(<void*>comm, <const void*>send, <void*>recv, count, dtype, op, root, <void*>stream)
         return rc
 
     def send(self, uintptr_t buf, size_t count, int dtype, int peer, uintptr_t comm, uintptr_t stream) -> int:
         cdef int rc
         with nogil:
-            rc = self._send(<void*>buf, count, dtype, peer, <void*>comm, <void*>stream)
+            if self._fam != F_BKCL:
+                rc = self._send(<void*>buf, count, dtype, peer, <void*>comm, <void*>stream)
+            else:
+                rc = self._bk_send(<void*>comm, <const void*>buf, count, peer, dtype, <void*>stream)
         return rc
 
     def recv(self, uintptr_t buf, size_t count, int dtype, int peer, uintptr_t comm, uintptr_t stream) -> int:
         cdef int rc
         with nogil:
-            rc = self._recv(<void*>buf, count, dtype, peer, <void*>comm, <void*>stream)
+            if self._fam != F_BKCL:
+                rc = self._recv(<void*>buf, count, dtype, peer, <void*>comm, <void*>stream)
+            else:
+                rc = self._bk_recv(<void*>comm, <const void*>buf, count, peer, dtype, <void*>stream)
         return rc
 
 
 cdef class DeviceRuntime:
-    """A vendor's device runtime: device count/selection, streams, memcpy, device memory, errors.
+    """A vendor's device runtime: device count/selection, streams (queues), memcpy, device memory,
+    errors.
 
-    ``style`` "cuda" covers cudart and its clones (hip, musa, mc: same signatures and memcpy kinds
-    0..3 = host->host, host->device, device->host, device->device); "acl" is Ascend's libascendcl
-    (aclrtMemcpy takes the destination capacity; aclrtStreamQuery reports through an out-param).
+    ``style`` "cuda" covers cudart and the runtimes with its call shapes under another prefix
+    and, where needed, other role names (hip, musa, mc, tops; Cambricon's cnrt with queues;
+    Kunlunxin's xpu_*): ``memcpy(dst, src, n, kind)``, ``StreamQuery(stream)`` returning
+    ``not_ready`` while busy. "acl" is Ascend's libascendcl (aclrtMemcpy takes the destination
+    capacity; aclrtStreamQuery reports through an out-param; aclGetRecentErrMsg takes no code).
+
+    The differences between cuda-style runtimes are data: ``kinds`` maps the four copy
+    directions (host->host, host->device, device->host, device->device) to the runtime's own
+    codes (cudart 0..3; cnrt: cnrtMemcpyHostToHost 3, HostToDev 0, DevToHost 2, DevToDev 1;
+    xpu: XPU_HOST_TO_DEVICE 1, XPU_DEVICE_TO_HOST 0, XPU_DEVICE_TO_DEVICE 2, no host->host);
+    ``malloc_args`` is 3 where the allocator takes a memory kind (aclrtMalloc's policy,
+    xpu_malloc's XPUMemoryKind; 0 = the default/main memory in both) and ``host_alloc_args`` 2
+    where the pinned allocator takes no flags (cnrtHostMalloc, aclrtMallocHost). A runtime
+    without a stream query (xpu: only the blocking xpu_wait) is waited for in a helper thread
+    (``wait_stream``), so its waits keep their deadline. ``errors`` names the codes of a runtime
+    whose error-string function is not exported (xpu_strerror is a static inline in
+    xpu/defs.h).
 
     Device memory (the bridges' staging buffers; optional roles, ``has_allocator`` says whether
     both resolved), signatures as published by each vendor:
 
     * ``cudaError_t cudaMalloc(void **devPtr, size_t size)``, ``cudaFree(void *devPtr)``
       (CUDA Runtime API, Memory Management); hip: ``hipMalloc(void **ptr, size_t size)`` /
-      ``hipFree(void *ptr)`` (HIP runtime API, same shapes); MUSA ``musaMalloc`` / ``musaFree`` and
-      MetaX ``mcMalloc`` / ``mcFree`` clone the cudart names under their prefix.
+      ``hipFree(void *ptr)`` (HIP runtime API, same shapes); MUSA ``musaMalloc`` / ``musaFree``,
+      MetaX ``mcMalloc`` / ``mcFree`` and Enflame ``topsMalloc`` / ``topsFree`` clone the cudart
+      names under their prefix; ``cnrtRet_t cnrtMalloc(void **pPtr, size_t bytes)`` /
+      ``cnrtFree(void *ptr)`` (cnrt.h, CNRT 6.0); ``int xpu_malloc(void** pdevptr, uint64_t sz,
+      XPUMemoryKind kind)`` / ``xpu_free(void*)`` (xpu/runtime.h).
     * ``aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)``,
       ``aclrtFree(void *devPtr)`` (CANN acl_rt.h; hicann/runtime docs): policy 0 =
       ACL_MEM_MALLOC_HUGE_FIRST (huge pages above 1 MiB, normal pages below), the one used here.
@@ -429,13 +713,19 @@ cdef class DeviceRuntime:
     Pinned host memory (optional: staging through pageable memory works, only slower):
     ``cudaHostAlloc(void **pHost, size_t size, unsigned int flags)`` / ``cudaFreeHost(void *)``
     (hip: ``hipHostAlloc`` is the deprecated alias of ``hipHostMalloc(void **ptr, size_t size,
-    unsigned int flags)``, freed by ``hipHostFree``); ACL ``aclrtMallocHost(void **hostPtr, size_t
-    size)`` / ``aclrtFreeHost(void *hostPtr)``."""
+    unsigned int flags)``, freed by ``hipHostFree``; ``topsHostMalloc(ptr, size, flags)`` /
+    ``topsHostFree``; ``xpu_host_alloc(void** ptr, uint64_t sz, unsigned int flags)`` /
+    ``xpu_host_free``); two-argument: ``cnrtHostMalloc(void **pPtr, size_t bytes)`` /
+    ``cnrtFreeHost``, ACL ``aclrtMallocHost(void **hostPtr, size_t size)`` /
+    ``aclrtFreeHost(void *hostPtr)``."""
 
     cdef void* _h
     cdef readonly str path, style
     cdef readonly int not_ready        # the query's "still running" code (cudaErrorNotReady = 600)
     cdef bint _acl
+    cdef int _kinds[4]
+    cdef bint _malloc3, _host3
+    cdef dict _errors
     cdef f_ptr _init
     cdef f_intp _count
     cdef f_int _set
@@ -446,17 +736,25 @@ cdef class DeviceRuntime:
     cdef f_acl_memcpy _acl_memcpy
     cdef f_errstr _errstr
     cdef f_acl_msg _acl_msg
-    cdef f_malloc _malloc, _acl_host_malloc
-    cdef f_acl_malloc _acl_malloc
+    cdef f_malloc _malloc, _host_malloc2
+    cdef f_malloc3 _malloc_3
     cdef f_host_alloc _host_alloc
     cdef f_ptr _free, _free_host
-    cdef readonly bint has_allocator, has_pinned
+    cdef readonly bint has_allocator, has_pinned, has_query
 
-    def __cinit__(self, str path, str style, dict symbols, int not_ready=600):
+    def __cinit__(self, str path, str style, dict symbols, int not_ready=600, kinds=(0, 1, 2, 3),
+                  int malloc_args=0, int host_alloc_args=0, dict errors=None):
         if style not in ("cuda", "acl"):
             raise ValueError(f"unknown runtime style {style!r}")
+        if len(kinds) != 4:
+            raise ValueError("kinds: the runtime's codes for host->host, host->device, device->host, device->device")
         self.path, self.style, self.not_ready = path, style, not_ready
         self._acl = style == "acl"
+        for i in range(4):
+            self._kinds[i] = kinds[i]
+        self._malloc3 = (malloc_args or (3 if self._acl else 2)) == 3
+        self._host3 = (host_alloc_args or (2 if self._acl else 3)) == 3
+        self._errors = dict(errors or {})
         self._h = _open(path)
         self._init = <f_ptr>_sym(self._h, symbols, "init", False, path)
         self._count = <f_intp>_sym(self._h, symbols, "get_device_count", True, path)
@@ -468,26 +766,32 @@ cdef class DeviceRuntime:
             self._query = <f_ptr>_sym(self._h, symbols, "stream_query", False, path)
             self._memcpy = <f_memcpy>_sym(self._h, symbols, "memcpy", True, path)
             self._errstr = <f_errstr>_sym(self._h, symbols, "get_error_string", False, path)
+            self.has_query = self._query != NULL
         else:
             self._acl_query = <f_acl_query>_sym(self._h, symbols, "stream_query", False, path)
             self._acl_memcpy = <f_acl_memcpy>_sym(self._h, symbols, "memcpy", True, path)
             self._acl_msg = <f_acl_msg>_sym(self._h, symbols, "get_error_string", False, path)
+            self.has_query = self._acl_query != NULL
         cdef void* m = _sym(self._h, symbols, "malloc", False, path)
         self._free = <f_ptr>_sym(self._h, symbols, "free", False, path)
         cdef void* hm = _sym(self._h, symbols, "host_alloc", False, path)
         self._free_host = <f_ptr>_sym(self._h, symbols, "free_host", False, path)
-        if self._acl:
-            self._acl_malloc = <f_acl_malloc>m
-            self._acl_host_malloc = <f_malloc>hm
+        if self._malloc3:
+            self._malloc_3 = <f_malloc3>m
         else:
             self._malloc = <f_malloc>m
+        if self._host3:
             self._host_alloc = <f_host_alloc>hm
+        else:
+            self._host_malloc2 = <f_malloc>hm
         self.has_allocator = m != NULL and self._free != NULL
         self.has_pinned = hm != NULL and self._free_host != NULL
 
     def error_string(self, int rc) -> str:
         if self.style == "cuda":
-            return _text(self._errstr(rc)) if self._errstr != NULL else f"error {rc}"
+            if self._errstr != NULL:
+                return _text(self._errstr(rc))
+            return self._errors.get(rc) or self._errors.get(-rc) or f"error {rc}"
         msg = _text(self._acl_msg()) if self._acl_msg != NULL else ""
         return msg or f"error {rc}"
 
@@ -530,13 +834,17 @@ cdef class DeviceRuntime:
         return rc
 
     def memcpy(self, uintptr_t dst, uintptr_t src, size_t nbytes, int kind) -> int:
-        """Blocking copy; kind 0 host->host, 1 host->device, 2 device->host, 3 device->device."""
+        """Blocking copy; kind 0 host->host, 1 host->device, 2 device->host, 3 device->device
+        (translated to the runtime's own code)."""
         cdef int rc
+        if kind < 0 or kind > 3:
+            raise ValueError(f"copy kind {kind} is not 0..3")
+        cdef int k = self._kinds[kind]
         with nogil:
             if not self._acl:
-                rc = self._memcpy(<void*>dst, <const void*>src, nbytes, kind)
+                rc = self._memcpy(<void*>dst, <const void*>src, nbytes, k)
             else:
-                rc = self._acl_memcpy(<void*>dst, nbytes, <const void*>src, nbytes, kind)
+                rc = self._acl_memcpy(<void*>dst, nbytes, <const void*>src, nbytes, k)
         return rc
 
     def malloc(self, size_t nbytes):
@@ -546,8 +854,8 @@ cdef class DeviceRuntime:
         if not self.has_allocator:
             raise OSError(f"{self.path}: the runtime has no device allocator (malloc/free symbols)")
         with nogil:
-            if self._acl:
-                rc = self._acl_malloc(&p, nbytes, 0)          # ACL_MEM_MALLOC_HUGE_FIRST
+            if self._malloc3:
+                rc = self._malloc_3(&p, nbytes, 0)      # ACL_MEM_MALLOC_HUGE_FIRST / XPU_MEM_MAIN
             else:
                 rc = self._malloc(&p, nbytes)
         return rc, <uintptr_t>p
@@ -565,10 +873,10 @@ cdef class DeviceRuntime:
         if not self.has_pinned:
             raise OSError(f"{self.path}: the runtime has no pinned host allocator")
         with nogil:
-            if self._acl:
-                rc = self._acl_host_malloc(&p, nbytes)
-            else:
+            if self._host3:
                 rc = self._host_alloc(&p, nbytes, 0)          # cudaHostAllocDefault
+            else:
+                rc = self._host_malloc2(&p, nbytes)
         return rc, <uintptr_t>p
 
     def free_host(self, uintptr_t ptr) -> int:
@@ -596,28 +904,39 @@ cdef class DeviceRuntime:
         """Wait for ``stream``; every ~50 us check the communicator's async error and the deadline.
 
         Returns (code, detail): WAIT_OK; WAIT_TIMEOUT; WAIT_ASYNC with the library's error code;
-        WAIT_RUNTIME with the runtime's error code. A runtime without a query function falls back
-        to a plain blocking synchronize (no deadline). ``nonblocking``: the communicator was made
-        with ``blocking = 0``, so its last call may still be putting work on the stream while the
-        state is ``ncclInProgress``: an empty stream counts as done only once the state has left
-        it."""
+        WAIT_RUNTIME with the runtime's error code. A runtime without a query function is
+        synchronised in a helper thread polled the same way (past the deadline the helper stays
+        in the runtime's sync until it returns, then frees itself). ``nonblocking``: the
+        communicator was made with ``blocking = 0``, so its last call may still be putting work
+        on the stream while the state is ``ncclInProgress``: an empty stream counts as done only
+        once the state has left it."""
         cdef void* s = <void*>stream
         cdef void* c = <void*>comm
         cdef int rc = 0, err = 0, q
         cdef double deadline = hc_now() + timeout
         cdef Backoff bo
-        cdef bint has_query = (self._acl_query != NULL) if self._acl else (self._query != NULL)
-        cdef f_async get_async = lib._async if lib is not None else NULL
-        if not has_query:
-            with nogil:
-                rc = self._sync(s)
-            return (WAIT_OK, 0) if rc == 0 else (WAIT_RUNTIME, rc)
+        cdef bint query = self.has_query
+        cdef bint ask = lib is not None and c != NULL
+        cdef Job* j = NULL
+        if not query:
+            j = <Job*>calloc(1, sizeof(Job))
+            if j == NULL:
+                raise MemoryError()
+            j.kind, j.fn, j.stream = JOB_SYNC, <void*>self._sync, s
         backoff_init(&bo, 0)
         with nogil:
-            while True:
-                q = self._query_once(s)
-                if q == 0 and nonblocking and get_async != NULL and c != NULL:
-                    if get_async(c, &err) == 0 and err != 0:
+            if not query:
+                j = _job_start(j)
+                if j == NULL:
+                    rc = C_WAIT_RUNTIME
+                    err = -1
+            while j != NULL or query:
+                if query:
+                    q = self._query_once(s)
+                else:
+                    q = 0 if hc_load32_sc(&j.state) == JOB_DONE else 1
+                if q == 0 and nonblocking and ask:
+                    if lib.async_state(c, &err) == 0 and err != 0:
                         if err != C_IN_PROGRESS:
                             rc = C_WAIT_ASYNC
                             break
@@ -625,13 +944,15 @@ cdef class DeviceRuntime:
                     err = 0
                 if q == 0:
                     rc = C_WAIT_OK
+                    if not query and j.rc != 0:
+                        rc, err = C_WAIT_RUNTIME, j.rc
                     break
                 if q != 1:
                     rc = C_WAIT_RUNTIME
                     err = q if q != -1 else 1
                     break
-                if get_async != NULL and c != NULL:
-                    if get_async(c, &err) == 0 and err != 0 and err != C_IN_PROGRESS:
+                if ask:
+                    if lib.async_state(c, &err) == 0 and err != 0 and err != C_IN_PROGRESS:
                         rc = C_WAIT_ASYNC
                         break
                     err = 0
@@ -639,4 +960,7 @@ cdef class DeviceRuntime:
                     rc = C_WAIT_TIMEOUT
                     break
                 backoff_wait(&bo)
+            if j != NULL:
+                if rc == C_WAIT_OK or not _job_abandon(j):
+                    _job_finish(j)
         return rc, err

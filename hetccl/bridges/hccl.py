@@ -91,5 +91,5 @@ class HcclBridge(NativeBridge):
 
 def find() -> list:
     """Every HCCL library on this machine, as ``Library`` rows (usable or not, and why)."""
-    from .libraries import find_vendor
+    from .loader import find_vendor
     return find_vendor(HCCL)

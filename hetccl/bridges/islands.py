@@ -40,15 +40,13 @@ NONE = "none"
 AUTO = "auto"
 
 # bridge kind -> "module:function" opening an island (collective over it), called as fn(IslandContext)
-OPENERS = {
-    "mpi": "hetccl.bridges.mpi:open_island",
-    "nccl": "hetccl.bridges.islands:open_nccl_family",
-    "rccl": "hetccl.bridges.islands:open_nccl_family",
-    "mccl": "hetccl.bridges.islands:open_nccl_family",
-    "mccl_metax": "hetccl.bridges.islands:open_nccl_family",
-    "ixccl": "hetccl.bridges.islands:open_nccl_family",
-    "hccl": "hetccl.bridges.islands:open_hccl",
-}
+def _native_kinds():
+    from .rows import BY_KIND
+    return BY_KIND
+
+
+OPENERS = {"mpi": "hetccl.bridges.mpi:open_island"}
+OPENERS.update({kind: "hetccl.bridges.islands:open_native" for kind in _native_kinds()})
 
 
 _REGISTERED = {}            # kind -> usable() of bridges added with register()
@@ -77,19 +75,14 @@ def usable_here(kind: str) -> bool:
     if kind in _REGISTERED:
         return bool(_REGISTERED[kind]())
     try:
-        if kind == "hccl":
-            from .hccl import find
-            found = find()
-        else:
-            from .nccl import BY_KIND
-            from .libraries import find_vendor
-            found = find_vendor(BY_KIND[kind])
+        from .loader import find_vendor
+        found = find_vendor(_native_kinds()[kind])
     except Exception:                    # noqa: BLE001 - a binding that cannot even load: not usable
         return False
     return any(lib.usable for lib in found)
 
 
-# what a device bridge needs for host buffers (NativeBridge has them: NCCL family and HCCL)
+# what a device bridge needs for host buffers (NativeBridge has them: every native family)
 STAGING = ("device_buffer", "copy_in", "copy_out")
 
 
@@ -100,27 +93,21 @@ def stageable(kind: str) -> bool:
     if kind in _REGISTERED or kind == "mpi":
         return True
     try:
-        if kind == "hccl":
-            from .hccl import HcclBridge as cls
-        else:
-            from .nccl import NcclBridge as cls
+        from .native import NativeBridge as cls
     except Exception:                    # noqa: BLE001 - the binding cannot load: not usable anyway
         return False
     return all(callable(getattr(cls, m, None)) for m in STAGING)
 
 
-def open_nccl_family(ctx):
-    """An island on NCCL or an NCCL-API clone (bridges/nccl.py); the unique id travels through the
-    Store under the island's key."""
-    from .nccl import BY_KIND, NcclBridge
-    return NcclBridge(ctx.store, ctx.key_prefix, ctx.index, len(ctx.island.ranks),
-                      vendor=BY_KIND[ctx.island.kind], timeout=ctx.timeout)
+def open_native(ctx):
+    """An island on a native library row (rows.py: NCCL family, HCCL, CNCL, BKCL); the join id
+    travels through the Store under the island's key."""
+    from .native import NativeBridge
+    return NativeBridge(_native_kinds()[ctx.island.kind], ctx.store, ctx.key_prefix, ctx.index,
+                        len(ctx.island.ranks), timeout=ctx.timeout)
 
 
-def open_hccl(ctx):
-    """An island on HCCL (bridges/hccl.py)."""
-    from .hccl import HcclBridge
-    return HcclBridge(ctx.store, ctx.key_prefix, ctx.index, len(ctx.island.ranks), timeout=ctx.timeout)
+open_nccl_family = open_hccl = open_native    # the names earlier releases registered
 
 
 @dataclass(frozen=True)

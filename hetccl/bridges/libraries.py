@@ -9,78 +9,52 @@ vendor, topology/vendors.py) and its CPU ranks to the island kind they would joi
 Where libraries are looked for (no environment variable of hetccl's own): pip wheels in every
 site-packages (nvidia/nccl/lib, nvidia/cuda_runtime/lib), LD_LIBRARY_PATH, the dynamic loader's
 cache (``ldconfig -p``), then each vendor's install directories (/usr/local/cuda, /opt/rocm,
-/usr/local/musa, /opt/maca, /usr/local/corex, /usr/local/Ascend). MPI is found by the MPI
-bridge's own ``hetccl.bridges.mpi.find()`` when that module is present.
+/opt/dtk, /usr/local/musa, /opt/maca, /usr/local/corex, /opt/tops, /usr/local/Ascend,
+/usr/local/neuware, /usr/local/xccl and /usr/local/xpu). MPI is found by the MPI bridge's own
+``hetccl.bridges.mpi.find()`` when that module is present.
+
+``kinds_report`` answers FlagCX's list (the libraries a heterogeneous peer supports) kind by
+kind: each has a hetccl kind and is found or not, or has no public API to bind to.
 """
 from __future__ import annotations
 
 import importlib
-import glob
-import os
 
 from .base import HOST, Library
-from .loader import candidates, device_status, load_runtime
-from .vendor import Vendor, version_string
+from .loader import cann_version, find_vendor, probe  # noqa: F401  (the finders, re-exported)
+from .vendor import Vendor
 
 # accelerator vendor (topology/vendors.py name) -> bridge kind of its collective library, or None
 # with the reason no bridge exists
 ACCELERATOR_LIBRARY = {
     "nvidia": ("nccl", ""),
     "amd": ("rccl", ""),
-    "hygon": ("rccl", ""),      # Hygon DCUs run ROCm's stack (DTK); RCCL assumed, unconfirmed
+    # Hygon DCUs run DTK, ROCm's stack under /opt/dtk: RCCL as /opt/dtk/rccl/lib/librccl.so and
+    # HIP as libamdhip64.so / libgalaxyhip.so (nccl.py's rccl row looks there); FlagCX's DUCCL is
+    # the same nccl.h API
+    "hygon": ("rccl", ""),
     "ascend": ("hccl", ""),
     "mthreads": ("mccl", ""),
     "metax": ("mccl_metax", ""),
     "iluvatar": ("ixccl", ""),
-    "cambricon": (None, "CNCL is not NCCL-compatible: no bridge, hetccl's own transports are used"),
-    "kunlunxin": (None, "BKCL/XCCL is not NCCL-compatible: no bridge, hetccl's own transports are used"),
+    "cambricon": ("cncl", ""),
+    "kunlunxin": ("bkcl", ""),
+    "enflame": ("eccl", ""),
+}
+
+# FlagCX's list of native libraries -> hetccl's kind, or None with why it has none
+FLAGCX_KINDS = {
+    "NCCL": ("nccl", ""), "IXCCL": ("ixccl", ""), "CNCL": ("cncl", ""), "MCCL": ("mccl_metax", ""),
+    "XCCL": ("bkcl", ""), "DUCCL": ("rccl", ""), "HCCL": ("hccl", ""), "MUSACCL": ("mccl", ""),
+    "RCCL": ("rccl", ""), "ECCL": ("eccl", ""),
+    "TCCL": (None, "Tsingmicro's tccl.h is not public (FlagCX builds against the vendor SDK)"),
+    "PCCL": (None, "no public header for PCCL was found"),
 }
 
 
 def vendors() -> tuple[Vendor, ...]:
-    from . import hccl, nccl
-    return nccl.FAMILY + (hccl.HCCL,)
-
-
-def cann_version(lib_path: str) -> str:
-    """The CANN toolkit version next to an HCCL library (HCCL itself has no version call)."""
-    d = os.path.dirname(os.path.realpath(lib_path))
-    for up in (d, os.path.dirname(d), os.path.dirname(os.path.dirname(d))):
-        for name in ("ascend_toolkit_install.info", "version.info", "version.cfg"):
-            for f in [os.path.join(up, name)] + sorted(glob.glob(os.path.join(up, "*", name))):
-                try:
-                    with open(f) as fh:
-                        for line in fh:
-                            k, _, v = line.partition("=")
-                            if k.strip().lower() in ("version", "package_version") and v.strip():
-                                return v.strip().strip('"')
-                except OSError:
-                    continue
-    return ""
-
-
-def probe(vendor: Vendor, path: str, where: str = "") -> Library:
-    """Load ``path`` as ``vendor``'s library and say whether a bridge could run on it here."""
-    from .._native.ccl_api import CclLibrary
-    extra = {"where": where, "prefix": vendor.prefix, "family": vendor.family}
-    try:
-        lib = CclLibrary(path, vendor.family, vendor.symbols(), vendor.required)
-    except OSError as e:
-        return Library(vendor.kind, path, "", vendor.memory, False, f"cannot load: {e}", extra)
-    version = version_string(lib.version()) if vendor.family == "nccl" else cann_version(path)
-    try:
-        rt = load_runtime(vendor.runtime, search_dirs=vendor.search_dirs)
-    except Exception as e:               # BridgeUnavailable: runtime missing or unloadable
-        return Library(vendor.kind, path, version, vendor.memory, False, str(e), extra)
-    extra["runtime"] = rt.path
-    n, why = device_status(vendor, rt)
-    extra["devices"] = n
-    return Library(vendor.kind, path, version, vendor.memory, not why, why, extra)
-
-
-def find_vendor(vendor: Vendor) -> list[Library]:
-    return [probe(vendor, p, where) for p, where in
-            candidates(vendor.names, vendor.wheel_dirs, vendor.search_dirs, vendor.loader_search)]
+    from . import rows
+    return rows.ROWS
 
 
 def find_mpi() -> list[Library]:
@@ -99,7 +73,7 @@ def find_mpi() -> list[Library]:
 
 
 def find_all() -> list[Library]:
-    """Every vendor library found (NCCL family, HCCL, MPI), usable or not."""
+    """Every vendor library found (NCCL family, HCCL, CNCL, BKCL, MPI), usable or not."""
     out = []
     for v in vendors():
         out.extend(find_vendor(v))
@@ -141,6 +115,20 @@ def host_islands(libraries: list[Library], accelerators: list[dict], launcher: s
     return out
 
 
+def kinds_report(libraries: list[Library]) -> list[str]:
+    """One line per library of FlagCX's list: its hetccl kind and whether it was found here."""
+    lines = ["native libraries of FlagCX's list (name: hetccl kind, found here?):"]
+    for name, (kind, why) in FLAGCX_KINDS.items():
+        if kind is None:
+            lines.append(f"  {name:<8} -        no bridge: {why}")
+            continue
+        found = [lib for lib in libraries if lib.kind == kind]
+        state = ("usable" if any(lib.usable for lib in found) else f"found, not usable: {found[0].reason}"
+                 ) if found else "not found"
+        lines.append(f"  {name:<8} {kind:<10} {state}")
+    return lines
+
+
 def format_report(libraries: list[Library], islands: list[dict]) -> list[str]:
     """The lines `hetccl doctor` prints for vendor libraries and islands."""
     lines = ["vendor libraries (kind, version, memory, usable, path):"]
@@ -150,6 +138,7 @@ def format_report(libraries: list[Library], islands: list[dict]) -> list[str]:
         state = "usable" if lib.usable else f"not usable: {lib.reason}"
         lines.append(f"  {lib.kind:<10} {lib.version or '?':<10} {lib.memory:<6} {state}")
         lines.append(f"  {'':<10} {lib.path}" + (f"  [{lib.extra['where']}]" if lib.extra.get("where") else ""))
+    lines.extend(kinds_report(libraries))
     lines.append("islands this host would form:")
     for isl in islands:
         lib = isl["library"]

@@ -1,8 +1,12 @@
-"""Finding and loading a vendor's library and device runtime (one dlopen handle per file).
+"""Finding, loading and probing a vendor's library and device runtime (one dlopen handle per file).
 
 Where files are looked for, first found wins: pip wheels in every site-packages directory
 (nvidia/nccl/lib, nvidia/cuda_runtime/lib), LD_LIBRARY_PATH, the dynamic loader's cache
 (``ldconfig -p``), then the vendor's install directories. No environment variable of hetccl's own.
+
+``probe`` / ``find_vendor`` answer "is this library usable here, and why not" for one vendor row
+(``hetccl doctor``, automatic island choice); they live here, not in libraries.py, so the vendor
+modules (nccl.py, hccl.py, ...) can offer ``find()`` without importing the table of all vendors.
 """
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ import os
 import site
 import sys
 
-from .._native.ccl_api import CclLibrary, DeviceRuntime
-from .base import BridgeUnavailable
-from .vendor import Runtime, Vendor
+from .._native.ccl_api import DeviceRuntime
+from .base import BridgeUnavailable, Library
+from .vendor import Runtime, Vendor, version_string
 
 # ------------------------------------------------------------------------------------------------
 # Finding files
@@ -102,18 +106,18 @@ def load_library(vendor: Vendor, path: str | None = None):
         raise BridgeUnavailable(f"{vendor.kind}: none of {', '.join(vendor.names)} was found (looked in pip "
                                 f"wheels, LD_LIBRARY_PATH, the ldconfig cache and {', '.join(vendor.search_dirs) or 'nowhere else'}); "
                                 f"{hint}install it and put its directory on LD_LIBRARY_PATH")
-    return _first_loadable(paths, ("ccl", vendor.kind),
-                           lambda p: CclLibrary(p, vendor.family, vendor.symbols(), vendor.required),
-                           f"{vendor.kind}: found but cannot load")
+    return _first_loadable(paths, ("ccl", vendor.kind), vendor.load, f"{vendor.kind}: found but cannot load")
 
 
 def load_runtime(rt: Runtime, path: str | None = None, search_dirs=()):
-    """The DeviceRuntime of ``rt`` (first candidate that loads, or ``path``)."""
-    paths = [path] if path else [p for p, _ in candidates(rt.names, rt.wheel_dirs, search_dirs)]
+    """The DeviceRuntime of ``rt`` (first candidate that loads, or ``path``); looked for in the
+    vendor's ``search_dirs`` and then the runtime's own."""
+    dirs = tuple(search_dirs) + tuple(d for d in rt.search_dirs if d not in search_dirs)
+    paths = [path] if path else [p for p, _ in candidates(rt.names, rt.wheel_dirs, dirs)]
     if not paths:
         raise BridgeUnavailable(f"device runtime {rt.prefix}: none of {', '.join(rt.names)} was found")
     return _first_loadable(paths, ("rt", rt.prefix),
-                           lambda p: DeviceRuntime(p, rt.style, rt.symbols(), rt.not_ready),
+                           lambda p: DeviceRuntime(p, rt.style, rt.symbols(), rt.not_ready, **rt.options()),
                            f"device runtime {rt.prefix}")
 
 
@@ -145,3 +149,62 @@ def device_status(vendor: Vendor, runtime) -> tuple[int, str]:
     if n <= 0:
         return 0, f"no {vendor.device_word} device: {sym['get_device_count']} found 0 devices"
     return n, ""
+
+
+# ------------------------------------------------------------------------------------------------
+# Probing: is a library usable here, and why not
+# ------------------------------------------------------------------------------------------------
+def cann_version(lib_path: str) -> str:
+    """The CANN toolkit version next to an HCCL library (HCCL itself has no version call)."""
+    d = os.path.dirname(os.path.realpath(lib_path))
+    for up in (d, os.path.dirname(d), os.path.dirname(os.path.dirname(d))):
+        for name in ("ascend_toolkit_install.info", "version.info", "version.cfg"):
+            for f in [os.path.join(up, name)] + sorted(glob.glob(os.path.join(up, "*", name))):
+                try:
+                    with open(f) as fh:
+                        for line in fh:
+                            k, _, v = line.partition("=")
+                            if k.strip().lower() in ("version", "package_version") and v.strip():
+                                return v.strip().strip('"')
+                except OSError:
+                    continue
+    return ""
+
+
+def library_version(vendor: Vendor, lib) -> str:
+    """The version text of a loaded library: its own call where it has one, else CANN's file."""
+    if vendor.family == "hccl":
+        return cann_version(lib.path)
+    return version_string(lib.version())
+
+
+def probe(vendor: Vendor, path: str, where: str = "") -> Library:
+    """Load ``path`` as ``vendor``'s library and say whether a bridge could run on it here."""
+    extra = {"where": where, "prefix": vendor.prefix, "family": vendor.family}
+    try:
+        lib = vendor.load(path)
+    except OSError as e:
+        return Library(vendor.kind, path, "", vendor.memory, False, f"cannot load: {e}", extra)
+    version = library_version(vendor, lib)
+    if vendor.unconfirmed:
+        return Library(vendor.kind, path, version, vendor.memory, False, unconfirmed_reason(vendor), extra)
+    try:
+        rt = load_runtime(vendor.runtime, search_dirs=vendor.search_dirs)
+    except Exception as e:               # BridgeUnavailable: runtime missing or unloadable
+        return Library(vendor.kind, path, version, vendor.memory, False, str(e), extra)
+    extra["runtime"] = rt.path
+    n, why = device_status(vendor, rt)
+    extra["devices"] = n
+    return Library(vendor.kind, path, version, vendor.memory, not why, why, extra)
+
+
+def unconfirmed_reason(vendor: Vendor) -> str:
+    return (f"its ABI is not confirmed by a public source ({vendor.unconfirmed}); hetccl does not "
+            f"guess enum values: pass a row with the values from your SDK's header "
+            f"(dataclasses.replace({vendor.kind} row, tables=..., unconfirmed=''), docs/bridges.md)")
+
+
+def find_vendor(vendor: Vendor) -> list[Library]:
+    """Every file of ``vendor`` on this machine, probed (usable or not, and why)."""
+    return [probe(vendor, p, where) for p, where in
+            candidates(vendor.names, vendor.wheel_dirs, vendor.search_dirs, vendor.loader_search)]

@@ -1,5 +1,5 @@
-"""The Bridge that drives a native communicator of any vendor row (vendor.py): the NCCL family and
-HCCL share it, through the one Cython binding (_native/ccl_api.pyx).
+"""The Bridge that drives a native communicator of any vendor row (vendor.py): the NCCL family,
+HCCL, CNCL and BKCL share it, through the one Cython binding (_native/ccl_api.pyx).
 
 The dtype/op tables are per vendor *and* version (ncclAvg and ncclBfloat16 from NCCL 2.10, fp8
 from 2.24), and anything a table lacks is reported by ``supports()`` so the caller runs hetccl's
@@ -29,7 +29,7 @@ from ..ops import ReduceOp
 from .base import Bridge, BridgeError, BridgeUnavailable
 from .buffers import (DEVICE_TO_DEVICE, DEVICE_TO_HOST, DL_EXT_DEV, HOST_TO_DEVICE, DeviceBuffer,
                       as_device_buffer)
-from .loader import device_status, load_library, load_runtime
+from .loader import device_status, load_library, load_runtime, unconfirmed_reason
 from .vendor import Vendor, version_string
 
 log = logging.getLogger("hetccl.bridges")
@@ -50,7 +50,7 @@ MOVING = ("allgather", "broadcast", "send", "recv")
 # The bridge
 # ------------------------------------------------------------------------------------------------
 class NativeBridge(Bridge):
-    """An island's communicator on a native library (NCCL family or HCCL).
+    """An island's communicator on a native library (NCCL family, HCCL, CNCL, BKCL).
 
     Created collectively by the island's ``size`` ranks. ``store`` is hetccl's Store (``set``,
     ``multi_get``); ``key`` a prefix unique to this island and communicator. Before anything that
@@ -64,18 +64,20 @@ class NativeBridge(Bridge):
     600 s) bounds each store exchange, the join, and every wait for a stream; a timeout or an
     asynchronous error aborts the communicator, which cannot be used afterwards.
 
-    The join has a deadline only where the library can create a communicator without blocking:
-    an NCCL-family library that exports CommInitRankConfig, CommGetAsyncError and CommAbort and
-    reports version 2.14 or later (NCCL, RCCL, and any clone by the same rule) joins with
-    ``blocking = 0`` and is polled; past ``timeout`` it is aborted and every rank raises
+    The join has a deadline ``timeout`` in every family. An NCCL-family library that exports
+    CommInitRankConfig, CommGetAsyncError and CommAbort and reports version 2.14 or later (NCCL,
+    RCCL, and any clone by the same rule) joins with ``blocking = 0`` and is polled; past
+    ``timeout`` it is aborted. Every other join (older NCCL, clones without those symbols,
+    HCCL's HcclCommInitRootInfo, CNCL's cnclInitComms, BKCL's bkcl_init_rank) is a blocking call
+    that runs in a helper thread the caller polls; past ``timeout`` the caller stops waiting and
+    the helper, still inside the library, destroys the communicator should the join ever
+    complete (those libraries have no way to cancel a join). Either way every rank raises
     HetcclTimeout naming the island ranks that never started joining (they died or hung after
-    the agreement) or, when all did, the library's own wire-up. Such a communicator stays
-    non-blocking: its calls may return ncclInProgress, which the waits handle. Older libraries and
-    family members without those symbols join with the blocking CommInitRank, which has **no
-    deadline**: a peer that never arrives blocks the others inside the library (so does
-    NCCL_COMM_BLOCKING=1 in the environment, which overrides the config). HCCL joins with the
-    blocking HcclCommInitRootInfo, bounded only by HCCL's own link-setup timeout
-    (HCCL_CONNECT_TIMEOUT, 120 s by default), not by ``timeout``.
+    the agreement) or, when all did, the library's own wire-up. A non-blocking communicator stays
+    non-blocking: its calls may return ncclInProgress, which the waits handle.
+
+    A row whose ABI no public source confirms (``Vendor.unconfirmed``, e.g. the stock BKCL row)
+    never runs: every island rank raises BridgeUnavailable saying what is missing.
     """
 
     def __init__(self, vendor: Vendor, store, key: str, rank: int, size: int, *, device=None,
@@ -93,6 +95,8 @@ class NativeBridge(Bridge):
         p = vendor.prefix
         why, lib, rt, dev = "", None, None, 0
         try:
+            if vendor.unconfirmed:
+                raise BridgeUnavailable(f"{vendor.kind}: {unconfirmed_reason(vendor)}")
             lib = load_library(vendor, library_path)
             rt = load_runtime(vendor.runtime, runtime_path, vendor.search_dirs)
             n, why = device_status(vendor, rt)
@@ -120,11 +124,7 @@ class NativeBridge(Bridge):
         self._check(rc, rsym["stream_create"], runtime=True)
         try:
             uid = self._exchange_id(store, f"{key}/uid", f"{p}{vendor.roles['get_unique_id']}")
-            if self._can_join_nonblocking():
-                comm = self._join_nonblocking(store, key, uid)
-            else:
-                rc, comm = lib.comm_init(size, uid, rank)      # blocking: no deadline (see above)
-                self._check(rc, f"{p}{vendor.roles['comm_init']}")
+            comm = self._join(store, key, uid)
         except BaseException:
             rt.stream_destroy(self._stream)
             self._stream = 0
@@ -140,17 +140,25 @@ class NativeBridge(Bridge):
         return (self.vendor.family == "nccl" and self.version >= NONBLOCKING_SINCE
                 and all(self.lib.has(r) for r in NONBLOCKING_ROLES))
 
-    def _join_nonblocking(self, store, key: str, uid: bytes) -> int:
-        """Join with ``blocking = 0`` and poll the state until ``self.timeout``; abort on failure.
+    def _join(self, store, key: str, uid: bytes) -> int:
+        """Join within ``self.timeout``: non-blocking and polled where the library can, else the
+        blocking call in a helper thread (ccl_api.comm_init_deadline); abort on failure.
 
         Each rank first marks in the store that it reached its join, so that a rank which times
         out can say which peers never did."""
-        call = f"{self.vendor.prefix}{self.vendor.roles.get('comm_init_config', 'CommInitRankConfig')}"
         store.set(f"{key}/joining/{self.rank}", b"1", timeout=self.timeout)
-        code, detail, comm = self.lib.comm_init_nonblocking(self.size, uid, self.rank, self.timeout)
-        if code == WAIT_OK:
-            self.nonblocking, self._queued = True, NCCL_IN_PROGRESS
-            return comm
+        if self._can_join_nonblocking():
+            call = f"{self.vendor.prefix}{self.vendor.roles.get('comm_init_config', 'CommInitRankConfig')}"
+            code, detail, comm = self.lib.comm_init_nonblocking(self.size, uid, self.rank, self.timeout)
+            if code == WAIT_OK:
+                self.nonblocking, self._queued = True, NCCL_IN_PROGRESS
+                return comm
+        else:
+            call = f"{self.vendor.prefix}{self.vendor.roles['comm_init']}"
+            code, detail, comm = self.lib.comm_init_deadline(self.size, uid, self.rank, self.device,
+                                                              self.timeout, self.runtime)
+            if code == WAIT_OK:
+                return comm
         text = ""
         if code != WAIT_TIMEOUT:
             text = self.lib.error_string(detail)

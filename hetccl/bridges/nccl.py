@@ -7,13 +7,18 @@ ops it reduces exactly. Where each fact was checked:
 | kind | library (first found wins) | prefix | runtime (prefix) | memory | source |
 |---|---|---|---|---|---|
 | nccl | libnccl.so.2 (pip ``nvidia-nccl-cu12``: nvidia/nccl/lib), /usr/local/cuda | nccl | libcudart.so.12 (cuda) | cuda | nccl.h of the nvidia-nccl-cu12 2.32.3 wheel (enums, result codes, signatures, NCCL_UNIQUE_ID_BYTES 128) |
-| rccl | librccl.so.1, /opt/rocm/lib | nccl | libamdhip64.so (hip) | rocm | ROCm/rccl src/init.cc (implements nccl.h's API with hip); FlagCX Makefile (DEVICE_HOME=CCL_HOME=/opt/rocm for USE_AMD) |
+| rccl | librccl.so.1, /opt/rocm/lib; Hygon DTK: /opt/dtk/rccl/lib/librccl.so | nccl | libamdhip64.so (hip; DTK: /opt/dtk/lib, /opt/dtk/hip/lib, also libgalaxyhip.so) | rocm | ROCm/rccl src/init.cc (implements nccl.h's API with hip); FlagCX Makefile (DEVICE_HOME=CCL_HOME=/opt/rocm for USE_AMD); Hygon DTK layout: uccl-project/uccl docs/proposal/hygon-dtk-p2p.md (DTK root /opt/dtk, same libamdhip64.so name, RCCL at /opt/dtk/rccl/lib/librccl.so), DTK users' LD_LIBRARY_PATH lines (/opt/dtk/hip/lib/libgalaxyhip.so as vLLM's CUDART path) |
 | mccl | libmccl.so, /usr/local/musa/lib (Moore Threads) | mccl | libmusart.so (musa) | musa | FlagCX makefiles/musa.mk (CCL_LINK -lmccl -lmusa, /usr/local/musa); InfiniCore infiniccl_moore (mccl.h, mcclFloat, musaStream_t); XLA-MUSA musa runtime loader (libmusart.so) |
 | mccl_metax | libmccl.so, /opt/maca/lib64 (MetaX) | mccl | libmcruntime.so (mc) | maca | FlagCX makefiles/metax.mk (CCL_LINK -lmccl, /opt/maca, DEVICE_LINK -lmcruntime) and flagcx/adaptor/ccl/mccl_adaptor.cc (mcclGetVersion ... mcclGetLastError); tilelang-metax / deep_jit notes (libmcruntime.so, mcSetDevice) |
 | ixccl | libnccl.so, /usr/local/corex/lib (Iluvatar CoreX) | nccl | libcudart.so (cuda) | corex | FlagCX Makefile (USE_ILUVATAR: DEVICE_HOME=CCL_HOME=/usr/local/corex, CCL_LINK -lnccl, DEVICE_LINK -lcudart) |
+| eccl | libeccl.so, /usr/lib, /opt/tops/lib (Enflame) | eccl | libtopsrt.so (tops), /opt/tops/lib | gcu | FlagCX flagcx/adaptor/ccl/eccl_adaptor.cc (written by Enflame: ecclGetVersion, ecclGetUniqueId, ecclCommInitRank(comm*, nranks, id by value, rank), ecclAllReduce/ReduceScatter/AllGather/Broadcast/Reduce/Send/Recv in nccl.h's argument order, ecclCommGetAsyncError(comm, result*), ecclCommAbort, ecclGetErrorString, ecclGetLastError, ecclGroupStart/End; it casts flagcxDataType_t/flagcxRedOp_t values straight to ECCL's, and flagcx.h numbers them as nccl.h does: int8 0 ... bfloat16 9, sum 0 ... min 3) and makefiles/enflame.mk (-leccl from /usr, -ltopsrt from /opt/tops/lib); TopsRT: FlagCX device/tops_adaptor.cc (topsGetDeviceCount, topsSetDevice, topsStreamCreate, topsStreamSynchronize, topsStreamQuery, topsStreamDestroy, topsMemcpy, topsMalloc/Free, topsHostMalloc(ptr, size, flags)/topsHostFree) and the TopsRT header's topsMemcpyKind (HostToHost 0, HostToDevice 1, DeviceToHost 2, DeviceToDevice 3) and topsErrorNotReady = 600 |
 
-Not NCCL-compatible, so not here: Cambricon CNCL (cnclInitComms over a clique id), Kunlunxin BKCL/XCCL
-(bkcl_* API), Enflame ECCL, Huawei HCCL (its own symbol set: hccl.py).
+ECCL's id (ecclUniqueId) has no published size: FlagCX only asserts it fits its 4120-byte buffer,
+so hetccl makes and passes it in a buffer of that size (``uid_bytes=LARGE_UID_BYTES``; see
+CclLibrary). Its config call is not known, so ECCL always joins through the helper thread.
+
+Not NCCL-compatible, so not here: Cambricon CNCL (cncl.py), Kunlunxin BKCL/XCCL (bkcl.py), Huawei
+HCCL (hccl.py).
 
 Dtype and op tables (``supports()`` answers from them; anything else runs on hetccl's own path):
 
@@ -26,6 +31,8 @@ Dtype and op tables (``supports()`` answers from them; anything else runs on het
   variant on MI300 (OCP fp8 only from gfx950 / ROCm 7, openxla/xla#38269), not ml_dtypes' e4m3fn.
 * MCCL (both vendors), Iluvatar: the pre-2.10 NCCL set only (bfloat16/AVG are not confirmed in
   public sources for them).
+* ECCL: the pre-2.10 NCCL set plus bfloat16 (FlagCX's Enflame adaptor passes flagcxBfloat16 = 9
+  through); no AVG (not confirmed).
 
 Data movement (allgather, broadcast, send/recv) is byte-wise (ncclUint8) for every dtype.
 
@@ -35,6 +42,7 @@ directories, never through LD_LIBRARY_PATH / ldconfig, so one file is never repo
 from __future__ import annotations
 
 from .. import dtypes as _dt
+from .._native.ccl_api import LARGE_UID_BYTES
 from ..ops import ReduceOp
 from .native import NativeBridge
 from .vendor import Runtime, Vendor, bool_reductions
@@ -87,6 +95,11 @@ def base_tables(version: int):
     return reduce_table(dict(_BASE_TYPES)), ncclUint8
 
 
+def eccl_tables(version: int):
+    """ECCL: the base set plus bfloat16 (see the module docstring)."""
+    return reduce_table(dict(_BASE_TYPES, **{_dt.BFLOAT16: ncclBfloat16})), ncclUint8
+
+
 # role -> symbol suffix (prefix + suffix), for every NCCL-family library
 NCCL_ROLES = {
     "get_version": "GetVersion", "get_unique_id": "GetUniqueId", "comm_init": "CommInitRank",
@@ -106,17 +119,21 @@ NCCL_REQUIRED = ("get_unique_id", "comm_init", "comm_destroy", "get_error_string
 
 CUDART = Runtime(("libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so"), "cuda",
                  wheel_dirs=("nvidia/cuda_runtime/lib", "nvidia/cu13/lib"))
-HIP = Runtime(("libamdhip64.so.7", "libamdhip64.so.6", "libamdhip64.so.5", "libamdhip64.so"), "hip")
+HIP = Runtime(("libamdhip64.so.7", "libamdhip64.so.6", "libamdhip64.so.5", "libamdhip64.so",
+               "libgalaxyhip.so.5", "libgalaxyhip.so"), "hip",
+              search_dirs=("/opt/rocm/lib", "/opt/dtk/lib", "/opt/dtk/hip/lib"))
 MUSART = Runtime(("libmusart.so",), "musa")
 MCRUNTIME = Runtime(("libmcruntime.so",), "mc")
+TOPSRT = Runtime(("libtopsrt.so",), "tops", roles={"host_alloc": "HostMalloc", "free_host": "HostFree"},
+                 search_dirs=("/opt/tops/lib",))
 
 
 def _family(kind, names, prefix, runtime, tables, memory, word, dl, dirs, wheel_dirs=(), wheel="",
-            source="", loader=True):
-    return Vendor(kind=kind, family="nccl", names=names, prefix=prefix, roles=NCCL_ROLES,
+            source="", loader=True, roles=NCCL_ROLES, uid_bytes=0):
+    return Vendor(kind=kind, family="nccl", names=names, prefix=prefix, roles=roles,
                   required=NCCL_REQUIRED, runtime=runtime, tables=tables, memory=memory,
                   device_word=word, dlpack_devices=dl, search_dirs=dirs, wheel_dirs=wheel_dirs,
-                  wheel=wheel, source=source, loader_search=loader)
+                  wheel=wheel, source=source, loader_search=loader, uid_bytes=uid_bytes)
 
 
 NCCL = _family("nccl", ("libnccl.so.2", "libnccl.so"), "nccl", CUDART, nccl_tables, "cuda", "CUDA",
@@ -125,7 +142,8 @@ NCCL = _family("nccl", ("libnccl.so.2", "libnccl.so"), "nccl", CUDART, nccl_tabl
                wheel_dirs=("nvidia/nccl/lib",), wheel="nvidia-nccl-cu12",
                source="nccl.h (nvidia-nccl-cu12 2.32.3 wheel)")
 RCCL = _family("rccl", ("librccl.so.1", "librccl.so"), "nccl", HIP, rccl_tables, "rocm", "ROCm",
-               (10,), ("/opt/rocm/lib", "/opt/rocm/lib64"), source="ROCm/rccl src/init.cc; FlagCX Makefile")
+               (10,), ("/opt/rocm/lib", "/opt/rocm/lib64", "/opt/dtk/rccl/lib", "/opt/dtk/lib"),
+               source="ROCm/rccl src/init.cc; FlagCX Makefile; Hygon DTK layout (uccl docs/proposal/hygon-dtk-p2p.md)")
 MCCL = _family("mccl", ("libmccl.so",), "mccl", MUSART, base_tables, "musa", "MUSA", (),
                ("/usr/local/musa/lib",), source="FlagCX makefiles/musa.mk; InfiniCore infiniccl_moore",
                loader=False)
@@ -137,8 +155,14 @@ IXCCL = _family("ixccl", ("libnccl.so", "libnccl.so.2"), "nccl",
                 ("/usr/local/corex/lib", "/usr/local/corex/lib64"), source="FlagCX Makefile (USE_ILUVATAR)",
                 loader=False)
 
+ECCL = _family("eccl", ("libeccl.so",), "eccl", TOPSRT, eccl_tables, "gcu", "Enflame GCU", (),
+               ("/usr/lib", "/usr/lib64", "/opt/tops/lib"),
+               source="FlagCX flagcx/adaptor/ccl/eccl_adaptor.cc, device/tops_adaptor.cc, makefiles/enflame.mk",
+               roles={k: v for k, v in NCCL_ROLES.items() if k != "comm_init_config"},
+               uid_bytes=LARGE_UID_BYTES)
+
 # every NCCL-family vendor, in the order `hetccl doctor` lists them
-FAMILY = (NCCL, RCCL, MCCL, MCCL_METAX, IXCCL)
+FAMILY = (NCCL, RCCL, MCCL, MCCL_METAX, IXCCL, ECCL)
 BY_KIND = {v.kind: v for v in FAMILY}
 
 
@@ -157,5 +181,5 @@ class NcclBridge(NativeBridge):
 
 def find() -> list:
     """Every NCCL-family library on this machine, as ``Library`` rows (usable or not, and why)."""
-    from .libraries import find_vendor
+    from .loader import find_vendor
     return [lib for v in FAMILY for lib in find_vendor(v)]
