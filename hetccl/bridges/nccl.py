@@ -97,7 +97,7 @@ def base_tables(version: int):
 
 def eccl_tables(version: int):
     """ECCL: the base set plus bfloat16 (see the module docstring)."""
-    return reduce_table(dict(_BASE_TYPES, **{_dt.BFLOAT16: ncclBfloat16})), ncclUint8
+    return reduce_table({**_BASE_TYPES, _dt.BFLOAT16: ncclBfloat16}), ncclUint8
 
 
 # role -> symbol suffix (prefix + suffix), for every NCCL-family library

@@ -1,7 +1,21 @@
 /* Test double of the NCCL API (nccl.h ABI) under the made-up prefix "fakeccl": hetccl loads it
  * through the same NCCL-family binding as libnccl, by name + prefix. Not NVIDIA's library: host
- * memory only, synchronous, see fakecore.h. Enum values and result codes are nccl.h's. */
+ * memory only, synchronous, see fakecore.h. Enum values and result codes are nccl.h's.
+ *
+ * Built with -DPFX=<prefix> it exports the same API under another prefix (tests build two
+ * libmccl.so with PFX=mccl and different -DFAKE_VERSION, as Moore Threads and MetaX both ship, to
+ * show that the two load in one process and neither binds to the other's symbols: GetVersion reads
+ * the version through an exported function, a call that the dynamic linker could interpose). */
 #include "fakecore.h"
+#ifndef PFX
+#define PFX fakeccl
+#endif
+#ifndef FAKE_VERSION
+#define FAKE_VERSION 22703
+#endif
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define F(name) CAT(PFX, name)
 
 typedef struct { char internal[128]; } uid_t128;
 enum { ncclSuccess, ncclUnhandledCudaError, ncclSystemError, ncclInternalError, ncclInvalidArgument,
@@ -22,16 +36,18 @@ static int res(int core) {
     }
 }
 
-static int version_code(void) { const char *s = getenv("FAKECCL_VERSION"); return s ? atoi(s) : 22703; }
+/* exported on purpose (see the top): the library's own call to it goes through the PLT */
+__attribute__((noinline)) int F(FakeBuiltVersion)(void) { return FAKE_VERSION; }
+static int version_code(void) { const char *s = getenv("FAKECCL_VERSION"); return s ? atoi(s) : F(FakeBuiltVersion)(); }
 
-int fakecclGetVersion(int *v) { if (!v) return ncclInvalidArgument; *v = version_code(); return ncclSuccess; }
-int fakecclGetUniqueId(uid_t128 *id) {
+int F(GetVersion)(int *v) { if (!v) return ncclInvalidArgument; *v = version_code(); return ncclSuccess; }
+int F(GetUniqueId)(uid_t128 *id) {
     if (!id) return ncclInvalidArgument;
     if (injected(NULL, "GetUniqueId")) return ncclSystemError;
     make_id(id->internal, sizeof id->internal);
     return ncclSuccess;
 }
-int fakecclCommInitRank(fcomm **comm, int nranks, uid_t128 id, int rank) {
+int F(CommInitRank)(fcomm **comm, int nranks, uid_t128 id, int rank) {
     if (!comm) return ncclInvalidArgument;
     if (injected(NULL, "CommInitRank")) return ncclSystemError;
     return res(core_init(comm, nranks, id.internal, rank));
@@ -63,7 +79,7 @@ static int done(fcomm *c, int r) {
     return ncclInProgress;
 }
 
-int fakecclCommInitRankConfig(fcomm **comm, int nranks, uid_t128 id, int rank, config_v21400 *config) {
+int F(CommInitRankConfig)(fcomm **comm, int nranks, uid_t128 id, int rank, config_v21400 *config) {
     if (!comm) return ncclInvalidArgument;
     *comm = NULL;
     if (injected(NULL, "CommInitRankConfig")) return ncclSystemError;
@@ -100,9 +116,9 @@ static int leave(fcomm *c) {
     return res(core_leave(c));
 }
 
-int fakecclCommDestroy(fcomm *c) { return leave(c); }
-int fakecclCommAbort(fcomm *c) { return leave(c); }
-int fakecclCommGetAsyncError(fcomm *c, int *err) {
+int F(CommDestroy)(fcomm *c) { return leave(c); }
+int F(CommAbort)(fcomm *c) { return leave(c); }
+int F(CommGetAsyncError)(fcomm *c, int *err) {
     if (!known(c) || !err) return ncclInvalidArgument;
     int state = c->joining ? atomic_load(&c->join_state) : ncclSuccess;
     if (state == ncclSuccess && atomic_load(&c->busy_polls) > 0) {
@@ -112,40 +128,40 @@ int fakecclCommGetAsyncError(fcomm *c, int *err) {
     *err = state != ncclSuccess ? state : async_knob();
     return ncclSuccess;
 }
-const char *fakecclGetErrorString(int r) {
+const char *F(GetErrorString)(int r) {
     static const char *s[] = {"no error", "unhandled cuda error (run with NCCL_DEBUG=INFO for details)",
         "unhandled system error (run with NCCL_DEBUG=INFO for details)", "internal error - please report this issue to the NCCL developers",
         "invalid argument (run with NCCL_DEBUG=WARN for details)", "invalid usage (run with NCCL_DEBUG=WARN for details)",
         "remote process exited or there was a network error", "NCCL operation in progress", "operation timed out"};
     return r >= 0 && r < 9 ? s[r] : "unknown result code";
 }
-const char *fakecclGetLastError(fcomm *c) { return known(c) && c->last_error[0] ? c->last_error : g_last_error; }
+const char *F(GetLastError)(fcomm *c) { return known(c) && c->last_error[0] ? c->last_error : g_last_error; }
 static _Atomic int group_depth;
-int fakecclGroupStart(void) { atomic_fetch_add(&group_depth, 1); return ncclSuccess; }
-int fakecclGroupEnd(void) {
+int F(GroupStart)(void) { atomic_fetch_add(&group_depth, 1); return ncclSuccess; }
+int F(GroupEnd)(void) {
     if (atomic_load(&group_depth) <= 0) { set_err(NULL, "fakeccl: %s without GroupStart%.0zu%.0zu", "GroupEnd", 0, 0); return ncclInvalidUsage; }
     atomic_fetch_sub(&group_depth, 1);
     return inprogress_calls() > 0 ? ncclInProgress : ncclSuccess;
 }
 
-int fakecclAllReduce(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
+int F(AllReduce)(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
     (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_allreduce(c, s, r, n, kind(dt), op_of(op), 0, 0)));
 }
-int fakecclReduce(const void *s, void *r, size_t n, int dt, int op, int root, fcomm *c, void *stream) {
+int F(Reduce)(const void *s, void *r, size_t n, int dt, int op, int root, fcomm *c, void *stream) {
     (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_allreduce(c, s, r, n, kind(dt), op_of(op), root, 1)));
 }
-int fakecclReduceScatter(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
+int F(ReduceScatter)(const void *s, void *r, size_t n, int dt, int op, fcomm *c, void *stream) {
     (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_reduce_scatter(c, s, r, n, kind(dt), op_of(op))));
 }
-int fakecclAllGather(const void *s, void *r, size_t n, int dt, fcomm *c, void *stream) {
+int F(AllGather)(const void *s, void *r, size_t n, int dt, fcomm *c, void *stream) {
     (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_allgather(c, s, r, n, kind(dt))));
 }
-int fakecclBroadcast(const void *s, void *r, size_t n, int dt, int root, fcomm *c, void *stream) {
+int F(Broadcast)(const void *s, void *r, size_t n, int dt, int root, fcomm *c, void *stream) {
     (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_broadcast(c, s, r, n, kind(dt), root)));
 }
-int fakecclSend(const void *s, size_t n, int dt, int peer, fcomm *c, void *stream) {
+int F(Send)(const void *s, size_t n, int dt, int peer, fcomm *c, void *stream) {
     (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_p2p(c, (void *)s, n, kind(dt), peer, 1)));
 }
-int fakecclRecv(void *r, size_t n, int dt, int peer, fcomm *c, void *stream) {
+int F(Recv)(void *r, size_t n, int dt, int peer, fcomm *c, void *stream) {
     (void)stream; if (pending(c)) return ncclInvalidUsage; return done(c, res(core_p2p(c, r, n, kind(dt), peer, 0)));
 }

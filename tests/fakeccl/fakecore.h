@@ -13,6 +13,7 @@
  *   FAKECCL_FAIL=<Call>       the named call (e.g. AllReduce) fails with a system error
  *   FAKECCL_ASYNC_ERROR=<n>   CommGetAsyncError reports n
  *   FAKECCL_SLOT_BYTES=<n>    per-rank slot size (default 1 MiB); larger messages fail cleanly
+ *   FAKECCL_WAIT=<s>          how long a join waits for its peers (default 60)
  *   FAKECCL_INIT_HANG=1       this rank's join never happens (CommInitRank waits WAIT_SECONDS and
  *                             times out; a non-blocking CommInitRankConfig stays in progress until
  *                             aborted), so its peers wait for it: a peer that never arrives
@@ -47,7 +48,9 @@ enum { C_OK, C_BADARG, C_TOOBIG, C_SYS, C_TIMEOUT, C_INJECTED };
 static const size_t k_size[] = {1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1};
 #define FAKE_MAGIC 0x46414b45434f5245ULL  /* "FAKECORE" */
 #define ID_MAGIC "FAKEID01"
-#define WAIT_SECONDS 60.0
+/* how long a join or a send/recv waits for its peers (FAKECCL_WAIT seconds, default 60) */
+static double wait_seconds(void) { const char *s = getenv("FAKECCL_WAIT"); return s ? atof(s) : 60.0; }
+#define WAIT_SECONDS wait_seconds()
 
 typedef struct {
     _Atomic uint64_t ready;
@@ -399,5 +402,5 @@ static int core_leave(fcomm *c) {
     return C_OK;
 }
 
-static int async_knob(void) { const char *s = getenv("FAKECCL_ASYNC_ERROR"); return s ? atoi(s) : 0; }
+__attribute__((unused)) static int async_knob(void) { const char *s = getenv("FAKECCL_ASYNC_ERROR"); return s ? atoi(s) : 0; }
 #endif

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <unistd.h>
 
 enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidMemcpyDirection = 21,
        cudaErrorNoDevice = 100, cudaErrorInvalidDevice = 101, cudaErrorInvalidResourceHandle = 400 };
@@ -145,3 +146,84 @@ int fakeaclrtMallocHost(void **p, size_t n) {
     return track(p, n) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE;
 }
 int fakeaclrtFreeHost(void *p) { return untrack(p) ? ACL_ERROR_INVALID_PARAM : ACL_ERROR_NONE; }
+
+/* ---- CNRT style (cnrt.h, CNRT 6.0): queues, cnrtRet_t, cnrtErrorNotReady = 1 while busy,
+ * cnrtMemTransDir_t HostToDev 0, DevToDev 1, DevToHost 2, HostToHost 3 -------------------------- */
+enum { cnrtSuccess = 0, cnrtErrorNotReady = 1, cnrtErrorNoDevice = 100004, cnrtErrorDeviceInvalid = 100005,
+       cnrtErrorArgsInvalid = 100006, cnrtErrorInvalidResourceHandle = 100014,
+       cnrtErrorMemcpyDirectionInvalid = 632013 };
+int fakecnrtGetDeviceCount(unsigned int *n) {
+    if (!n) return cnrtErrorArgsInvalid;
+    *n = 0;
+    if (ndev() <= 0) return fail(cnrtErrorNoDevice, "no MLU device is found");
+    *n = (unsigned)ndev();
+    return cnrtSuccess;
+}
+int fakecnrtSetDevice(int d) { return d >= 0 && d < ndev() ? cnrtSuccess : fail(cnrtErrorDeviceInvalid, "invalid device ordinal"); }
+int fakecnrtQueueCreate(void **q) { return fakertStreamCreate(q) ? cnrtErrorArgsInvalid : cnrtSuccess; }
+int fakecnrtQueueSync(void *q) { return good(q) ? cnrtSuccess : fail(cnrtErrorInvalidResourceHandle, "invalid queue"); }
+int fakecnrtQueueQuery(void *q) { int rc = fakecnrtQueueSync(q); return rc ? rc : busy() ? cnrtErrorNotReady : cnrtSuccess; }
+int fakecnrtQueueDestroy(void *q) { return fakertStreamDestroy(q) ? cnrtErrorInvalidResourceHandle : cnrtSuccess; }
+int fakecnrtMemcpy(void *d, void *s, size_t n, int dir) {
+    if (dir < 0 || dir > 5) return fail(cnrtErrorMemcpyDirectionInvalid, "invalid memcpy direction");
+    if (n && (!d || !s)) return fail(cnrtErrorArgsInvalid, "invalid argument");
+    memmove(d, s, n);
+    return cnrtSuccess;
+}
+int fakecnrtMalloc(void **p, size_t n) { return track(p, n) ? cnrtErrorArgsInvalid : cnrtSuccess; }
+int fakecnrtFree(void *p) { return untrack(p) ? cnrtErrorArgsInvalid : cnrtSuccess; }
+int fakecnrtHostMalloc(void **p, size_t n) {
+    if (pinned_off()) return fail(cnrtErrorArgsInvalid, "pinned memory disabled (FAKERT_NO_PINNED)");
+    return track(p, n) ? cnrtErrorArgsInvalid : cnrtSuccess;
+}
+int fakecnrtFreeHost(void *p) { return untrack(p) ? cnrtErrorArgsInvalid : cnrtSuccess; }
+const char *fakecnrtGetErrorStr(int rc) {
+    switch (rc) {
+    case cnrtSuccess: return "cnrtSuccess";
+    case cnrtErrorNotReady: return "device or resource busy";
+    case cnrtErrorNoDevice: return "no MLU device is found";
+    case cnrtErrorDeviceInvalid: return "invalid device ordinal";
+    case cnrtErrorArgsInvalid: return "invalid argument";
+    case cnrtErrorInvalidResourceHandle: return "invalid resource handle";
+    case cnrtErrorMemcpyDirectionInvalid: return "invalid memcpy direction";
+    default: return "unknown CNRT error";
+    }
+}
+
+/* ---- XPU style (xpu/runtime.h): xpu_* names, errors returned negated (XPU_ERRNO_BASE 700 + n),
+ * no stream query: fakexpu_wait blocks while FAKERT_BUSY=1 (up to FAKECCL_WAIT s, default 60),
+ * XPUMemcpyKind DEVICE_TO_HOST 0, HOST_TO_DEVICE 1, DEVICE_TO_DEVICE 2 ------------------------- */
+enum { XPUERR_INVALID_DEVICE = 701, XPUERR_NODEV = 703, XPUERR_INVALID_PARAM = 707, XPUERR_TIMEOUT = 715 };
+int fakexpu_device_count(int *n) {
+    if (!n) return -XPUERR_INVALID_PARAM;
+    *n = 0;
+    if (ndev() <= 0) return -XPUERR_NODEV;
+    *n = ndev();
+    return 0;
+}
+int fakexpu_set_device(int d) { return d >= 0 && d < ndev() ? 0 : -XPUERR_INVALID_DEVICE; }
+int fakexpu_stream_create(void **s) { return fakertStreamCreate(s) ? -XPUERR_INVALID_PARAM : 0; }
+int fakexpu_stream_destroy(void *s) { return fakertStreamDestroy(s) ? -XPUERR_INVALID_PARAM : 0; }
+int fakexpu_wait(void *s) {
+    if (!good(s)) return -XPUERR_INVALID_PARAM;
+    const char *w = getenv("FAKECCL_WAIT");
+    double limit = w ? atof(w) : 60.0;
+    for (double t = 0; busy() && t < limit; t += 0.001) usleep(1000);
+    return busy() ? -XPUERR_TIMEOUT : 0;
+}
+int fakexpu_memcpy(void *d, const void *s, uint64_t n, int kind) {
+    if (kind < 0 || kind > 2) return -XPUERR_INVALID_PARAM;
+    if (n && (!d || !s)) return -XPUERR_INVALID_PARAM;
+    memmove(d, s, n);
+    return 0;
+}
+int fakexpu_malloc(void **p, uint64_t n, int kind) {
+    if (kind != 0 && kind != 1) return -XPUERR_INVALID_PARAM;
+    return track(p, n) ? -XPUERR_INVALID_PARAM : 0;
+}
+int fakexpu_free(void *p) { return untrack(p) ? -XPUERR_INVALID_PARAM : 0; }
+int fakexpu_host_alloc(void **p, uint64_t n, unsigned int flags) {
+    if (flags != 0 || pinned_off()) return -XPUERR_INVALID_PARAM;
+    return track(p, n) ? -XPUERR_INVALID_PARAM : 0;
+}
+int fakexpu_host_free(void *p) { return untrack(p) ? -XPUERR_INVALID_PARAM : 0; }
