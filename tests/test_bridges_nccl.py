@@ -1,4 +1,4 @@
-"""The NCCL-family and HCCL bridges.
+"""The native bridges: NCCL family (NCCL, ECCL, two MCCLs), HCCL, CNCL and BKCL.
 
 * Against the real libnccl of the nvidia-nccl-cu12 wheel: it loads through the run-time binding,
   reports the wheel's version, its own calls that need no GPU work (GetUniqueId, GetErrorString,
@@ -12,6 +12,11 @@
   2.14 on, its deadline (a peer that never arrives -> HetcclTimeout on every rank, naming the
   ranks that never started), the blocking CommInitRank below 2.14 or without the symbol, and
   calls that return ncclInProgress on a non-blocking communicator.
+* Every family (NCCL, HCCL, CNCL, BKCL, ECCL) against its double, with the same checks: every call
+  on one rank, every dtype x op on two ranks, the join deadline (a peer that never starts, a join
+  that never completes), a stream that never finishes and an asynchronous error (abort), no device.
+* Two libmccl.so with the same ``mccl*`` symbols (Moore Threads', MetaX's) in one process, neither
+  binding to the other's symbols; the same two loaded RTLD_GLOBAL (in a child) show the hazard.
 * On a GPU machine only (skipped here): 2 ranks x 1 GPU allreduce through the real NCCL bridge.
 """
 from __future__ import annotations
@@ -28,7 +33,7 @@ import pytest
 
 import hetccl.dtypes as dt
 from hetccl import config
-from hetccl.bridges import hccl, loader, native, nccl, vendor
+from hetccl.bridges import bkcl, hccl, loader, native, nccl, vendor
 from hetccl.bridges.base import BridgeError, BridgeUnavailable
 from hetccl.bridges.buffers import from_numpy
 from hetccl.errors import HetcclTimeout, InvalidUsage
@@ -425,9 +430,7 @@ def _matrix_rank(rank, size, libdict, family):
     import hetccl
     comm = hetccl.init()
     try:
-        v = fakeccl.nccl_vendor(libdict) if family == "nccl" else fakeccl.hccl_vendor(libdict)
-        cls = nccl.NcclBridge if family == "nccl" else hccl.HcclBridge
-        b = cls(comm._store, f"island-{family}", rank, size, vendor=v)
+        b = native.NativeBridge(fakeccl.vendor_of(family, libdict), comm._store, f"island-{family}", rank, size)
         wrong, checked = [], 0
         n = 7
         for code in range(len(dt.NAMES)):
@@ -474,18 +477,20 @@ def _matrix_rank(rank, size, libdict, family):
         comm.close()
 
 
-@pytest.mark.parametrize("family", ["nccl", "hccl"])
+@pytest.mark.parametrize("family", sorted(fakeccl.VENDORS))
 def test_fake_two_ranks_every_dtype_and_op(libs, family):
-    # NCCL family: joined non-blocking, and every call returns ncclInProgress first
-    env = dict(fakeccl.env(libs), FAKECCL_NONBLOCKING_CALLS="2")
+    # NCCL: joined non-blocking, and every call returns ncclInProgress first; the others join in
+    # the helper thread (ECCL's id of unpublished size travels in a 4120-byte buffer)
+    env = dict(fakeccl.env(libs), **({"FAKECCL_NONBLOCKING_CALLS": "2"} if family == "nccl" else {}))
     results = run_ranks(_matrix_rank, 2, libs, family, timeout=180, env=env)
+    least = {"nccl": 100, "hccl": 50, "cncl": 100, "bkcl": 50, "eccl": 70}[family]
     for wrong, checked, nonblocking in results:
         assert wrong == []
-        assert checked >= (100 if family == "nccl" else 50)
-        assert nonblocking == (family == "nccl")             # HCCL has no non-blocking creation
+        assert checked >= least
+        assert nonblocking == (family == "nccl")
 
 
-def _join_with_a_peer_that_never_arrives(rank, size, libdict, timeout):
+def _join_with_a_peer_that_never_arrives(rank, size, libdict, timeout, family="nccl"):
     """Island rank 1's join never happens (FAKECCL_INIT_HANG): every rank must time out."""
     import hetccl
     comm = hetccl.init()
@@ -494,23 +499,32 @@ def _join_with_a_peer_that_never_arrives(rank, size, libdict, timeout):
             os.environ["FAKECCL_INIT_HANG"] = "1"
         t0 = time.monotonic()
         try:
-            nccl.NcclBridge(comm._store, "island", rank, size, vendor=fakeccl.nccl_vendor(libdict),
-                            timeout=timeout)
+            native.NativeBridge(fakeccl.vendor_of(family, libdict), comm._store, "island", rank, size,
+                                timeout=timeout)
         except HetcclTimeout as e:
-            return "HetcclTimeout", str(e), time.monotonic() - t0
+            took = time.monotonic() - t0
+            if family != "nccl":
+                time.sleep(1.5)       # let the helper leave the double's join (FAKECCL_WAIT) and clean up
+            return "HetcclTimeout", str(e), took
         return "formed", "", time.monotonic() - t0
     finally:
         comm.close()
 
 
-def test_fake_two_ranks_join_that_never_completes_times_out_on_every_rank(libs):
-    results = run_ranks(_join_with_a_peer_that_never_arrives, 2, libs, 3.0, timeout=90,
-                        env=fakeccl.env(libs))
+@pytest.mark.parametrize("family", sorted(fakeccl.VENDORS))
+def test_fake_two_ranks_join_that_never_completes_times_out_on_every_rank(libs, family):
+    # the blocking joins' helpers give up inside the double after FAKECCL_WAIT and clean up
+    results = run_ranks(_join_with_a_peer_that_never_arrives, 2, libs, 2.0, family, timeout=90,
+                        env=dict(fakeccl.env(libs), FAKECCL_WAIT="3"))
     for rank, (kind, msg, took) in enumerate(results):
         assert kind == "HetcclTimeout", (rank, msg)
-        assert 3.0 <= took < 3.0 + 10                            # the deadline, plus load on this VM
-        assert f"(island rank {rank} of 2) did not finish within 3 s" in msg
-        assert "every island rank started joining" in msg and "communicator was aborted" in msg
+        assert 2.0 <= took < 2.0 + 10                            # the deadline, plus load on this VM
+        assert f"(island rank {rank} of 2) did not finish within 2 s" in msg
+        assert "every island rank started joining" in msg
+        assert ("communicator was aborted" if family == "nccl" else "helper thread") in msg
+    deadline = time.monotonic() + 10
+    while glob.glob(os.path.join(os.path.dirname(libs["fakeccl"]), "fakeccl-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert glob.glob(os.path.join(os.path.dirname(libs["fakeccl"]), "fakeccl-*")) == []
 
 
@@ -593,3 +607,157 @@ def test_gpu_two_ranks_allreduce_through_nccl():
             np.testing.assert_array_equal(y, (base + 1) + (base + 2))
             np.testing.assert_array_equal(g, np.concatenate([base + 1, base + 2]))
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Every family against its double: the same checks
+# ------------------------------------------------------------------------------------------------
+FAMILIES = sorted(fakeccl.VENDORS)
+
+
+def _bridge(libs, family, store=None, size=1, **kw):
+    return native.NativeBridge(fakeccl.vendor_of(family, libs), store or MemStore(), "t", 0, size, **kw)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_single_rank_every_call(libs, family):
+    b = _bridge(libs, family)
+    try:
+        np.testing.assert_array_equal(_roundtrip(b), np.arange(6, dtype=np.float32))
+        assert b.supports("allreduce", dt.FLOAT32, ReduceOp.SUM) and b.supports("broadcast", dt.INT16)
+        assert not b.supports("allreduce", dt.INT32, ReduceOp.BXOR)      # no family has bitwise ops
+        assert b.async_error() == 0 and b.kind.startswith("fake")
+    finally:
+        b.close()
+    with pytest.raises(InvalidUsage, match="closed or aborted"):
+        _roundtrip(b)
+
+
+def test_family_tables_use_each_headers_values():
+    t, byte = fakeccl.bkcl_vendor({"fakebkcl": "x", "fakert": "y"}).tables(-1)
+    assert byte == 3 and t[("allreduce", dt.FLOAT32, ReduceOp.SUM)] == (9, 0)     # the double's values
+    assert t[("reduce", dt.BOOL, ReduceOp.MAX)] == (3, 2)
+    from hetccl.bridges import cncl
+    t, byte = cncl.cncl_tables(12500)
+    assert byte == cncl.cnclChar == 0x20 and t[("allreduce", dt.BFLOAT16, ReduceOp.MIN)] == (0x11, 3)
+    assert ("allreduce", dt.FLOAT64, ReduceOp.SUM) not in t                      # cncl.h has no 64-bit float
+    t, _ = nccl.eccl_tables(-1)
+    assert t[("allreduce", dt.BFLOAT16, ReduceOp.SUM)] == (nccl.ncclBfloat16, nccl.ncclSum)
+    assert ("allreduce", dt.FLOAT32, ReduceOp.AVG) not in t
+    with pytest.raises(BridgeUnavailable, match="bkcl.h is not public"):
+        bkcl.BKCL.tables(-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_stream_timeout_and_async_error_abort(libs, family, monkeypatch):
+    b = _bridge(libs, family, timeout=0.3)
+    x = np.ones(4, np.float32)
+    monkeypatch.setenv("FAKERT_BUSY", "1")                   # the stream never completes
+    monkeypatch.setenv("FAKECCL_WAIT", "1")                  # (xpu: the helper's xpu_wait gives up later)
+    t0 = time.monotonic()
+    with pytest.raises(HetcclTimeout, match="did not finish within 0.3 s.*aborted"):
+        b.allreduce(_buf(x), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(InvalidUsage, match="closed or aborted"):
+        b.allreduce(_buf(x), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)
+    if family == "bkcl":                                     # BKCL has no asynchronous-error call
+        return
+    monkeypatch.delenv("FAKERT_BUSY")
+    b = _bridge(libs, family)
+    monkeypatch.setenv("FAKERT_BUSY", "1")
+    code = {"cncl": 0x16}.get(family, 6)                     # CNCL_RET_ASYNC_ERROR, ncclRemoteError, ...
+    monkeypatch.setenv("FAKECCL_ASYNC_ERROR", str(code))
+    with pytest.raises(BridgeError, match=f"failed asynchronously with error {code}"):
+        b.allgather(_buf(x), _buf(x), 4, dt.FLOAT32)
+    assert b.async_error() == 0                              # aborted: nothing left to ask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_without_a_device(libs, family, monkeypatch):
+    monkeypatch.setenv("FAKERT_DEVICES", "0")
+    word = {"nccl": "CUDA", "eccl": "CUDA", "hccl": "Ascend NPU", "cncl": "Cambricon MLU",
+            "bkcl": "Kunlunxin XPU"}[family]
+    with pytest.raises(BridgeUnavailable, match=f"no {word} device: "):
+        _bridge(libs, family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_join_deadline_names_the_rank_that_never_started(libs, family, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKECCL_DIR", str(tmp_path))
+    monkeypatch.setenv("FAKECCL_WAIT", "2")                  # how long a blocking join's helper stays
+    store = MemStore()
+    store.set("t/can/1", b"ok")                              # the peer's agreement, then nothing
+    t0 = time.monotonic()
+    with pytest.raises(HetcclTimeout) as e:
+        _bridge(libs, family, store, size=2, timeout=1.0)
+    assert 1.0 <= time.monotonic() - t0 < 6
+    msg = str(e.value)
+    assert "(island rank 0 of 2) did not finish within 1 s" in msg and "island rank(s) [1] never started" in msg
+    deadline = time.monotonic() + 10                         # the helper (or the abort) removes the join's file
+    while os.listdir(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_library_error_carries_its_own_string(libs, family, monkeypatch):
+    b = _bridge(libs, family)
+    x = np.ones(4, np.float32)
+    call = {"bkcl": "all_reduce"}.get(family, "AllReduce")
+    monkeypatch.setenv("FAKECCL_FAIL", call)
+    text = {"cncl": "system error", "bkcl": "bkcl error 2", "hccl": "internal error"}.get(family, "unhandled system error")
+    try:
+        with pytest.raises(BridgeError, match=f"{b.vendor.prefix}{call} failed with error .*{text}"):
+            b.allreduce(_buf(x), _buf(x), 4, dt.FLOAT32, ReduceOp.SUM)
+    finally:
+        b.close()
+
+
+def test_unconfirmed_bkcl_row_never_runs(libs):
+    v = dataclasses.replace(fakeccl.bkcl_vendor(libs), unconfirmed=bkcl.UNCONFIRMED)
+    with pytest.raises(BridgeUnavailable, match="ABI is not confirmed by a public source .*BKCLDataType"):
+        native.NativeBridge(v, MemStore(), "t", 0, 1)
+    lib = loader.probe(v, libs["fakebkcl"])
+    assert not lib.usable and "not confirmed" in lib.reason
+    assert loader.probe(fakeccl.bkcl_vendor(libs), libs["fakebkcl"]).usable
+
+
+# ------------------------------------------------------------------------------------------------
+# Two libraries of the same prefix in one process (Moore Threads' and MetaX's libmccl.so)
+# ------------------------------------------------------------------------------------------------
+def test_two_mccl_libraries_in_one_process_bind_their_own_symbols(libs):
+    a = loader.load_library(fakeccl.mccl_vendor(libs, "mccl_musa"))
+    b = loader.load_library(fakeccl.mccl_vendor(libs, "mccl_maca"))
+    assert a.path != b.path and os.path.basename(a.path) == os.path.basename(b.path) == "libmccl.so"
+    # each GetVersion calls the library's own exported mcclFakeBuiltVersion through the PLT
+    assert (a.version(), b.version()) == (fakeccl.MCCL_VERSIONS["mccl_musa"], fakeccl.MCCL_VERSIONS["mccl_maca"])
+    bridges = [native.NativeBridge(fakeccl.mccl_vendor(libs, w), MemStore(), "t", 0, 1)
+               for w in ("mccl_musa", "mccl_maca")]
+    try:
+        assert [x.describe().split(" bridge")[0] for x in bridges] == ["mccl_musa 2.11.4", "mccl_maca 2.16.5"]
+        for x in bridges:
+            np.testing.assert_array_equal(_roundtrip(x), np.arange(6, dtype=np.float32))
+    finally:
+        for x in bridges:
+            x.close()
+
+
+INTERPOSE = r"""
+import ctypes, sys
+first = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)       # what hetccl never does
+second = ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_LOCAL)
+v = ctypes.c_int()
+second.mcclGetVersion(ctypes.byref(v))
+print(v.value)
+"""
+
+
+def test_rtld_global_would_bind_one_mccl_to_the_others_symbols(libs):
+    """The hazard RTLD_LOCAL avoids, shown in a child: with MetaX's library loaded globally,
+    Moore Threads' library's own call resolves to MetaX's function."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", INTERPOSE, libs["mccl_maca"], libs["mccl_musa"]],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == fakeccl.MCCL_VERSIONS["mccl_maca"]          # not musa's own 21104

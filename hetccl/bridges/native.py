@@ -147,7 +147,8 @@ class NativeBridge(Bridge):
         Each rank first marks in the store that it reached its join, so that a rank which times
         out can say which peers never did."""
         store.set(f"{key}/joining/{self.rank}", b"1", timeout=self.timeout)
-        if self._can_join_nonblocking():
+        self.nonblocking_join = self._can_join_nonblocking()
+        if self.nonblocking_join:
             call = f"{self.vendor.prefix}{self.vendor.roles.get('comm_init_config', 'CommInitRankConfig')}"
             code, detail, comm = self.lib.comm_init_nonblocking(self.size, uid, self.rank, self.timeout)
             if code == WAIT_OK:
@@ -168,10 +169,12 @@ class NativeBridge(Bridge):
         if comm:
             self.lib.comm_abort(comm)         # errors ignored: aborting is already the error path
         if code == WAIT_TIMEOUT:
+            gone = (f"The {self.kind} communicator was aborted." if self.nonblocking_join else
+                    f"{self.kind} cannot cancel a join: it was left to a helper thread, which frees the "
+                    f"communicator if the join ever completes.")
             raise HetcclTimeout(f"{self.kind}: {call} (island rank {self.rank} of {self.size}) did not "
                                 f"finish within {self.timeout:g} s; {self._missing_joiners(store, key)} "
-                                f"The {self.kind} communicator was aborted. A slow but healthy start "
-                                f"needs a larger timeout= / HETCCL_TIMEOUT.")
+                                f"{gone} A slow but healthy start needs a larger timeout= / HETCCL_TIMEOUT.")
         what = "failed with error" if code == WAIT_CALL else "failed asynchronously with error"
         raise BridgeError(f"{self.kind}: {call} {what} {detail}: {text} ({self.lib.path})")
 
