@@ -25,9 +25,17 @@ from tests.launcher import REPO_ROOT, run_ranks
 
 def test_vendor_table_has_every_listed_vendor_once_with_a_source():
     want = {0x10de: "nvidia", 0x1002: "amd", 0x19e5: "ascend", 0x1d94: "hygon", 0x1ed5: "mthreads",
-            0xcabc: "cambricon", 0x1e3e: "iluvatar", 0x9999: "metax", 0x1d22: "kunlunxin"}
+            0xcabc: "cambricon", 0x1e3e: "iluvatar", 0x9999: "metax", 0x1d22: "kunlunxin", 0x1e36: "enflame"}
     assert {k: v.name for k, v in VENDORS.items()} == want
     assert all(v.source for v in VENDORS.values())
+    assert not any("issue" in v.source for v in VENDORS.values())        # every id checked somewhere
+
+
+def test_every_accelerator_vendor_has_a_bridge_kind_with_a_row():
+    from hetccl.bridges import libraries, rows
+    for v in VENDORS.values():
+        kind, _ = libraries.ACCELERATOR_LIBRARY[v.name]
+        assert kind in rows.BY_KIND, v.name
 
 
 def test_accelerator_needs_a_compute_class_unless_the_vendor_makes_only_accelerators():
@@ -37,6 +45,38 @@ def test_accelerator_needs_a_compute_class_unless_the_vendor_makes_only_accelera
     assert accelerator_vendor(0x19e5, 0x120000).name == "ascend"      # processing accelerator
     assert accelerator_vendor(0xcabc, 0x000000).name == "cambricon"
     assert accelerator_vendor(0x8086, 0x030000) is None
+    assert accelerator_vendor(0x1d22, 0x0b4000, 0x3684).name == "kunlunxin"   # by device id
+    assert accelerator_vendor(0x1d22, 0x010800, 0x1380) is None               # Baidu's storage device
+    assert accelerator_vendor(0x1e36, 0x000000).name == "enflame"
+
+
+# every vendor's device as discovery sees it: (vendor id, class, device id) -> the name it reports
+VENDOR_DEVICES = [(0x10de, 0x030200, 0x2330, "nvidia"), (0x1002, 0x038000, 0x74a1, "amd"),
+                  (0x19e5, 0x120000, 0xd802, "ascend"), (0x1d94, 0x038000, 0x6210, "hygon"),
+                  (0x1ed5, 0x030000, 0x0121, "mthreads"), (0xcabc, 0x120000, 0x0370, "cambricon"),
+                  (0x1e3e, 0x030200, 0x0001, "iluvatar"), (0x9999, 0x038000, 0x4001, "metax"),
+                  (0x1d22, 0x0b4000, 0x3684, "kunlunxin"), (0x1e36, 0x120000, 0x0021, "enflame")]
+
+
+@pytest.mark.parametrize("vendor,cls,device,name", VENDOR_DEVICES, ids=[d[3] for d in VENDOR_DEVICES])
+def test_discovery_finds_every_vendors_accelerator_in_a_fake_sysfs(tmp_path, vendor, cls, device, name):
+    root = str(tmp_path)
+    _w(os.path.join(root, "sys/devices/system/node/node0/cpulist"), "0-1")
+    sw = "0000:00:01.0"
+    _pci(root, [sw], 0x8086, 0x060400, speed=16.0, width=16)
+    for i in range(2):
+        dev = _pci(root, [sw, f"0000:0{i + 1}:00.0"], vendor, cls, speed=16.0, width=16)
+        _w(os.path.join(dev, "device"), f"0x{device:04x}")
+    _pci(root, ["0000:00:1f.3"], vendor, 0x040300) if name in ("nvidia", "amd", "ascend", "hygon") else None
+    hw = discover.discover_host(root)
+    accels = hw["accelerators"]
+    assert [a["accel"] for a in accels] == [name, name]
+    assert [a["bdf"] for a in accels] == ["0000:01:00.0", "0000:02:00.0"]
+    assert all(a["parent"] == sw and a["device"] == f"{device:04x}" for a in accels)
+    from hetccl.bridges import libraries
+    (isl,) = [i for i in libraries.host_islands([], accels, "hetccl") if i["members"] != "CPU ranks"]
+    assert isl["members"] == f"2 {name} device(s)"
+    assert f"no {libraries.ACCELERATOR_LIBRARY[name][0]} library found" in isl["note"]
 
 
 # ------------------------------------------------------------------ discovery on a fake sysfs

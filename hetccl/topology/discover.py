@@ -115,7 +115,7 @@ def pci_tree(root="/") -> list[dict]:
         vendor = _int(_read(os.path.join(d, "vendor")), 16)
         if cls is None or vendor is None:
             continue
-        acc = accelerator_vendor(vendor, cls)
+        acc = accelerator_vendor(vendor, cls, _int(_read(os.path.join(d, "device")), 16))
         kind = ("bridge" if cls >> 8 == PCI_BRIDGE_CLASS else "accelerator" if acc
                 else "nic" if cls >> 16 == NET_CLASS else None)
         if kind is None:
