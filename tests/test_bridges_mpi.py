@@ -1,16 +1,21 @@
 """The MPI bridge: finding the library without starting MPI, what it declares it runs, the whole
-communicator delegated to MPI under mpirun, and the errors when MPI cannot be used."""
+communicator delegated to MPI under mpirun, the errors when MPI cannot be used, and failure like
+the other bridges: a stalled peer (deadline), abort() from another thread, a dead peer."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 import hetccl
 from hetccl.bridges import islands as formation
-from tests.launcher import run_ranks_expect_failure
+from tests.launcher import run_command, run_ranks_expect_failure
 from tests.mpirun_util import clean_env, mpirun_or_skip, run_worker
+
+BRIDGE_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_bridge_worker.py")
 
 PROBE = r"""
 import sys
@@ -83,3 +88,41 @@ def test_mpi_bridge_requested_without_mpirun_is_a_clear_error_on_every_rank():
 def test_unknown_bridge_name():
     with pytest.raises(hetccl.InvalidUsage, match="'ncll' is not a bridge"):
         formation.requested("ncll", 0)
+
+
+def _bridge_job(case, timeout, limit):
+    mpirun = mpirun_or_skip()
+    t0 = time.monotonic()
+    p = run_command([mpirun, "-np", "2", "--oversubscribe", sys.executable, BRIDGE_WORKER, case, str(timeout)],
+                    timeout=limit, env=clean_env())
+    rows = {int(r["rank"]): r for r in (dict(kv.split("=", 1) for kv in ln.split()[1:])
+                                         for ln in p.stdout.splitlines() if ln.startswith("RESULT "))}
+    return p, rows, time.monotonic() - t0
+
+
+def test_mpi_bridge_stalled_peer_times_out_aborts_and_exits():
+    p, rows, _ = _bridge_job("stall", 2.0, 120)
+    assert p.returncode == 0 and sorted(rows) == [0, 1], p.stdout + p.stderr
+    r0, r1 = rows[0], rows[1]
+    assert r0["outcome"] == "HetcclTimeout" and 2.0 <= float(r0["took"]) < 8, r0
+    assert r0["later"] == "InvalidUsage"                       # the aborted bridge refuses calls
+    assert r1["outcome"] in ("HetcclTimeout", "BridgeError"), r1   # its peer aborted: no hang either
+    assert "did not finish within 2 s" in p.stderr and "the MPI bridge was aborted" in p.stderr
+
+
+def test_mpi_bridge_abort_from_another_thread_ends_a_pending_call():
+    p, rows, _ = _bridge_job("abort", 60.0, 120)
+    assert p.returncode == 0 and 0 in rows, p.stdout + p.stderr
+    assert rows[0]["outcome"] == "BridgeError" and float(rows[0]["took"]) < 10, rows[0]
+    assert rows[0]["later"] == "InvalidUsage" and "interrupted: the MPI bridge was aborted" in p.stderr
+
+
+def test_mpi_bridge_dead_peer_does_not_wait_out_the_timeout():
+    """A peer that exits abnormally: Open MPI's mpirun ends the job (unless run with ULFM, where
+    the survivor's call raises); either way nothing waits for the 60 s deadline."""
+    p, rows, took = _bridge_job("dead", 60.0, 120)
+    assert took < 40, (took, p.stdout, p.stderr)
+    if 0 in rows:                                              # ULFM: the survivor saw the failure
+        assert rows[0]["outcome"] in ("BridgeError", "HetcclTimeout"), rows[0]
+    else:
+        assert p.returncode != 0 and "exited" in (p.stdout + p.stderr)

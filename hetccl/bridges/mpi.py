@@ -15,16 +15,32 @@ int8..uint64, float32 and float64; on bool, BAND/BOR/BXOR/MIN/MAX as MPI's logic
 LAND/LOR on C_BOOL. MPI has no AVG, no float16/bfloat16/float8 reductions (Open MPI's MPIX float16
 types are not standard): those return False and hetccl's own algorithms run them inside the island.
 Data movement (allgather, broadcast) works for every dtype (it moves bytes as MPI.BYTE).
+
+Failure, as the other bridges: every call is MPI's non-blocking collective (MPI_Iallreduce, ...)
+polled with MPI_Test against the communicator's timeout (``timeout=``, HETCCL_TIMEOUT, else 600 s),
+first spinning (each Test drives MPI's progress), then sleeping 50 us growing to 1 ms. Errors are
+returned, not fatal (MPI_ERRORS_RETURN on the island's communicator), so a failed call raises
+BridgeError. A call past its deadline, or ``abort()`` (from any thread, e.g. when hetccl's
+communicator is aborted), ends the wait at once: the bridge revokes the island's communicator
+where the MPI library has ULFM's MPIX_Comm_revoke (peers' pending calls on it then fail instead of
+waiting), keeps the abandoned request and its buffers alive (MPI may still write them), refuses
+every later call, and skips MPI_Finalize at exit, which would otherwise wait for the abandoned
+operation. What a peer's death does is the MPI job's choice: Open MPI's mpirun ends the whole job
+when a process exits abnormally unless it runs with fault tolerance (ULFM), in which case the
+survivors' calls fail with MPI_ERR_PROC_FAILED and raise here.
 """
 from __future__ import annotations
 
 import atexit
 import os
 import sys
+import threading
+import time
 
 import numpy as np
 
-from .. import dtypes
+from .. import config, dtypes
+from ..errors import HetcclTimeout, InvalidUsage
 from ..ops import ReduceOp
 from .base import HOST, Bridge, BridgeError, BridgeUnavailable, Library
 
@@ -70,8 +86,17 @@ def _module(initialize: bool):
             raise BridgeUnavailable("MPI was already finalized in this process; create the hetccl "
                                     "communicator before MPI.Finalize()")
         mod.Init_thread(mod.THREAD_MULTIPLE)
-        atexit.register(lambda: mod.Is_finalized() or mod.Finalize())
+        atexit.register(_finalize, mod)
     return mod
+
+
+_ABANDONED: list = []     # (request, buffers) of calls given up on: MPI may still touch them
+
+
+def _finalize(mod):
+    """MPI_Finalize at exit, unless an abandoned operation would make it wait forever."""
+    if not mod.Is_finalized() and not _ABANDONED:
+        mod.Finalize()
 
 
 def _library_path() -> str:
@@ -136,7 +161,11 @@ class MPIBridge(Bridge):
     kind = KIND
     memory = HOST
 
-    def __init__(self, world_ranks: list[int], tag: int):
+    SPINS = 200               # MPI_Test calls before the wait starts sleeping
+
+    def __init__(self, world_ranks: list[int], tag: int, timeout: float | None = None):
+        self.timeout = config.timeout(timeout)
+        self._aborted = threading.Event()
         MPI = _module(initialize=True)
         self.MPI = MPI
         me = MPI.COMM_WORLD.Get_rank()
@@ -147,6 +176,7 @@ class MPIBridge(Bridge):
             self.comm = MPI.COMM_WORLD.Create_group(group, tag)
         finally:
             group.Free()
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         super().__init__(self.comm.Get_rank(), self.comm.Get_size())
         self._types, self._ops = _tables(MPI)
         self._in_place = MPI.IN_PLACE
@@ -170,52 +200,118 @@ class MPIBridge(Bridge):
         dtype is an MPI type of the same width and kind (int64 'l' -> MPI_LONG, bool '?' ->
         MPI_C_BOOL, ...); other buffers get the datatype explicitly."""
         t, o = self._ops[dtype, op]
-        run, in_place, ndarray = self.comm.Allreduce, self._in_place, np.ndarray
+        run, in_place, ndarray, wait = self._comm().Iallreduce, self._in_place, np.ndarray, self._wait
+        aborted = self._aborted
 
         def allreduce(send, recv):
+            if aborted.is_set():
+                raise InvalidUsage("the MPI bridge was closed or aborted; create a new one")
             if type(recv) is ndarray:             # numpy: its format names the MPI datatype
-                run(in_place if send is recv else send, recv, o)
+                req = run(in_place if send is recv else send, recv, o)
             else:                                 # other buffers ('c', 'q', ...): say it explicitly
-                run(in_place if send is recv else [send, t], [recv, t], o)
+                req = run(in_place if send is recv else [send, t], [recv, t], o)
+            if not req.Test():
+                wait(req, "allreduce", send, recv)
         return allreduce
 
     # ------------------------------------------------------------------ collectives
 
+    def _comm(self):
+        if self.comm is None:
+            raise InvalidUsage("the MPI bridge was closed or aborted; create a new one")
+        return self.comm
+
+    def _wait(self, req, what: str, *buffers) -> None:
+        """Poll ``req`` until done, the deadline, an error or abort() (see the module docstring)."""
+        MPI, aborted = self.MPI, self._aborted
+        deadline = time.monotonic() + self.timeout
+        spins, pause = 0, 50e-6
+        try:
+            while not req.Test():
+                if aborted.is_set():
+                    self._abandon(req, buffers)
+                    raise BridgeError(f"mpi: {what} was interrupted: the MPI bridge was aborted")
+                if time.monotonic() > deadline:
+                    self._abandon(req, buffers)
+                    self.abort()
+                    raise HetcclTimeout(f"mpi: {what} did not finish within {self.timeout:g} s (a peer of the "
+                                        f"MPI island may have died or stalled); the MPI bridge was aborted")
+                spins += 1
+                if spins > self.SPINS:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1e-3)
+        except MPI.Exception as e:
+            self._abandon(req, buffers)
+            self.abort()
+            raise BridgeError(f"mpi: {what} failed: {e.Get_error_string().strip()} (error class "
+                              f"{e.Get_error_class()}); the MPI bridge was aborted") from None
+
+    @staticmethod
+    def _abandon(req, buffers):
+        _ABANDONED.append((req, buffers))
+
+    def _run(self, what, start, *buffers):
+        req = start()
+        if not req.Test():
+            self._wait(req, what, *buffers)
+
     def allreduce(self, send, recv, count, dtype, op):
         t, o = self._ops[dtype, op]
-        self.comm.Allreduce(self._in_place if send is recv else [send, count, t], [recv, count, t], o)
+        c = self._comm()
+        self._run("allreduce", lambda: c.Iallreduce(self._in_place if send is recv else [send, count, t],
+                                                     [recv, count, t], o), send, recv)
 
     def reduce_scatter(self, send, recv, count, dtype, op):
         t, o = self._ops[dtype, op]
+        c = self._comm()
         # mpi4py counts the send buffer of Reduce_scatter_block per block, like the receive buffer
-        self.comm.Reduce_scatter_block([send, count, t], [recv, count, t], o)
+        self._run("reduce_scatter", lambda: c.Ireduce_scatter_block([send, count, t], [recv, count, t], o),
+                  send, recv)
 
     def allgather(self, send, recv, count, dtype):
         n = count * dtypes.ITEMSIZE[dtype]     # mpi4py counts Allgather's receive buffer per rank
-        self.comm.Allgather(self._in_place if send is recv else [send, n, self._byte], [recv, n, self._byte])
+        c = self._comm()
+        self._run("allgather", lambda: c.Iallgather(self._in_place if send is recv else [send, n, self._byte],
+                                                     [recv, n, self._byte]), send, recv)
 
     def broadcast(self, buf, count, dtype, root):
-        self.comm.Bcast([buf, count * dtypes.ITEMSIZE[dtype], self._byte], root)
+        c = self._comm()
+        self._run("broadcast", lambda: c.Ibcast([buf, count * dtypes.ITEMSIZE[dtype], self._byte], root), buf)
 
     def reduce(self, send, recv, count, dtype, op, root):
         t, o = self._ops[dtype, op]
+        c = self._comm()
         if self.rank == root:
-            self.comm.Reduce(self._in_place if send is recv else [send, count, t], [recv, count, t], o, root)
+            self._run("reduce", lambda: c.Ireduce(self._in_place if send is recv else [send, count, t],
+                                                   [recv, count, t], o, root), send, recv)
         else:
-            self.comm.Reduce([send, count, t], None, o, root)
+            self._run("reduce", lambda: c.Ireduce([send, count, t], None, o, root), send)
 
     def close(self):
         comm, self.comm = getattr(self, "comm", None), None
-        if comm is not None and not self.MPI.Is_finalized():
+        if comm is not None and not self.MPI.Is_finalized() and not self._aborted.is_set():
             comm.Free()
 
     def abort(self):
-        """MPI cannot drop one communicator without its peers: leave it to process exit."""
-        self.comm = None
+        """Stop the island's MPI work now, from any thread: a call waiting in this bridge returns
+        (BridgeError), the communicator is revoked where MPI has ULFM (peers' calls on it fail
+        instead of waiting), and every later call raises InvalidUsage. The communicator is not
+        freed (MPI_Comm_free would wait for the peers)."""
+        if self._aborted.is_set():
+            return
+        self._aborted.set()
+        comm, self.comm = self.comm, None
+        revoke = getattr(comm, "Revoke", None)
+        if comm is not None and revoke is not None:
+            try:
+                revoke()
+            except Exception:                  # noqa: BLE001 - MPI without ULFM support at run time
+                pass
+        _ABANDONED.append((comm, ()))          # keep it (and MPI_Finalize away: see _finalize)
 
 
 def open_island(ctx) -> MPIBridge:
     """The MPI bridge of one island (a bridges.islands.IslandContext); collective over the island.
     The island's MPI world ranks come from the rank cards (``card["bridge"]["mpi"]``)."""
     world = [ctx.cards[r]["bridge"]["mpi"]["rank"] for r in ctx.island.ranks]
-    return MPIBridge(world, ctx.tag)
+    return MPIBridge(world, ctx.tag, timeout=ctx.timeout)
