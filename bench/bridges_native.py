@@ -1,4 +1,4 @@
-"""Dispatch overhead of the NCCL-family bridge: what hetccl adds per call on top of the library.
+"""Dispatch overhead of the native bridges: what hetccl adds per call on top of the library.
 
 No GPU is needed (nor possible here): the library is the fakeccl ABI test double (tests/fakeccl,
 host memory, 1 rank), loaded through the same run-time binding as libnccl. Three paths, each
@@ -11,9 +11,16 @@ doing the same native work per call (xAllReduce of 8 bytes + one stream query):
            dtype/op table, error handling, stream wait with deadline and async-error check)
 
 Reps are interleaved (direct, binding, bridge, direct, ...) and the medians over reps are
-reported. Target (issue 7): bridge - direct <= 2 us per call at 8 B.
+reported. Target: bridge - direct <= 2 us per call at 8 B.
+
+``--families`` adds the other call families on their doubles (binding vs bridge, the same 8 B
+allreduce): cncl (fakecncl + the CNRT-style runtime), bkcl (fakebkcl_ + the XPU-style runtime,
+whose wait runs in a helper thread because xpu has no stream query), bkcl-cudart (the same library
+on a runtime with a stream query, as with XPU's CUDA-compatible libcudart), eccl (the NCCL double as the
+ECCL row: a 4120-byte id, helper-thread join), hccl. Target for each: bridge - binding <= 2 us.
 
     python bench/bridges_native.py                 # default: 30 reps x 2000 calls
+    python bench/bridges_native.py --families cncl,bkcl,eccl,hccl
     python bench/bridges_native.py --reps 5 --iters 500   # smoke
 """
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hetccl.dtypes as dt  # noqa: E402
-from hetccl.bridges import nccl  # noqa: E402
+from hetccl.bridges import native, nccl  # noqa: E402
 from hetccl.bridges.buffers import from_numpy  # noqa: E402
 from hetccl.ops import ReduceOp  # noqa: E402
 from tests import fakeccl  # noqa: E402
@@ -43,14 +50,57 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--families", default="", help="comma list of cncl,bkcl,bkcl-cudart,eccl,hccl to add")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hetccl-bench-") as d:
         libs = fakeccl.build(d)
         bridge = nccl.NcclBridge(fakeccl.MemStore(), "bench", 0, 1, vendor=fakeccl.nccl_vendor(libs))
         try:
-            return run(bridge, libs, args.reps, args.iters)
+            rc = run(bridge, libs, args.reps, args.iters)
         finally:
             bridge.close()
+        for family in [f for f in args.families.split(",") if f]:
+            b = native.NativeBridge(fakeccl.vendor_of(family, libs), fakeccl.MemStore(), "bench", 0, 1)
+            try:
+                run_family(family, b, args.reps, args.iters)
+            finally:
+                b.close()
+        return rc
+
+
+def run_family(family: str, bridge, reps: int, iters: int) -> None:
+    """binding (CclLibrary.allreduce + DeviceRuntime.wait_stream) vs the whole bridge, one family."""
+    x = np.ones(2, np.float32)
+    y = np.zeros(2, np.float32)
+    bx, by = from_numpy(x), from_numpy(y)
+    comm, stream, lib, rt = bridge._comm, bridge._stream, bridge.lib, bridge.runtime
+    ldt, lop = bridge._reduction("allreduce", dt.FLOAT32, ReduceOp.SUM)
+    xp, yp = x.ctypes.data, y.ctypes.data
+
+    def binding():
+        for _ in range(iters):
+            if lib.allreduce(xp, yp, 2, ldt, lop, comm, stream):
+                raise RuntimeError("fake call failed")
+            rt.wait_stream(stream, lib, comm, 60.0)
+
+    def whole():
+        for _ in range(iters):
+            bridge.allreduce(bx, by, 2, dt.FLOAT32, ReduceOp.SUM)
+
+    paths = {"binding": binding, "bridge": whole}
+    times = {k: [] for k in paths}
+    for f in paths.values():
+        f()
+    for _ in range(reps):
+        for name, f in paths.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t0) / iters * 1e6)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    added = med["bridge"] - med["binding"]
+    print(f"# {family}: binding {med['binding']:.3f} us/call, bridge {med['bridge']:.3f} us/call, "
+          f"added {added:.3f} us ({'met' if added <= TARGET_US else 'NOT met'}: <= {TARGET_US:g} us)"
+          f"{'  [runtime without a stream query: each wait is a helper thread]' if not rt.has_query else ''}")
 
 
 def run(bridge, libs, reps: int, iters: int) -> int:

@@ -81,7 +81,9 @@ def test_topology_file_bridge_is_second_and_vendor_third():
     # a vendor whose bridge this hetccl lacks stays on hetccl's transports
     assert formation.form([_card(0, vendor="nvidia", have=("mpi",))], _topo(1)) is None
     assert formation.vendor_library("amd") == "rccl" and formation.vendor_library("ascend") == "hccl"
-    assert formation.vendor_library(None) is None and formation.vendor_library("cambricon") is None
+    assert formation.vendor_library(None) is None and formation.vendor_library("cambricon") == "cncl"
+    assert formation.vendor_library("kunlunxin") == "bkcl" and formation.vendor_library("enflame") == "eccl"
+    assert formation.vendor_library("some-new-vendor") is None
 
 
 def test_unusable_request_raises_the_same_error_everywhere():

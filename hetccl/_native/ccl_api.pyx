@@ -60,22 +60,25 @@ cdef extern from "<pthread.h>" nogil:
 
 cdef struct Backoff:
     int spins
+    int yields                # yields before the first sleep
     long cap_ns               # the longest sleep; 0: keep the first (a stream wait stays responsive)
     timespec ts
 
 
-cdef inline void backoff_init(Backoff* b, long cap_ns) noexcept nogil:
+cdef inline void backoff_init(Backoff* b, long cap_ns, int yields=64) noexcept nogil:
     b.spins = 0
+    b.yields = yields
     b.cap_ns = cap_ns
     b.ts.tv_sec = 0
     b.ts.tv_nsec = 50000
 
 
 cdef inline void backoff_wait(Backoff* b) noexcept nogil:
-    """One pause of a polling loop: 64 yields, then 50 us sleeps (doubling up to cap_ns): the CPU
-    is left to the library's own threads and to other ranks sharing the core."""
+    """One pause of a polling loop: ``yields`` yields (64 by default), then 50 us sleeps (doubling
+    up to cap_ns): the CPU is left to the library's own threads and to other ranks sharing the
+    core."""
     b.spins += 1
-    if b.spins < 64:
+    if b.spins < b.yields:
         sched_yield()
         return
     nanosleep(&b.ts, NULL)
@@ -835,11 +838,10 @@ cdef class DeviceRuntime:
 
     def memcpy(self, uintptr_t dst, uintptr_t src, size_t nbytes, int kind) -> int:
         """Blocking copy; kind 0 host->host, 1 host->device, 2 device->host, 3 device->device
-        (translated to the runtime's own code)."""
+        (translated to the runtime's own code; any other value is passed as is, for the runtime to
+        refuse with its own error)."""
         cdef int rc
-        if kind < 0 or kind > 3:
-            raise ValueError(f"copy kind {kind} is not 0..3")
-        cdef int k = self._kinds[kind]
+        cdef int k = self._kinds[kind] if 0 <= kind <= 3 else kind
         with nogil:
             if not self._acl:
                 rc = self._memcpy(<void*>dst, <const void*>src, nbytes, k)
@@ -923,7 +925,9 @@ cdef class DeviceRuntime:
             if j == NULL:
                 raise MemoryError()
             j.kind, j.fn, j.stream = JOB_SYNC, <void*>self._sync, s
-        backoff_init(&bo, 0)
+        # a helper-thread sync is seen done only after the thread has started and run: yield longer
+        # before sleeping, so a short wait costs the thread's start, not a 50 us sleep
+        backoff_init(&bo, 0, 64 if query else 2048)
         with nogil:
             if not query:
                 j = _job_start(j)

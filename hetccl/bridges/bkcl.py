@@ -94,6 +94,11 @@ XPU_ROLES = {"get_device_count": "device_count", "set_device": "set_device", "st
              "host_alloc": "host_alloc", "free_host": "host_free"}
 XPURT = Runtime(("libxpurt.so",), "xpu_", roles=XPU_ROLES, kinds=XPU_KINDS, malloc_args=3, errors=XPU_ERRORS,
                 search_dirs=("/usr/local/xpu/so", "/usr/local/xpu/lib"))
+# XPU's CUDA-compatible runtime (libcudart.so next to libxpurt.so): FlagCX's Kunlunxin device
+# adaptor (flagcx/adaptor/device/kunlunxin_adaptor.cc, -lxpurt -lcudart) creates its streams with
+# cudaStreamCreateWithFlags, queries them with cudaStreamQuery and passes them to bkcl_*. A row
+# with runtime=XPU_CUDART therefore waits by query, without xpu_wait's helper thread per call.
+XPU_CUDART = Runtime(("libcudart.so",), "cuda", search_dirs=("/usr/local/xpu/so",))
 XCCL_DIRS = ("/usr/local/xccl/so", "/usr/local/xpu/so")
 
 

@@ -108,6 +108,14 @@ def bkcl_vendor(libs: dict, memory_dl=(1,), enums=FAKE_BKCL_ENUMS):
                        search_dirs=(), dlpack_devices=memory_dl)
 
 
+def bkcl_cudart_vendor(libs: dict, memory_dl=(1,)):
+    """The fake BKCL on a cudart-style runtime with a stream query (as bkcl.XPU_CUDART)."""
+    import dataclasses
+    from hetccl.bridges.vendor import Runtime
+    return dataclasses.replace(bkcl_vendor(libs, memory_dl), kind="fakebkcl-cudart",
+                               runtime=Runtime((libs["fakert"],), "fakert"))
+
+
 def mccl_vendor(libs: dict, which: str):
     """One of the two fake libmccl.so as an NCCL-family row (prefix mccl, the fake cudart)."""
     from hetccl.bridges import nccl
@@ -122,7 +130,7 @@ VENDORS = {"nccl": nccl_vendor, "hccl": hccl_vendor, "cncl": cncl_vendor, "bkcl"
 
 
 def vendor_of(family: str, libs: dict, memory_dl=(1,)):
-    return VENDORS[family](libs, memory_dl)
+    return (VENDORS.get(family) or {"bkcl-cudart": bkcl_cudart_vendor}[family])(libs, memory_dl)
 
 
 def build_or_skip(tmp_path_factory) -> dict[str, str]:
