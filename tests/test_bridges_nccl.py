@@ -594,6 +594,41 @@ def _gpu_allreduce_rank(rank, size):
         comm.close()
 
 
+@pytest.mark.skipif(_gpu_devices() < 1, reason="needs a CUDA device (and torch with CUDA)")
+def test_gpu_one_rank_every_call_through_nccl_on_cuda_tensors():
+    """One GPU: the real NCCL bridge on torch CUDA tensors, every call, and staging."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    b = nccl.NcclBridge(MemStore(), "gpu1", 0, 1, device=0)
+    try:
+        n = (1 << 20) + 3
+        x = (torch.arange(n, device="cuda", dtype=torch.float64) % 7).to(torch.float32)
+        y = torch.empty_like(x)
+        for coll in ("allreduce", "reduce_scatter", "reduce"):
+            y.zero_()
+            if coll == "reduce":
+                b.reduce(x, y, n, dt.FLOAT32, ReduceOp.SUM, 0)
+            else:
+                getattr(b, coll)(x, y, n, dt.FLOAT32, ReduceOp.SUM)
+            assert torch.equal(y, x), coll
+        g = torch.empty_like(x)
+        b.allgather(x, g, n, dt.FLOAT32)
+        b.broadcast(g, n, dt.FLOAT32, 0)
+        assert torch.equal(g, x)
+        host = np.arange(1000, dtype=np.float32)
+        dev = b.device_buffer(host.nbytes)
+        b.copy_in(dev, host)
+        back = np.zeros_like(host)
+        b.copy_out(back, dev)
+        np.testing.assert_array_equal(back, host)
+        b.release_buffer(dev)
+        assert b.nonblocking                                   # NCCL >= 2.14 joins with a deadline
+    finally:
+        b.close()
+    assert b.live_allocations() == 0
+
+
 @pytest.mark.skipif(_gpu_devices() < 2, reason="needs 2 CUDA devices (and torch with CUDA)")
 def test_gpu_two_ranks_allreduce_through_nccl():
     torch = pytest.importorskip("torch")
