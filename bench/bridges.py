@@ -138,8 +138,14 @@ def dispatch(args, world):
     want = np.zeros(2, np.float32)
     v_hetccl = Variant("hetccl->mpi", lambda s, r: comm.allreduce(x, algorithm="islands"))
     v_direct = Variant("mpi4py", lambda s, r: mcomm.Allreduce(MPI.IN_PLACE, x, MPI.SUM))
+
+    def nonblocking(s, r):                 # what the bridge calls: MPI_Iallreduce polled with MPI_Test
+        req = mcomm.Iallreduce(MPI.IN_PLACE, x, MPI.SUM)
+        while not req.Test():
+            pass
+    v_nb = Variant("mpi4py Iallreduce+Test", nonblocking)
     v_auto = Variant("hetccl auto", lambda s, r: comm.allreduce(x))
-    variants = [v_hetccl, v_direct, v_auto]
+    variants = [v_hetccl, v_direct, v_nb, v_auto]
     med = interleaved(world, variants, x, want, args.iters, args.reps)
     comm.allreduce(x)
     choice = comm.last_algorithm
@@ -150,9 +156,11 @@ def dispatch(args, world):
         for v in variants:
             print("\n".join(header(f"allreduce, {v.name}")))
             print(row(8, med[v.name], p, v.wrong))
-        added = (med["hetccl->mpi"] - med["mpi4py"]) * 1e6
-        print(f"# added per call by hetccl's dispatch: {added:.2f} us (target <= 2 us); "
-              f"the tuner's own choice at 8 B: {choice}")
+        added = (med["hetccl->mpi"] - med["mpi4py Iallreduce+Test"]) * 1e6
+        nbc = (med["mpi4py Iallreduce+Test"] - med["mpi4py"]) * 1e6
+        print(f"# added per call by hetccl's dispatch: {added:.2f} us over the same non-blocking MPI call "
+              f"(target <= 2 us); the non-blocking call itself costs {nbc:.2f} us more than the blocking "
+              f"Allreduce (the price of the deadline); the tuner's own choice at 8 B: {choice}")
     comm.close()
 
 

@@ -17,8 +17,9 @@ types are not standard): those return False and hetccl's own algorithms run them
 Data movement (allgather, broadcast) works for every dtype (it moves bytes as MPI.BYTE).
 
 Failure, as the other bridges: every call is MPI's non-blocking collective (MPI_Iallreduce, ...)
-polled with MPI_Test against the communicator's timeout (``timeout=``, HETCCL_TIMEOUT, else 600 s),
-first spinning (each Test drives MPI's progress), then sleeping 50 us growing to 1 ms. Errors are
+polled with MPI_Test against the communicator's timeout (``timeout=``, HETCCL_TIMEOUT, else 600 s):
+a tight loop of 2000 Tests first (each drives MPI's progress), then Tests between sched_yield for 5 ms,
+then sleeps of 50 us growing to 1 ms (spin, yield, then block, as hetccl's own waits). Errors are
 returned, not fatal (MPI_ERRORS_RETURN on the island's communicator), so a failed call raises
 BridgeError. A call past its deadline, or ``abort()`` (from any thread, e.g. when hetccl's
 communicator is aborted), ends the wait at once: the bridge revokes the island's communicator
@@ -161,7 +162,8 @@ class MPIBridge(Bridge):
     kind = KIND
     memory = HOST
 
-    SPINS = 200               # MPI_Test calls before the wait starts sleeping
+    SPINS = 2000              # MPI_Test calls in a tight loop first (each drives MPI's progress; ~0.4 ms)
+    YIELD_FOR = 5e-3          # then Test + sched_yield for this long, then sleeps of 50 us .. 1 ms
 
     def __init__(self, world_ranks: list[int], tag: int, timeout: float | None = None):
         self.timeout = config.timeout(timeout)
@@ -224,20 +226,27 @@ class MPIBridge(Bridge):
     def _wait(self, req, what: str, *buffers) -> None:
         """Poll ``req`` until done, the deadline, an error or abort() (see the module docstring)."""
         MPI, aborted = self.MPI, self._aborted
-        deadline = time.monotonic() + self.timeout
+        start = time.monotonic()
+        deadline = start + self.timeout
+        yielding = start + self.YIELD_FOR
         spins, pause = 0, 50e-6
         try:
             while not req.Test():
+                spins += 1
+                if spins < self.SPINS:
+                    continue
                 if aborted.is_set():
                     self._abandon(req, buffers)
                     raise BridgeError(f"mpi: {what} was interrupted: the MPI bridge was aborted")
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     self._abandon(req, buffers)
                     self.abort()
                     raise HetcclTimeout(f"mpi: {what} did not finish within {self.timeout:g} s (a peer of the "
                                         f"MPI island may have died or stalled); the MPI bridge was aborted")
-                spins += 1
-                if spins > self.SPINS:
+                if now < yielding:
+                    os.sched_yield()
+                else:
                     time.sleep(pause)
                     pause = min(pause * 2, 1e-3)
         except MPI.Exception as e:
