@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", type=int, required=True)
     ap.add_argument("--fake", action="store_true")
     ap.add_argument("--out", default="")
+    ap.add_argument("--port", type=int, default=29561, help="torch.distributed's TCP rendezvous port")
     args = ap.parse_args(argv)
     g = args.gpus
     kind = "fakeccl" if args.fake else "nccl"
@@ -145,8 +146,7 @@ def main(argv=None) -> int:
     if gpu:
         import torch.distributed as dist
         backend = "gloo" if args.fake else "nccl"
-        port = int(os.environ.get("HETCCL_GPU_CHECK_PORT", "29561"))
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=comm.rank, world_size=g)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{args.port}", rank=comm.rank, world_size=g)
     for n in sizes:
         it = max(3, ITERS[n] // 5) if args.fake else ITERS[n]
         mixed = hetccl_calls(comm, bufs, n)

@@ -16,9 +16,9 @@ def test_gpu_check_dry_run_mixed_communicator(tmp_path_factory):
     pytest.importorskip("torch")
     libs = fakeccl.build_or_skip(tmp_path_factory)
     out = os.path.join(os.path.dirname(libs["fakeccl"]), "summary.txt")
-    env = dict(fakeccl.env(libs), PYTHONPATH=REPO_ROOT, HETCCL_GPU_CHECK_PORT="29571")
+    env = dict(fakeccl.env(libs), PYTHONPATH=REPO_ROOT)
     p = run_command([sys.executable, "-m", "hetccl", "run", "-n", "4", "--", sys.executable,
-                     os.path.join(REPO_ROOT, "bench", "gpu_check.py"), "--gpus", "2", "--fake", "--out", out],
+                     os.path.join(REPO_ROOT, "bench", "gpu_check.py"), "--gpus", "2", "--fake", "--out", out, "--port", "29571"],
                     timeout=240, env=env, cwd=REPO_ROOT)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     text = open(out).read()
