@@ -68,13 +68,13 @@ def main(argv=None) -> int:
         return rc
 
 
-def run_family(family: str, bridge, reps: int, iters: int) -> None:
-    """binding (CclLibrary.allreduce + DeviceRuntime.wait_stream) vs the whole bridge, one family."""
-    x = np.ones(2, np.float32)
+def bridge_paths(bridge, iters: int, ldt: int, lop: int) -> dict:
+    """The "binding" (CclLibrary.allreduce + DeviceRuntime.wait_stream) and "bridge" loops of an
+    8 B float32 SUM allreduce, ``iters`` calls each."""
+    x = np.ones(2, np.float32)                       # 8 bytes
     y = np.zeros(2, np.float32)
     bx, by = from_numpy(x), from_numpy(y)
     comm, stream, lib, rt = bridge._comm, bridge._stream, bridge.lib, bridge.runtime
-    ldt, lop = bridge._reduction("allreduce", dt.FLOAT32, ReduceOp.SUM)
     xp, yp = x.ctypes.data, y.ctypes.data
 
     def binding():
@@ -86,8 +86,11 @@ def run_family(family: str, bridge, reps: int, iters: int) -> None:
     def whole():
         for _ in range(iters):
             bridge.allreduce(bx, by, 2, dt.FLOAT32, ReduceOp.SUM)
+    return {"binding": binding, "bridge": whole, "buffers": (x, y)}
 
-    paths = {"binding": binding, "bridge": whole}
+
+def medians(paths: dict, reps: int, iters: int) -> dict:
+    """Median us per call of each path, reps interleaved after one warm-up round."""
     times = {k: [] for k in paths}
     for f in paths.values():
         f()
@@ -96,17 +99,24 @@ def run_family(family: str, bridge, reps: int, iters: int) -> None:
             t0 = time.perf_counter()
             f()
             times[name].append((time.perf_counter() - t0) / iters * 1e6)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_family(family: str, bridge, reps: int, iters: int) -> None:
+    """binding vs the whole bridge, one family."""
+    ldt, lop = bridge._reduction("allreduce", dt.FLOAT32, ReduceOp.SUM)
+    paths = bridge_paths(bridge, iters, ldt, lop)
+    del paths["buffers"]
+    med = medians(paths, reps, iters)
     added = med["bridge"] - med["binding"]
     print(f"# {family}: binding {med['binding']:.3f} us/call, bridge {med['bridge']:.3f} us/call, "
           f"added {added:.3f} us ({'met' if added <= TARGET_US else 'NOT met'}: <= {TARGET_US:g} us)"
-          f"{'  [runtime without a stream query: each wait is a helper thread]' if not rt.has_query else ''}")
+          f"{'' if bridge.runtime.has_query else '  [runtime without a stream query: each wait is a helper thread]'}")
 
 
 def run(bridge, libs, reps: int, iters: int) -> int:
-    x = np.ones(2, np.float32)                       # 8 bytes
-    y = np.zeros(2, np.float32)
-    bx, by = from_numpy(x), from_numpy(y)
+    own = bridge_paths(bridge, iters, nccl.ncclFloat32, nccl.ncclSum)
+    x, y = own.pop("buffers")
     comm, stream = bridge._comm, bridge._stream
     c = ctypes.CDLL(libs["fakeccl"])
     r = ctypes.CDLL(libs["fakert"])
@@ -117,7 +127,6 @@ def run(bridge, libs, reps: int, iters: int) -> int:
     r.fakertStreamQuery.restype = ctypes.c_int
     xp, yp = x.ctypes.data, y.ctypes.data
     allreduce, query = c.fakecclAllReduce, r.fakertStreamQuery
-    lib, rt = bridge.lib, bridge.runtime
     f32, fsum = nccl.ncclFloat32, nccl.ncclSum
 
     def direct():
@@ -125,26 +134,8 @@ def run(bridge, libs, reps: int, iters: int) -> int:
             if allreduce(xp, yp, 2, f32, fsum, comm, stream) or query(stream):
                 raise RuntimeError("fake call failed")
 
-    def binding():
-        for _ in range(iters):
-            if lib.allreduce(xp, yp, 2, f32, fsum, comm, stream):
-                raise RuntimeError("fake call failed")
-            rt.wait_stream(stream, lib, comm, 60.0)
-
-    def whole():
-        for _ in range(iters):
-            bridge.allreduce(bx, by, 2, dt.FLOAT32, ReduceOp.SUM)
-
-    paths = {"direct": direct, "binding": binding, "bridge": whole}
-    times = {k: [] for k in paths}
-    for f in paths.values():                         # warm-up
-        f()
-    for _ in range(reps):
-        for name, f in paths.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append((time.perf_counter() - t0) / iters * 1e6)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    paths = {"direct": direct, **own}
+    med = medians(paths, reps, iters)
     print(f"# NCCL-family bridge dispatch overhead, 8 B allreduce on the fakeccl ABI double, "
           f"{reps} interleaved reps x {iters} calls (median us/call)")
     print(f"{'path':>8} {'us/call':>9} {'added vs direct':>16} {'added vs binding':>17}")
