@@ -7,12 +7,12 @@
     everyone = comm.allgather(x)
 """
 from .comm import Communicator, init
-from .errors import (AuthenticationError, CommAborted, HetcclError, HetcclTimeout, InvalidUsage,
-                     PeerLostError, TransportError)
+from .errors import (AuthenticationError, CommAborted, CommRevoked, HetcclError, HetcclTimeout,
+                     InvalidUsage, PeerLostError, TransportError)
 from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, PROD, SUM, ReduceOp
 
 __version__ = "0.1.0"
 
 __all__ = ["init", "Communicator", "ReduceOp", "SUM", "PROD", "MIN", "MAX", "AVG", "BAND", "BOR",
            "BXOR", "HetcclError", "InvalidUsage", "TransportError", "PeerLostError", "HetcclTimeout",
-           "AuthenticationError", "CommAborted", "__version__"]
+           "AuthenticationError", "CommAborted", "CommRevoked", "__version__"]

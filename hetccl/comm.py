@@ -29,6 +29,7 @@ from ._native import alltoall_cma as _a2a_cma
 from ._native import direct as _direct
 from ._native import symmetric as _symm
 from .memory.symmetric import SymmetricMemory
+from ._native import engine as _eng
 from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -64,23 +65,73 @@ def _dtype_code(buf) -> int:
     return dtypes.from_format(fmt)
 
 
+_DONE = threading.Lock()      # a Work completes once: by its operation, or cancelled by abort/close
+ABORT_GRACE = 1.0             # s an operation may still run after its communicator was aborted
+
+
+class _Life:
+    """Whether a communicator is still usable, shared with its Work objects (which must never wait
+    forever on a communicator that was aborted or closed)."""
+
+    __slots__ = ("engine", "dead_at")
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.dead_at = None                   # time.monotonic() of the abort/close/interrupt
+
+    def error(self, what):
+        """The exception an operation of a dead communicator raises (CommAborted, CommRevoked or
+        PeerLostError, after the engine's interrupt)."""
+        return self.engine.interrupt_error(what)
+
+
 class Work:
     """Handle of a non-blocking operation (``async_op=True``).
 
     ``wait()`` returns the operation's result (its output buffer) or re-raises its error;
     ``test()``/``is_completed()`` poll. Operations run in issue order on the communicator's progress
-    thread, which drives them without the GIL while the caller computes."""
+    thread, which drives them without the GIL while the caller computes. If the communicator is
+    aborted or closed, pending operations raise CommAborted (those not started at once, a running
+    one when it stops or at the latest ABORT_GRACE seconds later): ``wait()`` never waits forever."""
 
-    __slots__ = ("_event", "_result", "_exc", "_fn", "_args", "_what", "_out")
+    __slots__ = ("_event", "_result", "_exc", "_fn", "_args", "_what", "_out", "_life")
 
-    def __init__(self, what, fn, args, out):
+    def __init__(self, what, fn, args, out, life=None):
         self._event = threading.Event()
         self._result = None
         self._exc = None
         self._fn, self._args, self._what, self._out = fn, args, what, out
+        self._life = life
+
+    def _finish(self, exc=None) -> bool:
+        """Complete with exc (None: success), unless already complete; True if this call did."""
+        with _DONE:
+            if self._event.is_set():
+                return False
+            self._exc = exc
+            self._event.set()
+        return True
+
+    def _await(self, limit) -> bool:
+        """Wait for completion (limit s, None: no limit); a dead communicator's Work completes
+        with its error ABORT_GRACE s after the abort even if its operation has not stopped."""
+        life, ev = self._life, self._event
+        if life is None:
+            return ev.wait(limit)
+        end = None if limit is None else time.monotonic() + limit
+        while True:
+            left = None if end is None else end - time.monotonic()
+            if ev.wait(0.25 if left is None else min(max(left, 0.0), 0.25)):
+                return True
+            dead = life.dead_at
+            if dead is not None and time.monotonic() - dead >= ABORT_GRACE:
+                self._finish(life.error(self._what))
+                return True
+            if left is not None and left <= 0.25:
+                return ev.is_set()
 
     def wait(self, timeout=None):
-        if not self._event.wait(None if timeout is None else config.timeout(timeout)):
+        if not self._event.is_set() and not self._await(None if timeout is None else config.timeout(timeout)):
             raise HetcclTimeout(f"{self._what} did not complete within {timeout} s")
         if self._exc is not None:
             raise self._exc
@@ -129,6 +180,11 @@ class Communicator:
 
     def __init__(self, *, engine, store, server, info, cards, matrix, socks, comm_id, timeout,
                  p2p, job_id, transports, parent=None, bridge_request=None):
+        self._life = _Life(engine)            # lifecycle (see abort/close): set up first, abort()
+        self._teardown = threading.Lock()     # may run from here on
+        self._torn_down = False
+        self._closed = False
+        self._plan = self._islands = None
         self._job_id = job_id
         self._transports = transports
         self._engine = engine
@@ -151,13 +207,16 @@ class Communicator:
         self.size = info.size
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
+        self._pending = 0
+        self._queue = collections.deque()
+        self._cv = threading.Condition()
+        self._worker = None
         try:                                  # measured (or cached) cost model, same on every rank
             self._tuner = Tuner(self.size, probe.negotiate(
                 engine, self.rank, self.size, {k for row in matrix for k in row}, self.local_size,
                 cards[self.rank]["host"], timeout, oversubscribed=engine.spin_s == 0))
         except BaseException:
-            self._plan = None
-            self.abort()
+            self._abort()
             raise
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
@@ -165,16 +224,11 @@ class Communicator:
         self._sym = SymmetricMemory(self, engine.all_c2c())
         self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
         self._islands = self._form = None
-        self._closed = False
-        self._pending = 0
-        self._queue = collections.deque()
-        self._cv = threading.Condition()
-        self._worker = None
         self._children = 0
         try:                                  # islands with vendor bridges (collective: opens them)
             self._islands = _islands.plan_for(self, cards)
         except BaseException:
-            self.abort()
+            self._abort()
             raise
 
     # ------------------------------------------------------------------ running calls
@@ -193,9 +247,13 @@ class Communicator:
 
     def _run(self, what, fn, args, out, async_op):
         """Run one operation now, or queue it behind pending non-blocking ones (issue order)."""
+        if self._life.dead_at is not None:
+            raise self._life.error(what)          # aborted or closed: nothing starts any more
         if async_op or self._pending:
-            w = Work(what, fn, args, out)
+            w = Work(what, fn, args, out, self._life)
             with self._cv:
+                if self._life.dead_at is not None:    # aborted meanwhile: the worker may be gone
+                    raise self._life.error(what)
                 self._pending += 1
                 self._queue.append(w)
                 if self._worker is None:
@@ -219,16 +277,17 @@ class Communicator:
                 w = self._queue.popleft()
             if w is None:
                 return
+            exc = None
             try:
                 w._fn(*w._args)
             except HetcclError as e:
-                w._exc = self._failed(e, w._what)
+                exc = self._failed(e, w._what)
             except BaseException as e:           # noqa: BLE001 - handed to the waiter
-                w._exc = e
+                exc = e
             w._fn = w._args = None
             with self._cv:
                 self._pending -= 1
-            w._event.set()
+            w._finish(exc)
 
     def _algo(self, collective, nbytes, algorithm, code=None, op=None):
         a = self._tuner.select(collective, nbytes, algorithm)
@@ -652,7 +711,13 @@ class Communicator:
     def _failed(self, e, what):
         """An error during communication: abort so every other rank raises too; returns the
         exception to raise. The first rank to fail posts its reason in the store; ranks that then
-        see only a closed connection report that reason (and its error class) instead."""
+        see only a closed connection report that reason (and its error class) instead.
+
+        After an interrupt (abort, close, revoke, a peer declared lost: ``_interrupt``) the
+        interrupt's own error is returned as it is: the reason is known here, and the links are the
+        control plane's (or close()'s) to close, not this call's."""
+        if self._engine.interruption is not None:
+            return e if isinstance(e, (CommAborted, PeerLostError)) else self._life.error(what)
         if not self._engine.is_broken or isinstance(e, CommAborted):   # nothing new to post
             return e
         try:
@@ -660,15 +725,16 @@ class Communicator:
         finally:
             self._linger()
 
-    def _linger(self):
-        """Count this rank as failed; the rank serving the store waits (<= 3 s) until every rank
-        has looked up the first failure's reason, so exiting at once does not hide it from them.
-        Skipped once the store has stopped answering (its rank is probably the one that died)."""
+    def _linger(self, wait=True):
+        """Count this rank as failed; the rank serving the store waits (<= 3 s, unless not
+        `wait`) until every rank has looked up the first failure's reason, so exiting at once does
+        not hide it from them. Skipped once the store has stopped answering (its rank is probably
+        the one that died)."""
         if not self._store_ok:
             return
         try:
             seen = self._store.add(f"{self._comm_id}/failed", 1, timeout=1.0)
-            if self._server is not None:
+            if wait and self._server is not None:
                 deadline = time.monotonic() + 3.0
                 while seen < self.size and time.monotonic() < deadline:
                     time.sleep(0.05)
@@ -676,16 +742,28 @@ class Communicator:
         except Exception:
             self._store_ok = False
 
+    def _post_reason(self, text):
+        """Post why this communicator failed, for the peers that see only a closed link. The
+        first rank to post wins; every store call is bounded (1 s), also when another thread holds
+        the store connection, and none is made once the store stopped answering."""
+        if not self._store_ok:
+            return
+        key = f"{self._comm_id}/abort"
+        try:
+            if self._store.add(f"{key}/posted", 1, timeout=1.0) == 1:
+                self._store.set(key, text.encode(), timeout=1.0)
+        except Exception:
+            self._store_ok = False
+
     def _explain_failure(self, e, what):
         key = f"{self._comm_id}/abort"
         if not isinstance(e, PeerLostError):   # the first failure: post why, then close the links
-            try:
-                self._store.set(key, f"{type(e).__name__}|rank {self.rank}: {e}".encode(), timeout=1.0)
-            except Exception:
-                self._store_ok = False
-            self.abort()
+            self._post_reason(f"{type(e).__name__}|rank {self.rank}: {e}")
+            self._abort()
             return e
-        self.abort()                           # a peer went away: pass it on at once, then ask why
+        self._abort()                          # a peer went away: pass it on at once, then ask why
+        if not self._store_ok:
+            return e
         try:
             reason = bytes(self._store.get(key, timeout=1.0)).decode()
         except Exception:
@@ -697,41 +775,86 @@ class Communicator:
         err.__cause__ = e
         return err
 
+    def _interrupt(self, reason=_eng.ABORTED, peer=-1):
+        """Make this rank's running and later operations fail at once, without closing anything:
+        ``_engine.ABORTED`` -> CommAborted, ``REVOKED`` -> CommRevoked, ``PEER_LOST`` (``peer``: the
+        lost rank) -> PeerLostError. Any thread, any number of times (the first reason wins). The
+        local hook of the control plane (revoke, a peer declared dead); abort() starts with it.
+        Sub-communicators of composed algorithms are interrupted too (a lost peer's number means
+        nothing there: they are aborted or revoked)."""
+        self._engine.interrupt(reason, peer)
+        if self._life.dead_at is None:
+            self._life.dead_at = time.monotonic()
+        self._p2p.interrupt(self._life.error)
+        sub = _eng.REVOKED if reason == _eng.REVOKED else _eng.ABORTED
+        for part in (self._plan, self._islands):
+            if part is not None:
+                part.interrupt(sub)
+        with self._cv:                         # queued operations will not start: fail them now
+            cancelled = [w for w in self._queue if w is not None]
+            self._queue.clear()
+            if self._worker is not None:
+                self._queue.append(None)       # let the progress thread end after its current one
+            self._pending -= len(cancelled)
+            self._cv.notify()
+        for w in cancelled:
+            w._finish(self._life.error(w._what))
+
     def abort(self):
-        """Close every link at once: peers blocked on this rank raise PeerLostError."""
-        if self._plan is not None:
-            self._plan.abort()
-        if getattr(self, "_islands", None) is not None:
-            self._islands.abort()
-        self._engine.close()
+        """Stop now, from any thread, at any moment (idempotent; may race close()): running and
+        later operations on this rank raise CommAborted within milliseconds, pending non-blocking
+        ones too, and every link is closed once no schedule can touch it any more, so peers blocked
+        on this rank raise PeerLostError (saying that this rank aborted)."""
+        if self._abort():
+            self._post_reason(f"CommAborted|rank {self.rank} called comm.abort() (the application "
+                              f"or its watchdog gave up on this communicator)")
+            self._linger(wait=False)
+
+    def _abort(self) -> bool:
+        """abort() without telling the peers why; True if this call closed the links."""
+        self._interrupt(_eng.ABORTED)
+        with self._teardown:
+            if self._torn_down:
+                return False
+            self._torn_down = True
+        for part in (self._plan, self._islands):
+            if part is not None:
+                try:
+                    part.abort()
+                except Exception as e:          # noqa: BLE001 - go on closing the rest
+                    log.warning("abort: %s", e)
+        socks, self._socks = self._socks, {}
+        self._engine.close(keep=list(socks.values()))   # sockets closed after the schedules left
         self._p2p.close()
-        for s in self._socks.values():
-            try:
-                s.close()
-            except OSError:
-                pass
-        self._socks = {}
+        return True
 
     def close(self, timeout=30.0):
-        """Leave the communicator: wait (bounded) for every rank, then free links and the store."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._worker is not None:
+        """Leave the communicator: finish pending non-blocking work and wait for every rank
+        (together bounded by ``timeout``), then free links and the store. Safe from any thread and
+        against a concurrent abort(); work that did not finish in time raises CommAborted."""
+        with self._teardown:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = time.monotonic() + timeout
+        if self._worker is not None and self._worker is not threading.current_thread():
             with self._cv:
                 self._queue.append(None)
                 self._cv.notify()
-            self._worker.join(timeout)
-        if self._plan is not None and not self._engine.is_broken:
+            self._worker.join(max(0.0, deadline - time.monotonic()))
+        healthy = not self._engine.is_broken and self._life.dead_at is None
+        self._life.dead_at = self._life.dead_at or time.monotonic()   # nothing new starts now
+        if healthy and self._plan is not None:
             self._plan.close()                 # sub-communicators of composed algorithms (collective)
-        if self._islands is not None and not self._engine.is_broken:
+        if healthy and self._islands is not None:
             self._islands.close()              # bridges and island sub-communicators (collective)
         try:
-            if not self._engine.is_broken:
-                self._store.barrier(f"{self._comm_id}/close", self.size, timeout=timeout)
+            if healthy:
+                self._store.barrier(f"{self._comm_id}/close", self.size,
+                                    timeout=max(1.0, deadline - time.monotonic()))
         except Exception as e:
             log.info("close: not every rank reached close (%s); closing anyway", e)
-        self.abort()
+        self._abort()
         self._sym.close()
         if self._parent is not None:
             return                             # the store belongs to the root communicator
@@ -749,7 +872,8 @@ class Communicator:
             self.close()
         else:
             self.abort()
-            self._closed = True
+            with self._teardown:
+                self._closed = True
 
     def __repr__(self):
         return f"<hetccl.Communicator rank {self.rank} of {self.size}>"

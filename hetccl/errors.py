@@ -18,7 +18,11 @@ class TransportError(HetcclError):
 
 
 class PeerLostError(TransportError):
-    """A peer rank died or closed its connection; the communicator is unusable afterwards."""
+    """A peer rank died or closed its connection; the communicator is unusable afterwards.
+
+    ``peer`` is the lost rank when it is known (else None)."""
+
+    peer = None
 
 
 class HetcclTimeout(HetcclError, TimeoutError):
@@ -30,4 +34,10 @@ class AuthenticationError(TransportError):
 
 
 class CommAborted(HetcclError):
-    """The communicator was aborted (by ``abort()`` or after an earlier error) and cannot be used."""
+    """The communicator was aborted (by ``abort()``, ``close()`` or after an earlier error) and
+    cannot be used: its running and later operations raise this."""
+
+
+class CommRevoked(CommAborted):
+    """The communicator was revoked (its ranks gave up on it after a failure): its pending and later
+    operations raise this. A subclass of CommAborted, so code that handles an abort handles it too."""

@@ -18,7 +18,7 @@ import threading
 import time
 
 from .bootstrap.auth import client_handshake, server_handshake
-from .errors import AuthenticationError, HetcclTimeout, InvalidUsage, PeerLostError
+from .errors import AuthenticationError, CommAborted, HetcclTimeout, InvalidUsage, PeerLostError
 
 log = logging.getLogger("hetccl.p2p")
 
@@ -57,6 +57,8 @@ class P2PChannel:
         self.cv = threading.Condition()
         self.lost = set()
         self.closed = False
+        self.failure = None            # set by interrupt(): what -> the exception every call raises
+        self._wake_r, self._wake_w = socket.socketpair()   # close() ends the thread's select at once
         self.thread = threading.Thread(target=self._serve, name="hetccl-p2p", daemon=True)
         self.thread.start()
 
@@ -66,10 +68,12 @@ class P2PChannel:
         conns = {}                     # socket -> peer rank
         while not self.closed:
             try:
-                ready, _, _ = select.select([self.listener, *conns], [], [], 0.2)
+                ready, _, _ = select.select([self.listener, self._wake_r, *conns], [], [], 0.2)
             except (OSError, ValueError):
-                return
+                break
             for s in ready:
+                if s is self._wake_r:
+                    continue
                 if s is self.listener:
                     try:
                         c, _ = self.listener.accept()
@@ -107,6 +111,8 @@ class P2PChannel:
     def _conn(self, dst):
         with self.out_lock:
             s = self.out.get(dst)
+            if s is None and self.closed:
+                raise CommAborted("send: this communicator is closed")
             if s is None:
                 host, port = self.peers[dst]
                 s = socket.create_connection((host, port), timeout=self.timeout)
@@ -119,12 +125,16 @@ class P2PChannel:
     def send(self, mv: memoryview, dst: int, tag: int):
         if not 0 <= dst < self.size or dst == self.rank:
             raise InvalidUsage(f"send destination {dst} is not another rank (0..{self.size - 1})")
+        if self.failure is not None:
+            raise self.failure("send")
         s = self._conn(dst)
         try:
             with self.out_lock:
                 s.sendall(_FRAME.pack(_MAGIC, tag, mv.nbytes))
                 s.sendall(mv)
         except OSError as e:
+            if self.failure is not None:
+                raise self.failure("send") from None
             raise PeerLostError(f"rank {dst} is gone: sending to it failed ({e})") from None
 
     def recv(self, mv: memoryview, src: int, tag: int, timeout: float) -> int:
@@ -134,6 +144,8 @@ class P2PChannel:
         deadline = time.monotonic() + timeout
         with self.cv:
             while True:
+                if self.failure is not None:
+                    raise self.failure("recv")
                 keys = [(src, tag)] if src != ANY_SOURCE else [k for k in self.queues if k[1] == tag]
                 for key in keys:
                     q = self.queues.get(key)
@@ -151,10 +163,32 @@ class P2PChannel:
                     raise HetcclTimeout(f"recv from rank {src} (tag {tag}) timed out after {timeout:g} s")
                 self.cv.wait(min(left, 0.5))
 
+    def interrupt(self, failure):
+        """Make every waiting and later send/recv raise failure(what) (the communicator was
+        aborted, closed or revoked); waiting receives wake at once. Any thread."""
+        with self.cv:
+            if self.failure is None:
+                self.failure = failure
+            self.cv.notify_all()
+
     def close(self):
         self.closed = True
-        for s in self.out.values():
+        out, self.out = self.out, {}          # not under out_lock: a blocked send may hold it
+        for s in out.values():
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # also ends a send blocked in another thread
+            except OSError:
+                pass
             s.close()
-        self.out = {}
-        self.thread.join(2.0)
-        self.listener.close()
+        with self.cv:
+            self.cv.notify_all()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self.thread is not threading.current_thread():
+            self.thread.join(2.0)
+        if not self.thread.is_alive():       # else it may still select on them: leave them to GC
+            self.listener.close()
+            self._wake_r.close()
+            self._wake_w.close()

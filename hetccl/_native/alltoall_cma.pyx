@@ -28,7 +28,8 @@ from hetccl._native.c2c cimport C2C_CMA, hc_cma
 from hetccl._native.codes cimport *
 from hetccl._native.direct cimport PHASE_DIRECT, enter_as, sync
 from hetccl._native.engine cimport Engine
-from hetccl._native.link cimport E_PEER_LOST
+from hetccl._native.link cimport E_PEER_LOST, E_CANCELLED
+from hetccl._native.life cimport hc_life_intr
 from hetccl._native.reduce cimport copy_bytes, store_fence
 from cpython.buffer cimport PyBuffer_Release
 
@@ -48,6 +49,8 @@ cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, d
     if rc < 0:
         return rc
     for i in range(1, N):
+        if hc_life_intr(&e.life):
+            return E_CANCELLED
         p = (r + i) % N
         if blk:
             k = hc_cma(e.c2c[p].pid, rbuf + blk * p, e.c2c[p].theirs.sbuf + blk * r, blk, 0)
@@ -91,12 +94,11 @@ def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
                                f"uneven blocks")
         if a.buf == b.buf and a.len:
             raise InvalidUsage("alltoall cannot run in place; pass a separate output buffer")
-        e.seq += 1
         dl = hc_now() + timeout
+        e.begin("alltoall", 0)
         with nogil:
             rc = alltoall_cma(e, <char*>a.buf, <char*>b.buf, <size_t>a.len // N, dtype, dl)
-        if rc < 0:
-            e.raise_error(rc, "alltoall", timeout)
+        e.end(rc, "alltoall", timeout)
     finally:
         PyBuffer_Release(&b)
         PyBuffer_Release(&a)

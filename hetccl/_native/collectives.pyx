@@ -53,20 +53,6 @@ cdef class Bufs:
             PyBuffer_Release(&self.b)
 
 
-cdef int begin_call(Engine e, size_t out_bytes) except -1:
-    """Start a collective: the engine is usable, a new sequence number, streaming stores for big outputs."""
-    e.check_usable()
-    e.seq += 1
-    e.stream_out = out_bytes >= e.nt_threshold
-    return 0
-
-
-cdef end_call(Engine e, int rc, str what, double timeout):
-    """Raise the error a schedule returned (rc < 0), with what it was."""
-    if rc < 0:
-        e.raise_error(rc, what, timeout)
-
-
 # ------------------------------------------------------------------ broadcast
 
 cdef int bcast_binomial(Engine e, char* buf, size_t nb, int root, int dtype, uint64_t count,
@@ -160,8 +146,8 @@ cdef int run_broadcast(Engine e, char* buf, size_t nb, int root, int dtype, int 
     cdef size_t count = nb // dtype_size(dtype)
     if not 0 <= root < e.size:
         raise InvalidUsage(f"broadcast root {root} is not a rank of this communicator (0..{e.size - 1})")
-    begin_call(e, nb)
     dl = hc_now() + timeout
+    e.begin("broadcast", nb)
     with nogil:
         if e.size == 1:
             rc = 0
@@ -171,7 +157,7 @@ cdef int run_broadcast(Engine e, char* buf, size_t nb, int root, int dtype, int 
             rc = bcast_scatter_allgather(e, buf, count, root, dtype, dl)
         else:
             rc = bcast_binomial(e, buf, nb, root, dtype, count, dl)
-    end_call(e, rc, "broadcast", timeout)
+    e.end(rc, "broadcast", timeout)
     return 0
 
 
@@ -307,8 +293,8 @@ cdef int run_rs_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* boff, int d
     if <size_t>b.len != blen[e.rank]:
         raise InvalidUsage(f"reduce_scatter output of rank {e.rank} has {b.len // es} elements; "
                            f"it needs {blen[e.rank] // es}")
-    begin_call(e, b.len)
     dl = hc_now() + timeout
+    e.begin("reduce_scatter", b.len)
     with nogil:
         if N == 1:
             copy_bytes(b.buf, a.buf, blen[0], 0)
@@ -318,7 +304,7 @@ cdef int run_rs_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* boff, int d
                                       <size_t>a.len // es, dl)
         else:
             rc = rs_ring(e, <char*>a.buf, <char*>b.buf, boff, blen, dtype, op, <size_t>a.len // es, dl)
-    end_call(e, rc, "reduce_scatter", timeout)
+    e.end(rc, "reduce_scatter", timeout)
     return 0
 
 
@@ -370,8 +356,8 @@ def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, do
     else:
         p.pin(sendobj, None, False)
     nb = p.a.len
-    begin_call(e, nb)
     dl = hc_now() + timeout
+    e.begin("reduce", nb)
     with nogil:
         if algo == ALGO_RS_GATHER:
             rc = reduce_rs_gather(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL,
@@ -379,7 +365,7 @@ def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, do
         else:
             rc = reduce_binomial(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL, nb,
                                  root, dtype, op, nb // dtype_size(dtype), dl)
-    end_call(e, rc, "reduce", timeout)
+    e.end(rc, "reduce", timeout)
 
 
 # ------------------------------------------------------------------ gather, scatter, alltoall, barrier
@@ -396,10 +382,27 @@ def _offsets(counts, int N, size_t es, what):
     return offs, total
 
 
+cdef size_t* blocks_of(list offs, counts, int N, size_t es) except NULL:
+    """N byte offsets then N byte lengths in C (free() them): a schedule between Engine.begin and
+    Engine.end must not touch Python objects, which could raise."""
+    cdef size_t* o = <size_t*>malloc(sizeof(size_t) * 2 * N + 1)
+    cdef int i
+    if o == NULL:
+        raise MemoryError()
+    try:
+        for i in range(N):
+            o[i] = offs[i]
+            o[N + i] = <size_t>counts[i] * es
+    except BaseException:
+        free(o)
+        raise
+    return o
+
+
 def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeout):
     """Root's recvobj = concatenation of every rank's sendobj (rank-ordered; counts for gatherv)."""
     cdef Bufs p = Bufs()
-    cdef int rc = 0, N = e.size, i
+    cdef int rc = 0, N = e.size, i, src
     cdef double dl
     cdef size_t es = dtype_size(dtype), total
     cdef Seg g
@@ -413,28 +416,32 @@ def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeo
         raise InvalidUsage(f"gather input of rank {e.rank} has {p.a.len // es} elements; counts say {counts[e.rank]}")
     if e.rank == root and <size_t>p.b.len != total:
         raise InvalidUsage(f"gather output has {p.b.len // es} elements; it needs {total // es}")
-    begin_call(e, total)
-    dl = hc_now() + timeout
-    if e.rank != root:
-        seg(&g, <char*>p.a.buf, NULL, p.a.len, -1)
-        with nogil:
-            rc = e.xfer(root, &g, 1, -1, NULL, 0, COLL_GATHER, dtype, 0, 0, 0, False, dl)
-    else:
-        copy_bytes(<char*>p.b.buf + <size_t>offs[root], p.a.buf, p.a.len, 0)
-        for i in range(1, N):
-            src = (root + i) % N
-            seg(&g, <char*>p.b.buf + <size_t>offs[src], NULL, <size_t>counts[src] * es, -1)
+    cdef size_t* ol = blocks_of(offs, counts, N, es)
+    try:
+        dl = hc_now() + timeout
+        e.begin("gather", total)
+        if e.rank != root:
+            seg(&g, <char*>p.a.buf, NULL, p.a.len, -1)
             with nogil:
-                rc = e.xfer(-1, NULL, 0, src, &g, 1, COLL_GATHER, dtype, 0, 0, 0, False, dl)
-            if rc < 0:
-                break
-    end_call(e, rc, "gather", timeout)
+                rc = e.xfer(root, &g, 1, -1, NULL, 0, COLL_GATHER, dtype, 0, 0, 0, False, dl)
+        else:
+            copy_bytes(<char*>p.b.buf + ol[root], p.a.buf, p.a.len, 0)
+            for i in range(1, N):
+                src = (root + i) % N
+                seg(&g, <char*>p.b.buf + ol[src], NULL, ol[N + src], -1)
+                with nogil:
+                    rc = e.xfer(-1, NULL, 0, src, &g, 1, COLL_GATHER, dtype, 0, 0, 0, False, dl)
+                if rc < 0:
+                    break
+        e.end(rc, "gather", timeout)
+    finally:
+        free(ol)
 
 
 def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, double timeout):
     """Every rank's recvobj = its block of root's sendobj (counts for scatterv)."""
     cdef Bufs p = Bufs()
-    cdef int rc = 0, N = e.size, i
+    cdef int rc = 0, N = e.size, i, dst
     cdef double dl
     cdef size_t es = dtype_size(dtype), total
     cdef Seg g
@@ -448,22 +455,26 @@ def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, double time
         raise InvalidUsage(f"scatter output of rank {e.rank} has {p.b.len // es} elements; counts say {counts[e.rank]}")
     if e.rank == root and <size_t>p.a.len != total:
         raise InvalidUsage(f"scatter input has {p.a.len // es} elements; it needs {total // es}")
-    begin_call(e, p.b.len)
-    dl = hc_now() + timeout
-    if e.rank != root:
-        seg(&g, <char*>p.b.buf, NULL, p.b.len, -1)
-        with nogil:
-            rc = e.xfer(-1, NULL, 0, root, &g, 1, COLL_SCATTER, dtype, 0, 0, 0, False, dl)
-    else:
-        copy_bytes(p.b.buf, <char*>p.a.buf + <size_t>offs[root], p.b.len, 0)
-        for i in range(1, N):
-            dst = (root + i) % N
-            seg(&g, <char*>p.a.buf + <size_t>offs[dst], NULL, <size_t>counts[dst] * es, -1)
+    cdef size_t* ol = blocks_of(offs, counts, N, es)
+    try:
+        dl = hc_now() + timeout
+        e.begin("scatter", p.b.len)
+        if e.rank != root:
+            seg(&g, <char*>p.b.buf, NULL, p.b.len, -1)
             with nogil:
-                rc = e.xfer(dst, &g, 1, -1, NULL, 0, COLL_SCATTER, dtype, 0, 0, 0, False, dl)
-            if rc < 0:
-                break
-    end_call(e, rc, "scatter", timeout)
+                rc = e.xfer(-1, NULL, 0, root, &g, 1, COLL_SCATTER, dtype, 0, 0, 0, False, dl)
+        else:
+            copy_bytes(p.b.buf, <char*>p.a.buf + ol[root], p.b.len, 0)
+            for i in range(1, N):
+                dst = (root + i) % N
+                seg(&g, <char*>p.a.buf + ol[dst], NULL, ol[N + dst], -1)
+                with nogil:
+                    rc = e.xfer(dst, &g, 1, -1, NULL, 0, COLL_SCATTER, dtype, 0, 0, 0, False, dl)
+                if rc < 0:
+                    break
+        e.end(rc, "scatter", timeout)
+    finally:
+        free(ol)
 
 
 def alltoall(Engine e, sendobj, recvobj, scounts, rcounts, int dtype, int algo, double timeout):
@@ -539,8 +550,8 @@ cdef int alltoall_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* offs, int
     cdef size_t* roff = offs + 2 * N
     cdef size_t* rlen = offs + 3 * N
     cdef Seg gs, gr
-    begin_call(e, b.len)
     dl = hc_now() + timeout
+    e.begin("alltoall", b.len)
     with nogil:
         if algo == ALGO_BRUCK and N > 1:
             rc = alltoall_bruck(e, sb, rb, <size_t>a.len // N, dtype, dl)
@@ -554,7 +565,7 @@ cdef int alltoall_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* offs, int
                 rc = e.xfer(to, &gs, 1, frm, &gr, 1, COLL_ALLTOALL, dtype, 0, k, 0, False, dl)
                 if rc < 0:
                     break
-    end_call(e, rc, "alltoall", timeout)
+    e.end(rc, "alltoall", timeout)
     return 0
 
 
@@ -563,8 +574,8 @@ def barrier(Engine e, double timeout):
     cdef int rc = 0, N = e.size, r = e.rank, k = 1, phase = 0
     cdef double dl
     cdef Seg gs, gr
-    begin_call(e, 0)
     dl = hc_now() + timeout
+    e.begin("barrier", 0)
     seg(&gs, NULL, NULL, 0, -1)
     seg(&gr, NULL, NULL, 0, -1)
     with nogil:
@@ -572,7 +583,7 @@ def barrier(Engine e, double timeout):
             rc = e.xfer((r + k) % N, &gs, 1, (r - k + N) % N, &gr, 1, COLL_BARRIER, -1, 0, phase, 0, False, dl)
             k <<= 1
             phase += 1
-    end_call(e, rc, "barrier", timeout)
+    e.end(rc, "barrier", timeout)
 
 
 def allgatherv(Engine e, sendobj, recvobj, counts, int dtype, double timeout):
@@ -596,12 +607,12 @@ def allgatherv(Engine e, sendobj, recvobj, counts, int dtype, double timeout):
         if <size_t>p.a.len != blen[e.rank] or <size_t>p.b.len != total:
             raise InvalidUsage(f"allgatherv: rank {e.rank} passes {p.a.len // es} elements (counts say "
                                f"{counts[e.rank]}) into an output of {p.b.len // es} (counts add up to {total // es})")
-        begin_call(e, total)
         dl = hc_now() + timeout
+        e.begin("allgatherv", total)
         with nogil:
             rc = e.ring_allgatherv(<char*>p.b.buf, boff, blen, <char*>p.a.buf, dtype, total // es,
                                    COLL_ALLGATHER, 9, dl)
-        end_call(e, rc, "allgatherv", timeout)
+        e.end(rc, "allgatherv", timeout)
     finally:
         free(boff)
 
@@ -629,14 +640,14 @@ cdef int run_allreduce(Engine e, Py_buffer* a, Py_buffer* b, bint inplace, int d
     check_overlap(a, b, inplace)
     if b.len % es:
         raise InvalidUsage(f"buffer of {b.len} bytes is not a whole number of {es}-byte elements")
-    begin_call(e, b.len)
     dl = hc_now() + timeout
+    e.begin("allreduce", b.len)
     with nogil:
         if algo == ALGO_DBTREE:
             rc = allreduce_dbtree(e, <char*>a.buf, <char*>b.buf, b.len // es, dtype, op, dl)
         else:
             rc = allreduce_rabenseifner(e, <char*>a.buf, <char*>b.buf, b.len // es, dtype, op, dl)
-    end_call(e, rc, "allreduce", timeout)
+    e.end(rc, "allreduce", timeout)
     return 0
 
 
@@ -662,11 +673,11 @@ def allgather(Engine e, sendobj, recvobj, int dtype, int algo, double timeout):
     if nb % es or p.b.len % e.size:
         raise InvalidUsage(f"allgather blocks of {p.b.len} / {e.size} bytes are not a whole number "
                            f"of {es}-byte elements")
-    begin_call(e, p.b.len)
     dl = hc_now() + timeout
+    e.begin("allgather", p.b.len)
     with nogil:
         rc = allgather_bruck(e, src, <char*>p.b.buf, nb, dtype, dl)
-    end_call(e, rc, "allgather", timeout)
+    e.end(rc, "allgather", timeout)
 
 
 # ------------------------------------------------------------------ the latency path of a communicator

@@ -34,10 +34,11 @@ from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLL
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_load32_sc, hc_store32_sc
 from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
 from hetccl._native.c2c cimport (C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, hc_add32,
-                                 hc_futex_wait, hc_futex_wake, hc_cma)
+                                 hc_futex_wake, hc_cma)
 from hetccl._native.codes cimport *
 from hetccl._native.engine cimport Engine, even_blocks, slice_len
-from hetccl._native.link cimport Link, E_TIMEOUT, E_PEER_LOST, E_MISMATCH, E_INTERRUPTED
+from hetccl._native.link cimport Link, E_TIMEOUT, E_PEER_LOST, E_MISMATCH, E_INTERRUPTED, E_CANCELLED
+from hetccl._native.life cimport hc_life_intr, hc_life_sleep
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 
 import os as _os
@@ -179,7 +180,8 @@ cdef int check_peers(Engine e, uint32_t want, bint entry, double now, double* la
 cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
                     double deadline) noexcept nogil:
     """Spin, then yield, then futex-sleep until peer p's epoch reaches want; once sleeping, look at
-    every peer (check_peers, at most every 50 ms) between sleeps of at most 100 ms."""
+    every peer (check_peers, at most every 50 ms) between sleeps of at most 100 ms. An interrupt of
+    the engine ends the wait at once (the sleep includes its word, life.pxd)."""
     cdef C2CSlot* t = e.c2c[p].theirs
     cdef uint32_t v
     cdef double start = 0, now, waited
@@ -193,6 +195,8 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
             now = hc_now()
             if start == 0:
                 start = now
+            if hc_life_intr(&e.life):
+                return E_CANCELLED
             if now > deadline:
                 e.err_peer = p
                 return E_TIMEOUT
@@ -208,8 +212,10 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
                 v = hc_load32_sc(&t.epoch)
                 rc = 0
                 if <int32_t>(v - want) < 0:
-                    rc = hc_futex_wait(&t.epoch, v, ms)
+                    rc = hc_life_sleep(&e.life, &t.epoch, v, ms)
                 hc_add32(&t.waiters, -1)
+                if hc_life_intr(&e.life):
+                    return E_CANCELLED
                 if rc != 0 and hc_now() - now >= ms * 1e-3 * 0.9:
                     if e.check_signals() != 0:        # a quiet 100 ms: honour Ctrl-C
                         return E_INTERRUPTED
@@ -346,6 +352,8 @@ cdef int allreduce_cma(Engine e, char* sbuf, char* rbuf, size_t count, int dtype
     even_blocks(count, N, es, boff, blen)
     o = 0
     while o < blen[r]:
+        if hc_life_intr(&e.life):
+            return E_CANCELLED
         n = blen[r] - o if blen[r] - o < C else C
         rc = reduce_chunk(e, fn, dtype, op, sbuf, boff[r], o, n, A, B, False, 0)
         if rc < 0:
@@ -419,6 +427,8 @@ cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, d
     if rc < 0:
         return rc
     for i in range(1, N):
+        if hc_life_intr(&e.life):
+            return E_CANCELLED
         p = (r + i) % N
         rc = cma(e, p, rbuf + nb * p, e.c2c[p].theirs.sbuf, nb, 0)
         if rc < 0:
@@ -517,7 +527,7 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
     pin_allreduce(sendobj, recvobj, dtype, op, &sv, &rv)
     try:
         dl = hc_now() + timeout
-        e.seq += 1
+        e.begin("allreduce", 0)
         with nogil:
             if mode == C2C_CMA:
                 rc = allreduce_cma(e, <char*>sv.buf, <char*>rv.buf, <size_t>rv.len // dtype_size(dtype),
@@ -525,8 +535,7 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
             else:
                 rc = allreduce_window(e, <char*>sv.buf, <char*>rv.buf,
                                       <size_t>rv.len // dtype_size(dtype), dtype, op, dl)
-        if rc < 0:
-            e.raise_error(rc, "allreduce", timeout)
+        e.end(rc, "allreduce", timeout)
     finally:
         release_allreduce(inplace, &sv, &rv)
 
@@ -540,13 +549,12 @@ def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
     pin_allgather(sendobj, recvobj, e.size, e.rank, dtype_size(dtype), &sv, &rv)
     try:
         dl = hc_now() + timeout
-        e.seq += 1
+        e.begin("allgather", 0)
         with nogil:
             if mode == C2C_CMA:
                 rc = allgather_cma(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
             else:
                 rc = allgather_window(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
-        if rc < 0:
-            e.raise_error(rc, "allgather", timeout)
+        e.end(rc, "allgather", timeout)
     finally:
         release_allgather(same, &sv, &rv)

@@ -6,6 +6,7 @@ from hetccl._native.link cimport Link
 from hetccl._native.reduce cimport reduce_fn
 from hetccl._native.codes cimport dtype_size
 from hetccl._native.c2c cimport C2CPeer
+from hetccl._native.life cimport HcLife
 
 cdef struct Seg:
     char* buf            # send: source; recv: destination
@@ -97,6 +98,19 @@ cdef class Engine:
     cdef C2CPeer* c2c               # per peer: c2c control slots / windows (mode C2C_OFF: none)
     cdef uint32_t c2c_epoch         # c2c syncs passed (the same on every rank of the communicator)
     cdef uint32_t c2c_round         # window mode: rounds done (picks the window half to use)
+    cdef HcLife life                # interrupt word, in-use counter, eventfd (life.pxd)
+    cdef int state                  # ST_OPEN, ST_CLOSING, ST_RELEASED or ST_LEAKED (close())
+    cdef list kept                  # objects close() closes once no schedule can touch them
+
+    # Every entry point that runs a schedule brackets it: begin() (counts the entry, raises if the
+    # engine was interrupted or broken, takes a sequence number) ... end() (leaves, raises rc's error),
+    # or leave() and its own error. Nothing between the two may raise.
+    cdef int begin(self, str what, size_t out_bytes) except -1
+    cdef int end(self, int rc, str what, double timeout) except -1
+    cdef void leave(self) noexcept nogil
+    cdef int interrupt_c(self, int reason, int peer) noexcept nogil
+    cdef bint interrupted(self) noexcept nogil
+    cdef raise_interrupted(self, uint32_t w, str what)
 
     cdef void stream_init(self, Stream* s, int peer, Seg* segs, int nseg, int coll, int dtype,
                           int op, int phase, uint64_t count, size_t esize, bint is_send) noexcept nogil

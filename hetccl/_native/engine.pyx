@@ -14,6 +14,11 @@ same one with different counts/dtypes/ops, get a clear error instead of corrupte
 Waiting: spin (pause) for spin_s, then sched_yield for yield_s (so oversubscribed ranks hand their core
 to the peer they wait for), then block in poll() on the peers' sockets, which a peer's doorbell byte or
 its death (EOF) wakes. Deadlines are checked throughout; Ctrl-C is honoured while blocked.
+
+Lifecycle (life.pxd): ``interrupt()`` may be called from any thread at any time; every loop here
+reads the interrupt word and every sleep wakes at once, so running schedules fail within
+milliseconds and later ones at entry. ``close()`` interrupts, waits until no schedule is inside, and
+only then unmaps the FIFOs and windows and closes what it was given to close (the pairs' sockets).
 """
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.exc cimport PyErr_CheckSignals
@@ -29,11 +34,28 @@ from hetccl._native.ucx cimport UcxLink
 from hetccl._native.ucx_link cimport sock_write, sock_read, sock_read_reduce, ucx_prepare_sleep
 from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
-from hetccl._native.c2c cimport C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, C2C_SLOT_BYTES, hc_futex_wait
+from hetccl._native.c2c cimport C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, C2C_SLOT_BYTES
+from hetccl._native.life cimport *
 
+import logging as _logging
 import os as _os
+import socket as _socket
 
-from hetccl.errors import (HetcclTimeout, PeerLostError, InvalidUsage, CommAborted, TransportError)
+from hetccl.errors import (HetcclTimeout, PeerLostError, InvalidUsage, CommAborted, CommRevoked,
+                           TransportError)
+
+_log = _logging.getLogger("hetccl")
+
+# Engine.interrupt reasons
+ABORTED = LIFE_ABORTED          # abort() / close(): operations raise CommAborted
+REVOKED = LIFE_REVOKED          # the communicator was revoked: CommRevoked
+PEER_LOST = LIFE_PEER_LOST      # a peer was declared dead (peer=its rank): PeerLostError
+
+cdef enum:
+    ST_OPEN = 0
+    ST_CLOSING = 1              # close() is waiting for the schedules inside to leave
+    ST_RELEASED = 2             # everything unmapped and closed
+    ST_LEAKED = 3               # a schedule stayed inside past the bound: resources kept for good
 
 cdef extern from "<sys/mman.h>" nogil:
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
@@ -201,8 +223,17 @@ cdef class Engine:
             raise MemoryError()
         self.c2c_epoch = 0
         self.c2c_round = 0
+        self.state = ST_OPEN
+        self.kept = []
+        if hc_life_init(&self.life) < 0:
+            raise OSError(_errno(), f"cannot create the engine's eventfd: {_os.strerror(_errno())}")
 
     def __dealloc__(self):
+        # Schedules hold a reference to the engine, so none can be inside now; a C caller that kept
+        # a bare pointer and is still inside would make freeing unsafe: then leak instead.
+        if hc_life_inuse(&self.life):
+            return
+        hc_life_close_efd(&self.life)
         if self.scratch_buf != NULL:
             free(self.scratch_buf)
         if self.c2c != NULL:
@@ -303,16 +334,150 @@ cdef class Engine:
         k = self.links[peer].kind
         return {LK_SHM: "shm", LK_TCP: "tcp", LK_UCX: "rdma"}.get(k, "self" if peer == self.rank else "none")
 
-    def close(self):
-        """Forget every link (the caller closes sockets); unmap shared memory."""
+    # ------------------------------------------------------------------ lifecycle (life.pxd)
+
+    def interrupt(self, int reason, int peer=-1):
+        """Make every running and later schedule of this engine fail: ABORTED -> CommAborted,
+        REVOKED -> CommRevoked, PEER_LOST -> PeerLostError naming `peer`. Any thread, any number of
+        times (the first reason wins); sleepers wake within milliseconds. Links stay open (close()
+        or the caller decides about them). Returns True if this call set the reason."""
+        cdef int first
+        if reason != LIFE_ABORTED and reason != LIFE_REVOKED and reason != LIFE_PEER_LOST:
+            raise ValueError(f"interrupt reason must be ABORTED, REVOKED or PEER_LOST, not {reason}")
+        if reason == LIFE_PEER_LOST and not 0 <= peer < self.size:
+            raise ValueError(f"PEER_LOST needs the lost rank (0..{self.size - 1}), got {peer}")
+        with nogil:
+            first = self.interrupt_c(reason, peer)
+        return bool(first)
+
+    cdef int interrupt_c(self, int reason, int peer) noexcept nogil:
+        """interrupt() for Cython callers holding no GIL (they must keep the engine alive)."""
+        return hc_life_interrupt(&self.life, reason, peer)
+
+    cdef bint interrupted(self) noexcept nogil:
+        return hc_life_intr(&self.life) != 0
+
+    @property
+    def interruption(self):
+        """None, or (reason, peer) of the interrupt (peer -1 unless PEER_LOST)."""
+        cdef uint32_t w = hc_life_intr(&self.life)
+        return None if w == 0 else (life_reason(w), life_peer(w))
+
+    @property
+    def inside(self):
+        """Entries inside right now (schedules; for tests and diagnostics)."""
+        return hc_life_inuse(&self.life)
+
+    def close(self, double timeout=5.0, keep=()):
+        """Interrupt (ABORTED), wait up to `timeout` s until no schedule is inside, then unmap the
+        FIFOs and windows, close the UCX links and the eventfd, and close every object of `keep`
+        (the pairs' sockets: their fds must not be reused while a schedule may still poll them).
+
+        Returns True if this call released them. Idempotent and safe from any thread: a call while
+        another is waiting returns False at once (its `keep` is closed with the first's). If a
+        schedule is still inside after the bound, nothing is released (kept for the life of the
+        process, logged once) rather than pulled from under it."""
+        cdef int drained
+        self.kept.extend(keep)
+        if self.state != ST_OPEN:
+            if self.state == ST_RELEASED:
+                self._release_kept()
+            else:
+                self._hang_up()
+            return False
+        self.state = ST_CLOSING
+        self.broken = True
+        with nogil:
+            hc_life_interrupt(&self.life, LIFE_ABORTED, -1)
+            hc_life_closing(&self.life)
+        self._hang_up()
+        with nogil:
+            drained = hc_life_drain(&self.life, timeout)
+        if not drained:
+            self.state = ST_LEAKED
+            _log.warning("rank %d: a schedule is still running %g s after the communicator was "
+                         "closed; its shared memory, sockets and UCX links are kept (not released) "
+                         "for the life of the process", self.rank, timeout)
+            return False
         for i in range(self.size):
             self.links[i].kind = LK_NONE
             self.links[i].closed = 1
             self.c2c[i].mode = C2C_OFF
-        for seg in self.segments:
-            seg.close()
-        self.segments = []
+        segments, self.segments = self.segments, []
+        for seg in segments:
+            try:
+                seg.close()
+            except Exception as e:          # noqa: BLE001 - best effort, like the sockets below
+                _log.debug("close: %s", e)
+        hc_life_close_efd(&self.life)
+        self.state = ST_RELEASED
+        self._release_kept()
+        return True
+
+    def _hang_up(self):
+        """Shut the kept sockets down (the fds stay valid, so a schedule still polling them is
+        harmless): peers see this rank go at once, even if close() then has to keep them."""
+        for k in self.kept:
+            if isinstance(k, _socket.socket):
+                try:
+                    k.shutdown(_socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _release_kept(self):
+        kept, self.kept = self.kept, []
+        for k in kept:
+            try:
+                k.close()
+            except OSError:
+                pass
+
+    @property
+    def released(self):
+        """True once close() released every resource."""
+        return self.state == ST_RELEASED
+
+    cdef int begin(self, str what, size_t out_bytes) except -1:
+        cdef uint32_t w = hc_life_enter(&self.life)
+        if w:
+            self.raise_interrupted(w, what)
+        if self.broken:
+            hc_life_leave(&self.life)
+            self.check_usable()
+        self.seq += 1
+        self.stream_out = out_bytes >= self.nt_threshold
+        return 0
+
+    cdef int end(self, int rc, str what, double timeout) except -1:
+        hc_life_leave(&self.life)
+        if rc < 0:
+            self.raise_error(rc, what, timeout)
+        return 0
+
+    cdef void leave(self) noexcept nogil:
+        hc_life_leave(&self.life)
+
+    cdef raise_interrupted(self, uint32_t w, str what):
         self.broken = True
+        raise self.interrupt_error(what)
+
+    def interrupt_error(self, str what):
+        """The exception `what` (an operation's name) raises after the interrupt (CommAborted if
+        there was none: the communicator is closing)."""
+        cdef uint32_t w = hc_life_intr(&self.life)
+        cdef int reason = life_reason(w), peer = life_peer(w)
+        if reason == LIFE_REVOKED:
+            return CommRevoked(f"{what} on rank {self.rank}: this communicator was revoked (its ranks "
+                               f"gave up on it after a failure), so its pending and later operations "
+                               f"fail; go on with a communicator of the survivors, or a new one")
+        if reason == LIFE_PEER_LOST:
+            err = PeerLostError(f"{what} on rank {self.rank}: rank {peer} was declared lost (it "
+                                f"stopped answering); this communicator cannot be used any more")
+            err.peer = peer
+            return err
+        return CommAborted(f"{what} on rank {self.rank}: this communicator was aborted or closed "
+                           f"(comm.abort(), close(), or an earlier error); create a new one with "
+                           f"hetccl.init()")
 
     @property
     def sequence(self):
@@ -584,13 +749,16 @@ cdef class Engine:
         return 0
 
     cdef int block(self, Stream** ss, int n, double deadline) noexcept nogil:
-        """Sleep until a peer wakes us, dies, or 100 ms (futex: 50 ms) pass (then look at signals).
+        """Sleep until a peer wakes us, dies, the engine is interrupted, or 100 ms (futex: 50 ms)
+        pass (then look at signals).
 
         ss holds [send stream, receive stream], either NULL when it does not wait on its link. When
         everything waited on is one shared-memory pair, sleep in a futex wait on its flag (a futex
         wake leaves us on our own CPU, see waiting.pxd; reap() notices a dead peer within 50 ms);
-        otherwise in poll() on the peers' sockets, which a doorbell byte or a peer's death (EOF) wakes."""
-        cdef pollfd fds[4]
+        otherwise in poll() on the peers' sockets, which a doorbell byte or a peer's death (EOF) wakes.
+        Either way an interrupt wakes it (life.pxd: the futex wait includes the interrupt word, the
+        poll set the engine's eventfd)."""
+        cdef pollfd fds[5]
         cdef int nf = 0, i, j, rc, ms
         cdef bint ready = False
         cdef Link* L
@@ -648,10 +816,15 @@ cdef class Engine:
             if ms > 50:
                 ms = 50
             if ms > 0:
-                hc_futex_wait(word, SLEEP_FUTEX, ms)
-            if hc_load32_sc(word) == SLEEP_FUTEX and self.check_signals() != 0:
+                hc_life_sleep(&self.life, word, SLEEP_FUTEX, ms)
+            if hc_load32_sc(word) == SLEEP_FUTEX and not hc_life_intr(&self.life) and \
+                    self.check_signals() != 0:
                 return E_INTERRUPTED         # not woken (timed out or a signal): honour Ctrl-C
         elif not ready and nf > 0:
+            fds[nf].fd = self.life.efd       # readable for good once interrupted
+            fds[nf].events = POLLIN
+            fds[nf].revents = 0
+            nf += 1
             ms = <int>((deadline - hc_now()) * 1000.0) + 1
             if ms > 100:
                 ms = 100
@@ -692,7 +865,7 @@ cdef class Engine:
                     hc_store32_sc(&L.rx_ctl.cons_sleeping, 0)
                     if s.fwd != NULL:
                         hc_store32_sc(&s.fwd.link.tx_ctl.prod_sleeping, 0)
-        return 0
+        return E_CANCELLED if hc_life_intr(&self.life) else 0
 
     cdef int idle(self, Stream** ss, int n, Idle* st, double deadline) noexcept nogil:
         """Nothing moved: spin, then yield, then block. Returns <0 on timeout/peer loss."""
@@ -703,6 +876,8 @@ cdef class Engine:
             now = hc_now()
             if st.since == 0:
                 st.since = now
+            if hc_life_intr(&self.life):
+                return E_CANCELLED
             if now > deadline:
                 return E_TIMEOUT
             waited = now - st.since
@@ -781,6 +956,8 @@ cdef class Engine:
         st.all[0] = snd
         st.all[1] = rcv
         while True:
+            if hc_life_intr(&self.life):
+                return E_CANCELLED
             a = 0
             b = 0
             if snd != NULL and not snd.done:
@@ -872,8 +1049,11 @@ cdef class Engine:
     # ------------------------------------------------------------------ error reporting
 
     cdef raise_error(self, int rc, str what, double timeout):
+        cdef uint32_t w = hc_life_intr(&self.life)
         peer = self.err_peer
         self.broken = True
+        if w and rc != E_MISMATCH and rc != E_INTERRUPTED:
+            self.raise_interrupted(w, what)   # what a peer's loss or a time-out really followed from
         if rc == E_MISMATCH:
             got = _describe_header(bytes(self.err_got[:HDR_BYTES]))
             want = _describe_header(bytes(self.err_want[:HDR_BYTES]))
@@ -885,9 +1065,11 @@ cdef class Engine:
                                f"called {want}; every rank must call the same collectives in the same "
                                f"order with the same count, dtype and op")
         if rc == E_PEER_LOST:
-            raise PeerLostError(f"rank {peer} closed its connection to rank {self.rank} during {what} "
+            err = PeerLostError(f"rank {peer} closed its connection to rank {self.rank} during {what} "
                                 f"(it died, was killed, or aborted after an error of its own: check its "
                                 f"output); this communicator cannot be used any more")
+            err.peer = peer if peer >= 0 else None
+            raise err
         if rc == E_TIMEOUT:
             raise HetcclTimeout(f"{what} on rank {self.rank} timed out after {timeout:g} s waiting for "
                                 f"rank {peer}; a rank may be stuck or may not have called {what} "
@@ -899,6 +1081,9 @@ cdef class Engine:
         raise TransportError(f"{what} failed on rank {self.rank} (code {rc})")
 
     cdef check_usable(self):
+        cdef uint32_t w = hc_life_intr(&self.life)
+        if w:
+            self.raise_interrupted(w, "this call")
         if self.broken:
             raise CommAborted("this communicator was aborted after an earlier error (or closed); "
                               "create a new one with hetccl.init()")
@@ -941,7 +1126,7 @@ cdef class Engine:
         if get_reduce(dtype, op) == NULL:
             raise InvalidUsage(f"{_OP_NAMES[op]} is not defined for {_DT_NAMES[dtype]}")
         deadline = hc_now() + timeout
-        self.seq += 1
+        self.begin("allreduce", 0)
         with nogil:
             if algo == ALGO_RD:
                 rc = self.allreduce_rd(<char*>sv.buf, <char*>rv.buf, <size_t>rv.len // ESIZE[dtype],
@@ -949,9 +1134,7 @@ cdef class Engine:
             else:
                 rc = self.allreduce_ring(<char*>sv.buf, <char*>rv.buf, <size_t>rv.len // ESIZE[dtype],
                                          dtype, op, deadline)
-        if rc < 0:
-            self.raise_error(rc, "allreduce", timeout)
-        return 0
+        return self.end(rc, "allreduce", timeout)
 
     def allgather(self, sendobj, recvobj, int dtype, int algo, double timeout):
         """recv = concatenation over ranks of send (send may be recv's own block: in place)."""
@@ -968,18 +1151,14 @@ cdef class Engine:
         """Run a ring / recursive-doubling allgather on buffers pin_allgather checked."""
         cdef int rc
         cdef double deadline
-        self.check_usable()
         deadline = hc_now() + timeout
-        self.seq += 1
-        self.stream_out = <size_t>rv.len >= self.nt_threshold
+        self.begin("allgather", <size_t>rv.len)
         with nogil:
             if algo == ALGO_RD:
                 rc = self.allgather_rd(<char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, deadline)
             else:
                 rc = self.allgather_ring(<char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, deadline)
-        if rc < 0:
-            self.raise_error(rc, "allgather", timeout)
-        return 0
+        return self.end(rc, "allgather", timeout)
 
     # ---- ring allreduce: reduce-scatter then allgather around the ring, one pipelined stream each way
 
@@ -1103,6 +1282,8 @@ cdef class Engine:
         st.all[0] = snd
         st.all[1] = rcv
         while not (snd.done and rcv.done):
+            if hc_life_intr(&self.life):
+                return E_CANCELLED
             a = self.send_progress(snd) if not snd.done else 0
             if a < 0:
                 return self.fail(snd, <int>a)

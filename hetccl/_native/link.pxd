@@ -37,6 +37,7 @@ cdef enum:
     E_MISMATCH = -3
     E_INTERRUPTED = -4
     E_OS = -5
+    E_CANCELLED = -6          # the engine was interrupted (abort, close, revoke, peer declared lost)
 
 cdef enum LinkKind:
     LK_NONE = 0

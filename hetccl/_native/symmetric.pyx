@@ -32,13 +32,14 @@ from libc.string cimport memset
 from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_FIXED,
                          MAP_FAILED, MAP_ANONYMOUS)
 
-from hetccl._native.atomics cimport hc_now
+from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_store32_sc
 from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
 from hetccl._native.codes cimport *
 from hetccl._native.direct cimport (sync, enter_as, PHASE_SYMMETRIC, pin_allreduce,
                                     release_allreduce)
 from hetccl._native.engine cimport Engine, even_blocks
-from hetccl._native.link cimport E_MISMATCH
+from hetccl._native.link cimport E_MISMATCH, E_CANCELLED
+from hetccl._native.life cimport hc_life_intr, hc_life_inuse
 from hetccl._native.reduce cimport (reduce_fn, dual_fn, get_reduce, get_reduce_dual, copy_bytes,
                                     copy_bytes_dual,
                                     divide_by, store_fence)
@@ -61,6 +62,7 @@ cdef enum AllocState:
     A_EMPTY = 0                  # slot unused (or its Buffer died after a free)
     A_LIVE = 1
     A_FREED = 2                  # freed: my range still reserved (anonymous memory) until its Buffer dies
+    A_STALE = 3                  # its Buffer died while a schedule ran: mapped until none does (sweep)
 
 cdef struct SymAlloc:
     char** base                  # [size] where rank q's segment is mapped in this process
@@ -81,6 +83,7 @@ cdef class Heap:
     cdef int err_peer
     cdef uint64_t err_desc
     cdef size_t chunk                 # bytes per reduction / copy unit (CHUNK; a knob for benchmarks)
+    cdef Engine engine                # whose schedules read the mappings (None: no guard needed)
 
     def __cinit__(self, int rank, int size):
         if not 0 < size <= MAX_RANKS or not 0 <= rank < size:
@@ -90,8 +93,13 @@ cdef class Heap:
         self.allocs = NULL
         self.n = 0
 
+    def attach(self, Engine e):
+        """The engine whose schedules use these mappings: a mapping is unmapped only while none of
+        them runs (life.pxd), else later (sweep)."""
+        self.engine = e
+
     def __dealloc__(self):
-        cdef int i, q
+        cdef int i, q                 # schedules hold the heap: none runs now
         for i in range(self.n):
             for q in range(self.size):
                 if self.allocs[i].base[q] != NULL:
@@ -179,25 +187,41 @@ cdef class Heap:
                         a.base[q] = NULL
         a.state = A_FREED
         self.live -= 1
+        self.sweep()
 
     cdef void forget(self, int i) noexcept:
-        """The Buffer of allocation i died: nothing points into my range any more."""
+        """The Buffer of allocation i died: nothing of mine points into its ranges any more, but a
+        running schedule may still load from my mappings of the peers' segments (a peer named
+        this allocation): then they stay until the next sweep finds no schedule running."""
         cdef SymAlloc* a = &self.allocs[i]
-        cdef int q
-        for q in range(self.size):
-            if a.base[q] != NULL:
-                munmap(a.base[q], a.mapped)
-                a.base[q] = NULL
         if a.state == A_LIVE:
             self.live -= 1
-        a.state = A_EMPTY
+        hc_store32_sc(<uint32_t*>&a.state, A_STALE)    # resolve() no longer hands it out ...
+        self.sweep()
+
+    cdef void sweep(self) noexcept:
+        """Unmap every stale allocation, unless a schedule is inside the engine (... then they wait:
+        the store above and the engine's entry count order themselves, see life.pxd)."""
+        cdef int i, q
+        cdef SymAlloc* a
+        if self.engine is not None and hc_life_inuse(&self.engine.life):
+            return
+        for i in range(self.n):
+            a = &self.allocs[i]
+            if a.state != A_STALE:
+                continue
+            for q in range(self.size):
+                if a.base[q] != NULL:
+                    munmap(a.base[q], a.mapped)
+                    a.base[q] = NULL
+            a.state = A_EMPTY
 
     cdef int find(self, const char* p, size_t n, uint64_t* desc) noexcept nogil:
         """1 (desc set) if [p, p+n) lies in one of my live allocations, -1 if in a freed one, else 0."""
         cdef int i
         cdef const char* b
         for i in range(self.n):
-            if self.allocs[i].state == A_EMPTY:
+            if self.allocs[i].state == A_EMPTY or self.allocs[i].state == A_STALE:
                 continue
             b = self.allocs[i].base[self.rank]
             if b <= p and p + n <= b + self.allocs[i].nbytes:
@@ -210,7 +234,7 @@ cdef class Heap:
     cdef int resolve(self, int q, uint64_t d, size_t n, char** out) noexcept nogil:
         """Where rank q's buffer (descriptor d, n bytes) is mapped here; E_SYMMETRIC if nowhere."""
         cdef uint64_t i = (d >> OFF_BITS) - 1, off = d & ((<uint64_t>1 << OFF_BITS) - 1)
-        if d == 0 or i >= <uint64_t>self.n or self.allocs[i].state != A_LIVE or \
+        if d == 0 or i >= <uint64_t>self.n or hc_load32_sc(<uint32_t*>&self.allocs[i].state) != A_LIVE or \
                 off > self.allocs[i].nbytes or n > self.allocs[i].nbytes - off:
             self.err_peer = q
             self.err_desc = d
@@ -227,7 +251,7 @@ cdef class Heap:
         try:
             for i in range(self.n):
                 b = self.allocs[i].base[self.rank]
-                if self.allocs[i].state != A_EMPTY and b <= <char*>v.buf and \
+                if (self.allocs[i].state == A_LIVE or self.allocs[i].state == A_FREED) and b <= <char*>v.buf and \
                         <char*>v.buf + v.len <= b + self.allocs[i].nbytes:
                     return i, ("live" if self.allocs[i].state == A_LIVE else "freed"), <char*>v.buf - b
             return None
@@ -376,6 +400,8 @@ cdef int allreduce_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, ui
     cdef dual_fn fn2 = get_reduce_dual(dtype, op)
     o = 0
     while o < blen[r]:
+        if hc_life_intr(&e.life):
+            return E_CANCELLED
         n = blen[r] - o if blen[r] - o < C else C
         at = boff[r] + o
         if fused:
@@ -436,6 +462,8 @@ cdef int reduce_scatter_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbu
     if rc < 0:
         return rc
     while o < nb:
+        if hc_life_intr(&e.life):
+            return E_CANCELLED
         n = nb - o if nb - o < C else C
         reduce_rows(fn, dtype, op, N, S, nb * r + o, n, A)
         copy_bytes(rbuf + o, A, n, st)
@@ -463,6 +491,8 @@ cdef int allgather_sym(Engine e, Heap h, char* sbuf, char* rbuf, uint64_t rd, si
             D[nd] = R[p] + nb * r
             nd += 1
     while o < nb:
+        if hc_life_intr(&e.life):
+            return E_CANCELLED
         n = nb - o if nb - o < h.chunk else h.chunk
         i = 0
         while i + 1 < nd:                     # two outputs per load of the chunk
@@ -561,10 +591,11 @@ def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double time
         sd = descriptor(h, &sv, "input")
         rd = descriptor(h, &rv, "output")
         dl = hc_now() + timeout
-        e.seq += 1
+        e.begin("allreduce", 0)
         with nogil:
             rc = allreduce_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, rd, <size_t>rv.len // es,
                                dtype, op, dl)
+        e.leave()
         if rc < 0:
             fail(e, h, rc, "allreduce", timeout)
     finally:
@@ -583,9 +614,10 @@ def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
     try:
         rd = descriptor(h, &rv, "output")
         dl = hc_now() + timeout
-        e.seq += 1
+        e.begin("allgather", 0)
         with nogil:
             rc = allgather_sym(e, h, <char*>sv.buf, <char*>rv.buf, rd, <size_t>sv.len, dtype, dl)
+        e.leave()
         if rc < 0:
             fail(e, h, rc, "allgather", timeout)
     finally:
@@ -607,9 +639,10 @@ def broadcast(Engine e, Heap h, obj, int root, int dtype, double timeout):
             raise InvalidUsage(f"buffer of {v.len} bytes is not a whole number of elements")
         d = descriptor(h, &v, "broadcast")
         dl = hc_now() + timeout
-        e.seq += 1
+        e.begin("broadcast", 0)
         with nogil:
             rc = broadcast_sym(e, h, <char*>v.buf, d, <size_t>v.len, root, dtype, dl)
+        e.leave()
         if rc < 0:
             fail(e, h, rc, "broadcast", timeout)
     finally:
@@ -657,7 +690,7 @@ cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeou
     try:
         sd = descriptor(h, &sv, "input")
         dl = hc_now() + timeout
-        e.seq += 1
+        e.begin(what, 0)
         with nogil:
             if scatter:
                 rc = reduce_scatter_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>rv.len, dtype,
@@ -665,6 +698,7 @@ cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeou
             else:
                 rc = alltoall_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>sv.len // e.size,
                                   dtype, dl)
+        e.leave()
         if rc < 0:
             fail(e, h, rc, what, timeout)
     finally:

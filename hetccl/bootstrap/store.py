@@ -519,45 +519,59 @@ class StoreClient:
     def _request(self, op: bytes, args: Sequence[bytes], wait: float | None = None,
                  limit: float | None = None):
         """Send one request; returns (status, payload). ``wait`` = server-side deadline (s);
-        ``limit`` = how long to wait for the answer (default: wait + grace, else the timeout)."""
-        with self._lock:
-            if self._closed:
-                raise InvalidUsage("this StoreClient is closed")
-            self._ctr += 1
-            ctr = self._ctr
-            body = [_U64.pack(ctr), op, *args]
-            self._sock.send_multipart([_REQ, *body, mac(self._session, b"C", *body)])
-            if limit is None:
-                limit = (wait + self.GRACE) if wait is not None else self.timeout
-            deadline = time.monotonic() + limit
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise HetcclTimeout(
-                        f"{self._where()} did not answer rank {self.rank} within {limit:g}s. "
-                        f"Rank 0 serves the store: has it exited or crashed?")
-                if not self._sock.poll(int(left * 1000) + 1):
-                    continue
-                msg = self._sock.recv_multipart()
-                if len(msg) < 5 or msg[0] != _REP:
-                    raise AuthenticationError(f"malformed reply from {self._where()} ({_AUTH_HINT})")
-                rbody, tag = msg[1:-1], msg[-1]
-                if not hmac.compare_digest(mac(self._session, b"S", *rbody), tag):
-                    raise AuthenticationError(f"reply from {self._where()} failed authentication "
-                                              f"({_AUTH_HINT})")
-                sctr, req_ctr = _U64.unpack(rbody[0])[0], _U64.unpack(rbody[1])[0]
-                if sctr <= self._last_sctr:
-                    raise AuthenticationError(f"replayed reply from {self._where()}")
-                self._last_sctr = sctr
-                if req_ctr != ctr:
-                    continue  # the late answer to an earlier request that we gave up on
-                status, payload = rbody[2], rbody[3:]
-                if status == ERR:
-                    raise InvalidUsage(payload[0].decode("utf-8", "replace") if payload
-                                       else "the store refused the request")
-                if status == ABORT:
-                    raise _aborted(self.rank, payload[0] if payload else b"")
-                return status, payload
+        ``limit`` = how long to wait for the answer (default: wait + grace, else the timeout); a
+        given ``limit`` also bounds the wait for another thread's request to finish (the failure
+        path must not sit behind a long barrier)."""
+        start = time.monotonic()
+        if not self._lock.acquire(timeout=-1 if limit is None else max(limit, 0.0)):
+            raise HetcclTimeout(f"rank {self.rank}: the connection to {self._where()} stayed busy "
+                                f"with another thread's request for {limit:g}s")
+        try:
+            if limit is not None:
+                limit = max(0.1, limit - (time.monotonic() - start))
+            return self._request_locked(op, args, wait, limit)
+        finally:
+            self._lock.release()
+
+    def _request_locked(self, op: bytes, args: Sequence[bytes], wait: float | None, limit: float | None):
+        """_request once the connection is ours."""
+        if self._closed:
+            raise InvalidUsage("this StoreClient is closed")
+        self._ctr += 1
+        ctr = self._ctr
+        body = [_U64.pack(ctr), op, *args]
+        self._sock.send_multipart([_REQ, *body, mac(self._session, b"C", *body)])
+        if limit is None:
+            limit = (wait + self.GRACE) if wait is not None else self.timeout
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HetcclTimeout(
+                    f"{self._where()} did not answer rank {self.rank} within {limit:g}s. "
+                    f"Rank 0 serves the store: has it exited or crashed?")
+            if not self._sock.poll(int(left * 1000) + 1):
+                continue
+            msg = self._sock.recv_multipart()
+            if len(msg) < 5 or msg[0] != _REP:
+                raise AuthenticationError(f"malformed reply from {self._where()} ({_AUTH_HINT})")
+            rbody, tag = msg[1:-1], msg[-1]
+            if not hmac.compare_digest(mac(self._session, b"S", *rbody), tag):
+                raise AuthenticationError(f"reply from {self._where()} failed authentication "
+                                          f"({_AUTH_HINT})")
+            sctr, req_ctr = _U64.unpack(rbody[0])[0], _U64.unpack(rbody[1])[0]
+            if sctr <= self._last_sctr:
+                raise AuthenticationError(f"replayed reply from {self._where()}")
+            self._last_sctr = sctr
+            if req_ctr != ctr:
+                continue  # the late answer to an earlier request that we gave up on
+            status, payload = rbody[2], rbody[3:]
+            if status == ERR:
+                raise InvalidUsage(payload[0].decode("utf-8", "replace") if payload
+                                   else "the store refused the request")
+            if status == ABORT:
+                raise _aborted(self.rank, payload[0] if payload else b"")
+            return status, payload
 
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)

@@ -352,6 +352,12 @@ class Planner:
             if c is not None:
                 c.abort()
 
+    def interrupt(self, reason):
+        """Fail the sub-communicators' running and later calls (Communicator._interrupt)."""
+        for c in (self._levels or []) + [self._ring]:
+            if c is not None:
+                c._interrupt(reason)
+
     # ------------------------------------------------------------------ runs
 
     def _buf(self, name, n, dtype):

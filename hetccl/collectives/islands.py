@@ -454,6 +454,13 @@ class IslandPlan:
         if self.bridge is not None:
             self.bridge.abort()
 
+    def interrupt(self, reason):
+        """Fail the island sub-communicators' running and later calls (Communicator._interrupt);
+        the vendor bridge has no such call: abort() stops it."""
+        for c in (self._local, self._leaders, self._rail):
+            if c:
+                c._interrupt(reason)
+
     # ------------------------------------------------------------------ island steps
 
     def _buf(self, name, n, dtype):

@@ -84,6 +84,8 @@ class SymmetricMemory:
         self._comm = comm
         self.shared = shared                          # every pair c2c: peers map each other's segments
         self.heap = _native.Heap(comm.rank, comm.size) if shared else _native.Heap(0, 1)
+        if shared:
+            self.heap.attach(comm._engine)            # peers' mappings go only while no schedule runs
         self.active = False                           # any allocation made (then calls are checked)
         self._buffers = {}                            # allocation id -> weakref of this rank's Buffer
 

@@ -363,16 +363,27 @@ class ProcessGroupHetccl(dist.ProcessGroup):
 
     # ------------------------------------------------------------------ life cycle
     def shutdown(self) -> None:
-        """destroy_process_group(): finish queued work, then leave the communicator."""
+        """destroy_process_group(): finish queued work (bounded), then leave the communicator.
+        Safe from any thread, also while a collective runs: what did not finish in time fails
+        with CommAborted (Communicator.close)."""
         t = min(self._timeout, 30.0)
         self._lane.stop(t)
         for lane in list(self._recv_lanes.values()):
             lane.stop(1.0)
         self._comm.close(timeout=t)
+        self._cancel("the process group was shut down")
 
     def abort(self) -> None:
-        """Drop every link at once: peers blocked on this rank raise PeerLostError."""
+        """Stop at once, from any thread (torch's watchdog): running and queued operations fail
+        with CommAborted, every link is dropped, and peers blocked on this rank raise
+        PeerLostError."""
         self._comm.abort()
+        self._cancel("the process group was aborted")
+
+    def _cancel(self, why: str) -> None:
+        self._lane.cancel(why)
+        for lane in list(self._recv_lanes.values()):
+            lane.cancel(why)
 
     # ------------------------------------------------------------------ argument checks
     def _check_list(self, tensors, what: str) -> None:

@@ -18,7 +18,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..errors import HetcclTimeout, InvalidUsage
+from ..errors import CommAborted, HetcclTimeout, InvalidUsage
+
+ABORT_GRACE = 1.0     # s the running operation may take to stop after abort() before its Work fails
 
 
 class _Failure:
@@ -52,9 +54,11 @@ class HetcclWork(dist.Work):
         self._future = None
         self.source_rank = -1       # recv from any source: who sent it
 
-    # -- completion (any thread) ---------------------------------------------------------------
+    # -- completion (any thread, once: by the operation, or cancelled by abort/shutdown) ---------
     def _complete(self, exc: BaseException | None = None) -> None:
         with self._lock:
+            if self._event.is_set():
+                return
             self._exc = exc
             self._event.set()
             raw = self._raw
@@ -124,6 +128,7 @@ class Lane:
         self._pending = 0
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._current: HetcclWork | None = None      # the operation the thread runs now
 
     def idle(self) -> bool:
         return self._pending == 0
@@ -154,6 +159,7 @@ class Lane:
             if item is None:
                 return
             work, fn = item
+            self._current = work
             exc = None
             try:
                 fn()
@@ -161,7 +167,28 @@ class Lane:
                 exc = e
             with self._cv:
                 self._pending -= 1
+                self._current = None
             work._complete(exc)
+
+    def cancel(self, why: str) -> None:
+        """Stop at once (abort): queued operations fail with CommAborted now, the running one when
+        it stops (the communicator's abort makes it stop) or ABORT_GRACE s later; no join."""
+        with self._cv:
+            self._stopped = True
+            queued = [item for item in self._queue if item is not None]
+            self._queue.clear()
+            self._pending -= len(queued)
+            current = self._current
+            if self._thread is not None:
+                self._queue.append(None)
+            self._cv.notify()
+        for work, _ in queued:
+            work._complete(CommAborted(f"hetccl {work._what} was cancelled: {why}"))
+        if current is not None:
+            t = threading.Timer(ABORT_GRACE, current._complete,
+                                (CommAborted(f"hetccl {current._what} was cancelled: {why}"),))
+            t.daemon = True
+            t.start()
 
     def stop(self, timeout: float) -> None:
         """Let queued work finish (bounded by ``timeout``), then end the thread."""
