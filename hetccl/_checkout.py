@@ -18,6 +18,7 @@ before deciding which hetccl to import.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import os
 import sys
@@ -146,4 +147,7 @@ def use(checkout: str) -> str:
             _same(os.path.dirname(p), checkout) for p in getattr(mod, "__path__", [])):
         raise RuntimeError(f"{PACKAGE} was imported from the checkout {checkout} before "
                            f"choosing the installed one; call use() before importing it")
+    # Imported now (it is cheap: errors and ops), its submodules then come from its own directory
+    # whatever later changes sys.path (pytest puts the checkout back first to import test modules).
+    importlib.import_module(PACKAGE)
     return root
