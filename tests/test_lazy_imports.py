@@ -25,15 +25,20 @@ NEVER_AT_IMPORT = ("torch", "numpy", "ml_dtypes", "zmq", "mpi4py", "hetccl.comm"
                    "hetccl.topology", "hetccl.bridges", "hetccl.benchmark", "hetccl.transports")
 # loaded when first used, not with the communicator's code
 NOT_WITH_THE_CORE = ("torch", "ml_dtypes", "mpi4py", "matplotlib", "hetccl.benchmark",
-                     "hetccl.topology.discover", "hetccl.bridges.nccl", "hetccl.bridges.mpi",
-                     "hetccl.bridges.loader", "hetccl._native.ucx", "hetccl.torch")
+                     "hetccl.topology.discover", "hetccl.bridges.mpi", "hetccl._native.ucx",
+                     "hetccl.torch")
+# shared libraries of vendors, MPI and UCX: opened when a bridge or transport needs them
+LIBRARIES = ("nccl", "rccl", "hccl", "cncl", "bkcl", "libmpi", "libucp", "libucs", "libcuda")
 
 
-def _modules_after(code: str, env=None) -> list[str]:
+def _modules_after(code: str) -> list[str]:
+    """The modules loaded by ``code``; every other line it prints must say ``[]``."""
     p = run_command([sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
-                    timeout=120, env=env)
+                    timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    *said, modules = p.stdout.strip().splitlines()
+    assert all(line.endswith("[]") for line in said), said
+    return json.loads(modules)
 
 
 def _loaded(modules, names):
@@ -46,7 +51,10 @@ def test_import_hetccl_loads_only_errors_and_ops():
 
 
 def test_the_core_loads_on_first_use_without_optional_dependencies():
-    mods = _modules_after("import hetccl\nassert callable(hetccl.init) and hetccl.Communicator")
+    code = ("import hetccl\nassert callable(hetccl.init) and hetccl.Communicator\n"
+            "maps = open('/proc/self/maps').read()\n"
+            f"print('libraries:', [x for x in {LIBRARIES!r} if x in maps])")
+    mods = _modules_after(code)
     assert "hetccl.comm" in mods and "hetccl._native.engine" in mods
     assert not _loaded(mods, NOT_WITH_THE_CORE), _loaded(mods, NOT_WITH_THE_CORE)
 
