@@ -18,7 +18,7 @@ gloo or nccl program behaves exactly as without hetccl installed. The backend is
 ``init_process_group`` call being served (its frame; the rendezvous API does not pass it). The
 patched handler is torch's private ``_rendezvous_handlers["env"]``; if a torch version lacks it,
 nothing is patched and env:// behaves as torch's own. This module imports only the standard
-library until a hetccl group actually uses it (the torch entry point installs the handler).
+library and hetccl.errors until a hetccl group uses it (the torch entry point installs the handler).
 """
 from __future__ import annotations
 
