@@ -13,6 +13,9 @@ the order reversed every other round, so the cases of a pair see the same machin
 * ``import hetccl``, against ``python -c pass`` (the interpreter alone): the difference is what
   the import costs. Target: <= 0.15 s. For comparison, ``import numpy, zmq`` and the communicator
   (``import hetccl; hetccl.init`` loads numpy, the compiled core, topology and transports).
+* Inside one process (after the rounds): torch's entry-point step replayed after ``import torch``
+  with autoload off, timing its scan of the installed distributions and the load + call of each
+  entry point, i.e. the whole difference between the first two cases, without process noise.
 
 One warm-up run of every case first (file caches). The hetccl timed is the one the repository's
 scripts choose (bench/checkout.py): the installed package unless PYTHONPATH names the checkout.
@@ -54,6 +57,22 @@ TARGETS = (
 )
 COMPARED = (("numpy+zmq", "interpreter"), ("hetccl communicator", "interpreter"))
 
+# torch's _import_device_backends replayed after ``import torch`` with autoload off: the entry-point
+# scan (torch's, with or without hetccl) and the load + call of each entry point (hetccl's own
+# cost), timed inside the process, which machine load moves far less than whole processes
+ENTRY_POINTS = """
+import time
+import torch
+from importlib.metadata import entry_points
+t0 = time.perf_counter()
+found = entry_points(group="torch.backends")
+t1 = time.perf_counter()
+for ep in found:
+    ep.load()()
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1, ",".join(ep.name for ep in found) or "-")
+"""
+
 
 def loadavg() -> str:
     try:
@@ -63,17 +82,18 @@ def loadavg() -> str:
         return "unknown"
 
 
-def run_once(code: str, overrides: dict) -> float:
+def run_once(code: str, overrides: dict) -> tuple[float, str]:
+    """(wall seconds of ``python -c code``, its stdout)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **overrides)
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code], env=env, cwd=IMPORT_ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"`python -c {code!r}` failed ({p.returncode}):\n{p.stderr[-2000:]}")
     if "hetccl" in p.stderr:
         print(f"[import_time] warning printed by `{code}`:\n{p.stderr.strip()}", file=sys.stderr)
-    return elapsed
+    return elapsed, p.stdout
 
 
 def measure(names: list[str], runs: int) -> dict[str, list[float]]:
@@ -82,8 +102,18 @@ def measure(names: list[str], runs: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(runs):
         for name in (names if r % 2 == 0 else names[::-1]):
-            times[name].append(run_once(*CASES[name]))
+            times[name].append(run_once(*CASES[name])[0])
     return times
+
+
+def entry_point_work(runs: int) -> dict:
+    """Medians of torch's entry-point scan and of loading + calling the entry points, seconds."""
+    scans, calls = [], []
+    for _ in range(runs):
+        scan, call, names = run_once(ENTRY_POINTS, {AUTOLOAD: "0"})[1].split()
+        scans.append(float(scan))
+        calls.append(float(call))
+    return {"scan": scans, "load_and_call": calls, "entry_points": names}
 
 
 def where_hetccl() -> str:
@@ -92,7 +122,8 @@ def where_hetccl() -> str:
     return p.stdout.strip() or "not importable"
 
 
-def report(times: dict[str, list[float]], runs: int, load_before: str, load_after: str) -> str:
+def report(times: dict[str, list[float]], runs: int, load_before: str, load_after: str,
+           inside: dict | None) -> str:
     med = {name: statistics.median(v) for name, v in times.items()}
     lines = [f"# import costs ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
              "",
@@ -124,6 +155,13 @@ def report(times: dict[str, list[float]], runs: int, load_before: str, load_afte
     for case, base in COMPARED:
         if case in med and base in med:
             lines.append(f"- {case}: {med[case] - med[base]:.3f} s over the interpreter alone")
+    if inside:
+        scan, call = (statistics.median(inside[k]) for k in ("scan", "load_and_call"))
+        share = f" = {100 * (scan + call) / med['torch autoload off']:.1f}% of `import torch` with " \
+                f"autoload off" if "torch autoload off" in med else ""
+        lines.append(f"- inside the process, median of {len(inside['scan'])}: torch's entry-point "
+                     f"scan {1e3 * scan:.1f} ms, loading and calling the entry points "
+                     f"({inside['entry_points']}) {1e3 * call:.1f} ms{share}")
     return "\n".join(lines)
 
 
@@ -140,13 +178,14 @@ def main(argv=None) -> int:
         ap.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     before = loadavg()
     times = measure(names, args.runs)
+    inside = entry_point_work(args.runs) if "torch" in names else None
     after = loadavg()
-    text = report(times, args.runs, before, after)
+    text = report(times, args.runs, before, after, inside)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": args.runs, "load_before": before, "load_after": after,
-                       "times": times, "report": text}, f, indent=1)
+                       "times": times, "entry_points": inside, "report": text}, f, indent=1)
     return 0
 
 
