@@ -122,8 +122,11 @@ def test_unbuilt_checkout_says_how_to_build_it(tmp_path):
     assert "missing extension modules: alltoall_cma" in p.stdout, p.stdout
 
 
-def test_view_without_package_keeps_everything_but_hetccl():
+def test_view_without_package_keeps_everything_but_hetccl(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     view = _checkout.view_without_package(REPO_ROOT)
+    assert os.path.dirname(view) == str(tmp_path)
     assert not os.path.exists(os.path.join(view, "hetccl"))
     for name in ("tests", "bench", "setup.py"):
         assert os.path.samefile(os.path.join(view, name), os.path.join(REPO_ROOT, name))
