@@ -30,7 +30,8 @@ Why it looks like this:
   installed package (hetccl/_checkout.py): ``IMPORT_ROOT`` stands for the checkout on sys.path and
   PYTHONPATH (the children inherit both) and is the working directory of commands by default.
 
-This module imports only the standard library: the children import it before their env is set.
+This module imports only the standard library and hetccl's errors and ops (``use`` pins the chosen
+hetccl): the children import it before their env is set.
 """
 from __future__ import annotations
 
