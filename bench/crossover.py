@@ -47,7 +47,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "peers"))
+from checkout import IMPORT_ROOT  # noqa: E402,F401  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 from _common import load_benchmark  # noqa: E402
 
 fmt, runner, _cli = load_benchmark()

@@ -33,7 +33,8 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from checkout import IMPORT_ROOT  # noqa: E402,F401  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 
 DDP_TARGET = 0.8          # hetccl step time / gloo step time must be <= this
 OVERHEAD_TARGET = 0.9     # backend busbw / hetccl busbw must be >= this
@@ -268,8 +269,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.steps, args.warmup, args.reps, args.iters = 1, 3, 1, 2, 3
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     text, summary = _report(args, _run(args))
     print(text)
     if args.json:

@@ -17,7 +17,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from checkout import IMPORT_ROOT  # noqa: E402  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 
 
 def _loop(allreduce, barrier, iters, nbytes):
@@ -79,7 +80,7 @@ def rank_gloo(iters, nbytes):
 
 def _launch(lib, n, iters, nbytes, use_async, timeout):
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "PYTHONPATH": IMPORT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     me = [sys.executable, os.path.abspath(__file__), "--rank-of", lib, "--iters", str(iters),
           "--bytes", str(nbytes)] + (["--async"] if use_async else [])
     if lib == "hetccl":

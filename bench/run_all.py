@@ -45,7 +45,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "peers"))
+from checkout import IMPORT_ROOT  # noqa: E402  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 from _common import load_benchmark  # noqa: E402
 
 fmt, runner, _cli = load_benchmark()
@@ -107,9 +109,7 @@ def run_env() -> dict:
                PYTHONUNBUFFERED="1")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    pp = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = REPO + (os.pathsep + pp if pp else "")
-    return env
+    return env                        # PYTHONPATH: set by bench/checkout.py
 
 
 def _busy_seconds() -> float | None:
@@ -139,7 +139,7 @@ def run_one(cmd, log_path, timeout) -> tuple[int, float, float | None]:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env(),
-                             cwd=REPO, start_new_session=True)
+                             cwd=IMPORT_ROOT, start_new_session=True)
         try:
             rc = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

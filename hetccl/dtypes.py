@@ -1,13 +1,16 @@
 """Data types hetccl moves and reduces, and how numpy / buffer-protocol objects map onto them.
 
 The integer codes are shared with the Cython core (_native/codes.pxd).
-"""
-import numpy as np
 
-try:
-    import ml_dtypes
-except ImportError:  # ml_dtypes is a declared dependency; keep import errors readable anyway
-    ml_dtypes = None
+bfloat16 and float8 are numpy dtypes defined by ``ml_dtypes``, whose extension takes 0.5-1 s to
+load; it is imported on the first bfloat16/float8 use, not with hetccl. An array of those types can
+only exist once ml_dtypes is imported, so ``from_numpy`` looks them up then, and ``numpy_dtype``
+imports ml_dtypes when asked for one.
+"""
+import functools
+import sys
+
+import numpy as np
 
 from .errors import InvalidUsage
 from .ops import ReduceOp
@@ -21,11 +24,10 @@ ITEMSIZE = [1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1, 1]
 INTEGER = frozenset(range(8)) | {BOOL}
 FLOATING = frozenset({FLOAT16, BFLOAT16, FLOAT32, FLOAT64, FP8_E4M3, FP8_E5M2})
 
+# numpy dtype -> code; the ml_dtypes entries are added by _ml_dtypes(). Shared by reference with
+# comm.py and the latency path (_native/collectives.pyx), so it is only ever updated in place.
 _NUMPY = {np.dtype(n): i for i, n in enumerate(NAMES) if n in np.sctypeDict or hasattr(np, n)}
-if ml_dtypes is not None:
-    _NUMPY[np.dtype(ml_dtypes.bfloat16)] = BFLOAT16
-    _NUMPY[np.dtype(ml_dtypes.float8_e4m3fn)] = FP8_E4M3
-    _NUMPY[np.dtype(ml_dtypes.float8_e5m2)] = FP8_E5M2
+_ML_CODES = (BFLOAT16, FP8_E4M3, FP8_E5M2)
 
 # struct-module format characters of the buffer protocol (native byte order)
 _FORMAT = {"b": INT8, "B": UINT8, "h": INT16, "H": UINT16, "i": INT32, "I": UINT32,
@@ -33,11 +35,25 @@ _FORMAT = {"b": INT8, "B": UINT8, "h": INT16, "H": UINT16, "i": INT32, "I": UINT
            "d": FLOAT64, "?": BOOL, "c": UINT8}
 
 
+def _ml_dtypes():
+    """The ml_dtypes module, its bfloat16/float8 types registered in ``_NUMPY`` (first use only)."""
+    try:
+        import ml_dtypes
+    except ImportError as e:  # a declared dependency; a broken environment still gets told why
+        raise InvalidUsage(f"bfloat16 and float8 need the ml_dtypes package ({e}); "
+                           f"pip install 'ml_dtypes>=0.3'") from None
+    if np.dtype(ml_dtypes.bfloat16) not in _NUMPY:
+        for code in _ML_CODES:
+            _NUMPY[np.dtype(getattr(ml_dtypes, NAMES[code]))] = code
+    return ml_dtypes
+
+
+@functools.lru_cache(maxsize=None)
 def numpy_dtype(code: int) -> np.dtype:
     """The numpy dtype of a hetccl dtype code (bfloat16/fp8 through ml_dtypes)."""
     name = NAMES[code]
-    if code in (BFLOAT16, FP8_E4M3, FP8_E5M2):
-        return np.dtype(getattr(ml_dtypes, name))
+    if code in _ML_CODES:
+        return np.dtype(getattr(_ml_dtypes(), name))
     return np.dtype(name)
 
 
@@ -50,6 +66,10 @@ def from_numpy(dt) -> int:
     dt = np.dtype(dt)
     if dt in _NUMPY:
         return _NUMPY[dt]
+    if "ml_dtypes" in sys.modules:   # its types exist only once it is imported (by the caller)
+        _ml_dtypes()
+        if dt in _NUMPY:
+            return _NUMPY[dt]
     if dt.byteorder == ">" or (dt.byteorder == "=" and np.little_endian is False):
         raise InvalidUsage(f"dtype {dt} is big-endian; convert with .astype('{dt.newbyteorder('=')}')")
     raise InvalidUsage(f"dtype {dt} is not supported; use one of {', '.join(NAMES)}")

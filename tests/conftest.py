@@ -1,5 +1,11 @@
-"""Suite-wide guards: the repo root on sys.path, a default per-test timeout, and a loud report of
+"""Suite-wide guards: which hetccl is tested, a default per-test timeout, and a loud report of
 shared-memory segments (/dev/shm/hetccl-*) that appeared during the session and were never removed.
+
+Which hetccl (tests/launcher.py, hetccl/_checkout.py): this checkout's when PYTHONPATH names it
+(``PYTHONPATH=$PWD python -m pytest``) or no built hetccl is installed, else the installed
+package; the header of the run says which. When it is the installed one, the session runs in a
+view of the checkout without ``hetccl/``, so commands started with ``python -c``/``-m`` cannot
+pick up the source tree either.
 """
 from __future__ import annotations
 
@@ -9,14 +15,26 @@ import time
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # spawned rank processes copy sys.path from here
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+if REPO_ROOT not in sys.path:  # to import tests.launcher, which then sets sys.path for good
     sys.path.insert(0, REPO_ROOT)
 
-from tests.launcher import shm_segments  # noqa: E402
+from tests.launcher import IMPORT_ROOT, shm_segments  # noqa: E402
+
+if IMPORT_ROOT != REPO_ROOT:
+    os.chdir(IMPORT_ROOT)
 
 DEFAULT_TIMEOUT = 300.0
 _leaked: list[str] = []
+
+
+def pytest_report_header(config):
+    if IMPORT_ROOT == REPO_ROOT:
+        return f"hetccl under test: this checkout ({REPO_ROOT})"
+    import importlib.util
+    where = os.path.dirname(importlib.util.find_spec("hetccl").origin)
+    return (f"hetccl under test: the installed package at {where}, not this checkout's hetccl/ "
+            f"(put the checkout on PYTHONPATH to test it)")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -26,11 +26,17 @@ Why it looks like this:
   successful run, leftover segments are reported as a failure (segments must be unlinked as soon
   as every rank has mapped them).
 
-This module imports only the standard library: the children import it before their env is set.
+* Which hetccl: the checkout's when PYTHONPATH names it or no built hetccl is installed, else the
+  installed package (hetccl/_checkout.py): ``IMPORT_ROOT`` stands for the checkout on sys.path and
+  PYTHONPATH (the children inherit both) and is the working directory of commands by default.
+
+This module imports only the standard library and hetccl's errors and ops (``use`` pins the chosen
+hetccl): the children import it before their env is set.
 """
 from __future__ import annotations
 
 import glob
+import importlib.util
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
@@ -44,12 +50,22 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, Sequence
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # spawned children copy sys.path from the parent
-    sys.path.insert(0, REPO_ROOT)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+
+
+def _use_chosen_hetccl() -> str:
+    """hetccl/_checkout.py's ``use``, loaded by path (nothing of hetccl is imported before)."""
+    spec = importlib.util.spec_from_file_location(
+        "_hetccl_checkout", os.path.join(REPO_ROOT, "hetccl", "_checkout.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.use(REPO_ROOT)
+
+
+IMPORT_ROOT = _use_chosen_hetccl()   # first on sys.path: spawned children copy it from here
 
 __all__ = ["run_ranks", "run_ranks_expect_failure", "run_command", "start_command",
-           "stop_command", "free_port", "shm_segments", "REPO_ROOT"]
+           "stop_command", "free_port", "shm_segments", "REPO_ROOT", "IMPORT_ROOT"]
 
 EXIT_GRACE = 10.0     # how long a rank that returned may take to exit
 FAILURE_GRACE = 10.0  # run_ranks: how long the others get after one rank failed
@@ -326,8 +342,8 @@ def run_ranks_expect_failure(fn: Callable, nranks: int, *args, timeout: float = 
 def _command_env(env: Mapping[str, str | None] | None) -> dict:
     full = dict(os.environ)
     path = full.get("PYTHONPATH", "")
-    if REPO_ROOT not in path.split(os.pathsep):
-        full["PYTHONPATH"] = REPO_ROOT + (os.pathsep + path if path else "")
+    if IMPORT_ROOT not in path.split(os.pathsep):
+        full["PYTHONPATH"] = IMPORT_ROOT + (os.pathsep + path if path else "")
     for k, v in (env or {}).items():
         if v is None:
             full.pop(k, None)
@@ -340,10 +356,11 @@ def start_command(cmd: Sequence[str], env: Mapping[str, str | None] | None = Non
                   cwd: str | None = None) -> subprocess.Popen:
     """Start ``cmd`` in a new session (its own process group), text pipes for stdout/stderr.
 
-    The repo root is put on PYTHONPATH; ``env`` entries override (None unsets)."""
+    ``IMPORT_ROOT`` is put on PYTHONPATH and is the working directory unless ``cwd`` is given (so
+    ``python -c``/``-m`` import the chosen hetccl); ``env`` entries override (None unsets)."""
     return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_command_env(env), cwd=cwd,
-                            start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=_command_env(env),
+                            cwd=IMPORT_ROOT if cwd is None else cwd, start_new_session=True)
 
 
 def stop_command(p: subprocess.Popen) -> None:

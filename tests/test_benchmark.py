@@ -15,7 +15,9 @@ import threading
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.launcher import IMPORT_ROOT
+
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 PEERS = os.path.join(REPO, "bench", "peers")
 
 
@@ -636,7 +638,7 @@ def _run_group(cmd, timeout=30, env_extra=None):
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.update(env_extra or {})
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=env, cwd=REPO, start_new_session=True)
+                         env=env, cwd=IMPORT_ROOT, start_new_session=True)
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -776,7 +778,7 @@ def test_run_all_issue3_preset_and_checks():
 def _hetccl_bench(args, timeout=55):
     cmd = [sys.executable, "-m", "hetccl", "run", "-n", "2", "--timeout", str(timeout - 5), "--",
            sys.executable, "-m", "hetccl", "bench", "--no-describe", *args]
-    return _run_group(cmd, timeout=timeout, env_extra={"PYTHONPATH": REPO})
+    return _run_group(cmd, timeout=timeout, env_extra={"PYTHONPATH": IMPORT_ROOT})
 
 
 def _hetccl_available():

@@ -9,17 +9,17 @@ import sys
 import pytest
 
 from tests import fakeccl
-from tests.launcher import REPO_ROOT, run_command
+from tests.launcher import IMPORT_ROOT, REPO_ROOT, run_command
 
 
 def test_gpu_check_dry_run_mixed_communicator(tmp_path_factory):
     pytest.importorskip("torch")
     libs = fakeccl.build_or_skip(tmp_path_factory)
     out = os.path.join(os.path.dirname(libs["fakeccl"]), "summary.txt")
-    env = dict(fakeccl.env(libs), PYTHONPATH=REPO_ROOT)
+    env = dict(fakeccl.env(libs), PYTHONPATH=IMPORT_ROOT)
     p = run_command([sys.executable, "-m", "hetccl", "run", "-n", "4", "--", sys.executable,
                      os.path.join(REPO_ROOT, "bench", "gpu_check.py"), "--gpus", "2", "--fake", "--out", out, "--port", "29571"],
-                    timeout=240, env=env, cwd=REPO_ROOT)
+                    timeout=240, env=env)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     text = open(out).read()
     assert "islands [('fakeccl', [0, 1]), ('hetccl', [2, 3])]" in text

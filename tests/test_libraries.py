@@ -13,7 +13,7 @@ import pytest
 from hetccl.bridges import libraries, loader, nccl, vendor
 from hetccl.bridges.base import HOST, Library
 from tests import fakeccl
-from tests.launcher import REPO_ROOT
+from tests.launcher import IMPORT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +128,11 @@ def test_host_islands():
 
 def test_doctor_lists_libnccl_with_its_version():
     version = _nccl_wheel()
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=IMPORT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for k in ("HETCCL_SIZE", "HETCCL_STORE", "HETCCL_RANK"):
         env.pop(k, None)
     out = subprocess.run([sys.executable, "-m", "hetccl", "doctor"], capture_output=True, text=True,
-                         timeout=180, env=env, cwd=REPO_ROOT)
+                         timeout=180, env=env, cwd=IMPORT_ROOT)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     i = lines.index("vendor libraries (kind, version, memory, usable, path):")

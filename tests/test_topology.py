@@ -18,7 +18,7 @@ from hetccl.errors import InvalidUsage
 from hetccl.topology import discover, select, topofile
 from hetccl.topology.model import from_cards, pcie_bandwidth
 from hetccl.topology.vendors import VENDORS, accelerator_vendor
-from tests.launcher import REPO_ROOT, run_ranks
+from tests.launcher import IMPORT_ROOT, run_ranks
 
 
 # ------------------------------------------------------------------ vendors
@@ -598,7 +598,7 @@ def test_a_file_with_too_few_ranks_is_refused_on_every_rank_at_once(tmp_path, ba
 # ------------------------------------------------------------------ CLI
 
 def _cli(*args, env=None):
-    e = dict(os.environ, PYTHONPATH=REPO_ROOT, **(env or {}))
+    e = dict(os.environ, PYTHONPATH=IMPORT_ROOT, **(env or {}))
     for k in ("HETCCL_RANK", "HETCCL_SIZE", "HETCCL_TOPO_FILE"):
         e.pop(k, None)
     return subprocess.run([sys.executable, "-m", "hetccl", *args], capture_output=True, text=True,

@@ -403,8 +403,8 @@ def test_tune_replaces_this_hosts_entry_with_a_measurement(tmp_path):
     import subprocess
     import sys
     from hetccl.topology.host import host_id
-    from tests.launcher import REPO_ROOT
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=REPO_ROOT)
+    from tests.launcher import IMPORT_ROOT
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=IMPORT_ROOT)
     for var in ("HETCCL_TRANSPORTS", "HETCCL_ALGO", "HETCCL_HOST_ID"):
         env.pop(var, None)
     s = probe.shape(host_id(), ["c2c"], 2)

@@ -8,7 +8,6 @@ file's entry can be found again.
 """
 import os
 
-from .discover import discover
 from .model import RankPlace, Topology, from_cards
 from .topofile import load
 
@@ -40,6 +39,7 @@ def card_entry(comm_id: str, rank: int, size: int | None = None) -> dict:
                      "place": {"numa": p.numa, "device": p.device, "island": p.island, "nic": p.nic,
                                "bridge": p.bridge}}
         else:
+            from .discover import discover   # probes /sys, /proc and vendor tools: on first use only
             d = discover(_local_rank())
             entry = {"file": None, "host": d["host"], "place": d["place"], "hw": d["hw"]}
         entry["world_rank"] = rank

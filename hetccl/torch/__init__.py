@@ -3,33 +3,37 @@
     import torch.distributed as dist
     dist.init_process_group("hetccl")        # instead of "gloo"; CPU tensors
 
-Importing this package registers the backend (the ``torch.backends`` entry point imports it when
-torch is imported, so the import is optional once hetccl is installed) and lets ``env://`` take
-rank and size from ``mpirun``/``hetccl run``/``srun`` (see launch.py). The group, its Work and
-futures: process_group.py, work.py; torch's store as hetccl's: store.py.
+Importing this package registers the backend (autoload.py: the name, a creator that loads the
+backend on first use, and the ``env://`` launcher support of launch.py). An installed hetccl does
+that through the ``torch.backends`` entry point at ``import torch``, so the import is optional; it
+is needed with TORCH_DEVICE_BACKEND_AUTOLOAD=0 or when hetccl is on PYTHONPATH but not installed.
+Either way it never raises (a problem is one warning); ``register()`` raises instead. The group,
+its Work and futures: process_group.py, work.py; torch's store as hetccl's: store.py; the
+creator: backend.py.
 """
-
-
-def _autoload() -> None:
-    """The ``torch.backends`` entry point, run at the end of ``import torch``.
-
-    Defined before any import, and torch is imported right below it, before the submodules:
-    ``import hetccl.torch`` ahead of torch makes torch's autoload look this function up on the
-    half-imported package and run it while none of the submodules is half-imported."""
-    from .backend import register
-    from .launch import patch_env_rendezvous
-
-    register()
-    patch_env_rendezvous()
-
-
-import torch  # noqa: E402,F401  (see _autoload)
-
-from .backend import connect, create_process_group, register  # noqa: E402
-from .process_group import BACKEND_NAME, ProcessGroupHetccl  # noqa: E402
-from .work import HetcclWork  # noqa: E402
+# Only autoload.py (standard library) is imported here: torch's autoload imports this package to
+# find ``_autoload``, and anything that could raise at import would fail ``import torch``.
+from .autoload import BACKEND_NAME, register
+from .autoload import autoload as _autoload
 
 __all__ = ["register", "connect", "create_process_group", "ProcessGroupHetccl", "HetcclWork",
            "BACKEND_NAME"]
+
+_LAZY = {"connect": "backend", "create_process_group": "backend",
+         "ProcessGroupHetccl": "process_group", "HetcclWork": "work"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 _autoload()

@@ -1,5 +1,8 @@
 """The backend's creator: from torch's (store, rank, size, timeout) to a connected hetccl group.
 
+torch reaches ``create_process_group`` through the creator registered by autoload.py, which
+imports this module on the first hetccl group (so ``import torch`` never pays for it).
+
 torch calls the creator once per group (``init_process_group``, every ``new_group``) with a store
 already prefixed for that group. The creator must rendezvous itself (torch adds no barrier): here
 the mesh set-up of ``hetccl.comm._connect`` is that rendezvous; it returns once every rank of the
@@ -17,13 +20,11 @@ import os
 import re
 import secrets
 
-import torch.distributed as dist
-
 from .. import config
 from ..bootstrap.env import LaunchInfo, parse_secret
 from ..comm import _connect
 from ..errors import InvalidUsage
-from .process_group import BACKEND_NAME, ProcessGroupHetccl
+from .process_group import ProcessGroupHetccl
 from .store import C10dStore
 
 log = logging.getLogger("hetccl.torch")
@@ -67,11 +68,3 @@ def create_process_group(dist_opts, backend_opts=None) -> ProcessGroupHetccl:
     """The creator registered with ``extended_api=True``: torch passes DistributedBackendOptions."""
     return connect(dist_opts.store, dist_opts.group_rank, dist_opts.group_size,
                    dist_opts.timeout.total_seconds(), dist_opts.group_id or "")
-
-
-def register() -> None:
-    """Make ``"hetccl"`` a torch.distributed backend for CPU tensors (idempotent)."""
-    if BACKEND_NAME.upper() in dist.Backend._plugins:
-        return
-    dist.Backend.register_backend(BACKEND_NAME, create_process_group, extended_api=True,
-                                  devices=["cpu"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 
-import ml_dtypes
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -19,11 +18,12 @@ from .. import dtypes
 from ..errors import InvalidUsage
 from ..ops import ReduceOp
 
-# torch dtypes numpy cannot hold, viewed as same-width integers and relabelled with ml_dtypes
+# torch dtypes numpy cannot hold, viewed as same-width integers and relabelled with ml_dtypes'
+# type (imported by dtypes.numpy_dtype on the first such tensor)
 _RELABEL = {
-    torch.bfloat16: (torch.int16, np.dtype(ml_dtypes.bfloat16)),
-    torch.float8_e4m3fn: (torch.uint8, np.dtype(ml_dtypes.float8_e4m3fn)),
-    torch.float8_e5m2: (torch.uint8, np.dtype(ml_dtypes.float8_e5m2)),
+    torch.bfloat16: (torch.int16, dtypes.BFLOAT16),
+    torch.float8_e4m3fn: (torch.uint8, dtypes.FP8_E4M3),
+    torch.float8_e5m2: (torch.uint8, dtypes.FP8_E5M2),
 }
 # dtypes hetccl reduces (numpy-native ones map through Tensor.numpy())
 REDUCIBLE = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8,
@@ -77,8 +77,8 @@ def array(t: torch.Tensor, *, reducing: bool) -> np.ndarray:
     flat = t.detach().reshape(-1)
     dt = t.dtype
     if dt in _RELABEL:
-        as_int, np_dtype = _RELABEL[dt]
-        return flat.view(as_int).numpy().view(np_dtype)
+        as_int, code = _RELABEL[dt]
+        return flat.view(as_int).numpy().view(dtypes.numpy_dtype(code))
     if dt in REDUCIBLE:
         return flat.numpy()
     if reducing:

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from tests.launcher import REPO_ROOT
+from tests.launcher import IMPORT_ROOT
 from tests.netns.rank_main import RESULT_TAG
 
 
@@ -149,7 +149,7 @@ class NetnsCluster:
                    HETCCL_LOCAL_RANK=str(local.index(rank)), HETCCL_LOCAL_SIZE=str(len(local)),
                    HETCCL_STORE=f"{self.addrs[placement[0]]}:{port}", HETCCL_SECRET=secret,
                    HETCCL_JOB_ID=job, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-                   PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   PYTHONPATH=IMPORT_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if host_id == "env":
             env["HETCCL_HOST_ID"] = self.hostnames[h]
         env.update(extra or {})
@@ -165,7 +165,7 @@ class NetnsCluster:
         try:
             for r in range(len(placement)):
                 argv = [sys.executable, "-m", "tests.netns.rank_main", target, json.dumps(list(args))]
-                procs.append(subprocess.Popen(self.command(placement[r], argv, host_id), cwd=REPO_ROOT,
+                procs.append(subprocess.Popen(self.command(placement[r], argv, host_id), cwd=IMPORT_ROOT,
                                               env=self.rank_env(r, placement, port, secret, job, host_id, env),
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                               start_new_session=True))
