@@ -19,7 +19,8 @@ import socket
 import struct
 import time
 
-from ..errors import AuthenticationError, HetcclTimeout, PeerLostError
+from ..errors import AuthenticationError
+from .guard import Recv, Send, peer_name, run_blocking
 
 log = logging.getLogger("hetccl.bootstrap")
 tlog = logging.getLogger("hetccl.transport")
@@ -80,58 +81,86 @@ _HELLO_FIXED = struct.Struct(">4sIIH")
 _CHAL = struct.Struct(">4sI32s32s")
 
 
-def _peer_name(sock: socket.socket) -> str:
-    try:
-        addr = sock.getpeername()
-    except OSError:
-        return "<unknown peer>"
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return f"{addr[0]}:{addr[1]}"
-    return str(addr) or "<local socket>"
+def client_handshake_steps(secret: bytes | None, my_rank: int, peer_rank: int, comm_id: bytes,
+                           peer: str = "the peer"):
+    """The connecting side of the link handshake as steps (guard.py); returns None when both
+    sides proved the job secret, raises AuthenticationError otherwise."""
+    comm_id = bytes(comm_id)
+    if len(comm_id) > MAX_COMM_ID:
+        raise ValueError(f"comm_id is {len(comm_id)} bytes; at most {MAX_COMM_ID} are allowed")
+    key = hmac_key(secret)
+    nonce_c = new_nonce()
+    yield Send(_HELLO_FIXED.pack(_LINK_MAGIC, my_rank, peer_rank, len(comm_id)) + comm_id + nonce_c)
+    magic, server_rank, nonce_s, mac_s = _CHAL.unpack((yield Recv(_CHAL.size)))
+    if magic != _LINK_MAGIC:
+        raise AuthenticationError(f"refused connection to {peer}: it does not speak the hetccl "
+                                  f"link protocol")
+    if server_rank != peer_rank:
+        raise AuthenticationError(f"refused connection to {peer}: it is rank {server_rank}, but "
+                                  f"we expected rank {peer_rank}")
+    want = _link_mac(key, b"S", comm_id, nonce_c, nonce_s, my_rank, server_rank)
+    if not hmac.compare_digest(want, mac_s):
+        raise AuthenticationError(f"refused connection to {peer}: bad authentication; is "
+                                  f"HETCCL_SECRET the same on every rank?")
+    yield Send(_link_mac(key, b"C", comm_id, nonce_c, nonce_s, my_rank, server_rank))
+    if (yield Recv(1)) != b"\x01":
+        raise AuthenticationError(
+            f"rank {peer_rank} at {peer} refused our link authentication: is HETCCL_SECRET the "
+            f"same on every rank, and do both ranks use the same communicator?")
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise HetcclTimeout(f"link authentication with {_peer_name(sock)} timed out while "
-                                f"waiting for the {what}; is the peer a hetccl rank of this job?")
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(n - len(buf))
-        except socket.timeout:
-            continue
-        except OSError as e:
-            raise PeerLostError(f"connection to {_peer_name(sock)} failed during authentication "
-                                f"({e}); the peer rank may have died") from e
-        if not chunk:
-            raise PeerLostError(f"{_peer_name(sock)} closed the connection during authentication "
-                                f"(while we waited for the {what}); the peer may have died or "
-                                f"refused our credentials — is HETCCL_SECRET the same on every rank?")
-        buf += chunk
-    return bytes(buf)
+def server_handshake_steps(secret: bytes | None, my_rank: int, comm_id: bytes,
+                           peer: str = "the peer"):
+    """The accepting side of the link handshake as steps (guard.py); returns the proven rank of
+    the peer. Frames are fixed-size apart from the comm id, capped at MAX_COMM_ID bytes, so a
+    stranger costs at most a few hundred bytes."""
+    comm_id = bytes(comm_id)
+    key = hmac_key(secret)
 
+    def refuse(why: str):
+        yield Send(b"\x00")
+        raise AuthenticationError(f"refused connection from {peer}: {why}")
 
-def _send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise HetcclTimeout(f"link authentication with {_peer_name(sock)} timed out")
-    sock.settimeout(left)
-    try:
-        sock.sendall(data)
-    except socket.timeout as e:
-        raise HetcclTimeout(f"link authentication with {_peer_name(sock)} timed out "
-                            f"while sending") from e
-    except OSError as e:
-        raise PeerLostError(f"connection to {_peer_name(sock)} failed during authentication "
-                            f"({e}); the peer rank may have died") from e
+    magic, client_rank, wanted_rank, id_len = _HELLO_FIXED.unpack((yield Recv(_HELLO_FIXED.size)))
+    if magic != _LINK_MAGIC:
+        yield from refuse("bad authentication (not a hetccl link hello)")
+    if id_len > MAX_COMM_ID:
+        yield from refuse("bad authentication (oversized hello)")
+    peer_comm_id = yield Recv(id_len)
+    nonce_c = yield Recv(NONCE_BYTES)
+    nonce_s = new_nonce()
+    yield Send(_CHAL.pack(_LINK_MAGIC, my_rank, nonce_s,
+                          _link_mac(key, b"S", peer_comm_id, nonce_c, nonce_s, client_rank,
+                                    my_rank)))
+    mac_c = yield Recv(MAC_BYTES)
+    want = _link_mac(key, b"C", peer_comm_id, nonce_c, nonce_s, client_rank, my_rank)
+    if not hmac.compare_digest(want, mac_c):
+        yield from refuse("bad authentication")
+    # Proven peer: only now are the claims in its hello worth reporting precisely.
+    if peer_comm_id != comm_id:
+        yield from refuse(f"rank {client_rank} belongs to another communicator "
+                          f"({peer_comm_id.hex()[:16]}, ours is {comm_id.hex()[:16]})")
+    if wanted_rank != my_rank:
+        yield from refuse(f"rank {client_rank} wanted rank {wanted_rank}, but this is rank {my_rank}")
+    yield Send(b"\x01")
+    return client_rank
 
 
 def _link_mac(key: bytes, direction: bytes, comm_id: bytes, nonce_c: bytes, nonce_s: bytes,
               client_rank: int, server_rank: int) -> bytes:
     return mac(key, _LINK_LABEL, direction, comm_id, nonce_c, nonce_s,
                struct.pack(">II", client_rank, server_rank))
+
+
+def _restoring_timeout(sock: socket.socket, steps, timeout: float):
+    old_timeout = sock.gettimeout()
+    try:
+        return run_blocking(steps, sock, time.monotonic() + timeout, "link authentication")
+    finally:
+        try:
+            sock.settimeout(old_timeout)
+        except OSError:
+            pass
 
 
 def client_handshake(sock: socket.socket, secret: bytes | None, my_rank: int, peer_rank: int,
@@ -142,102 +171,33 @@ def client_handshake(sock: socket.socket, secret: bytes | None, my_rank: int, pe
     AuthenticationError when the server's proof is wrong or it refuses ours, HetcclTimeout or
     PeerLostError when the peer does not answer. The socket's timeout is restored afterwards.
     """
-    comm_id = bytes(comm_id)
-    if len(comm_id) > MAX_COMM_ID:
-        raise ValueError(f"comm_id is {len(comm_id)} bytes; at most {MAX_COMM_ID} are allowed")
-    key = hmac_key(secret)
-    deadline = time.monotonic() + timeout
-    old_timeout = sock.gettimeout()
     try:
-        nonce_c = new_nonce()
-        _send_all(sock, _HELLO_FIXED.pack(_LINK_MAGIC, my_rank, peer_rank, len(comm_id))
-                  + comm_id + nonce_c, deadline)
-        magic, server_rank, nonce_s, mac_s = _CHAL.unpack(
-            _recv_exact(sock, _CHAL.size, deadline, "authentication challenge"))
-        if magic != _LINK_MAGIC:
-            _refuse_client_side(sock, "it does not speak the hetccl link protocol")
-        if server_rank != peer_rank:
-            _refuse_client_side(sock, f"it is rank {server_rank}, but we expected rank {peer_rank}")
-        want = _link_mac(key, b"S", comm_id, nonce_c, nonce_s, my_rank, server_rank)
-        if not hmac.compare_digest(want, mac_s):
-            _refuse_client_side(sock, "bad authentication; is HETCCL_SECRET the same on every rank?")
-        _send_all(sock, _link_mac(key, b"C", comm_id, nonce_c, nonce_s, my_rank, server_rank),
-                  deadline)
-        verdict = _recv_exact(sock, 1, deadline, "authentication verdict")
-        if verdict != b"\x01":
-            raise AuthenticationError(
-                f"rank {peer_rank} at {_peer_name(sock)} refused our link authentication: "
-                f"is HETCCL_SECRET the same on every rank, and do both ranks use the same "
-                f"communicator?")
-    finally:
-        try:
-            sock.settimeout(old_timeout)
+        _restoring_timeout(sock, client_handshake_steps(secret, my_rank, peer_rank, comm_id,
+                                                        peer_name(sock)), timeout)
+    except AuthenticationError as e:
+        tlog.warning("%s", e)
+        try:  # the link is useless now; let the server see EOF at once instead of timing out
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-
-def _refuse_client_side(sock: socket.socket, why: str):
-    peer = _peer_name(sock)
-    tlog.warning("refused connection to %s: %s", peer, why)
-    try:  # the link is useless now; let the server see EOF at once instead of timing out
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    raise AuthenticationError(f"refused connection to {peer}: {why}")
+        raise
 
 
 def server_handshake(sock: socket.socket, secret: bytes | None, my_rank: int, comm_id: bytes,
                      timeout: float) -> int:
-    """Authenticate a freshly accepted link; returns the (proven) rank of the connecting peer.
+    """Authenticate a freshly accepted link on this thread; returns the proven rank of the peer.
 
     A failed proof logs a WARNING on ``hetccl.transport`` and raises AuthenticationError; the
-    caller should close the socket and keep accepting (garbage from a port scanner must not stop a
-    job). Frames are fixed-size apart from the comm id, which is capped at MAX_COMM_ID bytes.
+    caller should close the socket and keep accepting. A listener that stays open while data
+    flows must not call this on a data thread: it uses guard.HandshakeGate with
+    ``server_handshake_steps`` instead.
     """
-    comm_id = bytes(comm_id)
-    key = hmac_key(secret)
-    deadline = time.monotonic() + timeout
-    old_timeout = sock.gettimeout()
-    peer = _peer_name(sock)
-
-    def refuse(why: str):
-        tlog.warning("refused connection from %s: %s", peer, why)
-        try:
-            _send_all(sock, b"\x00", min(deadline, time.monotonic() + 1.0))
-        except Exception:
-            pass
-        raise AuthenticationError(f"refused connection from {peer}: {why}")
-
     try:
-        magic, client_rank, wanted_rank, id_len = _HELLO_FIXED.unpack(
-            _recv_exact(sock, _HELLO_FIXED.size, deadline, "link hello"))
-        if magic != _LINK_MAGIC:
-            refuse("bad authentication (not a hetccl link hello)")
-        if id_len > MAX_COMM_ID:
-            refuse("bad authentication (oversized hello)")
-        peer_comm_id = _recv_exact(sock, id_len, deadline, "link hello")
-        nonce_c = _recv_exact(sock, NONCE_BYTES, deadline, "link hello")
-        nonce_s = new_nonce()
-        _send_all(sock, _CHAL.pack(_LINK_MAGIC, my_rank, nonce_s,
-                                   _link_mac(key, b"S", peer_comm_id, nonce_c, nonce_s,
-                                             client_rank, my_rank)), deadline)
-        mac_c = _recv_exact(sock, MAC_BYTES, deadline, "authentication proof")
-        want = _link_mac(key, b"C", peer_comm_id, nonce_c, nonce_s, client_rank, my_rank)
-        if not hmac.compare_digest(want, mac_c):
-            refuse("bad authentication")
-        # Proven peer: only now are the claims in its hello worth reporting precisely.
-        if peer_comm_id != comm_id:
-            refuse(f"rank {client_rank} belongs to another communicator "
-                   f"({peer_comm_id.hex()[:16]}, ours is {comm_id.hex()[:16]})")
-        if wanted_rank != my_rank:
-            refuse(f"rank {client_rank} wanted rank {wanted_rank}, but this is rank {my_rank}")
-        _send_all(sock, b"\x01", deadline)
-        return client_rank
-    finally:
-        try:
-            sock.settimeout(old_timeout)
-        except OSError:
-            pass
+        return _restoring_timeout(sock, server_handshake_steps(secret, my_rank, comm_id,
+                                                               peer_name(sock)), timeout)
+    except AuthenticationError as e:
+        tlog.warning("%s", e)
+        raise
 
 
 def authenticate_socket(sock: socket.socket, secret: bytes | None, my_rank: int, comm_id: bytes,

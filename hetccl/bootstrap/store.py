@@ -4,12 +4,17 @@ Rank 0 serves it from a daemon thread (``StoreServer``); every rank, rank 0 incl
 through a ``StoreClient``. Keys are str (UTF-8 on the wire), values raw bytes: nothing received is
 ever unpickled.
 
-Why ZeroMQ ROUTER/DEALER: a blocking ``get`` must not busy-poll the server. The server parks the
-request as a *waiter* and answers when the key appears (or the waiter's deadline passes); ROUTER
-lets it answer requests out of order, DEALER lets a client have a request outstanding without the
-REQ/REP lock-step. ZeroMQ also reconnects by itself, so clients may start before rank 0 binds.
+Why one TCP connection per client and a server of our own: a blocking ``get`` must not busy-poll
+the server. The server parks the request as a *waiter* and answers when the key appears (or the
+waiter's deadline passes), so answers may come out of order. And the port is open to anything on
+the network: a peer that has not proven the job secret must cost almost nothing. Connections are
+authenticated by a ``guard.HandshakeGate`` thread (at most ``guard.MAX_PENDING`` at a time, each
+with a deadline, the hello capped at 4 frames and 256 bytes before anything is allocated); only then
+does the serving thread read from them, with per-message caps (MAX_FRAMES, MAX_MESSAGE) checked
+before the payload is read. Clients retry connecting until their timeout, so they may start before
+rank 0 binds. A client whose connection drops gets PeerLostError (rank 0 is gone).
 
-Wire protocol (every frame raw bytes):
+Wire protocol: each message is a list of raw-byte frames, framed by guard.encode.
 
     client -> server  HELLO   [b"HI1", nonce_c(32), rank(ascii), MAC(secret; hello, nonce_c, rank)]
     server -> client  WELCOME [b"HI1", nonce_s(32), MAC(secret; welcome, nonce_c, nonce_s)]
@@ -31,37 +36,37 @@ learns why.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import hmac
 import itertools
 import logging
 import os
+import selectors
 import socket
 import struct
 import threading
 import time
 from typing import Iterable, Sequence
 
-import zmq
-
-from ..errors import AuthenticationError, CommAborted, HetcclTimeout, InvalidUsage
+from ..errors import AuthenticationError, CommAborted, HetcclTimeout, InvalidUsage, PeerLostError
 from .auth import NONCE_BYTES, derive_key, hmac_key, mac, new_nonce
+from .guard import (FramingError, HandshakeGate, MessageReader, Send, encode, message_steps,
+                    run_blocking, send_all, wait_readable)
 
 log = logging.getLogger("hetccl.bootstrap")
 
 __all__ = ["StoreServer", "StoreClient", "free_port"]
 
-MAX_FRAME = 64 << 20           # zmq drops (and disconnects) anything larger: garbage can't eat memory
+MAX_MESSAGE = 256 << 20        # bytes in one authenticated message (all frames)
+MAX_FRAMES = 1 << 16           # frames in one authenticated message (an MGET of 65k keys)
+_HELLO_FRAMES, _HELLO_BYTES = 4, 256   # the only message a stranger may send
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 _HELLO, _DENY, _REQ, _REP = b"HI1", b"NO1", b"RQ1", b"RP1"
 _L_HELLO, _L_WELCOME, _L_SESSION = b"hetccl-store-hello", b"hetccl-store-welcome", b"hetccl-store-session"
 OK, TIMEOUT, ERR, ABORT = b"OK", b"TIMEOUT", b"ERR", b"ABORT"
 _AUTH_HINT = "bad authentication; is HETCCL_SECRET the same on every rank?"
-
-
-def _endpoint(host: str, port: int | str) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 def _ms(seconds: float) -> bytes:
@@ -90,8 +95,18 @@ class _Waiter:
         self.threshold, self.deadline, self.done = threshold, deadline, False
 
 
+class _Conn:
+    """One authenticated client connection on the serving thread (its identity in waiters)."""
+    __slots__ = ("sock", "peer", "reader", "out", "__weakref__")
+
+    def __init__(self, sock: socket.socket, peer: str):
+        self.sock, self.peer = sock, peer
+        self.reader = MessageReader(MAX_FRAMES, MAX_MESSAGE)
+        self.out = bytearray()
+
+
 class StoreServer:
-    """Serves the store on ``tcp://bind_host:port`` from a daemon thread (port 0 = any free port).
+    """Serves the store on ``bind_host:port`` from a daemon thread (port 0 = any free port).
 
     ``.address`` is (host, port) to connect to; for a wildcard bind ("0.0.0.0", "::", "*") the
     host given is 127.0.0.1 and the caller publishes its reachable address itself.
@@ -99,34 +114,29 @@ class StoreServer:
 
     def __init__(self, bind_host: str = "127.0.0.1", port: int = 0, secret: bytes | None = None):
         self._secret_key = hmac_key(secret)
-        self._ctx = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
-        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its session
-        host = "*" if bind_host in ("", "*") else bind_host
-        if ":" in host:
-            self._sock.setsockopt(zmq.IPV6, 1)
+        host = "0.0.0.0" if bind_host in ("", "*") else bind_host
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(fam, socket.SOCK_STREAM)
         try:
-            self._sock.bind(_endpoint(host, port if port else "*"))
-        except zmq.ZMQError as e:
-            self._sock.close()
-            self._ctx.term()
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6 and host == "::":
+                self._listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            self._listener.bind((host, port))
+            self._listener.listen(512)
+        except OSError as e:
+            self._listener.close()
             raise InvalidUsage(
                 f"cannot serve the hetccl store on {bind_host}:{port}: {e.strerror}. Choose a "
                 f"free port on rank 0's host (HETCCL_STORE=host:port or MASTER_PORT), or check "
                 f"that {bind_host!r} is an address of rank 0's host") from None
-        bound = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._port = int(bound.rsplit(":", 1)[1])
-        self._host = "127.0.0.1" if host in ("*", "0.0.0.0") else ("::1" if host == "::" else host)
-        wake = f"inproc://hetccl-store-wake-{id(self)}"
-        self._wake_recv = self._ctx.socket(zmq.PAIR)
-        self._wake_recv.bind(wake)
-        self._wake_send = self._ctx.socket(zmq.PAIR)
-        self._wake_send.connect(wake)
+        self._port = self._listener.getsockname()[1]
+        self._host = "127.0.0.1" if host == "0.0.0.0" else ("::1" if host == "::" else host)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
 
         self._data: dict[str, bytes] = {}
-        self._sessions: dict[bytes, _Session] = {}
+        self._sessions: dict[_Conn, _Session] = {}
         self._waiting: dict[str, list[_Waiter]] = {}
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
@@ -135,16 +145,16 @@ class StoreServer:
         self._abort: bytes | None = None    # the first ABORT's reason ("<error class>|<message>")
         self._told: set[str] = set()        # ranks that got the abort (or said goodbye since)
         self._told_cv = threading.Condition()
-        # Live TCP connections, from the socket monitor: a rank that exits (or dies) drops its
-        # connection, so rank 0 can wait for the others before it stops serving.
-        self._mon = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self._conns: set[int] = set()
-        self._idle = threading.Event()  # set while no client is connected
+        self._arrived: collections.deque = collections.deque()  # (sock, session) from the gate
+        self._idle = threading.Event()  # set while no authenticated client is connected
         self._idle.set()
         self.messages_received = 0  # diagnostics (tests check that a blocking get doesn't poll)
         self._thread = threading.Thread(target=self._serve, name=f"hetccl-store:{self._port}",
                                         daemon=True)
         self._thread.start()
+        self._gate = HandshakeGate(self._listener, self._hello_steps, self._arrive,
+                                   name=f"hetccl-store-gate:{self._port}",
+                                   what="store connection", logger=log)
         log.debug("store serving on %s:%d", bind_host, self._port)
 
     @property
@@ -159,6 +169,11 @@ class StoreServer:
     def sessions(self) -> int:
         """Number of connected clients that have not said goodbye."""
         return len(self._sessions)
+
+    @property
+    def gate(self) -> HandshakeGate:
+        """The handshake gate (its counters say how many strangers were refused or dropped)."""
+        return self._gate
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no client is connected (all closed or exited); False on timeout.
@@ -187,15 +202,13 @@ class StoreServer:
             return
         if wait_for_clients > 0 and not self.wait_idle(wait_for_clients):
             log.info("closing the store while %d client(s) are still connected",
-                     len(self._conns))
+                     len(self._sessions))
+        self._gate.close()
         self._closed = True
-        try:
-            self._wake_send.send(b"stop")
-        except zmq.ZMQError:
-            pass
+        self._wake()
         self._thread.join(timeout=10)
-        self._wake_send.close(linger=0)
-        self._ctx.term()
+        self._listener.close()
+        os.close(self._wake_w)
 
     def __enter__(self):
         return self
@@ -203,117 +216,145 @@ class StoreServer:
     def __exit__(self, *exc):
         self.close()
 
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # -- the gate's side: strangers prove the secret before the serving thread sees them --------
+    def _hello_steps(self, peer: str):
+        frames = yield from message_steps(_HELLO_FRAMES, _HELLO_BYTES)
+        if len(frames) != 4 or frames[0] != _HELLO or len(frames[1]) != NONCE_BYTES \
+                or len(frames[2]) > 16:
+            raise FramingError("not a hetccl store hello")
+        _, nonce_c, rank, tag = frames
+        if not hmac.compare_digest(mac(self._secret_key, _L_HELLO, nonce_c, rank), tag):
+            yield Send(encode([_DENY]))
+            raise AuthenticationError(_AUTH_HINT)
+        nonce_s = new_nonce()
+        key = derive_key(self._secret_key, _L_SESSION, nonce_c, nonce_s)
+        yield Send(encode([_HELLO, nonce_s, mac(self._secret_key, _L_WELCOME, nonce_c, nonce_s)]))
+        return _Session(key, rank.decode("ascii", "replace"), peer)
+
+    def _arrive(self, sock: socket.socket, sess: _Session) -> None:
+        self._idle.clear()      # now, not when the serving thread gets to it: the client is back
+        self._arrived.append((sock, sess))
+        self._wake()
+
     # -- the serving thread --------------------------------------------------------------------
     def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._wake_recv, zmq.POLLIN)
-        poller.register(self._mon, zmq.POLLIN)
         try:
-            while True:
-                timeout_ms = None
+            while not self._closed:
+                timeout = None
                 if self._deadlines:
-                    timeout_ms = max(0, int((self._deadlines[0][0] - time.monotonic()) * 1000) + 1)
-                events = dict(poller.poll(timeout_ms))
-                if self._wake_recv in events:
-                    break
-                if self._mon in events:
-                    self._monitor_events()
-                if self._sock in events:
-                    for _ in range(1000):  # drain, but let deadlines run now and then
+                    timeout = max(0.0, self._deadlines[0][0] - time.monotonic() + 0.001)
+                for key, mask in self._sel.select(timeout):
+                    conn = key.data
+                    if conn is None:
                         try:
-                            frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self.messages_received += 1
-                        try:
-                            self._handle(frames)
-                        except Exception:  # never let one message kill the store
-                            log.exception("store: error while handling a message (ignored)")
+                            os.read(self._wake_r, 4096)
+                        except OSError:
+                            pass
+                        continue
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(conn)
+                    if mask & selectors.EVENT_READ and conn in self._sessions:
+                        self._receive(conn)
+                while self._arrived:
+                    sock, sess = self._arrived.popleft()
+                    sock.setblocking(False)
+                    conn = _Conn(sock, sess.peer)
+                    self._sessions[conn] = sess
+                    self._sel.register(sock, selectors.EVENT_READ, conn)
                 self._expire()
         except Exception:
             log.exception("store server thread failed; ranks will time out waiting for it")
         finally:
-            try:
-                self._sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            self._mon.close(linger=0)
-            self._sock.close(linger=500)  # let the last replies out
-            self._wake_recv.close(linger=0)
+            for conn in list(self._sessions):
+                self._drop(conn)
+            while self._arrived:
+                self._arrived.popleft()[0].close()
+            self._sel.close()
+            os.close(self._wake_r)
 
-    def _monitor_events(self) -> None:
-        while True:
+    def _receive(self, conn: _Conn) -> None:
+        try:
+            messages = conn.reader.read(conn.sock)
+        except FramingError as e:
+            self._refuse(conn.peer, f"bad framing ({e})")
+            return self._drop(conn)
+        except PeerLostError:
+            return self._drop(conn)
+        for frames in messages:
+            self.messages_received += 1
             try:
-                frames = self._mon.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+                self._handle(conn, frames)
+            except Exception:  # never let one message kill the store
+                log.exception("store: error while handling a message (ignored)")
+            if conn not in self._sessions:
                 return
-            if len(frames) < 1 or len(frames[0]) < 6:
-                continue
-            event, fd = struct.unpack("=HI", frames[0][:6])
-            if event == zmq.EVENT_ACCEPTED:
-                self._conns.add(fd)
-                self._idle.clear()
-            elif event == zmq.EVENT_DISCONNECTED:
-                self._conns.discard(fd)
-                if not self._conns:
-                    self._idle.set()
+
+    def _send(self, conn: _Conn, frames) -> None:
+        if conn not in self._sessions:
+            return
+        conn.out += encode(frames)
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            while conn.out:
+                n = conn.sock.send(conn.out)
+                del conn.out[:n]
+        except (BlockingIOError, InterruptedError):
+            self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            return
+        except OSError:
+            return self._drop(conn)
+        self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        """The client is gone (goodbye, EOF, error or garbage): forget it and its waiters."""
+        sess = self._sessions.pop(conn, None)
+        self._drop_waiters(conn)
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        if sess is not None and self._abort is not None:
+            self._tell(sess.rank)
+        if not self._sessions and not self._arrived:
+            self._idle.set()
 
     def _refuse(self, peer: str, why: str = _AUTH_HINT) -> None:
         if (peer, why) not in self._warned and len(self._warned) < 1000:  # once per peer
             self._warned.add((peer, why))
             log.warning("refused store message from %s: %s", peer, why)
 
-    def _handle(self, zframes) -> None:
-        ident = zframes[0].bytes
-        frames = [f.bytes for f in zframes[1:]]
-        try:
-            peer = zframes[1].get("Peer-Address") if len(zframes) > 1 else "<unknown peer>"
-        except Exception:
-            peer = "<unknown peer>"
-        if not frames:
-            return self._refuse(peer)
-        kind = frames[0]
-        if kind == _HELLO:
-            return self._hello(ident, peer, frames)
-        sess = self._sessions.get(ident)
-        if kind != _REQ or sess is None or len(frames) < 4:
-            return self._refuse(peer)
+    def _handle(self, conn: _Conn, frames: list[bytes]) -> None:
+        sess = self._sessions[conn]
+        if frames[0] != _REQ or len(frames) < 4:
+            self._refuse(f"{conn.peer} (rank {sess.rank})")
+            return self._drop(conn)
         body, tag = frames[1:-1], frames[-1]
         if not hmac.compare_digest(mac(sess.key, b"C", *body), tag):
-            return self._refuse(f"{peer} (rank {sess.rank})")
+            return self._refuse(f"{conn.peer} (rank {sess.rank})")
         ctr = _U64.unpack(body[0])[0] if len(body[0]) == 8 else 0
         if ctr <= sess.last_ctr:
-            return self._refuse(f"{peer} (rank {sess.rank})", "replayed message (old counter)")
+            return self._refuse(f"{conn.peer} (rank {sess.rank})", "replayed message (old counter)")
         sess.last_ctr = ctr
-        self._request(ident, sess, ctr, body[1], body[2:])
+        self._request(conn, sess, ctr, body[1], body[2:])
 
-    def _hello(self, ident: bytes, peer: str, frames: list[bytes]) -> None:
-        if len(frames) != 4 or len(frames[1]) != NONCE_BYTES or len(frames[2]) > 16:
-            return self._refuse(peer)
-        _, nonce_c, rank, tag = frames
-        if not hmac.compare_digest(mac(self._secret_key, _L_HELLO, nonce_c, rank), tag):
-            self._refuse(peer)
-            self._sock.send_multipart([ident, _DENY])
-            return
-        nonce_s = new_nonce()
-        key = derive_key(self._secret_key, _L_SESSION, nonce_c, nonce_s)
-        old = self._sessions.pop(ident, None)
-        if old is not None:
-            self._drop_waiters(ident)
-        self._sessions[ident] = _Session(key, rank.decode("ascii", "replace"), peer)
-        self._sock.send_multipart(
-            [ident, _HELLO, nonce_s, mac(self._secret_key, _L_WELCOME, nonce_c, nonce_s)])
-
-    def _reply(self, ident: bytes, req_ctr: int, status: bytes, payload: Sequence[bytes] = ()):
+    def _reply(self, ident: _Conn, req_ctr: int, status: bytes, payload: Sequence[bytes] = ()):
         sess = self._sessions.get(ident)
         if sess is None:
             return
         sess.sctr += 1
         body = [_U64.pack(sess.sctr), _U64.pack(req_ctr), status, *payload]
-        self._sock.send_multipart([ident, _REP, *body, mac(sess.key, b"S", *body)])
+        self._send(ident, [_REP, *body, mac(sess.key, b"S", *body)])
 
-    def _request(self, ident: bytes, sess: _Session, ctr: int, op: bytes, args: list[bytes]):
+    def _request(self, ident: _Conn, sess: _Session, ctr: int, op: bytes, args: list[bytes]):
         if self._abort is not None and op != b"BYE":
             self._reply(ident, ctr, ABORT, [self._abort])
             return self._tell(sess.rank)
@@ -352,10 +393,7 @@ class StoreServer:
                 timeout = _U64.unpack(args[0])[0] / 1000.0
                 self._park(ident, ctr, op, [args[1].decode()], _I64.unpack(args[2])[0], timeout)
             elif op == b"BYE":
-                self._drop_waiters(ident)
-                self._sessions.pop(ident, None)
-                if self._abort is not None:
-                    self._tell(sess.rank)
+                self._drop(ident)
             else:
                 self._reply(ident, ctr, ERR, [f"unknown store request {op!r}".encode()])
         except (UnicodeDecodeError, struct.error) as e:
@@ -434,7 +472,7 @@ class StoreServer:
                 self._finish(w)
                 self._timeout(w)
 
-    def _drop_waiters(self, ident: bytes) -> None:
+    def _drop_waiters(self, ident: _Conn) -> None:
         for lst in list(self._waiting.values()):
             for w in list(lst):
                 if w.ident == ident and not w.done:
@@ -465,52 +503,77 @@ class StoreClient:
         self._ctr = 0
         self._last_sctr = 0
         self._closed = False
-        ctx = zmq.Context.instance()
-        self._sock = ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        # A fixed identity lets the server recognise us (and keep our session) after a reconnect.
-        self._sock.setsockopt(zmq.ROUTING_ID, b"\x01" + os.urandom(15))
-        self._sock.setsockopt(zmq.IPV6, 1)  # dual stack: names may resolve to either family
-        self._sock.connect(_endpoint(*self._addr))
+        self._pending: collections.deque = collections.deque()
+        self._reader = MessageReader(MAX_FRAMES, MAX_MESSAGE)
+        deadline = time.monotonic() + self.timeout
+        self._sock = self._connect(deadline)
         try:
-            self._session = self._handshake(self.timeout)
+            self._session = self._handshake(deadline)
+            self._sock.setblocking(False)
         except BaseException:
-            self._sock.close(linger=0)
+            self._sock.close()
             raise
 
     @property
     def address(self) -> tuple[str, int]:
         return self._addr
 
+    @property
+    def local_address(self) -> str:
+        """This host's address on the route to the store: where this rank's own listeners bind
+        unless HETCCL_SOCKET_IFNAME says otherwise (the store's route reaches the other ranks)."""
+        return self._local
+
     def _where(self) -> str:
         return f"the hetccl store at {self._addr[0]}:{self._addr[1]}"
 
-    def _handshake(self, timeout: float) -> bytes:
-        nonce_c = new_nonce()
-        rank = str(self.rank).encode()
-        self._sock.send_multipart([_HELLO, nonce_c, rank, mac(self._key, _L_HELLO, nonce_c, rank)])
-        deadline = time.monotonic() + timeout
+    def _unreachable(self, why: str) -> HetcclTimeout:
+        return HetcclTimeout(
+            f"rank {self.rank} could not reach {self._where()} within {self.timeout:g}s ({why}). "
+            f"Rank 0 serves it: check that rank 0 started, that this address is reachable from "
+            f"this host, and that HETCCL_STORE (or MASTER_ADDR/MASTER_PORT) is the same on every "
+            f"rank")
+
+    def _connect(self, deadline: float) -> socket.socket:
+        """Connect, retrying while rank 0 has not bound the port yet."""
+        pause = 0.02
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
-                if time.monotonic() < deadline:
-                    continue
-                raise HetcclTimeout(
-                    f"rank {self.rank} could not reach {self._where()} within {timeout:g}s. Rank 0 "
-                    f"serves it: check that rank 0 started, that this address is reachable from "
-                    f"this host, and that HETCCL_STORE (or MASTER_ADDR/MASTER_PORT) is the same "
-                    f"on every rank")
-            msg = self._sock.recv_multipart()
-            if msg and msg[0] == _DENY:
-                raise AuthenticationError(
-                    f"{self._where()} refused rank {self.rank}: {_AUTH_HINT}")
-            if len(msg) == 3 and msg[0] == _HELLO and len(msg[1]) == NONCE_BYTES:
-                nonce_s = msg[1]
-                if hmac.compare_digest(mac(self._key, _L_WELCOME, nonce_c, nonce_s), msg[2]):
-                    return derive_key(self._key, _L_SESSION, nonce_c, nonce_s)
-            raise AuthenticationError(
-                f"{self._where()} did not prove it knows the job secret ({_AUTH_HINT}); or "
-                f"something else is listening on that port")
+            if left <= 0:
+                raise self._unreachable("connection refused or unreachable")
+            try:
+                sock = socket.create_connection(self._addr, timeout=min(left, 5.0))
+            except OSError as e:
+                if time.monotonic() + pause >= deadline:
+                    raise self._unreachable(str(e)) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._local = sock.getsockname()[0]
+            return sock
+
+    def _handshake(self, deadline: float) -> bytes:
+        nonce_c = new_nonce()
+        rank = str(self.rank).encode()
+        steps = message_steps(3, 256)
+        try:
+            send_all(self._sock, encode([_HELLO, nonce_c, rank, mac(self._key, _L_HELLO, nonce_c,
+                                                                    rank)]), deadline)
+            msg = run_blocking(steps, self._sock, deadline, "store's welcome")
+        except HetcclTimeout:
+            raise self._unreachable("no answer to our hello") from None
+        except FramingError:
+            msg = []
+        if msg and msg[0] == _DENY:
+            raise AuthenticationError(f"{self._where()} refused rank {self.rank}: {_AUTH_HINT}")
+        if len(msg) == 3 and msg[0] == _HELLO and len(msg[1]) == NONCE_BYTES:
+            nonce_s = msg[1]
+            if hmac.compare_digest(mac(self._key, _L_WELCOME, nonce_c, nonce_s), msg[2]):
+                return derive_key(self._key, _L_SESSION, nonce_c, nonce_s)
+        raise AuthenticationError(
+            f"{self._where()} did not prove it knows the job secret ({_AUTH_HINT}); or "
+            f"something else is listening on that port")
 
     def clone(self) -> "StoreClient":
         """A new, independent connection (for a thread that blocks on the store)."""
@@ -540,7 +603,7 @@ class StoreClient:
         self._ctr += 1
         ctr = self._ctr
         body = [_U64.pack(ctr), op, *args]
-        self._sock.send_multipart([_REQ, *body, mac(self._session, b"C", *body)])
+        self._send([_REQ, *body, mac(self._session, b"C", *body)])
         if limit is None:
             limit = (wait + self.GRACE) if wait is not None else self.timeout
         deadline = time.monotonic() + limit
@@ -550,9 +613,9 @@ class StoreClient:
                 raise HetcclTimeout(
                     f"{self._where()} did not answer rank {self.rank} within {limit:g}s. "
                     f"Rank 0 serves the store: has it exited or crashed?")
-            if not self._sock.poll(int(left * 1000) + 1):
+            msg = self._next_message(deadline)
+            if msg is None:
                 continue
-            msg = self._sock.recv_multipart()
             if len(msg) < 5 or msg[0] != _REP:
                 raise AuthenticationError(f"malformed reply from {self._where()} ({_AUTH_HINT})")
             rbody, tag = msg[1:-1], msg[-1]
@@ -572,6 +635,30 @@ class StoreClient:
             if status == ABORT:
                 raise _aborted(self.rank, payload[0] if payload else b"")
             return status, payload
+
+    def _send(self, frames) -> None:
+        try:
+            send_all(self._sock, encode(frames), time.monotonic() + self.timeout, "sending to the store")
+        except PeerLostError as e:
+            raise self._lost(e) from None
+
+    def _next_message(self, deadline: float) -> list[bytes] | None:
+        """The next reply (None if none arrived before ``deadline``)."""
+        if self._pending:
+            return self._pending.popleft()
+        if not wait_readable(self._sock, deadline):
+            return None
+        try:
+            self._pending.extend(self._reader.read(self._sock))
+        except FramingError as e:
+            raise AuthenticationError(f"malformed reply from {self._where()} ({e})") from None
+        except PeerLostError as e:
+            raise self._lost(e) from None
+        return self._pending.popleft() if self._pending else None
+
+    def _lost(self, e: Exception) -> PeerLostError:
+        return PeerLostError(f"rank {self.rank} lost its connection to {self._where()} ({e}); "
+                             f"rank 0 serves the store: has it exited or crashed?")
 
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)
@@ -676,11 +763,11 @@ class StoreClient:
             try:
                 self._ctr += 1
                 body = [_U64.pack(self._ctr), b"BYE"]
-                self._sock.send_multipart([_REQ, *body, mac(self._session, b"C", *body)],
-                                          zmq.NOBLOCK)
-            except zmq.ZMQError:
+                self._sock.send(encode([_REQ, *body, mac(self._session, b"C", *body)]),
+                                socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError:
                 pass
-            self._sock.close(linger=200)
+            self._sock.close()
 
     def __enter__(self):
         return self
