@@ -913,9 +913,11 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
     from ._native.engine import Engine
     from .topology.cards import card_entry
     from .transports.mesh import connect_mesh
+    from .transports.netif import listen_address
 
     engine = Engine(info.rank, info.size)
-    p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t)
+    p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t,
+                     host=listen_address(getattr(store, "local_address", None))[1])
     try:
         bridge = _formation.card_field(bridges, card_entry(comm_id, info.rank, info.size))
         cards, matrix, socks = connect_mesh(engine, store, info.rank, info.size, info.secret, job_id,

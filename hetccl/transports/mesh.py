@@ -13,25 +13,27 @@ doorbell and liveness channel for ``shm``.
 import json
 import logging
 import os
+import queue
 import socket
 import time
 
 from .. import transports as _transports
-from ..bootstrap.auth import client_handshake, server_handshake
+from ..bootstrap.auth import client_handshake, server_handshake_steps
+from ..bootstrap.guard import HandshakeGate
 from ..errors import AuthenticationError, HetcclTimeout, TransportError
 from ..topology.cards import card_entry, model_of, transports_entry
 from ..topology.host import host_id
 from ..topology.select import parse_filter, transport_matrix
 from . import c2c as _c2c
 from .base import LinkContext
-from .netif import choose_address
+from .netif import listen_address
 
 log = logging.getLogger("hetccl.transport")
 
 
-def _listener(spec_ifname):
-    ifname, addr = choose_address(spec_ifname)
-    bind = addr if spec_ifname else "0.0.0.0"
+def _listener(store):
+    ifname, addr = listen_address(getattr(store, "local_address", None))
+    bind = addr
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((bind, 0))
@@ -64,22 +66,25 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
 
     extra: more fields for this rank's card. group: for sub-communicators, the parent ranks of the
     members (card keys then use group ranks under the new comm_id)."""
-    spec_ifname = os.environ.get("HETCCL_SOCKET_IFNAME")
     deadline = time.monotonic() + timeout
-    listener, ifname, addr = _listener(spec_ifname)
+    listener, ifname, addr = _listener(store)
     socks = {}
+    cid = comm_id.encode()
+    arrived = queue.Queue()     # (socket, proven rank) from the gate: handshakes run off this thread
+    gate = HandshakeGate(listener, lambda who: server_handshake_steps(secret, rank, cid, who),
+                         lambda s, peer: arrived.put((s, peer)), name="hetccl-mesh-gate",
+                         logger=log)
     try:
         use_c2c = "c2c" in parse_filter(transports_spec, [t.name for t in _transports.ALL]) and \
             _c2c.C2CTransport.available()
         card = {"rank": rank, "host": host_id(), "pid": os.getpid(), "ifname": ifname, "addr": addr,
-                "port": listener.getsockname()[1], "bind_any": not spec_ifname,
+                "port": listener.getsockname()[1], "bind_any": False,
                 "topo": card_entry(comm_id, rank, size),
                 "transports": transports_entry(_transports.ALL, transports_spec),
                 **(_c2c.card_fields() if use_c2c else {}), **(extra or {})}
         store.set(f"{comm_id}/card/{rank}", json.dumps(card).encode())
         raw = store.multi_get([f"{comm_id}/card/{r}" for r in range(size)], timeout=timeout)
         cards = [json.loads(bytes(b)) for b in raw]
-        cid = comm_id.encode()
         for peer in range(rank):
             s = _connect(cards[peer], cards[peer]["host"] == card["host"], deadline)
             socks[peer] = s
@@ -90,18 +95,11 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                 missing = sorted(set(range(rank + 1, size)) - set(socks))
                 raise HetcclTimeout(f"rank {rank} waited {timeout:g} s for ranks {missing} to connect; "
                                     f"are they running, and can they reach {addr}?")
-            listener.settimeout(remaining)
             try:
-                s, _ = listener.accept()
-            except socket.timeout:
+                s, peer = arrived.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
                 continue
             _tune(s)
-            try:
-                peer = server_handshake(s, secret, rank, cid, min(remaining, 30.0))
-            except (AuthenticationError, OSError, TransportError) as e:
-                log.warning("rank %d: ignoring a connection that failed authentication: %s", rank, e)
-                s.close()
-                continue
             if peer <= rank or peer >= size or peer in socks:
                 log.warning("rank %d: ignoring a duplicate or unexpected connection from rank %d", rank, peer)
                 s.close()
@@ -134,4 +132,7 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
             s.close()
         raise
     finally:
+        gate.close()
         listener.close()
+        while not arrived.empty():
+            arrived.get()[0].close()

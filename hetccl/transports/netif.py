@@ -1,8 +1,11 @@
 """Which local address a rank listens on for TCP.
 
 Like NCCL and Gloo: ``HETCCL_SOCKET_IFNAME`` picks interfaces by name (``eth0``, a prefix such as
-``ib``, ``=eth0`` for an exact name, ``^docker,lo`` to exclude); by default the first interface that is
-up and not loopback, docker, or another virtual bridge, falling back to loopback.
+``ib``, ``=eth0`` for an exact name, ``^docker,lo`` to exclude). Without it, a rank's listeners bind
+the address on its route to the job's store (``listen_address``): the others reach the store that
+way, and a job whose store is on loopback never listens beyond loopback. Listeners never bind every
+address. ``choose_address`` (the first interface that is up and not loopback, docker, or another
+virtual bridge, falling back to loopback) is the last resort when that route is unknown.
 """
 import fcntl
 import os
@@ -57,3 +60,16 @@ def choose_address(spec: str | None = None) -> tuple[str, str]:
         if not n.startswith(_VIRTUAL_PREFIXES):
             return n, a
     return "lo", "127.0.0.1"
+
+
+def listen_address(route: str | None = None, spec: str | None = None) -> tuple[str, str]:
+    """(interface, address) that this rank's listeners bind: HETCCL_SOCKET_IFNAME's choice if set,
+    else ``route`` (this host's address towards the store, StoreClient.local_address), else
+    choose_address()."""
+    spec = spec if spec is not None else os.environ.get("HETCCL_SOCKET_IFNAME")
+    if spec or not route or ":" in route:          # IPv6 routes: the listeners are IPv4
+        return choose_address(spec)
+    for name, addr in interfaces():
+        if addr == route:
+            return name, addr
+    return ("lo" if route.startswith("127.") else "?"), route
