@@ -14,6 +14,8 @@ commands:
                           the topology hetccl sees: hosts, NUMA, PCI switches, accelerators, NICs,
                           coherent links, transport per pair; --dump writes the HETCCL_TOPO_FILE
                           format; --measure times the links (under `hetccl run -n N`)
+  secret                  print a fresh job secret (64 hex digits) for HETCCL_SECRET_FILE:
+                          `(umask 077; hetccl secret > ~/.hetccl-secret)`
   tune [-n N,M] [--show | --clear]
                           re-measure the cost model cached for this host (alpha, beta, gamma);
                           --show prints the cache, --clear deletes it
@@ -221,6 +223,10 @@ def main(argv=None) -> int:
         return doctor_main(rest)
     if cmd == "topo":
         return topo_main(rest)
+    if cmd == "secret":
+        import secrets
+        print(secrets.token_hex(32))
+        return 0
     if cmd == "tune":
         from .collectives.probe_cli import tune_main
         return tune_main(rest)

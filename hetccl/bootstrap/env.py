@@ -17,9 +17,13 @@ Independently of the launcher:
 
 * store address: HETCCL_STORE="host:port" (``[v6addr]:port`` for IPv6), else MASTER_ADDR +
   MASTER_PORT, else None (the rendezvous then falls back to MPI, see rendezvous.py);
-* secret: HETCCL_SECRET. If it is at least 32 hex digits of even length it is hex-decoded (that is
-  what ``hetccl run`` generates: 64 hex digits = 32 random bytes); any other string is used as its
-  UTF-8 bytes. Unset or empty -> None (unauthenticated, logged once);
+* secret: HETCCL_SECRET, else the contents of HETCCL_SECRET_FILE (a regular file of this user that
+  no one else may read: mode 0600 or 0400; else InvalidUsage saying to chmod it). If it is at least
+  32 hex digits of even length it is hex-decoded (that is what ``hetccl run`` generates: 64 hex
+  digits = 32 random bytes); any other string is used as its UTF-8 bytes. Neither -> None: the
+  rendezvous then gets one from the launcher, or refuses to start off loopback (rendezvous.py);
+* insecure: HETCCL_INSECURE=1 is the explicit opt-out that lets a job without a secret run
+  unauthenticated beyond loopback (logged as a WARNING on every rank);
 * job id: HETCCL_JOB_ID, else torchrun's TORCHELASTIC_RUN_ID (+ restart count), else Slurm's
   SLURM_JOB_ID.SLURM_STEP_ID, else "" (rendezvous then lets rank 0 generate one). It names
   shared-memory segments (/dev/shm/hetccl-<job_id>-*), so it is reduced to [A-Za-z0-9_.-].
@@ -32,12 +36,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, replace
 from typing import Mapping
 
 from ..errors import InvalidUsage
 
-__all__ = ["LaunchInfo", "detect", "parse_host_port", "parse_secret"]
+__all__ = ["LaunchInfo", "detect", "parse_host_port", "parse_secret", "job_secret",
+           "read_secret_file", "insecure_opt_out"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class LaunchInfo:
     # True when store_addr is torchrun's own agent TCPStore (TORCHELASTIC_USE_AGENT_STORE=True):
     # the port is taken, so the rendezvous publishes our store's address through it instead.
     store_is_torch: bool = False
+    insecure: bool = False            # HETCCL_INSECURE=1: run unauthenticated if no secret is had
 
     def replace(self, **changes) -> "LaunchInfo":
         return replace(self, **changes)
@@ -71,6 +78,51 @@ def parse_secret(text: str | None) -> bytes | None:
     if len(text) >= 32 and len(text) % 2 == 0 and _HEX.match(text):
         return bytes.fromhex(text)
     return text.encode("utf-8")
+
+
+def read_secret_file(path: str) -> bytes:
+    """The secret in ``path`` (HETCCL_SECRET_FILE): InvalidUsage unless it is a regular file of this
+    user that no other user can read, and not empty. Whitespace around it is ignored."""
+    where = f"HETCCL_SECRET_FILE={path!r}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as e:
+        raise InvalidUsage(f"{where}: cannot open it ({e.strerror}); point it at a file only you "
+                           f"can read, e.g. made with `umask 077; hetccl secret > FILE`") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidUsage(f"{where} is not a regular file")
+        if st.st_uid != os.getuid():
+            raise InvalidUsage(f"{where} belongs to uid {st.st_uid}, not to you (uid "
+                               f"{os.getuid()}); use a secret file of your own")
+        if st.st_mode & 0o077:
+            raise InvalidUsage(f"{where} can be read by other users (mode "
+                               f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
+        text = os.read(fd, 4097)
+    finally:
+        os.close(fd)
+    if len(text) > 4096:
+        raise InvalidUsage(f"{where} is larger than 4 KiB; it should hold one secret")
+    secret = parse_secret(text.decode("utf-8", "replace").strip())
+    if not secret:
+        raise InvalidUsage(f"{where} is empty; put a secret in it (e.g. `hetccl secret > FILE`)")
+    return secret
+
+
+def job_secret(env: Mapping[str, str] | None = None) -> bytes | None:
+    """The job secret the user configured: HETCCL_SECRET, else HETCCL_SECRET_FILE's, else None."""
+    env = os.environ if env is None else env
+    secret = parse_secret(env.get("HETCCL_SECRET"))
+    if secret is None and env.get("HETCCL_SECRET_FILE"):
+        secret = read_secret_file(env["HETCCL_SECRET_FILE"])
+    return secret
+
+
+def insecure_opt_out(env: Mapping[str, str] | None = None) -> bool:
+    """HETCCL_INSECURE=1 (or true/yes/on): the user accepts an unauthenticated job."""
+    env = os.environ if env is None else env
+    return env.get("HETCCL_INSECURE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def parse_host_port(text: str, var: str) -> tuple[str, int]:
@@ -240,6 +292,6 @@ def detect(rank: int | None = None, size: int | None = None,
     store_is_torch = (launcher == "torchrun" and not env.get("HETCCL_STORE")
                       and env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true")
     return LaunchInfo(rank=rank, size=size, local_rank=lrank, local_size=lsize,
-                      store_addr=_store_addr(env), secret=parse_secret(env.get("HETCCL_SECRET")),
+                      store_addr=_store_addr(env), secret=job_secret(env),
                       job_id=_job_id(env, launcher), launcher=launcher,
-                      store_is_torch=store_is_torch)
+                      store_is_torch=store_is_torch, insecure=insecure_opt_out(env))

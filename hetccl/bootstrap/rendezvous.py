@@ -15,6 +15,13 @@ topology, communicator ids) is exchanged through it. ``connect_store`` picks the
 
 The job id (names shared-memory segments) comes from the launcher, or rank 0 makes 8 hex digits;
 rank 0 always publishes it under the store key "job_id".
+
+Secure by default: every way above ends with a job secret (the user's HETCCL_SECRET or
+HETCCL_SECRET_FILE, ``hetccl run``'s, or one rank 0 draws and sends through MPI or torch's store),
+except a known address without a configured secret. That job is refused before anything listens,
+with an error naming the fixes, unless it is confined to loopback (store on a loopback address, every
+rank on this host) or the user opted out with HETCCL_INSECURE=1 (a WARNING on every rank). Under
+mpirun a known address still gets its secret through MPI when mpi4py is there.
 """
 from __future__ import annotations
 
@@ -139,6 +146,69 @@ def _serve_on_free_port(info: LaunchInfo, publish_host: str | None):
     return server, _payload(_fmt(host, server.port), shared, job_id), secret, job_id
 
 
+def _loopback_only(info: LaunchInfo, host: str) -> bool:
+    """True when the whole job stays on this host's loopback: the store is on a loopback address,
+    every rank is local, and HETCCL_SOCKET_IFNAME does not send the listeners elsewhere."""
+    if info.local_size < info.size:
+        return False
+    ifname = os.environ.get("HETCCL_SOCKET_IFNAME", "")
+    if ifname and not ifname.lstrip("=").startswith("lo"):
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(sa[0].split("%")[0]).is_loopback
+                               for *_, sa in infos)
+
+
+def require_secret(info: LaunchInfo, host: str) -> None:
+    """Refuse an unauthenticated job that is not confined to loopback, unless HETCCL_INSECURE=1
+    (then warn). ``host`` is the store's host. Called before anything binds or connects."""
+    if info.secret is not None:
+        return
+    if _loopback_only(info, host):
+        log.info("no job secret: the store and data links are not authenticated (the job is "
+                 "confined to this host's loopback)")
+        return
+    if info.insecure:
+        log.warning("rank %d: HETCCL_INSECURE=1 and no job secret: the store at %s and every data "
+                    "link are NOT authenticated; anyone who can reach these ports can join or "
+                    "inject data", info.rank, host)
+        return
+    raise InvalidUsage(
+        f"rank {info.rank}: refusing to start an unauthenticated job: the store at {host} is not "
+        f"confined to loopback and no job secret is set (launcher: {info.launcher}). Fix: put a "
+        f"secret in a file only you can read and point every rank at it "
+        f"(`(umask 077; hetccl secret > ~/.hetccl-secret)` then HETCCL_SECRET_FILE=~/.hetccl-secret), "
+        f"or set the same HETCCL_SECRET on every rank, or launch with `hetccl run`. To run "
+        f"unauthenticated anyway, set HETCCL_INSECURE=1")
+
+
+def _secret_via_mpi(info: LaunchInfo) -> bytes | None:
+    """Under mpirun with a known store address: rank 0 draws the secret and broadcasts it."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() != info.size or comm.Get_rank() != info.rank:
+        return None
+    buf = bytearray(_secrets.token_bytes(32) if info.rank == 0 else 32)
+    comm.Bcast([buf, MPI.BYTE], root=0)
+    return bytes(buf)
+
+
+def _warn_torch_store(info: LaunchInfo, host: str) -> None:
+    if info.rank == 0 and info.secret is None and not _loopback_only(info, host):
+        log.warning(
+            "no job secret set: rank 0 sends a fresh one to the other ranks through torchrun's "
+            "TCPStore at %s, which is not authenticated: anyone who can reach that port while the "
+            "job starts can read it and then join the job. Set HETCCL_SECRET_FILE (a file only you "
+            "can read, e.g. `(umask 077; hetccl secret > ~/.hetccl-secret)`) on every rank to keep "
+            "it off the network", _fmt(*info.store_addr))
+
+
 def _via_mpi(info: LaunchInfo):
     try:
         from mpi4py import MPI
@@ -204,9 +274,14 @@ def connect_store(info: LaunchInfo, timeout: float = 300.0) -> StoreConnection:
             addr = server.address
             job_id = job_id or _secrets.token_hex(4)
         elif info.store_is_torch and info.store_addr is not None:
+            _warn_torch_store(info, info.store_addr[0])
             addr, secret, job_id, server = _via_torch_store(info, timeout, _calls)
         elif info.store_addr is not None:
             addr = info.store_addr
+            if secret is None and info.launcher in ("openmpi", "mpich"):
+                secret = _secret_via_mpi(info)
+                info = info.replace(secret=secret)
+            require_secret(info, addr[0])
             if info.rank == 0:
                 server = StoreServer(_bind_host(addr[0], info.local_size >= info.size), addr[1],
                                      secret)

@@ -8,20 +8,23 @@ already prefixed for that group. The creator must rendezvous itself (torch adds 
 the mesh set-up of ``hetccl.comm._connect`` is that rendezvous; it returns once every rank of the
 group is connected, or raises HetcclTimeout naming the missing ranks after the group's timeout.
 
-The job secret authenticating hetccl's data links is HETCCL_SECRET when set (``hetccl run`` sets
-it); otherwise group rank 0 draws 32 random bytes and publishes them through torch's store, which
-is unauthenticated: anyone who can reach MASTER_PORT could read them. Set HETCCL_SECRET (the same
-on every rank) to keep the secret out of the store.
+The job secret authenticating hetccl's data links is HETCCL_SECRET or HETCCL_SECRET_FILE's when
+set (``hetccl run`` sets the former); otherwise group rank 0 draws 32 random bytes and publishes
+them through torch's store, which is unauthenticated: anyone who can reach MASTER_PORT could read
+them (a WARNING says so when MASTER_ADDR is not loopback). Set HETCCL_SECRET_FILE (or
+HETCCL_SECRET, the same on every rank) to keep the secret out of the store.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
 import secrets
+import socket
 
 from .. import config
-from ..bootstrap.env import LaunchInfo, parse_secret
+from ..bootstrap.env import LaunchInfo, job_secret
 from ..comm import _connect
 from ..errors import InvalidUsage
 from .process_group import ProcessGroupHetccl
@@ -32,12 +35,25 @@ log = logging.getLogger("hetccl.torch")
 _SAFE = re.compile(r"[^A-Za-z0-9_.]")
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(sa[0].split("%")[0]).is_loopback
+                   for *_, sa in socket.getaddrinfo(host.strip("[]"), None))
+    except (OSError, ValueError):
+        return False
+
+
 def _agree(store: C10dStore, rank: int, comm_id: str, timeout: float):
     """(secret, job_id) every rank of the group uses: from the environment, else from rank 0."""
-    secret = parse_secret(os.environ.get("HETCCL_SECRET"))
+    secret = job_secret()
     job_id = _SAFE.sub("_", os.environ.get("HETCCL_JOB_ID", ""))[:48]
     key = f"{comm_id}/hello"
     if rank == 0:
+        if secret is None and not _loopback(os.environ.get("MASTER_ADDR", "127.0.0.1")):
+            log.warning("no job secret set: rank 0 sends a fresh one to the other ranks through "
+                        "torch's store, which is not authenticated (anyone who can reach "
+                        "MASTER_PORT can read it). Set HETCCL_SECRET_FILE on every rank to keep "
+                        "it off the network")
         shared = "" if secret is not None else (secret := secrets.token_bytes(32)).hex()
         job_id = job_id or secrets.token_hex(4)
         store.set(key, f"{shared}\n{job_id}".encode())
