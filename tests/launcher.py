@@ -79,8 +79,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def shm_segments(job_id: str | None = None) -> list[str]:
     """Paths of /dev/shm/hetccl-* (of one job if ``job_id`` is given)."""
-    pattern = f"hetccl-{glob.escape(job_id)}-*" if job_id else "hetccl-*"
-    return sorted(glob.glob(os.path.join("/dev/shm", pattern)))
+    if not job_id:
+        return sorted(glob.glob("/dev/shm/hetccl-*"))
+    job = glob.escape(job_id)   # pair segments lead with their owner's pid (memory/reap.py)
+    return sorted(glob.glob(f"/dev/shm/hetccl-{job}-*") + glob.glob(f"/dev/shm/hetccl-pair-*-{job}-*"))
 
 
 def _remove(paths: Sequence[str]) -> None:

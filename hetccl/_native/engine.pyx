@@ -149,6 +149,17 @@ cdef class ShmSegment:
                                  f"{self.name.decode()}: {e}; is /dev/shm mounted and writable? "
                                  f"(set HETCCL_TRANSPORTS=tcp to avoid shared memory)")
         self.linked = True
+        if not create:
+            # the size came from the peer: a smaller file would SIGBUS on first touch
+            try:
+                have = _os.fstat(fd).st_size
+            except OSError:
+                have = -1
+            if have < <long long>size:
+                c_close(fd)
+                raise TransportError(f"shared memory {self.name.decode()} has {have} bytes, but "
+                                     f"the peer said {size}; refusing to map it (a stale segment, "
+                                     f"or a peer of another job)")
         if create and ftruncate(fd, size) != 0:
             e = _os.strerror(_errno())
             c_close(fd)

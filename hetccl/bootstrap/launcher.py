@@ -116,9 +116,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def cleanup_shm(job_id: str) -> list[str]:
-    """Remove /dev/shm/hetccl-<job_id>-* (segments that crashed ranks of this job left behind)."""
-    removed = []
+def cleanup_shm(job_id: str, pids=()) -> list[str]:
+    """Remove the shared-memory segments that crashed ranks of this job left behind: those named
+    for the job (/dev/shm/hetccl-<job_id>-*) and those owned by one of ``pids`` (the ranks we
+    started, all exited now; memory/reap.py)."""
+    from ..memory.reap import reap_pids
+
+    removed = reap_pids(pids)
     if not job_id or "/" in job_id:
         return removed
     for path in glob.glob(f"/dev/shm/hetccl-{glob.escape(job_id)}-*"):
@@ -309,7 +313,7 @@ def run_main(argv: list[str]) -> int:
                 t.join(2.0)
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        removed = cleanup_shm(job.job_id)
+        removed = cleanup_shm(job.job_id, [p.pid for p in job.procs])
         if removed:
             job.say(f"removed {len(removed)} shared-memory segment(s) left behind by job "
                     f"{job.job_id}")

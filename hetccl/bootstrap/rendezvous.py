@@ -18,22 +18,27 @@ rank 0 always publishes it under the store key "job_id".
 
 Secure by default: every way above ends with a job secret (the user's HETCCL_SECRET or
 HETCCL_SECRET_FILE, ``hetccl run``'s, or one rank 0 draws and sends through MPI or torch's store),
-except a known address without a configured secret. That job is refused before anything listens,
-with an error naming the fixes, unless it is confined to loopback (store on a loopback address, every
-rank on this host) or the user opted out with HETCCL_INSECURE=1 (a WARNING on every rank). Under
-mpirun a known address still gets its secret through MPI when mpi4py is there.
+except a known address without a configured secret. Under mpirun that address still gets its secret
+through MPI when mpi4py is there. A job confined to loopback (store on a loopback address, every rank
+on this host) gets one through a key file only this user can read: rank 0 writes a fresh secret to
+``$XDG_RUNTIME_DIR`` (else /tmp/hetccl-<uid>, mode 0700) before it binds the store, the others read
+it once connected. Any other job without a secret is refused before anything listens, with an error
+naming the fixes, unless the user opted out with HETCCL_INSECURE=1 (a WARNING on every rank).
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
+import re
 import secrets as _secrets
 import socket
+import stat
 from typing import NamedTuple
 
 from ..errors import HetcclTimeout, InvalidUsage
-from .env import LaunchInfo, parse_host_port, parse_secret
+from .env import LaunchInfo, parse_host_port, parse_secret, read_secret_file
 from .store import StoreClient, StoreServer
 
 log = logging.getLogger("hetccl.bootstrap")
@@ -163,13 +168,9 @@ def _loopback_only(info: LaunchInfo, host: str) -> bool:
 
 
 def require_secret(info: LaunchInfo, host: str) -> None:
-    """Refuse an unauthenticated job that is not confined to loopback, unless HETCCL_INSECURE=1
-    (then warn). ``host`` is the store's host. Called before anything binds or connects."""
+    """Refuse a job without a secret unless HETCCL_INSECURE=1 (then warn). ``host`` is the
+    store's host. Called before anything binds or connects."""
     if info.secret is not None:
-        return
-    if _loopback_only(info, host):
-        log.info("no job secret: the store and data links are not authenticated (the job is "
-                 "confined to this host's loopback)")
         return
     if info.insecure:
         log.warning("rank %d: HETCCL_INSECURE=1 and no job secret: the store at %s and every data "
@@ -183,6 +184,57 @@ def require_secret(info: LaunchInfo, host: str) -> None:
         f"(`(umask 077; hetccl secret > ~/.hetccl-secret)` then HETCCL_SECRET_FILE=~/.hetccl-secret), "
         f"or set the same HETCCL_SECRET on every rank, or launch with `hetccl run`. To run "
         f"unauthenticated anyway, set HETCCL_INSECURE=1")
+
+
+def _private_dir() -> str:
+    """A directory only this user can enter: $XDG_RUNTIME_DIR, else /tmp/hetccl-<uid> (0700)."""
+    uid = os.getuid()
+    for path in (os.environ.get("XDG_RUNTIME_DIR", ""), f"/tmp/hetccl-{uid}"):
+        if not path:
+            continue
+        if path.startswith("/tmp/hetccl-"):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError:
+                continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077:
+            return path
+    raise InvalidUsage("no private directory for the job's key file ($XDG_RUNTIME_DIR, or "
+                       f"/tmp/hetccl-{uid} owned by you with mode 0700); set HETCCL_SECRET_FILE "
+                       f"or HETCCL_SECRET on every rank instead")
+
+
+def key_file(addr: tuple[str, int]) -> str:
+    """Where rank 0 of a loopback job leaves the secret for the others (one per store address)."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", addr[0])
+    return os.path.join(_private_dir(), f"hetccl-store-{host}-{addr[1]}.key")
+
+
+def _write_key_file(path: str) -> bytes:
+    secret = _secrets.token_bytes(32)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, secret.hex().encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return secret
+
+
+def _read_key_file(path: str, rank: int) -> bytes:
+    try:
+        return read_secret_file(path)
+    except InvalidUsage as e:
+        raise InvalidUsage(f"rank {rank}: cannot read the job's key file that rank 0 writes on "
+                           f"this host ({e}). Do all ranks run as the same user? Otherwise set "
+                           f"HETCCL_SECRET_FILE or HETCCL_SECRET on every rank") from None
 
 
 def _secret_via_mpi(info: LaunchInfo) -> bytes | None:
@@ -265,8 +317,12 @@ def connect_store(info: LaunchInfo, timeout: float = 300.0) -> StoreConnection:
     """
     global _calls
     _calls += 1
+    if _calls == 1:
+        from ..memory.reap import reap_dead
+        reap_dead()             # segments of ranks killed in an earlier job on this host
     server: StoreServer | None = None
     secret, job_id = info.secret, info.job_id
+    keyfile = None
     try:
         if info.size == 1:
             secret = secret if secret is not None else _secrets.token_bytes(32)
@@ -280,11 +336,17 @@ def connect_store(info: LaunchInfo, timeout: float = 300.0) -> StoreConnection:
             addr = info.store_addr
             if secret is None and info.launcher in ("openmpi", "mpich"):
                 secret = _secret_via_mpi(info)
-                info = info.replace(secret=secret)
-            require_secret(info, addr[0])
+            if secret is None and _loopback_only(info, addr[0]):
+                keyfile = key_file(addr)
+                if info.rank == 0:
+                    secret = _write_key_file(keyfile)
+                else:
+                    secret = functools.partial(_read_key_file, keyfile, info.rank)
+            else:
+                require_secret(info.replace(secret=secret), addr[0])
             if info.rank == 0:
                 server = StoreServer(_bind_host(addr[0], info.local_size >= info.size), addr[1],
-                                     secret)
+                                     secret, keyfile)
         elif info.launcher in ("openmpi", "mpich") and (got := _via_mpi(info)) is not None:
             addr, secret, job_id, server = got
         else:
@@ -294,6 +356,7 @@ def connect_store(info: LaunchInfo, timeout: float = 300.0) -> StoreConnection:
                 f"port), or HETCCL_STORE=host:port, on every rank; or launch with "
                 f"`hetccl run -n N ...`; or under mpirun install mpi4py")
         client = StoreClient(addr, secret, info.rank, timeout)
+        secret = client.secret
     except BaseException:
         if server is not None:
             server.close()

@@ -112,8 +112,10 @@ class StoreServer:
     host given is 127.0.0.1 and the caller publishes its reachable address itself.
     """
 
-    def __init__(self, bind_host: str = "127.0.0.1", port: int = 0, secret: bytes | None = None):
+    def __init__(self, bind_host: str = "127.0.0.1", port: int = 0, secret: bytes | None = None,
+                 key_file: str | None = None):
         self._secret_key = hmac_key(secret)
+        self._key_file = key_file    # where the secret was left for the other ranks: removed at close
         host = "0.0.0.0" if bind_host in ("", "*") else bind_host
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(fam, socket.SOCK_STREAM)
@@ -208,6 +210,11 @@ class StoreServer:
         self._wake()
         self._thread.join(timeout=10)
         self._listener.close()
+        if self._key_file:
+            try:
+                os.unlink(self._key_file)
+            except OSError:
+                pass
         os.close(self._wake_w)
 
     def __enter__(self):
@@ -234,11 +241,19 @@ class StoreServer:
             raise AuthenticationError(_AUTH_HINT)
         nonce_s = new_nonce()
         key = derive_key(self._secret_key, _L_SESSION, nonce_c, nonce_s)
-        yield Send(encode([_HELLO, nonce_s, mac(self._secret_key, _L_WELCOME, nonce_c, nonce_s)]))
+        # Busy from now on: the client may ask wait_idle's question before _arrive runs.
+        self._idle.clear()
+        welcomed = False
+        try:
+            yield Send(encode([_HELLO, nonce_s, mac(self._secret_key, _L_WELCOME, nonce_c,
+                                                    nonce_s)]))
+            welcomed = True
+        finally:
+            if not welcomed and not self._sessions and not self._arrived:
+                self._idle.set()     # the welcome never went out (the gate dropped it)
         return _Session(key, rank.decode("ascii", "replace"), peer)
 
     def _arrive(self, sock: socket.socket, sess: _Session) -> None:
-        self._idle.clear()      # now, not when the serving thread gets to it: the client is back
         self._arrived.append((sock, sess))
         self._wake()
 
@@ -488,6 +503,8 @@ class StoreClient:
     Thread-safe, but requests are serialised: a thread parked in a long ``get`` holds the
     connection. A background thread that waits on the store should use its own ``clone()``.
     ``timeout`` is the default for every call (blocking calls take their own ``timeout=``).
+    ``secret`` may be a callable: it is called once the connection is up (rendezvous.py reads
+    rank 0's key file then).
     """
 
     GRACE = 2.0  # how much longer than the server-side deadline we wait before blaming the server
@@ -495,8 +512,7 @@ class StoreClient:
     def __init__(self, addr: tuple[str, int], secret: bytes | None, rank: int,
                  timeout: float = 300.0):
         self._addr = (str(addr[0]), int(addr[1]))
-        self._secret = secret
-        self._key = hmac_key(secret)
+        self._secret = secret   # bytes, None, or a callable that gives it once we are connected
         self.rank = int(rank)
         self.timeout = float(timeout)
         self._lock = threading.RLock()
@@ -508,6 +524,9 @@ class StoreClient:
         deadline = time.monotonic() + self.timeout
         self._sock = self._connect(deadline)
         try:
+            if callable(self._secret):
+                self._secret = self._secret()
+            self._key = hmac_key(self._secret)
             self._session = self._handshake(deadline)
             self._sock.setblocking(False)
         except BaseException:
@@ -517,6 +536,11 @@ class StoreClient:
     @property
     def address(self) -> tuple[str, int]:
         return self._addr
+
+    @property
+    def secret(self) -> bytes | None:
+        """The job secret this client authenticated with."""
+        return self._secret
 
     @property
     def local_address(self) -> str:

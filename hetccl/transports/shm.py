@@ -9,6 +9,7 @@ as the doorbell a sleeping receiver waits on and to report the peer's death at o
 import os
 import struct
 
+from ..memory.reap import PAIR_PREFIX
 from ..topology.select import SCORES
 from .base import LinkContext, Transport
 from ..errors import TransportError
@@ -23,7 +24,10 @@ def fifo_bytes(local_size: int) -> int:
 
 
 def segment_name(ctx: LinkContext, lo: int, hi: int) -> str:
-    return f"/hetccl-{ctx.job_id}-{ctx.comm_id}-{lo}-{hi}"
+    """The pair's segment, created by rank ``lo``: its pid leads the name, so a segment left by a
+    killed rank is found and removed by the next start on this host (memory/reap.py)."""
+    pid = os.getpid() if lo == ctx.rank else ctx.cards[lo]["pid"]
+    return f"/{PAIR_PREFIX}{pid}-{ctx.job_id}-{ctx.comm_id}-{lo}-{hi}"
 
 
 def _expect(sock, token: bytes, n: int, peer: int, timeout: float) -> bytes:
