@@ -1,5 +1,7 @@
 """hetccl.init() with no arguments under each way of launching a job: torch-style env variables,
-torchrun itself, Open MPI's mpirun (rendezvous through mpi4py), and ``hetccl run``.
+torchrun itself, Open MPI's mpirun (rendezvous through mpi4py), Slurm-style variables and
+``hetccl run``. Every one of them must end up authenticated (a job secret), or refuse to start
+unless HETCCL_INSECURE=1.
 
 Every rank runs the same small script: init, an allreduce and an allgather, one RESULT line.
 All commands run with hard timeouts in their own process groups (killed afterwards), and each test
@@ -33,7 +35,7 @@ SCRIPT = textwrap.dedent("""
     # one write() of one whole line: ranks may share the pipe (torchrun, mpirun)
     sys.stdout.write(f"RESULT rank={comm.rank} size={comm.size} sum={x[0]:g} ok={ok} "
                      f"gather={','.join(str(v) for v in g)} launcher={launcher} "
-                     f"transports={peers}\\n")
+                     f"transports={peers} auth={comm._info.secret is not None}\\n")
     sys.stdout.flush()
     if os.environ.get("FAIL_RANK") == str(comm.rank):
         sys.exit(3)
@@ -89,7 +91,7 @@ def _processes_running(marker: str) -> list[int]:
     return pids
 
 
-def _results(stdout: str, size: int, prefix: str = "") -> list[dict]:
+def _results(stdout: str, size: int, prefix: str = "", auth: bool = True) -> list[dict]:
     rows = []
     for line in stdout.splitlines():
         if not line.startswith(prefix + "RESULT "):
@@ -103,6 +105,7 @@ def _results(stdout: str, size: int, prefix: str = "") -> list[dict]:
         assert f["size"] == str(size) and f["ok"] == "True", f
         assert float(f["sum"]) == total, f
         assert f["gather"] == ",".join(str(10 * r) for r in range(size)), f
+        assert f["auth"] == str(auth), f     # no launcher path runs unauthenticated by default
     return rows
 
 
@@ -207,3 +210,50 @@ def test_hetccl_run_propagates_a_failing_rank(script):
                     env=_clean_env(FAIL_RANK="1"))
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
     assert "rank 1 exited with status 3" in p.stderr, p.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) Slurm-style variables and a store address across "hosts": a secret, or a refusal
+# ------------------------------------------------------------------------------------------------
+def _slurm_group(script, size, **extra):
+    port = free_port()
+    return [([sys.executable, str(script)],
+             _clean_env(SLURM_PROCID=str(r), SLURM_NTASKS=str(size), SLURM_LOCALID="0",
+                        SLURM_NTASKS_PER_NODE="1", SLURM_NODEID=str(r), SLURM_JOB_ID="4242",
+                        HETCCL_STORE=f"127.0.0.1:{port}", **extra)) for r in range(size)]
+
+
+def test_slurm_without_a_secret_refuses_to_start(script):
+    outs = _run_group(_slurm_group(script, 2), timeout=60)
+    for r, (rc, out, err) in enumerate(outs):
+        assert rc != 0 and "RESULT" not in out, (r, out, err)
+        assert "refusing to start an unauthenticated job" in err, err
+        assert "HETCCL_SECRET_FILE" in err and "HETCCL_INSECURE=1" in err, err
+
+
+def test_slurm_with_a_secret_file(script, tmp_path):
+    path = tmp_path / "job.secret"
+    path.write_text("ab" * 32 + "\n")
+    path.chmod(0o600)
+    outs = _run_group(_slurm_group(script, 2, HETCCL_SECRET_FILE=str(path)), timeout=60)
+    for r, (rc, out, err) in enumerate(outs):
+        assert rc == 0, f"rank {r} exited {rc}\n{out}\n{err}"
+    rows = _results("".join(o for _, o, _ in outs), 2)
+    assert {f["launcher"] for f in rows} == {"slurm"}
+
+
+def test_insecure_opt_out_runs_and_says_so(script):
+    outs = _run_group(_slurm_group(script, 2, HETCCL_INSECURE="1"), timeout=60)
+    for r, (rc, out, err) in enumerate(outs):
+        assert rc == 0, f"rank {r} exited {rc}\n{out}\n{err}"
+        assert "HETCCL_INSECURE=1 and no job secret" in err, err
+    _results("".join(o for _, o, _ in outs), 2, auth=False)
+
+
+def test_torch_style_environment_across_hosts_refuses_without_a_secret(script):
+    port = free_port()
+    group = [([sys.executable, str(script)],
+              _clean_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))) for r in range(2)]
+    for rc, out, err in _run_group(group, timeout=60):
+        assert rc != 0 and "refusing to start an unauthenticated job" in err, (out, err)

@@ -92,7 +92,7 @@ def reap_dead(min_age: float = 60.0, shm_dir: str = SHM_DIR) -> list[str]:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
             continue
-        modified = max(st.st_mtime, st.st_ctime)
+        modified = st.st_mtime
         if st.st_uid != uid or now - modified < min_age or not _owner_gone(pid, modified):
             continue
         if _remove(path):
