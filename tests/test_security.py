@@ -420,17 +420,21 @@ def test_reaper_removes_only_dead_owners_segments(tmp_path):
     names = {"dead_old": f"{reap.PAIR_PREFIX}{dead}-job-w-0-1",
              "dead_sym": f"{reap.SYM_PREFIX}{dead}-3",
              "dead_young": f"{reap.SYM_PREFIX}{dead}-4",
-             "alive_old": f"{reap.PAIR_PREFIX}{me}-job-w-0-1",
+             "alive": f"{reap.PAIR_PREFIX}{me}-job-w-0-1",
              "not_ours": f"other-{dead}-x"}
     for key, name in names.items():
         (tmp_path / name).write_bytes(b"x")
-        if key != "dead_young":
+        if key not in ("dead_young", "alive"):
             os.utime(tmp_path / name, (old, old))
     removed = {os.path.basename(p) for p in reap.reap_dead(min_age=60, shm_dir=str(tmp_path))}
     assert removed == {names["dead_old"], names["dead_sym"]}
+    # a live owner's segment stays even at age 0; the young dead one goes then
+    removed = {os.path.basename(p) for p in reap.reap_dead(min_age=0, shm_dir=str(tmp_path))}
+    assert removed == {names["dead_young"]}
+    (tmp_path / names["dead_young"]).write_bytes(b"x")
     assert {os.path.basename(p) for p in reap.reap_pids([dead], shm_dir=str(tmp_path))} == \
         {names["dead_young"]}
-    assert sorted(os.listdir(tmp_path)) == sorted([names["alive_old"], names["not_ours"]])
+    assert sorted(os.listdir(tmp_path)) == sorted([names["alive"], names["not_ours"]])
 
 
 # ------------------------------------------------------------------------------------------------
