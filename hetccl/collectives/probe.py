@@ -124,12 +124,14 @@ def cache_key(s: dict) -> str:
 
 
 def _valid(entry) -> bool:
+    """A cache entry the model can use: alpha, beta, gamma positive finite numbers."""
     if not isinstance(entry, dict):
         return False
     try:
-        return all(math.isfinite(float(entry[k])) and float(entry[k]) > 0
+        return all(isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool)
+                   and math.isfinite(float(entry[k])) and float(entry[k]) > 0
                    for k in ("alpha", "beta", "gamma"))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return False
 
 
@@ -142,7 +144,7 @@ def read_entries(path: str | None = None) -> dict:
             doc = json.load(f)
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         log.info("ignoring the cost-model cache %s (%s); it will be rewritten", path, e)
         return {}
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict):

@@ -27,6 +27,7 @@ ranks with the same bridge form one island (bridges/islands.py). Node kinds: hos
 numa, switch, device, nic, network; link classes: c2c, pcie, shm, rdma, tcp.
 """
 import json
+import math
 
 from ..errors import InvalidUsage
 from .model import LINK_CLASSES, NODE_KINDS, Link, Node, RankPlace, Topology
@@ -56,30 +57,58 @@ def _bad(where, what):
     raise InvalidUsage(f"topology file {where}: {what} (see `hetccl topo --dump FILE` for a valid example)")
 
 
+def _number(v) -> bool:
+    """A positive, finite JSON number (not a bool)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v)) and v > 0
+    except OverflowError:
+        return False
+
+
+def _opt(v, *types) -> bool:
+    return v is None or (isinstance(v, types) and not isinstance(v, bool))
+
+
 def from_dict(d: dict, where="") -> Topology:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         _bad(where, f"'format' must be {FORMAT!r}")
-    if d.get("version") not in READS:
+    if isinstance(d.get("version"), bool) or d.get("version") not in READS:
         _bad(where, f"version {d.get('version')!r} is not supported; this hetccl reads versions "
                     f"{', '.join(map(str, READS))}")
     ranks = d.get("ranks")
     if not isinstance(ranks, list) or not ranks:
         _bad(where, "'ranks' must be a non-empty list of {\"rank\": r, \"host\": name}")
     places = []
-    for i, r in enumerate(sorted(ranks, key=lambda r: r.get("rank", -1) if isinstance(r, dict) else -1)):
-        if not isinstance(r, dict) or r.get("rank") != i or not isinstance(r.get("host"), str) or not r["host"]:
+    def order(r):
+        rank = r.get("rank") if isinstance(r, dict) else None
+        return rank if isinstance(rank, int) and not isinstance(rank, bool) else -1
+    for i, r in enumerate(sorted(ranks, key=order)):
+        if not isinstance(r, dict) or r.get("rank") != i or isinstance(r.get("rank"), bool) \
+                or not isinstance(r.get("host"), str) or not r["host"]:
             _bad(where, f"ranks must be numbered 0..{len(ranks) - 1} once each, each with a 'host' name "
-                        f"(entry {i}: {r!r})")
+                        f"(entry {i}: {r!r:.200})")
         bridge = r.get("bridge")
         if bridge is not None and (d["version"] < 2 or not isinstance(bridge, str) or not bridge):
             _bad(where, f"rank {i}: 'bridge' must be a library name such as \"mpi\" or \"none\" (or null), "
-                        f"in a version 2 file; got {bridge!r} in version {d['version']}")
+                        f"in a version 2 file; got {bridge!r:.80} in version {d['version']}")
+        for key, types in (("numa", (int,)), ("device", (int,)), ("island", (str, int)),
+                           ("nic", (str,))):
+            if not _opt(r.get(key), *types):
+                _bad(where, f"rank {i}: {key!r} must be {' or '.join(t.__name__ for t in types)} "
+                            f"or null, not {r.get(key)!r:.80}")
         places.append(RankPlace(i, r["host"], r.get("numa"), r.get("device"), r.get("island"), r.get("nic"),
                                 bridge))
     nodes = []
+    if not isinstance(d.get("nodes", []), list) or not isinstance(d.get("links", []), list):
+        _bad(where, "'nodes' and 'links' must be lists")
     for n in d.get("nodes", []):
-        if n.get("kind") not in NODE_KINDS or not n.get("id"):
-            _bad(where, f"node {n!r}: needs an 'id' and a 'kind' among {', '.join(NODE_KINDS)}")
+        if not isinstance(n, dict) or n.get("kind") not in NODE_KINDS or not n.get("id") \
+                or not isinstance(n["id"], str):
+            _bad(where, f"node {n!r:.200}: needs an 'id' and a 'kind' among {', '.join(NODE_KINDS)}")
+        if not _opt(n.get("host"), str) or not _opt(n.get("attrs"), dict):
+            _bad(where, f"node {n['id']!r}: 'host' must be a name and 'attrs' an object (or null)")
         nodes.append(Node(n["id"], n["kind"], n.get("host"), dict(n.get("attrs") or {})))
     if not any(n.kind == "network" for n in nodes):
         nodes.append(Node("net", "network"))
@@ -87,10 +116,11 @@ def from_dict(d: dict, where="") -> Topology:
         nodes.append(Node(f"host:{h}", "host", h))
     links = []
     for ln in d.get("links", []):
-        if ln.get("class") not in LINK_CLASSES or not ln.get("a") or not ln.get("b"):
-            _bad(where, f"link {ln!r}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
+        if not isinstance(ln, dict) or ln.get("class") not in LINK_CLASSES or not ln.get("a") \
+                or not ln.get("b") or not isinstance(ln["a"], str) or not isinstance(ln["b"], str):
+            _bad(where, f"link {ln!r:.200}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
         for k in ("bandwidth", "latency", "burst", "peak"):
-            if ln.get(k) is not None and not (isinstance(ln[k], (int, float)) and ln[k] > 0):
+            if ln.get(k) is not None and not _number(ln[k]):
                 _bad(where, f"link {ln['a']}-{ln['b']}: {k} must be a positive number or null")
         if (ln.get("burst") is None) != (ln.get("peak") is None):
             _bad(where, f"link {ln['a']}-{ln['b']}: 'burst' and 'peak' go together (a token bucket: "
@@ -113,6 +143,6 @@ def load(path: str) -> Topology:
     except OSError as e:
         raise InvalidUsage(f"HETCCL_TOPO_FILE={path!r} cannot be read ({e.strerror}); give a file "
                            f"written by `hetccl topo --dump FILE`, or unset it to detect the topology") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidUsage(f"topology file {path}: not JSON ({e})") from None
     return from_dict(d, path)
