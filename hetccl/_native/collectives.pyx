@@ -730,8 +730,13 @@ cdef class Hot:
         self.last = None
 
     def learn(self, str collective, Py_ssize_t nbytes, int algo, str name):
-        """Remember that `collective` of nbytes runs `algo` through the plain native route."""
-        (<dict>self.algos[HOT_NAMES.index(collective)])[nbytes] = (algo, name)
+        """Remember that `collective` of nbytes runs `algo` through the plain native route (at
+        most 4096 sizes per collective: past that the table starts again, so a program that uses
+        ever new sizes does not grow)."""
+        cdef dict d = <dict>self.algos[HOT_NAMES.index(collective)]
+        if len(d) >= 4096:
+            d.clear()
+        d[nbytes] = (algo, name)
 
     def forget(self):
         """Drop everything learnt (the routes changed)."""

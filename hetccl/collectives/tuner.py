@@ -54,6 +54,9 @@ def parse_forced(spec: str | None, source: str = "HETCCL_ALGO") -> dict[str, str
     return forced
 
 
+MAX_CACHED = 4096   # call shapes whose choice is remembered (then forgotten at once, and re-learnt)
+
+
 class Tuner:
     def __init__(self, size: int, model: CostModel, forced_spec: str | None = None):
         self.size = size
@@ -100,6 +103,8 @@ class Tuner:
                                    f"{', '.join(a.name for a, _ in rows)}")
         else:
             choice = min((r for r in rows if r[1] is not None), key=lambda r: r[1])[0]
+        if len(self._cache) >= MAX_CACHED:       # bounded: a program of ever new sizes must not grow
+            self._cache.clear()
         self._cache[key] = choice
         if self._debug and algorithm is None:
             log.info("%s", self.explain(collective, nbytes))
