@@ -13,10 +13,11 @@ ANY_SOURCE). Sizes are log-uniform from 0 to 256 Ki elements, dtypes int32, int6
 float64, float16 and bfloat16 (ml_dtypes), ops SUM, PROD, MIN, MAX (+ BAND/BOR/BXOR on integers).
 
 Every ``--sample`` seconds (agreed by an allreduce every 16 calls) each rank measures its RSS
-(/proc/self/statm, after gc and malloc_trim), fds (/proc/self/fd) and the hetccl segments in
+(/proc/self/statm, after gc and malloc_trim; the ranks run with MALLOC_MMAP_THRESHOLD_=131072), fds (/proc/self/fd) and the hetccl segments in
 /dev/shm, and rank 0 prints one
 line per sample with the max over ranks. At the end rank 0 prints the totals and the growth from
-the first sample after warm-up (``--warmup`` seconds, default 10% of the run) to the last:
+the first samples after warm-up (``--warmup`` seconds, default 10% of the run) to the last ones
+(medians of three):
 ``wrong=0 rss_growth_pct=... fds_growth=... shm_growth=...``; the exit status is 1 if any result
 was wrong or anything grew past the targets (RSS 2 %, fds 0, segments 0).
 """
@@ -181,9 +182,11 @@ def worker(args) -> int:
     total_wrong = comm.allreduce(np.array([wrong], dtype=np.int64), op=ReduceOp.SUM)[0]
     if rank == 0:
         after = [s for s in samples if s[0] >= warmup] or samples[-1:]
-        first, last = after[0], samples[-1]
+        k = min(3, max(1, len(after) // 2))      # medians of 3 samples: one noisy sample is not a trend
+        first = [float(np.median([s[i] for s in after[:k]])) for i in range(4)]
+        last = [float(np.median([s[i] for s in after[-k:]])) for i in range(4)]
         rss_growth = 100.0 * (last[1] - first[1]) / first[1]
-        fds_growth, shm_growth = last[2] - first[2], last[3] - first[3]
+        fds_growth, shm_growth = int(last[2] - first[2]), int(last[3] - first[3])
         print(f"calls per kind: {dict(sorted(kinds.items()))}")
         print(f"RESULT ranks={size} seconds={samples[-1][0]:.0f} calls={calls} p2p_rounds={p2p} "
               f"wrong={total_wrong} rss_first_mib={first[1] / 2**20:.1f} "
@@ -212,7 +215,10 @@ def main(argv=None) -> int:
            "--sample", str(args.sample), "--seed", str(args.seed)]
     if args.warmup is not None:
         cmd += ["--warmup", str(args.warmup)]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # a fixed mmap threshold: large arrays are mapped and unmapped, not kept in a heap that only
+    # grows (glibc raises the threshold as large blocks are freed), so RSS tracks live memory
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MALLOC_MMAP_THRESHOLD_="131072")
     return subprocess.call(cmd, env=env, cwd=ROOT)
 
 

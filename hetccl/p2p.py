@@ -289,8 +289,15 @@ class P2PChannel:
         if src != ANY_SOURCE:
             q = self.queues.get((src, tag))
             return q[0] if q else None
-        heads = [q[0] for (s, t), q in self.queues.items() if t == tag and q]
+        heads = [q[0] for (_, t), q in self.queues.items() if t == tag and q]
         return min(heads, key=lambda m: m.seq) if heads else None
+
+    def _pop(self, m):
+        """Take ``m`` off its queue; an empty queue goes too (tags must not accumulate)."""
+        q = self.queues[(m.src, m.tag)]
+        q.popleft()
+        if not q:
+            del self.queues[(m.src, m.tag)]
 
     def _error(self, src, tag):
         if self.failed:
@@ -321,7 +328,7 @@ class P2PChannel:
                         raise self.failure("recv")
                     m = self._take(src, tag)
                     if m is not None and m.done:
-                        self.queues[(m.src, tag)].popleft()
+                        self._pop(m)
                         if m.discard is not None:
                             raise m.discard
                         if m.n != mv.nbytes:

@@ -731,10 +731,10 @@ cdef class Hot:
 
     def learn(self, str collective, Py_ssize_t nbytes, int algo, str name):
         """Remember that `collective` of nbytes runs `algo` through the plain native route (at
-        most 4096 sizes per collective: past that the table starts again, so a program that uses
+        most 512 sizes per collective: past that the table starts again, so a program that uses
         ever new sizes does not grow)."""
         cdef dict d = <dict>self.algos[HOT_NAMES.index(collective)]
-        if len(d) >= 4096:
+        if len(d) >= 512:
             d.clear()
         d[nbytes] = (algo, name)
 

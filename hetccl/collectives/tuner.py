@@ -54,7 +54,7 @@ def parse_forced(spec: str | None, source: str = "HETCCL_ALGO") -> dict[str, str
     return forced
 
 
-MAX_CACHED = 4096   # call shapes whose choice is remembered (then forgotten at once, and re-learnt)
+MAX_CACHED = 512    # call shapes whose choice is remembered (then forgotten at once, and re-learnt)
 
 
 class Tuner:
