@@ -365,6 +365,10 @@ class HandshakeGate:
 
     def _refuse(self, p: _Pending, why) -> None:
         self.refused += 1
+        why = str(why)
+        for said in (f"refused connection from {p.peer}: ", f"refused connection from {p.peer}"):
+            if why.startswith(said):       # the handshake's own message names the peer already
+                why = why[len(said):] or "refused"
         host = p.peer.rsplit(":", 1)[0]
         if host not in self._warned and len(self._warned) < 100:
             self._warned.add(host)
