@@ -77,24 +77,12 @@ def _data(rng_seed: int, n: int, dt, op: str, size: int, rank: int) -> np.ndarra
     return v.astype(dt)
 
 
+_UFUNCS = {"SUM": np.add, "PROD": np.multiply, "MIN": np.minimum, "MAX": np.maximum,
+           "BAND": np.bitwise_and, "BOR": np.bitwise_or, "BXOR": np.bitwise_xor}
+
+
 def _reduce(arrays, op: str):
-    out = arrays[0].copy()
-    for a in arrays[1:]:
-        if op == "SUM":
-            out = out + a
-        elif op == "PROD":
-            out = out * a
-        elif op == "MIN":
-            out = np.minimum(out, a)
-        elif op == "MAX":
-            out = np.maximum(out, a)
-        elif op == "BAND":
-            out = out & a
-        elif op == "BOR":
-            out = out | a
-        else:
-            out = out ^ a
-    return out.astype(arrays[0].dtype)
+    return _UFUNCS[op].reduce(np.stack(arrays), axis=0).astype(arrays[0].dtype)
 
 
 def _same(got, want) -> bool:
