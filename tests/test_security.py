@@ -488,3 +488,51 @@ def test_no_launcher_path_runs_unauthenticated_off_loopback(name, monkeypatch, c
     # the explicit opt-out passes, with a warning
     rendezvous.require_secret(info.replace(insecure=True), "192.0.2.10")
     assert any("NOT authenticated" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------------
+# The data listener of a communicator's set-up (transports/mesh.py) under fire
+# ------------------------------------------------------------------------------------------------
+def test_mesh_setup_gets_through_silent_and_garbage_connections():
+    import json
+
+    from hetccl._native.engine import Engine
+    from hetccl.transports.mesh import connect_mesh
+
+    out, errors = {}, []
+    with StoreServer("127.0.0.1", 0, SECRET) as srv:
+        stores = [StoreClient(srv.address, SECRET, r, 20) for r in range(3)]
+
+        def rank(r):
+            try:
+                if r == 1:                           # arrives once the listener is under fire
+                    stores[1].wait("attacked", 10)
+                eng = Engine(r, 2)
+                cards, matrix, socks = connect_mesh(eng, stores[r], r, 2, SECRET, "job", "m", 10.0,
+                                                    "tcp")
+                out[r] = sorted(socks)
+                for s in socks.values():
+                    s.close()
+                eng.close()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        card = json.loads(stores[2].get("m/card/0", 10))
+        addr = (card["addr"], card["port"])
+        idle = [_connect(addr) for _ in range(100)]
+        for junk in (b"\0" * 64, b"HLK1" + os.urandom(200), b"GET / HTTP/1.0\r\n\r\n"):
+            with _connect(addr) as c:
+                c.sendall(junk)
+        t0 = time.monotonic()
+        stores[2].set("attacked", b"1")
+        for t in threads:
+            t.join(15)
+        took = time.monotonic() - t0
+        for s in idle:
+            s.close()
+        for s in stores:
+            s.close()
+    assert not errors, errors
+    assert out == {0: [1], 1: [0]} and took < 5.0, (out, took)
