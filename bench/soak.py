@@ -14,7 +14,7 @@ float64, float16 and bfloat16 (ml_dtypes), ops SUM, PROD, MIN, MAX (+ BAND/BOR/B
 
 Every ``--sample`` seconds (agreed by an allreduce every 16 calls) each rank measures its RSS
 (/proc/self/statm, after gc and malloc_trim; the ranks run with MALLOC_MMAP_THRESHOLD_=131072), fds (/proc/self/fd) and the hetccl segments in
-/dev/shm, and rank 0 prints one
+/dev/shm that it owns (its pid in the name), and rank 0 prints one
 line per sample with the max over ranks. At the end rank 0 prints the totals and the growth from
 the first samples after warm-up (``--warmup`` seconds, default 10% of the run) to the last ones
 (medians of three):
@@ -49,9 +49,11 @@ def _dtypes():
 
 
 def _sample() -> tuple[int, int, int]:
-    """(RSS bytes, open fds, hetccl segments in /dev/shm). Garbage is collected and the allocator's
-    free memory handed back first (malloc_trim), so RSS is what is live, not the high-water mark
-    of the last large call's temporaries."""
+    """(RSS bytes, open fds, this rank's hetccl segments in /dev/shm). Garbage is collected and the
+    allocator's free memory handed back first (malloc_trim), so RSS is what is live, not the
+    high-water mark of the last large call's temporaries."""
+    from hetccl.memory.reap import owner_pid
+
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -60,7 +62,9 @@ def _sample() -> tuple[int, int, int]:
     with open("/proc/self/statm") as f:
         rss = int(f.read().split()[1]) * PAGE
     fds = len(os.listdir("/proc/self/fd"))
-    shm = sum(n.startswith("hetccl-") for n in os.listdir("/dev/shm"))
+    # this rank's own segments only: /dev/shm is shared with every other job on the host
+    me, job = os.getpid(), os.environ.get("HETCCL_JOB_ID", "?")
+    shm = sum(owner_pid(n) == me or n.startswith(f"hetccl-{job}-") for n in os.listdir("/dev/shm"))
     return rss, fds, shm
 
 
