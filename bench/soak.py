@@ -102,6 +102,10 @@ def worker(args) -> int:
     comm = hetccl.init(timeout=120)
     rank, size = comm.rank, comm.size
     dtypes = _dtypes()
+    if args.trace:
+        import tracemalloc
+        tracemalloc.start(8)
+    snapshot = None
     rng = np.random.default_rng(args.seed)
     wrong = calls = p2p = 0
     t0 = time.monotonic()
@@ -124,6 +128,8 @@ def worker(args) -> int:
                           f"rss_max_mib={worst[0] / 2**20:.1f} fds_max={worst[1]} "
                           f"shm={worst[2]}", flush=True)
                 next_sample = now + args.sample
+                if args.trace and snapshot is None and now - t0 >= warmup:
+                    snapshot = tracemalloc.take_snapshot()
             if due[1]:
                 break
         kind = COLLECTIVES[rng.integers(len(COLLECTIVES))]
@@ -171,6 +177,13 @@ def worker(args) -> int:
         if not ok:
             wrong += 1
             print(f"rank {rank}: WRONG {kind} n={n} {dt} {op} root={root}", flush=True)
+    if args.trace and rank == 0 and snapshot is not None:
+        grown = tracemalloc.take_snapshot().compare_to(snapshot, "traceback")
+        print("Python allocations grown since the warm-up (tracemalloc, rank 0):")
+        for st in grown[:8]:
+            print(f"  {st.size_diff / 1024:+.1f} KiB in {st.count_diff:+d} blocks")
+            for line in st.traceback.format()[-6:]:
+                print(f"      {line}")
     total_wrong = comm.allreduce(np.array([wrong], dtype=np.int64), op=ReduceOp.SUM)[0]
     if rank == 0:
         after = [s for s in samples if s[0] >= warmup] or samples[-1:]
@@ -198,6 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=None,
                     help="seconds before the growth baseline (default: 10%% of the run)")
     ap.add_argument("--seed", type=int, default=15)
+    ap.add_argument("--trace", action="store_true",
+                    help="rank 0 prints the Python allocations that grew after the warm-up")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -207,6 +222,8 @@ def main(argv=None) -> int:
            "--sample", str(args.sample), "--seed", str(args.seed)]
     if args.warmup is not None:
         cmd += ["--warmup", str(args.warmup)]
+    if args.trace:
+        cmd.append("--trace")
     # a fixed mmap threshold: large arrays are mapped and unmapped, not kept in a heap that only
     # grows (glibc raises the threshold as large blocks are freed), so RSS tracks live memory
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
