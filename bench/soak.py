@@ -177,6 +177,7 @@ def worker(args) -> int:
         if not ok:
             wrong += 1
             print(f"rank {rank}: WRONG {kind} n={n} {dt} {op} root={root}", flush=True)
+        ins = x = out = got = None              # the next sample must not count this call's arrays
     if args.trace and rank == 0 and snapshot is not None:
         grown = tracemalloc.take_snapshot().compare_to(snapshot, "traceback")
         print("Python allocations grown since the warm-up (tracemalloc, rank 0):")
