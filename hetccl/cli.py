@@ -55,8 +55,9 @@ def doctor_main(argv) -> int:
         print(line)
     print("interfaces (IPv4): " + ", ".join(f"{n}={a}" for n, a in interfaces()))
     n, a = choose_address()
-    print(f"tcp listens on: {n} ({a})  [HETCCL_SOCKET_IFNAME={os.environ.get('HETCCL_SOCKET_IFNAME', '')}]")
-    for mod in ("mpi4py", "torch", "ml_dtypes", "zmq"):
+    print(f"tcp listens on: {n} ({a}) without a job; in a job, the address on the route to the "
+          f"store  [HETCCL_SOCKET_IFNAME={os.environ.get('HETCCL_SOCKET_IFNAME', '')}]")
+    for mod in ("mpi4py", "torch", "ml_dtypes"):
         try:
             m = __import__(mod)
             print(f"{mod}: {getattr(m, '__version__', 'present')}")
