@@ -96,10 +96,9 @@ cdef extern from *:
             w[0].val = val; w[0].uaddr = (uint64_t)(uintptr_t)shared; w[0].flags = 2; w[0].reserved = 0;
             w[1].val = 0; w[1].uaddr = (uint64_t)(uintptr_t)&L->intr; w[1].flags = 2 | 128; w[1].reserved = 0;
             r = syscall(__NR_futex_waitv, w, 2, 0, &ts, CLOCK_MONOTONIC);
-            if (r >= 0) return 0;
-            if (errno == EAGAIN) return 0;
-            if (errno != ENOSYS && errno != EINVAL) return -1;
-            hc_waitv_ok = 0;
+            if (r >= 0 || errno == EAGAIN) return 0;
+            if (errno == ETIMEDOUT || errno == EINTR) return -1;
+            hc_waitv_ok = 0;          /* ENOSYS (old kernel), EPERM (seccomp), EINVAL: fall back */
         }
         if (__atomic_load_n(&L->intr, __ATOMIC_SEQ_CST)) return 0;
         if (ms > 5) ms = 5;
