@@ -755,6 +755,17 @@ class Communicator:
         except Exception:
             self._store_ok = False
 
+    def _peer_failed(self) -> bool:
+        """A rank posted why it failed or aborted (_post_reason): it will not come to close(),
+        so waiting for it there would only wait out the timeout. Bounded, never raises."""
+        if not self._store_ok:
+            return False
+        try:
+            return self._store.add(f"{self._comm_id}/abort/posted", 0, timeout=1.0) > 0
+        except Exception:
+            self._store_ok = False
+            return False
+
     def _explain_failure(self, e, what):
         key = f"{self._comm_id}/abort"
         if not isinstance(e, PeerLostError):   # the first failure: post why, then close the links
@@ -842,7 +853,8 @@ class Communicator:
                 self._queue.append(None)
                 self._cv.notify()
             self._worker.join(max(0.0, deadline - time.monotonic()))
-        healthy = not self._engine.is_broken and self._life.dead_at is None
+        healthy = (not self._engine.is_broken and self._life.dead_at is None
+                   and not self._peer_failed())
         self._life.dead_at = self._life.dead_at or time.monotonic()   # nothing new starts now
         if healthy and self._plan is not None:
             self._plan.close()                 # sub-communicators of composed algorithms (collective)
