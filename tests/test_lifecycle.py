@@ -76,7 +76,7 @@ def _check_leaks(results):
 
 
 def _buffers(c, kind):
-    if kind == "symmetric":                        # collective: may itself meet the abort
+    if kind == "symmetric":                        # collective
         return {"a": c.alloc(BIG), "b": c.alloc(BIG)}
     return {"x": np.ones(BIG, np.float32), "g": np.empty(BIG * c.size, np.float32),
             "y": np.empty(BIG, np.float32), "s": np.ones(2, np.float32)}
@@ -104,6 +104,8 @@ def _abort_round(world, kind, delay):
     rank calls `kind` on it in a loop. Returns (error name, message, seconds from the abort to
     the raise, calls made, algorithm of the last call)."""
     c = world.dup()
+    b = _buffers(c, kind)                          # the abort is meant for the calls below
+    c.barrier()
     fired = []
     if world.rank == 0:
         def fire():
@@ -114,7 +116,6 @@ def _abort_round(world, kind, delay):
         th.start()
     name, msg, raised, calls, algo = "no error", "", None, 0, None
     try:
-        b = _buffers(c, kind)
         end = time.monotonic() + 20.0
         while time.monotonic() < end:
             _op(c, kind, b)
@@ -177,6 +178,57 @@ def test_abort_from_another_thread_at_random_moments(case):
     algos = {a for _, a in seen}
     if case == "c2c-cma":       # the single-copy schedules really were the ones aborted
         assert "symmetric" in algos and ({"ring", "pairwise"} & algos), algos
+
+
+# ------------------------------------------------------------------------------------------------
+# a schedule asleep (futex or poll) wakes at once, not at its 50-100 ms tick
+# ------------------------------------------------------------------------------------------------
+def _wake_rank(rank, size, kinds, samples):
+    import hetccl
+    world = hetccl.init(timeout=60)
+    out = {}
+    for kind in kinds:
+        took = []
+        for _ in range(samples):
+            c = world.dup()
+            if kind == "symmetric":
+                a, b = c.alloc(1 << 16), c.alloc(1 << 16)
+            c.barrier()
+            if rank == 0:           # rank 1 calls nothing for a while: rank 0 falls asleep
+                fired = []
+
+                def fire():
+                    time.sleep(0.15)
+                    fired.append(time.monotonic())
+                    c.abort()
+                th = threading.Thread(target=fire)
+                th.start()
+                try:
+                    if kind == "symmetric":
+                        c.allreduce(a, out=b)
+                    else:           # FIFO ring (c2c direct: the single-copy schedule's epoch wait)
+                        c.allreduce(np.ones(1 << 16, np.float32), algorithm="ring")
+                except Exception:  # noqa: BLE001
+                    took.append(time.monotonic() - fired[0])
+                th.join()
+            else:
+                time.sleep(0.3)
+            c.close(timeout=2.0)
+            world.barrier()
+        out[kind] = took
+    world.close()
+    return out
+
+
+@pytest.mark.parametrize("transports,kinds,env", [
+    ("tcp", ["fifo"], {}),                                      # poll() on the sockets
+    ("c2c", ["fifo", "direct", "symmetric"], {"HETCCL_C2C_DIRECT": "on"}),   # futex waits
+], ids=["poll", "futex"])
+def test_a_sleeping_schedule_wakes_at_once(transports, kinds, env):
+    r0, _ = run_ranks(_wake_rank, 2, kinds, 5, timeout=90, transports=transports, env=env)
+    for kind, took in r0.items():
+        assert len(took) == 5, (kind, took)
+        assert sorted(took)[2] < 0.010, f"{kind}: woken {sorted(took)} s after abort()"
 
 
 # ------------------------------------------------------------------------------------------------
