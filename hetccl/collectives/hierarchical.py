@@ -39,6 +39,7 @@ from ..topology import select
 from ..topology.cards import model_of, oversubscription
 from . import registry
 from .scratch import scratch
+from .subcomms import SubComms
 from .model import LinkCost, group_cost
 
 ALGO_HIERARCHICAL, ALGO_TOPO_RING = -1, -2     # below the engine's codes: run here, not in the engine
@@ -107,7 +108,7 @@ class Planner:
         self._cache = {}
         self._levels = None        # sub-communicators, innermost first (island, cross-island, rail)
         self._ring = None          # sub-communicator in ring order
-        self._building = False
+        self._subs = SubComms(comm)   # owns them: an abort reaches even one still being made
         self._scratch = {}
         self._costs()
 
@@ -268,7 +269,7 @@ class Planner:
 
     def choose(self, collective, nbytes, flat, forced):
         """The algorithm for one call: the tuner's flat choice, or a composed one that beats it."""
-        if self._building:                 # split's own allgather: never a composed algorithm
+        if self._subs.building:            # split's own allgather: never a composed algorithm
             return flat if flat.code >= 0 else flat_fallback(self.comm._tuner, collective, nbytes)
         if forced:
             return flat
@@ -312,13 +313,7 @@ class Planner:
     # ------------------------------------------------------------------ sub-communicators
 
     def _split(self, color, key):
-        self._building = True
-        last = self.comm.last_algorithm          # split's own allgather must not show as the call's
-        try:
-            return self.comm.split(color, key)
-        finally:
-            self._building = False
-            self.comm.last_algorithm = last
+        return self._subs.make(color, key)
 
     def levels(self):
         """[island comm, cross-island comm, rail comm] (the first two None when trivial); created on
@@ -342,21 +337,15 @@ class Planner:
         return self._ring
 
     def close(self):
-        for c in (self._levels or []) + [self._ring]:
-            if c is not None:
-                c.close()
+        self._subs.close()
         self._levels = self._ring = None
 
     def abort(self):
-        for c in (self._levels or []) + [self._ring]:
-            if c is not None:
-                c.abort()
+        self._subs.abort()
 
     def interrupt(self, reason):
         """Fail the sub-communicators' running and later calls (Communicator._interrupt)."""
-        for c in (self._levels or []) + [self._ring]:
-            if c is not None:
-                c._interrupt(reason)
+        self._subs.interrupt(reason)
 
     # ------------------------------------------------------------------ runs
 

@@ -54,6 +54,7 @@ from ..ops import ReduceOp
 from ..topology.cards import oversubscription
 from . import registry
 from .scratch import scratch
+from .subcomms import SubComms
 from .hierarchical import SUB_CALL, flat_fallback
 
 ALGO_ISLANDS = -3          # below the engine's codes (hierarchical.py has -1, -2)
@@ -173,7 +174,7 @@ class IslandPlan:
         self._over = oversubscription(cards) > 1   # from the cards: every rank prices alike
         self.bridge = self.staging = None
         self._local = self._leaders = self._rail = None
-        self._building = False
+        self._subs = SubComms(comm)   # owns them: an abort reaches even one still being made
         self.device = False
         self._staged = None        # collectives/staged.DevicePath, made on the first device buffer
         self._cache = {}
@@ -369,7 +370,7 @@ class IslandPlan:
     def choose(self, collective, nbytes, flat, forced, code, op):
         """(algorithm, form) for one call: the flat choice, or the composed form when it is cheaper
         or forced (form None: run ``flat``)."""
-        if self._building:
+        if self._subs.building:
             return (flat if flat.code >= 0 else flat_fallback(self.comm._tuner, collective, nbytes)), None
         key = (collective, nbytes, code, op, flat.code)
         hit = self._cache.get(key)
@@ -413,15 +414,11 @@ class IslandPlan:
     # ------------------------------------------------------------------ sub-communicators
 
     def _split(self, color, key):
-        self._building = True
-        last = self.comm.last_algorithm
         saved, self.comm._bridge_request = self.comm._bridge_request, formation.NONE
-        try:
-            return self.comm.split(color, key)
+        try:                                 # sub-communicators run on hetccl's own transports
+            return self._subs.make(color, key)
         finally:
-            self._building = False
             self.comm._bridge_request = saved
-            self.comm.last_algorithm = last
 
     def subs(self):
         """(island comm, leaders comm, rail comm) over hetccl's transports, made on first use, in this
@@ -435,9 +432,7 @@ class IslandPlan:
         return self._local or None, self._leaders or None, self._rail or None
 
     def close(self):
-        for c in (self._local, self._leaders, self._rail):
-            if c:
-                c.close()
+        self._subs.close()
         self._local = self._leaders = self._rail = None
         if self._staged is not None:
             self._staged.release()
@@ -448,18 +443,14 @@ class IslandPlan:
             self.bridge = None
 
     def abort(self):
-        for c in (self._local, self._leaders, self._rail):
-            if c:
-                c.abort()
+        self._subs.abort()
         if self.bridge is not None:
             self.bridge.abort()
 
     def interrupt(self, reason):
         """Fail the island sub-communicators' running and later calls (Communicator._interrupt);
         the vendor bridge has no such call: abort() stops it."""
-        for c in (self._local, self._leaders, self._rail):
-            if c:
-                c._interrupt(reason)
+        self._subs.interrupt(reason)
 
     # ------------------------------------------------------------------ island steps
 

@@ -1,0 +1,61 @@
+"""The sub-communicators a planner (hierarchical.py, islands.py) splits off its communicator.
+
+Why one owner for them: an abort or interrupt of the communicator must reach every sub-communicator
+its composed algorithms run on, also one still being created when the abort came (the split is
+collective and takes a while; the parent's abort cannot see a child before the split returns).
+Children are registered here as soon as they exist, and a child made after the abort is aborted at
+once and the call raises, so a rank never goes on composing on sub-communicators its peers left.
+"""
+import threading
+
+_ABORT = "abort"
+
+
+class SubComms:
+    def __init__(self, comm):
+        self.comm = comm
+        self.building = False             # inside make(): the split's own calls are not composed
+        self._made = []
+        self._lock = threading.Lock()
+        self._dead = None                 # None, an interrupt reason, or _ABORT
+
+    def make(self, color, key):
+        """comm.split(color, key), owned here; None where the split gives this rank none."""
+        self.building = True
+        last = self.comm.last_algorithm       # split's own allgather must not show as the call's
+        try:
+            child = self.comm.split(color, key)
+        finally:
+            self.building = False
+            self.comm.last_algorithm = last
+        if child is None:
+            return None
+        with self._lock:
+            self._made.append(child)
+            dead = self._dead
+        if dead is not None:
+            child.abort() if dead == _ABORT else child._interrupt(dead)
+            raise self.comm._life.error("split")
+        return child
+
+    def _mark(self, dead):
+        with self._lock:
+            if self._dead != _ABORT:
+                self._dead = dead
+            return list(self._made)
+
+    def interrupt(self, reason):
+        """Communicator._interrupt on every child (made or still being made)."""
+        for c in self._mark(reason):
+            c._interrupt(reason)
+
+    def abort(self):
+        for c in self._mark(_ABORT):
+            c.abort()
+
+    def close(self):
+        """Close every child (collective on each); later ones are made anew."""
+        with self._lock:
+            made, self._made = self._made, []
+        for c in made:
+            c.close()
