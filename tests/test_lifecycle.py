@@ -64,7 +64,8 @@ def _leak_checked(rank, one_round, rounds, seed):
     after = _settled(before)
     x = world.allreduce(np.full(5, rank + 1.0))   # the world is untouched
     world.close()
-    return {"rounds": out, "before": before, "after": after, "world_ok": x.tolist() == [3.0] * 5}
+    return {"rounds": out, "before": before, "after": after,
+            "world_ok": x.tolist() == [world.size * (world.size + 1) / 2] * 5}
 
 
 def _check_leaks(results):
@@ -95,6 +96,8 @@ def _op(c, kind, b):
         c.allreduce(b["s"])
     elif kind == "symmetric":
         c.allreduce(b["a"], out=b["b"])
+    elif kind == "hierarchical":                   # the planner's sub-communicators (levels)
+        c.allreduce(b["x"], algorithm="hierarchical")
     else:
         raise ValueError(kind)
 
@@ -105,6 +108,10 @@ def _abort_round(world, kind, delay):
     the raise, calls made, algorithm of the last call)."""
     c = world.dup()
     b = _buffers(c, kind)                          # the abort is meant for the calls below
+    algo = None
+    if kind == "hierarchical":
+        _op(c, kind, b)                            # the planner splits its sub-communicators
+        algo = c.last_algorithm
     c.barrier()
     fired = []
     if world.rank == 0:
@@ -114,7 +121,7 @@ def _abort_round(world, kind, delay):
             c.abort()
         th = threading.Thread(target=fire, name="test-abort")
         th.start()
-    name, msg, raised, calls, algo = "no error", "", None, 0, None
+    name, msg, raised, calls = "no error", "", None, 0
     try:
         end = time.monotonic() + 20.0
         while time.monotonic() < end:
@@ -178,6 +185,26 @@ def test_abort_from_another_thread_at_random_moments(case):
     algos = {a for _, a in seen}
     if case == "c2c-cma":       # the single-copy schedules really were the ones aborted
         assert "symmetric" in algos and ({"ring", "pairwise"} & algos), algos
+
+
+def test_abort_during_composed_calls_on_a_simulated_cluster(tmp_path):
+    """Two simulated hosts of two ranks (HETCCL_TOPO_FILE): the hierarchical allreduce runs on the
+    planner's sub-communicators, which rank 0's abort must stop too."""
+    import json
+
+    from tests.test_topology import _file_topo
+    path = str(tmp_path / "2x2.json")
+    json.dump(_file_topo(2, 2), open(path, "w"))
+    results = run_ranks(_abort_rounds_rank, 4, ["hierarchical"], 5, 77, timeout=180,
+                        env={"HETCCL_TOPO_FILE": path})
+    _check_leaks(results)
+    for i, r0 in enumerate(results[0]["rounds"]):
+        assert r0[1] == "CommAborted" and r0[3] < RAISE_LOCAL_S, r0
+        for rank in (1, 2, 3):
+            _, name, msg, took, _, _ = results[rank]["rounds"][i]
+            assert name in ("PeerLostError", "CommAborted"), (rank, name, msg)
+            assert took is not None and took < RAISE_PEER_S, (rank, took, msg)
+    assert all(r[5] == "hierarchical" for r in results[0]["rounds"]), results[0]["rounds"]
 
 
 # ------------------------------------------------------------------------------------------------
