@@ -552,3 +552,55 @@ def test_torch_abort_and_shutdown_from_a_watchdog_thread():
                 assert name == "CommAborted", (rank, how, name)
             elif how == "abort":        # the peer's first error may surface as a later call's
                 assert "PeerLostError" in [name] + pending or name == "CommAborted", (rank, pending)
+
+
+# ------------------------------------------------------------------------------------------------
+# a planner's sub-communicators: one made while (or after) the parent is aborted is aborted too
+# ------------------------------------------------------------------------------------------------
+def test_sub_communicators_made_after_an_abort_are_aborted():
+    from hetccl.collectives.subcomms import SubComms
+    from hetccl.errors import CommAborted
+
+    class Child:
+        def __init__(self):
+            self.calls = []
+
+        def abort(self):
+            self.calls.append("abort")
+
+        def _interrupt(self, reason):
+            self.calls.append(("interrupt", reason))
+
+        def close(self):
+            self.calls.append("close")
+
+    class Life:
+        def error(self, what):
+            return CommAborted(what)
+
+    class Parent:
+        last_algorithm = "ring"
+        _life = Life()
+
+        def __init__(self):
+            self.made = []
+
+        def split(self, color, key):
+            assert subs.building
+            self.made.append(Child())
+            return self.made[-1]
+
+    parent = Parent()
+    subs = SubComms(parent)
+    first = subs.make(0, 0)
+    subs.interrupt(2)                          # REVOKED reaches the children made so far
+    assert first.calls == [("interrupt", 2)]
+    with pytest.raises(CommAborted):
+        subs.make(1, 0)                        # ... and one made afterwards, which also raises
+    assert parent.made[1].calls == [("interrupt", 2)]
+    subs.abort()
+    assert [c.calls[-1] for c in parent.made] == ["abort", "abort"]
+    with pytest.raises(CommAborted):
+        subs.make(2, 0)
+    assert parent.made[2].calls == ["abort"] and parent.last_algorithm == "ring"
+    assert not subs.building
