@@ -715,10 +715,16 @@ class Communicator:
 
         After an interrupt (abort, close, revoke, a peer declared lost: ``_interrupt``) the
         interrupt's own error is returned as it is: the reason is known here, and the links are the
-        control plane's (or close()'s) to close, not this call's."""
+        control plane's (or close()'s) to close, not this call's. A composed call that failed on a
+        sub-communicator (this engine untouched) left this communicator's ranks at different
+        points of it: it is aborted too, so that none of them waits for the others."""
         if self._engine.interruption is not None:
             return e if isinstance(e, (CommAborted, PeerLostError)) else self._life.error(what)
-        if not self._engine.is_broken or isinstance(e, CommAborted):   # nothing new to post
+        if not self._engine.is_broken:
+            if isinstance(e, (CommAborted, PeerLostError, HetcclTimeout)):
+                self._abort()
+            return e
+        if isinstance(e, CommAborted):         # nothing new to post
             return e
         try:
             return self._explain_failure(e, what)
@@ -856,10 +862,10 @@ class Communicator:
         healthy = (not self._engine.is_broken and self._life.dead_at is None
                    and not self._peer_failed())
         self._life.dead_at = self._life.dead_at or time.monotonic()   # nothing new starts now
-        if healthy and self._plan is not None:
-            self._plan.close()                 # sub-communicators of composed algorithms (collective)
-        if healthy and self._islands is not None:
-            self._islands.close()              # bridges and island sub-communicators (collective)
+        if healthy and self._plan is not None:     # sub-communicators of composed algorithms (collective)
+            self._plan.close(max(1.0, deadline - time.monotonic()))
+        if healthy and self._islands is not None:  # bridges and island sub-communicators (collective)
+            self._islands.close(max(1.0, deadline - time.monotonic()))
         try:
             if healthy:
                 self._store.barrier(f"{self._comm_id}/close", self.size,

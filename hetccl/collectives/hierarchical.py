@@ -336,8 +336,8 @@ class Planner:
             self._ring = self._split(0, self.order.index(self.comm.rank))
         return self._ring
 
-    def close(self):
-        self._subs.close()
+    def close(self, timeout=30.0):
+        self._subs.close(timeout)
         self._levels = self._ring = None
 
     def abort(self):

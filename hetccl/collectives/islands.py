@@ -431,8 +431,8 @@ class IslandPlan:
             self._rail = (self._split(self.index, self.mine) or False) if self.equal and s > 1 else False
         return self._local or None, self._leaders or None, self._rail or None
 
-    def close(self):
-        self._subs.close()
+    def close(self, timeout=30.0):
+        self._subs.close(timeout)
         self._local = self._leaders = self._rail = None
         if self._staged is not None:
             self._staged.release()

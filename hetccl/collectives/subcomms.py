@@ -7,6 +7,7 @@ Children are registered here as soon as they exist, and a child made after the a
 once and the call raises, so a rank never goes on composing on sub-communicators its peers left.
 """
 import threading
+import time
 
 _ABORT = "abort"
 
@@ -53,9 +54,11 @@ class SubComms:
         for c in self._mark(_ABORT):
             c.abort()
 
-    def close(self):
-        """Close every child (collective on each); later ones are made anew."""
+    def close(self, timeout=30.0):
+        """Close every child (collective on each, together within `timeout` s, and at least 1 s
+        each); later ones are made anew."""
+        end = time.monotonic() + timeout
         with self._lock:
             made, self._made = self._made, []
         for c in made:
-            c.close()
+            c.close(timeout=max(1.0, end - time.monotonic()))
