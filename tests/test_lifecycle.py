@@ -173,12 +173,17 @@ RACES = {
                 {"HETCCL_C2C_MODE": "cma", "HETCCL_C2C_DIRECT": "on"}),
     "c2c-window": (["allreduce", "allgather", "symmetric"], "c2c",
                    {"HETCCL_C2C_MODE": "window", "HETCCL_C2C_DIRECT": "on"}),
+    "rdma": (["allreduce", "alltoall", "hot"], "rdma", {}),       # UCX stream links
 }
 
 
 @pytest.mark.parametrize("case", list(RACES))
 def test_abort_from_another_thread_at_random_moments(case):
     kinds, transports, env = RACES[case]
+    if transports == "rdma":
+        from hetccl.transports.endpoints import ucx_missing
+        if ucx_missing():
+            pytest.skip(ucx_missing())
     results = run_ranks(_abort_rounds_rank, 2, kinds, ROUNDS, 1234, timeout=150,
                         transports=transports, env=env)
     seen = _check_abort_rounds(results, kinds)
