@@ -5,18 +5,24 @@ import os
 from .errors import InvalidUsage
 
 DEFAULT_TIMEOUT = 600.0
+DEFAULT_PEER_TIMEOUT = 30.0
+
+
+def _seconds_env(name: str, default: float):
+    """The number of seconds in environment variable ``name`` (default when unset or empty)."""
+    env = os.environ.get(name)
+    if not env:
+        return default
+    try:
+        return float(env)
+    except ValueError:
+        raise InvalidUsage(f"{name}={env!r} is not a number of seconds") from None
 
 
 def timeout(value=None) -> float:
     """Seconds every wait may take: explicit value, else HETCCL_TIMEOUT, else 10 minutes."""
     if value is None:
-        env = os.environ.get("HETCCL_TIMEOUT")
-        if not env:
-            return DEFAULT_TIMEOUT
-        try:
-            value = float(env)
-        except ValueError:
-            raise InvalidUsage(f"HETCCL_TIMEOUT={env!r} is not a number of seconds") from None
+        value = _seconds_env("HETCCL_TIMEOUT", DEFAULT_TIMEOUT)
     if hasattr(value, "total_seconds"):
         value = value.total_seconds()
     try:
@@ -25,6 +31,17 @@ def timeout(value=None) -> float:
         raise InvalidUsage(f"timeout must be a number of seconds (or a timedelta), got {value!r}") from None
     if value <= 0:
         raise InvalidUsage(f"timeout must be positive seconds, got {value}")
+    return value
+
+
+def peer_timeout() -> float:
+    """Seconds a peer may stay unreachable before it is declared failed (HETCCL_PEER_TIMEOUT, else
+    30): the kernel's keepalive on every link (a vanished host, a downed link) and the silence
+    allowed to a rank during an agreement (recovery/). Unlike HETCCL_TIMEOUT it does not bound
+    waiting for a live but busy rank: a stalled process on a live host still answers keepalives."""
+    value = _seconds_env("HETCCL_PEER_TIMEOUT", DEFAULT_PEER_TIMEOUT)
+    if value < 1:
+        raise InvalidUsage(f"HETCCL_PEER_TIMEOUT={value:g}: at least 1 s (the kernel counts whole seconds)")
     return value
 
 

@@ -31,9 +31,11 @@ import struct
 import threading
 import time
 
+from . import config
 from .bootstrap.auth import client_handshake, server_handshake_steps
 from .bootstrap.guard import HandshakeGate, send_all
 from .errors import CommAborted, HetcclTimeout, InvalidUsage, PeerLostError
+from .transports.netif import keepalive
 
 log = logging.getLogger("hetccl.p2p")
 
@@ -139,6 +141,7 @@ class P2PChannel:
                 while self._incoming:
                     sock, peer, inbound = self._incoming.popleft()
                     sock.setblocking(False)
+                    keepalive(sock, config.peer_timeout())     # a vanished host is noticed
                     self._sel.register(sock, selectors.EVENT_READ,
                                        _Inbound(sock, peer) if inbound else peer)
         except Exception as e:  # noqa: BLE001 - turned into an error for every receive

@@ -73,3 +73,27 @@ def listen_address(route: str | None = None, spec: str | None = None) -> tuple[s
         if addr == route:
             return name, addr
     return ("lo" if route.startswith("127.") else "?"), route
+
+
+def keepalive(sock: socket.socket, seconds: float, user_timeout: bool = False) -> None:
+    """Let the kernel declare the peer of ``sock`` gone after about ``seconds`` of silence (a
+    vanished host, a downed link), long before any operation deadline: TCP keepalive probes from
+    seconds/2 of idleness. ``user_timeout`` also bounds unacknowledged data (TCP_USER_TIMEOUT),
+    which keepalive alone does not: a peer that stops acknowledging what was sent is dropped then.
+    Only for sockets whose reader never stops reading (the control plane): on a data link the
+    kernel enforces it on zero-window probes too, so a receiver that is merely stalled (SIGSTOP)
+    with a full window would be dropped (measured on Linux 6.18), and a stall must surface at the
+    operation's timeout instead. Best effort: options the platform lacks are skipped."""
+    t = max(2, int(seconds))
+    idle = max(1, t // 2)
+    count = max(1, min(3, t - idle))
+    opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", max(1, (t - idle) // count)),
+                        ("TCP_KEEPCNT", count)) + ((("TCP_USER_TIMEOUT", t * 1000),) if user_timeout else ()):
+        if hasattr(socket, name):
+            opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, opt, value in opts:
+        try:
+            sock.setsockopt(level, opt, value)
+        except OSError:
+            pass
