@@ -86,6 +86,7 @@ cdef inline void backoff_wait(Backoff* b) noexcept nogil:
         b.ts.tv_nsec = b.ts.tv_nsec * 2 if b.ts.tv_nsec * 2 < b.cap_ns else b.cap_ns
 
 
+
 DEF UID_BYTES = 128          # NCCL_UNIQUE_ID_BYTES (nccl.h; RCCL and MCCL keep it)
 DEF BIG_UID_BYTES = 4120     # a clone whose id size is not published: FlagCX's flagcxInnerUniqueId
                              # bound (its adaptors static_assert every vendor id fits in it)
@@ -147,6 +148,8 @@ ctypedef int (*f_nccl_init)(void**, int, uid128, int) noexcept nogil  # CommInit
 ctypedef int (*f_nccl_init_big)(void**, int, uid_big, int) noexcept nogil   # the same, id of unpublished size
 ctypedef int (*f_nccl_init_cfg)(void**, int, uid128, int, nccl_config_v21400*) noexcept nogil  # CommInitRankConfig(..., config*)
 ctypedef int (*f_async)(void*, int*) noexcept nogil                  # CommGetAsyncError(comm, result*)
+# CommShrink(comm, excludeRanksList*, excludeRanksCount, newcomm*, config* (NULL: the parent's), shrinkFlags)
+ctypedef int (*f_nccl_shrink)(void*, int*, int, void**, void*, int) noexcept nogil
 ctypedef const char* (*f_lasterr)(void*) noexcept nogil              # GetLastError(comm)
 ctypedef int (*f_allreduce)(const void*, void*, size_t, int, int, void*, void*) noexcept nogil   # also ReduceScatter
 ctypedef int (*f_allgather)(const void*, void*, size_t, int, void*, void*) noexcept nogil
@@ -301,6 +304,24 @@ cdef void* _sym(void* h, dict symbols, str role, bint required, str path) except
 cdef str _text(const char* s):
     return (<bytes>s).decode(errors="replace") if s != NULL else ""
 
+cdef int poll_ready(f_async get_async, void* comm, double deadline, int* state) noexcept nogil:
+    """Poll ``CommGetAsyncError`` of a non-blocking communicator that is being made (a join, a
+    shrink) until it leaves ncclInProgress or ``deadline`` passes, backing off from yields to
+    1 ms sleeps: C_WAIT_OK, C_WAIT_ASYNC (``state``: its error) or C_WAIT_TIMEOUT."""
+    cdef Backoff bo
+    cdef int rc
+    backoff_init(&bo, 1000000)
+    while True:
+        rc = get_async(comm, state)
+        if rc != 0:
+            state[0] = rc
+            return C_WAIT_ASYNC
+        if state[0] != C_IN_PROGRESS:
+            return C_WAIT_OK if state[0] == 0 else C_WAIT_ASYNC
+        if hc_now() > deadline:
+            return C_WAIT_TIMEOUT
+        backoff_wait(&bo)
+
 
 cdef class CclLibrary:
     """One collective library of ``family`` "nccl" (NCCL, RCCL, MCCL, ECCL, ...), "hccl", "cncl"
@@ -325,6 +346,7 @@ cdef class CclLibrary:
     cdef void* _init
     cdef f_void _group_start, _group_end
     cdef f_nccl_init_cfg _nccl_init_cfg
+    cdef f_nccl_shrink _nccl_shrink
     cdef void* _async
     cdef f_errstr _errstr
     cdef f_lasterr _lasterr
@@ -378,6 +400,7 @@ cdef class CclLibrary:
         self._errstr = <f_errstr><uintptr_t>ptrs.get("get_error_string", 0)
         self._lasterr = <f_lasterr><uintptr_t>ptrs.get("get_last_error", 0)
         if self._fam == F_NCCL:
+            self._nccl_shrink = <f_nccl_shrink><uintptr_t>ptrs.get("comm_shrink", 0)
             self._nccl_init_cfg = <f_nccl_init_cfg><uintptr_t>ptrs.get("comm_init_config", 0)
             if self._big_uid:
                 self._nccl_init_cfg = NULL          # its config call is bound to a 128-byte id
@@ -522,7 +545,6 @@ cdef class CclLibrary:
         cdef nccl_config_v21400 cfg
         cdef int rc, state = 0, code = C_WAIT_OK
         cdef double deadline = hc_now() + timeout
-        cdef Backoff bo
         cdef f_async get_async = <f_async>self._async
         memcpy(u.internal, up, UID_BYTES)
         memset(&cfg, 0, sizeof(cfg))
@@ -530,7 +552,6 @@ cdef class CclLibrary:
         cfg.magic = API_MAGIC
         cfg.version = CONFIG_VERSION
         cfg.blocking = 0
-        backoff_init(&bo, 1000000)
         with nogil:
             rc = self._nccl_init_cfg(&comm, nranks, u, rank, &cfg)
             if rc != 0 and rc != C_IN_PROGRESS:
@@ -540,20 +561,38 @@ cdef class CclLibrary:
                 code = C_WAIT_CALL            # "in progress" without a communicator to ask
                 state = rc
             else:
-                while True:
-                    rc = get_async(comm, &state)
-                    if rc != 0:
-                        code = C_WAIT_ASYNC
-                        state = rc
-                        break
-                    if state != C_IN_PROGRESS:
-                        code = C_WAIT_OK if state == 0 else C_WAIT_ASYNC
-                        break
-                    if hc_now() > deadline:
-                        code = C_WAIT_TIMEOUT
-                        break
-                    backoff_wait(&bo)
+                code = poll_ready(get_async, comm, deadline, &state)
         return code, (state if code != C_WAIT_OK else 0), <uintptr_t>comm
+
+    def comm_shrink(self, uintptr_t comm, exclude, int flags, double timeout):
+        """(code, detail, newcomm): ``ncclCommShrink(comm, exclude, len(exclude), &newcomm, NULL,
+        flags)`` (NCCL >= 2.27: a communicator of the parent's ranks without ``exclude``, numbered
+        in order; the config is the parent's; ``flags`` NCCL_SHRINK_ABORT (1) first ends the
+        parent's operations in flight, which a failure left hanging). Collective over the ranks
+        kept. A non-blocking parent makes a non-blocking child: ``CommGetAsyncError`` is polled
+        until it leaves ncclInProgress or ``timeout`` passes, GIL released, like
+        ``comm_init_nonblocking`` (whose codes these are). On anything but WAIT_OK a non-zero
+        ``newcomm`` is still the library's to abort."""
+        if self._fam != F_NCCL or self._nccl_shrink == NULL:
+            raise OSError(f"{self.path} has no CommShrink")
+        cdef int n = len(exclude), i, rc, state = 0, code = C_WAIT_OK
+        cdef int* ranks = <int*>malloc(sizeof(int) * (n if n > 0 else 1))
+        if ranks == NULL:
+            raise MemoryError()
+        for i in range(n):
+            ranks[i] = <int>exclude[i]
+        cdef void* child = NULL
+        cdef double deadline = hc_now() + timeout
+        cdef f_async get_async = <f_async>self._async
+        with nogil:
+            rc = self._nccl_shrink(<void*>comm, ranks, n, &child, NULL, flags)
+            if (rc != 0 and rc != C_IN_PROGRESS) or child == NULL:
+                code = C_WAIT_CALL
+                state = rc
+            elif get_async != NULL:
+                code = poll_ready(get_async, child, deadline, &state)
+        free(ranks)
+        return code, (state if code != C_WAIT_OK else 0), <uintptr_t>child
 
     def comm_destroy(self, uintptr_t comm) -> int:
         cdef int rc

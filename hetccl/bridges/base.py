@@ -108,5 +108,17 @@ class Bridge(abc.ABC):
         """Tear down without waiting for peers (a peer died or a call timed out)."""
         self.close()
 
+    # Recovery (optional): a library that can make a communicator of some of its ranks from an
+    # existing one (NCCL >= 2.27: ncclCommShrink) lets a shrunk hetccl communicator keep its island
+    # without a new rendezvous; otherwise the island's communicator is created anew.
+    can_shrink = False
+
+    def shrink(self, exclude: list[int]) -> "Bridge | None":
+        """A bridge over this island without the island ranks ``exclude`` (ascending), made from
+        this one by the library, collectively over the ranks kept; it is numbered in order and
+        this bridge may only be aborted afterwards. Called after a failure (peers dead, calls in
+        flight hanging), only when ``can_shrink``. None: the library cannot."""
+        return None
+
     def describe(self) -> str:
         return f"{self.kind} bridge, island rank {self.rank}/{self.size}, memory {self.memory}"

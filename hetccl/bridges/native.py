@@ -37,6 +37,8 @@ log = logging.getLogger("hetccl.bridges")
 REDUCING = ("allreduce", "reduce_scatter", "reduce")
 MIN_CLASS = 4096             # smallest staging allocation (bytes): tiny calls share one class
 NONBLOCKING_SINCE = 21400    # NCCL 2.14: ncclCommInitRankConfig with ncclConfig_t.blocking
+SHRINK_SINCE = 22700         # NCCL 2.27: ncclCommShrink
+NCCL_SHRINK_ABORT = 1        # nccl.h: end the parent's operations in flight, then shrink
 NONBLOCKING_ROLES = ("comm_init_config", "comm_get_async_error", "comm_abort")
 
 
@@ -481,6 +483,40 @@ class NativeBridge(Bridge):
         self.runtime.stream_destroy(self._stream)
         self._comm = self._stream = 0
         self._free_all()
+
+    @property
+    def can_shrink(self) -> bool:
+        """ncclCommShrink (NCCL >= 2.27, by NCCL's own version rule: a clone exporting the name
+        with another signature is not trusted)."""
+        return (not self._closed and self.vendor.family == "nccl" and self.version >= SHRINK_SINCE
+                and self.lib.has("comm_shrink"))
+
+    def shrink(self, exclude):
+        """The island without ``exclude``, by ncclCommShrink with NCCL_SHRINK_ABORT (the parent's
+        calls in flight, which a dead peer left hanging, are ended first); the child inherits the
+        parent's config (a non-blocking parent's child is polled to completion, bounded by
+        ``timeout``), device and library, with a stream of its own."""
+        if not self.can_shrink:
+            return None
+        exclude = sorted(int(r) for r in exclude)
+        code, detail, comm = self.lib.comm_shrink(self._comm, exclude, NCCL_SHRINK_ABORT, self.timeout)
+        if code != WAIT_OK:
+            why = self.lib.error_string(detail) if detail else "timed out"
+            if comm:
+                self.lib.comm_abort(comm)
+            raise BridgeError(f"{self.kind}: {self.vendor.prefix}CommShrink without island ranks "
+                              f"{exclude} failed: {why}")
+        child = object.__new__(type(self))
+        child.__dict__.update(self.__dict__)           # library, runtime, device, tables, config
+        Bridge.__init__(child, self.rank - sum(r < self.rank for r in exclude), self.size - len(exclude))
+        child._pool, child._owned, child._host_pool = {}, {}, {}
+        rc, child._stream = self.runtime.stream_create()
+        if rc:
+            self.lib.comm_abort(comm)
+            self._raise(rc, self.vendor.runtime.symbols()["stream_create"], runtime=True)
+        child._comm, child._closed = comm, False
+        child.shrunk_from = exclude
+        return child
 
     def describe(self) -> str:
         v = version_string(self.version)

@@ -108,6 +108,9 @@ NCCL_ROLES = {
     # the 2.32.3 header still begins with and NVIDIA/nccl src/init.cc parseCommConfig accepts by
     # its size and version
     "comm_init_config": "CommInitRankConfig",
+    # optional, NCCL >= 2.27: ncclCommShrink(comm, int* excludeRanksList, int excludeRanksCount,
+    # ncclComm_t* newcomm, ncclConfig_t* config, int shrinkFlags) (nccl.h; NCCL_SHRINK_ABORT = 1)
+    "comm_shrink": "CommShrink",
     "comm_destroy": "CommDestroy", "comm_abort": "CommAbort", "comm_get_async_error": "CommGetAsyncError",
     "get_error_string": "GetErrorString", "get_last_error": "GetLastError",
     "group_start": "GroupStart", "group_end": "GroupEnd",

@@ -161,7 +161,7 @@ class Staging:
 class IslandPlan:
     """The islands of one communicator, this rank's bridge, prices and composed runs."""
 
-    def __init__(self, comm, islands, cards):
+    def __init__(self, comm, islands, cards, parent=None):
         self.comm = comm
         self.islands = islands
         self.p = comm.size
@@ -180,7 +180,7 @@ class IslandPlan:
         self._cache = {}
         self._direct = {}
         self._scratch = {}
-        self._open(cards)
+        self._open(cards, parent)
         try:
             self._gather_prices()
         except BaseException:
@@ -189,8 +189,9 @@ class IslandPlan:
 
     # ------------------------------------------------------------------ creation (collective)
 
-    def _open(self, cards):
-        """Open this rank's bridge; every rank learns whether every island opened (else all raise)."""
+    def _open(self, cards, parent=None):
+        """Open this rank's bridge (or shrink the one of ``parent``: _shrunk); every rank learns
+        whether every island opened (else all raise)."""
         c = self.comm
         err = b""
         if self.island.bridged:
@@ -198,7 +199,7 @@ class IslandPlan:
             ctx = formation.IslandContext(self.island, self.index, cards, c._store,
                                           f"{c._comm_id}/bridge{self.mine}", tag, c._timeout)
             try:
-                self.bridge = formation.open_bridge(ctx)
+                self.bridge = self._shrunk(parent) or formation.open_bridge(ctx)
                 self.staging = Staging(self.bridge)
             except Exception as e:                 # noqa: BLE001 - reported to every rank below
                 err = f"{type(e).__name__}: {e}".encode()
@@ -214,6 +215,32 @@ class IslandPlan:
             self.abort()
             raise BridgeUnavailable(f"the {self.islands[self._island_of(bad[0])].kind} bridge of rank "
                                     f"{bad[0]} could not open its island: {why}")
+
+    def _shrunk(self, parent):
+        """After ``comm.shrink()`` (``parent`` = (old communicator, survivors' old ranks)): the old
+        island's bridge shrunk by its own library (``Bridge.shrink``, e.g. ncclCommShrink), when
+        this island is exactly the old one's survivors and every rank of it can. The island's
+        ranks agree on that through the store, so all shrink or all open anew (the caller). The
+        old bridge is aborted either way once it was taken."""
+        if parent is None:
+            return None
+        old_comm, survivors = parent
+        c, plan = self.comm, old_comm._islands
+        live = set(survivors)
+        ok = (plan is not None and plan.bridge is not None and plan.bridge.can_shrink
+              and plan.island.kind == self.island.kind
+              and [r for r in plan.island.ranks if r in live] == [survivors[r] for r in self.island.ranks])
+        key = f"{c._comm_id}/bridge{self.mine}/shrink"
+        c._store.set(f"{key}/{self.index}", b"1" if ok else b"0", timeout=c._timeout)
+        votes = c._store.multi_get([f"{key}/{i}" for i in range(len(self.island.ranks))],
+                                   timeout=c._timeout)
+        if not all(bytes(v) == b"1" for v in votes):
+            return None
+        old, plan.bridge = plan.bridge, None
+        try:
+            return old.shrink([i for i, r in enumerate(plan.island.ranks) if r not in live])
+        finally:
+            old.abort()
 
     def _island_of(self, rank):
         return next(i for i, isl in enumerate(self.islands) if rank in isl.ranks)
@@ -442,10 +469,19 @@ class IslandPlan:
             self.bridge.close()
             self.bridge = None
 
-    def abort(self):
+    def abort(self, keep=False):
+        """Tear down at once. ``keep``: a bridge that can shrink (``Bridge.can_shrink``) is kept
+        for a ``comm.shrink()`` to make the survivors' island from (``release`` aborts it)."""
         self._subs.abort()
+        if self.bridge is not None and not (keep and self.bridge.can_shrink):
+            self.bridge.abort()
+            self.bridge = None
+
+    def release(self):
+        """Abort a bridge ``abort(keep=True)`` kept (the communicator is closed)."""
         if self.bridge is not None:
             self.bridge.abort()
+            self.bridge = None
 
     def interrupt(self, reason):
         """Fail the island sub-communicators' running and later calls (Communicator._interrupt);
@@ -620,9 +656,9 @@ class IslandPlan:
             self._broadcast(arr, self._leader_index(), timeout)
 
 
-def plan_for(comm, cards):
+def plan_for(comm, cards, parent=None):
     """The island plan of a communicator (collective: opens the bridges and measures them), or None
-    when no rank of it has a bridge."""
+    when no rank of it has a bridge. ``parent``: (old communicator, survivors) after a shrink."""
     from ..topology.cards import model_of
     if not formation.may_bridge(cards):
         return None
@@ -630,7 +666,7 @@ def plan_for(comm, cards):
     if islands is None:
         return None
     try:
-        return IslandPlan(comm, islands, cards)
+        return IslandPlan(comm, islands, cards, parent)
     except HetcclError:
         raise
     except Exception as e:                  # noqa: BLE001 - a native library's own exception type

@@ -116,6 +116,34 @@ static int leave(fcomm *c) {
     return res(core_leave(c));
 }
 
+/* ---- ncclCommShrink (nccl.h >= 2.27): the parent's ranks without the excluded ones (ascending),
+ * numbered in order. The child's shared file is named after the parent's and the excluded ranks,
+ * so every survivor finds the same one with no id passed around. The config (NULL: the parent's)
+ * and the flags (NCCL_SHRINK_ABORT) change nothing in a double without operations in flight. */
+int F(CommShrink)(fcomm *c, int *excl, int nexcl, fcomm **out, void *config, int flags) {
+    (void)config; (void)flags;
+    if (!out) return ncclInvalidArgument;
+    *out = NULL;
+    if (!core_check(c) || nexcl < 0 || nexcl >= c->nranks || (nexcl && !excl)) return ncclInvalidArgument;
+    if (injected(c, "CommShrink")) return ncclSystemError;
+    char id[128];
+    memcpy(id, c->id, sizeof id);
+    size_t len = strnlen(id + 8, sizeof id - 8) + 8;
+    int me = c->rank;
+    for (int i = 0; i < nexcl; i++) {
+        if (excl[i] < 0 || excl[i] >= c->nranks || excl[i] == c->rank || (i && excl[i] <= excl[i - 1])) {
+            set_err(c, "fakeccl: %s: excludeRanksList must hold other ranks, ascending (entry %zu)%.0zu",
+                    "CommShrink", (size_t)i, 0);
+            return ncclInvalidArgument;
+        }
+        if (excl[i] < c->rank) me--;
+        int w = snprintf(id + len, sizeof id - len, "%c%d", i ? ',' : 'x', excl[i]);
+        if (w < 0 || (size_t)w >= sizeof id - len) return ncclInternalError;
+        len += (size_t)w;
+    }
+    return res(core_init(out, c->nranks - nexcl, id, me));
+}
+
 int F(CommDestroy)(fcomm *c) { return leave(c); }
 int F(CommAbort)(fcomm *c) { return leave(c); }
 int F(CommGetAsyncError)(fcomm *c, int *err) {

@@ -73,6 +73,7 @@ typedef struct {
     char *boxdata;
     char *scratch;
     char last_error[256];
+    char id[128];        /* the unique id it joined with (a shrink names its child after it) */
     /* a non-blocking join (fakeccl.c): its thread, abort flag and result; join_state is
      * ncclInProgress (7) while it runs, then the core result mapped to the API's code */
     pthread_t joiner;
@@ -148,6 +149,7 @@ static int core_join(fcomm *c, int nranks, const char *id, int rank, _Atomic int
         return C_TIMEOUT;
     }
     c->rank = rank; c->nranks = nranks; c->slot = slot_bytes();
+    memcpy(c->id, id, sizeof c->id);
     c->map_bytes = map_size(nranks, c->slot);
     char *base;
     if (nranks == 1) {
