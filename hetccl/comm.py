@@ -30,7 +30,8 @@ from ._native import direct as _direct
 from ._native import symmetric as _symm
 from .memory.symmetric import SymmetricMemory
 from ._native import engine as _eng
-from .errors import CommAborted, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
+from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
+from . import recovery as _recovery
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .topology.select import format_matrix
@@ -179,7 +180,7 @@ class Communicator:
     Not thread-safe: issue calls from one thread (use ``async_op=True`` for overlap)."""
 
     def __init__(self, *, engine, store, server, info, cards, matrix, socks, comm_id, timeout,
-                 p2p, job_id, transports, parent=None, bridge_request=None):
+                 p2p, job_id, transports, parent=None, bridge_request=None, shrunk_from=None):
         self._life = _Life(engine)            # lifecycle (see abort/close): set up first, abort()
         self._teardown = threading.Lock()     # may run from here on
         self._torn_down = False
@@ -205,6 +206,8 @@ class Communicator:
         self._parent = parent
         self.rank = info.rank
         self.size = info.size
+        self.parent_ranks = None              # shrink(): the old rank of each new rank
+        self._ft = _recovery.attach(self, cards, info, job_id, comm_id)   # control plane (recovery/)
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
         self._pending = 0
@@ -217,6 +220,7 @@ class Communicator:
                 cards[self.rank]["host"], timeout, oversubscribed=engine.spin_s == 0))
         except BaseException:
             self._abort()
+            self._ft.detach()
             raise
         self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
@@ -226,9 +230,10 @@ class Communicator:
         self._islands = self._form = None
         self._children = 0
         try:                                  # islands with vendor bridges (collective: opens them)
-            self._islands = _islands.plan_for(self, cards)
+            self._islands = _islands.plan_for(self, cards, shrunk_from)
         except BaseException:
             self._abort()
+            self._ft.detach()
             raise
 
     # ------------------------------------------------------------------ running calls
@@ -247,8 +252,8 @@ class Communicator:
 
     def _run(self, what, fn, args, out, async_op):
         """Run one operation now, or queue it behind pending non-blocking ones (issue order)."""
-        if self._life.dead_at is not None:
-            raise self._life.error(what)          # aborted or closed: nothing starts any more
+        if self._life.dead_at is not None:        # aborted, closed, revoked, a peer lost: nothing
+            raise self._name_lost(self._life.error(what), what)   # starts any more
         if async_op or self._pending:
             w = Work(what, fn, args, out, self._life)
             with self._cv:
@@ -706,6 +711,59 @@ class Communicator:
             text += "\n" + self._islands.explain(collective, int(nbytes))
         return text + "\n" + self._sym.explain(collective, int(nbytes))
 
+    # ------------------------------------------------------------------ recovery (recovery/)
+
+    def revoke(self):
+        """Give up on this communicator everywhere: every rank's pending and later operations on it
+        raise CommRevoked, promptly. Local and non-blocking; the notice is forwarded by every rank
+        that gets it, so it reaches all live ranks even if this one dies right after. Typically
+        followed by ``shrink()``. A revoked communicator can still ``agree``, ``shrink``, ``close``."""
+        self._ft.revoke()
+
+    def agree(self, flag=True, *, timeout=None) -> bool:
+        """Fault-tolerant AND of ``flag`` over the live ranks (like ULFM's MPI_Comm_agree).
+
+        Collective: every live rank calls it (in the same order as the other agree/shrink calls);
+        it completes while ranks fail, the coordinating one included, and every rank that returns
+        returns the same value: the AND of the flags of the ranks it counts as live, and those ranks
+        agree on who failed (``failed_ranks()`` includes them afterwards). A rank whose process
+        dies, whose host goes away, or that stays silent for HETCCL_PEER_TIMEOUT is counted failed
+        (and excluded: if it wakes up, its calls raise). Works on a revoked or failed communicator.
+        Raises HetcclTimeout after ``timeout`` (default: the communicator's) if a live rank never
+        calls in (this rank then leaves the communicator), CommAborted if this rank was excluded."""
+        return bool(self._ft.agree(bool(flag), self._t(timeout))["flag"])
+
+    def shrink(self, *, timeout=None) -> "Communicator":
+        """A new communicator of the live ranks, after a failure: collective over the survivors.
+
+        Revokes this communicator (if not yet), agrees on which ranks failed (every survivor gets
+        the same set, even if more ranks die meanwhile), and connects the survivors in their old
+        order as ranks 0..k-1 (``parent_ranks`` maps them back), around a store served by the lowest
+        survivor: rank 0 (the old store's host) may be among the dead. A death during the shrink
+        makes it start over within ``timeout`` (default: the communicator's). The result is a
+        root communicator like ``init()``'s: split/dup/close work, vendor islands are formed again
+        from the survivors. This communicator stays revoked; ``close()`` it."""
+        from .recovery.shrink import shrink
+        return shrink(self, self._t(timeout))
+
+    def failed_ranks(self) -> list:
+        """Ranks of this communicator known to have failed here: processes that died or whose host
+        went away, ranks fenced for silence, and every rank an agree/shrink counted failed."""
+        return sorted(self._ft.failed())
+
+    def _control_event(self, event, rank, why):
+        """The control plane's report (from its thread, or the caller of revoke()): a member
+        failed, the communicator was revoked, or this rank was excluded from it. Running and later
+        operations then fail at once: PeerLostError naming the failed rank, or CommRevoked."""
+        from .recovery.membership import EXCLUDED, FAILED, REVOKED
+        if self._closed or event not in (FAILED, REVOKED, EXCLUDED):
+            return
+        log.info("rank %d: %s", self.rank, why)
+        if event == FAILED:
+            self._interrupt(_eng.PEER_LOST, rank)
+        else:
+            self._interrupt(_eng.REVOKED)
+
     # ------------------------------------------------------------------ failure and shutdown
 
     def _failed(self, e, what):
@@ -713,36 +771,65 @@ class Communicator:
         exception to raise. The first rank to fail posts its reason in the store; ranks that then
         see only a closed connection report that reason (and its error class) instead.
 
-        After an interrupt (abort, close, revoke, a peer declared lost: ``_interrupt``) the
-        interrupt's own error is returned as it is: the reason is known here, and the links are the
-        control plane's (or close()'s) to close, not this call's. A composed call that failed on a
-        sub-communicator (this engine untouched) left this communicator's ranks at different
-        points of it: it is aborted too, so that none of them waits for the others."""
-        if self._engine.interruption is not None:
+        After an interrupt by abort, close or revoke (``_interrupt``) the interrupt's own error is
+        returned as it is: the reason is known here, and the links are close()'s to close, not this
+        call's. A peer the control plane declared lost is explained like a closed connection (the
+        first failure's reason asked for; the links left to close()), and the error names the
+        failed ranks (_name_lost). A composed call that failed on a sub-communicator (this engine
+        untouched) left this communicator's ranks at different points of it: it is aborted too, so
+        that none of them waits for the others."""
+        i = self._engine.interruption
+        if i is not None and i[0] != _eng.PEER_LOST:
             return e if isinstance(e, (CommAborted, PeerLostError)) else self._life.error(what)
-        if not self._engine.is_broken:
+        if i is not None and not isinstance(e, PeerLostError):
+            e = self._life.error(what)
+        elif i is None and not self._engine.is_broken:
+            err = self._name_lost(e, what)
             if isinstance(e, (CommAborted, PeerLostError, HetcclTimeout)):
                 self._abort()
-            return e
-        if isinstance(e, CommAborted):         # nothing new to post
-            return e
+            return err
+        elif i is None and isinstance(e, CommAborted):
+            return self._name_lost(e, what)    # nothing new to post
         try:
-            return self._explain_failure(e, what)
+            return self._explain_failure(e, what, close=i is None)
         finally:
             self._linger()
 
+    def _name_lost(self, e, what, wait=0.0):
+        """When the control plane knows that ranks of this communicator failed, the error names
+        them (a PeerLostError, ``peer`` the lowest), whatever the operation saw: a closed link, an
+        interrupt, or a composed algorithm's sub-communicator failing in its own terms. Not for a
+        revoked communicator, a usage error, or an abort/close of this rank's own. ``wait``: how
+        long to give the plane to notice what a data link noticed first."""
+        i = self._engine.interruption
+        if isinstance(e, (CommRevoked, InvalidUsage)) or (i is not None and i[0] != _eng.PEER_LOST):
+            return e
+        failed = self._ft.failed()
+        deadline = time.monotonic() + wait
+        while not failed and time.monotonic() < deadline:
+            time.sleep(0.05)
+            failed = self._ft.failed()
+        if not failed:
+            return e
+        err = PeerLostError(f"{what} failed on rank {self.rank}: " + "; ".join(failed.values()) +
+                            "; this communicator cannot be used any more (shrink() makes one of "
+                            "the live ranks)")
+        err.peer = min(failed)
+        err.__cause__ = e
+        return err
+
     def _linger(self, wait=True):
         """Count this rank as failed; the rank serving the store waits (<= 3 s, unless not
-        `wait`) until every rank has looked up the first failure's reason, so exiting at once does
-        not hide it from them. Skipped once the store has stopped answering (its rank is probably
-        the one that died)."""
+        `wait`) until every rank that has not died has looked up the first failure's reason, so
+        exiting at once does not hide it from them. Skipped once the store has stopped answering
+        (its rank is probably the one that died)."""
         if not self._store_ok:
             return
         try:
             seen = self._store.add(f"{self._comm_id}/failed", 1, timeout=1.0)
             if wait and self._server is not None:
                 deadline = time.monotonic() + 3.0
-                while seen < self.size and time.monotonic() < deadline:
+                while seen < self.size - len(self._ft.failed()) and time.monotonic() < deadline:
                     time.sleep(0.05)
                     seen = self._store.add(f"{self._comm_id}/failed", 0, timeout=1.0)
         except Exception:
@@ -772,20 +859,22 @@ class Communicator:
             self._store_ok = False
             return False
 
-    def _explain_failure(self, e, what):
+    def _explain_failure(self, e, what, close=True):
         key = f"{self._comm_id}/abort"
         if not isinstance(e, PeerLostError):   # the first failure: post why, then close the links
             self._post_reason(f"{type(e).__name__}|rank {self.rank}: {e}")
             self._abort()
             return e
-        self._abort()                          # a peer went away: pass it on at once, then ask why
+        if close:
+            self._abort()                      # a peer went away: pass it on at once, then ask why
         if not self._store_ok:
-            return e
+            return self._name_lost(e, what, wait=1.0)
+        died = bool(self._ft.failed())         # a process died: a reason, if any, is posted already
         try:
-            reason = bytes(self._store.get(key, timeout=1.0)).decode()
+            reason = bytes(self._store.get(key, timeout=0.05 if died else 1.0)).decode()
         except Exception:
-            self._store_ok = False
-            return e
+            self._store_ok = self._store_ok and died
+            return self._name_lost(e, what, wait=1.0)
         cls_name, _, msg = reason.partition("|")
         cls = {"InvalidUsage": InvalidUsage}.get(cls_name, PeerLostError)
         err = cls(f"{what} failed because another rank failed first: {msg}")
@@ -834,10 +923,10 @@ class Communicator:
             if self._torn_down:
                 return False
             self._torn_down = True
-        for part in (self._plan, self._islands):
-            if part is not None:
+        for part, keep in ((self._plan, {}), (self._islands, {"keep": True})):
+            if part is not None:                # (a bridge that can shrink waits for shrink())
                 try:
-                    part.abort()
+                    part.abort(**keep)
                 except Exception as e:          # noqa: BLE001 - go on closing the rest
                     log.warning("abort: %s", e)
         socks, self._socks = self._socks, {}
@@ -860,7 +949,7 @@ class Communicator:
                 self._cv.notify()
             self._worker.join(max(0.0, deadline - time.monotonic()))
         healthy = (not self._engine.is_broken and self._life.dead_at is None
-                   and not self._peer_failed())
+                   and not self._ft.failed() and not self._peer_failed())
         self._life.dead_at = self._life.dead_at or time.monotonic()   # nothing new starts now
         if healthy and self._plan is not None:     # sub-communicators of composed algorithms (collective)
             self._plan.close(max(1.0, deadline - time.monotonic()))
@@ -873,7 +962,10 @@ class Communicator:
         except Exception as e:
             log.info("close: not every rank reached close (%s); closing anyway", e)
         self._abort()
+        if self._islands is not None:
+            self._islands.release()
         self._sym.close()
+        self._ft.detach()
         if self._parent is not None:
             return                             # the store belongs to the root communicator
         try:
@@ -926,8 +1018,11 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
     return comm
 
 
-def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges=None) -> Communicator:
-    """Build the links of one communicator (the world, or a split of it) and wrap them."""
+def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges=None,
+             cancel=None, shrunk_from=None) -> Communicator:
+    """Build the links of one communicator (the world, a split of it, or a shrink's survivors) and
+    wrap them. ``cancel`` (a threading.Event with a ``reason``) abandons the mesh set-up once set;
+    ``shrunk_from``: (old communicator, survivors' old ranks) of a shrink (islands may shrink)."""
     from ._native.engine import Engine
     from .topology.cards import card_entry
     from .transports.mesh import connect_mesh
@@ -940,7 +1035,9 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
         bridge = _formation.card_field(bridges, card_entry(comm_id, info.rank, info.size))
         cards, matrix, socks = connect_mesh(engine, store, info.rank, info.size, info.secret, job_id,
                                             comm_id, t, spec, extra={"p2p_port": p2p.port,
-                                                                     "bridge": bridge})
+                                                                     "bridge": bridge,
+                                                                     **_recovery.card_fields(info.secret)},
+                                            cancel=cancel)
     except BaseException:
         engine.close()
         p2p.close()
@@ -950,4 +1047,5 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
         engine.spin_s = 0.0       # oversubscribed: hand the core over at once instead of spinning
     return Communicator(engine=engine, store=store, server=server, info=info, cards=cards,
                         matrix=matrix, socks=socks, comm_id=comm_id, timeout=t, p2p=p2p,
-                        job_id=job_id, transports=spec, parent=parent, bridge_request=bridges)
+                        job_id=job_id, transports=spec, parent=parent, bridge_request=bridges,
+                        shrunk_from=shrunk_from)

@@ -22,6 +22,8 @@ Why it looks like this:
 * The environment (HETCCL_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE/STORE/SECRET/JOB_ID,
   OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1, ``env`` overrides, HETCCL_TRANSPORTS) is set in the
   child *before* the test module is imported there — numpy reads OPENBLAS_NUM_THREADS at import.
+* Fault injection: ``victims=`` names ranks the test kills on purpose; their deaths are not
+  failures and do not cut the others' time short, so the survivors can recover and report.
 * Afterwards no child process is left and /dev/shm/hetccl-<job_id>-* is removed; after a fully
   successful run, leftover segments are reported as a failure (segments must be unlinked as soon
   as every rank has mapped them).
@@ -183,11 +185,12 @@ def _child_env(rank: int, size: int, port: int, secret: str, job_id: str,
 
 
 def _run(fn: Callable, nranks: int, args: tuple, timeout: float, env, transports,
-         failure_grace: float | None):
+         failure_grace: float | None, victims=()):
     """Run the group; returns (outcomes, job_id, timed_out_ranks).
 
-    outcomes[r] = ("ok", result) | ("err", text); timed_out_ranks lists ranks killed at the
-    deadline (their outcome is ("err", ...) too)."""
+    outcomes[r] = ("ok", result) | ("err", text) | ("died", text) (a rank of ``victims`` that
+    exited without a result: killed on purpose; its death does not start the failure grace);
+    timed_out_ranks lists ranks killed at the deadline (their outcome is ("err", ...) too)."""
     if nranks < 1:
         raise ValueError("nranks must be >= 1")
     try:
@@ -245,7 +248,8 @@ def _run(fn: Callable, nranks: int, args: tuple, timeout: float, env, transports
                         except (EOFError, OSError):
                             pass
                         open_conns.pop(id(conn), None)
-                    if r not in msgs or procs[r].exitcode != 0:
+                    if (r not in msgs or procs[r].exitcode != 0) and \
+                            not (r in victims and r not in msgs):
                         first_failure = first_failure or time.monotonic()
                 else:
                     r = open_conns.pop(id(obj), None)
@@ -286,8 +290,9 @@ def _run(fn: Callable, nranks: int, args: tuple, timeout: float, env, transports
                     timed_out.append(r)
                 outcomes.append(("err", f"rank {r} {why}"))
         elif msg is None:
-            outcomes.append(("err", f"rank {r} {_describe_exit(p.exitcode)} before returning a "
-                                    f"result (os._exit, a crash, or a signal)"))
+            outcomes.append(("died" if r in victims else "err",
+                             f"rank {r} {_describe_exit(p.exitcode)} before returning a "
+                             f"result (os._exit, a crash, or a signal)"))
         elif msg[0] == "ok" and p.exitcode not in (0, None):
             outcomes.append(("err", f"rank {r} returned but then {_describe_exit(p.exitcode)} "
                                     f"(at interpreter exit)"))
@@ -298,7 +303,8 @@ def _run(fn: Callable, nranks: int, args: tuple, timeout: float, env, transports
 
 def run_ranks(fn: Callable, nranks: int, *args, timeout: float = 60.0,
               env: Mapping[str, str | None] | None = None, transports=None,
-              failure_grace: float = FAILURE_GRACE, check_shm: bool = True) -> list:
+              failure_grace: float = FAILURE_GRACE, check_shm: bool = True,
+              victims: Sequence[int] = ()) -> list:
     """Run ``fn(rank, nranks, *args)`` in ``nranks`` spawned processes; rank-ordered results.
 
     ``fn`` must be importable (module level) and its result picklable. ``env`` entries are set in
@@ -306,10 +312,14 @@ def run_ranks(fn: Callable, nranks: int, *args, timeout: float = 60.0,
     AssertionError with every failing rank's traceback if any rank fails, and
     "ranks [..] did not finish within Ns" for ranks killed at the shared deadline. Once a rank has
     failed, the others get ``failure_grace`` seconds before they are killed.
+    ``victims``: ranks the test kills on purpose (fault injection): one that dies without a result
+    is not a failure (its result is None) and the others go on; one that raises still fails the run.
     """
+    victims = frozenset(victims)
     outcomes, job_id, timed_out, leftovers = _run(fn, nranks, args, timeout, env, transports,
-                                                  failure_grace)
-    failed = [(r, text) for r, (state, text) in enumerate(outcomes) if state != "ok"]
+                                                  failure_grace, victims)
+    failed = [(r, text) for r, (state, text) in enumerate(outcomes)
+              if state != "ok" and not (state == "died" and r in victims)]
     if failed:
         parts = []
         if timed_out:
@@ -323,7 +333,7 @@ def run_ranks(fn: Callable, nranks: int, *args, timeout: float = 60.0,
     if check_shm and leftovers:
         raise AssertionError(f"every rank succeeded but shared-memory segments were left behind "
                              f"(removed now): {leftovers}; segments must be unlinked once mapped")
-    return [value for _, value in outcomes]
+    return [value if state == "ok" else None for state, value in outcomes]
 
 
 def run_ranks_expect_failure(fn: Callable, nranks: int, *args, timeout: float = 60.0,

@@ -504,13 +504,15 @@ class StoreClient:
     connection. A background thread that waits on the store should use its own ``clone()``.
     ``timeout`` is the default for every call (blocking calls take their own ``timeout=``).
     ``secret`` may be a callable: it is called once the connection is up (rendezvous.py reads
-    rank 0's key file then).
+    rank 0's key file then). ``cancel``: a threading.Event (with a ``reason``) that, once set
+    from any thread, makes the pending and later requests raise CommAborted within 0.2 s (a
+    shrink's set-up gives up on it when a survivor dies).
     """
 
     GRACE = 2.0  # how much longer than the server-side deadline we wait before blaming the server
 
     def __init__(self, addr: tuple[str, int], secret: bytes | None, rank: int,
-                 timeout: float = 300.0):
+                 timeout: float = 300.0, cancel=None):
         self._addr = (str(addr[0]), int(addr[1]))
         self._secret = secret   # bytes, None, or a callable that gives it once we are connected
         self.rank = int(rank)
@@ -519,6 +521,7 @@ class StoreClient:
         self._ctr = 0
         self._last_sctr = 0
         self._closed = False
+        self._cancel = cancel
         self._pending: collections.deque = collections.deque()
         self._reader = MessageReader(MAX_FRAMES, MAX_MESSAGE)
         deadline = time.monotonic() + self.timeout
@@ -562,11 +565,12 @@ class StoreClient:
         """Connect, retrying while rank 0 has not bound the port yet."""
         pause = 0.02
         while True:
+            self._check_cancelled()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise self._unreachable("connection refused or unreachable")
             try:
-                sock = socket.create_connection(self._addr, timeout=min(left, 5.0))
+                sock = socket.create_connection(self._addr, timeout=min(left, 1.0 if self._cancel else 5.0))
             except OSError as e:
                 if time.monotonic() + pause >= deadline:
                     raise self._unreachable(str(e)) from None
@@ -601,7 +605,7 @@ class StoreClient:
 
     def clone(self) -> "StoreClient":
         """A new, independent connection (for a thread that blocks on the store)."""
-        return StoreClient(self._addr, self._secret, self.rank, self.timeout)
+        return StoreClient(self._addr, self._secret, self.rank, self.timeout, self._cancel)
 
     def _request(self, op: bytes, args: Sequence[bytes], wait: float | None = None,
                  limit: float | None = None):
@@ -637,7 +641,8 @@ class StoreClient:
                 raise HetcclTimeout(
                     f"{self._where()} did not answer rank {self.rank} within {limit:g}s. "
                     f"Rank 0 serves the store: has it exited or crashed?")
-            msg = self._next_message(deadline)
+            self._check_cancelled()
+            msg = self._next_message(min(deadline, time.monotonic() + 0.2) if self._cancel else deadline)
             if msg is None:
                 continue
             if len(msg) < 5 or msg[0] != _REP:
@@ -686,6 +691,11 @@ class StoreClient:
 
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)
+
+    def _check_cancelled(self):
+        c = self._cancel
+        if c is not None and c.is_set():
+            raise CommAborted(getattr(c, "reason", None) or "the store request was cancelled")
 
     # -- public API -----------------------------------------------------------------------------
     def set(self, key: str, value: bytes, timeout: float | None = None) -> None:

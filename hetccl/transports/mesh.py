@@ -17,16 +17,17 @@ import queue
 import socket
 import time
 
+from .. import config
 from .. import transports as _transports
 from ..bootstrap.auth import client_handshake, server_handshake_steps
 from ..bootstrap.guard import HandshakeGate
-from ..errors import AuthenticationError, HetcclTimeout, TransportError
+from ..errors import AuthenticationError, CommAborted, HetcclTimeout, TransportError
 from ..topology.cards import card_entry, model_of, transports_entry
 from ..topology.host import host_id
 from ..topology.select import parse_filter, transport_matrix
 from . import c2c as _c2c
 from .base import LinkContext
-from .netif import listen_address
+from .netif import keepalive, listen_address
 
 log = logging.getLogger("hetccl.transport")
 
@@ -43,14 +44,22 @@ def _listener(store):
 
 def _tune(sock):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    keepalive(sock, config.peer_timeout())     # a vanished host is noticed, not waited for
 
 
-def _connect(card, same_host, deadline):
+def _check(cancel):
+    if cancel is not None and cancel.is_set():
+        raise CommAborted(getattr(cancel, "reason", "the set-up was cancelled"))
+
+
+def _connect(card, same_host, deadline, cancel=None):
     addr = "127.0.0.1" if same_host and card["bind_any"] else card["addr"]
     last = None
     while time.monotonic() < deadline:
+        _check(cancel)
         try:
-            s = socket.create_connection((addr, card["port"]), timeout=max(0.1, deadline - time.monotonic()))
+            left = max(0.1, deadline - time.monotonic())
+            s = socket.create_connection((addr, card["port"]), timeout=min(left, 2.0) if cancel else left)
             _tune(s)
             return s
         except OSError as e:          # the peer may not be listening yet
@@ -61,11 +70,13 @@ def _connect(card, same_host, deadline):
 
 
 def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, transports_spec=None,
-                 extra=None, group=None):
+                 extra=None, group=None, cancel=None):
     """Connect all pairs; returns (cards, transport matrix, {peer: socket}).
 
     extra: more fields for this rank's card. group: for sub-communicators, the parent ranks of the
-    members (card keys then use group ranks under the new comm_id)."""
+    members (card keys then use group ranks under the new comm_id). cancel: an Event (with a
+    ``reason``) that makes the waits for peers give up with CommAborted once set (a shrink whose
+    survivor died meanwhile); the store's own waits are cancelled through the store client."""
     deadline = time.monotonic() + timeout
     listener, ifname, addr = _listener(store)
     socks = {}
@@ -86,17 +97,18 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
         raw = store.multi_get([f"{comm_id}/card/{r}" for r in range(size)], timeout=timeout)
         cards = [json.loads(bytes(b)) for b in raw]
         for peer in range(rank):
-            s = _connect(cards[peer], cards[peer]["host"] == card["host"], deadline)
+            s = _connect(cards[peer], cards[peer]["host"] == card["host"], deadline, cancel)
             socks[peer] = s
             client_handshake(s, secret, rank, peer, cid, max(0.1, deadline - time.monotonic()))
         while len(socks) < size - 1:
+            _check(cancel)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = sorted(set(range(rank + 1, size)) - set(socks))
                 raise HetcclTimeout(f"rank {rank} waited {timeout:g} s for ranks {missing} to connect; "
                                     f"are they running, and can they reach {addr}?")
             try:
-                s, peer = arrived.get(timeout=min(remaining, 1.0))
+                s, peer = arrived.get(timeout=min(remaining, 0.2 if cancel is not None else 1.0))
             except queue.Empty:
                 continue
             _tune(s)
