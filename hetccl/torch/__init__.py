@@ -9,7 +9,7 @@ that through the ``torch.backends`` entry point at ``import torch``, so the impo
 is needed with TORCH_DEVICE_BACKEND_AUTOLOAD=0 or when hetccl is on PYTHONPATH but not installed.
 Either way it never raises (a problem is one warning); ``register()`` raises instead. The group,
 its Work and futures: process_group.py, work.py; torch's store as hetccl's: store.py; the
-creator: backend.py.
+creator: backend.py; a new group of the survivors after a failure: recovery.py (``shrink_group``).
 """
 # Only autoload.py (standard library) is imported here: torch's autoload imports this package to
 # find ``_autoload``, and anything that could raise at import would fail ``import torch``.
@@ -17,10 +17,10 @@ from .autoload import BACKEND_NAME, register
 from .autoload import autoload as _autoload
 
 __all__ = ["register", "connect", "create_process_group", "ProcessGroupHetccl", "HetcclWork",
-           "BACKEND_NAME"]
+           "BACKEND_NAME", "shrink_group"]
 
 _LAZY = {"connect": "backend", "create_process_group": "backend",
-         "ProcessGroupHetccl": "process_group", "HetcclWork": "work"}
+         "ProcessGroupHetccl": "process_group", "HetcclWork": "work", "shrink_group": "recovery"}
 
 
 def __getattr__(name: str):
