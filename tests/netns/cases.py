@@ -41,3 +41,37 @@ def collectives_case(rank, size, sizes):
             assert (b == size - 1).all(), (algo, n, "broadcast")
     comm.close()
     return chosen
+
+
+def link_down_case(rank, size, marker, placement):
+    """Allreduce in a loop until the harness takes host 1's link down (it waits for ``marker``);
+    every rank reports when and how it noticed. Host 0's ranks then shrink and check an allreduce
+    on the survivors; host 1's ranks, cut off, stop there (they cannot tell a dead peer from a
+    partition: see docs/reliability.md)."""
+    import time
+
+    import hetccl
+    comm = hetccl.init(timeout=120)
+    x = np.ones(1 << 20, np.float32)
+    comm.allreduce(x)
+    if rank == 0:
+        with open(marker, "w") as f:
+            f.write("running")
+    exc, t_exc = None, None
+    end = time.time() + 60
+    while time.time() < end:
+        try:
+            comm.allreduce(x, timeout=90)
+        except hetccl.HetcclError as e:
+            exc, t_exc = f"{type(e).__name__}: {e}", time.time()
+            break
+    out = {"exc": exc, "at": t_exc, "host": comm._cards[rank]["host"], "failed": comm.failed_ranks()}
+    if placement[rank] == 0:
+        new = comm.shrink(timeout=60)
+        y = np.full(100, new.rank + 1.0, np.float32)
+        new.allreduce(y)
+        out.update(shrunk=new.size, parent_ranks=new.parent_ranks, y=float(y[0]),
+                   shrunk_at=time.time(), failed=comm.failed_ranks())
+        new.close()
+    comm.close(timeout=5)
+    return out

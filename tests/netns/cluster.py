@@ -155,10 +155,16 @@ class NetnsCluster:
         env.update(extra or {})
         return env
 
-    def run(self, target, placement, args=(), timeout=120.0, host_id="uts", env=None):
+    def link(self, host, up):
+        """Take host ``host``'s link to the switch down (or up again): its ranks and the others can
+        no longer reach each other, and nobody is told (no FIN, no RST)."""
+        _sh("ip", "-n", self.host_ns[host], "link", "set", "eth0", "up" if up else "down")
+
+    def run(self, target, placement, args=(), timeout=120.0, host_id="uts", env=None, during=None):
         """Run ``target`` ('module:function') as len(placement) ranks, rank r on host placement[r];
         returns the rank-ordered results (JSON). Raises AssertionError with every failing rank's
-        output; every rank still running at the deadline is killed."""
+        output; every rank still running at the deadline is killed. ``during()``, if given, runs
+        in this process once every rank has started (fault injection: ``link``)."""
         port = random.randrange(20000, 60000)
         secret, job = secrets.token_hex(32), secrets.token_hex(4)
         procs = []
@@ -170,6 +176,8 @@ class NetnsCluster:
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                               start_new_session=True))
             deadline = time.monotonic() + timeout
+            if during is not None:
+                during()
             outs = []
             for p in procs:
                 try:
