@@ -910,7 +910,8 @@ class Communicator:
         """Stop now, from any thread, at any moment (idempotent; may race close()): running and
         later operations on this rank raise CommAborted within milliseconds, pending non-blocking
         ones too, and every link is closed once no schedule can touch it any more, so peers blocked
-        on this rank raise PeerLostError (saying that this rank aborted)."""
+        on this rank raise PeerLostError (saying that this rank aborted). ``agree`` and ``shrink``
+        still work afterwards (they use the control plane, not the links)."""
         if self._abort():
             self._post_reason(f"CommAborted|rank {self.rank} called comm.abort() (the application "
                               f"or its watchdog gave up on this communicator)")
