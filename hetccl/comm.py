@@ -30,6 +30,7 @@ from ._native import direct as _direct
 from ._native import symmetric as _symm
 from .memory.symmetric import SymmetricMemory
 from ._native import engine as _eng
+from .bootstrap.store import StoreClient
 from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from . import recovery as _recovery
 from .ops import ReduceOp, as_op
@@ -191,6 +192,10 @@ class Communicator:
         self._engine = engine
         self._p2p = p2p
         self._store_ok = True
+        # the process serving hetccl's store (rank 0 of the root communicator): once the control
+        # plane reports it dead, the failure path stops asking the store (no 1 s waits per call)
+        self._store_host = parent._store_host if parent is not None else (
+            cards[0].get("ctl_id") if isinstance(store, StoreClient) and info.rank != 0 else None)
         for c in cards:
             same = c["host"] == cards[info.rank]["host"] and c["bind_any"]
             p2p.peers[c["rank"]] = ("127.0.0.1" if same else c["addr"], c["p2p_port"])
@@ -235,6 +240,15 @@ class Communicator:
             self._abort()
             self._ft.detach()
             raise
+
+    @property
+    def _store_ok(self):
+        """The store may still answer: no call on it failed, and its host is not known dead."""
+        return self._store_up and not (self._store_host and self._ft.process_dead(self._store_host))
+
+    @_store_ok.setter
+    def _store_ok(self, up):
+        self._store_up = up
 
     # ------------------------------------------------------------------ running calls
 

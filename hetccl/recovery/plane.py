@@ -511,6 +511,12 @@ class ControlHandle:
             raise error
         return value
 
+    def process_dead(self, token) -> bool:
+        """Whether the process of control-plane id ``token`` is known to have failed (any
+        communicator's member or not: e.g. the host of a store)."""
+        p = self.plane._peers.get((token, self.fp))
+        return p is not None and p.state == "dead"
+
     def watch(self, ranks):
         """Watch ``ranks`` for silence (pings) until ``unwatch``: a shrink's build waits on them."""
         with self.plane.lock:
