@@ -1044,14 +1044,14 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
     from .transports.netif import listen_address
 
     engine = Engine(info.rank, info.size)
-    p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t,
-                     host=listen_address(getattr(store, "local_address", None))[1])
+    route = getattr(store, "local_address", None)      # this host's address towards the store
+    p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t, host=listen_address(route)[1])
     try:
         bridge = _formation.card_field(bridges, card_entry(comm_id, info.rank, info.size))
         cards, matrix, socks = connect_mesh(engine, store, info.rank, info.size, info.secret, job_id,
                                             comm_id, t, spec, extra={"p2p_port": p2p.port,
                                                                      "bridge": bridge,
-                                                                     **_recovery.card_fields(info.secret)},
+                                                                     **_recovery.card_fields(info.secret, route)},
                                             cancel=cancel)
     except BaseException:
         engine.close()

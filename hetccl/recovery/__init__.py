@@ -18,11 +18,11 @@ The user-facing calls are Communicator methods (``revoke``, ``agree``, ``shrink`
 """
 
 
-def card_fields(secret) -> dict:
-    """What a rank card carries about this process's control plane (started on first use), for a
-    communicator whose job secret is ``secret``."""
+def card_fields(secret, route=None) -> dict:
+    """What a rank card carries about this process's control plane (started on first use; see
+    plane.plane for ``route``), for a communicator whose job secret is ``secret``."""
     from .plane import plane
-    return plane().card_fields(secret)
+    return plane(route).card_fields(secret)
 
 
 def attach(comm, cards, info, job_id: str, comm_id: str):

@@ -43,7 +43,7 @@ import weakref
 from .. import config
 from ..bootstrap.auth import client_handshake, hmac_key, mac, server_handshake
 from ..errors import CommAborted, HetcclTimeout
-from ..transports.netif import choose_address, keepalive
+from ..transports.netif import keepalive, listen_address
 from . import membership as mb
 from .wire import ProtocolError, Reader, frame
 
@@ -87,17 +87,16 @@ class _Peer:
 
 
 class ControlPlane:
-    def __init__(self):
+    def __init__(self, route=None):
         self.token = secrets.token_hex(16)
         self.pid = os.getpid()
         self.lock = threading.RLock()
         self.cv = threading.Condition(self.lock)
         self.peer_timeout = config.peer_timeout()
-        spec = os.environ.get("HETCCL_SOCKET_IFNAME")
-        _, addr = choose_address(spec)
+        _, self.addr = listen_address(route)         # where the data links listen too
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind((addr if spec else "0.0.0.0", 0))
+        ls.bind((self.addr, 0))
         ls.listen(256)
         ls.setblocking(False)
         self._listener = ls
@@ -125,12 +124,11 @@ class ControlPlane:
         (before the card is published: a peer that reads it may connect at once)."""
         with self.lock:
             self._secrets[fingerprint(secret)] = secret
-        return {"ctl_port": self.port, "ctl_id": self.token}
+        return {"ctl_addr": self.addr, "ctl_port": self.port, "ctl_id": self.token}
 
     def attach(self, comm, key, rank, size, cards, secret) -> "ControlHandle":
         """Register a communicator (this rank ``rank`` of ``size``; every member's card)."""
         fp = fingerprint(secret)
-        me = cards[rank]
         with self.lock:
             self._secrets[fp] = secret
             h = ControlHandle(self, comm, key, rank, size, fp, [c["ctl_id"] for c in cards])
@@ -138,8 +136,7 @@ class ControlPlane:
             for r, c in enumerate(cards):
                 if r == rank:
                     continue
-                same = c["host"] == me["host"] and c.get("bind_any", True)
-                p = self._peer(c["ctl_id"], fp, ("127.0.0.1" if same else c["addr"], c["ctl_port"]))
+                p = self._peer(c["ctl_id"], fp, (c["ctl_addr"], c["ctl_port"]))
                 if p.state == "dead":
                     self._after.append(lambda h=h, r=r, why=p.why: h.lost(r, why))
             for token, pfp, msg in self._early.pop(key, ()):
@@ -555,10 +552,12 @@ _plane = None
 _plane_lock = threading.Lock()
 
 
-def plane() -> ControlPlane:
-    """This process's control plane (started on first use; a forked child starts its own)."""
+def plane(route=None) -> ControlPlane:
+    """This process's control plane (started on first use, listening where the data links do:
+    HETCCL_SOCKET_IFNAME, else ``route``, this host's address towards the store; a forked child
+    starts its own)."""
     global _plane
     with _plane_lock:
         if _plane is None or _plane.pid != os.getpid():
-            _plane = ControlPlane()
+            _plane = ControlPlane(route)
         return _plane

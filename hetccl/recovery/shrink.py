@@ -83,11 +83,9 @@ def _offer(comm, offers):
     """As coordinator of a fresh decision: serve the new communicator's store, return its address.
     Runs on the control plane's lock (its thread or the caller's)."""
     from ..bootstrap.store import StoreServer
-    cards, me = comm._cards, comm._cards[comm.rank]
-    one_host = all(c["host"] == me["host"] for c in cards)
-    bind = "127.0.0.1" if one_host else ("0.0.0.0" if me.get("bind_any", True) else me["addr"])
-    server = StoreServer(bind, 0, comm._info.secret)
-    addr = ("127.0.0.1" if one_host else me["addr"], server.port)
+    host = comm._cards[comm.rank]["addr"]          # where this rank's data links listen
+    server = StoreServer(host, 0, comm._info.secret)
+    addr = (host, server.port)
     offers[addr] = server
     return list(addr)
 
