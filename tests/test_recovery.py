@@ -253,7 +253,7 @@ def _garbage(rank, size):
     comm.barrier()
     if rank == 1:
         card = comm._cards[0]
-        addr = ("127.0.0.1", card["ctl_port"])
+        addr = (card["ctl_addr"], card["ctl_port"])
         with socket.create_connection(addr) as s:          # random bytes
             s.sendall(os.urandom(300))
             _drain(s)
@@ -294,4 +294,4 @@ def test_garbage_on_the_control_port_is_refused_cleanly():
     res = run_ranks(_garbage, 2, timeout=60)
     assert res[0]["flag"] and res[1]["flag"] and res[0]["x"] == 2.0
     w = " | ".join(res[0]["warnings"])
-    assert "refused a connection" in w and "malformed" in w, w
+    assert "refused control connection" in w and "malformed" in w, w

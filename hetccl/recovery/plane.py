@@ -9,9 +9,10 @@ and must not hang on any single rank, so every process runs one control plane:
   communicator key), authenticated with the job secret (bootstrap/auth.py's handshake, after an
   8-byte preamble naming which secret: torch groups without HETCCL_SECRET each have their own);
 * one daemon thread that reads and writes every connection (non-blocking), answers pings, feeds
-  messages to each communicator's Membership (membership.py) and runs its timers. Handshakes run
-  on short-lived threads of their own, never on this one, so a slow or hostile client delays
-  nothing;
+  messages to each communicator's Membership (membership.py) and runs its timers. Incoming
+  handshakes run on the listener's HandshakeGate (bootstrap/guard.py: bounded, deadlines, a thread
+  of its own), outgoing ones on a short-lived thread per peer, never on this one, so a slow or
+  hostile client delays nothing;
 * liveness: TCP keepalive and TCP_USER_TIMEOUT from HETCCL_PEER_TIMEOUT on every connection (a
   process that dies closes its connection at once; a host that vanishes or a link that goes down is
   dropped by the kernel within HETCCL_PEER_TIMEOUT), and, while a rank waits on another in an
@@ -41,7 +42,8 @@ import time
 import weakref
 
 from .. import config
-from ..bootstrap.auth import client_handshake, hmac_key, mac, server_handshake
+from ..bootstrap.auth import client_handshake, hmac_key, mac, server_handshake_steps
+from ..bootstrap.guard import HandshakeGate, Recv
 from ..errors import CommAborted, HetcclTimeout
 from ..transports.netif import keepalive, listen_address
 from . import membership as mb
@@ -52,7 +54,6 @@ log = logging.getLogger("hetccl.recovery")
 _PREAMBLE = struct.Struct(">4s8s")
 _MAGIC = b"HCT1"
 _CID = b"hetccl-control"
-MAX_HANDSHAKES = 32          # concurrent incoming handshakes; more are refused at once
 MAX_EARLY = 256              # messages kept per communicator key not registered yet
 MAX_GONE = 128               # closed communicators whose decisions are kept
 _HELLO_MAX = 256
@@ -98,24 +99,23 @@ class ControlPlane:
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ls.bind((self.addr, 0))
         ls.listen(256)
-        ls.setblocking(False)
         self._listener = ls
         self.port = ls.getsockname()[1]
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._sel.register(ls, selectors.EVENT_READ, "listen")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._peers = {}                 # (token, fp) -> _Peer
         self._handles = {}               # communicator key -> ControlHandle
         self._secrets = {}               # fp -> secret
         self._early = collections.OrderedDict()   # key -> [(token, fp, msg)]
         self._gone = collections.OrderedDict()    # key -> {instance: decided value}
-        self._handshakes = 0
         self._after = []                 # callbacks to run without the lock
         self._thread = threading.Thread(target=self._loop, name="hetccl-control", daemon=True)
         self._thread.start()
+        self._gate = HandshakeGate(ls, self._handshake, self._accepted, name="hetccl-control-gate",
+                                   what="control connection", logger=log)
 
     # ------------------------------------------------------------------ registration
 
@@ -184,34 +184,29 @@ class ControlPlane:
         with self.lock:
             self._adopt(p, s)
 
-    def _accepted(self, s):
-        """Handshake thread for an incoming connection."""
-        try:
-            t = min(10.0, self.peer_timeout)
-            s.settimeout(t)
-            self._tune(s)
-            pre = _recv_exact(s, _PREAMBLE.size)
-            magic, fp = _PREAMBLE.unpack(pre)
-            with self.lock:
-                secret = self._secrets.get(fp, False)
-            if magic != _MAGIC or secret is False:
-                raise ProtocolError("not a hetccl control connection of this job")
-            server_handshake(s, secret, 0, _CID, t)
-            (n,) = struct.unpack(">I", _recv_exact(s, 4))
-            if n > _HELLO_MAX:
-                raise ProtocolError("oversized hello")
-            hello = Reader().feed(struct.pack(">I", n) + _recv_exact(s, n))
-            token = hello[0].get("id") if hello and hello[0].get("t") == "hi" else None
-            if not isinstance(token, str) or len(token) != 32:
-                raise ProtocolError("bad hello")
-        except Exception as e:                      # noqa: BLE001 - anything: refuse, log, go on
-            log.warning("control plane: refused a connection from %s: %s", _peer_name(s), e)
-            s.close()
-            with self.lock:
-                self._handshakes -= 1
-            return
+    def _handshake(self, who):
+        """Steps of an incoming connection (run by the gate): the preamble naming the secret, the
+        link handshake with it, then the peer's hello (its process token); returns (token, fp)."""
+        magic, fp = _PREAMBLE.unpack((yield Recv(_PREAMBLE.size)))
         with self.lock:
-            self._handshakes -= 1
+            secret = self._secrets.get(fp, False)
+        if magic != _MAGIC or secret is False:
+            raise ProtocolError("not a hetccl control connection of this job")
+        yield from server_handshake_steps(secret, 0, _CID, who)
+        (n,) = struct.unpack(">I", (yield Recv(4)))
+        if n > _HELLO_MAX:
+            raise ProtocolError("oversized hello")
+        hello = Reader().feed(struct.pack(">I", n) + (yield Recv(n)))
+        token = hello[0].get("id") if hello and hello[0].get("t") == "hi" else None
+        if not isinstance(token, str) or len(token) != 32:
+            raise ProtocolError("bad hello")
+        return token, fp
+
+    def _accepted(self, s, proven):
+        """An authenticated incoming connection (on the gate's thread)."""
+        token, fp = proven
+        self._tune(s)
+        with self.lock:
             p = self._peers.get((token, fp))
             if p is None:
                 p = self._peers[(token, fp)] = _Peer(token, fp, None)
@@ -314,20 +309,6 @@ class ControlPlane:
                     pass
             except (BlockingIOError, OSError):
                 pass
-        elif what == "listen":
-            while True:
-                try:
-                    s, _ = self._listener.accept()
-                except (BlockingIOError, InterruptedError, OSError):
-                    return
-                if self._handshakes >= MAX_HANDSHAKES:
-                    log.warning("control plane: too many pending handshakes; refused %s", _peer_name(s))
-                    s.close()
-                    continue
-                self._handshakes += 1
-                s.setblocking(True)
-                threading.Thread(target=self._accepted, args=(s,), daemon=True,
-                                 name="hetccl-control-handshake").start()
         else:
             p = what
             if mask & selectors.EVENT_READ:
@@ -528,24 +509,6 @@ class ControlHandle:
         if not self.closed:
             self.closed = True
             self.plane._detach(self)
-
-
-def _recv_exact(s, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ProtocolError("the connection closed during the handshake")
-        buf += chunk
-    return bytes(buf)
-
-
-def _peer_name(s):
-    try:
-        a = s.getpeername()
-        return f"{a[0]}:{a[1]}"
-    except OSError:
-        return "<unknown>"
 
 
 _plane = None
