@@ -212,6 +212,7 @@ class Communicator:
         self.rank = info.rank
         self.size = info.size
         self.parent_ranks = None              # shrink(): the old rank of each new rank
+        self._explained = None                # the first failure's reason, once reported here
         self._ft = _recovery.attach(self, cards, info, job_id, comm_id)   # control plane (recovery/)
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
@@ -267,7 +268,7 @@ class Communicator:
     def _run(self, what, fn, args, out, async_op):
         """Run one operation now, or queue it behind pending non-blocking ones (issue order)."""
         if self._life.dead_at is not None:        # aborted, closed, revoked, a peer lost: nothing
-            raise self._name_lost(self._life.error(what), what)   # starts any more
+            raise self._dead_error(what)          # starts any more
         if async_op or self._pending:
             w = Work(what, fn, args, out, self._life)
             with self._cv:
@@ -792,6 +793,8 @@ class Communicator:
         failed ranks (_name_lost). A composed call that failed on a sub-communicator (this engine
         untouched) left this communicator's ranks at different points of it: it is aborted too, so
         that none of them waits for the others."""
+        if self._explained is not None:        # reported already: later calls are aborted ones
+            return self._dead_error(what)
         i = self._engine.interruption
         if i is not None and i[0] != _eng.PEER_LOST:
             return e if isinstance(e, (CommAborted, PeerLostError)) else self._life.error(what)
@@ -808,6 +811,14 @@ class Communicator:
             return self._explain_failure(e, what, close=i is None)
         finally:
             self._linger()
+
+    def _dead_error(self, what):
+        """What a call on this dead communicator raises: CommAborted once a failure was explained
+        here (the first error said why), else the interrupt's error, naming the failed ranks."""
+        if self._explained is not None:
+            return CommAborted(f"{what} on rank {self.rank}: this communicator was aborted after an "
+                               f"earlier error ({self._explained}); shrink() it or create a new one")
+        return self._name_lost(self._life.error(what), what)
 
     def _name_lost(self, e, what, wait=0.0):
         """When the control plane knows that ranks of this communicator failed, the error names
@@ -892,6 +903,7 @@ class Communicator:
         cls_name, _, msg = reason.partition("|")
         cls = {"InvalidUsage": InvalidUsage}.get(cls_name, PeerLostError)
         err = cls(f"{what} failed because another rank failed first: {msg}")
+        self._explained = f"{cls_name}: {msg}"
         err.__cause__ = e
         return err
 
