@@ -326,12 +326,13 @@ class Communicator:
 
     def _learn(self, collective, nbytes, algo, algorithm):
         """Let the latency path (self._hot) take later calls of this shape, which this one just
-        routed to a plain native schedule: only for the tuner's own choice (no algorithm=) and
-        when that depends on the size alone (no topology planner, no islands, and no symmetric
-        allocation: those routes look at the buffers, and a freed allocation must raise)."""
-        if (algorithm is None and self._plan is None and self._islands is None
-                and not self._sym.active):
-            self._hot.learn(collective, nbytes, algo, self.last_algorithm)
+        routed to a plain native schedule, under the same ``algorithm=`` (None: the tuner's
+        choice; a forced algorithm takes the same path, so it costs what the tuner's choice of it
+        costs). Only when the route depends on the size and that name alone (no topology
+        planner, no islands, and no symmetric allocation: those routes look at the buffers or at
+        whether the choice was forced, and a freed allocation must raise)."""
+        if self._plan is None and self._islands is None and not self._sym.active:
+            self._hot.learn(collective, nbytes, algo, self.last_algorithm, algorithm)
 
     # ------------------------------------------------------------------ collectives
 
@@ -341,9 +342,9 @@ class Communicator:
         Returns the output buffer (a Work with async_op=True). All ranks pass the same count,
         dtype and op. Device buffers (DLPack, ``__cuda_array_interface__``) are taken on a rank
         whose island runs on a bridge for that memory (collectives/staged.py)."""
-        if timeout is None and algorithm is None and not (async_op or self._pending):
+        if timeout is None and not (async_op or self._pending):
             try:                               # a shape seen before: straight to the schedule
-                if self._hot.allreduce(buf, out, op):
+                if self._hot.allreduce(buf, out, op, algorithm):
                     return buf if out is None else out
             except HetcclError as e:
                 raise self._failed(e, "allreduce")
@@ -397,9 +398,9 @@ class Communicator:
         ``out`` defaults to a new numpy array of size x len(buf) elements (numpy input only). Passing
         ``out`` as ``buf`` means in place: each rank's contribution already sits in its block of out.
         Device buffers: as for allreduce (``out`` is then required)."""
-        if out is not None and timeout is None and algorithm is None and not (async_op or self._pending):
+        if out is not None and timeout is None and not (async_op or self._pending):
             try:
-                if self._hot.allgather(buf, out):
+                if self._hot.allgather(buf, out, algorithm):
                     return out
             except HetcclError as e:
                 raise self._failed(e, "allgather")
@@ -449,10 +450,9 @@ class Communicator:
         """Reduce ``buf`` over ranks and leave block ``rank`` of the result in ``out``.
 
         Blocks are equal (len(buf) / size) unless ``counts`` gives each rank's (reduce_scatterv)."""
-        if out is not None and counts is None and timeout is None and algorithm is None and \
-                not (async_op or self._pending):
+        if out is not None and counts is None and timeout is None and not (async_op or self._pending):
             try:
-                if self._hot.reduce_scatter(buf, out, op):
+                if self._hot.reduce_scatter(buf, out, op, algorithm):
                     return out
             except HetcclError as e:
                 raise self._failed(e, "reduce_scatter")
@@ -480,9 +480,9 @@ class Communicator:
     def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``. Device
         buffers: as for allreduce."""
-        if timeout is None and algorithm is None and not (async_op or self._pending):
+        if timeout is None and not (async_op or self._pending):
             try:
-                if self._hot.broadcast(buf, root):
+                if self._hot.broadcast(buf, root, algorithm):
                     return buf
             except HetcclError as e:
                 raise self._failed(e, "broadcast")
@@ -552,9 +552,9 @@ class Communicator:
         """Send block r of ``buf`` to rank r and receive rank r's block for us into block r of
         ``out``. Uneven blocks (alltoallv): give ``send_counts`` and ``recv_counts``."""
         if out is not None and send_counts is None and recv_counts is None and timeout is None and \
-                algorithm is None and not (async_op or self._pending):
+                not (async_op or self._pending):
             try:
-                if self._hot.alltoall(buf, out):
+                if self._hot.alltoall(buf, out, algorithm):
                     return out
             except HetcclError as e:
                 raise self._failed(e, "alltoall")

@@ -1,7 +1,7 @@
 """The communicator's latency path (collectives.Hot): a call shape seen before goes straight to its
 native schedule. It must give the same results, the same algorithm and the same errors as the
-Python path it short-cuts, and never take a call it was not taught (forced algorithms, timeouts,
-async operations, dtypes only the Python path knows)."""
+Python path it short-cuts, and never take a call it was not taught (timeouts, async operations,
+dtypes only the Python path knows; a forced algorithm only under its own name)."""
 from __future__ import annotations
 
 import numpy as np
@@ -96,14 +96,38 @@ def _hot_case(rank, size):
         rw.wait()
         check("rs async", np.array_equal(ro, want))
 
-        # a forced algorithm is not learnt: the next unforced call of that size uses the tuner's choice
+        # a forced algorithm is learnt under its own name: the next forced call takes the latency
+        # path too (like for like with the tuner's calls), and an unforced call of that size still
+        # gets the tuner's choice
         b = np.zeros(64, np.float32)
+        check("forced chain not yet learnt", comm._hot.broadcast(b, 0, "chain") is False)
         comm.broadcast(b, algorithm="chain")
         check("forced chain", comm.last_algorithm == "chain")
         comm.broadcast(b)
         check("unforced after forced", comm.last_algorithm == comm._tuner.select("broadcast", b.nbytes).name)
+        b[:] = rank + 1
+        check("forced chain learnt", comm._hot.broadcast(b, size - 1, "chain") is True
+              and comm.last_algorithm == "chain" and np.all(b == size))
         comm.broadcast(b, algorithm="chain")
         check("forced chain again", comm.last_algorithm == "chain")
+        auto = comm._tuner.select("allreduce", 8).name
+        other = next(a.name for a, c in comm._tuner.table("allreduce", 8)
+                     if c is not None and c != float("inf") and a.name != auto)
+        for algo in (other, auto, other):                 # learnt per name, each its own schedule
+            x = np.full(2, rank + 1.0, np.float32)
+            comm.allreduce(x, algorithm=algo)
+            check(f"forced allreduce {algo}", comm.last_algorithm == algo and np.all(x == size * (size + 1) / 2))
+        x = np.full(2, rank + 1.0, np.float32)
+        check("forced allreduce on the latency path",
+              comm._hot.allreduce(x, None, hetccl.SUM, other) is True and comm.last_algorithm == other
+              and np.all(x == size * (size + 1) / 2))
+        comm.allreduce(x)
+        check("unforced allreduce after forced", comm.last_algorithm == auto)
+        try:
+            comm.allreduce(x, algorithm="no_such_algorithm")
+            fails.append("unknown algorithm: no error")
+        except InvalidUsage:
+            pass
 
         # errors are the Python path's, and the communicator stays usable
         x = np.ones(2, np.float32)

@@ -711,13 +711,17 @@ cdef class Hot:
     (collective, bytes) -> algorithm it routed plainly to a native schedule (``learn``); later calls
     of that shape on a numpy array of a known dtype come here first and go straight to the schedule
     (``broadcast`` etc. return True), else return False without side effects and the Python path
-    runs as before. What it learns depends only on the size, like the tuner's choice."""
+    runs as before. What it learns depends only on the size and on the forced algorithm, like the
+    tuner's choice. A call forced with ``algorithm=`` is learnt under that name and the tuner's own
+    calls under None, and both are looked up the same way (two dict lookups), so a forced
+    algorithm costs what the tuner's choice of it costs: a user feature, and the benchmark's
+    like-for-like comparison of algorithms (bench/crossover.py)."""
     cdef Engine e
     cdef double timeout
     cdef dict codes                 # numpy dtype -> hetccl dtype code
     cdef object dt_last             # the last dtype seen and its code (arrays share dtype objects)
     cdef int code_last
-    cdef list algos                 # per HOT_* kind: {nbytes: (algorithm code, name)}
+    cdef list algos                 # per HOT_* kind: {forced name or None: {nbytes: (code, name)}}
     cdef public object last         # the name of the algorithm of the last call (last_algorithm)
 
     def __cinit__(self, Engine e, double timeout, dict codes):
@@ -729,11 +733,12 @@ cdef class Hot:
         self.algos = [{} for _ in range(HOT_KINDS)]
         self.last = None
 
-    def learn(self, str collective, Py_ssize_t nbytes, int algo, str name):
-        """Remember that `collective` of nbytes runs `algo` through the plain native route (at
-        most 512 sizes per collective: past that the table starts again, so a program that uses
-        ever new sizes does not grow)."""
-        cdef dict d = <dict>self.algos[HOT_NAMES.index(collective)]
+    def learn(self, str collective, Py_ssize_t nbytes, int algo, str name, forced=None):
+        """Remember that `collective` of nbytes, called with ``algorithm=forced`` (None: the
+        tuner's choice), runs `algo` through the plain native route (at most 512 sizes per
+        collective and name: past that the table starts again, so a program that uses ever new
+        sizes does not grow; the names are the algorithms that ran, a handful)."""
+        cdef dict d = <dict>(<dict>self.algos[HOT_NAMES.index(collective)]).setdefault(forced, {})
         if len(d) >= 512:
             d.clear()
         d[nbytes] = (algo, name)
@@ -756,15 +761,18 @@ cdef class Hot:
             self.code_last = code
         return self.code_last
 
-    cdef object algo_of(self, int kind, Py_ssize_t nbytes):
-        return (<dict>self.algos[kind]).get(nbytes)
+    cdef object algo_of(self, int kind, Py_ssize_t nbytes, object forced):
+        by_size = (<dict>self.algos[kind]).get(forced)
+        if by_size is None:
+            return None
+        return (<dict>by_size).get(nbytes)
 
-    def broadcast(self, buf, int root):
+    def broadcast(self, buf, int root, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
         if dtype < 0:
             return False
-        hit = self.algo_of(HOT_BROADCAST, buf.nbytes)
+        hit = self.algo_of(HOT_BROADCAST, buf.nbytes, forced)
         if hit is None:
             return False
         p = Bufs()
@@ -773,7 +781,7 @@ cdef class Hot:
         run_broadcast(self.e, <char*>p.a.buf, p.a.len, root, dtype, <int>hit[0], self.timeout)
         return True
 
-    def allreduce(self, buf, out, op):
+    def allreduce(self, buf, out, op, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
         cdef int algo
@@ -783,7 +791,7 @@ cdef class Hot:
             out = buf
         elif out is not buf and self.dtype_of(out) != dtype:
             return False
-        hit = self.algo_of(HOT_ALLREDUCE, buf.nbytes)
+        hit = self.algo_of(HOT_ALLREDUCE, buf.nbytes, forced)
         if hit is None:
             return False
         algo = hit[0]
@@ -796,13 +804,13 @@ cdef class Hot:
             run_allreduce(self.e, &p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
         return True
 
-    def allgather(self, buf, out):
+    def allgather(self, buf, out, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Py_buffer sv, rv
         cdef bint same = buf is out
         if dtype < 0 or (not same and self.dtype_of(out) != dtype):
             return False
-        hit = self.algo_of(HOT_ALLGATHER, out.nbytes)
+        hit = self.algo_of(HOT_ALLGATHER, out.nbytes, forced)
         if hit is None or (hit[0] != ALGO_RING and hit[0] != ALGO_RD):
             return False
         pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
@@ -813,12 +821,12 @@ cdef class Hot:
             release_allgather(same, &sv, &rv)
         return True
 
-    def alltoall(self, buf, out):
+    def alltoall(self, buf, out, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
         if dtype < 0 or self.dtype_of(out) != dtype:
             return False
-        hit = self.algo_of(HOT_ALLTOALL, buf.nbytes)
+        hit = self.algo_of(HOT_ALLTOALL, buf.nbytes, forced)
         if hit is None:
             return False
         p = Bufs()
@@ -827,14 +835,14 @@ cdef class Hot:
         run_alltoall(self.e, &p.a, &p.b, dtype, hit[0], self.timeout)
         return True
 
-    def reduce_scatter(self, buf, out, op):
+    def reduce_scatter(self, buf, out, op, forced=None):
         """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce."""
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
         if (dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
                 or self.dtype_of(out) != dtype):
             return False
-        hit = self.algo_of(HOT_REDUCE_SCATTER, buf.nbytes)
+        hit = self.algo_of(HOT_REDUCE_SCATTER, buf.nbytes, forced)
         if hit is None:
             return False
         p = Bufs()
