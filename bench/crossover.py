@@ -15,16 +15,21 @@ registry decides; ``-c`` to choose), or plot JSON written by ``hetccl bench --al
     python bench/crossover.py ar2.json ar3.json ar4.json
 
 For every collective and world size it prints the table of ``hetccl bench --algos all`` (time of
-each forced algorithm, the tuner's choice, auto/best, within15%) and a verdict, then one summary
-line per (collective, ranks) and an overall PASS/FAIL of this first pass.
+each forced algorithm, the tuner's choice, chosen/best, within15%, auto's own time) and a verdict:
+a size passes when the forced time of the algorithm the tuner chose is at most 1.15 x the fastest
+forced time. Forced and auto calls take the same code path (the communicator's latency path learns
+a forced algorithm under its name), so this compares algorithms, not paths
+(hetccl/benchmark/compare.py).
 
-With ``--run``, every size that failed is then measured again (the confirmation pass, see
-:func:`failing_points`): a sweep of its own over the failing sizes of each (world size,
-collective), every algorithm forced plus auto, interleaved, ``--confirm-reps`` repetitions (3 x
-``--reps``), same cost model, same rule. The confirmation tables follow, then one line per
-(collective, ranks) with both verdicts of each re-measured size and the overall PASS/FAIL after
-confirmation (exit status 1 with ``--strict`` on FAIL). ``--no-confirm`` skips it;
-``--confirmation FILE`` judges JSON of an earlier confirmation pass with the input.
+With ``--run``, every point is measured in ``--passes`` full passes (default 2): the same sweep,
+same repetitions, every world size, one pass after the other; passes after the first price with a
+copy of the first pass's cost model (snapshot_cost_models), so the tuner makes the same choices (a
+choice that differs is reported). The output gives each pass's verdicts, then the count of sizes
+that passed in each pass side by side with the pooled verdict: every variant's repetitions of all
+passes together, judged by the same rule. The pooled verdict is the overall one (exit status 1 with
+``--strict`` on FAIL). Where the passes disagree about a size, that size is listed with both
+ratios: the disagreement is the measured run-to-run variation there. ``--again FILE`` (one per
+world size) judges JSON of a further pass with the input, without running anything.
 Beside it, the model check: for the algorithm the tuner chose at each size, the cost model's
 predicted time against its measured time (within 2x passes), with its own summary lines.
 
@@ -32,8 +37,8 @@ Each PNG (``bench/crossover_<collective>.png``, for ``--plot``, default allreduc
 one panel per world size: time per call (log) against size (log), one line per forced algorithm,
 the tuner's measured time (``auto``, black dashed) with a ring around the algorithm it chose at
 each size, the cost model's prediction for each algorithm (thin dotted, same colour;
-``--no-model`` hides it), and a red cross under the sizes where auto is slower than 1.15 x the
-fastest forced algorithm.
+``--no-model`` hides it), and a red cross under the sizes where the chosen algorithm is slower
+than 1.15 x the fastest forced algorithm.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ import importlib
 import json
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 
@@ -139,9 +145,9 @@ def plot_collective(rows, collective, path, tolerance=compare.TOLERANCE, model=T
         if fails:
             ymin = min(r["time_us"] for r in rs)
             ax.plot([e["size"] for e in fails], [ymin / 1.6] * len(fails), "x", color="red", ms=8,
-                    mew=2, label=f"auto > {tolerance:g}x best")
+                    mew=2, label=f"chosen > {tolerance:g}x best")
         judged = [e for e in summary if e["ok"] is not None]
-        ax.set_title(f"{collective}, {n} ranks  (auto within {round((tolerance - 1) * 100)}%: "
+        ax.set_title(f"{collective}, {n} ranks  (choice within {round((tolerance - 1) * 100)}%: "
                      f"{sum(e['ok'] for e in judged)}/{len(judged)})", fontsize=10)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -209,8 +215,9 @@ def _raw_dir(args) -> str:
     return args.raw_dir
 
 
-def run_sweeps(args) -> list[str]:
-    """Run ``hetccl bench --algos all`` under ``hetccl run -n N`` for each N; return JSON paths."""
+def run_sweeps(args) -> list[list[str]]:
+    """Run ``hetccl bench --algos all`` under ``hetccl run -n N`` for each N, ``--passes`` times;
+    return the JSON paths of each pass. Passes after the first read the first pass's cost model."""
     sys.path.insert(0, HERE)
     import run_all
     raw = _raw_dir(args)
@@ -218,30 +225,46 @@ def run_sweeps(args) -> list[str]:
              "--no-describe"]
     sweep += ["--sizes", args.sizes] if args.sizes else \
         ["-b", args.minbytes, "-e", args.maxbytes, "-f", str(args.stepfactor)]
-    paths = []
-    for n in [int(x) for x in args.nranks.split(",") if x.strip()]:
-        colls = args.collectives or ",".join(multi_algorithm_collectives(n))
-        if not colls:
-            print(f"[crossover] {n} ranks: no collective has more than one algorithm", flush=True)
-            continue
-        if not args.no_retune:
-            tune = [*run_all._hetccl_prefix(), "tune", "-n", str(n)]
-            rc, secs, _ = run_all.run_one(tune, os.path.join(raw, f"tune-n{n}.log"), 300)
-            print(f"[crossover] {shlex.join(tune)}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} "
-                  f"in {secs:.1f} s", flush=True)
-            print(run_all._tail(os.path.join(raw, f"tune-n{n}.log"), 12), flush=True)
-        jpath = os.path.join(raw, f"algos-n{n}.json")
-        _launch(_sweep_command(n, colls, sweep, jpath), n, "", os.path.join(raw, f"algos-n{n}.log"),
-                args.timeout)
-        snapshot_cost_models(os.path.join(raw, f"cache-n{n}"))
-        if os.path.exists(jpath):
-            paths.append(jpath)
-    return paths
+    worlds = [int(x) for x in args.nranks.split(",") if x.strip()]
+    passes = []
+    for k in range(1, max(1, args.passes) + 1):
+        paths = []
+        for n in worlds:
+            colls = args.collectives or ",".join(multi_algorithm_collectives(n))
+            if not colls:
+                print(f"[crossover] {n} ranks: no collective has more than one algorithm", flush=True)
+                continue
+            if k == 1 and not args.no_retune:
+                tune = [*run_all._hetccl_prefix(), "tune", "-n", str(n)]
+                rc, secs, _ = run_all.run_one(tune, os.path.join(raw, f"tune-n{n}.log"), 300)
+                print(f"[crossover] {shlex.join(tune)}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} "
+                      f"in {secs:.1f} s", flush=True)
+                print(run_all._tail(os.path.join(raw, f"tune-n{n}.log"), 12), flush=True)
+            tag = f"algos-n{n}" + ("" if k == 1 else f"-pass{k}")
+            jpath = os.path.join(raw, tag + ".json")
+            cache = os.path.join(raw, f"cache-n{n}")
+            saved = os.environ.get("XDG_CACHE_HOME")
+            if k > 1 and os.path.isdir(cache):      # the first pass's cost model (snapshot_cost_models)
+                os.environ["XDG_CACHE_HOME"] = cache
+            try:
+                _launch(_sweep_command(n, colls, sweep, jpath), n, f" pass {k}",
+                        os.path.join(raw, tag + ".log"), args.timeout)
+            finally:
+                if saved is None:
+                    os.environ.pop("XDG_CACHE_HOME", None)
+                else:
+                    os.environ["XDG_CACHE_HOME"] = saved
+            if k == 1:
+                snapshot_cost_models(cache)
+            if os.path.exists(jpath):
+                paths.append(jpath)
+        passes.append(paths)
+    return passes
 
 
 def snapshot_cost_models(where) -> str:
     """Copy the per-host cost-model cache as the sweep just left it into *where* (an
-    XDG_CACHE_HOME), every entry marked quiet, so that the confirmation's communicators price with
+    XDG_CACHE_HOME), every entry marked quiet, so that later passes' communicators price with
     the numbers the sweep priced with: an entry probed under load is otherwise probed again by
     the next communicators (collectives/probe.py) and could change the tuner's choices."""
     from hetccl.collectives import probe
@@ -254,55 +277,13 @@ def snapshot_cost_models(where) -> str:
     return where
 
 
-# ------------------------------------------------------------------ the confirmation pass
+# ------------------------------------------------------------------ passes
 #
-# A size fails when the tuner's own calls ("auto") took more than the tolerance x the fastest
-# forced algorithm. On this kind of host a few seconds of a slow vCPU placement can do that to
-# one variant's repetitions even though every variant of a size runs back to back within each
-# repetition. The confirmation pass measures every failing (world size, collective, size) point
-# once more, in a new sweep of its own: every algorithm forced plus auto, interleaved and rotated
-# as before, with more repetitions, and judged by the same rule (auto's own calls against the
-# fastest forced algorithm of that sweep, same tolerance). The cost model is not re-measured in
-# between: the confirmation's communicators read a copy of the cache as the first pass left it
-# (snapshot_cost_models), so auto is the same choice; a choice that differs is reported. Both verdicts are printed; a point that failed fails overall unless its
-# confirmation passes. Points that passed are not re-measured.
-
-
-def failing_points(rows, tolerance) -> dict:
-    """{nranks: {collective: [sizes]}} of every size whose auto time missed the tolerance."""
-    out = {}
-    for coll, n, rs in _groups_of(rows):
-        for e in compare.summarize(rs, tolerance):
-            if e["ok"] is False:
-                out.setdefault(n, {}).setdefault(coll, []).append(e["size"])
-    return out
-
-
-def run_confirmation(args, points) -> list[str]:
-    """One sweep per (world size, collective) over its failing sizes; returns the JSON paths."""
-    sys.path.insert(0, HERE)
-    raw = _raw_dir(args)
-    paths = []
-    for n in sorted(points):
-        for coll, sizes in points[n].items():
-            sweep = ["--algos", "all", "--reps", str(args.confirm_reps), "--min-time",
-                     str(args.min_time), "--no-describe", "--sizes", ",".join(str(s) for s in sizes)]
-            jpath = os.path.join(raw, f"confirm-n{n}-{coll}.json")
-            cache = os.path.join(raw, f"cache-n{n}")
-            saved = os.environ.get("XDG_CACHE_HOME")
-            if os.path.isdir(cache):             # the first pass's cost model (snapshot_cost_models)
-                os.environ["XDG_CACHE_HOME"] = cache
-            try:
-                _launch(_sweep_command(n, coll, sweep, jpath), n, f" {coll} confirmation",
-                        os.path.join(raw, f"confirm-n{n}-{coll}.log"), args.timeout)
-            finally:
-                if saved is None:
-                    os.environ.pop("XDG_CACHE_HOME", None)
-                else:
-                    os.environ["XDG_CACHE_HOME"] = saved
-            if os.path.exists(jpath):
-                paths.append(jpath)
-    return paths
+# On this kind of host a few seconds of a slow vCPU placement can slow one variant's repetitions
+# even though every variant of a size runs back to back within each repetition. So every point is
+# measured the same way in every pass, and nothing is re-measured selectively: a pass's verdict is
+# reported whole, the pooled verdict (all passes' repetitions together, same rule) is the overall
+# one, and a size the passes disagree about is listed with each pass's ratio.
 
 
 def _groups_of(rows):
@@ -314,46 +295,71 @@ def _groups_of(rows):
     return out
 
 
-def confirm_all(rows, confirm_rows, tolerance) -> tuple[list[str], bool]:
-    """The confirmation tables, one verdict line per (collective, world size) combining both
-    passes, and whether every size passed in the first pass or in its confirmation."""
-    lines, ok = [], True
-    verdicts = []
-    confirmed = {(coll, n): {e["size"]: e for e in compare.summarize(rs, tolerance)}
-                 for coll, n, rs in _groups_of(confirm_rows)}
-    for coll, n, rs in _groups_of(confirm_rows):
-        summary = list(confirmed[(coll, n)].values())
-        lines += [""] + compare.format_summary(summary, compare.algorithms_of(rs, coll), coll, n,
-                                               tolerance, "hetccl (confirmation)")
-    for coll, n, rs in _groups_of(rows):
-        first = [e for e in compare.summarize(rs, tolerance) if e["ok"] is not None]
-        again = confirmed.get((coll, n), {})
-        notes, passed = [], 0
-        for e in first:
-            if e["ok"]:
-                passed += 1
-                continue
-            c = again.get(e["size"])
-            size = fmt.format_size(e["size"])
-            if c is None or c["ok"] is None:
-                notes.append(f"{size} not re-measured: FAIL")
-                continue
-            same = "" if c["auto_choice"] == e["auto_choice"] else \
-                f", auto now chose {c['auto_choice']} (first: {e['auto_choice']})"
-            paired = "" if c["paired"] is None else f", paired {c['paired']:.2f}x"
-            verdict = "PASS" if c["ok"] else (
-                "FAIL, same algorithm as the fastest" if c["auto_choice"] == c["best"]
-                else f"FAIL, chose {c['auto_choice']}, fastest {c['best']}")
-            notes.append(f"{size} {e['ratio']:.2f}x -> {c['ratio']:.2f}x{paired} {verdict}{same}")
-            passed += bool(c["ok"])
-        ok = ok and passed == len(first)
-        text = (f"# {coll}, {n} ranks: within{round((tolerance - 1) * 100):d}% PASS at "
-                f"{passed}/{len(first)} sizes after confirmation")
-        verdicts.append(text + (f" (re-measured: {'; '.join(notes)})" if notes else ""))
-    lines += ["", "# tuner check after the confirmation pass (each size that failed above measured "
-                  "again, every algorithm and auto interleaved, more repetitions; same rule):"]
-    lines += verdicts
-    lines.append(f"# overall after confirmation: {'PASS' if ok else 'FAIL'}")
+def pool(passes) -> list[dict]:
+    """One row per (collective, nranks, size, variant) over every pass: the repetitions of all
+    passes together (``times_us``) and their median (``time_us``); ``algos`` lists auto's choices
+    when the passes differ."""
+    by_key = {}
+    for rows in passes:
+        for r in rows:
+            by_key.setdefault((r["collective"], r["nranks"], r["size"], r["variant"]), []).append(r)
+    out = []
+    for key, rs in by_key.items():
+        times = [t for r in rs for t in (r.get("times_us") or [r["time_us"]])]
+        row = dict(rs[0], times_us=times, time_us=statistics.median(times), passes=len(rs))
+        algos = list(dict.fromkeys(r.get("algo") for r in rs))
+        if len(algos) > 1:
+            row["algos"] = algos
+        out.append(row)
+    return out
+
+
+def passes_report(passes, tolerance) -> tuple[list[str], bool]:
+    """Every pass's count beside the pooled verdict, per (collective, world size), and whether the
+    pooled verdict passes at every size and every pass measured every point of the first."""
+    pct = f"within{round((tolerance - 1) * 100):d}%"
+    per_pass = [{(c, n): {e["size"]: e for e in compare.summarize(rs, tolerance) if e["ok"] is not None}
+                 for c, n, rs in _groups_of(rows)} for rows in passes]
+    pooled_rows = pool(passes)
+    pooled = {(c, n): {e["size"]: e for e in compare.summarize(rs, tolerance) if e["ok"] is not None}
+              for c, n, rs in _groups_of(pooled_rows)}
+    lines = ["", f"# tuner check over {len(passes)} passes (every point measured in each; {pct} = the "
+                 f"chosen algorithm's forced time <= {tolerance:g} x the fastest forced):"]
+    ok, totals = True, [0] * (len(passes) + 1)
+    judged_total = 0
+    for (coll, n), points in pooled.items():
+        counts = []
+        for k, pp in enumerate(per_pass):
+            got = pp.get((coll, n), {})
+            counts.append(sum(bool(got.get(s, {}).get("ok")) for s in points))
+            totals[k] += counts[-1]
+        good = sum(bool(e["ok"]) for e in points.values())
+        totals[-1] += good
+        judged_total += len(points)
+        notes = []
+        missing = [s for s in points if any(s not in pp.get((coll, n), {}) for pp in per_pass)]
+        if missing:
+            ok = False
+            notes.append("not measured in every pass: " + ", ".join(fmt.format_size(s) for s in missing))
+        for size, e in points.items():
+            ratios = [pp.get((coll, n), {}).get(size) for pp in per_pass]
+            each = " / ".join("-" if x is None else f"{x['ratio']:.2f}x" for x in ratios)
+            label = fmt.format_size(size)
+            choices = {x["auto_choice"] for x in ratios if x is not None}
+            changed = f", the tuner chose {' / '.join(sorted(choices))} in different passes" \
+                if len(choices) > 1 else ""
+            if not e["ok"]:
+                notes.append(f"{label} FAIL pooled {e['ratio']:.2f}x (passes {each}), chose "
+                             f"{e['auto_choice']}, fastest {e['best']}{changed}")
+            elif None not in ratios and (len({x["ok"] for x in ratios}) > 1 or changed):
+                notes.append(f"{label} passes disagree ({each}), pooled {e['ratio']:.2f}x PASS{changed}")
+        ok = ok and good == len(points)
+        side = ", ".join(f"pass {k + 1} {c}/{len(points)}" for k, c in enumerate(counts))
+        lines.append(f"# {coll}, {n} ranks: {side}; pooled {good}/{len(points)}"
+                     + (f" ({'; '.join(notes)})" if notes else ""))
+    side = ", ".join(f"pass {k + 1} {totals[k]}/{judged_total}" for k in range(len(passes)))
+    lines.append(f"# all points: {side}; pooled {totals[-1]}/{judged_total}")
+    lines.append(f"# overall (pooled over {len(passes)} passes): {'PASS' if ok else 'FAIL'}")
     return lines, ok
 
 
@@ -386,7 +392,7 @@ def model_check(summary, collective, nranks, factor=MODEL_FACTOR) -> tuple[list[
     return lines + [verdict], verdict, not outside
 
 
-def check_all(rows, tolerance) -> tuple[list[str], bool]:
+def check_all(rows, tolerance, label="first pass") -> tuple[list[str], bool]:
     """The within-tolerance table and verdict of every (collective, world size) in *rows*, the
     model's predicted/measured table, then a summary; and whether every judged size passed the
     tuner check (the model check is reported beside it)."""
@@ -403,9 +409,10 @@ def check_all(rows, tolerance) -> tuple[list[str], bool]:
         lines += [""] + table
         model_verdicts.append(verdict)
         model_ok = model_ok and good
-    lines += ["", "# tuner check (auto within tolerance of the fastest forced algorithm, every size):"]
+    lines += ["", "# tuner check (the chosen algorithm's forced time within tolerance of the fastest "
+                  "forced algorithm, every size):"]
     lines += verdicts
-    lines.append(f"# overall (first pass): {'PASS' if ok else 'FAIL'}")
+    lines.append(f"# overall ({label}): {'PASS' if ok else 'FAIL'}")
     lines += ["", f"# model check (predicted time of the chosen algorithm within {MODEL_FACTOR:g}x of "
                   f"its measured time, every size):"]
     lines += model_verdicts
@@ -433,14 +440,12 @@ def main(argv=None) -> int:
     p.add_argument("--min-time", type=float, default=0.01,
                    help="with --run: seconds of one repetition (default %(default)s: short blocks, "
                         "so the algorithms of a size run within tens of ms of each other)")
-    p.add_argument("--confirm-reps", type=int, default=None,
-                   help="with --run: repetitions of the confirmation pass, which measures every "
-                        "failing size again (default 3 x --reps)")
-    p.add_argument("--no-confirm", action="store_true",
-                   help="with --run: judge the first pass alone (no confirmation pass)")
-    p.add_argument("--confirmation", action="append", default=[], metavar="JSON",
-                   help="JSON of an earlier confirmation pass (`hetccl bench --algos all` over the "
-                        "failing sizes) to judge with the input, instead of running one")
+    p.add_argument("--passes", type=int, default=2,
+                   help="with --run: full passes over every point, each judged, then pooled "
+                        "(default %(default)s)")
+    p.add_argument("--again", action="append", default=[], metavar="JSON",
+                   help="JSON of a further full pass (`hetccl bench --algos all`, one file per "
+                        "world size) to judge and pool with the input, instead of running one")
     p.add_argument("--timeout", type=float, default=3600, help="with --run: seconds per world size")
     p.add_argument("--raw-dir", default=None, help="with --run: where the JSON and logs go")
     p.add_argument("--no-retune", action="store_true",
@@ -453,8 +458,11 @@ def main(argv=None) -> int:
     p.add_argument("--strict", action="store_true", help="exit 1 unless every check passes")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     paths = list(args.json)
+    more = [list(args.again)] if args.again else []
     if args.run:
-        paths += run_sweeps(args)
+        ran = run_sweeps(args)
+        paths += ran[0] if ran else []
+        more += [p for p in ran[1:] if p]
     if not paths:
         p.error("give JSON files or --run")
     rows = load_rows(paths)
@@ -464,21 +472,20 @@ def main(argv=None) -> int:
     wanted = {fmt.canonical(c) for c in (args.collectives or "").split(",") if c.strip()}
     if wanted and not args.run:
         rows = [r for r in rows if r["collective"] in wanted]
-    lines, ok = check_all(rows, args.tolerance)
+    lines, ok = check_all(rows, args.tolerance, "first pass" if more else "one pass")
     for line in lines:
         print(line, flush=True)
-    confirm_paths = list(args.confirmation)
-    points = failing_points(rows, args.tolerance)
-    if args.run and not args.no_confirm and points:
-        args.confirm_reps = args.confirm_reps or 3 * args.reps
-        print(f"\n[crossover] confirmation pass: {sum(len(v) for d in points.values() for v in d.values())}"
-              f" failing sizes, {args.confirm_reps} repetitions each", flush=True)
-        confirm_paths += run_confirmation(args, points)
-    if confirm_paths:
-        confirm_rows = load_rows(confirm_paths)
-        if wanted and not args.run:
-            confirm_rows = [r for r in confirm_rows if r["collective"] in wanted]
-        lines, ok = confirm_all(rows, confirm_rows, args.tolerance)
+    if more:
+        passes = [rows]
+        for k, group in enumerate(more, start=2):
+            extra = load_rows(group)
+            if wanted and not args.run:
+                extra = [r for r in extra if r["collective"] in wanted]
+            print(f"\n# ---------------- pass {k} ----------------", flush=True)
+            for line in check_all(extra, args.tolerance, f"pass {k}")[0]:
+                print(line, flush=True)
+            passes.append(extra)
+        lines, ok = passes_report(passes, args.tolerance)
         for line in lines:
             print(line, flush=True)
     present = list(dict.fromkeys(r["collective"] for r in rows))
