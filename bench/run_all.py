@@ -23,6 +23,12 @@ count, the order of libraries rotating from round to round, and the tables show 
 rounds of each library's per-round median. Results go to stdout and to a markdown file (--out).
 The headline checks of the foundation issue are printed as PASS/FAIL lines.
 
+Every result is checked (the ``#wrong`` column). A run that returned wrong elements keeps its rows in
+the tables, marked ``(N wrong!)``, its sizes fail their checks, and run_all exits 1 (with or
+without ``--strict``), as it does when a run fails. Each library's process binding (every rank's
+CPU affinity as its launcher left it: mpirun binds, ``hetccl run`` and torch's launcher do not) is
+recorded in the markdown.
+
 Before the runs, hetccl's cost model is re-measured (``hetccl tune -n N`` per rank count), so the
 tuner's choices come from this window rather than from whatever moment first filled the per-host
 cache; ``--no-retune`` keeps the cache. The model used is recorded in the markdown.
@@ -289,6 +295,10 @@ def headline_checks(agg) -> list[str]:
             missing = " and ".join(LABEL[x] for x, r in (("hetccl", h), (peer, p)) if r is None)
             lines.append(f"N/A   {label} (no data for {missing})")
             continue
+        if h.get("wrong") or p.get("wrong"):
+            lines.append(f"FAIL  {label}: wrong results (hetccl {h.get('wrong') or 0}, {LABEL[peer]} "
+                         f"{p.get('wrong') or 0} elements)")
+            continue
         best_ratio = p["best_time_us"] / h["best_time_us"]  # > 1: hetccl faster
         if metric == "busbw":
             ok = h["busbw"] >= factor * p["busbw"]
@@ -324,6 +334,9 @@ def issue3_checks(agg, nranks, colls, sizes, libs) -> list[str]:
                     missing.append(size)
                     continue
                 judged += 1
+                if h.get("wrong"):
+                    slower.append(f"{fmt.format_size(size)} (hetccl gave {h['wrong']} wrong elements)")
+                    continue
                 best_peer, best = min(ps, key=lambda pr: pr[1]["time_us"])
                 if h["time_us"] > best["time_us"]:
                     best_min = min(r["best_time_us"] for _, r in ps)
@@ -480,6 +493,7 @@ def main(argv=None) -> int:
     tuned = retune(nranks, raw) if "hetccl" in libs and not args.no_retune else []
     env_info["cost_models"] = tuned
     results = {}       # (lib, n, round) -> rows
+    bindings = {}      # (lib, n) -> every rank's CPU affinity (runner.cpu_binding)
     runs = []          # (round, lib, n, rc, seconds, cmd, log)
     commands = {}      # (lib, n) -> command template
     t_start = time.monotonic()
@@ -502,21 +516,29 @@ def main(argv=None) -> int:
                         os.unlink(jpath)
                     rc, secs, others = run_one(cmd, log, args.timeout)
                     rows = None
-                    if rc == 0 and os.path.exists(jpath):
+                    if os.path.exists(jpath):     # written even when elements were wrong (exit 1)
                         with open(jpath) as f:
-                            rows = json.load(f)["rows"]
+                            doc = json.load(f)
+                        rows = doc["rows"]
                         results[(lib, n, rnd)] = rows
-                    print(f" {'ok' if rows is not None else f'FAILED (exit {rc})'} in {secs:.1f} s"
+                        bindings[(lib, n)] = doc.get("binding")
+                    bad = sum(r.get("wrong") or 0 for r in rows or [])
+                    status = "ok" if rc == 0 and rows is not None else (
+                        f"WRONG RESULTS ({bad} elements)" if bad else f"FAILED (exit {rc})")
+                    print(f" {status} in {secs:.1f} s"
                           f"{'' if others is None else f', other load during: {others:.0%}'}",
                           flush=True)
-                    runs.append((rnd, lib, n, rc, secs, cmd, log, busy, others))
+                    runs.append((rnd, lib, n, rc, secs, cmd, log, busy, others, bad))
                     noisy = others is not None and others > args.max_busy
-                    if rows is None or not noisy:
-                        break  # failures are not retried; quiet runs are kept
+                    if rc != 0 or rows is None or not noisy:
+                        break  # failures and wrong results are not retried; quiet runs are kept
     elapsed = time.monotonic() - t_start
 
     agg = aggregate(results)
     checks = issue3_checks(agg, nranks, colls, sizes, libs) if args.issue3 else headline_checks(agg)
+    failed = run_failures(runs, results)
+    checks = failed + checks
+    env_info["binding"] = {f"{LABEL[lib]}, {n} ranks": b for (lib, n), b in sorted(bindings.items())}
     md = render(args, env_info, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed)
     out = args.out if os.path.isabs(args.out) else os.path.join(REPO, args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -528,9 +550,32 @@ def main(argv=None) -> int:
     print()
     print(md)
     print(f"[run_all] wrote {out}; raw JSON and logs in {raw}")
+    if failed:                   # a wrong result or a failed run fails the run, --strict or not
+        print("\n".join(failed), file=sys.stderr)
+        return 1
     if args.strict and not all(c.startswith("PASS") for c in checks):
         return 1
     return 0
+
+
+def run_failures(runs, results) -> list[str]:
+    """FAIL lines for every kept run that failed or returned wrong elements (the rows of a run
+    with wrong elements stay in the tables, marked "N wrong!", so they can be seen)."""
+    kept = {}
+    for r in runs:
+        kept[(r[0], r[1], r[2])] = r
+    lines = []
+    for (rnd, lib, n), r in sorted(kept.items()):
+        rows = results.get((lib, n, rnd))
+        bad = [x for x in rows or [] if x.get("wrong")]
+        if bad:
+            lines.append(f"FAIL  {LABEL[lib]}, {n} ranks, round {rnd + 1}: wrong results at "
+                         + ", ".join(f"{x['collective']} {fmt.format_size(x['size'])} "
+                                     f"({x['wrong']} elements)" for x in bad))
+        elif r[3] != 0 or rows is None:
+            lines.append(f"FAIL  {LABEL[lib]}, {n} ranks, round {rnd + 1}: the run failed "
+                         f"(exit {r[3]}; log {r[6]})")
+    return lines
 
 
 def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed) -> str:
@@ -548,6 +593,9 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
              "hetccl is faster. `same, best rounds` compares each library's fastest round instead "
              "of its median round: the host's near/far placement changes speed up to ~3x for "
              "seconds at a time, and the fastest rounds are the most comparable.")
+    for what, cpus in (env.get("binding") or {}).items():
+        L.append(f"- process binding (CPU affinity of each rank, as the launcher left it), {what}: "
+                 + ("not recorded" if not cpus else ", ".join(f"rank {r}: {c}" for r, c in enumerate(cpus))))
     for model in env.get("cost_models") or []:
         L.append(f"- hetccl cost model (re-measured by `hetccl tune` before the runs): {model}")
     kept = {}
@@ -597,11 +645,12 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
     last = {}
     for i, r in enumerate(runs):
         last[(r[0], r[1], r[2])] = i
-    for i, (rnd, lib, n, rc, secs, _cmd, _log, busy, others) in enumerate(runs):
-        L.append(f"| {rnd + 1} | {LABEL[lib]} | {n} | {'ok' if rc == 0 else f'exit {rc}'} | "
+    for i, (rnd, lib, n, rc, secs, _cmd, _log, busy, others, bad) in enumerate(runs):
+        L.append(f"| {rnd + 1} | {LABEL[lib]} | {n} | "
+                 f"{f'{bad} wrong' if bad else 'ok' if rc == 0 else f'exit {rc}'} | "
                  f"{secs:.1f} | {pct(busy)} | {pct(others)} | "
                  f"{'yes' if last[(rnd, lib, n)] == i else 'no (retried)'} |")
-    failures = [(r[0], r[1], r[2], r[6]) for r in runs if r[3] != 0]
+    failures = [(r[0], r[1], r[2], r[6]) for r in runs if r[3] != 0 and not r[9]]
     if failures:
         L.append("")
         L.append("Failures (last lines of the log):")

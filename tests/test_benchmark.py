@@ -785,6 +785,59 @@ def test_run_all_issue3_preset_and_checks():
     assert ra.sizes_measured(agg, 2, "alltoall", [8, 64, 1024]) == [8, 1024]
 
 
+def test_run_all_shows_wrong_results_and_fails_the_run(tmp_path, monkeypatch):
+    """A run whose library returned wrong elements exits 1 with its JSON written: its rows stay in
+    the tables ("N wrong!"), the check of that size fails, the Runs table says so, every rank's
+    CPU binding is shown, and run_all exits 1 even without --strict."""
+    ra = _load_run_all()
+
+    def fake_run_one(cmd, log, timeout):
+        jpath = cmd[cmd.index("--json") + 1]
+        lib = "hetccl" if "hetccl.benchmark.cli" in cmd else \
+            "ompi" if any("mpi_bench" in c for c in cmd) else "gloo"
+        wrong = 7 if lib == "hetccl" else 0
+        rows = [{"collective": "allreduce", "size": s, "count": s // 4, "time_us": 1.0 + s / 1e3,
+                 "wrong": wrong if s == 1024 else 0} for s in (8, 1024)]
+        with open(jpath, "w") as f:
+            json.dump({"rows": rows, "binding": ["0", "1"] if lib == "ompi" else ["0-1", "0-1"]}, f)
+        with open(log, "w") as f:
+            f.write("ran\n")
+        return (1 if wrong else 0), 0.1, 0.0
+
+    monkeypatch.setattr(ra, "run_one", fake_run_one)
+    monkeypatch.setattr(ra, "wait_for_quiet", lambda *a: 0.0)
+    monkeypatch.setattr(ra, "environment", lambda: {"date": "d", "hostname": "h", "nproc": 2,
+                                                   "cpu_model": "c", "platform": "p", "python": "3",
+                                                   "numpy": "1"})
+    out = tmp_path / "r.md"
+    rc = ra.main(["--issue3", "--nranks", "2", "-c", "allreduce", "--sizes", "8,1024", "--rounds", "1",
+                  "--no-retune", "--out", str(out), "--raw-dir", str(tmp_path / "raw")])
+    assert rc == 1
+    md = out.read_text()
+    assert "(7 wrong!)" in md
+    assert "FAIL  hetccl, 2 ranks, round 1: wrong results at allreduce 1K (7 elements)" in md
+    assert "FAIL  2 ranks allreduce: hetccl slower than the faster peer at 1/2 sizes: 1K (hetccl " \
+           "gave 7 wrong elements)" in md
+    assert "| 1 | hetccl | 2 | 7 wrong |" in md
+    assert "process binding (CPU affinity of each rank, as the launcher left it), Open MPI, 2 ranks: " \
+           "rank 0: 0, rank 1: 1" in md
+    assert "hetccl, 2 ranks: rank 0: 0-1, rank 1: 0-1" in md
+
+
+def test_cpu_binding_gathers_every_ranks_affinity(monkeypatch):
+    class Fake:                      # rank 0 of two: max_over_ranks pairs it with rank 1's value
+        size, rank = 2, 0
+
+        def max_over_ranks(self, x):
+            return max(x, self.peer_value.pop(0))
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5})
+    a = Fake()
+    a.peer_value = [-2.0, 1.0 * (1 << 3)]    # rank 1 (bound to CPU 3) answers in its own turn
+    assert runner.cpu_binding(a) == ["0-2,5", "3"]
+    assert runner._cpu_list([0, 2, 3, 4, 7]) == "0,2-4,7"
+
+
 # ------------------------------------------------------------------ hetccl bench, real processes
 
 

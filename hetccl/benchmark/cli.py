@@ -27,7 +27,7 @@ import sys
 
 from . import compare
 from . import format as fmt
-from .runner import Adapter, resolve_dtype, result_document, run_sweep, write_json
+from .runner import Adapter, cpu_binding, resolve_dtype, result_document, run_sweep, write_json
 
 DEFAULT_COLLECTIVES = "allreduce,allgather"
 
@@ -167,7 +167,9 @@ def run_from_args(adapter, args, describe: str | None = None, argv=None, out=Non
         for coll in dict.fromkeys(e["collective"] for e in summaries):
             say(compare.verdict([e for e in summaries if e["collective"] == coll], coll,
                                 adapter.size, tolerance))
+    binding = cpu_binding(adapter) if args.json else None     # collective: every rank takes part
     if adapter.rank == 0 and args.json:
+        meta = dict(meta, binding=binding)
         if summaries:
             meta = dict(meta, algos_summary=summaries, tolerance=tolerance)
         doc = result_document(adapter, all_rows, argv=argv, describe=describe,

@@ -536,6 +536,40 @@ def host_info() -> dict:
             "python": sys.version.split()[0], "numpy": np.__version__}
 
 
+def _cpu_list(cpus) -> str:
+    """'0-3,6' from a set of CPU numbers."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def cpu_binding(adapter) -> list[str]:
+    """Every rank's CPU affinity as the launcher left it (``sched_getaffinity``), e.g. ``["0",
+    "1"]`` for ranks bound one per core, ``["0-1", "0-1"]`` unbound on 2 CPUs. Collective: each
+    rank's mask travels through the adapter's own ``max_over_ranks`` (the others send 0), so it
+    works for every library; CPUs past 52 do not fit a float exactly and read ``"?"``."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        mine = set()
+    exact = bool(mine) and max(mine) < 52
+    mask = float(sum(1 << c for c in mine)) if exact else -1.0
+    out = []
+    for r in range(int(adapter.size)):
+        got = adapter.max_over_ranks(mask if adapter.rank == r else -2.0)
+        m = int(got)
+        out.append("?" if got < 0 else _cpu_list(c for c in range(52) if m >> c & 1))
+    return out
+
+
 def result_document(adapter, rows, argv=None, describe=None, **meta) -> dict:
     """The JSON document benchmarks write: library, nranks, host, command line, rows."""
     doc = {"library": adapter.name, "nranks": adapter.size, "host": host_info(),
