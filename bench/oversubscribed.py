@@ -1,17 +1,27 @@
 """100 allreduces of 1 MiB with more ranks than cores (default 8 ranks), hetccl beside Open MPI and
-gloo, each under its own launcher on the same machine, one after the other.
+gloo, each under its own launcher on the same machine, interleaved over rounds.
 
-    python bench/oversubscribed.py                  # all three, 8 ranks, 100 x 1 MiB float32 SUM
-    python bench/oversubscribed.py -n 8 --iters 100 --libs hetccl,mpi
+    python bench/oversubscribed.py                  # all, 8 ranks, 100 x 1 MiB float32 SUM, 3 rounds
+    python bench/oversubscribed.py -n 8 --iters 100 --rounds 5 --libs hetccl,mpi
 
-Each rank times its loop (after one warm-up call and a barrier); the reported time is the slowest
-rank's. hetccl ranks waiting on a peer spin briefly, then yield, then sleep on a futex or poll (at
-once when oversubscribed), so 8 ranks on 2 cores make progress instead of livelocking. The
-non-blocking variant (``--async``) issues every allreduce with async_op=True and waits at the end:
-the communicator's progress thread drives them without the GIL.
+Each rank times its loop (after one warm-up call and a barrier); a run's time is the slowest
+rank's. Every library runs the same call the same way: in place (hetccl ``allreduce(x)``, MPI
+``Allreduce(IN_PLACE, x)``, gloo ``all_reduce(t)``), so none of them pays for or saves an extra
+output buffer. The libraries are interleaved: each round runs every library once, the order
+rotating from round to round, and the table shows every round and the median over rounds (on this
+host the speed of an oversubscribed run changes 2-3x with which rank the host schedules when, so
+a library measured alone in a quiet minute is not comparable). Every rank's CPU affinity as its
+launcher left it is shown (mpirun does not bind oversubscribed ranks; the others never bind).
+
+hetccl ranks waiting on a peer spin briefly, then yield, then sleep on a futex or poll (at once
+when oversubscribed), so 8 ranks on 2 cores make progress instead of livelocking. The
+non-blocking variant (``hetccl-async``) issues every allreduce with async_op=True and waits at the
+end: the communicator's progress thread drives them without the GIL.
 """
 import argparse
 import os
+import re
+import statistics
 import subprocess
 import sys
 import time
@@ -21,9 +31,15 @@ sys.path.insert(0, HERE)
 from checkout import IMPORT_ROOT  # noqa: E402  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 
 
+def _bound(rank):
+    """This rank's CPU affinity, printed for the parent (``BIND rank cpus``)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    print(f"BIND {rank} {','.join(map(str, cpus)) or '?'}", flush=True)
+
+
 def _loop(allreduce, barrier, iters, nbytes):
     import numpy as np
-    x = np.ones(nbytes // 4, np.float32)
+    x = np.ones(nbytes // 4, np.float32)     # in place in every library: x is input and output
     allreduce(x)
     barrier()
     t = time.perf_counter()
@@ -36,6 +52,7 @@ def rank_hetccl(iters, nbytes, use_async):
     import numpy as np
     import hetccl
     comm = hetccl.init()
+    _bound(comm.rank)
     if use_async:
         x = np.ones(nbytes // 4, np.float32)
         comm.allreduce(x)
@@ -55,11 +72,10 @@ def rank_hetccl(iters, nbytes, use_async):
 
 
 def rank_mpi(iters, nbytes):
-    import numpy as np
     from mpi4py import MPI
     c = MPI.COMM_WORLD
-    out = np.empty(nbytes // 4, np.float32)
-    el = _loop(lambda x: c.Allreduce(x, out, MPI.SUM), c.Barrier, iters, nbytes)
+    _bound(c.Get_rank())
+    el = _loop(lambda x: c.Allreduce(MPI.IN_PLACE, x, MPI.SUM), c.Barrier, iters, nbytes)
     worst = c.allreduce(el, MPI.MAX)
     if c.Get_rank() == 0:
         print(f"RESULT mpi {worst:.4f}", flush=True)
@@ -70,6 +86,7 @@ def rank_gloo(iters, nbytes):
     import torch
     import torch.distributed as dist
     dist.init_process_group("gloo")
+    _bound(dist.get_rank())
     el = _loop(lambda x: dist.all_reduce(torch.from_numpy(x)), dist.barrier, iters, nbytes)
     t = torch.tensor([el], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -89,15 +106,22 @@ def _launch(lib, n, iters, nbytes, use_async, timeout):
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         cmd = ["mpirun", "-np", str(n), "--oversubscribe"] + me
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"] + me
+        # torchrun runs its script with the interpreter itself: give it the script, not python
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"] + me[1:]
     t = time.monotonic()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t
+    bind = {int(r): cpus for r, cpus in re.findall(r"BIND (\d+) ([\d,?]+)", p.stdout)}
     for line in p.stdout.splitlines():
         if "RESULT" in line:
             parts = line.split("RESULT", 1)[1].split()
-            return parts[0], float(parts[1]), wall, " ".join(parts[2:])
+            return float(parts[1]), wall, " ".join(parts[2:]), bind
     raise RuntimeError(f"{lib} failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+
+
+def _binding(bind, n):
+    cpus = [bind.get(r, "?") for r in range(n)]
+    return "all " + cpus[0] if len(set(cpus)) == 1 else " ".join(f"{r}:{c}" for r, c in enumerate(cpus))
 
 
 def main(argv=None):
@@ -106,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--bytes", type=int, default=1 << 20)
     ap.add_argument("--libs", default="hetccl,hetccl-async,mpi,gloo")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--rank-of", help=argparse.SUPPRESS)
     ap.add_argument("--async", dest="use_async", action="store_true", help=argparse.SUPPRESS)
@@ -116,19 +141,40 @@ def main(argv=None):
         return rank_mpi(a.iters, a.bytes)
     if a.rank_of == "gloo":
         return rank_gloo(a.iters, a.bytes)
-    print(f"{a.n} ranks on {os.cpu_count()} cores, {a.iters} x allreduce of {a.bytes} bytes (float32 SUM)\n")
-    print("| library | time for all calls (s, slowest rank) | per call (ms) | launcher wall (s) | link |")
+    libs = [x for x in a.libs.split(",") if x]
+    print(f"{a.n} ranks on {os.cpu_count()} cores, {a.iters} x allreduce of {a.bytes} bytes "
+          f"(float32 SUM, in place), {a.rounds} interleaved rounds\n")
+    print("| round | library | time for all calls (s, slowest rank) | per call (ms) | launcher wall (s) "
+          "| link | CPU affinity per rank |")
+    print("|---|---|---|---|---|---|---|")
+    times = {lib: [] for lib in libs}
+    for rnd in range(a.rounds):
+        for lib in libs[rnd % len(libs):] + libs[:rnd % len(libs)]:
+            try:
+                secs, wall, link, bind = _launch(lib.split("-")[0], a.n, a.iters, a.bytes,
+                                                 lib.endswith("async"), a.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired, FileNotFoundError) as e:
+                lines = [x for x in str(e).splitlines() if x.strip()]
+                print(f"| {rnd + 1} | {lib} | failed: {lines[-1] if lines else type(e).__name__} | | | | |",
+                      flush=True)
+                continue
+            times[lib].append(secs)
+            print(f"| {rnd + 1} | {lib} | {secs:.3f} | {secs / a.iters * 1e3:.2f} | {wall:.1f} | {link} | "
+                  f"{_binding(bind, a.n)} |", flush=True)
+    print("\n| library | runs | median time for all calls (s) | per call (ms) | min - max (s) |")
     print("|---|---|---|---|---|")
-    for lib in a.libs.split(","):
-        base = lib.split("-")[0]
-        try:
-            name, secs, wall, link = _launch(base, a.n, a.iters, a.bytes, lib.endswith("async"), a.timeout)
-        except (RuntimeError, subprocess.TimeoutExpired, FileNotFoundError) as e:
-            lines = [x for x in str(e).splitlines() if x.strip()]
-            print(f"| {lib} | failed: {lines[-1] if lines else type(e).__name__} | | | |")
+    failed = False
+    for lib in libs:
+        ts = times[lib]
+        if len(ts) < a.rounds:
+            failed = True
+        if not ts:
+            print(f"| {lib} | 0/{a.rounds} | failed | | |")
             continue
-        print(f"| {name} | {secs:.3f} | {secs / a.iters * 1e3:.2f} | {wall:.1f} | {link} |", flush=True)
-    return 0
+        med = statistics.median(ts)
+        print(f"| {lib} | {len(ts)}/{a.rounds} | {med:.3f} | {med / a.iters * 1e3:.2f} | "
+              f"{min(ts):.3f} - {max(ts):.3f} |")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
