@@ -11,7 +11,11 @@ doing the same native work per call (xAllReduce of 8 bytes + one stream query):
            dtype/op table, error handling, stream wait with deadline and async-error check)
 
 Reps are interleaved (direct, binding, bridge, direct, ...) and the medians over reps are
-reported. Target: bridge - direct <= 2 us per call at 8 B.
+reported. Target: the bridge adds <= 2 us per call at 8 B to the library's own call. The verdict
+measures it against ``binding`` (the library called from native code, two nogil calls): the cost of
+the calls themselves and nothing else. ``direct`` through ctypes is printed for reference only:
+ctypes' own per-call overhead (argument conversion, about 0.6 us a call here) makes it slower than
+the bridge, so "added vs direct" would come out negative and hide what the bridge costs.
 
 ``--families`` adds the other call families on their doubles (binding vs bridge, the same 8 B
 allreduce): cncl (fakecncl + the CNRT-style runtime), bkcl (fakebkcl_ + the XPU-style runtime,
@@ -142,10 +146,11 @@ def run(bridge, libs, reps: int, iters: int) -> int:
     print(f"{'path':>8} {'us/call':>9} {'added vs direct':>16} {'added vs binding':>17}")
     for k in paths:
         print(f"{k:>8} {med[k]:9.3f} {med[k] - med['direct']:16.3f} {med[k] - med['binding']:17.3f}")
-    added = med["bridge"] - med["direct"]
+    added = med["bridge"] - med["binding"]
     ok = added <= TARGET_US
-    print(f"# target: bridge adds <= {TARGET_US:g} us per call: {'met' if ok else 'NOT met'} ({added:.3f} us)")
-    return 0
+    print(f"# target: the bridge adds <= {TARGET_US:g} us per call to the library's own call (vs "
+          f"binding): {'met' if ok else 'NOT met'} ({added:.3f} us); ctypes 'direct' shown for reference")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
