@@ -13,8 +13,14 @@ Reference rules (see the kernels' contract in hetccl/_native/reduce.pxd):
 * integers: exact, with two's-complement wraparound for SUM/PROD; AVG = truncating division of the
   sum (inputs are kept small enough that the sum does not wrap);
 * MIN/MAX and everything of allgather: exact (allgather is compared byte for byte);
-* floating SUM/PROD/AVG: within the error of ~N roundings in the dtype (fp16/bf16/fp8 are widened
-  to float32 per combine step and rounded back).
+* floating SUM/PROD/AVG: within the error of ~N roundings in the dtype (fp16/bf16 are widened
+  to float32 per combine step and rounded back);
+* fp8 SUM/PROD/AVG: bit-exact against the exact result computed in float64 and rounded once. An
+  error bound of N roundings is vacuous in fp8 (unit roundoff 1/8 or 1/16: at 3+ ranks it admits an
+  all-zero output), so the inputs make rounding once the only correct answer whatever the
+  reduction order: at 2 ranks any inputs (one combine in float32 is exact, then one rounding); at
+  3+ ranks values whose every partial sum or product is exact in the fp8 type (small integers,
+  signed powers of two), so each combine step rounds nothing and only AVG's division rounds, once.
 Outputs are views into larger arrays whose guard bytes must stay untouched (no overruns).
 """
 from __future__ import annotations
@@ -30,10 +36,7 @@ import pytest
 
 from tests.launcher import run_ranks
 
-try:
-    import ml_dtypes
-except ImportError:  # pragma: no cover - a declared dependency
-    ml_dtypes = None
+import ml_dtypes     # a required dependency: a missing one fails the suite, it is not skipped
 
 INTS = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
@@ -85,6 +88,11 @@ def make_base(dt: str, op: str, n: int, size: int, seed: int) -> np.ndarray:
             lo, hi = info.min, info.max
         return rng.integers(lo, hi, m, dtype=d, endpoint=True)
     big = dt in FP8
+    if big and size > 2 and op in ("SUM", "AVG"):    # every partial sum exact (see the docstring)
+        top = 2 if dt == "float8_e4m3fn" else 1      # |partial| <= 16 (e4m3: 3 bits) or 8 (e5m2: 2)
+        return rng.integers(-top, top, m, endpoint=True).astype(d)
+    if big and size > 2 and op == "PROD":            # signed powers of two: every product exact
+        return rng.choice([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], m).astype(d)
     if op in ("SUM", "AVG"):
         v = rng.uniform(-4.0 if big else -1.0, 4.0 if big else 1.0, m)
     elif op == "PROD":
@@ -121,6 +129,11 @@ def reference(inputs: list[np.ndarray], dt: str, op: str):
         eps = EPS[dt]
         if op in ("MIN", "MAX"):
             return functools.reduce(_UFUNC[op], x).astype(d).astype(np.float64), None
+        if dt in FP8:                     # exact in float64, rounded once, bit-exact (docstring)
+            exact = functools.reduce(np.add if op != "PROD" else np.multiply, x)
+            if op == "AVG":
+                exact = exact / N
+            return exact.astype(d).astype(np.float64), None
         if op == "PROD":
             ref = functools.reduce(np.multiply, x)
             return ref, (N + 2) * eps * np.abs(ref)
@@ -648,3 +661,23 @@ def test_signed_zeros_nans_aliasing_and_barrier():
             fails.append(f"{key}: ranks got different bits: "
                          + ", ".join(o["bits"][key] for o in res))
     assert not fails, "\n".join(fails)
+
+
+@pytest.mark.parametrize("dt", FP8)
+@pytest.mark.parametrize("size", [2, 3, 8])
+def test_fp8_references_are_exact_and_reject_wrong_outputs(dt, size):
+    """The fp8 references are bit-exact (no tolerance), so an all-zero output, or one off by one
+    unit in the last place anywhere, fails; a bound of N roundings would accept zeros at 3+ ranks."""
+    for op in ("SUM", "AVG", "PROD"):
+        base = make_base(dt, op, 200, size, 7)
+        ins = [rank_input(base, r, 200) for r in range(size)]
+        expected, tol = reference(ins, dt, op)
+        assert tol is None
+        assert np.count_nonzero(expected) > 100, (op, "inputs give mostly zero results")
+        d = np_dtype(dt)
+        assert compare(expected.astype(d), dt, expected, tol) is None
+        assert compare(np.zeros(200, d), dt, expected, tol) is not None
+        off = expected.astype(d)
+        i = int(np.flatnonzero(expected)[0])
+        off.view(np.uint8)[i] += 1                     # the next fp8 value
+        assert compare(off, dt, expected, tol) is not None
