@@ -1,11 +1,19 @@
-"""Suite-wide guards: which hetccl is tested, a default per-test timeout, and a loud report of
-shared-memory segments (/dev/shm/hetccl-*) that appeared during the session and were never removed.
+"""Suite-wide guards: which hetccl is tested, a default per-test timeout, a loud report of
+shared-memory segments (/dev/shm/hetccl-*) that appeared during the session and were never removed,
+and ``--only-hardware-skips`` (CI's mode).
 
 Which hetccl (tests/launcher.py, hetccl/_checkout.py): this checkout's when PYTHONPATH names it
 (``PYTHONPATH=$PWD python -m pytest``) or no built hetccl is installed, else the installed
 package; the header of the run says which. When it is the installed one, the session runs in a
 view of the checkout without ``hetccl/``, so commands started with ``python -c``/``-m`` cannot
 pick up the source tree either.
+
+Skips: a test may skip only for what the machine lacks. Its reason then starts with
+``"hardware: "`` (no CUDA device, two GPUs needed, a CPU without AVX-512, a machine shape). Any
+other skip (a package or tool of the test extras missing, a root-only feature) means an incomplete
+install: with ``--only-hardware-skips`` such a skip fails the session, so a broken install cannot
+pass as a green run. Required parts (numpy, ml_dtypes, the native core) are imported, never
+skipped: missing, they fail.
 """
 from __future__ import annotations
 
@@ -25,7 +33,29 @@ if IMPORT_ROOT != REPO_ROOT:
     os.chdir(IMPORT_ROOT)
 
 DEFAULT_TIMEOUT = 300.0
+HARDWARE = "hardware: "
 _leaked: list[str] = []
+_skips: list[tuple[str, str]] = []     # (test id, reason) of skips that are not hardware ones
+
+
+def pytest_addoption(parser):
+    parser.addoption("--only-hardware-skips", action="store_true",
+                     help="fail the session if a test is skipped for anything but missing hardware "
+                          "(a skip reason starting with 'hardware: '): what CI runs")
+
+
+def skip_reason(report) -> str:
+    """The reason of a skipped test report ("Skipped: " removed)."""
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.split("Skipped: ", 1)[-1]
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = skip_reason(report)
+        if not reason.startswith(HARDWARE):
+            _skips.append((report.nodeid, reason))
 
 
 def pytest_report_header(config):
@@ -69,6 +99,11 @@ def _no_leftover_shm_segments():
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _skips and config.getoption("only_hardware_skips"):
+        terminalreporter.section("hetccl: skipped for something other than hardware (an incomplete "
+                                 "install?)", red=True, bold=True)
+        for nodeid, reason in _skips:
+            terminalreporter.write_line(f"{nodeid}: {reason}", red=True)
     if _leaked:
         terminalreporter.section("hetccl: leaked shared-memory segments", red=True, bold=True)
         for path in _leaked:
@@ -78,3 +113,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     if _leaked and exitstatus == 0 and os.environ.get("HETCCL_TEST_ALLOW_SHM_LEAKS") != "1":
         session.exitstatus = 1  # fail the run: a leak is a bug
+    if _skips and exitstatus == 0 and session.config.getoption("only_hardware_skips"):
+        session.exitstatus = 1  # CI: a test skipped for a missing package or tool

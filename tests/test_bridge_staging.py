@@ -418,12 +418,12 @@ def _gpu_rank(rank, size):
     return out, g
 
 
-@pytest.mark.skipif(_gpu_devices() < 2, reason="needs 2 CUDA devices (and torch with CUDA)")
+@pytest.mark.skipif(_gpu_devices() < 2, reason="hardware: needs 2 CUDA devices (and torch with CUDA)")
 def test_gpu_staged_mixed_islands():
     """2 ranks on NCCL with torch CUDA tensors + 2 hetccl ranks with numpy: the staged path."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA")
+        pytest.skip("hardware: torch has no CUDA")
     n = (1 << 20) + 3
     for out, g in run_ranks(_gpu_rank, 4, timeout=600):
         np.testing.assert_array_equal(out, np.full(n, 10.0, np.float32))

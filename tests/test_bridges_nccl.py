@@ -82,7 +82,7 @@ def _real_nccl_without_a_gpu():
     _wheel_version()
     lib = loader.load_library(nccl.NCCL)
     if loader.device_status(nccl.NCCL, loader.load_runtime(nccl.CUDART))[0]:
-        pytest.skip("this machine has a CUDA device")
+        pytest.skip("hardware: this machine has a CUDA device")
     return lib
 
 
@@ -113,7 +113,7 @@ def test_real_nccl_bridge_says_no_cuda_device():
     _wheel_version()
     rt = loader.load_runtime(nccl.CUDART)
     if loader.device_status(nccl.NCCL, rt)[0]:
-        pytest.skip("this machine has a CUDA device")
+        pytest.skip("hardware: this machine has a CUDA device")
     with pytest.raises(BridgeUnavailable, match="no CUDA device: cudaGetDeviceCount returned"):
         nccl.NcclBridge(MemStore(), "t", 0, 1)
 
@@ -596,12 +596,12 @@ def _gpu_allreduce_rank(rank, size):
         comm.close()
 
 
-@pytest.mark.skipif(_gpu_devices() < 1, reason="needs a CUDA device (and torch with CUDA)")
+@pytest.mark.skipif(_gpu_devices() < 1, reason="hardware: needs a CUDA device (and torch with CUDA)")
 def test_gpu_one_rank_every_call_through_nccl_on_cuda_tensors():
     """One GPU: the real NCCL bridge on torch CUDA tensors, every call, and staging."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA")
+        pytest.skip("hardware: torch has no CUDA")
     b = nccl.NcclBridge(MemStore(), "gpu1", 0, 1, device=0)
     try:
         n = (1 << 20) + 3
@@ -631,11 +631,11 @@ def test_gpu_one_rank_every_call_through_nccl_on_cuda_tensors():
     assert b.live_allocations() == 0
 
 
-@pytest.mark.skipif(_gpu_devices() < 2, reason="needs 2 CUDA devices (and torch with CUDA)")
+@pytest.mark.skipif(_gpu_devices() < 2, reason="hardware: needs 2 CUDA devices (and torch with CUDA)")
 def test_gpu_two_ranks_allreduce_through_nccl():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA")
+        pytest.skip("hardware: torch has no CUDA")
     res = run_ranks(_gpu_allreduce_rank, 2, timeout=300)
     n = (1 << 20) + 3
     base = np.arange(n, dtype=np.float64) % 7

@@ -244,7 +244,8 @@ def test_alltoall_single_copy(size, direct, expect):
 
     from hetccl._native import alltoall_cma
     if direct is None and (size > len(os.sched_getaffinity(0))) != (expect == "oversubscribed"):
-        pytest.skip("the default threshold depends on ranks vs cores; this case is for another machine shape")
+        pytest.skip("hardware: the default threshold depends on ranks vs cores; this case is for another "
+                    "machine shape")
     expect_min = {"oversubscribed": alltoall_cma.MIN_BYTES_OVERSUBSCRIBED,
                   "default": alltoall_cma.MIN_BYTES}.get(expect, expect)
     res = run_ranks(_alltoall_single_copy, size, expect_min, timeout=240, env={"HETCCL_C2C_DIRECT": direct})

@@ -17,10 +17,9 @@ import glob
 import os
 import platform
 
+import ml_dtypes  # a required dependency: a missing one fails, it is not skipped
 import numpy as np
 import pytest
-
-ml_dtypes = pytest.importorskip("ml_dtypes")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE = os.path.join(os.path.dirname(HERE), "hetccl", "_native")
@@ -33,7 +32,7 @@ def _load_reduce():
         # hetccl/__init__ may import modules that are still being written; load the extension alone
         paths = glob.glob(os.path.join(NATIVE, "reduce.*.so")) + glob.glob(os.path.join(NATIVE, "reduce.*.pyd"))
         if not paths:
-            pytest.skip("hetccl._native.reduce is not built (python setup.py build_ext --inplace)")
+            raise ImportError("hetccl._native.reduce is not built (python setup.py build_ext --inplace)")
         spec = importlib.util.spec_from_file_location("hetccl._native.reduce", paths[0])
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
@@ -85,7 +84,7 @@ def isa(request):
     got = R.select_kernel_isa(request.param)
     if got != request.param:
         R.select_kernel_isa("avx2")
-        pytest.skip(f"CPU has no {request.param}")
+        pytest.skip(f"hardware: CPU has no {request.param}")
     yield request.param
     R.select_kernel_isa("avx2")
 
