@@ -1007,3 +1007,17 @@ cdef class DeviceRuntime:
                 if rc == C_WAIT_OK or not _job_abandon(j):
                     _job_finish(j)
         return rc, err
+
+
+def _abi():
+    """The nccl.h facts this module compiles in: ncclConfig_t's leading fields as declared here
+    (offsets, and the size it passes in ``config.size``) and the constants (tests/test_nccl_abi.py
+    compares them with the nccl.h of the nvidia-nccl-cu12 wheel)."""
+    cdef nccl_config_v21400 c
+    cdef char* p = <char*>&c
+    return {"offsetof(ncclConfig_t, size)": <char*>&c.size - p,
+            "offsetof(ncclConfig_t, magic)": <char*>&c.magic - p,
+            "offsetof(ncclConfig_t, version)": <char*>&c.version - p,
+            "offsetof(ncclConfig_t, blocking)": <char*>&c.blocking - p,
+            "NCCL_UNIQUE_ID_BYTES": UID_BYTES, "sizeof(ncclUniqueId)": sizeof(uid128),
+            "NCCL_API_MAGIC": API_MAGIC, "ncclInProgress": C_IN_PROGRESS}
