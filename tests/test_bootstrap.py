@@ -169,7 +169,9 @@ def test_blocking_get_is_woken_by_the_server_not_by_polling(server):
         t0 = time.monotonic()
         assert b.get("late") == b"v"
         waited = time.monotonic() - t0
-        assert 0.5 < waited < 3.0
+        # not before the set (0.6 s); the upper bound is generous (a loaded machine): what shows
+        # that the server woke the client is the message count below, not the time
+        assert 0.5 < waited < 8.0
         # exactly two messages: b's GET and a's SET (a polling client would send many)
         assert server.messages_received - before == 2
 
@@ -179,7 +181,7 @@ def test_get_timeout_is_quick_and_names_the_key(server):
         t0 = time.monotonic()
         with pytest.raises(HetcclTimeout, match=r"'addr/3'.*rank\(s\) \[3\]"):
             c.get("addr/3", timeout=0.3)
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 5.0      # the call's 0.3 s, not the client's 10 s (margin: load)
         with pytest.raises(HetcclTimeout, match=r"ranks \[0, 1\] of 3"):
             c.allgather("ag", b"x", 3, timeout=0.2)
         with pytest.raises(HetcclTimeout, match="1 of 2 ranks arrived"):
@@ -218,7 +220,8 @@ def test_abort_answers_parked_and_later_requests_at_once(server):
         time.sleep(0.3)                           # b is parked on the server now
         assert a.abort("HetcclTimeout", "rank 0 failed: the links did not come up")
         th.join(10)
-        assert isinstance(got["err"], CommAborted) and got["took"] < 5
+        # at once, not after the 30 s get timeout (15 s: a generous margin for a loaded machine)
+        assert isinstance(got["err"], CommAborted) and got["took"] < 15
         assert "rank 0 failed: the links did not come up" in str(got["err"])
         assert "(HetcclTimeout)" in str(got["err"])
         assert server.wait_told([0, 1], timeout=1)
@@ -500,7 +503,7 @@ def test_link_handshake_survives_garbage(caplog):
     t0 = time.monotonic()
     with pytest.raises(HetcclTimeout):  # a silent peer
         auth.server_handshake(a, SECRET, 0, b"c", timeout=0.3)
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 10       # the 0.3 s deadline holds (generous: a loaded machine)
     a.close(), b.close()
 
 

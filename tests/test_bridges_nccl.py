@@ -104,7 +104,7 @@ def test_real_nccl_nonblocking_join_without_a_gpu_fails_at_once_with_its_own_mes
     rc, uid = lib.unique_id()
     t0 = time.monotonic()
     code, detail, comm = lib.comm_init_nonblocking(1, uid, 0, 30.0)
-    assert time.monotonic() - t0 < 5                         # refused in the call, not after the deadline
+    assert time.monotonic() - t0 < 15                        # refused in the call, not after the 30 s deadline
     assert (code, detail, comm) == (WAIT_CALL, 1, 0)         # ncclUnhandledCudaError, no communicator
     assert "Cuda failure" in lib.last_error(0)
 
@@ -368,7 +368,7 @@ def test_fake_join_deadline_names_the_rank_that_never_started(libs, tmp_path, mo
     finally:
         stop.set()
         t.join()
-    assert 1.0 <= time.monotonic() - t0 < 6
+    assert 1.0 <= time.monotonic() - t0 < 10                 # the 1 s deadline (generous: a loaded machine)
     assert ticks[0] > 100                                       # ~1000 without load
     msg = str(e.value)
     assert "fakecclCommInitRankConfig (island rank 0 of 2) did not finish within 1 s" in msg

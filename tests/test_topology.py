@@ -216,7 +216,9 @@ def test_discovery_of_this_machine_is_fast_and_json():
     import time
     t = time.perf_counter()
     d = discover.discover_host("/")
-    assert time.perf_counter() - t < 0.5
+    # generous: discovery runs at every init and reads only sysfs/procfs (a few ms); 5 s catches a
+    # scan that blocks on something (a device, a network tool), not a slow moment of a loaded VM
+    assert time.perf_counter() - t < 5.0
     json.dumps(d)
 
 

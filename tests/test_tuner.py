@@ -287,7 +287,9 @@ def test_probe_measures_once_then_the_cache_serves(tmp_path):
     assert len(entries) == 1
     (e,) = entries.values()
     assert (e["links"], e["local"], e["nranks"]) == ("c2c", 2, 2)
-    assert e["probe_s"] < 1.0, f"the probe took {e['probe_s']:.2f} s"
+    # generous: the probe is built to take ~0.1 s at every first init; 5 s catches a probe that
+    # measures far more than it should, not a loaded 2-core machine (its speed is not tested here)
+    assert e["probe_s"] < 5.0, f"the probe took {e['probe_s']:.2f} s"
     assert (e["alpha"], e["beta"], e["gamma"]) == res[0]["dup"]["cost"]
     assert e["probes"] == (2 if again else 1)
 
@@ -420,8 +422,11 @@ def test_tune_replaces_this_hosts_entry_with_a_measurement(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# The formulas' ordering at the shapes where the tuner missed (bench/results/crossover-2026-12-01:
-# these are the cost models the probe measured there; no processes, no timing)
+# Formula tests: the cost formulas' ordering at the shapes where the tuner once missed. They check
+# the formulas, not the machine: no processes, no timing. RUN_MODELS are the cost models the probe
+# measured in bench/results/crossover-2026-12-01.txt; the timings quoted in the docstrings are the
+# measurements that motivated each formula, recorded in bench/results/, and are not re-made here.
+# Whether the choices hold on a machine is bench/crossover.py's check (bench/RESULTS.md).
 # ------------------------------------------------------------------------------------------------
 RUN_MODELS = {2: LinkCost(0.338e-6, 1 / 7.5e9, 1 / 51.4e9),      # 2 ranks over c2c FIFOs
               3: LinkCost(2.72e-6, 1 / 2.54e9, 1 / 51.9e9),      # 3 ranks on 2 cores
@@ -442,9 +447,10 @@ def _pick(collective, n, p, c=None):
 @pytest.mark.parametrize("p", [3, 4])
 @pytest.mark.parametrize("n", [32 << 10, 128 << 10, 512 << 10, 2 << 20, 32 << 20])
 def test_broadcast_picks_the_pipelined_chain_from_3_ranks(p, n):
-    """Measured: the chain is the fastest broadcast at 3-4 ranks from 32 KiB on (its relays forward
-    chunks as they arrive, ~0.75 beta per byte), where the old formulas chose scatter_allgather or
-    binomial (a binomial level is a one-way transfer: 0.5 beta per byte, log2 p of them)."""
+    """Formula test: the formulas price the chain below scatter_allgather and binomial at 3-4 ranks
+    from 32 KiB (its relays forward chunks as they arrive, ~0.75 beta per byte; a binomial level is
+    a one-way transfer: 0.5 beta per byte, log2 p of them). Motivating measurement, not made here:
+    the chain was the fastest broadcast there (bench/results/crossover-2026-12-01.txt)."""
     assert _pick("broadcast", n, p) == "chain"
 
 
@@ -459,8 +465,9 @@ def test_one_way_transfers_cost_one_pass_per_side_over_fifos_and_the_wire_time_o
 
 @pytest.mark.parametrize("n", [512 << 10, 2 << 20])
 def test_two_rank_ring_allreduce_is_rabenseifners_schedule_for_steps_that_fit_a_fifo(n):
-    """With 2 ranks both are two exchanges of n/2: priced alike (the old formulas charged
-    Rabenseifner 1.5x per byte and chose the ring where Rabenseifner measured 1.23x faster)."""
+    """Formula test: with 2 ranks both are two exchanges of n/2, so they are priced alike.
+    Motivating measurement, not made here: the old formulas charged Rabenseifner 1.5x per byte and
+    chose the ring where Rabenseifner measured 1.23x faster (bench/results/crossover-2026-12-01.txt)."""
     t = _prices("allreduce", n, 2)
     assert t["rabenseifner"] == pytest.approx(t["ring"])
     big = _prices("allreduce", 64 << 20, 2)          # from stream_min the ring streams its output
@@ -468,9 +475,10 @@ def test_two_rank_ring_allreduce_is_rabenseifners_schedule_for_steps_that_fit_a_
 
 
 def test_exchange_penalty_starts_at_the_engines_streaming_threshold_or_a_full_fifo():
-    """With steps that fit a FIFO, below stream_min, recursive doubling moves the ring's bytes in
-    fewer steps (measured faster at 2 MiB on 4 ranks); from stream_min on, the ring streams and
-    wins (1.4-1.8x at 32-128 MiB); the thresholds are the engine's, carried by the LinkCost."""
+    """Formula test: with steps that fit a FIFO, below stream_min, recursive doubling is priced below
+    the ring (fewer steps for the same bytes); from stream_min on, the ring (it streams); the
+    thresholds are the engine's, carried by the LinkCost. Motivating measurements, not made here:
+    recursive doubling faster at 2 MiB on 4 ranks, the ring 1.4-1.8x faster at 32-128 MiB."""
     assert _pick("allgather", 2 << 20, 4) in ("recursive_doubling", "bruck")
     assert _pick("allgather", 32 << 20, 4) == "ring"
     assert _pick("allgather", 8 << 20, 4) == "ring"                  # a 4 MiB step fills the FIFO
@@ -491,9 +499,9 @@ def test_fused_ring_reduce_scatter_counts_one_pass_per_input_byte():
 
 
 def test_allreduce_crossovers_at_4_ranks_follow_the_passes():
-    """Over FIFOs the ring's fused reduce-scatter (1 pass per byte) makes it cheaper per byte than
-    Rabenseifner's halving (1.5 passes at 4 ranks): ring for large messages (measured 1.3x faster
-    at 8-32 MiB), recursive doubling for small ones."""
+    """Formula test: over FIFOs the ring's fused reduce-scatter (1 pass per byte) is priced below
+    Rabenseifner's halving (1.5 passes at 4 ranks): ring for large messages, recursive doubling
+    for small ones. Motivating measurement, not made here: the ring 1.3x faster at 8-32 MiB."""
     assert _pick("allreduce", 8, 4) == "recursive_doubling"
     assert _pick("allreduce", 2 << 20, 4) == "ring"
     assert _pick("allreduce", 8 << 20, 4) == "ring"
@@ -550,11 +558,11 @@ def test_planner_weighs_every_flat_algorithm_against_the_composed_ones(round_rob
 
 
 def test_two_rank_allgather_takes_the_whole_block_exchange_below_the_streaming_threshold():
-    """At 2 ranks recursive doubling and Bruck copy their own half and swap the other in one
-    exchange; the ring copies its own block inside a sliced send. Measured in four interleaved
-    2-rank sweeps: equal at 512 KiB, the exchange 1.2-1.5x faster at 8 MiB (where the old
-    formulas charged it for a step of a whole FIFO and chose the ring), the ring 1.5x faster from
-    the engine's streaming threshold on."""
+    """Formula test: at 2 ranks recursive doubling and Bruck copy their own half and swap the other
+    in one exchange; the ring copies its own block inside a sliced send; the formulas price them
+    so. Motivating measurements (four interleaved 2-rank sweeps), not made here: equal at 512 KiB,
+    the exchange 1.2-1.5x faster at 8 MiB (where the old formulas charged it for a step of a whole
+    FIFO and chose the ring), the ring 1.5x faster from the engine's streaming threshold on."""
     c = RUN_MODELS[2]
     assert _pick("allgather", 512 << 10, 2) == "ring"                  # one slice: a tie, the ring
     for n in (2 << 20, 8 << 20):
@@ -567,9 +575,9 @@ def test_two_rank_allgather_takes_the_whole_block_exchange_below_the_streaming_t
 
 
 def test_two_rank_alltoall_schedules_are_one_and_priced_as_recursive_doublings_allgather():
-    """At 2 ranks Bruck's alltoall is pairwise (the one block lands in the output), and both are
-    recursive doubling's allgather schedule: one price for all three, so a measured difference
-    between them is the host, not the choice; from stream_min on the exchange lands in memory."""
+    """Formula test: at 2 ranks Bruck's alltoall is pairwise (the one block lands in the output),
+    and both are recursive doubling's allgather schedule: one price for all three; from
+    stream_min on the exchange lands in memory."""
     c = RUN_MODELS[2]
     for n in (64, 8 << 20, 128 << 20):
         t = _prices("alltoall", n, 2)
