@@ -26,8 +26,9 @@ The headline checks of the foundation issue are printed as PASS/FAIL lines.
 Every result is checked (the ``#wrong`` column). A run that returned wrong elements keeps its rows in
 the tables, marked ``(N wrong!)``, its sizes fail their checks, and run_all exits 1 (with or
 without ``--strict``), as it does when a run fails. Each library's process binding (every rank's
-CPU affinity as its launcher left it: mpirun binds, ``hetccl run`` and torch's launcher do not) is
-recorded in the markdown.
+CPU affinity as its launcher left it) is recorded in the markdown. Open MPI binds each rank to a
+core by default when there are no more ranks than cores; ``hetccl run`` and the gloo launcher never
+bind, so mpirun gets ``--bind-to none`` (``--mpirun-args``) and every library runs unbound.
 
 Before the runs, hetccl's cost model is re-measured (``hetccl tune -n N`` per rank count), so the
 tuner's choices come from this window rather than from whatever moment first filled the per-host
@@ -63,6 +64,7 @@ LABEL = {"hetccl": "hetccl", "ompi": "Open MPI", "gloo": "gloo"}
 PEERS = ("ompi", "gloo")
 QUICK_SIZES = "8,64K,1M,64M"
 HEADLINE_SIZES = (8, 64 << 20)
+MPIRUN_ARGS = "--bind-to none"      # like hetccl run and torchrun (see --mpirun-args)
 ISSUE3_COLLECTIVES = "allreduce,allgather,reduce_scatter,broadcast,alltoall"
 ISSUE3_NRANKS = "2,4"
 ISSUE3_SIZES = ",".join(str(x) for x in fmt.size_sweep(8, "256M", 4) + [256 << 20])
@@ -429,7 +431,10 @@ def parse_args(argv):
                    help="launcher prefix for hetccl, {n} and {python} substituted "
                         "(default: 'hetccl run -n {n} --')")
     p.add_argument("--no-describe", action="store_true", help="pass --no-describe to hetccl bench")
-    p.add_argument("--mpirun-args", default="", help="extra mpirun arguments, e.g. '--bind-to none'")
+    p.add_argument("--mpirun-args", default=MPIRUN_ARGS,
+                   help="extra mpirun arguments (default %(default)r: Open MPI binds each rank to a "
+                        "core when ranks <= cores, hetccl run and torch's launcher never bind, so "
+                        "every library runs unbound, like for like; '' for Open MPI's default)")
     p.add_argument("--max-busy", type=float, default=0.25,
                    help="before each run, wait while other processes keep more than this fraction "
                         "of the CPUs busy (default %(default)s)")
