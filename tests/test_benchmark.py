@@ -621,7 +621,7 @@ def test_crossover_passes_judged_alike_and_pooled(tmp_path, capsys):
     assert "# overall (pooled over 2 passes): PASS" in capsys.readouterr().out
 
 
-def test_crossover_confirmation_prices_with_the_first_passs_cost_model(tmp_path, monkeypatch):
+def test_crossover_later_passes_price_with_the_first_passs_cost_model(tmp_path, monkeypatch):
     """The snapshot later passes' communicators read holds the entries the sweep left, none
     marked noisy (a noisy entry would be probed again and could change the tuner's choices)."""
     from hetccl.collectives import probe
