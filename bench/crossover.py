@@ -27,7 +27,7 @@ copy of the first pass's cost model (snapshot_cost_models), so the tuner makes t
 choice that differs is reported). The output gives each pass's verdicts, then the count of sizes
 that passed in each pass side by side with the pooled verdict: every variant's repetitions of all
 passes together, judged by the same rule. The pooled verdict is the overall one (exit status 1 with
-``--strict`` on FAIL). Where the passes disagree about a size, that size is listed with both
+``--strict`` on FAIL; a wrong result anywhere fails it too). Where the passes disagree about a size, that size is listed with both
 ratios: the disagreement is the measured run-to-run variation there. ``--again FILE`` (one per
 world size) judges JSON of a further pass with the input, without running anything.
 Beside it, the model check: for the algorithm the tuner chose at each size, the cost model's
@@ -475,6 +475,12 @@ def main(argv=None) -> int:
     lines, ok = check_all(rows, args.tolerance, "first pass" if more else "one pass")
     for line in lines:
         print(line, flush=True)
+    wrong = [r for rs in [rows] + [load_rows(g) for g in more] for r in rs if r.get("wrong")]
+    if wrong:                    # a wrong result fails the check whatever the times say
+        ok = False
+        print("# FAIL: wrong results at " + ", ".join(
+            f"{r['collective']} {fmt.format_size(r['size'])} {r['variant']} @{r['nranks']} "
+            f"({r['wrong']} elements)" for r in wrong), flush=True)
     if more:
         passes = [rows]
         for k, group in enumerate(more, start=2):
@@ -485,7 +491,8 @@ def main(argv=None) -> int:
             for line in check_all(extra, args.tolerance, f"pass {k}")[0]:
                 print(line, flush=True)
             passes.append(extra)
-        lines, ok = passes_report(passes, args.tolerance)
+        lines, pooled_ok = passes_report(passes, args.tolerance)
+        ok = pooled_ok and not wrong
         for line in lines:
             print(line, flush=True)
     present = list(dict.fromkeys(r["collective"] for r in rows))

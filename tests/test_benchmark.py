@@ -619,6 +619,11 @@ def test_crossover_passes_judged_alike_and_pooled(tmp_path, capsys):
     assert xo.main([str(tmp_path / "good.json"), "--again", str(tmp_path / "good2.json"),
                     "--plot", "none", "--strict"]) == 0
     assert "# overall (pooled over 2 passes): PASS" in capsys.readouterr().out
+    bad = [dict(r, wrong=3) if r["variant"] == "bruck" else r for r in good]
+    (tmp_path / "bad2.json").write_text(json.dumps({"library": "hetccl", "nranks": 2, "rows": bad}))
+    assert xo.main([str(tmp_path / "good.json"), "--again", str(tmp_path / "bad2.json"),
+                    "--plot", "none", "--strict"]) == 1      # the times pass; the wrong result fails
+    assert "# FAIL: wrong results at allgather 4K bruck @2 (3 elements)" in capsys.readouterr().out
 
 
 def test_crossover_later_passes_price_with_the_first_passs_cost_model(tmp_path, monkeypatch):
