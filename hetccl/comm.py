@@ -22,6 +22,7 @@ from .collectives import hierarchical
 from .collectives import islands as _islands
 from .collectives import staged as _staged
 from .collectives import probe
+from .collectives.decide import decide as _decide, explain as _explain
 from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
 from ._native import collectives as _coll
@@ -310,17 +311,7 @@ class Communicator:
             w._finish(exc)
 
     def _algo(self, collective, nbytes, algorithm, code=None, op=None):
-        a = self._tuner.select(collective, nbytes, algorithm)
-        if self._plan is not None or self._islands is not None:
-            # whether the choice was forced only matters to the planners (a flat communicator's
-            # tuner calls must cost the same with and without algorithm=)
-            forced = algorithm or collective in getattr(self._tuner, "forced", ())
-            if self._plan is not None and a.code != _ALGO_ISLANDS:
-                a = self._plan.choose(collective, nbytes, a, forced)   # topology-aware: may compose (code < 0)
-            if self._islands is not None:    # vendor islands: may delegate or compose (ALGO_ISLANDS)
-                a, self._form = self._islands.choose(collective, nbytes, a, forced, code, op)
-        if a.code < 0 and self._islands is None and (self._plan is None or a.code == _ALGO_ISLANDS):
-            a = hierarchical.flat_fallback(self._tuner, collective, nbytes)   # composed where it cannot help
+        a, self._form = _decide(self._tuner, self._plan, self._islands, collective, nbytes, algorithm, code, op)
         self.last_algorithm = a.name
         return a.code
 
@@ -719,11 +710,7 @@ class Communicator:
         if not registry.for_collective(collective):
             known = sorted({a.collective for a in registry.ALGORITHMS})
             raise InvalidUsage(f"unknown collective {collective!r}; known: {', '.join(known)}")
-        text = self._tuner.explain(collective, int(nbytes))
-        if self._plan is not None:
-            text += "\n" + self._plan.explain(collective, int(nbytes))
-        if self._islands is not None:
-            text += "\n" + self._islands.explain(collective, int(nbytes))
+        text = _explain(self._tuner, self._plan, self._islands, collective, nbytes)
         return text + "\n" + self._sym.explain(collective, int(nbytes))
 
     # ------------------------------------------------------------------ recovery (recovery/)

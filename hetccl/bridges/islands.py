@@ -211,14 +211,14 @@ def check_errors(cards) -> None:
                            "; ".join(f"rank {r}: {why}" for r, why in bad))
 
 
-def _leader(ranks, topo) -> int:
-    """NIC distance (see the module docstring): fastest NIC uplink, then NUMA next to it, then lowest."""
+def _leader(ranks, topo, uplink_bw=None) -> int:
+    """NIC distance (see the module docstring): fastest NIC uplink, then NUMA next to it, then lowest.
+    ``uplink_bw``: topo.nic_uplink_bandwidth(), when the caller forms many islands."""
+    bws = topo.nic_uplink_bandwidth() if uplink_bw is None else uplink_bw
+
     def score(r):
         p = topo.ranks[r]
-        bw = 0.0
-        for ln in topo.links:
-            if {ln.a, ln.b} == {f"nic:{p.host}/{p.nic}", "net"}:
-                bw = max(bw, ln.bandwidth or 0.0)
+        bw = bws.get(f"nic:{p.host}/{p.nic}", 0.0)
         nic = topo.nodes.get(f"nic:{p.host}/{p.nic}")
         near = nic is not None and nic.attrs.get("numa") is not None and nic.attrs.get("numa") == p.numa
         return (-bw, not near, r)
@@ -253,7 +253,8 @@ def form(cards, topo) -> list[Island] | None:
         groups.setdefault((kind, key), []).append(r)
     if all(kind == HETCCL for kind, _ in groups):
         return None
-    islands = [Island(kind, tuple(rs), _leader(rs, topo), key) for (kind, key), rs in groups.items()]
+    bws = topo.nic_uplink_bandwidth()
+    islands = [Island(kind, tuple(rs), _leader(rs, topo, bws), key) for (kind, key), rs in groups.items()]
     for isl in islands:
         if isl.kind == "mpi":
             world = [cards[r]["bridge"]["mpi"]["rank"] for r in isl.ranks]

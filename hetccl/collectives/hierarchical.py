@@ -93,12 +93,16 @@ def _worst(*costs) -> LinkCost:
                     fifo=all(c.fifo for c in costs), stream_min=min(c.stream_min for c in costs))
 
 
-class Planner:
-    """Topology-aware choices and composed runs for one communicator (see the module docstring)."""
+class TopologyPricer:
+    """Topology-aware prices and choices for a group of ranks described by its topology model, the
+    load of its machines and its flat tuner: no communicator needed. The communicator's Planner
+    (below) is one; the simulator (hetccl/simulate/) builds one from a topology file, so the same
+    code decides at run time and in a simulation."""
 
-    def __init__(self, comm, topo, load=0.0):
-        """load: ranks per CPU on the most crowded machine (>1: oversubscribed)."""
-        self.comm, self.topo = comm, topo
+    def __init__(self, topo, load=0.0, tuner=None):
+        """load: ranks per CPU on the most crowded machine (>1: oversubscribed); tuner: the group's
+        flat tuner (its measured model prices the network when no link bandwidth is given)."""
+        self.topo, self.tuner = topo, tuner
         self.p = len(topo.ranks)
         self.coords = select.hierarchy(topo)
         self.order = select.ring_order(topo)
@@ -106,10 +110,7 @@ class Planner:
         self._load = load
         self._over = load > 1
         self._cache = {}
-        self._levels = None        # sub-communicators, innermost first (island, cross-island, rail)
-        self._ring = None          # sub-communicator in ring order
-        self._subs = SubComms(comm)   # owns them: an abort reaches even one still being made
-        self._scratch = {}
+        self._loads = {}           # streams per host link of each flat schedule (size-independent)
         self._costs()
 
     # ------------------------------------------------------------------ pricing
@@ -122,13 +123,14 @@ class Planner:
         topo = self.topo
         other = next((r.rank for r in topo.ranks if r.host != topo.ranks[0].host), None)
         net_cls = topo.pair_class(0, other) if other is not None else "tcp"
-        ups = [topo.uplink(h) for h in self.hosts]
+        uplinks = topo.uplinks()
+        ups = [uplinks.get(h) for h in self.hosts]
         from_file = topo.source.startswith("file")
         given = any(u is not None and u.bandwidth and (u.measured or from_file) for u in ups)
         bws = [u.bandwidth for u in ups if u is not None and u.bandwidth]
         lats = [u.latency for u in ups if u is not None and u.latency]
         self.net = self._class_cost(net_cls, min(bws) if bws else None, max(lats) if lats else None)
-        probed = getattr(getattr(self.comm, "_tuner", None), "model", None)
+        probed = getattr(self.tuner, "model", None)
         if (not given and probed is not None and getattr(probed, "origin", "default") != "default"
                 and set(getattr(probed, "link_classes", ())) & {"tcp", "rdma"}):
             # measured over this communicator's slowest (network) link; the probe already divided
@@ -136,7 +138,8 @@ class Planner:
             # link's own cost, shared again per algorithm below (_scaled)
             self.net = dataclasses.replace(probed.cost, fifo=False)
         self.burst, self.net_peak = self._bucket(ups)
-        intra = [topo.intra_link(h) for h in self.hosts]
+        intra_links = topo.intra_links()
+        intra = [intra_links.get(h) for h in self.hosts]
         ibw = [ln.bandwidth for ln in intra if ln is not None and ln.bandwidth]
         self.shm = self._class_cost("shm", min(ibw) if ibw else None)
         c2c = [ln.bandwidth for ln in topo.links if ln.cls == "c2c" and ln.bandwidth]
@@ -189,23 +192,33 @@ class Planner:
             return self._rd_allreduce_steps(nbytes, net)
         # streams per host link: a ring's edges all run at once; the pairwise-exchange schedules
         # (recursive doubling/halving, Rabenseifner, Bruck) pair ranks at distances 2^k
-        k = (select.ring_uplink_load(self.topo, list(range(self.p))) if algo.name == "ring"
-             else select.rd_uplink_load(self.topo) if algo.name in _PAIRWISE_SCHEDULES else 1)
+        k = (self._uplink_load("ring") if algo.name == "ring"
+             else self._uplink_load("rd") if algo.name in _PAIRWISE_SCHEDULES else 1)
         slow = net if len(self.hosts) > 1 else self.shm
         return algo.cost(nbytes, self.p, _worst(self.shm, _scaled(slow, k)))
+
+    def _uplink_load(self, kind):
+        """Streams per busiest host link of the flat schedules in rank order: "ring" (every edge at
+        once), "rd" (the worst step of the pairwise exchanges), "rd_steps" (per step, 0 = the step
+        stays inside hosts). Counted once per group: they do not depend on the size."""
+        k = self._loads.get(kind)
+        if k is None:
+            if kind == "ring":
+                k = select.ring_uplink_load(self.topo, list(range(self.p)))
+            elif kind == "rd":
+                k = select.rd_uplink_load(self.topo)
+            else:
+                k = select.rd_step_loads(self.topo)
+            self._loads[kind] = k
+        return k
 
     def _rd_allreduce_steps(self, nbytes, net):
         """Recursive doubling step by step: a step whose pairs all stay inside hosts runs on shared
         memory; one that crosses shares each host's network link among its crossing pairs."""
-        t, d, topo = 0.0, 1, self.topo
-        while d < self.p:
-            load = {}
-            for r in range(self.p):
-                if topo.ranks[r].host != topo.ranks[r ^ d].host:
-                    load[topo.ranks[r].host] = load.get(topo.ranks[r].host, 0) + 1
-            c = _scaled(net, max(load.values())) if load else self.shm
+        t = 0.0
+        for k in self._uplink_load("rd_steps"):
+            c = _scaled(net, k) if k else self.shm
             t += c.alpha + nbytes * (c.beta + c.gamma)
-            d <<= 1
         return t
 
     def _dims(self):
@@ -269,8 +282,6 @@ class Planner:
 
     def choose(self, collective, nbytes, flat, forced):
         """The algorithm for one call: the tuner's flat choice, or a composed one that beats it."""
-        if self._subs.building:            # split's own allgather: never a composed algorithm
-            return flat if flat.code >= 0 else flat_fallback(self.comm._tuner, collective, nbytes)
         if forced:
             return flat
         key = (collective, nbytes)
@@ -294,7 +305,7 @@ class Planner:
 
     def explain(self, collective, nbytes) -> str:
         """Lines for comm.explain(): flat algorithms re-priced for this topology, and composed ones."""
-        flat = self.comm._tuner.select(collective, nbytes)
+        flat = self.tuner.select(collective, nbytes)
         choice = self.choose(collective, nbytes, flat, False) if flat.code >= 0 else flat
         bucket = (f", token bucket {self.burst / 1e3:.0f} kB at {1 / self.net_peak.beta / 1e9:.3g} GB/s"
                   if self.burst else "")
@@ -309,6 +320,24 @@ class Planner:
                 t = self.composed_cost(collective, a.code, nbytes)
                 lines.append(f"  {mark} {a.name:<20} " + (f"{t * 1e6:12.2f} us" if t is not None else "   not applicable"))
         return "\n".join(lines)
+
+class Planner(TopologyPricer):
+    """Topology-aware choices (TopologyPricer) and composed runs for one communicator (see the
+    module docstring)."""
+
+    def __init__(self, comm, topo, load=0.0):
+        """load: ranks per CPU on the most crowded machine (>1: oversubscribed)."""
+        self.comm = comm
+        self._levels = None        # sub-communicators, innermost first (island, cross-island, rail)
+        self._ring = None          # sub-communicator in ring order
+        self._subs = SubComms(comm)   # owns them: an abort reaches even one still being made
+        self._scratch = {}
+        super().__init__(topo, load, getattr(comm, "_tuner", None))
+
+    def choose(self, collective, nbytes, flat, forced):
+        if self._subs.building:            # split's own allgather: never a composed algorithm
+            return flat if flat.code >= 0 else flat_fallback(self.tuner, collective, nbytes)
+        return super().choose(collective, nbytes, flat, forced)
 
     # ------------------------------------------------------------------ sub-communicators
 

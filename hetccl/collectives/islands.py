@@ -158,8 +158,153 @@ class Staging:
             self.bridge.copy_out(recv, dr)
 
 
-class IslandPlan:
-    """The islands of one communicator, this rank's bridge, prices and composed runs."""
+class IslandPricer:
+    """Prices and choices of the island forms for a group described by its islands, each bridged
+    island's measured [alpha, beta] per collective (``prices``, in COLLECTIVES order) and which
+    (collective, dtype, op) its bridge runs (``flags``), the group's flat tuner and its topology
+    planner (hierarchical.TopologyPricer, or None): no communicator needed. The communicator's
+    IslandPlan (below) is one; the simulator (hetccl/simulate/) builds one from a topology file,
+    so the same code decides at run time and in a simulation."""
+
+    def __init__(self, islands, prices, flags, device, oversubscribed, tuner, topo_plan=None):
+        self.islands = islands
+        self.p = sum(len(i.ranks) for i in islands)
+        self.whole = len(islands) == 1
+        self.equal = len({len(i.ranks) for i in islands}) == 1
+        self.prices, self.flags, self.device = prices, flags, device
+        self._over = oversubscribed
+        self.tuner, self.topo_plan = tuner, topo_plan
+        self._cache = {}
+
+    # ------------------------------------------------------------------ pricing
+
+    def _native(self, i, coll, code, op) -> bool:
+        """Whether island i's bridge runs this step itself (False: hetccl's algorithms do)."""
+        if not self.islands[i].bridged:
+            return False
+        if coll in ("allgather", "broadcast"):
+            code, op = dtypes.UINT8, ReduceOp.SUM        # moved as bytes
+        elif op == ReduceOp.AVG:
+            op = ReduceOp.SUM                            # AVG runs as SUM, divided once at the end
+        return bool(self.flags[i][_flag(COLLECTIVES.index(coll), code, op)])
+
+    def _hetccl(self, coll, nbytes, p) -> float:
+        if p < 2:
+            return 0.0
+        c = self.tuner.cost
+        costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
+        return min(costs) + SUB_CALL if costs else math.inf
+
+    def _step(self, i, coll, nbytes, code, op) -> float:
+        """Predicted seconds of island i's step."""
+        s = len(self.islands[i].ranks)
+        if s < 2:
+            return 0.0
+        if self._native(i, coll, code, op):
+            return self._bridge_time(i, coll, nbytes) + BRIDGE_CALL
+        return self._hetccl(coll, nbytes, s)
+
+    def _bridge_time(self, i, coll, nbytes) -> float:
+        """Seconds of island i's bridge running ``coll`` on nbytes: its measured alpha + beta x n."""
+        ci = COLLECTIVES.index(coll)
+        return self.prices[i][2 * ci] + self.prices[i][2 * ci + 1] * nbytes
+
+    def _steps(self, coll, nbytes, code, op, per_rank=False):
+        """The islands run their steps at once: the slowest sets the pace, unless the machine is
+        oversubscribed (more ranks than CPUs), where they take turns on the same cores.
+        ``per_rank``: nbytes is per rank (island i's step moves nbytes x its size). Every rank
+        prices every island alike (never from its own island), so every rank chooses alike."""
+        steps = [self._step(i, coll, nbytes * (len(isl.ranks) if per_rank else 1), code, op)
+                 for i, isl in enumerate(self.islands)]
+        return sum(steps) if self._over else max(steps)
+
+    def forms(self, collective, nbytes, code, op) -> dict:
+        """{form name: predicted seconds} of the composed forms that apply to this call."""
+        nI = len(self.islands)
+        if self.whole:
+            if collective == "allreduce" and not self._native(0, "allreduce", code, op):
+                return {}                   # one island that cannot run it: the flat algorithms do
+            return {"bridge": self._step(0, collective, nbytes, code, op)}
+        if collective == "allreduce":
+            out = {"leaders": self._steps("reduce", nbytes, code, op) + self._hetccl("allreduce", nbytes, nI)
+                   + self._steps("broadcast", nbytes, code, op)}
+            s = len(self.islands[0].ranks)
+            if self.equal and s > 1:
+                out["rails"] = (self._steps("reduce_scatter", nbytes, code, op)
+                                + self._hetccl("allreduce", nbytes / s, nI)
+                                + self._steps("allgather", nbytes, code, op))
+            return out
+        if collective == "allgather":
+            return {"leaders": self._steps("allgather", nbytes / self.p, code, op, per_rank=True)
+                    + self._hetccl("allgather", nbytes, nI) + self._steps("broadcast", nbytes, code, op)
+                    + nbytes / 5e9}
+        if collective == "broadcast":
+            return {"leaders": 2 * self._steps("broadcast", nbytes, code, op) + self._hetccl("broadcast", nbytes, nI)}
+        return {}
+
+    def _flat_cost(self, a, nbytes):
+        if a.code >= 0:
+            return a.cost(nbytes, self.p, self.tuner.cost)
+        plan = self.topo_plan
+        t = plan.composed_cost(a.collective, a.code, nbytes) if plan is not None else None
+        return math.inf if t is None else t
+
+    def choose(self, collective, nbytes, flat, forced, code, op):
+        """(algorithm, form) for one call: the flat choice, or the composed form when it is cheaper
+        or forced (form None: run ``flat``)."""
+        key = (collective, nbytes, code, op, flat.code)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if collective not in COMPOSED_COLLECTIVES or (forced and flat.code != ALGO_ISLANDS):
+            hit = (flat, None)
+        else:
+            forms = self.forms(collective, nbytes, code, op)
+            if not forms:                            # nothing to compose: the cheapest flat algorithm
+                hit = (flat_fallback(self.tuner, collective, nbytes) if flat.code < 0 else flat, None)
+            else:
+                name = min(forms, key=forms.get)
+                # a device island always composes: its ranks may hold device buffers, which only
+                # the composed form reaches (every rank decides alike, whatever its buffers)
+                if flat.code == ALGO_ISLANDS or self.device or forms[name] < self._flat_cost(flat, nbytes):
+                    hit = (next(a for a in registry.for_collective(collective) if a.code == ALGO_ISLANDS), name)
+                else:
+                    hit = (flat, None)
+        self._cache[key] = hit
+        return hit
+
+    def explain(self, collective, nbytes, code=dtypes.FLOAT32, op=ReduceOp.SUM) -> str:
+        flat = self.tuner.select(collective, nbytes)
+        choice, form = self.choose(collective, nbytes, flat, False, code, op)
+        lines = [f"islands ({formation.describe(self.islands)}); {dtypes.NAMES[code]} {op.name}:"]
+        for i, isl in enumerate(self.islands):
+            if isl.bridged:
+                a, b = self.prices[i][0], self.prices[i][1]
+                bw = f"{1 / b / 1e9:.3g} GB/s" if b > 0 else "inf"
+                lines.append(f"  island {i} {isl.kind}: allreduce alpha={a * 1e6:.1f} us, beta={bw} (measured)")
+        for a in registry.for_collective(collective):
+            if a.code >= 0 and a.supports(nbytes, self.p):
+                t = self._flat_cost(a, nbytes) * 1e6
+                lines.append(f"  {'->' if choice is a else '  '} {a.name:<20} {t:12.2f} us")
+        for name, t in sorted(self.forms(collective, nbytes, code, op).items()):
+            mark = "->" if form == name else "  "
+            lines.append(f"  {mark} {NAME + ':' + name:<20} {t * 1e6:12.2f} us")
+        return "\n".join(lines)
+
+
+
+def supported_flags(bridge) -> np.ndarray:
+    """The ``flags`` row of one bridge: which (collective, dtype, op) it runs itself."""
+    flags = np.zeros(_NFLAGS, bool)
+    for ci, coll in enumerate(COLLECTIVES):
+        for dt in range(len(dtypes.NAMES)):
+            for op in _OPS:
+                flags[_flag(ci, dt, op)] = bridge.supports(coll, dt, op)
+    return flags
+
+
+class IslandPlan(IslandPricer):
+    """The islands of one communicator, this rank's bridge, prices (IslandPricer) and composed runs."""
 
     def __init__(self, comm, islands, cards, parent=None):
         self.comm = comm
@@ -180,6 +325,7 @@ class IslandPlan:
         self._cache = {}
         self._direct = {}
         self._scratch = {}
+        self.tuner = getattr(comm, "_tuner", None)
         self._open(cards, parent)
         try:
             self._gather_prices()
@@ -314,129 +460,21 @@ class IslandPlan:
         if self.bridge is not None:
             row[-1] = self.bridge.memory != HOST     # a device island: see choose()
             row[:2 * len(COLLECTIVES)] = self._probe()
-            flags = row[2 * len(COLLECTIVES):]
-            for ci, coll in enumerate(COLLECTIVES):
-                for dt in range(len(dtypes.NAMES)):
-                    for op in _OPS:
-                        flags[_flag(ci, dt, op)] = self.bridge.supports(coll, dt, op)
+            row[2 * len(COLLECTIVES):-1] = supported_flags(self.bridge)
         rows = self.comm.allgather(row, algorithm="ring").reshape(self.p, -1)
         self.prices = [rows[isl.ranks[0]][:2 * len(COLLECTIVES)] for isl in self.islands]
         self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):-1] > 0 for isl in self.islands]
         self.device = any(rows[isl.ranks[0]][-1] > 0 for isl in self.islands)
 
-    # ------------------------------------------------------------------ pricing
-
-    def _native(self, i, coll, code, op) -> bool:
-        """Whether island i's bridge runs this step itself (False: hetccl's algorithms do)."""
-        if not self.islands[i].bridged:
-            return False
-        if coll in ("allgather", "broadcast"):
-            code, op = dtypes.UINT8, ReduceOp.SUM        # moved as bytes
-        elif op == ReduceOp.AVG:
-            op = ReduceOp.SUM                            # AVG runs as SUM, divided once at the end
-        return bool(self.flags[i][_flag(COLLECTIVES.index(coll), code, op)])
-
-    def _hetccl(self, coll, nbytes, p) -> float:
-        if p < 2:
-            return 0.0
-        c = self.comm._tuner.cost
-        costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
-        return min(costs) + SUB_CALL if costs else math.inf
-
-    def _step(self, i, coll, nbytes, code, op) -> float:
-        """Predicted seconds of island i's step."""
-        s = len(self.islands[i].ranks)
-        if s < 2:
-            return 0.0
-        if self._native(i, coll, code, op):
-            ci = COLLECTIVES.index(coll)
-            alpha, beta = self.prices[i][2 * ci], self.prices[i][2 * ci + 1]
-            return alpha + beta * nbytes + BRIDGE_CALL
-        return self._hetccl(coll, nbytes, s)
-
-    def _steps(self, coll, nbytes, code, op, per_rank=False):
-        """The islands run their steps at once: the slowest sets the pace, unless the machine is
-        oversubscribed (more ranks than CPUs), where they take turns on the same cores.
-        ``per_rank``: nbytes is per rank (island i's step moves nbytes x its size). Every rank
-        prices every island alike (never from its own island), so every rank chooses alike."""
-        steps = [self._step(i, coll, nbytes * (len(isl.ranks) if per_rank else 1), code, op)
-                 for i, isl in enumerate(self.islands)]
-        return sum(steps) if self._over else max(steps)
-
-    def forms(self, collective, nbytes, code, op) -> dict:
-        """{form name: predicted seconds} of the composed forms that apply to this call."""
-        nI = len(self.islands)
-        if self.whole:
-            if collective == "allreduce" and not self._native(0, "allreduce", code, op):
-                return {}                   # one island that cannot run it: the flat algorithms do
-            return {"bridge": self._step(0, collective, nbytes, code, op)}
-        if collective == "allreduce":
-            out = {"leaders": self._steps("reduce", nbytes, code, op) + self._hetccl("allreduce", nbytes, nI)
-                   + self._steps("broadcast", nbytes, code, op)}
-            s = len(self.island.ranks)
-            if self.equal and s > 1:
-                out["rails"] = (self._steps("reduce_scatter", nbytes, code, op)
-                                + self._hetccl("allreduce", nbytes / s, nI)
-                                + self._steps("allgather", nbytes, code, op))
-            return out
-        if collective == "allgather":
-            return {"leaders": self._steps("allgather", nbytes / self.p, code, op, per_rank=True)
-                    + self._hetccl("allgather", nbytes, nI) + self._steps("broadcast", nbytes, code, op)
-                    + nbytes / 5e9}
-        if collective == "broadcast":
-            return {"leaders": 2 * self._steps("broadcast", nbytes, code, op) + self._hetccl("broadcast", nbytes, nI)}
-        return {}
-
-    def _flat_cost(self, a, nbytes):
-        if a.code >= 0:
-            return a.cost(nbytes, self.p, self.comm._tuner.cost)
-        plan = self.comm._plan
-        t = plan.composed_cost(a.collective, a.code, nbytes) if plan is not None else None
-        return math.inf if t is None else t
+    @property
+    def topo_plan(self):
+        """The communicator's topology planner (prices the hierarchical forms the flat choice may be)."""
+        return getattr(self.comm, "_plan", None)
 
     def choose(self, collective, nbytes, flat, forced, code, op):
-        """(algorithm, form) for one call: the flat choice, or the composed form when it is cheaper
-        or forced (form None: run ``flat``)."""
         if self._subs.building:
-            return (flat if flat.code >= 0 else flat_fallback(self.comm._tuner, collective, nbytes)), None
-        key = (collective, nbytes, code, op, flat.code)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        if collective not in COMPOSED_COLLECTIVES or (forced and flat.code != ALGO_ISLANDS):
-            hit = (flat, None)
-        else:
-            forms = self.forms(collective, nbytes, code, op)
-            if not forms:                            # nothing to compose: the cheapest flat algorithm
-                hit = (flat_fallback(self.comm._tuner, collective, nbytes) if flat.code < 0 else flat, None)
-            else:
-                name = min(forms, key=forms.get)
-                # a device island always composes: its ranks may hold device buffers, which only
-                # the composed form reaches (every rank decides alike, whatever its buffers)
-                if flat.code == ALGO_ISLANDS or self.device or forms[name] < self._flat_cost(flat, nbytes):
-                    hit = (next(a for a in registry.for_collective(collective) if a.code == ALGO_ISLANDS), name)
-                else:
-                    hit = (flat, None)
-        self._cache[key] = hit
-        return hit
-
-    def explain(self, collective, nbytes, code=dtypes.FLOAT32, op=ReduceOp.SUM) -> str:
-        flat = self.comm._tuner.select(collective, nbytes)
-        choice, form = self.choose(collective, nbytes, flat, False, code, op)
-        lines = [f"islands ({formation.describe(self.islands)}); {dtypes.NAMES[code]} {op.name}:"]
-        for i, isl in enumerate(self.islands):
-            if isl.bridged:
-                a, b = self.prices[i][0], self.prices[i][1]
-                bw = f"{1 / b / 1e9:.3g} GB/s" if b > 0 else "inf"
-                lines.append(f"  island {i} {isl.kind}: allreduce alpha={a * 1e6:.1f} us, beta={bw} (measured)")
-        for a in registry.for_collective(collective):
-            if a.code >= 0 and a.supports(nbytes, self.p):
-                t = self._flat_cost(a, nbytes) * 1e6
-                lines.append(f"  {'->' if choice is a else '  '} {a.name:<20} {t:12.2f} us")
-        for name, t in sorted(self.forms(collective, nbytes, code, op).items()):
-            mark = "->" if form == name else "  "
-            lines.append(f"  {mark} {NAME + ':' + name:<20} {t * 1e6:12.2f} us")
-        return "\n".join(lines)
+            return (flat if flat.code >= 0 else flat_fallback(self.tuner, collective, nbytes)), None
+        return super().choose(collective, nbytes, flat, forced, code, op)
 
     # ------------------------------------------------------------------ sub-communicators
 

@@ -61,33 +61,43 @@ class Topology:
         self.links = list(links)
         self.ranks = list(ranks)
         self.source = source
+        self._by_host = None           # (key, {host: [ranks]}): see _ranks_by_host
 
     # ------------------------------------------------------------------ structure
 
+    def _ranks_by_host(self) -> dict:
+        """{host: [rank, ...]} in order of first rank, built once (a 100,000-rank model asks it per
+        host); rebuilt if the rank list was replaced or grew."""
+        key = (id(self.ranks), len(self.ranks))
+        if self._by_host is None or self._by_host[0] != key:
+            by = {}
+            for r in self.ranks:
+                by.setdefault(r.host, []).append(r.rank)
+            self._by_host = (key, by)
+        return self._by_host[1]
+
     def hosts(self) -> list[str]:
         """Host names in order of their first rank (then hosts without ranks)."""
-        seen = []
-        for r in self.ranks:
-            if r.host not in seen:
-                seen.append(r.host)
+        by = self._ranks_by_host()
+        seen = list(by)
+        extra = {}
         for n in self.nodes.values():
-            if n.kind == "host" and n.host not in seen:
-                seen.append(n.host)
-        return seen
+            if n.kind == "host" and n.host not in by:
+                extra.setdefault(n.host, None)
+        return seen + list(extra)
 
     def ranks_on(self, host) -> list[int]:
-        return [r.rank for r in self.ranks if r.host == host]
+        return list(self._ranks_by_host().get(host, ()))
 
     def island_of(self, rank) -> str:
         p = self.ranks[rank]
         return p.island if p.island is not None else ""
 
     def islands(self, host) -> list[str]:
-        out = []
-        for r in self.ranks:
-            if r.host == host and self.island_of(r.rank) not in out:
-                out.append(self.island_of(r.rank))
-        return out
+        out = {}
+        for r in self._ranks_by_host().get(host, ()):
+            out.setdefault(self.island_of(r), None)
+        return list(out)
 
     def pair_class(self, i, j) -> str:
         """The fastest link class that can join ranks i and j in this model."""
@@ -118,6 +128,37 @@ class Topology:
                     best = ln
         return best
 
+    def uplinks(self) -> dict:
+        """{host: uplink(host)} for every host with a network link, in one pass over the links."""
+        best = {}
+        for ln in self.links:
+            if ln.a == "net" or ln.b == "net":
+                node = self.nodes.get(ln.b if ln.a == "net" else ln.a)
+                if node is None or node.host is None:
+                    continue
+                old = best.get(node.host)
+                if old is None or (ln.bandwidth or 0) > (old.bandwidth or 0):
+                    best[node.host] = ln
+        return best
+
+    def nic_uplink_bandwidth(self) -> dict:
+        """{NIC node id: the fastest bandwidth of its links to the network} (0.0 when unknown)."""
+        out = {}
+        for ln in self.links:
+            if (ln.a == "net") != (ln.b == "net"):
+                nic = ln.b if ln.a == "net" else ln.a
+                out[nic] = max(out.get(nic, 0.0), ln.bandwidth or 0.0)
+        return out
+
+    def intra_links(self) -> dict:
+        """{host: intra_link(host)} in one pass over the links."""
+        out = {}
+        for ln in self.links:
+            node = self.nodes.get(ln.a)
+            if ln.cls == "shm" and node is not None and node.host not in out:
+                out[node.host] = ln
+        return out
+
     def intra_link(self, host) -> Link | None:
         """The shared-memory link of a host (its NUMA/host memory path), if the model has one."""
         for ln in self.links:
@@ -133,6 +174,8 @@ class Topology:
     def summary(self) -> str:
         hs = self.hosts()
         per = [len(self.ranks_on(h)) for h in hs]
+        if len(set(per)) == 1 and len(per) > 8:          # a large regular cluster: say it short
+            per = [f"{per[0]} each"]
         isl = max((len(self.islands(h)) for h in hs), default=0)
         text = f"{len(self.ranks)} rank(s) on {len(hs)} host(s) ({'x'.join(map(str, per)) or '0'})"
         if isl > 1:

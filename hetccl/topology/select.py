@@ -118,30 +118,47 @@ def ring_order(topo) -> list[int]:
     return order
 
 
+def _host_index(topo):
+    """Every rank's host as a small integer (numpy), so the loads below count 100,000 ranks fast."""
+    import numpy as np
+    ids = {h: k for k, h in enumerate(topo.hosts())}
+    return np.fromiter((ids[r.host] for r in topo.ranks), dtype=np.int64, count=len(topo.ranks))
+
+
 def ring_uplink_load(topo, order) -> int:
     """How many ring edges leave the busiest host: a ring in ``order`` runs every edge at once, so a
     host's network link is shared by that many streams (1 for a topology-ordered ring)."""
-    out = {}
-    for k, r in enumerate(order):
-        nxt = order[(k + 1) % len(order)]
-        if topo.ranks[r].host != topo.ranks[nxt].host:
-            out[topo.ranks[r].host] = out.get(topo.ranks[r].host, 0) + 1
-    return max(out.values(), default=0)
+    import numpy as np
+    if len(order) < 2:
+        return 0
+    h = _host_index(topo)[np.asarray(order, dtype=np.int64)]
+    nxt = np.roll(h, -1)
+    out = h[h != nxt]
+    return int(np.bincount(out).max()) if out.size else 0
+
+
+def rd_step_loads(topo) -> list[int]:
+    """For recursive doubling in rank order, per step (distance 1, 2, 4, ...): the most ranks of
+    one host that exchange with another host in that step (0: the step stays inside hosts)."""
+    import numpy as np
+    p = len(topo.ranks)
+    h = _host_index(topo)
+    r = np.arange(p, dtype=np.int64)
+    loads, d = [], 1
+    while d < p:
+        q = r ^ d
+        ok = q < p
+        cross = np.zeros(p, dtype=bool)
+        cross[ok] = h[ok] != h[q[ok]]
+        loads.append(int(np.bincount(h[cross]).max()) if cross.any() else 0)
+        d <<= 1
+    return loads
 
 
 def rd_uplink_load(topo) -> int:
     """The same for recursive doubling in rank order: the most ranks of one host that exchange with
     another host in the same step."""
-    p, worst, d = len(topo.ranks), 0, 1
-    while d < p:
-        load = {}
-        for r in range(p):
-            q = r ^ d
-            if q < p and topo.ranks[r].host != topo.ranks[q].host:
-                load[topo.ranks[r].host] = load.get(topo.ranks[r].host, 0) + 1
-        worst = max([worst, *load.values()])
-        d <<= 1
-    return worst
+    return max(rd_step_loads(topo), default=0)
 
 
 def hierarchy(topo):
