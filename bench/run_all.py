@@ -395,7 +395,7 @@ def retune(nranks, raw) -> list[str]:
     for n in nranks:
         log = os.path.join(raw, f"tune-n{n}.log")
         wait_for_quiet(0.25, 30)
-        rc, secs, _ = run_one([*_hetccl_prefix(), "tune", "-n", str(n)], log, 300)
+        rc, secs, _ = run_one([*_hetccl_prefix(), "tune", "--cache-only", "-n", str(n)], log, 300)
         got = [x.split(": ", 1)[-1] for x in _tail(log, 40).splitlines() if "measured (probe" in x]
         print(f"[run_all] hetccl tune -n {n}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in "
               f"{secs:.1f} s: {got[0] if got else '(no model printed; see ' + log + ')'}", flush=True)

@@ -1,5 +1,6 @@
 """The ``hetccl`` command: run (local launcher), bench (nccl-tests style), doctor (what works here),
-topo (this host as the topology layer sees it)."""
+topo (this host as the topology layer sees it, or a described cluster), tune (measure and write the
+tuning file), simulate (what the runtime would run on a described cluster)."""
 import sys
 
 USAGE = """usage: hetccl <command> [args]
@@ -10,15 +11,20 @@ commands:
                           algorithm with the tuner's choice (run it under `hetccl run`)
   doctor                  what hetccl finds on this machine: native core, transports, interfaces,
                           vendor libraries (NCCL family, HCCL, MPI) and the islands they would form
-  topo [--dump FILE] [--measure] [--json]
+  topo [--dump FILE] [--measure] [--json] [--synth SPEC -o FILE]
                           the topology hetccl sees: hosts, NUMA, PCI switches, accelerators, NICs,
                           coherent links, transport per pair; --dump writes the HETCCL_TOPO_FILE
-                          format; --measure times the links (under `hetccl run -n N`)
+                          format; --measure times the links (under `hetccl run -n N`); --synth
+                          writes the file of a described cluster (hosts, vendors, rails, tiers)
   secret                  print a fresh job secret (64 hex digits) for HETCCL_SECRET_FILE:
                           `(umask 077; hetccl secret > ~/.hetccl-secret)`
-  tune [-n N,M] [--show | --clear]
-                          re-measure the cost model cached for this host (alpha, beta, gamma);
-                          --show prints the cache, --clear deletes it
+  tune [-n N] [--budget 60s] [-o FILE] [--cache-only | --show | --clear]
+                          measure the links and algorithms of a job (under any launcher) and write
+                          the tuning file (HETCCL_TUNING_FILE) jobs and simulate read
+  simulate --topo FILE [-c allreduce] [--sizes 1K..4G] [--what-if ...] [--plot PNG] [--json FILE]
+                          every algorithm's predicted time on a cluster, the runtime's choice and why
+
+  `hetccl <command> --help` shows each command's options and examples.
 """
 
 
@@ -133,8 +139,15 @@ def topo_main(argv) -> int:
     ap.add_argument("--measure", action="store_true", help="measure link bandwidths and latencies "
                     "(needs ranks on the links: run under `hetccl run -n N` or another launcher)")
     ap.add_argument("--json", action="store_true", help="print the model as JSON")
+    ap.add_argument("--synth", metavar="SPEC", help="write the topology file of a described cluster instead "
+                    "(with -o FILE): key=value,... e.g. " + _synth_example() + "; keys: see below")
+    ap.add_argument("-o", "--output", metavar="FILE", help="where --synth writes (default cluster.json)")
+    ap.epilog = _synth_help()
+    ap.formatter_class = argparse.RawDescriptionHelpFormatter
     args = ap.parse_args(argv)
     from .errors import InvalidUsage
+    if args.synth:
+        return _synth_main(args.synth, args.output or "cluster.json")
     try:
         topo, comm = _topology(args.measure)
     except InvalidUsage as e:
@@ -150,6 +163,34 @@ def topo_main(argv) -> int:
             print(f"wrote {args.dump}")
     if comm is not None:
         comm.close()
+    return 0
+
+
+def _synth_example():
+    from .topology.synth import EXAMPLE
+    return EXAMPLE
+
+
+def _synth_help():
+    from .topology import synth
+    doc = synth.__doc__
+    return ("--synth SPEC" + doc[doc.index("SPEC is"):].replace("SPEC is", " is", 1) +
+            "\nexample: hetccl topo --synth " + synth.EXAMPLE + " -o cluster.json")
+
+
+def _synth_main(spec, out) -> int:
+    import json
+    from .errors import InvalidUsage
+    from .topology import synth
+    try:
+        d = synth.generate(spec)
+    except InvalidUsage as e:
+        print(f"hetccl topo: {e}", file=sys.stderr)
+        return 2
+    with open(out, "w") as f:
+        json.dump(d, f, separators=(",", ":"))
+        f.write("\n")
+    print(f"wrote {out}: {len(d['ranks'])} ranks, {synth.describe(d['synth'])}")
     return 0
 
 
@@ -228,8 +269,11 @@ def main(argv=None) -> int:
         import secrets
         print(secrets.token_hex(32))
         return 0
+    if cmd == "simulate":
+        from .simulate.cli import simulate_main
+        return simulate_main(rest)
     if cmd == "tune":
-        from .collectives.probe_cli import tune_main
+        from .tuning.cli import tune_main
         return tune_main(rest)
     print(f"hetccl: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2

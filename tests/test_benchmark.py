@@ -758,7 +758,7 @@ def test_run_all_retunes_hetccl_first(tmp_path, monkeypatch):
     monkeypatch.setattr(ra, "run_one", fake_run_one)
     monkeypatch.setattr(ra, "wait_for_quiet", lambda *a: 0.0)
     got = ra.retune([2, 4], str(tmp_path))
-    assert [c[-3:] for c in calls] == [["tune", "-n", "2"], ["tune", "-n", "4"]]
+    assert [c[-4:] for c in calls] == [["tune", "--cache-only", "-n", "2"], ["tune", "--cache-only", "-n", "4"]]
     assert got[0].startswith("hetccl 0.1.0, 2 ranks: alpha=0.3 us") and len(got) == 2
     assert ra.parse_args(["--no-retune"]).no_retune
 

@@ -270,5 +270,17 @@ def open_bridge(ctx: IslandContext):
     return getattr(importlib.import_module(mod), fn)(ctx)
 
 
-def describe(islands) -> str:
-    return "; ".join(f"{i.kind} island ranks {list(i.ranks)} (leader {i.leader})" for i in islands)
+def describe(islands, limit: int = 8) -> str:
+    """One clause per island; past ``limit`` islands, or for long rank lists (a simulated cluster),
+    runs of ranks are written as ranges and the rest of the islands counted."""
+    def ranks(rs):
+        if len(rs) <= 16:
+            return str(list(rs))
+        runs, start = [], rs[0]
+        for a, b in zip(rs, rs[1:] + (None,)):
+            if b != a + 1:
+                runs.append(f"{start}-{a}" if a != start else f"{a}")
+                start = b
+        return "[" + ", ".join(runs[:8]) + (", ..." if len(runs) > 8 else "") + f"] ({len(rs)} ranks)"
+    text = "; ".join(f"{i.kind} island ranks {ranks(tuple(i.ranks))} (leader {i.leader})" for i in islands[:limit])
+    return text + (f"; and {len(islands) - limit} more island(s)" if len(islands) > limit else "")

@@ -18,7 +18,10 @@ def decide(tuner, plan, islands, collective, nbytes, algorithm=None, code=None, 
     if plan is not None or islands is not None:
         # whether the choice was forced only matters to the planners (a flat communicator's
         # tuner calls must cost the same with and without algorithm=)
-        forced = algorithm or collective in getattr(tuner, "forced", ())
+        # (a tuning file's measured best counts as forced: it was timed on this group)
+        measured = getattr(tuner, "measured", None)
+        forced = (algorithm or collective in getattr(tuner, "forced", ())
+                  or (measured is not None and measured(collective, nbytes) is not None))
         if plan is not None and a.code != ALGO_ISLANDS:
             a = plan.choose(collective, nbytes, a, forced)    # topology-aware: may compose (code < 0)
         if islands is not None:          # vendor islands: may delegate or compose (ALGO_ISLANDS)

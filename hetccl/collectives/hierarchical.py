@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import dtypes
 from ..ops import ReduceOp
+from ..topology import fabric as _fabric
 from ..topology import select
 from ..topology.cards import model_of, oversubscription
 from . import registry
@@ -111,6 +112,7 @@ class TopologyPricer:
         self._over = load > 1
         self._cache = {}
         self._loads = {}           # streams per host link of each flat schedule (size-independent)
+        self.fabric = _fabric.of(topo)     # NICs, leaves, oversubscription (None: one link per host)
         self._costs()
 
     # ------------------------------------------------------------------ pricing
@@ -198,19 +200,51 @@ class TopologyPricer:
         return algo.cost(nbytes, self.p, _worst(self.shm, _scaled(slow, k)))
 
     def _uplink_load(self, kind):
-        """Streams per busiest host link of the flat schedules in rank order: "ring" (every edge at
-        once), "rd" (the worst step of the pairwise exchanges), "rd_steps" (per step, 0 = the step
-        stays inside hosts). Counted once per group: they do not depend on the size."""
+        """Streams per busiest host link of the schedules in rank order: "ring" (every edge at once),
+        "rd" (the worst step of the pairwise exchanges), "rd_steps" (per step, 0 = the step stays
+        inside hosts), and of the composed ones: "topo_ring" (the ring in topology order), "rails"
+        (the hierarchical form's rails, all at once). With a described network (topology/fabric.py)
+        these are how many times slower a stream runs than alone on its NIC, counting the NICs,
+        leaf and pod uplinks it shares. Counted once per group: they do not depend on the size."""
         k = self._loads.get(kind)
         if k is None:
-            if kind == "ring":
-                k = select.ring_uplink_load(self.topo, list(range(self.p)))
-            elif kind == "rd":
-                k = select.rd_uplink_load(self.topo)
-            else:
-                k = select.rd_step_loads(self.topo)
+            k = self._fabric_load(kind) if self.fabric is not None else self._host_load(kind)
             self._loads[kind] = k
         return k
+
+    def _host_load(self, kind):
+        if kind == "ring":
+            return select.ring_uplink_load(self.topo, list(range(self.p)))
+        if kind == "rd":
+            return select.rd_uplink_load(self.topo)
+        if kind == "rd_steps":
+            return select.rd_step_loads(self.topo)
+        if kind == "topo_ring":
+            return select.ring_uplink_load(self.topo, self.order)
+        H, I, J = self._dims()
+        return I * J                                   # "rails": every rank of a host at once
+
+    def _fabric_load(self, kind):
+        f, p = self.fabric, self.p
+        r = np.arange(p, dtype=np.int64)
+        if kind == "ring":
+            return f.share(r, np.roll(r, -1))
+        if kind == "topo_ring":
+            order = np.asarray(self.order, np.int64)
+            return f.share(order, np.roll(order, -1))
+        if kind in ("rd", "rd_steps"):
+            steps, d = [], 1
+            while d < p:
+                q = r ^ d
+                ok = q < p
+                steps.append(f.share(r[ok], q[ok]))
+                d <<= 1
+            return steps if kind == "rd_steps" else max(steps, default=0)
+        H, I, J = self._dims()                         # "rails": (h, i, j) -> (h + 1, i, j), all at once
+        at = np.empty((H, I, J), np.int64)
+        for rank, (h, i, j) in enumerate(self.coords):
+            at[h, i, j] = rank
+        return f.share(at.reshape(-1), np.roll(at, -1, axis=0).reshape(-1))
 
     def _rd_allreduce_steps(self, nbytes, net):
         """Recursive doubling step by step: a step whose pairs all stay inside hosts runs on shared
@@ -223,9 +257,12 @@ class TopologyPricer:
 
     def _dims(self):
         """(H hosts, I islands per host, J ranks per island) of a regular hierarchy."""
-        H = len(self.hosts)
-        I = 1 + max(c[1] for c in self.coords)
-        return H, I, self.p // (H * I)
+        dims = self.__dict__.get("_dims_cached")
+        if dims is None:
+            H = len(self.hosts)
+            I = 1 + max(c[1] for c in self.coords)
+            dims = self.__dict__["_dims_cached"] = (H, I, self.p // (H * I))
+        return dims
 
     def _best(self, collective, n, p, c, names):
         algos = [a for a in registry.for_collective(collective) if a.name in names and a.supports(n, p)]
@@ -247,7 +284,7 @@ class TopologyPricer:
             if collective not in ("allreduce", "allgather") or self.order == list(range(self.p)):
                 return None
             ring = _flat_by_name(collective, "ring")
-            k = select.ring_uplink_load(self.topo, self.order)
+            k = self._uplink_load("topo_ring")
             t = ring.cost(nbytes, self.p, _worst(self.shm, _scaled(net, k))) + self.phase
             return t + (nbytes * COPY_BETA if collective == "allgather" else 0.0)
         if self.coords is None:
@@ -256,7 +293,7 @@ class TopologyPricer:
         L = I * J                                  # ranks per host = rails sharing its network link
         if L == 1:
             return None
-        wire = _scaled(net, L)
+        wire = _scaled(net, self._uplink_load("rails"))
         if collective == "allreduce":
             t, n = 0.0, nbytes
             for size, c in ((J, self.island), (I, self.shm)):
@@ -302,6 +339,13 @@ class TopologyPricer:
                 best, best_t = _flat_by_name(collective, COMPOSED[code]), t
         self._cache[key] = best
         return best
+
+    def price(self, algo, nbytes) -> float | None:
+        """Predicted seconds of one algorithm here (a flat one re-priced for this topology, or a
+        composed one), None where it does not apply: what choose() compares, for one entry."""
+        if algo.code >= 0:
+            return self._flat_cost(algo, nbytes) if algo.supports(nbytes, self.p) else None
+        return self.composed_cost(algo.collective, algo.code, nbytes)
 
     def explain(self, collective, nbytes) -> str:
         """Lines for comm.explain(): flat algorithms re-priced for this topology, and composed ones."""

@@ -204,6 +204,12 @@ class IslandPricer:
             return self._bridge_time(i, coll, nbytes) + BRIDGE_CALL
         return self._hetccl(coll, nbytes, s)
 
+    def _price_note(self, i) -> str:
+        """How island i's bridge is priced, for explain()."""
+        a, b = self.prices[i][0], self.prices[i][1]
+        bw = f"{1 / b / 1e9:.3g} GB/s" if b > 0 else "inf"
+        return f"allreduce alpha={a * 1e6:.1f} us, beta={bw} (measured)"
+
     def _bridge_time(self, i, coll, nbytes) -> float:
         """Seconds of island i's bridge running ``coll`` on nbytes: its measured alpha + beta x n."""
         ci = COLLECTIVES.index(coll)
@@ -279,9 +285,7 @@ class IslandPricer:
         lines = [f"islands ({formation.describe(self.islands)}); {dtypes.NAMES[code]} {op.name}:"]
         for i, isl in enumerate(self.islands):
             if isl.bridged:
-                a, b = self.prices[i][0], self.prices[i][1]
-                bw = f"{1 / b / 1e9:.3g} GB/s" if b > 0 else "inf"
-                lines.append(f"  island {i} {isl.kind}: allreduce alpha={a * 1e6:.1f} us, beta={bw} (measured)")
+                lines.append(f"  island {i} {isl.kind}: {self._price_note(i)}")
         for a in registry.for_collective(collective):
             if a.code >= 0 and a.supports(nbytes, self.p):
                 t = self._flat_cost(a, nbytes) * 1e6

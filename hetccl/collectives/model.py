@@ -11,6 +11,9 @@ Where the numbers come from (``CostModel.origin``):
   host had no cached entry for its shape;
 - ``cached``: an earlier probe on this host, same link classes, same number of local ranks, same
   hetccl build (``~/.cache/hetccl/cost-model.json``, see :mod:`.probe`);
+- ``tuning file``: the entry of the tuning file (``HETCCL_TUNING_FILE``, hetccl/tuning/file.py)
+  for this communicator's link classes and ranks, written by ``hetccl tune``, with the measured
+  best algorithm per size when the placement matches too (``CostModel.best``);
 - ``default``: nothing could be measured (a single rank has no link to time), so the hard-coded
   values below are used. They are only this fallback; they were measured once on a 2-vCPU VM.
 """
@@ -57,7 +60,7 @@ OVERSUBSCRIBED_ALPHA = 5e-6
 # 2-rank broadcast of 8 B (one message) 1.8 us.
 CALL_S = 1.5e-6
 
-MEASURED, CACHED, DEFAULT = "measured", "cached", "default"
+MEASURED, CACHED, DEFAULT, TUNED = "measured", "cached", "default", "tuning file"
 
 
 def group_cost(link_classes, oversubscribed=False) -> LinkCost:
@@ -86,6 +89,7 @@ class CostModel:
     detail: str = ""                 # how: probe duration, cache file and date, or why default
     link_classes: tuple = ()
     raw: dict = field(default_factory=dict, compare=False)   # the probe's timings (us), if any
+    best: tuple = field(default=(), compare=False)   # ((collective, nbytes, algorithm), ...) measured
 
     @classmethod
     def default(cls, link_classes, oversubscribed=False, why=""):

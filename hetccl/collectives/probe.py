@@ -64,7 +64,7 @@ from .. import dtypes
 from .._native import collectives as _coll
 from .._native import reduce as _kernels
 from ..ops import ReduceOp
-from .model import CACHED, MEASURED, CostModel, LinkCost, all_fifo
+from .model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
 from .registry import ALGO_BINOMIAL, ALGO_RD, ALGO_RING
 
 WIRE_KINDS = ("tcp", "rdma")     # Engine.link_kind of links whose bytes cross a network
@@ -383,15 +383,22 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     # hit, alpha, beta, gamma, when measured, probe seconds, other load (-1: unknown)
     # ..., [7] the FIFO bytes of rank 0's host (every rank must price with the same numbers)
     msg = np.zeros(8, dtype=np.float64)
-    s = prev = None
+    s = prev = tuned = None
     if rank == 0:       # nothing may raise here: the other ranks already wait in the broadcast
         msg[7] = _fifo_bytes(local_size)
         try:
+            tuned = None if force else _tuning_entry(engine, classes, size, local_size, host)
+        except Exception as e:                  # noqa: BLE001 - a tuning file never stops a job
+            log.warning("reading the tuning file failed (%s); ignoring it", e)
+            tuned = None
+        try:
             s = shape(host, classes, local_size)
-            entry = None if force else lookup(s)
+            entry = None if force or tuned is not None else lookup(s)
         except Exception as e:                  # noqa: BLE001 - a broken cache costs a probe
             log.warning("cost-model cache lookup failed (%s); measuring instead", e)
             entry = None
+        if tuned is not None:
+            entry = dict(tuned[0], measured_at=0.0, probe_s=0.0, other_load=None)
         if entry is not None and entry.get("noisy") and int(entry.get("probes", 1)) < MAX_PROBES:
             prev, entry = entry, None
         if entry is not None:
@@ -399,7 +406,15 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
             msg[:7] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
                       float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
                       -1.0 if other is None else float(other))
+        if tuned is not None:
+            msg[0] = 2.0
     _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
+    if msg[0] == 2.0:                           # the tuning file: its measured choices too
+        from ..tuning import file as tuning_file
+        best = tuning_file.encode_best(tuned[1]) if rank == 0 else tuning_file.encode_best(())
+        _coll.broadcast(engine, best, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
+        return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), TUNED, tuned[2] if rank == 0 else
+                         "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[0] == 1.0:
         return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
     raw, secs, other = _probe(engine, rank, size, timeout)
@@ -421,6 +436,27 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                       raw_us)
     log.info("measured the cost model of %d ranks: %s", size, model.describe())
     return model
+
+
+def placement(engine, size: int) -> str:
+    """Rank 0's link class to every rank ("self,c2c,tcp,tcp"): how a job's ranks sit, as a tuning
+    file entry records it (its measured choices hold for that placement only)."""
+    return ",".join(engine.link_kind(q) for q in range(size))
+
+
+def _tuning_entry(engine, classes, size, local_size, host):
+    """(cost dict, measured-best table, detail) of the tuning file's entry for this communicator,
+    or None (no file, a stale or corrupt one: warned once, or no matching entry). Rank 0 only."""
+    from ..tuning import file as tuning_file
+    doc = tuning_file.read(host=host)
+    entry = tuning_file.find(doc, tuning_file.links_key(classes), size, local_size)
+    if entry is None:
+        return None
+    cost = {k: float(entry["cost"][k]) for k in ("alpha", "beta", "gamma")}
+    best = tuning_file.best_table(entry, placement(engine, size))
+    detail = f"{doc['_path']}, measured {doc.get('measured_at', '?')}" + (
+        f", measured choices at {len(best)} sizes" if best else "")
+    return cost, best, detail
 
 
 def remeasure(comm) -> CostModel:

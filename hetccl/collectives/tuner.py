@@ -5,7 +5,10 @@ communicator was created, or read from the per-host cache; identical on every ra
 algorithm's ``cost`` formula (:mod:`.registry`).
 
 Forcing: ``HETCCL_ALGO="allreduce:ring;allgather:recursive_doubling"`` for the whole job, or
-``algorithm=`` on a call (which wins). The decision per (collective, size) is cached, so choosing
+``algorithm=`` on a call (which wins). Measured: a tuning file (``HETCCL_TUNING_FILE``) whose entry
+matches the communicator carries the best algorithm measured at each size of a sweep
+(``CostModel.best``); a call within that sweep's range takes the one measured at the nearest size
+(in log2), unforced calls outside it are priced. The decision per (collective, size) is cached, so choosing
 costs one dict lookup on the hot path. ``explain()`` prints the cost table behind a choice and
 where the model's numbers came from; ``HETCCL_DEBUG=tuning`` logs the model at creation and the
 table the first time each size is seen.
@@ -64,6 +67,11 @@ class Tuner:
         self.cost = model.cost
         self.forced = parse_forced(forced_spec if forced_spec is not None else os.environ.get("HETCCL_ALGO"))
         self._cache = {}
+        self._best = {}
+        for coll, n, name in getattr(model, "best", ()) or ():
+            self._best.setdefault(coll, []).append((n, name))
+        for rows in self._best.values():
+            rows.sort()
         self._debug = "tuning" in os.environ.get("HETCCL_DEBUG", "").lower()
         if self._debug:
             log.info("cost model of %d ranks: %s", size, model.describe())
@@ -81,6 +89,15 @@ class Tuner:
         return [(a, a.cost(nbytes, p, self.cost) + call if a.supports(nbytes, p) else None)
                 for a in registry.for_collective(collective)]
 
+    def measured(self, collective: str, nbytes: int) -> str | None:
+        """The algorithm the tuning file measured fastest at the size nearest nbytes (log2), when
+        nbytes lies within its sweep (half the smallest to twice the largest size), else None."""
+        rows = self._best.get(collective)
+        if not rows or nbytes <= 0 or not rows[0][0] / 2 <= nbytes <= rows[-1][0] * 2:
+            return None
+        lg = math.log2(nbytes)
+        return min(rows, key=lambda r: abs(math.log2(r[0]) - lg))[1]
+
     def select(self, collective: str, nbytes: int, algorithm: str | None = None) -> registry.Algorithm:
         key = (collective, nbytes, algorithm)
         hit = self._cache.get(key)
@@ -88,6 +105,10 @@ class Tuner:
             return hit
         name = registry.ALIASES.get(algorithm, algorithm) if algorithm else self.forced.get(collective)
         rows = self.table(collective, nbytes)
+        if not name and self._best:
+            best = self.measured(collective, nbytes)
+            if best is not None and any(a.name == best and c is not None for a, c in rows):
+                name, algorithm = best, best          # measured here: taken like a forced choice
         if name:
             how = "" if algorithm else " (forced by HETCCL_ALGO)"
             for a, c in rows:
@@ -127,6 +148,8 @@ class Tuner:
             lines.append(f"  {mark} {a.name:<20} {price}")
         if forced:
             lines.append(f"  (forced by HETCCL_ALGO: {forced})")
+        elif self.measured(collective, nbytes):
+            lines.append(f"  (measured fastest at this size by the tuning file: {self.measured(collective, nbytes)})")
         return "\n".join(lines)
 
     def choices(self, collective: str, sizes) -> list[tuple[int, str]]:

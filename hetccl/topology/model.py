@@ -62,6 +62,7 @@ class Topology:
         self.ranks = list(ranks)
         self.source = source
         self._by_host = None           # (key, {host: [ranks]}): see _ranks_by_host
+        self._hosts = None             # (key, hosts()): the same, with the hosts that have no rank
 
     # ------------------------------------------------------------------ structure
 
@@ -79,12 +80,14 @@ class Topology:
     def hosts(self) -> list[str]:
         """Host names in order of their first rank (then hosts without ranks)."""
         by = self._ranks_by_host()
-        seen = list(by)
-        extra = {}
-        for n in self.nodes.values():
-            if n.kind == "host" and n.host not in by:
-                extra.setdefault(n.host, None)
-        return seen + list(extra)
+        key = (self._by_host[0], len(self.nodes))
+        if self._hosts is None or self._hosts[0] != key:
+            extra = {}
+            for n in self.nodes.values():
+                if n.kind == "host" and n.host not in by:
+                    extra.setdefault(n.host, None)
+            self._hosts = (key, list(by) + list(extra))
+        return list(self._hosts[1])
 
     def ranks_on(self, host) -> list[int]:
         return list(self._ranks_by_host().get(host, ()))

@@ -1,0 +1,206 @@
+"""A group of ranks described by a topology file, priced and decided by the runtime's own code.
+
+What a communicator builds at creation from its gathered rank cards and measurements, this module
+builds from a topology file and a cost model, with the same classes:
+
+- the flat tuner (collectives/tuner.py) on a CostModel (a tuning file's measured one, or the
+  built-in defaults for the group's link classes, as a communicator with no measurement has);
+- the topology planner (collectives/hierarchical.TopologyPricer) on the file's topology, with the
+  load (ranks per CPU) given, as ``hierarchical.planner_for`` makes it when the group spans hosts;
+- the island pricer (collectives/islands.IslandPricer) on the islands ``bridges/islands.form``
+  forms from the file's bridges, as ``islands.plan_for`` does.
+
+``decide`` is collectives/decide.py's, the one the communicator calls. The only input a
+simulation must supply differently is what a communicator measures on hardware at creation: a
+bridge's time for its island's collectives. ``SimulatedIslands`` prices those with a
+TopologyPricer over the island's own ranks and links (the vendor library moving bytes over the
+same NICs and coherent links hetccl would), unless the tuning file has them measured.
+"""
+from __future__ import annotations
+
+import math
+
+from ..bridges import islands as formation
+from ..collectives import registry
+from ..collectives.decide import decide, explain
+from ..collectives.hierarchical import TopologyPricer
+from ..collectives.islands import COLLECTIVES, IslandPricer
+from ..collectives.model import CALL_S, CostModel
+from ..collectives.tuner import Tuner
+from ..topology.model import Topology
+from .. import dtypes
+from ..ops import ReduceOp
+
+
+def link_classes(topo: Topology) -> set:
+    """The link classes joining ranks of the group (what a communicator's transport matrix holds):
+    one pair per kind is enough, so this looks at each host's first ranks and one cross-host pair."""
+    classes = set()
+    hosts = topo.hosts()
+    for h in hosts:
+        rs = topo.ranks_on(h)
+        if len(rs) > 1:
+            classes.add(topo.pair_class(rs[0], rs[1]))
+            isl = topo.islands(h)
+            if len(isl) > 1:
+                other = next(r for r in rs if topo.island_of(r) != topo.island_of(rs[0]))
+                classes.add(topo.pair_class(rs[0], other))
+    if len(hosts) > 1:
+        classes.add(topo.pair_class(topo.ranks_on(hosts[0])[0], topo.ranks_on(hosts[1])[0]))
+    return classes
+
+
+def _cards(topo: Topology) -> list[dict]:
+    """Rank cards as bridges/islands.form reads them: the file's bridge per rank, or, where it
+    names none, the device vendor's library, taken as usable (a simulation assumes the libraries
+    of the cluster it describes are installed)."""
+    accels, libs = {}, {}
+    for n in topo.nodes.values():
+        if n.kind == "device":
+            accels.setdefault(n.host, []).append({"accel": n.attrs.get("accel") or n.attrs.get("vendor")})
+    cards = []
+    for r in topo.ranks:
+        hw = accels.get(r.host, [])
+        card = {"rank": r.rank, "host": r.host, "topo": {"hw": {"accelerators": hw},
+                                                         "place": {"device": r.device, "bridge": r.bridge}}}
+        vendor = hw[r.device]["accel"] if r.device is not None and 0 <= r.device < len(hw) else None
+        lib = libs.get(vendor, 0)
+        if lib == 0:
+            lib = libs[vendor] = formation.vendor_library(vendor)
+        card["bridge"] = {"request": None, "have": [lib] if lib else [], "error": None,
+                          "mpi": {"job": "simulated", "rank": r.rank}}
+        cards.append(card)
+    return cards
+
+
+def sub_topology(topo: Topology, ranks) -> Topology:
+    """The ranks given (renumbered 0..k-1 in that order) on the nodes and links of their hosts."""
+    from ..topology.model import RankPlace
+    places = [RankPlace(k, p.host, p.numa, p.device, p.island, p.nic, p.bridge)
+              for k, p in enumerate(topo.ranks[r] for r in ranks)]
+    hosts = {p.host for p in places}
+    nodes = [n for n in topo.nodes.values() if n.host in hosts or n.kind == "network"]
+    keep = {n.id for n in nodes}
+    links = [ln for ln in topo.links if ln.a in keep and ln.b in keep]
+    return Topology(nodes, links, places, source=topo.source)
+
+
+class SimulatedIslands(IslandPricer):
+    """IslandPricer whose bridged islands' times come from a model of the island, not a probe:
+    a TopologyPricer over the island's ranks (the cheapest algorithm it knows for the step), or
+    the measured [alpha, beta] of that bridge kind when the tuning file has them."""
+
+    def __init__(self, islands, tuner, topo_plan, topo, load, measured=None):
+        flags = []
+        for isl in islands:
+            # what a vendor library runs: every reduction hetccl asks of it except AVG (composed as SUM)
+            flags.append(isl.bridged)
+        super().__init__(islands, [None] * len(islands), flags, _device(islands), load > 1, tuner, topo_plan)
+        self._topo, self._load = topo, load
+        self._measured = measured or {}
+        self._sub = {}
+
+    def _native(self, i, coll, code, op) -> bool:
+        return bool(self.flags[i]) and coll in COLLECTIVES
+
+    def _group(self, i):
+        g = self._sub.get(i)
+        if g is None:
+            isl = self.islands[i]
+            g = self._sub[i] = Group(sub_topology(self._topo, isl.ranks), load=self._load, islands=False)
+        return g
+
+    def _bridge_time(self, i, coll, nbytes) -> float:
+        m = self._measured.get(self.islands[i].kind)
+        if m is not None and coll in m:
+            alpha, beta = m[coll]
+            return alpha + beta * nbytes
+        g = self._group(i)
+        return g.time(coll, nbytes)
+
+    def _price_note(self, i) -> str:
+        isl = self.islands[i]
+        if isl.kind in self._measured:
+            return "measured (tuning file)"
+        t8, t1m = (self._bridge_time(i, "allreduce", n) for n in (8, 1 << 20))
+        return (f"modelled on the island's links ({len(isl.ranks)} ranks): allreduce 8 B {t8 * 1e6:.1f} us, "
+                f"1 MiB {t1m * 1e6:.1f} us")
+
+    def island_detail(self):
+        """Lines for the report: each island, its bridge and where its prices come from."""
+        out = []
+        for i, isl in enumerate(self.islands):
+            src = ("measured (tuning file)" if isl.kind in self._measured else
+                   "modelled on the island's links" if isl.bridged else "hetccl's own algorithms")
+            out.append(f"island {i}: {isl.kind}, {len(isl.ranks)} rank(s), leader {isl.leader}; {src}")
+        return out
+
+
+def _device(islands) -> bool:
+    """Whether some island's bridge works on device memory (every bridge but MPI's does): then the
+    runtime always composes (collectives/islands.py choose)."""
+    return any(isl.bridged and isl.kind != "mpi" for isl in islands)
+
+
+class Group:
+    """One simulated group: topology + cost model -> tuner, planner, island pricer, and decisions."""
+
+    def __init__(self, topo: Topology, model: CostModel | None = None, load: float = 0.0, islands=True,
+                 bridge_prices=None, forced_spec: str = ""):
+        self.topo = topo
+        self.p = len(topo.ranks)
+        classes = link_classes(topo)
+        self.model = model or CostModel.default(classes, load > 1, "built-in defaults: no tuning file")
+        self.tuner = Tuner(self.p, self.model, forced_spec)
+        hosts = topo.hosts()
+        multi = 1 < len(hosts) < self.p
+        self.plan = TopologyPricer(topo, load, self.tuner) if multi else None
+        self.islands = None
+        if islands and self.p > 1:
+            cards = _cards(topo)
+            if formation.may_bridge(cards):
+                isl = formation.form(cards, topo)
+                if isl is not None:
+                    self.islands = SimulatedIslands(isl, self.tuner, self.plan, topo, load, bridge_prices)
+
+    def decide(self, collective, nbytes):
+        """(algorithm name, form or None): what the runtime runs (collectives/decide.py)."""
+        a, form = decide(self.tuner, self.plan, self.islands, collective, nbytes, None,
+                         dtypes.FLOAT32, ReduceOp.SUM)
+        return a.name, form
+
+    def rows(self, collective, nbytes) -> dict:
+        """{entry: predicted seconds} of every algorithm that applies to this group at this size:
+        the flat ones (re-priced for the topology when the group spans hosts), the composed ones
+        and the island forms ("islands:leaders", ...)."""
+        out = {}
+        for a in registry.for_collective(collective):
+            if a.code >= 0:
+                if not a.supports(nbytes, self.p):
+                    continue
+                t = self.plan.price(a, nbytes) if self.plan is not None else a.cost(nbytes, self.p, self.tuner.cost) + (CALL_S if self.p > 1 else 0.0)
+            elif self.plan is not None:
+                t = self.plan.price(a, nbytes)
+            else:
+                t = None
+            if t is not None and not math.isinf(t):
+                out[a.name] = t
+        if self.islands is not None:
+            for form, t in self.islands.forms(collective, nbytes, dtypes.FLOAT32, ReduceOp.SUM).items():
+                out[f"islands:{form}"] = t
+        return out
+
+    def choice_key(self, collective, nbytes) -> str:
+        name, form = self.decide(collective, nbytes)
+        return f"islands:{form}" if form else name
+
+    def time(self, collective, nbytes) -> float:
+        """Predicted seconds of what the runtime would run."""
+        rows = self.rows(collective, nbytes)
+        key = self.choice_key(collective, nbytes)
+        if key in rows:
+            return rows[key]
+        return min(rows.values()) if rows else 0.0
+
+    def explain(self, collective, nbytes) -> str:
+        return explain(self.tuner, self.plan, self.islands, collective, nbytes)
