@@ -34,3 +34,17 @@ def load_benchmark():
     else:
         base = "hetccl.benchmark"
     return tuple(importlib.import_module(f"{base}.{m}") for m in ("format", "runner", "cli"))
+
+
+def load_peers():
+    """The peer adapters (hetccl/benchmark/peers.py: MpiAdapter, GlooAdapter)."""
+    load_benchmark()
+    import importlib
+    return importlib.import_module(f"{_NAME if _NAME in sys.modules else 'hetccl.benchmark'}.peers")
+
+
+def load_table():
+    """The peer comparison table (hetccl/benchmark/table.py)."""
+    load_benchmark()
+    import importlib
+    return importlib.import_module(f"{_NAME if _NAME in sys.modules else 'hetccl.benchmark'}.table")

@@ -25,89 +25,13 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import limit_threads, load_benchmark  # noqa: E402
+from _common import limit_threads, load_benchmark, load_peers  # noqa: E402
 
 limit_threads()
 fmt, runner, cli = load_benchmark()
-
-
-class GlooAdapter(runner.Adapter):
-    name = "gloo"
-    extra_columns = ()
-    in_place = frozenset({"allreduce", "broadcast", "reduce"})
-
-    def __init__(self):
-        import torch
-        import torch.distributed as dist
-        torch.set_num_threads(1)
-        warnings.filterwarnings("ignore", category=FutureWarning)  # *_tensor are deprecated in 2.13
-        self.torch, self.dist = torch, dist
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", init_method="env://")
-        self.rank = dist.get_rank()
-        self.size = dist.get_world_size()
-        R = dist.ReduceOp
-        self._ops = {"sum": R.SUM, "prod": R.PRODUCT, "min": R.MIN, "max": R.MAX, "avg": R.AVG,
-                     "band": R.BAND, "bor": R.BOR, "bxor": R.BXOR}
-        self._scalar = torch.zeros(1, dtype=torch.float64)
-
-    def supports(self, collective, dtype, op):
-        if dtype.kind not in "fiub" or dtype.name == "bfloat16":
-            return f"{dtype} has no numpy-shared torch tensor (torch.from_numpy)"
-        return True
-
-    def alloc(self, collective, nbytes, dtype):
-        b = super().alloc(collective, nbytes, dtype)
-        b.tsend = self.torch.from_numpy(b.send)
-        b.trecv = b.tsend if b.in_place else self.torch.from_numpy(b.recv)
-        return b
-
-    def bind(self, collective, b, op):
-        d = self.dist
-        s, r = b.tsend, b.trecv
-        if collective == "allreduce":
-            o = self._ops[op]
-            return lambda: d.all_reduce(s, op=o)
-        if collective == "allgather":
-            return lambda: d.all_gather_into_tensor(r, s)
-        if collective == "reduce_scatter":
-            o = self._ops[op]
-            return lambda: d.reduce_scatter_tensor(r, s, op=o)
-        if collective == "alltoall":
-            return lambda: d.all_to_all_single(r, s)
-        if collective == "broadcast":
-            return lambda: d.broadcast(s, src=0)
-        if collective == "reduce":
-            o = self._ops[op]
-            return lambda: d.reduce(s, dst=0, op=o)
-        if collective == "gather":  # gather_list: views of the output, one block per rank
-            blocks = list(r.chunk(self.size)) if self.rank == 0 else None
-            return lambda: d.gather(s, gather_list=blocks, dst=0)
-        if collective == "scatter":
-            blocks = list(s.chunk(self.size)) if self.rank == 0 else None
-            return lambda: d.scatter(r, scatter_list=blocks, src=0)
-        raise ValueError(collective)
-
-    def sync(self):
-        self.dist.barrier()
-
-    def _reduce_scalar(self, x, op):
-        self._scalar[0] = float(x)
-        self.dist.all_reduce(self._scalar, op=op)
-        return float(self._scalar[0])
-
-    def max_over_ranks(self, x):
-        return self._reduce_scalar(x, self.dist.ReduceOp.MAX)
-
-    def sum_over_ranks(self, x):
-        return self._reduce_scalar(x, self.dist.ReduceOp.SUM)
-
-    def close(self):
-        if self.dist.is_initialized():
-            self.dist.destroy_process_group()
+GlooAdapter = load_peers().GlooAdapter
 
 
 def _free_port() -> int:

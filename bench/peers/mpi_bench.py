@@ -12,71 +12,15 @@ root=0)``, scatter ``Scatter(send, recv, root=0)``. Open MPI's default settings
 (it picks its shared-memory transport and algorithms itself).
 """
 import argparse
-import functools
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import limit_threads, load_benchmark  # noqa: E402
+from _common import limit_threads, load_benchmark, load_peers  # noqa: E402
 
 limit_threads()
 fmt, runner, cli = load_benchmark()
-
-
-class MpiAdapter(runner.Adapter):
-    extra_columns = ()
-    in_place = frozenset({"broadcast"})
-
-    def __init__(self, comm=None):
-        from mpi4py import MPI
-        self.MPI = MPI
-        self.comm = comm if comm is not None else MPI.COMM_WORLD
-        self.rank = self.comm.Get_rank()
-        self.size = self.comm.Get_size()
-        lib = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
-        self.name = "Open MPI" if "Open MPI" in lib else lib.split(",")[0]
-        self.library_version = lib
-        self._ops = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX,
-                     "band": MPI.BAND, "bor": MPI.BOR, "bxor": MPI.BXOR}
-
-    def supports(self, collective, dtype, op):
-        if collective in fmt.REDUCING and op not in self._ops:
-            return f"MPI has no {op} reduction"
-        try:
-            from mpi4py.util.dtlib import from_numpy_dtype
-            from_numpy_dtype(dtype)
-        except Exception as e:  # noqa: BLE001 - report any reason
-            return f"no MPI datatype for {dtype}: {e}"
-        return True
-
-    def bind(self, collective, b, op):
-        c = self.comm
-        if collective == "allreduce":
-            return functools.partial(c.Allreduce, b.send, b.recv, self._ops[op])
-        if collective == "allgather":
-            return functools.partial(c.Allgather, b.send, b.recv)
-        if collective == "reduce_scatter":
-            return functools.partial(c.Reduce_scatter_block, b.send, b.recv, self._ops[op])
-        if collective == "alltoall":
-            return functools.partial(c.Alltoall, b.send, b.recv)
-        if collective == "broadcast":
-            return functools.partial(c.Bcast, b.send, 0)
-        if collective == "reduce":
-            return functools.partial(c.Reduce, b.send, b.recv, self._ops[op], 0)
-        if collective == "gather":
-            return functools.partial(c.Gather, b.send, b.recv, 0)
-        if collective == "scatter":
-            return functools.partial(c.Scatter, b.send, b.recv, 0)
-        raise ValueError(collective)
-
-    def sync(self):
-        self.comm.Barrier()
-
-    def max_over_ranks(self, x):
-        return float(self.comm.allreduce(float(x), op=self.MPI.MAX))
-
-    def sum_over_ranks(self, x):
-        return float(self.comm.allreduce(float(x), op=self.MPI.SUM))
+MpiAdapter = load_peers().MpiAdapter
 
 
 def main(argv=None) -> int:

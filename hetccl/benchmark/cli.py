@@ -7,7 +7,11 @@ Run under the launcher, one process per rank::
     hetccl run -n 4 -- hetccl bench -c broadcast,reduce_scatter,alltoall,reduce,gather,scatter
     hetccl run -n 4 -- hetccl bench -c allgather --algo ring          # force one algorithm
     hetccl run -n 4 -- hetccl bench --algos all -c allreduce,allgather --json algos-n4.json
+    mpirun -np 2 python -m hetccl bench --compare mpi,gloo --sizes 8,64K,1M,16M --plot peers.png
+    hetccl run -n 2 -- hetccl bench --compare gloo --rounds 3          # gloo only (no mpirun)
 
+``--compare mpi,gloo`` runs Open MPI (mpi4py) and torch's gloo in the same job and the same
+rounds as hetccl and prints bench/run_all.py's comparison table (:mod:`.peer_compare`);
 ``--algos all`` times every algorithm of each collective (forced) and the tuner's choice in one
 interleaved sweep and prints, per collective, whether the tuner is within 15% of the fastest
 (:mod:`.compare`); ``bench/crossover.py`` plots the JSON.
@@ -390,6 +394,11 @@ def build_parser(prog="hetccl bench") -> argparse.ArgumentParser:
                    help="print comm.explain(collective, size) for each collective and size (rank 0)")
     p.add_argument("--no-describe", action="store_true",
                    help="don't print the transport matrix (comm.describe()) before the tables")
+    p.add_argument("--compare", metavar="PEERS", default=None,
+                   help="also run these peers in the same job and rounds: mpi (needs mpirun), gloo "
+                        "(needs torch); prints the table of bench/run_all.py")
+    p.add_argument("--rounds", type=int, default=3, help="with --compare: rounds (default %(default)s)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="with --compare: draw the comparison")
     return p
 
 
@@ -399,7 +408,17 @@ def bench_main(argv=None) -> int:
         os.environ.setdefault(var, "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.compare and (args.algo or args.algos):
+        print("hetccl bench: --compare runs each library's own choice; drop --algo/--algos", file=sys.stderr)
+        return 2
     adapter = HetcclAdapter()
+    if args.compare:
+        from .peer_compare import run_compare
+        try:
+            return run_compare(adapter, args.compare.split(","), args, collectives_from_args(args),
+                               sizes_from_args(args), functools.partial(print, flush=True))
+        finally:
+            adapter.close()
     try:
         describe = adapter.describe()
         if adapter.rank == 0:

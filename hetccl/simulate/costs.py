@@ -35,9 +35,10 @@ def placement(topo) -> str:
     return ",".join(topo.pair_class(0, q) for q in range(len(topo.ranks)))
 
 
-def model_for(topo, load: float = 0.0, path: str | None = None):
-    """(CostModel, note) for the group of this topology (see the module docstring)."""
-    classes = link_classes(topo)
+def model_for(topo, load: float = 0.0, path: str | None = None, transports: str | None = None):
+    """(CostModel, note, bridge prices) for the group of this topology (see the module docstring);
+    bridge prices: {bridge kind: {collective: (alpha, beta)}} the tuning file measured, or {}."""
+    classes = link_classes(topo, transports)
     key = tuning_file.links_key(classes)
     p = len(topo.ranks)
     local = len(topo.ranks_on(topo.ranks[0].host))
@@ -50,7 +51,7 @@ def model_for(topo, load: float = 0.0, path: str | None = None):
     if entry is None:
         why = (f"built-in defaults: {given} has no entry for {key or 'self'}" if doc else
                "built-in defaults (no tuning file: `hetccl tune` writes one, --cost-model reads it)")
-        return CostModel.default(classes, load > 1, why), why
+        return CostModel.default(classes, load > 1, why), why, bridge_prices(doc)
     c = entry["cost"]
     fifo = all_fifo(classes)
     cost = LinkCost(float(c["alpha"]), float(c["beta"]), float(c["gamma"]), fifo=fifo,
@@ -62,4 +63,15 @@ def model_for(topo, load: float = 0.0, path: str | None = None):
             + (f"; its measured choices apply ({len(best)} sizes)" if best else ""))
     if entry["links"] != key:
         note += f"; the group's links are {key}: the entry is the nearest"
-    return CostModel(cost, TUNED, note, tuple(sorted(classes - {"self"})), best=best), note
+    return CostModel(cost, TUNED, note, tuple(sorted(classes - {"self"})), best=best), note, bridge_prices(doc)
+
+
+def bridge_prices(doc) -> dict:
+    """{bridge kind: {collective: (alpha, beta)}}: what the islands' bridges measured when the job
+    that wrote the file had islands (collectives/islands.py IslandPlan._probe), merged over entries."""
+    out = {}
+    for e in (doc or {}).get("entries", []):
+        for kind, colls in (e.get("bridges") or {}).items():
+            for coll, ab in colls.items():
+                out.setdefault(kind, {})[coll] = (float(ab[0]), float(ab[1]))
+    return out

@@ -32,9 +32,27 @@ from .. import dtypes
 from ..ops import ReduceOp
 
 
-def link_classes(topo: Topology) -> set:
+ORDER = ("self", "c2c", "shm", "rdma", "tcp")       # fastest first, as topology/select.py ranks them
+
+
+def with_transports(cls: str, transports: str | None) -> str:
+    """The class a pair of model class ``cls`` gets under a HETCCL_TRANSPORTS filter: the fastest
+    allowed transport no faster than the model allows (shared memory only inside a host)."""
+    if not transports or cls == "self":
+        return cls
+    from ..topology.select import parse_filter
+    allowed = parse_filter(transports, list(ORDER[1:]))
+    same_host = cls in ("c2c", "shm")
+    for t in ORDER[ORDER.index(cls):]:
+        if t in allowed and (same_host or t not in ("c2c", "shm")):
+            return t
+    return "tcp"
+
+
+def link_classes(topo: Topology, transports: str | None = None) -> set:
     """The link classes joining ranks of the group (what a communicator's transport matrix holds):
-    one pair per kind is enough, so this looks at each host's first ranks and one cross-host pair."""
+    one pair per kind is enough, so this looks at each host's first ranks and one cross-host pair.
+    ``transports``: a HETCCL_TRANSPORTS filter the simulated job runs with."""
     classes = set()
     hosts = topo.hosts()
     for h in hosts:
@@ -47,7 +65,7 @@ def link_classes(topo: Topology) -> set:
                 classes.add(topo.pair_class(rs[0], other))
     if len(hosts) > 1:
         classes.add(topo.pair_class(topo.ranks_on(hosts[0])[0], topo.ranks_on(hosts[1])[0]))
-    return classes
+    return {with_transports(c, transports) for c in classes}
 
 
 def _cards(topo: Topology) -> list[dict]:
@@ -146,10 +164,10 @@ class Group:
     """One simulated group: topology + cost model -> tuner, planner, island pricer, and decisions."""
 
     def __init__(self, topo: Topology, model: CostModel | None = None, load: float = 0.0, islands=True,
-                 bridge_prices=None, forced_spec: str = ""):
+                 bridge_prices=None, forced_spec: str = "", transports: str | None = None):
         self.topo = topo
         self.p = len(topo.ranks)
-        classes = link_classes(topo)
+        classes = link_classes(topo, transports)
         self.model = model or CostModel.default(classes, load > 1, "built-in defaults: no tuning file")
         self.tuner = Tuner(self.p, self.model, forced_spec)
         hosts = topo.hosts()

@@ -132,6 +132,9 @@ def _entry(comm, model, table, complete) -> dict:
              "hosts": len({x["host"] for x in comm._cards}), "placement": probe.placement(comm._engine, comm.size),
              "complete": complete, "cost": {"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma},
              "collectives": {}}
+    bridges = bridge_prices_of(comm)
+    if bridges:
+        entry["bridges"] = bridges
     for coll, rows in table.items():
         sizes = sorted({r["size"] for r in rows})
         times, best, auto, modelled = {}, [], [], []
@@ -147,6 +150,20 @@ def _entry(comm, model, table, complete) -> dict:
                                       "model": [m[0] for m in modelled],
                                       "model_us": [None if m[1] is None else m[1] * 1e6 for m in modelled]}
     return entry
+
+
+def bridge_prices_of(comm) -> dict:
+    """{bridge kind: {collective: [alpha, beta]}} the communicator's islands measured at creation."""
+    isl = getattr(comm, "_islands", None)
+    if isl is None:
+        return {}
+    from ..collectives.islands import COLLECTIVES
+    out = {}
+    for i, island in enumerate(isl.islands):
+        if island.bridged and isl.prices[i] is not None:
+            pr = [float(x) for x in isl.prices[i]]
+            out[island.kind] = {c: [pr[2 * k], pr[2 * k + 1]] for k, c in enumerate(COLLECTIVES)}
+    return out
 
 
 def _report(comm, model, entry, out_path, stopped, left):
