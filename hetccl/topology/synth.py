@@ -169,7 +169,7 @@ def generate(spec) -> dict:
         isl_size = s["island"] or isl_size
         isl_bw = (s["island_gbps"] or isl_gbps) * 1e9
         bridge = bridge_for(vendor, s["bridge_of"])
-        accel = 1 if vendor == "cpu" else s["accel"]
+        accel = s["accel"]                     # ranks per host (cpu: CPU ranks, no device)
         for _ in range(count):
             name = f"{vendor}{h:05d}"
             nodes.append({"id": f"host:{name}", "kind": "host", "host": name, "attrs": {"vendor": vendor}})

@@ -1,0 +1,305 @@
+"""hetccl topo --synth, hetccl simulate, the tuning file, and the simulator held to a measurement.
+
+The simulator must decide with the runtime's code: these tests build communicator-free pricers
+from topology files (hetccl/simulate/group.py) and check them against what the runtime's own
+Planner and decide() do, against a recorded measurement of real jobs (tests/data/, written by
+bench/validate_sim.py --record), and the commands end to end, including the --help examples.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hetccl
+from hetccl.errors import InvalidUsage
+from hetccl.topology import synth, topofile
+from tests.launcher import REPO_ROOT, run_command, run_ranks
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "simulate_recorded.json")
+
+
+def _topo(spec):
+    return topofile.from_dict(synth.generate(spec), "synth")
+
+
+def _group(spec, **kw):
+    from hetccl.simulate.group import Group
+    return Group(_topo(spec), **kw)
+
+
+# ------------------------------------------------------------------ --synth
+
+def test_synth_splits_hosts_by_vendor_and_writes_a_readable_file():
+    d = synth.generate("hosts=20,accel=4,vendors=nvidia:60+hygon:25+ascend:15,nics=2,oversub=2")
+    topo = topofile.from_dict(json.loads(json.dumps(d)), "x")      # the file format, round trip
+    assert len(topo.ranks) == 80 and len(topo.hosts()) == 20
+    bridges = [topo.ranks[r].bridge for r in range(80)]
+    assert bridges.count("nccl") == 12 * 4 and bridges.count("rccl") == 5 * 4 and bridges.count("hccl") == 3 * 4
+    assert topo.pair_class(0, 1) == "c2c" and topo.pair_class(0, 4) == "rdma"
+    assert topo.nodes["net"].attrs["oversubscription"] == 2.0
+    assert d["synth"]["nics"] == 2 and topo.ranks[3].nic == "nic1"            # 4 accelerators on 2 rails
+    assert sum(1 for n in topo.nodes.values() if n.kind == "nic") == 40
+
+
+@pytest.mark.parametrize("spec,what", [
+    ("hosts=2,foo=1", "unknown key"), ("hosts=x", "whole number"), ("vendors=acme:100", "vendor 'acme'"),
+    ("tiers=4", "tiers=4"), ("oversub=0.5", ">= 1"), ("ranks=10,accel=8", "multiple"), ("hosts", "key=value")])
+def test_synth_rejects_bad_specs_saying_what_is_wrong(spec, what):
+    with pytest.raises(InvalidUsage, match=what):
+        synth.generate(spec)
+
+
+def test_topo_synth_command_writes_the_file(tmp_path):
+    out = tmp_path / "c.json"
+    p = run_command([sys.executable, "-m", "hetccl", "topo", "--synth", "hosts=4,accel=2", "-o", str(out)], timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "wrote" in p.stdout and len(json.loads(out.read_text())["ranks"]) == 8
+    bad = run_command([sys.executable, "-m", "hetccl", "topo", "--synth", "hosts=0"], timeout=60)
+    assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+# ------------------------------------------------------------------ the same code decides
+
+def test_simulated_group_decides_as_the_runtime_planner():
+    """A Planner built the way a communicator builds it and the simulator's TopologyPricer give
+    the same choice and price at every size (one implementation: collectives/decide.py)."""
+    from hetccl.collectives.decide import decide
+    from hetccl.collectives.hierarchical import Planner
+    from hetccl.collectives.model import CostModel, LinkCost
+    from hetccl.collectives.tuner import Tuner
+    from hetccl.simulate.group import Group
+    topo = topofile.from_dict(synth.generate("hosts=4,accel=4,vendors=cpu:100,nics=1"), "f")
+    model = CostModel(LinkCost(30e-6, 1 / 0.13e9, 1 / 50e9, fifo=False), "tuning file", "", ("c2c", "rdma"))
+
+    class Comm:
+        rank = 0
+        last_algorithm = None
+        _tuner = Tuner(len(topo.ranks), model, "")
+    plan = Planner(Comm(), topo, 2.0)
+    g = Group(topo, model, load=2.0)
+    for n in [1 << k for k in range(4, 28, 2)]:
+        a, _ = decide(Comm._tuner, plan, None, "allreduce", n)
+        assert g.decide("allreduce", n) == (a.name, None)
+        assert g.rows("allreduce", n)[a.name] == pytest.approx(plan.price(a, n))
+
+
+def test_mixed_vendor_cluster_composes_islands_and_explains_why():
+    from hetccl.simulate.sweep import simulate
+    g = _group("hosts=8,accel=4,vendors=nvidia:50+hygon:50,nics=4")
+    doc = simulate(g, "allreduce", [1 << 10, 1 << 20, 1 << 30])
+    assert all(r["choice"].startswith("islands:") for r in doc["sizes"])      # device islands compose
+    assert all("device islands" in r["why"] for r in doc["sizes"])
+    assert {"ring", "hierarchical", "islands:rails", "islands:leaders"} <= set(doc["sizes"][1]["algorithms"])
+    assert "nccl island" in doc["islands"] and "rccl island" in doc["islands"]
+    text = g.explain("allreduce", 1 << 20)
+    assert "topology-aware pricing" in text and "islands (" in text and "modelled on the island's links" in text
+
+
+def test_oversubscription_and_rails_change_the_network_price():
+    """what-if material: 512 ranks, 8 per host, 8 hosts per leaf. Recursive doubling's steps at
+    distance >= 64 leave the leaf with all 64 of its NICs at once: a 3:1 uplink runs them 3x
+    slower; the ring in rank order leaves each leaf once and does not notice. With 4 NICs for 8
+    ranks, two rails share each NIC."""
+    base = "hosts=64,accel=8,vendors=cpu:100,leaf_hosts=8,rail_optimized=0"
+    g1, g3 = _group(base + ",oversub=1,nics=8"), _group(base + ",oversub=3,nics=8")
+    assert g1.plan._uplink_load("rd_steps") == [0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert g3.plan._uplink_load("rd_steps") == [0, 0, 0, 1, 1, 1, 3, 3, 3]
+    n = 256 << 20
+    assert g3.rows("allreduce", n)["recursive_doubling"] > 1.05 * g1.rows("allreduce", n)["recursive_doubling"]
+    assert g3.rows("allreduce", n)["ring"] == pytest.approx(g1.rows("allreduce", n)["ring"])
+    g4 = _group(base + ",nics=4")
+    assert g1.plan._uplink_load("rails") == 1 and g4.plan._uplink_load("rails") == 2
+    m = 1 << 20                     # at 256 MiB the host phases set the pace; at 1 MiB the rails do
+    assert g4.rows("allreduce", m)["hierarchical"] > 1.04 * g1.rows("allreduce", m)["hierarchical"]
+    assert g4.rows("allreduce", n)["hierarchical"] == pytest.approx(g1.rows("allreduce", n)["hierarchical"])
+
+
+def test_a_topology_without_fabric_prices_as_before():
+    """Legacy files (no 'tiers' on the net node): one link per host, shared by its streams."""
+    from hetccl.topology import fabric
+    d = synth.generate("hosts=2,accel=2,vendors=cpu:100,nics=1")
+    d["nodes"][0]["attrs"] = {}
+    topo = topofile.from_dict(d, "f")
+    assert fabric.of(topo) is None
+    from hetccl.simulate.group import Group
+    assert Group(topo).plan._uplink_load("rails") == 2
+
+
+# ------------------------------------------------------------------ the commands
+
+def _hetccl(*args, cwd, timeout=120):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("HETCCL_TUNING_FILE", None)
+    return subprocess.run([sys.executable, "-m", "hetccl", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_the_help_examples_run_from_synth_to_a_plot(tmp_path):
+    """The three commands of `hetccl simulate --help`: a 16,384-rank mixed-vendor cluster, a plot,
+    a what-if; run exactly as printed."""
+    help_text = _hetccl("simulate", "--help", cwd=tmp_path).stdout
+    block = help_text[help_text.index("three commands"):].split("\n\n")[0]
+    cmds = [ln.strip() for ln in block.splitlines()[1:] if ln.strip().startswith("hetccl ")]
+    assert len(cmds) == 3 and "ranks=16384" in cmds[0]
+    for cmd in cmds:
+        p = _hetccl(*shlex.split(cmd)[1:], cwd=tmp_path, timeout=300)
+        assert p.returncode == 0, f"{cmd}\n{p.stdout[-2000:]}{p.stderr[-2000:]}"
+    assert (tmp_path / "allreduce.png").stat().st_size > 10_000
+    assert (tmp_path / "whatif.png").stat().st_size > 10_000
+    assert "what-if: A = cluster.json" in p.stdout and "oversub=1" in p.stdout
+
+
+def test_simulate_json_what_if_and_errors(tmp_path):
+    assert _hetccl("topo", "--synth", "hosts=16,accel=4,vendors=cpu:100,nics=2", "-o", "c.json",
+                   cwd=tmp_path).returncode == 0
+    p = _hetccl("simulate", "--topo", "c.json", "--sizes", "64K,16M", "--what-if", "nics=1", "--json", "-",
+                "--explain", "16M", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert [r["size"] for r in doc["sizes"]] == [65536, 16 << 20] and doc["ranks"] == 64
+    assert doc["what_if"]["label"] == "nics=1"
+    assert doc["what_if"]["sizes"][1]["time_s"] >= doc["sizes"][1]["time_s"]
+    forced = _hetccl("simulate", "--topo", "c.json", "--sizes", "1M", "--algo", "allreduce:ring", cwd=tmp_path)
+    assert " ring " in forced.stdout and "forced by HETCCL_ALGO" in forced.stdout
+    for args, msg in ((["--topo", "missing.json"], "No such file"), (["--topo", "c.json", "-c", "nope"], "unknown collective"),
+                      (["--topo", "c.json", "--what-if", "bogus=1"], "unknown key")):
+        p = _hetccl("simulate", *args, cwd=tmp_path)
+        assert p.returncode == 2 and msg in p.stderr, p.stderr
+    (tmp_path / "plain.json").write_text(json.dumps({"format": "hetccl-topology", "version": 2, "ranks": [
+        {"rank": r, "host": f"h{r // 2}"} for r in range(4)]}))
+    p = _hetccl("simulate", "--topo", "plain.json", "--sizes", "1M", "--what-if", "oversub=3", cwd=tmp_path)
+    assert p.returncode == 2 and "not made by `hetccl topo --synth`" in p.stderr
+
+
+# ------------------------------------------------------------------ the tuning file
+
+def _write_tuning(path, links="c2c", ranks=2, local=2, best=None, **over):
+    from hetccl.collectives.probe import build_id
+    from hetccl.topology.host import host_id
+    entry = {"links": links, "ranks": ranks, "local": local, "placement": "self,c2c",
+             "cost": {"alpha": 2e-6, "beta": 1 / 3e9, "gamma": 1 / 9e9}}
+    if best:
+        entry["collectives"] = {"allreduce": {"sizes": [n for n, _ in best], "best": [a for _, a in best]}}
+    doc = {"format": "hetccl-tuning", "version": 1, "hetccl": hetccl.__version__, "build": build_id(),
+           "host": host_id(), "entries": [entry]}
+    doc.update(over)
+    path.write_text(json.dumps(doc))
+
+
+def _tuned_case(rank, size, sizes):
+    comm = hetccl.init(timeout=60)
+    m = comm._tuner.model
+    ran = []
+    for n in sizes:
+        x = np.ones(n // 4, np.float32)
+        comm.allreduce(x)
+        ran.append(comm.last_algorithm)
+    assert np.all(x == size)
+    comm.close()
+    return {"origin": m.origin, "alpha": m.cost.alpha, "ran": ran, "best": list(m.best)}
+
+
+def test_the_communicator_runs_what_the_tuning_file_measured(tmp_path):
+    path = tmp_path / "t.json"
+    _write_tuning(path, best=[(4096, "rabenseifner"), (1 << 20, "double_binary_tree")])
+    res = run_ranks(_tuned_case, 2, [4096, 1 << 20], timeout=120,
+                    env={"HETCCL_TUNING_FILE": str(path), "XDG_CACHE_HOME": str(tmp_path)})
+    for r in res:
+        assert r["origin"] == "tuning file" and r["alpha"] == 2e-6
+        assert r["ran"] == ["rabenseifner", "double_binary_tree"]     # measured sizes: the file's pick
+        assert res[0]["best"] == res[1]["best"]
+
+
+@pytest.mark.parametrize("content,why", [
+    ("{not json", "unreadable"), (json.dumps({"format": "other"}), "not a hetccl-tuning file"),
+    (None, "written by hetccl 0.0.1"), (None, "measured on host")])
+def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, content, why, caplog):
+    from hetccl.tuning import file as tuning_file
+    path = tmp_path / "t.json"
+    if content is not None:
+        path.write_text(content)
+    elif "written by" in why:
+        _write_tuning(path, hetccl="0.0.1")
+    else:
+        _write_tuning(path, host="another-machine")
+    tuning_file._warned.clear()
+    from hetccl.topology.host import host_id
+    with caplog.at_level(logging.WARNING, logger="hetccl.tuning"):
+        assert tuning_file.read(str(path), host=host_id()) is None
+        assert tuning_file.read(str(path), host=host_id()) is None
+    msgs = [r.getMessage() for r in caplog.records if "ignoring the tuning file" in r.getMessage()]
+    assert len(msgs) == 1 and why in msgs[0]
+
+
+def _garbage_case(rank, size):
+    comm = hetccl.init(timeout=60)
+    x = np.ones(1000, np.float32)
+    comm.allreduce(x)
+    origin = comm._tuner.model.origin
+    comm.close()
+    return origin, float(x[0])
+
+
+def test_a_corrupt_tuning_file_never_stops_a_job(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(b"\x00\xff garbage")
+    res = run_ranks(_garbage_case, 2, timeout=120, env={"HETCCL_TUNING_FILE": str(path),
+                                                        "XDG_CACHE_HOME": str(tmp_path)})
+    assert all(o in ("measured", "cached") and v == 2.0 for o, v in res)
+
+
+def test_hetccl_tune_writes_a_file_the_communicator_and_simulate_read(tmp_path):
+    out = tmp_path / "tuning.json"
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, XDG_CACHE_HOME=str(tmp_path))
+    env.pop("HETCCL_TUNING_FILE", None)
+    p = subprocess.run([sys.executable, "-m", "hetccl", "tune", "-n", "2", "--budget", "4s", "-c", "allreduce",
+                        "--sizes", "4K,1M", "-o", str(out), "--quiet"], env=env, capture_output=True, text=True,
+                       timeout=240, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "model choice" in p.stdout and "measured best" in p.stdout and f"wrote {out}" in p.stdout
+    doc = json.loads(out.read_text())
+    (e,) = doc["entries"]
+    assert e["ranks"] == 2 and e["links"] == "c2c" and e["collectives"]["allreduce"]["sizes"] == [4096, 1 << 20]
+    assert all(e["collectives"]["allreduce"]["best"])
+    from hetccl.simulate.costs import model_for
+    topo = topofile.from_dict({"format": "hetccl-topology", "version": 2,
+                               "ranks": [{"rank": 0, "host": "a"}, {"rank": 1, "host": "a"}]}, "f")
+    model, note, _ = model_for(topo, 0.0, str(out))
+    assert model.origin == "tuning file" and model.cost.alpha == e["cost"]["alpha"] and str(out) in note
+
+
+# ------------------------------------------------------------------ held to a measurement
+
+def _validate():
+    spec = importlib.util.spec_from_file_location("validate_sim", os.path.join(REPO_ROOT, "bench", "validate_sim.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not os.path.exists(DATA), reason="no recorded measurement (bench/validate_sim.py --record)")
+def test_the_simulator_agrees_with_the_recorded_measurement():
+    """Real jobs measured by bench/validate_sim.py (tests/data/simulate_recorded.json): the
+    simulator must choose what each job ran and predict every size >= 64 KiB within 25%. A change
+    to the planner or the cost formulas that breaks this agreement fails here."""
+    v = _validate()
+    with open(DATA) as f:
+        records = json.load(f)["records"]
+    assert records
+    bad = []
+    for name, rec in records.items():
+        for row in v.compare(name, rec, rec.get("transports")):
+            if row["variant"] == "auto" and not row["same"]:
+                bad.append(f"{name} {row['size']}: the job ran {row['ran']}, the simulator chose {row['predicted_choice']}")
+            if row["size"] >= v.JUDGED_FROM and (row["error"] is None or abs(row["error"]) > v.TOLERANCE):
+                bad.append(f"{name} {row['size']} {row['variant']}: measured {row['measured_us']:.1f} us, "
+                           f"predicted {row['predicted_us']} us")
+    assert not bad, "\n".join(bad)
