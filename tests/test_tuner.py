@@ -401,7 +401,8 @@ def test_tune_show_and_clear(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.timeout(120)
 def test_tune_replaces_this_hosts_entry_with_a_measurement(tmp_path):
-    """`hetccl tune -n 2` replaces the entry (here a planted, implausible one) with a measurement."""
+    """`hetccl tune --cache-only -n 2` replaces the entry (here a planted, implausible one) with a
+    measurement (tests/test_simulate.py covers the tuning file that plain `hetccl tune` writes)."""
     import subprocess
     import sys
     from hetccl.topology.host import host_id
@@ -412,7 +413,7 @@ def test_tune_replaces_this_hosts_entry_with_a_measurement(tmp_path):
     s = probe.shape(host_id(), ["c2c"], 2)
     path = str(tmp_path / "hetccl" / "cost-model.json")
     probe.store(s, _entry(alpha=1.0), path)
-    done = subprocess.run([sys.executable, "-m", "hetccl", "tune", "-n", "2"], env=env,
+    done = subprocess.run([sys.executable, "-m", "hetccl", "tune", "--cache-only", "-n", "2"], env=env,
                           capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 ranks: alpha=" in done.stdout and "measured (probe of" in done.stdout
