@@ -76,18 +76,19 @@ def _cards(topo: Topology) -> list[dict]:
     for n in topo.nodes.values():
         if n.kind == "device":
             accels.setdefault(n.host, []).append({"accel": n.attrs.get("accel") or n.attrs.get("vendor")})
-    cards = []
+    cards, shared = [], {}
     for r in topo.ranks:
         hw = accels.get(r.host, [])
-        card = {"rank": r.rank, "host": r.host, "topo": {"hw": {"accelerators": hw},
-                                                         "place": {"device": r.device, "bridge": r.bridge}}}
         vendor = hw[r.device]["accel"] if r.device is not None and 0 <= r.device < len(hw) else None
         lib = libs.get(vendor, 0)
         if lib == 0:
             lib = libs[vendor] = formation.vendor_library(vendor)
-        card["bridge"] = {"request": None, "have": [lib] if lib else [], "error": None,
-                          "mpi": {"job": "simulated", "rank": r.rank}}
-        cards.append(card)
+        # one bridge field per (library, MPI or not): only an MPI island reads the rank in it
+        bridge = ({"request": None, "have": [lib] if lib else [], "error": None,
+                   "mpi": {"job": "simulated", "rank": r.rank}} if r.bridge == "mpi" else
+                  shared.setdefault(lib, {"request": None, "have": [lib] if lib else [], "error": None, "mpi": None}))
+        cards.append({"rank": r.rank, "host": r.host, "bridge": bridge,
+                      "topo": {"hw": {"accelerators": hw}, "place": {"device": r.device, "bridge": r.bridge}}})
     return cards
 
 

@@ -115,18 +115,22 @@ def from_dict(d: dict, where="") -> Topology:
     for h in {p.host for p in places} - {n.host for n in nodes if n.kind == "host"}:
         nodes.append(Node(f"host:{h}", "host", h))
     links = []
+    classes = frozenset(LINK_CLASSES)
     for ln in d.get("links", []):
-        if not isinstance(ln, dict) or ln.get("class") not in LINK_CLASSES or not ln.get("a") \
-                or not ln.get("b") or not isinstance(ln["a"], str) or not isinstance(ln["b"], str):
+        if not isinstance(ln, dict):
             _bad(where, f"link {ln!r:.200}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
-        for k in ("bandwidth", "latency", "burst", "peak"):
-            if ln.get(k) is not None and not _number(ln[k]):
-                _bad(where, f"link {ln['a']}-{ln['b']}: {k} must be a positive number or null")
-        if (ln.get("burst") is None) != (ln.get("peak") is None):
-            _bad(where, f"link {ln['a']}-{ln['b']}: 'burst' and 'peak' go together (a token bucket: "
+        get = ln.get
+        a, b, cls = get("a"), get("b"), get("class")
+        if cls not in classes or not a or not b or not isinstance(a, str) or not isinstance(b, str):
+            _bad(where, f"link {ln!r:.200}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
+        bw, lat, burst, peak = get("bandwidth"), get("latency"), get("burst"), get("peak")
+        for k, v in (("bandwidth", bw), ("latency", lat), ("burst", burst), ("peak", peak)):
+            if v is not None and not _number(v):
+                _bad(where, f"link {a}-{b}: {k} must be a positive number or null")
+        if (burst is None) != (peak is None):
+            _bad(where, f"link {a}-{b}: 'burst' and 'peak' go together (a token bucket: "
                         f"burst bytes at peak bytes/s, then bandwidth); give both or neither")
-        links.append(Link(ln["a"], ln["b"], ln["class"], ln.get("bandwidth"), ln.get("latency"),
-                          bool(ln.get("measured")), ln.get("burst"), ln.get("peak")))
+        links.append(Link(a, b, cls, bw, lat, bool(get("measured")), burst, peak))
     return Topology(nodes, links, places, source=f"file {where}" if where else "file")
 
 
