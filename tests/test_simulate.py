@@ -303,3 +303,25 @@ def test_the_simulator_agrees_with_the_recorded_measurement():
                 bad.append(f"{name} {row['size']} {row['variant']}: measured {row['measured_us']:.1f} us, "
                            f"predicted {row['predicted_us']} us")
     assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------ bench --compare
+
+def test_bench_compare_runs_gloo_in_the_same_job_and_says_why_mpi_is_left_out(tmp_path):
+    pytest.importorskip("torch")
+    png, js = tmp_path / "peers.png", tmp_path / "peers.json"
+    p = run_command([sys.executable, "-m", "hetccl", "run", "-n", "2", "--", sys.executable, "-m", "hetccl", "bench",
+                     "--compare", "mpi,gloo", "-c", "allreduce", "--sizes", "4K,64K", "--rounds", "2", "--reps", "2",
+                     "--min-time", "0.005", "--plot", str(png), "--json", str(js)], timeout=240,
+                    env={"HETCCL_TUNING_FILE": None})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = p.stdout
+    assert "Open MPI: left out: not started by mpirun" in out
+    assert "| size | hetccl time (us) | hetccl busbw (GB/s) | algo | gloo time (us) |" in out
+    assert "round 2/2" in out and out.count("round 1/2") == 1          # rank 0 speaks
+    doc = json.loads(js.read_text())
+    assert doc["libraries"] == ["hetccl", "gloo"] and {c["size"] for c in doc["cells"]} == {4096, 65536}
+    assert all(c["wrong"] == 0 for c in doc["cells"]) and png.stat().st_size > 10_000
+    bad = run_command([sys.executable, "-m", "hetccl", "run", "-n", "2", "--", sys.executable, "-m", "hetccl", "bench",
+                       "--compare", "nccl", "--sizes", "4K"], timeout=120)
+    assert bad.returncode != 0 and "unknown peer 'nccl'" in bad.stdout

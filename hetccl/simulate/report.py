@@ -71,9 +71,12 @@ def plot(doc, path, other=None, label_other=None) -> None:
     cb = [r["busbw"] for r in doc["sizes"]]
     ax_t.plot(sizes, ct, "o", mfc="none", mec="black", ms=9, label="runtime's choice")
     ax_b.plot(sizes, cb, "o", mfc="none", mec="black", ms=9, label="runtime's choice")
-    for r in doc["sizes"]:
-        ax_t.annotate(r["choice"], (r["size"], r["time_s"] * 1e6), fontsize=6, rotation=30,
-                      xytext=(3, 6), textcoords="offset points")
+    last = None
+    for r in doc["sizes"]:                   # name the choice where it changes
+        if r["choice"] != last:
+            ax_t.annotate(r["choice"], (r["size"], r["time_s"] * 1e6), fontsize=7, rotation=30,
+                          xytext=(3, 8), textcoords="offset points")
+            last = r["choice"]
     if other is not None:
         ax_t.plot([r["size"] for r in other["sizes"]], [r["time_s"] * 1e6 for r in other["sizes"]], "k--",
                   lw=1.5, label=f"choice, {label_other}")
