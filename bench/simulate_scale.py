@@ -23,6 +23,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# `hetccl simulate` in this process, then its own peak memory (the synth run is another process)
+MEASURED = ("import resource, sys; from hetccl.cli import main; rc = main(sys.argv[1:]); "
+            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
 SPEC = "ranks={n},accel=8,vendors=nvidia:60+hygon:25+ascend:15,nics=8,nic_gbps=400,oversub=3"
 
 
@@ -35,7 +38,8 @@ def run(cmd, env):
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, after.ru_maxrss / 1024, p.stdout
+    rss = next((int(ln.split()[1]) / 1024 for ln in p.stdout.splitlines() if ln.startswith("MAXRSS ")), 0.0)
+    return wall, cpu, rss, p.stdout
 
 
 def main(argv=None) -> int:
@@ -54,7 +58,7 @@ def main(argv=None) -> int:
             walls, cpus, rss = [], [], 0.0
             for k in range(args.runs):
                 load = os.getloadavg()[0]
-                w, c, m, out = run([sys.executable, "-m", "hetccl", "simulate", "--topo", topo, "--sizes", "1K..512M",
+                w, c, m, out = run([sys.executable, "-c", MEASURED, "simulate", "--topo", topo, "--sizes", "1K..512M",
                                     "--json", os.path.join(tmp, "out.json")], env)
                 walls.append(w)
                 cpus.append(c)
