@@ -285,17 +285,8 @@ def _validate():
     return mod
 
 
-@pytest.mark.skipif(not os.path.exists(DATA), reason="no recorded measurement (bench/validate_sim.py --record)")
-def test_the_simulator_agrees_with_the_recorded_measurement():
-    """Real jobs measured by bench/validate_sim.py (tests/data/simulate_recorded.json: each job's
-    topology, load, cost model and measured times). Re-predicted with today's planners, the
-    simulator must choose what each job ran, and predict every size >= 64 KiB within 25%, or, at
-    a point already outside 25% when recorded (bench/RESULTS.md lists them), no more than 10 points
-    worse than then. A change to the planner or the cost formulas that breaks agreement fails here."""
+def _disagreements(records) -> list[str]:
     v = _validate()
-    with open(DATA) as f:
-        records = json.load(f)["records"]
-    assert records
     bad = []
     for name, rec in records.items():
         before = rec.get("recorded_error", {})
@@ -309,7 +300,41 @@ def test_the_simulator_agrees_with_the_recorded_measurement():
             if row["error"] is None or abs(row["error"]) > bound:
                 bad.append(f"{name} {row['size']} {row['variant']}: measured {row['measured_us']:.1f} us, "
                            f"predicted {row['predicted_us']} us (bound {bound:.0%})")
+    return bad
+
+
+def _records():
+    with open(DATA) as f:
+        return json.load(f)["records"]
+
+
+needs_record = pytest.mark.skipif(not os.path.exists(DATA), reason="no recorded measurement "
+                                  "(bench/validate_sim.py --record tests/data/simulate_recorded.json)")
+
+
+@needs_record
+def test_the_simulator_agrees_with_the_recorded_measurement():
+    """Real jobs measured by bench/validate_sim.py (tests/data/simulate_recorded.json: each job's
+    topology, load, cost model and measured times). Re-predicted with today's planners, the
+    simulator must choose what each job ran, and predict every size >= 64 KiB within 25%, or, at
+    a point already outside 25% when recorded (bench/RESULTS.md lists them), no more than 10 points
+    worse than then. A change to the planner or the cost formulas that breaks agreement fails here."""
+    records = _records()
+    assert records
+    bad = _disagreements(records)
     assert not bad, "\n".join(bad)
+
+
+@needs_record
+def test_a_planner_change_that_breaks_agreement_is_caught(monkeypatch):
+    """The check above can fail: price the ring allreduce 3x dearer and the record disagrees."""
+    from hetccl.collectives import allreduce, registry
+    slow = [a if a.name != "ring" or a.collective != "allreduce" else
+            registry.Algorithm("ring", "allreduce", a.code, lambda n, p, c: 3 * allreduce.ring(n, p, c))
+            for a in registry._BY_COLLECTIVE["allreduce"]]
+    monkeypatch.setitem(registry._BY_COLLECTIVE, "allreduce", slow)
+    bad = _disagreements(_records())
+    assert any("simulator chose" in b for b in bad) or any("predicted" in b for b in bad), bad
 
 
 # ------------------------------------------------------------------ bench --compare
