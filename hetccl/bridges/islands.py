@@ -140,9 +140,10 @@ def _known_kinds():
 
 
 def _check_kind(kind, what):
-    if not isinstance(kind, str) or kind.lower() not in _known_kinds():
-        raise InvalidUsage(f"{what} {kind!r} is not a bridge; use one of {', '.join(_known_kinds())}")
-    return kind.lower()
+    low = kind.lower() if isinstance(kind, str) else None
+    if low in OPENERS or low in (NONE, AUTO):      # the common case, without building the list
+        return low
+    raise InvalidUsage(f"{what} {kind!r} is not a bridge; use one of {', '.join(_known_kinds())}")
 
 
 def requested(bridges, world_rank: int) -> str | None:

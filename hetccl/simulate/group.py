@@ -92,15 +92,30 @@ def _cards(topo: Topology) -> list[dict]:
     return cards
 
 
-def sub_topology(topo: Topology, ranks) -> Topology:
-    """The ranks given (renumbered 0..k-1 in that order) on the nodes and links of their hosts."""
+def host_parts(topo: Topology) -> dict:
+    """{host: (its nodes, the links whose first end is one of them)}, "" for the hostless nodes (the
+    network): built in one pass, so carving several islands out of a large model is cheap."""
+    parts = {}
+    for n in topo.nodes.values():
+        parts.setdefault(n.host or "", ([], []))[0].append(n)
+    for ln in topo.links:
+        node = topo.nodes.get(ln.a)
+        parts.setdefault((node.host if node is not None else None) or "", ([], []))[1].append(ln)
+    return parts
+
+
+def sub_topology(topo: Topology, ranks, parts: dict | None = None) -> Topology:
+    """The ranks given (renumbered 0..k-1 in that order) on the nodes and links of their hosts.
+    ``parts``: host_parts(topo), when the caller carves several."""
     from ..topology.model import RankPlace
     places = [RankPlace(k, p.host, p.numa, p.device, p.island, p.nic, p.bridge)
               for k, p in enumerate(topo.ranks[r] for r in ranks)]
-    hosts = {p.host for p in places}
-    nodes = [n for n in topo.nodes.values() if n.host in hosts or n.kind == "network"]
-    keep = {n.id for n in nodes}
-    links = [ln for ln in topo.links if ln.a in keep and ln.b in keep]
+    parts = parts if parts is not None else host_parts(topo)
+    nodes, links = list(parts.get("", ([], []))[0]), []
+    for h in dict.fromkeys(p.host for p in places):
+        hn, hl = parts.get(h, ([], []))
+        nodes += hn
+        links += hl
     return Topology(nodes, links, places, source=topo.source)
 
 
@@ -118,6 +133,7 @@ class SimulatedIslands(IslandPricer):
         self._topo, self._load = topo, load
         self._measured = measured or {}
         self._sub = {}
+        self._parts = None
 
     def _native(self, i, coll, code, op) -> bool:
         return bool(self.flags[i]) and coll in COLLECTIVES
@@ -126,7 +142,9 @@ class SimulatedIslands(IslandPricer):
         g = self._sub.get(i)
         if g is None:
             isl = self.islands[i]
-            g = self._sub[i] = Group(sub_topology(self._topo, isl.ranks), load=self._load, islands=False)
+            if self._parts is None:
+                self._parts = host_parts(self._topo)
+            g = self._sub[i] = Group(sub_topology(self._topo, isl.ranks, self._parts), load=self._load, islands=False)
         return g
 
     def _bridge_time(self, i, coll, nbytes) -> float:

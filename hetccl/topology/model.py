@@ -63,6 +63,7 @@ class Topology:
         self.source = source
         self._by_host = None           # (key, {host: [ranks]}): see _ranks_by_host
         self._hosts = None             # (key, hosts()): the same, with the hosts that have no rank
+        self._islands_memo = None      # (the _by_host it was made from, {host: islands})
 
     # ------------------------------------------------------------------ structure
 
@@ -97,10 +98,18 @@ class Topology:
         return p.island if p.island is not None else ""
 
     def islands(self, host) -> list[str]:
-        out = {}
-        for r in self._ranks_by_host().get(host, ()):
-            out.setdefault(self.island_of(r), None)
-        return list(out)
+        """The islands of a host's ranks, in order of their first rank (computed once per host)."""
+        by = self._ranks_by_host()
+        memo = self._islands_memo
+        if memo is None or memo[0] is not self._by_host:
+            memo = self._islands_memo = (self._by_host, {})
+        got = memo[1].get(host)
+        if got is None:
+            out = {}
+            for r in by.get(host, ()):
+                out.setdefault(self.island_of(r), None)
+            got = memo[1][host] = list(out)
+        return list(got)
 
     def pair_class(self, i, j) -> str:
         """The fastest link class that can join ranks i and j in this model."""

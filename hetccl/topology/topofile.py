@@ -103,13 +103,17 @@ def from_dict(d: dict, where="") -> Topology:
     nodes = []
     if not isinstance(d.get("nodes", []), list) or not isinstance(d.get("links", []), list):
         _bad(where, "'nodes' and 'links' must be lists")
+    kinds = frozenset(NODE_KINDS)
     for n in d.get("nodes", []):
-        if not isinstance(n, dict) or n.get("kind") not in NODE_KINDS or not n.get("id") \
-                or not isinstance(n["id"], str):
+        if not isinstance(n, dict):
             _bad(where, f"node {n!r:.200}: needs an 'id' and a 'kind' among {', '.join(NODE_KINDS)}")
-        if not _opt(n.get("host"), str) or not _opt(n.get("attrs"), dict):
-            _bad(where, f"node {n['id']!r}: 'host' must be a name and 'attrs' an object (or null)")
-        nodes.append(Node(n["id"], n["kind"], n.get("host"), dict(n.get("attrs") or {})))
+        get = n.get
+        nid, kind, host, attrs = get("id"), get("kind"), get("host"), get("attrs")
+        if kind not in kinds or not nid or not isinstance(nid, str):
+            _bad(where, f"node {n!r:.200}: needs an 'id' and a 'kind' among {', '.join(NODE_KINDS)}")
+        if not (host is None or isinstance(host, str)) or not (attrs is None or isinstance(attrs, dict)):
+            _bad(where, f"node {nid!r}: 'host' must be a name and 'attrs' an object (or null)")
+        nodes.append(Node(nid, kind, host, dict(attrs or ())))
     if not any(n.kind == "network" for n in nodes):
         nodes.append(Node("net", "network"))
     for h in {p.host for p in places} - {n.host for n in nodes if n.kind == "host"}:
