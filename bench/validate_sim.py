@@ -6,6 +6,7 @@ print the error per size.
     python bench/validate_sim.py --quick               # 2 and 4 ranks, fewer sizes (~5 min)
     python bench/validate_sim.py --cases local --nranks 2,4 --transports c2c,tcp
     python bench/validate_sim.py --record tests/data/simulate_recorded.json   # refresh the CI record
+    python bench/validate_sim.py --markdown bench/results/validate-sim-....json # the RESULTS.md table
 
 Cases (each a real hetccl job; allreduce, float32, sizes 1K..64M x4 unless --sizes):
 - local: 2, 4, 8 ranks on this host with the transports c2c (default), shm (HETCCL_TRANSPORTS=^c2c)
@@ -231,6 +232,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--child":
         return _child(argv[1:])
+    if argv and argv[0] == "--markdown":            # --markdown RUN.json: the RESULTS.md table
+        print(markdown(argv[1]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="local,netns,islands")
     ap.add_argument("--nranks", default="2,4,8")
@@ -318,6 +322,31 @@ def main(argv=None) -> int:
                        "summary": s, "records": keep}, f)
         print(f"# CI record: {args.record}")
     return 0 if s["judged"] and s["within"] == s["judged"] else 1
+
+
+def markdown(path) -> str:
+    """The per-case table of a run's JSON (--out), as bench/RESULTS.md shows it."""
+    with open(path) as f:
+        d = json.load(f)
+    t = d["table"]
+    lines = ["| case | load avg | points >= 64 KiB within 25% | median / worst error >= 64 KiB | "
+             "median error < 64 KiB | same choice as the job |", "|---|---|---|---|---|---|"]
+    for c in dict.fromkeys(r["case"] for r in t):
+        rows = [r for r in t if r["case"] == c]
+        big = [r for r in rows if r["size"] >= JUDGED_FROM and r["error"] is not None]
+        small = [r for r in rows if r["size"] < JUDGED_FROM and r["error"] is not None]
+        auto = [r for r in rows if r["variant"] == "auto"]
+
+        def med(xs):
+            return f"{statistics.median([abs(r['error']) for r in xs]) * 100:.0f}%" if xs else "-"
+        worst = f"{max(big, key=lambda r: abs(r['error']))['error'] * 100:+.0f}%" if big else "-"
+        lines.append(f"| {c} | {d['records'][c]['loadavg_before']:.1f} | "
+                     f"{sum(abs(r['error']) <= TOLERANCE for r in big)}/{len(big)} | {med(big)} / {worst} | "
+                     f"{med(small)} | {sum(r['same'] for r in auto)}/{len(auto)} |")
+    s = d["summary"]
+    lines.append(f"\nAll: {s['within']}/{s['judged']} points >= 64 KiB within 25%; the simulator chose what "
+                 f"the job ran at {s['same_choice']}/{s['auto_rows']} sizes.")
+    return "\n".join(lines)
 
 
 def wait_quiet(limit, max_wait=1800):
