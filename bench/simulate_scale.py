@@ -22,7 +22,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checkout import IMPORT_ROOT as ROOT  # noqa: E402  (which hetccl: installed, or this checkout; bench/checkout.py)
 # `hetccl simulate` in this process, then its own peak memory (the synth run is another process)
 MEASURED = ("import resource, sys; from hetccl.cli import main; rc = main(sys.argv[1:]); "
             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
@@ -32,7 +33,7 @@ SPEC = "ranks={n},accel=8,vendors=nvidia:60+hygon:25+ascend:15,nics=8,nic_gbps=4
 def run(cmd, env):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ranks", default="100000")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)                                  # PYTHONPATH: bench/checkout.py
     env.pop("HETCCL_TUNING_FILE", None)
     ok = True
     with tempfile.TemporaryDirectory() as tmp:

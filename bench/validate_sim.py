@@ -41,13 +41,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from checkout import IMPORT_ROOT as ROOT  # noqa: E402  (which hetccl: installed, or this checkout; bench/checkout.py)
 
-JUDGED_FROM = 64 << 10
-TOLERANCE = 0.25
-SLACK = 0.10          # the CI check: a point recorded outside TOLERANCE may not get worse by more
+from hetccl.simulate.validate import JUDGED_FROM, SLACK, TOLERANCE, compare  # noqa: E402,F401
 DEFAULT_SIZES = [1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 TRANSPORTS = {"c2c": None, "shm": "^c2c", "tcp": "tcp"}
 
@@ -99,58 +97,7 @@ def _child(argv) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ prediction (the simulator)
-
-def predict(rec, transports=None):
-    """{(size, variant): (predicted seconds, predicted choice)} from the job's record."""
-    from hetccl.simulate.costs import model_for
-    from hetccl.simulate.group import Group
-    from hetccl.topology import topofile
-    from hetccl.tuning import file as tuning_file
-    topo = topofile.from_dict(rec["topology"], "recorded job")
-    topo.source = rec.get("source", topo.source)   # discovered: the planner prices the network as the job did
-    doc = tuning_file.new_document("recorded", None)
-    entry = {"links": rec["model"]["links"], "ranks": rec["ranks"], "local": rec["local"],
-             "cost": {k: rec["model"][k] for k in ("alpha", "beta", "gamma")}}
-    if rec.get("bridges"):
-        entry["bridges"] = rec["bridges"]
-    tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    try:
-        json.dump(tuning_file.merge(doc, entry), tmp)
-        tmp.close()
-        model, _, bridges = model_for(topo, rec["load"], tmp.name, transports)
-    finally:
-        os.unlink(tmp.name)
-    out = {}
-    groups = {}
-    for row in rec["rows"]:
-        v = row["variant"]
-        if v not in groups:
-            spec = "" if v == "auto" else f"allreduce:{v}"
-            groups[v] = Group(topo, model, load=rec["load"], forced_spec=spec, bridge_prices=bridges,
-                              transports=transports)
-        g = groups[v]
-        n = row["size"]
-        rows = g.rows("allreduce", n)
-        key = g.choice_key("allreduce", n)
-        out[(n, v)] = (rows.get(key, min(rows.values()) if rows else None), key)
-    return out
-
-
-def compare(name, rec, transports=None) -> list[dict]:
-    pred = predict(rec, transports)
-    table = []
-    for row in rec["rows"]:
-        t_pred, choice = pred[(row["size"], row["variant"])]
-        meas = row["time_us"] * 1e-6
-        ran = row.get("algo") or "?"
-        table.append({"case": name, "size": row["size"], "variant": row["variant"], "measured_us": meas * 1e6,
-                      "predicted_us": None if t_pred is None else t_pred * 1e6, "ran": ran,
-                      "predicted_choice": choice,
-                      "same": choice.split(":")[0] == ran,
-                      "error": None if t_pred is None else t_pred / meas - 1})
-    return table
-
+# ------------------------------------------------------------------ prediction: hetccl/simulate/validate.py
 
 def print_table(table, out=print):
     from hetccl.benchmark.format import format_size
@@ -185,7 +132,8 @@ def _launch(cmd_prefix, spec, env, timeout, what):
     out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
     cmd = [*cmd_prefix, sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec), out]
     try:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
+                           cwd=ROOT)
         if r.returncode != 0:
             raise RuntimeError(f"{what}: exit {r.returncode}\n{(r.stdout + r.stderr)[-3000:]}")
         with open(out) as f:
@@ -196,8 +144,7 @@ def _launch(cmd_prefix, spec, env, timeout, what):
 
 def _env(drop=("HETCCL_TUNING_FILE",), **extra):
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(tuple(p for p in drop if p.endswith("_")))}
-    env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1",
-               OMP_NUM_THREADS="1", **extra)
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **extra)   # PYTHONPATH: bench/checkout.py
     return env
 
 
@@ -256,7 +203,7 @@ def main(argv=None) -> int:
     reps = 3 if args.quick else args.reps
     counts = [2, 4] if args.quick else [int(x) for x in args.nranks.split(",")]
     cases = args.cases.split(",")
-    out = args.out or os.path.join(ROOT, "bench", "results", f"validate-sim-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out = args.out or os.path.join(os.path.dirname(HERE), "bench", "results", f"validate-sim-{time.strftime('%Y%m%d-%H%M%S')}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     # every job probes its own cost model into a private cache (as a fresh machine would)
     cache = tempfile.mkdtemp(prefix="hetccl-validate-cache-")

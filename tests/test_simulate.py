@@ -7,7 +7,6 @@ bench/validate_sim.py --record), and the commands end to end, including the --he
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -279,10 +278,8 @@ def test_hetccl_tune_writes_a_file_the_communicator_and_simulate_read(tmp_path):
 # ------------------------------------------------------------------ held to a measurement
 
 def _validate():
-    spec = importlib.util.spec_from_file_location("validate_sim", os.path.join(REPO_ROOT, "bench", "validate_sim.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from hetccl.simulate import validate
+    return validate
 
 
 def _disagreements(records) -> list[str]:

@@ -1,0 +1,69 @@
+"""The simulator against a recorded job: what bench/validate_sim.py measures and
+tests/test_simulate.py re-checks.
+
+A record is what a real job's communicator saw (its topology, the load of its machine, the cost
+model it probed, its bridges' prices) and what it measured (time per size and variant, and the
+algorithm it ran). ``predict`` feeds exactly that to the simulator through the path of
+``hetccl simulate --topo FILE --cost-model TUNING_FILE``: the record's model is written as a
+tuning file and read back by costs.py, and group.py's planners choose and price.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+JUDGED_FROM = 64 << 10     # sizes from here on are held to TOLERANCE; smaller ones are reported
+TOLERANCE = 0.25
+SLACK = 0.10               # the CI check: a point recorded outside TOLERANCE may not get worse by more
+
+
+def predict(rec, transports=None):
+    """{(size, variant): (predicted seconds, predicted choice)} from the job's record."""
+    from ..topology import topofile
+    from ..tuning import file as tuning_file
+    from .costs import model_for
+    from .group import Group
+    topo = topofile.from_dict(rec["topology"], "recorded job")
+    topo.source = rec.get("source", topo.source)   # discovered: the planner prices the network as the job did
+    doc = tuning_file.new_document("recorded", None)
+    entry = {"links": rec["model"]["links"], "ranks": rec["ranks"], "local": rec["local"],
+             "cost": {k: rec["model"][k] for k in ("alpha", "beta", "gamma")}}
+    if rec.get("bridges"):
+        entry["bridges"] = rec["bridges"]
+    tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    try:
+        json.dump(tuning_file.merge(doc, entry), tmp)
+        tmp.close()
+        model, _, bridges = model_for(topo, rec["load"], tmp.name, transports)
+    finally:
+        os.unlink(tmp.name)
+    out = {}
+    groups = {}
+    for row in rec["rows"]:
+        v = row["variant"]
+        if v not in groups:
+            spec = "" if v == "auto" else f"allreduce:{v}"
+            groups[v] = Group(topo, model, load=rec["load"], forced_spec=spec, bridge_prices=bridges,
+                              transports=transports)
+        g = groups[v]
+        n = row["size"]
+        rows = g.rows("allreduce", n)
+        key = g.choice_key("allreduce", n)
+        out[(n, v)] = (rows.get(key, min(rows.values()) if rows else None), key)
+    return out
+
+
+def compare(name, rec, transports=None) -> list[dict]:
+    pred = predict(rec, transports)
+    table = []
+    for row in rec["rows"]:
+        t_pred, choice = pred[(row["size"], row["variant"])]
+        meas = row["time_us"] * 1e-6
+        ran = row.get("algo") or "?"
+        table.append({"case": name, "size": row["size"], "variant": row["variant"], "measured_us": meas * 1e6,
+                      "predicted_us": None if t_pred is None else t_pred * 1e6, "ran": ran,
+                      "predicted_choice": choice,
+                      "same": choice.split(":")[0] == ran,
+                      "error": None if t_pred is None else t_pred / meas - 1})
+    return table
