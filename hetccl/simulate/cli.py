@@ -162,7 +162,11 @@ def simulate_main(argv=None) -> int:
                 f.write(text + "\n")
             print(f"wrote {args.json}")
     if args.plot:
-        report.plot(doc, args.plot, other, other["label"] if other else None)
+        try:
+            report.plot(doc, args.plot, other, other["label"] if other else None)
+        except ImportError:
+            print("hetccl simulate: --plot needs matplotlib: pip install 'hetccl[simulate]'", file=sys.stderr)
+            return 2
         if not to_stdout_json:
             print(f"wrote {args.plot}")
     return 0
