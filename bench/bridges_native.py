@@ -44,7 +44,7 @@ from checkout import IMPORT_ROOT  # noqa: E402,F401  (which hetccl: the installe
 
 import hetccl.dtypes as dt  # noqa: E402
 from hetccl.bridges import native, nccl  # noqa: E402
-from hetccl.bridges.buffers import from_numpy  # noqa: E402
+from hetccl.bridges.device_buffers import from_numpy  # noqa: E402
 from hetccl.ops import ReduceOp  # noqa: E402
 from tests import fakeccl  # noqa: E402
 

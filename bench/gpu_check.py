@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checkout import IMPORT_ROOT  # noqa: E402,F401  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 
 import hetccl  # noqa: E402
-from hetccl.bridges import islands as formation  # noqa: E402
+from hetccl.bridges import formation  # noqa: E402
 
 SIZES = (1 << 10, 1 << 20, 1 << 24)          # float32 elements: 4 KiB, 4 MiB, 64 MiB
 FAKE_SIZES = (1 << 10, 1 << 14)              # the double holds 1 MiB per rank and call

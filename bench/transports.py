@@ -43,8 +43,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from hetccl.collectives.model import STREAM_MIN  # noqa: E402
-from hetccl.transports.endpoints import factories  # noqa: E402
+from hetccl.collectives.cost_model import STREAM_MIN  # noqa: E402
+from hetccl.transports.pair_endpoint import factories  # noqa: E402
 
 FACTORIES = factories()
 REFERENCES = {}          # name -> callable(sizes, quick) -> list of row dicts (e.g. ucx_perftest)

@@ -34,7 +34,7 @@ def doctor_main(argv) -> int:
 
     from . import __version__
     from .topology.host import host_id
-    from .transports import ALL
+    from .transports import rows
     from .transports.netif import choose_address, interfaces
     print(f"hetccl {__version__} on Python {platform.python_version()} ({platform.machine()})")
     try:
@@ -51,14 +51,11 @@ def doctor_main(argv) -> int:
     except Exception as e:                 # doctor reports, it does not fail on a topology problem
         print(f"topology: unavailable ({e})")
     print(f"cpus available: {len(os.sched_getaffinity(0))}")
-    print("transports (preference: self > c2c > shm > rdma > tcp; HETCCL_TRANSPORTS="
+    print("transports (preference: " + " > ".join(t.name for t in rows()) + "; HETCCL_TRANSPORTS="
           f"{os.environ.get('HETCCL_TRANSPORTS', '')!r}):")
-    for t in ALL:
+    for t in rows()[1:]:
         print(f"  {t.name:<5} {'available' if t.available() else 'unavailable'}")
-    _doctor_c2c_and_matrix()
-    from .transports.rdma import describe as ucx_describe
-    for line in ucx_describe():
-        print(line)
+    _doctor_transports()
     print("interfaces (IPv4): " + ", ".join(f"{n}={a}" for n, a in interfaces()))
     n, a = choose_address()
     print(f"tcp listens on: {n} ({a}) without a job; in a job, the address on the route to the "
@@ -94,27 +91,31 @@ def _doctor_bridges() -> None:
         print(line)
 
 
-def _doctor_c2c_and_matrix() -> None:
-    """c2c's mode here (and why), and the transport matrix local ranks would get."""
+def _doctor_transports() -> None:
+    """What each transport says about this host (c2c's mode, UCX's wires), and the transport
+    matrix local ranks would get."""
     import os
 
     from .errors import HetcclError
     from .topology.host import host_id
-    from .topology.select import format_matrix, parse_filter, transport_matrix
     from .transports import ALL
-    from .transports.c2c import C2CTransport, local_mode
-    mode = None
-    if C2CTransport.available():
-        try:
-            mode, why = local_mode()
-        except HetcclError as e:
-            mode, why = "error", str(e)
-        print(f"c2c mode: {mode} ({why})")
-    n = int(os.environ.get("HETCCL_LOCAL_SIZE", "2") or 2)
+    from .transports.matrix import format_matrix, parse_filter, transport_matrix
     spec = os.environ.get("HETCCL_TRANSPORTS")
     try:
-        allowed = parse_filter(spec, [t.name for t in ALL])
-        cards = [{"rank": r, "host": host_id(), "c2c_mode": "c2c" in allowed and mode} for r in range(n)]
+        allowed = set(parse_filter(spec, [t.name for t in ALL]))
+    except HetcclError:
+        allowed = set()
+    fields = {}
+    for t in ALL:
+        lines, preview = t.doctor()
+        for line in lines:
+            print(line)
+        if t.name in allowed:
+            fields.update(preview)
+    n = int(os.environ.get("HETCCL_LOCAL_SIZE", "2") or 2)
+    try:
+        parse_filter(spec, [t.name for t in ALL])
+        cards = [{"rank": r, "host": host_id(), **fields} for r in range(n)]
         print(f"transport per pair for {n} ranks on this host (`hetccl run -n N -- hetccl doctor` "
               f"prints a running job's):")
         print("  " + format_matrix(transport_matrix(cards, ALL, spec)).replace("\n", "\n  "))

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from . import config, dtypes
-from .bridges import islands as _formation
+from .bridges import formation as _formation
 from .collectives import hierarchical
 from .collectives import islands as _islands
 from .collectives import staged as _staged
@@ -36,7 +36,7 @@ from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, Invali
 from . import recovery as _recovery
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
-from .topology.select import format_matrix
+from .transports.matrix import format_matrix
 
 log = logging.getLogger("hetccl")
 
@@ -1010,7 +1010,7 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
     timeout: seconds any wait may take (default HETCCL_TIMEOUT, else 600).
     transports: like HETCCL_TRANSPORTS ('tcp', 'shm,tcp', '^shm'), to force or exclude transports.
     bridges: the native library running this rank's island ('mpi', 'nccl', ..., 'none', 'auto'), or
-      a dict {world rank: kind} every rank may pass alike (bridges/islands.py; default: the topology
+      a dict {world rank: kind} every rank may pass alike (bridges/formation.py; default: the topology
       file's 'bridge' field, else the device vendor's library).
     """
     from .bootstrap.env import detect

@@ -374,7 +374,7 @@ def test_mismatch_where_every_rank_waits_ends_at_the_timeout():
 # ------------------------------------------------------------------------------------------------
 def test_registry_families_costs_and_aliases():
     from hetccl.collectives import registry
-    from hetccl.collectives.model import LinkCost
+    from hetccl.collectives.cost_model import LinkCost
 
     c = LinkCost(1e-6, 1 / 5e9, 1 / 8e9)
     names = {(a.collective, a.name) for a in registry.ALGORITHMS}

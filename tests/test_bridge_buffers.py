@@ -13,7 +13,7 @@ import pytest
 import hetccl.dtypes as dt
 from hetccl.bridges import buffers, loader
 from hetccl.bridges.base import BridgeError
-from hetccl.bridges.buffers import DeviceBuffer, as_device_buffer, from_cuda_array_interface
+from hetccl.bridges.device_buffers import DeviceBuffer, as_device_buffer, from_cuda_array_interface
 from hetccl.errors import InvalidUsage
 from tests import fakeccl
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from hetccl import InvalidUsage, dtypes
-from hetccl.bridges import islands as formation
+from hetccl.bridges import formation
 from hetccl.bridges import loader, nccl
 from hetccl.bridges.base import BridgeUnavailable
-from hetccl.bridges.buffers import _DLManagedTensor
+from hetccl.bridges.device_buffers import _DLManagedTensor
 from hetccl.ops import ReduceOp
 from tests import fakeccl
 from tests.launcher import run_ranks
@@ -72,7 +72,7 @@ class FakeDLPackArray:
     """The same memory through DLPack only (an unversioned "dltensor" capsule)."""
 
     def __init__(self, dev: FakeDeviceArray):
-        from hetccl.bridges.buffers import _DL_DTYPES
+        from hetccl.bridges.device_buffers import _DL_DTYPES
         self.dev = dev
         code = dtypes.from_numpy(dev.dtype)
         self._dl = next(k for k, v in _DL_DTYPES.items() if v == code)
@@ -227,7 +227,7 @@ class DeviceChecker:
         dx, ex = self._wrap(x)
         dy, ey = self._wrap(np.zeros_like(x)) if not in_place else (dx, ex)
         if form is not None and self.on_device:
-            from hetccl.bridges.buffers import as_device_buffer
+            from hetccl.bridges.device_buffers import as_device_buffer
             b = as_device_buffer(dx)
             c._islands.staged().allreduce(b, b if in_place else as_device_buffer(dy), b.dtype, op, 60.0, form)
         elif form is not None:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import hetccl
-from hetccl.bridges import islands as formation
+from hetccl.bridges import formation
 from tests.launcher import run_command, run_ranks_expect_failure
 from tests.mpirun_util import clean_env, mpirun_or_skip, run_worker
 

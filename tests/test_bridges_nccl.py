@@ -35,7 +35,7 @@ import hetccl.dtypes as dt
 from hetccl import config
 from hetccl.bridges import bkcl, hccl, loader, native, nccl, vendor
 from hetccl.bridges.base import BridgeError, BridgeUnavailable
-from hetccl.bridges.buffers import from_numpy
+from hetccl.bridges.device_buffers import from_numpy
 from hetccl.errors import HetcclTimeout, InvalidUsage
 from hetccl.ops import ReduceOp
 from tests import fakeccl

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hetccl import InvalidUsage
-from hetccl.bridges import islands as formation
+from hetccl.bridges import formation
 from hetccl.bridges.base import HOST, BridgeError
 from hetccl.collectives.islands import Staging
 from hetccl.topology import topofile

@@ -181,7 +181,7 @@ RACES = {
 def test_abort_from_another_thread_at_random_moments(case):
     kinds, transports, env = RACES[case]
     if transports == "rdma":
-        from hetccl.transports.endpoints import ucx_missing
+        from hetccl.transports.rdma import ucx_missing
         if ucx_missing():
             pytest.skip(ucx_missing())
     results = run_ranks(_abort_rounds_rank, 2, kinds, ROUNDS, 1234, timeout=150,

@@ -33,7 +33,7 @@ def _build(outdir):
 
 def _island(rank, size, victim, shrinkable):
     import hetccl
-    from hetccl.bridges import islands as formation
+    from hetccl.bridges import formation
     if not shrinkable:
         os.environ["FAKECCL_VERSION"] = "22603"      # before NCCL 2.27: no CommShrink by rule
     formation.register("fakeccl", "tests.test_islands:_open_fake")

@@ -72,7 +72,7 @@ def test_simulated_group_decides_as_the_runtime_planner():
     the same choice and price at every size (one implementation: collectives/decide.py)."""
     from hetccl.collectives.decide import decide
     from hetccl.collectives.hierarchical import Planner
-    from hetccl.collectives.model import CostModel, LinkCost
+    from hetccl.collectives.cost_model import CostModel, LinkCost
     from hetccl.collectives.tuner import Tuner
     from hetccl.simulate.group import Group
     topo = topofile.from_dict(synth.generate("hosts=4,accel=4,vendors=cpu:100,nics=1"), "f")
@@ -221,7 +221,7 @@ def test_the_communicator_runs_what_the_tuning_file_measured(tmp_path):
     ("{not json", "unreadable"), (json.dumps({"format": "other"}), "not a hetccl-tuning file"),
     (None, "written by hetccl 0.0.1"), (None, "measured on host")])
 def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, content, why, caplog):
-    from hetccl.tuning import file as tuning_file
+    from hetccl.collectives import tuning_file
     path = tmp_path / "t.json"
     if content is not None:
         path.write_text(content)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from hetccl.errors import InvalidUsage
-from hetccl.topology import discover, select, topofile
+from hetccl.topology import discover, orders, topofile
+from hetccl.transports import matrix
 from hetccl.topology.model import from_cards, pcie_bandwidth
 from hetccl.topology.vendors import VENDORS, accelerator_vendor
 from tests.launcher import IMPORT_ROOT, run_ranks
@@ -317,28 +318,29 @@ def test_unreadable_file_says_how_to_make_one(tmp_path):
 
 def test_ring_order_groups_hosts_and_crosses_each_host_once():
     topo = topofile.from_dict(_file_topo(2, 2, round_robin=True))
-    assert select.ring_order(topo) == [0, 2, 1, 3]
-    assert select.ring_uplink_load(topo, [0, 1, 2, 3]) == 2     # every hop crosses: 2 streams per host
-    assert select.ring_uplink_load(topo, select.ring_order(topo)) == 1
+    assert orders.ring_order(topo) == [0, 2, 1, 3]
+    assert orders.ring_uplink_load(topo, [0, 1, 2, 3]) == 2     # every hop crosses: 2 streams per host
+    assert orders.ring_uplink_load(topo, orders.ring_order(topo)) == 1
     block = topofile.from_dict(_file_topo(2, 2))
-    assert select.ring_order(block) == [0, 1, 2, 3] and select.ring_uplink_load(block, [0, 1, 2, 3]) == 1
-    assert select.rd_uplink_load(topo) == 2 and select.rd_uplink_load(block) == 2
+    assert orders.ring_order(block) == [0, 1, 2, 3] and orders.ring_uplink_load(block, [0, 1, 2, 3]) == 1
+    assert orders.rd_uplink_load(topo) == 2 and orders.rd_uplink_load(block) == 2
 
 
 def test_hierarchy_coordinates_two_and_three_levels():
     topo = topofile.from_dict(_file_topo(2, 2, round_robin=True))
-    assert select.hierarchy(topo) == [(0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 0, 1)]
+    assert orders.hierarchy(topo) == [(0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 0, 1)]
     three = topofile.from_dict(_file_topo(2, 4, islands=2))
-    assert select.hierarchy(three) == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1),
+    assert orders.hierarchy(three) == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1),
                                        (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)]
     uneven = topofile.from_dict({"format": "hetccl-topology", "version": 1,
                                  "ranks": [{"rank": 0, "host": "a"}, {"rank": 1, "host": "a"}, {"rank": 2, "host": "b"}]})
-    assert select.hierarchy(uneven) is None
+    assert orders.hierarchy(uneven) is None
 
 
 class _T:
     def __init__(self, name, score):
         self.name, self._s = name, score
+        self.link_class, self.same_host = name, name == "shm"
 
     def available(self):
         return True
@@ -350,12 +352,12 @@ class _T:
 def test_transport_matrix_is_capped_by_the_model():
     cards = [{"rank": r, "host": "box"} for r in range(4)]
     topo = topofile.from_dict(_file_topo(2, 2))                 # the file splits one box in 2 hosts
-    m = select.transport_matrix(cards, [_T("shm", 30), _T("tcp", 10)], None, topo)
+    m = matrix.transport_matrix(cards, [_T("shm", 30), _T("tcp", 10)], None, topo)
     assert m[0] == ["self", "shm", "tcp", "tcp"] and m[2][3] == "shm"
     real = [{"rank": r, "host": f"m{r}"} for r in range(2)]     # the file cannot create shared memory
     one = topofile.from_dict({"format": "hetccl-topology", "version": 1,
                               "ranks": [{"rank": 0, "host": "a"}, {"rank": 1, "host": "a"}]})
-    assert select.transport_matrix(real, [_T("shm", 30), _T("tcp", 10)], None, one)[0][1] == "tcp"
+    assert matrix.transport_matrix(real, [_T("shm", 30), _T("tcp", 10)], None, one)[0][1] == "tcp"
 
 
 # ------------------------------------------------------------------ pricing
@@ -399,7 +401,7 @@ class _ProbedComm(_FakeComm):
     cores): alpha 34 us, 0.129 GB/s per host link (bench/results/netns-choice-2026-12-01b.txt)."""
     def __init__(self):
         from types import SimpleNamespace
-        from hetccl.collectives.model import CostModel, LinkCost
+        from hetccl.collectives.cost_model import CostModel, LinkCost
         model = CostModel(LinkCost(34.3e-6, 1 / 0.129e9, 1 / 53.4e9, fifo=False), "measured", "", ("c2c", "tcp"))
         self._tuner = SimpleNamespace(model=model, select=lambda coll, nbytes: _flat("ring", coll))
 

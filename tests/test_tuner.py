@@ -18,7 +18,7 @@ import pytest
 import hetccl
 from hetccl import InvalidUsage
 from hetccl.collectives import probe
-from hetccl.collectives.model import CACHED, DEFAULT, MEASURED, CostModel, LinkCost
+from hetccl.collectives.cost_model import CACHED, DEFAULT, MEASURED, CostModel, LinkCost
 from hetccl.collectives.tuner import Tuner, parse_forced
 from tests.launcher import run_ranks
 

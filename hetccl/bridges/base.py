@@ -18,7 +18,7 @@ Two objects per bridge kind:
   live in ``memory``.
 
 Buffers given to a Bridge's collectives are in the bridge's memory type: numpy arrays (or any
-buffer protocol object) for ``host``; a ``DeviceBuffer`` (bridges/buffers.py, built from DLPack or
+buffer protocol object) for ``host``; a ``DeviceBuffer`` (bridges/device_buffers.py, built from DLPack or
 ``__cuda_array_interface__``) for a device memory type. A non-host bridge also offers staging
 (``device_buffer(nbytes)``, ``copy_in(dev, host)``, ``copy_out(host, dev)``, pooled per bridge:
 bridges/native.py), which the cross-island composition (collectives/islands.py, staged.py) uses to

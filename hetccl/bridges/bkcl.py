@@ -26,7 +26,7 @@ passed by pointer, so a larger buffer is harmless).
 So the stock ``BKCL`` row is *unconfirmed*: ``hetccl doctor`` lists a found libbkcl as not usable
 and says why, and no bridge runs on it, rather than pass guessed type codes to a device. Whoever
 has the SDK's bkcl.h passes its values: ``bkcl.vendor(enums={"BKCL_FLOAT": ..., "BKCL_ADD": ...})``
-(names below) gives a confirmed row, usable with ``NativeBridge`` or ``islands.register``.
+(names below) gives a confirmed row, usable with ``NativeBridge`` or ``formation.register``.
 
 The runtime is the XPU runtime (libxpurt.so in /usr/local/xpu/so; xpu/runtime.h and xpu/defs.h,
 "(C) 2018 Baidu"): ``xpu_device_count(int*)``, ``xpu_set_device(int)``,

@@ -320,7 +320,7 @@ class MPIBridge(Bridge):
 
 
 def open_island(ctx) -> MPIBridge:
-    """The MPI bridge of one island (a bridges.islands.IslandContext); collective over the island.
+    """The MPI bridge of one island (a bridges.formation.IslandContext); collective over the island.
     The island's MPI world ranks come from the rank cards (``card["bridge"]["mpi"]``)."""
     world = [ctx.cards[r]["bridge"]["mpi"]["rank"] for r in ctx.island.ranks]
     return MPIBridge(world, ctx.tag, timeout=ctx.timeout)

@@ -27,7 +27,7 @@ from .._native.ccl_api import NCCL_IN_PROGRESS, WAIT_ASYNC, WAIT_CALL, WAIT_OK, 
 from ..errors import HetcclTimeout, InvalidUsage
 from ..ops import ReduceOp
 from .base import Bridge, BridgeError, BridgeUnavailable
-from .buffers import (DEVICE_TO_DEVICE, DEVICE_TO_HOST, DL_EXT_DEV, HOST_TO_DEVICE, DeviceBuffer,
+from .device_buffers import (DEVICE_TO_DEVICE, DEVICE_TO_HOST, DL_EXT_DEV, HOST_TO_DEVICE, DeviceBuffer,
                       as_device_buffer)
 from .loader import device_status, load_library, load_runtime, unconfirmed_reason
 from .vendor import Vendor, version_string

@@ -13,13 +13,13 @@ network as few times as possible and keep the rest on shared memory:
 * ``hierarchical`` allgather: allgather along the rails, then inside each host (blocks then mapped
   back to rank order); broadcast: along the root's rail, then inside each host.
 * ``topo_ring``: the engine's ring on a sub-communicator whose rank order is the topology ring
-  order (topology/select.py), crossing the network once per host.
+  order (topology/orders.py), crossing the network once per host.
 
 Each sub-collective is one call into the engine (a handful of Python operations per collective, no
 Python per chunk). Sub-communicators are created on first use, once, in a fixed order on every
 rank (creating one is collective, and every rank makes the same choices from the same model).
 
-Every form is priced by the alpha-beta-gamma model per link class (collectives/model.py), with the
+Every form is priced by the alpha-beta-gamma model per link class (collectives/cost_model.py), with the
 network link of a host shared by the streams that cross it at once, so the tuner picks one only
 when it wins. A network link under a token-bucket shaper (tc tbf: discovered, or ``burst``/``peak``
 in a topology file) passes the first ``burst`` bytes of a call at its line rate: a price counts
@@ -33,15 +33,16 @@ import math
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, transports
 from ..ops import ReduceOp
 from ..topology import fabric as _fabric
-from ..topology import select
+from ..topology import orders
 from ..topology.cards import model_of, oversubscription
+from ..topology.model import RANK_CLASSES
 from . import registry
 from .scratch import scratch
 from .subcomms import SubComms
-from .model import LinkCost, group_cost
+from .cost_model import LinkCost, group_cost
 
 ALGO_HIERARCHICAL, ALGO_TOPO_RING = -1, -2     # below the engine's codes: run here, not in the engine
 COMPOSED = {ALGO_HIERARCHICAL: "hierarchical", ALGO_TOPO_RING: "topo_ring"}
@@ -105,8 +106,8 @@ class TopologyPricer:
         flat tuner (its measured model prices the network when no link bandwidth is given)."""
         self.topo, self.tuner = topo, tuner
         self.p = len(topo.ranks)
-        self.coords = select.hierarchy(topo)
-        self.order = select.ring_order(topo)
+        self.coords = orders.hierarchy(topo)
+        self.order = orders.ring_order(topo)
         self.hosts = topo.hosts()
         self._load = load
         self._over = load > 1
@@ -124,7 +125,7 @@ class TopologyPricer:
     def _costs(self):
         topo = self.topo
         other = next((r.rank for r in topo.ranks if r.host != topo.ranks[0].host), None)
-        net_cls = topo.pair_class(0, other) if other is not None else "tcp"
+        net_cls = topo.pair_class(0, other) if other is not None else RANK_CLASSES[-1]
         uplinks = topo.uplinks()
         ups = [uplinks.get(h) for h in self.hosts]
         from_file = topo.source.startswith("file")
@@ -134,7 +135,7 @@ class TopologyPricer:
         self.net = self._class_cost(net_cls, min(bws) if bws else None, max(lats) if lats else None)
         probed = getattr(self.tuner, "model", None)
         if (not given and probed is not None and getattr(probed, "origin", "default") != "default"
-                and set(getattr(probed, "link_classes", ())) & {"tcp", "rdma"}):
+                and any(transports.is_wire(c) for c in getattr(probed, "link_classes", ()))):
             # measured over this communicator's slowest (network) link; the probe already divided
             # out how many of its ring's streams shared that link (probe.fit), so this is the
             # link's own cost, shared again per algorithm below (_scaled)
@@ -214,13 +215,13 @@ class TopologyPricer:
 
     def _host_load(self, kind):
         if kind == "ring":
-            return select.ring_uplink_load(self.topo, list(range(self.p)))
+            return orders.ring_uplink_load(self.topo, list(range(self.p)))
         if kind == "rd":
-            return select.rd_uplink_load(self.topo)
+            return orders.rd_uplink_load(self.topo)
         if kind == "rd_steps":
-            return select.rd_step_loads(self.topo)
+            return orders.rd_step_loads(self.topo)
         if kind == "topo_ring":
-            return select.ring_uplink_load(self.topo, self.order)
+            return orders.ring_uplink_load(self.topo, self.order)
         H, I, J = self._dims()
         return I * J                                   # "rails": every rank of a host at once
 

@@ -11,7 +11,7 @@ must cross:
   not divisible by s sends its last ``count % s`` elements the ``leaders`` way.
 * allreduce, ``leaders`` form (any island sizes): island-native reduce to the island's leader,
   allreduce among the leaders, island-native broadcast from the leader. Leaders are chosen by NIC
-  distance (bridges/islands.py).
+  distance (bridges/formation.py).
 * allgather: island-native allgather (island order), allgatherv of the islands' blocks among the
   leaders, island-native broadcast of the whole, then blocks mapped back to rank order.
 * broadcast: inside the root's island, among the leaders, inside every other island.
@@ -32,7 +32,7 @@ at 8 bytes, beta = added time per byte at 1 MiB; per repetition the slowest isla
 ``REPS``; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job.
 Every rank gathers every island's figures and which (collective, dtype, op) each bridge supports,
 so every rank prices alike; hetccl's own steps are priced by the communicator's measured model
-(collectives/model.py); on an oversubscribed machine the islands' steps add up instead of
+(collectives/cost_model.py); on an oversubscribed machine the islands' steps add up instead of
 overlapping. The lowest predicted time among
 the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
 ``comm.explain()`` prints the table.
@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import dtypes
 from .._native.reduce import divide_array
-from ..bridges import islands as formation
+from ..bridges import formation
 from ..bridges.base import COLLECTIVES, HOST, BridgeError, BridgeUnavailable
 from ..errors import HetcclError
 from ..ops import ReduceOp

@@ -43,14 +43,12 @@ another build, is a miss. Entries of other builds stay (two checkouts or builds 
 each with its own entries, must not make each other probe again at every start), and only the
 ``MAX_ENTRIES`` most recently measured are kept; a cache that cannot be written is logged and
 skipped.
-``hetccl tune --clear`` deletes the file, ``hetccl tune`` re-measures (:mod:`.probe_cli`). Only a
+``hetccl tune --clear`` deletes the file, ``hetccl tune`` re-measures (hetccl/tuning/cache_cli.py). Only a
 single rank, which has no link to time, uses the defaults.
 """
 from __future__ import annotations
 
 import contextlib
-import glob
-import hashlib
 import json
 import logging
 import math
@@ -60,14 +58,14 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, transports
 from .._native import collectives as _coll
 from .._native import reduce as _kernels
 from ..ops import ReduceOp
-from .model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
+from . import tuning_file
+from .cost_model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
 from .registry import ALGO_BINOMIAL, ALGO_RD, ALGO_RING
-
-WIRE_KINDS = ("tcp", "rdma")     # Engine.link_kind of links whose bytes cross a network
+from .tuning_file import build_id
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -94,17 +92,6 @@ def cache_dir() -> str:
 
 def cache_path() -> str:
     return os.path.join(cache_dir(), _FILE)
-
-
-def build_id() -> str:
-    """hetccl's version plus a fingerprint of the native modules: a rebuilt engine may cost
-    differently, so its measurements must not be reused."""
-    from .. import __version__, _native
-    h = hashlib.blake2b(digest_size=6)
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(_native.__file__), "*.so"))):
-        st = os.stat(path)
-        h.update(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return f"{__version__}+{h.hexdigest()}"
 
 
 def usable_cpus() -> int:
@@ -285,11 +272,12 @@ def _ring_link_share(engine, size: int, timeout: float) -> float:
     """How many edges of the rank-order ring leave the busiest host over a network link (1 when
     none does): the streams that shared one link while the probe's allgather ran. A rank's host is
     itself and the peers it reaches without a wire (engine.link_kind)."""
+    wire = transports.wire_kinds()
     kinds = [engine.link_kind(q) for q in range(size)]
     crossing = np.zeros(size)
-    crossing[engine.rank] = 1.0 if kinds[(engine.rank + 1) % size] in WIRE_KINDS else 0.0
+    crossing[engine.rank] = 1.0 if kinds[(engine.rank + 1) % size] in wire else 0.0
     engine.allreduce(crossing, crossing, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
-    mine = np.array([sum(crossing[q] for q in range(size) if q == engine.rank or kinds[q] not in WIRE_KINDS)])
+    mine = np.array([sum(crossing[q] for q in range(size) if q == engine.rank or kinds[q] not in wire)])
     return max(1.0, float(_max_over_ranks(engine, mine, timeout)[0]))
 
 
@@ -410,7 +398,6 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
             msg[0] = 2.0
     _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
     if msg[0] == 2.0:                           # the tuning file: its measured choices too
-        from ..tuning import file as tuning_file
         best = tuning_file.encode_best(tuned[1]) if rank == 0 else tuning_file.encode_best(())
         _coll.broadcast(engine, best, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
         return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), TUNED, tuned[2] if rank == 0 else
@@ -447,7 +434,6 @@ def placement(engine, size: int) -> str:
 def _tuning_entry(engine, classes, size, local_size, host):
     """(cost dict, measured-best table, detail) of the tuning file's entry for this communicator,
     or None (no file, a stale or corrupt one: warned once, or no matching entry). Rank 0 only."""
-    from ..tuning import file as tuning_file
     doc = tuning_file.read(host=host)
     entry = tuning_file.find(doc, tuning_file.links_key(classes), size, local_size)
     if entry is None:

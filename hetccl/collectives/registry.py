@@ -4,11 +4,11 @@ Each family module (allreduce.py, allgather.py, ...) declares its ``ALGORITHMS``
 schedule code, cost formula, supports) and ``ALIASES`` (other names accepted by ``algorithm=`` and
 HETCCL_ALGO); the tuner asks this module only.
 """
-from . import allgather, allreduce, alltoall, barrier, broadcast, reduce, reduce_scatter, rooted
+from . import allgather, allreduce, alltoall, barrier, broadcast, reduce_scatter, rooted
 from .algorithm import *  # noqa: F401,F403 - Algorithm and the ALGO_* codes, re-exported
 from .algorithm import Algorithm
 
-_FAMILIES = (allreduce, allgather, reduce_scatter, broadcast, reduce, alltoall, rooted, barrier)
+_FAMILIES = (allreduce, allgather, reduce_scatter, broadcast, rooted, alltoall, barrier)
 
 ALGORITHMS: list[Algorithm] = [a for f in _FAMILIES for a in f.ALGORITHMS]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import dtypes
 from ..bridges.base import HOST
-from ..bridges.buffers import DEVICE_NAMES, DL_CPU, DeviceBuffer, as_device_buffer
+from ..bridges.device_buffers import DEVICE_NAMES, DL_CPU, DeviceBuffer, as_device_buffer
 from ..errors import InvalidUsage
 from ..ops import ReduceOp, as_op
 

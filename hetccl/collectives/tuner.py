@@ -19,7 +19,7 @@ import os
 
 from ..errors import InvalidUsage
 from . import registry
-from .model import CALL_S, CostModel
+from .cost_model import CALL_S, CostModel
 
 log = logging.getLogger("hetccl.tuning")
 

@@ -8,7 +8,7 @@ a simulation has no ranks to probe, so it takes, in this order:
    ``--cost-model`` (the user asked for that file), the entry with the most link classes in
    common; its measured best algorithm per size comes along when its ranks and placement match
    the simulated group, as a communicator takes it;
-2. the built-in defaults for the group's link classes (collectives/model.py DEFAULTS), as a
+2. the built-in defaults for the group's link classes (the transports' declared costs, hetccl/transports), as a
    communicator that cannot measure uses them.
 
 Either way the FIFO size and streaming-store threshold the formulas need are the engine's (the
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 
-from ..collectives.model import TUNED, CostModel, LinkCost, all_fifo
-from ..tuning import file as tuning_file
+from ..collectives.cost_model import TUNED, CostModel, LinkCost, all_fifo
+from ..collectives import tuning_file
 from .group import link_classes
 
 STREAM_MIN = 16 << 20          # the engine's nt_threshold (engine.pyx), the same at run time

@@ -20,33 +20,31 @@ from __future__ import annotations
 
 import math
 
-from ..bridges import islands as formation
+from ..bridges import formation
 from ..collectives import registry
 from ..collectives.decide import decide, explain
 from ..collectives.hierarchical import TopologyPricer
 from ..collectives.islands import COLLECTIVES, IslandPricer
-from ..collectives.model import CALL_S, CostModel
+from ..collectives.cost_model import CALL_S, CostModel
 from ..collectives.tuner import Tuner
-from ..topology.model import Topology
+from .. import transports
+from ..topology.model import RANK_CLASSES, Topology
+from ..transports.matrix import class_rank, parse_filter
 from .. import dtypes
 from ..ops import ReduceOp
 
 
-ORDER = ("self", "c2c", "shm", "rdma", "tcp")       # fastest first, as topology/select.py ranks them
-
-
-def with_transports(cls: str, transports: str | None) -> str:
-    """The class a pair of model class ``cls`` gets under a HETCCL_TRANSPORTS filter: the fastest
-    allowed transport no faster than the model allows (shared memory only inside a host)."""
-    if not transports or cls == "self":
+def with_transports(cls: str, spec: str | None) -> str:
+    """The transport a pair of model class ``cls`` gets under a HETCCL_TRANSPORTS filter: the most
+    preferred allowed transport of a class no faster than the model allows (one that links only
+    ranks of one host only inside a host), as transports/matrix.py chooses at run time."""
+    if not spec or cls == "self":
         return cls
-    from ..topology.select import parse_filter
-    allowed = parse_filter(transports, list(ORDER[1:]))
-    same_host = cls in ("c2c", "shm")
-    for t in ORDER[ORDER.index(cls):]:
-        if t in allowed and (same_host or t not in ("c2c", "shm")):
-            return t
-    return "tcp"
+    allowed = set(parse_filter(spec, transports.names()))
+    inside = transports.by_name(cls).same_host if cls in transports.names() else False
+    fits = [t for t in transports.rows()[1:] if t.name in allowed and (inside or not t.same_host)
+            and class_rank(t.link_class) >= class_rank(cls)]
+    return min(fits, key=lambda t: class_rank(t.link_class)).name if fits else RANK_CLASSES[-1]
 
 
 def link_classes(topo: Topology, transports: str | None = None) -> set:

@@ -53,7 +53,7 @@ def simulate(group, collective: str, sizes) -> dict:
     if group.plan is not None and group.plan.fabric is not None:
         doc["network"] = group.plan.fabric.describe()
     if group.islands is not None:
-        from ..bridges.islands import describe
+        from ..bridges.formation import describe
         doc["islands"] = describe(group.islands.islands)
     return doc
 

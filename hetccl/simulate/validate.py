@@ -21,7 +21,7 @@ SLACK = 0.10               # the CI check: a point recorded outside TOLERANCE ma
 def predict(rec, transports=None):
     """{(size, variant): (predicted seconds, predicted choice)} from the job's record."""
     from ..topology import topofile
-    from ..tuning import file as tuning_file
+    from ..collectives import tuning_file
     from .costs import model_for
     from .group import Group
     topo = topofile.from_dict(rec["topology"], "recorded job")

@@ -98,15 +98,3 @@ def model_of(cards) -> Topology:
         p = base.ranks[w] if w < len(base.ranks) else RankPlace(c["rank"], c["host"])
         ranks.append(RankPlace(c["rank"], p.host, p.numa, p.device, p.island, p.nic or c.get("ifname"), p.bridge))
     return Topology(base.nodes.values(), base.links, ranks, source=base.source)
-
-
-def transports_entry(transports, spec: str | None) -> dict:
-    """The ``transports`` field of this rank's card: the HETCCL_TRANSPORTS filter it runs with, and
-    every transport it may and can use, with what that transport's score needs to know about this
-    end (``Transport.card_info``). Availability belongs to each process (a rank without UCX has no
-    rdma), so each pair is chosen from both ends' entries (topology/select.py) and every rank
-    reaches the same choice."""
-    from .select import parse_filter
-    allowed = parse_filter(spec, [t.name for t in transports])
-    return {"filter": (spec or "").strip(), "allowed": sorted(allowed),
-            "available": {t.name: t.card_info() for t in transports if t.name in allowed and t.available()}}

@@ -146,7 +146,7 @@ def bridge_for(vendor, overrides) -> str:
     """The bridge of a vendor group: an override, else the vendor's library, else none."""
     if vendor in overrides:
         return overrides[vendor]
-    from ..bridges.islands import vendor_library
+    from ..bridges.formation import vendor_library
     return vendor_library(vendor) or "none"
 
 

@@ -23,7 +23,7 @@ the first ``burst`` bytes of a collective cross it at ``peak``, the rest at ``ba
 optional, together or not at all). ``bridge`` (version 2,
 optional) names the native library that runs this rank's island ("mpi", "nccl", "rccl", "hccl",
 "mccl", ...; "none" = hetccl's own transports; null = automatic, from the rank's device vendor):
-ranks with the same bridge form one island (bridges/islands.py). Node kinds: host,
+ranks with the same bridge form one island (bridges/formation.py). Node kinds: host,
 numa, switch, device, nic, network; link classes: c2c, pcie, shm, rdma, tcp.
 """
 import json

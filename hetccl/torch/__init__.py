@@ -13,7 +13,8 @@ creator: backend.py; a new group of the survivors after a failure: recovery.py (
 """
 # Only autoload.py (standard library) is imported here: torch's autoload imports this package to
 # find ``_autoload``, and anything that could raise at import would fail ``import torch``.
-from .autoload import BACKEND_NAME, register
+from .autoload import register
+from .name import BACKEND_NAME
 from .autoload import autoload as _autoload
 
 __all__ = ["register", "connect", "create_process_group", "ProcessGroupHetccl", "HetcclWork",

@@ -22,7 +22,7 @@ import logging
 import os
 import warnings
 
-BACKEND_NAME = "hetccl"
+from .name import BACKEND_NAME
 
 _OPT_OUT = ("set TORCH_DEVICE_BACKEND_AUTOLOAD=0 to skip torch's backend entry points, or "
             "pip uninstall hetccl")

@@ -28,7 +28,7 @@ from ..bootstrap.env import LaunchInfo, job_secret
 from ..comm import _connect
 from ..errors import InvalidUsage
 from .process_group import ProcessGroupHetccl
-from .store import C10dStore
+from .c10d_store import C10dStore
 
 log = logging.getLogger("hetccl.torch")
 

@@ -28,7 +28,7 @@ from ..errors import InvalidUsage
 from ..ops import ReduceOp
 from ..p2p import ANY_SOURCE
 from . import convert
-from .autoload import BACKEND_NAME
+from .name import BACKEND_NAME
 from .convert import Staged, concat, split_into
 from .work import HetcclWork, Lane
 

@@ -22,9 +22,8 @@ default; both reuse the control slots and the sync protocol of this transport (d
 import logging
 import os
 
-from ..errors import InvalidUsage, TransportError
-from ..topology.select import SCORES
-from .base import LinkContext
+from ..errors import HetcclError, InvalidUsage, TransportError
+from .base import LinkContext, exchange_cards
 from .shm import ShmTransport
 
 log = logging.getLogger("hetccl.transport")
@@ -164,6 +163,13 @@ def local_mode() -> tuple[str, str]:
 
 class C2CTransport(ShmTransport):
     name = "c2c"
+    preference = 40                 # same host, single copy
+    link_class = "c2c"
+    same_host = True
+    wire = False
+    one_sided = True
+    cost = None                     # never measured alone: priced like the costliest declared link
+    link_kind = "c2c"               # shm FIFOs plus the single-copy control slots and windows
     suffix = "-c2c"
 
     @classmethod
@@ -171,14 +177,43 @@ class C2CTransport(ShmTransport):
         return os.path.isdir("/dev/shm") and hasattr(os, "fork")
 
     def score(self, a: dict, b: dict) -> int:
-        return SCORES["c2c"] if a["host"] == b["host"] and a.get("c2c_mode") and b.get("c2c_mode") else 0
+        return self.preference if a["host"] == b["host"] and a.get("c2c_mode") and b.get("c2c_mode") else 0
+
+    def card_fields(self) -> dict:
+        return card_fields()
+
+    def agree(self, store, comm_id: str, rank: int, cards: list, timeout: float) -> None:
+        agree_mode(store, comm_id, rank, cards, timeout)
+
+    def agree_pair(self, sock, cards: dict, rank: int, peer: int, timeout: float) -> None:
+        """Both directions must be readable for cma: each end probes the other, and the pair
+        uses cma only if both probes succeed (the window otherwise, unless cma was demanded)."""
+        err = probe(cards[peer]) if requested_mode() != "window" else -2
+        theirs = exchange_cards(sock, {"err": err}, timeout)["err"]
+        mode = "cma" if err == 0 and theirs == 0 else "window"
+        if mode == "window" and requested_mode() == "cma":
+            raise TransportError("HETCCL_C2C_MODE=cma but cross-memory attach between these processes fails")
+        cards[rank]["c2c_mode"] = cards[peer]["c2c_mode"] = mode
+
+    def doctor(self) -> tuple[list, dict]:
+        if not self.available():
+            return [], {}
+        try:
+            mode, why = local_mode()
+        except HetcclError as e:
+            mode, why = "error", str(e)
+        return [f"c2c mode: {mode} ({why})"], {"c2c_mode": mode}
+
+    def endpoints(self) -> dict:
+        return {"c2c": ({"HETCCL_C2C_MODE": "cma"}, cma_permitted),
+                "c2c-window": ({"HETCCL_C2C_MODE": "window"}, None)}
 
     def _mode(self, ctx: LinkContext) -> str:
         return ctx.cards[ctx.rank].get("c2c_mode", "window")
 
     def segment_bytes(self, ctx: LinkContext, fb: int) -> int:
         from .._native.engine import shm_segment_bytes
-        # windows serve the single-copy collectives only: a lone endpoint pair (endpoints.py) skips them
+        # windows serve the single-copy collectives only: a lone endpoint pair (pair_endpoint.py) skips them
         win = window_bytes(ctx.local_size) if (self._mode(ctx) == "window" and
                                                getattr(ctx.engine, "c2c_windows", True)) else 0
         return shm_segment_bytes(fb) + 4096 + 2 * win
@@ -187,3 +222,9 @@ class C2CTransport(ShmTransport):
         mode = self._mode(ctx)
         ctx.engine.add_c2c_link(peer, sock.fileno(), seg, fb, low, _MODE_CODE[mode],
                                 int(ctx.cards[peer]["pid"]), window_bytes(ctx.local_size))
+
+
+def cma_permitted():
+    """None if c2c would run in cma mode between processes like this one, else why not."""
+    mode, why = local_mode()
+    return None if mode == "cma" else f"cross-memory attach is not permitted here: {why}"

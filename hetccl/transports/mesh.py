@@ -4,8 +4,10 @@
    through the Store as JSON (nothing is unpickled).
 2. Each rank connects to every lower rank and accepts every higher one; both ends prove the job
    secret (bootstrap/auth.py). Connections from anything else are refused, logged and ignored.
-3. topology/select.py picks a transport per pair from the cards and the topology model built from
-   them (each card carries the rank's discovered or file-given place, topology/cards.py); set-up then runs in three phases
+3. Each allowed transport settles what its scores need (``Transport.agree``: c2c's mode per host),
+   then transports/matrix.py picks a transport per pair from the cards and the topology model built
+   from them (each card carries the rank's discovered or file-given place, topology/cards.py); set-up
+   then runs in three phases
    (prepare on low ranks, attach on both, finish on low ranks) so no pair can wait on another.
 The pair's socket stays open for the communicator's lifetime: it is the data path for ``tcp`` and the
 doorbell and liveness channel for ``shm``.
@@ -21,12 +23,11 @@ from .. import config
 from .. import transports as _transports
 from ..bootstrap.auth import client_handshake, server_handshake_steps
 from ..bootstrap.guard import HandshakeGate
-from ..errors import AuthenticationError, CommAborted, HetcclTimeout, TransportError
-from ..topology.cards import card_entry, model_of, transports_entry
+from ..errors import CommAborted, HetcclTimeout
+from ..topology.cards import card_entry, model_of
 from ..topology.host import host_id
-from ..topology.select import parse_filter, transport_matrix
-from . import c2c as _c2c
 from .base import LinkContext
+from .matrix import parse_filter, transport_matrix, transports_entry
 from .netif import keepalive, listen_address
 
 log = logging.getLogger("hetccl.transport")
@@ -86,13 +87,16 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                          lambda s, peer: arrived.put((s, peer)), name="hetccl-mesh-gate",
                          logger=log)
     try:
-        use_c2c = "c2c" in parse_filter(transports_spec, [t.name for t in _transports.ALL]) and \
-            _c2c.C2CTransport.available()
+        allowed = parse_filter(transports_spec, [t.name for t in _transports.ALL])
+        mine = [t for t in _transports.ALL if t.name in allowed and t.available()]
+        fields = {}
+        for t in mine:
+            fields.update(t.card_fields())
         card = {"rank": rank, "host": host_id(), "pid": os.getpid(), "ifname": ifname, "addr": addr,
                 "port": listener.getsockname()[1], "bind_any": False,
                 "topo": card_entry(comm_id, rank, size),
                 "transports": transports_entry(_transports.ALL, transports_spec),
-                **(_c2c.card_fields() if use_c2c else {}), **(extra or {})}
+                **fields, **(extra or {})}
         store.set(f"{comm_id}/card/{rank}", json.dumps(card).encode())
         raw = store.multi_get([f"{comm_id}/card/{r}" for r in range(size)], timeout=timeout)
         cards = [json.loads(bytes(b)) for b in raw]
@@ -117,8 +121,8 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                 s.close()
                 continue
             socks[peer] = s
-        if use_c2c:        # every rank's verdict on cross-memory attach decides each host's c2c mode
-            _c2c.agree_mode(store, comm_id, rank, cards, max(1.0, deadline - time.monotonic()))
+        for t in mine:     # e.g. every rank's verdict on cross-memory attach decides each host's c2c mode
+            t.agree(store, comm_id, rank, cards, max(1.0, deadline - time.monotonic()))
         matrix = transport_matrix(cards, _transports.ALL, transports_spec, model_of(cards))
         local_size = sum(c["host"] == card["host"] for c in cards)
         ctx = LinkContext(engine, rank, job_id, comm_id, local_size, max(1.0, deadline - time.monotonic()),
@@ -135,8 +139,7 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                     tr[p].finish(ctx, p, socks[p])
         except BaseException:
             for t in set(tr.values()):
-                if hasattr(t, "abandon"):
-                    t.abandon(comm_id)
+                t.abandon(comm_id)
             raise
         return cards, matrix, socks
     except BaseException:

@@ -28,7 +28,6 @@ import threading
 import time
 
 from ..errors import InvalidUsage, TransportError
-from ..topology.select import SCORES
 from .base import LinkContext, Transport
 from .endpoint import Endpoint, Region, RemoteRegion
 
@@ -268,6 +267,13 @@ class RdmaTransport(Transport):
     shared memory, so it scores 5 there without asking UCX: single-host jobs never create a UCP
     context (and UCX's memory hooks) unless rdma is forced."""
     name = "rdma"
+    preference = 20                 # across hosts, with RDMA hardware in UCX
+    link_class = "rdma"
+    wire = True
+    one_sided = True
+    cost = None                     # never measured alone: priced like the costliest declared link
+    link_kind = "rdma"              # a UCP stream
+    FORCED_ONLY = 5                 # UCX without RDMA hardware, or inside a host: only when forced
 
     @classmethod
     def available(cls) -> bool:
@@ -277,8 +283,23 @@ class RdmaTransport(Transport):
         return {"hw": card_wires()}
 
     def score(self, a: dict, b: dict) -> int:
-        """From both cards: 20 only if both ends' UCX has RDMA hardware (the same on every rank)."""
-        return SCORES["rdma"] if a["host"] != b["host"] and _hw(a) and _hw(b) else 5
+        """From both cards: the preference only if both ends' UCX has RDMA hardware (the same on
+        every rank)."""
+        return self.preference if a["host"] != b["host"] and _hw(a) and _hw(b) else self.FORCED_ONLY
+
+    def endpoint(self, sock, rank: int, peer: int, low: bool, job_id: str, comm_id: str,  # noqa: D102
+                 timeout: float):
+        """A UCP endpoint: the pair's socket carries the worker addresses, then liveness."""
+        return RdmaEndpoint(sock, peer, timeout)
+
+    def endpoints(self) -> dict:
+        return {"rdma": ({}, ucx_missing)}
+
+    def settle(self) -> None:
+        settle()
+
+    def doctor(self) -> tuple[list, dict]:
+        return describe(), {}
 
     @staticmethod
     def _worker(ctx: LinkContext):
@@ -297,6 +318,15 @@ class RdmaTransport(Transport):
         ep = mod.Endpoint(worker, addr, peer, sock.fileno(), ctx.timeout)
         sock.setblocking(False)
         ctx.engine.add_ucx_link(peer, sock.fileno(), mod.LinkHandle(worker, ep))
+
+
+def ucx_missing():
+    """None if the rdma transport's UCX loads here, else why not (and how to get it)."""
+    try:
+        from .._native import ucx as raw
+    except ImportError as e:
+        return f"hetccl._native.ucx is not built ({e})"
+    return None if raw.load() else f"UCX cannot be loaded: {raw.load_error()}"
 
 
 def describe() -> list[str]:

@@ -9,10 +9,9 @@ as the doorbell a sleeping receiver waits on and to report the peer's death at o
 import os
 import struct
 
-from ..memory.reap import PAIR_PREFIX
-from ..topology.select import SCORES
-from .base import LinkContext, Transport
 from ..errors import TransportError
+from ..memory.reap import PAIR_PREFIX
+from .base import DefaultCost, LinkContext, Transport
 
 _READY, _MAPPED = b"C", b"M"
 
@@ -46,6 +45,13 @@ def _expect(sock, token: bytes, n: int, peer: int, timeout: float) -> bytes:
 
 class ShmTransport(Transport):
     name = "shm"
+    preference = 30                 # same host, staged (two copies)
+    link_class = "shm"
+    same_host = True
+    wire = False
+    # fallback only (collectives/cost_model.py): measured once on a 2-vCPU VM
+    cost = DefaultCost(0.6e-6, 1 / 5e9, 1 / 8e9)
+    link_kind = "shm"
 
     def __init__(self):
         self._pending = {}
@@ -53,9 +59,6 @@ class ShmTransport(Transport):
     @classmethod
     def available(cls) -> bool:
         return os.path.isdir("/dev/shm")
-
-    def score(self, a: dict, b: dict) -> int:
-        return SCORES["shm"] if a["host"] == b["host"] else 0
 
     # subclasses (c2c) extend the pair segment and hand the engine a richer link
     suffix = ""

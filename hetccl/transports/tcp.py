@@ -5,17 +5,19 @@ Works between any two ranks, across hosts included. Receives land directly in th
 """
 import socket
 
-from ..topology.select import SCORES
-from .base import LinkContext, Transport
+from .base import DefaultCost, LinkContext, Transport
 
 SOCKET_BUFFER = 4 << 20
 
 
 class TcpTransport(Transport):
     name = "tcp"
-
-    def score(self, a: dict, b: dict) -> int:
-        return SCORES["tcp"]
+    preference = 10                 # anything reachable: the last resort
+    link_class = "tcp"
+    wire = True
+    # fallback only (collectives/cost_model.py): measured once on a 2-vCPU VM over loopback
+    cost = DefaultCost(20e-6, 1 / 2.5e9, 1 / 8e9)
+    link_kind = "tcp"
 
     def attach(self, ctx: LinkContext, peer: int, sock, low: bool) -> None:
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):

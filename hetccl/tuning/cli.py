@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 
-from . import file as tuning_file
+from ..collectives import tuning_file
 
 
 def parse_budget(text) -> float:
@@ -69,11 +69,11 @@ def _DEFAULT_COLLS():
 
 def tune_main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from ..collectives import probe_cli
+    from . import cache_cli
     if args.show or args.clear:
-        return probe_cli.tune_main(["--show"] if args.show else ["--clear"])
+        return cache_cli.tune_main(["--show"] if args.show else ["--clear"])
     if args.cache_only:
-        return probe_cli.tune_main([*(["-n", args.nranks] if args.nranks else []),
+        return cache_cli.tune_main([*(["-n", args.nranks] if args.nranks else []),
                                     *(["--transports", args.transports] if args.transports else [])])
     out = os.path.abspath(args.output or os.environ.get(tuning_file.ENV) or "hetccl-tuning.json")
     from ..benchmark import format as fmt

@@ -15,7 +15,7 @@ import time
 from ..benchmark import format as fmt
 from ..benchmark.cli import HetcclAdapter
 from ..benchmark.runner import run_sweep
-from . import file as tuning_file
+from ..collectives import tuning_file
 
 DEFAULT_COLLECTIVES = ("allreduce", "allgather", "reduce_scatter", "broadcast")
 DEFAULT_SIZES = "8,1K,16K,64K,256K,1M,4M,16M,64M"
@@ -77,7 +77,7 @@ def _model_choice(comm, model, collective, nbytes):
     """(name, predicted seconds) the runtime's planners choose from the fresh cost model alone
     (no measured table): the "before" of the before/after table."""
     from ..collectives.decide import decide
-    from ..collectives.model import CostModel
+    from ..collectives.cost_model import CostModel
     from ..collectives.tuner import Tuner
     plain = Tuner(comm.size, CostModel(model.cost, model.origin, model.detail, model.link_classes), "")
     a, form = decide(plain, comm._plan, comm._islands, collective, nbytes)

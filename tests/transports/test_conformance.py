@@ -281,7 +281,7 @@ def _connect_retry(port):
 def _refuses_strangers(rank, size, name, port):
     import socket
     from hetccl.errors import AuthenticationError
-    from hetccl.transports.endpoints import connect
+    from hetccl.transports.pair_endpoint import connect
     f = _start(rank, name, port)
     if rank == 1:
         s = _connect_retry(port)                    # garbage, then hang up

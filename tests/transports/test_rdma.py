@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hetccl.errors import InvalidUsage
-from hetccl.transports.endpoints import ucx_missing
+from hetccl.transports.rdma import ucx_missing
 from tests.launcher import free_port, run_ranks
 from tests.transports.registry import FACTORIES
 
@@ -95,7 +95,7 @@ def _garbage_address(rank, size, port):
 
     from hetccl.bootstrap.auth import client_handshake
     from hetccl.errors import TransportError
-    from hetccl.transports.endpoints import Listener, _env_secret
+    from hetccl.transports.pair_endpoint import Listener, _env_secret
     if rank == 0:
         with Listener(_env_secret(), 0, port=port) as lst:
             t = time.monotonic()
@@ -172,7 +172,7 @@ def test_tuned_ucx_settings_yield_to_the_environment(monkeypatch):
 
 def test_score_follows_rdma_hardware(monkeypatch):
     """rdma outranks tcp only when UCX has RDMA hardware; without it, only when forced."""
-    from hetccl.topology.select import transport_matrix
+    from hetccl.transports.matrix import transport_matrix
     from hetccl.transports import ALL, rdma
     cards = [{"host": "a"}, {"host": "b"}, {"host": "a"}]
     assert rdma.rdma_wires(["tcp/eth0", "rc_mlx5/mlx5_0:1", "ud_verbs/mlx5_0:1", "sysv/memory"]) == \

@@ -9,7 +9,7 @@ killed mid-allreduce, reported by every survivor within the deadline; and a mism
 """
 import pytest
 
-from hetccl.transports.endpoints import ucx_missing
+from hetccl.transports.rdma import ucx_missing
 from tests.launcher import run_ranks, run_ranks_expect_failure
 from tests.test_algorithms import Case, _anyone, _run, algorithms, matrix
 from tests.test_collectives import _check_summaries, _matrix_rank, allgather_plan, allreduce_plan

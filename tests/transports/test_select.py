@@ -4,7 +4,7 @@ import pytest
 
 from hetccl import transports
 from hetccl.errors import InvalidUsage
-from hetccl.topology.select import format_matrix, transport_matrix
+from hetccl.transports.matrix import format_matrix, transport_matrix
 from tests.launcher import run_ranks
 
 CARDS = [{"rank": 0, "host": "a", "c2c_mode": "cma"}, {"rank": 1, "host": "a", "c2c_mode": "cma"},
@@ -58,7 +58,7 @@ def test_doctor_reports_c2c_mode_and_matrix(capsys, monkeypatch):
 # ---------------------------------------------------------------- per-rank availability on the cards
 
 def _card(rank, host, available, spec=""):
-    from hetccl.topology.select import parse_filter
+    from hetccl.transports.matrix import parse_filter
     allowed = parse_filter(spec, [t.name for t in transports.ALL])
     return {"rank": rank, "host": host, "c2c_mode": "cma" if "c2c" in available else None,
             "transports": {"filter": spec, "allowed": sorted(allowed),
@@ -108,7 +108,7 @@ def test_a_filter_that_differs_between_ranks_is_an_error_naming_them():
 
 
 def test_card_entry_lists_what_this_process_may_and_can_use(monkeypatch):
-    from hetccl.topology.cards import transports_entry
+    from hetccl.transports.matrix import transports_entry
     from hetccl.transports import rdma
     monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: False))
     e = transports_entry(transports.ALL, "^c2c")
@@ -139,7 +139,7 @@ NO_UCX_ENV = {"HETCCL_UCX_LIB": "/nonexistent/libucp.so.0"}
 
 
 def test_a_rank_without_ucx_forced_to_rdma_fails_on_every_rank_naming_it():
-    from hetccl.transports.endpoints import ucx_missing
+    from hetccl.transports.rdma import ucx_missing
     if ucx_missing():
         pytest.skip(ucx_missing())
     res = run_ranks(_init_with, 2, {1: NO_UCX_ENV}, timeout=90, transports="rdma")

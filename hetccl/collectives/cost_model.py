@@ -11,19 +11,20 @@ Where the numbers come from (``CostModel.origin``):
   host had no cached entry for its shape;
 - ``cached``: an earlier probe on this host, same link classes, same number of local ranks, same
   hetccl build (``~/.cache/hetccl/cost-model.json``, see :mod:`.probe`);
-- ``tuning file``: the entry of the tuning file (``HETCCL_TUNING_FILE``, hetccl/tuning/file.py)
+- ``tuning file``: the entry of the tuning file (``HETCCL_TUNING_FILE``, hetccl/collectives/tuning_file.py)
   for this communicator's link classes and ranks, written by ``hetccl tune``, with the measured
   best algorithm per size when the placement matches too (``CostModel.best``);
-- ``default``: nothing could be measured (a single rank has no link to time), so the hard-coded
-  values below are used. They are only this fallback; they were measured once on a 2-vCPU VM.
+- ``default``: nothing could be measured (a single rank has no link to time), so the values each
+  transport declares (``Transport.cost``, hetccl/transports) are used. They are only this
+  fallback; they were measured once on a 2-vCPU VM.
 """
 from dataclasses import dataclass, field
+
+from .. import transports
 
 
 STREAM_MIN = 16 << 20      # the engine's nt_threshold (Engine.nt_threshold), when no engine is at hand
 FIFO_BYTES = 4 << 20       # one direction's shm FIFO (transports/shm.fifo_bytes, up to 4 local ranks)
-
-FIFO_CLASSES = frozenset({"self", "shm", "c2c"})    # links whose bytes cost CPU copy passes
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,6 @@ class LinkCost:
     fifo_bytes: float = FIFO_BYTES
 
 
-# Fallback only (see the module docstring): a 2-vCPU VM, bench/RESULTS.md of the foundation issue.
-DEFAULTS = {
-    "self": LinkCost(0.2e-6, 1 / 10e9, 1 / 8e9),
-    "shm": LinkCost(0.6e-6, 1 / 5e9, 1 / 8e9),
-    "tcp": LinkCost(20e-6, 1 / 2.5e9, 1 / 8e9),
-}
-
 # Fallback only: more ranks than cores on a host make every hop wait for the peer to be scheduled
 # (sched_yield hand-over), ~5 us per step for 4 ranks on 2 cores against ~0.6 us with a core each.
 # A measured model has this in its alpha already (the probe runs with the job's own ranks).
@@ -64,8 +58,9 @@ MEASURED, CACHED, DEFAULT, TUNED = "measured", "cached", "default", "tuning file
 
 
 def group_cost(link_classes, oversubscribed=False) -> LinkCost:
-    """The fallback cost of a flat algorithm over these links: the pace of the slowest one."""
-    costs = [DEFAULTS.get(c, DEFAULTS["tcp"]) for c in link_classes] or [DEFAULTS["self"]]
+    """The fallback cost of a flat algorithm over these links: the pace of the slowest one (each
+    link class's declared default, hetccl/transports)."""
+    costs = [transports.default_cost(c) for c in link_classes] or [transports.SELF.cost]
     alpha = max(c.alpha for c in costs)
     if oversubscribed:
         alpha = max(alpha, OVERSUBSCRIBED_ALPHA)
@@ -74,8 +69,9 @@ def group_cost(link_classes, oversubscribed=False) -> LinkCost:
 
 
 def all_fifo(link_classes) -> bool:
-    """True when every link class is a shared-memory FIFO (the pace of a mixed group is its wire's)."""
-    return all(c in FIFO_CLASSES for c in link_classes)
+    """True when every link class is a shared-memory FIFO, no wire (the pace of a mixed group is
+    its wire's)."""
+    return not any(transports.is_wire(c) for c in link_classes)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ error: a stale tuning file must not stop a job.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import math
@@ -55,13 +57,23 @@ def _warn_once(path, why):
                     "cache instead. Re-run `hetccl tune` to rewrite it, or unset %s", path, why, ENV)
 
 
+def build_id() -> str:
+    """hetccl's version plus a fingerprint of the native modules: a rebuilt engine may cost
+    differently, so its measurements must not be reused."""
+    from .. import __version__, _native
+    h = hashlib.blake2b(digest_size=6)
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(_native.__file__), "*.so"))):
+        st = os.stat(path)
+        h.update(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return f"{__version__}+{h.hexdigest()}"
+
+
 def links_key(link_classes) -> str:
     return "+".join(sorted(set(link_classes) - {"self"}))
 
 
 def new_document(host: str, budget_s: float | None) -> dict:
     from .. import __version__
-    from ..collectives.probe import build_id
     return {"format": FORMAT, "version": VERSION, "hetccl": __version__, "build": build_id(), "host": host,
             "measured_at": datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "budget_s": budget_s, "entries": []}
@@ -163,7 +175,7 @@ def encode_best(table: tuple) -> "np.ndarray":
     """The measured-best table as float64 (collective index, log2 size, algorithm index) triples,
     padded to a fixed length, so rank 0 can broadcast it with the cost model."""
     import numpy as np
-    from ..collectives import registry
+    from . import registry
     arr = np.full(3 * len(COLLECTIVES) * MAX_SIZES, -1.0)
     k = 0
     for coll, n, name in table:
@@ -175,7 +187,7 @@ def encode_best(table: tuple) -> "np.ndarray":
 
 
 def decode_best(arr) -> tuple:
-    from ..collectives import registry
+    from . import registry
     out = []
     for k in range(0, len(arr), 3):
         ci, lg, ai = arr[k:k + 3]

@@ -1,4 +1,4 @@
-"""``hetccl tune``: show, clear or re-measure the per-host cost-model cache (:mod:`.probe`).
+"""``hetccl tune``: show, clear or re-measure the per-host cost-model cache (collectives/probe.py).
 
     hetccl tune                 re-measure this host with 2 ranks (or -n N,M: those rank counts)
     hetccl tune -n 2,4 --transports tcp
@@ -57,9 +57,9 @@ def _child() -> int:
     import hetccl
     from .. import __version__
     from ..benchmark.format import format_size
-    from . import probe
-    from .model import MEASURED
-    from .tuner import Tuner
+    from ..collectives import probe
+    from ..collectives.cost_model import MEASURED
+    from ..collectives.tuner import Tuner
     comm = hetccl.init()
     try:
         t = comm._tuner
@@ -78,7 +78,7 @@ def _child() -> int:
 
 def tune_main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from . import probe
+    from ..collectives import probe
     from ..topology.host import host_id
     if args.child:
         return _child()
@@ -102,7 +102,7 @@ def tune_main(argv=None) -> int:
         print(f"# re-measuring {n} ranks on this host (dropped {removed} cached entr"
               f"{'y' if removed == 1 else 'ies'})", flush=True)
         cmd = [sys.executable, "-m", "hetccl", "run", "-n", str(n), "--timeout", str(args.timeout),
-               "--", sys.executable, "-m", "hetccl.collectives.probe_cli", "--child"]
+               "--", sys.executable, "-m", "hetccl.tuning.cache_cli", "--child"]
         rc = subprocess.call(cmd, env=env) or rc
     print(f"cache: {probe.cache_path()}")
     return rc

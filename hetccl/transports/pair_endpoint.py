@@ -1,11 +1,15 @@
-"""Endpoints (transports/endpoint.py) for ``shm``, ``tcp`` and ``c2c``, and how to connect a pair
-(``rdma`` too: its Endpoint is transports/rdma.py's RdmaEndpoint over the same authenticated socket).
+"""The Endpoint of one pair over the engine's link code, and how to connect a pair of Endpoints.
+
+transports/endpoint.py says what an Endpoint is; this module is the one implementation that every
+transport whose links are engine links (shared-memory FIFOs, a socket) shares: PairEndpoint over a
+PairLink (_native/pair.pyx: the engine's link code for one pair). A transport with an Endpoint of
+its own (rdma: transports/rdma.py's RdmaEndpoint) says so in ``Transport.endpoint``.
 
 A pair is connected like the communicator's mesh does it: one authenticated TCP connection
-(bootstrap/auth.py: a wrong or missing job secret is refused), then the transport's own set-up
-(``prepare``/``attach``/``finish`` of shm.py, tcp.py and c2c.py, unchanged) into a PairLink
-(_native/pair.pyx: the engine's link code for one pair). ``listen()`` + ``accept()`` on one side
-and ``connect()`` on the other.
+(bootstrap/auth.py: a wrong or missing job secret is refused), then ``Transport.endpoint``: by
+default the transport's own set-up (``prepare``/``attach``/``finish``, unchanged) into a PairLink.
+``Listener.accept()`` on one side and ``connect()`` on the other; ``EndpointFactory`` wraps both
+for the conformance suite and bench/transports.py.
 
 Wire format on the link, per message: a 40-byte frame ``magic u32 | kind u32 | tag i64 | nbytes u64
 | aux u64 | number u64`` then the payload. Kinds: DATA (eager payload follows), RNDV (c2c cma: no
@@ -21,7 +25,6 @@ its tag, waiting for it if needed; a message that arrives before its receive is 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import socket
 import struct
@@ -32,8 +35,7 @@ from .. import config
 from ..bootstrap.auth import client_handshake, server_handshake
 from ..errors import AuthenticationError, HetcclTimeout, InvalidUsage, PeerLostError, TransportError
 from ..topology.host import host_id
-from . import c2c as _c2c
-from .base import LinkContext
+from .base import LinkContext, exchange_cards
 from .endpoint import Endpoint, RemoteRegion, Region, Request
 
 _FRAME = struct.Struct("<IIqQQQ")
@@ -474,48 +476,29 @@ class _Builder:
         self.mode = {1: "cma", 2: "window"}[mode]
 
 
-def _exchange_cards(sock, mine: dict, timeout: float) -> dict:
-    sock.settimeout(timeout)
-    data = json.dumps(mine).encode()
-    sock.sendall(struct.pack("<I", len(data)) + data)
-    n, = struct.unpack("<I", _recv_exact(sock, 4))
-    if n > 65536:
-        raise TransportError("endpoint set-up: oversized card from the peer")
-    return json.loads(_recv_exact(sock, n))
-
-
-def _recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        part = sock.recv(n - len(buf))
-        if not part:
-            raise PeerLostError("the peer closed the connection during endpoint set-up")
-        buf += part
-    return buf
-
-
 def _set_up(transport: str, sock, rank: int, peer: int, low: bool, job_id: str, comm_id: str,
             timeout: float) -> Endpoint:
     from . import by_name
-    if transport == "rdma":                # UCX endpoints: the socket carries the worker addresses
-        from .rdma import RdmaEndpoint
-        return RdmaEndpoint(sock, peer, timeout)
-    card = {"rank": rank, "host": host_id(), "pid": os.getpid(), **_c2c.card_fields()}
-    other = _exchange_cards(sock, card, timeout)
-    if transport in ("shm", "c2c") and other.get("host") != card["host"]:
-        raise TransportError(f"{transport} needs both ranks on one host; rank {peer} is on {other.get('host')}")
+    t = by_name(transport)
+    if t.endpoint is None:
+        return pair_endpoint(t, sock, rank, peer, low, job_id, comm_id, timeout)
+    return t.endpoint(sock, rank, peer, low, job_id, comm_id, timeout)
+
+
+def pair_endpoint(t, sock, rank: int, peer: int, low: bool, job_id: str, comm_id: str,
+                  timeout: float) -> "PairEndpoint":
+    """``Transport.endpoint`` of the transports whose links are engine links: exchange cards over
+    the pair's socket, let the transport settle what the pair must agree on, then run its own
+    set-up into one PairLink."""
+    card = {"rank": rank, "host": host_id(), "pid": os.getpid(), **t.card_fields()}
+    other = exchange_cards(sock, card, timeout)
+    if t.same_host and other.get("host") != card["host"]:
+        raise TransportError(f"{t.name} needs both ranks on one host; rank {peer} is on {other.get('host')}")
     cards = {rank: card, peer: other}
-    if transport == "c2c":                 # both directions must be readable for cma
-        err = _c2c.probe(other) if _c2c.requested_mode() != "window" else -2
-        theirs = _exchange_cards(sock, {"err": err}, timeout)["err"]
-        mode = "cma" if err == 0 and theirs == 0 else "window"
-        if mode == "window" and _c2c.requested_mode() == "cma":
-            raise TransportError("HETCCL_C2C_MODE=cma but cross-memory attach between these processes fails")
-        card["c2c_mode"] = other["c2c_mode"] = mode
+    t.agree_pair(sock, cards, rank, peer, timeout)
     b = _Builder()
     # local_size 8: 1 MiB FIFOs (pre-faulted per connection; plenty to pipeline one pair's messages)
     ctx = LinkContext(b, rank, job_id, comm_id, 8, timeout, cards)
-    t = by_name(transport)
     sock.setblocking(True)
     try:
         if low:
@@ -524,12 +507,10 @@ def _set_up(transport: str, sock, rank: int, peer: int, low: bool, job_id: str, 
         if low:
             t.finish(ctx, peer, sock)
     except BaseException:
-        if hasattr(t, "abandon"):
-            t.abandon(comm_id)
+        t.abandon(comm_id)
         raise
-    if transport != "tcp":
-        sock.setblocking(False)
-    return PairEndpoint(transport, peer, b.link, sock, timeout, int(other["pid"]), b.mode)
+    sock.setblocking(False)
+    return PairEndpoint(t.name, peer, b.link, sock, timeout, int(other["pid"]), b.mode)
 
 
 class Listener:
@@ -607,24 +588,34 @@ def connect(transport: str, address: tuple[str, int], secret: bytes | None, rank
 class EndpointFactory:
     """Makes connected Endpoints of one transport between rank 0 (listens) and rank 1 (connects):
     the conformance suite (tests/transports/registry.py) and bench/transports.py take these, so a
-    new transport joins both with one factory. ``unavailable()`` is None or why it cannot run here;
-    ``start(rank, port)`` once per process, ``open()`` on both ranks together for each endpoint."""
+    new transport joins both with its ``endpoints()``. ``unavailable()`` is None or why it cannot
+    run here; ``start(rank, port)`` once per process, ``open()`` on both ranks together for each
+    endpoint. ``transport``: a row of the transport table (or its name); a row that is not in the
+    table yet (a transport declared outside hetccl) joins it in the process that starts it."""
 
     def __init__(self, transport, env=None, needs=None):
-        self.transport, self.env, self.needs = transport, dict(env or {}), needs
+        self.row = None if isinstance(transport, str) else transport
+        self.transport = transport if self.row is None else self.row.name
+        self.env, self.needs = dict(env or {}), needs
         self.listener = None
         self.rank = self.port = None
         self.opened = 0
 
-    def unavailable(self):
+    def _row(self):
         from . import by_name
+        return self.row if self.row is not None else by_name(self.transport)
+
+    def unavailable(self):
         why = self.needs() if self.needs else None
-        if why is None and not by_name(self.transport).available():
+        if why is None and not self._row().available():
             why = f"transport {self.transport} is not available on this machine"
         return why
 
     def start(self, rank, port):
+        from . import ALL, register
         os.environ.update(self.env)
+        if self.row is not None and self.row not in ALL:
+            register(self.row)
         self.rank, self.port = rank, port
         if rank == 0:
             self.listener = Listener(_env_secret(), 0, job_id=os.environ.get("HETCCL_JOB_ID", "ep"), port=port)
@@ -647,9 +638,7 @@ class EndpointFactory:
     def settle(self):
         """Let closed connections finish tearing down before resources are counted (rdma: UCX
         closes a closed connection's socket on a later progress of the shared worker)."""
-        if self.transport == "rdma":
-            from .rdma import settle
-            settle()
+        self._row().settle()
 
     def stop(self):
         if self.listener is not None:
@@ -662,27 +651,13 @@ def _env_secret():
     return s.encode() if s else None
 
 
-def cma_permitted():
-    """None if c2c would run in cma mode between processes like this one, else why not."""
-    mode, why = _c2c.local_mode()
-    return None if mode == "cma" else f"cross-memory attach is not permitted here: {why}"
-
-
-def ucx_missing():
-    """None if the rdma transport's UCX loads here, else why not (and how to get it)."""
-    try:
-        from .._native import ucx
-    except ImportError as e:
-        return f"hetccl._native.ucx is not built ({e})"
-    return None if ucx.load() else f"UCX cannot be loaded: {ucx.load_error()}"
-
-
 def factories() -> dict:
-    """hetccl's own transports, by the names the conformance suite and bench/transports.py use."""
-    return {
-        "shm": EndpointFactory("shm"),
-        "tcp": EndpointFactory("tcp"),
-        "c2c": EndpointFactory("c2c", {"HETCCL_C2C_MODE": "cma"}, needs=cma_permitted),
-        "c2c-window": EndpointFactory("c2c", {"HETCCL_C2C_MODE": "window"}),
-        "rdma": EndpointFactory("rdma", needs=ucx_missing),
-    }
+    """Every transport's Endpoint factories, by the names the conformance suite and
+    bench/transports.py use: each row of the transport table names its modes (``endpoints()``)."""
+    from . import ALL
+    return factories_of(ALL)
+
+
+def factories_of(rows) -> dict:
+    """The Endpoint factories of these rows of the transport table, by name."""
+    return {name: EndpointFactory(t, env, needs=needs) for t in rows for name, (env, needs) in t.endpoints().items()}
