@@ -14,8 +14,7 @@ reading the version), and the core costs about 0.1-0.2 s to import.
 from .errors import (AuthenticationError, CommAborted, CommRevoked, HetcclError, HetcclTimeout,
                      InvalidUsage, PeerLostError, TransportError)
 from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, PROD, SUM, ReduceOp
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["init", "Communicator", "ReduceOp", "SUM", "PROD", "MIN", "MAX", "AVG", "BAND", "BOR",
            "BXOR", "HetcclError", "InvalidUsage", "TransportError", "PeerLostError", "HetcclTimeout",

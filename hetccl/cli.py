@@ -32,7 +32,7 @@ def doctor_main(argv) -> int:
     import os
     import platform
 
-    from . import __version__
+    from .version import __version__
     from .topology.host import host_id
     from .transports import rows
     from .transports.netif import choose_address, interfaces
@@ -208,7 +208,7 @@ def _topology(measure):
     if info.size > 1:
         from . import init
         comm = init()
-        topo = model_of(comm._cards)
+        topo = model_of(comm.context.cards)
         if measure:
             from .topology.measure import measure as run_measure
             topo = run_measure(comm, topo)

@@ -18,13 +18,13 @@ import numpy as np
 
 from . import config, dtypes
 from .bridges import formation as _formation
-from .collectives import hierarchical
+from .collectives import hierarchical, probe, schedules
 from .collectives import islands as _islands
 from .collectives import staged as _staged
-from .collectives import probe
+from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RING
 from .collectives.decide import decide as _decide, explain as _explain
-from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RD, ALGO_RING
 from .collectives.tuner import Tuner
+from .context import Context
 from ._native import collectives as _coll
 from ._native import alltoall_cma as _a2a_cma
 from ._native import direct as _direct
@@ -34,6 +34,7 @@ from ._native import engine as _eng
 from .bootstrap.store import StoreClient
 from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from . import recovery as _recovery
+from . import transports as _transports
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .transports.matrix import format_matrix
@@ -43,7 +44,6 @@ log = logging.getLogger("hetccl")
 _ndarray = np.ndarray
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
-_ENGINE_ALLREDUCE = (ALGO_RING, ALGO_RD)     # the others run in collectives.pyx
 _ALGO_ISLANDS = _islands.ALGO_ISLANDS        # composed across vendor islands (collectives/islands.py)
 
 
@@ -176,6 +176,100 @@ def _new_like(buf, count, what):
     return np.empty((count,), dtype=buf.dtype)
 
 
+def _done(what, out) -> Work:
+    """A Work that is already complete (a call that finished synchronously)."""
+    w = Work(what, None, None, out)
+    w._event.set()
+    return w
+
+
+class Call:
+    """One collective call as every route reads it, made by ``Communicator._parse`` (the one
+    buffer and argument parser): the collective, the send and receive buffers (``recv`` made when
+    the caller passed none and may), the dtype and op codes (checked), root, counts, the timeout in
+    force, the requested algorithm, ``async_op``, the bytes the tuner prices (``nbytes``) and what
+    the call returns (``result``). Python-scheduled algorithms (``Algorithm.run``) receive it."""
+
+    __slots__ = ("coll", "send", "recv", "dtype", "op", "root", "counts", "rcounts", "timeout",
+                 "algorithm", "async_op", "nbytes", "result")
+
+    def __init__(self, coll, send, recv, dtype, op, root, counts, rcounts, timeout, algorithm,
+                 async_op, nbytes, result):
+        self.coll, self.send, self.recv, self.dtype, self.op = coll, send, recv, dtype, op
+        self.root, self.counts, self.rcounts, self.timeout = root, counts, rcounts, timeout
+        self.algorithm, self.async_op, self.nbytes, self.result = algorithm, async_op, nbytes, result
+
+
+def _ints(counts):
+    return None if counts is None else [int(c) for c in counts]
+
+
+def _size(buf):
+    return buf.size if isinstance(buf, np.ndarray) else 0
+
+
+# What each collective's call looks like, for the parser: whether it reduces (an op to check),
+# how many elements a receive buffer it makes holds (None: it makes none; the caller's buffer is
+# the output), and which buffer's bytes the tuner prices (times the group size for gather/scatter).
+_OUT = {
+    "allreduce": None,
+    "allgather": lambda c, p, r: p * _size(c.send),
+    "allgatherv": lambda c, p, r: sum(c.counts),
+    "reduce_scatter": lambda c, p, r: c.counts[r] if c.counts is not None else _size(c.send) // p,
+    "broadcast": None,
+    "reduce": lambda c, p, r: _size(c.send) if r == c.root else None,
+    "gather": lambda c, p, r: (sum(c.counts) if c.counts is not None else p * _size(c.send)) if r == c.root else None,
+    "scatter": None,
+    "alltoall": lambda c, p, r: sum(c.rcounts) if c.rcounts is not None else _size(c.send),
+    "barrier": None,
+}
+_REDUCES = frozenset({"allreduce", "reduce_scatter", "reduce"})
+_PRICED_ON_RECV = frozenset({"allgather", "allgatherv"})
+_TIMES_SIZE = {"gather": "send", "scatter": "recv"}
+
+# The routes other than the flat native schedule (collectives/schedules.py), by collective: each
+# adapter turns a Call into the route's own arguments.
+_SYMMETRIC = {     # _native/symmetric.pyx: both buffers live symmetric allocations, every pair c2c
+    "allreduce": lambda e, h, c: (_symm.allreduce, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
+    "allgather": lambda e, h, c: (_symm.allgather, (e, h, c.send, c.recv, c.dtype, c.timeout)),
+    "reduce_scatter": lambda e, h, c: (_symm.reduce_scatter, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
+    "broadcast": lambda e, h, c: (_symm.broadcast, (e, h, c.send, c.root, c.dtype, c.timeout)),
+    "alltoall": lambda e, h, c: (_symm.alltoall, (e, h, c.send, c.recv, c.dtype, c.timeout)),
+}
+_ISLANDS = {       # composed across vendor islands (collectives/islands.py IslandPlan)
+    "allreduce": lambda p, c, a, f: (p.allreduce, (c.send, c.recv, c.dtype, c.op, c.timeout, a, f)),
+    "allgather": lambda p, c, a, f: (p.allgather, (c.send, c.recv, c.dtype, a, c.timeout, f)),
+    "broadcast": lambda p, c, a, f: (p.broadcast, (c.send, c.root, c.dtype, a, c.timeout, f)),
+}
+_PLANNER = {       # composed by the topology planner (collectives/hierarchical.py), codes < 0
+    "allreduce": lambda p, c, a: (p.allreduce, (c.send, c.recv, c.dtype, c.op, c.timeout, a)),
+    "allgather": lambda p, c, a: (p.allgather, (c.send, c.recv, c.dtype, a, c.timeout)),
+    "broadcast": lambda p, c, a: (p.broadcast, (c.send, c.root, c.dtype, a, c.timeout)),
+}
+_SINGLE_COPY = {   # _native/direct.pyx: ring schedules over c2c peers' memory
+    "allreduce": lambda e, c: (_direct.allreduce, (e, c.send, c.recv, c.dtype, c.op, c.timeout)),
+    "allgather": lambda e, c: (_direct.allgather, (e, c.send, c.recv, c.dtype, c.timeout)),
+}
+_FLAT = {          # collectives/schedules.py: one entry per collective, keyed by algorithm code
+    "allreduce": lambda e, c, a: (schedules.allreduce, (e, c.send, c.recv, c.dtype, c.op, a, c.timeout)),
+    "allgather": lambda e, c, a: (schedules.allgather, (e, c.send, c.recv, c.dtype, a, c.timeout)),
+    "allgatherv": lambda e, c, a: (schedules.allgatherv, (e, c.send, c.recv, c.counts, c.dtype, a, c.timeout)),
+    "reduce_scatter": lambda e, c, a: (schedules.reduce_scatter,
+                                       (e, c.send, c.recv, c.counts, c.dtype, c.op, a, c.timeout)),
+    "broadcast": lambda e, c, a: (schedules.broadcast, (e, c.send, c.root, c.dtype, a, c.timeout)),
+    "reduce": lambda e, c, a: (schedules.reduce, (e, c.send, c.recv, c.root, c.dtype, c.op, a, c.timeout)),
+    "gather": lambda e, c, a: (schedules.gather, (e, c.send, c.recv, c.counts, c.root, c.dtype, a, c.timeout)),
+    "scatter": lambda e, c, a: (schedules.scatter, (e, c.send, c.recv, c.counts, c.root, c.dtype, a, c.timeout)),
+    "alltoall": lambda e, c, a: (schedules.alltoall,
+                                 (e, c.send, c.recv, c.counts, c.rcounts, c.dtype, a, c.timeout)),
+    "barrier": lambda e, c, a: (schedules.barrier, (e, a, c.timeout)),
+}
+# what decide() is told beyond the size (the islands price by dtype and op where they run them)
+_DECIDE_BY_DTYPE = frozenset({"allreduce", "allgather", "broadcast"})
+# collectives the latency path (_native/collectives.pyx Hot) takes once learnt
+_HOT = frozenset({"allreduce", "allgather", "reduce_scatter", "broadcast", "alltoall"})
+
+
 class Communicator:
     """A group of ranks connected by per-pair transports. Create with ``hetccl.init()``.
 
@@ -214,7 +308,16 @@ class Communicator:
         self.size = info.size
         self.parent_ranks = None              # shrink(): the old rank of each new rank
         self._explained = None                # the first failure's reason, once reported here
-        self._ft = _recovery.attach(self, cards, info, job_id, comm_id)   # control plane (recovery/)
+        self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
+        # what hetccl's own modules (planners, islands, symmetric memory, recovery) see of this
+        # communicator: they get this, never the fields above
+        self._ctx = ctx = Context(self, run=self._run, interrupt=self._interrupt,
+                                  control_event=self._control_event, decide=_decide, done=_done,
+                                  connect=_connect, rank=info.rank, size=info.size, engine=engine,
+                                  store=store, server=server, info=info, cards=cards, matrix=matrix,
+                                  comm_id=comm_id, job_id=job_id, timeout=timeout, transports=transports,
+                                  bridges=bridge_request, life=self._life)
+        self._ft = ctx.ft = _recovery.attach(ctx, cards, info, job_id, comm_id)   # control plane (recovery/)
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
         self._pending = 0
@@ -222,22 +325,20 @@ class Communicator:
         self._cv = threading.Condition()
         self._worker = None
         try:                                  # measured (or cached) cost model, same on every rank
-            self._tuner = Tuner(self.size, probe.negotiate(
+            self._tuner = ctx.tuner = Tuner(self.size, probe.negotiate(
                 engine, self.rank, self.size, {k for row in matrix for k in row}, self.local_size,
                 cards[self.rank]["host"], timeout, oversubscribed=engine.spin_s == 0))
         except BaseException:
             self._abort()
             self._ft.detach()
             raise
-        self._plan = hierarchical.planner_for(self, cards, oversubscribed=engine.spin_s == 0)
+        self._plan = ctx.plan = hierarchical.planner_for(ctx, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
         self._a2a_cma_min = _a2a_cma.min_bytes(engine, engine.spin_s == 0)
-        self._sym = SymmetricMemory(self, engine.all_c2c())
-        self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
-        self._islands = self._form = None
+        self._sym = SymmetricMemory(ctx, engine.all_c2c())
         self._children = 0
         try:                                  # islands with vendor bridges (collective: opens them)
-            self._islands = _islands.plan_for(self, cards, shrunk_from)
+            self._islands = ctx.islands = _islands.plan_for(ctx, cards, shrunk_from)
         except BaseException:
             self._abort()
             self._ft.detach()
@@ -310,12 +411,7 @@ class Communicator:
                 self._pending -= 1
             w._finish(exc)
 
-    def _algo(self, collective, nbytes, algorithm, code=None, op=None):
-        a, self._form = _decide(self._tuner, self._plan, self._islands, collective, nbytes, algorithm, code, op)
-        self.last_algorithm = a.name
-        return a.code
-
-    def _learn(self, collective, nbytes, algo, algorithm):
+    def _learn(self, c, algo):
         """Let the latency path (self._hot) take later calls of this shape, which this one just
         routed to a plain native schedule, under the same ``algorithm=`` (None: the tuner's
         choice; a forced algorithm takes the same path, so it costs what the tuner's choice of it
@@ -323,7 +419,113 @@ class Communicator:
         planner, no islands, and no symmetric allocation: those routes look at the buffers or at
         whether the choice was forced, and a freed allocation must raise)."""
         if self._plan is None and self._islands is None and not self._sym.active:
-            self._hot.learn(collective, nbytes, algo, self.last_algorithm, algorithm)
+            self._hot.learn(c.coll, c.nbytes, algo, self.last_algorithm, c.algorithm)
+
+    # ------------------------------------------------------------------ validate, route, run
+
+    def _parse(self, coll, send, recv=None, *, op=None, root=0, counts=None, rcounts=None,
+               timeout=None, algorithm=None, async_op=False) -> Call:
+        """The one buffer and argument parser: every collective's call becomes a Call here.
+
+        Checks the dtype of the buffers (an output of another dtype than the input is refused),
+        the op against the dtype, that uneven alltoall gets both count lists, and makes the
+        receive buffer a numpy input may leave out."""
+        if coll == "scatter":                  # the output is every rank's; the input the root's
+            code = _dtype_code(recv)
+            if self.rank == root and _dtype_code(send) != code:
+                raise InvalidUsage("scatter input and output must have the same dtype")
+        elif coll == "barrier":
+            code = -1
+        else:
+            code = _dtype_code(send)
+        if coll in _REDUCES:
+            if type(op) is not ReduceOp:
+                op = as_op(op)
+            if op >= 5 or code == dtypes.BOOL:
+                dtypes.check_op(code, op)
+        if coll == "alltoall" and (counts is None) != (rcounts is None):
+            raise InvalidUsage("alltoallv needs both send_counts and recv_counts")
+        c = Call(coll, send, recv, code, op, int(root), _ints(counts), _ints(rcounts), self._t(timeout),
+                 algorithm, async_op, 0, None)
+        if recv is None:
+            make = _OUT[coll]
+            n = make(c, self.size, self.rank) if make is not None else None
+            if n is not None:
+                c.recv = _new_like(send, n, coll)
+            elif coll == "allreduce":
+                c.recv = send
+        elif recv is not send and coll in ("allreduce", "allgather") and _dtype_code(recv) != code:
+            raise InvalidUsage(f"{coll} output is {dtypes.NAMES[_dtype_code(recv)]} but the input is "
+                               f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
+        if coll == "barrier":
+            c.nbytes = 0
+        else:
+            c.nbytes = _nbytes(c.recv if coll in _PRICED_ON_RECV else c.send if coll != "scatter" else c.recv)
+            if coll in _TIMES_SIZE:
+                c.nbytes *= self.size
+        c.result = (c.send if coll == "broadcast" else None if coll == "barrier" else
+                    c.recv if coll not in ("reduce", "gather") or self.rank == root else None)
+        if coll in ("reduce", "gather") and self.rank != root:
+            c.recv = None
+        if coll == "scatter" and self.rank != root:
+            c.send = None
+        return c
+
+    def _route(self, c: Call):
+        """The one place a call's route is decided, in this order:
+
+        1. symmetric: the buffers are live ``comm.alloc`` allocations on an all-c2c communicator
+           (or ``algorithm="symmetric"``): single copy by loads and stores (memory/symmetric.py);
+        2. islands direct: one vendor island spans the communicator, and its library runs this
+           allreduce whole (no detour through the router's queue);
+        3. the algorithm of ``decide`` (tuner, topology planner, islands: collectives/decide.py),
+           run by its route: a Python schedule (``Algorithm.run``), composed across islands,
+           single copy (ring over all-c2c links, HETCCL_C2C_DIRECT), single-copy alltoall (cma),
+           composed by the topology planner (codes < 0), or the flat native schedule of its code.
+        (The latency path and device buffers are taken before the parser, in the public methods:
+        the first costs a few dict lookups, the second has its own buffers.)"""
+        coll = c.coll
+        if (coll in _SYMMETRIC and (self._sym.active or c.algorithm == "symmetric") and c.counts is None
+                and self._sym.takes(coll, c.algorithm, *((c.send,) if coll == "broadcast" else (c.send, c.recv)))):
+            self.last_algorithm = "symmetric"
+            return self._go(c, *_SYMMETRIC[coll](self._engine, self._sym.heap, c))
+        isl = self._islands
+        if coll == "allreduce" and isl is not None and isl.whole and not c.async_op and not self._pending:
+            direct = isl.direct_allreduce(c.nbytes, c.dtype, c.op, c.algorithm)
+            if direct is not None:               # one MPI/NCCL island: no detour
+                self.last_algorithm = "islands"
+                try:
+                    direct(c.send, c.recv)
+                except Exception as e:           # noqa: BLE001 - the native library's error
+                    raise self._failed(isl._failed(e), "allreduce") from None
+                return c.result
+        by_dtype = coll in _DECIDE_BY_DTYPE
+        a, form = _decide(self._tuner, self._plan, isl, coll, c.nbytes, c.algorithm,
+                          c.dtype if by_dtype else None, c.op if coll == "allreduce" else None)
+        self.last_algorithm = a.name
+        algo = a.code
+        if a.run is not None:                    # a schedule written in Python over the context
+            return self._go(c, a.run, (self._ctx, c))
+        if algo == _ALGO_ISLANDS and coll in _ISLANDS:
+            return self._go(c, *_ISLANDS[coll](isl, c, algo, form))
+        if algo == ALGO_RING and coll in _SINGLE_COPY and self._direct_min is not None \
+                and c.nbytes >= self._direct_min[coll]:
+            return self._go(c, *_SINGLE_COPY[coll](self._engine, c))
+        if algo < 0 and coll in _PLANNER:
+            return self._go(c, *_PLANNER[coll](self._plan, c, algo))
+        if coll == "alltoall":
+            if c.counts is not None:
+                if c.algorithm is None and algo != ALGO_PAIRWISE:
+                    algo = ALGO_PAIRWISE         # alltoallv: only pairwise takes uneven blocks
+                    self.last_algorithm = "pairwise"
+            elif algo == ALGO_PAIRWISE and self._a2a_cma_min is not None and c.nbytes >= self._a2a_cma_min:
+                return self._go(c, _a2a_cma.alltoall, (self._engine, c.send, c.recv, c.dtype, c.timeout))
+        if c.counts is None and coll in _HOT and (coll != "allgather" or algo != ALGO_BRUCK):
+            self._learn(c, algo)
+        return self._go(c, *_FLAT[coll](self._engine, c, algo))
+
+    def _go(self, c, fn, args):
+        return self._run(c.coll, fn, args, c.result, c.async_op)
 
     # ------------------------------------------------------------------ collectives
 
@@ -340,48 +542,10 @@ class Communicator:
             except HetcclError as e:
                 raise self._failed(e, "allreduce")
         if type(buf) is not _ndarray and _staged.is_device(buf):
-            return _staged.device_call(self, "allreduce", buf, out, op=op, timeout=timeout,
+            return _staged.device_call(self._ctx, "allreduce", buf, out, op=op, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op)
-        code = _dtype_code(buf)
-        if type(op) is not ReduceOp:
-            op = as_op(op)
-        if op >= 5 or code == dtypes.BOOL:
-            dtypes.check_op(code, op)
-        if out is None:
-            out = buf
-        elif out is not buf and _dtype_code(out) != code:
-            raise InvalidUsage(f"allreduce output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
-                               f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
-        if (self._sym.active or algorithm == "symmetric") and self._sym.takes("allreduce", algorithm, buf, out):
-            self.last_algorithm = "symmetric"
-            return self._run("allreduce", _symm.allreduce, (self._engine, self._sym.heap, buf, out, code, op,
-                                                            self._t(timeout)), out, async_op)
-        nbytes = _nbytes(buf)
-        isl = self._islands
-        if isl is not None and isl.whole and not async_op and not self._pending:
-            direct = isl.direct_allreduce(nbytes, code, op, algorithm)    # one MPI/NCCL island: no detour
-            if direct is not None:
-                self.last_algorithm = "islands"
-                try:
-                    direct(buf, out)
-                except Exception as e:           # noqa: BLE001 - the native library's error
-                    raise self._failed(isl._failed(e), "allreduce") from None
-                return out
-        algo = self._algo("allreduce", nbytes, algorithm, code, op)
-        t = self._timeout if timeout is None else config.timeout(timeout)
-        if algo == _ALGO_ISLANDS:
-            return self._run("allreduce", self._islands.allreduce, (buf, out, code, op, t, algo, self._form),
-                             out, async_op)
-        if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allreduce"]:
-            return self._run("allreduce", _direct.allreduce, (self._engine, buf, out, code, op, t), out,
-                             async_op)
-        if algo < 0:
-            return self._run("allreduce", self._plan.allreduce, (buf, out, code, op, t, algo), out, async_op)
-        self._learn("allreduce", nbytes, algo, algorithm)
-        if algo not in _ENGINE_ALLREDUCE:      # Rabenseifner, double binary tree
-            return self._run("allreduce", _coll.allreduce, (self._engine, buf, out, code, op, algo, t),
-                             out, async_op)
-        return self._run("allreduce", self._engine.allreduce, (buf, out, code, op, algo, t), out, async_op)
+        return self._route(self._parse("allreduce", buf, out, op=op, timeout=timeout, algorithm=algorithm,
+                                       async_op=async_op))
 
     def allgather(self, buf, out=None, *, timeout=None, algorithm=None, async_op=False):
         """Concatenate every rank's ``buf`` (in rank order) into ``out``; returns ``out``.
@@ -396,45 +560,15 @@ class Communicator:
             except HetcclError as e:
                 raise self._failed(e, "allgather")
         if type(buf) is not _ndarray and _staged.is_device(buf):
-            return _staged.device_call(self, "allgather", buf, out, timeout=timeout, algorithm=algorithm,
+            return _staged.device_call(self._ctx, "allgather", buf, out, timeout=timeout, algorithm=algorithm,
                                        async_op=async_op)
-        code = _dtype_code(buf)
-        if out is None:
-            out = _new_like(buf, self.size * buf.size if isinstance(buf, np.ndarray) else 0, "allgather")
-        elif out is not buf and _dtype_code(out) != code:
-            raise InvalidUsage(f"allgather output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
-                               f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
-        if (self._sym.active or algorithm == "symmetric") and self._sym.takes("allgather", algorithm, buf, out):
-            self.last_algorithm = "symmetric"
-            return self._run("allgather", _symm.allgather, (self._engine, self._sym.heap, buf, out, code,
-                                                            self._t(timeout)), out, async_op)
-        nbytes = _nbytes(out)
-        algo = self._algo("allgather", nbytes, algorithm, code)
-        if algo == _ALGO_ISLANDS:
-            return self._run("allgather", self._islands.allgather, (buf, out, code, algo, self._t(timeout),
-                                                                    self._form), out, async_op)
-        if algo == ALGO_RING and self._direct_min is not None and nbytes >= self._direct_min["allgather"]:
-            return self._run("allgather", _direct.allgather, (self._engine, buf, out, code, self._t(timeout)),
-                             out, async_op)
-        if algo < 0:
-            return self._run("allgather", self._plan.allgather, (buf, out, code, algo, self._t(timeout)),
-                             out, async_op)
-        if algo == ALGO_BRUCK:
-            return self._run("allgather", _coll.allgather,
-                             (self._engine, buf, out, code, algo, self._t(timeout)), out, async_op)
-        self._learn("allgather", nbytes, algo, algorithm)
-        return self._run("allgather", self._engine.allgather,
-                         (buf, out, code, algo, self._t(timeout)), out, async_op)
+        return self._route(self._parse("allgather", buf, out, timeout=timeout, algorithm=algorithm,
+                                       async_op=async_op))
 
     def allgatherv(self, buf, counts, out=None, *, timeout=None, algorithm=None, async_op=False):
         """Like allgather with ``counts[r]`` elements from rank r (ring)."""
-        code = _dtype_code(buf)
-        counts = [int(c) for c in counts]
-        if out is None:
-            out = _new_like(buf, sum(counts), "allgatherv")
-        self._algo("allgatherv", _nbytes(out), algorithm)
-        return self._run("allgatherv", _coll.allgatherv,
-                         (self._engine, buf, out, counts, code, self._t(timeout)), out, async_op)
+        return self._route(self._parse("allgatherv", buf, out, counts=counts, timeout=timeout,
+                                       algorithm=algorithm, async_op=async_op))
 
     def reduce_scatter(self, buf, out=None, op=ReduceOp.SUM, *, counts=None, timeout=None,
                        algorithm=None, async_op=False):
@@ -447,26 +581,8 @@ class Communicator:
                     return out
             except HetcclError as e:
                 raise self._failed(e, "reduce_scatter")
-        code = _dtype_code(buf)
-        if type(op) is not ReduceOp:
-            op = as_op(op)
-        if op >= 5 or code == dtypes.BOOL:
-            dtypes.check_op(code, op)
-        if out is None:
-            n = counts[self.rank] if counts is not None else (buf.size // self.size if isinstance(buf, np.ndarray) else 0)
-            out = _new_like(buf, n, "reduce_scatter")
-        if (counts is None and (self._sym.active or algorithm == "symmetric")
-                and self._sym.takes("reduce_scatter", algorithm, buf, out)):
-            self.last_algorithm = "symmetric"
-            return self._run("reduce_scatter", _symm.reduce_scatter,
-                             (self._engine, self._sym.heap, buf, out, code, op, self._t(timeout)), out, async_op)
-        nbytes = _nbytes(buf)
-        algo = self._algo("reduce_scatter", nbytes, algorithm)
-        if counts is None:
-            self._learn("reduce_scatter", nbytes, algo, algorithm)
-        return self._run("reduce_scatter", _coll.reduce_scatter,
-                         (self._engine, buf, out, None if counts is None else [int(c) for c in counts],
-                          code, op, algo, self._t(timeout)), out, async_op)
+        return self._route(self._parse("reduce_scatter", buf, out, op=op, counts=counts, timeout=timeout,
+                                       algorithm=algorithm, async_op=async_op))
 
     def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``. Device
@@ -478,65 +594,28 @@ class Communicator:
             except HetcclError as e:
                 raise self._failed(e, "broadcast")
         if type(buf) is not _ndarray and _staged.is_device(buf):
-            return _staged.device_call(self, "broadcast", buf, root=root, timeout=timeout,
+            return _staged.device_call(self._ctx, "broadcast", buf, root=root, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op)
-        code = _dtype_code(buf)
-        if (self._sym.active or algorithm == "symmetric") and self._sym.takes("broadcast", algorithm, buf):
-            self.last_algorithm = "symmetric"
-            return self._run("broadcast", _symm.broadcast,
-                             (self._engine, self._sym.heap, buf, int(root), code, self._t(timeout)), buf, async_op)
-        nbytes = _nbytes(buf)
-        algo = self._algo("broadcast", nbytes, algorithm, code)
-        if algo == _ALGO_ISLANDS:
-            return self._run("broadcast", self._islands.broadcast, (buf, int(root), code, algo, self._t(timeout),
-                                                                    self._form), buf, async_op)
-        if algo < 0:
-            return self._run("broadcast", self._plan.broadcast, (buf, int(root), code, algo, self._t(timeout)),
-                             buf, async_op)
-        self._learn("broadcast", nbytes, algo, algorithm)
-        return self._run("broadcast", _coll.broadcast,
-                         (self._engine, buf, int(root), code, algo, self._t(timeout)), buf, async_op)
+        return self._route(self._parse("broadcast", buf, buf, root=root, timeout=timeout, algorithm=algorithm,
+                                       async_op=async_op))
 
     def reduce(self, buf, root=0, op=ReduceOp.SUM, out=None, *, timeout=None, algorithm=None,
                async_op=False):
         """Reduce ``buf`` over ranks into ``out`` on ``root`` (default: a new array there; other
         ranks return None)."""
-        code = _dtype_code(buf)
-        if type(op) is not ReduceOp:
-            op = as_op(op)
-        if op >= 5 or code == dtypes.BOOL:
-            dtypes.check_op(code, op)
-        if self.rank == root and out is None:
-            out = _new_like(buf, buf.size if isinstance(buf, np.ndarray) else 0, "reduce")
-        algo = self._algo("reduce", _nbytes(buf), algorithm)
-        return self._run("reduce", _coll.reduce,
-                         (self._engine, buf, out if self.rank == root else None, int(root), code, op,
-                          algo, self._t(timeout)), out if self.rank == root else None, async_op)
+        return self._route(self._parse("reduce", buf, out, op=op, root=root, timeout=timeout,
+                                       algorithm=algorithm, async_op=async_op))
 
     def gather(self, buf, root=0, out=None, *, counts=None, timeout=None, algorithm=None, async_op=False):
         """Concatenate every rank's ``buf`` into ``out`` on ``root`` (gatherv with ``counts``)."""
-        code = _dtype_code(buf)
-        if self.rank == root and out is None:
-            n = sum(counts) if counts is not None else self.size * (buf.size if isinstance(buf, np.ndarray) else 0)
-            out = _new_like(buf, n, "gather")
-        self._algo("gather", _nbytes(buf) * self.size, algorithm)
-        return self._run("gather", _coll.gather,
-                         (self._engine, buf, out if self.rank == root else None,
-                          None if counts is None else [int(c) for c in counts], int(root), code,
-                          self._t(timeout)), out if self.rank == root else None, async_op)
+        return self._route(self._parse("gather", buf, out, root=root, counts=counts, timeout=timeout,
+                                       algorithm=algorithm, async_op=async_op))
 
     def scatter(self, buf, out, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
         """Give every rank its block of root's ``buf`` in ``out`` (scatterv with ``counts``);
         ``buf`` is ignored (may be None) on other ranks."""
-        code = _dtype_code(out)
-        if self.rank == root:
-            if _dtype_code(buf) != code:
-                raise InvalidUsage("scatter input and output must have the same dtype")
-        self._algo("scatter", _nbytes(out) * self.size, algorithm)
-        return self._run("scatter", _coll.scatter,
-                         (self._engine, buf if self.rank == root else None, out,
-                          None if counts is None else [int(c) for c in counts], int(root), code,
-                          self._t(timeout)), out, async_op)
+        return self._route(self._parse("scatter", buf, out, root=root, counts=counts, timeout=timeout,
+                                       algorithm=algorithm, async_op=async_op))
 
     def alltoall(self, buf, out=None, *, send_counts=None, recv_counts=None, timeout=None,
                  algorithm=None, async_op=False):
@@ -549,32 +628,8 @@ class Communicator:
                     return out
             except HetcclError as e:
                 raise self._failed(e, "alltoall")
-        code = _dtype_code(buf)
-        if (send_counts is None) != (recv_counts is None):
-            raise InvalidUsage("alltoallv needs both send_counts and recv_counts")
-        if out is None:
-            n = sum(recv_counts) if recv_counts is not None else (buf.size if isinstance(buf, np.ndarray) else 0)
-            out = _new_like(buf, n, "alltoall")
-        if (send_counts is None and (self._sym.active or algorithm == "symmetric")
-                and self._sym.takes("alltoall", algorithm, buf, out)):
-            self.last_algorithm = "symmetric"
-            return self._run("alltoall", _symm.alltoall, (self._engine, self._sym.heap, buf, out, code,
-                                                          self._t(timeout)), out, async_op)
-        nbytes = _nbytes(buf)
-        algo = self._algo("alltoall", nbytes, algorithm)
-        sc = None if send_counts is None else [int(c) for c in send_counts]
-        rc = None if recv_counts is None else [int(c) for c in recv_counts]
-        if sc is not None and algorithm is None and algo != ALGO_PAIRWISE:
-            algo = ALGO_PAIRWISE               # alltoallv: only pairwise takes uneven blocks
-            self.last_algorithm = "pairwise"
-        if sc is None:
-            cma_min = self._a2a_cma_min
-            if algo == ALGO_PAIRWISE and cma_min is not None and nbytes >= cma_min:
-                return self._run("alltoall", _a2a_cma.alltoall, (self._engine, buf, out, code, self._t(timeout)),
-                                 out, async_op)   # pairwise, single copy (_native/alltoall_cma.pyx)
-            self._learn("alltoall", nbytes, algo, algorithm)
-        return self._run("alltoall", _coll.alltoall,
-                         (self._engine, buf, out, sc, rc, code, algo, self._t(timeout)), out, async_op)
+        return self._route(self._parse("alltoall", buf, out, counts=send_counts, rcounts=recv_counts,
+                                       timeout=timeout, algorithm=algorithm, async_op=async_op))
 
     # ------------------------------------------------------------------ symmetric memory
 
@@ -639,8 +694,8 @@ class Communicator:
 
     def barrier(self, *, timeout=None, algorithm=None, async_op=False):
         """Return once every rank has entered the barrier (dissemination algorithm)."""
-        self._algo("barrier", 0, algorithm)
-        return self._run("barrier", _coll.barrier, (self._engine, self._t(timeout)), None, async_op)
+        return self._route(self._parse("barrier", None, timeout=timeout, algorithm=algorithm,
+                                       async_op=async_op))
 
     # ------------------------------------------------------------------ sub-communicators
 
@@ -682,21 +737,19 @@ class Communicator:
             lines.append("islands: " + _formation.describe(self._islands.islands))
         lines.append("transport per pair:")
         lines.append(format_matrix(self._matrix))
-        modes = {(c["host"], c.get("c2c_mode"), c.get("c2c_why")) for c in self._cards if c.get("c2c_mode")}
-        if any(x == "c2c" for row in self._matrix for x in row):
-            for host, mode, why in sorted(modes):
-                lines.append(f"c2c on {host}: {mode} ({why})")
-            lines.append("single-copy ring allreduce/allgather: " + (
-                ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
-                          for k, v in self._direct_min.items())
-                if self._direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
-            lines.append("single-copy alltoall (cma): " + (
-                f"from {self._a2a_cma_min} bytes" if self._a2a_cma_min is not None
-                else "off (needs every pair c2c in cma mode; HETCCL_C2C_DIRECT=off also keeps it off)"))
-            lines.append("comm.alloc buffers: " + (
-                "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
-                if self._sym.shared else "private memory (the symmetric schedules need every pair on c2c)"))
+        used = {x for row in self._matrix for x in row}
+        facts = {"direct_min": self._direct_min, "a2a_cma_min": self._a2a_cma_min, "symmetric": self._sym.shared}
+        for t in _transports.rows():
+            if t.name in used:
+                lines += t.describe_links(self._cards, facts)
         return "\n".join(lines)
+
+    @property
+    def context(self):
+        """This communicator as hetccl's own modules see it (hetccl/context.py): not part of the
+        user API, but the one door the planners, islands, recovery, the torch backend and the
+        tools go through."""
+        return self._ctx
 
     def transport(self, peer: int) -> str:
         """The transport linking this rank and ``peer`` ('self', 'shm', 'tcp')."""
@@ -746,7 +799,7 @@ class Communicator:
         root communicator like ``init()``'s: split/dup/close work, vendor islands are formed again
         from the survivors. This communicator stays revoked; ``close()`` it."""
         from .recovery.shrink import shrink
-        return shrink(self, self._t(timeout))
+        return shrink(self._ctx, self._t(timeout))
 
     def failed_ranks(self) -> list:
         """Ranks of this communicator known to have failed here: processes that died or whose host

@@ -46,7 +46,7 @@ BITWISE = ["BAND", "BOR", "BXOR"]
 EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7, "float32": 2.0 ** -23, "float64": 2.0 ** -52}
 # (fp8 has no tolerance: its references are exact, see the module docstring)
 CANON = {None: None, "ring": "ring", "rd": "recursive_doubling",
-         "recursive_doubling": "recursive_doubling"}
+         "recursive_doubling": "recursive_doubling", "reduce_broadcast": "reduce_broadcast"}
 GUARD = 24           # guard bytes on each side of every output view
 GUARD_BYTE = 0xA5
 
@@ -201,9 +201,10 @@ SMALL_COUNTS = [0, 1, 3, 7, 33, 1021]          # zero, one, fewer than N, odd, p
 CROSS_BYTES = [2 << 10, 8 << 10, 12 << 10, 40 << 10, 200 << 10, 400 << 10]   # rd/ring crossover
 
 
-def allreduce_plan(size: int, light: bool) -> list[tuple]:
-    """[(dtype, op, count, algorithm, mode)] — mode 'inplace' or 'out'."""
-    algos = [None, "ring", "rd"]
+def allreduce_plan(size: int, light: bool, extra=()) -> list[tuple]:
+    """[(dtype, op, count, algorithm, mode)] — mode 'inplace' or 'out'. ``extra``: more algorithms
+    (the test algorithm of tests/algorithms/)."""
+    algos = [None, "ring", "rd", *extra]
     plan = []
     dts = INTS + FLOATS + FP8 + ["bool"]
     if light:  # tcp groups: same code paths in the engine, fewer element types
@@ -454,6 +455,11 @@ def _buffer_protocol_cases(comm, hetccl, summary):
 
 def _matrix_rank(rank, size, ar_plan, ag_plan, expect_transport):
     import hetccl
+    if expect_transport in TEST_TRANSPORTS:     # the test transport and algorithm join this rank's tables
+        from tests.algorithms import registry as test_algorithms
+        from tests.transports import registry as test_transports
+        test_transports.install()
+        test_algorithms.install()
     summary = {"cases": 0, "failures": [], "digests": [], "defaults": {}}
     t0 = time.monotonic()
     comm = hetccl.init(timeout=60)
@@ -511,22 +517,30 @@ def _check_summaries(results, size):
 # Tests
 # ------------------------------------------------------------------------------------------------
 GROUPS = [(1, None), (2, "shm"), (3, "shm"), (4, "shm"), (8, "shm"),
-          (2, "tcp"), (3, "tcp"), (4, "tcp"), (8, "tcp")]
+          (2, "tcp"), (3, "tcp"), (4, "tcp"), (8, "tcp"), (2, "loop"), (3, "loop")]
+# transports declared in tests/ (tests/transports/loop.py): their groups also run the test
+# algorithm (tests/algorithms/reduce_broadcast.py), forced and as the tuner's candidate
+TEST_TRANSPORTS = ("loop",)
 
 
 @pytest.mark.parametrize("size,transport", GROUPS,
                          ids=[f"{n}ranks-{t or 'self'}" for n, t in GROUPS])
 def test_allreduce_allgather_matrix(size, transport):
-    light = transport == "tcp" or size == 8
-    ar, ag = allreduce_plan(size, light), allgather_plan(size, light)
+    test = transport in TEST_TRANSPORTS
+    light = transport == "tcp" or size == 8 or test
+    ar = allreduce_plan(size, light, ("reduce_broadcast",) if test else ())
+    ag = allgather_plan(size, light)
     results = run_ranks(_matrix_rank, size, ar, ag, transport, timeout=240, transports=transport)
     s = _check_summaries(results, size)
     assert s["cases"] >= len(ar) + len(ag)
     if size > 1:
         from hetccl.collectives import registry
+        from tests.algorithms.registry import TEST_ALGORITHMS
         for coll in ("allreduce", "allgather"):
             chosen = {v for (c, _), v in s["defaults"].items() if c == coll}
-            assert chosen <= {a.name for a in registry.for_collective(coll)}, chosen
+            names = {a.name for a in registry.for_collective(coll)}
+            names |= {a.name for a in TEST_ALGORITHMS if test and a.collective == coll}
+            assert chosen <= names, chosen
         if size in (2, 4):   # a crossover lies inside the sizes tried: more than one algorithm runs
             chosen = {v for (c, _), v in s["defaults"].items() if c == "allreduce"}
             assert len(chosen) >= 2 and "recursive_doubling" in chosen, s["defaults"]

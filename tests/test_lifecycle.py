@@ -564,6 +564,8 @@ def test_torch_abort_and_shutdown_from_a_watchdog_thread():
 # ------------------------------------------------------------------------------------------------
 def test_sub_communicators_made_after_an_abort_are_aborted():
     from hetccl.collectives.subcomms import SubComms
+    from types import SimpleNamespace
+
     from hetccl.errors import CommAborted
 
     class Child:
@@ -576,6 +578,10 @@ def test_sub_communicators_made_after_an_abort_are_aborted():
         def _interrupt(self, reason):
             self.calls.append(("interrupt", reason))
 
+        @property
+        def context(self):                     # what SubComms asks a child: its interrupt
+            return SimpleNamespace(interrupt=self._interrupt)
+
         def close(self):
             self.calls.append("close")
 
@@ -585,18 +591,17 @@ def test_sub_communicators_made_after_an_abort_are_aborted():
 
     class Parent:
         last_algorithm = "ring"
-        _life = Life()
 
         def __init__(self):
             self.made = []
 
-        def split(self, color, key):
+        def split(self, color, key, bridges=None):
             assert subs.building
             self.made.append(Child())
             return self.made[-1]
 
     parent = Parent()
-    subs = SubComms(parent)
+    subs = SubComms(SimpleNamespace(comm=parent, life=Life()))   # the parent's Context
     first = subs.make(0, 0)
     subs.interrupt(2)                          # REVOKED reaches the children made so far
     assert first.calls == [("interrupt", 2)]

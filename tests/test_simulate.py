@@ -78,14 +78,13 @@ def test_simulated_group_decides_as_the_runtime_planner():
     topo = topofile.from_dict(synth.generate("hosts=4,accel=4,vendors=cpu:100,nics=1"), "f")
     model = CostModel(LinkCost(30e-6, 1 / 0.13e9, 1 / 50e9, fifo=False), "tuning file", "", ("c2c", "rdma"))
 
-    class Comm:
+    class Comm:                                  # what a Planner reads of a Context
         rank = 0
-        last_algorithm = None
-        _tuner = Tuner(len(topo.ranks), model, "")
+        tuner = Tuner(len(topo.ranks), model, "")
     plan = Planner(Comm(), topo, 2.0)
     g = Group(topo, model, load=2.0)
     for n in [1 << k for k in range(4, 28, 2)]:
-        a, _ = decide(Comm._tuner, plan, None, "allreduce", n)
+        a, _ = decide(Comm.tuner, plan, None, "allreduce", n)
         assert g.decide("allreduce", n) == (a.name, None)
         assert g.rows("allreduce", n)[a.name] == pytest.approx(plan.price(a, n))
 
@@ -195,7 +194,7 @@ def _write_tuning(path, links="c2c", ranks=2, local=2, best=None, **over):
 
 def _tuned_case(rank, size, sizes):
     comm = hetccl.init(timeout=60)
-    m = comm._tuner.model
+    m = comm.context.tuner.model
     ran = []
     for n in sizes:
         x = np.ones(n // 4, np.float32)
@@ -242,7 +241,7 @@ def _garbage_case(rank, size):
     comm = hetccl.init(timeout=60)
     x = np.ones(1000, np.float32)
     comm.allreduce(x)
-    origin = comm._tuner.model.origin
+    origin = comm.context.tuner.model.origin
     comm.close()
     return origin, float(x[0])
 

@@ -363,8 +363,9 @@ def test_transport_matrix_is_capped_by_the_model():
 # ------------------------------------------------------------------ pricing
 
 class _FakeComm:
+    """What a Planner reads of its communicator's Context (hetccl/context.py)."""
     rank = 0
-    last_algorithm = None
+    tuner = None
 
 
 def _planner(spec, over=False):
@@ -403,7 +404,7 @@ class _ProbedComm(_FakeComm):
         from types import SimpleNamespace
         from hetccl.collectives.cost_model import CostModel, LinkCost
         model = CostModel(LinkCost(34.3e-6, 1 / 0.129e9, 1 / 53.4e9, fifo=False), "measured", "", ("c2c", "tcp"))
-        self._tuner = SimpleNamespace(model=model, select=lambda coll, nbytes: _flat("ring", coll))
+        self.tuner = SimpleNamespace(model=model, select=lambda coll, nbytes: _flat("ring", coll))
 
 
 def _shaped_planner(round_robin, burst):

@@ -218,7 +218,7 @@ def one_rank_env(monkeypatch, tmp_path):
 def test_single_rank_uses_the_defaults_and_writes_no_cache(one_rank_env, tmp_path):
     comm = hetccl.init(0, 1, timeout=10)
     try:
-        m = comm._tuner.model
+        m = comm.context.tuner.model
         assert m.origin == DEFAULT and "single rank" in m.detail
         assert "default (a single rank: no link to measure)" in comm.explain("allreduce", 64)
     finally:
@@ -236,7 +236,7 @@ def test_bad_hetccl_algo_fails_init_with_the_reason(one_rank_env):
 # Several ranks: probe, cache, agreement
 # ------------------------------------------------------------------------------------------------
 def _model(comm):
-    m = comm._tuner.model
+    m = comm.context.tuner.model
     c = m.cost
     return {"origin": m.origin, "cost": (c.alpha, c.beta, c.gamma), "detail": m.detail,
             "links": m.link_classes, "raw": dict(m.raw), "explain": comm.explain("allreduce", 4096)}
@@ -523,12 +523,12 @@ def test_probe_prices_the_network_link_not_one_stream_of_its_ring():
 
 
 class _PlannerComm:
-    """What Planner reads of a communicator: its rank and the flat tuner with the measured model."""
+    """What Planner reads of a communicator's Context: its rank and the flat tuner with the
+    measured model."""
     rank = 0
-    last_algorithm = None
 
     def __init__(self, cost):
-        self._tuner = Tuner(4, CostModel(cost, MEASURED, "", ("c2c", "tcp")), forced_spec="")
+        self.tuner = Tuner(4, CostModel(cost, MEASURED, "", ("c2c", "tcp")), forced_spec="")
 
 
 def _netns_planner(round_robin):
@@ -549,7 +549,7 @@ def test_planner_weighs_every_flat_algorithm_against_the_composed_ones(round_rob
     from hetccl.collectives import registry
     pl, comm = _netns_planner(round_robin)
     n = 32 << 10
-    flat = comm._tuner.select("allreduce", n)
+    flat = comm.tuner.select("allreduce", n)
     got = pl.choose("allreduce", n, flat, False)
     flats = {a.name: pl._flat_cost(a, n) for a in registry.for_collective("allreduce") if a.code >= 0}
     composed = pl.composed_cost("allreduce", -1, n)

@@ -36,6 +36,12 @@ from .runner import Adapter, cpu_binding, resolve_dtype, result_document, run_sw
 DEFAULT_COLLECTIVES = "allreduce,allgather"
 
 
+
+def _tuner_of(comm):
+    """The hetccl communicator's tuner (None for another library's communicator)."""
+    ctx = getattr(comm, "context", None)
+    return getattr(ctx, "tuner", None)
+
 def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The sweep options shared by ``hetccl bench`` and the peer benchmarks."""
     p.add_argument("-c", "--collectives", default=DEFAULT_COLLECTIVES,
@@ -203,7 +209,7 @@ class HetcclAdapter(Adapter):
 
     Variants (``--algo``/``--algos``) are algorithm names passed as ``algorithm=`` on every call,
     or ``"auto"`` (no ``algorithm=``: the tuner decides, unless HETCCL_ALGO forces it). The list of
-    algorithms and what the tuner predicts come from ``comm._tuner.table(collective, nbytes)``.
+    algorithms and what the tuner predicts come from ``comm.context.tuner.table(collective, nbytes)``.
     A collective whose method takes no ``algorithm=`` (alltoall, gather, scatter have a single
     algorithm each) runs its one algorithm when forced to it.
     """
@@ -251,7 +257,7 @@ class HetcclAdapter(Adapter):
         """[(name, predicted seconds or None if it cannot run here)] from the tuner (empty without
         one). An infinite price counts as cannot run: composed (topology) algorithms are priced so
         on a communicator they cannot help, where forcing them falls back to a flat one."""
-        tuner = getattr(self.comm, "_tuner", None)
+        tuner = _tuner_of(self.comm)
         if tuner is None:
             return []
         return [(a.name, c if c is None or math.isfinite(c) else None)
@@ -289,7 +295,7 @@ class HetcclAdapter(Adapter):
 
     def variant_note(self, collective, variants):
         """A line to print before a sweep with variants, or None."""
-        tuner = getattr(self.comm, "_tuner", None)
+        tuner = _tuner_of(self.comm)
         forced = getattr(tuner, "forced", {}) or {}
         if "auto" in variants and collective in forced:
             return (f"# note: HETCCL_ALGO forces {collective}:{forced[collective]}, so 'auto' is "
@@ -360,7 +366,7 @@ class HetcclAdapter(Adapter):
             nbytes = bufs.layout.size
             table = dict(self._table(collective, nbytes))
             if variant == "auto":
-                tuner = getattr(self.comm, "_tuner", None)
+                tuner = _tuner_of(self.comm)
                 if tuner is not None:
                     extra["predicted_choice"] = tuner.select(collective, nbytes).name
                 extra["predicted_us"] = {k: (None if v is None else v * 1e6) for k, v in table.items()}

@@ -51,8 +51,8 @@ def _gloo_adapter(comm):
             s.bind(("", 0))
             port[0] = s.getsockname()[1]
     comm.broadcast(port, root=0)
-    card = comm._cards[0]
-    same = all(c["host"] == card["host"] for c in comm._cards)
+    card = comm.context.cards[0]
+    same = all(c["host"] == card["host"] for c in comm.context.cards)
     os.environ.update(MASTER_ADDR="127.0.0.1" if same else card.get("addr", "127.0.0.1"),
                       MASTER_PORT=str(int(port[0])), RANK=str(comm.rank), WORLD_SIZE=str(comm.size))
     try:

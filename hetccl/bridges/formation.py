@@ -46,7 +46,7 @@ def _native_kinds():
 
 
 OPENERS = {"mpi": "hetccl.bridges.mpi:open_island"}
-OPENERS.update({kind: "hetccl.bridges.islands:open_native" for kind in _native_kinds()})
+OPENERS.update({kind: "hetccl.bridges.formation:open_native" for kind in _native_kinds()})
 
 
 _REGISTERED = {}            # kind -> usable() of bridges added with register()

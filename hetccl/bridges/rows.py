@@ -1,7 +1,7 @@
 """Every native library row hetccl knows (vendor.py's ``Vendor``), in the order `hetccl doctor`
 lists them, and by kind.
 
-Why a module of its own: the finders (libraries.py), island formation (islands.py) and the
+Why a module of its own: the finders (libraries.py), island formation (formation.py) and the
 per-family modules all need the list, and none of those should import the others to get it.
 Adding an NCCL-API vendor is still one data row (in nccl.py's FAMILY); a new call family is a
 module like cncl.py plus its row here.

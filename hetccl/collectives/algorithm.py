@@ -65,13 +65,26 @@ def _always(n, p):
     return True
 
 
+# Codes below the engine's: composed in Python by the topology planner (hierarchical.py) and across
+# vendor islands (islands.py), never handed to the engine.
+ALGO_HIERARCHICAL, ALGO_TOPO_RING, ALGO_ISLANDS = -1, -2, -3
+
+# The code of an algorithm whose schedule is Python (Algorithm.run): never handed to the engine.
+PYTHON_SCHEDULE = 1000
+
+
 @dataclass(frozen=True)
 class Algorithm:
+    """One row of the registry: ``code`` names the native schedule that runs it (one dispatch
+    keyed by code, collectives/schedules.py), unless ``run`` is given: a schedule written in Python
+    over the communicator's Context, ``run(ctx, call)`` (comm.Call: buffers, dtype, op, root,
+    counts, timeout), composed of native schedules; its code is then PYTHON_SCHEDULE."""
     name: str
     collective: str
     code: int
     cost: Callable          # (nbytes, p, LinkCost) -> seconds
     supports: Callable = _always
+    run: Callable | None = None
 
 
 def log2_ceil(p: int) -> int:

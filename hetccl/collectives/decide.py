@@ -8,7 +8,7 @@ on every call that misses its caches, and the simulator (hetccl/simulate/) calls
 from a topology file: one function, so a simulation shows what the runtime would run.
 """
 from .hierarchical import flat_fallback
-from .islands import ALGO_ISLANDS
+from .algorithm import ALGO_ISLANDS
 
 
 def decide(tuner, plan, islands, collective, nbytes, algorithm=None, code=None, op=None):

@@ -42,9 +42,9 @@ from ..topology.model import RANK_CLASSES
 from . import registry
 from .scratch import scratch
 from .subcomms import SubComms
+from .algorithm import ALGO_HIERARCHICAL, ALGO_TOPO_RING
 from .cost_model import LinkCost, group_cost
 
-ALGO_HIERARCHICAL, ALGO_TOPO_RING = -1, -2     # below the engine's codes: run here, not in the engine
 COMPOSED = {ALGO_HIERARCHICAL: "hierarchical", ALGO_TOPO_RING: "topo_ring"}
 SUB_CALL = 10e-6          # Python cost of one sub-collective (validation, tuner lookup, engine entry)
 COPY_BETA = 1 / 5e9       # mapping allgather blocks back to rank order: one memory copy
@@ -370,14 +370,14 @@ class Planner(TopologyPricer):
     """Topology-aware choices (TopologyPricer) and composed runs for one communicator (see the
     module docstring)."""
 
-    def __init__(self, comm, topo, load=0.0):
+    def __init__(self, ctx, topo, load=0.0):
         """load: ranks per CPU on the most crowded machine (>1: oversubscribed)."""
-        self.comm = comm
+        self.ctx = ctx
         self._levels = None        # sub-communicators, innermost first (island, cross-island, rail)
         self._ring = None          # sub-communicator in ring order
-        self._subs = SubComms(comm)   # owns them: an abort reaches even one still being made
+        self._subs = SubComms(ctx)   # owns them: an abort reaches even one still being made
         self._scratch = {}
-        super().__init__(topo, load, getattr(comm, "_tuner", None))
+        super().__init__(topo, load, ctx.tuner)
 
     def choose(self, collective, nbytes, flat, forced):
         if self._subs.building:            # split's own allgather: never a composed algorithm
@@ -398,7 +398,7 @@ class Planner(TopologyPricer):
                 raise InvalidUsage("the hierarchical algorithms need the same number of ranks on every "
                                    "host; use algorithm='topo_ring' or 'ring'")
             H, I, J = self._dims()
-            h, i, j = self.coords[self.comm.rank]
+            h, i, j = self.coords[self.ctx.rank]
             island = self._split(h * I + i, j) if J > 1 else None
             cross = self._split(h * J + j, i) if I > 1 else None
             rail = self._split(i * J + j, h)
@@ -407,7 +407,7 @@ class Planner(TopologyPricer):
 
     def ring(self):
         if self._ring is None:
-            self._ring = self._split(0, self.order.index(self.comm.rank))
+            self._ring = self._split(0, self.order.index(self.ctx.rank))
         return self._ring
 
     def close(self, timeout=30.0):
@@ -498,7 +498,7 @@ class Planner(TopologyPricer):
         src, dst = self._flat(buf, code), self._flat(out, code)
         blk = dst.size // self.p
         if src is dst or (src.size == dst.size and np.shares_memory(src, dst)):
-            src = dst[self.comm.rank * blk:(self.comm.rank + 1) * blk].copy()
+            src = dst[self.ctx.rank * blk:(self.ctx.rank + 1) * blk].copy()
         if algo == ALGO_TOPO_RING:
             tmp = self._buf("ag", dst.size, dst.dtype)
             self.ring().allgather(src, out=tmp, timeout=timeout, algorithm="ring")
@@ -525,7 +525,7 @@ class Planner(TopologyPricer):
         if J == 1:
             return cross
         if len(self._levels) == 3:
-            h, i, j = self.coords[self.comm.rank]
+            h, i, j = self.coords[self.ctx.rank]
             self._levels.append(self._split(h, i * J + j))
         return self._levels[3]
 
@@ -542,13 +542,13 @@ class Planner(TopologyPricer):
         rail = self.levels()[2]
         J = self._dims()[2]
         rh, ri, rj = self.coords[root]
-        h, i, j = self.coords[self.comm.rank]
+        h, i, j = self.coords[self.ctx.rank]
         if (i, j) == (ri, rj):
             rail.broadcast(arr, root=rh, timeout=timeout)
         self._local_comm().broadcast(arr, root=ri * J + rj, timeout=timeout)
 
 
-def planner_for(comm, cards, oversubscribed=False):
+def planner_for(ctx, cards, oversubscribed=False):
     """A Planner when composing can help this communicator (ranks on more than one host, and some
     host with more than one), else None (the flat tuner alone decides).
 
@@ -558,4 +558,4 @@ def planner_for(comm, cards, oversubscribed=False):
     hosts = topo.hosts()
     if len(hosts) < 2 or len(hosts) == len(topo.ranks):
         return None
-    return Planner(comm, topo, oversubscription(cards))
+    return Planner(ctx, topo, oversubscription(cards))

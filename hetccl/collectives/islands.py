@@ -54,10 +54,11 @@ from ..ops import ReduceOp
 from ..topology.cards import oversubscription
 from . import registry
 from .scratch import scratch
+from .staged import DevicePath
 from .subcomms import SubComms
+from .algorithm import ALGO_ISLANDS
 from .hierarchical import SUB_CALL, flat_fallback
 
-ALGO_ISLANDS = -3          # below the engine's codes (hierarchical.py has -1, -2)
 NAME = "islands"
 COMPOSED_COLLECTIVES = ("allreduce", "allgather", "broadcast")
 BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer spec)
@@ -310,26 +311,26 @@ def supported_flags(bridge) -> np.ndarray:
 class IslandPlan(IslandPricer):
     """The islands of one communicator, this rank's bridge, prices (IslandPricer) and composed runs."""
 
-    def __init__(self, comm, islands, cards, parent=None):
-        self.comm = comm
+    def __init__(self, ctx, islands, cards, parent=None):
+        self.ctx = ctx
         self.islands = islands
-        self.p = comm.size
-        self.mine = next(i for i, isl in enumerate(islands) if comm.rank in isl.ranks)
+        self.p = ctx.size
+        self.mine = next(i for i, isl in enumerate(islands) if ctx.rank in isl.ranks)
         self.island = islands[self.mine]
-        self.index = self.island.ranks.index(comm.rank)
+        self.index = self.island.ranks.index(ctx.rank)
         self.whole = len(islands) == 1
         self.equal = len({len(i.ranks) for i in islands}) == 1
         self.order = [r for isl in islands for r in isl.ranks]     # island-major rank order
         self._over = oversubscription(cards) > 1   # from the cards: every rank prices alike
         self.bridge = self.staging = None
         self._local = self._leaders = self._rail = None
-        self._subs = SubComms(comm)   # owns them: an abort reaches even one still being made
+        self._subs = SubComms(ctx)   # owns them: an abort reaches even one still being made
         self.device = False
         self._staged = None        # collectives/staged.DevicePath, made on the first device buffer
         self._cache = {}
         self._direct = {}
         self._scratch = {}
-        self.tuner = getattr(comm, "_tuner", None)
+        self.tuner = ctx.tuner
         self._open(cards, parent)
         try:
             self._gather_prices()
@@ -342,14 +343,14 @@ class IslandPlan(IslandPricer):
     def _open(self, cards, parent=None):
         """Open this rank's bridge (or shrink the one of ``parent``: _shrunk); every rank learns
         whether every island opened (else all raise)."""
-        c = self.comm
+        c = self.ctx
         err = b""
         if self.island.bridged:
-            tag = zlib.crc32(f"{c._job_id}/{c._comm_id}".encode()) & 0x7fff
-            ctx = formation.IslandContext(self.island, self.index, cards, c._store,
-                                          f"{c._comm_id}/bridge{self.mine}", tag, c._timeout)
+            tag = zlib.crc32(f"{c.job_id}/{c.comm_id}".encode()) & 0x7fff
+            where = formation.IslandContext(self.island, self.index, cards, c.store,
+                                            f"{c.comm_id}/bridge{self.mine}", tag, c.timeout)
             try:
-                self.bridge = self._shrunk(parent) or formation.open_bridge(ctx)
+                self.bridge = self._shrunk(parent) or formation.open_bridge(where)
                 self.staging = Staging(self.bridge)
             except Exception as e:                 # noqa: BLE001 - reported to every rank below
                 err = f"{type(e).__name__}: {e}".encode()
@@ -357,11 +358,11 @@ class IslandPlan(IslandPricer):
                     self.bridge.abort()
                     self.bridge = None
         if err:
-            c._store.set(f"{c._comm_id}/bridge_error/{c.rank}", err, timeout=c._timeout)
-        ok = c.allgather(np.array([0 if err else 1], np.int8), algorithm="ring")
+            c.store.set(f"{c.comm_id}/bridge_error/{c.rank}", err, timeout=c.timeout)
+        ok = c.comm.allgather(np.array([0 if err else 1], np.int8), algorithm="ring")
         bad = [r for r in range(self.p) if not ok[r]]
         if bad:
-            why = bytes(c._store.get(f"{c._comm_id}/bridge_error/{bad[0]}", timeout=c._timeout)).decode()
+            why = bytes(c.store.get(f"{c.comm_id}/bridge_error/{bad[0]}", timeout=c.timeout)).decode()
             self.abort()
             raise BridgeUnavailable(f"the {self.islands[self._island_of(bad[0])].kind} bridge of rank "
                                     f"{bad[0]} could not open its island: {why}")
@@ -374,16 +375,16 @@ class IslandPlan(IslandPricer):
         old bridge is aborted either way once it was taken."""
         if parent is None:
             return None
-        old_comm, survivors = parent
-        c, plan = self.comm, old_comm._islands
+        old, survivors = parent
+        c, plan = self.ctx, old.islands
         live = set(survivors)
         ok = (plan is not None and plan.bridge is not None and plan.bridge.can_shrink
               and plan.island.kind == self.island.kind
               and [r for r in plan.island.ranks if r in live] == [survivors[r] for r in self.island.ranks])
-        key = f"{c._comm_id}/bridge{self.mine}/shrink"
-        c._store.set(f"{key}/{self.index}", b"1" if ok else b"0", timeout=c._timeout)
-        votes = c._store.multi_get([f"{key}/{i}" for i in range(len(self.island.ranks))],
-                                   timeout=c._timeout)
+        key = f"{c.comm_id}/bridge{self.mine}/shrink"
+        c.store.set(f"{key}/{self.index}", b"1" if ok else b"0", timeout=c.timeout)
+        votes = c.store.multi_get([f"{key}/{i}" for i in range(len(self.island.ranks))],
+                                  timeout=c.timeout)
         if not all(bytes(v) == b"1" for v in votes):
             return None
         old, plan.bridge = plan.bridge, None
@@ -465,7 +466,7 @@ class IslandPlan(IslandPricer):
             row[-1] = self.bridge.memory != HOST     # a device island: see choose()
             row[:2 * len(COLLECTIVES)] = self._probe()
             row[2 * len(COLLECTIVES):-1] = supported_flags(self.bridge)
-        rows = self.comm.allgather(row, algorithm="ring").reshape(self.p, -1)
+        rows = self.ctx.comm.allgather(row, algorithm="ring").reshape(self.p, -1)
         self.prices = [rows[isl.ranks[0]][:2 * len(COLLECTIVES)] for isl in self.islands]
         self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):-1] > 0 for isl in self.islands]
         self.device = any(rows[isl.ranks[0]][-1] > 0 for isl in self.islands)
@@ -473,7 +474,7 @@ class IslandPlan(IslandPricer):
     @property
     def topo_plan(self):
         """The communicator's topology planner (prices the hierarchical forms the flat choice may be)."""
-        return getattr(self.comm, "_plan", None)
+        return self.ctx.plan
 
     def choose(self, collective, nbytes, flat, forced, code, op):
         if self._subs.building:
@@ -483,11 +484,7 @@ class IslandPlan(IslandPricer):
     # ------------------------------------------------------------------ sub-communicators
 
     def _split(self, color, key):
-        saved, self.comm._bridge_request = self.comm._bridge_request, formation.NONE
-        try:                                 # sub-communicators run on hetccl's own transports
-            return self._subs.make(color, key)
-        finally:
-            self.comm._bridge_request = saved
+        return self._subs.make(color, key, bridges=formation.NONE)   # on hetccl's own transports
 
     def subs(self):
         """(island comm, leaders comm, rail comm) over hetccl's transports, made on first use, in this
@@ -495,7 +492,7 @@ class IslandPlan(IslandPricer):
         if self._local is None:
             s = len(self.island.ranks)
             self._local = self._split(self.mine if s > 1 else None, self.index) or False   # collective: all call
-            lead = self.comm.rank == self.island.leader
+            lead = self.ctx.rank == self.island.leader
             self._leaders = self._split(0 if lead else None, self.mine) or False
             self._rail = (self._split(self.index, self.mine) or False) if self.equal and s > 1 else False
         return self._local or None, self._leaders or None, self._rail or None
@@ -577,7 +574,7 @@ class IslandPlan(IslandPricer):
         key = (nbytes, code, op, algorithm)
         f = self._direct.get(key)
         if f is None and key not in self._direct:
-            a = self.comm._algo("allreduce", nbytes, algorithm, code, op)
+            a = self.ctx.decide("allreduce", nbytes, algorithm, code, op)[0].code
             native = self.whole and self.staging is not None and self.staging.host
             ok = (a == ALGO_ISLANDS and native and op != ReduceOp.AVG and self._native(0, "allreduce", code, op)
                   and callable(getattr(self.bridge, "allreduce_fn", None)))
@@ -589,7 +586,7 @@ class IslandPlan(IslandPricer):
     def _failed(self, e):
         """A native library's error: abort the communicator (its peers raise too, instead of waiting
         for a step this rank will not run), as a BridgeError naming the library."""
-        self.comm.abort()
+        self.ctx.comm.abort()
         if isinstance(e, HetcclError):
             return e
         err = BridgeError(f"the {self.island.kind} bridge failed: {type(e).__name__}: {e}")
@@ -599,7 +596,6 @@ class IslandPlan(IslandPricer):
     def staged(self):
         """The device-buffer runs of this plan (collectives/staged.py)."""
         if self._staged is None:
-            from .staged import DevicePath
             self._staged = DevicePath(self)
         return self._staged
 
@@ -665,7 +661,7 @@ class IslandPlan(IslandPricer):
         if dst.size == 0:
             return
         if src is dst or np.shares_memory(src, dst):
-            src = dst[self.comm.rank * blk:(self.comm.rank + 1) * blk].copy()
+            src = dst[self.ctx.rank * blk:(self.ctx.rank + 1) * blk].copy()
         if self.whole:
             self._allgather(src, dst, timeout)
             return
@@ -698,7 +694,7 @@ class IslandPlan(IslandPricer):
             self._broadcast(arr, self._leader_index(), timeout)
 
 
-def plan_for(comm, cards, parent=None):
+def plan_for(ctx, cards, parent=None):
     """The island plan of a communicator (collective: opens the bridges and measures them), or None
     when no rank of it has a bridge. ``parent``: (old communicator, survivors) after a shrink."""
     from ..topology.cards import model_of
@@ -708,7 +704,7 @@ def plan_for(comm, cards, parent=None):
     if islands is None:
         return None
     try:
-        return IslandPlan(comm, islands, cards, parent)
+        return IslandPlan(ctx, islands, cards, parent)
     except HetcclError:
         raise
     except Exception as e:                  # noqa: BLE001 - a native library's own exception type

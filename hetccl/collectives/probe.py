@@ -62,10 +62,10 @@ from .. import dtypes, transports
 from .._native import collectives as _coll
 from .._native import reduce as _kernels
 from ..ops import ReduceOp
+from ..version import build_id
 from . import tuning_file
 from .cost_model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
 from .registry import ALGO_BINOMIAL, ALGO_RD, ALGO_RING
-from .tuning_file import build_id
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -448,6 +448,6 @@ def _tuning_entry(engine, classes, size, local_size, host):
 def remeasure(comm) -> CostModel:
     """Probe *comm* again whatever the cache holds, replace its entry, and return the new model
     (collective over comm; the tuner of comm keeps its model)."""
-    matrix = comm._matrix
-    return negotiate(comm._engine, comm.rank, comm.size, {k for row in matrix for k in row},
-                     comm.local_size, comm._cards[comm.rank]["host"], comm._timeout, force=True)
+    ctx = comm.context
+    return negotiate(ctx.engine, ctx.rank, ctx.size, {k for row in ctx.matrix for k in row},
+                     ctx.local_size, ctx.cards[ctx.rank]["host"], ctx.timeout, force=True)

@@ -24,6 +24,7 @@ from ..bridges.base import HOST
 from ..bridges.device_buffers import DEVICE_NAMES, DL_CPU, DeviceBuffer, as_device_buffer
 from ..errors import InvalidUsage
 from ..ops import ReduceOp, as_op
+from .algorithm import ALGO_ISLANDS
 
 _HOST_TYPES = (np.ndarray, bytes, bytearray, memoryview)
 
@@ -48,9 +49,9 @@ def is_device(buf) -> bool:
         return False
 
 
-def _path(comm, dbuf):
+def _path(ctx, dbuf):
     """The communicator's DevicePath for ``dbuf``, or InvalidUsage saying why it has none."""
-    plan = comm._islands
+    plan = ctx.islands
     bridge = plan.bridge if plan is not None else None
     where = DEVICE_NAMES.get(dbuf.device_type, f"device type {dbuf.device_type}").upper()
     if bridge is None or bridge.memory == HOST or not callable(getattr(bridge, "copy_in", None)):
@@ -59,12 +60,12 @@ def _path(comm, dbuf):
             others = "; ".join(f"{i.kind} ranks {list(i.ranks)}" for i in plan.islands if i.bridged and
                                i is not plan.island)
             raise InvalidUsage(
-                f"device buffer on rank {comm.rank}, whose island is {kind!r} (host memory): {dbuf!r}. "
+                f"device buffer on rank {ctx.rank}, whose island is {kind!r} (host memory): {dbuf!r}. "
                 f"Only the ranks of a device island ({others}) take device buffers; pass a numpy "
                 f"array on this rank")
         raise InvalidUsage(
             f"device buffer on a communicator without a {where} island: {dbuf!r} was passed on rank "
-            f"{comm.rank}, whose island is {kind!r} (host memory). hetccl's own transports move host "
+            f"{ctx.rank}, whose island is {kind!r} (host memory). hetccl's own transports move host "
             f"memory only: pass a numpy array on this rank, or put the rank on a bridge for its "
             f"device (hetccl.init(bridges='nccl' / 'rccl' / 'hccl' ...); `hetccl doctor` lists the "
             f"libraries found)")
@@ -75,14 +76,7 @@ def _path(comm, dbuf):
     return plan.staged()
 
 
-def _done(what, out):
-    from ..comm import Work
-    w = Work(what, None, None, out)
-    w._event.set()
-    return w
-
-
-def device_call(comm, coll, buf, out=None, *, op=ReduceOp.SUM, root=0, timeout=None, algorithm=None,
+def device_call(ctx, coll, buf, out=None, *, op=ReduceOp.SUM, root=0, timeout=None, algorithm=None,
                 async_op=False):
     """comm.allreduce / allgather / broadcast on device buffers (comm.py routes them here).
 
@@ -92,15 +86,15 @@ def device_call(comm, coll, buf, out=None, *, op=ReduceOp.SUM, root=0, timeout=N
     a flat algorithm (forced with ``algorithm=``, or one island that cannot run the op), the
     buffer goes through a host copy and that algorithm."""
     dbuf = as_device_buffer(buf, writable=coll == "broadcast")
-    path = _path(comm, dbuf)
+    path = _path(ctx, dbuf)
     code = dbuf.dtype
     if coll == "allgather":
         if out is None:
             raise InvalidUsage("allgather of a device buffer needs out= (a device buffer of size x "
                                "len(buf) elements): hetccl cannot allocate the caller's device memory")
         dout = dbuf if out is buf else as_device_buffer(out, writable=True)
-        if dout.count % comm.size or (out is not buf and dout.count != comm.size * dbuf.count):
-            raise InvalidUsage(f"allgather output {dout!r} must hold {comm.size} x {dbuf.count} elements")
+        if dout.count % ctx.size or (out is not buf and dout.count != ctx.size * dbuf.count):
+            raise InvalidUsage(f"allgather output {dout!r} must hold {ctx.size} x {dbuf.count} elements")
     elif coll == "allreduce":
         if type(op) is not ReduceOp:
             op = as_op(op)
@@ -114,31 +108,30 @@ def device_call(comm, coll, buf, out=None, *, op=ReduceOp.SUM, root=0, timeout=N
         raise InvalidUsage(f"{coll} output is {dtypes.NAMES[dout.dtype]} but the input is "
                            f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
     result = buf if out is None or coll == "broadcast" else out
-    t = comm._t(timeout)
+    t = ctx.t(timeout)
     nbytes = dout.nbytes if coll == "allgather" else dbuf.nbytes
-    algo = comm._algo(coll, nbytes, algorithm, code, op if coll == "allreduce" else None)
-    from .islands import ALGO_ISLANDS
-    if algo == ALGO_ISLANDS:
-        form = comm._form
+    a, form = ctx.decide(coll, nbytes, algorithm, code, op if coll == "allreduce" else None)
+    ctx.comm.last_algorithm = a.name
+    if a.code == ALGO_ISLANDS:
         if coll == "allreduce":
             args = (dbuf, dout, code, op, t, form)
         elif coll == "allgather":
             args = (dbuf, dout, code, t)
         else:
             args = (dbuf, int(root), code, t)
-        return comm._run(coll, getattr(path, coll), args, result, async_op)
+        return ctx.run(coll, getattr(path, coll), args, result, async_op)
     # a flat algorithm: through host copies, synchronously (the host call queues behind pending work)
     h = path._to_host("flat_in", dbuf, code).copy()
     if coll == "allreduce":
-        comm.allreduce(h, op, timeout=timeout, algorithm=algorithm)
+        ctx.comm.allreduce(h, op, timeout=timeout, algorithm=algorithm)
     elif coll == "allgather":
         ho = h if out is buf else np.empty(dout.count, dtypes.numpy_dtype(code))
-        comm.allgather(h, ho, timeout=timeout, algorithm=algorithm)      # same object: in place
+        ctx.comm.allgather(h, ho, timeout=timeout, algorithm=algorithm)      # same object: in place
         h = ho
     else:
-        comm.broadcast(h, root, timeout=timeout, algorithm=algorithm)
+        ctx.comm.broadcast(h, root, timeout=timeout, algorithm=algorithm)
     path.bridge.copy_in(dout, h)
-    return _done(coll, result) if async_op else result
+    return ctx.done(coll, result) if async_op else result
 
 
 class DevicePath:
@@ -260,7 +253,7 @@ class DevicePath:
             nb = blk * dtypes.ITEMSIZE[code]
             if src is dst or (src.ptr < dst.ptr + dst.nbytes and dst.ptr < src.ptr + src.nbytes):
                 tmp = self._dev("d_ag_src", nb)      # in place: this rank's block of dst is its input
-                self.bridge.copy_device(tmp, dst.view(p.comm.rank * blk, blk), nb)
+                self.bridge.copy_device(tmp, dst.view(p.ctx.rank * blk, blk), nb)
                 src = tmp
             if p.whole:
                 self._island_allgather(src, dst, nb)

@@ -13,30 +13,32 @@ _ABORT = "abort"
 
 
 class SubComms:
-    def __init__(self, comm):
-        self.comm = comm
+    def __init__(self, ctx):
+        self.ctx = ctx
         self.building = False             # inside make(): the split's own calls are not composed
         self._made = []
         self._lock = threading.Lock()
         self._dead = None                 # None, an interrupt reason, or _ABORT
 
-    def make(self, color, key):
-        """comm.split(color, key), owned here; None where the split gives this rank none."""
+    def make(self, color, key, bridges=None):
+        """comm.split(color, key, bridges=bridges), owned here; None where the split gives this
+        rank none."""
         self.building = True
-        last = self.comm.last_algorithm       # split's own allgather must not show as the call's
+        comm = self.ctx.comm
+        last = comm.last_algorithm            # split's own allgather must not show as the call's
         try:
-            child = self.comm.split(color, key)
+            child = comm.split(color, key, bridges=bridges)
         finally:
             self.building = False
-            self.comm.last_algorithm = last
+            comm.last_algorithm = last
         if child is None:
             return None
         with self._lock:
             self._made.append(child)
             dead = self._dead
         if dead is not None:
-            child.abort() if dead == _ABORT else child._interrupt(dead)
-            raise self.comm._life.error("split")
+            child.abort() if dead == _ABORT else child.context.interrupt(dead)
+            raise self.ctx.life.error("split")
         return child
 
     def _mark(self, dead):
@@ -46,9 +48,9 @@ class SubComms:
             return list(self._made)
 
     def interrupt(self, reason):
-        """Communicator._interrupt on every child (made or still being made)."""
+        """Interrupt every child (made or still being made): see Context.interrupt."""
         for c in self._mark(reason):
-            c._interrupt(reason)
+            c.context.interrupt(reason)
 
     def abort(self):
         for c in self._mark(_ABORT):

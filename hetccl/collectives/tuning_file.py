@@ -28,14 +28,14 @@ error: a stale tuning file must not stop a job.
 """
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import logging
 import math
 import os
 import time
 from datetime import datetime, timezone
+
+from ..version import __version__, build_id
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -57,23 +57,11 @@ def _warn_once(path, why):
                     "cache instead. Re-run `hetccl tune` to rewrite it, or unset %s", path, why, ENV)
 
 
-def build_id() -> str:
-    """hetccl's version plus a fingerprint of the native modules: a rebuilt engine may cost
-    differently, so its measurements must not be reused."""
-    from .. import __version__, _native
-    h = hashlib.blake2b(digest_size=6)
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(_native.__file__), "*.so"))):
-        st = os.stat(path)
-        h.update(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return f"{__version__}+{h.hexdigest()}"
-
-
 def links_key(link_classes) -> str:
     return "+".join(sorted(set(link_classes) - {"self"}))
 
 
 def new_document(host: str, budget_s: float | None) -> dict:
-    from .. import __version__
     return {"format": FORMAT, "version": VERSION, "hetccl": __version__, "build": build_id(), "host": host,
             "measured_at": datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "budget_s": budget_s, "entries": []}
@@ -127,11 +115,9 @@ def read(path: str | None = None, host: str | None = None, strict_version: bool 
     if doc.get("version") != VERSION:
         _warn_once(path, f"version {doc.get('version')!r}; this hetccl reads version {VERSION}")
         return None
-    if strict_version:
-        from .. import __version__
-        if doc.get("hetccl") != __version__:
-            _warn_once(path, f"written by hetccl {doc.get('hetccl')}, this is {__version__}")
-            return None
+    if strict_version and doc.get("hetccl") != __version__:
+        _warn_once(path, f"written by hetccl {doc.get('hetccl')}, this is {__version__}")
+        return None
     if host is not None and doc.get("host") != host:
         _warn_once(path, f"measured on host {doc.get('host')!r}, this is {host!r}")
         return None

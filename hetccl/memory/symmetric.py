@@ -80,12 +80,12 @@ def cost(collective: str, nbytes: int, p: int, c) -> float:
 class SymmetricMemory:
     """The symmetric allocations of one communicator, and the routing of calls onto them."""
 
-    def __init__(self, comm, shared: bool):
-        self._comm = comm
+    def __init__(self, ctx, shared: bool):
+        self._ctx = ctx
         self.shared = shared                          # every pair c2c: peers map each other's segments
-        self.heap = _native.Heap(comm.rank, comm.size) if shared else _native.Heap(0, 1)
+        self.heap = _native.Heap(ctx.rank, ctx.size) if shared else _native.Heap(0, 1)
         if shared:
-            self.heap.attach(comm._engine)            # peers' mappings go only while no schedule runs
+            self.heap.attach(ctx.engine)            # peers' mappings go only while no schedule runs
         self.active = False                           # any allocation made (then calls are checked)
         self._buffers = {}                            # allocation id -> weakref of this rank's Buffer
 
@@ -96,7 +96,7 @@ class SymmetricMemory:
         shape = _shape(shape)
         nbytes = math.prod(shape) * dt.itemsize
         mapped = max(PAGE, -(-nbytes // PAGE) * PAGE)
-        comm = self._comm
+        comm = self._ctx.comm
         last = comm.last_algorithm                    # the agreement steps are not the user's calls
         serial = next(_serial)
         path = _segment_path(os.getpid(), serial)
@@ -170,15 +170,15 @@ class SymmetricMemory:
         try:
             if not self.shared:
                 return self.heap.map_into(index, [fd], nbytes, mapped), 0
-            me = self._comm.rank
-            for q in range(self._comm.size):
+            me = self._ctx.rank
+            for q in range(self._ctx.size):
                 if q == me:
                     fds[q] = fd
                     continue
                 fds[q] = os.open(_segment_path(int(table[q, 2]), int(table[q, 3])), os.O_RDWR | os.O_CLOEXEC)
                 if os.fstat(fds[q]).st_size < mapped:
                     raise OSError(22, f"rank {q}'s segment is smaller than {mapped} bytes")
-            return self.heap.map_into(index, [fds[q] for q in range(self._comm.size)], nbytes, mapped), 0
+            return self.heap.map_into(index, [fds[q] for q in range(self._ctx.size)], nbytes, mapped), 0
         except OSError as e:
             return None, e.errno or 5
         finally:
@@ -216,7 +216,7 @@ class SymmetricMemory:
         against the peer with a collective (comm.barrier()) or a flag in symmetric memory."""
         index, offset = self._live(arr, "comm.peer_view")
         peer = int(peer)
-        if not self.shared and peer != self._comm.rank:
+        if not self.shared and peer != self._ctx.rank:
             raise InvalidUsage("peer_view of another rank needs a communicator whose every pair is c2c "
                                "(one host); this one's comm.alloc returns private memory")
         mine = self._buffers[index]()
@@ -238,7 +238,7 @@ class SymmetricMemory:
         heap = self.heap
         kinds = [heap.kind(b) for b in bufs] if self.active else [False] * len(bufs)
         if algorithm != "symmetric":
-            if algorithm is not None or collective in self._comm._tuner.forced:
+            if algorithm is not None or collective in self._ctx.tuner.forced:
                 return False
             sized = bufs[1] if collective == "allgather" else bufs[0]
             if (sized.nbytes if isinstance(sized, np.ndarray) else memoryview(sized).nbytes) < MIN_BYTES:
@@ -257,8 +257,8 @@ class SymmetricMemory:
             return f"symmetric buffers: {collective} has no symmetric schedule (ordinary algorithms)"
         if not self.shared:
             return "symmetric buffers: not available (needs every pair of the communicator on c2c)"
-        c = self._comm._tuner.cost
-        t = cost(collective, nbytes, self._comm.size, c) * 1e6
+        c = self._ctx.tuner.cost
+        t = cost(collective, nbytes, self._ctx.size, c) * 1e6
         need = {"allreduce": "input and output", "allgather": "output"}.get(collective, "input")
         taken = "taken" if nbytes >= MIN_BYTES else f"not taken below {MIN_BYTES} bytes unless forced"
         return (f"when its {need} {'are' if ' and ' in need else 'is'} from comm.alloc (single copy, loads "

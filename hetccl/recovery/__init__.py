@@ -25,8 +25,9 @@ def card_fields(secret, route=None) -> dict:
     return plane(route).card_fields(secret)
 
 
-def attach(comm, cards, info, job_id: str, comm_id: str):
-    """Register a new communicator with this process's control plane; its ControlHandle."""
+def attach(ctx, cards, info, job_id: str, comm_id: str):
+    """Register a new communicator (its Context, hetccl/context.py) with this process's control
+    plane; its ControlHandle."""
     from .plane import communicator_key, plane
-    return plane().attach(comm, communicator_key(job_id, comm_id, cards), info.rank, info.size,
+    return plane().attach(ctx, communicator_key(job_id, comm_id, cards), info.rank, info.size,
                           cards, info.secret)

@@ -126,12 +126,13 @@ class ControlPlane:
             self._secrets[fingerprint(secret)] = secret
         return {"ctl_addr": self.addr, "ctl_port": self.port, "ctl_id": self.token}
 
-    def attach(self, comm, key, rank, size, cards, secret) -> "ControlHandle":
-        """Register a communicator (this rank ``rank`` of ``size``; every member's card)."""
+    def attach(self, ctx, key, rank, size, cards, secret) -> "ControlHandle":
+        """Register a communicator by its Context (this rank ``rank`` of ``size``; every member's
+        card); the handle holds it weakly and reports events to ``ctx.control_event``."""
         fp = fingerprint(secret)
         with self.lock:
             self._secrets[fp] = secret
-            h = ControlHandle(self, comm, key, rank, size, fp, [c["ctl_id"] for c in cards])
+            h = ControlHandle(self, ctx, key, rank, size, fp, [c["ctl_id"] for c in cards])
             self._handles[key] = h
             for r, c in enumerate(cards):
                 if r == rank:
@@ -401,14 +402,14 @@ class ControlPlane:
 class ControlHandle:
     """A communicator's entry in the control plane: its Membership plus the blocking calls."""
 
-    def __init__(self, plane, comm, key, rank, size, fp, tokens):
+    def __init__(self, plane, ctx, key, rank, size, fp, tokens):
         self.plane, self.key, self.rank, self.size, self.fp = plane, key, rank, size, fp
         self.tokens = tokens
         self._by_token = collections.defaultdict(list)
         for r, t in enumerate(tokens):
             if r != rank:
                 self._by_token[t].append(r)
-        self._comm = weakref.ref(comm) if comm is not None else (lambda: None)
+        self._ctx = weakref.ref(ctx) if ctx is not None else (lambda: None)
         self.m = mb.Membership(key, rank, size, self._send, self._notify)
         self.since = {}                   # watched rank -> when watching began
         self.extra_watch = set()          # ranks a shrink's build waits on
@@ -422,10 +423,10 @@ class ControlHandle:
         self.plane.send(self.fp, self.tokens[rank], msg)
 
     def _notify(self, event, rank, why):
-        comm = self._comm()
+        ctx = self._ctx()
         fns = list(self.listeners)
-        if comm is not None:
-            fns.append(comm._control_event)
+        if ctx is not None:
+            fns.append(ctx.control_event)
         for fn in fns:
             self.plane._after.append(lambda fn=fn: fn(event, rank, why))
         self.plane.cv.notify_all()

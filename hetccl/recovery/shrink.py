@@ -26,22 +26,23 @@ from .membership import FAILED
 log = logging.getLogger("hetccl.recovery")
 
 
-def shrink(comm, timeout: float):
-    ft = comm._ft
+def shrink(ctx, timeout: float):
+    """The survivors' new communicator; ``ctx``: the old one's Context (hetccl/context.py)."""
+    ft = ctx.ft
     deadline = time.monotonic() + timeout
     ft.revoke()
     offers = {}                       # (host, port) -> StoreServer this rank started as coordinator
     attempt = 0
     try:
         while True:
-            value = ft.agree(True, _left(deadline, timeout), offer=lambda: _offer(comm, offers))
+            value = ft.agree(True, _left(deadline, timeout), offer=lambda: _offer(ctx, offers))
             failed = set(value["failed"])
             if value["x"] is None:
                 raise InvalidUsage("shrink() met an agree() of another rank: every rank must make the "
                                    "same agree/shrink calls in the same order")
-            survivors = [r for r in range(comm.size) if r not in failed]
-            if comm.rank not in survivors:
-                raise CommAborted(f"rank {comm.rank} was counted failed by the other ranks' shrink; "
+            survivors = [r for r in range(ctx.size) if r not in failed]
+            if ctx.rank not in survivors:
+                raise CommAborted(f"rank {ctx.rank} was counted failed by the other ranks' shrink; "
                                   f"it cannot join their communicator")
             addr = tuple(value["x"])
             server = offers.pop(addr, None)
@@ -49,7 +50,7 @@ def shrink(comm, timeout: float):
             t0 = time.monotonic()
             new, err = None, None
             try:
-                new = _build(comm, survivors, addr, server, ft.m.entered, deadline, timeout)
+                new = _build(ctx, survivors, addr, server, ft.m.entered, deadline, timeout)
             except HetcclError as e:
                 err = e
                 if server is not None:
@@ -58,10 +59,10 @@ def shrink(comm, timeout: float):
             if confirm["flag"] and set(confirm["failed"]) == failed:
                 new.parent_ranks = survivors
                 log.info("rank %d: shrink to %d rank(s) (failed: %s) in %.2f s (build %.2f s, "
-                         "attempt %d)", comm.rank, len(survivors), sorted(failed),
+                         "attempt %d)", ctx.rank, len(survivors), sorted(failed),
                          timeout - (deadline - time.monotonic()), time.monotonic() - t0, attempt + 1)
                 return new
-            log.info("rank %d: shrink attempt %d did not hold (%s; failed now %s); again", comm.rank,
+            log.info("rank %d: shrink attempt %d did not hold (%s; failed now %s); again", ctx.rank,
                      attempt + 1, err or "a survivor failed", sorted(confirm["failed"]))
             if new is not None:
                 new.abort()
@@ -79,12 +80,12 @@ def _left(deadline, timeout):
     return left
 
 
-def _offer(comm, offers):
+def _offer(ctx, offers):
     """As coordinator of a fresh decision: serve the new communicator's store, return its address.
     Runs on the control plane's lock (its thread or the caller's)."""
     from ..bootstrap.store import StoreServer
-    host = comm._cards[comm.rank]["addr"]          # where this rank's data links listen
-    server = StoreServer(host, 0, comm._info.secret)
+    host = ctx.cards[ctx.rank]["addr"]            # where this rank's data links listen
+    server = StoreServer(host, 0, ctx.info.secret)
     addr = (host, server.port)
     offers[addr] = server
     return list(addr)
@@ -96,12 +97,12 @@ def _close_all(offers):
     offers.clear()
 
 
-def _build(comm, survivors, addr, server, instance, deadline, timeout):
-    """Connect the survivors (this rank's part); cancelled as soon as one of them fails."""
+def _build(ctx, survivors, addr, server, instance, deadline, timeout):
+    """Connect the survivors (this rank's part, with the Context's ``connect``: how a
+    communicator is built); cancelled as soon as one of them fails."""
     from ..bootstrap.store import StoreClient
-    from ..comm import _connect
 
-    ft = comm._ft
+    ft = ctx.ft
     cancel = threading.Event()
     cancel.reason = None
 
@@ -117,13 +118,13 @@ def _build(comm, survivors, addr, server, instance, deadline, timeout):
         on_event(FAILED, min(dead), "it failed before")
     client = None
     try:
-        rank = survivors.index(comm.rank)
+        rank = survivors.index(ctx.rank)
         left = _left(deadline, timeout)
-        info = comm._info.replace(rank=rank, size=len(survivors), store_addr=addr)
+        info = ctx.info.replace(rank=rank, size=len(survivors), store_addr=addr)
         client = StoreClient(addr, info.secret, rank, left, cancel=cancel)
-        return _connect(info, client, server, comm._job_id, f"{comm._comm_id}.s{instance}", left,
-                        comm._transports, bridges=comm._bridge_request, cancel=cancel,
-                        shrunk_from=(comm, survivors))
+        return ctx.connect(info, client, server, ctx.job_id, f"{ctx.comm_id}.s{instance}", left,
+                           ctx.transports, bridges=ctx.bridges, cancel=cancel,
+                           shrunk_from=(ctx, survivors))
     except BaseException:
         if client is not None:
             client.close()

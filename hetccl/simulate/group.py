@@ -7,7 +7,7 @@ builds from a topology file and a cost model, with the same classes:
   built-in defaults for the group's link classes, as a communicator with no measurement has);
 - the topology planner (collectives/hierarchical.TopologyPricer) on the file's topology, with the
   load (ranks per CPU) given, as ``hierarchical.planner_for`` makes it when the group spans hosts;
-- the island pricer (collectives/islands.IslandPricer) on the islands ``bridges/islands.form``
+- the island pricer (collectives/islands.IslandPricer) on the islands ``bridges/formation.form``
   forms from the file's bridges, as ``islands.plan_for`` does.
 
 ``decide`` is collectives/decide.py's, the one the communicator calls. The only input a
@@ -67,7 +67,7 @@ def link_classes(topo: Topology, transports: str | None = None) -> set:
 
 
 def _cards(topo: Topology) -> list[dict]:
-    """Rank cards as bridges/islands.form reads them: the file's bridge per rank, or, where it
+    """Rank cards as bridges/formation.form reads them: the file's bridge per rank, or, where it
     names none, the device vendor's library, taken as usable (a simulation assumes the libraries
     of the cluster it describes are installed)."""
     accels, libs = {}, {}

@@ -37,7 +37,7 @@ def shrink_group(group=None, *, timeout=None) -> ProcessGroupHetccl:
                            f"or new_group(backend={BACKEND_NAME!r})")
     old = pg.communicator
     new = old.shrink(timeout=pg._timeout if timeout is None else timeout)
-    name = f"{pg.getGroupName() or 'default'}.shrink{old._ft.m.entered}"
+    name = f"{pg.getGroupName() or 'default'}.shrink{old.context.ft.m.entered}"
     npg = ProcessGroupHetccl(new, new.rank, new.size, pg._timeout, name)
     npg.setGroupName(name)
     by_group = {g: w for w, g in c10d._world.pg_group_ranks.get(pg, {}).items()}

@@ -123,6 +123,12 @@ class Transport:
         more than one when the transport runs in several modes (c2c: cma and window)."""
         return {self.name: ({}, None)}
 
+    def describe_links(self, cards: list, facts: dict) -> list:
+        """Lines ``comm.describe()`` adds when the communicator has links of this transport:
+        ``cards`` are its ranks' cards, ``facts`` what it decided about routes over them
+        (direct_min, a2a_cma_min: single-copy thresholds; symmetric: comm.alloc is shared)."""
+        return []
+
     def doctor(self) -> tuple[list, dict]:
         """(lines `hetccl doctor` prints about this transport here, fields a preview card of a rank
         of this host carries so the preview's scores see what a job's would)."""

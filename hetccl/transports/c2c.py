@@ -204,6 +204,23 @@ class C2CTransport(ShmTransport):
             mode, why = "error", str(e)
         return [f"c2c mode: {mode} ({why})"], {"c2c_mode": mode}
 
+    def describe_links(self, cards: list, facts: dict) -> list:
+        """Each host's mode, and which single-copy routes the communicator runs."""
+        modes = {(c["host"], c.get("c2c_mode"), c.get("c2c_why")) for c in cards if c.get("c2c_mode")}
+        lines = [f"c2c on {host}: {mode} ({why})" for host, mode, why in sorted(modes)]
+        direct_min, a2a_min = facts["direct_min"], facts["a2a_cma_min"]
+        lines.append("single-copy ring allreduce/allgather: " + (
+            ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
+                      for k, v in direct_min.items())
+            if direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
+        lines.append("single-copy alltoall (cma): " + (
+            f"from {a2a_min} bytes" if a2a_min is not None
+            else "off (needs every pair c2c in cma mode; HETCCL_C2C_DIRECT=off also keeps it off)"))
+        lines.append("comm.alloc buffers: " + (
+            "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
+            if facts["symmetric"] else "private memory (the symmetric schedules need every pair on c2c)"))
+        return lines
+
     def endpoints(self) -> dict:
         return {"c2c": ({"HETCCL_C2C_MODE": "cma"}, cma_permitted),
                 "c2c-window": ({"HETCCL_C2C_MODE": "window"}, None)}

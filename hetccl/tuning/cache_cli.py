@@ -55,14 +55,14 @@ def _show(probe) -> int:
 
 def _child() -> int:
     import hetccl
-    from .. import __version__
+    from ..version import __version__
     from ..benchmark.format import format_size
     from ..collectives import probe
     from ..collectives.cost_model import MEASURED
     from ..collectives.tuner import Tuner
     comm = hetccl.init()
     try:
-        t = comm._tuner
+        t = comm.context.tuner
         if t.model.origin != MEASURED:     # another job wrote the entry since we dropped it
             t = Tuner(comm.size, probe.remeasure(comm))
         if comm.rank == 0:

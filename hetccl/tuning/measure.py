@@ -28,8 +28,8 @@ class TuneAdapter(HetcclAdapter):
 
     def _table(self, collective, nbytes):
         rows = super()._table(collective, nbytes)
-        plan = getattr(self.comm, "_plan", None)
-        isl = getattr(self.comm, "_islands", None)
+        plan = self.comm.context.plan
+        isl = self.comm.context.islands
         if plan is None and isl is None:
             return rows
         from .. import dtypes
@@ -80,9 +80,10 @@ def _model_choice(comm, model, collective, nbytes):
     from ..collectives.cost_model import CostModel
     from ..collectives.tuner import Tuner
     plain = Tuner(comm.size, CostModel(model.cost, model.origin, model.detail, model.link_classes), "")
-    a, form = decide(plain, comm._plan, comm._islands, collective, nbytes)
-    if comm._plan is not None and hasattr(comm._plan, "price"):
-        t = comm._plan.price(a, nbytes)
+    ctx = comm.context
+    a, form = decide(plain, ctx.plan, ctx.islands, collective, nbytes)
+    if ctx.plan is not None and hasattr(ctx.plan, "price"):
+        t = ctx.plan.price(a, nbytes)
     else:
         t = dict((x.name, c) for x, c in plain.table(collective, nbytes)).get(a.name)
     return a.name, t
@@ -122,10 +123,10 @@ def run(collectives, sizes, budget, out_path, quiet=False) -> int:
             import os
             doc = None
             if os.path.exists(out_path):     # keep the other entries of this host's file
-                doc = tuning_file.read(out_path, host=comm._cards[0]["host"])
-            doc = doc or tuning_file.new_document(comm._cards[0]["host"], budget)
+                doc = tuning_file.read(out_path, host=comm.context.cards[0]["host"])
+            doc = doc or tuning_file.new_document(comm.context.cards[0]["host"], budget)
             doc.pop("_path", None)
-            doc.update({k: v for k, v in tuning_file.new_document(comm._cards[0]["host"], budget).items()
+            doc.update({k: v for k, v in tuning_file.new_document(comm.context.cards[0]["host"], budget).items()
                         if k != "entries"})
             tuning_file.write(out_path, tuning_file.merge(doc, entry))
             print(f"wrote {out_path} (set HETCCL_TUNING_FILE={out_path} for jobs and `hetccl simulate --cost-model`)")
@@ -138,7 +139,7 @@ def _entry(comm, model, table, complete) -> dict:
     from ..collectives import probe
     c = model.cost
     entry = {"links": tuning_file.links_key(model.link_classes), "ranks": comm.size, "local": comm.local_size,
-             "hosts": len({x["host"] for x in comm._cards}), "placement": probe.placement(comm._engine, comm.size),
+             "hosts": len({x["host"] for x in comm.context.cards}), "placement": probe.placement(comm.context.engine, comm.size),
              "complete": complete, "cost": {"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma},
              "collectives": {}}
     bridges = bridge_prices_of(comm)
@@ -163,7 +164,7 @@ def _entry(comm, model, table, complete) -> dict:
 
 def bridge_prices_of(comm) -> dict:
     """{bridge kind: {collective: [alpha, beta]}} the communicator's islands measured at creation."""
-    isl = getattr(comm, "_islands", None)
+    isl = comm.context.islands
     if isl is None:
         return {}
     from ..collectives.islands import COLLECTIVES

@@ -5,17 +5,19 @@ transport table then offers it to the transport matrix (HETCCL_TRANSPORTS=loop),
 links up, the cost model prices it, the probe counts it as a wire, and the conformance suite runs its
 Endpoints like every other transport's.
 
-What it is: the pair's authenticated socket carrying the data, like ``tcp``, but with tiny kernel
-socket buffers (``BUFFER`` bytes each way). Every message larger than that goes out in many partial
-writes and arrives in many partial reads, as over a congested network, so the engine's non-blocking
-progress and its readiness waits are exercised on every call. Its preference is below every shipped
+What it is: the pair's authenticated socket carrying the data, like ``tcp``, but with small kernel
+socket buffers (``BUFFER`` bytes each way, a 64th of tcp's). Every message larger than that goes
+out in many partial writes and arrives in many partial reads, as over a congested network, so the
+engine's non-blocking progress and its readiness waits are exercised on every call. (Below about
+20 KiB the engine's 3-rank ring allreduce of 4 MiB stops making progress: a limit of the engine's
+socket link, not of this transport, which hands the engine the same link tcp does.) Its preference is below every shipped
 transport's: it is never chosen unless forced.
 """
 import socket
 
 from hetccl.transports.base import LinkContext, Transport
 
-BUFFER = 16 << 10
+BUFFER = 64 << 10       # tcp asks for 4 MiB (transports/tcp.py)
 
 
 class LoopTransport(Transport):
