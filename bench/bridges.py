@@ -132,9 +132,9 @@ def dispatch(args, world):
     on the island's own MPI communicator and the same buffer."""
     from mpi4py import MPI
     comm = hetccl.init(timeout=300, bridges="mpi")
-    if comm._islands is None or not comm._islands.whole:
+    if comm.context.islands is None or not comm.context.islands.whole:
         raise SystemExit("dispatch: the communicator did not become one MPI island")
-    mcomm = comm._islands.bridge.comm
+    mcomm = comm.context.islands.bridge.comm
     x = np.zeros(2, np.float32)
     want = np.zeros(2, np.float32)
     v_hetccl = Variant("hetccl->mpi", lambda s, r: comm.allreduce(x, algorithm="islands"))

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     comm = hetccl.init(timeout=120, bridges={r: kind for r in range(g)})
     gpu = comm.rank < g
     bufs = Buffers(gpu, args.fake, comm.rank)
-    kinds = [(i.kind, list(i.ranks)) for i in comm._islands.islands] if comm._islands else []
+    kinds = [(i.kind, list(i.ranks)) for i in comm.context.islands.islands] if comm.context.islands else []
     sizes = FAKE_SIZES if args.fake else SIZES
     wrong = [w for n in (1, 1001, sizes[1]) for w in check(comm, bufs, n)]
     sub = comm.split(0 if gpu else 1, bridges={r: kind for r in range(g)})    # the GPU ranks alone

@@ -105,7 +105,7 @@ def allreduce_case(rank, size, sizes, reps, algos):
                 comm.allreduce(worst, hetccl.MAX, algorithm="ring")
                 out[n][str(algo)].append(float(worst[0]))
     explain = comm.explain("allreduce", max(sizes)) if rank == 0 else ""
-    model = comm._tuner.model.describe()
+    model = comm.context.tuner.model.describe()
     comm.close()
     return {"times": out, "chosen": chosen, "explain": explain, "model": model}
 

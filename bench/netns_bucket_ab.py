@@ -37,10 +37,10 @@ def ab_case(rank, size, sizes, reps):
 
     import hetccl
     comm = hetccl.init(timeout=300)
-    plan = comm._plan
+    plan = comm.context.plan
     before, after = {}, {}
     for n in sizes:
-        flat = comm._tuner.select("allreduce", n)
+        flat = comm.context.tuner.select("allreduce", n)
         after[n] = plan.choose("allreduce", n, flat, False).name
         burst, plan.burst = plan.burst, None
         plan._cache.clear()
@@ -63,7 +63,7 @@ def ab_case(rank, size, sizes, reps):
                 w = np.array([time.perf_counter() - t])
                 comm.allreduce(w, hetccl.MAX, algorithm="ring")
                 times[n][str(a)].append(float(w[0]))
-    model = comm._tuner.model.describe()
+    model = comm.context.tuner.model.describe()
     comm.close()
     return {"times": times, "chosen": chosen, "before": before, "after": after, "model": model,
             "burst": plan.burst}

@@ -37,7 +37,7 @@ def rank_main(rank, size, victim):
     from hetccl.recovery.membership import FAILED
     comm = hetccl.init(timeout=60)
     seen = []
-    comm._ft.listeners.append(lambda ev, r, why: seen.append(time.time()) if ev == FAILED else None)
+    comm.context.ft.listeners.append(lambda ev, r, why: seen.append(time.time()) if ev == FAILED else None)
     x = np.ones(1 << 18, np.float32)
     comm.allreduce(x)
     killed = time.time() + 0.3

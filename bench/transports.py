@@ -236,10 +236,10 @@ def _coll_rank(rank, port, sizes, rounds, reps):
     os.environ.update({"HETCCL_RANK": str(rank), "HETCCL_SIZE": "2", "HETCCL_LOCAL_RANK": str(rank),
                        "HETCCL_LOCAL_SIZE": "2", "HETCCL_STORE": f"127.0.0.1:{port}"})
     import hetccl
-    from hetccl import comm as _comm
     os.environ["HETCCL_C2C_DIRECT"] = "on"       # plain buffers on c2c: the CMA single-copy schedules
     c2c = hetccl.init(transports="c2c,tcp")
-    shm = _comm._connect(c2c._info, c2c._store, None, c2c._job_id, "w.shm", 120.0, "shm,tcp", parent=c2c)
+    ctx = c2c.context
+    shm = ctx.connect(ctx.info, ctx.store, None, ctx.job_id, "w.shm", 120.0, "shm,tcp", parent=c2c)
     assert c2c.transport(1 - rank) == "c2c" and shm.transport(1 - rank) == "shm"
     res = {}
     for n in sizes:

@@ -67,15 +67,15 @@ def measure_case(rank, size, sizes, reps, variants, bridges=None):
                          out=lambda s: None, print_header=False, variants=variants)
         if rank != 0:
             return {}
-        m = comm._tuner.model
-        topo = model_of(comm._cards)
-        isl = comm._islands
+        m = comm.context.tuner.model
+        topo = model_of(comm.context.cards)
+        isl = comm.context.islands
         if isl is not None:                  # the islands the job formed, as the file's bridges
             for island in isl.islands:
                 for r in island.ranks:
                     topo.ranks[r].bridge = island.kind if island.bridged else "none"
         return {"rows": [{k: r.get(k) for k in ("size", "variant", "time_us", "times_us", "algo")} for r in rows],
-                "topology": topofile.to_dict(topo), "source": topo.source, "load": oversubscription(comm._cards),
+                "topology": topofile.to_dict(topo), "source": topo.source, "load": oversubscription(comm.context.cards),
                 "model": {"alpha": m.cost.alpha, "beta": m.cost.beta, "gamma": m.cost.gamma,
                           "links": "+".join(m.link_classes), "origin": m.origin, "detail": m.detail},
                 "bridges": bridge_prices_of(comm), "ranks": comm.size, "local": comm.local_size,

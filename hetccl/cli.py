@@ -210,7 +210,7 @@ def _topology(measure):
         comm = init()
         topo = model_of(comm.context.cards)
         if measure:
-            from .topology.measure import measure as run_measure
+            from .topology.link_timing import measure as run_measure
             topo = run_measure(comm, topo)
         return topo, comm
     if measure:

@@ -17,39 +17,45 @@ import time
 import numpy as np
 
 from . import config, dtypes
+from . import recovery as _recovery
+from . import transports as _transports
+from ._native import alltoall_cma as _a2a_cma
+from ._native import collectives as _coll
+from ._native import direct as _direct
+from ._native import engine as _eng
+from ._native import symmetric as _symm
+from .bootstrap.env import detect
+from .bootstrap.rendezvous import connect_store
+from .bootstrap.store import StoreClient
 from .bridges import formation as _formation
-from .collectives import hierarchical, probe, schedules
+from .collectives import hierarchical, probe, registry, schedules
 from .collectives import islands as _islands
 from .collectives import staged as _staged
-from .collectives.algorithm import ALGO_BRUCK, ALGO_PAIRWISE, ALGO_RING
+from .collectives.algorithm import ALGO_BRUCK, ALGO_ISLANDS, ALGO_PAIRWISE, ALGO_RING
 from .collectives.decide import decide as _decide, explain as _explain
 from .collectives.tuner import Tuner
 from .context import Context
-from ._native import collectives as _coll
-from ._native import alltoall_cma as _a2a_cma
-from ._native import direct as _direct
-from ._native import symmetric as _symm
-from .memory.symmetric import SymmetricMemory
-from ._native import engine as _eng
-from .bootstrap.store import StoreClient
 from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
-from . import recovery as _recovery
-from . import transports as _transports
+from .memory.symmetric import SymmetricMemory
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
+from .recovery.membership import EXCLUDED, FAILED, REVOKED
+from .recovery.shrink import shrink as _shrink
+from .topology.cards import card_entry
+from .transports.c2c import direct_thresholds
 from .transports.matrix import format_matrix
+from .transports.mesh import connect_mesh
+from .transports.netif import listen_address
 
 log = logging.getLogger("hetccl")
 
 _ndarray = np.ndarray
 _NUMPY = dtypes._NUMPY
 _ERRORS_BY_NAME = {}
-_ALGO_ISLANDS = _islands.ALGO_ISLANDS        # composed across vendor islands (collectives/islands.py)
 
 
 def _c2c_direct_min():
     """Smallest call (bytes) that runs single-copy when every pair is c2c (inf: never; None: off)."""
-    from .transports.c2c import direct_thresholds
     t = direct_thresholds()
     return None if t is None else {k: (v if v is not None else float("inf")) for k, v in t.items()}
 
@@ -506,7 +512,7 @@ class Communicator:
         algo = a.code
         if a.run is not None:                    # a schedule written in Python over the context
             return self._go(c, a.run, (self._ctx, c))
-        if algo == _ALGO_ISLANDS and coll in _ISLANDS:
+        if algo == ALGO_ISLANDS and coll in _ISLANDS:
             return self._go(c, *_ISLANDS[coll](isl, c, algo, form))
         if algo == ALGO_RING and coll in _SINGLE_COPY and self._direct_min is not None \
                 and c.nbytes >= self._direct_min[coll]:
@@ -759,7 +765,6 @@ class Communicator:
 
     def explain(self, collective: str, nbytes: int) -> str:
         """The cost table and choice of the tuner for one call shape."""
-        from .collectives import registry
         if not registry.for_collective(collective):
             known = sorted({a.collective for a in registry.ALGORITHMS})
             raise InvalidUsage(f"unknown collective {collective!r}; known: {', '.join(known)}")
@@ -798,8 +803,7 @@ class Communicator:
         makes it start over within ``timeout`` (default: the communicator's). The result is a
         root communicator like ``init()``'s: split/dup/close work, vendor islands are formed again
         from the survivors. This communicator stays revoked; ``close()`` it."""
-        from .recovery.shrink import shrink
-        return shrink(self._ctx, self._t(timeout))
+        return _shrink(self._ctx, self._t(timeout))
 
     def failed_ranks(self) -> list:
         """Ranks of this communicator known to have failed here: processes that died or whose host
@@ -810,7 +814,6 @@ class Communicator:
         """The control plane's report (from its thread, or the caller of revoke()): a member
         failed, the communicator was revoked, or this rank was excluded from it. Running and later
         operations then fail at once: PeerLostError naming the failed rank, or CommRevoked."""
-        from .recovery.membership import EXCLUDED, FAILED, REVOKED
         if self._closed or event not in (FAILED, REVOKED, EXCLUDED):
             return
         log.info("rank %d: %s", self.rank, why)
@@ -1066,8 +1069,6 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
       a dict {world rank: kind} every rank may pass alike (bridges/formation.py; default: the topology
       file's 'bridge' field, else the device vendor's library).
     """
-    from .bootstrap.env import detect
-    from .bootstrap.rendezvous import connect_store
 
     t = config.timeout(timeout)
     info = detect(rank, size)
@@ -1090,12 +1091,8 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
     """Build the links of one communicator (the world, a split of it, or a shrink's survivors) and
     wrap them. ``cancel`` (a threading.Event with a ``reason``) abandons the mesh set-up once set;
     ``shrunk_from``: (old communicator, survivors' old ranks) of a shrink (islands may shrink)."""
-    from ._native.engine import Engine
-    from .topology.cards import card_entry
-    from .transports.mesh import connect_mesh
-    from .transports.netif import listen_address
 
-    engine = Engine(info.rank, info.size)
+    engine = _eng.Engine(info.rank, info.size)
     route = getattr(store, "local_address", None)      # this host's address towards the store
     p2p = P2PChannel(info.rank, info.size, info.secret, comm_id, t, host=listen_address(route)[1])
     try:

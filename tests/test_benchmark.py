@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -148,7 +149,7 @@ class FakeAlgorithm:
 
 
 class FakeTuner:
-    """comm._tuner as the benchmark uses it: table(coll, nbytes), select(coll, nbytes), forced."""
+    """comm.context.tuner as the benchmark uses it: table(coll, nbytes), select(coll, nbytes), forced."""
     ALGOS = {"allreduce": ("ring", "recursive_doubling"), "allgather": ("ring", "recursive_doubling"),
              "reduce_scatter": ("ring",), "broadcast": ("binomial", "chain"), "reduce": ("binomial",),
              "alltoall": ("pairwise",), "gather": ("linear",), "scatter": ("linear",)}
@@ -179,6 +180,7 @@ class FakeComm:
         self.corrupt = corrupt
         self.last_algorithm = None
         self._tuner = FakeTuner(self.size)
+        self.context = types.SimpleNamespace(tuner=self._tuner)     # what the benchmark reads of it
         self.calls = []          # (collective, algorithm) of every call, for the tests
 
     def _algo(self, coll, nbytes, algorithm):

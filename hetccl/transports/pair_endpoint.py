@@ -35,6 +35,7 @@ from .. import config
 from ..bootstrap.auth import client_handshake, server_handshake
 from ..errors import AuthenticationError, HetcclTimeout, InvalidUsage, PeerLostError, TransportError
 from ..topology.host import host_id
+from .. import transports as _table
 from .base import LinkContext, exchange_cards
 from .endpoint import Endpoint, RemoteRegion, Region, Request
 
@@ -478,8 +479,7 @@ class _Builder:
 
 def _set_up(transport: str, sock, rank: int, peer: int, low: bool, job_id: str, comm_id: str,
             timeout: float) -> Endpoint:
-    from . import by_name
-    t = by_name(transport)
+    t = _table.by_name(transport)
     if t.endpoint is None:
         return pair_endpoint(t, sock, rank, peer, low, job_id, comm_id, timeout)
     return t.endpoint(sock, rank, peer, low, job_id, comm_id, timeout)
@@ -602,8 +602,7 @@ class EndpointFactory:
         self.opened = 0
 
     def _row(self):
-        from . import by_name
-        return self.row if self.row is not None else by_name(self.transport)
+        return self.row if self.row is not None else _table.by_name(self.transport)
 
     def unavailable(self):
         why = self.needs() if self.needs else None
@@ -612,10 +611,9 @@ class EndpointFactory:
         return why
 
     def start(self, rank, port):
-        from . import ALL, register
         os.environ.update(self.env)
-        if self.row is not None and self.row not in ALL:
-            register(self.row)
+        if self.row is not None and self.row not in _table.ALL:
+            _table.register(self.row)
         self.rank, self.port = rank, port
         if rank == 0:
             self.listener = Listener(_env_secret(), 0, job_id=os.environ.get("HETCCL_JOB_ID", "ep"), port=port)
@@ -654,8 +652,7 @@ def _env_secret():
 def factories() -> dict:
     """Every transport's Endpoint factories, by the names the conformance suite and
     bench/transports.py use: each row of the transport table names its modes (``endpoints()``)."""
-    from . import ALL
-    return factories_of(ALL)
+    return factories_of(_table.ALL)
 
 
 def factories_of(rows) -> dict:
