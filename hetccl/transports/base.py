@@ -40,6 +40,11 @@ from typing import NamedTuple
 from ..errors import PeerLostError, TransportError
 
 
+# the Engine's call that takes a link of each native kind (Engine.attach(peer, kind, fd, *args) once
+# the native core has one entry for every kind)
+_ENGINE_ADD = {"tcp": "add_tcp_link", "shm": "add_shm_link", "c2c": "add_c2c_link", "rdma": "add_ucx_link"}
+
+
 class DefaultCost(NamedTuple):
     """A transport's fallback alpha-beta-gamma (collectives/cost_model.py LinkCost)."""
     alpha: float            # seconds per message
@@ -107,6 +112,13 @@ class Transport:
 
     def finish(self, ctx: LinkContext, peer: int, sock) -> None:
         """Phase 3, on the lower rank of the pair."""
+
+    def hand_over(self, engine, peer: int, fd: int, *args) -> None:
+        """Give ``engine`` this pair's link, of this transport's native ``link_kind``: the
+        arguments after ``fd`` are the kind's (docs/design.md, "Native core": tcp none; shm
+        segment, FIFO bytes, low; c2c those and mode, peer pid, window bytes; rdma the UCP
+        handle)."""
+        getattr(engine, _ENGINE_ADD[self.link_kind])(peer, fd, *args)
 
     def abandon(self, comm_id: str) -> None:
         """Release what a failed set-up of ``comm_id`` left pending (shm: unlink its segments)."""

@@ -237,8 +237,8 @@ class C2CTransport(ShmTransport):
 
     def add_link(self, ctx: LinkContext, peer: int, sock, seg, fb: int, low: bool) -> None:
         mode = self._mode(ctx)
-        ctx.engine.add_c2c_link(peer, sock.fileno(), seg, fb, low, _MODE_CODE[mode],
-                                int(ctx.cards[peer]["pid"]), window_bytes(ctx.local_size))
+        self.hand_over(ctx.engine, peer, sock.fileno(), seg, fb, low, _MODE_CODE[mode],
+                       int(ctx.cards[peer]["pid"]), window_bytes(ctx.local_size))
 
 
 def cma_permitted():

@@ -317,7 +317,7 @@ class RdmaTransport(Transport):
         addr, _ = exchange_address(sock, worker.address, peer, ctx.timeout)
         ep = mod.Endpoint(worker, addr, peer, sock.fileno(), ctx.timeout)
         sock.setblocking(False)
-        ctx.engine.add_ucx_link(peer, sock.fileno(), mod.LinkHandle(worker, ep))
+        self.hand_over(ctx.engine, peer, sock.fileno(), mod.LinkHandle(worker, ep))
 
 
 def ucx_missing():

@@ -68,7 +68,7 @@ class ShmTransport(Transport):
         return shm_segment_bytes(fb)
 
     def add_link(self, ctx: LinkContext, peer: int, sock, seg, fb: int, low: bool) -> None:
-        ctx.engine.add_shm_link(peer, sock.fileno(), seg, fb, low)
+        self.hand_over(ctx.engine, peer, sock.fileno(), seg, fb, low)
 
     def prepare(self, ctx: LinkContext, peer: int, sock) -> None:
         from .._native.engine import ShmSegment

@@ -26,4 +26,4 @@ class TcpTransport(Transport):
             except OSError:
                 pass
         sock.setblocking(False)
-        ctx.engine.add_tcp_link(peer, sock.fileno())
+        self.hand_over(ctx.engine, peer, sock.fileno())

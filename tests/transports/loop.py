@@ -34,4 +34,4 @@ class LoopTransport(Transport):
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER)
         sock.setblocking(False)
-        ctx.engine.add_tcp_link(peer, sock.fileno())
+        self.hand_over(ctx.engine, peer, sock.fileno())
