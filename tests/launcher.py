@@ -74,9 +74,9 @@ FAILURE_GRACE = 10.0  # run_ranks: how long the others get after one rank failed
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """hetccl's launcher port picker (below the ephemeral range, see bootstrap/store.py)."""
+    from hetccl.bootstrap.store import free_port as pick
+    return pick(host)
 
 
 def shm_segments(job_id: str | None = None) -> list[str]:

@@ -25,11 +25,12 @@ import glob
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+
+from .store import free_port
 
 USAGE = """\
 usage: hetccl run -n N [--timeout SECONDS] [--] command [args...]
@@ -110,10 +111,6 @@ def _resolve(cmd: list[str]) -> list[str]:
     return list(cmd)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cleanup_shm(job_id: str, pids=()) -> list[str]:
@@ -207,7 +204,7 @@ class _Job:
         return env
 
     def start(self) -> None:
-        store, secret = f"127.0.0.1:{_free_port()}", secrets.token_hex(32)
+        store, secret = f"127.0.0.1:{free_port()}", secrets.token_hex(32)
         for rank in range(self.nranks):
             p = subprocess.Popen(self.cmd, env=self.env(rank, store, secret),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -830,9 +830,34 @@ def _who_sets(*keys: str) -> str:
             "same program and reached the same step")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host`` (racy by nature; fine for launchers)."""
+    """A TCP port that is free right now on ``host``, for a launcher to hand to rank 0's store.
+
+    Racy by nature (free now, bound later by another process), so it is drawn at random from
+    *below* the kernel's ephemeral range: every outgoing connection on the host takes its local
+    port from that range, and on a busy host one of them can take a port that bind(0) just
+    returned before rank 0 binds it ("Address already in use"). Falls back to bind(0)."""
+    import random
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lo, _ = _ephemeral_range()
+    first = 10000 if lo > 12000 else 1024
+    for _ in range(64):
+        port = random.randrange(first, lo) if lo > first + 1000 else 0
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
     with socket.socket(fam, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
