@@ -1,10 +1,13 @@
-"""``hetccl run --keep-going``: a rank that dies or fails stops no one; the status and the last line
-say who was lost. Without the flag the first failure still stops every rank."""
+"""Launchers that let survivors go on. ``hetccl run --keep-going``: a rank that dies or fails stops
+no one; the status and the last line say who was lost. Without the flag the first failure still
+stops every rank. Open MPI's mpirun: only with ``--with-ft ulfm``."""
 from __future__ import annotations
 
 import signal
 import sys
 import textwrap
+
+import pytest
 
 from tests.launcher import run_command
 
@@ -108,3 +111,35 @@ def test_keep_going_without_failures_and_with_a_timeout(tmp_path):
 def test_keep_going_in_the_usage():
     p = run_command(HETCCL_RUN + ["--help"], timeout=30)
     assert p.returncode == 0 and "--keep-going" in p.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Open MPI's mpirun: survivors of a killed rank run on only with --with-ft ulfm (docs/launching.md)
+# ------------------------------------------------------------------------------------------------
+MPI_SCRIPT = textwrap.dedent("""
+    import os, signal, time
+    rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
+    time.sleep(0.5)
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(2.5)
+    print("rank", rank, "done", flush=True)
+""")
+
+
+@pytest.mark.parametrize("ft", [False, True])
+def test_mpirun_keeps_survivors_only_with_ft_ulfm(tmp_path, ft):
+    from tests.mpirun_util import clean_env, mpirun_or_skip
+
+    mpirun = mpirun_or_skip()
+    script = tmp_path / "mpi_fate.py"
+    script.write_text(MPI_SCRIPT)
+    flags = ["--with-ft", "ulfm"] if ft else []
+    p = run_command([mpirun, "-np", "3", "--oversubscribe", *flags, sys.executable, str(script)],
+                    timeout=60, env=clean_env())
+    done = sorted(int(line.split()[1]) for line in p.stdout.splitlines() if line.endswith(" done"))
+    if ft:    # the others run to the end; mpirun's status and output say nothing of the death
+        assert (p.returncode, done) == (0, [0, 2]), p.stdout + p.stderr
+    else:     # the first abnormal exit ends the job
+        assert p.returncode == 128 + signal.SIGKILL and done == [], p.stdout + p.stderr
+        assert "exited on" in p.stderr and "signal 9" in p.stderr, p.stderr
