@@ -193,10 +193,12 @@ class Communicator:
         self._engine = engine
         self._p2p = p2p
         self._store_ok = True
-        # the process serving hetccl's store (rank 0 of the root communicator): once the control
-        # plane reports it dead, the failure path stops asking the store (no 1 s waits per call)
+        # the process serving the store (rank 0 of the root communicator; for torch's store, when
+        # rank 0's process serves it: served_by_rank0): once the control plane reports it dead,
+        # the failure path stops asking the store (no 1 s waits, nor torch's warnings, per call)
+        by_rank0 = isinstance(store, StoreClient) or getattr(store, "served_by_rank0", False)
         self._store_host = parent._store_host if parent is not None else (
-            cards[0].get("ctl_id") if isinstance(store, StoreClient) and info.rank != 0 else None)
+            cards[0].get("ctl_id") if by_rank0 and info.rank != 0 else None)
         for c in cards:
             same = c["host"] == cards[info.rank]["host"] and c["bind_any"]
             p2p.peers[c["rank"]] = ("127.0.0.1" if same else c["addr"], c["p2p_port"])
