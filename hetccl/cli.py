@@ -6,7 +6,8 @@ import sys
 USAGE = """usage: hetccl <command> [args]
 
 commands:
-  run -n N [--] cmd ...   launch N local ranks of cmd (sets rank/size/store/secret for hetccl.init())
+  run -n N [--] cmd ...   launch N local ranks of cmd (sets rank/size/store/secret for hetccl.init());
+                          --keep-going: a rank that dies stops no one (docs/launching.md)
   bench [options]         nccl-tests style tables of any collective; --algos all compares every
                           algorithm with the tuner's choice (run it under `hetccl run`)
   doctor                  what hetccl finds on this machine: native core, transports, interfaces,
