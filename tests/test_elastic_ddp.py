@@ -71,7 +71,7 @@ def test_elastic_ddp_a_killed_rank_under_hetccl_run(victim):
     # the failure path does not ask torch's store once its host (rank 0) is known dead, nor wait on
     # it in a way torch complains about (C10dStore: served_by_rank0, short waits polled)
     assert "TCPStore.cpp" not in p.stderr and "socket.cpp" not in p.stderr, p.stderr[-3000:]
-    assert f"resumed at step 4; steps lost 1" in p.stdout
+    assert "resumed at step 4; steps lost 1" in p.stdout
 
 
 def test_elastic_ddp_rank_0_then_a_rank_killed_from_outside():
