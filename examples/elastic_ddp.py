@@ -154,7 +154,6 @@ class Trainer:
         self.kills = {step for rank, step in args.kill if rank == self.launch_rank}
         self.step = 0                  # steps completed (committed) by this rank
         self.snapshot = None           # --snapshot: the state after the last completed step
-        self.losses: list[tuple[int, float]] = []
         self.recoveries = 0
         self.model = self.wrap()
 
@@ -200,6 +199,7 @@ class Trainer:
             load_state_vector(self.net, self.opt, self.snapshot)
         self.say(f"launch rank {self.launch_rank}: step {self.step} failed: {describe(error)}",
                  everyone=True)
+        before = self.members
         while True:
             old, old_members = self.pg, self.members
             self.model = None                            # the old DDP reducer hooks go with it
@@ -217,7 +217,7 @@ class Trainer:
                 self.say(f"launch rank {self.launch_rank}: another failure while recovering "
                          f"({type(e).__name__}); shrinking again", everyone=True)
         self.recoveries += 1
-        gone = sorted(set(old_members) - set(self.members))
+        gone = sorted(set(before) - set(self.members))
         self.say(f"recovery {self.recoveries}: lost launch ranks {gone}; {self.pg.size()} ranks "
                  f"left {self.members}; shrink {shrunk:.2f} s, recovery {time.monotonic() - t0:.2f} s;"
                  f" resumed at step {resume}; steps lost {lost}")
@@ -248,7 +248,6 @@ class Trainer:
                     raise
                 self.recover(e, in_flight=True)
                 continue
-            self.losses.append((step, loss))
             self.say(f"step {step:3d} loss {loss:.6f} ranks {self.pg.size()}")
         while True:                                      # the check is collective: it can fail too
             try:
