@@ -75,16 +75,9 @@ def _one(r, seq, coll, a):
 
 
 def ranges(ranks) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
-    out, rs = [], sorted(ranks)
-    i = 0
-    while i < len(rs):
-        j = i
-        while j + 1 < len(rs) and rs[j + 1] == rs[j] + 1:
-            j += 1
-        out.append(str(rs[i]) if i == j else f"{rs[i]}-{rs[j]}")
-        i = j + 1
-    return ", ".join(out)
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (a cpulist, spaced)."""
+    from ..topology.discover import format_cpulist
+    return format_cpulist(ranks).replace(",", ", ")
 
 
 def render(classes: dict, seq: int, coll: str, detail: int = DETAIL, too: bool = True) -> list:
