@@ -22,6 +22,7 @@ from .dump import FORMAT
 SIDE_BY_SIDE_RANKS = 8       # wider communicators get the table only
 SIDE_BY_SIDE_CALLS = 8
 _MAX_FILE = 64 << 20
+MAX_DUMPED = 1 << 16         # entries per communicator in a file (the ring holds 256)
 
 
 def load(paths) -> tuple[list, list]:
@@ -55,7 +56,7 @@ def _checked(rec) -> dict:
         if not (isinstance(c, dict) and isinstance(c.get("key"), str) and type(c.get("rank")) is int
                 and type(c.get("size")) is int and 0 <= c["rank"] < c["size"]):
             raise ValueError("a communicator without key, rank or size")
-        comms.append(dict(c, entries=check_entries(c.get("entries"))))
+        comms.append(dict(c, entries=check_entries(c.get("entries"), MAX_DUMPED)))
     return dict(rec, communicators=comms)
 
 

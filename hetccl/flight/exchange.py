@@ -187,10 +187,11 @@ _AGO = ("issued_ago",)
 _OPT_AGO = ("started_ago", "ended_ago")
 
 
-def check_entries(v) -> list:
-    """A list of entries (record.py), checked field by field; clean copies, oldest first."""
-    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
-        raise ProtocolError(f"entries: not a list of at most {MAX_ENTRIES}")
+def check_entries(v, limit: int = MAX_ENTRIES) -> list:
+    """A list of at most ``limit`` entries (record.py), checked field by field; clean copies,
+    oldest first."""
+    if not isinstance(v, list) or len(v) > limit:
+        raise ProtocolError(f"entries: not a list of at most {limit}")
     out, last = [], 0
     for e in v:
         if not isinstance(e, dict):
