@@ -220,8 +220,6 @@ def test_a_rank_that_never_calls_and_a_stopped_one_are_named():
     assert "rank 1 finished allreduce #4" in wd[0] and "rank 2 did not answer" in wd[0], wd
     last = r0["record"][-1]
     assert (last["seq"], last["state"], last["error"], last["bytes"]) == (5, "failed", "HetcclTimeout", 8), last
-    for r in (1, 2):                                       # they came late to an aborted call
-        assert res[r]["error"] is not None, res[r]
 
 
 # ------------------------------------------------------------------------------------------------

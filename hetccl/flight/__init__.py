@@ -17,10 +17,13 @@ The communicator calls ``attach``/``detach``; docs/reliability.md describes the 
 from __future__ import annotations
 
 import itertools
+import logging
+import threading
 import weakref
 
 _live = weakref.WeakKeyDictionary()     # communicator -> creation order (what a dump holds)
 _order = itertools.count()
+_lock = threading.Lock()                # a dump's thread reads _live while communicators come and go
 
 
 def attach(comm) -> None:
@@ -28,17 +31,24 @@ def attach(comm) -> None:
     dumps hold it (and SIGUSR1 dumps, once per process, if the program has not claimed it)."""
     from .dump import install_signal
     comm._ft.flight = comm._flight
-    _live[comm] = next(_order)
-    install_signal(comm._ft.plane, live)
+    with _lock:
+        _live[comm] = next(_order)
+    try:
+        install_signal(comm._ft.plane, live)
+    except OSError as e:                # no pipe (fd limit): no dump on signal, nothing else lost
+        logging.getLogger("hetccl").warning("flight record: no dump on SIGUSR1 (%s)", e)
 
 
 def detach(comm) -> None:
-    _live.pop(comm, None)
+    with _lock:
+        _live.pop(comm, None)
 
 
 def live() -> list:
     """This process's live communicators, oldest first."""
-    return [c for c, _ in sorted(list(_live.items()), key=lambda kv: kv[1])]
+    with _lock:
+        pairs = list(_live.items())
+    return [c for c, _ in sorted(pairs, key=lambda kv: kv[1])]
 
 
 def dump(path: str | None = None) -> str:
