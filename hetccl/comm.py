@@ -31,8 +31,10 @@ from ._native import direct as _direct
 from ._native import symmetric as _symm
 from .memory.symmetric import SymmetricMemory
 from ._native import engine as _eng
+from ._native.flight import Flight as _Flight
 from .bootstrap.store import StoreClient
 from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
+from . import flight as _flight
 from . import recovery as _recovery
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -97,7 +99,7 @@ class Work:
     aborted or closed, pending operations raise CommAborted (those not started at once, a running
     one when it stops or at the latest ABORT_GRACE seconds later): ``wait()`` never waits forever."""
 
-    __slots__ = ("_event", "_result", "_exc", "_fn", "_args", "_what", "_out", "_life")
+    __slots__ = ("_event", "_result", "_exc", "_fn", "_args", "_what", "_out", "_life", "_seq")
 
     def __init__(self, what, fn, args, out, life=None):
         self._event = threading.Event()
@@ -105,6 +107,7 @@ class Work:
         self._exc = None
         self._fn, self._args, self._what, self._out = fn, args, what, out
         self._life = life
+        self._seq = 0                         # its flight-record entry (hetccl/flight/)
 
     def _finish(self, exc=None) -> bool:
         """Complete with exc (None: success), unless already complete; True if this call did."""
@@ -210,13 +213,15 @@ class Communicator:
         self._socks = socks
         self._comm_id = comm_id
         self._timeout = timeout
-        self._hot = _coll.Hot(engine, timeout, _NUMPY)   # the latency path (learn() below)
+        self._hot = _coll.Hot(engine, timeout, _NUMPY, _Flight())   # the latency path (learn() below)
+        self._flight = self._hot.flight       # this rank's record of its collective calls
         self._parent = parent
         self.rank = info.rank
         self.size = info.size
         self.parent_ranks = None              # shrink(): the old rank of each new rank
         self._explained = None                # the first failure's reason, once reported here
         self._ft = _recovery.attach(self, cards, info, job_id, comm_id)   # control plane (recovery/)
+        _flight.attach(self)
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
         self._pending = 0
@@ -277,6 +282,7 @@ class Communicator:
             with self._cv:
                 if self._life.dead_at is not None:    # aborted meanwhile: the worker may be gone
                     raise self._life.error(what)
+                w._seq = self._flight.begin(what, self.last_algorithm, True)
                 self._pending += 1
                 self._queue.append(w)
                 if self._worker is None:
@@ -285,10 +291,16 @@ class Communicator:
                     self._worker.start()
                 self._cv.notify()
             return w if async_op else w.wait()
+        seq = self._flight.begin(what, self.last_algorithm)
         try:
             fn(*args)
         except HetcclError as e:
+            self._flight.failed(seq, e)
             raise self._failed(e, what)
+        except BaseException as e:
+            self._flight.failed(seq, e)
+            raise
+        self._flight.finished(seq)
         return out
 
     def _progress(self):
@@ -301,12 +313,17 @@ class Communicator:
             if w is None:
                 return
             exc = None
+            self._flight.started(w._seq)
             try:
                 w._fn(*w._args)
             except HetcclError as e:
+                self._flight.failed(w._seq, e)
                 exc = self._failed(e, w._what)
             except BaseException as e:           # noqa: BLE001 - handed to the waiter
+                self._flight.failed(w._seq, e)
                 exc = e
+            else:
+                self._flight.finished(w._seq)
             w._fn = w._args = None
             with self._cv:
                 self._pending -= 1
@@ -354,6 +371,7 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allreduce output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
+        self._flight.note("allreduce", _nbytes(buf), code, op)
         if (self._sym.active or algorithm == "symmetric") and self._sym.takes("allreduce", algorithm, buf, out):
             self.last_algorithm = "symmetric"
             return self._run("allreduce", _symm.allreduce, (self._engine, self._sym.heap, buf, out, code, op,
@@ -364,10 +382,13 @@ class Communicator:
             direct = isl.direct_allreduce(nbytes, code, op, algorithm)    # one MPI/NCCL island: no detour
             if direct is not None:
                 self.last_algorithm = "islands"
+                seq = self._flight.begin("allreduce", "islands")
                 try:
                     direct(buf, out)
                 except Exception as e:           # noqa: BLE001 - the native library's error
+                    self._flight.failed(seq, e)
                     raise self._failed(isl._failed(e), "allreduce") from None
+                self._flight.finished(seq)
                 return out
         algo = self._algo("allreduce", nbytes, algorithm, code, op)
         t = self._timeout if timeout is None else config.timeout(timeout)
@@ -406,6 +427,7 @@ class Communicator:
         elif out is not buf and _dtype_code(out) != code:
             raise InvalidUsage(f"allgather output is {dtypes.NAMES[_dtype_code(out)]} but the input is "
                                f"{dtypes.NAMES[code]}; pass an output of the input's dtype")
+        self._flight.note("allgather", _nbytes(out), code)
         if (self._sym.active or algorithm == "symmetric") and self._sym.takes("allgather", algorithm, buf, out):
             self.last_algorithm = "symmetric"
             return self._run("allgather", _symm.allgather, (self._engine, self._sym.heap, buf, out, code,
@@ -434,6 +456,7 @@ class Communicator:
         counts = [int(c) for c in counts]
         if out is None:
             out = _new_like(buf, sum(counts), "allgatherv")
+        self._flight.note("allgatherv", _nbytes(out), code)
         self._algo("allgatherv", _nbytes(out), algorithm)
         return self._run("allgatherv", _coll.allgatherv,
                          (self._engine, buf, out, counts, code, self._t(timeout)), out, async_op)
@@ -457,6 +480,7 @@ class Communicator:
         if out is None:
             n = counts[self.rank] if counts is not None else (buf.size // self.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "reduce_scatter")
+        self._flight.note("reduce_scatter", _nbytes(buf), code, op)
         if (counts is None and (self._sym.active or algorithm == "symmetric")
                 and self._sym.takes("reduce_scatter", algorithm, buf, out)):
             self.last_algorithm = "symmetric"
@@ -483,6 +507,7 @@ class Communicator:
             return _staged.device_call(self, "broadcast", buf, root=root, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op)
         code = _dtype_code(buf)
+        self._flight.note("broadcast", _nbytes(buf), code, -1, int(root))
         if (self._sym.active or algorithm == "symmetric") and self._sym.takes("broadcast", algorithm, buf):
             self.last_algorithm = "symmetric"
             return self._run("broadcast", _symm.broadcast,
@@ -510,6 +535,7 @@ class Communicator:
             dtypes.check_op(code, op)
         if self.rank == root and out is None:
             out = _new_like(buf, buf.size if isinstance(buf, np.ndarray) else 0, "reduce")
+        self._flight.note("reduce", _nbytes(buf), code, op, int(root))
         algo = self._algo("reduce", _nbytes(buf), algorithm)
         return self._run("reduce", _coll.reduce,
                          (self._engine, buf, out if self.rank == root else None, int(root), code, op,
@@ -521,6 +547,7 @@ class Communicator:
         if self.rank == root and out is None:
             n = sum(counts) if counts is not None else self.size * (buf.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "gather")
+        self._flight.note("gather", _nbytes(buf), code, -1, int(root))
         self._algo("gather", _nbytes(buf) * self.size, algorithm)
         return self._run("gather", _coll.gather,
                          (self._engine, buf, out if self.rank == root else None,
@@ -534,6 +561,7 @@ class Communicator:
         if self.rank == root:
             if _dtype_code(buf) != code:
                 raise InvalidUsage("scatter input and output must have the same dtype")
+        self._flight.note("scatter", _nbytes(out), code, -1, int(root))
         self._algo("scatter", _nbytes(out) * self.size, algorithm)
         return self._run("scatter", _coll.scatter,
                          (self._engine, buf if self.rank == root else None, out,
@@ -557,6 +585,7 @@ class Communicator:
         if out is None:
             n = sum(recv_counts) if recv_counts is not None else (buf.size if isinstance(buf, np.ndarray) else 0)
             out = _new_like(buf, n, "alltoall")
+        self._flight.note("alltoall", _nbytes(buf), code)
         if (send_counts is None and (self._sym.active or algorithm == "symmetric")
                 and self._sym.takes("alltoall", algorithm, buf, out)):
             self.last_algorithm = "symmetric"
@@ -750,6 +779,15 @@ class Communicator:
         from .recovery.shrink import shrink
         return shrink(self, self._t(timeout))
 
+    def flight_record(self, last=0) -> list:
+        """This rank's record of its last collective calls on this communicator (``last`` newest,
+        default all that are kept: 256), oldest first: dicts with ``seq`` (1, 2, ... the same
+        call has the same number on every rank), ``coll``, ``state`` (queued, running, done,
+        failed), ``bytes``, ``count``, ``dtype``, ``op``, ``root``, ``algo``, ``error`` and seconds
+        ago (``issued_ago``, ``started_ago``, ``ended_ago``). docs/reliability.md, "Hung ranks"."""
+        from .flight.record import entries
+        return entries(self._flight, int(last))
+
     def failed_ranks(self) -> list:
         """Ranks of this communicator known to have failed here: processes that died or whose host
         went away, ranks fenced for silence, and every rank an agree/shrink counted failed."""
@@ -784,6 +822,8 @@ class Communicator:
         that none of them waits for the others."""
         if self._explained is not None:        # reported already: later calls are aborted ones
             return self._dead_error(what)
+        if isinstance(e, HetcclTimeout) and self._engine.interruption is None:
+            e = _flight.explain_timeout(self, e)   # who it waited for, asked before the abort
         i = self._engine.interruption
         if i is not None and i[0] != _eng.PEER_LOST:
             return e if isinstance(e, (CommAborted, PeerLostError)) else self._life.error(what)
@@ -982,6 +1022,7 @@ class Communicator:
             self._islands.release()
         self._sym.close()
         self._ft.detach()
+        _flight.detach(self)
         if self._parent is not None:
             return                             # the store belongs to the root communicator
         try:

@@ -13,7 +13,8 @@ Each rank gets HETCCL_RANK, HETCCL_SIZE, HETCCL_LOCAL_RANK, HETCCL_LOCAL_SIZE, H
 already set, OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1 (numpy would otherwise start a BLAS thread
 per core in every rank) and PYTHONUNBUFFERED=1 (so output is not lost when a rank is killed).
 A command ``python``/``python3`` (or a bare ``script.py``) runs under this launcher's interpreter.
-Ranks run in their own process groups with stdin from /dev/null.
+Ranks run in their own process groups with stdin from /dev/null. SIGUSR1 to the launcher is passed
+on to every rank (hetccl dumps its flight records on it: docs/reliability.md, "Hung ranks").
 
 Exit status: 0 if every rank exits 0; else the first failing rank's status (128+N if killed by
 signal N); 130/143 when the launcher gets SIGINT/SIGTERM; 124 on --timeout; 2 on bad usage;
@@ -367,10 +368,16 @@ def run_main(argv: list[str]) -> int:
         if job.signal is None:
             job.signal = signum
 
+    def forward(signum, frame):
+        for p in job.procs:
+            if p.poll() is None:
+                _signal_group(p, signum)
+
     old = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, forward)
     status = None
     try:
         try:

@@ -117,6 +117,8 @@ def device_call(comm, coll, buf, out=None, *, op=ReduceOp.SUM, root=0, timeout=N
     t = comm._t(timeout)
     nbytes = dout.nbytes if coll == "allgather" else dbuf.nbytes
     algo = comm._algo(coll, nbytes, algorithm, code, op if coll == "allreduce" else None)
+    comm._flight.note(coll, nbytes, code, op if coll == "allreduce" else -1,
+                      int(root) if coll == "broadcast" else -1)
     from .islands import ALGO_ISLANDS
     if algo == ALGO_ISLANDS:
         form = comm._form

@@ -45,6 +45,8 @@ from .. import config
 from ..bootstrap.auth import client_handshake, hmac_key, mac, server_handshake_steps
 from ..bootstrap.guard import HandshakeGate, Recv
 from ..errors import CommAborted, HetcclTimeout
+from ..flight import exchange as flight_exchange
+from ..flight import watchdog as flight_watchdog
 from ..transports.netif import keepalive, listen_address
 from . import membership as mb
 from .wire import ProtocolError, Reader, frame
@@ -112,6 +114,7 @@ class ControlPlane:
         self._early = collections.OrderedDict()   # key -> [(token, fp, msg)]
         self._gone = collections.OrderedDict()    # key -> {instance: decided value}
         self._after = []                 # callbacks to run without the lock
+        self.flight_queries = {}         # flight-record requests awaiting answers (flight/exchange.py)
         self._thread = threading.Thread(target=self._loop, name="hetccl-control", daemon=True)
         self._thread.start()
         self._gate = HandshakeGate(ls, self._handshake, self._accepted, name="hetccl-control-gate",
@@ -216,6 +219,13 @@ class ControlPlane:
                 return
             self._adopt(p, s)
 
+    def on_readable(self, fd, fn):
+        """Call ``fn()`` on this plane's thread (under its lock) whenever ``fd`` is readable (the
+        flight record's dump signal: flight/dump.py)."""
+        with self.lock:
+            self._sel.register(fd, selectors.EVENT_READ, ("fd", fn))
+        self._wake()
+
     def _tune(self, s):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         keepalive(s, self.peer_timeout, user_timeout=True)
@@ -287,7 +297,7 @@ class ControlPlane:
     def _loop(self):
         while True:
             with self.lock:
-                busy = any(h.watched() for h in self._handles.values())
+                busy = bool(self.flight_queries) or any(h.watched() for h in self._handles.values())
             try:
                 events = self._sel.select(0.1 if busy else 1.0)
             except OSError:
@@ -309,6 +319,8 @@ class ControlPlane:
                     pass
             except (BlockingIOError, OSError):
                 pass
+        elif isinstance(what, tuple):
+            what[1]()
         else:
             p = what
             if mask & selectors.EVENT_READ:
@@ -342,6 +354,8 @@ class ControlPlane:
             return self.send(p.fp, p.token, {"t": "pong"})
         if t in ("pong", "hi"):
             return
+        if t in flight_exchange.TYPES:                 # diagnostics: refused, never fatal
+            return flight_exchange.receive(self, p, msg)
         key = msg.get("c")
         if not isinstance(key, str) or len(key) > 64:
             raise ProtocolError("a message without a communicator key")
@@ -369,6 +383,7 @@ class ControlPlane:
 
     def _tick(self):
         now = time.monotonic()
+        flight_watchdog.tick(self, now)
         every = max(0.05, self.peer_timeout / 5)
         for h in list(self._handles.values()):
             watched = h.watched()
@@ -413,6 +428,7 @@ class ControlHandle:
         self.since = {}                   # watched rank -> when watching began
         self.extra_watch = set()          # ranks a shrink's build waits on
         self.listeners = []               # callables(event, rank, why), run without the lock
+        self.flight = None                # the communicator's flight record (hetccl/flight/)
         self.closed = False
 
     def ranks_of(self, token):
