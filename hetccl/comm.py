@@ -1038,8 +1038,10 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
         comm = _connect(conn.info, conn.client, conn.server, conn.job_id, "w", t, spec,
                         bridges=_formation.requested(bridges, conn.info.rank))
     except BaseException as e:
-        conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
+        err = conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
         conn.close()
+        if err is not e:                      # a peer closed on us: its own failure says why
+            raise err from e
         raise
     log.info("rank %d/%d up:\n%s", info.rank, info.size, comm.describe())
     return comm
