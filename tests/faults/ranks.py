@@ -194,7 +194,7 @@ def _recover(comm, spec, world, out):
             out["island"] = {"kind": new._islands.island.kind,
                              "shrunk_from": getattr(new._islands.bridge, "shrunk_from", None)}
         try:
-            after = Calls(new, dict(spec, kind="after", path=_after_path(spec)), OP_TIMEOUT)
+            after = Calls(new, dict(spec, kind="after", op="allreduce", path=_after_path(spec)), OP_TIMEOUT)
             out["after_ok"] = after.run() and after.run()
             new.close(timeout=10)
             break
