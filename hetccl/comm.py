@@ -72,6 +72,7 @@ def _dtype_code(buf) -> int:
 
 _DONE = threading.Lock()      # a Work completes once: by its operation, or cancelled by abort/close
 ABORT_GRACE = 1.0             # s an operation may still run after its communicator was aborted
+LINGER_S = 3.0                # s the store's host stays for the others to read why it failed
 
 
 class _Life:
@@ -249,6 +250,7 @@ class Communicator:
             self._abort()
             self._ft.detach()
             raise
+        self._ft.ready()                      # failure events held while the collectives above ran
 
     @property
     def _store_ok(self):
@@ -873,19 +875,30 @@ class Communicator:
         return err
 
     def _linger(self, wait=True):
-        """Count this rank as failed; the rank serving the store waits (<= 3 s, unless not
-        `wait`) until every rank that has not died has looked up the first failure's reason, so
-        exiting at once does not hide it from them. Skipped once the store has stopped answering
-        (its rank is probably the one that died)."""
+        """Count this rank as failed; the rank serving the store then keeps its process alive
+        (<= LINGER_S, unless not `wait`) until every rank that has not died has looked up the first
+        failure's reason, so exiting at once does not hide it from them. The wait runs on a
+        non-daemon thread: the error is raised at once (a stalled rank, which never looks, would
+        otherwise delay the store host's raise by LINGER_S), and only the interpreter's exit waits.
+        Skipped once the store has stopped answering (its rank is probably the one that died)."""
         if not self._store_ok:
             return
         try:
             seen = self._store.add(f"{self._comm_id}/failed", 1, timeout=1.0)
-            if wait and self._server is not None:
-                deadline = time.monotonic() + 3.0
-                while seen < self.size - len(self._ft.failed()) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    seen = self._store.add(f"{self._comm_id}/failed", 0, timeout=1.0)
+        except Exception:
+            self._store_ok = False
+            return
+        if wait and self._server is not None and seen < self.size - len(self._ft.failed()):
+            threading.Thread(target=self._linger_wait, name="hetccl-linger", daemon=False).start()
+
+    def _linger_wait(self):
+        deadline = time.monotonic() + LINGER_S
+        try:
+            while not self._closed and time.monotonic() < deadline:
+                seen = self._store.add(f"{self._comm_id}/failed", 0, timeout=1.0)
+                if seen >= self.size - len(self._ft.failed()):
+                    return
+                time.sleep(0.05)
         except Exception:
             self._store_ok = False
 
@@ -1068,8 +1081,10 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
         comm = _connect(conn.info, conn.client, conn.server, conn.job_id, "w", t, spec,
                         bridges=_formation.requested(bridges, conn.info.rank))
     except BaseException as e:
-        conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
+        err = conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
         conn.close()
+        if err is not e:                      # a peer closed on us: its own failure says why
+            raise err from e
         raise
     log.info("rank %d/%d up:\n%s", info.rank, info.size, comm.describe())
     return comm

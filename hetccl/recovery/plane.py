@@ -430,6 +430,7 @@ class ControlHandle:
         self.listeners = []               # callables(event, rank, why), run without the lock
         self.flight = None                # the communicator's flight record (hetccl/flight/)
         self.closed = False
+        self.held = []                    # the communicator's events until it is built (ready())
 
     def ranks_of(self, token):
         return self._by_token.get(token, ())
@@ -440,11 +441,26 @@ class ControlHandle:
     def _notify(self, event, rank, why):
         comm = self._comm()
         fns = list(self.listeners)
-        if comm is not None:
+        if comm is not None and self.held is not None:
+            self.held.append((event, rank, why))
+        elif comm is not None:
             fns.append(comm._control_event)
         for fn in fns:
             self.plane._after.append(lambda fn=fn: fn(event, rank, why))
         self.plane.cv.notify_all()
+
+    def ready(self):
+        """The communicator is built: pass it the events held since ``attach``. Its constructor
+        runs collectives (the cost model, the islands); the ranks that finished theirs may already
+        revoke it (a shrink at once), and an interrupt there would fail this rank's constructor
+        with nothing to shrink: the constructor's own calls end on a peer's death anyway (its
+        links close), so the communicator hears of failures and revocations once it exists."""
+        comm = self._comm()
+        with self.plane.lock:
+            held, self.held = self.held, None
+            for ev in held if comm is not None else ():
+                self.plane._after.append(lambda ev=ev: comm._control_event(*ev))
+        self.plane._run_after()
 
     def lost(self, rank, why):
         with self.plane.lock:
