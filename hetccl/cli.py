@@ -6,11 +6,15 @@ import sys
 USAGE = """usage: hetccl <command> [args]
 
 commands:
-  run -n N [--] cmd ...   launch N local ranks of cmd (sets rank/size/store/secret for hetccl.init())
+  run -n N [--] cmd ...   launch N local ranks of cmd (sets rank/size/store/secret for hetccl.init());
+                          --keep-going: a rank that dies stops no one (docs/launching.md)
   bench [options]         nccl-tests style tables of any collective; --algos all compares every
                           algorithm with the tuner's choice (run it under `hetccl run`)
   doctor                  what hetccl finds on this machine: native core, transports, interfaces,
                           vendor libraries (NCCL family, HCCL, MPI) and the islands they would form
+  doctor --flight FILE|DIR
+                          dumped flight records (SIGUSR1 writes them): the ranks' last collectives
+                          side by side, and which rank a hang waits for
   topo [--dump FILE] [--measure] [--json] [--synth SPEC -o FILE]
                           the topology hetccl sees: hosts, NUMA, PCI switches, accelerators, NICs,
                           coherent links, transport per pair; --dump writes the HETCCL_TOPO_FILE
@@ -29,6 +33,9 @@ commands:
 
 
 def doctor_main(argv) -> int:
+    if argv and argv[0] == "--flight":
+        from .flight.doctor import main
+        return main(argv[1:])
     import os
     import platform
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from . import config, dtypes
+from . import flight as _flight
 from . import recovery as _recovery
 from . import transports as _transports
 from ._native import alltoall_cma as _a2a_cma
@@ -24,6 +25,7 @@ from ._native import collectives as _coll
 from ._native import direct as _direct
 from ._native import engine as _eng
 from ._native import symmetric as _symm
+from ._native.flight import Flight as _Flight
 from .bootstrap.env import detect
 from .bootstrap.rendezvous import connect_store
 from .bootstrap.store import StoreClient
@@ -36,6 +38,7 @@ from .collectives.decide import decide as _decide, explain as _explain
 from .collectives.tuner import Tuner
 from .context import Context
 from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
+from .flight.record import entries as _flight_entries
 from .memory.symmetric import SymmetricMemory
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
@@ -76,6 +79,7 @@ def _dtype_code(buf) -> int:
 
 _DONE = threading.Lock()      # a Work completes once: by its operation, or cancelled by abort/close
 ABORT_GRACE = 1.0             # s an operation may still run after its communicator was aborted
+LINGER_S = 3.0                # s the store's host stays for the others to read why it failed
 
 
 class _Life:
@@ -103,7 +107,7 @@ class Work:
     aborted or closed, pending operations raise CommAborted (those not started at once, a running
     one when it stops or at the latest ABORT_GRACE seconds later): ``wait()`` never waits forever."""
 
-    __slots__ = ("_event", "_result", "_exc", "_fn", "_args", "_what", "_out", "_life")
+    __slots__ = ("_event", "_result", "_exc", "_fn", "_args", "_what", "_out", "_life", "_seq")
 
     def __init__(self, what, fn, args, out, life=None):
         self._event = threading.Event()
@@ -111,6 +115,7 @@ class Work:
         self._exc = None
         self._fn, self._args, self._what, self._out = fn, args, what, out
         self._life = life
+        self._seq = 0                         # its flight-record entry (hetccl/flight/)
 
     def _finish(self, exc=None) -> bool:
         """Complete with exc (None: success), unless already complete; True if this call did."""
@@ -232,6 +237,7 @@ _OUT = {
 _REDUCES = frozenset({"allreduce", "reduce_scatter", "reduce"})
 _PRICED_ON_RECV = frozenset({"allgather", "allgatherv"})
 _TIMES_SIZE = {"gather": "send", "scatter": "recv"}
+_ROOTED = frozenset({"broadcast", "reduce", "gather", "scatter"})
 
 # The routes other than the flat native schedule (collectives/schedules.py), by collective: each
 # adapter turns a Call into the route's own arguments.
@@ -293,10 +299,12 @@ class Communicator:
         self._engine = engine
         self._p2p = p2p
         self._store_ok = True
-        # the process serving hetccl's store (rank 0 of the root communicator): once the control
-        # plane reports it dead, the failure path stops asking the store (no 1 s waits per call)
+        # the process serving the store (rank 0 of the root communicator; for torch's store, when
+        # rank 0's process serves it: served_by_rank0): once the control plane reports it dead,
+        # the failure path stops asking the store (no 1 s waits, nor torch's warnings, per call)
+        by_rank0 = isinstance(store, StoreClient) or getattr(store, "served_by_rank0", False)
         self._store_host = parent._store_host if parent is not None else (
-            cards[0].get("ctl_id") if isinstance(store, StoreClient) and info.rank != 0 else None)
+            cards[0].get("ctl_id") if by_rank0 and info.rank != 0 else None)
         for c in cards:
             same = c["host"] == cards[info.rank]["host"] and c["bind_any"]
             p2p.peers[c["rank"]] = ("127.0.0.1" if same else c["addr"], c["p2p_port"])
@@ -308,22 +316,25 @@ class Communicator:
         self._socks = socks
         self._comm_id = comm_id
         self._timeout = timeout
-        self._hot = _coll.Hot(engine, timeout, _NUMPY)   # the latency path (learn() below)
+        self._hot = _coll.Hot(engine, timeout, _NUMPY, _Flight())   # the latency path (learn() below)
+        self._flight = self._hot.flight       # this rank's record of its collective calls
         self._parent = parent
         self.rank = info.rank
         self.size = info.size
         self.parent_ranks = None              # shrink(): the old rank of each new rank
         self._explained = None                # the first failure's reason, once reported here
         self._bridge_request = bridge_request    # this rank's bridges= request, inherited by split()
-        # what hetccl's own modules (planners, islands, symmetric memory, recovery) see of this
-        # communicator: they get this, never the fields above
+        # what hetccl's own modules (planners, islands, symmetric memory, recovery, flight records)
+        # see of this communicator: they get this, never the fields above
         self._ctx = ctx = Context(self, run=self._run, interrupt=self._interrupt,
-                                  control_event=self._control_event, decide=_decide, done=_done,
-                                  connect=_connect, rank=info.rank, size=info.size, engine=engine,
-                                  store=store, server=server, info=info, cards=cards, matrix=matrix,
-                                  comm_id=comm_id, job_id=job_id, timeout=timeout, transports=transports,
-                                  bridges=bridge_request, life=self._life)
+                                  control_event=self._control_event, own_failure=self._own_failure,
+                                  decide=_decide, done=_done, connect=_connect, rank=info.rank,
+                                  size=info.size, engine=engine, store=store, server=server, info=info,
+                                  cards=cards, matrix=matrix, comm_id=comm_id, job_id=job_id,
+                                  timeout=timeout, transports=transports, bridges=bridge_request,
+                                  life=self._life, flight=self._flight)
         self._ft = ctx.ft = _recovery.attach(ctx, cards, info, job_id, comm_id)   # control plane (recovery/)
+        _flight.attach(ctx)
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
         self._pending = 0
@@ -349,6 +360,7 @@ class Communicator:
             self._abort()
             self._ft.detach()
             raise
+        self._ft.ready()                      # failure events held while the collectives above ran
 
     @property
     def _store_ok(self):
@@ -382,6 +394,7 @@ class Communicator:
             with self._cv:
                 if self._life.dead_at is not None:    # aborted meanwhile: the worker may be gone
                     raise self._life.error(what)
+                w._seq = self._flight.begin(what, self.last_algorithm, True)
                 self._pending += 1
                 self._queue.append(w)
                 if self._worker is None:
@@ -390,10 +403,16 @@ class Communicator:
                     self._worker.start()
                 self._cv.notify()
             return w if async_op else w.wait()
+        seq = self._flight.begin(what, self.last_algorithm)
         try:
             fn(*args)
         except HetcclError as e:
+            self._flight.failed(seq, e)
             raise self._failed(e, what)
+        except BaseException as e:
+            self._flight.failed(seq, e)
+            raise
+        self._flight.finished(seq)
         return out
 
     def _progress(self):
@@ -406,12 +425,17 @@ class Communicator:
             if w is None:
                 return
             exc = None
+            self._flight.started(w._seq)
             try:
                 w._fn(*w._args)
             except HetcclError as e:
+                self._flight.failed(w._seq, e)
                 exc = self._failed(e, w._what)
             except BaseException as e:           # noqa: BLE001 - handed to the waiter
+                self._flight.failed(w._seq, e)
                 exc = e
+            else:
+                self._flight.finished(w._seq)
             w._fn = w._args = None
             with self._cv:
                 self._pending -= 1
@@ -491,6 +515,8 @@ class Communicator:
         (The latency path and device buffers are taken before the parser, in the public methods:
         the first costs a few dict lookups, the second has its own buffers.)"""
         coll = c.coll
+        self._flight.note(coll, c.nbytes // self.size if coll in _TIMES_SIZE else c.nbytes, c.dtype,
+                          c.op if coll in _REDUCES else -1, c.root if coll in _ROOTED else -1)
         if (coll in _SYMMETRIC and (self._sym.active or c.algorithm == "symmetric") and c.counts is None
                 and self._sym.takes(coll, c.algorithm, *((c.send,) if coll == "broadcast" else (c.send, c.recv)))):
             self.last_algorithm = "symmetric"
@@ -500,10 +526,13 @@ class Communicator:
             direct = isl.direct_allreduce(c.nbytes, c.dtype, c.op, c.algorithm)
             if direct is not None:               # one MPI/NCCL island: no detour
                 self.last_algorithm = "islands"
+                seq = self._flight.begin("allreduce", "islands")
                 try:
                     direct(c.send, c.recv)
                 except Exception as e:           # noqa: BLE001 - the native library's error
+                    self._flight.failed(seq, e)
                     raise self._failed(isl._failed(e), "allreduce") from None
+                self._flight.finished(seq)
                 return c.result
         by_dtype = coll in _DECIDE_BY_DTYPE
         a, form = _decide(self._tuner, self._plan, isl, coll, c.nbytes, c.algorithm,
@@ -805,6 +834,14 @@ class Communicator:
         from the survivors. This communicator stays revoked; ``close()`` it."""
         return _shrink(self._ctx, self._t(timeout))
 
+    def flight_record(self, last=0) -> list:
+        """This rank's record of its last collective calls on this communicator (``last`` newest,
+        default all that are kept: 256), oldest first: dicts with ``seq`` (1, 2, ... the same
+        call has the same number on every rank), ``coll``, ``state`` (queued, running, done,
+        failed), ``bytes``, ``count``, ``dtype``, ``op``, ``root``, ``algo``, ``error`` and seconds
+        ago (``issued_ago``, ``started_ago``, ``ended_ago``). docs/reliability.md, "Hung ranks"."""
+        return _flight_entries(self._flight, int(last))
+
     def failed_ranks(self) -> list:
         """Ranks of this communicator known to have failed here: processes that died or whose host
         went away, ranks fenced for silence, and every rank an agree/shrink counted failed."""
@@ -838,6 +875,8 @@ class Communicator:
         that none of them waits for the others."""
         if self._explained is not None:        # reported already: later calls are aborted ones
             return self._dead_error(what)
+        if isinstance(e, HetcclTimeout) and self._engine.interruption is None:
+            e = _flight.explain_timeout(self._ctx, e)   # who it waited for, asked before the abort
         i = self._engine.interruption
         if i is not None and i[0] != _eng.PEER_LOST:
             return e if isinstance(e, (CommAborted, PeerLostError)) else self._life.error(what)
@@ -887,19 +926,30 @@ class Communicator:
         return err
 
     def _linger(self, wait=True):
-        """Count this rank as failed; the rank serving the store waits (<= 3 s, unless not
-        `wait`) until every rank that has not died has looked up the first failure's reason, so
-        exiting at once does not hide it from them. Skipped once the store has stopped answering
-        (its rank is probably the one that died)."""
+        """Count this rank as failed; the rank serving the store then keeps its process alive
+        (<= LINGER_S, unless not `wait`) until every rank that has not died has looked up the first
+        failure's reason, so exiting at once does not hide it from them. The wait runs on a
+        non-daemon thread: the error is raised at once (a stalled rank, which never looks, would
+        otherwise delay the store host's raise by LINGER_S), and only the interpreter's exit waits.
+        Skipped once the store has stopped answering (its rank is probably the one that died)."""
         if not self._store_ok:
             return
         try:
             seen = self._store.add(f"{self._comm_id}/failed", 1, timeout=1.0)
-            if wait and self._server is not None:
-                deadline = time.monotonic() + 3.0
-                while seen < self.size - len(self._ft.failed()) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    seen = self._store.add(f"{self._comm_id}/failed", 0, timeout=1.0)
+        except Exception:
+            self._store_ok = False
+            return
+        if wait and self._server is not None and seen < self.size - len(self._ft.failed()):
+            threading.Thread(target=self._linger_wait, name="hetccl-linger", daemon=False).start()
+
+    def _linger_wait(self):
+        deadline = time.monotonic() + LINGER_S
+        try:
+            while not self._closed and time.monotonic() < deadline:
+                seen = self._store.add(f"{self._comm_id}/failed", 0, timeout=1.0)
+                if seen >= self.size - len(self._ft.failed()):
+                    return
+                time.sleep(0.05)
         except Exception:
             self._store_ok = False
 
@@ -915,6 +965,14 @@ class Communicator:
                 self._store.set(key, text.encode(), timeout=1.0)
         except Exception:
             self._store_ok = False
+
+    def _own_failure(self, err):
+        """A failure of this rank's own outside the engine (a vendor bridge's error): post it as
+        the communicator's first failure, unless it only follows one (a peer known to have failed,
+        an interrupt), whose reason the peers then report; then abort without posting the abort."""
+        if not self._ft.failed() and self._engine.interruption is None:
+            self._post_reason(f"{type(err).__name__}|rank {self.rank}: {err}")
+        self._abort()
 
     def _peer_failed(self) -> bool:
         """A rank posted why it failed or aborted (_post_reason): it will not come to close(),
@@ -1036,6 +1094,7 @@ class Communicator:
             self._islands.release()
         self._sym.close()
         self._ft.detach()
+        _flight.detach(self._ctx)
         if self._parent is not None:
             return                             # the store belongs to the root communicator
         try:
@@ -1079,8 +1138,10 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
         comm = _connect(conn.info, conn.client, conn.server, conn.job_id, "w", t, spec,
                         bridges=_formation.requested(bridges, conn.info.rank))
     except BaseException as e:
-        conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
+        err = conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
         conn.close()
+        if err is not e:                      # a peer closed on us: its own failure says why
+            raise err from e
         raise
     log.info("rank %d/%d up:\n%s", info.rank, info.size, comm.describe())
     return comm

@@ -6,6 +6,7 @@ from .errors import InvalidUsage
 
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_PEER_TIMEOUT = 30.0
+DEFAULT_WATCHDOG = 300.0
 
 
 def _seconds_env(name: str, default: float):
@@ -42,6 +43,15 @@ def peer_timeout() -> float:
     value = _seconds_env("HETCCL_PEER_TIMEOUT", DEFAULT_PEER_TIMEOUT)
     if value < 1:
         raise InvalidUsage(f"HETCCL_PEER_TIMEOUT={value:g}: at least 1 s (the kernel counts whole seconds)")
+    return value
+
+
+def watchdog() -> float:
+    """Seconds a collective may wait before its rank logs a hang report (HETCCL_WATCHDOG_S, else
+    300, half the default operation timeout; 0: off). docs/reliability.md says why it is on."""
+    value = _seconds_env("HETCCL_WATCHDOG_S", DEFAULT_WATCHDOG)
+    if value < 0:
+        raise InvalidUsage(f"HETCCL_WATCHDOG_S={value:g}: seconds >= 0 (0 turns the watchdog off)")
     return value
 
 

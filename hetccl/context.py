@@ -3,7 +3,8 @@
 The Communicator (comm.py) is the user's object; its fields are its own. Everything else in hetccl
 that works for a communicator (the planners and islands of collectives/, symmetric memory, recovery,
 the torch backend, tools) gets this explicit Context instead, made by the Communicator at creation:
-what the communicator is (rank, size, engine, cards, transport matrix, store, ids, timeout), what
+what the communicator is (rank, size, engine, cards, transport matrix, store, ids, timeout, its
+flight record), what
 it decided (tuner, topology planner, islands) and the few things those modules may ask of it:
 
 * ``decide(collective, nbytes, algorithm, code, op)``: the one choice of algorithm (and island form)
@@ -11,7 +12,8 @@ it decided (tuner, topology planner, islands) and the few things those modules m
 * ``run(what, fn, args, out, async_op)``: run an operation now, or queue it behind pending
   non-blocking ones, with the communicator's failure handling;
 * ``done(what, out)``: a completed Work; ``interrupt(reason)``; ``control_event(event, rank, why)``
-  (the control plane's report); ``connect``: how a communicator is built (recovery's shrink).
+  (the control plane's report); ``own_failure(err)``: this rank failed outside the engine (a
+  vendor bridge): post why, abort; ``connect``: how a communicator is built (recovery's shrink).
 
 Nothing here imports the rest of hetccl, so every layer may take a Context without an import.
 """
@@ -27,14 +29,16 @@ class Context:
 
     FIELDS = ("rank", "size", "engine", "store", "server", "info", "cards", "matrix", "comm_id",
               "job_id", "timeout", "transports", "bridges", "tuner", "plan", "islands", "ft", "life",
-              "done", "connect")
-    __slots__ = FIELDS + ("_comm", "_decide", "_run", "_interrupt", "_control_event", "__weakref__")
+              "flight", "done", "connect")
+    __slots__ = FIELDS + ("_comm", "_decide", "_run", "_interrupt", "_control_event", "_own_failure",
+                          "__weakref__")
 
-    def __init__(self, comm, *, run, interrupt, control_event, **fields):
+    def __init__(self, comm, *, run, interrupt, control_event, own_failure, **fields):
         self._comm = weakref.ref(comm)
         self._run = weakref.WeakMethod(run)
         self._interrupt = weakref.WeakMethod(interrupt)
         self._control_event = weakref.WeakMethod(control_event)
+        self._own_failure = weakref.WeakMethod(own_failure)
         for k in self.FIELDS:
             setattr(self, k, fields.get(k))
         self._decide = fields["decide"]
@@ -61,6 +65,13 @@ class Context:
         f = self._control_event()
         if f is not None:
             f(event, rank, why)
+
+    def own_failure(self, err):
+        """This rank failed outside the engine (``err``, a vendor bridge's error): post it as the
+        communicator's first failure unless it follows one, then abort the communicator."""
+        f = self._own_failure()
+        if f is not None:
+            f(err)
 
     def decide(self, collective, nbytes, algorithm=None, code=None, op=None):
         """(Algorithm, island form or None) for one call shape (collectives/decide.py)."""

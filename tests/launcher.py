@@ -66,7 +66,7 @@ def _use_chosen_hetccl() -> str:
 
 IMPORT_ROOT = _use_chosen_hetccl()   # first on sys.path: spawned children copy it from here
 
-__all__ = ["run_ranks", "run_ranks_expect_failure", "run_command", "start_command",
+__all__ = ["run_ranks", "run_ranks_expect_failure", "run_ranks_faulty", "run_command", "start_command",
            "stop_command", "free_port", "shm_segments", "REPO_ROOT", "IMPORT_ROOT"]
 
 EXIT_GRACE = 10.0     # how long a rank that returned may take to exit
@@ -74,9 +74,9 @@ FAILURE_GRACE = 10.0  # run_ranks: how long the others get after one rank failed
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """hetccl's launcher port picker (below the ephemeral range, see bootstrap/store.py)."""
+    from hetccl.bootstrap.store import free_port as pick
+    return pick(host)
 
 
 def shm_segments(job_id: str | None = None) -> list[str]:
@@ -298,7 +298,7 @@ def _run(fn: Callable, nranks: int, args: tuple, timeout: float, env, transports
                                     f"(at interpreter exit)"))
         else:
             outcomes.append(msg)
-    return outcomes, job_id, timed_out, removed
+    return outcomes, job_id, timed_out, removed, [p.exitcode for p in procs]
 
 
 def run_ranks(fn: Callable, nranks: int, *args, timeout: float = 60.0,
@@ -316,8 +316,8 @@ def run_ranks(fn: Callable, nranks: int, *args, timeout: float = 60.0,
     is not a failure (its result is None) and the others go on; one that raises still fails the run.
     """
     victims = frozenset(victims)
-    outcomes, job_id, timed_out, leftovers = _run(fn, nranks, args, timeout, env, transports,
-                                                  failure_grace, victims)
+    outcomes, job_id, timed_out, leftovers, _ = _run(fn, nranks, args, timeout, env, transports,
+                                                     failure_grace, victims)
     failed = [(r, text) for r, (state, text) in enumerate(outcomes)
               if state != "ok" and not (state == "died" and r in victims)]
     if failed:
@@ -344,8 +344,23 @@ def run_ranks_expect_failure(fn: Callable, nranks: int, *args, timeout: float = 
     No early stop: every rank runs until it finishes or the shared deadline passes (a rank killed
     at the deadline gets (False, "rank r did not finish within Ns; killed")).
     """
-    outcomes, _, _, _ = _run(fn, nranks, args, timeout, env, transports, None)
+    outcomes, _, _, _, _ = _run(fn, nranks, args, timeout, env, transports, None)
     return [(state == "ok", value) for state, value in outcomes]
+
+
+def run_ranks_faulty(fn: Callable, nranks: int, *args, timeout: float = 60.0,
+                     env: Mapping[str, str | None] | None = None, transports=None,
+                     victims: Sequence[int] = ()) -> list[dict]:
+    """For fault injection (tests/faults): run like run_ranks_expect_failure (no early stop),
+    ``victims`` as in run_ranks, and report each rank as it ended, never raising for a rank:
+    ``{"state", "value", "exitcode"}``, state one of "ok" (value: the result), "err" (value: the
+    traceback or why), "died" (a victim that exited without a result), "hang" (killed at the
+    deadline); ``exitcode`` is negative for a signal death. Leftover segments of the job are
+    removed and listed in every rank's ``"leftovers"``."""
+    outcomes, _, timed_out, leftovers, codes = _run(fn, nranks, args, timeout, env, transports, None,
+                                                    frozenset(victims))
+    return [{"state": "hang" if r in timed_out else state, "value": value, "exitcode": codes[r],
+             "leftovers": leftovers} for r, (state, value) in enumerate(outcomes)]
 
 
 # ------------------------------------------------------------------------------------------------

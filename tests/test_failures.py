@@ -35,6 +35,13 @@ def _next_call_outcome(comm):
 CLOSE_TIMEOUT = 3.0
 
 
+def _check_after(rank, out, victim):
+    """A call after the failure raises CommAborted, or PeerLostError naming the dead rank once the
+    control plane declared it failed (docs/reliability.md)."""
+    exc, msg = out["after"]
+    assert exc == "CommAborted" or (exc == "PeerLostError" and f"rank {victim} failed" in msg), (rank, exc, msg)
+
+
 def _close(comm):
     """close() after a failure must be bounded by its timeout (rank 0, which serves the store,
     may wait that long for the clients of dead ranks)."""
@@ -163,10 +170,7 @@ def test_rank_killed_mid_allreduce(tmp_path, size, transport, victim, how):
         elapsed = out["at"] - killed_at
         assert elapsed < 10.0, (f"rank {r} took {elapsed:.1f}s to raise after rank {victim} died: "
                                 f"{out['exc']}: {out['msg']}")
-        # later calls: CommAborted, or PeerLostError naming the dead rank once the control plane
-        # declared it failed (docs/reliability.md)
-        assert out["after"][0] == "CommAborted" or (
-            out["after"][0] == "PeerLostError" and f"rank {victim} failed" in out["after"][1]), (r, out["after"])
+        _check_after(r, out, victim)
         assert out["close_s"] < CLOSE_TIMEOUT + 1.0, (r, out["close_s"])
     lost = [out["msg"] for r, (ok, out) in enumerate(res) if r != victim and ok
             and out["exc"] == "PeerLostError"]

@@ -24,6 +24,7 @@ LAYERS = [
     ("topology", ["topology"]),
     ("transports", ["transports"]),
     ("recovery, point to point", ["recovery", "p2p.py"]),
+    ("flight records", ["flight"]),
     ("collectives", ["collectives"]),
     ("communicator", ["comm.py"]),
     ("face", ["__init__.py", "__main__.py", "cli.py", "tuning", "simulate", "benchmark", "torch"]),

@@ -23,6 +23,7 @@ from hetccl._native.codes cimport *
 from hetccl._native.halving cimport allreduce_rabenseifner, reduce_rs_gather, rs_halving
 from hetccl._native.trees cimport allreduce_dbtree
 from hetccl._native.engine cimport Engine, Seg, even_blocks, seg, slice_len
+from hetccl._native.flight cimport Flight, FL_DONE, FL_NO_DTYPE, FL_RUNNING
 from hetccl._native.link cimport E_OS
 from hetccl._native.reduce cimport copy_bytes, get_reduce, divide_by, store_fence, reduce_fn
 
@@ -715,7 +716,10 @@ cdef class Hot:
     tuner's choice. A call forced with ``algorithm=`` is learnt under that name and the tuner's own
     calls under None, and both are looked up the same way (two dict lookups), so a forced
     algorithm costs what the tuner's choice of it costs: a user feature, and the benchmark's
-    like-for-like comparison of algorithms (bench/crossover.py)."""
+    like-for-like comparison of algorithms (bench/crossover.py).
+
+    Every call it runs goes into the communicator's flight record (``flight``, native: a few
+    stores), failures with their error's class."""
     cdef Engine e
     cdef double timeout
     cdef dict codes                 # numpy dtype -> hetccl dtype code
@@ -723,9 +727,11 @@ cdef class Hot:
     cdef int code_last
     cdef list algos                 # per HOT_* kind: {forced name or None: {nbytes: (code, name)}}
     cdef public object last         # the name of the algorithm of the last call (last_algorithm)
+    cdef readonly Flight flight     # the communicator's flight record (hetccl/flight/)
 
-    def __cinit__(self, Engine e, double timeout, dict codes):
+    def __cinit__(self, Engine e, double timeout, dict codes, Flight flight=None):
         self.e = e
+        self.flight = flight if flight is not None else Flight()
         self.timeout = timeout
         self.codes = codes
         self.dt_last = None
@@ -770,6 +776,7 @@ cdef class Hot:
     def broadcast(self, buf, int root, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
+        cdef uint64_t s
         if dtype < 0:
             return False
         hit = self.algo_of(HOT_BROADCAST, buf.nbytes, forced)
@@ -778,13 +785,20 @@ cdef class Hot:
         p = Bufs()
         p.pin(buf, None, False, True)
         self.last = hit[1]
-        run_broadcast(self.e, <char*>p.a.buf, p.a.len, root, dtype, <int>hit[0], self.timeout)
+        s = self.flight.push(COLL_BROADCAST, p.a.len, dtype, FL_NO_DTYPE, root, hit[1], FL_RUNNING)
+        try:
+            run_broadcast(self.e, <char*>p.a.buf, p.a.len, root, dtype, <int>hit[0], self.timeout)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
         return True
 
     def allreduce(self, buf, out, op, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
         cdef int algo
+        cdef uint64_t s
         if dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND:
             return False
         if out is None:
@@ -798,16 +812,23 @@ cdef class Hot:
         p = Bufs()
         p.pin(buf, out, True, buf is out)
         self.last = hit[1]
-        if algo == ALGO_RING or algo == ALGO_RD:
-            self.e.run_allreduce(&p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
-        else:
-            run_allreduce(self.e, &p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
+        s = self.flight.push(COLL_ALLREDUCE, p.b.len, dtype, op, -1, hit[1], FL_RUNNING)
+        try:
+            if algo == ALGO_RING or algo == ALGO_RD:
+                self.e.run_allreduce(&p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
+            else:
+                run_allreduce(self.e, &p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
         return True
 
     def allgather(self, buf, out, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Py_buffer sv, rv
         cdef bint same = buf is out
+        cdef uint64_t s = 0
         if dtype < 0 or (not same and self.dtype_of(out) != dtype):
             return False
         hit = self.algo_of(HOT_ALLGATHER, out.nbytes, forced)
@@ -816,7 +837,12 @@ cdef class Hot:
         pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
         try:
             self.last = hit[1]
+            s = self.flight.push(COLL_ALLGATHER, rv.len, dtype, FL_NO_DTYPE, -1, hit[1], FL_RUNNING)
             self.e.run_allgather(&sv, &rv, dtype, hit[0], self.timeout)
+            self.flight.mark(s, FL_DONE, 0)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
         finally:
             release_allgather(same, &sv, &rv)
         return True
@@ -824,6 +850,7 @@ cdef class Hot:
     def alltoall(self, buf, out, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
+        cdef uint64_t s
         if dtype < 0 or self.dtype_of(out) != dtype:
             return False
         hit = self.algo_of(HOT_ALLTOALL, buf.nbytes, forced)
@@ -832,13 +859,20 @@ cdef class Hot:
         p = Bufs()
         p.pin(buf, out, True)
         self.last = hit[1]
-        run_alltoall(self.e, &p.a, &p.b, dtype, hit[0], self.timeout)
+        s = self.flight.push(COLL_ALLTOALL, p.a.len, dtype, FL_NO_DTYPE, -1, hit[1], FL_RUNNING)
+        try:
+            run_alltoall(self.e, &p.a, &p.b, dtype, hit[0], self.timeout)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
         return True
 
     def reduce_scatter(self, buf, out, op, forced=None):
         """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce."""
         cdef int dtype = self.dtype_of(buf)
         cdef Bufs p
+        cdef uint64_t s
         if (dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
                 or self.dtype_of(out) != dtype):
             return False
@@ -848,5 +882,11 @@ cdef class Hot:
         p = Bufs()
         p.pin(buf, out, True)
         self.last = hit[1]
-        run_reduce_scatter(self.e, &p.a, &p.b, dtype, op, <int>hit[0], self.timeout)
+        s = self.flight.push(COLL_REDUCE_SCATTER, p.a.len, dtype, op, -1, hit[1], FL_RUNNING)
+        try:
+            run_reduce_scatter(self.e, &p.a, &p.b, dtype, op, <int>hit[0], self.timeout)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
         return True

@@ -69,6 +69,7 @@ cdef extern from "<sys/mman.h>" nogil:
     void* MAP_FAILED
 
 cdef extern from "<fcntl.h>" nogil:
+    int posix_fallocate(int fd, long offset, long length)
     int O_CREAT
     int O_EXCL
     int O_RDWR
@@ -135,6 +136,7 @@ cdef class ShmSegment:
 
     def __cinit__(self, name, size_t size, bint create):
         cdef int fd
+        cdef int rc
         cdef void* p
         self.name = name.encode() if isinstance(name, str) else bytes(name)
         self.size = size
@@ -165,6 +167,17 @@ cdef class ShmSegment:
             c_close(fd)
             shm_unlink(self.name)
             raise TransportError(f"cannot size shared memory {self.name.decode()} to {size} bytes: {e}")
+        if create:
+            # back every page now: on a full /dev/shm (tmpfs) this fails with ENOSPC, where
+            # MAP_POPULATE would silently leave pages out and the first touch would be SIGBUS
+            with nogil:
+                rc = posix_fallocate(fd, 0, size)
+            if rc != 0:
+                c_close(fd)
+                shm_unlink(self.name)
+                from hetccl.memory.space import shm_space_error
+                raise shm_space_error(f"shared memory {self.name.decode()}", size, rc,
+                                      "set HETCCL_TRANSPORTS=tcp to avoid shared memory")
         with nogil:
             p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)
         c_close(fd)

@@ -6,18 +6,33 @@ behaviour users expect from a launcher: output prefixed by rank, the first failu
 job with that rank's status, Ctrl-C stops everything, and nothing is left behind (processes or
 shared-memory segments of crashed ranks).
 
-    hetccl run -n N [--timeout SECONDS] [--] command [args...]
+    hetccl run -n N [--keep-going] [--timeout SECONDS] [--] command [args...]
 
 Each rank gets HETCCL_RANK, HETCCL_SIZE, HETCCL_LOCAL_RANK, HETCCL_LOCAL_SIZE, HETCCL_STORE
 (127.0.0.1:<free port>), HETCCL_SECRET (64 hex digits), HETCCL_JOB_ID (8 hex digits), and, unless
 already set, OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1 (numpy would otherwise start a BLAS thread
 per core in every rank) and PYTHONUNBUFFERED=1 (so output is not lost when a rank is killed).
 A command ``python``/``python3`` (or a bare ``script.py``) runs under this launcher's interpreter.
-Ranks run in their own process groups with stdin from /dev/null.
+Ranks run in their own process groups with stdin from /dev/null. SIGUSR1 to the launcher is passed
+on to every rank (hetccl dumps its flight records on it: docs/reliability.md, "Hung ranks").
 
 Exit status: 0 if every rank exits 0; else the first failing rank's status (128+N if killed by
 signal N); 130/143 when the launcher gets SIGINT/SIGTERM; 124 on --timeout; 2 on bad usage;
 127 if the command cannot be started.
+
+``--keep-going`` is for programs that recover from the loss of ranks (``comm.shrink()``,
+``hetccl.torch.shrink_group``): a rank that ends, however it ends, stops no one; the launcher waits
+for every rank. Why a flag of the launch rather than a declaration by the program: the launcher
+must decide the moment a rank dies, before any survivor could say anything, and the flag changes
+what the exit status means, so the one who reads the status (a person, a job script) is the one
+who chooses it; ``mpirun --with-ft ulfm`` and ``srun --no-kill`` are launch options too. Ranks
+killed by a signal (SIGKILL, the OOM killer, a crash's SIGSEGV or SIGABRT) are the failures the
+job survives; a rank that exits with a non-zero status reported an error. So the status is 0 if
+at least one rank exited 0 and every rank that was not killed by a signal exited 0; else the
+first such non-zero status, or 128+N of the first rank killed when no rank exited 0. The last
+line names the ranks lost (docs/launching.md gives its exact form):
+
+    hetccl run: finished: 3 of 4 ranks exited 0; lost 1: rank 2 (SIGKILL)
 """
 from __future__ import annotations
 
@@ -25,20 +40,25 @@ import glob
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
+from .store import free_port
+
 USAGE = """\
-usage: hetccl run -n N [--timeout SECONDS] [--] command [args...]
+usage: hetccl run -n N [--keep-going] [--timeout SECONDS] [--] command [args...]
 
 Start N ranks of `command` on this host with hetccl's environment set
 (HETCCL_RANK, HETCCL_SIZE, HETCCL_STORE, HETCCL_SECRET, ...).
 
 options:
   -n, --np N           number of ranks (>= 1)
+  --keep-going         a rank that dies or fails stops no one: for programs that
+                       go on without lost ranks (comm.shrink, shrink_group); the
+                       status is 0 if every rank not killed by a signal exited 0,
+                       and the last line names the ranks lost
   --timeout SECONDS    stop all ranks after SECONDS and exit with status 124
   -h, --help           show this help
 
@@ -53,7 +73,8 @@ class _UsageError(Exception):
 
 
 def _parse(argv: list[str]):
-    n, timeout, i = None, None, 0
+    """(nranks, timeout, keep_going, cmd), or None for --help; _UsageError otherwise."""
+    n, timeout, keep_going, i = None, None, False, 0
     while i < len(argv):
         a = argv[i]
         if a == "--":
@@ -75,6 +96,8 @@ def _parse(argv: list[str]):
             timeout, i = argv[i + 1], i + 2
         elif a.startswith("--timeout="):
             timeout, i = a.split("=", 1)[1], i + 1
+        elif a == "--keep-going":
+            keep_going, i = True, i + 1
         elif a.startswith("-"):
             raise _UsageError(f"unknown option {a!r} (put the command after `--` if it is "
                               f"the command's option)")
@@ -98,7 +121,7 @@ def _parse(argv: list[str]):
             raise _UsageError("--timeout needs a positive number of seconds")
     if not cmd:
         raise _UsageError("missing the command to run")
-    return nranks, timeout, cmd
+    return nranks, timeout, keep_going, cmd
 
 
 def _resolve(cmd: list[str]) -> list[str]:
@@ -110,10 +133,6 @@ def _resolve(cmd: list[str]) -> list[str]:
     return list(cmd)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cleanup_shm(job_id: str, pids=()) -> list[str]:
@@ -185,13 +204,29 @@ def _status(rc: int) -> int:
     return rc if rc >= 0 else 128 - rc
 
 
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _ended(rc: int) -> str:
+    """How a rank ended, for the launcher's messages."""
+    if rc < 0:
+        return f"was killed by {_signame(-rc)}"
+    return f"exited with status {rc}"
+
+
 class _Job:
-    def __init__(self, nranks: int, cmd: list[str], timeout: float | None):
-        self.nranks, self.cmd, self.timeout = nranks, cmd, timeout
+    def __init__(self, nranks: int, cmd: list[str], timeout: float | None, keep_going: bool = False):
+        self.nranks, self.cmd, self.timeout, self.keep_going = nranks, cmd, timeout, keep_going
         self.job_id = secrets.token_hex(4)
         self.procs: list[subprocess.Popen] = []
         self.pumps: list[list[threading.Thread]] = []
         self.signal: int | None = None
+        self.ended: dict[int, int] = {}          # rank -> return code, in the order ranks ended
+        self.stopped: list[int] = []             # ranks the launcher itself stopped
         self.out, self.err = _Output(sys.stdout), _Output(sys.stderr)
 
     def say(self, msg: str) -> None:
@@ -207,7 +242,7 @@ class _Job:
         return env
 
     def start(self) -> None:
-        store, secret = f"127.0.0.1:{_free_port()}", secrets.token_hex(32)
+        store, secret = f"127.0.0.1:{free_port()}", secrets.token_hex(32)
         for rank in range(self.nranks):
             p = subprocess.Popen(self.cmd, env=self.env(rank, store, secret),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -225,6 +260,7 @@ class _Job:
     def stop(self, first_signal: int = signal.SIGTERM) -> None:
         """Signal every live rank's group, SIGKILL whatever is left after KILL_GRACE seconds."""
         live = [p for p in self.procs if p.poll() is None]
+        self.stopped = [r for r, p in enumerate(self.procs) if p in live and r not in self.ended]
         for p in live:
             _signal_group(p, first_signal)
         deadline = time.monotonic() + KILL_GRACE
@@ -258,23 +294,61 @@ class _Job:
                 rc = p.poll()
                 if rc is None:
                     running = True
-                elif rc != 0:
-                    for t in self.pumps[rank]:  # let its last words out first
-                        t.join(1.0)
-                    status = _status(rc)
-                    how = (f" (killed by {signal.Signals(-rc).name})" if rc < 0
-                           and -rc in signal.Signals._value2member_map_ else "")
-                    self.say(f"rank {rank} exited with status {status}{how}; stopping the others")
+                    continue
+                if rank in self.ended:
+                    continue
+                self.ended[rank] = rc
+                if rc == 0:
+                    continue
+                for t in self.pumps[rank]:  # let its last words out first
+                    t.join(1.0)
+                if not self.keep_going:
+                    how = f" (killed by {_signame(-rc)})" if rc < 0 else ""
+                    self.say(f"rank {rank} exited with status {_status(rc)}{how}; stopping the "
+                             f"others")
                     self.stop()
-                    return status
+                    return _status(rc)
+                self.say(f"rank {rank} {_ended(rc)}; the others keep running (--keep-going)")
+                cleanup_shm("", [p.pid])  # its segments now, not at the end: /dev/shm is memory
             if not running:
-                return 0
+                return self.keep_going_status() if self.keep_going else 0
             if deadline is not None and time.monotonic() >= deadline:
                 self.say(f"timeout: ranks still running after {self.timeout:g}s; stopping all "
                          f"ranks")
                 self.stop()
                 return 124
             time.sleep(0.02)
+
+    # ------------------------------------------------------------------ --keep-going
+    def keep_going_status(self) -> int:
+        """Every rank ended on its own: 0 if some rank exited 0 and every rank not killed by a
+        signal exited 0; else the first non-zero exit status; else (all were killed) 128+N of
+        the first rank killed."""
+        codes = list(self.ended.values())
+        errors = [rc for rc in codes if rc > 0]
+        if errors:
+            return errors[0]
+        if 0 in codes:
+            return 0
+        return _status(codes[0])
+
+    def summary(self, status: int) -> str:
+        """The last line of a --keep-going job (docs/launching.md): who exited 0, who was lost
+        (killed by a signal), who failed (non-zero status) and who the launcher stopped."""
+        by_rank = sorted(self.ended.items())
+        ok = sum(1 for _, rc in by_rank if rc == 0)
+        lost = [f"rank {r} ({_signame(-rc)})" for r, rc in by_rank
+                if rc < 0 and r not in self.stopped]
+        errors = [f"rank {r} (status {rc})" for r, rc in by_rank if rc > 0 and r not in self.stopped]
+        verdict = "finished" if status == 0 else f"failed (status {status})"
+        parts = [f"{verdict}: {ok} of {self.nranks} ranks exited 0",
+                 f"lost {len(lost)}" + (": " + ", ".join(lost) if lost else "")]
+        if errors:
+            parts.append(f"errors {len(errors)}: " + ", ".join(errors))
+        if self.stopped:
+            parts.append(f"stopped {len(self.stopped)}: "
+                         + ", ".join(f"rank {r}" for r in self.stopped))
+        return "; ".join(parts)
 
 
 def run_main(argv: list[str]) -> int:
@@ -287,17 +361,24 @@ def run_main(argv: list[str]) -> int:
     if parsed is None:
         sys.stdout.write(USAGE)
         return 0
-    nranks, timeout, cmd = parsed
-    job = _Job(nranks, _resolve(cmd), timeout)
+    nranks, timeout, keep_going, cmd = parsed
+    job = _Job(nranks, _resolve(cmd), timeout, keep_going)
 
     def on_signal(signum, frame):
         if job.signal is None:
             job.signal = signum
 
+    def forward(signum, frame):
+        for p in job.procs:
+            if p.poll() is None:
+                _signal_group(p, signum)
+
     old = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, forward)
+    status = None
     try:
         try:
             job.start()
@@ -305,7 +386,8 @@ def run_main(argv: list[str]) -> int:
             job.say(f"cannot start {cmd[0]!r}: {e.strerror or e}")
             job.stop()
             return 127
-        return job.supervise()
+        status = job.supervise()
+        return status
     finally:
         job.reap()
         for threads in job.pumps:
@@ -317,6 +399,8 @@ def run_main(argv: list[str]) -> int:
         if removed:
             job.say(f"removed {len(removed)} shared-memory segment(s) left behind by job "
                     f"{job.job_id}")
+        if keep_going and status is not None:
+            job.say(job.summary(status))             # the last line: who was lost
 
 
 if __name__ == "__main__":

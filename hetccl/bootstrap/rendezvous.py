@@ -37,7 +37,7 @@ import socket
 import stat
 from typing import NamedTuple
 
-from ..errors import HetcclTimeout, InvalidUsage
+from ..errors import HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .env import LaunchInfo, parse_host_port, parse_secret, read_secret_file
 from .store import StoreClient, StoreServer
 
@@ -45,6 +45,7 @@ log = logging.getLogger("hetccl.bootstrap")
 
 __all__ = ["StoreConnection", "connect_store", "primary_address"]
 
+CAUSE_WAIT = 2.0   # s a rank that lost a peer while joining waits for that peer's posted reason
 _calls = 0  # connect_store calls in this process: keys exchanged via a foreign store stay distinct
 
 
@@ -56,17 +57,30 @@ class StoreConnection(NamedTuple):
     job_id: str                       # agreed by every rank
     info: LaunchInfo                  # with the store address, secret and job id actually used
 
-    def abort(self, error: BaseException, grace: float = 30.0) -> None:
+    def abort(self, error: BaseException, grace: float = 30.0) -> BaseException:
         """This rank failed while joining: post why, so every other rank raises now rather than
         at its timeout; rank 0 then serves up to ``grace`` s more, until every rank has been
         told. Call close() afterwards. No grace after a timeout (the missing ranks had their
-        chance; the ranks already waiting are told at once) or Ctrl-C (the user wants out)."""
+        chance; the ranks already waiting are told at once) or Ctrl-C (the user wants out).
+
+        Returns the error this rank should raise: ``error``, or the first failure's when ``error``
+        only says that a peer closed its connection (PeerLostError) and that peer posts why within
+        ``CAUSE_WAIT`` s: it closes its links before it posts, so its reason is usually on the way
+        (a full /dev/shm on its side then reads as that on every rank, not as a lost peer)."""
+        if isinstance(error, PeerLostError) and self.client.abort_reason is None:
+            try:
+                self.client.get(f"{self.job_id}/never-set/start-abort", timeout=min(CAUSE_WAIT, grace))
+            except HetcclError as e:
+                if self.client.abort_reason is not None:
+                    error = e
         cls = "InvalidUsage" if isinstance(error, InvalidUsage) else type(error).__name__
-        self.client.abort(cls, f"rank {self.info.rank} failed: {error}")
+        if self.client.abort_reason is None:
+            self.client.abort(cls, f"rank {self.info.rank} failed: {error}")
         if self.server is not None and not isinstance(error, (HetcclTimeout, KeyboardInterrupt)):
             others = [r for r in range(self.info.size) if r != self.info.rank]
             if not self.server.wait_told(others, grace):
                 log.info("closing the store before every rank learned that the job stopped")
+        return error
 
     def close(self, timeout: float = 10.0) -> None:
         """Close the client; on rank 0 then wait up to ``timeout`` s until every other rank has

@@ -49,7 +49,8 @@ import threading
 import time
 from typing import Iterable, Sequence
 
-from ..errors import AuthenticationError, CommAborted, HetcclTimeout, InvalidUsage, PeerLostError
+from ..errors import (AuthenticationError, CommAborted, HetcclTimeout, InvalidUsage, PeerLostError,
+                      TransportError)
 from .auth import NONCE_BYTES, derive_key, hmac_key, mac, new_nonce
 from .guard import (FramingError, HandshakeGate, MessageReader, Send, encode, message_steps,
                     run_blocking, send_all, wait_readable)
@@ -522,6 +523,7 @@ class StoreClient:
         self._last_sctr = 0
         self._closed = False
         self._cancel = cancel
+        self.abort_reason: bytes | None = None   # the job's start was aborted: the first reason
         self._pending: collections.deque = collections.deque()
         self._reader = MessageReader(MAX_FRAMES, MAX_MESSAGE)
         deadline = time.monotonic() + self.timeout
@@ -662,7 +664,8 @@ class StoreClient:
                 raise InvalidUsage(payload[0].decode("utf-8", "replace") if payload
                                    else "the store refused the request")
             if status == ABORT:
-                raise _aborted(self.rank, payload[0] if payload else b"")
+                self.abort_reason = payload[0] if payload else b""
+                raise _aborted(self.rank, self.abort_reason)
             return status, payload
 
     def _send(self, frames) -> None:
@@ -812,11 +815,12 @@ class StoreClient:
 
 def _aborted(rank: int, reason: bytes) -> Exception:
     """The error a rank raises when the job's start was aborted: the failed rank's own error class
-    for usage errors (every rank then reports the same mistake), CommAborted otherwise."""
+    for usage errors and for a transport that cannot start (a full /dev/shm: every rank then
+    reports the same mistake, and its fix), CommAborted otherwise."""
     cls_name, _, msg = reason.decode("utf-8", "replace").partition("|")
-    cls = InvalidUsage if cls_name == "InvalidUsage" else CommAborted
+    cls = {"InvalidUsage": InvalidUsage, "TransportError": TransportError}.get(cls_name, CommAborted)
     return cls(f"rank {rank}: the job stopped while starting because {msg or 'another rank failed'}"
-               + ("" if cls is InvalidUsage else f" ({cls_name})"))
+               + ("" if cls is not CommAborted else f" ({cls_name})"))
 
 
 def _who_sets(*keys: str) -> str:
@@ -830,9 +834,34 @@ def _who_sets(*keys: str) -> str:
             "same program and reached the same step")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host`` (racy by nature; fine for launchers)."""
+    """A TCP port that is free right now on ``host``, for a launcher to hand to rank 0's store.
+
+    Racy by nature (free now, bound later by another process), so it is drawn at random from
+    *below* the kernel's ephemeral range: every outgoing connection on the host takes its local
+    port from that range, and on a busy host one of them can take a port that bind(0) just
+    returned before rank 0 binds it ("Address already in use"). Falls back to bind(0)."""
+    import random
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lo, _ = _ephemeral_range()
+    first = 10000 if lo > 12000 else 1024
+    for _ in range(64):
+        port = random.randrange(first, lo) if lo > first + 1000 else 0
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
     with socket.socket(fam, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

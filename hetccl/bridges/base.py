@@ -108,6 +108,11 @@ class Bridge(abc.ABC):
         """Tear down without waiting for peers (a peer died or a call timed out)."""
         self.close()
 
+    def interrupt(self) -> None:
+        """End a call waiting in this bridge now, from any thread, releasing nothing: hetccl's control
+        plane learnt that a member failed, or the communicator was revoked. Later calls may be
+        refused. Default: nothing (a library without such a call ends its wait at its deadline)."""
+
     # Recovery (optional): a library that can make a communicator of some of its ranks from an
     # existing one (NCCL >= 2.27: ncclCommShrink) lets a shrunk hetccl communicator keep its island
     # without a new rendezvous; otherwise the island's communicator is created anew.

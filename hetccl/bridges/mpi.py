@@ -27,8 +27,10 @@ where the MPI library has ULFM's MPIX_Comm_revoke (peers' pending calls on it th
 waiting), keeps the abandoned request and its buffers alive (MPI may still write them), refuses
 every later call, and skips MPI_Finalize at exit, which would otherwise wait for the abandoned
 operation. What a peer's death does is the MPI job's choice: Open MPI's mpirun ends the whole job
-when a process exits abnormally unless it runs with fault tolerance (ULFM), in which case the
-survivors' calls fail with MPI_ERR_PROC_FAILED and raise here.
+when a process exits abnormally unless it runs with fault tolerance (ULFM, ``--with-ft ulfm``). Then
+hetccl's control plane notices the death and interrupts the bridge (``interrupt``: an abort, which
+revokes the island's communicator), and ``comm.shrink()`` makes the survivors' island with
+MPIX_Comm_shrink from it (``shrink``).
 """
 from __future__ import annotations
 
@@ -92,6 +94,39 @@ def _module(initialize: bool):
 
 
 _ABANDONED: list = []     # (request, buffers) of calls given up on: MPI may still touch them
+
+
+def _bounded(call, timeout: float, what: str):
+    """``call()`` (a blocking MPI call that cannot be cancelled) on a thread of its own, given up
+    after ``timeout`` s: the thread stays behind, blocked in MPI, and MPI_Finalize is skipped."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as e:            # noqa: BLE001 - reported to the caller
+            out["error"] = e
+    th = threading.Thread(target=run, name=f"hetccl-mpi-{what}", daemon=True)
+    th.start()
+    th.join(timeout)
+    if th.is_alive():
+        _ABANDONED.append((th, ()))
+        raise BridgeError(f"mpi: {what} did not finish within {timeout:g} s")
+    e = out.get("error")
+    if e is not None:
+        why = e.Get_error_string().strip() if hasattr(e, "Get_error_string") else str(e)
+        raise BridgeError(f"mpi: {what} failed: {why}") from None
+    return out["value"]
+
+
+def ulfm_enabled() -> bool:
+    """Whether this MPI job runs with ULFM's fault tolerance (its processes outlive a peer's death
+    and MPIX_Comm_revoke/shrink work): Open MPI's ``mpirun --with-ft ulfm`` sets the MCA parameter
+    mpi_ft_enable; MPICH's MPIR_CVAR_ENABLE_FT. mpi4py must have the MPIX calls (4.0 or later)."""
+    env = os.environ
+    on = env.get("OMPI_MCA_mpi_ft_enable", env.get("MPIR_CVAR_ENABLE_FT", "")).lower()
+    mod = sys.modules.get("mpi4py.MPI")
+    return on in ("1", "true", "yes", "on") and mod is not None and hasattr(mod.Comm, "Ishrink")
 
 
 def _finalize(mod):
@@ -168,6 +203,7 @@ class MPIBridge(Bridge):
     def __init__(self, world_ranks: list[int], tag: int, timeout: float | None = None):
         self.timeout = config.timeout(timeout)
         self._aborted = threading.Event()
+        self._revoked = None                  # the communicator abort() revoked (ULFM: for shrink)
         MPI = _module(initialize=True)
         self.MPI = MPI
         me = MPI.COMM_WORLD.Get_rank()
@@ -305,7 +341,7 @@ class MPIBridge(Bridge):
         """Stop the island's MPI work now, from any thread: a call waiting in this bridge returns
         (BridgeError), the communicator is revoked where MPI has ULFM (peers' calls on it fail
         instead of waiting), and every later call raises InvalidUsage. The communicator is not
-        freed (MPI_Comm_free would wait for the peers)."""
+        freed (MPI_Comm_free would wait for the peers); with ULFM it stays for ``shrink``."""
         if self._aborted.is_set():
             return
         self._aborted.set()
@@ -316,7 +352,48 @@ class MPIBridge(Bridge):
                 revoke()
             except Exception:                  # noqa: BLE001 - MPI without ULFM support at run time
                 pass
+        self._revoked = comm
         _ABANDONED.append((comm, ()))          # keep it (and MPI_Finalize away: see _finalize)
+
+    def interrupt(self):
+        """hetccl learnt that a member failed (or revoked the communicator): abort, which releases
+        nothing. Under ULFM a call on an island whose process died may otherwise never complete
+        (measured with Open MPI 5.0.11: the non-blocking collective's MPI_Test stays false until
+        the communicator is revoked) and would wait out the bridge's deadline."""
+        self.abort()
+
+    @property
+    def can_shrink(self) -> bool:
+        """MPIX_Comm_shrink of the (revoked) island communicator, when the job runs with ULFM
+        (``ulfm_enabled``) and this bridge was not closed."""
+        return ulfm_enabled() and (self._revoked is not None or self.comm is not None)
+
+    def shrink(self, exclude):
+        """The island without ``exclude`` by ULFM: revoke (if not yet), then MPIX_Comm_shrink, given
+        up after the bridge's timeout (the blocking call: Open MPI 5.0.11's MPIX_Comm_ishrink fails
+        with MPI_ERR_INTERN, then crashes, where the blocking one works). ULFM drops the processes *it* knows failed; a count
+        that differs from hetccl's survivors is refused (BridgeError: the island is then created
+        anew, or the shrink fails on every rank)."""
+        if not ulfm_enabled():
+            return None
+        self.abort()                           # revokes: the survivors' pending calls end
+        old, self._revoked = self._revoked, None
+        if old is None:
+            return None
+        want = self.size - len(exclude)
+        MPI = self.MPI
+        new = _bounded(old.Shrink, self.timeout, "MPIX_Comm_shrink")
+        if new.Get_size() != want:
+            _ABANDONED.append((new, ()))
+            raise BridgeError(f"mpi: MPIX_Comm_shrink kept {new.Get_size()} of the island's processes, "
+                              f"hetccl's survivors are {want}: MPI's failure detector and hetccl's disagree")
+        child = object.__new__(type(self))
+        child.__dict__.update(self.__dict__)   # MPI module, tables, timeout
+        child._aborted, child._revoked, child.comm = threading.Event(), None, new
+        new.Set_errhandler(MPI.ERRORS_RETURN)
+        Bridge.__init__(child, new.Get_rank(), new.Get_size())
+        child.shrunk_from = sorted(exclude)
+        return child
 
 
 def open_island(ctx) -> MPIBridge:

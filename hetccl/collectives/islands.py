@@ -39,6 +39,7 @@ the flat algorithms and the composed form wins; ``algorithm="islands"`` forces t
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
@@ -58,6 +59,8 @@ from .staged import DevicePath
 from .subcomms import SubComms
 from .algorithm import ALGO_ISLANDS
 from .hierarchical import SUB_CALL, flat_fallback
+
+log = logging.getLogger("hetccl")
 
 NAME = "islands"
 COMPOSED_COLLECTIVES = ("allreduce", "allgather", "broadcast")
@@ -523,9 +526,16 @@ class IslandPlan(IslandPricer):
             self.bridge = None
 
     def interrupt(self, reason):
-        """Fail the island sub-communicators' running and later calls (Communicator._interrupt);
-        the vendor bridge has no such call: abort() stops it."""
+        """Fail the island sub-communicators' running and later calls (Communicator._interrupt),
+        and end a wait inside the vendor bridge where it can (``Bridge.interrupt``: the MPI
+        bridge's calls on a dead peer's island would otherwise wait out their deadline)."""
         self._subs.interrupt(reason)
+        bridge = self.bridge
+        if bridge is not None:
+            try:
+                bridge.interrupt()
+            except Exception as e:                  # noqa: BLE001 - the interrupt must go on
+                log.warning("islands: interrupting the %s bridge: %s", self.island.kind, e)
 
     # ------------------------------------------------------------------ island steps
 
@@ -585,12 +595,14 @@ class IslandPlan(IslandPricer):
 
     def _failed(self, e):
         """A native library's error: abort the communicator (its peers raise too, instead of waiting
-        for a step this rank will not run), as a BridgeError naming the library."""
-        self.ctx.comm.abort()
-        if isinstance(e, HetcclError):
-            return e
-        err = BridgeError(f"the {self.island.kind} bridge failed: {type(e).__name__}: {e}")
-        err.__cause__ = e
+        for a step this rank will not run), as a BridgeError naming the library. The error is
+        posted as the communicator's first failure, unless it only follows one (a peer known to
+        have failed, an interrupt): the peers then report that one, not this rank's abort."""
+        err = e
+        if not isinstance(e, HetcclError):
+            err = BridgeError(f"the {self.island.kind} bridge failed: {type(e).__name__}: {e}")
+            err.__cause__ = e
+        self.ctx.own_failure(err)
         return err
 
     def staged(self):

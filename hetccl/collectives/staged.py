@@ -112,6 +112,8 @@ def device_call(ctx, coll, buf, out=None, *, op=ReduceOp.SUM, root=0, timeout=No
     nbytes = dout.nbytes if coll == "allgather" else dbuf.nbytes
     a, form = ctx.decide(coll, nbytes, algorithm, code, op if coll == "allreduce" else None)
     ctx.comm.last_algorithm = a.name
+    ctx.flight.note(coll, nbytes, code, op if coll == "allreduce" else -1,
+                    int(root) if coll == "broadcast" else -1)
     if a.code == ALGO_ISLANDS:
         if coll == "allreduce":
             args = (dbuf, dout, code, op, t, form)

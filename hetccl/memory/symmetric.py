@@ -26,9 +26,9 @@ import numpy as np
 
 from .._native import symmetric as _native
 from ..errors import InvalidUsage
+from .space import SHM_DIR, shm_space_error
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-SHM_DIR = "/dev/shm"
 PREFIX = "hetccl-sym-"
 _serial = itertools.count()          # names unique in this process: hetccl-sym-<pid>-<serial>
 
@@ -111,10 +111,11 @@ class SymmetricMemory:
                     f"rank: {dict(enumerate(sizes))} (pass the same shape and dtype everywhere)")
             if nbytes >= 1 << 40:                     # descriptors carry 40-bit offsets (every rank agrees)
                 raise InvalidUsage(f"comm.alloc of {nbytes} bytes: symmetric allocations are limited to 1 TiB")
-            errs = {r: os.strerror(int(e)) for r, e in enumerate(table[:, 1]) if e}
-            if errs:
-                raise InvalidUsage(f"comm.alloc of {nbytes} bytes failed on some ranks: {errs} "
-                                   f"(is {SHM_DIR} full? `df -h {SHM_DIR}`)")
+            errs = {r: int(e) for r, e in enumerate(table[:, 1]) if e}
+            if errs:                                  # every rank raises the same error
+                r = min(errs)
+                raise shm_space_error(f"comm.alloc's segment on rank(s) {sorted(errs)}", mapped, errs[r],
+                                      "allocate ordinary memory (numpy) instead of comm.alloc")
             index = self.heap.reserve()
             buf, status = self._map(index, table, fd, nbytes, mapped)
             fd = -1

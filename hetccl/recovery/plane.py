@@ -58,6 +58,19 @@ MAX_EARLY = 256              # messages kept per communicator key not registered
 MAX_GONE = 128               # closed communicators whose decisions are kept
 _HELLO_MAX = 256
 
+# Services that ride on the plane's connections and thread, registered by the layers above at their
+# import (hetccl/flight/: flight-record requests and the watchdog), so the plane names none of them.
+_SERVICES = []               # (message types, receive(plane, peer, msg), tick(plane, now))
+
+
+def serve(types, receive, tick) -> None:
+    """Let a service answer the messages of ``types`` (``receive(plane, peer, msg)``: diagnostics
+    only, a bad message must be refused, never fatal) and run ``tick(plane, now)`` at every tick of
+    the plane's thread, under its lock. Once per service (idempotent), before any plane exists."""
+    entry = (frozenset(types), receive, tick)
+    if entry not in _SERVICES:
+        _SERVICES.append(entry)
+
 
 def fingerprint(secret) -> bytes:
     """8 bytes that name a job secret without revealing it (which secret a connection uses)."""
@@ -112,6 +125,7 @@ class ControlPlane:
         self._early = collections.OrderedDict()   # key -> [(token, fp, msg)]
         self._gone = collections.OrderedDict()    # key -> {instance: decided value}
         self._after = []                 # callbacks to run without the lock
+        self.flight_queries = {}         # flight-record requests awaiting answers (flight/exchange.py)
         self._thread = threading.Thread(target=self._loop, name="hetccl-control", daemon=True)
         self._thread.start()
         self._gate = HandshakeGate(ls, self._handshake, self._accepted, name="hetccl-control-gate",
@@ -217,6 +231,13 @@ class ControlPlane:
                 return
             self._adopt(p, s)
 
+    def on_readable(self, fd, fn):
+        """Call ``fn()`` on this plane's thread (under its lock) whenever ``fd`` is readable (the
+        flight record's dump signal: flight/dump.py)."""
+        with self.lock:
+            self._sel.register(fd, selectors.EVENT_READ, ("fd", fn))
+        self._wake()
+
     def _tune(self, s):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         keepalive(s, self.peer_timeout, user_timeout=True)
@@ -288,7 +309,7 @@ class ControlPlane:
     def _loop(self):
         while True:
             with self.lock:
-                busy = any(h.watched() for h in self._handles.values())
+                busy = bool(self.flight_queries) or any(h.watched() for h in self._handles.values())
             try:
                 events = self._sel.select(0.1 if busy else 1.0)
             except OSError:
@@ -310,6 +331,8 @@ class ControlPlane:
                     pass
             except (BlockingIOError, OSError):
                 pass
+        elif isinstance(what, tuple):
+            what[1]()
         else:
             p = what
             if mask & selectors.EVENT_READ:
@@ -343,6 +366,9 @@ class ControlPlane:
             return self.send(p.fp, p.token, {"t": "pong"})
         if t in ("pong", "hi"):
             return
+        for types, receive, _ in _SERVICES:            # diagnostics: refused, never fatal
+            if t in types:
+                return receive(self, p, msg)
         key = msg.get("c")
         if not isinstance(key, str) or len(key) > 64:
             raise ProtocolError("a message without a communicator key")
@@ -370,6 +396,8 @@ class ControlPlane:
 
     def _tick(self):
         now = time.monotonic()
+        for _, _, tick in _SERVICES:
+            tick(self, now)
         every = max(0.05, self.peer_timeout / 5)
         for h in list(self._handles.values()):
             watched = h.watched()
@@ -414,7 +442,9 @@ class ControlHandle:
         self.since = {}                   # watched rank -> when watching began
         self.extra_watch = set()          # ranks a shrink's build waits on
         self.listeners = []               # callables(event, rank, why), run without the lock
+        self.flight = None                # the communicator's flight record (hetccl/flight/)
         self.closed = False
+        self.held = []                    # the communicator's events until it is built (ready())
 
     def ranks_of(self, token):
         return self._by_token.get(token, ())
@@ -425,11 +455,26 @@ class ControlHandle:
     def _notify(self, event, rank, why):
         ctx = self._ctx()
         fns = list(self.listeners)
-        if ctx is not None:
+        if ctx is not None and self.held is not None:
+            self.held.append((event, rank, why))
+        elif ctx is not None:
             fns.append(ctx.control_event)
         for fn in fns:
             self.plane._after.append(lambda fn=fn: fn(event, rank, why))
         self.plane.cv.notify_all()
+
+    def ready(self):
+        """The communicator is built: pass it the events held since ``attach``. Its constructor
+        runs collectives (the cost model, the islands); the ranks that finished theirs may already
+        revoke it (a shrink at once), and an interrupt there would fail this rank's constructor
+        with nothing to shrink: the constructor's own calls end on a peer's death anyway (its
+        links close), so the communicator hears of failures and revocations once it exists."""
+        ctx = self._ctx()
+        with self.plane.lock:
+            held, self.held = self.held, None
+            for ev in held if ctx is not None else ():
+                self.plane._after.append(lambda ev=ev: ctx.control_event(*ev))
+        self.plane._run_after()
 
     def lost(self, rank, why):
         with self.plane.lock:

@@ -10,7 +10,8 @@
        dies or falls silent cancels the build at once (the store client's and the mesh's waits);
     4. confirm: agree on "every survivor built it"; a false answer, or more failures than step 2
        decided, throws the new communicator away and starts again from step 2 (a second death
-       during the shrink), all within the timeout.
+       during the shrink), all within the timeout. A build that fails again although nobody else
+       failed (a bridge that cannot open its island, say) ends the shrink with that error instead.
 Every survivor that returns returns the same communicator (both decisions are uniform), so they
 all go on together or all try again.
 """
@@ -25,6 +26,8 @@ from .membership import FAILED
 
 log = logging.getLogger("hetccl.recovery")
 
+SAME_SET_TRIES = 2   # builds that fail without a new failure before shrink gives up (not a retry storm)
+
 
 def shrink(ctx, timeout: float):
     """The survivors' new communicator; ``ctx``: the old one's Context (hetccl/context.py)."""
@@ -32,7 +35,7 @@ def shrink(ctx, timeout: float):
     deadline = time.monotonic() + timeout
     ft.revoke()
     offers = {}                       # (host, port) -> StoreServer this rank started as coordinator
-    attempt = 0
+    attempt = stuck = 0
     try:
         while True:
             value = ft.agree(True, _left(deadline, timeout), offer=lambda: _offer(ctx, offers))
@@ -62,14 +65,29 @@ def shrink(ctx, timeout: float):
                          "attempt %d)", ctx.rank, len(survivors), sorted(failed),
                          timeout - (deadline - time.monotonic()), time.monotonic() - t0, attempt + 1)
                 return new
-            log.info("rank %d: shrink attempt %d did not hold (%s; failed now %s); again", ctx.rank,
+            log.info("rank %d: shrink attempt %d did not hold (%s; failed now %s)", ctx.rank,
                      attempt + 1, err or "a survivor failed", sorted(confirm["failed"]))
             if new is not None:
                 new.abort()
                 new.close(timeout=1.0)
             attempt += 1
+            if set(confirm["failed"]) == failed:
+                stuck += 1                # nobody else failed: the build itself cannot work
+                if stuck >= SAME_SET_TRIES:
+                    raise _stuck(ctx, attempt, err)
     finally:
         _close_all(offers)
+
+
+def _stuck(ctx, attempts, err):
+    """The error of a shrink whose survivors could not build their communicator although nobody
+    else failed (every survivor raises: the confirmation is uniform)."""
+    why = f"{type(err).__name__}: {err}" if err is not None else \
+        "another survivor could not build it (its error says why)"
+    e = HetcclError(f"shrink: the survivors of rank(s) {sorted(ctx.ft.failed())} could not build their "
+                    f"communicator in {attempts} attempts although no other rank failed: {why}")
+    e.__cause__ = err
+    return e
 
 
 def _left(deadline, timeout):

@@ -109,7 +109,7 @@ def from_dict(d: dict, where="") -> Topology:
             _bad(where, f"node {n!r:.200}: needs an 'id' and a 'kind' among {', '.join(NODE_KINDS)}")
         get = n.get
         nid, kind, host, attrs = get("id"), get("kind"), get("host"), get("attrs")
-        if kind not in kinds or not nid or not isinstance(nid, str):
+        if not isinstance(kind, str) or kind not in kinds or not nid or not isinstance(nid, str):
             _bad(where, f"node {n!r:.200}: needs an 'id' and a 'kind' among {', '.join(NODE_KINDS)}")
         if not (host is None or isinstance(host, str)) or not (attrs is None or isinstance(attrs, dict)):
             _bad(where, f"node {nid!r}: 'host' must be a name and 'attrs' an object (or null)")
@@ -125,7 +125,7 @@ def from_dict(d: dict, where="") -> Topology:
             _bad(where, f"link {ln!r:.200}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
         get = ln.get
         a, b, cls = get("a"), get("b"), get("class")
-        if cls not in classes or not a or not b or not isinstance(a, str) or not isinstance(b, str):
+        if not isinstance(cls, str) or cls not in classes or not a or not b or not isinstance(a, str) or not isinstance(b, str):
             _bad(where, f"link {ln!r:.200}: needs 'a', 'b' and a 'class' among {', '.join(LINK_CLASSES)}")
         bw, lat, burst, peak = get("bandwidth"), get("latency"), get("burst"), get("peak")
         for k, v in (("bandwidth", bw), ("latency", lat), ("burst", burst), ("peak", peak)):

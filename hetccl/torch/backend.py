@@ -28,7 +28,7 @@ from ..bootstrap.env import LaunchInfo, job_secret
 from ..comm import _connect
 from ..errors import InvalidUsage
 from .process_group import ProcessGroupHetccl
-from .c10d_store import C10dStore
+from .c10d_store import C10dStore, served_here
 
 log = logging.getLogger("hetccl.torch")
 
@@ -44,7 +44,8 @@ def _loopback(host: str) -> bool:
 
 
 def _agree(store: C10dStore, rank: int, comm_id: str, timeout: float):
-    """(secret, job_id) every rank of the group uses: from the environment, else from rank 0."""
+    """(secret, job_id) every rank of the group uses: from the environment, else from rank 0.
+    Rank 0 also says whether its process serves torch's store (``store.served_by_rank0``)."""
     secret = job_secret()
     job_id = _SAFE.sub("_", os.environ.get("HETCCL_JOB_ID", ""))[:48]
     key = f"{comm_id}/hello"
@@ -56,9 +57,12 @@ def _agree(store: C10dStore, rank: int, comm_id: str, timeout: float):
                         "it off the network")
         shared = "" if secret is not None else (secret := secrets.token_bytes(32)).hex()
         job_id = job_id or secrets.token_hex(4)
-        store.set(key, f"{shared}\n{job_id}".encode())
+        serves = served_here(store._store)
+        store.set(key, f"{shared}\n{job_id}\n{int(serves)}".encode())
         return secret, job_id
-    shared, _, job0 = bytes(store.get(key, timeout)).decode("ascii", "replace").partition("\n")
+    shared, job0, serves = (bytes(store.get(key, timeout)).decode("ascii", "replace") + "\n\n"
+                            ).split("\n")[:3]
+    store.served_by_rank0 = serves == "1"
     if secret is None:
         if not shared:
             raise InvalidUsage("rank 0 of this process group has HETCCL_SECRET set but this rank "

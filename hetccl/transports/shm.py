@@ -7,9 +7,11 @@ the higher maps it, and the lower unlinks it as soon as the higher has mapped it
 as the doorbell a sleeping receiver waits on and to report the peer's death at once.
 """
 import os
+import select
+import socket
 import struct
 
-from ..errors import TransportError
+from ..errors import HetcclTimeout, PeerLostError, TransportError
 from ..memory.reap import PAIR_PREFIX
 from .base import DefaultCost, LinkContext, Transport
 
@@ -29,18 +31,45 @@ def segment_name(ctx: LinkContext, lo: int, hi: int) -> str:
     return f"/{PAIR_PREFIX}{pid}-{ctx.job_id}-{ctx.comm_id}-{lo}-{hi}"
 
 
+def _lost(peer: int, why: str) -> PeerLostError:
+    e = PeerLostError(f"shared-memory set-up with rank {peer} failed: {why}")
+    e.peer = peer
+    return e
+
+
 def _expect(sock, token: bytes, n: int, peer: int, timeout: float) -> bytes:
     sock.settimeout(timeout)
     got = b""
     while len(got) < n:
-        part = sock.recv(n - len(got))
+        try:
+            part = sock.recv(n - len(got))
+        except socket.timeout:
+            raise HetcclTimeout(f"shared-memory set-up: rank {peer} did not answer within "
+                                f"{timeout:g} s") from None
+        except OSError as e:
+            raise _lost(peer, f"connection broke ({e})") from None
         if not part:
-            break
+            raise _lost(peer, "connection closed")
         got += part
-    if len(got) < n or got[:1] != token:
-        raise TransportError(f"shared-memory set-up with rank {peer} failed: "
-                             f"{'connection closed' if len(got) < n else 'protocol error'}")
+    if got[:1] != token:
+        raise TransportError(f"shared-memory set-up with rank {peer} failed: protocol error")
     return got[1:]
+
+
+def _send(sock, data: bytes, peer: int) -> None:
+    try:
+        sock.sendall(data)
+    except OSError as e:
+        raise _lost(peer, f"connection broke ({e})") from None
+
+
+def _closed(sock, wait: float) -> bool:
+    """Whether the peer closes ``sock`` within ``wait`` s (nothing is read)."""
+    try:
+        ready, _, _ = select.select([sock], [], [], wait)
+        return bool(ready) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 class ShmTransport(Transport):
@@ -75,7 +104,7 @@ class ShmTransport(Transport):
         fb = fifo_bytes(ctx.local_size)
         seg = ShmSegment(segment_name(ctx, ctx.rank, peer) + self.suffix, self.segment_bytes(ctx, fb), True)
         self._pending[(ctx.comm_id, peer)] = (seg, fb)
-        sock.sendall(_READY + struct.pack("<Q", fb))
+        _send(sock, _READY + struct.pack("<Q", fb), peer)
 
     def attach(self, ctx: LinkContext, peer: int, sock, low: bool) -> None:
         from .._native.engine import ShmSegment
@@ -83,8 +112,13 @@ class ShmTransport(Transport):
             seg, fb = self._pending[(ctx.comm_id, peer)]
         else:
             fb, = struct.unpack("<Q", _expect(sock, _READY, 9, peer, ctx.timeout))
-            seg = ShmSegment(segment_name(ctx, peer, ctx.rank) + self.suffix, self.segment_bytes(ctx, fb), False)
-            sock.sendall(_MAPPED)
+            try:
+                seg = ShmSegment(segment_name(ctx, peer, ctx.rank) + self.suffix, self.segment_bytes(ctx, fb), False)
+            except TransportError as e:
+                if _closed(sock, 1.0):       # it failed meanwhile and removed its segments: not ours
+                    raise _lost(peer, "it left, removing its segment") from e
+                raise
+            _send(sock, _MAPPED, peer)
         self.add_link(ctx, peer, sock, seg, fb, low)
 
     def finish(self, ctx: LinkContext, peer: int, sock) -> None:

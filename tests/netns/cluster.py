@@ -167,9 +167,25 @@ class NetnsCluster:
         returns the rank-ordered results (JSON). Raises AssertionError with every failing rank's
         output; every rank still running at the deadline is killed. ``during()``, if given, runs
         in this process once every rank has started (fault injection: ``link``)."""
+        ranks = self.run_raw(target, placement, args, timeout, host_id, env, during)
+        failed = [f"---- rank {r} (host {placement[r]}) exit {o['exitcode']} ----\n{o['output']}"
+                  for r, o in enumerate(ranks) if o["state"] != "ok"]
+        if failed:
+            raise AssertionError(f"{target} failed on {len(failed)} rank(s):\n" + "\n".join(failed))
+        if ranks and ranks[0]["leftovers"]:
+            raise AssertionError(f"every rank succeeded but shared-memory segments were left (removed "
+                                 f"now): {ranks[0]['leftovers']}")
+        return [o["value"] for o in ranks]
+
+    def run_raw(self, target, placement, args=(), timeout=120.0, host_id="uts", env=None, during=None,
+                victims=()):
+        """``run`` without raising for a rank (fault injection, tests/faults): per rank
+        ``{"state", "value", "exitcode", "output", "leftovers"}``, state "ok" (value: its JSON
+        result), "died" (a rank of ``victims`` that exited without a result), "hang" (killed at
+        the deadline) or "err"; a negative exitcode is the signal that ended the rank."""
         port = random.randrange(20000, 60000)
         secret, job = secrets.token_hex(32), secrets.token_hex(4)
-        procs = []
+        procs, hung = [], set()
         try:
             for r in range(len(placement)):
                 argv = [sys.executable, "-m", "tests.netns.rank_main", target, json.dumps(list(args))]
@@ -181,11 +197,12 @@ class NetnsCluster:
             if during is not None:
                 during()
             outs = []
-            for p in procs:
+            for r, p in enumerate(procs):
                 try:
                     outs.append(p.communicate(timeout=max(0.1, deadline - time.monotonic())))
                 except subprocess.TimeoutExpired:
                     _killpg(p)
+                    hung.add(r)
                     outs.append(p.communicate())
                     outs[-1] = (outs[-1][0], outs[-1][1] + f"\n[killed at the {timeout:g} s deadline]")
         finally:
@@ -194,18 +211,18 @@ class NetnsCluster:
                     _killpg(p)
                     p.wait()
             left = _remove_shm(job)
-        results, failed = [], []
+        ranks = []
         for r, (p, (out, err)) in enumerate(zip(procs, outs)):
             line = next((ln for ln in out.splitlines() if ln.startswith(RESULT_TAG)), None)
-            if p.returncode != 0 or line is None:
-                failed.append(f"---- rank {r} (host {placement[r]}) exit {p.returncode} ----\n{out}{err}")
+            if r in hung:
+                state = "hang"
+            elif p.returncode == 0 and line is not None:
+                state = "ok"
             else:
-                results.append(json.loads(line[len(RESULT_TAG):]))
-        if failed:
-            raise AssertionError(f"{target} failed on {len(failed)} rank(s):\n" + "\n".join(failed))
-        if left:
-            raise AssertionError(f"every rank succeeded but shared-memory segments were left (removed now): {left}")
-        return results
+                state = "died" if r in victims and line is None else "err"
+            ranks.append({"state": state, "value": json.loads(line[len(RESULT_TAG):]) if line else out + err,
+                          "exitcode": p.returncode, "output": out + err, "leftovers": left})
+        return ranks
 
 
 def _quote(a):
@@ -229,7 +246,7 @@ def _killpg(p):
 def _remove_shm(job) -> list[str]:
     """Remove (and return) the job's segments left in /dev/shm."""
     import glob
-    left = sorted(glob.glob(f"/dev/shm/hetccl-{job}-*"))
+    left = sorted(glob.glob(f"/dev/shm/hetccl-{job}-*") + glob.glob(f"/dev/shm/hetccl-pair-*-{job}-*"))
     for path in left:
         try:
             os.unlink(path)
