@@ -20,11 +20,7 @@ from . import config, dtypes
 from . import flight as _flight
 from . import recovery as _recovery
 from . import transports as _transports
-from ._native import alltoall_cma as _a2a_cma
-from ._native import collectives as _coll
-from ._native import direct as _direct
 from ._native import engine as _eng
-from ._native import symmetric as _symm
 from ._native.flight import Flight as _Flight
 from .bootstrap.env import detect
 from .bootstrap.rendezvous import connect_store
@@ -33,7 +29,7 @@ from .bridges import formation as _formation
 from .collectives import hierarchical, probe, registry, schedules
 from .collectives import islands as _islands
 from .collectives import staged as _staged
-from .collectives.algorithm import ALGO_BRUCK, ALGO_ISLANDS, ALGO_PAIRWISE, ALGO_RING
+from .collectives.algorithm import ALGO_ISLANDS, ALGO_PAIRWISE, ALGO_RING
 from .collectives.decide import decide as _decide, explain as _explain
 from .collectives.tuner import Tuner
 from .context import Context
@@ -242,11 +238,11 @@ _ROOTED = frozenset({"broadcast", "reduce", "gather", "scatter"})
 # The routes other than the flat native schedule (collectives/schedules.py), by collective: each
 # adapter turns a Call into the route's own arguments.
 _SYMMETRIC = {     # _native/symmetric.pyx: both buffers live symmetric allocations, every pair c2c
-    "allreduce": lambda e, h, c: (_symm.allreduce, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
-    "allgather": lambda e, h, c: (_symm.allgather, (e, h, c.send, c.recv, c.dtype, c.timeout)),
-    "reduce_scatter": lambda e, h, c: (_symm.reduce_scatter, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
-    "broadcast": lambda e, h, c: (_symm.broadcast, (e, h, c.send, c.root, c.dtype, c.timeout)),
-    "alltoall": lambda e, h, c: (_symm.alltoall, (e, h, c.send, c.recv, c.dtype, c.timeout)),
+    "allreduce": lambda e, h, c: (schedules.symmetric.allreduce, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
+    "allgather": lambda e, h, c: (schedules.symmetric.allgather, (e, h, c.send, c.recv, c.dtype, c.timeout)),
+    "reduce_scatter": lambda e, h, c: (schedules.symmetric.reduce_scatter, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
+    "broadcast": lambda e, h, c: (schedules.symmetric.broadcast, (e, h, c.send, c.root, c.dtype, c.timeout)),
+    "alltoall": lambda e, h, c: (schedules.symmetric.alltoall, (e, h, c.send, c.recv, c.dtype, c.timeout)),
 }
 _ISLANDS = {       # composed across vendor islands (collectives/islands.py IslandPlan)
     "allreduce": lambda p, c, a, f: (p.allreduce, (c.send, c.recv, c.dtype, c.op, c.timeout, a, f)),
@@ -259,8 +255,8 @@ _PLANNER = {       # composed by the topology planner (collectives/hierarchical.
     "broadcast": lambda p, c, a: (p.broadcast, (c.send, c.root, c.dtype, a, c.timeout)),
 }
 _SINGLE_COPY = {   # _native/direct.pyx: ring schedules over c2c peers' memory
-    "allreduce": lambda e, c: (_direct.allreduce, (e, c.send, c.recv, c.dtype, c.op, c.timeout)),
-    "allgather": lambda e, c: (_direct.allgather, (e, c.send, c.recv, c.dtype, c.timeout)),
+    "allreduce": lambda e, c: (schedules.single_copy.allreduce, (e, c.send, c.recv, c.dtype, c.op, c.timeout)),
+    "allgather": lambda e, c: (schedules.single_copy.allgather, (e, c.send, c.recv, c.dtype, c.timeout)),
 }
 _FLAT = {          # collectives/schedules.py: one entry per collective, keyed by algorithm code
     "allreduce": lambda e, c, a: (schedules.allreduce, (e, c.send, c.recv, c.dtype, c.op, a, c.timeout)),
@@ -278,8 +274,6 @@ _FLAT = {          # collectives/schedules.py: one entry per collective, keyed b
 }
 # what decide() is told beyond the size (the islands price by dtype and op where they run them)
 _DECIDE_BY_DTYPE = frozenset({"allreduce", "allgather", "broadcast"})
-# collectives the latency path (_native/collectives.pyx Hot) takes once learnt
-_HOT = frozenset({"allreduce", "allgather", "reduce_scatter", "broadcast", "alltoall"})
 
 
 class Communicator:
@@ -316,7 +310,7 @@ class Communicator:
         self._socks = socks
         self._comm_id = comm_id
         self._timeout = timeout
-        self._hot = _coll.Hot(engine, timeout, _NUMPY, _Flight())   # the latency path (learn() below)
+        self._hot = schedules.Hot(engine, timeout, _NUMPY, _Flight())   # the latency path (learn() below)
         self._flight = self._hot.flight       # this rank's record of its collective calls
         self._parent = parent
         self.rank = info.rank
@@ -351,7 +345,7 @@ class Communicator:
             raise
         self._plan = ctx.plan = hierarchical.planner_for(ctx, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
-        self._a2a_cma_min = _a2a_cma.min_bytes(engine, engine.spin_s == 0)
+        self._a2a_cma_min = schedules.single_copy.alltoall_min_bytes(engine, engine.spin_s == 0)
         self._sym = SymmetricMemory(ctx, engine.all_c2c())
         self._children = 0
         try:                                  # islands with vendor bridges (collective: opens them)
@@ -554,8 +548,8 @@ class Communicator:
                     algo = ALGO_PAIRWISE         # alltoallv: only pairwise takes uneven blocks
                     self.last_algorithm = "pairwise"
             elif algo == ALGO_PAIRWISE and self._a2a_cma_min is not None and c.nbytes >= self._a2a_cma_min:
-                return self._go(c, _a2a_cma.alltoall, (self._engine, c.send, c.recv, c.dtype, c.timeout))
-        if c.counts is None and coll in _HOT and (coll != "allgather" or algo != ALGO_BRUCK):
+                return self._go(c, schedules.single_copy.alltoall, (self._engine, c.send, c.recv, c.dtype, c.timeout))
+        if c.counts is None and schedules.latency_path_takes(coll, algo):
             self._learn(c, algo)
         return self._go(c, *_FLAT[coll](self._engine, c, algo))
 

@@ -78,13 +78,16 @@ class Algorithm:
     """One row of the registry: ``code`` names the native schedule that runs it (one dispatch
     keyed by code, collectives/schedules.py), unless ``run`` is given: a schedule written in Python
     over the communicator's Context, ``run(ctx, call)`` (comm.Call: buffers, dtype, op, root,
-    counts, timeout), composed of native schedules; its code is then PYTHON_SCHEDULE."""
+    counts, timeout), composed of native schedules; its code is then PYTHON_SCHEDULE.
+    ``distances``: its steps pair ranks at distances 2^k (recursive doubling/halving, Bruck), which
+    the topology planner prices as that many streams per host uplink (hierarchical.py)."""
     name: str
     collective: str
     code: int
     cost: Callable          # (nbytes, p, LinkCost) -> seconds
     supports: Callable = _always
     run: Callable | None = None
+    distances: bool = False
 
 
 def log2_ceil(p: int) -> int:

@@ -39,8 +39,8 @@ def bruck(n, p, c):
 ALGORITHMS = [
     Algorithm("ring", "allgather", ALGO_RING, ring),
     Algorithm("recursive_doubling", "allgather", ALGO_RD, recursive_doubling,
-              supports=lambda n, p: is_pof2(p)),
-    Algorithm("bruck", "allgather", ALGO_BRUCK, bruck),
+              supports=lambda n, p: is_pof2(p), distances=True),
+    Algorithm("bruck", "allgather", ALGO_BRUCK, bruck, distances=True),
     Algorithm("ring", "allgatherv", ALGO_RING, ring),
 ]
 

@@ -63,8 +63,8 @@ def double_binary_tree(n, p, c):
 
 ALGORITHMS = [
     Algorithm("ring", "allreduce", ALGO_RING, ring),
-    Algorithm("recursive_doubling", "allreduce", ALGO_RD, recursive_doubling),
-    Algorithm("rabenseifner", "allreduce", ALGO_RABENSEIFNER, rabenseifner),
+    Algorithm("recursive_doubling", "allreduce", ALGO_RD, recursive_doubling, distances=True),
+    Algorithm("rabenseifner", "allreduce", ALGO_RABENSEIFNER, rabenseifner, distances=True),
     Algorithm("double_binary_tree", "allreduce", ALGO_DBTREE, double_binary_tree),
 ]
 

@@ -29,7 +29,7 @@ def bruck(n, p, c):
 
 ALGORITHMS = [
     Algorithm("pairwise", "alltoall", ALGO_PAIRWISE, pairwise),
-    Algorithm("bruck", "alltoall", ALGO_BRUCK, bruck),
+    Algorithm("bruck", "alltoall", ALGO_BRUCK, bruck, distances=True),
 ]
 
 ALIASES = {}

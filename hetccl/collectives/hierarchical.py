@@ -50,7 +50,6 @@ SUB_CALL = 10e-6          # Python cost of one sub-collective (validation, tuner
 COPY_BETA = 1 / 5e9       # mapping allgather blocks back to rank order: one memory copy
 PIPELINE_MIN = 2 << 20    # 2-level allreduce of at least this many bytes overlaps its levels ...
 PIPELINE_SEGMENTS = 4     # ... in this many segments (a fixed few: no Python per chunk)
-_PAIRWISE_SCHEDULES = ("recursive_doubling", "rabenseifner", "bruck")
 
 
 def _unpriced(nbytes, p, c):
@@ -196,7 +195,7 @@ class TopologyPricer:
         # streams per host link: a ring's edges all run at once; the pairwise-exchange schedules
         # (recursive doubling/halving, Rabenseifner, Bruck) pair ranks at distances 2^k
         k = (self._uplink_load("ring") if algo.name == "ring"
-             else self._uplink_load("rd") if algo.name in _PAIRWISE_SCHEDULES else 1)
+             else self._uplink_load("rd") if algo.distances else 1)
         slow = net if len(self.hosts) > 1 else self.shm
         return algo.cost(nbytes, self.p, _worst(self.shm, _scaled(slow, k)))
 

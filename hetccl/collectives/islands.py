@@ -47,13 +47,12 @@ import zlib
 import numpy as np
 
 from .. import dtypes
-from .._native.reduce import divide_array
 from ..bridges import formation
 from ..bridges.base import COLLECTIVES, HOST, BridgeError, BridgeUnavailable
 from ..errors import HetcclError
 from ..ops import ReduceOp
 from ..topology.cards import oversubscription
-from . import registry
+from . import registry, schedules
 from .scratch import scratch
 from .staged import DevicePath
 from .subcomms import SubComms
@@ -642,7 +641,7 @@ class IslandPlan(IslandPricer):
         else:
             self._leaders_allreduce(src, dst, code, sop, timeout)
         if op == ReduceOp.AVG:
-            divide_array(dst, code, self.p)
+            schedules.kernels.divide_array(dst, code, self.p)
 
     def _rails(self, src, dst, code, op, t):
         s = len(self.island.ranks)

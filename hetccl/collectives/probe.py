@@ -59,13 +59,11 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .. import dtypes, transports
-from .._native import collectives as _coll
-from .._native import reduce as _kernels
 from ..ops import ReduceOp
 from ..version import build_id
-from . import tuning_file
+from . import schedules, tuning_file
 from .cost_model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
-from .registry import ALGO_BINOMIAL, ALGO_RD, ALGO_RING
+from .registry import ALGO_BINOMIAL, ALGO_LINEAR, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -210,7 +208,7 @@ def clear(path: str | None = None, host: str | None = None, local: int | None = 
 
 
 def _max_over_ranks(engine, values: np.ndarray, timeout: float) -> np.ndarray:
-    engine.allreduce(values, values, dtypes.FLOAT64, int(ReduceOp.MAX), ALGO_RD, timeout)
+    schedules.allreduce(engine, values, values, dtypes.FLOAT64, int(ReduceOp.MAX), ALGO_RD, timeout)
     return values
 
 
@@ -227,7 +225,7 @@ def _calls_per_rep(engine, fn, timeout: float) -> int:
     fn()
     k = 1
     while True:
-        _coll.barrier(engine, timeout)
+        schedules.barrier(engine, ALGO_LINEAR, timeout)
         t = float(_max_over_ranks(engine, np.array([_batch(fn, k)]), timeout)[0])
         if t >= CALIBRATE_S or k >= MAX_ITERS:
             return max(1, min(MAX_ITERS, int(REP_S / (t / k))))
@@ -243,7 +241,7 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
     times = np.empty((reps, len(fns)))
     for i in range(reps):
         for j, (name, fn) in enumerate(fns.items()):
-            _coll.barrier(engine, timeout)
+            schedules.barrier(engine, ALGO_LINEAR, timeout)
             times[i, j] = _batch(fn, iters[name]) / iters[name]
     best = _max_over_ranks(engine, times.reshape(-1), timeout).reshape(reps, len(fns)).min(axis=0)
     return {name: float(best[j]) for j, name in enumerate(fns)}
@@ -258,10 +256,10 @@ def measure(engine, size: int, timeout: float) -> dict:
     d = np.zeros_like(a)
     f32, add = dtypes.FLOAT32, int(ReduceOp.SUM)
     raw = time_per_call(engine, {
-        "barrier_s": lambda: _coll.barrier(engine, timeout),
-        "allgather_s": lambda: engine.allgather(ag, ag, f32, ALGO_RING, timeout),
-        "copy_s": lambda: _kernels.copy_array(d, a),
-        "reduce_s": lambda: _kernels.reduce_arrays(d, a, b, f32, add),
+        "barrier_s": lambda: schedules.barrier(engine, ALGO_LINEAR, timeout),
+        "allgather_s": lambda: schedules.allgather(engine, ag, ag, f32, ALGO_RING, timeout),
+        "copy_s": lambda: schedules.kernels.copy_array(d, a),
+        "reduce_s": lambda: schedules.kernels.reduce_arrays(d, a, b, f32, add),
     }, timeout)
     raw.update(allgather_bytes=ag.nbytes, kernel_bytes=a.nbytes,
                link_share=_ring_link_share(engine, size, timeout))
@@ -276,7 +274,7 @@ def _ring_link_share(engine, size: int, timeout: float) -> float:
     kinds = [engine.link_kind(q) for q in range(size)]
     crossing = np.zeros(size)
     crossing[engine.rank] = 1.0 if kinds[(engine.rank + 1) % size] in wire else 0.0
-    engine.allreduce(crossing, crossing, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
+    schedules.allreduce(engine, crossing, crossing, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
     mine = np.array([sum(crossing[q] for q in range(size) if q == engine.rank or kinds[q] not in wire)])
     return max(1.0, float(_max_over_ranks(engine, mine, timeout)[0]))
 
@@ -317,7 +315,7 @@ def _probe(engine, rank: int, size: int, timeout: float):
     busy0, own0, t0 = _host_busy_seconds(), time.process_time(), time.perf_counter()
     raw = measure(engine, size, timeout)
     own = np.array([time.process_time() - own0])
-    engine.allreduce(own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
+    schedules.allreduce(engine, own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
     wall, busy1 = time.perf_counter() - t0, _host_busy_seconds()
     other = None
     if rank == 0 and busy0 is not None and busy1 is not None and wall > 0:
@@ -396,10 +394,10 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                       -1.0 if other is None else float(other))
         if tuned is not None:
             msg[0] = 2.0
-    _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
+    schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
     if msg[0] == 2.0:                           # the tuning file: its measured choices too
         best = tuning_file.encode_best(tuned[1]) if rank == 0 else tuning_file.encode_best(())
-        _coll.broadcast(engine, best, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
+        schedules.broadcast(engine, best, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
         return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), TUNED, tuned[2] if rank == 0 else
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[0] == 1.0:
@@ -410,7 +408,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
         cost = LinkCost(*(min(getattr(cost, k), float(prev[k])) for k in ("alpha", "beta", "gamma")))
     msg[:7] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
               -1.0 if other is None else other)
-    _coll.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
+    schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
     raw_us = {(k[:-2] + "_us" if k.endswith("_s") else k): (v * 1e6 if k.endswith("_s") else v)
               for k, v in raw.items()}
     if rank == 0 and s is not None:
