@@ -182,8 +182,8 @@ def test_import_torch_only_registers_and_env_rendezvous_changes_for_hetccl_only(
                     env={**ENV, "PYTHONPATH": _path(where, IMPORT_ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]
     loaded = p.stdout.splitlines()[0].split(":", 1)[1].split()
-    assert set(loaded) <= {"hetccl", "hetccl.errors", "hetccl.ops", "hetccl._checkout",
-                           "hetccl.torch", "hetccl.torch.autoload", "hetccl.torch.launch"}, loaded
+    assert set(loaded) <= {"hetccl", "hetccl.errors", "hetccl.ops", "hetccl._checkout", "hetccl.version",
+                           "hetccl.torch", "hetccl.torch.autoload", "hetccl.torch.launch", "hetccl.torch.name"}, loaded
     assert "gloo env://: Error initializing torch.distributed using env:// rendezvous: " \
            "environment variable RANK expected" in p.stdout, p.stdout
     assert "hetccl env://: hetccl 1 [1.0, 1.0, 1.0]" in p.stdout, p.stdout

@@ -24,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from .._native import symmetric as _native
+from .._native.symmetric import Heap
 from ..errors import InvalidUsage
 from .space import SHM_DIR, shm_space_error
 
@@ -83,7 +83,7 @@ class SymmetricMemory:
     def __init__(self, ctx, shared: bool):
         self._ctx = ctx
         self.shared = shared                          # every pair c2c: peers map each other's segments
-        self.heap = _native.Heap(ctx.rank, ctx.size) if shared else _native.Heap(0, 1)
+        self.heap = Heap(ctx.rank, ctx.size) if shared else Heap(0, 1)
         if shared:
             self.heap.attach(ctx.engine)            # peers' mappings go only while no schedule runs
         self.active = False                           # any allocation made (then calls are checked)
