@@ -1,4 +1,4 @@
-"""The few HETCCL_* settings that are read in more than one place (all are listed in the README)."""
+"""The few HETCCL_* settings that are read in more than one place (all are in docs/environment.md)."""
 import logging
 import os
 

@@ -562,7 +562,7 @@ def test_fake_unique_id_failure_on_rank0_fails_every_rank_at_once(libs):
 
 
 # ------------------------------------------------------------------------------------------------
-# GPU machines only: the real NCCL through the bridge (see the README's bridges section)
+# GPU machines only: the real NCCL through the bridge (docs/bridges.md)
 # ------------------------------------------------------------------------------------------------
 def _gpu_devices() -> int:
     try:

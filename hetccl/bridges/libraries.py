@@ -133,7 +133,7 @@ def format_report(libraries: list[Library], islands: list[dict]) -> list[str]:
     """The lines `hetccl doctor` prints for vendor libraries and islands."""
     lines = ["vendor libraries (kind, version, memory, usable, path):"]
     if not libraries:
-        lines.append("  none found (pip install nvidia-nccl-cu12 for NCCL; see the README's bridges section)")
+        lines.append("  none found (pip install nvidia-nccl-cu12 for NCCL; see docs/bridges.md)")
     for lib in libraries:
         state = "usable" if lib.usable else f"not usable: {lib.reason}"
         lines.append(f"  {lib.kind:<10} {lib.version or '?':<10} {lib.memory:<6} {state}")
