@@ -58,7 +58,8 @@ def dump(path: str | None = None) -> str:
     return write(live(), path)
 
 
-def explain_timeout(comm, e):
-    """``e`` (a HetcclTimeout of ``comm``) with the hang report (watchdog.py)."""
+def explain_timeout(comm, e, meanwhile=None):
+    """``e`` (a HetcclTimeout of ``comm``) with the hang report (watchdog.py); ``meanwhile()``
+    runs while the peers answer."""
     from .watchdog import explain_timeout
-    return explain_timeout(comm, e)
+    return explain_timeout(comm, e, meanwhile)
