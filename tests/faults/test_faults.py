@@ -74,3 +74,35 @@ def test_create_shrink_destroy_cycles_leak_nothing():
         assert o["wrong"] == 0, (r, o)
         assert all(a <= b for a, b in zip(o["after"], o["before"])), \
             f"rank {r} grew ({', '.join(RESOURCES)}): {o['before']} -> {o['after']}"
+
+
+def _late_control_links(rank, size):
+    import threading
+
+    import hetccl
+    from hetccl.recovery import plane as P
+    from tests.faults.ranks import control_links_up, resources
+    connect, go = P.ControlPlane._connect, threading.Event()
+
+    def late(self, p, secret):                   # the connecting thread runs late (as under load)
+        go.wait(30)
+        return connect(self, p, secret)
+    P.ControlPlane._connect = late
+    comm = hetccl.init(timeout=60)
+    comm.barrier()
+    early = resources()
+    comm.barrier()                               # both counted: now let the connection be made
+    go.set()
+    control_links_up(comm)
+    now = resources()
+    comm.close()
+    return early[0], now[0]
+
+
+def test_resources_are_counted_once_the_control_connections_are_up():
+    """init() returns before the control plane's connections to the peers are made (a thread per
+    peer): the /dev/shm and soak scenarios count fds only once they are up, or a connection made
+    late (seen under load) counts as a leak of whatever ran in between."""
+    from tests.launcher import run_ranks
+    for r, (early, now) in enumerate(run_ranks(_late_control_links, 2, timeout=60)):
+        assert now == early + 1, (r, early, now)
