@@ -293,6 +293,7 @@ class Communicator:
         self._engine = engine
         self._p2p = p2p
         self._store_ok = True
+        self._posted = False                    # this rank's reason won the store's key (_post_reason)
         # the process serving the store (rank 0 of the root communicator; for torch's store, when
         # rank 0's process serves it: served_by_rank0): once the control plane reports it dead,
         # the failure path stops asking the store (no 1 s waits, nor torch's warnings, per call)
@@ -870,7 +871,11 @@ class Communicator:
         if self._explained is not None:        # reported already: later calls are aborted ones
             return self._dead_error(what)
         if isinstance(e, HetcclTimeout) and self._engine.interruption is None:
-            e = _flight.explain_timeout(self._ctx, e)   # who it waited for, asked before the abort
+            # who it waited for, asked before the abort; a broken engine's reason is posted while
+            # the peers answer (the store's host may be the stalled rank: the two waits overlap)
+            first = e
+            post = (lambda: self._post_reason(self._reason(first))) if self._engine.is_broken else None
+            e = _flight.explain_timeout(self._ctx, e, meanwhile=post)
         i = self._engine.interruption
         if i is not None and i[0] != _eng.PEER_LOST:
             return e if isinstance(e, (CommAborted, PeerLostError)) else self._life.error(what)
@@ -947,15 +952,21 @@ class Communicator:
         except Exception:
             self._store_ok = False
 
-    def _post_reason(self, text):
+    def _reason(self, e):
+        return f"{type(e).__name__}|rank {self.rank}: {e}"
+
+    def _post_reason(self, text, amend=False):
         """Post why this communicator failed, for the peers that see only a closed link. The
-        first rank to post wins; every store call is bounded (1 s), also when another thread holds
-        the store connection, and none is made once the store stopped answering."""
+        first rank to post wins; with ``amend`` it posts again with more to say (a timeout's hang
+        report, once the peers answered; they read it after this rank's abort). Every store call is
+        bounded (1 s), also when another thread holds the store connection, and none is made once
+        the store stopped answering."""
         if not self._store_ok:
             return
         key = f"{self._comm_id}/abort"
         try:
-            if self._store.add(f"{key}/posted", 1, timeout=1.0) == 1:
+            if (amend and self._posted) or self._store.add(f"{key}/posted", 1, timeout=1.0) == 1:
+                self._posted = True
                 self._store.set(key, text.encode(), timeout=1.0)
         except Exception:
             self._store_ok = False
@@ -965,7 +976,7 @@ class Communicator:
         the communicator's first failure, unless it only follows one (a peer known to have failed,
         an interrupt), whose reason the peers then report; then abort without posting the abort."""
         if not self._ft.failed() and self._engine.interruption is None:
-            self._post_reason(f"{type(err).__name__}|rank {self.rank}: {err}")
+            self._post_reason(self._reason(err))
         self._abort()
 
     def _peer_failed(self) -> bool:
@@ -982,7 +993,7 @@ class Communicator:
     def _explain_failure(self, e, what, close=True):
         key = f"{self._comm_id}/abort"
         if not isinstance(e, PeerLostError):   # the first failure: post why, then close the links
-            self._post_reason(f"{type(e).__name__}|rank {self.rank}: {e}")
+            self._post_reason(self._reason(e), amend=True)
             self._abort()
             return e
         if close:

@@ -6,8 +6,11 @@ threshold it asks the other ranks for their records (exchange.py) and, once they
 bound passed, logs the report (report.py) on logging.getLogger("hetccl"): once per stuck call.
 
 A call that times out (HetcclTimeout) gathers the same report before the communicator is
-aborted (so the peers still describe the hang, not the abort), within ANSWER_BOUND, and carries
-it in its message and as ``err.flight_report``.
+aborted (so the peers still describe the hang, not the abort), within TIMEOUT_BOUND, and carries
+it in its message and as ``err.flight_report``. The call has waited its whole timeout already and
+must raise within 2 s more, so the bound is short, and the caller's own bounded work (posting the
+failure's reason in the store, whose host may be the stalled rank) runs while the peers answer
+instead of after them.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from .report import hang_report
 
 log = logging.getLogger("hetccl")
 
-ANSWER_BOUND = 1.5        # s to wait for the peers' records
+ANSWER_BOUND = 1.5        # s the watchdog waits for the peers' records
+TIMEOUT_BOUND = 1.0       # s a timed-out call waits for them (a live peer's plane answers in ms)
 WATCH_ENTRIES = 4         # entries asked of each peer by the watchdog
 TIMEOUT_ENTRIES = 4
 
@@ -73,21 +77,26 @@ def _entry(flight, seq):
     return next((e for e in record.entries(flight) if e["seq"] == seq), None)
 
 
-def explain_timeout(ctx, e):
+def explain_timeout(ctx, e, meanwhile=None):
     """A HetcclTimeout of the communicator of Context ``ctx`` carrying the hang report (``e``
     itself if there is nothing to add: one rank, a report already there, the failed call not in the
-    record)."""
-    if ctx.size < 2 or getattr(e, "flight_report", None) is not None:
-        return e
-    ents = record.entries(ctx.flight)
-    mine = next((x for x in reversed(ents) if x["error"] == type(e).__name__), None) or \
-        next((x for x in reversed(ents) if x["state"] in record.OPEN), None)
+    record). ``meanwhile()`` runs once the peers were asked, before their answers are awaited
+    (always, report or not)."""
+    mine = None
+    if ctx.size >= 2 and getattr(e, "flight_report", None) is None:
+        ents = record.entries(ctx.flight)
+        mine = next((x for x in reversed(ents) if x["error"] == type(e).__name__), None) or \
+            next((x for x in reversed(ents) if x["state"] in record.OPEN), None)
     if mine is None:
+        if meanwhile is not None:
+            meanwhile()
         return e
     h = ctx.ft
     plane = h.plane
     with plane.lock:
-        q = exchange.start(plane, h, TIMEOUT_ENTRIES, ANSWER_BOUND)
+        q = exchange.start(plane, h, TIMEOUT_ENTRIES, TIMEOUT_BOUND)
+    if meanwhile is not None:
+        meanwhile()
     exchange.wait(plane, q)
     rep = hang_report(ctx.rank, ctx.size, mine, q.answers)
     log.warning("%s", rep.text)

@@ -60,6 +60,22 @@ def resources(job=None):
     return [len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), maps, segs, kids]
 
 
+def control_links_up(comm, limit=30.0):
+    """Wait until this process's control connections to ``comm``'s other ranks are up (or known
+    dead). init() returns before they are: a thread per peer makes them (recovery/plane.py), and
+    they are kept for the process's life. Counted resources must not be sampled before: under load
+    a connection made late showed up as a "leaked" socket of whatever ran in between."""
+    h, end = comm._ft, time.monotonic() + limit
+    plane = h.plane
+    while time.monotonic() < end:
+        with plane.lock:
+            peers = [plane._peers.get((t, h.fp)) for r, t in enumerate(h.tokens) if r != h.rank]
+            if all(p is not None and p.state in ("up", "dead") for p in peers):
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"control connections not up after {limit:g} s")
+
+
 def settled(before, limit=5.0):
     """resources() once none exceeds ``before`` (threads end asynchronously), or as at ``limit``."""
     end = time.monotonic() + limit
@@ -303,6 +319,7 @@ def shm_full(rank, size, spec):
     if rank == 0:
         fill_shm()
     comm.barrier()
+    control_links_up(comm)
     before = resources()
     t = time.time()
     try:
@@ -354,6 +371,7 @@ def soak(rank, size, cycles, every):
     one warm-up cycle, every ``every`` cycles, and at the end once threads have ended."""
     import hetccl
     world = hetccl.init(timeout=60)
+    control_links_up(world)                   # the dups and shrinks share the process's connections
     want = size * (size + 1) / 2
 
     def cycle():
