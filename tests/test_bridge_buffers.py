@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import hetccl.dtypes as dt
-from hetccl.bridges import buffers, loader
+from hetccl.bridges import device_buffers, loader
 from hetccl.bridges.base import BridgeError
 from hetccl.bridges.device_buffers import DeviceBuffer, as_device_buffer, from_cuda_array_interface
 from hetccl.errors import InvalidUsage
@@ -36,7 +36,7 @@ def test_dlpack_from_numpy(np_dtype, code):
     a = np.arange(12).astype(np_dtype).reshape(3, 4)
     b = as_device_buffer(a)
     assert (b.ptr, b.nbytes, b.dtype, b.count) == (a.ctypes.data, a.nbytes, code, 12)
-    assert (b.device_type, b.device_id, b.device, b.readonly) == (buffers.DL_CPU, 0, "cpu:0", False)
+    assert (b.device_type, b.device_id, b.device, b.readonly) == (device_buffers.DL_CPU, 0, "cpu:0", False)
 
 
 def test_dlpack_offset_view_readonly_and_strides():
@@ -94,7 +94,7 @@ def test_dlpack_producer_without_max_version():
 def test_cuda_array_interface_typestrs(typestr, code):
     a = np.zeros(6, dtype=dt.numpy_dtype(code))
     b = as_device_buffer(FakeCuda(a, typestr=typestr))
-    assert (b.ptr, b.nbytes, b.dtype, b.device_type, b.stream) == (a.ctypes.data, a.nbytes, code, buffers.DL_CUDA, None)
+    assert (b.ptr, b.nbytes, b.dtype, b.device_type, b.stream) == (a.ctypes.data, a.nbytes, code, device_buffers.DL_CUDA, None)
 
 
 def test_cuda_array_interface_bfloat16_is_torch_convention():
@@ -139,7 +139,7 @@ def test_device_buffer_checks_and_views():
     with pytest.raises(InvalidUsage, match="invalid"):
         DeviceBuffer(0, 8, dt.INT8)
     assert DeviceBuffer(0, 0, dt.INT8).count == 0      # empty buffers may have a null pointer
-    b = DeviceBuffer(4096, 40, dt.FLOAT32, buffers.DL_CUDA, 1)
+    b = DeviceBuffer(4096, 40, dt.FLOAT32, device_buffers.DL_CUDA, 1)
     v = b.view(3, 5)
     assert (v.ptr, v.count, v.device, v.owner) == (4096 + 12, 5, "cuda:1", b)
     with pytest.raises(InvalidUsage, match="outside a buffer of 10"):
@@ -155,20 +155,20 @@ def runtime(tmp_path_factory):
 
 def test_host_staging_through_the_runtime(runtime):
     dev = np.arange(10, dtype=np.float32) * 1.5          # "device" memory of the test double
-    b = DeviceBuffer(dev.ctypes.data, dev.nbytes, dt.FLOAT32, buffers.DL_CUDA, 0, owner=dev)
-    host = buffers.to_host(runtime, b)
+    b = DeviceBuffer(dev.ctypes.data, dev.nbytes, dt.FLOAT32, device_buffers.DL_CUDA, 0, owner=dev)
+    host = device_buffers.to_host(runtime, b)
     np.testing.assert_array_equal(host, dev)
-    buffers.from_host(runtime, np.full(10, 7, np.float32), b)
+    device_buffers.from_host(runtime, np.full(10, 7, np.float32), b)
     np.testing.assert_array_equal(dev, 7)
     out = np.zeros(12, np.float32)
-    assert buffers.to_host(runtime, b.view(2, 4), out) is out and (out[:4] == 7).all()
+    assert device_buffers.to_host(runtime, b.view(2, 4), out) is out and (out[:4] == 7).all()
     with pytest.raises(InvalidUsage, match="cannot receive"):
-        buffers.to_host(runtime, b, np.zeros(3, np.float32))
+        device_buffers.to_host(runtime, b, np.zeros(3, np.float32))
     with pytest.raises(InvalidUsage, match="do not fit"):
-        buffers.from_host(runtime, np.zeros(11, np.float32), b)
-    ro = DeviceBuffer(dev.ctypes.data, dev.nbytes, dt.FLOAT32, buffers.DL_CUDA, readonly=True, owner=dev)
+        device_buffers.from_host(runtime, np.zeros(11, np.float32), b)
+    ro = DeviceBuffer(dev.ctypes.data, dev.nbytes, dt.FLOAT32, device_buffers.DL_CUDA, readonly=True, owner=dev)
     with pytest.raises(InvalidUsage, match="read-only"):
-        buffers.from_host(runtime, np.zeros(2, np.float32), ro)
+        device_buffers.from_host(runtime, np.zeros(2, np.float32), ro)
 
 
 def test_host_staging_reports_the_runtime_error(runtime):
@@ -181,15 +181,15 @@ def test_host_staging_reports_the_runtime_error(runtime):
         def error_string(self, rc):
             return "invalid copy direction for memcpy"
 
-    b = DeviceBuffer(4096, 8, dt.INT32, buffers.DL_CUDA)
+    b = DeviceBuffer(4096, 8, dt.INT32, device_buffers.DL_CUDA)
     with pytest.raises(BridgeError, match="device-to-host copy failed: invalid copy direction for memcpy"):
-        buffers.to_host(Failing(), b)
+        device_buffers.to_host(Failing(), b)
     assert runtime.memcpy(0, 0, 0, 9) == 21                # the double's own check of the kind
 
 
 def test_from_numpy_for_host_dtypes_numpy_cannot_export():
     a = np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16)
-    b = buffers.from_numpy(a)
-    assert (b.dtype, b.device_type, b.nbytes) == (dt.BFLOAT16, buffers.DL_CPU, 12)
+    b = device_buffers.from_numpy(a)
+    assert (b.dtype, b.device_type, b.nbytes) == (dt.BFLOAT16, device_buffers.DL_CPU, 12)
     with pytest.raises(InvalidUsage, match="C-contiguous"):
-        buffers.from_numpy(a[::2])
+        device_buffers.from_numpy(a[::2])
