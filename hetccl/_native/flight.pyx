@@ -3,7 +3,7 @@
 
 One entry per collective call: sequence number, collective, bytes, count, dtype, op, root,
 algorithm, state (queued, running, done, failed with the error's class) and three timestamps.
-The latency path (collectives.Hot) calls the cdef methods; comm.py's routes call the def ones
+The latency path (latency.Hot) calls the cdef methods; comm.py's routes call the def ones
 (``note`` the call's shape, then ``begin`` / ``started`` / ``finished`` / ``failed``). Readers take
 ``snapshot()`` copies; hetccl/flight/ turns them into records, reports and dumps.
 """
