@@ -563,7 +563,7 @@ cdef int ready(Engine e, Heap h) except -1:
 
 cdef fail(Engine e, Heap h, int rc, str what, double timeout):
     if rc == E_SYMMETRIC:
-        e.broken = True                   # the peers are past the first sync: abort them too
+        e.fail.broken = True              # the peers are past the first sync: abort them too
         raise h.describe_error(what)
     try:
         e.raise_error(rc, what, timeout)
