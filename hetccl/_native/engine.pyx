@@ -50,6 +50,9 @@ cdef class Engine:
     """Links to every peer, and what the schedules share; see the module docstring."""
 
     def __cinit__(self, int rank, int size):
+        self.fail.life.efd = -1         # __dealloc__ runs even if this raises: no eventfd yet
+        if not 0 <= rank < size:
+            raise ValueError(f"an engine is rank 0..size-1 of size >= 1, not rank {rank} of {size}")
         self.rank = rank
         self.size = size
         self.links = <Link*>calloc(size, sizeof(Link))
