@@ -11,12 +11,13 @@ from libc.stdint cimport uint64_t, uint16_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
-from hetccl._native.codes cimport dtype_size, DT_COUNT, OP_COUNT
+from hetccl._native.codes cimport dtype_size, DT_COUNT, OP_COUNT, COLL_SENDRECV
 
-FLIGHT_ALLGATHERV = 11
+from hetccl._native.codes import COLLECTIVE_NAMES
+
+FLIGHT_ALLGATHERV = COLL_SENDRECV + 1
 # index = the Coll code of codes.pxd (FLIGHT_ALLGATHERV past them)
-COLLECTIVES = ("?", "allreduce", "allgather", "reduce_scatter", "broadcast", "reduce", "gather",
-               "scatter", "alltoall", "barrier", "send/recv", "allgatherv")
+COLLECTIVES = ("?",) + tuple(COLLECTIVE_NAMES[c] for c in range(1, FLIGHT_ALLGATHERV)) + ("allgatherv",)
 COLL_CODES = {name: i for i, name in enumerate(COLLECTIVES) if i}
 STATES = ("?", "queued", "running", "done", "failed")
 DEFAULT_CAPACITY = 256

@@ -105,10 +105,34 @@ cdef class Hot:
             return None
         return (<dict>by_size).get(nbytes)
 
+    cdef int run(self, int coll, object hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
+                 int dtype, int op, int root) except -1:
+        """Run a learnt call on pinned buffers through the dispatch's run_* half of `coll`, recorded
+        in the flight ring (op and root: FL_NO_DTYPE / -1 where the collective has none)."""
+        cdef int algo = <int>hit[0]
+        cdef uint64_t s
+        self.last = hit[1]
+        s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
+        try:
+            if coll == COLL_ALLREDUCE:
+                run_allreduce(self.e, a, b, inplace, dtype, op, algo, self.timeout)
+            elif coll == COLL_ALLGATHER:
+                run_allgather(self.e, a, b, dtype, algo, self.timeout)
+            elif coll == COLL_BROADCAST:
+                run_broadcast(self.e, <char*>a.buf, a.len, root, dtype, algo, self.timeout)
+            elif coll == COLL_ALLTOALL:
+                run_alltoall(self.e, a, b, dtype, algo, self.timeout)
+            else:
+                run_reduce_scatter(self.e, a, b, dtype, op, algo, self.timeout)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
+        return 0
+
     def broadcast(self, buf, int root, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Pins p
-        cdef uint64_t s
         if dtype < 0:
             return False
         hit = self.algo_of(HOT_BROADCAST, buf.nbytes, forced)
@@ -116,21 +140,12 @@ cdef class Hot:
             return False
         p = Pins()
         p.pin(buf, None, False, True)
-        self.last = hit[1]
-        s = self.flight.push(COLL_BROADCAST, p.a.len, dtype, FL_NO_DTYPE, root, hit[1], FL_RUNNING)
-        try:
-            run_broadcast(self.e, <char*>p.a.buf, p.a.len, root, dtype, <int>hit[0], self.timeout)
-        except BaseException as x:
-            self.flight.fail(s, x)
-            raise
-        self.flight.mark(s, FL_DONE, 0)
+        self.run(COLL_BROADCAST, hit, &p.a, NULL, p.a.len, True, dtype, FL_NO_DTYPE, root)
         return True
 
     def allreduce(self, buf, out, op, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Pins p
-        cdef int algo
-        cdef uint64_t s
         if dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND:
             return False
         if out is None:
@@ -140,24 +155,15 @@ cdef class Hot:
         hit = self.algo_of(HOT_ALLREDUCE, buf.nbytes, forced)
         if hit is None:
             return False
-        algo = hit[0]
         p = Pins()
         p.pin(buf, out, True, buf is out)
-        self.last = hit[1]
-        s = self.flight.push(COLL_ALLREDUCE, p.b.len, dtype, op, -1, hit[1], FL_RUNNING)
-        try:
-            run_allreduce(self.e, &p.a, &p.b, buf is out, dtype, op, algo, self.timeout)
-        except BaseException as x:
-            self.flight.fail(s, x)
-            raise
-        self.flight.mark(s, FL_DONE, 0)
+        self.run(COLL_ALLREDUCE, hit, &p.a, &p.b, p.b.len, buf is out, dtype, op, -1)
         return True
 
     def allgather(self, buf, out, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Py_buffer sv, rv
         cdef bint same = buf is out
-        cdef uint64_t s = 0
         if dtype < 0 or (not same and self.dtype_of(out) != dtype):
             return False
         hit = self.algo_of(HOT_ALLGATHER, out.nbytes, forced)
@@ -165,13 +171,7 @@ cdef class Hot:
             return False
         pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
         try:
-            self.last = hit[1]
-            s = self.flight.push(COLL_ALLGATHER, rv.len, dtype, FL_NO_DTYPE, -1, hit[1], FL_RUNNING)
-            run_allgather(self.e, &sv, &rv, dtype, hit[0], self.timeout)
-            self.flight.mark(s, FL_DONE, 0)
-        except BaseException as x:
-            self.flight.fail(s, x)
-            raise
+            self.run(COLL_ALLGATHER, hit, &sv, &rv, rv.len, same, dtype, FL_NO_DTYPE, -1)
         finally:
             release_pair(same, &sv, &rv)
         return True
@@ -179,7 +179,6 @@ cdef class Hot:
     def alltoall(self, buf, out, forced=None):
         cdef int dtype = self.dtype_of(buf)
         cdef Pins p
-        cdef uint64_t s
         if dtype < 0 or self.dtype_of(out) != dtype:
             return False
         hit = self.algo_of(HOT_ALLTOALL, buf.nbytes, forced)
@@ -187,21 +186,13 @@ cdef class Hot:
             return False
         p = Pins()
         p.pin(buf, out, True)
-        self.last = hit[1]
-        s = self.flight.push(COLL_ALLTOALL, p.a.len, dtype, FL_NO_DTYPE, -1, hit[1], FL_RUNNING)
-        try:
-            run_alltoall(self.e, &p.a, &p.b, dtype, hit[0], self.timeout)
-        except BaseException as x:
-            self.flight.fail(s, x)
-            raise
-        self.flight.mark(s, FL_DONE, 0)
+        self.run(COLL_ALLTOALL, hit, &p.a, &p.b, p.a.len, False, dtype, FL_NO_DTYPE, -1)
         return True
 
     def reduce_scatter(self, buf, out, op, forced=None):
         """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce."""
         cdef int dtype = self.dtype_of(buf)
         cdef Pins p
-        cdef uint64_t s
         if (dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
                 or self.dtype_of(out) != dtype):
             return False
@@ -210,12 +201,5 @@ cdef class Hot:
             return False
         p = Pins()
         p.pin(buf, out, True)
-        self.last = hit[1]
-        s = self.flight.push(COLL_REDUCE_SCATTER, p.a.len, dtype, op, -1, hit[1], FL_RUNNING)
-        try:
-            run_reduce_scatter(self.e, &p.a, &p.b, dtype, op, <int>hit[0], self.timeout)
-        except BaseException as x:
-            self.flight.fail(s, x)
-            raise
-        self.flight.mark(s, FL_DONE, 0)
+        self.run(COLL_REDUCE_SCATTER, hit, &p.a, &p.b, p.a.len, False, dtype, op, -1)
         return True
