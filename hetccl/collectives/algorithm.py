@@ -27,22 +27,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .._native import codes as _codes
-
-# the native schedules' codes, from their one source (_native/codes.pxd)
-ALGO_RING = _codes.ALGO_RING
-ALGO_RD = _codes.ALGO_RD
-ALGO_BINOMIAL = _codes.ALGO_BINOMIAL
-ALGO_CHAIN = _codes.ALGO_CHAIN
-ALGO_SCATTER_ALLGATHER = _codes.ALGO_SCATTER_ALLGATHER
-ALGO_PAIRWISE = _codes.ALGO_PAIRWISE
-ALGO_LINEAR = _codes.ALGO_LINEAR
-ALGO_RS_GATHER = _codes.ALGO_RS_GATHER
-ALGO_RABENSEIFNER = _codes.ALGO_RABENSEIFNER
-ALGO_DBTREE = _codes.ALGO_DBTREE
-ALGO_BRUCK = _codes.ALGO_BRUCK
-ALGO_RECURSIVE_HALVING = _codes.ALGO_RECURSIVE_HALVING
-ALGO_DISSEMINATION = _codes.ALGO_DISSEMINATION
+from .._native.codes import (   # the native schedules' codes, from their one source (_native/codes.pxd)
+    ALGO_RING, ALGO_RD, ALGO_BINOMIAL, ALGO_CHAIN, ALGO_SCATTER_ALLGATHER, ALGO_PAIRWISE, ALGO_LINEAR,
+    ALGO_RS_GATHER, ALGO_RABENSEIFNER, ALGO_DBTREE, ALGO_BRUCK, ALGO_RECURSIVE_HALVING,
+    ALGO_DISSEMINATION)
 
 # One side's copy pass of a one-way FIFO transfer, in units of beta (two passes, see above).
 # Measured (bench/results/crossover-2026-12-01.txt, 2 ranks): broadcast 32-128 MiB 0.55 beta per
