@@ -296,8 +296,8 @@ class HeaderTarget:
            "count": "<Q", "rank": "<I"}
 
     def __init__(self):
-        from hetccl._native import engine
-        self.engine = engine
+        from hetccl._native import dispatch, engine, failure
+        self.engine, self.dispatch, self.failure = engine, dispatch, failure
 
     def _header(self, field, v, count, seq):
         vals = {"magic": 0x314C4348, "coll": 1, "dtype": 10, "op": 0, "phase": 0, "seq": seq,
@@ -316,18 +316,18 @@ class HeaderTarget:
         eng = self.engine.Engine(0, 2)
         a, b = socket.socketpair()
         try:
-            eng.add_tcp_link(1, a.fileno())
+            eng.attach(1, "tcp", a.fileno())
             if d.byte() & 1:
                 hdr = d.bytes(40)
             else:
                 hdr = self._header(d.choice(self.fields), d.uint(8), count, eng.sequence + 1)
             if len(hdr) == 32:
-                self.engine._describe_header(hdr)
+                self.failure.describe_header(hdr)
             b.sendall(hdr + d.rest()[:256])
             b.shutdown(socket.SHUT_WR)            # then EOF: the engine must not wait forever
             x = np.ones(count, np.float32)
             try:
-                eng.allreduce(x, x, 10, 0, 1, 2.0)
+                self.dispatch.allreduce(eng, x, x, 10, 0, 1, 2.0)
             except HetcclError:
                 pass
         finally:

@@ -170,7 +170,7 @@ def p2p_rows(name, factory, sizes, quick=False):
 
 def memcpy_gbs(nbytes=64 << 20, reps=7, streaming=True):
     """Copy bandwidth (bytes copied per second) of pre-faulted buffers, best of reps."""
-    from hetccl._native.reduce import copy_array
+    from hetccl._native.kernels import copy_array
     src = np.ones(nbytes, np.uint8)
     dst = np.ones(nbytes, np.uint8)
     best = float("inf")
@@ -304,7 +304,7 @@ def traffic_bound(comm, nb, reps):
     Their ratio is the most a single-copy schedule can gain over the staged one in the
     memory-bound regime of this host with this kernel, measured in the same run. Limitation
     (BOUND_CAVEAT): the kernel is the schedules' own, so the bound cannot show a better kernel."""
-    from hetccl._native.reduce import copy_array
+    from hetccl._native.kernels import copy_array
     src, a, b = (np.ones(nb, np.uint8) for _ in range(3))
     out = {}
     for pattern in ("one load", "two loads"):

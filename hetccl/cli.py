@@ -45,7 +45,7 @@ def doctor_main(argv) -> int:
     from .transports.netif import choose_address, interfaces
     print(f"hetccl {__version__} on Python {platform.python_version()} ({platform.machine()})")
     try:
-        from ._native import engine, reduce  # noqa: F401
+        from ._native import engine, kernels  # noqa: F401
         print("native core: ok")
     except ImportError as e:
         print(f"native core: MISSING ({e}); reinstall with `pip install .`")

@@ -237,7 +237,7 @@ _ROOTED = frozenset({"broadcast", "reduce", "gather", "scatter"})
 
 # The routes other than the flat native schedule (collectives/schedules.py), by collective: each
 # adapter turns a Call into the route's own arguments.
-_SYMMETRIC = {     # _native/symmetric.pyx: both buffers live symmetric allocations, every pair c2c
+_SYMMETRIC = {     # _native/symmetric_heap.pyx: both buffers live symmetric allocations, every pair c2c
     "allreduce": lambda e, h, c: (schedules.symmetric.allreduce, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
     "allgather": lambda e, h, c: (schedules.symmetric.allgather, (e, h, c.send, c.recv, c.dtype, c.timeout)),
     "reduce_scatter": lambda e, h, c: (schedules.symmetric.reduce_scatter, (e, h, c.send, c.recv, c.dtype, c.op, c.timeout)),
@@ -254,7 +254,7 @@ _PLANNER = {       # composed by the topology planner (collectives/hierarchical.
     "allgather": lambda p, c, a: (p.allgather, (c.send, c.recv, c.dtype, a, c.timeout)),
     "broadcast": lambda p, c, a: (p.broadcast, (c.send, c.root, c.dtype, a, c.timeout)),
 }
-_SINGLE_COPY = {   # _native/direct.pyx: ring schedules over c2c peers' memory
+_SINGLE_COPY = {   # _native/single_copy.pyx: ring schedules over c2c peers' memory
     "allreduce": lambda e, c: (schedules.single_copy.allreduce, (e, c.send, c.recv, c.dtype, c.op, c.timeout)),
     "allgather": lambda e, c: (schedules.single_copy.allgather, (e, c.send, c.recv, c.dtype, c.timeout)),
 }

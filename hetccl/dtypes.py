@@ -1,6 +1,7 @@
 """Data types hetccl moves and reduces, and how numpy / buffer-protocol objects map onto them.
 
-The integer codes are shared with the Cython core (_native/codes.pxd).
+The integer codes mirror the Cython core's (_native/codes.pxd, their one source; tests/test_codes.py
+holds them equal): ``import hetccl`` loads no native code.
 
 bfloat16 and float8 are numpy dtypes defined by ``ml_dtypes``, whose extension takes 0.5-1 s to
 load; it is imported on the first bfloat16/float8 use, not with hetccl. An array of those types can
@@ -25,7 +26,7 @@ INTEGER = frozenset(range(8)) | {BOOL}
 FLOATING = frozenset({FLOAT16, BFLOAT16, FLOAT32, FLOAT64, FP8_E4M3, FP8_E5M2})
 
 # numpy dtype -> code; the ml_dtypes entries are added by _ml_dtypes(). Shared by reference with
-# comm.py and the latency path (_native/collectives.pyx), so it is only ever updated in place.
+# comm.py and the latency path (_native/latency.pyx), so it is only ever updated in place.
 _NUMPY = {np.dtype(n): i for i, n in enumerate(NAMES) if n in np.sctypeDict or hasattr(np, n)}
 _ML_CODES = (BFLOAT16, FP8_E4M3, FP8_E5M2)
 

@@ -1,4 +1,5 @@
-"""Reduction operations. The integer values are shared with the Cython core (_native/codes.pxd)."""
+"""Reduction operations. The integer values mirror the Cython core's (_native/codes.pxd, their one
+source; tests/test_codes.py holds them equal): ``import hetccl`` loads no native code."""
 import enum
 
 from .errors import InvalidUsage

@@ -9,7 +9,7 @@ function of (case seed, rank), so each rank builds all N inputs, computes the nu
 itself and compares. Each rank also returns a short digest of every result, and the parent checks
 that all ranks got bit-identical results.
 
-Reference rules (see the kernels' contract in hetccl/_native/reduce.pxd):
+Reference rules (see the kernels' contract in hetccl/_native/kernels.pxd):
 * integers: exact, with two's-complement wraparound for SUM/PROD; AVG = truncating division of the
   sum (inputs are kept small enough that the sum does not wrap);
 * MIN/MAX and everything of allgather: exact (allgather is compared byte for byte);

@@ -1,4 +1,4 @@
-"""The communicator's latency path (collectives.Hot): a call shape seen before goes straight to its
+"""The communicator's latency path (_native/latency.pyx: Hot): a call shape seen before goes straight to its
 native schedule. It must give the same results, the same algorithm and the same errors as the
 Python path it short-cuts, and never take a call it was not taught (timeouts, async operations,
 dtypes only the Python path knows; a forced algorithm only under its own name)."""

@@ -92,7 +92,7 @@ def _op(c, kind, b):
         c.alltoall(b["x"], out=b["y"])
     elif kind == "broadcast":
         c.broadcast(b["x"], root=c.size - 1)
-    elif kind == "hot":                            # the latency path (collectives.pyx: Hot)
+    elif kind == "hot":                            # the latency path (latency.pyx: Hot)
         c.allreduce(b["s"])
     elif kind == "symmetric":
         c.allreduce(b["a"], out=b["b"])
@@ -168,7 +168,7 @@ def _check_abort_rounds(results, kinds):
 RACES = {
     "shm": (["allreduce", "allgather", "alltoall", "broadcast", "hot"], "shm", {}),
     "tcp": (["allreduce", "allgather", "alltoall", "broadcast", "hot"], "tcp", {}),
-    # single copy: cma reads/writes (direct.pyx, alltoall_cma.pyx) and symmetric buffers
+    # single copy: cma reads/writes (single_copy.pyx) and symmetric buffers
     "c2c-cma": (["allreduce", "allgather", "alltoall", "symmetric", "hot"], "c2c",
                 {"HETCCL_C2C_MODE": "cma", "HETCCL_C2C_DIRECT": "on"}),
     "c2c-window": (["allreduce", "allgather", "symmetric"], "c2c",

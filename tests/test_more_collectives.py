@@ -154,7 +154,7 @@ def test_p2p_async_split(size, transport):
 
 
 def _alltoall_single_copy(rank, size, expect_min):
-    """The single-copy alltoall (_native/alltoall_cma.pyx): taken exactly where its threshold says,
+    """The single-copy alltoall (_native/single_copy.pyx): taken exactly where its threshold says,
     the same results as the FIFO pairwise exchange for every block size and dtype class, the same
     errors, and a mismatch with a FIFO collective on another rank is an error, not a hang."""
     import ml_dtypes
@@ -216,7 +216,7 @@ def _alltoall_single_copy(rank, size, expect_min):
         assert np.array_equal(ob[:300_001], np.arange(rank * 300_001, (rank + 1) * 300_001, dtype=np.float64))
         # a mismatch: rank 0 enters the single copy, every other rank a FIFO broadcast from rank 1.
         # The entry sync looks at every peer while it waits (FIFO bytes, published headers,
-        # hang-ups: direct.pyx), so rank 0 names the mismatch at any world size, before the 20 s
+        # hang-ups: single_copy.pyx), so rank 0 names the mismatch at any world size, before the 20 s
         # deadline. The broadcast of a rank that needs nothing from rank 0 (the root; at 3+ ranks a
         # rank the root feeds directly) completes; the others raise. Nobody waits out the deadline
         # (15 s: the deadline less a margin for a loaded machine, the bound is the point).
@@ -242,12 +242,12 @@ def _alltoall_single_copy(rank, size, expect_min):
 def test_alltoall_single_copy(size, direct, expect):
     import os
 
-    from hetccl._native import alltoall_cma
+    from hetccl._native import single_copy
     if direct is None and (size > len(os.sched_getaffinity(0))) != (expect == "oversubscribed"):
         pytest.skip("hardware: the default threshold depends on ranks vs cores; this case is for another "
                     "machine shape")
-    expect_min = {"oversubscribed": alltoall_cma.MIN_BYTES_OVERSUBSCRIBED,
-                  "default": alltoall_cma.MIN_BYTES}.get(expect, expect)
+    expect_min = {"oversubscribed": single_copy.ALLTOALL_MIN_BYTES_OVERSUBSCRIBED,
+                  "default": single_copy.ALLTOALL_MIN_BYTES}.get(expect, expect)
     res = run_ranks(_alltoall_single_copy, size, expect_min, timeout=240, env={"HETCCL_C2C_DIRECT": direct})
     if expect_min is None:
         assert res == ["off"] * size, res

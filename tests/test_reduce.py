@@ -1,4 +1,4 @@
-"""Reduction / copy / divide kernels (hetccl/_native/reduce.pyx + kernels.h) against numpy/ml_dtypes.
+"""Reduction / copy / divide kernels (hetccl/_native/kernels.pyx + kernels.h) against numpy/ml_dtypes.
 
 Integers must match numpy exactly (wrapping). Floats must match bit for bit the reference
 `(a.astype(float32) OP b.astype(float32)).astype(dtype)` for float16/bfloat16/fp8 and numpy's own
@@ -27,13 +27,13 @@ NATIVE = os.path.join(os.path.dirname(HERE), "hetccl", "_native")
 
 def _load_reduce():
     try:
-        return importlib.import_module("hetccl._native.reduce")
+        return importlib.import_module("hetccl._native.kernels")
     except ImportError:
         # hetccl/__init__ may import modules that are still being written; load the extension alone
-        paths = glob.glob(os.path.join(NATIVE, "reduce.*.so")) + glob.glob(os.path.join(NATIVE, "reduce.*.pyd"))
+        paths = glob.glob(os.path.join(NATIVE, "kernels.*.so")) + glob.glob(os.path.join(NATIVE, "kernels.*.pyd"))
         if not paths:
-            raise ImportError("hetccl._native.reduce is not built (python setup.py build_ext --inplace)")
-        spec = importlib.util.spec_from_file_location("hetccl._native.reduce", paths[0])
+            raise ImportError("hetccl._native.kernels is not built (python setup.py build_ext --inplace)")
+        spec = importlib.util.spec_from_file_location("hetccl._native.kernels", paths[0])
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod

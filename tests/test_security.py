@@ -395,7 +395,7 @@ def test_p2p_send_to_a_dead_rank_raises(pair):
 # Shared memory
 # ------------------------------------------------------------------------------------------------
 def test_short_segment_is_refused_not_mapped():
-    from hetccl._native.engine import ShmSegment
+    from hetccl._native.segment import ShmSegment
 
     name = f"/{reap.PAIR_PREFIX}{os.getpid()}-test-short"
     fd = os.open(f"/dev/shm{name}", os.O_CREAT | os.O_RDWR, 0o600)

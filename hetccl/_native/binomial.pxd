@@ -1,5 +1,9 @@
-# Binomial-tree geometry shared by the rooted schedules (inline only, no module behind it).
-from hetccl._native.engine cimport Seg, seg
+# Binomial trees: their geometry (inline, shared with halving.pyx) and the rooted schedules built on
+# them (binomial.pyx).
+from libc.stdint cimport uint64_t
+from hetccl._native.engine cimport Engine
+from hetccl._native.link cimport Seg
+from hetccl._native.stream cimport seg
 
 cdef inline int lowbit_mask(int vr, int N) noexcept nogil:
     """Binomial trees: the span of relative rank vr's subtree (the root's spans the next power of
@@ -24,3 +28,11 @@ cdef inline int subtree_segs(Seg* gs, char* base, size_t* boff, size_t* blen, in
         seg(&gs[n], base + boff[b], NULL, blen[b], -1)
         n += 1
     return n
+
+
+cdef int bcast_binomial(Engine e, char* buf, size_t nb, int root, int dtype, uint64_t count,
+                        double dl) noexcept nogil
+cdef int bcast_scatter_allgather(Engine e, char* buf, size_t count, int root, int dtype,
+                                 double dl) noexcept nogil
+cdef int reduce_binomial(Engine e, char* sbuf, char* rbuf, size_t nb, int root, int dtype, int op,
+                         uint64_t count, double dl) noexcept nogil

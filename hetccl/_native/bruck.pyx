@@ -3,14 +3,16 @@
 
 Both work in "rotated" positions (position i of rank r is about rank r + i) without rotating any
 buffer: the positions map onto the user's buffers (wrapping at most once for allgather, one block
-per position for alltoall), and each step is one ``Engine.xfer`` of many segments.
+per position for alltoall), and each step is one ``progress.xfer`` of many segments.
 """
 from libc.stdlib cimport malloc, free
 
 from hetccl._native.codes cimport *
-from hetccl._native.engine cimport Engine, Seg, seg
-from hetccl._native.link cimport E_OS
-from hetccl._native.reduce cimport copy_bytes
+from hetccl._native.engine cimport Engine
+from hetccl._native.link cimport Seg, E_OS
+from hetccl._native.progress cimport xfer
+from hetccl._native.stream cimport seg
+from hetccl._native.kernels cimport copy_bytes
 
 
 cdef int wrapped_segs(Seg* g, char* base, size_t nb, int first, int n, int N) noexcept nogil:
@@ -37,7 +39,7 @@ cdef int allgather_bruck(Engine e, const char* sbuf, char* rbuf, size_t nb, int 
         n = d if d < N - d else N - d
         ns = wrapped_segs(gs, rbuf, nb, r, n, N)
         nr = wrapped_segs(gr, rbuf, nb, (r + d) % N, n, N)
-        rc = e.xfer((r - d + N) % N, gs, ns, (r + d) % N, gr, nr, COLL_ALLGATHER, dtype, 0, 32 + k,
+        rc = xfer(e, (r - d + N) % N, gs, ns, (r + d) % N, gr, nr, COLL_ALLGATHER, dtype, 0, 32 + k,
                     nb // dtype_size(dtype), False, dl)
         d <<= 1
         k += 1
@@ -86,7 +88,7 @@ cdef int alltoall_bruck(Engine e, const char* sbuf, char* rbuf, size_t nb, int d
             seg(&gr[n], nxt, NULL, nb, -1)
             cur[i] = nxt
             n += 1
-        rc = e.xfer((r + d) % N, gs, n, (r - d + N) % N, gr, n, COLL_ALLTOALL, dtype, 0, 128 + k,
+        rc = xfer(e, (r + d) % N, gs, n, (r - d + N) % N, gr, n, COLL_ALLTOALL, dtype, 0, 128 + k,
                     0, False, dl)        # count 0 like pairwise: a mix of the two reads "algorithm"
         d <<= 1
         k += 1

@@ -3,9 +3,9 @@
 # between two processes' buffers) and shared futexes (the "block" half of spin-then-block on a flag
 # in shared memory).
 #
-# Every c2c pair also owns an ordinary shm FIFO pair (link.pxd) for the collectives and messages that
-# have no single-copy schedule; the C2CPeer below adds the control slots and, in window mode, the
-# pre-faulted windows. Each side owns one C2CSlot in the pair segment: it alone writes `epoch` and
+# Every c2c pair also owns an ordinary shm FIFO pair (fifo.pxd) for the collectives and messages that
+# have no single-copy schedule; the C2CPeer below (a field of its Link, set up by link_c2c.pxd) adds
+# the control slots and, in window mode, the pre-faulted windows. Each side owns one C2CSlot in the pair segment: it alone writes `epoch` and
 # the published call description; the other side only increments `waiters` before it futex-waits.
 from libc.stdint cimport uint64_t, uint32_t, uint8_t, int32_t
 
@@ -19,6 +19,7 @@ cdef extern from *:
     #include <sys/syscall.h>
     #include <sys/uio.h>
     #include <linux/futex.h>
+    #define HC_C2C_MAGIC 0x4332434843324332ULL   /* "2C2CHC2C": a slot's owner attached */
     static inline uint32_t hc_add32(volatile uint32_t* p, int32_t v) {
         return __atomic_add_fetch(p, (uint32_t)v, __ATOMIC_SEQ_CST);
     }
@@ -50,6 +51,7 @@ cdef extern from *:
     int hc_futex_wait(uint32_t* addr, uint32_t val, int ms) nogil
     int hc_futex_wake(uint32_t* addr) nogil
     long hc_cma(int pid, void* local, uint64_t raddr, size_t n, int write) nogil
+    const uint64_t C2C_MAGIC "HC_C2C_MAGIC"
 
 cdef enum C2CMode:
     C2C_OFF = 0

@@ -41,7 +41,7 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 
 from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_xchg32
-from hetccl._native.waiting cimport sched_yield
+from hetccl._native.posix_wait cimport sched_yield
 
 from hetccl._native.dl cimport dlopen, dlsym, dlerror, RTLD_NOW, RTLD_LOCAL
 

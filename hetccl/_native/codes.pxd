@@ -1,7 +1,11 @@
-# Integer codes shared between the Python layer (hetccl/dtypes.py, hetccl/ops.py) and the Cython core.
-# Keep both sides in sync: tests/test_codes.py checks them.
+# The integer codes shared by the native core and the Python layer: their one source.
+#
+# The compiled module (codes.pyx) exports every one as a plain int (``cpdef enum``), with their names;
+# hetccl/collectives/algorithm.py reads the ALGO_* codes from it. hetccl/dtypes.py and hetccl/ops.py
+# keep import-light copies of the dtype and op codes (``import hetccl`` loads no native code), which
+# tests/test_codes.py holds to these.
 
-cdef enum DType:
+cpdef enum:             # dtypes (hetccl/dtypes.py)
     DT_INT8 = 0
     DT_UINT8 = 1
     DT_INT16 = 2
@@ -19,7 +23,7 @@ cdef enum DType:
     DT_BOOL = 14
     DT_COUNT = 15
 
-cdef enum Op:
+cpdef enum:             # reduction ops (hetccl/ops.py)
     OP_SUM = 0
     OP_PROD = 1
     OP_MIN = 2
@@ -30,7 +34,7 @@ cdef enum Op:
     OP_BXOR = 7
     OP_COUNT = 8
 
-cdef enum Coll:
+cpdef enum:             # collectives: the first byte of every wire header after the magic (wire.pxd)
     COLL_ALLREDUCE = 1
     COLL_ALLGATHER = 2
     COLL_REDUCE_SCATTER = 3
@@ -42,7 +46,7 @@ cdef enum Coll:
     COLL_BARRIER = 9
     COLL_SENDRECV = 10
 
-cdef enum Algo:
+cpdef enum:             # algorithms: the schedule a collective runs (dispatch.pyx; Python: collectives/*.py)
     ALGO_RING = 0
     ALGO_RD = 1
     ALGO_BINOMIAL = 2
@@ -55,9 +59,11 @@ cdef enum Algo:
     ALGO_DBTREE = 9
     ALGO_BRUCK = 10
     ALGO_RECURSIVE_HALVING = 11
+    ALGO_DISSEMINATION = 12
 
 
 cdef inline size_t dtype_size(int dtype) noexcept nogil:
+    """Bytes of one element of dtype (1 for a negative dtype: the barrier's untyped messages)."""
     if dtype < 0:
         return 1
     if dtype <= DT_UINT8 or dtype >= DT_FP8_E4M3:

@@ -1,5 +1,5 @@
 # A communicator's flight record: a fixed ring of small structs, one per collective call, written on
-# the latency path (collectives.Hot) and by the Python routes (comm.py), read by the watchdog, the
+# the latency path (latency.Hot) and by the Python routes (comm.py), read by the watchdog, the
 # control plane's flight requests and dumps (hetccl/flight/).
 #
 # Why native: the 8-byte allreduce through the latency path costs well under a microsecond; a

@@ -3,7 +3,7 @@
 
 One entry per collective call: sequence number, collective, bytes, count, dtype, op, root,
 algorithm, state (queued, running, done, failed with the error's class) and three timestamps.
-The latency path (collectives.Hot) calls the cdef methods; comm.py's routes call the def ones
+The latency path (latency.Hot) calls the cdef methods; comm.py's routes call the def ones
 (``note`` the call's shape, then ``begin`` / ``started`` / ``finished`` / ``failed``). Readers take
 ``snapshot()`` copies; hetccl/flight/ turns them into records, reports and dumps.
 """
@@ -11,12 +11,13 @@ from libc.stdint cimport uint64_t, uint16_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
-from hetccl._native.codes cimport dtype_size, DT_COUNT, OP_COUNT
+from hetccl._native.codes cimport dtype_size, DT_COUNT, OP_COUNT, COLL_SENDRECV
 
-FLIGHT_ALLGATHERV = 11
+from hetccl._native.codes import COLLECTIVE_NAMES
+
+FLIGHT_ALLGATHERV = COLL_SENDRECV + 1
 # index = the Coll code of codes.pxd (FLIGHT_ALLGATHERV past them)
-COLLECTIVES = ("?", "allreduce", "allgather", "reduce_scatter", "broadcast", "reduce", "gather",
-               "scatter", "alltoall", "barrier", "send/recv", "allgatherv")
+COLLECTIVES = ("?",) + tuple(COLLECTIVE_NAMES[c] for c in range(1, FLIGHT_ALLGATHERV)) + ("allgatherv",)
 COLL_CODES = {name: i for i, name in enumerate(COLLECTIVES) if i}
 STATES = ("?", "queued", "running", "done", "failed")
 DEFAULT_CAPACITY = 256

@@ -10,3 +10,5 @@ cdef int allreduce_rabenseifner(Engine e, char* sbuf, char* rbuf, size_t count, 
                                 double dl) noexcept nogil
 cdef int reduce_rs_gather(Engine e, char* sbuf, char* rbuf, size_t count, int root, int dtype, int op,
                           double dl) noexcept nogil
+cdef int reduce_scatter_halving(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, int dtype,
+                                int op, uint64_t count, double dl) noexcept nogil

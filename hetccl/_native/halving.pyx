@@ -7,7 +7,7 @@ remaining ranks get "new ranks" nr. New rank nr owns a *superblock*: the blocks 
 folded pair, or the one block of an unpaired rank, so the superblocks are contiguous and the
 halving steps split byte ranges at block boundaries.
 
-Each step is one ``Engine.xfer`` exchange with the partner nr ^ mask; headers carry a distinct
+Each step is one ``progress.xfer`` exchange with the partner nr ^ mask; headers carry a distinct
 phase per step, so ranks running different algorithms get a mismatch error, not wrong data.
 """
 from libc.stdint cimport uint64_t
@@ -15,9 +15,12 @@ from libc.stdlib cimport malloc, free
 
 from hetccl._native.codes cimport *
 from hetccl._native.binomial cimport lowbit_mask, subtree_segs
-from hetccl._native.engine cimport Engine, Seg, even_blocks, seg
-from hetccl._native.link cimport E_OS
-from hetccl._native.reduce cimport copy_bytes, divide_by
+from hetccl._native.blocks cimport even_blocks
+from hetccl._native.engine cimport Engine
+from hetccl._native.link cimport Seg, E_OS
+from hetccl._native.progress cimport xfer
+from hetccl._native.stream cimport seg
+from hetccl._native.kernels cimport copy_bytes, divide_by
 
 
 cdef inline int pof2_below(int N) noexcept nogil:
@@ -69,13 +72,13 @@ cdef int rs_halving(Engine e, const char* sbuf, char* acc, char* out, size_t* bo
     if r < 2 * rem:
         if not (r & 1):                       # fold out: all my data to r + 1, my block back later
             seg(&gs, <char*>sbuf, NULL, total, -1)
-            rc = e.xfer(r + 1, &gs, 1, -1, NULL, 0, coll, dtype, op, phase0, count, False, dl)
+            rc = xfer(e, r + 1, &gs, 1, -1, NULL, 0, coll, dtype, op, phase0, count, False, dl)
             if rc < 0 or out == NULL:
                 return rc
             seg(&gr[0], out, NULL, blen[r], -1)
-            return e.xfer(-1, NULL, 0, r + 1, gr, 1, coll, dtype, op, phase0 + 1, count, False, dl)
+            return xfer(e, -1, NULL, 0, r + 1, gr, 1, coll, dtype, op, phase0 + 1, count, False, dl)
         seg(&gr[0], acc, sbuf, total, -1)
-        rc = e.xfer(-1, NULL, 0, r - 1, gr, 1, coll, dtype, op, phase0, count, False, dl)
+        rc = xfer(e, -1, NULL, 0, r - 1, gr, 1, coll, dtype, op, phase0, count, False, dl)
         if rc < 0:
             return rc
         cur = acc
@@ -105,7 +108,7 @@ cdef int rs_halving(Engine e, const char* sbuf, char* acc, char* out, size_t* bo
         if mask == 1:                         # the final sums land: AVG divides them here
             gr[0].divide = div
             gr[nrs - 1].divide = div
-        rc = e.xfer(peer, &gs, 1, peer, gr, nrs, coll, dtype, op, phase0 + 2 + k, count, False, dl)
+        rc = xfer(e, peer, &gs, 1, peer, gr, nrs, coll, dtype, op, phase0 + 2 + k, count, False, dl)
         if rc < 0:
             return rc
         cur = acc
@@ -114,7 +117,7 @@ cdef int rs_halving(Engine e, const char* sbuf, char* acc, char* out, size_t* bo
         k += 1
     if out != NULL and nr < rem:              # unfold: the even partner's block
         seg(&gs, acc + boff[r - 1], NULL, blen[r - 1], -1)
-        return e.xfer(r - 1, &gs, 1, -1, NULL, 0, coll, dtype, op, phase0 + 1, count, False, dl)
+        return xfer(e, r - 1, &gs, 1, -1, NULL, 0, coll, dtype, op, phase0 + 1, count, False, dl)
     return 0
 
 
@@ -128,7 +131,7 @@ cdef int ag_doubling(Engine e, char* buf, size_t* boff, size_t* blen, int dtype,
     cdef Seg gs, gr
     if nr < 0:
         seg(&gr, buf, NULL, total, -1)
-        return e.xfer(-1, NULL, 0, r + 1, &gr, 1, coll, dtype, 0, phase0 + 31, count, False, dl)
+        return xfer(e, -1, NULL, 0, r + 1, &gr, 1, coll, dtype, 0, phase0 + 31, count, False, dl)
     while mask < p:
         peer = old_rank(nr ^ mask, rem)
         mlo = nr & ~(mask - 1)
@@ -137,14 +140,14 @@ cdef int ag_doubling(Engine e, char* buf, size_t* boff, size_t* blen, int dtype,
         pa = sb_off(boff, blen, N, plo, rem)
         seg(&gs, buf + a, NULL, sb_off(boff, blen, N, mlo + mask, rem) - a, -1)
         seg(&gr, buf + pa, NULL, sb_off(boff, blen, N, plo + mask, rem) - pa, -1)
-        rc = e.xfer(peer, &gs, 1, peer, &gr, 1, coll, dtype, 0, phase0 + 16 + k, count, False, dl)
+        rc = xfer(e, peer, &gs, 1, peer, &gr, 1, coll, dtype, 0, phase0 + 16 + k, count, False, dl)
         if rc < 0:
             return rc
         mask <<= 1
         k += 1
     if nr < rem:
         seg(&gs, buf, NULL, total, -1)
-        return e.xfer(r - 1, &gs, 1, -1, NULL, 0, coll, dtype, 0, phase0 + 31, count, False, dl)
+        return xfer(e, r - 1, &gs, 1, -1, NULL, 0, coll, dtype, 0, phase0 + 31, count, False, dl)
     return 0
 
 
@@ -210,12 +213,26 @@ cdef int reduce_rs_gather(Engine e, char* sbuf, char* rbuf, size_t count, int ro
     while rc >= 0 and m < mask:               # children's subtrees: relative ranks vr+m .. vr+2m
         if vr + m < N:
             n = subtree_segs(gs, acc, boff, blen, vr + m, min(vr + 2 * m, N), root, N)
-            rc = e.xfer(-1, NULL, 0, (vr + m + root) % N, gs, n, COLL_REDUCE, dtype, op, 192, count,
+            rc = xfer(e, -1, NULL, 0, (vr + m + root) % N, gs, n, COLL_REDUCE, dtype, op, 192, count,
                         False, dl)
         m <<= 1
     if rc >= 0 and vr:
         n = subtree_segs(gs, acc, boff, blen, vr, min(vr + mask, N), root, N)
-        rc = e.xfer((vr - mask + root) % N, gs, n, -1, NULL, 0, COLL_REDUCE, dtype, op, 192, count,
+        rc = xfer(e, (vr - mask + root) % N, gs, n, -1, NULL, 0, COLL_REDUCE, dtype, op, 192, count,
                     False, dl)
     free(boff)
+    return rc
+
+
+cdef int reduce_scatter_halving(Engine e, char* sbuf, char* out, size_t* boff, size_t* blen, int dtype,
+                                int op, uint64_t count, double dl) noexcept nogil:
+    """Recursive-halving reduce_scatter: partial sums in the engine's scratch, my block into out."""
+    cdef char* acc = e.scratch(boff[e.size - 1] + blen[e.size - 1])
+    cdef bint streaming = e.stream_out
+    cdef int rc
+    if acc == NULL:
+        return E_OS
+    e.stream_out = False                      # partial sums are re-read at once: keep them cached
+    rc = rs_halving(e, sbuf, acc, out, boff, blen, dtype, op, count, COLL_REDUCE_SCATTER, 128, dl)
+    e.stream_out = streaming
     return rc

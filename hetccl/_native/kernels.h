@@ -1,4 +1,4 @@
-/* Reduction, conversion and copy kernels behind hetccl/_native/reduce.pyx.
+/* Reduction, conversion and copy kernels behind hetccl/_native/kernels.pyx.
  *
  * Every kernel exists twice: a baseline build (plain x86-64 = SSE2, or whatever the target is) and,
  * on x86-64, a copy compiled with __attribute__((target("avx2,f16c"))). hk_init() checks the CPU

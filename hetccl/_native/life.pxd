@@ -1,5 +1,5 @@
 # The lifecycle of an engine's native resources, shared by every module that runs schedules on them
-# (engine, collectives and its family modules, direct, symmetric, alltoall_cma): an interrupt word,
+# (the engine's progress and its schedules, single_copy, symmetric_heap): an interrupt word,
 # an in-use counter, and the sleep primitive that an interrupt always wakes.
 #
 # Why: a communicator may be aborted or closed from any thread while another thread runs a schedule
@@ -141,6 +141,7 @@ cdef extern from *:
     void hc_life_close_efd(HcLife* L) nogil
 
 # interrupt reasons (the low 8 bits of HcLife.intr); exported by engine.pyx as ABORTED etc.
+# The word lives in the engine's Failure (failure.pxd), with the error state it leads to.
 cdef enum:
     LIFE_ABORTED = 1          # abort() / close(): CommAborted
     LIFE_REVOKED = 2          # the communicator was revoked: CommRevoked

@@ -15,8 +15,12 @@ from the call (count, N) alone, so every rank cuts the same messages.
 from libc.stdint cimport uint64_t
 
 from hetccl._native.codes cimport *
-from hetccl._native.engine cimport Engine, Seg, seg, slice_len
-from hetccl._native.reduce cimport copy_bytes
+from hetccl._native.blocks cimport slice_len
+from hetccl._native.engine cimport Engine
+from hetccl._native.link cimport Seg, E_OS
+from hetccl._native.progress cimport xfer
+from hetccl._native.stream cimport seg
+from hetccl._native.kernels cimport copy_bytes
 
 
 cdef void btree(int r, int N, int* parent, int* kids) noexcept nogil:
@@ -115,14 +119,14 @@ cdef int allreduce_dbtree(Engine e, char* sbuf, char* rbuf, size_t count, int dt
                 seg(&g, acc, <const char*>acc if have else mine, ln, -1)
                 if par[t] < 0 and op == OP_AVG and (c == 1 or kids[2 * t + 1] < 0):
                     g.divide = N
-                rc = e.xfer(-1, NULL, 0, kids[2 * t + c], &g, 1, COLL_ALLREDUCE, dtype, op, 160 + t,
+                rc = xfer(e, -1, NULL, 0, kids[2 * t + c], &g, 1, COLL_ALLREDUCE, dtype, op, 160 + t,
                             count, False, dl)
                 if rc < 0:
                     return rc
                 have = True
             if par[t] >= 0:
                 seg(&g, acc if have else <char*>mine, NULL, ln, -1)
-                rc = e.xfer(par[t], &g, 1, -1, NULL, 0, COLL_ALLREDUCE, dtype, op, 160 + t, count,
+                rc = xfer(e, par[t], &g, 1, -1, NULL, 0, COLL_ALLREDUCE, dtype, op, 160 + t, count,
                             False, dl)
                 if rc < 0:
                     return rc
@@ -134,13 +138,13 @@ cdef int allreduce_dbtree(Engine e, char* sbuf, char* rbuf, size_t count, int dt
             acc = rbuf + hoff[t] + o
             seg(&g, acc, NULL, ln, -1)
             if par[t] >= 0:
-                rc = e.xfer(-1, NULL, 0, par[t], &g, 1, COLL_ALLREDUCE, dtype, op, 170 + t, count,
+                rc = xfer(e, -1, NULL, 0, par[t], &g, 1, COLL_ALLREDUCE, dtype, op, 170 + t, count,
                             False, dl)
                 if rc < 0:
                     return rc
             for c in range(2):
                 if kids[2 * t + c] >= 0:
-                    rc = e.xfer(kids[2 * t + c], &g, 1, -1, NULL, 0, COLL_ALLREDUCE, dtype, op,
+                    rc = xfer(e, kids[2 * t + c], &g, 1, -1, NULL, 0, COLL_ALLREDUCE, dtype, op,
                                 170 + t, count, False, dl)
                     if rc < 0:
                         return rc

@@ -201,7 +201,7 @@ cdef UcpApi* ucp_api() noexcept nogil
 
 
 cdef struct UcxLink:
-    # One engine link carried by a UCP stream endpoint (see ucx_link.pxd). Owned by ucx.LinkHandle.
+    # One engine link carried by a UCP stream endpoint (see link_rdma.pxd). Owned by ucx.LinkHandle.
     UcpApi* api
     ucp_handle worker
     ucp_handle ep

@@ -18,7 +18,7 @@ from libc.stdint cimport uint64_t, uintptr_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
-from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
+from hetccl._native.posix_wait cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.atomics cimport hc_now, hc_relax
 
 import os as _os
@@ -901,7 +901,7 @@ def describe():
 # ---------------------------------------------------------------------------------------- engine links
 
 cdef class LinkHandle:
-    """The UcxLink state of one engine link (ucx_link.pxd) and the UCX objects it uses; the engine
+    """The UcxLink state of one engine link (link_rdma.pxd) and the UCX objects it uses; the engine
     keeps it in its resource list and closes it with the communicator."""
     cdef UcxLink* st
     cdef readonly Endpoint ep

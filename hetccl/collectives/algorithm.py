@@ -27,9 +27,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-# codes shared with _native/codes.pxd (enum Algo)
-(ALGO_RING, ALGO_RD, ALGO_BINOMIAL, ALGO_CHAIN, ALGO_SCATTER_ALLGATHER, ALGO_PAIRWISE, ALGO_LINEAR,
- ALGO_RS_GATHER, ALGO_RABENSEIFNER, ALGO_DBTREE, ALGO_BRUCK, ALGO_RECURSIVE_HALVING) = range(12)
+from .._native.codes import (   # the native schedules' codes, from their one source (_native/codes.pxd)
+    ALGO_RING, ALGO_RD, ALGO_BINOMIAL, ALGO_CHAIN, ALGO_SCATTER_ALLGATHER, ALGO_PAIRWISE, ALGO_LINEAR,
+    ALGO_RS_GATHER, ALGO_RABENSEIFNER, ALGO_DBTREE, ALGO_BRUCK, ALGO_RECURSIVE_HALVING,
+    ALGO_DISSEMINATION)
 
 # One side's copy pass of a one-way FIFO transfer, in units of beta (two passes, see above).
 # Measured (bench/results/crossover-2026-12-01.txt, 2 ranks): broadcast 32-128 MiB 0.55 beta per

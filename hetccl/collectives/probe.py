@@ -63,7 +63,7 @@ from ..ops import ReduceOp
 from ..version import build_id
 from . import schedules, tuning_file
 from .cost_model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
-from .registry import ALGO_BINOMIAL, ALGO_LINEAR, ALGO_RD, ALGO_RING
+from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -225,7 +225,7 @@ def _calls_per_rep(engine, fn, timeout: float) -> int:
     fn()
     k = 1
     while True:
-        schedules.barrier(engine, ALGO_LINEAR, timeout)
+        schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
         t = float(_max_over_ranks(engine, np.array([_batch(fn, k)]), timeout)[0])
         if t >= CALIBRATE_S or k >= MAX_ITERS:
             return max(1, min(MAX_ITERS, int(REP_S / (t / k))))
@@ -241,7 +241,7 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
     times = np.empty((reps, len(fns)))
     for i in range(reps):
         for j, (name, fn) in enumerate(fns.items()):
-            schedules.barrier(engine, ALGO_LINEAR, timeout)
+            schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
             times[i, j] = _batch(fn, iters[name]) / iters[name]
     best = _max_over_ranks(engine, times.reshape(-1), timeout).reshape(reps, len(fns)).min(axis=0)
     return {name: float(best[j]) for j, name in enumerate(fns)}
@@ -256,7 +256,7 @@ def measure(engine, size: int, timeout: float) -> dict:
     d = np.zeros_like(a)
     f32, add = dtypes.FLOAT32, int(ReduceOp.SUM)
     raw = time_per_call(engine, {
-        "barrier_s": lambda: schedules.barrier(engine, ALGO_LINEAR, timeout),
+        "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
         "allgather_s": lambda: schedules.allgather(engine, ag, ag, f32, ALGO_RING, timeout),
         "copy_s": lambda: schedules.kernels.copy_array(d, a),
         "reduce_s": lambda: schedules.kernels.reduce_arrays(d, a, b, f32, add),

@@ -9,7 +9,7 @@ segment, and the names are unlinked as soon as all ranks have mapped them (nothi
 if a process then dies). The array returned is this rank's segment.
 
 When the buffers of a collective are symmetric allocations on a communicator whose every pair is
-``c2c``, the Communicator runs the schedules of ``_native/symmetric.pyx`` (the transport-level fast
+``c2c``, the Communicator runs the schedules of ``_native/symmetric_heap.pyx`` (the transport-level fast
 path ``last_algorithm == "symmetric"``, priced in ``comm.explain``); other calls take the ordinary
 algorithms. On other communicators (one rank, several hosts) ``alloc`` returns private memory with
 the same API, so code need not care.
@@ -24,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from .._native.symmetric import Heap
+from .._native.symmetric_heap import Heap
 from ..errors import InvalidUsage
 from .space import SHM_DIR, shm_space_error
 

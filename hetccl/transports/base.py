@@ -40,10 +40,6 @@ from typing import NamedTuple
 from ..errors import PeerLostError, TransportError
 
 
-# the Engine's call that takes a link of each native kind (Engine.attach(peer, kind, fd, *args) once
-# the native core has one entry for every kind)
-_ENGINE_ADD = {"tcp": "add_tcp_link", "shm": "add_shm_link", "c2c": "add_c2c_link", "rdma": "add_ucx_link"}
-
 
 class DefaultCost(NamedTuple):
     """A transport's fallback alpha-beta-gamma (collectives/cost_model.py LinkCost)."""
@@ -118,7 +114,7 @@ class Transport:
         arguments after ``fd`` are the kind's (docs/design.md, "Native core": tcp none; shm
         segment, FIFO bytes, low; c2c those and mode, peer pid, window bytes; rdma the UCP
         handle)."""
-        getattr(engine, _ENGINE_ADD[self.link_kind])(peer, fd, *args)
+        engine.attach(peer, self.link_kind, fd, *args)
 
     def abandon(self, comm_id: str) -> None:
         """Release what a failed set-up of ``comm_id`` left pending (shm: unlink its segments)."""

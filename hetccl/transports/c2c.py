@@ -13,10 +13,10 @@ being staged through a FIFO (copy in, copy out). Two modes, agreed per host at s
 
 Each c2c pair also carries an ordinary shm FIFO pair (same segment), used by every schedule that has
 no single-copy form yet (broadcast, reduce_scatter, alltoall, small-message recursive doubling, ...).
-The single-copy schedules are in _native/direct.pyx; the Communicator runs them for ring allreduce
+The single-copy schedules are in _native/single_copy.pyx; the Communicator runs them for ring allreduce
 and allgather when every pair of the communicator is c2c and HETCCL_C2C_DIRECT is on. Buffers from
 ``comm.alloc`` (hetccl/memory/symmetric.py) are mapped by every local rank, so collectives over them
-skip CMA altogether and use plain loads and stores (_native/symmetric.pyx), in either mode and by
+skip CMA altogether and use plain loads and stores (_native/symmetric_heap.pyx), in either mode and by
 default; both reuse the control slots and the sync protocol of this transport (direct.pxd).
 """
 import logging
@@ -92,14 +92,14 @@ def explain_errno(err: int) -> str:
 
 def card_fields() -> dict:
     """What peers need to probe cross-memory attach into this process."""
-    from .._native.direct import probe_address
+    from .._native.single_copy import probe_address
     pid, addr, value = probe_address()
     return {"cma_probe": [pid, addr, value]}
 
 
 def probe(card: dict) -> int:
     """0 if this process can read the peer's probe word (see card_fields), else an errno (-1: wrong)."""
-    from .._native.direct import cma_probe
+    from .._native.single_copy import cma_probe
     pid, addr, value = card["cma_probe"]
     return cma_probe(pid, addr, value)
 
@@ -229,11 +229,11 @@ class C2CTransport(ShmTransport):
         return ctx.cards[ctx.rank].get("c2c_mode", "window")
 
     def segment_bytes(self, ctx: LinkContext, fb: int) -> int:
-        from .._native.engine import shm_segment_bytes
+        from .._native.segment import c2c_segment_bytes
         # windows serve the single-copy collectives only: a lone endpoint pair (pair_endpoint.py) skips them
         win = window_bytes(ctx.local_size) if (self._mode(ctx) == "window" and
                                                getattr(ctx.engine, "c2c_windows", True)) else 0
-        return shm_segment_bytes(fb) + 4096 + 2 * win
+        return c2c_segment_bytes(fb, win)
 
     def add_link(self, ctx: LinkContext, peer: int, sock, seg, fb: int, low: bool) -> None:
         mode = self._mode(ctx)

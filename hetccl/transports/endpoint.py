@@ -1,6 +1,6 @@
 """The point-to-point contract every transport offers: Endpoints, Requests and (one-sided) Regions.
 
-The collective engine drives links in Cython (``_native/engine.pyx``); this is the Python-visible
+The collective engine drives links in Cython (``_native/engine.pyx``, ``_native/progress.pyx``); this is the Python-visible
 interface the same links present one pair at a time, so that every transport can be exercised by the
 one conformance suite (``tests/transports/``) and used directly by code that wants plain tagged
 messages or one-sided access (the torch backend's send/recv, bridges, tools).

@@ -466,15 +466,10 @@ class _Builder:
         self.link = PairLink()
         self.mode = None
 
-    def add_tcp_link(self, peer, fd, stage_bytes=0):
-        self.link.attach_tcp(fd)
-
-    def add_shm_link(self, peer, fd, seg, fifo_bytes, low):
-        self.link.attach_shm(fd, seg, fifo_bytes, low)
-
-    def add_c2c_link(self, peer, fd, seg, fifo_bytes, low, mode, pid, window_bytes):
-        self.link.attach_shm(fd, seg, fifo_bytes, low)
-        self.mode = {1: "cma", 2: "window"}[mode]
+    def attach(self, peer, kind, fd, *args):
+        self.link.attach(kind, fd, *args)
+        if kind == "c2c":
+            self.mode = {1: "cma", 2: "window"}[args[3]]
 
 
 def _set_up(transport: str, sock, rank: int, peer: int, low: bool, job_id: str, comm_id: str,

@@ -93,21 +93,21 @@ class ShmTransport(Transport):
     suffix = ""
 
     def segment_bytes(self, ctx: LinkContext, fb: int) -> int:
-        from .._native.engine import shm_segment_bytes
-        return shm_segment_bytes(fb)
+        from .._native.segment import segment_bytes
+        return segment_bytes(fb)
 
     def add_link(self, ctx: LinkContext, peer: int, sock, seg, fb: int, low: bool) -> None:
         self.hand_over(ctx.engine, peer, sock.fileno(), seg, fb, low)
 
     def prepare(self, ctx: LinkContext, peer: int, sock) -> None:
-        from .._native.engine import ShmSegment
+        from .._native.segment import ShmSegment
         fb = fifo_bytes(ctx.local_size)
         seg = ShmSegment(segment_name(ctx, ctx.rank, peer) + self.suffix, self.segment_bytes(ctx, fb), True)
         self._pending[(ctx.comm_id, peer)] = (seg, fb)
         _send(sock, _READY + struct.pack("<Q", fb), peer)
 
     def attach(self, ctx: LinkContext, peer: int, sock, low: bool) -> None:
-        from .._native.engine import ShmSegment
+        from .._native.segment import ShmSegment
         if low:
             seg, fb = self._pending[(ctx.comm_id, peer)]
         else:

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Reduction and copy kernels (C-level interface in reduce.pxd; the loops are in kernels.h).
+"""Reduction and copy kernels (C-level interface in kernels.pxd; the loops are in kernels.h).
 
 Each kernel is compiled twice, for plain x86-64 and for AVX2+F16C; the set is chosen once at import
 from the CPU (``kernel_isa()`` says which). The Python functions at the bottom are test and
@@ -9,7 +9,7 @@ from cpython.buffer cimport (PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 
 from hetccl._native.codes cimport (DT_BOOL, DT_COUNT, DT_FLOAT16, DT_FP8_E5M2, OP_AVG, OP_BAND,
-                                   OP_BXOR, OP_COUNT, OP_PROD, OP_SUM)
+                                   OP_BXOR, OP_COUNT, OP_PROD, OP_SUM, dtype_size)
 
 cdef extern from "kernels.h" nogil:
     ctypedef void (*hk_reduce_fn)(void* dst, const void* a, const void* b, size_t count,
@@ -26,9 +26,6 @@ cdef extern from "kernels.h" nogil:
     void hk_fence() noexcept
 
 cdef int _current_isa = hk_init()     # fp8 tables; AVX2+F16C kernels when the CPU has them
-
-cdef int[15] ITEMSIZE = [1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1, 1]
-
 
 cdef int kernel_op(int dtype, int op) noexcept nogil:
     """The table column for (dtype, op), or -1 where the op is not defined for the dtype."""
@@ -91,7 +88,7 @@ def select_kernel_isa(str name):
 def itemsize(int dtype):
     if dtype < 0 or dtype >= DT_COUNT:
         raise ValueError(f"unknown dtype code {dtype}")
-    return ITEMSIZE[dtype]
+    return dtype_size(dtype)
 
 
 def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False, also=None):
@@ -114,9 +111,9 @@ def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False, also=None)
             try:
                 if av.len < dv.len or bv.len < dv.len:
                     raise ValueError(f"inputs have {av.len} and {bv.len} bytes, output {dv.len}")
-                if dv.len % ITEMSIZE[dtype]:
+                if dv.len % dtype_size(dtype):
                     raise ValueError(f"output size {dv.len} is not a multiple of the item size "
-                                     f"{ITEMSIZE[dtype]}")
+                                     f"{dtype_size(dtype)}")
                 if also is not None:
                     PyObject_GetBuffer(also, &ev, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
                     e = ev.buf
@@ -126,10 +123,10 @@ def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False, also=None)
                 try:
                     with nogil:
                         if e != NULL:
-                            fn2(dv.buf, e, av.buf, bv.buf, <size_t>dv.len // ITEMSIZE[dtype],
+                            fn2(dv.buf, e, av.buf, bv.buf, <size_t>dv.len // dtype_size(dtype),
                                 streaming)
                         else:
-                            fn(dv.buf, av.buf, bv.buf, <size_t>dv.len // ITEMSIZE[dtype], streaming)
+                            fn(dv.buf, av.buf, bv.buf, <size_t>dv.len // dtype_size(dtype), streaming)
                         if streaming:
                             hk_fence()
                 finally:
@@ -185,6 +182,6 @@ def divide_array(buf, int dtype, long n):
     PyObject_GetBuffer(buf, &bv, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
     try:
         with nogil:
-            divide_by(bv.buf, <size_t>bv.len // ITEMSIZE[dtype], dtype, n)
+            divide_by(bv.buf, <size_t>bv.len // dtype_size(dtype), dtype, n)
     finally:
         PyBuffer_Release(&bv)

@@ -1,19 +1,23 @@
-# The engine's byte-stream link over UCX (link kind LK_UCX): a UCP *stream* endpoint per pair, so
-# the engine's streams map one to one onto UCX's ordered byte stream. Like tcp_write/tcp_read in
-# link.pxd every function moves what it can now and returns at once; waiting stays the engine's job
-# (ucx_prepare_sleep arms the worker so block() can poll its event fd).
+# Link kind "rdma": a UCP *stream* endpoint per pair, so the engine's streams map one to one onto
+# UCX's ordered byte stream. Like the other kinds every function moves what it can now and returns at
+# once; before the engine sleeps, rdma_arm arms the worker so that poll() can wait on its event fd.
+# The pair's socket only reports the peer's death.
 #
 # Send: one ucp_stream_send_nbx at a time straight from the caller's buffer; its bytes are reported
 # as written only once UCX is done with the buffer (the engine then may overwrite it), so nothing
 # is staged. Receive: ucp_stream_recv_data_nb hands over UCX's own chunk, which is copied (or
 # reduced) straight into place and released when used up.
+#
+# Only the structs of ucx.pxd are used here: the ucx module itself (which dlopen()s UCX) is loaded
+# by the rdma transport, not with the engine.
+from libc.stdint cimport uint32_t, uintptr_t
 from libc.string cimport memcpy
-from hetccl._native.link cimport Link, E_PEER_LOST, E_OS, tcp_write, tcp_read, tcp_read_reduce, reduce2, LK_UCX
-from hetccl._native.reduce cimport reduce_fn, copy_bytes
+from hetccl._native.link cimport Link, LinkKind, Stream, E_PEER_LOST, E_OS, ssize_t
+from hetccl._native.posix_wait cimport pollfd, POLLIN
+from hetccl._native.kernels cimport reduce_fn, reduce_ordered
+from hetccl._native.stream cimport send_walk, recv_walk, no_forward, no_flush
 from hetccl._native.ucx cimport (UcxLink, ucp_request_param_t, ucs_status_t, ucs_status_ptr_t,
                                  ucs_ptr_is_ptr, UCS_OK, UCS_INPROGRESS, UCS_ERR_BUSY)
-cdef extern from "<sys/types.h>" nogil:
-    ctypedef long ssize_t
 
 
 cdef inline ssize_t ucx_lost(Link* L) noexcept nogil:
@@ -110,12 +114,12 @@ cdef inline ssize_t ucx_read_reduce(Link* L, char* dst, const char* loc, size_t 
             if U.carry_len < esize:
                 continue
             U.carry_len = 0
-            reduce2(fn, dst, loc, U.carry, 1, swap, False)
+            reduce_ordered(fn, dst, loc, U.carry, 1, swap, False)
             return <ssize_t>esize
         k = n if n < <size_t>a else <size_t>a
         whole = k - k % esize
         if whole:
-            reduce2(fn, dst, loc, U.rx_data + U.rx_off, whole // esize, swap, streaming)
+            reduce_ordered(fn, dst, loc, U.rx_data + U.rx_off, whole // esize, swap, streaming)
             ucx_consumed(U, whole)
             return <ssize_t>whole
         if k == 0:
@@ -124,10 +128,23 @@ cdef inline ssize_t ucx_read_reduce(Link* L, char* dst, const char* loc, size_t 
         U.carry_len = k
         ucx_consumed(U, k)
 
-cdef inline bint ucx_prepare_sleep(Link* L, bint rx) noexcept nogil:
-    """Before block() polls the worker's event fd: True if there is work already (a chunk waiting,
-    the send finished, or events pending), else the worker is armed and the fd may be polled."""
+cdef inline ssize_t ucx_read_into(Link* L, char* dst, size_t n, bint streaming) noexcept nogil:
+    return ucx_read(L, dst, n)
+
+cdef inline long rdma_send(Stream* s) noexcept nogil:
+    return send_walk(s, ucx_write, no_flush)
+
+cdef inline long rdma_recv(Stream* s) noexcept nogil:
+    return recv_walk(s, ucx_read_into, ucx_read_reduce, no_flush, no_forward, no_flush)
+
+
+cdef inline bint rdma_arm(Link* L, bint rx, size_t need, uint32_t how, pollfd* f,
+                          uint32_t** word) noexcept nogil:
+    """Before the engine polls the worker's event fd: True if there is work already (a chunk
+    waiting, the send finished, or events pending), else the worker is armed."""
     cdef UcxLink* U = <UcxLink*>L.ucx
+    f.fd = U.efd
+    f.events = POLLIN
     if U.state.failed:
         L.closed = 1
         return True
@@ -138,16 +155,44 @@ cdef inline bint ucx_prepare_sleep(Link* L, bint rx) noexcept nogil:
         return True
     return U.api.worker_arm(U.worker) == UCS_ERR_BUSY
 
+cdef inline void rdma_disarm(Link* L, bint rx) noexcept nogil:
+    pass
 
-# dispatch for the engine: a socket-like link is either TCP or a UCP stream
-cdef inline ssize_t sock_write(Link* L, const char* src, size_t n) noexcept nogil:
-    return ucx_write(L, src, n) if L.kind == LK_UCX else tcp_write(L, src, n)
+cdef inline ssize_t rdma_read_now(Link* L, char* dst, size_t n) noexcept nogil:
+    cdef char junk[4096]
+    if dst == NULL:
+        return ucx_read(L, junk, n if n < 4096 else 4096)
+    return ucx_read(L, dst, n)
 
-cdef inline ssize_t sock_read(Link* L, char* dst, size_t n) noexcept nogil:
-    return ucx_read(L, dst, n) if L.kind == LK_UCX else tcp_read(L, dst, n)
+cdef inline bint rdma_ready(Link* L, bint rx, bint tx) noexcept nogil:
+    cdef UcxLink* U = <UcxLink*>L.ucx
+    if rx and ucx_chunk(L, U) != 0:
+        return True
+    return tx and (U.tx_req == NULL or U.api.request_check_status(U.tx_req) != UCS_INPROGRESS)
 
-cdef inline ssize_t sock_read_reduce(Link* L, char* dst, const char* loc, size_t n, reduce_fn fn,
-                                     size_t esize, bint swap, bint streaming) noexcept nogil:
-    if L.kind == LK_UCX:
-        return ucx_read_reduce(L, dst, loc, n, fn, esize, swap, streaming)
-    return tcp_read_reduce(L, dst, loc, n, fn, esize, swap, streaming)
+
+cdef inline object rdma_attach(Link* L, tuple args, bint engine):
+    """args: (handle,): a ucx.LinkHandle (worker and stream endpoint), kept and closed with the links."""
+    handle, = args
+    L.ucx = <void*><uintptr_t>handle.state_address()
+    return handle
+
+cdef inline void rdma_close(Link* L) noexcept nogil:
+    pass
+
+
+cdef inline void rdma_kind(LinkKind* k) noexcept:
+    k.name = b"rdma"
+    k.align = 1
+    k.fuses = False
+    k.futex = False
+    k.send = rdma_send
+    k.recv = rdma_recv
+    k.arm = rdma_arm
+    k.disarm = rdma_disarm
+    k.woken = NULL
+    k.write = ucx_write
+    k.read = rdma_read_now
+    k.ready = rdma_ready
+    k.attach = rdma_attach
+    k.close = rdma_close

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Single-copy allreduce and allgather for communicators whose every pair is linked by ``c2c``.
+"""Single-copy allreduce, allgather and alltoall for communicators whose every pair is linked by ``c2c``.
 
 Instead of staging through the shm FIFOs (sender copies in, receiver copies out: two copies), each
 rank works on its peers' memory directly:
@@ -17,6 +17,12 @@ rank works on its peers' memory directly:
   directly, writing the result into my output and into the result half of every window(r->p); sync;
   copy the other blocks' results out of the windows. Allgather rounds: copy my block into the
   windows; sync; copy the peers' blocks out; sync.
+* **alltoall** (cma mode) — each rank copies its own block, publishes its buffers' addresses and
+  syncs, reads block ``rank`` of every peer's input straight into its output (one kernel copy each,
+  peers in the order rank+1, rank+2, ... so that no two ranks read the same peer at once), and syncs
+  again. The FIFO pairwise exchange copies every byte twice and needs both ends of a pair on a CPU
+  at once; this does neither, so it wins for large blocks and with more ranks than cores
+  (``alltoall_min_bytes``).
 
 Synchronisation is a per-rank epoch counter in each pair's control slot (release/acquire atomics);
 a waiter spins, yields, then sleeps on a shared futex, which the poster wakes only when the waiter
@@ -26,27 +32,28 @@ that has not reached the sync, or (entry sync) a peer there with another call he
 ``InvalidUsage``. With 3+ ranks the odd one out is often not the peer being waited for, and it may
 never post its epoch at all (it is in a FIFO collective), so waiting on it alone ends at the timeout.
 """
-from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint64_t, uint32_t, uint8_t, int32_t, uintptr_t
 from libc.string cimport memcpy, memcmp, memset
 
-from hetccl._native.waiting cimport pollfd, poll, POLLIN, POLLOUT, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.atomics cimport hc_now, hc_relax, hc_load_acq, hc_load32_sc, hc_store32_sc
-from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
+from hetccl._native.blocks cimport even_blocks, slice_len
 from hetccl._native.c2c cimport (C2CPeer, C2CSlot, C2C_OFF, C2C_CMA, C2C_WINDOW, hc_add32,
                                  hc_futex_wake, hc_cma)
 from hetccl._native.codes cimport *
-from hetccl._native.engine cimport Engine, even_blocks, slice_len
+from hetccl._native.engine cimport Engine
+from hetccl._native.failure cimport interrupted, check_signals
+from hetccl._native.kernels cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
+from hetccl._native.life cimport hc_life_sleep
 from hetccl._native.link cimport Link, E_TIMEOUT, E_PEER_LOST, E_MISMATCH, E_INTERRUPTED, E_CANCELLED
-from hetccl._native.life cimport hc_life_intr, hc_life_sleep
-from hetccl._native.reduce cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
+from hetccl._native.pinning cimport Pins, check_alltoall, pin_allgather, pin_allreduce, release_pair
+from hetccl._native.posix_wait cimport pollfd, poll, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
+from hetccl._native.wire cimport HDR_BYTES, HDR_CHECKED, PHASE_DIRECT, put_header
 
 import os as _os
 
 from hetccl.errors import InvalidUsage
 
 cdef enum:
-    MAGIC = 0x314C4348          # the engine's stream header magic ("HCL1"): one error format
     CHUNK = 2 << 20
 
 cdef uint64_t _probe_word = 0x4843434C43324332     # read by peers to test cross-memory attach
@@ -73,19 +80,6 @@ def cma_probe(int pid, uint64_t addr, uint64_t expect):
 
 # ------------------------------------------------------------------ synchronisation (nogil)
 
-cdef void fill_header(uint8_t* h, int coll, int dtype, int op, int phase, uint32_t seq,
-                      uint64_t count, int rank) noexcept nogil:
-    memset(h, 0, HDR_BYTES)
-    (<uint32_t*>h)[0] = MAGIC
-    h[4] = <uint8_t>coll
-    h[5] = <uint8_t>dtype
-    h[6] = <uint8_t>op
-    h[7] = <uint8_t>phase       # marks the single-copy schedule (PHASE_*) in mismatch messages
-    (<uint32_t*>(h + 8))[0] = seq
-    (<uint64_t*>(h + 16))[0] = count
-    (<uint32_t*>(h + 24))[0] = <uint32_t>rank
-
-
 cdef int peer_gone(Engine e, int p) noexcept nogil:
     """E_PEER_LOST if the pair's socket says the peer hung up (its doorbell bytes are left alone)."""
     cdef pollfd f
@@ -106,29 +100,29 @@ cdef int fifo_intrudes(Engine e, int p) noexcept nogil:
     caller makes sure it had not passed the sync when it wrote, see check_peers)."""
     cdef Link* L = &e.links[p]
     cdef size_t k
-    if hc_load_acq(&L.rx_ctl.head) == L.rx_tail:
+    if hc_load_acq(&L.fifo.rx_ctl.head) == L.fifo.rx_tail:
         return 0
-    memset(e.err_got, 0, HDR_BYTES)
-    k = L.rx_tail & L.mask
-    if hc_load_acq(&L.rx_ctl.head) - L.rx_tail >= HDR_BYTES and L.cap - k >= HDR_BYTES:
-        memcpy(e.err_got, L.rx_data + k, HDR_BYTES)
-    memcpy(e.err_want, e.c2c[p].mine.hdr, HDR_BYTES)
+    memset(e.fail.got, 0, HDR_BYTES)
+    k = L.fifo.rx_tail & L.fifo.mask
+    if hc_load_acq(&L.fifo.rx_ctl.head) - L.fifo.rx_tail >= HDR_BYTES and L.fifo.cap - k >= HDR_BYTES:
+        memcpy(e.fail.got, L.fifo.rx_data + k, HDR_BYTES)
+    memcpy(e.fail.want, e.links[p].c2c.mine.hdr, HDR_BYTES)
     return 1
 
 
 cdef inline bint arrived(Engine e, int p, uint32_t want) noexcept nogil:
     """Peer p has posted epoch want (acquire: everything it stored before, its header included, is
     visible here)."""
-    return <int32_t>(hc_load32_sc(&e.c2c[p].theirs.epoch) - want) >= 0
+    return <int32_t>(hc_load32_sc(&e.links[p].c2c.theirs.epoch) - want) >= 0
 
 
 cdef int header_mismatch(Engine e, int p) noexcept nogil:
     """E_MISMATCH, with both headers for the error message, if peer p published another call."""
-    if memcmp(e.c2c[p].theirs.hdr, e.c2c[p].mine.hdr, HDR_CHECKED) == 0:
+    if memcmp(e.links[p].c2c.theirs.hdr, e.links[p].c2c.mine.hdr, HDR_CHECKED) == 0:
         return 0
-    e.err_peer = p
-    memcpy(e.err_got, e.c2c[p].theirs.hdr, HDR_BYTES)
-    memcpy(e.err_want, e.c2c[p].mine.hdr, HDR_BYTES)
+    e.fail.peer = p
+    memcpy(e.fail.got, e.links[p].c2c.theirs.hdr, HDR_BYTES)
+    memcpy(e.fail.want, e.links[p].c2c.mine.hdr, HDR_BYTES)
     return E_MISMATCH
 
 
@@ -168,11 +162,11 @@ cdef int check_peers(Engine e, uint32_t want, bint entry, double now, double* la
             if entry and header_mismatch(e, q) < 0:
                 return E_MISMATCH
         elif fifo_intrudes(e, q) and not arrived(e, q, want):
-            e.err_peer = q
+            e.fail.peer = q
             return E_MISMATCH
     for q in range(e.size):
         if q != e.rank and (entry or not arrived(e, q, want)) and peer_gone(e, q) < 0:
-            e.err_peer = q
+            e.fail.peer = q
             return E_PEER_LOST
     return 0
 
@@ -182,7 +176,7 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
     """Spin, then yield, then futex-sleep until peer p's epoch reaches want; once sleeping, look at
     every peer (check_peers, at most every 50 ms) between sleeps of at most 100 ms. An interrupt of
     the engine ends the wait at once (the sleep includes its word, life.pxd)."""
-    cdef C2CSlot* t = e.c2c[p].theirs
+    cdef C2CSlot* t = e.links[p].c2c.theirs
     cdef uint32_t v
     cdef double start = 0, now, waited
     cdef int iters = 0, ms, rc
@@ -195,10 +189,10 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
             now = hc_now()
             if start == 0:
                 start = now
-            if hc_life_intr(&e.life):
+            if interrupted(&e.fail):
                 return E_CANCELLED
             if now > deadline:
-                e.err_peer = p
+                e.fail.peer = p
                 return E_TIMEOUT
             waited = now - start
             if waited > e.spin_s + e.yield_s:
@@ -212,12 +206,12 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
                 v = hc_load32_sc(&t.epoch)
                 rc = 0
                 if <int32_t>(v - want) < 0:
-                    rc = hc_life_sleep(&e.life, &t.epoch, v, ms)
+                    rc = hc_life_sleep(&e.fail.life, &t.epoch, v, ms)
                 hc_add32(&t.waiters, -1)
-                if hc_life_intr(&e.life):
+                if interrupted(&e.fail):
                     return E_CANCELLED
                 if rc != 0 and hc_now() - now >= ms * 1e-3 * 0.9:
-                    if e.check_signals() != 0:        # a quiet 100 ms: honour Ctrl-C
+                    if check_signals(&e.fail) != 0:        # a quiet 100 ms: honour Ctrl-C
                         return E_INTERRUPTED
                 continue
             if waited > e.spin_s:
@@ -239,10 +233,10 @@ cdef int sync_as(Engine e, bint entry, double deadline) noexcept nogil:
     ep = e.c2c_epoch
     for p in range(e.size):
         if p != e.rank:
-            hc_store32_sc(&e.c2c[p].mine.epoch, ep)
+            hc_store32_sc(&e.links[p].c2c.mine.epoch, ep)
     for p in range(e.size):
-        if p != e.rank and hc_load32_sc(&e.c2c[p].mine.waiters):
-            hc_futex_wake(&e.c2c[p].mine.epoch)
+        if p != e.rank and hc_load32_sc(&e.links[p].c2c.mine.waiters):
+            hc_futex_wake(&e.links[p].c2c.mine.epoch)
     for p in range(e.size):
         if p != e.rank:
             rc = wait_epoch(e, p, ep, entry, &last, deadline)
@@ -258,7 +252,7 @@ cdef int sync(Engine e, double deadline) noexcept nogil:
 
 cdef int enter_as(Engine e, int coll, int dtype, int op, int phase, uint64_t count, uint64_t sdesc,
                   uint64_t rdesc, double deadline) noexcept nogil:
-    """Publish the call and two buffer descriptors (cma: addresses; symmetric.pyx: allocation and
+    """Publish the call and two buffer descriptors (cma: addresses; symmetric_heap.pyx: allocation and
     offset) in every control slot, sync, and check every peer called the same (phase included).
     While the sync waits, peers that already arrived are checked at once (check_peers), so a
     mismatch shows at any world size, not only when every peer has arrived."""
@@ -267,8 +261,8 @@ cdef int enter_as(Engine e, int coll, int dtype, int op, int phase, uint64_t cou
     for p in range(e.size):
         if p == e.rank:
             continue
-        m = e.c2c[p].mine
-        fill_header(m.hdr, coll, dtype, op, phase, e.seq, count, e.rank)
+        m = e.links[p].c2c.mine
+        put_header(m.hdr, coll, dtype, op, phase, e.seq, count, e.rank)
         m.sbuf = sdesc
         m.rbuf = rdesc
     rc = sync_as(e, True, deadline)
@@ -292,9 +286,9 @@ cdef inline int cma(Engine e, int p, void* local, uint64_t raddr, size_t n, int 
     cdef long rc
     if n == 0:
         return 0
-    rc = hc_cma(e.c2c[p].pid, local, raddr, n, write)
+    rc = hc_cma(e.links[p].c2c.pid, local, raddr, n, write)
     if rc < 0:
-        e.err_peer = p
+        e.fail.peer = p
         return E_PEER_LOST           # ESRCH (gone) or EFAULT (it unmapped the buffer: it aborted)
     return 0
 
@@ -320,9 +314,9 @@ cdef int reduce_chunk(Engine e, reduce_fn fn, int dtype, int op, char* sbuf, siz
         if q == r:
             x = sbuf + boff + o
         elif window:
-            x = e.c2c[q].win_rx + woff
+            x = e.links[q].c2c.win_rx + woff
         else:
-            rc = cma(e, q, A if q == 0 else B, e.c2c[q].theirs.sbuf + boff + o, n, 0)
+            rc = cma(e, q, A if q == 0 else B, e.links[q].c2c.theirs.sbuf + boff + o, n, 0)
             if rc < 0:
                 return rc
             x = A if q == 0 else B
@@ -352,7 +346,7 @@ cdef int allreduce_cma(Engine e, char* sbuf, char* rbuf, size_t count, int dtype
     even_blocks(count, N, es, boff, blen)
     o = 0
     while o < blen[r]:
-        if hc_life_intr(&e.life):
+        if interrupted(&e.fail):
             return E_CANCELLED
         n = blen[r] - o if blen[r] - o < C else C
         rc = reduce_chunk(e, fn, dtype, op, sbuf, boff[r], o, n, A, B, False, 0)
@@ -361,7 +355,7 @@ cdef int allreduce_cma(Engine e, char* sbuf, char* rbuf, size_t count, int dtype
         copy_bytes(rbuf + boff[r] + o, A, n, st)
         for p in range(1, N):                 # start with the next rank: spread the writers
             p = (r + p) % N
-            rc = cma(e, p, A, e.c2c[p].theirs.rbuf + boff[r] + o, n, 1)
+            rc = cma(e, p, A, e.links[p].c2c.theirs.rbuf + boff[r] + o, n, 1)
             if rc < 0:
                 return rc
         o += n
@@ -380,7 +374,7 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
     cdef char* B = A + C
     cdef reduce_fn fn = get_reduce(dtype, op)
     cdef bint st = count * es >= e.nt_threshold
-    half = e.c2c[(r + 1) % N].win // 2
+    half = e.links[(r + 1) % N].c2c.win // 2
     half -= half % es
     rc = enter(e, COLL_ALLREDUCE, dtype, op, count, sbuf, rbuf, dl)
     if rc < 0:
@@ -390,7 +384,7 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
     while True:                               # rounds of `half` bytes of every block (>= 1 round)
         for p in range(N):
             if p != r:
-                copy_bytes(e.c2c[p].win_tx, sbuf + boff[p] + o, slice_len(blen[p], o, half), 0)
+                copy_bytes(e.links[p].c2c.win_tx, sbuf + boff[p] + o, slice_len(blen[p], o, half), 0)
         rc = sync(e, dl)
         if rc < 0:
             return rc
@@ -402,14 +396,14 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
             copy_bytes(rbuf + boff[r] + o + s, A, k, st)
             for p in range(N):
                 if p != r:
-                    copy_bytes(e.c2c[p].win_tx + half + s, A, k, 0)
+                    copy_bytes(e.links[p].c2c.win_tx + half + s, A, k, 0)
             s += k
         rc = sync(e, dl)
         if rc < 0:
             return rc
         for p in range(N):
             if p != r:
-                copy_bytes(rbuf + boff[p] + o, e.c2c[p].win_rx + half, slice_len(blen[p], o, half), st)
+                copy_bytes(rbuf + boff[p] + o, e.links[p].c2c.win_rx + half, slice_len(blen[p], o, half), st)
         o += half
         if o >= blen[0]:
             break
@@ -427,10 +421,10 @@ cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, d
     if rc < 0:
         return rc
     for i in range(1, N):
-        if hc_life_intr(&e.life):
+        if interrupted(&e.fail):
             return E_CANCELLED
         p = (r + i) % N
-        rc = cma(e, p, rbuf + nb * p, e.c2c[p].theirs.sbuf, nb, 0)
+        rc = cma(e, p, rbuf + nb * p, e.links[p].c2c.theirs.sbuf, nb, 0)
         if rc < 0:
             return rc
     if sbuf != rbuf + nb * r:
@@ -442,7 +436,7 @@ cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, d
 
 cdef int allgather_window(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, p, rc
-    cdef size_t half = e.c2c[(r + 1) % N].win // 2, o = 0, n
+    cdef size_t half = e.links[(r + 1) % N].c2c.win // 2, o = 0, n
     cdef bint st = nb * N >= e.nt_threshold
     rc = enter(e, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), sbuf, rbuf, dl)
     if rc < 0:
@@ -453,13 +447,13 @@ cdef int allgather_window(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype
         n = slice_len(nb, o, half)
         for p in range(N):
             if p != r:
-                copy_bytes(e.c2c[p].win_tx, sbuf + o, n, 0)
+                copy_bytes(e.links[p].c2c.win_tx, sbuf + o, n, 0)
         rc = sync(e, dl)
         if rc < 0:
             return rc
         for p in range(N):
             if p != r:
-                copy_bytes(rbuf + nb * p + o, e.c2c[p].win_rx, n, st)
+                copy_bytes(rbuf + nb * p + o, e.links[p].c2c.win_rx, n, st)
         rc = sync(e, dl)
         if rc < 0:
             return rc
@@ -475,45 +469,10 @@ cdef int allgather_window(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype
 
 cdef int _mode(Engine e) except -1:
     e.check_usable()
-    if not e.all_c2c():
+    if not e.c2c_everywhere():
         raise InvalidUsage("the single-copy schedules need every pair of this communicator linked by "
                            "c2c (one host, HETCCL_TRANSPORTS allowing c2c)")
-    return e.c2c[(e.rank + 1) % e.size].mode
-
-
-cdef int pin_allreduce(object sendobj, object recvobj, int dtype, int op, Py_buffer* sv,
-                       Py_buffer* rv) except -1:
-    """Pin and check a single-copy allreduce's buffers: same size, whole elements, op defined for
-    the dtype; send may be recv (in place). Release with release_allreduce(sendobj is recvobj, ...)."""
-    cdef bint inplace = sendobj is recvobj
-    get_buffer(recvobj, rv, True)
-    if inplace:
-        sv[0] = rv[0]
-    else:
-        try:
-            get_buffer(sendobj, sv, False)
-        except BaseException:
-            PyBuffer_Release(rv)
-            raise
-    try:
-        if sv.len != rv.len:
-            raise InvalidUsage(f"allreduce output has {rv.len} bytes but the input has {sv.len}; "
-                               f"pass an output of the same size and dtype")
-        check_overlap(sv, rv, inplace)
-        if rv.len % dtype_size(dtype):
-            raise InvalidUsage(f"buffer of {rv.len} bytes is not a whole number of elements")
-        if get_reduce(dtype, op) == NULL:
-            raise InvalidUsage(f"op {op} is not defined for dtype {dtype}")
-    except BaseException:
-        release_allreduce(inplace, sv, rv)
-        raise
-    return 0
-
-
-cdef void release_allreduce(bint inplace, Py_buffer* sv, Py_buffer* rv) noexcept:
-    if not inplace:
-        PyBuffer_Release(sv)
-    PyBuffer_Release(rv)
+    return e.links[(e.rank + 1) % e.size].c2c.mode
 
 
 def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
@@ -537,7 +496,7 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
                                       <size_t>rv.len // dtype_size(dtype), dtype, op, dl)
         e.end(rc, "allreduce", timeout)
     finally:
-        release_allreduce(inplace, &sv, &rv)
+        release_pair(inplace, &sv, &rv)
 
 
 def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
@@ -557,4 +516,90 @@ def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
                 rc = allgather_window(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
         e.end(rc, "allgather", timeout)
     finally:
-        release_allgather(same, &sv, &rv)
+        release_pair(same, &sv, &rv)
+
+
+# ------------------------------------------------------------------ alltoall (cma mode)
+
+cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, double dl) noexcept nogil:
+    """The schedule of the module docstring on pinned buffers of N blocks of blk bytes."""
+    cdef int N = e.size, r = e.rank, i, p, rc
+    cdef long k
+    cdef bint st = blk * N >= e.nt_threshold
+    copy_bytes(rbuf + blk * r, sbuf + blk * r, blk, st)
+    if st:
+        store_fence()
+    rc = enter_as(e, COLL_ALLTOALL, dtype, 0, PHASE_DIRECT, blk * N // dtype_size(dtype),
+                  <uintptr_t>sbuf, <uintptr_t>rbuf, dl)
+    if rc < 0:
+        return rc
+    for i in range(1, N):
+        if interrupted(&e.fail):
+            return E_CANCELLED
+        p = (r + i) % N
+        if blk:
+            k = hc_cma(e.links[p].c2c.pid, rbuf + blk * p, e.links[p].c2c.theirs.sbuf + blk * r, blk, 0)
+            if k < 0:
+                e.fail.peer = p
+                return E_PEER_LOST       # ESRCH (gone) or EFAULT (it unmapped its input: it aborted)
+    return sync(e, dl)                   # every peer has read my input: the caller may reuse it
+
+
+def alltoall_usable(Engine e):
+    """True when every pair of the communicator is c2c in cma mode (this schedule can run)."""
+    cdef int p
+    if e.size < 2 or not e.c2c_everywhere():
+        return False
+    for p in range(e.size):
+        if p != e.rank and e.links[p].c2c.mode != C2C_CMA:
+            return False
+    return True
+
+
+def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
+    """recvobj block p = block rank of rank p's sendobj (equal blocks), by single-copy CMA reads."""
+    cdef Pins p = Pins()
+    cdef int rc, N = e.size
+    cdef double dl
+    e.check_usable()
+    if not alltoall_usable(e):
+        raise InvalidUsage("the single-copy alltoall needs every pair of this communicator linked by "
+                           "c2c in cma mode (one host, process_vm_readv permitted)")
+    p.pin(sendobj, recvobj, True)
+    check_alltoall(&p.a, &p.b, dtype, N)
+    dl = hc_now() + timeout
+    e.begin("alltoall", 0)
+    with nogil:
+        rc = alltoall_cma(e, <char*>p.a.buf, <char*>p.b.buf, <size_t>p.a.len // N, dtype, dl)
+    e.end(rc, "alltoall", timeout)
+
+
+# Where the single copy starts to win (bytes of one rank's input), measured on the 2-vCPU VM this
+# was built on against the FIFO pairwise exchange in the same processes (bench/RESULTS.md). With
+# more ranks than cores the FIFO exchange also waits for both ends of a pair to be on a CPU: 4 ranks,
+# single copy 1.35x at 512 KiB, 1.5x at 1-8 MiB, 2.6x at 32 MiB. With a core per rank it depends on
+# the host's vCPU placement: when the two vCPUs share a cache the FIFO's cache-to-cache copies are
+# cheap (single copy 0.73x at 512 KiB, 1.0x at 2 MiB, 1.1x at 8 MiB), when they do not it is
+# 2.8-3.4x from 512 KiB; from 2 MiB it never lost.
+ALLTOALL_MIN_BYTES = 2 << 20
+ALLTOALL_MIN_BYTES_OVERSUBSCRIBED = 512 << 10
+
+
+def alltoall_min_bytes(Engine e, bint oversubscribed):
+    """Smallest alltoall (bytes of one rank's input) routed to this schedule, or None (never).
+
+    On by default wherever it can run (every pair c2c in cma mode), unlike the single-copy
+    allreduce/allgather, which lose to the FIFO ring on this host. HETCCL_C2C_DIRECT, when set,
+    rules here too: off keeps alltoall on the FIFOs, a number of bytes sets the threshold."""
+    import os
+    from hetccl.transports.c2c import direct_thresholds
+    if not alltoall_usable(e):
+        return None
+    spec = os.environ.get("HETCCL_C2C_DIRECT", "").strip().lower()
+    if spec:
+        t = direct_thresholds()               # validates the value
+        if t is None:
+            return None
+        if spec not in ("on", "1", "yes"):
+            return min(t.values())
+    return ALLTOALL_MIN_BYTES_OVERSUBSCRIBED if oversubscribed else ALLTOALL_MIN_BYTES

@@ -1,4 +1,4 @@
-# C-level interface of the reduction / copy kernels (implemented in reduce.pyx).
+# C-level interface of the reduction / copy kernels (implemented in kernels.pyx).
 # All functions are nogil and never raise: callers validate (dtype, op) before calling.
 
 ctypedef void (*reduce_fn)(void* dst, const void* a, const void* b, size_t count,
@@ -30,3 +30,13 @@ cdef void divide_by(void* buf, size_t count, int dtype, long n) noexcept nogil
 
 # sfence (x86) / full barrier elsewhere: orders earlier streaming stores before later stores.
 cdef void store_fence() noexcept nogil
+
+
+cdef inline void reduce_ordered(reduce_fn fn, char* dst, const char* loc, const char* inc, size_t count,
+                                bint swap, bint streaming) noexcept nogil:
+    """dst = loc OP incoming, or incoming OP loc with swap (so both ranks of an exchange combine
+    the lower rank's operand first: MIN/MAX of -0.0 and +0.0 then agree bit for bit)."""
+    if swap:
+        fn(dst, inc, loc, count, streaming)
+    else:
+        fn(dst, loc, inc, count, streaming)

@@ -20,7 +20,7 @@ pages and ran at 0.3-0.4x a streaming memcpy on the VM this was built on).
   block r of every rank's input into its output.
 
 Each call: publish (allocation, offset) descriptors of this rank's buffers and the call header in
-the c2c control slots, sync (direct.pxd: epochs with release/acquire atomics, spin-then-futex),
+the c2c control slots, sync (single_copy.pxd: epochs with release/acquire atomics, spin-then-futex),
 check the headers, translate every peer's descriptor into this process's mapping of that peer's
 segment, move the bytes, fence, sync again. Two syncs per call, no Python per chunk, no GIL.
 """
@@ -33,14 +33,17 @@ from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PR
                          MAP_FAILED, MAP_ANONYMOUS)
 
 from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_store32_sc
-from hetccl._native.buffers cimport get_buffer, check_overlap, pin_allgather, release_allgather
+from hetccl._native.blocks cimport even_blocks
 from hetccl._native.codes cimport *
-from hetccl._native.direct cimport (sync, enter_as, PHASE_SYMMETRIC, pin_allreduce,
-                                    release_allreduce)
-from hetccl._native.engine cimport Engine, even_blocks
+from hetccl._native.engine cimport Engine
+from hetccl._native.failure cimport interrupted
+from hetccl._native.life cimport hc_life_inuse
 from hetccl._native.link cimport E_MISMATCH, E_CANCELLED
-from hetccl._native.life cimport hc_life_intr, hc_life_inuse
-from hetccl._native.reduce cimport (reduce_fn, dual_fn, get_reduce, get_reduce_dual, copy_bytes,
+from hetccl._native.pinning cimport (get_buffer, check_overlap, pin_allgather, pin_allreduce,
+                                     release_pair)
+from hetccl._native.single_copy cimport sync, enter_as
+from hetccl._native.wire cimport PHASE_SYMMETRIC
+from hetccl._native.kernels cimport (reduce_fn, dual_fn, get_reduce, get_reduce_dual, copy_bytes,
                                     copy_bytes_dual,
                                     divide_by, store_fence)
 
@@ -204,7 +207,7 @@ cdef class Heap:
         the store above and the engine's entry count order themselves, see life.pxd)."""
         cdef int i, q
         cdef SymAlloc* a
-        if self.engine is not None and hc_life_inuse(&self.engine.life):
+        if self.engine is not None and hc_life_inuse(&self.engine.fail.life):
             return
         for i in range(self.n):
             a = &self.allocs[i]
@@ -348,11 +351,11 @@ cdef int begin(Engine e, Heap h, int coll, int dtype, int op, uint64_t count, ui
         if q == e.rank:
             continue
         if sd != 0:
-            rc = h.resolve(q, e.c2c[q].theirs.sbuf, slen, &S[q])
+            rc = h.resolve(q, e.links[q].c2c.theirs.sbuf, slen, &S[q])
             if rc < 0:
                 return rc
         if rd != 0:
-            rc = h.resolve(q, e.c2c[q].theirs.rbuf, rlen, &R[q])
+            rc = h.resolve(q, e.links[q].c2c.theirs.rbuf, rlen, &R[q])
             if rc < 0:
                 return rc
     return 0
@@ -400,7 +403,7 @@ cdef int allreduce_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, ui
     cdef dual_fn fn2 = get_reduce_dual(dtype, op)
     o = 0
     while o < blen[r]:
-        if hc_life_intr(&e.life):
+        if interrupted(&e.fail):
             return E_CANCELLED
         n = blen[r] - o if blen[r] - o < C else C
         at = boff[r] + o
@@ -462,7 +465,7 @@ cdef int reduce_scatter_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbu
     if rc < 0:
         return rc
     while o < nb:
-        if hc_life_intr(&e.life):
+        if interrupted(&e.fail):
             return E_CANCELLED
         n = nb - o if nb - o < C else C
         reduce_rows(fn, dtype, op, N, S, nb * r + o, n, A)
@@ -491,7 +494,7 @@ cdef int allgather_sym(Engine e, Heap h, char* sbuf, char* rbuf, uint64_t rd, si
             D[nd] = R[p] + nb * r
             nd += 1
     while o < nb:
-        if hc_life_intr(&e.life):
+        if interrupted(&e.fail):
             return E_CANCELLED
         n = nb - o if nb - o < h.chunk else h.chunk
         i = 0
@@ -550,7 +553,7 @@ cdef uint64_t descriptor(Heap h, Py_buffer* v, str role) except? 0:
 
 cdef int ready(Engine e, Heap h) except -1:
     e.check_usable()
-    if not e.all_c2c():
+    if not e.c2c_everywhere():
         raise InvalidUsage("the symmetric schedules need every pair of this communicator linked by "
                            "c2c (one host, HETCCL_TRANSPORTS allowing c2c)")
     if h.size != e.size or h.rank != e.rank:
@@ -560,7 +563,7 @@ cdef int ready(Engine e, Heap h) except -1:
 
 cdef fail(Engine e, Heap h, int rc, str what, double timeout):
     if rc == E_SYMMETRIC:
-        e.broken = True                   # the peers are past the first sync: abort them too
+        e.fail.broken = True              # the peers are past the first sync: abort them too
         raise h.describe_error(what)
     try:
         e.raise_error(rc, what, timeout)
@@ -599,7 +602,7 @@ def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double time
         if rc < 0:
             fail(e, h, rc, "allreduce", timeout)
     finally:
-        release_allreduce(inplace, &sv, &rv)
+        release_pair(inplace, &sv, &rv)
 
 
 def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
@@ -621,7 +624,7 @@ def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
         if rc < 0:
             fail(e, h, rc, "allgather", timeout)
     finally:
-        release_allgather(same, &sv, &rv)
+        release_pair(same, &sv, &rv)
 
 
 def broadcast(Engine e, Heap h, obj, int root, int dtype, double timeout):

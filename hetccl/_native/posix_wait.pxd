@@ -1,5 +1,5 @@
-# The POSIX calls the waiting loops of every native module share (engine, per-pair endpoints,
-# single-copy schedules, UCX): poll() on sockets / event fds and sched_yield() for the
+# The POSIX calls every waiting loop of the native core shares (progress, point-to-point links,
+# single-copy schedules, UCX): poll() on sockets and event fds, and sched_yield() for the
 # spin-then-yield-then-block policy. Declared once here and cimported.
 cdef extern from "<poll.h>" nogil:
     struct pollfd:

@@ -1,0 +1,178 @@
+# Link kind "shm": the pair's two shared-memory FIFOs (fifo.pxd), with the pair's socket for
+# doorbells and for the peer's death. Two copies per byte (into the FIFO, out of it), but a relay
+# between two such links reduces and forwards FIFO to FIFO in one pass (shm_forward).
+from libc.stdint cimport uint32_t, uintptr_t
+from hetccl._native.atomics cimport hc_load_acq, hc_store32_sc
+from hetccl._native.fifo cimport *
+from hetccl._native.link cimport Link, LinkKind, Stream, Seg, ssize_t
+from hetccl._native.posix_wait cimport pollfd, POLLIN, POLLHUP, POLLERR
+from hetccl._native.kernels cimport reduce_fn, copy_bytes, divide_by, reduce_ordered
+from hetccl._native.stream cimport send_walk, recv_walk, skip_empty
+from hetccl._native.wire cimport HDR_BYTES
+
+
+cdef inline ssize_t shm_write(Link* L, const char* src, size_t n) noexcept nogil:
+    return <ssize_t>fifo_write(&L.fifo, src, n)
+
+cdef inline ssize_t shm_read(Link* L, char* dst, size_t n, bint streaming) noexcept nogil:
+    return <ssize_t>fifo_read(&L.fifo, dst, n, streaming)
+
+cdef inline ssize_t shm_read_reduce(Link* L, char* dst, const char* loc, size_t n, reduce_fn fn,
+                                    size_t esize, bint swap, bint streaming) noexcept nogil:
+    return <ssize_t>fifo_read_reduce(&L.fifo, dst, loc, n, fn, esize, swap, streaming)
+
+cdef inline void shm_publish(Link* L) noexcept nogil:
+    fifo_publish(&L.fifo)
+
+cdef inline void shm_release(Link* L) noexcept nogil:
+    fifo_release(&L.fifo)
+
+
+cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
+    """One fused ring step: FIFO-in (OP local) -> next rank's FIFO, plus a copy to the output.
+
+    The result is written once into the next rank's FIFO (cache-resident) and copied from there
+    to the user's output (streaming stores for large outputs), so the output is never re-read to
+    be forwarded. Both links are FIFOs. Returns bytes consumed; 0 means wait (s.waiting says
+    whether on a link, or on the send stream reaching this forwarded segment)."""
+    cdef Stream* F = s.fwd
+    cdef Fifo* I = &s.link.fifo
+    cdef Fifo* T = &F.link.fifo
+    cdef size_t rx_off, tx_off, k
+    cdef char* src
+    cdef char* dst
+    skip_empty(F)
+    if F.hdr_done < HDR_BYTES or F.cur >= F.nseg or not F.segs[F.cur].fwd:
+        return 0                         # our own bytes must go first
+    k = F.segs[F.cur].len - F.off
+    if n > k:
+        n = k
+    k = fifo_avail(I, n)
+    if n > k:
+        n = k
+    rx_off = I.rx_tail & I.mask
+    if n > I.cap - rx_off:
+        n = I.cap - rx_off
+    k = fifo_space(T, n)
+    if n > k:
+        n = k
+    tx_off = T.tx_head & T.mask
+    if n > T.cap - tx_off:
+        n = T.cap - tx_off
+    n -= n % s.esize
+    if n == 0:
+        s.waiting = True
+        return 0
+    src = I.rx_data + rx_off
+    dst = T.tx_data + tx_off
+    if g.loc != NULL:
+        reduce_ordered(s.fn, dst, g.loc + s.off, src, n // s.esize, s.swap, 0)
+        if g.divide:
+            divide_by(dst, n // s.esize, s.dtype, g.divide)
+    else:
+        copy_bytes(dst, src, n, 0)
+    if g.buf != NULL:
+        copy_bytes(g.buf + s.off, dst, n, s.streaming)
+    I.rx_tail += n
+    T.tx_head += n
+    F.off += n
+    F.pos += n
+    if n >= RELEASE_EARLY:
+        fifo_release(I)
+        fifo_publish(T)
+    return <ssize_t>n
+
+
+cdef inline long shm_send(Stream* s) noexcept nogil:
+    return send_walk(s, shm_write, shm_publish)
+
+cdef inline long shm_recv(Stream* s) noexcept nogil:
+    return recv_walk(s, shm_read, shm_read_reduce, shm_release, shm_forward, shm_publish)
+
+
+cdef inline bint shm_arm(Link* L, bint rx, size_t need, uint32_t how, pollfd* f,
+                         uint32_t** word) noexcept nogil:
+    """Raise this side's sleeping flag (how: futex or poll, see fifo.pxd) and look again."""
+    cdef Fifo* F = &L.fifo
+    cdef bint ready
+    if rx:
+        word[0] = &F.rx_ctl.cons_sleeping
+        hc_store32_sc(word[0], how)
+        ready = hc_load_acq(&F.rx_ctl.head) != F.rx_tail
+    else:
+        word[0] = &F.tx_ctl.prod_sleeping
+        hc_store32_sc(word[0], how)
+        ready = F.cap - (F.tx_head - hc_load_acq(&F.tx_ctl.tail)) >= need
+    f.fd = L.fd
+    f.events = POLLIN
+    return ready
+
+cdef inline void shm_disarm(Link* L, bint rx) noexcept nogil:
+    if rx:
+        hc_store32_sc(&L.fifo.rx_ctl.cons_sleeping, 0)
+    else:
+        hc_store32_sc(&L.fifo.tx_ctl.prod_sleeping, 0)
+
+cdef inline void shm_woken(Link* L, short revents) noexcept nogil:
+    """Drain the doorbell bytes; EOF means the peer is gone."""
+    cdef char junk[256]
+    cdef ssize_t got
+    if revents & (POLLIN | POLLHUP | POLLERR):
+        while True:
+            got = c_recv(L.fd, junk, 256, MSG_DONTWAIT)
+            if got == 0:
+                L.closed = 1
+            if got <= 0:
+                break
+
+
+cdef inline ssize_t shm_write_now(Link* L, const char* src, size_t n) noexcept nogil:
+    cdef size_t w = fifo_write(&L.fifo, src, n)
+    fifo_publish(&L.fifo)
+    return <ssize_t>w
+
+cdef inline ssize_t shm_read_now(Link* L, char* dst, size_t n) noexcept nogil:
+    cdef size_t r = fifo_read(&L.fifo, dst, n, 0)
+    fifo_release(&L.fifo)
+    return <ssize_t>r
+
+cdef inline bint shm_ready(Link* L, bint rx, bint tx) noexcept nogil:
+    if rx and hc_load_acq(&L.fifo.rx_ctl.head) != L.fifo.rx_tail:
+        return True
+    return tx and L.fifo.cap - (L.fifo.tx_head - hc_load_acq(&L.fifo.tx_ctl.tail)) > 0
+
+
+cdef inline object shm_map(Link* L, object segment, size_t fifo_bytes, bint low):
+    """Take up this side of segment's FIFO pair (segment.pyx: ShmSegment, sized by segment_bytes)."""
+    if fifo_bytes & (fifo_bytes - 1) or fifo_bytes < 4096:
+        raise ValueError("fifo_bytes must be a power of two >= 4096")
+    if segment.size < FIFO_CTL + 2 * fifo_bytes:
+        raise ValueError(f"a segment of {segment.size} bytes cannot hold two FIFOs of {fifo_bytes}")
+    fifo_map(&L.fifo, <char*><uintptr_t>segment.address(), fifo_bytes, low, L.fd)
+    L.window = fifo_bytes
+    return segment
+
+cdef inline object shm_attach(Link* L, tuple args, bint engine):
+    """args: (segment, fifo_bytes, low): low is True on the pair's lower rank."""
+    segment, fifo_bytes, low = args
+    return shm_map(L, segment, fifo_bytes, low)
+
+cdef inline void shm_close(Link* L) noexcept nogil:
+    pass
+
+
+cdef inline void shm_kind(LinkKind* k) noexcept:
+    k.name = b"shm"
+    k.align = 8               # FIFO offsets stay 8-aligned: reductions read whole elements in place
+    k.fuses = True
+    k.futex = True
+    k.send = shm_send
+    k.recv = shm_recv
+    k.arm = shm_arm
+    k.disarm = shm_disarm
+    k.woken = shm_woken
+    k.write = shm_write_now
+    k.read = shm_read_now
+    k.ready = shm_ready
+    k.attach = shm_attach
+    k.close = shm_close
