@@ -380,14 +380,23 @@ def _command_env(env: Mapping[str, str | None] | None) -> dict:
 
 
 def start_command(cmd: Sequence[str], env: Mapping[str, str | None] | None = None,
-                  cwd: str | None = None) -> subprocess.Popen:
-    """Start ``cmd`` in a new session (its own process group), text pipes for stdout/stderr.
+                  cwd: str | None = None, output: str | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in a new session (its own process group), text pipes for stdout/stderr, or
+    both into the file ``output`` (for a command left running unread: a full pipe would stop it).
 
     ``IMPORT_ROOT`` is put on PYTHONPATH and is the working directory unless ``cwd`` is given (so
     ``python -c``/``-m`` import the chosen hetccl); ``env`` entries override (None unsets)."""
-    return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_command_env(env),
-                            cwd=IMPORT_ROOT if cwd is None else cwd, start_new_session=True)
+    if output is None:
+        out, err = subprocess.PIPE, subprocess.PIPE
+    else:
+        out, err = open(output, "w"), subprocess.STDOUT
+    try:
+        return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True,
+                                env=_command_env(env), cwd=IMPORT_ROOT if cwd is None else cwd,
+                                start_new_session=True)
+    finally:
+        if output is not None:
+            out.close()                                # the child holds its own copy
 
 
 def stop_command(p: subprocess.Popen) -> None:
