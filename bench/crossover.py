@@ -235,7 +235,7 @@ def run_sweeps(args) -> list[list[str]]:
                 print(f"[crossover] {n} ranks: no collective has more than one algorithm", flush=True)
                 continue
             if k == 1 and not args.no_retune:
-                tune = [*run_all._hetccl_prefix(), "tune", "-n", str(n)]
+                tune = [*run_all._hetccl_prefix(), "tune", "-n", str(n), "-o", os.path.join(raw, f"tune-n{n}.json")]
                 rc, secs, _ = run_all.run_one(tune, os.path.join(raw, f"tune-n{n}.log"), 300)
                 print(f"[crossover] {shlex.join(tune)}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} "
                       f"in {secs:.1f} s", flush=True)
