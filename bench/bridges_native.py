@@ -26,8 +26,9 @@ join), hccl. Target for each: bridge - binding <= 2 us.
 
 On a runtime without a stream query the raw baseline is what a user of the raw library writes:
 the collective, then the runtime's own blocking sync (xpu_wait) on the caller's thread ("raw").
-``binding`` there (wait_stream through the runtime's shared waiter thread) already pays the
-hand-over to another thread, which is the deadline's price, so the verdict is bridge - raw.
+``binding`` there (wait_stream through the bridge's own waiter thread, the one the bridge path
+uses) already pays the hand-over to another thread, which is the deadline's price, so the verdict
+is bridge - raw.
 
     python bench/bridges_native.py                 # default: 30 reps x 2000 calls
     python bench/bridges_native.py --families cncl,bkcl,eccl,hccl
@@ -81,18 +82,21 @@ def main(argv=None) -> int:
 
 def bridge_paths(bridge, iters: int, ldt: int, lop: int) -> dict:
     """The "binding" (CclLibrary.allreduce + DeviceRuntime.wait_stream) and "bridge" loops of an
-    8 B float32 SUM allreduce, ``iters`` calls each."""
+    8 B float32 SUM allreduce, ``iters`` calls each; on a runtime without a stream query also
+    "raw" (CclLibrary.allreduce + the runtime's blocking sync on this thread)."""
     x = np.ones(2, np.float32)                       # 8 bytes
     y = np.zeros(2, np.float32)
     bx, by = from_numpy(x), from_numpy(y)
     comm, stream, lib, rt = bridge._comm, bridge._stream, bridge.lib, bridge.runtime
     xp, yp = x.ctypes.data, y.ctypes.data
 
+    waiter = getattr(bridge, "_waiter", None)       # the bridge's own waiter thread (no stream query)
+
     def binding():
         for _ in range(iters):
             if lib.allreduce(xp, yp, 2, ldt, lop, comm, stream):
                 raise RuntimeError("fake call failed")
-            rt.wait_stream(stream, lib, comm, 60.0)
+            rt.wait_stream(stream, lib, comm, 60.0, False, waiter)
 
     def whole():
         for _ in range(iters):
