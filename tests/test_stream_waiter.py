@@ -7,12 +7,13 @@ that never returns. Checked: one persistent thread serves every wait; a wait pas
 returns WAIT_TIMEOUT and the next wait runs on a new thread while the old one is still stuck;
 waits queued behind a stuck sync move to the new thread; closing never waits for a stuck thread,
 and the stuck thread frees itself and exits once its sync returns; concurrent callers share one
-waiter; the BKCL bridge raises the timeout, aborts without hanging, and a new bridge works while
-the old sync is still stuck.
+waiter; a forked child starts its own thread; the BKCL bridge raises the timeout, aborts without
+hanging, and a new bridge works while the old sync is still stuck.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 
@@ -184,6 +185,29 @@ def test_the_waiter_selects_its_device_and_reports_when_it_cannot(libs, fake):
     w = StreamWaiter(rt, 3)                                        # the fake runtime has 1 device
     try:
         assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_RUNTIME, -701)   # -XPUERR_INVALID_DEVICE
+    finally:
+        w.close()
+        rt.stream_destroy(s)
+
+
+def test_a_forked_child_starts_its_own_waiter(libs, fake):
+    rt, s = _runtime(libs)
+    w = StreamWaiter(rt)
+    try:
+        assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)     # the parent's thread
+        pid = os.fork()
+        if pid == 0:                                  # the child: the parent's thread is not here
+            ok = rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0) and w.threads_started == 2
+            os._exit(0 if ok and ccl_api.waiter_threads() == 1 else 1)
+        deadline = time.monotonic() + 20
+        while (r := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child's wait hung")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(r[1]) == 0
+        assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0) and w.threads_started == 1
     finally:
         w.close()
         rt.stream_destroy(s)

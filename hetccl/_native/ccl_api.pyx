@@ -315,14 +315,29 @@ cdef bint _job_abandon(Job* j) noexcept nogil:
 # sync it is in (however long that takes), frees the core and exits. The owner starts a new core
 # for the next wait, so a stuck sync never blocks later calls, and the stuck thread uses nothing of
 # the new one: its core, its job (freed by whoever finishes last, as above) and the stream handle.
+#
+# After fork() the child has the parent's cores but none of their threads (and maybe a core lock
+# held by one): a fork counter, bumped in the child, marks every core made before the fork as
+# stale, and the child's first wait starts a thread of its own without touching them.
 cdef extern from *:
     """
+    #include <pthread.h>
     static volatile int hetccl_ccl_waiters_alive = 0;
+    static volatile unsigned hetccl_ccl_forks = 0;
     static inline int hetccl_ccl_waiters_add(int v) {
         return __atomic_add_fetch(&hetccl_ccl_waiters_alive, v, __ATOMIC_SEQ_CST);
     }
+    static void hetccl_ccl_in_child(void) {
+        hetccl_ccl_forks++;
+        hetccl_ccl_waiters_alive = 0;
+    }
+    static int hetccl_ccl_fork_hook(void) { return pthread_atfork(NULL, NULL, hetccl_ccl_in_child); }
     """
     int hetccl_ccl_waiters_add(int v) nogil
+    unsigned hetccl_ccl_forks
+    int hetccl_ccl_fork_hook()
+
+hetccl_ccl_fork_hook()
 
 DEF WAITER_SPIN_S = 50e-6    # after a sync, poll (yielding) this long, then sleep until a job is queued
 
@@ -337,6 +352,7 @@ cdef struct WaiterCore:
     f_ptr sync               # the runtime's blocking stream sync
     f_int set_device         # selected once when the thread starts (NULL: leave the thread's default)
     int device
+    unsigned forks           # hetccl_ccl_forks when made: another value means this is a forked child
 
 
 cdef void _jobs_fail(Job* j) noexcept nogil:
@@ -402,7 +418,7 @@ cdef WaiterCore* _waiter_start(f_ptr sync, f_int set_device, int device) noexcep
     cdef WaiterCore* w = <WaiterCore*>calloc(1, sizeof(WaiterCore))
     if w == NULL:
         return NULL
-    w.sync, w.set_device, w.device = sync, set_device, device
+    w.sync, w.set_device, w.device, w.forks = sync, set_device, device, hetccl_ccl_forks
     pthread_mutex_init(&w.mu, NULL)
     pthread_cond_init(&w.cv, NULL)
     hetccl_ccl_waiters_add(1)
@@ -474,7 +490,8 @@ cdef class StreamWaiter:
     it. ``threads_started`` counts the threads this waiter has started (1 + replacements).
 
     Thread-safe: several threads may wait through one StreamWaiter; their syncs run one after the
-    other, in order (a bridge has one stream, so it owns one waiter)."""
+    other, in order (a bridge has one stream, so it owns one waiter). In a child made by fork()
+    the first wait starts the child's own thread (the parent's is not there)."""
 
     cdef pthread_mutex_t _mu       # guards _core and threads_started (never held while waiting)
     cdef WaiterCore* _core
@@ -501,6 +518,7 @@ cdef class StreamWaiter:
             return NULL
         j.kind, j.fn, j.stream = JOB_SYNC, <void*>self._sync, stream
         pthread_mutex_lock(&self._mu)
+        self._drop_stale()
         if self._core == NULL:
             self._core = _waiter_start(self._sync, self._set, self._device)
             if self._core != NULL:
@@ -524,6 +542,7 @@ cdef class StreamWaiter:
         cdef Job* nxt
         cdef void* core
         pthread_mutex_lock(&self._mu)
+        self._drop_stale()
         core = j.core                      # read before abandoning: the job may be freed after
         if not _job_abandon(j):
             pthread_mutex_unlock(&self._mu)
@@ -545,8 +564,14 @@ cdef class StreamWaiter:
         pthread_mutex_unlock(&self._mu)
         return True
 
+    cdef inline void _drop_stale(self) noexcept nogil:
+        """In a forked child, forget the parent's core (its thread is not here; it is leaked)."""
+        if self._core != NULL and self._core.forks != hetccl_ccl_forks:
+            self._core = NULL
+
     cdef void _close(self) noexcept nogil:
         pthread_mutex_lock(&self._mu)
+        self._drop_stale()
         if self._core != NULL:
             _jobs_fail(_waiter_retire(self._core))
             self._core = NULL
