@@ -41,7 +41,7 @@ from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 
-from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_load32_rlx, hc_store32_sc, hc_xchg32
+from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_load32_rlx, hc_store32_sc, hc_xchg32, hc_relax
 from hetccl._native.posix_wait cimport sched_yield
 
 from hetccl._native.dl cimport dlopen, dlsym, dlerror, RTLD_NOW, RTLD_LOCAL
@@ -231,6 +231,8 @@ cdef struct Job:
     uint32_t state
     Job* next                # the waiter's queue (JOB_SYNC)
     void* core               # the WaiterCore it was queued on (compared, never followed)
+    int caller_cpu           # the CPU the caller queued it from (JOB_SYNC; a hint)
+    uint32_t wcpu            # 1 + the CPU the waiter runs it on, set when it starts; 0 before
 
 
 cdef int _run_join(Job* j) noexcept nogil:
@@ -339,7 +341,12 @@ cdef extern from *:
 
 hetccl_ccl_fork_hook()
 
-DEF WAITER_SPIN_S = 50e-6    # after a sync, poll (yielding) this long, then sleep until a job is queued
+DEF WAITER_SPIN_S = 50e-6    # after a sync, poll this long, then sleep until a job is queued
+DEF WAITER_RELAX_S = 10e-6   # ... spinning (not yielding) at most this long of it, when on another CPU
+DEF CALLER_RELAX_POLLS = 64  # a caller spins this many polls for its sync to start on another CPU
+
+cdef extern from "<sched.h>" nogil:
+    int sched_getcpu()
 
 cdef struct WaiterCore:
     pthread_mutex_t mu
@@ -365,21 +372,29 @@ cdef void _jobs_fail(Job* j) noexcept nogil:
         j = nxt
 
 
-cdef void _waiter_spin(WaiterCore* w) noexcept nogil:
-    """Stay awake a little for the next job, so back-to-back waits cost no wake-up. It yields
-    rather than spins: when the scheduler put this thread on its caller's CPU, the caller (the
-    one to queue the next job) runs only when this thread lets it."""
-    cdef double until = hc_now() + WAITER_SPIN_S
+cdef void _waiter_spin(WaiterCore* w, int caller_cpu) noexcept nogil:
+    """Stay awake a little for the next job, so back-to-back waits cost no wake-up. On the CPU
+    the last caller queued from, it yields: the caller (the one to queue the next job) runs only
+    when this thread lets it. On another CPU it spins a while (CPU relax), so it sees the next job
+    at once, then yields too."""
+    cdef double now = hc_now()
+    cdef double until = now + WAITER_SPIN_S
+    cdef double relax_until = now + WAITER_RELAX_S
     while hc_load32_rlx(&w.queued) == 0 and hc_load32_rlx(&w.retired) == 0:
-        if hc_now() > until:
+        now = hc_now()
+        if now > until:
             return
-        sched_yield()
+        if now < relax_until and caller_cpu >= 0 and sched_getcpu() != caller_cpu:
+            hc_relax()
+        else:
+            sched_yield()
 
 
 cdef void* _waiter_main(void* arg) noexcept nogil:
     cdef WaiterCore* w = <WaiterCore*>arg
     cdef Job* j
     cdef int dev_rc = 0
+    cdef int caller_cpu = -1
     if w.set_device != NULL:
         dev_rc = w.set_device(w.device)
     pthread_mutex_lock(&w.mu)
@@ -387,7 +402,7 @@ cdef void* _waiter_main(void* arg) noexcept nogil:
         j = w.head
         if j == NULL:
             pthread_mutex_unlock(&w.mu)
-            _waiter_spin(w)
+            _waiter_spin(w, caller_cpu)
             pthread_mutex_lock(&w.mu)
             if w.head == NULL and not w.retired:
                 w.sleeping = 1
@@ -399,6 +414,8 @@ cdef void* _waiter_main(void* arg) noexcept nogil:
             w.tail = NULL
         hc_store32_sc(&w.queued, w.queued - 1)
         pthread_mutex_unlock(&w.mu)
+        caller_cpu = j.caller_cpu                      # (j may be freed once done)
+        hc_store32_sc(&j.wcpu, <uint32_t>(sched_getcpu() + 1))
         if hc_load32_sc(&j.state) == JOB_ABANDONED:   # its caller left before it started
             _job_done(j, 0)
         else:
@@ -498,6 +515,7 @@ cdef class StreamWaiter:
     cdef f_ptr _sync
     cdef f_int _set
     cdef int _device
+    cdef int _last_wcpu            # the CPU the last sync ran on (-1: unknown): how the next caller polls
     cdef readonly int threads_started
 
     def __cinit__(self, DeviceRuntime runtime not None, int device=-1):
@@ -505,6 +523,7 @@ cdef class StreamWaiter:
         self._sync = runtime._sync
         self._set = runtime._set if device >= 0 else NULL
         self._device = device
+        self._last_wcpu = -1
 
     def __dealloc__(self):
         self._close()
@@ -517,6 +536,7 @@ cdef class StreamWaiter:
         if j == NULL:
             return NULL
         j.kind, j.fn, j.stream = JOB_SYNC, <void*>self._sync, stream
+        j.caller_cpu = sched_getcpu()
         pthread_mutex_lock(&self._mu)
         self._drop_stale()
         if self._core == NULL:
@@ -563,6 +583,27 @@ cdef class StreamWaiter:
                         moved = nxt
         pthread_mutex_unlock(&self._mu)
         return True
+
+    cdef inline void pause(self, Job* j, Backoff* b) noexcept nogil:
+        """One poll's pause while ``j`` runs. The hand-over between two threads costs two context
+        switches when both share a CPU (then yield at once) and a cache line when they do not
+        (then spin, CPU relax, while the sync is about to start or runs on the other CPU; the
+        last sync's CPU says which to expect). The budget is the backoff's: then yields, sleeps."""
+        cdef uint32_t w
+        if b.spins < b.yields:
+            w = hc_load32_rlx(&j.wcpu)
+            if w != 0 and <int>w - 1 != j.caller_cpu or \
+                    w == 0 and b.spins < CALLER_RELAX_POLLS and self._last_wcpu >= 0 and \
+                    self._last_wcpu != j.caller_cpu:
+                b.spins += 1
+                hc_relax()
+                return
+        backoff_wait(b)
+
+    cdef inline void done(self, Job* j) noexcept nogil:
+        """``j`` finished (still the caller's): remember where it ran, for the next ``pause``."""
+        if j.wcpu != 0:
+            self._last_wcpu = <int>j.wcpu - 1
 
     cdef inline void _drop_stale(self) noexcept nogil:
         """In a forked child, forget the parent's core (its thread is not here; it is leaked)."""
@@ -1275,10 +1316,9 @@ cdef class DeviceRuntime:
             if self._waiter is None:
                 self._waiter = StreamWaiter(self)
             waiter = self._waiter
-        # the waiter thread answers within about a microsecond when awake: yield (no sleep) for
-        # up to 2048 polls, so a short wait costs the hand-over, not a 50 us sleep. Yield, not
-        # spin: when the scheduler puts the waiter on the caller's CPU, it runs only when the
-        # caller yields (spinning there cost 2-7 us more per wait on this project's machine)
+        # the waiter thread answers within about a microsecond when awake: poll without sleeping
+        # for up to 2048 polls (StreamWaiter.pause: spin when the waiter runs on another CPU, else
+        # yield), so a short wait costs the hand-over, not a 50 us sleep
         backoff_init(&bo, 0, 64 if query else 2048)
         with nogil:
             if not query:
@@ -1315,9 +1355,13 @@ cdef class DeviceRuntime:
                 if hc_now() > deadline:
                     rc = C_WAIT_TIMEOUT
                     break
-                backoff_wait(&bo)
+                if query:
+                    backoff_wait(&bo)
+                else:
+                    waiter.pause(j, &bo)
             if j != NULL:
                 if rc == C_WAIT_OK or not waiter.give_up(j):
+                    waiter.done(j)
                     _job_finish(j)
         return rc, err
 
