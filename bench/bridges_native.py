@@ -101,12 +101,17 @@ def bridge_paths(bridge, iters: int, ldt: int, lop: int) -> dict:
     def whole():
         for _ in range(iters):
             bridge.allreduce(bx, by, 2, dt.FLOAT32, ReduceOp.SUM)
+    # one call of each loop's body, for per_call
+    binding.single = lambda: (lib.allreduce(xp, yp, 2, ldt, lop, comm, stream),
+                              rt.wait_stream(stream, lib, comm, 60.0, False, waiter))
+    whole.single = lambda: bridge.allreduce(bx, by, 2, dt.FLOAT32, ReduceOp.SUM)
     paths = {"binding": binding, "bridge": whole, "buffers": (x, y)}
     if not rt.has_query:
         def raw():                                   # the vendor's blocking sync on this thread
             for _ in range(iters):
                 if lib.allreduce(xp, yp, 2, ldt, lop, comm, stream) or rt.synchronize(stream):
                     raise RuntimeError("fake call failed")
+        raw.single = lambda: (lib.allreduce(xp, yp, 2, ldt, lop, comm, stream), rt.synchronize(stream))
         paths = {"raw": raw, **paths}
     return paths
 
@@ -137,6 +142,31 @@ def run_family(family: str, bridge, reps: int, iters: int) -> None:
     print(f"# {family}: {raw}binding {med['binding']:.3f} us/call, bridge {med['bridge']:.3f} us/call, "
           f"added vs {base} {added:.3f} us ({'met' if added <= TARGET_US else 'NOT met'}: <= {TARGET_US:g} us)"
           f"{'' if bridge.runtime.has_query else '  [runtime without a stream query: waits go to a waiter thread]'}")
+    if base == "raw":
+        print(f"#   {family} per call (each call timed alone, {reps} x {iters} calls, us; the tail is the "
+              f"scheduler's: a hand-over waits for the other thread to get a CPU):")
+        for name, (p50, p90, p99) in per_call(paths, reps, iters).items():
+            print(f"#   {name:>8}  p50 {p50:7.3f}  p90 {p90:7.3f}  p99 {p99:7.3f}")
+
+
+def per_call(paths: dict, reps: int, iters: int) -> dict:
+    """p50/p90/p99 of single calls of each path (``iters`` // 10 calls a round, interleaved): the
+    hand-over's own cost, without the descheduled calls that weigh on a mean."""
+    times = {k: [] for k in paths}
+    n = max(1, iters // 10)
+    for _ in range(reps):
+        for name, f in paths.items():
+            one = f.single
+            t = times[name]
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                one()
+                t.append(time.perf_counter_ns() - t0)
+    out = {}
+    for k, v in times.items():
+        v.sort()
+        out[k] = tuple(v[min(len(v) - 1, int(len(v) * q))] / 1e3 for q in (0.5, 0.9, 0.99))
+    return out
 
 
 def run(bridge, libs, reps: int, iters: int) -> int:
