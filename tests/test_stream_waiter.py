@@ -54,59 +54,63 @@ def _until(cond, what, limit=10.0):
         time.sleep(0.005)
 
 
-def _runtime(libs):
-    """The fake XPU runtime (no stream query) and a stream on it."""
+@pytest.fixture
+def xpu(libs, fake):
+    """(runtime, stream, make_waiter) on the fake XPU runtime (no stream query); the waiters made
+    are closed, hung syncs released and the stream destroyed at the end."""
     rt = loader.load_runtime(fakeccl.bkcl_vendor(libs).runtime)
     assert not rt.has_query
     rc, stream = rt.stream_create()
     assert rc == 0
-    return rt, stream
+    made = []
 
-
-def test_one_thread_serves_every_wait(libs, fake):
-    rt, s = _runtime(libs)
-    w = StreamWaiter(rt, 0)
-    try:
-        assert not w.running and w.threads_started == 0          # started lazily
-        for _ in range(300):
-            assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)
-        assert w.running and w.threads_started == 1
-    finally:
+    def make(device=-1):
+        made.append(StreamWaiter(rt, device))
+        return made[-1]
+    yield rt, stream, make
+    for w in made:
         w.close()
-        rt.stream_destroy(s)
+    fake.fakert_release_waits()
+    rt.stream_destroy(stream)
+
+
+def test_one_thread_serves_every_wait(xpu):
+    rt, s, make = xpu
+    w = make(0)
+    assert not w.running and w.threads_started == 0              # started lazily
+    for _ in range(300):
+        assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)
+    assert w.running and w.threads_started == 1
+    w.close()
     assert not w.running
 
 
-def test_a_sync_that_never_returns_times_out_and_a_new_thread_takes_over(libs, fake):
-    rt, s = _runtime(libs)
-    w = StreamWaiter(rt, 0)
+def test_a_sync_that_never_returns_times_out_and_a_new_thread_takes_over(xpu, fake):
+    rt, s, make = xpu
+    w = make(0)
     base = ccl_api.waiter_threads()
-    try:
+    assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)
+    fake.fakert_hang_next_waits(1)
+    t0 = time.monotonic()
+    assert rt.wait_stream(s, None, 0, 0.2, False, w)[0] == WAIT_TIMEOUT
+    assert 0.2 <= time.monotonic() - t0 < 3
+    assert fake.fakert_hung_waits() == 1                           # the old thread is still inside
+    t0 = time.monotonic()
+    for _ in range(20):                                            # later waits: a new thread
         assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)
-        fake.fakert_hang_next_waits(1)
-        t0 = time.monotonic()
-        assert rt.wait_stream(s, None, 0, 0.2, False, w)[0] == WAIT_TIMEOUT
-        assert 0.2 <= time.monotonic() - t0 < 3
-        assert fake.fakert_hung_waits() == 1                       # the old thread is still inside
-        t0 = time.monotonic()
-        for _ in range(20):                                        # later waits: a new thread
-            assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)
-        assert time.monotonic() - t0 < 3
-        assert w.threads_started == 2 and fake.fakert_hung_waits() == 1
-        assert ccl_api.waiter_threads() == base + 2                # the stuck one and the new one
-        t0 = time.monotonic()
-        w.close()
-        assert time.monotonic() - t0 < 0.5                         # close never waits for the stuck one
-    finally:
-        w.close()
-        fake.fakert_release_waits()                                # the stuck sync returns: it frees itself
-        _until(lambda: ccl_api.waiter_threads() == base, "both threads exited")
-        rt.stream_destroy(s)
+    assert time.monotonic() - t0 < 3
+    assert w.threads_started == 2 and fake.fakert_hung_waits() == 1
+    assert ccl_api.waiter_threads() == base + 2                    # the stuck one and the new one
+    t0 = time.monotonic()
+    w.close()
+    assert time.monotonic() - t0 < 0.5                             # close never waits for the stuck one
+    fake.fakert_release_waits()                                    # the stuck sync returns: it frees itself
+    _until(lambda: ccl_api.waiter_threads() == base, "both threads exited")
 
 
-def test_waits_queued_behind_a_stuck_sync_move_to_the_new_thread(libs, fake):
-    rt, s = _runtime(libs)
-    w = StreamWaiter(rt)
+def _stuck_then_queued(rt, s, w, fake, first_timeout, meanwhile=lambda: None):
+    """Wait "a" (``first_timeout``) in a thread whose sync hangs, then "b" (20 s) queued behind it;
+    run ``meanwhile`` once b is queued: each one's (result, seconds)."""
     out = {}
 
     def wait(name, timeout):
@@ -114,52 +118,40 @@ def test_waits_queued_behind_a_stuck_sync_move_to_the_new_thread(libs, fake):
         out[name] = rt.wait_stream(s, None, 0, timeout, False, w), time.monotonic() - t0
 
     fake.fakert_hang_next_waits(1)
-    a = threading.Thread(target=wait, args=("a", 0.3))
-    a.start()
-    _until(lambda: fake.fakert_hung_waits() == 1, "the first sync is stuck")
-    b = threading.Thread(target=wait, args=("b", 20.0))            # queued behind the stuck one
-    b.start()
-    a.join(10)
-    b.join(10)
-    try:
-        assert out["a"][0][0] == WAIT_TIMEOUT
-        assert out["b"][0] == (WAIT_OK, 0) and out["b"][1] < 5    # not the 20 s of its own deadline
-        assert w.threads_started == 2
-    finally:
-        w.close()
-        rt.stream_destroy(s)
-
-
-def test_close_ends_the_waits_still_queued(libs, fake):
-    rt, s = _runtime(libs)
-    w = StreamWaiter(rt)
-    out = {}
-
-    def wait(name, timeout):
-        out[name] = rt.wait_stream(s, None, 0, timeout, False, w)
-
-    fake.fakert_hang_next_waits(1)
-    a = threading.Thread(target=wait, args=("a", 0.5))
+    a = threading.Thread(target=wait, args=("a", first_timeout))
     a.start()
     _until(lambda: fake.fakert_hung_waits() == 1, "the first sync is stuck")
     b = threading.Thread(target=wait, args=("b", 20.0))
     b.start()
-    time.sleep(0.05)                                               # b's sync is queued
-    w.close()
-    b.join(5)
-    a.join(5)
-    try:
-        assert out["b"] == (WAIT_RUNTIME, ccl_api.WAITER_CLOSED)
-        assert "closed" in ccl_api.WAITER_ERRORS[ccl_api.WAITER_CLOSED]
-        assert out["a"][0] == WAIT_TIMEOUT                         # its thread is retired, not replaced
-        assert not w.running and w.threads_started == 1
-    finally:
-        rt.stream_destroy(s)
+    _until(lambda: w.pending == 1 or "a" in out, "the second sync is queued")
+    meanwhile()
+    a.join(10)
+    b.join(10)
+    return out
 
 
-def test_concurrent_callers_share_one_waiter(libs, fake):
-    rt, s = _runtime(libs)
-    w = StreamWaiter(rt)
+def test_waits_queued_behind_a_stuck_sync_move_to_the_new_thread(xpu, fake):
+    rt, s, make = xpu
+    w = make()
+    out = _stuck_then_queued(rt, s, w, fake, 0.3)
+    assert out["a"][0][0] == WAIT_TIMEOUT
+    assert out["b"][0] == (WAIT_OK, 0) and out["b"][1] < 5        # not the 20 s of its own deadline
+    assert w.threads_started == 2
+
+
+def test_close_ends_the_waits_still_queued(xpu, fake):
+    rt, s, make = xpu
+    w = make()
+    out = _stuck_then_queued(rt, s, w, fake, 1.0, w.close)
+    assert out["b"][0] == (WAIT_RUNTIME, ccl_api.WAITER_CLOSED) and out["b"][1] < 1
+    assert "closed" in ccl_api.WAITER_ERRORS[ccl_api.WAITER_CLOSED]
+    assert out["a"][0][0] == WAIT_TIMEOUT                          # its thread is retired, not replaced
+    assert not w.running and w.threads_started == 1
+
+
+def test_concurrent_callers_share_one_waiter(xpu):
+    rt, s, make = xpu
+    w = make()
     bad = []
 
     def run():
@@ -173,44 +165,32 @@ def test_concurrent_callers_share_one_waiter(libs, fake):
         t.start()
     for t in ts:
         t.join(30)
-    try:
-        assert not bad and w.threads_started == 1
-    finally:
-        w.close()
-        rt.stream_destroy(s)
+    assert not bad and w.threads_started == 1
 
 
-def test_the_waiter_selects_its_device_and_reports_when_it_cannot(libs, fake):
-    rt, s = _runtime(libs)
-    w = StreamWaiter(rt, 3)                                        # the fake runtime has 1 device
-    try:
-        assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_RUNTIME, -701)   # -XPUERR_INVALID_DEVICE
-    finally:
-        w.close()
-        rt.stream_destroy(s)
+def test_the_waiter_selects_its_device_and_reports_when_it_cannot(xpu):
+    rt, s, make = xpu
+    w = make(3)                                                    # the fake runtime has 1 device
+    assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_RUNTIME, -701)   # -XPUERR_INVALID_DEVICE
 
 
-def test_a_forked_child_starts_its_own_waiter(libs, fake):
-    rt, s = _runtime(libs)
-    w = StreamWaiter(rt)
-    try:
-        assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)     # the parent's thread
-        pid = os.fork()
-        if pid == 0:                                  # the child: the parent's thread is not here
-            ok = rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0) and w.threads_started == 2
-            os._exit(0 if ok and ccl_api.waiter_threads() == 1 else 1)
-        deadline = time.monotonic() + 20
-        while (r := os.waitpid(pid, os.WNOHANG)) == (0, 0):
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child's wait hung")
-            time.sleep(0.01)
-        assert os.waitstatus_to_exitcode(r[1]) == 0
-        assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0) and w.threads_started == 1
-    finally:
-        w.close()
-        rt.stream_destroy(s)
+def test_a_forked_child_starts_its_own_waiter(xpu):
+    rt, s, make = xpu
+    w = make()
+    assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)         # the parent's thread
+    pid = os.fork()
+    if pid == 0:                                      # the child: the parent's thread is not here
+        ok = rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0) and w.threads_started == 2
+        os._exit(0 if ok and ccl_api.waiter_threads() == 1 else 1)
+    deadline = time.monotonic() + 20
+    while (r := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's wait hung")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(r[1]) == 0
+    assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0) and w.threads_started == 1
 
 
 def test_bkcl_bridge_with_a_stuck_sync_times_out_aborts_and_a_new_bridge_works(libs, fake):

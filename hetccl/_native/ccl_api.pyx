@@ -625,6 +625,18 @@ cdef class StreamWaiter:
             self._close()
 
     @property
+    def pending(self) -> int:
+        """Syncs queued and not started yet (behind the one the thread is in)."""
+        cdef int n = 0
+        with nogil:
+            pthread_mutex_lock(&self._mu)
+            self._drop_stale()
+            if self._core != NULL:
+                n = hc_load32_sc(&self._core.queued)
+            pthread_mutex_unlock(&self._mu)
+        return n
+
+    @property
     def running(self) -> bool:
         """Whether a thread is attached (started and neither closed nor replaced)."""
         return self._core != NULL
