@@ -307,9 +307,10 @@ cdef bint _job_abandon(Job* j) noexcept nogil:
 # ---- the persistent stream waiter ---------------------------------------------------------------
 # A runtime without a stream query (XPU: only the blocking xpu_wait) can only be waited for by a
 # thread that calls the blocking sync while the caller polls a deadline. Starting that thread per
-# wait cost 35-50 us a call; a waiter thread that lives on between waits answers in well under a
-# microsecond: it spins briefly after each sync (WAITER_SPIN_S), so back-to-back calls find it
-# awake, then sleeps on a condition variable until the next job.
+# wait cost 35-50 us a call; a waiter thread that lives on between waits costs the hand-over only:
+# two context switches when it shares its caller's CPU (about 1.3 us on this project's VM), a
+# cache line when it runs on another. It stays awake after each sync (WAITER_SPIN_S), so
+# back-to-back calls find it awake, then sleeps on a condition variable until the next job.
 #
 # Ownership: a WaiterCore is shared by its thread and its owner (the StreamWaiter). The owner
 # leaves by setting ``retired`` under the lock (close, or a wait that timed out while the thread
@@ -362,13 +363,14 @@ cdef struct WaiterCore:
     unsigned forks           # hetccl_ccl_forks when made: another value means this is a forked child
 
 
-cdef void _jobs_fail(Job* j) noexcept nogil:
-    """End syncs that were queued on a waiter being closed: C_WAITER_CLOSED (the caller reports a
-    runtime error), freed here when their caller has already left."""
+cdef void _jobs_fail(Job* j, int rc) noexcept nogil:
+    """End syncs that were queued and will not run (the waiter was closed, or no thread could
+    take them over) with ``rc``, which the caller reports as a runtime error; freed here when
+    their caller has already left."""
     cdef Job* nxt
     while j != NULL:
         nxt = j.next
-        _job_done(j, C_WAITER_CLOSED)
+        _job_done(j, rc)
         j = nxt
 
 
@@ -573,7 +575,7 @@ cdef class StreamWaiter:
             if moved != NULL:
                 self._core = _waiter_start(self._sync, self._set, self._device)
                 if self._core == NULL:
-                    _jobs_fail(moved)
+                    _jobs_fail(moved, C_WAITER_NO_THREAD)
                 else:
                     self.threads_started += 1
                     while moved != NULL:
@@ -614,7 +616,7 @@ cdef class StreamWaiter:
         pthread_mutex_lock(&self._mu)
         self._drop_stale()
         if self._core != NULL:
-            _jobs_fail(_waiter_retire(self._core))
+            _jobs_fail(_waiter_retire(self._core), C_WAITER_CLOSED)
             self._core = NULL
         pthread_mutex_unlock(&self._mu)
 
@@ -1376,11 +1378,6 @@ cdef class DeviceRuntime:
                     waiter.done(j)
                     _job_finish(j)
         return rc, err
-
-    def close_waiter(self):
-        """Retire this runtime's shared StreamWaiter thread, if one was started (never waits)."""
-        if self._waiter is not None:
-            self._waiter.close()
 
 
 def _abi():
