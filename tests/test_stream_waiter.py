@@ -16,6 +16,7 @@ import ctypes
 import os
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -178,7 +179,9 @@ def test_a_forked_child_starts_its_own_waiter(xpu):
     rt, s, make = xpu
     w = make()
     assert rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0)         # the parent's thread
-    pid = os.fork()
+    with warnings.catch_warnings():                   # Python >= 3.12 warns of fork() with threads:
+        warnings.simplefilter("ignore", DeprecationWarning)      # the point of this test
+        pid = os.fork()
     if pid == 0:                                      # the child: the parent's thread is not here
         ok = rt.wait_stream(s, None, 0, 5.0, False, w) == (WAIT_OK, 0) and w.threads_started == 2
         os._exit(0 if ok and ccl_api.waiter_threads() == 1 else 1)
