@@ -19,8 +19,9 @@ Why calls release the GIL: a collective on a real device is enqueued on a stream
 for; the wait (``wait_stream``) polls the stream and the communicator's asynchronous error with a
 deadline, so a peer that died makes the call fail instead of hanging, and other Python threads
 keep running meanwhile. A runtime without a stream query (Kunlunxin's XPU runtime has only the
-blocking ``xpu_wait``) is waited for in a helper thread that the caller polls against the same
-deadline.
+blocking ``xpu_wait``) is waited for by a persistent waiter thread (``StreamWaiter``) that the
+caller polls against the same deadline; a wait that outlives its deadline leaves that thread
+behind in the vendor's sync and the next wait starts a new one.
 
 Why communicator creation has a deadline for every family: a join waits inside the library for
 every peer, so a peer that died after agreeing to join would hang the others. NCCL >= 2.14 joins
@@ -40,7 +41,7 @@ from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 
-from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_xchg32
+from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_load32_rlx, hc_store32_sc, hc_xchg32, hc_relax
 from hetccl._native.posix_wait cimport sched_yield
 
 from hetccl._native.dl cimport dlopen, dlsym, dlerror, RTLD_NOW, RTLD_LOCAL
@@ -54,8 +55,20 @@ cdef extern from "<time.h>" nogil:
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
     int pthread_create(pthread_t* t, const void* attr, void* (*fn)(void*) noexcept nogil, void* arg)
     int pthread_detach(pthread_t t)
+    int pthread_mutex_init(pthread_mutex_t* m, const void* attr)
+    int pthread_mutex_destroy(pthread_mutex_t* m)
+    int pthread_mutex_lock(pthread_mutex_t* m)
+    int pthread_mutex_unlock(pthread_mutex_t* m)
+    int pthread_cond_init(pthread_cond_t* c, const void* attr)
+    int pthread_cond_destroy(pthread_cond_t* c)
+    int pthread_cond_wait(pthread_cond_t* c, pthread_mutex_t* m)
+    int pthread_cond_signal(pthread_cond_t* c)
 
 
 cdef struct Backoff:
@@ -189,6 +202,8 @@ ctypedef int (*f_host_alloc)(void**, size_t, unsigned int) noexcept nogil   # cu
 # against a deadline. The job belongs to whoever finishes last: the caller frees it when the call
 # is done; once the caller has given up (JOB_ABANDONED), the helper frees it, and destroys the
 # communicator a late join produced, so nothing leaks and nothing is used after the caller left.
+# A join runs in a thread of its own (joins are rare); stream syncs go to a persistent waiter
+# thread (StreamWaiter below), which a wait that times out replaces.
 # ------------------------------------------------------------------------------------------------
 cdef enum:
     JOB_RUNNING = 0
@@ -196,6 +211,8 @@ cdef enum:
     JOB_ABANDONED = 2
     JOB_JOIN = 0
     JOB_SYNC = 1
+    C_WAITER_CLOSED = -1     # wait_stream's WAIT_RUNTIME detail: the waiter was closed before the sync ran
+    C_WAITER_NO_THREAD = -2  # ... no waiter thread (or job) could be had
 
 cdef struct Job:
     int kind
@@ -212,6 +229,10 @@ cdef struct Job:
     void* comm
     int rc
     uint32_t state
+    Job* next                # the waiter's queue (JOB_SYNC)
+    void* core               # the WaiterCore it was queued on (compared, never followed)
+    int caller_cpu           # the CPU the caller queued it from (JOB_SYNC; a hint)
+    uint32_t wcpu            # 1 + the CPU the waiter runs it on, set when it starts; 0 before
 
 
 cdef int _run_join(Job* j) noexcept nogil:
@@ -238,27 +259,31 @@ cdef int _run_join(Job* j) noexcept nogil:
     return rc
 
 
-cdef void* _job_main(void* arg) noexcept nogil:
-    cdef Job* j = <Job*>arg
-    cdef int rc = 0
-    if j.set_device != NULL:
-        rc = j.set_device(j.device)
-    if rc == 0:
-        if j.kind == JOB_JOIN:
-            rc = _run_join(j)
-        else:
-            rc = (<f_ptr>j.fn)(j.stream)
+cdef void _job_done(Job* j, int rc) noexcept nogil:
+    """The helper's side of a finished job: publish ``rc``; free the job (and a late join's
+    communicator) if the caller has already left."""
     j.rc = rc
     if hc_xchg32(&j.state, JOB_DONE) == JOB_ABANDONED:     # the caller has left: clean up alone
         if j.kind == JOB_JOIN and rc == 0 and j.comm != NULL and j.destroy != NULL:
             j.destroy(j.comm)
         free(j.uid)
         free(j)
+
+
+cdef void* _job_main(void* arg) noexcept nogil:
+    cdef Job* j = <Job*>arg
+    cdef int rc = 0
+    if j.set_device != NULL:
+        rc = j.set_device(j.device)
+    if rc == 0:
+        rc = _run_join(j)
+    _job_done(j, rc)
     return NULL
 
 
 cdef Job* _job_start(Job* j) noexcept nogil:
-    """Run ``j`` in a detached helper thread; NULL (and ``j`` freed) if no thread could start."""
+    """Run the join ``j`` in a detached helper thread; NULL (and ``j`` freed) if no thread could
+    start."""
     cdef pthread_t t
     if pthread_create(&t, NULL, _job_main, j) != 0:
         free(j.uid)
@@ -277,6 +302,346 @@ cdef bint _job_abandon(Job* j) noexcept nogil:
     """Stop waiting for ``j``: True if the helper now owns it; False if it finished meanwhile
     (then the caller still owns it and reads its result)."""
     return hc_xchg32(&j.state, JOB_ABANDONED) != JOB_DONE
+
+
+# ---- the persistent stream waiter ---------------------------------------------------------------
+# A runtime without a stream query (XPU: only the blocking xpu_wait) can only be waited for by a
+# thread that calls the blocking sync while the caller polls a deadline. Starting that thread per
+# wait cost 35-50 us a call; a waiter thread that lives on between waits costs the hand-over only:
+# two context switches when it shares its caller's CPU (about 1.3 us on this project's VM), a
+# cache line when it runs on another. It stays awake after each sync (WAITER_SPIN_S), so
+# back-to-back calls find it awake, then sleeps on a condition variable until the next job.
+#
+# Ownership: a WaiterCore is shared by its thread and its owner (the StreamWaiter). The owner
+# leaves by setting ``retired`` under the lock (close, or a wait that timed out while the thread
+# sits in the vendor's sync); from then on the core belongs to the thread alone, which finishes the
+# sync it is in (however long that takes), frees the core and exits. The owner starts a new core
+# for the next wait, so a stuck sync never blocks later calls, and the stuck thread uses nothing of
+# the new one: its core, its job (freed by whoever finishes last, as above) and the stream handle.
+#
+# After fork() the child has the parent's cores but none of their threads (and maybe a core lock
+# held by one): a fork counter, bumped in the child, marks every core made before the fork as
+# stale, and the child's first wait starts a thread of its own without touching them.
+cdef extern from *:
+    """
+    #include <pthread.h>
+    static volatile int hetccl_ccl_waiters_alive = 0;
+    static volatile unsigned hetccl_ccl_forks = 0;
+    static inline int hetccl_ccl_waiters_add(int v) {
+        return __atomic_add_fetch(&hetccl_ccl_waiters_alive, v, __ATOMIC_SEQ_CST);
+    }
+    static void hetccl_ccl_in_child(void) {
+        hetccl_ccl_forks++;
+        hetccl_ccl_waiters_alive = 0;
+    }
+    static int hetccl_ccl_fork_hook(void) { return pthread_atfork(NULL, NULL, hetccl_ccl_in_child); }
+    """
+    int hetccl_ccl_waiters_add(int v) nogil
+    unsigned hetccl_ccl_forks
+    int hetccl_ccl_fork_hook()
+
+hetccl_ccl_fork_hook()
+
+DEF WAITER_SPIN_S = 50e-6    # after a sync, poll this long, then sleep until a job is queued
+DEF WAITER_RELAX_S = 10e-6   # ... spinning (not yielding) at most this long of it, when on another CPU
+DEF CALLER_RELAX_POLLS = 64  # a caller spins this many polls for its sync to start on another CPU
+
+cdef extern from "<sched.h>" nogil:
+    int sched_getcpu()
+
+cdef struct WaiterCore:
+    pthread_mutex_t mu
+    pthread_cond_t cv
+    Job* head                # queued syncs, oldest first (under mu)
+    Job* tail
+    uint32_t queued          # len(queue): written under mu, read unlocked by the spinning thread
+    uint32_t retired         # the owner has left (under mu; read unlocked while spinning)
+    int sleeping             # the thread waits on cv (under mu)
+    f_ptr sync               # the runtime's blocking stream sync
+    f_int set_device         # selected once when the thread starts (NULL: leave the thread's default)
+    int device
+    unsigned forks           # hetccl_ccl_forks when made: another value means this is a forked child
+
+
+cdef void _jobs_fail(Job* j, int rc) noexcept nogil:
+    """End syncs that were queued and will not run (the waiter was closed, or no thread could
+    take them over) with ``rc``, which the caller reports as a runtime error; freed here when
+    their caller has already left."""
+    cdef Job* nxt
+    while j != NULL:
+        nxt = j.next
+        _job_done(j, rc)
+        j = nxt
+
+
+cdef void _waiter_spin(WaiterCore* w, int caller_cpu) noexcept nogil:
+    """Stay awake a little for the next job, so back-to-back waits cost no wake-up. On the CPU
+    the last caller queued from, it yields: the caller (the one to queue the next job) runs only
+    when this thread lets it. On another CPU it spins a while (CPU relax), so it sees the next job
+    at once, then yields too."""
+    cdef double now = hc_now()
+    cdef double until = now + WAITER_SPIN_S
+    cdef double relax_until = now + WAITER_RELAX_S
+    while hc_load32_rlx(&w.queued) == 0 and hc_load32_rlx(&w.retired) == 0:
+        now = hc_now()
+        if now > until:
+            return
+        if now < relax_until and caller_cpu >= 0 and sched_getcpu() != caller_cpu:
+            hc_relax()
+        else:
+            sched_yield()
+
+
+cdef void* _waiter_main(void* arg) noexcept nogil:
+    cdef WaiterCore* w = <WaiterCore*>arg
+    cdef Job* j
+    cdef int dev_rc = 0
+    cdef int caller_cpu = -1
+    if w.set_device != NULL:
+        dev_rc = w.set_device(w.device)
+    pthread_mutex_lock(&w.mu)
+    while not w.retired:
+        j = w.head
+        if j == NULL:
+            pthread_mutex_unlock(&w.mu)
+            _waiter_spin(w, caller_cpu)
+            pthread_mutex_lock(&w.mu)
+            if w.head == NULL and not w.retired:
+                w.sleeping = 1
+                pthread_cond_wait(&w.cv, &w.mu)
+                w.sleeping = 0
+            continue
+        w.head = j.next
+        if w.head == NULL:
+            w.tail = NULL
+        hc_store32_sc(&w.queued, w.queued - 1)
+        pthread_mutex_unlock(&w.mu)
+        caller_cpu = j.caller_cpu                      # (j may be freed once done)
+        hc_store32_sc(&j.wcpu, <uint32_t>(sched_getcpu() + 1))
+        if hc_load32_sc(&j.state) == JOB_ABANDONED:   # its caller left before it started
+            _job_done(j, 0)
+        else:
+            _job_done(j, dev_rc if dev_rc != 0 else (<f_ptr>j.fn)(j.stream))
+        pthread_mutex_lock(&w.mu)
+    pthread_mutex_unlock(&w.mu)                        # retired: the queue was taken by the owner
+    pthread_cond_destroy(&w.cv)
+    pthread_mutex_destroy(&w.mu)
+    free(w)
+    hetccl_ccl_waiters_add(-1)
+    return NULL
+
+
+cdef WaiterCore* _waiter_start(f_ptr sync, f_int set_device, int device) noexcept nogil:
+    """A new core with its thread running; NULL if memory or a thread could not be had."""
+    cdef pthread_t t
+    cdef WaiterCore* w = <WaiterCore*>calloc(1, sizeof(WaiterCore))
+    if w == NULL:
+        return NULL
+    w.sync, w.set_device, w.device, w.forks = sync, set_device, device, hetccl_ccl_forks
+    pthread_mutex_init(&w.mu, NULL)
+    pthread_cond_init(&w.cv, NULL)
+    hetccl_ccl_waiters_add(1)
+    if pthread_create(&t, NULL, _waiter_main, w) != 0:
+        hetccl_ccl_waiters_add(-1)
+        pthread_cond_destroy(&w.cv)
+        pthread_mutex_destroy(&w.mu)
+        free(w)
+        return NULL
+    pthread_detach(t)
+    return w
+
+
+cdef void _waiter_push(WaiterCore* w, Job* j) noexcept nogil:
+    j.next = NULL
+    pthread_mutex_lock(&w.mu)
+    if w.tail == NULL:
+        w.head = j
+    else:
+        w.tail.next = j
+    w.tail = j
+    hc_store32_sc(&w.queued, w.queued + 1)
+    if w.sleeping:
+        pthread_cond_signal(&w.cv)
+    pthread_mutex_unlock(&w.mu)
+
+
+cdef Job* _waiter_retire(WaiterCore* w) noexcept nogil:
+    """The owner leaves ``w``: its thread finishes the sync it is in (if any), frees ``w`` and
+    exits. Returns the jobs still queued (not started), now the caller's to move or fail."""
+    cdef Job* queued
+    pthread_mutex_lock(&w.mu)
+    queued = w.head
+    w.head = w.tail = NULL
+    hc_store32_sc(&w.queued, 0)
+    hc_store32_sc(&w.retired, 1)
+    pthread_cond_signal(&w.cv)
+    pthread_mutex_unlock(&w.mu)
+    return queued
+
+
+WAITER_CLOSED, WAITER_NO_THREAD = C_WAITER_CLOSED, C_WAITER_NO_THREAD
+# wait_stream's own WAIT_RUNTIME details (no vendor runtime returns them: XPU's codes are -7xx,
+# cudart's and the others' positive)
+WAITER_ERRORS = {C_WAITER_CLOSED: "the stream waiter was closed before the sync ran (the bridge was "
+                                "closed or aborted meanwhile)",
+                 C_WAITER_NO_THREAD: "no stream-waiter thread could be started (out of memory or threads)"}
+
+
+def waiter_threads() -> int:
+    """How many stream-waiter threads are alive in this process (including retired ones still
+    inside a vendor's sync): what tests check for leftovers."""
+    return hetccl_ccl_waiters_add(0)
+
+
+cdef class DeviceRuntime
+
+
+cdef class StreamWaiter:
+    """A persistent thread that runs ``runtime``'s blocking stream sync for ``wait_stream`` on a
+    runtime without a stream query, so that the caller keeps its deadline: the caller queues the
+    sync and polls its completion against the deadline, nogil.
+
+    The thread starts with the first wait (and selects ``device`` first when ``device`` >= 0:
+    device state is per thread). A wait that gives up (timeout, asynchronous error) while the
+    thread is inside the vendor's sync replaces the thread: the stuck one is left to return on its
+    own (then it frees its own state and exits; it shares nothing with its successor), and the
+    next wait starts a new one. ``close()`` retires the thread the same way and never waits for
+    it. ``threads_started`` counts the threads this waiter has started (1 + replacements).
+
+    Thread-safe: several threads may wait through one StreamWaiter; their syncs run one after the
+    other, in order (a bridge has one stream, so it owns one waiter). In a child made by fork()
+    the first wait starts the child's own thread (the parent's is not there)."""
+
+    cdef pthread_mutex_t _mu       # guards _core and threads_started (never held while waiting)
+    cdef WaiterCore* _core
+    cdef f_ptr _sync
+    cdef f_int _set
+    cdef int _device
+    cdef int _last_wcpu            # the CPU the last sync ran on (-1: unknown): how the next caller polls
+    cdef readonly int threads_started
+
+    def __cinit__(self, DeviceRuntime runtime not None, int device=-1):
+        pthread_mutex_init(&self._mu, NULL)
+        self._sync = runtime._sync
+        self._set = runtime._set if device >= 0 else NULL
+        self._device = device
+        self._last_wcpu = -1
+
+    def __dealloc__(self):
+        self._close()
+        pthread_mutex_destroy(&self._mu)
+
+    cdef Job* submit(self, void* stream) noexcept nogil:
+        """Queue a sync of ``stream``; the job (the caller's until it abandons it), or NULL when
+        no memory or no thread could be had."""
+        cdef Job* j = <Job*>calloc(1, sizeof(Job))
+        if j == NULL:
+            return NULL
+        j.kind, j.fn, j.stream = JOB_SYNC, <void*>self._sync, stream
+        j.caller_cpu = sched_getcpu()
+        pthread_mutex_lock(&self._mu)
+        self._drop_stale()
+        if self._core == NULL:
+            self._core = _waiter_start(self._sync, self._set, self._device)
+            if self._core != NULL:
+                self.threads_started += 1
+        if self._core == NULL:
+            pthread_mutex_unlock(&self._mu)
+            free(j)
+            return NULL
+        j.core = self._core
+        _waiter_push(self._core, j)
+        pthread_mutex_unlock(&self._mu)
+        return j
+
+    cdef bint give_up(self, Job* j) noexcept nogil:
+        """The caller stops waiting for ``j``. False: it finished meanwhile (the caller still owns
+        it and reads its result). True: the job is abandoned (its thread frees it), and the thread
+        it was queued on is retired unless another caller already did: a sync that outlived its
+        deadline is presumed stuck. Syncs queued behind it move to a new thread, started at once
+        (their callers are polling). Under the lock, so no move races with reading ``j.core``."""
+        cdef Job* moved
+        cdef Job* nxt
+        cdef void* core
+        pthread_mutex_lock(&self._mu)
+        self._drop_stale()
+        core = j.core                      # read before abandoning: the job may be freed after
+        if not _job_abandon(j):
+            pthread_mutex_unlock(&self._mu)
+            return False
+        if self._core != NULL and self._core == core:
+            moved = _waiter_retire(self._core)
+            self._core = NULL
+            if moved != NULL:
+                self._core = _waiter_start(self._sync, self._set, self._device)
+                if self._core == NULL:
+                    _jobs_fail(moved, C_WAITER_NO_THREAD)
+                else:
+                    self.threads_started += 1
+                    while moved != NULL:
+                        nxt = moved.next
+                        moved.core = self._core
+                        _waiter_push(self._core, moved)
+                        moved = nxt
+        pthread_mutex_unlock(&self._mu)
+        return True
+
+    cdef inline void pause(self, Job* j, Backoff* b) noexcept nogil:
+        """One poll's pause while ``j`` runs. The hand-over between two threads costs two context
+        switches when both share a CPU (then yield at once) and a cache line when they do not
+        (then spin, CPU relax, while the sync is about to start or runs on the other CPU; the
+        last sync's CPU says which to expect). The budget is the backoff's: then yields, sleeps."""
+        cdef uint32_t w
+        if b.spins < b.yields:
+            w = hc_load32_rlx(&j.wcpu)
+            if w != 0 and <int>w - 1 != j.caller_cpu or \
+                    w == 0 and b.spins < CALLER_RELAX_POLLS and self._last_wcpu >= 0 and \
+                    self._last_wcpu != j.caller_cpu:
+                b.spins += 1
+                hc_relax()
+                return
+        backoff_wait(b)
+
+    cdef inline void done(self, Job* j) noexcept nogil:
+        """``j`` finished (still the caller's): remember where it ran, for the next ``pause``."""
+        if j.wcpu != 0:
+            self._last_wcpu = <int>j.wcpu - 1
+
+    cdef inline void _drop_stale(self) noexcept nogil:
+        """In a forked child, forget the parent's core (its thread is not here; it is leaked)."""
+        if self._core != NULL and self._core.forks != hetccl_ccl_forks:
+            self._core = NULL
+
+    cdef void _close(self) noexcept nogil:
+        pthread_mutex_lock(&self._mu)
+        self._drop_stale()
+        if self._core != NULL:
+            _jobs_fail(_waiter_retire(self._core), C_WAITER_CLOSED)
+            self._core = NULL
+        pthread_mutex_unlock(&self._mu)
+
+    def close(self):
+        """Retire the thread (it finishes a sync it is in on its own; nothing here waits for it).
+        Syncs still queued end with a runtime error. A later wait starts a new thread."""
+        with nogil:
+            self._close()
+
+    @property
+    def pending(self) -> int:
+        """Syncs queued and not started yet (behind the one the thread is in)."""
+        cdef int n = 0
+        with nogil:
+            pthread_mutex_lock(&self._mu)
+            self._drop_stale()
+            if self._core != NULL:
+                n = hc_load32_sc(&self._core.queued)
+            pthread_mutex_unlock(&self._mu)
+        return n
+
+    @property
+    def running(self) -> bool:
+        """Whether a thread is attached (started and neither closed nor replaced)."""
+        return self._core != NULL
 
 
 cdef void* _open(str path) except NULL:
@@ -733,8 +1098,8 @@ cdef class DeviceRuntime:
     ``malloc_args`` is 3 where the allocator takes a memory kind (aclrtMalloc's policy,
     xpu_malloc's XPUMemoryKind; 0 = the default/main memory in both) and ``host_alloc_args`` 2
     where the pinned allocator takes no flags (cnrtHostMalloc, aclrtMallocHost). A runtime
-    without a stream query (xpu: only the blocking xpu_wait) is waited for in a helper thread
-    (``wait_stream``), so its waits keep their deadline. ``errors`` names the codes of a runtime
+    without a stream query (xpu: only the blocking xpu_wait) is waited for by a StreamWaiter
+    thread (``wait_stream``), so its waits keep their deadline. ``errors`` names the codes of a runtime
     whose error-string function is not exported (xpu_strerror is a static inline in
     xpu/defs.h).
 
@@ -783,6 +1148,7 @@ cdef class DeviceRuntime:
     cdef f_host_alloc _host_alloc
     cdef f_ptr _free, _free_host
     cdef readonly bint has_allocator, has_pinned, has_query
+    cdef StreamWaiter _waiter      # wait_stream's default waiter (no stream query), made at first use
 
     def __cinit__(self, str path, str style, dict symbols, int not_ready=600, kinds=(0, 1, 2, 3),
                   int malloc_args=0, int host_alloc_args=0, dict errors=None):
@@ -941,16 +1307,17 @@ cdef class DeviceRuntime:
         return 0 if st == 0 else 1       # ACL_STREAM_STATUS_COMPLETE = 0
 
     def wait_stream(self, uintptr_t stream, CclLibrary lib, uintptr_t comm, double timeout,
-                    bint nonblocking=False):
+                    bint nonblocking=False, StreamWaiter waiter=None):
         """Wait for ``stream``; every ~50 us check the communicator's async error and the deadline.
 
         Returns (code, detail): WAIT_OK; WAIT_TIMEOUT; WAIT_ASYNC with the library's error code;
         WAIT_RUNTIME with the runtime's error code. A runtime without a query function is
-        synchronised in a helper thread polled the same way (past the deadline the helper stays
-        in the runtime's sync until it returns, then frees itself). ``nonblocking``: the
-        communicator was made with ``blocking = 0``, so its last call may still be putting work
-        on the stream while the state is ``ncclInProgress``: an empty stream counts as done only
-        once the state has left it."""
+        synchronised by ``waiter``'s thread (default: one StreamWaiter of this runtime, shared by
+        its callers), polled the same way; past the deadline that thread stays in the runtime's
+        sync until it returns, then frees itself, and the waiter starts a new thread for the next
+        wait. ``nonblocking``: the communicator was made with ``blocking = 0``, so its last call
+        may still be putting work on the stream while the state is ``ncclInProgress``: an empty
+        stream counts as done only once the state has left it."""
         cdef void* s = <void*>stream
         cdef void* c = <void*>comm
         cdef int rc = 0, err = 0, q
@@ -959,20 +1326,20 @@ cdef class DeviceRuntime:
         cdef bint query = self.has_query
         cdef bint ask = lib is not None and c != NULL
         cdef Job* j = NULL
-        if not query:
-            j = <Job*>calloc(1, sizeof(Job))
-            if j == NULL:
-                raise MemoryError()
-            j.kind, j.fn, j.stream = JOB_SYNC, <void*>self._sync, s
-        # a helper-thread sync is seen done only after the thread has started and run: yield longer
-        # before sleeping, so a short wait costs the thread's start, not a 50 us sleep
+        if not query and waiter is None:
+            if self._waiter is None:
+                self._waiter = StreamWaiter(self)
+            waiter = self._waiter
+        # the waiter thread answers within about a microsecond when awake: poll without sleeping
+        # for up to 2048 polls (StreamWaiter.pause: spin when the waiter runs on another CPU, else
+        # yield), so a short wait costs the hand-over, not a 50 us sleep
         backoff_init(&bo, 0, 64 if query else 2048)
         with nogil:
             if not query:
-                j = _job_start(j)
+                j = waiter.submit(s)
                 if j == NULL:
                     rc = C_WAIT_RUNTIME
-                    err = -1
+                    err = C_WAITER_NO_THREAD
             while j != NULL or query:
                 if query:
                     q = self._query_once(s)
@@ -1002,9 +1369,13 @@ cdef class DeviceRuntime:
                 if hc_now() > deadline:
                     rc = C_WAIT_TIMEOUT
                     break
-                backoff_wait(&bo)
+                if query:
+                    backoff_wait(&bo)
+                else:
+                    waiter.pause(j, &bo)
             if j != NULL:
-                if rc == C_WAIT_OK or not _job_abandon(j):
+                if rc == C_WAIT_OK or not waiter.give_up(j):
+                    waiter.done(j)
                     _job_finish(j)
         return rc, err
 

@@ -31,7 +31,7 @@ has the SDK's bkcl.h passes its values: ``bkcl.vendor(enums={"BKCL_FLOAT": ..., 
 The runtime is the XPU runtime (libxpurt.so in /usr/local/xpu/so; xpu/runtime.h and xpu/defs.h,
 "(C) 2018 Baidu"): ``xpu_device_count(int*)``, ``xpu_set_device(int)``,
 ``xpu_stream_create(XPUStream*)``, ``xpu_stream_destroy``, ``xpu_wait(XPUStream)`` (no query:
-waited for in a helper thread against the deadline), ``xpu_memcpy(void* dst, const void* src,
+each bridge's waiter thread runs it while the caller polls the deadline; ccl_api.StreamWaiter), ``xpu_memcpy(void* dst, const void* src,
 uint64_t sz, XPUMemcpyKind)`` with XPU_DEVICE_TO_HOST 0, XPU_HOST_TO_DEVICE 1, XPU_DEVICE_TO_DEVICE 2,
 ``xpu_malloc(void**, uint64_t, XPUMemoryKind)`` (XPU_MEM_MAIN 0) / ``xpu_free``,
 ``xpu_host_alloc(void**, uint64_t, unsigned flags)`` / ``xpu_host_free``; errors are
@@ -97,7 +97,7 @@ XPURT = Runtime(("libxpurt.so",), "xpu_", roles=XPU_ROLES, kinds=XPU_KINDS, mall
 # XPU's CUDA-compatible runtime (libcudart.so next to libxpurt.so): FlagCX's Kunlunxin device
 # adaptor (flagcx/adaptor/device/kunlunxin_adaptor.cc, -lxpurt -lcudart) creates its streams with
 # cudaStreamCreateWithFlags, queries them with cudaStreamQuery and passes them to bkcl_*. A row
-# with runtime=XPU_CUDART therefore waits by query, without xpu_wait's helper thread per call.
+# with runtime=XPU_CUDART therefore waits by query, with no hand-over to a waiter thread.
 XPU_CUDART = Runtime(("libcudart.so",), "cuda", search_dirs=("/usr/local/xpu/so",))
 XCCL_DIRS = ("/usr/local/xccl/so", "/usr/local/xpu/so")
 

@@ -23,7 +23,8 @@ import os
 
 from .. import config
 from .. import dtypes as _dt
-from .._native.ccl_api import NCCL_IN_PROGRESS, WAIT_ASYNC, WAIT_CALL, WAIT_OK, WAIT_TIMEOUT
+from .._native.ccl_api import (NCCL_IN_PROGRESS, WAIT_ASYNC, WAIT_CALL, WAIT_OK, WAIT_TIMEOUT, WAITER_ERRORS,
+                               StreamWaiter)
 from ..errors import HetcclTimeout, InvalidUsage
 from ..ops import ReduceOp
 from .base import Bridge, BridgeError, BridgeUnavailable
@@ -88,6 +89,7 @@ class NativeBridge(Bridge):
         self.vendor, self.kind, self.memory = vendor, vendor.kind, vendor.memory
         self._comm = self._stream = 0
         self._closed = True
+        self._waiter = None
         self._pool = {}          # size class -> free DeviceBuffers of that class
         self._owned = {}         # ptr -> (size class, pinned host?) of every live allocation
         self._host_pool = {}     # size class -> free pinned host numpy arrays (uint8)
@@ -132,6 +134,9 @@ class NativeBridge(Bridge):
             self._stream = 0
             raise
         self._comm, self._closed = comm, False
+        # a runtime without a stream query is waited for by this bridge's own waiter thread (started
+        # at the first wait, on this device; replaced when a wait outlives its deadline)
+        self._waiter = None if rt.has_query else StreamWaiter(rt, dev)
         log.debug("%s bridge up: island rank %d/%d on device %d (%s %s, %s join)", vendor.kind, rank,
                   size, dev, lib.path, version_string(self.version),
                   "non-blocking" if self.nonblocking else "blocking")
@@ -234,7 +239,7 @@ class NativeBridge(Bridge):
 
     def _wait(self, call: str) -> None:
         code, detail = self.runtime.wait_stream(self._stream, self.lib, self._comm, self.timeout,
-                                                self.nonblocking)
+                                                self.nonblocking, self._waiter)
         if code == WAIT_OK:
             return
         self.abort()
@@ -244,6 +249,8 @@ class NativeBridge(Bridge):
         if code == WAIT_ASYNC:
             raise BridgeError(f"{self.kind}: {call} failed asynchronously with error {detail}: "
                               f"{self.lib.error_string(detail)}; the communicator was aborted")
+        if detail in WAITER_ERRORS:
+            raise BridgeError(f"{self.kind}: waiting for {call} failed: {WAITER_ERRORS[detail]}")
         raise BridgeError(f"{self.kind}: waiting for {call} failed: {self.runtime.error_string(detail)} "
                           f"(error {detail} from {self.runtime.path})")
 
@@ -471,6 +478,7 @@ class NativeBridge(Bridge):
         rc = self.lib.comm_destroy(self._comm)
         self.runtime.stream_destroy(self._stream)
         self._comm = self._stream = 0
+        self._close_waiter()
         self._free_all()
         if rc and rc != self._queued:
             raise BridgeError(f"{self.kind}: destroying the communicator failed: {self.lib.error_string(rc)}")
@@ -482,7 +490,14 @@ class NativeBridge(Bridge):
         self.lib.comm_abort(self._comm)      # errors ignored: aborting is already the error path
         self.runtime.stream_destroy(self._stream)
         self._comm = self._stream = 0
+        self._close_waiter()
         self._free_all()
+
+    def _close_waiter(self) -> None:
+        """Retire the waiter thread; one still inside the runtime's sync is left to return on its
+        own (nothing here waits for it, so close and abort never hang on a stuck device)."""
+        if self._waiter is not None:
+            self._waiter.close()
 
     @property
     def can_shrink(self) -> bool:
@@ -510,6 +525,7 @@ class NativeBridge(Bridge):
         child.__dict__.update(self.__dict__)           # library, runtime, device, tables, config
         Bridge.__init__(child, self.rank - sum(r < self.rank for r in exclude), self.size - len(exclude))
         child._pool, child._owned, child._host_pool = {}, {}, {}
+        child._waiter = None if self._waiter is None else StreamWaiter(self.runtime, self.device)
         rc, child._stream = self.runtime.stream_create()
         if rc:
             self.lib.comm_abort(comm)

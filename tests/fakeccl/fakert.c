@@ -8,7 +8,10 @@
  *   FAKERT_NO_PINNED=1   no pinned host allocator (HostAlloc / aclrtMallocHost fail), to exercise
  *                        staging through pageable memory
  * Allocations (Malloc / HostAlloc, both styles) are malloc-backed and tracked: freeing an unknown
- * pointer fails like cudaFree does, and fakertLiveAllocations() lets a test check for leaks. */
+ * pointer fails like cudaFree does, and fakertLiveAllocations() lets a test check for leaks.
+ * fakert_hang_next_waits(n) makes the next n calls of fakexpu_wait block until
+ * fakert_release_waits() (a device sync that never returns, for the stream waiter's replacement);
+ * fakert_hung_waits() says how many are blocked now. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,8 +207,31 @@ int fakexpu_device_count(int *n) {
 int fakexpu_set_device(int d) { return d >= 0 && d < ndev() ? 0 : -XPUERR_INVALID_DEVICE; }
 int fakexpu_stream_create(void **s) { return fakertStreamCreate(s) ? -XPUERR_INVALID_PARAM : 0; }
 int fakexpu_stream_destroy(void *s) { return fakertStreamDestroy(s) ? -XPUERR_INVALID_PARAM : 0; }
+static pthread_mutex_t hang_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hang_cv = PTHREAD_COND_INITIALIZER;
+static int hang_next, hung_now;
+static unsigned long releases;
+void fakert_hang_next_waits(int n) { pthread_mutex_lock(&hang_lock); hang_next = n; pthread_mutex_unlock(&hang_lock); }
+int fakert_hung_waits(void) { pthread_mutex_lock(&hang_lock); int n = hung_now; pthread_mutex_unlock(&hang_lock); return n; }
+void fakert_release_waits(void) {
+    pthread_mutex_lock(&hang_lock);
+    hang_next = 0; releases++;
+    pthread_cond_broadcast(&hang_cv);
+    pthread_mutex_unlock(&hang_lock);
+}
+static void maybe_hang(void) {
+    pthread_mutex_lock(&hang_lock);
+    if (hang_next > 0) {
+        unsigned long gen = releases;
+        hang_next--; hung_now++;
+        while (gen == releases) pthread_cond_wait(&hang_cv, &hang_lock);
+        hung_now--;
+    }
+    pthread_mutex_unlock(&hang_lock);
+}
 int fakexpu_wait(void *s) {
     if (!good(s)) return -XPUERR_INVALID_PARAM;
+    maybe_hang();
     const char *w = getenv("FAKECCL_WAIT");
     double limit = w ? atof(w) : 60.0;
     for (double t = 0; busy() && t < limit; t += 0.001) usleep(1000);
