@@ -19,8 +19,9 @@ again, freeing the old allocation.
 
 ``bf16_hook`` and ``fp16_hook`` do what torch's ``bf16_compress_hook`` / ``fp16_compress_hook`` do (cast the
 bucket down, allreduce, cast back into the bucket), but the low-precision copy is a persistent
-symmetric buffer per bucket and the reduction is hetccl's: each element is summed in float32 and
-rounded once (AVG divides before that rounding), rather than rounded at every step.
+symmetric buffer per bucket and the reduction is hetccl's: each pairwise sum is formed in float32
+and rounded back (rank order; at 2 ranks that is the only rounding besides the cast), and AVG then
+divides the sum, instead of torch's divide-in-low-precision-then-sum.
 
 Every hook runs on the process group's collective lane (process_group.py), so its work is ordered
 with the group's other calls and the backward pass goes on computing while buckets are reduced;
@@ -187,11 +188,12 @@ def _compress_hook(state: BucketState, bucket, dtype: torch.dtype) -> torch.futu
 
 def bf16_hook(state: BucketState, bucket) -> torch.futures.Future[torch.Tensor]:
     """As torch's ``bf16_compress_hook``: the bucket is averaged in bfloat16 (8-bit mantissa, the
-    float32 range), on a symmetric bfloat16 copy; each sum is formed in float32 and rounded once."""
+    float32 range), on a symmetric bfloat16 copy; sums formed in float32, rounded per combine."""
     return _compress_hook(state, bucket, torch.bfloat16)
 
 
 def fp16_hook(state: BucketState, bucket) -> torch.futures.Future[torch.Tensor]:
     """As torch's ``fp16_compress_hook``: the bucket is averaged in float16 (11-bit mantissa,
-    values beyond +-65504 overflow to inf), on a symmetric float16 copy; sums formed in float32."""
+    values beyond +-65504 overflow to inf), on a symmetric float16 copy; sums formed in float32,
+    rounded per combine."""
     return _compress_hook(state, bucket, torch.float16)
