@@ -73,7 +73,7 @@ class BucketState:
     def __init__(self, process_group=None, *, timeline: bool = False):
         from .process_group import ProcessGroupHetccl
 
-        pg = process_group if process_group is not None else dist.distributed_c10d._get_default_group()
+        pg = process_group if process_group is not None else dist.group.WORLD
         if not isinstance(pg, ProcessGroupHetccl):
             raise InvalidUsage(f"hetccl's DDP hooks need a hetccl process group, got {pg!r}; pass "
                                f"the group DDP uses (process_group=...), or use torch's own hooks "
@@ -119,7 +119,12 @@ class BucketState:
 
     def close(self) -> None:
         """Free the symmetric buffers now (issued on the group's lane, after pending work). Bucket
-        memory reads zeros afterwards; use it only with a new state and hook."""
+        memory reads zeros afterwards; use it only with a new state and hook. After the group was
+        destroyed there is nothing left to free (closing the communicator freed them)."""
+        if self.group._lane.stopped():
+            self._slots.clear()
+            return
+
         def run():
             comm = self.group.communicator
             for arr, _, _ in self._slots.values():
