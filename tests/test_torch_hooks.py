@@ -184,3 +184,20 @@ def test_peer_dying_mid_step_fails_the_survivors_backward():
     errors = ("PeerLostError", "CommAborted")
     assert name in errors or (name == "RuntimeError" and any(e in msg for e in errors)), (name, msg)
     assert after < 20, f"rank 0 raised only {after:.1f} s after its peer died"
+
+
+def test_bench_overlap_share_counts_only_time_before_backward_ended():
+    """bench/ddp_bench.py's overlap figure, on a made-up timeline: buckets handed over at 0, 1, 3
+    (backward ends at 3); reductions 0-2, 2-4, 4-5 -> 2 + 1 + 0 of 2 + 2 + 1 s before the end."""
+    import importlib.util
+
+    from hetccl.torch.hooks import BucketTiming
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "ddp_bench.py")
+    spec = importlib.util.spec_from_file_location("ddp_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    timeline = [BucketTiming(0, 0.0, 0.0, 2.0), BucketTiming(1, 1.0, 2.0, 4.0),
+                BucketTiming(2, 3.0, 4.0, 5.0)]
+    assert bench._overlap(timeline) == pytest.approx(3 / 5)
+    assert bench._overlap([]) == 0.0
