@@ -9,7 +9,8 @@ that through the ``torch.backends`` entry point at ``import torch``, so the impo
 is needed with TORCH_DEVICE_BACKEND_AUTOLOAD=0 or when hetccl is on PYTHONPATH but not installed.
 Either way it never raises (a problem is one warning); ``register()`` raises instead. The group,
 its Work and futures: process_group.py, work.py; torch's store as hetccl's: store.py; the
-creator: backend.py; a new group of the survivors after a failure: recovery.py (``shrink_group``).
+creator: backend.py; a new group of the survivors after a failure: recovery.py (``shrink_group``);
+DDP communication hooks (buckets in symmetric memory, bf16/fp16 compression): hooks.py.
 """
 # Only autoload.py (standard library) is imported here: torch's autoload imports this package to
 # find ``_autoload``, and anything that could raise at import would fail ``import torch``.

@@ -133,6 +133,10 @@ class Lane:
     def idle(self) -> bool:
         return self._pending == 0
 
+    def stopped(self) -> bool:
+        """True once the group was shut down or aborted (nothing more can be issued)."""
+        return self._stopped
+
     def submit(self, work: HetcclWork, fn) -> HetcclWork:
         """Queue ``fn`` (no arguments); ``work`` completes when it has run."""
         with self._cv:
