@@ -6,8 +6,9 @@ together by run_step until both are done. Each progress call is one call into th
 (link.pxd: LinkKind.send / .recv), which moves what can move now. When nothing moved, the step
 waits (idle): spin (pause) for spin_s, then sched_yield for yield_s (so oversubscribed ranks hand
 their core to the peer they wait for), then sleep until a peer wakes it, it dies, the engine is
-interrupted or 100 ms pass (block). Deadlines are checked throughout; Ctrl-C is honoured while
-asleep; every 50 ms of waiting, reap looks at every link the step involves for a dead peer.
+interrupted or 100 ms pass (block); oversubscribed, a step moving handover_bytes or more sleeps at
+once. Deadlines are checked throughout; Ctrl-C is honoured while asleep; every 50 ms of waiting,
+reap looks at every link the step involves for a dead peer.
 """
 from libc.stdint cimport uint64_t, uint32_t
 
@@ -195,7 +196,7 @@ cdef int idle(Engine e, Stream** ss, int n, Idle* st, double deadline) noexcept 
     Oversubscribed (comm.py sets spin_s = 0 and handover_bytes): a step that moves at least
     handover_bytes sleeps at once, giving the core to the ranks that have bytes to copy; a smaller
     one yields first, since its peer is usually a few microseconds away and waking a sleeper on an
-    idle vCPU costs tens (docs/design.md, "Waiting")."""
+    idle vCPU costs tens (docs/transports.md, "More ranks than cores")."""
     cdef double now, waited
     cdef int i
     st.iters += 1
