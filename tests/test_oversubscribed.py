@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from hetccl.topology import cards as _cards
+from hetccl.topology.discover import parse_cpulist
 from tests.launcher import run_ranks
 
 BIG = 1 << 20            # float32 elements: 4 MiB, a ring step far above HANDOVER_BYTES
 
 
 def _card(cpus, kernel="k", ncpus=None):
-    return {"host": "h", "topo": {"kernel": kernel, "cpus": cpus, "ncpus": ncpus or len(_cards._cpu_set(cpus))}}
+    return {"host": "h", "topo": {"kernel": kernel, "cpus": cpus, "ncpus": ncpus or len(parse_cpulist(cpus))}}
 
 
 def test_crowded_counts_the_cpus_the_machines_ranks_may_use():
@@ -34,7 +35,7 @@ def test_crowded_counts_the_cpus_the_machines_ranks_may_use():
     assert not _cards.crowded(apart, 0)
     old = [{"host": "h", "topo": {"kernel": "k", "ncpus": 2}}] * 3   # cards without the CPU list
     assert _cards.crowded(old, 0) and _cards.oversubscription(old) == 1.5
-    assert _cards._cpu_set(_cards._cpus()) == set(os.sched_getaffinity(0))
+    assert set(parse_cpulist(_cards._cpus())) == set(os.sched_getaffinity(0))
 
 
 def _on_one_cpu():
@@ -72,13 +73,19 @@ def test_oversubscribed_ring_sleeps_on_the_futex_words_of_both_links():
         assert futex > 0 and poll == 0, f"waits slept {futex} times on futex words, {poll} in poll()"
 
 
-def _dies_rank(rank, size, victim):
+def _crowded_ring():
+    """A communicator of ranks crowded onto one CPU, after one big ring allreduce and a barrier."""
     _on_one_cpu()
     import hetccl
     comm = hetccl.init(timeout=30)
     x = np.ones(BIG, np.float32)
     comm.allreduce(x, algorithm="ring")
     comm.barrier()
+    return hetccl, comm, x
+
+
+def _dies_rank(rank, size, victim):
+    hetccl, comm, x = _crowded_ring()
     if rank == victim:
         time.sleep(0.2)                   # the others are asleep in the ring by now
         os._exit(1)
@@ -100,12 +107,7 @@ def test_a_peer_dying_while_its_neighbours_sleep_is_noticed():
 
 
 def _stall_rank(rank, size, mode):
-    _on_one_cpu()
-    import hetccl
-    comm = hetccl.init(timeout=30)
-    x = np.ones(BIG, np.float32)
-    comm.allreduce(x, algorithm="ring")
-    comm.barrier()
+    hetccl, comm, x = _crowded_ring()
     if rank == 1:                         # stalls: calls nothing for a while
         time.sleep(2.5 if mode == "timeout" else 0.6)
         comm.close(timeout=1.0)

@@ -70,32 +70,18 @@ def _ncpus() -> int:
 
 def _cpus() -> str:
     """The CPUs this process may run on (its affinity), as a list of ranges: "0-3,8"."""
+    from .discover import format_cpulist
     try:
-        ids = sorted(os.sched_getaffinity(0))
+        return format_cpulist(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        ids = list(range(os.cpu_count() or 1))
-    out, i = [], 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
-def _cpu_set(text: str) -> set:
-    got = set()
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        got.update(range(int(lo), int(hi or lo) + 1))
-    return got
+        return format_cpulist(range(os.cpu_count() or 1))
 
 
 def _machines(cards) -> dict:
     """machine (kernel) -> (ranks on it, CPUs its ranks may use). The CPUs are the union of the
     ranks' affinities (ranks bound one per core do not crowd each other); where a card lacks the
     list, the largest affinity of the machine's ranks."""
+    from .discover import parse_cpulist
     ranks, sets, widest = {}, {}, {}
     for c in cards:
         t = c.get("topo") or {}
@@ -103,7 +89,7 @@ def _machines(cards) -> dict:
         ranks[k] = ranks.get(k, 0) + 1
         widest[k] = max(widest.get(k, 0), int(t.get("ncpus") or 1))
         if t.get("cpus") and sets.get(k, set()) is not None:
-            sets.setdefault(k, set()).update(_cpu_set(t["cpus"]))
+            sets.setdefault(k, set()).update(parse_cpulist(t["cpus"]))
         else:
             sets[k] = None
     return {k: (ranks[k], max(1, widest[k] if sets[k] is None else len(sets[k]))) for k in ranks}
