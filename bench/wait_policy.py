@@ -11,6 +11,9 @@ default compares the engine's oversubscribed policy (500:65536) with yielding fi
 (500:0) and sleeping at once everywhere (0:0). Rounds rotate through the policies, so every policy
 sees the same placement of the ranks on the vCPUs (which changes an oversubscribed call's time
 2-3x from one run to the next); the table gives each policy's min, p25 and median over its rounds.
+A round leaves the placement to the next (rounds that sleep let the scheduler spread the ranks), so
+two policies that act alike on a case (500:0 and 500:65536 on 8 B steps) can still differ by the
+round that precedes them: run the policies in two orders (``--policies``) before concluding.
 Rank 0 prints; ``uptime`` before and after says how loaded the machine was.
 """
 import argparse
