@@ -40,7 +40,7 @@ from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .recovery.membership import EXCLUDED, FAILED, REVOKED
 from .recovery.shrink import shrink as _shrink
-from .topology.cards import card_entry
+from .topology.cards import card_entry, crowded
 from .transports.c2c import direct_thresholds
 from .transports.matrix import format_matrix
 from .transports.mesh import connect_mesh
@@ -76,6 +76,7 @@ def _dtype_code(buf) -> int:
 _DONE = threading.Lock()      # a Work completes once: by its operation, or cancelled by abort/close
 ABORT_GRACE = 1.0             # s an operation may still run after its communicator was aborted
 LINGER_S = 3.0                # s the store's host stays for the others to read why it failed
+HANDOVER_BYTES = 64 << 10     # oversubscribed: a step moving this much sleeps at once (not yield first)
 
 
 class _Life:
@@ -1172,9 +1173,9 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
         engine.close()
         p2p.close()
         raise
-    local = sum(c["host"] == cards[info.rank]["host"] for c in cards)
-    if local > (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()):
-        engine.spin_s = 0.0       # oversubscribed: hand the core over at once instead of spinning
+    if crowded(cards, info.rank) or (parent is not None and parent._engine.spin_s == 0):
+        engine.spin_s = 0.0       # oversubscribed: waits yield the core at once, and sleep at once
+        engine.handover_bytes = HANDOVER_BYTES    # in steps that move this much (progress.pyx)
     return Communicator(engine=engine, store=store, server=server, info=info, cards=cards,
                         matrix=matrix, socks=socks, comm_id=comm_id, timeout=t, p2p=p2p,
                         job_id=job_id, transports=spec, parent=parent, bridge_request=bridges,

@@ -12,6 +12,9 @@ cdef class Engine:
     cdef uint32_t seq               # calls begun (the wire header's sequence number)
     cdef public double spin_s       # waiting: spin this long, then yield ...
     cdef public double yield_s      # ... this long, then sleep (progress.pyx)
+    cdef public size_t handover_bytes  # steps moving this much sleep at once (0: never; oversubscribed)
+    cdef readonly unsigned long long futex_sleeps   # waits that slept on futex words (progress.pyx) ...
+    cdef readonly unsigned long long poll_sleeps    # ... and in poll() (diagnostics, tests)
     cdef public size_t nt_threshold # outputs this large are written with streaming stores
     cdef public size_t chunk        # most bytes one link call moves
     cdef public bint stream_out     # set per call: outputs big enough for streaming stores

@@ -65,6 +65,9 @@ cdef class Engine:
         self.seq = 0
         self.spin_s = 20e-6
         self.yield_s = 500e-6
+        self.handover_bytes = 0
+        self.futex_sleeps = 0
+        self.poll_sleeps = 0
         self.nt_threshold = 16 << 20
         self.chunk = 256 << 10
         self.attached = []

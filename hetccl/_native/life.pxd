@@ -9,9 +9,10 @@
 #
 # * interrupt (life_interrupt) stores a reason in one atomic word (`intr`) that every progress, idle
 #   and wait loop reads, and wakes sleepers at once: a futex sleeper waits on its shared word *and*
-#   on `intr` together (futex_waitv, Linux >= 5.16; older kernels sleep in short slices instead), a
-#   poll() sleeper has the engine's eventfd in its set, which an interrupt makes readable for good.
-#   The word is sticky: once set, every later operation fails the same way.
+#   on `intr` together (futex_waitv, Linux >= 5.16, which also lets one sleep wait on the words of
+#   several links; older kernels sleep on one word in short slices instead), a poll() sleeper has
+#   the engine's eventfd in its set, which an interrupt makes readable for good. The word is
+#   sticky: once set, every later operation fails the same way.
 # * every entry point that runs on the resources enters (life_enter: one atomic increment, then a
 #   look at `intr`) and leaves (life_leave: one atomic decrement);
 # * release (Engine.close) interrupts, marks the engine closing, waits until nobody is inside, and
@@ -106,6 +107,35 @@ cdef extern from *:
         return syscall(SYS_futex, shared, FUTEX_WAIT, val, &ts, NULL, 0) == 0 ? 0 : -1;
     }
 
+    /* hc_life_sleep on several shared words at once (1 <= n <= 8): woken when any of them
+       changes from val. Without futex_waitv (hc_life_waitv_ok) it sleeps on the last word alone:
+       callers pass several words then only if one wake reaches them all (the two flags of one
+       FIFO pair, fifo_wake_peer). */
+    static inline int hc_life_sleep_many(HcLife* L, uint32_t** shared, int n, uint32_t val, int ms) {
+        struct hc_waitv w[9];
+        struct timespec ts;
+        long r;
+        int i;
+        if (n < 1 || n > 8 || ms <= 0) return -1;
+        if (n == 1 || !hc_waitv_ok) return hc_life_sleep(L, shared[n - 1], val, ms);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += ms / 1000;
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000L; }
+        for (i = 0; i < n; i++) {
+            w[i].val = val; w[i].uaddr = (uint64_t)(uintptr_t)shared[i]; w[i].flags = 2; w[i].reserved = 0;
+        }
+        w[n].val = 0; w[n].uaddr = (uint64_t)(uintptr_t)&L->intr; w[n].flags = 2 | 128; w[n].reserved = 0;
+        r = syscall(__NR_futex_waitv, w, n + 1, 0, &ts, CLOCK_MONOTONIC);
+        if (r >= 0 || errno == EAGAIN) return 0;
+        if (errno == ETIMEDOUT || errno == EINTR) return -1;
+        hc_waitv_ok = 0;              /* the caller goes round again, and then sleeps in poll() */
+        return -1;
+    }
+    /* Whether a sleep may wait on several shared words (the kernel has futex_waitv, as far as
+       known: cleared by the first call that finds it missing). */
+    static inline int hc_life_waitv_ok(void) { return hc_waitv_ok; }
+
     /* Wait (sleeping 1 ms at a time) until nobody is inside, at most seconds (0: look once);
        1 if so. */
     static inline int hc_life_drain(HcLife* L, double seconds) {
@@ -136,6 +166,8 @@ cdef extern from *:
     void hc_life_leave(HcLife* L) nogil
     int hc_life_interrupt(HcLife* L, int reason, int peer) nogil
     int hc_life_sleep(HcLife* L, uint32_t* shared, uint32_t val, int ms) nogil
+    int hc_life_sleep_many(HcLife* L, uint32_t** shared, int n, uint32_t val, int ms) nogil
+    int hc_life_waitv_ok() nogil
     int hc_life_drain(HcLife* L, double seconds) nogil
     void hc_life_closing(HcLife* L) nogil
     void hc_life_close_efd(HcLife* L) nogil

@@ -6,8 +6,9 @@ together by run_step until both are done. Each progress call is one call into th
 (link.pxd: LinkKind.send / .recv), which moves what can move now. When nothing moved, the step
 waits (idle): spin (pause) for spin_s, then sched_yield for yield_s (so oversubscribed ranks hand
 their core to the peer they wait for), then sleep until a peer wakes it, it dies, the engine is
-interrupted or 100 ms pass (block). Deadlines are checked throughout; Ctrl-C is honoured while
-asleep; every 50 ms of waiting, reap looks at every link the step involves for a dead peer.
+interrupted or 100 ms pass (block); oversubscribed, a step moving handover_bytes or more sleeps at
+once. Deadlines are checked throughout; Ctrl-C is honoured while asleep; every 50 ms of waiting,
+reap looks at every link the step involves for a dead peer.
 """
 from libc.stdint cimport uint64_t, uint32_t
 
@@ -17,7 +18,7 @@ from hetccl._native.engine cimport Engine
 from hetccl._native.failure cimport interrupted, note_peer, note_mismatch, check_signals
 from hetccl._native.fifo cimport SLEEP_POLL, SLEEP_FUTEX
 from hetccl._native.kernels cimport get_reduce, store_fence
-from hetccl._native.life cimport hc_life_sleep
+from hetccl._native.life cimport hc_life_sleep_many, hc_life_waitv_ok
 from hetccl._native.link cimport *
 from hetccl._native.posix_wait cimport pollfd, poll, POLLIN, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.wire cimport put_header
@@ -26,6 +27,7 @@ cdef struct Idle:
     double since              # when the current idle period began (0: not idle)
     int iters
     double reaped             # idle time at the last look for dead peers
+    double awake              # spin and yield this long before sleeping (idle's policy)
     Stream* all[2]            # every stream of the step (waiting or not)
 
 
@@ -179,8 +181,22 @@ cdef int xfer(Engine e, int to, Seg* ssegs, int ns, int frm, Seg* rsegs, int nr,
 
 # ------------------------------------------------------------------ waiting
 
+cdef inline size_t step_bytes(Idle* st) noexcept nogil:
+    cdef size_t b = 0
+    if st.all[0] != NULL:
+        b += st.all[0].total
+    if st.all[1] != NULL:
+        b += st.all[1].total
+    return b
+
+
 cdef int idle(Engine e, Stream** ss, int n, Idle* st, double deadline) noexcept nogil:
-    """Nothing moved: spin, then yield, then block. Returns <0 on timeout/peer loss."""
+    """Nothing moved: spin, then yield, then block. Returns <0 on timeout/peer loss.
+
+    Oversubscribed (comm.py sets spin_s = 0 and handover_bytes): a step that moves at least
+    handover_bytes sleeps at once, giving the core to the ranks that have bytes to copy; a smaller
+    one yields first, since its peer is usually a few microseconds away and waking a sleeper on an
+    idle vCPU costs tens (docs/transports.md, "More ranks than cores")."""
     cdef double now, waited
     cdef int i
     st.iters += 1
@@ -188,12 +204,15 @@ cdef int idle(Engine e, Stream** ss, int n, Idle* st, double deadline) noexcept 
         now = hc_now()
         if st.since == 0:
             st.since = now
+            st.awake = e.spin_s + e.yield_s
+            if e.handover_bytes and step_bytes(st) >= e.handover_bytes:
+                st.awake = 0
         if interrupted(&e.fail):
             return E_CANCELLED
         if now > deadline:
             return E_TIMEOUT
         waited = now - st.since
-        if waited > e.spin_s + e.yield_s:
+        if waited >= st.awake:
             if waited - st.reaped > 0.05:
                 st.reaped = waited
                 if reap(e, st.all, 2) < 0:  # every 50 ms: is any peer of this step gone?
@@ -227,30 +246,34 @@ cdef int block(Engine e, Stream** ss, int n, double deadline) noexcept nogil:
     pass (then look at signals).
 
     ss holds [send stream, receive stream], either NULL when it does not wait on its link. Each
-    waiting link's kind arms it (link.pxd: LinkKind.arm). When everything waited on is one link of
-    a futex kind (shm), sleep in a futex wait on its word (a futex wake leaves us on our own CPU,
-    see fifo.pxd; reap() notices a dead peer within 50 ms); otherwise in poll() on what the kinds
-    armed, which a doorbell byte, a UCX event or a peer's death (EOF) wakes. Either way an interrupt
-    wakes it (life.pxd: the futex wait includes the interrupt word, the poll set the engine's eventfd)."""
+    waiting link's kind arms it (link.pxd: LinkKind.arm). When every link waited on is of a futex
+    kind (shm, c2c), sleep in a futex wait on their words (a futex wake leaves us on our own CPU,
+    see fifo.pxd; reap() notices a dead peer within 50 ms); several links need futex_waitv (else
+    poll). Otherwise sleep in poll() on what the kinds armed, which a doorbell byte, a UCX event or
+    a peer's death (EOF) wakes. Either way an interrupt wakes it (life.pxd: the futex wait includes
+    the interrupt word, the poll set the engine's eventfd)."""
     cdef pollfd fds[5]
     cdef Link* armed[4]
     cdef bint armed_rx[4]
+    cdef uint32_t* words[4]
     cdef int nf = 0, i, rc, ms
-    cdef bint ready = False, rx
+    cdef bint ready = False, rx, woken
     cdef size_t need
     cdef Link* L
     cdef Link* only = NULL
     cdef Stream* s
     cdef uint32_t how = SLEEP_FUTEX
-    cdef uint32_t* word = NULL
-    for i in range(n):                   # one link of a futex kind: futex; anything else: poll
+    for i in range(n):                   # links of futex kinds only: futex; anything else: poll
         s = ss[i]
         if s == NULL or s.done:
             continue
-        if not s.link.kind.futex or (only != NULL and only != s.link) or \
-                ((i & 1) and s.fwd != NULL and s.fwd.link != s.link):
+        if not s.link.kind.futex or ((i & 1) and s.fwd != NULL and not s.fwd.link.kind.futex):
             how = SLEEP_POLL
             break
+        if (only != NULL and only != s.link) or ((i & 1) and s.fwd != NULL and s.fwd.link != s.link):
+            if not hc_life_waitv_ok():
+                how = SLEEP_POLL
+                break
         only = s.link
     for i in range(n):
         s = ss[i]
@@ -263,7 +286,7 @@ cdef int block(Engine e, Stream** ss, int n, double deadline) noexcept nogil:
             L = s.fwd.link               # data is here; forwarding waits for room downstream
             rx = False
             need = s.esize
-        ready = L.kind.arm(L, rx, need, how, &fds[nf], &word) or ready
+        ready = L.kind.arm(L, rx, need, how, &fds[nf], &words[nf]) or ready
         fds[nf].revents = 0
         armed[nf] = L
         armed_rx[nf] = rx
@@ -273,9 +296,12 @@ cdef int block(Engine e, Stream** ss, int n, double deadline) noexcept nogil:
         if ms > 50:
             ms = 50
         if ms > 0:
-            hc_life_sleep(&e.fail.life, word, SLEEP_FUTEX, ms)
-        if hc_load32_sc(word) == SLEEP_FUTEX and not interrupted(&e.fail) and \
-                check_signals(&e.fail) != 0:
+            e.futex_sleeps += 1
+            hc_life_sleep_many(&e.fail.life, words, nf, SLEEP_FUTEX, ms)
+        woken = False                    # a peer's wake clears the word it set (fifo_wake_peer)
+        for i in range(nf):
+            woken = woken or hc_load32_sc(words[i]) != SLEEP_FUTEX
+        if not woken and not interrupted(&e.fail) and check_signals(&e.fail) != 0:
             rc = E_INTERRUPTED           # not woken (timed out or a signal): honour Ctrl-C
             for i in range(nf):
                 armed[i].kind.disarm(armed[i], armed_rx[i])
@@ -289,6 +315,7 @@ cdef int block(Engine e, Stream** ss, int n, double deadline) noexcept nogil:
             ms = 100
         if ms < 0:
             ms = 0
+        e.poll_sleeps += 1
         rc = poll(fds, nf + 1, ms)
         if rc > 0:
             for i in range(nf):

@@ -45,6 +45,7 @@ def card_entry(comm_id: str, rank: int, size: int | None = None) -> dict:
         entry["world_rank"] = rank
         entry["kernel"] = _kernel_id()
         entry["ncpus"] = _ncpus()
+        entry["cpus"] = _cpus()
         _mine.clear()
         _mine.update(entry)
     return dict(_mine)
@@ -67,17 +68,45 @@ def _ncpus() -> int:
         return os.cpu_count() or 1
 
 
+def _cpus() -> str:
+    """The CPUs this process may run on (its affinity), as a list of ranges: "0-3,8"."""
+    from .discover import format_cpulist
+    try:
+        return format_cpulist(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return format_cpulist(range(os.cpu_count() or 1))
+
+
+def _machines(cards) -> dict:
+    """machine (kernel) -> (ranks on it, CPUs its ranks may use). The CPUs are the union of the
+    ranks' affinities (ranks bound one per core do not crowd each other); where a card lacks the
+    list, the largest affinity of the machine's ranks."""
+    from .discover import parse_cpulist
+    ranks, sets, widest = {}, {}, {}
+    for c in cards:
+        t = c.get("topo") or {}
+        k = t.get("kernel") or c["host"]
+        ranks[k] = ranks.get(k, 0) + 1
+        widest[k] = max(widest.get(k, 0), int(t.get("ncpus") or 1))
+        if t.get("cpus") and sets.get(k, set()) is not None:
+            sets.setdefault(k, set()).update(parse_cpulist(t["cpus"]))
+        else:
+            sets[k] = None
+    return {k: (ranks[k], max(1, widest[k] if sets[k] is None else len(sets[k]))) for k in ranks}
+
+
 def oversubscription(cards) -> float:
     """Ranks per CPU on the most crowded machine (kernel) of these cards; above 1 the machine is
     oversubscribed. Computed from the cards, so every rank reaches the same answer (choices drawn
     from it must agree)."""
-    count, cpus = {}, {}
-    for c in cards:
-        t = c.get("topo") or {}
-        k = t.get("kernel") or c["host"]
-        count[k] = count.get(k, 0) + 1
-        cpus[k] = max(cpus.get(k, 0), int(t.get("ncpus") or 1))
-    return max((count[k] / cpus[k] for k in count), default=0.0)
+    return max((n / cpus for n, cpus in _machines(cards).values()), default=0.0)
+
+
+def crowded(cards, rank: int) -> bool:
+    """More ranks than CPUs on `rank`'s machine: its waits should hand the core over at once."""
+    t = cards[rank].get("topo") or {}
+    n, cpus = _machines(cards)[t.get("kernel") or cards[rank]["host"]]
+    return n > cpus
 
 
 _file_cache = {}
