@@ -13,7 +13,8 @@ from hetccl._native.dispatch cimport (run_allreduce, run_allgather, run_broadcas
                                       run_alltoall)
 from hetccl._native.engine cimport Engine
 from hetccl._native.flight cimport Flight, FL_DONE, FL_NO_DTYPE, FL_RUNNING
-from hetccl._native.pinning cimport Pins, pin_allgather, release_pair
+from hetccl._native.pinning cimport get_buffer, pin_allgather, release_pair
+from cpython.buffer cimport PyBuffer_Release
 
 cdef enum:
     HOT_BROADCAST = 0
@@ -21,34 +22,71 @@ cdef enum:
     HOT_ALLGATHER = 2
     HOT_ALLTOALL = 3
     HOT_REDUCE_SCATTER = 4
-    HOT_KINDS = 5
+    HOT_REDUCE = 5
+    HOT_GATHER = 6
+    HOT_SCATTER = 7
+    HOT_KINDS = 8
 
-HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall", "reduce_scatter")
+HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall", "reduce_scatter", "reduce", "gather",
+             "scatter")
 
 from hetccl.ops import ReduceOp as _ReduceOp
+from hetccl._native import dispatch as _dispatch
 
-cdef object _ndarray
+cdef object _ndarray, _empty
 try:
     import numpy as _np
     _ndarray = _np.ndarray
+    _empty = _np.empty
 except ImportError:                 # numpy is a dependency; without it nothing is ever hot
-    _ndarray = None
+    _ndarray = _empty = None
+
+# the rooted collectives' whole native entries (they pin and check their own buffers): a Python
+# call each (~0.1 us), against the microseconds of the parser and router they skip
+cdef object _reduce = _dispatch.reduce, _gather = _dispatch.gather, _scatter = _dispatch.scatter
+
+
+cdef int pin_in_out(object x, object y, Py_buffer* a, Py_buffer* b) except -1:
+    """a = input x (writable when y is x: in place), b = output y (writable; b is a copy of a when
+    y is x), pinned in that order, so errors come as the dispatch's own entries raise them. On
+    error nothing stays pinned; otherwise release with release_pair(x is y, a, b)."""
+    get_buffer(x, a, x is y)
+    if y is x:
+        b[0] = a[0]
+        return 0
+    try:
+        get_buffer(y, b, True)
+    except BaseException:
+        PyBuffer_Release(a)
+        raise
+    return 0
 
 
 cdef class Hot:
-    """The per-call work of a communicator's common collectives, for calls it has seen before.
+    """The per-call work of a communicator's collectives, for calls of a shape it has seen before.
 
-    A blocking call with the default timeout and no forced algorithm costs, through the Python
-    layer, a dtype lookup, the tuner's cache, the route checks and two or three pins: about a
-    microsecond, as much as the whole 8-byte collective. The Communicator teaches this object each
-    (collective, bytes) -> algorithm it routed plainly to a native schedule (``learn``); later calls
-    of that shape on a numpy array of a known dtype come here first and go straight to the schedule
-    (``broadcast`` etc. return True), else return False without side effects and the Python path
-    runs as before. What it learns depends only on the size and on the forced algorithm, like the
-    tuner's choice. A call forced with ``algorithm=`` is learnt under that name and the tuner's own
-    calls under None, and both are looked up the same way (two dict lookups), so a forced
-    algorithm costs what the tuner's choice of it costs: a user feature, and the benchmark's
-    like-for-like comparison of algorithms (bench/crossover.py).
+    A blocking call through the Python layer costs a dtype lookup, the parser, the tuner's cache,
+    the route checks and two or three pins: a few microseconds, several times the whole 8-byte
+    collective. The Communicator teaches this object each (collective, bytes) -> algorithm it
+    routed plainly to a native schedule (``learn``); later calls of that shape on a numpy array of
+    a known dtype come here first and go straight to the schedule. Each method returns the call's
+    result (what the public method returns: the output, made here when the caller passed none,
+    exactly as the parser makes it; None on a rooted collective's other ranks), or False without
+    side effects when it does not take the call, and the Python path runs as before.
+
+    The allocating forms (``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``reduce`` and
+    ``gather`` on the root) are the ones most programs write, so they take this path too: the key
+    is the bytes the output will have, the same the parser prices, and the new array is a plain
+    ``numpy.empty`` (~0.1 us, the whole difference from the ``out=`` form; never a pooled buffer, so
+    a result the caller keeps is never written again). Keys are sizes, never buffers: a fresh
+    input each call (``allreduce(x.copy())``) is as hot as a reused one.
+
+    What it learns depends only on the size and on the forced algorithm, like the tuner's choice.
+    A call forced with ``algorithm=`` is learnt under that name and the tuner's own calls under
+    None, and both are looked up the same way (two dict lookups), so a forced algorithm costs what
+    the tuner's choice of it costs: a user feature, and the benchmark's like-for-like comparison of
+    algorithms (bench/crossover.py). ``timeout``: None (the communicator's) or a positive number of
+    seconds (int or float); anything else is the parser's to convert or refuse.
 
     Every call it runs goes into the communicator's flight record (``flight``, native: a few
     stores), failures with their error's class."""
@@ -105,8 +143,17 @@ cdef class Hot:
             return None
         return (<dict>by_size).get(nbytes)
 
+    cdef double seconds(self, object timeout):
+        """The call's timeout in seconds: the communicator's (None) or the caller's positive int
+        or float; 0: not one this path takes."""
+        if timeout is None:
+            return self.timeout
+        if (type(timeout) is float or type(timeout) is int) and timeout > 0:
+            return timeout
+        return 0
+
     cdef int run(self, int coll, object hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
-                 int dtype, int op, int root) except -1:
+                 int dtype, int op, int root, double t) except -1:
         """Run a learnt call on pinned buffers through the dispatch's run_* half of `coll`, recorded
         in the flight ring (op and root: FL_NO_DTYPE / -1 where the collective has none)."""
         cdef int algo = <int>hit[0]
@@ -115,38 +162,64 @@ cdef class Hot:
         s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
         try:
             if coll == COLL_ALLREDUCE:
-                run_allreduce(self.e, a, b, inplace, dtype, op, algo, self.timeout)
+                run_allreduce(self.e, a, b, inplace, dtype, op, algo, t)
             elif coll == COLL_ALLGATHER:
-                run_allgather(self.e, a, b, dtype, algo, self.timeout)
+                run_allgather(self.e, a, b, dtype, algo, t)
             elif coll == COLL_BROADCAST:
-                run_broadcast(self.e, <char*>a.buf, a.len, root, dtype, algo, self.timeout)
+                run_broadcast(self.e, <char*>a.buf, a.len, root, dtype, algo, t)
             elif coll == COLL_ALLTOALL:
-                run_alltoall(self.e, a, b, dtype, algo, self.timeout)
+                run_alltoall(self.e, a, b, dtype, algo, t)
             else:
-                run_reduce_scatter(self.e, a, b, dtype, op, algo, self.timeout)
+                run_reduce_scatter(self.e, a, b, dtype, op, algo, t)
         except BaseException as x:
             self.flight.fail(s, x)
             raise
         self.flight.mark(s, FL_DONE, 0)
         return 0
 
-    def broadcast(self, buf, int root, forced=None):
+    cdef int rooted(self, int coll, object hit, object send, object recv, size_t nbytes, int dtype,
+                    int op, int root, double t) except -1:
+        """Run a learnt reduce, gather or scatter (equal blocks) through its whole native entry,
+        recorded in the flight ring like ``run``."""
+        cdef int algo = <int>hit[0]
+        cdef uint64_t s
+        self.last = hit[1]
+        s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
+        try:
+            if coll == COLL_REDUCE:
+                _reduce(self.e, send, recv, root, dtype, op, algo, t)
+            elif coll == COLL_GATHER:
+                _gather(self.e, send, recv, None, root, dtype, algo, t)
+            else:
+                _scatter(self.e, send, recv, None, root, dtype, algo, t)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
+        return 0
+
+    def broadcast(self, buf, root, forced=None, timeout=None):
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if dtype < 0:
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer v
+        if dtype < 0 or t == 0 or type(root) is not int:
             return False
         hit = self.algo_of(HOT_BROADCAST, buf.nbytes, forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, None, False, True)
-        self.run(COLL_BROADCAST, hit, &p.a, NULL, p.a.len, True, dtype, FL_NO_DTYPE, root)
-        return True
+        get_buffer(buf, &v, True)
+        try:
+            self.run(COLL_BROADCAST, hit, &v, NULL, v.len, True, dtype, FL_NO_DTYPE, root, t)
+        finally:
+            PyBuffer_Release(&v)
+        return buf
 
-    def allreduce(self, buf, out, op, forced=None):
+    def allreduce(self, buf, out, op, forced=None, timeout=None):
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND:
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        cdef bint same
+        if dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND:
             return False
         if out is None:
             out = buf
@@ -155,51 +228,130 @@ cdef class Hot:
         hit = self.algo_of(HOT_ALLREDUCE, buf.nbytes, forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, out, True, buf is out)
-        self.run(COLL_ALLREDUCE, hit, &p.a, &p.b, p.b.len, buf is out, dtype, op, -1)
-        return True
-
-    def allgather(self, buf, out, forced=None):
-        cdef int dtype = self.dtype_of(buf)
-        cdef Py_buffer sv, rv
-        cdef bint same = buf is out
-        if dtype < 0 or (not same and self.dtype_of(out) != dtype):
-            return False
-        hit = self.algo_of(HOT_ALLGATHER, out.nbytes, forced)
-        if hit is None:
-            return False
-        pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
+        same = buf is out
+        pin_in_out(buf, out, &sv, &rv)
         try:
-            self.run(COLL_ALLGATHER, hit, &sv, &rv, rv.len, same, dtype, FL_NO_DTYPE, -1)
+            self.run(COLL_ALLREDUCE, hit, &sv, &rv, rv.len, same, dtype, op, -1, t)
         finally:
             release_pair(same, &sv, &rv)
-        return True
+        return out
 
-    def alltoall(self, buf, out, forced=None):
+    def allgather(self, buf, out, forced=None, timeout=None):
+        """``out`` None: a new array of size x len(buf) elements."""
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if dtype < 0 or self.dtype_of(out) != dtype:
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        cdef bint same = buf is out
+        if dtype < 0 or t == 0:
+            return False
+        if out is None:
+            hit = self.algo_of(HOT_ALLGATHER, buf.nbytes * self.e.size, forced)
+            if hit is None:
+                return False
+            out = _empty(buf.size * self.e.size, buf.dtype)
+        else:
+            if not same and self.dtype_of(out) != dtype:
+                return False
+            hit = self.algo_of(HOT_ALLGATHER, out.nbytes, forced)
+            if hit is None:
+                return False
+        pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
+        try:
+            self.run(COLL_ALLGATHER, hit, &sv, &rv, rv.len, same, dtype, FL_NO_DTYPE, -1, t)
+        finally:
+            release_pair(same, &sv, &rv)
+        return out
+
+    def alltoall(self, buf, out, forced=None, timeout=None):
+        """``out`` None: a new array of len(buf) elements."""
+        cdef int dtype = self.dtype_of(buf)
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        if dtype < 0 or t == 0 or (out is not None and self.dtype_of(out) != dtype):
             return False
         hit = self.algo_of(HOT_ALLTOALL, buf.nbytes, forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, out, True)
-        self.run(COLL_ALLTOALL, hit, &p.a, &p.b, p.a.len, False, dtype, FL_NO_DTYPE, -1)
-        return True
+        if out is None:
+            out = _empty(buf.size, buf.dtype)
+        pin_in_out(buf, out, &sv, &rv)
+        try:
+            self.run(COLL_ALLTOALL, hit, &sv, &rv, sv.len, False, dtype, FL_NO_DTYPE, -1, t)
+        finally:
+            release_pair(buf is out, &sv, &rv)
+        return out
 
-    def reduce_scatter(self, buf, out, op, forced=None):
-        """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce."""
+    def reduce_scatter(self, buf, out, op, forced=None, timeout=None):
+        """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce.
+        ``out`` None: a new array of len(buf) / size elements."""
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if (dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
-                or self.dtype_of(out) != dtype):
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        if (dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
+                or (out is not None and self.dtype_of(out) != dtype)):
             return False
         hit = self.algo_of(HOT_REDUCE_SCATTER, buf.nbytes, forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, out, True)
-        self.run(COLL_REDUCE_SCATTER, hit, &p.a, &p.b, p.a.len, False, dtype, op, -1)
-        return True
+        if out is None:
+            out = _empty(buf.size // self.e.size, buf.dtype)
+        pin_in_out(buf, out, &sv, &rv)
+        try:
+            self.run(COLL_REDUCE_SCATTER, hit, &sv, &rv, sv.len, False, dtype, op, -1, t)
+        finally:
+            release_pair(buf is out, &sv, &rv)
+        return out
+
+    def reduce(self, buf, root, op, out, forced=None, timeout=None):
+        """The root's result in ``out`` (None: a new array like buf's); other ranks return None."""
+        cdef int dtype = self.dtype_of(buf)
+        cdef double t = self.seconds(timeout)
+        if (dtype < 0 or t == 0 or type(root) is not int or dtype == DT_BOOL or type(op) is not _ReduceOp
+                or op >= OP_BAND):
+            return False
+        if root != self.e.rank:
+            out = None                                  # the parser ignores it there too
+        elif out is not None and self.dtype_of(out) != dtype:
+            return False
+        hit = self.algo_of(HOT_REDUCE, buf.nbytes, forced)
+        if hit is None:
+            return False
+        if out is None and root == self.e.rank:
+            out = _empty(buf.size, buf.dtype)
+        self.rooted(COLL_REDUCE, hit, buf, out, buf.nbytes, dtype, op, root, t)
+        return out
+
+    def gather(self, buf, root, out, forced=None, timeout=None):
+        """Equal blocks only (gatherv's counts go through Python). The root's result in ``out``
+        (None: a new array of size x len(buf) elements); other ranks return None."""
+        cdef int dtype = self.dtype_of(buf)
+        cdef double t = self.seconds(timeout)
+        if dtype < 0 or t == 0 or type(root) is not int:
+            return False
+        if root != self.e.rank:
+            out = None
+        elif out is not None and self.dtype_of(out) != dtype:
+            return False
+        hit = self.algo_of(HOT_GATHER, buf.nbytes * self.e.size, forced)
+        if hit is None:
+            return False
+        if out is None and root == self.e.rank:
+            out = _empty(buf.size * self.e.size, buf.dtype)
+        self.rooted(COLL_GATHER, hit, buf, out, buf.nbytes, dtype, FL_NO_DTYPE, root, t)
+        return out
+
+    def scatter(self, buf, out, root, forced=None, timeout=None):
+        """Equal blocks only (scatterv's counts go through Python); ``buf`` is the root's only."""
+        cdef int dtype = self.dtype_of(out)
+        cdef double t = self.seconds(timeout)
+        if dtype < 0 or t == 0 or type(root) is not int:
+            return False
+        if root != self.e.rank:
+            buf = None
+        elif self.dtype_of(buf) != dtype:
+            return False
+        hit = self.algo_of(HOT_SCATTER, out.nbytes * self.e.size, forced)
+        if hit is None:
+            return False
+        self.rooted(COLL_SCATTER, hit, buf, out, out.nbytes, dtype, FL_NO_DTYPE, root, t)
+        return out
