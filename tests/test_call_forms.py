@@ -210,3 +210,49 @@ def test_mismatch_errors_are_the_same_on_the_latency_path():
             cold, hot = msgs[(kind, False)], msgs[(kind, True)]
             assert "mismatched collective" in cold and "every rank must call" in cold, (rank, kind, cold)
             assert hot == cold, (rank, kind, cold, hot)
+
+
+def _torch_case(rank, size, port):
+    """torch's all_gather into a fresh list of tensors (what most torch programs write) and
+    all_gather_into_tensor pass the group's timeout explicitly: they take the latency path too."""
+    import atexit
+    import os
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    import hetccl.torch  # noqa: F401
+    atexit.register(lambda: (sys.stdout.flush(), os._exit(0)))   # skip torch's slow teardown
+    torch.set_num_threads(1)
+    dist.init_process_group("hetccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    from torch.distributed import distributed_c10d as c10d
+    comm = c10d._get_default_group().communicator
+    parsed = []
+    real_parse = comm._parse
+    comm._parse = lambda coll, *a, **k: (parsed.append(coll), real_parse(coll, *a, **k))[1]
+    fails = []
+    for rep in range(3):
+        del parsed[:]
+        x = torch.arange(3, dtype=torch.float32) + 10 * rank + rep
+        outs = [torch.empty(3) for _ in range(size)]
+        dist.all_gather(outs, x)
+        want = [torch.arange(3, dtype=torch.float32) + 10 * r + rep for r in range(size)]
+        if not all(torch.equal(o, w) for o, w in zip(outs, want)):
+            fails.append(f"all_gather rep {rep}: {[o.tolist() for o in outs]}")
+        flat = torch.empty(3 * size)
+        dist.all_gather_into_tensor(flat, x)
+        if not torch.equal(flat, torch.cat(want)):
+            fails.append(f"all_gather_into_tensor rep {rep}: {flat.tolist()}")
+        if rep and parsed:
+            fails.append(f"rep {rep}: the parser ran for {parsed}")
+    dist.destroy_process_group()
+    return fails
+
+
+def test_torch_all_gather_takes_the_latency_path():
+    pytest.importorskip("torch")
+    from tests.launcher import free_port
+    results = run_ranks(_torch_case, 2, free_port(), timeout=120)
+    fails = [f"rank {r}: {f}" for r, fs in enumerate(results) for f in fs]
+    assert not fails, "\n".join(fails)
