@@ -6,7 +6,10 @@ on the wire, so a Communicator teaches its Hot object each (collective, bytes) -
 plainly to a native schedule, and later calls of that shape go from here straight to the dispatch's
 run_* functions (dispatch.pyx).
 """
+from cpython.buffer cimport PyBuffer_Release
+from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
+from libc.string cimport memset
 
 from hetccl._native.codes cimport *
 from hetccl._native.dispatch cimport (run_allreduce, run_allgather, run_broadcast, run_reduce_scatter,
@@ -14,7 +17,33 @@ from hetccl._native.dispatch cimport (run_allreduce, run_allgather, run_broadcas
 from hetccl._native.engine cimport Engine
 from hetccl._native.flight cimport Flight, FL_DONE, FL_NO_DTYPE, FL_RUNNING
 from hetccl._native.pinning cimport get_buffer, pin_allgather, release_pair
-from cpython.buffer cimport PyBuffer_Release
+
+cdef extern from *:
+    """
+    /* The head of a numpy array object: numpy's PyArrayObject_fields, which every extension built
+       against numpy's headers reads through its inline accessors (PyArray_DATA, PyArray_NDIM, ...),
+       so its layout is part of numpy's ABI (unchanged from 1.7 through 2.x). */
+    typedef struct {
+        PyObject_HEAD
+        char *data;
+        int nd;
+        Py_ssize_t *dimensions;
+        Py_ssize_t *strides;
+        PyObject *base;
+        PyObject *descr;
+        int flags;
+    } hc_ndarray_head;
+    #define HC_NPY_C_CONTIGUOUS 0x0001
+    #define HC_NPY_WRITEABLE 0x0400
+    #define HC_NPY_WARN_ON_WRITE ((int)(1U << 31))
+    """
+    ctypedef struct hc_ndarray_head:
+        char* data
+        int nd
+        Py_ssize_t* dimensions
+        PyObject* descr
+        int flags
+    int HC_NPY_C_CONTIGUOUS, HC_NPY_WRITEABLE, HC_NPY_WARN_ON_WRITE
 
 cdef enum:
     HOT_BROADCAST = 0
@@ -41,21 +70,82 @@ try:
 except ImportError:                 # numpy is a dependency; without it nothing is ever hot
     _ndarray = _empty = None
 
+
+cdef bint head_matches():
+    """Whether this numpy's arrays have the head hc_ndarray_head reads (checked once, on arrays
+    whose data pointer, shape, dtype and flags are known); if not, every buffer is pinned through
+    the buffer protocol."""
+    cdef hc_ndarray_head* h
+    if _ndarray is None:
+        return False
+    for a in (_np.zeros((3, 4), _np.float32), _np.zeros(5, _np.int8)[::2], _np.zeros(0, _np.float64)):
+        h = <hc_ndarray_head*><PyObject*>a
+        flags = a.flags
+        if (<size_t>h.data != <size_t>a.__array_interface__["data"][0] or h.nd != a.ndim
+                or tuple(h.dimensions[i] for i in range(h.nd)) != a.shape or <object>h.descr is not a.dtype
+                or bool(h.flags & HC_NPY_C_CONTIGUOUS) != flags.c_contiguous
+                or bool(h.flags & HC_NPY_WRITEABLE) != flags.writeable):
+            return False
+    ro = _np.zeros(2)
+    ro.setflags(write=False)
+    return not ((<hc_ndarray_head*><PyObject*>ro).flags & HC_NPY_WRITEABLE)
+
+
+cdef bint DIRECT = head_matches()
+NUMPY_HEAD_DIRECT = DIRECT          # for the tests: whether arrays are pinned from their head here
+
+
+cdef inline Py_ssize_t array_nbytes(object a, int dtype) except -1:
+    """A numpy array's bytes (its dtype's code known), from its head."""
+    cdef hc_ndarray_head* h = <hc_ndarray_head*><PyObject*>a
+    cdef Py_ssize_t n = dtype_size(dtype)
+    cdef int i
+    if not DIRECT:
+        return a.nbytes
+    for i in range(h.nd):
+        n *= h.dimensions[i]
+    return n
+
+
+cdef inline object new_like(object a, int dtype, Py_ssize_t count):
+    """A new 1-D array of ``count`` elements of numpy array a's dtype: what the parser makes for
+    an output the caller left out (``numpy.empty((count,), a.dtype)``; never a pooled buffer)."""
+    return _empty(count, <object>(<hc_ndarray_head*><PyObject*>a).descr if DIRECT else a.dtype)
+
+
+cdef int view_of(object a, int dtype, Py_buffer* v, bint writable) except -1:
+    """Pin a numpy array of dtype code ``dtype`` (exact ndarray) for one call: a C-contiguous
+    (writable) one straight from its head (no buffer-protocol export: the call's own reference
+    keeps it alive, and v.obj stays NULL so releasing it is a no-op), anything else through the
+    buffer protocol, with its errors (pinning.get_buffer)."""
+    cdef hc_ndarray_head* h = <hc_ndarray_head*><PyObject*>a
+    cdef int need = HC_NPY_C_CONTIGUOUS | (HC_NPY_WRITEABLE if writable else 0)
+    if not DIRECT or (h.flags & need) != need or (writable and (h.flags & HC_NPY_WARN_ON_WRITE)):
+        get_buffer(a, v, writable)
+        return 0
+    memset(v, 0, sizeof(Py_buffer))            # obj NULL: nothing to release
+    v.buf = h.data
+    v.len = array_nbytes(a, dtype)
+    v.readonly = not writable
+    v.itemsize = dtype_size(dtype)
+    return 0
+
 # the rooted collectives' whole native entries (they pin and check their own buffers): a Python
 # call each (~0.1 us), against the microseconds of the parser and router they skip
 cdef object _reduce = _dispatch.reduce, _gather = _dispatch.gather, _scatter = _dispatch.scatter
 
 
-cdef int pin_in_out(object x, object y, Py_buffer* a, Py_buffer* b) except -1:
+cdef int pin_in_out(object x, object y, int dtype, Py_buffer* a, Py_buffer* b) except -1:
     """a = input x (writable when y is x: in place), b = output y (writable; b is a copy of a when
-    y is x), pinned in that order, so errors come as the dispatch's own entries raise them. On
-    error nothing stays pinned; otherwise release with release_pair(x is y, a, b)."""
-    get_buffer(x, a, x is y)
+    y is x), both numpy arrays of dtype code ``dtype``, pinned in that order (view_of), so errors
+    come as the dispatch's own entries raise them. On error nothing stays pinned; otherwise release
+    with release_pair(x is y, a, b)."""
+    view_of(x, dtype, a, x is y)
     if y is x:
         b[0] = a[0]
         return 0
     try:
-        get_buffer(y, b, True)
+        view_of(y, dtype, b, True)
     except BaseException:
         PyBuffer_Release(a)
         raise
@@ -128,7 +218,7 @@ cdef class Hot:
         """The dtype code of a numpy array, or -1 (not numpy, or a dtype only the Python path knows)."""
         if type(buf) is not _ndarray:
             return -1
-        dt = buf.dtype
+        dt = <object>(<hc_ndarray_head*><PyObject*>buf).descr if DIRECT else buf.dtype
         if dt is not self.dt_last:
             code = self.codes.get(dt)
             if code is None:
@@ -204,10 +294,10 @@ cdef class Hot:
         cdef Py_buffer v
         if dtype < 0 or t == 0 or type(root) is not int:
             return False
-        hit = self.algo_of(HOT_BROADCAST, buf.nbytes, forced)
+        hit = self.algo_of(HOT_BROADCAST, array_nbytes(buf, dtype), forced)
         if hit is None:
             return False
-        get_buffer(buf, &v, True)
+        view_of(buf, dtype, &v, True)
         try:
             self.run(COLL_BROADCAST, hit, &v, NULL, v.len, True, dtype, FL_NO_DTYPE, root, t)
         finally:
@@ -219,17 +309,17 @@ cdef class Hot:
         cdef double t = self.seconds(timeout)
         cdef Py_buffer sv, rv
         cdef bint same
-        if dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND:
+        if dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or <int>op >= OP_BAND:
             return False
         if out is None:
             out = buf
         elif out is not buf and self.dtype_of(out) != dtype:
             return False
-        hit = self.algo_of(HOT_ALLREDUCE, buf.nbytes, forced)
+        hit = self.algo_of(HOT_ALLREDUCE, array_nbytes(buf, dtype), forced)
         if hit is None:
             return False
         same = buf is out
-        pin_in_out(buf, out, &sv, &rv)
+        pin_in_out(buf, out, dtype, &sv, &rv)
         try:
             self.run(COLL_ALLREDUCE, hit, &sv, &rv, rv.len, same, dtype, op, -1, t)
         finally:
@@ -242,17 +332,19 @@ cdef class Hot:
         cdef double t = self.seconds(timeout)
         cdef Py_buffer sv, rv
         cdef bint same = buf is out
+        cdef Py_ssize_t nb
         if dtype < 0 or t == 0:
             return False
         if out is None:
-            hit = self.algo_of(HOT_ALLGATHER, buf.nbytes * self.e.size, forced)
+            nb = array_nbytes(buf, dtype) * self.e.size
+            hit = self.algo_of(HOT_ALLGATHER, nb, forced)
             if hit is None:
                 return False
-            out = _empty(buf.size * self.e.size, buf.dtype)
+            out = new_like(buf, dtype, nb // dtype_size(dtype))
         else:
             if not same and self.dtype_of(out) != dtype:
                 return False
-            hit = self.algo_of(HOT_ALLGATHER, out.nbytes, forced)
+            hit = self.algo_of(HOT_ALLGATHER, array_nbytes(out, dtype), forced)
             if hit is None:
                 return False
         pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
@@ -267,14 +359,16 @@ cdef class Hot:
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
         cdef Py_buffer sv, rv
+        cdef Py_ssize_t nb
         if dtype < 0 or t == 0 or (out is not None and self.dtype_of(out) != dtype):
             return False
-        hit = self.algo_of(HOT_ALLTOALL, buf.nbytes, forced)
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_ALLTOALL, nb, forced)
         if hit is None:
             return False
         if out is None:
-            out = _empty(buf.size, buf.dtype)
-        pin_in_out(buf, out, &sv, &rv)
+            out = new_like(buf, dtype, nb // dtype_size(dtype))
+        pin_in_out(buf, out, dtype, &sv, &rv)
         try:
             self.run(COLL_ALLTOALL, hit, &sv, &rv, sv.len, False, dtype, FL_NO_DTYPE, -1, t)
         finally:
@@ -287,15 +381,17 @@ cdef class Hot:
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
         cdef Py_buffer sv, rv
-        if (dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
+        cdef Py_ssize_t nb
+        if (dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or <int>op >= OP_BAND
                 or (out is not None and self.dtype_of(out) != dtype)):
             return False
-        hit = self.algo_of(HOT_REDUCE_SCATTER, buf.nbytes, forced)
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_REDUCE_SCATTER, nb, forced)
         if hit is None:
             return False
         if out is None:
-            out = _empty(buf.size // self.e.size, buf.dtype)
-        pin_in_out(buf, out, &sv, &rv)
+            out = new_like(buf, dtype, nb // dtype_size(dtype) // self.e.size)
+        pin_in_out(buf, out, dtype, &sv, &rv)
         try:
             self.run(COLL_REDUCE_SCATTER, hit, &sv, &rv, sv.len, False, dtype, op, -1, t)
         finally:
@@ -303,22 +399,25 @@ cdef class Hot:
         return out
 
     def reduce(self, buf, root, op, out, forced=None, timeout=None):
-        """The root's result in ``out`` (None: a new array like buf's); other ranks return None."""
+        """The root's result in ``out`` (None: a new array of len(buf) elements); other ranks
+        return None."""
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
+        cdef Py_ssize_t nb
         if (dtype < 0 or t == 0 or type(root) is not int or dtype == DT_BOOL or type(op) is not _ReduceOp
-                or op >= OP_BAND):
+                or <int>op >= OP_BAND):
             return False
         if root != self.e.rank:
             out = None                                  # the parser ignores it there too
         elif out is not None and self.dtype_of(out) != dtype:
             return False
-        hit = self.algo_of(HOT_REDUCE, buf.nbytes, forced)
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_REDUCE, nb, forced)
         if hit is None:
             return False
         if out is None and root == self.e.rank:
-            out = _empty(buf.size, buf.dtype)
-        self.rooted(COLL_REDUCE, hit, buf, out, buf.nbytes, dtype, op, root, t)
+            out = new_like(buf, dtype, nb // dtype_size(dtype))
+        self.rooted(COLL_REDUCE, hit, buf, out, nb, dtype, op, root, t)
         return out
 
     def gather(self, buf, root, out, forced=None, timeout=None):
@@ -326,32 +425,36 @@ cdef class Hot:
         (None: a new array of size x len(buf) elements); other ranks return None."""
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
+        cdef Py_ssize_t nb
         if dtype < 0 or t == 0 or type(root) is not int:
             return False
         if root != self.e.rank:
             out = None
         elif out is not None and self.dtype_of(out) != dtype:
             return False
-        hit = self.algo_of(HOT_GATHER, buf.nbytes * self.e.size, forced)
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_GATHER, nb * self.e.size, forced)
         if hit is None:
             return False
         if out is None and root == self.e.rank:
-            out = _empty(buf.size * self.e.size, buf.dtype)
-        self.rooted(COLL_GATHER, hit, buf, out, buf.nbytes, dtype, FL_NO_DTYPE, root, t)
+            out = new_like(buf, dtype, nb // dtype_size(dtype) * self.e.size)
+        self.rooted(COLL_GATHER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
         return out
 
     def scatter(self, buf, out, root, forced=None, timeout=None):
         """Equal blocks only (scatterv's counts go through Python); ``buf`` is the root's only."""
         cdef int dtype = self.dtype_of(out)
         cdef double t = self.seconds(timeout)
+        cdef Py_ssize_t nb
         if dtype < 0 or t == 0 or type(root) is not int:
             return False
         if root != self.e.rank:
             buf = None
         elif self.dtype_of(buf) != dtype:
             return False
-        hit = self.algo_of(HOT_SCATTER, out.nbytes * self.e.size, forced)
+        nb = array_nbytes(out, dtype)
+        hit = self.algo_of(HOT_SCATTER, nb * self.e.size, forced)
         if hit is None:
             return False
-        self.rooted(COLL_SCATTER, hit, buf, out, out.nbytes, dtype, FL_NO_DTYPE, root, t)
+        self.rooted(COLL_SCATTER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
         return out
