@@ -16,7 +16,7 @@ from hetccl._native.dispatch cimport (run_allreduce, run_allgather, run_broadcas
                                       run_alltoall)
 from hetccl._native.engine cimport Engine
 from hetccl._native.flight cimport Flight, FL_DONE, FL_NO_DTYPE, FL_RUNNING
-from hetccl._native.pinning cimport get_buffer, pin_allgather, release_pair
+from hetccl._native.pinning cimport check_allgather, get_buffer, release_pair
 
 cdef extern from *:
     """
@@ -347,8 +347,17 @@ cdef class Hot:
             hit = self.algo_of(HOT_ALLGATHER, array_nbytes(out, dtype), forced)
             if hit is None:
                 return False
-        pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
+        view_of(out, dtype, &rv, True)              # the order of pinning.pin_allgather (its errors)
+        if same:
+            sv = rv
+        else:
+            try:
+                view_of(buf, dtype, &sv, False)
+            except BaseException:
+                PyBuffer_Release(&rv)
+                raise
         try:
+            check_allgather(same, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
             self.run(COLL_ALLGATHER, hit, &sv, &rv, rv.len, same, dtype, FL_NO_DTYPE, -1, t)
         finally:
             release_pair(same, &sv, &rv)
