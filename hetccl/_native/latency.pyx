@@ -186,6 +186,8 @@ cdef class Hot:
     cdef object dt_last             # the last dtype seen and its code (arrays share dtype objects)
     cdef int code_last
     cdef list algos                 # per HOT_* kind: {forced name or None: {nbytes: (code, name)}}
+    cdef list memo_hit              # per HOT_* kind: the last unforced hit, for memo_nb[kind] bytes
+    cdef Py_ssize_t memo_nb[HOT_KINDS]   # (-1: none), so a loop of one shape skips the dict lookups
     cdef public object last         # the name of the algorithm of the last call (last_algorithm)
     cdef readonly Flight flight     # the communicator's flight record (hetccl/flight/)
 
@@ -197,7 +199,14 @@ cdef class Hot:
         self.dt_last = None
         self.code_last = -1
         self.algos = [{} for _ in range(HOT_KINDS)]
+        self.memo_hit = [None] * HOT_KINDS
+        self.unmemo()
         self.last = None
+
+    cdef void unmemo(self) noexcept:
+        cdef int k
+        for k in range(HOT_KINDS):
+            self.memo_nb[k] = -1
 
     def learn(self, str collective, Py_ssize_t nbytes, int algo, str name, forced=None):
         """Remember that `collective` of nbytes, called with ``algorithm=forced`` (None: the
@@ -208,11 +217,13 @@ cdef class Hot:
         if len(d) >= 512:
             d.clear()
         d[nbytes] = (algo, name)
+        self.unmemo()
 
     def forget(self):
         """Drop everything learnt (the routes changed)."""
         for d in self.algos:
             (<dict>d).clear()
+        self.unmemo()
 
     cdef int dtype_of(self, object buf):
         """The dtype code of a numpy array, or -1 (not numpy, or a dtype only the Python path knows)."""
@@ -228,10 +239,17 @@ cdef class Hot:
         return self.code_last
 
     cdef object algo_of(self, int kind, Py_ssize_t nbytes, object forced):
+        """The learnt (code, name) of this call, or None."""
+        if forced is None and self.memo_nb[kind] == nbytes:
+            return self.memo_hit[kind]
         by_size = (<dict>self.algos[kind]).get(forced)
         if by_size is None:
             return None
-        return (<dict>by_size).get(nbytes)
+        hit = (<dict>by_size).get(nbytes)
+        if forced is None and hit is not None:
+            self.memo_nb[kind] = nbytes
+            self.memo_hit[kind] = hit
+        return hit
 
     cdef double seconds(self, object timeout):
         """The call's timeout in seconds: the communicator's (None) or the caller's positive int
