@@ -122,12 +122,14 @@ PAIRS = [("allreduce", "fresh", "inplace"), ("allreduce", "inplace", "out"),
 
 
 def one_run(tree, nranks, rounds, budget, torch, only) -> dict:
+    # the ranks run `python -c`, which puts the working directory first on sys.path: run them in
+    # the tree, or a run started from another checkout's root would import that checkout instead
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1")
     code = CHILD.format(rounds=rounds, budget=budget, torch=torch, only=only)
     p = subprocess.run([sys.executable, "-m", "hetccl", "run", "-n", str(nranks), "--",
                         sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=1800)
+                       cwd=os.path.abspath(tree), timeout=1800)
     got = {}
     for line in p.stdout.splitlines():
         if "RESULT " in line:
