@@ -3,8 +3,9 @@
 write) against the ``out=`` form, through the public API, in one process so both see the same
 machine.
 
-    PYTHONPATH=$PWD python bench/call_forms.py --nranks 2,4 --runs 3
-    PYTHONPATH=$PWD python bench/call_forms.py --nranks 2 --torch      # + torch's all_gather forms
+    python bench/call_forms.py --nranks 2,4 --runs 3
+    python bench/call_forms.py --base /path/to/main --nranks 2,4 --runs 3   # + main, runs alternating
+    python bench/call_forms.py --nranks 2 --torch      # + torch's all_gather forms
 
 Every block is 8 B (two float32): allreduce, broadcast and reduce move 8 B per rank; allgather and
 gather contribute 8 B per rank; reduce_scatter, alltoall and scatter hold one 8 B block per rank.
@@ -22,7 +23,8 @@ The cases of one run are interleaved round by round (this host moves its two vCP
 far placements every few seconds, and it is shared): compare the minimum and 10th percentile, which
 are the quiet floor; the median is mostly the weather. ``extra`` is alloc - out (allocating forms)
 or fresh - inplace; the target is extra <= 0.2 us (the allocation included). Print ``uptime``
-alongside, and keep the raw output (``--raw FILE``).
+alongside, and keep the raw output (``--raw FILE``). Each tree's ranks run in that tree (``--tree``,
+default ``.``; built in place).
 """
 from __future__ import annotations
 
@@ -170,8 +172,10 @@ def table(nranks, runs) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", default=".", help="the hetccl tree to run (built in place)")
+    ap.add_argument("--base", default=None,
+                    help="another tree (e.g. main, built in place), its runs alternating with --tree's")
     ap.add_argument("--nranks", default="2,4")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="runs per tree")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--budget", type=float, default=0.05, help="seconds per round and case")
     ap.add_argument("--torch", action="store_true", help="also torch.distributed's all_gather forms")
@@ -179,21 +183,22 @@ def main(argv=None) -> int:
     ap.add_argument("--raw", default=None, help="append the raw per-round output to this file")
     a = ap.parse_args(argv)
     only = None if a.only is None else a.only.split(",")
-    out = [f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"]
-    print(out[0], flush=True)
+    trees = [a.tree] + ([a.base] if a.base else [])
+    print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}", flush=True)
     for n in (int(s) for s in a.nranks.split(",")):
-        runs = []
+        runs = {t: [] for t in trees}
         for i in range(a.runs):
-            runs.append(one_run(a.tree, n, a.rounds, a.budget, a.torch, only))
-            if a.raw:
-                with open(a.raw, "a") as f:
-                    for k, v in runs[-1].items():
-                        f.write(f"n={n} run={i} {k[0]} {k[1]} " + " ".join(f"{t:.3f}" for t in v) + "\n")
-        lines = table(n, runs)
-        out += lines
-        print("\n".join(lines), flush=True)
-    up = subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()
-    print(f"uptime: {up}")
+            for t in (trees if i % 2 == 0 else trees[::-1]):   # alternate: the same weather for both
+                runs[t].append(one_run(t, n, a.rounds, a.budget, a.torch, only))
+                if a.raw:
+                    with open(a.raw, "a") as f:
+                        for k, v in runs[t][-1].items():
+                            f.write(f"tree={t} n={n} run={i} {k[0]} {k[1]} " +
+                                    " ".join(f"{x:.3f}" for x in v) + "\n")
+        for t in trees:
+            print(f"\n== tree {t}\n" + "\n".join(table(n, runs[t])), flush=True)
+        up = subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()
+        print(f"uptime: {up}", flush=True)
     return 0
 
 
