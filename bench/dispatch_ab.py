@@ -65,12 +65,14 @@ def parse_cases(text: str) -> list:
 
 
 def one_run(tree: str, nranks: int, cases: list, rounds: int, budget: float) -> dict:
+    # the ranks run `python -c`, which puts the working directory first on sys.path: run them in
+    # the tree, or a run started from another checkout's root would import that checkout instead
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1")
     code = CHILD.format(cases=[(c, n, a, budget) for c, n, a in cases], rounds=rounds)
     p = subprocess.run([sys.executable, "-m", "hetccl", "run", "-n", str(nranks), "--",
                         sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=900)
+                       cwd=os.path.abspath(tree), timeout=900)
     got = {}
     for line in p.stdout.splitlines():
         if "RESULT" in line:

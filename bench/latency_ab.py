@@ -55,13 +55,15 @@ def parse_bytes(s: str) -> int:
 
 def one_run(tree: str, nranks: int, collective: str, nbytes: int, calls: int,
             rounds: int) -> tuple[float, float, str]:
+    # the ranks run `python -c`, which puts the working directory first on sys.path: run them in
+    # the tree, or a run started from another checkout's root would import that checkout instead
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1")
     code = CHILD.format(collective=collective, nbytes=nbytes, calls=calls, rounds=rounds,
                         warmup=max(2, calls // 10))
     p = subprocess.run([sys.executable, "-m", "hetccl", "run", "-n", str(nranks), "--",
                         sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=900)
+                       cwd=os.path.abspath(tree), timeout=900)
     for line in p.stdout.splitlines():
         if "RESULT" in line:
             med, mn, algo = line.split("RESULT", 1)[1].split()

@@ -509,7 +509,8 @@ class Communicator:
            single copy (ring over all-c2c links, HETCCL_C2C_DIRECT), single-copy alltoall (cma),
            composed by the topology planner (codes < 0), or the flat native schedule of its code.
         (The latency path and device buffers are taken before the parser, in the public methods:
-        the first costs a few dict lookups, the second has its own buffers.)"""
+        the first costs a few dict lookups and takes the allocating forms too, the second has its
+        own buffers.)"""
         coll = c.coll
         self._flight.note(coll, c.nbytes // self.size if coll in _TIMES_SIZE else c.nbytes, c.dtype,
                           c.op if coll in _REDUCES else -1, c.root if coll in _ROOTED else -1)
@@ -566,12 +567,13 @@ class Communicator:
         Returns the output buffer (a Work with async_op=True). All ranks pass the same count,
         dtype and op. Device buffers (DLPack, ``__cuda_array_interface__``) are taken on a rank
         whose island runs on a bridge for that memory (collectives/staged.py)."""
-        if timeout is None and not (async_op or self._pending):
+        if not (async_op or self._pending):
             try:                               # a shape seen before: straight to the schedule
-                if self._hot.allreduce(buf, out, op, algorithm):
-                    return buf if out is None else out
+                r = self._hot.allreduce(buf, out, op, algorithm, timeout)
             except HetcclError as e:
                 raise self._failed(e, "allreduce")
+            if r is not False:
+                return r
         if type(buf) is not _ndarray and _staged.is_device(buf):
             return _staged.device_call(self._ctx, "allreduce", buf, out, op=op, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op)
@@ -584,12 +586,13 @@ class Communicator:
         ``out`` defaults to a new numpy array of size x len(buf) elements (numpy input only). Passing
         ``out`` as ``buf`` means in place: each rank's contribution already sits in its block of out.
         Device buffers: as for allreduce (``out`` is then required)."""
-        if out is not None and timeout is None and not (async_op or self._pending):
+        if not (async_op or self._pending):
             try:
-                if self._hot.allgather(buf, out, algorithm):
-                    return out
+                r = self._hot.allgather(buf, out, algorithm, timeout)
             except HetcclError as e:
                 raise self._failed(e, "allgather")
+            if r is not False:
+                return r
         if type(buf) is not _ndarray and _staged.is_device(buf):
             return _staged.device_call(self._ctx, "allgather", buf, out, timeout=timeout, algorithm=algorithm,
                                        async_op=async_op)
@@ -606,24 +609,26 @@ class Communicator:
         """Reduce ``buf`` over ranks and leave block ``rank`` of the result in ``out``.
 
         Blocks are equal (len(buf) / size) unless ``counts`` gives each rank's (reduce_scatterv)."""
-        if out is not None and counts is None and timeout is None and not (async_op or self._pending):
+        if counts is None and not (async_op or self._pending):
             try:
-                if self._hot.reduce_scatter(buf, out, op, algorithm):
-                    return out
+                r = self._hot.reduce_scatter(buf, out, op, algorithm, timeout)
             except HetcclError as e:
                 raise self._failed(e, "reduce_scatter")
+            if r is not False:
+                return r
         return self._route(self._parse("reduce_scatter", buf, out, op=op, counts=counts, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op))
 
     def broadcast(self, buf, root=0, *, timeout=None, algorithm=None, async_op=False):
         """Copy root's ``buf`` into ``buf`` on every rank (in place); returns ``buf``. Device
         buffers: as for allreduce."""
-        if timeout is None and not (async_op or self._pending):
+        if not (async_op or self._pending):
             try:
-                if self._hot.broadcast(buf, root, algorithm):
-                    return buf
+                r = self._hot.broadcast(buf, root, algorithm, timeout)
             except HetcclError as e:
                 raise self._failed(e, "broadcast")
+            if r is not False:
+                return r
         if type(buf) is not _ndarray and _staged.is_device(buf):
             return _staged.device_call(self._ctx, "broadcast", buf, root=root, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op)
@@ -634,17 +639,39 @@ class Communicator:
                async_op=False):
         """Reduce ``buf`` over ranks into ``out`` on ``root`` (default: a new array there; other
         ranks return None)."""
+        if not (async_op or self._pending):
+            try:
+                r = self._hot.reduce(buf, root, op, out, algorithm, timeout)
+            except HetcclError as e:
+                raise self._failed(e, "reduce")
+            if r is not False:
+                return r
         return self._route(self._parse("reduce", buf, out, op=op, root=root, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op))
 
     def gather(self, buf, root=0, out=None, *, counts=None, timeout=None, algorithm=None, async_op=False):
-        """Concatenate every rank's ``buf`` into ``out`` on ``root`` (gatherv with ``counts``)."""
+        """Concatenate every rank's ``buf`` into ``out`` on ``root`` (gatherv with ``counts``;
+        default: a new array on the root; other ranks return None)."""
+        if counts is None and not (async_op or self._pending):
+            try:
+                r = self._hot.gather(buf, root, out, algorithm, timeout)
+            except HetcclError as e:
+                raise self._failed(e, "gather")
+            if r is not False:
+                return r
         return self._route(self._parse("gather", buf, out, root=root, counts=counts, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op))
 
     def scatter(self, buf, out, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
         """Give every rank its block of root's ``buf`` in ``out`` (scatterv with ``counts``);
         ``buf`` is ignored (may be None) on other ranks."""
+        if counts is None and not (async_op or self._pending):
+            try:
+                r = self._hot.scatter(buf, out, root, algorithm, timeout)
+            except HetcclError as e:
+                raise self._failed(e, "scatter")
+            if r is not False:
+                return r
         return self._route(self._parse("scatter", buf, out, root=root, counts=counts, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op))
 
@@ -652,13 +679,13 @@ class Communicator:
                  algorithm=None, async_op=False):
         """Send block r of ``buf`` to rank r and receive rank r's block for us into block r of
         ``out``. Uneven blocks (alltoallv): give ``send_counts`` and ``recv_counts``."""
-        if out is not None and send_counts is None and recv_counts is None and timeout is None and \
-                not (async_op or self._pending):
+        if send_counts is None and recv_counts is None and not (async_op or self._pending):
             try:
-                if self._hot.alltoall(buf, out, algorithm):
-                    return out
+                r = self._hot.alltoall(buf, out, algorithm, timeout)
             except HetcclError as e:
                 raise self._failed(e, "alltoall")
+            if r is not False:
+                return r
         return self._route(self._parse("alltoall", buf, out, counts=send_counts, rcounts=recv_counts,
                                        timeout=timeout, algorithm=algorithm, async_op=async_op))
 

@@ -6,14 +6,44 @@ on the wire, so a Communicator teaches its Hot object each (collective, bytes) -
 plainly to a native schedule, and later calls of that shape go from here straight to the dispatch's
 run_* functions (dispatch.pyx).
 """
+from cpython.buffer cimport PyBuffer_Release
+from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
+from libc.string cimport memset
 
 from hetccl._native.codes cimport *
 from hetccl._native.dispatch cimport (run_allreduce, run_allgather, run_broadcast, run_reduce_scatter,
                                       run_alltoall)
 from hetccl._native.engine cimport Engine
 from hetccl._native.flight cimport Flight, FL_DONE, FL_NO_DTYPE, FL_RUNNING
-from hetccl._native.pinning cimport Pins, pin_allgather, release_pair
+from hetccl._native.pinning cimport check_allgather, get_buffer, release_pair
+
+cdef extern from *:
+    """
+    /* The head of a numpy array object: numpy's PyArrayObject_fields, which every extension built
+       against numpy's headers reads through its inline accessors (PyArray_DATA, PyArray_NDIM, ...),
+       so its layout is part of numpy's ABI (unchanged from 1.7 through 2.x). */
+    typedef struct {
+        PyObject_HEAD
+        char *data;
+        int nd;
+        Py_ssize_t *dimensions;
+        Py_ssize_t *strides;
+        PyObject *base;
+        PyObject *descr;
+        int flags;
+    } hc_ndarray_head;
+    #define HC_NPY_C_CONTIGUOUS 0x0001
+    #define HC_NPY_WRITEABLE 0x0400
+    #define HC_NPY_WARN_ON_WRITE ((int)(1U << 31))
+    """
+    ctypedef struct hc_ndarray_head:
+        char* data
+        int nd
+        Py_ssize_t* dimensions
+        PyObject* descr
+        int flags
+    int HC_NPY_C_CONTIGUOUS, HC_NPY_WRITEABLE, HC_NPY_WARN_ON_WRITE
 
 cdef enum:
     HOT_BROADCAST = 0
@@ -21,34 +51,132 @@ cdef enum:
     HOT_ALLGATHER = 2
     HOT_ALLTOALL = 3
     HOT_REDUCE_SCATTER = 4
-    HOT_KINDS = 5
+    HOT_REDUCE = 5
+    HOT_GATHER = 6
+    HOT_SCATTER = 7
+    HOT_KINDS = 8
 
-HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall", "reduce_scatter")
+HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall", "reduce_scatter", "reduce", "gather",
+             "scatter")
 
 from hetccl.ops import ReduceOp as _ReduceOp
+from hetccl._native import dispatch as _dispatch
 
-cdef object _ndarray
+cdef object _ndarray, _empty
 try:
     import numpy as _np
     _ndarray = _np.ndarray
+    _empty = _np.empty
 except ImportError:                 # numpy is a dependency; without it nothing is ever hot
-    _ndarray = None
+    _ndarray = _empty = None
+
+
+cdef bint head_matches():
+    """Whether this numpy's arrays have the head hc_ndarray_head reads (checked once, on arrays
+    whose data pointer, shape, dtype and flags are known); if not, every buffer is pinned through
+    the buffer protocol."""
+    cdef hc_ndarray_head* h
+    if _ndarray is None:
+        return False
+    for a in (_np.zeros((3, 4), _np.float32), _np.zeros(5, _np.int8)[::2], _np.zeros(0, _np.float64)):
+        h = <hc_ndarray_head*><PyObject*>a
+        flags = a.flags
+        if (<size_t>h.data != <size_t>a.__array_interface__["data"][0] or h.nd != a.ndim
+                or tuple(h.dimensions[i] for i in range(h.nd)) != a.shape or <object>h.descr is not a.dtype
+                or bool(h.flags & HC_NPY_C_CONTIGUOUS) != flags.c_contiguous
+                or bool(h.flags & HC_NPY_WRITEABLE) != flags.writeable):
+            return False
+    ro = _np.zeros(2)
+    ro.setflags(write=False)
+    return not ((<hc_ndarray_head*><PyObject*>ro).flags & HC_NPY_WRITEABLE)
+
+
+cdef bint DIRECT = head_matches()
+NUMPY_HEAD_DIRECT = DIRECT          # for the tests: whether arrays are pinned from their head here
+
+
+cdef inline Py_ssize_t array_nbytes(object a, int dtype) except -1:
+    """A numpy array's bytes (its dtype's code known), from its head."""
+    cdef hc_ndarray_head* h = <hc_ndarray_head*><PyObject*>a
+    cdef Py_ssize_t n = dtype_size(dtype)
+    cdef int i
+    if not DIRECT:
+        return a.nbytes
+    for i in range(h.nd):
+        n *= h.dimensions[i]
+    return n
+
+
+cdef inline object new_like(object a, int dtype, Py_ssize_t count):
+    """A new 1-D array of ``count`` elements of numpy array a's dtype: what the parser makes for
+    an output the caller left out (``numpy.empty((count,), a.dtype)``; never a pooled buffer)."""
+    return _empty(count, <object>(<hc_ndarray_head*><PyObject*>a).descr if DIRECT else a.dtype)
+
+
+cdef int view_of(object a, int dtype, Py_buffer* v, bint writable) except -1:
+    """Pin a numpy array of dtype code ``dtype`` (exact ndarray) for one call: a C-contiguous
+    (writable) one straight from its head (no buffer-protocol export: the call's own reference
+    keeps it alive, and v.obj stays NULL so releasing it is a no-op), anything else through the
+    buffer protocol, with its errors (pinning.get_buffer)."""
+    cdef hc_ndarray_head* h = <hc_ndarray_head*><PyObject*>a
+    cdef int need = HC_NPY_C_CONTIGUOUS | (HC_NPY_WRITEABLE if writable else 0)
+    if not DIRECT or (h.flags & need) != need or (writable and (h.flags & HC_NPY_WARN_ON_WRITE)):
+        get_buffer(a, v, writable)
+        return 0
+    memset(v, 0, sizeof(Py_buffer))            # obj NULL: nothing to release
+    v.buf = h.data
+    v.len = array_nbytes(a, dtype)
+    v.readonly = not writable
+    v.itemsize = dtype_size(dtype)
+    return 0
+
+# the rooted collectives' whole native entries (they pin and check their own buffers): a Python
+# call each (~0.1 us), against the microseconds of the parser and router they skip
+cdef object _reduce = _dispatch.reduce, _gather = _dispatch.gather, _scatter = _dispatch.scatter
+
+
+cdef int pin_in_out(object x, object y, int dtype, Py_buffer* a, Py_buffer* b) except -1:
+    """a = input x (writable when y is x: in place), b = output y (writable; b is a copy of a when
+    y is x), both numpy arrays of dtype code ``dtype``, pinned in that order (view_of), so errors
+    come as the dispatch's own entries raise them. On error nothing stays pinned; otherwise release
+    with release_pair(x is y, a, b)."""
+    view_of(x, dtype, a, x is y)
+    if y is x:
+        b[0] = a[0]
+        return 0
+    try:
+        view_of(y, dtype, b, True)
+    except BaseException:
+        PyBuffer_Release(a)
+        raise
+    return 0
 
 
 cdef class Hot:
-    """The per-call work of a communicator's common collectives, for calls it has seen before.
+    """The per-call work of a communicator's collectives, for calls of a shape it has seen before.
 
-    A blocking call with the default timeout and no forced algorithm costs, through the Python
-    layer, a dtype lookup, the tuner's cache, the route checks and two or three pins: about a
-    microsecond, as much as the whole 8-byte collective. The Communicator teaches this object each
-    (collective, bytes) -> algorithm it routed plainly to a native schedule (``learn``); later calls
-    of that shape on a numpy array of a known dtype come here first and go straight to the schedule
-    (``broadcast`` etc. return True), else return False without side effects and the Python path
-    runs as before. What it learns depends only on the size and on the forced algorithm, like the
-    tuner's choice. A call forced with ``algorithm=`` is learnt under that name and the tuner's own
-    calls under None, and both are looked up the same way (two dict lookups), so a forced
-    algorithm costs what the tuner's choice of it costs: a user feature, and the benchmark's
-    like-for-like comparison of algorithms (bench/crossover.py).
+    A blocking call through the Python layer costs a dtype lookup, the parser, the tuner's cache,
+    the route checks and two or three pins: a few microseconds, several times the whole 8-byte
+    collective. The Communicator teaches this object each (collective, bytes) -> algorithm it
+    routed plainly to a native schedule (``learn``); later calls of that shape on a numpy array of
+    a known dtype come here first and go straight to the schedule. Each method returns the call's
+    result (what the public method returns: the output, made here when the caller passed none,
+    exactly as the parser makes it; None on a rooted collective's other ranks), or False without
+    side effects when it does not take the call, and the Python path runs as before.
+
+    The allocating forms (``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``reduce`` and
+    ``gather`` on the root) are the ones most programs write, so they take this path too: the key
+    is the bytes the output will have, the same the parser prices, and the new array is a plain
+    ``numpy.empty`` (~0.1 us, the whole difference from the ``out=`` form; never a pooled buffer, so
+    a result the caller keeps is never written again). Keys are sizes, never buffers: a fresh
+    input each call (``allreduce(x.copy())``) is as hot as a reused one.
+
+    What it learns depends only on the size and on the forced algorithm, like the tuner's choice.
+    A call forced with ``algorithm=`` is learnt under that name and the tuner's own calls under
+    None, and both are looked up the same way (two dict lookups), so a forced algorithm costs what
+    the tuner's choice of it costs: a user feature, and the benchmark's like-for-like comparison of
+    algorithms (bench/crossover.py). ``timeout``: None (the communicator's) or a positive number of
+    seconds (int or float); anything else is the parser's to convert or refuse.
 
     Every call it runs goes into the communicator's flight record (``flight``, native: a few
     stores), failures with their error's class."""
@@ -58,6 +186,8 @@ cdef class Hot:
     cdef object dt_last             # the last dtype seen and its code (arrays share dtype objects)
     cdef int code_last
     cdef list algos                 # per HOT_* kind: {forced name or None: {nbytes: (code, name)}}
+    cdef list memo_hit              # per HOT_* kind: the last unforced hit, for memo_nb[kind] bytes
+    cdef Py_ssize_t memo_nb[HOT_KINDS]   # (-1: none), so a loop of one shape skips the dict lookups
     cdef public object last         # the name of the algorithm of the last call (last_algorithm)
     cdef readonly Flight flight     # the communicator's flight record (hetccl/flight/)
 
@@ -69,7 +199,14 @@ cdef class Hot:
         self.dt_last = None
         self.code_last = -1
         self.algos = [{} for _ in range(HOT_KINDS)]
+        self.memo_hit = [None] * HOT_KINDS
+        self.unmemo()
         self.last = None
+
+    cdef void unmemo(self) noexcept:
+        cdef int k
+        for k in range(HOT_KINDS):
+            self.memo_nb[k] = -1
 
     def learn(self, str collective, Py_ssize_t nbytes, int algo, str name, forced=None):
         """Remember that `collective` of nbytes, called with ``algorithm=forced`` (None: the
@@ -80,17 +217,19 @@ cdef class Hot:
         if len(d) >= 512:
             d.clear()
         d[nbytes] = (algo, name)
+        self.unmemo()
 
     def forget(self):
         """Drop everything learnt (the routes changed)."""
         for d in self.algos:
             (<dict>d).clear()
+        self.unmemo()
 
     cdef int dtype_of(self, object buf):
         """The dtype code of a numpy array, or -1 (not numpy, or a dtype only the Python path knows)."""
         if type(buf) is not _ndarray:
             return -1
-        dt = buf.dtype
+        dt = <object>(<hc_ndarray_head*><PyObject*>buf).descr if DIRECT else buf.dtype
         if dt is not self.dt_last:
             code = self.codes.get(dt)
             if code is None:
@@ -100,13 +239,29 @@ cdef class Hot:
         return self.code_last
 
     cdef object algo_of(self, int kind, Py_ssize_t nbytes, object forced):
+        """The learnt (code, name) of this call, or None."""
+        if forced is None and self.memo_nb[kind] == nbytes:
+            return self.memo_hit[kind]
         by_size = (<dict>self.algos[kind]).get(forced)
         if by_size is None:
             return None
-        return (<dict>by_size).get(nbytes)
+        hit = (<dict>by_size).get(nbytes)
+        if forced is None and hit is not None:
+            self.memo_nb[kind] = nbytes
+            self.memo_hit[kind] = hit
+        return hit
+
+    cdef double seconds(self, object timeout):
+        """The call's timeout in seconds: the communicator's (None) or the caller's positive int
+        or float; 0: not one this path takes."""
+        if timeout is None:
+            return self.timeout
+        if (type(timeout) is float or type(timeout) is int) and timeout > 0:
+            return timeout
+        return 0
 
     cdef int run(self, int coll, object hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
-                 int dtype, int op, int root) except -1:
+                 int dtype, int op, int root, double t) except -1:
         """Run a learnt call on pinned buffers through the dispatch's run_* half of `coll`, recorded
         in the flight ring (op and root: FL_NO_DTYPE / -1 where the collective has none)."""
         cdef int algo = <int>hit[0]
@@ -115,91 +270,218 @@ cdef class Hot:
         s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
         try:
             if coll == COLL_ALLREDUCE:
-                run_allreduce(self.e, a, b, inplace, dtype, op, algo, self.timeout)
+                run_allreduce(self.e, a, b, inplace, dtype, op, algo, t)
             elif coll == COLL_ALLGATHER:
-                run_allgather(self.e, a, b, dtype, algo, self.timeout)
+                run_allgather(self.e, a, b, dtype, algo, t)
             elif coll == COLL_BROADCAST:
-                run_broadcast(self.e, <char*>a.buf, a.len, root, dtype, algo, self.timeout)
+                run_broadcast(self.e, <char*>a.buf, a.len, root, dtype, algo, t)
             elif coll == COLL_ALLTOALL:
-                run_alltoall(self.e, a, b, dtype, algo, self.timeout)
+                run_alltoall(self.e, a, b, dtype, algo, t)
             else:
-                run_reduce_scatter(self.e, a, b, dtype, op, algo, self.timeout)
+                run_reduce_scatter(self.e, a, b, dtype, op, algo, t)
         except BaseException as x:
             self.flight.fail(s, x)
             raise
         self.flight.mark(s, FL_DONE, 0)
         return 0
 
-    def broadcast(self, buf, int root, forced=None):
+    cdef int rooted(self, int coll, object hit, object send, object recv, size_t nbytes, int dtype,
+                    int op, int root, double t) except -1:
+        """Run a learnt reduce, gather or scatter (equal blocks) through its whole native entry,
+        recorded in the flight ring like ``run``."""
+        cdef int algo = <int>hit[0]
+        cdef uint64_t s
+        self.last = hit[1]
+        s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
+        try:
+            if coll == COLL_REDUCE:
+                _reduce(self.e, send, recv, root, dtype, op, algo, t)
+            elif coll == COLL_GATHER:
+                _gather(self.e, send, recv, None, root, dtype, algo, t)
+            else:
+                _scatter(self.e, send, recv, None, root, dtype, algo, t)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
+        return 0
+
+    def broadcast(self, buf, root, forced=None, timeout=None):
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if dtype < 0:
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer v
+        if dtype < 0 or t == 0 or type(root) is not int:
             return False
-        hit = self.algo_of(HOT_BROADCAST, buf.nbytes, forced)
+        hit = self.algo_of(HOT_BROADCAST, array_nbytes(buf, dtype), forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, None, False, True)
-        self.run(COLL_BROADCAST, hit, &p.a, NULL, p.a.len, True, dtype, FL_NO_DTYPE, root)
-        return True
+        view_of(buf, dtype, &v, True)
+        try:
+            self.run(COLL_BROADCAST, hit, &v, NULL, v.len, True, dtype, FL_NO_DTYPE, root, t)
+        finally:
+            PyBuffer_Release(&v)
+        return buf
 
-    def allreduce(self, buf, out, op, forced=None):
+    def allreduce(self, buf, out, op, forced=None, timeout=None):
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND:
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        cdef bint same
+        if dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or <int>op >= OP_BAND:
             return False
         if out is None:
             out = buf
         elif out is not buf and self.dtype_of(out) != dtype:
             return False
-        hit = self.algo_of(HOT_ALLREDUCE, buf.nbytes, forced)
+        hit = self.algo_of(HOT_ALLREDUCE, array_nbytes(buf, dtype), forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, out, True, buf is out)
-        self.run(COLL_ALLREDUCE, hit, &p.a, &p.b, p.b.len, buf is out, dtype, op, -1)
-        return True
-
-    def allgather(self, buf, out, forced=None):
-        cdef int dtype = self.dtype_of(buf)
-        cdef Py_buffer sv, rv
-        cdef bint same = buf is out
-        if dtype < 0 or (not same and self.dtype_of(out) != dtype):
-            return False
-        hit = self.algo_of(HOT_ALLGATHER, out.nbytes, forced)
-        if hit is None:
-            return False
-        pin_allgather(buf, out, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
+        same = buf is out
+        pin_in_out(buf, out, dtype, &sv, &rv)
         try:
-            self.run(COLL_ALLGATHER, hit, &sv, &rv, rv.len, same, dtype, FL_NO_DTYPE, -1)
+            self.run(COLL_ALLREDUCE, hit, &sv, &rv, rv.len, same, dtype, op, -1, t)
         finally:
             release_pair(same, &sv, &rv)
-        return True
+        return out
 
-    def alltoall(self, buf, out, forced=None):
+    def allgather(self, buf, out, forced=None, timeout=None):
+        """``out`` None: a new array of size x len(buf) elements."""
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if dtype < 0 or self.dtype_of(out) != dtype:
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        cdef bint same = buf is out
+        cdef Py_ssize_t nb
+        if dtype < 0 or t == 0:
             return False
-        hit = self.algo_of(HOT_ALLTOALL, buf.nbytes, forced)
+        if out is None:
+            nb = array_nbytes(buf, dtype) * self.e.size
+            hit = self.algo_of(HOT_ALLGATHER, nb, forced)
+            if hit is None:
+                return False
+            out = new_like(buf, dtype, nb // dtype_size(dtype))
+        else:
+            if not same and self.dtype_of(out) != dtype:
+                return False
+            hit = self.algo_of(HOT_ALLGATHER, array_nbytes(out, dtype), forced)
+            if hit is None:
+                return False
+        view_of(out, dtype, &rv, True)              # the order of pinning.pin_allgather (its errors)
+        if same:
+            sv = rv
+        else:
+            try:
+                view_of(buf, dtype, &sv, False)
+            except BaseException:
+                PyBuffer_Release(&rv)
+                raise
+        try:
+            check_allgather(same, self.e.size, self.e.rank, dtype_size(dtype), &sv, &rv)
+            self.run(COLL_ALLGATHER, hit, &sv, &rv, rv.len, same, dtype, FL_NO_DTYPE, -1, t)
+        finally:
+            release_pair(same, &sv, &rv)
+        return out
+
+    def alltoall(self, buf, out, forced=None, timeout=None):
+        """``out`` None: a new array of len(buf) elements."""
+        cdef int dtype = self.dtype_of(buf)
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        cdef Py_ssize_t nb
+        if dtype < 0 or t == 0 or (out is not None and self.dtype_of(out) != dtype):
+            return False
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_ALLTOALL, nb, forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, out, True)
-        self.run(COLL_ALLTOALL, hit, &p.a, &p.b, p.a.len, False, dtype, FL_NO_DTYPE, -1)
-        return True
+        if out is None:
+            out = new_like(buf, dtype, nb // dtype_size(dtype))
+        pin_in_out(buf, out, dtype, &sv, &rv)
+        try:
+            self.run(COLL_ALLTOALL, hit, &sv, &rv, sv.len, False, dtype, FL_NO_DTYPE, -1, t)
+        finally:
+            release_pair(buf is out, &sv, &rv)
+        return out
 
-    def reduce_scatter(self, buf, out, op, forced=None):
-        """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce."""
+    def reduce_scatter(self, buf, out, op, forced=None, timeout=None):
+        """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce.
+        ``out`` None: a new array of len(buf) / size elements."""
         cdef int dtype = self.dtype_of(buf)
-        cdef Pins p
-        if (dtype < 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or op >= OP_BAND
-                or self.dtype_of(out) != dtype):
+        cdef double t = self.seconds(timeout)
+        cdef Py_buffer sv, rv
+        cdef Py_ssize_t nb
+        if (dtype < 0 or t == 0 or dtype == DT_BOOL or type(op) is not _ReduceOp or <int>op >= OP_BAND
+                or (out is not None and self.dtype_of(out) != dtype)):
             return False
-        hit = self.algo_of(HOT_REDUCE_SCATTER, buf.nbytes, forced)
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_REDUCE_SCATTER, nb, forced)
         if hit is None:
             return False
-        p = Pins()
-        p.pin(buf, out, True)
-        self.run(COLL_REDUCE_SCATTER, hit, &p.a, &p.b, p.a.len, False, dtype, op, -1)
-        return True
+        if out is None:
+            out = new_like(buf, dtype, nb // dtype_size(dtype) // self.e.size)
+        pin_in_out(buf, out, dtype, &sv, &rv)
+        try:
+            self.run(COLL_REDUCE_SCATTER, hit, &sv, &rv, sv.len, False, dtype, op, -1, t)
+        finally:
+            release_pair(buf is out, &sv, &rv)
+        return out
+
+    def reduce(self, buf, root, op, out, forced=None, timeout=None):
+        """The root's result in ``out`` (None: a new array of len(buf) elements); other ranks
+        return None."""
+        cdef int dtype = self.dtype_of(buf)
+        cdef double t = self.seconds(timeout)
+        cdef Py_ssize_t nb
+        if (dtype < 0 or t == 0 or type(root) is not int or dtype == DT_BOOL or type(op) is not _ReduceOp
+                or <int>op >= OP_BAND):
+            return False
+        if root != self.e.rank:
+            out = None                                  # the parser ignores it there too
+        elif out is not None and self.dtype_of(out) != dtype:
+            return False
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_REDUCE, nb, forced)
+        if hit is None:
+            return False
+        if out is None and root == self.e.rank:
+            out = new_like(buf, dtype, nb // dtype_size(dtype))
+        self.rooted(COLL_REDUCE, hit, buf, out, nb, dtype, op, root, t)
+        return out
+
+    def gather(self, buf, root, out, forced=None, timeout=None):
+        """Equal blocks only (gatherv's counts go through Python). The root's result in ``out``
+        (None: a new array of size x len(buf) elements); other ranks return None."""
+        cdef int dtype = self.dtype_of(buf)
+        cdef double t = self.seconds(timeout)
+        cdef Py_ssize_t nb
+        if dtype < 0 or t == 0 or type(root) is not int:
+            return False
+        if root != self.e.rank:
+            out = None
+        elif out is not None and self.dtype_of(out) != dtype:
+            return False
+        nb = array_nbytes(buf, dtype)
+        hit = self.algo_of(HOT_GATHER, nb * self.e.size, forced)
+        if hit is None:
+            return False
+        if out is None and root == self.e.rank:
+            out = new_like(buf, dtype, nb // dtype_size(dtype) * self.e.size)
+        self.rooted(COLL_GATHER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
+        return out
+
+    def scatter(self, buf, out, root, forced=None, timeout=None):
+        """Equal blocks only (scatterv's counts go through Python); ``buf`` is the root's only."""
+        cdef int dtype = self.dtype_of(out)
+        cdef double t = self.seconds(timeout)
+        cdef Py_ssize_t nb
+        if dtype < 0 or t == 0 or type(root) is not int:
+            return False
+        if root != self.e.rank:
+            buf = None
+        elif self.dtype_of(buf) != dtype:
+            return False
+        nb = array_nbytes(out, dtype)
+        hit = self.algo_of(HOT_SCATTER, nb * self.e.size, forced)
+        if hit is None:
+            return False
+        self.rooted(COLL_SCATTER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
+        return out

@@ -12,6 +12,8 @@ cdef int pin_pair(object sendobj, object recvobj, Py_buffer* sv, Py_buffer* rv) 
 cdef void release_pair(bint same, Py_buffer* sv, Py_buffer* rv) noexcept
 cdef int pin_allgather(object sendobj, object recvobj, int size, int rank, size_t esize,
                        Py_buffer* sv, Py_buffer* rv) except -1
+cdef int check_allgather(bint same, int size, int rank, size_t esize, Py_buffer* sv,
+                         Py_buffer* rv) except -1
 cdef int check_op(int dtype, int op) except -1
 cdef int check_alltoall(Py_buffer* a, Py_buffer* b, int dtype, int size) except -1
 cdef int check_reduction(Py_buffer* sv, Py_buffer* rv, bint inplace, int dtype, int op) except -1

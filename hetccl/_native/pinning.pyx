@@ -95,25 +95,32 @@ cdef void release_pair(bint same, Py_buffer* sv, Py_buffer* rv) noexcept:
 
 cdef int pin_allgather(object sendobj, object recvobj, int size, int rank, size_t esize,
                        Py_buffer* sv, Py_buffer* rv) except -1:
-    """Pin and check an allgather's buffers: recv holds size blocks of len(send) bytes; send may be
-    recv itself (in place: this rank's block of it). On error nothing stays pinned; otherwise
-    release with release_pair(sendobj is recvobj, sv, rv)."""
+    """Pin and check an allgather's buffers (check_allgather); send may be recv itself (in place).
+    On error nothing stays pinned; otherwise release with release_pair(sendobj is recvobj, sv, rv)."""
     cdef bint same = sendobj is recvobj
     pin_pair(sendobj, recvobj, sv, rv)
-    if same:
-        sv.len = rv.len // size
-        sv.buf = <char*>rv.buf + sv.len * rank
     try:
-        if sv.len * size != rv.len:
-            raise InvalidUsage(f"allgather output has {rv.len} bytes but needs size x input = "
-                               f"{size} x {sv.len} bytes")
-        if sv.len % esize:
-            raise InvalidUsage(f"buffer of {sv.len} bytes is not a whole number of {esize}-byte elements")
-        if not same and <char*>sv.buf != <char*>rv.buf + sv.len * rank:
-            check_overlap(sv, rv, False)
+        check_allgather(same, size, rank, esize, sv, rv)
     except BaseException:
         release_pair(same, sv, rv)
         raise
+    return 0
+
+
+cdef int check_allgather(bint same, int size, int rank, size_t esize, Py_buffer* sv,
+                         Py_buffer* rv) except -1:
+    """An allgather's pinned buffers: recv holds size blocks of len(send) bytes; in place (same:
+    sv a copy of rv), sv becomes this rank's block of recv."""
+    if same:
+        sv.len = rv.len // size
+        sv.buf = <char*>rv.buf + sv.len * rank
+    if sv.len * size != rv.len:
+        raise InvalidUsage(f"allgather output has {rv.len} bytes but needs size x input = "
+                           f"{size} x {sv.len} bytes")
+    if sv.len % esize:
+        raise InvalidUsage(f"buffer of {sv.len} bytes is not a whole number of {esize}-byte elements")
+    if not same and <char*>sv.buf != <char*>rv.buf + sv.len * rank:
+        check_overlap(sv, rv, False)
     return 0
 
 

@@ -19,7 +19,8 @@ from .._native import single_copy as _single
 from .._native import symmetric_heap as _symm
 from .._native.latency import Hot                # noqa: F401 - the latency path
 
-_LATENCY_PATH = frozenset({"allreduce", "allgather", "reduce_scatter", "broadcast", "alltoall"})
+_LATENCY_PATH = frozenset({"allreduce", "allgather", "reduce_scatter", "broadcast", "alltoall", "reduce",
+                           "gather", "scatter"})
 
 
 def latency_path_takes(coll, algo) -> bool:

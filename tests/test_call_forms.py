@@ -1,0 +1,258 @@
+"""Every collective's call forms on the latency path: the form that allocates its result
+(``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``reduce``/``gather`` on the root), a fresh
+input each call, and an explicit numeric timeout must give what the Python path gives (same values,
+shape, dtype, a new array each call that later calls never touch), skip the parser once the shape is
+learnt, and raise the same errors."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tests.launcher import run_ranks
+
+DTYPES = (np.float32, np.int64, np.uint8, np.float16, np.float64)
+
+
+def _forms_case(rank, size):
+    import hetccl
+    from hetccl import InvalidUsage
+    comm = hetccl.init(timeout=60)
+    fails = []
+    parsed = []
+    real_parse = comm._parse
+
+    def counting_parse(coll, *a, **k):          # the Python path's parser: not called once hot
+        parsed.append(coll)
+        return real_parse(coll, *a, **k)
+    comm._parse = counting_parse
+
+    def check(what, cond):
+        if not cond:
+            fails.append(what)
+
+    def contrib(r, n, dt, salt):                 # rank r's input: small values every dtype holds
+        return ((np.arange(n) * 3 + r * 7 + salt) % 50).astype(dt)
+
+    def forms(n, dt, salt, shape=None):
+        """(name, call, want) of every allocating form for n elements per block."""
+        mine = contrib(rank, n, dt, salt)
+        every = [contrib(r, n, dt, salt) for r in range(size)]
+        big = [contrib(r, n * size, dt, salt) for r in range(size)]
+        x = mine.reshape(shape) if shape is not None else mine
+        xb = big[rank].reshape((size, n)) if shape is not None else big[rank]
+        total = np.sum(np.stack(big), 0, dtype=dt)
+        return [
+            ("allgather", lambda: comm.allgather(x), np.concatenate(every)),
+            ("reduce_scatter", lambda: comm.reduce_scatter(xb), total[rank * n:(rank + 1) * n]),
+            ("alltoall", lambda: comm.alltoall(xb),
+             np.concatenate([big[r][rank * n:(rank + 1) * n] for r in range(size)])),
+            ("reduce", lambda: comm.reduce(x, size - 1),
+             np.sum(np.stack(every), 0, dtype=dt) if rank == size - 1 else None),
+            ("gather", lambda: comm.gather(x, 0), np.concatenate(every) if rank == 0 else None),
+        ]
+
+    try:
+        for dt in DTYPES:
+            for n, shape in ((2, None), (5, None), (6, (2, 3)), (0, None)):
+                kept = {}
+                for rep in range(3):                 # rep 0 teaches the latency path, 1-2 take it
+                    del parsed[:]
+                    for name, call, want in forms(n, dt, rep, shape):
+                        what = f"{name} {np.dtype(dt).name} n={n} shape={shape} rep {rep}"
+                        got = call()
+                        if want is None:
+                            check(f"{what}: not the root, returns None", got is None)
+                            continue
+                        check(f"{what}: a new 1-D {np.dtype(dt).name} array",
+                              type(got) is np.ndarray and got.dtype == dt and got.shape == want.shape)
+                        check(f"{what}: values", np.array_equal(got, want))
+                        old = kept.get(name)
+                        if old is not None:          # the last call's result is the caller's own
+                            check(f"{what}: not the previous result", not np.shares_memory(old[0], got))
+                            check(f"{what}: the previous result unchanged", np.array_equal(old[0], old[1]))
+                        kept[name] = (got, want)
+                    if rep:
+                        check(f"{np.dtype(dt).name} n={n} rep {rep}: parser not called ({parsed})", not parsed)
+
+        # a fresh input every call, a mutated input, an input that views an earlier result
+        x = np.full(3, rank + 1, np.float32)
+        for rep in range(3):
+            del parsed[:]
+            got = comm.allreduce(x.copy())
+            check(f"allreduce fresh input rep {rep}", np.all(got == size * (size + 1) / 2))
+            b = np.full(3, rank, np.int32) if rank else np.arange(3, dtype=np.int32) + rep
+            check(f"broadcast fresh input rep {rep}", np.array_equal(comm.broadcast(b, 0), np.arange(3) + rep))
+            if rep:
+                check(f"fresh inputs rep {rep}: parser not called ({parsed})", not parsed)
+        first = comm.allgather(x)
+        x[:] = -rank
+        second = comm.allgather(x)
+        check("mutated input: new values", np.array_equal(second, np.repeat(-np.arange(size), 3).astype(np.float32)))
+        check("mutated input: the earlier result kept", np.array_equal(first, np.repeat(np.arange(size) + 1, 3)))
+        view = first[rank * 3:(rank + 1) * 3]         # this rank's block of an earlier result
+        third = comm.allgather(view)
+        check("input viewing an earlier result", np.array_equal(third, np.repeat(np.arange(size) + 1, 3))
+              and np.array_equal(first, np.repeat(np.arange(size) + 1, 3)) and not np.shares_memory(third, first))
+        out = np.zeros(3 * size, np.float32)          # in place through a view of the output
+        out[rank * 3:(rank + 1) * 3] = rank + 5
+        for _ in range(2):
+            comm.allgather(out[rank * 3:(rank + 1) * 3], out=out)
+            check("allgather input viewing its output", np.array_equal(out, np.repeat(np.arange(size) + 5, 3)))
+        y = np.full(3, rank + 1.0, np.float32)
+        comm.allreduce(y[:], out=y)                   # another object over the same memory
+        check("allreduce input viewing its output", np.all(y == size * (size + 1) / 2))
+        rs = np.ones(3 * size, np.float32)
+        got = comm.reduce_scatter(rs)
+        check("reduce_scatter fresh result", np.all(got == size) and np.all(rs == 1))
+
+        # 0-d inputs: allgather/gather make size elements, allreduce/broadcast/reduce keep the shape
+        for rep in range(3):
+            z = np.array(rank + 1, np.float64)
+            check(f"0-d allgather rep {rep}", np.array_equal(comm.allgather(z), np.arange(1, size + 1)))
+            g = comm.gather(z, 0)
+            check(f"0-d gather rep {rep}", np.array_equal(g, np.arange(1, size + 1)) if rank == 0 else g is None)
+            r = comm.reduce(z, 0)
+            check(f"0-d reduce rep {rep}", (r.shape == (1,) and r[0] == size * (size + 1) / 2) if rank == 0 else r is None)
+            check(f"0-d allreduce rep {rep}", comm.allreduce(z) is z and z == size * (size + 1) / 2)
+
+        # scatter (its output is the caller's) and an explicit timeout take the latency path too
+        for rep in range(3):
+            del parsed[:]
+            src = np.arange(2 * size, dtype=np.int16) + rep if rank == 1 else None
+            o = comm.scatter(src, np.empty(2, np.int16), root=1)
+            check(f"scatter rep {rep}", np.array_equal(o, np.arange(2 * rank, 2 * rank + 2) + rep))
+            t = comm.allgather(np.full(2, rank, np.int8), timeout=30.0)
+            check(f"allgather timeout=30.0 rep {rep}", np.array_equal(t, np.repeat(np.arange(size), 2)))
+            t = comm.allreduce(np.ones(2, np.int8), timeout=30)
+            check(f"allreduce timeout=30 rep {rep}", np.all(t == size))
+            if rep:
+                check(f"scatter/timeouts rep {rep}: parser not called ({parsed})", not parsed)
+
+        # errors: the Python path's, on the latency path too, and the communicator stays usable
+        for hot in (False, True):
+            what = "latency path" if hot else "Python path"
+            n = 8 if hot else 12                      # learnt / never seen
+            strided = np.ones(2 * n, np.float32)[::2]
+            for name, call in (("allgather", lambda: comm.allgather(strided)),
+                               ("reduce_scatter", lambda: comm.reduce_scatter(np.ones(2 * size * n, np.float32)[::2])),
+                               ("alltoall", lambda: comm.alltoall(np.ones(2 * size * n, np.float32)[::2])),
+                               ("reduce", lambda: comm.reduce(strided, 0)),
+                               ("gather", lambda: comm.gather(strided, 0))):
+                if hot:                               # learn the shape with a contiguous input
+                    fn = {"allgather": comm.allgather, "reduce_scatter": comm.reduce_scatter,
+                          "alltoall": comm.alltoall}.get(name)
+                    if fn is not None:
+                        fn(np.ones(n * (1 if name == "allgather" else size), np.float32))
+                    else:
+                        getattr(comm, name)(np.ones(n, np.float32), 0)
+                try:
+                    call()
+                    fails.append(f"{what}: non-contiguous {name}: no error")
+                except InvalidUsage as e:
+                    check(f"{what}: non-contiguous {name} says what to do ({e})", "ascontiguousarray" in str(e))
+            try:
+                comm.reduce_scatter(np.ones(2 * size + 1, np.float32))
+                fails.append(f"{what}: uneven reduce_scatter: no error")
+            except InvalidUsage as e:
+                check(f"{what}: uneven reduce_scatter ({e})", "equal blocks" in str(e))
+            try:
+                comm.allgather(object())
+                fails.append(f"{what}: allgather of an object: no error")
+            except InvalidUsage:
+                pass
+        check("usable after errors", np.all(comm.allreduce(np.ones(2, np.float32)) == size))
+    finally:
+        comm.close()
+    return fails
+
+
+def _mismatch_case(rank, size):
+    """A wrong dtype or count on one rank raises the same InvalidUsage whether the shape was learnt
+    (latency path) or not (Python path); each scenario on its own dup(), which the error aborts."""
+    import hetccl
+    from hetccl import InvalidUsage
+    comm = hetccl.init(timeout=60)
+    msgs = {}
+    try:
+        for kind in ("dtype", "count"):
+            for hot in (False, True):
+                c = comm.dup()
+                good = lambda: np.ones(2, np.float32)                            # noqa: E731
+                bad = {"dtype": lambda: np.ones(1, np.float64),                   # same bytes
+                       "count": lambda: np.ones(3, np.float32)}[kind]
+                if hot:
+                    for _ in range(2):
+                        c.allgather(good())
+                try:
+                    c.allgather(good() if rank == 0 else bad())
+                    msgs[(kind, hot)] = "no error"
+                except InvalidUsage as e:
+                    msgs[(kind, hot)] = re.sub(r"#\d+", "#N", str(e))
+                c.close()
+    finally:
+        comm.close()
+    return msgs
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_allocating_forms_match_the_python_path(size):
+    results = run_ranks(_forms_case, size, timeout=240)
+    fails = [f"rank {r}: {f}" for r, fs in enumerate(results) for f in fs]
+    assert not fails, "\n".join(fails)
+
+
+def test_mismatch_errors_are_the_same_on_the_latency_path():
+    results = run_ranks(_mismatch_case, 2, timeout=120)
+    for rank, msgs in enumerate(results):
+        for kind in ("dtype", "count"):
+            cold, hot = msgs[(kind, False)], msgs[(kind, True)]
+            assert "mismatched collective" in cold and "every rank must call" in cold, (rank, kind, cold)
+            assert hot == cold, (rank, kind, cold, hot)
+
+
+def _torch_case(rank, size, port):
+    """torch's all_gather into a fresh list of tensors (what most torch programs write) and
+    all_gather_into_tensor pass the group's timeout explicitly: they take the latency path too."""
+    import atexit
+    import os
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    import hetccl.torch  # noqa: F401
+    atexit.register(lambda: (sys.stdout.flush(), os._exit(0)))   # skip torch's slow teardown
+    torch.set_num_threads(1)
+    dist.init_process_group("hetccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    from torch.distributed import distributed_c10d as c10d
+    comm = c10d._get_default_group().communicator
+    parsed = []
+    real_parse = comm._parse
+    comm._parse = lambda coll, *a, **k: (parsed.append(coll), real_parse(coll, *a, **k))[1]
+    fails = []
+    for rep in range(3):
+        del parsed[:]
+        x = torch.arange(3, dtype=torch.float32) + 10 * rank + rep
+        outs = [torch.empty(3) for _ in range(size)]
+        dist.all_gather(outs, x)
+        want = [torch.arange(3, dtype=torch.float32) + 10 * r + rep for r in range(size)]
+        if not all(torch.equal(o, w) for o, w in zip(outs, want)):
+            fails.append(f"all_gather rep {rep}: {[o.tolist() for o in outs]}")
+        flat = torch.empty(3 * size)
+        dist.all_gather_into_tensor(flat, x)
+        if not torch.equal(flat, torch.cat(want)):
+            fails.append(f"all_gather_into_tensor rep {rep}: {flat.tolist()}")
+        if rep and parsed:
+            fails.append(f"rep {rep}: the parser ran for {parsed}")
+    dist.destroy_process_group()
+    return fails
+
+
+def test_torch_all_gather_takes_the_latency_path():
+    pytest.importorskip("torch")
+    from tests.launcher import free_port
+    results = run_ranks(_torch_case, 2, free_port(), timeout=120)
+    fails = [f"rank {r}: {f}" for r, fs in enumerate(results) for f in fs]
+    assert not fails, "\n".join(fails)
