@@ -574,17 +574,17 @@ class Communicator:
             return self._go(c, a.run, (self._ctx, c))
         if algo == ALGO_ISLANDS and coll in _ISLANDS:
             return self._go(c, *_ISLANDS[coll](isl, c, algo, form))
-        if algo == ALGO_RING and coll in _SINGLE_COPY and self._direct_min is not None \
-                and c.nbytes >= self._direct_min[coll]:
-            return self._go(c, self._single_copy_or_fifo, (c, *_SINGLE_COPY[coll](self._engine, c), algo))
-        if algo < 0 and coll in _PLANNER:
-            return self._go(c, *_PLANNER[coll](self._plan, c, algo))
         if (coll in _PLAIN_SINGLE_COPY and c.counts is None and c.algorithm is None and isl is None
                 and self._plan is None and coll not in self._tuner.forced
                 and self._tuner.single_copy(coll, c.nbytes)):
             self.last_algorithm = "single_copy"
             fn, args = _PLAIN_SINGLE_COPY[coll](self._engine, c)
             return self._go(c, self._single_copy_or_fifo, (c, fn, args, algo))
+        if algo == ALGO_RING and coll in _SINGLE_COPY and self._direct_min is not None \
+                and c.nbytes >= self._direct_min[coll]:
+            return self._go(c, self._single_copy_or_fifo, (c, *_SINGLE_COPY[coll](self._engine, c), algo))
+        if algo < 0 and coll in _PLANNER:
+            return self._go(c, *_PLANNER[coll](self._plan, c, algo))
         if coll == "alltoall" and c.counts is not None and c.algorithm is None and algo != ALGO_PAIRWISE:
             algo = ALGO_PAIRWISE                 # alltoallv: only pairwise takes uneven blocks
             self.last_algorithm = "pairwise"
