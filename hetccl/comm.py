@@ -886,6 +886,16 @@ class Communicator:
             known = sorted({a.collective for a in registry.ALGORITHMS})
             raise InvalidUsage(f"unknown collective {collective!r}; known: {', '.join(known)}")
         text = _explain(self._tuner, self._plan, self._islands, collective, nbytes)
+        if collective in _PLAIN_SINGLE_COPY and self._tuner.model.single_copy:
+            rows = dict(self._tuner.model.single_copy)[collective]
+            where = ", ".join(f"{n}:{'single' if won else 'fifo'}" for n, won in rows)
+            if (self._plan is None and self._islands is None and collective not in self._tuner.forced
+                    and self._tuner.single_copy(collective, int(nbytes))):
+                text = (f"plain buffers: single copy by cross-memory attach, measured faster at the "
+                        f"nearest size ({where}):\n  -> single_copy\nthe FIFO algorithms it replaces:\n"
+                        + text)
+            else:
+                text += f"\nsingle copy by cross-memory attach: not taken at this size (measured {where})"
         return text + "\n" + self._sym.explain(collective, int(nbytes))
 
     # ------------------------------------------------------------------ recovery (recovery/)
