@@ -237,3 +237,26 @@ def _register(rank, size):
 
 def test_register_deregister_comm():
     assert run_ranks(_register, 2, timeout=60) == ["ok", "ok"]
+
+
+def test_verdicts_and_cache(tmp_path, monkeypatch):
+    from hetccl.collectives import single_copy_probe as p
+    rows = [(s, 2.0, 1.0 if s in (128 << 10, 2 << 20) else 3.0) for s in p.SIZES]
+    v = p.verdicts(rows)
+    assert [w for _, w in v] == [s in (128 << 10, 2 << 20) for s in p.SIZES]
+    assert not p.takes(v, 4 << 10) and not p.takes(v, 8 << 10)      # below / at a lost size
+    assert p.takes(v, 150 << 10) and not p.takes(v, 600 << 10) and p.takes(v, 64 << 20)
+    assert p._unmask(p._mask(v)) == v
+    f = str(tmp_path / "sc.json")
+    found = {c: v for c in p.COLLECTIVES}
+    monkeypatch.setattr(p.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    p.store("k", found, {c: rows for c in p.COLLECTIVES}, f)
+    assert p.lookup("k", f) == found and p.lookup("other", f) is None
+    monkeypatch.setattr(p.os, "getloadavg", lambda: (50.0, 0.0, 0.0))   # busy: measured again...
+    p.store("b", found, {c: rows for c in p.COLLECTIVES}, f)
+    assert p.lookup("b", f) is None
+    for _ in range(p.MAX_PROBES - 1):
+        p.store("b", found, {c: rows for c in p.COLLECTIVES}, f)
+    assert p.lookup("b", f) == found                                     # ...up to MAX_PROBES times
+    (tmp_path / "bad.json").write_text("{not json")
+    assert p.lookup("k", str(tmp_path / "bad.json")) is None

@@ -51,6 +51,8 @@ SIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20)   # bytes the tuner p
 REPS = 3
 CALLS = 2
 _FILE = "single-copy.json"
+BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
+MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
 _NEVER = -1.0
 
 
@@ -146,6 +148,8 @@ def lookup(key: str, path: str | None = None) -> dict | None:
     entry = _read(path or cache_path()).get(key)
     if not isinstance(entry, dict) or entry.get("sizes") != list(SIZES):
         return None
+    if _busy(entry) and int(entry.get("probes", 1)) < MAX_PROBES:
+        return None                             # measured on a busy host: measure again
     wins = entry.get("wins")
     if not isinstance(wins, dict) or set(wins) != set(COLLECTIVES) or not all(
             isinstance(w, list) and len(w) == len(SIZES) and all(isinstance(b, bool) for b in w)
@@ -154,16 +158,36 @@ def lookup(key: str, path: str | None = None) -> dict | None:
     return {c: tuple(zip(SIZES, wins[c])) for c in COLLECTIVES}
 
 
-def store(key: str, found: dict, rows: dict, path: str | None = None) -> None:
-    """Record a measurement (best effort: a cache that cannot be written is logged and skipped)."""
+def _busy(entry) -> bool:
+    load = entry.get("load_per_cpu")
+    return isinstance(load, (int, float)) and load > BUSY
+
+
+def _load_per_cpu(own: int):
+    """The 1-minute load average less this job's own ranks on this host, per usable CPU."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return max(0.0, os.getloadavg()[0] - own) / _probe.usable_cpus()
+
+
+def store(key: str, found: dict, rows: dict, path: str | None = None, own: int = 0) -> None:
+    """Record a measurement (best effort: a cache that cannot be written is logged and skipped).
+    One taken while the host was busy (other processes' load average above ``BUSY`` per CPU: on a shared machine the
+    syncs of a single-copy call wait for descheduled peers, the FIFO root does not) is re-done by
+    the next ``MAX_PROBES - 1`` communicators of the shape; the least loaded measurement is kept."""
     path = path or cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = _read(path)
-        data[key] = {"sizes": list(SIZES), "wins": {c: [w for _, w in v] for c, v in found.items()},
-                     "measured_at": time.time(),
-                     "rows_us": {c: [[s, f * 1e6, t * 1e6] for s, f, t in r] for c, r in rows.items()},
-                     "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+        prev = data.get(key) if isinstance(data.get(key), dict) else {}
+        entry = {"sizes": list(SIZES), "wins": {c: [w for _, w in v] for c, v in found.items()},
+                 "measured_at": time.time(),
+                 "rows_us": {c: [[s, f * 1e6, t * 1e6] for s, f, t in r] for c, r in rows.items()},
+                 "load_per_cpu": _load_per_cpu(own), "probes": int(prev.get("probes", 0)) + 1}
+        if prev.get("sizes") == list(SIZES) and isinstance(prev.get("load_per_cpu"), (int, float)) \
+                and isinstance(entry["load_per_cpu"], (int, float)) and prev["load_per_cpu"] < entry["load_per_cpu"]:
+            entry = dict(prev, probes=entry["probes"])     # the quieter measurement stays
+        data[key] = entry
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
@@ -199,6 +223,6 @@ def negotiate(engine, tuner, rank, link_classes, local_size, host, timeout) -> d
         schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's
         found = {c: _unmask(msg[1 + i]) for i, c in enumerate(COLLECTIVES)}
         if rank == 0 and key is not None and rows:
-            store(key, found, rows)
+            store(key, found, rows, own=local_size)
         log.info("single-copy verdicts measured in %.0f ms: %s", (time.perf_counter() - t0) * 1e3, found)
     return {c: _unmask(msg[1 + i]) for i, c in enumerate(COLLECTIVES)}
