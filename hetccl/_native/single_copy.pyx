@@ -630,7 +630,7 @@ def broadcast(Engine e, obj, int root, int dtype, double timeout):
     cdef int rc
     cdef double dl
     e.check_usable()
-    if not alltoall_usable(e):
+    if not cma_usable(e):
         raise InvalidUsage("the single-copy broadcast needs every pair of this communicator linked "
                            "by c2c in cma mode (one host, process_vm_readv permitted)")
     if not 0 <= root < e.size:
@@ -674,7 +674,7 @@ cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, d
     return finish_refusable(e, refused, dl)   # every peer has read my input: the caller may reuse it
 
 
-def alltoall_usable(Engine e):
+def cma_usable(Engine e):
     """True when every pair of the communicator is c2c in cma mode (this schedule can run)."""
     cdef int p
     if e.size < 2 or not e.c2c_everywhere():
@@ -692,7 +692,7 @@ def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
     cdef int rc, N = e.size
     cdef double dl
     e.check_usable()
-    if not alltoall_usable(e):
+    if not cma_usable(e):
         raise InvalidUsage("the single-copy alltoall needs every pair of this communicator linked by "
                            "c2c in cma mode (one host, process_vm_readv permitted)")
     p.pin(sendobj, recvobj, True)

@@ -33,7 +33,7 @@ def latency_path_takes(coll, algo) -> bool:
 # of its own, so a test can spy on a route without touching the native module
 single_copy = SimpleNamespace(allreduce=_single.allreduce, allgather=_single.allgather,
                               alltoall=_single.alltoall, broadcast=_single.broadcast,
-                              usable=_single.alltoall_usable)
+                              usable=_single.cma_usable)
 
 # schedules on symmetric allocations, (engine, heap, ...) (_native/symmetric_heap.pyx)
 symmetric = SimpleNamespace(allreduce=_symm.allreduce, allgather=_symm.allgather,
