@@ -260,3 +260,15 @@ def test_verdicts_and_cache(tmp_path, monkeypatch):
     assert p.lookup("b", f) == found                                     # ...up to MAX_PROBES times
     (tmp_path / "bad.json").write_text("{not json")
     assert p.lookup("k", str(tmp_path / "bad.json")) is None
+
+
+def test_cache_clear(tmp_path):
+    from hetccl.collectives import single_copy_probe as p
+    f = str(tmp_path / "sc.json")
+    v = {c: tuple((s, True) for s in p.SIZES) for c in p.COLLECTIVES}
+    rows = {c: [(s, 2.0, 1.0) for s in p.SIZES] for c in p.COLLECTIVES}
+    for key in ("h1|c2c|local=2|cpus=2|b", "h1|c2c|local=4|cpus=2|b", "h2|c2c|local=2|cpus=2|b"):
+        p.store(key, v, rows, f, own=99)
+    assert p.clear(host="h1", local=2, path=f) == 1
+    assert p.lookup("h1|c2c|local=4|cpus=2|b", f) is not None and p.lookup("h1|c2c|local=2|cpus=2|b", f) is None
+    assert p.clear(path=f) == 2 and not (tmp_path / "sc.json").exists()

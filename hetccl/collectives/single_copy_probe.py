@@ -26,8 +26,8 @@ process took the core says nothing about the paths).
 Agreement: rank 0 alone reads the cache and decides; it broadcasts one small vector, so every rank
 routes every call alike (ranks that disagreed would run different schedules and mismatch). The
 cache: ``single-copy.json`` next to the cost-model cache, keyed like it (host, link classes, local
-ranks, CPUs, hetccl build: :func:`.probe.shape`); ``hetccl tune --clear`` does not know it, deleting
-the file is enough.
+ranks, CPUs, hetccl build: :func:`.probe.shape`); ``hetccl tune`` drops and re-measures its entries with the
+cost model's, ``hetccl tune --clear`` deletes them too.
 """
 from __future__ import annotations
 
@@ -194,6 +194,26 @@ def store(key: str, found: dict, rows: dict, path: str | None = None, own: int =
         os.replace(tmp, path)
     except OSError as e:
         log.warning("cannot write the single-copy cache %s (%s); the next job measures again", path, e)
+
+
+def clear(host: str | None = None, local: int | None = None, path: str | None = None) -> int:
+    """Drop the entries of this host and number of local ranks (None: all); how many went.
+    ``hetccl tune`` calls it with the cost-model cache's, so both are measured again together."""
+    path = path or cache_path()
+    data = _read(path)
+    keep = {k: v for k, v in data.items()
+            if not ((host is None or k.startswith(f"{host}|"))
+                    and (local is None or f"|local={local}|" in k))}
+    if len(keep) != len(data):
+        try:
+            if keep:
+                with open(path, "w") as f:
+                    json.dump(keep, f, indent=1)
+            else:
+                os.remove(path)
+        except OSError as e:
+            log.warning("cannot update the single-copy cache %s (%s)", path, e)
+    return len(data) - len(keep)
 
 
 # ------------------------------------------------------------------ agreement
