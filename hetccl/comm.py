@@ -63,11 +63,11 @@ def _c2c_direct_min():
 
 
 def _plain_single_copy(engine, tuner, rank, cards, matrix, local_size, timeout):
-    """((collective, smallest bytes or None), ...) for the single-copy routes of plain buffers
-    (broadcast, allgather, alltoall by CMA reads): measured against the FIFOs
-    (collectives/single_copy_probe.py) where every pair is c2c in cma mode; HETCCL_C2C_DIRECT=off
-    keeps every call on the FIFOs, a size in bytes sets every threshold (the same on every rank:
-    the job's environment)."""
+    """((collective, ((size, single copy faster), ...)), ...) for the single-copy routes of plain
+    buffers (broadcast, allgather, alltoall by CMA reads, CostModel.single_copy): measured against
+    the FIFOs (collectives/single_copy_probe.py) where every pair is c2c in cma mode;
+    HETCCL_C2C_DIRECT=off keeps every call on the FIFOs, a size in bytes sends every call from that
+    size (the same on every rank: the job's environment)."""
     if not schedules.single_copy.usable(engine):
         return ()
     spec = os.environ.get("HETCCL_C2C_DIRECT", "").strip().lower()
@@ -606,6 +606,7 @@ class Communicator:
                     "the shared-memory FIFOs from now on", self.rank, c.coll,
                     _c2c_ptrace_policy())
         self._tuner.model = dataclasses.replace(self._tuner.model, single_copy=())
+        self._direct_min = None
         fn, args = _FLAT[c.coll](self._engine, c, algo)
         fn(*args)
 
