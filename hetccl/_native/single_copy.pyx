@@ -50,7 +50,7 @@ from hetccl._native.failure cimport interrupted, check_signals
 from hetccl._native.kernels cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 from hetccl._native.life cimport hc_life_sleep
 from hetccl._native.link cimport Link, E_TIMEOUT, E_PEER_LOST, E_MISMATCH, E_INTERRUPTED, E_CANCELLED
-from hetccl._native.pinning cimport (Pins, check_alltoall, get_buffer, pin_allgather, pin_allreduce,
+from hetccl._native.pinning cimport (Pins, check_alltoall, pin_allgather, pin_allreduce, pin_rooted,
                                      release_pair)
 from cpython.buffer cimport PyBuffer_Release
 from hetccl._native.posix_wait cimport pollfd, poll, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
@@ -633,12 +633,8 @@ def broadcast(Engine e, obj, int root, int dtype, double timeout):
     if not cma_usable(e):
         raise InvalidUsage("the single-copy broadcast needs every pair of this communicator linked "
                            "by c2c in cma mode (one host, process_vm_readv permitted)")
-    if not 0 <= root < e.size:
-        raise InvalidUsage(f"root {root} is not a rank of this communicator (0..{e.size - 1})")
-    get_buffer(obj, &v, True)
+    pin_rooted(obj, root, e.size, dtype_size(dtype), &v)
     try:
-        if v.len % dtype_size(dtype):
-            raise InvalidUsage(f"buffer of {v.len} bytes is not a whole number of elements")
         dl = hc_now() + timeout
         e.begin("broadcast", 0)
         with nogil:
