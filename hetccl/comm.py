@@ -9,6 +9,7 @@ dtype and op, so a violation raises InvalidUsage on the ranks that see it, and t
 then aborted so that every other rank raises too instead of hanging.
 """
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from .bootstrap.rendezvous import connect_store
 from .bootstrap.store import StoreClient
 from .bridges import formation as _formation
 from .collectives import hierarchical, probe, registry, schedules
+from .collectives import single_copy_probe as _single_copy_probe
 from .collectives import islands as _islands
 from .collectives import staged as _staged
 from .collectives.algorithm import ALGO_ISLANDS, ALGO_PAIRWISE, ALGO_RING
@@ -35,13 +37,14 @@ from .collectives.tuner import Tuner
 from .context import Context
 from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
 from .flight.record import entries as _flight_entries
+from .memory.registration import Registry
 from .memory.symmetric import SymmetricMemory
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .recovery.membership import EXCLUDED, FAILED, REVOKED
 from .recovery.shrink import shrink as _shrink
 from .topology.cards import card_entry, crowded
-from .transports.c2c import direct_thresholds
+from .transports.c2c import direct_thresholds, ptrace_policy as _c2c_ptrace_policy
 from .transports.matrix import format_matrix
 from .transports.mesh import connect_mesh
 from .transports.netif import listen_address
@@ -57,6 +60,25 @@ def _c2c_direct_min():
     """Smallest call (bytes) that runs single-copy when every pair is c2c (inf: never; None: off)."""
     t = direct_thresholds()
     return None if t is None else {k: (v if v is not None else float("inf")) for k, v in t.items()}
+
+
+def _plain_single_copy(engine, tuner, rank, cards, matrix, local_size, timeout):
+    """((collective, ((size, single copy faster), ...)), ...) for the single-copy routes of plain
+    buffers (broadcast, allgather, alltoall by CMA reads, CostModel.single_copy): measured against
+    the FIFOs (collectives/single_copy_probe.py) where every pair is c2c in cma mode;
+    HETCCL_C2C_DIRECT=off keeps every call on the FIFOs, a size in bytes sends every call from that
+    size (the same on every rank: the job's environment)."""
+    if not schedules.single_copy.usable(engine):
+        return ()
+    spec = os.environ.get("HETCCL_C2C_DIRECT", "").strip().lower()
+    t = direct_thresholds() if spec else {}             # validates the value
+    if t is None:
+        return ()
+    if spec and spec not in ("on", "1", "yes"):
+        return tuple((c, ((min(t.values()), True),)) for c in _single_copy_probe.COLLECTIVES)
+    mins = _single_copy_probe.negotiate(engine, tuner, rank, {k for row in matrix for k in row},
+                                        local_size, cards[0]["host"], timeout)
+    return tuple(mins.items())
 
 
 def _dtype_code(buf) -> int:
@@ -255,6 +277,11 @@ _PLANNER = {       # composed by the topology planner (collectives/hierarchical.
     "allgather": lambda p, c, a: (p.allgather, (c.send, c.recv, c.dtype, a, c.timeout)),
     "broadcast": lambda p, c, a: (p.broadcast, (c.send, c.root, c.dtype, a, c.timeout)),
 }
+_PLAIN_SINGLE_COPY = {   # _native/single_copy.pyx: CMA reads of plain buffers, where measured faster
+    "broadcast": lambda e, c: (schedules.single_copy.broadcast, (e, c.send, c.root, c.dtype, c.timeout)),
+    "allgather": lambda e, c: (schedules.single_copy.allgather, (e, c.send, c.recv, c.dtype, c.timeout)),
+    "alltoall": lambda e, c: (schedules.single_copy.alltoall, (e, c.send, c.recv, c.dtype, c.timeout)),
+}
 _SINGLE_COPY = {   # _native/single_copy.pyx: ring schedules over c2c peers' memory
     "allreduce": lambda e, c: (schedules.single_copy.allreduce, (e, c.send, c.recv, c.dtype, c.op, c.timeout)),
     "allgather": lambda e, c: (schedules.single_copy.allgather, (e, c.send, c.recv, c.dtype, c.timeout)),
@@ -347,8 +374,15 @@ class Communicator:
             raise
         self._plan = ctx.plan = hierarchical.planner_for(ctx, cards, oversubscribed=engine.spin_s == 0)
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
-        self._a2a_cma_min = schedules.single_copy.alltoall_min_bytes(engine, engine.spin_s == 0)
+        try:                                  # plain-buffer single copy: where it beats the FIFOs
+            self._tuner.model = dataclasses.replace(self._tuner.model, single_copy=_plain_single_copy(
+                engine, self._tuner, self.rank, cards, matrix, self.local_size, timeout))
+        except BaseException:
+            self._abort()
+            self._ft.detach()
+            raise
         self._sym = SymmetricMemory(ctx, engine.all_c2c())
+        self._registry = Registry()
         self._children = 0
         try:                                  # islands with vendor bridges (collective: opens them)
             self._islands = ctx.islands = _islands.plan_for(ctx, cards, shrunk_from)
@@ -540,24 +574,41 @@ class Communicator:
             return self._go(c, a.run, (self._ctx, c))
         if algo == ALGO_ISLANDS and coll in _ISLANDS:
             return self._go(c, *_ISLANDS[coll](isl, c, algo, form))
+        if (coll in _PLAIN_SINGLE_COPY and c.counts is None and c.algorithm is None and isl is None
+                and self._plan is None and coll not in self._tuner.forced
+                and self._tuner.single_copy(coll, c.nbytes)):
+            self.last_algorithm = "single_copy"
+            fn, args = _PLAIN_SINGLE_COPY[coll](self._engine, c)
+            return self._go(c, self._single_copy_or_fifo, (c, fn, args, algo))
         if algo == ALGO_RING and coll in _SINGLE_COPY and self._direct_min is not None \
                 and c.nbytes >= self._direct_min[coll]:
-            return self._go(c, *_SINGLE_COPY[coll](self._engine, c))
+            return self._go(c, self._single_copy_or_fifo, (c, *_SINGLE_COPY[coll](self._engine, c), algo))
         if algo < 0 and coll in _PLANNER:
             return self._go(c, *_PLANNER[coll](self._plan, c, algo))
-        if coll == "alltoall":
-            if c.counts is not None:
-                if c.algorithm is None and algo != ALGO_PAIRWISE:
-                    algo = ALGO_PAIRWISE         # alltoallv: only pairwise takes uneven blocks
-                    self.last_algorithm = "pairwise"
-            elif algo == ALGO_PAIRWISE and self._a2a_cma_min is not None and c.nbytes >= self._a2a_cma_min:
-                return self._go(c, schedules.single_copy.alltoall, (self._engine, c.send, c.recv, c.dtype, c.timeout))
+        if coll == "alltoall" and c.counts is not None and c.algorithm is None and algo != ALGO_PAIRWISE:
+            algo = ALGO_PAIRWISE                 # alltoallv: only pairwise takes uneven blocks
+            self.last_algorithm = "pairwise"
         if c.counts is None and schedules.latency_path_takes(coll, algo):
             self._learn(c, algo)
         return self._go(c, *_FLAT[coll](self._engine, c, algo))
 
     def _go(self, c, fn, args):
         return self._run(c.coll, fn, args, c.result, c.async_op)
+
+    def _single_copy_or_fifo(self, c, fn, args, algo):
+        """Run a plain-buffer single-copy schedule; if a cross-memory read was refused on any rank
+        (EPERM/EACCES: every rank learns it in the schedule's last sync, so all come here alike),
+        warn once, route this communicator's later calls to the FIFOs, and re-run this one there."""
+        if fn(*args) is not False:
+            return
+        log.warning("rank %d: cross-memory attach was refused during a single-copy %s (the kernel's "
+                    "ptrace check: %s, or a peer made itself non-dumpable); this communicator uses "
+                    "the shared-memory FIFOs from now on", self.rank, c.coll,
+                    _c2c_ptrace_policy())
+        self._tuner.model = dataclasses.replace(self._tuner.model, single_copy=())
+        self._direct_min = None
+        fn, args = _FLAT[c.coll](self._engine, c, algo)
+        fn(*args)
 
     # ------------------------------------------------------------------ collectives
 
@@ -689,6 +740,20 @@ class Communicator:
         return self._route(self._parse("alltoall", buf, out, counts=send_counts, rcounts=recv_counts,
                                        timeout=timeout, algorithm=algorithm, async_op=async_op))
 
+    # ------------------------------------------------------------------ registered buffers
+
+    def register(self, buf):
+        """Register a buffer this process will pass to collectives again (like NCCL's user-buffer
+        registration); returns a handle (also a context manager: ``with comm.register(x):``).
+        Local, not collective. Plain buffers take the single-copy schedules with or without it;
+        what it buys is its pages faulted in now, not inside the first call that writes them
+        (docs/registration.md). Registering the same buffer again returns the same handle."""
+        return self._registry.register(buf)
+
+    def deregister(self, handle):
+        """Drop one registration of ``handle`` (see ``register``); the buffer stays usable."""
+        self._registry.deregister(handle)
+
     # ------------------------------------------------------------------ symmetric memory
 
     def alloc(self, shape, dtype=np.float32, *, timeout=None):
@@ -796,7 +861,8 @@ class Communicator:
         lines.append("transport per pair:")
         lines.append(format_matrix(self._matrix))
         used = {x for row in self._matrix for x in row}
-        facts = {"direct_min": self._direct_min, "a2a_cma_min": self._a2a_cma_min, "symmetric": self._sym.shared}
+        facts = {"direct_min": self._direct_min, "single_copy": dict(self._tuner.model.single_copy),
+                 "symmetric": self._sym.shared}
         for t in _transports.rows():
             if t.name in used:
                 lines += t.describe_links(self._cards, facts)
@@ -821,6 +887,16 @@ class Communicator:
             known = sorted({a.collective for a in registry.ALGORITHMS})
             raise InvalidUsage(f"unknown collective {collective!r}; known: {', '.join(known)}")
         text = _explain(self._tuner, self._plan, self._islands, collective, nbytes)
+        if collective in _PLAIN_SINGLE_COPY and self._tuner.model.single_copy:
+            rows = dict(self._tuner.model.single_copy)[collective]
+            where = ", ".join(f"{n}:{'single' if won else 'fifo'}" for n, won in rows)
+            if (self._plan is None and self._islands is None and collective not in self._tuner.forced
+                    and self._tuner.single_copy(collective, int(nbytes))):
+                text = (f"plain buffers: single copy by cross-memory attach, measured faster at the "
+                        f"nearest size ({where}):\n  -> single_copy\nthe FIFO algorithms it replaces:\n"
+                        + text)
+            else:
+                text += f"\nsingle copy by cross-memory attach: not taken at this size (measured {where})"
         return text + "\n" + self._sym.explain(collective, int(nbytes))
 
     # ------------------------------------------------------------------ recovery (recovery/)
@@ -1126,6 +1202,7 @@ class Communicator:
         if self._islands is not None:
             self._islands.release()
         self._sym.close()
+        self._registry.clear()
         self._ft.detach()
         _flight.detach(self._ctx)
         if self._parent is not None:

@@ -71,6 +71,8 @@ cdef struct C2CSlot:
     uint64_t sbuf            # CMA: the owner's input / output addresses in its own address space
     uint64_t rbuf
     uint64_t magic           # C2C_MAGIC once the owner attached (sanity check of the mapping)
+    uint32_t refused         # the sync (epoch) before which a CMA read of this side's was refused
+                             # (EPERM/EACCES): every rank then re-runs the call on the FIFOs
 
 cdef struct C2CPeer:
     int mode                 # C2CMode

@@ -59,6 +59,19 @@ cdef int get_buffer(object obj, Py_buffer* view, bint writable) except -1:
     return 0
 
 
+cdef int pin_rooted(object obj, int root, int size, size_t esize, Py_buffer* view) except -1:
+    """Pin a rooted collective's buffer (written on non-roots, whole elements), after checking
+    that root is a rank: released again when a check fails."""
+    if not 0 <= root < size:
+        raise InvalidUsage(f"root {root} is not a rank of this communicator (0..{size - 1})")
+    get_buffer(obj, view, True)
+    if <size_t>view.len % esize:
+        n = view.len
+        PyBuffer_Release(view)
+        raise InvalidUsage(f"buffer of {n} bytes is not a whole number of elements")
+    return 0
+
+
 cdef int check_overlap(Py_buffer* a, Py_buffer* b, bint same) except -1:
     cdef uintptr_t a0 = <uintptr_t>a.buf, a1 = a0 + <uintptr_t>a.len
     cdef uintptr_t b0 = <uintptr_t>b.buf, b1 = b0 + <uintptr_t>b.len

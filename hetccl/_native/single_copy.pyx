@@ -21,8 +21,13 @@ rank works on its peers' memory directly:
   syncs, reads block ``rank`` of every peer's input straight into its output (one kernel copy each,
   peers in the order rank+1, rank+2, ... so that no two ranks read the same peer at once), and syncs
   again. The FIFO pairwise exchange copies every byte twice and needs both ends of a pair on a CPU
-  at once; this does neither, so it wins for large blocks and with more ranks than cores
-  (``alltoall_min_bytes``).
+  at once; this does neither, so it wins for large blocks and with more ranks than cores.
+* **broadcast** (cma mode) — every non-root reads the root's buffer straight into its own.
+
+Broadcast, allgather and alltoall on plain buffers run here from the sizes the communicator-creation
+probe measured them faster than the FIFOs (collectives/single_copy_probe.py). A read the kernel
+refuses (EPERM/EACCES) is reported in the call's last sync; every rank then returns False together
+and the router re-runs the call on the FIFOs (``finish_refusable``).
 
 Synchronisation is a per-rank epoch counter in each pair's control slot (release/acquire atomics);
 a waiter spins, yields, then sleeps on a shared futex, which the poster wakes only when the waiter
@@ -45,9 +50,13 @@ from hetccl._native.failure cimport interrupted, check_signals
 from hetccl._native.kernels cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 from hetccl._native.life cimport hc_life_sleep
 from hetccl._native.link cimport Link, E_TIMEOUT, E_PEER_LOST, E_MISMATCH, E_INTERRUPTED, E_CANCELLED
-from hetccl._native.pinning cimport Pins, check_alltoall, pin_allgather, pin_allreduce, release_pair
+from hetccl._native.pinning cimport (Pins, check_alltoall, pin_allgather, pin_allreduce, pin_rooted,
+                                     release_pair)
+from cpython.buffer cimport PyBuffer_Release
 from hetccl._native.posix_wait cimport pollfd, poll, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.wire cimport HDR_BYTES, HDR_CHECKED, PHASE_DIRECT, put_header
+
+from libc.errno cimport EPERM, EACCES
 
 import os as _os
 
@@ -293,6 +302,67 @@ cdef inline int cma(Engine e, int p, void* local, uint64_t raddr, size_t n, int 
     return 0
 
 
+cdef enum:
+    CMA_REFUSED = 1     # a read was refused (EPERM/EACCES); every rank re-runs the call on the FIFOs
+
+cdef int _inject_errno = 0      # tests: the next _inject_left reads fail with this errno
+cdef int _inject_left = 0
+
+
+def _inject_cma_failure(int err, int count=1):
+    """Make this process's next ``count`` single-copy reads (broadcast, allgather, alltoall) fail
+    with ``err``, as process_vm_readv does when ptrace permission is withdrawn (EPERM) or the peer
+    is gone (ESRCH). For the failure tests only."""
+    global _inject_errno, _inject_left
+    _inject_errno, _inject_left = err, count
+
+
+cdef inline int cma_read(Engine e, int p, void* local, uint64_t raddr, size_t n,
+                         bint* refused) noexcept nogil:
+    """Read n bytes at raddr of peer p. A refusal (EPERM, EACCES: the kernel's ptrace check said
+    no, e.g. ptrace_scope raised or the peer made itself non-dumpable after set-up) sets *refused
+    and returns CMA_REFUSED: the caller stops reading and reports it in its last sync
+    (finish_refusable), so that every rank falls back together. Any other error means the peer is
+    gone (ESRCH) or unmapped the buffer because it aborted (EFAULT)."""
+    global _inject_left
+    cdef long rc
+    if n == 0:
+        return 0
+    if _inject_left > 0:
+        _inject_left -= 1
+        rc = -_inject_errno
+    else:
+        rc = hc_cma(e.links[p].c2c.pid, local, raddr, n, 0)
+    if rc == -EPERM or rc == -EACCES:
+        refused[0] = True
+        return CMA_REFUSED
+    if rc < 0:
+        e.fail.peer = p
+        return E_PEER_LOST
+    return 0
+
+
+cdef int finish_refusable(Engine e, bint refused, double dl) noexcept nogil:
+    """The last sync of a call whose reads may have been refused: a rank that was refused marks
+    the sync's epoch in its slots before posting it, so after the sync every rank has seen every
+    mark (release/acquire) and all return CMA_REFUSED together, or all 0."""
+    cdef int p, rc
+    cdef uint32_t ep = e.c2c_epoch + 1
+    if refused:
+        for p in range(e.size):
+            if p != e.rank:
+                e.links[p].c2c.mine.refused = ep
+    rc = sync(e, dl)
+    if rc < 0:
+        return rc
+    if refused:
+        return CMA_REFUSED
+    for p in range(e.size):
+        if p != e.rank and e.links[p].c2c.theirs.refused == ep:
+            return CMA_REFUSED
+    return 0
+
+
 # ------------------------------------------------------------------ allreduce
 
 cdef inline size_t chunk_bytes(Engine e, size_t es) noexcept nogil:
@@ -416,7 +486,7 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
 
 cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, p, i, rc
-    cdef bint st = nb * N >= e.nt_threshold
+    cdef bint st = nb * N >= e.nt_threshold, refused = False
     rc = enter(e, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), sbuf, rbuf, dl)
     if rc < 0:
         return rc
@@ -424,14 +494,16 @@ cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, d
         if interrupted(&e.fail):
             return E_CANCELLED
         p = (r + i) % N
-        rc = cma(e, p, rbuf + nb * p, e.links[p].c2c.theirs.sbuf, nb, 0)
+        rc = cma_read(e, p, rbuf + nb * p, e.links[p].c2c.theirs.sbuf, nb, &refused)
         if rc < 0:
             return rc
+        if refused:
+            break
     if sbuf != rbuf + nb * r:
         copy_bytes(rbuf + nb * r, sbuf, nb, st)
         if st:
             store_fence()
-    return sync(e, dl)                        # my input may be reused once everyone has read it
+    return finish_refusable(e, refused, dl)   # my input may be reused once everyone has read it
 
 
 cdef int allgather_window(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
@@ -500,7 +572,9 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, double timeout):
 
 
 def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
-    """Single-copy allgather (recv = concatenation over ranks of send; send may be recv: in place)."""
+    """Single-copy allgather (recv = concatenation over ranks of send; send may be recv: in place).
+    True when done; False when a cross-memory read was refused on some rank (every rank returns
+    False together; the caller re-runs the call on the FIFO schedules)."""
     cdef Py_buffer sv, rv
     cdef int rc, mode = _mode(e)
     cdef double dl
@@ -517,6 +591,58 @@ def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
         e.end(rc, "allgather", timeout)
     finally:
         release_pair(same, &sv, &rv)
+    return rc != CMA_REFUSED
+
+
+# ------------------------------------------------------------------ broadcast (cma mode)
+
+cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, double dl) noexcept nogil:
+    """Every non-root reads the root's buffer straight into its own, in CHUNK pieces (an interrupt
+    is seen between them); the last sync keeps the root's buffer unchanged until all have read.
+    The root rides in the header's op byte: ranks naming different roots mismatch at the entry."""
+    cdef int rc
+    cdef size_t o = 0, n
+    cdef bint refused = False
+    cdef uint64_t src
+    rc = enter_as(e, COLL_BROADCAST, dtype, root & 0xFF, PHASE_DIRECT, nb // dtype_size(dtype),
+                  <uintptr_t>buf, 0, dl)
+    if rc < 0:
+        return rc
+    if e.rank != root:
+        src = e.links[root].c2c.theirs.sbuf
+        while o < nb:
+            if interrupted(&e.fail):
+                return E_CANCELLED
+            n = nb - o if nb - o < CHUNK else CHUNK
+            rc = cma_read(e, root, buf + o, src + o, n, &refused)
+            if rc < 0:
+                return rc
+            if refused:
+                break
+            o += n
+    return finish_refusable(e, refused, dl)
+
+
+def broadcast(Engine e, obj, int root, int dtype, double timeout):
+    """Copy root's buffer into every rank's by single-copy CMA reads (every pair c2c in cma mode).
+    True when done; False when a read was refused somewhere (all ranks alike: re-run on the FIFOs)."""
+    cdef Py_buffer v
+    cdef int rc
+    cdef double dl
+    e.check_usable()
+    if not cma_usable(e):
+        raise InvalidUsage("the single-copy broadcast needs every pair of this communicator linked "
+                           "by c2c in cma mode (one host, process_vm_readv permitted)")
+    pin_rooted(obj, root, e.size, dtype_size(dtype), &v)
+    try:
+        dl = hc_now() + timeout
+        e.begin("broadcast", 0)
+        with nogil:
+            rc = broadcast_cma(e, <char*>v.buf, <size_t>v.len, root, dtype, dl)
+        e.end(rc, "broadcast", timeout)
+    finally:
+        PyBuffer_Release(&v)
+    return rc != CMA_REFUSED
 
 
 # ------------------------------------------------------------------ alltoall (cma mode)
@@ -524,8 +650,7 @@ def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
 cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, double dl) noexcept nogil:
     """The schedule of the module docstring on pinned buffers of N blocks of blk bytes."""
     cdef int N = e.size, r = e.rank, i, p, rc
-    cdef long k
-    cdef bint st = blk * N >= e.nt_threshold
+    cdef bint st = blk * N >= e.nt_threshold, refused = False
     copy_bytes(rbuf + blk * r, sbuf + blk * r, blk, st)
     if st:
         store_fence()
@@ -537,15 +662,15 @@ cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, d
         if interrupted(&e.fail):
             return E_CANCELLED
         p = (r + i) % N
-        if blk:
-            k = hc_cma(e.links[p].c2c.pid, rbuf + blk * p, e.links[p].c2c.theirs.sbuf + blk * r, blk, 0)
-            if k < 0:
-                e.fail.peer = p
-                return E_PEER_LOST       # ESRCH (gone) or EFAULT (it unmapped its input: it aborted)
-    return sync(e, dl)                   # every peer has read my input: the caller may reuse it
+        rc = cma_read(e, p, rbuf + blk * p, e.links[p].c2c.theirs.sbuf + blk * r, blk, &refused)
+        if rc < 0:
+            return rc
+        if refused:
+            break
+    return finish_refusable(e, refused, dl)   # every peer has read my input: the caller may reuse it
 
 
-def alltoall_usable(Engine e):
+def cma_usable(Engine e):
     """True when every pair of the communicator is c2c in cma mode (this schedule can run)."""
     cdef int p
     if e.size < 2 or not e.c2c_everywhere():
@@ -557,12 +682,13 @@ def alltoall_usable(Engine e):
 
 
 def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
-    """recvobj block p = block rank of rank p's sendobj (equal blocks), by single-copy CMA reads."""
+    """recvobj block p = block rank of rank p's sendobj (equal blocks), by single-copy CMA reads.
+    True when done; False when a read was refused somewhere (all ranks alike: re-run on the FIFOs)."""
     cdef Pins p = Pins()
     cdef int rc, N = e.size
     cdef double dl
     e.check_usable()
-    if not alltoall_usable(e):
+    if not cma_usable(e):
         raise InvalidUsage("the single-copy alltoall needs every pair of this communicator linked by "
                            "c2c in cma mode (one host, process_vm_readv permitted)")
     p.pin(sendobj, recvobj, True)
@@ -572,34 +698,4 @@ def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
     with nogil:
         rc = alltoall_cma(e, <char*>p.a.buf, <char*>p.b.buf, <size_t>p.a.len // N, dtype, dl)
     e.end(rc, "alltoall", timeout)
-
-
-# Where the single copy starts to win (bytes of one rank's input), measured on the 2-vCPU VM this
-# was built on against the FIFO pairwise exchange in the same processes (bench/RESULTS.md). With
-# more ranks than cores the FIFO exchange also waits for both ends of a pair to be on a CPU: 4 ranks,
-# single copy 1.35x at 512 KiB, 1.5x at 1-8 MiB, 2.6x at 32 MiB. With a core per rank it depends on
-# the host's vCPU placement: when the two vCPUs share a cache the FIFO's cache-to-cache copies are
-# cheap (single copy 0.73x at 512 KiB, 1.0x at 2 MiB, 1.1x at 8 MiB), when they do not it is
-# 2.8-3.4x from 512 KiB; from 2 MiB it never lost.
-ALLTOALL_MIN_BYTES = 2 << 20
-ALLTOALL_MIN_BYTES_OVERSUBSCRIBED = 512 << 10
-
-
-def alltoall_min_bytes(Engine e, bint oversubscribed):
-    """Smallest alltoall (bytes of one rank's input) routed to this schedule, or None (never).
-
-    On by default wherever it can run (every pair c2c in cma mode), unlike the single-copy
-    allreduce/allgather, which lose to the FIFO ring on this host. HETCCL_C2C_DIRECT, when set,
-    rules here too: off keeps alltoall on the FIFOs, a number of bytes sets the threshold."""
-    import os
-    from hetccl.transports.c2c import direct_thresholds
-    if not alltoall_usable(e):
-        return None
-    spec = os.environ.get("HETCCL_C2C_DIRECT", "").strip().lower()
-    if spec:
-        t = direct_thresholds()               # validates the value
-        if t is None:
-            return None
-        if spec not in ("on", "1", "yes"):
-            return min(t.values())
-    return ALLTOALL_MIN_BYTES_OVERSUBSCRIBED if oversubscribed else ALLTOALL_MIN_BYTES
+    return rc != CMA_REFUSED

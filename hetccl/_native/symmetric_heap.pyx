@@ -40,7 +40,7 @@ from hetccl._native.failure cimport interrupted
 from hetccl._native.life cimport hc_life_inuse
 from hetccl._native.link cimport E_MISMATCH, E_CANCELLED
 from hetccl._native.pinning cimport (get_buffer, check_overlap, pin_allgather, pin_allreduce,
-                                     release_pair)
+                                     pin_rooted, release_pair)
 from hetccl._native.single_copy cimport sync, enter_as
 from hetccl._native.wire cimport PHASE_SYMMETRIC
 from hetccl._native.kernels cimport (reduce_fn, dual_fn, get_reduce, get_reduce_dual, copy_bytes,
@@ -634,12 +634,8 @@ def broadcast(Engine e, Heap h, obj, int root, int dtype, double timeout):
     cdef int rc
     cdef double dl
     ready(e, h)
-    if not 0 <= root < e.size:
-        raise InvalidUsage(f"root {root} is not a rank of this communicator (0..{e.size - 1})")
-    get_buffer(obj, &v, True)
+    pin_rooted(obj, root, e.size, dtype_size(dtype), &v)
     try:
-        if v.len % dtype_size(dtype):
-            raise InvalidUsage(f"buffer of {v.len} bytes is not a whole number of elements")
         d = descriptor(h, &v, "broadcast")
         dl = hc_now() + timeout
         e.begin("broadcast", 0)

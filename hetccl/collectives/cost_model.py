@@ -86,6 +86,9 @@ class CostModel:
     link_classes: tuple = ()
     raw: dict = field(default_factory=dict, compare=False)   # the probe's timings (us), if any
     best: tuple = field(default=(), compare=False)   # ((collective, nbytes, algorithm), ...) measured
+    # ((collective, ((size, single copy faster than the FIFOs), ...)), ...): measured by
+    # single_copy_probe.py where every pair is c2c in cma mode; empty: no single-copy routes
+    single_copy: tuple = field(default=(), compare=False)
 
     @classmethod
     def default(cls, link_classes, oversubscribed=False, why=""):

@@ -32,7 +32,8 @@ def latency_path_takes(coll, algo) -> bool:
 # single copy over c2c peers' memory, when every pair is c2c (_native/single_copy.pyx); a namespace
 # of its own, so a test can spy on a route without touching the native module
 single_copy = SimpleNamespace(allreduce=_single.allreduce, allgather=_single.allgather,
-                              alltoall=_single.alltoall, alltoall_min_bytes=_single.alltoall_min_bytes)
+                              alltoall=_single.alltoall, broadcast=_single.broadcast,
+                              usable=_single.cma_usable)
 
 # schedules on symmetric allocations, (engine, heap, ...) (_native/symmetric_heap.pyx)
 symmetric = SimpleNamespace(allreduce=_symm.allreduce, allgather=_symm.allgather,

@@ -20,6 +20,7 @@ import os
 from ..errors import InvalidUsage
 from . import registry
 from .cost_model import CALL_S, CostModel
+from .single_copy_probe import takes as _single_copy_takes
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -88,6 +89,12 @@ class Tuner:
         call = CALL_S if p > 1 else 0.0
         return [(a, a.cost(nbytes, p, self.cost) + call if a.supports(nbytes, p) else None)
                 for a in registry.for_collective(collective)]
+
+    def single_copy(self, collective: str, nbytes: int) -> bool:
+        """Whether an unforced call of this size runs single copy (CMA) rather than the FIFO
+        algorithm: what CostModel.single_copy measured at the nearest size (single_copy_probe.takes)."""
+        rows = dict(self.model.single_copy).get(collective)
+        return rows is not None and _single_copy_takes(rows, nbytes)
 
     def measured(self, collective: str, nbytes: int) -> str | None:
         """The algorithm the tuning file measured fastest at the size nearest nbytes (log2), when

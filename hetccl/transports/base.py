@@ -134,7 +134,7 @@ class Transport:
     def describe_links(self, cards: list, facts: dict) -> list:
         """Lines ``comm.describe()`` adds when the communicator has links of this transport:
         ``cards`` are its ranks' cards, ``facts`` what it decided about routes over them
-        (direct_min, a2a_cma_min: single-copy thresholds; symmetric: comm.alloc is shared)."""
+        (direct_min: ring single-copy thresholds; single_copy: {collective: plain-buffer crossover}; symmetric: comm.alloc is shared)."""
         return []
 
     def doctor(self) -> tuple[list, dict]:

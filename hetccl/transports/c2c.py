@@ -13,8 +13,10 @@ being staged through a FIFO (copy in, copy out). Two modes, agreed per host at s
 
 Each c2c pair also carries an ordinary shm FIFO pair (same segment), used by every schedule that has
 no single-copy form yet (broadcast, reduce_scatter, alltoall, small-message recursive doubling, ...).
-The single-copy schedules are in _native/single_copy.pyx; the Communicator runs them for ring allreduce
-and allgather when every pair of the communicator is c2c and HETCCL_C2C_DIRECT is on. Buffers from
+The single-copy schedules are in _native/single_copy.pyx. In cma mode the Communicator runs broadcast,
+allgather and alltoall on plain buffers single-copy from the sizes where the communicator-creation probe
+measured them faster than the FIFOs (collectives/single_copy_probe.py); ring allreduce and allgather
+run single-copy from fixed sizes when HETCCL_C2C_DIRECT is on. Buffers from
 ``comm.alloc`` (hetccl/memory/symmetric.py) are mapped by every local rank, so collectives over them
 skip CMA altogether and use plain loads and stores (_native/symmetric_heap.pyx), in either mode and by
 default; both reuse the control slots and the sync protocol of this transport (direct.pxd).
@@ -208,14 +210,15 @@ class C2CTransport(ShmTransport):
         """Each host's mode, and which single-copy routes the communicator runs."""
         modes = {(c["host"], c.get("c2c_mode"), c.get("c2c_why")) for c in cards if c.get("c2c_mode")}
         lines = [f"c2c on {host}: {mode} ({why})" for host, mode, why in sorted(modes)]
-        direct_min, a2a_min = facts["direct_min"], facts["a2a_cma_min"]
+        direct_min, plain = facts["direct_min"], facts["single_copy"]
         lines.append("single-copy ring allreduce/allgather: " + (
             ", ".join(f"{k} from {v} bytes" if v != float("inf") else f"{k} off"
                       for k, v in direct_min.items())
             if direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
-        lines.append("single-copy alltoall (cma): " + (
-            f"from {a2a_min} bytes" if a2a_min is not None
-            else "off (needs every pair c2c in cma mode; HETCCL_C2C_DIRECT=off also keeps it off)"))
+        lines.append("single-copy plain buffers (cma, measured against the FIFOs): " + (
+            "; ".join(f"{k} at " + (", ".join(_size(n) for n, won in v if won) or "no size measured")
+                      for k, v in plain.items())
+            if plain else "off (needs every pair c2c in cma mode; HETCCL_C2C_DIRECT=off also keeps it off)"))
         lines.append("comm.alloc buffers: " + (
             "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
             if facts["symmetric"] else "private memory (the symmetric schedules need every pair on c2c)"))
@@ -239,6 +242,10 @@ class C2CTransport(ShmTransport):
         mode = self._mode(ctx)
         self.hand_over(ctx.engine, peer, sock.fileno(), seg, fb, low, _MODE_CODE[mode],
                        int(ctx.cards[peer]["pid"]), window_bytes(ctx.local_size))
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} B"
 
 
 def cma_permitted():

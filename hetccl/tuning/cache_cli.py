@@ -78,7 +78,7 @@ def _child() -> int:
 
 def tune_main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from ..collectives import probe
+    from ..collectives import probe, single_copy_probe
     from ..topology.host import host_id
     if args.child:
         return _child()
@@ -87,6 +87,7 @@ def tune_main(argv=None) -> int:
     if args.clear:
         n = probe.clear()
         print(f"removed {probe.cache_path()} ({n} entr{'y' if n == 1 else 'ies'})")
+        single_copy_probe.clear()
         return 0
     counts = [int(x) for x in (args.nranks or "2").split(",") if x.strip()]
     if any(n < 2 for n in counts):
@@ -99,6 +100,7 @@ def tune_main(argv=None) -> int:
     rc = 0
     for n in counts:
         removed = probe.clear(host=host_id(), local=n)
+        single_copy_probe.clear(host=host_id(), local=n)
         print(f"# re-measuring {n} ranks on this host (dropped {removed} cached entr"
               f"{'y' if removed == 1 else 'ies'})", flush=True)
         cmd = [sys.executable, "-m", "hetccl", "run", "-n", str(n), "--timeout", str(args.timeout),

@@ -1,0 +1,274 @@
+"""Single copy for plain buffers (broadcast, allgather, alltoall by cross-memory attach), the
+measured routing, the fallback when the kernel refuses a read, lost and stalled peers, and buffer
+registration (hetccl/memory/registration.py)."""
+import gc
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from tests.launcher import run_ranks, run_ranks_expect_failure
+
+EVERYWHERE = {"HETCCL_C2C_DIRECT": "8", "HETCCL_TRANSPORTS": "c2c"}   # every call from 8 B takes it
+
+
+def _values(n, seed, dt):
+    return ((np.arange(n) * 7 + 13 * seed) % 97).astype(dt)
+
+
+def _correct(rank, size):
+    """Every new path at odd sizes and dtypes, in place and out of place, against what the FIFO
+    schedules compute; each call must have taken the single copy (last_algorithm)."""
+    import ml_dtypes
+
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    try:
+        assert all(dict(comm._tuner.model.single_copy)[c] == ((8, True),)
+                   for c in ("broadcast", "allgather", "alltoall")), comm._tuner.model.single_copy
+        for dt in (np.float64, np.int8, np.uint16, ml_dtypes.bfloat16):
+            for n in (17, 1001, 65_537, 300_001):
+                for root in {0, size - 1}:
+                    b = _values(n, rank, dt) if rank == root else np.zeros(n, dt)
+                    assert comm.broadcast(b, root=root) is b
+                    assert comm.last_algorithm == "single_copy", (n, comm.last_algorithm)
+                    assert np.array_equal(b.view(np.uint8), _values(n, root, dt).view(np.uint8)), (dt, n, root)
+                x = _values(n, rank, dt)
+                want = np.concatenate([_values(n, r, dt) for r in range(size)])
+                out = comm.allgather(x)                                   # allocating form
+                assert comm.last_algorithm == "single_copy"
+                assert np.array_equal(out.view(np.uint8), want.view(np.uint8)), (dt, n)
+                buf = np.zeros(n * size, dt)                              # in place
+                buf[rank * n:(rank + 1) * n] = x
+                comm.allgather(buf[rank * n:(rank + 1) * n], buf)
+                assert np.array_equal(buf.view(np.uint8), want.view(np.uint8)), (dt, n, "in place")
+                m = n - n % size
+                s = _values(m, rank, dt)
+                o = np.full(m, 1, dt)
+                assert comm.alltoall(s, o) is o and comm.last_algorithm == "single_copy"
+                blk = m // size
+                want = np.concatenate([_values(m, r, dt)[rank * blk:(rank + 1) * blk] for r in range(size)])
+                assert np.array_equal(o.view(np.uint8), want.view(np.uint8)), (dt, n)
+                ref = np.empty_like(o)
+                comm.alltoall(s, ref, algorithm="pairwise")               # forced: the FIFOs
+                assert comm.last_algorithm == "pairwise" and np.array_equal(o.view(np.uint8), ref.view(np.uint8))
+        w = comm.broadcast(np.full(100_001, rank, np.float32), root=0, async_op=True)   # progress thread
+        assert (w.wait() == 0).all()
+        return "ok"
+    finally:
+        comm.close(timeout=5.0)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_single_copy_plain_correct(size):
+    assert run_ranks(_correct, size, timeout=180, env=EVERYWHERE) == ["ok"] * size
+
+
+def _measured(rank, size):
+    """Unforced: the route is the probe's verdict at the nearest measured size, the same on every
+    rank; forcing an algorithm (per call or HETCCL_ALGO) keeps the call on the FIFOs."""
+    import hetccl
+    from hetccl.collectives.single_copy_probe import COLLECTIVES, SIZES, takes
+    comm = hetccl.init(timeout=60)
+    try:
+        sc = dict(comm._tuner.model.single_copy)
+        assert set(sc) == set(COLLECTIVES) and all(tuple(s for s, _ in sc[c]) == SIZES for c in COLLECTIVES)
+        seen = []
+        for nb in (4 << 10, 8 << 10, 100 << 10, 1 << 20, 8 << 20):
+            x = np.ones(nb // 8, np.float64)
+            comm.broadcast(x)
+            seen.append((comm.last_algorithm == "single_copy") == takes(sc["broadcast"], nb))
+            comm.broadcast(x, algorithm="binomial")
+            seen.append(comm.last_algorithm == "binomial")
+        assert not takes(sc["broadcast"], 4 << 10)          # below the smallest measured size: FIFO
+        return seen
+    finally:
+        comm.close(timeout=5.0)
+
+
+def test_single_copy_measured_route(tmp_path):
+    res = run_ranks(_measured, 2, timeout=120, env={"HETCCL_TRANSPORTS": "c2c", "XDG_CACHE_HOME": str(tmp_path)})
+    assert all(all(r) for r in res), res
+    assert (tmp_path / "hetccl" / "single-copy.json").exists()
+    res = run_ranks(_measured, 2, timeout=120, env={"HETCCL_TRANSPORTS": "c2c", "XDG_CACHE_HOME": str(tmp_path)})
+    assert all(all(r) for r in res), res                   # the second job: from the cache
+
+
+def _refused(rank, size):
+    """A read the kernel refuses (EPERM, as with ptrace_scope raised after set-up) on one rank: every
+    rank re-runs the call on the FIFOs with the right result, warns once, and stays there."""
+    import hetccl
+    from hetccl._native import single_copy
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+    logging.getLogger("hetccl").addHandler(Keep(level=logging.WARNING))
+    comm = hetccl.init(timeout=60)
+    try:
+        if rank == 1:
+            single_copy._inject_cma_failure(1)              # EPERM on its next read
+        n = 50_001
+        b = _values(n, 0, np.float64) if rank == 0 else np.zeros(n)
+        comm.broadcast(b, root=0)
+        assert np.array_equal(b, _values(n, 0, np.float64))
+        assert comm._tuner.model.single_copy == ()
+        out = comm.allgather(_values(n, rank, np.float32))
+        assert comm.last_algorithm != "single_copy"
+        assert np.array_equal(out, np.concatenate([_values(n, r, np.float32) for r in range(size)]))
+        warned = [r for r in records if "refused" in r.getMessage()]
+        return len(warned)
+    finally:
+        comm.close(timeout=5.0)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_single_copy_refused_falls_back(size):
+    assert run_ranks(_refused, size, timeout=120, env=EVERYWHERE) == [1] * size
+
+
+def _peer_dies(rank, size, how):
+    """Rank 1 dies (before the call, or with ESRCH from its read: it raises PeerLostError) or stalls;
+    rank 0 must raise (PeerLostError / HetcclTimeout) well before the deadline, not hang."""
+    import os
+
+    import hetccl
+    from hetccl._native import single_copy
+    comm = hetccl.init(timeout=60)
+    x = np.ones(200_000, np.float64)
+    comm.barrier()
+    if rank == 1:
+        if how == "dies":
+            os._exit(0)
+        if how == "stalls":
+            time.sleep(6)
+            return "stalled"
+        single_copy._inject_cma_failure(3)                   # ESRCH: the reader sees its root gone
+    t0 = time.monotonic()
+    try:
+        comm.broadcast(x, root=0, timeout=3 if how == "stalls" else 20)
+        return "no error"
+    except hetccl.HetcclTimeout:
+        return f"timeout in {time.monotonic() - t0:.0f}s"
+    except hetccl.PeerLostError:
+        return f"lost in {time.monotonic() - t0:.0f}s"
+    except hetccl.HetcclError as e:
+        return f"{type(e).__name__} in {time.monotonic() - t0:.0f}s"
+    finally:
+        comm.abort()
+
+
+@pytest.mark.parametrize("how,expect0", [("dies", "lost"), ("stalls", "timeout"), ("esrch", None)])
+def test_single_copy_peer_lost(how, expect0):
+    res = run_ranks_expect_failure(_peer_dies, 2, how, timeout=60, env=EVERYWHERE)
+    ok0, r0 = res[0]
+    assert ok0, res
+    if expect0 is not None:
+        assert r0.startswith(expect0) and float(r0.split(" in ")[1][:-1]) < 15, res
+    else:                              # rank 1 read ESRCH: it raised PeerLostError; rank 0 raised too
+        assert res[1] == (True, res[1][1]) and res[1][1].startswith("lost"), res
+        assert r0 != "no error" and float(r0.split(" in ")[1][:-1]) < 15, res
+
+
+# ------------------------------------------------------------------ registration (one process)
+
+def test_registration_cache_and_invalidation():
+    from hetccl.errors import InvalidUsage
+    from hetccl.memory.registration import Registry
+    reg = Registry()
+    a = np.empty(1 << 20, np.uint8)
+    h = reg.register(a)
+    assert h.live and h.nbytes == a.nbytes and h.populated
+    assert reg.register(a) is h and reg.lookup(a) is h            # same memory: same handle
+    assert reg.lookup(a[1:]) is None                               # another extent: not registered
+    reg.deregister(h)
+    assert h.live and reg.lookup(a) is h                           # one reference left
+    with h:
+        pass                                                       # leaving deregisters
+    assert not h.live and reg.lookup(a) is None and len(reg) == 0
+    with pytest.raises(InvalidUsage):
+        reg.deregister(h)
+    v = a[:4096]                                                   # a view: the owner is `a`
+    hv = reg.register(v)
+    del v
+    gc.collect()
+    assert hv.live                                                 # `a` still owns the memory
+    addr = hv.address
+    del a
+    gc.collect()
+    assert not hv.live and len(reg) == 0                           # owner died: the entry went
+    b = np.empty(4096, np.uint8)                                   # may reuse the address
+    hb = reg.register(b)
+    assert hb is not hv and hb.live and (hb.address != addr or hb is not hv)
+    ba = bytearray(b"x" * 10_000)                                  # no weakrefs: pinned instead
+    hba = reg.register(ba)
+    with pytest.raises(BufferError):
+        ba.extend(b"y")                                            # cannot be resized while registered
+    reg.deregister(hba)
+    ba.extend(b"y")
+    kept = np.arange(5000, dtype=np.int64)
+    reg.register(kept)
+    assert (kept == np.arange(5000)).all()                         # populating keeps the contents
+    with pytest.raises(InvalidUsage):
+        reg.register(np.empty((10, 10))[:, ::2])
+
+
+def _register(rank, size):
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    try:
+        x = np.empty(1 << 18, np.float64)
+        out = np.empty(x.size * size)
+        with comm.register(x) as hx, comm.register(out):
+            x[:] = rank
+            comm.allgather(x, out)
+            assert (out.reshape(size, -1)[1] == 1).all() and hx.live
+        assert not hx.live
+        try:
+            comm.deregister(hx)
+            return "no error"
+        except hetccl.InvalidUsage:
+            return "ok"
+    finally:
+        comm.close(timeout=5.0)
+
+
+def test_register_deregister_comm():
+    assert run_ranks(_register, 2, timeout=60) == ["ok", "ok"]
+
+
+def test_verdicts_and_cache(tmp_path, monkeypatch):
+    from hetccl.collectives import single_copy_probe as p
+    rows = [(s, 2.0, 1.0 if s in (128 << 10, 2 << 20) else 3.0) for s in p.SIZES]
+    v = p.verdicts(rows)
+    assert [w for _, w in v] == [s in (128 << 10, 2 << 20) for s in p.SIZES]
+    assert not p.takes(v, 4 << 10) and not p.takes(v, 8 << 10)      # below / at a lost size
+    assert p.takes(v, 150 << 10) and not p.takes(v, 600 << 10) and p.takes(v, 64 << 20)
+    assert p._unmask(p._mask(v)) == v
+    f = str(tmp_path / "sc.json")
+    found = {c: v for c in p.COLLECTIVES}
+    monkeypatch.setattr(p.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    p.store("k", found, {c: rows for c in p.COLLECTIVES}, f)
+    assert p.lookup("k", f) == found and p.lookup("other", f) is None
+    monkeypatch.setattr(p.os, "getloadavg", lambda: (50.0, 0.0, 0.0))   # busy: measured again...
+    p.store("b", found, {c: rows for c in p.COLLECTIVES}, f)
+    assert p.lookup("b", f) is None
+    for _ in range(p.MAX_PROBES - 1):
+        p.store("b", found, {c: rows for c in p.COLLECTIVES}, f)
+    assert p.lookup("b", f) == found                                     # ...up to MAX_PROBES times
+    (tmp_path / "bad.json").write_text("{not json")
+    assert p.lookup("k", str(tmp_path / "bad.json")) is None
+
+
+def test_cache_clear(tmp_path):
+    from hetccl.collectives import single_copy_probe as p
+    f = str(tmp_path / "sc.json")
+    v = {c: tuple((s, True) for s in p.SIZES) for c in p.COLLECTIVES}
+    rows = {c: [(s, 2.0, 1.0) for s in p.SIZES] for c in p.COLLECTIVES}
+    for key in ("h1|c2c|local=2|cpus=2|b", "h1|c2c|local=4|cpus=2|b", "h2|c2c|local=2|cpus=2|b"):
+        p.store(key, v, rows, f, own=99)
+    assert p.clear(host="h1", local=2, path=f) == 1
+    assert p.lookup("h1|c2c|local=4|cpus=2|b", f) is not None and p.lookup("h1|c2c|local=2|cpus=2|b", f) is None
+    assert p.clear(path=f) == 2 and not (tmp_path / "sc.json").exists()
