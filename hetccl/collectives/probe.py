@@ -49,6 +49,7 @@ single rank, which has no link to time, uses the defaults.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -62,14 +63,16 @@ from .. import dtypes, transports
 from ..ops import ReduceOp
 from ..version import build_id
 from . import schedules, tuning_file
-from .cost_model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
+from .cost_model import CACHED, MEASURED, PARAMS, TUNED, CostModel, LinkCost, all_fifo
 from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 2                 # of the cache file (2: beta per link, not per stream of the probe's ring)
-PROBE_BYTES = 1 << 20      # the allgather that prices beta
-KERNEL_BYTES = 1 << 20     # the copy and reduce that price gamma
+FORMAT = 3                 # of the cache file (3: in-cache and out-of-cache parameters)
+PROBE_BYTES = 256 << 10    # the allgather that prices beta in cache
+PROBE_BIG = 4 << 20        # ... and out of cache (beta_out; over a wire, the slope between them)
+KERNEL_BYTES = 64 << 10    # the copy and reduce that price gamma in cache (3 arrays: 192 KiB)
+KERNEL_BIG = 1 << 20       # ... and out of cache (gamma_out; 3 arrays: 3 MiB)
 REPS = 9                   # repetitions of every quantity (interleaved)
 REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
 CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
@@ -109,15 +112,9 @@ def cache_key(s: dict) -> str:
 
 
 def _valid(entry) -> bool:
-    """A cache entry the model can use: alpha, beta, gamma positive finite numbers."""
-    if not isinstance(entry, dict):
-        return False
-    try:
-        return all(isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool)
-                   and math.isfinite(float(entry[k])) and float(entry[k]) > 0
-                   for k in ("alpha", "beta", "gamma"))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return False
+    """A cache entry the model can use: alpha, beta, gamma positive finite numbers (the in- and
+    out-of-cache fields, when present, finite and not negative)."""
+    return isinstance(entry, dict) and LinkCost.valid_params(entry)
 
 
 def read_entries(path: str | None = None) -> dict:
@@ -248,21 +245,30 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
 
 
 def measure(engine, size: int, timeout: float) -> dict:
-    """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes."""
-    count = max(size, (PROBE_BYTES // 4) // size * size)
-    ag = np.ones(count, dtype=np.float32)                 # allocated and touched before timing
-    a = np.ones(KERNEL_BYTES // 4, dtype=np.float32)
-    b = np.ones_like(a)
-    d = np.zeros_like(a)
-    f32, add = dtypes.FLOAT32, int(ReduceOp.SUM)
+    """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
+    every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
+    ``KERNEL_BIG``). The kernels run on views of the allgathers' buffers (their contents do not
+    matter), so the probe touches no more new memory than the big allgather's (first touches
+    are slow on a VM)."""
+    def ring_buffer(nbytes):
+        return np.ones(max(size, (nbytes // 4) // size * size), dtype=np.float32)
+
+    ag, big = ring_buffer(PROBE_BYTES), ring_buffer(PROBE_BIG)   # allocated and touched before timing
+    k, K = KERNEL_BYTES // 4, KERNEL_BIG // 4
+    a, b, d = ag[:k], ag[k:2 * k], ag[2 * k:3 * k]
+    A, B, D = big[:K], big[K:2 * K], big[2 * K:3 * K]
+    f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
     raw = time_per_call(engine, {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
         "allgather_s": lambda: schedules.allgather(engine, ag, ag, f32, ALGO_RING, timeout),
-        "copy_s": lambda: schedules.kernels.copy_array(d, a),
-        "reduce_s": lambda: schedules.kernels.reduce_arrays(d, a, b, f32, add),
+        "allgather_big_s": lambda: schedules.allgather(engine, big, big, f32, ALGO_RING, timeout),
+        "copy_s": lambda: kern.copy_array(d, a),
+        "reduce_s": lambda: kern.reduce_arrays(d, a, b, f32, add),
+        "copy_big_s": lambda: kern.copy_array(D, A),
+        "reduce_big_s": lambda: kern.reduce_arrays(D, A, B, f32, add),
     }, timeout)
-    raw.update(allgather_bytes=ag.nbytes, kernel_bytes=a.nbytes,
-               link_share=_ring_link_share(engine, size, timeout))
+    raw.update(allgather_bytes=ag.nbytes, allgather_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
+               kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     return raw
 
 
@@ -279,17 +285,82 @@ def _ring_link_share(engine, size: int, timeout: float) -> float:
     return max(1.0, float(_max_over_ranks(engine, mine, timeout)[0]))
 
 
-def fit(raw: dict, size: int) -> LinkCost:
-    """alpha, beta, gamma from the probe's timings (see the module docstring). The floors keep a
-    noisy run from producing zero or negative costs: a step never costs less than 10% of the
-    measured allgather in bandwidth, a reduction never less than 5% of a copy."""
+def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes: float = 0.0) -> LinkCost:
+    """alpha, beta, gamma in cache and out of it from the probe's timings (see the module
+    docstring). beta is the value at which the registry's own ring allgather formula (allgather.ring,
+    on *engine_facts*: FIFO or wire, FIFO size, streaming threshold) gives the time measured, so the
+    probe and the formulas count bytes alike at every size. The floors keep a noisy run from
+    producing zero or negative costs: a step never costs less than 10% of the measured allgather
+    in bandwidth, a reduction never less than 5% of a copy.
+
+    Over a wire (engine_facts.fifo False) beta is the slope between the two allgathers, the
+    link's sustained rate: a token bucket's burst and the per-step latencies cancel out, and the
+    link, not a cache, sets the pace (beta_out = beta). Raw timings of an older probe (no big
+    allgather) give one beta and gamma at every size."""
+    from .allgather import ring as ring_allgather
     p = size
+    facts = engine_facts or LinkCost(0.0, 0.0, 0.0)
+    share = max(1.0, float(raw.get("link_share", 1.0)))
     alpha = raw["barrier_s"] / max(1, math.ceil(math.log2(p)))
-    moved = (p - 1) / p * raw["allgather_bytes"]
-    beta = max(raw["allgather_s"] - (p - 1) * alpha, 0.1 * raw["allgather_s"]) / moved
-    beta /= max(1.0, float(raw.get("link_share", 1.0)))
-    gamma = max(raw["reduce_s"] - raw["copy_s"], 0.05 * raw["copy_s"]) / raw["kernel_bytes"]
-    return LinkCost(alpha, beta, gamma)
+    at = dataclasses.replace(facts, alpha=alpha, beta=0.0, gamma=0.0, cache_bytes=0.0)
+
+    def per_beta(nbytes):
+        """(seconds without beta, seconds per unit of beta) of the ring allgather formula."""
+        t0 = ring_allgather(nbytes, p, at)
+        return t0, ring_allgather(nbytes, p, dataclasses.replace(at, beta=1.0)) - t0
+
+    def ring_beta(t, nbytes):
+        t0, k = per_beta(nbytes)
+        return max(t - t0, 0.1 * t) / k / share
+
+    def kernel_gamma(reduce_s, copy_s, nbytes):
+        return max(reduce_s - copy_s, 0.05 * copy_s) / nbytes
+
+    beta = ring_beta(raw["allgather_s"], raw["allgather_bytes"])
+    gamma = kernel_gamma(raw["reduce_s"], raw["copy_s"], raw["kernel_bytes"])
+    if "allgather_big_s" not in raw:
+        return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma)
+    beta_out = ring_beta(raw["allgather_big_s"], raw["allgather_big_bytes"])
+    gamma_out = kernel_gamma(raw["reduce_big_s"], raw["copy_big_s"], raw["kernel_big_bytes"])
+    if not facts.fifo:
+        k = per_beta(raw["allgather_big_bytes"])[1] - per_beta(raw["allgather_bytes"])[1]
+        slope = (raw["allgather_big_s"] - raw["allgather_s"]) / k / share
+        beta = beta_out = max(slope, 0.5 * beta_out)
+    return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
+                               gamma_out=gamma_out, cache_bytes=float(cache_bytes))
+
+
+def private_cache_bytes(cpu: int = 0) -> int:
+    """Bytes of the largest cache one CPU has to itself (sysfs; 0 if unknown): the working set
+    below which a rank's bytes stay in cache whatever its neighbours do. The last-level cache a
+    virtual machine reports is the host's, shared with every tenant (480 MiB on the 2-vCPU VM these
+    figures come from, whose calls measure out of cache from ~2 MiB of working set), so it is no
+    bound a rank can count on; the private level (L2 there, 2 MiB) is."""
+    best = 0
+    base = f"/sys/devices/system/cpu/cpu{cpu}/cache"
+    try:
+        for idx in os.listdir(base):
+            d = os.path.join(base, idx)
+            try:
+                with open(os.path.join(d, "type")) as f:
+                    if f.read().strip() == "Instruction":
+                        continue
+                with open(os.path.join(d, "shared_cpu_list")) as f:
+                    shared = f.read().strip()
+                with open(os.path.join(d, "size")) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if "," in shared or "-" in shared:
+                continue                      # shared with other CPUs
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+            try:
+                best = max(best, int(text.rstrip("KMGkmg")) * mult)
+            except ValueError:
+                continue
+    except OSError:
+        return 0
+    return best
 
 
 # ------------------------------------------------------------------ at communicator creation
@@ -337,18 +408,23 @@ def _fifo_bytes(local_size: int) -> float:
         return 0.0
 
 
-def _link_cost(abg, classes, engine, fifo_bytes=0.0) -> LinkCost:
-    """The measured alpha, beta, gamma plus what the formulas need to know of the engine: whether
-    every link is a shared-memory FIFO, how big a FIFO is (rank 0's host, broadcast), and from how
-    many bytes the engine writes with streaming stores (read from it, so a rebuilt engine's
-    threshold is priced as it is)."""
+def _link_cost(params, classes, engine, fifo_bytes=0.0) -> LinkCost:
+    """The measured parameters (cost_model.PARAMS, in that order) plus what the formulas need to
+    know of the engine: whether every link is a shared-memory FIFO, how big a FIFO is (rank 0's
+    host, broadcast), and from how many bytes the engine writes with streaming stores (read from
+    it, so a rebuilt engine's threshold is priced as it is)."""
     extra = {}
     stream_min = getattr(engine, "nt_threshold", None)
     if stream_min:
         extra["stream_min"] = float(stream_min)
     if fifo_bytes and fifo_bytes > 0:
         extra["fifo_bytes"] = float(fifo_bytes)
-    return LinkCost(*map(float, abg), fifo=all_fifo(classes), **extra)
+    return LinkCost.from_params(dict(zip(PARAMS, map(float, params))), fifo=all_fifo(classes), **extra)
+
+
+# the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
+# FIFO bytes of rank 0's host, *PARAMS] (every rank must price with the same numbers)
+_HIT, _WHEN, _SECS, _OTHER, _FIFO, _P0 = range(6)
 
 
 def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host: str,
@@ -362,16 +438,19 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     cached as noisy: the next ``MAX_PROBES - 1`` communicators of that shape probe again and keep,
     per parameter, the lowest value seen (what the machine does when it is not disturbed); after
     that the entry is used as it is. *force* (``hetccl tune``; the same on every rank) probes
-    whatever the cache holds and replaces its entry."""
+    whatever the cache holds and replaces its entry.
+
+    More ranks on a host than CPUs (*oversubscribed*) needs no special case: the probe runs with
+    the job's own ranks, so its alpha, beta and gamma are those of the crowded machine, and the
+    cache keys them by the number of local ranks and usable CPUs (8 ranks on 2 cores is its own
+    entry). Only a communicator that cannot measure falls back to cost_model.OVERSUBSCRIBED_ALPHA."""
     classes = tuple(sorted(set(link_classes) - {"self"}))
     if size == 1 or not classes:
         return CostModel.default(classes, oversubscribed, "a single rank: no link to measure")
-    # hit, alpha, beta, gamma, when measured, probe seconds, other load (-1: unknown)
-    # ..., [7] the FIFO bytes of rank 0's host (every rank must price with the same numbers)
-    msg = np.zeros(8, dtype=np.float64)
+    msg = np.zeros(_P0 + len(PARAMS), dtype=np.float64)
     s = prev = tuned = None
     if rank == 0:       # nothing may raise here: the other ranks already wait in the broadcast
-        msg[7] = _fifo_bytes(local_size)
+        msg[_FIFO] = _fifo_bytes(local_size)
         try:
             tuned = None if force else _tuning_entry(engine, classes, size, local_size, host)
         except Exception as e:                  # noqa: BLE001 - a tuning file never stops a job
@@ -389,36 +468,39 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
             prev, entry = entry, None
         if entry is not None:
             other = entry.get("other_load")
-            msg[:7] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
-                      float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
-                      -1.0 if other is None else float(other))
+            msg[:_P0] = (1.0, float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
+                         -1.0 if other is None else float(other), msg[_FIFO])
+            msg[_P0:] = [float(entry.get(k, 0.0)) for k in PARAMS]
         if tuned is not None:
-            msg[0] = 2.0
+            msg[_HIT] = 2.0
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
-    if msg[0] == 2.0:                           # the tuning file: its measured choices too
+    cost = _link_cost(msg[_P0:], classes, engine, msg[_FIFO])
+    if msg[_HIT] == 2.0:                        # the tuning file: its measured choices too
         best = tuning_file.encode_best(tuned[1]) if rank == 0 else tuning_file.encode_best(())
         schedules.broadcast(engine, best, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
-        return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), TUNED, tuned[2] if rank == 0 else
+        return CostModel(cost, TUNED, tuned[2] if rank == 0 else
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
-    if msg[0] == 1.0:
-        return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
+    if msg[_HIT] == 1.0:
+        return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
     raw, secs, other = _probe(engine, rank, size, timeout)
-    cost = fit(raw, size)
+    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]),
+               cache_bytes=private_cache_bytes())
     if prev is not None:                        # keep the quietest value of each parameter
-        cost = LinkCost(*(min(getattr(cost, k), float(prev[k])) for k in ("alpha", "beta", "gamma")))
-    msg[:7] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
-              -1.0 if other is None else other)
+        cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
+                                            getattr(cost, k) for k in PARAMS[:-1]})
+    msg[:_P0] = (0.0, time.time(), secs, -1.0 if other is None else other, msg[_FIFO])
+    msg[_P0:] = [getattr(cost, k) for k in PARAMS]
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
     raw_us = {(k[:-2] + "_us" if k.endswith("_s") else k): (v * 1e6 if k.endswith("_s") else v)
               for k, v in raw.items()}
     if rank == 0 and s is not None:
         noisy = other is not None and other > NOISY
-        store(s, {"alpha": msg[1], "beta": msg[2], "gamma": msg[3], "measured_at": msg[4],
+        store(s, {**dict(zip(PARAMS, map(float, msg[_P0:]))), "measured_at": msg[_WHEN],
                   "probe_s": secs, "nranks": size, "raw": raw_us, "other_load": other,
                   "noisy": bool(noisy), "probes": 1 + (int(prev.get("probes", 1)) if prev else 0),
                   "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None})
-    model = CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), MEASURED, _detail(msg[4], msg[5], msg[6]), classes,
-                      raw_us)
+    model = CostModel(_link_cost(msg[_P0:], classes, engine, msg[_FIFO]), MEASURED,
+                      _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes, raw_us)
     log.info("measured the cost model of %d ranks: %s", size, model.describe())
     return model
 
@@ -436,7 +518,7 @@ def _tuning_entry(engine, classes, size, local_size, host):
     entry = tuning_file.find(doc, tuning_file.links_key(classes), size, local_size)
     if entry is None:
         return None
-    cost = {k: float(entry["cost"][k]) for k in ("alpha", "beta", "gamma")}
+    cost = {k: float(entry["cost"].get(k, 0.0)) for k in PARAMS}
     best = tuning_file.best_table(entry, placement(engine, size))
     detail = f"{doc['_path']}, measured {doc.get('measured_at', '?')}" + (
         f", measured choices at {len(best)} sizes" if best else "")
