@@ -277,7 +277,9 @@ def _routing_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=60)
     try:
-        n = 1 << 16
+        # 4 MiB: where the symmetric path is priced faster than the FIFO path whatever the probe
+        # measured (at 256 KiB a busy machine's alpha can make the FIFO path cheaper: two syncs)
+        n = 1 << 20
         a, b = comm.alloc(n, np.float32), comm.alloc(n, np.float32)
         plain = np.empty(n, np.float32)
         got = {}

@@ -326,8 +326,15 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
         k = per_beta(raw["allgather_big_bytes"])[1] - per_beta(raw["allgather_bytes"])[1]
         slope = (raw["allgather_big_s"] - raw["allgather_s"]) / k / share
         beta = beta_out = max(slope, 0.5 * beta_out)
+    else:
+        # a byte in cache never costs more than one out of it: a small allgather that measured
+        # slower lost its time to per-step scheduling (ranks sharing cores), which alpha prices
+        beta, gamma = min(beta, beta_out), min(gamma, gamma_out)
     return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
                                gamma_out=gamma_out, cache_bytes=float(cache_bytes))
+
+
+_CPU_SYSFS = "/sys/devices/system/cpu"
 
 
 def private_cache_bytes(cpu: int = 0) -> int:
@@ -337,7 +344,7 @@ def private_cache_bytes(cpu: int = 0) -> int:
     figures come from, whose calls measure out of cache from ~2 MiB of working set), so it is no
     bound a rank can count on; the private level (L2 there, 2 MiB) is."""
     best = 0
-    base = f"/sys/devices/system/cpu/cpu{cpu}/cache"
+    base = os.path.join(_CPU_SYSFS, f"cpu{cpu}", "cache")
     try:
         for idx in os.listdir(base):
             d = os.path.join(base, idx)
