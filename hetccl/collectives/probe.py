@@ -3,8 +3,8 @@
 Why measure: every algorithm choice follows from what one message, one byte moved and one byte
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
-time a host sees a communicator *shape*, takes a few tens of milliseconds, and is cached, so every
-later communicator costs one small file read on rank 0 and one 48-byte broadcast.
+time a host sees a communicator *shape*, takes tens of milliseconds, and is cached, so every
+later communicator costs one small file read on rank 0 and one 88-byte broadcast.
 
 What it times (all ranks at once; per quantity the minimum over ``REPS`` interleaved repetitions
 of ~``REP_S`` each, a repetition's time being the slowest rank's):
@@ -12,19 +12,24 @@ of ~``REP_S`` each, a repetition's time being the slowest rank's):
 - alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
   step's latency including the engine's per-step overhead (not the Python call around it, which
   every algorithm of a call pays alike);
-- beta = (in-place ring allgather of ``PROBE_BYTES`` - (p-1) alpha) / ((p-1)/p ``PROBE_BYTES``):
-  the bytes crossing links, as the ring formulas count them. When the ring in rank order crosses a
-  network link, the slowest host link carried k of its streams at once (k = 2 for 2 ranks per host
-  placed round-robin, 1 for block placement): beta is divided by k, so the cache holds the link's
-  own cost whatever the placement of the job that measured it (the topology-aware pricing shares
-  the link again per algorithm);
-- gamma = (reduce kernel - copy kernel) / ``KERNEL_BYTES``, every rank at once: the extra cost of
-  reducing a received byte into the output instead of copying it (the engine reduces straight out
-  of the transport, so that difference is what a reduction adds to a step).
+- beta: the value at which the ring allgather's own formula (allgather.ring) gives the time of an
+  in-place ring allgather of ``PROBE_BYTES`` (in cache), and beta_out the same of ``PROBE_BIG``
+  (out of cache): the bytes crossing links, as the formulas count them. When the ring in rank
+  order crosses a network link, the slowest host link carried k of its streams at once (k = 2 for
+  2 ranks per host placed round-robin, 1 for block placement): beta is divided by k, so the cache
+  holds the link's own cost whatever the placement of the job that measured it (the
+  topology-aware pricing shares the link again per algorithm). Over a network link beta is the
+  slope between the two allgathers, the link's sustained rate (a token bucket's burst, which a
+  short transfer rides through at line rate, cancels out);
+- gamma = (reduce kernel - copy kernel) / bytes, every rank at once, on ``KERNEL_BYTES`` (in
+  cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
+  output instead of copying it (the engine reduces straight out of the transport, so that
+  difference is what a reduction adds to a step);
+- cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), below which a
+  call's working set is priced with the in-cache values (cost_model.LinkCost.at).
 
-``PROBE_BYTES`` (1 MiB) is in the range where algorithms cross over (latency-bound below,
-bandwidth-bound above); the same ranks run the probe as the job, so more ranks than cores shows
-up in alpha (the oversubscribed hand-over) without a special case.
+The same ranks run the probe as the job, so more ranks than cores shows up in every parameter
+(the oversubscribed hand-over in alpha) without a special case, under its own cache key.
 
 A busy machine makes a slow probe, and the cache would keep that moment: so rank 0 also measures
 how much of the host's CPU time other processes took during the probe (/proc/stat minus the ranks'
@@ -32,9 +37,9 @@ own CPU time). Above ``NOISY`` (25%) the entry is marked noisy and the next comm
 shape probe again (up to ``MAX_PROBES`` in all), keeping per parameter the lowest value seen.
 
 Agreement (ranks that priced algorithms differently would pick different ones and mismatch): rank 0
-alone reads the cache and decides; it broadcasts ``[hit, alpha, beta, gamma, when, seconds]``; on a
-miss every rank runs the probe (timings are maxima over ranks) and rank 0 broadcasts what it
-derived. Every rank ends with rank 0's numbers, bit for bit.
+alone reads the cache and decides; it broadcasts whether it hit, when and how long the entry was
+measured, and the parameters (cost_model.PARAMS); on a miss every rank runs the probe (timings are
+maxima over ranks) and rank 0 broadcasts what it derived. Every rank ends with rank 0's numbers, bit for bit.
 
 The cache: ``$XDG_CACHE_HOME/hetccl/cost-model.json`` (default ``~/.cache/hetccl/cost-model.json``),
 one entry per host id, link classes, ranks of the communicator on this host, CPUs this process may
