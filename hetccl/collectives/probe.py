@@ -12,14 +12,17 @@ of ~``REP_S`` each, a repetition's time being the slowest rank's):
 - alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
   step's latency including the engine's per-step overhead (not the Python call around it, which
   every algorithm of a call pays alike);
-- beta: the value at which the ring allgather's own formula (allgather.ring) gives the time of an
-  in-place ring allgather of ``PROBE_BYTES`` (in cache), and beta_out the same of ``PROBE_BIG``
-  (out of cache): the bytes crossing links, as the formulas count them. When the ring in rank
+- beta: the value at which the ring allreduce's own formula (allreduce.ring, with the gamma of the
+  same working set) gives the time of an in-place ring allreduce of ``PROBE_BYTES`` (in cache),
+  and beta_out the same of ``PROBE_BIG`` (out of cache): the bytes crossing links, as the formulas
+  count them. The allreduce rather than an allgather: it is the call that matters most, and its
+  ring runs the FIFO relays the other formulas are counted against (over loopback TCP a ring
+  allgather's rate priced the allreduce ~2x too fast). When the ring in rank
   order crosses a network link, the slowest host link carried k of its streams at once (k = 2 for
   2 ranks per host placed round-robin, 1 for block placement): beta is divided by k, so the cache
   holds the link's own cost whatever the placement of the job that measured it (the
   topology-aware pricing shares the link again per algorithm). Over a network link beta is the
-  slope between the two allgathers, the link's sustained rate (a token bucket's burst, which a
+  slope between the two rings, the link's sustained rate (a token bucket's burst, which a
   short transfer rides through at line rate, cancels out);
 - gamma = (reduce kernel - copy kernel) / bytes, every rank at once, on ``KERNEL_BYTES`` (in
   cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
@@ -74,7 +77,7 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
 log = logging.getLogger("hetccl.tuning")
 
 FORMAT = 3                 # of the cache file (3: in-cache and out-of-cache parameters)
-PROBE_BYTES = 256 << 10    # the allgather that prices beta in cache
+PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out; over a wire, the slope between them)
 KERNEL_BYTES = 64 << 10    # the copy and reduce that price gamma in cache (3 arrays: 192 KiB)
 KERNEL_BIG = 1 << 20       # ... and out of cache (gamma_out; 3 arrays: 3 MiB)
@@ -252,34 +255,34 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
 def measure(engine, size: int, timeout: float) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
-    ``KERNEL_BIG``). The kernels run on views of the allgathers' buffers (their contents do not
-    matter), so the probe touches no more new memory than the big allgather's (first touches
-    are slow on a VM)."""
-    def ring_buffer(nbytes):
-        return np.ones(max(size, (nbytes // 4) // size * size), dtype=np.float32)
+    ``KERNEL_BIG``). The kernels run on views of the allreduces' buffers (their contents do not
+    matter), so the probe touches no more new memory than the big allreduce's (first touches
+    are slow on a VM); the kernels write into them, the allreduces only ever sum zeros."""
+    def ring_buffer(nbytes):            # zeros: a sum in place stays finite however often it runs
+        return np.zeros(max(size, (nbytes // 4) // size * size), dtype=np.float32)
 
-    ag, big = ring_buffer(PROBE_BYTES), ring_buffer(PROBE_BIG)   # allocated and touched before timing
+    ar, big = ring_buffer(PROBE_BYTES), ring_buffer(PROBE_BIG)   # allocated and touched before timing
     k, K = KERNEL_BYTES // 4, KERNEL_BIG // 4
-    a, b, d = ag[:k], ag[k:2 * k], ag[2 * k:3 * k]
+    a, b, d = ar[:k], ar[k:2 * k], ar[2 * k:3 * k]
     A, B, D = big[:K], big[K:2 * K], big[2 * K:3 * K]
     f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
     raw = time_per_call(engine, {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
-        "allgather_s": lambda: schedules.allgather(engine, ag, ag, f32, ALGO_RING, timeout),
-        "allgather_big_s": lambda: schedules.allgather(engine, big, big, f32, ALGO_RING, timeout),
+        "allreduce_s": lambda: schedules.allreduce(engine, ar, ar, f32, add, ALGO_RING, timeout),
+        "allreduce_big_s": lambda: schedules.allreduce(engine, big, big, f32, add, ALGO_RING, timeout),
         "copy_s": lambda: kern.copy_array(d, a),
         "reduce_s": lambda: kern.reduce_arrays(d, a, b, f32, add),
         "copy_big_s": lambda: kern.copy_array(D, A),
         "reduce_big_s": lambda: kern.reduce_arrays(D, A, B, f32, add),
     }, timeout)
-    raw.update(allgather_bytes=ag.nbytes, allgather_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
+    raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     return raw
 
 
 def _ring_link_share(engine, size: int, timeout: float) -> float:
     """How many edges of the rank-order ring leave the busiest host over a network link (1 when
-    none does): the streams that shared one link while the probe's allgather ran. A rank's host is
+    none does): the streams that shared one link while the probe's ring ran. A rank's host is
     itself and the peers it reaches without a wire (engine.link_kind)."""
     wire = transports.wire_kinds()
     kinds = [engine.link_kind(q) for q in range(size)]
@@ -292,48 +295,53 @@ def _ring_link_share(engine, size: int, timeout: float) -> float:
 
 def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes: float = 0.0) -> LinkCost:
     """alpha, beta, gamma in cache and out of it from the probe's timings (see the module
-    docstring). beta is the value at which the registry's own ring allgather formula (allgather.ring,
-    on *engine_facts*: FIFO or wire, FIFO size, streaming threshold) gives the time measured, so the
-    probe and the formulas count bytes alike at every size. The floors keep a noisy run from
-    producing zero or negative costs: a step never costs less than 10% of the measured allgather
-    in bandwidth, a reduction never less than 5% of a copy.
+    docstring). gamma is the kernels' difference; beta is the value at which the registry's own
+    ring allreduce formula (allreduce.ring, on *engine_facts*: FIFO or wire, FIFO size, streaming
+    threshold, and the gamma of the same working set) gives the time measured, so the probe and
+    the formulas count bytes alike. The floors keep a noisy run from producing zero or negative
+    costs: a step never costs less than 10% of the measured ring in bandwidth, a reduction never
+    less than 5% of a copy.
 
-    Over a wire (engine_facts.fifo False) beta is the slope between the two allgathers, the
-    link's sustained rate: a token bucket's burst and the per-step latencies cancel out, and the
-    link, not a cache, sets the pace (beta_out = beta). Raw timings of an older probe (no big
-    allgather) give one beta and gamma at every size."""
+    Over a wire (engine_facts.fifo False) beta is the slope between the two rings, the link's
+    sustained rate: a token bucket's burst and the per-step latencies cancel out, and the link,
+    not a cache, sets the pace (beta_out = beta). Timings of an older probe (a 1 MiB ring
+    allgather, no out-of-cache quantities) give one beta and gamma at every size."""
     from .allgather import ring as ring_allgather
+    from .allreduce import ring as ring_allreduce
     p = size
     facts = engine_facts or LinkCost(0.0, 0.0, 0.0)
     share = max(1.0, float(raw.get("link_share", 1.0)))
     alpha = raw["barrier_s"] / max(1, math.ceil(math.log2(p)))
-    at = dataclasses.replace(facts, alpha=alpha, beta=0.0, gamma=0.0, cache_bytes=0.0)
-
-    def per_beta(nbytes):
-        """(seconds without beta, seconds per unit of beta) of the ring allgather formula."""
-        t0 = ring_allgather(nbytes, p, at)
-        return t0, ring_allgather(nbytes, p, dataclasses.replace(at, beta=1.0)) - t0
-
-    def ring_beta(t, nbytes):
-        t0, k = per_beta(nbytes)
-        return max(t - t0, 0.1 * t) / k / share
 
     def kernel_gamma(reduce_s, copy_s, nbytes):
         return max(reduce_s - copy_s, 0.05 * copy_s) / nbytes
 
-    beta = ring_beta(raw["allgather_s"], raw["allgather_bytes"])
+    def per_beta(formula, nbytes, gamma):
+        """(seconds without beta, seconds per unit of beta) of the formula."""
+        at = dataclasses.replace(facts, alpha=alpha, beta=0.0, gamma=gamma, cache_bytes=0.0)
+        t0 = formula(nbytes, p, at)
+        return t0, formula(nbytes, p, dataclasses.replace(at, beta=1.0)) - t0
+
+    def solve(formula, t, nbytes, gamma):
+        t0, k = per_beta(formula, nbytes, gamma)
+        return max(t - t0, 0.1 * t) / k / share
+
     gamma = kernel_gamma(raw["reduce_s"], raw["copy_s"], raw["kernel_bytes"])
-    if "allgather_big_s" not in raw:
+    if "allreduce_s" not in raw:                 # an older probe's raw timings
+        beta = solve(ring_allgather, raw["allgather_s"], raw["allgather_bytes"], 0.0)
         return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma)
-    beta_out = ring_beta(raw["allgather_big_s"], raw["allgather_big_bytes"])
     gamma_out = kernel_gamma(raw["reduce_big_s"], raw["copy_big_s"], raw["kernel_big_bytes"])
+    small, big = raw["allreduce_bytes"], raw["allreduce_big_bytes"]
     if not facts.fifo:
-        k = per_beta(raw["allgather_big_bytes"])[1] - per_beta(raw["allgather_bytes"])[1]
-        slope = (raw["allgather_big_s"] - raw["allgather_s"]) / k / share
-        beta = beta_out = max(slope, 0.5 * beta_out)
+        t0s, ks = per_beta(ring_allreduce, small, gamma)
+        t0b, kb = per_beta(ring_allreduce, big, gamma_out)
+        slope = ((raw["allreduce_big_s"] - t0b) - (raw["allreduce_s"] - t0s)) / (kb - ks) / share
+        beta = beta_out = max(slope, 0.5 * solve(ring_allreduce, raw["allreduce_big_s"], big, gamma_out))
     else:
-        # a byte in cache never costs more than one out of it: a small allgather that measured
-        # slower lost its time to per-step scheduling (ranks sharing cores), which alpha prices
+        beta = solve(ring_allreduce, raw["allreduce_s"], small, gamma)
+        beta_out = solve(ring_allreduce, raw["allreduce_big_s"], big, gamma_out)
+        # a byte in cache never costs more than one out of it: a small ring that measured slower
+        # lost its time to per-step scheduling (ranks sharing cores), which alpha prices
         beta, gamma = min(beta, beta_out), min(gamma, gamma_out)
     return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
                                gamma_out=gamma_out, cache_bytes=float(cache_bytes))
