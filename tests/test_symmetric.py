@@ -405,7 +405,8 @@ def test_mismatched_alloc_sizes(size):
 def _peer_freed_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=30)
-    a, b = comm.alloc(1 << 14, np.float32), comm.alloc(1 << 14, np.float32)   # 64 KiB: symmetric by default
+    # 4 MiB: the symmetric path is priced faster whatever the probe measured (tests _routing_rank)
+    a, b = comm.alloc(1 << 20, np.float32), comm.alloc(1 << 20, np.float32)
     if rank == 0:
         comm.free(a)
         comm.allreduce(b)                                         # rank 1 names a, freed here
@@ -417,8 +418,8 @@ def _peer_freed_rank(rank, size):
 def _one_plain_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=30)
-    a = comm.alloc(1 << 16, np.float32)
-    comm.allreduce(a if rank == 0 else np.ones(1 << 16, np.float32))
+    a = comm.alloc(1 << 20, np.float32)                          # 4 MiB: symmetric (see above)
+    comm.allreduce(a if rank == 0 else np.ones(1 << 20, np.float32))
     comm.barrier()
     return "no error"
 
