@@ -78,7 +78,9 @@ log = logging.getLogger("hetccl.tuning")
 
 FORMAT = 3                 # of the cache file (3: in-cache and out-of-cache parameters)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
-PROBE_BIG = 4 << 20        # ... and out of cache (beta_out; over a wire, the slope between them)
+PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
+PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
+                           # a 4 MiB ring would take ~50 ms per call at 1 Gbit/s)
 KERNEL_BYTES = 64 << 10    # the copy and reduce that price gamma in cache (3 arrays: 192 KiB)
 KERNEL_BIG = 1 << 20       # ... and out of cache (gamma_out; 3 arrays: 3 MiB)
 REPS = 9                   # repetitions of every quantity (interleaved)
@@ -252,19 +254,23 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
     return {name: float(best[j]) for j, name in enumerate(fns)}
 
 
-def measure(engine, size: int, timeout: float) -> dict:
+def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). The kernels run on views of the allreduces' buffers (their contents do not
     matter), so the probe touches no more new memory than the big allreduce's (first touches
     are slow on a VM); the kernels write into them, the allreduces only ever sum zeros."""
-    def ring_buffer(nbytes):            # zeros: a sum in place stays finite however often it runs
-        return np.zeros(max(size, (nbytes // 4) // size * size), dtype=np.float32)
+    def count(nbytes):                  # float32 elements of a ring's buffer (a multiple of size)
+        return max(size, (nbytes // 4) // size * size)
 
-    ar, big = ring_buffer(PROBE_BYTES), ring_buffer(PROBE_BIG)   # allocated and touched before timing
     k, K = KERNEL_BYTES // 4, KERNEL_BIG // 4
-    a, b, d = ar[:k], ar[k:2 * k], ar[2 * k:3 * k]
-    A, B, D = big[:K], big[K:2 * K], big[2 * K:3 * K]
+    # allocated (zeros: a sum in place stays finite however often it runs) and touched before
+    # timing; the kernels' arrays are views of the same memory as the rings' buffers
+    small = np.zeros(max(count(PROBE_BYTES), 3 * k), dtype=np.float32)
+    pool = np.zeros(max(count(big_bytes), 3 * K), dtype=np.float32)
+    ar, big = small[:count(PROBE_BYTES)], pool[:count(big_bytes)]
+    a, b, d = small[:k], small[k:2 * k], small[2 * k:3 * k]
+    A, B, D = pool[:K], pool[K:2 * K], pool[2 * K:3 * K]
     f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
     raw = time_per_call(engine, {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
@@ -400,11 +406,11 @@ def _host_busy_seconds() -> float | None:
         return None
 
 
-def _probe(engine, rank: int, size: int, timeout: float):
+def _probe(engine, rank: int, size: int, timeout: float, big_bytes: int = PROBE_BIG):
     """measure() plus the share of the host's CPUs that other processes used meanwhile (None if
     unknown): the host's CPU time (/proc/stat, on rank 0) minus what the ranks used (summed)."""
     busy0, own0, t0 = _host_busy_seconds(), time.process_time(), time.perf_counter()
-    raw = measure(engine, size, timeout)
+    raw = measure(engine, size, timeout, big_bytes)
     own = np.array([time.process_time() - own0])
     schedules.allreduce(engine, own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
     wall, busy1 = time.perf_counter() - t0, _host_busy_seconds()
@@ -502,7 +508,8 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[_HIT] == 1.0:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
-    raw, secs, other = _probe(engine, rank, size, timeout)
+    raw, secs, other = _probe(engine, rank, size, timeout,
+                              PROBE_BIG if all_fifo(classes) else PROBE_BIG_WIRE)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]),
                cache_bytes=private_cache_bytes())
     if prev is not None:                        # keep the quietest value of each parameter
