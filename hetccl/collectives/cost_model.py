@@ -99,6 +99,14 @@ class LinkCost:
         except (TypeError, AttributeError):
             return False
 
+    def describe_params(self) -> str:
+        """alpha, beta and gamma, in cache and out of it when the model distinguishes them."""
+        text = f"alpha={self.alpha * 1e6:.3g} us, beta={_gbs(self.beta)}, gamma={_gbs(self.gamma)}"
+        if self.cache_bytes > 0:
+            text += (f" in cache (working set <= {self.cache_bytes / 2**20:.3g} MiB), "
+                     f"beta={_gbs(self.beta_out or self.beta)}, gamma={_gbs(self.gamma_out or self.gamma)} out of it")
+        return text
+
     @classmethod
     def from_params(cls, d, **engine) -> "LinkCost":
         """A LinkCost of stored parameters (missing cache fields: no in/out distinction) plus the
@@ -175,11 +183,6 @@ class CostModel:
         return cls(group_cost(link_classes, oversubscribed), DEFAULT, why, tuple(sorted(link_classes)))
 
     def describe(self) -> str:
-        c = self.cost
         links = "+".join(self.link_classes) or "self"
-        text = f"alpha={c.alpha * 1e6:.3g} us, beta={_gbs(c.beta)}, gamma={_gbs(c.gamma)}"
-        if c.cache_bytes > 0:
-            text += (f" in cache (working set <= {c.cache_bytes / 2**20:.3g} MiB), "
-                     f"beta={_gbs(c.beta_out or c.beta)}, gamma={_gbs(c.gamma_out or c.gamma)} out of it")
-        text += f" over {links}; {self.origin}"
+        text = f"{self.cost.describe_params()} over {links}; {self.origin}"
         return f"{text} ({self.detail})" if self.detail else text
