@@ -28,8 +28,11 @@ of ~``REP_S`` each, a repetition's time being the slowest rank's):
   cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
   output instead of copying it (the engine reduces straight out of the transport, so that
   difference is what a reduction adds to a step);
-- cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), below which a
-  call's working set is priced with the in-cache values (cost_model.LinkCost.at).
+- cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), divided among
+  the ranks that share a CPU (more local ranks than CPUs take turns on its cache), below which a
+  call's working set is priced with the in-cache values (cost_model.LinkCost.at). With k ranks
+  per CPU the out-of-cache ring is ``PROBE_BIG`` / k (at least ``PROBE_BIG_WIRE``): the same
+  bytes per core, and a probe that stays short at 8 ranks on 2 cores.
 
 The same ranks run the probe as the job, so more ranks than cores shows up in every parameter
 (the oversubscribed hand-over in alpha) without a special case, under its own cache key.
@@ -450,7 +453,7 @@ def _link_cost(params, classes, engine, fifo_bytes=0.0) -> LinkCost:
 
 # the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
 # FIFO bytes of rank 0's host, *PARAMS] (every rank must price with the same numbers)
-_HIT, _WHEN, _SECS, _OTHER, _FIFO, _P0 = range(6)
+_HIT, _WHEN, _SECS, _OTHER, _FIFO, _SHARE, _P0 = range(7)   # _SHARE: ranks per CPU (>= 1)
 
 
 def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host: str,
@@ -477,6 +480,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     s = prev = tuned = None
     if rank == 0:       # nothing may raise here: the other ranks already wait in the broadcast
         msg[_FIFO] = _fifo_bytes(local_size)
+        msg[_SHARE] = max(1.0, local_size / usable_cpus())
         try:
             tuned = None if force else _tuning_entry(engine, classes, size, local_size, host)
         except Exception as e:                  # noqa: BLE001 - a tuning file never stops a job
@@ -495,7 +499,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
         if entry is not None:
             other = entry.get("other_load")
             msg[:_P0] = (1.0, float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
-                         -1.0 if other is None else float(other), msg[_FIFO])
+                         -1.0 if other is None else float(other), msg[_FIFO], msg[_SHARE])
             msg[_P0:] = [float(entry.get(k, 0.0)) for k in PARAMS]
         if tuned is not None:
             msg[_HIT] = 2.0
@@ -508,14 +512,15 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[_HIT] == 1.0:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
-    raw, secs, other = _probe(engine, rank, size, timeout,
-                              PROBE_BIG if all_fifo(classes) else PROBE_BIG_WIRE)
+    # ranks sharing a CPU share its cache (and its time): the out-of-cache ring shrinks with them
+    big = PROBE_BIG_WIRE if not all_fifo(classes) else max(PROBE_BIG_WIRE, int(PROBE_BIG / msg[_SHARE]))
+    raw, secs, other = _probe(engine, rank, size, timeout, big)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]),
-               cache_bytes=private_cache_bytes())
+               cache_bytes=private_cache_bytes() / msg[_SHARE])
     if prev is not None:                        # keep the quietest value of each parameter
         cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
                                             getattr(cost, k) for k in PARAMS[:-1]})
-    msg[:_P0] = (0.0, time.time(), secs, -1.0 if other is None else other, msg[_FIFO])
+    msg[:_P0] = (0.0, time.time(), secs, -1.0 if other is None else other, msg[_FIFO], msg[_SHARE])
     msg[_P0:] = [getattr(cost, k) for k in PARAMS]
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
     raw_us = {(k[:-2] + "_us" if k.endswith("_s") else k): (v * 1e6 if k.endswith("_s") else v)
