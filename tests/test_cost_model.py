@@ -161,6 +161,14 @@ def test_private_cache_is_the_largest_level_one_cpu_has_to_itself(tmp_path, monk
     assert probe.private_cache_bytes() == 0
 
 
+def test_ranks_sharing_a_cpu_share_its_cache_and_probe_a_smaller_ring(monkeypatch):
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 2 << 20)
+    assert probe.probe_sizes(1.0, False) == (probe.PROBE_BIG, 2 << 20)
+    assert probe.probe_sizes(0.5, False) == (probe.PROBE_BIG, 2 << 20)     # fewer ranks than CPUs
+    assert probe.probe_sizes(4.0, False) == (1 << 20, 0.5 * (1 << 20))     # 8 ranks on 2 cores
+    assert probe.probe_sizes(1.0, True)[0] == probe.PROBE_BIG_WIRE
+
+
 # ------------------------------------------------------------------------------------------------
 # Stored forms
 # ------------------------------------------------------------------------------------------------

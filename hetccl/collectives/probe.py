@@ -451,6 +451,15 @@ def _link_cost(params, classes, engine, fifo_bytes=0.0) -> LinkCost:
     return LinkCost.from_params(dict(zip(PARAMS, map(float, params))), fifo=all_fifo(classes), **extra)
 
 
+def probe_sizes(share: float, wire: bool) -> tuple[int, float]:
+    """(bytes of the out-of-cache ring, the cache a rank has) for *share* ranks per CPU: ranks
+    taking turns on a CPU share its cache (and its time), so both shrink with them (the same bytes
+    per core, and a probe that stays short at 8 ranks on 2 cores); over a wire PROBE_BIG_WIRE."""
+    share = max(1.0, share)
+    big = PROBE_BIG_WIRE if wire else max(PROBE_BIG_WIRE, int(PROBE_BIG / share))
+    return big, private_cache_bytes() / share
+
+
 # the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
 # FIFO bytes of rank 0's host, *PARAMS] (every rank must price with the same numbers)
 _HIT, _WHEN, _SECS, _OTHER, _FIFO, _SHARE, _P0 = range(7)   # _SHARE: ranks per CPU (>= 1)
@@ -512,11 +521,9 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[_HIT] == 1.0:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
-    # ranks sharing a CPU share its cache (and its time): the out-of-cache ring shrinks with them
-    big = PROBE_BIG_WIRE if not all_fifo(classes) else max(PROBE_BIG_WIRE, int(PROBE_BIG / msg[_SHARE]))
+    big, cache = probe_sizes(float(msg[_SHARE]), not all_fifo(classes))
     raw, secs, other = _probe(engine, rank, size, timeout, big)
-    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]),
-               cache_bytes=private_cache_bytes() / msg[_SHARE])
+    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]), cache_bytes=cache)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
                                             getattr(cost, k) for k in PARAMS[:-1]})
