@@ -14,8 +14,8 @@ import pytest
 
 from hetccl.collectives import probe, tuning_file
 from hetccl.collectives.allreduce import ring as ring_allreduce
-from hetccl.collectives.cost_model import (CALL_LATENCY_S, CALL_S, MEASURED, OUT_OF_CACHE, PARAMS,
-                                           WORKING_SET, CostModel, LinkCost, call_cost)
+from hetccl.collectives.cost_model import (CALL_LATENCY_S, CALL_S, IN_CACHE, MEASURED, OUT_OF_CACHE,
+                                           PARAMS, WORKING_SET, CostModel, LinkCost, call_cost)
 from hetccl.collectives.tuner import Tuner
 from hetccl.memory import symmetric
 
@@ -41,13 +41,17 @@ def _tuner(p, cost):
 
 def test_in_cache_parameters_below_the_cache_out_of_cache_well_beyond_it():
     c = _cost(1e-6, 7.0, 5.0, 100.0, 16.0)
-    small = CACHE // WORKING_SET
+    small = int(IN_CACHE * CACHE) // WORKING_SET
     assert c.at(small) is c and c.at(1) is c
-    big = c.at(OUT_OF_CACHE * CACHE // WORKING_SET + 1)
+    big = c.at(int(OUT_OF_CACHE * CACHE) // WORKING_SET + 1)
     assert big.beta == pytest.approx(c.beta_out) and big.gamma == pytest.approx(c.gamma_out)
     mid = [c.at(n) for n in (small * 2, small * 3)]
     assert c.beta < mid[0].beta < mid[1].beta < c.beta_out          # log-linear in the working set
     assert c.at(10 ** 12).beta == pytest.approx(c.beta_out)
+    # the measured edges on the 2-vCPU VM (2 MiB private cache): a 2-rank allreduce of 256 KiB in
+    # cache, of 1 MiB mostly out; a reduce (one buffer) of 512 KiB still in
+    assert c.out_of_cache(256 << 10, "allreduce") == 0.0 and c.out_of_cache(1 << 20, "allreduce") > 0.75
+    assert c.out_of_cache(512 << 10, "reduce") == 0.0 and c.out_of_cache(4 << 20, "reduce") == 1.0
 
 
 def test_a_model_without_the_cache_fields_prices_every_size_alike():
@@ -161,11 +165,13 @@ def test_private_cache_is_the_largest_level_one_cpu_has_to_itself(tmp_path, monk
     assert probe.private_cache_bytes() == 0
 
 
-def test_ranks_sharing_a_cpu_share_its_cache_and_probe_a_smaller_ring(monkeypatch):
+def test_ranks_sharing_a_cpu_probe_a_smaller_ring_still_out_of_cache(monkeypatch):
     monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 2 << 20)
     assert probe.probe_sizes(1.0, False) == (probe.PROBE_BIG, 2 << 20)
     assert probe.probe_sizes(0.5, False) == (probe.PROBE_BIG, 2 << 20)     # fewer ranks than CPUs
-    assert probe.probe_sizes(4.0, False) == (1 << 20, 0.5 * (1 << 20))     # 8 ranks on 2 cores
+    big, cache = probe.probe_sizes(4.0, False)                            # 8 ranks on 2 cores
+    assert big == 2 << 20 and cache == 2 << 20
+    assert LinkCost(1e-6, 1e-10, 1e-11, beta_out=2e-10, cache_bytes=cache).out_of_cache(big) == 1.0
     assert probe.probe_sizes(1.0, True)[0] == probe.PROBE_BIG_WIRE
 
 

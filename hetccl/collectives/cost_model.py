@@ -30,11 +30,19 @@ STREAM_MIN = 16 << 20      # the engine's nt_threshold (Engine.nt_threshold), wh
 FIFO_BYTES = 4 << 20       # one direction's shm FIFO (transports/shm.fifo_bytes, up to 4 local ranks)
 
 
-# A call's working set, in units of its size n (the tuner's convention): its input, its output and
-# the FIFO slots its bytes pass through. Below LinkCost.cache_bytes of working set the in-cache
-# beta and gamma hold; from OUT_OF_CACHE times that on, the out-of-cache ones; log-linear between.
+# A call's working set per rank, in units of its size n (the tuner's convention): its input, its
+# output and the FIFO slots its bytes pass through (3 n); a rooted or one-way call reads or writes
+# one buffer and the FIFO (2 n). Up to IN_CACHE x LinkCost.cache_bytes of working set the in-cache
+# beta and gamma hold, from OUT_OF_CACHE x cache_bytes on the out-of-cache ones, log-linear
+# between. Fitted to the 2-vCPU VM (2 MiB private cache): the 2-rank ring allreduce costs its
+# in-cache 121-126 ps per byte up to 256 KiB, 137 at 512 KiB and its out-of-cache 157-170 from
+# 1 MiB; the 4-rank binomial reduce its in-cache 0.23 ns per byte up to 512 KiB, 0.31 at 2 MiB
+# (bench/results/crossover-2026-12-06.txt, validate-sim-2026-12-06-q.json).
 WORKING_SET = 3
-OUT_OF_CACHE = 4
+ONE_BUFFER_WORKING_SET = 2
+ONE_BUFFER = frozenset({"reduce", "broadcast", "gather", "scatter"})
+IN_CACHE = 0.5
+OUT_OF_CACHE = 2.0
 
 # The measured parameters of a LinkCost, as the probe cache, the tuning file and the simulator's
 # records store them (the other fields are facts about the engine, re-read wherever a model is used).
@@ -65,17 +73,20 @@ class LinkCost:
     gamma_out: float = 0.0
     cache_bytes: float = 0.0
 
-    def out_of_cache(self, nbytes) -> float:
-        """0 (in cache) .. 1 (out of cache): where a call of nbytes lies (WORKING_SET, OUT_OF_CACHE)."""
+    def out_of_cache(self, nbytes, collective: str | None = None) -> float:
+        """0 (in cache) .. 1 (out of cache): where a call of nbytes lies (WORKING_SET, IN_CACHE,
+        OUT_OF_CACHE)."""
         if self.cache_bytes <= 0 or nbytes <= 0:
             return 0.0
-        ws = WORKING_SET * nbytes / self.cache_bytes
-        return 0.0 if ws <= 1 else min(1.0, math.log2(ws) / math.log2(OUT_OF_CACHE))
+        k = ONE_BUFFER_WORKING_SET if collective in ONE_BUFFER else WORKING_SET
+        ws = k * nbytes / (IN_CACHE * self.cache_bytes)
+        return 0.0 if ws <= 1 else min(1.0, math.log2(ws) / math.log2(OUT_OF_CACHE / IN_CACHE))
 
-    def at(self, nbytes) -> "LinkCost":
-        """The parameters a call of nbytes pays: beta and gamma between their in-cache and
-        out-of-cache values by its working set (itself when the model makes no distinction)."""
-        f = self.out_of_cache(nbytes)
+    def at(self, nbytes, collective: str | None = None) -> "LinkCost":
+        """The parameters a call of nbytes (of this collective) pays: beta and gamma between their
+        in-cache and out-of-cache values by its working set (itself when the model makes no
+        distinction)."""
+        f = self.out_of_cache(nbytes, collective)
         if f <= 0:
             return self
         beta = self.beta + f * ((self.beta_out or self.beta) - self.beta)

@@ -28,11 +28,10 @@ of ~``REP_S`` each, a repetition's time being the slowest rank's):
   cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
   output instead of copying it (the engine reduces straight out of the transport, so that
   difference is what a reduction adds to a step);
-- cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), divided among
-  the ranks that share a CPU (more local ranks than CPUs take turns on its cache), below which a
-  call's working set is priced with the in-cache values (cost_model.LinkCost.at). With k ranks
-  per CPU the out-of-cache ring is ``PROBE_BIG`` / k (at least ``PROBE_BIG_WIRE``): the same
-  bytes per core, and a probe that stays short at 8 ranks on 2 cores.
+- cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), by which a
+  call's working set is priced in cache or out of it (cost_model.LinkCost.at). With k ranks
+  per CPU the out-of-cache ring is ``PROBE_BIG`` / k (at least half of it, still out of cache):
+  fewer bytes per core, and a probe that stays short at 8 ranks on 2 cores.
 
 The same ranks run the probe as the job, so more ranks than cores shows up in every parameter
 (the oversubscribed hand-over in alpha) without a special case, under its own cache key.
@@ -453,11 +452,13 @@ def _link_cost(params, classes, engine, fifo_bytes=0.0) -> LinkCost:
 
 def probe_sizes(share: float, wire: bool) -> tuple[int, float]:
     """(bytes of the out-of-cache ring, the cache a rank has) for *share* ranks per CPU: ranks
-    taking turns on a CPU share its cache (and its time), so both shrink with them (the same bytes
-    per core, and a probe that stays short at 8 ranks on 2 cores); over a wire PROBE_BIG_WIRE."""
+    taking turns on a CPU share its time, so the ring shrinks with them (the same bytes per core,
+    and a probe that stays short at 8 ranks on 2 cores; still out of cache); over a wire
+    PROBE_BIG_WIRE. The cache is the CPU's private one whatever the share: measured, the 4-rank
+    (2 cores) binomial reduce kept its in-cache cost per byte up to 512 KiB, like 2 ranks."""
     share = max(1.0, share)
-    big = PROBE_BIG_WIRE if wire else max(PROBE_BIG_WIRE, int(PROBE_BIG / share))
-    return big, private_cache_bytes() / share
+    big = PROBE_BIG_WIRE if wire else max(PROBE_BIG // 2, int(PROBE_BIG / share))   # 2 MiB: out
+    return big, private_cache_bytes()
 
 
 # the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the

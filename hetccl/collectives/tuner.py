@@ -86,13 +86,13 @@ class Tuner:
         algorithm's formula on the parameters of a call of this size (in cache or not,
         LinkCost.at) plus the per-call path every algorithm pays (cost_model.call_cost)."""
         p = self.size
-        call, c = call_cost(collective, p), self.cost.at(nbytes)
+        call, c = call_cost(collective, p), self.cost.at(nbytes, collective)
         return [(a, a.cost(nbytes, p, c) + call if a.supports(nbytes, p) else None)
                 for a in registry.for_collective(collective)]
 
     def price(self, algorithm, nbytes: int) -> float:
         """Predicted seconds of one flat algorithm for this call shape (a row of ``table``)."""
-        return (algorithm.cost(nbytes, self.size, self.cost.at(nbytes))
+        return (algorithm.cost(nbytes, self.size, self.cost.at(nbytes, algorithm.collective))
                 + call_cost(algorithm.collective, self.size))
 
     def measured(self, collective: str, nbytes: int) -> str | None:

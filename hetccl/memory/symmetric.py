@@ -73,7 +73,7 @@ def cost(collective: str, nbytes: int, p: int, c, in_place: bool = False) -> flo
     at this size: LinkCost.at): two syncs, and the bytes a ring would move but copied once instead
     of staged twice (half the FIFO's beta). ``nbytes`` is the collective's tuner convention (the
     output for allgather). ``in_place``: an allreduce some rank runs in place (IN_PLACE)."""
-    c = c.at(nbytes)
+    c = c.at(nbytes, collective)
     f = (p - 1) / p
     one_copy = c.beta / 2
     t = 2 * c.alpha
