@@ -4,7 +4,7 @@ Why measure: every algorithm choice follows from what one message, one byte move
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
 time a host sees a communicator *shape*, takes tens of milliseconds, and is cached, so every
-later communicator costs one small file read on rank 0 and one 88-byte broadcast.
+later communicator costs one small file read on rank 0 and one 104-byte broadcast.
 
 What it times (all ranks at once; per quantity the minimum over ``REPS`` interleaved repetitions
 of ~``REP_S`` each, a repetition's time being the slowest rank's):
