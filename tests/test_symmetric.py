@@ -420,7 +420,7 @@ def test_mismatched_alloc_sizes(size):
 def _peer_freed_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=30)
-    # 4 MiB: the symmetric path is priced faster whatever the probe measured (tests _routing_rank)
+    # 4 MiB on a known cost model (_sane_model): the symmetric path is priced faster
     a, b = comm.alloc(1 << 20, np.float32), comm.alloc(1 << 20, np.float32)
     if rank == 0:
         comm.free(a)
@@ -433,15 +433,16 @@ def _peer_freed_rank(rank, size):
 def _one_plain_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=30)
-    a = comm.alloc(1 << 20, np.float32)                          # 4 MiB: symmetric (see above)
+    a = comm.alloc(1 << 20, np.float32)                          # 4 MiB: symmetric (_sane_model)
     comm.allreduce(a if rank == 0 else np.ones(1 << 20, np.float32))
     comm.barrier()
     return "no error"
 
 
 @pytest.mark.parametrize("fn", [_peer_freed_rank, _one_plain_rank], ids=["peer-freed", "one-plain"])
-def test_inconsistent_buffers_raise_on_every_rank(fn):
-    results = run_ranks_expect_failure(fn, 2, timeout=90, transports="c2c")
+def test_inconsistent_buffers_raise_on_every_rank(fn, tmp_path):
+    results = run_ranks_expect_failure(fn, 2, timeout=90, transports="c2c",
+                                       env={"HETCCL_TUNING_FILE": _sane_model(tmp_path)})
     for r, (ok, text) in enumerate(results):
         assert not ok, f"rank {r} finished: {text}"
         assert "InvalidUsage" in text and "did not finish" not in text, f"rank {r}: {text[-800:]}"
