@@ -96,7 +96,10 @@ def test_large_calls_are_priced_out_of_cache():
 
 
 def test_the_latency_path_pays_less_per_call_than_the_full_path():
-    assert call_cost("allreduce", 2) == CALL_LATENCY_S < CALL_S == call_cost("reduce", 2)
+    from hetccl.collectives import schedules
+    assert call_cost("allreduce", 2) == CALL_LATENCY_S < CALL_S == call_cost("barrier", 2)
+    assert all(call_cost(c, 4) == (CALL_LATENCY_S if schedules.latency_path_takes(c, None) else CALL_S)
+               for c in ("allreduce", "reduce", "gather", "barrier", "allgatherv"))
     assert call_cost("allreduce", 1) == 0.0
 
 

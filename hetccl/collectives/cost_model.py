@@ -137,8 +137,8 @@ OVERSUBSCRIBED_ALPHA = 5e-6
 # 2-rank broadcast of 8 B (one message) 1.8 us.
 CALL_S = 1.5e-6
 
-# The same for a call the latency path runs (schedules.latency_path_takes: a repeated call shape of
-# allreduce, allgather, reduce_scatter, broadcast or alltoall, bench/crossover.py's way of calling):
+# The same for a call the latency path runs (schedules.latency_path_takes: a repeated call shape,
+# bench/crossover.py's way of calling):
 # 2 ranks, 8 B, measured 0.85 us for a one-step recursive-doubling allreduce and 0.55 us for a
 # one-level binomial broadcast, against alphas of 0.35-0.47 us (bench/results/crossover-2026-12-06.txt).
 CALL_LATENCY_S = 0.3e-6
