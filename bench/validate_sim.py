@@ -76,7 +76,7 @@ def measure_case(rank, size, sizes, reps, variants, bridges=None):
                     topo.ranks[r].bridge = island.kind if island.bridged else "none"
         return {"rows": [{k: r.get(k) for k in ("size", "variant", "time_us", "times_us", "algo")} for r in rows],
                 "topology": topofile.to_dict(topo), "source": topo.source, "load": oversubscription(comm.context.cards),
-                "model": {"alpha": m.cost.alpha, "beta": m.cost.beta, "gamma": m.cost.gamma,
+                "model": {**m.cost.params(),
                           "links": "+".join(m.link_classes), "origin": m.origin, "detail": m.detail},
                 "bridges": bridge_prices_of(comm), "ranks": comm.size, "local": comm.local_size,
                 "describe": comm.describe()}

@@ -277,7 +277,8 @@ def _routing_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=60)
     try:
-        n = 1 << 16
+        # 4 MiB, on a known cost model (_sane_model): the symmetric path is priced faster
+        n = 1 << 20
         a, b = comm.alloc(n, np.float32), comm.alloc(n, np.float32)
         plain = np.empty(n, np.float32)
         got = {}
@@ -333,10 +334,25 @@ def _routing_rank(rank, size):
         comm.close()
 
 
+def _sane_model(tmp_path) -> str:
+    """A tuning file whose cost model (what a quiet 2-vCPU VM measures) prices the symmetric path
+    faster than the FIFO path at 4 MiB: the routing below must not depend on what a probe on a
+    busy machine read (the choice itself is tests/test_cost_model.py's)."""
+    from hetccl.collectives import tuning_file
+    from hetccl.collectives.cost_model import LinkCost
+    from hetccl.topology.host import host_id
+    cost = LinkCost(0.5e-6, 1.4e-10, 1e-11, beta_out=2e-10, gamma_out=6e-11, cache_bytes=2 << 20)
+    doc = tuning_file.new_document(host_id(), None)
+    tuning_file.merge(doc, {"links": "c2c", "ranks": 2, "local": 2, "cost": cost.params()})
+    path = str(tmp_path / "tuning.json")
+    tuning_file.write(path, doc)
+    return path
+
+
 @pytest.mark.parametrize("mode", ["auto", "window"])
-def test_routing_and_fallback(mode):
+def test_routing_and_fallback(mode, tmp_path):
     """The symmetric schedules need no cross-memory attach: window mode (CMA refused) runs them too."""
-    env = {"HETCCL_C2C_MODE": mode}
+    env = {"HETCCL_C2C_MODE": mode, "HETCCL_TUNING_FILE": _sane_model(tmp_path)}
     for r, got in enumerate(run_ranks(_routing_rank, 2, timeout=120, transports="c2c", env=env)):
         assert got["ar_mixed"][0] != "symmetric" and got["ar_mixed"][1] == 3.0
         assert got["ar_mixed2"][0] != "symmetric" and got["ar_mixed2"][1] == 3.0
@@ -351,6 +367,7 @@ def test_routing_and_fallback(mode):
         assert got["view_after_free"] and "freed" in got["view_after_free"]
         assert "when its input and output are from comm.alloc" in got["explain"]
         assert "=> symmetric" in got["explain"] and "; taken)" in got["explain"]
+        assert "; tuning file (" in got["explain"]                # priced on _sane_model
 
 
 def test_shm_communicator_gets_private_memory():
@@ -403,7 +420,8 @@ def test_mismatched_alloc_sizes(size):
 def _peer_freed_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=30)
-    a, b = comm.alloc(1 << 14, np.float32), comm.alloc(1 << 14, np.float32)   # 64 KiB: symmetric by default
+    # 4 MiB on a known cost model (_sane_model): the symmetric path is priced faster
+    a, b = comm.alloc(1 << 20, np.float32), comm.alloc(1 << 20, np.float32)
     if rank == 0:
         comm.free(a)
         comm.allreduce(b)                                         # rank 1 names a, freed here
@@ -415,15 +433,16 @@ def _peer_freed_rank(rank, size):
 def _one_plain_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=30)
-    a = comm.alloc(1 << 16, np.float32)
-    comm.allreduce(a if rank == 0 else np.ones(1 << 16, np.float32))
+    a = comm.alloc(1 << 20, np.float32)                          # 4 MiB: symmetric (_sane_model)
+    comm.allreduce(a if rank == 0 else np.ones(1 << 20, np.float32))
     comm.barrier()
     return "no error"
 
 
 @pytest.mark.parametrize("fn", [_peer_freed_rank, _one_plain_rank], ids=["peer-freed", "one-plain"])
-def test_inconsistent_buffers_raise_on_every_rank(fn):
-    results = run_ranks_expect_failure(fn, 2, timeout=90, transports="c2c")
+def test_inconsistent_buffers_raise_on_every_rank(fn, tmp_path):
+    results = run_ranks_expect_failure(fn, 2, timeout=90, transports="c2c",
+                                       env={"HETCCL_TUNING_FILE": _sane_model(tmp_path)})
     for r, (ok, text) in enumerate(results):
         assert not ok, f"rank {r} finished: {text}"
         assert "InvalidUsage" in text and "did not finish" not in text, f"rank {r}: {text[-800:]}"

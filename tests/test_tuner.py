@@ -282,7 +282,8 @@ def test_probe_measures_once_then_the_cache_serves(tmp_path):
     alpha, beta, gamma = res[0]["first"]["cost"]
     assert 1e-8 < alpha < 1e-2 and 1 / 1e12 < beta < 1 / 1e7 and 1 / 1e13 < gamma < 1 / 1e7
     raw = res[0]["first"]["raw"]
-    assert {"barrier_us", "allgather_us", "copy_us", "reduce_us"} <= set(raw)
+    assert {"barrier_us", "allreduce_us", "allreduce_big_us", "copy_us", "reduce_us", "copy_big_us",
+                "reduce_big_us"} <= set(raw)
     entries = probe.read_entries(str(tmp_path / "hetccl" / "cost-model.json"))
     assert len(entries) == 1
     (e,) = entries.values()

@@ -18,6 +18,9 @@ Where the numbers come from (``CostModel.origin``):
   transport declares (``Transport.cost``, hetccl/transports) are used. They are only this
   fallback; they were measured once on a 2-vCPU VM.
 """
+import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 
 from .. import transports
@@ -27,19 +30,99 @@ STREAM_MIN = 16 << 20      # the engine's nt_threshold (Engine.nt_threshold), wh
 FIFO_BYTES = 4 << 20       # one direction's shm FIFO (transports/shm.fifo_bytes, up to 4 local ranks)
 
 
+# A call's working set per rank, in units of its size n (the tuner's convention): its input, its
+# output and the FIFO slots its bytes pass through (3 n); a rooted or one-way call reads or writes
+# one buffer and the FIFO (2 n). Up to IN_CACHE x LinkCost.cache_bytes of working set the in-cache
+# beta and gamma hold, from OUT_OF_CACHE x cache_bytes on the out-of-cache ones, log-linear
+# between. Fitted to the 2-vCPU VM (2 MiB private cache): the 2-rank ring allreduce costs its
+# in-cache 121-126 ps per byte up to 256 KiB, 137 at 512 KiB and its out-of-cache 157-170 from
+# 1 MiB; the 4-rank binomial reduce its in-cache 0.23 ns per byte up to 512 KiB, 0.31 at 2 MiB
+# (bench/results/crossover-2026-12-06.txt, validate-sim-2026-12-06-q.json).
+WORKING_SET = 3
+ONE_BUFFER_WORKING_SET = 2
+ONE_BUFFER = frozenset({"reduce", "broadcast", "gather", "scatter"})
+IN_CACHE = 0.5
+OUT_OF_CACHE = 2.0
+
+# The measured parameters of a LinkCost, as the probe cache, the tuning file and the simulator's
+# records store them (the other fields are facts about the engine, re-read wherever a model is used).
+PARAMS = ("alpha", "beta", "gamma", "beta_out", "gamma_out", "cache_bytes")
+
+
 @dataclass(frozen=True)
 class LinkCost:
     """alpha, beta, gamma (see the module docstring), plus two facts about how the engine moves
     bytes that the formulas need: whether the links are shared-memory FIFOs (a byte costs a copy
     pass per side, and ring relays fuse FIFO to FIFO) or a wire, from how many bytes the ring and
     chain schedules write their output with streaming stores (the engine's nt_threshold), and how
-    many bytes one FIFO holds (an exchange step larger than that cannot be written ahead)."""
+    many bytes one FIFO holds (an exchange step larger than that cannot be written ahead).
+
+    In cache and out of it: with ``cache_bytes`` > 0, ``beta`` and ``gamma`` are what a byte costs
+    while a call's working set stays in the cache a rank has to itself, ``beta_out`` and
+    ``gamma_out`` what it costs once the working set is well beyond it (both measured by the
+    probe). ``at(n)`` gives the parameters for a call of n bytes; the formulas only ever read
+    ``beta`` and ``gamma`` of what ``at`` returned. ``cache_bytes`` = 0: one beta and gamma at
+    every size (the built-in defaults, models written before the distinction)."""
     alpha: float
     beta: float
     gamma: float
     fifo: bool = True
     stream_min: float = STREAM_MIN
     fifo_bytes: float = FIFO_BYTES
+    beta_out: float = 0.0
+    gamma_out: float = 0.0
+    cache_bytes: float = 0.0
+
+    def out_of_cache(self, nbytes, collective: str | None = None) -> float:
+        """0 (in cache) .. 1 (out of cache): where a call of nbytes lies (WORKING_SET, IN_CACHE,
+        OUT_OF_CACHE)."""
+        if self.cache_bytes <= 0 or nbytes <= 0:
+            return 0.0
+        k = ONE_BUFFER_WORKING_SET if collective in ONE_BUFFER else WORKING_SET
+        ws = k * nbytes / (IN_CACHE * self.cache_bytes)
+        return 0.0 if ws <= 1 else min(1.0, math.log2(ws) / math.log2(OUT_OF_CACHE / IN_CACHE))
+
+    def at(self, nbytes, collective: str | None = None) -> "LinkCost":
+        """The parameters a call of nbytes (of this collective) pays: beta and gamma between their
+        in-cache and out-of-cache values by its working set (itself when the model makes no
+        distinction)."""
+        f = self.out_of_cache(nbytes, collective)
+        if f <= 0:
+            return self
+        beta = self.beta + f * ((self.beta_out or self.beta) - self.beta)
+        gamma = self.gamma + f * ((self.gamma_out or self.gamma) - self.gamma)
+        return dataclasses.replace(self, beta=beta, gamma=gamma)
+
+    def params(self) -> dict:
+        """The measured parameters (PARAMS), for a cache entry, a tuning file or a record."""
+        return {k: float(getattr(self, k)) for k in PARAMS}
+
+    @staticmethod
+    def valid_params(d) -> bool:
+        """alpha, beta, gamma positive finite numbers; the cache fields, when present, finite
+        numbers not below zero."""
+        def number(k, need):
+            v = d.get(k) if need or k in d else 0.0
+            return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > 0 if need else v >= 0))
+        try:
+            return all(number(k, True) for k in PARAMS[:3]) and all(number(k, False) for k in PARAMS[3:])
+        except (TypeError, AttributeError):
+            return False
+
+    def describe_params(self) -> str:
+        """alpha, beta and gamma, in cache and out of it when the model distinguishes them."""
+        text = f"alpha={self.alpha * 1e6:.3g} us, beta={_gbs(self.beta)}, gamma={_gbs(self.gamma)}"
+        if self.cache_bytes > 0:
+            text += (f" in cache (working set <= {self.cache_bytes / 2**20:.3g} MiB), "
+                     f"beta={_gbs(self.beta_out or self.beta)}, gamma={_gbs(self.gamma_out or self.gamma)} out of it")
+        return text
+
+    @classmethod
+    def from_params(cls, d, **engine) -> "LinkCost":
+        """A LinkCost of stored parameters (missing cache fields: no in/out distinction) plus the
+        engine facts given (fifo, stream_min, fifo_bytes)."""
+        return cls(**{k: float(d.get(k, 0.0)) for k in PARAMS}, **engine)
 
 
 # Fallback only: more ranks than cores on a host make every hop wait for the peer to be scheduled
@@ -53,6 +136,25 @@ OVERSUBSCRIBED_ALPHA = 5e-6
 # 2-vCPU VM with this comm.py: 8 B allreduce at 2 ranks 2.0 us against the probe's alpha 0.34 us;
 # 2-rank broadcast of 8 B (one message) 1.8 us.
 CALL_S = 1.5e-6
+
+# The same for a call the latency path runs (schedules.latency_path_takes: a repeated call shape,
+# bench/crossover.py's way of calling):
+# 2 ranks, 8 B, measured 0.85 us for a one-step recursive-doubling allreduce and 0.55 us for a
+# one-level binomial broadcast, against alphas of 0.35-0.47 us (bench/results/crossover-2026-12-06.txt).
+CALL_LATENCY_S = 0.3e-6
+
+
+def call_cost(collective: str, p: int) -> float:
+    """Seconds of the per-call path around the engine for one call of this collective."""
+    if p < 2:
+        return 0.0
+    from . import schedules               # the native adapter: imported when a price is first asked
+    return CALL_LATENCY_S if schedules.latency_path_takes(collective, None) else CALL_S
+
+
+def _gbs(per_byte: float) -> str:
+    return f"{1 / per_byte / 1e9:.3g} GB/s"
+
 
 MEASURED, CACHED, DEFAULT, TUNED = "measured", "cached", "default", "tuning file"
 
@@ -95,8 +197,6 @@ class CostModel:
         return cls(group_cost(link_classes, oversubscribed), DEFAULT, why, tuple(sorted(link_classes)))
 
     def describe(self) -> str:
-        c = self.cost
         links = "+".join(self.link_classes) or "self"
-        text = (f"alpha={c.alpha * 1e6:.3g} us, beta={1 / c.beta / 1e9:.3g} GB/s, "
-                f"gamma={1 / c.gamma / 1e9:.3g} GB/s over {links}; {self.origin}")
+        text = f"{self.cost.describe_params()} over {links}; {self.origin}"
         return f"{text} ({self.detail})" if self.detail else text

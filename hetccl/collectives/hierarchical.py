@@ -155,8 +155,9 @@ class TopologyPricer:
         """(burst bytes, the network cost at the line rate) when every host's network link is a
         token bucket (topology/model.py Link.burst, .peak), else (None, None). The smallest bucket
         and the slowest line rate set the pace of a transfer that crosses two host links. The
-        sustained rate stays the measured one (self.net): the probe's 1 MiB allgather outlasts any
-        bucket of this size, so it measures the rate, and the bucket only lowers prices."""
+        sustained rate stays the measured one (self.net): over a wire the probe takes the slope
+        between two allgathers, in which the bucket cancels out, so it measures the rate, and the
+        bucket only lowers prices."""
         if len(self.hosts) < 2 or not ups or any(u is None or not u.burst or not u.peak for u in ups):
             return None, None
         peak = dataclasses.replace(self.net, beta=1 / min(u.peak for u in ups))

@@ -194,7 +194,7 @@ class IslandPricer:
     def _hetccl(self, coll, nbytes, p) -> float:
         if p < 2:
             return 0.0
-        c = self.tuner.cost
+        c = self.tuner.cost.at(nbytes, coll)
         costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
         return min(costs) + SUB_CALL if costs else math.inf
 
@@ -253,7 +253,7 @@ class IslandPricer:
 
     def _flat_cost(self, a, nbytes):
         if a.code >= 0:
-            return a.cost(nbytes, self.p, self.tuner.cost)
+            return a.cost(nbytes, self.p, self.tuner.cost.at(nbytes, a.collective))
         plan = self.topo_plan
         t = plan.composed_cost(a.collective, a.code, nbytes) if plan is not None else None
         return math.inf if t is None else t

@@ -3,8 +3,8 @@
 Why measure: every algorithm choice follows from what one message, one byte moved and one byte
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
-time a host sees a communicator *shape*, takes a few tens of milliseconds, and is cached, so every
-later communicator costs one small file read on rank 0 and one 48-byte broadcast.
+time a host sees a communicator *shape*, takes tens of milliseconds, and is cached, so every
+later communicator costs one small file read on rank 0 and one 104-byte broadcast.
 
 What it times (all ranks at once; per quantity the minimum over ``REPS`` interleaved repetitions
 of ~``REP_S`` each, a repetition's time being the slowest rank's):
@@ -12,19 +12,29 @@ of ~``REP_S`` each, a repetition's time being the slowest rank's):
 - alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
   step's latency including the engine's per-step overhead (not the Python call around it, which
   every algorithm of a call pays alike);
-- beta = (in-place ring allgather of ``PROBE_BYTES`` - (p-1) alpha) / ((p-1)/p ``PROBE_BYTES``):
-  the bytes crossing links, as the ring formulas count them. When the ring in rank order crosses a
-  network link, the slowest host link carried k of its streams at once (k = 2 for 2 ranks per host
-  placed round-robin, 1 for block placement): beta is divided by k, so the cache holds the link's
-  own cost whatever the placement of the job that measured it (the topology-aware pricing shares
-  the link again per algorithm);
-- gamma = (reduce kernel - copy kernel) / ``KERNEL_BYTES``, every rank at once: the extra cost of
-  reducing a received byte into the output instead of copying it (the engine reduces straight out
-  of the transport, so that difference is what a reduction adds to a step).
+- beta: the value at which the ring allreduce's own formula (allreduce.ring, with the gamma of the
+  same working set) gives the time of an in-place ring allreduce of ``PROBE_BYTES`` (in cache),
+  and beta_out the same of ``PROBE_BIG`` (out of cache): the bytes crossing links, as the formulas
+  count them. The allreduce rather than an allgather: it is the call that matters most, and its
+  ring runs the FIFO relays the other formulas are counted against (over loopback TCP a ring
+  allgather's rate priced the allreduce ~2x too fast). When the ring in rank
+  order crosses a network link, the slowest host link carried k of its streams at once (k = 2 for
+  2 ranks per host placed round-robin, 1 for block placement): beta is divided by k, so the cache
+  holds the link's own cost whatever the placement of the job that measured it (the
+  topology-aware pricing shares the link again per algorithm). Over a network link beta is the
+  slope between the two rings, the link's sustained rate (a token bucket's burst, which a
+  short transfer rides through at line rate, cancels out);
+- gamma = (reduce kernel - copy kernel) / bytes, every rank at once, on ``KERNEL_BYTES`` (in
+  cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
+  output instead of copying it (the engine reduces straight out of the transport, so that
+  difference is what a reduction adds to a step);
+- cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), by which a
+  call's working set is priced in cache or out of it (cost_model.LinkCost.at). With k ranks
+  per CPU the out-of-cache ring is ``PROBE_BIG`` / k (at least half of it, still out of cache):
+  fewer bytes per core, and a probe that stays short at 8 ranks on 2 cores.
 
-``PROBE_BYTES`` (1 MiB) is in the range where algorithms cross over (latency-bound below,
-bandwidth-bound above); the same ranks run the probe as the job, so more ranks than cores shows
-up in alpha (the oversubscribed hand-over) without a special case.
+The same ranks run the probe as the job, so more ranks than cores shows up in every parameter
+(the oversubscribed hand-over in alpha) without a special case, under its own cache key.
 
 A busy machine makes a slow probe, and the cache would keep that moment: so rank 0 also measures
 how much of the host's CPU time other processes took during the probe (/proc/stat minus the ranks'
@@ -32,9 +42,9 @@ own CPU time). Above ``NOISY`` (25%) the entry is marked noisy and the next comm
 shape probe again (up to ``MAX_PROBES`` in all), keeping per parameter the lowest value seen.
 
 Agreement (ranks that priced algorithms differently would pick different ones and mismatch): rank 0
-alone reads the cache and decides; it broadcasts ``[hit, alpha, beta, gamma, when, seconds]``; on a
-miss every rank runs the probe (timings are maxima over ranks) and rank 0 broadcasts what it
-derived. Every rank ends with rank 0's numbers, bit for bit.
+alone reads the cache and decides; it broadcasts whether it hit, when and how long the entry was
+measured, and the parameters (cost_model.PARAMS); on a miss every rank runs the probe (timings are
+maxima over ranks) and rank 0 broadcasts what it derived. Every rank ends with rank 0's numbers, bit for bit.
 
 The cache: ``$XDG_CACHE_HOME/hetccl/cost-model.json`` (default ``~/.cache/hetccl/cost-model.json``),
 one entry per host id, link classes, ranks of the communicator on this host, CPUs this process may
@@ -49,6 +59,7 @@ single rank, which has no link to time, uses the defaults.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -62,14 +73,18 @@ from .. import dtypes, transports
 from ..ops import ReduceOp
 from ..version import build_id
 from . import schedules, tuning_file
-from .cost_model import CACHED, MEASURED, TUNED, CostModel, LinkCost, all_fifo
+from .cost_model import CACHED, MEASURED, PARAMS, TUNED, CostModel, LinkCost, all_fifo
 from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 2                 # of the cache file (2: beta per link, not per stream of the probe's ring)
-PROBE_BYTES = 1 << 20      # the allgather that prices beta
-KERNEL_BYTES = 1 << 20     # the copy and reduce that price gamma
+FORMAT = 3                 # of the cache file (3: in-cache and out-of-cache parameters)
+PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
+PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
+PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
+                           # a 4 MiB ring would take ~50 ms per call at 1 Gbit/s)
+KERNEL_BYTES = 64 << 10    # the copy and reduce that price gamma in cache (3 arrays: 192 KiB)
+KERNEL_BIG = 1 << 20       # ... and out of cache (gamma_out; 3 arrays: 3 MiB)
 REPS = 9                   # repetitions of every quantity (interleaved)
 REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
 CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
@@ -109,15 +124,9 @@ def cache_key(s: dict) -> str:
 
 
 def _valid(entry) -> bool:
-    """A cache entry the model can use: alpha, beta, gamma positive finite numbers."""
-    if not isinstance(entry, dict):
-        return False
-    try:
-        return all(isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool)
-                   and math.isfinite(float(entry[k])) and float(entry[k]) > 0
-                   for k in ("alpha", "beta", "gamma"))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return False
+    """A cache entry the model can use: alpha, beta, gamma positive finite numbers (the in- and
+    out-of-cache fields, when present, finite and not negative)."""
+    return isinstance(entry, dict) and LinkCost.valid_params(entry)
 
 
 def read_entries(path: str | None = None) -> dict:
@@ -247,28 +256,41 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
     return {name: float(best[j]) for j, name in enumerate(fns)}
 
 
-def measure(engine, size: int, timeout: float) -> dict:
-    """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes."""
-    count = max(size, (PROBE_BYTES // 4) // size * size)
-    ag = np.ones(count, dtype=np.float32)                 # allocated and touched before timing
-    a = np.ones(KERNEL_BYTES // 4, dtype=np.float32)
-    b = np.ones_like(a)
-    d = np.zeros_like(a)
-    f32, add = dtypes.FLOAT32, int(ReduceOp.SUM)
+def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG) -> dict:
+    """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
+    every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
+    ``KERNEL_BIG``). The kernels run on views of the allreduces' buffers (their contents do not
+    matter), so the probe touches no more new memory than the big allreduce's (first touches
+    are slow on a VM); the kernels write into them, the allreduces only ever sum zeros."""
+    def count(nbytes):                  # float32 elements of a ring's buffer (a multiple of size)
+        return max(size, (nbytes // 4) // size * size)
+
+    k, K = KERNEL_BYTES // 4, KERNEL_BIG // 4
+    # allocated (zeros: a sum in place stays finite however often it runs) and touched before
+    # timing; the kernels' arrays are views of the same memory as the rings' buffers
+    small = np.zeros(max(count(PROBE_BYTES), 3 * k), dtype=np.float32)
+    pool = np.zeros(max(count(big_bytes), 3 * K), dtype=np.float32)
+    ar, big = small[:count(PROBE_BYTES)], pool[:count(big_bytes)]
+    a, b, d = small[:k], small[k:2 * k], small[2 * k:3 * k]
+    A, B, D = pool[:K], pool[K:2 * K], pool[2 * K:3 * K]
+    f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
     raw = time_per_call(engine, {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
-        "allgather_s": lambda: schedules.allgather(engine, ag, ag, f32, ALGO_RING, timeout),
-        "copy_s": lambda: schedules.kernels.copy_array(d, a),
-        "reduce_s": lambda: schedules.kernels.reduce_arrays(d, a, b, f32, add),
+        "allreduce_s": lambda: schedules.allreduce(engine, ar, ar, f32, add, ALGO_RING, timeout),
+        "allreduce_big_s": lambda: schedules.allreduce(engine, big, big, f32, add, ALGO_RING, timeout),
+        "copy_s": lambda: kern.copy_array(d, a),
+        "reduce_s": lambda: kern.reduce_arrays(d, a, b, f32, add),
+        "copy_big_s": lambda: kern.copy_array(D, A),
+        "reduce_big_s": lambda: kern.reduce_arrays(D, A, B, f32, add),
     }, timeout)
-    raw.update(allgather_bytes=ag.nbytes, kernel_bytes=a.nbytes,
-               link_share=_ring_link_share(engine, size, timeout))
+    raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
+               kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     return raw
 
 
 def _ring_link_share(engine, size: int, timeout: float) -> float:
     """How many edges of the rank-order ring leave the busiest host over a network link (1 when
-    none does): the streams that shared one link while the probe's allgather ran. A rank's host is
+    none does): the streams that shared one link while the probe's ring ran. A rank's host is
     itself and the peers it reaches without a wire (engine.link_kind)."""
     wire = transports.wire_kinds()
     kinds = [engine.link_kind(q) for q in range(size)]
@@ -279,17 +301,94 @@ def _ring_link_share(engine, size: int, timeout: float) -> float:
     return max(1.0, float(_max_over_ranks(engine, mine, timeout)[0]))
 
 
-def fit(raw: dict, size: int) -> LinkCost:
-    """alpha, beta, gamma from the probe's timings (see the module docstring). The floors keep a
-    noisy run from producing zero or negative costs: a step never costs less than 10% of the
-    measured allgather in bandwidth, a reduction never less than 5% of a copy."""
+def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes: float = 0.0) -> LinkCost:
+    """alpha, beta, gamma in cache and out of it from the probe's timings (see the module
+    docstring). gamma is the kernels' difference; beta is the value at which the registry's own
+    ring allreduce formula (allreduce.ring, on *engine_facts*: FIFO or wire, FIFO size, streaming
+    threshold, and the gamma of the same working set) gives the time measured, so the probe and
+    the formulas count bytes alike. The floors keep a noisy run from producing zero or negative
+    costs: a step never costs less than 10% of the measured ring in bandwidth, a reduction never
+    less than 5% of a copy.
+
+    Over a wire (engine_facts.fifo False) beta is the slope between the two rings, the link's
+    sustained rate: a token bucket's burst and the per-step latencies cancel out, and the link,
+    not a cache, sets the pace (beta_out = beta). Timings of an older probe (a 1 MiB ring
+    allgather, no out-of-cache quantities) give one beta and gamma at every size."""
+    from .allgather import ring as ring_allgather
+    from .allreduce import ring as ring_allreduce
     p = size
+    facts = engine_facts or LinkCost(0.0, 0.0, 0.0)
+    share = max(1.0, float(raw.get("link_share", 1.0)))
     alpha = raw["barrier_s"] / max(1, math.ceil(math.log2(p)))
-    moved = (p - 1) / p * raw["allgather_bytes"]
-    beta = max(raw["allgather_s"] - (p - 1) * alpha, 0.1 * raw["allgather_s"]) / moved
-    beta /= max(1.0, float(raw.get("link_share", 1.0)))
-    gamma = max(raw["reduce_s"] - raw["copy_s"], 0.05 * raw["copy_s"]) / raw["kernel_bytes"]
-    return LinkCost(alpha, beta, gamma)
+
+    def kernel_gamma(reduce_s, copy_s, nbytes):
+        return max(reduce_s - copy_s, 0.05 * copy_s) / nbytes
+
+    def per_beta(formula, nbytes, gamma):
+        """(seconds without beta, seconds per unit of beta) of the formula."""
+        at = dataclasses.replace(facts, alpha=alpha, beta=0.0, gamma=gamma, cache_bytes=0.0)
+        t0 = formula(nbytes, p, at)
+        return t0, formula(nbytes, p, dataclasses.replace(at, beta=1.0)) - t0
+
+    def solve(formula, t, nbytes, gamma):
+        t0, k = per_beta(formula, nbytes, gamma)
+        return max(t - t0, 0.1 * t) / k / share
+
+    gamma = kernel_gamma(raw["reduce_s"], raw["copy_s"], raw["kernel_bytes"])
+    if "allreduce_s" not in raw:                 # an older probe's raw timings
+        beta = solve(ring_allgather, raw["allgather_s"], raw["allgather_bytes"], 0.0)
+        return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma)
+    gamma_out = kernel_gamma(raw["reduce_big_s"], raw["copy_big_s"], raw["kernel_big_bytes"])
+    small, big = raw["allreduce_bytes"], raw["allreduce_big_bytes"]
+    if not facts.fifo:
+        t0s, ks = per_beta(ring_allreduce, small, gamma)
+        t0b, kb = per_beta(ring_allreduce, big, gamma_out)
+        slope = ((raw["allreduce_big_s"] - t0b) - (raw["allreduce_s"] - t0s)) / (kb - ks) / share
+        beta = beta_out = max(slope, 0.5 * solve(ring_allreduce, raw["allreduce_big_s"], big, gamma_out))
+    else:
+        beta = solve(ring_allreduce, raw["allreduce_s"], small, gamma)
+        beta_out = solve(ring_allreduce, raw["allreduce_big_s"], big, gamma_out)
+        # a byte in cache never costs more than one out of it: a small ring that measured slower
+        # lost its time to per-step scheduling (ranks sharing cores), which alpha prices
+        beta, gamma = min(beta, beta_out), min(gamma, gamma_out)
+    return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
+                               gamma_out=gamma_out, cache_bytes=float(cache_bytes))
+
+
+_CPU_SYSFS = "/sys/devices/system/cpu"
+
+
+def private_cache_bytes(cpu: int = 0) -> int:
+    """Bytes of the largest cache one CPU has to itself (sysfs; 0 if unknown): the working set
+    below which a rank's bytes stay in cache whatever its neighbours do. The last-level cache a
+    virtual machine reports is the host's, shared with every tenant (480 MiB on the 2-vCPU VM these
+    figures come from, whose calls measure out of cache from ~2 MiB of working set), so it is no
+    bound a rank can count on; the private level (L2 there, 2 MiB) is."""
+    best = 0
+    base = os.path.join(_CPU_SYSFS, f"cpu{cpu}", "cache")
+    try:
+        for idx in os.listdir(base):
+            d = os.path.join(base, idx)
+            try:
+                with open(os.path.join(d, "type")) as f:
+                    if f.read().strip() == "Instruction":
+                        continue
+                with open(os.path.join(d, "shared_cpu_list")) as f:
+                    shared = f.read().strip()
+                with open(os.path.join(d, "size")) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if "," in shared or "-" in shared:
+                continue                      # shared with other CPUs
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+            try:
+                best = max(best, int(text.rstrip("KMGkmg")) * mult)
+            except ValueError:
+                continue
+    except OSError:
+        return 0
+    return best
 
 
 # ------------------------------------------------------------------ at communicator creation
@@ -309,11 +408,11 @@ def _host_busy_seconds() -> float | None:
         return None
 
 
-def _probe(engine, rank: int, size: int, timeout: float):
+def _probe(engine, rank: int, size: int, timeout: float, big_bytes: int = PROBE_BIG):
     """measure() plus the share of the host's CPUs that other processes used meanwhile (None if
     unknown): the host's CPU time (/proc/stat, on rank 0) minus what the ranks used (summed)."""
     busy0, own0, t0 = _host_busy_seconds(), time.process_time(), time.perf_counter()
-    raw = measure(engine, size, timeout)
+    raw = measure(engine, size, timeout, big_bytes)
     own = np.array([time.process_time() - own0])
     schedules.allreduce(engine, own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
     wall, busy1 = time.perf_counter() - t0, _host_busy_seconds()
@@ -337,18 +436,34 @@ def _fifo_bytes(local_size: int) -> float:
         return 0.0
 
 
-def _link_cost(abg, classes, engine, fifo_bytes=0.0) -> LinkCost:
-    """The measured alpha, beta, gamma plus what the formulas need to know of the engine: whether
-    every link is a shared-memory FIFO, how big a FIFO is (rank 0's host, broadcast), and from how
-    many bytes the engine writes with streaming stores (read from it, so a rebuilt engine's
-    threshold is priced as it is)."""
+def _link_cost(params, classes, engine, fifo_bytes=0.0) -> LinkCost:
+    """The measured parameters (cost_model.PARAMS, in that order) plus what the formulas need to
+    know of the engine: whether every link is a shared-memory FIFO, how big a FIFO is (rank 0's
+    host, broadcast), and from how many bytes the engine writes with streaming stores (read from
+    it, so a rebuilt engine's threshold is priced as it is)."""
     extra = {}
     stream_min = getattr(engine, "nt_threshold", None)
     if stream_min:
         extra["stream_min"] = float(stream_min)
     if fifo_bytes and fifo_bytes > 0:
         extra["fifo_bytes"] = float(fifo_bytes)
-    return LinkCost(*map(float, abg), fifo=all_fifo(classes), **extra)
+    return LinkCost.from_params(dict(zip(PARAMS, map(float, params))), fifo=all_fifo(classes), **extra)
+
+
+def probe_sizes(share: float, wire: bool) -> tuple[int, float]:
+    """(bytes of the out-of-cache ring, the cache a rank has) for *share* ranks per CPU: ranks
+    taking turns on a CPU share its time, so the ring shrinks with them (the same bytes per core,
+    and a probe that stays short at 8 ranks on 2 cores; still out of cache); over a wire
+    PROBE_BIG_WIRE. The cache is the CPU's private one whatever the share: measured, the 4-rank
+    (2 cores) binomial reduce kept its in-cache cost per byte up to 512 KiB, like 2 ranks."""
+    share = max(1.0, share)
+    big = PROBE_BIG_WIRE if wire else max(PROBE_BIG // 2, int(PROBE_BIG / share))   # 2 MiB: out
+    return big, private_cache_bytes()
+
+
+# the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
+# FIFO bytes of rank 0's host, *PARAMS] (every rank must price with the same numbers)
+_HIT, _WHEN, _SECS, _OTHER, _FIFO, _SHARE, _P0 = range(7)   # _SHARE: ranks per CPU (>= 1)
 
 
 def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host: str,
@@ -362,16 +477,20 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     cached as noisy: the next ``MAX_PROBES - 1`` communicators of that shape probe again and keep,
     per parameter, the lowest value seen (what the machine does when it is not disturbed); after
     that the entry is used as it is. *force* (``hetccl tune``; the same on every rank) probes
-    whatever the cache holds and replaces its entry."""
+    whatever the cache holds and replaces its entry.
+
+    More ranks on a host than CPUs (*oversubscribed*) needs no special case: the probe runs with
+    the job's own ranks, so its alpha, beta and gamma are those of the crowded machine, and the
+    cache keys them by the number of local ranks and usable CPUs (8 ranks on 2 cores is its own
+    entry). Only a communicator that cannot measure falls back to cost_model.OVERSUBSCRIBED_ALPHA."""
     classes = tuple(sorted(set(link_classes) - {"self"}))
     if size == 1 or not classes:
         return CostModel.default(classes, oversubscribed, "a single rank: no link to measure")
-    # hit, alpha, beta, gamma, when measured, probe seconds, other load (-1: unknown)
-    # ..., [7] the FIFO bytes of rank 0's host (every rank must price with the same numbers)
-    msg = np.zeros(8, dtype=np.float64)
+    msg = np.zeros(_P0 + len(PARAMS), dtype=np.float64)
     s = prev = tuned = None
     if rank == 0:       # nothing may raise here: the other ranks already wait in the broadcast
-        msg[7] = _fifo_bytes(local_size)
+        msg[_FIFO] = _fifo_bytes(local_size)
+        msg[_SHARE] = max(1.0, local_size / usable_cpus())
         try:
             tuned = None if force else _tuning_entry(engine, classes, size, local_size, host)
         except Exception as e:                  # noqa: BLE001 - a tuning file never stops a job
@@ -389,36 +508,39 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
             prev, entry = entry, None
         if entry is not None:
             other = entry.get("other_load")
-            msg[:7] = (1.0, entry["alpha"], entry["beta"], entry["gamma"],
-                      float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
-                      -1.0 if other is None else float(other))
+            msg[:_P0] = (1.0, float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
+                         -1.0 if other is None else float(other), msg[_FIFO], msg[_SHARE])
+            msg[_P0:] = [float(entry.get(k, 0.0)) for k in PARAMS]
         if tuned is not None:
-            msg[0] = 2.0
+            msg[_HIT] = 2.0
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
-    if msg[0] == 2.0:                           # the tuning file: its measured choices too
+    cost = _link_cost(msg[_P0:], classes, engine, msg[_FIFO])
+    if msg[_HIT] == 2.0:                        # the tuning file: its measured choices too
         best = tuning_file.encode_best(tuned[1]) if rank == 0 else tuning_file.encode_best(())
         schedules.broadcast(engine, best, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
-        return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), TUNED, tuned[2] if rank == 0 else
+        return CostModel(cost, TUNED, tuned[2] if rank == 0 else
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
-    if msg[0] == 1.0:
-        return CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), CACHED, _detail(msg[4], msg[5], msg[6]), classes)
-    raw, secs, other = _probe(engine, rank, size, timeout)
-    cost = fit(raw, size)
+    if msg[_HIT] == 1.0:
+        return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
+    big, cache = probe_sizes(float(msg[_SHARE]), not all_fifo(classes))
+    raw, secs, other = _probe(engine, rank, size, timeout, big)
+    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]), cache_bytes=cache)
     if prev is not None:                        # keep the quietest value of each parameter
-        cost = LinkCost(*(min(getattr(cost, k), float(prev[k])) for k in ("alpha", "beta", "gamma")))
-    msg[:7] = (0.0, cost.alpha, cost.beta, cost.gamma, time.time(), secs,
-              -1.0 if other is None else other)
+        cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
+                                            getattr(cost, k) for k in PARAMS[:-1]})
+    msg[:_P0] = (0.0, time.time(), secs, -1.0 if other is None else other, msg[_FIFO], msg[_SHARE])
+    msg[_P0:] = [getattr(cost, k) for k in PARAMS]
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
     raw_us = {(k[:-2] + "_us" if k.endswith("_s") else k): (v * 1e6 if k.endswith("_s") else v)
               for k, v in raw.items()}
     if rank == 0 and s is not None:
         noisy = other is not None and other > NOISY
-        store(s, {"alpha": msg[1], "beta": msg[2], "gamma": msg[3], "measured_at": msg[4],
+        store(s, {**dict(zip(PARAMS, map(float, msg[_P0:]))), "measured_at": msg[_WHEN],
                   "probe_s": secs, "nranks": size, "raw": raw_us, "other_load": other,
                   "noisy": bool(noisy), "probes": 1 + (int(prev.get("probes", 1)) if prev else 0),
                   "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None})
-    model = CostModel(_link_cost(msg[1:4], classes, engine, msg[7]), MEASURED, _detail(msg[4], msg[5], msg[6]), classes,
-                      raw_us)
+    model = CostModel(_link_cost(msg[_P0:], classes, engine, msg[_FIFO]), MEASURED,
+                      _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes, raw_us)
     log.info("measured the cost model of %d ranks: %s", size, model.describe())
     return model
 
@@ -436,7 +558,7 @@ def _tuning_entry(engine, classes, size, local_size, host):
     entry = tuning_file.find(doc, tuning_file.links_key(classes), size, local_size)
     if entry is None:
         return None
-    cost = {k: float(entry["cost"][k]) for k in ("alpha", "beta", "gamma")}
+    cost = {k: float(entry["cost"].get(k, 0.0)) for k in PARAMS}
     best = tuning_file.best_table(entry, placement(engine, size))
     detail = f"{doc['_path']}, measured {doc.get('measured_at', '?')}" + (
         f", measured choices at {len(best)} sizes" if best else "")

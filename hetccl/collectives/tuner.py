@@ -19,7 +19,7 @@ import os
 
 from ..errors import InvalidUsage
 from . import registry
-from .cost_model import CALL_S, CostModel
+from .cost_model import CostModel, call_cost
 from .single_copy_probe import takes as _single_copy_takes
 
 log = logging.getLogger("hetccl.tuning")
@@ -84,10 +84,11 @@ class Tuner:
 
     def table(self, collective: str, nbytes: int):
         """[(algorithm, predicted seconds or None if unsupported)] for this call shape: the
-        algorithm's formula plus the per-call Python path (model.CALL_S) every algorithm pays."""
+        algorithm's formula on the parameters of a call of this size (in cache or not,
+        LinkCost.at) plus the per-call path every algorithm pays (cost_model.call_cost)."""
         p = self.size
-        call = CALL_S if p > 1 else 0.0
-        return [(a, a.cost(nbytes, p, self.cost) + call if a.supports(nbytes, p) else None)
+        call, c = call_cost(collective, p), self.cost.at(nbytes, collective)
+        return [(a, a.cost(nbytes, p, c) + call if a.supports(nbytes, p) else None)
                 for a in registry.for_collective(collective)]
 
     def single_copy(self, collective: str, nbytes: int) -> bool:
@@ -95,6 +96,11 @@ class Tuner:
         algorithm: what CostModel.single_copy measured at the nearest size (single_copy_probe.takes)."""
         rows = dict(self.model.single_copy).get(collective)
         return rows is not None and _single_copy_takes(rows, nbytes)
+
+    def price(self, algorithm, nbytes: int) -> float:
+        """Predicted seconds of one flat algorithm for this call shape (a row of ``table``)."""
+        return (algorithm.cost(nbytes, self.size, self.cost.at(nbytes, algorithm.collective))
+                + call_cost(algorithm.collective, self.size))
 
     def measured(self, collective: str, nbytes: int) -> str | None:
         """The algorithm the tuning file measured fastest at the size nearest nbytes (log2), when

@@ -14,13 +14,17 @@ Format (version 1)::
      "host": "<host id of rank 0>", "measured_at": "2026-12-03 10:00 UTC", "budget_s": 60,
      "entries": [
        {"links": "c2c", "ranks": 4, "local": 4, "placement": "self,c2c,c2c,c2c", "complete": true,
-        "cost": {"alpha": 6e-07, "beta": 2.1e-10, "gamma": 1.2e-10},
+        "cost": {"alpha": 6e-07, "beta": 1.4e-10, "gamma": 1e-11, "beta_out": 2.1e-10,
+                 "gamma_out": 6e-11, "cache_bytes": 2097152},
         "collectives": {"allreduce": {"sizes": [65536, ...], "best": ["ring", ...],
                                        "model": ["ring", ...], "times_us": {"ring": [..], ..}}}}]}
 
 An entry is used by a communicator with the same link classes (``links``, "+"-joined, without
 self), number of ranks and ranks on rank 0's host; its ``collectives`` table (the measured best
 algorithm per size) only when the placement also matches (rank 0's link class to every rank).
+
+``cost`` holds the cost model's parameters (cost_model.PARAMS: in cache and out of it); a file of
+an older hetccl with alpha, beta and gamma only is read as one beta and gamma at every size.
 
 A file that cannot be read or parsed, of another format or version, made by another hetccl
 version or on another host, is ignored with one warning per process (``log.warning``), never an
@@ -36,6 +40,7 @@ import time
 from datetime import datetime, timezone
 
 from ..version import __version__, build_id
+from .cost_model import LinkCost
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -88,7 +93,7 @@ def _valid_entry(e) -> bool:
     try:
         c = e["cost"]
         return (isinstance(e["links"], str) and int(e["ranks"]) > 0 and int(e["local"]) > 0
-                and all(math.isfinite(float(c[k])) and float(c[k]) > 0 for k in ("alpha", "beta", "gamma")))
+                and isinstance(c, dict) and LinkCost.valid_params(c))
     except (KeyError, TypeError, ValueError):
         return False
 

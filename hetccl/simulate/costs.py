@@ -54,8 +54,7 @@ def model_for(topo, load: float = 0.0, path: str | None = None, transports: str 
         return CostModel.default(classes, load > 1, why), why, bridge_prices(doc)
     c = entry["cost"]
     fifo = all_fifo(classes)
-    cost = LinkCost(float(c["alpha"]), float(c["beta"]), float(c["gamma"]), fifo=fifo,
-                    stream_min=STREAM_MIN, fifo_bytes=_fifo(local))
+    cost = LinkCost.from_params(c, fifo=fifo, stream_min=STREAM_MIN, fifo_bytes=_fifo(local))
     best = ()
     if int(entry["ranks"]) == p and entry.get("placement") and len(entry["placement"].split(",")) == p:
         best = tuning_file.best_table(entry, placement(topo))

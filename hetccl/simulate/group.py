@@ -25,7 +25,7 @@ from ..collectives import registry
 from ..collectives.decide import decide, explain
 from ..collectives.hierarchical import TopologyPricer
 from ..collectives.islands import COLLECTIVES, IslandPricer
-from ..collectives.cost_model import CALL_S, CostModel
+from ..collectives.cost_model import CostModel
 from ..collectives.tuner import Tuner
 from .. import transports
 from ..topology.model import RANK_CLASSES, Topology
@@ -213,7 +213,7 @@ class Group:
             if a.code >= 0:
                 if not a.supports(nbytes, self.p):
                     continue
-                t = self.plan.price(a, nbytes) if self.plan is not None else a.cost(nbytes, self.p, self.tuner.cost) + (CALL_S if self.p > 1 else 0.0)
+                t = self.plan.price(a, nbytes) if self.plan is not None else self.tuner.price(a, nbytes)
             elif self.plan is not None:
                 t = self.plan.price(a, nbytes)
             else:

@@ -24,11 +24,12 @@ def predict(rec, transports=None):
     from ..collectives import tuning_file
     from .costs import model_for
     from .group import Group
+    from ..collectives.cost_model import PARAMS
     topo = topofile.from_dict(rec["topology"], "recorded job")
     topo.source = rec.get("source", topo.source)   # discovered: the planner prices the network as the job did
     doc = tuning_file.new_document("recorded", None)
     entry = {"links": rec["model"]["links"], "ranks": rec["ranks"], "local": rec["local"],
-             "cost": {k: rec["model"][k] for k in ("alpha", "beta", "gamma")}}
+             "cost": {k: rec["model"][k] for k in PARAMS if k in rec["model"]}}
     if rec.get("bridges"):
         entry["bridges"] = rec["bridges"]
     tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)

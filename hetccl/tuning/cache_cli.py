@@ -37,6 +37,7 @@ def _parser():
 
 
 def _show(probe) -> int:
+    from ..collectives.cost_model import LinkCost
     path = probe.cache_path()
     entries = probe.read_entries(path)
     print(f"cost-model cache: {path} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; "
@@ -46,8 +47,7 @@ def _show(probe) -> int:
         raw = e.get("raw") or {}
         print(f"  {e.get('links')} local={e.get('local')} cpus={e.get('cpus')} host={e.get('host')} "
               f"version={e.get('version')}\n"
-              f"    alpha={e['alpha'] * 1e6:.3g} us, beta={1 / e['beta'] / 1e9:.3g} GB/s, "
-              f"gamma={1 / e['gamma'] / 1e9:.3g} GB/s; probe {e.get('probe_s', 0) * 1e3:.0f} ms, "
+              f"    {LinkCost.from_params(e).describe_params()}; probe {e.get('probe_s', 0) * 1e3:.0f} ms, "
               f"load {e.get('loadavg')}; raw (us) " +
               ", ".join(f"{k[:-3]}={v:.3g}" for k, v in raw.items() if k.endswith("_us")))
     return 0

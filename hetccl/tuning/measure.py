@@ -140,7 +140,7 @@ def _entry(comm, model, table, complete) -> dict:
     c = model.cost
     entry = {"links": tuning_file.links_key(model.link_classes), "ranks": comm.size, "local": comm.local_size,
              "hosts": len({x["host"] for x in comm.context.cards}), "placement": probe.placement(comm.context.engine, comm.size),
-             "complete": complete, "cost": {"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma},
+             "complete": complete, "cost": c.params(),
              "collectives": {}}
     bridges = bridge_prices_of(comm)
     if bridges:

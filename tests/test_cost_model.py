@@ -1,0 +1,241 @@
+"""The pricing rules of the cost model (no processes): in cache and out of it, how the probe's
+timings become parameters (the formulas' own byte counting, a wire's sustained rate), the per-call
+path, the symmetric path's own entries, and the stored forms of a model (cache entries, tuning
+files, the simulator's records) with and without the cache fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+
+import pytest
+
+from hetccl.collectives import probe, tuning_file
+from hetccl.collectives.allreduce import ring as ring_allreduce
+from hetccl.collectives.cost_model import (CALL_LATENCY_S, CALL_S, IN_CACHE, MEASURED, OUT_OF_CACHE,
+                                           PARAMS, WORKING_SET, CostModel, LinkCost, call_cost)
+from hetccl.collectives.tuner import Tuner
+from hetccl.memory import symmetric
+
+
+def gbs(x):
+    return 1 / (x * 1e9)
+
+
+# What the probe measured on the 2-vCPU VM, quiet (bench/results/crossover-2026-12-06.txt and the
+# probe's raw timings): in cache a byte crosses at ~6.9 GB/s and a reduction adds little; out of
+# it ~4.9 GB/s, and a reduction ~16 GB/s. At 4 ranks on 2 cores the ring's beta is ~3 GB/s.
+CACHE = 2 << 20
+
+
+def _cost(alpha, b_in, b_out, g_in, g_out, cache=CACHE):
+    return LinkCost(alpha, gbs(b_in), gbs(g_in), beta_out=gbs(b_out), gamma_out=gbs(g_out),
+                    cache_bytes=cache)
+
+
+def _tuner(p, cost):
+    return Tuner(p, CostModel(cost, MEASURED, "test", ("c2c",)), "")
+
+
+def test_in_cache_parameters_below_the_cache_out_of_cache_well_beyond_it():
+    c = _cost(1e-6, 7.0, 5.0, 100.0, 16.0)
+    small = int(IN_CACHE * CACHE) // WORKING_SET
+    assert c.at(small) is c and c.at(1) is c
+    big = c.at(int(OUT_OF_CACHE * CACHE) // WORKING_SET + 1)
+    assert big.beta == pytest.approx(c.beta_out) and big.gamma == pytest.approx(c.gamma_out)
+    mid = [c.at(n) for n in (small * 2, small * 3)]
+    assert c.beta < mid[0].beta < mid[1].beta < c.beta_out          # log-linear in the working set
+    assert c.at(10 ** 12).beta == pytest.approx(c.beta_out)
+    # the measured edges on the 2-vCPU VM (2 MiB private cache): a 2-rank allreduce of 256 KiB in
+    # cache, of 1 MiB mostly out; a reduce (one buffer) of 512 KiB still in
+    assert c.out_of_cache(256 << 10, "allreduce") == 0.0 and c.out_of_cache(1 << 20, "allreduce") > 0.75
+    assert c.out_of_cache(512 << 10, "reduce") == 0.0 and c.out_of_cache(4 << 20, "reduce") == 1.0
+
+
+def test_a_model_without_the_cache_fields_prices_every_size_alike():
+    c = LinkCost(1e-6, 2e-10, 5e-11)
+    assert c.at(1 << 30) is c and c.out_of_cache(1 << 30) == 0.0
+    # only beta_out given (gamma_out 0): gamma stays the one measured
+    d = dataclasses.replace(c, beta_out=4e-10, cache_bytes=CACHE)
+    assert d.at(1 << 30).beta == pytest.approx(4e-10) and d.at(1 << 30).gamma == c.gamma
+
+
+def test_four_rank_reduce_in_cache_takes_the_binomial_tree():
+    """Measured (4 ranks on 2 cores): binomial 31 us against reduce_scatter_gather 67 us at 128 KiB,
+    121 against 251 us at 512 KiB. In cache a reduction costs little, and the tree, which reduces
+    the whole buffer at every level, wins; priced with the out-of-cache gamma everywhere (one
+    parameter set, as before) the tree lost at these sizes."""
+    c = _cost(1.4e-6, 3.1, 3.1, 50.0, 17.0)
+    t = _tuner(4, c)
+    for n in (128 << 10, 512 << 10):
+        assert t.select("reduce", n).name == "binomial"
+    flat = LinkCost(c.alpha, c.beta_out, c.gamma_out)
+    assert _tuner(4, flat).select("reduce", 128 << 10).name == "reduce_scatter_gather"
+
+
+def test_two_rank_allreduce_at_32k_takes_recursive_doubling():
+    """Measured: recursive doubling 5.45 us, ring 6.82 us at 32 KiB (2 ranks); the ring's saving
+    of half the reduction is worth less than its second step while the data is in cache."""
+    t = _tuner(2, _cost(0.4e-6, 6.9, 4.85, 100.0, 16.0))
+    assert t.select("allreduce", 32 << 10).name == "recursive_doubling"
+    assert t.select("allreduce", 8 << 20).name == "ring"
+
+
+def test_large_calls_are_priced_out_of_cache():
+    """The 8 MiB points were predicted too fast with the in-cache beta: a call of 8 MiB now pays
+    the out-of-cache parameters, a call of 64 KiB the in-cache ones."""
+    c = _cost(0.4e-6, 6.9, 4.85, 100.0, 16.0)
+    t = _tuner(2, c)
+    ring = next(a for a in t.table("allreduce", 8 << 20) if a[0].name == "ring")
+    out = LinkCost(c.alpha, c.beta_out, c.gamma_out)
+    assert ring[1] == pytest.approx(ring[0].cost(8 << 20, 2, out) + call_cost("allreduce", 2))
+    ring64 = next(a for a in t.table("allreduce", 64 << 10) if a[0].name == "ring")
+    assert ring64[1] < ring[0].cost(64 << 10, 2, out) + call_cost("allreduce", 2)
+
+
+def test_the_latency_path_pays_less_per_call_than_the_full_path():
+    from hetccl.collectives import schedules
+    assert call_cost("allreduce", 2) == CALL_LATENCY_S < CALL_S == call_cost("barrier", 2)
+    assert all(call_cost(c, 4) == (CALL_LATENCY_S if schedules.latency_path_takes(c, None) else CALL_S)
+               for c in ("allreduce", "reduce", "gather", "barrier", "allgatherv"))
+    assert call_cost("allreduce", 1) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# The probe's timings -> parameters
+# ------------------------------------------------------------------------------------------------
+def _raw(p, facts, alpha, b_in, b_out, g_in, g_out, small=256 << 10, big=4 << 20, burst=0.0):
+    """The timings a probe would read on a machine that follows the formulas exactly (a token
+    bucket of *burst* bytes passing its bytes for free)."""
+    def ar(n, beta, gamma):
+        return ring_allreduce(n, p, dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma))
+    return {"barrier_s": alpha * math.ceil(math.log2(p)),
+            "allreduce_s": ar(small, b_in, g_in) - burst * b_in,
+            "allreduce_big_s": ar(big, b_out, g_out) - burst * b_out,
+            "copy_s": 1e-6, "reduce_s": 1e-6 + (64 << 10) * g_in,
+            "copy_big_s": 1e-4, "reduce_big_s": 1e-4 + (1 << 20) * g_out,
+            "allreduce_bytes": small, "allreduce_big_bytes": big, "kernel_bytes": 64 << 10,
+            "kernel_big_bytes": 1 << 20, "link_share": 1.0}
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 8])
+def test_fit_inverts_the_ring_allreduce_formula_in_and_out_of_cache(p):
+    """beta is the value the ring allreduce's formula needs (with the gamma of the same working
+    set), not the raw bytes per second: over FIFOs the fused relays count one pass per byte."""
+    facts = LinkCost(0.0, 0.0, 0.0)
+    want = dict(alpha=1e-6, b_in=gbs(6.9), b_out=gbs(4.8), g_in=gbs(90), g_out=gbs(16))
+    c = probe.fit(_raw(p, facts, *want.values()), p, facts, cache_bytes=CACHE)
+    got = (c.alpha, c.beta, c.beta_out, c.gamma, c.gamma_out)
+    assert got == pytest.approx(tuple(want.values()))
+    assert c.cache_bytes == CACHE and c.fifo
+
+
+def test_fit_never_prices_a_byte_in_cache_above_one_out_of_it():
+    facts = LinkCost(0.0, 0.0, 0.0)
+    c = probe.fit(_raw(4, facts, 3e-6, gbs(1.3), gbs(1.7), gbs(50), gbs(16)), 4, facts, cache_bytes=CACHE)
+    assert c.beta == c.beta_out == pytest.approx(gbs(1.7))
+
+
+def test_a_wires_beta_is_its_sustained_rate_whatever_its_token_bucket_let_through():
+    """A tbf-shaped link passes a burst at line rate first: a short ring alone read the 1 Gbit/s
+    link at ~0.18 GB/s. The slope between the two rings cancels the burst."""
+    facts = LinkCost(0.0, 0.0, 0.0, fifo=False)
+    rate = gbs(0.125)
+    raw = _raw(4, facts, 40e-6, rate, rate, gbs(90), gbs(16), burst=131072)
+    c = probe.fit(raw, 4, facts, cache_bytes=CACHE)
+    assert c.beta == pytest.approx(rate) and c.beta_out == pytest.approx(rate)
+    # each ring alone, less its steps' latency, reads the link faster than its rate (the burst)
+    at = dataclasses.replace(facts, alpha=40e-6, beta=0.0, gamma=gbs(90))
+    alone = (raw["allreduce_s"] - ring_allreduce(256 << 10, 4, at)) / (
+        ring_allreduce(256 << 10, 4, dataclasses.replace(at, beta=1.0)) - ring_allreduce(256 << 10, 4, at))
+    assert alone < 0.9 * rate
+
+
+def test_private_cache_is_the_largest_level_one_cpu_has_to_itself(tmp_path, monkeypatch):
+    base = tmp_path / "cpu0" / "cache"
+    for idx, (typ, size, shared) in enumerate([("Data", "48K", "0"), ("Instruction", "64K", "0"),
+                                               ("Unified", "2048K", "0"), ("Unified", "491520K", "0-1")]):
+        d = base / f"index{idx}"
+        d.mkdir(parents=True)
+        (d / "type").write_text(typ + "\n")
+        (d / "size").write_text(size + "\n")
+        (d / "shared_cpu_list").write_text(shared + "\n")
+    monkeypatch.setattr(probe, "_CPU_SYSFS", str(tmp_path))
+    assert probe.private_cache_bytes() == 2 << 20
+    monkeypatch.setattr(probe, "_CPU_SYSFS", str(tmp_path / "missing"))
+    assert probe.private_cache_bytes() == 0
+
+
+def test_ranks_sharing_a_cpu_probe_a_smaller_ring_still_out_of_cache(monkeypatch):
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 2 << 20)
+    assert probe.probe_sizes(1.0, False) == (probe.PROBE_BIG, 2 << 20)
+    assert probe.probe_sizes(0.5, False) == (probe.PROBE_BIG, 2 << 20)     # fewer ranks than CPUs
+    big, cache = probe.probe_sizes(4.0, False)                            # 8 ranks on 2 cores
+    assert big == 2 << 20 and cache == 2 << 20
+    assert LinkCost(1e-6, 1e-10, 1e-11, beta_out=2e-10, cache_bytes=cache).out_of_cache(big) == 1.0
+    assert probe.probe_sizes(1.0, True)[0] == probe.PROBE_BIG_WIRE
+
+
+# ------------------------------------------------------------------------------------------------
+# Stored forms
+# ------------------------------------------------------------------------------------------------
+def test_params_round_trip_and_old_entries_stay_valid():
+    c = _cost(1e-6, 7.0, 5.0, 100.0, 16.0)
+    assert LinkCost.from_params(c.params()) == c
+    assert LinkCost.valid_params({"alpha": 1e-6, "beta": 1e-10, "gamma": 1e-11})     # before the split
+    for bad in ({"alpha": 1e-6, "beta": "1e-10", "gamma": 1e-11},
+                {"alpha": 1e-6, "beta": 1e-10, "gamma": 1e-11, "beta_out": -1.0},
+                {"alpha": 1e-6, "beta": 1e-10, "gamma": 1e-11, "cache_bytes": float("nan")},
+                {"alpha": True, "beta": 1e-10, "gamma": 1e-11}, {"alpha": 1e-6}):
+        assert not LinkCost.valid_params(bad), bad
+    assert set(PARAMS) == set(c.params())
+
+
+def test_the_simulator_reads_the_cache_fields_of_a_tuning_file(tmp_path):
+    from hetccl.simulate.costs import model_for
+    from hetccl.topology import synth, topofile
+    c = _cost(1e-6, 7.0, 5.0, 100.0, 16.0)
+    topo = topofile.from_dict(synth.generate("hosts=1,accel=2,vendors=cpu:100,nics=1"), "synth")
+    doc = tuning_file.new_document("test", None)
+    tuning_file.merge(doc, {"links": "c2c", "ranks": 2, "local": 2, "cost": c.params()})
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps(doc))
+    model = model_for(topo, 0.0, str(path))[0]
+    assert (model.cost.beta_out, model.cost.gamma_out, model.cost.cache_bytes) == (c.beta_out, c.gamma_out, CACHE)
+    assert "out of it" in model.describe()
+
+
+# ------------------------------------------------------------------------------------------------
+# The symmetric path's entries
+# ------------------------------------------------------------------------------------------------
+def _sym(p, cost):
+    sm = symmetric.SymmetricMemory.__new__(symmetric.SymmetricMemory)
+    sm._ctx = types.SimpleNamespace(tuner=_tuner(p, cost), size=p)
+    sm._faster = {}
+    return sm
+
+
+def test_symmetric_allreduce_in_place_is_priced_above_out_of_place_and_decides():
+    cost = _cost(0.4e-6, 6.9, 4.85, 100.0, 16.0)
+    prices = _sym(2, cost).prices("allreduce", 8 << 20)
+    assert set(prices) == {"symmetric in place", "symmetric out of place", "fifo"}
+    assert prices["symmetric in place"] > prices["symmetric out of place"]
+    # a FIFO path priced between the two forms: not taken (a rank in place makes every rank
+    # run the slower form, and the route must be the same on every rank)
+    sm = _sym(2, cost)
+    fifo = (prices["symmetric in place"] + prices["symmetric out of place"]) / 2
+    sm.prices = lambda coll, n: dict(prices, fifo=fifo)
+    assert not sm.faster("allreduce", 8 << 20)
+    sm = _sym(2, cost)
+    sm.prices = lambda coll, n: dict(prices, fifo=prices["symmetric in place"] * 1.01)
+    assert sm.faster("allreduce", 8 << 20)
+
+
+def test_symmetric_path_loses_where_its_two_syncs_outweigh_the_bytes():
+    """A slow hand-over (busy machine: alpha 25 us) makes the symmetric path's two syncs dearer
+    than recursive doubling's one step at 256 KiB; at 4 MiB the single copy wins again."""
+    sm = _sym(2, _cost(25e-6, 5.0, 3.7, 100.0, 17.0))
+    assert not sm.faster("allreduce", 256 << 10)
+    assert sm.faster("allreduce", 4 << 20)
