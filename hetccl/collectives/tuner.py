@@ -100,7 +100,12 @@ class Tuner:
     def price(self, algorithm, nbytes: int) -> float:
         """Predicted seconds of one flat algorithm for this call shape (a row of ``table``)."""
         return (algorithm.cost(nbytes, self.size, self.cost.at(nbytes, algorithm.collective))
-                + call_cost(algorithm.collective, self.size))
+                + self.call_cost(algorithm.collective))
+
+    def call_cost(self, collective: str) -> float:
+        """The Python path's seconds around one call of this collective (cost_model.call_cost); a
+        method so that paths priced outside this package (memory/symmetric.py) add the same."""
+        return call_cost(collective, self.size)
 
     def measured(self, collective: str, nbytes: int) -> str | None:
         """The algorithm the tuning file measured fastest at the size nearest nbytes (log2), when

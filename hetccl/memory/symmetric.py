@@ -271,11 +271,10 @@ class SymmetricMemory:
         """{entry: predicted seconds} of a call of this shape by each path: ``symmetric`` (for
         allreduce ``symmetric in place`` and ``symmetric out of place``), and ``fifo``, the
         cheapest of the tuner's algorithms on the engine's links."""
-        from ..collectives.cost_model import call_cost   # (collectives import transports, which import us)
         t = self._ctx.tuner
         p = self._ctx.size
         fifo = min(x for _, x in t.table(collective, nbytes) if x is not None)
-        call = call_cost(collective, p)
+        call = t.call_cost(collective)
         if collective == "allreduce":
             out = {"symmetric in place": cost(collective, nbytes, p, t.cost, True) + call,
                    "symmetric out of place": cost(collective, nbytes, p, t.cost) + call}
