@@ -7,8 +7,8 @@ with more ranks than cores, the policy switched round by round inside the same p
 
 A policy is ``yield_us:handover_bytes`` (spin 0, as oversubscribed ranks run): sched_yield for
 yield_us before sleeping, and steps moving handover_bytes or more sleep at once (0: never). The
-default compares the engine's oversubscribed policy (500:65536) with yielding first everywhere
-(500:0) and sleeping at once everywhere (0:0). Rounds rotate through the policies, so every policy
+default compares the engine's oversubscribed policy (500:0: yield first everywhere) with sleeping
+at once in steps of 64 KiB or more (500:65536) and sleeping at once everywhere (0:0). Rounds rotate through the policies, so every policy
 sees the same placement of the ranks on the vCPUs (which changes an oversubscribed call's time
 2-3x from one run to the next); the table gives each policy's min, p25 and median over its rounds.
 A round leaves the placement to the next (rounds that sleep let the scheduler spread the ranks), so

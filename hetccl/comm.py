@@ -98,7 +98,12 @@ def _dtype_code(buf) -> int:
 _DONE = threading.Lock()      # a Work completes once: by its operation, or cancelled by abort/close
 ABORT_GRACE = 1.0             # s an operation may still run after its communicator was aborted
 LINGER_S = 3.0                # s the store's host stays for the others to read why it failed
-HANDOVER_BYTES = 64 << 10     # oversubscribed: a step moving this much sleeps at once (not yield first)
+# Oversubscribed: a step moving this much sleeps at once instead of yielding first (0: never). Off:
+# on a quiet 2-vCPU host, sleeping at once made 4- and 8-rank ring calls of 128 KiB-2 MiB 1.1-3.7x
+# slower than yielding first (bench/wait_policy.py, bench/RESULTS.md "More ranks than cores: the
+# wait policy"); it paid only while other jobs loaded the host. The engine keeps the mechanism
+# (Engine.handover_bytes) for hosts where it measures faster.
+HANDOVER_BYTES = 0
 
 
 class _Life:

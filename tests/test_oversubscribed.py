@@ -1,9 +1,10 @@
 """More ranks than CPUs: how the engine decides it is oversubscribed, and its waits then.
 
 Every rank of these tests is bound to one CPU before it starts hetccl (``sched_setaffinity``), so
-three ranks crowd one core whatever the machine has. Oversubscribed, a wait in a step that moves
-at least ``HANDOVER_BYTES`` sleeps at once (progress.pyx); a ring step waits on two links, so that
-sleep is one futex wait on both links' words (futex_waitv). A peer that dies or stalls while its
+three ranks crowd one core whatever the machine has. Oversubscribed, waits skip the spin; with
+``Engine.handover_bytes`` set (off by default: ``HANDOVER_BYTES``), a wait in a step that moves at
+least that much sleeps at once (progress.pyx); a ring step waits on two links, so that sleep is
+one futex wait on both links' words (futex_waitv). A peer that dies or stalls while its
 neighbours sleep there must still be noticed, and an abort must still wake them at once.
 """
 import os
@@ -17,7 +18,7 @@ from hetccl.topology import cards as _cards
 from hetccl.topology.discover import parse_cpulist
 from tests.launcher import run_ranks
 
-BIG = 1 << 20            # float32 elements: 4 MiB, a ring step far above HANDOVER_BYTES
+BIG = 1 << 20            # float32 elements: 4 MiB, a ring step far above the handover size set below
 
 
 def _card(cpus, kernel="k", ncpus=None):
@@ -49,6 +50,7 @@ def _ring_rank(rank, size):
     comm = hetccl.init(timeout=60)
     e = comm._engine
     policy = (e.spin_s, e.handover_bytes)
+    e.handover_bytes = 64 << 10           # the sleep-at-once policy (off by default), exercised here
     x = np.full(BIG, rank + 1, np.float32)
     out = np.empty_like(x)
     for _ in range(3):
