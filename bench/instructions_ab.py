@@ -9,9 +9,12 @@ Wall-clock A/B runs (bench/dispatch_ab.py) of small calls with more ranks than c
 the scheduler handing the cores round: their ratios swing by 10% in either direction between
 repeats of one command. This script answers the code question instead. Rank 0 runs under
 ``valgrind --tool=callgrind`` (the other ranks natively, so rank 0 seldom waits: they are always
-ahead of it), makes ``--few`` and then ``--many`` calls of each case; the difference of its total
-instruction counts over the difference of the calls is the instructions per call, start-up and
-shape learning cancelled out. Each tree's ranks run inside that tree (PYTHONPATH and working
+ahead of it), makes ``--few`` and then ``--many`` calls of each case, and callgrind counts only
+inside the latency path's native entry for the collective (``Hot.<collective>``, a Cython method in
+both the old and the new native core: pinning, the schedule, its waits; not the Python method
+around it); the difference of the two counts over the difference of the calls is the instructions
+per call. (Counting the whole process does not work: start-up and connection waits vary by tens of
+millions of instructions from run to run.) Each tree's ranks run inside that tree (PYTHONPATH and working
 directory), built in place. Needs valgrind (``apt-get install valgrind``); the script says so if it
 is missing.
 """
@@ -45,7 +48,10 @@ comm.close()
 """
 
 WRAP = ('if [ "$HETCCL_RANK" = 0 ]; then exec valgrind --tool=callgrind --callgrind-out-file="$OUT" '
-        '-q "$PY" -c "$CODE"; else exec "$PY" -c "$CODE"; fi')
+        '--toggle-collect="$TOGGLE" -q "$PY" -c "$CODE"; else exec "$PY" -c "$CODE"; fi')
+# Cython's Python-visible wrapper of Hot.<collective> (module collectives.pyx before the native
+# core's split, latency.pyx after): __pyx_pw_6hetccl_7_native_<module>_3Hot_<n><collective>
+TOGGLE = "__pyx_pw_6hetccl_7_native_*_3Hot_*{collective}"
 
 
 def instructions(tree: str, nranks: int, case: tuple, timeout: float) -> int:
@@ -53,7 +59,8 @@ def instructions(tree: str, nranks: int, case: tuple, timeout: float) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), OPENBLAS_NUM_THREADS="1",
-                   OMP_NUM_THREADS="1", OUT=out, PY=sys.executable, CODE=CHILD.format(case=case))
+                   OMP_NUM_THREADS="1", OUT=out, PY=sys.executable, CODE=CHILD.format(case=case),
+                   TOGGLE=TOGGLE.format(collective=case[0]))
         p = subprocess.run([sys.executable, "-m", "hetccl", "run", "-n", str(nranks), "--",
                             "sh", "-c", WRAP], env=env, cwd=os.path.abspath(tree),
                            capture_output=True, text=True, timeout=timeout)
@@ -61,8 +68,8 @@ def instructions(tree: str, nranks: int, case: tuple, timeout: float) -> int:
             raise SystemExit(f"{tree}: run failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
         text = open(out).read()
     m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
-    if not m:
-        raise SystemExit(f"{tree}: no instruction total in callgrind's output")
+    if not m or int(m.group(1)) == 0:
+        raise SystemExit(f"{tree}: callgrind counted nothing inside {TOGGLE.format(collective=case[0])}")
     return int(m.group(1))
 
 
@@ -86,8 +93,8 @@ def main(argv=None) -> int:
     if not shutil.which("valgrind"):
         print("valgrind not found: apt-get install valgrind", file=sys.stderr)
         return 2
-    print(f"{args.nranks} ranks, rank 0 under callgrind; instructions per call of rank 0 "
-          f"(({args.many} calls) - ({args.few} calls)) / {args.many - args.few}")
+    print(f"{args.nranks} ranks, rank 0 under callgrind; instructions per call of rank 0 inside "
+          f"Hot.<collective> (({args.many} calls) - ({args.few} calls)) / {args.many - args.few}")
     print(f"{'case':<34} {'A':>10} {'B':>10} {'B/A':>7}")
     for spec in args.cases.split(","):
         coll, nbytes, algo = (spec.split(":") + [""])[:3]
