@@ -66,6 +66,13 @@ ISSUE3_COLLECTIVES = "allreduce,allgather,reduce_scatter,broadcast,alltoall"
 ISSUE3_NRANKS = "2,4"
 ISSUE3_SIZES = ",".join(str(x) for x in fmt.size_sweep(8, "256M", 4) + [256 << 20])
 
+# Memory: a rank holds the interpreter, numpy and its library (~100-150 MiB measured), the
+# benchmark's send and receive buffers of the size being run, and whatever the library allocates
+# for the call; up to as much again is assumed (Open MPI and gloo stage through temporaries).
+RANK_BASE_BYTES = 150 << 20
+SCRATCH_FACTOR = 2.0
+MAX_MEM_SHARE = 0.8
+
 # (nranks, collective, size, metric, peer, factor, description); metric "busbw": hetccl >= factor*peer,
 # "time": hetccl <= factor*peer
 HEADLINE = (
@@ -209,6 +216,54 @@ def _tail(path, n=6) -> str:
     except OSError:
         return ""
     return "\n".join(lines[-n:])
+
+
+# ------------------------------------------------------------------ memory
+
+
+def mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run_bytes(n: int, colls, size: int) -> tuple[int, str]:
+    """Bytes a run of *n* ranks may hold at *size* (RANK_BASE_BYTES + SCRATCH_FACTOR x the
+    benchmark's buffers, per rank) for the hungriest of *colls*, and which one that is. Sizes are
+    nccl-tests sizes: an allgather of 256 MiB writes a 256 MiB output from 256/n MiB per rank; an
+    alltoall or allreduce of 256 MiB holds 256 MiB in and 256 MiB out on every rank."""
+    best, which = 0, ""
+    for c in colls:
+        lay = fmt.layout(c, size, 4, n)
+        b = lay.itemsize * (lay.send_count + lay.recv_count)
+        if b > best:
+            best, which = b, c
+    return int(n * (RANK_BASE_BYTES + SCRATCH_FACTOR * best)), which
+
+
+def memory_cap(n: int, colls, sizes, avail: int | None, share: float) -> tuple[list[int], list[str]]:
+    """The sizes a run of *n* ranks can hold within *share* of *avail* bytes, and a CAPPED line
+    naming what was left out and why (none when everything fits or *avail* is unknown)."""
+    if avail is None or share <= 0:
+        return list(sizes), []
+    kept, dropped = [], []
+    for size in sizes:
+        need, coll = run_bytes(n, colls, size)
+        (kept if need <= share * avail else dropped).append((size, need, coll))
+    if not dropped:
+        return [x[0] for x in kept], []
+    size, need, coll = dropped[0]
+    line = (f"CAPPED {n} ranks: {', '.join(fmt.format_size(x[0]) for x in dropped)} not run: "
+            f"{fmt.format_size(size)} ({coll}) may need ~{need / 2**30:.1f} GiB for {n} ranks, more "
+            f"than {share:.0%} of the {avail / 2**30:.1f} GiB available (free memory, or change "
+            f"--max-mem)")
+    return [x[0] for x in kept], [line]
 
 
 # ------------------------------------------------------------------ aggregation
@@ -376,6 +431,10 @@ def parse_args(argv):
     p.add_argument("--no-retune", action="store_true",
                    help="keep hetccl's cached cost model instead of re-measuring it first "
                         "(`hetccl tune -n N` for each rank count, in the same quiet window)")
+    p.add_argument("--max-mem", type=float, default=MAX_MEM_SHARE,
+                   help="leave out the sizes whose runs may need more than this share of the "
+                        "memory available at the start (MemAvailable; estimate: run_bytes), with a "
+                        "CAPPED line in the checks; 0 disables the cap (default %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 unless every headline check (with --issue3: every issue-3 check) passes")
     p.add_argument("--issue3", action="store_true",
@@ -419,8 +478,14 @@ def main(argv=None) -> int:
     if not args.issue3:   # the foundation issue's headline checks need these
         sizes = sorted(set(sizes) | set(HEADLINE_SIZES))
     sizes = sorted(set(sizes))
-    sweep = ["-c", ",".join(colls), "--sizes", ",".join(str(s) for s in sizes),
-             "--reps", str(args.reps), "--min-time", str(args.min_time)]
+    avail, capped, sweeps = mem_available(), [], {}
+    for n in nranks:
+        fit, lines = memory_cap(n, colls, sizes, avail, args.max_mem)
+        capped += lines
+        sweeps[n] = ["-c", ",".join(colls), "--sizes", ",".join(str(s) for s in fit),
+                     "--reps", str(args.reps), "--min-time", str(args.min_time)]
+    for line in capped:
+        print(f"[run_all] {line}", flush=True)
     raw = args.raw_dir or tempfile.mkdtemp(prefix="hetccl-run_all-")
     os.makedirs(raw, exist_ok=True)
     env_info = environment()
@@ -439,7 +504,7 @@ def main(argv=None) -> int:
                 tag = f"{lib}-n{n}-r{rnd}"
                 jpath = os.path.join(raw, tag + ".json")
                 log = os.path.join(raw, tag + ".log")
-                cmd = build_command(lib, n, sweep, jpath, args)
+                cmd = build_command(lib, n, sweeps[n], jpath, args)
                 commands[(lib, n)] = shlex.join(cmd).replace(jpath, "OUT.json")
                 for attempt in range(1 + max(0, args.retry_noisy)):
                     busy = wait_for_quiet(args.max_busy, args.wait_quiet)
@@ -472,7 +537,7 @@ def main(argv=None) -> int:
     agg = aggregate(results)
     checks = issue3_checks(agg, nranks, colls, sizes, libs) if args.issue3 else headline_checks(agg)
     failed = run_failures(runs, results)
-    checks = failed + checks
+    checks = failed + capped + checks
     env_info["binding"] = {f"{LABEL[lib]}, {n} ranks": b for (lib, n), b in sorted(bindings.items())}
     md = render(args, env_info, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed)
     out = args.out if os.path.isabs(args.out) else os.path.join(REPO, args.out)

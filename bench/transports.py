@@ -4,6 +4,7 @@ in the same run.
     python bench/transports.py                      # everything below, default sizes
     python bench/transports.py --quick              # smoke run (seconds)
     python bench/transports.py --only p2p --transports c2c,shm --sizes 4K,1M,4M
+    python bench/transports.py --only allreduce-bound   # ~1 min: 64 MiB allreduce vs its bound
 
 Sections (each prints a markdown table):
 
@@ -23,6 +24,12 @@ Sections (each prints a markdown table):
   (``traffic_bound``): one load and two streaming stores per byte (the single copy) against two
   loads and two stores (the staged ring with a free FIFO pass). The bound runs the schedules' own
   copy kernel, so it bounds the schedule, not the kernel (``BOUND_CAVEAT``).
+* ``allreduce-bound`` (not in the default set) — the 2-rank allreduce of ``--ar-size`` bytes
+  (64 MiB) on plain numpy buffers through the public ``comm.allreduce`` (out of place and in
+  place), against its memory-traffic bound in the same rounds: the least loads and stores any
+  2-rank allreduce needs, run by both ranks at once with hetccl's own reduce kernels
+  (``allreduce_bound_rows`` has the accounting), beside the ring's two phases as public calls and
+  the ring's own kernels run without a peer, to show where any gap lies.
 
 Adding a transport (helper "rdma"): give ``p2p_rows`` an EndpointFactory (hetccl.transports.
 endpoints) under a new name in ``FACTORIES``, and put a reference line beside it through
@@ -370,6 +377,191 @@ def _ratio_rows(res, sizes):
     return rows
 
 
+# ---------------------------------------------------------------- allreduce vs its memory-traffic bound
+
+AR_PATTERNS = ("allreduce", "allreduce in place", "reduce_scatter", "allgather",
+               "bound", "bound, plain stores", "bound in place", "bound in place, plain stores",
+               "memcpy", "memcpy, plain stores", "ring alone", "ring alone, 256K slices",
+               "ring alone, one-pass forward")
+BOUND_CHUNK = 256 << 10          # the plain-store bound's unit: reduced into L2, copied from there
+
+
+def _aligned(nbytes, dtype=np.uint8):
+    """A pre-faulted array of nbytes starting on a 64-byte line: the kernels' streaming path then
+    has no unaligned head (which would fall back to ordinary stores, and, for the in-place bound,
+    to two passes over aliased buffers)."""
+    raw = np.zeros(nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + nbytes].view(dtype)
+
+
+def allreduce_traffic(comm, bufs, pattern):
+    """One call of *pattern* on this rank (every pattern's accounting in allreduce_bound_rows).
+    bufs: _ar_buffers; the public calls go through ``comm``, the rest touch private buffers only."""
+    from hetccl._native.codes import DT_FLOAT32 as F32, OP_SUM as SUM
+    from hetccl._native.kernels import copy_array, reduce_arrays
+    b = bufs
+    if pattern == "allreduce":
+        comm.allreduce(b["x"], out=b["o"])
+    elif pattern == "allreduce in place":
+        comm.allreduce(b["xi"])
+    elif pattern == "reduce_scatter":
+        comm.reduce_scatter(b["x"], out=b["half"])
+    elif pattern == "allgather":
+        comm.allgather(b["half"], out=b["o"])
+    elif pattern == "bound":             # my half of both inputs, loaded once, into both outputs
+        reduce_arrays(b["d"], b["a"], b["b"], F32, SUM, True, also=b["e"])
+    elif pattern == "bound in place":    # the same, written over the inputs it read
+        reduce_arrays(b["a"], b["a"], b["b"], F32, SUM, True, also=b["b"])
+    elif pattern.startswith("bound") and pattern.endswith("plain stores"):
+        # one pass with ordinary stores: hetccl has no one-pass dual kernel without streaming
+        # (hk_drive2 falls back to two passes), so reduce a chunk into one output (it stays in
+        # L2) and copy it into the other: the same loads and stores beyond L2
+        d, e = (b["a"], b["b"]) if "in place" in pattern else (b["d"], b["e"])
+        a, c = b["a"], b["b"]
+        for s in range(0, len(a), BOUND_CHUNK):
+            reduce_arrays(d[s:s + BOUND_CHUNK], a[s:s + BOUND_CHUNK], c[s:s + BOUND_CHUNK], F32, SUM)
+            copy_array(e[s:s + BOUND_CHUNK], d[s:s + BOUND_CHUNK])
+    elif pattern == "memcpy":            # the same traffic through the copy kernel
+        copy_array(b["mdst"], b["msrc"], True)
+    elif pattern == "memcpy, plain stores":
+        copy_array(b["mdst"], b["msrc"])
+    elif pattern.startswith("ring alone"):
+        _ring_alone(b, pattern)
+    else:
+        raise ValueError(pattern)
+
+
+def _ring_alone(b, pattern):
+    """The 2-rank FIFO ring allreduce's kernels on this rank, slice by slice, without the peer: the
+    FIFOs are private slice-size buffers (so the FIFO pass costs nothing). "ring alone" is the ring
+    as it runs (ring.pyx; link_shm.pxd shm_forward); "256K slices" the same in slices that keep
+    the three FIFO slices inside L2; "one-pass forward" the fused step with the dual kernel (the
+    sum streamed into the next FIFO and the output at once, instead of reduced into the FIFO and
+    copied out): what the ring would cost with that kernel change."""
+    from hetccl._native.codes import DT_FLOAT32 as F32, OP_SUM as SUM
+    from hetccl._native.kernels import copy_array, reduce_arrays
+    sl = BOUND_CHUNK if "256K" in pattern else b["slice"]
+    x, o, f1, f2, f3 = b["x8"], b["o8"], b["f1"], b["f2"], b["f3"]
+    h = len(x) // 2
+    for s in range(0, h, sl):
+        k = min(sl, h - s)
+        copy_array(f1[:k], x[s:s + k])                                    # send my block
+        if pattern.endswith("one-pass forward"):
+            reduce_arrays(f2[:k], x[h + s:h + s + k], f3[:k], F32, SUM, True, also=o[h + s:h + s + k])
+        else:
+            reduce_arrays(f2[:k], x[h + s:h + s + k], f3[:k], F32, SUM)  # fused: into the next FIFO
+            copy_array(o[h + s:h + s + k], f2[:k], True)                  # ... copied to the output
+        copy_array(o[s:s + k], f3[:k], True)                              # allgather step: FIFO out
+
+
+def _ar_buffers(nbytes, slice_bytes):
+    """Every buffer of allreduce_traffic, pre-faulted and 64-byte aligned (plain numpy arrays all
+    the same, so the one-pass forward's two outputs align alike): the public calls' float32 arrays, the
+    bound's four half-size private buffers, memcpy's pair, the ring's three slice-size FIFOs."""
+    h = nbytes // 2
+    b = {"x": _aligned(nbytes, np.float32), "o": _aligned(nbytes, np.float32),
+         "xi": _aligned(nbytes, np.float32), "half": _aligned(h, np.float32)}
+    b["x"][:] = 1       # in place starts from zeros: repeated sums stay finite
+    b.update({k: _aligned(h) for k in ("a", "b", "d", "e")})
+    b.update(msrc=_aligned(nbytes), mdst=_aligned(nbytes), x8=b["x"].view(np.uint8),
+             o8=b["o"].view(np.uint8), slice=slice_bytes,
+             **{k: _aligned(max(slice_bytes, BOUND_CHUNK)) for k in ("f1", "f2", "f3")})
+    return b
+
+
+def _ar_bound_rank(rank, port, nbytes, rounds, reps):
+    os.environ.update({"HETCCL_RANK": str(rank), "HETCCL_SIZE": "2", "HETCCL_LOCAL_RANK": str(rank),
+                       "HETCCL_LOCAL_SIZE": "2", "HETCCL_STORE": f"127.0.0.1:{port}"})
+    import hetccl
+    from hetccl.transports.shm import fifo_bytes
+    comm = hetccl.init()                 # the public defaults: whatever a user gets
+    bufs = _ar_buffers(nbytes, fifo_bytes(2) // 4)   # the ring's slice: a quarter of the FIFO
+    info = {"transport": comm.transport(1 - rank), "slice": bufs["slice"]}
+    for pattern in AR_PATTERNS:                          # warm up (pre-fault every buffer)
+        allreduce_traffic(comm, bufs, pattern)
+        if pattern.startswith(("allreduce", "reduce_scatter", "allgather")):
+            info[pattern] = comm.last_algorithm
+    res = {}
+    for rnd in range(rounds):
+        k = rnd % len(AR_PATTERNS)
+        for pattern in AR_PATTERNS[k:] + AR_PATTERNS[:k]:   # rotate the order round by round
+            ts = []
+            for _ in range(reps):
+                comm.barrier()
+                t = time.perf_counter()
+                allreduce_traffic(comm, bufs, pattern)
+                ts.append(time.perf_counter() - t)
+            res.setdefault(pattern, []).append(max(comm.allgather(np.array([statistics.median(ts)]))))
+    comm.close()
+    return res, info
+
+
+AR_BOUND_DOC = """\
+Per rank, N = bytes of the allreduce (nccl-tests busbw factor 2(n-1)/n = 1 at 2 ranks, so
+busbw = N / time and every row below is N / its time). `bound`: the least memory traffic of any
+2-rank allreduce, run alone on private buffers by both ranks at once: each rank loads its half of
+both inputs (N) and stores that half of the sum into both outputs (N), one pass of hetccl's dual
+reduce kernel with streaming stores. `memcpy`: the same N loads and N stores through the copy
+kernel (how much the reduce kernel costs over a copy). `ring alone`: the kernels of the ring the
+plain-buffer allreduce runs, slice by slice, with the FIFOs replaced by private cache-resident
+buffers (the FIFO pass free). `reduce_scatter` (N -> N/2) and `allgather` (N/2 -> N) are the
+ring's two phases as public calls; their busbw columns use the allreduce's N, so their times add
+up against the allreduce's. `bound` is the faster of the two kernels (streaming and plain
+stores), out of place and in place separately; `/ bound` is against the out-of-place one."""
+
+
+def allreduce_bound_rows(nbytes, quick=False, rounds=21):
+    """2-rank allreduce of ``nbytes`` per rank on plain numpy buffers (public ``comm.allreduce``,
+    default transports, float32 SUM), against its memory-traffic bound measured in the same rounds
+    (both ranks at once after a barrier, slowest rank, median of per-round medians).
+
+    The accounting (per rank, N = nbytes; what no schedule can avoid):
+    * every byte of my input must be loaded and every byte of my output stored, so a rank moves
+      at least N loads + N stores, and the pair 2N + 2N. The schedule that moves exactly that
+      (the symmetric one, docs/symmetric-memory.md) has each rank load its half of both inputs
+      (N/2 + N/2) and store the sum into its half of both outputs (N/2 + N/2): one pass of the
+      dual reduce kernel (reduce_arrays(..., also=)), streaming stores. That is ``bound``.
+    * in place the loads and stores are the same, the stores landing on the lines just loaded:
+      ``bound in place`` (the dual kernel over its own inputs; 64-byte aligned buffers, so each
+      256-byte block is read whole before it is written and the sums are right).
+    * plain buffers cannot be read by the peer, so they go through the FIFOs: the 2-rank ring
+      (ring.pyx, link_shm.pxd shm_forward) copies my block into the FIFO (N/2 load, N/2 store),
+      reduces the peer's block from its FIFO with mine into the next FIFO (N loads, N/2 stores),
+      copies that to my output (N/2, N/2, streaming), and copies the peer's finished block out of
+      its FIFO (N/2, N/2, streaming): 2N loads and 2N stores, but only N of each touches the
+      user's buffers; the rest is cache-resident FIFO traffic. So the ring moves the bound's
+      memory traffic, plus cache work: ``ring alone`` runs exactly those kernels on private
+      slice-sized FIFOs. Between ``ring alone`` and ``allreduce`` lies the FIFO pass (each slice
+      handed from one core's cache to the other's, its handshakes); between ``bound`` and
+      ``ring alone`` the ring's extra in-cache copies.
+    * ``memcpy`` (N bytes, streaming) is the same traffic through the copy kernel: bound / memcpy
+      below 1 means the reduce kernel, not memory, sets the bound (BOUND_CAVEAT)."""
+    rounds, reps = (3, 3) if quick else (rounds, 5)
+    res, info = run_pair(_ar_bound_rank, _free_port(), nbytes, rounds, reps, timeout=600)[0]
+    bw = {p: nbytes / statistics.median(res[p]) / 1e9 for p in AR_PATTERNS}
+    bound = {"allreduce": max(bw["bound"], bw["bound, plain stores"]),     # the faster kernel
+             "allreduce in place": max(bw["bound in place"], bw["bound in place, plain stores"])}
+    rows = [{"pattern": p, "algorithm": info.get(p, ""), "GB/s (N / time)": f"{bw[p]:.2f}",
+             "best round GB/s": f"{nbytes / min(res[p]) / 1e9:.2f}",
+             "/ bound": f"{bw[p] / bound['allreduce']:.2f}"} for p in AR_PATTERNS]
+    summary = [f"{p} / its bound: {bw[p] / b:.2f} ({bw[p]:.2f} against {b:.2f} GB/s; target >= 0.9: "
+               f"{'PASS' if bw[p] >= 0.9 * b else 'FAIL'})" for p, b in bound.items()]
+    summary.append(f"allreduce / its own schedule's traffic (ring alone, as `shm / its bound` of the "
+                   f"allgather table): {bw['allreduce'] / bw['ring alone']:.2f}")
+    t = {p: statistics.median(res[p]) * 1e3 for p in AR_PATTERNS}
+    summary.append(f"where the time goes: reduce_scatter {t['reduce_scatter']:.2f} ms + allgather "
+                   f"{t['allgather']:.2f} ms against allreduce {t['allreduce']:.2f} ms; ring alone / "
+                   f"bound {bw['ring alone'] / bound['allreduce']:.2f} (the ring's kernels without a "
+                   f"peer), allreduce / ring alone {bw['allreduce'] / bw['ring alone']:.2f} (the FIFO "
+                   f"pass), streaming bound / memcpy {bw['bound'] / bw['memcpy']:.2f} (the reduce "
+                   f"kernel against a copy), streaming / plain-store bound "
+                   f"{bw['bound'] / bw['bound, plain stores']:.2f}; ring alone in 256K slices / as it runs "
+                   f"{bw['ring alone, 256K slices'] / bw['ring alone']:.2f}, with a one-pass forward "
+                   f"{bw['ring alone, one-pass forward'] / bw['ring alone']:.2f}")
+    return rows, summary, info
+
+
 # ---------------------------------------------------------------- output
 
 def table(rows):
@@ -388,6 +580,8 @@ def main(argv=None):
     p.add_argument("--sizes", default="8,4K,64K,1M,4M", help="p2p message sizes")
     p.add_argument("--coll-sizes", default="1M,8M,64M", help="collective sizes (bytes per rank's buffer)")
     p.add_argument("--coll-rounds", type=int, default=27, help="interleaved rounds of the collectives section")
+    p.add_argument("--ar-size", default="64M", help="allreduce-bound: bytes per rank")
+    p.add_argument("--ar-rounds", type=int, default=21, help="allreduce-bound: interleaved rounds")
     p.add_argument("--quick", action="store_true", help="smoke run: fewer iterations and sizes")
     a = p.parse_args(argv)
     only = set(a.only.split(","))
@@ -409,6 +603,13 @@ def main(argv=None):
               + table(ratios) + "\n", flush=True)
         print("## allgather against its memory-traffic bound (both ranks at once, same rounds)\n\n"
               + table(bounds) + "\n\n" + BOUND_CAVEAT + "\n", flush=True)
+    if "allreduce-bound" in only:
+        n = parse_size(a.ar_size)
+        rows, summary, info = allreduce_bound_rows(n, a.quick, a.ar_rounds)
+        print(f"## allreduce against its memory-traffic bound, 2 ranks, {fmt_size(n)} per rank, plain "
+              f"numpy buffers, float32 SUM ({info['transport']}, ring slice {fmt_size(info['slice'])}; "
+              f"same rounds)\n\n" + table(rows) + "\n\n" + "\n".join(summary) + "\n\n"
+              + AR_BOUND_DOC + "\n\n" + BOUND_CAVEAT + "\n", flush=True)
     return 0
 
 
