@@ -26,7 +26,7 @@ def _fill(bufs, rng):
         v[:] = rng.integers(-50, 50, v.size)
 
 
-@pytest.mark.parametrize("pattern", ["bound", "bound, plain stores"])
+@pytest.mark.parametrize("pattern", ["dual-write", "dual-write, plain stores"])
 def test_out_of_place_bound_writes_the_sum_into_both_outputs(tr, pattern):
     bufs = tr._ar_buffers(1 << 20, 64 << 10)
     _fill(bufs, np.random.default_rng(1))
@@ -36,7 +36,7 @@ def test_out_of_place_bound_writes_the_sum_into_both_outputs(tr, pattern):
         assert np.array_equal(bufs[out].view(np.float32), a + b)
 
 
-@pytest.mark.parametrize("pattern", ["bound in place", "bound in place, plain stores"])
+@pytest.mark.parametrize("pattern", ["dual-write in place", "dual-write in place, plain stores"])
 def test_in_place_bound_writes_the_sum_over_both_inputs(tr, pattern):
     bufs = tr._ar_buffers(1 << 20, 64 << 10)
     _fill(bufs, np.random.default_rng(2))
@@ -46,7 +46,9 @@ def test_in_place_bound_writes_the_sum_over_both_inputs(tr, pattern):
     assert np.array_equal(bufs["b"].view(np.float32), want)
 
 
-@pytest.mark.parametrize("pattern", ["ring alone", "ring alone, 256K slices", "ring alone, one-pass forward"])
+@pytest.mark.parametrize("pattern", ["ring alone", "ring alone, 256K slices", "one-pass ring",
+                                     "one-pass ring, 256K slices", "ring alone in place",
+                                     "one-pass ring in place, 256K slices"])
 def test_ring_alone_runs_the_rings_kernels(tr, pattern):
     """With the peer's FIFO slice standing still (f3), the output holds what the ring would write
     had the peer sent f3 every slice: my block reduced with it, and f3 copied into the other."""
@@ -54,10 +56,10 @@ def test_ring_alone_runs_the_rings_kernels(tr, pattern):
     _fill(bufs, np.random.default_rng(3))
     x = bufs["x8"].view(np.float32).copy()
     h = x.size // 2
-    sl = (tr.BOUND_CHUNK if "256K" in pattern else bufs["slice"]) // 4
+    sl = (tr.RING_ALONE[pattern][0] or bufs["slice"]) // 4
     peer = np.resize(bufs["f3"].view(np.float32)[:sl], h)
     tr.allreduce_traffic(None, bufs, pattern)
-    o = bufs["o8"].view(np.float32)
+    o = bufs["x8" if "in place" in pattern else "o8"].view(np.float32)
     assert np.array_equal(o[h:], x[h:] + peer)
     assert np.array_equal(o[:h], peer)
     assert np.array_equal(bufs["f1"].view(np.float32)[:sl], x[h - sl:h])   # my last slice sent
@@ -68,6 +70,8 @@ def test_allreduce_bound_section_runs_on_two_ranks(tr):
     assert [r["pattern"] for r in rows] == list(tr.AR_PATTERNS)
     assert all(float(r["GB/s (N / time)"]) > 0 for r in rows)
     assert info["allreduce"] and info["transport"] in ("c2c", "shm")
-    assert summary[0].startswith("allreduce / its bound: ") and "target >= 0.9" in summary[0]
-    assert summary[1].startswith("allreduce in place / its bound: ")
+    assert summary[0].startswith("allreduce / its memory-traffic bound (plain buffers: ")
+    assert "target >= 0.9" in summary[0]
+    assert summary[1].startswith("allreduce in place / its memory-traffic bound (plain buffers: ")
+    assert any(s.startswith("allreduce / the shared-memory minimum") for s in summary)
     assert any(s.startswith("where the time goes: reduce_scatter") for s in summary)
