@@ -401,8 +401,11 @@ BOUND_CHUNK = 256 << 10          # the plain-store dual-write's unit: reduced in
 def _aligned(nbytes, dtype=np.uint8):
     """A pre-faulted array of nbytes starting on a 64-byte line: the kernels' streaming path then
     has no unaligned head (which would fall back to ordinary stores, and, for the in-place
-    dual-write, to two passes over aliased buffers)."""
-    raw = np.zeros(nbytes + 64, np.uint8)
+    dual-write, to two passes over aliased buffers). Written, not np.zeros: a large np.zeros is
+    calloc'd pages that read as the kernel's one shared zero page until written, so a buffer only
+    ever read would be loaded from L1 (zeros: no float denormals, which would slow the adds)."""
+    raw = np.empty(nbytes + 64, np.uint8)
+    raw.fill(0)
     off = (-raw.ctypes.data) % 64
     return raw[off:off + nbytes].view(dtype)
 
