@@ -14,6 +14,9 @@ bench/peers/mpi_bench.py and bench/peers/gloo_bench.py.
 ``--issue3`` runs allreduce, allgather, reduce_scatter, broadcast and alltoall at 2 and 4 ranks over
 8 B .. 256 MiB in x4 steps, and prints for each (ranks, collective) whether hetccl is at least as
 fast as the faster of Open MPI and gloo at every size, listing the sizes where it is not.
+``--issue3 --nranks 8`` runs the same sweep at 8 ranks (issue 18; ~7-10 minutes a round on 2
+cores). Sizes whose runs may not fit in the memory available at the start are left out of that
+rank count's sweep with a CAPPED line (``--max-mem``, ``run_bytes``).
 
 Every library runs the same sweep through hetccl's benchmark runner (hetccl/benchmark/runner.py:
 warm-up, calibrated iteration count, median over repetitions of the max over ranks). Machine
