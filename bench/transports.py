@@ -499,12 +499,15 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
     from hetccl.transports.shm import fifo_bytes
     from hetccl.transports import shm
     comm = hetccl.init()                 # the public defaults: whatever a user gets
-    default_fifo = shm.fifo_bytes
-    shm.fifo_bytes = lambda local_size: ALT_FIFO     # what if: the same ring on smaller FIFOs
+    default_fifo, asked = shm.fifo_bytes, []
+    shm.fifo_bytes = lambda local_size: asked.append(local_size) or ALT_FIFO   # what if: smaller FIFOs
     try:
         alt = comm.dup()                 # its own links, created with the smaller FIFOs
     finally:
         shm.fifo_bytes = default_fifo
+    if not max(comm.allgather(np.array([len(asked)]))):    # the pair's creator sizes its FIFOs
+        raise RuntimeError("the 1 MiB-FIFO communicator kept the default FIFOs: links no longer take "
+                           "their size from hetccl.transports.shm.fifo_bytes; update this benchmark")
     bufs = _ar_buffers(nbytes, fifo_bytes(2) // 4)   # the ring's slice: a quarter of the FIFO
     bufs["alt"] = alt
     info = {"transport": comm.transport(1 - rank), "slice": bufs["slice"]}
