@@ -831,6 +831,52 @@ def test_run_all_shows_wrong_results_and_fails_the_run(tmp_path, monkeypatch):
     assert "hetccl, 2 ranks: rank 0: 0-1, rank 1: 0-1" in md
 
 
+def test_run_all_caps_sizes_that_do_not_fit_in_memory(tmp_path, monkeypatch):
+    """Sizes whose runs may not fit in the available memory are left out of that rank count's
+    sweep only, with a CAPPED line that says what, why and how to change it (and fails --strict)."""
+    ra = _load_run_all()
+    colls = ["allgather", "alltoall"]
+    # allgather 256 MiB: 32 MiB in + 256 MiB out per rank at 8 ranks; alltoall: 256 + 256
+    need, coll = ra.run_bytes(8, colls, 256 << 20)
+    assert coll == "alltoall"
+    assert need == 8 * (ra.RANK_BASE_BYTES + ra.SCRATCH_FACTOR * (512 << 20))
+    sizes = [8, 1 << 20, 64 << 20, 256 << 20]
+    assert ra.memory_cap(8, colls, sizes, 24 << 30, 0.8) == (sizes, [])
+    kept, lines = ra.memory_cap(8, colls, sizes, 3 << 30, 0.8)
+    assert kept == [8, 1 << 20] and len(lines) == 1
+    assert lines[0].startswith("CAPPED 8 ranks: 64M, 256M not run: 64M (alltoall) may need ~")
+    assert "--max-mem" in lines[0]
+    assert ra.memory_cap(8, colls, sizes, 6 << 30, 0) == (sizes, [])      # 0: no cap
+    assert ra.memory_cap(8, colls, sizes, None, 0.8) == (sizes, [])       # unknown: no cap
+
+    seen = {}
+
+    def fake_run_one(cmd, log, timeout):
+        n = int(cmd[cmd.index("-np") + 1]) if "-np" in cmd else int(cmd[cmd.index("-n") + 1])
+        sz = [int(x) for x in cmd[cmd.index("--sizes") + 1].split(",")]
+        seen[n] = sz
+        with open(cmd[cmd.index("--json") + 1], "w") as f:
+            json.dump({"rows": [{"collective": "alltoall", "size": s, "count": s // 4,
+                                 "time_us": 1.0, "wrong": 0} for s in sz]}, f)
+        with open(log, "w") as f:
+            f.write("ran\n")
+        return 0, 0.1, 0.0
+
+    monkeypatch.setattr(ra, "run_one", fake_run_one)
+    monkeypatch.setattr(ra, "wait_for_quiet", lambda *a: 0.0)
+    monkeypatch.setattr(ra, "mem_available", lambda: 3 << 30)
+    monkeypatch.setattr(ra, "environment", lambda: {"date": "d", "hostname": "h", "nproc": 2,
+                                                   "cpu_model": "c", "platform": "p", "python": "3",
+                                                   "numpy": "1"})
+    out = tmp_path / "r.md"
+    rc = ra.main(["--issue3", "--nranks", "2,8", "-c", "alltoall", "--sizes", "1K,64M", "--rounds", "1",
+                  "--libs", "hetccl,ompi", "--no-retune", "--strict", "--out", str(out),
+                  "--raw-dir", str(tmp_path / "raw")])
+    assert seen == {2: [1024, 64 << 20], 8: [1024]}
+    assert rc == 1                                                          # --strict: not all run
+    assert "CAPPED 8 ranks: 64M not run" in out.read_text()
+
+
 def test_cpu_binding_gathers_every_ranks_affinity(monkeypatch):
     class Fake:                      # rank 0 of two: max_over_ranks pairs it with rank 1's value
         size, rank = 2, 0
@@ -932,48 +978,3 @@ def test_gloo_bench_more_collectives(tmp_path):
     assert rc == 0, text
     _check_more_json(out, "gloo")
 
-
-def test_run_all_caps_sizes_that_do_not_fit_in_memory(tmp_path, monkeypatch):
-    """Sizes whose runs may not fit in the available memory are left out of that rank count's
-    sweep only, with a CAPPED line that says what, why and how to change it (and fails --strict)."""
-    ra = _load_run_all()
-    colls = ["allgather", "alltoall"]
-    # allgather 256 MiB: 32 MiB in + 256 MiB out per rank at 8 ranks; alltoall: 256 + 256
-    need, coll = ra.run_bytes(8, colls, 256 << 20)
-    assert coll == "alltoall"
-    assert need == 8 * (ra.RANK_BASE_BYTES + ra.SCRATCH_FACTOR * (512 << 20))
-    sizes = [8, 1 << 20, 64 << 20, 256 << 20]
-    assert ra.memory_cap(8, colls, sizes, 24 << 30, 0.8) == (sizes, [])
-    kept, lines = ra.memory_cap(8, colls, sizes, 3 << 30, 0.8)
-    assert kept == [8, 1 << 20] and len(lines) == 1
-    assert lines[0].startswith("CAPPED 8 ranks: 64M, 256M not run: 64M (alltoall) may need ~")
-    assert "--max-mem" in lines[0]
-    assert ra.memory_cap(8, colls, sizes, 6 << 30, 0) == (sizes, [])      # 0: no cap
-    assert ra.memory_cap(8, colls, sizes, None, 0.8) == (sizes, [])       # unknown: no cap
-
-    seen = {}
-
-    def fake_run_one(cmd, log, timeout):
-        n = int(cmd[cmd.index("-np") + 1]) if "-np" in cmd else int(cmd[cmd.index("-n") + 1])
-        sz = [int(x) for x in cmd[cmd.index("--sizes") + 1].split(",")]
-        seen[n] = sz
-        with open(cmd[cmd.index("--json") + 1], "w") as f:
-            json.dump({"rows": [{"collective": "alltoall", "size": s, "count": s // 4,
-                                 "time_us": 1.0, "wrong": 0} for s in sz]}, f)
-        with open(log, "w") as f:
-            f.write("ran\n")
-        return 0, 0.1, 0.0
-
-    monkeypatch.setattr(ra, "run_one", fake_run_one)
-    monkeypatch.setattr(ra, "wait_for_quiet", lambda *a: 0.0)
-    monkeypatch.setattr(ra, "mem_available", lambda: 3 << 30)
-    monkeypatch.setattr(ra, "environment", lambda: {"date": "d", "hostname": "h", "nproc": 2,
-                                                   "cpu_model": "c", "platform": "p", "python": "3",
-                                                   "numpy": "1"})
-    out = tmp_path / "r.md"
-    rc = ra.main(["--issue3", "--nranks", "2,8", "-c", "alltoall", "--sizes", "1K,64M", "--rounds", "1",
-                  "--libs", "hetccl,ompi", "--no-retune", "--strict", "--out", str(out),
-                  "--raw-dir", str(tmp_path / "raw")])
-    assert seen == {2: [1024, 64 << 20], 8: [1024]}
-    assert rc == 1                                                          # --strict: not all run
-    assert "CAPPED 8 ranks: 64M not run" in out.read_text()
