@@ -496,7 +496,6 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
     os.environ.update({"HETCCL_RANK": str(rank), "HETCCL_SIZE": "2", "HETCCL_LOCAL_RANK": str(rank),
                        "HETCCL_LOCAL_SIZE": "2", "HETCCL_STORE": f"127.0.0.1:{port}"})
     import hetccl
-    from hetccl.transports.shm import fifo_bytes
     from hetccl.transports import shm
     comm = hetccl.init()                 # the public defaults: whatever a user gets
     default_fifo, asked = shm.fifo_bytes, []
@@ -508,7 +507,7 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
     if not max(comm.allgather(np.array([len(asked)]))):    # the pair's creator sizes its FIFOs
         raise RuntimeError("the 1 MiB-FIFO communicator kept the default FIFOs: links no longer take "
                            "their size from hetccl.transports.shm.fifo_bytes; update this benchmark")
-    bufs = _ar_buffers(nbytes, fifo_bytes(2) // 4)   # the ring's slice: a quarter of the FIFO
+    bufs = _ar_buffers(nbytes, default_fifo(2) // 4)   # the ring's slice: a quarter of the FIFO
     bufs["alt"] = alt
     info = {"transport": comm.transport(1 - rank), "slice": bufs["slice"]}
     for pattern in AR_PATTERNS:                          # warm up (pre-fault every buffer)
