@@ -26,10 +26,10 @@ Sections (each prints a markdown table):
   copy kernel, so it bounds the schedule, not the kernel (``BOUND_CAVEAT``).
 * ``allreduce-bound`` (not in the default set) — the 2-rank allreduce of ``--ar-size`` bytes
   (64 MiB) on plain numpy buffers through the public ``comm.allreduce`` (out of place and in
-  place), against its memory-traffic bound in the same rounds: the least loads and stores any
-  2-rank allreduce needs, run by both ranks at once with hetccl's own reduce kernels
-  (``allreduce_bound_rows`` has the accounting), beside the ring's two phases as public calls and
-  the ring's own kernels run without a peer, to show where any gap lies.
+  place), against its memory-traffic bound in the same rounds: the least loads and stores a
+  2-rank allreduce on private buffers needs, run by both ranks at once with hetccl's own kernels,
+  and beside it the shared-memory minimum (``allreduce_bound_rows`` has the accounting); the
+  ring's two phases as public calls and its kernels run without a peer show where a gap lies.
 
 Adding a transport (helper "rdma"): give ``p2p_rows`` an EndpointFactory (hetccl.transports.
 endpoints) under a new name in ``FACTORIES``, and put a reference line beside it through
@@ -479,8 +479,9 @@ def _ring_alone(b, slice_bytes, one_pass, in_place):
 
 def _ar_buffers(nbytes, slice_bytes):
     """Every buffer of allreduce_traffic, pre-faulted and 64-byte aligned (plain numpy arrays all
-    the same, so the one-pass forward's two outputs align alike): the public calls' float32 arrays, the
-    bound's four half-size private buffers, memcpy's pair, the ring's three slice-size FIFOs."""
+    the same, so the one-pass forward's two outputs align alike): the public calls' float32
+    arrays, the dual-write's four half-size buffers, memcpy's pair, the ring's three FIFO slices.
+    The in-place patterns write over x, a and b; zeros and ones keep every sum finite."""
     h = nbytes // 2
     b = {"x": _aligned(nbytes, np.float32), "o": _aligned(nbytes, np.float32),
          "xi": _aligned(nbytes, np.float32), "half": _aligned(h, np.float32)}
