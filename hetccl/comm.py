@@ -345,6 +345,7 @@ class Communicator:
         self._comm_id = comm_id
         self._timeout = timeout
         self._hot = schedules.Hot(engine, timeout, _NUMPY, _Flight())   # the latency path (learn() below)
+        self._hot.on_refused = self._cma_refused
         self._flight = self._hot.flight       # this rank's record of its collective calls
         self._parent = parent
         self.rank = info.rank
@@ -582,7 +583,11 @@ class Communicator:
         if (coll in _PLAIN_SINGLE_COPY and c.counts is None and c.algorithm is None and isl is None
                 and self._plan is None and coll not in self._tuner.forced
                 and self._tuner.single_copy(coll, c.nbytes)):
+            fifo = self.last_algorithm
             self.last_algorithm = "single_copy"
+            if self._plan is None and self._islands is None and not self._sym.active:
+                self._hot.learn(coll, c.nbytes, schedules.HOT_SINGLE_COPY, "single_copy", None,
+                                (algo, fifo))
             fn, args = _PLAIN_SINGLE_COPY[coll](self._engine, c)
             return self._go(c, self._single_copy_or_fifo, (c, fn, args, algo))
         if algo == ALGO_RING and coll in _SINGLE_COPY and self._direct_min is not None \
@@ -606,14 +611,21 @@ class Communicator:
         warn once, route this communicator's later calls to the FIFOs, and re-run this one there."""
         if fn(*args) is not False:
             return
+        self._cma_refused(c.coll)
+        fn, args = _FLAT[c.coll](self._engine, c, algo)
+        fn(*args)
+
+    def _cma_refused(self, coll):
+        """A cross-memory read was refused during a single-copy ``coll`` (every rank learns it in
+        the call's last sync, so all come here alike): warn once and keep this communicator on the
+        FIFOs from now on (the caller re-runs the call there)."""
         log.warning("rank %d: cross-memory attach was refused during a single-copy %s (the kernel's "
                     "ptrace check: %s, or a peer made itself non-dumpable); this communicator uses "
-                    "the shared-memory FIFOs from now on", self.rank, c.coll,
+                    "the shared-memory FIFOs from now on", self.rank, coll,
                     _c2c_ptrace_policy())
         self._tuner.model = dataclasses.replace(self._tuner.model, single_copy=())
         self._direct_min = None
-        fn, args = _FLAT[c.coll](self._engine, c, algo)
-        fn(*args)
+        self._hot.forget()
 
     # ------------------------------------------------------------------ collectives
 

@@ -17,6 +17,7 @@ from hetccl._native.dispatch cimport (run_allreduce, run_allgather, run_broadcas
 from hetccl._native.engine cimport Engine
 from hetccl._native.flight cimport Flight, FL_DONE, FL_NO_DTYPE, FL_RUNNING
 from hetccl._native.pinning cimport check_allgather, get_buffer, release_pair
+from hetccl._native.single_copy cimport run_plain
 
 cdef extern from *:
     """
@@ -55,6 +56,11 @@ cdef enum:
     HOT_GATHER = 6
     HOT_SCATTER = 7
     HOT_KINDS = 8
+
+cdef enum:
+    HOT_SINGLE_COPY = 1000          # not a schedule code: the plain-buffer single copy (run_plain)
+
+SINGLE_COPY = HOT_SINGLE_COPY       # what the router learns a single-copy shape under (learn)
 
 HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall", "reduce_scatter", "reduce", "gather",
              "scatter")
@@ -208,15 +214,20 @@ cdef class Hot:
         for k in range(HOT_KINDS):
             self.memo_nb[k] = -1
 
-    def learn(self, str collective, Py_ssize_t nbytes, int algo, str name, forced=None):
+    cdef public object on_refused   # single copy refused: called with the collective (see plain)
+
+    def learn(self, str collective, Py_ssize_t nbytes, int algo, str name, forced=None,
+              fallback=None):
         """Remember that `collective` of nbytes, called with ``algorithm=forced`` (None: the
         tuner's choice), runs `algo` through the plain native route (at most 512 sizes per
         collective and name: past that the table starts again, so a program that uses ever new
-        sizes does not grow; the names are the algorithms that ran, a handful)."""
+        sizes does not grow; the names are the algorithms that ran, a handful). ``algo``
+        SINGLE_COPY: the plain-buffer single copy, with ``fallback`` = (code, name) of the FIFO
+        algorithm that runs the call if a cross-memory read is refused (``plain``)."""
         cdef dict d = <dict>(<dict>self.algos[HOT_NAMES.index(collective)]).setdefault(forced, {})
         if len(d) >= 512:
             d.clear()
-        d[nbytes] = (algo, name)
+        d[nbytes] = (algo, name) if fallback is None else (algo, name, fallback)
         self.unmemo()
 
     def forget(self):
@@ -266,6 +277,8 @@ cdef class Hot:
         in the flight ring (op and root: FL_NO_DTYPE / -1 where the collective has none)."""
         cdef int algo = <int>hit[0]
         cdef uint64_t s
+        if algo == HOT_SINGLE_COPY:
+            return self.plain(coll, hit, a, b, nbytes, inplace, dtype, op, root, t)
         self.last = hit[1]
         s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
         try:
@@ -283,6 +296,28 @@ cdef class Hot:
             self.flight.fail(s, x)
             raise
         self.flight.mark(s, FL_DONE, 0)
+        return 0
+
+    cdef int plain(self, int coll, object hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
+                   int dtype, int op, int root, double t) except -1:
+        """Run a learnt plain-buffer single-copy call (run_plain), recorded like ``run``. If a
+        cross-memory read was refused (on any rank: all see it in the call's last sync), the
+        communicator is told (``on_refused(collective)``: it warns, routes to the FIFOs from then
+        on and makes this object forget) and the call runs again on the FIFO algorithm it
+        replaced, so every rank takes the same path and the caller sees one completed call."""
+        cdef uint64_t s
+        self.last = hit[1]
+        s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
+        try:
+            done = run_plain(self.e, coll, a, b, root, dtype, t)
+        except BaseException as x:
+            self.flight.fail(s, x)
+            raise
+        self.flight.mark(s, FL_DONE, 0)
+        if not done:
+            self.on_refused("broadcast" if coll == COLL_BROADCAST else
+                            "allgather" if coll == COLL_ALLGATHER else "alltoall")
+            self.run(coll, hit[2], a, b, nbytes, inplace, dtype, op, root, t)
         return 0
 
     cdef int rooted(self, int coll, object hit, object send, object recv, size_t nbytes, int dtype,

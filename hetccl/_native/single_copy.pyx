@@ -319,11 +319,17 @@ def _inject_cma_failure(int err, int count=1):
 
 cdef inline int cma_read(Engine e, int p, void* local, uint64_t raddr, size_t n,
                          bint* refused) noexcept nogil:
-    """Read n bytes at raddr of peer p. A refusal (EPERM, EACCES: the kernel's ptrace check said
-    no, e.g. ptrace_scope raised or the peer made itself non-dumpable after set-up) sets *refused
-    and returns CMA_REFUSED: the caller stops reading and reports it in its last sync
-    (finish_refusable), so that every rank falls back together. Any other error means the peer is
-    gone (ESRCH) or unmapped the buffer because it aborted (EFAULT)."""
+    """Read n bytes at raddr of peer p (cma_xfer)."""
+    return cma_xfer(e, p, local, raddr, n, 0, refused)
+
+
+cdef int cma_xfer(Engine e, int p, void* local, uint64_t raddr, size_t n, int write,
+                  bint* refused) noexcept nogil:
+    """Read n bytes at raddr of peer p into local (write: write local there). A refusal (EPERM,
+    EACCES: the kernel's ptrace check said no, e.g. ptrace_scope raised or the peer made itself
+    non-dumpable after set-up) sets *refused and returns CMA_REFUSED: the caller stops and reports
+    it in its last sync (finish_refusable), so that every rank falls back together. Any other
+    error means the peer is gone (ESRCH) or unmapped the buffer because it aborted (EFAULT)."""
     global _inject_left
     cdef long rc
     if n == 0:
@@ -332,7 +338,7 @@ cdef inline int cma_read(Engine e, int p, void* local, uint64_t raddr, size_t n,
         _inject_left -= 1
         rc = -_inject_errno
     else:
-        rc = hc_cma(e.links[p].c2c.pid, local, raddr, n, 0)
+        rc = hc_cma(e.links[p].c2c.pid, local, raddr, n, write)
     if rc == -EPERM or rc == -EACCES:
         refused[0] = True
         return CMA_REFUSED
@@ -487,6 +493,10 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
 cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, p, i, rc
     cdef bint st = nb * N >= e.nt_threshold, refused = False
+    if sbuf != rbuf + nb * r:                 # my own block first: it overlaps waiting for the peers
+        copy_bytes(rbuf + nb * r, sbuf, nb, st)
+        if st:
+            store_fence()
     rc = enter(e, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), sbuf, rbuf, dl)
     if rc < 0:
         return rc
@@ -499,10 +509,6 @@ cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, d
             return rc
         if refused:
             break
-    if sbuf != rbuf + nb * r:
-        copy_bytes(rbuf + nb * r, sbuf, nb, st)
-        if st:
-            store_fence()
     return finish_refusable(e, refused, dl)   # my input may be reused once everyone has read it
 
 
@@ -576,32 +582,84 @@ def allgather(Engine e, sendobj, recvobj, int dtype, double timeout):
     True when done; False when a cross-memory read was refused on some rank (every rank returns
     False together; the caller re-runs the call on the FIFO schedules)."""
     cdef Py_buffer sv, rv
-    cdef int rc, mode = _mode(e)
-    cdef double dl
     cdef bint same = sendobj is recvobj
+    _mode(e)
     pin_allgather(sendobj, recvobj, e.size, e.rank, dtype_size(dtype), &sv, &rv)
     try:
+        return run_plain(e, COLL_ALLGATHER, &sv, &rv, 0, dtype, timeout) == 1
+    finally:
+        release_pair(same, &sv, &rv)
+
+
+cdef int run_plain(Engine e, int coll, Py_buffer* a, Py_buffer* b, int root, int dtype,
+                   double timeout) except -1:
+    """A plain-buffer single-copy call on buffers pinned already: 1 when done, 0 when a read was
+    refused on some rank (every rank returns 0 together; the caller re-runs the call on the FIFOs).
+    broadcast: a the buffer (root checked here); allgather: a this rank's block, b the output
+    (checked by pin_allgather / check_allgather); alltoall: a the input, b the output (checked
+    here). The latency path (latency.pyx) calls it straight for the shapes the router sent here
+    once, so a loop of single-copy calls costs what a loop of small FIFO calls costs above the
+    schedule: no parser, no tuner, no Python entry."""
+    cdef int rc, mode
+    cdef double dl
+    if coll == COLL_BROADCAST:
+        if not 0 <= root < e.size:
+            raise InvalidUsage(f"broadcast root {root} is not a rank of this communicator (0..{e.size - 1})")
+        dl = hc_now() + timeout
+        e.begin("broadcast", 0)
+        with nogil:
+            rc = broadcast_cma(e, <char*>a.buf, <size_t>a.len, root, dtype, dl)
+        e.end(rc, "broadcast", timeout)
+    elif coll == COLL_ALLGATHER:
+        mode = e.links[(e.rank + 1) % e.size].c2c.mode
         dl = hc_now() + timeout
         e.begin("allgather", 0)
         with nogil:
             if mode == C2C_CMA:
-                rc = allgather_cma(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
+                rc = allgather_cma(e, <char*>a.buf, <char*>b.buf, <size_t>a.len, dtype, dl)
             else:
-                rc = allgather_window(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
+                rc = allgather_window(e, <char*>a.buf, <char*>b.buf, <size_t>a.len, dtype, dl)
         e.end(rc, "allgather", timeout)
-    finally:
-        release_pair(same, &sv, &rv)
-    return rc != CMA_REFUSED
+    else:
+        check_alltoall(a, b, dtype, e.size)
+        dl = hc_now() + timeout
+        e.begin("alltoall", 0)
+        with nogil:
+            rc = alltoall_cma(e, <char*>a.buf, <char*>b.buf, <size_t>a.len // e.size, dtype, dl)
+        e.end(rc, "alltoall", timeout)
+    return 0 if rc == CMA_REFUSED else 1
 
 
 # ------------------------------------------------------------------ broadcast (cma mode)
 
+cdef bint _root_writes = True     # bench/single_copy_ab.py --root-writes-ab: the A/B of root_share
+
+
+def _set_root_writes(bint on):
+    """Whether a single-copy broadcast root writes its share (root_share) itself; False: the
+    peers read everything (the schedule before). For the benchmark's same-process A/B only."""
+    global _root_writes
+    _root_writes = on
+
+
+cdef inline size_t root_share(size_t nb, int N) noexcept nogil:
+    """Bytes at the end of a broadcast buffer that the root writes into each peer itself: 1/N of
+    it (cache-line aligned), so the root copies (N-1)/N and every non-root the other (N-1)/N
+    instead of the root idling while the peers copy everything (at 2 ranks: each copies half, at
+    once). Below 16 KiB, none: a second system call costs more than it saves."""
+    if nb < (16 << 10) or not _root_writes:
+        return 0
+    return (nb // <size_t>N) & ~(<size_t>63)
+
+
 cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, double dl) noexcept nogil:
-    """Every non-root reads the root's buffer straight into its own, in CHUNK pieces (an interrupt
-    is seen between them); the last sync keeps the root's buffer unchanged until all have read.
+    """Every non-root reads the head of the root's buffer straight into its own, in CHUNK pieces
+    (an interrupt is seen between them), while the root writes the tail (root_share) into every
+    non-root's buffer, whose address rides in the entry sync; the last sync keeps the root's buffer
+    unchanged until all have read, and every non-root's call open until the root has written.
     The root rides in the header's op byte: ranks naming different roots mismatch at the entry."""
-    cdef int rc
-    cdef size_t o = 0, n
+    cdef int rc, i, p, N = e.size
+    cdef size_t o = 0, n, tail = root_share(nb, e.size), head = nb - tail
     cdef bint refused = False
     cdef uint64_t src
     rc = enter_as(e, COLL_BROADCAST, dtype, root & 0xFF, PHASE_DIRECT, nb // dtype_size(dtype),
@@ -610,16 +668,26 @@ cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, doub
         return rc
     if e.rank != root:
         src = e.links[root].c2c.theirs.sbuf
-        while o < nb:
+        while o < head:
             if interrupted(&e.fail):
                 return E_CANCELLED
-            n = nb - o if nb - o < CHUNK else CHUNK
+            n = head - o if head - o < CHUNK else CHUNK
             rc = cma_read(e, root, buf + o, src + o, n, &refused)
             if rc < 0:
                 return rc
             if refused:
                 break
             o += n
+    elif tail:
+        for i in range(1, N):
+            if interrupted(&e.fail):
+                return E_CANCELLED
+            p = (root + i) % N
+            rc = cma_xfer(e, p, buf + head, e.links[p].c2c.theirs.sbuf + head, tail, 1, &refused)
+            if rc < 0:
+                return rc
+            if refused:
+                break
     return finish_refusable(e, refused, dl)
 
 
@@ -627,22 +695,15 @@ def broadcast(Engine e, obj, int root, int dtype, double timeout):
     """Copy root's buffer into every rank's by single-copy CMA reads (every pair c2c in cma mode).
     True when done; False when a read was refused somewhere (all ranks alike: re-run on the FIFOs)."""
     cdef Py_buffer v
-    cdef int rc
-    cdef double dl
     e.check_usable()
     if not cma_usable(e):
         raise InvalidUsage("the single-copy broadcast needs every pair of this communicator linked "
                            "by c2c in cma mode (one host, process_vm_readv permitted)")
     pin_rooted(obj, root, e.size, dtype_size(dtype), &v)
     try:
-        dl = hc_now() + timeout
-        e.begin("broadcast", 0)
-        with nogil:
-            rc = broadcast_cma(e, <char*>v.buf, <size_t>v.len, root, dtype, dl)
-        e.end(rc, "broadcast", timeout)
+        return run_plain(e, COLL_BROADCAST, &v, NULL, root, dtype, timeout) == 1
     finally:
         PyBuffer_Release(&v)
-    return rc != CMA_REFUSED
 
 
 # ------------------------------------------------------------------ alltoall (cma mode)
@@ -685,17 +746,9 @@ def alltoall(Engine e, sendobj, recvobj, int dtype, double timeout):
     """recvobj block p = block rank of rank p's sendobj (equal blocks), by single-copy CMA reads.
     True when done; False when a read was refused somewhere (all ranks alike: re-run on the FIFOs)."""
     cdef Pins p = Pins()
-    cdef int rc, N = e.size
-    cdef double dl
     e.check_usable()
     if not cma_usable(e):
         raise InvalidUsage("the single-copy alltoall needs every pair of this communicator linked by "
                            "c2c in cma mode (one host, process_vm_readv permitted)")
     p.pin(sendobj, recvobj, True)
-    check_alltoall(&p.a, &p.b, dtype, N)
-    dl = hc_now() + timeout
-    e.begin("alltoall", 0)
-    with nogil:
-        rc = alltoall_cma(e, <char*>p.a.buf, <char*>p.b.buf, <size_t>p.a.len // N, dtype, dl)
-    e.end(rc, "alltoall", timeout)
-    return rc != CMA_REFUSED
+    return run_plain(e, COLL_ALLTOALL, &p.a, &p.b, 0, dtype, timeout) == 1

@@ -17,11 +17,16 @@ with more ranks than cores, a broadcast in which every non-root reads the root a
 ``comm.explain()`` prints them.
 
 Measured: broadcast, allgather, alltoall (cma mode only: the window mode has no plain-buffer
-broadcast and its allgather lost to the FIFO ring everywhere). Timing: every rank runs the same
-calls; one repetition is ``CALLS`` calls then a barrier (a broadcast root returns before the others
-have read, so a lone call would time the root's side only), the time is rank 0's, and per (size,
-path) the minimum over ``REPS`` interleaved repetitions is kept (a repetition in which another
-process took the core says nothing about the paths).
+broadcast and its allgather lost to the FIFO ring everywhere). Timing: what a user's loop of
+public calls costs, so the verdict is the benchmark's. Both paths run through a latency path
+(``Hot``) of the probe's own, the native entries ``comm.broadcast(x)`` takes once its shape has been
+routed (the single-copy entry included, so there is no parser cost to charge either side); a
+timed block is a barrier then ``calls_per_block`` calls back to back, each rank timing its own
+block (a broadcast root returns before the others have read, so the slowest rank's time counts);
+the two paths' blocks alternate, ``REPS`` times per size. Per size and path the median block is
+kept, and single copy wins only by ``MARGIN`` both in that median and in the median of the
+paired repetitions' ratios: a near tie stays with the FIFO, so a size does not flip between two
+measurements of the same host.
 
 Agreement: rank 0 alone reads the cache and decides; it broadcasts one small vector, so every rank
 routes every call alike (ranks that disagreed would run different schedules and mismatch). The
@@ -40,39 +45,48 @@ import time
 import numpy as np
 
 from .. import dtypes
+from .._native.flight import Flight
+from ..ops import ReduceOp
 from . import probe as _probe
 from . import schedules
-from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION
+from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
 COLLECTIVES = ("broadcast", "allgather", "alltoall")
 SIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20)   # bytes the tuner prices (allgather: the output)
-REPS = 3
-CALLS = 8                   # calls per repetition: back to back, as a loop of calls runs them (a FIFO
-                            # broadcast root runs ahead of its peers; a barrier per call would hide it)
-# A single-copy call goes through comm.py's parser and router; a small FIFO call of a learnt shape
-# takes the latency path and skips both. The probe times the schedules alone, so the single-copy
-# side is charged what the parser's path costs over the latency path: 3.7-4.5 us per call at
-# 2 ranks (bench/results/call_forms-2026-12-07.txt, the allocating forms before the latency path
-# took them). Without it the probe sent 2-rank calls of 32-128 KiB to single copy at 2.5x the FIFO's
-# time through the public API (bench/RESULTS.md, the peers' run of 2026-12-07).
-ROUTE_S = 4e-6
+REPS = 5                    # timed repetitions per (size, path), the paths alternating
+BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..CALLS_MAX calls)
+CALLS_MIN, CALLS_MAX = 8, 64
+METHOD = 2                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
 _NEVER = -1.0
+_OP_MAX = int(ReduceOp.MAX)
+_F32 = np.dtype(np.float32)
 
 
 MARGIN = 0.9                # single copy must take at most this share of the FIFO's time to win
 
 
+def calls_per_block(nbytes: int) -> int:
+    """Calls in one timed block: enough that the block runs the steady state a loop of calls
+    runs (the first calls after the barrier find every rank in lock step; with more ranks than
+    cores, eight calls were twice as slow per call as the benchmark's loop), few enough that the
+    probe stays in the tenths of a second. The same on every rank (a function of the size)."""
+    return max(CALLS_MIN, min(CALLS_MAX, BLOCK_BYTES // max(1, nbytes)))
+
+
 def verdicts(rows) -> tuple:
-    """((size, single copy was faster), ...) ascending. rows: [(size, fifo_s, single_s)]. Faster
-    means by ``MARGIN``: a near tie stays with the FIFO, whose cost does not depend on every rank
-    being on a CPU at both syncs (a noisy host turns single-copy ties into losses, rarely the
-    other way)."""
-    return tuple((size, single_s < MARGIN * fifo_s) for size, fifo_s, single_s in sorted(rows))
+    """((size, single copy was faster), ...) ascending. rows: [(size, fifo_s, single_s)] or
+    [(size, fifo_s, single_s, ratio)] with ratio the median of the single/FIFO time ratios of
+    the paired (back-to-back) repetitions. Faster means by ``MARGIN``, in the median time *and*
+    in the median paired ratio: a near tie or a split decision stays with the FIFO, whose cost
+    does not depend on every rank being on a CPU at both syncs (a noisy host turns single-copy
+    ties into losses, rarely the other way), so a size does not flip between two measurements of
+    one host."""
+    return tuple((r[0], r[2] < MARGIN * r[1] and (len(r) < 4 or r[3] < MARGIN)) for r in sorted(rows))
 
 
 def takes(verdict_rows, nbytes: int) -> bool:
@@ -93,52 +107,72 @@ def _unmask(m: float) -> tuple:
     return tuple((size, bool(int(m) >> i & 1)) for i, size in enumerate(SIZES))
 
 
-def _path_fns(engine, tuner, coll, nbytes, timeout):
+def _latency_path(engine, timeout, refused):
+    """A latency path (``Hot``, _native/latency.pyx) of its own, the one a communicator's public
+    calls take once the router has seen their shape: the probe times exactly the native entries a
+    user's loop of ``comm.broadcast(x)`` runs, the FIFO side under the forced key "fifo", the
+    single-copy side under "single". ``refused`` collects a refused cross-memory read."""
+    hot = schedules.Hot(engine, timeout, {_F32: dtypes.FLOAT32}, Flight())
+    hot.on_refused = refused.append
+    return hot
+
+
+def _path_fns(hot, engine, tuner, coll, nbytes):
     """(fifo, single) callables for one collective of nbytes (as the tuner prices it) over
-    buffers allocated and touched here. The FIFO side runs the algorithm the tuner picks."""
+    buffers allocated and touched here, both through the latency path. The FIFO side runs the
+    algorithm the tuner picks."""
     n = engine.size
-    f32 = dtypes.FLOAT32
-    code = tuner.select(coll, nbytes).code
-    sc = schedules.single_copy
+    algo = tuner.select(coll, nbytes)
+    hot.learn(coll, nbytes, algo.code, algo.name, "fifo")
+    hot.learn(coll, nbytes, schedules.HOT_SINGLE_COPY, "single_copy", "single", (algo.code, algo.name))
     if coll == "broadcast":
         buf = np.ones(max(1, nbytes // 4), np.float32)
-        return (lambda: schedules.broadcast(engine, buf, 0, f32, code, timeout),
-                lambda: sc.broadcast(engine, buf, 0, f32, timeout))
-    if coll == "allgather":
-        blk = max(1, nbytes // 4 // n)
-        src, out = np.ones(blk, np.float32), np.ones(blk * n, np.float32)
-        return (lambda: schedules.allgather(engine, src, out, f32, code, timeout),
-                lambda: sc.allgather(engine, src, out, f32, timeout))
+        return tuple((lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single"))
     blk = max(1, nbytes // 4 // n)
+    if coll == "allgather":
+        src, out = np.ones(blk, np.float32), np.ones(blk * n, np.float32)
+        return tuple((lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single"))
     src, out = np.ones(blk * n, np.float32), np.ones(blk * n, np.float32)
-    return (lambda: schedules.alltoall(engine, src, out, None, None, f32, code, timeout),
-            lambda: sc.alltoall(engine, src, out, f32, timeout))
+    return tuple((lambda k=k: hot.alltoall(src, out, k)) for k in ("fifo", "single"))
 
 
 def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTIVES) -> dict:
-    """{collective: [(size, fifo_s, single_s)]}: rank 0's seconds per call (collective: every
-    rank calls it alike), the single-copy side with ROUTE_S added. A refused single-copy call
-    (cma_refused) ends it early with {}."""
-    out = {}
-    for coll in collectives:
-        rows = []
-        for nb in sizes:
-            fns = _path_fns(engine, tuner, coll, nb, timeout)
-            for fn in fns:                              # first touch and warm-up, both paths
+    """{collective: [(size, fifo_s, single_s, ratio)]}: seconds per call as a loop of public calls
+    takes them (the benchmark's method: barrier, then a block of calls_per_block calls back to
+    back, each rank timing its own block; a block's time is the slowest rank's, the median over
+    ``reps`` repetitions is kept), and the median over repetitions of the paired single/FIFO
+    ratio (the two paths' blocks run back to back, alternating which goes first, so a slow
+    moment of a shared host weighs on both). Collective: every rank calls it alike. A refused
+    single-copy call ends it early with {}."""
+    refused = []
+    hot = _latency_path(engine, timeout, refused)
+    plan = [(coll, nb) for coll in collectives for nb in sizes]
+    local = np.zeros((len(plan), 2, reps), np.float64)
+    for i, (coll, nb) in enumerate(plan):
+        fns = _path_fns(hot, engine, tuner, coll, nb)
+        k = calls_per_block(nb)
+        for fn in fns:                                  # first touch and warm-up, both paths
+            for _ in range(2):
                 if fn() is False:
-                    return {}
-            best = [float("inf"), float("inf")]
-            for _ in range(reps):
-                for j, fn in enumerate(fns):
-                    schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
-                    t0 = time.perf_counter()
-                    for _ in range(CALLS):
-                        if fn() is False:
-                            return {}
-                    schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
-                    best[j] = min(best[j], (time.perf_counter() - t0) / CALLS)
-            rows.append((nb, best[0], best[1] + ROUTE_S))
-        out[coll] = rows
+                    raise RuntimeError(f"the probe's latency path did not take its {coll}")
+        for r in range(reps):
+            for j in ((0, 1) if r % 2 == 0 else (1, 0)):
+                fns[j]()                                # untimed: the call after a switch of path
+                schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    fns[j]()
+                local[i, j, r] = (time.perf_counter() - t0) / k
+            if refused:
+                return {}
+    worst = local.reshape(-1).copy()                    # the slowest rank's time of every block
+    schedules.allreduce(engine, worst, worst, dtypes.FLOAT64, _OP_MAX, ALGO_RING, timeout)
+    worst = worst.reshape(local.shape)
+    out = {}
+    for i, (coll, nb) in enumerate(plan):
+        f, s = worst[i]
+        out.setdefault(coll, []).append((nb, float(np.median(f)), float(np.median(s)),
+                                         float(np.median(s / f))))
     return out
 
 
@@ -161,7 +195,7 @@ def lookup(key: str, path: str | None = None) -> dict | None:
     """The cached verdicts {collective: ((size, won), ...)} for this shape, or None (a miss, or
     an entry measured at other sizes)."""
     entry = _read(path or cache_path()).get(key)
-    if not isinstance(entry, dict) or entry.get("sizes") != list(SIZES):
+    if not isinstance(entry, dict) or entry.get("sizes") != list(SIZES) or entry.get("method") != METHOD:
         return None
     if _busy(entry) and int(entry.get("probes", 1)) < MAX_PROBES:
         return None                             # measured on a busy host: measure again
@@ -195,11 +229,11 @@ def store(key: str, found: dict, rows: dict, path: str | None = None, own: int =
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = _read(path)
         prev = data.get(key) if isinstance(data.get(key), dict) else {}
-        entry = {"sizes": list(SIZES), "wins": {c: [w for _, w in v] for c, v in found.items()},
-                 "measured_at": time.time(),
-                 "rows_us": {c: [[s, f * 1e6, t * 1e6] for s, f, t in r] for c, r in rows.items()},
+        entry = {"sizes": list(SIZES), "method": METHOD,
+                 "wins": {c: [w for _, w in v] for c, v in found.items()}, "measured_at": time.time(),
+                 "rows_us": {c: [[r[0], r[1] * 1e6, r[2] * 1e6, *r[3:]] for r in v] for c, v in rows.items()},
                  "load_per_cpu": _load_per_cpu(own), "probes": int(prev.get("probes", 0)) + 1}
-        if prev.get("sizes") == list(SIZES) and isinstance(prev.get("load_per_cpu"), (int, float)) \
+        if prev.get("sizes") == list(SIZES) and prev.get("method") == METHOD and isinstance(prev.get("load_per_cpu"), (int, float)) \
                 and isinstance(entry["load_per_cpu"], (int, float)) and prev["load_per_cpu"] < entry["load_per_cpu"]:
             entry = dict(prev, probes=entry["probes"])     # the quieter measurement stays
         data[key] = entry
