@@ -2,24 +2,34 @@
 
 Run under the launcher, e.g.
 ``python -m hetccl run -n 2 -- python bench/single_copy_ab.py --reps 7``.
-For broadcast, allgather and alltoall at each size, it times the FIFO algorithm the tuner picks
-(``algorithm=`` forced, so the call cannot go single copy) and the single-copy schedule, alternating
-repetitions so both see the same machine (this host is shared; the vCPUs move between near and far
-placements every few seconds). One repetition is ``--calls`` calls then a barrier, over rank 0's
-clock (a broadcast root returns before the others have read). Prints the median time per call of
-each path, the ratio, which path the router takes for an unforced call, and the verdicts of the
-communicator's probe (collectives/single_copy_probe.py).
+For broadcast, allgather and alltoall at each size, it times, through the public call a user's loop
+makes (``comm.broadcast(x)``: after its first call every later one takes the latency path,
+_native/latency.pyx):
+
+* **fifo**: the FIFO algorithm the tuner picks (``algorithm=`` forced, so the call cannot go single
+  copy);
+* **single**: the single-copy schedule (the router forced onto it for this size, as a probe verdict
+  would send it);
+* **parser** (``--parser``): the single-copy schedule through the parser and router on every call,
+  the route single copy took before it had a latency-path entry;
+* **no-split** (``--root-writes-ab``, broadcast only): the single-copy broadcast in which the root
+  writes no share and the peers read everything (``_set_root_writes(False)``).
+
+Paths alternate repetition by repetition (the order rotating) so all see the same machine (this
+host is shared). A repetition is barrier, ``--calls`` calls, each rank timing its own block, the
+slowest rank's time counting (the benchmark runner's method). Prints the median time per call of
+each path, FIFO over single, the route an unforced call takes, and the probe's verdicts
+(collectives/single_copy_probe.py). Every single-copy result is checked against the FIFO's.
 """
 import argparse
+import dataclasses
 import statistics
 import time
 
 import numpy as np
 
 import hetccl
-from hetccl.collectives import schedules
-
-F32 = 2          # dtypes.FLOAT32
+from hetccl._native import single_copy as native_sc
 
 
 def _size(spec):
@@ -27,47 +37,91 @@ def _size(spec):
     return int(spec[:-1]) << {"K": 10, "M": 20}[spec[-1]] if spec[-1] in "KM" else int(spec)
 
 
+def _forced_single(comm, coll, nb):
+    """Make the router send unforced calls of coll at nb to single copy (as a verdict would)."""
+    sc = dict(comm._tuner.model.single_copy)
+    sc[coll] = ((nb, True),)
+    comm._tuner.model = dataclasses.replace(comm._tuner.model, single_copy=tuple(sc.items()))
+    comm._hot.forget()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="32K,128K,512K,2M,8M")
     ap.add_argument("-c", "--collectives", default="broadcast,allgather,alltoall")
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--calls", type=int, default=4)
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--parser", action="store_true", help="also time single copy through the parser")
+    ap.add_argument("--root-writes-ab", action="store_true",
+                    help="broadcast: also time the schedule whose root writes no share")
     a = ap.parse_args()
     comm = hetccl.init()
-    e, n, t = comm._engine, comm.size, 60.0
-    sc = schedules.single_copy
+    n = comm.size
+    verdicts = dict(comm._tuner.model.single_copy)
+    if not verdicts:
+        raise SystemExit("no single-copy route on this communicator (every pair c2c in cma mode needed)")
     lines = []
     for coll in a.collectives.split(","):
         for nb in map(_size, a.sizes.split(",")):
             fifo = comm._tuner.select(coll, nb).name
+            routed = "single_copy" if comm._tuner.single_copy(coll, nb) else fifo
+            blk = nb // 4 // n
+            x = (np.arange(blk * n, dtype=np.float32) + 1000 * comm.rank)
             if coll == "broadcast":
-                buf = np.ones(nb // 4, np.float32)
-                paths = (lambda: comm.broadcast(buf, 0, algorithm=fifo), lambda: sc.broadcast(e, buf, 0, F32, t))
+                out, ref = x.copy(), x.copy()
+                call = lambda **kw: comm.broadcast(out, 0, **kw)    # noqa: E731
             elif coll == "allgather":
-                x, out = np.ones(nb // 4 // n, np.float32), np.ones(nb // 4 // n * n, np.float32)
-                paths = (lambda: comm.allgather(x, out, algorithm=fifo), lambda: sc.allgather(e, x, out, F32, t))
+                x, out, ref = x[:blk].copy(), np.empty(blk * n, np.float32), np.empty(blk * n, np.float32)
+                call = lambda **kw: comm.allgather(x, out, **kw)    # noqa: E731
             else:
-                x, out = np.ones(nb // 4 // n * n, np.float32), np.ones(nb // 4 // n * n, np.float32)
-                paths = (lambda: comm.alltoall(x, out, algorithm=fifo), lambda: sc.alltoall(e, x, out, F32, t))
-            times = ([], [])
-            for fn in paths:
-                fn()
-            for _ in range(a.reps):
-                for j, fn in enumerate(paths):
+                out, ref = np.empty_like(x), np.empty_like(x)
+                call = lambda **kw: comm.alltoall(x, out, **kw)    # noqa: E731
+            if coll == "broadcast":
+                comm.broadcast(ref, 0, algorithm=fifo)
+            elif coll == "allgather":
+                comm.allgather(x, ref, algorithm=fifo)
+            else:
+                comm.alltoall(x, ref, algorithm=fifo)
+            saved = comm._tuner.model
+            _forced_single(comm, coll, nb)
+            paths = {"fifo": lambda: call(algorithm=fifo), "single": call}
+            if a.parser:
+                paths["parser"] = lambda: comm._hot.forget() or call()
+            if a.root_writes_ab and coll == "broadcast":
+                paths["no-split"] = call
+
+            def switch(name):
+                native_sc._set_root_writes(name != "no-split")
+            names = list(paths)
+            times = {k: [] for k in names}
+            for k in names:
+                switch(k)
+                paths[k]()
+                paths[k]()
+            for r in range(a.reps):
+                order = names[r % len(names):] + names[:r % len(names)]
+                for k in order:
+                    switch(k)
+                    paths[k]()
                     comm.barrier()
                     t0 = time.perf_counter()
                     for _ in range(a.calls):
-                        fn()
-                    comm.barrier()
-                    times[j].append((time.perf_counter() - t0) / a.calls)
-            f, s = statistics.median(times[0]), statistics.median(times[1])
-            routed = "single_copy" if comm._tuner.single_copy(coll, nb) else fifo
-            lines.append(f"{coll:>10} {nb:>9} {fifo:>20} {f * 1e6:>10.1f} {s * 1e6:>10.1f} {f / s:>7.2f}  {routed}")
+                        paths[k]()
+                    times[k].append((time.perf_counter() - t0) / a.calls)
+            native_sc._set_root_writes(True)
+            paths["single"]()
+            assert comm.last_algorithm == "single_copy", comm.last_algorithm
+            assert np.array_equal(out, ref), (coll, nb)
+            comm._tuner.model = saved
+            comm._hot.forget()
+            worst = comm.allreduce(np.array([t for k in names for t in times[k]]), op=hetccl.ReduceOp.MAX)
+            med = {k: statistics.median(worst[i * a.reps:(i + 1) * a.reps]) for i, k in enumerate(names)}
+            lines.append(f"{coll:>10} {nb:>9} {fifo:>20} " + " ".join(f"{med[k] * 1e6:>9.1f}" for k in names)
+                         + f" {med['fifo'] / med['single']:>7.2f}  {routed}")
+            header = " ".join(f"{k + ' us':>9}" for k in names)
     if comm.rank == 0:
-        print(f"{n} ranks; probe verdicts: {dict(comm._tuner.model.single_copy)}")
-        print(f"{'collective':>10} {'bytes':>9} {'FIFO algorithm':>20} {'FIFO us':>10} {'single us':>10} "
-              f"{'FIFO/sc':>7}  routed")
+        print(f"{n} ranks; probe verdicts: {verdicts}")
+        print(f"{'collective':>10} {'bytes':>9} {'FIFO algorithm':>20} {header} {'FIFO/sc':>7}  routed")
         print("\n".join(lines))
     comm.close()
 

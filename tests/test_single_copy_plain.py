@@ -2,6 +2,7 @@
 measured routing, the fallback when the kernel refuses a read, lost and stalled peers, and buffer
 registration (hetccl/memory/registration.py)."""
 import gc
+import json
 import logging
 import time
 
@@ -172,6 +173,117 @@ def test_single_copy_peer_lost(how, expect0):
         assert r0 != "no error" and float(r0.split(" in ")[1][:-1]) < 15, res
 
 
+def _hot(rank, size):
+    """After its first call, a single-copy shape takes the latency path (no parser, no router) in
+    every call form, with correct results; a read refused there re-runs the call on the FIFOs on
+    every rank, warns once and keeps the communicator on the FIFOs."""
+    import hetccl
+    from hetccl._native import single_copy
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+    logging.getLogger("hetccl").addHandler(Keep(level=logging.WARNING))
+    comm = hetccl.init(timeout=60)
+    try:
+        n = 40_000 * size
+        parsed = []
+        parse = comm._parse
+        comm._parse = lambda *a, **k: parsed.append(a[0]) or parse(*a, **k)
+        b = _values(n, 0, np.float32) if rank == 0 else np.zeros(n, np.float32)
+        x = _values(n // size, rank, np.float32)
+        s = _values(n, rank, np.int16)
+        o = np.zeros(n, np.int16)
+        blk = n // size
+        for i in range(4):
+            if rank != 0:
+                b[:] = 0
+            assert comm.broadcast(b) is b and comm.last_algorithm == "single_copy"
+            assert np.array_equal(b, _values(n, 0, np.float32))
+            out = comm.allgather(x)                               # allocating form
+            assert comm.last_algorithm == "single_copy"
+            assert np.array_equal(out, np.concatenate([_values(n // size, r, np.float32) for r in range(size)]))
+            assert comm.alltoall(s, o) is o and comm.last_algorithm == "single_copy"
+            assert np.array_equal(o, np.concatenate([_values(n, r, np.int16)[rank * blk:(rank + 1) * blk]
+                                                     for r in range(size)]))
+        assert parsed == ["broadcast", "allgather", "alltoall"], parsed     # the first call of each only
+        if rank == size - 1:
+            single_copy._inject_cma_failure(1)                   # EPERM on its next read, in the latency path
+        b[:] = _values(n, 0, np.float32) if rank == 0 else 0
+        comm.broadcast(b)
+        assert np.array_equal(b, _values(n, 0, np.float32)) and comm._tuner.model.single_copy == ()
+        assert comm.last_algorithm != "single_copy"
+        out = comm.allgather(x)
+        assert comm.last_algorithm != "single_copy"
+        assert np.array_equal(out, np.concatenate([_values(n // size, r, np.float32) for r in range(size)]))
+        return len([r for r in records if "refused" in r.getMessage()])
+    finally:
+        comm.close(timeout=5.0)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_single_copy_latency_path(size):
+    assert run_ranks(_hot, size, timeout=120, env=EVERYWHERE) == [1] * size
+
+
+def _mid_call(rank, size, how, coll):
+    """In a loop of single-copy calls on the latency path, rank 1 dies (SIGKILL from a thread, at
+    any point of a call), stops (SIGSTOP: it stalls wherever it was) or publishes an unmapped
+    buffer address (garbage: its peers' reads get EFAULT). Rank 0 must raise PeerLostError or
+    HetcclTimeout well before the deadline, never hang or return wrong data."""
+    import os
+    import signal
+    import threading
+
+    import hetccl
+    from hetccl._native import single_copy
+    comm = hetccl.init(timeout=60)
+    pids = comm.allgather(np.array([os.getpid()], np.int64))
+    n = 1 << 20
+    x = np.full(n, rank, np.float32)
+    out = np.empty(n, np.float32)
+    call = (lambda t: comm.broadcast(x, root=1, timeout=t)) if coll == "broadcast" else \
+        (lambda t: comm.alltoall(x, out, timeout=t))
+    for _ in range(3):
+        call(20)
+    assert comm.last_algorithm == "single_copy"
+    comm.barrier()
+    if rank == 1:
+        if how == "dies":
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        elif how == "stops":
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGSTOP)).start()
+        else:
+            single_copy._inject_bad_address(1)
+    t0 = time.monotonic()
+    try:
+        for _ in range(100_000):
+            call(2 if how == "stops" else 20)
+        return "no error"
+    except hetccl.HetcclTimeout:
+        return f"timeout in {time.monotonic() - t0:.0f}s"
+    except hetccl.PeerLostError:
+        return f"lost in {time.monotonic() - t0:.0f}s"
+    except hetccl.HetcclError as e:
+        return f"{type(e).__name__} in {time.monotonic() - t0:.0f}s"
+    finally:
+        if rank == 0 and how == "stops":
+            os.kill(int(pids[1]), signal.SIGCONT)              # let it go on, into an error of its own
+        comm.abort()
+
+
+@pytest.mark.parametrize("how,coll,expect0", [("dies", "broadcast", "lost"), ("stops", "alltoall", "timeout"),
+                                              ("garbage", "broadcast", "lost"), ("garbage", "alltoall", "lost")])
+def test_single_copy_peer_fails_mid_call(how, coll, expect0):
+    res = run_ranks_expect_failure(_mid_call, 2, how, coll, timeout=60, env=EVERYWHERE)
+    ok0, r0 = res[0]
+    assert ok0 and r0.startswith(expect0) and float(r0.split(" in ")[1][:-1]) < 15, res
+    if how != "dies":                  # the stalled or lying rank must not hang either
+        ok1, r1 = res[1]
+        assert ok1 and r1 != "no error" and float(r1.split(" in ")[1][:-1]) < 15, res
+
+
 # ------------------------------------------------------------------ registration (one process)
 
 def test_registration_cache_and_invalidation():
@@ -260,6 +372,23 @@ def test_verdicts_and_cache(tmp_path, monkeypatch):
     assert p.lookup("b", f) == found                                     # ...up to MAX_PROBES times
     (tmp_path / "bad.json").write_text("{not json")
     assert p.lookup("k", str(tmp_path / "bad.json")) is None
+    data = json.loads((tmp_path / "sc.json").read_text())
+    data["k"]["method"] = p.METHOD - 1                                   # measured the old way: again
+    (tmp_path / "sc.json").write_text(json.dumps(data))
+    assert p.lookup("k", f) is None
+
+
+def test_verdicts_need_a_margin_in_both_statistics():
+    """Single copy wins a size only by MARGIN in the median time and in the median paired ratio:
+    a split decision (a few fast blocks, or a tie) stays with the FIFO, so it cannot flip."""
+    from hetccl.collectives import single_copy_probe as p
+    rows = [(8 << 10, 2.0, 1.0, 0.5),          # clear win
+            (32 << 10, 2.0, 1.0, 0.95),        # medians apart, but the paired blocks mostly tied
+            (128 << 10, 2.0, 1.9, 0.5),        # paired blocks fast, medians within the margin
+            (512 << 10, 2.0, 2.5, 1.3),        # clear loss
+            (2 << 20, 2.0, 1.7, 0.85)]         # both by the margin
+    assert [w for _, w in p.verdicts(rows)] == [True, False, False, False, True]
+    assert [p.calls_per_block(s) for s in p.SIZES] == [64, 64, 64, 16, 8]
 
 
 def test_cache_clear(tmp_path):

@@ -317,6 +317,26 @@ def _inject_cma_failure(int err, int count=1):
     _inject_errno, _inject_left = err, count
 
 
+cdef int _inject_bad_left = 0   # tests: the next plain single-copy calls publish an unmapped address
+
+
+def _inject_bad_address(int count=1):
+    """Make this process's next ``count`` plain-buffer single-copy calls publish a buffer address
+    that is not mapped (peers reading it get EFAULT, as from a peer that published garbage or
+    unmapped its buffer mid-call). For the failure tests only."""
+    global _inject_bad_left
+    _inject_bad_left = count
+
+
+cdef inline uint64_t published(const char* buf) noexcept nogil:
+    """The address of buf as peers will read it (the failure tests may make it garbage)."""
+    global _inject_bad_left
+    if _inject_bad_left > 0:
+        _inject_bad_left -= 1
+        return 4096                   # the first pages are never mapped (vm.mmap_min_addr)
+    return <uintptr_t>buf
+
+
 cdef inline int cma_read(Engine e, int p, void* local, uint64_t raddr, size_t n,
                          bint* refused) noexcept nogil:
     """Read n bytes at raddr of peer p (cma_xfer)."""
@@ -497,7 +517,8 @@ cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, d
         copy_bytes(rbuf + nb * r, sbuf, nb, st)
         if st:
             store_fence()
-    rc = enter(e, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), sbuf, rbuf, dl)
+    rc = enter_as(e, COLL_ALLGATHER, dtype, 0, PHASE_DIRECT, nb // dtype_size(dtype), published(sbuf),
+                  <uintptr_t>rbuf, dl)
     if rc < 0:
         return rc
     for i in range(1, N):
@@ -663,7 +684,7 @@ cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, doub
     cdef bint refused = False
     cdef uint64_t src
     rc = enter_as(e, COLL_BROADCAST, dtype, root & 0xFF, PHASE_DIRECT, nb // dtype_size(dtype),
-                  <uintptr_t>buf, 0, dl)
+                  published(buf), 0, dl)
     if rc < 0:
         return rc
     if e.rank != root:
@@ -716,7 +737,7 @@ cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, d
     if st:
         store_fence()
     rc = enter_as(e, COLL_ALLTOALL, dtype, 0, PHASE_DIRECT, blk * N // dtype_size(dtype),
-                  <uintptr_t>sbuf, <uintptr_t>rbuf, dl)
+                  published(sbuf), <uintptr_t>rbuf, dl)
     if rc < 0:
         return rc
     for i in range(1, N):
