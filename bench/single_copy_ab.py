@@ -12,8 +12,10 @@ _native/latency.pyx):
   would send it);
 * **parser** (``--parser``): the single-copy schedule through the parser and router on every call,
   the route single copy took before it had a latency-path entry;
-* **no-split** (``--root-writes-ab``, broadcast only): the single-copy broadcast in which the root
-  writes no share and the peers read everything (``_set_root_writes(False)``).
+* with ``--schedule-ab``, the single-copy schedules as they were before two changes
+  (``_set_schedule``): **no-split** (broadcast), the root writes no share and the peers read
+  everything; **all-enter** (allgather, alltoall), every rank waits for all peers at the entry
+  before its first read instead of reading each peer as it arrives.
 
 Paths alternate repetition by repetition (the order rotating) so all see the same machine (this
 host is shared). A repetition is barrier, ``--calls`` calls, each rank timing its own block, the
@@ -52,8 +54,8 @@ def main():
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--parser", action="store_true", help="also time single copy through the parser")
-    ap.add_argument("--root-writes-ab", action="store_true",
-                    help="broadcast: also time the schedule whose root writes no share")
+    ap.add_argument("--schedule-ab", action="store_true",
+                    help="also time the single-copy schedules without the root's share / arrival-order reads")
     a = ap.parse_args()
     comm = hetccl.init()
     n = comm.size
@@ -87,11 +89,11 @@ def main():
             paths = {"fifo": lambda: call(algorithm=fifo), "single": call}
             if a.parser:
                 paths["parser"] = lambda: comm._hot.forget() or call()
-            if a.root_writes_ab and coll == "broadcast":
-                paths["no-split"] = call
+            if a.schedule_ab:
+                paths["no-split" if coll == "broadcast" else "all-enter"] = call
 
             def switch(name):
-                native_sc._set_root_writes(name != "no-split")
+                native_sc._set_schedule(name != "no-split", name != "all-enter")
             names = list(paths)
             times = {k: [] for k in names}
             for k in names:
@@ -108,7 +110,7 @@ def main():
                     for _ in range(a.calls):
                         paths[k]()
                     times[k].append((time.perf_counter() - t0) / a.calls)
-            native_sc._set_root_writes(True)
+            native_sc._set_schedule()
             paths["single"]()
             assert comm.last_algorithm == "single_copy", comm.last_algorithm
             assert np.array_equal(out, ref), (coll, nb)

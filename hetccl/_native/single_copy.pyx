@@ -236,22 +236,28 @@ cdef int sync_as(Engine e, bint entry, double deadline) noexcept nogil:
     """Every c2c peer has passed as many syncs as we have (all its earlier stores are visible).
     entry: this is a call's first sync, after enter_as published the headers (see check_peers)."""
     cdef int p, rc
-    cdef uint32_t ep
+    cdef uint32_t ep = post(e)
     cdef double last = 0
-    e.c2c_epoch += 1
-    ep = e.c2c_epoch
-    for p in range(e.size):
-        if p != e.rank:
-            hc_store32_sc(&e.links[p].c2c.mine.epoch, ep)
-    for p in range(e.size):
-        if p != e.rank and hc_load32_sc(&e.links[p].c2c.mine.waiters):
-            hc_futex_wake(&e.links[p].c2c.mine.epoch)
     for p in range(e.size):
         if p != e.rank:
             rc = wait_epoch(e, p, ep, entry, &last, deadline)
             if rc < 0:
                 return rc
     return 0
+
+
+cdef uint32_t post(Engine e) noexcept nogil:
+    """Post my next epoch to every peer (release: everything stored before it, a published header
+    included, is visible to a peer that sees it) and wake the peers asleep on it."""
+    cdef int p
+    e.c2c_epoch += 1
+    for p in range(e.size):
+        if p != e.rank:
+            hc_store32_sc(&e.links[p].c2c.mine.epoch, e.c2c_epoch)
+    for p in range(e.size):
+        if p != e.rank and hc_load32_sc(&e.links[p].c2c.mine.waiters):
+            hc_futex_wake(&e.links[p].c2c.mine.epoch)
+    return e.c2c_epoch
 
 
 cdef int sync(Engine e, double deadline) noexcept nogil:
@@ -365,6 +371,79 @@ cdef int cma_xfer(Engine e, int p, void* local, uint64_t raddr, size_t n, int wr
     if rc < 0:
         e.fail.peer = p
         return E_PEER_LOST
+    return 0
+
+
+cdef bint _arrival_order = True   # bench/single_copy_ab.py --schedule-ab: the A/B of read_peers
+cdef bint _root_writes = True      # ... and of root_share
+
+
+def _set_schedule(bint root_writes=True, bint arrival_order=True):
+    """The broadcast root writes its share (root_share) / allgather and alltoall read each peer
+    as it arrives (read_peers); False: the schedules before (the peers read everything / every
+    rank waits for all at the entry). For the benchmark's same-process A/B only."""
+    global _root_writes, _arrival_order
+    _root_writes, _arrival_order = root_writes, arrival_order
+
+
+cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, char* rbuf, size_t nb,
+                    size_t roff, bint* refused, double dl) noexcept nogil:
+    """The entry and the reads of allgather (roff 0) and alltoall (roff nb x rank): publish the
+    call and my input's address, post my epoch, then read nb bytes at roff of each peer's input
+    into block p of rbuf as soon as that peer has posted its own (its header and address are
+    published then: checked, then read), the ones that arrived first first, and wait only when
+    none of the rest has. The all-rank entry sync waited for the last peer before the first
+    read; with more ranks than cores that peer is often off the CPU, and the reads of the ones
+    that are on it now fill that wait (Open MPI's pairwise rendezvous has no all-rank step
+    either). Peers in the order rank+1, rank+2, ... among those ready. A refused read stops the
+    reads (*refused; the caller's last sync tells everyone)."""
+    cdef int N = e.size, r = e.rank, i, p, rc, left = N - 1, moved
+    cdef uint32_t ep
+    cdef double last = 0
+    cdef uint8_t done[1024]
+    cdef bint ordered = N > 1024 or not _arrival_order
+    for p in range(N):
+        if p != r:
+            put_header(e.links[p].c2c.mine.hdr, coll, dtype, 0, PHASE_DIRECT, e.seq, count, r)
+            e.links[p].c2c.mine.sbuf = published(sbuf)
+            e.links[p].c2c.mine.rbuf = <uintptr_t>rbuf
+    ep = post(e)
+    if not ordered:
+        memset(done, 0, N)
+    while left > 0:
+        moved = 0
+        for i in range(1, N):
+            p = (r + i) % N
+            if ordered:
+                if i != N - left:
+                    continue
+                rc = wait_epoch(e, p, ep, True, &last, dl)
+                if rc < 0:
+                    return rc
+            elif done[p] or not arrived(e, p, ep):
+                continue
+            else:
+                done[p] = 1
+            rc = header_mismatch(e, p)
+            if rc < 0:
+                return rc
+            if interrupted(&e.fail):
+                return E_CANCELLED
+            left -= 1
+            moved = 1
+            rc = cma_read(e, p, rbuf + nb * p, e.links[p].c2c.theirs.sbuf + roff, nb, refused)
+            if rc < 0:
+                return rc
+            if refused[0]:
+                return 0
+        if not moved and not ordered:
+            for i in range(1, N):             # none ready: wait for the next one in order
+                p = (r + i) % N
+                if not done[p]:
+                    rc = wait_epoch(e, p, ep, True, &last, dl)
+                    if rc < 0:
+                        return rc
+                    break
     return 0
 
 
@@ -511,25 +590,15 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
 # ------------------------------------------------------------------ allgather
 
 cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
-    cdef int N = e.size, r = e.rank, p, i, rc
+    cdef int N = e.size, r = e.rank, rc
     cdef bint st = nb * N >= e.nt_threshold, refused = False
     if sbuf != rbuf + nb * r:                 # my own block first: it overlaps waiting for the peers
         copy_bytes(rbuf + nb * r, sbuf, nb, st)
         if st:
             store_fence()
-    rc = enter_as(e, COLL_ALLGATHER, dtype, 0, PHASE_DIRECT, nb // dtype_size(dtype), published(sbuf),
-                  <uintptr_t>rbuf, dl)
+    rc = read_peers(e, COLL_ALLGATHER, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, 0, &refused, dl)
     if rc < 0:
         return rc
-    for i in range(1, N):
-        if interrupted(&e.fail):
-            return E_CANCELLED
-        p = (r + i) % N
-        rc = cma_read(e, p, rbuf + nb * p, e.links[p].c2c.theirs.sbuf, nb, &refused)
-        if rc < 0:
-            return rc
-        if refused:
-            break
     return finish_refusable(e, refused, dl)   # my input may be reused once everyone has read it
 
 
@@ -653,14 +722,6 @@ cdef int run_plain(Engine e, int coll, Py_buffer* a, Py_buffer* b, int root, int
 
 # ------------------------------------------------------------------ broadcast (cma mode)
 
-cdef bint _root_writes = True     # bench/single_copy_ab.py --root-writes-ab: the A/B of root_share
-
-
-def _set_root_writes(bint on):
-    """Whether a single-copy broadcast root writes its share (root_share) itself; False: the
-    peers read everything (the schedule before). For the benchmark's same-process A/B only."""
-    global _root_writes
-    _root_writes = on
 
 
 cdef inline size_t root_share(size_t nb, int N) noexcept nogil:
@@ -731,24 +792,15 @@ def broadcast(Engine e, obj, int root, int dtype, double timeout):
 
 cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, double dl) noexcept nogil:
     """The schedule of the module docstring on pinned buffers of N blocks of blk bytes."""
-    cdef int N = e.size, r = e.rank, i, p, rc
+    cdef int N = e.size, r = e.rank, rc
     cdef bint st = blk * N >= e.nt_threshold, refused = False
     copy_bytes(rbuf + blk * r, sbuf + blk * r, blk, st)
     if st:
         store_fence()
-    rc = enter_as(e, COLL_ALLTOALL, dtype, 0, PHASE_DIRECT, blk * N // dtype_size(dtype),
-                  published(sbuf), <uintptr_t>rbuf, dl)
+    rc = read_peers(e, COLL_ALLTOALL, dtype, blk * N // dtype_size(dtype), sbuf, rbuf, blk, blk * r,
+                    &refused, dl)
     if rc < 0:
         return rc
-    for i in range(1, N):
-        if interrupted(&e.fail):
-            return E_CANCELLED
-        p = (r + i) % N
-        rc = cma_read(e, p, rbuf + blk * p, e.links[p].c2c.theirs.sbuf + blk * r, blk, &refused)
-        if rc < 0:
-            return rc
-        if refused:
-            break
     return finish_refusable(e, refused, dl)   # every peer has read my input: the caller may reuse it
 
 
