@@ -123,16 +123,17 @@ def _path_fns(hot, engine, tuner, coll, nbytes):
     algorithm the tuner picks."""
     n = engine.size
     algo = tuner.select(coll, nbytes)
-    hot.learn(coll, nbytes, algo.code, algo.name, "fifo")
-    hot.learn(coll, nbytes, schedules.HOT_SINGLE_COPY, "single_copy", "single", (algo.code, algo.name))
+    count = max(1, nbytes // 4) if coll == "broadcast" else max(1, nbytes // 4 // n) * n
+    key = 4 * count                                     # the bytes the latency path keys the call on
+    hot.learn(coll, key, algo.code, algo.name, "fifo")
+    hot.learn(coll, key, schedules.HOT_SINGLE_COPY, "single_copy", "single", (algo.code, algo.name))
     if coll == "broadcast":
-        buf = np.ones(max(1, nbytes // 4), np.float32)
+        buf = np.ones(count, np.float32)
         return tuple((lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single"))
-    blk = max(1, nbytes // 4 // n)
     if coll == "allgather":
-        src, out = np.ones(blk, np.float32), np.ones(blk * n, np.float32)
+        src, out = np.ones(count // n, np.float32), np.ones(count, np.float32)
         return tuple((lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single"))
-    src, out = np.ones(blk * n, np.float32), np.ones(blk * n, np.float32)
+    src, out = np.ones(count, np.float32), np.ones(count, np.float32)
     return tuple((lambda k=k: hot.alltoall(src, out, k)) for k in ("fifo", "single"))
 
 
