@@ -13,9 +13,9 @@ _native/latency.pyx):
 * **parser** (``--parser``): the single-copy schedule through the parser and router on every call,
   the route single copy took before it had a latency-path entry;
 * with ``--schedule-ab``, the single-copy schedules as they were before two changes
-  (``_set_schedule``): **no-split** (broadcast), the root writes no share and the peers read
-  everything; **all-enter** (allgather, alltoall), every rank waits for all peers at the entry
-  before its first read instead of reading each peer as it arrives.
+  (``_set_schedule``), column **old-sched**: in a broadcast the root writes no share and the peers
+  read everything; in allgather and alltoall every rank waits for all peers at the entry before
+  its first read instead of reading each peer as it arrives.
 
 Paths alternate repetition by repetition (the order rotating) so all see the same machine (this
 host is shared). A repetition is barrier, ``--calls`` calls, each rank timing its own block, the
@@ -90,10 +90,10 @@ def main():
             if a.parser:
                 paths["parser"] = lambda: comm._hot.forget() or call()
             if a.schedule_ab:
-                paths["no-split" if coll == "broadcast" else "all-enter"] = call
+                paths["old-sched"] = call    # broadcast: no root share; allgather, alltoall: all-rank entry
 
             def switch(name):
-                native_sc._set_schedule(name != "no-split", name != "all-enter")
+                native_sc._set_schedule(name != "old-sched", name != "old-sched")
             names = list(paths)
             times = {k: [] for k in names}
             for k in names:

@@ -18,6 +18,17 @@ def _values(n, seed, dt):
     return ((np.arange(n) * 7 + 13 * seed) % 97).astype(dt)
 
 
+def _warnings():
+    """A list that collects hetccl's warnings from now on (in a rank's process)."""
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+    logging.getLogger("hetccl").addHandler(Keep(level=logging.WARNING))
+    return records
+
+
 def _correct(rank, size):
     """Every new path at odd sizes and dtypes, in place and out of place, against what the FIFO
     schedules compute; each call must have taken the single copy (last_algorithm)."""
@@ -101,12 +112,7 @@ def _refused(rank, size):
     rank re-runs the call on the FIFOs with the right result, warns once, and stays there."""
     import hetccl
     from hetccl._native import single_copy
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-    logging.getLogger("hetccl").addHandler(Keep(level=logging.WARNING))
+    records = _warnings()
     comm = hetccl.init(timeout=60)
     try:
         if rank == 1:
@@ -147,9 +153,19 @@ def _peer_dies(rank, size, how):
             time.sleep(6)
             return "stalled"
         single_copy._inject_cma_failure(3)                   # ESRCH: the reader sees its root gone
+    try:
+        return _outcome(lambda: comm.broadcast(x, root=0, timeout=3 if how == "stalls" else 20))
+    finally:
+        comm.abort()
+
+
+def _outcome(calls):
+    """What calls() ended in, and after how long: "no error", "timeout in Ns", "lost in Ns", or
+    another hetccl error's class."""
+    import hetccl
     t0 = time.monotonic()
     try:
-        comm.broadcast(x, root=0, timeout=3 if how == "stalls" else 20)
+        calls()
         return "no error"
     except hetccl.HetcclTimeout:
         return f"timeout in {time.monotonic() - t0:.0f}s"
@@ -157,8 +173,6 @@ def _peer_dies(rank, size, how):
         return f"lost in {time.monotonic() - t0:.0f}s"
     except hetccl.HetcclError as e:
         return f"{type(e).__name__} in {time.monotonic() - t0:.0f}s"
-    finally:
-        comm.abort()
 
 
 @pytest.mark.parametrize("how,expect0", [("dies", "lost"), ("stalls", "timeout"), ("esrch", None)])
@@ -179,12 +193,7 @@ def _hot(rank, size):
     every rank, warns once and keeps the communicator on the FIFOs."""
     import hetccl
     from hetccl._native import single_copy
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-    logging.getLogger("hetccl").addHandler(Keep(level=logging.WARNING))
+    records = _warnings()
     comm = hetccl.init(timeout=60)
     try:
         n = 40_000 * size
@@ -256,17 +265,8 @@ def _mid_call(rank, size, how, coll):
             threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGSTOP)).start()
         else:
             single_copy._inject_bad_address(1)
-    t0 = time.monotonic()
     try:
-        for _ in range(100_000):
-            call(2 if how == "stops" else 20)
-        return "no error"
-    except hetccl.HetcclTimeout:
-        return f"timeout in {time.monotonic() - t0:.0f}s"
-    except hetccl.PeerLostError:
-        return f"lost in {time.monotonic() - t0:.0f}s"
-    except hetccl.HetcclError as e:
-        return f"{type(e).__name__} in {time.monotonic() - t0:.0f}s"
+        return _outcome(lambda: [call(2 if how == "stops" else 20) for _ in range(100_000)])
     finally:
         if rank == 0 and how == "stops":
             os.kill(int(pids[1]), signal.SIGCONT)              # let it go on, into an error of its own

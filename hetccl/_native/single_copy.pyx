@@ -18,11 +18,13 @@ rank works on its peers' memory directly:
   copy the other blocks' results out of the windows. Allgather rounds: copy my block into the
   windows; sync; copy the peers' blocks out; sync.
 * **alltoall** (cma mode) — each rank copies its own block, publishes its buffers' addresses and
-  syncs, reads block ``rank`` of every peer's input straight into its output (one kernel copy each,
-  peers in the order rank+1, rank+2, ... so that no two ranks read the same peer at once), and syncs
-  again. The FIFO pairwise exchange copies every byte twice and needs both ends of a pair on a CPU
-  at once; this does neither, so it wins for large blocks and with more ranks than cores.
-* **broadcast** (cma mode) — every non-root reads the root's buffer straight into its own.
+  reads block ``rank`` of every peer's input straight into its output (one kernel copy each) as soon
+  as that peer has published its own (read_peers: no all-rank entry sync), then syncs. The FIFO
+  pairwise exchange copies every byte twice and needs both ends of a pair on a CPU at once; this
+  does neither, so it wins for large blocks and with more ranks than cores. The cma allgather
+  enters the same way.
+* **broadcast** (cma mode) — every non-root reads the head of the root's buffer straight into its
+  own while the root writes the tail (1/N, root_share) into every non-root's.
 
 Broadcast, allgather and alltoall on plain buffers run here from the sizes the communicator-creation
 probe measured them faster than the FIFOs (collectives/single_copy_probe.py). A read the kernel
