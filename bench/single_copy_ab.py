@@ -15,7 +15,8 @@ _native/latency.pyx):
 * with ``--schedule-ab``, the single-copy schedules as they were before two changes
   (``_set_schedule``), column **old-sched**: in a broadcast the root writes no share and the peers
   read everything; in allgather and alltoall every rank waits for all peers at the entry before
-  its first read instead of reading each peer as it arrives.
+  its first read instead of reading each peer as it arrives; and every sync spins first (the
+  engine's spin_s) instead of yielding from the first poll.
 
 Paths alternate repetition by repetition (the order rotating) so all see the same machine (this
 host is shared). A repetition is barrier, ``--calls`` calls, each rank timing its own block, the
@@ -93,7 +94,7 @@ def main():
                 paths["old-sched"] = call    # broadcast: no root share; allgather, alltoall: all-rank entry
 
             def switch(name):
-                native_sc._set_schedule(name != "old-sched", name != "old-sched")
+                native_sc._set_schedule(name != "old-sched", name != "old-sched", name == "old-sched")
             names = list(paths)
             times = {k: [] for k in names}
             for k in names:

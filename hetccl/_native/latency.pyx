@@ -302,10 +302,12 @@ cdef class Hot:
                    int dtype, int op, int root, double t) except -1:
         """Run a learnt plain-buffer single-copy call (run_plain), recorded like ``run``. If a
         cross-memory read was refused (on any rank: all see it in the call's last sync), the
-        communicator is told (``on_refused(collective)``: it warns, routes to the FIFOs from then
-        on and makes this object forget) and the call runs again on the FIFO algorithm it
-        replaced, so every rank takes the same path and the caller sees one completed call."""
+        communicator is told (``on_refused(collective)``: it warns and routes to the FIFOs from
+        then on), this object forgets what it learnt, and the call runs again on the FIFO
+        algorithm it replaced, so every rank takes the same path and the caller sees one
+        completed call."""
         cdef uint64_t s
+        cdef int done
         self.last = hit[1]
         s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
         try:
@@ -315,8 +317,10 @@ cdef class Hot:
             raise
         self.flight.mark(s, FL_DONE, 0)
         if not done:
-            self.on_refused("broadcast" if coll == COLL_BROADCAST else
-                            "allgather" if coll == COLL_ALLGATHER else "alltoall")
+            if self.on_refused is not None:
+                self.on_refused("broadcast" if coll == COLL_BROADCAST else
+                                "allgather" if coll == COLL_ALLGATHER else "alltoall")
+            self.forget()
             self.run(coll, hit[2], a, b, nbytes, inplace, dtype, op, root, t)
         return 0
 
