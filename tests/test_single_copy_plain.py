@@ -198,6 +198,7 @@ def _hot(rank, size):
     try:
         n = 40_000 * size
         parsed = []
+        spin = comm._engine.spin_s
         parse = comm._parse
         comm._parse = lambda *a, **k: parsed.append(a[0]) or parse(*a, **k)
         b = _values(n, 0, np.float32) if rank == 0 else np.zeros(n, np.float32)
@@ -217,6 +218,7 @@ def _hot(rank, size):
             assert np.array_equal(o, np.concatenate([_values(n, r, np.int16)[rank * blk:(rank + 1) * blk]
                                                      for r in range(size)]))
         assert parsed == ["broadcast", "allgather", "alltoall"], parsed     # the first call of each only
+        assert comm._engine.spin_s == spin                       # the calls yield first, then put it back
         if rank == size - 1:
             single_copy._inject_cma_failure(1)                   # EPERM on its next read, in the latency path
         b[:] = _values(n, 0, np.float32) if rank == 0 else 0
