@@ -13,10 +13,10 @@ _native/latency.pyx):
 * **parser** (``--parser``): the single-copy schedule through the parser and router on every call,
   the route single copy took before it had a latency-path entry;
 * with ``--schedule-ab``, the single-copy schedules as they were before two changes
-  (``_set_schedule``), column **old-sched**: in a broadcast the root writes no share and the peers
-  read everything; in allgather and alltoall every rank waits for all peers at the entry before
-  its first read instead of reading each peer as it arrives; and every sync spins first (the
-  engine's spin_s) instead of yielding from the first poll.
+  (``_set_schedule``): column **old-sched**, in a broadcast the root writes no share and the peers
+  read everything, in allgather and alltoall every rank waits for all peers at the entry before
+  its first read instead of reading each peer as it arrives; column **spin-first**, every sync
+  spins for the engine's spin_s before it yields instead of yielding from the first poll.
 
 Paths alternate repetition by repetition (the order rotating) so all see the same machine (this
 host is shared). A repetition is barrier, ``--calls`` calls, each rank timing its own block, the
@@ -92,9 +92,10 @@ def main():
                 paths["parser"] = lambda: comm._hot.forget() or call()
             if a.schedule_ab:
                 paths["old-sched"] = call    # broadcast: no root share; allgather, alltoall: all-rank entry
+                paths["spin-first"] = call   # the syncs spin (the engine's spin_s) before they yield
 
             def switch(name):
-                native_sc._set_schedule(name != "old-sched", name != "old-sched", name == "old-sched")
+                native_sc._set_schedule(name != "old-sched", name != "old-sched", name == "spin-first")
             names = list(paths)
             times = {k: [] for k in names}
             for k in names:
