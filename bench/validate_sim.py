@@ -7,6 +7,7 @@ print the error per size.
     python bench/validate_sim.py --cases local --nranks 2,4 --transports c2c,tcp
     python bench/validate_sim.py --record tests/data/simulate_recorded.json   # refresh the CI record
     python bench/validate_sim.py --markdown bench/results/validate-sim-....json # the RESULTS.md table
+    python bench/validate_sim.py --repredict bench/results/validate-sim-....json  # today's model, no run
 
 Cases (each a real hetccl job; allreduce, float32, sizes 1K..64M x4 unless --sizes):
 - local: 2, 4, 8 ranks on this host with the transports c2c (default), shm (HETCCL_TRANSPORTS=^c2c)
@@ -182,6 +183,8 @@ def main(argv=None) -> int:
     if argv and argv[0] == "--markdown":            # --markdown RUN.json: the RESULTS.md table
         print(markdown(argv[1]))
         return 0
+    if argv and argv[0] == "--repredict":           # --repredict RUN.json [...]: no job runs
+        return repredict(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="local,netns,islands")
     ap.add_argument("--nranks", default="2,4,8")
@@ -296,6 +299,36 @@ def markdown(path) -> str:
     lines.append(f"\nAll: {s['within']}/{s['judged']} points >= 64 KiB within 25%; the simulator chose what "
                  f"the job ran at {s['same_choice']}/{s['auto_rows']} sizes.")
     return "\n".join(lines)
+
+
+def repredict(paths, out=print) -> int:
+    """Predict the recorded jobs of earlier runs (--out files) with today's simulator and cost
+    model code, beside the error the run itself printed: a change to the formulas or the planners
+    is judged on measurements without measuring again (a change to the probe needs a new run: the
+    records hold the parameters it produced, not its timings)."""
+    table = []
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        then = {(r["case"], r["size"], r["variant"]): r["error"] for r in d.get("table", [])}
+        for name, rec in d["records"].items():
+            if "error" in rec:
+                continue
+            rows = compare(name, rec, rec.get("transports"))
+            table.extend(rows)
+            big = [r for r in rows if r["size"] >= JUDGED_FROM and r["error"] is not None]
+            was = [then.get((name, r["size"], r["variant"])) for r in big]
+
+            def ok(errs):
+                return sum(e is not None and abs(e) <= TOLERANCE for e in errs)
+            out(f"{name:<30} {ok(was):>2} -> {ok([r['error'] for r in big]):>2} of {len(big):<2} within "
+                f"{TOLERANCE:.0%}; same choice {sum(r['same'] for r in rows if r['variant'] == 'auto')}/"
+                f"{sum(r['variant'] == 'auto' for r in rows)}; errors >= {JUDGED_FROM >> 10} KiB: "
+                + " ".join(f"{r['error'] * 100:+.0f}%" for r in big))
+    s = summary(table)
+    out(f"# {s['within']}/{s['judged']} points >= {JUDGED_FROM >> 10} KiB within {TOLERANCE:.0%}; "
+        f"same choice at {s['same_choice']}/{s['auto_rows']} sizes")
+    return 0 if s["judged"] and s["within"] == s["judged"] else 1
 
 
 def wait_quiet(limit, max_wait=1800):
