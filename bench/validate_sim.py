@@ -208,12 +208,14 @@ def main(argv=None) -> int:
     cases = args.cases.split(",")
     out = args.out or os.path.join(os.path.dirname(HERE), "bench", "results", f"validate-sim-{time.strftime('%Y%m%d-%H%M%S')}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    # every job probes its own cost model into a private cache (as a fresh machine would)
+    # every job probes its own cost model into a private cache (as a fresh machine would): one
+    # per case, or the islands job (4 ranks on c2c under mpirun) would price itself with the
+    # entry the 4-rank c2c job measured outside mpirun, whose calls cost less
     cache = tempfile.mkdtemp(prefix="hetccl-validate-cache-")
-    os.environ["XDG_CACHE_HOME"] = cache
     records, table = {}, []
 
     def one(name, fn, transports=None):
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="case-", dir=cache)
         wait_quiet(args.max_load, args.max_wait)
         load0 = os.getloadavg()[0]
         t0 = time.monotonic()
