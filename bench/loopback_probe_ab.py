@@ -7,7 +7,7 @@ all see the same machine).
     python -m hetccl run -n 2 -- python bench/loopback_probe_ab.py      # HETCCL_TRANSPORTS=tcp is set here
     python -m hetccl run -n 4 -- python bench/loopback_probe_ab.py --rounds 5
 
-Why: over loopback TCP, 2-8 rank jobs ran 1.4-2.1x slower at 64 KiB-4 MiB than the probe of their
+Why: over loopback TCP, 2-8 rank jobs ran 1.4-3.1x slower at 64 KiB-4 MiB than the probe of their
 fresh ranks priced them (docs/simulate.md). One explanation is that a socket's wake-up moves the
 sleeper onto the waker's CPU and the ranks come to share one CPU; a probe with every rank on one
 CPU measures that state. Another is the probe's statistic: the fastest of nine repetitions of

@@ -462,8 +462,8 @@ def network_link(classes, local_size: int, size: int) -> bool:
     classes and ranks on more than one host (rank 0's host holds fewer than all). A wire among
     ranks of one host (loopback TCP) moves its bytes by kernel copies on the ranks' CPUs, in cache
     or out of it as FIFOs do: measured on the 2-vCPU VM, 2-64 MiB allreduces over loopback TCP
-    paid 1.3-1.5x per byte what 256 KiB-1 MiB ones did (2-8 ranks), and the 1 MiB ring of a
-    network probe priced them 2-3.6x too fast (bench/results/validate-sim-2026-12-07-b.json)."""
+    paid 1.2-1.5x per byte what 256 KiB-1 MiB ones did (2-8 ranks), and the 1 MiB ring of a
+    network probe priced them 2.3-3.6x too fast (bench/results/validate-sim-2026-12-07-b.json)."""
     return not all_fifo(classes) and local_size < size
 
 
