@@ -156,13 +156,16 @@ def run_local(n, transports, sizes, reps, timeout):
                    f"local case n={n} {transports}")
 
 
-def run_netns(hosts, per_host, placement_kind, rate, sizes, reps, timeout):
+NETNS_VARIANTS = ["auto", "ring", "hierarchical"]
+
+
+def run_netns(hosts, per_host, placement_kind, rate, sizes, reps, timeout, variants=NETNS_VARIANTS):
     from tests.netns.cluster import NetnsCluster
     n = hosts * per_host
     placement = [r % hosts for r in range(n)] if placement_kind == "round-robin" else [r // per_host for r in range(n)]
     with NetnsCluster(hosts=hosts, rate=rate) as cluster:
         res = cluster.run("bench.validate_sim:measure_case", placement,
-                          args=[sizes, reps, ["auto", "ring", "hierarchical"]], timeout=timeout)
+                          args=[sizes, reps, list(variants)], timeout=timeout)
     return res[0]
 
 
@@ -193,6 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--rate", default="1gbit", help="tbf rate of the netns host links")
     ap.add_argument("--quick", action="store_true", help="2 and 4 ranks, 5 sizes, 3 reps; 2x2 netns only")
+    ap.add_argument("--netns-variants", default=",".join(NETNS_VARIANTS),
+                    help="what the netns cases time: the runtime's choice (auto) and forced algorithms")
+    ap.add_argument("--netns-shapes", default=None,
+                    help="hosts x ranks per host and placement, e.g. 4x2-block,2x2-round-robin (default: all)")
     ap.add_argument("--out", default=None, help="raw records and the table as JSON (default bench/results/validate-sim-<time>.json)")
     ap.add_argument("--record", default=None, help="also write the records the CI test holds the simulator to")
     ap.add_argument("--max-load", type=float, default=None,
@@ -251,9 +258,13 @@ def main(argv=None) -> int:
             else:
                 nsizes = [s for s in sizes if s <= 16 << 20]
                 shapes = [(2, 2, "round-robin"), (2, 2, "block")] + ([] if args.quick else [(4, 2, "block")])
+                if args.netns_shapes:
+                    shapes = [(int(hk.split("x")[0]), int(hk.split("x")[1]), kind) for hk, kind in
+                              (sh.split("-", 1) for sh in args.netns_shapes.split(","))]
                 for h, k, kind in shapes:
                     one(f"netns {h}x{k} {kind}",
-                        lambda h=h, k=k, kind=kind: run_netns(h, k, kind, args.rate, nsizes, reps, 1800))
+                        lambda h=h, k=k, kind=kind: run_netns(h, k, kind, args.rate, nsizes, reps, 1800,
+                                                              args.netns_variants.split(",")))
         if "islands" in cases:
             one("islands mpi(0,1)+hetccl(2,3)", lambda: run_islands(sizes, reps, 900))
     finally:
