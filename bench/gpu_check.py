@@ -39,6 +39,9 @@ def open_fake(ctx):
     from hetccl.bridges.base import HOST
     from hetccl.bridges.vendor import Runtime
     d = os.environ["FAKECCL_DIR"]
+    # a host-memory island's bridge is priced at 16 MiB too (collectives/islands.py PROBE_SIZES):
+    # the double's per-rank slot must hold it (read when its communicator opens)
+    os.environ.setdefault("FAKECCL_SLOT_BYTES", str(16 << 20))
     v = nccl.custom("fakeccl", os.path.join(d, "libfakeccl.so"), "fakeccl",
                     Runtime((os.path.join(d, "libfakert.so"),), "fakert"), memory=HOST, dlpack_devices=(1,))
     return nccl.NcclBridge(ctx.store, ctx.key_prefix, ctx.index, len(ctx.island.ranks), vendor=v, timeout=ctx.timeout)

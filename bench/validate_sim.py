@@ -7,6 +7,7 @@ print the error per size.
     python bench/validate_sim.py --cases local --nranks 2,4 --transports c2c,tcp
     python bench/validate_sim.py --record tests/data/simulate_recorded.json   # refresh the CI record
     python bench/validate_sim.py --markdown bench/results/validate-sim-....json # the RESULTS.md table
+    python bench/validate_sim.py --repredict bench/results/validate-sim-....json  # today's model, no run
 
 Cases (each a real hetccl job; allreduce, float32, sizes 1K..64M x4 unless --sizes):
 - local: 2, 4, 8 ranks on this host with the transports c2c (default), shm (HETCCL_TRANSPORTS=^c2c)
@@ -155,13 +156,16 @@ def run_local(n, transports, sizes, reps, timeout):
                    f"local case n={n} {transports}")
 
 
-def run_netns(hosts, per_host, placement_kind, rate, sizes, reps, timeout):
+NETNS_VARIANTS = ["auto", "ring", "hierarchical"]
+
+
+def run_netns(hosts, per_host, placement_kind, rate, sizes, reps, timeout, variants=NETNS_VARIANTS):
     from tests.netns.cluster import NetnsCluster
     n = hosts * per_host
     placement = [r % hosts for r in range(n)] if placement_kind == "round-robin" else [r // per_host for r in range(n)]
     with NetnsCluster(hosts=hosts, rate=rate) as cluster:
         res = cluster.run("bench.validate_sim:measure_case", placement,
-                          args=[sizes, reps, ["auto", "ring", "hierarchical"]], timeout=timeout)
+                          args=[sizes, reps, list(variants)], timeout=timeout)
     return res[0]
 
 
@@ -182,6 +186,8 @@ def main(argv=None) -> int:
     if argv and argv[0] == "--markdown":            # --markdown RUN.json: the RESULTS.md table
         print(markdown(argv[1]))
         return 0
+    if argv and argv[0] == "--repredict":           # --repredict RUN.json [...]: no job runs
+        return repredict(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="local,netns,islands")
     ap.add_argument("--nranks", default="2,4,8")
@@ -190,6 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--rate", default="1gbit", help="tbf rate of the netns host links")
     ap.add_argument("--quick", action="store_true", help="2 and 4 ranks, 5 sizes, 3 reps; 2x2 netns only")
+    ap.add_argument("--netns-variants", default=",".join(NETNS_VARIANTS),
+                    help="what the netns cases time: the runtime's choice (auto) and forced algorithms")
+    ap.add_argument("--netns-shapes", default=None,
+                    help="hosts x ranks per host and placement, e.g. 4x2-block,2x2-round-robin (default: all)")
     ap.add_argument("--out", default=None, help="raw records and the table as JSON (default bench/results/validate-sim-<time>.json)")
     ap.add_argument("--record", default=None, help="also write the records the CI test holds the simulator to")
     ap.add_argument("--max-load", type=float, default=None,
@@ -205,12 +215,15 @@ def main(argv=None) -> int:
     cases = args.cases.split(",")
     out = args.out or os.path.join(os.path.dirname(HERE), "bench", "results", f"validate-sim-{time.strftime('%Y%m%d-%H%M%S')}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    # every job probes its own cost model into a private cache (as a fresh machine would)
+    # every job probes its own cost model into a private cache (as a fresh machine would): one
+    # per case, or the islands job (4 ranks on c2c under mpirun) would price itself with the
+    # entry the plain 4-rank c2c job measured (in the run of 2026-12-07 01:01, the same flat ring
+    # cost the islands job 26-60 us more per call at 1-256 KiB)
     cache = tempfile.mkdtemp(prefix="hetccl-validate-cache-")
-    os.environ["XDG_CACHE_HOME"] = cache
     records, table = {}, []
 
     def one(name, fn, transports=None):
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="case-", dir=cache)
         wait_quiet(args.max_load, args.max_wait)
         load0 = os.getloadavg()[0]
         t0 = time.monotonic()
@@ -245,9 +258,13 @@ def main(argv=None) -> int:
             else:
                 nsizes = [s for s in sizes if s <= 16 << 20]
                 shapes = [(2, 2, "round-robin"), (2, 2, "block")] + ([] if args.quick else [(4, 2, "block")])
+                if args.netns_shapes:
+                    shapes = [(int(hk.split("x")[0]), int(hk.split("x")[1]), kind) for hk, kind in
+                              (sh.split("-", 1) for sh in args.netns_shapes.split(","))]
                 for h, k, kind in shapes:
                     one(f"netns {h}x{k} {kind}",
-                        lambda h=h, k=k, kind=kind: run_netns(h, k, kind, args.rate, nsizes, reps, 1800))
+                        lambda h=h, k=k, kind=kind: run_netns(h, k, kind, args.rate, nsizes, reps, 1800,
+                                                              args.netns_variants.split(",")))
         if "islands" in cases:
             one("islands mpi(0,1)+hetccl(2,3)", lambda: run_islands(sizes, reps, 900))
     finally:
@@ -296,6 +313,36 @@ def markdown(path) -> str:
     lines.append(f"\nAll: {s['within']}/{s['judged']} points >= 64 KiB within 25%; the simulator chose what "
                  f"the job ran at {s['same_choice']}/{s['auto_rows']} sizes.")
     return "\n".join(lines)
+
+
+def repredict(paths, out=print) -> int:
+    """Predict the recorded jobs of earlier runs (--out files) with today's simulator and cost
+    model code, beside the error the run itself printed: a change to the formulas or the planners
+    is judged on measurements without measuring again (a change to the probe needs a new run: the
+    records hold the parameters it produced, not its timings)."""
+    table = []
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        then = {(r["case"], r["size"], r["variant"]): r["error"] for r in d.get("table", [])}
+        for name, rec in d["records"].items():
+            if "error" in rec:
+                continue
+            rows = compare(name, rec, rec.get("transports"))
+            table.extend(rows)
+            big = [r for r in rows if r["size"] >= JUDGED_FROM and r["error"] is not None]
+            was = [then.get((name, r["size"], r["variant"])) for r in big]
+
+            def ok(errs):
+                return sum(e is not None and abs(e) <= TOLERANCE for e in errs)
+            out(f"{name:<30} {ok(was):>2} -> {ok([r['error'] for r in big]):>2} of {len(big):<2} within "
+                f"{TOLERANCE:.0%}; same choice {sum(r['same'] for r in rows if r['variant'] == 'auto')}/"
+                f"{sum(r['variant'] == 'auto' for r in rows)}; errors >= {JUDGED_FROM >> 10} KiB: "
+                + " ".join(f"{r['error'] * 100:+.0f}%" for r in big))
+    s = summary(table)
+    out(f"# {s['within']}/{s['judged']} points >= {JUDGED_FROM >> 10} KiB within {TOLERANCE:.0%}; "
+        f"same choice at {s['same_choice']}/{s['auto_rows']} sizes")
+    return 0 if s["judged"] and s["within"] == s["judged"] else 1
 
 
 def wait_quiet(limit, max_wait=1800):

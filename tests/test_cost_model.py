@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 
 import pytest
@@ -151,6 +152,26 @@ def test_a_wires_beta_is_its_sustained_rate_whatever_its_token_bucket_let_throug
     alone = (raw["allreduce_s"] - ring_allreduce(256 << 10, 4, at)) / (
         ring_allreduce(256 << 10, 4, dataclasses.replace(at, beta=1.0)) - ring_allreduce(256 << 10, 4, at))
     assert alone < 0.9 * rate
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_a_loopback_wire_is_fitted_in_and_out_of_cache_like_the_fifos(p):
+    """TCP among ranks of one host: kernel copies on the ranks' CPUs, no shaper. Each ring gives its
+    own beta (the slope would read one rate at every size, and miss what a call out of cache pays)."""
+    facts = LinkCost(0.0, 0.0, 0.0, fifo=False)
+    want = dict(alpha=3e-6, b_in=gbs(4.5), b_out=gbs(2.4), g_in=gbs(90), g_out=gbs(16))
+    raw = _raw(p, facts, *want.values())
+    c = probe.fit(raw, p, facts, cache_bytes=CACHE, network=False)
+    assert (c.alpha, c.beta, c.beta_out, c.gamma, c.gamma_out) == pytest.approx(tuple(want.values()))
+    assert not c.fifo and c.at(64 << 20).beta == pytest.approx(gbs(2.4))
+    slope = probe.fit(raw, p, facts, cache_bytes=CACHE)             # a network link: one rate
+    assert slope.beta == slope.beta_out
+
+
+def test_only_a_wire_between_hosts_is_a_network_link():
+    assert probe.network_link(("c2c", "tcp"), 2, 4)
+    assert not probe.network_link(("tcp",), 4, 4)                   # loopback TCP
+    assert not probe.network_link(("c2c", "shm"), 2, 4)             # no wire at all
 
 
 def test_private_cache_is_the_largest_level_one_cpu_has_to_itself(tmp_path, monkeypatch):

@@ -224,6 +224,8 @@ def test_nccl_api_island_next_to_a_hetccl_island(tmp_path_factory):
     from tests import fakeccl
     from tests.launcher import run_ranks
     libs = fakeccl.build_or_skip(tmp_path_factory)
-    results = run_ranks(_nccl_island_rank, 4, timeout=600, env=fakeccl.env(libs))
+    # the island's probe times a host-memory bridge at 16 MiB (islands.PROBE_SIZES): a slot that holds it
+    results = run_ranks(_nccl_island_rank, 4, timeout=600,
+                        env=dict(fakeccl.env(libs), FAKECCL_SLOT_BYTES=str(16 << 20)))
     for kinds, n in results:
         assert kinds == [("fakeccl", (0, 1)), ("hetccl", (2, 3))] and n > 900

@@ -186,7 +186,8 @@ def _write_tuning(path, links="c2c", ranks=2, local=2, best=None, **over):
              "cost": {"alpha": 2e-6, "beta": 1 / 3e9, "gamma": 1 / 9e9}}
     if best:
         entry["collectives"] = {"allreduce": {"sizes": [n for n, _ in best], "best": [a for _, a in best]}}
-    doc = {"format": "hetccl-tuning", "version": 1, "hetccl": hetccl.__version__, "build": build_id(),
+    from hetccl.collectives.tuning_file import VERSION
+    doc = {"format": "hetccl-tuning", "version": VERSION, "hetccl": hetccl.__version__, "build": build_id(),
            "host": host_id(), "entries": [entry]}
     doc.update(over)
     path.write_text(json.dumps(doc))
@@ -218,7 +219,7 @@ def test_the_communicator_runs_what_the_tuning_file_measured(tmp_path):
 
 @pytest.mark.parametrize("content,why", [
     ("{not json", "unreadable"), (json.dumps({"format": "other"}), "not a hetccl-tuning file"),
-    (None, "written by hetccl 0.0.1"), (None, "measured on host")])
+    (None, "written by hetccl 0.0.1"), (None, "measured on host"), (None, "version 1;")])
 def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, content, why, caplog):
     from hetccl.collectives import tuning_file
     path = tmp_path / "t.json"
@@ -226,6 +227,8 @@ def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, cont
         path.write_text(content)
     elif "written by" in why:
         _write_tuning(path, hetccl="0.0.1")
+    elif "version" in why:                      # [alpha, beta] bridges, the fastest repetitions
+        _write_tuning(path, version=1)
     else:
         _write_tuning(path, host="another-machine")
     tuning_file._warned.clear()
@@ -235,6 +238,39 @@ def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, cont
         assert tuning_file.read(str(path), host=host_id()) is None
     msgs = [r.getMessage() for r in caplog.records if "ignoring the tuning file" in r.getMessage()]
     assert len(msgs) == 1 and why in msgs[0]
+
+
+@pytest.mark.parametrize("bridges", [
+    {"mpi": {"allreduce": [3e-6, 2.4e-10]}},                  # version 1's two fields
+    {"mpi": {"allreduce": [3e-6, "fast", 6e-10]}}, {"mpi": {"allreduce": [3e-6, -1.0, 6e-10]}},
+    {"mpi": {"allreduce": [3e-6, float("nan"), 6e-10]}}, {"mpi": [1, 2, 3]}, "mpi"])
+def test_malformed_bridge_prices_leave_their_entry_out_with_one_warning(tmp_path, bridges, caplog):
+    from hetccl.collectives import tuning_file
+    from hetccl.simulate.costs import bridge_prices
+    path = tmp_path / "t.json"
+    _write_tuning(path)
+    doc = json.loads(path.read_text())
+    good = dict(doc["entries"][0], ranks=4, bridges={"mpi": {"allreduce": [3e-6, 2.4e-10, 6e-10]}})
+    doc["entries"] = [dict(doc["entries"][0], bridges=bridges), good]
+    path.write_text(json.dumps(doc))
+    tuning_file._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="hetccl.tuning"):
+        got = tuning_file.read(str(path))
+        tuning_file.read(str(path))
+    assert [e["ranks"] for e in got["entries"]] == [4]
+    assert sum("malformed" in r.getMessage() for r in caplog.records) == 1
+    assert bridge_prices(got) == {"mpi": {"allreduce": (3e-6, 2.4e-10, 6e-10)}}
+
+
+def test_a_bridge_call_is_priced_through_its_three_measured_sizes():
+    from hetccl.collectives.islands import PROBE_SIZES, bridge_time
+    alpha, beta, beta_out = 4e-6, 2.4e-10, 6e-10
+    t = [alpha, alpha + beta * PROBE_SIZES[1], alpha + beta * PROBE_SIZES[1] + beta_out * (PROBE_SIZES[2] - PROBE_SIZES[1])]
+    for n, want in zip((0, PROBE_SIZES[1], PROBE_SIZES[2]), t):
+        assert bridge_time((alpha, beta, beta_out), n) == pytest.approx(want)
+    # beyond the largest size the out-of-cache rate holds; a 64 MiB step costs 2.4x the in-cache line
+    assert bridge_time((alpha, beta, beta_out), 64 << 20) == pytest.approx(t[2] + beta_out * (48 << 20))
+    assert bridge_time((alpha, beta, beta_out), 64 << 20) > 2.4 * (alpha + beta * (64 << 20))
 
 
 def _garbage_case(rank, size):

@@ -587,3 +587,59 @@ def test_two_rank_alltoall_schedules_are_one_and_priced_as_recursive_doublings_a
         assert _pick("alltoall", n, 2) == "pairwise"
     assert _prices("alltoall", 128 << 20, 2)["pairwise"] == pytest.approx(c.alpha + (64 << 20) * 1.5 * c.beta)
     assert _pick("alltoall", 64, 4) == "bruck" and _pick("alltoall", 1 << 20, 4) == "pairwise"
+
+
+# ------------------------------------------------------------------------------------------------
+# The probe's statistic, stale entries and a stalled peer
+# ------------------------------------------------------------------------------------------------
+
+def test_probe_keeps_the_median_repetition_of_the_slowest_rank(monkeypatch):
+    """A loop of calls pays the typical call: one lucky repetition (the 2-rank loopback TCP job's
+    fastest ran at 1/0.6 of its others) must not set the price, nor one busy repetition."""
+    script = iter([1.0, 0.6, 1.0, 1.1, 1.0, 5.0, 0.9, 1.0, 1.0] * 2)   # seconds per rep, per fn
+    monkeypatch.setattr(probe, "_calls_per_rep", lambda engine, fn, timeout: 1)
+    monkeypatch.setattr(probe, "_batch", lambda fn, iters: next(script))
+    monkeypatch.setattr(probe.schedules, "barrier", lambda *a: None)
+    # the other rank was slower in the third repetition only: the slowest rank's time counts
+    monkeypatch.setattr(probe, "_max_over_ranks",
+                        lambda engine, v, timeout: np.where(np.arange(v.size) // 2 == 2, 3.0, v))
+    got = probe.time_per_call(None, {"a": None, "b": None}, 1.0, reps=9)
+    assert got == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+
+
+def test_a_cache_of_the_fastest_repetitions_format_is_measured_again(tmp_path, caplog):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"format": probe.FORMAT - 1, "entries": {probe.cache_key(_shape()): _entry()}}))
+    with caplog.at_level("INFO", logger="hetccl.tuning"):
+        assert probe.lookup(_shape(), str(path)) is None
+    assert sum("ignoring the cost-model cache" in r.getMessage() for r in caplog.records) == 1
+    assert probe.store(_shape(), _entry(2e-6), str(path))
+    assert json.loads(path.read_text())["format"] == probe.FORMAT
+    assert probe.lookup(_shape(), str(path))["alpha"] == 2e-6
+
+
+def _stalled_probe_case(rank, size, root):
+    import time as _time
+    os.environ["XDG_CACHE_HOME"] = root
+    real, began = probe.measure, []
+
+    def timed(*a, **k):                              # rank 1 stalls inside the probe
+        began.append(_time.monotonic())
+        if rank == 1:
+            _time.sleep(8.0)
+        return real(*a, **k)
+    probe.measure = timed
+    try:
+        hetccl.init(timeout=2)
+    except hetccl.HetcclError as e:
+        return {"error": type(e).__name__, "message": str(e), "secs": _time.monotonic() - began[0]}
+    return {"error": None, "secs": _time.monotonic() - began[0]}
+
+
+def test_a_peer_stalling_in_the_probe_fails_init_within_the_timeout_and_caches_nothing(tmp_path):
+    res = run_ranks(_stalled_probe_case, 2, str(tmp_path), timeout=60)
+    # rank 0's probe gives up on its 2 s deadline and names the silent rank (the diagnosis that
+    # follows may wait for that rank's answer a while: not timed here)
+    assert res[0]["error"] == "HetcclTimeout" and "after 2 s waiting for rank 1" in res[0]["message"], res[0]
+    assert res[1]["error"] is not None, res[1]               # the waker finds its peer gone
+    assert probe.read_entries(str(tmp_path / "hetccl" / "cost-model.json")) == {}

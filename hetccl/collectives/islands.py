@@ -27,9 +27,13 @@ Memory: a bridge whose ``memory`` is not host memory gets its buffers staged (``
 into a buffer of its memory type before its step and back after; host bridges (MPI) use the
 caller's buffers directly.
 
-Pricing: at creation every bridged island times its native collectives at two sizes (alpha = time
-at 8 bytes, beta = added time per byte at 1 MiB; per repetition the slowest island rank, minimum of
-``REPS``; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job.
+Pricing: at creation every bridged island times its native collectives at three sizes (alpha =
+time at 8 bytes, beta = added time per byte up to 1 MiB, beta_out = added time per byte from 1 to
+16 MiB, out of cache and at the size from which streaming stores and a library's large-message
+protocols take over (host-memory bridges only: a device bridge keeps its 1 MiB slope); per repetition the slowest island rank, the median of ``REPS`` as a loop of
+calls pays it; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job. A
+call is priced piecewise linearly through the three (``bridge_time``): in the validation run of
+2026-12-07, Open MPI's 16-64 MiB steps priced from 8 B and 1 MiB alone came out 40% too fast.
 Every rank gathers every island's figures and which (collective, dtype, op) each bridge supports,
 so every rank prices alike; hetccl's own steps are priced by the communicator's measured model
 (collectives/cost_model.py); on an oversubscribed machine the islands' steps add up instead of
@@ -64,12 +68,22 @@ log = logging.getLogger("hetccl")
 NAME = "islands"
 COMPOSED_COLLECTIVES = ("allreduce", "allgather", "broadcast")
 BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer spec)
-PROBE_SIZES = (8, 1 << 20)  # bytes: alpha at the first, beta from the second
+PROBE_SIZES = (8, 1 << 20, 16 << 20)  # bytes: alpha at the first, beta to the second, beta_out beyond
+PRICE_FIELDS = 3            # per collective: alpha, beta, beta_out
 REPS = 5
 SMALL_CALLS = 20            # calls per repetition at the small size (one call is below timer noise)
 _OPS = list(ReduceOp)
 _NFLAGS = len(COLLECTIVES) * len(dtypes.NAMES) * len(_OPS)
 _measured = {}             # (kind, key, ranks) -> [alpha, beta] x COLLECTIVES, for this job
+
+
+def bridge_time(price, nbytes) -> float:
+    """Seconds of one bridge call on nbytes from its measured (alpha, beta, beta_out): beta for the
+    bytes up to the middle probe size (in cache), beta_out for the rest, so the measured three
+    sizes cost what they measured and a larger call what the last stretch costs per byte."""
+    alpha, beta, beta_out = price
+    knee = PROBE_SIZES[1]
+    return alpha + beta * min(nbytes, knee) + beta_out * max(0, nbytes - knee)
 
 
 def _unpriced(nbytes, p, c):
@@ -209,14 +223,16 @@ class IslandPricer:
 
     def _price_note(self, i) -> str:
         """How island i's bridge is priced, for explain()."""
-        a, b = self.prices[i][0], self.prices[i][1]
-        bw = f"{1 / b / 1e9:.3g} GB/s" if b > 0 else "inf"
-        return f"allreduce alpha={a * 1e6:.1f} us, beta={bw} (measured)"
+        a, b, bo = self.prices[i][:PRICE_FIELDS]
+
+        def bw(x):
+            return f"{1 / x / 1e9:.3g} GB/s" if x > 0 else "inf"
+        return f"allreduce alpha={a * 1e6:.1f} us, beta={bw(b)}, beyond 1 MiB {bw(bo)} (measured)"
 
     def _bridge_time(self, i, coll, nbytes) -> float:
-        """Seconds of island i's bridge running ``coll`` on nbytes: its measured alpha + beta x n."""
+        """Seconds of island i's bridge running ``coll`` on nbytes, from its measured prices."""
         ci = COLLECTIVES.index(coll)
-        return self.prices[i][2 * ci] + self.prices[i][2 * ci + 1] * nbytes
+        return bridge_time(self.prices[i][PRICE_FIELDS * ci:PRICE_FIELDS * (ci + 1)], nbytes)
 
     def _steps(self, coll, nbytes, code, op, per_rank=False):
         """The islands run their steps at once: the slowest sets the pace, unless the machine is
@@ -399,16 +415,21 @@ class IslandPlan(IslandPricer):
         return next(i for i, isl in enumerate(self.islands) if rank in isl.ranks)
 
     def _probe(self):
-        """[alpha, beta] per collective of COLLECTIVES for this island's bridge (slowest island rank)."""
+        """[alpha, beta, beta_out] per collective of COLLECTIVES for this island's bridge (slowest
+        island rank per repetition, the median repetition)."""
         key = (self.island.kind, self.island.key, self.island.ranks, self.bridge.size)
         hit = _measured.get(key)
         if hit is not None:
             return hit
         b, f32, s = self.bridge, dtypes.FLOAT32, self.bridge.size
-        best = np.full((len(COLLECTIVES), len(PROBE_SIZES)), np.inf)
-        bufs = {n: (np.ones(max(s, n // 4), np.float32), np.empty(max(s, n // 4), np.float32)) for n in PROBE_SIZES}
-        sync = np.zeros(1, np.float32)
+        times = np.full((REPS, len(COLLECTIVES), len(PROBE_SIZES)), np.inf)
         st = self.staging
+        # out of cache is a host-memory matter (the CPUs' caches): a device bridge's bytes stay in
+        # device memory, and its 1 MiB slope prices it beyond (nor does every device library or
+        # test double take 16 MiB in one call)
+        sizes = PROBE_SIZES if st.host else PROBE_SIZES[:2]
+        bufs = {n: (np.ones(max(s, n // 4), np.float32), np.empty(max(s, n // 4), np.float32)) for n in sizes}
+        sync = np.zeros(1, np.float32)
         if not st.host:                          # a device bridge is timed on its own memory
             bufs = {n: (self._on_device(st, f"probe_s{n}", a), self._on_device(st, f"probe_r{n}", r))
                     for n, (a, r) in bufs.items()}
@@ -425,11 +446,11 @@ class IslandPlan(IslandPricer):
                 b.broadcast(recv, count, f32, 0)
             else:
                 b.reduce(send, recv, count, f32, ReduceOp.SUM, 0)
-        for _ in range(REPS):                    # interleaved: a noisy moment spoils one rep of each
+        for rep in range(REPS):                  # interleaved: a noisy moment spoils one rep of each
             for ci, coll in enumerate(COLLECTIVES):
                 if not b.supports(coll, f32, ReduceOp.SUM):
                     continue
-                for si, n in enumerate(PROBE_SIZES):
+                for si, n in enumerate(sizes):
                     send, recv = bufs[n]
                     size = send.count if not st.host else send.size
                     count = size - size % s
@@ -438,20 +459,22 @@ class IslandPlan(IslandPricer):
                     t0 = time.perf_counter()
                     for _ in range(k):
                         one(coll, send, recv, count)
-                    best[ci, si] = min(best[ci, si], (time.perf_counter() - t0) / k)
-        best[np.isinf(best)] = 0.0
+                    times[rep, ci, si] = (time.perf_counter() - t0) / k
+        times[np.isinf(times)] = 0.0
         # float32: every bridge reduces it with MAX (HCCL has no float64); ample for timings
-        b32 = best.astype(np.float32).reshape(-1)
+        b32 = times.astype(np.float32).reshape(-1)
         w32 = np.empty_like(b32)
         st.run(b.allreduce, b32, w32, b32.size, dtypes.FLOAT32, ReduceOp.MAX)
-        worst = w32.reshape(best.shape).astype(np.float64)
+        worst = np.median(w32.reshape(times.shape).astype(np.float64), axis=0)   # a loop pays the typical call
         if not st.host:
             st.release()                         # back to the bridge's pool for the real calls
         out = []
         for ci in range(len(COLLECTIVES)):
-            alpha = float(worst[ci, 0])
-            beta = max(0.0, (worst[ci, 1] - alpha) / (PROBE_SIZES[1] - PROBE_SIZES[0]))
-            out += [alpha, beta]
+            t = worst[ci]
+            alpha = float(t[0])
+            beta = max(0.0, (t[1] - alpha) / (PROBE_SIZES[1] - PROBE_SIZES[0]))
+            beta_out = max(0.0, (t[2] - t[1]) / (PROBE_SIZES[2] - PROBE_SIZES[1])) if len(sizes) > 2 else beta
+            out += [alpha, beta, beta_out]
         _measured[key] = out
         return out
 
@@ -463,14 +486,15 @@ class IslandPlan(IslandPricer):
         return d.__class__(d.ptr, a.nbytes, dtypes.FLOAT32, d.device_type, d.device_id, owner=d)
 
     def _gather_prices(self):
-        row = np.zeros(2 * len(COLLECTIVES) + _NFLAGS + 1, np.float64)
+        n = PRICE_FIELDS * len(COLLECTIVES)
+        row = np.zeros(n + _NFLAGS + 1, np.float64)
         if self.bridge is not None:
             row[-1] = self.bridge.memory != HOST     # a device island: see choose()
-            row[:2 * len(COLLECTIVES)] = self._probe()
-            row[2 * len(COLLECTIVES):-1] = supported_flags(self.bridge)
+            row[:n] = self._probe()
+            row[n:-1] = supported_flags(self.bridge)
         rows = self.ctx.comm.allgather(row, algorithm="ring").reshape(self.p, -1)
-        self.prices = [rows[isl.ranks[0]][:2 * len(COLLECTIVES)] for isl in self.islands]
-        self.flags = [rows[isl.ranks[0]][2 * len(COLLECTIVES):-1] > 0 for isl in self.islands]
+        self.prices = [rows[isl.ranks[0]][:n] for isl in self.islands]
+        self.flags = [rows[isl.ranks[0]][n:-1] > 0 for isl in self.islands]
         self.device = any(rows[isl.ranks[0]][-1] > 0 for isl in self.islands)
 
     @property

@@ -6,8 +6,10 @@ many ranks share them), not on constants. The probe runs inside communicator cre
 time a host sees a communicator *shape*, takes tens of milliseconds, and is cached, so every
 later communicator costs one small file read on rank 0 and one 104-byte broadcast.
 
-What it times (all ranks at once; per quantity the minimum over ``REPS`` interleaved repetitions
-of ~``REP_S`` each, a repetition's time being the slowest rank's):
+What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
+of ~``REP_S`` each, a repetition's time being the slowest rank's: the statistic the benchmarks
+report, hetccl.benchmark.runner's median over repetitions of the slowest rank, because a loop
+of calls pays the typical call, not the luckiest one):
 
 - alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
   step's latency including the engine's per-step overhead (not the Python call around it, which
@@ -23,7 +25,10 @@ of ~``REP_S`` each, a repetition's time being the slowest rank's):
   holds the link's own cost whatever the placement of the job that measured it (the
   topology-aware pricing shares the link again per algorithm). Over a network link beta is the
   slope between the two rings, the link's sustained rate (a token bucket's burst, which a
-  short transfer rides through at line rate, cancels out);
+  short transfer rides through at line rate, cancels out). A wire whose ends share one host
+  (loopback TCP: every rank of the communicator on one host) is no such link: its bytes are two
+  kernel copies on the ranks' own CPUs, in cache or out of it like a FIFO's, so it is fitted as
+  the FIFOs are (beta from the small ring, beta_out from the big one);
 - gamma = (reduce kernel - copy kernel) / bytes, every rank at once, on ``KERNEL_BYTES`` (in
   cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
   output instead of copying it (the engine reduces straight out of the transport, so that
@@ -78,7 +83,8 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 3                 # of the cache file (3: in-cache and out-of-cache parameters)
+FORMAT = 5                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+                           # wires fitted in and out of cache; 5: the median repetition, not the fastest)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -243,16 +249,23 @@ def _calls_per_rep(engine, fn, timeout: float) -> int:
 
 def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
     """{name: seconds per call} of each fn (a collective every rank calls alike, or a local kernel
-    all ranks run at once): the minimum over repetitions of the slowest rank's time. Repetitions
-    interleave the fns, so all see the same machine; the minimum drops repetitions in which another
-    process took the core (the cache would otherwise keep a busy moment's numbers)."""
+    all ranks run at once): the median over repetitions of the slowest rank's time. Repetitions
+    interleave the fns, so all see the same machine. The median, not the minimum: a job's loop of
+    calls pays the typical call, and the benchmarks that judge the model (benchmark/runner.py,
+    bench/validate_sim.py) report the median repetition. The fastest repetition is the one in
+    which no rank waited for a CPU or a wake-up, which a sustained loop rarely has: in the
+    2-rank loopback TCP job of 2026-12-07 one of five repetitions ran at the minimum-based
+    probe's rate and four at 0.6x of it. The median still drops a minority of repetitions in
+    which another process took a core; a probe most of whose repetitions were busy is marked
+    noisy and repeated (NOISY)."""
     iters = {name: _calls_per_rep(engine, fn, timeout) for name, fn in fns.items()}
     times = np.empty((reps, len(fns)))
     for i in range(reps):
         for j, (name, fn) in enumerate(fns.items()):
             schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
             times[i, j] = _batch(fn, iters[name]) / iters[name]
-    best = _max_over_ranks(engine, times.reshape(-1), timeout).reshape(reps, len(fns)).min(axis=0)
+    slowest = _max_over_ranks(engine, times.reshape(-1), timeout).reshape(reps, len(fns))
+    best = np.median(slowest, axis=0)
     return {name: float(best[j]) for j, name in enumerate(fns)}
 
 
@@ -301,7 +314,8 @@ def _ring_link_share(engine, size: int, timeout: float) -> float:
     return max(1.0, float(_max_over_ranks(engine, mine, timeout)[0]))
 
 
-def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes: float = 0.0) -> LinkCost:
+def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes: float = 0.0,
+        network: bool | None = None) -> LinkCost:
     """alpha, beta, gamma in cache and out of it from the probe's timings (see the module
     docstring). gamma is the kernels' difference; beta is the value at which the registry's own
     ring allreduce formula (allreduce.ring, on *engine_facts*: FIFO or wire, FIFO size, streaming
@@ -310,10 +324,12 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
     costs: a step never costs less than 10% of the measured ring in bandwidth, a reduction never
     less than 5% of a copy.
 
-    Over a wire (engine_facts.fifo False) beta is the slope between the two rings, the link's
-    sustained rate: a token bucket's burst and the per-step latencies cancel out, and the link,
-    not a cache, sets the pace (beta_out = beta). Timings of an older probe (a 1 MiB ring
-    allgather, no out-of-cache quantities) give one beta and gamma at every size."""
+    Over a network link (*network*; default: engine_facts.fifo False) beta is the slope between
+    the two rings, the link's sustained rate: a token bucket's burst and the per-step latencies
+    cancel out, and the link, not a cache, sets the pace (beta_out = beta). A wire inside one
+    host (*network* False: loopback) is fitted as FIFOs are, each ring on its own. Timings of an
+    older probe (a 1 MiB ring allgather, no out-of-cache quantities) give one beta and gamma at
+    every size."""
     from .allgather import ring as ring_allgather
     from .allreduce import ring as ring_allreduce
     p = size
@@ -340,7 +356,7 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
         return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma)
     gamma_out = kernel_gamma(raw["reduce_big_s"], raw["copy_big_s"], raw["kernel_big_bytes"])
     small, big = raw["allreduce_bytes"], raw["allreduce_big_bytes"]
-    if not facts.fifo:
+    if (not facts.fifo) if network is None else network:
         t0s, ks = per_beta(ring_allreduce, small, gamma)
         t0b, kb = per_beta(ring_allreduce, big, gamma_out)
         slope = ((raw["allreduce_big_s"] - t0b) - (raw["allreduce_s"] - t0s)) / (kb - ks) / share
@@ -450,11 +466,21 @@ def _link_cost(params, classes, engine, fifo_bytes=0.0) -> LinkCost:
     return LinkCost.from_params(dict(zip(PARAMS, map(float, params))), fifo=all_fifo(classes), **extra)
 
 
+def network_link(classes, local_size: int, size: int) -> bool:
+    """Whether the probe's ring crosses a network link between hosts: a wire among the link
+    classes and ranks on more than one host (rank 0's host holds fewer than all). A wire among
+    ranks of one host (loopback TCP) moves its bytes by kernel copies on the ranks' CPUs, in cache
+    or out of it as FIFOs do: measured on the 2-vCPU VM, 2-64 MiB allreduces over loopback TCP
+    paid 1.2-1.5x per byte what 256 KiB-1 MiB ones did (2-8 ranks), and the 1 MiB ring of a
+    network probe priced them 2.3-3.6x too fast (bench/results/validate-sim-2026-12-07-b.json)."""
+    return not all_fifo(classes) and local_size < size
+
+
 def probe_sizes(share: float, wire: bool) -> tuple[int, float]:
     """(bytes of the out-of-cache ring, the cache a rank has) for *share* ranks per CPU: ranks
     taking turns on a CPU share its time, so the ring shrinks with them (the same bytes per core,
-    and a probe that stays short at 8 ranks on 2 cores; still out of cache); over a wire
-    PROBE_BIG_WIRE. The cache is the CPU's private one whatever the share: measured, the 4-rank
+    and a probe that stays short at 8 ranks on 2 cores; still out of cache); over a network link
+    (*wire*: network_link) PROBE_BIG_WIRE. The cache is the CPU's private one whatever the share: measured, the 4-rank
     (2 cores) binomial reduce kept its in-cache cost per byte up to 512 KiB, like 2 ranks."""
     share = max(1.0, share)
     big = PROBE_BIG_WIRE if wire else max(PROBE_BIG // 2, int(PROBE_BIG / share))   # 2 MiB: out
@@ -522,9 +548,11 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[_HIT] == 1.0:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
-    big, cache = probe_sizes(float(msg[_SHARE]), not all_fifo(classes))
+    network = network_link(classes, local_size, size)
+    big, cache = probe_sizes(float(msg[_SHARE]), network)
     raw, secs, other = _probe(engine, rank, size, timeout, big)
-    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]), cache_bytes=cache)
+    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]), cache_bytes=cache,
+               network=network)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
                                             getattr(cost, k) for k in PARAMS[:-1]})

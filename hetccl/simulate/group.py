@@ -24,7 +24,7 @@ from ..bridges import formation
 from ..collectives import registry
 from ..collectives.decide import decide, explain
 from ..collectives.hierarchical import TopologyPricer
-from ..collectives.islands import COLLECTIVES, IslandPricer
+from ..collectives.islands import COLLECTIVES, IslandPricer, bridge_time
 from ..collectives.cost_model import CostModel
 from ..collectives.tuner import Tuner
 from .. import transports
@@ -120,7 +120,7 @@ def sub_topology(topo: Topology, ranks, parts: dict | None = None) -> Topology:
 class SimulatedIslands(IslandPricer):
     """IslandPricer whose bridged islands' times come from a model of the island, not a probe:
     a TopologyPricer over the island's ranks (the cheapest algorithm it knows for the step), or
-    the measured [alpha, beta] of that bridge kind when the tuning file has them."""
+    the measured [alpha, beta, beta_out] of that bridge kind when the tuning file has them."""
 
     def __init__(self, islands, tuner, topo_plan, topo, load, measured=None):
         flags = []
@@ -148,8 +148,7 @@ class SimulatedIslands(IslandPricer):
     def _bridge_time(self, i, coll, nbytes) -> float:
         m = self._measured.get(self.islands[i].kind)
         if m is not None and coll in m:
-            alpha, beta = m[coll]
-            return alpha + beta * nbytes
+            return bridge_time(m[coll], nbytes)
         g = self._group(i)
         return g.time(coll, nbytes)
 

@@ -31,7 +31,10 @@ def predict(rec, transports=None):
     entry = {"links": rec["model"]["links"], "ranks": rec["ranks"], "local": rec["local"],
              "cost": {k: rec["model"][k] for k in PARAMS if k in rec["model"]}}
     if rec.get("bridges"):
-        entry["bridges"] = rec["bridges"]
+        # records of runs before bridges were timed out of cache hold [alpha, beta]: that run's
+        # bridge was priced with beta at every size, and is predicted so
+        entry["bridges"] = {kind: {c: (list(p) + [p[1]])[:3] for c, p in colls.items()}
+                            for kind, colls in rec["bridges"].items()}
     tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
     try:
         json.dump(tuning_file.merge(doc, entry), tmp)

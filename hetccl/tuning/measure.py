@@ -163,16 +163,17 @@ def _entry(comm, model, table, complete) -> dict:
 
 
 def bridge_prices_of(comm) -> dict:
-    """{bridge kind: {collective: [alpha, beta]}} the communicator's islands measured at creation."""
+    """{bridge kind: {collective: [alpha, beta, beta_out]}} the communicator's islands measured at
+    creation (collectives/islands.py bridge_time)."""
     isl = comm.context.islands
     if isl is None:
         return {}
-    from ..collectives.islands import COLLECTIVES
+    from ..collectives.islands import COLLECTIVES, PRICE_FIELDS
     out = {}
     for i, island in enumerate(isl.islands):
         if island.bridged and isl.prices[i] is not None:
             pr = [float(x) for x in isl.prices[i]]
-            out[island.kind] = {c: [pr[2 * k], pr[2 * k + 1]] for k, c in enumerate(COLLECTIVES)}
+            out[island.kind] = {c: pr[PRICE_FIELDS * k:PRICE_FIELDS * (k + 1)] for k, c in enumerate(COLLECTIVES)}
     return out
 
 
