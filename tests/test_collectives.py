@@ -571,6 +571,19 @@ def _large_rank(rank, size, transport):
         if not np.array_equal(y, base * 2) or not np.array_equal(src, base * (rank + 1)):
             out["failures"].append("out-of-place MAX allreduce wrong")
         del y, src
+        # past the streaming threshold with odd counts: an output off its 64-byte lines, and an
+        # in-place average (the fused relay step's one-pass kernel, and its divide fallback)
+        m = (20 << 20) // 2 + 3
+        h = (np.arange(m, dtype=np.int64) % 61).astype(np.float16)
+        y = np.empty(m + 1, np.float16)[1:]
+        comm.allreduce(h * (rank + 1), out=y)
+        if not np.array_equal(y, h * 3):
+            out["failures"].append("out-of-place float16 SUM (odd count, unaligned output) wrong")
+        v = (np.arange((17 << 20) // 4 + 1, dtype=np.int32) % 1009) * 2 + rank * 2
+        comm.allreduce(v, hetccl.AVG)
+        if not np.array_equal(v, (np.arange(len(v), dtype=np.int32) % 1009) * 2 + 1):
+            out["failures"].append("in-place int32 AVG (odd count) wrong")
+        del h, y, v
         mine = np.full(n // 2, rank + 0.5, dtype=np.float32)
         t = time.monotonic()
         g = comm.allgather(mine)

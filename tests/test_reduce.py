@@ -178,6 +178,16 @@ def test_reduce_matches_numpy(dt, op, isa):
                     R.reduce_arrays(d2, a, b, dt, op, streaming, also=e2)
                     assert_same(dt, op, d2, want, what + f" dual eoff={eoff} (first)")
                     assert_same(dt, op, e2, want, what + f" dual eoff={eoff} (second)")
+                    # the ring relay's forward kernel: into a FIFO and the output, or over an input
+                    d3, e3 = np.zeros(n + 1, a.dtype)[1:], np.zeros(n + eoff, a.dtype)[eoff:]
+                    R.reduce_arrays(d3, a, b, dt, op, streaming, also=e3, forward=True)
+                    assert_same(dt, op, d3, want, what + f" forward eoff={eoff} (fifo)")
+                    assert_same(dt, op, e3, want, what + f" forward eoff={eoff} (output)")
+                    a3, b3 = a0.copy()[off:], b0.copy()[off:]
+                    R.reduce_arrays(d3, a3, b3, dt, op, streaming, also=a3, forward=True)
+                    assert_same(dt, op, a3, want, what + " forward in place (e=a)")
+                    R.reduce_arrays(d3, a, b3, dt, op, streaming, also=b3, forward=True)
+                    assert_same(dt, op, b3, want, what + " forward in place (e=b)")
 
 
 @pytest.mark.parametrize("dt,op", INVALID, ids=[f"{numpy_dtype(d).name}-{OPS[o]}" for d, o in INVALID])
@@ -360,6 +370,26 @@ def test_dual_streaming_large(isa):
         assert np.array_equal(d, a + b) and np.array_equal(e, a + b), doff
     with pytest.raises(ValueError, match="second output"):
         R.reduce_arrays(d, a, b, FLOAT32, SUM, True, also=e[:-1])
+
+
+def test_forward_streaming_large(isa):
+    """The ring relay's forward kernel over many 256-byte blocks: the FIFO side at any 4-byte
+    offset, the output with and without a head before its first 64-byte line, out of place and
+    over an input (in place)."""
+    rng = np.random.default_rng(13)
+    n = 5 * 1024 * 33 + 7
+    a = rng.standard_normal(n + 3).astype(np.float32)[3:]
+    b = rng.standard_normal(n + 3).astype(np.float32)[3:]
+    for doff, eoff in ((0, 0), (1, 0), (0, 5), (3, 7)):
+        for streaming in (False, True):
+            d = np.zeros(n + doff, np.float32)[doff:]
+            e = np.zeros(n + eoff, np.float32)[eoff:]
+            R.reduce_arrays(d, a, b, FLOAT32, SUM, streaming, also=e, forward=True)
+            assert np.array_equal(d, a + b) and np.array_equal(e, a + b), (doff, eoff, streaming)
+            x = np.zeros(n + eoff, np.float32)[eoff:]
+            x[:] = a
+            R.reduce_arrays(d, x, b, FLOAT32, SUM, streaming, also=x, forward=True)
+            assert np.array_equal(x, a + b) and np.array_equal(d, a + b), (doff, eoff, streaming)
 
 
 def test_kernel_isa_reported():

@@ -262,6 +262,21 @@ HK_INLINE double hk_dmul(double x, double y) { return hk_dsel(HK_DNANMASK(x), x 
     static void NAME##_dual_##V(void* d, void* e, const void* a, const void* b, size_t n, int s) {\
         hk_drive2((char*)d, (char*)e, (const char*)a, (const char*)b, n, s, sizeof(T),           \
                   NAME##_##V, NAME##_nt2_##V);                                                    \
+    }                                                                                             \
+    static ATTR void NAME##_fb_##V(void* d_, void* e_, const void* a_, const void* b_,            \
+                                   size_t nblk, int nt) {                                         \
+        char* d = (char*)d_; char* e = (char*)e_;                                                 \
+        const char* a = (const char*)a_; const char* b = (const char*)b_;                         \
+        for (size_t k = 0; k < nblk; k++, d += HK_BLK, e += HK_BLK, a += HK_BLK, b += HK_BLK) {   \
+            T t[HK_BLK / sizeof(T)] __attribute__((aligned(64)));                                 \
+            BODY(t, (const T*)a, (const T*)b, HK_BLK / sizeof(T));                                \
+            memcpy(d, t, HK_BLK);                                                                 \
+            if (nt) { NTSTORE(e, t); } else { memcpy(e, t, HK_BLK); }                             \
+        }                                                                                         \
+    }                                                                                             \
+    static void NAME##_fwd_##V(void* d, void* e, const void* a, const void* b, size_t n, int s) { \
+        hk_drive_fwd((char*)d, (char*)e, (const char*)a, (const char*)b, n, s, sizeof(T),         \
+                     NAME##_cmp_##V, NAME##_fb_##V);                                              \
     }
 
 #if HK_X86
@@ -320,6 +335,31 @@ HK_INLINE void hk_drive2(char* d, char* e, const char* a, const char* b, size_t 
     if (n * es > done) {
         one(d + done, a + done, b + done, n - done / es, 0);
         one(e + done, a + done, b + done, n - done / es, 0);
+    }
+}
+
+/* Forward, d = e = a OP b in one pass for a ring's fused relay step: d (the next rank's FIFO, read
+ * by the peer soon) always gets ordinary stores, so it stays in cache; e (the user's output) gets
+ * non-temporal stores when streaming (else ordinary ones: an in-place output was just loaded, and
+ * streaming onto lines in cache costs more than it saves). Computed once per 256-byte block into
+ * a local buffer and stored to both. d must alias nothing; e may be a or b (in place): each block
+ * is read before it is written. */
+typedef void (*hk_fb_fn)(void* d, void* e, const void* a, const void* b, size_t nblk, int nt);
+HK_INLINE void hk_drive_fwd(char* d, char* e, const char* a, const char* b, size_t n, int streaming,
+                            size_t es, hk_cmp_fn cmp, hk_fb_fn fb) {
+    uintptr_t mis = (uintptr_t)e & 63u;
+    int nt = streaming && n * es >= HK_STREAM_MIN && mis % es == 0;
+    if (nt && mis) {                       /* ordinary stores up to e's first 64-byte boundary */
+        size_t h = (64u - mis) / es;
+        cmp(d, a, b, h);
+        memcpy(e, d, h * es);
+        d += h * es; e += h * es; a += h * es; b += h * es; n -= h;
+    }
+    size_t nblk = n * es / HK_BLK, done = nblk * HK_BLK;
+    fb(d, e, a, b, nblk, nt);
+    if (n * es > done) {
+        cmp(d + done, a + done, b + done, n - done / es);
+        memcpy(e + done, d + done, n * es - done);
     }
 }
 
@@ -489,6 +529,10 @@ HK_FP8_LUT_BODY(hk_e5m2_prod, 3)
     static void NAME##_dual_##V(void* d, void* e, const void* a, const void* b, size_t n, int s) {\
         (void)s; NAME##_body((T*)d, (const T*)a, (const T*)b, n);                                 \
         NAME##_body((T*)e, (const T*)a, (const T*)b, n);                                          \
+    }                                                                                             \
+    static void NAME##_fwd_##V(void* d, void* e, const void* a, const void* b, size_t n, int s) { \
+        (void)s; NAME##_body((T*)d, (const T*)a, (const T*)b, n);                                 \
+        memcpy(e, d, n * sizeof(T));                                                              \
     }
 #if HK_X86
 #define HK_GEN_PLAIN(NAME, T) HK_GEN_PLAIN_V(NAME, T, base) HK_GEN_PLAIN_V(NAME, T, avx2)
@@ -529,9 +573,11 @@ static void hk_fill_fp8_tables(void) {
 
 static const hk_reduce_fn hk_table_base[HK_NDT][HK_NOP] = HK_TABLE(base);
 static const hk_dual_fn hk_dual_base[HK_NDT][HK_NOP] = HK_TABLE(dual_base);
+static const hk_dual_fn hk_fwd_base[HK_NDT][HK_NOP] = HK_TABLE(fwd_base);
 #if HK_X86
 static const hk_reduce_fn hk_table_avx2[HK_NDT][HK_NOP] = HK_TABLE(avx2);
 static const hk_dual_fn hk_dual_avx2[HK_NDT][HK_NOP] = HK_TABLE(dual_avx2);
+static const hk_dual_fn hk_fwd_avx2[HK_NDT][HK_NOP] = HK_TABLE(fwd_avx2);
 #endif
 
 /* ------------------------------------------------------------------------------------------------
@@ -682,6 +728,7 @@ static void hk_stream2_plain(void* dst, void* dst2, const void* src, size_t n) {
  * ---------------------------------------------------------------------------------------------- */
 static const hk_reduce_fn (*hk_table)[HK_NOP] = hk_table_base;
 static const hk_dual_fn (*hk_dual)[HK_NOP] = hk_dual_base;
+static const hk_dual_fn (*hk_fwd)[HK_NOP] = hk_fwd_base;
 static const hk_div_fn* hk_divs = hk_divs_base;
 static hk_stream_fn hk_stream = HK_STREAM_BASE;
 static hk_stream2_fn hk_stream2 = HK_STREAM2_BASE;
@@ -702,6 +749,7 @@ static int hk_select(int isa) {
     if (isa && hk_cpu_has_avx2()) {
         hk_table = hk_table_avx2; hk_dual = hk_dual_avx2; hk_divs = hk_divs_avx2; hk_stream = HK_STREAM_AVX2;
         hk_stream2 = HK_STREAM2_AVX2;
+        hk_fwd = hk_fwd_avx2;
         hk_isa_avx2 = 1;
         return 1;
     }
@@ -709,6 +757,7 @@ static int hk_select(int isa) {
     (void)isa;
     hk_table = hk_table_base; hk_dual = hk_dual_base; hk_divs = hk_divs_base; hk_stream = HK_STREAM_BASE;
     hk_stream2 = HK_STREAM2_BASE;
+    hk_fwd = hk_fwd_base;
     hk_isa_avx2 = 0;
     return 0;
 }
@@ -727,6 +776,11 @@ static hk_reduce_fn hk_lookup(int dtype, int op) {
 static hk_dual_fn hk_lookup_dual(int dtype, int op) {
     if (dtype < 0 || dtype >= HK_NDT || op < 0 || op >= HK_NOP) return 0;
     return hk_dual[dtype][op];
+}
+
+static hk_dual_fn hk_lookup_forward(int dtype, int op) {
+    if (dtype < 0 || dtype >= HK_NDT || op < 0 || op >= HK_NOP) return 0;
+    return hk_fwd[dtype][op];
 }
 
 static void hk_divide(void* buf, size_t count, int dtype, long n) {

@@ -18,6 +18,11 @@ ctypedef void (*dual_fn)(void* d, void* e, const void* a, const void* b, size_t 
 # must not alias a or b). Same dtype/op rules and NULL as get_reduce.
 cdef dual_fn get_reduce_dual(int dtype, int op) noexcept nogil
 
+# The fused ring relay's one pass, d[i] = e[i] = a[i] OP b[i]: d (the next rank's FIFO) gets
+# ordinary stores (it stays in cache for the peer), e (the output) streaming ones when streaming.
+# d aliases nothing; e may be a or b (in place). Same dtype/op rules and NULL as get_reduce.
+cdef dual_fn get_reduce_forward(int dtype, int op) noexcept nogil
+
 # memcpy with optional non-temporal stores (glibc never streams on this class of machine).
 cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil
 
@@ -40,3 +45,12 @@ cdef inline void reduce_ordered(reduce_fn fn, char* dst, const char* loc, const 
         fn(dst, inc, loc, count, streaming)
     else:
         fn(dst, loc, inc, count, streaming)
+
+
+cdef inline void reduce_forward(dual_fn fn, char* d, char* e, const char* loc, const char* inc,
+                                size_t count, bint swap, bint streaming) noexcept nogil:
+    """reduce_ordered's operand order, for a get_reduce_forward kernel."""
+    if swap:
+        fn(d, e, inc, loc, count, streaming)
+    else:
+        fn(d, e, loc, inc, count, streaming)

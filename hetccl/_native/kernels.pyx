@@ -20,6 +20,7 @@ cdef extern from "kernels.h" nogil:
                                 int streaming) noexcept nogil
     hk_reduce_fn hk_lookup(int dtype, int op) noexcept
     hk_dual_fn hk_lookup_dual(int dtype, int op) noexcept
+    hk_dual_fn hk_lookup_forward(int dtype, int op) noexcept
     void hk_divide(void* buf, size_t count, int dtype, long n) noexcept
     void hk_copy(void* dst, const void* src, size_t n, int streaming) noexcept
     void hk_copy2(void* dst, void* dst2, const void* src, size_t n, int streaming) noexcept
@@ -48,6 +49,11 @@ cdef reduce_fn get_reduce(int dtype, int op) noexcept nogil:
 cdef dual_fn get_reduce_dual(int dtype, int op) noexcept nogil:
     op = kernel_op(dtype, op)
     return NULL if op < 0 else <dual_fn>hk_lookup_dual(dtype, op)
+
+
+cdef dual_fn get_reduce_forward(int dtype, int op) noexcept nogil:
+    op = kernel_op(dtype, op)
+    return NULL if op < 0 else <dual_fn>hk_lookup_forward(dtype, op)
 
 
 cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexcept nogil:
@@ -91,14 +97,16 @@ def itemsize(int dtype):
     return dtype_size(dtype)
 
 
-def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False, also=None):
+def reduce_arrays(dst, a, b, int dtype, int op, bint streaming=False, also=None,
+                  bint forward=False):
     """dst[i] = a[i] OP b[i] over buffer-protocol objects (contiguous). The element count comes
     from dst's byte length; a and b must be at least as long. ValueError if OP is not defined for
     the dtype (same rule as get_reduce). AVG only sums (see divide_array). With ``also`` (as long
     as dst, aliasing neither input), the result goes to both through the dual kernel
-    (get_reduce_dual)."""
+    (get_reduce_dual); with ``forward`` too, through the ring relay's kernel (get_reduce_forward:
+    ordinary stores into dst, ``streaming`` only for ``also``, which may then be a or b)."""
     cdef reduce_fn fn = get_reduce(dtype, op)
-    cdef dual_fn fn2 = get_reduce_dual(dtype, op)
+    cdef dual_fn fn2 = get_reduce_forward(dtype, op) if forward else get_reduce_dual(dtype, op)
     if fn == NULL:
         raise ValueError(f"reduction op {op} is not defined for dtype {dtype}")
     cdef Py_buffer dv, av, bv, ev

@@ -10,7 +10,7 @@ from libc.stdint cimport uint64_t, uint32_t, uint8_t
 from hetccl._native.c2c cimport C2CPeer
 from hetccl._native.fifo cimport Fifo
 from hetccl._native.posix_wait cimport pollfd
-from hetccl._native.kernels cimport reduce_fn
+from hetccl._native.kernels cimport reduce_fn, dual_fn
 
 cdef extern from "<sys/types.h>" nogil:
     ctypedef long ssize_t
@@ -97,6 +97,7 @@ cdef struct Stream:
     int pad                   # bytes of padding after the payload (LinkKind.align)
     int pad_done
     reduce_fn fn
+    dual_fn fn2               # recv with fwd: the one-pass relay kernel (get_reduce_forward), or NULL
     int dtype
     size_t esize
     bint streaming

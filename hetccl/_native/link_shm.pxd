@@ -6,7 +6,8 @@ from hetccl._native.atomics cimport hc_load_acq, hc_store32_sc
 from hetccl._native.fifo cimport *
 from hetccl._native.link cimport Link, LinkKind, Stream, Seg, ssize_t
 from hetccl._native.posix_wait cimport pollfd, POLLIN, POLLHUP, POLLERR
-from hetccl._native.kernels cimport reduce_fn, copy_bytes, divide_by, reduce_ordered
+from hetccl._native.kernels cimport (reduce_fn, copy_bytes, divide_by, reduce_ordered,
+                                    reduce_forward)
 from hetccl._native.stream cimport send_walk, recv_walk, skip_empty
 from hetccl._native.wire cimport HDR_BYTES
 
@@ -29,11 +30,13 @@ cdef inline void shm_release(Link* L) noexcept nogil:
 
 
 cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
-    """One fused ring step: FIFO-in (OP local) -> next rank's FIFO, plus a copy to the output.
+    """One fused ring step: FIFO-in (OP local) -> next rank's FIFO, and to the output if any.
 
-    The result is written once into the next rank's FIFO (cache-resident) and copied from there
-    to the user's output (streaming stores for large outputs), so the output is never re-read to
-    be forwarded. Both links are FIFOs. Returns bytes consumed; 0 means wait (s.waiting says
+    A reduction that also lands in the output (the allreduce's last reduce-scatter step) is one
+    pass of the forward kernel (s.fn2): each block is combined once and stored into the next FIFO
+    (ordinary stores: the peer reads it soon) and into the output (streaming stores for large
+    outputs), so the output is never re-read to be forwarded. Otherwise (AVG's divide, plain
+    relays) the result goes into the FIFO and is copied from there to the output. Both links are FIFOs. Returns bytes consumed; 0 means wait (s.waiting says
     whether on a link, or on the send stream reaching this forwarded segment)."""
     cdef Stream* F = s.fwd
     cdef Fifo* I = &s.link.fifo
@@ -65,14 +68,18 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
         return 0
     src = I.rx_data + rx_off
     dst = T.tx_data + tx_off
-    if g.loc != NULL:
-        reduce_ordered(s.fn, dst, g.loc + s.off, src, n // s.esize, s.swap, 0)
-        if g.divide:
-            divide_by(dst, n // s.esize, s.dtype, g.divide)
+    if g.loc != NULL and g.buf != NULL and s.fn2 != NULL and not g.divide:
+        reduce_forward(s.fn2, dst, g.buf + s.off, g.loc + s.off, src, n // s.esize, s.swap,
+                       s.streaming)      # one pass: into the FIFO (cached) and the output
     else:
-        copy_bytes(dst, src, n, 0)
-    if g.buf != NULL:
-        copy_bytes(g.buf + s.off, dst, n, s.streaming)
+        if g.loc != NULL:
+            reduce_ordered(s.fn, dst, g.loc + s.off, src, n // s.esize, s.swap, 0)
+            if g.divide:
+                divide_by(dst, n // s.esize, s.dtype, g.divide)
+        else:
+            copy_bytes(dst, src, n, 0)
+        if g.buf != NULL:
+            copy_bytes(g.buf + s.off, dst, n, s.streaming)
     I.rx_tail += n
     T.tx_head += n
     F.off += n

@@ -49,6 +49,7 @@ cdef void open_stream(Engine e, Stream* s, int peer, Seg* segs, int nseg, int co
     s.pad = <int>((-(<long>(s.total))) & (<long>s.link.kind.align - 1))
     s.pad_done = 0
     s.fn = get_reduce(dtype, op) if dtype >= 0 else NULL
+    s.fn2 = NULL
     s.dtype = dtype
     s.esize = esize
     s.streaming = False

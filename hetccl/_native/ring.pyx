@@ -18,7 +18,7 @@ from libc.stdlib cimport malloc, free
 from hetccl._native.blocks cimport even_blocks, slice_len
 from hetccl._native.codes cimport *
 from hetccl._native.engine cimport Engine
-from hetccl._native.kernels cimport copy_bytes, store_fence
+from hetccl._native.kernels cimport copy_bytes, store_fence, get_reduce_forward
 from hetccl._native.link cimport Stream, Seg, E_OS
 from hetccl._native.progress cimport open_stream, run_step, xfer, can_fuse, slice_bytes
 from hetccl._native.stream cimport seg
@@ -79,7 +79,11 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
     snd.dep = &rcv
     if fused:
         rcv.fwd = &snd
-    rcv.streaming = total >= e.nt_threshold
+        rcv.fn2 = get_reduce_forward(dtype, op)
+    # streaming stores for large outputs, but not in place: there the output's lines were just
+    # loaded (the reduce reads them, the send copied them out), and streaming onto cached lines
+    # is slower than ordinary stores
+    rcv.streaming = total >= e.nt_threshold and sbuf != rbuf
     rc = run_step(e, &snd, &rcv, False, dl)
     free(ssegs)
     return rc
