@@ -382,15 +382,22 @@ def _ratio_rows(res, sizes):
 PUBLIC = ("allreduce", "allreduce in place", "reduce_scatter", "allgather",
           "allreduce, 1 MiB FIFOs", "allreduce in place, 1 MiB FIFOs")
 ALT_FIFO = 1 << 20       # the what-if communicator's FIFOs: 256 KiB ring slices (three fit in L2)
-RING_ALONE = {       # name -> (slice: None = the ring's own, one-pass forward, in place)
-    "ring alone": (None, False, False),
-    "ring alone, 256K slices": (256 << 10, False, False),
-    "one-pass ring": (None, True, False),
-    "one-pass ring, 256K slices": (256 << 10, True, False),
-    "ring alone in place": (None, False, True),
-    "ring alone in place, 256K slices": (256 << 10, False, True),
-    "one-pass ring in place": (None, True, True),
-    "one-pass ring in place, 256K slices": (256 << 10, True, True),
+# name -> (slice: None = the ring's own; the fused step: "two" passes (reduce into the FIFO, copy
+# out), "one" pass of the dual kernel (both streamed), or "fwd" (the forward kernel, as the ring
+# runs it: ordinary stores into the FIFO, the output streamed, or not in place); in place)
+RING_ALONE = {
+    "ring alone": (None, "two", False),
+    "ring alone, 256K slices": (256 << 10, "two", False),
+    "one-pass ring": (None, "one", False),
+    "one-pass ring, 256K slices": (256 << 10, "one", False),
+    "forward-kernel ring": (None, "fwd", False),
+    "forward-kernel ring, 256K slices": (256 << 10, "fwd", False),
+    "ring alone in place": (None, "two", True),
+    "ring alone in place, 256K slices": (256 << 10, "two", True),
+    "one-pass ring in place": (None, "one", True),
+    "one-pass ring in place, 256K slices": (256 << 10, "one", True),
+    "forward-kernel ring in place": (None, "fwd", True),
+    "forward-kernel ring in place, 256K slices": (256 << 10, "fwd", True),
 }
 DUAL_WRITE = ("dual-write", "dual-write, plain stores", "dual-write in place",
               "dual-write in place, plain stores")
@@ -451,29 +458,34 @@ def allreduce_traffic(comm, bufs, pattern):
         raise ValueError(pattern)
 
 
-def _ring_alone(b, slice_bytes, one_pass, in_place):
+def _ring_alone(b, slice_bytes, step, in_place):
     """The 2-rank FIFO ring allreduce's kernels on this rank, slice by slice, without the peer: the
     FIFOs are private slice-size buffers, so the FIFO pass costs nothing and only the loads and
     stores remain. As the ring runs (ring.pyx; link_shm.pxd shm_forward), per slice: my block's
     slice copied into the FIFO; the peer's slice (f3, standing still) reduced with my other block
     into the next FIFO, then copied to the output (streaming); the finished slice copied out of the
     FIFO into the output (streaming). ``slice_bytes``: None = the ring's own (a quarter of the
-    FIFO); ``one_pass``: the fused step as one pass of the dual kernel (the sum streamed into the
-    next FIFO and the output at once); ``in_place``: the output is the input."""
+    FIFO); ``step``: the fused step in "two" passes (reduce into the FIFO, copy to the output,
+    streaming), as "one" pass of the dual kernel (the sum streamed into the next FIFO and the
+    output at once), or as the ring runs it now, "fwd": one pass of the forward kernel (ordinary
+    stores into the FIFO; the output streamed, or in place, where the pass has just loaded its
+    lines, ordinary); ``in_place``: the output is the input."""
     from hetccl._native.codes import DT_FLOAT32 as F32, OP_SUM as SUM
     from hetccl._native.kernels import copy_array, reduce_arrays
     sl = slice_bytes or b["slice"]
     x, f1, f2, f3 = b["x8"], b["f1"], b["f2"], b["f3"]
     o = x if in_place else b["o8"]
     h = len(x) // 2
+    st = not (step == "fwd" and in_place)        # the fused step's output stores: streaming?
     for s in range(0, h, sl):
         k = min(sl, h - s)
         copy_array(f1[:k], x[s:s + k])                                    # send my block
-        if one_pass:
-            reduce_arrays(f2[:k], x[h + s:h + s + k], f3[:k], F32, SUM, True, also=o[h + s:h + s + k])
-        else:
+        if step == "two":
             reduce_arrays(f2[:k], x[h + s:h + s + k], f3[:k], F32, SUM)  # fused: into the next FIFO
             copy_array(o[h + s:h + s + k], f2[:k], True)                  # ... copied to the output
+        else:
+            reduce_arrays(f2[:k], x[h + s:h + s + k], f3[:k], F32, SUM, st, also=o[h + s:h + s + k],
+                          forward=step == "fwd")
         copy_array(o[s:s + k], f3[:k], True)                              # allgather step: FIFO out
 
 
@@ -535,7 +547,7 @@ AR_BOUND_DOC = """\
 Per rank, N = bytes of the allreduce; the busbw factor is 1 at 2 ranks, so every row is N / its
 time (the phases too, so their times add up against the allreduce's). Plain-buffer bound: the
 least a rank with private buffers must load and store (2N + 2N, half of it in cache-resident
-shared slices), the fastest of the four ring-alone rows (the ring's kernels on private FIFOs, the
+shared slices), the fastest of the six ring-alone rows (the ring's kernels on private FIFOs, the
 FIFO pass free), out of place and in place separately. Shared-memory minimum: N + N, the
 dual-write that only buffers the peer can read allow (comm.alloc). memcpy: the dual-write's
 traffic through the copy kernel. Accounting: transports.allreduce_bound_rows. The bounds run
@@ -565,11 +577,14 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
       stores); the peer's finished half copied from shared memory into my output (N/2, N/2):
       **2N loads and 2N stores**, of which N + N touch the user's buffers and N + N the shared
       slices, which stay in cache when the work goes slice by slice. That is the FIFO ring's
-      schedule (ring.pyx, link_shm.pxd shm_forward). ``ring alone`` runs its kernels as it runs
-      them on private slice-size FIFOs (the FIFO pass free); the variants change what the
-      schedule could change: slices of 256 KiB (three slices inside L2) and the fused step as one
-      pass of the dual kernel (``one-pass ring``). The fastest of the four, out of place and in
-      place separately, is the **plain-buffer bound**: the target's "its memory-traffic bound".
+      schedule (ring.pyx, link_shm.pxd shm_forward). ``ring alone`` runs its kernels as it ran
+      them before the one-pass relay step (the reduce into the FIFO, a copy out of it), on
+      private slice-size FIFOs (the FIFO pass free); ``forward-kernel ring`` as it runs them now
+      (one pass of the forward kernel; in place, ordinary stores into its output); the variants
+      change what the schedule could change: slices of 256 KiB (three slices inside L2) and the
+      fused step as one pass of the dual kernel (``one-pass ring``, both outputs streamed). The
+      fastest of the six, out of place and in place separately, is the **plain-buffer bound**:
+      the target's "its memory-traffic bound".
     * ``memcpy`` (N bytes) is the dual-write's traffic through the copy kernel: dual-write / memcpy
       below 1 means the reduce kernel, not memory, sets the bound (BOUND_CAVEAT).
     * Where the time goes: allreduce / ``ring alone`` is the FIFO pass (each slice handed from one
@@ -603,7 +618,10 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
                    f"ring alone {bw['allreduce'] / bw['ring alone']:.2f} (the FIFO pass); ring alone / "
                    f"plain-buffer bound {bw['ring alone'] / bw[plain['allreduce']]:.2f} (slice and "
                    f"kernel choices); 256K slices {bw['ring alone, 256K slices'] / bw['ring alone']:.2f}x, "
-                   f"one-pass forward {bw['one-pass ring'] / bw['ring alone']:.2f}x the ring alone; "
+                   f"one-pass forward {bw['one-pass ring'] / bw['ring alone']:.2f}x, the forward kernel "
+                   f"{bw['forward-kernel ring'] / bw['ring alone']:.2f}x (in place "
+                   f"{bw['forward-kernel ring in place'] / bw['ring alone in place']:.2f}x) the ring "
+                   f"alone; "
                    f"dual-write / memcpy {bw['dual-write'] / bw['memcpy']:.2f} (the reduce kernel "
                    f"against a copy); streaming / plain stores: dual-write "
                    f"{bw['dual-write'] / bw['dual-write, plain stores']:.2f}, memcpy "

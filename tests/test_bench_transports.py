@@ -48,7 +48,9 @@ def test_in_place_bound_writes_the_sum_over_both_inputs(tr, pattern):
 
 @pytest.mark.parametrize("pattern", ["ring alone", "ring alone, 256K slices", "one-pass ring",
                                      "one-pass ring, 256K slices", "ring alone in place",
-                                     "one-pass ring in place, 256K slices"])
+                                     "one-pass ring in place, 256K slices", "forward-kernel ring",
+                                     "forward-kernel ring in place",
+                                     "forward-kernel ring in place, 256K slices"])
 def test_ring_alone_runs_the_rings_kernels(tr, pattern):
     """With the peer's FIFO slice standing still (f3), the output holds what the ring would write
     had the peer sent f3 every slice: my block reduced with it, and f3 copied into the other."""
@@ -75,3 +77,12 @@ def test_allreduce_bound_section_runs_on_two_ranks(tr):
     assert summary[1].startswith("allreduce in place / its memory-traffic bound (plain buffers: ")
     assert any(s.startswith("allreduce / the shared-memory minimum") for s in summary)
     assert any(s.startswith("where the time goes: reduce_scatter") for s in summary)
+
+
+def test_ring_ab_runs_every_variant_on_two_ranks(tr, capsys):
+    """bench/ring_ab.py: every fused-step variant checks its result and gets a row."""
+    ring_ab = importlib.import_module("ring_ab")
+    ring_ab.main(["--size", "1M", "--rounds", "1", "--reps", "1"])
+    out = capsys.readouterr().out
+    for v in ring_ab.VARIANTS:
+        assert out.count(f"| {v} |") == 2, out            # out of place and in place

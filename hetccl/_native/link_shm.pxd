@@ -35,7 +35,7 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
     A reduction that also lands in the output (the allreduce's last reduce-scatter step) is one
     pass of the forward kernel (s.fn2): each block is combined once and stored into the next FIFO
     (ordinary stores: the peer reads it soon) and into the output (streaming stores for large
-    outputs), so the output is never re-read to be forwarded. Otherwise (AVG's divide, plain
+    outputs, unless in place), so the output is never re-read to be forwarded. Otherwise (AVG's divide, plain
     relays) the result goes into the FIFO and is copied from there to the output. Both links are FIFOs. Returns bytes consumed; 0 means wait (s.waiting says
     whether on a link, or on the send stream reaching this forwarded segment)."""
     cdef Stream* F = s.fwd
@@ -44,6 +44,7 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
     cdef size_t rx_off, tx_off, k
     cdef char* src
     cdef char* dst
+    cdef bint streaming
     skip_empty(F)
     if F.hdr_done < HDR_BYTES or F.cur >= F.nseg or not F.segs[F.cur].fwd:
         return 0                         # our own bytes must go first
@@ -68,9 +69,12 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
         return 0
     src = I.rx_data + rx_off
     dst = T.tx_data + tx_off
+    # in place (the output is the local operand) this pass has just loaded the output's lines:
+    # ordinary stores then, streaming onto lines in cache costs more than it saves
+    streaming = s.streaming and g.buf != g.loc
     if g.loc != NULL and g.buf != NULL and s.fn2 != NULL and not g.divide:
         reduce_forward(s.fn2, dst, g.buf + s.off, g.loc + s.off, src, n // s.esize, s.swap,
-                       s.streaming)      # one pass: into the FIFO (cached) and the output
+                       streaming)        # one pass: into the FIFO (cached) and the output
     else:
         if g.loc != NULL:
             reduce_ordered(s.fn, dst, g.loc + s.off, src, n // s.esize, s.swap, 0)
@@ -79,7 +83,7 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
         else:
             copy_bytes(dst, src, n, 0)
         if g.buf != NULL:
-            copy_bytes(g.buf + s.off, dst, n, s.streaming)
+            copy_bytes(g.buf + s.off, dst, n, streaming)
     I.rx_tail += n
     T.tx_head += n
     F.off += n

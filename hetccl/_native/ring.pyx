@@ -24,6 +24,18 @@ from hetccl._native.progress cimport open_stream, run_step, xfer, can_fuse, slic
 from hetccl._native.stream cimport seg
 
 
+cdef bint _one_pass = True           # the fused relay step as one pass of the forward kernel
+
+
+def ring_variant(bint one_pass=True):
+    """Benchmark hook (bench/ring_ab.py): how the next allreduce_ring calls in this process run
+    their fused relay step: one pass of the forward kernel (the default, what the library runs),
+    or the reduce into the FIFO and a copy out of it (the schedule it replaced, kept for
+    same-process A/B)."""
+    global _one_pass
+    _one_pass = one_pass
+
+
 cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtype, int op,
                         double dl) noexcept nogil:
     """Ring allreduce, sliced: for each slice of every block, 2N-2 steps around the ring.
@@ -79,11 +91,8 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
     snd.dep = &rcv
     if fused:
         rcv.fwd = &snd
-        rcv.fn2 = get_reduce_forward(dtype, op)
-    # streaming stores for large outputs, but not in place: there the output's lines were just
-    # loaded (the reduce reads them, the send copied them out), and streaming onto cached lines
-    # is slower than ordinary stores
-    rcv.streaming = total >= e.nt_threshold and sbuf != rbuf
+        rcv.fn2 = get_reduce_forward(dtype, op) if _one_pass else NULL
+    rcv.streaming = total >= e.nt_threshold     # shm_forward: not where it writes over its operand
     rc = run_step(e, &snd, &rcv, False, dl)
     free(ssegs)
     return rc
