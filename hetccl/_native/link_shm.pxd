@@ -35,9 +35,10 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
     A reduction that also lands in the output (the allreduce's last reduce-scatter step) is one
     pass of the forward kernel (s.fn2): each block is combined once and stored into the next FIFO
     (ordinary stores: the peer reads it soon) and into the output (streaming stores for large
-    outputs, unless in place), so the output is never re-read to be forwarded. Otherwise (AVG's divide, plain
-    relays) the result goes into the FIFO and is copied from there to the output. Both links are FIFOs. Returns bytes consumed; 0 means wait (s.waiting says
-    whether on a link, or on the send stream reaching this forwarded segment)."""
+    outputs, unless in place), so the output is never re-read to be forwarded. Otherwise (AVG's
+    divide, plain relays) the result goes into the FIFO and is copied from there to the output.
+    Both links are FIFOs. Returns bytes consumed; 0 means wait (s.waiting says whether on a link,
+    or on the send stream reaching this forwarded segment)."""
     cdef Stream* F = s.fwd
     cdef Fifo* I = &s.link.fifo
     cdef Fifo* T = &F.link.fifo
