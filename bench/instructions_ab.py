@@ -210,7 +210,7 @@ def main(argv=None) -> int:
               f"Hot.<collective> (({args.many} calls) - ({args.few} calls)) / {args.many - args.few}")
     else:
         print(f"{args.nranks} ranks, rank 0 under callgrind; instructions per public call of rank 0 "
-              f"(starmap_next, waits' idle steps left out), least of {args.repeat} runs of {args.many} calls")
+              f"(starmap_next, less the schedule steps), least of {args.repeat} runs of {args.many} calls")
     print(f"{'case':<34} {'A':>10} {'B':>10} {'B/A':>7}")
     for spec in args.cases.split(","):
         if args.scope == "entry":

@@ -303,6 +303,7 @@ cdef class Hot:
             self.e.hold_gil = False
             self.flight.fail(s, x)
             raise
+        self.e.hold_gil = False         # (gil_off cleared it; kept clear whatever the entry did)
         self.flight.mark(s, FL_DONE, 0)
         return 0
 
@@ -352,6 +353,7 @@ cdef class Hot:
             self.e.hold_gil = False
             self.flight.fail(s, x)
             raise
+        self.e.hold_gil = False         # (gil_off cleared it; kept clear whatever the entry did)
         self.flight.mark(s, FL_DONE, 0)
         return 0
 
