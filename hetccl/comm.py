@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -347,6 +348,9 @@ class Communicator:
         self._hot = schedules.Hot(engine, timeout, _NUMPY, _Flight())   # the latency path (learn() below)
         self._hot.on_refused = self._cma_refused
         self._flight = self._hot.flight       # this rank's record of its collective calls
+        # the public collectives' native entries (latency.pyx: methods), shadowing the methods below
+        # on this instance: a learnt call skips the Python frame; anything else comes to them
+        self.__dict__.update(schedules.methods(self._hot, weakref.ref(self), type(self)))
         self._parent = parent
         self.rank = info.rank
         self.size = info.size
@@ -366,7 +370,6 @@ class Communicator:
         _flight.attach(ctx)
         self.local_rank = sum(c["host"] == cards[self.rank]["host"] for c in cards[:self.rank])
         self.local_size = sum(c["host"] == cards[self.rank]["host"] for c in cards)
-        self._pending = 0
         self._queue = collections.deque()
         self._cv = threading.Condition()
         self._worker = None
@@ -397,6 +400,16 @@ class Communicator:
             self._ft.detach()
             raise
         self._ft.ready()                      # failure events held while the collectives above ran
+
+    @property
+    def _pending(self):
+        """Operations queued for the progress thread; a blocking call waits behind them (kept on
+        the latency path's object, which the native entries read)."""
+        return self._hot.pending
+
+    @_pending.setter
+    def _pending(self, n):
+        self._hot.pending = n
 
     @property
     def _store_ok(self):

@@ -256,3 +256,159 @@ def test_torch_all_gather_takes_the_latency_path():
     results = run_ranks(_torch_case, 2, free_port(), timeout=120)
     fails = [f"rank {r}: {f}" for r, fs in enumerate(results) for f in fs]
     assert not fails, "\n".join(fails)
+
+
+# ------------------------------------------------------------------ the GIL held into the wait
+
+def _ticking():
+    """A Python thread that notes the time every 2 ms: (stop, ticks)."""
+    import threading
+    import time
+    ticks, stop = [], threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.002)
+    t = threading.Thread(target=tick, daemon=True)
+    t.start()
+    return stop, ticks
+
+
+def _ran_during(ticks, t0, t1):
+    """Ticks inside [t0, t1], and the longest gap between the ticks around that window."""
+    inside = [t for t in ticks if t0 <= t <= t1]
+    around = [t0] + inside + [t1]
+    return len(inside), max(b - a for a, b in zip(around, around[1:]))
+
+
+def _gil_case(rank, size, what):
+    """The latency path's schedules start holding the GIL (Engine.hold_s): a peer that stalls,
+    never comes or dies must not freeze this rank's other Python threads, and the timeout and the
+    lost peer must still be seen."""
+    import os
+    import time
+
+    import hetccl
+    comm = hetccl.init(timeout=30)
+    e = comm._engine
+    x = np.ones(2, np.float32)
+    parsed = []
+    real_parse = comm._parse
+    comm._parse = lambda coll, *a, **k: (parsed.append(coll), real_parse(coll, *a, **k))[1]
+    for _ in range(5):                          # learnt: later calls take the latency path
+        comm.allreduce(x)
+    comm.barrier()
+    del parsed[:]
+    if what == "quiet":                         # hold_s 0: released at once, never by the wait
+        e.hold_s = 0
+        r0 = e.gil_releases
+        for _ in range(200):
+            y = comm.allreduce(np.ones(2, np.float32))
+        assert y[0] == size and not parsed, (y, parsed)
+        e.hold_s = 20e-6
+        comm.barrier()
+        comm.close()
+        return e.gil_releases - r0
+    if rank == 1:
+        if what == "dies":
+            time.sleep(0.3)
+            os._exit(1)
+        time.sleep(0.3 if what == "stall" else 3.0)     # late, or never there within the timeout
+        if what == "stall":
+            comm.allreduce(np.ones(2, np.float32))
+            comm.close()
+        return None
+    stop, ticks = _ticking()
+    r0 = e.gil_releases
+    t0 = time.monotonic()
+    err = None
+    try:
+        y = comm.allreduce(np.ones(2, np.float32), timeout=0.5 if what == "never" else None)
+    except hetccl.HetcclError as x_:
+        err = type(x_).__name__
+        y = None
+    t1 = time.monotonic()
+    stop.set()
+    n, gap = _ran_during(ticks, t0, t1)
+    out = dict(err=err, took=t1 - t0, ticks=n, gap=gap, released=e.gil_releases - r0, parsed=list(parsed),
+               value=None if y is None else float(y[0]))
+    if what == "stall":
+        comm.close()
+    return out
+
+
+@pytest.mark.parametrize("what", ["stall", "never", "dies"])
+def test_a_late_lost_or_dead_peer_while_the_gil_is_held(what):
+    res = run_ranks(_gil_case, 2, what, timeout=60, transports="shm",
+                    victims=[1] if what == "dies" else ())[0]
+    assert not res["parsed"], f"the call went through the parser: {res['parsed']}"
+    assert res["released"] == 1, f"the wait let the GIL go {res['released']} times (1 expected)"
+    # the other thread ran all along (ticks every 2 ms; a held GIL would leave one gap of the wait)
+    assert res["ticks"] >= 10 and res["gap"] < 0.1, res
+    if what == "stall":
+        assert res["err"] is None and res["value"] == 2.0 and res["took"] >= 0.2, res
+    elif what == "never":
+        assert res["err"] == "HetcclTimeout" and 0.45 <= res["took"] < 3.0, res
+    else:
+        assert res["err"] in ("PeerLostError", "CommAborted", "CommRevoked") and res["took"] < 5.0, res
+
+
+def test_hold_s_zero_releases_the_gil_at_once():
+    for released in run_ranks(_gil_case, 2, "quiet", timeout=60, transports="shm"):
+        assert released == 0, f"the wait let the GIL go {released} times with hold_s = 0"
+
+
+# ------------------------------------------------------------------ the public methods' native entries
+
+def _entries_case(rank, size):
+    import inspect
+
+    import hetccl
+    from hetccl import ReduceOp
+    from hetccl.comm import Communicator
+    comm = hetccl.init(timeout=60)
+    fails = []
+
+    def check(what, cond):
+        if not cond:
+            fails.append(what)
+
+    names = ("allreduce", "allgather", "reduce_scatter", "broadcast", "reduce", "gather", "scatter",
+             "alltoall")
+    for name in names:
+        f, m = getattr(comm, name), getattr(Communicator, name)
+        check(f"{name}: a native entry on the instance", name in vars(comm) and f is not m)
+        sig = inspect.signature(m)
+        want = sig.replace(parameters=list(sig.parameters.values())[1:])
+        check(f"{name}: signature {inspect.signature(f)} != {want}", inspect.signature(f) == want)
+        check(f"{name}: docstring", f.__doc__ == m.__doc__)
+    x = np.full(4, rank + 1, np.float32)
+    for rep in range(3):                        # positional and keyword forms, learnt and not
+        check("allreduce positional op/out",
+              comm.allreduce(x, ReduceOp.MAX, np.empty(4, np.float32))[0] == size)
+        check("reduce positional", (comm.reduce(x, 0, ReduceOp.SUM, None) is None) == (rank != 0))
+        check("gather positional", (comm.gather(x, 0, None) is None) == (rank != 0))
+        out = np.empty(4, np.float32)
+        check("scatter positional", comm.scatter(np.arange(4 * size, dtype=np.float32), out, 0) is out
+              and out[0] == 4 * rank)
+        check("reduce_scatter counts=", comm.reduce_scatter(np.ones(size, np.float32),
+                                                            counts=[1] * size)[0] == size)
+        check("alltoall counts", comm.alltoall(np.ones(size, np.float32), np.empty(size, np.float32),
+                                               send_counts=[1] * size, recv_counts=[1] * size)[0] == 1)
+        w = comm.allreduce(np.ones(2, np.float32), async_op=True)      # queued: pending
+        y = comm.allreduce(np.ones(2, np.float32))                     # behind it: the Python path
+        check("async then blocking", w.wait()[0] == size and y[0] == size)
+        check("pending drained", comm._pending == 0 and comm._hot.pending == 0)
+    try:
+        comm.allreduce(np.ones(2, np.float32), out=np.empty(3, np.float32))
+        fails.append("a wrong output size did not raise")
+    except hetccl.InvalidUsage:
+        pass
+    comm.close()
+    return fails
+
+
+def test_native_entries_take_every_form_and_hand_the_rest_to_the_methods():
+    for fails in run_ranks(_entries_case, 2, timeout=90):
+        assert not fails, fails

@@ -19,6 +19,7 @@ from hetccl._native.bruck cimport allgather_bruck, alltoall_bruck
 from hetccl._native.codes cimport *
 from hetccl._native.doubling cimport allreduce_rd, allgather_rd, barrier_dissemination
 from hetccl._native.engine cimport Engine
+from hetccl._native.gil cimport PyThreadState, gil_off, gil_on
 from hetccl._native.halving cimport allreduce_rabenseifner, reduce_rs_gather, reduce_scatter_halving
 from hetccl._native.kernels cimport copy_bytes
 from hetccl._native.linear cimport gather_linear, scatter_linear, alltoall_pairwise
@@ -77,6 +78,7 @@ def allreduce(Engine e, sendobj, recvobj, int dtype, int op, int algo, double ti
 cdef int run_allreduce(Engine e, Py_buffer* a, Py_buffer* b, bint inplace, int dtype, int op, int algo,
                        double timeout) except -1:
     cdef int rc
+    cdef PyThreadState* ts
     cdef double dl
     cdef size_t count
     e.check_usable()
@@ -86,15 +88,16 @@ cdef int run_allreduce(Engine e, Py_buffer* a, Py_buffer* b, bint inplace, int d
     count = <size_t>b.len // dtype_size(dtype)
     dl = hc_now() + timeout
     e.begin("allreduce", b.len)
-    with nogil:
-        if algo == ALGO_RING:
-            rc = allreduce_ring(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
-        elif algo == ALGO_RD:
-            rc = allreduce_rd(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
-        elif algo == ALGO_RABENSEIFNER:
-            rc = allreduce_rabenseifner(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
-        else:
-            rc = allreduce_dbtree(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
+    ts = gil_off(e, dl - timeout)
+    if algo == ALGO_RING:
+        rc = allreduce_ring(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
+    elif algo == ALGO_RD:
+        rc = allreduce_rd(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
+    elif algo == ALGO_RABENSEIFNER:
+        rc = allreduce_rabenseifner(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
+    else:
+        rc = allreduce_dbtree(e, <char*>a.buf, <char*>b.buf, count, dtype, op, dl)
+    gil_on(e, ts)
     e.end(rc, "allreduce", timeout)
     return 0
 
@@ -117,17 +120,19 @@ def allgather(Engine e, sendobj, recvobj, int dtype, int algo, double timeout):
 cdef int run_allgather(Engine e, Py_buffer* sv, Py_buffer* rv, int dtype, int algo, double timeout) except -1:
     """On buffers pin_allgather checked (sv: this rank's block, which may lie in rv)."""
     cdef int rc
+    cdef PyThreadState* ts
     cdef double dl
     schedule(algo == ALGO_RING or algo == ALGO_RD or algo == ALGO_BRUCK, COLL_ALLGATHER, algo)
     dl = hc_now() + timeout
     e.begin("allgather", <size_t>rv.len)
-    with nogil:
-        if algo == ALGO_RING:
-            rc = allgather_ring(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
-        elif algo == ALGO_RD:
-            rc = allgather_rd(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
-        else:
-            rc = allgather_bruck(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
+    ts = gil_off(e, dl - timeout)
+    if algo == ALGO_RING:
+        rc = allgather_ring(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
+    elif algo == ALGO_RD:
+        rc = allgather_rd(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
+    else:
+        rc = allgather_bruck(e, <char*>sv.buf, <char*>rv.buf, <size_t>sv.len, dtype, dl)
+    gil_on(e, ts)
     e.end(rc, "allgather", timeout)
     return 0
 
@@ -213,6 +218,7 @@ cdef int run_rs_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* boff, int d
                        double timeout) except -1:
     """Run reduce_scatter(v) with blocks at boff[0..N) of lengths boff[N..2N) (bytes; they tile a)."""
     cdef int rc, N = e.size
+    cdef PyThreadState* ts
     cdef double dl
     cdef size_t es = dtype_size(dtype)
     cdef size_t* blen = boff + N
@@ -222,16 +228,17 @@ cdef int run_rs_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* boff, int d
                            f"it needs {blen[e.rank] // es}")
     dl = hc_now() + timeout
     e.begin("reduce_scatter", b.len)
-    with nogil:
-        if N == 1:
-            copy_bytes(b.buf, a.buf, blen[0], 0)
-            rc = 0
-        elif algo == ALGO_RECURSIVE_HALVING:
-            rc = reduce_scatter_halving(e, <char*>a.buf, <char*>b.buf, boff, blen, dtype, op,
-                                        <size_t>a.len // es, dl)
-        else:
-            rc = reduce_scatter_ring(e, <char*>a.buf, <char*>b.buf, boff, blen, dtype, op,
-                                     <size_t>a.len // es, dl)
+    ts = gil_off(e, dl - timeout)
+    if N == 1:
+        copy_bytes(b.buf, a.buf, blen[0], 0)
+        rc = 0
+    elif algo == ALGO_RECURSIVE_HALVING:
+        rc = reduce_scatter_halving(e, <char*>a.buf, <char*>b.buf, boff, blen, dtype, op,
+                                    <size_t>a.len // es, dl)
+    else:
+        rc = reduce_scatter_ring(e, <char*>a.buf, <char*>b.buf, boff, blen, dtype, op,
+                                 <size_t>a.len // es, dl)
+    gil_on(e, ts)
     e.end(rc, "reduce_scatter", timeout)
     return 0
 
@@ -248,6 +255,7 @@ def broadcast(Engine e, obj, int root, int dtype, int algo, double timeout):
 cdef int run_broadcast(Engine e, char* buf, size_t nb, int root, int dtype, int algo,
                        double timeout) except -1:
     cdef int rc
+    cdef PyThreadState* ts
     cdef double dl
     cdef size_t count = nb // dtype_size(dtype)
     if not 0 <= root < e.size:
@@ -256,15 +264,16 @@ cdef int run_broadcast(Engine e, char* buf, size_t nb, int root, int dtype, int 
              COLL_BROADCAST, algo)
     dl = hc_now() + timeout
     e.begin("broadcast", nb)
-    with nogil:
-        if e.size == 1:
-            rc = 0
-        elif algo == ALGO_CHAIN:
-            rc = bcast_chain(e, buf, nb, root, dtype, count, dl)
-        elif algo == ALGO_SCATTER_ALLGATHER:
-            rc = bcast_scatter_allgather(e, buf, count, root, dtype, dl)
-        else:
-            rc = bcast_binomial(e, buf, nb, root, dtype, count, dl)
+    ts = gil_off(e, dl - timeout)
+    if e.size == 1:
+        rc = 0
+    elif algo == ALGO_CHAIN:
+        rc = bcast_chain(e, buf, nb, root, dtype, count, dl)
+    elif algo == ALGO_SCATTER_ALLGATHER:
+        rc = bcast_scatter_allgather(e, buf, count, root, dtype, dl)
+    else:
+        rc = bcast_binomial(e, buf, nb, root, dtype, count, dl)
+    gil_on(e, ts)
     e.end(rc, "broadcast", timeout)
     return 0
 
@@ -273,6 +282,7 @@ def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, do
     """On root, recvobj = reduction of every rank's sendobj (recvobj may be None elsewhere)."""
     cdef Pins p = Pins()
     cdef int rc
+    cdef PyThreadState* ts
     cdef double dl
     cdef size_t nb
     if not 0 <= root < e.size:
@@ -290,13 +300,14 @@ def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, do
     nb = p.a.len
     dl = hc_now() + timeout
     e.begin("reduce", nb)
-    with nogil:
-        if algo == ALGO_RS_GATHER:
-            rc = reduce_rs_gather(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL,
-                                  nb // dtype_size(dtype), root, dtype, op, dl)
-        else:
-            rc = reduce_binomial(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL, nb,
-                                 root, dtype, op, nb // dtype_size(dtype), dl)
+    ts = gil_off(e, dl - timeout)
+    if algo == ALGO_RS_GATHER:
+        rc = reduce_rs_gather(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL,
+                              nb // dtype_size(dtype), root, dtype, op, dl)
+    else:
+        rc = reduce_binomial(e, <char*>p.a.buf, <char*>p.b.buf if e.rank == root else NULL, nb,
+                             root, dtype, op, nb // dtype_size(dtype), dl)
+    gil_on(e, ts)
     e.end(rc, "reduce", timeout)
 
 
@@ -333,6 +344,7 @@ def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, do
     """Root's recvobj = concatenation of every rank's sendobj (rank-ordered; counts for gatherv)."""
     cdef Pins p = Pins()
     cdef int rc
+    cdef PyThreadState* ts
     cdef double dl
     cdef size_t* o
     p.pin(sendobj, recvobj if 0 <= root == e.rank else None, True)
@@ -340,8 +352,9 @@ def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, do
     try:
         dl = hc_now() + timeout
         e.begin("gather", blocks_total(o, e.size))
-        with nogil:
-            rc = gather_linear(e, <char*>p.a.buf, p.a.len, <char*>p.b.buf, o, root, dtype, dl)
+        ts = gil_off(e, dl - timeout)
+        rc = gather_linear(e, <char*>p.a.buf, p.a.len, <char*>p.b.buf, o, root, dtype, dl)
+        gil_on(e, ts)
         e.end(rc, "gather", timeout)
     finally:
         free(o)
@@ -351,6 +364,7 @@ def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, d
     """Every rank's recvobj = its block of root's sendobj (counts for scatterv)."""
     cdef Pins p = Pins()
     cdef int rc
+    cdef PyThreadState* ts
     cdef double dl
     cdef size_t* o
     p.pin(sendobj if 0 <= root == e.rank else None, recvobj, True)
@@ -358,8 +372,9 @@ def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, d
     try:
         dl = hc_now() + timeout
         e.begin("scatter", p.b.len)
-        with nogil:
-            rc = scatter_linear(e, <char*>p.a.buf, <char*>p.b.buf, p.b.len, o, root, dtype, dl)
+        ts = gil_off(e, dl - timeout)
+        rc = scatter_linear(e, <char*>p.a.buf, <char*>p.b.buf, p.b.len, o, root, dtype, dl)
+        gil_on(e, ts)
         e.end(rc, "scatter", timeout)
     finally:
         free(o)
@@ -439,14 +454,16 @@ cdef int alltoall_blocks(Engine e, Py_buffer* a, Py_buffer* b, size_t* offs, int
     """Run alltoall(v); offs holds N send offsets, N send lengths, N receive offsets, N receive
     lengths (bytes). Bruck only for equal blocks (the callers check)."""
     cdef int rc = 0, N = e.size
+    cdef PyThreadState* ts
     cdef double dl
     dl = hc_now() + timeout
     e.begin("alltoall", b.len)
-    with nogil:
-        if algo == ALGO_BRUCK and N > 1:
-            rc = alltoall_bruck(e, <char*>a.buf, <char*>b.buf, <size_t>a.len // N, dtype, dl)
-        else:
-            rc = alltoall_pairwise(e, <char*>a.buf, <char*>b.buf, offs, dtype, dl)
+    ts = gil_off(e, dl - timeout)
+    if algo == ALGO_BRUCK and N > 1:
+        rc = alltoall_bruck(e, <char*>a.buf, <char*>b.buf, <size_t>a.len // N, dtype, dl)
+    else:
+        rc = alltoall_pairwise(e, <char*>a.buf, <char*>b.buf, offs, dtype, dl)
+    gil_on(e, ts)
     e.end(rc, "alltoall", timeout)
     return 0
 

@@ -2,6 +2,7 @@
 # lifecycle every schedule brackets itself with. The schedules (ring.pyx, doubling.pyx, ...) and
 # their driver (progress.pyx) are functions of an Engine in their own modules.
 from libc.stdint cimport uint32_t
+from cpython.pystate cimport PyThreadState
 from hetccl._native.failure cimport Failure
 from hetccl._native.link cimport Link
 
@@ -13,6 +14,16 @@ cdef class Engine:
     cdef public double spin_s       # waiting: spin this long, then yield ...
     cdef public double yield_s      # ... this long, then sleep (progress.pyx)
     cdef public size_t handover_bytes  # steps moving this much sleep at once (0: never; oversubscribed)
+    # the latency path's calls hold the GIL into their wait (gil.pxd): hold_gil asks it of the next
+    # schedule entered through gil_off (the latency path sets it around one call); held: that
+    # schedule holds the GIL now; the wait lets it go at hold_end (hold_s after the schedule began)
+    # or before it sleeps, and released keeps the thread state until the schedule ends
+    cdef public double hold_s       # (0: release at once, like every other call)
+    cdef bint hold_gil
+    cdef bint held
+    cdef double hold_end
+    cdef PyThreadState* released
+    cdef readonly unsigned long long gil_releases   # held calls whose wait let the GIL go (tests)
     cdef readonly unsigned long long futex_sleeps   # waits that slept on futex words (progress.pyx) ...
     cdef readonly unsigned long long poll_sleeps    # ... and in poll() (diagnostics, tests)
     cdef public size_t nt_threshold # outputs this large are written with streaming stores

@@ -66,6 +66,11 @@ cdef class Engine:
         self.spin_s = 20e-6
         self.yield_s = 500e-6
         self.handover_bytes = 0
+        self.hold_s = 20e-6
+        self.hold_gil = False
+        self.held = False
+        self.released = NULL
+        self.gil_releases = 0
         self.futex_sleeps = 0
         self.poll_sleeps = 0
         self.nt_threshold = 16 << 20

@@ -6,6 +6,7 @@ on the wire, so a Communicator teaches its Hot object each (collective, bytes) -
 plainly to a native schedule, and later calls of that shape go from here straight to the dispatch's
 run_* functions (dispatch.pyx).
 """
+cimport cython
 from cpython.buffer cimport PyBuffer_Release
 from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
@@ -158,6 +159,7 @@ cdef int pin_in_out(object x, object y, int dtype, Py_buffer* a, Py_buffer* b) e
     return 0
 
 
+@cython.final
 cdef class Hot:
     """The per-call work of a communicator's collectives, for calls of a shape it has seen before.
 
@@ -185,7 +187,9 @@ cdef class Hot:
     seconds (int or float); anything else is the parser's to convert or refuse.
 
     Every call it runs goes into the communicator's flight record (``flight``, native: a few
-    stores), failures with their error's class."""
+    stores), failures with their error's class. Its schedules start with the GIL held and free it
+    only if their wait lasts (Engine.hold_s, gil.pxd): a call whose peers are there never pays
+    for releasing and retaking it."""
     cdef Engine e
     cdef double timeout
     cdef dict codes                 # numpy dtype -> hetccl dtype code
@@ -195,6 +199,7 @@ cdef class Hot:
     cdef list memo_hit              # per HOT_* kind: the last unforced hit, for memo_nb[kind] bytes
     cdef Py_ssize_t memo_nb[HOT_KINDS]   # (-1: none), so a loop of one shape skips the dict lookups
     cdef public object last         # the name of the algorithm of the last call (last_algorithm)
+    cdef public int pending         # calls queued for the progress thread (comm.py): none may overtake
     cdef readonly Flight flight     # the communicator's flight record (hetccl/flight/)
 
     def __cinit__(self, Engine e, double timeout, dict codes, Flight flight=None):
@@ -208,6 +213,7 @@ cdef class Hot:
         self.memo_hit = [None] * HOT_KINDS
         self.unmemo()
         self.last = None
+        self.pending = 0
 
     cdef void unmemo(self) noexcept:
         cdef int k
@@ -281,6 +287,7 @@ cdef class Hot:
             return self.plain(coll, hit, a, b, nbytes, inplace, dtype, op, root, t)
         self.last = hit[1]
         s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
+        self.e.hold_gil = True          # its wait frees the GIL only when it lasts (gil.pxd)
         try:
             if coll == COLL_ALLREDUCE:
                 run_allreduce(self.e, a, b, inplace, dtype, op, algo, t)
@@ -293,8 +300,10 @@ cdef class Hot:
             else:
                 run_reduce_scatter(self.e, a, b, dtype, op, algo, t)
         except BaseException as x:
+            self.e.hold_gil = False
             self.flight.fail(s, x)
             raise
+        self.e.hold_gil = False         # (gil_off cleared it; kept clear whatever the entry did)
         self.flight.mark(s, FL_DONE, 0)
         return 0
 
@@ -332,6 +341,7 @@ cdef class Hot:
         cdef uint64_t s
         self.last = hit[1]
         s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
+        self.e.hold_gil = True
         try:
             if coll == COLL_REDUCE:
                 _reduce(self.e, send, recv, root, dtype, op, algo, t)
@@ -340,12 +350,14 @@ cdef class Hot:
             else:
                 _scatter(self.e, send, recv, None, root, dtype, algo, t)
         except BaseException as x:
+            self.e.hold_gil = False
             self.flight.fail(s, x)
             raise
+        self.e.hold_gil = False         # (gil_off cleared it; kept clear whatever the entry did)
         self.flight.mark(s, FL_DONE, 0)
         return 0
 
-    def broadcast(self, buf, root, forced=None, timeout=None):
+    cpdef object broadcast(self, buf, root, forced=None, timeout=None):
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
         cdef Py_buffer v
@@ -361,7 +373,7 @@ cdef class Hot:
             PyBuffer_Release(&v)
         return buf
 
-    def allreduce(self, buf, out, op, forced=None, timeout=None):
+    cpdef object allreduce(self, buf, out, op, forced=None, timeout=None):
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
         cdef Py_buffer sv, rv
@@ -383,7 +395,7 @@ cdef class Hot:
             release_pair(same, &sv, &rv)
         return out
 
-    def allgather(self, buf, out, forced=None, timeout=None):
+    cpdef object allgather(self, buf, out, forced=None, timeout=None):
         """``out`` None: a new array of size x len(buf) elements."""
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
@@ -420,7 +432,7 @@ cdef class Hot:
             release_pair(same, &sv, &rv)
         return out
 
-    def alltoall(self, buf, out, forced=None, timeout=None):
+    cpdef object alltoall(self, buf, out, forced=None, timeout=None):
         """``out`` None: a new array of len(buf) elements."""
         cdef int dtype = self.dtype_of(buf)
         cdef double t = self.seconds(timeout)
@@ -441,7 +453,7 @@ cdef class Hot:
             release_pair(buf is out, &sv, &rv)
         return out
 
-    def reduce_scatter(self, buf, out, op, forced=None, timeout=None):
+    cpdef object reduce_scatter(self, buf, out, op, forced=None, timeout=None):
         """Equal blocks only (reduce_scatterv's counts go through Python); op and dtypes as allreduce.
         ``out`` None: a new array of len(buf) / size elements."""
         cdef int dtype = self.dtype_of(buf)
@@ -464,7 +476,7 @@ cdef class Hot:
             release_pair(buf is out, &sv, &rv)
         return out
 
-    def reduce(self, buf, root, op, out, forced=None, timeout=None):
+    cpdef object reduce(self, buf, root, op, out, forced=None, timeout=None):
         """The root's result in ``out`` (None: a new array of len(buf) elements); other ranks
         return None."""
         cdef int dtype = self.dtype_of(buf)
@@ -486,7 +498,7 @@ cdef class Hot:
         self.rooted(COLL_REDUCE, hit, buf, out, nb, dtype, op, root, t)
         return out
 
-    def gather(self, buf, root, out, forced=None, timeout=None):
+    cpdef object gather(self, buf, root, out, forced=None, timeout=None):
         """Equal blocks only (gatherv's counts go through Python). The root's result in ``out``
         (None: a new array of size x len(buf) elements); other ranks return None."""
         cdef int dtype = self.dtype_of(buf)
@@ -507,7 +519,7 @@ cdef class Hot:
         self.rooted(COLL_GATHER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
         return out
 
-    def scatter(self, buf, out, root, forced=None, timeout=None):
+    cpdef object scatter(self, buf, out, root, forced=None, timeout=None):
         """Equal blocks only (scatterv's counts go through Python); ``buf`` is the root's only."""
         cdef int dtype = self.dtype_of(out)
         cdef double t = self.seconds(timeout)
@@ -524,3 +536,127 @@ cdef class Hot:
             return False
         self.rooted(COLL_SCATTER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
         return out
+
+
+# ------------------------------------------------------------------ the public methods' fast entry
+
+from hetccl.errors import HetcclError as _HetcclError
+
+cdef object _SUM = _ReduceOp.SUM
+
+
+def methods(Hot hot, owner, cls):
+    """The public collectives of one communicator (``owner``: a weak reference to it; ``cls``: its
+    class) as native callables, which comm.py sets on the instance so that they shadow the class's
+    methods.
+
+    A blocking call of a learnt shape through the class's Python method costs a Python frame, its
+    keyword-only defaults (CPython fills them from a dict, a lookup each, and cannot specialise such
+    a call) and a second call into ``Hot``: ~1,400 instructions, a third of a whole 8-byte
+    allreduce. These take the same arguments, go straight to ``Hot`` (a C call), and hand
+    everything else, untouched, to the class's method, which is the one implementation (its
+    docstring is the reference): a call ``Hot`` does not take, an asynchronous one, one behind
+    queued ones (``hot.pending``), one with counts. Errors: as the class's method raises them."""
+
+    def fail(e, str what):
+        c = owner()
+        return c._failed(e, what) if c is not None else e
+
+    def me():
+        c = owner()
+        if c is None:
+            raise ReferenceError("this communicator's method outlived the communicator")
+        return c
+
+    def allreduce(buf, op=_SUM, out=None, *, timeout=None, algorithm=None, async_op=False):
+        if not async_op and not hot.pending:
+            try:
+                r = hot.allreduce(buf, out, op, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "allreduce")
+            if r is not False:
+                return r
+        return cls.allreduce(me(), buf, op, out, timeout=timeout, algorithm=algorithm, async_op=async_op)
+
+    def allgather(buf, out=None, *, timeout=None, algorithm=None, async_op=False):
+        if not async_op and not hot.pending:
+            try:
+                r = hot.allgather(buf, out, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "allgather")
+            if r is not False:
+                return r
+        return cls.allgather(me(), buf, out, timeout=timeout, algorithm=algorithm, async_op=async_op)
+
+    def reduce_scatter(buf, out=None, op=_SUM, *, counts=None, timeout=None, algorithm=None,
+                       async_op=False):
+        if counts is None and not async_op and not hot.pending:
+            try:
+                r = hot.reduce_scatter(buf, out, op, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "reduce_scatter")
+            if r is not False:
+                return r
+        return cls.reduce_scatter(me(), buf, out, op, counts=counts, timeout=timeout, algorithm=algorithm,
+                                  async_op=async_op)
+
+    def broadcast(buf, root=0, *, timeout=None, algorithm=None, async_op=False):
+        if not async_op and not hot.pending:
+            try:
+                r = hot.broadcast(buf, root, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "broadcast")
+            if r is not False:
+                return r
+        return cls.broadcast(me(), buf, root, timeout=timeout, algorithm=algorithm, async_op=async_op)
+
+    def reduce(buf, root=0, op=_SUM, out=None, *, timeout=None, algorithm=None, async_op=False):
+        if not async_op and not hot.pending:
+            try:
+                r = hot.reduce(buf, root, op, out, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "reduce")
+            if r is not False:
+                return r
+        return cls.reduce(me(), buf, root, op, out, timeout=timeout, algorithm=algorithm, async_op=async_op)
+
+    def gather(buf, root=0, out=None, *, counts=None, timeout=None, algorithm=None, async_op=False):
+        if counts is None and not async_op and not hot.pending:
+            try:
+                r = hot.gather(buf, root, out, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "gather")
+            if r is not False:
+                return r
+        return cls.gather(me(), buf, root, out, counts=counts, timeout=timeout, algorithm=algorithm,
+                          async_op=async_op)
+
+    def scatter(buf, out, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
+        if counts is None and not async_op and not hot.pending:
+            try:
+                r = hot.scatter(buf, out, root, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "scatter")
+            if r is not False:
+                return r
+        return cls.scatter(me(), buf, out, root, counts=counts, timeout=timeout, algorithm=algorithm,
+                           async_op=async_op)
+
+    def alltoall(buf, out=None, *, send_counts=None, recv_counts=None, timeout=None, algorithm=None,
+                 async_op=False):
+        if send_counts is None and recv_counts is None and not async_op and not hot.pending:
+            try:
+                r = hot.alltoall(buf, out, algorithm, timeout)
+            except _HetcclError as e:
+                raise fail(e, "alltoall")
+            if r is not False:
+                return r
+        return cls.alltoall(me(), buf, out, send_counts=send_counts, recv_counts=recv_counts,
+                            timeout=timeout, algorithm=algorithm, async_op=async_op)
+
+    made = {"allreduce": allreduce, "allgather": allgather, "reduce_scatter": reduce_scatter,
+            "broadcast": broadcast, "reduce": reduce, "gather": gather, "scatter": scatter,
+            "alltoall": alltoall}
+    for name, f in made.items():
+        f.__doc__ = getattr(cls, name).__doc__
+    return made

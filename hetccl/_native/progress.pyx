@@ -8,7 +8,8 @@ waits (idle): spin (pause) for spin_s, then sched_yield for yield_s (so oversubs
 their core to the peer they wait for), then sleep until a peer wakes it, it dies, the engine is
 interrupted or 100 ms pass (block); oversubscribed, a step moving handover_bytes or more sleeps at
 once. Deadlines are checked throughout; Ctrl-C is honoured while asleep; every 50 ms of waiting,
-reap looks at every link the step involves for a dead peer.
+reap looks at every link the step involves for a dead peer. A latency-path call comes in holding
+the GIL (gil.pxd): the wait lets it go after Engine.hold_s, and always before sleeping.
 """
 from libc.stdint cimport uint64_t, uint32_t
 
@@ -17,6 +18,7 @@ from hetccl._native.codes cimport dtype_size
 from hetccl._native.engine cimport Engine
 from hetccl._native.failure cimport interrupted, note_peer, note_mismatch, check_signals
 from hetccl._native.fifo cimport SLEEP_POLL, SLEEP_FUTEX
+from hetccl._native.gil cimport let_go
 from hetccl._native.kernels cimport get_reduce, store_fence
 from hetccl._native.life cimport hc_life_sleep_many, hc_life_waitv_ok
 from hetccl._native.link cimport *
@@ -212,6 +214,8 @@ cdef int idle(Engine e, Stream** ss, int n, Idle* st, double deadline) noexcept 
             return E_CANCELLED
         if now > deadline:
             return E_TIMEOUT
+        if e.held and now >= e.hold_end:      # a latency-path call waited hold_s: free the GIL
+            let_go(e)
         waited = now - st.since
         if waited >= st.awake:
             if waited - st.reaped > 0.05:
@@ -222,6 +226,7 @@ cdef int idle(Engine e, Stream** ss, int n, Idle* st, double deadline) noexcept 
                 if ss[i] != NULL and not ss[i].done and ss[i].link.closed:
                     note_peer(&e.fail, ss[i].link.peer)
                     return E_PEER_LOST
+            let_go(e)                         # never sleep holding the GIL
             return block(e, ss, n, deadline)
         if waited > e.spin_s:
             sched_yield()

@@ -17,7 +17,7 @@ from .._native import dispatch as _dispatch
 from .._native import kernels                    # noqa: F401 - the reduction and copy kernels
 from .._native import single_copy as _single
 from .._native import symmetric_heap as _symm
-from .._native.latency import Hot, SINGLE_COPY as HOT_SINGLE_COPY   # noqa: F401 - the latency path
+from .._native.latency import Hot, SINGLE_COPY as HOT_SINGLE_COPY, methods   # noqa: F401 - the latency path, its public entries
 
 _LATENCY_PATH = frozenset({"allreduce", "allgather", "reduce_scatter", "broadcast", "alltoall", "reduce",
                            "gather", "scatter"})
