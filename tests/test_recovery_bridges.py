@@ -64,7 +64,8 @@ def _island(rank, size, victim, shrinkable):
 def test_island_survivors_keep_their_native_communicator(tmp_path, shrinkable):
     d = _build(str(tmp_path))
     res = run_ranks(_island, 4, 1, shrinkable, timeout=150, victims=[1],
-                    env={"FAKECCL_DIR": d, "FAKECCL_WAIT": "20"})
+                    # the island's probe times a host-memory bridge at 16 MiB (islands.PROBE_SIZES)
+                    env={"FAKECCL_DIR": d, "FAKECCL_WAIT": "20", "FAKECCL_SLOT_BYTES": str(16 << 20)})
     for r in (0, 2, 3):
         out = res[r]
         assert out["islands"] == [("fakeccl", (0, 1)), ("hetccl", (2,))], out
