@@ -54,11 +54,13 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RING
 log = logging.getLogger("hetccl.tuning")
 
 COLLECTIVES = ("broadcast", "allgather", "alltoall")
-SIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20)   # bytes the tuner prices (allgather: the output)
+SIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20, 8 << 20)   # bytes the tuner prices (allgather:
+# the output). 8 MiB: calls above 2 MiB took the 2 MiB verdict, a near tie there, while past the
+# private caches single copy ran 1.4-2x the FIFO (2-rank allgather, 4-rank broadcast at 8 MiB)
 REPS = 5                    # timed repetitions per (size, path), the paths alternating
 BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..CALLS_MAX calls)
 CALLS_MIN, CALLS_MAX = 8, 64
-METHOD = 2                  # how verdicts are measured; a cache entry of another method is measured again
+METHOD = 3                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
