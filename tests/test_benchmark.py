@@ -917,8 +917,9 @@ def test_hetccl_bench_more_collectives(tmp_path):
         (c, s) for c in ("broadcast", "reduce_scatter", "alltoall", "reduce") for s in (8, 65536)]
     assert all(r["wrong"] == 0 and r["time_us"] > 0 and r["nranks"] == 2 for r in rows), rows
     algo = {r["collective"]: r["algo"] for r in rows}
-    assert algo["reduce_scatter"] in ("ring", "recursive_halving") and algo["alltoall"] == "pairwise"
-    assert algo["broadcast"] in ("binomial", "chain", "scatter_allgather")
+    # 64 KiB broadcast and alltoall go single copy where this host's probe measured it faster
+    assert algo["reduce_scatter"] in ("ring", "recursive_halving") and algo["alltoall"] in ("pairwise", "single_copy")
+    assert algo["broadcast"] in ("binomial", "chain", "scatter_allgather", "single_copy")
 
 
 @pytest.mark.timeout(60)
