@@ -1279,7 +1279,7 @@ def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -
                         bridges=_formation.requested(bridges, conn.info.rank))
     except BaseException as e:
         err = conn.abort(e, grace=min(t, 30.0))   # the other ranks raise now, not at their timeout
-        conn.close()
+        conn.close(timeout=min(t, 10.0))      # a stalled rank's client must not hold init past t
         if err is not e:                      # a peer closed on us: its own failure says why
             raise err from e
         raise
