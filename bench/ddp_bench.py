@@ -22,6 +22,10 @@ measures, in the same run and interleaved round by round so both backends see th
    compute-only step. Targets: the best hetccl variant <= 1.15x compute only; hetccl <= 0.8x
    gloo. For the hook variants, the hook's timeline gives the share of the bucket reductions'
    time spent before the backward pass ended (its last bucket handed over): the overlap.
+   ``--profile DIR`` checks it in a profile: a few more steps of each hook variant under
+   torch.profiler, every thread recorded; the trace (DIR/ddp-VARIANT-rankR.json) shows each
+   bucket's reduction on the lane thread against the backward functions, and the report gives
+   the share of reduction time before the last backward function ended.
 2. **Backend overhead**: ``torch.distributed.all_reduce`` of a 64 MiB float32 tensor through the
    hetccl backend against ``Communicator.allreduce`` on the same buffer (the communicator under
    the process group). Method as nccl-tests: per repetition barrier, then ``--iters`` calls; time
@@ -111,6 +115,49 @@ def _overlap(timeline):
     return hidden / busy if busy > 0 else 0.0
 
 
+STEP_MARK = "ddp_bench: step "                       # record_function range of one profiled step
+BACKWARD_MARK = "autograd::engine::evaluate_function"  # torch's name of each backward function
+
+
+def _profiled_steps(model, opt, x, y, steps, path):
+    """Run *steps* training steps under torch.profiler recording every thread (the hooks reduce on
+    the process group's lane thread, started before the profiler session), write the Chrome trace
+    to *path* (open it in chrome://tracing or Perfetto), and return the overlap of each step as
+    the trace shows it (_trace_overlap)."""
+    import torch.nn as nn
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    config = _ExperimentalConfig(profile_all_threads=True)
+    with profile(activities=[ProfilerActivity.CPU], experimental_config=config) as prof:
+        for i in range(steps):
+            with record_function(f"{STEP_MARK}{i}"):
+                opt.zero_grad(set_to_none=False)
+                nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+    prof.export_chrome_trace(path)
+    return _trace_overlap([(e.name, e.time_range.start, e.time_range.end) for e in prof.events()])
+
+
+def _trace_overlap(events):
+    """Per profiled step, the share of the hooks' bucket-reduction ranges (hooks.PROFILE_PREFIX)
+    that lay before the step's last backward function ended: the profiler's view of what
+    _overlap() derives from the hook's own timeline. events: (name, start, end), any unit."""
+    from hetccl.torch.hooks import PROFILE_PREFIX
+
+    out = []
+    for _, s0, s1 in sorted((e for e in events if e[0].startswith(STEP_MARK)), key=lambda e: e[1]):
+        inside = [e for e in events if s0 <= e[1] <= s1]
+        ends = [end for name, _, end in inside if name.startswith(BACKWARD_MARK)]
+        buckets = [(start, end) for name, start, end in inside if name.startswith(PROFILE_PREFIX)]
+        busy = sum(end - start for start, end in buckets)
+        if not ends or busy <= 0:
+            continue
+        last = max(ends)
+        out.append(sum(max(0.0, min(end, last) - start) for start, end in buckets) / busy)
+    return out
+
+
 # variant -> (label, process group key, hook name or None, gradient_as_bucket_view)
 VARIANTS = {
     "compute": ("compute only (no DDP)", None, None, False),
@@ -165,8 +212,15 @@ def _bench_ddp(args, rank, groups, gloo):
             times[name] += _max_over_ranks(t, gloo)
             if state is not None:
                 overlaps[name] += o
+    profiled = {}
+    if args.profile:                    # after the timed steps: the profiler slows what it records
+        os.makedirs(args.profile, exist_ok=True)
+        for name in overlaps:
+            path = os.path.join(args.profile, f"ddp-{name}-rank{rank}.json")
+            o = _profiled_steps(*runs[name][:2], x, y, args.profile_steps, path)
+            profiled[name] = statistics.median(o) if o else None
     return params, ({name: statistics.median(t) for name, t in times.items()},
-                    {name: statistics.median(o) for name, o in overlaps.items()})
+                    {name: statistics.median(o) for name, o in overlaps.items()}, profiled)
 
 
 def _timed(call, barrier, iters, reps, gloo):
@@ -225,9 +279,10 @@ def _rank_main(rank, size, port, args, queue):
         gloo = dist.new_group(backend="gloo")
         result = {}
         if not args.skip_ddp:
-            params, (step, overlap) = _bench_ddp(args, rank, {"hetccl": hetccl_pg, "gloo": gloo},
-                                                 gloo)
-            result["ddp"] = {"params": params, "step_s": step, "overlap": overlap}
+            params, (step, overlap, profiled) = _bench_ddp(
+                args, rank, {"hetccl": hetccl_pg, "gloo": gloo}, gloo)
+            result["ddp"] = {"params": params, "step_s": step, "overlap": overlap,
+                             "overlap_profile": profiled}
         if not args.skip_allreduce:
             result["allreduce"] = _bench_allreduce(args, rank, size, hetccl_pg, gloo)
         dist.destroy_process_group()
@@ -288,14 +343,16 @@ def _report(args, res) -> tuple[str, dict]:
                   f"median of {args.rounds * args.steps} steps per variant (max over ranks), "
                   f"variants interleaved round by round. Compute only: the same model and batch "
                   f"in the {args.nranks} processes at once, no DDP.", "",
-                  "| variant | step time (ms) | / compute only | comm. overlapped with backward |",
-                  "|---|---|---|---|"]
-        ratios = {}
+                  "| variant | step time (ms) | / compute only | comm. overlapped with backward "
+                  "(hook timeline) | (torch.profiler trace) |",
+                  "|---|---|---|---|---|"]
+        ratios, profiled = {}, d.get("overlap_profile") or {}
         for name, t in step.items():
             ratios[name] = t / floor if floor else None
             r = f"{ratios[name]:.2f}x" if floor else "-"
             o = f"{overlap[name]:.0%}" if name in overlap else "-"
-            lines.append(f"| {VARIANTS[name][0]} | {t * 1e3:.1f} | {r} | {o} |")
+            p = f"{profiled[name]:.0%}" if profiled.get(name) is not None else "-"
+            lines.append(f"| {VARIANTS[name][0]} | {t * 1e3:.1f} | {r} | {o} | {p} |")
         summary["ddp"]["ratio_to_compute"] = ratios
         lines.append("")
         if floor:
@@ -349,6 +406,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 round, 3 steps, 2 repetitions")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
+    ap.add_argument("--profile", default="", metavar="DIR",
+                    help="after the timed steps, run --profile-steps steps of each hook variant "
+                         "under torch.profiler (every thread), write each rank's Chrome trace to "
+                         "DIR and report the overlap the trace shows")
+    ap.add_argument("--profile-steps", type=int, default=3)
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]

@@ -75,6 +75,25 @@ def _worst(got, ref):
     return worst
 
 
+def _profiled_bucket_threads(ddp):
+    """One step under torch.profiler (every thread): (bucket ranges named by the hook, whether
+    all of them ran on a thread other than the one running backward)."""
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from hetccl.torch.hooks import PROFILE_PREFIX
+
+    x = torch.randn(8, 64)
+    with profile(activities=[ProfilerActivity.CPU],
+                 experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
+        with record_function("the step"):
+            ddp(x).sum().backward()
+    events = prof.events()
+    main = {e.thread for e in events if e.name == "the step"}
+    buckets = [e for e in events if e.name.startswith(PROFILE_PREFIX)]
+    return len(buckets), bool(buckets) and all(e.thread not in main for e in buckets)
+
+
 def _hooks_case(rank, size, port):
     import torch.distributed as dist
 
@@ -98,6 +117,7 @@ def _hooks_case(rank, size, port):
         if as_view:        # the parameters' .grad now live in symmetric memory
             res["grad_is_symmetric"] = all(comm.is_symmetric(p.grad.numpy())
                                            for p in ddp.parameters())
+            res["profiled"] = _profiled_bucket_threads(ddp)
         state.close()
 
     for name, hook in (("bf16", hooks.bf16_hook), ("fp16", hooks.fp16_hook)):
@@ -184,6 +204,35 @@ def test_peer_dying_mid_step_fails_the_survivors_backward():
     errors = ("PeerLostError", "CommAborted")
     assert name in errors or (name == "RuntimeError" and any(e in msg for e in errors)), (name, msg)
     assert after < 20, f"rank 0 raised only {after:.1f} s after its peer died"
+
+
+def test_symmetric_hook_reductions_show_in_a_profile_on_the_lane_thread(hooks2):
+    """torch.profiler (profile_all_threads) records each bucket's reduction as a named range on
+    the process group's lane, not on the thread running backward: overlap is visible in a trace."""
+    for r in hooks2:
+        count, on_lane = r["profiled"]
+        assert count >= 2 and on_lane, r["profiled"]
+
+
+def test_bench_profile_overlap_counts_reduction_before_the_last_backward_function():
+    """bench/ddp_bench.py's overlap read from a trace: per step, reduction time before the last
+    backward function ended over all reduction time; events outside a step are not counted."""
+    import importlib.util
+
+    from hetccl.torch.hooks import PROFILE_PREFIX
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "ddp_bench.py")
+    spec = importlib.util.spec_from_file_location("ddp_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    b = PROFILE_PREFIX + "all_reduce #"
+    events = [(bench.STEP_MARK + "0", 0, 100), (bench.BACKWARD_MARK + ": A", 10, 30),
+              (bench.BACKWARD_MARK + ": B", 30, 60), (b + "0", 20, 40), (b + "1", 50, 80),
+              (bench.STEP_MARK + "1", 200, 300), (bench.BACKWARD_MARK + ": A", 210, 250),
+              (b + "0", 260, 270),                          # all after backward: 0 hidden
+              (b + "9", 400, 410)]                          # in no step
+    assert bench._trace_overlap(events) == pytest.approx([(20 + 10) / (20 + 30), 0.0])
+    assert bench._trace_overlap([(bench.STEP_MARK + "0", 0, 10)]) == []
 
 
 def test_bench_overlap_share_counts_only_time_before_backward_ended():

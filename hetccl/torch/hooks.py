@@ -30,7 +30,9 @@ completes the future with the error, which DDP's backward raises on the survivin
 
 ``BucketState(pg, timeline=True)`` records, per bucket, when it was handed over, when its
 allreduce started and when it ended (``time.perf_counter``): bench/ddp_bench.py derives the share
-of communication that overlapped the backward pass from it.
+of communication that overlapped the backward pass from it. Under ``torch.profiler`` each bucket's
+reduction is also a named range on the lane's thread (``PROFILE_PREFIX``), so a trace shows it
+against the backward pass's autograd functions (``bench/ddp_bench.py --profile DIR``).
 
 The hooks carry real (not string) annotations: DDP's register_comm_hook checks that the return
 annotation is ``torch.futures.Future[torch.Tensor]``. The compression hooks are not named like
@@ -48,7 +50,9 @@ from ..ops import ReduceOp
 from . import convert
 
 __all__ = ["BucketState", "BucketTiming", "symmetric_hook", "bf16_hook",
-           "fp16_hook"]
+           "fp16_hook", "PROFILE_PREFIX"]
+
+PROFILE_PREFIX = "hetccl: "     # names the hooks' bucket reductions in a torch.profiler trace
 
 
 @dataclass
@@ -145,14 +149,29 @@ def _first(fut):
     return fut.value()[0]
 
 
+def _profiling() -> bool:
+    """Whether a torch.profiler session is on in any thread. torch.autograd._profiler_enabled()
+    is per thread (False on the lane while the main thread profiles); the profiler module's flag
+    is process-wide. A record_function range costs ~16 us even with no profiler, so only then."""
+    flag = getattr(torch.autograd.profiler, "_is_profiler_enabled", None)
+    return bool(flag) if flag is not None else torch.autograd._profiler_enabled()
+
+
 def _issue(state: BucketState, what: str, buf: torch.Tensor, index: int,
            reduce) -> torch.futures.Future[torch.Tensor]:
-    """Run ``reduce()`` on the group's lane; the future's value is the bucket ``buf``."""
+    """Run ``reduce()`` on the group's lane; the future's value is the bucket ``buf``. While
+    torch's profiler records, the reduction is a ``record_function`` range named
+    ``PROFILE_PREFIX + what + " #index"`` on the lane's thread (seen with
+    ``_ExperimentalConfig(profile_all_threads=True)``: the lane predates the profiler session)."""
     ready = time.perf_counter()
 
     def run():
         start = time.perf_counter()
-        reduce()
+        if _profiling():
+            with torch.profiler.record_function(f"{PROFILE_PREFIX}{what} #{index}"):
+                reduce()
+        else:
+            reduce()
         state._record(index, ready, start)
     work = state.group._issue(what, [buf], run, True)
     return work.get_future().then(_first)
