@@ -359,7 +359,8 @@ def test_verdicts_and_cache(tmp_path, monkeypatch):
     v = p.verdicts(rows)
     assert [w for _, w in v] == [s in (128 << 10, 8 << 20) for s in p.SIZES]
     assert not p.takes(v, 4 << 10) and not p.takes(v, 8 << 10)      # below / at a lost size
-    assert p.takes(v, 150 << 10) and not p.takes(v, 600 << 10) and p.takes(v, 64 << 20)
+    assert p.takes(v, 150 << 10) and not p.takes(v, 600 << 10) and p.takes(v, 12 << 20)
+    assert not p.takes(v, 64 << 20) and not p.takes(v, 256 << 20)   # past 8 MiB: the 32 MiB verdict
     assert p._unmask(p._mask(v)) == v
     f = str(tmp_path / "sc.json")
     found = {c: v for c in p.COLLECTIVES}
@@ -390,7 +391,8 @@ def test_verdicts_need_a_margin_in_both_statistics():
             (512 << 10, 2.0, 2.5, 1.3),        # clear loss
             (2 << 20, 2.0, 1.7, 0.85)]         # both by the margin
     assert [w for _, w in p.verdicts(rows)] == [True, False, False, False, True]
-    assert [p.calls_per_block(s) for s in p.SIZES] == [64, 64, 64, 16, 8, 8]
+    assert [p.calls_per_block(s) for s in p.SIZES] == [64, 64, 64, 16, 8, 8, p.LARGE_CALLS]
+    assert [p.reps_for(s) for s in p.SIZES] == [p.REPS] * 6 + [p.LARGE_REPS]
 
 
 def test_cache_clear(tmp_path):

@@ -54,13 +54,18 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RING
 log = logging.getLogger("hetccl.tuning")
 
 COLLECTIVES = ("broadcast", "allgather", "alltoall")
-SIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20, 8 << 20)   # bytes the tuner prices (allgather:
-# the output). 8 MiB: calls above 2 MiB took the 2 MiB verdict, a near tie there, while past the
-# private caches single copy ran 1.4-2x the FIFO (2-rank allgather, 4-rank broadcast at 8 MiB)
+SIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20, 8 << 20, 32 << 20)   # bytes the tuner prices
+# (allgather: the output). 8 MiB: calls above 2 MiB took the 2 MiB verdict, a near tie there, while
+# past the private caches single copy ran 1.4-2x the FIFO (2-rank allgather, 4-rank broadcast at
+# 8 MiB). 32 MiB: calls above 8 MiB took the 8 MiB verdict, while with 8 ranks on 2 cores the FIFO
+# ring allgather and chain broadcast, whose slices stay in the private caches, ran 1.2-1.6x faster
+# than single copy at 32 and 128 MiB (every rank reading whole 4-16 MiB blocks of its peers)
 REPS = 5                    # timed repetitions per (size, path), the paths alternating
 BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..CALLS_MAX calls)
 CALLS_MIN, CALLS_MAX = 8, 64
-METHOD = 3                  # how verdicts are measured; a cache entry of another method is measured again
+LARGE_CALLS, LARGE_REPS = 2, 3   # above BLOCK_BYTES: a call is tens of ms at 8 ranks, a steady
+# state of its own (every rank is descheduled and resumed inside one call); the probe stays ~1 s
+METHOD = 4                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
@@ -77,7 +82,15 @@ def calls_per_block(nbytes: int) -> int:
     runs (the first calls after the barrier find every rank in lock step; with more ranks than
     cores, eight calls were twice as slow per call as the benchmark's loop), few enough that the
     probe stays in the tenths of a second. The same on every rank (a function of the size)."""
+    if nbytes > BLOCK_BYTES:
+        return LARGE_CALLS
     return max(CALLS_MIN, min(CALLS_MAX, BLOCK_BYTES // max(1, nbytes)))
+
+
+def reps_for(nbytes: int, reps: int = REPS) -> int:
+    """Timed repetitions per path at nbytes: fewer above BLOCK_BYTES, where one repetition is
+    already tens of milliseconds per rank count of 8 on 2 cores (the same on every rank)."""
+    return min(reps, LARGE_REPS) if nbytes > BLOCK_BYTES else reps
 
 
 def verdicts(rows) -> tuple:
@@ -150,7 +163,7 @@ def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTI
     refused = []
     hot = _latency_path(engine, timeout, refused)
     plan = [(coll, nb) for coll in collectives for nb in sizes]
-    local = np.zeros((len(plan), 2, reps), np.float64)
+    local = np.zeros((len(plan), 2, reps), np.float64)  # a size's last columns stay unused: reps_for
     for i, (coll, nb) in enumerate(plan):
         fns = _path_fns(hot, engine, tuner, coll, nb)
         k = calls_per_block(nb)
@@ -158,7 +171,7 @@ def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTI
             for _ in range(2):
                 if fn() is False:
                     raise RuntimeError(f"the probe's latency path did not take its {coll}")
-        for r in range(reps):
+        for r in range(reps_for(nb, reps)):
             for j in ((0, 1) if r % 2 == 0 else (1, 0)):
                 fns[j]()                                # untimed: the call after a switch of path
                 schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
@@ -174,6 +187,7 @@ def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTI
     out = {}
     for i, (coll, nb) in enumerate(plan):
         f, s = worst[i]
+        f, s = f[:reps_for(nb, reps)], s[:reps_for(nb, reps)]
         out.setdefault(coll, []).append((nb, float(np.median(f)), float(np.median(s)),
                                          float(np.median(s / f))))
     return out
