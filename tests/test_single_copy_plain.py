@@ -405,3 +405,65 @@ def test_cache_clear(tmp_path):
     assert p.clear(host="h1", local=2, path=f) == 1
     assert p.lookup("h1|c2c|local=4|cpus=2|b", f) is not None and p.lookup("h1|c2c|local=2|cpus=2|b", f) is None
     assert p.clear(path=f) == 2 and not (tmp_path / "sc.json").exists()
+
+
+# ------------------------------------------------------------------ 8 ranks: the route flips back
+
+def _eight(rank, size, how):
+    """8 ranks on 2 cores with verdicts shaped as the probe measured them there (single copy up to
+    a size, the FIFO ring and chain above it): both routes give the right results in a loop that
+    alternates them; then rank 5 dies (SIGKILL from a thread) or stops (SIGSTOP) somewhere in that
+    loop, and every other rank raises PeerLostError or HetcclTimeout well before the deadline."""
+    import dataclasses
+    import os
+    import signal
+    import threading
+
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    pids = comm.allgather(np.array([os.getpid()], np.int64))
+    model = comm._tuner.model
+    comm._tuner.model = dataclasses.replace(model, single_copy=tuple(
+        (c, ((8 << 10, True), (512 << 10, False))) for c in ("broadcast", "allgather", "alltoall")))
+    comm._hot.forget()
+    small, large = 2 << 10, 16 << 10                        # float32 per block: 64 and 512 KiB calls
+    routes = []
+
+    def loop(times, t):
+        for i in range(times):
+            n = small if i % 2 == 0 else large
+            x = _values(n * size, rank, np.float32)
+            b = x.copy() if rank == 3 else np.zeros(n * size, np.float32)
+            comm.broadcast(b, root=3, timeout=t)
+            routes.append(comm.last_algorithm == "single_copy")
+            out = comm.allgather(x[:n], timeout=t)
+            routes.append(comm.last_algorithm == "single_copy")
+            o = comm.alltoall(x, timeout=t)
+            routes.append(comm.last_algorithm == "single_copy")
+            if times < 100:
+                assert np.array_equal(b, _values(n * size, 3, np.float32))
+                assert np.array_equal(out, np.concatenate([_values(n * size, r, np.float32)[:n]
+                                                           for r in range(size)]))
+                assert np.array_equal(o, np.concatenate([_values(n * size, r, np.float32)[rank * n:(rank + 1) * n]
+                                                         for r in range(size)]))
+    loop(4, 20)
+    assert routes[:6] == [True] * 3 + [False] * 3, routes
+    comm.barrier()
+    if rank == 5:
+        sig = signal.SIGKILL if how == "dies" else signal.SIGSTOP
+        threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()
+    try:
+        return _outcome(lambda: loop(100_000, 3 if how == "stops" else 20))
+    finally:
+        if rank == 0 and how == "stops":
+            os.kill(int(pids[5]), signal.SIGCONT)              # let it go on, into an error of its own
+        comm.abort()
+
+
+@pytest.mark.parametrize("how,expect", [("dies", ("lost",)), ("stops", ("timeout", "lost"))])
+def test_eight_ranks_route_flip_and_peer_fails_mid_call(how, expect):
+    res = run_ranks_expect_failure(_eight, 8, how, timeout=90, env=EVERYWHERE)
+    for r, (ok, text) in enumerate(res):
+        if r == 5 and how == "dies":
+            continue
+        assert ok and text.startswith(expect) and float(text.split(" in ")[1][:-1]) < 20, (r, res)
