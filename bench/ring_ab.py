@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Same-process A/B of the FIFO ring allreduce's fused relay step, 2 ranks, plain numpy buffers.
+"""Same-process A/B of the FIFO ring allreduce's fused steps, 2 ranks, plain numpy buffers.
 
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python bench/ring_ab.py          # ~1 min
     python bench/ring_ab.py --size 16M --rounds 9 --dtype float16
@@ -7,9 +7,11 @@
 The ring's last reduce-scatter step reduces what arrives with the local block and writes the
 result both into the next rank's FIFO and into the output. It runs as one pass of the forward
 kernel (ordinary stores into the FIFO; streaming ones into a large output, ordinary ones when
-the output is the operand it just loaded). ``ring.ring_variant`` switches one process pair
-between that and the schedule it replaced (the reduce into the FIFO, then a copy out of it), so
-both run in the same rounds on the same buffers and the host's load moves them alike: every variant after a barrier, the order rotated round by round,
+the output is the operand it just loaded). The last step of each slice (the finished slice copied
+out of the FIFO) runs in one pass with the next slice's first send (link_shm.pxd: shm_pair).
+``ring.ring_variant`` switches one process pair between that and the schedules each replaced (the
+copy-out and the send apart; the reduce into the FIFO, then a copy out of it), so all run in the
+same rounds on the same buffers and the host's load moves them alike: every variant after a barrier, the order rotated round by round,
 the slowest rank's median of ``--reps`` calls per round, the median over rounds.
 """
 from __future__ import annotations
@@ -25,8 +27,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from transports import _aligned, _free_port, fmt_size, parse_size, run_pair, table  # noqa: E402
 
-# name -> ring_variant(one_pass)
-VARIANTS = {"now (one pass)": True, "before (two passes)": False}
+# name -> ring_variant(one_pass, pair)
+VARIANTS = {"now (one pass, paired copies)": (True, True), "copies apart": (True, False),
+            "two passes, copies apart": (False, False)}
 
 
 NOW = next(iter(VARIANTS))
@@ -52,14 +55,14 @@ def _rank(rank, port, nbytes, dtype, rounds, reps):
     res = {}
     try:
         for v, place in cases:                           # warm-up, and a check of every variant
-            ring_variant(VARIANTS[v])
+            ring_variant(*VARIANTS[v])
             call(place)
             if not np.array_equal(o, np.full_like(o, 2)):
                 raise AssertionError(f"{v}: wrong allreduce result")
         for rnd in range(rounds):
             k = rnd % len(cases)
             for v, place in cases[k:] + cases[:k]:
-                ring_variant(VARIANTS[v])
+                ring_variant(*VARIANTS[v])
                 ts = []
                 for _ in range(reps):
                     comm.barrier()

@@ -384,7 +384,9 @@ PUBLIC = ("allreduce", "allreduce in place", "reduce_scatter", "allgather",
 ALT_FIFO = 1 << 20       # the what-if communicator's FIFOs: 256 KiB ring slices (three fit in L2)
 # name -> (slice: None = the ring's own; the fused step: "two" passes (reduce into the FIFO, copy
 # out), "one" pass of the dual kernel (both streamed), or "fwd" (the forward kernel, as the ring
-# runs it: ordinary stores into the FIFO, the output streamed, or not in place); in place)
+# runs it: ordinary stores into the FIFO, the output streamed, or not in place), or "pair" (the
+# forward kernel, and each slice's copy out of the FIFO in one pass with the next slice's copy
+# into one: the 2-rank ring as it runs now); in place)
 RING_ALONE = {
     "ring alone": (None, "two", False),
     "ring alone, 256K slices": (256 << 10, "two", False),
@@ -398,6 +400,10 @@ RING_ALONE = {
     "one-pass ring in place, 256K slices": (256 << 10, "one", True),
     "forward-kernel ring in place": (None, "fwd", True),
     "forward-kernel ring in place, 256K slices": (256 << 10, "fwd", True),
+    "paired ring": (None, "pair", False),
+    "paired ring, 256K slices": (256 << 10, "pair", False),
+    "paired ring in place": (None, "pair", True),
+    "paired ring in place, 256K slices": (256 << 10, "pair", True),
 }
 DUAL_WRITE = ("dual-write", "dual-write, plain stores", "dual-write in place",
               "dual-write in place, plain stores")
@@ -476,7 +482,10 @@ def _ring_alone(b, slice_bytes, step, in_place):
     x, f1, f2, f3 = b["x8"], b["f1"], b["f2"], b["f3"]
     o = x if in_place else b["o8"]
     h = len(x) // 2
-    st = not (step == "fwd" and in_place)        # the fused step's output stores: streaming?
+    st = not (step in ("fwd", "pair") and in_place)   # the fused step's output stores: streaming?
+    if step == "pair":
+        _paired_ring_alone(x, o, f1, f2, f3, h, sl, st)
+        return
     for s in range(0, h, sl):
         k = min(sl, h - s)
         copy_array(f1[:k], x[s:s + k])                                    # send my block
@@ -487,6 +496,27 @@ def _ring_alone(b, slice_bytes, step, in_place):
             reduce_arrays(f2[:k], x[h + s:h + s + k], f3[:k], F32, SUM, st, also=o[h + s:h + s + k],
                           forward=step == "fwd")
         copy_array(o[s:s + k], f3[:k], True)                              # allgather step: FIFO out
+
+
+def _paired_ring_alone(x, o, f1, f2, f3, h, sl, st):
+    """_ring_alone's "pair" step, the ring as it runs at 2 ranks (link_shm.pxd: shm_pair): the
+    first slice of my block copied into the FIFO; then per slice the forward kernel, and the
+    finished slice copied out of the FIFO in one pass with the next slice's copy into it (the last
+    slice's copy-out alone). The same loads and stores as the other variants."""
+    from hetccl._native.codes import DT_FLOAT32 as F32, OP_SUM as SUM
+    from hetccl._native.kernels import copy_array, copy_pair, reduce_arrays
+    copy_array(f1[:min(sl, h)], x[:min(sl, h)])
+    for s in range(0, h, sl):
+        k = min(sl, h - s)
+        reduce_arrays(f2[:k], x[h + s:h + s + k], f3[:k], F32, SUM, st, also=o[h + s:h + s + k],
+                      forward=True)
+        k2 = min(sl, h - s - k)                   # the next slice, paired with this one's copy-out
+        if k2 == k:
+            copy_pair(f1[:k], x[s + k:s + 2 * k], o[s:s + k], f3[:k], True)
+        else:
+            copy_array(o[s:s + k], f3[:k], True)
+            if k2:
+                copy_array(f1[:k2], x[s + k:s + k + k2])
 
 
 def _ar_buffers(nbytes, slice_bytes):
@@ -547,7 +577,7 @@ AR_BOUND_DOC = """\
 Per rank, N = bytes of the allreduce; the busbw factor is 1 at 2 ranks, so every row is N / its
 time (the phases too, so their times add up against the allreduce's). Plain-buffer bound: the
 least a rank with private buffers must load and store (2N + 2N, half of it in cache-resident
-shared slices), the fastest of the six ring-alone rows (the ring's kernels on private FIFOs, the
+shared slices), the fastest of the ring-alone rows (the ring's kernels on private FIFOs, the
 FIFO pass free), out of place and in place separately. Shared-memory minimum: N + N, the
 dual-write that only buffers the peer can read allow (comm.alloc). memcpy: the dual-write's
 traffic through the copy kernel. Accounting: transports.allreduce_bound_rows. The bounds run
@@ -579,11 +609,13 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
       slices, which stay in cache when the work goes slice by slice. That is the FIFO ring's
       schedule (ring.pyx, link_shm.pxd shm_forward). ``ring alone`` runs its kernels as it ran
       them before the one-pass relay step (the reduce into the FIFO, a copy out of it), on
-      private slice-size FIFOs (the FIFO pass free); ``forward-kernel ring`` as it runs them now
-      (one pass of the forward kernel; in place, ordinary stores into its output); the variants
-      change what the schedule could change: slices of 256 KiB (three slices inside L2) and the
-      fused step as one pass of the dual kernel (``one-pass ring``, both outputs streamed). The
-      fastest of the six, out of place and in place separately, is the **plain-buffer bound**:
+      private slice-size FIFOs (the FIFO pass free); ``forward-kernel ring`` as it ran them before
+      the paired copies (one pass of the forward kernel; in place, ordinary stores into its
+      output); ``paired ring`` as it runs them now: the forward kernel, and each slice's copy out
+      of the FIFO in one pass with the next slice's copy into it (link_shm.pxd: shm_pair); the
+      variants change what the schedule could change: slices of 256 KiB (three slices inside L2)
+      and the fused step as one pass of the dual kernel (``one-pass ring``, both outputs streamed). The
+      fastest of them, out of place and in place separately, is the **plain-buffer bound**:
       the target's "its memory-traffic bound".
     * ``memcpy`` (N bytes) is the dual-write's traffic through the copy kernel: dual-write / memcpy
       below 1 means the reduce kernel, not memory, sets the bound (BOUND_CAVEAT).
@@ -621,7 +653,9 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
                    f"one-pass forward {bw['one-pass ring'] / bw['ring alone']:.2f}x, the forward kernel "
                    f"{bw['forward-kernel ring'] / bw['ring alone']:.2f}x (in place "
                    f"{bw['forward-kernel ring in place'] / bw['ring alone in place']:.2f}x) the ring "
-                   f"alone; "
+                   f"alone, the paired copies {bw['paired ring'] / bw['forward-kernel ring']:.2f}x "
+                   f"(in place {bw['paired ring in place'] / bw['forward-kernel ring in place']:.2f}x)"
+                   f" the forward kernel; "
                    f"dual-write / memcpy {bw['dual-write'] / bw['memcpy']:.2f} (the reduce kernel "
                    f"against a copy); streaming / plain stores: dual-write "
                    f"{bw['dual-write'] / bw['dual-write, plain stores']:.2f}, memcpy "

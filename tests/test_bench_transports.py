@@ -50,7 +50,9 @@ def test_in_place_bound_writes_the_sum_over_both_inputs(tr, pattern):
                                      "one-pass ring, 256K slices", "ring alone in place",
                                      "one-pass ring in place, 256K slices", "forward-kernel ring",
                                      "forward-kernel ring in place",
-                                     "forward-kernel ring in place, 256K slices"])
+                                     "forward-kernel ring in place, 256K slices", "paired ring",
+                                     "paired ring, 256K slices", "paired ring in place",
+                                     "paired ring in place, 256K slices"])
 def test_ring_alone_runs_the_rings_kernels(tr, pattern):
     """With the peer's FIFO slice standing still (f3), the output holds what the ring would write
     had the peer sent f3 every slice: my block reduced with it, and f3 copied into the other."""

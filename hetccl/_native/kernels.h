@@ -709,6 +709,33 @@ static HK_AVX2 void hk_stream2_avx2(void* dst, void* dst2, const void* src, size
         _mm256_stream_si256((__m256i*)(e + i + 32), v1);
     }
 }
+/* two independent copies in one pass, d = s (ordinary stores) and e = t (non-temporal stores, e
+ * 64-byte aligned): a ring step's send into a FIFO and its receive out of one, interleaved 64 bytes
+ * at a time so the loads of both streams are in flight together */
+static void hk_pair_sse2(void* d_, const void* s_, void* e_, const void* t_, size_t n) {
+    char* d = (char*)d_; const char* s = (const char*)s_; char* e = (char*)e_; const char* t = (const char*)t_;
+    for (size_t i = 0; i < n; i += 64) {
+        __m128i a0 = _mm_loadu_si128((const __m128i*)(s + i)), a1 = _mm_loadu_si128((const __m128i*)(s + i + 16));
+        __m128i a2 = _mm_loadu_si128((const __m128i*)(s + i + 32)), a3 = _mm_loadu_si128((const __m128i*)(s + i + 48));
+        __m128i b0 = _mm_loadu_si128((const __m128i*)(t + i)), b1 = _mm_loadu_si128((const __m128i*)(t + i + 16));
+        __m128i b2 = _mm_loadu_si128((const __m128i*)(t + i + 32)), b3 = _mm_loadu_si128((const __m128i*)(t + i + 48));
+        _mm_storeu_si128((__m128i*)(d + i), a0); _mm_storeu_si128((__m128i*)(d + i + 16), a1);
+        _mm_storeu_si128((__m128i*)(d + i + 32), a2); _mm_storeu_si128((__m128i*)(d + i + 48), a3);
+        _mm_stream_si128((__m128i*)(e + i), b0); _mm_stream_si128((__m128i*)(e + i + 16), b1);
+        _mm_stream_si128((__m128i*)(e + i + 32), b2); _mm_stream_si128((__m128i*)(e + i + 48), b3);
+    }
+}
+static HK_AVX2 void hk_pair_avx2(void* d_, const void* s_, void* e_, const void* t_, size_t n) {
+    char* d = (char*)d_; const char* s = (const char*)s_; char* e = (char*)e_; const char* t = (const char*)t_;
+    for (size_t i = 0; i < n; i += 64) {
+        __m256i a0 = _mm256_loadu_si256((const __m256i*)(s + i)), a1 = _mm256_loadu_si256((const __m256i*)(s + i + 32));
+        __m256i b0 = _mm256_loadu_si256((const __m256i*)(t + i)), b1 = _mm256_loadu_si256((const __m256i*)(t + i + 32));
+        _mm256_storeu_si256((__m256i*)(d + i), a0); _mm256_storeu_si256((__m256i*)(d + i + 32), a1);
+        _mm256_stream_si256((__m256i*)(e + i), b0); _mm256_stream_si256((__m256i*)(e + i + 32), b1);
+    }
+}
+#define HK_PAIR_BASE hk_pair_sse2
+#define HK_PAIR_AVX2 hk_pair_avx2
 #define HK_STREAM_BASE hk_stream_sse2
 #define HK_STREAM_AVX2 hk_stream_avx2
 #define HK_STREAM2_BASE hk_stream2_sse2
@@ -719,8 +746,13 @@ static void hk_stream2_plain(void* dst, void* dst2, const void* src, size_t n) {
     memcpy(dst, src, n);
     memcpy(dst2, src, n);
 }
+static void hk_pair_plain(void* d, const void* s, void* e, const void* t, size_t n) {
+    memcpy(d, s, n);
+    memcpy(e, t, n);
+}
 #define HK_STREAM_BASE hk_stream_plain
 #define HK_STREAM2_BASE hk_stream2_plain
+#define HK_PAIR_BASE hk_pair_plain
 #endif
 
 /* ------------------------------------------------------------------------------------------------
@@ -732,6 +764,8 @@ static const hk_dual_fn (*hk_fwd)[HK_NOP] = hk_fwd_base;
 static const hk_div_fn* hk_divs = hk_divs_base;
 static hk_stream_fn hk_stream = HK_STREAM_BASE;
 static hk_stream2_fn hk_stream2 = HK_STREAM2_BASE;
+typedef void (*hk_pair_fn)(void* d, const void* s, void* e, const void* t, size_t n);
+static hk_pair_fn hk_pair = HK_PAIR_BASE;
 static int hk_isa_avx2 = 0;
 
 static int hk_cpu_has_avx2(void) {
@@ -749,6 +783,7 @@ static int hk_select(int isa) {
     if (isa && hk_cpu_has_avx2()) {
         hk_table = hk_table_avx2; hk_dual = hk_dual_avx2; hk_divs = hk_divs_avx2; hk_stream = HK_STREAM_AVX2;
         hk_stream2 = HK_STREAM2_AVX2;
+        hk_pair = HK_PAIR_AVX2;
         hk_fwd = hk_fwd_avx2;
         hk_isa_avx2 = 1;
         return 1;
@@ -757,6 +792,7 @@ static int hk_select(int isa) {
     (void)isa;
     hk_table = hk_table_base; hk_dual = hk_dual_base; hk_divs = hk_divs_base; hk_stream = HK_STREAM_BASE;
     hk_stream2 = HK_STREAM2_BASE;
+    hk_pair = HK_PAIR_BASE;
     hk_fwd = hk_fwd_base;
     hk_isa_avx2 = 0;
     return 0;
@@ -822,6 +858,21 @@ static void hk_copy2(void* dst, void* dst2, const void* src, size_t n, int strea
     size_t body = n & ~(size_t)63;
     hk_stream2(d, e, s, body);
     if (n - body) { memcpy(d + body, s + body, n - body); memcpy(e + body, s + body, n - body); }
+}
+
+/* d = s and e = t, n bytes each, in one pass (hk_pair_*): the ring's send into a FIFO (ordinary
+ * stores: the peer reads it soon) and its receive out of one into the output (streaming when asked
+ * and n >= HK_STREAM_MIN). The four ranges must not overlap. Ordinary stores up to e's first 64-byte
+ * boundary and after its last one. */
+static void hk_copy_pair(void* dst, const void* src, void* dst2, const void* src2, size_t n, int streaming) {
+    if (!n) return;
+    char* d = (char*)dst; const char* s = (const char*)src; char* e = (char*)dst2; const char* t = (const char*)src2;
+    if (!streaming || n < HK_STREAM_MIN) { memcpy(d, s, n); memcpy(e, t, n); return; }
+    size_t head = (64u - ((uintptr_t)e & 63u)) & 63u;
+    if (head) { memcpy(d, s, head); memcpy(e, t, head); d += head; s += head; e += head; t += head; n -= head; }
+    size_t body = n & ~(size_t)63;
+    hk_pair(d, s, e, t, body);
+    if (n - body) { memcpy(d + body, s + body, n - body); memcpy(e + body, t + body, n - body); }
 }
 
 static void hk_fence(void) {

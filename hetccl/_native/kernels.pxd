@@ -30,6 +30,11 @@ cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexc
 cdef void copy_bytes_dual(void* dst, void* dst2, const void* src, size_t n,
                           bint streaming) noexcept nogil
 
+# dst = src and dst2 = src2 (n bytes each) in one pass, dst2 streamed when streaming: a ring step's
+# send into a FIFO and its receive out of one, their loads in flight together. No range may overlap.
+cdef void copy_bytes_pair(void* dst, const void* src, void* dst2, const void* src2, size_t n,
+                          bint streaming) noexcept nogil
+
 # AVG finishing step: buf[i] = buf[i] / n (integers: truncating division, like NCCL's ncclAvg).
 cdef void divide_by(void* buf, size_t count, int dtype, long n) noexcept nogil
 

@@ -24,6 +24,8 @@ cdef extern from "kernels.h" nogil:
     void hk_divide(void* buf, size_t count, int dtype, long n) noexcept
     void hk_copy(void* dst, const void* src, size_t n, int streaming) noexcept
     void hk_copy2(void* dst, void* dst2, const void* src, size_t n, int streaming) noexcept
+    void hk_copy_pair(void* dst, const void* src, void* dst2, const void* src2, size_t n,
+                      int streaming) noexcept
     void hk_fence() noexcept
 
 cdef int _current_isa = hk_init()     # fp8 tables; AVX2+F16C kernels when the CPU has them
@@ -63,6 +65,11 @@ cdef void copy_bytes(void* dst, const void* src, size_t n, bint streaming) noexc
 cdef void copy_bytes_dual(void* dst, void* dst2, const void* src, size_t n,
                           bint streaming) noexcept nogil:
     hk_copy2(dst, dst2, src, n, streaming)
+
+
+cdef void copy_bytes_pair(void* dst, const void* src, void* dst2, const void* src2, size_t n,
+                          bint streaming) noexcept nogil:
+    hk_copy_pair(dst, src, dst2, src2, n, streaming)
 
 
 cdef void divide_by(void* buf, size_t count, int dtype, long n) noexcept nogil:
@@ -180,6 +187,38 @@ def copy_array(dst, src, bint streaming=False, also=None):
             PyBuffer_Release(&sv)
     finally:
         PyBuffer_Release(&dv)
+
+
+def copy_pair(dst, src, dst2, src2, bint streaming=False):
+    """dst[:len(src)] = src and dst2[:len(src)] = src2 in one pass (copy_bytes_pair), dst2
+    streamed when ``streaming``: the FIFO ring's fused send-and-receive step, for benchmarks and
+    tests. src and src2 have the same length; no two of the four may overlap."""
+    cdef Py_buffer bufs[4]
+    cdef int got = 0, i
+    cdef char* p[4]
+    cdef Py_ssize_t ln[4]
+    try:
+        for i, (obj, flags) in enumerate(((dst, PyBUF_WRITABLE), (src, 0), (dst2, PyBUF_WRITABLE),
+                                          (src2, 0))):
+            PyObject_GetBuffer(obj, &bufs[i], flags | PyBUF_ANY_CONTIGUOUS)
+            got += 1
+            p[i] = <char*>bufs[i].buf
+            ln[i] = bufs[i].len
+        if ln[1] != ln[3]:
+            raise ValueError(f"sources differ in length: {ln[1]} and {ln[3]} bytes")
+        if ln[0] < ln[1] or ln[2] < ln[1]:
+            raise ValueError(f"destinations of {ln[0]} and {ln[2]} bytes cannot take {ln[1]}")
+        for i in range(4):
+            for j in range(i + 1, 4):
+                if p[i] < p[j] + ln[1] and p[j] < p[i] + ln[1] and ln[1]:
+                    raise ValueError("copy_pair: the buffers overlap")
+        with nogil:
+            copy_bytes_pair(p[0], p[1], p[2], p[3], <size_t>ln[1], streaming)
+            if streaming:
+                hk_fence()
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&bufs[i])
 
 
 def divide_array(buf, int dtype, long n):

@@ -104,6 +104,8 @@ cdef struct Stream:
     bint done
     bint waiting              # last progress call stopped for want of data/room on a link (not a dependency)
     Stream* fwd               # recv: the send stream that forwarded segments feed (fusing kinds only)
+    bint pair                 # recv with fwd: a plain receive and a plain send of own bytes may move
+                              # in one pass (link_shm.pxd: shm_pair)
     Stream* dep               # send: the receive stream that segments' dep indices refer to
     size_t limit              # payload bytes this stream may move for now ((size_t)-1: no limit)
     bint swap                 # recv: the peer's operand goes first (it has the lower rank)

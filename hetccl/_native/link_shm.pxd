@@ -6,9 +6,9 @@ from hetccl._native.atomics cimport hc_load_acq, hc_store32_sc
 from hetccl._native.fifo cimport *
 from hetccl._native.link cimport Link, LinkKind, Stream, Seg, ssize_t
 from hetccl._native.posix_wait cimport pollfd, POLLIN, POLLHUP, POLLERR
-from hetccl._native.kernels cimport (reduce_fn, copy_bytes, divide_by, reduce_ordered,
-                                    reduce_forward)
-from hetccl._native.stream cimport send_walk, recv_walk, skip_empty
+from hetccl._native.kernels cimport (reduce_fn, copy_bytes, copy_bytes_pair, divide_by,
+                                    reduce_ordered, reduce_forward)
+from hetccl._native.stream cimport send_walk, recv_walk, skip_empty, MAX_MOVE
 from hetccl._native.wire cimport HDR_BYTES
 
 
@@ -98,8 +98,90 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
 cdef inline long shm_send(Stream* s) noexcept nogil:
     return send_walk(s, shm_write, shm_publish)
 
+cdef enum:
+    PAIR_MIN = 4096           # a fused send-and-receive step moves at least this much (else: one by one)
+
+
+cdef inline long shm_pair(Stream* R) noexcept nogil:
+    """Send and receive in one pass where both streams copy plain bytes: the receive stream R's
+    current segment is copied out of its FIFO (no reduction, no forward) while the send stream
+    R.fwd's current segment (own bytes, not a relay) is copied into the next FIFO. In the 2-rank
+    ring allreduce that is the allgather step of slice j beside the first send of slice j + 1
+    (paced by it: that send's dep is the receive segment, so the walks never move it alone
+    ahead): one loop with both load streams in flight hides the latency of the lines coming
+    from the other core behind the loads of the user's buffer (two separate passes wait for
+    each in turn).
+    Moves what it can now (both FIFOs permitting) and returns the bytes received; the walks
+    (send_walk, recv_walk) do the rest: headers, padding, what one side alone can move."""
+    cdef Stream* S = R.fwd
+    cdef Fifo* I = &R.link.fifo
+    cdef Fifo* T = &S.link.fifo
+    cdef Seg* g
+    cdef Seg* h
+    cdef size_t n, k, rx_off, tx_off
+    cdef char* dst
+    cdef const char* src
+    cdef long moved = 0
+    if R.hdr_done < HDR_BYTES or S.hdr_done < HDR_BYTES or S.done:
+        return 0
+    if R.limit != <size_t>-1 or S.limit != <size_t>-1:
+        return 0
+    while moved < MAX_MOVE:
+        skip_empty(R)
+        skip_empty(S)
+        if R.cur >= R.nseg or S.cur >= S.nseg:
+            break
+        g = &R.segs[R.cur]
+        h = &S.segs[S.cur]
+        if g.fwd or g.loc != NULL or g.buf == NULL or h.fwd or h.copy != NULL:
+            break
+        n = g.len - R.off
+        k = h.len - S.off
+        if h.dep >= 0:                   # paced by a receive segment (send_walk's rule)
+            if h.dep > R.cur or (h.dep == R.cur and S.off > R.off):
+                break
+        if n > k:
+            n = k
+        if n > R.chunk:
+            n = R.chunk
+        k = fifo_avail(I, n)
+        if n > k:
+            n = k
+        rx_off = I.rx_tail & I.mask
+        if n > I.cap - rx_off:
+            n = I.cap - rx_off
+        k = fifo_space(T, n)
+        if n > k:
+            n = k
+        tx_off = T.tx_head & T.mask
+        if n > T.cap - tx_off:
+            n = T.cap - tx_off
+        if n < PAIR_MIN:
+            break
+        src = h.buf + S.off
+        dst = g.buf + R.off
+        if (src < dst + n and dst < src + n):
+            break                        # the output overlaps what is being sent: one at a time
+        copy_bytes_pair(T.tx_data + tx_off, src, dst, I.rx_data + rx_off, n, R.streaming)
+        I.rx_tail += n
+        T.tx_head += n
+        R.off += n
+        R.pos += n
+        S.off += n
+        S.pos += n
+        moved += <long>n
+        if n >= RELEASE_EARLY:
+            fifo_release(I)
+            fifo_publish(T)
+    return moved
+
+
 cdef inline long shm_recv(Stream* s) noexcept nogil:
-    return recv_walk(s, shm_read, shm_read_reduce, shm_release, shm_forward, shm_publish)
+    cdef long moved = 0, r
+    if s.pair:
+        moved = shm_pair(s)
+    r = recv_walk(s, shm_read, shm_read_reduce, shm_release, shm_forward, shm_publish)
+    return r if r < 0 else r + moved
 
 
 cdef inline bint shm_arm(Link* L, bint rx, size_t need, uint32_t how, pollfd* f,

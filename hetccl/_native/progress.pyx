@@ -58,6 +58,7 @@ cdef void open_stream(Engine e, Stream* s, int peer, Seg* segs, int nseg, int co
     s.done = False
     s.waiting = False
     s.fwd = NULL
+    s.pair = False
     s.dep = NULL
     s.limit = <size_t>-1
     s.swap = peer < e.rank

@@ -25,15 +25,19 @@ from hetccl._native.stream cimport seg
 
 
 cdef bint _one_pass = True           # the fused relay step as one pass of the forward kernel
+cdef bint _pair = True               # the allgather step beside the next slice's send, in one pass
 
 
-def ring_variant(bint one_pass=True):
-    """Benchmark hook (bench/ring_ab.py): how the next allreduce_ring calls in this process run
-    their fused relay step: one pass of the forward kernel (the default, what the library runs),
-    or the reduce into the FIFO and a copy out of it (the schedule it replaced, kept for
-    same-process A/B)."""
-    global _one_pass
+def ring_variant(bint one_pass=True, bint pair=True):
+    """Benchmark hook (bench/ring_ab.py): how the next allreduce_ring calls in this process run.
+    one_pass: the fused relay step as one pass of the forward kernel (the default, what the
+    library runs), or the reduce into the FIFO and a copy out of it (the schedule it replaced).
+    pair: the last step of each slice (a plain copy out of the FIFO) in one pass with the first
+    send of the next slice (link_shm.pxd: shm_pair; the default), or each on its own. Kept for
+    same-process A/B."""
+    global _one_pass, _pair
     _one_pass = one_pass
+    _pair = pair
 
 
 cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtype, int op,
@@ -44,7 +48,7 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
     into the next FIFO); elsewhere a send segment waits for the receive it forwards."""
     cdef int N = e.size, r = e.rank, t, sb, rb, rc, nsl, j, idx, T = 2 * N - 2
     cdef int prev = (r - 1 + N) % N, nxt = (r + 1) % N
-    cdef bint fused
+    cdef bint fused, paired
     cdef size_t es = dtype_size(dtype)
     cdef size_t total = count * es, sl, o
     cdef Seg* ssegs
@@ -63,6 +67,7 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
     sl = slice_bytes(e, prev, nxt, es)
     nsl = <int>((blen[0] + sl - 1) // sl) if blen[0] else 1
     fused = can_fuse(e, nxt, prev)
+    paired = fused and _pair and N == 2
     ssegs = <Seg*>malloc(sizeof(Seg) * T * nsl * 2)
     if ssegs == NULL:
         return E_OS
@@ -80,6 +85,8 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
             seg(&ssegs[idx], (sbuf if t == 0 else rbuf) + bstart[sb] + o, NULL,
                 slice_len(blen[sb], o, sl), idx - 1 if t > 0 else -1)
             ssegs[idx].fwd = fused and t > 0
+            if paired and t == 0 and j > 0:
+                ssegs[idx].dep = idx - 1         # paced by the copy-out it pairs with (shm_pair)
             seg(&rsegs[idx], rbuf + bstart[rb] + o, sbuf + bstart[rb] + o if t <= N - 2 else NULL,
                 slice_len(blen[rb], o, sl), -1)
             rsegs[idx].divide = N if (op == OP_AVG and t == N - 2) else 0
@@ -92,6 +99,7 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
     if fused:
         rcv.fwd = &snd
         rcv.fn2 = get_reduce_forward(dtype, op) if _one_pass else NULL
+        rcv.pair = paired
     rcv.streaming = total >= e.nt_threshold     # shm_forward: not where it writes over its operand
     rc = run_step(e, &snd, &rcv, False, dl)
     free(ssegs)
