@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Same-process A/B of the FIFO ring allreduce's fused steps, 2 ranks, plain numpy buffers.
 
-    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python bench/ring_ab.py          # ~1 min
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python bench/ring_ab.py          # ~2 min
     python bench/ring_ab.py --size 16M --rounds 9 --dtype float16
 
 The ring's last reduce-scatter step reduces what arrives with the local block and writes the
@@ -10,9 +10,11 @@ kernel (ordinary stores into the FIFO; streaming ones into a large output, ordin
 the output is the operand it just loaded). The last step of each slice (the finished slice copied
 out of the FIFO) runs in one pass with the next slice's first send (link_shm.pxd: shm_pair).
 ``ring.ring_variant`` switches one process pair between that and the schedules each replaced (the
-copy-out and the send apart; the reduce into the FIFO, then a copy out of it), so all run in the
-same rounds on the same buffers and the host's load moves them alike: every variant after a barrier, the order rotated round by round,
-the slowest rank's median of ``--reps`` calls per round, the median over rounds.
+copy-out and the send apart; the reduce into the FIFO, then a copy out of it), and, as a what-if,
+runs the paired and unpaired schedules on 256 KiB slices of the default FIFOs, so all run in the
+same rounds on the same buffers and the host's load moves them alike: every variant after a
+barrier, the order rotated round by round, the slowest rank's median of ``--reps`` calls per
+round, the median over rounds.
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from transports import _aligned, _free_port, fmt_size, parse_size, run_pair, table  # noqa: E402
 
-# name -> ring_variant(one_pass, pair)
-VARIANTS = {"now (one pass, paired copies)": (True, True), "copies apart": (True, False),
-            "two passes, copies apart": (False, False)}
+# name -> ring_variant(one_pass, pair, slice_cap): the 256K-slice rows keep the default FIFOs
+VARIANTS = {"now (one pass, paired copies)": (True, True, 0), "copies apart": (True, False, 0),
+            "two passes, copies apart": (False, False, 0),
+            "paired copies, 256K slices": (True, True, 256 << 10),
+            "copies apart, 256K slices": (True, False, 256 << 10)}
 
 
 NOW = next(iter(VARIANTS))

@@ -26,18 +26,22 @@ from hetccl._native.stream cimport seg
 
 cdef bint _one_pass = True           # the fused relay step as one pass of the forward kernel
 cdef bint _pair = True               # the allgather step beside the next slice's send, in one pass
+cdef size_t _slice_cap = 0           # > 0: allreduce slices at most this long (benchmarks only)
 
 
-def ring_variant(bint one_pass=True, bint pair=True):
+def ring_variant(bint one_pass=True, bint pair=True, size_t slice_cap=0):
     """Benchmark hook (bench/ring_ab.py): how the next allreduce_ring calls in this process run.
     one_pass: the fused relay step as one pass of the forward kernel (the default, what the
     library runs), or the reduce into the FIFO and a copy out of it (the schedule it replaced).
     pair: the last step of each slice (a plain copy out of the FIFO) in one pass with the first
-    send of the next slice (link_shm.pxd: shm_pair; the default), or each on its own. Kept for
+    send of the next slice (link_shm.pxd: shm_pair; the default), or each on its own.
+    slice_cap: > 0 cuts the slices to at most this many bytes on the same FIFOs (what if the
+    slices, not the FIFOs, were smaller); 0, the default, keeps a quarter of the FIFO. Kept for
     same-process A/B."""
-    global _one_pass, _pair
+    global _one_pass, _pair, _slice_cap
     _one_pass = one_pass
     _pair = pair
+    _slice_cap = slice_cap
 
 
 cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtype, int op,
@@ -65,6 +69,8 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
         return E_OS
     even_blocks(count, N, es, bstart, blen)
     sl = slice_bytes(e, prev, nxt, es)
+    if _slice_cap and sl > _slice_cap >= es:
+        sl = _slice_cap - _slice_cap % es
     nsl = <int>((blen[0] + sl - 1) // sl) if blen[0] else 1
     fused = can_fuse(e, nxt, prev)
     paired = fused and _pair and N == 2
