@@ -29,6 +29,22 @@ cdef inline void shm_release(Link* L) noexcept nogil:
     fifo_release(&L.fifo)
 
 
+cdef inline size_t fifo_through(Fifo* I, Fifo* T, size_t n) noexcept nogil:
+    """At most n: what can pass from I's unread bytes into T's free room now, in one contiguous
+    piece of each (neither wraps)."""
+    cdef size_t k = fifo_avail(I, n)
+    if n > k:
+        n = k
+    k = I.cap - (I.rx_tail & I.mask)
+    if n > k:
+        n = k
+    k = fifo_space(T, n)
+    if n > k:
+        n = k
+    k = T.cap - (T.tx_head & T.mask)
+    return k if n > k else n
+
+
 cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
     """One fused ring step: FIFO-in (OP local) -> next rank's FIFO, and to the output if any.
 
@@ -52,18 +68,9 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
     k = F.segs[F.cur].len - F.off
     if n > k:
         n = k
-    k = fifo_avail(I, n)
-    if n > k:
-        n = k
+    n = fifo_through(I, T, n)
     rx_off = I.rx_tail & I.mask
-    if n > I.cap - rx_off:
-        n = I.cap - rx_off
-    k = fifo_space(T, n)
-    if n > k:
-        n = k
     tx_off = T.tx_head & T.mask
-    if n > T.cap - tx_off:
-        n = T.cap - tx_off
     n -= n % s.esize
     if n == 0:
         s.waiting = True
@@ -144,18 +151,9 @@ cdef inline long shm_pair(Stream* R) noexcept nogil:
             n = k
         if n > R.chunk:
             n = R.chunk
-        k = fifo_avail(I, n)
-        if n > k:
-            n = k
+        n = fifo_through(I, T, n)
         rx_off = I.rx_tail & I.mask
-        if n > I.cap - rx_off:
-            n = I.cap - rx_off
-        k = fifo_space(T, n)
-        if n > k:
-            n = k
         tx_off = T.tx_head & T.mask
-        if n > T.cap - tx_off:
-            n = T.cap - tx_off
         if n < PAIR_MIN:
             break
         src = h.buf + S.off
