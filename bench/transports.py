@@ -380,7 +380,9 @@ def _ratio_rows(res, sizes):
 # ---------------------------------------------------------------- allreduce vs its memory-traffic bound
 
 PUBLIC = ("allreduce", "allreduce in place", "reduce_scatter", "allgather",
-          "allreduce, 1 MiB FIFOs", "allreduce in place, 1 MiB FIFOs")
+          "allreduce, 1 MiB FIFOs", "allreduce in place, 1 MiB FIFOs",
+          "allreduce, 256K slices", "allreduce in place, 256K slices")
+ALT_SLICE = 256 << 10    # the what-if slices on the default FIFOs (ring.ring_variant's slice_cap)
 ALT_FIFO = 1 << 20       # the what-if communicator's FIFOs: 256 KiB ring slices (three fit in L2)
 # name -> (slice: None = the ring's own; the fused step: "two" passes (reduce into the FIFO, copy
 # out), "one" pass of the dual kernel (both streamed), or "fwd" (the forward kernel, as the ring
@@ -437,6 +439,16 @@ def allreduce_traffic(comm, bufs, pattern):
         b["alt"].allreduce(b["x"], out=b["o"])
     elif pattern == "allreduce in place, 1 MiB FIFOs":
         b["alt"].allreduce(b["xi"])
+    elif pattern.endswith(", 256K slices") and pattern.startswith("allreduce"):
+        from hetccl._native.ring import ring_variant
+        ring_variant(slice_cap=ALT_SLICE)
+        try:
+            if "in place" in pattern:
+                comm.allreduce(b["xi"])
+            else:
+                comm.allreduce(b["x"], out=b["o"])
+        finally:
+            ring_variant()
     elif pattern == "reduce_scatter":
         comm.reduce_scatter(b["x"], out=b["half"])
     elif pattern == "allgather":
@@ -644,6 +656,11 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
                    f"{bw['allreduce in place, 1 MiB FIFOs'] / bw['allreduce in place']:.2f}x; against "
                    f"the plain-buffer bound {bw['allreduce, 1 MiB FIFOs'] / bw[plain['allreduce']]:.2f} "
                    f"and {bw['allreduce in place, 1 MiB FIFOs'] / bw[plain['allreduce in place']]:.2f}")
+    summary.append(f"what if the slices were {fmt_size(ALT_SLICE)} on the default FIFOs (ring.ring_variant): "
+                   f"allreduce {bw['allreduce, 256K slices'] / bw['allreduce']:.2f}x, in place "
+                   f"{bw['allreduce in place, 256K slices'] / bw['allreduce in place']:.2f}x; against "
+                   f"the plain-buffer bound {bw['allreduce, 256K slices'] / bw[plain['allreduce']]:.2f} "
+                   f"and {bw['allreduce in place, 256K slices'] / bw[plain['allreduce in place']]:.2f}")
     t = {p: statistics.median(res[p]) * 1e3 for p in AR_PATTERNS}
     summary.append(f"where the time goes: reduce_scatter {t['reduce_scatter']:.2f} ms + allgather "
                    f"{t['allgather']:.2f} ms against allreduce {t['allreduce']:.2f} ms; allreduce / "
