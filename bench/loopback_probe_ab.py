@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
 """Loopback TCP: does the probe see what a job pays? The probe as the runtime runs it (the median of
-its short repetitions), the same probe's fastest repetition (its statistic before cache format 5),
-and the probe with every rank on one CPU, each priced against long runs of the ring allreduce in the same job (rounds interleaved, so
-all see the same machine).
+repetitions that are loops of ring calls lasting probe.LOOPBACK_REP_S), the same probe with the
+short repetitions of the FIFOs (probe.REP_S: one or a few calls after a barrier, what it ran
+before cache format 6), and the probe with every rank on one CPU, each priced against long runs of
+the ring allreduce in the same job (rounds interleaved, so all see the same machine).
 
     python -m hetccl run -n 2 -- python bench/loopback_probe_ab.py      # HETCCL_TRANSPORTS=tcp is set here
     python -m hetccl run -n 4 -- python bench/loopback_probe_ab.py --rounds 5
+    HETCCL_TRANSPORTS=c2c python -m hetccl run -n 8 -- python bench/loopback_probe_ab.py   # FIFO rings, 8 on 2 cores
+
+The last asks the same of the FIFOs (which keep short repetitions): 8 ranks on 2 cores ran their
+4 MiB ring allreduces 28-34% slower than their probes priced in four quiet runs of
+bench/validate_sim.py, while 2 and 4 ranks were within 10%.
 
 Why: over loopback TCP, 2-8 rank jobs ran 1.4-3.1x slower at 64 KiB-4 MiB than the probe of their
 fresh ranks priced them (docs/simulate.md). One explanation is that a socket's wake-up moves the
 sleeper onto the waker's CPU and the ranks come to share one CPU; a probe with every rank on one
 CPU measures that state. Another was the probe's statistic: the fastest of nine repetitions of
-about half a millisecond, where the job pays the typical call (the probe now keeps the median). This script says which predicts the
-long runs better. Run it on a quiet machine: under load every rank shares CPUs with other processes
+about half a millisecond, where the job pays the typical call (the probe now keeps the median).
+A third is the length of a repetition: a call or a few after a barrier against the loops of tens
+of milliseconds a benchmark or a training loop runs (in a quiet hour, 953 against 1787 us per
+4 MiB ring at 2 ranks). This script says which predicts the long runs better. Run it on a quiet machine: under load every rank shares CPUs with other processes
 anyway.
 
 The long runs: per size, calls back to back for about --min-time seconds, five times; the median
@@ -50,28 +58,6 @@ def one_cpu(pin: bool):
         os.sched_setaffinity(0, cpus)
 
 
-@contextlib.contextmanager
-def fastest_repetition(probe):
-    """The probe's timings with the minimum over its repetitions (its statistic before cache
-    format 5) instead of the median."""
-    keep = probe.time_per_call
-
-    def fastest(engine, fns, timeout, reps=probe.REPS):
-        iters = {name: probe._calls_per_rep(engine, fn, timeout) for name, fn in fns.items()}
-        times = np.empty((reps, len(fns)))
-        for i in range(reps):
-            for j, (name, fn) in enumerate(fns.items()):
-                probe.schedules.barrier(engine, probe.ALGO_DISSEMINATION, timeout)
-                times[i, j] = probe._batch(fn, iters[name]) / iters[name]
-        worst = probe._max_over_ranks(engine, times.reshape(-1), timeout).reshape(reps, len(fns))
-        return {name: float(np.min(worst[:, j])) for j, name in enumerate(fns)}
-    probe.time_per_call = fastest
-    try:
-        yield
-    finally:
-        probe.time_per_call = keep
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -105,23 +91,23 @@ def main() -> int:
         return float(np.median(times))
 
     if comm.rank == 0:
-        print(f"# {p} ranks over {'+'.join(comm.context.tuner.model.link_classes)}, {probe.usable_cpus()} CPUs; "
+        print(f"# {p} ranks over {'+'.join(comm.context.tuner.model.link_classes)}, {probe.usable_cpus()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}; "
               f"error = predicted / measured - 1 of the ring allreduce")
     for rnd in range(args.rounds):
         fitted = {}
-        for pin in (False, True):
+        loop_s = probe.ring_rep_s(("tcp",), False)
+        for key, pin, rep in (("loop", False, loop_s), ("one CPU", True, loop_s), ("short", False, probe.REP_S)):
             with one_cpu(pin):
-                raw = probe.measure(eng, p, 600, big)
-            fitted[pin] = probe.fit(raw, p, facts, cache, network=False)
-        with fastest_repetition(probe):
-            fitted["fastest"] = probe.fit(probe.measure(eng, p, 600, big), p, facts, cache, network=False)
+                raw = probe.measure(eng, p, 600, big, rep)
+            fitted[key] = probe.fit(raw, p, facts, cache, network=False)
         measured = {n: long_run(n) for n in SIZES}
         if comm.rank == 0:
             cells = []
             for n, t in measured.items():
-                spread, pinned, low = (ring(n, p, fitted[k].at(n, "allreduce")) / t - 1 for k in (False, True, "fastest"))
-                cells.append(f"{n >> 10}K {t * 1e6:.0f} us: probe (median rep) {spread:+.0%}, fastest rep {low:+.0%}, "
-                             f"one CPU {pinned:+.0%}")
+                err = {k: ring(n, p, f.at(n, "allreduce")) / t - 1 for k, f in fitted.items()}
+                cells.append(f"{n >> 10}K {t * 1e6:.0f} us: probe ({loop_s * 1e3:.0f} ms loops) {err['loop']:+.0%}, "
+                             f"short reps {err['short']:+.0%}, one CPU {err['one CPU']:+.0%}")
             print(f"round {rnd} (load {os.getloadavg()[0]:.1f}) | " + " | ".join(cells), flush=True)
     comm.close()
     return 0

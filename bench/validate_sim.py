@@ -79,6 +79,7 @@ def measure_case(rank, size, sizes, reps, variants, bridges=None):
                 "topology": topofile.to_dict(topo), "source": topo.source, "load": oversubscription(comm.context.cards),
                 "model": {**m.cost.params(),
                           "links": "+".join(m.link_classes), "origin": m.origin, "detail": m.detail},
+                "probe_raw": dict(m.raw),     # the probe's timings: --repredict re-fits them (validate.refit)
                 "bridges": bridge_prices_of(comm), "ranks": comm.size, "local": comm.local_size,
                 "describe": comm.describe()}
     finally:
@@ -317,9 +318,10 @@ def markdown(path) -> str:
 
 def repredict(paths, out=print) -> int:
     """Predict the recorded jobs of earlier runs (--out files) with today's simulator and cost
-    model code, beside the error the run itself printed: a change to the formulas or the planners
-    is judged on measurements without measuring again (a change to the probe needs a new run: the
-    records hold the parameters it produced, not its timings)."""
+    model code, beside the error the run itself printed: a change to the formulas, the planners or
+    (records from 2026-12-07 on, which keep the probe's timings) to how probe.fit turns timings
+    into parameters is judged on measurements without measuring again (a change to what the probe
+    times needs a new run)."""
     table = []
     for path in paths:
         with open(path) as f:

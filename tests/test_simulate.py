@@ -357,6 +357,40 @@ def test_the_simulator_agrees_with_the_recorded_measurement():
     assert not bad, "\n".join(bad)
 
 
+# the timings of a 2-rank loopback TCP probe (us and bytes, as the cache and a record keep them)
+_TCP_RAW = {"allreduce_big_bytes": 4194304, "allreduce_big_us": 953.0, "allreduce_bytes": 262144,
+            "allreduce_us": 71.9, "barrier_us": 3.7, "copy_big_us": 40.8, "copy_us": 1.8,
+            "kernel_big_bytes": 1048576, "kernel_bytes": 65536, "link_share": 1.0, "reduce_big_us": 92.0,
+            "reduce_us": 2.7}
+
+
+@needs_record
+def test_a_record_with_the_probe_timings_is_refitted_by_todays_fit():
+    """A record that kept its probe's timings is priced with what today's probe.fit makes of them
+    (so a change to the fit is judged offline); one without them, or whose model came from a
+    cache, keeps its recorded parameters."""
+    import copy
+    from hetccl.collectives import probe
+    v = _validate()
+    rec = copy.deepcopy(_records()["local n=2 tcp"])
+    assert v.refit(rec) is None
+    big = [r for r in rec["rows"] if r["size"] >= 4 << 20]
+    kept = v.predict(rec, "tcp")
+    rec["probe_raw"] = dict(_TCP_RAW)
+    params = v.refit(rec)
+    assert params["alpha"] == pytest.approx(3.7e-6) and params["beta_out"] > 0
+    fast = v.predict(rec, "tcp")
+    assert fast != kept
+    rec["probe_raw"].update(allreduce_big_us=2 * 953.0, allreduce_us=2 * 71.9)   # rings in a slow loop
+    slow = v.predict(rec, "tcp")
+    for r in big:
+        key = (r["size"], r["variant"])
+        assert slow[key][0] > 1.6 * fast[key][0]
+    assert v.refit(dict(rec, model=dict(rec["model"], origin="cached"))) is None
+    assert probe.fit({k[:-3] + "_s" if k.endswith("_us") else k: (x * 1e-6 if k.endswith("_us") else x)
+                      for k, x in _TCP_RAW.items()}, 2, cache_bytes=0.0, network=False).alpha == pytest.approx(3.7e-6)
+
+
 @needs_record
 def test_a_planner_change_that_breaks_agreement_is_caught(monkeypatch):
     """The check above can fail: price the ring allreduce 3x dearer and the record disagrees."""

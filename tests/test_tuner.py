@@ -597,7 +597,7 @@ def test_probe_keeps_the_median_repetition_of_the_slowest_rank(monkeypatch):
     """A loop of calls pays the typical call: one lucky repetition (the 2-rank loopback TCP job's
     fastest ran at 1/0.6 of its others) must not set the price, nor one busy repetition."""
     script = iter([1.0, 0.6, 1.0, 1.1, 1.0, 5.0, 0.9, 1.0, 1.0] * 2)   # seconds per rep, per fn
-    monkeypatch.setattr(probe, "_calls_per_rep", lambda engine, fn, timeout: 1)
+    monkeypatch.setattr(probe, "_calls_per_rep", lambda engine, fn, timeout, rep_s: 1)
     monkeypatch.setattr(probe, "_batch", lambda fn, iters: next(script))
     monkeypatch.setattr(probe.schedules, "barrier", lambda *a: None)
     # the other rank was slower in the third repetition only: the slowest rank's time counts
@@ -605,6 +605,30 @@ def test_probe_keeps_the_median_repetition_of_the_slowest_rank(monkeypatch):
                         lambda engine, v, timeout: np.where(np.arange(v.size) // 2 == 2, 3.0, v))
     got = probe.time_per_call(None, {"a": None, "b": None}, 1.0, reps=9)
     assert got == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+
+
+def test_a_loopback_wire_times_its_rings_in_long_loops(monkeypatch):
+    """Over loopback TCP a ring allreduce runs about half as fast in a loop of calls lasting tens of
+    milliseconds as in the one call after a barrier that a short repetition holds: there each
+    repetition of the rings lasts LOOPBACK_REP_S; FIFO rings and network links keep REP_S, and
+    the kernels keep REP_S everywhere."""
+    assert probe.ring_rep_s(("tcp",), network=False) == probe.LOOPBACK_REP_S
+    assert probe.ring_rep_s(("c2c", "tcp"), network=False) == probe.LOOPBACK_REP_S
+    assert probe.ring_rep_s(("c2c", "tcp"), network=True) == probe.REP_S
+    assert probe.ring_rep_s(("c2c",), network=False) == probe.REP_S
+    assert probe.ring_rep_s(("shm",), network=False) == probe.REP_S
+    asked = {}
+
+    def calls(engine, fn, timeout, rep_s):
+        asked[fn] = rep_s
+        return 1
+    monkeypatch.setattr(probe, "_calls_per_rep", calls)
+    monkeypatch.setattr(probe, "_batch", lambda fn, iters: 1.0)
+    monkeypatch.setattr(probe.schedules, "barrier", lambda *a: None)
+    monkeypatch.setattr(probe, "_max_over_ranks", lambda engine, v, timeout: v)
+    ring, kernel = object(), object()
+    probe.time_per_call(None, {"ring": ring, "kernel": kernel}, 1.0, reps=3, rep_s={"ring": 0.02})
+    assert asked == {ring: 0.02, kernel: probe.REP_S}
 
 
 def test_a_cache_of_the_fastest_repetitions_format_is_measured_again(tmp_path, caplog):

@@ -3,7 +3,8 @@
 Why measure: every algorithm choice follows from what one message, one byte moved and one byte
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
-time a host sees a communicator *shape*, takes tens of milliseconds, and is cached, so every
+time a host sees a communicator *shape*, takes tens of milliseconds (~0.4 s over loopback TCP,
+whose rings are timed in longer loops: LOOPBACK_REP_S), and is cached, so every
 later communicator costs one small file read on rank 0 and one 104-byte broadcast.
 
 What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
@@ -83,8 +84,9 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 5                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
-                           # wires fitted in and out of cache; 5: the median repetition, not the fastest)
+FORMAT = 6                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+                           # wires fitted in and out of cache; 5: the median repetition, not the fastest;
+                           # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -93,6 +95,7 @@ KERNEL_BYTES = 64 << 10    # the copy and reduce that price gamma in cache (3 ar
 KERNEL_BIG = 1 << 20       # ... and out of cache (gamma_out; 3 arrays: 3 MiB)
 REPS = 9                   # repetitions of every quantity (interleaved)
 REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
+LOOPBACK_REP_S = 20e-3     # ... but a ring over a loopback wire this long (see measure)
 CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
 MAX_ITERS = 100_000
 NOISY = 0.25               # other processes' share of the CPUs above which a probe is re-done
@@ -234,8 +237,8 @@ def _batch(fn, iters: int) -> float:
     return time.perf_counter() - t0
 
 
-def _calls_per_rep(engine, fn, timeout: float) -> int:
-    """Calls of fn lasting about REP_S on the slowest rank (the same count on every rank)."""
+def _calls_per_rep(engine, fn, timeout: float, rep_s: float = REP_S) -> int:
+    """Calls of fn lasting about rep_s on the slowest rank (the same count on every rank)."""
     fn()
     fn()
     k = 1
@@ -243,13 +246,14 @@ def _calls_per_rep(engine, fn, timeout: float) -> int:
         schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
         t = float(_max_over_ranks(engine, np.array([_batch(fn, k)]), timeout)[0])
         if t >= CALIBRATE_S or k >= MAX_ITERS:
-            return max(1, min(MAX_ITERS, int(REP_S / (t / k))))
+            return max(1, min(MAX_ITERS, int(rep_s / (t / k))))
         k = min(MAX_ITERS, max(2 * k, int(k * 1.5 * CALIBRATE_S / t) if t > 0 else 10 * k))
 
 
-def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
+def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: dict | None = None) -> dict:
     """{name: seconds per call} of each fn (a collective every rank calls alike, or a local kernel
-    all ranks run at once): the median over repetitions of the slowest rank's time. Repetitions
+    all ranks run at once): the median over repetitions of the slowest rank's time. A repetition
+    of fn lasts about ``rep_s[name]`` (default REP_S), calls back to back. Repetitions
     interleave the fns, so all see the same machine. The median, not the minimum: a job's loop of
     calls pays the typical call, and the benchmarks that judge the model (benchmark/runner.py,
     bench/validate_sim.py) report the median repetition. The fastest repetition is the one in
@@ -258,7 +262,8 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
     probe's rate and four at 0.6x of it. The median still drops a minority of repetitions in
     which another process took a core; a probe most of whose repetitions were busy is marked
     noisy and repeated (NOISY)."""
-    iters = {name: _calls_per_rep(engine, fn, timeout) for name, fn in fns.items()}
+    rep_s = rep_s or {}
+    iters = {name: _calls_per_rep(engine, fn, timeout, rep_s.get(name, REP_S)) for name, fn in fns.items()}
     times = np.empty((reps, len(fns)))
     for i in range(reps):
         for j, (name, fn) in enumerate(fns.items()):
@@ -269,10 +274,15 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS) -> dict:
     return {name: float(best[j]) for j, name in enumerate(fns)}
 
 
-def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG) -> dict:
+def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
-    ``KERNEL_BIG``). The kernels run on views of the allreduces' buffers (their contents do not
+    ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
+    over a loopback wire: a ring allreduce over loopback TCP runs about half as fast in a loop of
+    calls lasting tens of milliseconds as in the few calls a repetition of REP_S after a barrier
+    holds: 2 ranks, 4 MiB, 1787 us per call in bench/validate_sim.py's 30 ms loops against 953 us
+    in the probe of the same quiet hour; the FIFO rings show no such gap, 2-rank c2c and shm within
+    8-23% of the same kind of probe). The kernels run on views of the allreduces' buffers (their contents do not
     matter), so the probe touches no more new memory than the big allreduce's (first touches
     are slow on a VM); the kernels write into them, the allreduces only ever sum zeros."""
     def count(nbytes):                  # float32 elements of a ring's buffer (a multiple of size)
@@ -295,7 +305,7 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG) -> di
         "reduce_s": lambda: kern.reduce_arrays(d, a, b, f32, add),
         "copy_big_s": lambda: kern.copy_array(D, A),
         "reduce_big_s": lambda: kern.reduce_arrays(D, A, B, f32, add),
-    }, timeout)
+    }, timeout, rep_s={"allreduce_s": ring_rep_s, "allreduce_big_s": ring_rep_s})
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     return raw
@@ -424,11 +434,11 @@ def _host_busy_seconds() -> float | None:
         return None
 
 
-def _probe(engine, rank: int, size: int, timeout: float, big_bytes: int = PROBE_BIG):
+def _probe(engine, rank: int, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S):
     """measure() plus the share of the host's CPUs that other processes used meanwhile (None if
     unknown): the host's CPU time (/proc/stat, on rank 0) minus what the ranks used (summed)."""
     busy0, own0, t0 = _host_busy_seconds(), time.process_time(), time.perf_counter()
-    raw = measure(engine, size, timeout, big_bytes)
+    raw = measure(engine, size, timeout, big_bytes, ring_rep_s)
     own = np.array([time.process_time() - own0])
     schedules.allreduce(engine, own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
     wall, busy1 = time.perf_counter() - t0, _host_busy_seconds()
@@ -474,6 +484,14 @@ def network_link(classes, local_size: int, size: int) -> bool:
     paid 1.2-1.5x per byte what 256 KiB-1 MiB ones did (2-8 ranks), and the 1 MiB ring of a
     network probe priced them 2.3-3.6x too fast (bench/results/validate-sim-2026-12-07-b.json)."""
     return not all_fifo(classes) and local_size < size
+
+
+def ring_rep_s(classes, network: bool) -> float:
+    """How long one repetition of the probe's rings lasts: LOOPBACK_REP_S over a wire whose ends
+    share a host (loopback TCP: its bytes are kernel copies on the ranks' own CPUs, and a loop of
+    calls pays about twice what the first calls after a barrier do, see measure), else REP_S
+    (FIFOs, and network links, which the slope between two rings prices)."""
+    return LOOPBACK_REP_S if not all_fifo(classes) and not network else REP_S
 
 
 def probe_sizes(share: float, wire: bool) -> tuple[int, float]:
@@ -550,7 +568,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
     network = network_link(classes, local_size, size)
     big, cache = probe_sizes(float(msg[_SHARE]), network)
-    raw, secs, other = _probe(engine, rank, size, timeout, big)
+    raw, secs, other = _probe(engine, rank, size, timeout, big, ring_rep_s(classes, network))
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]), cache_bytes=cache,
                network=network)
     if prev is not None:                        # keep the quietest value of each parameter

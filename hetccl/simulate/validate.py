@@ -18,8 +18,30 @@ TOLERANCE = 0.25
 SLACK = 0.10               # the CI check: a point recorded outside TOLERANCE may not get worse by more
 
 
+def refit(rec) -> dict | None:
+    """The cost-model parameters today's probe.fit derives from the probe timings a record kept
+    (``probe_raw``, us, as the cache stores them), or None when it kept none (older records, or a
+    job whose model came from a cache or a tuning file): so a change to how the probe's timings
+    become parameters is judged on recorded runs too. A change to what the probe times still
+    needs a new run."""
+    raw_us = rec.get("probe_raw")
+    if not raw_us or rec["model"].get("origin") != "measured":
+        return None
+    from ..collectives import probe
+    from ..collectives.cost_model import LinkCost, all_fifo
+    from .costs import STREAM_MIN, _fifo
+    raw = {(k[:-3] + "_s" if k.endswith("_us") else k): (v * 1e-6 if k.endswith("_us") else v)
+           for k, v in raw_us.items()}
+    classes = [c for c in rec["model"]["links"].split("+") if c]
+    facts = LinkCost(0.0, 0.0, 0.0, fifo=all_fifo(classes), stream_min=STREAM_MIN, fifo_bytes=_fifo(rec["local"]))
+    cost = probe.fit(raw, rec["ranks"], facts, cache_bytes=rec["model"].get("cache_bytes", 0.0),
+                     network=probe.network_link(classes, rec["local"], rec["ranks"]))
+    return cost.params()
+
+
 def predict(rec, transports=None):
-    """{(size, variant): (predicted seconds, predicted choice)} from the job's record."""
+    """{(size, variant): (predicted seconds, predicted choice)} from the job's record (its model's
+    parameters re-fitted from its probe's timings when it kept them: refit)."""
     from ..topology import topofile
     from ..collectives import tuning_file
     from .costs import model_for
@@ -29,7 +51,7 @@ def predict(rec, transports=None):
     topo.source = rec.get("source", topo.source)   # discovered: the planner prices the network as the job did
     doc = tuning_file.new_document("recorded", None)
     entry = {"links": rec["model"]["links"], "ranks": rec["ranks"], "local": rec["local"],
-             "cost": {k: rec["model"][k] for k in PARAMS if k in rec["model"]}}
+             "cost": refit(rec) or {k: rec["model"][k] for k in PARAMS if k in rec["model"]}}
     if rec.get("bridges"):
         # records of runs before bridges were timed out of cache hold [alpha, beta]: that run's
         # bridge was priced with beta at every size, and is predicted so
