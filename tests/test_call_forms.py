@@ -412,3 +412,48 @@ def _entries_case(rank, size):
 def test_native_entries_take_every_form_and_hand_the_rest_to_the_methods():
     for fails in run_ranks(_entries_case, 2, timeout=90):
         assert not fails, fails
+
+
+def _constructor_case(rank, size):
+    import sys
+    import hetccl
+    from hetccl._native import latency
+    comm = hetccl.init(timeout=60)
+    fails = []
+    if not latency.NUMPY_NEW_DIRECT:
+        fails.append("numpy's C constructor was not found or did not pass its check on this numpy")
+    x = np.arange(2, dtype=np.float32)
+    xp = np.arange(2 * size, dtype=np.float32)
+    calls = {"allgather": lambda: comm.allgather(x), "reduce_scatter": lambda: comm.reduce_scatter(xp),
+             "alltoall": lambda: comm.alltoall(xp), "gather": lambda: comm.gather(x, 0),
+             "reduce": lambda: comm.reduce(x, 0)}
+    for name, call in calls.items():
+        for _ in range(3):                                  # learn the shape
+            call()
+        dt = x.dtype
+        before = sys.getrefcount(dt)
+        kept = [call() for _ in range(500)]
+        got = kept[-1]
+        if got is None:                                     # a rooted collective's other rank
+            continue
+        if sys.getrefcount(dt) != before + 500:             # one reference per live result, no more
+            fails.append(f"{name}: dtype references {sys.getrefcount(dt) - before} for 500 results")
+        del kept
+        if sys.getrefcount(dt) != before + 1:               # got's own
+            fails.append(f"{name}: dtype references leaked ({sys.getrefcount(dt) - before - 1})")
+        ref = np.empty(got.shape, got.dtype)
+        f, g = got.flags, ref.flags
+        if (type(got) is not np.ndarray or got.base is not None or got.strides != ref.strides
+                or (f.owndata, f.writeable, f.c_contiguous, f.aligned)
+                != (g.owndata, g.writeable, g.c_contiguous, g.aligned)):
+            fails.append(f"{name}: not what numpy.empty makes: {got.flags} base {got.base}")
+    comm.close()
+    return fails
+
+
+def test_allocated_results_are_numpy_empty_arrays_without_leaks():
+    """The allocating forms make their result with numpy's C constructor (found at import and
+    checked): each result is what numpy.empty makes (owns its data, writable, C order), and no
+    reference to the dtype leaks per call."""
+    for fails in run_ranks(_constructor_case, 2, timeout=90):
+        assert not fails, fails

@@ -9,6 +9,7 @@ run_* functions (dispatch.pyx).
 cimport cython
 from cpython.buffer cimport PyBuffer_Release
 from cpython.object cimport PyObject
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint64_t
 from libc.string cimport memset
 
@@ -114,9 +115,72 @@ cdef inline Py_ssize_t array_nbytes(object a, int dtype) except -1:
     return n
 
 
+cdef extern from *:
+    """
+    /* numpy's own constructor PyArray_NewFromDescr, slot 94 of the C-API table numpy exports in
+       the capsule _ARRAY_API (what its import_array() reads; the slots are numpy's ABI, the same
+       from 1.x through 2.x). Found and checked at import (new_direct), so no numpy headers are
+       needed to build. */
+    typedef PyObject* (*hc_new_descr_fn)(PyTypeObject*, PyObject*, int, const Py_ssize_t*,
+                                         const Py_ssize_t*, void*, int, PyObject*);
+    static hc_new_descr_fn hc_new_descr = NULL;
+    static PyTypeObject* hc_array_type = NULL;
+    static int hc_numpy_api(void** api, PyObject* ndarray) {
+        if (api == NULL || (PyObject*)api[2] != ndarray) return 0;
+        hc_array_type = (PyTypeObject*)api[2];
+        hc_new_descr = (hc_new_descr_fn)api[94];
+        return 1;
+    }
+    static PyObject* hc_new_1d(PyObject* descr, Py_ssize_t n) {
+        Py_INCREF(descr);                           /* the constructor steals it */
+        return hc_new_descr(hc_array_type, descr, 1, &n, NULL, NULL, 0, NULL);
+    }
+    """
+    int hc_numpy_api(void** api, PyObject* ndarray)
+    object hc_new_1d(PyObject* descr, Py_ssize_t n)
+
+
+cdef bint new_direct():
+    """Whether new_like may call numpy's C constructor itself (~500 instructions) instead of
+    ``numpy.empty`` through its Python signature (~1,100: argument parsing and converting the
+    shape and the dtype, on every allocating call). Checked once: the table's array type is
+    numpy.ndarray (hc_numpy_api), and the arrays it makes match numpy.empty's (type, dtype, shape, flags, owner
+    of their data); if not, every output comes from numpy.empty."""
+    if not DIRECT:
+        return False
+    try:
+        try:
+            from numpy._core import _multiarray_umath as m
+        except ImportError:                        # numpy 1.x
+            from numpy.core import _multiarray_umath as m
+        api = PyCapsule_GetPointer(m._ARRAY_API, NULL)
+    except Exception:
+        return False
+    if not hc_numpy_api(<void**>api, <PyObject*>_ndarray):     # its array type is numpy.ndarray
+        return False
+    for dt in (_np.dtype(_np.float32), _np.dtype(_np.int8), _np.dtype(_np.complex128)):
+        for n in (0, 1, 5):
+            ref = _np.empty(n, dt)
+            a = hc_new_1d(<PyObject*>dt, n)
+            if (type(a) is not _ndarray or a.dtype is not ref.dtype or a.shape != ref.shape
+                    or a.strides != ref.strides or a.base is not None
+                    or a.flags.owndata != ref.flags.owndata or a.flags.writeable != ref.flags.writeable
+                    or a.flags.c_contiguous != ref.flags.c_contiguous
+                    or a.flags.aligned != ref.flags.aligned):
+                return False
+    return True
+
+
+cdef bint NEW_DIRECT = new_direct()
+NUMPY_NEW_DIRECT = NEW_DIRECT       # for the tests: whether outputs are made by numpy's C constructor
+
+
 cdef inline object new_like(object a, int dtype, Py_ssize_t count):
     """A new 1-D array of ``count`` elements of numpy array a's dtype: what the parser makes for
-    an output the caller left out (``numpy.empty((count,), a.dtype)``; never a pooled buffer)."""
+    an output the caller left out (``numpy.empty((count,), a.dtype)``; never a pooled buffer),
+    made by numpy's own constructor where new_direct found it."""
+    if NEW_DIRECT:
+        return hc_new_1d((<hc_ndarray_head*><PyObject*>a).descr, count)
     return _empty(count, <object>(<hc_ndarray_head*><PyObject*>a).descr if DIRECT else a.dtype)
 
 
@@ -255,14 +319,14 @@ cdef class Hot:
             self.code_last = code
         return self.code_last
 
-    cdef object algo_of(self, int kind, Py_ssize_t nbytes, object forced):
+    cdef tuple algo_of(self, int kind, Py_ssize_t nbytes, object forced):
         """The learnt (code, name) of this call, or None."""
         if forced is None and self.memo_nb[kind] == nbytes:
-            return self.memo_hit[kind]
+            return <tuple>self.memo_hit[kind]
         by_size = (<dict>self.algos[kind]).get(forced)
         if by_size is None:
             return None
-        hit = (<dict>by_size).get(nbytes)
+        hit = <tuple>(<dict>by_size).get(nbytes)
         if forced is None and hit is not None:
             self.memo_nb[kind] = nbytes
             self.memo_hit[kind] = hit
@@ -277,7 +341,9 @@ cdef class Hot:
             return timeout
         return 0
 
-    cdef int run(self, int coll, object hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int run(self, int coll, tuple hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
                  int dtype, int op, int root, double t) except -1:
         """Run a learnt call on pinned buffers through the dispatch's run_* half of `coll`, recorded
         in the flight ring (op and root: FL_NO_DTYPE / -1 where the collective has none)."""
@@ -307,7 +373,9 @@ cdef class Hot:
         self.flight.mark(s, FL_DONE, 0)
         return 0
 
-    cdef int plain(self, int coll, object hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int plain(self, int coll, tuple hit, Py_buffer* a, Py_buffer* b, size_t nbytes, bint inplace,
                    int dtype, int op, int root, double t) except -1:
         """Run a learnt plain-buffer single-copy call (run_plain), recorded like ``run``. If a
         cross-memory read was refused (on any rank: all see it in the call's last sync), the
@@ -330,10 +398,12 @@ cdef class Hot:
                 self.on_refused("broadcast" if coll == COLL_BROADCAST else
                                 "allgather" if coll == COLL_ALLGATHER else "alltoall")
             self.forget()
-            self.run(coll, hit[2], a, b, nbytes, inplace, dtype, op, root, t)
+            self.run(coll, <tuple>hit[2], a, b, nbytes, inplace, dtype, op, root, t)
         return 0
 
-    cdef int rooted(self, int coll, object hit, object send, object recv, size_t nbytes, int dtype,
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int rooted(self, int coll, tuple hit, object send, object recv, size_t nbytes, int dtype,
                     int op, int root, double t) except -1:
         """Run a learnt reduce, gather or scatter (equal blocks) through its whole native entry,
         recorded in the flight ring like ``run``."""
