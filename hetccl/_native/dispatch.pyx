@@ -278,7 +278,7 @@ cdef int run_broadcast(Engine e, char* buf, size_t nb, int root, int dtype, int 
     return 0
 
 
-def reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, double timeout):
+cpdef reduce(Engine e, sendobj, recvobj, int root, int dtype, int op, int algo, double timeout):
     """On root, recvobj = reduction of every rank's sendobj (recvobj may be None elsewhere)."""
     cdef Pins p = Pins()
     cdef int rc
@@ -340,7 +340,7 @@ cdef size_t* rooted_blocks(Engine e, counts, int root, size_t es, int coll, int 
     return o
 
 
-def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, double timeout):
+cpdef gather(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, double timeout):
     """Root's recvobj = concatenation of every rank's sendobj (rank-ordered; counts for gatherv)."""
     cdef Pins p = Pins()
     cdef int rc
@@ -360,7 +360,7 @@ def gather(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, do
         free(o)
 
 
-def scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, double timeout):
+cpdef scatter(Engine e, sendobj, recvobj, counts, int root, int dtype, int algo, double timeout):
     """Every rank's recvobj = its block of root's sendobj (counts for scatterv)."""
     cdef Pins p = Pins()
     cdef int rc

@@ -15,7 +15,8 @@ from libc.string cimport memset
 
 from hetccl._native.codes cimport *
 from hetccl._native.dispatch cimport (run_allreduce, run_allgather, run_broadcast, run_reduce_scatter,
-                                      run_alltoall)
+                                      run_alltoall, reduce as d_reduce, gather as d_gather,
+                                      scatter as d_scatter)
 from hetccl._native.engine cimport Engine
 from hetccl._native.flight cimport Flight, FL_DONE, FL_NO_DTYPE, FL_RUNNING
 from hetccl._native.pinning cimport check_allgather, get_buffer, release_pair
@@ -68,7 +69,6 @@ HOT_NAMES = ("broadcast", "allreduce", "allgather", "alltoall", "reduce_scatter"
              "scatter")
 
 from hetccl.ops import ReduceOp as _ReduceOp
-from hetccl._native import dispatch as _dispatch
 
 cdef object _ndarray, _empty
 try:
@@ -144,8 +144,8 @@ cdef bint new_direct():
     """Whether new_like may call numpy's C constructor itself (~500 instructions) instead of
     ``numpy.empty`` through its Python signature (~1,100: argument parsing and converting the
     shape and the dtype, on every allocating call). Checked once: the table's array type is
-    numpy.ndarray (hc_numpy_api), and the arrays it makes match numpy.empty's (type, dtype, shape, flags, owner
-    of their data); if not, every output comes from numpy.empty."""
+    numpy.ndarray (hc_numpy_api), and the arrays it makes match numpy.empty's (type, dtype,
+    shape, strides, flags, owner of their data); if not, every output comes from numpy.empty."""
     if not DIRECT:
         return False
     try:
@@ -201,10 +201,6 @@ cdef int view_of(object a, int dtype, Py_buffer* v, bint writable) except -1:
     v.itemsize = dtype_size(dtype)
     return 0
 
-# the rooted collectives' whole native entries (they pin and check their own buffers): a Python
-# call each (~0.1 us), against the microseconds of the parser and router they skip
-cdef object _reduce = _dispatch.reduce, _gather = _dispatch.gather, _scatter = _dispatch.scatter
-
 
 cdef int pin_in_out(object x, object y, int dtype, Py_buffer* a, Py_buffer* b) except -1:
     """a = input x (writable when y is x: in place), b = output y (writable; b is a copy of a when
@@ -238,10 +234,10 @@ cdef class Hot:
 
     The allocating forms (``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``reduce`` and
     ``gather`` on the root) are the ones most programs write, so they take this path too: the key
-    is the bytes the output will have, the same the parser prices, and the new array is a plain
-    ``numpy.empty`` (~0.1 us, the whole difference from the ``out=`` form; never a pooled buffer, so
-    a result the caller keeps is never written again). Keys are sizes, never buffers: a fresh
-    input each call (``allreduce(x.copy())``) is as hot as a reused one.
+    is the bytes the output will have, the same the parser prices, and the new array is what
+    ``numpy.empty`` makes (new_like: ~0.1 us, the whole difference from the ``out=`` form; never a
+    pooled buffer, so a result the caller keeps is never written again). Keys are sizes, never
+    buffers: a fresh input each call (``allreduce(x.copy())``) is as hot as a reused one.
 
     What it learns depends only on the size and on the forced algorithm, like the tuner's choice.
     A call forced with ``algorithm=`` is learnt under that name and the tuner's own calls under
@@ -413,12 +409,12 @@ cdef class Hot:
         s = self.flight.push(coll, nbytes, dtype, op, root, hit[1], FL_RUNNING)
         self.e.hold_gil = True
         try:
-            if coll == COLL_REDUCE:
-                _reduce(self.e, send, recv, root, dtype, op, algo, t)
+            if coll == COLL_REDUCE:     # the whole native entries (they pin and check their buffers)
+                d_reduce(self.e, send, recv, root, dtype, op, algo, t)
             elif coll == COLL_GATHER:
-                _gather(self.e, send, recv, None, root, dtype, algo, t)
+                d_gather(self.e, send, recv, None, root, dtype, algo, t)
             else:
-                _scatter(self.e, send, recv, None, root, dtype, algo, t)
+                d_scatter(self.e, send, recv, None, root, dtype, algo, t)
         except BaseException as x:
             self.e.hold_gil = False
             self.flight.fail(s, x)
