@@ -346,7 +346,7 @@ class Communicator:
         self._comm_id = comm_id
         self._timeout = timeout
         self._hot = schedules.Hot(engine, timeout, _NUMPY, _Flight())   # the latency path (learn() below)
-        self._hot.on_refused = self._cma_refused
+        self._hot.on_refused = _weak_call(weakref.WeakMethod(self._cma_refused))   # no Hot <-> comm cycle
         self._flight = self._hot.flight       # this rank's record of its collective calls
         # the public collectives' native entries (latency.pyx: methods), shadowing the methods below
         # on this instance: a learnt call skips the Python frame; anything else comes to them
@@ -1256,6 +1256,17 @@ class Communicator:
 
     def __repr__(self):
         return f"<hetccl.Communicator rank {self.rank} of {self.size}>"
+
+
+def _weak_call(ref):
+    """A callable that calls the method *ref* (a WeakMethod) while its object lives: the latency
+    path's callbacks must not keep the communicator alive (a cycle the garbage collector would
+    have to find, keeping its engine and segments until then)."""
+    def call(*args):
+        method = ref()
+        if method is not None:
+            method(*args)
+    return call
 
 
 def init(rank=None, size=None, *, timeout=None, transports=None, bridges=None) -> Communicator:

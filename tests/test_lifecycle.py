@@ -615,3 +615,28 @@ def test_sub_communicators_made_after_an_abort_are_aborted():
         subs.make(2, 0)
     assert parent.made[2].calls == ["abort"] and parent.last_algorithm == "ring"
     assert not subs.building
+
+
+def _freed_without_gc_rank(rank, size):
+    import gc
+    import weakref
+
+    import hetccl
+    gc.disable()                    # only reference counting: a cycle would keep the communicator
+    try:
+        comm = hetccl.init(timeout=30)
+        for _ in range(3):                          # learnt calls: the latency path's entries
+            comm.allreduce(np.ones(4, np.float32))
+            comm.allgather(np.ones(2, np.float32))
+        ref = weakref.ref(comm)
+        comm.close()
+        del comm
+        return ref() is None
+    finally:
+        gc.enable()
+
+
+def test_a_closed_communicator_is_freed_without_the_garbage_collector():
+    """Nothing inside the communicator (its latency path's native entries and callbacks) refers
+    back to it: dropping the last reference frees it at once."""
+    assert run_ranks(_freed_without_gc_rank, 2, timeout=60, transports="shm") == [True, True]
