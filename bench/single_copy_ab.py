@@ -18,14 +18,18 @@ _native/latency.pyx):
   its first read instead of reading each peer as it arrives; column **spin-first**, every sync
   spins for the engine's spin_s before it yields instead of yielding from the first poll.
 
-Paths alternate repetition by repetition (the order rotating) so all see the same machine (this
-host is shared). A repetition is barrier, ``--calls`` calls, each rank timing its own block, the
+Paths alternate repetition by repetition, in an order drawn afresh for each repetition (the same
+on every rank), so all see the same machine (this host is shared) and none always runs right after
+the same other path: with the order only rotating, a column always preceded by the FIFO's came out
+up to 15% slower than the same schedule in another column (8 ranks on 2 cores). A repetition is barrier, ``--calls`` calls, each rank timing its own block, the
 slowest rank's time counting (the benchmark runner's method). Prints the median time per call of
-each path, FIFO over single, the route an unforced call takes, and the probe's verdicts
+each path, FIFO over single, for the A/B columns the median of each repetition's time over the
+single column's in the same repetition (paired: less noisy on a shared host), the route an unforced call takes, and the probe's verdicts
 (collectives/single_copy_probe.py). Every single-copy result is checked against the FIFO's.
 """
 import argparse
 import dataclasses
+import random
 import statistics
 import time
 
@@ -103,7 +107,7 @@ def main():
                 paths[k]()
                 paths[k]()
             for r in range(a.reps):
-                order = names[r % len(names):] + names[:r % len(names)]
+                order = random.Random(r).sample(names, len(names))   # same on every rank
                 for k in order:
                     switch(k)
                     paths[k]()
@@ -120,8 +124,14 @@ def main():
             comm._hot.forget()
             worst = comm.allreduce(np.array([t for k in names for t in times[k]]), op=hetccl.ReduceOp.MAX)
             med = {k: statistics.median(worst[i * a.reps:(i + 1) * a.reps]) for i, k in enumerate(names)}
+            per = {k: worst[i * a.reps:(i + 1) * a.reps] for i, k in enumerate(names)}
+            paired = {k: statistics.median(per[k][j] / per["single"][j] for j in range(a.reps))
+                      for k in names if k not in ("fifo", "single")}
             lines.append(f"{coll:>10} {nb:>9} {fifo:>20} " + " ".join(f"{med[k] * 1e6:>9.1f}" for k in names)
                          + f" {med['fifo'] / med['single']:>7.2f}  {routed}")
+            if paired:
+                lines.append(" " * 42 + "each repetition's time over single's (median): "
+                             + ", ".join(f"{k} {v:.3f}" for k, v in paired.items()))
             header = " ".join(f"{k + ' us':>9}" for k in names)
     if comm.rank == 0:
         print(f"{n} ranks; probe verdicts: {verdicts}")
