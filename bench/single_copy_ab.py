@@ -16,7 +16,9 @@ _native/latency.pyx):
   (``_set_schedule``): column **old-sched**, in a broadcast the root writes no share and the peers
   read everything, in allgather and alltoall every rank waits for all peers at the entry before
   its first read instead of reading each peer as it arrives; column **spin-first**, every sync
-  spins for the engine's spin_s before it yields instead of yielding from the first poll.
+  spins for the engine's spin_s before it yields instead of yielding from the first poll; column
+  **own-first**, allgather and alltoall copy the rank's own block before they post their arrival
+  instead of the first time no peer is ready.
 
 Paths alternate repetition by repetition, in an order drawn afresh for each repetition (the same
 on every rank), so all see the same machine (this host is shared) and none always runs right after
@@ -97,9 +99,11 @@ def main():
             if a.schedule_ab:
                 paths["old-sched"] = call    # broadcast: no root share; allgather, alltoall: all-rank entry
                 paths["spin-first"] = call   # the syncs spin (the engine's spin_s) before they yield
+                paths["own-first"] = call    # allgather, alltoall: the own block copied before the entry
 
             def switch(name):
-                native_sc._set_schedule(name != "old-sched", name != "old-sched", name == "spin-first")
+                native_sc._set_schedule(name != "old-sched", name != "old-sched", name == "spin-first",
+                                        name != "own-first")
             names = list(paths)
             times = {k: [] for k in names}
             for k in names:

@@ -17,9 +17,10 @@ rank works on its peers' memory directly:
   directly, writing the result into my output and into the result half of every window(r->p); sync;
   copy the other blocks' results out of the windows. Allgather rounds: copy my block into the
   windows; sync; copy the peers' blocks out; sync.
-* **alltoall** (cma mode) — each rank copies its own block, publishes its buffers' addresses and
-  reads block ``rank`` of every peer's input straight into its output (one kernel copy each) as soon
-  as that peer has published its own (read_peers: no all-rank entry sync), then syncs. The FIFO
+* **alltoall** (cma mode) — each rank publishes its buffers' addresses and reads block ``rank`` of
+  every peer's input straight into its output (one kernel copy each) as soon as that peer has
+  published its own (read_peers: no all-rank entry sync), copies its own block the first time no
+  peer is ready, then syncs. The FIFO
   pairwise exchange copies every byte twice and needs both ends of a pair on a CPU at once; this
   does neither, so it wins for large blocks and with more ranks than cores. The cma allgather
   enters the same way.
@@ -381,19 +382,28 @@ cdef bint _root_writes = True      # ... and of root_share
 
 
 cdef bint _spin_plain = False      # ... and of the plain calls' wait (run_plain)
+cdef bint _own_late = True         # ... and of when read_peers copies the rank's own block
 
 
-def _set_schedule(bint root_writes=True, bint arrival_order=True, bint spin=False):
+def _set_schedule(bint root_writes=True, bint arrival_order=True, bint spin=False, bint own_late=True):
     """The broadcast root writes its share (root_share) / allgather and alltoall read each peer
     as it arrives (read_peers) / the plain calls' syncs yield from the first poll (run_plain);
     the opposite: the schedules before (the peers read everything / every rank waits for all at
     the entry / they spin first). For the benchmark's same-process A/B only."""
-    global _root_writes, _arrival_order, _spin_plain
-    _root_writes, _arrival_order, _spin_plain = root_writes, arrival_order, spin
+    global _root_writes, _arrival_order, _spin_plain, _own_late
+    _root_writes, _arrival_order, _spin_plain, _own_late = root_writes, arrival_order, spin, own_late
+
+
+cdef inline void own_block(char* dst, const char* src, size_t n, bint st) noexcept nogil:
+    """Copy this rank's own block of an allgather or alltoall output (none when it is in place)."""
+    if dst != src:
+        copy_bytes(dst, src, n, st)
+        if st:
+            store_fence()
 
 
 cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, char* rbuf, size_t nb,
-                    size_t roff, bint* refused, double dl) noexcept nogil:
+                    size_t roff, const char* own, bint st, bint* refused, double dl) noexcept nogil:
     """The entry and the reads of allgather (roff 0) and alltoall (roff nb x rank): publish the
     call and my input's address, post my epoch, then read nb bytes at roff of each peer's input
     into block p of rbuf as soon as that peer has posted its own (its header and address are
@@ -402,12 +412,17 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
     read; with more ranks than cores that peer is often off the CPU, and the reads of the ones
     that are on it now fill that wait (Open MPI's pairwise rendezvous has no all-rank step
     either). Peers in the order rank+1, rank+2, ... among those ready. A refused read stops the
-    reads (*refused; the caller's last sync tells everyone)."""
+    reads (*refused; the caller's last sync tells everyone).
+    My own block (nb bytes at own, into block rank of rbuf) is copied after the post, the first
+    time no peer is ready (or after the reads): copied before it, it delayed my arrival, and every
+    peer waiting to read me, by a memcpy of the block."""
     cdef int N = e.size, r = e.rank, i, p, rc, left = N - 1, moved
     cdef uint32_t ep
     cdef double last = 0
     cdef uint8_t done[1024]
-    cdef bint ordered = N > 1024 or not _arrival_order
+    cdef bint ordered = N > 1024 or not _arrival_order, own_left = _own_late
+    if not own_left:
+        own_block(rbuf + nb * r, own, nb, st)
     for p in range(N):
         if p != r:
             put_header(e.links[p].c2c.mine.hdr, coll, dtype, 0, PHASE_DIRECT, e.seq, count, r)
@@ -442,6 +457,10 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
                 return rc
             if refused[0]:
                 return 0
+        if not moved and own_left:
+            own_block(rbuf + nb * r, own, nb, st)
+            own_left = False
+            continue
         if not moved and not ordered:
             for i in range(1, N):             # none ready: wait for the next one in order
                 p = (r + i) % N
@@ -450,6 +469,8 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
                     if rc < 0:
                         return rc
                     break
+    if own_left:
+        own_block(rbuf + nb * r, own, nb, st)
     return 0
 
 
@@ -598,11 +619,8 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
 cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, rc
     cdef bint st = nb * N >= e.nt_threshold, refused = False
-    if sbuf != rbuf + nb * r:                 # my own block first: it overlaps waiting for the peers
-        copy_bytes(rbuf + nb * r, sbuf, nb, st)
-        if st:
-            store_fence()
-    rc = read_peers(e, COLL_ALLGATHER, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, 0, &refused, dl)
+    rc = read_peers(e, COLL_ALLGATHER, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, 0, sbuf, st,
+                    &refused, dl)
     if rc < 0:
         return rc
     return finish_refusable(e, refused, dl)   # my input may be reused once everyone has read it
@@ -819,11 +837,8 @@ cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, d
     """The schedule of the module docstring on pinned buffers of N blocks of blk bytes."""
     cdef int N = e.size, r = e.rank, rc
     cdef bint st = blk * N >= e.nt_threshold, refused = False
-    copy_bytes(rbuf + blk * r, sbuf + blk * r, blk, st)
-    if st:
-        store_fence()
     rc = read_peers(e, COLL_ALLTOALL, dtype, blk * N // dtype_size(dtype), sbuf, rbuf, blk, blk * r,
-                    &refused, dl)
+                    sbuf + blk * r, st, &refused, dl)
     if rc < 0:
         return rc
     return finish_refusable(e, refused, dl)   # every peer has read my input: the caller may reuse it
