@@ -105,6 +105,28 @@ def is_pof2(p: int) -> bool:
     return p > 0 and p & (p - 1) == 0
 
 
+def binomial_levels(p: int) -> list[tuple[int, int]]:
+    """[(ranks working, blocks)] per level of a binomial tree on p ranks (binomial.pyx), the
+    root's first send first: at the level of distance m every rank whose relative rank is a
+    multiple of 2m with a partner m further on sends to (or receives from) it, a subtree of
+    min(m, p - m) of the p blocks at the root. The levels of a reduce or gather are the same,
+    in the other order. On more ranks than CPUs the working ranks count (LinkCost.crowded): the
+    first levels of a tree on 4 ranks keep half of them idle."""
+    out, m = [], (1 << (p - 1).bit_length()) >> 1 if p > 1 else 0
+    while m > 0:
+        out.append((2 * -(-(p - m) // (2 * m)), min(m, p - m)))
+        m >>= 1
+    return out
+
+
+def tree_levels(n, p, c, per_byte, share=False) -> float:
+    """Seconds of a binomial tree's levels moving n bytes at every level (share: only the
+    subtree's min(m, p - m) / p of them, a scatter's or gather's), each level priced on its own
+    working ranks: alpha + bytes x per_byte(c.crowded(working, p))."""
+    return sum(c.alpha + (n * blocks / p if share else n) * per_byte(c.crowded(busy, p))
+               for busy, blocks in binomial_levels(p))
+
+
 def one_way(c) -> float:
     """Seconds per byte of a one-way transfer (a tree edge): one pass per side over a FIFO, the
     whole wire time over a full-duplex network link."""

@@ -1,13 +1,14 @@
 """broadcast: binomial tree (latency), pipelined chain and scatter + allgather (van de Geijn,
 bandwidth). ``n`` is the bytes of the buffer."""
-from .algorithm import (ALGO_BINOMIAL, ALGO_CHAIN, ALGO_SCATTER_ALLGATHER, RELAY, Algorithm, log2_ceil,
-                        one_way)
+from .algorithm import (ALGO_BINOMIAL, ALGO_CHAIN, ALGO_SCATTER_ALLGATHER, RELAY, Algorithm, one_way,
+                        tree_levels)
 
 
 def binomial(n, p, c):
     """ceil(log2 p) levels, each a one-way transfer of the whole buffer received in full before it
-    is sent on (store and forward)."""
-    return log2_ceil(p) * (c.alpha + n * one_way(c))
+    is sent on (store and forward); a level's bytes cost what its working ranks pay (tree_levels:
+    on 3 ranks sharing 2 CPUs no level has more than two at work, while a chain keeps all three)."""
+    return tree_levels(n, p, c, one_way)
 
 
 def chain(n, p, c):
@@ -22,12 +23,12 @@ def chain(n, p, c):
 
 
 def scatter_allgather(n, p, c):
-    """van de Geijn: a binomial scatter (the root sends (p-1)/p n one way, in log2 p levels), then a
-    ring allgather of the blocks ((p-1)/p n crossing, p-1 steps)."""
+    """van de Geijn: a binomial scatter (the root sends (p-1)/p n one way, in log2 p levels, each
+    level's subtree priced on its working ranks), then a ring allgather of the blocks ((p-1)/p n
+    crossing, p-1 steps, every rank at work)."""
     if p == 1:
         return 0.0
-    f = (p - 1) / p
-    return (log2_ceil(p) + p - 1) * c.alpha + f * n * (one_way(c) + c.beta)
+    return tree_levels(n, p, c, one_way, share=True) + (p - 1) * c.alpha + (p - 1) / p * n * c.beta
 
 
 ALGORITHMS = [

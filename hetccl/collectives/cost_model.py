@@ -46,7 +46,7 @@ OUT_OF_CACHE = 2.0
 
 # The measured parameters of a LinkCost, as the probe cache, the tuning file and the simulator's
 # records store them (the other fields are facts about the engine, re-read wherever a model is used).
-PARAMS = ("alpha", "beta", "gamma", "beta_out", "gamma_out", "cache_bytes")
+PARAMS = ("alpha", "beta", "gamma", "beta_out", "gamma_out", "cache_bytes", "beta_free", "beta_free_out")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,15 @@ class LinkCost:
     ``gamma_out`` what it costs once the working set is well beyond it (both measured by the
     probe). ``at(n)`` gives the parameters for a call of n bytes; the formulas only ever read
     ``beta`` and ``gamma`` of what ``at`` returned. ``cache_bytes`` = 0: one beta and gamma at
-    every size (the built-in defaults, models written before the distinction)."""
+    every size (the built-in defaults, models written before the distinction).
+
+    Crowded cores: ``beta`` is what a byte costs while *every* rank moves bytes, as in the probe's
+    ring; with more ranks than CPUs on the host (``share`` ranks per CPU, > 1) those ranks take
+    turns on the CPUs. A step in which only some ranks work (a binomial tree's levels, the ranks
+    left after a fold) has the CPUs to fewer of them and pays less per byte: ``beta_free`` (and
+    ``beta_free_out`` out of cache) is what a byte costs when the working ranks have a CPU each,
+    also measured by the probe. ``crowded(busy, p)`` gives the parameters of a step in which busy
+    of the p ranks work. ``beta_free`` = 0 or ``share`` <= 1: every step pays ``beta``."""
     alpha: float
     beta: float
     gamma: float
@@ -72,6 +80,9 @@ class LinkCost:
     beta_out: float = 0.0
     gamma_out: float = 0.0
     cache_bytes: float = 0.0
+    beta_free: float = 0.0
+    beta_free_out: float = 0.0
+    share: float = 1.0             # ranks per CPU on the host while every rank works (a fact, not stored)
 
     def out_of_cache(self, nbytes, collective: str | None = None) -> float:
         """0 (in cache) .. 1 (out of cache): where a call of nbytes lies (WORKING_SET, IN_CACHE,
@@ -91,7 +102,25 @@ class LinkCost:
             return self
         beta = self.beta + f * ((self.beta_out or self.beta) - self.beta)
         gamma = self.gamma + f * ((self.gamma_out or self.gamma) - self.gamma)
-        return dataclasses.replace(self, beta=beta, gamma=gamma)
+        free = self.beta_free + f * ((self.beta_free_out or self.beta_free) - self.beta_free)
+        return dataclasses.replace(self, beta=beta, gamma=gamma, beta_free=free)
+
+    def crowd(self, busy, p) -> float:
+        """0 .. 1: how crowded the CPUs are in a step in which *busy* of the *p* ranks work,
+        between a CPU per working rank (0: ``beta_free``) and every rank working (1: ``beta``),
+        linear in the working ranks per CPU (``busy / p * share``, at least 1)."""
+        if self.share <= 1 or self.beta_free <= 0 or busy >= p:
+            return 1.0
+        load = max(1.0, busy / p * self.share)
+        return (load - 1.0) / (self.share - 1.0)
+
+    def crowded(self, busy, p) -> "LinkCost":
+        """The parameters of a step in which *busy* of the *p* ranks work (itself when the model
+        makes no distinction, or all work): beta between ``beta_free`` and ``beta`` by ``crowd``."""
+        w = self.crowd(busy, p)
+        if w >= 1.0:
+            return self
+        return dataclasses.replace(self, beta=self.beta_free + w * (self.beta - self.beta_free))
 
     def params(self) -> dict:
         """The measured parameters (PARAMS), for a cache entry, a tuning file or a record."""
@@ -116,12 +145,16 @@ class LinkCost:
         if self.cache_bytes > 0:
             text += (f" in cache (working set <= {self.cache_bytes / 2**20:.3g} MiB), "
                      f"beta={_gbs(self.beta_out or self.beta)}, gamma={_gbs(self.gamma_out or self.gamma)} out of it")
+        if self.beta_free > 0 and self.share > 1:
+            text += (f"; {self.share:.3g} ranks per CPU: beta={_gbs(self.beta_free)} in cache, "
+                     f"{_gbs(self.beta_free_out or self.beta_free)} out of it while the working ranks have a CPU each")
         return text
 
     @classmethod
     def from_params(cls, d, **engine) -> "LinkCost":
-        """A LinkCost of stored parameters (missing cache fields: no in/out distinction) plus the
-        engine facts given (fifo, stream_min, fifo_bytes)."""
+        """A LinkCost of stored parameters (missing cache fields: no in/out distinction; missing
+        beta_free: no crowding distinction) plus the engine facts given (fifo, stream_min,
+        fifo_bytes, share)."""
         return cls(**{k: float(d.get(k, 0.0)) for k in PARAMS}, **engine)
 
 

@@ -84,15 +84,19 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 6                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 7                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
-                           # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S)
+                           # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
+                           # 7: beta_free, from binomial broadcasts on more ranks than CPUs)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
                            # a 4 MiB ring would take ~50 ms per call at 1 Gbit/s)
 KERNEL_BYTES = 64 << 10    # the copy and reduce that price gamma in cache (3 arrays: 192 KiB)
 KERNEL_BIG = 1 << 20       # ... and out of cache (gamma_out; 3 arrays: 3 MiB)
+BCAST_BIG = 8 << 20        # the binomial broadcast that prices beta_free_out (more ranks than CPUs):
+                           # far out of the private caches, as the calls it prices are (a 2 MiB one
+                           # priced 4-rank broadcasts of 32-128 MiB 1.3x too fast, crossover-2026-12-07f)
 REPS = 9                   # repetitions of every quantity (interleaved)
 REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
 LOOPBACK_REP_S = 20e-3     # ... but a ring over a loopback wire this long (see measure)
@@ -274,7 +278,8 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
     return {name: float(best[j]) for j, name in enumerate(fns)}
 
 
-def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S) -> dict:
+def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
+            crowded: bool = False) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
@@ -284,7 +289,12 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     in the probe of the same quiet hour; the FIFO rings show no such gap, 2-rank c2c and shm within
     8-23% of the same kind of probe). The kernels run on views of the allreduces' buffers (their contents do not
     matter), so the probe touches no more new memory than the big allreduce's (first touches
-    are slow on a VM); the kernels write into them, the allreduces only ever sum zeros."""
+    are slow on a VM); the kernels write into them, the allreduces only ever sum zeros.
+
+    *crowded* (more ranks on the host than CPUs): also a binomial broadcast from rank 0 of the
+    small ring's buffer (``bcast_s``) and of ``BCAST_BIG`` bytes (``bcast_big_s``), whose levels
+    keep only some ranks at work, so that fit() can price a byte moved while the working ranks
+    have a CPU each (beta_free, beta_free_out)."""
     def count(nbytes):                  # float32 elements of a ring's buffer (a multiple of size)
         return max(size, (nbytes // 4) // size * size)
 
@@ -297,6 +307,11 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     a, b, d = small[:k], small[k:2 * k], small[2 * k:3 * k]
     A, B, D = pool[:K], pool[K:2 * K], pool[2 * K:3 * K]
     f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
+    tree = {}
+    if crowded:
+        wide = np.zeros(BCAST_BIG // 4, dtype=np.float32)
+        tree = {"bcast_s": lambda: schedules.broadcast(engine, ar, 0, f32, ALGO_BINOMIAL, timeout),
+                "bcast_big_s": lambda: schedules.broadcast(engine, wide, 0, f32, ALGO_BINOMIAL, timeout)}
     raw = time_per_call(engine, {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
         "allreduce_s": lambda: schedules.allreduce(engine, ar, ar, f32, add, ALGO_RING, timeout),
@@ -305,9 +320,12 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
         "reduce_s": lambda: kern.reduce_arrays(d, a, b, f32, add),
         "copy_big_s": lambda: kern.copy_array(D, A),
         "reduce_big_s": lambda: kern.reduce_arrays(D, A, B, f32, add),
+        **tree,
     }, timeout, rep_s={"allreduce_s": ring_rep_s, "allreduce_big_s": ring_rep_s})
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
+    if crowded:
+        raw.update(bcast_bytes=ar.nbytes, bcast_big_bytes=wide.nbytes)
     return raw
 
 
@@ -377,8 +395,33 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
         # a byte in cache never costs more than one out of it: a small ring that measured slower
         # lost its time to per-step scheduling (ranks sharing cores), which alpha prices
         beta, gamma = min(beta, beta_out), min(gamma, gamma_out)
+    free = free_out = 0.0
+    if "bcast_s" in raw and facts.share > 1:
+        free = solve_free(raw["bcast_s"], raw["bcast_bytes"], p, dataclasses.replace(facts, alpha=alpha, beta=beta))
+        free_out = solve_free(raw["bcast_big_s"], raw["bcast_big_bytes"], p,
+                              dataclasses.replace(facts, alpha=alpha, beta=beta_out))
+        if free <= 0 or free_out <= 0:
+            free = free_out = 0.0
     return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
-                               gamma_out=gamma_out, cache_bytes=float(cache_bytes))
+                               gamma_out=gamma_out, cache_bytes=float(cache_bytes),
+                               beta_free=free, beta_free_out=free_out)
+
+
+def solve_free(t, nbytes, p, c) -> float:
+    """The beta_free at which the registry's binomial broadcast formula (broadcast.binomial, whose
+    levels are priced on their working ranks, LinkCost.crowded) gives the time t measured for
+    nbytes, on c's alpha and all-ranks beta: 0 when no level of the tree has fewer ranks per CPU
+    than the probe's ring (nothing to tell apart). Never above beta (a byte costs no more with
+    fewer ranks at work; a slower tree lost its time to something the formula does not price),
+    nor below 10% of it."""
+    from .broadcast import binomial
+    lo, hi = (dataclasses.replace(c, beta_free=x * c.beta, cache_bytes=0.0) for x in (0.5, 1.0))
+    t_lo, t_hi = binomial(nbytes, p, lo), binomial(nbytes, p, hi)
+    k = (t_hi - t_lo) / (0.5 * c.beta) if c.beta > 0 else 0.0
+    if k <= 1e-3 * nbytes:             # every level as crowded as the ring
+        return 0.0
+    free = 0.5 * c.beta + (t - t_lo) / k
+    return min(c.beta, max(0.1 * c.beta, free))
 
 
 _CPU_SYSFS = "/sys/devices/system/cpu"
@@ -434,11 +477,12 @@ def _host_busy_seconds() -> float | None:
         return None
 
 
-def _probe(engine, rank: int, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S):
+def _probe(engine, rank: int, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
+           crowded: bool = False):
     """measure() plus the share of the host's CPUs that other processes used meanwhile (None if
     unknown): the host's CPU time (/proc/stat, on rank 0) minus what the ranks used (summed)."""
     busy0, own0, t0 = _host_busy_seconds(), time.process_time(), time.perf_counter()
-    raw = measure(engine, size, timeout, big_bytes, ring_rep_s)
+    raw = measure(engine, size, timeout, big_bytes, ring_rep_s, crowded)
     own = np.array([time.process_time() - own0])
     schedules.allreduce(engine, own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
     wall, busy1 = time.perf_counter() - t0, _host_busy_seconds()
@@ -462,12 +506,14 @@ def _fifo_bytes(local_size: int) -> float:
         return 0.0
 
 
-def _link_cost(params, classes, engine, fifo_bytes=0.0) -> LinkCost:
+def _link_cost(params, classes, engine, fifo_bytes=0.0, share=1.0) -> LinkCost:
     """The measured parameters (cost_model.PARAMS, in that order) plus what the formulas need to
     know of the engine: whether every link is a shared-memory FIFO, how big a FIFO is (rank 0's
-    host, broadcast), and from how many bytes the engine writes with streaming stores (read from
-    it, so a rebuilt engine's threshold is priced as it is)."""
-    extra = {}
+    host, broadcast), from how many bytes the engine writes with streaming stores (read from
+    it, so a rebuilt engine's threshold is priced as it is), and how many ranks share a CPU on
+    rank 0's host (broadcast: the cache keys an entry by local ranks and CPUs, so it is the
+    share its beta was measured at)."""
+    extra = {"share": max(1.0, float(share))}
     stream_min = getattr(engine, "nt_threshold", None)
     if stream_min:
         extra["stream_min"] = float(stream_min)
@@ -558,7 +604,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
         if tuned is not None:
             msg[_HIT] = 2.0
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
-    cost = _link_cost(msg[_P0:], classes, engine, msg[_FIFO])
+    cost = _link_cost(msg[_P0:], classes, engine, msg[_FIFO], msg[_SHARE])
     if msg[_HIT] == 2.0:                        # the tuning file: its measured choices too
         best = tuning_file.encode_best(tuned[1]) if rank == 0 else tuning_file.encode_best(())
         schedules.broadcast(engine, best, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
@@ -568,12 +614,13 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
     network = network_link(classes, local_size, size)
     big, cache = probe_sizes(float(msg[_SHARE]), network)
-    raw, secs, other = _probe(engine, rank, size, timeout, big, ring_rep_s(classes, network))
-    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO]), cache_bytes=cache,
-               network=network)
+    raw, secs, other = _probe(engine, rank, size, timeout, big, ring_rep_s(classes, network),
+                              crowded=msg[_SHARE] > 1)
+    cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
+               cache_bytes=cache, network=network)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
-                                            getattr(cost, k) for k in PARAMS[:-1]})
+                                            getattr(cost, k) for k in PARAMS if k != "cache_bytes"})
     msg[:_P0] = (0.0, time.time(), secs, -1.0 if other is None else other, msg[_FIFO], msg[_SHARE])
     msg[_P0:] = [getattr(cost, k) for k in PARAMS]
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's numbers
@@ -585,7 +632,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                   "probe_s": secs, "nranks": size, "raw": raw_us, "other_load": other,
                   "noisy": bool(noisy), "probes": 1 + (int(prev.get("probes", 1)) if prev else 0),
                   "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None})
-    model = CostModel(_link_cost(msg[_P0:], classes, engine, msg[_FIFO]), MEASURED,
+    model = CostModel(_link_cost(msg[_P0:], classes, engine, msg[_FIFO], msg[_SHARE]), MEASURED,
                       _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes, raw_us)
     log.info("measured the cost model of %d ranks: %s", size, model.describe())
     return model

@@ -12,7 +12,8 @@ a simulation has no ranks to probe, so it takes, in this order:
    communicator that cannot measure uses them.
 
 Either way the FIFO size and streaming-store threshold the formulas need are the engine's (the
-shm transport's FIFO for the ranks per host, the engine's nt_threshold), as at run time.
+shm transport's FIFO for the ranks per host, the engine's nt_threshold), and the ranks per CPU
+are the group's load, as at run time.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def model_for(topo, load: float = 0.0, path: str | None = None, transports: str 
         return CostModel.default(classes, load > 1, why), why, bridge_prices(doc)
     c = entry["cost"]
     fifo = all_fifo(classes)
-    cost = LinkCost.from_params(c, fifo=fifo, stream_min=STREAM_MIN, fifo_bytes=_fifo(local))
+    cost = LinkCost.from_params(c, fifo=fifo, stream_min=STREAM_MIN, fifo_bytes=_fifo(local), share=max(1.0, load))
     best = ()
     if int(entry["ranks"]) == p and entry.get("placement") and len(entry["placement"].split(",")) == p:
         best = tuning_file.best_table(entry, placement(topo))

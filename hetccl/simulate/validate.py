@@ -33,7 +33,8 @@ def refit(rec) -> dict | None:
     raw = {(k[:-3] + "_s" if k.endswith("_us") else k): (v * 1e-6 if k.endswith("_us") else v)
            for k, v in raw_us.items()}
     classes = [c for c in rec["model"]["links"].split("+") if c]
-    facts = LinkCost(0.0, 0.0, 0.0, fifo=all_fifo(classes), stream_min=STREAM_MIN, fifo_bytes=_fifo(rec["local"]))
+    facts = LinkCost(0.0, 0.0, 0.0, fifo=all_fifo(classes), stream_min=STREAM_MIN, fifo_bytes=_fifo(rec["local"]),
+                     share=max(1.0, float(rec.get("load", 1.0))))
     cost = probe.fit(raw, rec["ranks"], facts, cache_bytes=rec["model"].get("cache_bytes", 0.0),
                      network=probe.network_link(classes, rec["local"], rec["ranks"]))
     return cost.params()
