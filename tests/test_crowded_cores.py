@@ -193,6 +193,28 @@ def test_garbage_beta_free_in_a_cache_entry_is_a_miss(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# The recorded run, re-decided offline (bench/crossover_repredict.py)
+# ------------------------------------------------------------------------------------------------
+RECORDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
+                        "crossover-2026-12-07f-raw")
+
+
+@pytest.mark.skipif(not os.path.isdir(RECORDED), reason="the recorded crossover run is not in this checkout")
+def test_the_recorded_crossover_run_re_decided_loses_no_point(capsys):
+    """Its own probe (no beta_free) re-decides the run as it ran: 225/228. With beta_free taken
+    from the run's own binomial broadcasts the three misses pass and no point is lost."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "crossover_repredict", os.path.join(os.path.dirname(RECORDED), "..", "crossover_repredict.py"))
+    repredict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repredict)
+    repredict.main([RECORDED])
+    assert "recorded 225/228, re-decided by today's model 225/228" in capsys.readouterr().out
+    assert repredict.main([RECORDED, "--from-sweep"]) == 0
+    assert "re-decided by today's model 228/228" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
 # A real probe with more ranks than CPUs, and a peer stalling in its broadcasts
 # ------------------------------------------------------------------------------------------------
 def _two_cpus():

@@ -45,9 +45,10 @@ def _show(probe) -> int:
     for key in sorted(entries):
         e = entries[key]
         raw = e.get("raw") or {}
+        share = max(1.0, float(e.get("local") or 1) / max(1.0, float(e.get("cpus") or 1)))
         print(f"  {e.get('links')} local={e.get('local')} cpus={e.get('cpus')} host={e.get('host')} "
               f"version={e.get('version')}\n"
-              f"    {LinkCost.from_params(e).describe_params()}; probe {e.get('probe_s', 0) * 1e3:.0f} ms, "
+              f"    {LinkCost.from_params(e, share=share).describe_params()}; probe {e.get('probe_s', 0) * 1e3:.0f} ms, "
               f"load {e.get('loadavg')}; raw (us) " +
               ", ".join(f"{k[:-3]}={v:.3g}" for k, v in raw.items() if k.endswith("_us")))
     return 0
