@@ -34,13 +34,19 @@ of calls pays the typical call, not the luckiest one):
   cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
   output instead of copying it (the engine reduces straight out of the transport, so that
   difference is what a reduction adds to a step);
+- beta_free, beta_free_out (only with more ranks on the host than CPUs): the values at which the
+  binomial broadcast's formula (broadcast.binomial, each level priced on its working ranks,
+  cost_model.LinkCost.crowded) gives the time of a binomial broadcast of ``PROBE_BYTES`` and of
+  ``BCAST_BIG``: what a byte costs while the ranks at work have a CPU each, which the ring, with
+  every rank at work, cannot show (solve_free);
 - cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), by which a
   call's working set is priced in cache or out of it (cost_model.LinkCost.at). With k ranks
   per CPU the out-of-cache ring is ``PROBE_BIG`` / k (at least half of it, still out of cache):
   fewer bytes per core, and a probe that stays short at 8 ranks on 2 cores.
 
 The same ranks run the probe as the job, so more ranks than cores shows up in every parameter
-(the oversubscribed hand-over in alpha) without a special case, under its own cache key.
+(the oversubscribed hand-over in alpha) without a special case, under its own cache key; the
+broadcasts add what a step costs when only some of those ranks work.
 
 A busy machine makes a slow probe, and the cache would keep that moment: so rank 0 also measures
 how much of the host's CPU time other processes took during the probe (/proc/stat minus the ranks'
