@@ -2,6 +2,7 @@
 """The tuner check of a recorded crossover run, re-decided by today's cost model: no job runs.
 
     python bench/crossover_repredict.py bench/results/crossover-2026-12-07f-raw
+    python bench/crossover_repredict.py RAW_DIR --without-free   # the model before beta_free, same run
 
 A ``bench/crossover.py --run`` directory keeps, per world size N, every pass's sweep
 (``algos-nN.json``, ``algos-nN-pass2.json``: the forced time of every algorithm at every size) and
@@ -142,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--free-from-pair", action="store_true",
                     help="beta_free = the 2-rank probe's beta and beta_out (a pair with a CPU each: "
                          "a proxy measured apart from the sweep)")
+    ap.add_argument("--without-free", action="store_true",
+                    help="drop beta_free (every step at the all-ranks beta: the model before it), to "
+                         "compare both on one run")
     args = ap.parse_args(argv)
     total_was = total_now = judged = 0
     for n in (int(x) for x in args.nranks.split(",")):
@@ -157,6 +161,8 @@ def main(argv=None) -> int:
             model = dataclasses.replace(model, cost=dataclasses.replace(
                 model.cost, beta_free=min(model.cost.beta, pair["beta"]),
                 beta_free_out=min(model.cost.beta_out or model.cost.beta, pair["beta_out"] or pair["beta"])))
+        if args.without_free:
+            model = dataclasses.replace(model, cost=dataclasses.replace(model.cost, beta_free=0.0, beta_free_out=0.0))
         print(f"# {n} ranks: {model.cost.describe_params()}"
               + (f" (from the sweep: {', '.join(sorted(k for k in extra if k.endswith('_s')))})" if extra else ""))
         recorded, again = judge(passes, n, Tuner(n, model, ""), args.tolerance)
