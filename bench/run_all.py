@@ -92,8 +92,9 @@ HEADLINE = (
 
 
 def _hetccl_prefix() -> list[str]:
-    exe = shutil.which("hetccl")
-    return [exe] if exe else [sys.executable, "-m", "hetccl"]
+    """``python -m hetccl`` rather than the ``hetccl`` console script: the script imports whatever
+    tree is installed, while ``-m`` from the repo root runs (and the ranks import) this checkout."""
+    return [sys.executable, "-m", "hetccl"]
 
 
 def build_command(lib: str, n: int, sweep: list[str], json_path: str, args) -> list[str]:
