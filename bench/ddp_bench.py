@@ -22,7 +22,9 @@ measures, in the same run and interleaved round by round so both backends see th
    compute-only step. Targets: the best hetccl variant <= 1.15x compute only; hetccl <= 0.8x
    gloo. For the hook variants, the hook's timeline gives the share of the bucket reductions'
    time spent before the backward pass ended (its last bucket handed over): the overlap.
-   ``--profile DIR`` checks it in a profile: a few more steps of each hook variant under
+   The hook variants also report the CPU time of each bucket's reduction on the process group's
+   lane thread (rank 0; with the backward pass filling the cores, it adds to the step whatever
+   the overlap). ``--profile DIR`` checks the overlap in a profile: a few more steps of each hook variant under
    torch.profiler, every thread recorded; the trace (DIR/ddp-VARIANT-rankR.json) shows each
    bucket's reduction on the lane thread against the backward functions, and the report gives
    the share of reduction time before the last backward function ended.
@@ -84,9 +86,10 @@ def _model(width: int, hidden: int):
                          nn.Linear(hidden, width))
 
 
-def _steps(model, opt, x, y, steps, state=None):
+def _steps(model, opt, x, y, steps, state=None, cpu=None):
     """Timed training steps; with a hook ``state`` that records a timeline, also the share of each
-    step's communication that ran before its backward pass ended (overlap fractions)."""
+    step's communication that ran before its backward pass ended (overlap fractions), and, into
+    the dict ``cpu``, the lane's CPU time per bucket (index, bytes) -> [seconds per step]."""
     import torch.nn as nn
 
     times, overlaps = [], []
@@ -100,6 +103,9 @@ def _steps(model, opt, x, y, steps, state=None):
         times.append(time.perf_counter() - t0)
         if state is not None:
             overlaps.append(_overlap(state.timeline))
+            if cpu is not None:
+                for b in state.timeline:
+                    cpu.setdefault((b.index, b.nbytes), []).append(b.cpu)
     return times, overlaps
 
 
@@ -202,13 +208,14 @@ def _bench_ddp(args, rank, groups, gloo):
     params = sum(p.numel() for p in runs[args.variants[0]][0].parameters())
     times = {name: [] for name in runs}
     overlaps = {name: [] for name, r in runs.items() if r[2] is not None}
+    cpu = {name: {} for name in overlaps}
     order = list(runs)
     for rnd in range(args.rounds):
         k = rnd % len(order)
         for name in order[k:] + order[:k]:                  # rotate who goes first
             model, opt, state = runs[name]
             dist.barrier(group=gloo)                        # both ranks start the block together
-            t, o = _steps(model, opt, x, y, args.steps, state)
+            t, o = _steps(model, opt, x, y, args.steps, state, cpu.get(name))
             times[name] += _max_over_ranks(t, gloo)
             if state is not None:
                 overlaps[name] += o
@@ -219,8 +226,11 @@ def _bench_ddp(args, rank, groups, gloo):
             path = os.path.join(args.profile, f"ddp-{name}-rank{rank}.json")
             o = _profiled_steps(*runs[name][:2], x, y, args.profile_steps, path)
             profiled[name] = statistics.median(o) if o else None
+    buckets = {name: [[i, n, statistics.median(c)] for (i, n), c in sorted(per.items())]
+               for name, per in cpu.items()}
     return params, ({name: statistics.median(t) for name, t in times.items()},
-                    {name: statistics.median(o) for name, o in overlaps.items()}, profiled)
+                    {name: statistics.median(o) for name, o in overlaps.items()}, profiled,
+                    buckets)
 
 
 def _timed(call, barrier, iters, reps, gloo):
@@ -279,10 +289,10 @@ def _rank_main(rank, size, port, args, queue):
         gloo = dist.new_group(backend="gloo")
         result = {}
         if not args.skip_ddp:
-            params, (step, overlap, profiled) = _bench_ddp(
+            params, (step, overlap, profiled, buckets) = _bench_ddp(
                 args, rank, {"hetccl": hetccl_pg, "gloo": gloo}, gloo)
             result["ddp"] = {"params": params, "step_s": step, "overlap": overlap,
-                             "overlap_profile": profiled}
+                             "overlap_profile": profiled, "bucket_cpu_s": buckets}
         if not args.skip_allreduce:
             result["allreduce"] = _bench_allreduce(args, rank, size, hetccl_pg, gloo)
         dist.destroy_process_group()
@@ -354,6 +364,13 @@ def _report(args, res) -> tuple[str, dict]:
             p = f"{profiled[name]:.0%}" if profiled.get(name) is not None else "-"
             lines.append(f"| {VARIANTS[name][0]} | {t * 1e3:.1f} | {r} | {o} | {p} |")
         summary["ddp"]["ratio_to_compute"] = ratios
+        lines.append("")
+        for name, per in (d.get("bucket_cpu_s") or {}).items():
+            if per:
+                total = sum(c for _, _, c in per)
+                each = ", ".join(f"#{i} {n / 2**20:.1f} MiB {c * 1e3:.2f} ms" for i, n, c in per)
+                lines.append(f"- {VARIANTS[name][0]}: the lane's CPU time per step (rank 0, median per "
+                             f"bucket) {total * 1e3:.1f} ms = {each}")
         lines.append("")
         if floor:
             best = min((n for n in step if VARIANTS[n][1] == "hetccl"), key=step.get, default=None)

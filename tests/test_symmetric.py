@@ -193,6 +193,81 @@ def test_streaming_dual_output(size):
         assert not fails, f"rank {r}:\n" + "\n".join(fails)
 
 
+def _exact_allreduce(inputs, op):
+    """The reduction the symmetric allreduce promises, bit for bit: a sum in rank order, each
+    combine rounded to the dtype (numpy / ml_dtypes widen float16 and bfloat16 to float32 and
+    round back, as the kernels do), AVG then divided by the rank count in the dtype."""
+    acc = inputs[0].copy()
+    with np.errstate(all="ignore"):
+        for x in inputs[1:]:
+            acc = acc + x
+        if op == "AVG":
+            acc = acc / acc.dtype.type(len(inputs))
+    return acc
+
+
+def _bucket_rank(rank, size):
+    """The in-place allreduce of a DDP bucket (symmetric_heap.pyx: L1 tiles reduced into scratch,
+    ordinary stores back into the inputs, streaming ones to outputs that are not inputs): float32,
+    bfloat16 and float16, SUM and AVG, sizes around tile and 256-byte block boundaries at odd
+    offsets, with the default and the smallest tile, with and without streaming, and with some
+    ranks in place while the others are not. Returns (failures, digests of every result)."""
+    import hetccl
+    comm = hetccl.init(timeout=120)
+    try:
+        heap = comm._sym.heap
+        pools = (comm.alloc(6 << 20, np.uint8), comm.alloc(6 << 20, np.uint8))
+        fails, digests = [], []
+        ci = 0
+        for tile, nt in ((heap.tile_bytes, 16 << 20), (4096, 64 << 10)):
+            heap.tile_bytes, comm._engine.nt_threshold = tile, nt
+            for dt in ("float32", "bfloat16", "float16"):
+                d = np_dtype(dt)
+                per_tile = tile // d.itemsize
+                sizes = [1, 3, per_tile - 1, 2 * per_tile + 1, 4 * per_tile + 37]
+                if dt == "float32" and nt > 1 << 20:        # a bucket-sized one: 5 MiB
+                    sizes.append((5 << 20) // 4 + 3)
+                for n in sizes:
+                    for op in ("SUM", "AVG"):
+                        for mode in ("inplace", "mixed"):
+                            ci += 1
+                            rng = np.random.default_rng([ci, n])
+                            inputs = [(rng.standard_normal(n) * 8).astype(d) for _ in range(size)]
+                            x, xr, x0, x1 = _view(pools[0], n, dt, ci)
+                            x[:] = inputs[rank]
+                            if mode == "inplace" or rank % 2 == 0:
+                                out, raw, lo, hi = x, xr, x0, x1
+                                comm.allreduce(x, getattr(hetccl, op), algorithm="symmetric")
+                            else:
+                                out, raw, lo, hi = _view(pools[1], n, dt, ci + 1)
+                                comm.allreduce(x, getattr(hetccl, op), out=out, algorithm="symmetric")
+                            case = (tile, nt, dt, n, op, mode)
+                            if comm.last_algorithm != "symmetric":
+                                fails.append(f"{case}: took {comm.last_algorithm}")
+                            if not _guards_ok(raw, lo, hi):
+                                fails.append(f"{case}: wrote outside the output view")
+                            want = _exact_allreduce(inputs, op)
+                            if out.tobytes() != want.tobytes():
+                                bad = np.flatnonzero(out.view(np.uint8 if d.itemsize == 1 else
+                                                              f"u{d.itemsize}") !=
+                                                     want.view(f"u{d.itemsize}"))
+                                fails.append(f"{case}: {len(bad)} element(s) differ from the exact "
+                                             f"sum, first [{bad[0]}]: {out[bad[0]]!r} != {want[bad[0]]!r}")
+                            digests.append(digest(out))
+        return fails, digests
+    finally:
+        comm.close()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_in_place_bucket_allreduce_is_an_exact_sum_everywhere(size):
+    results = run_ranks(_bucket_rank, size, timeout=240, transports="c2c")
+    for r, (fails, _) in enumerate(results):
+        assert not fails, f"rank {r}: {len(fails)} failures:\n" + "\n".join(fails[:20])
+    for r, (_, dg) in enumerate(results[1:], 1):
+        assert dg == results[0][1], f"rank {r}'s results differ bitwise from rank 0's"
+
+
 # ------------------------------------------------------------------ alloc, free, leaks
 
 def _maps_of(prefix):

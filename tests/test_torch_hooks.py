@@ -206,6 +206,56 @@ def test_peer_dying_mid_step_fails_the_survivors_backward():
     assert after < 20, f"rank 0 raised only {after:.1f} s after its peer died"
 
 
+def _peer_dies_inside_the_reduction(rank, size, port):
+    """Rank 1 is killed 1 ms into the allreduce of a 32 MiB bucket (step 2), after waiting 50 ms
+    so that rank 0 is already inside the call: rank 0 then reduces its half (reading rank 1's
+    bucket, which stays mapped) and waits at the call's closing sync for a peer that is gone."""
+    import threading
+
+    import torch.distributed as dist
+    import torch.nn as nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from hetccl.torch import hooks
+
+    _init(rank, size, port, timeout=30.0)
+    pg = dist.group.WORLD
+    comm = pg.communicator
+    step = {"n": 0}
+    if rank == 1:
+        real = comm.allreduce
+
+        def dying_allreduce(buf, *args, **kwargs):
+            if step["n"] == 2 and buf.nbytes >= 16 << 20:
+                time.sleep(0.05)
+                threading.Timer(0.001, os.kill, (os.getpid(), 9)).start()
+            return real(buf, *args, **kwargs)
+        comm.allreduce = dying_allreduce
+    torch.manual_seed(0)
+    ddp = DDP(nn.Linear(4096, 2048), gradient_as_bucket_view=True)    # one 32 MiB bucket
+    ddp.register_comm_hook(hooks.BucketState(pg), hooks.symmetric_hook)
+    x = torch.randn(8, 4096)
+    t0 = time.monotonic()
+    try:
+        for step["n"] in range(6):
+            t0 = time.monotonic()
+            ddp(x).sum().backward()
+    except Exception as e:                          # noqa: BLE001 - what the test checks
+        return type(e).__name__, str(e)[:300], time.monotonic() - t0, step["n"]
+    return "no error", "", 0.0, step["n"]
+
+
+def test_peer_dying_inside_a_bucket_reduction_fails_the_survivors_backward():
+    results = run_ranks(_peer_dies_inside_the_reduction, 2, free_port(), timeout=60, env=ENV,
+                        victims=[1])
+    assert results[1] is None, "rank 1 should have died"
+    name, msg, after, step = results[0]
+    assert step == 2, f"rank 0 raised at step {step}, not where its peer died: {name} {msg}"
+    errors = ("PeerLostError", "CommAborted")
+    assert name in errors or (name == "RuntimeError" and any(e in msg for e in errors)), (name, msg)
+    assert after < 20, f"rank 0 raised only {after:.1f} s after its peer died"
+
+
 def test_symmetric_hook_reductions_show_in_a_profile_on_the_lane_thread(hooks2):
     """torch.profiler (profile_all_threads) records each bucket's reduction as a named range on
     the process group's lane, not on the thread running backward: overlap is visible in a trace."""

@@ -609,6 +609,11 @@ HK_UNARY(hk_div_i64, int64_t, x / (int64_t)n)
 HK_UNARY(hk_div_u64, uint64_t, x / (uint64_t)n)
 HK_UNARY(hk_div_f32, float, x / (float)n)
 HK_UNARY(hk_div_f64, double, x / (double)n)
+/* n a power of two: 1/n is exact, so x * (1/n) is the same correctly rounded value as x / n, at a
+ * fraction of a division's cost (measured: the division was ~1.2 of 7.6 ms of CPU time in a
+ * 2-rank in-place AVG allreduce of 64 MiB float32, a DDP bucket) */
+HK_UNARY(hk_scale_f32, float, x * (1.0f / (float)n))
+HK_UNARY(hk_scale_f64, double, x * (1.0 / (double)n))
 #if HK_X86
 /* float16 / bfloat16 with the AVX2 conversions of the SUM/PROD kernels; software tails */
 HK_UNARY_BASE(hk_div_f16, uint16_t, hk_f2h(hk_h2f(x) / (float)n))
@@ -827,6 +832,16 @@ static void hk_divide(void* buf, size_t count, int dtype, long n) {
         for (unsigned i = 0; i < 256; i++) tab[i] = (uint8_t)i;
         hk_divs[dtype](tab, 256, n);
         for (size_t i = 0; i < count; i++) p[i] = tab[p[i]];
+        return;
+    }
+    if ((n & (n - 1)) == 0 && (dtype == HK_FLOAT32 || dtype == HK_FLOAT64)) {
+#if HK_X86
+        if (hk_isa_avx2) {
+            (dtype == HK_FLOAT32 ? hk_scale_f32_avx2 : hk_scale_f64_avx2)(buf, count, n);
+            return;
+        }
+#endif
+        (dtype == HK_FLOAT32 ? hk_scale_f32_base : hk_scale_f64_base)(buf, count, n);
         return;
     }
     hk_divs[dtype](buf, count, n);

@@ -29,8 +29,9 @@ the returned future completes from that lane. A failure (a peer dying mid-step: 
 completes the future with the error, which DDP's backward raises on the surviving ranks.
 
 ``BucketState(pg, timeline=True)`` records, per bucket, when it was handed over, when its
-allreduce started and when it ended (``time.perf_counter``): bench/ddp_bench.py derives the share
-of communication that overlapped the backward pass from it. Under ``torch.profiler`` each bucket's
+allreduce started and when it ended (``time.perf_counter``), and the CPU time it took on the lane
+thread: bench/ddp_bench.py derives the share of communication that overlapped the backward pass,
+and the communication's CPU time per step, from it. Under ``torch.profiler`` each bucket's
 reduction is also a named range on the lane's thread (``PROFILE_PREFIX``), so a trace shows it
 against the backward pass's autograd functions (``bench/ddp_bench.py --profile DIR``).
 
@@ -58,11 +59,15 @@ PROFILE_PREFIX = "hetccl: "     # names the hooks' bucket reductions in a torch.
 @dataclass
 class BucketTiming:
     """One bucket of one step (perf_counter seconds): handed to the hook, reduction started on
-    the lane, reduction (and decompression) done."""
+    the lane, reduction (and decompression) done; ``cpu``: the lane thread's CPU time spent on
+    it (``time.thread_time`` seconds: on a host whose cores the backward pass already fills, the
+    share of the step that communication costs whatever the overlap); ``nbytes``: the bucket's."""
     index: int
     ready: float
     start: float
     end: float
+    cpu: float = 0.0
+    nbytes: int = 0
 
 
 class BucketState:
@@ -117,9 +122,10 @@ class BucketState:
         arr, _ = self._symmetric(("low", index, dtype), n * 2)
         return torch.from_numpy(arr).view(dtype)
 
-    def _record(self, index: int, ready: float, start: float) -> None:
+    def _record(self, index: int, ready: float, start: float, cpu0: float, nbytes: int) -> None:
         if self.timeline is not None:
-            self.timeline.append(BucketTiming(index, ready, start, time.perf_counter()))
+            self.timeline.append(BucketTiming(index, ready, start, time.perf_counter(),
+                                              time.thread_time() - cpu0, nbytes))
 
     def close(self) -> None:
         """Free the symmetric buffers now (issued on the group's lane, after pending work). Bucket
@@ -166,13 +172,13 @@ def _issue(state: BucketState, what: str, buf: torch.Tensor, index: int,
     ready = time.perf_counter()
 
     def run():
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.thread_time()
         if _profiling():
             with torch.profiler.record_function(f"{PROFILE_PREFIX}{what} #{index}"):
                 reduce()
         else:
             reduce()
-        state._record(index, ready, start)
+        state._record(index, ready, start, cpu0, buf.numel() * buf.element_size())
     work = state.group._issue(what, [buf], run, True)
     return work.get_future().then(_first)
 
