@@ -289,7 +289,7 @@ def int_trunc_div(a, n):
 @pytest.mark.parametrize("dt", DTYPES, ids=[numpy_dtype(d).name for d in DTYPES])
 def test_divide(dt, isa):
     rng = np.random.default_rng(77 + dt)
-    for n in (1, 2, 3, 7, 1000):
+    for n in (1, 2, 3, 4, 7, 1000, 1024):          # powers of two: float32/64 multiply by 1/n
         for size in (0, 1, 5, 37, 1001):
             x = random_array(dt, size, rng)
             y = x.copy()
@@ -304,6 +304,24 @@ def test_divide(dt, isa):
                         else x / x.dtype.type(n)
             exact = dt not in FLOATS or n == 1  # n == 1 leaves the bits alone (NaNs included)
             assert_same(dt, MIN if exact else "div", y, want, f"n={n} size={size}")
+
+
+@pytest.mark.parametrize("name", ["float32", "float64"])
+def test_divide_by_a_power_of_two_is_the_division_bit_for_bit(name, isa):
+    """float32/64 divide by a power of two as a multiply by its exact inverse: the same correctly
+    rounded value, checked on the values where it could differ (subnormal results, the largest
+    finite, infinities, signed zeros)."""
+    d = np.dtype(name)
+    info = np.finfo(d)
+    x = np.array([info.smallest_subnormal, 3 * info.smallest_subnormal, info.tiny, info.tiny * 3,
+                  info.max, -info.max, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.5, 1 / 3] * 3, dtype=d)
+    x[::3] = -x[::3]
+    dt = FLOAT32 if name == "float32" else FLOAT64
+    for n in (2, 4, 8, 1024, 1 << 20):
+        y = x.copy()
+        R.divide_array(y, dt, n)
+        want = x / d.type(n)
+        assert y.tobytes() == want.tobytes(), (n, y, want)
 
 
 def test_divide_extremes(isa):

@@ -63,8 +63,10 @@ def _shape(shape) -> tuple:
 
 # An allreduce on symmetric buffers in place (some rank's output is its input) cannot combine
 # straight into the outputs (it would overwrite an input another rank still reads): it reduces
-# into scratch, then copies to every output. Measured per 32 MiB block on the 2-vCPU VM: 6.7 ms
-# against 4.9 ms for the fused out-of-place combine (_native/symmetric_heap.pyx fused_rows).
+# L1 tiles into scratch, then stores them to every output. The price keeps the factor measured
+# when that form went through 256 KiB chunks and streaming stores (6.7 ms against 4.9 ms for the
+# fused out-of-place combine per 32 MiB block): a conservative price now that the tiled form
+# measures 0.9-1.05x the fused combine's CPU time at 16-64 MiB on 2 ranks (symmetric_heap.pyx TILE).
 IN_PLACE = 6.7 / 4.9
 
 
