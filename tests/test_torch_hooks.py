@@ -207,10 +207,11 @@ def test_peer_dying_mid_step_fails_the_survivors_backward():
 
 
 def _peer_dies_inside_the_reduction(rank, size, port):
-    """Rank 1 is killed 1 ms into the allreduce of a 32 MiB bucket (step 2), after waiting 50 ms
-    so that rank 0 is already inside the call: rank 0 then reduces its half (reading rank 1's
-    bucket, which stays mapped) and waits at the call's closing sync for a peer that is gone."""
-    import threading
+    """Rank 1 is killed 1 ms into the allreduce of a 32 MiB bucket (step 2; ~3 ms of CPU time
+    per rank), after waiting 50 ms so that rank 0 is already inside the call: rank 0 then reduces
+    its half (reading rank 1's bucket, which stays mapped) and waits at the call's closing sync
+    for a peer that is gone."""
+    import signal
 
     import torch.distributed as dist
     import torch.nn as nn
@@ -228,7 +229,9 @@ def _peer_dies_inside_the_reduction(rank, size, port):
         def dying_allreduce(buf, *args, **kwargs):
             if step["n"] == 2 and buf.nbytes >= 16 << 20:
                 time.sleep(0.05)
-                threading.Timer(0.001, os.kill, (os.getpid(), 9)).start()
+                # SIGALRM's default action ends the process from the kernel, GIL or not (a
+                # Python timer thread would wait for the GIL and fire after the call)
+                signal.setitimer(signal.ITIMER_REAL, 0.001)
             return real(buf, *args, **kwargs)
         comm.allreduce = dying_allreduce
     torch.manual_seed(0)
