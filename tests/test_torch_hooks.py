@@ -182,28 +182,38 @@ def _peer_dies_in_backward(rank, size, port, kind):
 
     ddp = DDP(_model(), bucket_cap_mb=0.25)
     ddp.register_comm_hook(hooks.BucketState(dist.group.WORLD), hook)
-    x = torch.randn(8, 64)
+    return _backward_until_error(ddp, torch.randn(8, 64), step, 100)
+
+
+def _backward_until_error(ddp, x, step, steps):
+    """Run backward passes, counting them in step["n"], until one raises: (error type, text,
+    seconds that step took, step), or ("no error", "", 0.0, last step)."""
     t0 = time.monotonic()
     try:
-        for step["n"] in range(100):
+        for step["n"] in range(steps):
             t0 = time.monotonic()
             ddp(x).sum().backward()
-    except Exception as e:                          # noqa: BLE001 - what the test checks
+    except Exception as e:                          # noqa: BLE001 - what the tests check
         return type(e).__name__, str(e)[:300], time.monotonic() - t0, step["n"]
     return "no error", "", 0.0, step["n"]
+
+
+def _check_survivor_raised(results, at_step):
+    """Rank 1 died; rank 0's backward raised at ``at_step``, soon, with hetccl's error (a failed
+    DDP hook future comes back as a RuntimeError carrying hetccl's error type and text)."""
+    assert results[1] is None, "rank 1 should have died"
+    name, msg, after, step = results[0]
+    assert step == at_step, f"rank 0 raised at step {step}, not where its peer died: {name} {msg}"
+    errors = ("PeerLostError", "CommAborted")
+    assert name in errors or (name == "RuntimeError" and any(e in msg for e in errors)), (name, msg)
+    assert after < 20, f"rank 0 raised only {after:.1f} s after its peer died"
 
 
 def test_peer_dying_mid_step_fails_the_survivors_backward():
     # the compression hooks fail through the same lane and future (_issue); one case covers both
     results = run_ranks(_peer_dies_in_backward, 2, free_port(), "symmetric", timeout=60, env=ENV,
                         victims=[1])
-    assert results[1] is None, "rank 1 should have died"
-    name, msg, after, step = results[0]
-    assert step == 3, f"rank 0 raised at step {step}, not where its peer died: {name} {msg}"
-    # a failed DDP hook future comes back as a RuntimeError carrying hetccl's error type and text
-    errors = ("PeerLostError", "CommAborted")
-    assert name in errors or (name == "RuntimeError" and any(e in msg for e in errors)), (name, msg)
-    assert after < 20, f"rank 0 raised only {after:.1f} s after its peer died"
+    _check_survivor_raised(results, 3)
 
 
 def _peer_dies_inside_the_reduction(rank, size, port):
@@ -237,26 +247,13 @@ def _peer_dies_inside_the_reduction(rank, size, port):
     torch.manual_seed(0)
     ddp = DDP(nn.Linear(4096, 2048), gradient_as_bucket_view=True)    # one 32 MiB bucket
     ddp.register_comm_hook(hooks.BucketState(pg), hooks.symmetric_hook)
-    x = torch.randn(8, 4096)
-    t0 = time.monotonic()
-    try:
-        for step["n"] in range(6):
-            t0 = time.monotonic()
-            ddp(x).sum().backward()
-    except Exception as e:                          # noqa: BLE001 - what the test checks
-        return type(e).__name__, str(e)[:300], time.monotonic() - t0, step["n"]
-    return "no error", "", 0.0, step["n"]
+    return _backward_until_error(ddp, torch.randn(8, 4096), step, 6)
 
 
 def test_peer_dying_inside_a_bucket_reduction_fails_the_survivors_backward():
     results = run_ranks(_peer_dies_inside_the_reduction, 2, free_port(), timeout=60, env=ENV,
                         victims=[1])
-    assert results[1] is None, "rank 1 should have died"
-    name, msg, after, step = results[0]
-    assert step == 2, f"rank 0 raised at step {step}, not where its peer died: {name} {msg}"
-    errors = ("PeerLostError", "CommAborted")
-    assert name in errors or (name == "RuntimeError" and any(e in msg for e in errors)), (name, msg)
-    assert after < 20, f"rank 0 raised only {after:.1f} s after its peer died"
+    _check_survivor_raised(results, 2)
 
 
 def test_symmetric_hook_reductions_show_in_a_profile_on_the_lane_thread(hooks2):

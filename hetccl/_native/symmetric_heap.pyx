@@ -82,6 +82,13 @@ cdef struct SymAlloc:
     int state
 
 
+cdef size_t unit_bytes(str name, size_t n) except 0:
+    """A schedule's unit of work as set from Python: whole cache lines, at least a page."""
+    if n < 4096 or n % 64:
+        raise InvalidUsage(f"{name}={n}: use a multiple of 64 of at least 4096")
+    return n
+
+
 cdef class Heap:
     """The symmetric allocations of one communicator as the nogil schedules see them: per
     allocation id (the same on every rank: allocations are collective and numbered in order), where
@@ -127,9 +134,7 @@ cdef class Heap:
 
     @chunk_bytes.setter
     def chunk_bytes(self, size_t n):
-        if n < 4096 or n % 64:
-            raise InvalidUsage(f"chunk_bytes={n}: use a multiple of 64 of at least 4096")
-        self.chunk = n
+        self.chunk = unit_bytes("chunk_bytes", n)
 
     @property
     def tile_bytes(self):
@@ -139,9 +144,7 @@ cdef class Heap:
 
     @tile_bytes.setter
     def tile_bytes(self, size_t n):
-        if n < 4096 or n % 64:
-            raise InvalidUsage(f"tile_bytes={n}: use a multiple of 64 of at least 4096")
-        self.tile = n
+        self.tile = unit_bytes("tile_bytes", n)
 
     @property
     def count(self):
