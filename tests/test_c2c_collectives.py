@@ -186,8 +186,9 @@ def check_every_rank_sees_the_mismatch(results, case, words, senders=()):
     """Every rank raised (promptly, well before the 30 s timeout) an error that says "mismatched
     collective"; a rank that saw it itself raised InvalidUsage naming both calls (words), the
     others may have learnt it from the first failure (InvalidUsage "... because another rank
-    failed first: mismatched collective ..."); afterwards the communicator is aborted. A broadcast
-    root (senders) only sends, into FIFOs with room: its call may return, then its next call fails."""
+    failed first: mismatched collective ..."); afterwards the communicator is aborted. A rank of a
+    broadcast that agrees with its root (senders, :func:`broadcast_roots`) may return, then its next
+    call fails."""
     for r, (exc, msg, took, after) in enumerate(results):
         assert took < 15.0, f"rank {r} took {took:.1f} s to notice: {exc}: {msg}"
         if exc is None and r in senders:
@@ -201,8 +202,12 @@ def check_every_rank_sees_the_mismatch(results, case, words, senders=()):
 
 
 def broadcast_roots(plan):
-    return {r for r, spec in enumerate(plan) if isinstance(spec, tuple) and spec[0] == "broadcast"
-            and spec[2] == r}
+    """Ranks whose broadcast may return before the mismatch reaches them: the root (it only sends,
+    into FIFOs with room) and any rank that makes the very call its root makes, since a tree may
+    serve it straight from the root (a binomial tree does: 3 ranks, root 2, rank 1 is its child)."""
+    def bcast(spec):
+        return isinstance(spec, tuple) and spec[0] == "broadcast"
+    return {r for r, spec in enumerate(plan) if bcast(spec) and plan[spec[2]] == spec}
 
 
 SC, FIFO = ("allreduce", 1 << 16), ("allreduce", 1000)       # 256 KiB: single copy; 4 KB: FIFO ring
