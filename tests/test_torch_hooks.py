@@ -125,6 +125,7 @@ def _hooks_case(rank, size, port):
         _, got = _grads_per_step(rank, hook, state)
         res[name] = _worst(got, ref)
         res[name + "_algorithm"] = comm.last_algorithm
+        res[name + "_buckets_symmetric"] = len(state._slots)
         state.close()
 
     try:
@@ -147,7 +148,8 @@ def test_symmetric_hook_gradients_equal_plain_ddp(hooks2):
     for rank, r in enumerate(hooks2):
         for key in ("symmetric", "symmetric_view"):
             assert r[key] == 0.0, f"rank {rank} {key}: gradients differ by {r[key]:.3g}"
-            assert r[key + "_algorithm"] == "symmetric", (rank, key, r)
+            # 256 KiB buckets: symmetric or recursive doubling, as this host's measured model says
+            assert r[key + "_algorithm"] in ("symmetric", "recursive_doubling"), (rank, key, r)
             assert r[key + "_buckets_symmetric"] >= 2, (rank, key, r)
             assert r[key + "_timeline"] > STEPS, (rank, key, r)
         assert r["grad_is_symmetric"], f"rank {rank}: .grad is not in symmetric memory"
@@ -157,7 +159,10 @@ def test_symmetric_hook_gradients_equal_plain_ddp(hooks2):
 def test_compression_hooks_within_dtype_rounding(hooks2, name):
     for rank, r in enumerate(hooks2):
         assert 0.0 < r[name] <= TOL[name], f"rank {rank} {name}: relative error {r[name]:.3g}"
-        assert r[name + "_algorithm"] == "symmetric", (rank, name, r)
+        # the compressed buckets live in symmetric memory; whether the symmetric schedule or
+        # recursive doubling runs them (half-size buckets, 128 KiB here) is the measured model's call
+        assert r[name + "_buckets_symmetric"] >= 2, (rank, name, r)
+        assert r[name + "_algorithm"] in ("symmetric", "recursive_doubling"), (rank, name, r)
 
 
 def test_hooks_refuse_a_group_of_another_backend(hooks2):

@@ -62,12 +62,11 @@ def _shape(shape) -> tuple:
 
 
 # An allreduce on symmetric buffers in place (some rank's output is its input) cannot combine
-# straight into the outputs (it would overwrite an input another rank still reads): it reduces
-# L1 tiles into scratch, then stores them to every output. The price keeps the factor measured
-# when that form went through 256 KiB chunks and streaming stores (6.7 ms against 4.9 ms for the
-# fused out-of-place combine per 32 MiB block): a conservative price now that the tiled form
-# measures 0.9-1.05x the fused combine's CPU time at 16-64 MiB on 2 ranks (symmetric_heap.pyx TILE).
-IN_PLACE = 6.7 / 4.9
+# straight into the outputs (it would overwrite an input another rank still reads): it sums L1 tiles
+# of every rank's input, then stores each tile to every output (symmetric_heap.pyx TILE). Measured
+# at 0.9-1.05x the fused out-of-place combine's CPU time at 16-64 MiB on 2 ranks; priced at the
+# top of that range.
+IN_PLACE = 1.05
 
 
 def cost(collective: str, nbytes: int, p: int, c, in_place: bool = False) -> float:
