@@ -6,6 +6,8 @@ choices for small messages.
   largest power of two fold in first (hand their input to a partner) and get the result at the end;
 * recursive doubling allgather (powers of two; otherwise the ring): exchange the blocks gathered so
   far with rank ^ 2^k, doubling them each step;
+* between two ranks of an shm or c2c pair, an exchange that fits in one line (48 bytes) goes as a
+  one-line message (oneline.pxd), which the receiver polls as one cache line;
 * dissemination barrier: round k sends an empty message to rank + 2^k and waits for rank - 2^k's.
 """
 from libc.stdint cimport uint64_t
@@ -14,6 +16,7 @@ from hetccl._native.codes cimport *
 from hetccl._native.engine cimport Engine
 from hetccl._native.kernels cimport copy_bytes
 from hetccl._native.link cimport Stream, Seg
+from hetccl._native.oneline cimport line_pick
 from hetccl._native.progress cimport open_stream, run_step, xfer
 from hetccl._native.ring cimport allgather_ring
 from hetccl._native.stream cimport seg
@@ -23,7 +26,8 @@ cdef int exchange(Engine e, int peer, char* src, char* dst, const char* loc, siz
                   size_t count, int dtype, int op, int phase, bint do_send, bint do_recv,
                   long divide, double dl) noexcept nogil:
     """Send src to peer and/or receive into dst (reduced with loc, divided by divide), whole
-    buffers; in place (src == dst) the receive trails the send."""
+    buffers, as one-line messages where they fit (oneline.pxd); in place (src == dst) the receive
+    trails the send."""
     cdef Seg sseg, rseg
     cdef Stream snd, rcv
     cdef size_t es = dtype_size(dtype)
@@ -32,8 +36,10 @@ cdef int exchange(Engine e, int peer, char* src, char* dst, const char* loc, siz
     rseg.divide = divide
     if do_send:
         open_stream(e, &snd, peer, &sseg, 1, COLL_ALLREDUCE, dtype, op, phase, count, es, True)
+        line_pick(&snd, e.lines)
     if do_recv:
         open_stream(e, &rcv, peer, &rseg, 1, COLL_ALLREDUCE, dtype, op, phase, count, es, False)
+        line_pick(&rcv, e.lines)
     if do_send and do_recv and src == dst:
         rcv.limit = 0          # in place: never reduce over bytes not yet sent (raised as they go)
         snd.dep = NULL
@@ -97,6 +103,8 @@ cdef int allgather_rd(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, do
         seg(&rseg, rbuf + nb * (peer & ~(mask - 1)), NULL, nb * mask, -1)
         open_stream(e, &snd, peer, &sseg, 1, COLL_ALLGATHER, dtype, 0, phase, count, es, True)
         open_stream(e, &rcv, peer, &rseg, 1, COLL_ALLGATHER, dtype, 0, phase, count, es, False)
+        line_pick(&snd, e.lines)
+        line_pick(&rcv, e.lines)
         rc = run_step(e, &snd, &rcv, False, dl)
         if rc < 0:
             return rc

@@ -28,6 +28,7 @@ cdef class Engine:
     cdef readonly unsigned long long poll_sleeps    # ... and in poll() (diagnostics, tests)
     cdef public size_t nt_threshold # outputs this large are written with streaming stores
     cdef public size_t chunk        # most bytes one link call moves
+    cdef public bint lines          # small exchanges between shm/c2c pairs as one-line messages (oneline.pxd)
     cdef public bint stream_out     # set per call: outputs big enough for streaming stores
     cdef Failure fail               # error state, interrupt word and in-use guard (failure.pxd)
     cdef list attached              # what the links' kinds keep open (segments, UCX handles)

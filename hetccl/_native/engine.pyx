@@ -22,6 +22,7 @@ from hetccl._native.failure cimport (Failure, failure_init, failure_free, enter,
                                      _interrupt_error, check_usable as _check_usable, raise_error as
                                      _raise_error)
 from hetccl._native.life cimport *
+from hetccl._native.fifo cimport LINE_SLOTS, LINE_PAYLOAD
 from hetccl._native.link cimport Link, LinkKind
 from hetccl._native.links cimport kind_named, unlinked
 
@@ -75,6 +76,7 @@ cdef class Engine:
         self.poll_sleeps = 0
         self.nt_threshold = 16 << 20
         self.chunk = 256 << 10
+        self.lines = True
         self.attached = []
         self.scratch_buf = NULL
         self.scratch_len = 0
@@ -279,6 +281,17 @@ cdef class Engine:
 
     cdef check_usable(self):
         _check_usable(&self.fail, self.rank)
+
+    def line_state(self, int peer):
+        """The one-line channel (oneline.pxd) with ``peer`` (an shm or c2c link), for tests and
+        diagnostics: messages sent and received, the epoch, and the addresses of the ring this
+        rank writes and the one it reads (LINE_SLOTS lines of 64 bytes each); None for other links."""
+        if not 0 <= peer < self.size or self.links[peer].kind.line_bytes == 0:
+            return None
+        cdef Link* L = &self.links[peer]
+        return {"sent": L.fifo.ln_sent, "got": L.fifo.ln_got, "epoch": L.fifo.ln_epoch >> 48,
+                "tx": <size_t>L.fifo.ln_tx, "rx": <size_t>L.fifo.ln_rx, "slots": LINE_SLOTS,
+                "payload": LINE_PAYLOAD}
 
     def interrupt_error(self, str what):
         """The exception `what` (an operation's name) raises after the interrupt (CommAborted if

@@ -13,7 +13,8 @@
 #   reports the peer's death (EOF).
 #
 # Segment layout (segment.pyx maps it): FIFO_CTL bytes of control blocks (this side's and the
-# peer's FifoCtl), then the two FIFOs of cap bytes each; the lower rank of the pair produces into
+# peer's FifoCtl; then, from LINE_ACKS, the one-line messages' acknowledgement words and rings,
+# oneline.pxd), then the two FIFOs of cap bytes each; the lower rank of the pair produces into
 # the first one. A c2c segment continues with the c2c control slots and windows (c2c.pxd).
 from libc.stdint cimport uint64_t, uint32_t
 from hetccl._native.atomics cimport hc_load_acq, hc_store_sc, hc_load32_sc, hc_xchg32
@@ -31,6 +32,10 @@ cdef extern from "<sys/socket.h>" nogil:
 
 cdef enum:
     FIFO_CTL = 4096           # bytes of the two control blocks at the start of a segment
+    LINE_ACKS = 512           # the one-line channel in them (oneline.pxd): two acknowledgement lines,
+    LINE_RINGS = 1024         # then two rings of LINE_SLOTS lines, one per direction (lower rank's first)
+    LINE_SLOTS = 16
+    LINE_PAYLOAD = 48         # bytes of payload in one 64-byte line (after its flag and check words)
     RELEASE_EARLY = 65536     # a read or write this large publishes at once, so the peer can start
 
 # values of FifoCtl.cons_sleeping / prod_sleeping: how the side that set the flag sleeps
@@ -48,6 +53,12 @@ cdef struct FifoCtl:          # one direction's control block, every field on it
     uint32_t prod_sleeping
     char _p3[60]
 
+cdef struct Line:             # one 64-byte message of the one-line channel (oneline.pxd)
+    uint64_t flag             # epoch << 48 | message number (1, 2, ...), stored last
+    uint64_t check            # the call's header, condensed (oneline.pxd: line_check)
+    char data[LINE_PAYLOAD]
+
+
 cdef struct Fifo:             # this side's view of the pair
     FifoCtl* tx_ctl
     char* tx_data
@@ -62,11 +73,22 @@ cdef struct Fifo:             # this side's view of the pair
     uint64_t rx_head_c
     uint64_t rx_rel
     int bell                  # the pair's socket: doorbell bytes for a peer asleep in poll()
+    Line* ln_tx               # the one-line channel (oneline.pxd): the ring this side writes ...
+    Line* ln_rx               # ... and the one it reads
+    uint64_t* ln_tx_ack       # messages the peer has consumed from ln_tx (it writes this word) ...
+    uint64_t* ln_rx_ack       # ... and this side from ln_rx (this side writes it)
+    uint64_t ln_epoch         # this pair's epoch, in the flag word's top 16 bits (never 0)
+    uint64_t ln_sent          # messages sent / consumed (private)
+    uint64_t ln_got
+    uint64_t ln_ack_c         # the last ln_tx_ack read
+    bint ln_rx_wait           # a one-line receive / send is waiting (what shm_arm checks for)
+    bint ln_tx_wait
 
 
-cdef inline void fifo_map(Fifo* F, char* base, size_t cap, bint low, int bell) noexcept nogil:
+cdef inline void fifo_map(Fifo* F, char* base, size_t cap, bint low, int bell,
+                          uint64_t epoch) noexcept nogil:
     """Take up this side of the FIFO pair at base (laid out as above), continuing where the
-    counters stand."""
+    counters stand; epoch (1..65535, the same on both sides): the one-line channel's."""
     cdef FifoCtl* c0 = <FifoCtl*>base
     cdef FifoCtl* c1 = <FifoCtl*>(base + sizeof(FifoCtl))
     cdef char* d0 = base + FIFO_CTL
@@ -84,6 +106,20 @@ cdef inline void fifo_map(Fifo* F, char* base, size_t cap, bint low, int bell) n
     F.rx_tail = F.rx_ctl.tail
     F.rx_rel = F.rx_tail
     F.rx_head_c = F.rx_ctl.head
+    cdef Line* r0 = <Line*>(base + LINE_RINGS)
+    cdef Line* r1 = r0 + LINE_SLOTS
+    cdef uint64_t* a0 = <uint64_t*>(base + LINE_ACKS)
+    cdef uint64_t* a1 = <uint64_t*>(base + LINE_ACKS + 64)
+    if low:
+        F.ln_tx, F.ln_rx, F.ln_tx_ack, F.ln_rx_ack = r0, r1, a0, a1
+    else:
+        F.ln_tx, F.ln_rx, F.ln_tx_ack, F.ln_rx_ack = r1, r0, a1, a0
+    F.ln_epoch = epoch << 48
+    F.ln_ack_c = F.ln_tx_ack[0]
+    F.ln_sent = F.ln_ack_c
+    F.ln_got = F.ln_rx_ack[0]
+    F.ln_rx_wait = False
+    F.ln_tx_wait = False
 
 
 cdef inline void fifo_doorbell(Fifo* F) noexcept nogil:

@@ -34,6 +34,7 @@ cdef struct LinkKind:
     size_t align              # stream payloads are padded to a multiple of this (1: no padding)
     bint fuses                # a byte FIFO in shared memory: relays go FIFO to FIFO between two such
     bint futex                # a lone waiter on one such link sleeps on a futex word, not in poll()
+    size_t line_bytes         # streams this small may travel as one line (oneline.pxd; 0: never)
 
     # moving bytes (the engine's streams)
     long (*send)(Stream* s) noexcept nogil          # send progress: what can move now; < 0: E_*
@@ -109,3 +110,4 @@ cdef struct Stream:
     Stream* dep               # send: the receive stream that segments' dep indices refer to
     size_t limit              # payload bytes this stream may move for now ((size_t)-1: no limit)
     bint swap                 # recv: the peer's operand goes first (it has the lower rank)
+    bint line                 # one line, not the FIFO (oneline.pxd: line_pick; line_bytes kinds only)

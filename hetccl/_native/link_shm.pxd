@@ -1,10 +1,12 @@
 # Link kind "shm": the pair's two shared-memory FIFOs (fifo.pxd), with the pair's socket for
 # doorbells and for the peer's death. Two copies per byte (into the FIFO, out of it), but a relay
-# between two such links reduces and forwards FIFO to FIFO in one pass (shm_forward).
-from libc.stdint cimport uint32_t, uintptr_t
+# between two such links reduces and forwards FIFO to FIFO in one pass (shm_forward). Streams a
+# schedule marks (line_pick) travel as one-line messages instead (oneline.pxd).
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from hetccl._native.atomics cimport hc_load_acq, hc_store32_sc
 from hetccl._native.fifo cimport *
-from hetccl._native.link cimport Link, LinkKind, Stream, Seg, ssize_t
+from hetccl._native.oneline cimport line_send, line_recv, line_ready, line_room, line_sent_instead
+from hetccl._native.link cimport Link, LinkKind, Stream, Seg, ssize_t, E_MISMATCH
 from hetccl._native.posix_wait cimport pollfd, POLLIN, POLLHUP, POLLERR
 from hetccl._native.kernels cimport (reduce_fn, copy_bytes, copy_bytes_pair, divide_by,
                                     reduce_ordered, reduce_forward)
@@ -103,6 +105,8 @@ cdef inline ssize_t shm_forward(Stream* s, Seg* g, size_t n) noexcept nogil:
 
 
 cdef inline long shm_send(Stream* s) noexcept nogil:
+    if s.line:
+        return line_send(s)
     return send_walk(s, shm_write, shm_publish)
 
 cdef enum:
@@ -176,25 +180,34 @@ cdef inline long shm_pair(Stream* R) noexcept nogil:
 
 cdef inline long shm_recv(Stream* s) noexcept nogil:
     cdef long moved = 0, r
+    if s.line:
+        return line_recv(s)
     if s.pair:
         moved = shm_pair(s)
     r = recv_walk(s, shm_read, shm_read_reduce, shm_release, shm_forward, shm_publish)
+    if r == 0 and s.hdr_done == 0 and line_sent_instead(s):
+        return E_MISMATCH                # the peer sent a one-line message: another call
     return r if r < 0 else r + moved
 
 
 cdef inline bint shm_arm(Link* L, bint rx, size_t need, uint32_t how, pollfd* f,
                          uint32_t** word) noexcept nogil:
-    """Raise this side's sleeping flag (how: futex or poll, see fifo.pxd) and look again."""
+    """Raise this side's sleeping flag (how: futex or poll, see fifo.pxd) and look again: at the
+    FIFO, and at the one-line channel (oneline.pxd) where a one-line stream waits; a receive wakes
+    for either (the other is a mismatch the receive reports)."""
     cdef Fifo* F = &L.fifo
     cdef bint ready
     if rx:
         word[0] = &F.rx_ctl.cons_sleeping
         hc_store32_sc(word[0], how)
-        ready = hc_load_acq(&F.rx_ctl.head) != F.rx_tail
+        ready = hc_load_acq(&F.rx_ctl.head) != F.rx_tail or line_ready(F)
     else:
         word[0] = &F.tx_ctl.prod_sleeping
         hc_store32_sc(word[0], how)
-        ready = F.cap - (F.tx_head - hc_load_acq(&F.tx_ctl.tail)) >= need
+        if F.ln_tx_wait:
+            ready = line_room(F)
+        else:
+            ready = F.cap - (F.tx_head - hc_load_acq(&F.tx_ctl.tail)) >= need
     f.fd = L.fd
     f.events = POLLIN
     return ready
@@ -234,13 +247,26 @@ cdef inline bint shm_ready(Link* L, bint rx, bint tx) noexcept nogil:
     return tx and L.fifo.cap - (L.fifo.tx_head - hc_load_acq(&L.fifo.tx_ctl.tail)) > 0
 
 
+cdef inline uint64_t line_epoch(object segment):
+    """The one-line channel's epoch (oneline.pxd) of a pair's segment: 16 bits (never 0) of a hash
+    of its name, which both sides know and which differs per communicator and pair."""
+    cdef uint64_t h = 14695981039346656037ULL          # FNV-1a
+    cdef unsigned char c
+    name = getattr(segment, "name", b"")
+    for c in (name.encode() if isinstance(name, str) else bytes(name)):
+        h = (h ^ c) * 1099511628211ULL
+    h = (h ^ (h >> 32) ^ (h >> 16)) & 0xffff
+    return h if h else 1
+
+
 cdef inline object shm_map(Link* L, object segment, size_t fifo_bytes, bint low):
     """Take up this side of segment's FIFO pair (segment.pyx: ShmSegment, sized by segment_bytes)."""
     if fifo_bytes & (fifo_bytes - 1) or fifo_bytes < 4096:
         raise ValueError("fifo_bytes must be a power of two >= 4096")
     if segment.size < FIFO_CTL + 2 * fifo_bytes:
         raise ValueError(f"a segment of {segment.size} bytes cannot hold two FIFOs of {fifo_bytes}")
-    fifo_map(&L.fifo, <char*><uintptr_t>segment.address(), fifo_bytes, low, L.fd)
+    fifo_map(&L.fifo, <char*><uintptr_t>segment.address(), fifo_bytes, low, L.fd,
+             line_epoch(segment))
     L.window = fifo_bytes
     return segment
 
@@ -258,6 +284,7 @@ cdef inline void shm_kind(LinkKind* k) noexcept:
     k.align = 8               # FIFO offsets stay 8-aligned: reductions read whole elements in place
     k.fuses = True
     k.futex = True
+    k.line_bytes = LINE_PAYLOAD
     k.send = shm_send
     k.recv = shm_recv
     k.arm = shm_arm

@@ -65,7 +65,8 @@ cdef object none_attach(Link* L, tuple args, bint engine):
 cdef void none_close(Link* L) noexcept nogil:
     pass
 
-_table[0] = LinkKind(code=0, name=b"none", align=1, fuses=False, futex=False, send=none_progress,
+_table[0] = LinkKind(code=0, name=b"none", align=1, fuses=False, futex=False, line_bytes=0,
+                     send=none_progress,
                      recv=none_progress, arm=none_arm, disarm=none_disarm, woken=NULL, write=none_write,
                      read=none_read, ready=none_ready, attach=none_attach, close=none_close)
 

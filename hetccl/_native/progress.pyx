@@ -62,6 +62,7 @@ cdef void open_stream(Engine e, Stream* s, int peer, Seg* segs, int nseg, int co
     s.dep = NULL
     s.limit = <size_t>-1
     s.swap = peer < e.rank
+    s.line = False
     if is_send:
         put_header(s.hdr, coll, dtype, op, phase, e.seq, count, e.rank)
     else:
