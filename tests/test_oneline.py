@@ -89,13 +89,15 @@ def test_every_dtype_and_op_matches_the_fifo(transport):
 
 
 def _many_calls_case(rank, size, calls):
-    """Calls in a row, each with its own values, alternating with FIFO-sized calls every few calls,
-    in place and out of place, allreduce (AVG too) and allgather."""
+    """Calls in a row, each with its own values, alternating with FIFO-sized calls every few calls:
+    allreduce in place, out of place and AVG; allgather (recursive doubling, and the 2-rank ring's
+    exchange) of 4..56-byte blocks."""
     import hetccl
     from hetccl import ReduceOp
     comm = hetccl.init(timeout=30)
     e = comm._engine
     bad = []
+    lines = 0
     out = np.empty(2, np.float64)
     for i in range(calls):
         x = np.array([rank * 1000.0 + i, -i], np.float64)
@@ -109,16 +111,19 @@ def _many_calls_case(rank, size, calls):
             ref = ref / 2
         if not np.array_equal(y, ref):
             bad.append((i, y.tolist(), ref.tolist()))
-        g = comm.allgather(np.array([rank + i], np.int32), algorithm=RD)
-        if g.tolist() != [i, 1 + i]:
-            bad.append((i, "allgather", g.tolist()))
+        m = 1 + i % 14                                        # 4..56 bytes: at and past the line
+        blk = np.arange(m, dtype=np.int32) + 100 * rank + i
+        g = comm.allgather(blk, algorithm=RD if i % 2 else "ring")
+        if g.tolist() != (np.arange(m) + i).tolist() + (np.arange(m) + 100 + i).tolist():
+            bad.append((i, "allgather", m, g.tolist()))
+        lines += 1 + (4 * m <= 48)
         if i % 7 == 0:                                        # through the FIFO in between
             big = comm.allreduce(np.full(1000, rank + i, np.int64), algorithm=RD)
             if not (big == 2 * i + 1).all():
                 bad.append((i, "fifo", big[:3].tolist()))
     st = e.line_state(1 - rank)
     comm.close()
-    return {"bad": bad, "state": st}
+    return {"bad": bad, "state": st, "lines": lines}
 
 
 def test_many_calls_reuse_every_slot():
@@ -126,7 +131,8 @@ def test_many_calls_reuse_every_slot():
     res = run_ranks(_many_calls_case, 2, calls, timeout=90, transports="shm")
     for r in res:
         assert r["bad"] == [], r["bad"][:5]
-        assert r["state"]["sent"] == r["state"]["got"] == 2 * calls    # allreduce + allgather per call
+        # (the library's own small calls, e.g. agreeing on a new shape, may add lines)
+        assert r["state"]["sent"] == r["state"]["got"] >= r["lines"], (r["state"], r["lines"])
         assert r["state"]["sent"] > 10 * r["state"]["slots"]
 
 
@@ -158,13 +164,19 @@ def test_recursive_doubling_at_more_ranks(n):
 
 # ------------------------------------------------------------------ failures while on a line
 
-def _dies_case(rank, size):
+def _warm(calls):
+    """A communicator after `calls` 8 B allreduces through the line, and its input."""
     import hetccl
     comm = hetccl.init(timeout=30)
     x = np.ones(2, np.float32)
-    for _ in range(50):
+    for _ in range(calls):
         comm.allreduce(x, algorithm=RD)
     comm.barrier()
+    return comm, x
+
+
+def _dies_case(rank, size):
+    comm, x = _warm(50)
     if rank == 1:
         time.sleep(0.3)
         os._exit(3)                       # while rank 0 waits on its line
@@ -183,12 +195,7 @@ def test_peer_dies_while_the_other_waits_on_a_line():
 
 
 def _stalls_case(rank, size):
-    import hetccl
-    comm = hetccl.init(timeout=30)
-    x = np.ones(2, np.float32)
-    for _ in range(20):
-        comm.allreduce(x, algorithm=RD)
-    comm.barrier()
+    comm, x = _warm(20)
     if rank == 1:
         time.sleep(2.5)                   # never calls, as far as rank 0's deadline is concerned
         comm.close()

@@ -76,6 +76,14 @@ cdef inline bint line_room(Fifo* F) noexcept nogil:
     return k - F.ln_ack_c <= LINE_SLOTS
 
 
+cdef inline long line_finished(Stream* s) noexcept nogil:
+    """Stream s went as its line: done, header and payload (> 0: it moved)."""
+    s.pos = s.total
+    s.hdr_done = HDR_BYTES
+    s.done = True
+    return <long>s.total + 1
+
+
 cdef inline long line_send(Stream* s) noexcept nogil:
     """Send stream s's payload and header in one line, if its slot is free. Returns > 0 when sent."""
     cdef Fifo* F = &s.link.fifo
@@ -97,10 +105,7 @@ cdef inline long line_send(Stream* s) noexcept nogil:
     F.ln_sent = k
     if hc_load32_sc(&F.tx_ctl.cons_sleeping):
         fifo_wake_peer(F)
-    s.pos = s.total
-    s.hdr_done = HDR_BYTES
-    s.done = True
-    return <long>s.total + 1
+    return line_finished(s)
 
 
 cdef inline int fifo_peek_header(Fifo* F, uint8_t* h) noexcept nogil:
@@ -152,10 +157,7 @@ cdef inline long line_recv(Stream* s) noexcept nogil:
     hc_store_sc(F.ln_rx_ack, k)                  # the slot is free again
     if hc_load32_sc(&F.rx_ctl.prod_sleeping):
         fifo_wake_peer(F)
-    s.pos = s.total
-    s.hdr_done = HDR_BYTES
-    s.done = True
-    return <long>s.total + 1
+    return line_finished(s)
 
 
 cdef inline bint line_sent_instead(Stream* s) noexcept nogil:

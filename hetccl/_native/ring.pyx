@@ -20,6 +20,7 @@ from hetccl._native.codes cimport *
 from hetccl._native.engine cimport Engine
 from hetccl._native.kernels cimport copy_bytes, store_fence, get_reduce_forward
 from hetccl._native.link cimport Stream, Seg, E_OS
+from hetccl._native.oneline cimport line_pick
 from hetccl._native.progress cimport open_stream, run_step, xfer, can_fuse, slice_bytes
 from hetccl._native.stream cimport seg
 
@@ -112,9 +113,31 @@ cdef int allreduce_ring(Engine e, char* sbuf, char* rbuf, size_t count, int dtyp
     return rc
 
 
+cdef int allgather_pair_line(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype,
+                             double dl) noexcept nogil:
+    """The ring allgather of 2 ranks whose blocks fit in one line (oneline.pxd): one exchange of
+    one-line messages, own block copied into place beside it."""
+    cdef int peer = 1 - e.rank
+    cdef size_t es = dtype_size(dtype)
+    cdef Seg sseg, rseg
+    cdef Stream snd, rcv
+    if sbuf != rbuf + nb * e.rank:
+        copy_bytes(rbuf + nb * e.rank, sbuf, nb, 0)
+    seg(&sseg, sbuf, NULL, nb, -1)
+    seg(&rseg, rbuf + nb * peer, NULL, nb, -1)
+    open_stream(e, &snd, peer, &sseg, 1, COLL_ALLGATHER, dtype, 0, 0, nb // es, es, True)
+    open_stream(e, &rcv, peer, &rseg, 1, COLL_ALLGATHER, dtype, 0, 0, nb // es, es, False)
+    line_pick(&snd, True)
+    line_pick(&rcv, True)
+    return run_step(e, &snd, &rcv, False, dl)
+
+
 cdef int allgather_ring(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
-    """Ring allgather of equal blocks (see ring_allgatherv)."""
+    """Ring allgather of equal blocks (see ring_allgatherv); at 2 ranks with blocks that fit in a
+    line, one exchange of one-line messages (allgather_pair_line)."""
     cdef int N = e.size, b, rc
+    if N == 2 and e.lines and nb <= e.links[1 - e.rank].kind.line_bytes:
+        return allgather_pair_line(e, sbuf, rbuf, nb, dtype, dl)
     cdef size_t* boff = <size_t*>malloc(sizeof(size_t) * 2 * N)
     if boff == NULL:
         return E_OS
