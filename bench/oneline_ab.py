@@ -89,12 +89,12 @@ def main(argv=None) -> int:
                     f.write(f"n={n} {case.replace(' ', ':')} {mode} " + " ".join(f"{t:.4f}" for t in v) + "\n")
         print(f"\n{n} ranks, 8 B, us per call, {a.rounds} rounds x {a.calls} calls per mode "
               f"(last algorithm: {algo})")
-        print(f"{'case':<20}{'mode':<7}{'min':>8}{'p10':>8}{'med':>8}   lines/fifo min  p10")
+        print(f"{'case':<20}{'mode':<7}{'min':>8}{'p10':>8}{'med':>8}   lines/fifo: min    p10")
         for case in dict.fromkeys(k for k, _ in got):
             ln, ff = got[(case, "lines")], got[(case, "fifo")]
             for mode, v in (("lines", ln), ("fifo", ff)):
                 print(f"{case:<20}{mode:<7}{min(v):8.3f}{_p10(v):8.3f}{statistics.median(v):8.3f}", end="")
-                print(f"   {min(ln) / min(ff):14.3f}{_p10(ln) / _p10(ff):5.3f}" if mode == "fifo" else "")
+                print(f"   {min(ln) / min(ff):17.3f}{_p10(ln) / _p10(ff):7.3f}" if mode == "fifo" else "")
     print("\nuptime:", up(), flush=True)
     return 0
 
