@@ -168,6 +168,50 @@ def test_a_loopback_wire_is_fitted_in_and_out_of_cache_like_the_fifos(p):
     assert slope.beta == slope.beta_out
 
 
+@pytest.mark.parametrize("p", [2, 4, 5, 8])
+def test_a_loopback_wires_exchange_rounds_are_fitted_apart_from_its_ring(p):
+    """Over loopback TCP from 4 ranks on the runtime runs Rabenseifner and recursive doubling,
+    whose pairwise rounds cost more per byte than the ring's steps: the probe times Rabenseifner
+    too, and the exchange formulas (algorithm.exchange) price with what it read, the ring with its
+    own beta; between the probe's two sizes the model interpolates (loopback_cache_bytes)."""
+    from hetccl.collectives.allreduce import rabenseifner, recursive_doubling
+    facts = LinkCost(0.0, 0.0, 0.0, fifo=False)
+    big = probe.LOOPBACK_HOST_BYTES // p
+    want = dict(alpha=3e-6, b_in=gbs(2.1), b_out=gbs(1.5), g_in=gbs(90), g_out=gbs(16))
+    raw = _raw(p, facts, *want.values(), big=big)
+    x_in, x_out = gbs(1.4), gbs(0.9)
+
+    def rab(n, beta, beta_x, gamma):         # a non-power of two's fold: one-way, at the ring's beta
+        return rabenseifner(n, p, dataclasses.replace(facts, alpha=3e-6, beta=beta, beta_x=beta_x, gamma=gamma))
+    raw.update(exchange_s=rab(256 << 10, gbs(2.1), x_in, gbs(90)), exchange_big_s=rab(big, gbs(1.5), x_out, gbs(16)))
+    c = probe.fit(raw, p, facts, cache_bytes=CACHE, network=False)
+    assert (c.beta, c.beta_out, c.beta_x, c.beta_x_out) == pytest.approx((gbs(2.1), gbs(1.5), x_in, x_out))
+    assert c.cache_bytes == probe.loopback_cache_bytes(big)
+    assert c.out_of_cache(256 << 10) == 0.0 and c.out_of_cache(big) == 1.0
+    # each formula gives back the time the probe read for it, in cache and out of it
+    assert rabenseifner(big, p, c.at(big)) == pytest.approx(raw["exchange_big_s"])
+    assert rabenseifner(256 << 10, p, c.at(256 << 10)) == pytest.approx(raw["exchange_s"])
+    assert ring_allreduce(big, p, c.at(big)) == pytest.approx(raw["allreduce_big_s"])
+    # recursive doubling's rounds are exchanges too; the ring's price ignores beta_x
+    rd = recursive_doubling(64 << 10, p, c.at(64 << 10))
+    assert rd > recursive_doubling(64 << 10, p, dataclasses.replace(c, beta_x=0.0, beta_x_out=0.0).at(64 << 10))
+    assert ring_allreduce(big, p, c.at(big)) == ring_allreduce(big, p, dataclasses.replace(c, beta_x=0.0).at(big))
+    # no exchange timings (a FIFO, a network link, a probe of format 6): exchanges priced by beta
+    old = probe.fit(_raw(p, facts, *want.values(), big=big), p, facts, cache_bytes=CACHE, network=False)
+    assert old.beta_x == old.beta_x_out == 0.0 and old.cache_bytes == CACHE
+
+
+def test_a_loopback_wire_probes_its_big_rings_beyond_the_hosts_cache(monkeypatch):
+    """Its bytes are kernel copies through socket buffers the host's ranks share: the big rings
+    shrink with the ranks on the host so that together they work beyond the host's cache."""
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 2 << 20)
+    assert probe.probe_sizes(1.0, False, 2) == (16 << 20, 2 << 20)
+    assert probe.probe_sizes(2.0, False, 4) == (8 << 20, 2 << 20)
+    assert probe.probe_sizes(4.0, False, 8) == (4 << 20, 2 << 20)
+    assert probe.probe_sizes(16.0, False, 64)[0] == probe.PROBE_BIG // 2
+    assert probe.probe_sizes(1.0, True, 2)[0] == probe.PROBE_BIG_WIRE          # a network link: no
+
+
 def test_only_a_wire_between_hosts_is_a_network_link():
     assert probe.network_link(("c2c", "tcp"), 2, 4)
     assert not probe.network_link(("tcp",), 4, 4)                   # loopback TCP

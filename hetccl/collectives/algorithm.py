@@ -135,8 +135,11 @@ def one_way(c) -> float:
 
 def exchange(n, step, c) -> float:
     """Seconds per byte of the exchange steps of a call of n bytes whose largest step moves *step*
-    bytes each way (see EXCHANGE)."""
-    return EXCHANGE * c.beta if c.fifo and (n >= c.stream_min or step >= c.fifo_bytes) else c.beta
+    bytes each way (see EXCHANGE; over a wire, the exchange steps' own rate where the probe timed
+    them: LinkCost.beta_x)."""
+    if not c.fifo:
+        return c.beta_x or c.beta
+    return EXCHANGE * c.beta if n >= c.stream_min or step >= c.fifo_bytes else c.beta
 
 
 def pair_exchange(n, c) -> float:
@@ -147,7 +150,9 @@ def pair_exchange(n, c) -> float:
     larger than a FIFO costs nothing extra here, unlike at 3-4 ranks on 2 cores: the only peer
     drains the FIFO while it fills ours (measured at 8 MiB: Bruck and recursive doubling 1.2-1.5x
     faster than the ring in four interleaved 2-rank sweeps, see RING_PAIR)."""
-    return EXCHANGE * c.beta if c.fifo and n >= c.stream_min else c.beta
+    if not c.fifo:
+        return c.beta_x or c.beta
+    return EXCHANGE * c.beta if n >= c.stream_min else c.beta
 
 
 def ring_rs_bytes(n, p, c) -> float:

@@ -46,7 +46,8 @@ OUT_OF_CACHE = 2.0
 
 # The measured parameters of a LinkCost, as the probe cache, the tuning file and the simulator's
 # records store them (the other fields are facts about the engine, re-read wherever a model is used).
-PARAMS = ("alpha", "beta", "gamma", "beta_out", "gamma_out", "cache_bytes", "beta_free", "beta_free_out")
+PARAMS = ("alpha", "beta", "gamma", "beta_out", "gamma_out", "cache_bytes", "beta_free", "beta_free_out",
+          "beta_x", "beta_x_out")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,13 @@ class LinkCost:
     left after a fold) has the CPUs to fewer of them and pays less per byte: ``beta_free`` (and
     ``beta_free_out`` out of cache) is what a byte costs when the working ranks have a CPU each,
     also measured by the probe. ``crowded(busy, p)`` gives the parameters of a step in which busy
-    of the p ranks work. ``beta_free`` = 0 or ``share`` <= 1: every step pays ``beta``."""
+    of the p ranks work. ``beta_free`` = 0 or ``share`` <= 1: every step pays ``beta``.
+
+    Exchange steps over a loopback wire: ``beta_x`` and ``beta_x_out`` (0: as ``beta``) are what
+    a byte of a pairwise exchange step costs (recursive halving and doubling: Rabenseifner,
+    recursive doubling), in cache and out of it, where the probe timed those rounds apart from
+    the ring (probe.fit): over loopback TCP with more ranks than cores they paid up to 1.6x the
+    ring's rate per byte (algorithm.exchange)."""
     alpha: float
     beta: float
     gamma: float
@@ -82,6 +89,8 @@ class LinkCost:
     cache_bytes: float = 0.0
     beta_free: float = 0.0
     beta_free_out: float = 0.0
+    beta_x: float = 0.0
+    beta_x_out: float = 0.0
     share: float = 1.0             # ranks per CPU on the host while every rank works (a fact, not stored)
 
     def out_of_cache(self, nbytes, collective: str | None = None) -> float:
@@ -103,7 +112,8 @@ class LinkCost:
         beta = self.beta + f * ((self.beta_out or self.beta) - self.beta)
         gamma = self.gamma + f * ((self.gamma_out or self.gamma) - self.gamma)
         free = self.beta_free + f * ((self.beta_free_out or self.beta_free) - self.beta_free)
-        return dataclasses.replace(self, beta=beta, gamma=gamma, beta_free=free)
+        beta_x = self.beta_x + f * ((self.beta_x_out or self.beta_x) - self.beta_x) if self.beta_x > 0 else 0.0
+        return dataclasses.replace(self, beta=beta, gamma=gamma, beta_free=free, beta_x=beta_x)
 
     def crowd(self, busy, p) -> float:
         """0 .. 1: how crowded the CPUs are in a step in which *busy* of the *p* ranks work,
@@ -148,6 +158,9 @@ class LinkCost:
         if self.beta_free > 0 and self.share > 1:
             text += (f"; {self.share:.3g} ranks per CPU: beta={_gbs(self.beta_free)} in cache, "
                      f"{_gbs(self.beta_free_out or self.beta_free)} out of it while the working ranks have a CPU each")
+        if self.beta_x > 0:
+            text += f"; exchange steps beta={_gbs(self.beta_x)}" + (
+                f", {_gbs(self.beta_x_out)} out of cache" if self.cache_bytes > 0 and self.beta_x_out > 0 else "")
         return text
 
     @classmethod

@@ -85,7 +85,7 @@ def _flat_by_name(collective, name):
 
 def _scaled(c: LinkCost, k: float) -> LinkCost:
     """A link shared by k streams at once: each sees 1/k of its bandwidth."""
-    return dataclasses.replace(c, beta=c.beta * max(1.0, k))
+    return dataclasses.replace(c, beta=c.beta * max(1.0, k), beta_x=c.beta_x * max(1.0, k))
 
 
 def _worst(*costs) -> LinkCost:

@@ -3,9 +3,9 @@
 Why measure: every algorithm choice follows from what one message, one byte moved and one byte
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
-time a host sees a communicator *shape*, takes tens of milliseconds (~0.4 s over loopback TCP,
+time a host sees a communicator *shape*, takes tens of milliseconds (~1 s over loopback TCP,
 whose rings are timed in longer loops: LOOPBACK_REP_S), and is cached, so every
-later communicator costs one small file read on rank 0 and one 104-byte broadcast.
+later communicator costs one small file read on rank 0 and one 136-byte broadcast.
 
 What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
 of ~``REP_S`` each, a repetition's time being the slowest rank's: the statistic the benchmarks
@@ -14,7 +14,12 @@ of calls pays the typical call, not the luckiest one):
 
 - alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
   step's latency including the engine's per-step overhead (not the Python call around it, which
-  every algorithm of a call pays alike);
+  every algorithm of a call pays alike). Over a network link a barrier's repetition lasts
+  ``NETWORK_BARRIER_REP_S``, a loop of calls as a job runs them: a repetition of REP_S held a
+  single barrier there, right after the synchronising one, whose ranks had gone to sleep waiting
+  on their sockets (4 netns hosts x 2 ranks on 2 cores: 838 us, where the job's recursive
+  doubling paid ~95 us per round and its ring ~30 us per step; in one loaded job 6.6 ms per
+  barrier in repetitions of 0.5 ms and 0.2 ms in loops of 30 ms);
 - beta: the value at which the ring allreduce's own formula (allreduce.ring, with the gamma of the
   same working set) gives the time of an in-place ring allreduce of ``PROBE_BYTES`` (in cache),
   and beta_out the same of ``PROBE_BIG`` (out of cache): the bytes crossing links, as the formulas
@@ -29,7 +34,13 @@ of calls pays the typical call, not the luckiest one):
   short transfer rides through at line rate, cancels out). A wire whose ends share one host
   (loopback TCP: every rank of the communicator on one host) is no such link: its bytes are two
   kernel copies on the ranks' own CPUs, in cache or out of it like a FIFO's, so it is fitted as
-  the FIFOs are (beta from the small ring, beta_out from the big one);
+  the FIFOs are (beta from the small ring, beta_out from the big one), with two differences.
+  Its big rings move ``LOOPBACK_HOST_BYTES`` / ranks on the host, beyond the cache the host's
+  ranks share (a rank's private cache is no knee for socket copies: probe_sizes,
+  loopback_cache_bytes). And it times Rabenseifner's allreduce at both sizes too, whose pairwise
+  exchange rounds (recursive halving and doubling) are what the runtime runs there at most sizes
+  from 4 ranks on: beta_x and beta_x_out, by which the exchange formulas price their rounds
+  (algorithm.exchange), the ring keeping its own beta;
 - gamma = (reduce kernel - copy kernel) / bytes, every rank at once, on ``KERNEL_BYTES`` (in
   cache) and ``KERNEL_BIG`` (gamma_out): the extra cost of reducing a received byte into the
   output instead of copying it (the engine reduces straight out of the transport, so that
@@ -85,19 +96,24 @@ from .. import dtypes, transports
 from ..ops import ReduceOp
 from ..version import build_id
 from . import schedules, tuning_file
-from .cost_model import CACHED, MEASURED, PARAMS, TUNED, CostModel, LinkCost, all_fifo
-from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RD, ALGO_RING
+from .cost_model import (CACHED, MEASURED, OUT_OF_CACHE, PARAMS, TUNED, WORKING_SET, CostModel,
+                         LinkCost, all_fifo)
+from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 7                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 8                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
-                           # 7: beta_free, from binomial broadcasts on more ranks than CPUs)
+                           # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
+                           # 8: a loopback wire's exchange rounds timed too (beta_x), its big rings
+                           # beyond the host's cache (LOOPBACK_HOST_BYTES), a network barrier in loops)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
                            # a 4 MiB ring would take ~50 ms per call at 1 Gbit/s)
+LOOPBACK_HOST_BYTES = 32 << 20   # over a loopback wire the big rings move this / local ranks each
+                           # (see probe_sizes: beyond the cache the host's ranks share)
 KERNEL_BYTES = 64 << 10    # the copy and reduce that price gamma in cache (3 arrays: 192 KiB)
 KERNEL_BIG = 1 << 20       # ... and out of cache (gamma_out; 3 arrays: 3 MiB)
 BCAST_BIG = 8 << 20        # the binomial broadcast that prices beta_free_out (more ranks than CPUs):
@@ -106,6 +122,7 @@ BCAST_BIG = 8 << 20        # the binomial broadcast that prices beta_free_out (m
 REPS = 9                   # repetitions of every quantity (interleaved)
 REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
 LOOPBACK_REP_S = 20e-3     # ... but a ring over a loopback wire this long (see measure)
+NETWORK_BARRIER_REP_S = 20e-3   # ... and the barrier over a network link this long (see negotiate)
 CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
 MAX_ITERS = 100_000
 NOISY = 0.25               # other processes' share of the CPUs above which a probe is re-done
@@ -285,7 +302,7 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
 
 
 def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
-            crowded: bool = False) -> dict:
+            crowded: bool = False, exchange: bool = False, barrier_rep_s: float = REP_S) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
@@ -300,7 +317,14 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     *crowded* (more ranks on the host than CPUs): also a binomial broadcast from rank 0 of the
     small ring's buffer (``bcast_s``) and of ``BCAST_BIG`` bytes (``bcast_big_s``), whose levels
     keep only some ranks at work, so that fit() can price a byte moved while the working ranks
-    have a CPU each (beta_free, beta_free_out)."""
+    have a CPU each (beta_free, beta_free_out).
+
+    *exchange* (a loopback wire): also Rabenseifner's allreduce at both sizes, in loops as long as
+    the rings' (``exchange_s``, ``exchange_big_s``): its rounds of pairwise exchanges are what the
+    runtime runs over such a wire at most sizes from 4 ranks on, and they cost more per byte than
+    the ring's pipelined steps (bench/results/validate-sim-2026-12-07f.json: at 8 ranks on 2 cores
+    4-64 MiB Rabenseifners ran at 1.6x the 2 MiB ring's time per byte). *barrier_rep_s*: the
+    length of a repetition of the barrier (longer over a network link, see negotiate)."""
     def count(nbytes):                  # float32 elements of a ring's buffer (a multiple of size)
         return max(size, (nbytes // 4) // size * size)
 
@@ -318,7 +342,7 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
         wide = np.zeros(BCAST_BIG // 4, dtype=np.float32)
         tree = {"bcast_s": lambda: schedules.broadcast(engine, ar, 0, f32, ALGO_BINOMIAL, timeout),
                 "bcast_big_s": lambda: schedules.broadcast(engine, wide, 0, f32, ALGO_BINOMIAL, timeout)}
-    raw = time_per_call(engine, {
+    fns = {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
         "allreduce_s": lambda: schedules.allreduce(engine, ar, ar, f32, add, ALGO_RING, timeout),
         "allreduce_big_s": lambda: schedules.allreduce(engine, big, big, f32, add, ALGO_RING, timeout),
@@ -327,7 +351,13 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
         "copy_big_s": lambda: kern.copy_array(D, A),
         "reduce_big_s": lambda: kern.reduce_arrays(D, A, B, f32, add),
         **tree,
-    }, timeout, rep_s={"allreduce_s": ring_rep_s, "allreduce_big_s": ring_rep_s})
+    }
+    rep_s = {"barrier_s": barrier_rep_s, "allreduce_s": ring_rep_s, "allreduce_big_s": ring_rep_s}
+    if exchange:
+        fns["exchange_s"] = lambda: schedules.allreduce(engine, ar, ar, f32, add, ALGO_RABENSEIFNER, timeout)
+        fns["exchange_big_s"] = lambda: schedules.allreduce(engine, big, big, f32, add, ALGO_RABENSEIFNER, timeout)
+        rep_s.update(exchange_s=ring_rep_s, exchange_big_s=ring_rep_s)
+    raw = time_per_call(engine, fns, timeout, rep_s=rep_s)
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     if crowded:
@@ -365,7 +395,7 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
     older probe (a 1 MiB ring allgather, no out-of-cache quantities) give one beta and gamma at
     every size."""
     from .allgather import ring as ring_allgather
-    from .allreduce import ring as ring_allreduce
+    from .allreduce import rabenseifner, ring as ring_allreduce
     p = size
     facts = engine_facts or LinkCost(0.0, 0.0, 0.0)
     share = max(1.0, float(raw.get("link_share", 1.0)))
@@ -376,7 +406,7 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
 
     def per_beta(formula, nbytes, gamma):
         """(seconds without beta, seconds per unit of beta) of the formula."""
-        at = dataclasses.replace(facts, alpha=alpha, beta=0.0, gamma=gamma, cache_bytes=0.0)
+        at = dataclasses.replace(facts, alpha=alpha, beta=0.0, gamma=gamma, cache_bytes=0.0, beta_x=0.0)
         t0 = formula(nbytes, p, at)
         return t0, formula(nbytes, p, dataclasses.replace(at, beta=1.0)) - t0
 
@@ -384,12 +414,21 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
         t0, k = per_beta(formula, nbytes, gamma)
         return max(t - t0, 0.1 * t) / k / share
 
+    def solve_exchange(t, nbytes, beta, gamma):
+        """beta_x at which Rabenseifner's formula gives t, its other bytes (a non-power of two's
+        fold, one-way transfers) at the ring's beta."""
+        at = dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, cache_bytes=0.0)
+        one, two = (rabenseifner(nbytes, p, dataclasses.replace(at, beta_x=x)) for x in (1.0, 2.0))
+        t0 = 2 * one - two
+        return max(t - t0, 0.1 * t) / (two - one)
+
     gamma = kernel_gamma(raw["reduce_s"], raw["copy_s"], raw["kernel_bytes"])
     if "allreduce_s" not in raw:                 # an older probe's raw timings
         beta = solve(ring_allgather, raw["allgather_s"], raw["allgather_bytes"], 0.0)
         return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma)
     gamma_out = kernel_gamma(raw["reduce_big_s"], raw["copy_big_s"], raw["kernel_big_bytes"])
     small, big = raw["allreduce_bytes"], raw["allreduce_big_bytes"]
+    beta_x = beta_x_out = 0.0                   # exchange steps priced by beta (measured: loopback)
     if (not facts.fifo) if network is None else network:
         t0s, ks = per_beta(ring_allreduce, small, gamma)
         t0b, kb = per_beta(ring_allreduce, big, gamma_out)
@@ -401,6 +440,11 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
         # a byte in cache never costs more than one out of it: a small ring that measured slower
         # lost its time to per-step scheduling (ranks sharing cores), which alpha prices
         beta, gamma = min(beta, beta_out), min(gamma, gamma_out)
+        if "exchange_s" in raw:                  # a loopback wire's exchange rounds (measure)
+            beta_x = solve_exchange(raw["exchange_s"], small, beta, gamma)
+            beta_x_out = solve_exchange(raw["exchange_big_s"], big, beta_out, gamma_out)
+            beta_x = min(beta_x, beta_x_out)
+            cache_bytes = loopback_cache_bytes(big)
     free = free_out = 0.0
     if "bcast_s" in raw and facts.share > 1:
         free = solve_free(raw["bcast_s"], raw["bcast_bytes"], p, dataclasses.replace(facts, alpha=alpha, beta=beta))
@@ -410,7 +454,7 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
             free = free_out = 0.0
     return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
                                gamma_out=gamma_out, cache_bytes=float(cache_bytes),
-                               beta_free=free, beta_free_out=free_out)
+                               beta_free=free, beta_free_out=free_out, beta_x=beta_x, beta_x_out=beta_x_out)
 
 
 def solve_free(t, nbytes, p, c) -> float:
@@ -428,6 +472,17 @@ def solve_free(t, nbytes, p, c) -> float:
         return 0.0
     free = 0.5 * c.beta + (t - t_lo) / k
     return min(c.beta, max(0.1 * c.beta, free))
+
+
+def loopback_cache_bytes(big_bytes: float) -> float:
+    """The cache_bytes of a loopback wire's model whose big rings moved *big_bytes*: the value at
+    which the model's in-cache/out-of-cache interpolation (cost_model.LinkCost.at) ends exactly at
+    the big rings' working set, so it runs between the probe's two measured sizes. A loopback
+    wire's bytes are kernel copies through socket buffers that every rank of the host shares, so
+    its knee is the host's cache, not a rank's private one: measured on the 2-vCPU VM (run of
+    2026-12-07 05:44), 2 ranks paid 0.45 ns per byte up to 4 MiB and 0.56 from 16 MiB, 4 ranks
+    0.71 up to 1 MiB, 0.95 at 4 MiB and 1.13-1.16 from 16 MiB, the private cache being 2 MiB."""
+    return WORKING_SET * float(big_bytes) / OUT_OF_CACHE
 
 
 _CPU_SYSFS = "/sys/devices/system/cpu"
@@ -484,11 +539,11 @@ def _host_busy_seconds() -> float | None:
 
 
 def _probe(engine, rank: int, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
-           crowded: bool = False):
+           **how):
     """measure() plus the share of the host's CPUs that other processes used meanwhile (None if
     unknown): the host's CPU time (/proc/stat, on rank 0) minus what the ranks used (summed)."""
     busy0, own0, t0 = _host_busy_seconds(), time.process_time(), time.perf_counter()
-    raw = measure(engine, size, timeout, big_bytes, ring_rep_s, crowded)
+    raw = measure(engine, size, timeout, big_bytes, ring_rep_s, **how)
     own = np.array([time.process_time() - own0])
     schedules.allreduce(engine, own, own, dtypes.FLOAT64, int(ReduceOp.SUM), ALGO_RD, timeout)
     wall, busy1 = time.perf_counter() - t0, _host_busy_seconds()
@@ -546,13 +601,20 @@ def ring_rep_s(classes, network: bool) -> float:
     return LOOPBACK_REP_S if not all_fifo(classes) and not network else REP_S
 
 
-def probe_sizes(share: float, wire: bool) -> tuple[int, float]:
+def probe_sizes(share: float, wire: bool, loopback_local: int = 0) -> tuple[int, float]:
     """(bytes of the out-of-cache ring, the cache a rank has) for *share* ranks per CPU: ranks
     taking turns on a CPU share its time, so the ring shrinks with them (the same bytes per core,
     and a probe that stays short at 8 ranks on 2 cores; still out of cache); over a network link
     (*wire*: network_link) PROBE_BIG_WIRE. The cache is the CPU's private one whatever the share: measured, the 4-rank
-    (2 cores) binomial reduce kept its in-cache cost per byte up to 512 KiB, like 2 ranks."""
+    (2 cores) binomial reduce kept its in-cache cost per byte up to 512 KiB, like 2 ranks.
+
+    Over a loopback wire (*loopback_local*: the ranks on the host, > 0) the big rings move
+    LOOPBACK_HOST_BYTES / loopback_local each (16 MiB at 2 ranks, 4 MiB at 8): together the
+    host's ranks then work on ~100 MiB, beyond the cache they share, where a loopback wire's
+    bytes cost the most (loopback_cache_bytes); fit prices between the two sizes."""
     share = max(1.0, share)
+    if loopback_local > 0 and not wire:
+        return max(PROBE_BIG // 2, LOOPBACK_HOST_BYTES // int(loopback_local)), private_cache_bytes()
     big = PROBE_BIG_WIRE if wire else max(PROBE_BIG // 2, int(PROBE_BIG / share))   # 2 MiB: out
     return big, private_cache_bytes()
 
@@ -619,9 +681,11 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     if msg[_HIT] == 1.0:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
     network = network_link(classes, local_size, size)
-    big, cache = probe_sizes(float(msg[_SHARE]), network)
+    loopback = not all_fifo(classes) and not network
+    big, cache = probe_sizes(float(msg[_SHARE]), network, local_size if loopback else 0)
     raw, secs, other = _probe(engine, rank, size, timeout, big, ring_rep_s(classes, network),
-                              crowded=msg[_SHARE] > 1)
+                              crowded=msg[_SHARE] > 1, exchange=loopback,
+                              barrier_rep_s=NETWORK_BARRIER_REP_S if network else REP_S)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
                cache_bytes=cache, network=network)
     if prev is not None:                        # keep the quietest value of each parameter
