@@ -438,3 +438,34 @@ def test_bench_compare_runs_gloo_in_the_same_job_and_says_why_mpi_is_left_out(tm
     bad = run_command([sys.executable, "-m", "hetccl", "run", "-n", "2", "--", sys.executable, "-m", "hetccl", "bench",
                        "--compare", "nccl", "--sizes", "4K"], timeout=120)
     assert bad.returncode != 0 and "unknown peer 'nccl'" in bad.stdout
+
+
+def test_an_island_step_on_crowded_cores_is_priced_with_its_own_ranks_at_work():
+    """4 ranks on 2 CPUs, an MPI island (0,1) and a hetccl island (2,3): the islands' steps are
+    summed, so the hetccl island's 2-rank step is priced as its two ranks alone (beta_free), the
+    rails' step, in which every rank works, at the all-ranks beta."""
+    from hetccl.bridges.formation import HETCCL, Island
+    from hetccl.collectives.cost_model import TUNED, CostModel, LinkCost
+    from hetccl.collectives.islands import COLLECTIVES, PRICE_FIELDS, IslandPricer
+    from hetccl.collectives.tuner import Tuner
+    from hetccl import dtypes
+    from hetccl.ops import ReduceOp
+    isl = [Island("mpi", (0, 1), 0, "job"), Island(HETCCL, (2, 3), 2)]
+    mpi = [1e-3] * (PRICE_FIELDS * len(COLLECTIVES))            # 1 ms per MPI step at every size
+    flags = [np.ones(4096, bool), None]
+
+    def priced(beta_free):
+        cost = LinkCost(2e-6, 4e-10, 2e-11, fifo=True, beta_free=beta_free, share=2.0)
+        tuner = Tuner(4, CostModel(cost, TUNED, "test", ("c2c",)))
+        return IslandPricer(isl, [mpi, None], flags, False, True, tuner), tuner
+    n = 1 << 20
+    crowded, tuner = priced(0.0)              # no beta_free measured: every step pays beta
+    free, _ = priced(2e-10)
+    f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
+    assert free._step(1, "reduce_scatter", n, f32, SUM) < crowded._step(1, "reduce_scatter", n, f32, SUM)
+    assert free._step(0, "reduce_scatter", n, f32, SUM) == crowded._step(0, "reduce_scatter", n, f32, SUM)
+    assert free._hetccl("allreduce", n / 2, 2, busy=4) == crowded._hetccl("allreduce", n / 2, 2, busy=4)
+    rails = free.forms("allreduce", n, f32, SUM)["rails"]
+    assert rails == pytest.approx(free._steps("reduce_scatter", n, f32, SUM) + free._hetccl("allreduce", n / 2, 2, busy=4)
+                                  + free._steps("allgather", n, f32, SUM))
+    assert rails < crowded.forms("allreduce", n, f32, SUM)["rails"]

@@ -42,7 +42,7 @@ The figures are cached per island for the job.
 Every rank gathers every island's figures and which (collective, dtype, op) each bridge supports,
 so every rank prices alike; hetccl's own steps are priced by the communicator's measured model
 (collectives/cost_model.py); on an oversubscribed machine the islands' steps add up instead of
-overlapping. The lowest predicted time among
+overlapping, each priced as its own ranks running alone (LinkCost.crowded). The lowest predicted time among
 the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
 ``comm.explain()`` prints the table.
 """
@@ -236,10 +236,16 @@ class IslandPricer:
             op = ReduceOp.SUM                            # AVG runs as SUM, divided once at the end
         return bool(self.flags[i][_flag(COLLECTIVES.index(coll), code, op)])
 
-    def _hetccl(self, coll, nbytes, p) -> float:
+    def _hetccl(self, coll, nbytes, p, busy=None) -> float:
+        """Seconds of hetccl's cheapest algorithm for ``coll`` among p ranks while ``busy`` ranks of
+        the communicator work (default p: the others wait). An island's own step is priced so:
+        on an oversubscribed machine the islands' steps are summed (_steps), so each must be its
+        time with the CPUs to its own ranks, which a model fitted while every rank worked
+        overstates (LinkCost.crowded; in the validation run of 2026-12-07 the hetccl island's
+        2-rank steps at 4 ranks on 2 cores were priced as if all four ranks moved bytes)."""
         if p < 2:
             return 0.0
-        c = self.tuner.cost.at(nbytes, coll)
+        c = self.tuner.cost.at(nbytes, coll).crowded(p if busy is None else busy, self.p)
         costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
         return min(costs) + SUB_CALL if costs else math.inf
 
@@ -285,7 +291,7 @@ class IslandPricer:
             s = len(self.islands[0].ranks)
             if self.equal and s > 1:
                 out["rails"] = (self._steps("reduce_scatter", nbytes, code, op)
-                                + self._hetccl("allreduce", nbytes / s, nI)
+                                + self._hetccl("allreduce", nbytes / s, nI, busy=self.p)   # every rail at once
                                 + self._steps("allgather", nbytes, code, op))
             return out
         if collective == "allgather":
