@@ -219,7 +219,7 @@ def test_the_communicator_runs_what_the_tuning_file_measured(tmp_path):
 
 @pytest.mark.parametrize("content,why", [
     ("{not json", "unreadable"), (json.dumps({"format": "other"}), "not a hetccl-tuning file"),
-    (None, "written by hetccl 0.0.1"), (None, "measured on host"), (None, "version 1;")])
+    (None, "written by hetccl 0.0.1"), (None, "measured on host"), (None, "version 1;"), (None, "version 2;")])
 def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, content, why, caplog):
     from hetccl.collectives import tuning_file
     path = tmp_path / "t.json"
@@ -227,8 +227,8 @@ def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, cont
         path.write_text(content)
     elif "written by" in why:
         _write_tuning(path, hetccl="0.0.1")
-    elif "version" in why:                      # [alpha, beta] bridges, the fastest repetitions
-        _write_tuning(path, version=1)
+    elif "version" in why:                      # [alpha, beta(, beta_out)] bridges, one cold call per size
+        _write_tuning(path, version=int(why.split()[1].rstrip(";")))
     else:
         _write_tuning(path, host="another-machine")
     tuning_file._warned.clear()
@@ -242,15 +242,18 @@ def test_a_stale_or_corrupt_tuning_file_warns_once_and_is_ignored(tmp_path, cont
 
 @pytest.mark.parametrize("bridges", [
     {"mpi": {"allreduce": [3e-6, 2.4e-10]}},                  # version 1's two fields
-    {"mpi": {"allreduce": [3e-6, "fast", 6e-10]}}, {"mpi": {"allreduce": [3e-6, -1.0, 6e-10]}},
-    {"mpi": {"allreduce": [3e-6, float("nan"), 6e-10]}}, {"mpi": [1, 2, 3]}, "mpi"])
+    {"mpi": {"allreduce": [3e-6, 2.4e-10, 6e-10]}},           # version 2's line
+    {"mpi": {"allreduce": [[8, 3e-6], [1 << 20, "fast"]]}}, {"mpi": {"allreduce": [[8, 3e-6], [1 << 20, -1.0]]}},
+    {"mpi": {"allreduce": [[8, 3e-6], [1 << 20, float("nan")]]}}, {"mpi": {"allreduce": []}},
+    {"mpi": {"allreduce": [[1 << 20, 3e-4], [8, 3e-6]]}},      # sizes not ascending
+    {"mpi": {"allreduce": [[8, 3e-6, 1.0]]}}, {"mpi": [1, 2, 3]}, "mpi"])
 def test_malformed_bridge_prices_leave_their_entry_out_with_one_warning(tmp_path, bridges, caplog):
     from hetccl.collectives import tuning_file
     from hetccl.simulate.costs import bridge_prices
     path = tmp_path / "t.json"
     _write_tuning(path)
     doc = json.loads(path.read_text())
-    good = dict(doc["entries"][0], ranks=4, bridges={"mpi": {"allreduce": [3e-6, 2.4e-10, 6e-10]}})
+    good = dict(doc["entries"][0], ranks=4, bridges={"mpi": {"allreduce": [[8, 3e-6], [1 << 20, 3e-4]]}})
     doc["entries"] = [dict(doc["entries"][0], bridges=bridges), good]
     path.write_text(json.dumps(doc))
     tuning_file._warned.clear()
@@ -259,18 +262,29 @@ def test_malformed_bridge_prices_leave_their_entry_out_with_one_warning(tmp_path
         tuning_file.read(str(path))
     assert [e["ranks"] for e in got["entries"]] == [4]
     assert sum("malformed" in r.getMessage() for r in caplog.records) == 1
-    assert bridge_prices(got) == {"mpi": {"allreduce": (3e-6, 2.4e-10, 6e-10)}}
+    assert bridge_prices(got) == {"mpi": {"allreduce": ((8, 3e-6), (1 << 20, 3e-4))}}
 
 
-def test_a_bridge_call_is_priced_through_its_three_measured_sizes():
-    from hetccl.collectives.islands import PROBE_SIZES, bridge_time
+def test_a_bridge_call_is_priced_through_its_measured_sizes():
+    from hetccl.collectives.islands import PROBE_SIZES, bridge_time, legacy_points, price_points
+    times = [4e-6, 30e-6, 60e-6, 300e-6, 1.5e-3, 15e-3]        # per byte: rising past 256K and past 4M
+    pts = price_points(times)
+    assert [n for n, _ in pts] == list(PROBE_SIZES)
+    for n, want in zip(PROBE_SIZES, times):
+        assert bridge_time(pts, n) == pytest.approx(want)
+    assert bridge_time(pts, 0) == pytest.approx(times[0])
+    assert bridge_time(pts, (PROBE_SIZES[1] + PROBE_SIZES[2]) // 2) == pytest.approx((times[1] + times[2]) / 2)
+    # beyond the largest size the last stretch's rate holds; 64 MiB costs 4x 16 MiB and more
+    slope = (times[-1] - times[-2]) / (PROBE_SIZES[-1] - PROBE_SIZES[-2])
+    assert bridge_time(pts, 64 << 20) == pytest.approx(times[-1] + slope * (48 << 20))
+    # a falling last stretch (noise) is not extrapolated downwards
+    assert bridge_time(((8, 1e-5), (1 << 20, 1e-3), (4 << 20, 9e-4)), 64 << 20) == pytest.approx(9e-4)
+    # a record's [alpha, beta, beta_out] is priced on its own line
     alpha, beta, beta_out = 4e-6, 2.4e-10, 6e-10
-    t = [alpha, alpha + beta * PROBE_SIZES[1], alpha + beta * PROBE_SIZES[1] + beta_out * (PROBE_SIZES[2] - PROBE_SIZES[1])]
-    for n, want in zip((0, PROBE_SIZES[1], PROBE_SIZES[2]), t):
-        assert bridge_time((alpha, beta, beta_out), n) == pytest.approx(want)
-    # beyond the largest size the out-of-cache rate holds; a 64 MiB step costs 2.4x the in-cache line
-    assert bridge_time((alpha, beta, beta_out), 64 << 20) == pytest.approx(t[2] + beta_out * (48 << 20))
-    assert bridge_time((alpha, beta, beta_out), 64 << 20) > 2.4 * (alpha + beta * (64 << 20))
+    old = legacy_points(alpha, beta, beta_out)
+    for n in (0, 1000, 1 << 20, 5 << 20, 64 << 20):
+        want = alpha + beta * min(n, 1 << 20) + beta_out * max(0, n - (1 << 20))
+        assert bridge_time(old, n) == pytest.approx(want)
 
 
 def _garbage_case(rank, size):
@@ -424,3 +438,34 @@ def test_bench_compare_runs_gloo_in_the_same_job_and_says_why_mpi_is_left_out(tm
     bad = run_command([sys.executable, "-m", "hetccl", "run", "-n", "2", "--", sys.executable, "-m", "hetccl", "bench",
                        "--compare", "nccl", "--sizes", "4K"], timeout=120)
     assert bad.returncode != 0 and "unknown peer 'nccl'" in bad.stdout
+
+
+def test_an_island_step_on_crowded_cores_is_priced_with_its_own_ranks_at_work():
+    """4 ranks on 2 CPUs, an MPI island (0,1) and a hetccl island (2,3): the islands' steps are
+    summed, so the hetccl island's 2-rank step is priced as its two ranks alone (beta_free), the
+    rails' step, in which every rank works, at the all-ranks beta."""
+    from hetccl.bridges.formation import HETCCL, Island
+    from hetccl.collectives.cost_model import TUNED, CostModel, LinkCost
+    from hetccl.collectives.islands import COLLECTIVES, PRICE_FIELDS, IslandPricer
+    from hetccl.collectives.tuner import Tuner
+    from hetccl import dtypes
+    from hetccl.ops import ReduceOp
+    isl = [Island("mpi", (0, 1), 0, "job"), Island(HETCCL, (2, 3), 2)]
+    mpi = [1e-3] * (PRICE_FIELDS * len(COLLECTIVES))            # 1 ms per MPI step at every size
+    flags = [np.ones(4096, bool), None]
+
+    def priced(beta_free):
+        cost = LinkCost(2e-6, 4e-10, 2e-11, fifo=True, beta_free=beta_free, share=2.0)
+        tuner = Tuner(4, CostModel(cost, TUNED, "test", ("c2c",)))
+        return IslandPricer(isl, [mpi, None], flags, False, True, tuner), tuner
+    n = 1 << 20
+    crowded, tuner = priced(0.0)              # no beta_free measured: every step pays beta
+    free, _ = priced(2e-10)
+    f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
+    assert free._step(1, "reduce_scatter", n, f32, SUM) < crowded._step(1, "reduce_scatter", n, f32, SUM)
+    assert free._step(0, "reduce_scatter", n, f32, SUM) == crowded._step(0, "reduce_scatter", n, f32, SUM)
+    assert free._hetccl("allreduce", n / 2, 2, busy=4) == crowded._hetccl("allreduce", n / 2, 2, busy=4)
+    rails = free.forms("allreduce", n, f32, SUM)["rails"]
+    assert rails == pytest.approx(free._steps("reduce_scatter", n, f32, SUM) + free._hetccl("allreduce", n / 2, 2, busy=4)
+                                  + free._steps("allgather", n, f32, SUM))
+    assert rails < crowded.forms("allreduce", n, f32, SUM)["rails"]

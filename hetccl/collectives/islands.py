@@ -27,17 +27,22 @@ Memory: a bridge whose ``memory`` is not host memory gets its buffers staged (``
 into a buffer of its memory type before its step and back after; host bridges (MPI) use the
 caller's buffers directly.
 
-Pricing: at creation every bridged island times its native collectives at three sizes (alpha =
-time at 8 bytes, beta = added time per byte up to 1 MiB, beta_out = added time per byte from 1 to
-16 MiB, out of cache and at the size from which streaming stores and a library's large-message
-protocols take over (host-memory bridges only: a device bridge keeps its 1 MiB slope); per repetition the slowest island rank, the median of ``REPS`` as a loop of
-calls pays it; ``SMALL_CALLS`` calls per repetition at 8 bytes), cached per island for the job. A
-call is priced piecewise linearly through the three (``bridge_time``): in the validation run of
-2026-12-07, Open MPI's 16-64 MiB steps priced from 8 B and 1 MiB alone came out 40% too fast.
+Pricing: at creation every bridged island times its native collectives at ``PROBE_SIZES`` (8 B, 64
+and 256 KiB, 1, 4 and 16 MiB; a device bridge up to 1 MiB, its last slope extended beyond: its bytes
+stay in device memory, out of reach of the CPUs' caches), each size as a loop of calls pays it: one
+untimed call first, so the buffers are where a loop at that size keeps them, then ``loop_calls``
+calls timed together; per repetition the slowest island rank, the median of ``REPS``. A call is
+priced piecewise linearly through the measured sizes (``bridge_time``). Why this many sizes and
+why warm: in the validation runs of 2026-12-07 a probe that timed one call per size, right after
+the previous collective's 16 MiB call had evicted the buffers, priced Open MPI's 256 KiB-4 MiB
+reduce_scatter and allgather 1.2-2.8x what a loop of them costs, and lines from 8 B to 1 MiB and
+from 1 to 16 MiB missed that its time per byte rises past 256 KiB and again past 4 MiB (the
+composed allreduce came out 25-109% too slow at 64 KiB-4 MiB; bench/bridge_probe_ab.py).
+The figures are cached per island for the job.
 Every rank gathers every island's figures and which (collective, dtype, op) each bridge supports,
 so every rank prices alike; hetccl's own steps are priced by the communicator's measured model
 (collectives/cost_model.py); on an oversubscribed machine the islands' steps add up instead of
-overlapping. The lowest predicted time among
+overlapping, each priced as its own ranks running alone (LinkCost.crowded). The lowest predicted time among
 the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
 ``comm.explain()`` prints the table.
 """
@@ -68,22 +73,48 @@ log = logging.getLogger("hetccl")
 NAME = "islands"
 COMPOSED_COLLECTIVES = ("allreduce", "allgather", "broadcast")
 BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer spec)
-PROBE_SIZES = (8, 1 << 20, 16 << 20)  # bytes: alpha at the first, beta to the second, beta_out beyond
-PRICE_FIELDS = 3            # per collective: alpha, beta, beta_out
+PROBE_SIZES = (8, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)  # bytes a bridge is timed at (bridge_time)
+DEVICE_SIZES = 4            # a device bridge is timed up to 1 MiB (module docstring)
+PRICE_FIELDS = len(PROBE_SIZES)  # per collective: seconds at each probe size
 REPS = 5
 SMALL_CALLS = 20            # calls per repetition at the small size (one call is below timer noise)
+LOOP_BYTES = 4 << 20        # bytes moved per timed repetition at the larger sizes (loop_calls)
 _OPS = list(ReduceOp)
 _NFLAGS = len(COLLECTIVES) * len(dtypes.NAMES) * len(_OPS)
-_measured = {}             # (kind, key, ranks) -> [alpha, beta] x COLLECTIVES, for this job
+_measured = {}             # (kind, key, ranks) -> seconds at PROBE_SIZES x COLLECTIVES, for this job
 
 
-def bridge_time(price, nbytes) -> float:
-    """Seconds of one bridge call on nbytes from its measured (alpha, beta, beta_out): beta for the
-    bytes up to the middle probe size (in cache), beta_out for the rest, so the measured three
-    sizes cost what they measured and a larger call what the last stretch costs per byte."""
-    alpha, beta, beta_out = price
-    knee = PROBE_SIZES[1]
-    return alpha + beta * min(nbytes, knee) + beta_out * max(0, nbytes - knee)
+def loop_calls(nbytes) -> int:
+    """Calls the probe times together at one size: SMALL_CALLS at the smallest, else enough to
+    move LOOP_BYTES (at least one)."""
+    return SMALL_CALLS if nbytes <= PROBE_SIZES[0] else max(1, LOOP_BYTES // nbytes)
+
+
+def price_points(times, sizes=PROBE_SIZES) -> tuple:
+    """((bytes, seconds), ...) of one collective's measured times at ``sizes``: what bridge_time
+    interpolates, as the tuning file and the simulator's records keep it."""
+    return tuple((int(n), float(t)) for n, t in zip(sizes, times))
+
+
+def legacy_points(alpha, beta, beta_out=None) -> tuple:
+    """The points of a price kept as [alpha, beta(, beta_out)] (records and tuning files before the
+    probe timed 4 MiB): the same line, alpha plus beta to 1 MiB and beta_out beyond."""
+    knee, far = 1 << 20, 16 << 20
+    beta_out = beta if beta_out is None else beta_out
+    return ((0, alpha), (knee, alpha + beta * knee), (far, alpha + beta * knee + beta_out * (far - knee)))
+
+
+def bridge_time(points, nbytes) -> float:
+    """Seconds of one bridge call on nbytes from its measured points ((bytes, seconds), sizes
+    ascending): linear between the two around nbytes, the first one's time below it, the last
+    stretch's slope (never falling) beyond the largest."""
+    n0, t0 = points[0]
+    if nbytes <= n0 or len(points) < 2:
+        return t0
+    for (na, ta), (nb, tb) in zip(points, points[1:]):
+        if nbytes <= nb:
+            return ta + (tb - ta) * (nbytes - na) / (nb - na)
+    return tb + max(0.0, (tb - ta) / (nb - na)) * (nbytes - nb)
 
 
 def _unpriced(nbytes, p, c):
@@ -177,7 +208,7 @@ class Staging:
 
 class IslandPricer:
     """Prices and choices of the island forms for a group described by its islands, each bridged
-    island's measured [alpha, beta] per collective (``prices``, in COLLECTIVES order) and which
+    island's measured seconds at PROBE_SIZES per collective (``prices``, in COLLECTIVES order) and which
     (collective, dtype, op) its bridge runs (``flags``), the group's flat tuner and its topology
     planner (hierarchical.TopologyPricer, or None): no communicator needed. The communicator's
     IslandPlan (below) is one; the simulator (hetccl/simulate/) builds one from a topology file,
@@ -205,10 +236,16 @@ class IslandPricer:
             op = ReduceOp.SUM                            # AVG runs as SUM, divided once at the end
         return bool(self.flags[i][_flag(COLLECTIVES.index(coll), code, op)])
 
-    def _hetccl(self, coll, nbytes, p) -> float:
+    def _hetccl(self, coll, nbytes, p, busy=None) -> float:
+        """Seconds of hetccl's cheapest algorithm for ``coll`` among p ranks while ``busy`` ranks of
+        the communicator work (default p: the others wait). An island's own step is priced so:
+        on an oversubscribed machine the islands' steps are summed (_steps), so each must be its
+        time with the CPUs to its own ranks, which a model fitted while every rank worked
+        overstates (LinkCost.crowded; in the validation run of 2026-12-07 the hetccl island's
+        2-rank steps at 4 ranks on 2 cores were priced as if all four ranks moved bytes)."""
         if p < 2:
             return 0.0
-        c = self.tuner.cost.at(nbytes, coll)
+        c = self.tuner.cost.at(nbytes, coll).crowded(p if busy is None else busy, self.p)
         costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
         return min(costs) + SUB_CALL if costs else math.inf
 
@@ -223,16 +260,14 @@ class IslandPricer:
 
     def _price_note(self, i) -> str:
         """How island i's bridge is priced, for explain()."""
-        a, b, bo = self.prices[i][:PRICE_FIELDS]
-
-        def bw(x):
-            return f"{1 / x / 1e9:.3g} GB/s" if x > 0 else "inf"
-        return f"allreduce alpha={a * 1e6:.1f} us, beta={bw(b)}, beyond 1 MiB {bw(bo)} (measured)"
+        from ..benchmark.format import format_size
+        pts = price_points(self.prices[i][:PRICE_FIELDS])
+        return "allreduce " + ", ".join(f"{format_size(n)} {t * 1e6:.1f} us" for n, t in pts) + " (measured)"
 
     def _bridge_time(self, i, coll, nbytes) -> float:
         """Seconds of island i's bridge running ``coll`` on nbytes, from its measured prices."""
         ci = COLLECTIVES.index(coll)
-        return bridge_time(self.prices[i][PRICE_FIELDS * ci:PRICE_FIELDS * (ci + 1)], nbytes)
+        return bridge_time(price_points(self.prices[i][PRICE_FIELDS * ci:PRICE_FIELDS * (ci + 1)]), nbytes)
 
     def _steps(self, coll, nbytes, code, op, per_rank=False):
         """The islands run their steps at once: the slowest sets the pace, unless the machine is
@@ -256,7 +291,7 @@ class IslandPricer:
             s = len(self.islands[0].ranks)
             if self.equal and s > 1:
                 out["rails"] = (self._steps("reduce_scatter", nbytes, code, op)
-                                + self._hetccl("allreduce", nbytes / s, nI)
+                                + self._hetccl("allreduce", nbytes / s, nI, busy=self.p)   # every rail at once
                                 + self._steps("allgather", nbytes, code, op))
             return out
         if collective == "allgather":
@@ -415,8 +450,8 @@ class IslandPlan(IslandPricer):
         return next(i for i, isl in enumerate(self.islands) if rank in isl.ranks)
 
     def _probe(self):
-        """[alpha, beta, beta_out] per collective of COLLECTIVES for this island's bridge (slowest
-        island rank per repetition, the median repetition)."""
+        """Seconds at PROBE_SIZES per collective of COLLECTIVES for this island's bridge (slowest
+        island rank per repetition, the median repetition; see the module docstring)."""
         key = (self.island.kind, self.island.key, self.island.ranks, self.bridge.size)
         hit = _measured.get(key)
         if hit is not None:
@@ -427,7 +462,7 @@ class IslandPlan(IslandPricer):
         # out of cache is a host-memory matter (the CPUs' caches): a device bridge's bytes stay in
         # device memory, and its 1 MiB slope prices it beyond (nor does every device library or
         # test double take 16 MiB in one call)
-        sizes = PROBE_SIZES if st.host else PROBE_SIZES[:2]
+        sizes = PROBE_SIZES if st.host else PROBE_SIZES[:DEVICE_SIZES]
         bufs = {n: (np.ones(max(s, n // 4), np.float32), np.empty(max(s, n // 4), np.float32)) for n in sizes}
         sync = np.zeros(1, np.float32)
         if not st.host:                          # a device bridge is timed on its own memory
@@ -454,7 +489,9 @@ class IslandPlan(IslandPricer):
                     send, recv = bufs[n]
                     size = send.count if not st.host else send.size
                     count = size - size % s
-                    k = SMALL_CALLS if si == 0 else 1
+                    k = loop_calls(n)
+                    if n < PROBE_SIZES[-1]:      # where a loop at this size keeps its buffers (the
+                        one(coll, send, recv, count)   # largest is out of cache either way)
                     b.allreduce(sync, sync, 1, f32, ReduceOp.SUM)
                     t0 = time.perf_counter()
                     for _ in range(k):
@@ -470,11 +507,11 @@ class IslandPlan(IslandPricer):
             st.release()                         # back to the bridge's pool for the real calls
         out = []
         for ci in range(len(COLLECTIVES)):
-            t = worst[ci]
-            alpha = float(t[0])
-            beta = max(0.0, (t[1] - alpha) / (PROBE_SIZES[1] - PROBE_SIZES[0]))
-            beta_out = max(0.0, (t[2] - t[1]) / (PROBE_SIZES[2] - PROBE_SIZES[1])) if len(sizes) > 2 else beta
-            out += [alpha, beta, beta_out]
+            t = [float(x) for x in worst[ci][:len(sizes)]]
+            if len(sizes) < len(PROBE_SIZES):    # a device bridge: its last slope carries on
+                pts = price_points(t, sizes)
+                t += [bridge_time(pts, n) for n in PROBE_SIZES[len(sizes):]]
+            out += t
         _measured[key] = out
         return out
 

@@ -8,15 +8,15 @@ algorithm timed over a size sweep, in a quiet window, on the job's own ranks and
 where the user says, shipped with the job, and read by the simulator so that a prediction starts
 from the same numbers the runtime uses.
 
-Format (version 2)::
+Format (version 3)::
 
-    {"format": "hetccl-tuning", "version": 2, "hetccl": "0.1.0", "build": "0.1.0+ab12..",
+    {"format": "hetccl-tuning", "version": 3, "hetccl": "0.1.0", "build": "0.1.0+ab12..",
      "host": "<host id of rank 0>", "measured_at": "2026-12-03 10:00 UTC", "budget_s": 60,
      "entries": [
        {"links": "c2c", "ranks": 4, "local": 4, "placement": "self,c2c,c2c,c2c", "complete": true,
         "cost": {"alpha": 6e-07, "beta": 1.4e-10, "gamma": 1e-11, "beta_out": 2.1e-10,
                  "gamma_out": 6e-11, "cache_bytes": 2097152},
-        "bridges": {"mpi": {"allreduce": [3e-06, 2.4e-10, 6e-10], ...}},
+        "bridges": {"mpi": {"allreduce": [[8, 4e-06], [1048576, 0.0002], [4194304, 0.0009], ...], ...}},
         "collectives": {"allreduce": {"sizes": [65536, ...], "best": ["ring", ...],
                                        "model": ["ring", ...], "times_us": {"ring": [..], ..}}}}]}
 
@@ -26,11 +26,12 @@ algorithm per size) only when the placement also matches (rank 0's link class to
 
 ``cost`` holds the cost model's parameters (cost_model.PARAMS: in cache and out of it); a file of
 an older hetccl with alpha, beta and gamma only is read as one beta and gamma at every size.
-``bridges`` (when the job had islands): per bridge kind and collective, [alpha, beta, beta_out]
-as collectives/islands.py bridge_time prices them. Version 1 held [alpha, beta] from the fastest
-of the probe's repetitions at two sizes: such a file is stale and ignored with one warning (the
-communicator probes instead; ``hetccl tune`` writes a new one). An entry whose ``bridges`` are not
-three finite non-negative numbers per collective is left out, with the same one warning.
+``bridges`` (when the job had islands): per bridge kind and collective, the measured [bytes,
+seconds] points collectives/islands.py bridge_time interpolates. Versions 1 and 2 held [alpha,
+beta(, beta_out)] from one call per size, taken with the buffers out of cache: such a file is stale
+and ignored with one warning (the communicator probes instead; ``hetccl tune`` writes a new one).
+An entry whose ``bridges`` are not [bytes, seconds] pairs of finite non-negative numbers, sizes
+ascending, is left out, with the same one warning.
 
 A file that cannot be read or parsed, of another format or version, made by another hetccl
 version or on another host, is ignored with one warning per process (``log.warning``), never an
@@ -51,7 +52,7 @@ from .cost_model import LinkCost
 log = logging.getLogger("hetccl.tuning")
 
 FORMAT = "hetccl-tuning"
-VERSION = 2               # 2: bridge prices [alpha, beta, beta_out], median repetitions
+VERSION = 3               # 3: bridge prices as measured [bytes, seconds] points, timed as loops
 ENV = "HETCCL_TUNING_FILE"
 # the collectives a tuning file may hold measured choices for, in a fixed order (the communicator
 # broadcasts them as numbers: see encode_best)
@@ -105,15 +106,19 @@ def _valid_entry(e) -> bool:
 
 
 def _valid_bridges(b) -> bool:
-    """None, or {kind: {collective: [alpha, beta, beta_out]}} of finite numbers >= 0."""
+    """None, or {kind: {collective: [[bytes, seconds], ...]}}: finite numbers >= 0, sizes ascending."""
     if b is None:
         return True
+
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+    def points(p):
+        return (isinstance(p, list) and len(p) > 0
+                and all(isinstance(q, list) and len(q) == 2 and all(number(x) for x in q) for q in p)
+                and all(a[0] < b_[0] for a, b_ in zip(p, p[1:])))
     return isinstance(b, dict) and all(
-        isinstance(colls, dict) and all(
-            isinstance(p, list) and len(p) == 3 and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in p)
-            for p in colls.values())
-        for colls in b.values())
+        isinstance(colls, dict) and all(points(p) for p in colls.values()) for colls in b.values())
 
 
 def read(path: str | None = None, host: str | None = None, strict_version: bool = True) -> dict | None:

@@ -67,12 +67,12 @@ def model_for(topo, load: float = 0.0, path: str | None = None, transports: str 
 
 
 def bridge_prices(doc) -> dict:
-    """{bridge kind: {collective: (alpha, beta, beta_out)}}: what the islands' bridges measured when
+    """{bridge kind: {collective: ((bytes, seconds), ...)}}: what the islands' bridges measured when
     the job that wrote the file had islands (collectives/islands.py IslandPlan._probe), merged over
     entries (tuning_file.read has left out entries whose prices are malformed)."""
     out = {}
     for e in (doc or {}).get("entries", []):
         for kind, colls in (e.get("bridges") or {}).items():
             for coll, price in colls.items():
-                out.setdefault(kind, {})[coll] = tuple(float(x) for x in price)
+                out.setdefault(kind, {})[coll] = tuple((int(n), float(t)) for n, t in price)
     return out

@@ -120,7 +120,8 @@ def sub_topology(topo: Topology, ranks, parts: dict | None = None) -> Topology:
 class SimulatedIslands(IslandPricer):
     """IslandPricer whose bridged islands' times come from a model of the island, not a probe:
     a TopologyPricer over the island's ranks (the cheapest algorithm it knows for the step), or
-    the measured [alpha, beta, beta_out] of that bridge kind when the tuning file has them."""
+    the measured points (collectives/islands.py bridge_time) of that bridge kind when the tuning
+    file has them."""
 
     def __init__(self, islands, tuner, topo_plan, topo, load, measured=None):
         flags = []

@@ -48,15 +48,17 @@ def predict(rec, transports=None):
     from .costs import model_for
     from .group import Group
     from ..collectives.cost_model import PARAMS
+    from ..collectives.islands import legacy_points
     topo = topofile.from_dict(rec["topology"], "recorded job")
     topo.source = rec.get("source", topo.source)   # discovered: the planner prices the network as the job did
     doc = tuning_file.new_document("recorded", None)
     entry = {"links": rec["model"]["links"], "ranks": rec["ranks"], "local": rec["local"],
              "cost": refit(rec) or {k: rec["model"][k] for k in PARAMS if k in rec["model"]}}
     if rec.get("bridges"):
-        # records of runs before bridges were timed out of cache hold [alpha, beta]: that run's
-        # bridge was priced with beta at every size, and is predicted so
-        entry["bridges"] = {kind: {c: (list(p) + [p[1]])[:3] for c, p in colls.items()}
+        # records of runs before the probe timed 4 MiB hold [alpha, beta(, beta_out)]: that run's
+        # bridge was priced on that line, and is predicted so
+        entry["bridges"] = {kind: {c: [list(q) for q in (legacy_points(*p) if not isinstance(p[0], list) else p)]
+                                   for c, p in colls.items()}
                             for kind, colls in rec["bridges"].items()}
     tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
     try:

@@ -163,17 +163,18 @@ def _entry(comm, model, table, complete) -> dict:
 
 
 def bridge_prices_of(comm) -> dict:
-    """{bridge kind: {collective: [alpha, beta, beta_out]}} the communicator's islands measured at
+    """{bridge kind: {collective: [[bytes, seconds], ...]}} the communicator's islands measured at
     creation (collectives/islands.py bridge_time)."""
     isl = comm.context.islands
     if isl is None:
         return {}
-    from ..collectives.islands import COLLECTIVES, PRICE_FIELDS
+    from ..collectives.islands import COLLECTIVES, PRICE_FIELDS, price_points
     out = {}
     for i, island in enumerate(isl.islands):
         if island.bridged and isl.prices[i] is not None:
             pr = [float(x) for x in isl.prices[i]]
-            out[island.kind] = {c: pr[PRICE_FIELDS * k:PRICE_FIELDS * (k + 1)] for k, c in enumerate(COLLECTIVES)}
+            out[island.kind] = {c: [list(q) for q in price_points(pr[PRICE_FIELDS * k:PRICE_FIELDS * (k + 1)])]
+                                for k, c in enumerate(COLLECTIVES)}
     return out
 
 

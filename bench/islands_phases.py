@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""The islands' composed allreduce, phase by phase: measured beside what the cost model prices.
+
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 4 --oversubscribe \\
+        python bench/islands_phases.py [--sizes 64K,256K,1M,4M,16M] [--reps 7] [--json OUT]
+
+The job is bench/validate_sim.py's islands case: ranks 0,1 an MPI island, 2,3 on hetccl. Its
+``rails`` form runs (i) each island's reduce_scatter, both islands at once, (ii) the rails' 2-rank
+allreduce of a shard, (iii) each island's allgather, both islands at once. For each size this
+times, in one process set:
+
+- ``whole``: the composed call (``algorithm="islands"``);
+- ``rs``, ``rail``, ``ag``: each phase alone, every rank taking part as in the composed call;
+- ``rs@mpi``, ``rs@hetccl``, ``ag@mpi``, ``ag@hetccl``: one island's step while the other
+  island's ranks sleep (the step's own time on an otherwise idle machine);
+
+and prints, per phase, what collectives/islands.py's IslandPricer charges (``_step``, ``_hetccl``,
+``_steps``) from the communicator's own cost model and the bridge's probed prices. So a
+composed prediction that is off can be traced to the phase, and the phase to the island, whose
+price is off. Time per repetition: the slowest rank of the phase, a loop of calls calibrated to
+~20 ms; the median over --reps repetitions, variants interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import checkout  # noqa: E402,F401  (which hetccl: installed, or this checkout)
+
+LOOP_S = 0.02
+
+
+def sleepy_barrier(world):
+    """All ranks of ``world`` (mpi4py) meet without burning a CPU while they wait."""
+    req = world.Ibarrier()
+    while not req.Test():
+        time.sleep(2e-4)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="64K,256K,1M,4M,16M")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--json", default=None, help="rank 0 writes the table here")
+    args = ap.parse_args(argv)
+    import hetccl
+    from hetccl import dtypes
+    from hetccl.benchmark import format as fmt
+    from hetccl.bridges.base import COLLECTIVES
+    from hetccl.collectives.islands import PROBE_SIZES
+    from hetccl.ops import ReduceOp
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    comm = hetccl.init(timeout=600, bridges={0: "mpi", 1: "mpi"})
+    try:
+        plan = comm.context.islands
+        assert plan is not None and len(plan.islands) == 2, "expected two islands (mpirun -np 4)"
+        mine, s = plan.mine, len(plan.island.ranks)
+        f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
+        sizes = fmt.parse_sizes(args.sizes)
+        plan.subs()
+
+        def variants(n):
+            count = n // 4
+            main_ = count - count % s
+            src = np.ones(count, np.float32)
+            dst = np.empty(count, np.float32)
+            shard = np.ones(main_ // s, np.float32)
+            big = np.empty(main_, np.float32)
+
+            def whole():
+                comm.allreduce(src, out=dst, algorithm="islands")
+
+            def rs():
+                plan._reduce_scatter(src[:main_], shard, f32, SUM, 600)
+
+            def rail():
+                plan.subs()[2].allreduce(shard, SUM, timeout=600)
+
+            def ag():
+                plan._allgather(shard, big, 600)
+
+            def flat():
+                comm.allreduce(src, out=dst, algorithm="ring")
+            return {"whole": (whole, None), "rs": (rs, None), "rail": (rail, None), "ag": (ag, None),
+                    "rs@mpi": (rs, 0), "rs@hetccl": (rs, 1), "ag@mpi": (ag, 0), "ag@hetccl": (ag, 1),
+                    "flat ring": (flat, None)}
+
+        def timed(fn, only, k):
+            """Seconds per call on this rank (None: not taking part), after a sync of the takers."""
+            sleepy_barrier(world)
+            if only is not None and only != mine:
+                return None
+            sub = plan.subs()[0] if only is not None else None
+            sync = np.zeros(1, np.float32)
+            if sub is not None:
+                sub.allreduce(sync, SUM, timeout=600)
+            else:
+                comm.allreduce(sync, timeout=600)
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            return (time.perf_counter() - t0) / k
+
+        def slowest(t):
+            ts = world.allgather(t)
+            return max(x for x in ts if x is not None)
+
+        results = {}
+        for n in sizes:
+            vs = variants(n)
+            loops = {}
+            for name, (fn, only) in vs.items():          # calibrate: one call, then ~LOOP_S of them
+                t1 = slowest(timed(fn, only, 1))
+                t1 = slowest(timed(fn, only, 1))
+                loops[name] = max(1, int(LOOP_S / max(t1, 1e-6)))
+                loops[name] = world.bcast(loops[name], root=0)
+            reps = {name: [] for name in vs}
+            for _ in range(args.reps):
+                for name, (fn, only) in vs.items():
+                    reps[name].append(slowest(timed(fn, only, loops[name])))
+            results[n] = {name: statistics.median(ts) for name, ts in reps.items()}
+
+        if comm.rank == 0:
+            rows = []
+            for n in sizes:
+                code = f32
+                m = results[n]
+                pr = {
+                    "rs@mpi": plan._step(0, "reduce_scatter", n, code, SUM),
+                    "rs@hetccl": plan._step(1, "reduce_scatter", n, code, SUM),
+                    "rail": plan._hetccl("allreduce", n / s, len(plan.islands)),
+                    "ag@mpi": plan._step(0, "allgather", n, code, SUM),
+                    "ag@hetccl": plan._step(1, "allgather", n, code, SUM),
+                }
+                pr["rs"] = plan._steps("reduce_scatter", n, code, SUM)
+                pr["ag"] = plan._steps("allgather", n, code, SUM)
+                pr["whole"] = plan.forms("allreduce", n, code, SUM).get("rails")
+                rows.append({"size": n, "measured_us": {k: v * 1e6 for k, v in m.items()},
+                             "priced_us": {k: v * 1e6 for k, v in pr.items()}})
+            print(f"# islands phases; load average {os.getloadavg()[0]:.2f}; oversubscribed {plan._over}; "
+                  f"model {comm.context.tuner.model.origin} {comm.context.tuner.cost.params()}")
+            print(f"# mpi bridge prices (seconds at {PROBE_SIZES} per collective {COLLECTIVES}): "
+                  f"{[round(float(x) * 1e6, 1) for x in plan.prices[0]]} us")
+            names = ["whole", "rs", "rail", "ag", "rs@mpi", "rs@hetccl", "ag@mpi", "ag@hetccl", "flat ring"]
+            print(f"{'size':>6} " + " ".join(f"{x:>19}" for x in names) + "   (measured / priced us)")
+            for r in rows:
+                cells = []
+                for x in names:
+                    mv, pv = r["measured_us"].get(x), r["priced_us"].get(x)
+                    cells.append(f"{mv:9.1f}/{pv:9.1f}" if pv is not None else f"{mv:9.1f}/{'-':>9}")
+                print(f"{fmt.format_size(r['size']):>6} " + " ".join(f"{c:>19}" for c in cells))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"rows": rows, "prices": list(map(float, plan.prices[0])),
+                               "model": comm.context.tuner.cost.params(),
+                               "loadavg": os.getloadavg()[0]}, f, indent=1)
+    finally:
+        comm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
