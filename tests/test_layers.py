@@ -19,7 +19,7 @@ PKG = os.path.join(REPO_ROOT, "hetccl")
 # lowest first; a module may import its own layer and the layers below (docs/design.md)
 LAYERS = [
     ("ground", ["_native", "_checkout.py", "errors.py", "ops.py", "config.py", "version.py", "dtypes.py",
-                "context.py", "memory"]),
+                "units.py", "context.py", "memory"]),
     ("bridges, bootstrap", ["bridges", "bootstrap"]),
     ("topology", ["topology"]),
     ("transports", ["transports"]),

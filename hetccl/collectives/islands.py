@@ -61,6 +61,7 @@ from ..bridges.base import COLLECTIVES, HOST, BridgeError, BridgeUnavailable
 from ..errors import HetcclError
 from ..ops import ReduceOp
 from ..topology.cards import oversubscription
+from ..units import size_label
 from . import registry, schedules
 from .scratch import scratch
 from .staged import DevicePath
@@ -260,9 +261,8 @@ class IslandPricer:
 
     def _price_note(self, i) -> str:
         """How island i's bridge is priced, for explain()."""
-        from ..benchmark.format import format_size
         pts = price_points(self.prices[i][:PRICE_FIELDS])
-        return "allreduce " + ", ".join(f"{format_size(n)} {t * 1e6:.1f} us" for n, t in pts) + " (measured)"
+        return "allreduce " + ", ".join(f"{size_label(n)} {t * 1e6:.1f} us" for n, t in pts) + " (measured)"
 
     def _bridge_time(self, i, coll, nbytes) -> float:
         """Seconds of island i's bridge running ``coll`` on nbytes, from its measured prices."""

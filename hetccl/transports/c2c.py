@@ -25,6 +25,7 @@ import logging
 import os
 
 from ..errors import HetcclError, InvalidUsage, TransportError
+from ..units import size_label
 from .base import LinkContext, exchange_cards
 from .shm import ShmTransport
 
@@ -216,7 +217,7 @@ class C2CTransport(ShmTransport):
                       for k, v in direct_min.items())
             if direct_min is not None else "off (HETCCL_C2C_DIRECT=on switches it on when every pair is c2c)"))
         lines.append("single-copy plain buffers (cma, measured against the FIFOs): " + (
-            "; ".join(f"{k} at " + (", ".join(_size(n) for n, won in v if won) or "no size measured")
+            "; ".join(f"{k} at " + (", ".join(size_label(n) for n, won in v if won) or "no size measured")
                       for k, v in plain.items())
             if plain else "off (needs every pair c2c in cma mode; HETCCL_C2C_DIRECT=off also keeps it off)"))
         lines.append("comm.alloc buffers: " + (
@@ -242,10 +243,6 @@ class C2CTransport(ShmTransport):
         mode = self._mode(ctx)
         self.hand_over(ctx.engine, peer, sock.fileno(), seg, fb, low, _MODE_CODE[mode],
                        int(ctx.cards[peer]["pid"]), window_bytes(ctx.local_size))
-
-
-def _size(n: int) -> str:
-    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} B"
 
 
 def cma_permitted():
