@@ -196,9 +196,12 @@ def check_every_rank_sees_the_mismatch(results, case, words, senders=()):
         assert exc == "InvalidUsage", f"rank {r} ({case}): {exc}: {msg}"
         assert "mismatched collective" in msg, f"rank {r} did not say what went wrong: {msg}"
         assert after[0] == "CommAborted", f"rank {r} next call: {after}"
-    direct = [m for _, m, _, _ in results if "another rank failed first" not in m]
+    direct = [m for _, m, _, _ in results if m and "another rank failed first" not in m]
     assert direct, "no rank noticed the mismatch itself"
-    assert any(all(w in m for w in words) for m in direct), (words, direct)
+    # when a broadcast returned on some ranks, the odd one learns it from their next call: its
+    # message names that call, so only the first word (the collective it made) is certain
+    need = words if all(exc is not None for exc, _, _, _ in results) else words[:1]
+    assert any(all(w in m for w in need) for m in direct), (words, direct)
 
 
 def broadcast_roots(plan):
