@@ -18,8 +18,14 @@ Data movement (allgather, broadcast) works for every dtype (it moves bytes as MP
 
 Failure, as the other bridges: every call is MPI's non-blocking collective (MPI_Iallreduce, ...)
 polled with MPI_Test against the communicator's timeout (``timeout=``, HETCCL_TIMEOUT, else 600 s):
-a tight loop of 2000 Tests first (each drives MPI's progress), then Tests between sched_yield for 5 ms,
-then sleeps of 50 us growing to 1 ms (spin, yield, then block, as hetccl's own waits). Errors are
+a tight loop of 2000 Tests first (each drives MPI's progress), then Tests between sched_yield for 5 ms
+plus the time the call's bytes take at 250 MB/s (``yield_window``), then sleeps of 50 us growing to
+1 ms (spin, yield, then block, as hetccl's own waits). Why the window grows with the bytes: MPI
+advances a non-blocking collective only inside MPI_Test (no progress thread), and a schedule may
+need one Test per step on every rank: Open MPI's libnbc runs MPI_Ireduce on 2-4 ranks from 64 KiB as
+a chain of 8 KiB fragments, 2048 steps at 16 MiB, so a waiter that slept between Tests past 5 ms
+paid up to a sleep per step (0.66 s per 16 MiB reduce against 18-43 ms polled without sleeping).
+Errors are
 returned, not fatal (MPI_ERRORS_RETURN on the island's communicator), so a failed call raises
 BridgeError. A call past its deadline, or ``abort()`` (from any thread, e.g. when hetccl's
 communicator is aborted), ends the wait at once: the bridge revokes the island's communicator
@@ -198,7 +204,8 @@ class MPIBridge(Bridge):
     memory = HOST
 
     SPINS = 2000              # MPI_Test calls in a tight loop first (each drives MPI's progress; ~0.4 ms)
-    YIELD_FOR = 5e-3          # then Test + sched_yield for this long, then sleeps of 50 us .. 1 ms
+    YIELD_FOR = 5e-3          # then Test + sched_yield for this long (plus the bytes' time: yield_window),
+    YIELD_RATE = 250e6        # then sleeps of 50 us .. 1 ms; bytes/s: a slow MPI call's pace (module docstring)
 
     def __init__(self, world_ranks: list[int], tag: int, timeout: float | None = None):
         self.timeout = config.timeout(timeout)
@@ -264,13 +271,15 @@ class MPIBridge(Bridge):
         MPI, aborted = self.MPI, self._aborted
         start = time.monotonic()
         deadline = start + self.timeout
-        yielding = start + self.YIELD_FOR
+        yielding = None
         spins, pause = 0, 50e-6
         try:
             while not req.Test():
                 spins += 1
                 if spins < self.SPINS:
                     continue
+                if yielding is None:                 # past the spins: the call is not a short one
+                    yielding = start + self.yield_window(buffers)
                 if aborted.is_set():
                     self._abandon(req, buffers)
                     raise BridgeError(f"mpi: {what} was interrupted: the MPI bridge was aborted")
@@ -290,6 +299,22 @@ class MPIBridge(Bridge):
             self.abort()
             raise BridgeError(f"mpi: {what} failed: {e.Get_error_string().strip()} (error class "
                               f"{e.Get_error_class()}); the MPI bridge was aborted") from None
+
+    @classmethod
+    def yield_window(cls, buffers) -> float:
+        """Seconds a wait keeps testing (yielding the CPU between Tests) before it sleeps: YIELD_FOR
+        plus the largest buffer's bytes at YIELD_RATE (module docstring: progress happens only in
+        a Test, one step of the schedule per Test)."""
+        nbytes = 0
+        for b in buffers:
+            n = getattr(b, "nbytes", None)
+            if n is None:
+                try:
+                    n = memoryview(b).nbytes
+                except TypeError:
+                    n = 0
+            nbytes = max(nbytes, int(n))
+        return cls.YIELD_FOR + nbytes / cls.YIELD_RATE
 
     @staticmethod
     def _abandon(req, buffers):
