@@ -495,9 +495,12 @@ class Communicator:
         routed to a plain native schedule, under the same ``algorithm=`` (None: the tuner's
         choice; a forced algorithm takes the same path, so it costs what the tuner's choice of it
         costs). Only when the route depends on the size and that name alone (no topology
-        planner, no islands, and no symmetric allocation: those routes look at the buffers or at
-        whether the choice was forced, and a freed allocation must raise)."""
-        if self._plan is None and self._islands is None and not self._sym.active:
+        planner, no symmetric allocation, and islands only where they run this shape flat for
+        every dtype and op: those routes look at the buffers or at whether the choice was forced,
+        and a freed allocation must raise)."""
+        isl = self._islands
+        if self._plan is None and not self._sym.active and (isl is None or isl.routes_flat(c.coll, c.nbytes,
+                                                                                            c.algorithm)):
             self._hot.learn(c.coll, c.nbytes, algo, self.last_algorithm, c.algorithm)
 
     # ------------------------------------------------------------------ validate, route, run

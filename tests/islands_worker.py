@@ -172,6 +172,28 @@ def whole_extra(chk):
         raise AssertionError("BAND on float32 did not raise InvalidUsage")
 
 
+def latency_path(chk):
+    """A shape the islands run flat for every dtype and op (a forced flat algorithm) leaves the
+    router after its first call (the latency path takes it, for any dtype of that size); a call
+    forced through the islands stays on the router."""
+    c = chk.comm
+    routed, seen = [], []
+    route = c._route
+    c._route = lambda call: (routed.append(call.coll), seen.append((call.dtype, int(call.op))), route(call))[2]
+    try:
+        for name, op in (("float32", ReduceOp.SUM), ("float32", ReduceOp.MAX), ("int32", ReduceOp.SUM),
+                         ("float32", ReduceOp.SUM)):
+            chk.allreduce(name, op, 3, algorithm="ring")         # 12 bytes each
+        if routed != ["allreduce"]:
+            raise AssertionError(f"flat ring calls of one size took the router {len(routed)} times: {seen}")
+        for _ in range(2):
+            chk.allreduce("float32", ReduceOp.SUM, 3, algorithm="islands")
+        if routed != ["allreduce"] * 3:
+            raise AssertionError(f"calls forced through the islands left the router ({len(routed)} routed)")
+    finally:
+        del c._route
+
+
 def main(case):
     comm = hetccl.init(timeout=120, bridges=BRIDGES[case])
     chk = Checker(comm)
@@ -183,6 +205,8 @@ def main(case):
     matrix(chk, forms=("rails", "leaders") if equal else ())
     if case == "whole":
         whole_extra(chk)
+    elif equal:
+        latency_path(chk)
     w = comm.allreduce(np.full(5, comm.rank, np.int32), ReduceOp.SUM, algorithm="islands", async_op=True)
     assert list(w.wait()) == [sum(range(comm.size))] * 5                 # through the progress thread
     g = comm.allgather(np.full(2, comm.rank, np.int16), algorithm="islands", async_op=True).wait()

@@ -311,8 +311,9 @@ class IslandPricer:
 
     def choose(self, collective, nbytes, flat, forced, code, op):
         """(algorithm, form) for one call: the flat choice, or the composed form when it is cheaper
-        or forced (form None: run ``flat``)."""
-        key = (collective, nbytes, code, op, flat.code)
+        or forced (form None: run ``flat``). Cached per call shape, whether forced included: a
+        forced ``algorithm="ring"`` must not reuse what the unforced call of that shape chose."""
+        key = (collective, nbytes, code, op, flat.code, bool(forced))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -332,6 +333,53 @@ class IslandPricer:
                     hit = (flat, None)
         self._cache[key] = hit
         return hit
+
+    def routes_flat(self, collective, nbytes, algorithm=None) -> bool:
+        """Whether every call of ``collective`` on nbytes under ``algorithm=`` runs the same flat
+        native schedule, whatever its dtype and op: then the communicator's latency path may take
+        such calls (comm.py ``_learn``), which it must not where this pricer may compose or
+        delegate. Why: the router's Python between two native waits cost 18-21 us per call on 4
+        ranks sharing 2 CPUs (the validation run of 2026-12-07 08:39: the same flat ring at 1-64
+        KiB on the islands job against the plain 4-rank job, whose calls take the latency path).
+        The choice depends on the dtype and op only through which island steps a bridge runs
+        (``_native``), so one (dtype, op) per distinct set of those answers is priced; answers are
+        kept per call shape (a call the latency path refuses, e.g. a bitwise op, asks each time)."""
+        from .decide import decide
+        if self.whole or self.device:
+            return False                            # delegated whole, or always composed
+        if collective not in COMPOSED_COLLECTIVES:
+            return True                             # never composed (choose)
+        memo = self.__dict__.setdefault("_routes_flat", {})
+        key = (collective, nbytes, algorithm)
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) >= 4096:
+                memo.clear()
+            code, hit = None, True
+            for dt, op in self._kinds(collective):
+                a, form = decide(self.tuner, self.topo_plan, self, collective, nbytes, algorithm, dt, op)
+                if form is not None or a.code < 0 or (code is not None and a.code != code):
+                    hit = False
+                    break
+                code = a.code
+            memo[key] = hit
+        return hit
+
+    def _kinds(self, collective) -> list:
+        """One (dtype, op) per distinct answer of ``_native`` over the island steps (routes_flat)."""
+        kinds = self.__dict__.setdefault("_step_kinds", {})
+        out = kinds.get(collective)
+        if out is None:
+            steps = ("allreduce", "reduce_scatter", "allgather", "broadcast", "reduce")
+            seen, out = set(), []
+            for dt in range(len(dtypes.NAMES)):
+                for op in (_OPS if collective == "allreduce" else _OPS[:1]):
+                    sig = tuple(self._native(i, c, dt, op) for i in range(len(self.islands)) for c in steps)
+                    if sig not in seen:
+                        seen.add(sig)
+                        out.append((dt, op))
+            kinds[collective] = out
+        return out
 
     def explain(self, collective, nbytes, code=dtypes.FLOAT32, op=ReduceOp.SUM) -> str:
         flat = self.tuner.select(collective, nbytes)
@@ -538,6 +586,9 @@ class IslandPlan(IslandPricer):
     def topo_plan(self):
         """The communicator's topology planner (prices the hierarchical forms the flat choice may be)."""
         return self.ctx.plan
+
+    def routes_flat(self, collective, nbytes, algorithm=None) -> bool:
+        return not self._subs.building and super().routes_flat(collective, nbytes, algorithm)
 
     def choose(self, collective, nbytes, flat, forced, code, op):
         if self._subs.building:

@@ -1,0 +1,76 @@
+"""Which calls of a communicator with islands the latency path may take (IslandPricer.routes_flat,
+comm.py ``_learn``): a call shape the islands run flat for every dtype and op, and no other; no
+processes (the pricer alone, with made-up island prices)."""
+from __future__ import annotations
+
+import numpy as np
+
+from hetccl import dtypes
+from hetccl.bridges.formation import Island
+from hetccl.collectives.cost_model import TUNED, CostModel, LinkCost
+from hetccl.collectives.decide import decide
+from hetccl.collectives.islands import COLLECTIVES, PRICE_FIELDS, IslandPricer, _flag
+from hetccl.collectives.tuner import Tuner
+from hetccl.ops import ReduceOp
+
+N = 1 << 20
+
+
+def pricer(step_s, native=None, islands=None):
+    """4 ranks, two bridged islands (0,1) and (2,3) (two MPI jobs); every bridge step costs
+    ``step_s``; ``native``: the (dtype, op) pairs the bridges reduce (default all; data movement
+    always)."""
+    isl = islands or [Island("mpi", (0, 1), 0, "a"), Island("mpi", (2, 3), 2, "b")]
+    prices = [[step_s] * (PRICE_FIELDS * len(COLLECTIVES))] * 2
+    flags = np.ones(len(COLLECTIVES) * len(dtypes.NAMES) * len(ReduceOp), bool)
+    if native is not None:
+        flags[:] = False
+        for ci, coll in enumerate(COLLECTIVES):
+            for dt in range(len(dtypes.NAMES)):
+                for op in ReduceOp:
+                    if coll in ("allgather", "broadcast") or (dt, op) in native:
+                        flags[_flag(ci, dt, op)] = True
+    tuner = Tuner(4, CostModel(LinkCost(2e-6, 4e-10, 2e-11, fifo=True, share=2.0), TUNED, "test", ("c2c",)))
+    return IslandPricer(isl, prices[:len(isl)], [flags] * len(isl), False, False, tuner)
+
+
+def test_slow_islands_run_flat_for_every_dtype_and_op():
+    p = pricer(1.0)                                   # an MPI step of 1 s: never composed
+    assert p.routes_flat("allreduce", N)
+    assert p.routes_flat("allreduce", N, "ring")
+    assert p.routes_flat("allgather", N) and p.routes_flat("broadcast", N)
+    assert not p.routes_flat("allreduce", N, "islands")   # forced through the islands
+
+
+def test_fast_islands_compose_so_the_router_keeps_the_call():
+    p = pricer(1e-9)
+    assert decide(p.tuner, None, p, "allreduce", N, None, dtypes.FLOAT32, ReduceOp.SUM)[1] is not None
+    assert not p.routes_flat("allreduce", N)
+    assert p.routes_flat("allreduce", N, "ring")      # forced flat: the islands never compose it
+    assert p.routes_flat("reduce_scatter", N)         # a collective the islands do not compose
+
+
+def test_one_dtype_that_composes_keeps_every_dtype_of_that_size_on_the_router():
+    """The bridges reduce int8 BXOR only (cheaply): float32 SUM runs flat, int8 BXOR composes. The
+    latency path keys a shape by its size, not its dtype, so the size must stay on the router."""
+    p, n = pricer(1e-9, native={(dtypes.INT8, ReduceOp.BXOR)}), 64 << 10
+    f32 = decide(p.tuner, None, p, "allreduce", n, None, dtypes.FLOAT32, ReduceOp.SUM)
+    i8 = decide(p.tuner, None, p, "allreduce", n, None, dtypes.INT8, ReduceOp.BXOR)
+    assert f32[1] is None and i8[1] is not None       # the premise: the choice differs by dtype
+    assert not p.routes_flat("allreduce", n)
+
+
+def test_a_forced_flat_algorithm_is_not_served_what_the_unforced_call_chose():
+    """The tuner picks the ring at 1 MiB and the islands compose it; ``algorithm="ring"`` afterwards
+    must run the ring (the choice was cached by shape without whether it was forced)."""
+    p = pricer(1e-9)
+    f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
+    assert p.tuner.select("allreduce", N).name == "ring"
+    assert decide(p.tuner, None, p, "allreduce", N, None, f32, SUM)[1] == "rails"
+    a, form = decide(p.tuner, None, p, "allreduce", N, "ring", f32, SUM)
+    assert (a.name, form) == ("ring", None)
+
+
+def test_a_whole_island_is_never_taken_by_the_latency_path():
+    p = pricer(1.0, islands=[Island("mpi", (0, 1, 2, 3), 0, "job")])
+    assert not p.routes_flat("allreduce", N) and not p.routes_flat("reduce_scatter", N)
