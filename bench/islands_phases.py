@@ -10,15 +10,27 @@ allreduce of a shard, (iii) each island's allgather, both islands at once. For e
 times, in one process set:
 
 - ``whole``: the composed call (``algorithm="islands"``);
+- ``whole yield``: the same, the MPI bridge's waits yielding from the first MPI_Test (``SPINS`` 0,
+  as hetccl's own waits do with more ranks than CPUs) instead of spinning 2000 Tests first;
+- ``rails``: the composed form called directly (``IslandPlan._rails``), without the router:
+  ``whole`` - ``rails`` is what the public call's route costs;
+- ``seq``: the three phases called one after the other in Python: ``seq`` - (``rs`` + ``rail`` +
+  ``ag``) is what the hand-overs between phases cost;
 - ``rs``, ``rail``, ``ag``: each phase alone, every rank taking part as in the composed call;
 - ``rs@mpi``, ``rs@hetccl``, ``ag@mpi``, ``ag@hetccl``: one island's step while the other
   island's ranks sleep (the step's own time on an otherwise idle machine);
+
+- ``flat ring``, ``flat sched``: the flat ring through the public call (on this communicator:
+  the router, since a communicator with islands has no latency path) and its native schedule
+  called directly (``flat ring`` - ``flat sched``: the route's cost on a flat call);
 
 and prints, per phase, what collectives/islands.py's IslandPricer charges (``_step``, ``_hetccl``,
 ``_steps``) from the communicator's own cost model and the bridge's probed prices. So a
 composed prediction that is off can be traced to the phase, and the phase to the island, whose
 price is off. Time per repetition: the slowest rank of the phase, a loop of calls calibrated to
-~20 ms; the median over --reps repetitions, variants interleaved.
+~20 ms; the median over --reps repetitions, variants interleaved. ``--cpu`` adds a table of the
+CPU time per call summed over the four ranks (``time.process_time``): with more ranks than CPUs,
+CPU a waiting rank burns is CPU the working ones lack.
 """
 from __future__ import annotations
 
@@ -50,11 +62,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="64K,256K,1M,4M,16M")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--json", default=None, help="rank 0 writes the table here")
+    ap.add_argument("--cpu", action="store_true", help="also print CPU time per call, summed over the ranks")
     args = ap.parse_args(argv)
     import hetccl
     from hetccl import dtypes
     from hetccl.benchmark import format as fmt
     from hetccl.bridges.base import COLLECTIVES
+    from hetccl.collectives import schedules
+    from hetccl.collectives.algorithm import ALGO_RING
     from hetccl.collectives.islands import PROBE_SIZES
     from hetccl.ops import ReduceOp
     from mpi4py import MPI
@@ -67,6 +82,7 @@ def main(argv=None) -> int:
         f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
         sizes = fmt.parse_sizes(args.sizes)
         plan.subs()
+        engine = comm._engine                     # the flat schedule, called without the router
 
         def variants(n):
             count = n // 4
@@ -88,14 +104,36 @@ def main(argv=None) -> int:
             def ag():
                 plan._allgather(shard, big, 600)
 
+            def whole_yield():
+                b = plan.bridge
+                if b is not None:
+                    b.SPINS = 0
+                try:
+                    comm.allreduce(src, out=dst, algorithm="islands")
+                finally:
+                    if b is not None:
+                        del b.SPINS              # back to the class's
+            def rails():
+                plan._rails(src, dst, f32, SUM, 600)
+
+            def seq():
+                rs()
+                rail()
+                ag()
+
             def flat():
                 comm.allreduce(src, out=dst, algorithm="ring")
-            return {"whole": (whole, None), "rs": (rs, None), "rail": (rail, None), "ag": (ag, None),
+
+            def flat_sched():
+                schedules.allreduce(engine, src, dst, f32, SUM, ALGO_RING, 600.0)
+            return {"whole": (whole, None), "whole yield": (whole_yield, None), "rails": (rails, None),
+                    "seq": (seq, None), "rs": (rs, None), "rail": (rail, None), "ag": (ag, None),
                     "rs@mpi": (rs, 0), "rs@hetccl": (rs, 1), "ag@mpi": (ag, 0), "ag@hetccl": (ag, 1),
-                    "flat ring": (flat, None)}
+                    "flat ring": (flat, None), "flat sched": (flat_sched, None)}
 
         def timed(fn, only, k):
-            """Seconds per call on this rank (None: not taking part), after a sync of the takers."""
+            """(seconds, CPU seconds) per call on this rank (None: not taking part), after a sync of
+            the takers."""
             sleepy_barrier(world)
             if only is not None and only != mine:
                 return None
@@ -105,29 +143,30 @@ def main(argv=None) -> int:
                 sub.allreduce(sync, SUM, timeout=600)
             else:
                 comm.allreduce(sync, timeout=600)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(k):
                 fn()
-            return (time.perf_counter() - t0) / k
+            return (time.perf_counter() - t0) / k, (time.process_time() - c0) / k
 
         def slowest(t):
-            ts = world.allgather(t)
-            return max(x for x in ts if x is not None)
+            ts = [x for x in world.allgather(t) if x is not None]
+            return max(x[0] for x in ts), sum(x[1] for x in ts)
 
-        results = {}
+        results, cpu = {}, {}
         for n in sizes:
             vs = variants(n)
             loops = {}
             for name, (fn, only) in vs.items():          # calibrate: one call, then ~LOOP_S of them
-                t1 = slowest(timed(fn, only, 1))
-                t1 = slowest(timed(fn, only, 1))
+                t1 = slowest(timed(fn, only, 1))[0]
+                t1 = slowest(timed(fn, only, 1))[0]
                 loops[name] = max(1, int(LOOP_S / max(t1, 1e-6)))
                 loops[name] = world.bcast(loops[name], root=0)
             reps = {name: [] for name in vs}
             for _ in range(args.reps):
                 for name, (fn, only) in vs.items():
                     reps[name].append(slowest(timed(fn, only, loops[name])))
-            results[n] = {name: statistics.median(ts) for name, ts in reps.items()}
+            results[n] = {name: statistics.median(t for t, _ in ts) for name, ts in reps.items()}
+            cpu[n] = {name: statistics.median(c for _, c in ts) for name, ts in reps.items()}
 
         if comm.rank == 0:
             rows = []
@@ -150,7 +189,8 @@ def main(argv=None) -> int:
                   f"model {comm.context.tuner.model.origin} {comm.context.tuner.cost.params()}")
             print(f"# mpi bridge prices (seconds at {PROBE_SIZES} per collective {COLLECTIVES}): "
                   f"{[round(float(x) * 1e6, 1) for x in plan.prices[0]]} us")
-            names = ["whole", "rs", "rail", "ag", "rs@mpi", "rs@hetccl", "ag@mpi", "ag@hetccl", "flat ring"]
+            names = ["whole", "whole yield", "rails", "seq", "rs", "rail", "ag", "rs@mpi", "rs@hetccl", "ag@mpi",
+                     "ag@hetccl", "flat ring", "flat sched"]
             print(f"{'size':>6} " + " ".join(f"{x:>19}" for x in names) + "   (measured / priced us)")
             for r in rows:
                 cells = []
@@ -158,9 +198,13 @@ def main(argv=None) -> int:
                     mv, pv = r["measured_us"].get(x), r["priced_us"].get(x)
                     cells.append(f"{mv:9.1f}/{pv:9.1f}" if pv is not None else f"{mv:9.1f}/{'-':>9}")
                 print(f"{fmt.format_size(r['size']):>6} " + " ".join(f"{c:>19}" for c in cells))
+            if args.cpu:
+                print(f"{'size':>6} " + " ".join(f"{x:>11}" for x in names) + "   (CPU us per call, summed over the ranks)")
+                for n in sizes:
+                    print(f"{fmt.format_size(n):>6} " + " ".join(f"{cpu[n][x] * 1e6:11.1f}" for x in names))
             if args.json:
                 with open(args.json, "w") as f:
-                    json.dump({"rows": rows, "prices": list(map(float, plan.prices[0])),
+                    json.dump({"rows": rows, "cpu_us": {str(n): {k: v * 1e6 for k, v in c.items()} for n, c in cpu.items()}, "prices": list(map(float, plan.prices[0])),
                                "model": comm.context.tuner.cost.params(),
                                "loadavg": os.getloadavg()[0]}, f, indent=1)
     finally:
