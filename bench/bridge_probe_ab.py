@@ -9,9 +9,10 @@ job, interleaved round by round (so load moves all three alike).
         python bench/bridge_probe_ab.py [--rounds 5] [--sizes 64K,256K,1M,4M,16M]
 
 Ranks 0,1 are an MPI island, 2,3 on hetccl (bench/validate_sim.py's islands case); ranks 2,3
-sleep while the MPI island is timed. Prints, per collective of the composed allreduce
-(reduce_scatter, allgather) and size, the median over rounds of: the loop's time, each probe's
-price (bridge_time through its points) and price / loop.
+sleep while the MPI island is timed. Prints how long creating the communicator took (it runs the
+probe), then, per collective of the composed allreduce (reduce_scatter, allgather) and the leaders'
+reduce, and size, the median over rounds of: the loop's time, each probe's price (bridge_time
+through its points) and price / loop.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from islands_phases import sleepy_barrier  # noqa: E402
 
 OLD_SIZES = (8, 1 << 20, 16 << 20)
 OLD_SMALL_CALLS = 20
-COLLS = ("reduce_scatter", "allgather")
+COLLS = ("reduce_scatter", "allgather", "reduce")
 
 
 def main(argv=None) -> int:
@@ -46,7 +47,9 @@ def main(argv=None) -> int:
     from hetccl.ops import ReduceOp
     from mpi4py import MPI
     world = MPI.COMM_WORLD
+    t_init = time.perf_counter()
     comm = hetccl.init(timeout=600, bridges={0: "mpi", 1: "mpi"})
+    t_init = time.perf_counter() - t_init
     f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
     sizes = fmt.parse_sizes(args.sizes)
     plan = comm.context.islands
@@ -63,6 +66,8 @@ def main(argv=None) -> int:
             count = a.size - a.size % s
             if coll == "reduce_scatter":
                 b.reduce_scatter(a, r, count // s, f32, SUM)
+            elif coll == "reduce":
+                b.reduce(a, r, count, f32, SUM, 0)
             else:
                 b.allgather(a, r, count // s, f32)
 
@@ -111,7 +116,8 @@ def main(argv=None) -> int:
                     rows.setdefault((coll, n, "new"), []).append(islands.bridge_time(new_pts, n))
         sleepy_barrier(world)
         if comm.rank == 0:
-            print(f"# bridge probe A/B, {args.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
+            print(f"# bridge probe A/B, {args.rounds} rounds; load average {os.getloadavg()[0]:.2f}; "
+                  f"creating the communicator (with the islands' probe) took {t_init:.2f} s")
             print(f"{'collective':<15} {'size':>6} {'loop us':>10} {'old probe':>10} {'old/loop':>9} "
                   f"{'new probe':>10} {'new/loop':>9}")
             for coll in COLLS:
