@@ -201,6 +201,65 @@ def test_a_loopback_wires_exchange_rounds_are_fitted_apart_from_its_ring(p):
     assert old.beta_x == old.beta_x_out == 0.0 and old.cache_bytes == CACHE
 
 
+def test_a_crowded_loopback_wire_hides_a_rounds_latency_behind_its_bytes():
+    """More ranks than CPUs over loopback TCP: a rank waiting on its socket sleeps and its CPU
+    copies another rank's bytes, so an exchange round costs the larger of alpha and its bytes
+    (8 ranks on 2 cores, Rabenseifner at 64 KiB: 186 us measured, 289 priced as their sum, 188
+    as the larger). FIFO ranks spin for their peer, and ranks with a CPU each have nobody to
+    hand it to: there a round pays both."""
+    from hetccl.collectives.allreduce import rabenseifner, recursive_doubling
+    a, x, g = 19.5e-6, 1.5e-9, 1e-11
+    c = LinkCost(a, 0.4e-9, g, fifo=False, beta_x=x, share=4.0)
+    pieces = [32 << 10, 16 << 10, 8 << 10]
+    want = 2 * sum(max(a, s * x) for s in pieces) + 7 / 8 * (64 << 10) * g
+    assert rabenseifner(64 << 10, 8, c) == pytest.approx(want)
+    assert recursive_doubling(1 << 10, 8, c) == pytest.approx(3 * a + 3 * (1 << 10) * g)   # latency-bound
+    summed = 2 * (3 * a + sum(pieces) * x) + 7 / 8 * (64 << 10) * g
+    for apart in (dataclasses.replace(c, share=1.0), dataclasses.replace(c, fifo=True, beta=x)):
+        assert rabenseifner(64 << 10, 8, apart) == pytest.approx(summed)
+    assert rabenseifner(64 << 10, 8, dataclasses.replace(c, beta_x=0.0, beta=x)) == pytest.approx(summed)
+
+
+@pytest.mark.parametrize("p", [4, 8])
+def test_fit_inverts_the_exchange_formula_where_rounds_hide_their_latency(p):
+    """beta_x solves Rabenseifner's formula also where some rounds cost their latency and others
+    their bytes (piecewise linear in beta_x): the formula gives back the probe's time."""
+    from hetccl.collectives.allreduce import rabenseifner
+    facts = LinkCost(0.0, 0.0, 0.0, fifo=False, share=p / 2)
+    big = probe.LOOPBACK_HOST_BYTES // p
+    alpha, x_in, x_out = 100e-6, gbs(0.7), gbs(0.5)
+    raw = _raw(p, facts, alpha, gbs(2.1), gbs(1.5), gbs(90), gbs(16), big=big)
+
+    def rab(n, beta, beta_x, gamma):
+        return rabenseifner(n, p, dataclasses.replace(facts, alpha=alpha, beta=beta, beta_x=beta_x, gamma=gamma))
+    raw.update(exchange_s=rab(256 << 10, gbs(2.1), x_in, gbs(90)), exchange_big_s=rab(big, gbs(1.5), x_out, gbs(16)))
+    rounds = [(256 << 10) / 2 ** k * x_in for k in range(1, p.bit_length())]     # the halving's pieces
+    assert min(rounds) < alpha < max(rounds)            # some rounds latency-bound, some byte-bound
+    c = probe.fit(raw, p, facts, cache_bytes=CACHE, network=False)
+    assert (c.beta_x, c.beta_x_out) == pytest.approx((x_in, x_out), rel=1e-6)
+    assert rabenseifner(256 << 10, p, c.at(256 << 10)) == pytest.approx(raw["exchange_s"])
+
+
+def test_beta_free_runs_between_the_two_broadcasts_that_measured_it():
+    """A tree level whose ranks have a CPU each keeps its in-cache advantage past the private
+    cache while its message fits the FIFO: beta_free moves from its in-cache value at the small
+    broadcast's size to beta_free_out at the big one's, log-linear in the call's size, not by
+    the working-set knee of beta (4 ranks on 2 cores: binomial reduce 577 us at 2 MiB, priced
+    870 with beta_free_out from the knee on)."""
+    from hetccl.collectives.cost_model import FREE_SIZES
+    from hetccl.collectives.rooted import binomial
+    assert FREE_SIZES == (probe.PROBE_BYTES, probe.BCAST_BIG)
+    c = dataclasses.replace(_cost(1.3e-6, 3.45, 3.34, 135, 16.5), beta_free=gbs(20.0), beta_free_out=gbs(3.5),
+                            share=2.0)
+    assert c.at(128 << 10, "reduce").beta_free == c.at(256 << 10, "reduce").beta_free == gbs(20.0)
+    assert c.at(8 << 20, "reduce").beta_free == c.at(64 << 20, "reduce").beta_free == pytest.approx(gbs(3.5))
+    assert c.at(2 << 20, "reduce").beta_free == pytest.approx(gbs(20.0) + 0.6 * (gbs(3.5) - gbs(20.0)))
+    assert c.at(2 << 20, "reduce").beta == pytest.approx(gbs(3.34))       # beta keeps its own knee
+    knee = dataclasses.replace(c.at(2 << 20, "reduce"), beta_free=gbs(3.5))
+    assert binomial(2 << 20, 4, c.at(2 << 20, "reduce")) < 0.9 * binomial(2 << 20, 4, knee)
+    assert dataclasses.replace(c, beta_free=0.0).at(2 << 20, "reduce").beta_free == 0.0
+
+
 def test_a_loopback_wire_probes_its_big_rings_beyond_the_hosts_cache(monkeypatch):
     """Its bytes are kernel copies through socket buffers the host's ranks share: the big rings
     shrink with the ranks on the host so that together they work beyond the host's cache."""

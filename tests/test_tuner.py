@@ -638,8 +638,8 @@ def test_the_probe_times_what_each_link_kind_runs(monkeypatch):
     barrier, and read 838 us where the job's steps cost 30-95 us (4 hosts x 2 ranks, netns)."""
     asked = {}
 
-    def fake(engine, fns, timeout, reps=probe.REPS, rep_s=None):
-        asked.update(names=set(fns), rep_s=dict(rep_s))
+    def fake(engine, fns, timeout, reps=probe.REPS, rep_s=None, min_calls=None):
+        asked.update(names=set(fns), rep_s=dict(rep_s), min_calls=dict(min_calls or {}))
         return {k: 1e-3 for k in fns}
     monkeypatch.setattr(probe, "time_per_call", fake)
     monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
@@ -649,6 +649,51 @@ def test_the_probe_times_what_each_link_kind_runs(monkeypatch):
     assert asked["rep_s"]["barrier_s"] == probe.REP_S
     probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, barrier_rep_s=probe.NETWORK_BARRIER_REP_S)
     assert "exchange_s" not in asked["names"] and asked["rep_s"]["barrier_s"] == probe.NETWORK_BARRIER_REP_S
+    # FIFOs on crowded CPUs: the rings and broadcasts hold MIN_CALLS per repetition, nothing else
+    probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, crowded=True, min_calls=probe.MIN_CALLS)
+    assert asked["min_calls"] == dict.fromkeys(("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s"),
+                                               probe.MIN_CALLS)
+
+
+def test_a_repetition_holds_its_minimum_of_calls(monkeypatch):
+    """A ring lasting longer than a repetition of REP_S ran once per repetition, right after the
+    barrier, 1.1-1.4x what a loop of it pays over FIFOs: min_calls raises the count, never lowers it."""
+    asked = {}
+
+    def batch(fn, iters):
+        asked[fn] = iters
+        return 1.0
+    monkeypatch.setattr(probe, "_calls_per_rep", lambda engine, fn, timeout, rep_s: 1 if fn == "ring" else 50)
+    monkeypatch.setattr(probe, "_batch", batch)
+    monkeypatch.setattr(probe.schedules, "barrier", lambda *a: None)
+    monkeypatch.setattr(probe, "_max_over_ranks", lambda engine, v, timeout: v)
+    probe.time_per_call(None, {"ring": "ring", "kernel": "kernel", "bcast": "bcast"}, 1.0, reps=3,
+                        min_calls={"ring": 4, "bcast": 4})
+    assert asked == {"ring": 4, "kernel": 50, "bcast": 50}
+
+
+def test_one_host_rings_write_a_separate_output(monkeypatch):
+    """Out of place on one host (the working set the model prices: input, output, FIFO): the
+    rings' and exchanges' output is not their input; over a network link (the slope between two
+    rings) they stay in place."""
+    seen = {}
+
+    def allreduce(engine, send, recv, dtype, op, algo, timeout):
+        seen.setdefault((algo, send.nbytes), set()).add(send is recv)
+
+    def fake(engine, fns, timeout, reps=probe.REPS, rep_s=None, min_calls=None):
+        for k, fn in fns.items():
+            if k.startswith(("allreduce", "exchange")):
+                fn()
+        return {k: 1e-3 for k in fns}
+    monkeypatch.setattr(probe.schedules, "allreduce", allreduce)
+    monkeypatch.setattr(probe, "time_per_call", fake)
+    monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
+    probe.measure(None, 4, 1.0, 1 << 20, probe.LOOPBACK_REP_S, exchange=True, out_of_place=True)
+    assert len(seen) == 4 and all(v == {False} for v in seen.values()), seen
+    seen.clear()
+    probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S)
+    assert len(seen) == 2 and all(v == {True} for v in seen.values()), seen
 
 
 def test_a_cache_of_the_fastest_repetitions_format_is_measured_again(tmp_path, caplog):
@@ -689,3 +734,19 @@ def test_a_peer_stalling_in_the_probe_fails_init_within_the_timeout_and_caches_n
     assert res[0]["secs"] < 9.0, res[0]
     assert res[1]["error"] is not None, res[1]               # the waker finds its peer gone
     assert probe.read_entries(str(tmp_path / "hetccl" / "cost-model.json")) == {}
+
+
+def test_each_link_kind_is_timed_as_its_jobs_run():
+    """negotiate's options for measure: FIFOs out of place with MIN_CALLS per repetition (and the
+    broadcasts only on crowded CPUs); a loopback wire out of place, in its long loops, with its
+    exchange rounds; a network link in place (the slope between two rings), its barrier in loops."""
+    fifo = probe.measure_options(("c2c",), network=False, share=4.0)
+    assert fifo == {"ring_rep_s": probe.REP_S, "crowded": True, "exchange": False, "barrier_rep_s": probe.REP_S,
+                    "out_of_place": True, "min_calls": probe.MIN_CALLS}
+    assert not probe.measure_options(("shm",), network=False, share=1.0)["crowded"]
+    loop = probe.measure_options(("tcp",), network=False, share=2.0)
+    assert (loop["ring_rep_s"], loop["exchange"], loop["out_of_place"], loop["min_calls"]) == (
+        probe.LOOPBACK_REP_S, True, True, 1)
+    net = probe.measure_options(("c2c", "tcp"), network=True, share=1.0)
+    assert (net["barrier_rep_s"], net["exchange"], net["out_of_place"], net["min_calls"]) == (
+        probe.NETWORK_BARRIER_REP_S, False, False, 1)

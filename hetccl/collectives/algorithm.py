@@ -142,6 +142,26 @@ def exchange(n, step, c) -> float:
     return EXCHANGE * c.beta if n >= c.stream_min or step >= c.fifo_bytes else c.beta
 
 
+def overlaps(c) -> bool:
+    """Whether an exchange round hides its latency behind its bytes: over a loopback wire whose
+    exchange rounds the probe timed (LinkCost.beta_x > 0). alpha there is a barrier round's wake-up
+    of a rank asleep on its socket; in an exchange round with data both sides first copy their
+    piece into the socket, and the peer's piece has arrived by then, so a round costs the larger
+    of the two, not their sum. Measured (bench/results/validate-sim-2026-12-07g.json, 4 ranks on
+    2 cores): Rabenseifner at 64 KiB 66 us and 256 KiB 281 us, a line through the origin, where
+    the sum priced 108 and 339; at 8 ranks 186 us at 64 KiB against 289. Over FIFOs the rounds pay
+    both (8 ranks on 2 cores: 16-64 KiB Rabenseifners intercept at its 6 alphas)."""
+    return not c.fifo and c.beta_x > 0 and c.share > 1
+
+
+def exchange_rounds(c, pieces, per_byte) -> float:
+    """Seconds of exchange rounds moving *pieces* bytes each way, one round each, at *per_byte*:
+    alpha plus the bytes per round, or the larger of the two where rounds overlap (overlaps)."""
+    if overlaps(c):
+        return sum(max(c.alpha, s * per_byte) for s in pieces)
+    return len(pieces) * c.alpha + sum(pieces) * per_byte
+
+
 def pair_exchange(n, c) -> float:
     """Seconds per byte of the one exchange of a 2-rank call of n bytes whose schedule copies its
     own half into the output, then swaps the other half with the peer in one step (recursive

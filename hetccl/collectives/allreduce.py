@@ -4,7 +4,7 @@
 messages of the whole buffer) for recursive doubling and Rabenseifner.
 """
 from .algorithm import (ALGO_DBTREE, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING, Algorithm, exchange,
-                        log2_ceil, one_way, pof2_below, ring_rs_bytes)
+                        exchange_rounds, log2_ceil, one_way, pof2_below, ring_rs_bytes)
 
 
 def _fold(n, p, c):
@@ -26,7 +26,8 @@ def recursive_doubling(n, p, c):
     """log2 q exchanges of the whole buffer, each reduced on arrival (q the power of two below p)."""
     if p == 1:
         return 0.0
-    return log2_ceil(pof2_below(p)) * (c.alpha + n * (exchange(n, n, c) + c.gamma)) + _fold(n, p, c)
+    k = log2_ceil(pof2_below(p))
+    return exchange_rounds(c, [n] * k, exchange(n, n, c)) + k * n * c.gamma + _fold(n, p, c)
 
 
 def rabenseifner(n, p, c):
@@ -37,7 +38,8 @@ def rabenseifner(n, p, c):
         return 0.0
     q = pof2_below(p)
     f = (q - 1) / q
-    return 2 * log2_ceil(q) * c.alpha + 2 * f * n * exchange(n, n / 2, c) + f * n * c.gamma + _fold(n, p, c)
+    halving = [n / 2 ** (k + 1) for k in range(log2_ceil(q))]       # the doubling mirrors them
+    return exchange_rounds(c, halving * 2, exchange(n, n / 2, c)) + f * n * c.gamma + _fold(n, p, c)
 
 
 def _tree_slice(n, p):

@@ -44,6 +44,10 @@ ONE_BUFFER = frozenset({"reduce", "broadcast", "gather", "scatter"})
 IN_CACHE = 0.5
 OUT_OF_CACHE = 2.0
 
+# The sizes of the probe's two binomial broadcasts that measure beta_free (in cache) and
+# beta_free_out (probe.PROBE_BYTES, probe.BCAST_BIG); LinkCost.free_out_of_cache runs between them.
+FREE_SIZES = (256 << 10, 8 << 20)
+
 # The measured parameters of a LinkCost, as the probe cache, the tuning file and the simulator's
 # records store them (the other fields are facts about the engine, re-read wherever a model is used).
 PARAMS = ("alpha", "beta", "gamma", "beta_out", "gamma_out", "cache_bytes", "beta_free", "beta_free_out",
@@ -102,16 +106,28 @@ class LinkCost:
         ws = k * nbytes / (IN_CACHE * self.cache_bytes)
         return 0.0 if ws <= 1 else min(1.0, math.log2(ws) / math.log2(OUT_OF_CACHE / IN_CACHE))
 
+    def free_out_of_cache(self, nbytes) -> float:
+        """0 .. 1: where a call of nbytes lies between the two binomial broadcasts that measured
+        beta_free (FREE_SIZES), log-linear in its size. Not the working-set knee of beta: a level
+        whose ranks have a CPU each keeps most of its in-cache advantage well past the private
+        cache, while the message fits the FIFO the sender writes ahead into (measured on 4 ranks
+        on 2 cores, bench/results/crossover-2026-12-07g: binomial reduce 0.18 ns per byte at 512
+        KiB, 0.27 at 2 MiB, 0.33 at 8 MiB, against 0.41 priced from 2 MiB on by the knee)."""
+        if self.beta_free <= 0 or nbytes <= FREE_SIZES[0]:
+            return 0.0
+        return min(1.0, math.log2(nbytes / FREE_SIZES[0]) / math.log2(FREE_SIZES[1] / FREE_SIZES[0]))
+
     def at(self, nbytes, collective: str | None = None) -> "LinkCost":
         """The parameters a call of nbytes (of this collective) pays: beta and gamma between their
         in-cache and out-of-cache values by its working set (itself when the model makes no
         distinction)."""
         f = self.out_of_cache(nbytes, collective)
-        if f <= 0:
+        if f <= 0 and self.free_out_of_cache(nbytes) <= 0:
             return self
         beta = self.beta + f * ((self.beta_out or self.beta) - self.beta)
         gamma = self.gamma + f * ((self.gamma_out or self.gamma) - self.gamma)
-        free = self.beta_free + f * ((self.beta_free_out or self.beta_free) - self.beta_free)
+        g = self.free_out_of_cache(nbytes)
+        free = self.beta_free + g * ((self.beta_free_out or self.beta_free) - self.beta_free)
         beta_x = self.beta_x + f * ((self.beta_x_out or self.beta_x) - self.beta_x) if self.beta_x > 0 else 0.0
         return dataclasses.replace(self, beta=beta, gamma=gamma, beta_free=free, beta_x=beta_x)
 

@@ -3,8 +3,9 @@
 Why measure: every algorithm choice follows from what one message, one byte moved and one byte
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
-time a host sees a communicator *shape*, takes tens of milliseconds (~1 s over loopback TCP,
-whose rings are timed in longer loops: LOOPBACK_REP_S), and is cached, so every
+time a host sees a communicator *shape*, takes tens to hundreds of milliseconds (~0.1 s at 2
+ranks, ~0.5 s with 8 ranks on 2 CPUs, ~1 s over loopback TCP, whose rings are timed in longer
+loops: LOOPBACK_REP_S), and is cached, so every
 later communicator costs one small file read on rank 0 and one 136-byte broadcast.
 
 What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
@@ -21,9 +22,10 @@ of calls pays the typical call, not the luckiest one):
   doubling paid ~95 us per round and its ring ~30 us per step; in one loaded job 6.6 ms per
   barrier in repetitions of 0.5 ms and 0.2 ms in loops of 30 ms);
 - beta: the value at which the ring allreduce's own formula (allreduce.ring, with the gamma of the
-  same working set) gives the time of an in-place ring allreduce of ``PROBE_BYTES`` (in cache),
-  and beta_out the same of ``PROBE_BIG`` (out of cache): the bytes crossing links, as the formulas
-  count them. The allreduce rather than an allgather: it is the call that matters most, and its
+  same working set) gives the time of a ring allreduce of ``PROBE_BYTES`` (in cache), and
+  beta_out the same of ``PROBE_BIG`` (out of cache): the bytes crossing links, as the formulas
+  count them. On one host the rings write a separate output, as the calls priced by their
+  working set do, and over FIFOs a repetition holds at least ``MIN_CALLS`` of them (measure). The allreduce rather than an allgather: it is the call that matters most, and its
   ring runs the FIFO relays the other formulas are counted against (over loopback TCP a ring
   allgather's rate priced the allreduce ~2x too fast). When the ring in rank
   order crosses a network link, the slowest host link carried k of its streams at once (k = 2 for
@@ -102,12 +104,13 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RABENSEIFNER, ALGO
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 8                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 9                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
                            # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
                            # 8: a loopback wire's exchange rounds timed too (beta_x), its big rings
-                           # beyond the host's cache (LOOPBACK_HOST_BYTES), a network barrier in loops)
+                           # beyond the host's cache (LOOPBACK_HOST_BYTES), a network barrier in loops;
+                           # 9: one-host rings out of place, FIFO rings and broadcasts MIN_CALLS per repetition)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -124,6 +127,7 @@ REP_S = 0.5e-3             # one repetition of one quantity lasts about this lon
 LOOPBACK_REP_S = 20e-3     # ... but a ring over a loopback wire this long (see measure)
 NETWORK_BARRIER_REP_S = 20e-3   # ... and the barrier over a network link this long (see negotiate)
 CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
+MIN_CALLS = 4              # calls per repetition at least, of a FIFO ring or broadcast (see measure)
 MAX_ITERS = 100_000
 NOISY = 0.25               # other processes' share of the CPUs above which a probe is re-done
 MAX_PROBES = 3             # probes of one shape at most, while they keep being noisy
@@ -277,10 +281,12 @@ def _calls_per_rep(engine, fn, timeout: float, rep_s: float = REP_S) -> int:
         k = min(MAX_ITERS, max(2 * k, int(k * 1.5 * CALIBRATE_S / t) if t > 0 else 10 * k))
 
 
-def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: dict | None = None) -> dict:
+def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: dict | None = None,
+                  min_calls: dict | None = None) -> dict:
     """{name: seconds per call} of each fn (a collective every rank calls alike, or a local kernel
     all ranks run at once): the median over repetitions of the slowest rank's time. A repetition
-    of fn lasts about ``rep_s[name]`` (default REP_S), calls back to back. Repetitions
+    of fn lasts about ``rep_s[name]`` (default REP_S), calls back to back, and holds at least
+    ``min_calls[name]`` calls (default 1). Repetitions
     interleave the fns, so all see the same machine. The median, not the minimum: a job's loop of
     calls pays the typical call, and the benchmarks that judge the model (benchmark/runner.py,
     bench/validate_sim.py) report the median repetition. The fastest repetition is the one in
@@ -289,8 +295,9 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
     probe's rate and four at 0.6x of it. The median still drops a minority of repetitions in
     which another process took a core; a probe most of whose repetitions were busy is marked
     noisy and repeated (NOISY)."""
-    rep_s = rep_s or {}
-    iters = {name: _calls_per_rep(engine, fn, timeout, rep_s.get(name, REP_S)) for name, fn in fns.items()}
+    rep_s, min_calls = rep_s or {}, min_calls or {}
+    iters = {name: max(min_calls.get(name, 1), _calls_per_rep(engine, fn, timeout, rep_s.get(name, REP_S)))
+             for name, fn in fns.items()}
     times = np.empty((reps, len(fns)))
     for i in range(reps):
         for j, (name, fn) in enumerate(fns.items()):
@@ -302,7 +309,8 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
 
 
 def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
-            crowded: bool = False, exchange: bool = False, barrier_rep_s: float = REP_S) -> dict:
+            crowded: bool = False, exchange: bool = False, barrier_rep_s: float = REP_S,
+            out_of_place: bool = False, min_calls: int = 1) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
@@ -324,7 +332,20 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     runtime runs over such a wire at most sizes from 4 ranks on, and they cost more per byte than
     the ring's pipelined steps (bench/results/validate-sim-2026-12-07f.json: at 8 ranks on 2 cores
     4-64 MiB Rabenseifners ran at 1.6x the 2 MiB ring's time per byte). *barrier_rep_s*: the
-    length of a repetition of the barrier (longer over a network link, see negotiate)."""
+    length of a repetition of the barrier (longer over a network link, see negotiate).
+
+    *out_of_place* (ranks of one host): the rings (and exchanges) write a separate output, as the
+    calls the model prices by their working set of input, output and FIFO (cost_model.WORKING_SET)
+    do; in place the big loopback rings kept 32 MiB of the host at work, the size of the cache the
+    host's ranks share, not beyond it (2 ranks over loopback TCP: Rabenseifner at 16 MiB 6.6 ms
+    in place in the probe, 8.0 ms out of place in the job of the same window, 1.21x; 8 ranks, the
+    ring at 4 MiB 10.9 ms against 14.7, bench/results/validate-sim-2026-12-07g.json).
+    *min_calls*: a repetition of a ring or broadcast holds at least this many calls (FIFOs:
+    MIN_CALLS, see negotiate). One call right after the synchronising barrier, which a repetition
+    of REP_S holds once a call lasts longer, is not what a loop of calls pays over FIFOs: the
+    probe's 256 KiB ring ran 1.10-1.42x the jobs' loops of the same call at 2, 4 and 8 ranks in
+    all six FIFO cases of that run, and its 8 MiB binomial broadcast at 4 ranks 2.5-3.1 ms against
+    2.1 ms in the sweep's loops (bench/results/crossover-2026-12-07g-raw)."""
     def count(nbytes):                  # float32 elements of a ring's buffer (a multiple of size)
         return max(size, (nbytes // 4) // size * size)
 
@@ -334,6 +355,7 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     small = np.zeros(max(count(PROBE_BYTES), 3 * k), dtype=np.float32)
     pool = np.zeros(max(count(big_bytes), 3 * K), dtype=np.float32)
     ar, big = small[:count(PROBE_BYTES)], pool[:count(big_bytes)]
+    ar_out, big_out = (np.zeros_like(ar), np.zeros_like(big)) if out_of_place else (ar, big)
     a, b, d = small[:k], small[k:2 * k], small[2 * k:3 * k]
     A, B, D = pool[:K], pool[K:2 * K], pool[2 * K:3 * K]
     f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
@@ -344,8 +366,8 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
                 "bcast_big_s": lambda: schedules.broadcast(engine, wide, 0, f32, ALGO_BINOMIAL, timeout)}
     fns = {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
-        "allreduce_s": lambda: schedules.allreduce(engine, ar, ar, f32, add, ALGO_RING, timeout),
-        "allreduce_big_s": lambda: schedules.allreduce(engine, big, big, f32, add, ALGO_RING, timeout),
+        "allreduce_s": lambda: schedules.allreduce(engine, ar, ar_out, f32, add, ALGO_RING, timeout),
+        "allreduce_big_s": lambda: schedules.allreduce(engine, big, big_out, f32, add, ALGO_RING, timeout),
         "copy_s": lambda: kern.copy_array(d, a),
         "reduce_s": lambda: kern.reduce_arrays(d, a, b, f32, add),
         "copy_big_s": lambda: kern.copy_array(D, A),
@@ -354,10 +376,12 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     }
     rep_s = {"barrier_s": barrier_rep_s, "allreduce_s": ring_rep_s, "allreduce_big_s": ring_rep_s}
     if exchange:
-        fns["exchange_s"] = lambda: schedules.allreduce(engine, ar, ar, f32, add, ALGO_RABENSEIFNER, timeout)
-        fns["exchange_big_s"] = lambda: schedules.allreduce(engine, big, big, f32, add, ALGO_RABENSEIFNER, timeout)
+        fns["exchange_s"] = lambda: schedules.allreduce(engine, ar, ar_out, f32, add, ALGO_RABENSEIFNER, timeout)
+        fns["exchange_big_s"] = lambda: schedules.allreduce(engine, big, big_out, f32, add, ALGO_RABENSEIFNER,
+                                                            timeout)
         rep_s.update(exchange_s=ring_rep_s, exchange_big_s=ring_rep_s)
-    raw = time_per_call(engine, fns, timeout, rep_s=rep_s)
+    calls = {k: min_calls for k in ("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s") if k in fns}
+    raw = time_per_call(engine, fns, timeout, rep_s=rep_s, min_calls=calls)
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     if crowded:
@@ -416,11 +440,23 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
 
     def solve_exchange(t, nbytes, beta, gamma):
         """beta_x at which Rabenseifner's formula gives t, its other bytes (a non-power of two's
-        fold, one-way transfers) at the ring's beta."""
+        fold, one-way transfers) at the ring's beta. The formula is piecewise linear in beta_x
+        (a round that hides its latency costs the larger of the two, algorithm.exchange_rounds):
+        bisected; at least what 10% of t over its bytes gives."""
         at = dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, cache_bytes=0.0)
-        one, two = (rabenseifner(nbytes, p, dataclasses.replace(at, beta_x=x)) for x in (1.0, 2.0))
-        t0 = 2 * one - two
-        return max(t - t0, 0.1 * t) / (two - one)
+
+        def price(x):
+            return rabenseifner(nbytes, p, dataclasses.replace(at, beta_x=x))
+        floor = 0.1 * t / (price(2.0) - price(1.0))
+        lo, hi = floor, max(floor, 1e-9)
+        if price(lo) >= t:
+            return floor
+        while price(hi) < t:
+            lo, hi = hi, 2 * hi
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if price(mid) < t else (lo, mid)
+        return hi
 
     gamma = kernel_gamma(raw["reduce_s"], raw["copy_s"], raw["kernel_bytes"])
     if "allreduce_s" not in raw:                 # an older probe's raw timings
@@ -609,14 +645,25 @@ def probe_sizes(share: float, wire: bool, loopback_local: int = 0) -> tuple[int,
     (2 cores) binomial reduce kept its in-cache cost per byte up to 512 KiB, like 2 ranks.
 
     Over a loopback wire (*loopback_local*: the ranks on the host, > 0) the big rings move
-    LOOPBACK_HOST_BYTES / loopback_local each (16 MiB at 2 ranks, 4 MiB at 8): together the
-    host's ranks then work on ~100 MiB, beyond the cache they share, where a loopback wire's
-    bytes cost the most (loopback_cache_bytes); fit prices between the two sizes."""
+    LOOPBACK_HOST_BYTES / loopback_local each (16 MiB at 2 ranks, 4 MiB at 8): out of place
+    (measure) the host's ranks then work on 64 MiB of buffers, beyond the cache they share, where
+    a loopback wire's bytes cost the most (loopback_cache_bytes); fit prices between the two sizes."""
     share = max(1.0, share)
     if loopback_local > 0 and not wire:
         return max(PROBE_BIG // 2, LOOPBACK_HOST_BYTES // int(loopback_local)), private_cache_bytes()
     big = PROBE_BIG_WIRE if wire else max(PROBE_BIG // 2, int(PROBE_BIG / share))   # 2 MiB: out
     return big, private_cache_bytes()
+
+
+def measure_options(classes, network: bool, share: float) -> dict:
+    """How measure() times a communicator whose links are *classes* (*network*: network_link),
+    with *share* ranks per CPU: the rings' repetition (ring_rep_s), the broadcasts that price
+    beta_free on crowded CPUs, the exchange rounds over a loopback wire, the barrier's loops over
+    a network link, rings out of place on one host, and MIN_CALLS per repetition over FIFOs."""
+    loopback = not all_fifo(classes) and not network
+    return {"ring_rep_s": ring_rep_s(classes, network), "crowded": float(share) > 1, "exchange": loopback,
+            "barrier_rep_s": NETWORK_BARRIER_REP_S if network else REP_S, "out_of_place": not network,
+            "min_calls": MIN_CALLS if all_fifo(classes) else 1}
 
 
 # the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
@@ -683,9 +730,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     network = network_link(classes, local_size, size)
     loopback = not all_fifo(classes) and not network
     big, cache = probe_sizes(float(msg[_SHARE]), network, local_size if loopback else 0)
-    raw, secs, other = _probe(engine, rank, size, timeout, big, ring_rep_s(classes, network),
-                              crowded=msg[_SHARE] > 1, exchange=loopback,
-                              barrier_rep_s=NETWORK_BARRIER_REP_S if network else REP_S)
+    raw, secs, other = _probe(engine, rank, size, timeout, big, **measure_options(classes, network, msg[_SHARE]))
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
                cache_bytes=cache, network=network)
     if prev is not None:                        # keep the quietest value of each parameter
