@@ -15,10 +15,11 @@ alternating repetition by repetition (the order drawn afresh each repetition, th
 rank), so the machine's load and the placement are shared.
 
 Paths: **ompi** (``MPI_Alltoall``), **hetccl** (``comm.alltoall(x, out=y)``, forced onto the
-single copy at every size as a probe verdict would send it), and with ``--schedule-ab``
-**own-before-post** (hetccl with the schedule before: a rank that found every peer ready copies its
-own block before its last sync's post instead of between the post and the wait;
-``single_copy._set_schedule``). A repetition is barrier, ``--calls`` calls; the slowest rank's
+single copy at every size as a probe verdict would send it), and with ``--schedule-ab`` two
+variants of hetccl's schedule (``single_copy._set_schedule``): **own-before-post**, the order
+before, in which a rank that found every peer ready copies its own block before its last sync's
+post instead of between the post and the wait; **spin-first**, the waits spin for the engine's
+spin_s before they yield, as Open MPI's ranks spin when there are no more ranks than cores. A repetition is barrier, ``--calls`` calls; the slowest rank's
 time counts (the runner's method); CPU time (user + system, ``getrusage``) is summed over ranks.
 Prints per size the median time and CPU time of each path and, paired per repetition, each
 path's time over Open MPI's (median). Every result is checked.
@@ -57,7 +58,7 @@ def main():
     ap.add_argument("--sizes", default="2M,8M", help="bytes each rank sends in all (nccl-tests' size)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--calls", type=int, default=10)
-    ap.add_argument("--schedule-ab", action="store_true", help="also time hetccl's schedule before")
+    ap.add_argument("--schedule-ab", action="store_true", help="also time two variants of hetccl's schedule")
     a = ap.parse_args()
     mc = MPI.COMM_WORLD
     comm = hetccl.init()
@@ -75,10 +76,10 @@ def main():
         comm._hot.forget()
         paths = {"ompi": lambda: mc.Alltoall(x, y), "hetccl": lambda: comm.alltoall(x, y)}
         if a.schedule_ab:
-            paths["own-before-post"] = paths["hetccl"]
+            paths["own-before-post"] = paths["spin-first"] = paths["hetccl"]
 
         def switch(name):
-            native_sc._set_schedule(own_in_finish=name != "own-before-post")
+            native_sc._set_schedule(spin=name == "spin-first", own_in_finish=name != "own-before-post")
         names = list(paths)
         for k in names:
             switch(k)

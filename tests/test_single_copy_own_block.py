@@ -5,15 +5,13 @@ to arrive finds everyone ready) and at the other one (the first finds nobody rea
 while it waits); results at odd block sizes and dtypes, 2-8 ranks, and a peer dying or stalling in
 such a loop."""
 import os
-import signal
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from tests.launcher import run_ranks, run_ranks_expect_failure
-from tests.test_single_copy_plain import EVERYWHERE, _outcome, _values
+from tests.test_single_copy_plain import EVERYWHERE, _values, _victim_in_loop
 
 LATE = 0.2          # s the last rank waits before each call: every other rank has posted by then
 
@@ -83,16 +81,7 @@ def _late_peer_fails(rank, size, how):
     for _ in range(3):
         call(20)
     assert comm.last_algorithm == "single_copy"
-    comm.barrier()
-    if rank == 1:
-        sig = signal.SIGKILL if how == "dies" else signal.SIGSTOP
-        threading.Timer(0.1, os.kill, (os.getpid(), sig)).start()
-    try:
-        return _outcome(lambda: [call(2 if how == "stops" else 20) for _ in range(100_000)])
-    finally:
-        if rank == 0 and how == "stops":
-            os.kill(int(pids[1]), signal.SIGCONT)              # let it go on, into an error of its own
-        comm.abort()
+    return _victim_in_loop(comm, rank, 1, pids, how, lambda t: [call(t) for _ in range(100_000)], 0.1)
 
 
 @pytest.mark.parametrize("how,expect", [("dies", ("lost",)), ("stops", ("timeout", "lost"))])
