@@ -19,7 +19,11 @@ single copy at every size as a probe verdict would send it), and with ``--schedu
 variants of hetccl's schedule (``single_copy._set_schedule``): **own-before-post**, the order
 before, in which a rank that found every peer ready copies its own block before its last sync's
 post instead of between the post and the wait; **spin-first**, the waits spin for the engine's
-spin_s before they yield, as Open MPI's ranks spin when there are no more ranks than cores. A repetition is barrier, ``--calls`` calls; the slowest rank's
+spin_s before they yield, as Open MPI's ranks spin when there are no more ranks than cores;
+**yield-only**, the waits yield for up to 50 ms before they sleep on a futex (the engine's
+yield_s, 500 us), as Open MPI's oversubscribed ranks yield and never sleep: at 8 ranks on 2 cores
+an 8 MiB call waits for milliseconds, so hetccl's ranks sleep and are woken where Open MPI's
+yield. A repetition is barrier, ``--calls`` calls; the slowest rank's
 time counts (the runner's method); CPU time (user + system, ``getrusage``) is summed over ranks.
 Prints per size the median time and CPU time of each path and, paired per repetition, each
 path's time over Open MPI's (median). Every result is checked.
@@ -58,7 +62,7 @@ def main():
     ap.add_argument("--sizes", default="2M,8M", help="bytes each rank sends in all (nccl-tests' size)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--calls", type=int, default=10)
-    ap.add_argument("--schedule-ab", action="store_true", help="also time two variants of hetccl's schedule")
+    ap.add_argument("--schedule-ab", action="store_true", help="also time three variants of hetccl's schedule")
     a = ap.parse_args()
     mc = MPI.COMM_WORLD
     comm = hetccl.init()
@@ -76,10 +80,12 @@ def main():
         comm._hot.forget()
         paths = {"ompi": lambda: mc.Alltoall(x, y), "hetccl": lambda: comm.alltoall(x, y)}
         if a.schedule_ab:
-            paths["own-before-post"] = paths["spin-first"] = paths["hetccl"]
+            paths["own-before-post"] = paths["spin-first"] = paths["yield-only"] = paths["hetccl"]
+        yield_s = comm._engine.yield_s
 
         def switch(name):
             native_sc._set_schedule(spin=name == "spin-first", own_in_finish=name != "own-before-post")
+            comm._engine.yield_s = 50e-3 if name == "yield-only" else yield_s
         names = list(paths)
         for k in names:
             switch(k)
