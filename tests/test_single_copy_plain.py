@@ -416,8 +416,6 @@ def _eight(rank, size, how):
     loop, and every other rank raises PeerLostError or HetcclTimeout well before the deadline."""
     import dataclasses
     import os
-    import signal
-    import threading
 
     import hetccl
     comm = hetccl.init(timeout=60)
@@ -448,15 +446,25 @@ def _eight(rank, size, how):
                                                          for r in range(size)]))
     loop(4, 20)
     assert routes[:6] == [True] * 3 + [False] * 3, routes
+    return _victim_in_loop(comm, rank, 5, pids, how, lambda t: loop(100_000, t), 0.05)
+
+
+def _victim_in_loop(comm, rank, victim, pids, how, loop, delay):
+    """Rank victim gets SIGKILL (how "dies") or SIGSTOP ("stops") delay s into loop(timeout),
+    which the others run until it raises; their _outcome. A stopped victim is let go on afterwards,
+    into an error of its own."""
+    import os
+    import signal
+    import threading
     comm.barrier()
-    if rank == 5:
+    if rank == victim:
         sig = signal.SIGKILL if how == "dies" else signal.SIGSTOP
-        threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()
+        threading.Timer(delay, os.kill, (os.getpid(), sig)).start()
     try:
-        return _outcome(lambda: loop(100_000, 3 if how == "stops" else 20))
+        return _outcome(lambda: loop(3 if how == "stops" else 20))
     finally:
         if rank == 0 and how == "stops":
-            os.kill(int(pids[5]), signal.SIGCONT)              # let it go on, into an error of its own
+            os.kill(int(pids[victim]), signal.SIGCONT)
         comm.abort()
 
 

@@ -20,7 +20,7 @@ rank works on its peers' memory directly:
 * **alltoall** (cma mode) — each rank publishes its buffers' addresses and reads block ``rank`` of
   every peer's input straight into its output (one kernel copy each) as soon as that peer has
   published its own (read_peers: no all-rank entry sync), copies its own block the first time no
-  peer is ready, then syncs. The FIFO
+  peer is ready (else between the post and the wait of its last sync), then syncs. The FIFO
   pairwise exchange copies every byte twice and needs both ends of a pair on a CPU at once; this
   does neither, so it wins for large blocks and with more ranks than cores. The cma allgather
   enters the same way.
@@ -238,8 +238,13 @@ cdef int wait_epoch(Engine e, int p, uint32_t want, bint entry, double* last,
 cdef int sync_as(Engine e, bint entry, double deadline) noexcept nogil:
     """Every c2c peer has passed as many syncs as we have (all its earlier stores are visible).
     entry: this is a call's first sync, after enter_as published the headers (see check_peers)."""
+    return wait_all(e, post(e), entry, deadline)
+
+
+cdef int wait_all(Engine e, uint32_t ep, bint entry, double deadline) noexcept nogil:
+    """The waiting half of sync_as: every c2c peer has posted epoch ep. Split from the post so
+    that work that needs no peer (the own block, finish_refusable) runs between the two."""
     cdef int p, rc
-    cdef uint32_t ep = post(e)
     cdef double last = 0
     for p in range(e.size):
         if p != e.rank:
@@ -383,15 +388,28 @@ cdef bint _root_writes = True      # ... and of root_share
 
 cdef bint _spin_plain = False      # ... and of the plain calls' wait (run_plain)
 cdef bint _own_late = True         # ... and of when read_peers copies the rank's own block
+cdef bint _own_in_finish = True    # ... and of whether a block left after the reads is copied
+                                   # between the last sync's post and its wait (finish_refusable)
+cdef unsigned long _own_after_post = 0   # own blocks copied that way (the tests' evidence)
 
 
-def _set_schedule(bint root_writes=True, bint arrival_order=True, bint spin=False, bint own_late=True):
+def _own_copies_after_post():
+    """How many own blocks this process copied between its last sync's post and its wait
+    (finish_own_refusable): the tests check that the path they aim at ran."""
+    return _own_after_post
+
+
+def _set_schedule(bint root_writes=True, bint arrival_order=True, bint spin=False, bint own_late=True,
+                  bint own_in_finish=True):
     """The broadcast root writes its share (root_share) / allgather and alltoall read each peer
-    as it arrives (read_peers) / the plain calls' syncs yield from the first poll (run_plain);
-    the opposite: the schedules before (the peers read everything / every rank waits for all at
-    the entry / they spin first). For the benchmark's same-process A/B only."""
-    global _root_writes, _arrival_order, _spin_plain, _own_late
+    as it arrives (read_peers) / the plain calls' syncs yield from the first poll (run_plain) /
+    an own block still to copy after the reads is copied after the last sync's post
+    (finish_refusable); the opposite: the schedules before (the peers read everything / every
+    rank waits for all at the entry / they spin first / it is copied before the post). For the
+    benchmark's same-process A/B only."""
+    global _root_writes, _arrival_order, _spin_plain, _own_late, _own_in_finish
     _root_writes, _arrival_order, _spin_plain, _own_late = root_writes, arrival_order, spin, own_late
+    _own_in_finish = own_in_finish
 
 
 cdef inline void own_block(char* dst, const char* src, size_t n, bint st) noexcept nogil:
@@ -403,7 +421,8 @@ cdef inline void own_block(char* dst, const char* src, size_t n, bint st) noexce
 
 
 cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, char* rbuf, size_t nb,
-                    size_t roff, const char* own, bint st, bint* refused, double dl) noexcept nogil:
+                    size_t roff, const char* own, bint st, bint* refused, bint* own_left,
+                    double dl) noexcept nogil:
     """The entry and the reads of allgather (roff 0) and alltoall (roff nb x rank): publish the
     call and my input's address, post my epoch, then read nb bytes at roff of each peer's input
     into block p of rbuf as soon as that peer has posted its own (its header and address are
@@ -414,14 +433,17 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
     either). Peers in the order rank+1, rank+2, ... among those ready. A refused read stops the
     reads (*refused; the caller's last sync tells everyone).
     My own block (nb bytes at own, into block rank of rbuf) is copied after the post, the first
-    time no peer is ready (or after the reads): copied before it, it delayed my arrival, and every
-    peer waiting to read me, by a memcpy of the block."""
+    time no peer is ready: copied before it, it delayed my arrival, and every peer waiting to read
+    me, by a memcpy of the block. If every peer was ready every time, *own_left stays set and the
+    caller copies it in the last sync, after its post (finish_refusable): copied before that
+    post, it held back every peer waiting in that sync for my reads, which were done."""
     cdef int N = e.size, r = e.rank, i, p, rc, left = N - 1, moved
     cdef uint32_t ep
     cdef double last = 0
     cdef uint8_t done[1024]
-    cdef bint ordered = N > 1024 or not _arrival_order, own_left = _own_late
-    if not own_left:
+    cdef bint ordered = N > 1024 or not _arrival_order
+    own_left[0] = _own_late
+    if not own_left[0]:
         own_block(rbuf + nb * r, own, nb, st)
     for p in range(N):
         if p != r:
@@ -457,9 +479,9 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
                 return rc
             if refused[0]:
                 return 0
-        if not moved and own_left:
+        if not moved and own_left[0]:
             own_block(rbuf + nb * r, own, nb, st)
-            own_left = False
+            own_left[0] = False
             continue
         if not moved and not ordered:
             for i in range(1, N):             # none ready: wait for the next one in order
@@ -469,22 +491,38 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
                     if rc < 0:
                         return rc
                     break
-    if own_left:
+    if own_left[0] and not _own_in_finish:
         own_block(rbuf + nb * r, own, nb, st)
+        own_left[0] = False
     return 0
 
 
 cdef int finish_refusable(Engine e, bint refused, double dl) noexcept nogil:
+    """finish_own_refusable with no block of my own left to copy."""
+    return finish_own_refusable(e, refused, NULL, NULL, 0, False, dl)
+
+
+cdef int finish_own_refusable(Engine e, bint refused, char* dst, const char* src, size_t n, bint st,
+                              double dl) noexcept nogil:
     """The last sync of a call whose reads may have been refused: a rank that was refused marks
     the sync's epoch in its slots before posting it, so after the sync every rank has seen every
-    mark (release/acquire) and all return CMA_REFUSED together, or all 0."""
+    mark (release/acquire) and all return CMA_REFUSED together, or all 0. The n bytes at src
+    (dst NULL: none) are copied to dst between the post and the wait: no peer needs them, so
+    they overlap the wait for the slowest peer instead of delaying everyone's release (Open MPI
+    copies its own alltoall block after its exchange has completed, outside any handshake).
+    Not when refused: the call is re-run on the FIFOs."""
+    global _own_after_post
     cdef int p, rc
     cdef uint32_t ep = e.c2c_epoch + 1
     if refused:
         for p in range(e.size):
             if p != e.rank:
                 e.links[p].c2c.mine.refused = ep
-    rc = sync(e, dl)
+    ep = post(e)
+    if dst != NULL and not refused:
+        own_block(dst, src, n, st)
+        _own_after_post += 1
+    rc = wait_all(e, ep, False, dl)
     if rc < 0:
         return rc
     if refused:
@@ -618,12 +656,13 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
 
 cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, rc
-    cdef bint st = nb * N >= e.nt_threshold, refused = False
+    cdef bint st = nb * N >= e.nt_threshold, refused = False, own_left
     rc = read_peers(e, COLL_ALLGATHER, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, 0, sbuf, st,
-                    &refused, dl)
+                    &refused, &own_left, dl)
     if rc < 0:
         return rc
-    return finish_refusable(e, refused, dl)   # my input may be reused once everyone has read it
+    # my input may be reused once everyone has read it
+    return finish_own_refusable(e, refused, rbuf + nb * r if own_left else NULL, sbuf, nb, st, dl)
 
 
 cdef int allgather_window(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
@@ -836,12 +875,14 @@ def broadcast(Engine e, obj, int root, int dtype, double timeout):
 cdef int alltoall_cma(Engine e, char* sbuf, char* rbuf, size_t blk, int dtype, double dl) noexcept nogil:
     """The schedule of the module docstring on pinned buffers of N blocks of blk bytes."""
     cdef int N = e.size, r = e.rank, rc
-    cdef bint st = blk * N >= e.nt_threshold, refused = False
+    cdef bint st = blk * N >= e.nt_threshold, refused = False, own_left
     rc = read_peers(e, COLL_ALLTOALL, dtype, blk * N // dtype_size(dtype), sbuf, rbuf, blk, blk * r,
-                    sbuf + blk * r, st, &refused, dl)
+                    sbuf + blk * r, st, &refused, &own_left, dl)
     if rc < 0:
         return rc
-    return finish_refusable(e, refused, dl)   # every peer has read my input: the caller may reuse it
+    # every peer has read my input: the caller may reuse it
+    return finish_own_refusable(e, refused, rbuf + blk * r if own_left else NULL, sbuf + blk * r, blk,
+                                st, dl)
 
 
 def cma_usable(Engine e):
