@@ -19,6 +19,11 @@ _native/latency.pyx):
   spins for the engine's spin_s before it yields instead of yielding from the first poll; column
   **own-first**, allgather and alltoall copy the rank's own block before they post their arrival
   instead of the first time no peer is ready.
+* with ``--steps-ab``, the single copy's other read orders (single_copy_probe.ORDERS): column
+  **doubling**, allgather by recursive doubling over CMA (power-of-two rank counts of 4 or more),
+  whatever the probe's verdict, while the **single** column then reads in arrival order at every
+  size (without ``--steps-ab`` it reads in the order the probe chose). The route column names
+  the order an unforced call takes.
 
 Paths alternate repetition by repetition, in an order drawn afresh for each repetition (the same
 on every rank), so all see the same machine (this host is shared) and none always runs right after
@@ -39,6 +44,10 @@ import numpy as np
 
 import hetccl
 from hetccl._native import single_copy as native_sc
+from hetccl.collectives.single_copy_probe import ALL_SIZES as ALL
+from hetccl.collectives.single_copy_probe import ORDERS
+
+_runs_doubling = ORDERS[("allgather", "doubling")]
 
 
 def _size(spec):
@@ -63,17 +72,26 @@ def main():
     ap.add_argument("--parser", action="store_true", help="also time single copy through the parser")
     ap.add_argument("--schedule-ab", action="store_true",
                     help="also time the single-copy schedules without the root's share / arrival-order reads")
+    ap.add_argument("--steps-ab", action="store_true",
+                    help="also time the single copy's other read orders (allgather by recursive doubling)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="also print each path's CPU time per call summed over the ranks (process_time:"
+                         " less dependent on the host's load than the wall time)")
     a = ap.parse_args()
     comm = hetccl.init()
     n = comm.size
     verdicts = dict(comm._tuner.model.single_copy)
+    model_orders = comm._engine.ag_doubling           # the probe's read orders (apply_orders)
     if not verdicts:
         raise SystemExit("no single-copy route on this communicator (every pair c2c in cma mode needed)")
-    lines = []
+    lines, last_header = [], None
     for coll in a.collectives.split(","):
         for nb in map(_size, a.sizes.split(",")):
             fifo = comm._tuner.select(coll, nb).name
             routed = "single_copy" if comm._tuner.single_copy(coll, nb) else fifo
+            if routed == "single_copy" and coll == "allgather" and _runs_doubling(n) \
+                    and model_orders >> native_sc._doubling_bucket(nb) & 1:
+                routed += "/doubling"
             blk = nb // 4 // n
             x = (np.arange(blk * n, dtype=np.float32) + 1000 * comm.rank)
             if coll == "broadcast":
@@ -100,12 +118,16 @@ def main():
                 paths["old-sched"] = call    # broadcast: no root share; allgather, alltoall: all-rank entry
                 paths["spin-first"] = call   # the syncs spin (the engine's spin_s) before they yield
                 paths["own-first"] = call    # allgather, alltoall: the own block copied before the entry
+            if a.steps_ab and coll == "allgather" and _runs_doubling(n):
+                paths["doubling"] = call     # allgather: recursive doubling over CMA
 
             def switch(name):
                 native_sc._set_schedule(name != "old-sched", name != "old-sched", name == "spin-first",
                                         name != "own-first")
+                comm._engine.ag_doubling = ALL if name == "doubling" else 0 if a.steps_ab else model_orders
             names = list(paths)
             times = {k: [] for k in names}
+            cpus = {k: [] for k in names}
             for k in names:
                 switch(k)
                 paths[k]()
@@ -116,30 +138,45 @@ def main():
                     switch(k)
                     paths[k]()
                     comm.barrier()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     for _ in range(a.calls):
                         paths[k]()
                     times[k].append((time.perf_counter() - t0) / a.calls)
+                    cpus[k].append((time.process_time() - c0) / a.calls)
+            for k in names:                   # every schedule's result, not only the default's
+                switch(k)
+                if coll != "broadcast" or comm.rank != 0:   # the root's buffer is the source
+                    out[:] = 0
+                paths[k]()
+                assert np.array_equal(out, ref), (coll, nb, k)
             native_sc._set_schedule()
+            comm._engine.ag_doubling = model_orders
             paths["single"]()
             assert comm.last_algorithm == "single_copy", comm.last_algorithm
             assert np.array_equal(out, ref), (coll, nb)
             comm._tuner.model = saved
             comm._hot.forget()
             worst = comm.allreduce(np.array([t for k in names for t in times[k]]), op=hetccl.ReduceOp.MAX)
+            cpu = comm.allreduce(np.array([t for k in names for t in cpus[k]]), op=hetccl.ReduceOp.SUM)
+            cpu_med = {k: statistics.median(cpu[i * a.reps:(i + 1) * a.reps]) for i, k in enumerate(names)}
             med = {k: statistics.median(worst[i * a.reps:(i + 1) * a.reps]) for i, k in enumerate(names)}
             per = {k: worst[i * a.reps:(i + 1) * a.reps] for i, k in enumerate(names)}
             paired = {k: statistics.median(per[k][j] / per["single"][j] for j in range(a.reps))
                       for k in names if k not in ("fifo", "single")}
+            header = " ".join(f"{k + ' us':>9}" for k in names)
+            if header != last_header:           # the columns differ between collectives (--steps-ab)
+                lines.append(f"{'collective':>10} {'bytes':>9} {'FIFO algorithm':>20} {header} {'FIFO/sc':>7}  routed")
+                last_header = header
             lines.append(f"{coll:>10} {nb:>9} {fifo:>20} " + " ".join(f"{med[k] * 1e6:>9.1f}" for k in names)
                          + f" {med['fifo'] / med['single']:>7.2f}  {routed}")
+            if a.cpu:
+                lines.append(" " * 42 + "CPU time per call, all ranks (median us): "
+                             + ", ".join(f"{k} {v * 1e6:.0f}" for k, v in cpu_med.items()))
             if paired:
                 lines.append(" " * 42 + "each repetition's time over single's (median): "
                              + ", ".join(f"{k} {v:.3f}" for k, v in paired.items()))
-            header = " ".join(f"{k + ' us':>9}" for k in names)
     if comm.rank == 0:
         print(f"{n} ranks; probe verdicts: {verdicts}")
-        print(f"{'collective':>10} {'bytes':>9} {'FIFO algorithm':>20} {header} {'FIFO/sc':>7}  routed")
         print("\n".join(lines))
     comm.close()
 

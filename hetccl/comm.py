@@ -386,6 +386,7 @@ class Communicator:
         try:                                  # plain-buffer single copy: where it beats the FIFOs
             self._tuner.model = dataclasses.replace(self._tuner.model, single_copy=_plain_single_copy(
                 engine, self._tuner, self.rank, cards, matrix, self.local_size, timeout))
+            _single_copy_probe.apply_orders(engine, self._tuner.model.single_copy)   # read orders
         except BaseException:
             self._abort()
             self._ft.detach()
@@ -923,6 +924,10 @@ class Communicator:
         if collective in _PLAIN_SINGLE_COPY and self._tuner.model.single_copy:
             rows = dict(self._tuner.model.single_copy)[collective]
             where = ", ".join(f"{n}:{'single' if won else 'fifo'}" for n, won in rows)
+            for key, order_rows in self._tuner.model.single_copy:   # read orders other than arrival
+                if key.startswith(f"{collective}:") and any(won for _, won in order_rows):
+                    where += f"; read by {key.split(':')[1]} at " + ", ".join(
+                        str(n) for n, won in order_rows if won)
             if (self._plan is None and self._islands is None and collective not in self._tuner.forced
                     and self._tuner.single_copy(collective, int(nbytes))):
                 text = (f"plain buffers: single copy by cross-memory attach, measured faster at the "

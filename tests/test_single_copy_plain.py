@@ -81,11 +81,12 @@ def _measured(rank, size):
     """Unforced: the route is the probe's verdict at the nearest measured size, the same on every
     rank; forcing an algorithm (per call or HETCCL_ALGO) keeps the call on the FIFOs."""
     import hetccl
-    from hetccl.collectives.single_copy_probe import COLLECTIVES, SIZES, takes
+    from hetccl.collectives.single_copy_probe import KEYS, SIZES, takes
     comm = hetccl.init(timeout=60)
     try:
         sc = dict(comm._tuner.model.single_copy)
-        assert set(sc) == set(COLLECTIVES) and all(tuple(s for s, _ in sc[c]) == SIZES for c in COLLECTIVES)
+        assert set(sc) == set(KEYS) and all(tuple(s for s, _ in sc[c]) == SIZES for c in KEYS)
+        assert not any(w for _, w in sc["allgather:doubling"])   # 2 ranks: no doubling measured
         seen = []
         for nb in (4 << 10, 8 << 10, 100 << 10, 1 << 20, 8 << 20):
             x = np.ones(nb // 8, np.float64)
@@ -355,51 +356,59 @@ def test_register_deregister_comm():
 
 def test_verdicts_and_cache(tmp_path, monkeypatch):
     from hetccl.collectives import single_copy_probe as p
-    rows = [(s, 2.0, 1.0 if s in (128 << 10, 8 << 20) else 3.0) for s in p.SIZES]
-    v = p.verdicts(rows)
-    assert [w for _, w in v] == [s in (128 << 10, 8 << 20) for s in p.SIZES]
+    won = (128 << 10, 8 << 20)
+    rows = [(s, {"fifo": [2.0] * 7, "single": [1.0 if s in won else 3.0] * 7}) for s in p.SIZES]
+    v = p.verdicts(rows, None, "broadcast")["broadcast"]
+    assert [w for _, w in v] == [s in won for s in p.SIZES]
     assert not p.takes(v, 4 << 10) and not p.takes(v, 8 << 10)      # below / at a lost size
     assert p.takes(v, 150 << 10) and not p.takes(v, 600 << 10) and p.takes(v, 12 << 20)
     assert not p.takes(v, 64 << 20) and not p.takes(v, 256 << 20)   # past 8 MiB: the 32 MiB verdict
     assert p._unmask(p._mask(v)) == v
     f = str(tmp_path / "sc.json")
-    found = {c: v for c in p.COLLECTIVES}
+    found = {c: v for c in p.KEYS}
+    raw = {c: rows for c in p.COLLECTIVES}
     monkeypatch.setattr(p.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    p.store("k", found, {c: rows for c in p.COLLECTIVES}, f)
+    p.store("k", found, raw, f)
     assert p.lookup("k", f) == found and p.lookup("other", f) is None
     monkeypatch.setattr(p.os, "getloadavg", lambda: (50.0, 0.0, 0.0))   # busy: measured again...
-    p.store("b", found, {c: rows for c in p.COLLECTIVES}, f)
+    p.store("b", found, raw, f)
     assert p.lookup("b", f) is None
     for _ in range(p.MAX_PROBES - 1):
-        p.store("b", found, {c: rows for c in p.COLLECTIVES}, f)
+        p.store("b", found, raw, f)
     assert p.lookup("b", f) == found                                     # ...up to MAX_PROBES times
     (tmp_path / "bad.json").write_text("{not json")
     assert p.lookup("k", str(tmp_path / "bad.json")) is None
     data = json.loads((tmp_path / "sc.json").read_text())
+    assert data["k"]["rows_us"]["allgather"][0] == [8 << 10, {"fifo": [2e6] * 7, "single": [3e6] * 7}]
     data["k"]["method"] = p.METHOD - 1                                   # measured the old way: again
     (tmp_path / "sc.json").write_text(json.dumps(data))
-    assert p.lookup("k", f) is None
+    assert p.lookup("k", f) is None and p.previous("k", f) is None
 
 
-def test_verdicts_need_a_margin_in_both_statistics():
-    """Single copy wins a size only by MARGIN in the median time and in the median paired ratio:
-    a split decision (a few fast blocks, or a tie) stays with the FIFO, so it cannot flip."""
+def test_verdicts_need_a_margin_and_agreeing_repetitions():
+    """Single copy wins a size only when the median of its paired ratios to the FIFO is below
+    MARGIN and their median's confidence interval below 1 (or, where the ratios spread too wide,
+    its median block by MARGIN and its mean block): a split decision (faster typically, slower on
+    average) or a near tie goes to the FIFO (or the previous verdict)."""
     from hetccl.collectives import single_copy_probe as p
-    rows = [(8 << 10, 2.0, 1.0, 0.5),          # clear win
-            (32 << 10, 2.0, 1.0, 0.95),        # medians apart, but the paired blocks mostly tied
-            (128 << 10, 2.0, 1.9, 0.5),        # paired blocks fast, medians within the margin
-            (512 << 10, 2.0, 2.5, 1.3),        # clear loss
-            (2 << 20, 2.0, 1.7, 0.85)]         # both by the margin
-    assert [w for _, w in p.verdicts(rows)] == [True, False, False, False, True]
+    f = [2.0] * 7
+    rows = [(8 << 10, {"fifo": f, "single": [1.0] * 7}),                        # clear win
+            (32 << 10, {"fifo": f, "single": [1.9] * 7}),                       # within the margin
+            (128 << 10, {"fifo": f, "single": [1.0, 1.0, 1.0, 1.0, 4.0, 4.0, 4.0]}),   # split
+            (512 << 10, {"fifo": f, "single": [2.5] * 7}),                      # clear loss
+            (2 << 20, {"fifo": f, "single": [1.7] * 7})]                        # by the margin
+    assert [w for _, w in p.verdicts(rows, None, "alltoall")["alltoall"]] == [True, False, False, False, True]
+    assert p.undecided(rows[2][1]) and not p.undecided(rows[0][1]) and not p.undecided(rows[1][1])
     assert [p.calls_per_block(s) for s in p.SIZES] == [64, 64, 64, 16, 8, 8, p.LARGE_CALLS]
     assert [p.reps_for(s) for s in p.SIZES] == [p.REPS] * 6 + [p.LARGE_REPS]
+    assert [p.max_reps(s) for s in p.SIZES] == [p.MAX_REPS] * 6 + [p.LARGE_MAX_REPS]
 
 
 def test_cache_clear(tmp_path):
     from hetccl.collectives import single_copy_probe as p
     f = str(tmp_path / "sc.json")
-    v = {c: tuple((s, True) for s in p.SIZES) for c in p.COLLECTIVES}
-    rows = {c: [(s, 2.0, 1.0) for s in p.SIZES] for c in p.COLLECTIVES}
+    v = {c: tuple((s, True) for s in p.SIZES) for c in p.KEYS}
+    rows = {c: [(s, {"fifo": [2.0], "single": [1.0]}) for s in p.SIZES] for c in p.COLLECTIVES}
     for key in ("h1|c2c|local=2|cpus=2|b", "h1|c2c|local=4|cpus=2|b", "h2|c2c|local=2|cpus=2|b"):
         p.store(key, v, rows, f, own=99)
     assert p.clear(host="h1", local=2, path=f) == 1

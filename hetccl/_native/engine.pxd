@@ -30,6 +30,9 @@ cdef class Engine:
     cdef public size_t chunk        # most bytes one link call moves
     cdef public bint lines          # small exchanges between shm/c2c pairs as one-line messages (oneline.pxd)
     cdef public bint stream_out     # set per call: outputs big enough for streaming stores
+    # single_copy.pyx: bit k set: a single-copy allgather whose output is in (2^(k-1), 2^k] bytes
+    # reads by recursive doubling (power-of-two sizes); the probe's verdicts, per communicator
+    cdef public unsigned long long ag_doubling
     cdef Failure fail               # error state, interrupt word and in-use guard (failure.pxd)
     cdef list attached              # what the links' kinds keep open (segments, UCX handles)
     cdef char* scratch_buf

@@ -24,6 +24,13 @@ rank works on its peers' memory directly:
   pairwise exchange copies every byte twice and needs both ends of a pair on a CPU at once; this
   does neither, so it wins for large blocks and with more ranks than cores. The cma allgather
   enters the same way.
+* **allgather by recursive doubling** (cma mode, a power-of-two number of ranks, 4 or more) —
+  Open MPI's order below 32 ranks over the same reads: log2(N) steps, step k reading the 2^k
+  blocks the partner rank ^ 2^k holds in one read (read_doubling). Fewer, larger reads and one
+  reader per buffer per step; it waits for one partner per step where the arrival-order read
+  waits for nobody in particular, so it wins for large outputs and loses for small ones. Which
+  sizes take it is the probe's verdict (collectives/single_copy_probe.py), set per communicator
+  in ``Engine.ag_doubling`` (doubling_bucket).
 * **broadcast** (cma mode) — every non-root reads the head of the root's buffer straight into its
   own while the root writes the tail (1/N, root_share) into every non-root's.
 
@@ -420,6 +427,71 @@ cdef inline void own_block(char* dst, const char* src, size_t n, bint st) noexce
             store_fence()
 
 
+cdef uint32_t publish_plain(Engine e, int coll, int dtype, uint64_t count, const char* sbuf,
+                            char* rbuf) noexcept nogil:
+    """Publish an allgather's or alltoall's call header and buffer addresses in every control slot
+    and post my entry epoch (returned): peers may read my input from then on."""
+    cdef int p
+    for p in range(e.size):
+        if p != e.rank:
+            put_header(e.links[p].c2c.mine.hdr, coll, dtype, 0, PHASE_DIRECT, e.seq, count, e.rank)
+            e.links[p].c2c.mine.sbuf = published(sbuf)
+            e.links[p].c2c.mine.rbuf = <uintptr_t>rbuf
+    return post(e)
+
+
+cdef int step_read(Engine e, int p, uint32_t want, char* local, bint output, size_t off, size_t n,
+                   bint* refused, double* last, double dl) noexcept nogil:
+    """One step of a stepped read order: wait until peer p has posted epoch want, check its call
+    header, then read n bytes at off of its input (output: of its output) into local, unless a
+    read was refused already (the steps go on without reads: every rank posts the same epochs)."""
+    cdef int rc = wait_epoch(e, p, want, True, last, dl)
+    if rc < 0:
+        return rc
+    rc = header_mismatch(e, p)
+    if rc < 0:
+        return rc
+    if interrupted(&e.fail):
+        return E_CANCELLED
+    if refused[0]:
+        return 0
+    return cma_read(e, p, local, (e.links[p].c2c.theirs.rbuf if output else e.links[p].c2c.theirs.sbuf)
+                    + off, n, refused)
+
+
+cdef int read_doubling(Engine e, int dtype, uint64_t count, char* sbuf, char* rbuf, size_t nb,
+                       bint st, bint* refused, double dl) noexcept nogil:
+    """Allgather on a power-of-two number of ranks by recursive doubling over CMA (Open MPI's
+    choice below 32 ranks): step k reads, from partner rank ^ 2^k, the 2^k blocks its group holds
+    (step 0: its input; later: its output, filled by its earlier steps), in one read. log2(N) reads
+    of growing size instead of N-1, and each buffer has one reader per step. Every rank posts an
+    epoch after each step but the last, so a partner waits for epoch entry+k: done with step k-1.
+    Every peer has entered once the last step is done (the partners' epochs vouch for theirs), so
+    all headers are checked then; a refused read skips the later reads, not the posts."""
+    cdef int N = e.size, r = e.rank, p, rc, k = 0
+    cdef size_t dist = 1, base
+    cdef double last = 0
+    cdef uint32_t ep = publish_plain(e, COLL_ALLGATHER, dtype, count, sbuf, rbuf)
+    own_block(rbuf + nb * r, sbuf, nb, st)
+    while dist < <size_t>N:
+        p = r ^ <int>dist
+        base = <size_t>p & ~(dist - 1)
+        rc = step_read(e, p, ep + <uint32_t>k, rbuf + nb * base, k > 0, 0 if k == 0 else nb * base,
+                       nb * dist, refused, &last, dl)
+        if rc < 0:
+            return rc
+        dist *= 2
+        k += 1
+        if dist < <size_t>N:
+            post(e)
+    for p in range(N):
+        if p != r:
+            rc = header_mismatch(e, p)
+            if rc < 0:
+                return rc
+    return 0
+
+
 cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, char* rbuf, size_t nb,
                     size_t roff, const char* own, bint st, bint* refused, bint* own_left,
                     double dl) noexcept nogil:
@@ -445,12 +517,7 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
     own_left[0] = _own_late
     if not own_left[0]:
         own_block(rbuf + nb * r, own, nb, st)
-    for p in range(N):
-        if p != r:
-            put_header(e.links[p].c2c.mine.hdr, coll, dtype, 0, PHASE_DIRECT, e.seq, count, r)
-            e.links[p].c2c.mine.sbuf = published(sbuf)
-            e.links[p].c2c.mine.rbuf = <uintptr_t>rbuf
-    ep = post(e)
+    ep = publish_plain(e, coll, dtype, count, sbuf, rbuf)
     if not ordered:
         memset(done, 0, N)
     while left > 0:
@@ -654,11 +721,39 @@ cdef int allreduce_window(Engine e, char* sbuf, char* rbuf, size_t count, int dt
 
 # ------------------------------------------------------------------ allgather
 
+cdef inline int doubling_bucket(size_t out_bytes) noexcept nogil:
+    """The bit of Engine.ag_doubling that decides an allgather of out_bytes: k for outputs in
+    (2^(k-1), 2^k], so that with sizes measured at powers of two, the nearest one in log2 (ties to
+    the smaller, single_copy_probe.takes) is the same across a bucket."""
+    cdef int k = 0
+    while k < 63 and (<size_t>1 << k) < out_bytes:
+        k += 1
+    return k
+
+
+def _doubling_bucket(size_t out_bytes):
+    """doubling_bucket, for the probe's mask and its test."""
+    return doubling_bucket(out_bytes)
+
+
+cdef unsigned long long _doubling_calls = 0     # allgathers read by recursive doubling (tests)
+
+
+def doubling_calls():
+    """How many allgathers this process read by recursive doubling (the tests' view of the route)."""
+    return _doubling_calls
+
+
 cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, rc
-    cdef bint st = nb * N >= e.nt_threshold, refused = False, own_left
-    rc = read_peers(e, COLL_ALLGATHER, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, 0, sbuf, st,
-                    &refused, &own_left, dl)
+    cdef bint st = nb * N >= e.nt_threshold, refused = False, own_left = False
+    global _doubling_calls
+    if N > 2 and N & (N - 1) == 0 and e.ag_doubling >> doubling_bucket(nb * <size_t>N) & 1:
+        _doubling_calls += 1             # its partners read my output's own block: copied first
+        rc = read_doubling(e, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, st, &refused, dl)
+    else:
+        rc = read_peers(e, COLL_ALLGATHER, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, 0, sbuf, st,
+                        &refused, &own_left, dl)
     if rc < 0:
         return rc
     # my input may be reused once everyone has read it
