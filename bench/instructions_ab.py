@@ -25,9 +25,11 @@ of ``bench/call_forms.py``:
     python bench/instructions_ab.py --a /work/base --b . --nranks 2 --scope call \
         --cases allreduce:inplace,allreduce:out,allgather:alloc,allgather:out
 
-The calls are driven by ``itertools.starmap`` (``functools.partial`` binds ``out=``), and callgrind
-counts inside ``starmap_next``, which nothing in hetccl calls (the loop's own cost is the same
-constant in both trees), less the schedule's steps (``progress.run_step`` inclusive, by
+The calls are driven by ``itertools.starmap`` (``functools.partial`` binds ``out=``) and consumed by
+``collections.deque(..., 0)``, and callgrind counts inside ``deque_init`` (the loop: ``starmap_next``
+makes each call, the deque's consumer drops its result, so freeing an allocated result is counted
+too), which nothing in hetccl calls between the barriers (the loop's own cost is the same constant
+in both trees), less the schedule's steps (``progress.run_step`` inclusive, by
 ``callgrind_annotate``: the exchanges themselves, the same code in both trees, whose polls of a late
 peer's link grow with the load).
 What is counted is the call's overhead around its schedule: the Python method, argument handling,
@@ -113,11 +115,11 @@ TOGGLE = "__pyx_pw_6hetccl_7_native_*_3Hot_*{collective}"
 
 KEEP = None                                       # --keep DIR
 RELEASES: dict = {}                               # tree -> GIL releases in its last call-scope run
-# --scope call: count inside starmap_next, then leave out what the schedules' steps did there
-# (progress.run_step, inclusive, by callgrind_annotate): a step is the same code in both trees (the
+# --scope call: count inside deque_init (the loop, the results' release included), then leave out
+# what the schedules' steps did there (progress.run_step, inclusive, by callgrind_annotate): a step is the same code in both trees (the
 # algorithms do not change here), and how often it polls its links before the peer's bytes are
 # there is the load's doing, not the code's
-CALL_TOGGLE = "starmap_next"
+CALL_TOGGLE = "deque_init"
 
 # the forms --scope call knows (CHILD_CALL's table), its default cases
 CALL_FORMS = (("allreduce", "inplace"), ("allreduce", "out"), ("allgather", "alloc"), ("allgather", "out"),
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
               f"Hot.<collective> (({args.many} calls) - ({args.few} calls)) / {args.many - args.few}")
     else:
         print(f"{args.nranks} ranks, rank 0 under callgrind; instructions per public call of rank 0 "
-              f"(starmap_next, less the schedule steps), least of {args.repeat} runs of {args.many} calls")
+              f"(the deque-driven loop, less the schedule steps), least of {args.repeat} runs of {args.many} calls")
     print(f"{'case':<34} {'A':>10} {'B':>10} {'B/A':>7}")
     for spec in args.cases.split(","):
         if args.scope == "entry":

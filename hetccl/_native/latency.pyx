@@ -9,6 +9,7 @@ run_* functions (dispatch.pyx).
 cimport cython
 from cpython.buffer cimport PyBuffer_Release
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint64_t
 from libc.string cimport memset
@@ -38,6 +39,7 @@ cdef extern from *:
         int flags;
     } hc_ndarray_head;
     #define HC_NPY_C_CONTIGUOUS 0x0001
+    #define HC_NPY_OWNDATA 0x0004
     #define HC_NPY_WRITEABLE 0x0400
     #define HC_NPY_WARN_ON_WRITE ((int)(1U << 31))
     """
@@ -45,9 +47,10 @@ cdef extern from *:
         char* data
         int nd
         Py_ssize_t* dimensions
+        PyObject* base
         PyObject* descr
         int flags
-    int HC_NPY_C_CONTIGUOUS, HC_NPY_WRITEABLE, HC_NPY_WARN_ON_WRITE
+    int HC_NPY_C_CONTIGUOUS, HC_NPY_OWNDATA, HC_NPY_WRITEABLE, HC_NPY_WARN_ON_WRITE
 
 cdef enum:
     HOT_BROADCAST = 0
@@ -91,6 +94,7 @@ cdef bint head_matches():
         flags = a.flags
         if (<size_t>h.data != <size_t>a.__array_interface__["data"][0] or h.nd != a.ndim
                 or tuple(h.dimensions[i] for i in range(h.nd)) != a.shape or <object>h.descr is not a.dtype
+                or <size_t>h.base != (0 if a.base is None else <size_t>id(a.base))
                 or bool(h.flags & HC_NPY_C_CONTIGUOUS) != flags.c_contiguous
                 or bool(h.flags & HC_NPY_WRITEABLE) != flags.writeable):
             return False
@@ -177,11 +181,31 @@ NUMPY_NEW_DIRECT = NEW_DIRECT       # for the tests: whether outputs are made by
 
 cdef inline object new_like(object a, int dtype, Py_ssize_t count):
     """A new 1-D array of ``count`` elements of numpy array a's dtype: what the parser makes for
-    an output the caller left out (``numpy.empty((count,), a.dtype)``; never a pooled buffer),
-    made by numpy's own constructor where new_direct found it."""
+    an output the caller left out (``numpy.empty((count,), a.dtype)``), made by numpy's own
+    constructor where new_direct found it (Hot.result: the pool's new arrays)."""
     if NEW_DIRECT:
         return hc_new_1d((<hc_ndarray_head*><PyObject*>a).descr, count)
     return _empty(count, <object>(<hc_ndarray_head*><PyObject*>a).descr if DIRECT else a.dtype)
+
+
+cdef extern from *:
+    """
+    #define hc_refcnt(o) Py_REFCNT(o)
+    """
+    Py_ssize_t hc_refcnt(PyObject* o)
+
+
+cdef enum:
+    # The results pool of a communicator's allocating forms (Hot.result): how many arrays it keeps,
+    # and the largest it keeps (bytes; a larger result is always a new array: its allocation is
+    # small against its call, and the pool must not hold much memory after the caller let go).
+    POOL_SLOTS = 4
+    POOL_MAX_BYTES = 65536
+
+# what a pooled array must still be to be handed out again: a C-ordered, writable array that owns
+# its data (its head is checked, as the caller may have changed its flags, shape or dtype in place
+# before dropping it)
+cdef int POOL_FLAGS = HC_NPY_C_CONTIGUOUS | HC_NPY_OWNDATA | HC_NPY_WRITEABLE
 
 
 cdef int view_of(object a, int dtype, Py_buffer* v, bint writable) except -1:
@@ -234,10 +258,10 @@ cdef class Hot:
 
     The allocating forms (``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``reduce`` and
     ``gather`` on the root) are the ones most programs write, so they take this path too: the key
-    is the bytes the output will have, the same the parser prices, and the new array is what
-    ``numpy.empty`` makes (new_like: ~0.1 us, the whole difference from the ``out=`` form; never a
-    pooled buffer, so a result the caller keeps is never written again). Keys are sizes, never
-    buffers: a fresh input each call (``allreduce(x.copy())``) is as hot as a reused one.
+    is the bytes the output will have, the same the parser prices, and the result is what
+    ``numpy.empty`` makes, from a small pool of results nothing references any more (``result``:
+    a result the caller, or anything over it, still holds is never written again). Keys are sizes,
+    never buffers: a fresh input each call (``allreduce(x.copy())``) is as hot as a reused one.
 
     What it learns depends only on the size and on the forced algorithm, like the tuner's choice.
     A call forced with ``algorithm=`` is learnt under that name and the tuner's own calls under
@@ -261,6 +285,8 @@ cdef class Hot:
     cdef public object last         # the name of the algorithm of the last call (last_algorithm)
     cdef public int pending         # calls queued for the progress thread (comm.py): none may overtake
     cdef readonly Flight flight     # the communicator's flight record (hetccl/flight/)
+    cdef PyObject* pool[POOL_SLOTS] # the results pool (result): owned references or NULL
+    cdef int pool_next              # the slot a new result replaces when every one is held
 
     def __cinit__(self, Engine e, double timeout, dict codes, Flight flight=None):
         self.e = e
@@ -274,6 +300,65 @@ cdef class Hot:
         self.unmemo()
         self.last = None
         self.pending = 0
+
+    def __dealloc__(self):
+        cdef int i
+        cdef PyObject* p
+        for i in range(POOL_SLOTS):
+            p, self.pool[i] = self.pool[i], NULL
+            Py_XDECREF(p)
+
+    cdef object result(self, object a, int dtype, Py_ssize_t count):
+        """The output of an allocating form: a 1-D array of ``count`` elements of numpy array a's
+        dtype, as ``numpy.empty`` makes it (its contents undefined).
+
+        It comes from this communicator's small pool when a pooled array of that dtype and length
+        is referenced by nothing but the pool (its reference count is 1): the caller dropped it,
+        and no view, memoryview, buffer export, DLPack capsule or ``torch.from_numpy`` tensor over
+        it remains, since each of those holds a reference to the array. So a loop that drops each
+        result (``comm.allgather(x)`` for its side effect, or ``y = comm.allgather(x)``, where
+        ``y`` lets go of the result before last) gets its results without allocating or freeing
+        anything: at 4 ranks on 2 cores, a new array's ~0.1 us on every rank cost the call 0.3 us
+        (bench/RESULTS.md, the call forms). What a reference count cannot see is never protected:
+        a raw pointer taken from the array (``ctypes.data``, ``__array_interface__``) or a weak
+        reference does not keep a result from being handed out again. Results over
+        POOL_MAX_BYTES, and every result where numpy's constructor is not called directly, are
+        new arrays. A new result takes a free slot (or an unheld array's of another shape), else
+        the oldest slot's place (that array stays the caller's)."""
+        cdef PyObject* descr
+        cdef PyObject* p
+        cdef hc_ndarray_head* h
+        cdef int i, slot = -1
+        if not NEW_DIRECT or count * dtype_size(dtype) > POOL_MAX_BYTES:
+            return new_like(a, dtype, count)
+        descr = (<hc_ndarray_head*><PyObject*>a).descr
+        for i in range(POOL_SLOTS):
+            p = self.pool[i]
+            if p == NULL:
+                if slot < 0:
+                    slot = i
+                continue
+            if hc_refcnt(p) != 1:                   # the caller's, or something over it
+                continue
+            h = <hc_ndarray_head*>p
+            if (h.descr == descr and h.nd == 1 and h.dimensions[0] == count and h.base == NULL
+                    and (h.flags & POOL_FLAGS) == POOL_FLAGS):
+                return <object>p                    # (a new reference: the caller's)
+            if slot < 0:
+                slot = i
+        out = hc_new_1d(descr, count)
+        if slot < 0:
+            slot = self.pool_next
+            self.pool_next = (slot + 1) % POOL_SLOTS
+        p = self.pool[slot]
+        Py_INCREF(out)
+        self.pool[slot] = <PyObject*>out
+        Py_XDECREF(p)                               # (an unheld array is freed here)
+        return out
+
+    def pooled(self):
+        """The arrays the results pool holds now (for the tests)."""
+        return [<object>self.pool[i] for i in range(POOL_SLOTS) if self.pool[i] != NULL]
 
     cdef void unmemo(self) noexcept:
         cdef int k
@@ -475,7 +560,7 @@ cdef class Hot:
             hit = self.algo_of(HOT_ALLGATHER, nb, forced)
             if hit is None:
                 return False
-            out = new_like(buf, dtype, nb // dtype_size(dtype))
+            out = self.result(buf, dtype, nb // dtype_size(dtype))
         else:
             if not same and self.dtype_of(out) != dtype:
                 return False
@@ -511,7 +596,7 @@ cdef class Hot:
         if hit is None:
             return False
         if out is None:
-            out = new_like(buf, dtype, nb // dtype_size(dtype))
+            out = self.result(buf, dtype, nb // dtype_size(dtype))
         pin_in_out(buf, out, dtype, &sv, &rv)
         try:
             self.run(COLL_ALLTOALL, hit, &sv, &rv, sv.len, False, dtype, FL_NO_DTYPE, -1, t)
@@ -534,7 +619,7 @@ cdef class Hot:
         if hit is None:
             return False
         if out is None:
-            out = new_like(buf, dtype, nb // dtype_size(dtype) // self.e.size)
+            out = self.result(buf, dtype, nb // dtype_size(dtype) // self.e.size)
         pin_in_out(buf, out, dtype, &sv, &rv)
         try:
             self.run(COLL_REDUCE_SCATTER, hit, &sv, &rv, sv.len, False, dtype, op, -1, t)
@@ -560,7 +645,7 @@ cdef class Hot:
         if hit is None:
             return False
         if out is None and root == self.e.rank:
-            out = new_like(buf, dtype, nb // dtype_size(dtype))
+            out = self.result(buf, dtype, nb // dtype_size(dtype))
         self.rooted(COLL_REDUCE, hit, buf, out, nb, dtype, op, root, t)
         return out
 
@@ -581,7 +666,7 @@ cdef class Hot:
         if hit is None:
             return False
         if out is None and root == self.e.rank:
-            out = new_like(buf, dtype, nb // dtype_size(dtype) * self.e.size)
+            out = self.result(buf, dtype, nb // dtype_size(dtype) * self.e.size)
         self.rooted(COLL_GATHER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
         return out
 
