@@ -132,3 +132,23 @@ def test_broadcast_star_peer_fails_mid_call(victim, how):
             assert ok and text != "no error", (r, res)
             continue
         assert ok and text.startswith(("lost", "timeout")) and float(text.split(" in ")[1][:-1]) < 15, (r, res)
+
+
+B0 = ("broadcast", 1 << 16, 0)                              # 256 KiB from rank 0: single copy
+FIFO = ("allreduce", 1000)                                  # the FIFO ring
+# {case: (plan, words)}: one rank of four makes another call; a reader waits for the root alone,
+# so the odd rank's call must be seen by the root (its arrival) or by a reader's look at every peer
+STAR_ODD_ONE_OUT = {
+    "reader-in-fifo": ([B0, B0, B0, FIFO], ["allreduce"]),
+    "reader-roots-its-own": ([B0, B0, B0, ("broadcast", 1 << 16, 3)], ["broadcast"]),
+    "root-in-fifo": ([FIFO, B0, B0, B0], ["allreduce"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STAR_ODD_ONE_OUT))
+def test_broadcast_star_one_rank_mismatching(case):
+    from tests.test_c2c_collectives import _odd_one_out_rank, broadcast_roots, check_every_rank_sees_the_mismatch
+    plan, words = STAR_ODD_ONE_OUT[case]
+    res = run_ranks(_odd_one_out_rank, 4, plan, False, timeout=120, transports="c2c",
+                    env={"HETCCL_C2C_MODE": "cma", "HETCCL_C2C_DIRECT": "8"})
+    check_every_rank_sees_the_mismatch(res, case, words, broadcast_roots(plan))
