@@ -566,6 +566,15 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
     return 0
 
 
+cdef void mark_refused(Engine e, uint32_t ep) noexcept nogil:
+    """Say in every slot that a cross-memory copy of this rank's was refused before its post of
+    epoch ep (a peer that sees ep posted sees the mark: the post releases it)."""
+    cdef int p
+    for p in range(e.size):
+        if p != e.rank:
+            e.links[p].c2c.mine.refused = ep
+
+
 cdef int finish_refusable(Engine e, bint refused, double dl) noexcept nogil:
     """finish_own_refusable with no block of my own left to copy."""
     return finish_own_refusable(e, refused, NULL, NULL, 0, False, dl)
@@ -584,9 +593,7 @@ cdef int finish_own_refusable(Engine e, bint refused, char* dst, const char* src
     cdef int p, rc
     cdef uint32_t ep = e.c2c_epoch + 1
     if refused:
-        for p in range(e.size):
-            if p != e.rank:
-                e.links[p].c2c.mine.refused = ep
+        mark_refused(e, ep)
     ep = post(e)
     if dst != NULL and not refused:
         own_block(dst, src, n, st)
@@ -913,6 +920,25 @@ cdef inline size_t root_share(size_t nb, int N) noexcept nogil:
     return (nb // <size_t>N) & ~(<size_t>63)
 
 
+cdef int read_head(Engine e, int root, char* buf, size_t head, bint* refused) noexcept nogil:
+    """A non-root's part of a broadcast: the first head bytes of the root's buffer into buf, in
+    CHUNK pieces (an interrupt is seen between them); stops at a refused read (*refused)."""
+    cdef size_t o = 0, n
+    cdef uint64_t src = e.links[root].c2c.theirs.sbuf
+    cdef int rc
+    while o < head:
+        if interrupted(&e.fail):
+            return E_CANCELLED
+        n = head - o if head - o < CHUNK else CHUNK
+        rc = cma_read(e, root, buf + o, src + o, n, refused)
+        if rc < 0:
+            return rc
+        if refused[0]:
+            return 0
+        o += n
+    return 0
+
+
 cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, double dl) noexcept nogil:
     """Every non-root reads the head of the root's buffer straight into its own, in CHUNK pieces
     (an interrupt is seen between them), while the root writes the tail (root_share) into every
@@ -921,9 +947,8 @@ cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, doub
     The root rides in the header's op byte: ranks naming different roots mismatch at the entry.
     With 3+ ranks (up to 1024) the syncs are the root's alone (broadcast_star)."""
     cdef int rc, i, p, N = e.size
-    cdef size_t o = 0, n, tail = root_share(nb, e.size), head = nb - tail
+    cdef size_t tail = root_share(nb, e.size), head = nb - tail
     cdef bint refused = False
-    cdef uint64_t src
     if _star and 2 < N <= 1024:
         return broadcast_star(e, buf, nb, root, dtype, dl)
     rc = enter_as(e, COLL_BROADCAST, dtype, root & 0xFF, PHASE_DIRECT, nb // dtype_size(dtype),
@@ -931,17 +956,9 @@ cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, doub
     if rc < 0:
         return rc
     if e.rank != root:
-        src = e.links[root].c2c.theirs.sbuf
-        while o < head:
-            if interrupted(&e.fail):
-                return E_CANCELLED
-            n = head - o if head - o < CHUNK else CHUNK
-            rc = cma_read(e, root, buf + o, src + o, n, &refused)
-            if rc < 0:
-                return rc
-            if refused:
-                break
-            o += n
+        rc = read_head(e, root, buf, head, &refused)
+        if rc < 0:
+            return rc
     elif tail:
         for i in range(1, N):
             if interrupted(&e.fail):
@@ -992,9 +1009,9 @@ cdef int broadcast_star(Engine e, char* buf, size_t nb, int root, int dtype, dou
     root does, and the root not before every peer's second post, so the headers the waits
     check (check_peers) are stable."""
     cdef int rc, i, p, N = e.size, r = e.rank
-    cdef size_t o = 0, n, tail = root_share(nb, N), head = nb - tail
+    cdef size_t tail = root_share(nb, N), head = nb - tail
     cdef bint refused = False
-    cdef uint64_t me = published(buf), src
+    cdef uint64_t me = published(buf)
     cdef uint32_t ep
     cdef double last = 0
     cdef uint8_t done[1024]
@@ -1012,21 +1029,11 @@ cdef int broadcast_star(Engine e, char* buf, size_t nb, int root, int dtype, dou
         rc = header_mismatch(e, root)
         if rc < 0:
             return rc
-        src = e.links[root].c2c.theirs.sbuf
-        while o < head:
-            if interrupted(&e.fail):
-                return E_CANCELLED
-            n = head - o if head - o < CHUNK else CHUNK
-            rc = cma_read(e, root, buf + o, src + o, n, &refused)
-            if rc < 0:
-                return rc
-            if refused:
-                break
-            o += n
+        rc = read_head(e, root, buf, head, &refused)
+        if rc < 0:
+            return rc
         if refused:
-            for p in range(N):
-                if p != r:
-                    e.links[p].c2c.mine.refused = ep + 1
+            mark_refused(e, ep + 1)
         post(e)
         rc = wait_epoch(e, root, ep + 1, False, &last, dl)
         if rc < 0:
@@ -1053,9 +1060,7 @@ cdef int broadcast_star(Engine e, char* buf, size_t nb, int root, int dtype, dou
             return rc
         refused = refused or e.links[p].c2c.theirs.refused == ep + 1
     if refused:
-        for p in range(N):
-            if p != r:
-                e.links[p].c2c.mine.refused = ep + 1
+        mark_refused(e, ep + 1)
     post(e)
     return CMA_REFUSED if refused else 0
 
