@@ -24,6 +24,11 @@ _native/latency.pyx):
   whatever the probe's verdict, while the **single** column then reads in arrival order at every
   size (without ``--steps-ab`` it reads in the order the probe chose). The route column names
   the order an unforced call takes.
+* with ``--bcast-ab`` (broadcast only): column **all-sync**, the single-copy broadcast with the two
+  all-rank syncs it had before its syncs became the root's alone (``broadcast_star``), and the FIFO
+  tree the tuner did not pick (**binomial** or **chain**), forced;
+* with ``--mpi`` (launched by ``mpirun``, mpi4py installed): column **mpi**, Open MPI's call on the
+  same buffers (``Bcast``, ``Allgather``, ``Alltoall``), in the same rounds.
 
 Paths alternate repetition by repetition, in an order drawn afresh for each repetition (the same
 on every rank), so all see the same machine (this host is shared) and none always runs right after
@@ -77,6 +82,9 @@ def main():
     ap.add_argument("--cpu", action="store_true",
                     help="also print each path's CPU time per call summed over the ranks (process_time:"
                          " less dependent on the host's load than the wall time)")
+    ap.add_argument("--bcast-ab", action="store_true",
+                    help="broadcast: also time the all-rank-sync single copy and the other FIFO tree")
+    ap.add_argument("--mpi", action="store_true", help="also time mpi4py's call (launch with mpirun)")
     a = ap.parse_args()
     comm = hetccl.init()
     n = comm.size
@@ -85,6 +93,7 @@ def main():
     if not verdicts:
         raise SystemExit("no single-copy route on this communicator (every pair c2c in cma mode needed)")
     lines, last_header = [], None
+    mpi = _mpi_world(comm) if a.mpi else None
     for coll in a.collectives.split(","):
         for nb in map(_size, a.sizes.split(",")):
             fifo = comm._tuner.select(coll, nb).name
@@ -120,10 +129,17 @@ def main():
                 paths["own-first"] = call    # allgather, alltoall: the own block copied before the entry
             if a.steps_ab and coll == "allgather" and _runs_doubling(n):
                 paths["doubling"] = call     # allgather: recursive doubling over CMA
+            if a.bcast_ab and coll == "broadcast":
+                paths["all-sync"] = call     # the single-copy broadcast's two all-rank syncs
+                for tree in ("binomial", "chain"):
+                    if tree != fifo:
+                        paths[tree] = lambda t=tree: call(algorithm=t)
+            if mpi is not None:
+                paths["mpi"] = _mpi_call(mpi, coll, x, out)
 
             def switch(name):
                 native_sc._set_schedule(name != "old-sched", name != "old-sched", name == "spin-first",
-                                        name != "own-first")
+                                        name != "own-first", star=name != "all-sync")
                 comm._engine.ag_doubling = ALL if name == "doubling" else 0 if a.steps_ab else model_orders
             names = list(paths)
             times = {k: [] for k in names}
@@ -179,6 +195,25 @@ def main():
         print(f"{n} ranks; probe verdicts: {verdicts}")
         print("\n".join(lines))
     comm.close()
+
+
+def _mpi_world(comm):
+    """mpi4py's COMM_WORLD when this job was started by mpirun over the same ranks, else exit."""
+    from hetccl.benchmark.peer_compare import _mpi_adapter
+    adapter, why = _mpi_adapter(comm)
+    if adapter is None:
+        raise SystemExit(f"--mpi: {why}")
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def _mpi_call(world, coll, x, out):
+    """Open MPI's call on the buffers the hetccl paths use."""
+    if coll == "broadcast":
+        return lambda: world.Bcast(out, 0)
+    if coll == "allgather":
+        return lambda: world.Allgather(x, out)
+    return lambda: world.Alltoall(x, out)
 
 
 if __name__ == "__main__":

@@ -398,6 +398,7 @@ cdef bint _own_late = True         # ... and of when read_peers copies the rank'
 cdef bint _own_in_finish = True    # ... and of whether a block left after the reads is copied
                                    # between the last sync's post and its wait (finish_refusable)
 cdef unsigned long _own_after_post = 0   # own blocks copied that way (the tests' evidence)
+cdef bint _star = True             # ... and of the broadcast's syncs (broadcast_star)
 
 
 def _own_copies_after_post():
@@ -407,16 +408,17 @@ def _own_copies_after_post():
 
 
 def _set_schedule(bint root_writes=True, bint arrival_order=True, bint spin=False, bint own_late=True,
-                  bint own_in_finish=True):
+                  bint own_in_finish=True, bint star=True):
     """The broadcast root writes its share (root_share) / allgather and alltoall read each peer
     as it arrives (read_peers) / the plain calls' syncs yield from the first poll (run_plain) /
     an own block still to copy after the reads is copied after the last sync's post
-    (finish_refusable); the opposite: the schedules before (the peers read everything / every
-    rank waits for all at the entry / they spin first / it is copied before the post). For the
+    (finish_refusable) / the broadcast's syncs are the root's with each peer (broadcast_star);
+    the opposite: the schedules before (the peers read everything / every rank waits for all at
+    the entry / they spin first / it is copied before the post / two all-rank syncs). For the
     benchmark's same-process A/B only."""
-    global _root_writes, _arrival_order, _spin_plain, _own_late, _own_in_finish
+    global _root_writes, _arrival_order, _spin_plain, _own_late, _own_in_finish, _star
     _root_writes, _arrival_order, _spin_plain, _own_late = root_writes, arrival_order, spin, own_late
-    _own_in_finish = own_in_finish
+    _own_in_finish, _star = own_in_finish, star
 
 
 cdef inline void own_block(char* dst, const char* src, size_t n, bint st) noexcept nogil:
@@ -564,6 +566,15 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
     return 0
 
 
+cdef void mark_refused(Engine e, uint32_t ep) noexcept nogil:
+    """Say in every slot that a cross-memory copy of this rank's was refused before its post of
+    epoch ep (a peer that sees ep posted sees the mark: the post releases it)."""
+    cdef int p
+    for p in range(e.size):
+        if p != e.rank:
+            e.links[p].c2c.mine.refused = ep
+
+
 cdef int finish_refusable(Engine e, bint refused, double dl) noexcept nogil:
     """finish_own_refusable with no block of my own left to copy."""
     return finish_own_refusable(e, refused, NULL, NULL, 0, False, dl)
@@ -582,9 +593,7 @@ cdef int finish_own_refusable(Engine e, bint refused, char* dst, const char* src
     cdef int p, rc
     cdef uint32_t ep = e.c2c_epoch + 1
     if refused:
-        for p in range(e.size):
-            if p != e.rank:
-                e.links[p].c2c.mine.refused = ep
+        mark_refused(e, ep)
     ep = post(e)
     if dst != NULL and not refused:
         own_block(dst, src, n, st)
@@ -911,32 +920,45 @@ cdef inline size_t root_share(size_t nb, int N) noexcept nogil:
     return (nb // <size_t>N) & ~(<size_t>63)
 
 
+cdef int read_head(Engine e, int root, char* buf, size_t head, bint* refused) noexcept nogil:
+    """A non-root's part of a broadcast: the first head bytes of the root's buffer into buf, in
+    CHUNK pieces (an interrupt is seen between them); stops at a refused read (*refused)."""
+    cdef size_t o = 0, n
+    cdef uint64_t src = e.links[root].c2c.theirs.sbuf
+    cdef int rc
+    while o < head:
+        if interrupted(&e.fail):
+            return E_CANCELLED
+        n = head - o if head - o < CHUNK else CHUNK
+        rc = cma_read(e, root, buf + o, src + o, n, refused)
+        if rc < 0:
+            return rc
+        if refused[0]:
+            return 0
+        o += n
+    return 0
+
+
 cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, double dl) noexcept nogil:
     """Every non-root reads the head of the root's buffer straight into its own, in CHUNK pieces
     (an interrupt is seen between them), while the root writes the tail (root_share) into every
     non-root's buffer, whose address rides in the entry sync; the last sync keeps the root's buffer
     unchanged until all have read, and every non-root's call open until the root has written.
-    The root rides in the header's op byte: ranks naming different roots mismatch at the entry."""
+    The root rides in the header's op byte: ranks naming different roots mismatch at the entry.
+    With 3+ ranks (up to 1024) the syncs are the root's alone (broadcast_star)."""
     cdef int rc, i, p, N = e.size
-    cdef size_t o = 0, n, tail = root_share(nb, e.size), head = nb - tail
+    cdef size_t tail = root_share(nb, e.size), head = nb - tail
     cdef bint refused = False
-    cdef uint64_t src
+    if _star and 2 < N <= 1024:
+        return broadcast_star(e, buf, nb, root, dtype, dl)
     rc = enter_as(e, COLL_BROADCAST, dtype, root & 0xFF, PHASE_DIRECT, nb // dtype_size(dtype),
                   published(buf), 0, dl)
     if rc < 0:
         return rc
     if e.rank != root:
-        src = e.links[root].c2c.theirs.sbuf
-        while o < head:
-            if interrupted(&e.fail):
-                return E_CANCELLED
-            n = head - o if head - o < CHUNK else CHUNK
-            rc = cma_read(e, root, buf + o, src + o, n, &refused)
-            if rc < 0:
-                return rc
-            if refused:
-                break
-            o += n
+        rc = read_head(e, root, buf, head, &refused)
+        if rc < 0:
+            return rc
     elif tail:
         for i in range(1, N):
             if interrupted(&e.fail):
@@ -948,6 +970,99 @@ cdef int broadcast_cma(Engine e, char* buf, size_t nb, int root, int dtype, doub
             if refused:
                 break
     return finish_refusable(e, refused, dl)
+
+
+cdef int next_arrived(Engine e, uint32_t want, uint8_t* done, double* last, double dl) noexcept nogil:
+    """A peer not yet done that has posted epoch want, the first in the order rank+1, rank+2, ...
+    among those that have, waiting for the first not done when none has (check_peers looks at
+    every peer meanwhile: in the calls that use it no peer can leave before we post again, so
+    every arrived peer's header is complete and stable); marks it done. A code < 0 on failure."""
+    cdef int N = e.size, i, p, rc
+    for i in range(1, N):
+        p = (e.rank + i) % N
+        if not done[p] and arrived(e, p, want):
+            done[p] = 1
+            return p
+    for i in range(1, N):
+        p = (e.rank + i) % N
+        if not done[p]:
+            rc = wait_epoch(e, p, want, True, last, dl)
+            if rc < 0:
+                return rc
+            done[p] = 1
+            return p
+    return E_MISMATCH                         # not reached: the caller asks at most N-1 times
+
+
+cdef int broadcast_star(Engine e, char* buf, size_t nb, int root, int dtype, double dl) noexcept nogil:
+    """broadcast_cma's copies with the root's syncs only, as a star: every rank publishes the call
+    and its buffer's address and posts; a non-root waits for the *root's* post alone, reads the
+    head of the root's buffer, posts again ("read", with its refusal mark) and waits for the
+    root's second post; the root writes its share (root_share) into each peer as that peer
+    arrives, then waits until every peer has read and posts the second time (its mark: some
+    rank was refused, so all fall back together). The all-rank syncs of broadcast_cma made every
+    non-root wait for every other one twice per call, which with more ranks than CPUs means for
+    ranks that are off the CPU; Open MPI's broadcast (ob1 rendezvous, one cross-memory read of
+    the whole buffer from the root per non-root, the root waiting for each one's completion)
+    has only the root's pairwise waits too. Every rank still posts twice per call, so the
+    epochs stay the same on every rank between calls; no peer passes the second post before the
+    root does, and the root not before every peer's second post, so the headers the waits
+    check (check_peers) are stable."""
+    cdef int rc, i, p, N = e.size, r = e.rank
+    cdef size_t tail = root_share(nb, N), head = nb - tail
+    cdef bint refused = False
+    cdef uint64_t me = published(buf)
+    cdef uint32_t ep
+    cdef double last = 0
+    cdef uint8_t done[1024]
+    for p in range(N):
+        if p != r:
+            put_header(e.links[p].c2c.mine.hdr, COLL_BROADCAST, dtype, root & 0xFF, PHASE_DIRECT, e.seq,
+                       nb // dtype_size(dtype), r)
+            e.links[p].c2c.mine.sbuf = me
+            e.links[p].c2c.mine.rbuf = 0
+    ep = post(e)
+    if r != root:
+        rc = wait_epoch(e, root, ep, True, &last, dl)
+        if rc < 0:
+            return rc
+        rc = header_mismatch(e, root)
+        if rc < 0:
+            return rc
+        rc = read_head(e, root, buf, head, &refused)
+        if rc < 0:
+            return rc
+        if refused:
+            mark_refused(e, ep + 1)
+        post(e)
+        rc = wait_epoch(e, root, ep + 1, False, &last, dl)
+        if rc < 0:
+            return rc
+        return CMA_REFUSED if refused or e.links[root].c2c.theirs.refused == ep + 1 else 0
+    memset(done, 0, N)
+    for i in range(1, N):                     # arrivals: their headers, and the root's share
+        p = next_arrived(e, ep, done, &last, dl)
+        if p < 0:
+            return p
+        rc = header_mismatch(e, p)
+        if rc < 0:
+            return rc
+        if tail and not refused:
+            if interrupted(&e.fail):
+                return E_CANCELLED
+            rc = cma_xfer(e, p, buf + head, e.links[p].c2c.theirs.sbuf + head, tail, 1, &refused)
+            if rc < 0:
+                return rc
+    for i in range(1, N):                     # every peer has read my buffer
+        p = (r + i) % N
+        rc = wait_epoch(e, p, ep + 1, True, &last, dl)
+        if rc < 0:
+            return rc
+        refused = refused or e.links[p].c2c.theirs.refused == ep + 1
+    if refused:
+        mark_refused(e, ep + 1)
+    post(e)
+    return CMA_REFUSED if refused else 0
 
 
 def broadcast(Engine e, obj, int root, int dtype, double timeout):
