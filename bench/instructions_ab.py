@@ -10,7 +10,7 @@ the scheduler handing the cores round: their ratios swing by 10% in either direc
 repeats of one command. This script answers the code question instead. Rank 0 runs under
 ``valgrind --tool=callgrind`` (the other ranks natively, so rank 0 seldom waits: they are always
 ahead of it), makes ``--few`` and then ``--many`` calls of each case, and callgrind counts only
-inside the latency path's native entry for the collective (``Hot.<collective>``, a Cython method in
+inside the latency path's native entry for the collective (``Hot.<collective>``, a cpdef Cython method in
 both the old and the new native core: pinning, the schedule, its waits; not the Python method
 around it); the difference of the two counts over the difference of the calls is the instructions
 per call. (Counting the whole process does not work: start-up and connection waits vary by tens of
@@ -108,9 +108,13 @@ comm.close()
 
 WRAP = ('if [ "$HETCCL_RANK" = 0 ]; then exec valgrind --tool=callgrind --callgrind-out-file="$OUT" '
         '--toggle-collect="$TOGGLE" -q "$PY" -c "$CODE"; else exec "$PY" -c "$CODE"; fi')
-# Cython's Python-visible wrapper of Hot.<collective> (module collectives.pyx before the native
-# core's split, latency.pyx after): __pyx_pw_6hetccl_7_native_<module>_3Hot_<n><collective>
-TOGGLE = "__pyx_pw_6hetccl_7_native_*_3Hot_*{collective}"
+# The C function of the cpdef Hot.<collective> (module collectives.pyx before the native core's
+# split, latency.pyx after): __pyx_f_6hetccl_7_native_<module>_3Hot_<collective>. Both the Python
+# wrapper (__pyx_pw_..., a `comm._hot.allgather(...)` from Python) and the public methods' closures
+# (which call the cpdef at C level, never through the wrapper) enter it, so it is the one toggle
+# that fires for every public call; toggling the wrapper as well would switch collection off again
+# inside it.
+TOGGLE = "__pyx_f_6hetccl_7_native_*_3Hot_{collective}"
 
 
 KEEP = None                                       # --keep DIR
