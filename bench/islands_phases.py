@@ -28,7 +28,9 @@ and prints, per phase, what collectives/islands.py's IslandPricer charges (``_st
 ``_steps``) from the communicator's own cost model and the bridge's probed prices. So a
 composed prediction that is off can be traced to the phase, and the phase to the island, whose
 price is off. Time per repetition: the slowest rank of the phase, a loop of calls calibrated to
-~20 ms; the median over --reps repetitions, variants interleaved. ``--cpu`` adds a table of the
+~20 ms; the median over --reps repetitions, variants interleaved. The form ``whole`` runs
+(``rails`` or ``leaders``) is chosen from the bridge's probed prices, so near 64 KiB it can differ
+from one job to the next: the header says which ran (the phase columns are the rails form's). ``--cpu`` adds a table of the
 CPU time per call summed over the four ranks (``time.process_time``): with more ranks than CPUs,
 CPU a waiting rank burns is CPU the working ones lack.
 """
@@ -187,6 +189,9 @@ def main(argv=None) -> int:
                              "priced_us": {k: v * 1e6 for k, v in pr.items()}})
             print(f"# islands phases; load average {os.getloadavg()[0]:.2f}; oversubscribed {plan._over}; "
                   f"model {comm.context.tuner.model.origin} {comm.context.tuner.cost.params()}")
+            ran = {n: comm.context.decide("allreduce", n, "islands", f32, SUM)[1] for n in sizes}
+            print("# the composed call (whole) ran the form: " + ", ".join(f"{fmt.format_size(n)} {f}" for n, f in ran.items())
+                  + " (rs, rail, ag, rails, seq: the rails form's phases; a whole that ran 'leaders' is another schedule)")
             print(f"# mpi bridge prices (seconds at {PROBE_SIZES} per collective {COLLECTIVES}): "
                   f"{[round(float(x) * 1e6, 1) for x in plan.prices[0]]} us")
             names = ["whole", "whole yield", "rails", "seq", "rs", "rail", "ag", "rs@mpi", "rs@hetccl", "ag@mpi",
@@ -204,7 +209,7 @@ def main(argv=None) -> int:
                     print(f"{fmt.format_size(n):>6} " + " ".join(f"{cpu[n][x] * 1e6:11.1f}" for x in names))
             if args.json:
                 with open(args.json, "w") as f:
-                    json.dump({"rows": rows, "cpu_us": {str(n): {k: v * 1e6 for k, v in c.items()} for n, c in cpu.items()}, "prices": list(map(float, plan.prices[0])),
+                    json.dump({"rows": rows, "whole_form": {str(n): f for n, f in ran.items()}, "cpu_us": {str(n): {k: v * 1e6 for k, v in c.items()} for n, c in cpu.items()}, "prices": list(map(float, plan.prices[0])),
                                "model": comm.context.tuner.cost.params(),
                                "loadavg": os.getloadavg()[0]}, f, indent=1)
     finally:
