@@ -363,3 +363,31 @@ def test_symmetric_path_loses_where_its_two_syncs_outweigh_the_bytes():
     sm = _sym(2, _cost(40e-6, 5.0, 3.7, 100.0, 17.0))
     assert not sm.faster("allreduce", 256 << 10)
     assert sm.faster("allreduce", 4 << 20)
+
+
+# The 3-rank model of the quiet run of 2026-12-07 11:34 (its probe's entry, format 9): 3 ranks on
+# 2 CPUs, beta_free measured by the probe's binomial broadcasts.
+THREE_ON_TWO = LinkCost(1.258e-6, 2.924e-10, 1.714e-11, beta_out=2.924e-10, gamma_out=6.174e-11,
+                        cache_bytes=CACHE, beta_free=1.702e-10, beta_free_out=2.161e-10, share=1.5)
+
+
+def test_a_fold_is_priced_on_the_ranks_it_keeps_at_work():
+    """Recursive doubling and Rabenseifner on 3 ranks fold the third rank in and out by one-way
+    transfers that keep 2 of the 3 ranks at work: on 2 CPUs those pay beta_free, as a tree level
+    does (recorded: recursive doubling 6.9 us at 8 KiB, the ring 8.0; the fold at the all-ranks
+    beta priced 9.1 and chose the ring). A power of two has no fold: nothing changes there."""
+    from hetccl.collectives.algorithm import folding
+    from hetccl.collectives.allreduce import rabenseifner, recursive_doubling
+    c = THREE_ON_TWO
+    crowded = dataclasses.replace(c, beta_free=0.0, beta_free_out=0.0)
+    n = 8 << 10
+    assert folding(c, 3).beta == pytest.approx(c.beta_free)
+    assert folding(c, 4) is c and folding(c, 2) is c
+    saved = 2 * n * 0.5 * (c.beta - c.beta_free)          # two one-way transfers of n
+    assert recursive_doubling(n, 3, crowded) - recursive_doubling(n, 3, c) == pytest.approx(saved)
+    assert rabenseifner(n, 3, crowded) - rabenseifner(n, 3, c) == pytest.approx(saved)
+    assert recursive_doubling(n, 4, crowded) == recursive_doubling(n, 4, c)
+    t = _tuner(3, c)
+    assert t.select("allreduce", 8 << 10).name == "recursive_doubling"
+    assert t.select("allreduce", 2 << 10).name == "recursive_doubling"
+    assert [t.select("allreduce", s).name for s in (128 << 10, 512 << 10, 2 << 20)] == ["ring"] * 3

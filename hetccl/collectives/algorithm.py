@@ -127,6 +127,21 @@ def tree_levels(n, p, c, per_byte, share=False) -> float:
                for busy, blocks in binomial_levels(p))
 
 
+def folding(c, p):
+    """The parameters of the fold of a recursive doubling or Rabenseifner on p ranks, which folds the ranks above q, the power of two below p, in and out by one-way
+    transfers: those keep only 2 (p - q) ranks at work, the others waiting inside the call, so on
+    more ranks than CPUs the fold pays what its working ranks do (LinkCost.crowded), as a binomial
+    tree's levels do (tree_levels). The rounds keep the all-ranks beta. Measured on 3 ranks
+    sharing 2 CPUs: recursive doubling's allreduce 0.29-0.33 ns per byte from 2 KiB to 128 KiB,
+    where its fold at the all-ranks beta priced 0.62 and the ring was chosen at 8 KiB, 1.10-1.16x
+    slower, in four of the five recorded runs (bench/results/crossover-2026-12-07h-raw and
+    earlier). Pricing the rounds on their q working ranks too was tried and moved 128-512 KiB to
+    the exchanges, 1.15-1.20x slower than the ring, in three of them: the probe's in-cache ring
+    still prices the ring's own bytes above its loops there."""
+    q = pof2_below(p)
+    return c if q == p else c.crowded(2 * (p - q), p)
+
+
 def one_way(c) -> float:
     """Seconds per byte of a one-way transfer (a tree edge): one pass per side over a FIFO, the
     whole wire time over a full-duplex network link."""

@@ -4,13 +4,16 @@
 messages of the whole buffer) for recursive doubling and Rabenseifner.
 """
 from .algorithm import (ALGO_DBTREE, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING, Algorithm, exchange,
-                        exchange_rounds, log2_ceil, one_way, pof2_below, ring_rs_bytes)
+                        exchange_rounds, folding, log2_ceil, one_way, pof2_below, ring_rs_bytes)
 
 
 def _fold(n, p, c):
     """Non-powers of two: the extra ranks hand their whole buffer in (reduced on arrival) and get
-    the result back: two one-way transfers of n bytes."""
-    return 0.0 if pof2_below(p) == p else 2 * (c.alpha + n * one_way(c)) + n * c.gamma
+    the result back: two one-way transfers of n bytes, priced on the ranks they keep at work
+    (algorithm.folding)."""
+    if pof2_below(p) == p:
+        return 0.0
+    return 2 * (c.alpha + n * one_way(folding(c, p))) + n * c.gamma
 
 
 def ring(n, p, c):

@@ -2,8 +2,8 @@
 
 ``n`` is the bytes of the whole input.
 """
-from .algorithm import (ALGO_RECURSIVE_HALVING, ALGO_RING, Algorithm, exchange, log2_ceil, one_way,
-                        pof2_below, ring_rs_bytes)
+from .algorithm import (ALGO_RECURSIVE_HALVING, ALGO_RING, Algorithm, exchange, folding, log2_ceil,
+                        one_way, pof2_below, ring_rs_bytes)
 
 
 def ring(n, p, c):
@@ -14,14 +14,16 @@ def ring(n, p, c):
 def recursive_halving(n, p, c):
     """log2 q exchanges of halving windows (q the power of two below p), each reduced into scratch;
     a non-power of two first folds whole inputs in (one-way, n bytes reduced) and sends the folded
-    ranks their block at the end (one-way, n/p bytes)."""
+    ranks their block at the end (one-way, n/p bytes), priced on the ranks it keeps at work
+    (algorithm.folding)."""
     if p == 1:
         return 0.0
     q = pof2_below(p)
     f = (q - 1) / q
     t = log2_ceil(q) * c.alpha + f * n * (exchange(n, n / 2, c) + c.gamma)
     if q != p:
-        t += 2 * c.alpha + n * (one_way(c) + c.gamma) + n / p * one_way(c)
+        fold = folding(c, p)
+        t += 2 * c.alpha + n * (one_way(fold) + c.gamma) + n / p * one_way(fold)
     return t
 
 
