@@ -3,6 +3,7 @@
 
     python bench/crossover_repredict.py bench/results/crossover-2026-12-07f-raw
     python bench/crossover_repredict.py RAW_DIR --without-free   # the model before beta_free, same run
+    python bench/crossover_repredict.py RAW_DIR --ring-from-sweep   # a format <= 9 probe's cold in-cache ring
 
 A ``bench/crossover.py --run`` directory keeps, per world size N, every pass's sweep
 (``algos-nN.json``, ``algos-nN-pass2.json``: the forced time of every algorithm at every size) and
@@ -27,6 +28,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import math
 import os
 import statistics
 import sys
@@ -108,6 +110,28 @@ def probe_from_sweep(passes, n) -> dict:
     return out
 
 
+def ring_from_sweep(passes, nbytes=256 << 10) -> dict:
+    """The probe's in-cache ring (``allreduce_s`` of *nbytes*) as the recorded sweep's loops of
+    the ring allreduce paid it: the median over all passes at the sweep's sizes either side,
+    log-log interpolated. For records of cache format <= 9, whose probe timed that ring cold (a
+    repetition of MIN_CALLS calls right after the big ring, broadcast and kernels: 1.25-1.3x the
+    sweep's loops at 3 and 4 ranks in the run of 2026-12-07 11:34); format 10 warms it
+    (probe.warm_first). {} when the sweep has no ring allreduce on both sides."""
+    times = {}
+    for rows in passes:
+        for r in rows:
+            if r["collective"] == "allreduce" and r["variant"] == "ring":
+                times.setdefault(r["size"], []).extend(r.get("times_us") or [r["time_us"]])
+    below = [s for s in times if s <= nbytes]
+    above = [s for s in times if s >= nbytes]
+    if not below or not above:
+        return {}
+    lo, hi = max(below), min(above)
+    a, b = statistics.median(times[lo]), statistics.median(times[hi])
+    w = 0.0 if lo == hi else math.log(nbytes / lo) / math.log(hi / lo)
+    return {"allreduce_s": math.exp((1 - w) * math.log(a) + w * math.log(b)) * 1e-6, "allreduce_bytes": nbytes}
+
+
 def judge(passes, n, tuner, tolerance) -> tuple[list[dict], list[dict]]:
     """(recorded, re-decided) pooled verdicts per point, as bench/crossover.py's pooled check."""
     pooled = {}
@@ -140,6 +164,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=compare.TOLERANCE)
     ap.add_argument("--from-sweep", action="store_true",
                     help="take the probe timings the record lacks from the sweep (probe_from_sweep)")
+    ap.add_argument("--ring-from-sweep", action="store_true",
+                    help="the probe's in-cache ring from the sweep's ring loops (ring_from_sweep: a record "
+                         "of cache format <= 9 timed it cold)")
     ap.add_argument("--free-from-pair", action="store_true",
                     help="beta_free = the 2-rank probe's beta and beta_out (a pair with a CPU each: "
                          "a proxy measured apart from the sweep)")
@@ -155,6 +182,8 @@ def main(argv=None) -> int:
             print(f"# {n} ranks: no sweep or no cost-model entry in {args.raw_dir}")
             continue
         extra = probe_from_sweep(passes, n) if args.from_sweep else {}
+        if args.ring_from_sweep:
+            extra.update(ring_from_sweep(passes))
         model = model_of(entry, n, extra)
         pair = cache_entry(args.raw_dir, 2) if args.free_from_pair else None
         if pair is not None and model.cost.share > 1:

@@ -672,6 +672,38 @@ def test_a_repetition_holds_its_minimum_of_calls(monkeypatch):
     assert asked == {"ring": 4, "kernel": 50, "bcast": 50}
 
 
+def test_the_in_cache_ring_and_broadcast_are_warmed_before_each_repetition(monkeypatch):
+    """Over FIFOs the probe's in-cache ring and broadcast make one untimed call before each
+    repetition's barrier (their repetitions follow the big ring, broadcast and kernels, and hold
+    only MIN_CALLS calls: cold, the 256 KiB ring ran 1.25-1.3x the sweep's loops at 3 and 4
+    ranks and priced the ring at 32 KiB on 4 ranks where Rabenseifner was 1.22x faster); the
+    out-of-cache quantities and the kernels are not warmed, and without *warm* nothing is."""
+    calls = []
+    monkeypatch.setattr(probe, "_calls_per_rep", lambda engine, fn, timeout, rep_s: 2)
+    monkeypatch.setattr(probe, "_batch", lambda fn, iters: (calls.append(("timed", fn)), 1.0)[1])
+    monkeypatch.setattr(probe.schedules, "barrier", lambda *a: calls.append(("barrier", None)))
+    monkeypatch.setattr(probe, "_max_over_ranks", lambda engine, v, timeout: v)
+    fns = {k: (lambda k=k: calls.append(("warm", k))) for k in ("allreduce_s", "allreduce_big_s", "copy_s")}
+    probe.time_per_call(None, fns, 1.0, reps=3, **probe.warm_first(fns, True))
+    warm = [k for what, k in calls if what == "warm"]
+    assert warm == ["allreduce_s"] * 3
+    assert calls[calls.index(("warm", "allreduce_s")) + 1] == ("barrier", None)     # then the barrier
+    calls.clear()
+    probe.time_per_call(None, fns, 1.0, reps=3, **probe.warm_first(fns, False))
+    assert not [c for c in calls if c[0] == "warm"]
+    asked = {}
+
+    def fake(engine, fns, timeout, reps=probe.REPS, rep_s=None, min_calls=None, warm=frozenset()):
+        asked.update(warm=warm)
+        return {k: 1e-3 for k in fns}
+    monkeypatch.setattr(probe, "time_per_call", fake)
+    monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
+    probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, crowded=True, warm=True)
+    assert asked["warm"] == {"allreduce_s", "bcast_s"}
+    probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, warm=True)
+    assert asked["warm"] == {"allreduce_s"}
+
+
 def test_one_host_rings_write_a_separate_output(monkeypatch):
     """Out of place on one host (the working set the model prices: input, output, FIFO): the
     rings' and exchanges' output is not their input; over a network link (the slope between two
@@ -742,11 +774,11 @@ def test_each_link_kind_is_timed_as_its_jobs_run():
     exchange rounds; a network link in place (the slope between two rings), its barrier in loops."""
     fifo = probe.measure_options(("c2c",), network=False, share=4.0)
     assert fifo == {"ring_rep_s": probe.REP_S, "crowded": True, "exchange": False, "barrier_rep_s": probe.REP_S,
-                    "out_of_place": True, "min_calls": probe.MIN_CALLS}
+                    "out_of_place": True, "min_calls": probe.MIN_CALLS, "warm": True}
     assert not probe.measure_options(("shm",), network=False, share=1.0)["crowded"]
     loop = probe.measure_options(("tcp",), network=False, share=2.0)
-    assert (loop["ring_rep_s"], loop["exchange"], loop["out_of_place"], loop["min_calls"]) == (
-        probe.LOOPBACK_REP_S, True, True, 1)
+    assert (loop["ring_rep_s"], loop["exchange"], loop["out_of_place"], loop["min_calls"], loop["warm"]) == (
+        probe.LOOPBACK_REP_S, True, True, 1, False)
     net = probe.measure_options(("c2c", "tcp"), network=True, share=1.0)
-    assert (net["barrier_rep_s"], net["exchange"], net["out_of_place"], net["min_calls"]) == (
-        probe.NETWORK_BARRIER_REP_S, False, False, 1)
+    assert (net["barrier_rep_s"], net["exchange"], net["out_of_place"], net["min_calls"], net["warm"]) == (
+        probe.NETWORK_BARRIER_REP_S, False, False, 1, False)

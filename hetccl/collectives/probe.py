@@ -25,7 +25,8 @@ of calls pays the typical call, not the luckiest one):
   same working set) gives the time of a ring allreduce of ``PROBE_BYTES`` (in cache), and
   beta_out the same of ``PROBE_BIG`` (out of cache): the bytes crossing links, as the formulas
   count them. On one host the rings write a separate output, as the calls priced by their
-  working set do, and over FIFOs a repetition holds at least ``MIN_CALLS`` of them (measure). The allreduce rather than an allgather: it is the call that matters most, and its
+  working set do, and over FIFOs a repetition holds at least ``MIN_CALLS`` of them (measure), the
+  in-cache ones after an untimed call (warm_first). The allreduce rather than an allgather: it is the call that matters most, and its
   ring runs the FIFO relays the other formulas are counted against (over loopback TCP a ring
   allgather's rate priced the allreduce ~2x too fast). When the ring in rank
   order crosses a network link, the slowest host link carried k of its streams at once (k = 2 for
@@ -104,13 +105,14 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RABENSEIFNER, ALGO
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 9                 # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 10                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
                            # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
                            # 8: a loopback wire's exchange rounds timed too (beta_x), its big rings
                            # beyond the host's cache (LOOPBACK_HOST_BYTES), a network barrier in loops;
-                           # 9: one-host rings out of place, FIFO rings and broadcasts MIN_CALLS per repetition)
+                           # 9: one-host rings out of place, FIFO rings and broadcasts MIN_CALLS per repetition;
+                           # 10: the FIFOs' in-cache ring and broadcast warmed before each repetition, warm_first)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -282,7 +284,7 @@ def _calls_per_rep(engine, fn, timeout: float, rep_s: float = REP_S) -> int:
 
 
 def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: dict | None = None,
-                  min_calls: dict | None = None) -> dict:
+                  min_calls: dict | None = None, warm: frozenset = frozenset()) -> dict:
     """{name: seconds per call} of each fn (a collective every rank calls alike, or a local kernel
     all ranks run at once): the median over repetitions of the slowest rank's time. A repetition
     of fn lasts about ``rep_s[name]`` (default REP_S), calls back to back, and holds at least
@@ -294,13 +296,16 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
     2-rank loopback TCP job of 2026-12-07 one of five repetitions ran at the minimum-based
     probe's rate and four at 0.6x of it. The median still drops a minority of repetitions in
     which another process took a core; a probe most of whose repetitions were busy is marked
-    noisy and repeated (NOISY)."""
+    noisy and repeated (NOISY). The fns named in *warm* make one untimed call before each
+    repetition's barrier (see warm_first)."""
     rep_s, min_calls = rep_s or {}, min_calls or {}
     iters = {name: max(min_calls.get(name, 1), _calls_per_rep(engine, fn, timeout, rep_s.get(name, REP_S)))
              for name, fn in fns.items()}
     times = np.empty((reps, len(fns)))
     for i in range(reps):
         for j, (name, fn) in enumerate(fns.items()):
+            if name in warm:
+                fn()
             schedules.barrier(engine, ALGO_DISSEMINATION, timeout)
             times[i, j] = _batch(fn, iters[name]) / iters[name]
     slowest = _max_over_ranks(engine, times.reshape(-1), timeout).reshape(reps, len(fns))
@@ -310,7 +315,7 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
 
 def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
             crowded: bool = False, exchange: bool = False, barrier_rep_s: float = REP_S,
-            out_of_place: bool = False, min_calls: int = 1) -> dict:
+            out_of_place: bool = False, min_calls: int = 1, warm: bool = False) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
@@ -340,7 +345,8 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     host's ranks share, not beyond it (2 ranks over loopback TCP: Rabenseifner at 16 MiB 6.6 ms
     in place in the probe, 8.0 ms out of place in the job of the same window, 1.21x; 8 ranks, the
     ring at 4 MiB 10.9 ms against 14.7, bench/results/validate-sim-2026-12-07g.json).
-    *min_calls*: a repetition of a ring or broadcast holds at least this many calls (FIFOs:
+    *warm*: the in-cache ring and broadcast make an untimed call before each repetition (FIFOs,
+    warm_first). *min_calls*: a repetition of a ring or broadcast holds at least this many calls (FIFOs:
     MIN_CALLS, see negotiate). One call right after the synchronising barrier, which a repetition
     of REP_S holds once a call lasts longer, is not what a loop of calls pays over FIFOs: the
     probe's 256 KiB ring ran 1.10-1.42x the jobs' loops of the same call at 2, 4 and 8 ranks in
@@ -381,12 +387,32 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
                                                             timeout)
         rep_s.update(exchange_s=ring_rep_s, exchange_big_s=ring_rep_s)
     calls = {k: min_calls for k in ("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s") if k in fns}
-    raw = time_per_call(engine, fns, timeout, rep_s=rep_s, min_calls=calls)
+    raw = time_per_call(engine, fns, timeout, rep_s=rep_s, min_calls=calls, **warm_first(fns, warm))
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     if crowded:
         raw.update(bcast_bytes=ar.nbytes, bcast_big_bytes=wide.nbytes)
     return raw
+
+
+WARM = ("allreduce_s", "bcast_s")   # the in-cache collectives a warm call goes before (warm_first)
+
+
+def warm_first(fns, warm: bool) -> dict:
+    """time_per_call's *warm* for measure(): the in-cache ring and broadcast (WARM) make one
+    untimed call before each repetition, as the benchmark runner does before each block
+    (hetccl.benchmark.runner._variant_order). Why: their repetitions follow the big ring, the
+    big broadcast and the kernels, which leave the caches and the FIFOs' lines to other buffers,
+    and a repetition holds only MIN_CALLS calls of them, the first of which pays for that; the
+    loops of calls the in-cache beta prices pay it once. Recorded on 4 ranks sharing 2 CPUs (cold,
+    cache format 9): the probe's 256 KiB ring 140 us, the sweep's loops of the same window 112
+    (its 128 KiB and 512 KiB rings, log-interpolated; 3 ranks 107 against 82), the ring's own
+    bytes 0.54 ns each against the loops' 0.42-0.43 from 128 KiB to 2 MiB. That in-cache beta
+    chose the ring at 32 KiB where Rabenseifner was 1.22x faster; re-decided with the loops'
+    value it runs Rabenseifner and nothing else moves (bench/crossover_repredict.py
+    --ring-from-sweep, bench/results/crossover-2026-12-07h-raw). Out of cache there is nothing
+    to warm."""
+    return {"warm": frozenset(k for k in WARM if k in fns)} if warm else {}
 
 
 def _ring_link_share(engine, size: int, timeout: float) -> float:
@@ -659,11 +685,12 @@ def measure_options(classes, network: bool, share: float) -> dict:
     """How measure() times a communicator whose links are *classes* (*network*: network_link),
     with *share* ranks per CPU: the rings' repetition (ring_rep_s), the broadcasts that price
     beta_free on crowded CPUs, the exchange rounds over a loopback wire, the barrier's loops over
-    a network link, rings out of place on one host, and MIN_CALLS per repetition over FIFOs."""
+    a network link, rings out of place on one host, and over FIFOs MIN_CALLS per repetition and
+    a warm call before each repetition of the in-cache ones (warm_first)."""
     loopback = not all_fifo(classes) and not network
     return {"ring_rep_s": ring_rep_s(classes, network), "crowded": float(share) > 1, "exchange": loopback,
             "barrier_rep_s": NETWORK_BARRIER_REP_S if network else REP_S, "out_of_place": not network,
-            "min_calls": MIN_CALLS if all_fifo(classes) else 1}
+            "min_calls": MIN_CALLS if all_fifo(classes) else 1, "warm": all_fifo(classes)}
 
 
 # the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
