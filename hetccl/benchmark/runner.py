@@ -46,8 +46,9 @@ median over repetitions. By default the repetitions of neighbouring sizes are in
 of every size in a group, then rep 2, ...; groups bounded by ``group_bytes`` of buffers per rank)
 so that each size's median spans several seconds of the run rather than one short window: the
 speed of the hosts we run on changes every few seconds. With variants (several algorithms of one
-library), each timed block is preceded by one untimed call of the same variant, and the order of
-the variants changes from one repetition to the next (rotated, and reversed every other time). Correctness is checked after the timing
+library), each timed block is preceded by one untimed call of the same variant and followed by a
+barrier, and the order of the variants changes from one repetition to the next (rotated, and
+reversed every other time): see _variant_order. Correctness is checked after the timing
 (:meth:`Adapter.check`); nothing outside the (t0, t1) windows is timed.
 """
 from __future__ import annotations
@@ -366,7 +367,18 @@ def _variant_order(states, variants, k):
     on every sample of the variant that follows a different algorithm, while the forced variant
     that follows "auto" (usually the very algorithm auto runs) finds everything warm: measured
     at 32 MiB on 3 ranks, auto/ring 1.06 by repetition against 1.005 with one untimed call
-    before each block. The runner makes that call (run_sweep) and varies the predecessors."""
+    before each block. The runner makes that call (run_sweep) and varies the predecessors.
+
+    The successor matters too, so a timed block is followed by a barrier (run_sweep): a rank done
+    with its part of a call goes on to the next block while the others still run this one, and a
+    different algorithm's first steps there take the CPUs the call's last steps need when ranks
+    share CPUs. Recorded (4 ranks on 2 CPUs, bench/results/crossover-2026-12-07*-raw, five runs of
+    two passes): a binomial reduce of 32 MiB, whose last level keeps two ranks at work, took a
+    median 19.6-22.4 ms per pass over the repetitions whose next block was reduce_scatter_gather
+    of that size (ranks 1 and 3, done after the first level, start its exchanges; 24.7-35.4 ms
+    before the 128 MiB one) and 13.8-18.6 ms over those followed by the same algorithm ("auto")
+    or the next repetition; with 8 of 15 repetitions of the first kind its median lost to
+    reduce_scatter_gather (16.5 ms), which a loop of the binomial reduce beats."""
     nvar = len(variants)
     back = k % 2 == 1
 
@@ -485,6 +497,8 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
                         fn()          # untimed: the call after a switch of algorithm (see _variant_order)
                     adapter.sync()
                     local.append(_timed(fn, iters) / iters)
+                    if nvar > 1:
+                        adapter.sync()   # no rank starts the next variant inside this one (_variant_order)
         finally:
             if gc_was_enabled:
                 gc.enable()
