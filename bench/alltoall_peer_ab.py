@@ -27,6 +27,15 @@ yield. A repetition is barrier, ``--calls`` calls; the slowest rank's
 time counts (the runner's method); CPU time (user + system, ``getrusage``) is summed over ranks.
 Prints per size the median time and CPU time of each path and, paired per repetition, each
 path's time over Open MPI's (median). Every result is checked.
+
+``-c allgather`` times ``MPI_Allgather`` against hetccl's single-copy allgather the same way.
+``--placements`` gives each library the buffers of several placements in the same repetitions
+(paths ``ompi@P``, ``hetccl@P``; the schedule variants run on the first): ``mapped``, the
+benchmark runner's allocation (hetccl/benchmark/runner.py ``mapped_empty``: its own mapping,
+page-aligned, 2 MiB-aligned from 4 MiB); ``numpy``, np.empty wherever glibc puts it in this
+process; ``S:R``, mapped buffers moved S bytes (send) and R bytes (receive) past their boundary,
+e.g. ``16:48``, the offsets modulo 64 np.empty gave in bench/run_all.py's separate runs. Each
+path's ratio is to ``ompi`` on the first placement.
 """
 import argparse
 import dataclasses
@@ -40,6 +49,7 @@ from mpi4py import MPI
 
 import hetccl
 from hetccl._native import single_copy as native_sc
+from hetccl.benchmark.runner import huge_page_bytes, mapped_empty
 
 
 def _size(spec):
@@ -54,12 +64,32 @@ def _cpu():
 
 def _placement(a):
     addr = a.__array_interface__["data"][0]
-    return f"{'heap' if addr < 0x7000_0000_0000 else 'mmap'}+{addr % 64}"
+    huge = huge_page_bytes([(addr, a.nbytes)])[0]
+    return (f"{'heap' if addr < 0x7000_0000_0000 else 'mmap'}+{addr % 64}"
+            + ("" if huge < 0 else f" ({huge / a.nbytes:.0%} huge)"))
+
+
+def _buffers(spec, count_in, count_out):
+    """(send, recv) float32 arrays of one placement (see the module docstring)."""
+    if spec == "numpy":
+        return np.empty(count_in, np.float32), np.empty(count_out, np.float32)
+    if spec == "mapped":
+        return mapped_empty(count_in, np.float32), mapped_empty(count_out, np.float32)
+    s_off, r_off = (int(v) for v in spec.split(":"))
+    if s_off % 4 or r_off % 4:
+        raise SystemExit(f"--placements {spec}: offsets must be multiples of 4 (float32)")
+
+    def moved(count, off):
+        return mapped_empty(count + off // 4, np.float32)[off // 4:]
+    return moved(count_in, s_off), moved(count_out, r_off)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="2M,8M", help="bytes each rank sends in all (nccl-tests' size)")
+    ap.add_argument("--sizes", default="2M,8M", help="bytes of the output (nccl-tests' size)")
+    ap.add_argument("-c", "--collective", default="alltoall", choices=("alltoall", "allgather"))
+    ap.add_argument("--placements", default="numpy",
+                    help="comma-separated buffer placements: numpy, mapped, S:R (default %(default)s)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--schedule-ab", action="store_true", help="also time three variants of hetccl's schedule")
@@ -67,20 +97,39 @@ def main():
     mc = MPI.COMM_WORLD
     comm = hetccl.init()
     n = comm.size
+    coll = a.collective
+    places = [p.strip() for p in a.placements.split(",") if p.strip()]
     lines = []
     for nb in map(_size, a.sizes.split(",")):
-        x = (np.arange(nb // 4, dtype=np.float32) + 1e6 * comm.rank)
-        y = np.zeros_like(x)
-        ref = np.empty_like(x)
-        mc.Alltoall(x, ref)
+        count_out = nb // 4
+        count_in = count_out // n if coll == "allgather" else count_out
+        bufs = {}
+        for pl in places:
+            x, y = _buffers(pl, count_in, count_out)
+            x[:] = np.arange(count_in, dtype=np.float32) + 1e6 * comm.rank
+            y.fill(0)
+            bufs[pl] = (x, y)
+        x0 = bufs[places[0]][0]
+        ref = np.empty(count_out, np.float32)
+        (mc.Alltoall if coll == "alltoall" else mc.Allgather)(x0, ref)
         saved = comm._tuner.model
         sc = dict(saved.single_copy)
-        sc["alltoall"] = ((nb, True),)
+        sc[coll] = ((nb, True),)
         comm._tuner.model = dataclasses.replace(saved, single_copy=tuple(sc.items()))
         comm._hot.forget()
-        paths = {"ompi": lambda: mc.Alltoall(x, y), "hetccl": lambda: comm.alltoall(x, y)}
+        paths = {}
+        for pl, (x, y) in bufs.items():
+            tag = "" if len(places) == 1 else f"@{pl}"
+            if coll == "alltoall":
+                paths[f"ompi{tag}"] = (lambda x=x, y=y: mc.Alltoall(x, y), y)
+                paths[f"hetccl{tag}"] = (lambda x=x, y=y: comm.alltoall(x, y), y)
+            else:
+                paths[f"ompi{tag}"] = (lambda x=x, y=y: mc.Allgather(x, y), y)
+                paths[f"hetccl{tag}"] = (lambda x=x, y=y: comm.allgather(x, y), y)
+        first_ompi, first_h = list(paths)[:2]
         if a.schedule_ab:
-            paths["own-before-post"] = paths["spin-first"] = paths["yield-only"] = paths["hetccl"]
+            for k in ("own-before-post", "spin-first", "yield-only"):
+                paths[k] = paths[first_h]
         yield_s = comm._engine.yield_s
 
         def switch(name):
@@ -89,39 +138,43 @@ def main():
         names = list(paths)
         for k in names:
             switch(k)
-            paths[k]()
-            paths[k]()
+            paths[k][0]()
+            paths[k][0]()
         times = {k: [] for k in names}
         cpus = {k: [] for k in names}
         for r in range(a.reps):
             for k in random.Random(r).sample(names, len(names)):   # same order on every rank
                 switch(k)
-                paths[k]()
+                fn, y = paths[k]
+                fn()
                 mc.Barrier()
                 c0, t0 = _cpu(), time.perf_counter()
                 for _ in range(a.calls):
-                    paths[k]()
+                    fn()
                 t1, c1 = time.perf_counter(), _cpu()
                 times[k].append(mc.allreduce((t1 - t0) / a.calls, op=MPI.MAX))
                 cpus[k].append(mc.allreduce((c1 - c0) / a.calls, op=MPI.SUM))
                 assert np.array_equal(y, ref), (k, nb)
                 y.fill(0)
-        switch("hetccl")
-        comm.alltoall(x, y)
+        switch(first_h)
+        paths[first_h][0]()
         assert comm.last_algorithm == "single_copy", comm.last_algorithm
         comm._tuner.model = saved
         comm._hot.forget()
-        where = mc.gather(f"x {_placement(x)} y {_placement(y)}")
         med = {k: statistics.median(times[k]) for k in names}
         cpu = {k: statistics.median(cpus[k]) for k in names}
-        paired = {k: statistics.median(times[k][j] / times["ompi"][j] for j in range(a.reps)) for k in names}
+        paired = {k: statistics.median(times[k][j] / times[first_ompi][j] for j in range(a.reps))
+                  for k in names}
         lines.append(f"{nb:>10} " + " ".join(f"{med[k] * 1e6:>10.1f} {cpu[k] * 1e6:>9.1f} {paired[k]:>6.3f}"
                                              for k in names))
-        lines.append(f"{'':>10} buffers (rank: heap|mmap + address mod 64): "
-                     + "; ".join(f"{r}: {w}" for r, w in enumerate(where or [])))
+        for pl, (x, y) in bufs.items():
+            where = mc.gather(f"x {_placement(x)} y {_placement(y)}")
+            lines.append(f"{'':>10} {pl} buffers (rank: heap|mmap + address mod 64, share on huge pages): "
+                         + "; ".join(f"{r}: {w}" for r, w in enumerate(where or [])))
     if comm.rank == 0:
-        print(f"{n} ranks, {a.reps} repetitions x {a.calls} calls; per path: time per call (us, slowest "
-              f"rank, median), CPU time per call (us, all ranks), time over ompi's (paired median)")
+        print(f"{coll}, {n} ranks, {a.reps} repetitions x {a.calls} calls; per path: time per call (us, "
+              f"slowest rank, median), CPU time per call (us, all ranks), time over {first_ompi}'s "
+              f"(paired median)")
         print(f"{'bytes':>10} " + " ".join(f"{k[:26]:>26}" for k in names))
         print("\n".join(lines))
     comm.close()

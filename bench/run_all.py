@@ -61,6 +61,7 @@ from _common import load_benchmark, load_table  # noqa: E402
 fmt, runner, _cli = load_benchmark()
 _table = load_table()
 aggregate, comparison_table, sizes_measured = _table.aggregate, _table.comparison_table, _table.sizes_measured
+placement_lines = _table.placement_lines
 LIBS, LABEL, PEERS = _table.LIBS, _table.LABEL, _table.PEERS
 QUICK_SIZES = "8,64K,1M,64M"
 HEADLINE_SIZES = (8, 64 << 20)
@@ -408,6 +409,11 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, default=5, help="repetitions per size per run")
     p.add_argument("--min-time", type=float, default=0.03, help="seconds per repetition")
     p.add_argument("--libs", default=",".join(LIBS), help="subset of hetccl,ompi,gloo")
+    p.add_argument("--alloc", choices=runner.ALLOCATIONS, default=runner.DEFAULT_ALLOCATION,
+                   help="how every library's send and receive buffers are allocated (default "
+                        "%(default)s: each its own anonymous mapping, page-aligned, 2 MiB-aligned "
+                        "from 4 MiB, numpy's huge-page advice; 'numpy': np.empty wherever glibc "
+                        "puts it). The same for every library; the markdown lists where they lay")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: sizes {QUICK_SIZES}, 1 round, 3 reps, 20 ms")
     p.add_argument("--out", default=None,
@@ -487,7 +493,7 @@ def main(argv=None) -> int:
         fit, lines = memory_cap(n, colls, sizes, avail, args.max_mem)
         capped += lines
         sweeps[n] = ["-c", ",".join(colls), "--sizes", ",".join(str(s) for s in fit),
-                     "--reps", str(args.reps), "--min-time", str(args.min_time)]
+                     "--reps", str(args.reps), "--min-time", str(args.min_time), "--alloc", args.alloc]
     for line in capped:
         print(f"[run_all] {line}", flush=True)
     raw = args.raw_dir or tempfile.mkdtemp(prefix="hetccl-run_all-")
@@ -543,7 +549,8 @@ def main(argv=None) -> int:
     failed = run_failures(runs, results)
     checks = failed + capped + checks
     env_info["binding"] = {f"{LABEL[lib]}, {n} ranks": b for (lib, n), b in sorted(bindings.items())}
-    md = render(args, env_info, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed)
+    md = render(args, env_info, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed,
+                placement_lines(results))
     out = args.out if os.path.isabs(args.out) else os.path.join(REPO, args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
@@ -582,7 +589,8 @@ def run_failures(runs, results) -> list[str]:
     return lines
 
 
-def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed) -> str:
+def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, raw, elapsed,
+           placement=None) -> str:
     L = ["# hetccl vs Open MPI vs gloo (bench/run_all.py)", ""]
     L.append(f"- date (UTC): {env['date']}; total wall time {elapsed / 60:.1f} min")
     L.append(f"- host: {env['hostname']}, nproc {env['nproc']}, CPU {env['cpu_model']}, {env['platform']}")
@@ -593,6 +601,7 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
              f"and size the median over {args.reps} repetitions of ~{args.min_time * 1e3:g} ms, each "
              f"timed as max over ranks; the tables show the median over rounds. nccl-tests sizes "
              f"(allgather: total output bytes) and busbw factors; float32, sum; 1 GB/s = 1e9 B/s.")
+    L.append(f"- {runner.describe_allocation(args.alloc)} (`--alloc`; where they lay: \"Buffer placement\" below).")
     L.append("- `hetccl / best peer` = best peer time / hetccl time (= busbw ratio): above 1 means "
              "hetccl is faster. `same, best rounds` compares each library's fastest round instead "
              "of its median round: the host's near/far placement changes speed up to ~3x for "
@@ -624,6 +633,16 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
             L.append(f"## {coll}, {n} ranks")
             L.append("")
             L.extend(comparison_table(agg, n, coll, sizes, libs))
+    L.append("")
+    L.append("## Buffer placement")
+    L.append("")
+    L.append("Every rank's send and receive buffers of 64 KiB and more, over all sizes and rounds "
+             "(address modulo 64 as send/recv, with how many times each pair occurred; modulo "
+             "4096; how many buffers of 4 MiB and more were wholly backed by huge pages):")
+    L.append("")
+    L.append("```")
+    L.extend(placement or ["(no placement recorded)"])
+    L.append("```")
     L.append("")
     L.append("## Commands")
     L.append("")

@@ -363,6 +363,60 @@ def test_buffers_detect_misplaced_blocks():
     assert b[0].count_wrong() == 2 * 16
 
 
+def test_mapped_buffers_lie_alike_in_every_process():
+    """The default allocation: plain writable arrays, each in its own mapping, page-aligned and
+    2 MiB-aligned from 4 MiB (so every library's ranks get the same offsets and huge-page cover);
+    "numpy" is np.empty; an unknown name says which exist."""
+    for count, align in ((3, 4096), (1 << 18, 4096), (1 << 20, 2 << 20)):
+        a = runner.allocator("mapped")(count, np.float32)
+        assert type(a) is np.ndarray and a.shape == (count,) and a.dtype == np.float32
+        assert a.flags.writeable and a.flags.c_contiguous
+        assert a.ctypes.data % align == 0
+        a[:] = 7
+        assert float(a[-1]) == 7.0
+    b = runner.allocator("numpy")(5, np.int32)
+    assert b.shape == (5,) and b.flags.owndata
+    with pytest.raises(ValueError, match="mapped, numpy"):
+        runner.allocator("aligned")
+    assert "mapped" in runner.describe_allocation("mapped")
+    got = runner.huge_page_bytes([(a.ctypes.data, a.nbytes)])[0]
+    assert got == -1 or 0 <= got <= a.nbytes
+
+
+def test_runner_records_where_each_rank_s_buffers_lie():
+    """Every row carries each rank's buffer addresses (gathered through the library's own
+    max_over_ranks) and the allocation, and the header says how buffers were made; run_all's
+    placement summary reads them."""
+    def rank_main(world, r, how):
+        lines = []
+        a = _adapter(world, r)
+        a.allocation = how
+        return runner.run_sweep(a, "alltoall", [4096, 1 << 16], reps=1, min_time=0.001, max_iters=5,
+                                out=lines.append), lines
+
+    for how in ("mapped", "numpy"):
+        (rows, lines), (rows1, _) = _in_threads(2, lambda w, r: rank_main(w, r, how))
+        assert any(x.startswith(f"# buffers {how}") for x in lines)
+        for row in rows:
+            assert row["allocation"] == how and len(row["placement"]) == 2
+            assert row["buffer_bytes"] == [row["size"], row["size"]]
+            assert rows1[rows.index(row)]["placement"] == row["placement"]   # the same on every rank
+            if how == "mapped":
+                assert all(p["send"] % 4096 == 0 and p["recv"] % 4096 == 0 for p in row["placement"])
+        text = runner.format_placement(rows[-1]["placement"])
+        assert text.count("send ") == 2
+    table = importlib.import_module(fmt.__name__.rsplit(".", 1)[0] + ".table")
+    M8 = 8 << 20
+    pl = [{"send": 0x1000010, "recv": 0x2000030, "send_huge": M8, "recv_huge": 6 << 20},
+          {"send": 0x3000010, "recv": 0x4000010, "send_huge": M8, "recv_huge": M8}]
+    big = {"size": M8, "nranks": 2, "collective": "alltoall", "allocation": "numpy",
+           "placement": pl, "buffer_bytes": [M8, M8]}
+    small = dict(big, size=4096, buffer_bytes=[4096, 4096])      # under 64 KiB: not counted
+    assert table.placement_lines({("ompi", 2, 0): [big, small], ("ompi", 2, 1): [{"size": M8}]}) == [
+        "2 ranks, Open MPI (numpy): send/recv address mod 64 16/48 x1, 16/16 x1; mod 4096 [16, 48]; "
+        "buffers >= 4 MiB wholly on huge pages: 3/4"]
+
+
 # ------------------------------------------------------------------ algorithms (--algo / --algos)
 
 compare = importlib.import_module(fmt.__name__.rsplit(".", 1)[0] + ".compare")

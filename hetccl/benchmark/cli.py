@@ -31,7 +31,8 @@ import sys
 
 from . import compare
 from . import format as fmt
-from .runner import Adapter, cpu_binding, resolve_dtype, result_document, run_sweep, write_json
+from .runner import (ALLOCATIONS, DEFAULT_ALLOCATION, Adapter, cpu_binding, resolve_dtype,
+                     result_document, run_sweep, write_json)
 
 DEFAULT_COLLECTIVES = "allreduce,allgather"
 
@@ -66,6 +67,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "repetitions of neighbouring sizes")
     p.add_argument("--group-bytes", default="512M",
                    help="buffer memory per rank for one group of interleaved sizes (default %(default)s)")
+    p.add_argument("--alloc", choices=ALLOCATIONS, default=DEFAULT_ALLOCATION,
+                   help="how the send and receive buffers are allocated, the same in every library: "
+                        "'mapped' (default): each its own anonymous mapping, page-aligned, 2 MiB-"
+                        "aligned from 4 MiB, numpy's huge-page advice; 'numpy': np.empty, placed "
+                        "wherever glibc puts it in this process (runner.mapped_empty says why)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check (#wrong N/A)")
     p.add_argument("--json", metavar="FILE", default=None, help="write rows as JSON (rank 0)")
     return p
@@ -143,6 +149,8 @@ def run_from_args(adapter, args, describe: str | None = None, argv=None, out=Non
     """
     sizes = sizes_from_args(args)
     dtype = resolve_dtype(args.dtype)
+    if hasattr(adapter, "alloc") and getattr(args, "alloc", None):
+        adapter.allocation = args.alloc
     say = out or functools.partial(print, flush=True)
     tolerance = getattr(args, "tolerance", compare.TOLERANCE)
     all_rows, summaries = [], []
@@ -186,6 +194,7 @@ def run_from_args(adapter, args, describe: str | None = None, argv=None, out=Non
                               options={"sizes": sizes, "dtype": dtype.name, "op": args.op,
                                        "reps": args.reps, "min_time": args.min_time,
                                        "interleave": not args.no_interleave,
+                                       "alloc": getattr(adapter, "allocation", None),
                                        "algo": getattr(args, "algo", None),
                                        "algos": getattr(args, "algos", None)},
                               **meta)

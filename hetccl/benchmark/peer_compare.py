@@ -77,6 +77,8 @@ def run_compare(hetccl_adapter, peers, args, collectives, sizes, say) -> int:
         else:
             adapters[key] = a
     libs = list(adapters)
+    for a in adapters.values():        # every library's buffers allocated the same way (--alloc)
+        a.allocation = getattr(args, "alloc", None) or a.allocation
     results = {}
     rounds = max(1, args.rounds)
     for rnd in range(rounds):

@@ -11,6 +11,8 @@ interface and provides the optional parts. Required:
     buffers for one row of the sweep, *nbytes* being the nccl-tests size
     (:func:`~.format.layout` gives the counts). Use :meth:`NumpyBuffers.create` unless the library
     needs its own memory; it fills inputs so the expected result is known and touches every page.
+    :meth:`Adapter.alloc` passes it the allocator named by ``allocation`` (``--alloc``; default
+    :func:`mapped_empty`), so every library's buffers lie alike (see "buffer memory" below).
 ``run(collective, buffers, op)``
     one call of the collective, blocking until this rank's part is complete.
 ``sync()``
@@ -56,6 +58,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import mmap
 import os
 import platform
 import socket
@@ -181,6 +184,141 @@ def _wrong_periodic(view: np.ndarray, base: np.ndarray, phase: int, rtol: float)
     return bad
 
 
+# ------------------------------------------------------------------ buffer memory
+# Where a buffer lies changes what a cross-memory copy costs, by more than the libraries differ
+# (process_vm_readv on this VM, CPU time of the reader: source and destination at different offsets
+# modulo 64 cost 5-17% more at 1-8 MiB than at equal offsets; a source without huge pages 25-50%
+# more than one backed by them). np.empty leaves both to glibc and to each library's history in its
+# process: the first large arrays are fresh mappings at 16 mod 4096 whose 2 MiB-aligned part gets
+# huge pages (numpy asks for them from 4 MiB up), while later ones may come from the heap at any
+# offset modulo 64 on pages that were already faulted in small. So "mapped", the default, gives
+# every library's ranks the same memory: each buffer is its own fresh anonymous mapping, starting
+# on a page (on a 2 MiB boundary from 4 MiB up), with numpy's own huge-page advice. "numpy" keeps
+# np.empty, to see what a placement costs.
+
+ALLOCATIONS = ("mapped", "numpy")
+DEFAULT_ALLOCATION = "mapped"
+_HUGE_PAGE = 2 << 20
+_NUMPY_HUGE_FROM = 4 << 20     # numpy advises huge pages for arrays of at least this many bytes
+
+
+def _numpy_advises_huge_pages() -> bool:
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage
+    except ImportError:                          # numpy 1.x
+        try:
+            from numpy.core.multiarray import _get_madvise_hugepage
+        except ImportError:
+            return False
+    return bool(_get_madvise_hugepage())
+
+
+def mapped_empty(count: int, dtype) -> np.ndarray:
+    """An uninitialised numpy array of *count* elements in an anonymous mapping of its own.
+
+    It starts on a page boundary, on a 2 MiB boundary when it is at least 4 MiB, and gets
+    ``MADV_HUGEPAGE`` exactly when np.empty would (numpy's own rule), so that every process of
+    every library holds its buffers at the same offsets on pages faulted in the same way. It is a
+    plain array (its base is the mapping): every library takes it as it takes np.empty's."""
+    dt = np.dtype(dtype)
+    nbytes = max(1, int(count) * dt.itemsize)
+    align = _HUGE_PAGE if nbytes >= _NUMPY_HUGE_FROM else mmap.PAGESIZE
+    m = mmap.mmap(-1, nbytes + align - mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = np.frombuffer(m, dtype=np.uint8)
+    off = -raw.ctypes.data % align
+    if nbytes >= _NUMPY_HUGE_FROM and _numpy_advises_huge_pages() and hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE, off, nbytes - nbytes % mmap.PAGESIZE)
+    return raw[off:off + int(count) * dt.itemsize].view(dt)
+
+
+def allocator(name: str):
+    """The (count, dtype) -> array function of an allocation method (ALLOCATIONS)."""
+    if name == "mapped":
+        return mapped_empty
+    if name == "numpy":
+        return lambda n, dt: np.empty(n, dtype=dt)
+    raise ValueError(f"unknown buffer allocation {name!r}; use one of {', '.join(ALLOCATIONS)}")
+
+
+def describe_allocation(name: str) -> str:
+    """One line for output headers: how the benchmark's buffers were allocated."""
+    if name == "mapped":
+        return ("buffers mapped: each its own anonymous mapping, page-aligned (2 MiB-aligned from "
+                "4 MiB), numpy's huge-page advice from 4 MiB; the same in every library")
+    return "buffers numpy: np.empty (offsets and huge pages as glibc and each process's history leave them)"
+
+
+def huge_page_bytes(spans) -> list[int]:
+    """Bytes of each (address, length) span that lie on transparent huge pages, page by page:
+    /proc/self/pagemap gives each page's frame, /proc/kpageflags whether the frame is part of one
+    (bit 22, THP). -1 where that cannot be read (frames are hidden from processes without
+    CAP_SYS_ADMIN)."""
+    try:
+        pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
+    except OSError:
+        return [-1] * len(spans)
+    try:
+        flags = os.open("/proc/kpageflags", os.O_RDONLY)
+    except OSError:
+        os.close(pagemap)
+        return [-1] * len(spans)
+    page = mmap.PAGESIZE
+    out = []
+    try:
+        for addr, n in spans:
+            first, last = addr // page, (addr + max(n, 1) - 1) // page
+            entries = np.frombuffer(os.pread(pagemap, 8 * (last - first + 1), 8 * first), dtype=np.uint64)
+            frames = entries & np.uint64((1 << 55) - 1)
+            present = (entries >> np.uint64(63)) & np.uint64(1)
+            if present.any() and not frames[present.astype(bool)].any():
+                return [-1] * len(spans)             # frames hidden: not allowed to see them
+            huge = 0
+            for k, (pfn, on) in enumerate(zip(frames.tolist(), present.tolist())):
+                if on and pfn:
+                    f = int.from_bytes(os.pread(flags, 8, 8 * pfn), "little")
+                    if f >> 22 & 1:
+                        lo = max(addr, (first + k) * page)
+                        huge += min(addr + n, (first + k + 1) * page) - lo
+            out.append(huge)
+    except OSError:
+        return [-1] * len(spans)
+    finally:
+        os.close(pagemap)
+        os.close(flags)
+    return out
+
+
+def placement(bufs) -> dict:
+    """Where this rank's buffers lie: their addresses and the bytes of each on huge pages."""
+    spans = [(b.__array_interface__["data"][0], b.nbytes) for b in (bufs.send, bufs.recv)]
+    huge = huge_page_bytes(spans)
+    return {"send": spans[0][0], "recv": spans[1][0], "send_huge": huge[0], "recv_huge": huge[1]}
+
+
+def per_rank(adapter, value: float) -> list[float]:
+    """Every rank's *value* (exact up to 2**53), through the adapter's own max_over_ranks: rank r's
+    turn sends its value, the others -1. Collective; outside timed regions only."""
+    return [adapter.max_over_ranks(float(value) if adapter.rank == r else -1.0)
+            for r in range(int(adapter.size))]
+
+
+def gather_placement(adapter, bufs) -> list[dict]:
+    """placement() of every rank (collective)."""
+    mine = placement(bufs)
+    cols = {k: per_rank(adapter, v) for k, v in mine.items()}
+    return [{k: int(cols[k][r]) for k in mine} for r in range(int(adapter.size))]
+
+
+def format_placement(ranks: list[dict]) -> str:
+    """``send 16/16 recv 16/16 huge 6/8 MiB`` per rank (address mod 64 / mod 4096; huge-page MiB
+    of the send buffer / its size), ranks separated by ``; ``."""
+    def one(p):
+        return (f"send {p['send'] % 64}/{p['send'] % 4096} recv {p['recv'] % 64}/{p['recv'] % 4096}"
+                + (f" huge {p['send_huge'] / 2**20:g}+{p['recv_huge'] / 2**20:g}M"
+                   if p["send_huge"] or p["recv_huge"] else ""))
+    return "; ".join(one(p) for p in ranks)
+
+
 class NumpyBuffers:
     """Send/receive numpy arrays for one row, filled with a known pattern.
 
@@ -267,10 +405,13 @@ class Adapter:
     #: collectives the library runs in place (one buffer), e.g. torch.distributed's all_reduce
     in_place: frozenset = frozenset({"broadcast"})
 
+    #: how alloc() makes the benchmark's buffers (ALLOCATIONS; ``--alloc``): every library the same
+    allocation = DEFAULT_ALLOCATION
+
     def alloc(self, collective, nbytes, dtype):
         c = fmt.canonical(collective)
         return NumpyBuffers.create(c, nbytes, dtype, self.rank, self.size,
-                                   in_place=c in self.in_place)
+                                   in_place=c in self.in_place, allocator=allocator(self.allocation))
 
     def run(self, collective, buffers, op, **variant):
         self.bind(collective, buffers, op, **variant)()
@@ -460,11 +601,14 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
             fn = (lambda a=adapter, c=coll, b=bufs, o=opn, kw=var_kw(v): a.run(c, b, o, **kw))
         return fn
 
+    allocation = getattr(adapter, "allocation", None)
     if print_header:
         shown = f"  variants {','.join(variants)}" if variants is not None else ""
         say(f"# {adapter.name} {coll}  nranks {n}  type {dt.name}  redop "
             f"{opn if coll in fmt.REDUCING else 'none'}  reps {reps}  min_time {min_time * 1e3:g} ms"
             f"{shown}")
+        if allocation is not None:
+            say(f"# {describe_allocation(allocation)}")
         say(fmt.header(extra_cols))
     rows, skipped = [], set()
     for group in groups:
@@ -502,8 +646,11 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
         finally:
             if gc_was_enabled:
                 gc.enable()
+        placed = {}           # id(buffers) -> every rank's placement (the variants share buffers)
         for lay, v, bufs, fn, iters, local in states:
             times = [adapter.max_over_ranks(t) for t in local]
+            if allocation is not None and id(bufs) not in placed:
+                placed[id(bufs)] = gather_placement(adapter, bufs)
             extra = {}
             if hasattr(adapter, "extras"):
                 extra = dict(adapter.extras(coll, bufs, opn, **var_kw(v)) or {})
@@ -518,6 +665,10 @@ def run_sweep(adapter, collective, sizes, dtype="float32", op="sum", reps=5, min
                    "nranks": n, "library": adapter.name, "time_us": t * 1e6,
                    "algbw": algbw, "busbw": busbw, "wrong": wrong, "iters": iters,
                    "reps": len(times), "times_us": [x * 1e6 for x in times]}
+            if id(bufs) in placed:
+                row["allocation"] = allocation
+                row["placement"] = placed[id(bufs)]
+                row["buffer_bytes"] = [int(bufs.send.nbytes), int(bufs.recv.nbytes)]
             if v is not None:
                 row["variant"] = v
             for k, val in extra.items():  # extras not named in extra_columns go to the JSON only

@@ -79,3 +79,33 @@ def comparison_table(agg, n, coll, sizes, libs) -> list[str]:
             cells += ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def placement_lines(results, min_bytes=64 << 10) -> list[str]:
+    """Where each library's buffers lay, from the rows' ``placement`` (runner.gather_placement):
+    per rank count and library, how often each (send, receive) address modulo 64 occurred over
+    every rank, size >= *min_bytes* and round, the distinct offsets modulo 4096, and how many of
+    the buffers of 4 MiB and more were wholly backed by huge pages. Rows without a placement (older
+    JSON) are skipped."""
+    seen = collections.defaultdict(lambda: [collections.Counter(), set(), 0, 0, set()])
+    for (lib, n, _rnd), rows in results.items():
+        for r in rows:
+            if r["size"] < min_bytes or not r.get("placement"):
+                continue
+            s = seen[(n, lib)]
+            s[4].add(r.get("allocation"))
+            for p in r["placement"]:
+                s[0][(p["send"] % 64, p["recv"] % 64)] += 1
+                s[1].update((p["send"] % 4096, p["recv"] % 4096))
+                for key, nbytes in zip(("send", "recv"), r.get("buffer_bytes") or (0, 0)):
+                    if nbytes >= 4 << 20:
+                        s[3] += 1
+                        s[2] += p[f"{key}_huge"] >= nbytes - (4 << 10)
+    lines = []
+    for (n, lib), (mod64, mod4k, whole, big, how) in sorted(seen.items()):
+        pairs = ", ".join(f"{a}/{b} x{c}" for (a, b), c in mod64.most_common())
+        lines.append(f"{n} ranks, {LABEL.get(lib, lib)} ({'/'.join(sorted(map(str, how)))}): "
+                     f"send/recv address mod 64 {pairs}; mod 4096 {sorted(mod4k)}; buffers >= 4 MiB "
+                     f"wholly on huge pages: {whole}/{big}")
+    return lines
+
