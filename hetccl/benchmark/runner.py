@@ -186,15 +186,17 @@ def _wrong_periodic(view: np.ndarray, base: np.ndarray, phase: int, rtol: float)
 
 # ------------------------------------------------------------------ buffer memory
 # Where a buffer lies changes what a cross-memory copy costs, by more than the libraries differ
-# (process_vm_readv on this VM, CPU time of the reader: source and destination at different offsets
-# modulo 64 cost 5-17% more at 1-8 MiB than at equal offsets; a source without huge pages 25-50%
-# more than one backed by them). np.empty leaves both to glibc and to each library's history in its
-# process: the first large arrays are fresh mappings at 16 mod 4096 whose 2 MiB-aligned part gets
-# huge pages (numpy asks for them from 4 MiB up), while later ones may come from the heap at any
-# offset modulo 64 on pages that were already faulted in small. So "mapped", the default, gives
-# every library's ranks the same memory: each buffer is its own fresh anonymous mapping, starting
-# on a page (on a 2 MiB boundary from 4 MiB up), with numpy's own huge-page advice. "numpy" keeps
-# np.empty, to see what a placement costs.
+# (process_vm_readv on this VM, CPU time of the reader, bench/cma_placement.py: source and
+# destination at different offsets modulo 64 cost up to 20% more at 1-8 MiB than at equal offsets;
+# buffers without huge pages 25-40% more than buffers on them). np.empty leaves both to glibc and
+# to each process's history: the first large arrays are fresh mappings at 16 mod 4096 whose
+# 2 MiB-aligned part gets huge pages (numpy asks for them from 4 MiB up); once one is freed,
+# glibc's mmap threshold rises to its size (up to 32 MiB), so later ones come from the heap, at
+# offsets modulo 64 that each library's own allocations decide, on pages faulted in small or huge
+# by whatever lay there before. So "mapped", the default, gives every library's ranks the same
+# memory: each buffer is its own fresh anonymous mapping, starting on a page (on a 2 MiB boundary
+# from 4 MiB up), with numpy's own huge-page advice. "numpy" keeps np.empty, to see what a
+# placement costs.
 
 ALLOCATIONS = ("mapped", "numpy")
 DEFAULT_ALLOCATION = "mapped"
