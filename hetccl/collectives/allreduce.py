@@ -4,7 +4,8 @@
 messages of the whole buffer) for recursive doubling and Rabenseifner.
 """
 from .algorithm import (ALGO_DBTREE, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING, Algorithm, exchange,
-                        exchange_rounds, folding, log2_ceil, one_way, pof2_below, ring_rs_bytes)
+                        exchange_rounds, folding, log2_ceil, one_way, overlaps, pof2_below,
+                        ring_rs_bytes)
 
 
 def _fold(n, p, c):
@@ -18,9 +19,13 @@ def _fold(n, p, c):
 
 def ring(n, p, c):
     """A fused ring reduce-scatter (ring_rs_bytes) then a ring allgather ((p-1)/p n bytes crossing),
-    2(p-1) steps; its receives stream their output from stream_min on (priced by the others)."""
+    2(p-1) steps; its receives stream their output from stream_min on (priced by the others).
+    Where rounds overlap (a loopback wire on crowded CPUs, algorithm.overlaps), each step sends
+    n/p to the next rank while the previous one's n/p arrives, an exchange round of its own."""
     if p == 1:
         return 0.0
+    if overlaps(c):
+        return exchange_rounds(c, [n / p] * (2 * (p - 1)), c.beta) + (p - 1) / p * n * c.gamma
     return (2 * (p - 1) * c.alpha + ring_rs_bytes(n, p, c) + (p - 1) / p * n * c.beta
             + (p - 1) / p * n * c.gamma)
 

@@ -103,8 +103,19 @@ class LinkCost:
         if self.cache_bytes <= 0 or nbytes <= 0:
             return 0.0
         k = ONE_BUFFER_WORKING_SET if collective in ONE_BUFFER else WORKING_SET
-        ws = k * nbytes / (IN_CACHE * self.cache_bytes)
+        ws = k * nbytes * self.ranks_per_cache() / (IN_CACHE * self.cache_bytes)
         return 0.0 if ws <= 1 else min(1.0, math.log2(ws) / math.log2(OUT_OF_CACHE / IN_CACHE))
+
+    def ranks_per_cache(self) -> float:
+        """How many ranks' working sets one cache holds at once: ``share`` (the ranks that take
+        turns on a CPU share its cache; a context switch does not flush it, so each keeps its
+        buffers there only while all of theirs fit). Measured on the 2-vCPU VM (2 MiB private
+        cache), 8 ranks on 2 CPUs: Rabenseifner's exchanges at 16-64 KiB (4 ranks x 192 KiB per
+        CPU) ran at 0.39-0.46 ns per byte, the ring at 256 KiB (4 x 768 KiB) at the 0.69-0.73 of
+        1-64 MiB; over loopback TCP the ring paid 2.1-2.2 ns per byte at 256 KiB and 2.5-3.2 at
+        1 MiB, against 3.5-3.7 from 4 MiB (bench/results/validate-sim-2026-12-07g/h.json), where a
+        rank's own working set put the knee at 1-4 MiB."""
+        return max(1.0, float(self.share))
 
     def free_out_of_cache(self, nbytes) -> float:
         """0 .. 1: where a call of nbytes lies between the two binomial broadcasts that measured

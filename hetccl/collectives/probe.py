@@ -464,15 +464,24 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
         t0, k = per_beta(formula, nbytes, gamma)
         return max(t - t0, 0.1 * t) / k / share
 
+    def solve_loopback_ring(t, nbytes, gamma):
+        """beta at which the ring's formula gives t over a loopback wire, whose steps hide their
+        latency behind their bytes on crowded CPUs (algorithm.overlaps; beta_x > 0 marks the
+        wire whose exchange rounds the probe timed): piecewise linear in beta, bisected."""
+        at = dataclasses.replace(facts, alpha=alpha, gamma=gamma, cache_bytes=0.0)
+        return bisect_beta(lambda b: ring_allreduce(nbytes, p, dataclasses.replace(at, beta=b, beta_x=b)), t)
+
     def solve_exchange(t, nbytes, beta, gamma):
         """beta_x at which Rabenseifner's formula gives t, its other bytes (a non-power of two's
         fold, one-way transfers) at the ring's beta. The formula is piecewise linear in beta_x
         (a round that hides its latency costs the larger of the two, algorithm.exchange_rounds):
         bisected; at least what 10% of t over its bytes gives."""
         at = dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, cache_bytes=0.0)
+        return bisect_beta(lambda x: rabenseifner(nbytes, p, dataclasses.replace(at, beta_x=x)), t)
 
-        def price(x):
-            return rabenseifner(nbytes, p, dataclasses.replace(at, beta_x=x))
+    def bisect_beta(price, t):
+        """The per-byte value at which the increasing, piecewise linear price gives t; at least
+        what 10% of t over its bytes gives."""
         floor = 0.1 * t / (price(2.0) - price(1.0))
         lo, hi = floor, max(floor, 1e-9)
         if price(lo) >= t:
@@ -497,8 +506,12 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
         slope = ((raw["allreduce_big_s"] - t0b) - (raw["allreduce_s"] - t0s)) / (kb - ks) / share
         beta = beta_out = max(slope, 0.5 * solve(ring_allreduce, raw["allreduce_big_s"], big, gamma_out))
     else:
-        beta = solve(ring_allreduce, raw["allreduce_s"], small, gamma)
-        beta_out = solve(ring_allreduce, raw["allreduce_big_s"], big, gamma_out)
+        if "exchange_s" in raw:                  # a loopback wire (measure): its rounds may overlap
+            beta = solve_loopback_ring(raw["allreduce_s"], small, gamma)
+            beta_out = solve_loopback_ring(raw["allreduce_big_s"], big, gamma_out)
+        else:
+            beta = solve(ring_allreduce, raw["allreduce_s"], small, gamma)
+            beta_out = solve(ring_allreduce, raw["allreduce_big_s"], big, gamma_out)
         # a byte in cache never costs more than one out of it: a small ring that measured slower
         # lost its time to per-step scheduling (ranks sharing cores), which alpha prices
         beta, gamma = min(beta, beta_out), min(gamma, gamma_out)
