@@ -655,6 +655,36 @@ def test_the_probe_times_what_each_link_kind_runs(monkeypatch):
                                                probe.MIN_CALLS)
 
 
+def test_crowded_fifos_probe_their_in_cache_ring_in_the_cache_per_cpu(monkeypatch):
+    """With k ranks per CPU the ring that prices beta in cache shrinks with them (their working
+    sets share the CPU's cache: cost_model.LinkCost.ranks_per_cache); the broadcast that prices
+    beta_free stays at FREE_SIZES[0]; a wire keeps PROBE_BYTES (its knee is its own)."""
+    from hetccl.collectives.cost_model import FREE_SIZES
+    assert [probe.in_cache_ring_bytes(s) >> 10 for s in (1, 1.5, 2, 4)] == [256, 128, 128, 64]
+    assert probe.measure_options(("c2c",), False, 4.0)["small_bytes"] == 64 << 10
+    assert probe.measure_options(("tcp",), False, 4.0)["small_bytes"] == probe.PROBE_BYTES
+    monkeypatch.setattr(probe, "time_per_call", lambda engine, fns, timeout, **kw: {k: 1e-3 for k in fns})
+    monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
+    raw = probe.measure(None, 8, 1.0, 2 << 20, probe.REP_S, crowded=True, small_bytes=64 << 10)
+    assert raw["allreduce_bytes"] == 64 << 10 and raw["bcast_bytes"] == FREE_SIZES[0]
+
+
+def test_the_probes_buffers_are_written_not_the_zero_page():
+    """np.zeros maps the kernel's shared zero page until written: a ring reading such an input read
+    one cached page (8 ranks over loopback TCP, 4 MiB: 1.30x faster than on written memory). The
+    probe's buffers take their pages when made."""
+    def resident():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    n = 64 << 20
+    before = resident()
+    lazy = np.zeros(n // 4, np.float32)
+    assert resident() - before < n // 2 and not lazy.any()
+    before = resident()
+    buf = probe._written_zeros(n // 4)
+    assert resident() - before > 0.9 * n and buf.dtype == np.float32 and not buf.any()
+
+
 def test_a_repetition_holds_its_minimum_of_calls(monkeypatch):
     """A ring lasting longer than a repetition of REP_S ran once per repetition, right after the
     barrier, 1.1-1.4x what a loop of it pays over FIFOs: min_calls raises the count, never lowers it."""
@@ -774,7 +804,7 @@ def test_each_link_kind_is_timed_as_its_jobs_run():
     exchange rounds; a network link in place (the slope between two rings), its barrier in loops."""
     fifo = probe.measure_options(("c2c",), network=False, share=4.0)
     assert fifo == {"ring_rep_s": probe.REP_S, "crowded": True, "exchange": False, "barrier_rep_s": probe.REP_S,
-                    "out_of_place": True, "min_calls": probe.MIN_CALLS, "warm": True}
+                    "out_of_place": True, "min_calls": probe.MIN_CALLS, "warm": True, "small_bytes": 64 << 10}
     assert not probe.measure_options(("shm",), network=False, share=1.0)["crowded"]
     loop = probe.measure_options(("tcp",), network=False, share=2.0)
     assert (loop["ring_rep_s"], loop["exchange"], loop["out_of_place"], loop["min_calls"], loop["warm"]) == (

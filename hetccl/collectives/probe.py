@@ -105,14 +105,16 @@ from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RABENSEIFNER, ALGO
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 10                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 11                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
                            # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
                            # 8: a loopback wire's exchange rounds timed too (beta_x), its big rings
                            # beyond the host's cache (LOOPBACK_HOST_BYTES), a network barrier in loops;
                            # 9: one-host rings out of place, FIFO rings and broadcasts MIN_CALLS per repetition;
-                           # 10: the FIFOs' in-cache ring and broadcast warmed before each repetition, warm_first)
+                           # 10: the FIFOs' in-cache ring and broadcast warmed before each repetition, warm_first;
+                           # 11: buffers written, not the zero page (_written_zeros); over crowded FIFOs
+                           # the in-cache ring in the cache per CPU, in_cache_ring_bytes)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -315,7 +317,8 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
 
 def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
             crowded: bool = False, exchange: bool = False, barrier_rep_s: float = REP_S,
-            out_of_place: bool = False, min_calls: int = 1, warm: bool = False) -> dict:
+            out_of_place: bool = False, min_calls: int = 1, warm: bool = False,
+            small_bytes: int = PROBE_BYTES) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
@@ -345,6 +348,7 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     host's ranks share, not beyond it (2 ranks over loopback TCP: Rabenseifner at 16 MiB 6.6 ms
     in place in the probe, 8.0 ms out of place in the job of the same window, 1.21x; 8 ranks, the
     ring at 4 MiB 10.9 ms against 14.7, bench/results/validate-sim-2026-12-07g.json).
+    *small_bytes*: the ring in cache (PROBE_BYTES; less on crowded FIFOs, in_cache_ring_bytes).
     *warm*: the in-cache ring and broadcast make an untimed call before each repetition (FIFOs,
     warm_first). *min_calls*: a repetition of a ring or broadcast holds at least this many calls (FIFOs:
     MIN_CALLS, see negotiate). One call right after the synchronising barrier, which a repetition
@@ -358,17 +362,18 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     k, K = KERNEL_BYTES // 4, KERNEL_BIG // 4
     # allocated (zeros: a sum in place stays finite however often it runs) and touched before
     # timing; the kernels' arrays are views of the same memory as the rings' buffers
-    small = np.zeros(max(count(PROBE_BYTES), 3 * k), dtype=np.float32)
-    pool = np.zeros(max(count(big_bytes), 3 * K), dtype=np.float32)
-    ar, big = small[:count(PROBE_BYTES)], pool[:count(big_bytes)]
-    ar_out, big_out = (np.zeros_like(ar), np.zeros_like(big)) if out_of_place else (ar, big)
+    small = _written_zeros(max(count(PROBE_BYTES), 3 * k))
+    pool = _written_zeros(max(count(big_bytes), 3 * K))
+    ar, big = small[:count(min(small_bytes, PROBE_BYTES))], pool[:count(big_bytes)]
+    tree_small = small[:count(PROBE_BYTES)]      # the broadcast of beta_free: FREE_SIZES[0] always
+    ar_out, big_out = (_written_zeros(ar.size), _written_zeros(big.size)) if out_of_place else (ar, big)
     a, b, d = small[:k], small[k:2 * k], small[2 * k:3 * k]
     A, B, D = pool[:K], pool[K:2 * K], pool[2 * K:3 * K]
     f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
     tree = {}
     if crowded:
-        wide = np.zeros(BCAST_BIG // 4, dtype=np.float32)
-        tree = {"bcast_s": lambda: schedules.broadcast(engine, ar, 0, f32, ALGO_BINOMIAL, timeout),
+        wide = _written_zeros(BCAST_BIG // 4)
+        tree = {"bcast_s": lambda: schedules.broadcast(engine, tree_small, 0, f32, ALGO_BINOMIAL, timeout),
                 "bcast_big_s": lambda: schedules.broadcast(engine, wide, 0, f32, ALGO_BINOMIAL, timeout)}
     fns = {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
@@ -391,7 +396,7 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     if crowded:
-        raw.update(bcast_bytes=ar.nbytes, bcast_big_bytes=wide.nbytes)
+        raw.update(bcast_bytes=tree_small.nbytes, bcast_big_bytes=wide.nbytes)
     return raw
 
 
@@ -413,6 +418,20 @@ def warm_first(fns, warm: bool) -> dict:
     --ring-from-sweep, bench/results/crossover-2026-12-07h-raw). Out of cache there is nothing
     to warm."""
     return {"warm": frozenset(k for k in WARM if k in fns)} if warm else {}
+
+
+def _written_zeros(count: int) -> np.ndarray:
+    """float32 zeros in memory of their own: written, not calloc'd. A fresh np.zeros maps the
+    kernel's one shared zero page until something writes it, so a call that only reads it (an
+    out-of-place ring's input, the root's side of a broadcast) reads one cached 4 KiB page instead
+    of its buffer: measured at 8 ranks over loopback TCP, a 4 MiB ring ran 1.30x faster on such an
+    input than on a written one (same processes, interleaved, 30 ms loops; 1.26x in the probe's
+    short repetitions), as the probe's 4 MiB ring ran 1.34-1.35x faster than the jobs' loops,
+    whose buffers hold data (bench/results/validate-sim-2026-12-07g/h.json); at 4 ranks, 8 MiB,
+    1.04-1.11x."""
+    out = np.empty(count, dtype=np.float32)
+    out.fill(0.0)
+    return out
 
 
 def _ring_link_share(engine, size: int, timeout: float) -> float:
@@ -703,7 +722,19 @@ def measure_options(classes, network: bool, share: float) -> dict:
     loopback = not all_fifo(classes) and not network
     return {"ring_rep_s": ring_rep_s(classes, network), "crowded": float(share) > 1, "exchange": loopback,
             "barrier_rep_s": NETWORK_BARRIER_REP_S if network else REP_S, "out_of_place": not network,
-            "min_calls": MIN_CALLS if all_fifo(classes) else 1, "warm": all_fifo(classes)}
+            "min_calls": MIN_CALLS if all_fifo(classes) else 1, "warm": all_fifo(classes),
+            "small_bytes": in_cache_ring_bytes(share) if all_fifo(classes) else PROBE_BYTES}
+
+
+def in_cache_ring_bytes(share: float) -> int:
+    """Bytes of the ring that prices beta in cache over FIFOs with *share* ranks per CPU:
+    PROBE_BYTES halved per doubling of the ranks that take turns on a CPU, whose working sets
+    share its cache (cost_model.LinkCost.ranks_per_cache): 256 KiB with a CPU each, 128 KiB at
+    1.5-2 ranks per CPU, 64 KiB at 4 (4 x 192 KiB in a 2 MiB cache). At 8 ranks on 2 cores a
+    256 KiB ring keeps 3 MiB per CPU at work and its beta is an out-of-cache one: Rabenseifner's
+    exchanges at 16-64 KiB ran at 0.39-0.46 ns per byte there, against the 0.63 that ring priced
+    them at (+35-43%, bench/results/validate-sim-2026-12-07h.json)."""
+    return PROBE_BYTES >> max(0, math.ceil(math.log2(max(1.0, float(share))) - 1e-9))
 
 
 # the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
