@@ -182,8 +182,9 @@ def main(argv=None) -> int:
             print(f"# {n} ranks: no sweep or no cost-model entry in {args.raw_dir}")
             continue
         extra = probe_from_sweep(passes, n) if args.from_sweep else {}
-        if args.ring_from_sweep:
-            extra.update(ring_from_sweep(passes))
+        if args.ring_from_sweep:          # at the size today's probe times (probe.in_cache_ring_bytes)
+            share = max(1.0, int(entry["local"]) / int(entry["cpus"]))
+            extra.update(ring_from_sweep(passes, probe.in_cache_ring_bytes(share)))
         model = model_of(entry, n, extra)
         pair = cache_entry(args.raw_dir, 2) if args.free_from_pair else None
         if pair is not None and model.cost.share > 1:

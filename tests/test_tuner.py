@@ -660,7 +660,7 @@ def test_crowded_fifos_probe_their_in_cache_ring_in_the_cache_per_cpu(monkeypatc
     sets share the CPU's cache: cost_model.LinkCost.ranks_per_cache); the broadcast that prices
     beta_free stays at FREE_SIZES[0]; a wire keeps PROBE_BYTES (its knee is its own)."""
     from hetccl.collectives.cost_model import FREE_SIZES
-    assert [probe.in_cache_ring_bytes(s) >> 10 for s in (1, 1.5, 2, 4)] == [256, 128, 128, 64]
+    assert [probe.in_cache_ring_bytes(s) >> 10 for s in (1, 1.5, 2, 3, 4)] == [256, 256, 128, 128, 64]
     assert probe.measure_options(("c2c",), False, 4.0)["small_bytes"] == 64 << 10
     assert probe.measure_options(("tcp",), False, 4.0)["small_bytes"] == probe.PROBE_BYTES
     monkeypatch.setattr(probe, "time_per_call", lambda engine, fns, timeout, **kw: {k: 1e-3 for k in fns})

@@ -729,12 +729,13 @@ def measure_options(classes, network: bool, share: float) -> dict:
 def in_cache_ring_bytes(share: float) -> int:
     """Bytes of the ring that prices beta in cache over FIFOs with *share* ranks per CPU:
     PROBE_BYTES halved per doubling of the ranks that take turns on a CPU, whose working sets
-    share its cache (cost_model.LinkCost.ranks_per_cache): 256 KiB with a CPU each, 128 KiB at
-    1.5-2 ranks per CPU, 64 KiB at 4 (4 x 192 KiB in a 2 MiB cache). At 8 ranks on 2 cores a
+    share its cache (cost_model.LinkCost.ranks_per_cache), per whole doubling: 256 KiB up to 1.5
+    ranks per CPU (3 ranks on 2 CPUs: 1.15 MiB per CPU, at the edge), 128 KiB at 2, 64 KiB at 4
+    (4 x 192 KiB in a 2 MiB cache). At 8 ranks on 2 cores a
     256 KiB ring keeps 3 MiB per CPU at work and its beta is an out-of-cache one: Rabenseifner's
     exchanges at 16-64 KiB ran at 0.39-0.46 ns per byte there, against the 0.63 that ring priced
     them at (+35-43%, bench/results/validate-sim-2026-12-07h.json)."""
-    return PROBE_BYTES >> max(0, math.ceil(math.log2(max(1.0, float(share))) - 1e-9))
+    return PROBE_BYTES >> max(0, math.floor(math.log2(max(1.0, float(share))) + 1e-9))
 
 
 # the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
