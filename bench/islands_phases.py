@@ -48,6 +48,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import checkout  # noqa: E402,F401  (which hetccl: installed, or this checkout)
+from islands_job import islands_job  # noqa: E402
 
 LOOP_S = 0.02
 
@@ -66,7 +67,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="rank 0 writes the table here")
     ap.add_argument("--cpu", action="store_true", help="also print CPU time per call, summed over the ranks")
     args = ap.parse_args(argv)
-    import hetccl
     from hetccl import dtypes
     from hetccl.benchmark import format as fmt
     from hetccl.bridges.base import COLLECTIVES
@@ -74,12 +74,7 @@ def main(argv=None) -> int:
     from hetccl.collectives.algorithm import ALGO_RING
     from hetccl.collectives.islands import PROBE_SIZES
     from hetccl.ops import ReduceOp
-    from mpi4py import MPI
-    world = MPI.COMM_WORLD
-    comm = hetccl.init(timeout=600, bridges={0: "mpi", 1: "mpi"})
-    try:
-        plan = comm.context.islands
-        assert plan is not None and len(plan.islands) == 2, "expected two islands (mpirun -np 4)"
+    with islands_job() as (world, comm, plan):
         mine, s = plan.mine, len(plan.island.ranks)
         f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
         sizes = fmt.parse_sizes(args.sizes)
@@ -212,8 +207,6 @@ def main(argv=None) -> int:
                     json.dump({"rows": rows, "whole_form": {str(n): f for n, f in ran.items()}, "cpu_us": {str(n): {k: v * 1e6 for k, v in c.items()} for n, c in cpu.items()}, "prices": list(map(float, plan.prices[0])),
                                "model": comm.context.tuner.cost.params(),
                                "loadavg": os.getloadavg()[0]}, f, indent=1)
-    finally:
-        comm.close()
     return 0
 
 

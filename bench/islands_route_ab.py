@@ -11,8 +11,10 @@ buffers; they differ only in how much of the public call's Python runs before it
 - ``plan``: ``IslandPlan.allreduce`` called directly;
 - ``parse+plan``: the call's argument parser (``Communicator._parse``) first;
 - ``decide+plan``: the parser and the decision (``Context.decide``);
-- ``route``: ``Communicator._route`` (parser outside it), which runs the plan;
-- ``whole``: ``comm.allreduce(..., algorithm="islands")``;
+- ``route``: ``Communicator._route`` (parser outside it), which runs the plan: the public call's
+  path before the cached route;
+- ``whole``: ``comm.allreduce(..., algorithm="islands")``: after its first call, the shape's
+  cached route (collectives/island_route.py);
 - ``whole yield``: the same, the MPI bridge's waits yielding from the first MPI_Test (``SPINS`` 0,
   as hetccl's own waits do with more ranks than CPUs) instead of spinning 2000 Tests first;
 - ``plan+pad``: ``plan`` after a busy loop as long as the route's own CPU (``--pad-us``).
@@ -20,7 +22,8 @@ buffers; they differ only in how much of the public call's Python runs before it
 Per variant: the slowest rank's time per call, each rank's CPU per call (``time.process_time``)
 and involuntary context switches (getrusage), the median over the rounds, variants interleaved
 round by round (same process set: CPU time and the order of the columns are what to compare under
-load). ``--route-cpu`` first times the route alone on each rank, the plan replaced by a no-op.
+load). ``--route-cpu`` first times the route alone on each rank, the plan (and the cached route's
+steps) replaced by a no-op.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import checkout  # noqa: E402,F401  (which hetccl: installed, or this checkout)
+from islands_job import islands_job  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,16 +50,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pad-us", type=float, default=4.4, help="plan+pad: busy microseconds before the plan")
     ap.add_argument("--route-cpu", action="store_true", help="also time the route alone (no communication)")
     args = ap.parse_args(argv)
-    import hetccl
     from hetccl import dtypes
     from hetccl.benchmark import format as fmt
     from hetccl.ops import ReduceOp
-    from mpi4py import MPI
-    world = MPI.COMM_WORLD
-    comm = hetccl.init(timeout=600, bridges={0: "mpi", 1: "mpi"})
-    try:
-        plan = comm.context.islands
-        assert plan is not None and len(plan.islands) == 2, "expected two islands (mpirun -np 4)"
+    with islands_job() as (world, comm, plan):
         n = fmt.parse_sizes(args.size)[0]
         f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
         src, dst = np.ones(n // 4, np.float32), np.empty(n // 4, np.float32)
@@ -100,8 +98,10 @@ def main(argv=None) -> int:
         if args.route_cpu:
             whole()
             world.Barrier()
-            real = plan.allreduce
+            real, routes = plan.allreduce, dict(comm._island_routes or {})
             plan.allreduce = lambda *a, **k: None          # the route alone: nothing moves
+            for k, v in routes.items():                    # (the cached route's steps neither)
+                comm._island_routes[k] = (v[0], lambda *a: None, *v[2:])
             try:
                 c0 = time.thread_time()
                 for _ in range(20000):
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
                 route_cpu = (time.thread_time() - c0) / 20000
             finally:
                 plan.allreduce = real
+                comm._island_routes.update(routes)
         res = {k: [] for k in variants}
         for _ in range(args.rounds):
             for name, fn in variants.items():
@@ -135,8 +136,6 @@ def main(argv=None) -> int:
                 print(f"{k:>12} {max(m[k][0] for m, _ in every) * 1e6:9.1f} "
                       f"{' '.join(f'{x:7.1f}' for x in cpu):>30} {sum(cpu):8.1f}  "
                       + " ".join(f"{m[k][2]:5.1f}" for m, _ in every))
-    finally:
-        comm.close()
     return 0
 
 

@@ -31,6 +31,7 @@ from .bridges import formation as _formation
 from .collectives import hierarchical, probe, registry, schedules
 from .collectives import single_copy_probe as _single_copy_probe
 from .collectives import islands as _islands
+from .collectives import island_route as _island_route
 from .collectives import staged as _staged
 from .collectives.algorithm import ALGO_ISLANDS, ALGO_PAIRWISE, ALGO_RING
 from .collectives.decide import decide as _decide, explain as _explain
@@ -105,6 +106,7 @@ LINGER_S = 3.0                # s the store's host stays for the others to read 
 # wait policy"); it paid only while other jobs loaded the host. The engine keeps the mechanism
 # (Engine.handover_bytes) for hosts where it measures faster.
 HANDOVER_BYTES = 0
+MAX_ISLAND_ROUTES = 64        # allreduce shapes whose composed route a communicator keeps (then all forgotten)
 
 
 class _Life:
@@ -322,6 +324,7 @@ class Communicator:
         self._torn_down = False
         self._closed = False
         self._plan = self._islands = None
+        self._island_routes = None            # the islands' cached composed routes (_island_allreduce)
         self._job_id = job_id
         self._transports = transports
         self._engine = engine
@@ -400,6 +403,8 @@ class Communicator:
             self._abort()
             self._ft.detach()
             raise
+        if self._islands is not None and not (self._islands.whole or self._islands.device):
+            self._island_routes = {}
         self._ft.ready()                      # failure events held while the collectives above ran
 
     @property
@@ -503,6 +508,70 @@ class Communicator:
         if self._plan is None and not self._sym.active and (isl is None or isl.routes_flat(c.coll, c.nbytes,
                                                                                             c.algorithm)):
             self._hot.learn(c.coll, c.nbytes, algo, self.last_algorithm, c.algorithm)
+
+    def _forget_routes(self):
+        """Drop every cached route (the latency path's and the islands'): the next call of each
+        shape is routed, and learnt, anew."""
+        self._hot.forget()
+        if self._island_routes:
+            self._island_routes.clear()
+
+    # ------------------------------------------------------------------ the islands' cached routes
+
+    def _island_allreduce(self, buf, op, out, timeout, algorithm):
+        """A blocking allreduce of numpy arrays on a communicator whose islands may compose it. A
+        shape composed before (dtype, bytes, op, in or out of place, ``algorithm=``, ``timeout=``)
+        runs its cached route (collectives/island_route.py: the form's phases with their steps,
+        sub-communicators and scratch resolved) under this communicator's flight record and
+        failure handling, skipping the parser and the decision; any other call is routed, and a
+        composed one teaches its route. An entry holds only while the cost model it was decided
+        on is the tuner's (a new model: decided again); ``_forget_routes`` drops them all."""
+        in_place = out is None or out is buf
+        key = (buf.dtype, buf.nbytes, op, in_place, algorithm, timeout)
+        hit = self._island_routes.get(key)
+        if hit is not None and hit[0] is self._tuner.model and (
+                in_place or (type(out) is _ndarray and out.dtype is buf.dtype and out.nbytes == key[1])):
+            if self._life.dead_at is not None:
+                raise self._dead_error("allreduce")
+            _, run, nbytes, code, iop = hit
+            flight = self._flight
+            self._hot.last = "islands"
+            flight.note("allreduce", nbytes, code, iop, -1)
+            seq = flight.begin("allreduce", "islands")
+            if in_place:
+                out = buf
+            try:
+                run(buf, out)
+            except HetcclError as e:
+                flight.failed(seq, e)
+                raise self._failed(e, "allreduce")
+            except BaseException as e:
+                flight.failed(seq, e)
+                raise
+            flight.finished(seq)
+            return out
+        c = self._parse("allreduce", buf, out, op=op, timeout=timeout, algorithm=algorithm)
+        result = self._route(c)
+        if self._hot.last == "islands" and not self._sym.active:
+            self._learn_island_route(key, c)
+        return result
+
+    def _learn_island_route(self, key, c):
+        """Keep the composed route of the allreduce ``c`` just ran under ``key`` (every rank
+        routed the same call alike, so all learn it at the same call: its sub-communicators exist
+        by now)."""
+        a, form = _decide(self._tuner, self._plan, self._islands, "allreduce", c.nbytes, c.algorithm,
+                          c.dtype, c.op)
+        if a.code != ALGO_ISLANDS or form is None:
+            return
+        run = _island_route.route(self._islands, "allreduce", c.nbytes, c.send.dtype, c.dtype, c.op, form,
+                                  c.timeout)
+        if run is None:
+            return
+        routes = self._island_routes
+        if len(routes) >= MAX_ISLAND_ROUTES:    # bounded: a program of ever new shapes must not grow
+            routes.clear()
+        routes[key] = (self._tuner.model, run, c.nbytes, c.dtype, int(c.op))
 
     # ------------------------------------------------------------------ validate, route, run
 
@@ -642,7 +711,7 @@ class Communicator:
                     _c2c_ptrace_policy())
         self._tuner.model = dataclasses.replace(self._tuner.model, single_copy=())
         self._direct_min = None
-        self._hot.forget()
+        self._forget_routes()
 
     # ------------------------------------------------------------------ collectives
 
@@ -659,9 +728,12 @@ class Communicator:
                 raise self._failed(e, "allreduce")
             if r is not False:
                 return r
-        if type(buf) is not _ndarray and _staged.is_device(buf):
-            return _staged.device_call(self._ctx, "allreduce", buf, out, op=op, timeout=timeout,
-                                       algorithm=algorithm, async_op=async_op)
+        if type(buf) is not _ndarray:
+            if _staged.is_device(buf):
+                return _staged.device_call(self._ctx, "allreduce", buf, out, op=op, timeout=timeout,
+                                           algorithm=algorithm, async_op=async_op)
+        elif self._island_routes is not None and not (async_op or self._pending):
+            return self._island_allreduce(buf, op, out, timeout, algorithm)
         return self._route(self._parse("allreduce", buf, out, op=op, timeout=timeout, algorithm=algorithm,
                                        async_op=async_op))
 
@@ -797,7 +869,7 @@ class Communicator:
         from here run single-copy on all-c2c communicators (``last_algorithm == "symmetric"``).
         Zero-filled; freed by ``free(arr)`` or ``close()``."""
         arr = self._sym.alloc(shape, dtype, self._t(timeout))
-        self._hot.forget()          # calls now look at the buffers (symmetric or freed): see _learn
+        self._forget_routes()       # calls now look at the buffers (symmetric or freed): see _learn
         return arr
 
     def free(self, arr):
@@ -1170,6 +1242,8 @@ class Communicator:
         for part in (self._plan, self._islands):
             if part is not None:
                 part.interrupt(sub)
+        if self._island_routes:
+            self._island_routes.clear()       # (a cached route also checks dead_at first)
         with self._cv:                         # queued operations will not start: fail them now
             cancelled = [w for w in self._queue if w is not None]
             self._queue.clear()

@@ -1,8 +1,10 @@
 """One rank of an island test, run under mpirun by tests/test_islands.py and test_bridges_mpi.py.
 
 ``python tests/islands_worker.py CASE``: CASE picks the islands (see ``BRIDGES``), then every
-collective of the matrix is checked exactly against numpy; a mismatch raises (non-zero exit, the
-test prints the output). The last line of a rank that passed: ``RESULT rank=R checks=N islands=...``.
+collective of the matrix is checked exactly against numpy (``mixed``: then the cached composed
+route, ending with a revoke); a mismatch raises (non-zero exit, the test prints the output).
+``route_dead`` (tests/test_islands_route.py, under ``mpirun --with-ft ulfm``): a peer dies during
+cached-route calls. The last line of a rank that passed: ``RESULT rank=R checks=N islands=...``.
 """
 import os
 import sys
@@ -175,7 +177,7 @@ def whole_extra(chk):
 def latency_path(chk):
     """A shape the islands run flat for every dtype and op (a forced flat algorithm) leaves the
     router after its first call (the latency path takes it, for any dtype of that size); a call
-    forced through the islands stays on the router."""
+    forced through the islands is composed every time (its later calls by its cached route)."""
     c = chk.comm
     routed, seen = [], []
     route = c._route
@@ -188,13 +190,113 @@ def latency_path(chk):
             raise AssertionError(f"flat ring calls of one size took the router {len(routed)} times: {seen}")
         for _ in range(2):
             chk.allreduce("float32", ReduceOp.SUM, 3, algorithm="islands")
-        if routed != ["allreduce"] * 3:
-            raise AssertionError(f"calls forced through the islands left the router ({len(routed)} routed)")
+            if c.last_algorithm != "islands":
+                raise AssertionError(f"a call forced through the islands ran {c.last_algorithm}")
+        if routed != ["allreduce"] * 2:       # the second: the shape's cached composed route
+            raise AssertionError(f"calls forced through the islands: {len(routed) - 1} of 2 routed (1 wanted)")
     finally:
         del c._route
 
 
+def _counting_router(c):
+    """Count the calls that go through the router (the cached route skips it): a list, appended
+    to per routed call; ``del c._route`` restores it."""
+    routed = []
+    route = c._route
+    c._route = lambda call: (routed.append(call.coll), route(call))[1]
+    return routed
+
+
+ROUTE_SHAPES = [("float32", ReduceOp.SUM, 1 << 14, True), ("float32", ReduceOp.MAX, 1001, False),
+                ("int32", ReduceOp.BXOR, 1001, True), ("bfloat16", ReduceOp.AVG, 777, False),
+                ("bool", ReduceOp.BOR, 33, True), ("float64", ReduceOp.AVG, (1 << 15) + 3, True)]
+
+
+def cached_route(chk):
+    """The islands' cached composed route (collectives/island_route.py): each shape's second call
+    skips the router and is exact; both forms' routes exact (called directly, with a tail); a
+    forced flat algorithm, a new cost model and a revoke are not served a cached route."""
+    import dataclasses
+
+    from hetccl.collectives import island_route
+    c = chk.comm
+    routed = _counting_router(c)
+    try:
+        for name, op, n, in_place in ROUTE_SHAPES:
+            for k in range(3):
+                chk.allreduce(name, op, n, algorithm="islands", in_place=in_place)
+                if c.last_algorithm != "islands":
+                    raise AssertionError(f"{name} {op.name} n={n}: ran {c.last_algorithm}")
+            if routed.count("allreduce") != 1:     # (the first call's splits route allgathers)
+                raise AssertionError(f"{name} {op.name} n={n}: {routed.count('allreduce')} of 3 calls "
+                                     f"routed (cached: 1)")
+            routed.clear()
+        chk.allreduce("float32", ReduceOp.SUM, 1 << 14, algorithm="ring", in_place=True)   # forced flat
+        if c.last_algorithm != "ring":
+            raise AssertionError(f"algorithm='ring' after a cached islands shape ran {c.last_algorithm}")
+        c._tuner.model = dataclasses.replace(c._tuner.model)            # a new cost model: decided anew
+        routed.clear()
+        chk.allreduce("float32", ReduceOp.SUM, 1 << 14, algorithm="islands", in_place=True)
+        if routed.count("allreduce") != 1:
+            raise AssertionError("a cached route outlived the cost model it was decided on")
+    finally:
+        del c._route
+    plan = c._islands
+    for form in ("rails", "leaders"):
+        for name, op, n, in_place in ROUTE_SHAPES:
+            x = data(name, op, n, c.rank)
+            out = x if in_place else np.empty_like(x)
+            run = island_route.route(plan, "allreduce", x.nbytes, x.dtype, dtypes.from_numpy(x.dtype), op, form, 60.0)
+            for _ in range(2):
+                y = data(name, op, n, c.rank) if in_place else x
+                run(y, y if in_place else out)
+                chk.same(y if in_place else out, expected(name, op, n, c.size),
+                         f"route {form} {name} {op.name} n={n} in_place={in_place}")
+    shape = ("float32", ReduceOp.SUM, 1 << 14)
+    chk.allreduce(*shape, algorithm="islands", in_place=True)
+    for _ in range(2):             # revoked: the cached shape raises (rank 0 never joins the first)
+        try:
+            c.barrier()
+            if c.rank == 0:
+                c.revoke()
+            chk.allreduce(*shape, algorithm="islands", in_place=True)
+        except hetccl.CommRevoked:
+            pass
+        else:
+            raise AssertionError("a cached route ran on a revoked communicator")
+    if c._island_routes:
+        raise AssertionError("the revoked communicator kept its cached routes")
+    chk.n += 1
+
+
+def dead_peer(comm):
+    """Rank 3 dies (SIGKILL, under ``mpirun --with-ft ulfm``) while the others run a cached
+    composed route: each survivor's call raises a hetccl error, well before the timeout."""
+    import signal
+    import time
+    x = np.ones(1 << 18, np.float32)
+    for _ in range(3):
+        comm.allreduce(x, algorithm="islands")
+    assert comm._island_routes, "the shape was not cached"
+    comm.barrier()
+    if comm.rank == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        for _ in range(1000):
+            comm.allreduce(x, algorithm="islands")
+        outcome = "none"
+    except hetccl.HetcclError as e:
+        outcome = type(e).__name__
+        sys.stderr.write(f"rank {comm.rank}: {outcome}: {e}\n")
+    sys.stdout.write(f"RESULT rank={comm.rank} outcome={outcome} took={time.monotonic() - t0:.2f}\n")
+    sys.stdout.flush()
+    comm.close(timeout=5)
+
+
 def main(case):
+    if case == "route_dead":
+        return dead_peer(hetccl.init(timeout=30, bridges=BRIDGES["mixed"]))
     comm = hetccl.init(timeout=120, bridges=BRIDGES[case])
     chk = Checker(comm)
     if comm._islands is None:
@@ -217,6 +319,8 @@ def main(case):
     y = sub.allreduce(np.full(3, comm.rank, np.int64), algorithm="islands")
     assert list(y) == [sum(r for r in range(comm.size) if r % 2 == comm.rank % 2)] * 3, y
     sub.close()
+    if case == "mixed":
+        cached_route(chk)              # last: it ends with a revoke
     comm.close()
     sys.stdout.write(f"RESULT rank={comm.rank} checks={chk.n} islands={islands}\n")
     sys.stdout.flush()

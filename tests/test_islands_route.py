@@ -1,7 +1,13 @@
-"""Which calls of a communicator with islands the latency path may take (IslandPricer.routes_flat,
-comm.py ``_learn``): a call shape the islands run flat for every dtype and op, and no other; no
-processes (the pricer alone, with made-up island prices)."""
+"""The routes of calls on a communicator with islands. Which calls the latency path may take
+(IslandPricer.routes_flat, comm.py ``_learn``): a call shape the islands run flat for every dtype
+and op, and no other (the pricer alone, with made-up island prices, no processes). The cached
+composed route (comm.py ``_island_allreduce``, collectives/island_route.py) under mpirun: a peer
+dying in it here; taken, exact and invalidated (a forced flat algorithm, a new cost model, a
+revoke) in tests/test_islands.py's mixed job (tests/islands_worker.py ``cached_route``: one
+islands job fewer)."""
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -12,6 +18,8 @@ from hetccl.collectives.decide import decide
 from hetccl.collectives.islands import COLLECTIVES, PRICE_FIELDS, IslandPricer, _flag
 from hetccl.collectives.tuner import Tuner
 from hetccl.ops import ReduceOp
+from tests.launcher import run_command
+from tests.mpirun_util import WORKER, clean_env, mpirun_or_skip
 
 N = 1 << 20
 
@@ -74,3 +82,21 @@ def test_a_forced_flat_algorithm_is_not_served_what_the_unforced_call_chose():
 def test_a_whole_island_is_never_taken_by_the_latency_path():
     p = pricer(1.0, islands=[Island("mpi", (0, 1, 2, 3), 0, "job")])
     assert not p.routes_flat("allreduce", N) and not p.routes_flat("reduce_scatter", N)
+
+
+# ------------------------------------------------------------------ the cached composed route (mpirun)
+
+def test_peer_dying_during_a_cached_route_call_raises_everywhere():
+    """Rank 3 is SIGKILLed (``mpirun --with-ft ulfm`` keeps the others running) while the others
+    loop on a cached composed route: each survivor's call raises a hetccl error in seconds
+    (communicator timeout 30 s), none hangs or completes."""
+    mpirun = mpirun_or_skip()
+    p = run_command([mpirun, "-np", "4", "--oversubscribe", "--with-ft", "ulfm", sys.executable, WORKER,
+                     "route_dead"], timeout=90, env=clean_env(HETCCL_PEER_TIMEOUT="5"))
+    text = p.stdout + p.stderr
+    rows = {int(r["rank"]): r for r in (dict(kv.split("=", 1) for kv in ln.split()[1:])
+                                         for ln in p.stdout.splitlines() if ln.startswith("RESULT "))}
+    assert sorted(rows) == [0, 1, 2], text[-6000:]
+    for r in rows.values():
+        assert r["outcome"] in ("PeerLostError", "CommAborted", "BridgeError"), (r, text[-6000:])
+        assert float(r["took"]) < 20, (r, text[-6000:])

@@ -259,6 +259,60 @@ class MPIBridge(Bridge):
                 wait(req, "allreduce", send, recv)
         return allreduce
 
+    def bind(self, coll, count, dtype, op=None, root=0):
+        """f(send, recv) running ``coll`` on ``count`` elements of ``dtype`` (allgather and
+        broadcast: bytes of any array), everything but the buffers bound in advance: the steps of
+        the islands' cached composed route (collectives/island_route.py). The buffers go to MPI
+        with their datatype said explicitly, so any array of the right bytes will do. In place
+        where ``send is recv`` (reduce's root); broadcast's ``recv`` is ignored."""
+        c, wait, aborted, in_place = self._comm(), self._wait, self._aborted, self._in_place
+        if coll in ("allgather", "broadcast"):
+            t, n = self._byte, count * dtypes.ITEMSIZE[dtype]
+        else:
+            t, o = self._ops[dtype, op]
+        if coll == "reduce_scatter":
+            start = c.Ireduce_scatter_block
+
+            def step(send, recv):
+                if aborted.is_set():
+                    raise InvalidUsage("the MPI bridge was closed or aborted; create a new one")
+                req = start([send, count, t], [recv, count, t], o)
+                if not req.Test():
+                    wait(req, "reduce_scatter", send, recv)
+        elif coll == "allgather":
+            start = c.Iallgather
+
+            def step(send, recv):
+                if aborted.is_set():
+                    raise InvalidUsage("the MPI bridge was closed or aborted; create a new one")
+                req = start(in_place if send is recv else [send, n, t], [recv, n, t])
+                if not req.Test():
+                    wait(req, "allgather", send, recv)
+        elif coll == "broadcast":
+            start = c.Ibcast
+
+            def step(send, recv=None):
+                if aborted.is_set():
+                    raise InvalidUsage("the MPI bridge was closed or aborted; create a new one")
+                req = start([send, n, t], root)
+                if not req.Test():
+                    wait(req, "broadcast", send)
+        elif coll == "reduce":
+            start, me = c.Ireduce, self.rank == root
+
+            def step(send, recv):
+                if aborted.is_set():
+                    raise InvalidUsage("the MPI bridge was closed or aborted; create a new one")
+                if me:
+                    req = start(in_place if send is recv else [send, count, t], [recv, count, t], o, root)
+                else:
+                    req = start([send, count, t], None, o, root)
+                if not req.Test():
+                    wait(req, "reduce", send, recv)
+        else:
+            return None
+        return step
+
     # ------------------------------------------------------------------ collectives
 
     def _comm(self):
