@@ -250,6 +250,16 @@ class IslandPricer:
         costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
         return min(costs) + SUB_CALL if costs else math.inf
 
+    def _leaders_busy(self) -> int:
+        """Ranks that keep a CPU while the leaders run their step across islands: the leaders,
+        and the other ranks of bridged islands, which wait inside their library's next step (the
+        island broadcast): the MPI bridge's waits test, then yield for YIELD_FOR plus the bytes'
+        time before they sleep (bridges/mpi.py), longer than any step here, and a device
+        library's stream wait spins; hetccl's own waits sleep after ``yield_s`` (0.5 ms). Priced
+        as idle, the waiting MPI rank left the leaders' step of a 16-64 MiB composed allreduce at
+        4 ranks on 2 CPUs 31-33% too fast (validation run of 2026-12-07 11:27)."""
+        return len(self.islands) + sum(len(i.ranks) - 1 for i in self.islands if i.bridged)
+
     def _step(self, i, coll, nbytes, code, op) -> float:
         """Predicted seconds of island i's step."""
         s = len(self.islands[i].ranks)
@@ -285,8 +295,9 @@ class IslandPricer:
             if collective == "allreduce" and not self._native(0, "allreduce", code, op):
                 return {}                   # one island that cannot run it: the flat algorithms do
             return {"bridge": self._step(0, collective, nbytes, code, op)}
+        lead = self._leaders_busy()
         if collective == "allreduce":
-            out = {"leaders": self._steps("reduce", nbytes, code, op) + self._hetccl("allreduce", nbytes, nI)
+            out = {"leaders": self._steps("reduce", nbytes, code, op) + self._hetccl("allreduce", nbytes, nI, lead)
                    + self._steps("broadcast", nbytes, code, op)}
             s = len(self.islands[0].ranks)
             if self.equal and s > 1:
@@ -296,10 +307,11 @@ class IslandPricer:
             return out
         if collective == "allgather":
             return {"leaders": self._steps("allgather", nbytes / self.p, code, op, per_rank=True)
-                    + self._hetccl("allgather", nbytes, nI) + self._steps("broadcast", nbytes, code, op)
+                    + self._hetccl("allgather", nbytes, nI, lead) + self._steps("broadcast", nbytes, code, op)
                     + nbytes / 5e9}
         if collective == "broadcast":
-            return {"leaders": 2 * self._steps("broadcast", nbytes, code, op) + self._hetccl("broadcast", nbytes, nI)}
+            return {"leaders": 2 * self._steps("broadcast", nbytes, code, op)
+                    + self._hetccl("broadcast", nbytes, nI, lead)}
         return {}
 
     def _flat_cost(self, a, nbytes):
