@@ -20,13 +20,18 @@ times, in one process set:
 - ``rs@mpi``, ``rs@hetccl``, ``ag@mpi``, ``ag@hetccl``: one island's step while the other
   island's ranks sleep (the step's own time on an otherwise idle machine);
 
+- ``leaders``: the ``leaders`` form called directly (``IslandPlan._leaders_allreduce``); ``red``,
+  ``bcast``: its island reduce and broadcast, both islands at once; ``lead``: its allreduce among
+  the leaders while the others sleep (priced so; the JSON's ``lead in form`` is its price inside
+  the form, where the bridged islands' other ranks wait in their library: ``_leaders_busy``);
+  ``leaders`` - (``red`` + ``lead`` + ``bcast``) is what the waiting ranks cost the leaders;
 - ``flat ring``, ``flat sched``: the flat ring through the public call (on this communicator:
   the router, since a communicator with islands has no latency path) and its native schedule
   called directly (``flat ring`` - ``flat sched``: the route's cost on a flat call);
 
 and prints, per phase, what collectives/islands.py's IslandPricer charges (``_step``, ``_hetccl``,
-``_steps``) from the communicator's own cost model and the bridge's probed prices. So a
-composed prediction that is off can be traced to the phase, and the phase to the island, whose
+``_steps``; ``whole``: the form it ran) from the communicator's own cost model and the bridge's
+probed prices. So a composed prediction that is off can be traced to the phase, and the phase to the island, whose
 price is off. Time per repetition: the slowest rank of the phase, a loop of calls calibrated to
 ~20 ms; the median over --reps repetitions, variants interleaved. The form ``whole`` runs
 (``rails`` or ``leaders``) is chosen from the bridge's probed prices, so near 64 KiB it can differ
@@ -51,6 +56,7 @@ import checkout  # noqa: E402,F401  (which hetccl: installed, or this checkout)
 from islands_job import islands_job  # noqa: E402
 
 LOOP_S = 0.02
+LEADERS = "leaders"        # a variant only the island leaders take part in (the others sleep)
 
 
 def sleepy_barrier(world):
@@ -123,18 +129,36 @@ def main(argv=None) -> int:
 
             def flat_sched():
                 schedules.allreduce(engine, src, dst, f32, SUM, ALGO_RING, 600.0)
+            root = plan._leader_index()
+
+            def leaders():
+                plan._leaders_allreduce(src, dst, f32, SUM, 600)
+
+            def red():
+                plan._reduce(src, dst, f32, SUM, root, 600)
+
+            def lead():
+                plan.subs()[1].allreduce(dst, SUM, timeout=600)
+
+            def bcast():
+                plan._broadcast(dst, root, 600)
             return {"whole": (whole, None), "whole yield": (whole_yield, None), "rails": (rails, None),
                     "seq": (seq, None), "rs": (rs, None), "rail": (rail, None), "ag": (ag, None),
                     "rs@mpi": (rs, 0), "rs@hetccl": (rs, 1), "ag@mpi": (ag, 0), "ag@hetccl": (ag, 1),
+                    "leaders": (leaders, None), "red": (red, None), "lead": (lead, LEADERS),
+                    "bcast": (bcast, None),
                     "flat ring": (flat, None), "flat sched": (flat_sched, None)}
 
         def timed(fn, only, k):
             """(seconds, CPU seconds) per call on this rank (None: not taking part), after a sync of
             the takers."""
             sleepy_barrier(world)
-            if only is not None and only != mine:
+            if only == LEADERS:
+                if plan.subs()[1] is None:
+                    return None
+            elif only is not None and only != mine:
                 return None
-            sub = plan.subs()[0] if only is not None else None
+            sub = plan.subs()[1 if only == LEADERS else 0] if only is not None else None
             sync = np.zeros(1, np.float32)
             if sub is not None:
                 sub.allreduce(sync, SUM, timeout=600)
@@ -167,6 +191,7 @@ def main(argv=None) -> int:
 
         if comm.rank == 0:
             rows = []
+            ran = {n: comm.context.decide("allreduce", n, "islands", f32, SUM)[1] for n in sizes}
             for n in sizes:
                 code = f32
                 m = results[n]
@@ -179,18 +204,23 @@ def main(argv=None) -> int:
                 }
                 pr["rs"] = plan._steps("reduce_scatter", n, code, SUM)
                 pr["ag"] = plan._steps("allgather", n, code, SUM)
-                pr["whole"] = plan.forms("allreduce", n, code, SUM).get("rails")
+                forms = plan.forms("allreduce", n, code, SUM)
+                pr["whole"] = forms.get(ran[n])
+                pr["rails"], pr["leaders"] = forms.get("rails"), forms.get("leaders")
+                pr["red"] = plan._steps("reduce", n, code, SUM)
+                pr["lead"] = plan._hetccl("allreduce", n, len(plan.islands))          # the others idle
+                pr["lead in form"] = plan._hetccl("allreduce", n, len(plan.islands), plan._leaders_busy())
+                pr["bcast"] = plan._steps("broadcast", n, code, SUM)
                 rows.append({"size": n, "measured_us": {k: v * 1e6 for k, v in m.items()},
                              "priced_us": {k: v * 1e6 for k, v in pr.items()}})
             print(f"# islands phases; load average {os.getloadavg()[0]:.2f}; oversubscribed {plan._over}; "
                   f"model {comm.context.tuner.model.origin} {comm.context.tuner.cost.params()}")
-            ran = {n: comm.context.decide("allreduce", n, "islands", f32, SUM)[1] for n in sizes}
             print("# the composed call (whole) ran the form: " + ", ".join(f"{fmt.format_size(n)} {f}" for n, f in ran.items())
                   + " (rs, rail, ag, rails, seq: the rails form's phases; a whole that ran 'leaders' is another schedule)")
             print(f"# mpi bridge prices (seconds at {PROBE_SIZES} per collective {COLLECTIVES}): "
                   f"{[round(float(x) * 1e6, 1) for x in plan.prices[0]]} us")
             names = ["whole", "whole yield", "rails", "seq", "rs", "rail", "ag", "rs@mpi", "rs@hetccl", "ag@mpi",
-                     "ag@hetccl", "flat ring", "flat sched"]
+                     "ag@hetccl", "leaders", "red", "lead", "bcast", "flat ring", "flat sched"]
             print(f"{'size':>6} " + " ".join(f"{x:>19}" for x in names) + "   (measured / priced us)")
             for r in rows:
                 cells = []
