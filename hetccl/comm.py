@@ -732,7 +732,7 @@ class Communicator:
             if _staged.is_device(buf):
                 return _staged.device_call(self._ctx, "allreduce", buf, out, op=op, timeout=timeout,
                                            algorithm=algorithm, async_op=async_op)
-        elif self._island_routes is not None and not (async_op or self._pending):
+        elif self._island_routes is not None and type(op) is ReduceOp and not (async_op or self._pending):
             return self._island_allreduce(buf, op, out, timeout, algorithm)
         return self._route(self._parse("allreduce", buf, out, op=op, timeout=timeout, algorithm=algorithm,
                                        async_op=async_op))
