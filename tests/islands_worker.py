@@ -291,7 +291,8 @@ def dead_peer(comm):
         sys.stderr.write(f"rank {comm.rank}: {outcome}: {e}\n")
     sys.stdout.write(f"RESULT rank={comm.rank} outcome={outcome} took={time.monotonic() - t0:.2f}\n")
     sys.stdout.flush()
-    comm.close(timeout=5)
+    comm.close(timeout=5)             # (unlinks this rank's segments)
+    os._exit(0)                       # not MPI_Finalize: it may wait for the dead process
 
 
 def main(case):
