@@ -24,7 +24,7 @@ from tests.mpirun_util import WORKER, clean_env, mpirun_or_skip
 N = 1 << 20
 
 
-def pricer(step_s, native=None, islands=None):
+def pricer(step_s, native=None, islands=None, beta_free=0.0):
     """4 ranks, two bridged islands (0,1) and (2,3) (two MPI jobs); every bridge step costs
     ``step_s``; ``native``: the (dtype, op) pairs the bridges reduce (default all; data movement
     always)."""
@@ -38,7 +38,8 @@ def pricer(step_s, native=None, islands=None):
                 for op in ReduceOp:
                     if coll in ("allgather", "broadcast") or (dt, op) in native:
                         flags[_flag(ci, dt, op)] = True
-    tuner = Tuner(4, CostModel(LinkCost(2e-6, 4e-10, 2e-11, fifo=True, share=2.0), TUNED, "test", ("c2c",)))
+    tuner = Tuner(4, CostModel(LinkCost(2e-6, 4e-10, 2e-11, fifo=True, share=2.0, beta_free=beta_free), TUNED,
+                               "test", ("c2c",)))
     return IslandPricer(isl, prices[:len(isl)], [flags] * len(isl), False, False, tuner)
 
 
@@ -82,6 +83,22 @@ def test_a_forced_flat_algorithm_is_not_served_what_the_unforced_call_chose():
 def test_a_whole_island_is_never_taken_by_the_latency_path():
     p = pricer(1.0, islands=[Island("mpi", (0, 1, 2, 3), 0, "job")])
     assert not p.routes_flat("allreduce", N) and not p.routes_flat("reduce_scatter", N)
+
+
+def test_the_leaders_step_counts_the_bridged_islands_waiting_ranks_as_working():
+    """On crowded CPUs (2 ranks per CPU, a step of fewer ranks moves bytes faster) the leaders'
+    allreduce across an MPI island and a hetccl island is priced with 3 of the 4 ranks working:
+    the MPI island's other rank tests and yields in its broadcast, the hetccl one sleeps."""
+    f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
+    mixed = pricer(1e-4, islands=[Island("mpi", (0, 1), 0, "a"), Island("hetccl", (2, 3), 2, "b")],
+                   beta_free=1e-10)
+    both = pricer(1e-4, beta_free=1e-10)                                # two MPI islands
+    assert (mixed._leaders_busy(), both._leaders_busy()) == (3, 4)
+    for p in (mixed, both):
+        steps = p._steps("reduce", N, f32, SUM) + p._steps("broadcast", N, f32, SUM)
+        lead = p.forms("allreduce", N, f32, SUM)["leaders"] - steps
+        assert abs(lead - p._hetccl("allreduce", N, 2, p._leaders_busy())) < 1e-12
+        assert lead > p._hetccl("allreduce", N, 2) * 1.2                 # dearer than with the others idle
 
 
 # ------------------------------------------------------------------ the cached composed route (mpirun)
