@@ -214,7 +214,8 @@ ROUTE_SHAPES = [("float32", ReduceOp.SUM, 1 << 14, True), ("float32", ReduceOp.M
 
 def cached_route(chk):
     """The islands' cached composed route (collectives/island_route.py): each shape's second call
-    skips the router and is exact; both forms' routes exact (called directly, with a tail); a
+    skips the router and is exact; both forms' routes exact (called directly, with a tail, with
+the bridge's ``bind`` and without); a
     forced flat algorithm, a new cost model and a revoke are not served a cached route."""
     import dataclasses
 
@@ -242,7 +243,9 @@ def cached_route(chk):
     finally:
         del c._route
     plan = c._islands
-    for form in ("rails", "leaders"):
+    for form, bind in (("rails", True), ("leaders", True), ("rails", False), ("leaders", False)):
+        if not bind and plan.bridge is not None:
+            plan.bridge.bind = None        # the steps of a bridge without bind (island_route._fixed)
         for name, op, n, in_place in ROUTE_SHAPES:
             x = data(name, op, n, c.rank)
             out = x if in_place else np.empty_like(x)
@@ -251,7 +254,9 @@ def cached_route(chk):
                 y = data(name, op, n, c.rank) if in_place else x
                 run(y, y if in_place else out)
                 chk.same(y if in_place else out, expected(name, op, n, c.size),
-                         f"route {form} {name} {op.name} n={n} in_place={in_place}")
+                         f"route {form} {name} {op.name} n={n} in_place={in_place} bind={bind}")
+        if not bind and plan.bridge is not None:
+            del plan.bridge.bind
     shape = ("float32", ReduceOp.SUM, 1 << 14)
     chk.allreduce(*shape, algorithm="islands", in_place=True)
     for _ in range(2):             # revoked: the cached shape raises (rank 0 never joins the first)
