@@ -2,7 +2,7 @@
 collective header, point-to-point framing, the topology file and the cost-model cache file.
 
     python bench/fuzz.py --inputs 1000000            # the benchmark run (split over the targets)
-    python bench/fuzz.py --seconds 60                # a time-boxed run (CI: tests/test_endurance.py)
+    python bench/fuzz.py --seconds 45                # a time-boxed run (CI: tests/test_endurance.py)
     python bench/fuzz.py --targets p2p --inputs 5000 # one target
 
 Engine: atheris (coverage-guided libFuzzer for Python; hetccl's Python modules are instrumented),

@@ -2,7 +2,7 @@
 point-to-point traffic; resident memory, open fds and /dev/shm segments sampled on every rank.
 
     python bench/soak.py --ranks 4 --minutes 30 --sample 60      # the benchmark run
-    python bench/soak.py --ranks 4 --minutes 2 --sample 15       # CI (tests/test_endurance.py)
+    python bench/soak.py --ranks 4 --minutes 0.75 --sample 5 --warmup 15   # CI (tests/test_endurance.py)
 
 The ranks run under ``hetccl run``. All ranks draw the same sequence of calls from one seed, and
 each fills its input from (seed, call, rank) with small integers, so every rank computes every

@@ -1,13 +1,15 @@
 """The CI versions of bench/soak.py and bench/fuzz.py, run side by side.
 
-Both are time-boxed, so running them at once costs the suite one 2-minute slot instead of two
-(on a 2-core machine each gets less CPU, hence fewer calls and inputs, not more time):
+Both are time-boxed, so running them at once costs the suite one 45-second slot instead of two
+(on a 2-core machine each gets less CPU, hence fewer calls and inputs, not more time). The long
+runs are the benchmarks' (bench/README.md); this is their short form, sized to the suite's budget:
 
-- the soak: 2 minutes of mixed collectives with random sizes, dtypes and ops at 4 ranks plus
-  point-to-point rounds, every result checked; no wrong result, and no growth of fds or /dev/shm
-  segments after warm-up. Resident memory is held to 5 % here (2 minutes on a shared CI machine are
+- the soak: 45 seconds of mixed collectives with random sizes, dtypes and ops at 4 ranks plus
+  point-to-point rounds, every result checked (~2,000 calls on a loaded 2-core machine); no wrong
+  result, and no growth of fds or /dev/shm segments from the end of a 15-second warm-up on (a
+  sample every 5 s). Resident memory is held to 5 % here (a short run on a shared CI machine is
   noisy); the 2 % target is judged on the 30-minute run in bench/RESULTS.md.
-- the fuzz subset: 60 seconds over every target (the store protocol, framing, the handshakes, the
+- the fuzz subset: 45 seconds over every target (the store protocol, framing, the handshakes, the
   collective header, p2p framing, the topology file, the cost-model cache); no crash, no hang, and
   every target must have run. The benchmark run (>= 1,000,000 inputs) is in bench/RESULTS.md.
 """
@@ -45,17 +47,17 @@ def _check_fuzz(out, stdout, stderr, returncode):
         assert r["inputs"] >= 500, (r["target"], stdout)
 
 
-def test_soak_2_minutes_at_4_ranks_with_the_fuzz_subset_alongside(tmp_path):
+def test_soak_at_4_ranks_with_the_fuzz_subset_alongside(tmp_path):
     out, log = tmp_path / "fuzz.json", tmp_path / "fuzz.log"
-    fuzz = start_command([sys.executable, os.path.join(REPO_ROOT, "bench", "fuzz.py"), "--seconds", "60",
+    fuzz = start_command([sys.executable, os.path.join(REPO_ROOT, "bench", "fuzz.py"), "--seconds", "45",
                           "--json", str(out)], _env(), None, output=str(log))
     try:
         soak = run_command([sys.executable, os.path.join(REPO_ROOT, "bench", "soak.py"), "--ranks", "4",
-                            "--minutes", "2", "--sample", "15", "--warmup", "30"], timeout=330, env=_env())
+                            "--minutes", "0.75", "--sample", "5", "--warmup", "15"], timeout=330, env=_env())
         try:
-            fuzz.wait(timeout=240)                            # its 60 s are long over by now
+            fuzz.wait(timeout=240)                            # its 45 s are long over by now
         except subprocess.TimeoutExpired:
-            raise AssertionError("bench/fuzz.py --seconds 60 still ran 4 minutes after the soak ended")
+            raise AssertionError("bench/fuzz.py --seconds 45 still ran 4 minutes after the soak ended")
     finally:
         stop_command(fuzz)
     _check_soak(soak)
