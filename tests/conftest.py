@@ -1,6 +1,7 @@
 """Suite-wide guards: which hetccl is tested, a default per-test timeout, a loud report of
 shared-memory segments (/dev/shm/hetccl-*) that appeared during the session and were never removed,
-and ``--only-hardware-skips`` (CI's mode).
+``--only-hardware-skips`` (CI's mode), and the bytecode of hetccl and the tests written once for the
+thousands of interpreters the suite starts (byte_compile_sources).
 
 Which hetccl (tests/launcher.py, hetccl/_checkout.py): this checkout's when PYTHONPATH names it
 (``PYTHONPATH=$PWD python -m pytest``) or no built hetccl is installed, else the installed
@@ -67,12 +68,38 @@ def pytest_report_header(config):
             f"(put the checkout on PYTHONPATH to test it)")
 
 
+def byte_compile_sources() -> list[str]:
+    """Write the bytecode of hetccl's and the tests' modules once, when this interpreter does not
+    (``PYTHONDONTWRITEBYTECODE=1`` / ``-B``; returns the folders compiled).
+
+    Every rank of a multi-rank test is a fresh interpreter (tests/launcher.py: spawn), and so is
+    every command a test starts (``hetccl run``, mpirun, torchrun); without a ``__pycache__`` each
+    one compiles every hetccl module it imports from source, ~0.15 s of CPU per process, thousands
+    of processes per session. Reading bytecode is allowed under ``-B`` (only writing is not), so the
+    cache is written here, once, as the interpreter would have without the flag (``__pycache__``
+    is git-ignored; a source edited later is recompiled by its timestamp, as usual)."""
+    if not sys.dont_write_bytecode:
+        return []          # the interpreters write it themselves
+    import compileall
+    import importlib.util
+    spec = importlib.util.find_spec("hetccl")
+    folders = [*(spec.submodule_search_locations or [])] if spec else []
+    folders.append(os.path.join(IMPORT_ROOT, "tests"))
+    done = []
+    for folder in folders:
+        if os.access(folder, os.W_OK):
+            compileall.compile_dir(folder, quiet=2)    # a syntax error still fails at import
+            done.append(folder)
+    return done
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     # pyproject.toml sets `timeout = 300`; keep a default even if it is run from elsewhere.
     if hasattr(config.option, "timeout") and not config.option.timeout \
             and not config.getini("timeout"):
         config.option.timeout = DEFAULT_TIMEOUT
+    byte_compile_sources()
 
 
 @pytest.fixture(scope="session", autouse=True)
