@@ -67,13 +67,22 @@ from .scratch import scratch
 from .staged import DevicePath
 from .subcomms import SubComms
 from .algorithm import ALGO_ISLANDS
-from .hierarchical import SUB_CALL, flat_fallback
+from .cost_model import call_cost
+from .hierarchical import flat_fallback
 
 log = logging.getLogger("hetccl")
 
 NAME = "islands"
 COMPOSED_COLLECTIVES = ("allreduce", "allgather", "broadcast")
 BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer spec)
+# The public call's own path around a composed call, CPU seconds per rank (a sub-communicator's
+# step pays its latency path on top: cost_model.call_cost). A composed allreduce of a shape seen
+# before runs its cached route (comm._island_allreduce, island_route.py): 1.16 us per call per rank
+# timed alone (bench/islands_route_ab.py --route-cpu, bench/results/islands-route-ab-2026-12-07i.txt).
+# Other composed calls go through the router (parser, decision, the plan's dispatch): 54.7 us more
+# CPU per call than the plan called directly, summed over 4 ranks, at 64 KiB (same file).
+ROUTE_CALL = 1.2e-6
+ROUTER_CALL = 14e-6
 PROBE_SIZES = (8, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)  # bytes a bridge is timed at (bridge_time)
 DEVICE_SIZES = 4            # a device bridge is timed up to 1 MiB (module docstring)
 PRICE_FIELDS = len(PROBE_SIZES)  # per collective: seconds at each probe size
@@ -243,12 +252,24 @@ class IslandPricer:
         on an oversubscribed machine the islands' steps are summed (_steps), so each must be its
         time with the CPUs to its own ranks, which a model fitted while every rank worked
         overstates (LinkCost.crowded; in the validation run of 2026-12-07 the hetccl island's
-        2-rank steps at 4 ranks on 2 cores were priced as if all four ranks moved bytes)."""
+        2-rank steps at 4 ranks on 2 cores were priced as if all four ranks moved bytes).
+        The step is a call of a flat sub-communicator, which a repeated call shape sends down its
+        latency path: its Python costs what a flat call's does (cost_model.call_cost), not the
+        router's 10 us (hierarchical.SUB_CALL) this once paid; the phases of the composed 64 KiB
+        allreduce measured 6.2, 9.7 and 6.5 us against 16.4, 16.4 and 15.9 priced with it
+        (bench/results/islands-phases-2026-12-07i.txt: rs@hetccl, rail, ag@hetccl)."""
         if p < 2:
             return 0.0
         c = self.tuner.cost.at(nbytes, coll).crowded(p if busy is None else busy, self.p)
         costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
-        return min(costs) + SUB_CALL if costs else math.inf
+        return min(costs) + call_cost(coll, p) if costs else math.inf
+
+    def _call(self, collective) -> float:
+        """Seconds of the public call's own path around one composed call of ``collective`` (the
+        cached route for an allreduce, else the router: ROUTE_CALL, ROUTER_CALL), CPU per rank: on
+        an oversubscribed machine the ranks sharing a CPU pay theirs in turn (LinkCost.share)."""
+        own = ROUTE_CALL if collective == "allreduce" else ROUTER_CALL
+        return own * max(1.0, float(self.tuner.cost.share)) if self._over else own
 
     def _leaders_busy(self) -> int:
         """Ranks that keep a CPU while the leaders run their step across islands: the leaders,
@@ -289,7 +310,8 @@ class IslandPricer:
         return sum(steps) if self._over else max(steps)
 
     def forms(self, collective, nbytes, code, op) -> dict:
-        """{form name: predicted seconds} of the composed forms that apply to this call."""
+        """{form name: predicted seconds} of the composed forms that apply to this call: their
+        steps plus the public call's own path (``_call``)."""
         nI = len(self.islands)
         if self.whole:
             if collective == "allreduce" and not self._native(0, "allreduce", code, op):
@@ -304,15 +326,17 @@ class IslandPricer:
                 out["rails"] = (self._steps("reduce_scatter", nbytes, code, op)
                                 + self._hetccl("allreduce", nbytes / s, nI, busy=self.p)   # every rail at once
                                 + self._steps("allgather", nbytes, code, op))
-            return out
-        if collective == "allgather":
-            return {"leaders": self._steps("allgather", nbytes / self.p, code, op, per_rank=True)
-                    + self._hetccl("allgather", nbytes, nI, lead) + self._steps("broadcast", nbytes, code, op)
-                    + nbytes / 5e9}
-        if collective == "broadcast":
-            return {"leaders": 2 * self._steps("broadcast", nbytes, code, op)
-                    + self._hetccl("broadcast", nbytes, nI, lead)}
-        return {}
+        elif collective == "allgather":
+            out = {"leaders": self._steps("allgather", nbytes / self.p, code, op, per_rank=True)
+                   + self._hetccl("allgather", nbytes, nI, lead) + self._steps("broadcast", nbytes, code, op)
+                   + nbytes / 5e9}
+        elif collective == "broadcast":
+            out = {"leaders": 2 * self._steps("broadcast", nbytes, code, op)
+                   + self._hetccl("broadcast", nbytes, nI, lead)}
+        else:
+            return {}
+        call = self._call(collective)
+        return {form: t + call for form, t in out.items()}
 
     def _flat_cost(self, a, nbytes):
         if a.code >= 0:
