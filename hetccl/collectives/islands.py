@@ -83,6 +83,15 @@ BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer sp
 # CPU per call than the plan called directly, summed over 4 ranks, at 64 KiB (same file).
 ROUTE_CALL = 1.2e-6
 ROUTER_CALL = 14e-6
+# Oversubscribed: what one hand-over between two steps of a composed call costs beyond the steps
+# (every form has two: island step, the step across islands, island step). The ranks reach the
+# next step's communicator at different times, and on crowded CPUs the first ones yield to their
+# partners rather than find them running: the three phases of the 64 KiB rails form called one
+# after the other took 7.3 and 12.0 us more than each phase looped alone (bench/islands_phases.py
+# ``seq`` - ``rs`` - ``rail`` - ``ag``, bench/results/islands-phases-2026-12-07h/i.txt); the lesser
+# is priced. What grows with the bytes past 64 KiB (62-92 us at 256 KiB in the same runs) is not.
+HANDOVER = 3.6e-6
+HANDOVERS = 2
 PROBE_SIZES = (8, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)  # bytes a bridge is timed at (bridge_time)
 DEVICE_SIZES = 4            # a device bridge is timed up to 1 MiB (module docstring)
 PRICE_FIELDS = len(PROBE_SIZES)  # per collective: seconds at each probe size
@@ -267,9 +276,12 @@ class IslandPricer:
     def _call(self, collective) -> float:
         """Seconds of the public call's own path around one composed call of ``collective`` (the
         cached route for an allreduce, else the router: ROUTE_CALL, ROUTER_CALL), CPU per rank: on
-        an oversubscribed machine the ranks sharing a CPU pay theirs in turn (LinkCost.share)."""
+        an oversubscribed machine the ranks sharing a CPU pay theirs in turn (LinkCost.share), and
+        the hand-overs between the form's steps (HANDOVER) add."""
         own = ROUTE_CALL if collective == "allreduce" else ROUTER_CALL
-        return own * max(1.0, float(self.tuner.cost.share)) if self._over else own
+        if not self._over:
+            return own
+        return own * max(1.0, float(self.tuner.cost.share)) + HANDOVERS * HANDOVER
 
     def _leaders_busy(self) -> int:
         """Ranks that keep a CPU while the leaders run their step across islands: the leaders,
