@@ -25,6 +25,11 @@ times, in one process set:
   the leaders while the others sleep (priced so; the JSON's ``lead in form`` is its price inside
   the form, where the bridged islands' other ranks wait in their library: ``_leaders_busy``);
   ``leaders`` - (``red`` + ``lead`` + ``bcast``) is what the waiting ranks cost the leaders;
+- ``whole P1``, ``whole P2``, ``whole P3`` (``--pin``): ``whole`` with the four ranks pinned two to
+  a CPU, each placement the scheduler may pick on 2 CPUs: P1 an island per CPU ({0,1}, {2,3}), P2
+  a rail per CPU ({0,2}, {1,3}), P3 neither ({0,3}, {1,2}); what the composed call costs in each
+  (the 256 KiB call's repetitions spread over 153-273 us in one validation run, and the unpinned
+  ranks may sit in any of them);
 - ``flat ring``, ``flat sched``: the flat ring through the public call (on this communicator:
   the router, since a communicator with islands has no latency path) and its native schedule
   called directly (``flat ring`` - ``flat sched``: the route's cost on a flat call);
@@ -57,6 +62,8 @@ from islands_job import islands_job  # noqa: E402
 
 LOOP_S = 0.02
 LEADERS = "leaders"        # a variant only the island leaders take part in (the others sleep)
+# --pin: the CPU (index among the allowed ones) of ranks 0-3 in each placement of two ranks per CPU
+PLACEMENTS = {"whole P1": (0, 0, 1, 1), "whole P2": (0, 1, 0, 1), "whole P3": (0, 1, 1, 0)}
 
 
 def sleepy_barrier(world):
@@ -72,6 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--json", default=None, help="rank 0 writes the table here")
     ap.add_argument("--cpu", action="store_true", help="also print CPU time per call, summed over the ranks")
+    ap.add_argument("--pin", action="store_true", help="also time whole with the ranks pinned two to a CPU (P1-P3)")
     args = ap.parse_args(argv)
     from hetccl import dtypes
     from hetccl.benchmark import format as fmt
@@ -151,7 +159,14 @@ def main(argv=None) -> int:
 
         def timed(fn, only, k):
             """(seconds, CPU seconds) per call on this rank (None: not taking part), after a sync of
-            the takers."""
+            the takers (``only`` a placement: every rank, pinned to its CPU of it)."""
+            if isinstance(only, tuple):
+                cpus = sorted(os.sched_getaffinity(0))
+                os.sched_setaffinity(0, {cpus[only[comm.rank] % len(cpus)]})
+                try:
+                    return timed(fn, None, k)
+                finally:
+                    os.sched_setaffinity(0, set(cpus))
             sleepy_barrier(world)
             if only == LEADERS:
                 if plan.subs()[1] is None:
@@ -176,6 +191,9 @@ def main(argv=None) -> int:
         results, cpu = {}, {}
         for n in sizes:
             vs = variants(n)
+            if args.pin:
+                for name, place in PLACEMENTS.items():
+                    vs[name] = (vs["whole"][0], place)
             loops = {}
             for name, (fn, only) in vs.items():          # calibrate: one call, then ~LOOP_S of them
                 t1 = slowest(timed(fn, only, 1))[0]
@@ -206,6 +224,7 @@ def main(argv=None) -> int:
                 pr["ag"] = plan._steps("allgather", n, code, SUM)
                 forms = plan.forms("allreduce", n, code, SUM)
                 pr["whole"] = forms.get(ran[n])
+                pr.update({name: pr["whole"] for name in PLACEMENTS if name in m})
                 pr["rails"], pr["leaders"] = forms.get("rails"), forms.get("leaders")
                 pr["red"] = plan._steps("reduce", n, code, SUM)
                 pr["lead"] = plan._hetccl("allreduce", n, len(plan.islands))          # the others idle
@@ -221,6 +240,7 @@ def main(argv=None) -> int:
                   f"{[round(float(x) * 1e6, 1) for x in plan.prices[0]]} us")
             names = ["whole", "whole yield", "rails", "seq", "rs", "rail", "ag", "rs@mpi", "rs@hetccl", "ag@mpi",
                      "ag@hetccl", "leaders", "red", "lead", "bcast", "flat ring", "flat sched"]
+            names += list(PLACEMENTS) if args.pin else []
             print(f"{'size':>6} " + " ".join(f"{x:>19}" for x in names) + "   (measured / priced us)")
             for r in rows:
                 cells = []
