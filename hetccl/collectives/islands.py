@@ -42,7 +42,9 @@ The figures are cached per island for the job.
 Every rank gathers every island's figures and which (collective, dtype, op) each bridge supports,
 so every rank prices alike; hetccl's own steps are priced by the communicator's measured model
 (collectives/cost_model.py); on an oversubscribed machine the islands' steps add up instead of
-overlapping, each priced as its own ranks running alone (LinkCost.crowded). The lowest predicted time among
+overlapping, each priced as its own ranks running alone (LinkCost.crowded); a step on a sub-communicator
+pays a flat call's latency path, the composed call its own path once and, oversubscribed, the
+hand-overs between its steps (ROUTE_CALL, ROUTER_CALL, HANDOVER). The lowest predicted time among
 the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
 ``comm.explain()`` prints the table.
 """
