@@ -395,7 +395,7 @@ class Communicator:
             self._ft.detach()
             raise
         self._sym = SymmetricMemory(ctx, engine.all_c2c())
-        self._registry = Registry()
+        self._registry = Registry(self._sym.sharing_heap)
         self._children = 0
         try:                                  # islands with vendor bridges (collective: opens them)
             self._islands = ctx.islands = _islands.plan_for(ctx, cards, shrunk_from)
@@ -851,10 +851,18 @@ class Communicator:
     def register(self, buf):
         """Register a buffer this process will pass to collectives again (like NCCL's user-buffer
         registration); returns a handle (also a context manager: ``with comm.register(x):``).
-        Local, not collective. Plain buffers take the single-copy schedules with or without it;
-        what it buys is its pages faulted in now, not inside the first call that writes them
-        (docs/registration.md). Registering the same buffer again returns the same handle."""
-        return self._registry.register(buf)
+        Local, not collective; register alike on every rank. Where the buffer's owner holds its
+        pages alone (a large numpy array, an anonymous mmap) and every pair of the communicator is
+        c2c in cma mode, its pages move into shared memory at the same address (one copy, now;
+        ``handle.shared``) and calls on it take the load/store single-copy schedules of
+        ``comm.alloc`` memory; otherwise its pages are faulted in now instead of inside the first
+        call that writes them (docs/single-copy.md). Registering the same buffer again returns
+        the same handle."""
+        reg = self._registry.register(buf)
+        if reg.shared and not self._sym.active:
+            self._sym.active = True               # calls now look at their buffers (see _learn)
+            self._forget_routes()
+        return reg
 
     def deregister(self, handle):
         """Drop one registration of ``handle`` (see ``register``); the buffer stays usable."""

@@ -59,6 +59,7 @@ cdef enum C2CMode:
     C2C_WINDOW = 2      # peers load/store each other's pre-faulted shared windows
 
 cdef enum:
+    C2C_DROP_RING = 16       # drop_ring's length
     C2C_SLOT_BYTES = 2048
     C2C_CTL_BYTES = 4096
 
@@ -73,6 +74,13 @@ cdef struct C2CSlot:
     uint64_t magic           # C2C_MAGIC once the owner attached (sanity check of the mapping)
     uint32_t refused         # the sync (epoch) before which a CMA read of this side's was refused
                              # (EPERM/EACCES): every rank then re-runs the call on the FIFOs
+    # Registered buffers shared by the owner (symmetric_heap.pyx, registered regions): the owner's
+    # memfd descriptors behind a registered sbuf / rbuf of the published call, and the ids of the
+    # regions it dropped (`dropped` counts them, release; drop_ring[k % C2C_DROP_RING] is the k-th)
+    int32_t sfd
+    int32_t rfd
+    uint32_t dropped
+    uint32_t drop_ring[16]
 
 cdef struct C2CPeer:
     int mode                 # C2CMode

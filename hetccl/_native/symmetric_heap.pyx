@@ -20,6 +20,14 @@ pages and ran at 0.3-0.4x a streaming memcpy on the VM this was built on).
   of every rank's input into its output (only inputs need be symmetric). alltoall: rank r loads
   block r of every rank's input into its output.
 
+Registered regions: ``comm.register`` may move a plain buffer's pages into a memfd of its own
+(hetccl/memory/registration.py); the region then joins this heap under an id never reused (per
+owner rank), and its buffers publish (REG, id, offset) descriptors plus the memfd's descriptor
+number in the control slot. A peer maps the owner's memfd (/proc/<pid>/fd/<n>, the ptrace check
+cross-memory attach needs too; the memfd's name must carry the id) on first use and keeps the
+mapping in a bounded cache; regions the owner dropped are announced in its slot (drop_ring) and
+unmapped at the peer's next symmetric call, and every cached mapping goes with the heap.
+
 Each call: publish (allocation, offset) descriptors of this rank's buffers and the call header in
 the c2c control slots, sync (single_copy.pxd: epochs with release/acquire atomics, spin-then-futex),
 check the headers, translate every peer's descriptor into this process's mapping of that peer's
@@ -29,11 +37,16 @@ from cpython.buffer cimport PyBuffer_Release, PyBUF_WRITABLE
 from libc.stdint cimport uint64_t, uint32_t, uint8_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.errno cimport errno
-from libc.string cimport memset
+from libc.string cimport memset, strcmp
+from libc.stdio cimport snprintf
+from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
+from posix.unistd cimport close as c_close, readlink
+from posix.stat cimport struct_stat, fstat
 from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_FIXED,
                          MAP_FAILED, MAP_ANONYMOUS)
 
 from hetccl._native.atomics cimport hc_now, hc_load32_sc, hc_store32_sc
+from hetccl._native.c2c cimport C2C_OFF, C2C_DROP_RING, C2CSlot
 from hetccl._native.blocks cimport even_blocks
 from hetccl._native.codes cimport *
 from hetccl._native.engine cimport Engine
@@ -58,6 +71,9 @@ cdef extern from "<sys/mman.h>":
 
 cdef enum:
     E_SYMMETRIC = -20            # a peer's descriptor names no live allocation of this rank's heap
+    E_REG_OPEN = -21             # (err_kind) a peer's registered region: its memfd cannot be opened/mapped
+    E_REG_NAME = -22             # ... its descriptor names no region of that peer (stale or garbage)
+    E_REG_SIZE = -23             # ... the buffer does not fit inside the region
     OFF_BITS = 40                # descriptor = (allocation id + 1) << 40 | byte offset
     CHUNK = 256 << 10            # reduction unit: operand + result stay in a 1 MiB L2
     # The unit of an allreduce that cannot combine straight into its outputs (in place, or AVG):
@@ -68,6 +84,25 @@ cdef enum:
     # (16 KiB 8.1, 32 KiB 9.5: the tile and both operands must stay in the 48 KiB L1).
     TILE = 8 << 10
     MAX_RANKS = 1024
+    REG_IDS = (1 << 23) - 1      # registered region ids 1..REG_IDS, never reused (then: not shared)
+    PEER_CACHE = 32              # peers' registered regions kept mapped here (least recently used goes)
+
+cdef extern from *:
+    # a registered region's descriptor: REG_FLAG | id << OFF_BITS | byte offset
+    const uint64_t REG_FLAG "((uint64_t)1 << 63)"
+
+cdef struct RegMine:              # a registered region of mine: peers map fd
+    uint32_t id
+    int fd
+    char* base
+    size_t mapped
+
+cdef struct RegPeer:              # a peer's registered region, mapped here
+    int q                         # its owner (-1: unused entry)
+    uint32_t id
+    char* base
+    size_t mapped
+    uint64_t stamp                # the call that used it last (LRU; never evicted by its own call)
 
 cdef enum AllocState:
     A_EMPTY = 0                  # slot unused (or its Buffer died after a free)
@@ -103,8 +138,16 @@ cdef class Heap:
     cdef size_t chunk                 # bytes per reduction / copy unit (CHUNK; a knob for benchmarks)
     cdef size_t tile                  # the same for allreduces reduced through scratch (TILE; a knob)
     cdef Engine engine                # whose schedules read the mappings (None: no guard needed)
+    cdef RegMine* regs                # my registered regions (registered buffers shared with peers)
+    cdef int nregs
+    cdef uint32_t last_id             # the last registered region id handed out
+    cdef RegPeer cache[PEER_CACHE]
+    cdef uint32_t* seen               # [size] drops of each peer's already applied to the cache
+    cdef uint64_t calls               # symmetric calls begun (the cache's clock)
+    cdef int err_kind                 # what resolve() found wrong (E_REG_*), for the message
 
     def __cinit__(self, int rank, int size):
+        cdef int i
         if not 0 < size <= MAX_RANKS or not 0 <= rank < size:
             raise InvalidUsage(f"symmetric memory supports 1..{MAX_RANKS} ranks (got rank {rank} of {size})")
         self.rank, self.size = rank, size
@@ -112,6 +155,13 @@ cdef class Heap:
         self.tile = TILE
         self.allocs = NULL
         self.n = 0
+        self.regs = NULL
+        self.nregs = 0
+        self.seen = <uint32_t*>calloc(size, sizeof(uint32_t))
+        if self.seen == NULL:
+            raise MemoryError()
+        for i in range(PEER_CACHE):
+            self.cache[i].q = -1
 
     def attach(self, Engine e):
         """The engine whose schedules use these mappings: a mapping is unmapped only while none of
@@ -126,6 +176,12 @@ cdef class Heap:
                     munmap(self.allocs[i].base[q], self.allocs[i].mapped)
             free(self.allocs[i].base)
         free(self.allocs)
+        for i in range(PEER_CACHE):
+            self.evict(i)
+        for i in range(self.nregs):
+            c_close(self.regs[i].fd)
+        free(self.regs)
+        free(self.seen)
 
     @property
     def chunk_bytes(self):
@@ -244,10 +300,186 @@ cdef class Heap:
                     a.base[q] = NULL
             a.state = A_EMPTY
 
+    # ------------------------------------------------------------------ registered regions
+
+    def next_region_id(self):
+        """The id the next registered region will take (its memfd is named after it), or 0 when
+        every id was used (the buffer then stays private)."""
+        return self.last_id + 1 if self.last_id < REG_IDS else 0
+
+    def add_region(self, uint32_t id, int fd, uintptr_t base, size_t mapped):
+        """Publish [base, base+mapped), whose pages are the memfd fd's (this heap now owns fd), as
+        registered region `id` (next_region_id()): calls on buffers inside it take the
+        symmetric schedules, and peers map fd."""
+        cdef RegMine* grown
+        if id != self.last_id + 1 or id > REG_IDS:
+            raise InvalidUsage(f"internal: registered region id {id} out of order")
+        grown = <RegMine*>realloc(self.regs, (self.nregs + 1) * sizeof(RegMine))
+        if grown == NULL:
+            raise MemoryError()
+        self.regs = grown
+        self.regs[self.nregs].id = id
+        self.regs[self.nregs].fd = fd
+        self.regs[self.nregs].base = <char*>base
+        self.regs[self.nregs].mapped = mapped
+        self.nregs += 1
+        self.last_id = id
+
+    def drop_region(self, uint32_t id):
+        """Stop sharing region `id`: close its memfd (the pages stay this process's, mapped where
+        they are, until their owner unmaps them) and announce the drop in every peer's control slot,
+        so each unmaps its copy at its next symmetric call. Calls on it take the plain path again."""
+        cdef int i, j, q
+        cdef C2CSlot* mine
+        cdef uint32_t k
+        for i in range(self.nregs):
+            if self.regs[i].id == id:
+                c_close(self.regs[i].fd)
+                for j in range(i, self.nregs - 1):
+                    self.regs[j] = self.regs[j + 1]
+                self.nregs -= 1
+                break
+        else:
+            return False
+        if self.engine is not None and self.engine.links != NULL:
+            for q in range(self.size):
+                if q == self.rank or self.engine.links[q].c2c.mode == C2C_OFF:
+                    continue
+                mine = self.engine.links[q].c2c.mine
+                k = mine.dropped
+                mine.drop_ring[k % C2C_DROP_RING] = id
+                hc_store32_sc(&mine.dropped, k + 1)
+        return True
+
+    @property
+    def regions(self):
+        """My registered regions: [(id, address, mapped bytes)]."""
+        return [(self.regs[i].id, <uintptr_t>self.regs[i].base, self.regs[i].mapped) for i in range(self.nregs)]
+
+    @property
+    def peer_mappings(self):
+        """Peers' registered regions mapped here: [(rank, id, mapped bytes)]."""
+        return [(self.cache[i].q, self.cache[i].id, self.cache[i].mapped) for i in range(PEER_CACHE)
+                if self.cache[i].q >= 0]
+
+    cdef void evict(self, int i) noexcept nogil:
+        if self.cache[i].q >= 0:
+            munmap(self.cache[i].base, self.cache[i].mapped)
+            self.cache[i].q = -1
+
+    cdef int my_fd(self, uint64_t d) noexcept nogil:
+        """The memfd behind my registered descriptor d (-1 if d is no registered region's)."""
+        cdef int i
+        cdef uint32_t id
+        if not d & REG_FLAG:
+            return -1
+        id = <uint32_t>((d & ~REG_FLAG) >> OFF_BITS)
+        for i in range(self.nregs):
+            if self.regs[i].id == id:
+                return self.regs[i].fd
+        return -1
+
+    cdef void apply_drops(self, int q, C2CSlot* t) noexcept nogil:
+        """Unmap my copies of the regions peer q dropped since the last look (all of q's when
+        more were dropped than its ring holds). Called after an entry sync: no schedule of mine
+        holds a peer mapping then."""
+        cdef uint32_t now = hc_load32_sc(&t.dropped), k
+        cdef int i
+        if now == self.seen[q]:
+            return
+        if now - self.seen[q] > C2C_DROP_RING:
+            for i in range(PEER_CACHE):
+                if self.cache[i].q == q:
+                    self.evict(i)
+        else:
+            k = self.seen[q]
+            while k != now:
+                for i in range(PEER_CACHE):
+                    if self.cache[i].q == q and self.cache[i].id == t.drop_ring[k % C2C_DROP_RING]:
+                        self.evict(i)
+                k += 1
+        self.seen[q] = now
+
+    cdef int map_peer(self, int q, int pid, int fd, uint32_t id, size_t need) noexcept nogil:
+        """Map peer q's registered region `id` (its memfd, descriptor fd in process pid) into a
+        cache entry and return its index, or a negative E_REG_* (nothing mapped)."""
+        cdef char path[64]
+        cdef char want[96]
+        cdef char got[96]
+        cdef long k
+        cdef int f, i, victim = -1
+        cdef struct_stat st
+        cdef void* p
+        if fd < 0 or pid <= 0:
+            return E_REG_NAME
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", pid, fd)
+        snprintf(want, sizeof(want), "/memfd:hetccl-reg-%u (deleted)", id)
+        k = readlink(path, got, sizeof(got) - 1)
+        if k < 0:
+            return E_REG_OPEN
+        got[k] = 0
+        if strcmp(got, want) != 0:
+            return E_REG_NAME
+        f = c_open(path, O_RDWR | O_CLOEXEC)
+        if f < 0:
+            return E_REG_OPEN
+        if fstat(f, &st) != 0 or <size_t>st.st_size < need or st.st_size == 0:
+            c_close(f)
+            return E_REG_SIZE
+        p = mmap(NULL, <size_t>st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, f, 0)
+        c_close(f)
+        if p == MAP_FAILED:
+            return E_REG_OPEN
+        for i in range(PEER_CACHE):       # a free entry, else the least recently used one
+            if self.cache[i].q < 0:
+                victim = i
+                break
+            if self.cache[i].stamp != self.calls and (victim < 0 or self.cache[i].stamp < self.cache[victim].stamp):
+                victim = i
+        if victim < 0:                    # cannot happen: a call names at most two regions per peer
+            munmap(p, <size_t>st.st_size)
+            return E_REG_OPEN
+        self.evict(victim)
+        self.cache[victim].q = q
+        self.cache[victim].id = id
+        self.cache[victim].base = <char*>p
+        self.cache[victim].mapped = <size_t>st.st_size
+        return victim
+
+    cdef int resolve_region(self, int q, uint64_t d, size_t n, int pid, int fd, char** out) noexcept nogil:
+        cdef uint32_t id = <uint32_t>((d & ~REG_FLAG) >> OFF_BITS)
+        cdef uint64_t off = d & ((<uint64_t>1 << OFF_BITS) - 1)
+        cdef int i, hit = -1
+        for i in range(PEER_CACHE):
+            if self.cache[i].q == q and self.cache[i].id == id:
+                hit = i
+                break
+        if hit < 0:
+            if id == 0 or id > REG_IDS:
+                hit = E_REG_NAME
+            else:
+                hit = self.map_peer(q, pid, fd, id, 0)
+        if hit >= 0 and (off > self.cache[hit].mapped or n > self.cache[hit].mapped - off):
+            hit = E_REG_SIZE
+        if hit < 0:
+            self.err_peer = q
+            self.err_desc = d
+            self.err_kind = hit
+            return E_SYMMETRIC
+        self.cache[hit].stamp = self.calls
+        out[0] = self.cache[hit].base + off
+        return 0
+
     cdef int find(self, const char* p, size_t n, uint64_t* desc) noexcept nogil:
-        """1 (desc set) if [p, p+n) lies in one of my live allocations, -1 if in a freed one, else 0."""
+        """1 (desc set) if [p, p+n) lies in one of my live allocations or registered regions, -1 if
+        in a freed allocation, else 0."""
         cdef int i
         cdef const char* b
+        for i in range(self.nregs):
+            b = self.regs[i].base
+            if b <= p and p + n <= b + self.regs[i].mapped:
+                desc[0] = REG_FLAG | (<uint64_t>self.regs[i].id << OFF_BITS) | <uint64_t>(p - b)
+                return 1
         for i in range(self.n):
             if self.allocs[i].state == A_EMPTY or self.allocs[i].state == A_STALE:
                 continue
@@ -262,6 +494,7 @@ cdef class Heap:
     cdef int resolve(self, int q, uint64_t d, size_t n, char** out) noexcept nogil:
         """Where rank q's buffer (descriptor d, n bytes) is mapped here; E_SYMMETRIC if nowhere."""
         cdef uint64_t i = (d >> OFF_BITS) - 1, off = d & ((<uint64_t>1 << OFF_BITS) - 1)
+        self.err_kind = 0
         if d == 0 or i >= <uint64_t>self.n or hc_load32_sc(<uint32_t*>&self.allocs[i].state) != A_LIVE or \
                 off > self.allocs[i].nbytes or n > self.allocs[i].nbytes - off:
             self.err_peer = q
@@ -307,6 +540,14 @@ cdef class Heap:
         cdef uint64_t d = self.err_desc
         cdef long i = <long>(d >> OFF_BITS) - 1
         cdef uint64_t off = d & ((<uint64_t>1 << OFF_BITS) - 1)
+        if d & REG_FLAG:
+            why = {E_REG_OPEN: "its memory could not be opened or mapped here",
+                   E_REG_NAME: "no such region (a stale or garbage id)",
+                   E_REG_SIZE: "the buffer does not lie inside the region"}.get(self.err_kind, "unknown")
+            return InvalidUsage(
+                f"{what}: rank {self.err_peer} passed registered buffer #{(d & ~REG_FLAG) >> OFF_BITS} "
+                f"(offset {off}): {why}; every rank must pass buffers it registered (comm.register) "
+                f"and still holds to the same call")
         return InvalidUsage(
             f"{what}: rank {self.err_peer} passed symmetric allocation #{i} (offset {off}), which rank "
             f"{self.rank} does not hold live (freed here, never allocated, or too small); every rank "
@@ -368,22 +609,37 @@ cdef int begin(Engine e, Heap h, int coll, int dtype, int op, uint64_t count, ui
                uint64_t rd, size_t slen, size_t rlen, char** S, char** R, double dl) noexcept nogil:
     """Publish my descriptors, sync, check headers, and resolve every rank's input (S, if sd) and
     output (R, if rd) into this process's mappings (slen/rlen bytes each)."""
-    cdef int q, rc
+    cdef int q, rc, sfd = h.my_fd(sd), rfd = h.my_fd(rd)
+    cdef C2CSlot* t
+    for q in range(e.size):               # the memfds behind registered buffers (before the epoch)
+        if q != e.rank:
+            e.links[q].c2c.mine.sfd = sfd
+            e.links[q].c2c.mine.rfd = rfd
     rc = enter_as(e, coll, dtype, op, PHASE_SYMMETRIC, count, sd, rd, dl)
     if rc < 0:
         return rc
+    h.calls += 1
     for q in range(e.size):
         if q == e.rank:
             continue
+        t = e.links[q].c2c.theirs
+        h.apply_drops(q, t)
         if sd != 0:
-            rc = h.resolve(q, e.links[q].c2c.theirs.sbuf, slen, &S[q])
+            rc = resolve_any(e, h, q, t.sbuf, slen, t.sfd, &S[q])
             if rc < 0:
                 return rc
         if rd != 0:
-            rc = h.resolve(q, e.links[q].c2c.theirs.rbuf, rlen, &R[q])
+            rc = resolve_any(e, h, q, t.rbuf, rlen, t.rfd, &R[q])
             if rc < 0:
                 return rc
     return 0
+
+
+cdef inline int resolve_any(Engine e, Heap h, int q, uint64_t d, size_t n, int fd, char** out) noexcept nogil:
+    """Peer q's descriptor d: an allocation of the heap or a registered region of q's."""
+    if d & REG_FLAG:
+        return h.resolve_region(q, d, n, e.links[q].c2c.pid, fd, out)
+    return h.resolve(q, d, n, out)
 
 
 cdef int finish(Engine e, bint st, double dl) noexcept nogil:

@@ -1,36 +1,45 @@
 """Registered buffers: ``comm.register(buf)`` / ``comm.deregister(handle)`` (or ``with comm.register(buf):``).
 
-Why, and what it buys here. NCCL registers user buffers so that peers can map them once instead of
-staging every call through its own buffers. On one host hetccl reads a peer's plain buffer with
-cross-memory attach (``process_vm_readv``), which needs no mapping at all: the address and extent
-travel in the control slot of the call's entry sync, which every single-copy call needs anyway (it is
-also how a mismatched call is caught), so there is no per-call exchange for registration to remove,
-and no shared mapping of the user's pages exists to be cached (Linux cannot map another process's
-anonymous pages; ``comm.alloc`` is the way to get memory peers map). Plain buffers therefore take the
-single-copy schedules *without* registration, from the sizes the probe measured them faster.
+Why. NCCL registers user buffers so that peers can reach them once instead of staging every call
+through its own buffers. Linux cannot map another process's private pages, but a process can move
+its *own* pages into shared memory at the same address (memory/remap.py): on a communicator whose
+every pair is c2c in cma mode (one host, ptrace permitted), ``register`` does that when the buffer's
+owner holds its pages alone (remap.py's safety rule: a glibc mmapped chunk of a numpy array, an
+anonymous ``mmap``), and the buffer then takes the load/store single-copy schedules of
+``comm.alloc`` memory (memory/symmetric.py: the allreduce's dual-write and the rest), peers mapping
+its memfd. ``handle.shared`` says whether it happened; the copy it costs is paid once, here.
 
-What registration does buy is the first touch. This VM backs memory lazily (1-3 s per GiB on first
-write), and a fresh output (``np.empty``, the allocating forms) pays that inside the first collective
-that writes it, on the critical path of every rank waiting for it. ``register`` populates the
-buffer's pages writable once (``madvise(MADV_POPULATE_WRITE)``, which keeps the contents), so the
-first call runs at the speed of every later one; ``bench/registration.py`` measures it.
+Otherwise (a heap array, another allocator's memory, a file mapping, any other communicator)
+registration buys the first touch: this VM backs memory lazily (1-3 s per GiB on first write), and
+a fresh output pays that inside the first collective that writes it. ``register`` then populates the
+buffer's pages writable once (``madvise(MADV_POPULATE_WRITE)``, which keeps the contents); calls take
+the plain-buffer paths (cross-memory attach where the probe measured it faster, else the FIFOs).
 
 The cache and its invalidation rule. Registrations are kept in a table keyed by (address, size):
 registering the same buffer again returns the same live handle (it counts references; each
 ``deregister`` drops one). An entry holds a *weak* reference to the object that owns the memory
 (the base of a numpy view chain); when that object dies the entry is dropped by the weakref's
 callback, before the allocator can hand the address out again, so a buffer freed and reallocated at
-the same address never finds a stale entry. An owner that takes no weak references (bytearray,
-array.array) is held by a memoryview instead: it cannot be freed or resized until it is deregistered.
+the same address never finds a stale entry. The same rule ends a shared region: when the last
+registration of it goes (deregistered, owner dead, communicator closed) its memfd is closed and the
+region's id (never reused) is announced to the peers, which unmap their copies at their next call;
+the pages themselves stay where they are, shared-backed, until their owner frees them. An owner
+that takes no weak references (bytearray, array.array) is held by a memoryview instead: it cannot
+be freed or resized until it is deregistered (and is never shared).
 """
 import ctypes
 import ctypes.util
 import os
 import weakref
 
+import logging
+
 import numpy as np
 
 from ..errors import InvalidUsage
+from . import remap
+
+log = logging.getLogger("hetccl")
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MADV_POPULATE_WRITE = 23            # Linux >= 5.14: fault pages in writable, contents unchanged
@@ -71,17 +80,24 @@ def populate(address: int, nbytes: int) -> bool:
 
 class Registration:
     """A registered buffer (returned by ``comm.register``). ``address``/``nbytes`` say which memory;
-    ``populated``: its pages were faulted in at registration. A context manager: leaving the
-    ``with`` block deregisters it."""
+    ``populated``: its pages were faulted in at registration; ``shared``: its pages were moved into
+    shared memory the peers map (calls on it take the symmetric schedules). A context manager:
+    leaving the ``with`` block deregisters it."""
 
     __slots__ = ("address", "nbytes", "populated", "_registry", "_key", "_owner", "_pin", "_refs",
-                 "__weakref__")
+                 "_region", "__weakref__")
 
-    def __init__(self, registry, key, owner_ref, pin, populated):
+    def __init__(self, registry, key, owner_ref, pin, populated, region=None):
         self.address, self.nbytes = key
         self.populated = populated
         self._registry, self._key = registry, key
         self._owner, self._pin, self._refs = owner_ref, pin, 1
+        self._region = region                  # lo of the shared region (Registry._regions), or None
+
+    @property
+    def shared(self) -> bool:
+        """Its pages are shared with the peers (live registration of a shared region)."""
+        return self._region is not None and self.live
 
     @property
     def live(self) -> bool:
@@ -104,10 +120,14 @@ class Registration:
 
 
 class Registry:
-    """One communicator's registrations (the cache of the module docstring)."""
+    """One communicator's registrations (the cache of the module docstring). ``heap``: a callable
+    returning the symmetric heap that publishes shared regions, or None where the communicator
+    cannot share (not every pair c2c in cma mode)."""
 
-    def __init__(self):
+    def __init__(self, heap=lambda: None):
         self._by_key = {}
+        self._heap = heap
+        self._regions = {}                     # lo -> [region id, registrations on it, hi]
 
     def __len__(self):
         return len(self._by_key)
@@ -124,9 +144,51 @@ class Registry:
             pin = None
         except TypeError:                      # no weak references: hold the memory instead
             owner_ref, pin = None, memoryview(buf)
-        reg = Registration(self, key, owner_ref, pin, populate(address, nbytes))
+        region = self._share(owner, address, nbytes) if pin is None else None
+        reg = Registration(self, key, owner_ref, pin, region is not None or populate(address, nbytes),
+                           region)
         self._by_key[key] = reg
         return reg
+
+    def _share(self, owner, address, nbytes):
+        """Move the pages ``owner`` holds alone into a shared region (or join the live region that
+        already holds them); its lo, or None where the safety rule or the communicator says no."""
+        heap = self._heap()
+        if heap is None or nbytes == 0:
+            return None
+        span = remap.owned_range(owner)
+        if span is None:
+            return None
+        lo, hi = span
+        if not (lo <= address and address + nbytes <= hi):
+            return None
+        region = self._regions.get(lo)
+        if region is not None and region[2] == hi:
+            region[1] += 1
+            return lo
+        rid = heap.next_region_id()
+        if not rid:
+            return None
+        try:
+            fd = remap.share(lo, hi, rid)
+        except OSError as e:
+            log.info("register: the buffer's pages stay private (%s)", e)
+            return None
+        heap.add_region(rid, fd, lo, hi - lo)
+        self._regions[lo] = [rid, 1, hi]
+        return lo
+
+    def _unshare(self, reg):
+        lo, reg._region = reg._region, None
+        region = self._regions.get(lo) if lo is not None else None
+        if region is None:
+            return
+        region[1] -= 1
+        if region[1] == 0:
+            del self._regions[lo]
+            heap = self._heap()
+            if heap is not None:
+                heap.drop_region(region[0])
 
     def lookup(self, buf) -> Registration | None:
         """The live registration of exactly this buffer's memory (address and size), or None."""
@@ -146,6 +208,7 @@ class Registry:
         if reg._refs == 0:
             reg._pin = None
             self._drop(reg._key, reg)
+            self._unshare(reg)
 
     def _drop(self, key, reg):
         if self._by_key.get(key) is reg:
@@ -157,8 +220,15 @@ class Registry:
         if cur is not None and cur._owner is ref:
             cur._refs = 0
             del self._by_key[key]
+            self._unshare(cur)
 
     def clear(self):
         for reg in list(self._by_key.values()):
             reg._refs, reg._pin = 0, None
+            self._unshare(reg)
         self._by_key.clear()
+
+    @property
+    def sharing(self) -> bool:
+        """Some registered region is shared now."""
+        return bool(self._regions)

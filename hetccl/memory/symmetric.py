@@ -100,6 +100,15 @@ class SymmetricMemory:
         self._buffers = {}                            # allocation id -> weakref of this rank's Buffer
         self._faster = {}                             # (collective, nbytes) -> symmetric priced faster
 
+    def sharing_heap(self):
+        """The heap that publishes registered buffers' shared regions (memory/registration.py), or
+        None where peers cannot map this process's memfds: not every pair c2c, or some pair not in
+        cma mode (opening /proc/<pid>/fd/<n> needs the ptrace permission cma needs)."""
+        e = self._ctx.engine
+        if not self.shared or any(e.c2c_mode(q) != "cma" for q in range(self._ctx.size) if q != self._ctx.rank):
+            return None
+        return self.heap
+
     # ------------------------------------------------------------------ alloc / free
 
     def alloc(self, shape, dtype, timeout):
