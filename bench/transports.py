@@ -381,7 +381,11 @@ def _ratio_rows(res, sizes):
 
 PUBLIC = ("allreduce", "allreduce in place", "reduce_scatter", "allgather",
           "allreduce, 1 MiB FIFOs", "allreduce in place, 1 MiB FIFOs",
-          "allreduce, 256K slices", "allreduce in place, 256K slices")
+          "allreduce, 256K slices", "allreduce in place, 256K slices",
+          "allreduce, registered", "allreduce in place, registered", "allreduce, comm.alloc")
+# the same plain numpy buffers after comm.register (memory/registration.py): shared where the
+# safety rule lets their pages move into shared memory (then the symmetric dual-write runs)
+REGISTERED = {"allreduce, registered": "allreduce", "allreduce in place, registered": "allreduce in place"}
 ALT_SLICE = 256 << 10    # the what-if slices on the default FIFOs (ring.ring_variant's slice_cap)
 ALT_FIFO = 1 << 20       # the what-if communicator's FIFOs: 256 KiB ring slices (three fit in L2)
 # name -> (slice: None = the ring's own; the fused step: "two" passes (reduce into the FIFO, copy
@@ -435,6 +439,12 @@ def allreduce_traffic(comm, bufs, pattern):
         comm.allreduce(b["x"], out=b["o"])
     elif pattern == "allreduce in place":
         comm.allreduce(b["xi"])
+    elif pattern == "allreduce, registered":
+        comm.allreduce(b["xr"], out=b["or"])
+    elif pattern == "allreduce in place, registered":
+        comm.allreduce(b["xir"])
+    elif pattern == "allreduce, comm.alloc":      # the same schedule on /dev/shm segments
+        comm.allreduce(b["xa"], out=b["oa"])
     elif pattern == "allreduce, 1 MiB FIFOs":
         b["alt"].allreduce(b["x"], out=b["o"])
     elif pattern == "allreduce in place, 1 MiB FIFOs":
@@ -538,8 +548,11 @@ def _ar_buffers(nbytes, slice_bytes):
     The in-place patterns write over x, a and b; zeros and ones keep every sum finite."""
     h = nbytes // 2
     b = {"x": _aligned(nbytes, np.float32), "o": _aligned(nbytes, np.float32),
-         "xi": _aligned(nbytes, np.float32), "half": _aligned(h, np.float32)}
+         "xi": _aligned(nbytes, np.float32), "half": _aligned(h, np.float32),
+         "xr": _aligned(nbytes, np.float32), "or": _aligned(nbytes, np.float32),
+         "xir": _aligned(nbytes, np.float32)}
     b["x"][:] = 1       # in place starts from zeros: repeated sums stay finite
+    b["xr"][:] = 1
     b.update({k: _aligned(h) for k in ("a", "b", "d", "e")})
     b.update(msrc=_aligned(nbytes), mdst=_aligned(nbytes), x8=b["x"].view(np.uint8),
              o8=b["o"].view(np.uint8), slice=slice_bytes,
@@ -565,6 +578,12 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
     bufs = _ar_buffers(nbytes, default_fifo(2) // 4)   # the ring's slice: a quarter of the FIFO
     bufs["alt"] = alt
     info = {"transport": comm.transport(1 - rank), "slice": bufs["slice"]}
+    t = time.perf_counter()
+    regs = [comm.register(bufs[k]) for k in ("xr", "or", "xir")]     # one copy each, timed
+    info["register"] = (time.perf_counter() - t) / len(regs)
+    info["shared"] = all(r.shared for r in regs)
+    bufs["xa"], bufs["oa"] = (comm.alloc(nbytes // 4, np.float32) for _ in range(2))
+    bufs["xa"][:] = 1
     for pattern in AR_PATTERNS:                          # warm up (pre-fault every buffer)
         allreduce_traffic(comm, bufs, pattern)
         if pattern in PUBLIC:
@@ -580,6 +599,10 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
                 allreduce_traffic(comm, bufs, pattern)
                 ts.append(time.perf_counter() - t)
             res.setdefault(pattern, []).append(max(comm.allgather(np.array([statistics.median(ts)]))))
+    for r in regs:
+        comm.deregister(r)
+    comm.free(bufs.pop("xa"))
+    comm.free(bufs.pop("oa"))
     alt.close()
     comm.close()
     return res, info
@@ -591,7 +614,10 @@ time (the phases too, so their times add up against the allreduce's). Plain-buff
 least a rank with private buffers must load and store (2N + 2N, half of it in cache-resident
 shared slices), the fastest of the ring-alone rows (the ring's kernels on private FIFOs, the
 FIFO pass free), out of place and in place separately. Shared-memory minimum: N + N, the
-dual-write that only buffers the peer can read allow (comm.alloc). memcpy: the dual-write's
+dual-write that only buffers the peer can read allow (comm.alloc, or plain buffers after
+comm.register moved their pages into shared memory: the "registered" rows, the same numpy
+buffers registered once before the rounds; their bound is this minimum, and the plain-buffer bound
+beside it is what they beat by no longer being private). memcpy: the dual-write's
 traffic through the copy kernel. Accounting: transports.allreduce_bound_rows. The bounds run
 hetccl's own kernels (reduce_arrays, copy_array) without the schedule: they show what the
 schedule costs on top of its kernels, not that no faster kernel exists."""
@@ -650,6 +676,18 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
                f"against {bw[b]:.2f} GB/s; target >= 0.9: {'PASS' if bw[p] >= 0.9 * bw[b] else 'FAIL'})"
                for p, b in plain.items()]
     summary.append(f"allreduce / the shared-memory minimum ({shared}): {bw['allreduce'] / bw[shared]:.2f}")
+    for p, base in REGISTERED.items():
+        b = plain[base]
+        summary.append(
+            f"{p} ({info.get(p)}; pages shared: {info.get('shared')}) / the shared-memory minimum "
+            f"({shared}, its bound: registered buffers are shared): {bw[p] / bw[shared]:.2f} "
+            f"({bw[p]:.2f} against {bw[shared]:.2f} GB/s; target >= 0.9: "
+            f"{'PASS' if bw[p] >= 0.9 * bw[shared] else 'FAIL'}); / the plain-buffer bound ({b}): "
+            f"{bw[p] / bw[b]:.2f} ({'PASS' if bw[p] >= 0.9 * bw[b] else 'FAIL'} at 0.9)")
+    summary.append(f"allreduce, registered / allreduce, comm.alloc (the same schedule on /dev/shm "
+                   f"segments): {bw['allreduce, registered'] / bw['allreduce, comm.alloc']:.2f}")
+    summary.append(f"comm.register of one {fmt_size(nbytes)} buffer (moving its pages into shared "
+                   f"memory: one copy): {info.get('register', 0) * 1e3:.1f} ms")
     summary.append(f"what if the FIFOs were {fmt_size(ALT_FIFO)} (slices of {fmt_size(ALT_FIFO // 4)}; "
                    f"the same ring, a second communicator): allreduce "
                    f"{bw['allreduce, 1 MiB FIFOs'] / bw['allreduce']:.2f}x, in place "

@@ -15,7 +15,14 @@ def _big(nbytes, dtype=np.float32):
 
 
 def _fds():
-    return len(os.listdir("/proc/self/fd"))
+    """This process's open memfds of registered regions."""
+    n = 0
+    for f in os.listdir("/proc/self/fd"):
+        try:
+            n += "hetccl-reg-" in os.readlink(f"/proc/self/fd/{f}")
+        except OSError:
+            pass
+    return n
 
 
 def _memfd_maps():
@@ -116,3 +123,162 @@ def test_allreduce_registered_two_ranks():
             assert r[f"after {n}"] != "symmetric"
         assert r["small"] != "symmetric"
         assert r["fds"] <= 0, r
+
+
+def _outcome(call):
+    import time
+
+    import hetccl
+    t0 = time.monotonic()
+    try:
+        call()
+        return "no error"
+    except hetccl.HetcclError as e:
+        return f"{type(e).__name__} in {time.monotonic() - t0:.0f}s: {e}"
+
+
+def _stale(rank, size):
+    """Registered, deregistered (or just dropped), freed; a new array at the same address registered
+    anew: a new region id, the peers' copies of the old ones unmapped, results exact."""
+    import gc
+
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    try:
+        ids, addrs = [], []
+        for k in range(3):
+            x = _big(0)
+            x[:] = k + rank
+            h = comm.register(x)
+            assert h.shared
+            ids.append(comm._sym.heap.regions[-1][0])
+            addrs.append(x.ctypes.data)
+            comm.allreduce(x, algorithm="symmetric")
+            assert (x == 2 * k + 1).all(), (k, x[:4])
+            if k == 0:
+                comm.deregister(h)           # then freed; k == 1: only freed (the owner dies)
+            del x, h
+            gc.collect()
+            assert comm._sym.heap.regions == []
+        comm.barrier()
+        y = _big(0)
+        y[:] = 1
+        comm.register(y)
+        comm.allreduce(y, algorithm="symmetric")             # the peers apply the drops here
+        assert (y == 2).all()
+        peers = [i for _, i, _ in comm._sym.heap.peer_mappings]
+        return {"ids": ids, "same address": len(set(addrs)) < len(addrs), "peer ids": peers,
+                "mine": comm._sym.heap.regions[-1][0]}
+    finally:
+        comm.close(timeout=5.0)
+
+
+def test_stale_registration_not_served():
+    res = run_ranks(_stale, 2, timeout=60)
+    for r in res:
+        assert len(set(r["ids"] + [r["mine"]])) == 4                 # ids never reused
+        assert r["peer ids"] == [r["mine"]], r                       # dropped ones unmapped
+
+
+def _many(rank, size):
+    """Ever new registered buffers (anonymous mmaps, shareable at any size) kept alive: the peers'
+    mapping cache stays bounded; and every fd and mapping goes with the communicator."""
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    fds, maps = _fds(), _memfd_maps()
+    keep = []
+    for k in range(40):
+        m = mmap.mmap(-1, 64 << 10)
+        a = np.frombuffer(m, np.float32)
+        a[:] = k
+        keep.append((m, a, comm.register(a)))
+        assert keep[-1][2].shared
+        comm.allreduce(a, algorithm="symmetric")
+        assert (a == 2 * k).all()
+    cached = len(comm._sym.heap.peer_mappings)
+    comm.close(timeout=5.0)
+    for m, a, h in keep:
+        assert not h.shared
+    del m, a, h
+    keep.clear()
+    import gc
+    gc.collect()
+    return {"cached": cached, "fds": _fds() - fds, "maps": _memfd_maps() - maps}
+
+
+def test_peer_cache_bounded_and_nothing_leaks():
+    for r in run_ranks(_many, 2, timeout=60):
+        assert 0 < r["cached"] <= 32 and r["fds"] <= 0 and r["maps"] <= 0, r
+
+
+def _dies(rank, size):
+    import os
+
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    x = _big(0)
+    x[:] = 1
+    assert comm.register(x).shared
+    comm.allreduce(x, algorithm="symmetric")
+    comm.barrier()
+    if rank == 1:
+        os._exit(0)
+    try:
+        return _outcome(lambda: comm.allreduce(x, timeout=20))
+    finally:
+        comm.abort()
+
+
+def test_peer_dies_during_registered_call():
+    res = run_ranks_faulty(_dies, 2, timeout=60, victims=[1])
+    assert res[0]["state"] == "ok" and res[0]["value"].startswith("PeerLostError"), res
+
+
+def _garbage(rank, size, how):
+    """Rank 1 publishes a registered region that is not what its descriptor says: a memfd of
+    another name (a garbage id), or one too small for the buffer (a garbage offset/extent). Rank 0
+    must raise a clean error, rank 1 too, nobody crashes or hangs."""
+    import os
+
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    x = _big(0)
+    x[:] = 1
+    if rank == 0:
+        assert comm.register(x).shared
+    else:
+        heap = comm._sym.heap
+        rid = heap.next_region_id()
+        fd = os.memfd_create("garbage" if how == "name" else f"hetccl-reg-{rid}", os.MFD_CLOEXEC)
+        os.ftruncate(fd, 4096)
+        heap.add_region(rid, fd, x.ctypes.data, x.nbytes)        # x itself stays private
+        comm._sym.active = True
+    try:
+        return _outcome(lambda: comm.allreduce(x, algorithm="symmetric", timeout=20))
+    finally:
+        comm.abort()
+
+
+@pytest.mark.parametrize("how", ["name", "size"])
+def test_garbage_registration_is_a_clean_error(how):
+    res = run_ranks_faulty(_garbage, 2, how, timeout=60)
+    assert all(r["state"] == "ok" for r in res), res
+    r0 = res[0]["value"]
+    assert r0.startswith("InvalidUsage") and "registered buffer" in r0, res
+    assert res[1]["value"] != "no error", res
+
+
+def test_fork_after_register_shares_the_pages():
+    """Documented: a child forked after registration shares the registered pages with its parent
+    (MAP_SHARED is inherited); writes on either side are seen by the other."""
+    from hetccl.memory import remap
+    a = _big(0)
+    a[:] = 1
+    fd = remap.share(*remap.owned_range(a), 1)
+    os.close(fd)
+    pid = os.fork()
+    if pid == 0:
+        a[0] = 42
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and a[0] == 42

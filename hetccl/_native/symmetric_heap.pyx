@@ -362,6 +362,12 @@ cdef class Heap:
         return [(self.cache[i].q, self.cache[i].id, self.cache[i].mapped) for i in range(PEER_CACHE)
                 if self.cache[i].q >= 0]
 
+    def release_peer_mappings(self):
+        """Unmap every peer region mapped here (the communicator closed: no schedule runs)."""
+        cdef int i
+        for i in range(PEER_CACHE):
+            self.evict(i)
+
     cdef void evict(self, int i) noexcept nogil:
         if self.cache[i].q >= 0:
             munmap(self.cache[i].base, self.cache[i].mapped)

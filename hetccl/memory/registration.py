@@ -54,8 +54,8 @@ def _address(buf) -> tuple[int, int, object]:
         if not buf.flags.c_contiguous:
             raise InvalidUsage("register needs a C-contiguous buffer; pass np.ascontiguousarray(buf)")
         owner = buf
-        while isinstance(owner, np.ndarray) and owner.base is not None:
-            owner = owner.base
+        while (isinstance(owner, np.ndarray) and owner.base is not None) or isinstance(owner, memoryview):
+            owner = owner.base if isinstance(owner, np.ndarray) else owner.obj   # np.frombuffer: a memoryview
         return buf.__array_interface__["data"][0], buf.nbytes, owner
     try:
         view = memoryview(buf)
@@ -127,7 +127,7 @@ class Registry:
     def __init__(self, heap=lambda: None):
         self._by_key = {}
         self._heap = heap
-        self._regions = {}                     # lo -> [region id, registrations on it, hi]
+        self._regions = {}                     # lo -> [region id, registrations on it, hi, its heap]
 
     def __len__(self):
         return len(self._by_key)
@@ -175,7 +175,7 @@ class Registry:
             log.info("register: the buffer's pages stay private (%s)", e)
             return None
         heap.add_region(rid, fd, lo, hi - lo)
-        self._regions[lo] = [rid, 1, hi]
+        self._regions[lo] = [rid, 1, hi, heap]
         return lo
 
     def _unshare(self, reg):
@@ -186,9 +186,7 @@ class Registry:
         region[1] -= 1
         if region[1] == 0:
             del self._regions[lo]
-            heap = self._heap()
-            if heap is not None:
-                heap.drop_region(region[0])
+            region[3].drop_region(region[0])   # the heap it was published in (even once closed)
 
     def lookup(self, buf) -> Registration | None:
         """The live registration of exactly this buffer's memory (address and size), or None."""

@@ -230,6 +230,7 @@ class SymmetricMemory:
                 self.heap.free(i)
             except InvalidUsage:
                 pass                                  # already freed or never mapped
+        self.heap.release_peer_mappings()             # peers' registered buffers mapped here
 
     def peer_view(self, arr, peer):
         """A numpy array over rank `peer`'s copy of `arr` (same allocation, same offset, shape and
