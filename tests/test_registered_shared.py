@@ -282,3 +282,25 @@ def test_fork_after_register_shares_the_pages():
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert status == 0 and a[0] == 42
+
+
+def _mixed(rank, size):
+    """Registration is local: a rank whose buffer is shared and one whose buffer is not route the
+    call differently. Both must raise InvalidUsage naming the rule, not hang or corrupt."""
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    x = _big(0)
+    x[:] = 1
+    if rank == 0:
+        assert comm.register(x).shared
+    try:
+        return _outcome(lambda: comm.allreduce(x, timeout=20))
+    finally:
+        comm.abort()
+
+
+def test_registered_on_one_rank_only_is_a_clean_error():
+    res = run_ranks_faulty(_mixed, 2, timeout=60)
+    assert all(r["state"] == "ok" for r in res), res
+    assert all(r["value"].startswith("InvalidUsage") for r in res), res
+    assert "comm.register" in res[0]["value"] + res[1]["value"], res

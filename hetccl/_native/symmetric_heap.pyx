@@ -862,7 +862,8 @@ cdef fail(Engine e, Heap h, int rc, str what, double timeout):
         if rc != E_MISMATCH:
             raise
         raise InvalidUsage(f"{err} (step {PHASE_SYMMETRIC} is the single-copy schedule over symmetric "
-                           f"buffers: every rank must pass comm.alloc buffers to this call, or none)") from None
+                           f"buffers: every rank must pass comm.alloc buffers, or buffers registered "
+                           f"with comm.register whose handle says shared, to this call, or none)") from None
 
 
 cdef int check_op(int dtype, int op) except -1:
