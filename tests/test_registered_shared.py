@@ -248,7 +248,7 @@ def _garbage(rank, size, how):
         assert comm.register(x).shared
     else:
         heap = comm._sym.heap
-        rid = heap.next_region_id()
+        rid = 1 << 22                                            # no region of this process
         fd = os.memfd_create("garbage" if how == "name" else f"hetccl-reg-{rid}", os.MFD_CLOEXEC)
         os.ftruncate(fd, 4096)
         heap.add_region(rid, fd, x.ctypes.data, x.nbytes)        # x itself stays private
@@ -304,3 +304,33 @@ def test_registered_on_one_rank_only_is_a_clean_error():
     assert all(r["state"] == "ok" for r in res), res
     assert all(r["value"].startswith("InvalidUsage") for r in res), res
     assert "comm.register" in res[0]["value"] + res[1]["value"], res
+
+
+def _two_comms(rank, size):
+    """The same buffer registered on two communicators: its pages move once (one memfd, whose
+    region id both publish), so neither's peers are left on stale pages; dropping it on one keeps
+    the other's."""
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    other = comm.dup()
+    try:
+        x = _big(0)
+        x[:] = 1
+        ha, hb = comm.register(x), other.register(x)
+        assert ha.shared and hb.shared
+        assert comm._sym.heap.regions[0][0] == other._sym.heap.regions[0][0]
+        comm.allreduce(x, algorithm="symmetric")
+        other.allreduce(x, algorithm="symmetric")
+        assert (x == 4).all()
+        comm.deregister(ha)
+        other.allreduce(x, algorithm="symmetric")
+        comm.allreduce(x)
+        assert (x == 16).all() and comm.last_algorithm != "symmetric"
+        return _fds()
+    finally:
+        other.close(timeout=5.0)
+        comm.close(timeout=5.0)
+
+
+def test_same_buffer_on_two_communicators():
+    assert run_ranks(_two_comms, 2, timeout=60) == [2, 2]       # the region's and the dup's memfd

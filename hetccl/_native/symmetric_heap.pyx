@@ -140,7 +140,6 @@ cdef class Heap:
     cdef Engine engine                # whose schedules read the mappings (None: no guard needed)
     cdef RegMine* regs                # my registered regions (registered buffers shared with peers)
     cdef int nregs
-    cdef uint32_t last_id             # the last registered region id handed out
     cdef RegPeer cache[PEER_CACHE]
     cdef uint32_t* seen               # [size] drops of each peer's already applied to the cache
     cdef uint64_t calls               # symmetric calls begun (the cache's clock)
@@ -302,18 +301,17 @@ cdef class Heap:
 
     # ------------------------------------------------------------------ registered regions
 
-    def next_region_id(self):
-        """The id the next registered region will take (its memfd is named after it), or 0 when
-        every id was used (the buffer then stays private)."""
-        return self.last_id + 1 if self.last_id < REG_IDS else 0
-
     def add_region(self, uint32_t id, int fd, uintptr_t base, size_t mapped):
-        """Publish [base, base+mapped), whose pages are the memfd fd's (this heap now owns fd), as
-        registered region `id` (next_region_id()): calls on buffers inside it take the
-        symmetric schedules, and peers map fd."""
+        """Publish [base, base+mapped), whose pages are the memfd fd's (named after `id`; this
+        heap now owns fd), as registered region `id` (unique in this process, never reused):
+        calls on buffers inside it take the symmetric schedules, and peers map fd."""
         cdef RegMine* grown
-        if id != self.last_id + 1 or id > REG_IDS:
-            raise InvalidUsage(f"internal: registered region id {id} out of order")
+        cdef int i
+        if id == 0 or id > REG_IDS:
+            raise InvalidUsage(f"internal: registered region id {id} out of range")
+        for i in range(self.nregs):
+            if self.regs[i].id == id:
+                raise InvalidUsage(f"internal: registered region id {id} published twice")
         grown = <RegMine*>realloc(self.regs, (self.nregs + 1) * sizeof(RegMine))
         if grown == NULL:
             raise MemoryError()
@@ -323,7 +321,6 @@ cdef class Heap:
         self.regs[self.nregs].base = <char*>base
         self.regs[self.nregs].mapped = mapped
         self.nregs += 1
-        self.last_id = id
 
     def drop_region(self, uint32_t id):
         """Stop sharing region `id`: close its memfd (the pages stay this process's, mapped where

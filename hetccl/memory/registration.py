@@ -127,7 +127,7 @@ class Registry:
     def __init__(self, heap=lambda: None):
         self._by_key = {}
         self._heap = heap
-        self._regions = {}                     # lo -> [region id, registrations on it, hi, its heap]
+        self._regions = {}                     # lo -> [remap.SharedPages, registrations on it, heap]
 
     def __len__(self):
         return len(self._by_key)
@@ -151,31 +151,33 @@ class Registry:
         return reg
 
     def _share(self, owner, address, nbytes):
-        """Move the pages ``owner`` holds alone into a shared region (or join the live region that
-        already holds them); its lo, or None where the safety rule or the communicator says no."""
+        """Publish the pages ``owner`` holds alone as a shared region of this communicator (moving
+        them into shared memory unless another registration already did); its lo, or None where
+        the safety rule or the communicator says no."""
         heap = self._heap()
         if heap is None or nbytes == 0:
             return None
         span = remap.owned_range(owner)
-        if span is None:
+        if span is None or not (span[0] <= address and address + nbytes <= span[1]):
             return None
-        lo, hi = span
-        if not (lo <= address and address + nbytes <= hi):
-            return None
+        lo = span[0]
         region = self._regions.get(lo)
-        if region is not None and region[2] == hi:
+        if region is not None and region[0].hi == span[1]:
             region[1] += 1
             return lo
-        rid = heap.next_region_id()
-        if not rid:
-            return None
         try:
-            fd = remap.share(lo, hi, rid)
+            pages = remap.acquire(*span)
         except OSError as e:
             log.info("register: the buffer's pages stay private (%s)", e)
             return None
-        heap.add_region(rid, fd, lo, hi - lo)
-        self._regions[lo] = [rid, 1, hi, heap]
+        if pages is None:
+            return None
+        try:
+            heap.add_region(pages.id, os.dup(pages.fd), lo, pages.hi - lo)
+        except BaseException:
+            remap.release(pages)
+            raise
+        self._regions[lo] = [pages, 1, heap]
         return lo
 
     def _unshare(self, reg):
@@ -186,7 +188,8 @@ class Registry:
         region[1] -= 1
         if region[1] == 0:
             del self._regions[lo]
-            region[3].drop_region(region[0])   # the heap it was published in (even once closed)
+            region[2].drop_region(region[0].id)   # the heap it was published in (even once closed)
+            remap.release(region[0])
 
     def lookup(self, buf) -> Registration | None:
         """The live registration of exactly this buffer's memory (address and size), or None."""

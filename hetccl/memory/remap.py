@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import mmap
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -109,6 +111,47 @@ def _anonymous(lo: int, hi: int) -> bool:
             if at >= hi:
                 return True
     return False
+
+
+MAX_ID = (1 << 23) - 1                # ids fit the descriptor (symmetric_heap.pyx REG_IDS)
+_ids = itertools.count(1)             # region ids of this process: never reused
+_live = {}                            # lo -> SharedPages: one memfd per page range, whatever the communicators
+
+
+@dataclass(eq=False)
+class SharedPages:
+    """Pages moved into a memfd (``fd``, named after ``id``) at [lo, hi); ``users``: registrations
+    on them, over every communicator of the process (each publishes a dup of fd)."""
+    id: int
+    fd: int
+    lo: int
+    hi: int
+    users: int = 1
+
+
+def acquire(lo: int, hi: int) -> SharedPages | None:
+    """The shared pages of [lo, hi): the live ones if another registration moved them already
+    (moving them twice would leave the first memfd's peers on stale pages), else moved now (one
+    copy). None when every region id was used (the pages then stay private)."""
+    pages = _live.get(lo)
+    if pages is not None and pages.hi == hi:
+        pages.users += 1
+        return pages
+    rid = next(_ids)
+    if rid > MAX_ID:
+        return None
+    pages = _live[lo] = SharedPages(rid, share(lo, hi, rid), lo, hi)
+    return pages
+
+
+def release(pages: SharedPages):
+    """One registration of ``pages`` ended; the last closes the memfd (its pages stay mapped where
+    they are, shared-backed, until their owner unmaps them)."""
+    pages.users -= 1
+    if pages.users == 0:
+        if _live.get(pages.lo) is pages:
+            del _live[pages.lo]
+        os.close(pages.fd)
 
 
 def share(lo: int, hi: int, rid: int) -> int:

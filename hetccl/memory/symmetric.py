@@ -322,7 +322,8 @@ class SymmetricMemory:
         taken = ("taken" if nbytes >= MIN_BYTES and faster else
                  f"not taken below {MIN_BYTES} bytes unless forced" if nbytes < MIN_BYTES else
                  "not taken: the FIFO path is priced faster, unless forced")
-        lines = [f"when its {need} {'are' if ' and ' in need else 'is'} from comm.alloc (single copy, loads "
+        lines = [f"when its {need} {'are' if ' and ' in need else 'is'} from comm.alloc or shared by "
+                 f"comm.register (single copy, loads "
                  f"and stores into the peers' mappings; {taken}):"]
         mark = "=>" if taken == "taken" else "  "
         for name, t in prices.items():
