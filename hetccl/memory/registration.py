@@ -167,7 +167,7 @@ class Registry:
             return lo
         try:
             pages = remap.acquire(*span)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             log.info("register: the buffer's pages stay private (%s)", e)
             return None
         if pages is None:

@@ -14,7 +14,8 @@ mapping breaks). Two kinds of owners qualify:
 
 * a numpy array that owns its data through numpy's default allocator, when that data is a glibc
   *mmapped chunk* (the ``IS_MMAPPED`` bit of the chunk header; glibc serves large requests this way:
-  every request above 32 MiB, smaller ones above its dynamic threshold, 128 KiB at first). The chunk
+  every request above 32 MiB, smaller ones above its dynamic threshold, 128 KiB at first), and only
+  where the process's malloc is glibc's (an LD_PRELOADed allocator has no such headers). The chunk
   is one mapping of its own; glibc's ``free`` unmaps it whole, which unmaps the shared mapping;
 * an ``mmap.mmap`` object over anonymous memory (its whole mapping).
 
@@ -64,12 +65,29 @@ def _default_allocator(arr: np.ndarray) -> bool:
     return get_handler_name(arr) == "default_allocator"
 
 
+def _glibc_malloc() -> bool:
+    """Whether the process's malloc is glibc's (an LD_PRELOADed jemalloc or tcmalloc has no glibc
+    chunk headers: reading one would be reading its neighbours' bytes)."""
+    try:
+        mine = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value
+        glibc = ctypes.cast(ctypes.CDLL("libc.so.6").malloc, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    return mine == glibc
+
+
+_GLIBC = None
+
+
 def owned_range(owner) -> tuple[int, int] | None:
     """[lo, hi) of the pages ``owner`` (the object holding a buffer's memory) holds alone, or None
     when it holds none alone (the safety rule of the module docstring)."""
     if isinstance(owner, np.ndarray):
+        global _GLIBC
+        if _GLIBC is None:
+            _GLIBC = _glibc_malloc()
         if owner.base is not None or not owner.flags.owndata or owner.nbytes == 0 \
-                or not _default_allocator(owner):
+                or not _GLIBC or not _default_allocator(owner):
             return None
         data = owner.ctypes.data
         prev, size = (ctypes.c_size_t * 2).from_address(data - 16)   # malloc chunk header
