@@ -107,6 +107,13 @@ def _allreduce_registered(rank, size):
         assert (s == 3).all()
         out["small"] = comm.last_algorithm
         comm.deregister(hs)
+        base = np.full(3 << 12, rank + 1.0, np.float32)     # a view into the middle of a heap array
+        v = base[1 << 12: 2 << 12]                            # (48 KiB: below glibc's mmap threshold)
+        hv = comm.register(v)
+        comm.allreduce(v)
+        assert (v == 3).all() and (base[:1 << 12] == rank + 1).all()
+        out["view shared"] = hv.shared
+        out["view"] = comm.last_algorithm
         comm.barrier()
         out["peer maps"] = len(comm._sym.heap.peer_mappings)
         out["fds"] = _fds() - fds
@@ -122,6 +129,7 @@ def test_allreduce_registered_two_ranks():
             assert r[f"out {n}"] == r[f"in {n}"] == "symmetric"
             assert r[f"after {n}"] != "symmetric"
         assert r["small"] != "symmetric"
+        assert not r["view shared"] and r["view"] != "symmetric", r
         assert r["fds"] <= 0, r
 
 
