@@ -242,19 +242,24 @@ def test_peer_dies_during_registered_call():
     assert res[0]["state"] == "ok" and res[0]["value"].startswith("PeerLostError"), res
 
 
-def _garbage(rank, size, how):
-    """Rank 1 publishes a registered region that is not what its descriptor says: a memfd of
-    another name (a garbage id), or one too small for the buffer (a garbage offset/extent). Rank 0
-    must raise a clean error, rank 1 too, nobody crashes or hangs."""
-    import os
-
+def _rank0_registers(rank):
+    """A communicator and a big array of ones, registered (shared) on rank 0 only."""
     import hetccl
     comm = hetccl.init(timeout=60)
     x = _big(0)
     x[:] = 1
     if rank == 0:
         assert comm.register(x).shared
-    else:
+    return comm, x
+
+
+def _garbage(rank, size, how):
+    """Rank 1 publishes a registered region that is not what its descriptor says: a memfd of
+    another name (a garbage id), or one too small for the buffer (a garbage offset/extent). Rank 0
+    must raise a clean error, rank 1 too, nobody crashes or hangs."""
+    import os
+    comm, x = _rank0_registers(rank)
+    if rank == 1:
         heap = comm._sym.heap
         rid = 1 << 22                                            # no region of this process
         fd = os.memfd_create("garbage" if how == "name" else f"hetccl-reg-{rid}", os.MFD_CLOEXEC)
@@ -295,12 +300,7 @@ def test_fork_after_register_shares_the_pages():
 def _mixed(rank, size):
     """Registration is local: a rank whose buffer is shared and one whose buffer is not route the
     call differently. Both must raise InvalidUsage naming the rule, not hang or corrupt."""
-    import hetccl
-    comm = hetccl.init(timeout=60)
-    x = _big(0)
-    x[:] = 1
-    if rank == 0:
-        assert comm.register(x).shared
+    comm, x = _rank0_registers(rank)
     try:
         return _outcome(lambda: comm.allreduce(x, timeout=20))
     finally:

@@ -115,7 +115,7 @@ class Registration:
             self.deregister()
 
     def __repr__(self):
-        state = "live" if self.live else "released"
+        state = ("live, shared" if self.shared else "live") if self.live else "released"
         return f"<hetccl Registration {self.nbytes} bytes at {self.address:#x}, {state}>"
 
 
