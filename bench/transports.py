@@ -30,6 +30,9 @@ Sections (each prints a markdown table):
   2-rank allreduce on private buffers needs, run by both ranks at once with hetccl's own kernels,
   and beside it the shared-memory minimum (``allreduce_bound_rows`` has the accounting); the
   ring's two phases as public calls and its kernels run without a peer show where a gap lies.
+  The same buffers after ``comm.register`` (pages moved into shared memory) run the symmetric
+  dual-write: rows "registered", set against the shared-memory minimum, and the time of one
+  ``register``.
 
 Adding a transport (helper "rdma"): give ``p2p_rows`` an EndpointFactory (hetccl.transports.
 endpoints) under a new name in ``FACTORIES``, and put a reference line beside it through
@@ -617,7 +620,8 @@ FIFO pass free), out of place and in place separately. Shared-memory minimum: N 
 dual-write that only buffers the peer can read allow (comm.alloc, or plain buffers after
 comm.register moved their pages into shared memory: the "registered" rows, the same numpy
 buffers registered once before the rounds; their bound is this minimum, and the plain-buffer bound
-beside it is what they beat by no longer being private). memcpy: the dual-write's
+beside it is what they beat by no longer being private; "allreduce, comm.alloc" runs the same
+schedule on comm.alloc segments, for the cost of the pages being registered ones). memcpy: the dual-write's
 traffic through the copy kernel. Accounting: transports.allreduce_bound_rows. The bounds run
 hetccl's own kernels (reduce_arrays, copy_array) without the schedule: they show what the
 schedule costs on top of its kernels, not that no faster kernel exists."""
