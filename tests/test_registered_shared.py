@@ -99,6 +99,25 @@ def _allreduce_registered(rank, size):
             out[f"after {n}"] = comm.last_algorithm
             assert (y == 2 * want).all()
             del x, y
+        # the other collectives with a symmetric schedule take registered buffers too
+        a, b = _big(0)[: 1 << 20], _big(0)[: 2 << 20]
+        hs = [comm.register(a), comm.register(b)]
+        a[:] = rank
+        comm.allgather(a, b, algorithm="symmetric")
+        assert (b[: 1 << 20] == 0).all() and (b[1 << 20:] == 1).all()
+        b[:] = np.arange(b.size) % 7 if rank == 0 else -1
+        comm.broadcast(b, root=0, algorithm="symmetric")
+        assert (b == np.arange(b.size) % 7).all()
+        b[:] = rank + 1
+        comm.reduce_scatter(b, a, algorithm="symmetric")
+        assert (a == 3).all()
+        b[:] = np.repeat(np.arange(2) + 10 * rank, 1 << 20)
+        o = _big(0)[: 2 << 20]
+        comm.alltoall(b, out=o, algorithm="symmetric")
+        assert (o.reshape(2, -1) == (10 * np.arange(2) + rank)[:, None]).all()
+        out["others"] = comm.last_algorithm
+        for h in hs:
+            comm.deregister(h)
         # a small heap array: registered, not shared, plain path, correct
         s = np.full(1000, rank + 1.0, np.float32)
         hs = comm.register(s)
@@ -128,7 +147,7 @@ def test_allreduce_registered_two_ranks():
         for n in (64 << 20, 64 << 10):
             assert r[f"out {n}"] == r[f"in {n}"] == "symmetric"
             assert r[f"after {n}"] != "symmetric"
-        assert r["small"] != "symmetric"
+        assert r["small"] != "symmetric" and r["others"] == "symmetric"
         assert not r["view shared"] and r["view"] != "symmetric", r
         assert r["fds"] <= 0, r
 
