@@ -976,7 +976,7 @@ class Communicator:
         lines.append(format_matrix(self._matrix))
         used = {x for row in self._matrix for x in row}
         facts = {"direct_min": self._direct_min, "single_copy": dict(self._tuner.model.single_copy),
-                 "symmetric": self._sym.shared}
+                 "symmetric": self._sym.shared, "register_shares": self._sym.sharing_heap() is not None}
         for t in _transports.rows():
             if t.name in used:
                 lines += t.describe_links(self._cards, facts)

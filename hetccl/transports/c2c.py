@@ -223,6 +223,10 @@ class C2CTransport(ShmTransport):
         lines.append("comm.alloc buffers: " + (
             "symmetric (single-copy allreduce, allgather, broadcast, reduce_scatter, alltoall)"
             if facts["symmetric"] else "private memory (the symmetric schedules need every pair on c2c)"))
+        lines.append("comm.register: " + (
+            "moves a buffer's pages into shared memory where its owner holds them alone (then the "
+            "symmetric schedules), else pre-faults them" if facts.get("register_shares") else
+            "pre-faults the pages (sharing them needs every pair c2c in cma mode)"))
         return lines
 
     def endpoints(self) -> dict:
