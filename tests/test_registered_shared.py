@@ -361,3 +361,24 @@ def _two_comms(rank, size):
 
 def test_same_buffer_on_two_communicators():
     assert run_ranks(_two_comms, 2, timeout=60) == [2, 2]       # the region's and the dup's memfd
+
+
+def _window(rank, size):
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    try:
+        x = _big(0)
+        x[:] = 1
+        h = comm.register(x)
+        comm.allreduce(x)
+        assert (x == 2).all()
+        return h.shared, h.populated, comm.last_algorithm
+    finally:
+        comm.close(timeout=5.0)
+
+
+def test_window_mode_keeps_pages_private():
+    """Without the ptrace permission (c2c window mode) peers could not open the memfd: register
+    only pre-faults, and calls take the plain path."""
+    for shared, populated, algo in run_ranks(_window, 2, timeout=60, env={"HETCCL_C2C_MODE": "window"}):
+        assert not shared and populated and algo != "symmetric"
