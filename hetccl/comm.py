@@ -852,7 +852,7 @@ class Communicator:
         """Register a buffer this process will pass to collectives again (like NCCL's user-buffer
         registration); returns a handle (also a context manager: ``with comm.register(x):``).
         Local, not collective; register alike on every rank. Where the buffer's owner holds its
-        pages alone (a large numpy array, an anonymous mmap) and every pair of the communicator is
+        pages alone (a numpy array of 32 MiB or more, an anonymous mmap) and every pair of the communicator is
         c2c in cma mode, its pages move into shared memory at the same address (one copy, now;
         ``handle.shared``) and calls on it take the load/store single-copy schedules of
         ``comm.alloc`` memory; otherwise its pages are faulted in now instead of inside the first

@@ -54,6 +54,8 @@ def test_remap_keeps_address_and_contents():
 def test_safety_rule():
     from hetccl.memory import remap
     assert remap.owned_range(np.ones(10)) is None                  # heap chunk
+    assert remap.owned_range(np.ones(1 << 20)) is None             # 8 MiB: mmapped or not by history
+    assert remap.owned_range(_big(0)) is not None
     big = _big(0)
     assert remap.owned_range(big[10:]) is None                     # a view is not the owner
     assert remap.owned_range(np.frombuffer(bytearray(1 << 20), np.uint8)) is None

@@ -4,8 +4,8 @@ Why. NCCL registers user buffers so that peers can reach them once instead of st
 through its own buffers. Linux cannot map another process's private pages, but a process can move
 its *own* pages into shared memory at the same address (memory/remap.py): on a communicator whose
 every pair is c2c in cma mode (one host, ptrace permitted), ``register`` does that when the buffer's
-owner holds its pages alone (remap.py's safety rule: a glibc mmapped chunk of a numpy array, an
-anonymous ``mmap``), and the buffer then takes the load/store single-copy schedules of
+owner holds its pages alone (remap.py's safety rule: a numpy array of 32 MiB or more in a glibc
+mmapped chunk, an anonymous ``mmap``), and the buffer then takes the load/store single-copy schedules of
 ``comm.alloc`` memory (memory/symmetric.py: the allreduce's dual-write and the rest), peers mapping
 its memfd. ``handle.shared`` says whether it happened; the copy it costs is paid once, here.
 

@@ -12,12 +12,14 @@ else in those pages would become shared too and some allocators rely on private 
 (glibc's heap trimming and ``calloc`` assume ``MADV_DONTNEED`` zeroes freed pages, which a shared
 mapping breaks). Two kinds of owners qualify:
 
-* a numpy array that owns its data through numpy's default allocator, when that data is a glibc
-  *mmapped chunk* (the ``IS_MMAPPED`` bit of the chunk header; glibc serves large requests this way:
-  every request above 32 MiB, smaller ones above its dynamic threshold, 128 KiB at first), and only
-  where the process's malloc is glibc's (an LD_PRELOADed allocator has no such headers). The chunk
-  is one mapping of its own; glibc's ``free`` unmaps it whole, which unmaps the shared mapping;
-* an ``mmap.mmap`` object over anonymous memory (its whole mapping).
+* a numpy array of at least 32 MiB that owns its data through numpy's default allocator, when that
+  data is a glibc *mmapped chunk* (the ``IS_MMAPPED`` bit of the chunk header; glibc serves every
+  request from 32 MiB on this way, ALWAYS_MMAPPED), and only where the process's malloc is
+  glibc's (an LD_PRELOADed allocator has no such headers). The chunk is one mapping of its own;
+  glibc's ``free`` unmaps it whole, which unmaps the shared mapping;
+* an ``mmap.mmap`` object over anonymous memory (its whole mapping), at any size.
+
+Both depend only on the buffer's kind and size, so ranks running the same code decide alike.
 
 Everything else (heap chunks, file mappings, memory of other allocators, views whose base is some
 other object) keeps private pages: registration then only pre-faults them, and calls take the
@@ -39,6 +41,13 @@ import numpy as np
 PAGE = mmap.PAGESIZE
 NAME = "hetccl-reg-{}"                # a registered region's memfd; peers check the id in its name
 IS_MMAPPED = 0x2                      # glibc chunk header: the chunk is a mapping of its own
+# glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX). Smaller requests are
+# mmapped or not depending on what the process freed before (the threshold rises to the size of
+# each mmapped chunk freed), so two ranks running the same code could disagree; from this size on
+# every glibc allocation is its own mapping (unless M_MMAP_THRESHOLD was raised by hand: then none
+# is, on every rank alike). Ranks must agree: a call runs the symmetric schedules only if every
+# rank's buffers are shared.
+ALWAYS_MMAPPED = 32 << 20
 SIZE_BITS = 0x7                       # glibc chunk header: flag bits of the size field
 F_ADD_SEALS, F_SEAL_SHRINK = 1033, 0x2
 
@@ -86,7 +95,7 @@ def owned_range(owner) -> tuple[int, int] | None:
         global _GLIBC
         if _GLIBC is None:
             _GLIBC = _glibc_malloc()
-        if owner.base is not None or not owner.flags.owndata or owner.nbytes == 0 \
+        if owner.base is not None or not owner.flags.owndata or owner.nbytes < ALWAYS_MMAPPED \
                 or not _GLIBC or not _default_allocator(owner):
             return None
         data = owner.ctypes.data
