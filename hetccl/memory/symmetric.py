@@ -273,8 +273,9 @@ class SymmetricMemory:
         if algorithm == "symmetric" and not ok:
             which = " and ".join(("input", "output")[i] if len(bufs) > 1 else "buffer" for i in NEEDS[collective])
             raise InvalidUsage(
-                f"algorithm='symmetric' for {collective} needs its {which} allocated with comm.alloc on "
-                f"a communicator whose every pair is c2c (one host)" +
+                f"algorithm='symmetric' for {collective} needs its {which} allocated with comm.alloc (or "
+                f"registered with comm.register where the handle says shared) on a communicator whose "
+                f"every pair is c2c (one host)" +
                 ("" if self.shared else "; this communicator is not: its alloc returns private memory"))
         return ok
 
