@@ -50,11 +50,7 @@ def main():
     comm = hetccl.init()
     ctx = comm.context
     engine, size, timeout = ctx.engine, ctx.size, ctx.timeout
-    classes = tuple(sorted({k for row in ctx.matrix for k in row} - {"self"}))
-    share = max(1.0, ctx.local_size / probe.usable_cpus())
-    network = probe.network_link(classes, ctx.local_size, size)
-    big, _ = probe.probe_sizes(share, network)
-    opts = probe.measure_options(classes, network, share)
+    _, big, _, opts = probe.plan_for(ctx)
     got = {"cold": {}, "warm": {}, "loop": {"allreduce_s": []}}
     for r in range(args.rounds):
         for way in (("cold", "warm") if r % 2 == 0 else ("warm", "cold")):
@@ -64,7 +60,8 @@ def main():
                     got[way].setdefault(k, []).append(raw[k])
         got["loop"]["allreduce_s"].append(loop_time(engine, size, timeout, args.loop_ms * 1e-3))
     if ctx.rank == 0:
-        print(f"# {size} ranks over {'+'.join(classes)}, {share:g} ranks per CPU; load average "
+        links, share = '+'.join(ctx.tuner.model.link_classes), ctx.local_size / probe.usable_cpus()
+        print(f"# {size} ranks over {links}, {share:g} ranks per CPU; load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         for way, d in got.items():
             for k, v in d.items():

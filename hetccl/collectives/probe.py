@@ -726,6 +726,23 @@ def measure_options(classes, network: bool, share: float) -> dict:
             "small_bytes": in_cache_ring_bytes(share) if all_fifo(classes) else PROBE_BYTES}
 
 
+def plan(classes, local_size: int, size: int, share: float) -> tuple[bool, int, float, dict]:
+    """How negotiate probes a communicator of *size* ranks, *local_size* of them on rank 0's host,
+    linked by *classes*, with *share* ranks per CPU: (whether the ring crosses a network link,
+    bytes of the out-of-cache ring, the cache a rank has, measure()'s options)."""
+    network = network_link(classes, local_size, size)
+    loopback = not all_fifo(classes) and not network
+    big, cache = probe_sizes(share, network, local_size if loopback else 0)
+    return network, big, cache, measure_options(classes, network, share)
+
+
+def plan_for(ctx) -> tuple[bool, int, float, dict]:
+    """plan() of a communicator's Context (its links, ranks on this host and per CPU): how its
+    probe runs, for scripts that time the probe's quantities in a job (bench/probe_*_ab.py)."""
+    classes = tuple(sorted({k for row in ctx.matrix for k in row} - {"self"}))
+    return plan(classes, ctx.local_size, ctx.size, max(1.0, ctx.local_size / usable_cpus()))
+
+
 def in_cache_ring_bytes(share: float) -> int:
     """Bytes of the ring that prices beta in cache over FIFOs with *share* ranks per CPU:
     PROBE_BYTES halved per doubling of the ranks that take turns on a CPU, whose working sets
@@ -799,10 +816,8 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[_HIT] == 1.0:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
-    network = network_link(classes, local_size, size)
-    loopback = not all_fifo(classes) and not network
-    big, cache = probe_sizes(float(msg[_SHARE]), network, local_size if loopback else 0)
-    raw, secs, other = _probe(engine, rank, size, timeout, big, **measure_options(classes, network, msg[_SHARE]))
+    network, big, cache, options = plan(classes, local_size, size, float(msg[_SHARE]))
+    raw, secs, other = _probe(engine, rank, size, timeout, big, **options)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
                cache_bytes=cache, network=network)
     if prev is not None:                        # keep the quietest value of each parameter
