@@ -74,6 +74,13 @@ class Transport:
     def available(cls) -> bool:
         return True
 
+    def offered(self, allowed: list[str]) -> bool:
+        """Whether this rank puts the transport on its card at all under the filter ``allowed``
+        (names), decided without loading anything; ``available`` is asked only when it does. False
+        where no pair of this rank could choose the transport, so that a library the job will never
+        use is not loaded in every rank (rdma: UCX)."""
+        return True
+
     def score(self, a: dict, b: dict) -> int:
         """The preference if this transport can link the ranks of cards ``a`` and ``b``, else 0."""
         if self.same_host and a["host"] != b["host"]:

@@ -27,7 +27,7 @@ from ..errors import CommAborted, HetcclTimeout
 from ..topology.cards import card_entry, model_of
 from ..topology.host import host_id
 from .base import LinkContext
-from .matrix import parse_filter, transport_matrix, transports_entry
+from .matrix import offered_here, parse_filter, transport_matrix, transports_entry
 from .netif import keepalive, listen_address
 
 log = logging.getLogger("hetccl.transport")
@@ -88,7 +88,7 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                          logger=log)
     try:
         allowed = parse_filter(transports_spec, [t.name for t in _transports.ALL])
-        mine = [t for t in _transports.ALL if t.name in allowed and t.available()]
+        mine = offered_here(_transports.ALL, allowed)
         fields = {}
         for t in mine:
             fields.update(t.card_fields())

@@ -265,7 +265,8 @@ class RdmaTransport(Transport):
     which are slower than hetccl's (UCX's tcp protocols copy once more), so it scores 5: never the
     default, but usable when forced (HETCCL_TRANSPORTS=rdma). Within a host UCX would only use
     shared memory, so it scores 5 there without asking UCX: single-host jobs never create a UCP
-    context (and UCX's memory hooks) unless rdma is forced."""
+    context (and UCX's memory hooks) unless rdma is forced. On a host without RDMA devices a rank
+    does not even load UCX unless rdma is forced (``offered``)."""
     name = "rdma"
     preference = 20                 # across hosts, with RDMA hardware in UCX
     link_class = "rdma"
@@ -277,7 +278,16 @@ class RdmaTransport(Transport):
 
     @classmethod
     def available(cls) -> bool:
+        """Whether UCX loads here (loads it: ~0.35 s of CPU; `hetccl doctor` and forced jobs ask)."""
         return ucx() is not None
+
+    def offered(self, allowed: list[str]) -> bool:
+        """Only with RDMA devices (/sys/class/infiniband) or when forced. Without devices UCX has no
+        RDMA hardware here, so every pair of this rank scores FORCED_ONLY, below tcp, which links
+        any pair and is available everywhere: where tcp is allowed rdma can win no pair, and the rank
+        neither offers it nor loads UCX. Forced (a filter without tcp): offered, and UCX is loaded
+        to say whether it is available."""
+        return "tcp" not in allowed or bool(rdma_devices())
 
     def card_info(self) -> dict:
         return {"hw": card_wires()}

@@ -5,6 +5,7 @@ import pytest
 from hetccl import transports
 from hetccl.errors import InvalidUsage
 from hetccl.transports.matrix import format_matrix, transport_matrix
+from hetccl.transports.rdma import rdma_devices
 from tests.launcher import run_ranks
 
 CARDS = [{"rank": 0, "host": "a", "c2c_mode": "cma"}, {"rank": 1, "host": "a", "c2c_mode": "cma"},
@@ -116,7 +117,27 @@ def test_card_entry_lists_what_this_process_may_and_can_use(monkeypatch):
     assert "rdma" not in e["available"] and "c2c" not in e["available"] and "tcp" in e["available"]
     monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: True))
     monkeypatch.setattr(rdma, "rdma_devices", lambda root="/": [])
-    assert transports_entry(transports.ALL, None)["available"]["rdma"] == {"hw": []}   # no UCX context asked
+    assert transports_entry(transports.ALL, "rdma")["available"]["rdma"] == {"hw": []}   # no UCX context asked
+    monkeypatch.setattr(rdma, "rdma_devices", lambda root="/": ["mlx5_0"])
+    monkeypatch.setattr(rdma, "_wires", ["rc_mlx5/mlx5_0:1"])
+    assert transports_entry(transports.ALL, None)["available"]["rdma"] == HW
+
+
+def test_rdma_is_not_offered_nor_ucx_loaded_where_no_pair_could_choose_it(monkeypatch):
+    """No RDMA device and tcp allowed: rdma could win no pair (5 < tcp's 10), so the card leaves it
+    off without asking UCX (loading it costs every rank ~0.35 s of CPU); forced, UCX is asked."""
+    from hetccl.transports import rdma
+    from hetccl.transports.matrix import transports_entry
+    asked = []
+    monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: asked.append(1) or True))
+    monkeypatch.setattr(rdma, "rdma_devices", lambda root="/": [])
+    for spec in (None, "^c2c", "rdma,tcp", "tcp"):
+        assert "rdma" not in transports_entry(transports.ALL, spec)["available"] and not asked, spec
+    for spec in ("rdma", "rdma,shm", "^tcp"):
+        assert "rdma" in transports_entry(transports.ALL, spec)["available"], spec
+    assert len(asked) == 3
+    m = transport_matrix([_card(0, "a", FULL), _card(1, "b", NO_UCX)], transports.ALL, None)
+    assert m[0][1] == "tcp"                          # a peer that left rdma off changes no choice
 
 
 # ---------------------------------------------------------------- the same over real ranks
@@ -130,7 +151,9 @@ def _init_with(rank, size, env_by_rank):
     except InvalidUsage as e:
         return "InvalidUsage", str(e)
     try:
-        return "ok", [comm.transport(p) for p in range(size)], comm.allreduce(np.ones(4, np.float32))[0]
+        with open("/proc/self/maps") as f:
+            ucx = "libucp" in f.read()
+        return "ok", [comm.transport(p) for p in range(size)], comm.allreduce(np.ones(4, np.float32))[0], ucx
     finally:
         comm.close()
 
@@ -149,9 +172,10 @@ def test_a_rank_without_ucx_forced_to_rdma_fails_on_every_rank_naming_it():
 
 def test_a_rank_without_ucx_joins_over_tcp_when_rdma_is_only_allowed():
     res = run_ranks(_init_with, 3, {2: NO_UCX_ENV}, timeout=90, transports="rdma,tcp")
-    for r, (what, matrix, total) in enumerate(res):
+    for r, (what, matrix, total, ucx) in enumerate(res):
         assert what == "ok" and matrix == ["self" if p == r else "tcp" for p in range(3)], (r, matrix)
         assert total == 3
+        assert not ucx or rdma_devices(), f"rank {r} loaded UCX though no pair could use rdma"
 
 
 def test_ranks_with_different_hetccl_transports_all_fail_naming_them():
