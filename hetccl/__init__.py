@@ -12,13 +12,13 @@ package is imported by programs that may never communicate (torch's backend entr
 reading the version), and the core costs about 0.1-0.2 s to import.
 """
 from .errors import (AuthenticationError, CommAborted, CommRevoked, HetcclError, HetcclTimeout,
-                     InvalidUsage, PeerLostError, TransportError)
+                     InvalidUsage, PeerLostError, PeerProtocolError, TransportError)
 from .ops import AVG, BAND, BOR, BXOR, MAX, MIN, PROD, SUM, ReduceOp
 from .version import __version__
 
 __all__ = ["init", "Communicator", "ReduceOp", "SUM", "PROD", "MIN", "MAX", "AVG", "BAND", "BOR",
            "BXOR", "HetcclError", "InvalidUsage", "TransportError", "PeerLostError", "HetcclTimeout",
-           "AuthenticationError", "CommAborted", "CommRevoked", "__version__"]
+           "AuthenticationError", "CommAborted", "CommRevoked", "PeerProtocolError", "__version__"]
 
 _FROM_COMM = ("init", "Communicator")
 

@@ -37,7 +37,8 @@ from .collectives.algorithm import ALGO_ISLANDS, ALGO_PAIRWISE, ALGO_RING
 from .collectives.decide import decide as _decide, explain as _explain
 from .collectives.tuner import Tuner
 from .context import Context
-from .errors import CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError
+from .errors import (CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError,
+                     PeerProtocolError)
 from .flight.record import entries as _flight_entries
 from .memory.registration import Registry
 from .memory.symmetric import SymmetricMemory
@@ -1229,7 +1230,7 @@ class Communicator:
             self._store_ok = self._store_ok and died
             return self._name_lost(e, what, wait=1.0)
         cls_name, _, msg = reason.partition("|")
-        cls = {"InvalidUsage": InvalidUsage}.get(cls_name, PeerLostError)
+        cls = {"InvalidUsage": InvalidUsage, "PeerProtocolError": PeerProtocolError}.get(cls_name, PeerLostError)
         err = cls(f"{what} failed because another rank failed first: {msg}")
         self._explained = f"{cls_name}: {msg}"
         err.__cause__ = e

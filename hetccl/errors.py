@@ -25,6 +25,15 @@ class PeerLostError(TransportError):
     peer = None
 
 
+class PeerProtocolError(HetcclError):
+    """A live peer published something no correct rank can (a buffer address that is not mapped in
+    its process, read by a single-copy collective): a bug or memory corruption on that rank, not
+    its death. The communicator is unusable afterwards; ``peer`` is the rank (None if unknown).
+    Unlike PeerLostError, shrinking the peer away is not the remedy: find why it published that."""
+
+    peer = None
+
+
 class HetcclTimeout(HetcclError, TimeoutError):
     """A wait passed its deadline (``timeout=`` or ``HETCCL_TIMEOUT``)."""
 

@@ -14,15 +14,15 @@ from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memcpy
 
 from hetccl._native.life cimport *
-from hetccl._native.link cimport E_MISMATCH, E_PEER_LOST, E_TIMEOUT, E_INTERRUPTED
+from hetccl._native.link cimport E_MISMATCH, E_PEER_LOST, E_TIMEOUT, E_INTERRUPTED, E_BAD_ADDRESS
 from hetccl._native.wire cimport HDR_BYTES, MAGIC
 
 import os as _os
 import struct as _struct
 
 from hetccl._native.codes import COLLECTIVE_NAMES, dtype_name, op_name
-from hetccl.errors import (HetcclTimeout, PeerLostError, InvalidUsage, CommAborted, CommRevoked,
-                           TransportError)
+from hetccl.errors import (HetcclTimeout, PeerLostError, PeerProtocolError, InvalidUsage, CommAborted,
+                           CommRevoked, TransportError)
 
 
 def describe_header(bytes h):
@@ -130,7 +130,7 @@ cdef int raise_error(Failure* f, int rank, int rc, str what, double timeout) exc
     cdef object exc
     peer = f.peer
     f.broken = True
-    if w and rc != E_MISMATCH and rc != E_INTERRUPTED:
+    if w and rc != E_MISMATCH and rc != E_INTERRUPTED and rc != E_BAD_ADDRESS:
         raise interrupt_error(f, rank, what)   # what a peer's loss or a time-out really followed from
     if rc == E_MISMATCH:
         got = describe_header(bytes(f.got[:HDR_BYTES]))
@@ -146,6 +146,13 @@ cdef int raise_error(Failure* f, int rank, int rc, str what, double timeout) exc
         err = PeerLostError(f"rank {peer} closed its connection to rank {rank} during {what} "
                             f"(it died, was killed, or aborted after an error of its own: check its "
                             f"output); this communicator cannot be used any more")
+        err.peer = peer if peer >= 0 else None
+        raise err
+    if rc == E_BAD_ADDRESS:
+        err = PeerProtocolError(f"{what} on rank {rank}: rank {peer} published a buffer address that is "
+                                f"not mapped in its process, though it is alive: a bug or memory "
+                                f"corruption on rank {peer} (check its buffers: freed or replaced "
+                                f"during the call?); this communicator cannot be used any more")
         err.peer = peer if peer >= 0 else None
         raise err
     if rc == E_TIMEOUT:

@@ -23,6 +23,7 @@ cdef enum:
     E_INTERRUPTED = -4
     E_OS = -5
     E_CANCELLED = -6          # the engine was interrupted (abort, close, revoke, peer declared lost)
+    E_BAD_ADDRESS = -7        # a live peer published an address not mapped in its process (EFAULT)
 
 cdef struct Link
 cdef struct Stream

@@ -59,14 +59,15 @@ from hetccl._native.engine cimport Engine
 from hetccl._native.failure cimport interrupted, check_signals
 from hetccl._native.kernels cimport reduce_fn, get_reduce, copy_bytes, divide_by, store_fence
 from hetccl._native.life cimport hc_life_sleep
-from hetccl._native.link cimport Link, E_TIMEOUT, E_PEER_LOST, E_MISMATCH, E_INTERRUPTED, E_CANCELLED
+from hetccl._native.link cimport (Link, E_TIMEOUT, E_PEER_LOST, E_MISMATCH, E_INTERRUPTED, E_CANCELLED,
+                                  E_BAD_ADDRESS)
 from hetccl._native.pinning cimport (Pins, check_alltoall, pin_allgather, pin_allreduce, pin_rooted,
                                      release_pair)
 from cpython.buffer cimport PyBuffer_Release
 from hetccl._native.posix_wait cimport pollfd, poll, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.wire cimport HDR_BYTES, HDR_CHECKED, PHASE_DIRECT, put_header
 
-from libc.errno cimport EPERM, EACCES
+from libc.errno cimport EPERM, EACCES, EFAULT
 
 import os as _os
 
@@ -318,9 +319,31 @@ cdef inline int cma(Engine e, int p, void* local, uint64_t raddr, size_t n, int 
         return 0
     rc = hc_cma(e.links[p].c2c.pid, local, raddr, n, write)
     if rc < 0:
-        e.fail.peer = p
-        return E_PEER_LOST           # ESRCH (gone) or EFAULT (it unmapped the buffer: it aborted)
+        return cma_failed(e, p, rc)
     return 0
+
+
+cdef enum:
+    BAD_ADDRESS_GRACE_MS = 50   # how long a peer whose buffer faulted has to hang up (it aborted)
+
+
+cdef int cma_failed(Engine e, int p, long rc) noexcept nogil:
+    """The error of a failed copy from/to peer p (rc: -errno, never a refusal). ESRCH: the peer is
+    gone (E_PEER_LOST). EFAULT: the address it published is not mapped in its process, either
+    because it aborted and freed the buffer (then its socket hangs up: E_PEER_LOST) or because it
+    published garbage (still connected after BAD_ADDRESS_GRACE_MS: E_BAD_ADDRESS, a bug or memory
+    corruption on that rank, which the user must hear about as such, not as a death)."""
+    cdef pollfd f
+    cdef Link* L = &e.links[p]
+    e.fail.peer = p
+    if rc != -EFAULT or L.closed:
+        return E_PEER_LOST
+    f.fd = L.fd
+    f.events = POLLRDHUP
+    f.revents = 0
+    if poll(&f, 1, BAD_ADDRESS_GRACE_MS) > 0:       # hung up (or the socket failed): lost
+        return E_PEER_LOST
+    return E_BAD_ADDRESS
 
 
 cdef enum:
@@ -370,7 +393,7 @@ cdef int cma_xfer(Engine e, int p, void* local, uint64_t raddr, size_t n, int wr
     EACCES: the kernel's ptrace check said no, e.g. ptrace_scope raised or the peer made itself
     non-dumpable after set-up) sets *refused and returns CMA_REFUSED: the caller stops and reports
     it in its last sync (finish_refusable), so that every rank falls back together. Any other
-    error means the peer is gone (ESRCH) or unmapped the buffer because it aborted (EFAULT)."""
+    error: the peer is gone or published a bad address (cma_failed)."""
     global _inject_left
     cdef long rc
     if n == 0:
@@ -384,8 +407,7 @@ cdef int cma_xfer(Engine e, int p, void* local, uint64_t raddr, size_t n, int wr
         refused[0] = True
         return CMA_REFUSED
     if rc < 0:
-        e.fail.peer = p
-        return E_PEER_LOST
+        return cma_failed(e, p, rc)
     return 0
 
 
