@@ -38,6 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checkout import IMPORT_ROOT  # noqa: E402  (which hetccl: the installed one, or this checkout; bench/checkout.py)
+import ompi_job  # noqa: E402
 
 MiB = 1 << 20
 ALGOS = ["ring", "recursive_doubling", "topo_ring", "hierarchical", None]
@@ -208,8 +209,7 @@ def mpi_peer(cluster, placement, nbytes, reps):
            sys.executable, prog]
     full = ["ip", "netns", "exec", cluster.host_ns[0], *cmd]
     try:
-        r = subprocess.run(full, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=IMPORT_ROOT),
-                           start_new_session=True)
+        r = ompi_job.run(full, dict(os.environ, PYTHONPATH=IMPORT_ROOT), 120)   # leaves no ranks or segments
     except subprocess.TimeoutExpired:
         return None, "mpirun did not finish within 120 s across the namespaces"
     finally:

@@ -29,6 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from checkout import IMPORT_ROOT  # noqa: E402  (which hetccl: the installed one, or this checkout; bench/checkout.py)
+import ompi_job  # noqa: E402
 
 
 def _bound(rank):
@@ -109,7 +110,7 @@ def _launch(lib, n, iters, nbytes, use_async, timeout):
         # torchrun runs its script with the interpreter itself: give it the script, not python
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"] + me[1:]
     t = time.monotonic()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    p = ompi_job.run(cmd, env, timeout)   # on a time-out too, mpirun's ranks and segments go
     wall = time.monotonic() - t
     bind = {int(r): cpus for r, cpus in re.findall(r"BIND (\d+) ([\d,?]+)", p.stdout)}
     for line in p.stdout.splitlines():

@@ -57,6 +57,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 from checkout import IMPORT_ROOT  # noqa: E402  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 from _common import load_benchmark, load_table  # noqa: E402
+from ompi_job import end_job, job_files  # noqa: E402
 
 fmt, runner, _cli = load_benchmark()
 _table = load_table()
@@ -155,7 +156,9 @@ def run_one(cmd, log_path, timeout) -> tuple[int, float, float | None]:
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env(),
+        env = run_env()
+        files = job_files(cmd, env)
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                              cwd=IMPORT_ROOT, start_new_session=True)
         try:
             rc = p.wait(timeout=timeout)
@@ -178,6 +181,8 @@ def run_one(cmd, log_path, timeout) -> tuple[int, float, float | None]:
             except ProcessLookupError:
                 pass
             raise
+        finally:
+            end_job(p.pid, files)     # an mpirun's ranks and segments outlive its process group
     wall = time.monotonic() - t0
     busy1, own1 = _busy_seconds(), _children_cpu()
     others = None

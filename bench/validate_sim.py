@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from checkout import IMPORT_ROOT as ROOT  # noqa: E402  (which hetccl: installed, or this checkout; bench/checkout.py)
+import ompi_job  # noqa: E402
 
 from hetccl.simulate.validate import JUDGED_FROM, SLACK, TOLERANCE, compare  # noqa: E402,F401
 DEFAULT_SIZES = [1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
@@ -134,8 +134,7 @@ def _launch(cmd_prefix, spec, env, timeout, what):
     out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
     cmd = [*cmd_prefix, sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec), out]
     try:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True,
-                           cwd=ROOT)
+        r = ompi_job.run(cmd, env, timeout, cwd=ROOT)   # on a time-out too, mpirun's ranks and segments go
         if r.returncode != 0:
             raise RuntimeError(f"{what}: exit {r.returncode}\n{(r.stdout + r.stderr)[-3000:]}")
         with open(out) as f:

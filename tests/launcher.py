@@ -379,6 +379,19 @@ def _command_env(env: Mapping[str, str | None] | None) -> dict:
     return full
 
 
+def _ompi_job():
+    """bench/ompi_job.py (job_files, end_job), loaded by path like hetccl/_checkout.py: the bench
+    runners that start mpirun use the same module."""
+    spec = importlib.util.spec_from_file_location("_hetccl_ompi_job", os.path.join(REPO_ROOT, "bench", "ompi_job.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ompi_job = _ompi_job()
+job_files, end_job = ompi_job.job_files, ompi_job.end_job
+
+
 def start_command(cmd: Sequence[str], env: Mapping[str, str | None] | None = None,
                   cwd: str | None = None, output: str | None = None) -> subprocess.Popen:
     """Start ``cmd`` in a new session (its own process group), text pipes for stdout/stderr, or
@@ -390,25 +403,34 @@ def start_command(cmd: Sequence[str], env: Mapping[str, str | None] | None = Non
         out, err = subprocess.PIPE, subprocess.PIPE
     else:
         out, err = open(output, "w"), subprocess.STDOUT
+    full = _command_env(env)
+    files = job_files(cmd, full)
     try:
-        return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True,
-                                env=_command_env(env), cwd=IMPORT_ROOT if cwd is None else cwd,
-                                start_new_session=True)
+        p = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True,
+                             env=full, cwd=IMPORT_ROOT if cwd is None else cwd, start_new_session=True)
+    except BaseException:
+        end_job(None, files)
+        raise
     finally:
         if output is not None:
             out.close()                                # the child holds its own copy
+    p.job_files = files
+    return p
 
 
 def stop_command(p: subprocess.Popen) -> None:
-    """SIGKILL the command's whole process group (whatever is left of it) and reap it."""
+    """SIGKILL the command's whole session (whatever is left of it: an mpirun's ranks too), reap
+    it, and remove the Open MPI job's own files (``job_files``)."""
     try:
         os.killpg(p.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    end_job(p.pid)               # before the reap: an unreaped leader keeps its session id reserved
     try:
         p.wait(5)
     except subprocess.TimeoutExpired:
         pass
+    end_job(None, getattr(p, "job_files", None))
 
 
 def run_command(cmd: Sequence[str], timeout: float, env: Mapping[str, str | None] | None = None,
