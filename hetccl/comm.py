@@ -65,12 +65,13 @@ def _c2c_direct_min():
     return None if t is None else {k: (v if v is not None else float("inf")) for k, v in t.items()}
 
 
-def _plain_single_copy(engine, tuner, rank, cards, matrix, local_size, timeout):
+def _plain_single_copy(engine, tuner, rank, cards, matrix, local_size, timeout, shrunk_from=None):
     """((collective, ((size, single copy faster), ...)), ...) for the single-copy routes of plain
     buffers (broadcast, allgather, alltoall by CMA reads, CostModel.single_copy): measured against
-    the FIFOs (collectives/single_copy_probe.py) where every pair is c2c in cma mode;
-    HETCCL_C2C_DIRECT=off keeps every call on the FIFOs, a size in bytes sends every call from that
-    size (the same on every rank: the job's environment)."""
+    the FIFOs (collectives/single_copy_probe.py) where every pair is c2c in cma mode, or a shrunk
+    communicator's parent's (_inherited_single_copy); HETCCL_C2C_DIRECT=off keeps every call on the
+    FIFOs, a size in bytes sends every call from that size (the same on every rank: the job's
+    environment)."""
     if not schedules.single_copy.usable(engine):
         return ()
     spec = os.environ.get("HETCCL_C2C_DIRECT", "").strip().lower()
@@ -79,9 +80,30 @@ def _plain_single_copy(engine, tuner, rank, cards, matrix, local_size, timeout):
         return ()
     if spec and spec not in ("on", "1", "yes"):
         return tuple((c, ((min(t.values()), True),)) for c in _single_copy_probe.COLLECTIVES)
+    inherited = _inherited_single_copy(shrunk_from, matrix)
+    if inherited:
+        return inherited
     mins = _single_copy_probe.negotiate(engine, tuner, rank, {k for row in matrix for k in row},
                                         local_size, cards[0]["host"], timeout)
     return tuple(mins.items())
+
+
+def _inherited_single_copy(shrunk_from, matrix):
+    """A shrunk communicator's single-copy verdicts: its parent's, when the survivors' pairs use the
+    same link classes, else None. Measuring them again at one rank fewer (a size the cache has not
+    seen) was most of a shrink: 7 of 8 ranks on 2 cores spent 6-23 s in it while the survivors
+    waited to go on. The parent's are the same on every survivor (it negotiated them), they choose
+    between two correct routes only, and they move little with one rank fewer; a communicator made
+    later with ``init()`` measures (or finds cached) its own."""
+    if shrunk_from is None:
+        return None
+    parent = shrunk_from[0]
+    model = getattr(getattr(parent, "tuner", None), "model", None)
+    if model is None or not model.single_copy:
+        return None
+    if {k for row in parent.matrix for k in row} != {k for row in matrix for k in row}:
+        return None
+    return model.single_copy
 
 
 def _dtype_code(buf) -> int:
@@ -389,7 +411,7 @@ class Communicator:
         self._direct_min = _c2c_direct_min() if engine.all_c2c() else None
         try:                                  # plain-buffer single copy: where it beats the FIFOs
             self._tuner.model = dataclasses.replace(self._tuner.model, single_copy=_plain_single_copy(
-                engine, self._tuner, self.rank, cards, matrix, self.local_size, timeout))
+                engine, self._tuner, self.rank, cards, matrix, self.local_size, timeout, shrunk_from))
             _single_copy_probe.apply_orders(engine, self._tuner.model.single_copy)   # read orders
         except BaseException:
             self._abort()
