@@ -10,7 +10,8 @@ of hetccl before it is not counted) and reports it with whether libucp is mapped
 after init (/proc/self/maps): a one-host job without RDMA devices should never load UCX. CPU time,
 not wall time, so the figures hold on a loaded machine; every round runs every tree once, the order
 reversed every other round. Printed: per tree and size, the median and min over rounds of the
-per-rank mean, and how many ranks had UCX loaded.
+per-rank mean, every round's, and how many ranks had UCX loaded. A round that measures (a cost-model
+or single-copy probe the tree's cache lacks) shows as an outlier of a second or more.
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ print("INITCPU " + json.dumps({"rank": comm.rank, "cpu": t1 - t0, "ucx": ucx, "a
 """
 
 
-def job(tree: str, n: int, transports: str | None) -> list[dict]:
+def job(tree: str, n: int, transports: str | None, extra: dict) -> list[dict]:
     tree = os.path.abspath(tree)
     env = dict(os.environ, PYTHONPATH=tree, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env.update(extra)
     if transports:
         env["HETCCL_TRANSPORTS"] = transports
     out = subprocess.run([sys.executable, "-m", "hetccl", "run", "-n", str(n), "--", sys.executable, "-c", RANK],
@@ -56,6 +58,10 @@ def main() -> int:
     ap.add_argument("--sizes", default="2,4")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--transports", default=None, help="HETCCL_TRANSPORTS for every job")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V",
+                    help="more environment for every job, e.g. HETCCL_C2C_DIRECT=off: a single-copy probe "
+                         "that a tree's cache lacks (its build is its own key) would otherwise land in one "
+                         "tree's rounds")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     with open("/proc/loadavg") as f:
@@ -65,14 +71,15 @@ def main() -> int:
     for r in range(a.rounds):
         for n in sizes:
             for t in (a.tree if r % 2 == 0 else a.tree[::-1]):
-                rows = job(t, n, a.transports)
+                rows = job(t, n, a.transports, dict(kv.split("=", 1) for kv in a.env))
                 res[t, n].append(statistics.mean(x["cpu"] for x in rows))
                 ucx[t, n] += sum(x["ucx"] for x in rows)
     for n in sizes:
         for t in a.tree:
             v = res[t, n]
             print(f"{n} ranks  {t}: init CPU per rank median {statistics.median(v):.3f} s, min {min(v):.3f} s "
-                  f"over {len(v)} rounds; ranks with UCX loaded: {ucx[t, n]}/{n * len(v)}")
+                  f"over {len(v)} rounds; ranks with UCX loaded: {ucx[t, n]}/{n * len(v)}; "
+                  f"rounds: {' '.join(f'{x:.3f}' for x in v)}")
     with open("/proc/loadavg") as f:
         print(f"load after: {f.read().split()[:3]}")
     return 0
