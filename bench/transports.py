@@ -32,7 +32,8 @@ Sections (each prints a markdown table):
   ring's two phases as public calls and its kernels run without a peer show where a gap lies.
   The same buffers after ``comm.register`` (pages moved into shared memory) run the symmetric
   dual-write: rows "registered", set against the shared-memory minimum, and the time of one
-  ``register``.
+  ``register``; the row "dual-write, shared pages" runs the minimum's kernel on memfd pages, the
+  pages registered buffers get, for what the page size costs the kernel alone.
 
 Adding a transport (helper "rdma"): give ``p2p_rows`` an EndpointFactory (hetccl.transports.
 endpoints) under a new name in ``FACTORIES``, and put a reference line beside it through
@@ -415,7 +416,7 @@ RING_ALONE = {
     "paired ring in place, 256K slices": (256 << 10, "pair", True),
 }
 DUAL_WRITE = ("dual-write", "dual-write, plain stores", "dual-write in place",
-              "dual-write in place, plain stores")
+              "dual-write in place, plain stores", "dual-write, shared pages")
 AR_PATTERNS = PUBLIC + tuple(RING_ALONE) + DUAL_WRITE + ("memcpy", "memcpy, plain stores")
 BOUND_CHUNK = 256 << 10          # the plain-store dual-write's unit: reduced into L2, copied from there
 
@@ -430,6 +431,32 @@ def _aligned(nbytes, dtype=np.uint8):
     raw.fill(0)
     off = (-raw.ctypes.data) % 64
     return raw[off:off + nbytes].view(dtype)
+
+
+def _shared_pages(nbytes):
+    """A pre-faulted array of nbytes on a memfd mapping of its own, the pages ``comm.register``
+    moves a large buffer into (memory/remap.py): shmem pages, 4 KiB unless the host enables shmem
+    huge pages (/sys/kernel/mm/transparent_hugepage/shmem_enabled), where private buffers may get
+    transparent huge pages. Private to this process: only the page size differs from _aligned."""
+    import mmap
+    fd = os.memfd_create("hetccl-bench-pages", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, nbytes)
+        m = mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+    a = np.frombuffer(m, np.uint8)     # keeps the mapping alive
+    a.fill(0)
+    return a
+
+
+def shmem_huge_pages():
+    """The host's shmem huge-page setting (the bracketed word), or "unknown"."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            return next((w[1:-1] for w in f.read().split() if w.startswith("[")), "unknown")
+    except OSError:
+        return "unknown"
 
 
 def allreduce_traffic(comm, bufs, pattern):
@@ -470,6 +497,8 @@ def allreduce_traffic(comm, bufs, pattern):
         _ring_alone(b, *RING_ALONE[pattern])
     elif pattern == "dual-write":        # my half of both inputs, loaded once, into both outputs
         reduce_arrays(b["d"], b["a"], b["b"], F32, SUM, True, also=b["e"])
+    elif pattern == "dual-write, shared pages":   # the same on memfd pages (registered buffers')
+        reduce_arrays(b["ds"], b["as"], b["bs"], F32, SUM, True, also=b["es"])
     elif pattern == "dual-write in place":   # the same, written over the inputs it read
         reduce_arrays(b["a"], b["a"], b["b"], F32, SUM, True, also=b["b"])
     elif pattern.startswith("dual-write") and pattern.endswith("plain stores"):
@@ -547,7 +576,7 @@ def _paired_ring_alone(x, o, f1, f2, f3, h, sl, st):
 def _ar_buffers(nbytes, slice_bytes):
     """Every buffer of allreduce_traffic, pre-faulted and 64-byte aligned (plain numpy arrays all
     the same, so the one-pass forward's two outputs align alike): the public calls' float32
-    arrays, the dual-write's four half-size buffers, memcpy's pair, the ring's three FIFO slices.
+    arrays, the dual-write's four half-size buffers (and four more on shared pages), memcpy's pair, the ring's three FIFO slices.
     The in-place patterns write over x, a and b; zeros and ones keep every sum finite."""
     h = nbytes // 2
     b = {"x": _aligned(nbytes, np.float32), "o": _aligned(nbytes, np.float32),
@@ -557,6 +586,7 @@ def _ar_buffers(nbytes, slice_bytes):
     b["x"][:] = 1       # in place starts from zeros: repeated sums stay finite
     b["xr"][:] = 1
     b.update({k: _aligned(h) for k in ("a", "b", "d", "e")})
+    b.update({k: _shared_pages(h) for k in ("as", "bs", "ds", "es")})
     b.update(msrc=_aligned(nbytes), mdst=_aligned(nbytes), x8=b["x"].view(np.uint8),
              o8=b["o"].view(np.uint8), slice=slice_bytes,
              **{k: _aligned(max(slice_bytes, BOUND_CHUNK)) for k in ("f1", "f2", "f3")})
@@ -622,7 +652,9 @@ comm.register moved their pages into shared memory: the "registered" rows, the s
 buffers registered once before the rounds; their bound is this minimum, and the plain-buffer bound
 beside it is what they beat by no longer being private; "allreduce, comm.alloc" runs the same
 schedule on comm.alloc segments, for the cost of the pages being registered ones). memcpy: the dual-write's
-traffic through the copy kernel. Accounting: transports.allreduce_bound_rows. The bounds run
+traffic through the copy kernel. "dual-write, shared pages": the minimum's kernel on memfd pages
+(4 KiB unless shmem huge pages are on), where private buffers may get transparent huge pages: what
+the registered rows' page size costs the kernel alone (the bound stays the private one). Accounting: transports.allreduce_bound_rows. The bounds run
 hetccl's own kernels (reduce_arrays, copy_array) without the schedule: they show what the
 schedule costs on top of its kernels, not that no faster kernel exists."""
 
@@ -688,6 +720,12 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
             f"({bw[p]:.2f} against {bw[shared]:.2f} GB/s; target >= 0.9: "
             f"{'PASS' if bw[p] >= 0.9 * bw[shared] else 'FAIL'}); / the plain-buffer bound ({b}): "
             f"{bw[p] / bw[b]:.2f} ({'PASS' if bw[p] >= 0.9 * bw[b] else 'FAIL'} at 0.9)")
+    sp = bw["dual-write, shared pages"]
+    summary.append(
+        f"the page size (shmem huge pages: {shmem_huge_pages()}): dual-write, shared pages / the "
+        f"shared-memory minimum: {sp / bw[shared]:.2f} ({sp:.2f} against {bw[shared]:.2f} GB/s); "
+        + "; ".join(f"{p} / dual-write, shared pages (the same pages' kernel alone): {bw[p] / sp:.2f}"
+                    for p in REGISTERED))
     summary.append(f"allreduce, registered / allreduce, comm.alloc (the same schedule on /dev/shm "
                    f"segments): {bw['allreduce, registered'] / bw['allreduce, comm.alloc']:.2f}")
     summary.append(f"comm.register of one {fmt_size(nbytes)} buffer (moving its pages into shared "
