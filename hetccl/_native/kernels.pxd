@@ -12,10 +12,14 @@ ctypedef void (*reduce_fn)(void* dst, const void* a, const void* b, size_t count
 cdef reduce_fn get_reduce(int dtype, int op) noexcept nogil
 
 ctypedef void (*dual_fn)(void* d, void* e, const void* a, const void* b, size_t count,
-                         bint streaming) noexcept nogil
+                         int streaming) noexcept nogil
+
+cdef extern from "kernels.h" nogil:
+    enum: HK_PAGED
 
 # d[i] = e[i] = a[i] OP b[i]: one combine, two outputs (streamed to both when streaming; d and e
-# must not alias a or b). Same dtype/op rules and NULL as get_reduce.
+# must not alias a or b). Same dtype/op rules and NULL as get_reduce. streaming | HK_PAGED: the
+# inputs are on 4 KiB pages (shared memory), touched a few pages ahead (kernels.h: HK_PAGED).
 cdef dual_fn get_reduce_dual(int dtype, int op) noexcept nogil
 
 # The fused ring relay's one pass, d[i] = e[i] = a[i] OP b[i]: d (the next rank's FIFO) gets

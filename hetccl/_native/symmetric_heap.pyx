@@ -58,7 +58,7 @@ from hetccl._native.pinning cimport (get_buffer, check_overlap, pin_allgather, p
 from hetccl._native.single_copy cimport sync, enter_as
 from hetccl._native.wire cimport PHASE_SYMMETRIC
 from hetccl._native.kernels cimport (reduce_fn, dual_fn, get_reduce, get_reduce_dual, copy_bytes,
-                                    copy_bytes_dual,
+                                    copy_bytes_dual, HK_PAGED,
                                     divide_by, store_fence)
 
 import os as _os
@@ -722,7 +722,8 @@ cdef void fused_rows(reduce_fn fn, dual_fn fn2, size_t es, int N, int r, char** 
     256-byte block). Measured on this 2-vCPU VM, per 32 MiB block: 4.9 ms for one combine per
     output, 6.7 ms for reduce-into-scratch then copy to both outputs (the copy re-reads a result
     that had to be written to cache first). In place this would overwrite an input before its
-    other outputs are computed, hence out of place only."""
+    other outputs are computed, hence out of place only. Every input is shared memory, on 4 KiB
+    pages unless the host enables shmem huge pages: the kernel walks them ahead (HK_PAGED)."""
     cdef size_t cnt = n // es
     cdef const char* acc = S[0] + at
     cdef const char* last = S[N - 1] + at
@@ -733,7 +734,7 @@ cdef void fused_rows(reduce_fn fn, dual_fn fn2, size_t es, int N, int r, char** 
             fn(A, A, S[q] + at, cnt, 0)
         acc = A
     while i + 1 < N:                          # start with the next rank: spread the writers
-        fn2(R[(r + 1 + i) % N] + at, R[(r + 2 + i) % N] + at, acc, last, cnt, st)
+        fn2(R[(r + 1 + i) % N] + at, R[(r + 2 + i) % N] + at, acc, last, cnt, HK_PAGED | 1 if st else 0)
         i += 2
     if i < N:
         fn(R[(r + 1 + i) % N] + at, acc, last, cnt, st)
