@@ -654,7 +654,9 @@ beside it is what they beat by no longer being private; "allreduce, comm.alloc" 
 schedule on comm.alloc segments, for the cost of the pages being registered ones). memcpy: the dual-write's
 traffic through the copy kernel. "dual-write, shared pages": the minimum's kernel on memfd pages
 (4 KiB unless shmem huge pages are on), where private buffers may get transparent huge pages: what
-the registered rows' page size costs the kernel alone (the bound stays the private one). Accounting: transports.allreduce_bound_rows. The bounds run
+the registered rows' page size costs the kernel alone (the bound stays the private one; the
+schedule's kernel walks 4 KiB pages ahead, kernels.h HK_PAGED, this row's does not).
+Accounting: transports.allreduce_bound_rows. The bounds run
 hetccl's own kernels (reduce_arrays, copy_array) without the schedule: they show what the
 schedule costs on top of its kernels, not that no faster kernel exists."""
 
