@@ -21,18 +21,19 @@ def tr():
 
 
 def _fill(bufs, rng):
-    for k in ("a", "b", "x8", "f3"):
+    for k in ("a", "b", "as", "bs", "x8", "f3"):
         v = bufs[k].view(np.float32)
         v[:] = rng.integers(-50, 50, v.size)
 
 
-@pytest.mark.parametrize("pattern", ["dual-write", "dual-write, plain stores"])
-def test_out_of_place_bound_writes_the_sum_into_both_outputs(tr, pattern):
+@pytest.mark.parametrize("pattern, keys", [("dual-write", "abde"), ("dual-write, plain stores", "abde"),
+                                           ("dual-write, shared pages", ("as", "bs", "ds", "es"))])
+def test_out_of_place_bound_writes_the_sum_into_both_outputs(tr, pattern, keys):
     bufs = tr._ar_buffers(1 << 20, 64 << 10)
     _fill(bufs, np.random.default_rng(1))
-    a, b = bufs["a"].view(np.float32).copy(), bufs["b"].view(np.float32).copy()
-    tr.allreduce_traffic(None, bufs, pattern)            # touches private buffers only
-    for out in ("d", "e"):
+    a, b = (bufs[k].view(np.float32).copy() for k in keys[:2])
+    tr.allreduce_traffic(None, bufs, pattern)            # touches this process's buffers only
+    for out in keys[2:]:
         assert np.array_equal(bufs[out].view(np.float32), a + b)
 
 
@@ -79,6 +80,7 @@ def test_allreduce_bound_section_runs_on_two_ranks(tr):
     assert summary[1].startswith("allreduce in place / its memory-traffic bound (plain buffers: ")
     assert any(s.startswith("allreduce / the shared-memory minimum") for s in summary)
     assert any(s.startswith("where the time goes: reduce_scatter") for s in summary)
+    assert any(s.startswith("the page size (shmem huge pages: ") for s in summary)
 
 
 def test_ring_ab_runs_every_variant_on_two_ranks(tr, capsys):
