@@ -70,14 +70,19 @@ except ImportError as e:
 """
 
 
-def test_import_torch_with_the_core_unimportable_warns_once(tmp_path):
-    root = _install_entry_point(unbuilt_copy(tmp_path))
+def _run_broken(root):
+    """BROKEN_PROGRAM with the hetccl of ``root``: torch must work and hetccl register (the name),
+    with exactly one warning; returns (the warning and what follows, the program's output)."""
     p = run_command([sys.executable, "-c", BROKEN_PROGRAM % free_port()], timeout=120,
                     env={**ENV, "PYTHONPATH": _path(root)}, cwd=root)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "torch works: 3.0" in p.stdout and "registered: True" in p.stdout, p.stdout
     assert p.stderr.count(WARNING) == 1, p.stderr
-    warning = p.stderr[p.stderr.index(WARNING):]
+    return p.stderr[p.stderr.index(WARNING):], p
+
+
+def test_import_torch_with_the_core_unimportable_warns_once(tmp_path):
+    warning, p = _run_broken(_install_entry_point(unbuilt_copy(tmp_path)))
     assert "no compiled core" in warning and "build_ext --inplace" in warning, warning
     assert "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in warning, warning
     assert "init_process_group: No module named" in p.stdout and "build_ext" in p.stdout, p.stdout
@@ -106,12 +111,7 @@ def test_import_torch_with_a_hetccl_that_cannot_import_warns_once_and_init_names
     root = _install_entry_point(unbuilt_copy(tmp_path))
     with open(os.path.join(root, "hetccl", "errors.py"), "a") as f:
         f.write("\ndef broken(:\n" if breakage == "syntax" else "\nraise ImportError('simulated: a half-updated checkout')\n")
-    p = run_command([sys.executable, "-c", BROKEN_PROGRAM % free_port()], timeout=120,
-                    env={**ENV, "PYTHONPATH": _path(root)}, cwd=root)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "torch works: 3.0" in p.stdout and "registered: True" in p.stdout, p.stdout
-    assert p.stderr.count(WARNING) == 1, p.stderr
-    warning = p.stderr[p.stderr.index(WARNING):]
+    warning, p = _run_broken(root)
     cause = "SyntaxError" if breakage == "syntax" else "simulated: a half-updated checkout"
     assert "hetccl cannot be imported from " + os.path.join(root, "hetccl") in warning and cause in warning, warning
     assert "pip install -e ." in warning and "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in warning, warning
