@@ -32,9 +32,10 @@ COLLECTIVES = ("allreduce", "allgather", "reduce_scatter", "broadcast", "reduce"
 SIZES = [1 << k for k in range(3, 27, 2)]                      # 8 B .. 32 MiB, every 4x
 
 
-def entries(links, local, max_load):
+def entries(links, local, max_load, pattern=None):
     seen = {}
-    for path in glob.glob(os.path.join(HERE, "results", "**", "cost-model.json"), recursive=True):
+    pattern = pattern or os.path.join(HERE, "results", "**", "cost-model.json")
+    for path in glob.glob(pattern, recursive=True):
         with open(path) as f:
             doc = json.load(f)
         if doc.get("format") != probe.FORMAT:
@@ -82,9 +83,11 @@ def main():
     ap.add_argument("--links", default="c2c")
     ap.add_argument("--big", type=int, default=8, help="the parent's ranks (all on one host)")
     ap.add_argument("--max-load", type=float, default=0.1, help="other processes' CPU share at most")
+    ap.add_argument("--caches", default=None, help="glob of the cost-model.json files to read "
+                    "(default: bench/results/**/cost-model.json)")
     a = ap.parse_args()
     small = a.big - 1
-    parents, fresh = entries(a.links, a.big, a.max_load), entries(a.links, small, a.max_load)
+    parents, fresh = (entries(a.links, n, a.max_load, a.caches) for n in (a.big, small))
     print(f"# {a.links}: {len(parents)} probes at {a.big} ranks, {len(fresh)} at {small} (cache format "
           f"{probe.FORMAT}, other load <= {a.max_load:.0%}); {len(COLLECTIVES)} collectives x "
           f"{len(SIZES)} sizes ({SIZES[0]} B .. {SIZES[-1] >> 20} MiB) priced at {small} ranks")
