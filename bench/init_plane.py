@@ -6,7 +6,8 @@
 ``init`` returns once the data links are up; the control plane (hetccl/recovery/plane.py) connects
 its peer processes on background threads (the higher process token of a pair connects, the lower
 accepts on its handshake gate), so those handshakes may still run while the first collectives do.
-Each job (tests/launcher.py ranks, the probe cached after the first job) times, on every rank:
+Each job (tests/launcher.py ranks; the probe is cached after the first job, or after three on a busy
+host, whose probes are noisy and repeated: compare the jobs whose init is short) times, on every rank:
 
 * ``init``: hetccl.init();
 * ``plane``: from init's return until every peer's control connection is up (polled every 1 ms);
