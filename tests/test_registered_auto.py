@@ -170,6 +170,13 @@ def _disagree(rank, size):
         comm.allreduce(z)
         assert (z == 3).all()
         out["one explicit"] = comm.last_algorithm
+        w = _big()
+
+        def nonblocking():                        # through the progress thread
+            w[:] = rank + 1
+            comm.allreduce(w, async_op=True).wait()
+            assert (w == 3).all()
+        out["async"] = _calls(comm, nonblocking, 3)
         out["fast"] = comm._sym.faster("allreduce", N * 4)
         return out
     finally:
@@ -185,6 +192,7 @@ def test_ranks_disagreeing_fall_back():
         assert r["late"][:2] == [r["late"][0]] * 2 and r["late"][0] != "symmetric", r
         assert r["late"][2:] == [want, want], r
         assert r["one explicit"] != "symmetric", r
+        assert r["async"][1:] == [want, want] and r["async"][0] != "symmetric", r
 
 
 def _dies(rank, size):
