@@ -641,8 +641,9 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
             comm.barrier()
             t = time.perf_counter()
             allreduce_traffic(comm, bufs, pattern)
-            info[f"{pattern} {k}"] = max(comm.allgather(np.array([time.perf_counter() - t])))
+            t = time.perf_counter() - t
             info[f"{pattern} {k} algorithm"] = comm.last_algorithm
+            info[f"{pattern} {k}"] = max(comm.allgather(np.array([t])))
     for pattern in AR_PATTERNS:                          # warm up (pre-fault every buffer)
         allreduce_traffic(comm, bufs, pattern)
         if pattern in PUBLIC:

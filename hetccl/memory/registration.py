@@ -32,7 +32,7 @@ every buffer it needs shared, from ``AUTO_MIN`` bytes). A plain buffer is regist
 time the same memory (address and size) is passed while the *same* owner object is alive: the
 first sighting only records a weak reference to the owner (dropped when it dies), so a buffer
 allocated anew for every call, even at a recycled address (``x.copy()`` each call), never pays the
-copy. Measured (2 ranks, 64 MiB float32, loaded 2-vCPU VM): the remap copy costs ~30 ms, the
+copy. Measured (2 ranks, 64 MiB float32, 2-vCPU VM): the remap copy costs 30-40 ms, the
 symmetric allreduce saves ~6 ms per call against the FIFO ring, so a buffer seen once is not worth
 it and a buffer seen twice is likely to be seen again. The auto entries are ordinary registrations
 (the same invalidation rule: the owner's death drops them); their total size is capped (``auto_cap``,
