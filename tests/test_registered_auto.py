@@ -2,13 +2,14 @@
 more passed to a collective again is registered (its pages shared) and the call runs the symmetric
 schedules; ranks that disagree fall back to the plain path together (the tolerant symmetric entry,
 _native/symmetric_heap.pyx); a forked child gets private pages (memory/remap.py ``_privatize``).
+A peer dying in an automatically registered call: test_registered_shared.py (``_dies``).
 Multi-rank cases run through tests/launcher.py; each takes a few seconds."""
 import gc
 import os
 
 import numpy as np
 
-from tests.launcher import run_ranks, run_ranks_faulty
+from tests.launcher import run_ranks
 
 N = ((32 << 20) + (8 << 10)) // 4            # float32 elements: a glibc mmapped chunk, even blocks
 
@@ -193,37 +194,6 @@ def test_ranks_disagreeing_fall_back():
         assert r["late"][2:] == [want, want], r
         assert r["one explicit"] != "symmetric", r
         assert r["async"][1:] == [want, want] and r["async"][0] != "symmetric", r
-
-
-def _dies(rank, size):
-    import signal
-    import threading
-    import time
-
-    import hetccl
-    comm = hetccl.init(timeout=60)
-    x = _big()
-    x[:] = 1
-    for _ in range(2):                    # the second call registers it
-        comm.allreduce(x)
-    algo = comm.last_algorithm
-    comm.barrier()
-    if rank == 1:                         # killed while in a loop of auto-registered calls
-        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-    t0 = time.monotonic()
-    try:
-        for _ in range(2000):
-            comm.allreduce(x, timeout=20)
-        return "no error"
-    except hetccl.HetcclError as e:
-        return f"{algo} {type(e).__name__} in {time.monotonic() - t0:.0f}s"
-    finally:
-        comm.abort()
-
-
-def test_peer_dies_during_auto_registered_call():
-    res = run_ranks_faulty(_dies, 2, timeout=60, victims=[1])
-    assert res[0]["state"] == "ok" and "PeerLostError" in res[0]["value"], res
 
 
 def _cap(rank, size):

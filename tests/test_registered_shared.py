@@ -240,14 +240,20 @@ def test_peer_cache_bounded_and_nothing_leaks():
         assert 0 < r["cached"] <= 32 and r["fds"] <= 0 and r["maps"] <= 0, r
 
 
-def _dies(rank, size):
+def _dies(rank, size, auto):
+    """auto: the buffer is registered automatically (its second call), not by hand."""
     import os
 
     import hetccl
     comm = hetccl.init(timeout=60)
     x = _big(0)
     x[:] = 1
-    assert comm.register(x).shared
+    if auto:
+        for _ in range(2):
+            comm.allreduce(x)
+        assert comm._registry.lookup(x).shared
+    else:
+        assert comm.register(x).shared
     comm.allreduce(x, algorithm="symmetric")
     comm.barrier()
     if rank == 1:                      # killed while in a loop of registered calls
@@ -264,8 +270,9 @@ def _dies(rank, size):
         comm.abort()
 
 
-def test_peer_dies_during_registered_call():
-    res = run_ranks_faulty(_dies, 2, timeout=60, victims=[1])
+@pytest.mark.parametrize("auto", [False, True])
+def test_peer_dies_during_registered_call(auto):
+    res = run_ranks_faulty(_dies, 2, auto, timeout=60, victims=[1])
     assert res[0]["state"] == "ok" and res[0]["value"].startswith("PeerLostError"), res
 
 

@@ -261,7 +261,8 @@ class SymmetricMemory:
         the FIFO path (``faster``). A freed buffer is an InvalidUsage
         whatever the algorithm."""
         heap = self.heap
-        kinds = [heap.kind(b) for b in bufs] if self.active else [False] * len(bufs)
+        kinds = ([heap.kind(b) for b in bufs] if self.active or algorithm == "symmetric"
+                 else [False] * len(bufs))           # (automatic registrations leave active off)
         if algorithm != "symmetric":
             if algorithm is not None or collective in self._ctx.tuner.forced:
                 return False
