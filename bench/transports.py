@@ -33,7 +33,11 @@ Sections (each prints a markdown table):
   The same buffers after ``comm.register`` (pages moved into shared memory) run the symmetric
   dual-write: rows "registered", set against the shared-memory minimum, and the time of one
   ``register``; the row "dual-write, shared pages" runs the minimum's kernel on memfd pages, the
-  pages registered buffers get, for what the page size costs the kernel alone.
+  pages registered buffers get, for what the page size costs the kernel alone. The rows "plain
+  numpy buffers, automatic registration" are what a user who never calls ``register`` gets: other
+  plain buffers, registered automatically on their second call (steady state after the warm-up;
+  the summary gives the first two calls' times); every other public row runs with automatic
+  registration off (``comm._auto_register``), so "allreduce" stays the FIFO path.
 
 Adding a transport (helper "rdma"): give ``p2p_rows`` an EndpointFactory (hetccl.transports.
 endpoints) under a new name in ``FACTORIES``, and put a reference line beside it through
@@ -386,7 +390,13 @@ def _ratio_rows(res, sizes):
 PUBLIC = ("allreduce", "allreduce in place", "reduce_scatter", "allgather",
           "allreduce, 1 MiB FIFOs", "allreduce in place, 1 MiB FIFOs",
           "allreduce, 256K slices", "allreduce in place, 256K slices",
-          "allreduce, registered", "allreduce in place, registered", "allreduce, comm.alloc")
+          "allreduce, registered", "allreduce in place, registered", "allreduce, comm.alloc",
+          "allreduce, plain numpy buffers, automatic registration",
+          "allreduce in place, plain numpy buffers, automatic registration")
+# plain numpy buffers of their own, registered automatically by the calls (memory/registration.py):
+# pattern -> (input, output) of bufs
+AUTO = {"allreduce, plain numpy buffers, automatic registration": ("xu", "ou"),
+        "allreduce in place, plain numpy buffers, automatic registration": ("xiu", "xiu")}
 # the same plain numpy buffers after comm.register (memory/registration.py): shared where the
 # safety rule lets their pages move into shared memory (then the symmetric dual-write runs)
 REGISTERED = {"allreduce, registered": "allreduce", "allreduce in place, registered": "allreduce in place"}
@@ -475,6 +485,12 @@ def allreduce_traffic(comm, bufs, pattern):
         comm.allreduce(b["xir"])
     elif pattern == "allreduce, comm.alloc":      # the same schedule on /dev/shm segments
         comm.allreduce(b["xa"], out=b["oa"])
+    elif pattern in AUTO:
+        comm._auto_register = True
+        try:
+            comm.allreduce(b[AUTO[pattern][0]], out=b[AUTO[pattern][1]])
+        finally:
+            comm._auto_register = False
     elif pattern == "allreduce, 1 MiB FIFOs":
         b["alt"].allreduce(b["x"], out=b["o"])
     elif pattern == "allreduce in place, 1 MiB FIFOs":
@@ -582,9 +598,11 @@ def _ar_buffers(nbytes, slice_bytes):
     b = {"x": _aligned(nbytes, np.float32), "o": _aligned(nbytes, np.float32),
          "xi": _aligned(nbytes, np.float32), "half": _aligned(h, np.float32),
          "xr": _aligned(nbytes, np.float32), "or": _aligned(nbytes, np.float32),
-         "xir": _aligned(nbytes, np.float32)}
+         "xir": _aligned(nbytes, np.float32), "xu": _aligned(nbytes, np.float32),
+         "ou": _aligned(nbytes, np.float32), "xiu": _aligned(nbytes, np.float32)}
     b["x"][:] = 1       # in place starts from zeros: repeated sums stay finite
     b["xr"][:] = 1
+    b["xu"][:] = 1
     b.update({k: _aligned(h) for k in ("a", "b", "d", "e")})
     b.update({k: _shared_pages(h) for k in ("as", "bs", "ds", "es")})
     b.update(msrc=_aligned(nbytes), mdst=_aligned(nbytes), x8=b["x"].view(np.uint8),
@@ -599,6 +617,7 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
     import hetccl
     from hetccl.transports import shm
     comm = hetccl.init()                 # the public defaults: whatever a user gets
+    comm._auto_register = False          # but the plain-buffer rows stay plain (AUTO turns it on)
     default_fifo, asked = shm.fifo_bytes, []
     shm.fifo_bytes = lambda local_size: asked.append(local_size) or ALT_FIFO   # what if: smaller FIFOs
     try:
@@ -617,6 +636,14 @@ def _ar_bound_rank(rank, port, nbytes, rounds, reps):
     info["shared"] = all(r.shared for r in regs)
     bufs["xa"], bufs["oa"] = (comm.alloc(nbytes // 4, np.float32) for _ in range(2))
     bufs["xa"][:] = 1
+    for pattern in AUTO:                 # the first two calls: a first sighting, then registration
+        for k in ("first", "second"):
+            comm.barrier()
+            t = time.perf_counter()
+            allreduce_traffic(comm, bufs, pattern)
+            t = time.perf_counter() - t
+            info[f"{pattern} {k} algorithm"] = comm.last_algorithm
+            info[f"{pattern} {k}"] = max(comm.allgather(np.array([t])))
     for pattern in AR_PATTERNS:                          # warm up (pre-fault every buffer)
         allreduce_traffic(comm, bufs, pattern)
         if pattern in PUBLIC:
@@ -728,6 +755,17 @@ def allreduce_bound_rows(nbytes, quick=False, rounds=15):
         f"shared-memory minimum: {sp / bw[shared]:.2f} ({sp:.2f} against {bw[shared]:.2f} GB/s); "
         + "; ".join(f"{p} / dual-write, shared pages (the same pages' kernel alone): {bw[p] / sp:.2f}"
                     for p in REGISTERED))
+    for p, base in zip(AUTO, ("allreduce", "allreduce in place")):
+        b = plain[base]
+        t1, t2 = info.get(f"{p} first", 0), info.get(f"{p} second", 0)
+        summary.append(
+            f"{p} ({info.get(p)}): / the plain-buffer bound ({b}) {bw[p] / bw[b]:.2f} ({bw[p]:.2f} "
+            f"against {bw[b]:.2f} GB/s; target >= 0.9: {'PASS' if bw[p] >= 0.9 * bw[b] else 'FAIL'}); "
+            f"/ the shared-memory minimum {bw[p] / bw[shared]:.2f}; {bw[p] / bw[base]:.2f}x {base} "
+            f"(automatic registration off); its first call {t1 * 1e3:.1f} ms "
+            f"({info.get(f'{p} first algorithm')}, first sighting), second {t2 * 1e3:.1f} ms "
+            f"({info.get(f'{p} second algorithm')}, the pages moved), steady "
+            f"{statistics.median(res[p]) * 1e3:.1f} ms")
     summary.append(f"allreduce, registered / allreduce, comm.alloc (the same schedule on /dev/shm "
                    f"segments): {bw['allreduce, registered'] / bw['allreduce, comm.alloc']:.2f}")
     summary.append(f"comm.register of one {fmt_size(nbytes)} buffer (moving its pages into shared "

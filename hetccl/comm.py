@@ -40,8 +40,8 @@ from .context import Context
 from .errors import (CommAborted, CommRevoked, HetcclError, HetcclTimeout, InvalidUsage, PeerLostError,
                      PeerProtocolError)
 from .flight.record import entries as _flight_entries
-from .memory.registration import Registry
-from .memory.symmetric import SymmetricMemory
+from .memory.registration import AUTO_MIN, Registry
+from .memory.symmetric import MIN_BYTES as _SYM_MIN, NEEDS as _SYM_NEEDS, SymmetricMemory
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .recovery.membership import EXCLUDED, FAILED, REVOKED
@@ -347,6 +347,11 @@ _FLAT = {          # collectives/schedules.py: one entry per collective, keyed b
 _DECIDE_BY_DTYPE = frozenset({"allreduce", "allgather", "broadcast"})
 
 
+def _capture(c, fn, args):
+    """A ``go`` for ``Communicator._route_rest`` that returns the route instead of running it."""
+    return fn, args
+
+
 class Communicator:
     """A group of ranks connected by per-pair transports. Create with ``hetccl.init()``.
 
@@ -432,6 +437,7 @@ class Communicator:
             raise
         self._sym = SymmetricMemory(ctx, engine.all_c2c())
         self._registry = Registry(self._sym.sharing_heap)
+        self._auto_register = True            # automatic registration (a knob for benchmarks' A/B)
         self._children = 0
         try:                                  # islands with vendor bridges (collective: opens them)
             self._islands = ctx.islands = _islands.plan_for(ctx, cards, shrunk_from)
@@ -541,9 +547,19 @@ class Communicator:
         every dtype and op: those routes look at the buffers or at whether the choice was forced,
         and a freed allocation must raise)."""
         isl = self._islands
-        if self._plan is None and not self._sym.active and (isl is None or isl.routes_flat(c.coll, c.nbytes,
-                                                                                            c.algorithm)):
+        if self._plan is None and self._hot_may_take(c.coll, c.nbytes) and (
+                isl is None or isl.routes_flat(c.coll, c.nbytes, c.algorithm)):
             self._hot.learn(c.coll, c.nbytes, algo, self.last_algorithm, c.algorithm)
+
+    def _hot_may_take(self, coll, nbytes):
+        """Whether the buffers cannot change this shape's route: no ``comm.alloc`` allocation
+        was made (a freed one must raise at any size), no registered region is shared below the
+        symmetric schedules' smallest call (MIN_BYTES: smaller calls never take them unless
+        forced), and the shape is not one automatic registration may route (AUTO_MIN)."""
+        sym = self._sym
+        if sym.active and (sym.allocated or nbytes >= _SYM_MIN):
+            return False
+        return not (sym.shared and nbytes >= AUTO_MIN and coll in _SYMMETRIC)
 
     def _forget_routes(self):
         """Drop every cached route (the latency path's and the islands'): the next call of each
@@ -676,10 +692,19 @@ class Communicator:
         coll = c.coll
         self._flight.note(coll, c.nbytes // self.size if coll in _TIMES_SIZE else c.nbytes, c.dtype,
                           c.op if coll in _REDUCES else -1, c.root if coll in _ROOTED else -1)
-        if (coll in _SYMMETRIC and (self._sym.active or c.algorithm == "symmetric") and c.counts is None
-                and self._sym.takes(coll, c.algorithm, *((c.send,) if coll == "broadcast" else (c.send, c.recv)))):
-            self.last_algorithm = "symmetric"
-            return self._go(c, *_SYMMETRIC[coll](self._engine, self._sym.heap, c))
+        if coll in _SYMMETRIC and c.counts is None:
+            if c.algorithm is None and self._auto_takes(c):
+                return self._go(c, self._auto_call, (c, *self._route_rest(c, _capture)))
+            if (self._sym.active or c.algorithm == "symmetric") and self._sym.takes(
+                    coll, c.algorithm, *((c.send,) if coll == "broadcast" else (c.send, c.recv))):
+                self.last_algorithm = "symmetric"
+                return self._go(c, *_SYMMETRIC[coll](self._engine, self._sym.heap, c))
+        return self._route_rest(c, self._go)
+
+    def _route_rest(self, c, go):
+        """Steps 2 and 3 of ``_route``; ``go(c, fn, args)`` runs the route (``_capture``: returns
+        it, for automatic registration's fallback)."""
+        coll = c.coll
         isl = self._islands
         if coll == "allreduce" and isl is not None and isl.whole and not c.async_op and not self._pending:
             direct = isl.direct_allreduce(c.nbytes, c.dtype, c.op, c.algorithm)
@@ -699,33 +724,62 @@ class Communicator:
         self.last_algorithm = a.name
         algo = a.code
         if a.run is not None:                    # a schedule written in Python over the context
-            return self._go(c, a.run, (self._ctx, c))
+            return go(c, a.run, (self._ctx, c))
         if algo == ALGO_ISLANDS and coll in _ISLANDS:
-            return self._go(c, *_ISLANDS[coll](isl, c, algo, form))
+            return go(c, *_ISLANDS[coll](isl, c, algo, form))
         if (coll in _PLAIN_SINGLE_COPY and c.counts is None and c.algorithm is None and isl is None
                 and self._plan is None and coll not in self._tuner.forced
                 and self._tuner.single_copy(coll, c.nbytes)):
             fifo = self.last_algorithm
             self.last_algorithm = "single_copy"
-            if self._plan is None and self._islands is None and not self._sym.active:
+            if self._plan is None and self._islands is None and self._hot_may_take(coll, c.nbytes):
                 self._hot.learn(coll, c.nbytes, schedules.HOT_SINGLE_COPY, "single_copy", None,
                                 (algo, fifo))
             fn, args = _PLAIN_SINGLE_COPY[coll](self._engine, c)
-            return self._go(c, self._single_copy_or_fifo, (c, fn, args, algo))
+            return go(c, self._single_copy_or_fifo, (c, fn, args, algo))
         if algo == ALGO_RING and coll in _SINGLE_COPY and self._direct_min is not None \
                 and c.nbytes >= self._direct_min[coll]:
-            return self._go(c, self._single_copy_or_fifo, (c, *_SINGLE_COPY[coll](self._engine, c), algo))
+            return go(c, self._single_copy_or_fifo, (c, *_SINGLE_COPY[coll](self._engine, c), algo))
         if algo < 0 and coll in _PLANNER:
-            return self._go(c, *_PLANNER[coll](self._plan, c, algo))
+            return go(c, *_PLANNER[coll](self._plan, c, algo))
         if coll == "alltoall" and c.counts is not None and c.algorithm is None and algo != ALGO_PAIRWISE:
             algo = ALGO_PAIRWISE                 # alltoallv: only pairwise takes uneven blocks
             self.last_algorithm = "pairwise"
         if c.counts is None and schedules.latency_path_takes(coll, algo):
             self._learn(c, algo)
-        return self._go(c, *_FLAT[coll](self._engine, c, algo))
+        return go(c, *_FLAT[coll](self._engine, c, algo))
 
     def _go(self, c, fn, args):
         return self._run(c.coll, fn, args, c.result, c.async_op)
+
+    # ------------------------------------------------------------------ automatic registration
+
+    def _auto_takes(self, c):
+        """Whether this call (no algorithm forced) goes through automatic registration
+        (memory/registration.py ``Registry.auto``): a collective with a symmetric schedule, its
+        sized buffer of at least AUTO_MIN bytes, on an all-c2c communicator without islands, the
+        symmetric path priced faster. Depends on the shape and the communicator only, so every rank
+        decides alike; each rank's buffers then decide, in the call, whether it runs symmetric."""
+        if not (self._auto_register and self._sym.shared and c.nbytes >= AUTO_MIN and self._islands is None
+                and c.coll not in self._tuner.forced and self._sym.faster(c.coll, c.nbytes)):
+            return False
+        if self._sym.active:                  # a freed comm.alloc buffer raises, as on every path
+            self._sym.takes(c.coll, None, *((c.send,) if c.coll == "broadcast" else (c.send, c.recv)))
+        return True
+
+    def _auto_call(self, c, fn, args):
+        """Run call ``c`` on the symmetric schedules if every rank's buffers are shared (its own
+        registered here on their second sighting), else (every rank learns it in the schedule's
+        first sync) on the plain route ``fn(*args)``."""
+        plain = self.last_algorithm
+        bufs = (c.send,) if c.coll == "broadcast" else (c.send, c.recv)
+        self._registry.auto([bufs[i] for i in _SYM_NEEDS[c.coll]])
+        sym, sargs = _SYMMETRIC[c.coll](self._engine, self._sym.heap, c)
+        if sym(*sargs, True):
+            self.last_algorithm = "symmetric"
+            return
+        self.last_algorithm = plain
+        fn(*args)
 
     def _single_copy_or_fifo(self, c, fn, args, algo):
         """Run a plain-buffer single-copy schedule; if a cross-memory read was refused on any rank

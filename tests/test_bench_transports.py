@@ -81,6 +81,7 @@ def test_allreduce_bound_section_runs_on_two_ranks(tr):
     assert any(s.startswith("allreduce / the shared-memory minimum") for s in summary)
     assert any(s.startswith("where the time goes: reduce_scatter") for s in summary)
     assert any(s.startswith("the page size (shmem huge pages: ") for s in summary)
+    assert any(s.startswith("allreduce, plain numpy buffers, automatic registration (") for s in summary)
 
 
 def test_ring_ab_runs_every_variant_on_two_ranks(tr, capsys):

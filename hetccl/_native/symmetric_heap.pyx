@@ -32,6 +32,13 @@ Each call: publish (allocation, offset) descriptors of this rank's buffers and t
 the c2c control slots, sync (single_copy.pxd: epochs with release/acquire atomics, spin-then-futex),
 check the headers, translate every peer's descriptor into this process's mapping of that peer's
 segment, move the bytes, fence, sync again. Two syncs per call, no Python per chunk, no GIL.
+
+Tolerant calls (``tolerant=True``: automatic registration, where each rank decides alone whether
+its buffer is shared): a buffer in no allocation or region publishes descriptor 0 instead of
+raising. After the first sync every rank sees every rank's descriptors, so all reach the same
+verdict: all shared, the call runs; else every rank syncs once more (its control slot may then be
+reused) and the entry returns False, and the caller runs the call on the plain-buffer path. The
+shared case costs nothing extra: the agreement rides in the first sync every call has anyway.
 """
 from cpython.buffer cimport PyBuffer_Release, PyBUF_WRITABLE
 from libc.stdint cimport uint64_t, uint32_t, uint8_t, uintptr_t
@@ -86,6 +93,7 @@ cdef enum:
     MAX_RANKS = 1024
     REG_IDS = (1 << 23) - 1      # registered region ids 1..REG_IDS, never reused (then: not shared)
     PEER_CACHE = 32              # peers' registered regions kept mapped here (least recently used goes)
+    FALLBACK = 1                 # a tolerant call found some rank's buffer not shared: none ran it
 
 cdef extern from *:
     # a registered region's descriptor: REG_FLAG | id << OFF_BITS | byte offset
@@ -144,6 +152,7 @@ cdef class Heap:
     cdef uint32_t* seen               # [size] drops of each peer's already applied to the cache
     cdef uint64_t calls               # symmetric calls begun (the cache's clock)
     cdef int err_kind                 # what resolve() found wrong (E_REG_*), for the message
+    cdef bint tolerant                # the call running is tolerant (module docstring)
 
     def __cinit__(self, int rank, int size):
         cdef int i
@@ -611,9 +620,12 @@ cdef class Buffer:
 cdef int begin(Engine e, Heap h, int coll, int dtype, int op, uint64_t count, uint64_t sd,
                uint64_t rd, size_t slen, size_t rlen, char** S, char** R, double dl) noexcept nogil:
     """Publish my descriptors, sync, check headers, and resolve every rank's input (S, if sd) and
-    output (R, if rd) into this process's mappings (slen/rlen bytes each)."""
+    output (R, if rd) into this process's mappings (slen/rlen bytes each). A tolerant call
+    (h.tolerant) whose needed descriptor (S: inputs, R: outputs) is 0 on any rank syncs again and
+    returns FALLBACK on every rank."""
     cdef int q, rc, sfd = h.my_fd(sd), rfd = h.my_fd(rd)
     cdef C2CSlot* t
+    cdef bint tolerant = h.tolerant
     for q in range(e.size):               # the memfds behind registered buffers (before the epoch)
         if q != e.rank:
             e.links[q].c2c.mine.sfd = sfd
@@ -621,6 +633,9 @@ cdef int begin(Engine e, Heap h, int coll, int dtype, int op, uint64_t count, ui
     rc = enter_as(e, coll, dtype, op, PHASE_SYMMETRIC, count, sd, rd, dl)
     if rc < 0:
         return rc
+    if tolerant and not all_shared(e, S != NULL, R != NULL, sd, rd):
+        rc = sync(e, dl)                  # every rank has read every slot: they may be reused
+        return rc if rc < 0 else FALLBACK
     h.calls += 1
     for q in range(e.size):
         if q == e.rank:
@@ -636,6 +651,21 @@ cdef int begin(Engine e, Heap h, int coll, int dtype, int op, uint64_t count, ui
             if rc < 0:
                 return rc
     return 0
+
+
+cdef bint all_shared(Engine e, bint need_s, bint need_r, uint64_t sd, uint64_t rd) noexcept nogil:
+    """Whether every rank published the descriptors this call needs (the same answer on every
+    rank: each reads the same descriptors after the first sync)."""
+    cdef int q
+    cdef C2CSlot* t
+    if (need_s and sd == 0) or (need_r and rd == 0):
+        return False
+    for q in range(e.size):
+        if q != e.rank:
+            t = e.links[q].c2c.theirs
+            if (need_s and t.sbuf == 0) or (need_r and t.rbuf == 0):
+                return False
+    return True
 
 
 cdef inline int resolve_any(Engine e, Heap h, int q, uint64_t d, size_t n, int fd, char** out) noexcept nogil:
@@ -680,7 +710,7 @@ cdef int allreduce_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, ui
     cdef bint st = count * es >= e.nt_threshold
     S[r], R[r] = sbuf, rbuf
     rc = begin(e, h, COLL_ALLREDUCE, dtype, op, count, sd, rd, count * es, count * es, S, R, dl)
-    if rc < 0:
+    if rc != 0:
         return rc
     even_blocks(count, N, es, boff, blen)
     cdef bint fused = N > 1 and op != OP_AVG and not aliased(N, S, R)
@@ -751,7 +781,7 @@ cdef int reduce_scatter_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbu
     cdef bint st = nb >= e.nt_threshold
     S[r] = sbuf
     rc = begin(e, h, COLL_REDUCE_SCATTER, dtype, op, nb // es, sd, 0, nb * N, 0, S, NULL, dl)
-    if rc < 0:
+    if rc != 0:
         return rc
     while o < nb:
         if interrupted(&e.fail):
@@ -775,7 +805,7 @@ cdef int allgather_sym(Engine e, Heap h, char* sbuf, char* rbuf, uint64_t rd, si
     cdef bint st = nb * N >= e.nt_threshold
     R[r] = rbuf
     rc = begin(e, h, COLL_ALLGATHER, dtype, 0, nb // dtype_size(dtype), 0, rd, 0, nb * N, NULL, R, dl)
-    if rc < 0:
+    if rc != 0:
         return rc
     for i in range(N):                        # start with the next rank: spread the writers
         p = (r + 1 + i) % N
@@ -805,7 +835,7 @@ cdef int broadcast_sym(Engine e, Heap h, char* buf, uint64_t d, size_t nb, int r
     # the root rides in the header's op byte: ranks naming different roots mismatch at the first sync
     rc = begin(e, h, COLL_BROADCAST, dtype, root & 0xFF, nb // dtype_size(dtype), d, 0, nb, 0, S,
                NULL, dl)
-    if rc < 0:
+    if rc != 0:
         return rc
     if e.rank != root:
         copy_bytes(buf, S[root], nb, st)
@@ -820,7 +850,7 @@ cdef int alltoall_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, siz
     cdef bint st = nb * N >= e.nt_threshold
     S[r] = sbuf
     rc = begin(e, h, COLL_ALLTOALL, dtype, 0, nb // dtype_size(dtype), sd, 0, nb * N, 0, S, NULL, dl)
-    if rc < 0:
+    if rc != 0:
         return rc
     for i in range(N):
         q = (r + 1 + i) % N
@@ -831,8 +861,12 @@ cdef int alltoall_sym(Engine e, Heap h, char* sbuf, uint64_t sd, char* rbuf, siz
 # ------------------------------------------------------------------ Python entry points
 
 cdef uint64_t descriptor(Heap h, Py_buffer* v, str role) except? 0:
+    """The descriptor peers resolve this buffer by; 0 in a tolerant call if it is in no live
+    allocation or region (InvalidUsage otherwise)."""
     cdef uint64_t d = 0
     cdef int k = h.find(<char*>v.buf, <size_t>v.len, &d)
+    if k != 1 and h.tolerant:
+        return 0
     if k != 1:
         raise InvalidUsage(f"the {role} buffer is {'a freed' if k < 0 else 'not a'} symmetric "
                            f"allocation; pass buffers from comm.alloc (or let hetccl choose the "
@@ -848,6 +882,16 @@ cdef int ready(Engine e, Heap h) except -1:
     if h.size != e.size or h.rank != e.rank:
         raise InvalidUsage("this symmetric heap belongs to another communicator")
     return 0
+
+
+cdef bint done(Engine e, Heap h, int rc, str what, double timeout) except -1:
+    """After a schedule: True if it ran, False if a tolerant call fell back; raises its error."""
+    h.tolerant = False
+    if rc == FALLBACK:
+        return False
+    if rc < 0:
+        fail(e, h, rc, what, timeout)
+    return True
 
 
 cdef fail(Engine e, Heap h, int rc, str what, double timeout):
@@ -870,8 +914,10 @@ cdef int check_op(int dtype, int op) except -1:
     return 0
 
 
-def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout):
-    """recv = reduction over ranks of send (both symmetric; send may be recv: in place)."""
+def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout, bint tolerant=False):
+    """recv = reduction over ranks of send (both symmetric; send may be recv: in place). Every
+    entry returns True; a tolerant one False where some rank's buffer was not shared (nothing ran:
+    run the call on the plain path)."""
     cdef Py_buffer sv, rv
     cdef bint inplace = sendobj is recvobj
     cdef uint64_t sd, rd
@@ -881,6 +927,7 @@ def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double time
     ready(e, h)
     pin_allreduce(sendobj, recvobj, dtype, op, &sv, &rv)
     try:
+        h.tolerant = tolerant
         sd = descriptor(h, &sv, "input")
         rd = descriptor(h, &rv, "output")
         dl = hc_now() + timeout
@@ -889,13 +936,13 @@ def allreduce(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double time
             rc = allreduce_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, rd, <size_t>rv.len // es,
                                dtype, op, dl)
         e.leave()
-        if rc < 0:
-            fail(e, h, rc, "allreduce", timeout)
+        return done(e, h, rc, "allreduce", timeout)
     finally:
+        h.tolerant = False
         release_pair(inplace, &sv, &rv)
 
 
-def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
+def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout, bint tolerant=False):
     """recv = concatenation over ranks of send (recv symmetric; send any buffer, or recv: in place)."""
     cdef Py_buffer sv, rv
     cdef bint same = sendobj is recvobj
@@ -905,19 +952,20 @@ def allgather(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
     ready(e, h)
     pin_allgather(sendobj, recvobj, e.size, e.rank, dtype_size(dtype), &sv, &rv)
     try:
+        h.tolerant = tolerant
         rd = descriptor(h, &rv, "output")
         dl = hc_now() + timeout
         e.begin("allgather", 0)
         with nogil:
             rc = allgather_sym(e, h, <char*>sv.buf, <char*>rv.buf, rd, <size_t>sv.len, dtype, dl)
         e.leave()
-        if rc < 0:
-            fail(e, h, rc, "allgather", timeout)
+        return done(e, h, rc, "allgather", timeout)
     finally:
+        h.tolerant = False
         release_pair(same, &sv, &rv)
 
 
-def broadcast(Engine e, Heap h, obj, int root, int dtype, double timeout):
+def broadcast(Engine e, Heap h, obj, int root, int dtype, double timeout, bint tolerant=False):
     """Copy root's buffer into every rank's (all symmetric, same size)."""
     cdef Py_buffer v
     cdef uint64_t d
@@ -926,15 +974,16 @@ def broadcast(Engine e, Heap h, obj, int root, int dtype, double timeout):
     ready(e, h)
     pin_rooted(obj, root, e.size, dtype_size(dtype), &v)
     try:
+        h.tolerant = tolerant
         d = descriptor(h, &v, "broadcast")
         dl = hc_now() + timeout
         e.begin("broadcast", 0)
         with nogil:
             rc = broadcast_sym(e, h, <char*>v.buf, d, <size_t>v.len, root, dtype, dl)
         e.leave()
-        if rc < 0:
-            fail(e, h, rc, "broadcast", timeout)
+        return done(e, h, rc, "broadcast", timeout)
     finally:
+        h.tolerant = False
         PyBuffer_Release(&v)
 
 
@@ -964,7 +1013,8 @@ cdef int pin_blocks(Engine e, sendobj, recvobj, size_t es, str what, bint out_is
     return 0
 
 
-cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout, bint scatter):
+cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout, bint scatter,
+            bint tolerant):
     """reduce_scatter (scatter: recv = block `rank` of the reduction of send) or alltoall (block q
     of recv = block `rank` of rank q's send); send symmetric, equal blocks."""
     cdef Py_buffer sv, rv
@@ -977,6 +1027,7 @@ cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeou
         check_op(dtype, op)
     pin_blocks(e, sendobj, recvobj, dtype_size(dtype), what, scatter, &sv, &rv)
     try:
+        h.tolerant = tolerant
         sd = descriptor(h, &sv, "input")
         dl = hc_now() + timeout
         e.begin(what, 0)
@@ -988,18 +1039,19 @@ cdef blocks(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeou
                 rc = alltoall_sym(e, h, <char*>sv.buf, sd, <char*>rv.buf, <size_t>sv.len // e.size,
                                   dtype, dl)
         e.leave()
-        if rc < 0:
-            fail(e, h, rc, what, timeout)
+        return done(e, h, rc, what, timeout)
     finally:
+        h.tolerant = False
         PyBuffer_Release(&sv)
         PyBuffer_Release(&rv)
 
 
-def reduce_scatter(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout):
+def reduce_scatter(Engine e, Heap h, sendobj, recvobj, int dtype, int op, double timeout,
+                   bint tolerant=False):
     """recv = block `rank` of the reduction over ranks of send (send symmetric, equal blocks)."""
-    blocks(e, h, sendobj, recvobj, dtype, op, timeout, True)
+    return blocks(e, h, sendobj, recvobj, dtype, op, timeout, True, tolerant)
 
 
-def alltoall(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout):
+def alltoall(Engine e, Heap h, sendobj, recvobj, int dtype, double timeout, bint tolerant=False):
     """Block q of recv = block `rank` of rank q's send (send symmetric, equal blocks)."""
-    blocks(e, h, sendobj, recvobj, dtype, 0, timeout, False)
+    return blocks(e, h, sendobj, recvobj, dtype, 0, timeout, False, tolerant)

@@ -26,9 +26,25 @@ region's id (never reused) is announced to the peers, which unmap their copies a
 the pages themselves stay where they are, shared-backed, until their owner frees them. An owner
 that takes no weak references (bytearray, array.array) is held by a memoryview instead: it cannot
 be freed or resized until it is deregistered (and is never shared).
+
+Automatic registration (``Registry.auto``, called by a collective's symmetric-capable route for
+every buffer it needs shared, from ``AUTO_MIN`` bytes). A plain buffer is registered the *second*
+time the same memory (address and size) is passed while the *same* owner object is alive: the
+first sighting only records a weak reference to the owner (dropped when it dies), so a buffer
+allocated anew for every call, even at a recycled address (``x.copy()`` each call), never pays the
+copy. Measured (2 ranks, 64 MiB float32, 2-vCPU VM): the remap copy costs 30-40 ms, the
+symmetric allreduce saves ~6 ms per call against the FIFO ring, so a buffer seen once is not worth
+it and a buffer seen twice is likely to be seen again. The auto entries are ordinary registrations
+(the same invalidation rule: the owner's death drops them); their total size is capped (``auto_cap``,
+a quarter of physical memory): registering one more past the cap first drops the least recently
+used auto entries (their regions are freed at the peers; the pages stay shared-backed in this
+process until their owner frees them). A buffer dropped by the cap is not registered automatically
+again while its owner lives, so a working set larger than the cap costs no copy per call.
 """
+import collections
 import ctypes
 import ctypes.util
+import mmap
 import os
 import weakref
 
@@ -43,6 +59,10 @@ log = logging.getLogger("hetccl")
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MADV_POPULATE_WRITE = 23            # Linux >= 5.14: fault pages in writable, contents unchanged
+
+AUTO_MIN = remap.ALWAYS_MMAPPED    # smallest buffer automatic registration considers
+AUTO_SEEN = 256                    # first sightings remembered at most (then forgotten all at once)
+_PHYS = os.sysconf("SC_PHYS_PAGES") * PAGE if hasattr(os, "sysconf") else 1 << 34
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
@@ -85,7 +105,7 @@ class Registration:
     leaving the ``with`` block deregisters it."""
 
     __slots__ = ("address", "nbytes", "populated", "_registry", "_key", "_owner", "_pin", "_refs",
-                 "_region", "__weakref__")
+                 "_region", "_auto", "__weakref__")
 
     def __init__(self, registry, key, owner_ref, pin, populated, region=None):
         self.address, self.nbytes = key
@@ -93,6 +113,7 @@ class Registration:
         self._registry, self._key = registry, key
         self._owner, self._pin, self._refs = owner_ref, pin, 1
         self._region = region                  # lo of the shared region (Registry._regions), or None
+        self._auto = False                     # one of its references is the automatic cache's
 
     @property
     def shared(self) -> bool:
@@ -128,6 +149,11 @@ class Registry:
         self._by_key = {}
         self._heap = heap
         self._regions = {}                     # lo -> [remap.SharedPages, registrations on it, heap]
+        self._seen = {}                        # (address, nbytes) -> weakref of the owner: sighted once
+                                               # (or dropped by the cap: EVICTED, (weakref,))
+        self._lru = collections.OrderedDict()  # key -> Registration held by the automatic cache
+        self.auto_bytes = 0                    # their total size
+        self.auto_cap = _PHYS // 4
 
     def __len__(self):
         return len(self._by_key)
@@ -200,6 +226,82 @@ class Registry:
         reg = self._by_key.get((address, nbytes))
         return reg if reg is not None and reg.live else None
 
+    def auto(self, bufs) -> bool:
+        """Automatic registration of the buffers a collective needs shared (module docstring):
+        True if all their memory is shared now (registered by hand or automatically); each buffer
+        not shared yet has its sighting recorded, or is registered on its second. A buffer passed
+        twice in one call (in place) is one sighting."""
+        done = set()
+        shared = True
+        for buf in bufs:
+            if type(buf) is np.ndarray:
+                if buf.nbytes < AUTO_MIN or not buf.flags.c_contiguous:
+                    shared = False
+                    continue
+            elif not isinstance(buf, mmap.mmap) or len(buf) < AUTO_MIN:
+                shared = False
+                continue
+            address, nbytes, owner = _address(buf)
+            if (address, nbytes) not in done:
+                done.add((address, nbytes))
+                shared = self._auto_one(buf, (address, nbytes), owner) and shared
+        return shared
+
+    def _auto_one(self, buf, key, owner) -> bool:
+        nbytes = key[1]
+        reg = self._by_key.get(key)
+        if reg is not None and reg.live:
+            if reg._auto:
+                self._lru.move_to_end(key)
+            return reg.shared
+        seen = self._seen.get(key)
+        if type(seen) is tuple:                # dropped by the cap, owner alive: stays plain
+            if seen[0]() is owner:
+                return False
+            seen = None
+        if seen is None or seen() is not owner:
+            if not (isinstance(owner, mmap.mmap) or (
+                    isinstance(owner, np.ndarray) and owner.base is None and owner.flags.owndata
+                    and owner.nbytes >= AUTO_MIN)):
+                return False                   # never shareable (remap's rule): not worth a record
+            if len(self._seen) >= AUTO_SEEN:
+                self._seen.clear()
+            try:
+                self._seen[key] = weakref.ref(owner, lambda r, key=key: self._forget_seen(key, r))
+            except TypeError:
+                pass
+            return False
+        del self._seen[key]
+        if nbytes > self.auto_cap:
+            return False
+        while self._lru and self.auto_bytes + nbytes > self.auto_cap:
+            self._unauto(self._lru.popitem(last=False)[1])
+        reg = self.register(buf)
+        if not reg.shared:                     # the safety rule said no: stays a private registration
+            return False                       # (pre-faulted; dropped with its owner)
+        reg._auto = True
+        self._lru[key] = reg
+        self.auto_bytes += nbytes
+        return True
+
+    def _forget_seen(self, key, ref):
+        seen = self._seen.get(key)
+        if seen is ref or (type(seen) is tuple and seen[0] is ref):
+            del self._seen[key]
+
+    def _unauto(self, reg):
+        """The cap drops reg (already out of _lru): the automatic cache's reference goes, and its
+        owner's memory is not registered automatically again."""
+        if reg._auto:
+            reg._auto = False
+            self.auto_bytes -= reg.nbytes
+            owner = reg._owner() if reg._owner is not None else None
+            if owner is not None and len(self._seen) < AUTO_SEEN:
+                key = reg._key
+                self._seen[key] = (weakref.ref(owner, lambda r, key=key: self._forget_seen(key, r)),)
+            if reg._refs > 0:
+                self.deregister(reg)
+
     def deregister(self, reg: Registration):
         if not isinstance(reg, Registration) or reg._registry is not self:
             raise InvalidUsage("deregister takes a handle returned by this communicator's register()")
@@ -210,6 +312,7 @@ class Registry:
             reg._pin = None
             self._drop(reg._key, reg)
             self._unshare(reg)
+            self._unlist(reg)
 
     def _drop(self, key, reg):
         if self._by_key.get(key) is reg:
@@ -222,12 +325,23 @@ class Registry:
             cur._refs = 0
             del self._by_key[key]
             self._unshare(cur)
+            self._unlist(cur)
+
+    def _unlist(self, reg):
+        """reg ended (refs 0): out of the automatic cache too."""
+        if reg._auto:
+            reg._auto = False
+            self.auto_bytes -= reg.nbytes
+            if self._lru.get(reg._key) is reg:
+                del self._lru[reg._key]
 
     def clear(self):
         for reg in list(self._by_key.values()):
             reg._refs, reg._pin = 0, None
             self._unshare(reg)
+            self._unlist(reg)
         self._by_key.clear()
+        self._seen.clear()
 
     @property
     def sharing(self) -> bool:

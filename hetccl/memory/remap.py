@@ -26,6 +26,14 @@ other object) keeps private pages: registration then only pre-faults them, and c
 plain-buffer paths. The cost is one copy of the buffer at registration (and the pages' backing
 moves from anonymous memory, which may use transparent huge pages, to shmem, which here uses 4 KiB
 pages unless the host enables shmem huge pages).
+
+Fork. A shared mapping is inherited as shared by a child of ``fork``, which would make parent and
+child see each other's writes to the buffer. For forks made from Python (``os.fork``,
+multiprocessing's fork start method: anything that runs ``os.register_at_fork`` handlers), the
+child copies every region this process moved (still mapped where it was moved, whether registered
+now or not) into fresh private anonymous memory at the same address before it goes on
+(``_privatize``): fork semantics are those of the plain buffer. A fork from C that runs no Python
+handlers keeps the regions shared with the parent.
 """
 from __future__ import annotations
 
@@ -143,6 +151,8 @@ def _anonymous(lo: int, hi: int) -> bool:
 MAX_ID = (1 << 23) - 1                # ids fit the descriptor (symmetric_heap.pyx REG_IDS)
 _ids = itertools.count(1)             # region ids of this process: never reused
 _live = {}                            # lo -> SharedPages: one memfd per page range, whatever the communicators
+_moved = {}                           # lo -> (hi, id) of every range share() moved (until a fork or a prune)
+MOVED_PRUNE = 1024                    # _moved entries past which the unmapped ones are forgotten
 
 
 @dataclass(eq=False)
@@ -169,6 +179,51 @@ def acquire(lo: int, hi: int) -> SharedPages | None:
         return None
     pages = _live[lo] = SharedPages(rid, share(lo, hi, rid), lo, hi)
     return pages
+
+
+def _our_mappings():
+    """(lo, hi, id) of every mapping of this process that is a range share() moved and is still
+    mapped where it was moved (peers' regions mapped here have ids of their own processes, at
+    other addresses)."""
+    prefix = "/memfd:" + NAME.format("")
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)
+            path = fields[5].strip() if len(fields) > 5 else ""
+            if not path.startswith(prefix):
+                continue
+            a, b = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                rid = int(path[len(prefix):].split()[0])
+            except ValueError:
+                continue
+            if _moved.get(a) == (b, rid):
+                out.append((a, b, rid))
+    return out
+
+
+def _privatize():
+    """In a forked child: every moved range still mapped goes back to private anonymous memory at
+    the same address, contents kept (one copy each), so parent and child no longer share it; the
+    parent's memfds and registrations are not the child's."""
+    if not _moved:
+        return
+    for lo, hi, _ in _our_mappings():
+        n = hi - lo
+        tmp = _libc.mmap(None, n, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                         -1, 0)
+        if tmp in (None, MAP_FAILED):
+            continue                                      # out of memory: stays shared
+        ctypes.memmove(tmp, lo, n)
+        if _libc.mremap(tmp, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, lo) != lo:
+            _libc.munmap(tmp, n)
+    _moved.clear()
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_privatize)
 
 
 def release(pages: SharedPages):
@@ -203,6 +258,11 @@ def share(lo: int, hi: int, rid: int) -> int:
         if _libc.mremap(tmp, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, lo) != lo:
             raise OSError(ctypes.get_errno(), "mremap of the registered region failed")
         tmp = None
+        if len(_moved) >= MOVED_PRUNE:
+            mapped = set(_our_mappings())
+            for k in [k for k in _moved if (k, *_moved[k]) not in mapped]:
+                del _moved[k]
+        _moved[lo] = (hi, rid)
         return fd
     except BaseException:
         if tmp is not None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._native.symmetric_heap import Heap
 from ..errors import InvalidUsage
+from .remap import ALWAYS_MMAPPED as AUTO_MIN
 from .space import SHM_DIR, shm_space_error
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -96,7 +97,8 @@ class SymmetricMemory:
         self.heap = Heap(ctx.rank, ctx.size) if shared else Heap(0, 1)
         if shared:
             self.heap.attach(ctx.engine)            # peers' mappings go only while no schedule runs
-        self.active = False                           # any allocation made (then calls are checked)
+        self.active = False                           # any allocation made or region registered
+        self.allocated = False                        # any comm.alloc made (then calls are checked)
         self._buffers = {}                            # allocation id -> weakref of this rank's Buffer
         self._faster = {}                             # (collective, nbytes) -> symmetric priced faster
 
@@ -153,7 +155,7 @@ class SymmetricMemory:
                 os.unlink(path)                       # everyone has mapped it (or given up)
             except FileNotFoundError:
                 pass
-        self.active = True
+        self.active = self.allocated = True
         self._buffers[index] = weakref.ref(buf, lambda _, i=index: self._buffers.pop(i, None))
         return np.frombuffer(buf, dtype=dt).reshape(shape)
 
@@ -259,7 +261,8 @@ class SymmetricMemory:
         the FIFO path (``faster``). A freed buffer is an InvalidUsage
         whatever the algorithm."""
         heap = self.heap
-        kinds = [heap.kind(b) for b in bufs] if self.active else [False] * len(bufs)
+        kinds = ([heap.kind(b) for b in bufs] if self.active or algorithm == "symmetric"
+                 else [False] * len(bufs))           # (automatic registrations leave active off)
         if algorithm != "symmetric":
             if algorithm is not None or collective in self._ctx.tuner.forced:
                 return False
@@ -324,7 +327,7 @@ class SymmetricMemory:
                  f"not taken below {MIN_BYTES} bytes unless forced" if nbytes < MIN_BYTES else
                  "not taken: the FIFO path is priced faster, unless forced")
         lines = [f"when its {need} {'are' if ' and ' in need else 'is'} from comm.alloc or shared by "
-                 f"comm.register (single copy, loads "
+                 f"comm.register, by hand or automatically from {AUTO_MIN >> 20} MiB (single copy, loads "
                  f"and stores into the peers' mappings; {taken}):"]
         mark = "=>" if taken == "taken" else "  "
         for name, t in prices.items():
