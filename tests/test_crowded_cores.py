@@ -366,7 +366,7 @@ def _stalled_tree_case(rank, size, root, algo=None):
     return {"error": None, "secs": _time.monotonic() - t0}
 
 
-@pytest.mark.parametrize("algo", [None, probe.ALGO_CHAIN])
+@pytest.mark.parametrize("algo", [None, probe.ALGO_CHAIN], ids=["every-broadcast", "chain"])
 def test_a_peer_stalling_in_the_probes_broadcast_fails_init_and_caches_nothing(tmp_path, algo):
     res = run_ranks(_stalled_tree_case, 3, str(tmp_path), algo, timeout=60)
     assert all(r["error"] is not None for r in res), res
