@@ -1,8 +1,9 @@
 """Open MPI's alltoall against hetccl's single copy in the same processes, on the same buffers.
 
 Run under mpirun (hetccl bootstraps from Open MPI's environment), e.g.
-``mpirun -np 2 --bind-to none python bench/alltoall_peer_ab.py --sizes 2M,8M``
-``mpirun -np 8 --oversubscribe --bind-to none python bench/alltoall_peer_ab.py --sizes 8M,32M``.
+``python bench/ompi_job.py mpirun -np 2 --bind-to none python bench/alltoall_peer_ab.py --sizes 2M,8M``
+``python bench/ompi_job.py mpirun -np 8 --oversubscribe --bind-to none python bench/alltoall_peer_ab.py --sizes 8M,32M``
+(bench/ompi_job.py: nothing of the job stays in /dev/shm, whatever its end).
 
 Why: both libraries move an alltoall block by one ``process_vm_readv`` per peer (``strace`` of
 either library's ranks shows the same calls, the same lengths, one iovec each), so what separates

@@ -5,7 +5,7 @@ probe of before 2026-12-07 08:00 (one call per size at 8 B x20, 1 and 16 MiB, bu
 by the previous collective's 16 MiB call), both against the bridge's calls timed in loops, in one
 job, interleaved round by round (so load moves all three alike).
 
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 4 --oversubscribe \\
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 python bench/ompi_job.py mpirun -np 4 --oversubscribe \\
         python bench/bridge_probe_ab.py [--rounds 5] [--sizes 64K,256K,1M,4M,16M]
 
 Ranks 0,1 are an MPI island, 2,3 on hetccl (bench/validate_sim.py's islands case); ranks 2,3

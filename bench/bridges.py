@@ -2,10 +2,10 @@
 
     # (a) mixed islands: 4 ranks, ranks 0-1 on the MPI bridge + ranks 2-3 on hetccl shm, against
     #     hetccl alone and Open MPI alone (target: mixed >= 0.8x the faster pure one at 16 MiB)
-    mpirun -np 4 --oversubscribe python bench/bridges.py mixed --sizes 64K,1M,4M,16M
+    python bench/ompi_job.py mpirun -np 4 --oversubscribe python bench/bridges.py mixed --sizes 64K,1M,4M,16M
     # (b) dispatch overhead: comm.allreduce of 8 B on a communicator that is one MPI island against
     #     mpi4py's Allreduce on the same MPI communicator and buffer (target: <= 2 us added per call)
-    mpirun -np 2 python bench/bridges.py dispatch
+    python bench/ompi_job.py mpirun -np 2 python bench/bridges.py dispatch
 
 (As root add ``--allow-run-as-root`` or set OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1.)
 

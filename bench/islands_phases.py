@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The islands' composed allreduce, phase by phase: measured beside what the cost model prices.
 
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 4 --oversubscribe \\
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 python bench/ompi_job.py mpirun -np 4 --oversubscribe \\
         python bench/islands_phases.py [--sizes 64K,256K,1M,4M,16M] [--reps 7] [--json OUT]
 
 The job is bench/validate_sim.py's islands case: ranks 0,1 an MPI island, 2,3 on hetccl. Its

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The composed islands allreduce through the public call, layer by layer, against the plan's own run.
 
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 4 --oversubscribe \\
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 python bench/ompi_job.py mpirun -np 4 --oversubscribe \\
         python bench/islands_route_ab.py [--size 64K] [--calls 100] [--rounds 10]
 
 The job is bench/islands_phases.py's: ranks 0,1 an MPI island, 2,3 on hetccl, forced to the

@@ -10,7 +10,13 @@ commands):
     finally:
         end_job(p.pid, files)              # kill what is left of the session, remove the files
 
-or ``run(cmd, env, timeout)`` for the same with captured output.
+or ``run(cmd, env, timeout)`` for the same with captured output. Scripts that run *under* mpirun
+(bench/alltoall_peer_ab.py, bench/islands_phases.py, ...) are started through it from the shell:
+
+    python bench/ompi_job.py [--timeout S] mpirun -np 8 --oversubscribe python bench/X.py ...
+
+which runs the command as it is (output not captured), and on its end, a time-out or Ctrl-C kills
+what is left of the job and removes its files (``main``).
 Why: a killed mpirun (a runner's time-out) leaves its ranks running, each in a process group of its
 own (so killing the launcher's group misses them), and their btl sm segments in /dev/shm
 (sm_segment.<host>.<uid>.<job>.<rank>, 16 MiB each) and PRRTE's session directory in /tmp; Open
@@ -20,6 +26,7 @@ Standard library only (tests/launcher.py loads this file by path).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -90,3 +97,41 @@ def run(cmd: Sequence[str], env: dict, timeout: float, **popen) -> subprocess.Co
         end_job(p.pid, files)
         p.wait()
     return subprocess.CompletedProcess(list(cmd), p.returncode, out, err)
+
+
+def main(argv=None) -> int:
+    """``python bench/ompi_job.py [--timeout S] [--] CMD ...``: CMD (an mpirun launch; anything
+    else runs unchanged) in a session of its own with its Open MPI files in a directory of its own
+    (``job_files``), its output going straight to the terminal; whatever the end (CMD's own, the
+    time-out, Ctrl-C or a SIGTERM to this process) nothing of the job is left running or in
+    /dev/shm (``end_job``). Exits with CMD's status (124 on the time-out, like timeout(1))."""
+    ap = argparse.ArgumentParser(prog="python bench/ompi_job.py", description=main.__doc__.split(":")[0])
+    ap.add_argument("--timeout", type=float, default=None, help="seconds before the job is killed")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="the launch command, e.g. mpirun -np 4 python X.py")
+    a = ap.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        ap.error("no command given")
+    env = dict(os.environ)
+    files = job_files(cmd, env)
+    p = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    code = 130
+    try:
+        code = p.wait(timeout=a.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"ompi_job: {cmd[0]} did not finish within {a.timeout:g} s; killed", flush=True)
+        code = 124
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        end_job(p.pid, files)
+        p.wait()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

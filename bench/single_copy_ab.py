@@ -27,7 +27,7 @@ _native/latency.pyx):
 * with ``--bcast-ab`` (broadcast only): column **all-sync**, the single-copy broadcast with the two
   all-rank syncs it had before its syncs became the root's alone (``broadcast_star``), and the FIFO
   tree the tuner did not pick (**binomial** or **chain**), forced;
-* with ``--mpi`` (launched by ``mpirun``, mpi4py installed): column **mpi**, Open MPI's call on the
+* with ``--mpi`` (launched by ``python bench/ompi_job.py mpirun ...``, mpi4py installed): column **mpi**, Open MPI's call on the
   same buffers (``Bcast``, ``Allgather``, ``Alltoall``), in the same rounds.
 
 Paths alternate repetition by repetition, in an order drawn afresh for each repetition (the same

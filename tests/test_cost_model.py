@@ -435,3 +435,37 @@ def test_a_fold_is_priced_on_the_ranks_it_keeps_at_work():
     assert t.select("allreduce", 8 << 10).name == "recursive_doubling"
     assert t.select("allreduce", 2 << 10).name == "recursive_doubling"
     assert [t.select("allreduce", s).name for s in (128 << 10, 512 << 10, 2 << 20)] == ["ring"] * 3
+
+
+def test_a_shrunk_communicator_inherits_its_parents_model_only_where_the_probe_would_measure_the_same():
+    """probe.inheritable: the same links, the network verdict and as many ranks on the busiest CPU
+    (8 -> 7 and 4 -> 3 on 2 CPUs keep it; 5 -> 4 and 3 -> 2 change it); only a measured, cached or
+    inherited model, not a tuning file's entry (it holds for its size) nor the defaults."""
+    from hetccl.collectives.cost_model import CACHED, DEFAULT, INHERITED, TUNED, CostModel
+
+    def cards(*hosts):
+        return [{"rank": r, "host": h, "topo": {"ncpus": 2}} for r, h in enumerate(hosts)]
+
+    def matrix(cs, kind="c2c"):
+        return [["self" if a is b else kind if a["host"] == b["host"] else "tcp" for b in cs] for a in cs]
+
+    model = CostModel(LinkCost(2e-6, 3e-10, 2e-11), MEASURED, "", ("c2c",))
+    for n, kept in ((8, True), (4, True), (5, False), (3, False)):
+        old, new = cards(*"a" * n), cards(*"a" * (n - 1))
+        got = probe.inheritable(model, old, matrix(old), new, matrix(new))
+        assert (got is model) == kept, (n, got)
+    old, new = cards(*"a" * 8), cards(*"a" * 7)
+    for origin in (CACHED, INHERITED):
+        m = dataclasses.replace(model, origin=origin)
+        assert probe.inheritable(m, old, matrix(old), new, matrix(new)) is m
+    for origin in (TUNED, DEFAULT):
+        m = dataclasses.replace(model, origin=origin)
+        assert probe.inheritable(m, old, matrix(old), new, matrix(new)) is None, origin
+    assert probe.inheritable(None, old, matrix(old), new, matrix(new)) is None
+    assert probe.inheritable(model, old, matrix(old), new, matrix(new, "shm")) is None   # other links
+    old, new = cards(*"aaaabbbb"), cards(*"aaabbbb")                 # two hosts, one rank fewer on a
+    assert probe.inheritable(model, old, matrix(old), new, matrix(new)) is model
+    old, new = cards(*"aaab"), cards(*"aaa")                         # the network link is gone
+    assert probe.inheritable(model, old, matrix(old), new, matrix(new)) is None
+    old, new = cards(*"aaaaaaaab"), cards(*"aaaaaaab")               # tcp still crosses hosts
+    assert probe.inheritable(model, old, matrix(old), new, matrix(new)) is model

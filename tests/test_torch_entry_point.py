@@ -15,11 +15,12 @@ first distribution of a name). Each program imports torch in a fresh interpreter
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
 
-from tests.launcher import IMPORT_ROOT, free_port, run_command, start_command, stop_command
+from tests.launcher import IMPORT_ROOT, REPO_ROOT, free_port, run_command, start_command, stop_command
 from tests.test_lazy_imports import unbuilt_copy
 
 pytest.importorskip("torch")
@@ -30,14 +31,25 @@ for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
 WARNING = "RuntimeWarning: hetccl:"
 
 
+def _entry_point() -> str:
+    """The ``torch.backends`` entry point pyproject.toml declares ("module:function")."""
+    import tomllib
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["entry-points"]["torch.backends"]["hetccl"]
+
+
 def _install_entry_point(where) -> str:
-    """A hetccl dist-info with the entry point of pyproject.toml in ``where``; returns ``where``."""
+    """A hetccl dist-info with the entry point of pyproject.toml in ``where``, and the entry point's
+    module when it lies outside the package (as an install has it); returns ``where``."""
     info = os.path.join(str(where), "hetccl-0.1.0.dist-info")
     os.makedirs(info, exist_ok=True)
     with open(os.path.join(info, "METADATA"), "w") as f:
         f.write("Metadata-Version: 2.1\nName: hetccl\nVersion: 0.1.0\n")
     with open(os.path.join(info, "entry_points.txt"), "w") as f:
-        f.write("[torch.backends]\nhetccl = hetccl.torch:_autoload\n")
+        f.write(f"[torch.backends]\nhetccl = {_entry_point()}\n")
+    module = _entry_point().split(":")[0]
+    if "." not in module:
+        shutil.copy(os.path.join(REPO_ROOT, module + ".py"), str(where))
     return str(where)
 
 
@@ -58,14 +70,19 @@ except ImportError as e:
 """
 
 
-def test_import_torch_with_the_core_unimportable_warns_once(tmp_path):
-    root = _install_entry_point(unbuilt_copy(tmp_path))
+def _run_broken(root):
+    """BROKEN_PROGRAM with the hetccl of ``root``: torch must work and hetccl register (the name),
+    with exactly one warning; returns (the warning and what follows, the program's output)."""
     p = run_command([sys.executable, "-c", BROKEN_PROGRAM % free_port()], timeout=120,
                     env={**ENV, "PYTHONPATH": _path(root)}, cwd=root)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "torch works: 3.0" in p.stdout and "registered: True" in p.stdout, p.stdout
     assert p.stderr.count(WARNING) == 1, p.stderr
-    warning = p.stderr[p.stderr.index(WARNING):]
+    return p.stderr[p.stderr.index(WARNING):], p
+
+
+def test_import_torch_with_the_core_unimportable_warns_once(tmp_path):
+    warning, p = _run_broken(_install_entry_point(unbuilt_copy(tmp_path)))
     assert "no compiled core" in warning and "build_ext --inplace" in warning, warning
     assert "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in warning, warning
     assert "init_process_group: No module named" in p.stdout and "build_ext" in p.stdout, p.stdout
@@ -84,6 +101,22 @@ def test_import_torch_when_registration_fails_warns_once_even_with_warnings_as_e
         assert p.stderr.count(marker) == 1 and "simulated: a broken hetccl install" in p.stderr, \
             (flags, p.stderr)
         assert "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("breakage", ["syntax", "import"])
+def test_import_torch_with_a_hetccl_that_cannot_import_warns_once_and_init_names_the_fix(tmp_path, breakage):
+    """A hetccl package that fails to import at all (a file broken while editing an editable
+    checkout, a half-updated one): torch imports, one warning names the problem and the fix, and
+    init_process_group("hetccl") raises an ImportError saying the same."""
+    root = _install_entry_point(unbuilt_copy(tmp_path))
+    with open(os.path.join(root, "hetccl", "errors.py"), "a") as f:
+        f.write("\ndef broken(:\n" if breakage == "syntax" else "\nraise ImportError('simulated: a half-updated checkout')\n")
+    warning, p = _run_broken(root)
+    cause = "SyntaxError" if breakage == "syntax" else "simulated: a half-updated checkout"
+    assert "hetccl cannot be imported from " + os.path.join(root, "hetccl") in warning and cause in warning, warning
+    assert "pip install -e ." in warning and "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in warning, warning
+    assert "init_process_group: the torch backend 'hetccl' is unusable: hetccl cannot be imported" in p.stdout
+    assert cause in p.stdout.split("init_process_group:")[1], p.stdout
 
 
 GLOO_PROGRAM = """
@@ -182,7 +215,7 @@ def test_import_torch_only_registers_and_env_rendezvous_changes_for_hetccl_only(
                     env={**ENV, "PYTHONPATH": _path(where, IMPORT_ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]
     loaded = p.stdout.splitlines()[0].split(":", 1)[1].split()
-    assert set(loaded) <= {"hetccl", "hetccl.errors", "hetccl.ops", "hetccl._checkout", "hetccl.version",
+    assert set(loaded) <= {"hetccl", "hetccl.errors", "hetccl.ops", "hetccl._checkout", "hetccl.version", "hetccl_torch_entry",
                            "hetccl.torch", "hetccl.torch.autoload", "hetccl.torch.launch", "hetccl.torch.name"}, loaded
     assert "gloo env://: Error initializing torch.distributed using env:// rendezvous: " \
            "environment variable RANK expected" in p.stdout, p.stdout

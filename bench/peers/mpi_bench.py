@@ -1,7 +1,7 @@
 """Open MPI through mpi4py, measured with hetccl's benchmark runner (same method, same table).
 
-    mpirun -np 2 python bench/peers/mpi_bench.py -c allreduce,allgather -b 8 -e 256M --json ompi.json
-    mpirun -np 4 --oversubscribe python bench/peers/mpi_bench.py --sizes 8,64K,1M,64M
+    python bench/ompi_job.py mpirun -np 2 python bench/peers/mpi_bench.py -c allreduce,allgather -b 8 -e 256M --json ompi.json
+    python bench/ompi_job.py mpirun -np 4 --oversubscribe python bench/peers/mpi_bench.py --sizes 8,64K,1M,64M
 
 (As root add ``--allow-run-as-root`` or set OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1.)
 Calls, out-of-place, with numpy buffers, exactly as a user would write them:

@@ -14,6 +14,9 @@ Where the numbers come from (``CostModel.origin``):
 - ``tuning file``: the entry of the tuning file (``HETCCL_TUNING_FILE``, hetccl/collectives/tuning_file.py)
   for this communicator's link classes and ranks, written by ``hetccl tune``, with the measured
   best algorithm per size when the placement matches too (``CostModel.best``);
+- ``inherited``: a shrunk communicator's (``comm.shrink()``) parent's, measured or cached with the
+  same links and as many ranks on the busiest CPU (:func:`.probe.inheritable`), when this host has
+  no cached entry for the survivors' shape: probing again would hold the survivors up;
 - ``default``: nothing could be measured (a single rank has no link to time), so the values each
   transport declares (``Transport.cost``, hetccl/transports) are used. They are only this
   fallback; they were measured once on a 2-vCPU VM.
@@ -245,7 +248,7 @@ def _gbs(per_byte: float) -> str:
     return f"{1 / per_byte / 1e9:.3g} GB/s"
 
 
-MEASURED, CACHED, DEFAULT, TUNED = "measured", "cached", "default", "tuning file"
+MEASURED, CACHED, DEFAULT, TUNED, INHERITED = "measured", "cached", "default", "tuning file", "inherited"
 
 
 def group_cost(link_classes, oversubscribed=False) -> LinkCost:
@@ -272,7 +275,7 @@ class CostModel:
     Every rank of a communicator holds an identical CostModel (rank 0's, distributed at creation):
     ranks that priced algorithms differently would pick different ones and mismatch."""
     cost: LinkCost
-    origin: str                      # MEASURED, CACHED or DEFAULT
+    origin: str                      # MEASURED, CACHED, TUNED, INHERITED or DEFAULT
     detail: str = ""                 # how: probe duration, cache file and date, or why default
     link_classes: tuple = ()
     raw: dict = field(default_factory=dict, compare=False)   # the probe's timings (us), if any
@@ -287,5 +290,8 @@ class CostModel:
 
     def describe(self) -> str:
         links = "+".join(self.link_classes) or "self"
-        text = f"{self.cost.describe_params()} over {links}; {self.origin}"
-        return f"{text} ({self.detail})" if self.detail else text
+        return f"{self.cost.describe_params()} over {links}; {self.describe_origin()}"
+
+    def describe_origin(self) -> str:
+        """Where the numbers came from: the origin, and how (the detail)."""
+        return f"{self.origin} ({self.detail})" if self.detail else self.origin

@@ -101,8 +101,8 @@ from .. import dtypes, transports
 from ..ops import ReduceOp
 from ..version import build_id
 from . import schedules, tuning_file
-from .cost_model import (CACHED, MEASURED, OUT_OF_CACHE, PARAMS, TUNED, WORKING_SET, CostModel,
-                         LinkCost, all_fifo)
+from .cost_model import (CACHED, INHERITED, MEASURED, OUT_OF_CACHE, PARAMS, TUNED, WORKING_SET,
+                         CostModel, LinkCost, all_fifo)
 from .registry import ALGO_BINOMIAL, ALGO_CHAIN, ALGO_DISSEMINATION, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
@@ -775,13 +775,14 @@ def in_cache_ring_bytes(share: float) -> int:
     return PROBE_BYTES >> max(0, math.floor(math.log2(max(1.0, float(share))) + 1e-9))
 
 
-# the broadcast of negotiate: [hit, when measured, probe seconds, other load (-1: unknown), the
+# the broadcast of negotiate: [hit (0: probe, 1: cache, 2: tuning file, 3: inherited), when measured, probe seconds, other load (-1: unknown), the
 # FIFO bytes of rank 0's host, *PARAMS] (every rank must price with the same numbers)
 _HIT, _WHEN, _SECS, _OTHER, _FIFO, _SHARE, _P0 = range(7)   # _SHARE: ranks per CPU (>= 1)
 
 
 def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host: str,
-              timeout: float, oversubscribed: bool = False, force: bool = False) -> CostModel:
+              timeout: float, oversubscribed: bool = False, force: bool = False,
+              inherit: CostModel | None = None) -> CostModel:
     """The cost model of a new communicator, identical on every rank (collective: all call it).
 
     *link_classes*: every class linking two ranks of the communicator (the same set on all
@@ -796,7 +797,11 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     More ranks on a host than CPUs (*oversubscribed*) needs no special case: the probe runs with
     the job's own ranks, so its alpha, beta and gamma are those of the crowded machine, and the
     cache keys them by the number of local ranks and usable CPUs (8 ranks on 2 cores is its own
-    entry). Only a communicator that cannot measure falls back to cost_model.OVERSUBSCRIBED_ALPHA."""
+    entry). Only a communicator that cannot measure falls back to cost_model.OVERSUBSCRIBED_ALPHA.
+
+    *inherit* (a shrunk communicator: its parent's model, when ``inheritable``; the same on every
+    rank): on a cache miss its parameters are used instead of probing, with this communicator's
+    own facts (ranks per CPU, FIFO bytes); a cached entry of this shape still wins."""
     classes = tuple(sorted(set(link_classes) - {"self"}))
     if size == 1 or not classes:
         return CostModel.default(classes, oversubscribed, "a single rank: no link to measure")
@@ -820,9 +825,12 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
             entry = dict(tuned[0], measured_at=0.0, probe_s=0.0, other_load=None)
         if entry is not None and entry.get("noisy") and int(entry.get("probes", 1)) < MAX_PROBES:
             prev, entry = entry, None
+        if entry is None and tuned is None and not force and inherit is not None:
+            entry = dict(inherit.cost.params(), measured_at=0.0, probe_s=0.0, other_load=None)
+            msg[_HIT] = 3.0
         if entry is not None:
             other = entry.get("other_load")
-            msg[:_P0] = (1.0, float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
+            msg[:_P0] = (msg[_HIT] or 1.0, float(entry.get("measured_at", 0.0)), float(entry.get("probe_s", 0.0)),
                          -1.0 if other is None else float(other), msg[_FIFO], msg[_SHARE])
             msg[_P0:] = [float(entry.get(k, 0.0)) for k in PARAMS]
         if tuned is not None:
@@ -836,6 +844,10 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                          "HETCCL_TUNING_FILE", classes, best=tuning_file.decode_best(best))
     if msg[_HIT] == 1.0:
         return CostModel(cost, CACHED, _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes)
+    if msg[_HIT] == 3.0:                        # a shrink's parent's parameters (inheritable)
+        detail = "" if inherit is None else inherit.detail if inherit.origin == INHERITED else \
+            f"of the parent communicator: {inherit.describe_origin()}"
+        return CostModel(cost, INHERITED, detail, classes)
     network, big, cache, options = plan(classes, local_size, size, float(msg[_SHARE]))
     raw, secs, other = _probe(engine, rank, size, timeout, big, **options)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
@@ -858,6 +870,38 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
                       _detail(msg[_WHEN], msg[_SECS], msg[_OTHER]), classes, raw_us)
     log.info("measured the cost model of %d ranks: %s", size, model.describe())
     return model
+
+
+def inheritable(model, old_cards, old_matrix, cards, matrix) -> CostModel | None:
+    """A shrunk communicator's cost model if its parent's (*model*, of the ranks of *old_cards*)
+    holds for it (the ranks of *cards*), else None: the probe would measure the same things.
+    Dropping ranks changes the parameters only through what the slowest rank waits for, as
+    far as the probe can tell: the same links (every link class, and whether the ring crosses
+    a network link) and the same ranks on the busiest CPU (cards.busiest_cpu) measure the same
+    alpha, beta and gamma. Recorded on the 2-vCPU VM (quiet probes of this cache format and the
+    previous ones, bench/results/crossover-2026-12-0*-raw), 7 against 8 ranks (4 on the busiest
+    CPU either way) over c2c: alpha 4.5 against 4.3 us, beta 0.65 against 0.64 ns per byte, gamma
+    0.023 against 0.019 ns per byte; 3 against 4 (2 per CPU): 1.5 against 1.6 us, 0.33 against
+    0.32 ns; while 5 against 4 (3 and 2 per CPU) moved beta 30% and alpha 45%, and 2 against 3
+    (1 and 2) 2.4x and 3.4x: those measure. Only a measured or cached model (or one inherited
+    from one) is passed on: a tuning file's entry holds for its size, and the defaults are no
+    measurement. Everything is read from the cards and the models, the same on every rank."""
+    from ..topology.cards import busiest_cpu
+    if model is None or model.origin not in (MEASURED, CACHED, INHERITED):
+        return None
+    classes = {k for row in matrix for k in row} - {"self"}
+    if classes != {k for row in old_matrix for k in row} - {"self"} or not classes:
+        return None
+    if busiest_cpu(cards) != busiest_cpu(old_cards):
+        return None
+    if network_link(classes, _on_host(cards, 0), len(cards)) != network_link(classes, _on_host(old_cards, 0),
+                                                                              len(old_cards)):
+        return None
+    return model
+
+
+def _on_host(cards, rank) -> int:
+    return sum(c["host"] == cards[rank]["host"] for c in cards)
 
 
 def placement(engine, size: int) -> str:

@@ -102,6 +102,14 @@ def oversubscription(cards) -> float:
     return max((n / cpus for n, cpus in _machines(cards).values()), default=0.0)
 
 
+def busiest_cpu(cards) -> int:
+    """Ranks on the busiest CPU of the most crowded machine of these cards, the ranks of a machine
+    spread evenly over its CPUs (ceil(ranks / CPUs); 1 when every rank has a CPU): the turns the
+    slowest rank waits for, which the probe's timings (the slowest rank's) carry. From the cards,
+    so every rank reaches the same answer."""
+    return max((-(-n // cpus) for n, cpus in _machines(cards).values()), default=1)
+
+
 def crowded(cards, rank: int) -> bool:
     """More ranks than CPUs on `rank`'s machine: its waits should hand the core over at once."""
     t = cards[rank].get("topo") or {}

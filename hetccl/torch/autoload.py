@@ -70,7 +70,8 @@ _started = False
 
 
 def autoload() -> None:
-    """The ``torch.backends`` entry point (``hetccl.torch:_autoload``), also run by ``import
+    """What the ``torch.backends`` entry point (``hetccl_torch_entry:autoload``, which imports
+    hetccl.torch; ``hetccl.torch:_autoload`` in installs made before it) runs, also run by ``import
     hetccl.torch``. Never raises; runs once per process (the second call, torch's autoload nested
     in the first when hetccl.torch is imported ahead of torch, has nothing left to do)."""
     global _started

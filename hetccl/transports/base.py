@@ -87,10 +87,20 @@ class Transport:
             return 0
         return self.preference
 
-    def card_info(self) -> dict:
+    def deferred(self, allowed: list[str]) -> bool:
+        """Whether this rank offers the transport before knowing if it can use it (``available``
+        not asked, nothing loaded): its card says so (``card_info``) and ``resolve`` settles it
+        once the cards show whether any pair could choose it (rdma: UCX, only across hosts)."""
+        return False
+
+    def card_info(self, allowed: list[str] = ()) -> dict:
         """What this rank tells its peers about the transport (on its card, under ``transports``)
         beyond being able to use it: whatever ``score`` must know about both ends."""
         return {}
+
+    def resolve(self, store, comm_id: str, rank: int, cards: list, timeout: float) -> None:
+        """After the cards are exchanged, on every rank whose filter allows the transport: settle
+        what deferred cards left open (``deferred``), the same in every rank's copy of the cards."""
 
     def card_fields(self) -> dict:
         """Fields this transport adds to the top level of the rank card when it is allowed and

@@ -66,13 +66,15 @@ def transports_entry(transports, spec: str | None) -> dict:
     rdma), so each pair is chosen from both ends' entries and every rank reaches the same choice."""
     allowed = parse_filter(spec, [t.name for t in transports])
     return {"filter": (spec or "").strip(), "allowed": sorted(allowed),
-            "available": {t.name: t.card_info() for t in offered_here(transports, allowed)}}
+            "available": {t.name: t.card_info(allowed) for t in offered_here(transports, allowed)}}
 
 
 def offered_here(transports, allowed: list[str]) -> list:
     """The transports this process offers its peers: allowed, worth offering (``Transport.offered``:
-    one no pair could choose is not even loaded) and available here."""
-    return [t for t in transports if t.name in allowed and t.offered(allowed) and t.available()]
+    one no pair could choose is not even loaded) and available here, or to be settled once the
+    cards are known (``Transport.deferred``: not loaded yet)."""
+    return [t for t in transports if t.name in allowed and t.offered(allowed)
+            and (t.deferred(allowed) or t.available())]
 
 
 def available_on(card, transports) -> set[str]:

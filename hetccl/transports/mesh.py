@@ -4,7 +4,8 @@
    through the Store as JSON (nothing is unpickled).
 2. Each rank connects to every lower rank and accepts every higher one; both ends prove the job
    secret (bootstrap/auth.py). Connections from anything else are refused, logged and ignored.
-3. Each allowed transport settles what its scores need (``Transport.agree``: c2c's mode per host),
+3. Each allowed transport settles what its scores need (``Transport.resolve``: whether ranks that
+   deferred rdma have it, asked only where ranks sit on two hosts; ``Transport.agree``: c2c's mode per host),
    then transports/matrix.py picks a transport per pair from the cards and the topology model built
    from them (each card carries the rank's discovered or file-given place, topology/cards.py); set-up
    then runs in three phases
@@ -121,6 +122,9 @@ def connect_mesh(engine, store, rank, size, secret, job_id, comm_id, timeout, tr
                 s.close()
                 continue
             socks[peer] = s
+        for t in _transports.ALL:    # what deferred cards left open (rdma: UCX, only across hosts)
+            if t.name in allowed:
+                t.resolve(store, comm_id, rank, cards, max(1.0, deadline - time.monotonic()))
         for t in mine:     # e.g. every rank's verdict on cross-memory attach decides each host's c2c mode
             t.agree(store, comm_id, rank, cards, max(1.0, deadline - time.monotonic()))
         matrix = transport_matrix(cards, _transports.ALL, transports_spec, model_of(cards))

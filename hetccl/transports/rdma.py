@@ -22,6 +22,8 @@ the peer is inside any wait (or ``progress()``) on its endpoint. With verbs it i
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import os
 import struct
 import threading
@@ -30,6 +32,8 @@ import time
 from ..errors import InvalidUsage, TransportError
 from .base import LinkContext, Transport
 from .endpoint import Endpoint, Region, RemoteRegion
+
+log = logging.getLogger("hetccl.transport")
 
 _ADDR = struct.Struct("<4sII")   # magic, connection id (0: none), address length; then the address
 _MAGIC = b"UCX2"
@@ -266,7 +270,10 @@ class RdmaTransport(Transport):
     default, but usable when forced (HETCCL_TRANSPORTS=rdma). Within a host UCX would only use
     shared memory, so it scores 5 there without asking UCX: single-host jobs never create a UCP
     context (and UCX's memory hooks) unless rdma is forced. On a host without RDMA devices a rank
-    does not even load UCX unless rdma is forced (``offered``)."""
+    does not even load UCX unless rdma is forced (``offered``); on a host with them it defers the
+    question (``deferred``) until the cards show the ranks' hosts, and only ranks with RDMA
+    devices that have a peer with devices on another host load UCX (``resolve``): a job on one
+    host never does unless rdma is forced."""
     name = "rdma"
     preference = 20                 # across hosts, with RDMA hardware in UCX
     link_class = "rdma"
@@ -289,8 +296,50 @@ class RdmaTransport(Transport):
         to say whether it is available."""
         return "tcp" not in allowed or bool(rdma_devices())
 
-    def card_info(self) -> dict:
-        return {"hw": card_wires()}
+    def deferred(self, allowed: list[str]) -> bool:
+        """Offered for its RDMA devices while tcp is allowed: rdma can only win a pair across
+        hosts, which the cards tell (``resolve``), so UCX is not loaded before them."""
+        return "tcp" in allowed
+
+    def card_info(self, allowed: list[str] = ()) -> dict:
+        """``{"hw": [RDMA wires of this rank's UCX]}``; ``{"hw": None}`` when deferred (``resolve``)."""
+        return {"hw": None} if self.deferred(allowed) else {"hw": card_wires()}
+
+    def resolve(self, store, comm_id: str, rank: int, cards: list, timeout: float) -> None:
+        """Settle the cards that deferred rdma (``{"hw": None}``). Only a pair on two hosts can take
+        it, so when those ranks all sit on one host nobody loads UCX: their rdma is left without
+        hardware (it scores FORCED_ONLY, below tcp). Otherwise each of them loads UCX and publishes
+        its RDMA wires, or that UCX does not load (its rdma is then struck from its card), and every
+        rank reads all of them (the same cards everywhere, so the same transport matrix)."""
+        pending = [c for c in cards if ((c.get("transports") or {}).get("available") or {}).get("rdma", {})
+                   .get("hw", []) is None]
+        if not pending:
+            return
+        if len({c["host"] for c in pending}) < 2:
+            for c in pending:
+                c["transports"]["available"]["rdma"]["hw"] = []
+            return
+        ranks = [c["rank"] for c in pending]
+        if rank in ranks:
+            mine = {"hw": local_rdma_wires()} if self.available() else {"missing": ucx_missing() or "?"}
+            store.set(f"{comm_id}/rdma/{rank}", json.dumps(mine).encode())
+        raw = store.multi_get([f"{comm_id}/rdma/{r}" for r in ranks], timeout=timeout)
+        for c, b in zip(pending, raw):
+            try:
+                verdict = json.loads(bytes(b))
+                hw = verdict.get("hw") if "missing" not in verdict else None
+                if hw is not None and not (isinstance(hw, list) and all(isinstance(w, str) for w in hw)):
+                    raise ValueError("hw is not a list of names")
+                if hw is None and not isinstance(verdict.get("missing"), str):
+                    raise ValueError("neither hw nor missing")
+            except (ValueError, TypeError, AttributeError) as e:
+                raise TransportError(f"rank {c['rank']} published a malformed rdma verdict ({e}); "
+                                     f"is it running the same hetccl?") from None
+            if hw is None:
+                log.info("rank %d cannot use rdma: %s", c["rank"], verdict["missing"])
+                del c["transports"]["available"]["rdma"]
+            else:
+                c["transports"]["available"]["rdma"]["hw"] = hw
 
     def score(self, a: dict, b: dict) -> int:
         """From both cards: the preference only if both ends' UCX has RDMA hardware (the same on

@@ -63,7 +63,7 @@ def _card(rank, host, available, spec=""):
     allowed = parse_filter(spec, [t.name for t in transports.ALL])
     return {"rank": rank, "host": host, "c2c_mode": "cma" if "c2c" in available else None,
             "transports": {"filter": spec, "allowed": sorted(allowed),
-                           "available": {k: v for k, v in available.items() if k in allowed}}}
+                           "available": {k: dict(v) for k, v in available.items() if k in allowed}}}
 
 
 HW = {"hw": ["rc_mlx5/mlx5_0:1"]}
@@ -120,7 +120,8 @@ def test_card_entry_lists_what_this_process_may_and_can_use(monkeypatch):
     assert transports_entry(transports.ALL, "rdma")["available"]["rdma"] == {"hw": []}   # no UCX context asked
     monkeypatch.setattr(rdma, "rdma_devices", lambda root="/": ["mlx5_0"])
     monkeypatch.setattr(rdma, "_wires", ["rc_mlx5/mlx5_0:1"])
-    assert transports_entry(transports.ALL, None)["available"]["rdma"] == HW
+    assert transports_entry(transports.ALL, "rdma")["available"]["rdma"] == HW         # forced: asked
+    assert transports_entry(transports.ALL, None)["available"]["rdma"] == {"hw": None}  # after the cards
 
 
 def test_rdma_is_not_offered_nor_ucx_loaded_where_no_pair_could_choose_it(monkeypatch):
@@ -138,6 +139,86 @@ def test_rdma_is_not_offered_nor_ucx_loaded_where_no_pair_could_choose_it(monkey
     assert len(asked) == 3
     m = transport_matrix([_card(0, "a", FULL), _card(1, "b", NO_UCX)], transports.ALL, None)
     assert m[0][1] == "tcp"                          # a peer that left rdma off changes no choice
+
+
+class _Store:
+    """The store calls rdma's resolve makes, in one process: set, and multi_get of keys set before."""
+
+    def __init__(self, **preset):
+        self.kv = {k: v.encode() for k, v in preset.items()}
+
+    def set(self, key, value):
+        self.kv[key] = value
+
+    def multi_get(self, keys, timeout):
+        return [self.kv[k] for k in keys]
+
+
+DEFERRED = dict(FULL, rdma={"hw": None})
+
+
+def test_deferred_rdma_loads_no_ucx_when_its_ranks_share_a_host(monkeypatch):
+    """Ranks with RDMA devices defer rdma to after the cards (no UCX loaded); on one host no pair
+    could take it, so nobody loads UCX and every pair keeps its shared-memory or tcp link."""
+    from hetccl.transports import rdma
+    asked = []
+    monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: asked.append(1) or True))
+    cards = [_card(0, "a", DEFERRED), _card(1, "a", DEFERRED), _card(2, "b", NO_UCX)]
+    store = _Store()
+    transports.by_name("rdma").resolve(store, "c", 0, cards, 5.0)
+    assert not asked and not store.kv
+    assert [c["transports"]["available"].get("rdma") for c in cards] == [{"hw": []}, {"hw": []}, None]
+    m = transport_matrix(cards, transports.ALL, None)
+    assert m[0][1] == "c2c" and m[0][2] == m[1][2] == "tcp"
+
+
+def test_deferred_rdma_across_hosts_asks_ucx_and_shares_the_verdicts(monkeypatch):
+    """Ranks with devices on two hosts: each loads UCX and publishes its RDMA wires; a rank whose
+    UCX does not load loses rdma on every rank's copy of its card; a malformed verdict is an error
+    naming its rank."""
+    from hetccl.errors import TransportError
+    from hetccl.transports import rdma
+    monkeypatch.setattr(rdma.RdmaTransport, "available", classmethod(lambda cls: True))
+    monkeypatch.setattr(rdma, "_wires", ["rc_mlx5/mlx5_0:1"])
+    t = transports.by_name("rdma")
+
+    def cards():
+        return [_card(0, "a", DEFERRED), _card(1, "b", DEFERRED), _card(2, "c", DEFERRED), _card(3, "a", NO_UCX)]
+    theirs = {"c/rdma/1": '{"hw": ["rc_mlx5/mlx5_0:1"]}', "c/rdma/2": '{"missing": "no libucp"}'}
+    store, cs = _Store(**theirs), cards()
+    t.resolve(store, "c", 0, cs, 5.0)
+    assert store.kv["c/rdma/0"] == b'{"hw": ["rc_mlx5/mlx5_0:1"]}'
+    assert cs[0]["transports"]["available"]["rdma"] == HW == cs[1]["transports"]["available"]["rdma"]
+    assert "rdma" not in cs[2]["transports"]["available"]
+    m = transport_matrix(cs, transports.ALL, None)
+    assert m[0][1] == "rdma" and m[0][2] == m[1][2] == "tcp" and m[0][3] == "c2c"
+    for garbage in ('{"hw": "rc"}', "not json", "[1]", '{"hw": [1]}', '{}'):
+        with pytest.raises(TransportError, match="rank 2 published a malformed rdma verdict"):
+            t.resolve(_Store(**dict(theirs, **{"c/rdma/2": garbage})), "c", 0, cards(), 5.0)
+
+
+def _rdma_devices_faked(rank, size, host_ids):
+    import os
+    from hetccl.transports import rdma
+    rdma.rdma_devices = lambda root="/": ["mlx5_0"]          # this rank's host lists an RDMA device
+    if host_ids:
+        os.environ["HETCCL_HOST_ID"] = host_ids[rank]
+    return _init_with(rank, size, {})
+
+
+@pytest.mark.parametrize("host_ids", [None, ("h0", "h1")], ids=["one-host", "two-hosts"])
+def test_ranks_with_rdma_devices_load_ucx_only_when_a_peer_is_on_another_host(host_ids):
+    """One host (faked RDMA devices on every rank): no rank loads UCX, pairs stay on shared memory.
+    Two hosts: the ranks ask UCX; without RDMA hardware in it (the PyPI wheel has no verbs) the
+    pair stays on tcp."""
+    from hetccl.transports.rdma import ucx_missing
+    if host_ids and ucx_missing():
+        pytest.skip(ucx_missing())
+    res = run_ranks(_rdma_devices_faked, 2, host_ids, timeout=90)
+    for r, (what, matrix, total, ucx) in enumerate(res):
+        assert what == "ok" and total == 2, (r, what)
+        assert ucx == bool(host_ids), f"rank {r}: UCX loaded {ucx}, host ids {host_ids}"
+        assert matrix[1 - r] == ("tcp" if host_ids else "c2c") or (not host_ids and matrix[1 - r] == "shm"), matrix
 
 
 # ---------------------------------------------------------------- the same over real ranks
