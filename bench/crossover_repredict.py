@@ -90,10 +90,12 @@ def model_of(entry, n, extra=None) -> CostModel:
 
 # Probe timings newer than some records, and the call of a sweep that times the same thing:
 # (raw name, collective, forced algorithm, size of a ``-b 8 -f 4`` sweep): the probe's binomial
-# broadcasts (probe.measure, crowded) of 256 KiB in cache and 2 MiB+ out of it; the sweep's
+# and chain broadcasts (probe.measure, crowded) of 256 KiB in cache and 8 MiB out of it; the sweep's
 # nearest sizes on the same side of the cache (128 KiB: working set 256 KiB; 2 MiB: 4 MiB).
 SWEEP_EQUIVALENTS = (("bcast_s", "broadcast", "binomial", 128 << 10),
-                     ("bcast_big_s", "broadcast", "binomial", 8 << 20))
+                     ("bcast_big_s", "broadcast", "binomial", 8 << 20),
+                     ("chain_s", "broadcast", "chain", 128 << 10),
+                     ("chain_big_s", "broadcast", "chain", 8 << 20))
 
 
 def probe_from_sweep(passes, n) -> dict:

@@ -130,6 +130,40 @@ def test_four_ranks_keep_the_chain_for_the_largest_broadcast():
     assert _tuner(4, RUN_4).select("broadcast", 128 << 20).name == "chain"
 
 
+# The quiet run of 2026-12-07 17:16-17:21 (bench/results/crossover-2026-12-07j-raw): its probe's
+# parameters, and the chain's time per byte taken from its sweep (bench/crossover_repredict.py
+# --from-sweep: the chain at 128 KiB and 8 MiB), as today's probe times it beside the tree.
+J_4 = LinkCost(1.617e-6, 3.150e-10, 1.183e-11, beta_out=3.969e-10, gamma_out=6.382e-11, cache_bytes=CACHE,
+               beta_free=8.887e-11, beta_free_out=1.279e-10, beta_chain=1.484e-10, beta_chain_out=2.124e-10,
+               share=2.0)
+J_3 = LinkCost(1.703e-6, 3.708e-10, 1.558e-11, beta_out=3.708e-10, gamma_out=9.086e-11, cache_bytes=CACHE,
+               beta_free=1.679e-10, beta_free_out=2.603e-10, beta_chain=1.079e-10, beta_chain_out=1.955e-10,
+               share=1.5)
+
+
+def test_four_ranks_on_two_cpus_broadcast_2mib_and_up_with_the_chain():
+    """Measured (that run): chain 463 us against the tree's 602 at 2 MiB (1.30x), 1787 against
+    2219 at 8 MiB, and 0.82-0.85x the tree's time at 32-128 MiB, as in every run since 2026-12-06.
+    The chain priced at RELAY x beta (0.75 of the ring's byte) chose the tree; the chain's own
+    measured byte chooses it. Below ~32 KiB the tree's two hops against the chain's three decide
+    (one call, not a loop: docs/algorithms.md)."""
+    without = dataclasses.replace(J_4, beta_chain=0.0, beta_chain_out=0.0)
+    t, t0 = _tuner(4, J_4), _tuner(4, without)
+    for n in (2 << 20, 8 << 20, 32 << 20, 128 << 20):
+        assert t0.select("broadcast", n).name == "binomial"
+        assert t.select("broadcast", n).name == "chain"
+    assert all(t.select("broadcast", n).name == "binomial" for n in (8, 128, 2 << 10, 8 << 10))
+
+
+def test_three_ranks_on_two_cpus_never_price_the_chain_below_the_tree():
+    """On 3 ranks the tree never has more ranks at work than the 2 CPUs, the chain always three:
+    measured a little cheaper per byte in that run's loops (128 KiB: 17.6 against 19.0 us), the
+    chain lost to the tree 1.27-1.36x at 32-512 B there and 1.17-1.28x at 32 MiB in most runs."""
+    t = _tuner(3, J_3)
+    for n in (8, 128, 512, 2 << 10, 128 << 10, 2 << 20, 32 << 20, 128 << 20):
+        assert t.select("broadcast", n).name == "binomial", n
+
+
 # ------------------------------------------------------------------------------------------------
 # The probe: beta_free from its binomial broadcasts
 # ------------------------------------------------------------------------------------------------
@@ -177,6 +211,52 @@ def test_no_beta_free_without_crowded_cpus_or_the_broadcasts():
     assert probe.fit(older, 4, facts, cache_bytes=CACHE).beta_free == 0.0
     # one CPU: every level of the tree is as crowded as the ring; nothing to tell apart
     assert probe.solve_free(1e-3, 1 << 20, 2, LinkCost(1e-6, 3e-10, 0.0, share=2.0)) == 0.0
+
+
+def _with_chain(p, raw, alpha, chain, chain_out, small=256 << 10, wide=probe.BCAST_BIG):
+    """The probe's chain broadcasts as the chain formula prices them at these per-byte times."""
+    c = LinkCost(alpha, 3.4e-10, 0.0, share=2.0, beta_chain=chain)
+    c_out = dataclasses.replace(c, beta_chain=chain_out)
+    return dict(raw, chain_s=broadcast.chain(small, p, c), chain_big_s=broadcast.chain(wide, p, c_out),
+                chain_bytes=small, chain_big_bytes=wide)
+
+
+@pytest.mark.parametrize("p,share", [(3, 1.5), (4, 2.0), (8, 4.0)])
+def test_fit_inverts_the_chain_broadcast_formula(p, share):
+    facts, raw = _raw(p, share, 1.5e-6, 3.4e-10, 1.2e-10, 2.0e-10)
+    c = probe.fit(_with_chain(p, raw, 1.5e-6, 1.4e-10, 2.1e-10), p, facts, cache_bytes=CACHE)
+    assert (c.beta_chain, c.beta_chain_out) == pytest.approx((1.4e-10, 2.1e-10))
+    assert (c.beta_free, c.beta_free_out) == pytest.approx((1.2e-10, 2.0e-10))     # untouched
+    # in between its two sizes the chain's byte runs log-linear, as beta_free does
+    mid = c.at(1 << 20, "broadcast").beta_chain
+    assert 1.4e-10 < mid < 2.1e-10
+
+
+def test_no_beta_chain_without_crowded_cpus_or_its_broadcasts():
+    facts, raw = _raw(4, 2.0, 1.5e-6, 3.4e-10, 1.2e-10, 2.0e-10)
+    timed = _with_chain(4, raw, 1.5e-6, 1.4e-10, 2.1e-10)
+    assert probe.fit(timed, 4, dataclasses.replace(facts, share=1.0), cache_bytes=CACHE).beta_chain == 0.0
+    assert probe.fit(raw, 4, facts, cache_bytes=CACHE).beta_chain == 0.0            # older probes
+    # a chain slower than its hops never prices a byte below a tenth of what was measured
+    fast = dict(timed, chain_s=1e-9, chain_big_s=1e-9)
+    assert probe.fit(fast, 4, facts, cache_bytes=CACHE).beta_chain == pytest.approx(0.1e-9 / (256 << 10))
+    # without it the chain keeps the relay formula, with it the measured byte
+    n, c = 8 << 20, _cost(2.0, 1.5e-6, 3.4e-10, free=1.2e-10, free_out=2.0e-10)
+    assert broadcast.chain(n, 4, c) == pytest.approx(3 * 1.5e-6 + n * 0.75 * 3.4e-10)
+    timed_c = dataclasses.replace(c, beta_chain=2.1e-10)
+    assert broadcast.chain(n, 4, timed_c) == pytest.approx(3 * 1.5e-6 + n * 2.1e-10)
+
+
+def test_the_chains_busiest_cpu():
+    """Root and last rank one pass per byte, relays 1.5; ranks go whole onto the CPUs."""
+    assert broadcast.busiest_cpu(3, 3) == 1.5          # a CPU each: the relay's pace
+    assert broadcast.busiest_cpu(3, 2) == 2.0          # relay | root + last
+    assert broadcast.busiest_cpu(4, 2) == 2.5
+    assert broadcast.busiest_cpu(8, 2) == 5.5
+    c3 = _cost(1.5, 1.5e-6, 3.7e-10, free=1.7e-10, free_out=2.6e-10)
+    assert broadcast.chain_floor(3, c3) == pytest.approx(1.7e-10)    # the tree's two one-pass levels
+    assert broadcast.chain_floor(4, dataclasses.replace(c3, share=2.0)) == 0.0   # its level of 4 crowds
+    assert broadcast.chain_floor(3, dataclasses.replace(c3, beta_free=0.0)) == 0.0
 
 
 def test_garbage_beta_free_in_a_cache_entry_is_a_miss(tmp_path):
@@ -232,6 +312,7 @@ def _crowded_probe_case(rank, size, root):
     comm.broadcast(x, root=0)
     out = {"cpus": cpus, "origin": m.origin, "raw": dict(m.raw), "share": m.cost.share,
            "free": (m.cost.beta_free, m.cost.beta_free_out), "beta": (m.cost.beta, m.cost.beta_out),
+           "chain": (m.cost.beta_chain, m.cost.beta_chain_out),
            "value": float(x[0]), "describe": m.describe()}
     comm.close()
     return out
@@ -248,23 +329,26 @@ def test_three_ranks_on_two_cpus_probe_beta_free(tmp_path):
     raw = res[0]["raw"]
     # the broadcast at FREE_SIZES[0], and so the in-cache ring (1.5 ranks per CPU: in_cache_ring_bytes)
     assert raw["bcast_bytes"] == raw["allreduce_bytes"] == 262140 and raw["bcast_big_bytes"] == probe.BCAST_BIG
-    assert raw["bcast_us"] > 0 and raw["bcast_big_us"] > 0
+    assert raw["bcast_us"] > 0 and raw["bcast_big_us"] > 0 and raw["chain_us"] > 0 and raw["chain_big_us"] > 0
+    assert raw["chain_bytes"] == raw["bcast_bytes"] and raw["chain_big_bytes"] == probe.BCAST_BIG
+    assert all(r["chain"] == res[0]["chain"] and min(r["chain"]) > 0 for r in res)
     (free, free_out), (beta, beta_out) = res[0]["free"], res[0]["beta"]
     assert 0.1 * beta <= free <= beta and 0.1 * beta_out <= free_out <= beta_out
     assert "ranks per CPU" in res[0]["describe"]
     (e,) = probe.read_entries(str(tmp_path / "hetccl" / "cost-model.json")).values()
-    assert (e["local"], e["cpus"], e["beta_free"]) == (3, 2, free)
+    assert (e["local"], e["cpus"], e["beta_free"], e["beta_chain"]) == (3, 2, free, res[0]["chain"][0])
 
 
-def _stalled_tree_case(rank, size, root):
+def _stalled_tree_case(rank, size, root, algo=None):
     import time as _time
     os.environ["XDG_CACHE_HOME"] = root
     _two_cpus()
     real_measure, real_bcast = probe.measure, probe.schedules.broadcast
 
-    def stalling(engine, buf, root_, dtype, algo, timeout):    # rank 2 stalls in the tree's broadcast
-        _time.sleep(6.0)
-        return real_bcast(engine, buf, root_, dtype, algo, timeout)
+    def stalling(engine, buf, root_, dtype, code, timeout):    # rank 2 stalls in the probe's broadcasts
+        if algo is None or code == algo:                       # (of one algorithm: algo)
+            _time.sleep(6.0)
+        return real_bcast(engine, buf, root_, dtype, code, timeout)
 
     def measure(*a, **k):
         if rank == 2 and k.get("crowded", a[5] if len(a) > 5 else False):
@@ -282,8 +366,9 @@ def _stalled_tree_case(rank, size, root):
     return {"error": None, "secs": _time.monotonic() - t0}
 
 
-def test_a_peer_stalling_in_the_probes_broadcast_fails_init_and_caches_nothing(tmp_path):
-    res = run_ranks(_stalled_tree_case, 3, str(tmp_path), timeout=60)
+@pytest.mark.parametrize("algo", [None, probe.ALGO_CHAIN], ids=["every-broadcast", "chain"])
+def test_a_peer_stalling_in_the_probes_broadcast_fails_init_and_caches_nothing(tmp_path, algo):
+    res = run_ranks(_stalled_tree_case, 3, str(tmp_path), algo, timeout=60)
     assert all(r["error"] is not None for r in res), res
     assert any(r["error"] == "HetcclTimeout" for r in res[:2]), res
     assert probe.read_entries(str(tmp_path / "hetccl" / "cost-model.json")) == {}

@@ -651,8 +651,8 @@ def test_the_probe_times_what_each_link_kind_runs(monkeypatch):
     assert "exchange_s" not in asked["names"] and asked["rep_s"]["barrier_s"] == probe.NETWORK_BARRIER_REP_S
     # FIFOs on crowded CPUs: the rings and broadcasts hold MIN_CALLS per repetition, nothing else
     probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, crowded=True, min_calls=probe.MIN_CALLS)
-    assert asked["min_calls"] == dict.fromkeys(("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s"),
-                                               probe.MIN_CALLS)
+    assert asked["min_calls"] == dict.fromkeys(("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s",
+                                                "chain_s", "chain_big_s"), probe.MIN_CALLS)
 
 
 def test_crowded_fifos_probe_their_in_cache_ring_in_the_cache_per_cpu(monkeypatch):
@@ -729,7 +729,7 @@ def test_the_in_cache_ring_and_broadcast_are_warmed_before_each_repetition(monke
     monkeypatch.setattr(probe, "time_per_call", fake)
     monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
     probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, crowded=True, warm=True)
-    assert asked["warm"] == {"allreduce_s", "bcast_s"}
+    assert asked["warm"] == {"allreduce_s", "bcast_s", "chain_s"}
     probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, warm=True)
     assert asked["warm"] == {"allreduce_s"}
 

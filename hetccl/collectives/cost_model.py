@@ -48,13 +48,14 @@ IN_CACHE = 0.5
 OUT_OF_CACHE = 2.0
 
 # The sizes of the probe's two binomial broadcasts that measure beta_free (in cache) and
-# beta_free_out (probe.PROBE_BYTES, probe.BCAST_BIG); LinkCost.free_out_of_cache runs between them.
+# beta_free_out, and of its two chain broadcasts that measure beta_chain and beta_chain_out
+# (probe.PROBE_BYTES, probe.BCAST_BIG); LinkCost.free_out_of_cache runs between them.
 FREE_SIZES = (256 << 10, 8 << 20)
 
 # The measured parameters of a LinkCost, as the probe cache, the tuning file and the simulator's
 # records store them (the other fields are facts about the engine, re-read wherever a model is used).
 PARAMS = ("alpha", "beta", "gamma", "beta_out", "gamma_out", "cache_bytes", "beta_free", "beta_free_out",
-          "beta_x", "beta_x_out")
+          "beta_x", "beta_x_out", "beta_chain", "beta_chain_out")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,16 @@ class LinkCost:
     a byte of a pairwise exchange step costs (recursive halving and doubling: Rabenseifner,
     recursive doubling), in cache and out of it, where the probe timed those rounds apart from
     the ring (probe.fit): over loopback TCP with more ranks than cores they paid up to 1.6x the
-    ring's rate per byte (algorithm.exchange)."""
+    ring's rate per byte (algorithm.exchange).
+
+    The pipelined chain on crowded cores: ``beta_chain`` and ``beta_chain_out`` (0: priced from
+    beta, algorithm.RELAY) are the seconds per byte of the chain broadcast itself, in cache and
+    far out of it, measured by the probe beside the binomial broadcasts of beta_free (only with
+    more ranks than CPUs).
+    Its ranks do unequal work (the root and the last rank one pass per byte, the relays 1.5) and
+    take turns on the CPUs, so its pace is neither a relay's nor the ring's: on 4 ranks sharing
+    2 CPUs it paid 0.52-0.65 of the ring's beta from 2 MiB to 128 MiB, where RELAY x beta priced
+    0.75 and chose the binomial tree, 1.2-1.4x slower (broadcast.chain)."""
     alpha: float
     beta: float
     gamma: float
@@ -98,6 +108,8 @@ class LinkCost:
     beta_free_out: float = 0.0
     beta_x: float = 0.0
     beta_x_out: float = 0.0
+    beta_chain: float = 0.0
+    beta_chain_out: float = 0.0
     share: float = 1.0             # ranks per CPU on the host while every rank works (a fact, not stored)
 
     def out_of_cache(self, nbytes, collective: str | None = None) -> float:
@@ -127,7 +139,7 @@ class LinkCost:
         cache, while the message fits the FIFO the sender writes ahead into (measured on 4 ranks
         on 2 cores, bench/results/crossover-2026-12-07g: binomial reduce 0.18 ns per byte at 512
         KiB, 0.27 at 2 MiB, 0.33 at 8 MiB, against 0.41 priced from 2 MiB on by the knee)."""
-        if self.beta_free <= 0 or nbytes <= FREE_SIZES[0]:
+        if (self.beta_free <= 0 and self.beta_chain <= 0) or nbytes <= FREE_SIZES[0]:
             return 0.0
         return min(1.0, math.log2(nbytes / FREE_SIZES[0]) / math.log2(FREE_SIZES[1] / FREE_SIZES[0]))
 
@@ -143,7 +155,8 @@ class LinkCost:
         g = self.free_out_of_cache(nbytes)
         free = self.beta_free + g * ((self.beta_free_out or self.beta_free) - self.beta_free)
         beta_x = self.beta_x + f * ((self.beta_x_out or self.beta_x) - self.beta_x) if self.beta_x > 0 else 0.0
-        return dataclasses.replace(self, beta=beta, gamma=gamma, beta_free=free, beta_x=beta_x)
+        chain = self.beta_chain + g * ((self.beta_chain_out or self.beta_chain) - self.beta_chain)
+        return dataclasses.replace(self, beta=beta, gamma=gamma, beta_free=free, beta_x=beta_x, beta_chain=chain)
 
     def crowd(self, busy, p) -> float:
         """0 .. 1: how crowded the CPUs are in a step in which *busy* of the *p* ranks work,
@@ -188,6 +201,9 @@ class LinkCost:
         if self.beta_free > 0 and self.share > 1:
             text += (f"; {self.share:.3g} ranks per CPU: beta={_gbs(self.beta_free)} in cache, "
                      f"{_gbs(self.beta_free_out or self.beta_free)} out of it while the working ranks have a CPU each")
+        if self.beta_chain > 0 and self.share > 1:
+            text += (f"; chain broadcast {_gbs(self.beta_chain)} in cache, "
+                     f"{_gbs(self.beta_chain_out or self.beta_chain)} out of it")
         if self.beta_x > 0:
             text += f"; exchange steps beta={_gbs(self.beta_x)}" + (
                 f", {_gbs(self.beta_x_out)} out of cache" if self.cache_bytes > 0 and self.beta_x_out > 0 else "")

@@ -6,7 +6,7 @@ many ranks share them), not on constants. The probe runs inside communicator cre
 time a host sees a communicator *shape*, takes tens to hundreds of milliseconds (~0.1 s at 2
 ranks, ~0.5 s with 8 ranks on 2 CPUs, ~1 s over loopback TCP, whose rings are timed in longer
 loops: LOOPBACK_REP_S), and is cached, so every
-later communicator costs one small file read on rank 0 and one 136-byte broadcast.
+later communicator costs one small file read on rank 0 and one 152-byte broadcast.
 
 What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
 of ~``REP_S`` each, a repetition's time being the slowest rank's: the statistic the benchmarks
@@ -52,7 +52,9 @@ of calls pays the typical call, not the luckiest one):
   binomial broadcast's formula (broadcast.binomial, each level priced on its working ranks,
   cost_model.LinkCost.crowded) gives the time of a binomial broadcast of ``PROBE_BYTES`` and of
   ``BCAST_BIG``: what a byte costs while the ranks at work have a CPU each, which the ring, with
-  every rank at work, cannot show (solve_free);
+  every rank at work, cannot show (solve_free); and beta_chain, beta_chain_out: the seconds per
+  byte of the pipelined chain broadcast of the same two sizes, timed beside them, whose ranks do
+  unequal work on the shared CPUs (broadcast.chain; solve_chain);
 - cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), by which a
   call's working set is priced in cache or out of it (cost_model.LinkCost.at). With k ranks
   per CPU the out-of-cache ring is ``PROBE_BIG`` / k (at least half of it, still out of cache):
@@ -101,11 +103,11 @@ from ..version import build_id
 from . import schedules, tuning_file
 from .cost_model import (CACHED, INHERITED, MEASURED, OUT_OF_CACHE, PARAMS, TUNED, WORKING_SET,
                          CostModel, LinkCost, all_fifo)
-from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING
+from .registry import ALGO_BINOMIAL, ALGO_CHAIN, ALGO_DISSEMINATION, ALGO_RABENSEIFNER, ALGO_RD, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 11                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 12                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
                            # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
@@ -114,7 +116,8 @@ FORMAT = 11                # of the cache file (3: in-cache and out-of-cache par
                            # 9: one-host rings out of place, FIFO rings and broadcasts MIN_CALLS per repetition;
                            # 10: the FIFOs' in-cache ring and broadcast warmed before each repetition, warm_first;
                            # 11: buffers written, not the zero page (_written_zeros); over crowded FIFOs
-                           # the in-cache ring in the cache per CPU, in_cache_ring_bytes)
+                           # the in-cache ring in the cache per CPU, in_cache_ring_bytes;
+                           # 12: chain broadcasts beside the binomial ones on crowded CPUs, beta_chain)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -333,7 +336,8 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     *crowded* (more ranks on the host than CPUs): also a binomial broadcast from rank 0 of the
     small ring's buffer (``bcast_s``) and of ``BCAST_BIG`` bytes (``bcast_big_s``), whose levels
     keep only some ranks at work, so that fit() can price a byte moved while the working ranks
-    have a CPU each (beta_free, beta_free_out).
+    have a CPU each (beta_free, beta_free_out); and the chain broadcast of the same two buffers
+    (``chain_s``, ``chain_big_s``: beta_chain, beta_chain_out).
 
     *exchange* (a loopback wire): also Rabenseifner's allreduce at both sizes, in loops as long as
     the rings' (``exchange_s``, ``exchange_big_s``): its rounds of pairwise exchanges are what the
@@ -374,7 +378,9 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     if crowded:
         wide = _written_zeros(BCAST_BIG // 4)
         tree = {"bcast_s": lambda: schedules.broadcast(engine, tree_small, 0, f32, ALGO_BINOMIAL, timeout),
-                "bcast_big_s": lambda: schedules.broadcast(engine, wide, 0, f32, ALGO_BINOMIAL, timeout)}
+                "bcast_big_s": lambda: schedules.broadcast(engine, wide, 0, f32, ALGO_BINOMIAL, timeout),
+                "chain_s": lambda: schedules.broadcast(engine, tree_small, 0, f32, ALGO_CHAIN, timeout),
+                "chain_big_s": lambda: schedules.broadcast(engine, wide, 0, f32, ALGO_CHAIN, timeout)}
     fns = {
         "barrier_s": lambda: schedules.barrier(engine, ALGO_DISSEMINATION, timeout),
         "allreduce_s": lambda: schedules.allreduce(engine, ar, ar_out, f32, add, ALGO_RING, timeout),
@@ -391,16 +397,18 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
         fns["exchange_big_s"] = lambda: schedules.allreduce(engine, big, big_out, f32, add, ALGO_RABENSEIFNER,
                                                             timeout)
         rep_s.update(exchange_s=ring_rep_s, exchange_big_s=ring_rep_s)
-    calls = {k: min_calls for k in ("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s") if k in fns}
+    calls = {k: min_calls for k in ("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s", "chain_s",
+                                    "chain_big_s") if k in fns}
     raw = time_per_call(engine, fns, timeout, rep_s=rep_s, min_calls=calls, **warm_first(fns, warm))
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     if crowded:
-        raw.update(bcast_bytes=tree_small.nbytes, bcast_big_bytes=wide.nbytes)
+        raw.update(bcast_bytes=tree_small.nbytes, bcast_big_bytes=wide.nbytes, chain_bytes=tree_small.nbytes,
+                   chain_big_bytes=wide.nbytes)
     return raw
 
 
-WARM = ("allreduce_s", "bcast_s")   # the in-cache collectives a warm call goes before (warm_first)
+WARM = ("allreduce_s", "bcast_s", "chain_s")   # the in-cache collectives a warm call goes before (warm_first)
 
 
 def warm_first(fns, warm: bool) -> dict:
@@ -546,9 +554,21 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
                               dataclasses.replace(facts, alpha=alpha, beta=beta_out))
         if free <= 0 or free_out <= 0:
             free = free_out = 0.0
+    chain = chain_out = 0.0
+    if "chain_s" in raw and facts.share > 1 and p > 2:
+        chain = solve_chain(raw["chain_s"], raw["chain_bytes"], p, alpha)
+        chain_out = solve_chain(raw["chain_big_s"], raw["chain_big_bytes"], p, alpha)
     return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
                                gamma_out=gamma_out, cache_bytes=float(cache_bytes),
-                               beta_free=free, beta_free_out=free_out, beta_x=beta_x, beta_x_out=beta_x_out)
+                               beta_free=free, beta_free_out=free_out, beta_x=beta_x, beta_x_out=beta_x_out,
+                               beta_chain=chain, beta_chain_out=chain_out)
+
+
+def solve_chain(t, nbytes, p, alpha) -> float:
+    """The beta_chain at which the chain broadcast's formula (broadcast.chain: p - 1 hops of alpha
+    plus a measured time per byte) gives the time t measured for nbytes: what is left of t after
+    its hops, per byte, at least 10% of t per byte."""
+    return max(t - (p - 1) * alpha, 0.1 * t) / nbytes
 
 
 def solve_free(t, nbytes, p, c) -> float:
