@@ -11,7 +11,10 @@ sharing CPUs the probe's 256 KiB ring read 1.2-1.7x the jobs' loops of it (4 ran
 bench/results/validate-sim-2026-12-07g/h/i; at 2 and 8 ranks 0.8-1.1x). Which part of the
 probe's way of timing makes the gap, on a quiet machine:
 
-- "whole": the probe's measure() as negotiate runs it (every quantity's repetitions interleaved);
+- "whole": the probe's measure() as negotiate runs it (on one host the in-cache ring's repetitions
+  by themselves first, probe.APART, the other quantities' interleaved);
+- "mixed": measure() with every quantity's repetitions interleaved, the in-cache ring among them
+  (APART empty: the probe before cache format 12);
 - "apart": the same, the in-cache quantities' repetitions interleaved among themselves and the
   out-of-cache ones' among theirs (no megabyte transfer before a repetition of the small ring);
 - "only": the ring by itself in the probe's repetitions (time_per_call, the probe's repetition
@@ -99,13 +102,18 @@ def main():
     ctx = comm.context
     engine, size, timeout = ctx.engine, ctx.size, ctx.timeout
     _, big, _, opts = probe.plan_for(ctx)
-    got = {"whole": [], "apart": [], "only": [], "alone": []}
+    got = {"whole": [], "mixed": [], "apart": [], "only": [], "alone": []}
     nbytes = 0
     for r in range(args.rounds):
-        ways = ["whole", "apart", "only", "alone"]
+        ways = list(got)
         for way in (ways if r % 2 == 0 else ways[::-1]):    # round 0 starts with the probe: nbytes
-            if way in ("whole", "apart"):
-                raw = measure(engine, size, timeout, big, opts, apart=way == "apart")
+            if way in ("whole", "mixed", "apart"):
+                kept = probe.APART
+                probe.APART = () if way == "mixed" else kept
+                try:
+                    raw = measure(engine, size, timeout, big, opts, apart=way == "apart")
+                finally:
+                    probe.APART = kept
                 got[way].append(raw["allreduce_s"])
                 nbytes = raw["allreduce_bytes"]
             elif way == "only":
@@ -119,7 +127,7 @@ def main():
         med = {way: statistics.median(v) for way, v in got.items()}
         for way, v in got.items():
             print(f"{way:<6} median {med[way] * 1e6:8.1f} us   " + " ".join(f"{x * 1e6:.1f}" for x in v))
-        print("   ".join(f"{way} / alone {med[way] / med['alone']:.2f}" for way in ("whole", "apart", "only")))
+        print("   ".join(f"{way} / alone {med[way] / med['alone']:.2f}" for way in ("whole", "mixed", "apart", "only")))
     comm.close()
 
 

@@ -469,3 +469,43 @@ def test_an_island_step_on_crowded_cores_is_priced_with_its_own_ranks_at_work():
     assert rails == pytest.approx(free._steps("reduce_scatter", n, f32, SUM) + free._hetccl("allreduce", n / 2, 2, busy=4)
                                   + free._steps("allgather", n, f32, SUM) + free._call("allreduce"))
     assert rails < crowded.forms("allreduce", n, f32, SUM)["rails"]
+
+
+# ------------------------------------------------------------------ how bench/validate_sim.py measures a point
+
+def test_a_point_is_the_median_of_its_batch_medians_and_reports_their_spread():
+    v = _validate()
+    b = v.batched([10, 11, 12, 30, 31, 32, 10, 12, 11], 3)     # one slow window of three repetitions
+    assert b["batches_us"] == [11, 31, 11] and b["time_us"] == 11
+    assert b["spread"] == pytest.approx(20 / 11)
+    assert v.batched([5, 7], 3)["batches_us"] == [5, 7]          # fewer repetitions than batches
+    one = v.batched([3, 1, 2], 1)
+    assert one["time_us"] == 2 and one["spread"] == 0
+    with pytest.raises(ValueError):
+        v.batched([], 3)
+
+
+def test_a_judged_point_whose_batches_disagree_is_measured_again_and_priced_on_all_of_them():
+    """validate.measure: the sweep's rows priced on their batches; the sizes >= 64 KiB whose
+    batches disagree by more than REMEASURE (a slow window of the machine, a shaped link's bad
+    moment) swept again, alone, and priced on the batches of both sweeps; steady ones and small
+    ones not."""
+    v = _validate()
+    calls = []
+    first = {4 << 10: [9, 9, 30, 30, 9, 9], 64 << 10: [10, 10, 10, 10, 10, 10.5],
+             256 << 10: [100, 100, 350, 340, 100, 100]}
+
+    def sweep(at):
+        calls.append(list(at))
+        src = first if len(calls) == 1 else {256 << 10: [101, 99, 100, 102, 98, 100]}
+        return [{"size": n, "variant": "auto", "time_us": 0.0, "times_us": src[n], "algo": "ring", "x": 1} for n in at]
+    rows = {r["size"]: r for r in v.measure(sweep, sorted(first), batches=3)}
+    assert calls == [sorted(first), [256 << 10]]
+    big = rows[256 << 10]
+    assert big["remeasured"] and len(big["batches_us"]) == 6 and len(big["times_us"]) == 12
+    assert big["time_us"] == pytest.approx(100, abs=1.5) and "x" not in big
+    assert not rows[64 << 10]["remeasured"] and rows[64 << 10]["time_us"] == 10
+    assert not rows[4 << 10]["remeasured"] and rows[4 << 10]["spread"] > v.REMEASURE    # small: reported only
+    calls.clear()
+    v.measure(sweep, sorted(first), batches=3, remeasure=None)
+    assert len(calls) == 1

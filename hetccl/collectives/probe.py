@@ -11,7 +11,8 @@ later communicator costs one small file read on rank 0 and one 152-byte broadcas
 What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
 of ~``REP_S`` each, a repetition's time being the slowest rank's: the statistic the benchmarks
 report, hetccl.benchmark.runner's median over repetitions of the slowest rank, because a loop
-of calls pays the typical call, not the luckiest one):
+of calls pays the typical call, not the luckiest one; on one host the in-cache ring's
+repetitions run by themselves, first, APART):
 
 - alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
   step's latency including the engine's per-step overhead (not the Python call around it, which
@@ -107,7 +108,7 @@ from .registry import ALGO_BINOMIAL, ALGO_CHAIN, ALGO_DISSEMINATION, ALGO_RABENS
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 12                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 13                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
                            # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
@@ -117,7 +118,8 @@ FORMAT = 12                # of the cache file (3: in-cache and out-of-cache par
                            # 10: the FIFOs' in-cache ring and broadcast warmed before each repetition, warm_first;
                            # 11: buffers written, not the zero page (_written_zeros); over crowded FIFOs
                            # the in-cache ring in the cache per CPU, in_cache_ring_bytes;
-                           # 12: chain broadcasts beside the binomial ones on crowded CPUs, beta_chain)
+                           # 12: chain broadcasts beside the binomial ones on crowded CPUs, beta_chain;
+                           # 13: on one host the in-cache ring timed by itself, APART)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -135,6 +137,15 @@ LOOPBACK_REP_S = 20e-3     # ... but a ring over a loopback wire this long (see 
 NETWORK_BARRIER_REP_S = 20e-3   # ... and the barrier over a network link this long (see negotiate)
 CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
 MIN_CALLS = 4              # calls per repetition at least, of a FIFO ring or broadcast (see measure)
+# On one host the in-cache ring's repetitions run by themselves, before the other quantities',
+# whose repetitions interleave: after a repetition of another quantity (the kernels, the
+# broadcasts, the barrier; warm call or not) that ring read 1.07-1.44x a job's loop of the same
+# call, and 0.83-1.08x timed by itself in the same repetitions (4 and 8 ranks over tcp, shm and
+# c2c, one job each, rounds interleaved: bench/probe_groups_ab.py "whole" and "only",
+# bench/results/probe-groups-ab-2026-12-07j.txt). It prices the loops of small and middle-sized
+# calls, which ran 1.15-1.45x faster than predicted at 64 KiB-1 MiB from 4 ranks on in every
+# recorded validation run (8 ranks over FIFOs at 64 KiB: +43 to +49%, 2026-12-07g-j).
+APART = ("allreduce_s",)
 MAX_ITERS = 100_000
 NOISY = 0.25               # other processes' share of the CPUs above which a probe is re-done
 MAX_PROBES = 3             # probes of one shape at most, while they keep being noisy
@@ -399,7 +410,13 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
         rep_s.update(exchange_s=ring_rep_s, exchange_big_s=ring_rep_s)
     calls = {k: min_calls for k in ("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s", "chain_s",
                                     "chain_big_s") if k in fns}
-    raw = time_per_call(engine, fns, timeout, rep_s=rep_s, min_calls=calls, **warm_first(fns, warm))
+    # one host: the in-cache ring by itself first (APART), then the others interleaved; over a
+    # network link both rings make one slope (fit), so they keep seeing the same moments
+    groups = [{k: f for k, f in fns.items() if (k in APART) == alone} for alone in (True, False)] \
+        if out_of_place else [fns]
+    raw = {}
+    for group in filter(None, groups):
+        raw.update(time_per_call(engine, group, timeout, rep_s=rep_s, min_calls=calls, **warm_first(group, warm)))
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     if crowded:

@@ -17,6 +17,61 @@ JUDGED_FROM = 64 << 10     # sizes from here on are held to TOLERANCE; smaller o
 TOLERANCE = 0.25
 SLACK = 0.10               # the CI check: a point recorded outside TOLERANCE may not get worse by more
 
+# How bench/validate_sim.py makes one measured point robust to the machine's transient noise: a
+# point's repetitions (interleaved with every other size's by the benchmark runner, so consecutive
+# repetitions lie seconds apart) are cut, in the order they ran, into BATCHES windows of time; the
+# point's time is the median of the batches' medians, and its spread how far those medians lie
+# apart. A judged point whose spread exceeds REMEASURE is measured again in the same job (as many
+# batches more) and priced on the median of all its batches: one slow window of the machine, or of
+# a shaped link, then moves one batch of six, not the point.
+BATCHES = 3
+REMEASURE = 0.15
+
+
+def batched(times_us, batches=BATCHES) -> dict:
+    """{"time_us": median of the batch medians, "batches_us": the batch medians, "spread": (largest -
+    smallest batch median) / their median} of a point's repetitions in the order they ran, cut
+    into ``batches`` consecutive windows (fewer when there are fewer repetitions; one window: the
+    plain median, spread 0)."""
+    import statistics
+    ts = [float(t) for t in times_us]
+    if not ts:
+        raise ValueError("a point without repetitions")
+    k = max(1, min(int(batches), len(ts)))
+    cuts = [round(i * len(ts) / k) for i in range(k + 1)]
+    meds = [statistics.median(ts[a:b]) for a, b in zip(cuts, cuts[1:])]
+    mid = statistics.median(meds)
+    return {"time_us": mid, "batches_us": meds, "spread": (max(meds) - min(meds)) / mid if mid > 0 else 0.0}
+
+
+def measure(sweep, sizes, batches=BATCHES, remeasure=REMEASURE) -> list[dict]:
+    """Rows (size, variant, time_us, times_us, algo, batches_us, spread, remeasured) of the points
+    ``sweep(sizes)`` times (bench/validate_sim.py: the benchmark runner's rows, every repetition
+    in ``times_us`` in the order it ran), each priced on its batches (``batched``); the judged
+    sizes whose batches disagree by more than ``remeasure`` (``unsteady``; None: never) are swept
+    again and priced on the batches of both sweeps. ``sweep`` is collective where the rows are
+    the same on every rank (the runner's times are maxima over ranks): every rank then times the
+    same sizes again."""
+    keep = ("size", "variant", "time_us", "times_us", "algo")
+    rows = [{k: r.get(k) for k in keep} for r in sweep(list(sizes))]
+    for r in rows:
+        r.update(batched(r["times_us"], batches), remeasured=False)
+    again = unsteady(rows, remeasure) if remeasure is not None else []
+    if again:
+        more = {(r["size"], r.get("variant")): r for r in sweep(again)}
+        for r in rows:
+            m = more.get((r["size"], r["variant"]))
+            if m is not None:
+                r["times_us"] = list(r["times_us"]) + list(m["times_us"])
+                r.update(batched(r["times_us"], 2 * batches), remeasured=True)
+    return rows
+
+
+def unsteady(rows, limit=REMEASURE) -> list[int]:
+    """The judged sizes (>= JUDGED_FROM) at which some row's batches disagree by more than
+    ``limit`` (rows as bench/validate_sim.py keeps them: "size", "spread"), ascending."""
+    return sorted({r["size"] for r in rows if r["size"] >= JUDGED_FROM and r.get("spread", 0.0) > limit})
+
 
 def refit(rec) -> dict | None:
     """The cost-model parameters today's probe.fit derives from the probe timings a record kept
@@ -91,6 +146,7 @@ def compare(name, rec, transports=None) -> list[dict]:
         meas = row["time_us"] * 1e-6
         ran = row.get("algo") or "?"
         table.append({"case": name, "size": row["size"], "variant": row["variant"], "measured_us": meas * 1e6,
+                      "spread": row.get("spread"), "batches": len(row.get("batches_us") or []) or None,
                       "predicted_us": None if t_pred is None else t_pred * 1e6, "ran": ran,
                       "predicted_choice": choice,
                       "same": choice.split(":")[0] == ran,
