@@ -42,8 +42,9 @@ the other orders.
 
 Read orders (``ORDERS``): besides its arrival-order read, the single copy has other orders a
 collective may take at some rank counts (allgather by recursive doubling at power-of-two counts
-of 4 or more). Each is timed as one more path; its rows (``"allgather:doubling"``) say at which
-sizes it replaces the arrival order, and ``apply_orders`` sets them on the engine.
+of 4 or more; allgather by writing each block into every peer's output, "push", from 3 ranks).
+Each is timed as one more path; its rows (``"allgather:doubling"``, ``"allgather:push"``) say at
+which sizes it replaces the arrival order, and ``apply_orders`` sets them on the engine.
 
 Agreement: rank 0 alone reads the cache and decides; it broadcasts one small vector, so every rank
 routes every call alike (ranks that disagreed would run different schedules and mismatch). The
@@ -106,9 +107,18 @@ def _doubling_runs(n: int) -> bool:
     return n > 2 and n & (n - 1) == 0
 
 
-# (collective, order): the rank counts at which the single copy's alternative read order runs
-# (_native/single_copy.pyx); the probe times it as a path of its own and routes it by its rows
-ORDERS = {("allgather", "doubling"): _doubling_runs}
+def _push_runs(n: int) -> bool:
+    return n > 2
+
+
+# (collective, order): the rank counts at which the single copy's alternative order runs
+# (_native/single_copy.pyx); the probe times it as a path of its own and routes it by its rows.
+# "push": each rank writes its block into every peer's output (one writer per block, the source in
+# the writer's cache) instead of every peer reading it: at 8 ranks on 2 cores, 8 MiB, it took 0.45x
+# the CPU time of the arrival-order read, whose seven readers of one input pinned the same pages;
+# at 1 MiB it lost (1.4x). At 2 ranks both move the one block the same way, so it is not timed.
+ORDERS = {("allgather", "doubling"): _doubling_runs, ("allgather", "push"): _push_runs}
+_ORDER_MASKS = {"doubling": "ag_doubling", "push": "ag_push"}   # the engine's bits of each order
 ORDER_KEYS = tuple(f"{c}:{o}" for c, o in ORDERS)
 
 
@@ -296,8 +306,9 @@ ALL_SIZES = (1 << 64) - 1
 
 def _set_order(engine, order, mask: int) -> int:
     """Set which allgather sizes (bits of doubling_bucket) take ``order``; the previous mask."""
-    assert order == "doubling", order
-    old, engine.ag_doubling = engine.ag_doubling, mask
+    attr = _ORDER_MASKS[order]
+    old = getattr(engine, attr)
+    setattr(engine, attr, mask)
     return old
 
 
