@@ -28,7 +28,12 @@ time counts (the runner's method); CPU time (user + system, ``getrusage``) is su
 Prints per size the median time and CPU time of each path and, paired per repetition, each
 path's time over Open MPI's (median). Every result is checked.
 
-``-c allgather`` times ``MPI_Allgather`` against hetccl's single-copy allgather the same way.
+``-c allgather`` times ``MPI_Allgather`` against hetccl's single-copy allgather the same way (the
+``hetccl`` path in the orders the probe chose per size). ``--orders pull,push,doubling`` adds a
+path per single-copy order forced at every size (the arrival-order read, the allgather's write of
+each block into every peer's output, recursive doubling); ``--tuned`` adds hetccl as its router
+sends the call unforced (``tuned``: FIFO or single copy, and the order, as the probe measured;
+its line names the algorithm and the probe's order masks): the figure a user gets.
 ``--placements`` gives each library the buffers of several placements in the same repetitions
 (paths ``ompi@P``, ``hetccl@P``; the schedule variants run on the first): ``mapped``, the
 benchmark runner's allocation (hetccl/benchmark/runner.py ``mapped_empty``: its own mapping,
@@ -120,7 +125,8 @@ def main():
         ref = np.empty(count_out, np.float32)
         (mc.Alltoall if coll == "alltoall" else mc.Allgather)(x0, ref)
         eng = comm._engine
-        model_orders = (eng.ag_doubling, eng.ag_push)
+        has_push = hasattr(eng, "ag_push")           # (a hetccl without the push order: none)
+        model_orders = (eng.ag_doubling, eng.ag_push if has_push else 0)
         tuned_y = np.zeros(count_out, np.float32)
         tuned_x = bufs[places[0]][0]
         tuned = (lambda: comm.alltoall(tuned_x, tuned_y)) if coll == "alltoall" else (
@@ -154,14 +160,18 @@ def main():
         yield_s = comm._engine.yield_s
         every = (1 << 64) - 1
 
+        def set_orders(doubling, push):
+            eng.ag_doubling = doubling
+            if has_push:
+                eng.ag_push = push
+
         def switch(name):
             native_sc._set_schedule(spin=name == "spin-first", own_in_finish=name != "own-before-post")
             comm._engine.yield_s = 50e-3 if name == "yield-only" else yield_s
             if name in orders:
-                eng.ag_doubling = every if name == "doubling" else 0
-                eng.ag_push = every if name == "push" else 0
+                set_orders(every if name == "doubling" else 0, every if name == "push" else 0)
             else:
-                eng.ag_doubling, eng.ag_push = model_orders
+                set_orders(*model_orders)
             comm._tuner.model = saved if name == "tuned" else forced
             comm._hot.forget()
         if a.tuned:
@@ -192,7 +202,7 @@ def main():
         assert comm.last_algorithm == "single_copy", comm.last_algorithm
         comm._tuner.model = saved
         comm._hot.forget()
-        eng.ag_doubling, eng.ag_push = model_orders
+        set_orders(*model_orders)
         med = {k: statistics.median(times[k]) for k in names}
         cpu = {k: statistics.median(cpus[k]) for k in names}
         paired = {k: statistics.median(times[k][j] / times[first_ompi][j] for j in range(a.reps))

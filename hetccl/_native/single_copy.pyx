@@ -31,6 +31,10 @@ rank works on its peers' memory directly:
   waits for nobody in particular, so it wins for large outputs and loses for small ones. Which
   sizes take it is the probe's verdict (collectives/single_copy_probe.py), set per communicator
   in ``Engine.ag_doubling`` (doubling_bucket).
+* **allgather by writing ("push")** (cma mode, 3+ ranks) — the arrival order with writes: each
+  rank writes its input into block ``rank`` of every peer's output (read_peers, push). Where the
+  probe measured it faster than the reads (``Engine.ag_push``): every reader of one input pinned
+  the same pages, a writer pins one block of one peer's output.
 * **broadcast** (cma mode) — every non-root reads the head of the root's buffer straight into its
   own while the root writes the tail (1/N, root_share) into every non-root's.
 
