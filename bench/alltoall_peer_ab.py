@@ -127,7 +127,8 @@ def main():
         eng = comm._engine
         has_push = hasattr(eng, "ag_push")           # (a hetccl without the push order: none)
         model_orders = (eng.ag_doubling, eng.ag_push if has_push else 0)
-        tuned_y = np.zeros(count_out, np.float32)
+        tuned_y = _buffers(places[0], count_in, count_out)[1]      # the placement of the others
+        tuned_y.fill(0)
         tuned_x = bufs[places[0]][0]
         tuned = (lambda: comm.alltoall(tuned_x, tuned_y)) if coll == "alltoall" else (
             lambda: comm.allgather(tuned_x, tuned_y))
