@@ -88,7 +88,7 @@ BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..
 CALLS_MIN, CALLS_MAX = 8, 64
 LARGE_CALLS, LARGE_REPS, LARGE_MAX_REPS = 2, 3, 5   # above BLOCK_BYTES: a call is tens of ms at 8 ranks, a steady
 # state of its own (every rank is descheduled and resumed inside one call); the probe stays ~1 s
-METHOD = 5                  # how verdicts are measured; a cache entry of another method is measured again
+METHOD = 6                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
@@ -279,7 +279,7 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
         buf = np.ones(count, np.float32)
         fns = {k: (lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single")}
     elif coll == "allgather":
-        src, out = np.ones(count // n, np.float32), np.ones(count, np.float32)
+        src, out = _laid_out(count // n), _laid_out(count)
         fns = {k: (lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single")}
     else:
         src, out = np.ones(count, np.float32), np.ones(count, np.float32)
@@ -288,6 +288,19 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
         if c == coll and runs(n):
             fns[o] = _in_order(engine, o, fns["single"])
     return fns
+
+
+def _laid_out(count: int) -> np.ndarray:
+    """float32 ones in a mapping of their own, page-aligned and from 4 MiB 2 MiB-aligned with
+    numpy's huge-page advice (the benchmark's "mapped" buffers): an allgather's verdicts must not
+    depend on where glibc put the probe's arrays. The push order pins its peers' outputs, and an
+    8 MiB output at a heap address (16 bytes past a page, a quarter of it on 4 KiB pages) made
+    push 0.66-0.93x the reads' time where a 2 MiB-aligned one made it 0.46-0.5x (8 ranks on 2
+    cores, the same processes)."""
+    from ..benchmark.runner import mapped_empty
+    a = mapped_empty(count, np.float32)
+    a.fill(1)
+    return a
 
 
 def _in_order(engine, order, single):
