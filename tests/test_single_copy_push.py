@@ -4,6 +4,7 @@ ORDERS, apply_orders): right results at odd sizes, every dtype width and in plac
 ranks, mixed with arrival-order reads in one loop; the fallback when a write is refused; and a peer
 dying, stalling or publishing a bad output address mid-call ends in an error on every survivor, not
 a hang. The probe's verdict rows and masks for the order are checked too."""
+import numpy as np
 import pytest
 
 from tests.launcher import run_ranks, run_ranks_expect_failure
@@ -47,3 +48,7 @@ def test_push_order_rows_and_mask():
     m = p.order_mask(v["allgather:push"])
     assert m & p.order_mask(v["allgather:doubling"]) == 0
     assert (m >> _doubling_bucket(16 << 20) & 1) and not (m >> _doubling_bucket(1 << 20) & 1)
+    big, small = p._laid_out(3 << 20), p._laid_out(1000)      # the probe's allgather buffers
+    assert big.dtype == small.dtype == np.float32 and big.size == 3 << 20 and small.size == 1000
+    assert big.ctypes.data % (2 << 20) == 0 and small.ctypes.data % 4096 == 0
+    assert (big == 1).all() and (small == 1).all()
