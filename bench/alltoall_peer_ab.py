@@ -29,7 +29,12 @@ time counts (the runner's method); CPU time (user + system, ``getrusage``) is su
 Prints per size the median time and CPU time of each path and, paired per repetition, each
 path's time over Open MPI's (median). Every result is checked.
 
-``-c allgather`` times ``MPI_Allgather`` against hetccl's single-copy allgather the same way.
+``-c allgather`` times ``MPI_Allgather`` against hetccl's single-copy allgather the same way (the
+``hetccl`` path in the orders the probe chose per size). ``--orders pull,push,doubling`` adds a
+path per single-copy order forced at every size (the arrival-order read, the allgather's write of
+each block into every peer's output, recursive doubling); ``--tuned`` adds hetccl as its router
+sends the call unforced (``tuned``: FIFO or single copy, and the order, as the probe measured;
+its line names the algorithm and the probe's order masks): the figure a user gets.
 ``--placements`` gives each library the buffers of several placements in the same repetitions
 (paths ``ompi@P``, ``hetccl@P``; the schedule variants run on the first): ``mapped``, the
 benchmark runner's allocation (hetccl/benchmark/runner.py ``mapped_empty``: its own mapping,
@@ -94,6 +99,13 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--schedule-ab", action="store_true", help="also time three variants of hetccl's schedule")
+    ap.add_argument("--orders", default="",
+                    help="comma-separated single-copy orders to time as paths of their own, each forced at "
+                         "every size: pull (the arrival-order read), and for allgather push (3+ ranks) and "
+                         "doubling (powers of two from 4)")
+    ap.add_argument("--tuned", action="store_true",
+                    help="also time hetccl as the router sends the call (path 'tuned': the probe's verdicts, "
+                         "FIFO or single copy and its order), not forced onto the single copy")
     a = ap.parse_args()
     mc = MPI.COMM_WORLD
     comm = hetccl.init()
@@ -113,10 +125,23 @@ def main():
         x0 = bufs[places[0]][0]
         ref = np.empty(count_out, np.float32)
         (mc.Alltoall if coll == "alltoall" else mc.Allgather)(x0, ref)
+        eng = comm._engine
+        has_push = hasattr(eng, "ag_push")           # (a hetccl without the push order: none)
+        model_orders = (eng.ag_doubling, eng.ag_push if has_push else 0)
+        tuned_y = _buffers(places[0], count_in, count_out)[1]      # the placement of the others
+        tuned_y.fill(0)
+        tuned_x = bufs[places[0]][0]
+        tuned = (lambda: comm.alltoall(tuned_x, tuned_y)) if coll == "alltoall" else (
+            lambda: comm.allgather(tuned_x, tuned_y))
+        tuned_algo = None
+        if a.tuned:
+            tuned()
+            tuned_algo = comm.last_algorithm
         saved = comm._tuner.model
         sc = dict(saved.single_copy)
         sc[coll] = ((nb, True),)
-        comm._tuner.model = dataclasses.replace(saved, single_copy=tuple(sc.items()))
+        forced = dataclasses.replace(saved, single_copy=tuple(sc.items()))
+        comm._tuner.model = forced
         comm._hot.forget()
         paths = {}
         for pl, (x, y) in bufs.items():
@@ -131,11 +156,28 @@ def main():
         if a.schedule_ab:
             for k in ("own-before-post", "spin-first", "yield-only"):
                 paths[k] = paths[first_h]
+        orders = [o.strip() for o in a.orders.split(",") if o.strip()]
+        for o in orders:
+            paths[o] = paths[first_h]
         yield_s = comm._engine.yield_s
+        every = (1 << 64) - 1
+
+        def set_orders(doubling, push):
+            eng.ag_doubling = doubling
+            if has_push:
+                eng.ag_push = push
 
         def switch(name):
             native_sc._set_schedule(spin=name == "spin-first", own_in_finish=name != "own-before-post")
             comm._engine.yield_s = 50e-3 if name == "yield-only" else yield_s
+            if name in orders:
+                set_orders(every if name == "doubling" else 0, every if name == "push" else 0)
+            else:
+                set_orders(*model_orders)
+            comm._tuner.model = saved if name == "tuned" else forced
+            comm._hot.forget()
+        if a.tuned:
+            paths["tuned"] = (tuned, tuned_y)
         names = list(paths)
         for k in names:
             switch(k)
@@ -162,12 +204,16 @@ def main():
         assert comm.last_algorithm == "single_copy", comm.last_algorithm
         comm._tuner.model = saved
         comm._hot.forget()
+        set_orders(*model_orders)
         med = {k: statistics.median(times[k]) for k in names}
         cpu = {k: statistics.median(cpus[k]) for k in names}
         paired = {k: statistics.median(times[k][j] / times[first_ompi][j] for j in range(a.reps))
                   for k in names}
         lines.append(f"{nb:>10} " + " ".join(f"{med[k] * 1e6:>10.1f} {cpu[k] * 1e6:>9.1f} {paired[k]:>6.3f}"
                                              for k in names))
+        if tuned_algo is not None:
+            lines.append(f"{'':>10} tuned: {tuned_algo} (probe's orders: doubling {model_orders[0]:#x}, "
+                         f"push {model_orders[1]:#x})")
         for pl, (x, y) in bufs.items():
             where = mc.gather(f"x {_placement(x)} y {_placement(y)}")
             lines.append(f"{'':>10} {pl} buffers (rank: heap|mmap + address mod 64, share on huge pages): "

@@ -86,7 +86,8 @@ def _measured(rank, size):
     try:
         sc = dict(comm._tuner.model.single_copy)
         assert set(sc) == set(KEYS) and all(tuple(s for s, _ in sc[c]) == SIZES for c in KEYS)
-        assert not any(w for _, w in sc["allgather:doubling"])   # 2 ranks: no doubling measured
+        assert not any(w for k in ("allgather:doubling", "allgather:push") for _, w in sc[k])   # 2 ranks:
+        # neither doubling nor push is measured
         seen = []
         for nb in (4 << 10, 8 << 10, 100 << 10, 1 << 20, 8 << 20):
             x = np.ones(nb // 8, np.float64)

@@ -12,32 +12,41 @@ from tests.launcher import run_ranks, run_ranks_expect_failure
 from tests.test_single_copy_plain import EVERYWHERE, _outcome, _values
 
 
-def _route_doubling(comm, from_bytes):
-    """Verdicts as the probe gives them where doubling won from from_bytes: single copy at every
-    measured size, doubling from from_bytes; set on the model and the engine as comm.py does."""
+def _route_doubling(comm, from_bytes, order="doubling"):
+    """Verdicts as the probe gives them where ``order`` (an allgather order of the probe's ORDERS)
+    won from from_bytes: single copy at every measured size, that order from from_bytes, the
+    others nowhere; set on the model and the engine as comm.py does."""
     from hetccl.collectives import single_copy_probe as p
     sizes = p.SIZES
-    verdicts = tuple(comm._tuner.model.single_copy) + (
-        ("allgather", tuple((s, True) for s in sizes)),
-        ("allgather:doubling", tuple((s, s >= from_bytes) for s in sizes)))
-    comm._tuner.model = dataclasses.replace(comm._tuner.model, single_copy=tuple(dict(verdicts).items()))
+    verdicts = dict(comm._tuner.model.single_copy)
+    verdicts["allgather"] = tuple((s, True) for s in sizes)
+    for c, o in p.ORDERS:
+        verdicts[f"{c}:{o}"] = tuple((s, o == order and s >= from_bytes) for s in sizes)
+    comm._tuner.model = dataclasses.replace(comm._tuner.model, single_copy=tuple(verdicts.items()))
     p.apply_orders(comm._engine, comm._tuner.model.single_copy)
     comm._hot.forget()
 
 
-def _correct(rank, size):
-    """Routed doubling against the expected blocks, out of place and in place, odd counts and item
-    sizes, with a call below the doubling sizes between (the epochs must stay aligned across the
-    two orders); only power-of-two rank counts of 4 or more read by doubling."""
-    import hetccl
+def _order_calls(order):
+    """How many allgathers this process ran in ``order`` (the native counters)."""
     from hetccl._native import single_copy
+    return (single_copy.doubling_calls if order == "doubling" else single_copy.push_calls)()
+
+
+def _correct(rank, size, order="doubling"):
+    """Routed ``order`` against the expected blocks, out of place and in place, odd counts and
+    item sizes 1, 2, 4 and 8, with calls below the order's sizes (arrival-order reads) between:
+    the epochs must stay aligned across the two orders; only the rank counts the probe times the
+    order at run it (doubling: powers of two from 4; push: from 3)."""
+    import hetccl
+    from hetccl.collectives.single_copy_probe import ORDERS
     comm = hetccl.init(timeout=60)
     try:
-        _route_doubling(comm, 128 << 10)
-        before = single_copy.doubling_calls()
-        doubled = 0
+        _route_doubling(comm, 128 << 10, order)
+        before = _order_calls(order)
+        ran = 0
         for dt, n in ((np.int8, 300_001), (np.float64, 1_031), (np.float64, 65_537), (np.int8, 8_193),
-                      (np.int16, 33_333)):
+                      (np.int16, 33_333), (np.float32, 4_099)):
             x = _values(n, rank, dt)
             want = np.concatenate([_values(n, r, dt) for r in range(size)])
             out = np.zeros(n * size, dt)
@@ -48,9 +57,9 @@ def _correct(rank, size):
             buf[rank * n:(rank + 1) * n] = x
             comm.allgather(buf[rank * n:(rank + 1) * n], buf)
             assert np.array_equal(buf, want), (dt, n, "in place")
-            doubled += 2 * (out.nbytes > 64 << 10)            # nearest measured size 128 KiB or above
-        got = single_copy.doubling_calls() - before
-        assert got == (doubled if size >= 4 and size & (size - 1) == 0 else 0), (got, doubled)
+            ran += 2 * (out.nbytes > 64 << 10)                # nearest measured size 128 KiB or above
+        got = _order_calls(order) - before
+        assert got == (ran if ORDERS[("allgather", order)](size) else 0), (got, ran)
         return "ok"
     finally:
         comm.close(timeout=5.0)
@@ -61,14 +70,14 @@ def test_routed_doubling_correct(size):
     assert run_ranks(_correct, size, timeout=150, env=EVERYWHERE) == ["ok"] * size
 
 
-def _refused(rank, size):
-    """A read refused (EPERM) on rank 1 mid-doubling: every rank still posts every step's epoch,
-    falls back to the FIFOs together with the right result, and the next call works."""
+def _refused(rank, size, order="doubling"):
+    """A read (push: write) refused (EPERM) on rank 1 mid-call: every rank still posts every
+    step's epoch, falls back to the FIFOs together with the right result, and the next call works."""
     import hetccl
     from hetccl._native import single_copy
     comm = hetccl.init(timeout=60)
     try:
-        _route_doubling(comm, 0)
+        _route_doubling(comm, 0, order)
         if rank == 1:
             single_copy._inject_cma_failure(1)                       # EPERM on its next read
         for _ in range(2):
@@ -84,11 +93,11 @@ def test_doubling_refused_falls_back():
     assert run_ranks(_refused, 4, timeout=90, env=EVERYWHERE) == [True] * 4
 
 
-def _mid_call(rank, size, how):
-    """In a loop of routed doubling allgathers, rank 1 dies (SIGKILL from a thread, at any point
-    of a call), stops (SIGSTOP: every other rank raises at the call's 3 s timeout, then rank 0
-    lets it go on) or publishes an unmapped input address (its readers get EFAULT): every other
-    rank must raise well before the deadline."""
+def _mid_call(rank, size, how, order="doubling", bad=1):
+    """In a loop of routed allgathers in ``order``, rank 1 dies (SIGKILL from a thread, at any
+    point of a call), stops (SIGSTOP: every other rank raises at the call's 3 s timeout, then
+    rank 0 lets it go on) or publishes unmapped buffer addresses (in ``bad`` slots: its readers,
+    or writers, get EFAULT): every other rank must raise well before the deadline."""
     import os
     import signal
     import threading
@@ -97,19 +106,19 @@ def _mid_call(rank, size, how):
     from hetccl._native import single_copy
     comm = hetccl.init(timeout=60)
     pids = comm.allgather(np.array([os.getpid()], np.int64))
-    _route_doubling(comm, 0)
+    _route_doubling(comm, 0, order)
     n = 1 << 18
     x = np.full(n, rank, np.float32)
     out = np.empty(n * size, np.float32)
     t = 3 if how == "stops" else 20
-    before = single_copy.doubling_calls()
+    before = _order_calls(order)
     for _ in range(3):
         comm.allgather(x, out, timeout=t)
-    assert comm.last_algorithm == "single_copy" and single_copy.doubling_calls() - before == 3
+    assert comm.last_algorithm == "single_copy" and _order_calls(order) - before == 3
     comm.barrier()
     if rank == 1:
         if how == "garbage":
-            single_copy._inject_bad_address(1)
+            single_copy._inject_bad_address(bad)
         else:
             sig = signal.SIGKILL if how == "dies" else signal.SIGSTOP
             threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()

@@ -33,6 +33,8 @@ cdef class Engine:
     # single_copy.pyx: bit k set: a single-copy allgather whose output is in (2^(k-1), 2^k] bytes
     # reads by recursive doubling (power-of-two sizes); the probe's verdicts, per communicator
     cdef public unsigned long long ag_doubling
+    # ... bit k set: it writes its block into every peer's output instead (push)
+    cdef public unsigned long long ag_push
     cdef Failure fail               # error state, interrupt word and in-use guard (failure.pxd)
     cdef list attached              # what the links' kinds keep open (segments, UCX handles)
     cdef char* scratch_buf

@@ -31,6 +31,10 @@ rank works on its peers' memory directly:
   waits for nobody in particular, so it wins for large outputs and loses for small ones. Which
   sizes take it is the probe's verdict (collectives/single_copy_probe.py), set per communicator
   in ``Engine.ag_doubling`` (doubling_bucket).
+* **allgather by writing ("push")** (cma mode, 3+ ranks) — the arrival order with writes: each
+  rank writes its input into block ``rank`` of every peer's output (read_peers, push). Where the
+  probe measured it faster than the reads (``Engine.ag_push``): every reader of one input pinned
+  the same pages, a writer pins one block of one peer's output.
 * **broadcast** (cma mode) — every non-root reads the head of the root's buffer straight into its
   own while the root writes the tail (1/N, root_share) into every non-root's.
 
@@ -456,11 +460,13 @@ cdef uint32_t publish_plain(Engine e, int coll, int dtype, uint64_t count, const
     """Publish an allgather's or alltoall's call header and buffer addresses in every control slot
     and post my entry epoch (returned): peers may read my input from then on."""
     cdef int p
+    cdef uint64_t a
     for p in range(e.size):
         if p != e.rank:
             put_header(e.links[p].c2c.mine.hdr, coll, dtype, 0, PHASE_DIRECT, e.seq, count, e.rank)
-            e.links[p].c2c.mine.sbuf = published(sbuf)
-            e.links[p].c2c.mine.rbuf = <uintptr_t>rbuf
+            a = published(sbuf)
+            e.links[p].c2c.mine.sbuf = a
+            e.links[p].c2c.mine.rbuf = a if a != <uintptr_t>sbuf else <uintptr_t>rbuf   # (push: garbage too)
     return post(e)
 
 
@@ -518,7 +524,7 @@ cdef int read_doubling(Engine e, int dtype, uint64_t count, char* sbuf, char* rb
 
 cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, char* rbuf, size_t nb,
                     size_t roff, const char* own, bint st, bint* refused, bint* own_left,
-                    double dl) noexcept nogil:
+                    double dl, bint push=False) noexcept nogil:
     """The entry and the reads of allgather (roff 0) and alltoall (roff nb x rank): publish the
     call and my input's address, post my epoch, then read nb bytes at roff of each peer's input
     into block p of rbuf as soon as that peer has posted its own (its header and address are
@@ -532,7 +538,12 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
     time no peer is ready: copied before it, it delayed my arrival, and every peer waiting to read
     me, by a memcpy of the block. If every peer was ready every time, *own_left stays set and the
     caller copies it in the last sync, after its post (finish_refusable): copied before that
-    post, it held back every peer waiting in that sync for my reads, which were done."""
+    post, it held back every peer waiting in that sync for my reads, which were done.
+    push (allgather): write instead of read, in the same order: my input (nb bytes at sbuf) into
+    block rank of peer p's output. Each peer's output then has one writer per block and my
+    input stays in my own cache, where with reads every peer pinned the same pages of it
+    (single_copy_probe ORDERS "push"; at an alltoall's 1 MiB blocks writing measured the same
+    as reading, 8 ranks on 2 cores, so it keeps the reads)."""
     cdef int N = e.size, r = e.rank, i, p, rc, left = N - 1, moved
     cdef uint32_t ep
     cdef double last = 0
@@ -565,7 +576,10 @@ cdef int read_peers(Engine e, int coll, int dtype, uint64_t count, char* sbuf, c
                 return E_CANCELLED
             left -= 1
             moved = 1
-            rc = cma_read(e, p, rbuf + nb * p, e.links[p].c2c.theirs.sbuf + roff, nb, refused)
+            if push:
+                rc = cma_xfer(e, p, sbuf, e.links[p].c2c.theirs.rbuf + nb * r, nb, 1, refused)
+            else:
+                rc = cma_read(e, p, rbuf + nb * p, e.links[p].c2c.theirs.sbuf + roff, nb, refused)
             if rc < 0:
                 return rc
             if refused[0]:
@@ -775,16 +789,27 @@ def doubling_calls():
     return _doubling_calls
 
 
+cdef unsigned long long _push_calls = 0         # allgathers that wrote their block (push, tests)
+
+
+def push_calls():
+    """How many allgathers this process wrote into its peers' outputs (push: the tests' view)."""
+    return _push_calls
+
+
 cdef int allgather_cma(Engine e, char* sbuf, char* rbuf, size_t nb, int dtype, double dl) noexcept nogil:
     cdef int N = e.size, r = e.rank, rc
     cdef bint st = nb * N >= e.nt_threshold, refused = False, own_left = False
-    global _doubling_calls
-    if N > 2 and N & (N - 1) == 0 and e.ag_doubling >> doubling_bucket(nb * <size_t>N) & 1:
+    cdef int k = doubling_bucket(nb * <size_t>N)
+    global _doubling_calls, _push_calls
+    if N > 2 and N & (N - 1) == 0 and e.ag_doubling >> k & 1:
         _doubling_calls += 1             # its partners read my output's own block: copied first
         rc = read_doubling(e, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, st, &refused, dl)
     else:
+        if e.ag_push >> k & 1:
+            _push_calls += 1
         rc = read_peers(e, COLL_ALLGATHER, dtype, nb // dtype_size(dtype), sbuf, rbuf, nb, 0, sbuf, st,
-                        &refused, &own_left, dl)
+                        &refused, &own_left, dl, e.ag_push >> k & 1)
     if rc < 0:
         return rc
     # my input may be reused once everyone has read it

@@ -42,8 +42,9 @@ the other orders.
 
 Read orders (``ORDERS``): besides its arrival-order read, the single copy has other orders a
 collective may take at some rank counts (allgather by recursive doubling at power-of-two counts
-of 4 or more). Each is timed as one more path; its rows (``"allgather:doubling"``) say at which
-sizes it replaces the arrival order, and ``apply_orders`` sets them on the engine.
+of 4 or more; allgather by writing each block into every peer's output, "push", from 3 ranks).
+Each is timed as one more path; its rows (``"allgather:doubling"``, ``"allgather:push"``) say at
+which sizes it replaces the arrival order, and ``apply_orders`` sets them on the engine.
 
 Agreement: rank 0 alone reads the cache and decides; it broadcasts one small vector, so every rank
 routes every call alike (ranks that disagreed would run different schedules and mismatch). The
@@ -87,7 +88,7 @@ BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..
 CALLS_MIN, CALLS_MAX = 8, 64
 LARGE_CALLS, LARGE_REPS, LARGE_MAX_REPS = 2, 3, 5   # above BLOCK_BYTES: a call is tens of ms at 8 ranks, a steady
 # state of its own (every rank is descheduled and resumed inside one call); the probe stays ~1 s
-METHOD = 5                  # how verdicts are measured; a cache entry of another method is measured again
+METHOD = 6                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
@@ -106,9 +107,18 @@ def _doubling_runs(n: int) -> bool:
     return n > 2 and n & (n - 1) == 0
 
 
-# (collective, order): the rank counts at which the single copy's alternative read order runs
-# (_native/single_copy.pyx); the probe times it as a path of its own and routes it by its rows
-ORDERS = {("allgather", "doubling"): _doubling_runs}
+def _push_runs(n: int) -> bool:
+    return n > 2
+
+
+# (collective, order): the rank counts at which the single copy's alternative order runs
+# (_native/single_copy.pyx); the probe times it as a path of its own and routes it by its rows.
+# "push": each rank writes its block into every peer's output (one writer per block, the source in
+# the writer's cache) instead of every peer reading it: at 8 ranks on 2 cores, 8 MiB, it took 0.45x
+# the CPU time of the arrival-order read, whose seven readers of one input pinned the same pages;
+# at 1 MiB it lost (1.4x). At 2 ranks both move the one block the same way, so it is not timed.
+ORDERS = {("allgather", "doubling"): _doubling_runs, ("allgather", "push"): _push_runs}
+_ORDER_MASKS = {"doubling": "ag_doubling", "push": "ag_push"}   # the engine's bits of each order
 ORDER_KEYS = tuple(f"{c}:{o}" for c, o in ORDERS)
 
 
@@ -269,7 +279,7 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
         buf = np.ones(count, np.float32)
         fns = {k: (lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single")}
     elif coll == "allgather":
-        src, out = np.ones(count // n, np.float32), np.ones(count, np.float32)
+        src, out = _laid_out(count // n), _laid_out(count)
         fns = {k: (lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single")}
     else:
         src, out = np.ones(count, np.float32), np.ones(count, np.float32)
@@ -278,6 +288,19 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
         if c == coll and runs(n):
             fns[o] = _in_order(engine, o, fns["single"])
     return fns
+
+
+def _laid_out(count: int) -> np.ndarray:
+    """float32 ones in a mapping of their own, page-aligned and from 4 MiB 2 MiB-aligned with
+    numpy's huge-page advice (the benchmark's "mapped" buffers): an allgather's verdicts must not
+    depend on where glibc put the probe's arrays. The push order pins its peers' outputs, and an
+    8 MiB output at a heap address (16 bytes past a page, a quarter of it on 4 KiB pages) made
+    push 0.66-0.93x the reads' time where a 2 MiB-aligned one made it 0.46-0.5x (8 ranks on 2
+    cores, the same processes)."""
+    from ..benchmark.runner import mapped_empty
+    a = mapped_empty(count, np.float32)
+    a.fill(1)
+    return a
 
 
 def _in_order(engine, order, single):
@@ -296,8 +319,9 @@ ALL_SIZES = (1 << 64) - 1
 
 def _set_order(engine, order, mask: int) -> int:
     """Set which allgather sizes (bits of doubling_bucket) take ``order``; the previous mask."""
-    assert order == "doubling", order
-    old, engine.ag_doubling = engine.ag_doubling, mask
+    attr = _ORDER_MASKS[order]
+    old = getattr(engine, attr)
+    setattr(engine, attr, mask)
     return old
 
 
