@@ -144,7 +144,9 @@ class SimulatedIslands(IslandPricer):
             isl = self.islands[i]
             if self._parts is None:
                 self._parts = host_parts(self._topo)
-            g = self._sub[i] = Group(sub_topology(self._topo, isl.ranks, self._parts), load=self._load, islands=False)
+            # the vendor library's step: its own algorithms, never hetccl's symmetric schedules
+            g = self._sub[i] = Group(sub_topology(self._topo, isl.ranks, self._parts), load=self._load, islands=False,
+                                     reused=False)
         return g
 
     def _bridge_time(self, i, coll, nbytes) -> float:
