@@ -97,6 +97,7 @@ def measure_case(rank, size, sizes, reps, variants, bridges=None, batches=BATCHE
                           "links": "+".join(m.link_classes), "origin": m.origin, "detail": m.detail},
                 "probe_raw": dict(m.raw),     # the probe's timings: --repredict re-fits them (validate.refit)
                 "bridges": bridge_prices_of(comm), "ranks": comm.size, "local": comm.local_size,
+                "auto_register": comm._auto_register,   # reused buffers registered (validate.reused)
                 "describe": comm.describe()}
     finally:
         comm.close()

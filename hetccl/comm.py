@@ -41,7 +41,7 @@ from .errors import (CommAborted, CommRevoked, HetcclError, HetcclTimeout, Inval
                      PeerProtocolError)
 from .flight.record import entries as _flight_entries
 from .memory.registration import AUTO_MIN, Registry
-from .memory.symmetric import MIN_BYTES as _SYM_MIN, NEEDS as _SYM_NEEDS, SymmetricMemory
+from .memory.symmetric import MIN_BYTES as _SYM_MIN, NEEDS as _SYM_NEEDS, SymmetricMemory, auto_routes as _sym_auto_routes
 from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .recovery.membership import EXCLUDED, FAILED, REVOKED
@@ -756,12 +756,13 @@ class Communicator:
 
     def _auto_takes(self, c):
         """Whether this call (no algorithm forced) goes through automatic registration
-        (memory/registration.py ``Registry.auto``): a collective with a symmetric schedule, its
-        sized buffer of at least AUTO_MIN bytes, on an all-c2c communicator without islands, the
-        symmetric path priced faster. Depends on the shape and the communicator only, so every rank
-        decides alike; each rank's buffers then decide, in the call, whether it runs symmetric."""
-        if not (self._auto_register and self._sym.shared and c.nbytes >= AUTO_MIN and self._islands is None
-                and c.coll not in self._tuner.forced and self._sym.faster(c.coll, c.nbytes)):
+        (memory/registration.py ``Registry.auto``): memory/symmetric.py ``auto_routes``, the gate
+        ``hetccl simulate`` asks too (a collective with a symmetric schedule, its sized buffer of at
+        least AUTO_MIN bytes, on an all-c2c communicator without islands, the symmetric path priced
+        faster). Depends on the shape and the communicator only, so every rank decides alike; each
+        rank's buffers then decide, in the call, whether it runs symmetric."""
+        if not (self._auto_register and _sym_auto_routes(c.coll, c.nbytes, self._tuner, self._sym.shared,
+                                                         self._islands, self._sym.faster)):
             return False
         if self._sym.active:                  # a freed comm.alloc buffer raises, as on every path
             self._sym.takes(c.coll, None, *((c.send,) if c.coll == "broadcast" else (c.send, c.recv)))

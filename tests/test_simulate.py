@@ -131,6 +131,52 @@ def test_a_topology_without_fabric_prices_as_before():
     assert Group(topo).plan._uplink_load("rails") == 2
 
 
+def test_reused_plain_buffers_on_one_c2c_host_run_symmetric_through_the_runtimes_gate():
+    """On one host whose every pair is c2c, the runtime registers a reused plain buffer of 32 MiB
+    or more and runs the symmetric schedules where they are priced faster (memory/symmetric.py
+    auto_routes, the gate Communicator._auto_takes asks): the simulator decides through the same
+    function, prices the path as the gate does, and says why; fresh buffers, other transports,
+    a forced algorithm and smaller calls keep the FIFO algorithms."""
+    import types
+    from hetccl.memory import symmetric
+    from hetccl.simulate.group import Group
+    from hetccl.simulate.sweep import simulate
+    topo = topofile.from_dict({"format": "hetccl-topology", "version": 2,
+                               "ranks": [{"rank": r, "host": "a"} for r in range(4)]}, "f")
+    g = Group(topo)
+    big, small = 64 << 20, symmetric.AUTO_MIN // 2
+    sm = symmetric.SymmetricMemory.__new__(symmetric.SymmetricMemory)   # the communicator's side
+    sm._ctx, sm._faster, sm.shared = types.SimpleNamespace(tuner=g.tuner), {}, True
+    for coll in symmetric.NEEDS:
+        runtime = symmetric.auto_routes(coll, big, g.tuner, True, None, sm.faster)
+        assert runtime and g.decide(coll, big) == ("symmetric", None), coll
+        rows = g.rows(coll, big)
+        assert rows["symmetric"] == max(t for k, t in sm.prices(coll, big).items() if k != "fifo")
+        assert rows["symmetric"] == min(rows.values())
+        assert g.decide(coll, small)[0] != "symmetric" and "symmetric" not in g.rows(coll, small)
+    doc = simulate(g, "allreduce", [small, big])
+    assert [r["choice"] for r in doc["sizes"]] == ["ring", "symmetric"]
+    assert doc["sizes"][1]["why"].startswith("plain buffers reused: registered automatically")
+    assert "reused" in doc["buffers"] and "registered automatically" in g.explain("allreduce", big)
+    fresh = Group(topo, reused=False)
+    assert fresh.decide("allreduce", big)[0] == "ring" and "symmetric" not in fresh.rows("allreduce", big)
+    assert "never registered" in simulate(fresh, "allreduce", [big])["buffers"]
+    assert Group(topo, transports="^c2c").decide("allreduce", big)[0] != "symmetric"
+    assert Group(topo, forced_spec="allreduce:rabenseifner").decide("allreduce", big)[0] == "rabenseifner"
+    two_hosts = topofile.from_dict({"format": "hetccl-topology", "version": 2,
+                                    "ranks": [{"rank": r, "host": "ab"[r // 2]} for r in range(4)]}, "f")
+    assert Group(two_hosts).decide("allreduce", big)[0] != "symmetric"
+
+
+def test_a_record_says_whether_its_job_registered_reused_buffers():
+    """validate.reused: the record's auto_register, else (records made before they kept it)
+    whether its runtime was new enough to register automatically (a model with beta_chain)."""
+    v = _validate()
+    assert v.reused({"auto_register": False, "model": {"beta_chain": 0.0}}) is False
+    assert v.reused({"auto_register": True, "model": {}}) is True
+    assert v.reused({"model": {"beta_chain": 0.0}}) is True and v.reused({"model": {"beta": 1e-10}}) is False
+
+
 # ------------------------------------------------------------------ the commands
 
 def _hetccl(*args, cwd, timeout=120):

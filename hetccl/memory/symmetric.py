@@ -88,6 +88,70 @@ def cost(collective: str, nbytes: int, p: int, c, in_place: bool = False) -> flo
     return t + nbytes * one_copy                      # broadcast: every rank loads the root's bytes
 
 
+def prices(collective: str, nbytes: int, tuner) -> dict:
+    """{entry: predicted seconds} of a call of this shape by each path, on ``tuner``'s cost model
+    and number of ranks: ``symmetric`` (for allreduce ``symmetric in place`` and ``symmetric out
+    of place``), and ``fifo``, the cheapest of the tuner's algorithms on the engine's links."""
+    p = tuner.size
+    fifo = min(x for _, x in tuner.table(collective, nbytes) if x is not None)
+    call = tuner.call_cost(collective)
+    if collective == "allreduce":
+        out = {"symmetric in place": cost(collective, nbytes, p, tuner.cost, True) + call,
+               "symmetric out of place": cost(collective, nbytes, p, tuner.cost) + call}
+    else:
+        out = {"symmetric": cost(collective, nbytes, p, tuner.cost) + call}
+    out["fifo"] = fifo
+    return out
+
+
+def priced_faster(entries: dict) -> bool:
+    """Whether the symmetric path of ``prices``' entries is priced below its FIFO path. An
+    allreduce is priced in place, the slower form, because one rank in place makes every rank run
+    it (the fused combine needs every output apart from every input), and no rank knows the
+    others' buffers when it decides."""
+    return max(t for k, t in entries.items() if k != "fifo") < entries["fifo"]
+
+
+def auto_routes(collective: str, nbytes: int, tuner, shared: bool, islands=None, faster=None) -> bool:
+    """The gate of automatic registration (memory/registration.py ``Registry.auto``), the one
+    function the Communicator (``_auto_takes``) and the simulator (simulate/group.py) ask: whether
+    an unforced call of this shape goes through automatic registration, i.e. runs the symmetric
+    schedules once its plain buffers are reused. It does when the collective has a symmetric
+    schedule, its sized buffer (the tuner's convention) is at least AUTO_MIN bytes, every pair of
+    the communicator is c2c (``shared``) and it has no islands, HETCCL_ALGO forces nothing for the
+    collective, and the symmetric path is priced faster than the FIFO path (``faster(collective,
+    nbytes)``: the communicator's cached answer; default: ``priced_faster`` on ``tuner``). It
+    depends on the shape and the communicator only, so every rank decides alike."""
+    if not (shared and collective in NEEDS and nbytes >= AUTO_MIN and islands is None
+            and collective not in tuner.forced):
+        return False
+    return faster(collective, nbytes) if faster is not None else priced_faster(prices(collective, nbytes, tuner))
+
+
+def explain(collective: str, nbytes: int, shared: bool, entries=None) -> str:
+    """The symmetric paths' lines of ``comm.explain()`` (and of ``hetccl simulate --explain``):
+    ``entries``, ``prices`` of this shape (needed when ``shared``)."""
+    if collective not in NEEDS:
+        return f"symmetric buffers: {collective} has no symmetric schedule (ordinary algorithms)"
+    if not shared:
+        return "symmetric buffers: not available (needs every pair of the communicator on c2c)"
+    entries = dict(entries)
+    faster = priced_faster(entries)
+    fifo = entries.pop("fifo")
+    need = {"allreduce": "input and output", "allgather": "output"}.get(collective, "input")
+    taken = ("taken" if nbytes >= MIN_BYTES and faster else
+             f"not taken below {MIN_BYTES} bytes unless forced" if nbytes < MIN_BYTES else
+             "not taken: the FIFO path is priced faster, unless forced")
+    lines = [f"when its {need} {'are' if ' and ' in need else 'is'} from comm.alloc or shared by "
+             f"comm.register, by hand or automatically from {AUTO_MIN >> 20} MiB (single copy, loads "
+             f"and stores into the peers' mappings; {taken}):"]
+    mark = "=>" if taken == "taken" else "  "
+    for name, t in entries.items():
+        lines.append(f"  {mark} {name:<24} {t * 1e6:12.2f} us")
+    lines.append(f"  {'  ' if mark == '=>' else '=>'} {'fifo (the choice above)':<24} {fifo * 1e6:12.2f} us")
+    return "\n".join(lines)
+
+
 class SymmetricMemory:
     """The symmetric allocations of one communicator, and the routing of calls onto them."""
 
@@ -283,54 +347,21 @@ class SymmetricMemory:
         return ok
 
     def prices(self, collective, nbytes) -> dict:
-        """{entry: predicted seconds} of a call of this shape by each path: ``symmetric`` (for
-        allreduce ``symmetric in place`` and ``symmetric out of place``), and ``fifo``, the
-        cheapest of the tuner's algorithms on the engine's links."""
-        t = self._ctx.tuner
-        p = self._ctx.size
-        fifo = min(x for _, x in t.table(collective, nbytes) if x is not None)
-        call = t.call_cost(collective)
-        if collective == "allreduce":
-            out = {"symmetric in place": cost(collective, nbytes, p, t.cost, True) + call,
-                   "symmetric out of place": cost(collective, nbytes, p, t.cost) + call}
-        else:
-            out = {"symmetric": cost(collective, nbytes, p, t.cost) + call}
-        out["fifo"] = fifo
-        return out
+        """``prices`` of this call shape on the communicator's tuner."""
+        return prices(collective, nbytes, self._ctx.tuner)
 
     def faster(self, collective, nbytes) -> bool:
-        """Whether the symmetric path is priced below the FIFO path for this call shape (cached per
-        shape). The same answer on every rank: it depends on the shape and the communicator's
-        cost model only, never on this rank's buffers. An allreduce is priced in place, the
-        slower form, because one rank in place makes every rank run it (the fused combine needs
-        every output apart from every input), and no rank knows the others' buffers here."""
+        """Whether the symmetric path is priced below the FIFO path for this call shape
+        (``priced_faster``, cached per shape). The same answer on every rank: it depends on the
+        shape and the communicator's cost model only, never on this rank's buffers."""
         key = (collective, nbytes)
         hit = self._faster.get(key)
         if hit is None:
-            prices = self.prices(collective, nbytes)
-            fifo = prices.pop("fifo")
-            hit = self._faster[key] = max(prices.values()) < fifo
+            hit = self._faster[key] = priced_faster(self.prices(collective, nbytes))
             if len(self._faster) > 512:
                 self._faster.clear()
         return hit
 
     def explain(self, collective, nbytes) -> str:
-        if collective not in NEEDS:
-            return f"symmetric buffers: {collective} has no symmetric schedule (ordinary algorithms)"
-        if not self.shared:
-            return "symmetric buffers: not available (needs every pair of the communicator on c2c)"
-        prices = self.prices(collective, nbytes)
-        fifo = prices.pop("fifo")
-        faster = max(prices.values()) < fifo
-        need = {"allreduce": "input and output", "allgather": "output"}.get(collective, "input")
-        taken = ("taken" if nbytes >= MIN_BYTES and faster else
-                 f"not taken below {MIN_BYTES} bytes unless forced" if nbytes < MIN_BYTES else
-                 "not taken: the FIFO path is priced faster, unless forced")
-        lines = [f"when its {need} {'are' if ' and ' in need else 'is'} from comm.alloc or shared by "
-                 f"comm.register, by hand or automatically from {AUTO_MIN >> 20} MiB (single copy, loads "
-                 f"and stores into the peers' mappings; {taken}):"]
-        mark = "=>" if taken == "taken" else "  "
-        for name, t in prices.items():
-            lines.append(f"  {mark} {name:<24} {t * 1e6:12.2f} us")
-        lines.append(f"  {'  ' if mark == '=>' else '=>'} {'fifo (the choice above)':<24} {fifo * 1e6:12.2f} us")
-        return "\n".join(lines)
+        return explain(collective, nbytes, self.shared, self.prices(collective, nbytes) if self.shared
+                       and collective in NEEDS else None)

@@ -53,6 +53,9 @@ def _parser():
     p.add_argument("--algo", default="", help="force algorithms like HETCCL_ALGO, e.g. allreduce:ring")
     p.add_argument("--transports", default=None,
                    help="as HETCCL_TRANSPORTS for the simulated job, e.g. tcp or ^c2c (default: all)")
+    p.add_argument("--fresh-buffers", action="store_true",
+                   help="every call passes new arrays (default: a loop reusing its buffers, which the runtime "
+                        "registers automatically on one all-c2c host from 32 MiB)")
     p.add_argument("--what-if", metavar="FILE|K=V,...", default=None, help="a second cluster or setting, side by side")
     p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON ('-' for stdout)")
     p.add_argument("--plot", metavar="PNG", default=None, help="time and bus bandwidth against size")
@@ -81,12 +84,13 @@ def load_topology(path, ranks=None):
     return topo, d.get("synth")
 
 
-def run_one(topo, collective, sizes, cost_model, load, algo, transports=None):
+def run_one(topo, collective, sizes, cost_model, load, algo, transports=None, reused=True):
     from .costs import model_for
     from .group import Group
     from .sweep import simulate
     model, _, bridges = model_for(topo, load, cost_model, transports)
-    group = Group(topo, model, load=load, forced_spec=algo, bridge_prices=bridges, transports=transports)
+    group = Group(topo, model, load=load, forced_spec=algo, bridge_prices=bridges, transports=transports,
+                  reused=reused)
     return simulate(group, collective, sizes), group
 
 
@@ -133,11 +137,13 @@ def simulate_main(argv=None) -> int:
         if not registry.for_collective(args.collective):
             raise InvalidUsage(f"unknown collective {args.collective!r}")
         topo, synth_settings = load_topology(path, args.ranks)
-        doc, group = run_one(topo, args.collective, sizes, args.cost_model, args.load, args.algo, args.transports)
+        doc, group = run_one(topo, args.collective, sizes, args.cost_model, args.load, args.algo, args.transports,
+                             not args.fresh_buffers)
         other = None
         if args.what_if:
             btopo, bcost, bload, balgo, label = _what_if(args, synth_settings)
-            other, _ = run_one(btopo, args.collective, sizes, bcost, bload, balgo, args.transports)
+            other, _ = run_one(btopo, args.collective, sizes, bcost, bload, balgo, args.transports,
+                               not args.fresh_buffers)
             other["label"] = label
     except InvalidUsage as e:
         print(f"hetccl simulate: {e}", file=sys.stderr)

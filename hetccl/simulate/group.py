@@ -27,6 +27,7 @@ from ..collectives.hierarchical import TopologyPricer
 from ..collectives.islands import COLLECTIVES, IslandPricer, bridge_time
 from ..collectives.cost_model import CostModel
 from ..collectives.tuner import Tuner
+from ..memory import symmetric
 from .. import transports
 from ..topology.model import RANK_CLASSES, Topology
 from ..transports.matrix import class_rank, parse_filter
@@ -143,7 +144,9 @@ class SimulatedIslands(IslandPricer):
             isl = self.islands[i]
             if self._parts is None:
                 self._parts = host_parts(self._topo)
-            g = self._sub[i] = Group(sub_topology(self._topo, isl.ranks, self._parts), load=self._load, islands=False)
+            # the vendor library's step: its own algorithms, never hetccl's symmetric schedules
+            g = self._sub[i] = Group(sub_topology(self._topo, isl.ranks, self._parts), load=self._load, islands=False,
+                                     reused=False)
         return g
 
     def _bridge_time(self, i, coll, nbytes) -> float:
@@ -181,13 +184,18 @@ class Group:
     """One simulated group: topology + cost model -> tuner, planner, island pricer, and decisions."""
 
     def __init__(self, topo: Topology, model: CostModel | None = None, load: float = 0.0, islands=True,
-                 bridge_prices=None, forced_spec: str = "", transports: str | None = None):
+                 bridge_prices=None, forced_spec: str = "", transports: str | None = None,
+                 reused: bool = True):
         self.topo = topo
         self.p = len(topo.ranks)
         classes = link_classes(topo, transports)
+        # automatic registration: a reused plain buffer on a group whose every pair is c2c (one
+        # host; cross-memory attach assumed permitted, as the runtime's default cma mode needs)
+        self.reused = reused
+        hosts = topo.hosts()
+        self.shared = self.p > 1 and len(hosts) == 1 and classes == {"c2c"}
         self.model = model or CostModel.default(classes, load > 1, "built-in defaults: no tuning file")
         self.tuner = Tuner(self.p, self.model, forced_spec)
-        hosts = topo.hosts()
         multi = 1 < len(hosts) < self.p
         self.plan = TopologyPricer(topo, load, self.tuner) if multi else None
         self.islands = None
@@ -198,8 +206,17 @@ class Group:
                 if isl is not None:
                     self.islands = SimulatedIslands(isl, self.tuner, self.plan, topo, load, bridge_prices)
 
+    def auto_registered(self, collective, nbytes) -> bool:
+        """Whether the runtime registers this call's plain buffers automatically and runs the
+        symmetric schedules (memory/symmetric.py ``auto_routes``, the Communicator's gate), the
+        buffers being reused (``reused``: a loop passing the same arrays every call)."""
+        return self.reused and symmetric.auto_routes(collective, nbytes, self.tuner, self.shared, self.islands)
+
     def decide(self, collective, nbytes):
-        """(algorithm name, form or None): what the runtime runs (collectives/decide.py)."""
+        """(algorithm name, form or None): what the runtime runs (automatic registration's gate,
+        then collectives/decide.py, as Communicator._route)."""
+        if self.auto_registered(collective, nbytes):
+            return "symmetric", None
         a, form = decide(self.tuner, self.plan, self.islands, collective, nbytes, None,
                          dtypes.FLOAT32, ReduceOp.SUM)
         return a.name, form
@@ -223,6 +240,12 @@ class Group:
         if self.islands is not None:
             for form, t in self.islands.forms(collective, nbytes, dtypes.FLOAT32, ReduceOp.SUM).items():
                 out[f"islands:{form}"] = t
+        if self.reused and symmetric.auto_routes(collective, nbytes, self.tuner, self.shared, self.islands,
+                                                 faster=lambda c, n: True):
+            # wherever the gate's shape rules let the path in (chosen or not), priced as the gate
+            # prices it: an allreduce in place (the slower form, 5%)
+            out["symmetric"] = max(t for k, t in symmetric.prices(collective, nbytes, self.tuner).items()
+                                   if k != "fifo")
         return out
 
     def choice_key(self, collective, nbytes) -> str:
@@ -238,4 +261,12 @@ class Group:
         return min(rows.values()) if rows else 0.0
 
     def explain(self, collective, nbytes) -> str:
-        return explain(self.tuner, self.plan, self.islands, collective, nbytes)
+        """comm.explain()'s text: the planners' tables, then the symmetric paths."""
+        text = explain(self.tuner, self.plan, self.islands, collective, nbytes)
+        text += "\n" + symmetric.explain(collective, nbytes, self.shared, symmetric.prices(
+            collective, nbytes, self.tuner) if self.shared and collective in symmetric.NEEDS else None)
+        if self.auto_registered(collective, nbytes):
+            text += "\n  -> symmetric: plain buffers reused, registered automatically"
+        elif self.shared and not self.reused and collective in symmetric.NEEDS and nbytes >= symmetric.AUTO_MIN:
+            text += "\n  (plain buffers assumed fresh at every call: never registered automatically)"
+        return text

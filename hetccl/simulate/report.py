@@ -17,6 +17,8 @@ def header(doc, label="") -> list[str]:
     if doc.get("islands"):
         lines.append(f"# islands: {doc['islands']}")
     lines.append(f"# cost model: {doc['cost_model']}")
+    if doc.get("buffers"):
+        lines.append(f"# buffers: {doc['buffers']}")
     return lines
 
 

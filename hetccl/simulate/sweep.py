@@ -7,6 +7,7 @@ the same pricers (forced, measured by a tuning file, device islands, or the lowe
 from __future__ import annotations
 
 from ..benchmark import format as fmt
+from ..memory.symmetric import AUTO_MIN
 
 
 def why(group, collective, nbytes, key, rows) -> str:
@@ -14,6 +15,10 @@ def why(group, collective, nbytes, key, rows) -> str:
     t = group.tuner
     if collective in t.forced:
         return f"forced by HETCCL_ALGO ({t.forced[collective]})"
+    if key == "symmetric":
+        fifo = min((v, k) for k, v in rows.items() if k != key)
+        return (f"plain buffers reused: registered automatically (single copy); FIFO path {fifo[1]} "
+                f"+{(fifo[0] / rows[key] - 1) * 100:.0f}%")
     m = t.measured(collective, nbytes)
     if m is not None:
         return f"measured fastest at the nearest tuned size ({m})"
@@ -50,6 +55,11 @@ def simulate(group, collective: str, sizes) -> dict:
                     "why": why(group, collective, n, key, rows), "algorithms": rows})
     doc = {"collective": collective, "ranks": p, "topology": group.topo.summary(),
            "cost_model": group.model.describe(), "sizes": out}
+    if group.shared:           # one all-c2c host: automatic registration applies (docs/simulate.md)
+        doc["buffers"] = ("plain, reused by every call: registered automatically from "
+                          f"{AUTO_MIN >> 20} MiB where the "
+                          "symmetric path is priced faster" if group.reused else
+                          "plain, new at every call (--fresh-buffers): never registered")
     if group.plan is not None and group.plan.fabric is not None:
         doc["network"] = group.plan.fabric.describe()
     if group.islands is not None:

@@ -95,6 +95,17 @@ def refit(rec) -> dict | None:
     return cost.params()
 
 
+def reused(rec) -> bool:
+    """Whether the recorded job registered its reused plain buffers automatically (the benchmark
+    runner passes the same arrays at every repetition, so a runtime that registers them did):
+    the record's ``auto_register``, or, in records made before they kept it, whether the model
+    has the chain broadcast's parameters (``beta_chain``), which the runtime gained after
+    automatic registration (2026-12-07): the records without them ran no automatic registration."""
+    if "auto_register" in rec:
+        return bool(rec["auto_register"])
+    return "beta_chain" in rec["model"]
+
+
 def predict(rec, transports=None):
     """{(size, variant): (predicted seconds, predicted choice)} from the job's record (its model's
     parameters re-fitted from its probe's timings when it kept them: refit)."""
@@ -129,7 +140,7 @@ def predict(rec, transports=None):
         if v not in groups:
             spec = "" if v == "auto" else f"allreduce:{v}"
             groups[v] = Group(topo, model, load=rec["load"], forced_spec=spec, bridge_prices=bridges,
-                              transports=transports)
+                              transports=transports, reused=reused(rec))
         g = groups[v]
         n = row["size"]
         rows = g.rows("allreduce", n)
