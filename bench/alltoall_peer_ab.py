@@ -37,7 +37,7 @@ sends the call unforced (``tuned``: FIFO or single copy, and the order, as the p
 its line names the algorithm and the probe's order masks): the figure a user gets.
 ``--placements`` gives each library the buffers of several placements in the same repetitions
 (paths ``ompi@P``, ``hetccl@P``; the schedule variants run on the first): ``mapped``, the
-benchmark runner's allocation (hetccl/benchmark/runner.py ``mapped_empty``: its own mapping,
+benchmark runner's allocation (hetccl/memory/mapped.py ``mapped_empty``: its own mapping,
 page-aligned, 2 MiB-aligned from 4 MiB); ``numpy``, np.empty wherever glibc puts it in this
 process; ``S:R``, mapped buffers moved S bytes (send) and R bytes (receive) past their boundary,
 e.g. ``16:48``, the offsets modulo 64 np.empty gave in bench/run_all.py's separate runs. Each

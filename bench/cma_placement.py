@@ -12,7 +12,7 @@ alternate repetition by repetition (the order drawn afresh each time). Printed p
 the median CPU time of a read (``time.thread_time``: user + system of the reading thread, which a
 loaded host moves far less than the wall time) and each repetition's CPU time over the (0, 0)
 case's in the same repetition (median). This is why the benchmark runner gives every library's
-buffers the same placement (hetccl/benchmark/runner.py, ``mapped_empty``).
+buffers the same placement (hetccl/memory/mapped.py, ``mapped_empty``).
 """
 import argparse
 import ctypes

@@ -71,7 +71,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="how the send and receive buffers are allocated, the same in every library: "
                         "'mapped' (default): each its own anonymous mapping, page-aligned, 2 MiB-"
                         "aligned from 4 MiB, numpy's huge-page advice; 'numpy': np.empty, placed "
-                        "wherever glibc puts it in this process (runner.mapped_empty says why)")
+                        "wherever glibc puts it in this process (hetccl/memory/mapped.py says why)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check (#wrong N/A)")
     p.add_argument("--json", metavar="FILE", default=None, help="write rows as JSON (rank 0)")
     return p

@@ -71,6 +71,17 @@ import numpy as np
 
 from . import format as fmt
 
+try:
+    from ..memory.mapped import mapped_empty
+except ImportError:     # the peers' processes load this package alone, without hetccl (bench/peers/_common.py)
+    import importlib.util as _importlib_util
+    _spec = _importlib_util.spec_from_file_location(
+        "_hetccl_memory_mapped", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                              "memory", "mapped.py"))
+    _mapped = _importlib_util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mapped)
+    mapped_empty = _mapped.mapped_empty
+
 # ------------------------------------------------------------------ dtypes and ops
 
 _OP_NAMES = ("sum", "prod", "min", "max", "avg", "band", "bor", "bxor")
@@ -200,39 +211,6 @@ def _wrong_periodic(view: np.ndarray, base: np.ndarray, phase: int, rtol: float)
 
 ALLOCATIONS = ("mapped", "numpy")
 DEFAULT_ALLOCATION = "mapped"
-_HUGE_PAGE = 2 << 20
-_NUMPY_HUGE_FROM = 4 << 20     # numpy advises huge pages for arrays of at least this many bytes
-
-
-def _numpy_advises_huge_pages() -> bool:
-    try:
-        from numpy._core.multiarray import _get_madvise_hugepage
-    except ImportError:                          # numpy 1.x
-        try:
-            from numpy.core.multiarray import _get_madvise_hugepage
-        except ImportError:
-            return False
-    return bool(_get_madvise_hugepage())
-
-
-def mapped_empty(count: int, dtype) -> np.ndarray:
-    """An uninitialised numpy array of *count* elements in an anonymous mapping of its own.
-
-    It starts on a page boundary, on a 2 MiB boundary when it is at least 4 MiB, and gets
-    ``MADV_HUGEPAGE`` exactly when np.empty would (numpy's own rule), so that every process of
-    every library holds its buffers at the same offsets on pages faulted in the same way. It is a
-    plain array (its base is the mapping): every library takes it as it takes np.empty's."""
-    dt = np.dtype(dtype)
-    nbytes = max(1, int(count) * dt.itemsize)
-    align = _HUGE_PAGE if nbytes >= _NUMPY_HUGE_FROM else mmap.PAGESIZE
-    m = mmap.mmap(-1, nbytes + align - mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    raw = np.frombuffer(m, dtype=np.uint8)
-    off = -raw.ctypes.data % align
-    if nbytes >= _NUMPY_HUGE_FROM and _numpy_advises_huge_pages() and hasattr(mmap, "MADV_HUGEPAGE"):
-        m.madvise(mmap.MADV_HUGEPAGE, off, nbytes - nbytes % mmap.PAGESIZE)
-    return raw[off:off + int(count) * dt.itemsize].view(dt)
-
-
 def allocator(name: str):
     """The (count, dtype) -> array function of an allocation method (ALLOCATIONS)."""
     if name == "mapped":

@@ -64,6 +64,7 @@ import numpy as np
 
 from .. import dtypes
 from .._native.flight import Flight
+from ..memory.mapped import mapped_empty
 from ..ops import ReduceOp
 from . import probe as _probe
 from . import schedules
@@ -297,7 +298,6 @@ def _laid_out(count: int) -> np.ndarray:
     8 MiB output at a heap address (16 bytes past a page, a quarter of it on 4 KiB pages) made
     push 0.66-0.93x the reads' time where a 2 MiB-aligned one made it 0.46-0.5x (8 ranks on 2
     cores, the same processes)."""
-    from ..benchmark.runner import mapped_empty
     a = mapped_empty(count, np.float32)
     a.fill(1)
     return a
