@@ -1333,6 +1333,8 @@ class Communicator:
         local hook of the control plane (revoke, a peer declared dead); abort() starts with it.
         Sub-communicators of composed algorithms are interrupted too (a lost peer's number means
         nothing there: they are aborted or revoked)."""
+        if self._island_routes:               # first: the woken caller may look right away
+            self._island_routes.clear()       # (a cached route also checks dead_at first)
         self._engine.interrupt(reason, peer)
         if self._life.dead_at is None:
             self._life.dead_at = time.monotonic()
@@ -1341,8 +1343,6 @@ class Communicator:
         for part in (self._plan, self._islands):
             if part is not None:
                 part.interrupt(sub)
-        if self._island_routes:
-            self._island_routes.clear()       # (a cached route also checks dead_at first)
         with self._cv:                         # queued operations will not start: fail them now
             cancelled = [w for w in self._queue if w is not None]
             self._queue.clear()
