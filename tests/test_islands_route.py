@@ -59,16 +59,51 @@ def test_fast_islands_compose_so_the_router_keeps_the_call():
     assert p.routes_flat("reduce_scatter", N)         # a collective the islands do not compose
 
 
+def moving(p, seconds):
+    """The pricer's bridges' allgather and broadcast cost ``seconds`` a step (their reductions keep
+    what ``pricer`` gave them)."""
+    row = list(p.prices[0])
+    for coll in ("allgather", "broadcast"):
+        ci = COLLECTIVES.index(coll)
+        row[PRICE_FIELDS * ci:PRICE_FIELDS * (ci + 1)] = [seconds] * PRICE_FIELDS
+    p.prices = [row] * len(p.prices)
+    return p
+
+
 def test_one_dtype_that_composes_keeps_every_dtype_of_that_size_on_the_router():
-    """The bridges reduce int8 BXOR only (cheaply): float32 SUM runs flat, int8 BXOR composes (1 KiB
-    on links of 20 us a step: float32's composed form pays two steps of hetccl's where the flat
-    recursive doubling pays two). The latency path keys a shape by its size, not its dtype, so
-    the size must stay on the router."""
-    p, n = pricer(1e-9, native={(dtypes.INT8, ReduceOp.BXOR)}, alpha=20e-6), 1 << 10
+    """The bridges reduce int8 BXOR only (cheaply) and move bytes in 30 us a step: float32 SUM runs
+    flat, int8 BXOR composes (1 KiB on links of 40 us a step: float32's composed form pays two
+    steps of hetccl's and a bridge step where the flat recursive doubling pays two rounds, more
+    than the router's price on the flat call). The latency path keys a shape by its size, not its
+    dtype, so the size must stay on the router."""
+    p, n = moving(pricer(1e-9, native={(dtypes.INT8, ReduceOp.BXOR)}, alpha=40e-6), 30e-6), 1 << 10
     f32 = decide(p.tuner, None, p, "allreduce", n, None, dtypes.FLOAT32, ReduceOp.SUM)
     i8 = decide(p.tuner, None, p, "allreduce", n, None, dtypes.INT8, ReduceOp.BXOR)
     assert f32[1] is None and i8[1] is not None       # the premise: the choice differs by dtype
     assert not p.routes_flat("allreduce", n)
+
+
+def test_a_flat_call_the_router_keeps_pays_the_routers_path():
+    """Where some dtype composes at a size (routes_flat: no), every flat call of that size pays the
+    router's path (flat_call, ROUTER_CALL per rank, in turn on crowded CPUs), and the choice for
+    the other dtypes weighs it: float32 SUM, whose composed form costs a little more than the flat
+    recursive doubling alone, composes once the router's price is on the flat call; where no dtype
+    composes (the bridges reduce nothing cheaply), the flat call pays nothing and stays flat."""
+    from hetccl.collectives.islands import ROUTER_CALL
+    f32, SUM, n = dtypes.FLOAT32, ReduceOp.SUM, 1 << 10
+    p = moving(pricer(1e-9, native={(dtypes.INT8, ReduceOp.BXOR)}, alpha=40e-6), 2e-6)
+    flat = p.tuner.select("allreduce", n)
+    composed = min(p.forms("allreduce", n, f32, SUM).values())
+    assert p._flat_cost(flat, n) < composed < p._flat_cost(flat, n) + ROUTER_CALL   # the premise
+    assert not p.routes_flat("allreduce", n)
+    assert p.flat_call("allreduce", n) == ROUTER_CALL
+    assert decide(p.tuner, None, p, "allreduce", n, None, f32, SUM)[1] is not None
+    assert decide(p.tuner, None, p, "allreduce", n, "recursive_doubling", f32, SUM)[1] is None   # forced flat
+    p._over = True                                        # 2 ranks per CPU (share 2): each pays in turn
+    assert p.flat_call("allreduce", n) == 2 * ROUTER_CALL
+    alone = moving(pricer(1e-9, native=set(), alpha=40e-6), 2e-6)
+    assert alone.routes_flat("allreduce", n) and alone.flat_call("allreduce", n) == 0.0
+    assert decide(alone.tuner, None, alone, "allreduce", n, None, f32, SUM)[1] is None
 
 
 def test_a_forced_flat_algorithm_is_not_served_what_the_unforced_call_chose():

@@ -531,6 +531,21 @@ def test_a_point_is_the_median_of_its_batch_medians_and_reports_their_spread():
         v.batched([], 3)
 
 
+def test_a_job_whose_machine_changed_speed_after_its_first_batch_says_so():
+    """validate.drift: the median over the judged points of first batch / point (the first batch is
+    timed right after the job's probe); small points do not count; rows without batches give
+    None; bench/validate_sim.py prints drift_note, when it is off by more than 15%."""
+    v = _validate()
+    rows = [{"size": 1 << 10, "time_us": 10.0, "batches_us": [1.0, 10.0, 10.0]},
+            {"size": 64 << 10, "time_us": 100.0, "batches_us": [60.0, 100.0, 110.0]},
+            {"size": 1 << 20, "time_us": 1000.0, "batches_us": [500.0, 1000.0, 1000.0]},
+            {"size": 4 << 20, "time_us": 4000.0, "batches_us": [2800.0, 4000.0, 4100.0]}]
+    assert v.drift(rows) == pytest.approx(0.6)
+    assert v.drift([{"size": 1 << 20, "time_us": 5.0}]) is None
+    assert "x0.60" in v.drift_note(rows)
+    assert v.drift_note(rows[:1] + [dict(rows[1], batches_us=[95.0, 100.0])]) == ""
+
+
 def test_a_judged_point_whose_batches_disagree_is_measured_again_and_priced_on_all_of_them():
     """validate.measure: the sweep's rows priced on their batches; the sizes >= 64 KiB whose
     batches disagree by more than REMEASURE (a slow window of the machine, a shaped link's bad
@@ -555,3 +570,46 @@ def test_a_judged_point_whose_batches_disagree_is_measured_again_and_priced_on_a
     calls.clear()
     v.measure(sweep, sorted(first), batches=3, remeasure=None)
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------ a flat call on a group with islands
+
+@needs_record
+def test_a_flat_call_where_some_dtype_composes_carries_the_routers_price():
+    """The recorded islands job (MPI island 0,1, hetccl island 2,3; 4 ranks on 2 CPUs, its cost
+    model) with MPI steps priced near zero, at 64 KiB: MPI reduces float32 itself (its bridge's own
+    table) but not float16, so the composed form is cheaper than the flat ring for one and not for
+    the other, the latency path takes no allreduce size
+    (IslandPricer.routes_flat), and every flat algorithm the simulator prices carries the router's
+    path (flat_call), as the runtime's flat call pays it; with MPI's steps priced dear nothing
+    composes and the flat algorithms cost what the tuner says."""
+    from hetccl import dtypes
+    from hetccl.collectives import registry
+    from hetccl.collectives.cost_model import PARAMS, TUNED, CostModel, LinkCost
+    from hetccl.collectives.islands import COLLECTIVES, ROUTER_CALL, _flag
+    from hetccl.ops import ReduceOp
+    from hetccl.simulate.group import Group
+    with open(DATA) as f:
+        rec = next(r for name, r in json.load(f)["records"].items() if name.startswith("islands"))
+    topo = topofile.from_dict(rec["topology"], "recorded job")
+    cost = LinkCost.from_params({k: rec["model"][k] for k in PARAMS if k in rec["model"]}, fifo=True,
+                                share=float(rec["load"]))
+    model, n = CostModel(cost, TUNED, "recorded", ("c2c",)), 64 << 10
+
+    def group(seconds):
+        prices = {"mpi": {c: ((8, seconds), (16 << 20, seconds)) for c in COLLECTIVES}}
+        return Group(topo, model, load=rec["load"], bridge_prices=prices, reused=False)
+    cheap, dear = group(1e-9), group(1.0)
+    flags = cheap.islands.flags[0]
+    ci = COLLECTIVES.index("reduce")
+    assert flags[_flag(ci, dtypes.FLOAT32, ReduceOp.SUM)] and not flags[_flag(ci, dtypes.FLOAT16, ReduceOp.SUM)]
+    assert flags[_flag(COLLECTIVES.index("allgather"), dtypes.FLOAT16, ReduceOp.SUM)]   # bytes: every dtype
+    assert cheap.islands.flags[1] is None                                                 # hetccl's own island
+    assert not cheap.islands.routes_flat("allreduce", n)
+    share = max(1.0, float(cheap.tuner.cost.share))
+    assert cheap.islands.flat_call("allreduce", n) == pytest.approx(ROUTER_CALL * share)
+    ring = next(a for a in registry.for_collective("allreduce") if a.name == "ring")
+    assert cheap.rows("allreduce", n)["ring"] == pytest.approx(cheap.tuner.price(ring, n) + ROUTER_CALL * share)
+    assert dear.islands.routes_flat("allreduce", n) and dear.islands.flat_call("allreduce", n) == 0.0
+    assert dear.rows("allreduce", n)["ring"] == pytest.approx(dear.tuner.price(ring, n))
+    assert dear.choice_key("allreduce", n) == dear.tuner.select("allreduce", n).name

@@ -44,8 +44,10 @@ so every rank prices alike; hetccl's own steps are priced by the communicator's 
 (collectives/cost_model.py); on an oversubscribed machine the islands' steps add up instead of
 overlapping, each priced as its own ranks running alone (LinkCost.crowded); a step on a sub-communicator
 pays a flat call's latency path, the composed call its own path once and, oversubscribed, the
-hand-overs between its steps (ROUTE_CALL, ROUTER_CALL, HANDOVER). The lowest predicted time among
-the flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
+hand-overs between its steps (ROUTE_CALL, ROUTER_CALL, HANDOVER); a flat call pays the router's
+path too where the communicator's latency path may not take its shape (``flat_call``: some dtype
+or op composes at that size). The lowest predicted time among the flat algorithms and the composed
+form wins; ``algorithm="islands"`` forces the composed form,
 ``comm.explain()`` prints the table.
 """
 from __future__ import annotations
@@ -244,6 +246,7 @@ class IslandPricer:
         self._over = oversubscribed
         self.tuner, self.topo_plan = tuner, topo_plan
         self._cache = {}
+        self._base = False          # routes_flat is asking: choose without the flat call's route
 
     # ------------------------------------------------------------------ pricing
 
@@ -284,6 +287,19 @@ class IslandPricer:
         if not self._over:
             return own
         return own * max(1.0, float(self.tuner.cost.share)) + HANDOVERS * HANDOVER
+
+    def flat_call(self, collective, nbytes, algorithm=None) -> float:
+        """Seconds the public call's own path adds to a flat algorithm's call of this shape, CPU
+        per rank (the ranks sharing a CPU pay theirs in turn): none where every such call runs one
+        flat native schedule (``routes_flat``: the communicator's latency path takes it, comm.py
+        ``_learn``), else the router's (ROUTER_CALL) at every call. Why: where some dtype or op
+        composes at this size (a step the bridge does not run itself, e.g. MPI on float16, prices
+        the composed form differently), a float32 call priced with the flat ring alone read 37%
+        too fast at 64 KiB (4 ranks on 2 CPUs, the validation run of 2026-12-07 19:45: the flat
+        ring took 109 us there against 44 us in the plain 4-rank job)."""
+        if self.routes_flat(collective, nbytes, algorithm):
+            return 0.0
+        return ROUTER_CALL * (max(1.0, float(self.tuner.cost.share)) if self._over else 1.0)
 
     def _leaders_busy(self) -> int:
         """Ranks that keep a CPU while the leaders run their step across islands: the leaders,
@@ -363,7 +379,8 @@ class IslandPricer:
         """(algorithm, form) for one call: the flat choice, or the composed form when it is cheaper
         or forced (form None: run ``flat``). Cached per call shape, whether forced included: a
         forced ``algorithm="ring"`` must not reuse what the unforced call of that shape chose."""
-        key = (collective, nbytes, code, op, flat.code, bool(forced))
+        base = self._base
+        key = (collective, nbytes, code, op, flat.code, bool(forced), base)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -377,7 +394,11 @@ class IslandPricer:
                 name = min(forms, key=forms.get)
                 # a device island always composes: its ranks may hold device buffers, which only
                 # the composed form reaches (every rank decides alike, whatever its buffers)
-                if flat.code == ALGO_ISLANDS or self.device or forms[name] < self._flat_cost(flat, nbytes):
+                # the flat call's price includes its route (flat_call): not while routes_flat
+                # itself asks how each dtype and op would run without it (``base``)
+                route = 0.0 if base or flat.code < 0 else self.flat_call(collective, nbytes)
+                if (flat.code == ALGO_ISLANDS or self.device
+                        or forms[name] < self._flat_cost(flat, nbytes) + route):
                     hit = (next(a for a in registry.for_collective(collective) if a.code == ALGO_ISLANDS), name)
                 else:
                     hit = (flat, None)
@@ -393,7 +414,10 @@ class IslandPricer:
         KiB on the islands job against the plain 4-rank job, whose calls take the latency path).
         The choice depends on the dtype and op only through which island steps a bridge runs
         (``_native``), so one (dtype, op) per distinct set of those answers is priced; answers are
-        kept per call shape (a call the latency path refuses, e.g. a bitwise op, asks each time)."""
+        kept per call shape (a call the latency path refuses, e.g. a bitwise op, asks each time).
+        Each is the choice without the router's price on the flat call (``flat_call``, which asks
+        this): where some dtype or op composes, pricing the router only makes the flat algorithms
+        dearer, so that answer stands."""
         from .decide import decide
         if self.whole or self.device:
             return False                            # delegated whole, or always composed
@@ -406,12 +430,16 @@ class IslandPricer:
             if len(memo) >= 4096:
                 memo.clear()
             code, hit = None, True
-            for dt, op in self._kinds(collective):
-                a, form = decide(self.tuner, self.topo_plan, self, collective, nbytes, algorithm, dt, op)
-                if form is not None or a.code < 0 or (code is not None and a.code != code):
-                    hit = False
-                    break
-                code = a.code
+            self._base = True              # each dtype and op's choice without the router's price (choose)
+            try:
+                for dt, op in self._kinds(collective):
+                    a, form = decide(self.tuner, self.topo_plan, self, collective, nbytes, algorithm, dt, op)
+                    if form is not None or a.code < 0 or (code is not None and a.code != code):
+                        hit = False
+                        break
+                    code = a.code
+            finally:
+                self._base = False
             memo[key] = hit
         return hit
 
@@ -479,6 +507,7 @@ class IslandPlan(IslandPricer):
         self.device = False
         self._staged = None        # collectives/staged.DevicePath, made on the first device buffer
         self._cache = {}
+        self._base = False
         self._direct = {}
         self._scratch = {}
         self.tuner = ctx.tuner

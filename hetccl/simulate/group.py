@@ -19,12 +19,13 @@ same NICs and coherent links hetccl would), unless the tuning file has them meas
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 from ..bridges import formation
 from ..collectives import registry
 from ..collectives.decide import decide, explain
 from ..collectives.hierarchical import TopologyPricer
-from ..collectives.islands import COLLECTIVES, IslandPricer, bridge_time
+from ..collectives.islands import COLLECTIVES, IslandPricer, bridge_time, supported_flags
 from ..collectives.cost_model import CostModel
 from ..collectives.tuner import Tuner
 from ..memory import symmetric
@@ -125,18 +126,12 @@ class SimulatedIslands(IslandPricer):
     file has them."""
 
     def __init__(self, islands, tuner, topo_plan, topo, load, measured=None):
-        flags = []
-        for isl in islands:
-            # what a vendor library runs: every reduction hetccl asks of it except AVG (composed as SUM)
-            flags.append(isl.bridged)
+        flags = [bridge_flags(isl.kind) if isl.bridged else None for isl in islands]
         super().__init__(islands, [None] * len(islands), flags, _device(islands), load > 1, tuner, topo_plan)
         self._topo, self._load = topo, load
         self._measured = measured or {}
         self._sub = {}
         self._parts = None
-
-    def _native(self, i, coll, code, op) -> bool:
-        return bool(self.flags[i]) and coll in COLLECTIVES
 
     def _group(self, i):
         g = self._sub.get(i)
@@ -172,6 +167,41 @@ class SimulatedIslands(IslandPricer):
                    "modelled on the island's links" if isl.bridged else "hetccl's own algorithms")
             out.append(f"island {i}: {isl.kind}, {len(isl.ranks)} rank(s), leader {isl.leader}; {src}")
         return out
+
+
+_FLAGS = {}
+
+
+def bridge_flags(kind):
+    """The ``flags`` row (collectives/islands.py supported_flags) of a bridge of this kind: which
+    (collective, dtype, op) it runs itself. MPI's is the MPI bridge's own table (bridges/mpi.py: no
+    float16, bfloat16 or float8 reductions), read without loading MPI; another vendor library is
+    taken to run every reduction hetccl asks of it (AVG is composed as SUM). Where the bridge runs
+    a step itself for some dtypes and op but not others, the composed form's price, and so whether
+    the communicator's latency path takes a flat call (IslandPricer.routes_flat, flat_call),
+    depends on them, as at run time."""
+    row = _FLAGS.get(kind)
+    if row is None:
+        if kind == "mpi":
+            from ..bridges import mpi
+
+            class _Names:                       # MPI's datatypes and ops by name: only the keys are read
+                def __getattr__(self, name):
+                    return name
+            owner = SimpleNamespace(_ops=mpi._tables(_Names())[1])
+            bridge = SimpleNamespace(supports=lambda coll, dt, op=None: mpi.MPIBridge.supports(owner, coll, dt, op))
+        else:
+            bridge = _EveryStep()
+        row = _FLAGS[kind] = supported_flags(bridge)
+    return row
+
+
+class _EveryStep:
+    """A bridge that runs every (collective, dtype, op)."""
+
+    @staticmethod
+    def supports(collective, dtype, op=None) -> bool:
+        return collective in COLLECTIVES
 
 
 def _device(islands) -> bool:
@@ -226,11 +256,14 @@ class Group:
         the flat ones (re-priced for the topology when the group spans hosts), the composed ones
         and the island forms ("islands:leaders", ...)."""
         out = {}
+        # a flat call on a group with islands: the public call's path where the latency path does
+        # not take the shape (IslandPricer.flat_call)
+        call = self.islands.flat_call(collective, nbytes) if self.islands is not None else 0.0
         for a in registry.for_collective(collective):
             if a.code >= 0:
                 if not a.supports(nbytes, self.p):
                     continue
-                t = self.plan.price(a, nbytes) if self.plan is not None else self.tuner.price(a, nbytes)
+                t = (self.plan.price(a, nbytes) if self.plan is not None else self.tuner.price(a, nbytes)) + call
             elif self.plan is not None:
                 t = self.plan.price(a, nbytes)
             else:
