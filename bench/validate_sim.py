@@ -52,7 +52,7 @@ from checkout import IMPORT_ROOT as ROOT  # noqa: E402  (which hetccl: installed
 import ompi_job  # noqa: E402
 
 from hetccl.simulate.validate import (BATCHES, JUDGED_FROM, REMEASURE, SLACK, TOLERANCE,  # noqa: E402,F401
-                                      compare, measure)
+                                      compare, drift_note, measure)
 DEFAULT_SIZES = [1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 TRANSPORTS = {"c2c": None, "shm": "^c2c", "tcp": "tcp"}
 
@@ -273,7 +273,8 @@ def main(argv=None) -> int:
         table.extend(rows)
         print_table(rows)
         print(f"#   load average {load0:.2f} -> {rec['loadavg_after']:.2f}; cost model {rec['model']['origin']}: "
-              f"alpha={rec['model']['alpha'] * 1e6:.3g} us, beta={1 / rec['model']['beta'] / 1e9:.3g} GB/s", flush=True)
+              f"alpha={rec['model']['alpha'] * 1e6:.3g} us, beta={1 / rec['model']['beta'] / 1e9:.3g} GB/s"
+              + drift_note(rec["rows"]), flush=True)
 
     try:
         if "local" in cases:
@@ -376,7 +377,7 @@ def repredict(paths, out=print) -> int:
             out(f"{name:<30} {ok(was):>2} -> {ok([r['error'] for r in big]):>2} of {len(big):<2} within "
                 f"{TOLERANCE:.0%}; same choice {sum(r['same'] for r in rows if r['variant'] == 'auto')}/"
                 f"{sum(r['variant'] == 'auto' for r in rows)}; errors >= {JUDGED_FROM >> 10} KiB: "
-                + " ".join(f"{r['error'] * 100:+.0f}%" for r in big))
+                + " ".join(f"{r['error'] * 100:+.0f}%" for r in big) + drift_note(rec["rows"]))
     s = summary(table)
     out(f"# {s['within']}/{s['judged']} points >= {JUDGED_FROM >> 10} KiB within {TOLERANCE:.0%}; "
         f"same choice at {s['same_choice']}/{s['auto_rows']} sizes")

@@ -73,6 +73,28 @@ def unsteady(rows, limit=REMEASURE) -> list[int]:
     return sorted({r["size"] for r in rows if r["size"] >= JUDGED_FROM and r.get("spread", 0.0) > limit})
 
 
+def drift(rows) -> float | None:
+    """How the machine's speed moved during a job: the median, over its judged points, of the
+    first batch's median over the point's time (rows as ``measure`` makes them; None without
+    batches). The job's cost model is probed at its start, the first batch timed right after it:
+    far from 1 (the 8-rank tcp job of the run of 2026-12-07 19:36 read 0.59, its first batch
+    within -13% to +27% of the prediction and the later ones 1.5-2x slower), the points are judged
+    against a machine other than the one the model was measured on."""
+    import statistics
+    ratios = [r["batches_us"][0] / r["time_us"] for r in rows
+              if r["size"] >= JUDGED_FROM and r.get("batches_us") and r.get("time_us")]
+    return statistics.median(ratios) if ratios else None
+
+
+def drift_note(rows, limit=0.15) -> str:
+    """"; first batch x0.59 of the point (...)" when the machine's speed moved by more than
+    ``limit`` during the job (``drift``), else "": bench/validate_sim.py's case lines."""
+    d = drift(rows)
+    return "" if d is None or abs(d - 1) <= limit else (
+        f"; first batch x{d:.2f} of the point (the machine's speed moved during the job: the model was "
+        f"measured at its start)")
+
+
 def refit(rec) -> dict | None:
     """The cost-model parameters today's probe.fit derives from the probe timings a record kept
     (``probe_raw``, us, as the cache stores them), or None when it kept none (older records, or a
