@@ -85,22 +85,22 @@ def test_one_dtype_that_composes_keeps_every_dtype_of_that_size_on_the_router():
 
 def test_a_flat_call_the_router_keeps_pays_the_routers_path():
     """Where some dtype composes at a size (routes_flat: no), every flat call of that size pays the
-    router's path (flat_call, ROUTER_CALL per rank, in turn on crowded CPUs), and the choice for
+    router's path (flat_call, FLAT_ROUTER_CALL per rank, in turn on crowded CPUs), and the choice for
     the other dtypes weighs it: float32 SUM, whose composed form costs a little more than the flat
     recursive doubling alone, composes once the router's price is on the flat call; where no dtype
     composes (the bridges reduce nothing cheaply), the flat call pays nothing and stays flat."""
-    from hetccl.collectives.islands import ROUTER_CALL
+    from hetccl.collectives.islands import FLAT_ROUTER_CALL
     f32, SUM, n = dtypes.FLOAT32, ReduceOp.SUM, 1 << 10
     p = moving(pricer(1e-9, native={(dtypes.INT8, ReduceOp.BXOR)}, alpha=40e-6), 2e-6)
     flat = p.tuner.select("allreduce", n)
     composed = min(p.forms("allreduce", n, f32, SUM).values())
-    assert p._flat_cost(flat, n) < composed < p._flat_cost(flat, n) + ROUTER_CALL   # the premise
+    assert p._flat_cost(flat, n) < composed < p._flat_cost(flat, n) + FLAT_ROUTER_CALL   # the premise
     assert not p.routes_flat("allreduce", n)
-    assert p.flat_call("allreduce", n) == ROUTER_CALL
+    assert p.flat_call("allreduce", n) == FLAT_ROUTER_CALL
     assert decide(p.tuner, None, p, "allreduce", n, None, f32, SUM)[1] is not None
     assert decide(p.tuner, None, p, "allreduce", n, "recursive_doubling", f32, SUM)[1] is None   # forced flat
     p._over = True                                        # 2 ranks per CPU (share 2): each pays in turn
-    assert p.flat_call("allreduce", n) == 2 * ROUTER_CALL
+    assert p.flat_call("allreduce", n) == 2 * FLAT_ROUTER_CALL
     alone = moving(pricer(1e-9, native=set(), alpha=40e-6), 2e-6)
     assert alone.routes_flat("allreduce", n) and alone.flat_call("allreduce", n) == 0.0
     assert decide(alone.tuner, None, alone, "allreduce", n, None, f32, SUM)[1] is None

@@ -586,7 +586,7 @@ def test_a_flat_call_where_some_dtype_composes_carries_the_routers_price():
     from hetccl import dtypes
     from hetccl.collectives import registry
     from hetccl.collectives.cost_model import PARAMS, TUNED, CostModel, LinkCost
-    from hetccl.collectives.islands import COLLECTIVES, ROUTER_CALL, _flag
+    from hetccl.collectives.islands import COLLECTIVES, FLAT_ROUTER_CALL, _flag
     from hetccl.ops import ReduceOp
     from hetccl.simulate.group import Group
     with open(DATA) as f:
@@ -607,9 +607,9 @@ def test_a_flat_call_where_some_dtype_composes_carries_the_routers_price():
     assert cheap.islands.flags[1] is None                                                 # hetccl's own island
     assert not cheap.islands.routes_flat("allreduce", n)
     share = max(1.0, float(cheap.tuner.cost.share))
-    assert cheap.islands.flat_call("allreduce", n) == pytest.approx(ROUTER_CALL * share)
+    assert cheap.islands.flat_call("allreduce", n) == pytest.approx(FLAT_ROUTER_CALL * share)
     ring = next(a for a in registry.for_collective("allreduce") if a.name == "ring")
-    assert cheap.rows("allreduce", n)["ring"] == pytest.approx(cheap.tuner.price(ring, n) + ROUTER_CALL * share)
+    assert cheap.rows("allreduce", n)["ring"] == pytest.approx(cheap.tuner.price(ring, n) + FLAT_ROUTER_CALL * share)
     assert dear.islands.routes_flat("allreduce", n) and dear.islands.flat_call("allreduce", n) == 0.0
     assert dear.rows("allreduce", n)["ring"] == pytest.approx(dear.tuner.price(ring, n))
     assert dear.choice_key("allreduce", n) == dear.tuner.select("allreduce", n).name

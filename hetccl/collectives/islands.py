@@ -45,9 +45,9 @@ so every rank prices alike; hetccl's own steps are priced by the communicator's 
 overlapping, each priced as its own ranks running alone (LinkCost.crowded); a step on a sub-communicator
 pays a flat call's latency path, the composed call its own path once and, oversubscribed, the
 hand-overs between its steps (ROUTE_CALL, ROUTER_CALL, HANDOVER); a flat call pays the router's
-path too where the communicator's latency path may not take its shape (``flat_call``: some dtype
-or op composes at that size). The lowest predicted time among the flat algorithms and the composed
-form wins; ``algorithm="islands"`` forces the composed form,
+path too where the communicator's latency path may not take its shape (``flat_call``,
+FLAT_ROUTER_CALL: some dtype or op composes at that size). The lowest predicted time among the
+flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
 ``comm.explain()`` prints the table.
 """
 from __future__ import annotations
@@ -87,6 +87,11 @@ BRIDGE_CALL = 2e-6         # Python cost of one bridge step (dispatch, buffer sp
 # CPU per call than the plan called directly, summed over 4 ranks, at 64 KiB (same file).
 ROUTE_CALL = 1.2e-6
 ROUTER_CALL = 14e-6
+# A flat call the latency path does not take (IslandPricer.flat_call) runs the router's parser,
+# decision and dispatch of the flat schedule: 18-21 us more per call than the latency path on 4
+# ranks sharing 2 CPUs (the flat ring at 1-64 KiB on the islands job against the plain 4-rank job,
+# validation run of 2026-12-07 08:39), CPU seconds per rank.
+FLAT_ROUTER_CALL = 10e-6
 # Oversubscribed: what one hand-over between two steps of a composed call costs beyond the steps
 # (every form has two: island step, the step across islands, island step). The ranks reach the
 # next step's communicator at different times, and on crowded CPUs the first ones yield to their
@@ -292,14 +297,14 @@ class IslandPricer:
         """Seconds the public call's own path adds to a flat algorithm's call of this shape, CPU
         per rank (the ranks sharing a CPU pay theirs in turn): none where every such call runs one
         flat native schedule (``routes_flat``: the communicator's latency path takes it, comm.py
-        ``_learn``), else the router's (ROUTER_CALL) at every call. Why: where some dtype or op
+        ``_learn``), else the router's (FLAT_ROUTER_CALL) at every call. Why: where some dtype or op
         composes at this size (a step the bridge does not run itself, e.g. MPI on float16, prices
         the composed form differently), a float32 call priced with the flat ring alone read 37%
         too fast at 64 KiB (4 ranks on 2 CPUs, the validation run of 2026-12-07 19:45: the flat
-        ring took 109 us there against 44 us in the plain 4-rank job)."""
+        ring took 109 us there against 44 us in the plain 4-rank job; priced so, -19%)."""
         if self.routes_flat(collective, nbytes, algorithm):
             return 0.0
-        return ROUTER_CALL * (max(1.0, float(self.tuner.cost.share)) if self._over else 1.0)
+        return FLAT_ROUTER_CALL * (max(1.0, float(self.tuner.cost.share)) if self._over else 1.0)
 
     def _leaders_busy(self) -> int:
         """Ranks that keep a CPU while the leaders run their step across islands: the leaders,
