@@ -35,6 +35,7 @@ path per single-copy order forced at every size (the arrival-order read, the all
 each block into every peer's output, recursive doubling); ``--tuned`` adds hetccl as its router
 sends the call unforced (``tuned``: FIFO or single copy, and the order, as the probe measured;
 its line names the algorithm and the probe's order masks): the figure a user gets.
+``--pairwise`` adds hetccl's FIFO pairwise exchange forced at every size (``algorithm="pairwise"``).
 ``--placements`` gives each library the buffers of several placements in the same repetitions
 (paths ``ompi@P``, ``hetccl@P``; the schedule variants run on the first): ``mapped``, the
 benchmark runner's allocation (hetccl/memory/mapped.py ``mapped_empty``: its own mapping,
@@ -103,6 +104,9 @@ def main():
                     help="comma-separated single-copy orders to time as paths of their own, each forced at "
                          "every size: pull (the arrival-order read), and for allgather push (3+ ranks) and "
                          "doubling (powers of two from 4)")
+    ap.add_argument("--pairwise", action="store_true",
+                    help="also time hetccl's FIFO pairwise exchange (path 'pairwise': algorithm='pairwise', "
+                         "never single copy), alltoall only")
     ap.add_argument("--tuned", action="store_true",
                     help="also time hetccl as the router sends the call (path 'tuned': the probe's verdicts, "
                          "FIFO or single copy and its order), not forced onto the single copy")
@@ -179,6 +183,9 @@ def main():
             comm._hot.forget()
         if a.tuned:
             paths["tuned"] = (tuned, tuned_y)
+        if a.pairwise and coll == "alltoall":
+            fifo_x, fifo_y = tuned_x, _buffers(places[0], count_in, count_out)[1]
+            paths["pairwise"] = (lambda: comm.alltoall(fifo_x, fifo_y, algorithm="pairwise"), fifo_y)
         names = list(paths)
         for k in names:
             switch(k)
