@@ -26,13 +26,13 @@ def _window_rank(rank, size):
     import hetccl
     comm = hetccl.init(timeout=60)
     try:
-        for dt, n in ((np.float32, 1), (np.int8, 4_099), (np.float64, 65_537), (np.float32, 300_001)):
+        for dt, n in ((np.float32, 1), (np.int8, 4_099), (np.float32, 300_001)):
             x = np.concatenate([_block(rank, d, n, dt) for d in range(size)])
             out = np.zeros_like(x)
             comm.alltoall(x, out, algorithm="pairwise")
             want = np.concatenate([_block(s, rank, n, dt) for s in range(size)])
             assert comm.last_algorithm == "pairwise" and np.array_equal(out, want), (dt, n)
-        for seed in range(3):
+        for seed in range(2):
             c = _counts(size, seed)
             x = np.concatenate([_block(rank, d, c[rank, d], np.float32) for d in range(size)])
             out = np.full(int(c[:, rank].sum()), -1, np.float32)

@@ -53,6 +53,16 @@ cdef int scatter_linear(Engine e, char* sbuf, char* rbuf, size_t rlen, size_t* b
     return rc
 
 
+cdef int _window = WINDOW         # the steps alltoall_pairwise keeps under way (_set_window)
+
+
+def _set_window(int steps=WINDOW):
+    """How many steps the pairwise alltoall keeps under way (1 to WINDOW; 1: one step at a time,
+    the schedule before the window). For the benchmark's same-process A/B only."""
+    global _window
+    _window = max(1, min(WINDOW, steps))
+
+
 cdef int alltoall_pairwise(Engine e, char* sbuf, char* rbuf, size_t* offs, int dtype,
                            double dl) noexcept nogil:
     """offs: N send offsets, N send lengths, N receive offsets, N receive lengths (bytes).
@@ -81,7 +91,7 @@ cdef int alltoall_pairwise(Engine e, char* sbuf, char* rbuf, size_t* offs, int d
         seg(&gs[0], sbuf + offs[to], NULL, slen[to], -1)
         seg(&gr[0], rbuf + roff[to], NULL, rlen[to], -1)
         return xfer(e, to, &gs[0], 1, to, &gr[0], 1, COLL_ALLTOALL, dtype, 0, 1, 0, False, dl)
-    w = N - 1 if N - 1 < WINDOW else WINDOW
+    w = N - 1 if N - 1 < _window else _window
     k = 1
     for i in range(w):
         open_step(e, &snd[i], &rcv[i], &gs[i], &gr[i], sbuf, rbuf, offs, k, dtype, es)
