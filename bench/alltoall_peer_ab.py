@@ -35,6 +35,9 @@ path per single-copy order forced at every size (the arrival-order read, the all
 each block into every peer's output, recursive doubling); ``--tuned`` adds hetccl as its router
 sends the call unforced (``tuned``: FIFO or single copy, and the order, as the probe measured;
 its line names the algorithm and the probe's order masks): the figure a user gets.
+``--pairwise`` adds hetccl's FIFO pairwise exchange forced at every size (``algorithm="pairwise"``),
+with its window of steps under way (``pairwise``) and one step at a time (``pairwise-1``,
+``_native.linear._set_window(1)``).
 ``--placements`` gives each library the buffers of several placements in the same repetitions
 (paths ``ompi@P``, ``hetccl@P``; the schedule variants run on the first): ``mapped``, the
 benchmark runner's allocation (hetccl/memory/mapped.py ``mapped_empty``: its own mapping,
@@ -54,6 +57,7 @@ import numpy as np
 from mpi4py import MPI
 
 import hetccl
+from hetccl._native import linear as native_linear
 from hetccl._native import single_copy as native_sc
 from hetccl.benchmark.runner import huge_page_bytes, mapped_empty
 
@@ -103,6 +107,9 @@ def main():
                     help="comma-separated single-copy orders to time as paths of their own, each forced at "
                          "every size: pull (the arrival-order read), and for allgather push (3+ ranks) and "
                          "doubling (powers of two from 4)")
+    ap.add_argument("--pairwise", action="store_true",
+                    help="also time hetccl's FIFO pairwise exchange (path 'pairwise': algorithm='pairwise', "
+                         "never single copy), alltoall only")
     ap.add_argument("--tuned", action="store_true",
                     help="also time hetccl as the router sends the call (path 'tuned': the probe's verdicts, "
                          "FIFO or single copy and its order), not forced onto the single copy")
@@ -126,6 +133,7 @@ def main():
         ref = np.empty(count_out, np.float32)
         (mc.Alltoall if coll == "alltoall" else mc.Allgather)(x0, ref)
         eng = comm._engine
+        has_window = hasattr(native_linear, "_set_window")   # (a hetccl without the pairwise window: none)
         has_push = hasattr(eng, "ag_push")           # (a hetccl without the push order: none)
         model_orders = (eng.ag_doubling, eng.ag_push if has_push else 0)
         tuned_y = _buffers(places[0], count_in, count_out)[1]      # the placement of the others
@@ -168,6 +176,8 @@ def main():
                 eng.ag_push = push
 
         def switch(name):
+            if has_window:
+                native_linear._set_window(1 if name == "pairwise-1" else 4)
             native_sc._set_schedule(spin=name == "spin-first", own_in_finish=name != "own-before-post")
             comm._engine.yield_s = 50e-3 if name == "yield-only" else yield_s
             if name in orders:
@@ -179,6 +189,11 @@ def main():
             comm._hot.forget()
         if a.tuned:
             paths["tuned"] = (tuned, tuned_y)
+        if a.pairwise and coll == "alltoall":
+            fifo_x, fifo_y = tuned_x, _buffers(places[0], count_in, count_out)[1]
+            paths["pairwise"] = (lambda: comm.alltoall(fifo_x, fifo_y, algorithm="pairwise"), fifo_y)
+            if has_window:
+                paths["pairwise-1"] = paths["pairwise"]
         names = list(paths)
         for k in names:
             switch(k)

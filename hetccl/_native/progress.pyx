@@ -184,6 +184,63 @@ cdef int xfer(Engine e, int to, Seg* ssegs, int ns, int frm, Seg* rsegs, int nr,
     return i
 
 
+cdef int run_pairs(Engine e, Stream* snd, Stream* rcv, int n, double deadline) noexcept nogil:
+    """Progress n (send, receive) stream pairs at once, slot i being snd[i] and rcv[i] (a slot whose
+    two streams are both done is empty), until a busy slot has both done: returns its index, or
+    < 0 on error. The window of the pairwise alltoall (linear.pyx): whatever peer is ready moves,
+    where run_step waits for one. Waiting arms every waiting stream of the window (at most
+    MAX_WAIT, so a sleeper is woken by any of them), and the look for dead peers every 50 ms of
+    waiting goes round the busy slots."""
+    cdef Idle st
+    cdef Stream* ss[MAX_WAIT]
+    cdef long a
+    cdef int i, rc, turn = 0, w
+    cdef bint moved
+    st.since = 0
+    st.iters = 0
+    st.reaped = 0
+    while True:
+        if interrupted(&e.fail):
+            return E_CANCELLED
+        moved = False
+        for i in range(n):
+            if snd[i].done and rcv[i].done:
+                continue
+            if not snd[i].done:
+                a = snd[i].link.kind.send(&snd[i])
+                if a < 0:
+                    return failed(e, &snd[i], a)
+                moved = moved or a != 0
+            if not rcv[i].done:
+                a = rcv[i].link.kind.recv(&rcv[i])
+                if a < 0:
+                    return failed(e, &rcv[i], a)
+                moved = moved or a != 0
+            if snd[i].done and rcv[i].done:
+                if e.stream_out:
+                    store_fence()
+                return i
+        if moved:
+            st.since = 0
+            st.iters = 0
+            st.reaped = 0
+            continue
+        w = -1
+        for i in range(n):
+            ss[2 * i] = &snd[i] if (not snd[i].done and snd[i].waiting) else NULL
+            ss[2 * i + 1] = &rcv[i] if (not rcv[i].done and rcv[i].waiting) else NULL
+            if not (snd[i].done and rcv[i].done) and (w < 0 or (i - turn) % n == 0):
+                w = i                         # the slot the look for dead peers takes this time
+        turn += 1
+        st.all[0] = &snd[w]
+        st.all[1] = &rcv[w]
+        rc = idle(e, ss, 2 * n, &st, deadline)
+        if rc < 0:
+            if rc == E_PEER_LOST or rc == E_TIMEOUT:
+                note_waiting(e, &snd[w], &rcv[w])
+            return rc
+
+
 # ------------------------------------------------------------------ waiting
 
 cdef inline size_t step_bytes(Idle* st) noexcept nogil:
@@ -253,17 +310,18 @@ cdef int block(Engine e, Stream** ss, int n, double deadline) noexcept nogil:
     """Sleep until a peer wakes us, dies, the engine is interrupted, or 100 ms (futex: 50 ms)
     pass (then look at signals).
 
-    ss holds [send stream, receive stream], either NULL when it does not wait on its link. Each
+    ss holds [send stream, receive stream] pairs (at most MAX_WAIT streams), either NULL when it
+    does not wait on its link. Each
     waiting link's kind arms it (link.pxd: LinkKind.arm). When every link waited on is of a futex
     kind (shm, c2c), sleep in a futex wait on their words (a futex wake leaves us on our own CPU,
     see fifo.pxd; reap() notices a dead peer within 50 ms); several links need futex_waitv (else
     poll). Otherwise sleep in poll() on what the kinds armed, which a doorbell byte, a UCX event or
     a peer's death (EOF) wakes. Either way an interrupt wakes it (life.pxd: the futex wait includes
     the interrupt word, the poll set the engine's eventfd)."""
-    cdef pollfd fds[5]
-    cdef Link* armed[4]
-    cdef bint armed_rx[4]
-    cdef uint32_t* words[4]
+    cdef pollfd fds[MAX_WAIT + 1]
+    cdef Link* armed[MAX_WAIT]
+    cdef bint armed_rx[MAX_WAIT]
+    cdef uint32_t* words[MAX_WAIT]
     cdef int nf = 0, i, rc, ms
     cdef bint ready = False, rx, woken
     cdef size_t need
