@@ -374,6 +374,15 @@ def test_the_cache_cut_is_the_cache_per_cpu_shared_level_included(tmp_path, monk
     assert probe.beyond_cache_bytes(64 << 30, 1.0) == probe.BIG_RING_MAX      # bounded
 
 
+def test_a_probe_on_a_busy_host_keeps_the_private_cut(monkeypatch):
+    """Other processes fill a shared cache: above NOISY of the CPUs the cut is the private cache."""
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 1 << 20)
+    assert probe.loaded_cut(16 << 20, None) == probe.loaded_cut(16 << 20, 0.1) == 16 << 20
+    assert probe.loaded_cut(16 << 20, probe.NOISY + 0.01) == 1 << 20
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 0)          # unknown: as measured
+    assert probe.loaded_cut(16 << 20, 0.9) == 16 << 20
+
+
 def test_ranks_sharing_a_cpu_probe_a_smaller_ring_still_out_of_cache(monkeypatch):
     monkeypatch.setattr(probe, "cache_per_cpu", lambda cpu=0: 2 << 20)
     assert probe.probe_sizes(1.0, False) == (probe.PROBE_BIG, 2 << 20)

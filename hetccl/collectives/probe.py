@@ -3,9 +3,9 @@
 Why measure: every algorithm choice follows from what one message, one byte moved and one byte
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
-time a host sees a communicator *shape*, takes tens to hundreds of milliseconds (~0.1 s at 2
-ranks, ~0.5 s with 8 ranks on 2 CPUs, ~1 s over loopback TCP, whose rings are timed in longer
-loops: LOOPBACK_REP_S), and is cached, so every
+time a host sees a communicator *shape*, takes a few hundred milliseconds (on one host its two
+rings alone take LOOP_REPS loops of RING_LOOP_S each, ~0.2 s; ~1 s over loopback TCP, which also
+times exchange rounds in such loops), and is cached, so every
 later communicator costs one small file read on rank 0 and one 152-byte broadcast.
 
 What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
@@ -638,6 +638,23 @@ def loopback_cache_bytes(big_bytes: float) -> float:
 _CPU_SYSFS = "/sys/devices/system/cpu"
 
 
+def loaded_cut(cache: float, other: float | None) -> float:
+    """The cache cut of a probe during which other processes took *other* of the host's CPUs
+    (None: unknown): *cache* (cache_per_cpu) while they left the host quiet, at most the private
+    cache once they took more than NOISY. A shared level is the ranks' only while nobody else
+    fills it: on the 2-vCPU EPYC host under a load average of ~30 (other processes 80-88% of the
+    CPUs) the jobs' 1-2 MiB rings paid their out-of-cache rate, and the 16 MiB cut priced them
+    35-54% too fast at 2 and 4 ranks, where the private one was within 19% (shm; same jobs,
+    bench/results/probe-loops-ab-2026-12-07m.txt); quiet, the same cut brought the 19:36 record's
+    2-rank shm case from 4 to 6 of 6 points within 25% (probe-repredict-cut-2026-12-07m.txt). Such a
+    probe is noisy and measured again by the next communicators of its shape (NOISY), whose cut
+    replaces it."""
+    if other is None or other <= NOISY:
+        return cache
+    private = private_cache_bytes()
+    return min(cache, private) if private > 0 else cache
+
+
 def _cpu_count(cpu_list: str) -> int:
     """CPUs in a sysfs CPU list ("0", "0-1", "0,2-3"; 0 if unreadable)."""
     n = 0
@@ -945,7 +962,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     network, big, cache, options = plan(classes, local_size, size, float(msg[_SHARE]))
     raw, secs, other = _probe(engine, rank, size, timeout, big, **options)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
-               cache_bytes=cache, network=network)
+               cache_bytes=loaded_cut(cache, other), network=network)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
                                             getattr(cost, k) for k in PARAMS if k != "cache_bytes"})
