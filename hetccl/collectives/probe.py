@@ -643,7 +643,7 @@ def loaded_cut(cache: float, other: float | None) -> float:
     (None: unknown): *cache* (cache_per_cpu) while they left the host quiet, at most the private
     cache once they took more than NOISY. A shared level is the ranks' only while nobody else
     fills it: on the 2-vCPU EPYC host under a load average of ~30 (other processes 80-88% of the
-    CPUs) the jobs' 1-2 MiB rings paid their out-of-cache rate, and the 16 MiB cut priced them
+    CPUs) the jobs' 1-4 MiB rings paid their out-of-cache rate, and the 16 MiB cut priced them
     35-54% too fast at 2 and 4 ranks, where the private one was within 19% (shm; same jobs,
     bench/results/probe-loops-ab-2026-12-07m.txt); quiet, the same cut brought the 19:36 record's
     2-rank shm case from 4 to 6 of 6 points within 25% (probe-repredict-cut-2026-12-07m.txt). Such a
