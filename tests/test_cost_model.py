@@ -307,7 +307,7 @@ def test_beta_free_runs_between_the_two_broadcasts_that_measured_it():
 def test_a_loopback_wire_probes_its_big_rings_beyond_the_hosts_cache(monkeypatch):
     """Its bytes are kernel copies through socket buffers the host's ranks share: the big rings
     shrink with the ranks on the host so that together they work beyond the host's cache."""
-    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 2 << 20)
+    monkeypatch.setattr(probe, "cache_per_cpu", lambda cpu=0: 2 << 20)
     assert probe.probe_sizes(1.0, False, 2) == (16 << 20, 2 << 20)
     assert probe.probe_sizes(2.0, False, 4) == (8 << 20, 2 << 20)
     assert probe.probe_sizes(4.0, False, 8) == (4 << 20, 2 << 20)
@@ -332,12 +332,59 @@ def test_private_cache_is_the_largest_level_one_cpu_has_to_itself(tmp_path, monk
         (d / "shared_cpu_list").write_text(shared + "\n")
     monkeypatch.setattr(probe, "_CPU_SYSFS", str(tmp_path))
     assert probe.private_cache_bytes() == 2 << 20
+    # a 480 MiB "L3" is the socket's across dies: no cut of its own (SHARED_CACHE_MAX)
+    assert probe.cache_per_cpu() == 2 << 20
     monkeypatch.setattr(probe, "_CPU_SYSFS", str(tmp_path / "missing"))
-    assert probe.private_cache_bytes() == 0
+    assert probe.private_cache_bytes() == 0 and probe.cache_per_cpu() == 0 and probe.cache_levels() == []
+
+
+def _fake_sysfs(root, levels):
+    base = root / "cpu0" / "cache"
+    for idx, (typ, size, shared) in enumerate(levels):
+        d = base / f"index{idx}"
+        d.mkdir(parents=True)
+        (d / "type").write_text(typ + "\n")
+        (d / "size").write_text(size + "\n")
+        (d / "shared_cpu_list").write_text(shared + "\n")
+
+
+def test_the_cache_cut_is_the_cache_per_cpu_shared_level_included(tmp_path, monkeypatch):
+    """The 2-vCPU AMD EPYC host: 1 MiB L2 per vCPU, one 32 MiB L3 for both, 16 MiB per CPU, where
+    the jobs' 2-rank rings kept their in-cache rate up to 1-4 MiB; the probe's out-of-cache ring
+    lies beyond that cut (16 MiB at 2 ranks, 8 at 4, 4 at 8) and its kernels with it."""
+    _fake_sysfs(tmp_path, [("Data", "32K", "0"), ("Instruction", "32K", "0"), ("Unified", "1024K", "0"),
+                           ("Unified", "32768K", "0-1")])
+    monkeypatch.setattr(probe, "_CPU_SYSFS", str(tmp_path))
+    assert probe.cache_levels() == [(32 << 10, 1), (1 << 20, 1), (32 << 20, 2)]
+    assert probe.private_cache_bytes() == 1 << 20
+    assert probe.cache_per_cpu() == 16 << 20
+    assert [probe.probe_sizes(s, False)[0] >> 20 for s in (1.0, 2.0, 4.0)] == [16, 8, 4]
+    for share in (1.0, 2.0, 4.0):
+        big, cache = probe.probe_sizes(share, False)
+        assert LinkCost(1e-6, 1e-10, 1e-11, beta_out=2e-10, cache_bytes=cache, share=share).out_of_cache(big) == 1.0
+        assert probe.kernel_big_bytes(big) == big // 2
+    assert probe.kernel_big_bytes(probe.PROBE_BIG_WIRE) == probe.KERNEL_BIG
+    # a shared level over four CPUs (list with ranges and singles), garbage in another level
+    tree = tmp_path / "other"
+    _fake_sysfs(tree, [("Unified", "512K", "3"), ("Unified", "16M", "0,2-3,5"), ("Unified", "12Q", "0-1"),
+                       ("Data", "64K", "x-y")])
+    monkeypatch.setattr(probe, "_CPU_SYSFS", str(tree))
+    assert probe.cache_levels() == [(512 << 10, 1), (16 << 20, 4)]
+    assert probe.cache_per_cpu() == 4 << 20
+    assert probe.beyond_cache_bytes(64 << 30, 1.0) == probe.BIG_RING_MAX      # bounded
+
+
+def test_a_probe_on_a_busy_host_keeps_the_private_cut(monkeypatch):
+    """Other processes fill a shared cache: above NOISY of the CPUs the cut is the private cache."""
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 1 << 20)
+    assert probe.loaded_cut(16 << 20, None) == probe.loaded_cut(16 << 20, 0.1) == 16 << 20
+    assert probe.loaded_cut(16 << 20, probe.NOISY + 0.01) == 1 << 20
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 0)          # unknown: as measured
+    assert probe.loaded_cut(16 << 20, 0.9) == 16 << 20
 
 
 def test_ranks_sharing_a_cpu_probe_a_smaller_ring_still_out_of_cache(monkeypatch):
-    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 2 << 20)
+    monkeypatch.setattr(probe, "cache_per_cpu", lambda cpu=0: 2 << 20)
     assert probe.probe_sizes(1.0, False) == (probe.PROBE_BIG, 2 << 20)
     assert probe.probe_sizes(0.5, False) == (probe.PROBE_BIG, 2 << 20)     # fewer ranks than CPUs
     big, cache = probe.probe_sizes(4.0, False)                            # 8 ranks on 2 cores

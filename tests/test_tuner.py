@@ -615,8 +615,8 @@ def test_a_loopback_wire_times_its_rings_in_long_loops(monkeypatch):
     assert probe.ring_rep_s(("tcp",), network=False) == probe.LOOPBACK_REP_S
     assert probe.ring_rep_s(("c2c", "tcp"), network=False) == probe.LOOPBACK_REP_S
     assert probe.ring_rep_s(("c2c", "tcp"), network=True) == probe.REP_S
-    assert probe.ring_rep_s(("c2c",), network=False) == probe.REP_S
-    assert probe.ring_rep_s(("shm",), network=False) == probe.REP_S
+    assert probe.ring_rep_s(("c2c",), network=False) == probe.RING_LOOP_S     # FIFOs: loops too
+    assert probe.ring_rep_s(("shm",), network=False) == probe.RING_LOOP_S
     asked = {}
 
     def calls(engine, fn, timeout, rep_s):
@@ -640,6 +640,7 @@ def test_the_probe_times_what_each_link_kind_runs(monkeypatch):
 
     def fake(engine, fns, timeout, reps=probe.REPS, rep_s=None, min_calls=None):
         asked.update(names=set(fns), rep_s=dict(rep_s), min_calls=dict(min_calls or {}))
+        asked.setdefault("reps", {}).update(dict.fromkeys(fns, reps))
         return {k: 1e-3 for k in fns}
     monkeypatch.setattr(probe, "time_per_call", fake)
     monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
@@ -647,6 +648,9 @@ def test_the_probe_times_what_each_link_kind_runs(monkeypatch):
     assert {"exchange_s", "exchange_big_s"} <= asked["names"] and {"exchange_s", "exchange_big_s"} <= set(raw)
     assert asked["rep_s"]["exchange_big_s"] == asked["rep_s"]["allreduce_big_s"] == probe.LOOPBACK_REP_S
     assert asked["rep_s"]["barrier_s"] == probe.REP_S
+    probe.measure(None, 4, 1.0, 1 << 20, probe.RING_LOOP_S, out_of_place=True, ring_reps=probe.LOOP_REPS)
+    assert asked["reps"]["allreduce_big_s"] == asked["reps"]["allreduce_s"] == probe.LOOP_REPS
+    assert asked["reps"]["copy_s"] == probe.REPS
     probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, barrier_rep_s=probe.NETWORK_BARRIER_REP_S)
     assert "exchange_s" not in asked["names"] and asked["rep_s"]["barrier_s"] == probe.NETWORK_BARRIER_REP_S
     # FIFOs on crowded CPUs: the rings and broadcasts hold MIN_CALLS per repetition, nothing else
@@ -669,11 +673,12 @@ def test_crowded_fifos_probe_their_in_cache_ring_in_the_cache_per_cpu(monkeypatc
     assert raw["allreduce_bytes"] == 64 << 10 and raw["bcast_bytes"] == FREE_SIZES[0]
 
 
-def test_on_one_host_the_in_cache_ring_is_timed_by_itself_first(monkeypatch):
+def test_on_one_host_each_ring_is_timed_by_itself(monkeypatch):
     """Among the other quantities' repetitions the in-cache ring read 1.07-1.44x a job's loop of
-    the same call, by itself 0.83-1.08x (bench/probe_groups_ab.py): on one host (rings out of
-    place) its repetitions run apart, before the others', which still interleave; over a network
-    link both rings make one slope and stay together."""
+    the same call, by itself 0.83-1.08x (bench/probe_groups_ab.py), and the 2-rank c2c probe's
+    4 MiB ring 2.2x: on one host (rings out of place) each ring's repetitions run apart, the
+    in-cache one first, before the others', which still interleave; over a network link both
+    rings make one slope and stay together."""
     groups = []
 
     def fake(engine, fns, timeout, **kw):
@@ -683,9 +688,10 @@ def test_on_one_host_the_in_cache_ring_is_timed_by_itself_first(monkeypatch):
     monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
     raw = probe.measure(None, 4, 1.0, 2 << 20, probe.REP_S, crowded=True, out_of_place=True, warm=True,
                         min_calls=probe.MIN_CALLS)
-    assert groups[0] == (["allreduce_s"], ["allreduce_s"]) and len(groups) == 2
-    assert "allreduce_s" not in groups[1][0] and {"allreduce_big_s", "bcast_s", "barrier_s"} <= set(groups[1][0])
-    assert groups[1][1] == ["bcast_s", "chain_s"] and {"allreduce_s", "allreduce_big_s", "bcast_s", "chain_s"} <= set(raw)
+    assert groups[0] == (["allreduce_s"], ["allreduce_s"]) and len(groups) == 3
+    assert groups[1] == (["allreduce_big_s"], [])
+    assert not {"allreduce_s", "allreduce_big_s"} & set(groups[2][0]) and {"bcast_s", "barrier_s"} <= set(groups[2][0])
+    assert groups[2][1] == ["bcast_s", "chain_s"] and {"allreduce_s", "allreduce_big_s", "bcast_s", "chain_s"} <= set(raw)
     groups.clear()
     probe.measure(None, 4, 1.0, 1 << 20, probe.REP_S, out_of_place=False)      # a network probe
     assert len(groups) == 1 and {"allreduce_s", "allreduce_big_s"} <= set(groups[0][0])
@@ -825,8 +831,9 @@ def test_each_link_kind_is_timed_as_its_jobs_run():
     broadcasts only on crowded CPUs); a loopback wire out of place, in its long loops, with its
     exchange rounds; a network link in place (the slope between two rings), its barrier in loops."""
     fifo = probe.measure_options(("c2c",), network=False, share=4.0)
-    assert fifo == {"ring_rep_s": probe.REP_S, "crowded": True, "exchange": False, "barrier_rep_s": probe.REP_S,
-                    "out_of_place": True, "min_calls": probe.MIN_CALLS, "warm": True, "small_bytes": 64 << 10}
+    assert fifo == {"ring_rep_s": probe.RING_LOOP_S, "ring_reps": probe.LOOP_REPS, "crowded": True, "exchange": False,
+                    "barrier_rep_s": probe.REP_S, "out_of_place": True, "min_calls": probe.MIN_CALLS, "warm": True,
+                    "small_bytes": 64 << 10}
     assert not probe.measure_options(("shm",), network=False, share=1.0)["crowded"]
     loop = probe.measure_options(("tcp",), network=False, share=2.0)
     assert (loop["ring_rep_s"], loop["exchange"], loop["out_of_place"], loop["min_calls"], loop["warm"]) == (
@@ -834,3 +841,4 @@ def test_each_link_kind_is_timed_as_its_jobs_run():
     net = probe.measure_options(("c2c", "tcp"), network=True, share=1.0)
     assert (net["barrier_rep_s"], net["exchange"], net["out_of_place"], net["min_calls"], net["warm"]) == (
         probe.NETWORK_BARRIER_REP_S, False, False, 1, False)
+    assert (net["ring_rep_s"], net["ring_reps"]) == (probe.REP_S, probe.REPS)

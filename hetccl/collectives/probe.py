@@ -3,16 +3,17 @@
 Why measure: every algorithm choice follows from what one message, one byte moved and one byte
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
-time a host sees a communicator *shape*, takes tens to hundreds of milliseconds (~0.1 s at 2
-ranks, ~0.5 s with 8 ranks on 2 CPUs, ~1 s over loopback TCP, whose rings are timed in longer
-loops: LOOPBACK_REP_S), and is cached, so every
+time a host sees a communicator *shape*, takes a few hundred milliseconds (on one host its two
+rings alone take LOOP_REPS loops of RING_LOOP_S each, ~0.2 s; ~1 s over loopback TCP, which also
+times exchange rounds in such loops), and is cached, so every
 later communicator costs one small file read on rank 0 and one 152-byte broadcast.
 
 What it times (all ranks at once; per quantity the median of ``REPS`` interleaved repetitions
 of ~``REP_S`` each, a repetition's time being the slowest rank's: the statistic the benchmarks
 report, hetccl.benchmark.runner's median over repetitions of the slowest rank, because a loop
-of calls pays the typical call, not the luckiest one; on one host the in-cache ring's
-repetitions run by themselves, first, APART):
+of calls pays the typical call, not the luckiest one; on one host each ring's repetitions run
+by themselves, APART, ``LOOP_REPS`` loops of calls back to back lasting ``RING_LOOP_S`` each, as
+jobs run them):
 
 - alpha = dissemination barrier / ceil(log2 p): one header-only message per round, so alpha is a
   step's latency including the engine's per-step overhead (not the Python call around it, which
@@ -56,10 +57,12 @@ repetitions run by themselves, first, APART):
   every rank at work, cannot show (solve_free); and beta_chain, beta_chain_out: the seconds per
   byte of the pipelined chain broadcast of the same two sizes, timed beside them, whose ranks do
   unequal work on the shared CPUs (broadcast.chain; solve_chain);
-- cache_bytes: the cache one CPU has to itself (``private_cache_bytes``, sysfs), by which a
-  call's working set is priced in cache or out of it (cost_model.LinkCost.at). With k ranks
-  per CPU the out-of-cache ring is ``PROBE_BIG`` / k (at least half of it, still out of cache):
-  fewer bytes per core, and a probe that stays short at 8 ranks on 2 cores.
+- cache_bytes: the cache per CPU (``cache_per_cpu``, sysfs: the private level, or a shared
+  level over the CPUs sharing it when that is more), by which a call's working set is priced in
+  cache or out of it (cost_model.LinkCost.at). The out-of-cache ring's working set lies beyond
+  that cut (``beyond_cache_bytes``: 16 MiB at 2 ranks on a host with 16 MiB of L3 per CPU), and
+  with k ranks per CPU it shrinks with them (at least ``PROBE_BIG`` / k): fewer bytes per
+  core, and a probe that stays short at 8 ranks on 2 cores.
 
 The same ranks run the probe as the job, so more ranks than cores shows up in every parameter
 (the oversubscribed hand-over in alpha) without a special case, under its own cache key; the
@@ -108,7 +111,7 @@ from .registry import ALGO_BINOMIAL, ALGO_CHAIN, ALGO_DISSEMINATION, ALGO_RABENS
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 13                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 14                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
                            # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
@@ -119,7 +122,9 @@ FORMAT = 13                # of the cache file (3: in-cache and out-of-cache par
                            # 11: buffers written, not the zero page (_written_zeros); over crowded FIFOs
                            # the in-cache ring in the cache per CPU, in_cache_ring_bytes;
                            # 12: chain broadcasts beside the binomial ones on crowded CPUs, beta_chain;
-                           # 13: on one host the in-cache ring timed by itself, APART)
+                           # 13: on one host the in-cache ring timed by itself, APART;
+                           # 14: on one host both rings in loops of RING_LOOP_S, each by itself, and
+                           # the cache cut the cache per CPU, shared level included: cache_per_cpu)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -133,7 +138,12 @@ BCAST_BIG = 8 << 20        # the binomial broadcast that prices beta_free_out (m
                            # priced 4-rank broadcasts of 32-128 MiB 1.3x too fast, crossover-2026-12-07f)
 REPS = 9                   # repetitions of every quantity (interleaved)
 REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
-LOOPBACK_REP_S = 20e-3     # ... but a ring over a loopback wire this long (see measure)
+RING_LOOP_S = 20e-3        # ... but a ring of ranks on one host this long, calls back to back (see measure)
+LOOP_REPS = 5              # ... in this many repetitions (the median of them)
+LOOPBACK_REP_S = RING_LOOP_S   # (a loopback wire's rings: the same loops)
+BIG_RING_MAX = 32 << 20    # the out-of-cache ring of a FIFO probe at most (probe_sizes)
+SHARED_CACHE_MAX = 128 << 20   # a shared cache reported larger is no one cache the ranks' CPUs sit on
+                           # (cache_per_cpu)
 NETWORK_BARRIER_REP_S = 20e-3   # ... and the barrier over a network link this long (see negotiate)
 CALIBRATE_S = 1e-3         # a calibration batch lasts at least this long
 MIN_CALLS = 4              # calls per repetition at least, of a FIFO ring or broadcast (see measure)
@@ -145,7 +155,12 @@ MIN_CALLS = 4              # calls per repetition at least, of a FIFO ring or br
 # bench/results/probe-groups-ab-2026-12-07j.txt). It prices the loops of small and middle-sized
 # calls, which ran 1.15-1.45x faster than predicted at 64 KiB-1 MiB from 4 ranks on in every
 # recorded validation run (8 ranks over FIFOs at 64 KiB: +43 to +49%, 2026-12-07g-j).
-APART = ("allreduce_s",)
+# The out-of-cache ring runs by itself too, after it, in loops of RING_LOOP_S: interleaved with
+# the kernels and broadcasts in repetitions of REP_S, the 2-rank c2c probe's 4 MiB ring read 1009
+# us per call where the job's loop of the same call took 468 (AMD EPYC host, 1 MiB L2, 32 MiB
+# shared L3: bench/results/validate-sim-2026-12-07k.json), and 1.5-2x apart between the c2c and
+# the shm probes of that run, minutes apart, over the same ring path.
+APART = ("allreduce_s", "allreduce_big_s")
 MAX_ITERS = 100_000
 NOISY = 0.25               # other processes' share of the CPUs above which a probe is re-done
 MAX_PROBES = 3             # probes of one shape at most, while they keep being noisy
@@ -332,7 +347,7 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
 def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
             crowded: bool = False, exchange: bool = False, barrier_rep_s: float = REP_S,
             out_of_place: bool = False, min_calls: int = 1, warm: bool = False,
-            small_bytes: int = PROBE_BYTES) -> dict:
+            small_bytes: int = PROBE_BYTES, ring_reps: int = REPS) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
@@ -364,6 +379,8 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     in place in the probe, 8.0 ms out of place in the job of the same window, 1.21x; 8 ranks, the
     ring at 4 MiB 10.9 ms against 14.7, bench/results/validate-sim-2026-12-07g.json).
     *small_bytes*: the ring in cache (PROBE_BYTES; less on crowded FIFOs, in_cache_ring_bytes).
+    *ring_reps*: the repetitions of each ring timed by itself (APART, one host: LOOP_REPS of
+    RING_LOOP_S each, see ring_rep_s).
     *warm*: the in-cache ring and broadcast make an untimed call before each repetition (FIFOs,
     warm_first). *min_calls*: a repetition of a ring or broadcast holds at least this many calls (FIFOs:
     MIN_CALLS, see negotiate). One call right after the synchronising barrier, which a repetition
@@ -374,7 +391,7 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     def count(nbytes):                  # float32 elements of a ring's buffer (a multiple of size)
         return max(size, (nbytes // 4) // size * size)
 
-    k, K = KERNEL_BYTES // 4, KERNEL_BIG // 4
+    k, K = KERNEL_BYTES // 4, kernel_big_bytes(big_bytes) // 4
     # allocated (zeros: a sum in place stays finite however often it runs) and touched before
     # timing; the kernels' arrays are views of the same memory as the rings' buffers
     small = _written_zeros(max(count(PROBE_BYTES), 3 * k))
@@ -410,13 +427,15 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
         rep_s.update(exchange_s=ring_rep_s, exchange_big_s=ring_rep_s)
     calls = {k: min_calls for k in ("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s", "chain_s",
                                     "chain_big_s") if k in fns}
-    # one host: the in-cache ring by itself first (APART), then the others interleaved; over a
-    # network link both rings make one slope (fit), so they keep seeing the same moments
-    groups = [{k: f for k, f in fns.items() if (k in APART) == alone} for alone in (True, False)] \
-        if out_of_place else [fns]
+    # one host: each ring by itself (APART, the in-cache one first), then the others interleaved;
+    # over a network link both rings make one slope (fit), so they keep seeing the same moments
+    apart = [{k: fns[k]} for k in APART if k in fns] if out_of_place else []
+    rest = {k: f for k, f in fns.items() if not any(k in g for g in apart)}
     raw = {}
-    for group in filter(None, groups):
-        raw.update(time_per_call(engine, group, timeout, rep_s=rep_s, min_calls=calls, **warm_first(group, warm)))
+    for group in apart:
+        raw.update(time_per_call(engine, group, timeout, reps=ring_reps, rep_s=rep_s, min_calls=calls,
+                                 **warm_first(group, warm)))
+    raw.update(time_per_call(engine, rest, timeout, rep_s=rep_s, min_calls=calls, **warm_first(rest, warm)))
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
     if crowded:
@@ -619,37 +638,87 @@ def loopback_cache_bytes(big_bytes: float) -> float:
 _CPU_SYSFS = "/sys/devices/system/cpu"
 
 
-def private_cache_bytes(cpu: int = 0) -> int:
-    """Bytes of the largest cache one CPU has to itself (sysfs; 0 if unknown): the working set
-    below which a rank's bytes stay in cache whatever its neighbours do. The last-level cache a
-    virtual machine reports is the host's, shared with every tenant (480 MiB on the 2-vCPU VM these
-    figures come from, whose calls measure out of cache from ~2 MiB of working set), so it is no
-    bound a rank can count on; the private level (L2 there, 2 MiB) is."""
-    best = 0
+def loaded_cut(cache: float, other: float | None) -> float:
+    """The cache cut of a probe during which other processes took *other* of the host's CPUs
+    (None: unknown): *cache* (cache_per_cpu) while they left the host quiet, at most the private
+    cache once they took more than NOISY. A shared level is the ranks' only while nobody else
+    fills it: on the 2-vCPU EPYC host under a load average of ~30 (other processes 80-88% of the
+    CPUs) the jobs' 1-4 MiB rings paid their out-of-cache rate, and the 16 MiB cut priced them
+    35-54% too fast at 2 and 4 ranks, where the private one was within 19% (shm; same jobs,
+    bench/results/probe-loops-ab-2026-12-07m.txt); quiet, the same cut brought the 19:36 record's
+    2-rank shm case from 4 to 6 of 6 points within 25% (probe-repredict-cut-2026-12-07m.txt). Such a
+    probe is noisy and measured again by the next communicators of its shape (NOISY), whose cut
+    replaces it."""
+    if other is None or other <= NOISY:
+        return cache
+    private = private_cache_bytes()
+    return min(cache, private) if private > 0 else cache
+
+
+def _cpu_count(cpu_list: str) -> int:
+    """CPUs in a sysfs CPU list ("0", "0-1", "0,2-3"; 0 if unreadable)."""
+    n = 0
+    try:
+        for part in filter(None, cpu_list.strip().split(",")):
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+    except ValueError:
+        return 0
+    return n
+
+
+def cache_levels(cpu: int = 0) -> list[tuple[int, int]]:
+    """[(bytes, CPUs sharing it)] of the data and unified caches of *cpu* (sysfs; empty if
+    unknown; a level whose files cannot be read or parsed is left out)."""
+    out = []
     base = os.path.join(_CPU_SYSFS, f"cpu{cpu}", "cache")
     try:
-        for idx in os.listdir(base):
-            d = os.path.join(base, idx)
-            try:
-                with open(os.path.join(d, "type")) as f:
-                    if f.read().strip() == "Instruction":
-                        continue
-                with open(os.path.join(d, "shared_cpu_list")) as f:
-                    shared = f.read().strip()
-                with open(os.path.join(d, "size")) as f:
-                    text = f.read().strip()
-            except OSError:
-                continue
-            if "," in shared or "-" in shared:
-                continue                      # shared with other CPUs
-            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
-            try:
-                best = max(best, int(text.rstrip("KMGkmg")) * mult)
-            except ValueError:
-                continue
+        names = sorted(os.listdir(base))
     except OSError:
-        return 0
-    return best
+        return out
+    for idx in names:
+        d = os.path.join(base, idx)
+        try:
+            with open(os.path.join(d, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(d, "shared_cpu_list")) as f:
+                cpus = _cpu_count(f.read())
+            with open(os.path.join(d, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        try:
+            size = int(text.rstrip("KMGkmg")) * mult
+        except ValueError:
+            continue
+        if cpus > 0 and size > 0:
+            out.append((size, cpus))
+    return out
+
+
+def private_cache_bytes(cpu: int = 0) -> int:
+    """Bytes of the largest cache one CPU has to itself (sysfs; 0 if unknown): the working set
+    below which a rank's bytes stay in cache whatever its neighbours do."""
+    return max((size for size, cpus in cache_levels(cpu) if cpus == 1), default=0)
+
+
+def cache_per_cpu(cpu: int = 0) -> int:
+    """The cache cut of a one-host probe (cost_model.LinkCost.cache_bytes): the cache per CPU,
+    the larger of the private level (private_cache_bytes) and a shared level's size over the CPUs
+    that share it (sysfs shared_cpu_list). A shared level reported larger than SHARED_CACHE_MAX
+    counts for nothing: a virtual machine may report as its L3 the whole socket's, across dies
+    (480 MiB on the 2-vCPU VM of the 2026-12-06 figures, whose calls ran out of cache from ~2 MiB
+    of working set: its 2 MiB L2 was the knee). Measured on the 2-vCPU AMD EPYC host (1 MiB L2 per
+    vCPU, one 32 MiB L3 for both: 16 MiB per CPU), the 2-rank ring allreduce kept its in-cache
+    rate up to 1 MiB (3 MiB of working set, 12.9-13.4 GB/s), 9.6 GB/s at 4 MiB and 7.9-8.4 from
+    16 MiB (bench/results/validate-sim-2026-12-07k.json): the cut at the L2 priced 1 MiB out of
+    cache, 1.8-2.8x too slow."""
+    levels = cache_levels(cpu)
+    private = max((size for size, cpus in levels if cpus == 1), default=0)
+    shared = max((size // cpus for size, cpus in levels if cpus > 1 and size <= SHARED_CACHE_MAX), default=0)
+    return max(private, shared)
 
 
 # ------------------------------------------------------------------ at communicator creation
@@ -725,39 +794,64 @@ def network_link(classes, local_size: int, size: int) -> bool:
 
 
 def ring_rep_s(classes, network: bool) -> float:
-    """How long one repetition of the probe's rings lasts: LOOPBACK_REP_S over a wire whose ends
-    share a host (loopback TCP: its bytes are kernel copies on the ranks' own CPUs, and a loop of
-    calls pays about twice what the first calls after a barrier do, see measure), else REP_S
-    (FIFOs, and network links, which the slope between two rings prices)."""
-    return LOOPBACK_REP_S if not all_fifo(classes) and not network else REP_S
+    """How long one repetition of the probe's rings lasts: RING_LOOP_S for ranks of one host (FIFOs
+    and loopback wires: a loop of calls back to back, as jobs run them; see below), REP_S over a
+    network link (the slope between two rings prices it, and both share their moments).
+
+    Over loopback TCP a loop of calls pays about twice what the first calls after a barrier do
+    (see measure). Over FIFOs the few calls of a repetition of REP_S read 1.1-2.2x a job's loop
+    of the same call (the 2-rank c2c ring at 4 MiB 1009 us against 468, at 256 KiB 1.10-1.42x
+    from 2 to 8 ranks, bench/results/validate-sim-2026-12-07k.json, crossover-2026-12-07g-raw)."""
+    return REP_S if network else RING_LOOP_S
 
 
 def probe_sizes(share: float, wire: bool, loopback_local: int = 0) -> tuple[int, float]:
-    """(bytes of the out-of-cache ring, the cache a rank has) for *share* ranks per CPU: ranks
-    taking turns on a CPU share its time, so the ring shrinks with them (the same bytes per core,
-    and a probe that stays short at 8 ranks on 2 cores; still out of cache); over a network link
-    (*wire*: network_link) PROBE_BIG_WIRE. The cache is the CPU's private one whatever the share: measured, the 4-rank
-    (2 cores) binomial reduce kept its in-cache cost per byte up to 512 KiB, like 2 ranks.
+    """(bytes of the out-of-cache ring, the cache a rank has: cache_per_cpu) for *share* ranks per
+    CPU. Over FIFOs the ring's working set (cost_model.WORKING_SET, times the ranks sharing a CPU's
+    cache, LinkCost.ranks_per_cache) lies OUT_OF_CACHE x the cut beyond it, where the model takes
+    the out-of-cache beta whole (beyond_cache_bytes), and at least PROBE_BIG / share: 16 MiB at 2
+    ranks, 8 at 4, 4 at 8 on the 2-vCPU EPYC host (16 MiB of shared L3 per CPU); on a host
+    whose cut is a 2 MiB private cache, 4 MiB at 2 ranks and 2 at 8 (fewer bytes per core with
+    ranks taking turns on a CPU, a probe that stays short at 8 ranks on 2 cores). Over a network
+    link (*wire*: network_link) PROBE_BIG_WIRE.
 
     Over a loopback wire (*loopback_local*: the ranks on the host, > 0) the big rings move
     LOOPBACK_HOST_BYTES / loopback_local each (16 MiB at 2 ranks, 4 MiB at 8): out of place
     (measure) the host's ranks then work on 64 MiB of buffers, beyond the cache they share, where
     a loopback wire's bytes cost the most (loopback_cache_bytes); fit prices between the two sizes."""
     share = max(1.0, share)
+    cache = cache_per_cpu()
     if loopback_local > 0 and not wire:
-        return max(PROBE_BIG // 2, LOOPBACK_HOST_BYTES // int(loopback_local)), private_cache_bytes()
-    big = PROBE_BIG_WIRE if wire else max(PROBE_BIG // 2, int(PROBE_BIG / share))   # 2 MiB: out
-    return big, private_cache_bytes()
+        return max(PROBE_BIG // 2, LOOPBACK_HOST_BYTES // int(loopback_local)), cache
+    return (PROBE_BIG_WIRE if wire else beyond_cache_bytes(cache, share)), cache
+
+
+def beyond_cache_bytes(cache: float, share: float) -> int:
+    """The out-of-cache ring of a FIFO probe with the cut *cache* and *share* ranks per CPU: the
+    smallest power of two whose working set (WORKING_SET x bytes x share) reaches OUT_OF_CACHE x
+    the cut, at least PROBE_BIG / share and PROBE_BIG / 2, at most BIG_RING_MAX."""
+    need = OUT_OF_CACHE * float(cache) / (WORKING_SET * share)
+    pow2 = 1 << max(0, math.ceil(math.log2(need))) if need > 1 else 1
+    return max(PROBE_BIG // 2, int(PROBE_BIG / share), min(BIG_RING_MAX, pow2))
+
+
+def kernel_big_bytes(big_bytes: int) -> int:
+    """Bytes of each of the three arrays of the out-of-cache kernels (gamma_out): half the big
+    ring's (their working set 1.5x its input, as far out of cache as the ring), at least
+    KERNEL_BIG."""
+    return max(KERNEL_BIG, int(big_bytes) // 2)
 
 
 def measure_options(classes, network: bool, share: float) -> dict:
     """How measure() times a communicator whose links are *classes* (*network*: network_link),
-    with *share* ranks per CPU: the rings' repetition (ring_rep_s), the broadcasts that price
+    with *share* ranks per CPU: the rings' repetition (ring_rep_s) and how many (LOOP_REPS on one
+    host, each ring by itself: APART), the broadcasts that price
     beta_free on crowded CPUs, the exchange rounds over a loopback wire, the barrier's loops over
     a network link, rings out of place on one host, and over FIFOs MIN_CALLS per repetition and
     a warm call before each repetition of the in-cache ones (warm_first)."""
     loopback = not all_fifo(classes) and not network
-    return {"ring_rep_s": ring_rep_s(classes, network), "crowded": float(share) > 1, "exchange": loopback,
+    return {"ring_rep_s": ring_rep_s(classes, network), "ring_reps": REPS if network else LOOP_REPS,
+            "crowded": float(share) > 1, "exchange": loopback,
             "barrier_rep_s": NETWORK_BARRIER_REP_S if network else REP_S, "out_of_place": not network,
             "min_calls": MIN_CALLS if all_fifo(classes) else 1, "warm": all_fifo(classes),
             "small_bytes": in_cache_ring_bytes(share) if all_fifo(classes) else PROBE_BYTES}
@@ -868,7 +962,7 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
     network, big, cache, options = plan(classes, local_size, size, float(msg[_SHARE]))
     raw, secs, other = _probe(engine, rank, size, timeout, big, **options)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
-               cache_bytes=cache, network=network)
+               cache_bytes=loaded_cut(cache, other), network=network)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
                                             getattr(cost, k) for k in PARAMS if k != "cache_bytes"})
