@@ -2,10 +2,11 @@
 
 Every rank of these tests is bound to one CPU before it starts hetccl (``sched_setaffinity``), so
 three ranks crowd one core whatever the machine has. Oversubscribed, waits skip the spin; with
-``Engine.handover_bytes`` set (off by default: ``HANDOVER_BYTES``), a wait in a step that moves at
-least that much sleeps at once (progress.pyx); a ring step waits on two links, so that sleep is
-one futex wait on both links' words (futex_waitv). A peer that dies or stalls while its
-neighbours sleep there must still be noticed, and an abort must still wake them at once.
+``Engine.handover_bytes`` (``HANDOVER_BYTES``), a wait in a step that moves at least that much
+sleeps at once while other jobs load the host (progress.pyx host_loaded; the tests force it with
+``_set_handover_load(0)``); a ring step waits on two links, so that sleep is one futex wait on both
+links' words (futex_waitv). A peer that dies or stalls while its neighbours sleep there must still
+be noticed, and an abort must still wake them at once.
 """
 import os
 import threading
@@ -46,11 +47,13 @@ def _on_one_cpu():
 def _ring_rank(rank, size):
     _on_one_cpu()
     import hetccl
+    from hetccl._native import progress
     from hetccl.comm import HANDOVER_BYTES
     comm = hetccl.init(timeout=60)
     e = comm._engine
     policy = (e.spin_s, e.handover_bytes)
-    e.handover_bytes = 64 << 10           # the sleep-at-once policy (off by default), exercised here
+    e.handover_bytes = 64 << 10           # the sleep-at-once policy, whatever the host's load
+    progress._set_handover_load(0.0)
     x = np.full(BIG, rank + 1, np.float32)
     out = np.empty_like(x)
     for _ in range(3):
@@ -75,10 +78,26 @@ def test_oversubscribed_ring_sleeps_on_the_futex_words_of_both_links():
         assert futex > 0 and poll == 0, f"waits slept {futex} times on futex words, {poll} in poll()"
 
 
+def test_handover_waits_for_other_jobs_on_the_host():
+    from hetccl._native import progress
+    try:
+        progress._set_handover_load(0.0)
+        assert progress._handover_now(8)
+        progress._set_handover_load(1e9)
+        assert not progress._handover_now(8)
+        progress._set_handover_load(-1.0)           # the default: load >= ranks + CPUs
+        assert not progress._handover_now(1 << 30)
+    finally:
+        progress._set_handover_load(-1.0)
+
+
 def _crowded_ring():
-    """A communicator of ranks crowded onto one CPU, after one big ring allreduce and a barrier."""
+    """A communicator of ranks crowded onto one CPU, after one big ring allreduce and a barrier;
+    its waits in the ring's steps (above HANDOVER_BYTES) sleep at once, as on a loaded host."""
     _on_one_cpu()
     import hetccl
+    from hetccl._native import progress
+    progress._set_handover_load(0.0)
     comm = hetccl.init(timeout=30)
     x = np.ones(BIG, np.float32)
     comm.allreduce(x, algorithm="ring")
