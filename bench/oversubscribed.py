@@ -28,15 +28,20 @@ shared by every path:
         python bench/oversubscribed.py --ab -c allreduce --sizes 512K,2M,8M \
         --paths ompi,tuned,ring,rabenseifner,tuned@0,tuned@50000
 
-Paths: ``ompi`` (MPI_Allreduce / MPI_Bcast, out of place / root 0), ``tuned`` (hetccl unforced: what
-a user gets), an algorithm name (hetccl forced onto it), and ``PATH@Y``: that path with the
+Paths: ``ompi`` (MPI_Allreduce / MPI_Bcast, out of place / root 0), ``tuned`` (hetccl unforced:
+what a user gets), an algorithm name (hetccl forced onto it), and ``PATH@Y``: that path with the
 engine's waits yielding for Y us before they sleep (0: sleep at once; the engine's own policy is
 500), ``PATH@Y:H`` the same with steps that move H bytes or more (send and receive) sleeping at
 once whatever the host's load (``Engine.handover_bytes``; the engine's own: 512 KiB, only while
-other jobs load the host, which ``tuned`` and the forced algorithms keep); ``PATH%C``: that path with the
-engine's unit of one link call (``Engine.chunk``, 256K) set to C bytes. Buffers come from the benchmark runner's allocator (``mapped``). Prints per size each path's
-median time per call (slowest rank), its spread (min and max over repetitions) and its time over
-``ompi``'s, paired per repetition (median): below 1 hetccl is faster.
+other jobs load the host, which ``tuned`` and the forced algorithms keep); ``PATH%C``: that path
+with the engine's unit of one link call (``Engine.chunk``, 256K) set to C bytes; ``PATH^block`` and
+``PATH^alt``: that path with every rank bound to one CPU of the affinity the launcher gave it
+(``PATH^free``: on that affinity; the other paths run as ``hetccl.init`` left it), ranks
+r*CPUs/size (consecutive ranks together: a ring's neighbours share a CPU but at CPU boundaries) or
+r % CPUs (neighbours always apart), the placements the scheduler may leave a launch in. Buffers
+come from the benchmark runner's allocator (``mapped``). Prints per size each path's median time
+per call (slowest rank), its spread (min and max over repetitions) and its time over ``ompi``'s,
+paired per repetition (median): below 1 hetccl is faster.
 """
 import argparse
 import os
@@ -126,10 +131,16 @@ def ab_main(a):
     from hetccl.benchmark.format import parse_sizes
     from hetccl.benchmark.runner import mapped_empty
     mc = MPI.COMM_WORLD
+    free = os.sched_getaffinity(0)                               # as the launcher left it
     comm = hetccl.init()
     eng = comm._engine
     policy = (eng.spin_s, eng.yield_s, eng.handover_bytes, eng.chunk)
     names = [p.strip() for p in a.paths.split(",") if p.strip()]
+    cpus = sorted(free)
+    placements = {"": os.sched_getaffinity(0),                    # as hetccl.init left it
+                  "free": free,                                   # as the launcher left it
+                  "block": {cpus[comm.rank * len(cpus) // comm.size]},   # ring neighbours together
+                  "alt": {cpus[comm.rank % len(cpus)]}}                  # ring neighbours apart
     out = []
     for nb in parse_sizes(a.sizes):
         n = max(1, nb // 4)
@@ -139,7 +150,7 @@ def ab_main(a):
         want = np.float32(comm.size * (comm.size + 1) / 2) if a.collective == "allreduce" else np.float32(1)
 
         def call(path, x=x, y=y):
-            base = path.split("@")[0].split("%")[0]
+            base = path.split("@")[0].split("%")[0].split("^")[0]
             if a.collective == "allreduce":
                 if base == "ompi":
                     return lambda: mc.Allreduce(x, y, MPI.SUM)
@@ -155,6 +166,8 @@ def ab_main(a):
             if "%" in path:
                 eng.chunk = parse_sizes(path.split("%")[1].split("@")[0])[0]
             progress._set_handover_load(-1.0)            # the engine's own: hand over when loaded
+            os.sched_setaffinity(0, placements[path.split("^")[1].split("@")[0].split("%")[0]
+                                               if "^" in path else ""])
             if "@" in path:
                 y, _, h = path.split("@")[1].split("%")[0].partition(":")
                 eng.spin_s, eng.yield_s = 0.0, float(y) * 1e-6

@@ -40,6 +40,39 @@ def test_crowded_counts_the_cpus_the_machines_ranks_may_use():
     assert set(parse_cpulist(_cards._cpus())) == set(os.sched_getaffinity(0))
 
 
+def test_block_cpu_binds_unbound_crowded_ranks_in_consecutive_blocks():
+    free = [_card("0-1")] * 8
+    assert [_cards.block_cpu(free, r) for r in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [_cards.block_cpu([_card("2,5")] * 4, r) for r in range(4)] == [2, 2, 5, 5]
+    assert _cards.block_cpu([_card("0-1")] * 3, 0) is None          # uneven: the scheduler balances
+    assert _cards.block_cpu([_card("0")] * 4, 0) is None            # one CPU
+    assert _cards.block_cpu([_card("0"), _card("1")] * 2, 0) is None    # bound by the launcher
+    assert _cards.block_cpu([_card("0-1")] * 2, 0) is None          # not crowded
+    two_hosts = [_card("0-1", "a")] * 4 + [_card("0-3", "b")] * 4
+    assert [_cards.block_cpu(two_hosts, r) for r in range(8)] == [0, 0, 1, 1, None, None, None, None]
+
+
+def _bound_rank(rank, size, cpus):
+    os.sched_setaffinity(0, set(cpus))
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    x = comm.allreduce(np.ones(4, np.float32))
+    child = comm.dup()
+    got = (sorted(os.sched_getaffinity(0)), float(x[0]), child._engine.spin_s)
+    child.close()
+    comm.close()
+    return got
+
+
+def test_crowded_unbound_ranks_bind_themselves_in_blocks():
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    results = run_ranks(_bound_rank, 4, cpus, timeout=90, transports="shm")
+    assert [r[0] for r in results] == [[cpus[0]], [cpus[0]], [cpus[1]], [cpus[1]]]
+    assert all(r[1] == 4.0 and r[2] == 0.0 for r in results)
+
+
 def _on_one_cpu():
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 

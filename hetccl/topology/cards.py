@@ -117,6 +117,30 @@ def crowded(cards, rank: int) -> bool:
     return n > cpus
 
 
+def block_cpu(cards, rank: int):
+    """The one CPU ``rank`` binds itself to on a crowded machine whose ranks were all left on the
+    same affinity of k >= 2 CPUs (the launcher bound none of them) and split evenly over them
+    (n ranks, a multiple of k): consecutive ranks together, the machine's i-th rank on the
+    (i*k//n)-th CPU, so a ring's neighbours share a CPU except at k boundaries. Left to the
+    scheduler, a launch of 8 ranks on 2 CPUs kept whatever placement it started with, and with
+    neighbours apart the ring allreduce ran 4-5x slower than with them together
+    (bench/oversubscribed.py --ab, paths ^alt and ^block). None otherwise: bound by the launcher,
+    affinities that differ, one CPU, not crowded, or an uneven split (3 ranks on 2 CPUs: the
+    scheduler balances them better than a 2 + 1 binding). From the cards: every rank agrees."""
+    from .discover import parse_cpulist
+    t = cards[rank].get("topo") or {}
+    me = t.get("kernel") or cards[rank]["host"]
+    local = [r for r, c in enumerate(cards) if ((c.get("topo") or {}).get("kernel") or c["host"]) == me]
+    sets = {(cards[r].get("topo") or {}).get("cpus") or "" for r in local}
+    if len(sets) != 1 or "" in sets:
+        return None
+    cpus = sorted(parse_cpulist(sets.pop()))
+    n, k = len(local), len(cpus)
+    if k < 2 or n <= k or n % k:
+        return None
+    return cpus[local.index(rank) * k // n]
+
+
 _file_cache = {}
 
 
