@@ -28,20 +28,20 @@ shared by every path:
         python bench/oversubscribed.py --ab -c allreduce --sizes 512K,2M,8M \
         --paths ompi,tuned,ring,rabenseifner,tuned@0,tuned@50000
 
-Paths: ``ompi`` (MPI_Allreduce / MPI_Bcast, out of place / root 0), ``tuned`` (hetccl unforced:
-what a user gets), an algorithm name (hetccl forced onto it), and ``PATH@Y``: that path with the
-engine's waits yielding for Y us before they sleep (0: sleep at once; the engine's own policy is
-500), ``PATH@Y:H`` the same with steps that move H bytes or more (send and receive) sleeping at
-once whatever the host's load (``Engine.handover_bytes``; the engine's own: 512 KiB, only while
-other jobs load the host, which ``tuned`` and the forced algorithms keep); ``PATH%C``: that path
-with the engine's unit of one link call (``Engine.chunk``, 256K) set to C bytes; ``PATH^block`` and
-``PATH^alt``: that path with every rank bound to one CPU of the affinity the launcher gave it
-(``PATH^free``: on that affinity; the other paths run as ``hetccl.init`` left it), ranks
-r*CPUs/size (consecutive ranks together: a ring's neighbours share a CPU but at CPU boundaries) or
-r % CPUs (neighbours always apart), the placements the scheduler may leave a launch in. Buffers
-come from the benchmark runner's allocator (``mapped``). Prints per size each path's median time
-per call (slowest rank), its spread (min and max over repetitions) and its time over ``ompi``'s,
-paired per repetition (median): below 1 hetccl is faster.
+Paths: ``ompi`` (MPI_Allreduce / MPI_Bcast / MPI_Allgather / MPI_Alltoall, out of place / root 0),
+``tuned`` (hetccl unforced: what a user gets), an algorithm name (hetccl forced onto it), and
+``PATH@Y``: that path with the engine's waits yielding for Y us before they sleep (0: sleep at
+once; the engine's own policy is 500), ``PATH@Y:H`` the same with steps that move H bytes or more
+(send and receive) sleeping at once whatever the host's load (``Engine.handover_bytes``; the
+engine's own: 512 KiB, only while other jobs load the host, which ``tuned`` and the forced
+algorithms keep); ``PATH%C``: that path with the engine's unit of one link call (``Engine.chunk``,
+256K) set to C bytes; ``PATH^block`` and ``PATH^alt``: that path with every rank bound to one CPU
+of the affinity the launcher gave it (``PATH^free``: on that affinity; the other paths run as
+``hetccl.init`` left it), ranks r*CPUs/size (consecutive ranks together: a ring's neighbours share
+a CPU but at CPU boundaries) or r % CPUs (neighbours always apart), the placements the scheduler
+may leave a launch in. Buffers come from the benchmark runner's allocator (``mapped``). Prints per
+size each path's median time per call (slowest rank), its spread (min and max over repetitions) and
+its time over ``ompi``'s, paired per repetition (median): below 1 hetccl is faster.
 """
 import argparse
 import os
@@ -143,11 +143,13 @@ def ab_main(a):
                   "alt": {cpus[comm.rank % len(cpus)]}}                  # ring neighbours apart
     out = []
     for nb in parse_sizes(a.sizes):
-        n = max(1, nb // 4)
-        x = mapped_empty(n, np.float32)
+        n = max(comm.size, nb // 4 // comm.size * comm.size)         # the output's elements
+        x = mapped_empty(n // comm.size if a.collective == "allgather" else n, np.float32)
         y = mapped_empty(n, np.float32)
         x[:] = comm.rank + 1
-        want = np.float32(comm.size * (comm.size + 1) / 2) if a.collective == "allreduce" else np.float32(1)
+        blocks = np.repeat(np.arange(1, comm.size + 1, dtype=np.float32), n // comm.size)
+        want = {"allreduce": np.float32(comm.size * (comm.size + 1) / 2), "broadcast": np.float32(1),
+                "allgather": blocks, "alltoall": blocks}[a.collective]
 
         def call(path, x=x, y=y):
             base = path.split("@")[0].split("%")[0].split("^")[0]
@@ -156,9 +158,15 @@ def ab_main(a):
                     return lambda: mc.Allreduce(x, y, MPI.SUM)
                 algo = None if base == "tuned" else base
                 return lambda: comm.allreduce(x, out=y, algorithm=algo)
+            algo = None if base == "tuned" else base
+            if a.collective == "allgather":
+                return (lambda: mc.Allgather(x, y)) if base == "ompi" else \
+                    (lambda: comm.allgather(x, y, algorithm=algo))
+            if a.collective == "alltoall":
+                return (lambda: mc.Alltoall(x, y)) if base == "ompi" else \
+                    (lambda: comm.alltoall(x, y, algorithm=algo))
             if base == "ompi":
                 return lambda: mc.Bcast(y, root=0)
-            algo = None if base == "tuned" else base
             return lambda: comm.broadcast(y, 0, algorithm=algo)
 
         def switch(path):
@@ -169,8 +177,8 @@ def ab_main(a):
             os.sched_setaffinity(0, placements[path.split("^")[1].split("@")[0].split("%")[0]
                                                if "^" in path else ""])
             if "@" in path:
-                y, _, h = path.split("@")[1].split("%")[0].partition(":")
-                eng.spin_s, eng.yield_s = 0.0, float(y) * 1e-6
+                yus, _, h = path.split("@")[1].split("%")[0].partition(":")
+                eng.spin_s, eng.yield_s = 0.0, float(yus) * 1e-6
                 eng.handover_bytes = parse_sizes(h)[0] if h else 0
                 progress._set_handover_load(0.0)         # whatever the host's load
 
@@ -256,7 +264,8 @@ def main(argv=None):
     ap.add_argument("--async", dest="use_async", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ab", action="store_true",
                     help="same-process A/B against Open MPI (run under mpirun; module docstring)")
-    ap.add_argument("-c", "--collective", default="allreduce", choices=("allreduce", "broadcast"), help="--ab")
+    ap.add_argument("-c", "--collective", default="allreduce",
+                    choices=("allreduce", "broadcast", "allgather", "alltoall"), help="--ab (sizes: the output's bytes)")
     ap.add_argument("--sizes", default="512K,2M,8M", help="--ab: bytes per call")
     ap.add_argument("--paths", default="ompi,tuned,ring,rabenseifner", help="--ab: module docstring")
     ap.add_argument("--reps", type=int, default=9, help="--ab: repetitions")

@@ -46,7 +46,7 @@ from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .recovery.membership import EXCLUDED, FAILED, REVOKED
 from .recovery.shrink import shrink as _shrink
-from .topology.cards import block_cpu, card_entry, crowded
+from .topology.cards import bind_block, card_entry, crowded
 from .transports.c2c import direct_thresholds, ptrace_policy as _c2c_ptrace_policy
 from .transports.matrix import format_matrix
 from .transports.mesh import connect_mesh
@@ -1504,12 +1504,8 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
     if crowded(cards, info.rank) or (parent is not None and parent._engine.spin_s == 0):
         engine.spin_s = 0.0       # oversubscribed: waits yield the core at once, and sleep at once
         engine.handover_bytes = HANDOVER_BYTES    # in steps that move this much (progress.pyx)
-        cpu = block_cpu(cards, info.rank) if parent is None else None
-        if cpu is not None:       # unbound ranks: consecutive ranks share a CPU (cards.block_cpu)
-            try:
-                os.sched_setaffinity(0, {cpu})
-            except OSError:
-                pass
+        if parent is None:        # unbound ranks: consecutive ranks share a CPU (cards.block_cpu)
+            bind_block(cards, info.rank)
     return Communicator(engine=engine, store=store, server=server, info=info, cards=cards,
                         matrix=matrix, socks=socks, comm_id=comm_id, timeout=t, p2p=p2p,
                         job_id=job_id, transports=spec, parent=parent, bridge_request=bridges,

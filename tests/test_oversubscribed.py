@@ -58,7 +58,9 @@ def _bound_rank(rank, size, cpus):
     comm = hetccl.init(timeout=60)
     x = comm.allreduce(np.ones(4, np.float32))
     child = comm.dup()
-    got = (sorted(os.sched_getaffinity(0)), float(x[0]), child._engine.spin_s)
+    from hetccl.collectives.probe import usable_cpus
+    got = (sorted(os.sched_getaffinity(0)), float(x[0]), child._engine.spin_s, sorted(_cards.affinity()),
+           usable_cpus(), child._cards[rank]["topo"]["cpus"])
     child.close()
     comm.close()
     return got
@@ -71,6 +73,9 @@ def test_crowded_unbound_ranks_bind_themselves_in_blocks():
     results = run_ranks(_bound_rank, 4, cpus, timeout=90, transports="shm")
     assert [r[0] for r in results] == [[cpus[0]], [cpus[0]], [cpus[1]], [cpus[1]]]
     assert all(r[1] == 4.0 and r[2] == 0.0 for r in results)
+    # the probe and later communicators still see the two CPUs the job was given
+    listed = (f"{cpus[0]},{cpus[1]}", f"{cpus[0]}-{cpus[1]}")
+    assert all(r[3] == cpus and r[4] == 2 and r[5] in listed for r in results), results
 
 
 def _on_one_cpu():

@@ -61,20 +61,44 @@ def _kernel_id() -> str:
         return ""
 
 
-def _ncpus() -> int:
+_launch_cpus = None      # this process's affinity before init bound it to one CPU (block_cpu)
+
+
+def affinity() -> set:
+    """The CPUs this process may run on as its launcher left it: before ``init`` bound a crowded
+    rank to one of them (bind_block), so later communicators, the probe's CPU count and its cache
+    key see the machine the job was given, not the one CPU of the binding."""
+    if _launch_cpus is not None:
+        return set(_launch_cpus)
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def bind_block(cards, rank: int) -> None:
+    """Bind this process's calling thread to block_cpu's CPU, if any (remembering the affinity
+    it had for ``affinity``)."""
+    global _launch_cpus
+    cpu = block_cpu(cards, rank)
+    if cpu is None:
+        return
+    before = affinity()
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):
+        return
+    _launch_cpus = before
+
+
+def _ncpus() -> int:
+    return len(affinity())
 
 
 def _cpus() -> str:
-    """The CPUs this process may run on (its affinity), as a list of ranges: "0-3,8"."""
+    """The CPUs this process may run on (its affinity as launched), as a list of ranges: "0-3,8"."""
     from .discover import format_cpulist
-    try:
-        return format_cpulist(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return format_cpulist(range(os.cpu_count() or 1))
+    return format_cpulist(affinity())
 
 
 def _machines(cards) -> dict:
