@@ -6,9 +6,11 @@ with more ranks than cores, the policy switched round by round inside the same p
     python bench/wait_policy.py -n 4 --cases allgather:8:recursive_doubling,allreduce:8:recursive_doubling
 
 A policy is ``yield_us:handover_bytes`` (spin 0, as oversubscribed ranks run): sched_yield for
-yield_us before sleeping, and steps moving handover_bytes or more sleep at once (0: never). The
-default compares the engine's oversubscribed policy (500:0: yield first everywhere) with sleeping
-at once in steps of 64 KiB or more (500:65536) and sleeping at once everywhere (0:0). Rounds rotate through the policies, so every policy
+yield_us before sleeping, and steps moving handover_bytes or more sleep at once (0: never), here
+whatever the host's load (the engine hands over only while other jobs load it). The default
+compares yielding first everywhere (500:0, the engine's policy on a host running only this job)
+with sleeping at once in steps of 64 KiB or more (500:65536) and sleeping at once everywhere (0:0).
+Rounds rotate through the policies, so every policy
 sees the same placement of the ranks on the vCPUs (which changes an oversubscribed call's time
 2-3x from one run to the next); the table gives each policy's min, p25 and median over its rounds.
 A round leaves the placement to the next (rounds that sleep let the scheduler spread the ranks), so
@@ -23,8 +25,10 @@ import sys
 
 CHILD = r"""
 import statistics, time, numpy as np, hetccl
+from hetccl._native import progress
 comm = hetccl.init()
 e = comm._engine
+progress._set_handover_load(0.0)     # handover_bytes acts whatever the host's load
 pols = {pols!r}
 for coll, nb, algo in {cases!r}:
     n = max(1, nb // 4)

@@ -46,7 +46,7 @@ from .ops import ReduceOp, as_op
 from .p2p import ANY_SOURCE, P2PChannel
 from .recovery.membership import EXCLUDED, FAILED, REVOKED
 from .recovery.shrink import shrink as _shrink
-from .topology.cards import card_entry, crowded
+from .topology.cards import bind_block, card_entry, crowded
 from .transports.c2c import direct_thresholds, ptrace_policy as _c2c_ptrace_policy
 from .transports.matrix import format_matrix
 from .transports.mesh import connect_mesh
@@ -135,12 +135,14 @@ def _dtype_code(buf) -> int:
 _DONE = threading.Lock()      # a Work completes once: by its operation, or cancelled by abort/close
 ABORT_GRACE = 1.0             # s an operation may still run after its communicator was aborted
 LINGER_S = 3.0                # s the store's host stays for the others to read why it failed
-# Oversubscribed: a step moving this much sleeps at once instead of yielding first (0: never). Off:
-# on a quiet 2-vCPU host, sleeping at once made 4- and 8-rank ring calls of 128 KiB-2 MiB 1.1-3.7x
-# slower than yielding first (bench/wait_policy.py, bench/RESULTS.md "More ranks than cores: the
-# wait policy"); it paid only while other jobs loaded the host. The engine keeps the mechanism
-# (Engine.handover_bytes) for hosts where it measures faster.
-HANDOVER_BYTES = 0
+# Oversubscribed: a step moving this much (send and receive) sleeps at once instead of yielding
+# first, while other jobs load the host (progress.pyx host_loaded: 1-minute load average >= ranks +
+# CPUs); on a host running only this job every wait yields first. Measured on the 2-vCPU VM: quiet,
+# sleeping at once made 4- and 8-rank ring calls of 128 KiB-2 MiB 1.1-3.7x slower (bench/RESULTS.md
+# "More ranks than cores: the wait policy"); loaded by other jobs (load average 19-33), it made the
+# 8-rank ring allreduce of 2 and 8 MiB 1.5-3x faster (bench/oversubscribed.py --ab,
+# bench/results/ar8-ab-*-2026-12-07m.txt). 512 KiB: an 8-rank 2 MiB ring step.
+HANDOVER_BYTES = 512 << 10
 MAX_ISLAND_ROUTES = 64        # allreduce shapes whose composed route a communicator keeps (then all forgotten)
 
 
@@ -1502,6 +1504,8 @@ def _connect(info, store, server, job_id, comm_id, t, spec, parent=None, bridges
     if crowded(cards, info.rank) or (parent is not None and parent._engine.spin_s == 0):
         engine.spin_s = 0.0       # oversubscribed: waits yield the core at once, and sleep at once
         engine.handover_bytes = HANDOVER_BYTES    # in steps that move this much (progress.pyx)
+        if parent is None:        # unbound ranks: consecutive ranks share a CPU (cards.block_cpu)
+            bind_block(cards, info.rank)
     return Communicator(engine=engine, store=store, server=server, info=info, cards=cards,
                         matrix=matrix, socks=socks, comm_id=comm_id, timeout=t, p2p=p2p,
                         job_id=job_id, transports=spec, parent=parent, bridge_request=bridges,

@@ -2,10 +2,11 @@
 
 Every rank of these tests is bound to one CPU before it starts hetccl (``sched_setaffinity``), so
 three ranks crowd one core whatever the machine has. Oversubscribed, waits skip the spin; with
-``Engine.handover_bytes`` set (off by default: ``HANDOVER_BYTES``), a wait in a step that moves at
-least that much sleeps at once (progress.pyx); a ring step waits on two links, so that sleep is
-one futex wait on both links' words (futex_waitv). A peer that dies or stalls while its
-neighbours sleep there must still be noticed, and an abort must still wake them at once.
+``Engine.handover_bytes`` (``HANDOVER_BYTES``), a wait in a step that moves at least that much
+sleeps at once while other jobs load the host (progress.pyx host_loaded; the tests force it with
+``_set_handover_load(0)``); a ring step waits on two links, so that sleep is one futex wait on both
+links' words (futex_waitv). A peer that dies or stalls while its neighbours sleep there must still
+be noticed, and an abort must still wake them at once.
 """
 import os
 import threading
@@ -39,6 +40,44 @@ def test_crowded_counts_the_cpus_the_machines_ranks_may_use():
     assert set(parse_cpulist(_cards._cpus())) == set(os.sched_getaffinity(0))
 
 
+def test_block_cpu_binds_unbound_crowded_ranks_in_consecutive_blocks():
+    free = [_card("0-1")] * 8
+    assert [_cards.block_cpu(free, r) for r in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [_cards.block_cpu([_card("2,5")] * 4, r) for r in range(4)] == [2, 2, 5, 5]
+    assert _cards.block_cpu([_card("0-1")] * 3, 0) is None          # uneven: the scheduler balances
+    assert _cards.block_cpu([_card("0")] * 4, 0) is None            # one CPU
+    assert _cards.block_cpu([_card("0"), _card("1")] * 2, 0) is None    # bound by the launcher
+    assert _cards.block_cpu([_card("0-1")] * 2, 0) is None          # not crowded
+    two_hosts = [_card("0-1", "a")] * 4 + [_card("0-3", "b")] * 4
+    assert [_cards.block_cpu(two_hosts, r) for r in range(8)] == [0, 0, 1, 1, None, None, None, None]
+
+
+def _bound_rank(rank, size, cpus):
+    os.sched_setaffinity(0, set(cpus))
+    import hetccl
+    comm = hetccl.init(timeout=60)
+    x = comm.allreduce(np.ones(4, np.float32))
+    child = comm.dup()
+    from hetccl.collectives.probe import usable_cpus
+    got = (sorted(os.sched_getaffinity(0)), float(x[0]), child._engine.spin_s, sorted(_cards.affinity()),
+           usable_cpus(), child._cards[rank]["topo"]["cpus"])
+    child.close()
+    comm.close()
+    return got
+
+
+def test_crowded_unbound_ranks_bind_themselves_in_blocks():
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    results = run_ranks(_bound_rank, 4, cpus, timeout=90, transports="shm")
+    assert [r[0] for r in results] == [[cpus[0]], [cpus[0]], [cpus[1]], [cpus[1]]]
+    assert all(r[1] == 4.0 and r[2] == 0.0 for r in results)
+    # the probe and later communicators still see the two CPUs the job was given
+    listed = (f"{cpus[0]},{cpus[1]}", f"{cpus[0]}-{cpus[1]}")
+    assert all(r[3] == cpus and r[4] == 2 and r[5] in listed for r in results), results
+
+
 def _on_one_cpu():
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
@@ -46,11 +85,13 @@ def _on_one_cpu():
 def _ring_rank(rank, size):
     _on_one_cpu()
     import hetccl
+    from hetccl._native import progress
     from hetccl.comm import HANDOVER_BYTES
     comm = hetccl.init(timeout=60)
     e = comm._engine
     policy = (e.spin_s, e.handover_bytes)
-    e.handover_bytes = 64 << 10           # the sleep-at-once policy (off by default), exercised here
+    e.handover_bytes = 64 << 10           # the sleep-at-once policy, whatever the host's load
+    progress._set_handover_load(0.0)
     x = np.full(BIG, rank + 1, np.float32)
     out = np.empty_like(x)
     for _ in range(3):
@@ -75,10 +116,26 @@ def test_oversubscribed_ring_sleeps_on_the_futex_words_of_both_links():
         assert futex > 0 and poll == 0, f"waits slept {futex} times on futex words, {poll} in poll()"
 
 
+def test_handover_waits_for_other_jobs_on_the_host():
+    from hetccl._native import progress
+    try:
+        progress._set_handover_load(0.0)
+        assert progress._handover_now(8)
+        progress._set_handover_load(1e9)
+        assert not progress._handover_now(8)
+        progress._set_handover_load(-1.0)           # the default: load >= ranks + CPUs
+        assert not progress._handover_now(1 << 30)
+    finally:
+        progress._set_handover_load(-1.0)
+
+
 def _crowded_ring():
-    """A communicator of ranks crowded onto one CPU, after one big ring allreduce and a barrier."""
+    """A communicator of ranks crowded onto one CPU, after one big ring allreduce and a barrier;
+    its waits in the ring's steps (above HANDOVER_BYTES) sleep at once, as on a loaded host."""
     _on_one_cpu()
     import hetccl
+    from hetccl._native import progress
+    progress._set_handover_load(0.0)
     comm = hetccl.init(timeout=30)
     x = np.ones(BIG, np.float32)
     comm.allreduce(x, algorithm="ring")

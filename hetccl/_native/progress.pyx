@@ -7,7 +7,7 @@ together by run_step until both are done. Each progress call is one call into th
 waits (idle): spin (pause) for spin_s, then sched_yield for yield_s (so oversubscribed ranks hand
 their core to the peer they wait for), then sleep until a peer wakes it, it dies, the engine is
 interrupted or 100 ms pass (block); oversubscribed, a step moving handover_bytes or more sleeps at
-once. Deadlines are checked throughout; Ctrl-C is honoured while asleep; every 50 ms of waiting,
+once while other jobs load the host (handover). Deadlines are checked throughout; Ctrl-C is honoured while asleep; every 50 ms of waiting,
 reap looks at every link the step involves for a dead peer. A latency-path call comes in holding
 the GIL (gil.pxd): the wait lets it go after Engine.hold_s, and always before sleeping.
 """
@@ -24,6 +24,12 @@ from hetccl._native.life cimport hc_life_sleep_many, hc_life_waitv_ok
 from hetccl._native.link cimport *
 from hetccl._native.posix_wait cimport pollfd, poll, POLLIN, POLLHUP, POLLERR, POLLNVAL, POLLRDHUP, sched_yield
 from hetccl._native.wire cimport put_header
+
+cdef extern from "<stdlib.h>" nogil:
+    int getloadavg(double* loadavg, int nelem)
+cdef extern from "<unistd.h>" nogil:
+    long sysconf(int name)
+    int _SC_NPROCESSORS_ONLN
 
 cdef struct Idle:
     double since              # when the current idle period began (0: not idle)
@@ -243,6 +249,42 @@ cdef int run_pairs(Engine e, Stream* snd, Stream* rcv, int n, double deadline) n
 
 # ------------------------------------------------------------------ waiting
 
+cdef double _load = 0.0            # the host's 1-minute load average, read at most every LOAD_EVERY s
+cdef double _load_at = -1.0
+cdef double _load_floor = -1.0     # < 0: handover while the load is >= the ranks + the CPUs; else this
+cdef long _cpus = 0
+cdef double LOAD_EVERY = 0.5
+
+
+def _set_handover_load(double floor=-1.0):
+    """Tests and bench/oversubscribed.py: hand over while the load average is >= floor (0: always;
+    < 0, the default: while it is >= the communicator's ranks + the host's CPUs)."""
+    global _load_floor
+    _load_floor = floor
+
+
+def _handover_now(int size):
+    """Whether a step of a ``size``-rank engine that moves handover_bytes would sleep at once now."""
+    return host_loaded(size, hc_now())
+
+
+cdef bint host_loaded(int size, double now) noexcept nogil:
+    """Whether other jobs load this host: its 1-minute load average is at least the communicator's
+    ranks (all of them runnable while they yield) plus the CPUs, i.e. about one other runnable
+    task per CPU besides ours (_load_floor instead when set). Read from /proc/loadavg at most
+    every LOAD_EVERY seconds (a few microseconds), only by steps large enough to hand over."""
+    global _load, _load_at, _cpus
+    cdef double l = 0.0
+    if _load_floor == 0:
+        return True
+    if now - _load_at > LOAD_EVERY or _load_at < 0:
+        _load_at = now
+        if getloadavg(&l, 1) == 1:
+            _load = l
+        if _cpus <= 0:
+            _cpus = sysconf(_SC_NPROCESSORS_ONLN)
+    return _load >= (_load_floor if _load_floor > 0 else <double>(size + (_cpus if _cpus > 0 else 1)))
+
 cdef inline size_t step_bytes(Idle* st) noexcept nogil:
     cdef size_t b = 0
     if st.all[0] != NULL:
@@ -256,9 +298,11 @@ cdef int idle(Engine e, Stream** ss, int n, Idle* st, double deadline) noexcept 
     """Nothing moved: spin, then yield, then block. Returns <0 on timeout/peer loss.
 
     Oversubscribed (comm.py sets spin_s = 0 and handover_bytes): a step that moves at least
-    handover_bytes sleeps at once, giving the core to the ranks that have bytes to copy; a smaller
-    one yields first, since its peer is usually a few microseconds away and waking a sleeper on an
-    idle vCPU costs tens (docs/transports.md, "More ranks than cores")."""
+    handover_bytes sleeps at once while other jobs load the host (host_loaded), giving the core to
+    the ranks that have bytes to copy instead of to the other jobs; a smaller one, or any on a
+    host running only this job, yields first, since its peer is usually a few microseconds away
+    and waking a sleeper on an idle vCPU costs tens (docs/transports.md, "More ranks than
+    cores")."""
     cdef double now, waited
     cdef int i
     st.iters += 1
@@ -267,7 +311,7 @@ cdef int idle(Engine e, Stream** ss, int n, Idle* st, double deadline) noexcept 
         if st.since == 0:
             st.since = now
             st.awake = e.spin_s + e.yield_s
-            if e.handover_bytes and step_bytes(st) >= e.handover_bytes:
+            if e.handover_bytes and step_bytes(st) >= e.handover_bytes and host_loaded(e.size, now):
                 st.awake = 0
         if interrupted(&e.fail):
             return E_CANCELLED

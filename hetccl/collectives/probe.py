@@ -181,7 +181,10 @@ def cache_path() -> str:
 
 
 def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """The CPUs the job's ranks were given here (topology/cards.affinity: as launched, before
+    ``init`` bound a crowded rank to one of them)."""
+    from ..topology.cards import affinity
+    return len(affinity())
 
 
 def shape(host: str, link_classes, local_size: int, cpus: int | None = None,

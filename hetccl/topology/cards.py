@@ -61,20 +61,44 @@ def _kernel_id() -> str:
         return ""
 
 
-def _ncpus() -> int:
+_launch_cpus = None      # this process's affinity before init bound it to one CPU (block_cpu)
+
+
+def affinity() -> set:
+    """The CPUs this process may run on as its launcher left it: before ``init`` bound a crowded
+    rank to one of them (bind_block), so later communicators, the probe's CPU count and its cache
+    key see the machine the job was given, not the one CPU of the binding."""
+    if _launch_cpus is not None:
+        return set(_launch_cpus)
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def bind_block(cards, rank: int) -> None:
+    """Bind this process's calling thread to block_cpu's CPU, if any (remembering the affinity
+    it had for ``affinity``)."""
+    global _launch_cpus
+    cpu = block_cpu(cards, rank)
+    if cpu is None:
+        return
+    before = affinity()
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):
+        return
+    _launch_cpus = before
+
+
+def _ncpus() -> int:
+    return len(affinity())
 
 
 def _cpus() -> str:
-    """The CPUs this process may run on (its affinity), as a list of ranges: "0-3,8"."""
+    """The CPUs this process may run on (its affinity as launched), as a list of ranges: "0-3,8"."""
     from .discover import format_cpulist
-    try:
-        return format_cpulist(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return format_cpulist(range(os.cpu_count() or 1))
+    return format_cpulist(affinity())
 
 
 def _machines(cards) -> dict:
@@ -115,6 +139,30 @@ def crowded(cards, rank: int) -> bool:
     t = cards[rank].get("topo") or {}
     n, cpus = _machines(cards)[t.get("kernel") or cards[rank]["host"]]
     return n > cpus
+
+
+def block_cpu(cards, rank: int):
+    """The one CPU ``rank`` binds itself to on a crowded machine whose ranks were all left on the
+    same affinity of k >= 2 CPUs (the launcher bound none of them) and split evenly over them
+    (n ranks, a multiple of k): consecutive ranks together, the machine's i-th rank on the
+    (i*k//n)-th CPU, so a ring's neighbours share a CPU except at k boundaries. Left to the
+    scheduler, a launch of 8 ranks on 2 CPUs kept whatever placement it started with, and with
+    neighbours apart the ring allreduce ran 4-5x slower than with them together
+    (bench/oversubscribed.py --ab, paths ^alt and ^block). None otherwise: bound by the launcher,
+    affinities that differ, one CPU, not crowded, or an uneven split (3 ranks on 2 CPUs: the
+    scheduler balances them better than a 2 + 1 binding). From the cards: every rank agrees."""
+    from .discover import parse_cpulist
+    t = cards[rank].get("topo") or {}
+    me = t.get("kernel") or cards[rank]["host"]
+    local = [r for r, c in enumerate(cards) if ((c.get("topo") or {}).get("kernel") or c["host"]) == me]
+    sets = {(cards[r].get("topo") or {}).get("cpus") or "" for r in local}
+    if len(sets) != 1 or "" in sets:
+        return None
+    cpus = sorted(parse_cpulist(sets.pop()))
+    n, k = len(local), len(cpus)
+    if k < 2 or n <= k or n % k:
+        return None
+    return cpus[local.index(rank) * k // n]
 
 
 _file_cache = {}
