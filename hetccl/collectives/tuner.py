@@ -88,6 +88,7 @@ class Tuner:
         self.cost = model.cost
         self._prices = {k[len(_PRICES):]: rows for k, rows in model.single_copy if k.startswith(_PRICES)}
         self._cache = {}
+        self._single = {}
 
     def probed(self, collective: str, nbytes: int):
         """(anchor algorithm, {path: seconds per call}) that the single-copy probe measured at the
@@ -148,7 +149,16 @@ class Tuner:
         """Whether an unforced call of this size runs single copy (CMA) rather than the FIFO
         algorithm: the probe's verdict at the nearest size (single_copy_probe.takes: single copy
         faster than the fastest FIFO path it timed, beyond its noise) and, where it priced the
-        path, a price below every FIFO algorithm's in ``table``."""
+        path, a price below every FIFO algorithm's in ``table`` (remembered per call shape)."""
+        key = (collective, nbytes)
+        hit = self._single.get(key)
+        if hit is None:
+            if len(self._single) >= MAX_CACHED:
+                self._single.clear()
+            hit = self._single[key] = self._single_copy(collective, nbytes)
+        return hit
+
+    def _single_copy(self, collective: str, nbytes: int) -> bool:
         rows = dict(self.model.single_copy).get(collective)
         if rows is None or not _single_copy_takes(rows, nbytes):
             return False
