@@ -38,7 +38,7 @@ def test_measured_algorithms_priced_on_the_models_scale():
         assert priced[b] == pytest.approx(plain[b])                 # the anchor keeps the model's price
         assert priced[c] == pytest.approx(plain[b] / 2)             # measured: half the anchor's time
         assert priced[s] == pytest.approx(plain[s])                 # not measured: the model's
-        assert t.select("broadcast", n).name == "chain"
+        assert t.select("broadcast", n).name == "chain" and t.price(c, n) == pytest.approx(priced[c])
         assert t.single_copy_price("broadcast", n) == pytest.approx(3 * plain[b])
     assert dict(t.table("broadcast", 1 * K)) == dict(model.table("broadcast", 1 * K))   # below: model
     assert t.single_copy_price("broadcast", 1 * K) is None

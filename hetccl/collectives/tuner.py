@@ -128,22 +128,21 @@ class Tuner:
         """[(algorithm, predicted seconds or None if unsupported)] for this call shape: the
         algorithm's formula on the parameters of a call of this size (in cache or not,
         LinkCost.at) plus the per-call path every algorithm pays (cost_model.call_cost)."""
+        return self._measured_prices(collective, nbytes, self._modelled(collective, nbytes))[0]
+
+    def _modelled(self, collective: str, nbytes: int):
+        """table's rows on the model alone."""
         p = self.size
         call, c = call_cost(collective, p), self.cost.at(nbytes, collective)
-        rows = [(a, a.cost(nbytes, p, c) + call if a.supports(nbytes, p) else None)
+        return [(a, a.cost(nbytes, p, c) + call if a.supports(nbytes, p) else None)
                 for a in registry.for_collective(collective)]
-        return self._measured_prices(collective, nbytes, rows)[0]
 
     def single_copy_price(self, collective: str, nbytes: int) -> float | None:
         """Predicted seconds of the plain-buffer single copy (CMA) for this call shape, on the
         scale of ``table`` (_measured_prices), or None where the probe did not price it."""
         if not self._prices:
             return None
-        p = self.size
-        call, c = call_cost(collective, p), self.cost.at(nbytes, collective)
-        rows = [(a, a.cost(nbytes, p, c) + call if a.supports(nbytes, p) else None)
-                for a in registry.for_collective(collective)]
-        return self._measured_prices(collective, nbytes, rows)[1]
+        return self._measured_prices(collective, nbytes, self._modelled(collective, nbytes))[1]
 
     def single_copy(self, collective: str, nbytes: int) -> bool:
         """Whether an unforced call of this size runs single copy (CMA) rather than the FIFO
@@ -170,8 +169,12 @@ class Tuner:
 
     def price(self, algorithm, nbytes: int) -> float:
         """Predicted seconds of one flat algorithm for this call shape (a row of ``table``)."""
-        return (algorithm.cost(nbytes, self.size, self.cost.at(nbytes, algorithm.collective))
-                + self.call_cost(algorithm.collective))
+        modelled = (algorithm.cost(nbytes, self.size, self.cost.at(nbytes, algorithm.collective))
+                    + self.call_cost(algorithm.collective))
+        if algorithm.collective not in self._prices:
+            return modelled
+        row = next((c for a, c in self.table(algorithm.collective, nbytes) if a is algorithm), None)
+        return modelled if row is None else row         # measured by the single-copy probe
 
     def call_cost(self, collective: str) -> float:
         """The Python path's seconds around one call of this collective (cost_model.call_cost); a
