@@ -72,6 +72,10 @@ def test_single_copy_judged_against_the_fastest_fifo_path():
     assert p.choose(times) == (False, None)                     # beats the tree, not the chain
     assert p.choose({"fifo": tree, "fifo:chain": chain, "single": [3.0] * 7}) == (True, None)
     assert not p.undecided(times)
+    noisy = {"fifo": [10.0] * 7, "fifo:chain": [9.6, 10.4] * 3 + [9.6], "single": [20.0] * 7}
+    assert p.fifo_best(noisy) == "fifo"                         # a near tie: the model's choice stands
+    assert p.prices([(8 << 10, noisy)], {}, "broadcast", {8 << 10: "binomial"})[0][1] == (
+        ("binomial", 10.0), ("single", 20.0))
     rows = [(s, times) for s in p.SIZES]
     found = p.verdicts(rows, None, "broadcast")
     assert found == {"broadcast": tuple((s, False) for s in p.SIZES)}      # no order keys from fifo:*
