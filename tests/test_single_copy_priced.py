@@ -117,14 +117,14 @@ def _probe_peer_fails(rank, size, how, root):
                 def failing(call=call):
                     if how == "dies":
                         os._exit(0)
-                    time.sleep(8)
+                    time.sleep(4)
                     return call()
                 fns[k] = failing
         return fns
     probe._path_fns = path_fns
     t0 = time.monotonic()
     try:
-        hetccl.init(timeout=3)
+        hetccl.init(timeout=2)
     except hetccl.HetcclError as e:
         return f"{type(e).__name__} in {time.monotonic() - t0:.0f}s"
     return "no error"
