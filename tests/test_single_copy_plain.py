@@ -81,23 +81,21 @@ def _measured(rank, size):
     """Unforced: the route is the probe's verdict at the nearest measured size, the same on every
     rank; forcing an algorithm (per call or HETCCL_ALGO) keeps the call on the FIFOs."""
     import hetccl
-    from hetccl.collectives.single_copy_probe import COLLECTIVES, KEYS, PRICES, SIZES, takes
+    from hetccl.collectives.single_copy_probe import KEYS, SIZES, takes
     comm = hetccl.init(timeout=60)
     try:
         sc = dict(comm._tuner.model.single_copy)
-        assert set(sc) == set(KEYS) | {PRICES + c for c in COLLECTIVES}   # verdicts and prices
-        assert all(tuple(s for s, _ in sc[c]) == SIZES for c in set(sc))
+        assert set(sc) == set(KEYS) and all(tuple(s for s, _ in sc[c]) == SIZES for c in KEYS)
         assert not any(w for k in ("allgather:doubling", "allgather:push") for _, w in sc[k])   # 2 ranks:
         # neither doubling nor push is measured
         seen = []
-        for nb in (1 << 10, 8 << 10, 100 << 10, 1 << 20, 8 << 20):
+        for nb in (4 << 10, 8 << 10, 100 << 10, 1 << 20, 8 << 20):
             x = np.ones(nb // 8, np.float64)
             comm.broadcast(x)
-            seen.append((comm.last_algorithm == "single_copy") == comm._tuner.single_copy("broadcast", nb))
-            seen.append(takes(sc["broadcast"], nb) or not comm._tuner.single_copy("broadcast", nb))
+            seen.append((comm.last_algorithm == "single_copy") == takes(sc["broadcast"], nb))
             comm.broadcast(x, algorithm="binomial")
             seen.append(comm.last_algorithm == "binomial")
-        assert not takes(sc["broadcast"], 1 << 10)          # below the smallest measured size: FIFO
+        assert not takes(sc["broadcast"], 4 << 10)          # below the smallest measured size: FIFO
         return seen
     finally:
         comm.close(timeout=5.0)
@@ -368,7 +366,7 @@ def test_verdicts_and_cache(tmp_path, monkeypatch):
     rows = [(s, {"fifo": [2.0] * 7, "single": [1.0 if s in won else 3.0] * 7}) for s in p.SIZES]
     v = p.verdicts(rows, None, "broadcast")["broadcast"]
     assert [w for _, w in v] == [s in won for s in p.SIZES]
-    assert not p.takes(v, 1 << 10) and not p.takes(v, 8 << 10)      # below / at a lost size
+    assert not p.takes(v, 4 << 10) and not p.takes(v, 8 << 10)      # below / at a lost size
     assert p.takes(v, 150 << 10) and not p.takes(v, 600 << 10) and p.takes(v, 12 << 20)
     assert not p.takes(v, 64 << 20) and not p.takes(v, 256 << 20)   # past 8 MiB: the 32 MiB verdict
     assert p._unmask(p._mask(v)) == v
@@ -387,7 +385,7 @@ def test_verdicts_and_cache(tmp_path, monkeypatch):
     (tmp_path / "bad.json").write_text("{not json")
     assert p.lookup("k", str(tmp_path / "bad.json")) is None
     data = json.loads((tmp_path / "sc.json").read_text())
-    assert data["k"]["rows_us"]["allgather"][0] == [p.SIZES[0], {"fifo": [2e6] * 7, "single": [3e6] * 7}]
+    assert data["k"]["rows_us"]["allgather"][0] == [8 << 10, {"fifo": [2e6] * 7, "single": [3e6] * 7}]
     data["k"]["method"] = p.METHOD - 1                                   # measured the old way: again
     (tmp_path / "sc.json").write_text(json.dumps(data))
     assert p.lookup("k", f) is None and p.previous("k", f) is None
@@ -407,9 +405,9 @@ def test_verdicts_need_a_margin_and_agreeing_repetitions():
             (2 << 20, {"fifo": f, "single": [1.7] * 7})]                        # by the margin
     assert [w for _, w in p.verdicts(rows, None, "alltoall")["alltoall"]] == [True, False, False, False, True]
     assert p.undecided(rows[2][1]) and not p.undecided(rows[0][1]) and not p.undecided(rows[1][1])
-    assert [p.calls_per_block(s) for s in p.SIZES] == [64, 64, 64, 64, 16, 8, 8, p.LARGE_CALLS]
-    assert [p.reps_for(s) for s in p.SIZES] == [p.REPS] * 7 + [p.LARGE_REPS]
-    assert [p.max_reps(s) for s in p.SIZES] == [p.MAX_REPS] * 7 + [p.LARGE_MAX_REPS]
+    assert [p.calls_per_block(s) for s in p.SIZES] == [64, 64, 64, 16, 8, 8, p.LARGE_CALLS]
+    assert [p.reps_for(s) for s in p.SIZES] == [p.REPS] * 6 + [p.LARGE_REPS]
+    assert [p.max_reps(s) for s in p.SIZES] == [p.MAX_REPS] * 6 + [p.LARGE_MAX_REPS]
 
 
 def test_cache_clear(tmp_path):

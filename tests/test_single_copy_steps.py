@@ -20,7 +20,6 @@ def _route_doubling(comm, from_bytes, order="doubling"):
     sizes = p.SIZES
     verdicts = dict(comm._tuner.model.single_copy)
     verdicts["allgather"] = tuple((s, True) for s in sizes)
-    verdicts.pop(p.PRICES + "allgather", None)        # unpriced: the verdicts alone route
     for c, o in p.ORDERS:
         verdicts[f"{c}:{o}"] = tuple((s, o == order and s >= from_bytes) for s in sizes)
     comm._tuner.model = dataclasses.replace(comm._tuner.model, single_copy=tuple(verdicts.items()))

@@ -281,9 +281,7 @@ class CostModel:
     raw: dict = field(default_factory=dict, compare=False)   # the probe's timings (us), if any
     best: tuple = field(default=(), compare=False)   # ((collective, nbytes, algorithm), ...) measured
     # ((collective, ((size, single copy faster than the FIFOs), ...)), ...): measured by
-    # single_copy_probe.py where every pair is c2c in cma mode; empty: no single-copy routes.
-    # Also ("prices:" + collective, ((size, ((path, seconds per call), ...)), ...)): the probe's
-    # times of the FIFO algorithms it ran and of the single copy, which Tuner.table prices with
+    # single_copy_probe.py where every pair is c2c in cma mode; empty: no single-copy routes
     single_copy: tuple = field(default=(), compare=False)
 
     @classmethod

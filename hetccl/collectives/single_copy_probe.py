@@ -67,13 +67,13 @@ from .._native.flight import Flight
 from ..memory.mapped import mapped_empty
 from ..ops import ReduceOp
 from . import probe as _probe
-from . import registry, schedules
+from . import schedules
 from .registry import ALGO_BINOMIAL, ALGO_DISSEMINATION, ALGO_RING
 
 log = logging.getLogger("hetccl.tuning")
 
 COLLECTIVES = ("broadcast", "allgather", "alltoall")
-SIZES = (2 << 10, 8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20, 8 << 20, 32 << 20)   # bytes the tuner prices
+SIZES = (8 << 10, 32 << 10, 128 << 10, 512 << 10, 2 << 20, 8 << 20, 32 << 20)   # bytes the tuner prices
 # (allgather: the output). 8 MiB: calls above 2 MiB took the 2 MiB verdict, a near tie there, while
 # past the private caches single copy ran 1.4-2x the FIFO (2-rank allgather, 4-rank broadcast at
 # 8 MiB). 32 MiB: calls above 8 MiB took the 8 MiB verdict, while with 8 ranks on 2 cores the FIFO
@@ -89,7 +89,7 @@ BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..
 CALLS_MIN, CALLS_MAX = 8, 64
 LARGE_CALLS, LARGE_REPS, LARGE_MAX_REPS = 2, 3, 5   # above BLOCK_BYTES: a call is tens of ms at 8 ranks, a steady
 # state of its own (every rank is descheduled and resumed inside one call); the probe stays ~1 s
-METHOD = 7                  # how verdicts are measured; a cache entry of another method is measured again
+METHOD = 6                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
@@ -102,32 +102,6 @@ MARGIN = 0.9                # single copy must take at most this share of the FI
 ORDER_MARGIN = 0.95         # another read order, of the arrival order's: the same syncs and reads,
 # a smaller margin (at 4 ranks, 8 MiB, doubling ran 0.88-0.94x the arrival order on a loaded host,
 # 0.81-0.87x on a quiet one; with MARGIN it flipped between runs a second apart)
-
-
-# FIFO algorithms timed beside the tuner's choice (path "fifo"), each as a path "fifo:<name>": the
-# single copy is judged against the fastest FIFO path, and their times price those algorithms
-# (prices, Tuner.table). At 3 and 4 ranks on 2 CPUs the chain broadcast ran 1.2-1.8x faster than
-# the binomial tree from 2 KiB to 512 KiB at 4 ranks and from 1 MiB at 3, where the model priced
-# the tree (bench/results/crossover-2026-12-07k.txt), and single copy had won against the tree.
-FIFO_ALTERNATIVES = {"broadcast": ("binomial", "chain")}
-
-
-def _is_fifo(path: str) -> bool:
-    return path == "fifo" or path.startswith("fifo:")
-
-
-def _orders_of(times) -> list:
-    """The read orders among a size's paths (neither a FIFO path nor the arrival-order read)."""
-    return sorted(k for k in times if k != "single" and not _is_fifo(k))
-
-
-def fifo_best(times) -> str:
-    """The FIFO path that runs at this size: the tuner's choice ("fifo"), unless another FIFO
-    algorithm beat it by ORDER_MARGIN beyond the noise (``decide``: on a loaded host the two
-    trade places from block to block, and the model's choice stands where the measurement cannot
-    tell them apart); of several that did, the one of the lowest median time per call."""
-    won = [k for k in times if k.startswith("fifo:") and decide(times[k], times["fifo"], ORDER_MARGIN) == WIN]
-    return min(won, key=lambda k: float(np.median(times[k]))) if won else "fifo"
 
 
 def _doubling_runs(n: int) -> bool:
@@ -224,23 +198,22 @@ def choose(times: dict, prev_single=None, prev_order=None) -> tuple:
     the orders measured at this size. An undecided comparison keeps prev_single / prev_order (the
     previous measurement's verdict), or without one goes to the FIFO / the arrival order."""
     order, best = None, None
-    for o in _orders_of(times):
+    for o in sorted(k for k in times if k not in ("fifo", "single")):
         d = decide(times[o], times["single"], ORDER_MARGIN)
         won = d == WIN or (d == UNDECIDED and prev_order == o)
         ratio = float(np.median([a / b for a, b in zip(times[o], times["single"])]))
         if won and (best is None or ratio < best):
             order, best = o, ratio
-    d = decide(times[order or "single"], times[fifo_best(times)])
+    d = decide(times[order or "single"], times["fifo"])
     single = d == WIN or (d == UNDECIDED and bool(prev_single))
     return single, order
 
 
 def undecided(times: dict) -> bool:
     """Whether some comparison choose makes at this size is undecided (measure more)."""
-    orders = _orders_of(times)
-    ref = times[fifo_best(times)]
+    orders = [o for o in times if o not in ("fifo", "single")]
     return (any(decide(times[o], times["single"], ORDER_MARGIN) == UNDECIDED for o in orders)
-            or any(decide(times[k], ref) == UNDECIDED for k in ["single"] + orders))
+            or any(decide(times[k], times["fifo"]) == UNDECIDED for k in ["single"] + orders))
 
 
 def verdicts(rows, prev: dict | None = None, collective: str = "") -> dict:
@@ -250,7 +223,7 @@ def verdicts(rows, prev: dict | None = None, collective: str = "") -> dict:
     verdicts of this host (lookup's), consulted where this one is undecided."""
     prev = prev or {}
     before = dict(prev.get(collective, ()))
-    orders = sorted({o for _, t in rows for o in _orders_of(t)})
+    orders = sorted({o for _, t in rows for o in t if o not in ("fifo", "single")})
     old = {o: dict(prev.get(f"{collective}:{o}", ())) for o in orders}
     won, took = [], {o: [] for o in orders}
     for size, times in sorted(rows, key=lambda r: r[0]):
@@ -262,64 +235,6 @@ def verdicts(rows, prev: dict | None = None, collective: str = "") -> dict:
     out = {collective: tuple(won)}
     out.update({f"{collective}:{o}": tuple(v) for o, v in took.items()})
     return out
-
-
-PRICES = "prices:"           # key prefix of a collective's measured prices among the verdicts
-
-
-def prices(rows, found: dict, collective: str, ref: dict) -> tuple:
-    """((size, ((name, seconds per call), ...)), ...) ascending: median times per call at each
-    measured size of the tuner's choice first (ref: {size: its name}; Tuner.table anchors the
-    model's price on it), of the FIFO algorithm that beat it there if one did (fifo_best; the
-    others keep the model's price), then "single": the single copy in the read order its verdict
-    took there (found: verdicts' output)."""
-    out = []
-    for size, times in sorted(rows, key=lambda r: r[0]):
-        order = next((o for o in _orders_of(times)
-                      if dict(found.get(f"{collective}:{o}", ())).get(size)), None)
-        best = fifo_best(times)               # an alternative that did not beat the choice: unpriced
-        named = [(ref[size], times["fifo"])] + ([(best[5:], times[best])] if best != "fifo" else [])
-        named.append(("single", times[order or "single"]))
-        out.append((size, tuple((name, float(np.median(v))) for name, v in named)))
-    return tuple(out)
-
-
-def _encode_prices(found: dict) -> list:
-    """The prices of every collective as floats for the agreement broadcast: per collective and
-    SIZES, 1 + the index of its first (anchor) algorithm in the registry (0: none), the single
-    copy's seconds, each registry algorithm's seconds (0: not timed)."""
-    vec = []
-    for c in COLLECTIVES:
-        names = [a.name for a in registry.for_collective(c)]
-        rows = dict(found.get(PRICES + c, ()))
-        for size in SIZES:
-            row = dict(rows.get(size, ()))
-            first = next(iter(dict(rows.get(size, ()))), None)
-            vec += [1.0 + names.index(first) if first in names else 0.0, row.get("single", 0.0)]
-            vec += [row.get(a, 0.0) for a in names]
-    return vec
-
-
-def _decode_prices(vec) -> dict:
-    """_encode_prices' floats back to {PRICES + collective: rows} (collectives without any: absent)."""
-    out, i = {}, 0
-    for c in COLLECTIVES:
-        names = [a.name for a in registry.for_collective(c)]
-        rows = []
-        for size in SIZES:
-            first, single, times = int(vec[i]), float(vec[i + 1]), [float(t) for t in vec[i + 2:i + 2 + len(names)]]
-            i += 2 + len(names)
-            if first and single > 0 and times[first - 1] > 0:
-                named = [(names[first - 1], times[first - 1])] + [
-                    (a, t) for j, (a, t) in enumerate(zip(names, times)) if t > 0 and j != first - 1]
-                rows.append((size, tuple(named + [("single", single)])))
-        if rows:
-            out[PRICES + c] = tuple(rows)
-    return out
-
-
-def _prices_len() -> int:
-    return sum(len(SIZES) * (2 + len(registry.for_collective(c))) for c in COLLECTIVES)
 
 
 def takes(verdict_rows, nbytes: int) -> bool:
@@ -361,20 +276,15 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
     key = 4 * count                                     # the bytes the latency path keys the call on
     hot.learn(coll, key, algo.code, algo.name, "fifo")
     hot.learn(coll, key, schedules.HOT_SINGLE_COPY, "single_copy", "single", (algo.code, algo.name))
-    paths = ["fifo", "single"]
-    for a in registry.for_collective(coll):
-        if a.name in FIFO_ALTERNATIVES.get(coll, ()) and a.name != algo.name and a.supports(nbytes, n):
-            hot.learn(coll, key, a.code, a.name, f"fifo:{a.name}")
-            paths.append(f"fifo:{a.name}")
     if coll == "broadcast":
         buf = np.ones(count, np.float32)
-        fns = {k: (lambda k=k: hot.broadcast(buf, 0, k)) for k in paths}
+        fns = {k: (lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single")}
     elif coll == "allgather":
         src, out = _laid_out(count // n), _laid_out(count)
-        fns = {k: (lambda k=k: hot.allgather(src, out, k)) for k in paths}
+        fns = {k: (lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single")}
     else:
         src, out = np.ones(count, np.float32), np.ones(count, np.float32)
-        fns = {k: (lambda k=k: hot.alltoall(src, out, k)) for k in paths}
+        fns = {k: (lambda k=k: hot.alltoall(src, out, k)) for k in ("fifo", "single")}
     for (c, o), runs in ORDERS.items():
         if c == coll and runs(n):
             fns[o] = _in_order(engine, o, fns["single"])
@@ -528,28 +438,7 @@ def _verdicts_of(entry: dict) -> dict | None:
             isinstance(w, list) and len(w) == len(SIZES) and all(isinstance(b, bool) for b in w)
             for w in wins.values()):
         return None
-    out = {c: tuple(zip(SIZES, wins[c])) for c in KEYS}
-    out.update(_prices_of(entry.get("prices_us")))
-    return out
-
-
-def _prices_of(stored) -> dict:
-    """{PRICES + collective: rows} of a cache entry's "prices_us" ({} where absent or malformed:
-    the verdicts alone route)."""
-    out = {}
-    if not isinstance(stored, dict):
-        return out
-    try:
-        for c, rows in stored.items():
-            if c in COLLECTIVES:
-                parsed = tuple((int(size), tuple((str(name), float(us) * 1e-6) for name, us in named))
-                               for size, named in rows)
-                if all(size in SIZES and named and all(t > 0 and math.isfinite(t) for _, t in named)
-                       for size, named in parsed):
-                    out[PRICES + c] = parsed
-    except (TypeError, ValueError):
-        return {}
-    return out
+    return {c: tuple(zip(SIZES, wins[c])) for c in KEYS}
 
 
 def _busy(entry) -> bool:
@@ -581,11 +470,7 @@ def store(key: str, found: dict, rows: dict, path: str | None = None, own: int =
         data = _read(path)
         prev = data.get(key) if isinstance(data.get(key), dict) else {}
         entry = {"sizes": list(SIZES), "method": METHOD,
-                 "wins": {c: [w for _, w in v] for c, v in found.items() if not c.startswith(PRICES)},
-                 "prices_us": {c[len(PRICES):]: [[size, [[name, round(t * 1e6, 3)] for name, t in named]]
-                                                 for size, named in v]
-                               for c, v in found.items() if c.startswith(PRICES)},
-                 "measured_at": time.time(),
+                 "wins": {c: [w for _, w in v] for c, v in found.items()}, "measured_at": time.time(),
                  "rows_us": {c: [[nb, {k: [round(t * 1e6, 2) for t in ts] for k, ts in times.items()}]
                                  for nb, times in v] for c, v in rows.items()},
                  "load_per_cpu": _load_per_cpu(own), "probes": int(prev.get("probes", 0)) + 1}
@@ -629,7 +514,7 @@ def negotiate(engine, tuner, rank, link_classes, local_size, host, timeout) -> d
     """{collective or "collective:order": ((size, single copy / that order faster), ...)} for
     every KEYS, identical on every rank (collective: every rank of a communicator whose pairs are
     all c2c in cma mode calls it). The caller sets the orders on the engine (apply_orders)."""
-    msg = np.zeros(1 + len(KEYS) + _prices_len(), np.float64)   # hit, verdict masks, prices
+    msg = np.zeros(1 + len(KEYS), np.float64)
     key = prev = None
     if rank == 0:               # nothing may raise here: the others already wait in the broadcast
         try:
@@ -642,7 +527,7 @@ def negotiate(engine, tuner, rank, link_classes, local_size, host, timeout) -> d
             hit = None
         if hit is not None:
             msg[0] = 1.0
-            msg[1:] = [_mask(hit[c]) for c in KEYS] + _encode_prices(hit)
+            msg[1:] = [_mask(hit[c]) for c in KEYS]
     schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)
     if msg[0] == 0.0:
         t0 = time.perf_counter()
@@ -652,17 +537,13 @@ def negotiate(engine, tuner, rank, link_classes, local_size, host, timeout) -> d
             for c in COLLECTIVES:
                 found.update(verdicts(rows[c], prev, c))
             found = {c: found.get(c, tuple((s, False) for s in SIZES)) for c in KEYS}
-            for c in COLLECTIVES:                # the tuner's choice at each size: the FIFO path
-                found[PRICES + c] = prices(rows[c], found, c, {nb: tuner.select(c, nb).name for nb, _ in rows[c]})
             if rank == 0 and key is not None:   # the verdicts of the measurement the cache keeps
                 try:
                     found = store(key, found, rows, own=local_size)
                 except Exception as e:          # noqa: BLE001 - the others wait in the broadcast
                     log.warning("single-copy cache store failed (%s)", e)
-            msg[1:] = [_mask(found[c]) for c in KEYS] + _encode_prices(found)
+            msg[1:] = [_mask(found[c]) for c in KEYS]
         schedules.broadcast(engine, msg, 0, dtypes.FLOAT64, ALGO_BINOMIAL, timeout)   # rank 0's
-        log.info("single-copy verdicts measured in %.0f ms: %s", (time.perf_counter() - t0) * 1e3,
-                 {c: _unmask(msg[1 + i]) for i, c in enumerate(KEYS)})
-    out = {c: _unmask(msg[1 + i]) for i, c in enumerate(KEYS)}
-    out.update(_decode_prices(msg[1 + len(KEYS):]))
-    return out
+        found = {c: _unmask(msg[1 + i]) for i, c in enumerate(KEYS)}
+        log.info("single-copy verdicts measured in %.0f ms: %s", (time.perf_counter() - t0) * 1e3, found)
+    return {c: _unmask(msg[1 + i]) for i, c in enumerate(KEYS)}

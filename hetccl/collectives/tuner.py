@@ -20,7 +20,7 @@ import os
 from ..errors import InvalidUsage
 from . import registry
 from .cost_model import CostModel, call_cost
-from .single_copy_probe import PRICES as _PRICES, takes as _single_copy_takes
+from .single_copy_probe import takes as _single_copy_takes
 
 log = logging.getLogger("hetccl.tuning")
 
@@ -65,6 +65,7 @@ class Tuner:
     def __init__(self, size: int, model: CostModel, forced_spec: str | None = None):
         self.size = size
         self.model = model
+        self.cost = model.cost
         self.forced = parse_forced(forced_spec if forced_spec is not None else os.environ.get("HETCCL_ALGO"))
         self._cache = {}
         self._best = {}
@@ -76,49 +77,6 @@ class Tuner:
         if self._debug:
             log.info("cost model of %d ranks: %s", size, model.describe())
 
-    @property
-    def model(self) -> CostModel:
-        return self._model
-
-    @model.setter
-    def model(self, model: CostModel):
-        """A new model (the single-copy probe's verdicts and prices added after creation): the
-        choices made on the old one are forgotten."""
-        self._model = model
-        self.cost = model.cost
-        self._prices = {k[len(_PRICES):]: rows for k, rows in model.single_copy if k.startswith(_PRICES)}
-        self._cache = {}
-        self._single = {}
-
-    def probed(self, collective: str, nbytes: int):
-        """(anchor algorithm, {path: seconds per call}) that the single-copy probe measured at the
-        size nearest nbytes (log2; the largest one's above it), or None below its smallest size or
-        without its prices (CostModel.single_copy, single_copy_probe.prices)."""
-        rows = self._prices.get(collective)
-        if not rows or nbytes < rows[0][0]:
-            return None
-        lg = math.log2(nbytes)
-        named = min(rows, key=lambda r: abs(math.log2(r[0]) - lg))[1]
-        return named[0][0], dict(named)
-
-    def _measured_prices(self, collective, nbytes, rows):
-        """rows (table's) with the probe's measurements put on the model's scale: where the probe
-        timed an algorithm at the nearest size, its price is the model's price of the anchor (the
-        FIFO algorithm the probe ran as the tuner's choice) times its time over the anchor's, as
-        NCCL's tuner plugins overwrite entries of the model's cost table; the rest keep the
-        model's. Also the single copy's price on that scale (None: not measured here)."""
-        got = self.probed(collective, nbytes)
-        if got is None:
-            return rows, None
-        anchor, times = got
-        base = next((c for a, c in rows if a.name == anchor and c is not None and math.isfinite(c)), None)
-        if base is None or times.get(anchor, 0) <= 0:
-            return rows, None
-        scale = base / times[anchor]
-        rows = [(a, times[a.name] * scale if c is not None and math.isfinite(c) and a.name in times else c)
-                for a, c in rows]
-        return rows, (times["single"] * scale if "single" in times else None)
-
     @classmethod
     def with_defaults(cls, size, link_classes=("shm",), oversubscribed=False, forced_spec=None):
         """A tuner on the built-in fallback parameters (no communicator needed: tools, tests)."""
@@ -128,53 +86,21 @@ class Tuner:
         """[(algorithm, predicted seconds or None if unsupported)] for this call shape: the
         algorithm's formula on the parameters of a call of this size (in cache or not,
         LinkCost.at) plus the per-call path every algorithm pays (cost_model.call_cost)."""
-        return self._measured_prices(collective, nbytes, self._modelled(collective, nbytes))[0]
-
-    def _modelled(self, collective: str, nbytes: int):
-        """table's rows on the model alone."""
         p = self.size
         call, c = call_cost(collective, p), self.cost.at(nbytes, collective)
         return [(a, a.cost(nbytes, p, c) + call if a.supports(nbytes, p) else None)
                 for a in registry.for_collective(collective)]
 
-    def single_copy_price(self, collective: str, nbytes: int) -> float | None:
-        """Predicted seconds of the plain-buffer single copy (CMA) for this call shape, on the
-        scale of ``table`` (_measured_prices), or None where the probe did not price it."""
-        if not self._prices:
-            return None
-        return self._measured_prices(collective, nbytes, self._modelled(collective, nbytes))[1]
-
     def single_copy(self, collective: str, nbytes: int) -> bool:
         """Whether an unforced call of this size runs single copy (CMA) rather than the FIFO
-        algorithm: the probe's verdict at the nearest size (single_copy_probe.takes: single copy
-        faster than the fastest FIFO path it timed, beyond its noise) and, where it priced the
-        path, a price below every FIFO algorithm's in ``table`` (remembered per call shape)."""
-        key = (collective, nbytes)
-        hit = self._single.get(key)
-        if hit is None:
-            if len(self._single) >= MAX_CACHED:
-                self._single.clear()
-            hit = self._single[key] = self._single_copy(collective, nbytes)
-        return hit
-
-    def _single_copy(self, collective: str, nbytes: int) -> bool:
+        algorithm: what CostModel.single_copy measured at the nearest size (single_copy_probe.takes)."""
         rows = dict(self.model.single_copy).get(collective)
-        if rows is None or not _single_copy_takes(rows, nbytes):
-            return False
-        if [s for s, _ in rows] != [s for s, _ in self._prices.get(collective, ())]:
-            return True                  # verdicts set otherwise (HETCCL_C2C_DIRECT=size): unpriced
-        price = self.single_copy_price(collective, nbytes)
-        fifo = [c for _, c in self.table(collective, nbytes) if c is not None]
-        return price is None or not fifo or price <= min(fifo)
+        return rows is not None and _single_copy_takes(rows, nbytes)
 
     def price(self, algorithm, nbytes: int) -> float:
         """Predicted seconds of one flat algorithm for this call shape (a row of ``table``)."""
-        modelled = (algorithm.cost(nbytes, self.size, self.cost.at(nbytes, algorithm.collective))
-                    + self.call_cost(algorithm.collective))
-        if algorithm.collective not in self._prices:
-            return modelled
-        row = next((c for a, c in self.table(algorithm.collective, nbytes) if a is algorithm), None)
-        return modelled if row is None else row         # measured by the single-copy probe
+        return (algorithm.cost(nbytes, self.size, self.cost.at(nbytes, algorithm.collective))
+                + self.call_cost(algorithm.collective))
 
     def call_cost(self, collective: str) -> float:
         """The Python path's seconds around one call of this collective (cost_model.call_cost); a
@@ -238,14 +164,6 @@ class Tuner:
             else:
                 price = f"{c * 1e6:12.2f} us"
             lines.append(f"  {mark} {a.name:<20} {price}")
-        single = self.single_copy_price(collective, nbytes) if nbytes > 0 else None
-        if single is not None:
-            lines.append(f"     {'single_copy':<20} {single * 1e6:12.2f} us  (plain buffers, cross-memory attach)")
-        got = self.probed(collective, nbytes) if nbytes > 0 else None
-        if got is not None:
-            lines.append(f"  (measured by the single-copy probe at the nearest size: "
-                         f"{', '.join(k for k in got[1] if k != 'single')} and single copy, "
-                         f"priced relative to {got[0]})")
         if forced:
             lines.append(f"  (forced by HETCCL_ALGO: {forced})")
         elif self.measured(collective, nbytes):
