@@ -85,3 +85,16 @@ def test_pairwise_window_peer_fails_mid_call(how):
         if rank == 1:
             continue
         assert ok and r != "no error" and float(r.split(" in ")[1][:-1]) < 15, res
+
+
+def test_the_cost_model_prices_the_window_the_native_loop_keeps():
+    """The pairwise price overlaps the latencies of the exchanges under way at once (one per
+    WINDOW of them) and not their bytes; its WINDOW is the native loop's."""
+    from types import SimpleNamespace
+    from hetccl._native import linear
+    from hetccl.collectives import alltoall
+    assert alltoall.WINDOW == linear.PAIRWISE_WINDOW
+    lat = SimpleNamespace(alpha=1.0, beta=0.0)
+    assert [alltoall.pairwise(64, p, lat) for p in (3, 4, 5, 6, 9, 10)] == [1.0, 1.0, 1.0, 2.0, 2.0, 3.0]
+    byte = SimpleNamespace(alpha=0.0, beta=1.0)
+    assert alltoall.pairwise(800, 8, byte) == 700.0

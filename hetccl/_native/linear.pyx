@@ -16,6 +16,8 @@ from hetccl._native.stream cimport seg
 cdef enum:
     WINDOW = 4          # pairwise alltoall steps under way at once (2 streams each: MAX_WAIT, progress.pxd)
 
+PAIRWISE_WINDOW = WINDOW    # for the cost model's price of the window (collectives/alltoall.py WINDOW)
+
 
 cdef int gather_linear(Engine e, char* sbuf, size_t slen, char* rbuf, size_t* blocks, int root,
                        int dtype, double dl) noexcept nogil:
