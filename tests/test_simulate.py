@@ -513,7 +513,7 @@ def test_an_island_step_on_crowded_cores_is_priced_with_its_own_ranks_at_work():
     assert free._hetccl("allreduce", n / 2, 2, busy=4) == crowded._hetccl("allreduce", n / 2, 2, busy=4)
     rails = free.forms("allreduce", n, f32, SUM)["rails"]
     assert rails == pytest.approx(free._steps("reduce_scatter", n, f32, SUM) + free._hetccl("allreduce", n / 2, 2, busy=4)
-                                  + free._steps("allgather", n, f32, SUM) + free._call("allreduce"))
+                                  + free._steps("allgather", n, f32, SUM) + free._call("allreduce", n))
     assert rails < crowded.forms("allreduce", n, f32, SUM)["rails"]
 
 
