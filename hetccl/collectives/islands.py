@@ -108,9 +108,10 @@ HANDOVERS = 2
 # fetches them from further out too, and the hand-over adds nothing. Priced at HANDOVER_PASS x the
 # call's beta per byte up to that share. Measured (bench/islands_phases.py, the composed call less
 # its three phases looped alone, four quiet runs of 2026-12-07): 8-92 us at 64 KiB, 64-182 at 256
-# KiB, 62-306 at 1 MiB; re-predicting the islands records of that day's validation runs (g-m), the
-# composed form at 64 KiB-1 MiB went from -58..-19% (four of six runs) to -24..+20%, 0.8 the best
-# of 0.3-1.2 (bench/results/isl-handover-sweep-2026-12-08.txt).
+# KiB, 62-306 at 1 MiB. Re-predicting the islands records of that day's validation runs (g-m), 0.8
+# the best of 0.3-1.2: the composed form at 256 KiB-1 MiB went from -58..-19% to -14..+20% in the
+# four runs whose probe read 2.7-3.9 GB/s, and from -6..+54% to +45..+179% in the two that read
+# 1.7-1.9 GB/s (a price per byte carries the probe's error; bench/results/isl-handover-sweep-2026-12-08.txt).
 HANDOVER_PASS = 0.8
 HANDOVER_CACHE = 1 << 20    # a CPU's private cache when the machine does not report it
 _private_cache = None
