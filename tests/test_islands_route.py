@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 
 from hetccl import dtypes
 from hetccl.bridges.formation import Island
@@ -133,9 +134,52 @@ def test_the_leaders_step_counts_the_bridged_islands_waiting_ranks_as_working():
     assert (mixed._leaders_busy(), both._leaders_busy()) == (3, 4)
     for p in (mixed, both):
         steps = p._steps("reduce", N, f32, SUM) + p._steps("broadcast", N, f32, SUM)
-        lead = p.forms("allreduce", N, f32, SUM)["leaders"] - steps - p._call("allreduce")
+        lead = p.forms("allreduce", N, f32, SUM)["leaders"] - steps - p._call("allreduce", N)
         assert abs(lead - p._hetccl("allreduce", N, 2, p._leaders_busy())) < 1e-12
         assert lead > p._hetccl("allreduce", N, 2) * 1.2                 # dearer than with the others idle
+
+
+def test_an_oversubscribed_composed_call_pays_its_hand_overs_bytes_up_to_the_cache_share(monkeypatch):
+    """On crowded CPUs each of a composed call's two hand-overs costs HANDOVER plus HANDOVER_PASS x
+    the call's beta per byte, the bytes counted up to a rank's share of its CPU's private cache
+    (the next step fetches again what the step looped alone finds in that cache); beyond it the
+    price stops growing. Not crowded: the call's own path only. The same price makes the flat
+    ring win where the composed form was within it (decide, as the runtime and the simulator)."""
+    from hetccl.collectives import islands
+    from hetccl.collectives.islands import FLAT_ROUTER_CALL, HANDOVER, HANDOVER_PASS, HANDOVERS, ROUTE_CALL
+    f32, SUM = dtypes.FLOAT32, ReduceOp.SUM
+    p = pricer(1e-9)
+    p._over = True
+    private = islands.private_cache()
+    share = private / 2.0                                     # two ranks per CPU (pricer's share)
+    beta = p.tuner.cost.at(N, "allreduce").beta
+
+    def hand(n):
+        return p._call("allreduce", n) - ROUTE_CALL * 2.0
+    assert hand(64 << 10) == pytest.approx(HANDOVERS * (HANDOVER + HANDOVER_PASS * (64 << 10)
+                                                        * p.tuner.cost.at(64 << 10, "allreduce").beta))
+    big = 8 * int(private)
+    assert hand(big) == pytest.approx(HANDOVERS * (HANDOVER + HANDOVER_PASS * share
+                                                   * p.tuner.cost.at(big, "allreduce").beta))
+    assert hand(64 << 10) < hand(int(share))
+    p._over = False
+    assert p._call("allreduce", N) == ROUTE_CALL
+    # bridge steps dear enough that the composed form costs the flat ring plus half the hand-overs'
+    # bytes (more than the router's price on the flat call): composed without HANDOVER_PASS, flat
+    # with it (each form has four bridge steps: two per island step, summed on crowded CPUs)
+    p._over = True
+    flat = p._flat_cost(p.tuner.select("allreduce", N), N)
+    bytes_part = HANDOVERS * HANDOVER_PASS * min(N, share) * beta
+    assert 0.5 * bytes_part > 2 * FLAT_ROUTER_CALL
+    d = (flat - min(p.forms("allreduce", N, f32, SUM).values()) + 0.5 * bytes_part) / 4
+    p.prices = [[x + d for x in row] for row in p.prices]
+    assert min(p.forms("allreduce", N, f32, SUM).values()) == pytest.approx(flat + 0.5 * bytes_part)
+    monkeypatch.setattr(islands, "HANDOVER_PASS", 0.0)
+    p._cache.clear()
+    assert decide(p.tuner, None, p, "allreduce", N, None, f32, SUM)[1] is not None
+    monkeypatch.setattr(islands, "HANDOVER_PASS", HANDOVER_PASS)
+    p._cache.clear()
+    assert decide(p.tuner, None, p, "allreduce", N, None, f32, SUM)[1] is None
 
 
 # ------------------------------------------------------------------ the cached composed route (mpirun)

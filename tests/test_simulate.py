@@ -513,7 +513,7 @@ def test_an_island_step_on_crowded_cores_is_priced_with_its_own_ranks_at_work():
     assert free._hetccl("allreduce", n / 2, 2, busy=4) == crowded._hetccl("allreduce", n / 2, 2, busy=4)
     rails = free.forms("allreduce", n, f32, SUM)["rails"]
     assert rails == pytest.approx(free._steps("reduce_scatter", n, f32, SUM) + free._hetccl("allreduce", n / 2, 2, busy=4)
-                                  + free._steps("allgather", n, f32, SUM) + free._call("allreduce"))
+                                  + free._steps("allgather", n, f32, SUM) + free._call("allreduce", n))
     assert rails < crowded.forms("allreduce", n, f32, SUM)["rails"]
 
 
@@ -577,7 +577,7 @@ def test_a_judged_point_whose_batches_disagree_is_measured_again_and_priced_on_a
 @needs_record
 def test_a_flat_call_where_some_dtype_composes_carries_the_routers_price():
     """The recorded islands job (MPI island 0,1, hetccl island 2,3; 4 ranks on 2 CPUs, its cost
-    model) with MPI steps priced near zero, at 64 KiB: MPI reduces float32 itself (its bridge's own
+    model) with MPI steps priced near zero, at 4 MiB: MPI reduces float32 itself (its bridge's own
     table) but not float16, so the composed form is cheaper than the flat ring for one and not for
     the other, the latency path takes no allreduce size
     (IslandPricer.routes_flat), and every flat algorithm the simulator prices carries the router's
@@ -594,7 +594,7 @@ def test_a_flat_call_where_some_dtype_composes_carries_the_routers_price():
     topo = topofile.from_dict(rec["topology"], "recorded job")
     cost = LinkCost.from_params({k: rec["model"][k] for k in PARAMS if k in rec["model"]}, fifo=True,
                                 share=float(rec["load"]))
-    model, n = CostModel(cost, TUNED, "recorded", ("c2c",)), 64 << 10
+    model, n = CostModel(cost, TUNED, "recorded", ("c2c",)), 4 << 20
 
     def group(seconds):
         prices = {"mpi": {c: ((8, seconds), (16 << 20, seconds)) for c in COLLECTIVES}}

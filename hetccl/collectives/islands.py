@@ -44,7 +44,8 @@ so every rank prices alike; hetccl's own steps are priced by the communicator's 
 (collectives/cost_model.py); on an oversubscribed machine the islands' steps add up instead of
 overlapping, each priced as its own ranks running alone (LinkCost.crowded); a step on a sub-communicator
 pays a flat call's latency path, the composed call its own path once and, oversubscribed, the
-hand-overs between its steps (ROUTE_CALL, ROUTER_CALL, HANDOVER); a flat call pays the router's
+hand-overs between its steps (ROUTE_CALL, ROUTER_CALL, HANDOVER; HANDOVER_PASS: the bytes a step
+fetches again that a step looped alone finds in its CPU's cache); a flat call pays the router's
 path too where the communicator's latency path may not take its shape (``flat_call``,
 FLAT_ROUTER_CALL: some dtype or op composes at that size). The lowest predicted time among the
 flat algorithms and the composed form wins; ``algorithm="islands"`` forces the composed form,
@@ -98,9 +99,22 @@ FLAT_ROUTER_CALL = 10e-6
 # partners rather than find them running: the three phases of the 64 KiB rails form called one
 # after the other took 7.3 and 12.0 us more than each phase looped alone (bench/islands_phases.py
 # ``seq`` - ``rs`` - ``rail`` - ``ag``, bench/results/islands-phases-2026-12-07h/i.txt); the lesser
-# is priced. What grows with the bytes past 64 KiB (62-92 us at 256 KiB in the same runs) is not.
+# is priced, plus what grows with the bytes (HANDOVER_PASS).
 HANDOVER = 3.6e-6
 HANDOVERS = 2
+# ... and, per hand-over, the next step fetching the call's bytes again: a step looped alone finds
+# its buffers in its CPU's private cache, up to a rank's share of it (two ranks on a 1 MiB L2: 512
+# KiB), where the composed call's other steps have evicted them; beyond that share the looped step
+# fetches them from further out too, and the hand-over adds nothing. Priced at HANDOVER_PASS x the
+# call's beta per byte up to that share. Measured (bench/islands_phases.py, the composed call less
+# its three phases looped alone, four quiet runs of 2026-12-07): 8-92 us at 64 KiB, 64-182 at 256
+# KiB, 62-306 at 1 MiB. Re-predicting the islands records of that day's validation runs (g-m), 0.8
+# the best of 0.3-1.2: the composed form at 256 KiB-1 MiB went from -58..-19% to -14..+20% in the
+# four runs whose probe read 2.7-3.9 GB/s, and from -6..+54% to +45..+179% in the two that read
+# 1.7-1.9 GB/s (a price per byte carries the probe's error; bench/results/isl-handover-sweep-2026-12-08.txt).
+HANDOVER_PASS = 0.8
+HANDOVER_CACHE = 1 << 20    # a CPU's private cache when the machine does not report it
+_private_cache = None
 PROBE_SIZES = (8, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)  # bytes a bridge is timed at (bridge_time)
 DEVICE_SIZES = 4            # a device bridge is timed up to 1 MiB (module docstring)
 PRICE_FIELDS = len(PROBE_SIZES)  # per collective: seconds at each probe size
@@ -143,6 +157,16 @@ def bridge_time(points, nbytes) -> float:
         if nbytes <= nb:
             return ta + (tb - ta) * (nbytes - na) / (nb - na)
     return tb + max(0.0, (tb - ta) / (nb - na)) * (nbytes - nb)
+
+
+def private_cache() -> float:
+    """Bytes of the cache one CPU has to itself (probe.private_cache_bytes, sysfs: the machine the
+    runtime or the simulator runs on; HANDOVER_CACHE if it reports none), read once."""
+    global _private_cache
+    if _private_cache is None:
+        from .probe import private_cache_bytes
+        _private_cache = float(private_cache_bytes() or HANDOVER_CACHE)
+    return _private_cache
 
 
 def _unpriced(nbytes, p, c):
@@ -283,15 +307,24 @@ class IslandPricer:
         costs = [a.cost(nbytes, p, c) for a in registry.for_collective(coll) if a.code >= 0 and a.supports(nbytes, p)]
         return min(costs) + call_cost(coll, p) if costs else math.inf
 
-    def _call(self, collective) -> float:
-        """Seconds of the public call's own path around one composed call of ``collective`` (the
-        cached route for an allreduce, else the router: ROUTE_CALL, ROUTER_CALL), CPU per rank: on
-        an oversubscribed machine the ranks sharing a CPU pay theirs in turn (LinkCost.share), and
-        the hand-overs between the form's steps (HANDOVER) add."""
+    def _call(self, collective, nbytes) -> float:
+        """Seconds of the public call's own path around one composed call of ``collective`` on
+        nbytes (the cached route for an allreduce, else the router: ROUTE_CALL, ROUTER_CALL), CPU
+        per rank: on an oversubscribed machine the ranks sharing a CPU pay theirs in turn
+        (LinkCost.share), and the hand-overs between the form's steps add (``_handovers``)."""
         own = ROUTE_CALL if collective == "allreduce" else ROUTER_CALL
         if not self._over:
             return own
-        return own * max(1.0, float(self.tuner.cost.share)) + HANDOVERS * HANDOVER
+        return own * max(1.0, float(self.tuner.cost.share)) + self._handovers(collective, nbytes)
+
+    def _handovers(self, collective, nbytes) -> float:
+        """Oversubscribed: seconds the hand-overs between a composed call's steps cost beyond the
+        steps, HANDOVERS x (HANDOVER + HANDOVER_PASS x the call's beta x its bytes up to a rank's
+        share of the CPU's private cache): the next step fetches again what the looped step would
+        find in that cache (HANDOVER_PASS)."""
+        c = self.tuner.cost.at(nbytes, collective)
+        refetched = min(float(nbytes), private_cache() / max(1.0, float(c.share)))
+        return HANDOVERS * (HANDOVER + HANDOVER_PASS * refetched * c.beta)
 
     def flat_call(self, collective, nbytes, algorithm=None) -> float:
         """Seconds the public call's own path adds to a flat algorithm's call of this shape, CPU
@@ -370,7 +403,7 @@ class IslandPricer:
                    + self._hetccl("broadcast", nbytes, nI, lead)}
         else:
             return {}
-        call = self._call(collective)
+        call = self._call(collective, nbytes)
         return {form: t + call for form, t in out.items()}
 
     def _flat_cost(self, a, nbytes):
