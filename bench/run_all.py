@@ -58,6 +58,7 @@ sys.path.insert(0, os.path.join(HERE, "peers"))
 from checkout import IMPORT_ROOT  # noqa: E402  (which hetccl: the installed one, or this checkout; bench/checkout.py)
 from _common import load_benchmark, load_table  # noqa: E402
 from ompi_job import end_job, job_files  # noqa: E402
+import placement as vcpus  # noqa: E402  (the vCPUs' placement sampled during each run)
 
 fmt, runner, _cli = load_benchmark()
 _table = load_table()
@@ -443,6 +444,12 @@ def parse_args(argv):
     p.add_argument("--retry-noisy", type=int, default=2,
                    help="rerun a run (up to this many times) when other processes used more than "
                         "--max-busy of the CPUs during it; the last attempt is kept (default %(default)s)")
+    p.add_argument("--retry-far", type=int, default=1,
+                   help="rerun a run (up to this many times) when the host had the two vCPUs far apart "
+                        "during it (bench/placement.py: a cache-line round trip above "
+                        f"{vcpus.FAR_NS:g} ns; cache-to-cache traffic, and with it every "
+                        "library's medium sizes, 3-4x slower); the last attempt is kept (default "
+                        "%(default)s; 0 records the placement only)")
     p.add_argument("--no-retune", action="store_true",
                    help="keep hetccl's cached cost model instead of re-measuring it first "
                         "(`hetccl tune -n N` for each rank count, in the same quiet window)")
@@ -521,15 +528,21 @@ def main(argv=None) -> int:
                 log = os.path.join(raw, tag + ".log")
                 cmd = build_command(lib, n, sweeps[n], jpath, args)
                 commands[(lib, n)] = shlex.join(cmd).replace(jpath, "OUT.json")
-                for attempt in range(1 + max(0, args.retry_noisy)):
+                left = {"noisy": max(0, args.retry_noisy), "far": max(0, args.retry_far)}
+                attempt, why = 0, None
+                while True:
                     busy = wait_for_quiet(args.max_busy, args.wait_quiet)
-                    again = f" (retry {attempt})" if attempt else ""
+                    again = f" (retry {attempt}: {why})" if attempt else ""
                     print(f"[run_all] round {rnd + 1}/{args.rounds}  {LABEL[lib]}  {n} ranks{again} "
                           f"(other load before: {'?' if busy is None else f'{busy:.0%}'}) ...",
                           end="", flush=True)
                     if os.path.exists(jpath):
                         os.unlink(jpath)
-                    rc, secs, others = run_one(cmd, log, args.timeout)
+                    watch = vcpus.Watch().start()
+                    try:
+                        rc, secs, others = run_one(cmd, log, args.timeout)
+                    finally:
+                        where = watch.stop()
                     rows = None
                     if os.path.exists(jpath):     # written even when elements were wrong (exit 1)
                         with open(jpath) as f:
@@ -541,12 +554,14 @@ def main(argv=None) -> int:
                     status = "ok" if rc == 0 and rows is not None else (
                         f"WRONG RESULTS ({bad} elements)" if bad else f"FAILED (exit {rc})")
                     print(f" {status} in {secs:.1f} s"
-                          f"{'' if others is None else f', other load during: {others:.0%}'}",
+                          f"{'' if others is None else f', other load during: {others:.0%}'}"
+                          f", vCPU placement: {vcpus.describe(where)}",
                           flush=True)
-                    runs.append((rnd, lib, n, rc, secs, cmd, log, busy, others, bad))
-                    noisy = others is not None and others > args.max_busy
-                    if rc != 0 or rows is None or not noisy:
-                        break  # failures and wrong results are not retried; quiet runs are kept
+                    runs.append((rnd, lib, n, rc, secs, cmd, log, busy, others, bad, where))
+                    why = retry_reason(rc, rows, others, where, args.max_busy, left)
+                    if why is None:
+                        break
+                    attempt += 1
     elapsed = time.monotonic() - t_start
 
     agg = aggregate(results)
@@ -572,6 +587,21 @@ def main(argv=None) -> int:
     if args.strict and not all(c.startswith("PASS") for c in checks):
         return 1
     return 0
+
+
+def retry_reason(rc, rows, others, where, max_busy, left) -> str | None:
+    """Why a run is run again: "noisy" (other processes used more than max_busy of the CPUs
+    during it) or "far" (a placement sample was far, placement.Watch), each while its budget in
+    left lasts (taken from it); None keeps the run: quiet and near, out of retries, or failed
+    (failures and wrong results are reported, not retried)."""
+    if rc != 0 or rows is None:
+        return None
+    for why, hit in (("noisy", others is not None and others > max_busy),
+                     ("far", bool(where and where["far"]))):
+        if hit and left.get(why, 0) > 0:
+            left[why] -= 1
+            return why
+    return None
 
 
 def run_failures(runs, results) -> list[str]:
@@ -624,6 +654,11 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
         L.append(f"- **warning: in {len(noisy)} of {len(kept)} kept runs other processes used more "
                  f"than {args.max_busy:.0%} of the CPUs during the run** (see Runs; retried up to "
                  f"{args.retry_noisy} times); treat those numbers with suspicion.")
+    far = [r for r in kept.values() if r[10] and r[10]["far"]]
+    if far:
+        L.append(f"- **warning: in {len(far)} of {len(kept)} kept runs the host had the two vCPUs far "
+                 f"apart for part of the run** (see Runs: vCPU placement; retried up to "
+                 f"{args.retry_far} times): those runs' medium sizes may be up to ~4x slower.")
     L.append(f"- invocation: `{shlex.join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else 'bench/run_all.py', *sys.argv[1:]])}`")
     L.append("")
     L.append("## Issue 3: hetccl at least as fast as the faster peer at every size" if args.issue3
@@ -667,16 +702,21 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
     L.append("Other load: share of all CPUs used by other processes in the 0.5 s before the run "
              "started / during the run (all CPU time minus the run's own).")
     L.append("")
-    L.append("| round | library | ranks | status | seconds | other load before | other load during | kept |")
-    L.append("|---|---|---|---|---|---|---|---|")
+    L.append("vCPU placement: the round trip of a cache line between the first two CPUs, sampled every "
+             "5 s during the run (bench/placement.py): median (min-max), and how many samples were far "
+             f"(above {vcpus.FAR_NS:g} ns; near ~65 ns).")
+    L.append("")
+    L.append("| round | library | ranks | status | seconds | other load before | other load during "
+             "| vCPU placement | kept |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     pct = (lambda x: "?" if x is None else f"{x:.0%}")
     last = {}
     for i, r in enumerate(runs):
         last[(r[0], r[1], r[2])] = i
-    for i, (rnd, lib, n, rc, secs, _cmd, _log, busy, others, bad) in enumerate(runs):
+    for i, (rnd, lib, n, rc, secs, _cmd, _log, busy, others, bad, where) in enumerate(runs):
         L.append(f"| {rnd + 1} | {LABEL[lib]} | {n} | "
                  f"{f'{bad} wrong' if bad else 'ok' if rc == 0 else f'exit {rc}'} | "
-                 f"{secs:.1f} | {pct(busy)} | {pct(others)} | "
+                 f"{secs:.1f} | {pct(busy)} | {pct(others)} | {vcpus.describe(where)} | "
                  f"{'yes' if last[(rnd, lib, n)] == i else 'no (retried)'} |")
     failures = [(r[0], r[1], r[2], r[6]) for r in runs if r[3] != 0 and not r[9]]
     if failures:
