@@ -591,13 +591,14 @@ def main(argv=None) -> int:
 
 def retry_reason(rc, rows, others, where, max_busy, left) -> str | None:
     """Why a run is run again: "noisy" (other processes used more than max_busy of the CPUs
-    during it) or "far" (a placement sample was far, placement.Watch), each while its budget in
-    left lasts (taken from it); None keeps the run: quiet and near, out of retries, or failed
-    (failures and wrong results are reported, not retried)."""
+    during it) or, on a quiet run, "far" (a placement sample was far, placement.Watch: on a
+    loaded host the sampler's two threads seldom run at once and its samples read high), each
+    while its budget in left lasts (taken from it); None keeps the run: quiet and near, out of
+    retries, or failed (failures and wrong results are reported, not retried)."""
     if rc != 0 or rows is None:
         return None
-    for why, hit in (("noisy", others is not None and others > max_busy),
-                     ("far", bool(where and where["far"]))):
+    noisy = others is not None and others > max_busy
+    for why, hit in (("noisy", noisy), ("far", bool(where and where["far"]) and not noisy)):
         if hit and left.get(why, 0) > 0:
             left[why] -= 1
             return why
@@ -654,7 +655,7 @@ def render(args, env, nranks, colls, sizes, libs, agg, checks, runs, commands, r
         L.append(f"- **warning: in {len(noisy)} of {len(kept)} kept runs other processes used more "
                  f"than {args.max_busy:.0%} of the CPUs during the run** (see Runs; retried up to "
                  f"{args.retry_noisy} times); treat those numbers with suspicion.")
-    far = [r for r in kept.values() if r[10] and r[10]["far"]]
+    far = [r for r in kept.values() if r[10] and r[10]["far"] and (r[8] or 0) <= args.max_busy]
     if far:
         L.append(f"- **warning: in {len(far)} of {len(kept)} kept runs the host had the two vCPUs far "
                  f"apart for part of the run** (see Runs: vCPU placement; retried up to "
