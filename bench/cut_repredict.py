@@ -10,7 +10,13 @@
   loop-timed rings read within 0.99-1.07x of the jobs' loops of the same calls
   (bench/results/probe-loops-ab-*-2026-12-07m.txt). probe.fit with the private level gives the cut.
 
+- ``--runs``: runs made with the measured cut, per one-host case: points within 25% as run (with
+  the cut its probe took: the private level when other processes took more than probe.NOISY of
+  the CPUs during it, probe.loaded_cut), and with the cut its own ring between the caches gives
+  when the load is ignored.
+
     python bench/cut_repredict.py bench/results/validate-sim-2026-12-07m.json [--fixed]
+    python bench/cut_repredict.py --runs bench/results/cut-validate-*.json
 """
 import copy
 import json
@@ -26,9 +32,10 @@ MIB = 1 << 20
 PRIVATE, SHARED = 1 * MIB, 16 * MIB        # the EPYC host of the records: 1 MiB L2, 32 MiB L3 for 2 vCPUs
 
 
-def score(name, rec, cut):
-    rec = copy.deepcopy(rec)
-    rec["model"]["cache_bytes"] = cut
+def score(name, rec, cut=None):
+    if cut is not None:
+        rec = copy.deepcopy(rec)
+        rec["model"]["cache_bytes"] = cut
     rows = compare(name, rec, rec.get("transports"))
     big = [r for r in rows if r["size"] >= JUDGED_FROM and r["error"] is not None]
     auto = [r for r in rows if r["variant"] == "auto"]
@@ -40,6 +47,40 @@ def fifo_cases(d):
     for name, rec in d["records"].items():
         if name.startswith("local") and "error" not in rec:
             yield name, rec, all_fifo([c for c in rec["model"]["links"].split("+") if c])
+
+
+def as_seconds(raw_us):
+    return {(k[:-3] + "_s" if k.endswith("_us") else k): (v * 1e-6 if k.endswith("_us") else v)
+            for k, v in raw_us.items()}
+
+
+def fitted_cut(rec, raw):
+    share = max(1.0, float(rec.get("load", 1.0)))
+    facts = LinkCost(0.0, 0.0, 0.0, fifo=True, stream_min=STREAM_MIN, fifo_bytes=_fifo(rec["local"]), share=share)
+    return probe.fit(raw, rec["ranks"], facts, cache_bytes=SHARED, network=False, private_bytes=PRIVATE).cache_bytes
+
+
+def runs(paths):
+    for path in paths:
+        d = json.load(open(path))
+        print(f"# {path}")
+        was = now = total = 0
+        for name, rec in d["records"].items():
+            if "error" in rec:
+                print(f"  {name}: {rec['error'][:100]}")
+                continue
+            k, m, _, _, errs = score(name, rec)
+            raw = rec.get("probe_raw") or {}
+            print(f"  {name:16s} load {rec['loadavg_before']:4.1f}, {rec['model']['detail'].split(', ', 1)[-1]:28s} "
+                  f"cut {rec['model']['cache_bytes'] / MIB:5.2f} MiB: {k}/{m}; errors >= 64 KiB: {errs}")
+            alt = k
+            if "allreduce_mid_us" in raw:
+                cut = fitted_cut(rec, as_seconds(raw))
+                alt, _, _, _, errs = score(name, rec, cut)
+                print(f"  {'':16s} middle ring {raw['allreduce_mid_bytes'] / 1024:.0f} KiB {raw['allreduce_mid_us']:.0f} "
+                      f"us -> cut {cut / MIB:5.2f} MiB: {alt}/{m}; errors >= 64 KiB: {errs}")
+            was, now, total = was + k, now + alt, total + m
+        print(f"# {was}/{total} within 25% as run; {now}/{total} with the cut of each probe's own middle ring")
 
 
 def middle_ring(rec):
@@ -56,16 +97,13 @@ def middle_ring(rec):
 
 def measured_cut(rec):
     n, t = middle_ring(rec)
-    raw = {(k[:-3] + "_s" if k.endswith("_us") else k): (v * 1e-6 if k.endswith("_us") else v)
-           for k, v in rec["probe_raw"].items()}
-    raw.update(allreduce_mid_s=t, allreduce_mid_bytes=n)
-    share = max(1.0, float(rec.get("load", 1.0)))
-    facts = LinkCost(0.0, 0.0, 0.0, fifo=True, stream_min=STREAM_MIN, fifo_bytes=_fifo(rec["local"]), share=share)
-    cut = probe.fit(raw, rec["ranks"], facts, cache_bytes=SHARED, network=False, private_bytes=PRIVATE).cache_bytes
-    return n, t, cut
+    raw = dict(as_seconds(rec["probe_raw"]), allreduce_mid_s=t, allreduce_mid_bytes=n)
+    return n, t, fitted_cut(rec, raw)
 
 
 def main(argv):
+    if argv[0] == "--runs":
+        return runs(argv[1:]) or 0
     path, fixed = argv[0], "--fixed" in argv
     d = json.load(open(path))
     print("# python bench/cut_repredict.py " + " ".join(argv))
