@@ -11,8 +11,9 @@ well each one's fitted model prices those loops, and how long each probe takes.
   quantities in repetitions of REP_S (FIFOs), REPS of them; the cut the private cache;
 - "new": probe.measure as negotiate runs it now (probe.plan_for): each ring by itself in
   LOOP_REPS loops of RING_LOOP_S, the big ring and kernels beyond the cache per CPU
-  (probe.cache_per_cpu), the cut that or, when other processes took more than probe.NOISY of the
-  CPUs meanwhile, the private cache (probe.loaded_cut);
+  (probe.cache_per_cpu), the cut measured between the private and the shared level by the ring
+  between them (probe.fit_cut) or, when other processes took more than probe.NOISY of the CPUs
+  meanwhile, the private cache (probe.loaded_cut);
 - "job": loops of the ring alone, 5 of --loop-ms after two untimed calls, the median of the slowest
   rank's time per call (bench/probe_groups_ab.py's ``alone``, the validation runner's way), at the
   in-cache ring's size, 1 MiB and both probes' big sizes.
@@ -46,7 +47,7 @@ def run_probe(ctx, way):
             big = max(probe.PROBE_BIG // 2, int(probe.PROBE_BIG / share))
             opts = dict(opts, ring_rep_s=probe.REP_S)
         cache = probe.private_cache_bytes()
-        opts = dict(opts, ring_reps=probe.REPS)
+        opts = dict(opts, ring_reps=probe.REPS, mid_bytes=0)
         probe.APART, probe.kernel_big_bytes = ("allreduce_s",), (lambda b: probe.KERNEL_BIG)
     try:
         raw, secs, other = probe._probe(ctx.engine, ctx.rank, ctx.size, ctx.timeout, big, **opts)
@@ -59,7 +60,7 @@ def fitted(ctx, raw, cache):
     classes = tuple(sorted({k for row in ctx.matrix for k in row} - {"self"}))
     share = max(1.0, ctx.local_size / probe.usable_cpus())
     facts = probe._link_cost([0.0] * len(PARAMS), classes, ctx.engine, probe._fifo_bytes(ctx.local_size), share)
-    return probe.fit(raw, ctx.size, facts, cache_bytes=cache, network=False)
+    return probe.fit(raw, ctx.size, facts, cache_bytes=cache, network=False, private_bytes=probe.private_cache_bytes())
 
 
 def main():

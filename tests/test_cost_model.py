@@ -516,3 +516,71 @@ def test_a_shrunk_communicator_inherits_its_parents_model_only_where_the_probe_w
     assert probe.inheritable(model, old, matrix(old), new, matrix(new)) is None
     old, new = cards(*"aaaaaaaab"), cards(*"aaaaaaab")               # tcp still crosses hosts
     assert probe.inheritable(model, old, matrix(old), new, matrix(new)) is model
+
+
+def test_the_ring_between_the_caches_sits_in_the_shared_cuts_range_out_of_the_privates():
+    """mid_ring_bytes on the EPYC host (1 MiB private, 16 MiB shared per CPU): 3 MiB of working
+    set per CPU at 2, 4 and 8 ranks; none where the two cuts lie within 16x (no choice to read)."""
+    mib = 1 << 20
+    assert [probe.mid_ring_bytes(s, mib, 16 * mib) for s in (1.0, 2.0, 4.0)] == [mib, mib // 2, mib // 4]
+    assert probe.mid_ring_bytes(1.0, 2 * mib, 2 * mib) == probe.mid_ring_bytes(1.0, 2 * mib, 16 * mib) == 0
+    assert probe.mid_ring_bytes(1.0, 0, 16 * mib) == 0
+    for share in (1.0, 2.0, 4.0):
+        n = probe.mid_ring_bytes(share, mib, 16 * mib)
+        c = LinkCost(1e-6, 1e-10, 1e-11, beta_out=2e-10, share=share)
+        assert dataclasses.replace(c, cache_bytes=16 * mib).out_of_cache(n) == 0.0
+        assert dataclasses.replace(c, cache_bytes=mib).out_of_cache(n) == 1.0
+
+
+@pytest.mark.parametrize("share", [1.0, 2.0, 4.0])
+def test_the_cut_is_where_the_model_prices_the_ring_between_the_caches_as_measured(share):
+    """fit_cut inverts the in-cache/out-of-cache interpolation at the middle ring: a ring timed at
+    the in-cache rate keeps the shared level's cut, one at the out-of-cache rate gets the private
+    one, and one in between the cut that prices it as timed; fit() applies it when told the
+    private level (negotiate), and keeps the cut it is given when not (a record re-fitted)."""
+    p, mib = int(2 * share), 1 << 20
+    facts = LinkCost(0.0, 0.0, 0.0, share=share)
+    raw = _raw(p, facts, 2e-6, gbs(8.0), gbs(3.0), gbs(60), gbs(20), small=probe.in_cache_ring_bytes(share),
+               big=probe.beyond_cache_bytes(16 * mib, share))
+    n = probe.mid_ring_bytes(share, mib, 16 * mib)
+    base = probe.fit(raw, p, facts, cache_bytes=16 * mib)
+
+    def timed(cut):
+        return ring_allreduce(n, p, dataclasses.replace(base, cache_bytes=cut).at(n, "allreduce"))
+    for cut in (2 * mib, 3 * mib, 5 * mib):
+        assert probe.fit_cut(base, timed(cut), n, p, mib) == pytest.approx(cut, rel=1e-6)
+    assert probe.fit_cut(base, 0.5 * timed(16 * mib), n, p, mib) == 16 * mib       # faster than in cache
+    assert probe.fit_cut(base, 2 * timed(mib), n, p, mib) == mib                   # slower than out of it
+    raw.update(allreduce_mid_s=timed(3 * mib), allreduce_mid_bytes=n)
+    assert probe.fit(raw, p, facts, cache_bytes=16 * mib, private_bytes=mib).cache_bytes == pytest.approx(3 * mib)
+    assert probe.fit(raw, p, facts, cache_bytes=16 * mib).cache_bytes == 16 * mib
+    assert probe.fit(raw, p, facts, cache_bytes=mib, private_bytes=mib).cache_bytes == mib    # a loaded probe's
+    assert base.beta == pytest.approx(gbs(8.0)) and base.beta_out == pytest.approx(gbs(3.0))
+
+
+def test_one_host_fifos_time_the_ring_between_the_caches_by_itself(monkeypatch):
+    """plan(): FIFOs on one host whose CPUs share a level time the middle ring (mid_ring_bytes),
+    a loopback wire and a network link do not; measure() times it apart, in MID_REPS loops,
+    between the in-cache ring and the out-of-cache one."""
+    monkeypatch.setattr(probe, "cache_per_cpu", lambda cpu=0: 16 << 20)
+    monkeypatch.setattr(probe, "private_cache_bytes", lambda cpu=0: 1 << 20)
+    assert probe.plan(("c2c",), 4, 4, 2.0)[3]["mid_bytes"] == 512 << 10
+    assert probe.plan(("shm",), 2, 2, 1.0)[3]["mid_bytes"] == 1 << 20
+    assert "mid_bytes" not in probe.plan(("tcp",), 4, 4, 2.0)[3]
+    assert "mid_bytes" not in probe.plan(("c2c", "tcp"), 2, 4, 1.0)[3]
+    monkeypatch.setattr(probe, "cache_per_cpu", lambda cpu=0: 2 << 20)          # no shared level
+    assert probe.plan(("c2c",), 4, 4, 2.0)[3]["mid_bytes"] == 0
+    groups = []
+
+    def fake(engine, fns, timeout, reps=probe.REPS, **kw):
+        groups.append((list(fns), reps))
+        return {k: 1e-3 for k in fns}
+    monkeypatch.setattr(probe, "time_per_call", fake)
+    monkeypatch.setattr(probe, "_ring_link_share", lambda engine, size, timeout: 1.0)
+    raw = probe.measure(None, 4, 1.0, 8 << 20, probe.RING_LOOP_S, out_of_place=True, ring_reps=probe.LOOP_REPS,
+                        mid_bytes=512 << 10)
+    assert groups[:3] == [(["allreduce_s"], probe.LOOP_REPS), (["allreduce_mid_s"], probe.MID_REPS),
+                          (["allreduce_big_s"], probe.LOOP_REPS)]
+    assert raw["allreduce_mid_bytes"] == 512 << 10 and "allreduce_mid_s" not in groups[3][0]
+    groups.clear()
+    assert "allreduce_mid_s" not in probe.measure(None, 4, 1.0, 8 << 20, probe.REP_S, out_of_place=True)

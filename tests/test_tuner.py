@@ -789,13 +789,21 @@ def test_one_host_rings_write_a_separate_output(monkeypatch):
     assert len(seen) == 2 and all(v == {True} for v in seen.values()), seen
 
 
-def test_a_cache_of_the_fastest_repetitions_format_is_measured_again(tmp_path, caplog):
+@pytest.mark.parametrize("content", [json.dumps({"format": probe.FORMAT - 1, "entries": {"k": {}}}),
+                                     "{not json", "\x00\x01binary"])
+def test_an_old_format_or_corrupt_cache_is_measured_again_with_one_warning(tmp_path, caplog, content):
+    """A cache of the previous format (its cut read from sysfs, not measured: format 14) or a
+    corrupt one: the lookup misses with one warning, and the store after the probe rewrites the
+    file in this format without another."""
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"format": probe.FORMAT - 1, "entries": {probe.cache_key(_shape()): _entry()}}))
+    if content.startswith('{"format"'):
+        content = json.dumps({"format": probe.FORMAT - 1, "entries": {probe.cache_key(_shape()): _entry()}})
+    path.write_text(content)
     with caplog.at_level("INFO", logger="hetccl.tuning"):
         assert probe.lookup(_shape(), str(path)) is None
-    assert sum("ignoring the cost-model cache" in r.getMessage() for r in caplog.records) == 1
-    assert probe.store(_shape(), _entry(2e-6), str(path))
+        assert probe.store(_shape(), _entry(2e-6), str(path))
+    said = [r for r in caplog.records if "ignoring the cost-model cache" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
     assert json.loads(path.read_text())["format"] == probe.FORMAT
     assert probe.lookup(_shape(), str(path))["alpha"] == 2e-6
 

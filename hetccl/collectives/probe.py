@@ -4,7 +4,8 @@ Why measure: every algorithm choice follows from what one message, one byte move
 reduced cost, and those depend on the machine (cores, caches, where the host placed the vCPUs, how
 many ranks share them), not on constants. The probe runs inside communicator creation the first
 time a host sees a communicator *shape*, takes a few hundred milliseconds (on one host its two
-rings alone take LOOP_REPS loops of RING_LOOP_S each, ~0.2 s; ~1 s over loopback TCP, which also
+rings alone take LOOP_REPS loops of RING_LOOP_S each, ~0.2 s, and the ring between the caches
+MID_REPS more, ~0.06 s; ~1 s over loopback TCP, which also
 times exchange rounds in such loops), and is cached, so every
 later communicator costs one small file read on rank 0 and one 152-byte broadcast.
 
@@ -57,9 +58,13 @@ jobs run them):
   every rank at work, cannot show (solve_free); and beta_chain, beta_chain_out: the seconds per
   byte of the pipelined chain broadcast of the same two sizes, timed beside them, whose ranks do
   unequal work on the shared CPUs (broadcast.chain; solve_chain);
-- cache_bytes: the cache per CPU (``cache_per_cpu``, sysfs: the private level, or a shared
-  level over the CPUs sharing it when that is more), by which a call's working set is priced in
-  cache or out of it (cost_model.LinkCost.at). The out-of-cache ring's working set lies beyond
+- cache_bytes: the cut by which a call's working set is priced in cache or out of it
+  (cost_model.LinkCost.at), between the two sysfs gives: the private level and a shared level
+  over the CPUs sharing it (``cache_per_cpu``: the larger). When the shared one is at least 16x
+  the private one, one-host FIFOs also time a ring between them (``mid_ring_bytes``, by itself
+  in ``MID_REPS`` loops), and the cut is where the model prices that ring as timed (fit_cut):
+  whether the ranks' calls keep their in-cache rate in the shared level depends on how many take
+  turns on a CPU, which sysfs cannot say. The out-of-cache ring's working set lies beyond
   that cut (``beyond_cache_bytes``: 16 MiB at 2 ranks on a host with 16 MiB of L3 per CPU), and
   with k ranks per CPU it shrinks with them (at least ``PROBE_BIG`` / k): fewer bytes per
   core, and a probe that stays short at 8 ranks on 2 cores.
@@ -111,7 +116,7 @@ from .registry import ALGO_BINOMIAL, ALGO_CHAIN, ALGO_DISSEMINATION, ALGO_RABENS
 
 log = logging.getLogger("hetccl.tuning")
 
-FORMAT = 14                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
+FORMAT = 15                # of the cache file (3: in-cache and out-of-cache parameters; 4: loopback
                            # wires fitted in and out of cache; 5: the median repetition, not the fastest;
                            # 6: a loopback wire's rings timed in sustained loops, LOOPBACK_REP_S;
                            # 7: beta_free, from binomial broadcasts on more ranks than CPUs;
@@ -124,7 +129,8 @@ FORMAT = 14                # of the cache file (3: in-cache and out-of-cache par
                            # 12: chain broadcasts beside the binomial ones on crowded CPUs, beta_chain;
                            # 13: on one host the in-cache ring timed by itself, APART;
                            # 14: on one host both rings in loops of RING_LOOP_S, each by itself, and
-                           # the cache cut the cache per CPU, shared level included: cache_per_cpu)
+                           # the cache cut the cache per CPU, shared level included: cache_per_cpu;
+                           # 15: the cut measured between the private and the shared level, fit_cut)
 PROBE_BYTES = 256 << 10    # the ring allreduce that prices beta in cache
 PROBE_BIG = 4 << 20        # ... and out of cache (beta_out)
 PROBE_BIG_WIRE = 1 << 20   # over a wire the second ring of the slope (both outlast a tbf bucket;
@@ -140,6 +146,7 @@ REPS = 9                   # repetitions of every quantity (interleaved)
 REP_S = 0.5e-3             # one repetition of one quantity lasts about this long
 RING_LOOP_S = 20e-3        # ... but a ring of ranks on one host this long, calls back to back (see measure)
 LOOP_REPS = 5              # ... in this many repetitions (the median of them)
+MID_REPS = 3               # ... and the ring between the caches (mid_ring_bytes) in this many
 LOOPBACK_REP_S = RING_LOOP_S   # (a loopback wire's rings: the same loops)
 BIG_RING_MAX = 32 << 20    # the out-of-cache ring of a FIFO probe at most (probe_sizes)
 SHARED_CACHE_MAX = 128 << 20   # a shared cache reported larger is no one cache the ranks' CPUs sit on
@@ -160,7 +167,7 @@ MIN_CALLS = 4              # calls per repetition at least, of a FIFO ring or br
 # us per call where the job's loop of the same call took 468 (AMD EPYC host, 1 MiB L2, 32 MiB
 # shared L3: bench/results/validate-sim-2026-12-07k.json), and 1.5-2x apart between the c2c and
 # the shm probes of that run, minutes apart, over the same ring path.
-APART = ("allreduce_s", "allreduce_big_s")
+APART = ("allreduce_s", "allreduce_mid_s", "allreduce_big_s")
 MAX_ITERS = 100_000
 NOISY = 0.25               # other processes' share of the CPUs above which a probe is re-done
 MAX_PROBES = 3             # probes of one shape at most, while they keep being noisy
@@ -205,9 +212,10 @@ def _valid(entry) -> bool:
     return isinstance(entry, dict) and LinkCost.valid_params(entry)
 
 
-def read_entries(path: str | None = None) -> dict:
+def read_entries(path: str | None = None, quiet: bool = False) -> dict:
     """{key: entry} of the cache file; empty if it is missing, unreadable, corrupt or of another
-    format (never raises: a bad cache only costs a probe)."""
+    format (never raises: a bad cache only costs a probe, with one warning: the lookup's, the
+    store after the probe rewriting the file *quiet*)."""
     path = path or cache_path()
     try:
         with open(path) as f:
@@ -215,10 +223,12 @@ def read_entries(path: str | None = None) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError) as e:
-        log.info("ignoring the cost-model cache %s (%s); it will be rewritten", path, e)
+        (log.debug if quiet else log.warning)("ignoring the cost-model cache %s (%s); it will be rewritten",
+                                             path, e)
         return {}
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict):
-        log.info("ignoring the cost-model cache %s (not format %d); it will be rewritten", path, FORMAT)
+        (log.debug if quiet else log.warning)("ignoring the cost-model cache %s (not format %d); the probe "
+                                             "measures again and rewrites it", path, FORMAT)
         return {}
     return {k: v for k, v in doc["entries"].items() if _valid(v)}
 
@@ -255,7 +265,7 @@ def store(s: dict, entry: dict, path: str | None = None) -> bool:
     path = path or cache_path()
     try:
         with _locked(path):
-            entries = read_entries(path)
+            entries = read_entries(path, quiet=True)
             entries[cache_key(s)] = dict(entry, **s)
             if len(entries) > MAX_ENTRIES:      # rebuilds, made-up HETCCL_HOST_IDs: the oldest go
                 newest = sorted(entries, key=lambda k: float(entries[k].get("measured_at") or 0))
@@ -273,13 +283,13 @@ def clear(path: str | None = None, host: str | None = None, local: int | None = 
     """Remove cached entries (all of them, and the file, when no filter is given); returns how many."""
     path = path or cache_path()
     if host is None and local is None and links is None:
-        n = len(read_entries(path))
+        n = len(read_entries(path, quiet=True))
         for p in (path, path + ".lock"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         return n
     with _locked(path):
-        entries = read_entries(path)
+        entries = read_entries(path, quiet=True)
         keep = {k: v for k, v in entries.items()
                 if not ((host is None or v.get("host") == host)
                         and (local is None or v.get("local") == local)
@@ -350,7 +360,7 @@ def time_per_call(engine, fns: dict, timeout: float, reps: int = REPS, rep_s: di
 def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_rep_s: float = REP_S,
             crowded: bool = False, exchange: bool = False, barrier_rep_s: float = REP_S,
             out_of_place: bool = False, min_calls: int = 1, warm: bool = False,
-            small_bytes: int = PROBE_BYTES, ring_reps: int = REPS) -> dict:
+            small_bytes: int = PROBE_BYTES, ring_reps: int = REPS, mid_bytes: int = 0) -> dict:
     """Run the probe (collective over the engine's ranks); the raw timings in seconds and bytes:
     every quantity in cache (``PROBE_BYTES``, ``KERNEL_BYTES``) and out of it (``PROBE_BIG``,
     ``KERNEL_BIG``). ``ring_rep_s``: how long one repetition of each ring lasts (LOOPBACK_REP_S
@@ -384,6 +394,9 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     *small_bytes*: the ring in cache (PROBE_BYTES; less on crowded FIFOs, in_cache_ring_bytes).
     *ring_reps*: the repetitions of each ring timed by itself (APART, one host: LOOP_REPS of
     RING_LOOP_S each, see ring_rep_s).
+    *mid_bytes* (> 0: one-host FIFOs whose CPUs have a shared cache level beside their private
+    one, mid_ring_bytes): also a ring of that size between the two (``allreduce_mid_s``), timed
+    by itself in MID_REPS loops, from which fit() takes the cache cut (fit_cut).
     *warm*: the in-cache ring and broadcast make an untimed call before each repetition (FIFOs,
     warm_first). *min_calls*: a repetition of a ring or broadcast holds at least this many calls (FIFOs:
     MIN_CALLS, see negotiate). One call right after the synchronising barrier, which a repetition
@@ -402,6 +415,8 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     ar, big = small[:count(min(small_bytes, PROBE_BYTES))], pool[:count(big_bytes)]
     tree_small = small[:count(PROBE_BYTES)]      # the broadcast of beta_free: FREE_SIZES[0] always
     ar_out, big_out = (_written_zeros(ar.size), _written_zeros(big.size)) if out_of_place else (ar, big)
+    mid = pool[:min(count(mid_bytes), big.size)] if mid_bytes > 0 else None
+    mid_out = big_out[:mid.size] if mid is not None else None
     a, b, d = small[:k], small[k:2 * k], small[2 * k:3 * k]
     A, B, D = pool[:K], pool[K:2 * K], pool[2 * K:3 * K]
     f32, add, kern = dtypes.FLOAT32, int(ReduceOp.SUM), schedules.kernels
@@ -423,12 +438,15 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
         **tree,
     }
     rep_s = {"barrier_s": barrier_rep_s, "allreduce_s": ring_rep_s, "allreduce_big_s": ring_rep_s}
+    if mid is not None:
+        fns["allreduce_mid_s"] = lambda: schedules.allreduce(engine, mid, mid_out, f32, add, ALGO_RING, timeout)
+        rep_s["allreduce_mid_s"] = ring_rep_s
     if exchange:
         fns["exchange_s"] = lambda: schedules.allreduce(engine, ar, ar_out, f32, add, ALGO_RABENSEIFNER, timeout)
         fns["exchange_big_s"] = lambda: schedules.allreduce(engine, big, big_out, f32, add, ALGO_RABENSEIFNER,
                                                             timeout)
         rep_s.update(exchange_s=ring_rep_s, exchange_big_s=ring_rep_s)
-    calls = {k: min_calls for k in ("allreduce_s", "allreduce_big_s", "bcast_s", "bcast_big_s", "chain_s",
+    calls = {k: min_calls for k in ("allreduce_s", "allreduce_mid_s", "allreduce_big_s", "bcast_s", "bcast_big_s", "chain_s",
                                     "chain_big_s") if k in fns}
     # one host: each ring by itself (APART, the in-cache one first), then the others interleaved;
     # over a network link both rings make one slope (fit), so they keep seeing the same moments
@@ -436,11 +454,14 @@ def measure(engine, size: int, timeout: float, big_bytes: int = PROBE_BIG, ring_
     rest = {k: f for k, f in fns.items() if not any(k in g for g in apart)}
     raw = {}
     for group in apart:
-        raw.update(time_per_call(engine, group, timeout, reps=ring_reps, rep_s=rep_s, min_calls=calls,
+        reps = min(ring_reps, MID_REPS) if "allreduce_mid_s" in group else ring_reps
+        raw.update(time_per_call(engine, group, timeout, reps=reps, rep_s=rep_s, min_calls=calls,
                                  **warm_first(group, warm)))
     raw.update(time_per_call(engine, rest, timeout, rep_s=rep_s, min_calls=calls, **warm_first(rest, warm)))
     raw.update(allreduce_bytes=ar.nbytes, allreduce_big_bytes=big.nbytes, kernel_bytes=a.nbytes,
                kernel_big_bytes=A.nbytes, link_share=_ring_link_share(engine, size, timeout))
+    if mid is not None:
+        raw.update(allreduce_mid_bytes=mid.nbytes)
     if crowded:
         raw.update(bcast_bytes=tree_small.nbytes, bcast_big_bytes=wide.nbytes, chain_bytes=tree_small.nbytes,
                    chain_big_bytes=wide.nbytes)
@@ -495,7 +516,7 @@ def _ring_link_share(engine, size: int, timeout: float) -> float:
 
 
 def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes: float = 0.0,
-        network: bool | None = None) -> LinkCost:
+        network: bool | None = None, private_bytes: float = 0.0) -> LinkCost:
     """alpha, beta, gamma in cache and out of it from the probe's timings (see the module
     docstring). gamma is the kernels' difference; beta is the value at which the registry's own
     ring allreduce formula (allreduce.ring, on *engine_facts*: FIFO or wire, FIFO size, streaming
@@ -509,7 +530,13 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
     cancel out, and the link, not a cache, sets the pace (beta_out = beta). A wire inside one
     host (*network* False: loopback) is fitted as FIFOs are, each ring on its own. Timings of an
     older probe (a 1 MiB ring allgather, no out-of-cache quantities) give one beta and gamma at
-    every size."""
+    every size.
+
+    The cache cut: *cache_bytes*, unless the probe also timed a ring between the caches
+    (``allreduce_mid_s``, one-host FIFOs) and *private_bytes* (the private level, > 0) lies below
+    it: then the cut between the two at which the model prices that ring as measured (fit_cut).
+    Without *private_bytes* (a record re-fitted, hetccl.simulate.validate.refit) *cache_bytes* is
+    taken as it is: the cut the probe derived."""
     from .allgather import ring as ring_allgather
     from .allreduce import rabenseifner, ring as ring_allreduce
     p = size
@@ -597,10 +624,46 @@ def fit(raw: dict, size: int, engine_facts: LinkCost | None = None, cache_bytes:
     if "chain_s" in raw and facts.share > 1 and p > 2:
         chain = solve_chain(raw["chain_s"], raw["chain_bytes"], p, alpha)
         chain_out = solve_chain(raw["chain_big_s"], raw["chain_big_bytes"], p, alpha)
-    return dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
+    cost = dataclasses.replace(facts, alpha=alpha, beta=beta, gamma=gamma, beta_out=beta_out,
                                gamma_out=gamma_out, cache_bytes=float(cache_bytes),
                                beta_free=free, beta_free_out=free_out, beta_x=beta_x, beta_x_out=beta_x_out,
                                beta_chain=chain, beta_chain_out=chain_out)
+    if "allreduce_mid_s" in raw and 0 < private_bytes < cache_bytes:
+        cut = fit_cut(cost, raw["allreduce_mid_s"], raw["allreduce_mid_bytes"], p, private_bytes)
+        cost = dataclasses.replace(cost, cache_bytes=float(cut))
+    return cost
+
+
+def fit_cut(cost: LinkCost, t: float, nbytes: float, p: int, low: float) -> float:
+    """The cache cut at which the model (*cost*: its in-cache and out-of-cache parameters fitted,
+    its cache_bytes the largest cut the CPUs' caches allow, cache_per_cpu) prices the ring
+    allreduce of *nbytes* at the *t* measured, between *low* (the private level) and that: the
+    cut read where the ranks' calls leave their in-cache rate, rather than from sysfs.
+
+    Why measure it: a shared level is a cache for a rank's calls only as far as the ranks that
+    take turns on the CPUs and their peers leave it to them. On the 2-vCPU AMD EPYC host (1 MiB
+    L2 per vCPU, one 32 MiB L3 for both) 2 ranks kept their in-cache rate up to 1 MiB (3 MiB of
+    working set per CPU) and the 16 MiB cut predicted them, while at 4 and 8 ranks the ring ran
+    at its out-of-cache rate from 256 KiB (1.5 MiB per CPU) and that cut priced 64 KiB-1 MiB
+    29-40% too fast where the private one was within 20% (bench/results/validate-sim-2026-12-07m.json,
+    re-predicted: bench/results/cut-repredict-*.txt).
+
+    The price falls as the cut grows (LinkCost.at): at least *low*'s price, the private cut; at
+    most the largest cut's, that cut; between them bisected in log2 of the cut."""
+    from .allreduce import ring as ring_allreduce
+    high = float(cost.cache_bytes)
+
+    def price(cut):
+        return ring_allreduce(nbytes, p, dataclasses.replace(cost, cache_bytes=cut).at(nbytes, "allreduce"))
+    if t <= price(high):
+        return high
+    if t >= price(low):
+        return float(low)
+    lo, hi = math.log2(low), math.log2(high)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if price(2.0 ** mid) < t else (mid, hi)
+    return float(2.0 ** (0.5 * (lo + hi)))
 
 
 def solve_chain(t, nbytes, p, alpha) -> float:
@@ -867,7 +930,24 @@ def plan(classes, local_size: int, size: int, share: float) -> tuple[bool, int, 
     network = network_link(classes, local_size, size)
     loopback = not all_fifo(classes) and not network
     big, cache = probe_sizes(share, network, local_size if loopback else 0)
-    return network, big, cache, measure_options(classes, network, share)
+    options = measure_options(classes, network, share)
+    if all_fifo(classes):
+        options["mid_bytes"] = min(big, mid_ring_bytes(share, private_cache_bytes(), cache))
+    return network, big, cache, options
+
+
+def mid_ring_bytes(share: float, private: float, shared: float) -> int:
+    """Bytes of the ring between the caches (0: none) with *share* ranks per CPU, the private
+    level *private* and the largest cut *shared* (cache_per_cpu): the power of two whose working
+    set per CPU (WORKING_SET x bytes x share) lies at or just below the geometric mean of the two,
+    in the shared cut's in-cache range and out of the private one's, where fit_cut reads which
+    of them the calls follow (1 MiB at 2 ranks, 512 KiB at 4, 256 KiB at 8 on the EPYC host:
+    3 MiB per CPU). None when the two lie within 16x of each other (no shared level, or one
+    sysfs reports beyond SHARED_CACHE_MAX): the ring would sit in neither's range alone."""
+    if private <= 0 or shared < 16 * private:
+        return 0
+    need = math.sqrt(float(private) * float(shared)) / (WORKING_SET * max(1.0, float(share)))
+    return 1 << max(0, math.floor(math.log2(need)))
 
 
 def plan_for(ctx) -> tuple[bool, int, float, dict]:
@@ -964,8 +1044,9 @@ def negotiate(engine, rank: int, size: int, link_classes, local_size: int, host:
         return CostModel(cost, INHERITED, detail, classes)
     network, big, cache, options = plan(classes, local_size, size, float(msg[_SHARE]))
     raw, secs, other = _probe(engine, rank, size, timeout, big, **options)
+    cut = loaded_cut(cache, other)
     cost = fit(raw, size, _link_cost([0.0] * len(PARAMS), classes, engine, msg[_FIFO], msg[_SHARE]),
-               cache_bytes=loaded_cut(cache, other), network=network)
+               cache_bytes=cut, network=network, private_bytes=private_cache_bytes() if cut == cache else 0.0)
     if prev is not None:                        # keep the quietest value of each parameter
         cost = dataclasses.replace(cost, **{k: min(getattr(cost, k), float(prev[k])) if prev.get(k) else
                                             getattr(cost, k) for k in PARAMS if k != "cache_bytes"})
