@@ -87,9 +87,11 @@ EXTEND_S = 0.3              # ... while the size's blocks so far took less than 
 TAIL = 0.1                  # each tail of the median's confidence interval (order statistics)
 BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..CALLS_MAX calls)
 CALLS_MIN, CALLS_MAX = 8, 64
+MIN_BLOCK_S = 5e-3          # with more ranks than CPUs, a block lasts at least this (s, the fastest path's
+CALLS_CAP = 2048            # calls from the warm-up's pace), up to CALLS_CAP calls: see block_calls
 LARGE_CALLS, LARGE_REPS, LARGE_MAX_REPS = 2, 3, 5   # above BLOCK_BYTES: a call is tens of ms at 8 ranks, a steady
 # state of its own (every rank is descheduled and resumed inside one call); the probe stays ~1 s
-METHOD = 6                  # how verdicts are measured; a cache entry of another method is measured again
+METHOD = 7                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
@@ -131,6 +133,27 @@ def calls_per_block(nbytes: int) -> int:
     if nbytes > BLOCK_BYTES:
         return LARGE_CALLS
     return max(CALLS_MIN, min(CALLS_MAX, BLOCK_BYTES // max(1, nbytes)))
+
+
+def block_calls(nbytes: int, pace: float, crowded: bool) -> int:
+    """Calls in one timed block at nbytes, given the fastest path's seconds per call in the
+    warm-up (``pace``, the slowest rank's) and whether ranks outnumber the CPUs (both agreed
+    by every rank, so every rank makes the same number of calls).
+
+    calls_per_block's, and with more ranks than CPUs at least enough calls for MIN_BLOCK_S (at
+    most CALLS_CAP): there a block of about one scheduler slice is not the loop's steady state.
+    Each CPU is handed from rank to rank every few milliseconds, and a block of 1-2 ms catches
+    one such hand-over or none: 3 ranks on 2 cores (loaded host, same processes, interleaved),
+    the FIFO broadcast of 128 KiB took 36-69 us per call in blocks of 64 calls (the 8 MiB of
+    calls_per_block) and 24-26 us in blocks of 256-1024, the benchmark runner's 10-30 ms, while
+    the single copy took about the same in both; the probe sent that size to the single copy
+    where the loop ran the FIFO 2x faster. The floor is the runner's method in small: a block
+    long enough to hold the hand-overs a loop of calls has. Ranks with CPUs of their own keep
+    the short blocks (nothing is handed over)."""
+    k = calls_per_block(nbytes)
+    if crowded and pace > 0 and nbytes <= BLOCK_BYTES:
+        k = max(k, min(CALLS_CAP, math.ceil(MIN_BLOCK_S / pace)))
+    return k
 
 
 def reps_for(nbytes: int, reps: int = REPS) -> int:
@@ -277,13 +300,13 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
     hot.learn(coll, key, algo.code, algo.name, "fifo")
     hot.learn(coll, key, schedules.HOT_SINGLE_COPY, "single_copy", "single", (algo.code, algo.name))
     if coll == "broadcast":
-        buf = np.ones(count, np.float32)
+        buf = _laid_out(count)
         fns = {k: (lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single")}
     elif coll == "allgather":
         src, out = _laid_out(count // n), _laid_out(count)
         fns = {k: (lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single")}
     else:
-        src, out = np.ones(count, np.float32), np.ones(count, np.float32)
+        src, out = _laid_out(count), _laid_out(count)
         fns = {k: (lambda k=k: hot.alltoall(src, out, k)) for k in ("fifo", "single")}
     for (c, o), runs in ORDERS.items():
         if c == coll and runs(n):
@@ -293,11 +316,13 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
 
 def _laid_out(count: int) -> np.ndarray:
     """float32 ones in a mapping of their own, page-aligned and from 4 MiB 2 MiB-aligned with
-    numpy's huge-page advice (the benchmark's "mapped" buffers): an allgather's verdicts must not
-    depend on where glibc put the probe's arrays. The push order pins its peers' outputs, and an
-    8 MiB output at a heap address (16 bytes past a page, a quarter of it on 4 KiB pages) made
-    push 0.66-0.93x the reads' time where a 2 MiB-aligned one made it 0.46-0.5x (8 ranks on 2
-    cores, the same processes)."""
+    numpy's huge-page advice (the benchmark's "mapped" buffers, every library's in bench/run_all.py):
+    a verdict must not depend on where glibc put the probe's arrays. A single-copy call pins the
+    pages of the peer buffers it reads or writes, so its time depends on how many of them are huge
+    pages; a FIFO call pins none. An 8 MiB numpy array starts 16 bytes past a page, a quarter of
+    it on 4 KiB pages: as an allgather output it made the push order 0.66-0.93x the reads' time
+    where a 2 MiB-aligned one made it 0.46-0.5x (8 ranks on 2 cores, the same processes); the
+    broadcast's and alltoall's reads pin the root's and the peers' inputs alike."""
     a = mapped_empty(count, np.float32)
     a.fill(1)
     return a
@@ -358,16 +383,22 @@ def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTI
     calls it alike. A refused single-copy call ends it early with {}."""
     refused = []
     hot = _latency_path(engine, timeout, refused)
+    crowded = engine.size > _probe.usable_cpus()     # one host: every rank is local (cma mode)
     out = {}
     for coll in collectives:
         for nb in sizes:
             fns = _path_fns(hot, engine, tuner, coll, nb)
             names = list(fns)
-            k = calls_per_block(nb)
-            for name in names:                          # first touch and warm-up, every path
+            pace = np.zeros(len(names) + 1, np.float64)
+            for i, name in enumerate(names):            # first touch and warm-up, every path
                 for _ in range(2):
+                    t0 = time.perf_counter()
                     if fns[name]() is False:
                         raise RuntimeError(f"the probe's latency path did not take its {coll}")
+                    pace[i] = time.perf_counter() - t0  # the second call's
+            pace[-1] = float(crowded)
+            schedules.allreduce(engine, pace, pace, dtypes.FLOAT64, _OP_MAX, ALGO_RING, timeout)
+            k = block_calls(nb, float(pace[:-1].min()), pace[-1] > 0)
             times = {name: [] for name in names}
             batch, done = reps_for(nb, reps), 0
             while batch:
