@@ -87,8 +87,6 @@ EXTEND_S = 0.3              # ... while the size's blocks so far took less than 
 TAIL = 0.1                  # each tail of the median's confidence interval (order statistics)
 BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..CALLS_MAX calls)
 CALLS_MIN, CALLS_MAX = 8, 64
-MIN_BLOCK_S = 5e-3          # with more ranks than CPUs, a block lasts at least this (s, the fastest path's
-CALLS_CAP = 2048            # calls from the warm-up's pace), up to CALLS_CAP calls: see block_calls
 LARGE_CALLS, LARGE_REPS, LARGE_MAX_REPS = 2, 3, 5   # above BLOCK_BYTES: a call is tens of ms at 8 ranks, a steady
 # state of its own (every rank is descheduled and resumed inside one call); the probe stays ~1 s
 METHOD = 7                  # how verdicts are measured; a cache entry of another method is measured again
@@ -133,27 +131,6 @@ def calls_per_block(nbytes: int) -> int:
     if nbytes > BLOCK_BYTES:
         return LARGE_CALLS
     return max(CALLS_MIN, min(CALLS_MAX, BLOCK_BYTES // max(1, nbytes)))
-
-
-def block_calls(nbytes: int, pace: float, crowded: bool) -> int:
-    """Calls in one timed block at nbytes, given the fastest path's seconds per call in the
-    warm-up (``pace``, the slowest rank's) and whether ranks outnumber the CPUs (both agreed
-    by every rank, so every rank makes the same number of calls).
-
-    calls_per_block's, and with more ranks than CPUs at least enough calls for MIN_BLOCK_S (at
-    most CALLS_CAP): there a block of about one scheduler slice is not the loop's steady state.
-    Each CPU is handed from rank to rank every few milliseconds, and a block of 1-2 ms catches
-    one such hand-over or none: 3 ranks on 2 cores (loaded host, same processes, interleaved),
-    the FIFO broadcast of 128 KiB took 36-69 us per call in blocks of 64 calls (the 8 MiB of
-    calls_per_block) and 24-26 us in blocks of 256-1024, the benchmark runner's 10-30 ms, while
-    the single copy took about the same in both; the probe sent that size to the single copy
-    where the loop ran the FIFO 2x faster. The floor is the runner's method in small: a block
-    long enough to hold the hand-overs a loop of calls has. Ranks with CPUs of their own keep
-    the short blocks (nothing is handed over)."""
-    k = calls_per_block(nbytes)
-    if crowded and pace > 0 and nbytes <= BLOCK_BYTES:
-        k = max(k, min(CALLS_CAP, math.ceil(MIN_BLOCK_S / pace)))
-    return k
 
 
 def reps_for(nbytes: int, reps: int = REPS) -> int:
@@ -383,22 +360,16 @@ def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTI
     calls it alike. A refused single-copy call ends it early with {}."""
     refused = []
     hot = _latency_path(engine, timeout, refused)
-    crowded = engine.size > _probe.usable_cpus()     # one host: every rank is local (cma mode)
     out = {}
     for coll in collectives:
         for nb in sizes:
             fns = _path_fns(hot, engine, tuner, coll, nb)
             names = list(fns)
-            pace = np.zeros(len(names) + 1, np.float64)
-            for i, name in enumerate(names):            # first touch and warm-up, every path
+            k = calls_per_block(nb)
+            for name in names:                          # first touch and warm-up, every path
                 for _ in range(2):
-                    t0 = time.perf_counter()
                     if fns[name]() is False:
                         raise RuntimeError(f"the probe's latency path did not take its {coll}")
-                    pace[i] = time.perf_counter() - t0  # the second call's
-            pace[-1] = float(crowded)
-            schedules.allreduce(engine, pace, pace, dtypes.FLOAT64, _OP_MAX, ALGO_RING, timeout)
-            k = block_calls(nb, float(pace[:-1].min()), pace[-1] > 0)
             times = {name: [] for name in names}
             batch, done = reps_for(nb, reps), 0
             while batch:
