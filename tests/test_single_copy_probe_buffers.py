@@ -39,3 +39,33 @@ def test_probe_buffers_laid_out_as_the_benchmarks(coll, nbytes):
             assert b.dtype == np.float32 and (b == 1).all()
             align = 2 << 20 if b.nbytes >= 4 << 20 else 4096
             assert b.ctypes.data % align == 0, (coll, nbytes, b.nbytes, b.ctypes.data % align)
+
+
+def test_probe_collectives_of_one_size_share_buffers():
+    """measure allocates each size's buffers once for the three collectives (every fresh mapping
+    is first-touched): broadcast's buffer is alltoall's input and allgather's output, and no
+    call's input is its own output."""
+    from hetccl.collectives import single_copy_probe as p
+    seen = {}
+
+    class Hot:
+        def learn(self, *a):
+            pass
+
+        def broadcast(self, buf, root, key):
+            seen["broadcast"] = (buf,)
+
+        def allgather(self, src, out, key):
+            seen["allgather"] = (src, out)
+
+        def alltoall(self, src, out, key):
+            seen["alltoall"] = (src, out)
+
+    engine = SimpleNamespace(size=4)
+    tuner = SimpleNamespace(select=lambda c, nb: SimpleNamespace(code=1, name="ring"))
+    pool = {}
+    for coll in ("broadcast", "allgather", "alltoall"):
+        p._path_fns(Hot(), engine, tuner, coll, 64 << 10, pool)["single"]()
+    assert seen["broadcast"][0] is seen["alltoall"][0] is seen["allgather"][1]
+    assert seen["alltoall"][1] is not seen["alltoall"][0] and seen["allgather"][0] is not seen["allgather"][1]
+    assert len(pool) == 3

@@ -265,11 +265,19 @@ def _latency_path(engine, timeout, refused):
     return hot
 
 
-def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
+def _path_fns(hot, engine, tuner, coll, nbytes, pool=None) -> dict:
     """{path: callable} for one collective of nbytes (as the tuner prices it) over buffers
-    allocated and touched here, all through the latency path: "fifo" runs the algorithm the
-    tuner picks, "single" the single copy's arrival-order read, and each of ORDERS that runs at
-    this rank count the single copy in that order (set on the engine around its call)."""
+    allocated and touched here (or taken from ``pool``, {(count, i): array}, which the
+    collectives of one size share: each fresh mapping is first-touched, ~0.4 s per GiB here),
+    all through the latency path: "fifo" runs the algorithm the tuner picks, "single" the
+    single copy's arrival-order read, and each of ORDERS that runs at this rank count the
+    single copy in that order (set on the engine around its call)."""
+    pool = {} if pool is None else pool
+
+    def take(count, i=0):
+        if (count, i) not in pool:
+            pool[count, i] = _laid_out(count)
+        return pool[count, i]
     n = engine.size
     algo = tuner.select(coll, nbytes)
     count = max(1, nbytes // 4) if coll == "broadcast" else max(1, nbytes // 4 // n) * n
@@ -277,13 +285,13 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
     hot.learn(coll, key, algo.code, algo.name, "fifo")
     hot.learn(coll, key, schedules.HOT_SINGLE_COPY, "single_copy", "single", (algo.code, algo.name))
     if coll == "broadcast":
-        buf = _laid_out(count)
+        buf = take(count)
         fns = {k: (lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single")}
     elif coll == "allgather":
-        src, out = _laid_out(count // n), _laid_out(count)
+        src, out = take(count // n, 1), take(count)
         fns = {k: (lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single")}
     else:
-        src, out = _laid_out(count), _laid_out(count)
+        src, out = take(count), take(count, 1)
         fns = {k: (lambda k=k: hot.alltoall(src, out, k)) for k in ("fifo", "single")}
     for (c, o), runs in ORDERS.items():
         if c == coll and runs(n):
@@ -361,9 +369,10 @@ def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTI
     refused = []
     hot = _latency_path(engine, timeout, refused)
     out = {}
-    for coll in collectives:
-        for nb in sizes:
-            fns = _path_fns(hot, engine, tuner, coll, nb)
+    for nb in sizes:
+        pool = {}                                       # the buffers of this size
+        for coll in collectives:
+            fns = _path_fns(hot, engine, tuner, coll, nb, pool)
             names = list(fns)
             k = calls_per_block(nb)
             for name in names:                          # first touch and warm-up, every path
