@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--mpi", action="store_true", help="also time mpi4py's call (launch with mpirun)")
     a = ap.parse_args()
     comm = hetccl.init()
+    comm._auto_register = False     # plain-buffer paths only: no >= 32 MiB buffer turns symmetric
     n = comm.size
     verdicts = dict(comm._tuner.model.single_copy)
     model_orders = comm._engine.ag_doubling           # the probe's read orders (apply_orders)
@@ -119,7 +120,7 @@ def main():
             else:
                 comm.alltoall(x, ref, algorithm=fifo)
             saved = comm._tuner.model
-            _forced_single(comm, coll, nb)
+            _forced_single(comm, coll, 4 * blk * n)    # the call's bytes (nb rounded to n blocks)
             paths = {"fifo": lambda: call(algorithm=fifo), "single": call}
             if a.parser:
                 paths["parser"] = lambda: comm._hot.forget() or call()

@@ -89,7 +89,7 @@ BLOCK_BYTES = 8 << 20       # a timed block is BLOCK_BYTES of calls (CALLS_MIN..
 CALLS_MIN, CALLS_MAX = 8, 64
 LARGE_CALLS, LARGE_REPS, LARGE_MAX_REPS = 2, 3, 5   # above BLOCK_BYTES: a call is tens of ms at 8 ranks, a steady
 # state of its own (every rank is descheduled and resumed inside one call); the probe stays ~1 s
-METHOD = 6                  # how verdicts are measured; a cache entry of another method is measured again
+METHOD = 7                  # how verdicts are measured; a cache entry of another method is measured again
 _FILE = "single-copy.json"
 BUSY = 0.5                  # others' load average per usable CPU above which it is re-done
 MAX_PROBES = 3              # measurements of one shape at most, while they keep being busy
@@ -265,11 +265,19 @@ def _latency_path(engine, timeout, refused):
     return hot
 
 
-def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
+def _path_fns(hot, engine, tuner, coll, nbytes, pool=None) -> dict:
     """{path: callable} for one collective of nbytes (as the tuner prices it) over buffers
-    allocated and touched here, all through the latency path: "fifo" runs the algorithm the
-    tuner picks, "single" the single copy's arrival-order read, and each of ORDERS that runs at
-    this rank count the single copy in that order (set on the engine around its call)."""
+    allocated and touched here (or taken from ``pool``, {(count, i): array}, which the
+    collectives of one size share: each fresh mapping is first-touched, ~0.4 s per GiB here),
+    all through the latency path: "fifo" runs the algorithm the tuner picks, "single" the
+    single copy's arrival-order read, and each of ORDERS that runs at this rank count the
+    single copy in that order (set on the engine around its call)."""
+    pool = {} if pool is None else pool
+
+    def take(count, i=0):
+        if (count, i) not in pool:
+            pool[count, i] = _laid_out(count)
+        return pool[count, i]
     n = engine.size
     algo = tuner.select(coll, nbytes)
     count = max(1, nbytes // 4) if coll == "broadcast" else max(1, nbytes // 4 // n) * n
@@ -277,13 +285,13 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
     hot.learn(coll, key, algo.code, algo.name, "fifo")
     hot.learn(coll, key, schedules.HOT_SINGLE_COPY, "single_copy", "single", (algo.code, algo.name))
     if coll == "broadcast":
-        buf = np.ones(count, np.float32)
+        buf = take(count)
         fns = {k: (lambda k=k: hot.broadcast(buf, 0, k)) for k in ("fifo", "single")}
     elif coll == "allgather":
-        src, out = _laid_out(count // n), _laid_out(count)
+        src, out = take(count // n, 1), take(count)
         fns = {k: (lambda k=k: hot.allgather(src, out, k)) for k in ("fifo", "single")}
     else:
-        src, out = np.ones(count, np.float32), np.ones(count, np.float32)
+        src, out = take(count), take(count, 1)
         fns = {k: (lambda k=k: hot.alltoall(src, out, k)) for k in ("fifo", "single")}
     for (c, o), runs in ORDERS.items():
         if c == coll and runs(n):
@@ -293,11 +301,13 @@ def _path_fns(hot, engine, tuner, coll, nbytes) -> dict:
 
 def _laid_out(count: int) -> np.ndarray:
     """float32 ones in a mapping of their own, page-aligned and from 4 MiB 2 MiB-aligned with
-    numpy's huge-page advice (the benchmark's "mapped" buffers): an allgather's verdicts must not
-    depend on where glibc put the probe's arrays. The push order pins its peers' outputs, and an
-    8 MiB output at a heap address (16 bytes past a page, a quarter of it on 4 KiB pages) made
-    push 0.66-0.93x the reads' time where a 2 MiB-aligned one made it 0.46-0.5x (8 ranks on 2
-    cores, the same processes)."""
+    numpy's huge-page advice (the benchmark's "mapped" buffers, every library's in bench/run_all.py):
+    a verdict must not depend on where glibc put the probe's arrays. A single-copy call pins the
+    pages of the peer buffers it reads or writes, so its time depends on how many of them are huge
+    pages; a FIFO call pins none. An 8 MiB numpy array starts 16 bytes past a page, a quarter of
+    it on 4 KiB pages: as an allgather output it made the push order 0.66-0.93x the reads' time
+    where a 2 MiB-aligned one made it 0.46-0.5x (8 ranks on 2 cores, the same processes); the
+    broadcast's and alltoall's reads pin the root's and the peers' inputs alike."""
     a = mapped_empty(count, np.float32)
     a.fill(1)
     return a
@@ -359,9 +369,10 @@ def measure(engine, tuner, timeout, sizes=SIZES, reps=REPS, collectives=COLLECTI
     refused = []
     hot = _latency_path(engine, timeout, refused)
     out = {}
-    for coll in collectives:
-        for nb in sizes:
-            fns = _path_fns(hot, engine, tuner, coll, nb)
+    for nb in sizes:
+        pool = {}                                       # the buffers of this size
+        for coll in collectives:
+            fns = _path_fns(hot, engine, tuner, coll, nb, pool)
             names = list(fns)
             k = calls_per_block(nb)
             for name in names:                          # first touch and warm-up, every path
