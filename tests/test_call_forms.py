@@ -106,6 +106,13 @@ def _forms_case(rank, size):
         y = np.full(3, rank + 1.0, np.float32)
         comm.allreduce(y[:], out=y)                   # another object over the same memory
         check("allreduce input viewing its output", np.all(y == size * (size + 1) / 2))
+        counts = [r + 1 for r in range(size)]        # scatterv's allocating form: counts[rank]
+        for rep in range(2):
+            v = np.arange(sum(counts), dtype=np.int32) + rep
+            got = comm.scatter(v, counts=counts)
+            lo = sum(counts[:rank])
+            check(f"scatterv allocating rep {rep}: {got}", got.dtype == np.int32
+                  and np.array_equal(got, np.arange(lo, lo + rank + 1) + rep))
         rs = np.ones(3 * size, np.float32)
         got = comm.reduce_scatter(rs)
         check("reduce_scatter fresh result", np.all(got == size) and np.all(rs == 1))
