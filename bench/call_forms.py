@@ -15,7 +15,11 @@ The forms of one collective:
 * ``alloc``: the library makes the result (``allgather(x)``), a new array each call;
 * ``inplace`` / ``fresh``: allreduce and broadcast have no allocating form; ``fresh`` passes a new
   input each call (``allreduce(x.copy())``, what ``y = allreduce(x.copy())`` users write), and its
-  time includes that copy;
+  time includes that copy; ``copy;in`` makes the same copy and drops it, then runs the in-place
+  form on the reused buffer: fresh - copy;in is what a fresh input costs hetccl beyond the copy;
+* scatter's ``alloc`` is ``scatter(x)`` (every rank passes the root's length; on a tree whose
+  scatter needs ``out=``, the caller's ``np.empty`` form, said in a NOTE line), its ``np.empty``
+  ``scatter(x, numpy.empty(...))``: the output the caller allocates each call;
 * ``np.empty``/``x.copy``: the allocation alone, in the same loop shape (the floor any allocating
   form pays on top of its ``out=`` form).
 
@@ -47,12 +51,14 @@ cases = {{
     ("allreduce", "out"): lambda: comm.allreduce(x, out=o1),
     ("allreduce", "inplace"): lambda: comm.allreduce(o1),
     ("allreduce", "fresh"): lambda: comm.allreduce(x.copy()),
+    ("allreduce", "copy;in"): lambda: (x.copy(), comm.allreduce(o1)),
     ("allgather", "out"): lambda: comm.allgather(x, out=op_),
     ("allgather", "alloc"): lambda: comm.allgather(x),
     ("reduce_scatter", "out"): lambda: comm.reduce_scatter(xp, out=o1),
     ("reduce_scatter", "alloc"): lambda: comm.reduce_scatter(xp),
     ("broadcast", "inplace"): lambda: comm.broadcast(o1),
     ("broadcast", "fresh"): lambda: comm.broadcast(x.copy()),
+    ("broadcast", "copy;in"): lambda: (x.copy(), comm.broadcast(o1)),
     ("alltoall", "out"): lambda: comm.alltoall(xp, out=op_),
     ("alltoall", "alloc"): lambda: comm.alltoall(xp),
     ("reduce", "out"): lambda: comm.reduce(x, 0, out=o1),
@@ -60,10 +66,17 @@ cases = {{
     ("gather", "out"): lambda: comm.gather(x, 0, out=op_),
     ("gather", "alloc"): lambda: comm.gather(x, 0),
     ("scatter", "out"): lambda: comm.scatter(xp, o1, 0),
-    ("scatter", "alloc"): lambda: comm.scatter(xp, np.empty(B, np.float32), 0),
+    ("scatter", "alloc"): lambda: comm.scatter(xp),
+    ("scatter", "np.empty"): lambda: comm.scatter(xp, np.empty(B, np.float32), 0),
     ("np.empty", "px8B"): lambda: np.empty(B * p, np.float32),
     ("x.copy", "8B"): lambda: x.copy(),
 }}
+try:                                    # a tree whose scatter needs out=: the caller allocates
+    comm.scatter(xp)
+except TypeError:
+    cases[("scatter", "alloc")] = cases[("scatter", "np.empty")]
+    if r == 0:
+        print("NOTE scatter alloc = the caller's np.empty (this tree's scatter needs out=)", flush=True)
 if {torch!r}:
     import socket, warnings, torch, torch.distributed as dist
     warnings.simplefilter("ignore", FutureWarning)
@@ -116,10 +129,10 @@ comm.close()
 """
 
 # (collective, form compared, its baseline form)
-PAIRS = [("allreduce", "fresh", "inplace"), ("allreduce", "inplace", "out"),
+PAIRS = [("allreduce", "fresh", "inplace"), ("allreduce", "fresh", "copy;in"), ("allreduce", "inplace", "out"),
          ("allgather", "alloc", "out"), ("reduce_scatter", "alloc", "out"),
-         ("broadcast", "fresh", "inplace"), ("alltoall", "alloc", "out"), ("reduce", "alloc", "out"),
-         ("gather", "alloc", "out"), ("scatter", "alloc", "out"),
+         ("broadcast", "fresh", "inplace"), ("broadcast", "fresh", "copy;in"), ("alltoall", "alloc", "out"), ("reduce", "alloc", "out"),
+         ("gather", "alloc", "out"), ("scatter", "alloc", "out"), ("scatter", "np.empty", "out"),
          ("torch.all_gather", "list", "out"), ("torch.all_gather", "alloc", "out")]
 
 
@@ -134,6 +147,8 @@ def one_run(tree, nranks, rounds, budget, torch, only) -> dict:
                        cwd=os.path.abspath(tree), timeout=1800)
     got = {}
     for line in p.stdout.splitlines():
+        if line.startswith("NOTE "):
+            print(f"  {tree}: {line[5:]}", flush=True)
         if "RESULT " in line:
             coll, form, calls, *rounds_ = line.split("RESULT ", 1)[1].split()
             got[(coll, form)] = [float(t) for t in rounds_]

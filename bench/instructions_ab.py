@@ -92,7 +92,18 @@ fn, args = {{
     ("reduce", "out"): (P(comm.reduce, out=o1), (x, 0)),
     ("gather", "alloc"): (comm.gather, (x, 0)),
     ("gather", "out"): (P(comm.gather, out=op_), (x, 0)),
+    ("scatter", "alloc"): (comm.scatter, (xp,)),                   # root 0 (rank 0 counted)
+    ("scatter", "out"): (P(comm.scatter, out=o1), (xp,)),
+    ("scatter", "alloc1"): (P(comm.scatter, root=1), (xp,)),       # root 1 (rank 0 not the root)
+    ("scatter", "out1"): (P(comm.scatter, out=o1, root=1), (xp,)),
+    ("scatter", "np.empty"): (lambda a: comm.scatter(a, np.empty(B, np.float32)), (xp,)),
 }}[(coll, form)]
+if coll == "scatter" and form.startswith("alloc"):
+    try:                                  # a tree whose scatter needs out=: the caller allocates
+        fn(*args)
+    except TypeError:
+        r_ = int(form == "alloc1")
+        fn, args = (lambda a: comm.scatter(a, np.empty(B, np.float32), r_)), (xp,)
 for _ in range(50):                       # learn the shape
     fn(*args)
 if comm.rank:                             # the native ranks busy-poll (never sleep): rank 0's data
@@ -129,7 +140,8 @@ CALL_TOGGLE = "deque_init"
 CALL_FORMS = (("allreduce", "inplace"), ("allreduce", "out"), ("allgather", "alloc"), ("allgather", "out"),
               ("reduce_scatter", "alloc"), ("reduce_scatter", "out"), ("alltoall", "alloc"),
               ("alltoall", "out"), ("broadcast", "inplace"), ("reduce", "alloc"), ("reduce", "out"),
-              ("gather", "alloc"), ("gather", "out"))
+              ("gather", "alloc"), ("gather", "out"), ("scatter", "alloc"), ("scatter", "out"),
+              ("scatter", "alloc1"), ("scatter", "out1"), ("scatter", "np.empty"))
 
 
 def instructions(tree: str, nranks: int, case: tuple, timeout: float, scope: str = "entry") -> int:

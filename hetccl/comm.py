@@ -283,6 +283,11 @@ def _size(buf):
     return buf.size if isinstance(buf, np.ndarray) else 0
 
 
+def _my_block(c, p, r):
+    """Rank r's block of the input (reduce_scatter, scatter): counts[r], else len(buf) / size."""
+    return c.counts[r] if c.counts is not None else _size(c.send) // p
+
+
 # What each collective's call looks like, for the parser: whether it reduces (an op to check),
 # how many elements a receive buffer it makes holds (None: it makes none; the caller's buffer is
 # the output), and which buffer's bytes the tuner prices (times the group size for gather/scatter).
@@ -290,11 +295,11 @@ _OUT = {
     "allreduce": None,
     "allgather": lambda c, p, r: p * _size(c.send),
     "allgatherv": lambda c, p, r: sum(c.counts),
-    "reduce_scatter": lambda c, p, r: c.counts[r] if c.counts is not None else _size(c.send) // p,
+    "reduce_scatter": _my_block,
     "broadcast": None,
     "reduce": lambda c, p, r: _size(c.send) if r == c.root else None,
     "gather": lambda c, p, r: (sum(c.counts) if c.counts is not None else p * _size(c.send)) if r == c.root else None,
-    "scatter": None,
+    "scatter": _my_block,
     "alltoall": lambda c, p, r: sum(c.rcounts) if c.rcounts is not None else _size(c.send),
     "barrier": None,
 }
@@ -637,9 +642,23 @@ class Communicator:
         the op against the dtype, that uneven alltoall gets both count lists, and makes the
         receive buffer a numpy input may leave out."""
         if coll == "scatter":                  # the output is every rank's; the input the root's
-            code = _dtype_code(recv)
-            if self.rank == root and _dtype_code(send) != code:
-                raise InvalidUsage("scatter input and output must have the same dtype")
+            if recv is None:                   # the allocating form: every rank's buf gives its shape
+                if not isinstance(send, np.ndarray):
+                    raise InvalidUsage("scatter without out= needs buf, a numpy array of the root's "
+                                       "length and dtype, on every rank (its contents are read on "
+                                       "the root only)")
+                code = _dtype_code(send)
+                # checked on every rank (each has buf), so none is left waiting for a root that raised
+                if not send.flags.c_contiguous:
+                    raise InvalidUsage("the input buffer is not C-contiguous; pass "
+                                       "numpy.ascontiguousarray(x) (hetccl moves contiguous memory only)")
+                if counts is None and send.size % self.size:
+                    raise InvalidUsage(f"scatter input of {send.size} elements does not split into "
+                                       f"{self.size} equal blocks; pass counts= (scatterv) or pad the input")
+            else:
+                code = _dtype_code(recv)
+                if self.rank == root and _dtype_code(send) != code:
+                    raise InvalidUsage("scatter input and output must have the same dtype")
         elif coll == "barrier":
             code = -1
         else:
@@ -912,9 +931,13 @@ class Communicator:
         return self._route(self._parse("gather", buf, out, root=root, counts=counts, timeout=timeout,
                                        algorithm=algorithm, async_op=async_op))
 
-    def scatter(self, buf, out, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
-        """Give every rank its block of root's ``buf`` in ``out`` (scatterv with ``counts``);
-        ``buf`` is ignored (may be None) on other ranks."""
+    def scatter(self, buf, out=None, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
+        """Give every rank its block of root's ``buf`` in ``out`` (scatterv with ``counts``); returns
+        ``out``. ``buf`` is read on the root only (other ranks may pass None with ``out``).
+
+        ``out`` defaults to a new numpy array of len(buf) / size elements (``counts[rank]`` with
+        counts) of buf's dtype: every rank then passes a ``buf`` of the root's length and dtype,
+        whose contents only the root reads."""
         if counts is None and not (async_op or self._pending):
             try:
                 r = self._hot.scatter(buf, out, root, algorithm, timeout)

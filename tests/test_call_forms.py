@@ -1,5 +1,6 @@
 """Every collective's call forms on the latency path: the form that allocates its result
-(``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``reduce``/``gather`` on the root), a fresh
+(``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``scatter(x)``, ``reduce``/``gather`` on
+the root), a fresh
 input each call, and an explicit numeric timeout must give what the Python path gives (same values,
 shape, dtype, a new array each call that later calls never touch), skip the parser once the shape is
 learnt, and raise the same errors."""
@@ -51,6 +52,8 @@ def _forms_case(rank, size):
             ("reduce", lambda: comm.reduce(x, size - 1),
              np.sum(np.stack(every), 0, dtype=dt) if rank == size - 1 else None),
             ("gather", lambda: comm.gather(x, 0), np.concatenate(every) if rank == 0 else None),
+            ("scatter", lambda: comm.scatter(xb, root=size - 1),     # every rank's buf: the shape
+             big[size - 1][rank * n:(rank + 1) * n]),
         ]
 
     try:
@@ -103,6 +106,13 @@ def _forms_case(rank, size):
         y = np.full(3, rank + 1.0, np.float32)
         comm.allreduce(y[:], out=y)                   # another object over the same memory
         check("allreduce input viewing its output", np.all(y == size * (size + 1) / 2))
+        counts = [r + 1 for r in range(size)]        # scatterv's allocating form: counts[rank]
+        for rep in range(2):
+            v = np.arange(sum(counts), dtype=np.int32) + rep
+            got = comm.scatter(v, counts=counts)
+            lo = sum(counts[:rank])
+            check(f"scatterv allocating rep {rep}: {got}", got.dtype == np.int32
+                  and np.array_equal(got, np.arange(lo, lo + rank + 1) + rep))
         rs = np.ones(3 * size, np.float32)
         got = comm.reduce_scatter(rs)
         check("reduce_scatter fresh result", np.all(got == size) and np.all(rs == 1))
@@ -139,10 +149,11 @@ def _forms_case(rank, size):
                                ("reduce_scatter", lambda: comm.reduce_scatter(np.ones(2 * size * n, np.float32)[::2])),
                                ("alltoall", lambda: comm.alltoall(np.ones(2 * size * n, np.float32)[::2])),
                                ("reduce", lambda: comm.reduce(strided, 0)),
-                               ("gather", lambda: comm.gather(strided, 0))):
+                               ("gather", lambda: comm.gather(strided, 0)),
+                               ("scatter", lambda: comm.scatter(np.ones(2 * size * n, np.float32)[::2]))):
                 if hot:                               # learn the shape with a contiguous input
                     fn = {"allgather": comm.allgather, "reduce_scatter": comm.reduce_scatter,
-                          "alltoall": comm.alltoall}.get(name)
+                          "alltoall": comm.alltoall, "scatter": comm.scatter}.get(name)
                     if fn is not None:
                         fn(np.ones(n * (1 if name == "allgather" else size), np.float32))
                     else:
@@ -157,6 +168,22 @@ def _forms_case(rank, size):
                 fails.append(f"{what}: uneven reduce_scatter: no error")
             except InvalidUsage as e:
                 check(f"{what}: uneven reduce_scatter ({e})", "equal blocks" in str(e))
+            try:                                      # every rank raises: none waits for the root
+                comm.scatter(np.ones(2 * size + 1, np.float32))
+                fails.append(f"{what}: uneven scatter: no error")
+            except InvalidUsage as e:
+                check(f"{what}: uneven scatter ({e})", "equal blocks" in str(e))
+            try:
+                comm.scatter(None)
+                fails.append(f"{what}: scatter without out= or buf: no error")
+            except InvalidUsage as e:
+                check(f"{what}: scatter without out= or buf ({e})", "on every rank" in str(e))
+            for name, call, _ in forms(2, np.complex64, 0):   # a dtype hetccl does not move
+                try:
+                    call()
+                    fails.append(f"{what}: {name} of complex64: no error")
+                except InvalidUsage as e:
+                    check(f"{what}: {name} of complex64 names the dtype ({e})", "complex" in str(e))
             try:
                 comm.allgather(object())
                 fails.append(f"{what}: allgather of an object: no error")
@@ -426,7 +453,7 @@ def _constructor_case(rank, size):
     xp = np.arange(2 * size, dtype=np.float32)
     calls = {"allgather": lambda: comm.allgather(x), "reduce_scatter": lambda: comm.reduce_scatter(xp),
              "alltoall": lambda: comm.alltoall(xp), "gather": lambda: comm.gather(x, 0),
-             "reduce": lambda: comm.reduce(x, 0)}
+             "reduce": lambda: comm.reduce(x, 0), "scatter": lambda: comm.scatter(xp)}
     for name, call in calls.items():
         got = ref = f = g = None             # the last result, and anything over it (flags), let go
         for _ in range(3):                                  # learn the shape
@@ -463,3 +490,41 @@ def test_allocated_results_are_numpy_empty_arrays_without_leaks():
     reference to the dtype leaks per call."""
     for fails in run_ranks(_constructor_case, 2, timeout=90):
         assert not fails, fails
+
+
+# ------------------------------------------------------------------ a peer dies in an allocating scatter
+
+def _scatter_dies_case(rank, size, hot):
+    """The root of an allocating scatter dies before it sends: the other ranks' call (on the latency
+    path when ``hot``, else through the parser) raises a lost-peer error soon, never hangs."""
+    import os
+    import time
+
+    import hetccl
+    comm = hetccl.init(timeout=30)
+    xp = np.arange(2 * size, dtype=np.float32)
+    for _ in range(3 if hot else 0):            # learnt: the call below takes the latency path
+        got = comm.scatter(xp, root=1)
+        assert np.array_equal(got, xp[2 * rank:2 * rank + 2]), got
+    comm.barrier()
+    if rank == 1:
+        time.sleep(0.3)
+        os._exit(1)
+    t0 = time.monotonic()
+    try:
+        got = comm.scatter(xp, root=1)
+        err = None
+    except hetccl.HetcclError as e:
+        err = (type(e).__name__, str(e))
+    return dict(err=err, took=time.monotonic() - t0)
+
+
+@pytest.mark.parametrize("hot", [True, False])
+def test_a_dead_root_during_an_allocating_scatter_raises(hot):
+    for rank, res in enumerate(run_ranks(_scatter_dies_case, 3, hot, timeout=60, transports="shm",
+                                         victims=[1])):
+        if rank == 1:
+            continue
+        assert res["err"] is not None, f"rank {rank}: no error: {res}"
+        assert res["err"][0] in ("PeerLostError", "CommAborted", "CommRevoked"), (rank, res)
+        assert "1" in res["err"][1] and res["took"] < 10.0, (rank, res)

@@ -256,8 +256,8 @@ cdef class Hot:
     exactly as the parser makes it; None on a rooted collective's other ranks), or False without
     side effects when it does not take the call, and the Python path runs as before.
 
-    The allocating forms (``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``reduce`` and
-    ``gather`` on the root) are the ones most programs write, so they take this path too: the key
+    The allocating forms (``allgather(x)``, ``reduce_scatter(x)``, ``alltoall(x)``, ``scatter(x)``,
+    ``reduce`` and ``gather`` on the root) are the ones most programs write, so they take this path too: the key
     is the bytes the output will have, the same the parser prices, and the result is what
     ``numpy.empty`` makes, from a small pool of results nothing references any more (``result``:
     a result the caller, or anything over it, still holds is never written again). Keys are sizes,
@@ -671,19 +671,41 @@ cdef class Hot:
         return out
 
     cpdef object scatter(self, buf, out, root, forced=None, timeout=None):
-        """Equal blocks only (scatterv's counts go through Python); ``buf`` is the root's only."""
-        cdef int dtype = self.dtype_of(out)
+        """Equal blocks only (scatterv's counts go through Python); ``buf`` is read on the root
+        only. ``out`` None: a new array of len(buf) / size elements on every rank (each passes a
+        ``buf`` of the root's length and dtype)."""
+        cdef int dtype
         cdef double t = self.seconds(timeout)
-        cdef Py_ssize_t nb
-        if dtype < 0 or t == 0 or type(root) is not int:
+        cdef Py_ssize_t nb, es
+        if t == 0 or type(root) is not int:
             return False
+        if out is None:                                 # the allocating form: buf gives the shape
+            dtype = self.dtype_of(buf)
+            if dtype < 0:
+                return False
+            es = dtype_size(dtype)
+            nb = array_nbytes(buf, dtype)
+            # uneven or strided: the parser raises, on every rank alike (each has buf)
+            if nb % (es * self.e.size) or not (
+                    ((<hc_ndarray_head*><PyObject*>buf).flags & HC_NPY_C_CONTIGUOUS) if DIRECT
+                    else buf.flags.c_contiguous):
+                return False
+            nb //= self.e.size
+            hit = self.algo_of(HOT_SCATTER, nb * self.e.size, forced)
+            if hit is None:
+                return False
+            out = self.result(buf, dtype, nb // es)
+        else:
+            dtype = self.dtype_of(out)
+            if dtype < 0:
+                return False
+            nb = array_nbytes(out, dtype)
+            hit = self.algo_of(HOT_SCATTER, nb * self.e.size, forced)
+            if hit is None:
+                return False
         if root != self.e.rank:
             buf = None
         elif self.dtype_of(buf) != dtype:
-            return False
-        nb = array_nbytes(out, dtype)
-        hit = self.algo_of(HOT_SCATTER, nb * self.e.size, forced)
-        if hit is None:
             return False
         self.rooted(COLL_SCATTER, hit, buf, out, nb, dtype, FL_NO_DTYPE, root, t)
         return out
@@ -782,7 +804,7 @@ def methods(Hot hot, owner, cls):
         return cls.gather(me(), buf, root, out, counts=counts, timeout=timeout, algorithm=algorithm,
                           async_op=async_op)
 
-    def scatter(buf, out, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
+    def scatter(buf, out=None, root=0, *, counts=None, timeout=None, algorithm=None, async_op=False):
         if counts is None and not async_op and not hot.pending:
             try:
                 r = hot.scatter(buf, out, root, algorithm, timeout)
