@@ -1128,9 +1128,13 @@ def test_placement_sampler_parses_summarizes_and_stops(tmp_path, monkeypatch):
     assert s == {"min_ns": 64.0, "median_ns": 66.5, "max_ns": 390.0, "n": 3, "far": 1}
     assert placement.describe(s) == "66 (64-390) ns, **1/3 far**"
     assert placement.summary([]) is None and placement.describe(None) == "?"
-    w = placement.Watch(period=0.05, burst_ms=2.0).start()
+    w = placement.Watch(period=0.2, burst_ms=2.0).start()
     p = w.p
-    time.sleep(0.2)
+    time.sleep(1.0)
+    if p is not None:                         # between bursts it must leave the CPUs alone
+        with open(f"/proc/{p.pid}/stat") as f:
+            ticks = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+        assert ticks / os.sysconf("SC_CLK_TCK") < 0.3, f"the sampler spun {ticks} ticks in 1 s"
     res = w.stop()
     assert res is None or res["n"] >= 1
     if p is not None:
